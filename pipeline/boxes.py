@@ -1,0 +1,172 @@
+"""One box type and every box conversion.
+
+`Detections` holds boxes as an (N, 4) float array of pixel xyxy in the original image
+(after EXIF orientation is applied), with scores and integer labels. Vectorised helpers
+(IoU, clipping, padding, masks) and the Label Studio percent conversion live here so there
+is exactly one place where coordinates change representation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def _as_boxes(boxes: Any) -> np.ndarray:
+    arr = np.asarray(boxes, dtype=np.float64)
+    if arr.size == 0:
+        return np.zeros((0, 4), dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[1] != 4:
+        raise ValueError(f"boxes must be (N, 4) xyxy, got shape {arr.shape}")
+    return arr
+
+
+@dataclass(frozen=True, eq=False)
+class Detections:
+    """Boxes (N,4 xyxy px), scores (N,), labels (N,) for one image."""
+
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
+    scores: np.ndarray = field(default_factory=lambda: np.zeros((0,)))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), dtype=np.int64))
+
+    def __post_init__(self) -> None:
+        boxes = _as_boxes(self.boxes)
+        n = len(boxes)
+        scores = np.asarray(self.scores, dtype=np.float64).reshape(-1) if n else np.zeros((0,))
+        labels = np.asarray(self.labels, dtype=np.int64).reshape(-1) if n else np.zeros((0,), dtype=np.int64)
+        if len(scores) != n:
+            scores = np.ones(n) if len(scores) == 0 else scores
+        if len(labels) != n:
+            labels = np.zeros(n, dtype=np.int64) if len(labels) == 0 else labels
+        if len(scores) != n or len(labels) != n:
+            raise ValueError(f"{n} boxes but {len(scores)} scores and {len(labels)} labels")
+        object.__setattr__(self, "boxes", boxes)
+        object.__setattr__(self, "scores", scores)
+        object.__setattr__(self, "labels", labels)
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    def __getitem__(self, index: Any) -> "Detections":
+        return Detections(self.boxes[index], self.scores[index], self.labels[index])
+
+    def filter(self, min_score: float) -> "Detections":
+        return self[self.scores >= min_score]
+
+    def to_json(self) -> dict[str, list]:
+        """Plain lists (rounded to 0.01 px) for JSONL and the catalog."""
+        return {
+            "boxes": [[round(float(v), 2) for v in b] for b in self.boxes],
+            "scores": [round(float(s), 4) for s in self.scores],
+            "labels": [int(x) for x in self.labels],
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "Detections":
+        return cls(d.get("boxes", []), d.get("scores", []), d.get("labels", []))
+
+    @classmethod
+    def concat(cls, items: Sequence["Detections"]) -> "Detections":
+        items = [d for d in items if len(d)]
+        if not items:
+            return cls()
+        return cls(
+            np.concatenate([d.boxes for d in items]),
+            np.concatenate([d.scores for d in items]),
+            np.concatenate([d.labels for d in items]),
+        )
+
+
+# --- vectorised helpers ------------------------------------------------------------------
+
+def area(boxes: np.ndarray) -> np.ndarray:
+    b = _as_boxes(boxes)
+    return np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU, shape (len(a), len(b))."""
+    a, b = _as_boxes(a), _as_boxes(b)
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = np.clip(rb - lt, 0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    union = area(a)[:, None] + area(b)[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def clip(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
+    b = _as_boxes(boxes).copy()
+    b[:, [0, 2]] = np.clip(b[:, [0, 2]], 0, width)
+    b[:, [1, 3]] = np.clip(b[:, [1, 3]], 0, height)
+    return b
+
+
+def pad(boxes: np.ndarray, px: float = 0.0, frac_of_height: float = 0.0) -> np.ndarray:
+    """Grow each box by `px` plus `frac_of_height` x its height on every side."""
+    b = _as_boxes(boxes).copy()
+    grow = px + frac_of_height * (b[:, 3] - b[:, 1])
+    b[:, :2] -= grow[:, None]
+    b[:, 2:] += grow[:, None]
+    return b
+
+
+def to_int_pixels(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Outward-rounded integer xyxy (x1, y1 exclusive), clipped: the pixels a box touches."""
+    b = _as_boxes(boxes)
+    out = np.stack([np.floor(b[:, 0]), np.floor(b[:, 1]), np.ceil(b[:, 2]), np.ceil(b[:, 3])], axis=1)
+    return clip(out, width, height).astype(np.int64)
+
+
+def union_mask(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Boolean (H, W) mask of the pixels covered by any box."""
+    mask = np.zeros((height, width), dtype=bool)
+    for x0, y0, x1, y1 in to_int_pixels(boxes, width, height):
+        mask[y0:y1, x0:x1] = True
+    return mask
+
+
+def quad_to_xyxy(quads: Any) -> np.ndarray:
+    """Enclosing axis-aligned boxes of (N, k, 2) polygons (e.g. PP-OCR quads)."""
+    q = np.asarray(quads, dtype=np.float64)
+    if q.size == 0:
+        return np.zeros((0, 4))
+    q = q.reshape(len(q), -1, 2)
+    return np.concatenate([q.min(axis=1), q.max(axis=1)], axis=1)
+
+
+# --- Label Studio percent <-> pixel xyxy ---------------------------------------------------
+
+def ls_value_to_xyxy(value: dict[str, Any], width: int, height: int) -> list[float]:
+    """A Label Studio rectangle `value` (percent x, y, width, height, rotation in degrees about
+    the top-left corner) to the enclosing pixel xyxy box in an image of `width` x `height`."""
+    x = float(value["x"]) * width / 100.0
+    y = float(value["y"]) * height / 100.0
+    w = float(value["width"]) * width / 100.0
+    h = float(value["height"]) * height / 100.0
+    rot = float(value.get("rotation", 0.0) or 0.0)
+    if abs(rot) < 1e-9:
+        return [x, y, x + w, y + h]
+    t = math.radians(rot)
+    c, s = math.cos(t), math.sin(t)
+    corners = [(0.0, 0.0), (w, 0.0), (w, h), (0.0, h)]
+    xs = [x + cx * c - cy * s for cx, cy in corners]
+    ys = [y + cx * s + cy * c for cx, cy in corners]
+    return [min(xs), min(ys), max(xs), max(ys)]
+
+
+def xyxy_to_ls_value(box: Sequence[float], width: int, height: int) -> dict[str, float]:
+    """Pixel xyxy to a Label Studio rectangle `value` (percent, rotation 0)."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return {
+        "x": x0 * 100.0 / width,
+        "y": y0 * 100.0 / height,
+        "width": (x1 - x0) * 100.0 / width,
+        "height": (y1 - y0) * 100.0 / height,
+        "rotation": 0.0,
+    }

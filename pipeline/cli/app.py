@@ -1,0 +1,60 @@
+"""The `textloop` command: global options and the registration of every command group."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pipeline import __version__
+from pipeline.cli import harvest as harvest_cli
+from pipeline.cli import status as status_cli
+from pipeline.cli.common import AppState
+from pipeline.config import privacy_env
+
+app = typer.Typer(
+    name="textloop",
+    help="Find and remove text from images at scale; learn from every round of human review in Label Studio.\n\n"
+    "The loop: harvest -> synth -> train -> predict -> rank -> push -> (label in Label Studio) -> pull -> curate -> train ...",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"textloop {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    workspace: Path = typer.Option(Path("data"), "--workspace", "-w", envvar="TEXTLOOP_WORKSPACE",
+                                   help="Workspace folder (catalog, images, models, runs, reports)."),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable JSON on stdout."),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log output (repeatable)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors."),
+    version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    for key, value in privacy_env().items():  # nothing we start phones home
+        os.environ.setdefault(key, value)
+    level = logging.ERROR if quiet else logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    ctx.obj = AppState(workspace=workspace, json=json_out, verbosity=-1 if quiet else verbose)
+
+
+harvest_cli.register(app)
+status_cli.register(app)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

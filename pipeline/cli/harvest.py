@@ -1,0 +1,77 @@
+"""`textloop init` and `textloop harvest`."""
+
+from __future__ import annotations
+
+import errno
+from typing import List
+
+import typer
+from rich.table import Table
+
+from pipeline.cli.common import emit, fail, progress, state
+from pipeline.config import HarvestConfig, SplitRatios
+from pipeline.harvest import harvest
+
+
+def register(app: typer.Typer) -> None:
+    app.command("init")(init_cmd)
+    app.command("harvest")(harvest_cmd)
+
+
+def init_cmd(ctx: typer.Context) -> None:
+    """Create the workspace layout and catalog (every other command does this implicitly)."""
+    st = state(ctx)
+    ws = st.ws()
+    with ws.catalog() as cat:
+        version = cat.schema_version()
+    emit(st, {"workspace": str(ws.root), "schema_version": version},
+         lambda c: c.print(f"workspace ready: {ws.root} (catalog schema v{version})"))
+
+
+def harvest_cmd(
+    ctx: typer.Context,
+    sources: List[str] = typer.Argument(..., help="Folders (recursive), image files, URL lists (.txt), CSVs with a url/path column, or http(s) URLs."),
+    workers: int = typer.Option(4, help="Concurrent copies/downloads."),
+    timeout: float = typer.Option(20.0, help="Seconds per HTTP request."),
+    retries: int = typer.Option(3, help="HTTP retries with exponential backoff."),
+    max_bytes: int = typer.Option(200 * 1024 * 1024, help="Reject files larger than this."),
+    max_pixels: int = typer.Option(178_956_970, help="Reject images with more pixels (decompression bombs)."),
+    splits: str = typer.Option("0.7,0.15,0.15", help="train,val,test ratios; the split follows from the sha256."),
+    strict: bool = typer.Option(False, help="Exit non-zero if any item was rejected."),
+) -> None:
+    """Gather images into the workspace: content-addressed, fully validated, deduplicated, resumable."""
+    st = state(ctx)
+    try:
+        cfg = HarvestConfig(workers=workers, timeout_s=timeout, retries=retries, max_bytes=max_bytes,
+                            max_pixels=max_pixels, splits=SplitRatios.parse(splits))
+    except ValueError as exc:
+        fail(str(exc), 2)
+    ws = st.ws()
+    try:
+        with progress(st, "harvest") as update:
+            summary = harvest(ws, sources, cfg, progress=update)
+    except RuntimeError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(str(exc) if exc.errno == errno.ENOSPC else f"{ws.root}: {exc}")
+
+    def render(c) -> None:
+        t = Table(title=f"harvest into {ws.root}", show_header=True)
+        t.add_column("result")
+        t.add_column("images", justify="right")
+        t.add_row("new", str(summary.new))
+        t.add_row("duplicate (new source recorded)", str(summary.duplicates))
+        t.add_row("already harvested (skipped)", str(summary.skipped))
+        for reason, n in sorted(summary.rejected.items()):
+            t.add_row(f"rejected: {reason}", str(n))
+        c.print(t)
+        for line in summary.reject_lines[:50]:
+            c.print(f"[yellow]rejected[/] {line}", highlight=False, soft_wrap=True)
+        if len(summary.reject_lines) > 50:
+            c.print(f"... and {len(summary.reject_lines) - 50} more (see `textloop status`)")
+        c.print(f"{summary.ok} ok, {sum(summary.rejected.values())} rejected in {summary.seconds:.1f}s")
+
+    emit(st, summary.as_dict(), render)
+    n_rejected = sum(summary.rejected.values())
+    if (summary.ok == 0 and n_rejected) or (strict and n_rejected):
+        raise typer.Exit(1)

@@ -1,0 +1,68 @@
+"""Typed configuration with defaults. Nothing here is read at import time: call the loaders."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_WORKSPACE = Path("data")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif")
+
+
+@dataclass(frozen=True)
+class SplitRatios:
+    """Fractions of images per split; the split of an image is derived from its sha256."""
+
+    train: float = 0.7
+    val: float = 0.15
+    test: float = 0.15
+
+    def __post_init__(self) -> None:
+        total = self.train + self.val + self.test
+        if min(self.train, self.val, self.test) < 0 or abs(total - 1.0) > 1e-6:
+            raise ValueError(f"split ratios must be >= 0 and sum to 1, got {self.train}/{self.val}/{self.test}")
+
+    @classmethod
+    def parse(cls, text: str) -> "SplitRatios":
+        """Parse "0.7,0.15,0.15" (train,val,test)."""
+        try:
+            parts = [float(p) for p in text.split(",")]
+        except ValueError as exc:
+            raise ValueError(f"split ratios must be three numbers like 0.7,0.15,0.15, got {text!r}") from exc
+        if len(parts) != 3:
+            raise ValueError(f"split ratios must be three numbers like 0.7,0.15,0.15, got {text!r}")
+        return cls(*parts)
+
+
+@dataclass(frozen=True)
+class HarvestConfig:
+    """Limits and behaviour of `textloop harvest`."""
+
+    workers: int = 4
+    timeout_s: float = 20.0
+    retries: int = 3
+    backoff_s: float = 0.5
+    max_bytes: int = 200 * 1024 * 1024
+    max_pixels: int = 178_956_970  # Pillow's own decompression-bomb limit (2x its warning level)
+    splits: SplitRatios = field(default_factory=SplitRatios)
+    user_agent: str = "textloop-harvest/0.1"
+
+
+def workspace_from_env(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The workspace folder: explicit argument, else $TEXTLOOP_WORKSPACE, else ./data."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("TEXTLOOP_WORKSPACE")
+    return Path(env) if env else DEFAULT_WORKSPACE
+
+
+def privacy_env() -> dict[str, str]:
+    """Environment that keeps Label Studio and fastdup from phoning home (DESIGN: privacy)."""
+    return {
+        "LATEST_VERSION_CHECK": "false",
+        "COLLECT_ANALYTICS": "false",
+        "SENTRY_DSN": "",
+        "FRONTEND_SENTRY_DSN": "",
+        "SENTRY_OPT_OUT": "1",
+    }

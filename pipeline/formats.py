@@ -1,0 +1,126 @@
+"""Labelled-image records and the devset JSONL format (one place for reading/writing it).
+
+A line: {"image": "images/NAME.jpg", "width": W, "height": H, "boxes": [[x0,y0,x1,y1], ...],
+"texts": [...], "ignore": [...], "polys": [...]} -- `image` relative to the JSONL's folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    """Ground truth for one image: pixel xyxy boxes, don't-care flags, optional texts/polygons."""
+
+    image: str                     # as written in the file (relative to the JSONL folder)
+    width: int
+    height: int
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
+    ignore: np.ndarray = field(default_factory=lambda: np.zeros((0,), dtype=bool))
+    texts: tuple[str, ...] = ()
+    polys: tuple[tuple[float, ...], ...] = ()
+    source: str = ""               # e.g. the devset sub-folder name
+
+    def __post_init__(self) -> None:
+        boxes = np.asarray(self.boxes, dtype=np.float64).reshape(-1, 4)
+        ignore = np.asarray(self.ignore, dtype=bool).reshape(-1)
+        if len(ignore) == 0:
+            ignore = np.zeros(len(boxes), dtype=bool)
+        if len(ignore) != len(boxes):
+            raise ValueError(f"{self.image}: {len(boxes)} boxes but {len(ignore)} ignore flags")
+        object.__setattr__(self, "boxes", boxes)
+        object.__setattr__(self, "ignore", ignore)
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "image": self.image, "width": self.width, "height": self.height,
+            "boxes": [[round(float(v), 2) for v in b] for b in self.boxes],
+            "texts": list(self.texts) or [""] * len(self.boxes),
+            "ignore": [bool(x) for x in self.ignore],
+        }
+        if self.polys:
+            d["polys"] = [list(p) for p in self.polys]
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], source: str = "") -> "LabelledImage":
+        try:
+            return cls(
+                image=str(d["image"]), width=int(d["width"]), height=int(d["height"]),
+                boxes=d.get("boxes") or [], ignore=d.get("ignore") or [],
+                texts=tuple(d.get("texts") or ()), polys=tuple(tuple(p) for p in d.get("polys") or ()),
+                source=source,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"bad record ({exc})") from None
+
+
+def read_jsonl(path: str | Path, source: str = "") -> list[LabelledImage]:
+    """Read a boxes.jsonl; raises ValueError naming the file and line on a bad record."""
+    path = Path(path)
+    out = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                out.append(LabelledImage.from_json(json.loads(line), source=source))
+            except (json.JSONDecodeError, ValueError) as exc:
+                raise ValueError(f"{path}:{lineno}: {exc}") from None
+    return out
+
+
+def read_devset(root: str | Path) -> list[tuple[Path, LabelledImage]]:
+    """Every `<source>/boxes.jsonl` under `root` (or `root/boxes.jsonl`), with absolute image paths."""
+    root = Path(root)
+    files = [root / "boxes.jsonl"] if (root / "boxes.jsonl").exists() else sorted(root.glob("*/boxes.jsonl"))
+    if not files:
+        raise FileNotFoundError(f"{root}: no boxes.jsonl found (expected <source>/boxes.jsonl)")
+    out = []
+    for f in files:
+        source = f.parent.name
+        for rec in read_jsonl(f, source=source):
+            out.append((f.parent / rec.image, rec))
+    return out
+
+
+def write_jsonl(path: str | Path, records: Iterable[LabelledImage | dict[str, Any]]) -> None:
+    """Atomic write: temp file in the same folder, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            for r in records:
+                fh.write(json.dumps(r.to_json() if isinstance(r, LabelledImage) else r, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write bytes via temp file + rename in the destination folder (the one atomic-write helper)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))

@@ -1,0 +1,433 @@
+"""`harvest`: gather images from folders, URL lists, CSVs and URLs into the workspace.
+
+Every item is streamed to a temp file in the workspace while hashed, fully decoded
+(`imaging.probe`), then renamed to its content address `images/ab/<sha256>.<ext>`; the
+bytes are never re-encoded. Catalog rows are written by the calling thread in batched
+transactions after the file is in place, so an interrupted run leaves at worst an orphan
+file that the rerun adopts. Bad items become `rejects` rows with a reason; the rest finish.
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import fcntl
+import hashlib
+import os
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.catalog import Catalog, dumps
+from pipeline.config import IMAGE_EXTENSIONS, HarvestConfig, SplitRatios
+from pipeline.imaging import ImageInfo, ImageRejected, probe
+from pipeline.workspace import Workspace
+
+CHUNK = 1 << 20
+URL_LIST_SUFFIXES = (".txt", ".urls", ".lst")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One thing to harvest: an absolute local path or an http(s) URL."""
+
+    source: str
+    original_name: str
+    is_url: bool
+    metadata: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Reject:
+    source: str
+    reason: str
+    detail: str
+
+    def line(self) -> str:
+        return f"{self.source}: {self.reason} ({self.detail})"
+
+
+@dataclass
+class Fetched:
+    item: Item
+    sha256: str
+    tmp_path: Path
+    size: int
+    info: ImageInfo
+    mtime: float | None = None
+
+
+@dataclass
+class HarvestSummary:
+    new: int = 0
+    duplicates: int = 0      # new source of an image already in the workspace
+    skipped: int = 0         # source already harvested (resume)
+    rejected: Counter = field(default_factory=Counter)
+    reject_lines: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> int:
+        return self.new + self.duplicates + self.skipped
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"new": self.new, "duplicates": self.duplicates, "skipped": self.skipped,
+                "rejected": dict(self.rejected), "rejects": self.reject_lines, "seconds": round(self.seconds, 3)}
+
+
+def split_for(sha256: str, ratios: SplitRatios) -> str:
+    """Deterministic split from the content hash: never changes between runs or machines."""
+    u = int(sha256[:12], 16) / float(1 << 48)
+    if u < ratios.train:
+        return "train"
+    if u < ratios.train + ratios.val:
+        return "val"
+    return "test"
+
+
+def is_url(text: str) -> bool:
+    return text.lower().startswith(("http://", "https://"))
+
+
+def _url_name(url: str) -> str:
+    name = Path(urllib.parse.urlparse(url).path).name
+    return name or "download"
+
+
+# --- expanding sources into items --------------------------------------------------------
+
+def expand_sources(sources: Iterable[str]) -> tuple[list[Item], list[Reject]]:
+    """Folders (recursive), single images, URL lists, CSVs and URLs -> items and source errors."""
+    items: list[Item] = []
+    errors: list[Reject] = []
+    for raw in sources:
+        if is_url(raw):
+            items.append(Item(raw, _url_name(raw), True))
+            continue
+        if "://" in raw:
+            errors.append(Reject(raw, "bad_url", "only http:// and https:// URLs are supported"))
+            continue
+        path = Path(raw).expanduser()
+        try:
+            if path.is_dir():
+                items.extend(_walk_folder(path, errors))
+            elif not path.exists():
+                errors.append(Reject(str(path), "not_found", "no such file or folder"))
+            elif path.suffix.lower() == ".csv":
+                items.extend(_read_csv(path, errors))
+            elif path.suffix.lower() in URL_LIST_SUFFIXES:
+                items.extend(_read_url_list(path, errors))
+            else:
+                items.append(Item(str(path.resolve()), path.name, False))
+        except PermissionError as exc:
+            errors.append(Reject(str(path), "unreadable", exc.strerror or "permission denied"))
+    return items, errors
+
+
+def _walk_folder(folder: Path, errors: list[Reject]) -> Iterator[Item]:
+    def onerror(exc: OSError) -> None:
+        errors.append(Reject(str(exc.filename or folder), "unreadable", exc.strerror or str(exc)))
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=onerror):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if name.lower().endswith(IMAGE_EXTENSIONS):
+                p = Path(dirpath, name).resolve()
+                yield Item(str(p), name, False)
+
+
+def _read_url_list(path: Path, errors: list[Reject]) -> Iterator[Item]:
+    for lineno, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        if is_url(entry):
+            yield Item(entry, _url_name(entry), True)
+        else:
+            errors.append(Reject(f"{path}:{lineno}", "bad_url", f"not an http(s) URL: {entry[:80]!r}"))
+
+
+def _read_csv(path: Path, errors: list[Reject]) -> Iterator[Item]:
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            sample = fh.read(65536)
+            fh.seek(0)
+            reader = csv.DictReader(fh)
+            fields = [f.strip().lower() for f in (reader.fieldnames or [])]
+            if not sample.strip():
+                errors.append(Reject(str(path), "malformed_csv", "empty file"))
+                return
+            col = "url" if "url" in fields else "path" if "path" in fields else None
+            if col is None:
+                errors.append(Reject(str(path), "missing_column", f"needs a 'url' or 'path' column, has {fields}"))
+                return
+            key = reader.fieldnames[fields.index(col)]  # type: ignore[index]
+            for rowno, row in enumerate(reader, 2):
+                if None in row:
+                    errors.append(Reject(f"{path}:{rowno}", "malformed_csv", "more fields than the header"))
+                    continue
+                value = (row.get(key) or "").strip()
+                meta = {k: v for k, v in row.items() if k != key and k is not None}
+                if not value:
+                    errors.append(Reject(f"{path}:{rowno}", "malformed_csv", f"empty '{col}'"))
+                elif is_url(value):
+                    yield Item(value, _url_name(value), True, meta)
+                else:
+                    p = Path(value).expanduser()
+                    p = (path.parent / p) if not p.is_absolute() else p
+                    yield Item(str(p.resolve()), p.name, False, meta)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        errors.append(Reject(str(path), "malformed_csv", str(exc)))
+
+
+# --- fetching one item (runs in worker threads) -------------------------------------------
+
+class _Retryable(Exception):
+    pass
+
+
+def _copy_hashing(src, dst: Path, max_bytes: int) -> tuple[str, int]:
+    h = hashlib.sha256()
+    n = 0
+    with dst.open("wb") as out:
+        while True:
+            chunk = src.read(CHUNK)
+            if not chunk:
+                break
+            n += len(chunk)
+            if n > max_bytes:
+                raise ImageRejected("too_large", f"more than {max_bytes} bytes")
+            h.update(chunk)
+            out.write(chunk)
+    return h.hexdigest(), n
+
+
+def _download(item: Item, tmp: Path, cfg: HarvestConfig) -> tuple[str, int]:
+    req = urllib.request.Request(item.source, headers={"User-Agent": cfg.user_agent})
+    last: Exception | None = None
+    for attempt in range(cfg.retries + 1):
+        if attempt:
+            time.sleep(cfg.backoff_s * (2 ** (attempt - 1)))
+        try:
+            with urllib.request.urlopen(req, timeout=cfg.timeout_s) as resp:
+                ctype = (resp.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+                if ctype and not (ctype.startswith("image/") or ctype in ("application/octet-stream", "binary/octet-stream")):
+                    raise ImageRejected("bad_content_type", f"server sent {ctype}")
+                length = resp.headers.get("Content-Length")
+                if length and length.isdigit() and int(length) > cfg.max_bytes:
+                    raise ImageRejected("too_large", f"Content-Length {length} > {cfg.max_bytes} bytes")
+                return _copy_hashing(resp, tmp, cfg.max_bytes)
+        except urllib.error.HTTPError as exc:
+            if exc.code in (429, 500, 502, 503, 504):
+                last = ImageRejected(f"http_{exc.code}", exc.reason if isinstance(exc.reason, str) else str(exc))
+                continue
+            raise ImageRejected(f"http_{exc.code}", str(exc.reason)) from None
+        except (TimeoutError, ConnectionError) as exc:
+            last = ImageRejected("timeout" if isinstance(exc, TimeoutError) else "network", str(exc) or type(exc).__name__)
+        except urllib.error.URLError as exc:
+            reason = exc.reason
+            if isinstance(reason, TimeoutError) or "timed out" in str(reason):
+                last = ImageRejected("timeout", f"no answer within {cfg.timeout_s}s")
+            else:
+                last = ImageRejected("network", str(reason))
+        except ImageRejected:
+            raise
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise
+            last = ImageRejected("network", str(exc))
+    assert last is not None
+    if isinstance(last, ImageRejected) and last.reason == "timeout":
+        last = ImageRejected("timeout", f"no answer within {cfg.timeout_s}s after {cfg.retries + 1} tries")
+    raise last
+
+
+def fetch(item: Item, ws: Workspace, cfg: HarvestConfig) -> Fetched:
+    """Copy or download `item` into a temp file, hash it and fully decode it."""
+    tmp = ws.tmp_dir / f"{uuid.uuid4().hex}.part"
+    try:
+        mtime = None
+        if item.is_url:
+            sha, size = _download(item, tmp, cfg)
+        else:
+            try:
+                st = os.stat(item.source)
+                mtime = st.st_mtime
+                with open(item.source, "rb") as fh:
+                    sha, size = _copy_hashing(fh, tmp, cfg.max_bytes)
+            except FileNotFoundError:
+                raise ImageRejected("not_found", "no such file") from None
+            except PermissionError as exc:
+                raise ImageRejected("unreadable", exc.strerror or "permission denied") from None
+            except IsADirectoryError:
+                raise ImageRejected("unreadable", "is a directory") from None
+        if size == 0:
+            raise ImageRejected("empty", "zero-byte file")
+        info = probe(tmp, max_pixels=cfg.max_pixels)
+        return Fetched(item, sha, tmp, size, info, mtime)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# --- the harvest run -------------------------------------------------------------------------
+
+@contextmanager
+def _workspace_lock(ws: Workspace) -> Iterator[None]:
+    """One harvest per workspace at a time (it owns images/.tmp)."""
+    with open(ws.root / ".harvest.lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"{ws.root}: another harvest is running in this workspace") from None
+        yield
+
+
+def _already_harvested(cat: Catalog, item: Item) -> bool:
+    rows = cat.query("SELECT size, mtime FROM image_sources WHERE source = ? LIMIT 1", (item.source,))
+    if not rows:
+        return False
+    if item.is_url:
+        return True
+    try:
+        st = os.stat(item.source)
+    except OSError:
+        return False
+    return rows[0]["size"] == st.st_size and rows[0]["mtime"] == st.st_mtime
+
+
+def _record(tx, ws: Workspace, f: Fetched, cfg: HarvestConfig, summary: HarvestSummary) -> None:
+    now = time.time()
+    exists = tx.execute("SELECT 1 FROM images WHERE id = ?", (f.sha256,)).fetchone()
+    if exists:
+        f.tmp_path.unlink(missing_ok=True)
+        summary.duplicates += 1
+    else:
+        rel = ws.image_relpath(f.sha256, f.info.ext)
+        final = ws.abspath(rel)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists():  # orphan from an interrupted run: same bytes by construction
+            f.tmp_path.unlink(missing_ok=True)
+        else:
+            os.replace(f.tmp_path, final)
+        i = f.info
+        tx.execute(
+            "INSERT INTO images(id, path, source, original_name, bytes, width, height, format, mode, bit_depth,"
+            " pages, orientation, split, status, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,'new',?)",
+            (f.sha256, rel, f.item.source, f.item.original_name, f.size, i.width, i.height, i.format, i.mode,
+             i.bit_depth, i.pages, i.orientation, split_for(f.sha256, cfg.splits), now),
+        )
+        summary.new += 1
+    tx.execute(
+        "INSERT INTO image_sources(image_id, source, original_name, size, mtime, metadata, harvested_at)"
+        " VALUES (?,?,?,?,?,?,?) ON CONFLICT(image_id, source) DO UPDATE SET size=excluded.size,"
+        " mtime=excluded.mtime, metadata=excluded.metadata",
+        (f.sha256, f.item.source, f.item.original_name, f.size, f.mtime, dumps(f.item.metadata), now),
+    )
+    tx.execute("DELETE FROM rejects WHERE source = ?", (f.item.source,))
+
+
+def _record_reject(tx, r: Reject, summary: HarvestSummary) -> None:
+    tx.execute(
+        "INSERT INTO rejects(source, reason, detail, at) VALUES (?,?,?,?) ON CONFLICT(source) DO UPDATE SET"
+        " reason=excluded.reason, detail=excluded.detail, at=excluded.at",
+        (r.source, r.reason, r.detail[:500], time.time()),
+    )
+    summary.rejected[r.reason] += 1
+    summary.reject_lines.append(r.line())
+
+
+def harvest(
+    ws: Workspace,
+    sources: Iterable[str],
+    cfg: HarvestConfig | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    batch_size: int = 200,
+) -> HarvestSummary:
+    """Harvest `sources` into `ws`. `progress(done, total)` is called as items finish."""
+    cfg = cfg or HarvestConfig()
+    t0 = time.perf_counter()
+    summary = HarvestSummary()
+    items, source_errors = expand_sources(sources)
+    with _workspace_lock(ws), ws.catalog() as cat:
+        for stale in ws.tmp_dir.glob("*.part"):
+            stale.unlink(missing_ok=True)
+        with cat.transaction() as tx:
+            for r in source_errors:
+                _record_reject(tx, r, summary)
+        seen: set[str] = set()
+        todo: list[Item] = []
+        for it in items:
+            if it.source in seen:
+                continue
+            seen.add(it.source)
+            if _already_harvested(cat, it):
+                summary.skipped += 1
+            else:
+                todo.append(it)
+        total = len(todo) + summary.skipped
+        done = summary.skipped
+        if progress:
+            progress(done, total)
+        pending: list[Fetched | Reject] = []
+
+        def flush() -> None:
+            if not pending:
+                return
+            with cat.transaction() as tx:
+                for res in pending:
+                    if isinstance(res, Reject):
+                        _record_reject(tx, res, summary)
+                    else:
+                        _record(tx, ws, res, cfg, summary)
+            pending.clear()
+
+        disk_full: OSError | None = None
+        queue = iter(todo)
+        in_flight: dict[Future, Item] = {}
+        with ThreadPoolExecutor(max_workers=max(1, cfg.workers)) as pool:
+            def submit_next() -> bool:
+                it = next(queue, None)
+                if it is None or disk_full is not None:
+                    return False
+                in_flight[pool.submit(fetch, it, ws, cfg)] = it
+                return True
+
+            for _ in range(max(1, cfg.workers) * 4):  # bounded window: memory flat in the number of items
+                if not submit_next():
+                    break
+            while in_flight:
+                finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    it = in_flight.pop(fut)
+                    try:
+                        pending.append(fut.result())
+                    except ImageRejected as exc:
+                        pending.append(Reject(it.source, exc.reason, exc.detail))
+                    except OSError as exc:
+                        if exc.errno == errno.ENOSPC:
+                            disk_full = exc
+                        pending.append(Reject(it.source, "disk_full" if exc.errno == errno.ENOSPC else "io_error",
+                                              exc.strerror or str(exc)))
+                    done += 1
+                    if progress:
+                        progress(done, total)
+                    submit_next()
+                if len(pending) >= batch_size:
+                    flush()
+        flush()
+        if disk_full is not None:
+            raise OSError(errno.ENOSPC, f"{ws.root}: disk full; harvest stopped, rerun to resume")
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+

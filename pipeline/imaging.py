@@ -1,0 +1,112 @@
+"""Reading images: full-decode validation, metadata probing, and pixels for detectors.
+
+`probe()` is the gatekeeper used by harvest (and redact): it decodes every page so truncated
+files are caught, enforces a pixel limit against decompression bombs, and reports the facts
+the catalog stores. `load_rgb()` gives detectors an upright uint8 RGB array (EXIF orientation
+applied), which is the coordinate frame of every box in textloop.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Pillow format name -> canonical file extension of stored originals.
+FORMAT_EXT = {"JPEG": "jpg", "PNG": "png", "TIFF": "tif", "BMP": "bmp", "WEBP": "webp", "GIF": "gif", "MPO": "jpg"}
+
+_MODE_BITS = {"1": 1, "L": 8, "P": 8, "RGB": 8, "RGBA": 8, "CMYK": 8, "YCbCr": 8, "LA": 8, "PA": 8,
+              "I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I": 32, "F": 32, "RGBX": 8, "LAB": 8, "HSV": 8}
+
+
+class ImageRejected(Exception):
+    """A file that is not a usable image. `reason` is short and stable (stored in the catalog)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """Facts recorded for every harvested image. width/height are as displayed (EXIF applied)."""
+
+    format: str
+    ext: str
+    width: int
+    height: int
+    mode: str
+    bit_depth: int
+    pages: int
+    orientation: int
+
+
+def probe(src: str | Path | BinaryIO, max_pixels: int = 178_956_970) -> ImageInfo:
+    """Fully decode every page of `src`; raise ImageRejected with a reason if it is not a valid image."""
+    if isinstance(src, (str, Path)) and Path(src).stat().st_size == 0:
+        raise ImageRejected("empty", "zero-byte file")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(src) as im:
+                fmt = im.format or ""
+                if fmt not in FORMAT_EXT:
+                    raise ImageRejected("unsupported_format", f"format {fmt or 'unknown'} is not supported")
+                w, h = im.size
+                if w * h > max_pixels:
+                    raise ImageRejected("too_many_pixels", f"{w}x{h} exceeds the limit of {max_pixels} pixels")
+                pages = int(getattr(im, "n_frames", 1) or 1)
+                mode = im.mode
+                orientation = int(im.getexif().get(0x0112, 1) or 1)
+                for page in range(pages):
+                    if pages > 1:
+                        im.seek(page)
+                    im.load()
+        except ImageRejected:
+            raise
+        except UnidentifiedImageError:
+            raise ImageRejected("not_an_image", "cannot identify image data") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageRejected("too_many_pixels", str(exc)) from None
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise ImageRejected("corrupt", str(exc) or type(exc).__name__) from None
+    if orientation in (5, 6, 7, 8):
+        w, h = h, w
+    if orientation not in range(1, 9):
+        orientation = 1
+    return ImageInfo(fmt, FORMAT_EXT[fmt], w, h, mode, _MODE_BITS.get(mode, 8), pages, orientation)
+
+
+def probe_bytes(data: bytes, max_pixels: int = 178_956_970) -> ImageInfo:
+    if not data:
+        raise ImageRejected("empty", "zero-byte file")
+    return probe(io.BytesIO(data), max_pixels=max_pixels)
+
+
+def to_uint8_rgb(im: Image.Image) -> np.ndarray:
+    """Any Pillow mode (incl. 16-bit and float) to uint8 RGB, scaling high bit depths by range."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        lo, hi = np.percentile(arr, 0.5), np.percentile(arr, 99.5)
+        if hi <= lo:
+            lo, hi = float(arr.min()), float(arr.max()) or 1.0
+        arr = np.clip((arr - lo) / max(hi - lo, 1e-9) * 255.0, 0, 255).astype(np.uint8)
+        return np.stack([arr] * 3, axis=-1)
+    if im.mode != "RGB":
+        im = im.convert("RGBA").convert("RGB") if "A" in im.mode or im.mode == "P" else im.convert("RGB")
+    return np.asarray(im, dtype=np.uint8)
+
+
+def load_rgb(path: str | Path, page: int = 0) -> np.ndarray:
+    """Upright (EXIF-transposed) uint8 RGB pixels of one page: the frame boxes refer to."""
+    with Image.open(path) as im:
+        if page:
+            im.seek(page)
+        im = ImageOps.exif_transpose(im) if page == 0 else im
+        return to_uint8_rgb(im)

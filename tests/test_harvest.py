@@ -1,0 +1,244 @@
+from __future__ import annotations
+
+import http.server
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from pipeline.catalog import Catalog
+from pipeline.cli.app import app
+from pipeline.config import HarvestConfig, SplitRatios
+from pipeline.harvest import harvest, split_for
+from pipeline.workspace import Workspace
+from tests.imagegen import jpeg_bytes, noise_image, write
+
+FAST = HarvestConfig(workers=2, timeout_s=1.0, retries=1, backoff_s=0.05, max_bytes=200_000)
+
+
+def make_messy_folder(root: Path) -> dict[str, Path]:
+    good = jpeg_bytes(1)
+    files = {
+        "good": write(root / "a" / "good.jpg", good),
+        "dup": write(root / "b" / "copy_of_good.JPG", good),
+        "png": root / "c.png",
+        "tif16": root / "deep" / "er" / "micro.tif",
+        "truncated": write(root / "trunc.jpg", jpeg_bytes(2)[:300]),
+        "text": write(root / "notes.jpg", b"this is not an image at all\n" * 20),
+        "empty": write(root / "empty.png", b""),
+        "ignored": write(root / "readme.md", b"# not harvested"),
+    }
+    noise_image(3).save(files["png"])
+    files["tif16"].parent.mkdir(parents=True)
+    noise_image(4, mode="I;16").save(files["tif16"])
+    return files
+
+
+def rows(ws: Workspace, sql: str) -> list[dict]:
+    with ws.catalog() as cat:
+        return cat.query(sql)
+
+
+def test_folder_harvest_records_images_and_rejects(ws: Workspace, tmp_path: Path) -> None:
+    files = make_messy_folder(tmp_path / "src")
+    s = harvest(ws, [str(tmp_path / "src")], FAST)
+    assert (s.new, s.duplicates, s.skipped) == (3, 1, 0)
+    assert dict(s.rejected) == {"corrupt": 1, "not_an_image": 1, "empty": 1}
+    imgs = {r["original_name"]: r for r in rows(ws, "SELECT * FROM images")}
+    assert set(imgs) == {"good.jpg", "c.png", "micro.tif"}  # the duplicate collapsed onto the first source
+    assert imgs["micro.tif"]["bit_depth"] == 16 and imgs["micro.tif"]["format"] == "TIFF"
+    assert imgs["good.jpg"]["width"] == 64 and imgs["good.jpg"]["height"] == 48
+    sources = rows(ws, "SELECT * FROM image_sources WHERE image_id = (SELECT id FROM images WHERE original_name='good.jpg')")
+    assert {Path(r["source"]).name for r in sources} == {"good.jpg", "copy_of_good.JPG"}
+    rejects = {Path(r["source"]).name: r["reason"] for r in rows(ws, "SELECT * FROM rejects")}
+    assert rejects == {"trunc.jpg": "corrupt", "notes.jpg": "not_an_image", "empty.png": "empty"}
+    for r in imgs.values():  # content-addressed, bytes identical to the source
+        stored = ws.abspath(r["path"])
+        assert stored.name.startswith(r["id"]) and stored.parent.name == r["id"][:2]
+    assert ws.abspath(imgs["good.jpg"]["path"]).read_bytes() == files["good"].read_bytes()
+    assert list(ws.tmp_dir.iterdir()) == []
+
+
+def test_harvest_twice_is_idempotent(ws: Workspace, tmp_path: Path) -> None:
+    make_messy_folder(tmp_path / "src")
+    harvest(ws, [str(tmp_path / "src")], FAST)
+    before = [rows(ws, f"SELECT * FROM {t} ORDER BY 1, 2") for t in ("images", "image_sources")]
+    s2 = harvest(ws, [str(tmp_path / "src")], FAST)
+    assert (s2.new, s2.duplicates) == (0, 0) and s2.skipped == 4
+    after = [rows(ws, f"SELECT * FROM {t} ORDER BY 1, 2") for t in ("images", "image_sources")]
+    assert before == after
+    assert len([p for p in ws.images_dir.rglob("*") if p.is_file()]) == 3
+
+
+def test_split_is_deterministic_and_follows_ratios() -> None:
+    ratios = SplitRatios(0.6, 0.2, 0.2)
+    shas = [f"{i:064x}" for i in range(0, 2**20, 997)]
+    first = [split_for(s, ratios) for s in shas]
+    assert first == [split_for(s, ratios) for s in shas]
+    import hashlib
+    hashed = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(3000)]
+    counts = {k: sum(split_for(h, ratios) == k for h in hashed) / 3000 for k in ("train", "val", "test")}
+    assert abs(counts["train"] - 0.6) < 0.04 and abs(counts["val"] - 0.2) < 0.04
+    with pytest.raises(ValueError):
+        SplitRatios(0.5, 0.5, 0.5)
+
+
+def test_migration_from_empty_catalog(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.sqlite"
+    with Catalog(path) as cat:
+        assert cat.schema_version() >= 1
+        tables = {r["name"] for r in cat.query("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert {"images", "predictions", "annotations", "models", "tasks", "iterations", "rejects"} <= tables
+        assert cat.scalar("PRAGMA journal_mode") == "wal"
+    with Catalog(path) as cat:  # reopening does not re-apply
+        assert cat.scalar("SELECT COUNT(*) FROM schema_version") == cat.schema_version()
+
+
+def test_transaction_rolls_back_on_error(ws: Workspace) -> None:
+    with ws.catalog() as cat:
+        with pytest.raises(RuntimeError):
+            with cat.transaction() as tx:
+                tx.execute("INSERT INTO rejects(source, reason, detail, at) VALUES ('x', 'r', 'd', 0)")
+                raise RuntimeError("crash mid-command")
+        assert cat.scalar("SELECT COUNT(*) FROM rejects") == 0
+
+
+def test_csv_and_url_list_sources(ws: Workspace, tmp_path: Path) -> None:
+    img = write(tmp_path / "pics" / "x.jpg", jpeg_bytes(5))
+    (tmp_path / "list.csv").write_text("path,patient_site,notes\npics/x.jpg,site-7,hello\n")
+    (tmp_path / "nocol.csv").write_text("file,notes\nx.jpg,hi\n")
+    (tmp_path / "urls.txt").write_text("# comment\nftp://example.org/a.jpg\n")
+    s = harvest(ws, [str(tmp_path / "list.csv"), str(tmp_path / "nocol.csv"), str(tmp_path / "urls.txt"),
+                     str(tmp_path / "missing_dir")], FAST)
+    assert s.new == 1
+    assert dict(s.rejected) == {"missing_column": 1, "bad_url": 1, "not_found": 1}
+    meta = json.loads(rows(ws, "SELECT metadata FROM image_sources")[0]["metadata"])
+    assert meta == {"patient_site": "site-7", "notes": "hello"}
+    assert img.exists()
+
+
+# --- URL harvest against a real loopback HTTP server ---------------------------------------
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    routes: dict[str, tuple[int, str, bytes, float]] = {}
+    hits: dict[str, int] = {}
+
+    def log_message(self, *a) -> None:  # quiet
+        pass
+
+    def do_GET(self) -> None:
+        Handler.hits[self.path] = Handler.hits.get(self.path, 0) + 1
+        if self.path == "/redirect":
+            self.send_response(302)
+            self.send_header("Location", "/ok.jpg")
+            self.end_headers()
+            return
+        code, ctype, body, delay = Handler.routes.get(self.path, (404, "text/plain", b"nope", 0.0))
+        if delay:
+            time.sleep(delay)
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        try:
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
+@pytest.fixture
+def http_base():
+    Handler.routes = {
+        "/ok.jpg": (200, "image/jpeg", jpeg_bytes(10), 0.0),
+        "/other.png": (200, "image/png", _png(11), 0.0),
+        "/slow.jpg": (200, "image/jpeg", jpeg_bytes(12), 3.0),
+        "/page.html": (200, "text/html", b"<html>hi</html>", 0.0),
+        "/huge.jpg": (200, "image/jpeg", jpeg_bytes(13, size=(900, 900), quality=100), 0.0),
+        "/flaky.jpg": (503, "text/plain", b"busy", 0.0),
+    }
+    Handler.hits = {}
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def _png(seed: int) -> bytes:
+    buf = io.BytesIO()
+    noise_image(seed).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_url_harvest_outcomes(ws: Workspace, http_base: str) -> None:
+    urls = [f"{http_base}{p}" for p in ("/ok.jpg", "/other.png", "/missing.jpg", "/redirect", "/slow.jpg",
+                                        "/page.html", "/huge.jpg", "/flaky.jpg")]
+    s = harvest(ws, urls, FAST)
+    assert s.new == 2 and s.duplicates == 1  # /redirect lands on /ok.jpg's bytes
+    reasons = {r["source"].rsplit("/", 1)[1]: r["reason"] for r in rows(ws, "SELECT * FROM rejects")}
+    assert reasons == {"missing.jpg": "http_404", "slow.jpg": "timeout", "page.html": "bad_content_type",
+                       "huge.jpg": "too_large", "flaky.jpg": "http_503"}
+    assert Handler.hits["/flaky.jpg"] == 2  # retried once (FAST.retries = 1)
+    # Resume: already-harvested URLs are not fetched again.
+    hits_before = dict(Handler.hits)
+    s2 = harvest(ws, urls[:2], FAST)
+    assert s2.skipped == 2 and Handler.hits["/ok.jpg"] == hits_before["/ok.jpg"]
+
+
+def test_cli_harvest_and_status_json(tmp_path: Path) -> None:
+    make_messy_folder(tmp_path / "src")
+    runner = CliRunner()
+    wsdir = str(tmp_path / "w")
+    r = runner.invoke(app, ["--workspace", wsdir, "--json", "harvest", str(tmp_path / "src")])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["new"] == 3
+    r = runner.invoke(app, ["--workspace", wsdir, "--json", "status"])
+    status = json.loads(r.stdout)
+    assert status["images"] == 3 and status["rejects"] == {"corrupt": 1, "empty": 1, "not_an_image": 1}
+    assert sum(status["by_split"].values()) == 3
+    r = runner.invoke(app, ["--workspace", wsdir, "harvest", "--strict", str(tmp_path / "src")])
+    assert r.exit_code == 1  # rejects remain and --strict was asked
+    r = runner.invoke(app, ["--workspace", wsdir, "harvest", str(tmp_path / "nothing-here")])
+    assert r.exit_code == 1  # nothing could be done
+
+
+def test_interrupted_harvest_resumes_without_partials_or_duplicates(tmp_path: Path) -> None:
+    src = tmp_path / "many"
+    for i in range(150):
+        write(src / f"{i:03d}.jpg", jpeg_bytes(100 + i, size=(320, 240)))
+    wsdir = tmp_path / "w"
+    cmd = [sys.executable, "-m", "pipeline.cli.app", "--workspace", str(wsdir), "-q", "harvest", "--workers", "1", str(src)]
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    deadline = time.time() + 60
+    catalog = wsdir / "catalog.sqlite"
+    while time.time() < deadline:  # kill it once some, but not all, images are in
+        time.sleep(0.05)
+        if catalog.exists():
+            try:
+                with Catalog(catalog) as cat:
+                    n = cat.scalar("SELECT COUNT(*) FROM images")
+            except Exception:
+                continue
+            if n and n >= 1:
+                break
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    rc = subprocess.run(cmd, capture_output=True).returncode
+    assert rc == 0
+    ws = Workspace.open(wsdir)
+    with ws.catalog() as cat:
+        assert cat.scalar("SELECT COUNT(*) FROM images") == 150
+        assert cat.scalar("SELECT COUNT(*) FROM image_sources") == 150
+    stored = [p for p in ws.images_dir.rglob("*") if p.is_file()]
+    assert len(stored) == 150 and not any(p.suffix == ".part" for p in stored)
+    for p in stored:
+        with Image.open(p) as im:
+            im.load()
