@@ -1,0 +1,75 @@
+"""The frozen PP-OCR backend: finds rendered text, ignores flat images, tiles large ones."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from matplotlib import font_manager
+from PIL import Image, ImageDraw, ImageFont
+
+from pipeline.boxes import iou_matrix
+from pipeline.detectors import load_detector
+from pipeline.detectors.ppocr import PPOCRDetector, merge_boxes
+
+
+def render(text: str, size: tuple[int, int], xy: tuple[int, int], px: int = 24,
+           bg=(225, 228, 230), fg=(15, 15, 15)) -> tuple[np.ndarray, list[float]]:
+    """An RGB image with `text` drawn in DejaVu Sans and the box of its ink."""
+    img = Image.new("RGB", size, bg)
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), px)
+    draw.text(xy, text, font=font, fill=fg)
+    arr = np.asarray(img)
+    ink = np.argwhere(np.abs(arr.astype(int) - np.array(bg)).sum(axis=2) > 60)
+    (y0, x0), (y1, x1) = ink.min(axis=0), ink.max(axis=0)
+    return arr, [float(x0), float(y0), float(x1 + 1), float(y1 + 1)]
+
+
+@pytest.fixture(scope="module")
+def det() -> PPOCRDetector:
+    return PPOCRDetector()
+
+
+def test_finds_rendered_text(det: PPOCRDetector) -> None:
+    arr, box = render("Sample ID 42-17", (420, 200), (40, 80))
+    (d,) = det.detect([arr])
+    assert len(d) >= 1
+    assert iou_matrix(np.array([box]), d.boxes).max() > 0.5
+    assert np.all((d.scores > 0) & (d.scores <= 1))
+    assert det.name == "ppocr" and det.version == "ppocr-v4-det"
+
+
+def test_flat_image_has_no_text(det: PPOCRDetector) -> None:
+    (d,) = det.detect([np.full((240, 320, 3), 128, dtype=np.uint8)])
+    assert len(d) == 0
+
+
+def test_tiled_large_image_finds_text_across_a_tile_seam() -> None:
+    # max_side forces tiling; the text straddles the seam between the first two tiles
+    det = PPOCRDetector(max_side=600, tile_size=512, tile_overlap=64, full_view=False)
+    assert det.version.startswith("ppocr-v4-det+")
+    arr, box = render("SPECIMEN 2024-03-11", (1100, 300), (300, 120), px=28)
+    assert [tiled for _, tiled in det._passes(1100, 300)] == [True]
+    (d,) = det.detect([arr])
+    ious = iou_matrix(np.array([box]), d.boxes)
+    assert ious.max() > 0.5, (box, d.boxes)
+    assert (ious > 0).sum() == 1  # the pieces from both tiles were merged into one box
+
+
+def test_load_detector_ppocr_passes_options() -> None:
+    det = load_detector("ppocr", box_thresh=0.6)
+    assert det.config.box_thresh == 0.6 and det.version != "ppocr-v4-det"
+    with pytest.raises(ValueError, match="unknown ppocr option"):
+        PPOCRDetector(nonsense=1)
+
+
+def test_merge_boxes_unions_line_pieces_and_duplicates() -> None:
+    boxes = np.array([[0, 0, 60, 10], [50, 1, 120, 11],    # one line cut by a seam (groups 0, 1)
+                      [200, 0, 240, 10], [201, 0, 240, 10],  # duplicate from two passes
+                      [0, 40, 50, 50], [60, 40, 100, 50]])   # two words, same tile: kept apart
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+    group = np.array([0, 1, 0, 2, 0, 0])
+    b, s = merge_boxes(boxes, scores, group)
+    got = sorted(map(tuple, b.tolist()))
+    assert got == [(0, 0, 120, 11), (0, 40, 50, 50), (60, 40, 100, 50), (200, 0, 240, 10)]
+    assert s.max() == pytest.approx(0.9)
