@@ -39,7 +39,7 @@ class SplitRatios:
 class HarvestConfig:
     """Limits and behaviour of `textloop harvest`."""
 
-    workers: int = 4
+    workers: int = field(default_factory=lambda: os.cpu_count() or 2)  # processes: decoding is CPU-bound
     timeout_s: float = 20.0
     retries: int = 3
     backoff_s: float = 0.5

@@ -21,7 +21,8 @@ import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+import multiprocessing
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -394,7 +395,10 @@ def harvest(
         disk_full: OSError | None = None
         queue = iter(todo)
         in_flight: dict[Future, Item] = {}
-        with ThreadPoolExecutor(max_workers=max(1, cfg.workers)) as pool:
+        # Processes, not threads: Pillow holds the GIL while decoding, and decoding is the cost.
+        # fork keeps start-up cheap; workers only fetch/decode, they never touch the catalog.
+        ctx = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(max_workers=max(1, min(cfg.workers, len(todo) or 1)), mp_context=ctx) as pool:
             def submit_next() -> bool:
                 it = next(queue, None)
                 if it is None or disk_full is not None:

@@ -28,9 +28,12 @@ class ImageRejected(Exception):
     """A file that is not a usable image. `reason` is short and stable (stored in the catalog)."""
 
     def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
+        super().__init__(reason, detail)  # both in args: the exception crosses process boundaries
         self.reason = reason
         self.detail = detail
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.detail}"
 
 
 @dataclass(frozen=True)

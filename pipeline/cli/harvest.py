@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 from typing import List
 
 import typer
@@ -31,7 +32,7 @@ def init_cmd(ctx: typer.Context) -> None:
 def harvest_cmd(
     ctx: typer.Context,
     sources: List[str] = typer.Argument(..., help="Folders (recursive), image files, URL lists (.txt), CSVs with a url/path column, or http(s) URLs."),
-    workers: int = typer.Option(4, help="Concurrent copies/downloads."),
+    workers: int = typer.Option(0, help="Worker processes (copy/download + decode); 0 = one per CPU core. Raise it for slow networks."),
     timeout: float = typer.Option(20.0, help="Seconds per HTTP request."),
     retries: int = typer.Option(3, help="HTTP retries with exponential backoff."),
     max_bytes: int = typer.Option(200 * 1024 * 1024, help="Reject files larger than this."),
@@ -42,7 +43,7 @@ def harvest_cmd(
     """Gather images into the workspace: content-addressed, fully validated, deduplicated, resumable."""
     st = state(ctx)
     try:
-        cfg = HarvestConfig(workers=workers, timeout_s=timeout, retries=retries, max_bytes=max_bytes,
+        cfg = HarvestConfig(workers=workers or (os.cpu_count() or 2), timeout_s=timeout, retries=retries, max_bytes=max_bytes,
                             max_pixels=max_pixels, splits=SplitRatios.parse(splits))
     except ValueError as exc:
         fail(str(exc), 2)
