@@ -118,6 +118,23 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        2,
+        """
+        -- Label Studio: which model versions' predictions each task already carries (push is
+        -- idempotent per version), and task ids by project for pull.
+        CREATE TABLE task_predictions (
+            ls_project_id INTEGER NOT NULL,
+            ls_task_id INTEGER NOT NULL,
+            image_id TEXT NOT NULL REFERENCES images(id),
+            model_version TEXT NOT NULL,
+            n_boxes INTEGER NOT NULL DEFAULT 0,
+            pushed_at REAL NOT NULL,
+            PRIMARY KEY (ls_project_id, ls_task_id, model_version)
+        );
+        CREATE INDEX tasks_task ON tasks(ls_project_id, ls_task_id);
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
