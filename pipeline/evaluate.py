@@ -1,0 +1,214 @@
+"""The DESIGN.md detection metrics, as pure numpy functions over ground truth and predictions.
+
+Box metrics (what a labeller sees): precision / recall / F1 at IoU >= 0.5 with greedy,
+score-ordered matching, and AP50 (VOC all-point interpolation). A prediction may match an
+*ignore* (don't-care) box; it is then neither a true nor a false positive, and ignore boxes
+are never misses.
+
+Pixel metrics (what redaction needs): text coverage, fully covered boxes and over-redaction,
+computed on the union of the predicted boxes (grown by `pad_px`, as redaction would) against
+the pixels of the ground-truth boxes. A line box over word-level ground truth covers it fully,
+as it should for redaction, even though it matches none of the words at IoU 0.5.
+
+Undefined ratios (no ground truth, no predictions) are NaN, never a made-up 0 or 1;
+`json_safe` turns them into None for JSON.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.boxes import Detections, iou_matrix, pad, to_int_pixels, union_mask
+from pipeline.formats import LabelledImage
+
+METRIC_KEYS = ("precision", "recall", "f1", "ap50", "text_coverage", "fully_covered", "over_redaction",
+               "n_images", "n_gt", "n_pred")
+FULLY_COVERED_FRACTION = 0.95
+
+
+# --- per image -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MatchResult:
+    """Per prediction (in the input order): true positive / ignored (matched a don't-care box)."""
+
+    tp: np.ndarray        # (N,) bool
+    ignored: np.ndarray   # (N,) bool; false positives are ~tp & ~ignored
+    scores: np.ndarray    # (N,)
+    n_gt: int             # non-ignore ground-truth boxes
+
+
+def match_image(gt: LabelledImage, det: Detections, iou_threshold: float = 0.5) -> MatchResult:
+    """Greedy matching in descending score order. Each prediction takes the unmatched non-ignore
+    GT box it overlaps most (IoU >= threshold); failing that, any ignore box it overlaps enough
+    (ignore boxes can absorb several predictions); otherwise it is a false positive."""
+    n = len(det)
+    tp = np.zeros(n, dtype=bool)
+    ignored = np.zeros(n, dtype=bool)
+    care = ~gt.ignore
+    if n == 0:
+        return MatchResult(tp, ignored, det.scores.copy(), int(care.sum()))
+    ious = iou_matrix(det.boxes, gt.boxes)  # (N, G)
+    taken = np.zeros(len(gt.boxes), dtype=bool)
+    for i in np.argsort(-det.scores, kind="stable"):
+        if ious.shape[1] == 0:
+            break
+        cand = np.where(care & ~taken, ious[i], -1.0)
+        j = int(np.argmax(cand))
+        if cand[j] >= iou_threshold:
+            tp[i] = True
+            taken[j] = True
+            continue
+        if np.any(gt.ignore) and np.max(np.where(gt.ignore, ious[i], -1.0)) >= iou_threshold:
+            ignored[i] = True
+    return MatchResult(tp, ignored, det.scores.copy(), int(care.sum()))
+
+
+@dataclass(frozen=True)
+class CoverageCounts:
+    """Pixel counts of one image, summed over a set to get the pixel metrics."""
+
+    text_px: int          # pixels inside the union of non-ignore GT boxes
+    covered_px: int       # ... of which inside the union of (padded) predicted boxes
+    n_boxes: int          # non-ignore GT boxes
+    n_fully: int          # ... with >= 95 % of their pixels covered
+    outside_px: int       # redacted pixels outside every GT box (ignore boxes count as GT)
+    image_px: int
+
+    def __add__(self, other: "CoverageCounts") -> "CoverageCounts":
+        return CoverageCounts(*(a + b for a, b in zip(self.as_tuple(), other.as_tuple())))
+
+    def as_tuple(self) -> tuple[int, ...]:
+        return (self.text_px, self.covered_px, self.n_boxes, self.n_fully, self.outside_px, self.image_px)
+
+
+def coverage_counts(gt: LabelledImage | np.ndarray, det: Detections | np.ndarray, width: int, height: int,
+                    pad_px: float = 0.0, ignore: np.ndarray | None = None) -> CoverageCounts:
+    """Pixel counts for one image. `gt` is a LabelledImage or an (N, 4) box array (with optional
+    `ignore` flags); `det` is Detections or an (M, 4) box array, already thresholded."""
+    if isinstance(gt, LabelledImage):
+        gt_boxes, gt_ignore = gt.boxes, gt.ignore
+    else:
+        gt_boxes = np.asarray(gt, dtype=np.float64).reshape(-1, 4)
+        gt_ignore = np.zeros(len(gt_boxes), bool) if ignore is None else np.asarray(ignore, bool).reshape(-1)
+    pred_boxes = det.boxes if isinstance(det, Detections) else np.asarray(det, dtype=np.float64).reshape(-1, 4)
+    if pad_px:
+        pred_boxes = pad(pred_boxes, pad_px)
+    width, height = int(width), int(height)
+    redacted = union_mask(pred_boxes, width, height)
+    care_boxes = gt_boxes[~gt_ignore]
+    text = union_mask(care_boxes, width, height)
+    any_gt = union_mask(gt_boxes, width, height) if gt_ignore.any() else text
+    n_fully = 0
+    for x0, y0, x1, y1 in to_int_pixels(care_boxes, width, height):
+        px = (x1 - x0) * (y1 - y0)
+        if px <= 0:  # a degenerate or off-image box: nothing to cover
+            n_fully += 1
+            continue
+        if redacted[y0:y1, x0:x1].sum() >= FULLY_COVERED_FRACTION * px:
+            n_fully += 1
+    return CoverageCounts(
+        text_px=int(text.sum()), covered_px=int((text & redacted).sum()), n_boxes=len(care_boxes),
+        n_fully=n_fully, outside_px=int((redacted & ~any_gt).sum()), image_px=width * height,
+    )
+
+
+# --- over a set ----------------------------------------------------------------------------
+
+def _ratio(num: float, den: float) -> float:
+    return float(num) / float(den) if den else math.nan
+
+
+def average_precision(scores: np.ndarray, tp: np.ndarray, n_gt: int) -> float:
+    """VOC all-point interpolated AP from the non-ignored predictions of a whole set."""
+    if n_gt == 0:
+        return math.nan
+    if len(scores) == 0:
+        return 0.0
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    hits = np.asarray(tp, dtype=bool)[order]
+    ctp = np.cumsum(hits)
+    cfp = np.cumsum(~hits)
+    recall = ctp / n_gt
+    precision = ctp / np.maximum(ctp + cfp, 1)
+    mrec = np.concatenate([[0.0], recall, [1.0]])
+    mpre = np.concatenate([[0.0], precision, [0.0]])
+    mpre = np.maximum.accumulate(mpre[::-1])[::-1]  # precision envelope
+    idx = np.where(mrec[1:] != mrec[:-1])[0]
+    return float(np.sum((mrec[idx + 1] - mrec[idx]) * mpre[idx + 1]))
+
+
+def evaluate(gts: Sequence[LabelledImage], preds: Sequence[Detections],
+             iou_threshold: float = 0.5, pad_px: float = 0.0) -> dict[str, float]:
+    """All DESIGN.md metrics over a set; `preds[i]` belongs to `gts[i]` (already thresholded)."""
+    if len(gts) != len(preds):
+        raise ValueError(f"{len(gts)} ground-truth images but {len(preds)} predictions")
+    all_scores, all_tp = [], []
+    n_gt = n_pred = tp = fp = 0
+    cov = CoverageCounts(0, 0, 0, 0, 0, 0)
+    for gt, det in zip(gts, preds):
+        m = match_image(gt, det, iou_threshold)
+        keep = ~m.ignored
+        all_scores.append(m.scores[keep])
+        all_tp.append(m.tp[keep])
+        n_gt += m.n_gt
+        n_pred += len(det)
+        tp += int(m.tp.sum())
+        fp += int((~m.tp & ~m.ignored).sum())
+        cov = cov + coverage_counts(gt, det, gt.width, gt.height, pad_px=pad_px)
+    precision = _ratio(tp, tp + fp)
+    recall = _ratio(tp, n_gt)
+    if math.isnan(precision) or math.isnan(recall):
+        f1 = math.nan
+    else:
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    scores = np.concatenate(all_scores) if all_scores else np.zeros(0)
+    hits = np.concatenate(all_tp) if all_tp else np.zeros(0, dtype=bool)
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "ap50": average_precision(scores, hits, n_gt),
+        "text_coverage": _ratio(cov.covered_px, cov.text_px),
+        "fully_covered": _ratio(cov.n_fully, cov.n_boxes),
+        "over_redaction": _ratio(cov.outside_px, cov.image_px),
+        "n_images": len(gts),
+        "n_gt": n_gt,
+        "n_pred": n_pred,
+        "tp": tp,
+        "fp": fp,
+        "fn": n_gt - tp,
+    }
+
+
+def evaluate_by_source(gts: Sequence[LabelledImage], preds: Sequence[Detections],
+                       iou_threshold: float = 0.5, pad_px: float = 0.0) -> dict[str, dict[str, float]]:
+    """`evaluate` per `LabelledImage.source` (sorted by name; '' for records without a source)."""
+    if len(gts) != len(preds):
+        raise ValueError(f"{len(gts)} ground-truth images but {len(preds)} predictions")
+    groups: dict[str, list[int]] = {}
+    for i, gt in enumerate(gts):
+        groups.setdefault(gt.source, []).append(i)
+    return {
+        src: evaluate([gts[i] for i in idx], [preds[i] for i in idx], iou_threshold, pad_px)
+        for src, idx in sorted(groups.items())
+    }
+
+
+def json_safe(value: object) -> object:
+    """NaN -> None (JSON has no NaN), recursively through dicts and lists."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+__all__ = ["METRIC_KEYS", "MatchResult", "CoverageCounts", "match_image", "coverage_counts", "average_precision",
+           "evaluate", "evaluate_by_source", "json_safe"]

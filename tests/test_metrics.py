@@ -1,0 +1,145 @@
+"""The DESIGN.md metrics on hand-made cases whose values are worked out in the comments."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from pipeline.boxes import Detections
+from pipeline.evaluate import (METRIC_KEYS, average_precision, coverage_counts, evaluate, evaluate_by_source,
+                               json_safe, match_image)
+from pipeline.formats import LabelledImage
+
+
+def gt(w: int, h: int, boxes, ignore=None, source: str = "") -> LabelledImage:
+    return LabelledImage(image="x.png", width=w, height=h, boxes=np.array(boxes, float).reshape(-1, 4),
+                         ignore=[] if ignore is None else ignore, source=source)
+
+
+def det(boxes, scores=None) -> Detections:
+    boxes = np.array(boxes, float).reshape(-1, 4)
+    return Detections(boxes, np.ones(len(boxes)) if scores is None else scores)
+
+
+NAN = math.nan
+# (id, ground truth, predictions, pad_px, expected metrics)
+CASES = [
+    ("perfect",
+     gt(100, 50, [[10, 10, 30, 20]]), det([[10, 10, 30, 20]], [0.9]), 0.0,
+     dict(precision=1, recall=1, f1=1, ap50=1, text_coverage=1, fully_covered=1, over_redaction=0)),
+    # one hit, one miss, one false positive on a 40x10 image: FP covers 100 px outside GT
+    ("miss_and_false_positive",
+     gt(40, 10, [[0, 0, 10, 10], [20, 0, 30, 10]]), det([[0, 0, 10, 10], [30, 0, 40, 10]], [0.9, 0.8]), 0.0,
+     dict(precision=0.5, recall=0.5, f1=0.5, ap50=0.5, text_coverage=0.5, fully_covered=0.5, over_redaction=0.25)),
+    # the false positive scores higher than the hit: recall 1 only at precision 1/2
+    ("fp_ranked_first",
+     gt(40, 10, [[0, 0, 10, 10]]), det([[30, 0, 40, 10], [0, 0, 10, 10]], [0.9, 0.8]), 0.0,
+     dict(precision=0.5, recall=1, f1=2 / 3, ap50=0.5, text_coverage=1, fully_covered=1, over_redaction=0.25)),
+    # a prediction on an ignore box is not a false positive; the ignore box is no GT text and
+    # redacting it is not over-redaction
+    ("ignore_box_predicted",
+     gt(40, 10, [[0, 0, 10, 10], [20, 0, 30, 10]], ignore=[False, True]),
+     det([[0, 0, 10, 10], [20, 0, 30, 10]], [0.9, 0.8]), 0.0,
+     dict(precision=1, recall=1, f1=1, ap50=1, text_coverage=1, fully_covered=1, over_redaction=0,
+          n_gt=1, n_pred=2)),
+    # an ignore box left alone is not a miss
+    ("ignore_box_missed",
+     gt(40, 10, [[0, 0, 10, 10], [20, 0, 30, 10]], ignore=[False, True]), det([[0, 0, 10, 10]]), 0.0,
+     dict(precision=1, recall=1, f1=1, text_coverage=1, fully_covered=1, n_gt=1)),
+    # one line box over three word boxes (200 + 250 + 250 = 700 GT px): IoU with each word <= 250/1176,
+    # so F1 = 0, but every text pixel is covered; over-redaction = (84*14 - 700) / 3000
+    ("line_box_over_words",
+     gt(100, 30, [[10, 10, 30, 20], [35, 10, 60, 20], [65, 10, 90, 20]]), det([[8, 8, 92, 22]]), 0.0,
+     dict(precision=0, recall=0, f1=0, ap50=0, text_coverage=1, fully_covered=1, over_redaction=(1176 - 700) / 3000)),
+    # 90 % of the box covered: not fully covered ...
+    ("partial_cover",
+     gt(100, 50, [[10, 10, 30, 20]]), det([[10, 10, 28, 20]]), 0.0,
+     dict(precision=1, recall=1, text_coverage=0.9, fully_covered=0, over_redaction=0)),
+    # ... but with 2 px of padding it is, and the padding outside the GT is over-redaction
+    ("partial_cover_padded",
+     gt(100, 50, [[10, 10, 30, 20]]), det([[10, 10, 28, 20]]), 2.0,
+     dict(precision=1, recall=1, text_coverage=1, fully_covered=1, over_redaction=(22 * 14 - 200) / 5000)),
+    # 95 % exactly counts as fully covered
+    ("ninety_five_percent",
+     gt(100, 50, [[10, 10, 30, 20]]), det([[10, 10, 29, 20]]), 0.0,
+     dict(text_coverage=0.95, fully_covered=1)),
+    # two predictions on one GT box: the second is a false positive
+    ("duplicate_prediction",
+     gt(100, 50, [[10, 10, 30, 20]]), det([[10, 10, 30, 20], [11, 10, 30, 20]], [0.9, 0.8]), 0.0,
+     dict(precision=0.5, recall=1, ap50=1, text_coverage=1)),
+    # overlapping GT boxes: pixels are counted once (GT union = 150 px, prediction covers 100)
+    ("overlapping_gt_pixels_once",
+     gt(100, 50, [[0, 0, 10, 10], [5, 0, 15, 10]]), det([[0, 0, 10, 10]]), 0.0,
+     dict(text_coverage=100 / 150, fully_covered=0.5)),
+    # an image without text and without predictions: box metrics undefined, nothing over-redacted
+    ("negative_clean",
+     gt(40, 10, []), det([]), 0.0,
+     dict(precision=NAN, recall=NAN, f1=NAN, ap50=NAN, text_coverage=NAN, fully_covered=NAN, over_redaction=0,
+          n_gt=0, n_pred=0)),
+    ("negative_with_false_positive",
+     gt(40, 10, []), det([[0, 0, 10, 10]]), 0.0,
+     dict(precision=0, recall=NAN, text_coverage=NAN, over_redaction=0.25)),
+    ("nothing_predicted",
+     gt(40, 10, [[0, 0, 10, 10]]), det([]), 0.0,
+     dict(precision=NAN, recall=0, ap50=0, text_coverage=0, fully_covered=0, over_redaction=0)),
+]
+
+
+@pytest.mark.parametrize("name,g,d,pad_px,expected", CASES, ids=[c[0] for c in CASES])
+def test_metric_cases(name, g, d, pad_px, expected) -> None:
+    got = evaluate([g], [d], pad_px=pad_px)
+    assert set(METRIC_KEYS) <= set(got)
+    for key, want in expected.items():
+        if isinstance(want, float) and math.isnan(want):
+            assert math.isnan(got[key]), f"{name}.{key}: {got[key]} != nan"
+        else:
+            assert got[key] == pytest.approx(want), f"{name}.{key}: {got[key]} != {want}"
+
+
+def test_greedy_matching_follows_scores() -> None:
+    # the high-scoring prediction overlaps both GT boxes and takes the better one (G2, IoU 0.667);
+    # the second prediction's best box is then taken and G1 is too far (IoU 0.33): a false positive
+    g = gt(40, 10, [[0, 0, 10, 10], [5, 0, 15, 10]])
+    m = match_image(g, det([[3, 0, 13, 10], [5, 0, 15, 10]], [0.9, 0.5]))
+    assert m.tp.tolist() == [True, False] and m.ignored.tolist() == [False, False]
+    # the same boxes with the scores swapped: the exact box wins G2, the other one gets G1 (IoU 0.54)
+    m = match_image(g, det([[3, 0, 13, 10], [5, 0, 15, 10]], [0.5, 0.9]))
+    assert m.tp.tolist() == [True, True]
+
+
+def test_average_precision_all_point_interpolation() -> None:
+    # hits at ranks 1 and 3 of 3 with 2 GT: (R, P) = (.5, 1), (.5, .5), (1, 2/3) -> .5*1 + .5*2/3
+    assert average_precision(np.array([0.9, 0.8, 0.7]), np.array([True, False, True]), 2) == pytest.approx(5 / 6)
+    # ranking by score, not by input order
+    assert average_precision(np.array([0.7, 0.8, 0.9]), np.array([True, False, True]), 2) == pytest.approx(5 / 6)
+    assert average_precision(np.array([0.9]), np.array([True]), 4) == pytest.approx(0.25)
+
+
+def test_set_metrics_sum_pixels_and_boxes_over_images() -> None:
+    # image A: 100 GT px fully covered; image B: 300 GT px, none covered -> coverage 100/400, not the mean 0.5
+    a = gt(20, 10, [[0, 0, 10, 10]], source="s1")
+    b = gt(40, 10, [[0, 0, 30, 10]], source="s2")
+    preds = [det([[0, 0, 10, 10]]), det([])]
+    got = evaluate([a, b], preds)
+    assert got["text_coverage"] == pytest.approx(0.25)
+    assert got["recall"] == pytest.approx(0.5) and got["n_images"] == 2 and got["n_gt"] == 2
+    by = evaluate_by_source([a, b], preds)
+    assert list(by) == ["s1", "s2"]
+    assert by["s1"]["text_coverage"] == 1 and by["s2"]["text_coverage"] == 0
+    assert by["s1"]["n_gt"] + by["s2"]["n_gt"] == got["n_gt"]
+
+
+def test_coverage_counts_accepts_plain_arrays() -> None:
+    c = coverage_counts(np.array([[0, 0, 10, 10]]), np.array([[0, 0, 5, 10], [30, 0, 40, 10]]), 40, 10)
+    assert (c.text_px, c.covered_px, c.n_boxes, c.n_fully, c.outside_px, c.image_px) == (100, 50, 1, 0, 100, 400)
+
+
+def test_json_safe_and_length_check() -> None:
+    got = evaluate([gt(40, 10, [])], [det([])])
+    text = json.dumps(json_safe(got), allow_nan=False)
+    assert json.loads(text)["recall"] is None
+    with pytest.raises(ValueError, match="2 ground-truth images but 1 predictions"):
+        evaluate([gt(4, 4, []), gt(4, 4, [])], [det([])])
