@@ -1,0 +1,102 @@
+"""Synthetic overlays: exact ink boxes, tightness, determinism, idempotent output folders."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.boxes import to_int_pixels
+from pipeline.formats import read_jsonl
+from pipeline.imaging import load_rgb
+from pipeline.synth import SynthConfig, generate, render_overlays, synth_image
+
+SMALL = SynthConfig(n_images=4, seed=7, width=(160, 320), overlays=(4, 8), p_empty=0.0,
+                    p_rotate=0.5, p_shadow=0.3, p_plate=0.3)
+
+
+def _cover_count(boxes: np.ndarray, h: int, w: int) -> np.ndarray:
+    count = np.zeros((h, w), dtype=np.int32)
+    for x0, y0, x1, y1 in to_int_pixels(boxes, w, h):
+        count[y0:y1, x0:x1] += 1
+    return count
+
+
+@pytest.mark.parametrize("granularity", ["line", "word"])
+def test_every_ink_pixel_in_exactly_one_box_and_boxes_tight(granularity: str) -> None:
+    cfg = dataclasses.replace(SMALL, granularity=granularity)
+    total = 0
+    for i in range(6):
+        r = synth_image(i, cfg)
+        h, w = r.ink.shape
+        count = _cover_count(r.boxes, h, w)
+        ink = r.ink > 0
+        assert (count[ink] == 1).all()
+        for k, (x0, y0, x1, y1) in enumerate(to_int_pixels(r.boxes, w, h)):
+            own = r.ink == k + 1
+            assert own[y0:y1, x0:x1].sum() == own.sum()          # its ink is inside its box
+            ys, xs = np.nonzero(own)
+            margins = (xs.min() - x0, ys.min() - y0, x1 - 1 - xs.max(), y1 - 1 - ys.max())
+            assert max(margins) <= 2, margins                      # tight on all four sides
+        if granularity == "word":
+            assert all(t and " " not in t for t in r.texts)
+        total += len(r.boxes)
+    assert total > 10
+
+
+def test_changed_pixels_are_boxed_when_no_plates_or_bars() -> None:
+    """Crosses the pixel boundary: whatever differs from the background is text inside one box."""
+    cfg = dataclasses.replace(SMALL, p_plate=0.0, scale_bars=False)
+    rng = np.random.default_rng(3)
+    bg = np.full((200, 300, 3), 90, dtype=np.uint8)
+    r = render_overlays(bg, rng, cfg, n_overlays=8)
+    changed = (r.image != bg).any(axis=-1)
+    assert changed.sum() > 100
+    count = _cover_count(r.boxes, 200, 300)
+    assert (count[changed] == 1).all()
+    for x0, y0, x1, y1 in to_int_pixels(r.boxes, 300, 200):
+        ys, xs = np.nonzero(changed[y0:y1, x0:x1])
+        assert len(ys) and xs.min() <= 2 and ys.min() <= 2 and x1 - x0 - 1 - xs.max() <= 2 and y1 - y0 - 1 - ys.max() <= 2
+
+
+def test_unicode_and_kinds_render() -> None:
+    cfg = dataclasses.replace(SMALL, kinds=("scale_bar", "instrument"), n_images=1)
+    texts = [t for i in range(8) for t in synth_image(i, cfg).texts]
+    assert any("µm" in t for t in texts)
+    with pytest.raises(ValueError):
+        SynthConfig(kinds=("nope",))
+
+
+def test_generate_is_deterministic_and_idempotent(tmp_path: Path) -> None:
+    a = generate(tmp_path / "a", SMALL)
+    b = generate(tmp_path / "b", SMALL)
+    assert not a["skipped"] and a["boxes"] > 0
+    assert (tmp_path / "a/boxes.jsonl").read_bytes() == (tmp_path / "b/boxes.jsonl").read_bytes()
+    for p in sorted((tmp_path / "a/images").iterdir()):
+        assert p.read_bytes() == (tmp_path / "b/images" / p.name).read_bytes()
+    recs = read_jsonl(tmp_path / "a/boxes.jsonl")
+    assert len(recs) == SMALL.n_images
+    img = load_rgb(tmp_path / "a" / recs[0].image)
+    assert img.shape[:2] == (recs[0].height, recs[0].width)
+    mtime = (tmp_path / "a/boxes.jsonl").stat().st_mtime_ns
+    again = generate(tmp_path / "a", SMALL)
+    assert again["skipped"] and (tmp_path / "a/boxes.jsonl").stat().st_mtime_ns == mtime
+    c = generate(tmp_path / "c", dataclasses.replace(SMALL, seed=8))
+    assert (tmp_path / "c/boxes.jsonl").read_bytes() != (tmp_path / "a/boxes.jsonl").read_bytes()
+    assert json.loads((tmp_path / "a/manifest.json").read_text())["config"]["seed"] == 7
+
+
+def test_backgrounds_folder_is_used(tmp_path: Path) -> None:
+    from PIL import Image
+
+    (tmp_path / "bg").mkdir()
+    Image.fromarray(np.full((100, 120, 3), (10, 200, 30), np.uint8)).save(tmp_path / "bg/x.png")
+    from pipeline.synth import list_images
+
+    cfg = dataclasses.replace(SMALL, real_background_fraction=1.0, n_images=1, p_empty=1.0)
+    r = synth_image(0, cfg, list_images(tmp_path / "bg"))
+    assert len(r.boxes) == 0
+    assert (np.abs(r.image.astype(int) - (10, 200, 30)) <= 1).all()
