@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 from pipeline import __version__
+from pipeline.cli import detect as detect_cli
 from pipeline.cli import harvest as harvest_cli
 from pipeline.cli import status as status_cli
 from pipeline.cli.common import AppState
@@ -50,6 +51,7 @@ def main_options(
 
 harvest_cli.register(app)
 status_cli.register(app)
+detect_cli.register(app)
 
 
 def main() -> None:

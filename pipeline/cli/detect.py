@@ -1,0 +1,180 @@
+"""`textloop predict`, `textloop evaluate` and `textloop import`: the detector at work and under test."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+from rich.table import Table
+
+from pipeline.boxes import Detections
+from pipeline.cli.common import AppState, emit, fail, progress, state
+from pipeline.predict import DEFAULT_THRESHOLD
+
+
+def register(app: typer.Typer) -> None:
+    app.command("predict")(predict_cmd)
+
+
+# --- shared helpers ----------------------------------------------------------------------
+
+def parse_options(items: List[str] | None) -> dict[str, Any]:
+    """`-o key=value` detector options: JSON values, comma lists (`scales=1,2`) or strings."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            fail(f"detector option {item!r}: expected key=value", 2)
+        key, raw = item.split("=", 1)
+        out[key.strip().replace("-", "_")] = _parse_value(raw.strip())
+    return out
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        pass
+    if "," in raw:
+        return [_parse_value(p) for p in raw.split(",") if p]
+    return raw
+
+
+def open_detector(st: AppState, spec: str, options: dict[str, Any]):
+    """load_detector with one clear error line; the workspace is opened only for `current`."""
+    from pipeline.detectors import load_detector
+
+    try:
+        return load_detector(spec, workspace=st.ws() if spec == "current" else None, **options)
+    except (FileNotFoundError, ValueError, TypeError, ImportError) as exc:
+        fail(f"detector {spec}: {exc}")
+
+
+# --- predict ---------------------------------------------------------------------------------
+
+def predict_cmd(
+    ctx: typer.Context,
+    images: List[str] = typer.Argument(None, help="Image files or folders (recursive). None: the workspace images."),
+    detector: str = typer.Option("current", "--detector", "-d", "--model",
+                                 help="ppocr, current (the promoted model; ppocr if none), or a bundle.zip."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write one JSON object per image to this JSONL file."),
+    threshold: float = typer.Option(DEFAULT_THRESHOLD, help="Keep boxes scoring at least this (low = more recall)."),
+    workspace_images: bool = typer.Option(False, "--workspace-images",
+                                          help="Predict the workspace's images (the default without IMAGES)."),
+    split: Optional[str] = typer.Option(None, help="With workspace images: only this split (train/val/test)."),
+    status: Optional[str] = typer.Option(None, help="With workspace images: only images with this status."),
+    skip_existing: bool = typer.Option(False, help="With workspace images: reuse stored predictions of this model."),
+    store: bool = typer.Option(True, help="Store predictions in the catalog for inputs that are workspace images."),
+    batch_size: int = typer.Option(4, help="Images per detector call."),
+    option: List[str] = typer.Option(None, "--option", "-o", help="Detector option key=value (repeatable), "
+                                     "e.g. -o max_side=1500 -o scales=1,2 for ppocr."),
+) -> None:
+    """Run a detector over images: JSONL out, and catalog rows for workspace images.
+
+    With IMAGES (files/folders), every file is predicted; those whose bytes are already in the
+    workspace also get a catalog row (`--no-store` to skip). Without IMAGES (or with
+    --workspace-images), the workspace's images are predicted and stored under the model version.
+    """
+    from pipeline import predict as P
+
+    st = state(ctx)
+    det = open_detector(st, detector, parse_options(option))
+    t0 = time.perf_counter()
+    errors: list[str] = []
+    n_ok = n_boxes = n_stored = 0
+
+    if images and workspace_images:
+        fail("give IMAGES or --workspace-images, not both", 2)
+    if not images:
+        ws = st.ws()
+        with ws.catalog() as cat:
+            rows = cat.images(split=split, status=status)
+            rows = [r for r in rows if r["status"] != "excluded" or status == "excluded"]
+        ids = [r["id"] for r in rows]
+        paths = {r["id"]: r["path"] for r in rows}
+        sizes = {r["id"]: (r["width"], r["height"]) for r in rows}
+        errs: list[tuple[str, str]] = []
+        with progress(st, f"predict ({det.version})") as update:
+            results = P.predict_workspace(ws, det, ids, threshold=threshold, batch_size=batch_size,
+                                          skip_existing=skip_existing, progress=update, errors=errs)
+        errors = [f"{paths.get(i, i)}: {m}" for i, m in errs]
+        n_ok, n_stored = len(results), len(results)
+        n_boxes = sum(len(d) for d in results.values())
+        if out is not None:
+            P_records = ({"image": paths[i], "image_id": i, "width": sizes[i][0], "height": sizes[i][1],
+                          **results[i].to_json(), "model_version": det.version} for i in ids if i in results)
+            _write_out(out, P_records)
+    else:
+        try:
+            files = P.list_image_files(images)
+        except FileNotFoundError as exc:
+            fail(str(exc), 2)
+        if not files:
+            fail(f"no image files in {', '.join(images)}", 2)
+        rel = dict(files)
+        ws_ids: dict[Path, str] = {}
+        cat = None
+        if store:
+            ws = st.ws()
+            cat = ws.catalog()
+            ws_ids = P.workspace_ids(cat, rel)
+        pending: list[tuple[str, Detections]] = []
+
+        def records():
+            nonlocal n_ok, n_boxes, n_stored, pending
+            with progress(st, f"predict ({det.version})") as update:
+                update(0, len(files))
+                for k, pred in enumerate(P.predict_images(det, rel, threshold, batch_size), 1):
+                    update(k, len(files))
+                    if not pred.ok:
+                        errors.append(f"{pred.path}: {type(pred.result).__name__}: {pred.result}")
+                        continue
+                    d: Detections = pred.result  # type: ignore[assignment]
+                    n_ok += 1
+                    n_boxes += len(d)
+                    if pred.path in ws_ids:
+                        pending.append((ws_ids[pred.path], d))
+                        if len(pending) >= 64:
+                            n_stored += P.store_predictions(cat, det.version, pending)
+                            pending = []
+                    yield {"image": rel[pred.path], "width": pred.width, "height": pred.height,
+                           **d.to_json(), "model_version": det.version}
+
+        try:
+            if out is not None:
+                _write_out(out, records())
+            else:
+                for _ in records():
+                    pass
+            if pending:
+                n_stored += P.store_predictions(cat, det.version, pending)
+        finally:
+            if cat is not None:
+                cat.close()
+
+    seconds = time.perf_counter() - t0
+    summary = {"model_version": det.version, "images": n_ok, "boxes": n_boxes, "errors": errors,
+               "stored_in_catalog": n_stored, "threshold": threshold, "out": str(out) if out else None,
+               "seconds": round(seconds, 3), "images_per_s": round(n_ok / seconds, 3) if seconds > 0 else None}
+
+    def render(c) -> None:
+        for line in errors[:50]:
+            c.print(f"[yellow]skipped[/] {line}", highlight=False, soft_wrap=True)
+        c.print(f"{n_ok} images, {n_boxes} boxes (threshold {threshold}) with {det.version} in {seconds:.1f}s"
+                f" ({summary['images_per_s']} images/s); {len(errors)} errors; {n_stored} stored in the catalog"
+                + (f"; wrote {out}" if out else ""), highlight=False)
+
+    emit(st, summary, render)
+    if n_ok == 0 and errors:
+        raise typer.Exit(1)
+
+
+def _write_out(out: Path, records) -> None:
+    from pipeline.formats import write_jsonl
+
+    try:
+        write_jsonl(out, records)
+    except OSError as exc:
+        fail(f"{out}: cannot write ({exc.strerror or exc})")

@@ -1,0 +1,245 @@
+"""Batch inference: any detector over files or over workspace images.
+
+`predict_paths` streams `(path, Detections | Exception)` so one unreadable image never stops a
+batch. `predict_workspace` runs over catalog images and upserts one `predictions` row per
+(image, model_version), so rerunning it gives the same catalog. Boxes are pixel xyxy in the
+upright (EXIF-applied) image, like every box in textloop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.boxes import Detections
+from pipeline.catalog import Catalog, dumps
+from pipeline.config import IMAGE_EXTENSIONS
+from pipeline.detectors.base import Detector
+from pipeline.imaging import load_rgb
+from pipeline.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+# Default score threshold: low, because a missed word is a leak while an extra box is only a
+# little over-redaction (and a reviewer deletes it in seconds). See README "evaluate".
+DEFAULT_THRESHOLD = 0.3
+DEFAULT_BATCH = 4
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's result: Detections (thresholded) or the error that stopped it."""
+
+    path: Path
+    width: int
+    height: int
+    result: Detections | Exception
+
+    @property
+    def ok(self) -> bool:
+        return isinstance(self.result, Detections)
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for it in items:
+        batch.append(it)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _clean(det: Detections, width: int, height: int, threshold: float) -> Detections:
+    """Threshold, clip to the image and drop empty boxes."""
+    det = det.filter(threshold)
+    if not len(det):
+        return det
+    b = det.boxes.copy()
+    b[:, [0, 2]] = np.clip(b[:, [0, 2]], 0, width)
+    b[:, [1, 3]] = np.clip(b[:, [1, 3]], 0, height)
+    keep = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+    return Detections(b[keep], det.scores[keep], det.labels[keep])
+
+
+def predict_images(detector: Detector, paths: Iterable[str | Path], threshold: float = DEFAULT_THRESHOLD,
+                   batch_size: int = DEFAULT_BATCH) -> Iterator[Prediction]:
+    """Like `predict_paths`, with the image size (as displayed) in every result."""
+    for batch in _chunks((Path(p) for p in paths), max(1, batch_size)):
+        loaded: list[tuple[Path, np.ndarray]] = []
+        failed: dict[Path, Exception] = {}
+        for p in batch:
+            try:
+                loaded.append((p, load_rgb(p)))
+            except Exception as exc:  # noqa: BLE001 - any unreadable file is reported, the batch goes on
+                failed[p] = exc
+        results: dict[Path, Detections | Exception] = dict(failed)
+        arrays = [a for _, a in loaded]
+        try:
+            dets = detector.detect(arrays) if arrays else []
+            if len(dets) != len(arrays):
+                raise RuntimeError(f"detector returned {len(dets)} results for {len(arrays)} images")
+            for (p, _), d in zip(loaded, dets):
+                results[p] = d
+        except Exception:  # noqa: BLE001 - retry one by one so the failure is pinned to its image
+            for p, a in loaded:
+                try:
+                    results[p] = detector.detect([a])[0]
+                except Exception as exc:  # noqa: BLE001
+                    results[p] = exc
+        shapes = {p: a.shape for p, a in loaded}
+        for p in batch:
+            h, w = shapes[p][:2] if p in shapes else (0, 0)
+            r = results[p]
+            if isinstance(r, Detections):
+                r = _clean(r, w, h, threshold)
+            else:
+                log.info("%s: %s", p, r)
+            yield Prediction(p, int(w), int(h), r)
+
+
+def predict_paths(detector: Detector, paths: Iterable[str | Path], threshold: float = DEFAULT_THRESHOLD,
+                  batch_size: int = DEFAULT_BATCH) -> Iterator[tuple[Path, Detections | Exception]]:
+    """Detections (score >= threshold, clipped to the image) per path, streamed in input order;
+    an image that cannot be read or detected yields its exception and the rest go on."""
+    for pred in predict_images(detector, paths, threshold, batch_size):
+        yield pred.path, pred.result
+
+
+def store_predictions(cat: Catalog, model_version: str, items: Iterable[tuple[str, Detections]]) -> int:
+    """Upsert one predictions row per (image, model_version) in one transaction."""
+    now = time.time()
+    n = 0
+    with cat.transaction() as tx:
+        for image_id, det in items:
+            j = det.to_json()
+            tx.execute(
+                "INSERT INTO predictions(image_id, model_version, boxes, scores, labels, created_at)"
+                " VALUES (?,?,?,?,?,?) ON CONFLICT(image_id, model_version) DO UPDATE SET"
+                " boxes=excluded.boxes, scores=excluded.scores, labels=excluded.labels, created_at=excluded.created_at",
+                (image_id, model_version, dumps(j["boxes"]), dumps(j["scores"]), dumps(j["labels"]), now),
+            )
+            n += 1
+    return n
+
+
+def load_predictions(cat: Catalog, model_version: str, image_ids: Sequence[str] | None = None) -> dict[str, Detections]:
+    """Stored predictions of one model version (all images, or the given ones)."""
+    rows = cat.query("SELECT image_id, boxes, scores, labels FROM predictions WHERE model_version = ?",
+                     (model_version,))
+    wanted = None if image_ids is None else set(image_ids)
+    return {
+        r["image_id"]: Detections(json.loads(r["boxes"]), json.loads(r["scores"]), json.loads(r["labels"]))
+        for r in rows if wanted is None or r["image_id"] in wanted
+    }
+
+
+def predict_workspace(
+    ws: Workspace,
+    detector: Detector,
+    image_ids: Sequence[str] | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
+    batch_size: int = DEFAULT_BATCH,
+    skip_existing: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    errors: list[tuple[str, str]] | None = None,
+    commit_every: int = 64,
+) -> dict[str, Detections]:
+    """Predict workspace images (default: all except status 'excluded') and store them under
+    `detector.version`. `skip_existing` reuses stored rows of this version (resume after an
+    interruption; they were thresholded when stored). Unreadable images are logged, appended to
+    `errors` as (image_id, message) and left out of the result."""
+    with ws.catalog() as cat:
+        if image_ids is None:
+            rows = cat.query("SELECT id, path FROM images WHERE status != 'excluded' ORDER BY id")
+        else:
+            ids = list(dict.fromkeys(image_ids))
+            rows = []
+            for chunk in _chunks(ids, 500):
+                rows += cat.query(f"SELECT id, path FROM images WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+            known = {r["id"] for r in rows}
+            for missing in (i for i in ids if i not in known):
+                if errors is not None:
+                    errors.append((missing, "not in the catalog"))
+                log.warning("%s: not in the catalog", missing)
+            order = {i: k for k, i in enumerate(ids)}
+            rows.sort(key=lambda r: order[r["id"]])
+        out: dict[str, Detections] = {}
+        if skip_existing:
+            out = load_predictions(cat, detector.version, [r["id"] for r in rows])
+            out = {k: v.filter(threshold) for k, v in out.items()}
+        todo = [r for r in rows if r["id"] not in out]
+        by_path = {ws.abspath(r["path"]): r["id"] for r in todo}
+        total, done = len(rows), len(rows) - len(todo)
+        if progress:
+            progress(done, total)
+        pending: list[tuple[str, Detections]] = []
+        for pred in predict_images(detector, list(by_path), threshold, batch_size):
+            image_id = by_path[pred.path]
+            if isinstance(pred.result, Detections):
+                out[image_id] = pred.result
+                pending.append((image_id, pred.result))
+            elif errors is not None:
+                errors.append((image_id, f"{type(pred.result).__name__}: {pred.result}"))
+            if len(pending) >= commit_every:
+                store_predictions(cat, detector.version, pending)
+                pending = []
+            done += 1
+            if progress:
+                progress(done, total)
+        if pending:
+            store_predictions(cat, detector.version, pending)
+    return out
+
+
+def list_image_files(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
+    """Files to predict: (absolute path, path relative to its input folder). Folders are walked
+    recursively for image extensions; a file argument is relative to its own folder."""
+    out: list[tuple[Path, str]] = []
+    seen: set[Path] = set()
+    for raw in inputs:
+        p = Path(raw).expanduser()
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+                           and not any(part.startswith(".") for part in f.relative_to(p).parts))
+            pairs = [(f.resolve(), f.relative_to(p).as_posix()) for f in files]
+        elif p.exists():
+            pairs = [(p.resolve(), p.name)]
+        else:
+            raise FileNotFoundError(f"{p}: no such file or folder")
+        for absolute, rel in pairs:
+            if absolute not in seen:
+                seen.add(absolute)
+                out.append((absolute, rel))
+    return out
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Content id of a file (the workspace image id)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def workspace_ids(cat: Catalog, paths: Iterable[Path]) -> dict[Path, str]:
+    """Which of `paths` are workspace images (same bytes as a catalog image): path -> image id."""
+    out: dict[Path, str] = {}
+    for p in paths:
+        try:
+            digest = sha256_file(p)
+        except OSError:
+            continue
+        if cat.scalar("SELECT 1 FROM images WHERE id = ?", (digest,)):
+            out[p] = digest
+    return out

@@ -1,0 +1,125 @@
+"""Batch inference: streaming with bad images, catalog upserts, and the `predict` command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from typer.testing import CliRunner
+
+from pipeline.boxes import Detections
+from pipeline.cli.app import app
+from pipeline.harvest import harvest
+from pipeline.predict import load_predictions, predict_paths, predict_workspace
+from tests.imagegen import noise_image, write
+from tests.test_ppocr import render
+
+
+class FakeDetector:
+    """Deterministic: one box per image whose size depends on the pixels, plus a low-score box
+    and a box running off the image; raises on an all-black image."""
+
+    name = "fake"
+
+    def __init__(self, version: str = "fake-1") -> None:
+        self.version = version
+        self.calls = 0
+
+    def detect(self, images):
+        self.calls += 1
+        out = []
+        for im in images:
+            if im.max() == 0:
+                raise RuntimeError("black image")
+            h, w = im.shape[:2]
+            k = float(im.mean()) / 255.0
+            out.append(Detections([[2, 2, 2 + 10 * k + 1, 8], [0, 0, 4, 4], [w - 5, h - 5, w + 20, h + 20]],
+                                  [0.9, 0.1, 0.8]))
+        return out
+
+
+def make_images(folder: Path) -> list[Path]:
+    paths = []
+    for i in range(3):
+        p = folder / f"img{i}.png"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        noise_image(i, (40, 30)).save(p)
+        paths.append(p)
+    return paths
+
+
+def test_predict_paths_streams_past_bad_images(tmp_path: Path) -> None:
+    good = make_images(tmp_path)
+    bad = write(tmp_path / "bad.jpg", b"not an image")
+    black = tmp_path / "black.png"
+    Image.new("RGB", (20, 20)).save(black)
+    paths = [good[0], bad, black, good[1], good[2]]
+    got = list(predict_paths(FakeDetector(), paths, threshold=0.5, batch_size=2))
+    assert [p for p, _ in got] == paths  # input order, one result each
+    assert isinstance(got[1][1], Exception) and isinstance(got[2][1], Exception)
+    for _, det in (got[0], got[3], got[4]):
+        assert isinstance(det, Detections)
+        assert len(det) == 2 and det.scores.min() >= 0.5  # the 0.1 box is thresholded away
+        assert det.boxes[:, 2].max() <= 40 and det.boxes[:, 3].max() <= 30  # clipped to the image
+
+
+def test_predict_workspace_upserts_idempotently(ws, tmp_path: Path) -> None:
+    make_images(tmp_path / "src")
+    harvest(ws, [str(tmp_path / "src")])
+    det = FakeDetector()
+    first = predict_workspace(ws, det, threshold=0.5)
+    assert len(first) == 3
+    with ws.catalog() as cat:
+        rows1 = cat.query("SELECT image_id, model_version, boxes, scores FROM predictions ORDER BY image_id")
+    assert len(rows1) == 3 and {r["model_version"] for r in rows1} == {"fake-1"}
+    again = predict_workspace(ws, FakeDetector(), threshold=0.5)
+    with ws.catalog() as cat:
+        rows2 = cat.query("SELECT image_id, model_version, boxes, scores FROM predictions ORDER BY image_id")
+        stored = load_predictions(cat, "fake-1")
+    assert rows2 == rows1  # rerun: same catalog
+    assert set(again) == set(stored) == set(first)
+    for k in first:
+        np.testing.assert_allclose(stored[k].boxes, first[k].boxes, atol=0.01)
+    # another model version gets its own rows; skip_existing reuses stored rows without detecting
+    predict_workspace(ws, FakeDetector("fake-2"), image_ids=list(first)[:1], threshold=0.5)
+    lazy = FakeDetector()
+    reused = predict_workspace(ws, lazy, threshold=0.5, skip_existing=True)
+    assert lazy.calls == 0 and set(reused) == set(first)
+    with ws.catalog() as cat:
+        assert cat.scalar("SELECT COUNT(*) FROM predictions") == 4
+
+
+def test_predict_workspace_reports_unknown_ids(ws) -> None:
+    errors: list = []
+    assert predict_workspace(ws, FakeDetector(), image_ids=["0" * 64], errors=errors) == {}
+    assert errors == [("0" * 64, "not in the catalog")]
+
+
+def test_cli_predict_ppocr_writes_jsonl_and_stores_workspace_images(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    arr, box = render("Lot 7734-B", (360, 160), (30, 60))
+    (src / "sub").mkdir(parents=True)
+    Image.fromarray(arr).save(src / "sub" / "text.png")
+    write(src / "broken.png", b"\x89PNG\r\n\x1a\n garbage")
+    wsdir = str(tmp_path / "ws")
+    runner = CliRunner()
+    out = tmp_path / "preds.jsonl"
+    r = runner.invoke(app, ["-w", wsdir, "--json", "predict", str(src), "--detector", "ppocr", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["images"] == 1 and len(summary["errors"]) == 1 and "broken.png" in summary["errors"][0]
+    assert summary["stored_in_catalog"] == 0  # not a workspace image yet
+    (rec,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rec["image"] == "sub/text.png" and (rec["width"], rec["height"]) == (360, 160)
+    assert rec["model_version"] == "ppocr-v4-det" and len(rec["boxes"]) == len(rec["scores"]) == len(rec["labels"]) >= 1
+    # once harvested, the same command stores its predictions in the catalog
+    r = runner.invoke(app, ["-w", wsdir, "harvest", str(src)])
+    r = runner.invoke(app, ["-w", wsdir, "--json", "predict", str(src / "sub"), "-d", "ppocr"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["stored_in_catalog"] == 1
+    # and without IMAGES it predicts the workspace images
+    r = runner.invoke(app, ["-w", wsdir, "--json", "predict", "-d", "ppocr", "--skip-existing"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["images"] == 1
