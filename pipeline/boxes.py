@@ -140,6 +140,21 @@ def quad_to_xyxy(quads: Any) -> np.ndarray:
     return np.concatenate([q.min(axis=1), q.max(axis=1)], axis=1)
 
 
+def exif_upright(boxes: np.ndarray, orientation: int, raw_width: int, raw_height: int) -> np.ndarray:
+    """Boxes drawn on the stored (raw) pixels of an image with EXIF `orientation` to the upright
+    frame that `PIL.ImageOps.exif_transpose` (and so `imaging.load_rgb`) shows."""
+    b = _as_boxes(boxes)
+    if orientation not in (2, 3, 4, 5, 6, 7, 8) or len(b) == 0:
+        return b.copy()
+    w, h = float(raw_width), float(raw_height)
+    xs, ys = b[:, [0, 2]], b[:, [1, 3]]
+    nx, ny = {
+        2: (w - xs, ys), 3: (w - xs, h - ys), 4: (xs, h - ys), 5: (ys, xs),
+        6: (h - ys, xs), 7: (h - ys, w - xs), 8: (ys, w - xs),
+    }[orientation]
+    return np.stack([nx.min(axis=1), ny.min(axis=1), nx.max(axis=1), ny.max(axis=1)], axis=1)
+
+
 # --- Label Studio percent <-> pixel xyxy ---------------------------------------------------
 
 def ls_value_to_xyxy(value: dict[str, Any], width: int, height: int) -> list[float]:
