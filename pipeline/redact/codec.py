@@ -1,0 +1,377 @@
+"""Decoding inputs and encoding clean outputs for redaction.
+
+Decoding yields every page as an *upright* native pixel array (EXIF / TIFF orientation
+applied, so detector boxes land on the right pixels) plus the few facts needed to write the
+same kind of file back: format, bit depth, colour kind, ICC profile, resolution.
+
+Encoding always builds a fresh image from the arrays and passes only the ICC profile (and
+the resolution): no EXIF (whose thumbnail is the unredacted image), GPS, XMP, IPTC, comments,
+PNG text chunks, MPO secondary pictures, TIFF sub-IFDs or private tags are carried over, and
+no orientation tag is written because the pixels are already upright.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from pipeline.imaging import ImageRejected, to_uint8_rgb
+
+SUPPORTED = ("JPEG", "PNG", "TIFF", "BMP", "WEBP")
+EXTENSIONS = {".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF",
+              ".bmp": "BMP", ".webp": "WEBP", ".gif": "GIF"}
+DEFAULT_MAX_PIXELS = 178_956_970
+
+
+@dataclass
+class Page:
+    """One upright page. kind: rgb | gray | cmyk; `inverted` = TIFF min-is-white."""
+
+    array: np.ndarray
+    kind: str
+    inverted: bool = False
+    extrasamples: tuple[int, ...] = ()
+
+    @property
+    def height(self) -> int:
+        return int(self.array.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.array.shape[1])
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.array.ndim == 2 else int(self.array.shape[2])
+
+
+@dataclass
+class Document:
+    """A decoded input: its pages and what is needed to write it back the same way."""
+
+    format: str                       # JPEG | PNG | TIFF | BMP | WEBP
+    pages: list[Page]
+    mode: str = ""                    # Pillow mode of the source (informational)
+    icc_profile: bytes | None = None
+    dpi: tuple[float, float] | None = None
+    orientation: int = 1
+    subsampling: int = -1             # JPEG chroma subsampling of the source (0=4:4:4, 1=4:2:2, 2=4:2:0)
+    lossless: bool = False            # WebP: the source was lossless
+    compressed: bool = False          # TIFF: the source was compressed (output: deflate)
+    resolution: dict[str, Any] = field(default_factory=dict)  # TIFF resolution tags
+
+    @property
+    def bit_depth(self) -> int:
+        dt = self.pages[0].array.dtype
+        return 1 if dt == np.bool_ else dt.itemsize * 8
+
+    def with_arrays(self, arrays: list[np.ndarray]) -> "Document":
+        return replace(self, pages=[replace(p, array=a) for p, a in zip(self.pages, arrays)])
+
+
+# --- orientation ---------------------------------------------------------------------------
+
+def orient(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF/TIFF orientation (1-8) to an (H, W[, C]) array, like ImageOps.exif_transpose."""
+    if orientation == 2:
+        arr = arr[:, ::-1]
+    elif orientation == 3:
+        arr = arr[::-1, ::-1]
+    elif orientation == 4:
+        arr = arr[::-1]
+    elif orientation == 5:
+        arr = arr.swapaxes(0, 1)
+    elif orientation == 6:
+        arr = np.rot90(arr, -1)
+    elif orientation == 7:
+        arr = np.rot90(arr.swapaxes(0, 1), 2)
+    elif orientation == 8:
+        arr = np.rot90(arr, 1)
+    return np.ascontiguousarray(arr)
+
+
+# --- decoding ------------------------------------------------------------------------------
+
+def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Document:
+    """Decode every page of an image file's bytes; ImageRejected (with a reason) if unusable."""
+    if not data:
+        raise ImageRejected("empty", "zero-byte file")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+                return _decode_tiff(data, max_pixels)
+            return _decode_pillow(data, max_pixels)
+        except ImageRejected:
+            raise
+        except UnidentifiedImageError:
+            raise ImageRejected("not_an_image", "cannot identify image data") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageRejected("too_many_pixels", str(exc)) from None
+        except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError) as exc:
+            raise ImageRejected("corrupt", str(exc) or type(exc).__name__) from None
+
+
+def _pillow_page(im: Image.Image) -> Page:
+    """A Pillow image (already upright) to a native array page, normalising awkward modes."""
+    mode = im.mode
+    if mode == "P" or mode == "PA":
+        im = im.convert("RGBA" if (mode == "PA" or "transparency" in im.info) else "RGB")
+    elif mode in ("I;16B", "I;16L", "I;16N"):
+        return Page(np.asarray(im).astype(np.uint16), "gray")
+    elif mode in ("YCbCr", "LAB", "HSV", "RGBX", "RGBa", "La"):
+        im = im.convert("RGBA" if mode in ("RGBa", "La") else "RGB")
+    elif mode == "I":
+        arr = np.asarray(im)
+        if arr.size and arr.min() >= 0 and arr.max() <= 65535:
+            return Page(arr.astype(np.uint16), "gray")
+        return Page(arr.astype(np.int32), "gray")
+    if im.mode == "CMYK":
+        return Page(np.asarray(im).copy(), "cmyk")
+    arr = np.asarray(im).copy()
+    kind = "gray" if im.mode in ("1", "L", "LA", "I;16", "F") else "rgb"
+    return Page(arr, kind)
+
+
+def _decode_pillow(data: bytes, max_pixels: int) -> Document:
+    with Image.open(io.BytesIO(data)) as im:
+        fmt = "JPEG" if im.format == "MPO" else (im.format or "")
+        if fmt not in SUPPORTED:
+            raise ImageRejected("unsupported_format", f"format {im.format or 'unknown'} is not supported by redact")
+        w, h = im.size
+        if w * h > max_pixels:
+            raise ImageRejected("too_many_pixels", f"{w}x{h} exceeds the limit of {max_pixels} pixels")
+        if fmt == "WEBP" and int(getattr(im, "n_frames", 1) or 1) > 1:
+            raise ImageRejected("unsupported_format", "animated WebP is not supported by redact")
+        doc = Document(format=fmt, pages=[], mode=im.mode, icc_profile=im.info.get("icc_profile") or None)
+        dpi = im.info.get("dpi")
+        if dpi and all(float(v) > 0 for v in dpi):
+            doc.dpi = (float(dpi[0]), float(dpi[1]))
+        if fmt == "JPEG":
+            from PIL import JpegImagePlugin
+
+            doc.subsampling = JpegImagePlugin.get_sampling(im)
+        if fmt == "WEBP":
+            doc.lossless = b"VP8L" in data[12:40]
+        doc.orientation = int(im.getexif().get(0x0112, 1) or 1)
+        im.load()  # first picture only: MPO/extra pictures are dropped on purpose
+        upright = ImageOps.exif_transpose(im)
+        doc.pages.append(_pillow_page(upright))
+        return doc
+
+
+def _decode_tiff(data: bytes, max_pixels: int) -> Document:
+    """TIFF through tifffile (keeps 16-bit RGB, which Pillow truncates); Pillow as fallback."""
+    import tifffile
+
+    try:
+        tf = tifffile.TiffFile(io.BytesIO(data))
+    except Exception as exc:  # tifffile raises a variety of errors on garbage
+        raise ImageRejected("corrupt", f"unreadable TIFF ({exc})") from None
+    with tf:
+        if not tf.pages:
+            raise ImageRejected("corrupt", "TIFF has no pages")
+        first = tf.pages[0]
+        icc = first.tags.get(34675)
+        doc = Document(format="TIFF", pages=[], icc_profile=bytes(icc.value) if icc is not None else None)
+        for name in ("XResolution", "YResolution", "ResolutionUnit"):
+            tag = first.tags.get(name)
+            if tag is not None:
+                doc.resolution[name] = tag.value
+        try:
+            for page in tf.pages:
+                doc.pages.append(_tifffile_page(page, max_pixels))
+                doc.compressed = doc.compressed or int(page.compression) != 1
+            ori = first.tags.get(274)
+            doc.orientation = int(ori.value) if ori is not None else 1
+            doc.mode = f"{doc.pages[0].kind}{doc.bit_depth}"
+            return doc
+        except ImageRejected:
+            raise
+        except Exception as exc:
+            reason = str(exc)
+            high_depth_color = any(
+                p.bitspersample > 8 and p.samplesperpixel > 1 for p in tf.pages  # type: ignore[union-attr]
+            )
+    # tifffile cannot decode this one (e.g. LZW/JPEG without imagecodecs): let Pillow try, unless
+    # that would silently lose bit depth
+    if high_depth_color:
+        raise ImageRejected("unsupported_format", f"16-bit colour TIFF with this compression: {reason} "
+                                                  "(pip install imagecodecs)")
+    pdoc = Document(format="TIFF", pages=[], icc_profile=doc.icc_profile, resolution=doc.resolution, compressed=True)
+    with Image.open(io.BytesIO(data)) as im:
+        pdoc.mode = im.mode
+        n = int(getattr(im, "n_frames", 1) or 1)
+        for i in range(n):
+            im.seek(i)
+            w, h = im.size
+            if w * h > max_pixels:
+                raise ImageRejected("too_many_pixels", f"{w}x{h} exceeds the limit of {max_pixels} pixels")
+            im.load()
+            if i == 0:
+                pdoc.orientation = int(im.getexif().get(0x0112, 1) or 1)
+            page = _pillow_page(im)
+            page.array = orient(page.array, pdoc.orientation)
+            pdoc.pages.append(page)
+    return pdoc
+
+
+def _tifffile_page(page: Any, max_pixels: int) -> Page:
+    import tifffile
+
+    PH = tifffile.PHOTOMETRIC
+    if page.imagewidth * page.imagelength > max_pixels:
+        raise ImageRejected("too_many_pixels",
+                            f"{page.imagewidth}x{page.imagelength} exceeds the limit of {max_pixels} pixels")
+    photometric = PH(page.photometric)
+    if photometric not in (PH.MINISBLACK, PH.MINISWHITE, PH.RGB, PH.SEPARATED, PH.PALETTE):
+        raise ValueError(f"photometric {photometric.name} not handled by tifffile path")
+    arr = page.asarray()
+    spp = int(page.samplesperpixel)
+    if spp > 1 and arr.ndim == 3 and arr.shape[0] == spp and arr.shape[-1] != spp:
+        arr = np.moveaxis(arr, 0, -1)  # planar -> contiguous
+    if arr.ndim not in (2, 3):
+        raise ValueError(f"unexpected page shape {arr.shape}")
+    extras = tuple(int(e) for e in (page.extrasamples or ()))
+    if photometric == PH.PALETTE:
+        cmap = np.asarray(page.colormap)  # (3, 2**bits) uint16
+        rgb = cmap[:, arr].transpose(1, 2, 0)
+        arr = (rgb // 257).astype(np.uint8) if rgb.max() > 255 else rgb.astype(np.uint8)
+        kind, extras = "rgb", ()
+    elif photometric == PH.SEPARATED:
+        kind = "cmyk"
+    elif photometric == PH.RGB:
+        kind = "rgb"
+    else:
+        kind = "gray"
+    ori = page.tags.get(274)
+    arr = orient(arr, int(ori.value) if ori is not None else 1)
+    return Page(np.ascontiguousarray(arr), kind, inverted=photometric == PH.MINISWHITE, extrasamples=extras)
+
+
+# --- pixels for the detector ---------------------------------------------------------------
+
+def detector_rgb(page: Page) -> np.ndarray:
+    """Upright uint8 RGB of a page, as `pipeline.imaging.load_rgb` would give (same scaling)."""
+    a = page.array
+    if a.dtype == np.bool_:
+        g = a if a.ndim == 2 else a[..., 0]
+        g = (~g if page.inverted else g).astype(np.uint8) * 255
+        return np.stack([g] * 3, axis=-1)
+    if page.kind == "cmyk":
+        c = a[..., :4]
+        if c.dtype != np.uint8:
+            c = (c.astype(np.float64) / np.iinfo(c.dtype).max * 255).round().astype(np.uint8)
+        return np.asarray(Image.frombytes("CMYK", (page.width, page.height), np.ascontiguousarray(c).tobytes()).convert("RGB"))
+    g = a if a.ndim == 2 else (a[..., 0] if page.kind == "gray" else a[..., :3])
+    if page.inverted:
+        g = (np.iinfo(g.dtype).max - g) if g.dtype.kind in "ui" else (g.max() - g)
+    if g.dtype == np.uint8:
+        return np.ascontiguousarray(np.stack([g] * 3, axis=-1) if g.ndim == 2 else g)
+    if g.ndim == 2:
+        return to_uint8_rgb(Image.fromarray(np.ascontiguousarray(g).astype(np.float32), mode="F"))
+    f = g.astype(np.float64)  # high bit depth colour: one range for all channels
+    lo, hi = np.percentile(f, 0.5), np.percentile(f, 99.5)
+    if hi <= lo:
+        lo, hi = float(f.min()), float(f.max()) or 1.0
+    return np.clip((f - lo) / max(hi - lo, 1e-9) * 255.0, 0, 255).astype(np.uint8)
+
+
+# --- encoding ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    jpeg_quality: int = 95
+    webp_quality: int = 95
+
+
+def _pillow_image(page: Page) -> Image.Image:
+    a = np.ascontiguousarray(page.array)
+    if a.dtype == np.bool_:
+        return Image.fromarray(a if a.ndim == 2 else a[..., 0])
+    h, w = a.shape[:2]
+    if page.kind == "cmyk":
+        return Image.frombytes("CMYK", (w, h), a.astype(np.uint8).tobytes())
+    if a.ndim == 2:
+        if a.dtype == np.uint8:
+            return Image.frombytes("L", (w, h), a.tobytes())
+        if a.dtype == np.uint16:
+            return Image.frombytes("I;16", (w, h), a.astype("<u2").tobytes())
+        if a.dtype == np.float32:
+            return Image.frombytes("F", (w, h), a.tobytes())
+        return Image.fromarray(a.astype(np.int32))
+    mode = {2: "LA", 3: "RGB", 4: "RGBA"}[a.shape[2]]
+    return Image.frombytes(mode, (w, h), a.astype(np.uint8).tobytes())
+
+
+def encode(doc: Document, opts: EncodeOptions = EncodeOptions()) -> bytes:
+    """A fresh file of the document's format from its pages, carrying only ICC + resolution."""
+    if doc.format == "TIFF":
+        return _encode_tiff(doc)
+    im = _pillow_image(doc.pages[0])
+    buf = io.BytesIO()
+    kw: dict[str, Any] = {}
+    if doc.icc_profile and doc.format in ("JPEG", "PNG", "WEBP"):
+        kw["icc_profile"] = doc.icc_profile
+    if doc.dpi and doc.format in ("JPEG", "PNG"):
+        kw["dpi"] = doc.dpi
+    if doc.format == "JPEG":
+        if im.mode not in ("L", "RGB", "CMYK"):
+            im = im.convert("RGB")
+        kw["quality"] = opts.jpeg_quality
+        if doc.subsampling in (0, 1, 2) and im.mode == "RGB":
+            kw["subsampling"] = doc.subsampling
+        im.save(buf, format="JPEG", **kw)
+    elif doc.format == "PNG":
+        im.save(buf, format="PNG", **kw)
+    elif doc.format == "BMP":
+        if im.mode not in ("1", "L", "P", "RGB", "RGBA"):
+            im = im.convert("RGB")
+        im.save(buf, format="BMP")
+    elif doc.format == "WEBP":
+        if im.mode not in ("RGB", "RGBA"):
+            im = im.convert("RGBA" if "A" in im.mode else "RGB")
+        if doc.lossless:
+            im.save(buf, format="WEBP", lossless=True, exact=True, quality=100, **kw)
+        else:
+            im.save(buf, format="WEBP", quality=opts.webp_quality, **kw)
+    else:
+        raise ImageRejected("unsupported_format", f"cannot write {doc.format}")
+    return buf.getvalue()
+
+
+def _encode_tiff(doc: Document) -> bytes:
+    import tifffile
+
+    buf = io.BytesIO()
+    total = sum(p.array.nbytes for p in doc.pages)
+    with tifffile.TiffWriter(buf, bigtiff=total > 3_500_000_000) as tw:
+        for i, p in enumerate(doc.pages):
+            kw: dict[str, Any] = {}
+            if p.kind == "cmyk":
+                kw["photometric"] = "separated"
+            elif p.kind == "rgb" and p.channels >= 3:
+                kw["photometric"] = "rgb"
+            else:
+                kw["photometric"] = "miniswhite" if p.inverted else "minisblack"
+            if p.channels > (4 if p.kind == "cmyk" else 3 if p.kind == "rgb" else 1):
+                kw["extrasamples"] = p.extrasamples or (2,) * (p.channels - (3 if p.kind == "rgb" else 1))
+                kw["planarconfig"] = "contig"
+            if doc.icc_profile:
+                kw["iccprofile"] = doc.icc_profile
+            if doc.resolution.get("XResolution") and doc.resolution.get("YResolution"):
+                kw["resolution"] = (doc.resolution["XResolution"], doc.resolution["YResolution"])
+                if "ResolutionUnit" in doc.resolution:
+                    kw["resolutionunit"] = int(doc.resolution["ResolutionUnit"])
+            tw.write(
+                np.ascontiguousarray(p.array),
+                compression="zlib" if doc.compressed and p.array.dtype != np.bool_ else None,
+                software=False, metadata=None, description=None, datetime=None,
+                **kw,
+            )
+    return buf.getvalue()

@@ -1,0 +1,489 @@
+"""Redacting files: planning the input tree, one image end to end, resume, sidecars, manifest.
+
+`Redactor.process(item)` is the unit both engines run (local threads, Ray actors): read the
+input once (sha256), skip it when its output and sidecar already match the settings, decode
+every page upright, detect, cover the padded boxes, encode a fresh file (ICC only), optionally
+verify it with a second detector, then write output and sidecar atomically (output first, so a
+sidecar always describes a complete output). The input is never written to.
+"""
+
+from __future__ import annotations
+
+import glob as globmod
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.boxes import Detections, union_mask
+from pipeline.formats import atomic_write_bytes, atomic_write_text
+from pipeline.imaging import ImageRejected
+from pipeline.redact import codec
+from pipeline.redact.core import Pad, apply_redaction, fill_value, redaction_boxes
+
+log = logging.getLogger("textloop.redact")
+
+FORMAT_VERSION = 1           # bump when the same settings would produce different bytes
+DEFAULT_THRESHOLD = 0.3      # favours recall: ppocr's own candidate floor
+DEFAULT_PAD = Pad(px=2.0, frac=0.15)
+DEFAULT_REVIEW_BAND = (0.3, 0.6)
+
+
+@dataclass(frozen=True)
+class RedactConfig:
+    """Everything that decides the output bytes (hashed into the sidecar), plus run behaviour."""
+
+    threshold: float = DEFAULT_THRESHOLD
+    pad: Pad = DEFAULT_PAD
+    style: str = "fill"
+    color: tuple[int, int, int] = (0, 0, 0)
+    jpeg_quality: int = 95
+    max_pixels: int = codec.DEFAULT_MAX_PIXELS
+    # run behaviour (not part of the settings hash)
+    review: bool = False
+    review_band: tuple[float, float] = DEFAULT_REVIEW_BAND
+    verify: bool = False
+    strict: bool = False
+    verify_threshold: float = 0.5
+    dry_run: bool = False
+    force: bool = False
+
+    def settings(self, detector_version: str) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION, "detector": detector_version, "threshold": self.threshold,
+            "pad": str(self.pad), "style": self.style, "color": list(self.color), "jpeg_quality": self.jpeg_quality,
+        }
+
+    def settings_hash(self, detector_version: str) -> str:
+        blob = json.dumps(self.settings(detector_version), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Item:
+    """One input file and where its output and sidecar go."""
+
+    src: str
+    rel: str          # posix path relative to the input root (mirrored under the output)
+    out: str
+    sidecar: str
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+@dataclass
+class Result:
+    rel: str
+    src: str
+    out: str
+    status: str                 # redacted | skipped | held | dry_run | failed | waiting_review
+    reason: str = ""
+    detail: str = ""
+    n_boxes: int = 0
+    pages: int = 0
+    input_sha256: str = ""
+    output_sha256: str = ""
+    seconds: float = 0.0
+    boxes: list[list[list[float]]] = field(default_factory=list)   # per page (unpadded detections)
+    scores: list[list[float]] = field(default_factory=list)
+    remaining: int = 0          # --verify: text regions still found in the output
+
+    def to_row(self) -> dict[str, Any]:
+        return {"input": self.rel, "output": self.out if self.status in ("redacted", "skipped") else "",
+                "status": self.status, "reason": self.reason, "detail": self.detail, "boxes": self.n_boxes,
+                "pages": self.pages, "input_sha256": self.input_sha256, "output_sha256": self.output_sha256,
+                "remaining_text": self.remaining, "seconds": round(self.seconds, 4)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --- planning ------------------------------------------------------------------------------
+
+def _is_glob(text: str) -> bool:
+    return any(c in text for c in "*?[")
+
+
+def default_audit_dir(output: Path, single_file: bool) -> Path:
+    """Beside the output, so the output tree holds only the redacted images."""
+    if single_file:
+        return output.parent / f"{output.stem}.audit"
+    return output.parent / f"{output.name}.audit"
+
+
+def plan(input_spec: str, output: Path, audit_dir: Path | None = None,
+         exclude: Sequence[Path] = ()) -> tuple[list[Item], Path, list[str]]:
+    """Items to process for INPUT (file, folder tree, or glob) -> OUTPUT; also the audit dir and
+    files ignored because their extension is not an image one (names only, for the summary)."""
+    output = Path(output)
+    src = Path(input_spec)
+    ignored: list[str] = []
+    if src.is_file():
+        out = output / src.name if (output.is_dir() or str(output).endswith(os.sep)) else output
+        if out.resolve() == src.resolve():
+            raise ValueError(f"{out}: output would overwrite the input")
+        audit = audit_dir or default_audit_dir(out, True)
+        return [Item(str(src), src.name, str(out), str(audit / "sidecars" / f"{src.name}.json"))], audit, ignored
+    if src.is_dir():
+        root = src
+        files = _walk(root)
+    elif _is_glob(input_spec):
+        parts = Path(input_spec).parts
+        prefix = []
+        for p in parts:
+            if _is_glob(p):
+                break
+            prefix.append(p)
+        root = Path(*prefix) if prefix else Path(".")
+        files = sorted(Path(p) for p in globmod.glob(input_spec, recursive=True) if Path(p).is_file())
+    else:
+        raise FileNotFoundError(f"{input_spec}: no such file or folder")
+    root_r = root.resolve()
+    if output.resolve() == root_r:
+        raise ValueError(f"{output}: output folder is the input folder (the input is never modified)")
+    audit = audit_dir or default_audit_dir(output, False)
+    skip_dirs = [output.resolve(), audit.resolve(), *(Path(e).resolve() for e in exclude)]
+    items = []
+    for f in files:
+        fr = f.resolve()
+        if any(fr.is_relative_to(d) for d in skip_dirs):
+            continue
+        if f.suffix.lower() not in codec.EXTENSIONS:
+            ignored.append(str(f))
+            continue
+        rel = fr.relative_to(root_r).as_posix()
+        items.append(Item(str(f), rel, str(output / rel), str(audit / "sidecars" / f"{rel}.json")))
+    return items, audit, ignored
+
+
+def _walk(root: Path) -> list[Path]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
+    return out
+
+
+# --- one image -----------------------------------------------------------------------------
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_sidecar(path: str | Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def leftover_text(dets: Detections, covered: np.ndarray, min_score: float, inside: float = 0.5) -> Detections:
+    """Verifier detections that are not mostly inside an already covered area (fill edges)."""
+    if not len(dets):
+        return dets
+    h, w = covered.shape
+    keep = []
+    for i, (b, s) in enumerate(zip(dets.boxes, dets.scores)):
+        if s < min_score:
+            continue
+        x0, y0 = max(0, int(b[0])), max(0, int(b[1]))
+        x1, y1 = min(w, int(np.ceil(b[2]))), min(h, int(np.ceil(b[3])))
+        if x1 <= x0 or y1 <= y0:
+            continue
+        if covered[y0:y1, x0:x1].mean() < inside:
+            keep.append(i)
+    return dets[np.asarray(keep, dtype=np.int64)]
+
+
+class Redactor:
+    """Detector + settings; `process(item)` redacts one file. Thread-safe (detector calls are
+    serialised: the detectors use every core for one image already)."""
+
+    def __init__(self, detector: Any, cfg: RedactConfig, verifier: Any | None = None) -> None:
+        self.detector = detector
+        self.verifier = verifier
+        self.cfg = cfg
+        self.settings = cfg.settings(detector.version)
+        self.settings_hash = cfg.settings_hash(detector.version)
+        self._lock = threading.Lock()
+
+    def _detect(self, images: list[np.ndarray], detector: Any | None = None) -> list[Detections]:
+        with self._lock:
+            return (detector or self.detector).detect(images)
+
+    def up_to_date(self, item: Item, in_sha: str) -> tuple[str, dict[str, Any]] | None:
+        """('skipped'|'held', sidecar) when this input was already done with these settings."""
+        sc = read_sidecar(item.sidecar)
+        if not sc or sc.get("input_sha256") != in_sha or sc.get("settings_hash") != self.settings_hash:
+            return None
+        if sc.get("status") == "held":
+            return "held", sc
+        if sc.get("status") != "redacted" or not Path(item.out).is_file():
+            return None
+        if sha256_file(item.out) != sc.get("output_sha256"):
+            return None
+        return "skipped", sc
+
+    def process(self, item: Item, reviewed: Detections | None = None) -> Result:
+        """Redact one file; never raises for a bad image (the result says why it failed).
+
+        `reviewed`: human-reviewed boxes for page 0 (from `--from-review`) replacing detections."""
+        t0 = time.perf_counter()
+        res = Result(item.rel, item.src, item.out, "failed")
+        try:
+            self._process(item, res, reviewed)
+        except ImageRejected as exc:
+            res.status, res.reason, res.detail = "failed", exc.reason, exc.detail
+        except FileNotFoundError as exc:
+            res.status, res.reason, res.detail = "failed", "not_found", str(exc)
+        except PermissionError as exc:
+            res.status, res.reason, res.detail = "failed", "unreadable", str(exc)
+        except OSError as exc:
+            res.status, res.reason, res.detail = "failed", "io_error", str(exc)
+        except MemoryError:
+            res.status, res.reason, res.detail = "failed", "out_of_memory", "image too large for memory"
+        except Exception as exc:  # a detector/encoder bug must not stop the batch
+            log.exception("%s: unexpected error", item.src)
+            res.status, res.reason, res.detail = "failed", "error", f"{type(exc).__name__}: {exc}"
+        res.seconds = time.perf_counter() - t0
+        if res.status == "failed":
+            log.warning("%s: %s: %s", item.src, res.reason, res.detail)
+        else:
+            log.info("%s: %s (%d boxes)", item.rel, res.status, res.n_boxes)
+        return res
+
+    def _process(self, item: Item, res: Result, reviewed: Detections | None) -> None:
+        cfg = self.cfg
+        data = Path(item.src).read_bytes()
+        res.input_sha256 = in_sha = sha256_bytes(data)
+        if not cfg.force and not cfg.dry_run and reviewed is None:
+            done = self.up_to_date(item, in_sha)
+            if done is not None:
+                status, sc = done
+                res.status, res.output_sha256 = status, sc.get("output_sha256", "")
+                res.n_boxes, res.pages = int(sc.get("n_boxes", 0)), len(sc.get("pages", []))
+                return
+        doc = codec.decode(data, cfg.max_pixels)
+        del data
+        res.pages = len(doc.pages)
+        floor = min(cfg.threshold, cfg.review_band[0]) if cfg.review else cfg.threshold
+        dets: list[Detections] = []
+        for i, page in enumerate(doc.pages):
+            if i == 0 and reviewed is not None:
+                dets.append(reviewed)
+                continue
+            dets.append(self._detect([codec.detector_rgb(page)])[0].filter(floor))
+        res.boxes = [[[round(float(v), 2) for v in b] for b in d.boxes] for d in dets]
+        res.scores = [[round(float(s), 4) for s in d.scores] for d in dets]
+        if cfg.review and reviewed is None:
+            lo, hi = cfg.review_band
+            if any(((d.scores >= lo) & (d.scores < hi)).any() for d in dets):
+                res.status = "held"
+                res.n_boxes = sum(len(d) for d in dets)
+                if not cfg.dry_run:
+                    self._write_sidecar(item, res, doc, [], status="held")
+                return
+        final = [d if (i == 0 and reviewed is not None) else d.filter(cfg.threshold) for i, d in enumerate(dets)]
+        res.n_boxes = sum(len(d) for d in final)
+        if cfg.dry_run:
+            res.status = "dry_run"
+            return
+        arrays, covered_boxes = [], []
+        for page, d in zip(doc.pages, final):
+            ib = redaction_boxes(d.boxes, page.width, page.height, cfg.pad)
+            value = fill_value(cfg.color, page.array.dtype, page.channels, page.kind, page.inverted)
+            arrays.append(apply_redaction(page.array, ib, cfg.style, value))
+            covered_boxes.append(ib)
+        out_doc = doc.with_arrays(arrays)
+        out_bytes = codec.encode(out_doc, codec.EncodeOptions(jpeg_quality=cfg.jpeg_quality))
+        verify: dict[str, Any] | None = None
+        if cfg.verify and self.verifier is not None:
+            verify = self._verify(out_bytes, covered_boxes)
+            res.remaining = verify["remaining"]
+            if res.remaining and cfg.strict:
+                res.status, res.reason = "failed", "text_remaining"
+                res.detail = f"{res.remaining} text region(s) still found by {verify['detector']} (--strict)"
+                Path(item.out).unlink(missing_ok=True)  # never leave an older output that looks done
+                return
+        atomic_write_bytes(item.out, out_bytes)
+        res.output_sha256 = sha256_bytes(out_bytes)
+        res.status = "redacted"
+        self._write_sidecar(item, res, doc, covered_boxes, status="redacted", verify=verify,
+                            source="review" if reviewed is not None else "detector")
+
+    def _verify(self, out_bytes: bytes, covered_boxes: list[np.ndarray]) -> dict[str, Any]:
+        """Second look at the bytes actually written: text still found outside the covered areas."""
+        out_doc = codec.decode(out_bytes, self.cfg.max_pixels)
+        found: list[list[list[float]]] = []
+        for page, ib in zip(out_doc.pages, covered_boxes):
+            d = self._detect([codec.detector_rgb(page)], self.verifier)[0]
+            mask = union_mask(ib, page.width, page.height)
+            left = leftover_text(d, mask, self.cfg.verify_threshold)
+            found.append([[round(float(v), 1) for v in b] for b in left.boxes])
+        return {"detector": self.verifier.version, "remaining": sum(len(f) for f in found), "boxes": found}
+
+    def _write_sidecar(self, item: Item, res: Result, doc: codec.Document, covered: list[np.ndarray],
+                       status: str, verify: dict[str, Any] | None = None, source: str = "detector") -> None:
+        sc = {
+            "tool": "textloop redact",
+            "status": status,
+            "input": item.rel,
+            "input_sha256": res.input_sha256,
+            "output": Path(item.out).name if status == "redacted" else None,
+            "output_sha256": res.output_sha256 or None,
+            "format": doc.format,
+            "width": doc.pages[0].width,
+            "height": doc.pages[0].height,
+            "bit_depth": doc.bit_depth,
+            "source_orientation": doc.orientation,
+            "icc_profile": bool(doc.icc_profile),
+            "detector": {"name": getattr(self.detector, "name", ""), "version": self.detector.version},
+            "boxes_from": source,
+            "settings": self.settings,
+            "settings_hash": self.settings_hash,
+            "n_boxes": res.n_boxes,
+            "pages": [
+                {"page": i, "boxes": res.boxes[i], "scores": res.scores[i],
+                 "redacted": [[int(v) for v in b] for b in covered[i]] if i < len(covered) else []}
+                for i in range(len(doc.pages))
+            ],
+        }
+        if verify is not None:
+            sc["verify"] = verify
+        atomic_write_text(item.sidecar, json.dumps(sc, indent=1) + "\n")
+
+
+# --- engines -------------------------------------------------------------------------------
+
+def run_local(redactor: Redactor, items: Iterable[Item], workers: int = 2,
+              reviewed: dict[str, Detections] | None = None, fail_fast: bool = False) -> Iterator[Result]:
+    """Results as they finish; a bounded window keeps memory flat in the number of images."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    it = iter(items)
+    stop = False
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        in_flight = set()
+
+        def submit() -> bool:
+            item = next(it, None)
+            if item is None:
+                return False
+            in_flight.add(pool.submit(redactor.process, item, (reviewed or {}).get(item.rel)))
+            return True
+
+        for _ in range(max(1, workers) * 2):
+            if not submit():
+                break
+        while in_flight:
+            finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                in_flight.discard(fut)
+                res = fut.result()
+                yield res
+                if fail_fast and res.status == "failed":
+                    stop = True
+                if not stop:
+                    submit()
+
+
+# --- audit trail ---------------------------------------------------------------------------
+
+MANIFEST_COLUMNS = ["input", "output", "status", "reason", "detail", "boxes", "pages", "input_sha256",
+                    "output_sha256", "remaining_text", "seconds"]
+
+
+def write_manifest(audit: Path, results: Sequence[Result]) -> dict[str, str]:
+    """manifest.csv and manifest.parquet: one row per input, sorted by input path."""
+    import pandas as pd
+
+    audit.mkdir(parents=True, exist_ok=True)
+    df = pd.DataFrame([r.to_row() for r in sorted(results, key=lambda r: r.rel)], columns=MANIFEST_COLUMNS)
+    csv_path, pq_path = audit / "manifest.csv", audit / "manifest.parquet"
+    atomic_write_text(csv_path, df.to_csv(index=False))
+    import io
+
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    atomic_write_bytes(pq_path, buf.getvalue())
+    return {"csv": str(csv_path), "parquet": str(pq_path)}
+
+
+def summarize(results: Sequence[Result], seconds: float, ignored: int = 0) -> dict[str, Any]:
+    from collections import Counter
+
+    by = Counter(r.status for r in results)
+    processed = [r for r in results if r.status in ("redacted", "held", "dry_run")]
+    return {
+        "images": len(results),
+        "redacted": by.get("redacted", 0),
+        "skipped": by.get("skipped", 0),
+        "held_for_review": by.get("held", 0),
+        "waiting_review": by.get("waiting_review", 0),
+        "dry_run": by.get("dry_run", 0),
+        "failed": by.get("failed", 0),
+        "boxes": sum(r.n_boxes for r in processed),
+        "remaining_text": sum(r.remaining for r in results),
+        "ignored_non_images": ignored,
+        "seconds": round(seconds, 2),
+        "images_per_s": round(len(processed) / seconds, 2) if seconds > 0 and processed else 0.0,
+        "errors": [f"{r.src}: {r.reason}: {r.detail}" for r in results if r.status == "failed"],
+    }
+
+
+def archive_original(item: Item, archive_root: Path) -> Path:
+    """Move the input to ARCHIVE/<rel> after checking its output decodes and matches its sidecar."""
+    import shutil
+
+    sc = read_sidecar(item.sidecar) or {}
+    data = Path(item.out).read_bytes()
+    if sha256_bytes(data) != sc.get("output_sha256"):
+        raise OSError(f"{item.out}: output does not match its sidecar; original not archived")
+    codec.decode(data)
+    dest = archive_root / item.rel
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(item.src, dest)
+    return dest
+
+
+def add_log_file(audit: Path) -> Callable[[], None]:
+    """Append this run's redact log to AUDIT/redact.log; returns the remover."""
+    audit.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(audit / "redact.log", encoding="utf-8")
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    # INFO goes to the file only; the console keeps the level chosen by -v/-q
+    console = logging.StreamHandler()
+    console.setLevel(max(logging.ERROR, logging.getLogger().getEffectiveLevel()))  # failures are listed in the summary
+    console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    prev = (log.level, log.propagate)
+    log.addHandler(handler)
+    log.addHandler(console)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+    def remove() -> None:
+        log.removeHandler(handler)
+        log.removeHandler(console)
+        handler.close()
+        log.setLevel(prev[0])
+        log.propagate = prev[1]
+
+    return remove
