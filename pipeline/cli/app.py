@@ -12,7 +12,9 @@ import typer
 from pipeline import __version__
 from pipeline.cli import detect as detect_cli
 from pipeline.cli import harvest as harvest_cli
+from pipeline.cli import redact as redact_cli
 from pipeline.cli import status as status_cli
+from pipeline.cli import studio as studio_cli
 from pipeline.cli.common import AppState
 from pipeline.config import privacy_env
 
@@ -51,7 +53,9 @@ def main_options(
 
 harvest_cli.register(app)
 status_cli.register(app)
+studio_cli.register(app)
 detect_cli.register(app)
+redact_cli.register(app)
 
 
 def main() -> None:
