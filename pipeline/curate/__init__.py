@@ -1,0 +1,1 @@
+"""Curation: duplicates/outliers (`duplicates`), label noise (`label_noise`), reports (`report`)."""

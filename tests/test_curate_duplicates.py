@@ -1,0 +1,80 @@
+"""Both curation engines on a generated pool with planted problems (fastdup for real, via its venv)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pipeline.curate.duplicates import DuplicateConfig, FastdupUnavailable, ImageRef, fastdup_python, find_duplicates
+from pipeline.curate.testdata import make_pool
+
+FASTDUP_OK = fastdup_python().exists()
+
+
+def _refs(pool, test_split_for: str) -> list[ImageRef]:
+    return [ImageRef(p.name, p, "test" if p.name == test_split_for else "train") for p in pool.files]
+
+
+def _check_planted(report, pool, strict: bool) -> None:
+    im = report.images.set_index("image_id")
+    a, b = pool.exact
+    assert im.loc[a, "is_exact_duplicates_issue"] and im.loc[b, "is_exact_duplicates_issue"]
+    assert im.loc[a, "cluster_id"] == im.loc[b, "cluster_id"] != ""
+    c, d = pool.near
+    assert im.loc[c, "is_near_duplicates_issue"] and im.loc[d, "is_near_duplicates_issue"]
+    assert im.loc[c, "nearest_duplicate"] == d
+    assert im.loc[pool.outlier, "is_outlier_issue"]
+    # the planted outlier is the most outlying image
+    assert report.images.sort_values("outlier_score").iloc[0]["image_id"] == pool.outlier
+    assert im.loc[pool.broken, "is_broken_issue"] and not im.drop(index=pool.broken)["is_broken_issue"].any()
+    # the near pair straddles train/test: reported as a cross-split group
+    pairs = report.pairs
+    cross = pairs[pairs["cross_split"]]
+    assert {c, d} in [{r.image_a, r.image_b} for r in cross.itertuples()]
+    assert report.summary()["cross_split_groups"] >= 1
+    if strict:  # the permissive engine is exact on this pool: nothing else is flagged
+        flagged = set(im.index[im["is_exact_duplicates_issue"] | im["is_near_duplicates_issue"]])
+        assert flagged == {a, b, c, d}
+        assert set(im.index[im["is_outlier_issue"]]) == {pool.outlier}
+    # scores follow the cleanvision convention: lower = more severe, within [0, 1]
+    for col in ("exact_duplicates_score", "near_duplicates_score", "outlier_score"):
+        vals = report.images[col].dropna()
+        assert ((vals >= 0) & (vals <= 1 + 1e-9)).all()
+
+
+def test_permissive_engine_finds_planted_problems(tmp_path: Path) -> None:
+    pool = make_pool(tmp_path / "pool", n=24, seed=0)
+    report = find_duplicates(_refs(pool, pool.near[1]), DuplicateConfig(engine="permissive"))
+    assert len(report.images) == len(pool.files)
+    _check_planted(report, pool, strict=True)
+
+
+def test_permissive_catches_harder_near_duplicates(tmp_path: Path) -> None:
+    pool = make_pool(tmp_path / "pool", n=16, seed=3, near_scale=0.5, near_quality=40, broken=False)
+    report = find_duplicates(_refs(pool, ""), DuplicateConfig())
+    im = report.images.set_index("image_id")
+    assert im.loc[pool.near[1], "nearest_duplicate"] == pool.near[0]
+
+
+@pytest.mark.skipif(not FASTDUP_OK, reason="no .venv-fastdup (make install-fastdup)")
+def test_fastdup_engine_finds_planted_problems(tmp_path: Path) -> None:
+    pool = make_pool(tmp_path / "pool", n=24, seed=0)
+    report = find_duplicates(_refs(pool, pool.near[1]), DuplicateConfig(engine="fastdup"))
+    assert report.engine == "fastdup"
+    assert len(report.images) == len(pool.files)
+    _check_planted(report, pool, strict=False)
+    assert "fastdup_outlier" in report.images.columns
+
+
+def test_fastdup_missing_interpreter_is_one_clear_error(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("TEXTLOOP_FASTDUP_PYTHON", str(tmp_path / "nope" / "python"))
+    pool = make_pool(tmp_path / "pool", n=4, broken=False)
+    with pytest.raises(FastdupUnavailable, match="fastdup interpreter not found"):
+        find_duplicates(_refs(pool, ""), DuplicateConfig(engine="fastdup"))
+
+
+def test_unknown_engine_rejected() -> None:
+    with pytest.raises(ValueError, match="unknown curation engine"):
+        DuplicateConfig(engine="magic")
