@@ -17,6 +17,7 @@ from pipeline.predict import DEFAULT_THRESHOLD
 
 def register(app: typer.Typer) -> None:
     app.command("predict")(predict_cmd)
+    app.command("import")(import_cmd)
 
 
 # --- shared helpers ----------------------------------------------------------------------
@@ -178,3 +179,49 @@ def _write_out(out: Path, records) -> None:
         write_jsonl(out, records)
     except OSError as exc:
         fail(f"{out}: cannot write ({exc.strerror or exc})")
+
+
+# --- import ----------------------------------------------------------------------------------
+
+def import_cmd(
+    ctx: typer.Context,
+    labels: List[Path] = typer.Argument(..., help="Label files: devset-style boxes.jsonl, COCO .json, or a devset "
+                                        "root folder (<source>/boxes.jsonl)."),
+    fmt: str = typer.Option("auto", "--format", help="auto (.jsonl = devset, .json = COCO), jsonl or coco."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Folder the image paths in the label files are "
+                                          "relative to (default: the label file's folder; for COCO also images/)."),
+    frame: str = typer.Option("auto", help="Frame of the boxes: auto (from the labelled width/height), upright "
+                              "(EXIF orientation applied) or raw (stored pixels)."),
+    category: List[str] = typer.Option(None, "--category", help="COCO: import only these category names (repeatable)."),
+) -> None:
+    """Bring existing labels in as human annotations: images harvested, boxes stored per image."""
+    from pipeline.importer import import_labels
+
+    st = state(ctx)
+    ws = st.ws()
+    try:
+        with progress(st, "import (harvest images)") as update:
+            summary = import_labels(ws, labels, fmt=fmt, images_dir=images, frame=frame,
+                                    categories=category or None, progress=update)
+    except ValueError as exc:
+        fail(str(exc), 2)
+    except RuntimeError as exc:
+        fail(str(exc))
+
+    def render(c) -> None:
+        for line in summary.problems[:50]:
+            c.print(f"[yellow]skipped[/] {line}", highlight=False, soft_wrap=True)
+        if len(summary.problems) > 50:
+            c.print(f"... and {len(summary.problems) - 50} more")
+        t = Table(title=f"import into {ws.root}")
+        t.add_column("")
+        t.add_column("count", justify="right")
+        for key in ("records", "images", "with_boxes", "empty", "boxes", "ignored_boxes", "inserted", "updated",
+                    "unchanged", "rotated"):
+            t.add_row(key.replace("_", " "), str(getattr(summary, key)))
+        t.add_row("problems", str(len(summary.problems)))
+        c.print(t)
+
+    emit(st, summary.as_dict(), render)
+    if summary.images == 0 and summary.records:
+        raise typer.Exit(1)

@@ -1,0 +1,270 @@
+"""`import`: bring existing labelled images into the workspace as human labels.
+
+Reads the devset JSONL format (`pipeline.formats`) and COCO JSON. The images are harvested
+like any other (`pipeline.harvest.harvest`: content-addressed, validated, deduplicated), and
+each image's boxes become one `annotations` row with `source='import:<file name>'`,
+`state='submitted'` (or `'empty'` for an image labelled as having no text), ignore flags kept.
+The image status becomes `labelled` / `verified_empty`.
+
+Boxes are stored in the upright (EXIF-applied) frame. A label file's frame is detected per
+image from its width/height: the upright size means upright; the stored (unrotated) size of
+an EXIF-rotated image means the raw frame and the boxes are rotated. Any other size is an
+error for that image (labels for a resized copy would be misplaced).
+
+Rerunning an import gives the same catalog: unchanged rows are left as they are.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.boxes import exif_upright
+from pipeline.catalog import dumps
+from pipeline.config import HarvestConfig
+from pipeline.formats import LabelledImage, read_jsonl
+from pipeline.harvest import harvest
+from pipeline.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+FRAMES = ("auto", "upright", "raw")
+
+
+@dataclass(frozen=True)
+class LabelRecord:
+    """One labelled image from a label file, with the absolute path of its image."""
+
+    path: Path
+    label: LabelledImage
+    origin: str  # the label file's name, for `source='import:<name>'`
+
+
+@dataclass
+class ImportSummary:
+    files: list[str] = field(default_factory=list)
+    records: int = 0
+    images: int = 0
+    with_boxes: int = 0
+    empty: int = 0
+    boxes: int = 0
+    ignored_boxes: int = 0
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rotated: int = 0          # images whose labels were in the raw (pre-EXIF) frame
+    problems: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+
+
+# --- reading label files -----------------------------------------------------------------
+
+def detect_format(path: Path) -> str:
+    """'jsonl' or 'coco', from the extension and, for .json, the content's keys."""
+    if path.suffix.lower() == ".jsonl":
+        return "jsonl"
+    if path.suffix.lower() == ".json":
+        return "coco"
+    raise ValueError(f"{path}: unknown label format (expected a devset .jsonl or a COCO .json)")
+
+
+def read_devset_jsonl(path: Path, images_dir: Path | None = None) -> list[LabelRecord]:
+    """A devset-style boxes.jsonl; image paths relative to `images_dir` (default: the file's folder)."""
+    base = images_dir or path.parent
+    return [LabelRecord((base / rec.image).resolve(), rec, path.name) for rec in read_jsonl(path, source=path.stem)]
+
+
+def read_coco(path: Path, images_dir: Path | None = None, categories: Sequence[str] | None = None) -> list[LabelRecord]:
+    """COCO detection JSON: `images` (id, file_name, width, height), `annotations` (image_id,
+    bbox [x, y, w, h], category_id, iscrowd / ignore -> don't-care). All categories are text
+    unless `categories` names the ones to keep. Image files are looked up under `images_dir`, else
+    the JSON's folder, its `images/` sub-folder, or the sibling `../images/`."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not readable COCO JSON ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise ValueError(f"{path}: not COCO JSON (no 'images' list)")
+    cats = {c.get("id"): str(c.get("name", "")) for c in data.get("categories") or [] if isinstance(c, dict)}
+    keep_cats = None
+    if categories:
+        wanted = set(categories)
+        keep_cats = {cid for cid, name in cats.items() if name in wanted}
+        unknown = wanted - set(cats.values())
+        if unknown:
+            raise ValueError(f"{path}: no categor{'y' if len(unknown) == 1 else 'ies'} named {', '.join(sorted(unknown))}")
+    roots = [images_dir] if images_dir else [path.parent, path.parent / "images", path.parent.parent / "images"]
+    by_image: dict[Any, list[dict[str, Any]]] = {}
+    for k, ann in enumerate(data.get("annotations") or []):
+        if not isinstance(ann, dict) or "image_id" not in ann or "bbox" not in ann:
+            raise ValueError(f"{path}: annotation #{k} lacks image_id or bbox")
+        if keep_cats is not None and ann.get("category_id") not in keep_cats:
+            continue
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    out = []
+    for k, im in enumerate(data["images"]):
+        try:
+            name, w, h = str(im["file_name"]), int(im["width"]), int(im["height"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{path}: image #{k} lacks file_name, width or height") from None
+        boxes, ignore = [], []
+        for ann in by_image.get(im.get("id"), []):
+            try:
+                x, y, bw, bh = (float(v) for v in ann["bbox"])
+            except (TypeError, ValueError):
+                raise ValueError(f"{path}: annotation {ann.get('id', '?')}: bbox must be [x, y, w, h]") from None
+            boxes.append([x, y, x + bw, y + bh])
+            ignore.append(bool(ann.get("iscrowd", 0)) or bool(ann.get("ignore", 0)))
+        file = next((r / name for r in roots if (r / name).exists()), roots[0] / name)
+        rec = LabelledImage(image=name, width=w, height=h, boxes=np.array(boxes).reshape(-1, 4), ignore=ignore,
+                            source=path.stem)
+        out.append(LabelRecord(file.resolve(), rec, path.name))
+    return out
+
+
+def read_label_files(files: Iterable[str | Path], fmt: str = "auto", images_dir: Path | None = None,
+                     categories: Sequence[str] | None = None) -> list[LabelRecord]:
+    records: list[LabelRecord] = []
+    for f in files:
+        path = Path(f).expanduser()
+        if path.is_dir():  # a devset root: every <source>/boxes.jsonl
+            found = [path / "boxes.jsonl"] if (path / "boxes.jsonl").exists() else sorted(path.glob("*/boxes.jsonl"))
+            if not found:
+                raise ValueError(f"{path}: no boxes.jsonl in this folder or its sub-folders")
+            for j in found:
+                records += read_devset_jsonl(j, images_dir)
+            continue
+        if not path.exists():
+            raise ValueError(f"{path}: no such label file")
+        kind = detect_format(path) if fmt == "auto" else fmt
+        if kind == "jsonl":
+            records += read_devset_jsonl(path, images_dir)
+        elif kind == "coco":
+            records += read_coco(path, images_dir, categories)
+        else:
+            raise ValueError(f"unknown label format {fmt!r}: use auto, jsonl or coco")
+    return records
+
+
+# --- frames -----------------------------------------------------------------------------------
+
+def to_upright(label: LabelledImage, width: int, height: int, orientation: int, frame: str = "auto") -> tuple[np.ndarray, bool]:
+    """Boxes in the upright frame of a catalog image (width/height as displayed) and whether they
+    were rotated from the raw frame. Raises ValueError when the label's size fits neither frame."""
+    raw_w, raw_h = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+    size = (label.width, label.height)
+    if frame == "upright" or (frame == "auto" and size == (width, height)):
+        if size != (width, height):
+            raise ValueError(f"labelled as {size[0]}x{size[1]} but the upright image is {width}x{height}")
+        return label.boxes.copy(), False
+    if frame == "raw" or (frame == "auto" and orientation != 1 and size == (raw_w, raw_h)):
+        if size != (raw_w, raw_h):
+            raise ValueError(f"labelled as {size[0]}x{size[1]} but the stored image is {raw_w}x{raw_h}")
+        return exif_upright(label.boxes, orientation, raw_w, raw_h), orientation != 1
+    raise ValueError(f"labelled as {size[0]}x{size[1]} but the image is {width}x{height}")
+
+
+# --- the import -----------------------------------------------------------------------------
+
+def import_labels(
+    ws: Workspace,
+    files: Sequence[str | Path],
+    fmt: str = "auto",
+    images_dir: str | Path | None = None,
+    frame: str = "auto",
+    categories: Sequence[str] | None = None,
+    harvest_cfg: HarvestConfig | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ImportSummary:
+    """Harvest the labelled images and store their boxes as annotations (see module doc)."""
+    if frame not in FRAMES:
+        raise ValueError(f"unknown frame {frame!r}: use {', '.join(FRAMES)}")
+    t0 = time.perf_counter()
+    summary = ImportSummary(files=[str(f) for f in files])
+    records = read_label_files(files, fmt, Path(images_dir) if images_dir else None, categories)
+    summary.records = len(records)
+    paths = list(dict.fromkeys(str(r.path) for r in records))
+    if paths:
+        harvest(ws, paths, harvest_cfg, progress=progress)
+    now = time.time()
+    with ws.catalog() as cat:
+        resolved: dict[str, str] = {}
+        for chunk_start in range(0, len(paths), 500):
+            chunk = paths[chunk_start:chunk_start + 500]
+            for row in cat.query(f"SELECT source, image_id FROM image_sources WHERE source IN ({','.join('?' * len(chunk))})",
+                                 chunk):
+                resolved[row["source"]] = row["image_id"]
+        # one annotation per (image, label file): the last record wins
+        chosen: dict[tuple[str, str], LabelRecord] = {}
+        for r in records:
+            image_id = resolved.get(str(r.path))
+            if image_id is None:
+                rej = cat.query("SELECT reason, detail FROM rejects WHERE source = ?", (str(r.path),))
+                why = f"{rej[0]['reason']} ({rej[0]['detail']})" if rej else "not harvested"
+                summary.problems.append(f"{r.path}: {why}")
+                continue
+            key = (image_id, r.origin)
+            if key in chosen:
+                summary.problems.append(f"{r.path}: same image listed again in {r.origin}; the last record is used")
+            chosen[key] = r
+        with cat.transaction() as tx:
+            for (image_id, origin), r in chosen.items():
+                img = tx.execute("SELECT width, height, orientation, status FROM images WHERE id = ?", (image_id,)).fetchone()
+                try:
+                    boxes, rotated = to_upright(r.label, img["width"], img["height"], img["orientation"], frame)
+                except ValueError as exc:
+                    summary.problems.append(f"{r.path}: {exc}")
+                    continue
+                boxes = _clean_boxes(boxes, r.label.ignore, img["width"], img["height"])
+                ignore = boxes[1]
+                boxes = boxes[0]
+                state = "submitted" if len(boxes) else "empty"
+                row = (dumps([[round(float(v), 2) for v in b] for b in boxes]), dumps([0] * len(boxes)),
+                       dumps([bool(x) for x in ignore]), state)
+                source = f"import:{origin}"
+                old = tx.execute(
+                    "SELECT id, boxes, labels, ignore, state FROM annotations"
+                    " WHERE image_id = ? AND source = ? AND ls_annotation_id IS NULL", (image_id, source)).fetchone()
+                if old is None:
+                    tx.execute("INSERT INTO annotations(image_id, source, boxes, labels, ignore, state, annotator,"
+                               " updated_at, pulled_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                               (image_id, source, *row, "import", now, now))
+                    summary.inserted += 1
+                elif (old["boxes"], old["labels"], old["ignore"], old["state"]) != row:
+                    tx.execute("UPDATE annotations SET boxes=?, labels=?, ignore=?, state=?, updated_at=?, pulled_at=?"
+                               " WHERE id = ?", (*row, now, now, old["id"]))
+                    summary.updated += 1
+                else:
+                    summary.unchanged += 1
+                new_status = "labelled" if len(boxes) else "verified_empty"
+                if img["status"] == "labelled" and new_status == "verified_empty":
+                    new_status = "labelled"  # another label source has boxes on it: keep them visible
+                if img["status"] not in ("excluded",) and img["status"] != new_status:
+                    tx.execute("UPDATE images SET status = ? WHERE id = ?", (new_status, image_id))
+                summary.images += 1
+                summary.rotated += int(rotated)
+                summary.with_boxes += int(len(boxes) > 0)
+                summary.empty += int(len(boxes) == 0)
+                summary.boxes += int((~ignore).sum())
+                summary.ignored_boxes += int(ignore.sum())
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _clean_boxes(boxes: np.ndarray, ignore: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Clip to the image; drop boxes with no area left (they cover no pixel)."""
+    b = boxes.copy()
+    b[:, [0, 2]] = np.clip(b[:, [0, 2]], 0, width)
+    b[:, [1, 3]] = np.clip(b[:, [1, 3]], 0, height)
+    keep = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+    return b[keep], np.asarray(ignore, bool)[keep]

@@ -1,0 +1,135 @@
+"""`import`: devset JSONL and COCO labels become annotations on harvested images, idempotently."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from typer.testing import CliRunner
+
+from pipeline.cli.app import app
+from pipeline.formats import LabelledImage, write_jsonl
+from pipeline.importer import import_labels
+from pipeline.imaging import load_rgb
+from tests.imagegen import noise_image, write
+
+
+def snapshot(ws) -> tuple[list, list]:
+    with ws.catalog() as cat:
+        return (cat.query("SELECT id, status FROM images ORDER BY id"),
+                cat.query("SELECT * FROM annotations ORDER BY image_id, source"))
+
+
+def annotations_by_name(ws) -> dict[str, dict]:
+    with ws.catalog() as cat:
+        rows = cat.query("SELECT i.original_name, i.status, a.* FROM annotations a JOIN images i ON i.id = a.image_id")
+    return {r["original_name"]: r for r in rows}
+
+
+def make_devset(root: Path) -> Path:
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    for i in range(3):
+        noise_image(i, (64, 48)).save(root / "images" / f"im{i}.png")
+    recs = [
+        LabelledImage("images/im0.png", 64, 48, boxes=[[2, 3, 20, 10], [30, 30, 70, 40]]),  # 2nd runs off the image
+        LabelledImage("images/im1.png", 64, 48, boxes=[[5, 5, 15, 15], [40, 5, 60, 15]], ignore=[False, True]),
+        LabelledImage("images/im2.png", 64, 48),  # labelled: no text
+        LabelledImage("images/missing.png", 64, 48, boxes=[[1, 1, 5, 5]]),
+    ]
+    write_jsonl(root / "boxes.jsonl", recs)
+    return root / "boxes.jsonl"
+
+
+def test_devset_jsonl_import_is_idempotent(ws, tmp_path: Path) -> None:
+    labels = make_devset(tmp_path / "set")
+    s = import_labels(ws, [labels])
+    assert (s.records, s.images, s.with_boxes, s.empty, s.inserted) == (4, 3, 2, 1, 3)
+    assert s.boxes == 3 and s.ignored_boxes == 1
+    assert len(s.problems) == 1 and "missing.png" in s.problems[0] and "not_found" in s.problems[0]
+    by = annotations_by_name(ws)
+    assert by["im0.png"]["source"] == "import:boxes.jsonl" and by["im0.png"]["state"] == "submitted"
+    assert json.loads(by["im0.png"]["boxes"]) == [[2, 3, 20, 10], [30, 30, 64, 40]]  # clipped to the image
+    assert json.loads(by["im1.png"]["ignore"]) == [False, True]
+    assert by["im2.png"]["state"] == "empty" and json.loads(by["im2.png"]["boxes"]) == []
+    assert by["im0.png"]["status"] == "labelled" and by["im2.png"]["status"] == "verified_empty"
+    before = snapshot(ws)
+    s2 = import_labels(ws, [labels])
+    assert s2.unchanged == 3 and s2.inserted == s2.updated == 0
+    assert snapshot(ws) == before  # rerun: same catalog
+    # an edited label file updates the rows in place
+    recs = [LabelledImage("images/im2.png", 64, 48, boxes=[[1, 1, 9, 9]])]
+    write_jsonl(labels, recs)
+    s3 = import_labels(ws, [labels])
+    assert s3.updated == 1
+    by = annotations_by_name(ws)
+    assert by["im2.png"]["state"] == "submitted" and by["im2.png"]["status"] == "labelled"
+    assert len(snapshot(ws)[1]) == 3
+
+
+def rotated_jpeg(path: Path, orientation: int) -> None:
+    """A 60x40 stored image with a white block at raw (5..20, 3..10) and an EXIF orientation tag."""
+    a = np.zeros((40, 60, 3), np.uint8)
+    a[3:10, 5:20] = 255
+    im = Image.fromarray(a)
+    exif = im.getexif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=95, exif=exif)
+    write(path, buf.getvalue())
+
+
+def test_coco_import_with_crowd_and_exif_frames(ws, tmp_path: Path) -> None:
+    d = tmp_path / "coco"
+    rotated_jpeg(d / "images" / "rot_raw.jpg", 6)
+    rotated_jpeg(d / "images" / "rot_up.jpg", 8)
+    noise_image(7, (50, 30)).save(d / "images" / "plain.png")
+    up_box = [3, 40, 10, 55]  # where the block is after exif_transpose for orientation 8 (x, y, x1, y1)
+    coco = {
+        "images": [
+            {"id": 1, "file_name": "rot_raw.jpg", "width": 60, "height": 40},   # raw frame (stored pixels)
+            {"id": 2, "file_name": "rot_up.jpg", "width": 40, "height": 60},    # upright frame
+            {"id": 3, "file_name": "plain.png", "width": 50, "height": 30},
+            {"id": 4, "file_name": "wrong_size.png", "width": 10, "height": 10},
+        ],
+        "annotations": [
+            {"id": 1, "image_id": 1, "bbox": [5, 3, 15, 7], "category_id": 1},
+            {"id": 2, "image_id": 2, "bbox": [up_box[0], up_box[1], 7, 15], "category_id": 1},
+            {"id": 3, "image_id": 3, "bbox": [1, 2, 10, 5], "category_id": 1},
+            {"id": 4, "image_id": 3, "bbox": [20, 2, 10, 5], "category_id": 1, "iscrowd": 1},
+            {"id": 5, "image_id": 3, "bbox": [0, 20, 5, 5], "category_id": 2},
+        ],
+        "categories": [{"id": 1, "name": "text"}, {"id": 2, "name": "logo"}],
+    }
+    noise_image(8, (20, 20)).save(d / "images" / "wrong_size.png")
+    ann = d / "annotations" / "instances.json"
+    ann.parent.mkdir(parents=True)
+    ann.write_text(json.dumps(coco))
+    s = import_labels(ws, [ann], categories=["text"])  # images found in the sibling ../images/
+    assert s.images == 3 and s.rotated == 1
+    assert len(s.problems) == 1 and "wrong_size.png" in s.problems[0] and "10x10" in s.problems[0]
+    by = annotations_by_name(ws)
+    assert by["plain.png"]["source"] == "import:instances.json"
+    assert json.loads(by["plain.png"]["boxes"]) == [[1, 2, 11, 7], [20, 2, 30, 7]]  # xywh -> xyxy, logo dropped
+    assert json.loads(by["plain.png"]["ignore"]) == [False, True]                 # iscrowd = don't care
+    # both rotated images end up with the box over the block as the detectors see it (upright)
+    with ws.catalog() as cat:
+        paths = {r["original_name"]: r["path"] for r in cat.query("SELECT original_name, path FROM images")}
+    for name in ("rot_raw.jpg", "rot_up.jpg"):
+        x0, y0, x1, y1 = (int(round(v)) for v in json.loads(by[name]["boxes"])[0])
+        up = load_rgb(ws.abspath(paths[name]))
+        ys, xs = np.nonzero(up[..., 0] > 128)
+        assert (x0, y0, x1, y1) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1), name
+
+
+def test_cli_import_json(tmp_path: Path) -> None:
+    labels = make_devset(tmp_path / "set")
+    runner = CliRunner()
+    r = runner.invoke(app, ["-w", str(tmp_path / "ws"), "--json", "import", str(tmp_path / "set")])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["images"] == 3 and out["inserted"] == 3 and len(out["problems"]) == 1
+    r = runner.invoke(app, ["-w", str(tmp_path / "ws"), "import", str(labels.with_suffix(".csv"))])
+    assert r.exit_code == 2 and "no such label file" in r.output
