@@ -14,6 +14,7 @@ from pipeline.cli import detect as detect_cli
 from pipeline.cli import harvest as harvest_cli
 from pipeline.cli import redact as redact_cli
 from pipeline.cli import status as status_cli
+from pipeline.cli import studio as studio_cli
 from pipeline.cli.common import AppState
 from pipeline.config import privacy_env
 
@@ -52,6 +53,7 @@ def main_options(
 
 harvest_cli.register(app)
 status_cli.register(app)
+studio_cli.register(app)
 detect_cli.register(app)
 redact_cli.register(app)
 

@@ -1,0 +1,199 @@
+"""`textloop studio up|down|status|init`, `push`, `pull`, `export`, `serve` (Label Studio)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pipeline.cli.common import emit, fail, progress, state
+from pipeline.studio.client import StudioError, connect, load_settings
+
+studio_app = typer.Typer(help="Run and set up Label Studio for this workspace (local server or docker compose).",
+                         no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(studio_app, name="studio")
+    app.command("push")(push_cmd)
+    app.command("pull")(pull_cmd)
+    app.command("export")(export_cmd)
+    app.command("serve")(serve_cmd)
+
+
+def _connect(ws_root: Path):
+    """LABEL_STUDIO_URL (env/.env) if set, else the server `studio up` started, else the default."""
+    import os
+
+    from pipeline.studio.client import read_dotenv
+    from pipeline.studio.launcher import read_info
+
+    url = os.environ.get("LABEL_STUDIO_URL") or read_dotenv().get("LABEL_STUDIO_URL")
+    if not url:
+        info = read_info(ws_root)
+        url = info.url if info else None
+    return connect(url=url)
+
+
+@studio_app.command("up")
+def up_cmd(
+    ctx: typer.Context,
+    port: int = typer.Option(8080, help="Port on 127.0.0.1."),
+    mode: str = typer.Option("auto", help="auto (docker if an engine is reachable, else local) | local | docker."),
+    timeout: float = typer.Option(180.0, help="Seconds to wait for the server to become healthy."),
+) -> None:
+    """Start Label Studio for this workspace and wait until it is healthy."""
+    from pipeline.studio.launcher import up
+
+    st = state(ctx)
+    ws = st.ws()
+    try:
+        with st.console.status("starting Label Studio (~40 s the first time)..."):
+            info = up(ws.root, port=port, mode=mode, timeout=timeout)
+    except StudioError as exc:
+        fail(str(exc))
+    emit(st, info, lambda c: c.print(
+        f"Label Studio {'already running' if info['already_running'] else 'started'} at {info['url']} "
+        f"({info['mode']}, pid {info['pid']}, log {info['log']}); log in with LABEL_STUDIO_USERNAME/PASSWORD from .env"))
+
+
+@studio_app.command("down")
+def down_cmd(ctx: typer.Context) -> None:
+    """Stop the Label Studio that `studio up` started for this workspace (nothing else)."""
+    from pipeline.studio.launcher import down
+
+    st = state(ctx)
+    res = down(st.ws().root)
+    emit(st, res, lambda c: c.print(f"stopped Label Studio at {res['url']} (pid {res['pid']})" if res["stopped"]
+                                    else res.get("reason") or f"Label Studio at {res.get('url')} was not running"))
+
+
+@studio_app.command("status")
+def status_cmd(ctx: typer.Context) -> None:
+    """Is Label Studio up (the one `studio up` started, or LABEL_STUDIO_URL)?"""
+    from pipeline.studio.launcher import status
+
+    st = state(ctx)
+    res = status(st.ws().root)
+    emit(st, res, lambda c: c.print(f"{res['url']}: {'healthy' if res['healthy'] else 'not reachable'}"
+                                    + (f" (started by textloop, pid {res['pid']})" if res["started_by_textloop"] else "")))
+    if not res["healthy"]:
+        raise typer.Exit(1)
+
+
+@studio_app.command("init")
+def init_cmd(
+    ctx: typer.Context,
+    classes: str = typer.Option("text", help="Comma-separated box classes for the label config."),
+    title: Optional[str] = typer.Option(None, help="Project title (default TEXTLOOP_LS_PROJECT or 'textloop')."),
+    ml_backend: Optional[str] = typer.Option(None, "--ml-backend", help="URL of `textloop serve` to connect as ML backend."),
+    label_config: Optional[Path] = typer.Option(None, help="Label config template (default labelstudio/label_config.xml)."),
+) -> None:
+    """Create or update the project (idempotent): label config, uncertainty sampling, local-files storage."""
+    from pipeline.studio.project import init_project
+
+    st = state(ctx)
+    ws = st.ws()
+    try:
+        studio = _connect(ws.root)
+        res = init_project(ws, studio, [c for c in classes.split(",") if c.strip()], title, ml_backend, label_config)
+    except StudioError as exc:
+        fail(str(exc))
+    emit(st, res, lambda c: c.print(
+        f"project {res['title']!r} (id {res['project_id']}) {'created' if res['created'] else 'up to date'}: "
+        f"classes {', '.join(res['classes'])}, uncertainty sampling, storage {res['storage_id']}"
+        + (f", ML backend {res['ml_backend_id']}" if res.get("ml_backend_id") else "") + f"\n{res['url']}"))
+
+
+def push_cmd(
+    ctx: typer.Context,
+    top: Optional[int] = typer.Option(None, help="Create at most N new tasks (most useful first)."),
+    strategy: Optional[str] = typer.Option(None, help="Order by <ws>/reports/ranking.parquet score_<S> (from `textloop rank`)."),
+    model: str = typer.Option("current", help="Detector: current | ppocr | path to bundle.zip."),
+    model_version: Optional[str] = typer.Option(None, help="Use stored predictions of this model version."),
+    split: Optional[str] = typer.Option(None, help="Only images of this split."),
+    update_existing: bool = typer.Option(True, help="Add this model version's prediction to existing tasks."),
+) -> None:
+    """Create Label Studio tasks with the model's boxes as pre-annotations (idempotent, batched)."""
+    from pipeline.studio.push import push_images
+
+    st = state(ctx)
+    ws = st.ws()
+    ids = None
+    if split:
+        with ws.catalog() as cat:
+            ids = [r["id"] for r in cat.images(split=split) if r["status"] != "excluded"]
+    try:
+        studio = _connect(ws.root)
+        with ws.catalog() as cat:
+            it = cat.start_iteration("push")
+        with progress(st, "push") as update:
+            res = push_images(ws, ids, model_version, studio, model=model, strategy=strategy, top=top,
+                              update_existing=update_existing, progress=update)
+    except (StudioError, FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    with ws.catalog() as cat:
+        cat.finish_iteration(it, counts={k: v for k, v in res.items() if isinstance(v, int)})
+    emit(st, res, lambda c: c.print(
+        f"pushed to project {res['project_id']} with model {res['model_version']}: {res['tasks_created']} new tasks, "
+        f"{res['predictions_added']} predictions added to existing tasks, {res['already_pushed']} already there"
+        + (f", {res['failed']} images failed" if res["failed"] else "") + f"\norder: {res['order']}\n{res['url']}"))
+
+
+def pull_cmd(
+    ctx: typer.Context,
+    policy: str = typer.Option("latest", help="Which annotation wins per task: latest | first (ground truth always wins)."),
+) -> None:
+    """Mirror human annotations into the catalog: new, updated and removed since the last pull."""
+    from pipeline.studio.pull import pull
+
+    st = state(ctx)
+    ws = st.ws()
+    try:
+        studio = _connect(ws.root)
+        res = pull(ws, studio, policy=policy)
+    except (StudioError, ValueError) as exc:
+        fail(str(exc))
+    with ws.catalog() as cat:
+        it = cat.start_iteration("pull")
+        cat.finish_iteration(it, counts={k: v for k, v in res.items() if isinstance(v, int)})
+    emit(st, res, lambda c: c.print(
+        f"pulled project {res['project_id']}: {res['new']} new, {res['updated']} updated, {res['removed']} removed "
+        f"({res['unchanged']} unchanged); {res['labelled']} labelled, {res['empty']} verified empty, {res['skipped']} skipped"))
+
+
+def export_cmd(
+    ctx: typer.Context,
+    out: Path = typer.Argument(..., help="Output folder (boxes.jsonl | annotations.json | labels/ + images/)."),
+    fmt: str = typer.Option("jsonl", "--format", help="jsonl (the devset format) | coco | yolo."),
+    split: Optional[str] = typer.Option(None, help="Only this split (train/val/test)."),
+    classes: str = typer.Option("text", help="Class names in label order (coco categories / yolo names)."),
+) -> None:
+    """Export the human-labelled dataset; verified text-free images are included with no boxes."""
+    from pipeline.studio.export import export
+
+    st = state(ctx)
+    try:
+        res = export(st.ws(), out, fmt, split, tuple(c for c in classes.split(",") if c))
+    except (ValueError, OSError) as exc:
+        fail(str(exc))
+    emit(st, res, lambda c: c.print(f"exported {res['images']} images ({res['boxes']} boxes, "
+                                    f"{res['empty_images']} without text) to {res['out']}"))
+
+
+def serve_cmd(
+    ctx: typer.Context,
+    port: int = typer.Option(9090, help="Port."),
+    host: str = typer.Option("127.0.0.1", help="Interface (0.0.0.0 inside docker)."),
+    model: str = typer.Option("current", help="Detector: current | ppocr | path to bundle.zip."),
+    retrain_every: int = typer.Option(0, help="Queue a retrain after this many annotation webhooks (0 = only on START_TRAINING)."),
+) -> None:
+    """Label Studio ML backend: live boxes for any task; retrains in the background on request."""
+    import uvicorn
+
+    from pipeline.serve import ServeConfig, create_app
+
+    st = state(ctx)
+    app = create_app(st.ws(), ServeConfig(model=model, retrain_every=retrain_every))
+    uvicorn.run(app, host=host, port=port, log_level="info" if st.verbosity > 0 else "warning")

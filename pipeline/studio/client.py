@@ -1,0 +1,146 @@
+"""Connecting to Label Studio: settings from the environment or `.env`, and clear errors.
+
+Credentials come only from the environment or a `.env` file (never from the command line
+history, never printed): `LABEL_STUDIO_URL`, `LABEL_STUDIO_API_KEY` (the names the
+label-studio-sdk docs use), and for `studio up` also `LABEL_STUDIO_USERNAME/PASSWORD`.
+Every failure that a user can fix is raised as `StudioError` with one line that says what to do.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+class StudioError(Exception):
+    """A Label Studio problem the user can fix; str() is one clear line without credentials."""
+
+
+@dataclass(frozen=True)
+class StudioSettings:
+    """Where Label Studio runs and how to log in. `repr` hides the secrets."""
+
+    url: str = DEFAULT_URL
+    api_key: str = ""
+    username: str = "admin@textloop.local"
+    password: str = ""
+    project_title: str = "textloop"
+    # The workspace folder as the *server* sees it (differs from ours when LS runs in Docker).
+    server_files_root: str = ""
+
+    def __repr__(self) -> str:  # never leak credentials into logs or tracebacks
+        return (f"StudioSettings(url={self.url!r}, api_key={'***' if self.api_key else ''!r}, "
+                f"username={self.username!r}, project_title={self.project_title!r}, "
+                f"server_files_root={self.server_files_root!r})")
+
+    __str__ = __repr__
+
+
+def read_dotenv(path: str | Path | None = None) -> dict[str, str]:
+    """Values of a `.env` file (default: ./.env, else the repo's .env); missing file -> {}."""
+    candidates = [Path(path)] if path else [Path.cwd() / ".env", Path(__file__).resolve().parents[2] / ".env"]
+    for p in candidates:
+        if p.is_file():
+            from dotenv import dotenv_values
+
+            return {k: v for k, v in dotenv_values(p).items() if v is not None}
+    return {}
+
+
+def load_settings(url: str | None = None, api_key: str | None = None, env_file: str | Path | None = None) -> StudioSettings:
+    """Explicit arguments, else the environment, else `.env`, else defaults."""
+    dot = read_dotenv(env_file)
+
+    def get(name: str, default: str = "") -> str:
+        value = os.environ.get(name)
+        if value is None:
+            value = dot.get(name)
+        return default if value is None else value
+
+    return StudioSettings(
+        url=(url or get("LABEL_STUDIO_URL", DEFAULT_URL)).rstrip("/"),
+        api_key=api_key or get("LABEL_STUDIO_API_KEY") or get("LABEL_STUDIO_USER_TOKEN"),
+        username=get("LABEL_STUDIO_USERNAME", "admin@textloop.local"),
+        password=get("LABEL_STUDIO_PASSWORD"),
+        project_title=get("TEXTLOOP_LS_PROJECT", "textloop"),
+        server_files_root=get("TEXTLOOP_LS_FILES_ROOT"),
+    )
+
+
+def explain(exc: BaseException, url: str) -> StudioError:
+    """Turn an SDK/httpx exception into one actionable line (no headers, no tokens)."""
+    import httpx
+    from label_studio_sdk.core.api_error import ApiError
+
+    if isinstance(exc, StudioError):
+        return exc
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+        return StudioError(f"Label Studio is not reachable at {url} (server down?); start one with `textloop studio up` or set LABEL_STUDIO_URL")
+    if isinstance(exc, httpx.TimeoutException):
+        return StudioError(f"Label Studio at {url} did not answer in time")
+    if isinstance(exc, httpx.HTTPError):
+        return StudioError(f"Label Studio at {url}: {type(exc).__name__}: {exc}")
+    if isinstance(exc, ApiError):
+        code = exc.status_code
+        if code in (401, 403):
+            return StudioError(f"Label Studio at {url} rejected the API token (HTTP {code}); check LABEL_STUDIO_API_KEY")
+        detail = _short_detail(exc.body)
+        return StudioError(f"Label Studio at {url} answered HTTP {code}: {detail}")
+    return StudioError(f"Label Studio at {url}: {type(exc).__name__}: {exc}")
+
+
+def _short_detail(body: Any) -> str:
+    if isinstance(body, dict):
+        parts = []
+        if body.get("detail"):
+            parts.append(str(body["detail"]))
+        if body.get("validation_errors"):
+            parts.append(str(body["validation_errors"]))
+        text = "; ".join(parts) or str(body)
+    else:
+        text = str(body)
+    text = " ".join(text.split())
+    return text[:300]
+
+
+class Studio:
+    """An SDK client plus the settings it was made from (the URL for error messages)."""
+
+    def __init__(self, sdk: Any, settings: StudioSettings) -> None:
+        self.sdk = sdk
+        self.settings = settings
+
+    @property
+    def url(self) -> str:
+        return self.settings.url
+
+    def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run one SDK call, translating failures into StudioError."""
+        try:
+            return fn(*args, **kwargs)
+        except StudioError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every SDK/transport error becomes one line
+            raise explain(exc, self.url) from None
+
+    def __repr__(self) -> str:
+        return f"Studio({self.url})"
+
+
+def connect(url: str | None = None, api_key: str | None = None, env_file: str | Path | None = None,
+            timeout: float = 120.0, check: bool = True) -> Studio:
+    """A checked connection: raises StudioError if the server is down or the token is wrong."""
+    from label_studio_sdk import LabelStudio
+
+    settings = load_settings(url, api_key, env_file)
+    if not settings.api_key:
+        raise StudioError("no Label Studio API token: set LABEL_STUDIO_API_KEY in the environment or .env")
+    sdk = LabelStudio(base_url=settings.url, api_key=settings.api_key, timeout=timeout, max_retries=0)
+    studio = Studio(sdk, settings)
+    if check:
+        studio.call(lambda: sdk.users.whoami())
+    return studio

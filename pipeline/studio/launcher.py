@@ -1,0 +1,250 @@
+"""Start/stop a local Label Studio for a workspace (the CLI `studio up|down|status` and the
+integration-test fixture use the same functions).
+
+With a reachable Docker engine `studio up` runs the compose service; otherwise it starts
+`label-studio` from its own venv (`.venv-ls`, built by the Makefile) bound to 127.0.0.1, with
+telemetry and the version check off, local-files serving rooted at the workspace, and the admin
+user/token from the environment or `.env`. A PID file records what `up` started, so `down` stops
+exactly that process and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from pipeline.config import privacy_env
+from pipeline.formats import atomic_write_text
+from pipeline.studio.client import StudioError, load_settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class ServerInfo:
+    url: str
+    port: int
+    pid: int | None
+    mode: str            # local | docker
+    data_dir: str
+    files_root: str
+    log: str
+    started_at: float
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def label_studio_bin() -> Path | None:
+    """TEXTLOOP_LABEL_STUDIO_BIN, else the repo's .venv-ls, else `label-studio` on PATH."""
+    env = os.environ.get("TEXTLOOP_LABEL_STUDIO_BIN")
+    for cand in (env, REPO / ".venv-ls" / "bin" / "label-studio", shutil.which("label-studio")):
+        if cand and Path(cand).is_file() and os.access(cand, os.X_OK):
+            return Path(cand)
+    return None
+
+
+def server_env(files_root: Path, data_dir: Path, username: str, password: str, token: str) -> dict[str, str]:
+    """The environment of a local server (DESIGN.md: loopback, privacy, local files, legacy token)."""
+    env = dict(os.environ)
+    env.pop("LABEL_STUDIO_URL", None)
+    env.update(privacy_env())
+    env.update({
+        "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+        "LABEL_STUDIO_USERNAME": username,
+        "LABEL_STUDIO_PASSWORD": password,
+        "LABEL_STUDIO_USER_TOKEN": token,
+        "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
+        "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(files_root),
+        "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
+        "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
+
+
+def wait_healthy(url: str, timeout: float = 180.0, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    """Poll GET /health until {"status": "UP"}; fail early if the process died."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log and log.exists() else []
+            raise StudioError(f"label-studio exited with code {proc.returncode} during start-up"
+                              + (f": {tail[0][:200]}" if tail else "") + (f" (log: {log})" if log else ""))
+        try:
+            r = httpx.get(url + "/health", timeout=2.0)
+            if r.status_code == 200 and "UP" in r.text:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise StudioError(f"label-studio at {url} not healthy after {timeout:.0f} s" + (f" (log: {log})" if log else ""))
+
+
+def start_local(files_root: Path, data_dir: Path, port: int | None = None, username: str = "admin@textloop.local",
+                password: str = "", token: str = "", timeout: float = 180.0, ls_bin: Path | None = None) -> tuple[ServerInfo, subprocess.Popen]:
+    """Start `label-studio` on 127.0.0.1 and wait until healthy. Returns (info, process)."""
+    ls_bin = ls_bin or label_studio_bin()
+    if ls_bin is None:
+        raise StudioError("label-studio is not installed: run `make install-ls` (creates .venv-ls) or set TEXTLOOP_LABEL_STUDIO_BIN")
+    if not token or not password:
+        raise StudioError("set LABEL_STUDIO_API_KEY and LABEL_STUDIO_PASSWORD (environment or .env) before `studio up`")
+    port = port or free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = data_dir / "label-studio.log"
+    url = f"http://127.0.0.1:{port}"
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", port)) == 0:
+            raise StudioError(f"port {port} on 127.0.0.1 is already in use; choose another with --port")
+    cmd = [str(ls_bin), "start", "--internal-host", "127.0.0.1", "--port", str(port), "--no-browser",
+           "--data-dir", str(data_dir)]
+    with open(log, "ab") as fh:
+        proc = subprocess.Popen(cmd, env=server_env(files_root, data_dir, username, password, token),
+                                stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                cwd=str(data_dir), start_new_session=True)
+    info = ServerInfo(url=url, port=port, pid=proc.pid, mode="local", data_dir=str(data_dir),
+                      files_root=str(files_root), log=str(log), started_at=time.time())
+    try:
+        wait_healthy(url, timeout, proc, log)
+    except BaseException:
+        stop_pid(proc.pid)
+        raise
+    return info, proc
+
+
+def stop_pid(pid: int, timeout: float = 20.0) -> bool:
+    """Stop the process group started for `pid` (SIGTERM, then SIGKILL). True if it was running."""
+    try:
+        pgid = os.getpgid(pid)
+    except ProcessLookupError:
+        return False
+    if pgid != pid:  # we start with start_new_session, so the group id is the pid; anything else is not ours
+        os.kill(pid, signal.SIGTERM)
+    else:
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            waited, _ = os.waitpid(pid, os.WNOHANG)
+            if waited == pid:
+                return True
+        except ChildProcessError:
+            pass
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    try:
+        os.killpg(pid, signal.SIGKILL) if pgid == pid else os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return True
+
+
+# --- the workspace-level commands (PID file in <workspace>/labelstudio/server.json) -------------
+
+def pid_file(ws_root: Path) -> Path:
+    return ws_root / "labelstudio" / "server.json"
+
+
+def read_info(ws_root: Path) -> ServerInfo | None:
+    p = pid_file(ws_root)
+    if not p.exists():
+        return None
+    try:
+        return ServerInfo(**json.loads(p.read_text()))
+    except (OSError, TypeError, json.JSONDecodeError):
+        return None
+
+
+def _is_label_studio(pid: int) -> bool:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        try:
+            os.kill(pid, 0)
+            return True  # no /proc (macOS): trust the PID file
+        except ProcessLookupError:
+            return False
+    return "label-studio" in cmd or "label_studio" in cmd
+
+
+def docker_available() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+        return True
+    except Exception:  # noqa: BLE001 - no engine, no socket, no SDK: all mean "use the local path"
+        return False
+
+
+def up(ws_root: Path, port: int = 8080, mode: str = "auto", timeout: float = 180.0) -> dict:
+    """Start Label Studio for the workspace unless ours is already running. Returns its info."""
+    ws_root = ws_root.resolve()
+    current = read_info(ws_root)
+    if current and current.mode == "local" and current.pid and _is_label_studio(current.pid):
+        return dict(asdict(current), already_running=True)
+    s = load_settings()
+    if mode == "docker" or (mode == "auto" and docker_available()):
+        compose = REPO / "docker-compose.yml"
+        env = dict(os.environ, TEXTLOOP_WORKSPACE_DIR=str(ws_root), LABEL_STUDIO_PORT=str(port))
+        r = subprocess.run(["docker", "compose", "-f", str(compose), "up", "-d", "label-studio"], env=env,
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise StudioError(f"docker compose up failed: {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, timeout)
+        info = ServerInfo(url=url, port=port, pid=None, mode="docker", data_dir="(docker volume)",
+                          files_root=str(ws_root), log="docker compose logs label-studio", started_at=time.time())
+    else:
+        info, _ = start_local(ws_root, ws_root / "labelstudio" / "server", port, s.username, s.password, s.api_key, timeout)
+    atomic_write_text(pid_file(ws_root), json.dumps(asdict(info), indent=2))
+    return dict(asdict(info), already_running=False)
+
+
+def down(ws_root: Path) -> dict:
+    """Stop what `up` started for this workspace (and only that)."""
+    ws_root = ws_root.resolve()
+    info = read_info(ws_root)
+    if info is None:
+        return {"stopped": False, "reason": "nothing started by `textloop studio up` for this workspace"}
+    stopped = False
+    if info.mode == "docker":
+        compose = REPO / "docker-compose.yml"
+        r = subprocess.run(["docker", "compose", "-f", str(compose), "stop", "label-studio"], capture_output=True, text=True)
+        stopped = r.returncode == 0
+    elif info.pid and _is_label_studio(info.pid):
+        stopped = stop_pid(info.pid)
+    pid_file(ws_root).unlink(missing_ok=True)
+    return {"stopped": stopped, "url": info.url, "pid": info.pid, "mode": info.mode}
+
+
+def status(ws_root: Path) -> dict:
+    """Is the workspace's server (or LABEL_STUDIO_URL) up?"""
+    import httpx
+
+    ws_root = ws_root.resolve()
+    info = read_info(ws_root)
+    url = info.url if info else load_settings().url
+    try:
+        healthy = httpx.get(url + "/health", timeout=3.0).status_code == 200
+    except httpx.HTTPError:
+        healthy = False
+    running = bool(info and (info.mode == "docker" or (info.pid and _is_label_studio(info.pid))))
+    return {"url": url, "healthy": healthy, "started_by_textloop": running,
+            "pid": info.pid if info else None, "mode": info.mode if info else None,
+            "log": info.log if info else None}

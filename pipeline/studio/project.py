@@ -1,0 +1,221 @@
+"""The Label Studio project of a workspace: label config, idempotent create/update, storage.
+
+The project id is remembered per server URL in `<workspace>/labelstudio/project.json`, so push
+and pull find it again; a project deleted on the server is reported, never silently recreated.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from pipeline.formats import atomic_write_text
+from pipeline.studio.client import Studio, StudioError, explain
+from pipeline.workspace import Workspace
+
+SAMPLING = "Uncertainty sampling"
+DEFAULT_CLASSES = ("text",)
+_PALETTE = ("#FF3B30", "#007AFF", "#34C759", "#FF9500", "#AF52DE", "#5AC8FA", "#FFCC00", "#FF2D55")
+
+
+def default_config_path() -> Path:
+    return Path(__file__).resolve().parents[2] / "labelstudio" / "label_config.xml"
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    """What push/pull need from a label config: tag names and the class list."""
+
+    xml: str
+    from_name: str = "label"
+    to_name: str = "image"
+    data_key: str = "image"
+    classes: tuple[str, ...] = DEFAULT_CLASSES
+
+    def label_of(self, index: int) -> str:
+        return self.classes[index] if 0 <= index < len(self.classes) else self.classes[0]
+
+    def index_of(self, label: str) -> int:
+        try:
+            return self.classes.index(label)
+        except ValueError:
+            raise StudioError(f"label {label!r} is not in the label config classes {list(self.classes)}") from None
+
+
+def parse_label_config(xml: str) -> LabelConfig:
+    """Find the RectangleLabels control on an Image; raise StudioError if there is none."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as exc:
+        raise StudioError(f"label config is not valid XML ({exc})") from None
+    images = {el.get("name"): el for el in root.iter("Image")}
+    for rect in root.iter("RectangleLabels"):
+        to = rect.get("toName", "")
+        if to in images:
+            value = images[to].get("value", "")
+            classes = tuple(lab.get("value", "") for lab in rect.iter("Label"))
+            if not classes:
+                break
+            return LabelConfig(xml=xml, from_name=rect.get("name", ""), to_name=to,
+                               data_key=value.lstrip("$"), classes=classes)
+    raise StudioError("label config has no <RectangleLabels> with <Label>s on an <Image>")
+
+
+def render_label_config(classes: Sequence[str] | None = None, template: str | Path | None = None) -> LabelConfig:
+    """labelstudio/label_config.xml with its <Label> list replaced by `classes` (default: as is)."""
+    xml = Path(template or default_config_path()).read_text(encoding="utf-8")
+    if classes:
+        classes = [c.strip() for c in classes if c.strip()]
+        if len(set(classes)) != len(classes):
+            raise StudioError(f"duplicate class names in {classes}")
+        root = ET.fromstring(xml)
+        for rect in root.iter("RectangleLabels"):
+            for lab in list(rect.iter("Label")):
+                rect.remove(lab)
+            for i, c in enumerate(classes):
+                el = ET.SubElement(rect, "Label", {"value": c, "background": _PALETTE[i % len(_PALETTE)]})
+                el.tail = "\n    "
+        xml = ET.tostring(root, encoding="unicode")
+    return parse_label_config(xml)
+
+
+# --- project state ----------------------------------------------------------------------------
+
+def state_path(ws: Workspace) -> Path:
+    return ws.root / "labelstudio" / "project.json"
+
+
+def _read_state(ws: Workspace) -> dict[str, Any]:
+    p = state_path(ws)
+    if not p.exists():
+        return {}
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise StudioError(f"{p}: unreadable project state ({exc}); delete it and run `textloop studio init`") from None
+
+
+def _write_state(ws: Workspace, url: str, record: dict[str, Any]) -> None:
+    data = _read_state(ws)
+    data[url] = record
+    atomic_write_text(state_path(ws), json.dumps(data, indent=2))
+
+
+@dataclass(frozen=True)
+class ProjectRef:
+    id: int
+    title: str
+    config: LabelConfig
+    model_version: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def server_files_root(ws: Workspace, studio: Studio) -> str:
+    """The workspace path as the Label Studio server sees it (TEXTLOOP_LS_FILES_ROOT, else ours)."""
+    return (studio.settings.server_files_root or str(ws.root)).rstrip("/")
+
+
+def init_project(
+    ws: Workspace, studio: Studio, classes: Sequence[str] | None = None, title: str | None = None,
+    ml_backend: str | None = None, template: str | Path | None = None,
+) -> dict[str, Any]:
+    """Create or update the project (label config, uncertainty sampling, empty annotations allowed),
+    connect local-files storage to `<workspace>/images`, optionally register an ML backend.
+    Idempotent: running it again changes nothing that is already right."""
+    config = render_label_config(classes, template)
+    title = title or studio.settings.project_title
+    sdk = studio.sdk
+    state = _read_state(ws).get(studio.url, {})
+    project = None
+    if state.get("project_id"):
+        project = _get_project(studio, int(state["project_id"]), missing_ok=True)
+    if project is None:
+        found = [p for p in studio.call(lambda: list(sdk.projects.list(title=title, page_size=100))) if p.title == title]
+        project = found[0] if found else None
+    settings = dict(label_config=config.xml, sampling=SAMPLING, enable_empty_annotation=True,
+                    show_collab_predictions=True, show_skip_button=True,
+                    description="textloop: fix the detector's text boxes; submit empty when there is no text.")
+    created = project is None
+    if created:
+        project = studio.call(sdk.projects.create, title=title, **settings)
+    else:
+        existing = parse_label_config(project.label_config) if project.label_config else None
+        changes = {k: v for k, v in settings.items() if k != "label_config" and getattr(project, k, None) != v}
+        if existing is None or existing.classes != config.classes or existing.from_name != config.from_name \
+                or existing.to_name != config.to_name or existing.data_key != config.data_key:
+            changes["label_config"] = config.xml
+        if changes:
+            studio.call(sdk.projects.update, id=project.id, **changes)
+    pid = int(project.id)
+    storage_id = _ensure_storage(ws, studio, pid)
+    backend_id = _ensure_ml_backend(studio, pid, ml_backend) if ml_backend else state.get("ml_backend_id")
+    record = {"project_id": pid, "title": title, "storage_id": storage_id, "ml_backend_id": backend_id,
+              "classes": list(config.classes), "updated_at": time.time()}
+    _write_state(ws, studio.url, record)
+    return {"project_id": pid, "title": title, "created": created, "classes": list(config.classes),
+            "storage_id": storage_id, "ml_backend_id": backend_id, "url": f"{studio.url}/projects/{pid}/data"}
+
+
+def _get_project(studio: Studio, pid: int, missing_ok: bool = False) -> Any:
+    from label_studio_sdk.core.api_error import ApiError
+
+    try:
+        return studio.sdk.projects.get(id=pid)
+    except ApiError as exc:
+        if exc.status_code == 404:
+            if missing_ok:
+                return None
+            raise StudioError(f"Label Studio project {pid} no longer exists at {studio.url}; run `textloop studio init`") from None
+        raise explain(exc, studio.url) from None
+    except Exception as exc:  # noqa: BLE001
+        raise explain(exc, studio.url) from None
+
+
+def _ensure_storage(ws: Workspace, studio: Studio, pid: int) -> int:
+    path = server_files_root(ws, studio) + "/images"
+    existing = studio.call(lambda: list(studio.sdk.import_storage.local.list(project=pid)))
+    for s in existing:
+        if (s.path or "").rstrip("/") == path:
+            return int(s.id)
+    try:
+        s = studio.sdk.import_storage.local.create(project=pid, path=path, title="textloop workspace images",
+                                                   use_blob_urls=False, recursive_scan=True)
+    except Exception as exc:  # noqa: BLE001
+        from pipeline.studio.client import explain
+
+        err = explain(exc, studio.url)
+        raise StudioError(f"cannot connect local-files storage {path}: {err} "
+                          "(the server needs LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true and "
+                          "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT = the workspace; see TEXTLOOP_LS_FILES_ROOT)") from None
+    return int(s.id)
+
+
+def _ensure_ml_backend(studio: Studio, pid: int, url: str) -> int:
+    url = url.rstrip("/")
+    for b in studio.call(lambda: list(studio.sdk.ml.list(project=pid))):
+        if (b.url or "").rstrip("/") == url:
+            return int(b.id)
+    b = studio.call(studio.sdk.ml.create, project=pid, url=url, title="textloop", is_interactive=False, timeout=120)
+    return int(b.id)
+
+
+def get_project(ws: Workspace, studio: Studio, expect: LabelConfig | None = None) -> ProjectRef:
+    """The workspace's project on this server, checked: exists, and its label config matches."""
+    state = _read_state(ws).get(studio.url)
+    if not state or not state.get("project_id"):
+        raise StudioError(f"no Label Studio project for workspace {ws.root} at {studio.url}; run `textloop studio init`")
+    project = _get_project(studio, int(state["project_id"]))
+    cfg = parse_label_config(project.label_config or "")
+    expect = expect or render_label_config(state.get("classes") or None)
+    if (cfg.from_name, cfg.to_name, cfg.data_key) != (expect.from_name, expect.to_name, expect.data_key) \
+            or cfg.classes != expect.classes:
+        raise StudioError(
+            f"label config mismatch in project {project.id}: it has {cfg.from_name}->{cfg.to_name} ${cfg.data_key} "
+            f"classes {list(cfg.classes)}, textloop expects {expect.from_name}->{expect.to_name} ${expect.data_key} "
+            f"classes {list(expect.classes)}; run `textloop studio init` to update it")
+    return ProjectRef(id=int(project.id), title=project.title or "", config=cfg,
+                      model_version=project.model_version or "", extra=state)

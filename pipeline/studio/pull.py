@@ -1,0 +1,129 @@
+"""`textloop pull`: mirror human annotations from Label Studio into the catalog.
+
+One catalog row per labelled image (source 'labelstudio', this project): the winning annotation
+of its task -- a ground-truth-marked one, else the latest submitted one (policy "latest"), or the
+first submitted one (policy "first"). A task with only cancelled annotations is recorded as
+`skipped`; an empty submitted annotation means "verified: no text" (`empty`, image status
+`verified_empty`). Annotations edited or deleted in Label Studio since the last pull update or
+remove the row. Idempotent: a second pull changes nothing and says so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import datetime
+from typing import Any
+
+from pipeline.catalog import dumps
+from pipeline.studio.client import Studio, connect
+from pipeline.studio.convert import results_to_detections
+from pipeline.studio.project import get_project
+from pipeline.workspace import Workspace
+
+log = logging.getLogger("textloop.studio.pull")
+
+SOURCE = "labelstudio"
+STATUS_BY_STATE = {"submitted": "labelled", "empty": "verified_empty", "skipped": "skipped"}
+
+
+def _ts(value: Any) -> float:
+    if not value:
+        return 0.0
+    if isinstance(value, (int, float)):
+        return float(value)
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+
+
+def choose(annotations: list[dict[str, Any]], policy: str = "latest") -> dict[str, Any] | None:
+    """The annotation that stands for the task (see module doc)."""
+    submitted = [a for a in annotations if not a.get("was_cancelled")]
+    if submitted:
+        gt = [a for a in submitted if a.get("ground_truth")]
+        pool = gt or submitted
+        key = lambda a: (_ts(a.get("updated_at")), int(a.get("id", 0)))  # noqa: E731
+        return min(pool, key=key) if policy == "first" and not gt else max(pool, key=key)
+    cancelled = [a for a in annotations if a.get("was_cancelled")]
+    return max(cancelled, key=lambda a: (_ts(a.get("updated_at")), int(a.get("id", 0)))) if cancelled else None
+
+
+def export_tasks(studio: Studio, project_id: int) -> list[dict[str, Any]]:
+    """Every task of the project with its annotations (one request; the JSON export)."""
+    chunks = studio.call(lambda: b"".join(studio.sdk.projects.exports.download_sync(
+        project_id, export_type="JSON", download_all_tasks=True)))
+    return json.loads(chunks)
+
+
+def pull(ws: Workspace, client: Studio | None = None, policy: str = "latest") -> dict[str, Any]:
+    """Mirror the project's annotations into the catalog; returns counts."""
+    if policy not in ("latest", "first"):
+        raise ValueError(f"policy must be latest or first, got {policy!r}")
+    studio = client or connect()
+    project = get_project(ws, studio)
+    tasks = export_tasks(studio, project.id)
+    users = {}
+    try:
+        users = {int(u.id): (u.email or u.username or str(u.id)) for u in studio.sdk.users.list()}
+    except Exception:  # noqa: BLE001 - annotator names are nice to have
+        pass
+    counts = {"new": 0, "updated": 0, "removed": 0, "unchanged": 0, "labelled": 0, "empty": 0, "skipped": 0,
+              "tasks": len(tasks), "unknown_tasks": 0}
+    now = time.time()
+    with ws.catalog() as cat:
+        task_image = {r["ls_task_id"]: r["image_id"] for r in cat.query(
+            "SELECT image_id, ls_task_id FROM tasks WHERE ls_project_id = ?", (project.id,))}
+        existing = {r["image_id"]: r for r in cat.query(
+            "SELECT * FROM annotations WHERE source = ? AND ls_project_id = ?", (SOURCE, project.id))}
+        sizes = {r["id"]: (int(r["width"]), int(r["height"]), r["status"]) for r in cat.query(
+            "SELECT id, width, height, status FROM images")}
+        rows: dict[str, tuple] = {}
+        for t in tasks:
+            image_id = task_image.get(int(t["id"])) or (t.get("data") or {}).get("image_id")
+            if not image_id or image_id not in sizes:
+                counts["unknown_tasks"] += 1
+                continue
+            ann = choose(t.get("annotations") or [], policy)
+            if ann is None:
+                continue
+            w, h, _ = sizes[image_id]
+            if ann.get("was_cancelled"):
+                state, det = "skipped", None
+            else:
+                det = results_to_detections(ann.get("result") or [], w, h, project.config)
+                state = "submitted" if len(det) else "empty"
+            j = det.to_json() if det is not None else {"boxes": [], "labels": []}
+            who = ann.get("completed_by")
+            who = who.get("email") if isinstance(who, dict) else users.get(int(who), str(who)) if who is not None else None
+            rows[image_id] = (int(t["id"]), int(ann["id"]), dumps(j["boxes"]), dumps(j["labels"]),
+                              dumps([False] * len(j["boxes"])), state, who, _ts(ann.get("updated_at")))
+        with cat.transaction() as tx:
+            for image_id, (tid, aid, boxes, labels, ignore, state, who, updated) in rows.items():
+                counts["labelled" if state == "submitted" else state] += 1
+                old = existing.get(image_id)
+                if old is not None and (old["ls_annotation_id"], old["boxes"], old["labels"], old["state"], old["updated_at"]) \
+                        == (aid, boxes, labels, state, updated):
+                    counts["unchanged"] += 1
+                    continue
+                if old is None:
+                    tx.execute(
+                        "INSERT INTO annotations(image_id, source, ls_project_id, ls_task_id, ls_annotation_id, boxes, labels, "
+                        "ignore, state, annotator, updated_at, pulled_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                        (image_id, SOURCE, project.id, tid, aid, boxes, labels, ignore, state, who, updated, now))
+                    counts["new"] += 1
+                else:
+                    tx.execute(
+                        "UPDATE annotations SET ls_task_id=?, ls_annotation_id=?, boxes=?, labels=?, ignore=?, state=?, "
+                        "annotator=?, updated_at=?, pulled_at=? WHERE id=?",
+                        (tid, aid, boxes, labels, ignore, state, who, updated, now, old["id"]))
+                    counts["updated"] += 1
+                tx.execute("UPDATE images SET status = ? WHERE id = ? AND status != 'excluded'",
+                           (STATUS_BY_STATE[state], image_id))
+            for image_id, old in existing.items():
+                if image_id not in rows:
+                    tx.execute("DELETE FROM annotations WHERE id = ?", (old["id"],))
+                    tx.execute("UPDATE images SET status = 'pushed' WHERE id = ? AND status IN ('labelled', 'verified_empty', 'skipped')",
+                               (image_id,))
+                    counts["removed"] += 1
+    counts["project_id"] = project.id
+    return counts

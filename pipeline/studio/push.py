@@ -1,0 +1,315 @@
+"""`textloop push`: create Label Studio tasks with the detector's boxes as pre-annotations.
+
+Idempotent: an image never gets a second task in a project (the catalog `tasks` table, reconciled
+with the server first, so a crash between the HTTP call and the catalog write cannot duplicate);
+a new model version adds a fresh prediction to existing tasks. The prediction-level `score` is a
+confidence (mean box score), so Label Studio's uncertainty sampling serves the least certain first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.boxes import Detections
+from pipeline.catalog import Catalog
+from pipeline.studio.client import Studio, StudioError, connect
+from pipeline.studio.convert import detections_to_results
+from pipeline.studio.project import LabelConfig, get_project
+from pipeline.workspace import Workspace
+
+log = logging.getLogger("textloop.studio.push")
+
+BATCH = 250
+
+
+def local_files_url(ws: Workspace, relpath: str) -> str:
+    """`/data/local-files/?d=<path under the served root>`; refuses paths outside the workspace."""
+    full = ws.abspath(relpath).resolve()
+    root = ws.root.resolve()
+    try:
+        rel = full.relative_to(root)
+    except ValueError:
+        raise StudioError(f"image path {full} is outside the served root {root}; Label Studio can only serve files under it") from None
+    return "/data/local-files/?d=" + rel.as_posix()
+
+
+# --- predictions ------------------------------------------------------------------------------
+
+def stored_predictions(cat: Catalog, image_ids: Sequence[str], model_version: str) -> dict[str, Detections]:
+    out: dict[str, Detections] = {}
+    ids = list(image_ids)
+    for i in range(0, len(ids), 500):
+        chunk = ids[i:i + 500]
+        rows = cat.query(
+            f"SELECT image_id, boxes, scores, labels FROM predictions WHERE model_version = ? "
+            f"AND image_id IN ({','.join('?' * len(chunk))})", [model_version, *chunk])
+        for r in rows:
+            out[r["image_id"]] = Detections(json.loads(r["boxes"]), json.loads(r["scores"]), json.loads(r["labels"]))
+    return out
+
+
+def compute_predictions(ws: Workspace, detector: Any, image_ids: Sequence[str]) -> dict[str, Detections]:
+    """Run the detector and store the rows under `detector.version` (engineer A's
+    `predict_workspace` when it exists; a direct loop otherwise)."""
+    if not image_ids:
+        return {}
+    try:
+        from pipeline.predict import predict_workspace
+    except ImportError:
+        predict_workspace = None
+    if predict_workspace is not None:
+        return dict(predict_workspace(ws, detector, list(image_ids)))
+    return _predict_direct(ws, detector, image_ids)
+
+
+def _predict_direct(ws: Workspace, detector: Any, image_ids: Sequence[str], batch: int = 4) -> dict[str, Detections]:
+    from pipeline.catalog import dumps
+    from pipeline.imaging import load_rgb
+
+    out: dict[str, Detections] = {}
+    with ws.catalog() as cat:
+        paths = {r["id"]: r["path"] for r in cat.query(
+            f"SELECT id, path FROM images WHERE id IN ({','.join('?' * len(image_ids))})", list(image_ids))}
+        ids = [i for i in image_ids if i in paths]
+        for i in range(0, len(ids), batch):
+            chunk, arrays = [], []
+            for image_id in ids[i:i + batch]:
+                try:
+                    arrays.append(load_rgb(ws.abspath(paths[image_id])))
+                    chunk.append(image_id)
+                except Exception as exc:  # noqa: BLE001 - a bad image is logged and skipped
+                    log.warning("%s: cannot load (%s); skipped", paths[image_id], exc)
+            if not chunk:
+                continue
+            dets = detector.detect(arrays)
+            with cat.transaction() as tx:
+                for image_id, det in zip(chunk, dets):
+                    j = det.to_json()
+                    tx.execute(
+                        "INSERT OR REPLACE INTO predictions(image_id, model_version, boxes, scores, labels, created_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (image_id, detector.version, dumps(j["boxes"]), dumps(j["scores"]), dumps(j["labels"]), time.time()))
+                    out[image_id] = det
+    return out
+
+
+def confidence(det: Detections) -> float:
+    """Prediction-level score: mean box score; an empty prediction counts as confident (1.0) --
+    ranking, not this score, decides whether an empty image deserves a look."""
+    return float(np.mean(det.scores)) if len(det) else 1.0
+
+
+# --- ordering ---------------------------------------------------------------------------------
+
+def ranking_path(ws: Workspace) -> Path:
+    return ws.reports_dir / "ranking.parquet"
+
+
+def read_ranking(ws: Workspace, strategy: str) -> tuple[dict[str, float], dict[str, int]]:
+    """score_<strategy> per image (higher = label first) and `cluster` if the table has one."""
+    import pandas as pd
+
+    p = ranking_path(ws)
+    if not p.exists():
+        raise StudioError(f"{p}: no ranking yet; run `textloop rank` first, or push without --strategy")
+    df = pd.read_parquet(p)
+    col = f"score_{strategy}"
+    if col not in df.columns:
+        have = sorted(c[6:] for c in df.columns if c.startswith("score_"))
+        raise StudioError(f"{p}: no column {col}; strategies in the ranking: {', '.join(have) or 'none'}")
+    scores = {str(i): float(s) for i, s in zip(df["image_id"], df[col]) if s == s}
+    clusters = {}
+    if "cluster" in df.columns:
+        clusters = {str(i): int(c) for i, c in zip(df["image_id"], df["cluster"]) if c == c and c is not None}
+    return scores, clusters
+
+
+def order_images(image_ids: Sequence[str], preds: dict[str, Detections], ranking: dict[str, float] | None) -> list[str]:
+    """By ranking score (desc; unranked last), else by lowest mean confidence first."""
+    if ranking is not None:
+        return sorted(image_ids, key=lambda i: (i not in ranking, -ranking.get(i, 0.0), i))
+    return sorted(image_ids, key=lambda i: (confidence(preds[i]) if i in preds else 1.0, i))
+
+
+# --- the push ---------------------------------------------------------------------------------
+
+def _reconcile_tasks(studio: Studio, project_id: int, cat: Catalog) -> dict[str, int]:
+    """image_id -> task id on the server; catalog rows for tasks that no longer exist are dropped,
+    server tasks missing from the catalog (a crash after import) are recorded."""
+    server: dict[str, int] = {}
+    pager = studio.call(lambda: studio.sdk.tasks.list(project=project_id, page_size=1000, fields="task_only"))
+    for t in studio.call(lambda: list(pager)):
+        image_id = (t.data or {}).get("image_id")
+        if image_id and image_id not in server:
+            server[str(image_id)] = int(t.id)
+    known = {r["image_id"]: r["ls_task_id"] for r in cat.query(
+        "SELECT image_id, ls_task_id FROM tasks WHERE ls_project_id = ?", (project_id,))}
+    with cat.transaction() as tx:
+        for image_id, tid in known.items():
+            if server.get(image_id) != tid:
+                tx.execute("DELETE FROM tasks WHERE image_id = ? AND ls_project_id = ?", (image_id, project_id))
+                tx.execute("DELETE FROM task_predictions WHERE ls_project_id = ? AND ls_task_id = ?", (project_id, tid))
+        for image_id, tid in server.items():
+            if known.get(image_id) != tid and cat.scalar("SELECT 1 FROM images WHERE id = ?", (image_id,)):
+                tx.execute("INSERT OR REPLACE INTO tasks(image_id, ls_project_id, ls_task_id, created_at) VALUES (?,?,?,?)",
+                           (image_id, project_id, tid, time.time()))
+    return server
+
+
+def resolve_model(ws: Workspace, model_version: str | None, detector: Any, model: str) -> tuple[str, Callable[[], Any]]:
+    """(version, lazy detector getter). Loading the detector is skipped when the catalog already
+    holds every prediction needed."""
+    holder: dict[str, Any] = {"d": detector}
+
+    def get() -> Any:
+        if holder["d"] is None:
+            from pipeline.detectors import load_detector
+
+            holder["d"] = load_detector(model, workspace=ws)
+        return holder["d"]
+
+    if model_version:
+        return model_version, get
+    if detector is not None:
+        return str(detector.version), get
+    if model == "current":
+        with ws.catalog() as cat:
+            cur = cat.current_model()
+        if cur is not None:
+            return str(cur["version"]), get
+    return str(get().version), get
+
+
+def push_images(
+    ws: Workspace,
+    image_ids: Sequence[str] | None,
+    model_version: str | None = None,
+    client: Studio | None = None,
+    *,
+    detector: Any = None,
+    model: str = "current",
+    strategy: str | None = None,
+    top: int | None = None,
+    update_existing: bool = True,
+    batch_size: int = BATCH,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Push `image_ids` (None: every image not excluded) as tasks with predictions.
+
+    `top` limits how many *new* tasks are created, in ranking order (`strategy`) or by lowest mean
+    confidence. Existing tasks get this model version's prediction if they lack it."""
+    studio = client or connect()
+    project = get_project(ws, studio)
+    version, get_detector = resolve_model(ws, model_version, detector, model)
+    with ws.catalog() as cat:
+        if image_ids is None:
+            rows = cat.query("SELECT * FROM images WHERE status != 'excluded' ORDER BY id")
+        else:
+            wanted = list(dict.fromkeys(image_ids))
+            rows = []
+            for i in range(0, len(wanted), 500):
+                chunk = wanted[i:i + 500]
+                rows += cat.query(f"SELECT * FROM images WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+            missing = set(wanted) - {r["id"] for r in rows}
+            if missing:
+                raise StudioError(f"{len(missing)} image id(s) not in the catalog, e.g. {sorted(missing)[0]}")
+        images = {r["id"]: r for r in rows}
+        server_tasks = _reconcile_tasks(studio, project.id, cat)
+        have_version = {r["ls_task_id"] for r in cat.query(
+            "SELECT ls_task_id FROM task_predictions WHERE ls_project_id = ? AND model_version = ?", (project.id, version))}
+
+        ranking, clusters, order_note = None, {}, "lowest mean prediction confidence first (no --strategy)"
+        if strategy:
+            ranking, clusters = read_ranking(ws, strategy)
+            order_note = f"ranking score_{strategy} (highest first)"
+        new_ids = [i for i in images if i not in server_tasks]
+        # Without a ranking the order needs predictions of all candidates; with one only of the chosen.
+        if ranking is not None:
+            new_ids = order_images(new_ids, {}, ranking)
+            if top is not None:
+                new_ids = new_ids[:top]
+        upd_ids = [i for i in images if i in server_tasks and server_tasks[i] not in have_version] if update_existing else []
+        need = list(dict.fromkeys(new_ids + upd_ids))
+        preds = stored_predictions(cat, need, version)
+        todo = [i for i in need if i not in preds]
+    if todo:
+        det = get_detector()
+        if str(det.version) != version:
+            raise StudioError(f"predictions for model {version} are missing for {len(todo)} images and the loaded "
+                              f"detector is {det.version}; run `textloop predict --model {version}` or push with --model")
+        preds.update(compute_predictions(ws, det, todo))
+    failed = [i for i in need if i not in preds]
+    if ranking is None:
+        new_ids = order_images([i for i in new_ids if i in preds], preds, None)
+        if top is not None:
+            new_ids = new_ids[:top]
+    upd_ids = [i for i in upd_ids if i in preds]
+
+    def prediction(image_id: str) -> dict[str, Any]:
+        im = images[image_id]
+        det = preds[image_id]
+        p: dict[str, Any] = {"model_version": version, "score": round(confidence(det), 4),
+                             "result": detections_to_results(det, int(im["width"]), int(im["height"]), project.config)}
+        if image_id in clusters:
+            p["cluster"] = clusters[image_id]
+        return p
+
+    total = len(new_ids) + len(upd_ids)
+    done = created = added = 0
+    with ws.catalog() as cat:
+        for i in range(0, len(new_ids), batch_size):
+            chunk = new_ids[i:i + batch_size]
+            payload = []
+            for image_id in chunk:
+                im = images[image_id]
+                payload.append({
+                    "data": {project.config.data_key: local_files_url(ws, im["path"]), "image_id": image_id,
+                             "split": im["split"], "width": int(im["width"]), "height": int(im["height"])},
+                    "predictions": [prediction(image_id)],
+                })
+            resp = studio.call(studio.sdk.projects.import_tasks, id=project.id, request=payload, return_task_ids=True)
+            task_ids = list(resp.task_ids or [])
+            if len(task_ids) != len(chunk):  # not expected; recover the mapping from the server
+                mapping = _reconcile_tasks(studio, project.id, cat)
+                task_ids = [mapping[c] for c in chunk]
+            now = time.time()
+            with cat.transaction() as tx:
+                for image_id, tid in zip(chunk, task_ids):
+                    tx.execute("INSERT OR REPLACE INTO tasks(image_id, ls_project_id, ls_task_id, created_at) VALUES (?,?,?,?)",
+                               (image_id, project.id, int(tid), now))
+                    tx.execute("INSERT OR REPLACE INTO task_predictions(ls_project_id, ls_task_id, image_id, model_version, n_boxes, pushed_at) "
+                               "VALUES (?,?,?,?,?,?)", (project.id, int(tid), image_id, version, len(preds[image_id]), now))
+                    tx.execute("UPDATE images SET status = 'pushed' WHERE id = ? AND status = 'new'", (image_id,))
+            created += len(chunk)
+            done += len(chunk)
+            if progress:
+                progress(done, total)
+        for i in range(0, len(upd_ids), batch_size):
+            chunk = upd_ids[i:i + batch_size]
+            payload = [dict(prediction(image_id), task=server_tasks[image_id]) for image_id in chunk]
+            studio.call(studio.sdk.projects.import_predictions, id=project.id, request=payload)
+            now = time.time()
+            with cat.transaction() as tx:
+                for image_id in chunk:
+                    tx.execute("INSERT OR REPLACE INTO task_predictions(ls_project_id, ls_task_id, image_id, model_version, n_boxes, pushed_at) "
+                               "VALUES (?,?,?,?,?,?)", (project.id, server_tasks[image_id], image_id, version, len(preds[image_id]), now))
+            added += len(chunk)
+            done += len(chunk)
+            if progress:
+                progress(done, total)
+    if (created or added) and project.model_version != version:
+        # Uncertainty sampling only looks at predictions of the project's model_version.
+        studio.call(studio.sdk.projects.update, id=project.id, model_version=version)
+    return {
+        "project_id": project.id, "model_version": version, "tasks_created": created,
+        "predictions_added": added, "already_pushed": len([i for i in images if i in server_tasks]) - len(upd_ids),
+        "failed": len(failed), "order": order_note,
+        "url": f"{studio.url}/projects/{project.id}/data",
+    }
