@@ -1,0 +1,570 @@
+"""redact: pixel-exact coverage, clean metadata, formats, resume, failures (fake detector with
+known boxes), and one end-to-end run with the real ppocr detector."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image, ImageCms, PngImagePlugin
+from typer.testing import CliRunner
+
+from pipeline.boxes import Detections
+from pipeline.cli.app import app
+from pipeline.redact import codec
+from pipeline.redact.core import Pad, apply_redaction, fill_value, parse_color, redaction_boxes
+from pipeline.redact.run import Item, RedactConfig, Redactor, plan, run_local
+
+BOXES = [[5.0, 6.0, 25.0, 14.0], [40.5, 20.2, 55.0, 31.7]]   # known "text" boxes (upright frame)
+W, H = 64, 40
+ICC = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+class FakeDetector:
+    """Returns the known boxes for every image; counts calls; optional scores."""
+
+    name = "fake"
+
+    def __init__(self, boxes=BOXES, scores=None, version: str = "fake-1", fail_on: int | None = None) -> None:
+        self.boxes = np.asarray(boxes, dtype=float).reshape(-1, 4)
+        self.scores = np.full(len(self.boxes), 0.9) if scores is None else np.asarray(scores, dtype=float)
+        self.version = version
+        self.calls = 0
+        self.fail_on = fail_on
+        self.shapes: list[tuple[int, ...]] = []
+
+    def detect(self, images):
+        out = []
+        for im in images:
+            self.calls += 1
+            if self.fail_on is not None and self.calls == self.fail_on:
+                raise KeyboardInterrupt  # an interruption in the middle of a run
+            assert im.dtype == np.uint8 and im.ndim == 3 and im.shape[2] == 3
+            self.shapes.append(im.shape)
+            out.append(Detections(self.boxes.copy(), self.scores.copy()))
+        return out
+
+
+def rgb_noise(seed: int, w: int = W, h: int = H) -> np.ndarray:
+    return np.random.default_rng(seed).integers(1, 255, (h, w, 3), dtype=np.uint8)
+
+
+def covered_mask(boxes, w: int, h: int, pad: Pad) -> np.ndarray:
+    from pipeline.boxes import union_mask
+
+    return union_mask(redaction_boxes(np.asarray(boxes), w, h, pad), w, h)
+
+
+def gt_mask(boxes, w: int, h: int) -> np.ndarray:
+    from pipeline.boxes import union_mask
+
+    return union_mask(np.asarray(boxes), w, h)
+
+
+def redact_one(src: Path, out: Path, det=None, **cfg) -> "object":
+    item = Item(str(src), src.name, str(out), str(out.parent / "audit" / f"{src.name}.json"))
+    return Redactor(det or FakeDetector(), RedactConfig(**cfg)).process(item)
+
+
+def sha_tree(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# --- metadata builders -----------------------------------------------------------------------
+
+def exif_with_gps_and_thumbnail(thumb: bytes, orientation: int = 1) -> bytes:
+    """Raw EXIF (TIFF little-endian): IFD0 (orientation, GPS pointer) -> IFD1 with a JPEG thumbnail."""
+    ifd0_off = 8
+    n0 = 2
+    gps_off = ifd0_off + 2 + n0 * 12 + 4
+    ngps = 2
+    rat_off = gps_off + 2 + ngps * 12 + 4
+    ifd1_off = rat_off + 24
+    n1 = 2
+    thumb_off = ifd1_off + 2 + n1 * 12 + 4
+    b = bytearray(b"II*\x00" + struct.pack("<I", ifd0_off))
+    b += struct.pack("<H", n0)
+    b += struct.pack("<HHIHH", 0x0112, 3, 1, orientation, 0)
+    b += struct.pack("<HHII", 0x8825, 4, 1, gps_off)
+    b += struct.pack("<I", ifd1_off)
+    b += struct.pack("<H", ngps)
+    b += struct.pack("<HHI", 0x0001, 2, 2) + b"N\x00\x00\x00"
+    b += struct.pack("<HHII", 0x0002, 5, 3, rat_off)
+    b += struct.pack("<I", 0)
+    b += struct.pack("<6I", 48, 1, 51, 1, 3000, 100)
+    b += struct.pack("<H", n1)
+    b += struct.pack("<HHII", 0x0201, 4, 1, thumb_off)
+    b += struct.pack("<HHII", 0x0202, 4, 1, len(thumb))
+    b += struct.pack("<I", 0)
+    b += thumb
+    return b"Exif\x00\x00" + bytes(b)
+
+
+def insert_jpeg_segments(jpeg: bytes, segments: list[tuple[int, bytes]]) -> bytes:
+    assert jpeg[:2] == b"\xff\xd8"
+    extra = b"".join(b"\xff" + bytes([m]) + struct.pack(">H", len(p) + 2) + p for m, p in segments)
+    return jpeg[:2] + extra + jpeg[2:]
+
+
+def jpeg_markers(data: bytes) -> list[tuple[int, bytes]]:
+    """(marker, first bytes of payload) of every segment before the scan."""
+    assert data[:2] == b"\xff\xd8"
+    i, out = 2, []
+    while i < len(data):
+        assert data[i] == 0xFF
+        m = data[i + 1]
+        if m == 0xDA:
+            break
+        n = struct.unpack(">H", data[i + 2:i + 4])[0]
+        out.append((m, data[i + 4:i + 4 + 16]))
+        i += 2 + n
+    return out
+
+
+def png_chunks(data: bytes) -> list[bytes]:
+    i, out = 8, []
+    while i < len(data):
+        n = struct.unpack(">I", data[i:i + 4])[0]
+        out.append(data[i + 4:i + 8])
+        i += 12 + n
+    return out
+
+
+def secret_jpeg(path: Path, seed: int = 1) -> Path:
+    """A JPEG with EXIF (GPS + a thumbnail), XMP, IPTC, a comment and an ICC profile."""
+    buf = io.BytesIO()
+    Image.fromarray(rgb_noise(seed)).save(buf, format="JPEG", quality=92, icc_profile=ICC)
+    tb = io.BytesIO()
+    Image.fromarray(rgb_noise(seed + 100, 16, 10)).save(tb, format="JPEG", quality=80)
+    xmp = (b"http://ns.adobe.com/xap/1.0/\x00<x:xmpmeta xmlns:x='adobe:ns:meta/'><rdf:RDF>"
+           b"<rdf:Description dc:creator='Dr Secret'/></rdf:RDF></x:xmpmeta>")
+    iptc_rec = b"\x1c\x02\x78" + struct.pack(">H", 14) + b"patient 12345!"
+    iptc = b"Photoshop 3.0\x00" + b"8BIM\x04\x04\x00\x00" + struct.pack(">I", len(iptc_rec)) + iptc_rec
+    data = insert_jpeg_segments(buf.getvalue(), [
+        (0xE1, exif_with_gps_and_thumbnail(tb.getvalue())), (0xE1, xmp), (0xED, iptc), (0xFE, b"secret comment"),
+    ])
+    path.write_bytes(data)
+    return path
+
+
+# --- pure core ---------------------------------------------------------------------------------
+
+def test_pad_and_color_parsing():
+    assert Pad.parse("4") == Pad(4, 0) and Pad.parse("15%") == Pad(0, 0.15)
+    assert Pad.parse("2px+15%") == Pad(2, 0.15) and Pad.parse(str(Pad(2, 0.15))) == Pad(2, 0.15)
+    with pytest.raises(ValueError):
+        Pad.parse("lots")
+    assert parse_color("white") == (255, 255, 255) and parse_color("#f00") == (255, 0, 0)
+    assert parse_color("1,2,3") == (1, 2, 3)
+    with pytest.raises(ValueError):
+        parse_color("300,0,0")
+
+
+def test_fill_value_per_layout():
+    assert fill_value((255, 255, 255), np.dtype(np.uint16), 1, "gray").tolist() == [65535]
+    assert fill_value((0, 0, 0), np.dtype(np.uint16), 1, "gray", inverted=True).tolist() == [65535]
+    assert fill_value((10, 20, 30), np.dtype(np.uint8), 4, "rgb").tolist() == [10, 20, 30, 255]  # opaque alpha
+    assert fill_value((255, 255, 255), np.dtype(np.bool_), 1).tolist() == [True]
+
+
+def test_padding_grows_boxes_by_px_and_height_fraction():
+    ib = redaction_boxes(np.array([[10, 10, 20, 30]]), 100, 100, Pad(1, 0.1))   # grow 1 + 2 = 3 px
+    assert ib.tolist() == [[7, 7, 23, 33]]
+    ib = redaction_boxes(np.array([[0, 0, 5, 5]]), 4, 4, Pad(10, 0))              # clipped
+    assert ib.tolist() == [[0, 0, 4, 4]]
+
+
+@pytest.mark.parametrize("style", ["blur", "pixelate"])
+def test_blur_and_pixelate_change_only_the_boxes(style):
+    a = rgb_noise(3)
+    ib = np.array([[10, 5, 40, 30]])
+    out = apply_redaction(a, ib, style)
+    inside = np.zeros(a.shape[:2], bool)
+    inside[5:30, 10:40] = True
+    assert (out[~inside] == a[~inside]).all()
+    assert out[inside].std() < a[inside].std() * 0.6
+
+
+# --- every ground-truth pixel covered, everything else unchanged (lossless formats) --------------
+
+def _write(path: Path, arr: np.ndarray, fmt: str, **kw) -> Path:
+    if fmt == "TIFF":
+        tifffile.imwrite(path, arr, photometric="rgb" if arr.ndim == 3 else "minisblack", **kw)
+    else:
+        Image.fromarray(arr).save(path, format=fmt, **kw)
+    return path
+
+
+@pytest.mark.parametrize("name,fmt,kw,color", [
+    ("a.png", "PNG", {}, (0, 0, 0)),
+    ("a.bmp", "BMP", {}, (0, 0, 0)),
+    ("a.webp", "WEBP", {"lossless": True}, (0, 0, 0)),
+    ("a.tif", "TIFF", {}, (255, 0, 0)),
+    ("a.png", "PNG", {}, (12, 200, 99)),
+])
+def test_gt_pixels_get_fill_colour_and_the_rest_is_unchanged(tmp_path, name, fmt, kw, color):
+    a = rgb_noise(7)
+    src = _write(tmp_path / name, a, fmt, **kw)
+    out = tmp_path / "out" / name
+    pad = Pad(1, 0.1)
+    res = redact_one(src, out, color=color, pad=pad)
+    assert res.status == "redacted", res.detail
+    b = np.asarray(Image.open(out).convert("RGB")) if fmt != "TIFF" else tifffile.imread(out)
+    assert b.shape == a.shape and b.dtype == a.dtype
+    gt = gt_mask(BOXES, W, H)
+    cov = covered_mask(BOXES, W, H, pad)
+    assert (b[gt] == np.array(color, dtype=np.uint8)).all()          # every GT pixel is the fill colour
+    assert (b[cov] == np.array(color, dtype=np.uint8)).all()
+    assert (b[~cov] == a[~cov]).all()                                 # nothing outside boxes+pad changed
+
+
+def test_jpeg_output_covers_boxes_and_keeps_size(tmp_path):
+    src = tmp_path / "a.jpg"
+    Image.fromarray(rgb_noise(8, 200, 120)).save(src, quality=95)
+    out = tmp_path / "out" / "a.jpg"
+    boxes = [[20, 20, 80, 40]]
+    assert redact_one(src, out, det=FakeDetector(boxes)).status == "redacted"
+    im = Image.open(out)
+    assert im.format == "JPEG" and im.size == (200, 120)
+    b = np.asarray(im.convert("RGB")).astype(int)
+    assert b[22:38, 22:78].max() <= 8                                 # black within JPEG noise
+
+
+def test_exif_orientation_is_applied_before_detection_and_output_is_upright(tmp_path):
+    upright = rgb_noise(9)                                            # H x W as displayed
+    raw = np.rot90(upright, 1)                                        # stored sideways, orientation 6
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    src = tmp_path / "rot.png"
+    Image.fromarray(np.ascontiguousarray(raw)).save(src, exif=exif.tobytes())
+    det = FakeDetector()
+    out = tmp_path / "out" / "rot.png"
+    assert redact_one(src, out, det=det, pad=Pad(0, 0)).status == "redacted"
+    assert det.shapes == [(H, W, 3)]                                  # the detector saw the upright image
+    im = Image.open(out)
+    assert im.size == (W, H) and im.getexif().get(0x0112) is None     # upright pixels, no orientation tag
+    b = np.asarray(im)
+    cov = covered_mask(BOXES, W, H, Pad(0, 0))
+    assert (b[cov] == 0).all() and (b[~cov] == upright[~cov]).all()
+
+
+# --- nothing of the original leaks ------------------------------------------------------------------
+
+def test_jpeg_metadata_is_stripped_and_icc_kept(tmp_path):
+    src = secret_jpeg(tmp_path / "secret.jpg")
+    before = Image.open(src)
+    assert before.getexif().get_ifd(0x8825) and "comment" in before.info          # the fixture has it all
+    out = tmp_path / "out" / "secret.jpg"
+    assert redact_one(src, out).status == "redacted"
+    data = out.read_bytes()
+    markers = jpeg_markers(data)
+    assert not [m for m, _ in markers if m in (0xE1, 0xED, 0xFE)]                  # no EXIF/XMP, IPTC, comment
+    assert all(m in (0xE0, 0xE2, 0xDB, 0xC0, 0xC1, 0xC2, 0xC4, 0xDD) for m, _ in markers), markers
+    assert data.count(b"\xff\xd8") == 1                                            # no embedded thumbnail
+    for secret in (b"Exif", b"Dr Secret", b"patient 12345", b"secret comment", b"8BIM", b"xap/1.0"):
+        assert secret not in data
+    im = Image.open(out)
+    assert im.info.get("icc_profile") == ICC and not im.getexif()
+
+
+def test_png_text_chunks_and_exif_are_stripped_and_icc_kept(tmp_path):
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Author", "Dr Secret")
+    info.add_text("Comment", "patient 12345", zip=True)
+    info.add_itxt("Description", "sample ID 42", lang="en")
+    exif = Image.Exif()
+    exif[0x010F] = "SecretCam"
+    src = tmp_path / "t.png"
+    Image.fromarray(rgb_noise(11)).save(src, pnginfo=info, icc_profile=ICC, exif=exif.tobytes())
+    assert {b"tEXt", b"zTXt", b"iTXt", b"eXIf", b"iCCP"} <= set(png_chunks(src.read_bytes()))
+    out = tmp_path / "out" / "t.png"
+    assert redact_one(src, out).status == "redacted"
+    data = out.read_bytes()
+    chunks = set(png_chunks(data))
+    assert not chunks & {b"tEXt", b"zTXt", b"iTXt", b"eXIf", b"tIME"}
+    assert b"iCCP" in chunks and Image.open(out).info["icc_profile"] == ICC
+    for secret in (b"Dr Secret", b"SecretCam", b"sample ID"):
+        assert secret not in data
+
+
+def test_tiff_private_tags_dropped_icc_and_resolution_kept(tmp_path):
+    src = tmp_path / "m.tif"
+    tifffile.imwrite(src, rgb_noise(12), photometric="rgb", iccprofile=ICC, resolution=(300, 300),
+                     description="patient 12345", software="SecretScope", metadata=None)
+    out = tmp_path / "out" / "m.tif"
+    assert redact_one(src, out).status == "redacted"
+    data = out.read_bytes()
+    assert b"patient 12345" not in data and b"SecretScope" not in data
+    with tifffile.TiffFile(out) as tf:
+        p = tf.pages[0]
+        assert bytes(p.tags[34675].value) == ICC and p.tags["XResolution"].value == (300, 1)
+
+
+# --- bit depth and pages ----------------------------------------------------------------------------
+
+def test_16bit_gray_tiff_keeps_bit_depth(tmp_path):
+    a = np.random.default_rng(13).integers(1000, 65535, (H, W), dtype=np.uint16)
+    src = tmp_path / "g16.tif"
+    tifffile.imwrite(src, a, photometric="minisblack", compression="zlib")
+    out = tmp_path / "out" / "g16.tif"
+    res = redact_one(src, out, color=(255, 255, 255))
+    assert res.status == "redacted"
+    b = tifffile.imread(out)
+    assert b.dtype == np.uint16 and b.shape == a.shape
+    cov = covered_mask(BOXES, W, H, RedactConfig().pad)
+    assert (b[cov] == 65535).all() and (b[~cov] == a[~cov]).all()
+
+
+def test_16bit_rgb_tiff_and_16bit_png_keep_bit_depth(tmp_path):
+    a = np.random.default_rng(14).integers(0, 65535, (H, W, 3), dtype=np.uint16)
+    src = tmp_path / "c16.tif"
+    tifffile.imwrite(src, a, photometric="rgb")
+    assert redact_one(src, tmp_path / "out" / "c16.tif").status == "redacted"
+    b = tifffile.imread(tmp_path / "out" / "c16.tif")
+    cov = covered_mask(BOXES, W, H, RedactConfig().pad)
+    assert b.dtype == np.uint16 and (b[cov] == 0).all() and (b[~cov] == a[~cov]).all()
+    g = a[..., 0]
+    Image.fromarray(g).save(tmp_path / "g16.png")
+    assert redact_one(tmp_path / "g16.png", tmp_path / "out" / "g16.png").status == "redacted"
+    im = Image.open(tmp_path / "out" / "g16.png")
+    assert im.mode == "I;16" and (np.asarray(im)[~cov] == g[~cov]).all()
+
+
+def test_three_page_tiff_every_page_redacted(tmp_path):
+    pages = [np.random.default_rng(20 + i).integers(1, 255, (H, W), dtype=np.uint8) for i in range(3)]
+    src = tmp_path / "stack.tif"
+    with tifffile.TiffWriter(src) as tw:
+        for p in pages:
+            tw.write(p, photometric="minisblack")
+    det = FakeDetector()
+    out = tmp_path / "out" / "stack.tif"
+    res = redact_one(src, out, det=det)
+    assert res.status == "redacted" and res.pages == 3 and det.calls == 3
+    cov = covered_mask(BOXES, W, H, RedactConfig().pad)
+    with tifffile.TiffFile(out) as tf:
+        assert len(tf.pages) == 3
+        for p, a in zip(tf.pages, pages):
+            b = p.asarray()
+            assert b.dtype == np.uint8 and (b[cov] == 0).all() and (b[~cov] == a[~cov]).all()
+    sc = json.loads((out.parent / "audit" / "stack.tif.json").read_text())
+    assert [len(p["redacted"]) for p in sc["pages"]] == [2, 2, 2]
+
+
+def test_rgba_png_covered_region_is_opaque(tmp_path):
+    a = np.dstack([rgb_noise(15), np.full((H, W), 40, np.uint8)])      # mostly transparent
+    src = tmp_path / "t.png"
+    Image.fromarray(a, "RGBA").save(src)
+    assert redact_one(src, tmp_path / "out" / "t.png").status == "redacted"
+    b = np.asarray(Image.open(tmp_path / "out" / "t.png"))
+    cov = covered_mask(BOXES, W, H, RedactConfig().pad)
+    assert (b[cov] == [0, 0, 0, 255]).all() and (b[~cov] == a[~cov]).all()
+
+
+# --- CLI: tree, resume, force, failures, dry run, archive ---------------------------------------------
+
+def make_tree(root: Path) -> Path:
+    (root / "sub" / "deeper").mkdir(parents=True)
+    Image.fromarray(rgb_noise(30)).save(root / "a.png")
+    Image.fromarray(rgb_noise(31)).save(root / "b.jpg", quality=90)
+    Image.fromarray(rgb_noise(32)).save(root / "sub" / "c.bmp")
+    tifffile.imwrite(root / "sub" / "deeper" / "d.tif", np.random.default_rng(33).integers(0, 65535, (H, W), dtype=np.uint16),
+                     photometric="minisblack")
+    Image.fromarray(rgb_noise(34)).save(root / "sub" / "e.webp", quality=80)
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    """Every detector the CLI loads is a FakeDetector (shared so tests can count calls)."""
+    det = FakeDetector()
+    import pipeline.detectors as dets
+
+    monkeypatch.setattr(dets, "load_detector", lambda spec="current", workspace=None, **kw: det)
+    return det
+
+
+def cli(tmp_path: Path, *args: str):
+    return CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "-q", *args], catch_exceptions=False)
+
+
+def test_cli_tree_mirrored_with_sidecars_manifest_and_summary(tmp_path, fake):
+    src = make_tree(tmp_path / "in")
+    before = sha_tree(src)
+    r = cli(tmp_path, "redact", str(src), str(tmp_path / "out"))
+    assert r.exit_code == 0, r.output
+    assert sorted(sha_tree(tmp_path / "out")) == ["a.png", "b.jpg", "sub/c.bmp", "sub/deeper/d.tif", "sub/e.webp"]
+    audit = tmp_path / "out.audit"
+    sc = json.loads((audit / "sidecars" / "sub" / "c.bmp.json").read_text())
+    assert sc["input_sha256"] == before["sub/c.bmp"]
+    assert sc["output_sha256"] == hashlib.sha256((tmp_path / "out" / "sub" / "c.bmp").read_bytes()).hexdigest()
+    assert sc["detector"]["version"] == "fake-1" and sc["pages"][0]["boxes"] == BOXES
+    assert sc["pages"][0]["scores"] == [0.9, 0.9] and sc["settings"]["pad"] == "2px+15%"
+    import pandas as pd
+
+    m = pd.read_parquet(audit / "manifest.parquet")
+    assert len(m) == 5 and set(m["status"]) == {"redacted"} and (m["boxes"] == 2).all()
+    assert len(pd.read_csv(audit / "manifest.csv")) == 5
+    summary = json.loads((audit / "summary.json").read_text())
+    assert summary["redacted"] == 5 and summary["boxes"] == 10 and summary["ignored_non_images"] == 1
+    assert "redacted (2 boxes)" in (audit / "redact.log").read_text()
+    assert sha_tree(src) == before                                    # the input is never modified
+
+
+def test_resume_after_interruption_gives_the_same_tree_and_force_redoes(tmp_path, monkeypatch):
+    src = make_tree(tmp_path / "in")
+    before = sha_tree(src)
+    items, _, _ = plan(str(src), tmp_path / "ref")
+    list(run_local(Redactor(FakeDetector(), RedactConfig()), items, workers=1))
+    reference = sha_tree(tmp_path / "ref")
+
+    items, audit, _ = plan(str(src), tmp_path / "out")
+    interrupted = Redactor(FakeDetector(fail_on=3), RedactConfig())
+    with pytest.raises(KeyboardInterrupt):
+        list(run_local(interrupted, items, workers=1))
+    assert 0 < len(sha_tree(tmp_path / "out")) < 5
+    assert not list((tmp_path / "out").rglob("*.tmp"))                # atomic writes: no partial files
+    # also an output whose sidecar was never written (killed between the two writes)
+    done = sorted(sha_tree(tmp_path / "out"))
+    (Path(items[[i.rel for i in items].index(done[0])].sidecar)).unlink()
+
+    det = FakeDetector()
+    results = list(run_local(Redactor(det, RedactConfig()), items, workers=2))
+    assert sorted(r.status for r in results).count("skipped") == len(done) - 1
+    assert det.calls == 5 - (len(done) - 1)
+    assert sha_tree(tmp_path / "out") == reference                   # same output tree as an uninterrupted run
+
+    det2 = FakeDetector()
+    results = list(run_local(Redactor(det2, RedactConfig()), items, workers=2))
+    assert {r.status for r in results} == {"skipped"} and det2.calls == 0
+    det3 = FakeDetector()
+    results = list(run_local(Redactor(det3, RedactConfig(force=True)), items, workers=2))
+    assert {r.status for r in results} == {"redacted"} and det3.calls == 5
+    assert sha_tree(tmp_path / "out") == reference
+    # changed settings are not "done": a different pad redoes the images
+    det4 = FakeDetector()
+    list(run_local(Redactor(det4, RedactConfig(pad=Pad(5, 0))), items, workers=2))
+    assert det4.calls == 5
+    assert sha_tree(src) == before
+
+
+def test_cli_resume_and_force(tmp_path, fake):
+    src = make_tree(tmp_path / "in")
+    assert cli(tmp_path, "redact", str(src), str(tmp_path / "out")).exit_code == 0
+    first = sha_tree(tmp_path / "out")
+    calls = fake.calls
+    assert cli(tmp_path, "redact", str(src), str(tmp_path / "out")).exit_code == 0
+    assert fake.calls == calls
+    assert cli(tmp_path, "redact", str(src), str(tmp_path / "out"), "--force").exit_code == 0
+    assert fake.calls == calls + 5 and sha_tree(tmp_path / "out") == first
+
+
+def test_corrupt_file_is_reported_the_rest_finish_and_exit_is_nonzero(tmp_path, fake):
+    src = make_tree(tmp_path / "in")
+    good = (src / "b.jpg").read_bytes()
+    (src / "sub" / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (src / "sub" / "garbage.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    (src / "empty.tif").write_bytes(b"")
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "--json", "redact", str(src), str(tmp_path / "out")])
+    assert r.exit_code == 1
+    summary = json.loads(r.stdout)
+    assert summary["redacted"] == 5 and summary["failed"] == 3
+    assert any("truncated.jpg: corrupt" in e for e in summary["errors"])
+    assert any("empty.tif: empty" in e for e in summary["errors"])
+    import pandas as pd
+
+    m = pd.read_csv(tmp_path / "out.audit" / "manifest.csv").set_index("input")
+    assert m.loc["sub/garbage.png", "status"] == "failed" and m.loc["sub/garbage.png", "reason"] in ("corrupt", "not_an_image")
+    assert not (tmp_path / "out" / "sub" / "truncated.jpg").exists()
+
+
+def test_fail_fast_stops_early(tmp_path, fake):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "a_bad.png").write_bytes(b"junk")
+    for i in range(6):
+        Image.fromarray(rgb_noise(40 + i)).save(src / f"b{i}.png")
+    r = cli(tmp_path, "redact", str(src), str(tmp_path / "out"), "--fail-fast", "--workers", "1")
+    assert r.exit_code == 1
+    assert len(list((tmp_path / "out").glob("*.png"))) < 6
+
+
+def test_dry_run_writes_nothing_and_glob_and_single_file(tmp_path, fake):
+    src = make_tree(tmp_path / "in")
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "--json", "redact", str(src), str(tmp_path / "out"), "--dry-run"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["dry_run"] == 5
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.audit").exists()
+    r = cli(tmp_path, "redact", str(src / "**" / "*.png"), str(tmp_path / "g"))
+    assert r.exit_code == 0 and sorted(sha_tree(tmp_path / "g")) == ["a.png"]
+    r = cli(tmp_path, "redact", str(src / "sub" / "c.bmp"), str(tmp_path / "single.bmp"))
+    assert r.exit_code == 0 and (tmp_path / "single.bmp").exists() and (tmp_path / "single.audit" / "sidecars" / "c.bmp.json").exists()
+    r = cli(tmp_path, "redact", str(src), str(src))
+    assert r.exit_code == 2
+
+
+def test_blur_warns_that_it_is_reversible(tmp_path, fake):
+    src = tmp_path / "a.png"
+    Image.fromarray(rgb_noise(50)).save(src)
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "redact", str(src), str(tmp_path / "o.png"), "--style", "blur"])
+    assert r.exit_code == 0 and "reversible" in r.stderr
+
+
+def test_archive_moves_originals_only_after_success(tmp_path, fake):
+    src = make_tree(tmp_path / "in")
+    (src / "bad.png").write_bytes(b"junk")
+    r = cli(tmp_path, "redact", str(src), str(tmp_path / "out"), "--archive", str(tmp_path / "arch"))
+    assert r.exit_code == 1
+    assert sorted(sha_tree(tmp_path / "arch")) == ["a.png", "b.jpg", "sub/c.bmp", "sub/deeper/d.tif", "sub/e.webp"]
+    assert (src / "bad.png").exists() and not (src / "a.png").exists()
+
+
+class LeakyVerifier(FakeDetector):
+    """Finds 'text' outside every covered box in whatever it is shown."""
+
+    def __init__(self) -> None:
+        super().__init__(boxes=[[0, 30, 10, 40]], version="verifier-1")
+
+
+def test_verify_strict_fails_images_with_text_left(tmp_path):
+    src = tmp_path / "a.png"
+    Image.fromarray(rgb_noise(60)).save(src)
+    item = Item(str(src), "a.png", str(tmp_path / "o.png"), str(tmp_path / "a.json"))
+    res = Redactor(FakeDetector(), RedactConfig(verify=True), LeakyVerifier()).process(item)
+    assert res.status == "redacted" and res.remaining == 1
+    assert json.loads((tmp_path / "a.json").read_text())["verify"]["remaining"] == 1
+    res = Redactor(FakeDetector(), RedactConfig(verify=True, strict=True, force=True), LeakyVerifier()).process(item)
+    assert res.status == "failed" and res.reason == "text_remaining" and not (tmp_path / "o.png").exists()
+    clean = Redactor(FakeDetector(), RedactConfig(verify=True, strict=True, force=True), FakeDetector()).process(item)
+    assert clean.status == "redacted" and clean.remaining == 0       # detections on the fills are ignored
+
+
+# --- the real detector ----------------------------------------------------------------------------------
+
+def test_real_ppocr_covers_rendered_text(tmp_path):
+    from matplotlib import font_manager
+    from PIL import ImageDraw, ImageFont
+
+    font = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), 28)
+    im = Image.new("RGB", (480, 200), (235, 235, 225))
+    d = ImageDraw.Draw(im)
+    d.text((30, 30), "SAMPLE ID 4711-B", font=font, fill=(20, 20, 20))
+    d.text((60, 120), "Patient: Jane Roe", font=font, fill=(20, 20, 20))
+    src = tmp_path / "in" / "label.png"
+    src.parent.mkdir()
+    im.save(src)
+    a = np.asarray(im)
+    text = (a < 128).all(axis=2)                                       # the rendered glyph pixels
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "--json", "redact", str(src.parent), str(tmp_path / "out"),
+                                 "--detector", "ppocr"])
+    assert r.exit_code == 0, r.output
+    b = np.asarray(Image.open(tmp_path / "out" / "label.png"))
+    assert (b[text] == 0).all()                                        # every glyph pixel is now black
+    changed = (b != a).any(axis=2)
+    assert changed.mean() < 0.5                                        # and the image was not blacked out
