@@ -157,6 +157,31 @@ def exif_upright(boxes: np.ndarray, orientation: int, raw_width: int, raw_height
 
 # --- Label Studio percent <-> pixel xyxy ---------------------------------------------------
 
+def ls_value_to_quad(value: dict[str, Any], width: int, height: int) -> np.ndarray:
+    """The four pixel corners (4, 2) of a Label Studio rectangle `value` (percent x, y, width,
+    height; `rotation` in degrees, clockwise on screen, about the top-left corner x, y)."""
+    x = float(value["x"]) * width / 100.0
+    y = float(value["y"]) * height / 100.0
+    w = float(value["width"]) * width / 100.0
+    h = float(value["height"]) * height / 100.0
+    t = math.radians(float(value.get("rotation", 0.0) or 0.0))
+    c, s = math.cos(t), math.sin(t)
+    corners = np.array([(0.0, 0.0), (w, 0.0), (w, h), (0.0, h)])
+    return np.stack([x + corners[:, 0] * c - corners[:, 1] * s, y + corners[:, 0] * s + corners[:, 1] * c], axis=1)
+
+
+def quad_to_ls_value(quad: Any, width: int, height: int) -> dict[str, float]:
+    """Inverse of `ls_value_to_quad` for a rectangle given as corners in that order (top-left,
+    top-right, bottom-right, bottom-left before rotation)."""
+    q = np.asarray(quad, dtype=np.float64).reshape(4, 2)
+    (x0, y0), (x1, y1), (_, _), (x3, y3) = q
+    w = math.hypot(x1 - x0, y1 - y0)
+    h = math.hypot(x3 - x0, y3 - y0)
+    rot = math.degrees(math.atan2(y1 - y0, x1 - x0)) % 360.0
+    return {"x": float(x0) * 100.0 / width, "y": float(y0) * 100.0 / height, "width": w * 100.0 / width,
+            "height": h * 100.0 / height, "rotation": rot}
+
+
 def ls_value_to_xyxy(value: dict[str, Any], width: int, height: int) -> list[float]:
     """A Label Studio rectangle `value` (percent x, y, width, height, rotation in degrees about
     the top-left corner) to the enclosing pixel xyxy box in an image of `width` x `height`."""
@@ -165,14 +190,10 @@ def ls_value_to_xyxy(value: dict[str, Any], width: int, height: int) -> list[flo
     w = float(value["width"]) * width / 100.0
     h = float(value["height"]) * height / 100.0
     rot = float(value.get("rotation", 0.0) or 0.0)
-    if abs(rot) < 1e-9:
+    if abs(rot) < 1e-9 or abs(rot - 360.0) < 1e-9:
         return [x, y, x + w, y + h]
-    t = math.radians(rot)
-    c, s = math.cos(t), math.sin(t)
-    corners = [(0.0, 0.0), (w, 0.0), (w, h), (0.0, h)]
-    xs = [x + cx * c - cy * s for cx, cy in corners]
-    ys = [y + cx * s + cy * c for cx, cy in corners]
-    return [min(xs), min(ys), max(xs), max(ys)]
+    q = ls_value_to_quad(value, width, height)
+    return [float(q[:, 0].min()), float(q[:, 1].min()), float(q[:, 0].max()), float(q[:, 1].max())]
 
 
 def xyxy_to_ls_value(box: Sequence[float], width: int, height: int) -> dict[str, float]:

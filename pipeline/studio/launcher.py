@@ -68,6 +68,9 @@ def server_env(files_root: Path, data_dir: Path, username: str, password: str, t
         "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(files_root),
         "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
         "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
+        # The ML backend (`textloop serve`) listens on loopback too; LS blocks local IPs for ML
+        # backends by default (SSRF protection), which would make the local loop impossible.
+        "ML_BLOCK_LOCAL_IP": "false",
         "PYTHONUNBUFFERED": "1",
     })
     return env

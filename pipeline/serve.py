@@ -1,0 +1,257 @@
+"""`textloop serve`: the Label Studio ML backend (HumanSignal's protocol, done the textloop way).
+
+Routes: GET /health, POST /setup, POST /predict, POST /webhook, GET /status.
+- The detector is loaded once at start-up (not per request) and swapped atomically after a
+  retrain promotes a new model, so `model_version` never drifts between requests.
+- /predict reads images straight from the workspace (task data `image_id`, or a
+  `/data/local-files/?d=` path under the workspace) and only falls back to HTTP for other URLs.
+- START_TRAINING (and, with `retrain_every`, annotation webhooks) *queue* a retrain that runs in
+  a background thread; the HTTP request returns at once. Progress is on /status and /health.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import logging
+import threading
+import time
+import traceback
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pipeline.studio.convert import detections_to_results
+from pipeline.studio.project import LabelConfig, parse_label_config, render_label_config
+from pipeline.studio.push import confidence
+from pipeline.workspace import Workspace
+
+log = logging.getLogger("textloop.serve")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    model: str = "current"          # load_detector spec
+    retrain_every: int = 0          # annotation webhooks per queued retrain; 0 = START_TRAINING only
+    pull_before_train: bool = True  # mirror the latest labels into the catalog before training
+    http_timeout_s: float = 30.0
+
+
+class Backend:
+    """The state behind the routes: one detector, one training worker."""
+
+    def __init__(self, ws: Workspace, cfg: ServeConfig = ServeConfig(), detector: Any = None, trainer: Any = None) -> None:
+        self.ws = ws
+        self.cfg = cfg
+        self._lock = threading.Lock()       # one detect() at a time (2 cores; backends are not all thread-safe)
+        self._detector = detector if detector is not None else self._load()
+        self._trainer = trainer             # callable(ws) -> dict; None = pipeline.train if it exists
+        self.ls_hostname = ""
+        self.ls_token = ""
+        self.annotation_events = 0
+        self.training: dict[str, Any] = {"state": "idle", "queued": 0, "runs": 0, "last_error": None,
+                                         "started_at": None, "finished_at": None, "result": None}
+        self._state_lock = threading.Lock()
+        self._train_wake = threading.Event()
+        self._worker = threading.Thread(target=self._train_loop, name="textloop-retrain", daemon=True)
+        self._worker.start()
+
+    # --- model ---------------------------------------------------------------------------------
+    def _load(self) -> Any:
+        from pipeline.detectors import load_detector
+
+        return load_detector(self.cfg.model, workspace=self.ws)
+
+    @property
+    def model_version(self) -> str:
+        return str(self._detector.version)
+
+    def predict_tasks(self, tasks: list[dict[str, Any]], config: LabelConfig) -> list[dict[str, Any]]:
+        results = []
+        detector = self._detector  # the same model for the whole request, even if a swap happens
+        for task in tasks:
+            try:
+                rgb = self._load_task_image(task, config)
+                with self._lock:
+                    det = detector.detect([rgb])[0]
+                h, w = rgb.shape[:2]
+                results.append({"result": detections_to_results(det, w, h, config), "score": round(confidence(det), 4),
+                                "model_version": str(detector.version)})
+            except Exception as exc:  # noqa: BLE001 - one bad task must not sink the batch; LS needs one entry per task
+                log.warning("task %s: no prediction (%s)", task.get("id"), exc)
+                results.append({"result": [], "score": 0.0, "model_version": str(detector.version),
+                                "error": f"{type(exc).__name__}: {exc}"})
+        return results
+
+    def _load_task_image(self, task: dict[str, Any], config: LabelConfig) -> np.ndarray:
+        from pipeline.imaging import load_rgb, to_uint8_rgb
+
+        data = task.get("data") or {}
+        image_id = data.get("image_id")
+        if image_id:
+            with self.ws.catalog() as cat:
+                row = cat.image(str(image_id))
+            if row is not None:
+                return load_rgb(self.ws.abspath(row["path"]))
+        url = str(data.get(config.data_key) or "")
+        if not url:
+            raise ValueError(f"task has no ${config.data_key}")
+        parsed = urllib.parse.urlparse(url)
+        if parsed.path.startswith("/data/local-files"):
+            rel = urllib.parse.parse_qs(parsed.query).get("d", [""])[0]
+            path = (self.ws.root / rel).resolve()
+            if self.ws.root.resolve() in path.parents and path.exists():
+                return load_rgb(path)
+        import httpx
+        from PIL import Image, ImageOps
+
+        if not parsed.scheme:
+            if not self.ls_hostname:
+                raise ValueError(f"relative image URL {url} and no Label Studio hostname from /setup")
+            url = self.ls_hostname.rstrip("/") + url
+        headers = {"Authorization": f"Token {self.ls_token}"} if self.ls_token else {}
+        r = httpx.get(url, headers=headers, timeout=self.cfg.http_timeout_s, follow_redirects=True)
+        r.raise_for_status()
+        with Image.open(io.BytesIO(r.content)) as im:
+            return to_uint8_rgb(ImageOps.exif_transpose(im))
+
+    # --- training --------------------------------------------------------------------------------
+    def queue_training(self, reason: str) -> dict[str, Any]:
+        with self._lock_state():
+            if self.training["state"] in ("queued", "running"):
+                self.training["queued"] = 1  # coalesce: one more run after the current one
+            else:
+                self.training.update(state="queued", queued=1, reason=reason)
+        self._train_wake.set()
+        return dict(self.training)
+
+    def _lock_state(self) -> Any:
+        return self._state_lock
+
+    def _train_loop(self) -> None:
+        while True:
+            self._train_wake.wait()
+            self._train_wake.clear()
+            while True:
+                with self._lock_state():
+                    if not self.training["queued"]:
+                        if self.training["state"] in ("queued", "running"):
+                            self.training["state"] = "idle"
+                        break
+                    self.training.update(state="running", queued=0, started_at=time.time(), finished_at=None)
+                try:
+                    result = self._train_once()
+                    with self._lock_state():
+                        self.training.update(state="done", result=result, last_error=None, runs=self.training["runs"] + 1,
+                                             finished_at=time.time())
+                except Exception as exc:  # noqa: BLE001 - reported on /status, the server keeps serving
+                    log.error("retrain failed: %s", traceback.format_exc())
+                    with self._lock_state():
+                        self.training.update(state="failed", last_error=f"{type(exc).__name__}: {exc}",
+                                             finished_at=time.time())
+                with self._lock_state():
+                    if self.training["queued"]:
+                        continue
+                break
+
+    def _train_once(self) -> dict[str, Any]:
+        if self.cfg.pull_before_train:
+            try:
+                from pipeline.studio.client import connect
+                from pipeline.studio.pull import pull
+
+                counts = pull(self.ws, connect(url=self.ls_hostname or None, api_key=self.ls_token or None))
+                log.info("pulled before training: %s", counts)
+            except Exception as exc:  # noqa: BLE001 - train on what the catalog has
+                log.warning("pull before training failed (%s); training on the catalog as it is", exc)
+        trainer = self._trainer or _default_trainer()
+        if trainer is None:
+            raise RuntimeError("training not available (pipeline.train is not installed)")
+        result = trainer(self.ws)
+        old = self.model_version
+        new_detector = self._load()
+        self._detector = new_detector  # atomic swap; in-flight requests keep the old one
+        return {"result": result if isinstance(result, (dict, str, int, float, type(None))) else str(result),
+                "model_version_before": old, "model_version": self.model_version}
+
+    def status(self) -> dict[str, Any]:
+        with self._lock_state():
+            training = dict(self.training)
+        return {"status": "UP", "model_class": "textloop", "model_version": self.model_version,
+                "model": self.cfg.model, "annotation_events": self.annotation_events, "training": training}
+
+
+def _default_trainer() -> Any:
+    """`pipeline.train.train` adapted to `trainer(ws)`; None when that module does not exist."""
+    try:
+        from pipeline import train as train_mod
+    except ImportError:
+        return None
+
+    def run(ws: Workspace) -> Any:
+        fn = train_mod.train
+        params = inspect.signature(fn).parameters
+        kwargs: dict[str, Any] = {}
+        for name in ("ws", "workspace"):
+            if name in params:
+                kwargs[name] = ws
+        if "cfg" in params and hasattr(train_mod, "TrainConfig"):
+            kwargs["cfg"] = train_mod.TrainConfig()
+        if "promote" in params:
+            kwargs["promote"] = True
+        result = fn(**kwargs)
+        return result.__dict__ if hasattr(result, "__dict__") else result
+
+    return run
+
+
+def create_app(ws: Workspace, cfg: ServeConfig = ServeConfig(), detector: Any = None, trainer: Any = None) -> Any:
+    """The FastAPI app; `detector`/`trainer` may be injected (tests, benchmarks)."""
+    from fastapi import Body, FastAPI
+
+    backend = Backend(ws, cfg, detector, trainer)
+    app = FastAPI(title="textloop ML backend", version="1")
+    app.state.backend = backend
+    default_config = render_label_config()
+
+    def config_of(xml: str | None) -> LabelConfig:
+        return parse_label_config(xml) if xml else default_config
+
+    @app.get("/")
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return backend.status()
+
+    @app.get("/status")
+    def status() -> dict[str, Any]:
+        return backend.status()
+
+    @app.post("/setup")
+    def setup(payload: dict[str, Any] = Body(default_factory=dict)) -> dict[str, Any]:
+        backend.ls_hostname = str(payload.get("hostname") or backend.ls_hostname)
+        backend.ls_token = str(payload.get("access_token") or backend.ls_token)
+        if payload.get("schema"):
+            config_of(payload["schema"])  # fail early on a config without RectangleLabels
+        return {"model_version": backend.model_version}
+
+    @app.post("/predict")
+    def predict(payload: dict[str, Any] = Body(default_factory=dict)) -> dict[str, Any]:
+        tasks = payload.get("tasks") or []
+        config = config_of(payload.get("label_config"))
+        return {"results": backend.predict_tasks(tasks, config), "model_version": backend.model_version}
+
+    @app.post("/webhook", status_code=201)
+    def webhook(payload: dict[str, Any] = Body(default_factory=dict)) -> dict[str, Any]:
+        action = str(payload.get("action") or "")
+        queued = None
+        if action == "START_TRAINING":
+            queued = backend.queue_training("START_TRAINING")
+        elif action in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED", "ANNOTATIONS_DELETED"):
+            backend.annotation_events += 1
+            if cfg.retrain_every and backend.annotation_events % cfg.retrain_every == 0:
+                queued = backend.queue_training(f"{cfg.retrain_every} annotation events")
+        return {"action": action, "training": queued or backend.status()["training"]}
+
+    return app
