@@ -19,11 +19,16 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline.boxes import Detections, iou_matrix, pad, to_int_pixels, union_mask
 from pipeline.formats import LabelledImage
+
+if TYPE_CHECKING:
+    from pipeline.workspace import Workspace
 
 METRIC_KEYS = ("precision", "recall", "f1", "ap50", "text_coverage", "fully_covered", "over_redaction",
                "n_images", "n_gt", "n_pred")
@@ -210,5 +215,37 @@ def json_safe(value: object) -> object:
     return value
 
 
+# --- ground truth from a workspace ----------------------------------------------------------
+
+def workspace_ground_truth(ws: Workspace, split: str | None = "test") -> list[tuple[Path, LabelledImage]]:
+    """Human labels of a split as (absolute image path, LabelledImage): per image the most
+    recently updated annotation in state submitted/empty; `source` is the annotation's source
+    ('labelstudio', 'import:<file>'). Excluded images are left out."""
+    import json
+
+    sql = ("SELECT i.id, i.path, i.width, i.height, a.source, a.boxes, a.ignore, a.updated_at, a.id AS aid"
+           " FROM annotations a JOIN images i ON i.id = a.image_id"
+           " WHERE a.state IN ('submitted', 'empty') AND i.status != 'excluded'")
+    params: list[object] = []
+    if split:
+        sql += " AND i.split = ?"
+        params.append(split)
+    with ws.catalog() as cat:
+        rows = cat.query(sql + " ORDER BY i.id, a.updated_at, a.id", params)
+    latest: dict[str, dict] = {}
+    for r in rows:
+        latest[r["id"]] = r  # ordered by time: the last one wins
+    out = []
+    for r in latest.values():
+        boxes = json.loads(r["boxes"])
+        ignore = json.loads(r["ignore"] or "[]")
+        if len(ignore) != len(boxes):
+            ignore = [False] * len(boxes)
+        out.append((ws.abspath(r["path"]), LabelledImage(image=r["path"], width=int(r["width"]), height=int(r["height"]),
+                                                        boxes=np.array(boxes, float).reshape(-1, 4), ignore=ignore,
+                                                        source=r["source"])))
+    return out
+
+
 __all__ = ["METRIC_KEYS", "MatchResult", "CoverageCounts", "match_image", "coverage_counts", "average_precision",
-           "evaluate", "evaluate_by_source", "json_safe"]
+           "evaluate", "evaluate_by_source", "json_safe", "workspace_ground_truth"]

@@ -2,7 +2,8 @@
 
 Reads the devset JSONL format (`pipeline.formats`) and COCO JSON. The images are harvested
 like any other (`pipeline.harvest.harvest`: content-addressed, validated, deduplicated), and
-each image's boxes become one `annotations` row with `source='import:<file name>'`,
+each image's boxes become one `annotations` row with `source='import:<file name>'`
+(`import:<source>/boxes.jsonl` when a devset root folder is imported),
 `state='submitted'` (or `'empty'` for an image labelled as having no text), ignore flags kept.
 The image status becomes `labelled` / `verified_empty`.
 
@@ -78,10 +79,11 @@ def detect_format(path: Path) -> str:
     raise ValueError(f"{path}: unknown label format (expected a devset .jsonl or a COCO .json)")
 
 
-def read_devset_jsonl(path: Path, images_dir: Path | None = None) -> list[LabelRecord]:
+def read_devset_jsonl(path: Path, images_dir: Path | None = None, origin: str | None = None) -> list[LabelRecord]:
     """A devset-style boxes.jsonl; image paths relative to `images_dir` (default: the file's folder)."""
     base = images_dir or path.parent
-    return [LabelRecord((base / rec.image).resolve(), rec, path.name) for rec in read_jsonl(path, source=path.stem)]
+    return [LabelRecord((base / rec.image).resolve(), rec, origin or path.name)
+            for rec in read_jsonl(path, source=path.parent.name)]
 
 
 def read_coco(path: Path, images_dir: Path | None = None, categories: Sequence[str] | None = None) -> list[LabelRecord]:
@@ -141,8 +143,8 @@ def read_label_files(files: Iterable[str | Path], fmt: str = "auto", images_dir:
             found = [path / "boxes.jsonl"] if (path / "boxes.jsonl").exists() else sorted(path.glob("*/boxes.jsonl"))
             if not found:
                 raise ValueError(f"{path}: no boxes.jsonl in this folder or its sub-folders")
-            for j in found:
-                records += read_devset_jsonl(j, images_dir)
+            for j in found:  # named <source>/boxes.jsonl: every source gets its own annotation source
+                records += read_devset_jsonl(j, images_dir, j.relative_to(path).as_posix())
             continue
         if not path.exists():
             raise ValueError(f"{path}: no such label file")

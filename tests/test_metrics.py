@@ -143,3 +143,51 @@ def test_json_safe_and_length_check() -> None:
     assert json.loads(text)["recall"] is None
     with pytest.raises(ValueError, match="2 ground-truth images but 1 predictions"):
         evaluate([gt(4, 4, []), gt(4, 4, [])], [det([])])
+
+
+def make_text_set(root) -> None:
+    """A two-source devset: one image with rendered text (word boxes from the ink), one flat negative."""
+    from PIL import Image
+
+    from pipeline.formats import write_jsonl
+    from tests.test_ppocr import render
+
+    arr, box = render("Slide 12", (360, 160), (40, 60), px=26)
+    (root / "text" / "images").mkdir(parents=True)
+    Image.fromarray(arr).save(root / "text" / "images" / "t.png")
+    write_jsonl(root / "text" / "boxes.jsonl", [LabelledImage("images/t.png", 360, 160, boxes=[box])])
+    (root / "neg" / "images").mkdir(parents=True)
+    Image.new("RGB", (200, 120), (90, 90, 90)).save(root / "neg" / "images" / "n.png")
+    write_jsonl(root / "neg" / "boxes.jsonl", [LabelledImage("images/n.png", 200, 120)])
+
+
+def test_cli_evaluate_devset_gt_and_workspace(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from pipeline.cli.app import app
+
+    make_text_set(tmp_path / "set")
+    runner = CliRunner()
+    ws = str(tmp_path / "ws")
+    r = runner.invoke(app, ["-w", ws, "--json", "evaluate", "-d", "ppocr", "--set", str(tmp_path / "set"),
+                            "--sweep", "0.3,0.99", "--out", str(tmp_path / "report.json")])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    assert json.loads((tmp_path / "report.json").read_text()) == rep
+    assert set(rep["by_source"]) == {"neg", "text"} and rep["model_version"] == "ppocr-v4-det"
+    assert rep["by_source"]["text"]["text_coverage"] > 0.9 and rep["by_source"]["text"]["recall"] == 1.0
+    assert rep["by_source"]["neg"]["over_redaction"] == 0 and rep["by_source"]["neg"]["recall"] is None
+    assert rep["overall"]["n_images"] == 2 and rep["sweep"]["0.99"]["n_pred"] == 0
+    # --gt with one boxes.jsonl
+    r = runner.invoke(app, ["-w", ws, "--json", "evaluate", "-d", "ppocr", "--gt", str(tmp_path / "set/text/boxes.jsonl")])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["overall"]["f1"] == 1.0
+    # the workspace: labels imported, evaluated per annotation source
+    r = runner.invoke(app, ["-w", ws, "evaluate", "-d", "ppocr", "--split", "all"])
+    assert r.exit_code == 1 and "no labelled images" in r.output
+    assert runner.invoke(app, ["-w", ws, "import", str(tmp_path / "set")]).exit_code == 0
+    r = runner.invoke(app, ["-w", ws, "--json", "evaluate", "-d", "ppocr", "--split", "all"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    assert rep["overall"]["n_images"] == 2 and rep["overall"]["recall"] == 1.0
+    assert set(rep["by_source"]) == {"import:neg/boxes.jsonl", "import:text/boxes.jsonl"}

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 import typer
+from rich import box
 from rich.table import Table
 
 from pipeline.boxes import Detections
@@ -18,6 +19,7 @@ from pipeline.predict import DEFAULT_THRESHOLD
 def register(app: typer.Typer) -> None:
     app.command("predict")(predict_cmd)
     app.command("import")(import_cmd)
+    app.command("evaluate")(evaluate_cmd)
 
 
 # --- shared helpers ----------------------------------------------------------------------
@@ -224,4 +226,141 @@ def import_cmd(
 
     emit(st, summary.as_dict(), render)
     if summary.images == 0 and summary.records:
+        raise typer.Exit(1)
+
+
+# --- evaluate --------------------------------------------------------------------------------
+
+_COLS = (("n_images", "img", "{:d}"), ("n_gt", "gt", "{:d}"), ("n_pred", "pred", "{:d}"),
+         ("precision", "P", "{:.3f}"), ("recall", "R", "{:.3f}"), ("f1", "F1", "{:.3f}"),
+         ("ap50", "AP50", "{:.3f}"), ("text_coverage", "cover", "{:.3f}"),
+         ("fully_covered", "full", "{:.3f}"), ("over_redaction", "over", "{:.4f}"))
+
+
+def _fmt(value: Any, pattern: str) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "-"
+    return pattern.format(int(value) if pattern == "{:d}" else value)
+
+
+def metrics_table(rows: dict[str, dict[str, Any]], first: str = "source") -> Table:
+    """One row per source/threshold; the long title is printed apart (it would squeeze the columns)."""
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, padding=(0, 1), collapse_padding=True)
+    t.add_column(first, overflow="fold")
+    for _, name, _ in _COLS:
+        t.add_column(name, justify="right")
+    for label, m in rows.items():
+        t.add_row(label, *(_fmt(m.get(key), pat) for key, _, pat in _COLS))
+    return t
+
+
+def evaluate_cmd(
+    ctx: typer.Context,
+    detector: str = typer.Option("current", "--detector", "-d", "--model",
+                                 help="ppocr, current (the promoted model; ppocr if none), or a bundle.zip."),
+    gt: Optional[Path] = typer.Option(None, "--gt", help="Ground truth boxes.jsonl (devset format)."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Folder the --gt image paths are relative to "
+                                          "(default: the folder of --gt)."),
+    devset: Optional[Path] = typer.Option(None, "--set", help="A devset root (<source>/boxes.jsonl + images): "
+                                          "per-source breakdown."),
+    split: str = typer.Option("test", help="Without --gt/--set: the workspace split whose human labels are the GT "
+                              "(train, val, test or all)."),
+    threshold: float = typer.Option(DEFAULT_THRESHOLD, help="Score threshold for P/R/F1 and the pixel metrics "
+                                    "(AP50 uses every candidate box)."),
+    iou: float = typer.Option(0.5, help="IoU for a box match."),
+    pad_px: float = typer.Option(0.0, help="Grow predicted boxes by this many pixels for the pixel metrics "
+                                 "(as redaction would)."),
+    sweep: Optional[str] = typer.Option(None, help="Also report the overall metrics at these thresholds, "
+                                        "e.g. 0.3,0.5,0.7 (one detection pass)."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N images (quick checks)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON report to this file."),
+    batch_size: int = typer.Option(4, help="Images per detector call."),
+    option: List[str] = typer.Option(None, "--option", "-o", help="Detector option key=value (repeatable)."),
+) -> None:
+    """Measure a detector against ground truth: box P/R/F1@IoU, AP50, text coverage, fully covered
+    boxes, over-redaction (definitions: DESIGN.md), overall and per source.
+
+    GT from --gt boxes.jsonl (+ --images DIR), from a devset root (--set), or, with neither,
+    the human labels of the workspace's test split (per annotation source).
+    """
+    from pipeline.evaluate import evaluate, evaluate_by_source, json_safe, workspace_ground_truth
+    from pipeline.formats import read_devset, read_jsonl
+    from pipeline.predict import detect_set
+
+    st = state(ctx)
+    if gt is not None and devset is not None:
+        fail("give --gt or --set, not both", 2)
+    if images is not None and gt is None:
+        fail("--images needs --gt (the boxes.jsonl its image paths are relative to)", 2)
+    try:
+        if devset is not None:
+            items = read_devset(devset)
+            where = str(devset)
+        elif gt is not None:
+            base = images or gt.parent
+            items = [(base / rec.image, rec) for rec in read_jsonl(gt, source=gt.parent.name or gt.stem)]
+            where = str(gt)
+        else:
+            if split not in ("train", "val", "test", "all"):
+                fail(f"--split must be train, val, test or all, got {split!r}", 2)
+            items = workspace_ground_truth(st.ws(), None if split == "all" else split)
+            where = f"{st.ws().root} ({split} split)"
+    except (OSError, ValueError) as exc:
+        fail(str(exc), 2)
+    if limit is not None:
+        items = items[:limit]
+    if not items:
+        fail(f"{where}: no labelled images to evaluate on" + ("" if gt or devset else
+             f" (label some {split} images, or `textloop import` labels)"))
+    try:
+        thresholds = [float(x) for x in sweep.split(",") if x.strip()] if sweep else []
+    except ValueError:
+        fail(f"--sweep: expected numbers like 0.3,0.5, got {sweep!r}", 2)
+
+    det = open_detector(st, detector, parse_options(option))
+    floor = min([threshold, *thresholds])
+    with progress(st, f"evaluate ({det.version})") as update:
+        ok, raw, errors, seconds = detect_set(det, items, threshold=min(floor, 0.0), batch_size=batch_size,
+                                              progress=update)
+    gts = [items[i][1] for i in ok]
+
+    def at(thr: float) -> list[Detections]:
+        return [d.filter(thr) for d in raw]
+
+    overall = evaluate(gts, at(threshold), iou, pad_px)
+    overall["ap50"] = evaluate(gts, raw, iou, pad_px)["ap50"]  # AP ranks every candidate box
+    by_source = evaluate_by_source(gts, at(threshold), iou, pad_px)
+    for src, m in evaluate_by_source(gts, raw, iou, pad_px).items():
+        by_source[src]["ap50"] = m["ap50"]
+    report = {
+        "detector": det.name, "model_version": det.version, "ground_truth": where, "threshold": threshold,
+        "iou_threshold": iou, "pad_px": pad_px, "overall": overall, "by_source": by_source,
+        "sweep": {str(t): evaluate(gts, at(t), iou, pad_px) for t in thresholds},
+        "errors": errors, "seconds": round(seconds, 3),
+        "images_per_s": round(len(ok) / seconds, 3) if seconds > 0 else None,
+    }
+    report = json_safe(report)
+    if out is not None:
+        from pipeline.formats import atomic_write_text
+
+        atomic_write_text(out, json.dumps(report, indent=2) + "\n")
+
+    def render(c) -> None:
+        for line in errors[:20]:
+            c.print(f"[yellow]skipped[/] {line}", highlight=False, soft_wrap=True)
+        rows = dict(report["by_source"]) if len(report["by_source"]) > 1 else {}
+        rows["all"] = report["overall"]
+        c.print(f"[bold]{det.version}[/] on {where} (threshold {threshold}, IoU {iou}, pad {pad_px:g} px)",
+                highlight=False, soft_wrap=True)
+        c.print(metrics_table(rows))
+        if report["sweep"]:
+            c.print("[bold]threshold sweep[/] (all images)")
+            c.print(metrics_table(report["sweep"], first="threshold"))
+        c.print("P/R/F1 at the IoU; cover = share of GT text pixels redacted; full = share of GT boxes >= 95 % "
+                "covered; over = share of image area redacted outside every GT box", highlight=False)
+        c.print(f"{len(ok)} images in {seconds:.1f}s ({report['images_per_s']} images/s); {len(errors)} unreadable"
+                + (f"; report written to {out}" if out else ""), highlight=False)
+
+    emit(st, report, render)
+    if not ok:
         raise typer.Exit(1)
