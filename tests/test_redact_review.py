@@ -1,0 +1,107 @@
+"""`--review` holds uncertain images back (harvested, predictions stored, pushed) and
+`--from-review` finishes them with the reviewed boxes from the catalog's annotations."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from pipeline.cli.app import app
+from pipeline.redact.core import Pad
+from pipeline.workspace import Workspace
+from tests.test_redact import BOXES, FakeDetector, H, W, covered_mask, rgb_noise
+
+
+class ScoreByImage(FakeDetector):
+    """Sure of images whose top-left pixel is even, unsure (0.45) of one box elsewhere."""
+
+    def detect(self, images):
+        out = super().detect(images)
+        for im, d in zip(images, out):
+            if im[0, 0, 0] % 2:
+                d.scores[1] = 0.45
+        return out
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    import pipeline.detectors as dets
+    import pipeline.redact.review as rv
+
+    det = ScoreByImage()
+    monkeypatch.setattr(dets, "load_detector", lambda spec="current", workspace=None, **kw: det)
+    pushed: list[tuple[list[str], str]] = []
+    monkeypatch.setattr(rv, "push", lambda ws, ids, mv: pushed.append((list(ids), mv)) or {"created": len(ids)})
+    src = tmp_path / "in"
+    src.mkdir()
+    arrays = {}
+    for i, name in enumerate(["sure.png", "unsure.png"]):
+        a = rgb_noise(70 + i)
+        a[0, 0, 0] = 2 * (a[0, 0, 0] // 2) + (1 if name == "unsure.png" else 0)
+        Image.fromarray(a).save(src / name)
+        arrays[name] = a
+    return tmp_path, src, arrays, pushed
+
+
+def _cli(tmp_path, *args):
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "--json", "redact", *args], catch_exceptions=False)
+    return r.exit_code, json.loads(r.stdout)
+
+
+def test_review_holds_uncertain_images_and_from_review_finishes_them(setup):
+    tmp_path, src, arrays, pushed = setup
+    out = tmp_path / "out"
+    code, s = _cli(tmp_path, str(src), str(out), "--review")
+    assert code == 0 and s["redacted"] == 1 and s["held_for_review"] == 1
+    assert (out / "sure.png").exists() and not (out / "unsure.png").exists()       # held back
+    sc = json.loads((tmp_path / "out.audit" / "sidecars" / "unsure.png.json").read_text())
+    assert sc["status"] == "held" and sc["pages"][0]["scores"] == [0.9, 0.45]
+    sha = hashlib.sha256((src / "unsure.png").read_bytes()).hexdigest()
+    assert pushed == [([sha], "fake-1")]
+    ws = Workspace.open(tmp_path / "ws")
+    with ws.catalog() as cat:
+        assert cat.image(sha) is not None                                          # harvested into the workspace
+        pred = cat.query("SELECT boxes, scores FROM predictions WHERE image_id = ? AND model_version = 'fake-1'", (sha,))
+        assert json.loads(pred[0]["scores"]) == [0.9, 0.45]
+
+    # not reviewed yet: still held, nothing written
+    code, s = _cli(tmp_path, str(src), str(out), "--from-review")
+    assert code == 0 and s["waiting_review"] == 1 and not (out / "unsure.png").exists()
+
+    # a reviewer kept the first box, deleted the uncertain one and added another (as `pull` stores it)
+    reviewed = [BOXES[0], [30.0, 2.0, 60.0, 8.0]]
+    now = time.time()
+    with ws.catalog() as cat, cat.transaction() as tx:
+        tx.execute("INSERT INTO annotations(image_id, source, ls_project_id, ls_task_id, ls_annotation_id, boxes, labels,"
+                   " state, updated_at, pulled_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                   (sha, "labelstudio", 1, 1, 1, json.dumps(reviewed), json.dumps([0, 0]), "submitted", now, now))
+    code, s = _cli(tmp_path, str(src), str(out), "--from-review")
+    assert code == 0 and s["redacted"] == 1
+    b = np.asarray(Image.open(out / "unsure.png"))
+    a = arrays["unsure.png"]
+    cov = covered_mask(reviewed, W, H, Pad(2, 0.15))
+    assert (b[cov] == 0).all() and (b[~cov] == a[~cov]).all()                     # exactly the reviewed boxes
+    sc = json.loads((tmp_path / "out.audit" / "sidecars" / "unsure.png.json").read_text())
+    assert sc["status"] == "redacted" and sc["boxes_from"] == "review"
+    # a normal rerun now skips both
+    code, s = _cli(tmp_path, str(src), str(out))
+    assert s["skipped"] == 2
+
+
+def test_review_push_failure_keeps_the_hold(setup, monkeypatch):
+    tmp_path, src, _, _ = setup
+    import pipeline.redact.review as rv
+
+    def down(*a, **k):
+        raise ConnectionError("Label Studio is not running")
+
+    monkeypatch.setattr(rv, "push", down)
+    code, s = _cli(tmp_path, str(src), str(tmp_path / "out"), "--review")
+    assert code == 0 and s["held_for_review"] == 1 and "not running" in s["review"]["push_error"]
+    assert not (tmp_path / "out" / "unsure.png").exists()
