@@ -10,7 +10,7 @@ Pure per-image scores (higher = more useful to label):
 - `random`: a seeded hash of the image id (the control).
 
 Batch selection then takes the top of one strategy while never putting two near-duplicates
-(perceptual-hash distance) in one batch, optionally k-center greedy over embeddings so the
+(clusters of `pipeline.curate.duplicates`) in one batch, optionally k-center greedy over embeddings so the
 batch covers the pool.
 """
 
@@ -33,7 +33,6 @@ class RankConfig:
     band: tuple[float, float] = (0.2, 0.8)   # scores in this band are "uncertain"
     empty_floor: float = 0.35                 # score of an image with no detection at all
     iou: float = 0.5
-    near_dup_distance: int = 6                # max perceptual-hash Hamming distance of near-duplicates
     seed: int = 0
 
 
@@ -123,20 +122,22 @@ def tta_variants(detect: Callable[[list[np.ndarray]], list[Detections]], image: 
 
 # --- batch selection -------------------------------------------------------------------------
 
-def hamming(a: int, b: int) -> int:
-    return int(bin(a ^ b).count("1"))
+def select_diverse(order: Sequence[str], group_of: dict[str, str], k: int) -> list[str]:
+    """Walk `order` (best first), skipping images whose near-duplicate group is already in the batch.
 
-
-def select_diverse(order: Sequence[str], hashes: dict[str, int], k: int, max_distance: int) -> list[str]:
-    """Walk `order` (best first), skipping anything within `max_distance` of an already picked image."""
+    `group_of` maps image id -> duplicate cluster id (from `pipeline.curate.duplicates`); images
+    without a group are unique."""
     picked: list[str] = []
+    groups: set[str] = set()
     for image_id in order:
         if len(picked) >= k:
             break
-        h = hashes.get(image_id)
-        if h is not None and any(hamming(h, hashes[p]) <= max_distance for p in picked if p in hashes):
+        g = group_of.get(image_id) or ""
+        if g and g in groups:
             continue
         picked.append(image_id)
+        if g:
+            groups.add(g)
     return picked
 
 
@@ -206,7 +207,135 @@ def ranking_table(
 
 def order_by(df: pd.DataFrame, strategy: str) -> list[str]:
     col = f"score_{strategy}"
+    if len(df) == 0:
+        return []
     if col not in df or df[col].isna().all():
         raise ValueError(f"strategy {strategy!r} was not computed in this ranking (have: "
                          f"{[c[6:] for c in df.columns if c.startswith('score_') and df[c].notna().any()]})")
     return df.sort_values([col, "image_id"], ascending=[False, True])["image_id"].tolist()
+
+
+# --- the workspace stage ---------------------------------------------------------------------
+
+UNLABELLED = ("new", "pushed")
+
+
+@dataclass(frozen=True)
+class RankRun:
+    """What `rank_workspace` was asked to do (defaults: model predictions + ppocr committee)."""
+
+    strategy: str = "uncertainty"
+    top: int = 20
+    committee: str | None = "ppocr"          # second detector for `committee`; None = skip
+    tta: bool = False                        # costs two extra inference passes per image
+    diversity: bool = True                   # never two near-duplicates in a batch
+    kcenter: bool = False                    # spread the batch over the pool's embeddings
+    min_score: float = 0.05                  # keep weak boxes: they carry the uncertainty
+    config: RankConfig = RankConfig()
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {self.strategy!r}: use one of {', '.join(STRATEGIES)}")
+        if self.strategy == "committee" and not self.committee:
+            raise ValueError("strategy 'committee' needs a committee detector")
+        if self.strategy == "tta" and not self.tta:
+            object.__setattr__(self, "tta", True)
+
+
+def pick_batch(df: pd.DataFrame, run: RankRun, group_of: dict[str, str] | None = None,
+               embeddings: dict[str, np.ndarray] | None = None) -> list[str]:
+    """The batch to label next: top of the strategy, diverse, optionally k-center over the top 3k."""
+    order = order_by(df, run.strategy)
+    if run.kcenter and embeddings:
+        pool = [i for i in order[: max(run.top * 3, run.top)] if i in embeddings]
+        emb = np.stack([embeddings[i] for i in pool]) if pool else np.zeros((0, 1))
+        chosen = [pool[j] for j in kcenter_greedy(emb, len(pool), range(len(pool)))]
+        order = chosen + [i for i in order if i not in set(chosen)]
+    if run.diversity and group_of:
+        return select_diverse(order, group_of, run.top)
+    return order[: run.top]
+
+
+def rank_workspace(ws, detector, run: RankRun = RankRun(), committee_detector=None,
+                   progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+    """Score every unlabelled workspace image, pick the next batch and write the ranking table.
+
+    Model (and committee) predictions are stored in the catalog under their versions, so `push`
+    sends exactly the boxes that were ranked. Writes `reports/ranking.parquet` + `.csv` (read by
+    `push --strategy`) and a copy under `runs/<iteration>/`."""
+    from pipeline.formats import atomic_write_bytes
+    from pipeline.imaging import load_rgb
+    from pipeline.predict import predict_workspace
+
+    with ws.catalog() as cat:
+        images = [r for r in cat.images() if r["status"] in UNLABELLED]
+        iteration = cat.start_iteration("rank")
+    ids = [r["id"] for r in images]
+    errors: list[tuple[str, str]] = []
+    model = predict_workspace(ws, detector, ids, threshold=run.min_score, progress=progress, errors=errors,
+                              skip_existing=True)
+    committee = None
+    if committee_detector is not None:
+        committee = predict_workspace(ws, committee_detector, ids, threshold=run.min_score, errors=errors,
+                                      skip_existing=True)
+    tta = None
+    if run.tta:
+        tta = {}
+        for r in images:
+            if r["id"] in model:
+                tta[r["id"]] = tta_variants(lambda views: [d.filter(run.min_score) for d in detector.detect(views)],
+                                            load_rgb(ws.abspath(r["path"])))
+    failed = {i for i, _ in errors}
+    ok_images = [r for r in images if r["id"] not in failed]
+    df = ranking_table(ok_images, model, run.config, committee, tta)
+    df["model_version"] = detector.version
+    df["split"] = [r["split"] for r in ok_images]
+    df["original_name"] = [r["original_name"] for r in ok_images]
+
+    group_of: dict[str, str] = {}
+    embeddings: dict[str, np.ndarray] = {}
+    if (run.diversity or run.kcenter) and len(ok_images) > 1:
+        from pipeline.curate.duplicates import DuplicateConfig, ImageRef, find_duplicates
+
+        rep = find_duplicates([ImageRef(r["id"], ws.abspath(r["path"]), r["split"]) for r in ok_images],
+                              DuplicateConfig(engine="permissive"))
+        group_of = dict(zip(rep.images["image_id"], rep.images["cluster_id"]))
+        emb = rep.extra.get("embeddings")
+        if emb is not None:
+            embeddings = dict(zip(rep.extra["embedding_ids"], emb))
+    df["duplicate_group"] = [group_of.get(i, "") for i in df["image_id"]]
+    batch = pick_batch(df, run, group_of, embeddings)
+    pos = {iid: k + 1 for k, iid in enumerate(batch)}
+    df["batch_strategy"] = run.strategy
+    df["batch_rank"] = [pos.get(i) for i in df["image_id"]]
+    df = df.sort_values(["batch_rank", f"score_{run.strategy}"], ascending=[True, False], na_position="last",
+                        ignore_index=True)
+
+    for folder in (ws.reports_dir, ws.run_dir(iteration)):
+        atomic_write_bytes(folder / "ranking.parquet", df.to_parquet(index=False))
+        atomic_write_bytes(folder / "ranking.csv", df.to_csv(index=False).encode())
+    with ws.catalog() as cat:
+        cat.finish_iteration(iteration, counts={"pool": len(images), "ranked": len(df), "batch": len(batch),
+                                                "errors": len(errors)},
+                             metrics={"strategy": run.strategy, "model_version": detector.version})
+    df.attrs["errors"] = errors
+    df.attrs["iteration"] = iteration
+    return df
+
+
+def load_ranking(ws) -> pd.DataFrame | None:
+    """The latest ranking table, or None when `textloop rank` has not run."""
+    path = ws.reports_dir / "ranking.parquet"
+    return pd.read_parquet(path) if path.exists() else None
+
+
+def batch_from_ranking(df: pd.DataFrame, strategy: str, top: int) -> list[str]:
+    """Image ids to push for `strategy`: the diverse batch `rank` picked when it was run for this
+    strategy, else the top of that strategy's scores."""
+    if "batch_rank" in df and (df.get("batch_strategy") == strategy).any():
+        picked = df[df["batch_rank"].notna()].sort_values("batch_rank")["image_id"].tolist()
+        if len(picked) >= top:
+            return picked[:top]
+        rest = [i for i in order_by(df, strategy) if i not in set(picked)]
+        return (picked + rest)[:top]
+    return order_by(df, strategy)[:top]

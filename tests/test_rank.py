@@ -49,9 +49,8 @@ def test_tta_score_zero_when_stable() -> None:
 
 def test_diversity_never_picks_two_near_duplicates() -> None:
     order = ["a", "a_copy", "b", "a_resized", "c"]
-    hashes = {"a": 0b1111_0000, "a_copy": 0b1111_0000, "a_resized": 0b1111_0001, "b": 0xFFFF_0000, "c": 0x0F0F_0F0F}
-    picked = select_diverse(order, hashes, k=3, max_distance=2)
-    assert picked == ["a", "b", "c"]
+    groups = {"a": "dup-1", "a_copy": "dup-1", "a_resized": "dup-1", "b": "", "c": "dup-2"}
+    assert select_diverse(order, groups, k=3) == ["a", "b", "c"]
 
 
 def test_kcenter_covers_clusters() -> None:
@@ -72,3 +71,51 @@ def test_ranking_table_has_every_strategy_and_reason() -> None:
     with pytest.raises(ValueError, match="tta"):
         order_by(df, "tta")
     assert "0.2-0.8" in df.set_index("image_id").loc["x", "reason"]
+
+
+# --- the workspace stage: real catalog, real files, real duplicate engine ------------------------
+
+class BoxesByBrightness:
+    """A deterministic stand-in model: uncertain boxes on bright images, confident on dark ones."""
+
+    name = "fake"
+    version = "fake-v1"
+
+    def detect(self, images):
+        out = []
+        for im in images:
+            score = 0.5 if im.mean() > 128 else 0.99
+            out.append(det([[2, 2, 30, 12]], [score]))
+        return out
+
+
+def test_rank_workspace_writes_table_and_diverse_batch(tmp_path) -> None:
+    from PIL import Image
+
+    from pipeline.harvest import harvest
+    from pipeline.rank import RankRun, batch_from_ranking, load_ranking, rank_workspace
+    from pipeline.workspace import Workspace
+    from tests.imagegen import noise_image
+
+    src = tmp_path / "src"
+    src.mkdir()
+    bright = noise_image(1, (96, 64)).point(lambda v: 150 + v // 3)
+    bright.save(src / "bright.png")
+    bright.resize((80, 53)).save(src / "bright_small.jpg", quality=80)      # near-duplicate of bright
+    noise_image(2, (96, 64)).point(lambda v: 140 + v // 3).transpose(Image.Transpose.ROTATE_90).save(src / "other_bright.png")
+    noise_image(3, (96, 64)).point(lambda v: v // 4).save(src / "dark.png")
+    ws = Workspace.open(tmp_path / "ws")
+    harvest(ws, [str(src)])
+
+    df = rank_workspace(ws, BoxesByBrightness(), RankRun(strategy="uncertainty", top=2, committee=None))
+    names = dict(zip(df["image_id"], df["original_name"]))
+    batch = [names[i] for i in batch_from_ranking(load_ranking(ws), "uncertainty", 2)]
+    assert "dark.png" not in batch
+    assert not {"bright.png", "bright_small.jpg"} <= set(batch)      # never both near-duplicates
+    assert "other_bright.png" in batch
+    assert (ws.reports_dir / "ranking.csv").exists()
+    with ws.catalog() as cat:  # predictions are stored, so push sends exactly what was ranked
+        assert cat.scalar("SELECT COUNT(*) FROM predictions WHERE model_version = 'fake-v1'") == 4
+        assert cat.scalar("SELECT status FROM iterations WHERE step = 'rank'") == "done"
+    again = rank_workspace(ws, BoxesByBrightness(), RankRun(strategy="uncertainty", top=2, committee=None))
+    assert again["image_id"].tolist() == df["image_id"].tolist()       # idempotent

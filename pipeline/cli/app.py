@@ -12,6 +12,7 @@ import typer
 from pipeline import __version__
 from pipeline.cli import detect as detect_cli
 from pipeline.cli import harvest as harvest_cli
+from pipeline.cli import rank as rank_cli
 from pipeline.cli import redact as redact_cli
 from pipeline.cli import status as status_cli
 from pipeline.cli import studio as studio_cli
@@ -56,6 +57,7 @@ status_cli.register(app)
 studio_cli.register(app)
 detect_cli.register(app)
 redact_cli.register(app)
+rank_cli.register(app)
 
 
 def main() -> None:

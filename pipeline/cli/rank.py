@@ -1,0 +1,67 @@
+"""`textloop rank`: which unlabelled images to label next."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from pipeline.cli.common import emit, fail, progress, state
+from pipeline.detectors import load_detector
+from pipeline.rank import STRATEGIES, RankRun, rank_workspace
+
+
+def register(app: typer.Typer) -> None:
+    app.command("rank")(rank_cmd)
+
+
+def rank_cmd(
+    ctx: typer.Context,
+    strategy: str = typer.Option("uncertainty", help=f"Batch strategy: {', '.join(STRATEGIES)}."),
+    top: int = typer.Option(20, help="Size of the batch to label next."),
+    detector: str = typer.Option("current", help="Model being improved: current, ppocr, or a bundle.zip."),
+    committee: str = typer.Option("ppocr", help="Second detector for the committee score ('none' to skip)."),
+    tta: bool = typer.Option(False, help="Also score disagreement under flip/rescale (2 extra passes per image)."),
+    diversity: bool = typer.Option(True, help="Never two near-duplicates in one batch."),
+    kcenter: bool = typer.Option(False, help="Spread the batch over the pool (k-center over image embeddings)."),
+    min_score: float = typer.Option(0.05, help="Keep boxes down to this score (weak boxes carry the uncertainty)."),
+) -> None:
+    """Score unlabelled images by every strategy and pick the next batch (reports/ranking.parquet, read by push)."""
+    st = state(ctx)
+    ws = st.ws()
+    try:
+        det = load_detector(detector, ws)
+        second = None
+        if committee.lower() != "none":
+            second = load_detector(committee, ws)
+            if second.version == det.version:
+                second = None  # the model is the committee member itself: nothing to compare
+        run = RankRun(strategy=strategy, top=top, committee=second.version if second else None, tta=tta,
+                      diversity=diversity, kcenter=kcenter, min_score=min_score)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc), 2)
+    with progress(st, "rank") as update:
+        try:
+            df = rank_workspace(ws, det, run, committee_detector=second, progress=update)
+        except ValueError as exc:
+            fail(str(exc))
+    batch = df[df["batch_rank"].notna()]
+    data = {"pool": len(df), "strategy": strategy, "model_version": det.version,
+            "committee": second.version if second else None,
+            "batch": batch[["image_id", "original_name", "batch_rank", f"score_{strategy}", "reason"]].to_dict("records"),
+            "errors": [{"image_id": i, "error": e} for i, e in df.attrs.get("errors", [])],
+            "table": str(ws.reports_dir / "ranking.parquet")}
+
+    def render(c) -> None:
+        t = Table(title=f"next batch by {strategy} ({len(batch)} of {len(df)} unlabelled images)")
+        for col in ("#", "image", "score", "boxes", "why"):
+            t.add_column(col)
+        for _, r in batch.iterrows():
+            t.add_row(str(int(r["batch_rank"])), f"{r['original_name']} ({r['image_id'][:8]})", f"{r[f'score_{strategy}']:.3f}",
+                      str(r["n_boxes"]),
+                      r["reason"])
+        c.print(t)
+        for e in data["errors"]:
+            c.print(f"[yellow]skipped[/] {e['image_id']}: {e['error']}")
+        c.print(f"ranking table: {data['table']} (+ .csv); next: `textloop push --strategy {strategy} --top {top}`")
+
+    emit(st, data, render)
