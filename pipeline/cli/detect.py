@@ -318,10 +318,8 @@ def evaluate_cmd(
         fail(f"--sweep: expected numbers like 0.3,0.5, got {sweep!r}", 2)
 
     det = open_detector(st, detector, parse_options(option))
-    floor = min([threshold, *thresholds])
-    with progress(st, f"evaluate ({det.version})") as update:
-        ok, raw, errors, seconds = detect_set(det, items, threshold=min(floor, 0.0), batch_size=batch_size,
-                                              progress=update)
+    with progress(st, f"evaluate ({det.version})") as update:  # every candidate box; thresholds applied below
+        ok, raw, errors, seconds = detect_set(det, items, threshold=0.0, batch_size=batch_size, progress=update)
     gts = [items[i][1] for i in ok]
 
     def at(thr: float) -> list[Detections]:

@@ -146,7 +146,7 @@ class PPOCRDetector:
         for s in c.scales:
             scale = base * s
             passes.append((scale, max(w, h) * scale > c.max_side))
-        if c.full_view and any(tiled for _, tiled in passes):
+        if c.full_view and all(tiled for _, tiled in passes):  # no whole-image view yet: add one for big text
             passes.append((c.tile_size / max(w, h), False))
         return passes
 
