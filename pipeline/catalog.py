@@ -135,6 +135,14 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX tasks_task ON tasks(ls_project_id, ls_task_id);
         """,
     ),
+    (
+        3,
+        """
+        -- The score threshold a predictions row was stored with (its boxes are those scoring at
+        -- least this), so a stored row is reused only for an equal or higher threshold.
+        ALTER TABLE predictions ADD COLUMN min_score REAL;
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
