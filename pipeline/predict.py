@@ -115,27 +115,37 @@ def predict_paths(detector: Detector, paths: Iterable[str | Path], threshold: fl
         yield pred.path, pred.result
 
 
-def store_predictions(cat: Catalog, model_version: str, items: Iterable[tuple[str, Detections]]) -> int:
-    """Upsert one predictions row per (image, model_version) in one transaction."""
+def store_predictions(cat: Catalog, model_version: str, items: Iterable[tuple[str, Detections]],
+                      min_score: float | None = None) -> int:
+    """Upsert one predictions row per (image, model_version) in one transaction. `min_score` is
+    the threshold the boxes were filtered with (None: unknown), so a later run knows whether
+    the row holds every box it needs."""
     now = time.time()
     n = 0
     with cat.transaction() as tx:
         for image_id, det in items:
             j = det.to_json()
             tx.execute(
-                "INSERT INTO predictions(image_id, model_version, boxes, scores, labels, created_at)"
-                " VALUES (?,?,?,?,?,?) ON CONFLICT(image_id, model_version) DO UPDATE SET"
-                " boxes=excluded.boxes, scores=excluded.scores, labels=excluded.labels, created_at=excluded.created_at",
-                (image_id, model_version, dumps(j["boxes"]), dumps(j["scores"]), dumps(j["labels"]), now),
+                "INSERT INTO predictions(image_id, model_version, boxes, scores, labels, created_at, min_score)"
+                " VALUES (?,?,?,?,?,?,?) ON CONFLICT(image_id, model_version) DO UPDATE SET"
+                " boxes=excluded.boxes, scores=excluded.scores, labels=excluded.labels,"
+                " created_at=excluded.created_at, min_score=excluded.min_score",
+                (image_id, model_version, dumps(j["boxes"]), dumps(j["scores"]), dumps(j["labels"]), now, min_score),
             )
             n += 1
     return n
 
 
-def load_predictions(cat: Catalog, model_version: str, image_ids: Sequence[str] | None = None) -> dict[str, Detections]:
-    """Stored predictions of one model version (all images, or the given ones)."""
-    rows = cat.query("SELECT image_id, boxes, scores, labels FROM predictions WHERE model_version = ?",
-                     (model_version,))
+def load_predictions(cat: Catalog, model_version: str, image_ids: Sequence[str] | None = None,
+                     usable_at: float | None = None) -> dict[str, Detections]:
+    """Stored predictions of one model version (all images, or the given ones). With `usable_at`,
+    only rows stored with a threshold <= it (rows that hold every box scoring >= usable_at)."""
+    sql = "SELECT image_id, boxes, scores, labels FROM predictions WHERE model_version = ?"
+    params: list[Any] = [model_version]
+    if usable_at is not None:
+        sql += " AND min_score IS NOT NULL AND min_score <= ?"
+        params.append(usable_at + 1e-9)
+    rows = cat.query(sql, params)
     wanted = None if image_ids is None else set(image_ids)
     return {
         r["image_id"]: Detections(json.loads(r["boxes"]), json.loads(r["scores"]), json.loads(r["labels"]))
@@ -155,8 +165,9 @@ def predict_workspace(
     commit_every: int = 64,
 ) -> dict[str, Detections]:
     """Predict workspace images (default: all except status 'excluded') and store them under
-    `detector.version`. `skip_existing` reuses stored rows of this version (resume after an
-    interruption; they were thresholded when stored). Unreadable images are logged, appended to
+    `detector.version` with `min_score=threshold`. `skip_existing` reuses stored rows of this
+    version that were stored with a threshold <= `threshold` (resume after an interruption, or
+    reuse the boxes `rank` already computed); other rows are recomputed. Unreadable images are logged, appended to
     `errors` as (image_id, message) and left out of the result."""
     with ws.catalog() as cat:
         if image_ids is None:
@@ -175,7 +186,7 @@ def predict_workspace(
             rows.sort(key=lambda r: order[r["id"]])
         out: dict[str, Detections] = {}
         if skip_existing:
-            out = load_predictions(cat, detector.version, [r["id"] for r in rows])
+            out = load_predictions(cat, detector.version, [r["id"] for r in rows], usable_at=threshold)
             out = {k: v.filter(threshold) for k, v in out.items()}
         todo = [r for r in rows if r["id"] not in out]
         by_path = {ws.abspath(r["path"]): r["id"] for r in todo}
@@ -191,13 +202,13 @@ def predict_workspace(
             elif errors is not None:
                 errors.append((image_id, f"{type(pred.result).__name__}: {pred.result}"))
             if len(pending) >= commit_every:
-                store_predictions(cat, detector.version, pending)
+                store_predictions(cat, detector.version, pending, min_score=threshold)
                 pending = []
             done += 1
             if progress:
                 progress(done, total)
         if pending:
-            store_predictions(cat, detector.version, pending)
+            store_predictions(cat, detector.version, pending, min_score=threshold)
     return out
 
 

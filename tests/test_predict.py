@@ -89,6 +89,13 @@ def test_predict_workspace_upserts_idempotently(ws, tmp_path: Path) -> None:
     assert lazy.calls == 0 and set(reused) == set(first)
     with ws.catalog() as cat:
         assert cat.scalar("SELECT COUNT(*) FROM predictions") == 4
+    # rows stored at 0.5 lack the weak boxes a 0.05 run needs: they are recomputed, not reused
+    weak = FakeDetector()
+    low = predict_workspace(ws, weak, threshold=0.05, skip_existing=True)
+    assert weak.calls > 0 and all(len(d) == 3 for d in low.values())
+    again = FakeDetector()
+    high = predict_workspace(ws, again, threshold=0.5, skip_existing=True)  # 0.05 rows serve a 0.5 run
+    assert again.calls == 0 and all(len(d) == 2 for d in high.values())
 
 
 def test_predict_workspace_reports_unknown_ids(ws) -> None:

@@ -140,7 +140,7 @@ def predict_cmd(
                     if pred.path in ws_ids:
                         pending.append((ws_ids[pred.path], d))
                         if len(pending) >= 64:
-                            n_stored += P.store_predictions(cat, det.version, pending)
+                            n_stored += P.store_predictions(cat, det.version, pending, min_score=threshold)
                             pending = []
                     yield {"image": rel[pred.path], "width": pred.width, "height": pred.height,
                            **d.to_json(), "model_version": det.version}
@@ -152,7 +152,7 @@ def predict_cmd(
                 for _ in records():
                     pass
             if pending:
-                n_stored += P.store_predictions(cat, det.version, pending)
+                n_stored += P.store_predictions(cat, det.version, pending, min_score=threshold)
         finally:
             if cat is not None:
                 cat.close()
