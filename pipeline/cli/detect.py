@@ -76,9 +76,7 @@ def predict_cmd(
 ) -> None:
     """Run a detector over images: JSONL out, and catalog rows for workspace images.
 
-    With IMAGES (files/folders), every file is predicted; those whose bytes are already in the
-    workspace also get a catalog row (`--no-store` to skip). Without IMAGES (or with
-    --workspace-images), the workspace's images are predicted and stored under the model version.
+    With IMAGES (files/folders), every file is predicted; those whose bytes are already in the workspace also get a catalog row (--no-store to skip). Without IMAGES (or with --workspace-images), the workspace's images are predicted and stored under the model version.
     """
     from pipeline import predict as P
 
@@ -280,8 +278,7 @@ def evaluate_cmd(
     """Measure a detector against ground truth: box P/R/F1@IoU, AP50, text coverage, fully covered
     boxes, over-redaction (definitions: DESIGN.md), overall and per source.
 
-    GT from --gt boxes.jsonl (+ --images DIR), from a devset root (--set), or, with neither,
-    the human labels of the workspace's test split (per annotation source).
+    GT from --gt boxes.jsonl (+ --images DIR), from a devset root (--set), or, with neither, the human labels of the workspace's test split (per annotation source).
     """
     from pipeline.evaluate import evaluate, evaluate_by_source, json_safe, workspace_ground_truth
     from pipeline.formats import read_devset, read_jsonl
