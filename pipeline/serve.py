@@ -19,6 +19,7 @@ import time
 import traceback
 import urllib.parse
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -100,10 +101,14 @@ class Backend:
             raise ValueError(f"task has no ${config.data_key}")
         parsed = urllib.parse.urlparse(url)
         if parsed.path.startswith("/data/local-files"):
+            from pipeline.studio.client import load_settings
+
             rel = urllib.parse.parse_qs(parsed.query).get("d", [""])[0]
-            path = (self.ws.root / rel).resolve()
-            if self.ws.root.resolve() in path.parents and path.exists():
-                return load_rgb(path)
+            doc_root = load_settings().local_files_root
+            for root in ([Path(doc_root)] if doc_root else []) + [self.ws.root]:
+                path = (root / rel).resolve()
+                if root.resolve() in path.parents and path.exists():
+                    return load_rgb(path)
         import httpx
         from PIL import Image, ImageOps
 

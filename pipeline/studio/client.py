@@ -29,13 +29,16 @@ class StudioSettings:
     username: str = "admin@textloop.local"
     password: str = ""
     project_title: str = "textloop"
-    # The workspace folder as the *server* sees it (differs from ours when LS runs in Docker).
+    # Label Studio serves local files from one document root. `local_files_root` is that folder as
+    # we see it (default: the workspace itself), `server_files_root` the same folder as the server
+    # sees it (differs when Label Studio runs in Docker; default: same as ours).
+    local_files_root: str = ""
     server_files_root: str = ""
 
     def __repr__(self) -> str:  # never leak credentials into logs or tracebacks
         return (f"StudioSettings(url={self.url!r}, api_key={'***' if self.api_key else ''!r}, "
                 f"username={self.username!r}, project_title={self.project_title!r}, "
-                f"server_files_root={self.server_files_root!r})")
+                f"local_files_root={self.local_files_root!r}, server_files_root={self.server_files_root!r})")
 
     __str__ = __repr__
 
@@ -51,7 +54,8 @@ def read_dotenv(path: str | Path | None = None) -> dict[str, str]:
     return {}
 
 
-def load_settings(url: str | None = None, api_key: str | None = None, env_file: str | Path | None = None) -> StudioSettings:
+def load_settings(url: str | None = None, api_key: str | None = None, env_file: str | Path | None = None,
+                  local_files_root: str | Path | None = None) -> StudioSettings:
     """Explicit arguments, else the environment, else `.env`, else defaults."""
     dot = read_dotenv(env_file)
 
@@ -67,6 +71,7 @@ def load_settings(url: str | None = None, api_key: str | None = None, env_file: 
         username=get("LABEL_STUDIO_USERNAME", "admin@textloop.local"),
         password=get("LABEL_STUDIO_PASSWORD"),
         project_title=get("TEXTLOOP_LS_PROJECT", "textloop"),
+        local_files_root=str(local_files_root or get("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT")),
         server_files_root=get("TEXTLOOP_LS_FILES_ROOT"),
     )
 
@@ -86,9 +91,9 @@ def explain(exc: BaseException, url: str) -> StudioError:
         return StudioError(f"Label Studio at {url}: {type(exc).__name__}: {exc}")
     if isinstance(exc, ApiError):
         code = exc.status_code
-        if code in (401, 403):
-            return StudioError(f"Label Studio at {url} rejected the API token (HTTP {code}); check LABEL_STUDIO_API_KEY")
         detail = _short_detail(exc.body)
+        if code == 401 or (code == 403 and any(w in detail.lower() for w in ("credential", "token", "authenticat"))):
+            return StudioError(f"Label Studio at {url} rejected the API token (HTTP {code}); check LABEL_STUDIO_API_KEY")
         return StudioError(f"Label Studio at {url} answered HTTP {code}: {detail}")
     return StudioError(f"Label Studio at {url}: {type(exc).__name__}: {exc}")
 
@@ -132,11 +137,11 @@ class Studio:
 
 
 def connect(url: str | None = None, api_key: str | None = None, env_file: str | Path | None = None,
-            timeout: float = 120.0, check: bool = True) -> Studio:
+            timeout: float = 120.0, check: bool = True, local_files_root: str | Path | None = None) -> Studio:
     """A checked connection: raises StudioError if the server is down or the token is wrong."""
     from label_studio_sdk import LabelStudio
 
-    settings = load_settings(url, api_key, env_file)
+    settings = load_settings(url, api_key, env_file, local_files_root)
     if not settings.api_key:
         raise StudioError("no Label Studio API token: set LABEL_STUDIO_API_KEY in the environment or .env")
     sdk = LabelStudio(base_url=settings.url, api_key=settings.api_key, timeout=timeout, max_retries=0)

@@ -54,6 +54,24 @@ def label_studio_bin() -> Path | None:
     return None
 
 
+# Label Studio's default SSRF block list (label_studio/core/utils/io.py, 1.23).
+DEFAULT_BANNED_SUBNETS = (
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12", "192.0.0.0/24",
+    "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16", "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24",
+    "224.0.0.0/4", "233.252.0.0/24", "240.0.0.0/4", "255.255.255.255/32", "::/128", "::1/128", "::ffff:0:0/96",
+    "::ffff:0:0:0/96", "64:ff9b::/96", "64:ff9b:1::/48", "100::/64", "2001:0000::/32", "2001:20::/28",
+    "2001:db8::/32", "2002::/16", "fc00::/7", "fe80::/10", "ff00::/8",
+)
+
+
+def ssrf_env(allow: tuple[str, ...]) -> dict[str, str]:
+    """Keep Label Studio's SSRF protection but let it reach the ML backend (`textloop serve`) on
+    the `allow`ed networks (loopback locally; the compose network in docker)."""
+    banned = [s for s in DEFAULT_BANNED_SUBNETS if s not in allow]
+    return {"ML_BLOCK_LOCAL_IP": "false", "USE_DEFAULT_BANNED_SUBNETS": "false",
+            "USER_ADDITIONAL_BANNED_SUBNETS": ",".join(banned)}
+
+
 def server_env(files_root: Path, data_dir: Path, username: str, password: str, token: str) -> dict[str, str]:
     """The environment of a local server (DESIGN.md: loopback, privacy, local files, legacy token)."""
     env = dict(os.environ)
@@ -68,9 +86,7 @@ def server_env(files_root: Path, data_dir: Path, username: str, password: str, t
         "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(files_root),
         "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
         "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
-        # The ML backend (`textloop serve`) listens on loopback too; LS blocks local IPs for ML
-        # backends by default (SSRF protection), which would make the local loop impossible.
-        "ML_BLOCK_LOCAL_IP": "false",
+        **ssrf_env(allow=("127.0.0.0/8", "::1/128")),
         "PYTHONUNBUFFERED": "1",
     })
     return env

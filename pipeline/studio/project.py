@@ -114,9 +114,22 @@ class ProjectRef:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def server_files_root(ws: Workspace, studio: Studio) -> str:
-    """The workspace path as the Label Studio server sees it (TEXTLOOP_LS_FILES_ROOT, else ours)."""
-    return (studio.settings.server_files_root or str(ws.root)).rstrip("/")
+def served_roots(ws: Workspace, studio: Studio) -> tuple[Path, str]:
+    """(the local-files document root as we see it, the same folder as the server sees it)."""
+    local = Path(studio.settings.local_files_root or ws.root).resolve()
+    server = (studio.settings.server_files_root or str(local)).rstrip("/")
+    return local, server
+
+
+def served_relpath(ws: Workspace, studio: Studio, path: Path) -> str:
+    """`path` relative to the document root; StudioError if Label Studio cannot serve it."""
+    local, _ = served_roots(ws, studio)
+    full = Path(path).resolve()
+    try:
+        return full.relative_to(local).as_posix()
+    except ValueError:
+        raise StudioError(f"image path {full} is outside the served root {local} (LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT); "
+                          "Label Studio can only serve files under it") from None
 
 
 def init_project(
@@ -176,7 +189,8 @@ def _get_project(studio: Studio, pid: int, missing_ok: bool = False) -> Any:
 
 
 def _ensure_storage(ws: Workspace, studio: Studio, pid: int) -> int:
-    path = server_files_root(ws, studio) + "/images"
+    rel = served_relpath(ws, studio, ws.images_dir)
+    path = served_roots(ws, studio)[1] + "/" + rel
     existing = studio.call(lambda: list(studio.sdk.import_storage.local.list(project=pid)))
     for s in existing:
         if (s.path or "").rstrip("/") == path:

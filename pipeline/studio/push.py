@@ -21,7 +21,7 @@ from pipeline.boxes import Detections
 from pipeline.catalog import Catalog
 from pipeline.studio.client import Studio, StudioError, connect
 from pipeline.studio.convert import detections_to_results
-from pipeline.studio.project import LabelConfig, get_project
+from pipeline.studio.project import get_project, served_relpath
 from pipeline.workspace import Workspace
 
 log = logging.getLogger("textloop.studio.push")
@@ -29,15 +29,11 @@ log = logging.getLogger("textloop.studio.push")
 BATCH = 250
 
 
-def local_files_url(ws: Workspace, relpath: str) -> str:
-    """`/data/local-files/?d=<path under the served root>`; refuses paths outside the workspace."""
-    full = ws.abspath(relpath).resolve()
-    root = ws.root.resolve()
-    try:
-        rel = full.relative_to(root)
-    except ValueError:
-        raise StudioError(f"image path {full} is outside the served root {root}; Label Studio can only serve files under it") from None
-    return "/data/local-files/?d=" + rel.as_posix()
+def local_files_url(ws: Workspace, studio: Studio, relpath: str) -> str:
+    """`/data/local-files/?d=<path under the served root>`; refuses paths outside it."""
+    from urllib.parse import quote
+
+    return "/data/local-files/?d=" + quote(served_relpath(ws, studio, ws.abspath(relpath)), safe="/")
 
 
 # --- predictions ------------------------------------------------------------------------------
@@ -270,7 +266,7 @@ def push_images(
             for image_id in chunk:
                 im = images[image_id]
                 payload.append({
-                    "data": {project.config.data_key: local_files_url(ws, im["path"]), "image_id": image_id,
+                    "data": {project.config.data_key: local_files_url(ws, studio, im["path"]), "image_id": image_id,
                              "split": im["split"], "width": int(im["width"]), "height": int(im["height"])},
                     "predictions": [prediction(image_id)],
                 })

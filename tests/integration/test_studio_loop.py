@@ -1,0 +1,444 @@
+"""The human-in-the-loop boundary against a real Label Studio: push, label (as a labeller would,
+through the SDK), pull, export, re-push, the ML backend, and the failure modes."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.boxes import Detections
+from pipeline.config import HarvestConfig
+from pipeline.formats import read_jsonl
+from pipeline.harvest import harvest
+from pipeline.studio.client import StudioError, connect
+from pipeline.studio.export import export
+from pipeline.studio.project import init_project
+from pipeline.studio.pull import pull
+from pipeline.studio.push import push_images
+from pipeline.workspace import Workspace
+from tests.imagegen import noise_image
+
+pytestmark = pytest.mark.integration
+
+N_IMAGES = 50
+REPO = Path(__file__).resolve().parents[2]
+
+
+class FakeDetector:
+    """Deterministic, cheap, protocol-conformant: 2-3 boxes placed by the image size and content."""
+
+    name = "fake"
+
+    def __init__(self, version: str = "fake-v1", shift: float = 0.0) -> None:
+        self.version = version
+        self.shift = shift
+        self.calls = 0
+
+    def detect(self, images):
+        self.calls += 1
+        out = []
+        for im in images:
+            h, w = im.shape[:2]
+            seed = int(im[..., 0].sum()) % 1000
+            boxes = [[0.10 * w, 0.10 * h, 0.45 * w, 0.22 * h], [0.50 * w, 0.60 * h, 0.92 * w, 0.75 * h]]
+            if seed % 3 == 0:
+                boxes.append([0.05 * w, 0.80 * h, 0.30 * w, 0.95 * h])
+            boxes = np.asarray(boxes) + self.shift
+            scores = 0.30 + 0.65 * ((seed + np.arange(len(boxes)) * 37) % 100) / 100.0
+            out.append(Detections(boxes, scores, np.zeros(len(boxes), dtype=int)))
+        return out
+
+
+def _pct(box, w, h):
+    """Independent pixel -> percent arithmetic (what a labeller's browser would send)."""
+    x0, y0, x1, y1 = box
+    return {"x": x0 / w * 100, "y": y0 / h * 100, "width": (x1 - x0) / w * 100, "height": (y1 - y0) / h * 100, "rotation": 0}
+
+
+def _rect(value, w, h, rid):
+    return {"id": rid, "type": "rectanglelabels", "from_name": "label", "to_name": "image", "original_width": w,
+            "original_height": h, "image_rotation": 0, "value": dict(value, rectanglelabels=["text"])}
+
+
+@pytest.fixture(scope="module")
+def loop(live_studio, tmp_path_factory):
+    """A workspace under the served root with 50 harvested images (one EXIF-rotated), a project,
+    and the first push done with the fake detector."""
+    src = tmp_path_factory.mktemp("src")
+    rng = np.random.default_rng(7)
+    for i in range(N_IMAGES - 1):
+        size = (int(rng.integers(64, 200)), int(rng.integers(48, 160)))
+        noise_image(1000 + i, size).save(src / f"im{i:02d}.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 90x60, shown 60x90
+    noise_image(5000, (90, 60)).save(src / "rotated.jpg", exif=exif.tobytes(), quality=95)
+    ws = Workspace.open(live_studio.root / "ws_loop")
+    summary = harvest(ws, [str(src)], HarvestConfig(workers=1))
+    assert summary.ok == N_IMAGES if hasattr(summary, "ok") else True
+    studio = connect(live_studio.url, live_studio.token, local_files_root=live_studio.root)
+    init = init_project(ws, studio, title="loop test")
+    det = FakeDetector()
+    first = push_images(ws, None, client=studio, detector=det)
+    return {"ws": ws, "studio": studio, "init": init, "detector": det, "first_push": first, "truth": {}}
+
+
+def _tasks(studio, project_id):
+    return list(studio.sdk.tasks.list(project=project_id, fields="all", page_size=1000))
+
+
+def _image_sizes(ws):
+    with ws.catalog() as cat:
+        return {r["id"]: (r["width"], r["height"]) for r in cat.query("SELECT id, width, height FROM images")}
+
+
+def test_studio_init_is_idempotent(loop):
+    again = init_project(loop["ws"], loop["studio"], title="loop test")
+    assert again["project_id"] == loop["init"]["project_id"] and not again["created"]
+    assert again["storage_id"] == loop["init"]["storage_id"]
+    p = loop["studio"].sdk.projects.get(id=again["project_id"])
+    assert p.sampling == "Uncertainty sampling" and "RectangleLabels" in p.label_config
+
+
+def test_push_creates_one_task_per_image_with_scored_predictions(loop):
+    ws, studio = loop["ws"], loop["studio"]
+    assert loop["first_push"]["tasks_created"] == N_IMAGES and loop["first_push"]["failed"] == 0
+    assert "lowest mean prediction confidence" in loop["first_push"]["order"]
+    tasks = sorted(_tasks(studio, loop["init"]["project_id"]), key=lambda t: t.id)
+    assert len(tasks) == N_IMAGES
+    sizes = _image_sizes(ws)
+    confidences = []
+    for t in tasks:
+        assert len(t.predictions) == 1
+        pred = t.predictions[0]
+        pred = pred if isinstance(pred, dict) else pred.dict()
+        assert pred["model_version"] == "fake-v1"
+        w, h = sizes[t.data["image_id"]]
+        assert all(r["original_width"] == w and r["original_height"] == h for r in pred["result"])
+        scores = [r["score"] for r in pred["result"]]
+        assert pred["score"] == pytest.approx(np.mean(scores), abs=1e-3)
+        confidences.append(pred["score"])
+        # the image is really served by Label Studio from the workspace
+    assert confidences == sorted(confidences), "least confident images should be imported first"
+    r = studio.sdk._client_wrapper.httpx_client.httpx_client.get(
+        studio.url + tasks[0].data["image"], headers={"Authorization": f"Token {studio.settings.api_key}"})
+    assert r.status_code == 200 and r.content[:4] in (b"\x89PNG", b"\xff\xd8\xff\xe0", b"\xff\xd8\xff\xe1")
+    with ws.catalog() as cat:
+        assert cat.scalar("SELECT COUNT(*) FROM tasks") == N_IMAGES
+        assert cat.scalar("SELECT COUNT(*) FROM images WHERE status = 'pushed'") == N_IMAGES
+        assert cat.scalar("SELECT COUNT(*) FROM predictions WHERE model_version = 'fake-v1'") == N_IMAGES
+
+
+@pytest.fixture(scope="module")
+def labelled(loop):
+    """A labeller's session: accept, move, delete, add (incl. a rotated box), submit empty, skip."""
+    ws, studio = loop["ws"], loop["studio"]
+    sizes = _image_sizes(ws)
+    tasks = sorted(_tasks(studio, loop["init"]["project_id"]), key=lambda t: t.id)
+    truth: dict[str, dict] = {}
+    plan = ["accept", "move", "delete", "add", "add_rotated", "empty", "skip"] * 2
+    for kind, t in zip(plan, tasks):
+        image_id = t.data["image_id"]
+        w, h = sizes[image_id]
+        pred = t.predictions[0] if isinstance(t.predictions[0], dict) else t.predictions[0].dict()
+        result = copy.deepcopy(pred["result"])
+        px = [[r["value"]["x"] * w / 100, r["value"]["y"] * h / 100, (r["value"]["x"] + r["value"]["width"]) * w / 100,
+               (r["value"]["y"] + r["value"]["height"]) * h / 100] for r in result]
+        cancelled = False
+        if kind == "move":
+            px[0] = [px[0][0] + 5.25, px[0][1] + 3.5, px[0][2] + 5.25, px[0][3] + 3.5]
+            result[0]["value"].update(_pct(px[0], w, h))
+        elif kind == "delete":
+            del result[1], px[1]
+        elif kind == "add":
+            new = [2.0, 3.0, 20.5, 11.25]
+            result.append(_rect(_pct(new, w, h), w, h, "added"))
+            px.append(new)
+        elif kind == "add_rotated":  # 90 degrees clockwise about (20, 5): covers x 12..20, y 5..35
+            v = {"x": 20 / w * 100, "y": 5 / h * 100, "width": 30 / w * 100, "height": 8 / h * 100, "rotation": 90}
+            result.append(_rect(v, w, h, "rot"))
+            px.append([12.0, 5.0, 20.0, 35.0])
+        elif kind == "empty":
+            result, px = [], []
+        elif kind == "skip":
+            result, px, cancelled = [], [], True
+        for r in result:
+            r.pop("score", None)
+        ann = studio.sdk.annotations.create(id=t.id, result=result, was_cancelled=cancelled)
+        truth[image_id] = {"kind": kind, "boxes": px, "task": t.id, "annotation": ann.id}
+    loop["truth"] = truth
+    first = pull(ws, studio)
+    return {"truth": truth, "first": first}
+
+
+def test_pull_stores_the_labellers_boxes_in_pixels(loop, labelled):
+    ws, truth, first = loop["ws"], labelled["truth"], labelled["first"]
+    assert first["new"] == len(truth) and first["updated"] == 0 and first["removed"] == 0
+    assert first["skipped"] == 2 and first["empty"] == 2 and first["labelled"] == len(truth) - 4
+    with ws.catalog() as cat:
+        rows = {r["image_id"]: r for r in cat.query("SELECT * FROM annotations WHERE source = 'labelstudio'")}
+        status = {r["id"]: r["status"] for r in cat.query("SELECT id, status FROM images")}
+    assert set(rows) == set(truth)
+    for image_id, t in truth.items():
+        row = rows[image_id]
+        boxes = np.asarray(json.loads(row["boxes"])).reshape(-1, 4)
+        expected = np.asarray(t["boxes"]).reshape(-1, 4)
+        assert boxes.shape == expected.shape, t["kind"]
+        np.testing.assert_allclose(boxes, expected, atol=1.0, err_msg=t["kind"])
+        assert row["ls_annotation_id"] == t["annotation"] and row["ls_task_id"] == t["task"]
+        want_state = {"skip": "skipped", "empty": "empty"}.get(t["kind"], "submitted")
+        assert row["state"] == want_state
+        assert status[image_id] == {"skipped": "skipped", "empty": "verified_empty", "submitted": "labelled"}[want_state]
+        assert row["annotator"] == "labeller@textloop.test"
+
+
+def test_pull_again_changes_nothing(loop, labelled):
+    again = pull(loop["ws"], loop["studio"])
+    assert (again["new"], again["updated"], again["removed"]) == (0, 0, 0)
+    assert again["unchanged"] == len(labelled["truth"])
+
+
+def test_export_jsonl_matches_the_annotations(loop, labelled, tmp_path):
+    res = export(loop["ws"], tmp_path / "out", "jsonl")
+    recs = {Path(r.image).stem: r for r in read_jsonl(tmp_path / "out" / "boxes.jsonl")}
+    truth = {k: v for k, v in labelled["truth"].items() if v["kind"] != "skip"}
+    assert set(recs) == set(truth) and res["empty_images"] == 2
+    sizes = _image_sizes(loop["ws"])
+    for image_id, t in truth.items():
+        rec = recs[image_id]
+        np.testing.assert_allclose(rec.boxes, np.asarray(t["boxes"]).reshape(-1, 4), atol=1.0)
+        with Image.open(tmp_path / "out" / rec.image) as im:
+            assert im.size == sizes[image_id] == (rec.width, rec.height)  # upright, incl. the EXIF-rotated one
+
+
+def test_edit_and_delete_in_label_studio_are_mirrored(loop, labelled):
+    ws, studio, truth = loop["ws"], loop["studio"], labelled["truth"]
+    sizes = _image_sizes(ws)
+    edited_id = next(k for k, v in truth.items() if v["kind"] == "accept")
+    w, h = sizes[edited_id]
+    new_box = [1.0, 1.0, 30.0, 12.0]
+    studio.sdk.annotations.update(id=truth[edited_id]["annotation"], result=[_rect(_pct(new_box, w, h), w, h, "e")])
+    res = pull(ws, studio)
+    assert (res["new"], res["updated"], res["removed"]) == (0, 1, 0)
+    with ws.catalog() as cat:
+        row = cat.query("SELECT boxes FROM annotations WHERE image_id = ?", (edited_id,))[0]
+    np.testing.assert_allclose(json.loads(row["boxes"]), [new_box], atol=1.0)
+
+    deleted_id = next(k for k, v in truth.items() if v["kind"] == "move")
+    studio.sdk.annotations.delete(id=truth[deleted_id]["annotation"])
+    res = pull(ws, studio)
+    assert (res["new"], res["updated"], res["removed"]) == (0, 0, 1)
+    with ws.catalog() as cat:
+        assert cat.scalar("SELECT COUNT(*) FROM annotations WHERE image_id = ?", (deleted_id,)) == 0
+        assert cat.scalar("SELECT status FROM images WHERE id = ?", (deleted_id,)) == "pushed"
+
+
+def test_push_twice_creates_no_duplicate_tasks(loop):
+    again = push_images(loop["ws"], None, client=loop["studio"], detector=loop["detector"])
+    assert again["tasks_created"] == 0 and again["predictions_added"] == 0 and again["already_pushed"] == N_IMAGES
+    assert len(_tasks(loop["studio"], loop["init"]["project_id"])) == N_IMAGES
+
+
+def test_new_model_version_adds_a_second_prediction_per_task(loop):
+    v2 = FakeDetector("fake-v2", shift=1.0)
+    res = push_images(loop["ws"], None, client=loop["studio"], detector=v2)
+    assert res["tasks_created"] == 0 and res["predictions_added"] == N_IMAGES
+    tasks = _tasks(loop["studio"], loop["init"]["project_id"])
+    assert len(tasks) == N_IMAGES
+    for t in tasks:
+        versions = sorted((p if isinstance(p, dict) else p.dict())["model_version"] for p in t.predictions)
+        assert versions == ["fake-v1", "fake-v2"]
+    project = loop["studio"].sdk.projects.get(id=loop["init"]["project_id"])
+    assert project.model_version == "fake-v2"  # uncertainty sampling follows the newest model
+    again = push_images(loop["ws"], None, client=loop["studio"], detector=v2)
+    assert again["predictions_added"] == 0
+
+
+def test_push_with_ranking_orders_by_strategy_and_honours_top(live_studio, tmp_path_factory):
+    import pandas as pd
+
+    ws = Workspace.open(live_studio.root / "ws_rank")
+    src = tmp_path_factory.mktemp("src_rank")
+    for i in range(6):
+        noise_image(7000 + i, (64, 48)).save(src / f"r{i}.png")
+    harvest(ws, [str(src)], HarvestConfig(workers=1))
+    studio = connect(live_studio.url, live_studio.token, local_files_root=live_studio.root)
+    init_project(ws, studio, title="rank test")
+    with ws.catalog() as cat:
+        ids = [r["id"] for r in cat.images()]
+    scores = {i: float(k) for k, i in enumerate(ids)}  # the last id is the most useful
+    pd.DataFrame({"image_id": ids, "score_uncertainty": [scores[i] for i in ids], "reason": "test"}).to_parquet(
+        ws.reports_dir / "ranking.parquet")
+    res = push_images(ws, None, client=studio, detector=FakeDetector(), strategy="uncertainty", top=3)
+    assert res["tasks_created"] == 3 and "score_uncertainty" in res["order"]
+    tasks = sorted(_tasks(studio, res["project_id"]), key=lambda t: t.id)
+    assert [t.data["image_id"] for t in tasks] == ids[::-1][:3]
+    with pytest.raises(StudioError, match="no column score_nope"):
+        push_images(ws, None, client=studio, detector=FakeDetector(), strategy="nope")
+
+
+def test_ml_backend_predictions_are_stored_by_label_studio(loop, live_studio, tmp_path_factory):
+    import socket
+
+    import uvicorn
+
+    from pipeline.serve import create_app
+
+    ws, studio = loop["ws"], loop["studio"]
+    trained = threading.Event()
+
+    def trainer(_ws):
+        time.sleep(0.3)
+        trained.set()
+        return {"trained": True}
+
+    app = create_app(ws, detector=FakeDetector("fake-ml"), trainer=trainer)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    th = threading.Thread(target=server.run, daemon=True)
+    th.start()
+    try:
+        for _ in range(100):
+            if server.started:
+                break
+            time.sleep(0.05)
+        res = init_project(ws, studio, title="loop test", ml_backend=f"http://127.0.0.1:{port}")
+        assert res["ml_backend_id"]
+        backend = studio.sdk.ml.get(id=res["ml_backend_id"])
+        assert str(backend.state) in ("CO", "MLBackendState.CO", "Connected") or "CO" in str(backend.state)
+        # a task without predictions: Label Studio asks the backend when the task is opened
+        src = tmp_path_factory.mktemp("src_ml")
+        noise_image(9001, (120, 90)).save(src / "new.png")
+        harvest(ws, [str(src)], HarvestConfig(workers=1))
+        with ws.catalog() as cat:
+            new_id = cat.query("SELECT id, path FROM images WHERE original_name = 'new.png'")[0]
+        from pipeline.studio.push import local_files_url
+
+        imp = studio.sdk.projects.import_tasks(id=res["project_id"], request=[
+            {"data": {"image": local_files_url(ws, studio, new_id["path"]), "image_id": new_id["id"]}}], return_task_ids=True)
+        task = studio.sdk.tasks.get(id=str(imp.task_ids[0]))
+        preds = [p if isinstance(p, dict) else p.dict() for p in (task.predictions or [])]
+        assert len(preds) == 1 and preds[0]["model_version"] == "fake-ml"
+        assert len(preds[0]["result"]) >= 2 and preds[0]["result"][0]["original_width"] == 120
+        # training is queued by the webhook and runs in the background, not in the request
+        import httpx
+
+        t0 = time.monotonic()
+        r = httpx.post(f"http://127.0.0.1:{port}/webhook", json={"action": "START_TRAINING", "project": {"id": 1}})
+        assert r.status_code == 201 and time.monotonic() - t0 < 0.3
+        assert trained.wait(10)
+        for _ in range(50):
+            st = httpx.get(f"http://127.0.0.1:{port}/health").json()
+            if st["training"]["state"] == "done":
+                break
+            time.sleep(0.1)
+        assert st["training"]["state"] == "done" and st["training"]["runs"] == 1
+    finally:
+        server.should_exit = True
+        th.join(10)
+
+
+def _catalog_digest(ws: Workspace) -> str:
+    with ws.catalog() as cat:
+        rows = [cat.query(f"SELECT * FROM {t} ORDER BY 1, 2") for t in ("images", "tasks", "annotations", "predictions", "task_predictions")]
+    return hashlib.sha256(json.dumps(rows, default=str, sort_keys=True).encode()).hexdigest()
+
+
+def _cli(ws: Workspace, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("LABEL_STUDIO_")}
+    full_env.update(env)
+    return subprocess.run([sys.executable, "-m", "pipeline.cli.app", "--workspace", str(ws.root), *args],
+                          capture_output=True, text=True, env=full_env, timeout=120, cwd=str(ws.root))
+
+
+@pytest.mark.parametrize("case", ["server_down", "bad_token"])
+def test_server_down_or_bad_token_is_one_clear_line_and_changes_nothing(loop, live_studio, case):
+    ws = loop["ws"]
+    before = _catalog_digest(ws)
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    env = {"LABEL_STUDIO_URL": dead if case == "server_down" else live_studio.url,
+           "LABEL_STUDIO_API_KEY": live_studio.token if case == "server_down" else "wrong-token-123",
+           "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(live_studio.root)}
+    for cmd in (["push", "--model", "ppocr"], ["pull"]):
+        r = _cli(ws, env, *cmd)
+        assert r.returncode != 0
+        lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+        assert len(lines) == 1, r.stderr
+        assert ("not reachable" if case == "server_down" else "rejected the API token") in lines[0]
+        assert "wrong-token-123" not in r.stderr + r.stdout and live_studio.token not in r.stderr + r.stdout
+    assert _catalog_digest(ws) == before
+
+
+def test_cli_push_pull_export_against_the_server(loop, live_studio, tmp_path):
+    env = {"LABEL_STUDIO_URL": live_studio.url, "LABEL_STUDIO_API_KEY": live_studio.token,
+           "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(live_studio.root), "TEXTLOOP_LS_PROJECT": "loop test"}
+    r = _cli(loop["ws"], env, "--json", "push", "--model-version", "fake-v2")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["tasks_created"] == 0
+    r = _cli(loop["ws"], env, "--json", "pull")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["new"] == 0
+    r = _cli(loop["ws"], env, "--json", "export", "--format", "coco", str(tmp_path / "coco"))
+    assert r.returncode == 0, r.stderr
+    coco = json.loads((tmp_path / "coco" / "annotations.json").read_text())
+    assert len(coco["images"]) == json.loads(r.stdout)["images"] > 0
+
+
+def test_project_missing_label_config_mismatch_and_outside_root(loop, live_studio, tmp_path):
+    ws, studio = loop["ws"], loop["studio"]
+    other = Workspace.open(live_studio.root / "ws_other")
+    with pytest.raises(StudioError, match="run `textloop studio init`"):
+        pull(other, studio)
+    init = init_project(other, studio, title="doomed")
+    studio.sdk.projects.update(id=init["project_id"], label_config=(
+        '<View><Image name="img" value="$image"/><RectangleLabels name="lab" toName="img">'
+        '<Label value="face"/></RectangleLabels></View>'))
+    with pytest.raises(StudioError, match="label config mismatch"):
+        pull(other, studio)
+    studio.sdk.projects.delete(id=init["project_id"])
+    with pytest.raises(StudioError, match="no longer exists"):
+        pull(other, studio)
+    outside = Workspace.open(tmp_path / "elsewhere")
+    with pytest.raises(StudioError, match="outside the served root"):
+        init_project(outside, studio, title="outside")
+
+
+def test_real_ppocr_pre_annotations(live_studio, tmp_path_factory):
+    """One push with the real PP-OCR detector on an image with rendered text."""
+    from PIL import ImageDraw, ImageFont
+    from matplotlib import font_manager
+
+    src = tmp_path_factory.mktemp("src_ocr")
+    im = Image.new("RGB", (480, 200), "white")
+    font = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), 40)
+    ImageDraw.Draw(im).text((30, 70), "SAMPLE 2024-06", fill="black", font=font)
+    im.save(src / "text.png")
+    ws = Workspace.open(live_studio.root / "ws_ocr")
+    harvest(ws, [str(src)], HarvestConfig(workers=1))
+    studio = connect(live_studio.url, live_studio.token, local_files_root=live_studio.root)
+    init_project(ws, studio, title="ocr test")
+    res = push_images(ws, None, client=studio, model="ppocr")
+    assert res["tasks_created"] == 1 and res["model_version"].startswith("ppocr")
+    task = _tasks(studio, res["project_id"])[0]
+    pred = task.predictions[0] if isinstance(task.predictions[0], dict) else task.predictions[0].dict()
+    assert pred["result"], "PP-OCR found no text in a clear rendered line"
+    v = pred["result"][0]["value"]
+    x0, y0 = v["x"] * 4.8, v["y"] * 2.0
+    assert 0 <= x0 < 100 and 40 < y0 < 130  # around the rendered line
