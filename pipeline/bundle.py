@@ -1,0 +1,200 @@
+"""Model bundles (one self-contained zip per trained model) and the workspace model registry.
+
+A bundle holds everything inference needs and nothing it does not:
+  config.json   kind, format, version, parent, model config (architecture, anchors, scales)
+  weights.pt    the state_dict (float16 by default: half the size, and the model is rounded to
+                exactly these values before its final validation, so metrics and predictions
+                of the bundle are the model's)
+  metrics.json  validation metrics at save time
+  labels.json   class index -> name (0-based, what `detect` returns)
+  data.json     sha256 of the sorted training data list, and its length
+It loads on any machine without the training data (the seed `redactor` rebuilt its dataset
+at inference time and could not).
+
+Registry: `register_model` copies a bundle to `<ws>/models/<version>/bundle.zip` and records
+it in the catalog `models` table with its parent; `promote` makes exactly one model `current`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+import zipfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pipeline.catalog import dumps
+from pipeline.formats import atomic_write_bytes, atomic_write_text
+
+BUNDLE_FORMAT = 1
+
+
+def data_hash(items: Iterable[str]) -> str:
+    """sha256 of the sorted, newline-joined training data list (image ids or paths)."""
+    return hashlib.sha256("\n".join(sorted(set(items))).encode("utf-8")).hexdigest()
+
+
+def round_state(state: Mapping[str, Any], dtype: str = "float16") -> dict[str, Any]:
+    """A state_dict with floating tensors cast to the bundle dtype (ints untouched)."""
+    import torch
+
+    dt = {"float16": torch.float16, "float32": torch.float32}[dtype]
+    return {k: (v.detach().to(dt) if v.is_floating_point() else v.detach()).clone() for k, v in state.items()}
+
+
+def round_model_(model: Any, dtype: str = "float16") -> None:
+    """Round a model's floating weights/buffers to what a bundle of `dtype` stores (in place)."""
+    import torch
+
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in round_state(model.state_dict(), dtype).items()}
+    with torch.no_grad():
+        model.load_state_dict(state)
+
+
+def make_version(state_bytes: bytes, kind: str = "fasterrcnn") -> str:
+    return f"{kind}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{hashlib.sha256(state_bytes).hexdigest()[:8]}"
+
+
+def save_bundle(path: str | Path, model: Any, config: Any, metrics: Mapping[str, Any] | None = None,
+                train_items: Iterable[str] = (), version: str | None = None, parent: str | None = None,
+                dtype: str = "float16", extra: Mapping[str, Any] | None = None) -> str:
+    """Write a bundle zip atomically; returns its version. `config` is a FasterRCNNConfig."""
+    import torch
+
+    from pipeline.evaluate import json_safe
+
+    buf = io.BytesIO()
+    torch.save(round_state(model.state_dict(), dtype), buf)
+    weights = buf.getvalue()
+    version = version or make_version(weights)
+    items = list(train_items)
+    cfg = {"kind": "fasterrcnn", "format": BUNDLE_FORMAT, "version": version, "parent": parent,
+           "created_at": time.time(), "weights_dtype": dtype, "model": config.to_json(), **dict(extra or {})}
+    labels = {str(i): name for i, name in enumerate(config.classes)}
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("config.json", json.dumps(cfg, indent=2))
+        zf.writestr("weights.pt", weights)
+        zf.writestr("metrics.json", json.dumps(json_safe(dict(metrics or {})), indent=2))
+        zf.writestr("labels.json", json.dumps(labels, indent=2))
+        zf.writestr("data.json", json.dumps({"sha256": data_hash(items), "n_items": len(set(items))}, indent=2))
+    atomic_write_bytes(path, out.getvalue())
+    return version
+
+
+def read_bundle_meta(path: str | Path) -> dict[str, Any]:
+    """config.json, metrics.json, labels.json and data.json of a bundle (no torch needed)."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = set(zf.namelist())
+            missing = {"config.json", "weights.pt"} - names
+            if missing:
+                raise ValueError(f"{path}: not a textloop model bundle (missing {', '.join(sorted(missing))})")
+            meta = {"config": json.loads(zf.read("config.json"))}
+            for key in ("metrics", "labels", "data"):
+                meta[key] = json.loads(zf.read(f"{key}.json")) if f"{key}.json" in names else {}
+    except zipfile.BadZipFile:
+        raise ValueError(f"{path}: not a textloop model bundle (not a zip file)") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: corrupt bundle metadata ({exc})") from None
+    kind = meta["config"].get("kind")
+    if kind != "fasterrcnn":
+        raise ValueError(f"{path}: unsupported model kind {kind!r}")
+    if int(meta["config"].get("format", 0)) > BUNDLE_FORMAT:
+        raise ValueError(f"{path}: bundle format {meta['config'].get('format')} is newer than this textloop supports")
+    return meta
+
+
+def load_model(path: str | Path) -> tuple[Any, Any, dict[str, Any]]:
+    """(model in eval mode with float32 weights, FasterRCNNConfig, meta) from a bundle."""
+    import torch
+
+    from pipeline.detectors.fasterrcnn import FasterRCNNConfig, build_model
+
+    path = Path(path)
+    meta = read_bundle_meta(path)
+    cfg = FasterRCNNConfig.from_json(meta["config"]["model"])
+    with zipfile.ZipFile(path) as zf:
+        state = torch.load(io.BytesIO(zf.read("weights.pt")), map_location="cpu", weights_only=True)
+    model = build_model(cfg)
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: weights do not fit the bundled config ({str(exc).splitlines()[0]})") from None
+    return model.eval(), cfg, meta
+
+
+def load_bundle(path: str | Path, **options: Any) -> Any:
+    """A ready Detector from a bundle; options: score_threshold, max_side, tile, threads."""
+    from pipeline.detectors.fasterrcnn import FasterRCNNDetector
+
+    model, cfg, meta = load_model(path)
+    allowed = {"score_threshold", "max_side", "tile", "threads"}
+    kw = {k: v for k, v in options.items() if k in allowed and v is not None}
+    return FasterRCNNDetector(model, cfg, version=str(meta["config"]["version"]), **kw)
+
+
+# --- registry ---------------------------------------------------------------------------------
+
+def register_model(ws: Any, bundle_path: str | Path, parent: str | None = None, promote: bool = False) -> str:
+    """Copy a bundle into `<ws>/models/<version>/` and record it; idempotent for the same bundle."""
+    bundle_path = Path(bundle_path)
+    meta = read_bundle_meta(bundle_path)
+    version = str(meta["config"]["version"])
+    parent = parent if parent is not None else meta["config"].get("parent")
+    dest = ws.models_dir / version / "bundle.zip"
+    rel = dest.relative_to(ws.root).as_posix()
+    data = bundle_path.read_bytes()
+    with ws.catalog() as cat:
+        existing = cat.query("SELECT * FROM models WHERE version = ?", (version,))
+        if existing:
+            if dest.exists() and dest.read_bytes() != data:
+                raise ValueError(f"{bundle_path}: model version {version} is already registered with different weights")
+        if not dest.exists() or dest.read_bytes() != data:
+            if bundle_path.resolve() != dest.resolve():
+                atomic_write_bytes(dest, data)
+        atomic_write_text(dest.parent / "metrics.json", json.dumps(meta["metrics"], indent=2))
+        if not existing:
+            with cat.transaction() as tx:
+                tx.execute(
+                    "INSERT INTO models(version, parent, kind, path, trained_on, metrics, created_at, promoted) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
+                    (version, parent, meta["config"].get("kind", "fasterrcnn"), rel, meta["data"].get("sha256"),
+                     dumps(meta["metrics"]), time.time()),
+                )
+    if promote:
+        promote_model(ws, version)
+    return version
+
+
+def promote_model(ws: Any, version: str) -> None:
+    """Make `version` the one `current` model (all others demoted) in one transaction."""
+    with ws.catalog() as cat:
+        with cat.transaction() as tx:
+            if not tx.execute("SELECT 1 FROM models WHERE version = ?", (version,)).fetchone():
+                known = [r[0] for r in tx.execute("SELECT version FROM models ORDER BY created_at").fetchall()]
+                raise KeyError(f"unknown model version {version!r}; registered: {', '.join(known) or 'none'}")
+            tx.execute("UPDATE models SET promoted = CASE WHEN version = ? THEN 1 ELSE 0 END", (version,))
+
+
+promote = promote_model  # the agreed name: `pipeline.bundle.promote(ws, version)`
+
+
+def list_models(ws: Any) -> list[dict[str, Any]]:
+    with ws.catalog() as cat:
+        rows = cat.query("SELECT * FROM models ORDER BY created_at")
+    out = []
+    for r in rows:
+        path = ws.abspath(r["path"])
+        out.append({
+            "version": r["version"], "parent": r["parent"], "kind": r["kind"], "path": r["path"],
+            "promoted": bool(r["promoted"]), "trained_on": r["trained_on"], "created_at": r["created_at"],
+            "metrics": json.loads(r["metrics"] or "{}"), "bytes": path.stat().st_size if path.exists() else None,
+        })
+    return out
+
