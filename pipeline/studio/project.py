@@ -22,6 +22,16 @@ DEFAULT_CLASSES = ("text",)
 _PALETTE = ("#FF3B30", "#007AFF", "#34C759", "#FF9500", "#AF52DE", "#5AC8FA", "#FFCC00", "#FF2D55")
 
 
+# Used when the package is installed without the repo's labelstudio/ folder.
+FALLBACK_CONFIG = """<View>
+  <Image name="image" value="$image" zoom="true" zoomControl="true"/>
+  <RectangleLabels name="label" toName="image" strokeWidth="2" canRotate="true">
+    <Label value="text" background="#FF3B30"/>
+  </RectangleLabels>
+</View>
+"""
+
+
 def default_config_path() -> Path:
     return Path(__file__).resolve().parents[2] / "labelstudio" / "label_config.xml"
 
@@ -67,7 +77,14 @@ def parse_label_config(xml: str) -> LabelConfig:
 
 def render_label_config(classes: Sequence[str] | None = None, template: str | Path | None = None) -> LabelConfig:
     """labelstudio/label_config.xml with its <Label> list replaced by `classes` (default: as is)."""
-    xml = Path(template or default_config_path()).read_text(encoding="utf-8")
+    path = Path(template or default_config_path())
+    if template is None and not path.exists():
+        xml = FALLBACK_CONFIG
+    else:
+        try:
+            xml = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise StudioError(f"{path}: cannot read the label config ({exc.strerror or exc})") from None
     if classes:
         classes = [c.strip() for c in classes if c.strip()]
         if len(set(classes)) != len(classes):

@@ -1,0 +1,28 @@
+# The textloop image: the CLI (`pipeline` service), the ML backend (`ml-backend`) and Jupyter.
+FROM python:3.11-slim
+
+ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1 \
+    SENTRY_OPT_OUT=1 LATEST_VERSION_CHECK=false COLLECT_ANALYTICS=false SENTRY_DSN= FRONTEND_SENTRY_DSN= \
+    TEXTLOOP_WORKSPACE=/workspace
+
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 \
+    && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /app
+# CPU-only torch first (the default index would pull CUDA wheels), then the package (editable,
+# so labelstudio/label_config.xml stays next to it).
+RUN pip install torch==2.14.1 torchvision==0.29.1 --index-url https://download.pytorch.org/whl/cpu
+COPY pyproject.toml README.md ./
+COPY pipeline ./pipeline
+COPY labelstudio ./labelstudio
+COPY scripts ./scripts
+COPY notebooks ./notebooks
+RUN pip install -e ".[dev]" jupyterlab
+
+RUN useradd --create-home --uid 1000 textloop && mkdir -p /workspace && chown textloop /workspace
+USER textloop
+VOLUME ["/workspace"]
+EXPOSE 9090
+ENTRYPOINT ["textloop"]
+CMD ["--help"]
