@@ -1,0 +1,174 @@
+"""Label Studio pieces that need no server: settings, label config, winner choice, ordering,
+the ML backend app (FastAPI in-process), the launcher's PID-file discipline."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from pipeline.boxes import Detections
+from pipeline.config import HarvestConfig
+from pipeline.harvest import harvest
+from pipeline.studio.client import StudioError, connect, load_settings
+from pipeline.studio.launcher import down, pid_file, server_env, stop_pid
+from pipeline.studio.project import parse_label_config, render_label_config
+from pipeline.studio.pull import choose
+from pipeline.studio.push import confidence, order_images
+from tests.imagegen import noise_image
+
+
+def test_settings_from_env_beat_dotenv_and_never_show_secrets(tmp_path, monkeypatch):
+    env = tmp_path / ".env"
+    env.write_text("LABEL_STUDIO_URL=http://127.0.0.1:1234/\nLABEL_STUDIO_API_KEY=dotenv-secret\nLABEL_STUDIO_PASSWORD=pw-secret\n")
+    monkeypatch.delenv("LABEL_STUDIO_URL", raising=False)
+    monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
+    s = load_settings(env_file=env)
+    assert s.url == "http://127.0.0.1:1234" and s.api_key == "dotenv-secret"
+    assert "dotenv-secret" not in repr(s) and "pw-secret" not in str(s)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "env-secret")
+    assert load_settings(env_file=env).api_key == "env-secret"
+
+
+def test_connect_without_token_or_server_is_one_clear_line(tmp_path, monkeypatch):
+    monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
+    monkeypatch.delenv("LABEL_STUDIO_USER_TOKEN", raising=False)
+    (tmp_path / ".env").write_text("")
+    with pytest.raises(StudioError, match="no Label Studio API token"):
+        connect("http://127.0.0.1:9", env_file=tmp_path / ".env")
+    with pytest.raises(StudioError, match="not reachable at http://127.0.0.1:9") as err:
+        connect("http://127.0.0.1:9", api_key="tok-secret", env_file=tmp_path / ".env")
+    assert "\n" not in str(err.value) and "tok-secret" not in str(err.value)
+
+
+def test_label_config_classes_round_trip_and_bad_configs():
+    cfg = render_label_config(["text", "logo", "face"])
+    again = parse_label_config(cfg.xml)
+    assert again.classes == ("text", "logo", "face") and (again.from_name, again.to_name, again.data_key) == ("label", "image", "image")
+    assert render_label_config().classes == ("text",)
+    with pytest.raises(StudioError, match="duplicate"):
+        render_label_config(["a", "a"])
+    with pytest.raises(StudioError, match="not valid XML"):
+        parse_label_config("<View><Image")
+    with pytest.raises(StudioError, match="no <RectangleLabels>"):
+        parse_label_config('<View><Image name="i" value="$image"/><Choices name="c" toName="i"><Choice value="x"/></Choices></View>')
+    with pytest.raises(StudioError, match="not in the label config"):
+        cfg.index_of("plate")
+
+
+def _ann(aid, updated, cancelled=False, gt=False):
+    return {"id": aid, "updated_at": updated, "was_cancelled": cancelled, "ground_truth": gt, "result": []}
+
+
+def test_winning_annotation_policy():
+    anns = [_ann(1, "2026-01-01T00:00:00Z"), _ann(2, "2026-01-03T00:00:00Z"), _ann(3, "2026-01-05T00:00:00Z", cancelled=True)]
+    assert choose(anns)["id"] == 2                  # latest submitted; a later skip does not erase a label
+    assert choose(anns, "first")["id"] == 1
+    assert choose(anns + [_ann(4, "2025-01-01T00:00:00Z", gt=True)])["id"] == 4  # ground truth wins
+    assert choose([_ann(5, "2026-01-01T00:00:00Z", cancelled=True)])["was_cancelled"]
+    assert choose([]) is None
+
+
+def test_push_order_lowest_confidence_first_or_by_ranking():
+    preds = {"a": Detections([[0, 0, 1, 1]], [0.9]), "b": Detections([[0, 0, 1, 1], [1, 1, 2, 2]], [0.2, 0.4]),
+             "c": Detections()}
+    assert confidence(preds["b"]) == pytest.approx(0.3) and confidence(preds["c"]) == 1.0
+    assert order_images(["a", "b", "c"], preds, None) == ["b", "a", "c"]
+    assert order_images(["a", "b", "c"], preds, {"c": 5.0, "a": 1.0}) == ["c", "a", "b"]  # unranked last
+
+
+class _Fake:
+    name = "fake"
+    version = "fake-1"
+
+    def detect(self, images):
+        return [Detections([[2, 3, 20, 10]], [0.6]) for _ in images]
+
+
+@pytest.fixture
+def ws_with_image(ws, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    noise_image(1, (80, 60)).save(src / "a.png")
+    harvest(ws, [str(src)], HarvestConfig(workers=1))
+    with ws.catalog() as cat:
+        row = cat.images()[0]
+    return ws, row
+
+
+def test_ml_backend_protocol_in_process(ws_with_image):
+    from pipeline.serve import create_app
+
+    ws, row = ws_with_image
+    ran = []
+    client = TestClient(create_app(ws, detector=_Fake(), trainer=lambda w: ran.append(time.time()) or {"ok": True}))
+    h = client.get("/health").json()
+    assert h["status"] == "UP" and h["model_version"] == "fake-1"
+    assert client.post("/setup", json={"project": "1.0", "schema": render_label_config().xml}).json() == {"model_version": "fake-1"}
+    tasks = [{"id": 1, "data": {"image_id": row["id"], "image": "ignored"}},
+             {"id": 2, "data": {"image": f"/data/local-files/?d={row['path']}"}},
+             {"id": 3, "data": {"image": "/data/local-files/?d=../../etc/passwd"}}]
+    out = client.post("/predict", json={"tasks": tasks, "label_config": render_label_config().xml}).json()
+    assert len(out["results"]) == 3  # one entry per task, even for the bad one
+    for r in out["results"][:2]:
+        assert r["model_version"] == "fake-1" and r["score"] == pytest.approx(0.6)
+        v = r["result"][0]["value"]
+        assert v["x"] == pytest.approx(2 / 80 * 100) and r["result"][0]["original_height"] == 60
+    assert out["results"][2]["result"] == [] and "error" in out["results"][2]
+    r = client.post("/webhook", json={"action": "START_TRAINING"})
+    assert r.status_code == 201
+    for _ in range(100):
+        if client.get("/status").json()["training"]["state"] == "done":
+            break
+        time.sleep(0.05)
+    st = client.get("/status").json()["training"]
+    assert st["state"] == "done" and len(ran) == 1
+    assert client.post("/webhook", json={"action": "ANNOTATION_CREATED"}).status_code == 201
+    assert client.get("/health").json()["annotation_events"] == 1
+
+
+def test_ml_backend_reports_training_unavailable(ws_with_image, monkeypatch):
+    import pipeline.serve as serve
+
+    monkeypatch.setattr(serve, "_default_trainer", lambda: None)
+    ws, _ = ws_with_image
+    client = TestClient(serve.create_app(ws, serve.ServeConfig(pull_before_train=False), detector=_Fake()))
+    client.post("/webhook", json={"action": "START_TRAINING"})
+    for _ in range(100):
+        st = client.get("/status").json()["training"]
+        if st["state"] == "failed":
+            break
+        time.sleep(0.05)
+    assert st["state"] == "failed" and "training not available" in st["last_error"]
+    assert client.get("/health").json()["status"] == "UP"  # still serving
+
+
+def test_server_env_is_private_loopback_and_local_files(tmp_path):
+    env = server_env(tmp_path / "root", tmp_path / "data", "u@x.io", "pw", "tok")
+    assert env["LATEST_VERSION_CHECK"] == "false" and env["COLLECT_ANALYTICS"] == "false"
+    assert env["SENTRY_DSN"] == "" and env["FRONTEND_SENTRY_DSN"] == ""
+    assert env["LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"] == str(tmp_path / "root")
+    assert env["LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN"] == "true" and env["LABEL_STUDIO_USER_TOKEN"] == "tok"
+    assert "127.0.0.0/8" not in env["USER_ADDITIONAL_BANNED_SUBNETS"].split(",")
+    assert "10.0.0.0/8" in env["USER_ADDITIONAL_BANNED_SUBNETS"].split(",")
+
+
+def test_down_only_stops_what_up_started(tmp_path):
+    assert down(tmp_path)["stopped"] is False  # no PID file: nothing to stop
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        pid_file(tmp_path).parent.mkdir(parents=True)
+        pid_file(tmp_path).write_text(
+            f'{{"url": "http://127.0.0.1:1", "port": 1, "pid": {other.pid}, "mode": "local", "data_dir": "", '
+            f'"files_root": "", "log": "", "started_at": 0}}')
+        res = down(tmp_path)  # the PID is not a label-studio process: leave it alone
+        assert res["stopped"] is False and other.poll() is None
+        assert not pid_file(tmp_path).exists()
+    finally:
+        assert stop_pid(other.pid)
+        other.wait(5)
