@@ -239,7 +239,7 @@ def push_images(
         det = get_detector()
         if str(det.version) != version:
             raise StudioError(f"predictions for model {version} are missing for {len(todo)} images and the loaded "
-                              f"detector is {det.version}; run `textloop predict --model {version}` or push with --model")
+                              f"detector is {det.version}; predict with that model first, or push with --model <detector>")
         preds.update(compute_predictions(ws, det, todo))
     failed = [i for i in need if i not in preds]
     if ranking is None:

@@ -389,7 +389,7 @@ def test_server_down_or_bad_token_is_one_clear_line_and_changes_nothing(loop, li
 def test_cli_push_pull_export_against_the_server(loop, live_studio, tmp_path):
     env = {"LABEL_STUDIO_URL": live_studio.url, "LABEL_STUDIO_API_KEY": live_studio.token,
            "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(live_studio.root), "TEXTLOOP_LS_PROJECT": "loop test"}
-    r = _cli(loop["ws"], env, "--json", "push", "--model-version", "fake-v2")
+    r = _cli(loop["ws"], env, "--json", "push", "--model-version", "fake-v2", "--no-update-existing")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["tasks_created"] == 0
     r = _cli(loop["ws"], env, "--json", "pull")
