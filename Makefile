@@ -50,6 +50,10 @@ test: venvs
 unit: install
 	$(VENV)/bin/python -m pytest -q -m "not integration"
 
+# The Label Studio tests alone (they start label-studio from .venv-ls once per session).
+integration: install install-ls
+	$(VENV)/bin/python -m pytest -q -m integration tests/integration
+
 samples: install
 	$(VENV)/bin/python scripts/make_samples.py --out data/samples
 

@@ -121,9 +121,15 @@ def read_ranking(ws: Workspace, strategy: str) -> tuple[dict[str, float], dict[s
         have = sorted(c[6:] for c in df.columns if c.startswith("score_"))
         raise StudioError(f"{p}: no column {col}; strategies in the ranking: {', '.join(have) or 'none'}")
     scores = {str(i): float(s) for i, s in zip(df["image_id"], df[col]) if s == s}
-    clusters = {}
-    if "cluster" in df.columns:
-        clusters = {str(i): int(c) for i, c in zip(df["image_id"], df["cluster"]) if c == c and c is not None}
+    clusters: dict[str, int] = {}
+    col = "cluster" if "cluster" in df.columns else "duplicate_group" if "duplicate_group" in df.columns else None
+    if col:
+        for i, c in zip(df["image_id"], df[col]):
+            try:
+                if c is not None and c == c:
+                    clusters[str(i)] = int(c)
+            except (TypeError, ValueError):
+                continue
     return scores, clusters
 
 
