@@ -42,6 +42,7 @@ FONT_FILES = (
     "STIXGeneral.ttf", "STIXGeneralBol.ttf", "STIXGeneralItalic.ttf", "STIXGeneralBolIta.ttf",
 )
 
+BACKGROUND_KINDS = ("gradient", "texture", "fluorescence", "brightfield", "em", "paper", "patches")
 OVERLAY_KINDS = ("sample_id", "timestamp", "scale_bar", "instrument", "corner_label", "watermark", "block", "words")
 
 
@@ -65,10 +66,14 @@ class SynthConfig:
     kinds: tuple[str, ...] = OVERLAY_KINDS
     scale_bars: bool = True                     # draw the bar itself (not text: never boxed)
     real_background_fraction: float = 0.8       # share of images on given backgrounds (if any)
+    background_kinds: tuple[str, ...] = BACKGROUND_KINDS  # procedural background styles to draw from
 
     def __post_init__(self) -> None:
         if self.granularity not in ("line", "word"):
             raise ValueError(f"granularity must be 'line' or 'word', got {self.granularity!r}")
+        bad_bg = set(self.background_kinds) - set(BACKGROUND_KINDS)
+        if bad_bg or not self.background_kinds:
+            raise ValueError(f"background kinds must be among {', '.join(BACKGROUND_KINDS)}, got {sorted(bad_bg)}")
         unknown = set(self.kinds) - set(OVERLAY_KINDS)
         if unknown:
             raise ValueError(f"unknown overlay kinds {sorted(unknown)}; known: {', '.join(OVERLAY_KINDS)}")
@@ -252,9 +257,9 @@ def _blobs(rng: np.random.Generator, w: int, h: int, n: int, rmin: float, rmax: 
     return np.asarray(im, dtype=np.float32) / 255.0
 
 
-def procedural_background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
+def procedural_background(rng: np.random.Generator, w: int, h: int, kinds: Sequence[str] = BACKGROUND_KINDS) -> np.ndarray:
     """A text-free background: gradient, texture, fluorescence, bright-field, EM-like grain, paper, patches."""
-    kind = _pick(rng, ("gradient", "texture", "fluorescence", "brightfield", "em", "paper", "patches"))
+    kind = _pick(rng, tuple(kinds))
     c1, c2 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
     if kind == "gradient":
         t = np.linspace(0, 1, w)[None, :, None] if rng.random() < 0.5 else np.linspace(0, 1, h)[:, None, None]
@@ -543,7 +548,7 @@ def synth_image(index: int, cfg: SynthConfig, backgrounds: Sequence[Path] = ()) 
         except Exception as exc:  # a bad background is logged and replaced, the run goes on
             log.warning("%s: unusable background (%s); using a procedural one", path, exc)
     if bg is None:
-        bg = procedural_background(rng, w, h)
+        bg = procedural_background(rng, w, h, cfg.background_kinds)
     return render_overlays(bg, rng, cfg)
 
 

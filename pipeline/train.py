@@ -67,6 +67,7 @@ class TrainConfig:
     optimizer: str = "adamw"                   # adamw | sgd
     human_fraction: float = 0.5                # share of human-labelled images per batch (if any)
     scale_jitter: tuple[float, float] = (0.6, 1.3)
+    crop: int = 384                            # train on random crops this big (0 = whole images)
     augment: bool = True
     val_threshold: float = 0.3
     val_metric: str = "f1"                     # any key of evaluate(); higher is better
@@ -162,9 +163,16 @@ def augment(img: np.ndarray, gt: LabelledImage, rng: np.random.Generator, cfg: T
     if (nh, nw) != (h, w):
         img = np.asarray(Image.fromarray(img).resize((nw, nh), Image.BILINEAR if s > 1 else Image.BOX))
         boxes = boxes * np.array([nw / w, nh / h, nw / w, nh / h])
-    crop_w, crop_h = min(nw, int(side * 1.25)), min(nh, int(side * 1.25))
+    limit = cfg.crop if cfg.crop and cfg.augment else int(side * 1.25)
+    crop_w, crop_h = min(nw, limit), min(nh, limit)
     if (crop_w, crop_h) != (nw, nh):
-        x0, y0 = int(rng.integers(0, nw - crop_w + 1)), int(rng.integers(0, nh - crop_h + 1))
+        if len(boxes) and rng.random() < 0.7:  # most crops around some text, the rest anywhere
+            bx = boxes[int(rng.integers(len(boxes)))]
+            cx, cy = (bx[0] + bx[2]) / 2 + rng.uniform(-0.4, 0.4) * crop_w, (bx[1] + bx[3]) / 2 + rng.uniform(-0.4, 0.4) * crop_h
+            x0 = int(np.clip(cx - crop_w / 2, 0, nw - crop_w))
+            y0 = int(np.clip(cy - crop_h / 2, 0, nh - crop_h))
+        else:
+            x0, y0 = int(rng.integers(0, nw - crop_w + 1)), int(rng.integers(0, nh - crop_h + 1))
         img = img[y0:y0 + crop_h, x0:x0 + crop_w]
         full = boxes.copy()
         boxes = boxes - np.array([x0, y0, x0, y0])

@@ -1,0 +1,231 @@
+"""Detection benchmark: quality, speed and training cost of ppocr and the trained fasterrcnn.
+
+    .venv/bin/python scripts/bench_detect.py --set ../shared/data/devset --json bench_detect.json
+
+The devset (`<source>/boxes.jsonl` + images) is split into halves by a fixed rule: per source,
+images sorted by name, even positions -> half A (may be trained on), odd -> half B (reported).
+Models:
+  ppocr                    the frozen PP-OCRv4 detector (baseline)
+  fasterrcnn-synth         trained from scratch on synthetic overlays only (`--budget-minutes`)
+  fasterrcnn-synth+devA    fine-tuned from it on synthetic + half A (`--finetune-minutes`)
+Reported on half B (all and per source) and on a held-out set of synthetic microscopy-style
+overlays (fluorescence, bright-field, EM backgrounds, seed 9001). Speed: images/s on 1024x768
+images with `--threads` threads. Training: minutes and the peak RSS of the training process.
+Trainings run in a subprocess each so their peak RSS is their own. `--reuse` keeps bundles
+already in `--work`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pipeline.boxes import Detections  # noqa: E402
+from pipeline.evaluate import evaluate, evaluate_by_source, json_safe  # noqa: E402
+from pipeline.formats import LabelledImage, read_devset, read_jsonl  # noqa: E402
+from pipeline.imaging import load_rgb  # noqa: E402
+from pipeline.synth import SynthConfig, generate  # noqa: E402
+
+MICRO = SynthConfig(n_images=30, seed=9001, width=(640, 1024),
+                    background_kinds=("fluorescence", "brightfield", "em"),
+                    kinds=("sample_id", "timestamp", "scale_bar", "instrument", "corner_label", "watermark"))
+
+
+def split_halves(records: list[tuple[Path, LabelledImage]]) -> tuple[list, list]:
+    by_source: dict[str, list] = {}
+    for p, r in records:
+        by_source.setdefault(r.source, []).append((p, r))
+    a, b = [], []
+    for src in sorted(by_source):
+        for i, item in enumerate(sorted(by_source[src], key=lambda x: x[1].image)):
+            (a if i % 2 == 0 else b).append(item)
+    return a, b
+
+
+def train_subprocess(args: argparse.Namespace, name: str, minutes: float, parent: Path | None, human_jsonl: Path | None,
+                     work: Path) -> dict:
+    """One training run in its own process (so its peak RSS is measured alone)."""
+    out = work / name
+    bundle = out / "bundle.zip"
+    result_path = out / "result.json"
+    if args.reuse and bundle.exists() and result_path.exists():
+        return json.loads(result_path.read_text())
+    code = f"""
+import json, sys, time
+from pathlib import Path
+from pipeline.train import TrainConfig, train, samples_from_jsonl, losses_of
+from pipeline.detectors.fasterrcnn import FasterRCNNConfig
+from pipeline.bundle import save_bundle
+out = Path({str(out)!r})
+synth = samples_from_jsonl({str(work / 'synth' / 'boxes.jsonl')!r}, 'synth/')
+val = samples_from_jsonl({str(work / 'synth_val' / 'boxes.jsonl')!r}, 'synth_val/')
+human = samples_from_jsonl({str(human_jsonl)!r}, 'devA/') if {human_jsonl is not None} else []
+cfg = TrainConfig(out_dir=str(out), epochs={args.epochs if parent is None else args.finetune_epochs}, steps_per_epoch={args.steps_per_epoch}, batch_size=4,
+                  lr={args.lr if parent is None else args.lr / 2}, warmup_steps={30 if parent is None else 5},
+                  budget_minutes={minutes}, seed=0, threads={args.threads}, patience=100,
+                  human_fraction=0.5, parent_bundle={str(parent) if parent else None!r})
+t = time.time()
+r = train(cfg, synth, human, val)
+save_bundle(out / 'bundle.zip', r.model, r.config.model, r.metrics, r.train_keys, version={name!r},
+            parent={('fasterrcnn-synth' if parent else None)!r})
+L = losses_of(r.history)
+json.dump({{'minutes': (time.time() - t) / 60, 'train_seconds': r.seconds, 'steps': r.steps, 'stopped': r.stopped,
+           'peak_rss_mb': r.peak_rss_mb, 'val': r.metrics, 'loss_first': sum(L[:10]) / max(1, len(L[:10])),
+           'loss_last': sum(L[-10:]) / max(1, len(L[-10:]))}}, open(out / 'result.json', 'w'), default=str)
+"""
+    out.mkdir(parents=True, exist_ok=True)
+    t = time.time()
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if proc.returncode != 0:
+        raise SystemExit(f"training {name} failed (exit {proc.returncode})")
+    res = json.loads(result_path.read_text())
+    res["wall_minutes"] = (time.time() - t) / 60
+    result_path.write_text(json.dumps(res, default=str))
+    return res
+
+
+def run_detector(det, items: list[tuple[Path, LabelledImage]], threshold: float) -> list[Detections]:
+    out = []
+    for p, _ in items:
+        out.append(det.detect([load_rgb(p)])[0].filter(threshold))
+    return out
+
+
+def speed(det, images: list[np.ndarray]) -> float:
+    det.detect([images[0]])  # warm-up
+    t = time.perf_counter()
+    for im in images:
+        det.detect([im])
+    return len(images) / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--set", default=str(REPO.parent / "shared" / "data" / "devset"))
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--work", default="/tmp/textloop-bench-detect", help="synthetic data, runs and bundles")
+    ap.add_argument("--synth-images", type=int, default=400)
+    ap.add_argument("--budget-minutes", type=float, default=12.0, help="training budget, synthetic-only model")
+    ap.add_argument("--finetune-minutes", type=float, default=8.0, help="training budget, + devset half A")
+    ap.add_argument("--epochs", type=int, default=6, help="planned epochs (LR schedule), synthetic-only model")
+    ap.add_argument("--finetune-epochs", type=int, default=4)
+    ap.add_argument("--steps-per-epoch", type=int, default=50)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--threads", type=int, default=1, help="torch/onnxruntime threads (1 is faster on a busy shared box)")
+    ap.add_argument("--threshold", type=float, default=0.3)
+    ap.add_argument("--speed-images", type=int, default=10)
+    ap.add_argument("--limit", type=int, default=0, help="smoke test: only this many images per report set")
+    ap.add_argument("--reuse", action="store_true", help="reuse bundles already trained in --work")
+    ap.add_argument("--skip-train", action="store_true", help="only ppocr (no training)")
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    records = read_devset(args.set)
+    half_a, half_b = split_halves(records)
+    print(f"devset {args.set}: {len(records)} images; half A {len(half_a)} (train), half B {len(half_b)} (report)")
+    # half A as a jsonl with absolute image paths (devset format, image relative to the file's folder)
+    dev_a = work / "devA" / "boxes.jsonl"
+    from pipeline.formats import write_jsonl
+
+    write_jsonl(dev_a, [dataclasses.replace(r, image=os.path.relpath(p, dev_a.parent)) for p, r in half_a])
+    t = time.time()
+    generate(work / "synth", SynthConfig(n_images=args.synth_images, seed=0))
+    generate(work / "synth_val", SynthConfig(n_images=16, seed=1))
+    generate(work / "micro", MICRO)
+    print(f"synthetic data ready in {time.time() - t:.0f}s")
+    micro = [(work / "micro" / r.image, dataclasses.replace(r, source="synthetic_microscopy"))
+             for r in read_jsonl(work / "micro" / "boxes.jsonl")]
+
+    if args.limit:
+        half_b, micro = half_b[:: max(1, len(half_b) // args.limit)][: args.limit], micro[: args.limit]
+    trainings: dict[str, dict] = {}
+    if not args.skip_train:
+        trainings["fasterrcnn-synth"] = train_subprocess(args, "fasterrcnn-synth", args.budget_minutes, None, None, work)
+        trainings["fasterrcnn-synth+devA"] = train_subprocess(
+            args, "fasterrcnn-synth+devA", args.finetune_minutes, work / "fasterrcnn-synth" / "bundle.zip", dev_a, work)
+
+    from pipeline.bundle import load_bundle
+    from pipeline.detectors.ppocr import PPOCRDetector
+
+    detectors = {"ppocr": lambda: PPOCRDetector(threads=args.threads)}
+    for name in trainings:
+        detectors[name] = (lambda n=name: load_bundle(work / n / "bundle.zip", threads=args.threads))
+
+    rng = np.random.default_rng(5)
+    speed_imgs = []
+    from pipeline.synth import render_overlays, procedural_background
+
+    for i in range(args.speed_images):
+        speed_imgs.append(render_overlays(procedural_background(rng, 1024, 768), rng).image)
+
+    results: dict[str, dict] = {}
+    for name, make in detectors.items():
+        det = make()
+        t = time.time()
+        preds_b = run_detector(det, half_b, args.threshold)
+        preds_m = run_detector(det, micro, args.threshold)
+        results[name] = {
+            "devset_half_b": evaluate([r for _, r in half_b], preds_b),
+            "devset_half_b_by_source": evaluate_by_source([r for _, r in half_b], preds_b),
+            "synthetic_microscopy": evaluate([r for _, r in micro], preds_m),
+            "images_per_s_1024x768": speed(det, speed_imgs),
+            "eval_seconds": time.time() - t,
+        }
+        if name in trainings:
+            results[name]["training"] = trainings[name]
+        q = results[name]
+        print(f"{name}: half B cov {q['devset_half_b']['text_coverage']:.3f} over {q['devset_half_b']['over_redaction']:.3f} "
+              f"f1 {q['devset_half_b']['f1']:.3f} | micro cov {q['synthetic_microscopy']['text_coverage']:.3f} "
+              f"f1 {q['synthetic_microscopy']['f1']:.3f} | {q['images_per_s_1024x768']:.2f} img/s", flush=True)
+
+    def f(v: object) -> str:
+        return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    header = ("| detector | set | text coverage | fully covered | over-redaction | F1@0.5 | AP50 |\n"
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    rows = [header]
+    for name, q in results.items():
+        for set_name, m in (("devset half B", q["devset_half_b"]), ("synthetic microscopy", q["synthetic_microscopy"])):
+            rows.append(f"| {name} | {set_name} | {f(m['text_coverage'])} | {f(m['fully_covered'])} | "
+                        f"{f(m['over_redaction'])} | {f(m['f1'])} | {f(m['ap50'])} |")
+    rows.append("")
+    rows.append("| detector | images/s 1024x768 | training minutes | steps | peak RSS (MB) |")
+    rows.append("| --- | ---: | ---: | ---: | ---: |")
+    for name, q in results.items():
+        tr = q.get("training", {})
+        rows.append(f"| {name} | {q['images_per_s_1024x768']:.2f} | {f(tr.get('train_seconds', 0) / 60) if tr else '-'} | "
+                    f"{tr.get('steps', '-')} | {f(tr.get('peak_rss_mb')) if tr else '-'} |")
+    rows.append("")
+    rows.append("| detector | " + " | ".join(sorted(results["ppocr"]["devset_half_b_by_source"])) + " |")
+    rows.append("| --- |" + " ---: |" * len(results["ppocr"]["devset_half_b_by_source"]))
+    for name, q in results.items():
+        by = q["devset_half_b_by_source"]
+        rows.append(f"| {name} (coverage / over-red.) | " + " | ".join(
+            f"{f(by[s]['text_coverage'])} / {f(by[s]['over_redaction'])}" for s in sorted(by)) + " |")
+    table = "\n".join(rows)
+    print(table)
+    report = {"set": str(args.set), "threshold": args.threshold, "threads": args.threads,
+              "load_average": os.getloadavg(), "split": {"rule": "per source, sorted by image name, even->A, odd->B",
+                                                          "a": len(half_a), "b": len(half_b)},
+              "results": results, "table": table}
+    if args.json:
+        Path(args.json).write_text(json.dumps(json_safe(report), indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
