@@ -124,3 +124,18 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def split_halves(records: list[tuple[Path, LabelledImage]]) -> tuple[list, list]:
+    """The fixed benchmark split of a devset: per source, images sorted by name, alternating.
+
+    Benchmarks train/select on the first half and report on the second."""
+    by_source: dict[str, list[tuple[Path, LabelledImage]]] = {}
+    for p, r in records:
+        by_source.setdefault(r.source, []).append((p, r))
+    first: list[tuple[Path, LabelledImage]] = []
+    second: list[tuple[Path, LabelledImage]] = []
+    for src in sorted(by_source):
+        for i, item in enumerate(sorted(by_source[src], key=lambda x: x[1].image)):
+            (first if i % 2 == 0 else second).append(item)
+    return first, second
