@@ -534,7 +534,8 @@ def _assemble(images: Sequence[ImageRef], f: _Features, cfg: DuplicateConfig) ->
                                    "near_duplicates_score", "nearest_duplicate", "duplicate_similarity", "cluster_id",
                                    "cluster_size", "cross_split_duplicate", "outlier_score", "is_outlier_issue",
                                    "knn_distance", "outlier_z"])
-    return DuplicateReport(cfg.engine, df, pairs, clusters)
+    return DuplicateReport(cfg.engine, df, pairs, clusters,
+                           extra={"embeddings": f.embeddings, "embedding_ids": list(f.embed_ids)})
 
 
 # --- catalog glue ------------------------------------------------------------------------------

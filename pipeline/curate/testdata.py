@@ -183,3 +183,52 @@ def make_pool(folder: Path, n: int = 24, seed: int = 0, size: tuple[int, int] = 
         files.append(b)
         bad = b.name
     return PlantedPool(folder, files, (src.name, exact.name), (src2.name, near.name), out.name, bad, boxes)
+
+
+# --- planted label errors (label-noise tests and benchmark) -----------------------------------
+
+ERROR_KINDS = ("drop", "shift", "add")
+
+
+def inject_error(boxes: np.ndarray, width: int, height: int, kind: str, rng: np.random.Generator
+                 ) -> tuple[np.ndarray, str]:
+    """One labelling error in `boxes` (N, 4 pixel xyxy): `drop` a box, `shift` one by 40-70 % of
+    its size (IoU with the truth falls to about 0.2-0.4), or `add` a box of typical size on a
+    spot no box touches. Returns the new boxes and the kind actually applied (`add` when there
+    is nothing to drop or shift)."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4).copy()
+    if len(b) == 0 and kind in ("drop", "shift"):
+        kind = "add"
+    if kind == "drop":
+        return np.delete(b, int(rng.integers(len(b))), axis=0), kind
+    if kind == "shift":
+        j = int(rng.integers(len(b)))
+        bw, bh = b[j, 2] - b[j, 0], b[j, 3] - b[j, 1]
+        dx = bw * rng.uniform(0.4, 0.7) * rng.choice([-1, 1])
+        dy = bh * rng.uniform(0.4, 0.7) * rng.choice([-1, 1])
+        dx = float(np.clip(dx, -b[j, 0], width - b[j, 2]))
+        dy = float(np.clip(dy, -b[j, 1], height - b[j, 3]))
+        if abs(dx) < 0.25 * bw and abs(dy) < 0.25 * bh:  # against an edge: push the other way
+            dx = -np.sign(dx or 1) * bw * 0.5
+            dx = float(np.clip(dx, -b[j, 0], width - b[j, 2]))
+        b[j] += [dx, dy, dx, dy]
+        return b, kind
+    if kind != "add":
+        raise ValueError(f"unknown error kind {kind!r}")
+    if len(b):
+        ws, hs = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+        bw, bh = float(np.median(ws)), float(np.median(hs))
+    else:
+        bw, bh = width * 0.2, height * 0.05
+    bw, bh = max(4.0, min(bw, width * 0.9)), max(4.0, min(bh, height * 0.9))
+    for _ in range(200):
+        x0, y0 = rng.uniform(0, width - bw), rng.uniform(0, height - bh)
+        cand = np.array([[x0, y0, x0 + bw, y0 + bh]])
+        if not len(b) or not _touches(cand[0], b, margin=2.0):
+            break
+    return np.concatenate([b, cand]), kind
+
+
+def _touches(box: np.ndarray, boxes: np.ndarray, margin: float) -> bool:
+    return bool(np.any((boxes[:, 0] < box[2] + margin) & (boxes[:, 2] > box[0] - margin)
+                       & (boxes[:, 1] < box[3] + margin) & (boxes[:, 3] > box[1] - margin)))

@@ -1,0 +1,131 @@
+"""Label-noise detection with cleanlab.object_detection on a generated labelled set with planted errors."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from pipeline.boxes import Detections
+from pipeline.catalog import dumps
+from pipeline.curate.label_noise import (LabelNoiseConfig, NoiseItem, apply_label_actions, find_label_noise,
+                                         score_label_noise)
+from pipeline.curate.testdata import inject_error, text_page
+
+
+def _labelled_set(n: int = 20, seed: int = 0):
+    """(image_id, true boxes, predictions) for generated pages; predictions = a good detector:
+    the true boxes jittered by a pixel or two, confident scores, plus a weak false positive now and then."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        _, boxes = text_page(1000 + i, n_lines=int(rng.integers(3, 7)))
+        b = np.asarray(boxes, float)
+        pred = b + rng.normal(0, 1.0, b.shape)
+        scores = rng.uniform(0.85, 0.99, len(b))
+        if rng.random() < 0.3:  # a weak detection where there is no text
+            pred = np.concatenate([pred, [[5, 5, 40, 15]]])
+            scores = np.concatenate([scores, [0.35]])
+        out.append((f"img{i:02d}", b, Detections(pred, scores)))
+    return out
+
+
+def _planted(seed: int = 0):
+    data = _labelled_set(seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    planted = {}
+    items = []
+    for k, (iid, b, det) in enumerate(data):
+        given = b
+        kind = {3: "drop", 8: "shift", 13: "add"}.get(k)
+        if kind:
+            given, applied = inject_error(b, 320, 240, kind, rng)
+            planted[iid] = applied
+        items.append(NoiseItem(iid, given, det))
+    return items, planted
+
+
+def test_planted_errors_rank_at_the_top() -> None:
+    items, planted = _planted()
+    report = score_label_noise(items, LabelNoiseConfig())
+    top = list(report.images["image_id"][: len(planted)])
+    assert set(top) == set(planted), (top, planted)
+    assert report.images["is_label_issue"].sum() >= len(planted)
+    # every planted image names the right kind of issue on some box
+    expect = {"drop": "overlooked_text", "shift": "bad_location", "add": "spurious_box"}
+    im = report.images.set_index("image_id")
+    for iid, kind in planted.items():
+        assert expect[kind] in im.loc[iid, "issues"], (iid, kind, im.loc[iid, "issues"])
+
+
+def test_cleanlab_ranking_finds_dropped_and_shifted_boxes() -> None:
+    # cleanlab alone cannot see a box drawn where no prediction is (its bad-location score is
+    # 1.0 then): that is why the default ranking is the coverage score
+    items, planted = _planted()
+    report = score_label_noise(items, LabelNoiseConfig(method="cleanlab"))
+    top = set(report.images["image_id"][:3])
+    assert {i for i, k in planted.items() if k in ("drop", "shift")} <= top
+
+
+def test_results_are_keyed_by_image_not_position() -> None:
+    items, planted = _planted()
+    a = score_label_noise(items).images.set_index("image_id")["label_score"]
+    b = score_label_noise(items[::-1]).images.set_index("image_id")["label_score"]
+    assert np.allclose(a.sort_index().values, b.sort_index().values)
+    with pytest.raises(ValueError, match="listed twice"):
+        score_label_noise([items[0], items[0]])
+
+
+def test_cleanlab_score_matches_cleanlab_api() -> None:
+    from cleanlab.object_detection.rank import get_label_quality_scores
+
+    items, _ = _planted()
+    labels = [{"bboxes": np.asarray(it.given, np.float32), "labels": np.zeros(len(it.given), int)} for it in items]
+    preds = [[np.concatenate([it.prediction.boxes, it.prediction.scores[:, None]], 1).astype(np.float32)]
+             for it in items]
+    ref = get_label_quality_scores(labels, preds, aggregation_weights={"overlooked": .5, "badloc": .5, "swap": 0},
+                                   verbose=False)
+    got = score_label_noise(items, LabelNoiseConfig(min_pred_score=0.0)).images.set_index("image_id")
+    assert np.allclose(got.loc[[it.image_id for it in items], "label_quality_score"].values, ref, atol=1e-5)
+
+
+def _add_image(tx, iid: str, path: str = "images/x.jpg", status: str = "labelled") -> None:
+    tx.execute("INSERT INTO images(id, path, source, original_name, bytes, width, height, format, mode, bit_depth,"
+               " split, status, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+               (iid, path, "gen", f"{iid}.jpg", 1, 320, 240, "JPEG", "RGB", 8, "train", status, time.time()))
+
+
+def test_catalog_uses_only_out_of_sample_predictions_and_apply_sets_status(ws) -> None:
+    items, planted = _planted()
+    t0 = time.time()
+    with ws.catalog() as cat, cat.transaction() as tx:
+        for k, it in enumerate(items):
+            _add_image(tx, it.image_id)
+            # prediction made at pre-annotation time, the label a minute later
+            tx.execute("INSERT INTO predictions(image_id, model_version, boxes, scores, labels, created_at)"
+                       " VALUES (?,?,?,?,?,?)", (it.image_id, "m1", dumps(it.prediction.to_json()["boxes"]),
+                                                 dumps(it.prediction.to_json()["scores"]),
+                                                 dumps(it.prediction.to_json()["labels"]), t0))
+            tx.execute("INSERT INTO annotations(image_id, source, ls_annotation_id, boxes, labels, updated_at, pulled_at)"
+                       " VALUES (?,?,?,?,?,?,?)", (it.image_id, "labelstudio", k, dumps(np.round(it.given, 2).tolist()),
+                                                   dumps([0] * len(it.given)), t0 + 60, t0 + 60))
+        # a later model trained on these labels must not be used (it has seen them)
+        tx.execute("INSERT INTO predictions(image_id, model_version, boxes, scores, labels, created_at)"
+                   " VALUES (?,?,?,?,?,?)", (items[3].image_id, "m2", "[]", "[]", "[]", t0 + 3600))
+        # a labelled image without any earlier prediction is skipped, not misaligned
+        _add_image(tx, "late")
+        tx.execute("INSERT INTO annotations(image_id, source, ls_annotation_id, boxes, labels, updated_at, pulled_at)"
+                   " VALUES (?,?,?,?,?,?,?)", ("late", "labelstudio", 999, "[[1,1,20,20]]", "[0]", t0 + 60, t0 + 60))
+    report = find_label_noise(ws)
+    assert ("late", "no prediction made before the label (not out-of-sample)") in report.skipped
+    assert set(report.images["model_version"]) == {"m1"}
+    assert set(report.images["image_id"][:3]) == set(planted)
+    changed = apply_label_actions(ws, report, "review", worst=2)
+    assert len(changed) == 2 and set(changed["image_id"]) <= set(planted)
+    with ws.catalog() as cat:
+        st = {r["id"]: r["status"] for r in cat.images()}
+    assert sum(v == "needs_review" for v in st.values()) == 2
+    # idempotent: a rerun changes nothing more for the same worst two
+    assert len(apply_label_actions(ws, report, "review", worst=2)) == 0
