@@ -1,0 +1,332 @@
+"""`textloop synth`, `textloop train` and `textloop models`: making and managing detectors."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from pipeline.cli.common import AppState, emit, fail, progress, state
+
+
+def register(app: typer.Typer) -> None:
+    app.command("synth")(synth_cmd)
+    app.command("train")(train_cmd)
+    models_app = typer.Typer(help="List, register and promote model bundles (one is `current`).",
+                             invoke_without_command=True, no_args_is_help=False)
+    models_app.callback()(models_default)
+    models_app.command("list")(models_list_cmd)
+    models_app.command("promote")(models_promote_cmd)
+    models_app.command("register")(models_register_cmd)
+    app.add_typer(models_app, name="models")
+
+
+def _parse_range(text: str, what: str) -> tuple[int, int]:
+    try:
+        parts = [int(p) for p in text.split(",")]
+    except ValueError:
+        fail(f"{what} must be N or MIN,MAX, got {text!r}", 2)
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or parts[0] > parts[1]:
+        fail(f"{what} must be N or MIN,MAX with MIN <= MAX, got {text!r}", 2)
+    return parts[0], parts[1]
+
+
+def synth_dir(ws, name: str) -> Path:
+    return ws.root / "synth" / name
+
+
+# --- synth -----------------------------------------------------------------------------------
+
+def synth_cmd(
+    ctx: typer.Context,
+    name: str = typer.Option("default", help="Output folder name: <workspace>/synth/NAME."),
+    images: int = typer.Option(200, "--images", "-n", help="How many images."),
+    seed: int = typer.Option(0, help="Same seed and options, same images and boxes."),
+    granularity: str = typer.Option("line", help="One box per `line` or per `word`."),
+    width: str = typer.Option("512,1024", help="Image width N or range MIN,MAX (height from a random aspect)."),
+    backgrounds: Optional[Path] = typer.Option(None, help="Folder of text-free images to paint on (else procedural)."),
+    from_workspace: bool = typer.Option(False, "--from-workspace",
+                                        help="Use workspace images the current detector finds text-free as backgrounds."),
+    kinds: Optional[str] = typer.Option(None, help="Comma list of overlay kinds (default: all)."),
+) -> None:
+    """Synthetic training images with exact ink boxes: IDs, dates, scale bars, instrument lines, watermarks..."""
+    from pipeline.synth import OVERLAY_KINDS, SynthConfig, generate, list_images, workspace_backgrounds
+
+    st = state(ctx)
+    ws = st.ws()
+    try:
+        cfg = SynthConfig(n_images=images, seed=seed, granularity=granularity, width=_parse_range(width, "--width"),
+                          kinds=tuple(k.strip() for k in kinds.split(",")) if kinds else OVERLAY_KINDS)
+    except ValueError as exc:
+        fail(str(exc), 2)
+    bgs: list[Path] = []
+    try:
+        if backgrounds is not None:
+            bgs = list_images(backgrounds)
+            if not bgs:
+                fail(f"{backgrounds}: no images found")
+        if from_workspace:
+            bgs += workspace_backgrounds(ws)
+    except FileNotFoundError as exc:
+        fail(str(exc))
+    out = synth_dir(ws, name)
+    with progress(st, "synth") as update:
+        summary = generate(out, cfg, bgs, progress=update)
+
+    def render(c) -> None:
+        if summary["skipped"]:
+            c.print(f"{out}: up to date ({summary['images']} images, {summary['boxes']} boxes)")
+            return
+        c.print(f"{out}: {summary['images']} images, {summary['boxes']} boxes "
+                f"({summary['backgrounds']} real backgrounds available)")
+        c.print("kinds: " + ", ".join(f"{k} {n}" for k, n in sorted(summary["kinds"].items())))
+
+    emit(st, summary, render)
+
+
+# --- train -----------------------------------------------------------------------------------
+
+def _resolve_parent(st: AppState, parent: str) -> tuple[Optional[Path], Optional[str]]:
+    """(bundle path, version) of the parent model, or (None, None) to train from scratch."""
+    ws = st.ws()
+    if parent == "none":
+        return None, None
+    with ws.catalog() as cat:
+        if parent in ("auto", "current"):
+            row = cat.current_model()
+            if row is None or row["kind"] != "fasterrcnn":
+                if parent == "current":
+                    fail("no current fasterrcnn model to fine-tune; train from scratch with --parent none")
+                return None, None
+        else:
+            rows = cat.query("SELECT * FROM models WHERE version = ?", (parent,))
+            if not rows:
+                path = Path(parent)
+                if path.suffix == ".zip" and path.exists():
+                    from pipeline.bundle import read_bundle_meta
+
+                    try:
+                        return path, str(read_bundle_meta(path)["config"]["version"])
+                    except ValueError as exc:
+                        fail(str(exc))
+                fail(f"parent {parent!r}: not a registered model version nor a bundle.zip")
+            row = rows[0]
+    return ws.abspath(row["path"]), row["version"]
+
+
+def train_cmd(
+    ctx: typer.Context,
+    synth: List[str] = typer.Option(["default"], help="Synthetic set(s) under <workspace>/synth/ (generated if missing)."),
+    synth_images: int = typer.Option(400, help="Images to generate when a synthetic set is missing."),
+    parent: str = typer.Option("auto", help="Fine-tune from: auto (the current model, else scratch), none, current, "
+                                            "a version, or a bundle.zip."),
+    human_fraction: float = typer.Option(0.5, help="Share of human-labelled images (train split) per batch."),
+    epochs: int = typer.Option(10, help="Epochs (the learning-rate schedule spans them)."),
+    steps_per_epoch: int = typer.Option(100, help="Steps per epoch (validation after each)."),
+    batch_size: int = typer.Option(4),
+    lr: float = typer.Option(2e-3, help="Peak learning rate (AdamW)."),
+    patience: int = typer.Option(3, help="Early stopping: epochs without improvement."),
+    budget_minutes: Optional[float] = typer.Option(None, help="Stop (and keep the best model) after this many minutes."),
+    backbone: str = typer.Option("mobilenet_v3_large", help="mobilenet_v3_large or resnet50 (new models only)."),
+    seed: int = typer.Option(0),
+    threads: int = typer.Option(2, help="CPU threads (1 can be faster on a busy shared machine)."),
+    run: str = typer.Option("train", help="Run name: checkpoint under <workspace>/runs/train-RUN/."),
+    resume: bool = typer.Option(False, help="Continue the run's checkpoint."),
+    restart: bool = typer.Option(False, help="Discard an existing checkpoint of this run."),
+    promote: Optional[bool] = typer.Option(None, "--promote/--no-promote",
+                                           help="Make the new model current (default: only if none is current)."),
+) -> None:
+    """Train a Faster R-CNN text detector on synthetic + human-labelled images and register it as a model."""
+    from pipeline.bundle import register_model, save_bundle
+    from pipeline.detectors.fasterrcnn import FasterRCNNConfig
+    from pipeline.synth import SynthConfig, generate
+    from pipeline.train import TrainConfig, TrainingError, samples_from_jsonl, train, workspace_samples
+
+    st = state(ctx)
+    ws = st.ws()
+    run_dir = ws.runs_dir / f"train-{run}"
+    ckpt = run_dir / "checkpoint.pt"
+    if ckpt.exists() and not (resume or restart):
+        fail(f"{ckpt} exists: continue it with --resume or start over with --restart")
+    if restart and ckpt.exists():
+        ckpt.unlink()
+    parent_path, parent_version = _resolve_parent(st, parent)
+    try:
+        model_cfg = FasterRCNNConfig(backbone=backbone)
+        cfg = TrainConfig(out_dir=str(run_dir), model=model_cfg, parent_bundle=str(parent_path) if parent_path else None,
+                          epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, lr=lr,
+                          human_fraction=human_fraction, patience=patience, budget_minutes=budget_minutes, seed=seed,
+                          threads=threads, resume=resume)
+    except ValueError as exc:
+        fail(str(exc), 2)
+
+    synth_samples = []
+    for name in synth:
+        d = synth_dir(ws, name)
+        if not (d / "boxes.jsonl").exists():
+            st.console.print(f"generating synthetic set {name!r} ({synth_images} images)")
+            generate(d, SynthConfig(n_images=synth_images, seed=seed))
+        synth_samples += samples_from_jsonl(d / "boxes.jsonl", f"synth/{name}/")
+    human = workspace_samples(ws, "train")
+    val = workspace_samples(ws, "val")
+    val_source = "workspace val split"
+    if not val:
+        d = synth_dir(ws, f"_val-{seed}")
+        generate(d, SynthConfig(n_images=16, seed=seed + 1000))
+        val = samples_from_jsonl(d / "boxes.jsonl", "synth/_val/")
+        val_source = "held-out synthetic set (no labelled val images yet)"
+    st.console.print(f"training on {len(synth_samples)} synthetic + {len(human)} human-labelled images; "
+                     f"validating on {len(val)} ({val_source}); parent: {parent_version or 'none (from scratch)'}")
+
+    with ws.catalog() as cat:
+        iteration = cat.start_iteration("train")
+    try:
+        with _train_progress(st) as update:
+            result = train(cfg, synth_samples, human, val, progress=update)
+    except TrainingError as exc:
+        with ws.catalog() as cat:
+            cat.finish_iteration(iteration, "failed", metrics={"error": str(exc)})
+        fail(str(exc))
+    except KeyboardInterrupt:
+        with ws.catalog() as cat:
+            cat.finish_iteration(iteration, "failed", metrics={"error": "interrupted"})
+        fail(f"interrupted; continue with `textloop train --run {run} --resume` (checkpoint: {ckpt})", 130)
+    from pipeline.evaluate import json_safe
+
+    bundle = run_dir / "bundle.zip"
+    version = save_bundle(bundle, result.model, result.config.model, result.metrics, result.train_keys,
+                          parent=parent_version, extra={"train": {"steps": result.steps, "stopped": result.stopped,
+                                                                  "seconds": round(result.seconds, 1),
+                                                                  "val_source": val_source}})
+    with ws.catalog() as cat:
+        has_current = cat.current_model() is not None
+    do_promote = promote if promote is not None else not has_current
+    register_model(ws, bundle, parent=parent_version, promote=do_promote)
+    summary = {"version": version, "parent": parent_version, "promoted": do_promote, "steps": result.steps,
+               "epochs": result.epochs, "stopped": result.stopped, "minutes": round(result.seconds / 60, 2),
+               "peak_rss_mb": round(result.peak_rss_mb), "val_source": val_source, "metrics": json_safe(result.metrics),
+               "bundle": str(ws.models_dir / version / "bundle.zip"), "checkpoint": str(result.checkpoint)}
+    with ws.catalog() as cat:
+        cat.finish_iteration(iteration, "done", counts={"synthetic": len(synth_samples), "human": len(human),
+                                                        "val": len(val), "steps": result.steps},
+                             metrics={"version": version, **(json_safe(result.metrics) or {})})
+
+    def render(c) -> None:
+        c.print(f"model {version} ({result.stopped} after {result.steps} steps, {summary['minutes']} min, "
+                f"peak RSS {summary['peak_rss_mb']} MB){' - now current' if do_promote else ''}")
+        m = result.metrics
+        if m:
+            c.print("validation: " + ", ".join(f"{k} {m[k]:.3f}" for k in
+                                               ("text_coverage", "fully_covered", "over_redaction", "f1", "ap50")
+                                               if isinstance(m.get(k), float) and m[k] == m[k]))
+        c.print(f"bundle: {summary['bundle']}")
+
+    emit(st, summary, render)
+
+
+class _train_progress:
+    """A progress bar with loss, learning rate and ETA (silent with --json / -q / no tty)."""
+
+    def __init__(self, st: AppState) -> None:
+        self.st = st
+        self.bar = None
+
+    def __enter__(self):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        quiet = self.st.json or self.st.verbosity < 0 or (not sys.stderr.isatty() and self.st.verbosity < 1)
+        if quiet:
+            return lambda step, total, info: None
+        self.bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                            TimeElapsedColumn(), console=Console(stderr=True))
+        self.bar.__enter__()
+        task = self.bar.add_task("train", total=None, info="")
+
+        def update(step: int, total: int, info: dict) -> None:
+            eta = info.get("eta_s", 0.0)
+            text = f"epoch {info['epoch']} loss {info['loss']:.3f} lr {info['lr']:.2g} ETA {int(eta // 60)}:{int(eta % 60):02d}"
+            self.bar.update(task, completed=step, total=total, info=text)
+
+        return update
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+
+# --- models ----------------------------------------------------------------------------------
+
+def models_default(ctx: typer.Context) -> None:
+    """Without a subcommand: list the models."""
+    if ctx.invoked_subcommand is None:
+        models_list_cmd(ctx)
+
+
+def models_list_cmd(ctx: typer.Context) -> None:
+    """Registered models, newest last; `*` marks the current one."""
+    from pipeline.bundle import list_models
+
+    st = state(ctx)
+    models = list_models(st.ws())
+
+    def render(c) -> None:
+        if not models:
+            c.print("no models yet: `textloop train` makes one (ppocr is used until then)")
+            return
+        t = Table(title="models")
+        for col in ("", "version", "parent", "created", "coverage", "over-red.", "F1", "MB"):
+            t.add_column(col)
+        for m in models:
+            mt = m["metrics"]
+
+            def f(k: str) -> str:
+                v = mt.get(k)
+                return f"{v:.3f}" if isinstance(v, (int, float)) else "-"
+
+            t.add_row("*" if m["promoted"] else "", m["version"], m["parent"] or "-",
+                      time.strftime("%Y-%m-%d %H:%M", time.localtime(m["created_at"])), f("text_coverage"),
+                      f("over_redaction"), f("f1"), f"{m['bytes'] / 1e6:.1f}" if m["bytes"] else "missing")
+        c.print(t)
+
+    emit(st, models, render)
+
+
+def models_promote_cmd(ctx: typer.Context, version: str = typer.Argument(..., help="Model version to make current.")) -> None:
+    """Make VERSION the current model (used by predict/rank/redact/serve with `current`)."""
+    from pipeline.bundle import promote_model
+
+    st = state(ctx)
+    try:
+        promote_model(st.ws(), version)
+    except KeyError as exc:
+        fail(str(exc.args[0]))
+    emit(st, {"current": version}, lambda c: c.print(f"current model: {version}"))
+
+
+def models_register_cmd(
+    ctx: typer.Context,
+    bundle: Path = typer.Argument(..., help="A bundle.zip (e.g. trained on another machine)."),
+    parent: Optional[str] = typer.Option(None, help="Parent version (default: as recorded in the bundle)."),
+    promote: bool = typer.Option(False, help="Also make it current."),
+) -> None:
+    """Copy a bundle into the workspace's models/ and record it."""
+    from pipeline.bundle import register_model
+
+    st = state(ctx)
+    if not bundle.exists():
+        fail(f"{bundle}: file not found")
+    try:
+        version = register_model(st.ws(), bundle, parent=parent, promote=promote)
+    except ValueError as exc:
+        fail(str(exc))
+    emit(st, {"version": version, "promoted": promote},
+         lambda c: c.print(f"registered {version}{' (current)' if promote else ''}"))
+
+

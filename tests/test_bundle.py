@@ -1,0 +1,133 @@
+"""Model bundles: a round trip in another process and folder without the training data gives
+identical predictions; the registry keeps exactly one current model; the CLI lists/promotes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.bundle import list_models, load_bundle, promote_model, read_bundle_meta, register_model, save_bundle
+from pipeline.cli.app import app
+from pipeline.detectors import load_detector
+from pipeline.detectors.fasterrcnn import FasterRCNNConfig, FasterRCNNDetector, build_model
+from pipeline.imaging import load_rgb
+from pipeline.synth import generate
+from pipeline.train import TrainConfig, samples_from_jsonl, train
+from tests.test_train import TINY_MODEL, TINY_SYNTH
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("bundle")
+    generate(root / "synth", TINY_SYNTH)
+    cfg = TrainConfig(out_dir=str(root / "run"), model=TINY_MODEL, epochs=1, steps_per_epoch=4, batch_size=2,
+                      warmup_steps=1, augment=False, threads=1)
+    result = train(cfg, samples_from_jsonl(root / "synth/boxes.jsonl"))
+    return {"root": root, "result": result}
+
+
+def test_round_trip_elsewhere_without_training_data(trained: dict, tmp_path: Path) -> None:
+    root, result = trained["root"], trained["result"]
+    bundle = tmp_path / "made" / "bundle.zip"
+    version = save_bundle(bundle, result.model, result.config.model, {"f1": float("nan"), "text_coverage": 0.5},
+                          result.train_keys)
+    test_imgs = [tmp_path / "elsewhere" / f"img{i}.png" for i in range(2)]
+    for i, dst in enumerate(test_imgs):
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(root / "synth/images" / f"{i:06d}.png", dst)
+    ref_det = FasterRCNNDetector(result.model, result.config.model, score_threshold=0.0)
+    reference = [d.boxes.tolist() for d in ref_det.detect([load_rgb(p) for p in test_imgs])]
+    assert sum(len(b) for b in reference) > 0
+    shutil.copyfile(bundle, tmp_path / "elsewhere" / "bundle.zip")
+    shutil.rmtree(root / "synth")        # the training data is gone
+    shutil.rmtree(tmp_path / "made")
+    code = ("import json; from pipeline.detectors import load_detector; from pipeline.imaging import load_rgb\n"
+            "d = load_detector('bundle.zip', score_threshold=0.0, threads=1)\n"
+            "print(json.dumps({'version': d.version, 'boxes': [x.boxes.tolist() for x in "
+            "d.detect([load_rgb('img0.png'), load_rgb('img1.png')])]}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path / "elsewhere", capture_output=True, text=True,
+                         check=True, timeout=300)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["version"] == version
+    assert got["boxes"] == reference
+    meta = read_bundle_meta(tmp_path / "elsewhere" / "bundle.zip")
+    assert meta["labels"] == {"0": "text"} and meta["metrics"]["f1"] is None
+    assert meta["data"]["n_items"] == len(set(result.train_keys)) and len(meta["data"]["sha256"]) == 64
+
+
+def test_default_bundle_is_small(tmp_path: Path) -> None:
+    path = tmp_path / "b.zip"
+    save_bundle(path, build_model(FasterRCNNConfig()), FasterRCNNConfig(), version="size-check")
+    assert path.stat().st_size < 7_000_000
+    with zipfile.ZipFile(path) as zf:
+        assert {"config.json", "weights.pt", "metrics.json", "labels.json", "data.json"} <= set(zf.namelist())
+
+
+def test_registry_promote_and_current(trained: dict, ws, tmp_path: Path) -> None:
+    result = trained["result"]
+    a = save_bundle(tmp_path / "a.zip", result.model, result.config.model, {"f1": 0.1}, version="m-a")
+    b = save_bundle(tmp_path / "b.zip", result.model, result.config.model, {"f1": 0.2}, version="m-b", parent="m-a")
+    assert register_model(ws, tmp_path / "a.zip", promote=True) == a
+    assert register_model(ws, tmp_path / "a.zip") == a           # idempotent
+    assert register_model(ws, tmp_path / "b.zip") == b
+    models = {m["version"]: m for m in list_models(ws)}
+    assert models["m-b"]["parent"] == "m-a" and models["m-a"]["promoted"] and not models["m-b"]["promoted"]
+    assert (ws.models_dir / "m-b" / "bundle.zip").exists()
+    promote_model(ws, "m-b")
+    assert [m["version"] for m in list_models(ws) if m["promoted"]] == ["m-b"]
+    assert load_detector("current", ws).version == "m-b"
+    with pytest.raises(KeyError):
+        promote_model(ws, "nope")
+    (tmp_path / "bad.zip").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a textloop model bundle"):
+        register_model(ws, tmp_path / "bad.zip")
+    with pytest.raises(ValueError, match="not a textloop model bundle"):
+        load_bundle(tmp_path / "bad.zip")
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["--workspace", str(ws.root), "--json", "models"])
+    assert r.exit_code == 0, r.output
+    assert [m["version"] for m in json.loads(r.stdout) if m["promoted"]] == ["m-b"]
+    r = runner.invoke(app, ["--workspace", str(ws.root), "models", "promote", "m-a"])
+    assert r.exit_code == 0, r.output
+    assert [m["version"] for m in list_models(ws) if m["promoted"]] == ["m-a"]
+    r = runner.invoke(app, ["--workspace", str(ws.root), "models", "promote", "missing"])
+    assert r.exit_code == 1
+
+
+def test_cli_synth_is_idempotent(tmp_path: Path) -> None:
+    runner = CliRunner()
+    wsdir = str(tmp_path / "w")
+    args = ["--workspace", wsdir, "--json", "synth", "-n", "2", "--width", "128,160", "--seed", "4"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    first = json.loads(r.stdout)
+    assert first["images"] == 2 and not first["skipped"]
+    assert len(list((tmp_path / "w/synth/default/images").glob("*.png"))) == 2
+    again = json.loads(runner.invoke(app, args).stdout)
+    assert again["skipped"]
+    r = runner.invoke(app, ["--workspace", wsdir, "synth", "--granularity", "letters"])
+    assert r.exit_code == 2
+
+
+@pytest.mark.slow
+def test_cli_train_registers_and_promotes_first_model(tmp_path: Path) -> None:
+    runner = CliRunner()
+    wsdir = str(tmp_path / "w")
+    r = runner.invoke(app, ["--workspace", wsdir, "synth", "-n", "4", "--width", "160,200"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["--workspace", wsdir, "--json", "train", "--epochs", "1", "--steps-per-epoch", "2",
+                            "--batch-size", "1", "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["promoted"] and out["steps"] == 2 and Path(out["bundle"]).exists()
+    r = runner.invoke(app, ["--workspace", wsdir, "train"])
+    assert r.exit_code == 1 and "--resume" in r.output
