@@ -548,7 +548,7 @@ def workspace_images(ws: Any, statuses: Sequence[str] | None = None) -> list[Ima
             if statuses is None or r["status"] in statuses]
 
 
-LABELLED_STATES = ("labelled", "verified_empty")
+LABELLED_STATES = ("labelled", "verified_empty", "needs_review")  # images that carry a human label
 
 
 def plan_duplicate_actions(report: DuplicateReport, statuses: dict[str, str]) -> pd.DataFrame:

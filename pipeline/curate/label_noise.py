@@ -56,7 +56,7 @@ class LabelNoiseConfig:
     low_probability_threshold: float = 0.3   # predictions below this are ignored for bad locations
     min_pred_score: float = 0.3              # predictions below this are dropped altogether
     box_issue_threshold: float = 0.4         # a cleanlab box score below this is reported as an issue
-    image_issue_threshold: float = 0.5       # label_score below this: the image is a label issue
+    image_issue_threshold: float = 0.6       # label_score below this: the image is a label issue
     model_version: str | None = None         # catalog: use this model's predictions only
 
     def __post_init__(self) -> None:
@@ -319,7 +319,7 @@ def catalog_items(ws: Any, cfg: LabelNoiseConfig | None = None) -> tuple[list[No
             "SELECT a.image_id, a.boxes, a.ignore, a.state, a.updated_at, i.path, i.status,"
             " (SELECT MIN(a2.updated_at) FROM annotations a2 WHERE a2.image_id = a.image_id) AS first_at"
             " FROM annotations a JOIN images i ON i.id = a.image_id"
-            " WHERE a.state IN ('submitted', 'empty') AND i.status != 'excluded'"
+            " WHERE a.state IN ('submitted', 'empty')"
             " ORDER BY a.image_id, a.updated_at DESC")
         preds = cat.query("SELECT image_id, model_version, boxes, scores, labels, created_at FROM predictions"
                           " ORDER BY image_id, created_at DESC")
@@ -364,7 +364,8 @@ def find_label_noise(ws: Any, cfg: LabelNoiseConfig | None = None) -> LabelNoise
 
 
 def apply_label_actions(ws: Any, report: LabelNoiseReport, action: str, worst: int | None = None) -> pd.DataFrame:
-    """Set the status of label-issue images (worst first, at most `worst`), in one transaction.
+    """Set the status of the suspected label issues in one transaction: the images flagged
+    `is_label_issue`, or with `worst=N` the N lowest label scores (below 1.0) whatever the threshold.
 
     action `review`: status `needs_review` -- `push` re-sends them to Label Studio with a note.
     action `exclude`: status `excluded` -- training skips them.
@@ -373,9 +374,11 @@ def apply_label_actions(ws: Any, report: LabelNoiseReport, action: str, worst: i
     new_status = {"review": "needs_review", "exclude": "excluded"}.get(action)
     if new_status is None:
         raise ValueError(f"unknown action {action!r}: use review or exclude")
-    bad = report.images[report.images["is_label_issue"]].sort_values("label_score")
+    ranked = report.images.sort_values("label_score")
     if worst is not None:
-        bad = bad.head(worst)
+        bad = ranked[ranked["label_score"] < 1.0].head(worst)
+    else:
+        bad = ranked[ranked["is_label_issue"]]
     rows = []
     with ws.catalog() as cat, cat.transaction() as tx:
         for r in bad.itertuples(index=False):

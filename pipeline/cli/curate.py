@@ -1,0 +1,97 @@
+"""`textloop curate` and `textloop report`."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from pipeline.cli.common import emit, fail, progress, state
+
+
+def register(app: typer.Typer) -> None:
+    app.command("curate")(curate_cmd)
+    app.command("report")(report_cmd)
+
+
+def curate_cmd(
+    ctx: typer.Context,
+    engine: str = typer.Option("permissive", help="Duplicate/outlier engine: permissive (imagehash + small embedding, "
+                               "Apache/BSD) or fastdup (CC BY-NC-ND 4.0: non-commercial use only)."),
+    apply: bool = typer.Option(False, "--apply", help="Act on the findings (default: only write reports)."),
+    label_action: str = typer.Option("review", help="With --apply, what happens to suspected label issues: review "
+                                      "(status needs_review; push re-sends them to Label Studio) or exclude."),
+    worst: Optional[int] = typer.Option(None, help="With --apply, act on at most this many label issues (worst first)."),
+    method: str = typer.Option("coverage", help="Label-noise ranking: coverage (text pixels; default) or cleanlab."),
+    model_version: Optional[str] = typer.Option(None, help="Use only this model's stored predictions for label noise."),
+    fastdup_python: Optional[str] = typer.Option(None, envvar="TEXTLOOP_FASTDUP_PYTHON",
+                                                 help="fastdup interpreter (default <repo>/.venv-fastdup/bin/python)."),
+    skip_duplicates: bool = typer.Option(False, help="Only label noise."),
+    skip_label_noise: bool = typer.Option(False, help="Only duplicates/outliers/broken images."),
+    iteration: Optional[str] = typer.Option(None, help="Folder name under runs/ for the copies (default: this step's iteration id)."),
+) -> None:
+    """Find duplicates, near duplicates across splits, outliers, broken images and label noise; write reports/.
+
+    Reports only, unless --apply: then duplicate groups move into one split and are labelled
+    once (other members -> excluded), and suspected label issues go back for review."""
+    from pipeline.curate.duplicates import DuplicateConfig, FastdupUnavailable
+    from pipeline.curate.label_noise import LabelNoiseConfig
+    from pipeline.curate.stage import run_curate
+
+    st = state(ctx)
+    try:
+        dup_cfg = DuplicateConfig(engine=engine, fastdup_python=fastdup_python)
+        noise_cfg = LabelNoiseConfig(method=method, model_version=model_version)
+    except ValueError as exc:
+        fail(str(exc), 2)
+    if label_action not in ("review", "exclude"):
+        fail(f"--label-action must be review or exclude, got {label_action!r}", 2)
+    ws = st.ws()
+    try:
+        with progress(st, f"curate ({engine})") as update:
+            summary = run_curate(ws, dup_cfg, noise_cfg, apply=apply, label_action=label_action, worst=worst,
+                                 iteration=iteration, progress=update, duplicates=not skip_duplicates,
+                                 label_noise=not skip_label_noise)
+    except FastdupUnavailable as exc:
+        fail(str(exc))
+    except RuntimeError as exc:
+        fail(str(exc))
+
+    def render(c) -> None:
+        t = Table(title=f"curate ({engine}){' --apply' if apply else ''}")
+        t.add_column("finding")
+        t.add_column("count", justify="right")
+        d = summary.get("duplicates", {})
+        for key in ("images", "broken", "exact_duplicates", "near_duplicates", "outliers", "duplicate_groups",
+                    "cross_split_groups", "planned_split_moves", "planned_exclusions"):
+            if key in d:
+                t.add_row(key.replace("_", " "), str(d[key]))
+        n = summary.get("label_noise", {})
+        for key in ("labelled_images", "label_issues", "overlooked_text", "bad_location", "spurious_box", "skipped"):
+            if key in n:
+                t.add_row(f"labels: {key.replace('_', ' ')}", str(n[key]))
+        c.print(t)
+        if engine == "fastdup":
+            c.print("[yellow]note:[/] fastdup is licensed CC BY-NC-ND 4.0 (non-commercial use only).")
+        if apply:
+            c.print(f"applied: {d.get('applied', {})} {n.get('applied', {})} (changes: {summary['run_dir']}/curate_actions.csv)")
+        else:
+            c.print("nothing changed (reports only); rerun with --apply to act on them")
+        c.print(f"reports: {summary['reports']} (duplicates.html, label_issues.html); copy: {summary['run_dir']}")
+
+    emit(st, summary, render)
+
+
+def report_cmd(
+    ctx: typer.Context,
+    iteration: Optional[str] = typer.Option(None, help="runs/<iteration>/report/ gets a copy (default: the last iteration)."),
+) -> None:
+    """Write reports/report.html and PNGs: learning curve, ranking scores, duplicate clusters, label issues."""
+    from pipeline.curate.report import build_report
+
+    st = state(ctx)
+    ws = st.ws()
+    res = build_report(ws, iteration=iteration)
+    emit(st, res, lambda c: c.print(f"report: {res['html']} (copy in {res['run_copy']}); "
+                                    f"{res['learning_curve_points']} learning-curve points"))

@@ -1,0 +1,383 @@
+"""Curation reports: tables to disk, HTML galleries with thumbnails and boxes, and `textloop report`.
+
+Galleries embed their thumbnails as data URIs, so an HTML file stays valid when copied into
+`runs/<iteration>/`. Plots use matplotlib's Agg backend (no display needed). Every reader is
+robust to a workspace where nothing has happened yet: an empty table or a "nothing yet" panel.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.formats import atomic_write_bytes, atomic_write_text
+
+log = logging.getLogger("textloop.curate")
+
+GIVEN_COLOUR = (0, 200, 0)        # human labels
+PRED_COLOUR = (255, 120, 0)       # model predictions
+ISSUE_COLOUR = (230, 0, 0)        # boxes flagged by label-noise detection
+
+# Table names under reports/ (parquet + csv each); the notebook reads the same names.
+TABLES = ("duplicates", "duplicate_pairs", "duplicate_clusters", "label_issues", "label_issue_boxes")
+
+
+# --- tables -----------------------------------------------------------------------------------
+
+def write_table(df: pd.DataFrame, folders: Sequence[Path], name: str) -> None:
+    """`<name>.parquet` and `<name>.csv` in every folder (atomic writes)."""
+    for folder in folders:
+        atomic_write_bytes(folder / f"{name}.parquet", df.to_parquet(index=False))
+        atomic_write_bytes(folder / f"{name}.csv", df.to_csv(index=False).encode())
+
+
+def read_table(folder: Path, name: str) -> pd.DataFrame | None:
+    p = Path(folder) / f"{name}.parquet"
+    return pd.read_parquet(p) if p.exists() else None
+
+
+# --- drawing ------------------------------------------------------------------------------------
+
+def render(path: str | Path, given: Any = (), predicted: Any = (), flagged: Any = (), max_side: int = 320) -> Any:
+    """A thumbnail (PIL image) of `path` with given (green), predicted (orange) and flagged (red) boxes."""
+    from PIL import Image, ImageDraw
+
+    from pipeline.imaging import load_rgb
+
+    try:
+        im = Image.fromarray(load_rgb(path))
+    except Exception as exc:  # noqa: BLE001 - a broken image becomes a grey tile, not a crash
+        im = Image.new("RGB", (max_side, max_side * 3 // 4), (128, 128, 128))
+        ImageDraw.Draw(im).text((8, 8), f"cannot load:\n{type(exc).__name__}", fill=(255, 255, 255))
+        return im
+    scale = min(1.0, max_side / max(im.size))
+    if scale < 1.0:
+        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))))
+    d = ImageDraw.Draw(im)
+    width = max(1, round(2 * max(im.size) / 320))
+    for boxes, colour in ((given, GIVEN_COLOUR), (predicted, PRED_COLOUR), (flagged, ISSUE_COLOUR)):
+        for b in np.asarray(boxes, dtype=float).reshape(-1, 4):
+            x0, y0, x1, y1 = (float(v) * scale for v in b)
+            d.rectangle([x0, y0, max(x0 + 1, x1), max(y0 + 1, y1)], outline=colour,
+                        width=width + (1 if colour == ISSUE_COLOUR else 0))
+    return im
+
+
+def data_uri(im: Any, quality: int = 80) -> str:
+    buf = io.BytesIO()
+    im.convert("RGB").save(buf, format="JPEG", quality=quality)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em}
+.grid{display:flex;flex-wrap:wrap;gap:10px}.card{border:1px solid #ccc;border-radius:6px;padding:6px;max-width:340px;font-size:12px}
+.card img{display:block;max-width:320px}.group{border:1px solid #999;border-radius:8px;padding:8px;margin:10px 0}
+.warn{color:#b00;font-weight:bold}table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}
+.legend span{display:inline-block;width:12px;height:12px;margin:0 4px 0 12px;vertical-align:middle}"""
+
+
+def _page(title: str, body: str) -> str:
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
+            f"<p>generated {time.strftime('%Y-%m-%d %H:%M:%S')}</p>{body}</body></html>")
+
+
+def _legend() -> str:
+    return ("<p class='legend'>boxes:<span style='background:rgb(0,200,0)'></span>given (human)"
+            "<span style='background:rgb(255,120,0)'></span>predicted (model)"
+            "<span style='background:rgb(230,0,0)'></span>flagged</p>")
+
+
+def duplicates_html(images: pd.DataFrame, clusters: pd.DataFrame, engine: str, max_groups: int = 60,
+                    max_outliers: int = 30) -> str:
+    """Duplicate groups (cross-split ones first), outliers and broken images."""
+    parts = [f"<p>engine: <b>{html.escape(engine)}</b>; {len(images)} images</p>"]
+    if engine == "fastdup":
+        parts.append("<p class='warn'>fastdup is licensed CC BY-NC-ND 4.0 (non-commercial use only).</p>")
+    if len(clusters):
+        order = clusters.groupby("cluster_id").agg(cross=("cross_split", "max"), size=("cluster_size", "max"))
+        order = order.sort_values(["cross", "size"], ascending=False)
+        parts.append(f"<h2>Duplicate groups ({len(order)}; {int(order['cross'].sum())} straddle splits)</h2>")
+        for cid in list(order.index)[:max_groups]:
+            g = clusters[clusters["cluster_id"] == cid]
+            cross = bool(g["cross_split"].any())
+            cards = "".join(
+                f"<div class='card'><img src='{data_uri(render(r.path, max_side=200))}'>"
+                f"{html.escape(str(r.image_id)[:16])}<br>split: {html.escape(str(r.split))}</div>"
+                for r in g.itertuples())
+            warn = " <span class='warn'>cross-split (train/val/test leakage)</span>" if cross else ""
+            parts.append(f"<div class='group'><b>{html.escape(str(cid))}</b> ({len(g)} images){warn}"
+                         f"<div class='grid'>{cards}</div></div>")
+    else:
+        parts.append("<h2>Duplicate groups</h2><p>none found</p>")
+    if len(images):
+        out = images[images["is_outlier_issue"]].sort_values("outlier_score").head(max_outliers)
+        parts.append(f"<h2>Outliers ({int(images['is_outlier_issue'].sum())})</h2>")
+        parts.append("<div class='grid'>" + "".join(
+            f"<div class='card'><img src='{data_uri(render(r.path, max_side=200))}'>"
+            f"{html.escape(str(r.image_id)[:16])}<br>outlier score {r.outlier_score:.3f}</div>"
+            for r in out.itertuples()) + "</div>" if len(out) else "<p>none</p>")
+        broken = images[images["is_broken_issue"]]
+        parts.append(f"<h2>Broken images ({len(broken)})</h2>")
+        if len(broken):
+            parts.append("<table><tr><th>image</th><th>path</th><th>reason</th></tr>" + "".join(
+                f"<tr><td>{html.escape(str(r.image_id))}</td><td>{html.escape(str(r.path))}</td>"
+                f"<td>{html.escape(str(r.broken_reason))}</td></tr>" for r in broken.itertuples()) + "</table>")
+    return _page("textloop curate: duplicates, outliers, broken images", "".join(parts))
+
+
+def boxes_of(boxes: pd.DataFrame, image_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Given, predicted and flagged boxes of one image from the label_issue_boxes table."""
+    b = boxes[boxes["image_id"] == image_id]
+    xy = ["x0", "y0", "x1", "y1"]
+    given = b.loc[b["source"] == "given", xy].to_numpy(float)
+    pred = b.loc[b["source"] == "predicted", xy].to_numpy(float)
+    flagged = b.loc[b["issue"].astype(str) != "", xy].to_numpy(float)
+    return given, pred, flagged
+
+
+def label_issues_html(images: pd.DataFrame, boxes: pd.DataFrame, max_images: int = 60) -> str:
+    parts = [_legend()]
+    if not len(images):
+        parts.append("<p>No human-labelled image with an out-of-sample prediction yet.</p>")
+        return _page("textloop curate: label issues", "".join(parts))
+    n_issue = int(images["is_label_issue"].sum())
+    parts.append(f"<p>{len(images)} labelled images, {n_issue} suspected label issues; worst first.</p><div class='grid'>")
+    for r in images.sort_values("label_score").head(max_images).itertuples():
+        given, pred, flagged = boxes_of(boxes, r.image_id)
+        im = render(r.path, given, pred, flagged, max_side=320)
+        parts.append(f"<div class='card'><img src='{data_uri(im)}'><b>{html.escape(str(r.image_id)[:16])}</b><br>"
+                     f"label score {r.label_score:.3f} (cleanlab {r.label_quality_score:.3f})<br>"
+                     f"issues: {html.escape(str(r.issues) or '-')}<br>model {html.escape(str(r.model_version))}</div>")
+    parts.append("</div>")
+    return _page("textloop curate: label issues", "".join(parts))
+
+
+# --- `textloop report` ----------------------------------------------------------------------------
+
+_N_KEYS = ("n_labelled", "labelled", "n_human", "human_images", "n_train_human", "train_images", "n_train")
+_NESTS = ("test", "overall", "val", "validation", "metrics", "all")
+
+
+def _find_metric(d: Any, key: str) -> float | None:
+    """`key` at the top level of a metrics dict or one level down (test/overall/val...)."""
+    if not isinstance(d, dict):
+        return None
+    v = d.get(key)
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+        return float(v)
+    for nest in _NESTS:
+        sub = d.get(nest)
+        if isinstance(sub, dict):
+            v = sub.get(key)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                return float(v)
+    return None
+
+
+def learning_curve_table(ws: Any) -> pd.DataFrame:
+    """One row per evaluated model (and per iteration that recorded metrics): the number of
+    labelled images and its text coverage / F1. The number of labels is read from the metrics
+    if recorded there, else counted from the annotations that existed when the row was made."""
+    rows = []
+    with ws.catalog() as cat:
+        models = cat.query("SELECT version, metrics, created_at, promoted FROM models ORDER BY created_at")
+        iters = cat.query("SELECT id, step, counts, metrics, finished_at FROM iterations WHERE status = 'done'"
+                          " ORDER BY id")
+
+        def labelled_at(t: float | None) -> int:
+            if t is None:
+                return 0
+            return int(cat.scalar("SELECT COUNT(DISTINCT image_id) FROM annotations WHERE updated_at <= ?"
+                                  " AND state IN ('submitted', 'empty')", (t,)) or 0)
+
+        for m in models:
+            try:
+                met = json.loads(m["metrics"] or "{}")
+            except ValueError:
+                met = {}
+            cov, f1 = _find_metric(met, "text_coverage"), _find_metric(met, "f1")
+            if cov is None and f1 is None:
+                continue
+            n = next((v for k in _N_KEYS if (v := _find_metric(met, k)) is not None), None)
+            rows.append(("model", m["version"], int(n) if n is not None else labelled_at(m["created_at"]), cov, f1,
+                         bool(m["promoted"])))
+        for it in iters:
+            try:
+                met, counts = json.loads(it["metrics"] or "{}"), json.loads(it["counts"] or "{}")
+            except ValueError:
+                continue
+            cov, f1 = _find_metric(met, "text_coverage"), _find_metric(met, "f1")
+            if cov is None and f1 is None:
+                continue
+            n = next((v for k in _N_KEYS if (v := _find_metric(counts, k) or _find_metric(met, k)) is not None), None)
+            version = met.get("model_version") or f"iteration {it['id']}"
+            rows.append((f"iteration:{it['step']}", str(version), int(n) if n is not None else labelled_at(it["finished_at"]),
+                         cov, f1, False))
+    return pd.DataFrame(rows, columns=["kind", "model_version", "n_labelled", "text_coverage", "f1", "promoted"])
+
+
+def _empty_panel(ax: Any, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=11, color="#555", wrap=True, transform=ax.transAxes)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_learning_curve(curve: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    if not len(curve):
+        _empty_panel(ax, "No evaluated model yet:\ntrain and evaluate one (metrics land in the catalog).")
+    else:
+        c = curve.sort_values("n_labelled")
+        for col, marker in (("text_coverage", "o"), ("f1", "s")):
+            sub = c.dropna(subset=[col])
+            if len(sub):
+                ax.plot(sub["n_labelled"], sub[col], marker=marker, label=col.replace("_", " "))
+                for r in sub.itertuples():
+                    ax.annotate(str(r.model_version)[:14], (r.n_labelled, getattr(r, col)), fontsize=7,
+                                xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel("labelled images")
+        ax.set_ylabel("score")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    ax.set_title("Learning curve (per model version)")
+    fig.tight_layout()
+    _save_fig(fig, path)
+
+
+def plot_ranking(ranking: pd.DataFrame | None, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = [c for c in (ranking.columns if ranking is not None else []) if c.startswith("score_")]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    if ranking is None or not cols or not len(ranking):
+        _empty_panel(ax, "No ranking yet: run `textloop rank`.")
+    else:
+        for c in cols:
+            v = pd.to_numeric(ranking[c], errors="coerce").dropna()
+            if len(v):
+                ax.hist(v, bins=30, alpha=0.5, label=c[len("score_"):])
+        ax.set_xlabel("score (higher = more useful to label)")
+        ax.set_ylabel("images")
+        ax.legend()
+    ax.set_title("Ranking score distribution")
+    fig.tight_layout()
+    _save_fig(fig, path)
+
+
+def plot_gallery(items: list[tuple[Any, str]], path: Path, title: str, empty: str, cols: int = 4) -> None:
+    """A grid of PIL thumbnails with captions."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not items:
+        fig, ax = plt.subplots(figsize=(6.5, 2.5))
+        _empty_panel(ax, empty)
+        ax.set_title(title)
+    else:
+        rows = math.ceil(len(items) / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
+        for ax in axes.ravel():
+            ax.axis("off")
+        for ax, (im, cap) in zip(axes.ravel(), items):
+            ax.imshow(np.asarray(im))
+            ax.set_title(cap, fontsize=8)
+        fig.suptitle(title)
+    fig.tight_layout()
+    _save_fig(fig, path)
+
+
+def _save_fig(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def build_report(ws: Any, iteration: int | str | None = None, max_items: int = 12) -> dict[str, Any]:
+    """Write `reports/report.html` + PNGs (and a copy under `runs/<iteration>/report/`)."""
+    rep_dir = ws.reports_dir
+    curve = learning_curve_table(ws)
+    ranking = read_table(rep_dir, "ranking")
+    clusters = read_table(rep_dir, "duplicate_clusters")
+    issues = read_table(rep_dir, "label_issues")
+    issue_boxes = read_table(rep_dir, "label_issue_boxes")
+    if iteration is None:
+        with ws.catalog() as cat:
+            iteration = cat.scalar("SELECT MAX(id) FROM iterations") or 0
+    out_dirs = [rep_dir, ws.run_dir(iteration) / "report"]
+    pngs = {"learning_curve": "learning_curve.png", "ranking": "ranking_scores.png",
+            "duplicates": "duplicate_clusters.png", "label_issues": "label_issues.png"}
+    tmp = {}
+    for folder in out_dirs:
+        folder.mkdir(parents=True, exist_ok=True)
+    first = out_dirs[0]
+    plot_learning_curve(curve, first / pngs["learning_curve"])
+    plot_ranking(ranking, first / pngs["ranking"])
+    dup_items = []
+    if clusters is not None and len(clusters):
+        order = clusters.groupby("cluster_id")["cross_split"].max().sort_values(ascending=False)
+        for cid in list(order.index)[: max(1, max_items // 2)]:
+            g = clusters[clusters["cluster_id"] == cid].head(2)
+            for r in g.itertuples():
+                dup_items.append((render(r.path, max_side=240), f"{cid[:16]} [{r.split}]"))
+    plot_gallery(dup_items[:max_items], first / pngs["duplicates"], "Duplicate clusters (pairs side by side)",
+                 "No duplicate clusters (or `textloop curate` has not run).")
+    lab_items = []
+    if issues is not None and len(issues) and issue_boxes is not None:
+        for r in issues.sort_values("label_score").head(max_items).itertuples():
+            given, pred, flagged = boxes_of(issue_boxes, r.image_id)
+            lab_items.append((render(r.path, given, pred, flagged, max_side=320),
+                              f"{str(r.image_id)[:12]} score {r.label_score:.2f}\n{r.issues or '-'}"))
+    plot_gallery(lab_items, first / pngs["label_issues"], "Label issues (green given, orange predicted, red flagged)",
+                 "No label issues to show (no human labels with out-of-sample predictions yet).", cols=3)
+    curve_html = curve.to_html(index=False, float_format=lambda v: f"{v:.3f}") if len(curve) else "<p>no evaluated model yet</p>"
+    summary = {}
+    summary_path = rep_dir / "curate_summary.json"
+    if summary_path.exists():
+        try:
+            summary = json.loads(summary_path.read_text())
+        except ValueError:
+            summary = {}
+    body = (f"<p>workspace {html.escape(str(ws.root))}, iteration {html.escape(str(iteration))}</p>"
+            f"<h2>Learning curve</h2><img src='{pngs['learning_curve']}'>{curve_html}"
+            f"<h2>Ranking score distribution</h2><img src='{pngs['ranking']}'>"
+            f"<h2>Duplicate clusters</h2><img src='{pngs['duplicates']}'>"
+            f"<p>Details: <a href='duplicates.html'>duplicates.html</a></p>"
+            f"<h2>Label issues</h2><img src='{pngs['label_issues']}'>"
+            f"<p>Details: <a href='label_issues.html'>label_issues.html</a></p>"
+            f"<h2>Last curation</h2><pre>{html.escape(json.dumps(summary, indent=2))}</pre>")
+    atomic_write_text(first / "report.html", _page("textloop report", body))
+    for folder in out_dirs[1:]:
+        for name in [*pngs.values(), "report.html"]:
+            atomic_write_bytes(folder / name, (first / name).read_bytes())
+        for name in ("duplicates.html", "label_issues.html"):
+            if (first / name).exists():
+                atomic_write_bytes(folder / name, (first / name).read_bytes())
+    tmp.update({k: str(first / v) for k, v in pngs.items()})
+    return {"html": str(first / "report.html"), "run_copy": str(out_dirs[1]), "pngs": tmp,
+            "learning_curve_points": int(len(curve)), "iteration": iteration}

@@ -1,0 +1,120 @@
+"""`textloop curate` as a library call: duplicates + label noise -> reports, actions only with apply.
+
+Writes to `<ws>/reports/` (latest, read by the notebook and `textloop report`) and copies to
+`<ws>/runs/<iteration>/curate/`:
+
+  duplicates.{parquet,csv}          one row per image (cleanvision-style issue columns)
+  duplicate_pairs.{parquet,csv}     exact/near pairs, with `cross_split`
+  duplicate_clusters.{parquet,csv}  one row per member of a duplicate group
+  label_issues.{parquet,csv}        one row per human-labelled image (label_score, issues)
+  label_issue_boxes.{parquet,csv}   one row per given/predicted box (scores, suspected issue)
+  duplicates.html, label_issues.html, curate_summary.json
+  curate_actions.csv                (with apply) every status/split change with its old value
+
+With `apply`, in one catalog transaction per kind: duplicate groups are moved into one split
+and labelled once (other members -> `excluded`), and suspected label issues get status
+`needs_review` (action `review`: `push` re-sends them to Label Studio) or `excluded`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+import pandas as pd
+
+from pipeline.curate.duplicates import (DuplicateConfig, apply_duplicate_actions, find_duplicates,
+                                        plan_duplicate_actions, workspace_images)
+from pipeline.curate.label_noise import LabelNoiseConfig, apply_label_actions, find_label_noise
+from pipeline.curate.report import duplicates_html, label_issues_html, write_table
+from pipeline.formats import atomic_write_bytes, atomic_write_text
+
+log = logging.getLogger("textloop.curate")
+
+
+def run_curate(
+    ws: Any,
+    dup_cfg: DuplicateConfig | None = None,
+    noise_cfg: LabelNoiseConfig | None = None,
+    apply: bool = False,
+    label_action: str = "review",
+    worst: int | None = None,
+    iteration: int | str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    duplicates: bool = True,
+    label_noise: bool = True,
+) -> dict[str, Any]:
+    """Run curation over the workspace; returns a JSON-able summary."""
+    dup_cfg = dup_cfg or DuplicateConfig()
+    noise_cfg = noise_cfg or LabelNoiseConfig()
+    if label_action not in ("review", "exclude"):
+        raise ValueError(f"unknown label action {label_action!r}: use review or exclude")
+    with ws.catalog() as cat:
+        it_id = cat.start_iteration("curate")
+    iteration = it_id if iteration is None else iteration
+    run_dir = ws.run_dir(iteration) / "curate"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    folders = [ws.reports_dir, run_dir]
+    summary: dict[str, Any] = {"iteration": iteration, "engine": dup_cfg.engine, "applied": apply,
+                               "at": time.strftime("%Y-%m-%d %H:%M:%S")}
+    actions: list[pd.DataFrame] = []
+    try:
+        if duplicates:
+            refs = workspace_images(ws)
+            rep = find_duplicates(refs, dup_cfg, progress=progress)
+            with ws.catalog() as cat:
+                statuses = {r["id"]: r["status"] for r in cat.images()}
+            rep.images["status"] = [statuses.get(i, "") for i in rep.images["image_id"]]
+            write_table(rep.images, folders, "duplicates")
+            write_table(rep.pairs, folders, "duplicate_pairs")
+            write_table(rep.clusters, folders, "duplicate_clusters")
+            page = duplicates_html(rep.images, rep.clusters, rep.engine)
+            for f in folders:
+                atomic_write_text(f / "duplicates.html", page)
+            summary["duplicates"] = rep.summary()
+            plan = plan_duplicate_actions(rep, statuses)
+            summary["duplicates"]["planned_split_moves"] = int((plan["old_split"] != plan["new_split"]).sum())
+            summary["duplicates"]["planned_exclusions"] = int((plan["old_status"] != plan["new_status"]).sum())
+            if apply and len(plan):
+                summary["duplicates"]["applied"] = apply_duplicate_actions(ws, plan)
+                changed = plan[(plan["old_split"] != plan["new_split"]) | (plan["old_status"] != plan["new_status"])]
+                actions.append(changed.assign(kind="duplicate", label_score=float("nan"), issues=""))
+        if label_noise:
+            noise = find_label_noise(ws, noise_cfg)
+            write_table(noise.images, folders, "label_issues")
+            write_table(noise.boxes, folders, "label_issue_boxes")
+            page = label_issues_html(noise.images, noise.boxes)
+            for f in folders:
+                atomic_write_text(f / "label_issues.html", page)
+            summary["label_noise"] = noise.summary()
+            summary["label_noise"]["method"] = noise_cfg.method
+            if apply and len(noise.images):
+                changed = apply_label_actions(ws, noise, label_action, worst)
+                summary["label_noise"]["applied"] = {"action": label_action, "changed": int(len(changed))}
+                if len(changed):
+                    actions.append(changed.assign(kind=f"label_{label_action}"))
+        if actions:
+            table = pd.concat(actions, ignore_index=True)
+            for f in folders:
+                atomic_write_bytes(f / "curate_actions.csv", table.to_csv(index=False).encode())
+        summary["config"] = {"duplicates": asdict(dup_cfg), "label_noise": asdict(noise_cfg)}
+        text = json.dumps(summary, indent=2, default=str)
+        for f in folders:
+            atomic_write_text(f / "curate_summary.json", text)
+    except BaseException:
+        with ws.catalog() as cat:
+            cat.finish_iteration(it_id, status="failed")
+        raise
+    counts = {"images": summary.get("duplicates", {}).get("images", 0),
+              "labelled": summary.get("label_noise", {}).get("labelled_images", 0),
+              "label_issues": summary.get("label_noise", {}).get("label_issues", 0),
+              "duplicate_groups": summary.get("duplicates", {}).get("duplicate_groups", 0)}
+    with ws.catalog() as cat:
+        cat.finish_iteration(it_id, counts=counts, metrics={"engine": dup_cfg.engine, "applied": apply})
+    summary["reports"] = str(ws.reports_dir)
+    summary["run_dir"] = str(run_dir)
+    return summary

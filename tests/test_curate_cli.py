@@ -1,0 +1,143 @@
+"""`textloop curate` and `textloop report` end to end on a small generated workspace."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from typer.testing import CliRunner
+
+from pipeline.cli.app import app
+from pipeline.curate.testdata import inject_error, make_pool
+from pipeline.harvest import harvest
+from pipeline.predict import sha256_file
+from pipeline.workspace import Workspace
+
+
+def build_workspace(root: Path, seed: int = 0) -> tuple[Workspace, dict]:
+    """A workspace with a planted pool (exact/near duplicate, outlier, broken file rejected at
+    harvest), the near pair split across train/test, and human labels + earlier predictions
+    on every page, three of them with planted label errors. Used by the notebook test too."""
+    import time
+
+    from pipeline.catalog import dumps
+
+    pool = make_pool(root / "src", n=16, seed=seed)
+    ws = Workspace.open(root / "ws")
+    harvest(ws, [str(pool.folder)])
+    ids = {p.name: sha256_file(p) for p in pool.files if p.name != pool.broken}
+    near_a, near_b = (ids[n] for n in pool.near)
+    rng = np.random.default_rng(seed)
+    planted = {}
+    t0 = time.time()
+    with ws.catalog() as cat, cat.transaction() as tx:
+        tx.execute("UPDATE images SET split = 'train' WHERE id = ?", (near_a,))
+        tx.execute("UPDATE images SET split = 'test' WHERE id = ?", (near_b,))
+        for k, (name, iid) in enumerate(sorted(ids.items())):
+            true = np.asarray(pool.boxes[name], float).reshape(-1, 4)
+            if not len(true):
+                continue
+            pred = true + rng.normal(0, 1.0, true.shape)
+            given = true
+            kind = {2: "drop", 5: "shift", 8: "add"}.get(k)
+            if kind:
+                given, kind = inject_error(true, 320, 240, kind, rng)
+                planted[iid] = kind
+            tx.execute("INSERT INTO predictions(image_id, model_version, boxes, scores, labels, created_at)"
+                       " VALUES (?,?,?,?,?,?)", (iid, "ppocr-test", dumps(np.round(pred, 2).tolist()),
+                                                 dumps([0.95] * len(pred)), dumps([0] * len(pred)), t0))
+            tx.execute("INSERT INTO annotations(image_id, source, ls_annotation_id, boxes, labels, updated_at,"
+                       " pulled_at) VALUES (?,?,?,?,?,?,?)", (iid, "labelstudio", k, dumps(np.round(given, 2).tolist()),
+                                                              dumps([0] * len(given)), t0 + 10, t0 + 10))
+            tx.execute("UPDATE images SET status = 'labelled' WHERE id = ?", (iid,))
+    return ws, {"ids": ids, "pool": pool, "planted": planted}
+
+
+def test_curate_reports_then_apply(tmp_path: Path) -> None:
+    ws, info = build_workspace(tmp_path)
+    ids, pool = info["ids"], info["pool"]
+    runner = CliRunner()
+    res = runner.invoke(app, ["--workspace", str(ws.root), "--json", "curate"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output)
+    assert summary["duplicates"]["cross_split_groups"] == 1
+    assert summary["label_noise"]["labelled_images"] >= 10
+    for name in ("duplicates", "duplicate_pairs", "duplicate_clusters", "label_issues", "label_issue_boxes"):
+        assert (ws.reports_dir / f"{name}.parquet").exists() and (ws.reports_dir / f"{name}.csv").exists()
+        assert (Path(summary["run_dir"]) / f"{name}.parquet").exists()
+    html = (ws.reports_dir / "duplicates.html").read_text()
+    assert "data:image/jpeg;base64" in html and "cross-split" in html
+    issues = pd.read_parquet(ws.reports_dir / "label_issues.parquet")
+    assert set(issues["image_id"][:3]) == set(info["planted"])
+    # reports only: nothing changed
+    with ws.catalog() as cat:
+        before = {r["id"]: (r["split"], r["status"]) for r in cat.images()}
+    assert before[ids[pool.near[1]]][0] == "test"
+
+    res = runner.invoke(app, ["--workspace", str(ws.root), "--json", "curate", "--apply", "--worst", "3"])
+    assert res.exit_code == 0, res.output
+    with ws.catalog() as cat:
+        after = {r["id"]: (r["split"], r["status"]) for r in cat.images()}
+    # the near pair is in one split now; the exact pair too
+    assert after[ids[pool.near[0]]][0] == after[ids[pool.near[1]]][0]
+    assert after[ids[pool.exact[0]]][0] == after[ids[pool.exact[1]]][0]
+    # three worst label issues went back for review
+    assert {i for i, (_, s) in after.items() if s == "needs_review"} == set(info["planted"])
+    actions = pd.read_csv(Path(json.loads(res.output)["run_dir"]) / "curate_actions.csv")
+    assert len(actions) >= 4
+    # rerun is idempotent: no more changes
+    res = runner.invoke(app, ["--workspace", str(ws.root), "--json", "curate", "--apply", "--worst", "3"])
+    with ws.catalog() as cat:
+        again = {r["id"]: (r["split"], r["status"]) for r in cat.images()}
+    assert again == after
+
+
+def test_duplicate_group_labelled_once(tmp_path: Path) -> None:
+    pool = make_pool(tmp_path / "src", n=8, seed=5, broken=False)
+    ws = Workspace.open(tmp_path / "ws")
+    harvest(ws, [str(pool.folder)])
+    res = CliRunner().invoke(app, ["--workspace", str(ws.root), "--json", "curate", "--apply"])
+    assert res.exit_code == 0, res.output
+    a, b = sha256_file(pool.folder / pool.exact[0]), sha256_file(pool.folder / pool.exact[1])
+    with ws.catalog() as cat:
+        st = {r["id"]: r["status"] for r in cat.images()}
+    assert sorted([st[a], st[b]]) == ["excluded", "new"]
+
+
+def test_report_on_empty_and_curated_workspace(tmp_path: Path) -> None:
+    runner = CliRunner()
+    empty = tmp_path / "empty"
+    res = runner.invoke(app, ["--workspace", str(empty), "--json", "report"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert Path(out["html"]).exists() and out["learning_curve_points"] == 0
+    for png in out["pngs"].values():
+        assert Path(png).read_bytes()[:4] == b"\x89PNG"
+
+    ws, _ = build_workspace(tmp_path / "full")
+    import time
+
+    from pipeline.catalog import dumps
+    with ws.catalog() as cat, cat.transaction() as tx:
+        tx.execute("INSERT INTO models(version, kind, path, metrics, created_at, promoted) VALUES (?,?,?,?,?,1)",
+                   ("frcnn-1", "fasterrcnn", "models/x/bundle.zip", dumps({"f1": 0.5, "text_coverage": 0.7}), time.time()))
+    assert runner.invoke(app, ["--workspace", str(ws.root), "curate"]).exit_code == 0
+    res = runner.invoke(app, ["--workspace", str(ws.root), "--json", "report"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["learning_curve_points"] == 1
+    page = Path(out["html"]).read_text()
+    assert "learning_curve.png" in page and "label_issues.png" in page
+    assert (Path(out["run_copy"]) / "report.html").exists()
+
+
+def test_fastdup_missing_is_one_line_error(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("TEXTLOOP_FASTDUP_PYTHON", str(tmp_path / "missing" / "python"))
+    pool = make_pool(tmp_path / "src", n=4, broken=False)
+    ws = Workspace.open(tmp_path / "ws")
+    harvest(ws, [str(pool.folder)])
+    res = CliRunner().invoke(app, ["--workspace", str(ws.root), "curate", "--engine", "fastdup"])
+    assert res.exit_code == 1
+    assert "fastdup interpreter not found" in res.output
