@@ -23,13 +23,13 @@ def register(app: typer.Typer) -> None:
 
 
 def _connect(ws_root: Path):
-    """LABEL_STUDIO_URL (env/.env) if set, else the server `studio up` started, else the default."""
+    """LABEL_STUDIO_URL from the environment, else the server `studio up` started for this
+    workspace, else LABEL_STUDIO_URL from .env, else the default."""
     import os
 
-    from pipeline.studio.client import read_dotenv
     from pipeline.studio.launcher import read_info
 
-    url = os.environ.get("LABEL_STUDIO_URL") or read_dotenv().get("LABEL_STUDIO_URL")
+    url = os.environ.get("LABEL_STUDIO_URL")
     if not url:
         info = read_info(ws_root)
         url = info.url if info else None
