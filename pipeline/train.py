@@ -253,8 +253,9 @@ def validate(detector: FasterRCNNDetector, val: Sequence[Sample], threshold: flo
 
 
 def _metric(metrics: dict[str, Any], key: str) -> float:
+    """The early-stopping value; undefined (NaN, e.g. F1 of a model that finds nothing yet) counts as 0."""
     v = metrics.get(key)
-    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else -math.inf
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else 0.0
 
 
 # --- the loop ---------------------------------------------------------------------------------
@@ -371,15 +372,15 @@ def train(cfg: TrainConfig, synth: Sequence[Sample] = (), human: Sequence[Sample
         over_budget = time.monotonic() > deadline
         if end_of_epoch or over_budget or step == total:
             metrics = {}
-            if val and (end_of_epoch or step == total):
+            if val:  # every epoch end, and on a budget stop so the last partial epoch can win too
                 det = FasterRCNNDetector(model, cfg.model, version="training")
                 metrics = validate(det, val, cfg.val_threshold)
                 model.train()
                 m = _metric(metrics, cfg.val_metric)
-                if m > best + cfg.min_delta:
-                    best, bad_epochs = m, 0
+                if m > best + cfg.min_delta or best_state is None:
+                    best, bad_epochs = max(m, best), 0
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                else:
+                elif best > 0:  # patience only counts once the model has found something
                     bad_epochs += 1
                 history.append({"epoch": step // cfg.steps_per_epoch, "step": step, "val": metrics,
                                 "seconds": time.monotonic() - start})
