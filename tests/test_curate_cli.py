@@ -62,7 +62,10 @@ def test_curate_reports_then_apply(tmp_path: Path) -> None:
     res = runner.invoke(app, ["--workspace", str(ws.root), "--json", "curate"])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.output)
-    assert summary["duplicates"]["cross_split_groups"] == 1
+    assert summary["duplicates"]["cross_split_groups"] >= 1
+    pairs = pd.read_parquet(ws.reports_dir / "duplicate_pairs.parquet")
+    near = {ids[pool.near[0]], ids[pool.near[1]]}
+    assert [r.cross_split for r in pairs.itertuples() if {r.image_a, r.image_b} == near] == [True]
     assert summary["label_noise"]["labelled_images"] >= 10
     for name in ("duplicates", "duplicate_pairs", "duplicate_clusters", "label_issues", "label_issue_boxes"):
         assert (ws.reports_dir / f"{name}.parquet").exists() and (ws.reports_dir / f"{name}.csv").exists()

@@ -8,13 +8,15 @@ LOWER means a more severe issue, and `is_<issue>_issue` booleans):
   (exact duplicates: identical decoded pixels, whatever the file format), perceptual hashes
   (`imagehash` phash + dhash) and a small fixed embedding (tiny grey image, colour histogram
   and gradient-orientation histograms; no model, nothing downloaded). Near duplicates need a
-  close phash AND a high embedding cosine similarity; outliers are images whose mean
-  similarity to their k nearest neighbours is a robust (median/MAD) outlier.
+  close phash AND a high embedding cosine similarity; outliers are images much farther from
+  their k nearest neighbours than those neighbours are from theirs (a simplified local
+  outlier factor over the embedding plus pool-standardised colour/texture statistics).
 - `fastdup` (CC BY-NC-ND 4.0: non-commercial use only): runs `fastdup_worker.py` with the
   interpreter of its own venv (`TEXTLOOP_FASTDUP_PYTHON`, default `<repo>/.venv-fastdup/bin/python`),
   with telemetry off. Its similarity pairs give near duplicates, its embeddings give the
   outlier score (same robust rule as the permissive engine, so the two are comparable),
-  its invalid-instance list gives broken images; exact duplicates are equal file bytes or
+  its invalid-instance list gives broken images (its own bottom-percentile outlier flag is
+  kept as the `fastdup_outlier` column); exact duplicates are equal file bytes or
   fastdup similarity >= `exact_similarity`.
 
 Results are keyed by `image_id`, never by row position, so an image that fails to load
@@ -63,7 +65,7 @@ class DuplicateConfig:
     fastdup_near_similarity: float = 0.96  # fastdup: min similarity for a near duplicate (its own cc default)
     exact_similarity: float = 0.9999     # fastdup: similarity that counts as an exact duplicate
     outlier_k: int = 5                   # neighbours used for the outlier score
-    outlier_z: float = 3.5               # robust z-score above which an image is an outlier
+    outlier_ratio: float = 2.5           # kNN distance / its neighbours' kNN distance above which: outlier
     workers: int = 2
     fastdup_python: str | None = None    # default: $TEXTLOOP_FASTDUP_PYTHON or <repo>/.venv-fastdup/bin/python
     fastdup_threads: int = 2
@@ -271,7 +273,7 @@ def _permissive_features(images: Sequence[ImageRef], cfg: DuplicateConfig,
         med = np.median(S, axis=0)
         mad = np.median(np.abs(S - med), axis=0) * 1.4826
         Z = np.clip((S - med) / np.maximum(mad, 1e-3 + 0.05 * np.abs(med)), -20, 20) / np.sqrt(S.shape[1])
-        X = np.concatenate([E, 0.5 * Z.astype(np.float32)], axis=1)
+        X = np.concatenate([E, 1.0 * Z.astype(np.float32)], axis=1)
     return _Features(broken, exact, pairs, ok_ids, E, outlier_space=X, extra_cols={"phash": phash_hex})
 
 
@@ -425,37 +427,39 @@ class _UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-def knn_outlier_scores(X: np.ndarray, groups: Sequence[int] | None = None, k: int = 5, z_threshold: float = 3.5
+def knn_outlier_scores(X: np.ndarray, groups: Sequence[int] | None = None, k: int = 5, ratio_threshold: float = 2.0
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean Euclidean distance to the k nearest neighbours, its robust z-score, and a [0,1] score.
+    """Mean distance to the k nearest neighbours, its ratio to the same quantity of those
+    neighbours (a simplified local outlier factor: ~1 inside any cluster, dense or loose), and
+    a [0,1] score = exp(-max(ratio - 1, 0) / (ratio_threshold - 1)) (e^-1 at the threshold).
 
-    Score = exp(-max(z, 0) / z_threshold): 1 for typical images, e^-1 at the threshold. Members
-    of the same duplicate group (`groups`, one int per row, -1 = none) are not each other's
-    neighbours, so a duplicated outlier is still an outlier.
+    Members of the same duplicate group (`groups`, one int per row, -1 = none) are not each
+    other's neighbours, so a duplicated outlier is still an outlier.
     """
     n = len(X)
     if n < 4:
-        return np.zeros(n), np.zeros(n), np.ones(n)
+        return np.zeros(n), np.ones(n), np.ones(n)
     g = np.asarray(groups if groups is not None else [-1] * n)
     k = max(1, min(k, n - 2))
-    sq = (X.astype(np.float64) ** 2).sum(axis=1)
+    Xd = X.astype(np.float64)
+    sq = (Xd ** 2).sum(axis=1)
     knn = np.zeros(n, dtype=np.float64)
+    nbrs = np.zeros((n, k), dtype=np.int64)
     block = 1024
     for s in range(0, n, block):
         e = min(n, s + block)
-        d2 = np.maximum(sq[s:e, None] + sq[None, :] - 2.0 * (X[s:e].astype(np.float64) @ X.T.astype(np.float64)), 0.0)
+        d2 = np.maximum(sq[s:e, None] + sq[None, :] - 2.0 * (Xd[s:e] @ Xd.T), 0.0)
         d2[np.arange(e - s), np.arange(s, e)] = np.inf
         same = (g[s:e, None] == g[None, :]) & (g[s:e, None] >= 0)
         d2[same] = np.inf
-        part = np.partition(d2, k - 1, axis=1)[:, :k]
+        idx = np.argpartition(d2, k - 1, axis=1)[:, :k]
+        part = np.take_along_axis(d2, idx, axis=1)
+        nbrs[s:e] = idx
         part = np.where(np.isfinite(part), np.sqrt(part), np.nan)
         knn[s:e] = np.nan_to_num(np.nanmean(part, axis=1), nan=0.0)
-    med = float(np.median(knn))
-    mad = float(np.median(np.abs(knn - med))) * 1.4826
-    mad = max(mad, 1e-6, 0.05 * med)
-    z = (knn - med) / mad
-    score = np.exp(-np.clip(z, 0, None) / z_threshold)
-    return knn, z, score
+    ratio = knn / np.maximum(knn[nbrs].mean(axis=1), 1e-9)
+    score = np.exp(-np.clip(ratio - 1.0, 0, None) / max(ratio_threshold - 1.0, 1e-6))
+    return knn, ratio, score
 
 
 def _assemble(images: Sequence[ImageRef], f: _Features, cfg: DuplicateConfig) -> DuplicateReport:
@@ -473,7 +477,7 @@ def _assemble(images: Sequence[ImageRef], f: _Features, cfg: DuplicateConfig) ->
                 best[x] = (s, y)
             (exact_ids if kind == "exact" else near_ids).add(x)
     pairs = pd.DataFrame(
-        [(a, b, s, kind, split[a], split[b], split[a] != split[b]) for a, b, s, kind in f.pairs],
+        [(a, b, min(s, 1.0), kind, split[a], split[b], split[a] != split[b]) for a, b, s, kind in f.pairs],
         columns=["image_a", "image_b", "similarity", "kind", "split_a", "split_b", "cross_split"],
     ).astype({"similarity": float, "cross_split": bool})
     pairs = pairs.sort_values(["kind", "similarity"], ascending=[True, False], ignore_index=True)
@@ -481,7 +485,7 @@ def _assemble(images: Sequence[ImageRef], f: _Features, cfg: DuplicateConfig) ->
     root_num: dict[str, int] = {}
     gids = [root_num.setdefault(uf.find(i), len(root_num)) if i in uf.parent else -1 for i in f.embed_ids]
     X = f.outlier_space if f.outlier_space is not None else f.embeddings
-    knn_d, z, oscore = knn_outlier_scores(X, gids, cfg.outlier_k, cfg.outlier_z)
+    knn_d, z, oscore = knn_outlier_scores(X, gids, cfg.outlier_k, cfg.outlier_ratio)
     out_by_id = {iid: (float(knn_d[i]), float(z[i]), float(oscore[i])) for i, iid in enumerate(f.embed_ids)}
 
     groups: dict[str, list[str]] = {}
@@ -514,15 +518,15 @@ def _assemble(images: Sequence[ImageRef], f: _Features, cfg: DuplicateConfig) ->
             "is_exact_duplicates_issue": iid in exact_ids,
             "exact_duplicates_score": 0.0 if iid in exact_ids else 1.0,
             "is_near_duplicates_issue": iid in near_ids and iid not in exact_ids,
-            "near_duplicates_score": float(1.0 - s) if nn is not None else 1.0,
+            "near_duplicates_score": float(np.clip(1.0 - s, 0.0, 1.0)) if nn is not None else 1.0,
             "nearest_duplicate": nn or "",
-            "duplicate_similarity": float(s) if nn is not None else np.nan,
+            "duplicate_similarity": float(min(s, 1.0)) if nn is not None else np.nan,
             "cluster_id": cluster_of.get(iid, ""),
             "cluster_size": int(len(groups[uf.find(iid)])) if iid in cluster_of else 1,
             "cross_split_duplicate": cluster_of.get(iid) in cross_clusters,
             "outlier_score": os_ if not is_broken else np.nan,
-            "is_outlier_issue": bool(not is_broken and np.isfinite(zz) and zz > cfg.outlier_z),
-            "knn_distance": ks, "outlier_z": zz,
+            "is_outlier_issue": bool(not is_broken and np.isfinite(zz) and zz > cfg.outlier_ratio),
+            "knn_distance": ks, "outlier_ratio": zz,
         }
         for col, values in f.extra_cols.items():
             row[col] = values.get(iid, False if col == "fastdup_outlier" else "")
@@ -533,7 +537,7 @@ def _assemble(images: Sequence[ImageRef], f: _Features, cfg: DuplicateConfig) ->
                                    "is_exact_duplicates_issue", "exact_duplicates_score", "is_near_duplicates_issue",
                                    "near_duplicates_score", "nearest_duplicate", "duplicate_similarity", "cluster_id",
                                    "cluster_size", "cross_split_duplicate", "outlier_score", "is_outlier_issue",
-                                   "knn_distance", "outlier_z"])
+                                   "knn_distance", "outlier_ratio"])
     return DuplicateReport(cfg.engine, df, pairs, clusters,
                            extra={"embeddings": f.embeddings, "embedding_ids": list(f.embed_ids)})
 

@@ -73,13 +73,13 @@ def _background(kind: str, rng: np.random.Generator, size: tuple[int, int]) -> t
     return im, ink
 
 
-def text_page(seed: int, size: tuple[int, int] = (320, 240), n_lines: int | None = None, kind: str | None = None
-              ) -> tuple[Image.Image, list[list[float]]]:
+def text_page(seed: int, size: tuple[int, int] = (320, 240), n_lines: int | None = None, kind: str | None = None,
+              kinds: tuple[str, ...] = KINDS) -> tuple[Image.Image, list[list[float]]]:
     """An image with text lines (paper, screenshot, photo or microscopy-like background);
     returns the image and the pixel xyxy box of every line."""
     rng = np.random.default_rng(seed)
     w, h = size
-    kind = kind or KINDS[int(rng.integers(0, len(KINDS)))]
+    kind = kind or kinds[int(rng.integers(0, len(kinds)))]
     im, ink = _background(kind, rng, size)
     d = ImageDraw.Draw(im)
     if rng.random() < 0.5:
@@ -145,14 +145,14 @@ class PlantedPool:
 
 
 def make_pool(folder: Path, n: int = 24, seed: int = 0, size: tuple[int, int] = (320, 240), near_scale: float = 0.9, near_quality: int = 75,
-              broken: bool = True) -> PlantedPool:
+              broken: bool = True, kinds: tuple[str, ...] = ("paper", "screenshot")) -> PlantedPool:
     """`n` distinct pages plus planted problems: an exact duplicate (PNG of a JPEG's pixels),
     a near duplicate (`near_scale` size, JPEG `near_quality`), an outlier and (optionally) a truncated file."""
     folder.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
     boxes: dict[str, list[list[float]]] = {}
     for i in range(n):
-        im, b = text_page(seed * 100_003 + i, size)
+        im, b = text_page(seed * 100_003 + i, size, kinds=kinds)
         p = folder / f"page_{i:03d}.jpg"
         p.write_bytes(jpeg(im))
         files.append(p)
