@@ -100,3 +100,28 @@ def test_backgrounds_folder_is_used(tmp_path: Path) -> None:
     r = synth_image(0, cfg, list_images(tmp_path / "bg"))
     assert len(r.boxes) == 0
     assert (np.abs(r.image.astype(int) - (10, 200, 30)) <= 1).all()
+
+
+def test_workspace_backgrounds_only_text_free_images(ws, tmp_path: Path) -> None:
+    """Only images the detector finds empty (or humans verified empty) become backgrounds."""
+    from PIL import Image
+
+    from pipeline.boxes import Detections
+    from pipeline.config import HarvestConfig
+    from pipeline.harvest import harvest
+    from pipeline.synth import workspace_backgrounds
+
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray(np.full((40, 60, 3), 200, np.uint8)).save(src / "clean.png")
+    Image.fromarray(np.full((40, 60, 3), 10, np.uint8)).save(src / "texty.png")
+    harvest(ws, [str(src)], HarvestConfig())
+
+    class Fake:
+        name, version = "fake", "fake-1"
+
+        def detect(self, images):
+            return [Detections([[1, 1, 9, 9]], [0.9]) if im.mean() < 100 else Detections() for im in images]
+
+    bgs = workspace_backgrounds(ws, detector=Fake())
+    assert len(bgs) == 1 and load_rgb(bgs[0]).mean() > 100
