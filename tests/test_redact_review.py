@@ -19,13 +19,13 @@ from tests.test_redact import BOXES, FakeDetector, H, W, covered_mask, rgb_noise
 
 
 class ScoreByImage(FakeDetector):
-    """Sure of images whose top-left pixel is even, unsure (0.45) of one box elsewhere."""
+    """Sure of images whose top-left pixel is even, unsure (0.35) of one box elsewhere."""
 
     def detect(self, images):
         out = super().detect(images)
         for im, d in zip(images, out):
             if im[0, 0, 0] % 2:
-                d.scores[1] = 0.45
+                d.scores[1] = 0.35
         return out
 
 
@@ -61,14 +61,14 @@ def test_review_holds_uncertain_images_and_from_review_finishes_them(setup):
     assert code == 0 and s["redacted"] == 1 and s["held_for_review"] == 1
     assert (out / "sure.png").exists() and not (out / "unsure.png").exists()       # held back
     sc = json.loads((tmp_path / "out.audit" / "sidecars" / "unsure.png.json").read_text())
-    assert sc["status"] == "held" and sc["pages"][0]["scores"] == [0.9, 0.45]
+    assert sc["status"] == "held" and sc["pages"][0]["scores"] == [0.9, 0.35]
     sha = hashlib.sha256((src / "unsure.png").read_bytes()).hexdigest()
     assert pushed == [([sha], "fake-1")]
     ws = Workspace.open(tmp_path / "ws")
     with ws.catalog() as cat:
         assert cat.image(sha) is not None                                          # harvested into the workspace
         pred = cat.query("SELECT boxes, scores FROM predictions WHERE image_id = ? AND model_version = 'fake-1'", (sha,))
-        assert json.loads(pred[0]["scores"]) == [0.9, 0.45]
+        assert json.loads(pred[0]["scores"]) == [0.9, 0.35]
 
     # not reviewed yet: still held, nothing written
     code, s = _cli(tmp_path, str(src), str(out), "--from-review")
