@@ -499,7 +499,8 @@ def test_fail_fast_stops_early(tmp_path, fake):
 def test_dry_run_writes_nothing_and_glob_and_single_file(tmp_path, fake):
     src = make_tree(tmp_path / "in")
     r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "--json", "redact", str(src), str(tmp_path / "out"), "--dry-run"])
-    assert r.exit_code == 0 and json.loads(r.stdout)["dry_run"] == 5
+    dry = json.loads(r.stdout)
+    assert r.exit_code == 0 and dry["dry_run"] == 5 and dry["would_redact"][0]["boxes"] == [BOXES]
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.audit").exists()
     r = cli(tmp_path, "redact", str(src / "**" / "*.png"), str(tmp_path / "g"))
     assert r.exit_code == 0 and sorted(sha_tree(tmp_path / "g")) == ["a.png"]

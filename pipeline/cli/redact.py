@@ -164,6 +164,9 @@ def redact_cmd(
         summary["review"] = review_info
     if failed_early:
         summary["stopped_early"] = True
+    if dry_run:
+        summary["would_redact"] = [{"input": r.rel, "pages": r.pages, "boxes": r.boxes, "scores": r.scores}
+                                   for r in sorted(results, key=lambda r: r.rel) if r.status == "dry_run"]
     if not dry_run:
         summary["manifest"] = rr.write_manifest(audit_dir, results)
         rr.atomic_write_text(audit_dir / "summary.json", __import__("json").dumps(summary, indent=1, default=str) + "\n")
