@@ -408,3 +408,98 @@ def train(cfg: TrainConfig, synth: Sequence[Sample] = (), human: Sequence[Sample
 def losses_of(history: Sequence[dict[str, Any]]) -> list[float]:
     return [h["loss"] for h in history if "loss" in h]
 
+
+
+# --- the workspace stage (used by `textloop train` and `textloop iterate`) -----------------------
+
+def resolve_parent(ws: Any, parent: str) -> tuple[Path | None, str | None]:
+    """(bundle path, version) of the model to fine-tune, or (None, None) to train from scratch.
+
+    parent: `auto` (the current fasterrcnn model, else scratch), `none`, `current` (must exist),
+    a registered version, or a bundle.zip path. Raises ValueError with a one-line reason."""
+    if parent == "none":
+        return None, None
+    with ws.catalog() as cat:
+        if parent in ("auto", "current"):
+            row = cat.current_model()
+            if row is None or row["kind"] != "fasterrcnn":
+                if parent == "current":
+                    raise ValueError("no current fasterrcnn model to fine-tune; train from scratch with --parent none")
+                return None, None
+        else:
+            rows = cat.query("SELECT * FROM models WHERE version = ?", (parent,))
+            if not rows:
+                path = Path(parent)
+                if path.suffix == ".zip" and path.exists():
+                    from pipeline.bundle import read_bundle_meta
+
+                    return path, str(read_bundle_meta(path)["config"]["version"])
+                raise ValueError(f"parent {parent!r}: not a registered model version nor a bundle.zip")
+            row = rows[0]
+    return ws.abspath(row["path"]), row["version"]
+
+
+def workspace_training_data(ws: Any, synth_sets: Sequence[str] = ("default",), synth_images: int = 400,
+                            seed: int = 0, say: Callable[[str], None] = log.info
+                            ) -> tuple[list[Sample], list[Sample], list[Sample], str]:
+    """(synthetic, human train, validation, description of the validation source).
+
+    Missing synthetic sets are generated; without labelled val images a held-out synthetic set
+    is the validation set (and the caller is told so)."""
+    from pipeline.synth import SynthConfig, generate
+
+    synth: list[Sample] = []
+    for name in synth_sets:
+        d = ws.root / "synth" / name
+        if not (d / "boxes.jsonl").exists():
+            say(f"generating synthetic set {name!r} ({synth_images} images)")
+            generate(d, SynthConfig(n_images=synth_images, seed=seed))
+        synth += samples_from_jsonl(d / "boxes.jsonl", f"synth/{name}/")
+    human = workspace_samples(ws, "train")
+    val = workspace_samples(ws, "val")
+    val_source = "workspace val split"
+    if not val:
+        d = ws.root / "synth" / f"_val-{seed}"
+        if not (d / "boxes.jsonl").exists():
+            generate(d, SynthConfig(n_images=16, seed=seed + 1000))
+        val = samples_from_jsonl(d / "boxes.jsonl", "synth/_val/")
+        val_source = "held-out synthetic set (no labelled val images yet)"
+    return synth, human, val, val_source
+
+
+def train_workspace(ws: Any, cfg: TrainConfig, synth: Sequence[Sample], human: Sequence[Sample],
+                    val: Sequence[Sample], val_source: str, parent_version: str | None,
+                    promote: bool | None = None, progress: Callable[[int, int, dict[str, Any]], None] | None = None,
+                    ) -> dict[str, Any]:
+    """Train, save the bundle, register it (promoted only if asked, or if nothing is current) and
+    log the run in `iterations`. Returns a JSON-able summary; raises TrainingError."""
+    from pipeline.bundle import register_model, save_bundle
+    from pipeline.evaluate import json_safe
+
+    with ws.catalog() as cat:
+        iteration = cat.start_iteration("train")
+    try:
+        result = train(cfg, synth, human, val, progress=progress)
+    except (TrainingError, KeyboardInterrupt) as exc:
+        with ws.catalog() as cat:
+            cat.finish_iteration(iteration, "failed", metrics={"error": str(exc) or "interrupted"})
+        raise
+    bundle = Path(cfg.out_dir) / "bundle.zip"
+    version = save_bundle(bundle, result.model, result.config.model, result.metrics, result.train_keys,
+                          parent=parent_version, extra={"train": {"steps": result.steps, "stopped": result.stopped,
+                                                                  "seconds": round(result.seconds, 1),
+                                                                  "val_source": val_source}})
+    with ws.catalog() as cat:
+        has_current = cat.current_model() is not None
+    do_promote = promote if promote is not None else not has_current
+    register_model(ws, bundle, parent=parent_version, promote=do_promote)
+    summary = {"version": version, "parent": parent_version, "promoted": do_promote, "steps": result.steps,
+               "epochs": result.epochs, "stopped": result.stopped, "minutes": round(result.seconds / 60, 2),
+               "peak_rss_mb": round(result.peak_rss_mb), "val_source": val_source, "metrics": json_safe(result.metrics),
+               "bundle": str(ws.models_dir / version / "bundle.zip"), "checkpoint": str(result.checkpoint),
+               "synthetic": len(synth), "human": len(human), "val": len(val)}
+    with ws.catalog() as cat:
+        cat.finish_iteration(iteration, "done", counts={"synthetic": len(synth), "human": len(human),
+                                                        "val": len(val), "steps": result.steps},
+                             metrics={"version": version, **(json_safe(result.metrics) or {})})
+    return summary

@@ -92,34 +92,6 @@ def synth_cmd(
 
 # --- train -----------------------------------------------------------------------------------
 
-def _resolve_parent(st: AppState, parent: str) -> tuple[Optional[Path], Optional[str]]:
-    """(bundle path, version) of the parent model, or (None, None) to train from scratch."""
-    ws = st.ws()
-    if parent == "none":
-        return None, None
-    with ws.catalog() as cat:
-        if parent in ("auto", "current"):
-            row = cat.current_model()
-            if row is None or row["kind"] != "fasterrcnn":
-                if parent == "current":
-                    fail("no current fasterrcnn model to fine-tune; train from scratch with --parent none")
-                return None, None
-        else:
-            rows = cat.query("SELECT * FROM models WHERE version = ?", (parent,))
-            if not rows:
-                path = Path(parent)
-                if path.suffix == ".zip" and path.exists():
-                    from pipeline.bundle import read_bundle_meta
-
-                    try:
-                        return path, str(read_bundle_meta(path)["config"]["version"])
-                    except ValueError as exc:
-                        fail(str(exc))
-                fail(f"parent {parent!r}: not a registered model version nor a bundle.zip")
-            row = rows[0]
-    return ws.abspath(row["path"]), row["version"]
-
-
 def train_cmd(
     ctx: typer.Context,
     synth: List[str] = typer.Option(["default"], help="Synthetic set(s) under <workspace>/synth/ (generated if missing)."),
@@ -143,10 +115,8 @@ def train_cmd(
                                            help="Make the new model current (default: only if none is current)."),
 ) -> None:
     """Train a Faster R-CNN text detector on synthetic + human-labelled images and register it as a model."""
-    from pipeline.bundle import register_model, save_bundle
     from pipeline.detectors.fasterrcnn import FasterRCNNConfig
-    from pipeline.synth import SynthConfig, generate
-    from pipeline.train import TrainConfig, TrainingError, samples_from_jsonl, train, workspace_samples
+    from pipeline.train import TrainConfig, TrainingError, resolve_parent, train_workspace, workspace_training_data
 
     st = state(ctx)
     ws = st.ws()
@@ -156,8 +126,8 @@ def train_cmd(
         fail(f"{ckpt} exists: continue it with --resume or start over with --restart")
     if restart and ckpt.exists():
         ckpt.unlink()
-    parent_path, parent_version = _resolve_parent(st, parent)
     try:
+        parent_path, parent_version = resolve_parent(ws, parent)
         model_cfg = FasterRCNNConfig(backbone=backbone)
         cfg = TrainConfig(out_dir=str(run_dir), model=model_cfg, parent_bundle=str(parent_path) if parent_path else None,
                           epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, lr=lr,
@@ -165,62 +135,22 @@ def train_cmd(
                           threads=threads, resume=resume)
     except ValueError as exc:
         fail(str(exc), 2)
-
-    synth_samples = []
-    for name in synth:
-        d = synth_dir(ws, name)
-        if not (d / "boxes.jsonl").exists():
-            st.console.print(f"generating synthetic set {name!r} ({synth_images} images)")
-            generate(d, SynthConfig(n_images=synth_images, seed=seed))
-        synth_samples += samples_from_jsonl(d / "boxes.jsonl", f"synth/{name}/")
-    human = workspace_samples(ws, "train")
-    val = workspace_samples(ws, "val")
-    val_source = "workspace val split"
-    if not val:
-        d = synth_dir(ws, f"_val-{seed}")
-        generate(d, SynthConfig(n_images=16, seed=seed + 1000))
-        val = samples_from_jsonl(d / "boxes.jsonl", "synth/_val/")
-        val_source = "held-out synthetic set (no labelled val images yet)"
+    synth_samples, human, val, val_source = workspace_training_data(ws, synth, synth_images, seed, say=st.console.print)
     st.console.print(f"training on {len(synth_samples)} synthetic + {len(human)} human-labelled images; "
                      f"validating on {len(val)} ({val_source}); parent: {parent_version or 'none (from scratch)'}")
-
-    with ws.catalog() as cat:
-        iteration = cat.start_iteration("train")
     try:
         with _train_progress(st) as update:
-            result = train(cfg, synth_samples, human, val, progress=update)
+            summary = train_workspace(ws, cfg, synth_samples, human, val, val_source, parent_version, promote, update)
     except TrainingError as exc:
-        with ws.catalog() as cat:
-            cat.finish_iteration(iteration, "failed", metrics={"error": str(exc)})
         fail(str(exc))
     except KeyboardInterrupt:
-        with ws.catalog() as cat:
-            cat.finish_iteration(iteration, "failed", metrics={"error": "interrupted"})
         fail(f"interrupted; continue with `textloop train --run {run} --resume` (checkpoint: {ckpt})", 130)
-    from pipeline.evaluate import json_safe
-
-    bundle = run_dir / "bundle.zip"
-    version = save_bundle(bundle, result.model, result.config.model, result.metrics, result.train_keys,
-                          parent=parent_version, extra={"train": {"steps": result.steps, "stopped": result.stopped,
-                                                                  "seconds": round(result.seconds, 1),
-                                                                  "val_source": val_source}})
-    with ws.catalog() as cat:
-        has_current = cat.current_model() is not None
-    do_promote = promote if promote is not None else not has_current
-    register_model(ws, bundle, parent=parent_version, promote=do_promote)
-    summary = {"version": version, "parent": parent_version, "promoted": do_promote, "steps": result.steps,
-               "epochs": result.epochs, "stopped": result.stopped, "minutes": round(result.seconds / 60, 2),
-               "peak_rss_mb": round(result.peak_rss_mb), "val_source": val_source, "metrics": json_safe(result.metrics),
-               "bundle": str(ws.models_dir / version / "bundle.zip"), "checkpoint": str(result.checkpoint)}
-    with ws.catalog() as cat:
-        cat.finish_iteration(iteration, "done", counts={"synthetic": len(synth_samples), "human": len(human),
-                                                        "val": len(val), "steps": result.steps},
-                             metrics={"version": version, **(json_safe(result.metrics) or {})})
+    version, do_promote = summary["version"], summary["promoted"]
 
     def render(c) -> None:
-        c.print(f"model {version} ({result.stopped} after {result.steps} steps, {summary['minutes']} min, "
+        c.print(f"model {version} ({summary['stopped']} after {summary['steps']} steps, {summary['minutes']} min, "
                 f"peak RSS {summary['peak_rss_mb']} MB){' - now current' if do_promote else ''}")
-        m = result.metrics
+        m = summary["metrics"] or {}
         if m:
             c.print("validation: " + ", ".join(f"{k} {m[k]:.3f}" for k in
                                                ("text_coverage", "fully_covered", "over_redaction", "f1", "ap50")
