@@ -128,10 +128,11 @@ def plan(input_spec: str, output: Path, audit_dir: Path | None = None,
     src = Path(input_spec)
     ignored: list[str] = []
     if src.is_file():
-        out = output / src.name if (output.is_dir() or str(output).endswith(os.sep)) else output
+        into_dir = output.is_dir() or str(output).endswith(os.sep)
+        out = output / src.name if into_dir else output
         if out.resolve() == src.resolve():
             raise ValueError(f"{out}: output would overwrite the input")
-        audit = audit_dir or default_audit_dir(out, True)
+        audit = audit_dir or default_audit_dir(output, not into_dir)
         return [Item(str(src), src.name, str(out), str(audit / "sidecars" / f"{src.name}.json"))], audit, ignored
     if src.is_dir():
         root = src
