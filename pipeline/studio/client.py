@@ -132,6 +132,30 @@ class Studio:
         except Exception as exc:  # noqa: BLE001 - every SDK/transport error becomes one line
             raise explain(exc, self.url) from None
 
+    def post_json(self, path: str, payload: Any, params: dict[str, Any] | None = None) -> Any:
+        """POST plain JSON with the SDK's session and auth headers. For the big bulk calls: the
+        SDK's generic request encoder costs ~2 ms per box on 2 cores (a third of a 2,000-task push)."""
+        import json as _json
+
+        from label_studio_sdk.core.api_error import ApiError
+
+        wrapper = self.sdk._client_wrapper
+
+        def go() -> Any:
+            headers = dict(wrapper.get_headers(), **{"Content-Type": "application/json"})
+            r = wrapper.httpx_client.httpx_client.post(
+                f"{self.url}/{path.lstrip('/')}", content=_json.dumps(payload, separators=(",", ":")),
+                params=params, headers=headers, timeout=600)
+            try:
+                body = r.json()
+            except ValueError:
+                body = r.text
+            if r.status_code >= 400:
+                raise ApiError(status_code=r.status_code, body=body)
+            return body
+
+        return self.call(go)
+
     def __repr__(self) -> str:
         return f"Studio({self.url})"
 

@@ -26,7 +26,7 @@ from pipeline.workspace import Workspace
 
 log = logging.getLogger("textloop.studio.push")
 
-BATCH = 250
+BATCH = 500  # tasks per import request (Label Studio takes up to 250K / 200 MB)
 
 
 def local_files_url(ws: Workspace, studio: Studio, relpath: str) -> str:
@@ -146,7 +146,7 @@ def _reconcile_tasks(studio: Studio, project_id: int, cat: Catalog) -> dict[str,
     """image_id -> task id on the server; catalog rows for tasks that no longer exist are dropped,
     server tasks missing from the catalog (a crash after import) are recorded."""
     server: dict[str, int] = {}
-    pager = studio.call(lambda: studio.sdk.tasks.list(project=project_id, page_size=1000, fields="task_only"))
+    pager = studio.call(lambda: studio.sdk.tasks.list(project=project_id, page_size=1000, fields="task_only", include="id,data"))
     for t in studio.call(lambda: list(pager)):
         image_id = (t.data or {}).get("image_id")
         if image_id and image_id not in server:
@@ -276,8 +276,8 @@ def push_images(
                              "split": im["split"], "width": int(im["width"]), "height": int(im["height"])},
                     "predictions": [prediction(image_id)],
                 })
-            resp = studio.call(studio.sdk.projects.import_tasks, id=project.id, request=payload, return_task_ids=True)
-            task_ids = list(resp.task_ids or [])
+            resp = studio.post_json(f"api/projects/{project.id}/import", payload, {"return_task_ids": "true"})
+            task_ids = list(resp.get("task_ids") or []) if isinstance(resp, dict) else []
             if len(task_ids) != len(chunk):  # not expected; recover the mapping from the server
                 mapping = _reconcile_tasks(studio, project.id, cat)
                 task_ids = [mapping[c] for c in chunk]
@@ -296,7 +296,7 @@ def push_images(
         for i in range(0, len(upd_ids), batch_size):
             chunk = upd_ids[i:i + batch_size]
             payload = [dict(prediction(image_id), task=server_tasks[image_id]) for image_id in chunk]
-            studio.call(studio.sdk.projects.import_predictions, id=project.id, request=payload)
+            studio.post_json(f"api/projects/{project.id}/import/predictions", payload)
             now = time.time()
             with cat.transaction() as tx:
                 for image_id in chunk:
