@@ -172,3 +172,43 @@ def test_down_only_stops_what_up_started(tmp_path):
     finally:
         assert stop_pid(other.pid)
         other.wait(5)
+
+
+def test_export_formats_from_catalog_annotations(ws, tmp_path):
+    import json as _json
+
+    from pipeline.catalog import dumps
+    from pipeline.formats import read_jsonl
+    from pipeline.studio.export import export
+
+    src = tmp_path / "src"
+    src.mkdir()
+    noise_image(1, (100, 50)).save(src / "a.png")
+    noise_image(2, (40, 80)).save(src / "empty.png")
+    noise_image(3, (30, 30)).save(src / "skipped.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    noise_image(4, (90, 60)).save(src / "rot.jpg", exif=exif.tobytes())
+    harvest(ws, [str(src)], HarvestConfig(workers=1))
+    with ws.catalog() as cat:
+        ids = {r["original_name"]: r["id"] for r in cat.images()}
+        with cat.transaction() as tx:
+            for name, boxes, state in (("a.png", [[10, 5, 30, 25]], "submitted"), ("empty.png", [], "empty"),
+                                       ("skipped.png", [], "skipped"), ("rot.jpg", [[1, 2, 11, 12]], "submitted")):
+                tx.execute("INSERT INTO annotations(image_id, source, ls_annotation_id, boxes, labels, state, updated_at, pulled_at) "
+                           "VALUES (?, 'labelstudio', 1, ?, ?, ?, 1, 1)", (ids[name], dumps(boxes), dumps([0] * len(boxes)), state))
+    res = export(ws, tmp_path / "j", "jsonl")
+    recs = {r.image: r for r in read_jsonl(tmp_path / "j" / "boxes.jsonl")}
+    assert res["images"] == 3 and res["empty_images"] == 1  # the skipped image is not a label
+    rot = next(r for r in recs.values() if ids["rot.jpg"] in r.image)
+    with Image.open(tmp_path / "j" / rot.image) as im:
+        assert im.size == (60, 90) == (rot.width, rot.height)  # written upright: boxes stay valid
+    res = export(ws, tmp_path / "c", "coco")
+    coco = _json.loads((tmp_path / "c" / "annotations.json").read_text())
+    a = next(x for x in coco["annotations"] if coco["images"][x["image_id"] - 1]["file_name"].startswith(f"images/{ids['a.png']}"))
+    assert a["bbox"] == [10, 5, 20, 20] and a["category_id"] == 1 and len(coco["images"]) == 3
+    export(ws, tmp_path / "y", "yolo", classes=("text",))
+    line = (tmp_path / "y" / "labels" / f"{ids['a.png']}.txt").read_text().split()
+    assert line == ["0", "0.200000", "0.300000", "0.200000", "0.400000"]
+    assert (tmp_path / "y" / "labels" / f"{ids['empty.png']}.txt").read_text() == ""
+    assert "0: text" in (tmp_path / "y" / "data.yaml").read_text()
