@@ -13,7 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline.cli.app import app
-from pipeline.redact.core import Pad
+from pipeline.redact.run import RedactConfig
 from pipeline.workspace import Workspace
 from tests.test_redact import BOXES, FakeDetector, H, W, covered_mask, rgb_noise
 
@@ -85,7 +85,7 @@ def test_review_holds_uncertain_images_and_from_review_finishes_them(setup):
     assert code == 0 and s["redacted"] == 1
     b = np.asarray(Image.open(out / "unsure.png"))
     a = arrays["unsure.png"]
-    cov = covered_mask(reviewed, W, H, Pad(2, 0.15))
+    cov = covered_mask(reviewed, W, H, RedactConfig().pad)
     assert (b[cov] == 0).all() and (b[~cov] == a[~cov]).all()                     # exactly the reviewed boxes
     sc = json.loads((tmp_path / "out.audit" / "sidecars" / "unsure.png.json").read_text())
     assert sc["status"] == "redacted" and sc["boxes_from"] == "review"
