@@ -65,6 +65,19 @@ class Backend:
 
         return load_detector(self.cfg.model, workspace=self.ws)
 
+    def refresh_if_promoted(self, every_s: float = 10.0) -> None:
+        """With model `current`, pick up a model promoted elsewhere (`textloop train --promote`),
+        checked at most every `every_s` seconds, so predictions never lag the workspace's model."""
+        now = time.monotonic()
+        if self.cfg.model != "current" or now - getattr(self, "_checked", 0.0) < every_s:
+            return
+        self._checked = now
+        with self.ws.catalog() as cat:
+            cur = cat.current_model()
+        if cur is not None and str(cur["version"]) != self.model_version and self.training["state"] != "running":
+            log.info("model %s promoted; reloading", cur["version"])
+            self._detector = self._load()
+
     @property
     def model_version(self) -> str:
         return str(self._detector.version)
@@ -237,15 +250,22 @@ def create_app(ws: Workspace, cfg: ServeConfig = ServeConfig(), detector: Any = 
     def setup(payload: dict[str, Any] = Body(default_factory=dict)) -> dict[str, Any]:
         backend.ls_hostname = str(payload.get("hostname") or backend.ls_hostname)
         backend.ls_token = str(payload.get("access_token") or backend.ls_token)
+        backend.refresh_if_promoted(every_s=0.0)
         if payload.get("schema"):
             config_of(payload["schema"])  # fail early on a config without RectangleLabels
         return {"model_version": backend.model_version}
 
     @app.post("/predict")
     def predict(payload: dict[str, Any] = Body(default_factory=dict)) -> dict[str, Any]:
+        backend.refresh_if_promoted()
         tasks = payload.get("tasks") or []
         config = config_of(payload.get("label_config"))
         return {"results": backend.predict_tasks(tasks, config), "model_version": backend.model_version}
+
+    @app.post("/train", status_code=201)
+    def train(payload: dict[str, Any] = Body(default_factory=dict)) -> dict[str, Any]:
+        """Older Label Studio versions POST /train instead of the START_TRAINING webhook."""
+        return {"training": backend.queue_training("POST /train")}
 
     @app.post("/webhook", status_code=201)
     def webhook(payload: dict[str, Any] = Body(default_factory=dict)) -> dict[str, Any]:
