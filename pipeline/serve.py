@@ -11,7 +11,6 @@ Routes: GET /health, POST /setup, POST /predict, POST /webhook, GET /status.
 
 from __future__ import annotations
 
-import inspect
 import io
 import logging
 import threading
@@ -36,7 +35,7 @@ log = logging.getLogger("textloop.serve")
 class ServeConfig:
     model: str = "current"          # load_detector spec
     retrain_every: int = 0          # annotation webhooks per queued retrain; 0 = START_TRAINING only
-    pull_before_train: bool = True  # mirror the latest labels into the catalog before training
+    pull_before_train: bool = True  # the retrain round talks to Label Studio (pull first, push the next batch)
     http_timeout_s: float = 30.0
 
 
@@ -174,21 +173,24 @@ class Backend:
                         continue
                 break
 
-    def _train_once(self) -> dict[str, Any]:
-        if self.cfg.pull_before_train:
-            try:
-                from pipeline.studio.client import connect
-                from pipeline.studio.pull import pull
+    def _studio(self) -> Any:
+        try:
+            from pipeline.studio.client import connect
 
-                counts = pull(self.ws, connect(url=self.ls_hostname or None, api_key=self.ls_token or None))
-                log.info("pulled before training: %s", counts)
-            except Exception as exc:  # noqa: BLE001 - train on what the catalog has
-                log.warning("pull before training failed (%s); training on the catalog as it is", exc)
-        trainer = self._trainer or _default_trainer()
-        if trainer is None:
-            raise RuntimeError("training not available (pipeline.train is not installed)")
-        result = trainer(self.ws)
+            return connect(url=self.ls_hostname or None, api_key=self.ls_token or None)
+        except Exception as exc:  # noqa: BLE001 - train on what the catalog has
+            log.warning("Label Studio not reachable for the retrain (%s); using the catalog as it is", exc)
+            return None
+
+    def _train_once(self) -> dict[str, Any]:
         old = self.model_version
+        if self._trainer is not None:
+            result = self._trainer(self.ws)
+        else:
+            trainer = _default_trainer()
+            if trainer is None:
+                raise RuntimeError("training not available (pipeline.train / pipeline.loop are not installed)")
+            result = trainer(self.ws, self._studio() if self.cfg.pull_before_train else None)
         new_detector = self._load()
         self._detector = new_detector  # atomic swap; in-flight requests keep the old one
         return {"result": result if isinstance(result, (dict, str, int, float, type(None))) else str(result),
@@ -202,27 +204,37 @@ class Backend:
 
 
 def _default_trainer() -> Any:
-    """`pipeline.train.train` adapted to `trainer(ws)`; None when that module does not exist."""
+    """`trainer(ws, studio)`: one textloop round (`pipeline.loop.iterate`: pull, curate, train,
+    promote only if not worse on the test split, rank, push the next batch) when that module
+    exists; else pull + `pipeline.train.train_workspace` (promoted only if nothing is current);
+    None when neither exists."""
     try:
-        from pipeline import train as train_mod
+        from pipeline.loop import IterateConfig, iterate
+    except ImportError:
+        iterate = None
+    if iterate is not None:
+        def run_round(ws: Workspace, studio: Any) -> Any:
+            res = iterate(ws, IterateConfig(push=studio is not None), client=studio)
+            return {"promoted": res.promoted, "candidate": res.candidate, "current": res.current}
+
+        return run_round
+    try:
+        from pipeline.train import TrainConfig, resolve_parent, train_workspace, workspace_training_data
     except ImportError:
         return None
 
-    def run(ws: Workspace) -> Any:
-        fn = train_mod.train
-        params = inspect.signature(fn).parameters
-        kwargs: dict[str, Any] = {}
-        for name in ("ws", "workspace"):
-            if name in params:
-                kwargs[name] = ws
-        if "cfg" in params and hasattr(train_mod, "TrainConfig"):
-            kwargs["cfg"] = train_mod.TrainConfig()
-        if "promote" in params:
-            kwargs["promote"] = True
-        result = fn(**kwargs)
-        return result.__dict__ if hasattr(result, "__dict__") else result
+    def run_train(ws: Workspace, studio: Any) -> Any:
+        if studio is not None:
+            from pipeline.studio.pull import pull
 
-    return run
+            pull(ws, studio)
+        parent_path, parent_version = resolve_parent(ws, "auto")
+        synth, human, val, val_source = workspace_training_data(ws)
+        cfg = TrainConfig(out_dir=str(ws.runs_dir / f"train-serve-{int(time.time())}"),
+                          parent_bundle=str(parent_path) if parent_path else None)
+        return train_workspace(ws, cfg, synth, human, val, val_source, parent_version)
+
+    return run_train
 
 
 def create_app(ws: Workspace, cfg: ServeConfig = ServeConfig(), detector: Any = None, trainer: Any = None) -> Any:
