@@ -13,6 +13,7 @@ from pipeline import __version__
 from pipeline.cli import curate as curate_cli
 from pipeline.cli import detect as detect_cli
 from pipeline.cli import harvest as harvest_cli
+from pipeline.cli import loop as loop_cli
 from pipeline.cli import model as model_cli
 from pipeline.cli import rank as rank_cli
 from pipeline.cli import redact as redact_cli
@@ -60,6 +61,7 @@ studio_cli.register(app)
 detect_cli.register(app)
 redact_cli.register(app)
 rank_cli.register(app)
+loop_cli.register(app)
 curate_cli.register(app)
 model_cli.register(app)
 

@@ -1,0 +1,62 @@
+"""`textloop iterate`: one full round of the loop."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from pipeline.cli.common import emit, fail, state
+from pipeline.loop import IterateConfig, iterate
+from pipeline.rank import STRATEGIES
+
+
+def register(app: typer.Typer) -> None:
+    app.command("iterate")(iterate_cmd)
+
+
+def iterate_cmd(
+    ctx: typer.Context,
+    strategy: str = typer.Option("uncertainty", help=f"Batch strategy: {', '.join(STRATEGIES)}."),
+    top: int = typer.Option(20, help="Images to send to Label Studio for the next round."),
+    committee: str = typer.Option("ppocr", help="Second detector for ranking ('none' to skip)."),
+    engine: str = typer.Option("permissive", help="Curation engine: permissive or fastdup (non-commercial licence)."),
+    apply: bool = typer.Option(True, "--apply/--no-apply", help="Act on duplicates and the worst label issues."),
+    label_action: str = typer.Option("review", help="Suspected label errors: review (re-push) or exclude."),
+    epochs: int = typer.Option(3, help="Retraining epochs."),
+    steps_per_epoch: int = typer.Option(50, help="Retraining steps per epoch."),
+    budget_minutes: Optional[float] = typer.Option(10.0, help="Stop retraining after this many minutes (best model kept)."),
+    tolerance: float = typer.Option(0.005, help="Promote when no metric is worse than the current model's by more."),
+    push: bool = typer.Option(True, "--push/--no-push", help="Talk to Label Studio (pull first, push the next batch)."),
+    seed: int = typer.Option(0),
+) -> None:
+    """One round: pull -> curate -> retrain -> evaluate -> promote if not worse -> rank -> push. Rerun to resume."""
+    st = state(ctx)
+    ws = st.ws()
+    try:
+        cfg = IterateConfig(strategy=strategy, top=top, committee=None if committee.lower() == "none" else committee,
+                            engine=engine, curate_apply=apply, label_action=label_action, epochs=epochs,
+                            steps_per_epoch=steps_per_epoch, budget_minutes=budget_minutes, tolerance=tolerance,
+                            push=push, seed=seed)
+    except ValueError as exc:
+        fail(str(exc), 2)
+    try:
+        res = iterate(ws, cfg, say=lambda s: st.console.print(f"[bold]·[/] {s}", highlight=False))
+    except KeyboardInterrupt:
+        fail("interrupted; run `textloop iterate` again to finish the round (every step resumes)", 130)
+    except Exception as exc:  # noqa: BLE001 - one clear line; the round is logged as failed
+        fail(f"iterate failed: {type(exc).__name__}: {exc}")
+
+    def render(c) -> None:
+        ev = res.steps.get("evaluate", {})
+        cand, cur = ev.get("candidate", {}), ev.get("current", {})
+        c.print(f"round {res.iteration}: candidate {res.candidate} "
+                f"(coverage {cand.get('text_coverage')}, F1 {cand.get('f1')}) vs {cur.get('version')} "
+                f"(coverage {cur.get('text_coverage')}, F1 {cur.get('f1')}) on {ev.get('images')} images "
+                f"({ev.get('test_set')})")
+        c.print("promoted" if res.promoted else f"not promoted: {'; '.join(ev.get('regressions', []))}")
+        if "push" in res.steps:
+            p = res.steps["push"]
+            c.print(f"pushed {p.get('tasks_created')} new tasks; label them at {p.get('url')}, then run `textloop iterate`")
+
+    emit(st, res.as_dict(), render)

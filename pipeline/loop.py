@@ -1,0 +1,225 @@
+"""`textloop iterate`: one full round of the loop.
+
+pull -> curate -> retrain from the current model -> evaluate on the test split -> promote only
+if not worse (a regression report otherwise) -> predict and rank the pool -> push the next batch.
+
+Every step is one of the stages' own library calls and is idempotent, so an interrupted round
+is finished by running `iterate` again: pull and push never duplicate, curation recomputes
+the same tables, a training run whose model is already registered (same parent, same training
+data) is not repeated, and an interrupted training resumes from its checkpoint. The round is
+logged in `iterations` (step `iterate`) with every step's counts and metrics, and the round's
+artefacts land in `runs/<iteration>/`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pipeline.catalog import dumps
+
+# Metrics that decide promotion: higher is better for these ...
+HIGHER_BETTER = ("text_coverage", "f1")
+# ... lower is better for these.
+LOWER_BETTER = ("over_redaction",)
+
+
+@dataclass(frozen=True)
+class IterateConfig:
+    strategy: str = "uncertainty"
+    top: int = 20
+    committee: str | None = "ppocr"
+    engine: str = "permissive"            # curation engine (fastdup is non-commercial, opt in)
+    curate_apply: bool = True             # act on duplicates and the worst label issues
+    label_action: str = "review"          # review | exclude
+    epochs: int = 3
+    steps_per_epoch: int = 50
+    batch_size: int = 4
+    lr: float = 1e-3
+    budget_minutes: float | None = 10.0
+    synth_images: int = 200
+    tolerance: float = 0.005              # "not worse": allowed change against the current model
+    threshold: float = 0.3
+    push: bool = True
+    seed: int = 0
+    threads: int = 2
+
+
+@dataclass
+class RoundResult:
+    iteration: int
+    steps: dict[str, Any] = field(default_factory=dict)
+    promoted: bool = False
+    candidate: str | None = None
+    current: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def promotion_decision(candidate: dict[str, float], current: dict[str, float] | None,
+                       tolerance: float = 0.005) -> tuple[bool, list[str]]:
+    """Promote when no decision metric is worse than the current model's by more than `tolerance`.
+
+    Returns (promote, regressions) where each regression names the metric and both values.
+    Metrics that are undefined (NaN/None) on either side are not compared."""
+    if current is None:
+        return True, []
+    regressions = []
+    for key in HIGHER_BETTER + LOWER_BETTER:
+        a, b = candidate.get(key), current.get(key)
+        if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)):
+            continue
+        worse = (b - a) if key in HIGHER_BETTER else (a - b)
+        if worse > tolerance:
+            regressions.append(f"{key}: {a:.4f} vs current {b:.4f}")
+    return not regressions, regressions
+
+
+def _evaluate_on(detector: Any, gt: list, threshold: float) -> dict[str, float]:
+    from pipeline.evaluate import evaluate
+    from pipeline.imaging import load_rgb
+
+    preds = [detector.detect([load_rgb(p)])[0].filter(threshold) for p, _ in gt]
+    return evaluate([r for _, r in gt], preds)
+
+
+def _test_set(ws: Any, seed: int) -> tuple[list, str]:
+    """The workspace test split's human labels, or (cold start) a held-out synthetic set."""
+    from pipeline.evaluate import workspace_ground_truth
+    from pipeline.formats import read_jsonl
+    from pipeline.synth import SynthConfig, generate
+
+    gt = workspace_ground_truth(ws, "test")
+    if gt:
+        return gt, "workspace test split"
+    d = ws.root / "synth" / f"_test-{seed}"
+    if not (d / "boxes.jsonl").exists():
+        generate(d, SynthConfig(n_images=16, seed=seed + 2000))
+    return [(d / r.image, r) for r in read_jsonl(d / "boxes.jsonl")], "held-out synthetic set (no labelled test images yet)"
+
+
+def iterate(ws: Any, cfg: IterateConfig = IterateConfig(), client: Any = None,
+            say: Callable[[str], None] = lambda s: None) -> RoundResult:
+    """Run one round; raises the first step's error after logging the round as failed."""
+    from pipeline.bundle import data_hash, promote_model, register_model
+    from pipeline.curate.duplicates import DuplicateConfig
+    from pipeline.curate.stage import run_curate
+    from pipeline.detectors import load_detector
+    from pipeline.evaluate import json_safe
+    from pipeline.formats import atomic_write_text
+    from pipeline.rank import RankRun, batch_from_ranking, rank_workspace
+    from pipeline.train import TrainConfig, resolve_parent, train_workspace, workspace_training_data
+
+    with ws.catalog() as cat:
+        iteration = cat.start_iteration("iterate")
+    res = RoundResult(iteration)
+    run_dir = ws.run_dir(iteration)
+
+    def log_step(name: str, data: dict[str, Any]) -> None:
+        res.steps[name] = json_safe(data)
+        with ws.catalog() as cat:
+            with cat.transaction() as tx:
+                tx.execute("UPDATE iterations SET counts = ? WHERE id = ?", (dumps(res.steps), iteration))
+
+    try:
+        studio = None
+        if cfg.push:
+            from pipeline.studio.client import connect
+            from pipeline.studio.pull import pull
+
+            studio = client or connect()
+            say("pull: reading annotations from Label Studio")
+            log_step("pull", pull(ws, studio))
+
+        say(f"curate: duplicates ({cfg.engine}) and label noise")
+        cur = run_curate(ws, DuplicateConfig(engine=cfg.engine), apply=cfg.curate_apply, label_action=cfg.label_action,
+                         iteration=iteration)
+        log_step("curate", {k: cur.get(k) for k in ("duplicates", "label_noise", "actions") if k in cur})
+
+        # --- retrain from the current model ---
+        parent_path, parent_version = resolve_parent(ws, "auto")
+        synth, human, val, val_source = workspace_training_data(ws, ("default",), cfg.synth_images, cfg.seed, say=say)
+        # Keyed by what the model learns from (labels included, not just image ids) and its parent.
+        data_key = data_hash([f"{s.key}:{s.gt.boxes.round(1).tobytes().hex()}" for s in (*human, *synth)]
+                             + [f"parent:{parent_version}"])[:12]
+        out = ws.runs_dir / f"train-iterate-{data_key}"
+        if (out / "bundle.zip").exists():  # a rerun after this step finished: same data, same parent
+            candidate = register_model(ws, out / "bundle.zip", parent=parent_version)
+            say(f"train: model {candidate} was already trained on this data, not training again")
+            log_step("train", {"version": candidate, "reused": True})
+        else:
+            tcfg = TrainConfig(out_dir=str(out), parent_bundle=str(parent_path) if parent_path else None,
+                               epochs=cfg.epochs, steps_per_epoch=cfg.steps_per_epoch, batch_size=cfg.batch_size,
+                               lr=cfg.lr, budget_minutes=cfg.budget_minutes, seed=cfg.seed, threads=cfg.threads,
+                               resume=(out / "checkpoint.pt").exists())
+            say(f"train: {len(synth)} synthetic + {len(human)} human-labelled images, parent "
+                f"{parent_version or 'none (from scratch)'}")
+            summary = train_workspace(ws, tcfg, synth, human, val, val_source, parent_version, promote=False)
+            candidate = summary["version"]
+            log_step("train", summary)
+        res.candidate = candidate
+
+        # --- evaluate candidate vs current on the test split; promote only if not worse ---
+        gt, gt_source = _test_set(ws, cfg.seed)
+        with ws.catalog() as cat:
+            cur_row = cat.current_model()
+            cand_row = cat.query("SELECT * FROM models WHERE version = ?", (candidate,))[0]
+        current_det = load_detector("current", ws)
+        res.current = current_det.version
+        say(f"evaluate: {candidate} vs current {current_det.version} on {len(gt)} images ({gt_source})")
+        m_cand = _evaluate_on(load_detector(str(ws.abspath(cand_row["path"]))), gt, cfg.threshold)
+        m_cur = _evaluate_on(current_det, gt, cfg.threshold) if current_det.version != candidate else None
+        promote, regressions = promotion_decision(m_cand, m_cur, cfg.tolerance)
+        if cur_row is not None and cur_row["version"] == candidate:
+            promote, regressions = False, []
+        evaluation = {"test_set": gt_source, "images": len(gt), "candidate": {"version": candidate, **m_cand},
+                      "current": {"version": current_det.version, **(m_cur or {})}, "promoted": promote,
+                      "regressions": regressions}
+        with ws.catalog() as cat:
+            with cat.transaction() as tx:
+                merged = {**json.loads(cand_row["metrics"] or "{}"), "test": json_safe(m_cand),
+                          "labelled_images": len(human)}
+                tx.execute("UPDATE models SET metrics = ? WHERE version = ?", (dumps(json_safe(merged)), candidate))
+        if promote:
+            promote_model(ws, candidate)
+            say(f"promote: {candidate} is now current")
+        else:
+            atomic_write_text(run_dir / "regression.json", json.dumps(json_safe(evaluation), indent=2))
+            say(f"promote: kept {current_det.version}; {candidate} is worse ({'; '.join(regressions)}); "
+                f"see {run_dir / 'regression.json'}")
+        res.promoted = promote
+        log_step("evaluate", evaluation)
+
+        # --- predict and rank the pool with the (possibly new) current model ---
+        model = load_detector("current", ws)
+        second = load_detector(cfg.committee, ws) if cfg.committee else None
+        if second is not None and second.version == model.version:
+            second = None
+        run = RankRun(strategy=cfg.strategy, top=cfg.top, committee=second.version if second else None)
+        say(f"rank: {cfg.strategy} with {model.version}")
+        df = rank_workspace(ws, model, run, committee_detector=second)
+        batch = batch_from_ranking(df, cfg.strategy, cfg.top)
+        log_step("rank", {"pool": len(df), "batch": len(batch), "model_version": model.version})
+
+        if cfg.push and studio is not None:
+            from pipeline.studio.push import push_images
+
+            with ws.catalog() as cat:
+                review = [r["id"] for r in cat.query("SELECT id FROM images WHERE status = 'needs_review'")]
+            say(f"push: {len(batch)} ranked images + {len(review)} flagged for review")
+            log_step("push", push_images(ws, batch + review, model_version=model.version, client=studio))
+        with ws.catalog() as cat:
+            cat.finish_iteration(iteration, "done", counts=json_safe(res.steps),
+                                 metrics={"candidate": candidate, "promoted": promote, **json_safe(m_cand)})
+        atomic_write_text(run_dir / "iterate.json", json.dumps(json_safe(res.as_dict()), indent=2))
+        return res
+    except BaseException as exc:
+        with ws.catalog() as cat:
+            cat.finish_iteration(iteration, "failed", counts=json_safe(res.steps),
+                                 metrics={"error": f"{type(exc).__name__}: {exc}"})
+        raise
