@@ -41,7 +41,7 @@ install-fastdup: $(FD_VENV)/.installed
 venvs:
 	$(MAKE) -j3 $(VENV)/.installed $(LS_VENV)/.installed $(FD_VENV)/.installed
 
-demo: install
+demo: install install-ls
 	bash scripts/demo.sh
 
 test: venvs
