@@ -26,6 +26,7 @@ cannot shift anyone else's result (a known bug of a seed project).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import subprocess
@@ -137,6 +138,7 @@ class _Features:
     embed_ids: list[str]                        # rows of `embeddings`
     embeddings: np.ndarray                      # (n, d) L2-normalised
     outlier_space: np.ndarray | None = None     # (n, d') for the outlier score; default: embeddings
+    stats: dict[str, Any] = field(default_factory=dict)
     extra_cols: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -345,7 +347,12 @@ def _fastdup_features(images: Sequence[ImageRef], cfg: DuplicateConfig) -> _Feat
             fd_out = pd.read_csv(out / "outliers.csv")
             emb = np.load(out / "embeddings.npy")
             emb_files = pd.read_csv(out / "embeddings.csv")["filename"].astype(str).tolist()
+            try:
+                worker_stats = json.loads((out / "worker_stats.json").read_text())
+            except (OSError, ValueError):
+                worker_stats = {}
         else:
+            worker_stats = {}
             files = pd.DataFrame(columns=["filename", "is_valid", "error_code"])
             sim = pd.DataFrame(columns=["filename_a", "filename_b", "similarity"])
             fd_out = pd.DataFrame(columns=["filename", "nearest", "similarity"])
@@ -404,8 +411,10 @@ def _fastdup_features(images: Sequence[ImageRef], cfg: DuplicateConfig) -> _Feat
     # make "exact" symmetric across a group: equal-bytes or >= exact_similarity
     exact_key = {iid: exact[iid] for iid in embed_ids}
     fd_flag = {to_id(f): True for f in fd_out["filename"].astype(str)} if len(fd_out) else {}
-    return _Features(broken, exact_key, pairs, embed_ids, E,
-                     extra_cols={"fastdup_outlier": {k: v for k, v in fd_flag.items() if k}})
+    feats = _Features(broken, exact_key, pairs, embed_ids, E,
+                      extra_cols={"fastdup_outlier": {k: v for k, v in fd_flag.items() if k}})
+    feats.stats = {"fastdup_worker_peak_rss_kb": worker_stats.get("peak_rss_kb")}
+    return feats
 
 
 # --- shared assembly ---------------------------------------------------------------------------
@@ -539,7 +548,7 @@ def _assemble(images: Sequence[ImageRef], f: _Features, cfg: DuplicateConfig) ->
                                    "cluster_size", "cross_split_duplicate", "outlier_score", "is_outlier_issue",
                                    "knn_distance", "outlier_ratio"])
     return DuplicateReport(cfg.engine, df, pairs, clusters,
-                           extra={"embeddings": f.embeddings, "embedding_ids": list(f.embed_ids)})
+                           extra={"embeddings": f.embeddings, "embedding_ids": list(f.embed_ids), **f.stats})
 
 
 # --- catalog glue ------------------------------------------------------------------------------

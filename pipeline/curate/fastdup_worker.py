@@ -10,6 +10,7 @@ files that the parent reads back by file name (never by row position):
   outliers.csv     filename, nearest, similarity        (fastdup's bottom percentile)
   components.csv   filename, component_id               (connected components at --cc-threshold)
   embeddings.npy + embeddings.csv (filename per row)
+  worker_stats.json                peak RSS of this worker
 
 Usage: python fastdup_worker.py --files LIST --work-dir DIR --out DIR [--threshold 0.9]
        [--cc-threshold 0.96] [--outlier-percentile 0.05] [--num-threads 2]
@@ -80,6 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         pd.DataFrame(columns=["filename", "component_id"]).to_csv(os.path.join(args.out, "components.csv"), index=False)
 
+    peak_kb = None
+    try:  # this process's own peak RSS (VmHWM; not inherited across exec, unlike ru_maxrss)
+        with open("/proc/self/status") as fh:
+            peak_kb = next((int(line.split()[1]) for line in fh if line.startswith("VmHWM:")), None)
+    except OSError:
+        pass
+    with open(os.path.join(args.out, "worker_stats.json"), "w") as fh:
+        fh.write('{"peak_rss_kb": %s}' % ("null" if peak_kb is None else peak_kb))
     np.save(os.path.join(args.out, "embeddings.npy"), np.asarray(emb, dtype=np.float32))
     pd.DataFrame({"filename": [str(f) for f in files]}).to_csv(os.path.join(args.out, "embeddings.csv"), index=False)
     return 0
