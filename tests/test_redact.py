@@ -569,3 +569,32 @@ def test_real_ppocr_covers_rendered_text(tmp_path):
     assert (b[text] == 0).all()                                        # every glyph pixel is now black
     changed = (b != a).any(axis=2)
     assert changed.mean() < 0.5                                        # and the image was not blacked out
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_numpy_orientation_matches_pillow_exif_transpose(orientation):
+    from PIL import ImageOps
+
+    a = rgb_noise(80, 7, 5)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    im = Image.fromarray(a)
+    im.info["exif"] = exif.tobytes()
+    im.getexif()[0x0112] = orientation
+    expected = np.asarray(ImageOps.exif_transpose(im))
+    assert (codec.orient(a, orientation) == expected).all()
+
+
+def test_tiff_orientation_tag_is_applied_and_not_written(tmp_path):
+    upright = np.random.default_rng(81).integers(1, 65535, (H, W), dtype=np.uint16)
+    src = tmp_path / "o.tif"
+    tifffile.imwrite(src, np.ascontiguousarray(np.rot90(upright, 1)), photometric="minisblack",
+                     extratags=[(274, "H", 1, 6, True)])
+    det = FakeDetector()
+    out = tmp_path / "out" / "o.tif"
+    assert redact_one(src, out, det=det).status == "redacted" and det.shapes == [(H, W, 3)]
+    with tifffile.TiffFile(out) as tf:
+        assert 274 not in tf.pages[0].tags
+        b = tf.pages[0].asarray()
+    cov = covered_mask(BOXES, W, H, RedactConfig().pad)
+    assert b.shape == (H, W) and (b[cov] == 0).all() and (b[~cov] == upright[~cov]).all()
