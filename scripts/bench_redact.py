@@ -126,6 +126,8 @@ def build_detector(spec: str, threads: int = 2):
         return FasterRCNNDetector(build_model(FasterRCNNConfig()), FasterRCNNConfig(), threads=threads)
     from pipeline.detectors import load_detector
 
+    if spec == "ppocr-ms":
+        return load_detector("ppocr", scales=(1.0, 2.0))
     return load_detector(spec)
 
 
@@ -203,6 +205,30 @@ class CachedDetector:
                 self.cache[key] = self.det.detect([im])[0]
             out.append(self.cache[key])
         return out
+
+
+class ReplayDetector:
+    """Detections recorded in the sidecars of an earlier quality run (`--replay NAME=AUDIT_DIR`),
+    keyed by the detector's input pixels; redaction and the pixel measurement still run for real."""
+
+    def __init__(self, audit: Path, src_root: Path, name: str) -> None:
+        from pipeline.boxes import Detections
+        from pipeline.redact import codec
+
+        self.name, self.table = name, {}
+        versions = set()
+        for sc_path in sorted((audit / "sidecars").rglob("*.json")):
+            sc = json.loads(sc_path.read_text())
+            versions.add(sc["detector"]["version"])
+            rel = sc_path.relative_to(audit / "sidecars").as_posix()[: -len(".json")]
+            doc = codec.decode((src_root / rel).read_bytes())
+            key = hashlib.sha1(codec.detector_rgb(doc.pages[0]).tobytes()).hexdigest()
+            page = sc["pages"][0]
+            self.table[key] = Detections(page["boxes"], page["scores"])
+        self.version = "replay:" + ",".join(sorted(versions))
+
+    def detect(self, images):
+        return [self.table[hashlib.sha1(np.ascontiguousarray(im).tobytes()).hexdigest()] for im in images]
 
 
 class UnionDetector:
@@ -353,7 +379,7 @@ def main() -> int:
     ap.add_argument("--json", type=Path, help="write all results here")
     ap.add_argument("--work", type=Path, default=Path("/tmp/textloop_bench_redact"))
     ap.add_argument("--detectors", default="ppocr,fasterrcnn-untrained",
-                    help="throughput detectors: ppocr, fasterrcnn-untrained (random weights), or bundle.zip paths")
+                    help="throughput detectors: ppocr, ppocr-ms (scales 1,2: redact's default), fasterrcnn-untrained (random weights), or bundle.zip paths")
     ap.add_argument("--n-jpeg", type=int, default=500)
     ap.add_argument("--n-tiff", type=int, default=100)
     ap.add_argument("--scale", type=float, default=1.0, help="multiply both counts (e.g. 0.2 on a busy machine)")
@@ -363,6 +389,8 @@ def main() -> int:
     ap.add_argument("--quality-detectors", default="ppocr,ppocr-ms",
                     help="ppocr, ppocr-ms (scales 1 and 2), ppocr+ms (union), or bundle.zip paths")
     ap.add_argument("--threshold", type=float, default=None)
+    ap.add_argument("--replay", action="append", default=[],
+                    help="NAME=AUDIT_DIR: reuse detections from an earlier run's sidecars (redaction and pixels measured anew)")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -399,6 +427,9 @@ def main() -> int:
                 dets[name] = UnionDetector([load_detector("ppocr"), load_detector("ppocr", scales=(1.0, 2.0))])
             else:
                 dets[Path(name).stem] = load_detector(name)
+        for spec in args.replay:
+            name, _, audit = spec.partition("=")
+            dets[name] = ReplayDetector(Path(audit), lossless_copies(args.set, args.work)[0], name)
         print(f"quality on {args.set} (coverage/over-redaction per source; msra against polygons; threshold {threshold}):",
               flush=True)
         result["quality"] = quality(args.set, args.work, dets, [p for p in args.pads.split(",") if p], threshold,
