@@ -61,8 +61,8 @@ class DuplicateConfig:
     """Thresholds of both engines; defaults were checked on generated resized/recompressed copies."""
 
     engine: str = "permissive"
-    near_phash_distance: int = 12        # permissive: max phash Hamming distance (of 64 bits) ...
-    near_cosine: float = 0.92            # ... AND min embedding cosine similarity for a near duplicate
+    near_phash_distance: int = 10        # permissive: max phash Hamming distance (of 64 bits) ...
+    near_cosine: float = 0.96            # ... AND min embedding cosine similarity for a near duplicate
     fastdup_near_similarity: float = 0.96  # fastdup: min similarity for a near duplicate (its own cc default)
     exact_similarity: float = 0.9999     # fastdup: similarity that counts as an exact duplicate
     outlier_k: int = 5                   # neighbours used for the outlier score
