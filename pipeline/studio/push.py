@@ -26,6 +26,7 @@ from pipeline.workspace import Workspace
 
 log = logging.getLogger("textloop.studio.push")
 
+LABELLED_STATUSES = ("labelled", "verified_empty")
 BATCH = 500  # tasks per import request (Label Studio takes up to 250K / 200 MB)
 
 
@@ -231,7 +232,10 @@ def push_images(
         if strategy:
             ranking, clusters = read_ranking(ws, strategy)
             order_note = f"ranking score_{strategy} (highest first)"
-        new_ids = [i for i in images if i not in server_tasks]
+        # Images a human already labelled elsewhere (e.g. `textloop import`) need no task unless
+        # asked for by id; existing tasks still get the new model's predictions.
+        new_ids = [i for i in images if i not in server_tasks
+                   and (image_ids is not None or images[i]["status"] not in LABELLED_STATUSES)]
         # Without a ranking the order needs predictions of all candidates; with one only of the chosen.
         if ranking is not None:
             new_ids = order_images(new_ids, {}, ranking)

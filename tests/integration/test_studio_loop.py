@@ -284,6 +284,10 @@ def test_push_with_ranking_orders_by_strategy_and_honours_top(live_studio, tmp_p
     assert res["tasks_created"] == 3 and "score_uncertainty" in res["order"]
     tasks = sorted(_tasks(studio, res["project_id"]), key=lambda t: t.id)
     assert [t.data["image_id"] for t in tasks] == ids[::-1][:3]
+    with ws.catalog() as cat, cat.transaction() as tx:  # labelled elsewhere (e.g. `textloop import`)
+        tx.execute("UPDATE images SET status = 'labelled' WHERE id = ?", (ids[0],))
+    rest = push_images(ws, None, client=studio, detector=FakeDetector(), strategy="uncertainty")
+    assert rest["tasks_created"] == 2  # 6 images - 3 pushed - 1 already labelled
     with pytest.raises(StudioError, match="no column score_nope"):
         push_images(ws, None, client=studio, detector=FakeDetector(), strategy="nope")
 
