@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from pipeline.cli.common import emit, fail, progress, state
-from pipeline.studio.client import StudioError, connect, load_settings
+from pipeline.studio.client import StudioError, connect
 
 studio_app = typer.Typer(help="Run and set up Label Studio for this workspace (local server or docker compose).",
                          no_args_is_help=True)
