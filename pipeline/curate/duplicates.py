@@ -65,7 +65,7 @@ class DuplicateConfig:
     near_cosine: float = 0.96            # ... AND min embedding cosine similarity for a near duplicate
     fastdup_near_similarity: float = 0.96  # fastdup: min similarity for a near duplicate (its own cc default)
     exact_similarity: float = 0.9999     # fastdup: similarity that counts as an exact duplicate
-    outlier_k: int = 5                   # neighbours used for the outlier score
+    outlier_k: int = 10                  # neighbours used for the outlier score
     outlier_ratio: float = 2.5           # kNN distance / its neighbours' kNN distance above which: outlier
     workers: int = 2
     fastdup_python: str | None = None    # default: $TEXTLOOP_FASTDUP_PYTHON or <repo>/.venv-fastdup/bin/python
