@@ -131,3 +131,17 @@ def test_cli_train_registers_and_promotes_first_model(tmp_path: Path) -> None:
     assert out["promoted"] and out["steps"] == 2 and Path(out["bundle"]).exists()
     r = runner.invoke(app, ["--workspace", wsdir, "train"])
     assert r.exit_code == 1 and "--resume" in r.output
+
+
+def test_tiled_inference_on_large_writable_images() -> None:
+    """Images larger than max_side go through overlapping native tiles; boxes stay in image pixels."""
+    import torch
+
+    torch.manual_seed(0)
+    det = FasterRCNNDetector(build_model(TINY_MODEL), TINY_MODEL, max_side=64, score_threshold=0.0, threads=1)
+    img = np.random.default_rng(0).integers(0, 255, (150, 200, 3), dtype=np.uint8)  # writable, tiles are views
+    out = det.detect([img, np.ascontiguousarray(img[:60, :60])])
+    assert len(out) == 2
+    b = out[0].boxes
+    assert len(b) and (b[:, 0] >= -1).all() and (b[:, 2] <= 201).all() and (b[:, 3] <= 151).all()
+    assert (out[0].labels == 0).all()

@@ -125,7 +125,7 @@ def to_tensor(img: np.ndarray, scale: float = 1.0) -> Any:
     import torch
     import torch.nn.functional as F
 
-    t = torch.from_numpy(np.array(img, dtype=np.uint8, copy=not img.flags.writeable, order="C")).permute(2, 0, 1).float().div_(255.0)
+    t = torch.from_numpy(np.array(img, dtype=np.uint8, order="C", copy=True)).permute(2, 0, 1).float().div_(255.0)
     if abs(scale - 1.0) > 1e-6:
         h, w = img.shape[:2]
         size = (max(1, int(round(h * scale))), max(1, int(round(w * scale))))
