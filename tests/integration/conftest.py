@@ -19,6 +19,8 @@ class LiveStudio:
     token: str
     root: Path        # the server's local-files document root; test workspaces live under it
     log: Path
+    pid: int
+    info: object      # the launcher's ServerInfo (what `studio up` writes to its PID file)
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +38,7 @@ def live_studio(tmp_path_factory: pytest.TempPathFactory):
     info, proc = start_local(root, base / "data", username="labeller@textloop.test",
                              password=secrets.token_hex(12), token=token, timeout=240, ls_bin=ls_bin)
     try:
-        yield LiveStudio(url=info.url, token=token, root=root, log=Path(info.log))
+        yield LiveStudio(url=info.url, token=token, root=root, log=Path(info.log), pid=proc.pid, info=info)
     finally:
         stop_pid(proc.pid)
         proc.wait(timeout=30)

@@ -445,3 +445,18 @@ def test_real_ppocr_pre_annotations(live_studio, tmp_path_factory):
     v = pred["result"][0]["value"]
     x0, y0 = v["x"] * 4.8, v["y"] * 2.0
     assert 0 <= x0 < 100 and 40 < y0 < 130  # around the rendered line
+
+
+def test_studio_up_status_reuse_the_running_server(live_studio):
+    """`studio up` with a live server in its PID file does not start another; `status` sees it."""
+    from dataclasses import asdict
+
+    from pipeline.studio.launcher import pid_file, status, up
+
+    ws_root = live_studio.root / "ws_up"
+    pid_file(ws_root).parent.mkdir(parents=True)
+    pid_file(ws_root).write_text(json.dumps(asdict(live_studio.info)))
+    st = status(ws_root)
+    assert st["healthy"] and st["started_by_textloop"] and st["pid"] == live_studio.pid
+    again = up(ws_root)
+    assert again["already_running"] and again["url"] == live_studio.url and again["pid"] == live_studio.pid
