@@ -387,7 +387,10 @@ def fake(monkeypatch):
     det = FakeDetector()
     import pipeline.detectors as dets
 
+    import pipeline.redact.run as rr
+
     monkeypatch.setattr(dets, "load_detector", lambda spec="current", workspace=None, **kw: det)
+    monkeypatch.setattr(rr, "build_ppocr", lambda **kw: det)
     return det
 
 
@@ -598,3 +601,12 @@ def test_tiff_orientation_tag_is_applied_and_not_written(tmp_path):
         b = tf.pages[0].asarray()
     cov = covered_mask(BOXES, W, H, RedactConfig().pad)
     assert b.shape == (H, W) and (b[cov] == 0).all() and (b[~cov] == upright[~cov]).all()
+
+
+def test_size_adaptive_ppocr_uses_the_extra_scale_only_on_smaller_images():
+    from pipeline.redact.run import SizeAdaptiveDetector
+
+    single, multi = FakeDetector(version="one"), FakeDetector(version="multi")
+    det = SizeAdaptiveDetector(single, multi, max_side=100)
+    det.detect([np.zeros((80, 100, 3), np.uint8), np.zeros((80, 101, 3), np.uint8)])
+    assert (multi.calls, single.calls) == (1, 1) and det.version == "multi@100|one"

@@ -35,7 +35,10 @@ def setup(tmp_path, monkeypatch):
     import pipeline.redact.review as rv
 
     det = ScoreByImage()
+    import pipeline.redact.run as rr
+
     monkeypatch.setattr(dets, "load_detector", lambda spec="current", workspace=None, **kw: det)
+    monkeypatch.setattr(rr, "build_ppocr", lambda **kw: det)
     pushed: list[tuple[list[str], str]] = []
     monkeypatch.setattr(rv, "push", lambda ws, ids, mv: pushed.append((list(ids), mv)) or {"created": len(ids)})
     src = tmp_path / "in"

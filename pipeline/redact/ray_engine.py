@@ -37,6 +37,10 @@ class SpecFactory:
     def __call__(self) -> Any:
         from pipeline.detectors import load_detector
 
+        if self.spec == "ppocr" and "scales" in self.options:
+            from pipeline.redact.run import build_ppocr
+
+            return build_ppocr(**self.options)
         ws = None
         if self.workspace:
             from pipeline.workspace import Workspace
