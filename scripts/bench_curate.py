@@ -117,6 +117,9 @@ def run_engine_child(engine: str, folder: Path, out: Path) -> None:
     cluster = dict(zip(rep.images["image_id"], rep.images["cluster_id"]))
     hit = {kind: [bool(cluster.get(a)) and cluster.get(a) == cluster.get(b) for a, b, k in m["pairs"] if k == kind]
            for kind in ("exact", "near")}
+    order = rep.images.sort_values("outlier_score", kind="mergesort")["image_id"].tolist()
+    pos = {iid: k + 1 for k, iid in enumerate(order)}
+    out_ranks = sorted(pos[o] for o in m["outliers"] if o in pos)
     flagged_out = set(rep.images.loc[rep.images["is_outlier_issue"], "image_id"])
     res = {
         "engine": engine, "images": len(refs), "seconds": round(seconds, 2),
@@ -129,6 +132,8 @@ def run_engine_child(engine: str, folder: Path, out: Path) -> None:
         "unplanted_examples": [[a, b] for a, b in false_pairs[:10]],
         "outlier_recall": round(len(flagged_out & set(m["outliers"])) / max(1, len(m["outliers"])), 3),
         "outliers_flagged": len(flagged_out),
+        "outlier_ranks": out_ranks,  # rank of each planted outlier by outlier_score (1 = most outlying)
+        "outliers_in_top_1pct": sum(r <= max(1, len(refs) // 100) for r in out_ranks),
         "broken": int(rep.images["is_broken_issue"].sum()),
     }
     out.write_text(json.dumps(res))
@@ -289,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         results["speed"] = bench_speed(args.n_images, [e for e in args.engines.split(",") if e], args.cache)
         print(f"\nCuration speed on {args.n_images} generated 640x480 images (2 % exact, 3 % near copies, 0.2 % outliers)")
         print(f"{'engine':<11} {'s':>7} {'img/s':>7} {'RSS MB':>7} {'worker MB':>9} {'exact rec':>9} {'near rec':>9} "
-              f"{'pairs':>6} {'unplanted':>9} {'outl rec':>8} {'flagged':>7}")
+              f"{'pairs':>6} {'unplanted':>9} {'outl rec':>8} {'flagged':>7} {'outl top1%':>10}")
         for r in results["speed"]:
             if "error" in r:
                 print(f"{r['engine']:<11} error: {r['error']}")
@@ -297,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r['engine']:<11} {r['seconds']:>7.1f} {r['images_per_s']:>7.1f} {r['peak_rss_textloop_mb']:>7.0f} "
                   f"{r['peak_rss_fastdup_worker_mb']:>9.0f} "
                   f"{r['exact_recall']:>9} {r['near_recall']:>9} {r['reported_pairs']:>6} {r['unplanted_pairs']:>9} "
-                  f"{r['outlier_recall']:>8} {r['outliers_flagged']:>7}")
+                  f"{r['outlier_recall']:>8} {r['outliers_flagged']:>7} "
+                  f"{r['outliers_in_top_1pct']:>4}/{len(r['outlier_ranks']):<5}")
     if not args.skip_noise:
         if not args.set.exists():
             print(f"error: {args.set}: no such folder (--set)", file=sys.stderr)
