@@ -110,7 +110,8 @@ def ranking_path(ws: Workspace) -> Path:
 
 
 def read_ranking(ws: Workspace, strategy: str) -> tuple[dict[str, float], dict[str, int]]:
-    """score_<strategy> per image (higher = label first) and `cluster` if the table has one."""
+    """A push priority per image (higher = label first): the batch `textloop rank` picked for this
+    strategy, then the rest by score_<strategy>; and an integer `cluster` per duplicate group."""
     import pandas as pd
 
     p = ranking_path(ws)
@@ -121,16 +122,19 @@ def read_ranking(ws: Workspace, strategy: str) -> tuple[dict[str, float], dict[s
     if col not in df.columns:
         have = sorted(c[6:] for c in df.columns if c.startswith("score_"))
         raise StudioError(f"{p}: no column {col}; strategies in the ranking: {', '.join(have) or 'none'}")
-    scores = {str(i): float(s) for i, s in zip(df["image_id"], df[col]) if s == s}
+    from pipeline.rank import batch_from_ranking
+
+    # rank's own batch first (diverse: no two near-duplicates), then the rest by score
+    order = batch_from_ranking(df[df[col].notna()], strategy, len(df))
+    scores = {str(i): float(len(order) - k) for k, i in enumerate(order)}
     clusters: dict[str, int] = {}
     col = "cluster" if "cluster" in df.columns else "duplicate_group" if "duplicate_group" in df.columns else None
-    if col:
+    if col:  # Label Studio wants an integer cluster: number the groups in a stable order
+        groups = sorted({str(c) for c in df[col] if c is not None and c == c and str(c)})
+        number = {g: k + 1 for k, g in enumerate(groups)}
         for i, c in zip(df["image_id"], df[col]):
-            try:
-                if c is not None and c == c:
-                    clusters[str(i)] = int(c)
-            except (TypeError, ValueError):
-                continue
+            if c is not None and c == c and str(c) in number:
+                clusters[str(i)] = number[str(c)]
     return scores, clusters
 
 
