@@ -18,20 +18,25 @@ def register(app: typer.Typer) -> None:
     app.command("redact")(redact_cmd)
 
 
-def _verifier_for(detector: Any, ws: Any) -> Any:
-    """The 'other' detector: ppocr checks a trained model; a trained model (or, without one,
-    ppocr at two scales) checks ppocr."""
-    from pipeline.detectors import load_detector
-
+def _verifier_spec(detector: Any, ws: Any) -> tuple[str, dict[str, Any]]:
+    """The 'other' detector as (spec, options): ppocr checks a trained model; the promoted model
+    checks ppocr, or without one a different ppocr pass (plain after the multi-scale default,
+    multi-scale after a plain run)."""
     if getattr(detector, "name", "") != "ppocr":
-        return load_detector("ppocr")
-    if isinstance(detector, rr.SizeAdaptiveDetector):
-        return load_detector("ppocr")  # already multi-scale: check with the plain pass
+        return "ppocr", {"scales": (1.0,)}
     with ws.catalog() as cat:
         model = cat.current_model()
     if model is not None:
-        return load_detector(str(ws.abspath(model["path"])))
-    return load_detector("ppocr", scales=(1.0, 2.0))
+        return str(ws.abspath(model["path"])), {}
+    if isinstance(detector, rr.SizeAdaptiveDetector):
+        return "ppocr", {"scales": (1.0,)}
+    return "ppocr", {"scales": rr.DEFAULT_PPOCR_SCALES}
+
+
+def _build(spec: str, options: dict[str, Any]) -> Any:
+    from pipeline.detectors import load_detector
+
+    return rr.build_ppocr(**options) if spec == "ppocr" else load_detector(spec)
 
 
 def redact_cmd(
@@ -108,7 +113,7 @@ def redact_cmd(
         fail("--scales applies to the ppocr detector only", 2)
     try:
         det = rr.build_ppocr(**det_options) if detector == "ppocr" else load_detector(detector, ws)
-        verifier = _verifier_for(det, ws) if verify else None
+        verifier = _build(*_verifier_spec(det, ws)) if verify else None
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc), 2)
 
@@ -136,7 +141,8 @@ def redact_cmd(
                     fail("--engine ray needs Ray: pip install 'textloop[ray]' (or pip install 'ray[data]')", 2)
                 vf = None
                 if verify:
-                    vf = SpecFactory("ppocr", None, {"scales": (1.0, 2.0)}) if det.name == "ppocr" else SpecFactory("ppocr")
+                    v_spec, v_opts = _verifier_spec(det, ws)
+                    vf = SpecFactory(v_spec, None, v_opts)
                 stream = run_ray(SpecFactory(detector, str(ws.root) if ws else None, det_options), cfg, items, workers,
                                  verifier_factory=vf, reviewed=reviewed)
             else:
