@@ -610,3 +610,23 @@ def test_size_adaptive_ppocr_uses_the_extra_scale_only_on_smaller_images():
     det = SizeAdaptiveDetector(single, multi, max_side=100)
     det.detect([np.zeros((80, 100, 3), np.uint8), np.zeros((80, 101, 3), np.uint8)])
     assert (multi.calls, single.calls) == (1, 1) and det.version == "multi@100|one"
+
+
+@pytest.mark.parametrize("name,make,black", [
+    ("mw.tif", lambda p, a: tifffile.imwrite(p, a[..., 0], photometric="miniswhite"), [255]),
+    ("cmyk.tif", lambda p, a: Image.fromarray(a).convert("CMYK").save(p), [0, 0, 0, 255]),
+    ("pal.tif", lambda p, a: Image.fromarray(a).convert("P").save(p), [0, 0, 0]),
+    ("lzw.tif", lambda p, a: Image.fromarray(a).save(p, compression="tiff_lzw"), [0, 0, 0]),
+    ("bw.tif", lambda p, a: Image.fromarray(a).convert("1").save(p), [False]),
+    ("pal.png", lambda p, a: Image.fromarray(a).convert("P").save(p), [0, 0, 0]),
+    ("la.png", lambda p, a: Image.fromarray(a).convert("LA").save(p), [0, 255]),
+])
+def test_other_layouts_are_covered_with_the_right_value(tmp_path, name, make, black):
+    src = tmp_path / name
+    make(src, rgb_noise(90))
+    out = tmp_path / "out" / name
+    assert redact_one(src, out).status == "redacted"
+    b = tifffile.imread(out) if name.endswith(".tif") else np.asarray(Image.open(out))
+    cov = covered_mask(BOXES, W, H, RedactConfig().pad)
+    assert b.shape[:2] == (H, W)
+    assert (b[cov].reshape(int(cov.sum()), -1) == np.array(black)).all()
