@@ -59,9 +59,15 @@ def test_permissive_catches_harder_near_duplicates(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not FASTDUP_OK, reason="no .venv-fastdup (make install-fastdup)")
-def test_fastdup_engine_finds_planted_problems(tmp_path: Path) -> None:
+def test_fastdup_engine_finds_planted_problems(tmp_path: Path, monkeypatch) -> None:
+    # telemetry stays off even when the caller's environment does not say so: fastdup's Sentry
+    # init writes ~/.token when SENTRY_OPT_OUT is unset, so a fake HOME shows whether it ran
+    monkeypatch.delenv("SENTRY_OPT_OUT", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
     pool = make_pool(tmp_path / "pool", n=24, seed=0)
     report = find_duplicates(_refs(pool, pool.near[1]), DuplicateConfig(engine="fastdup"))
+    assert not (tmp_path / "home" / ".token").exists()
     assert report.engine == "fastdup"
     assert len(report.images) == len(pool.files)
     _check_planted(report, pool, strict=False)
