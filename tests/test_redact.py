@@ -630,3 +630,28 @@ def test_other_layouts_are_covered_with_the_right_value(tmp_path, name, make, bl
     cov = covered_mask(BOXES, W, H, RedactConfig().pad)
     assert b.shape[:2] == (H, W)
     assert (b[cov].reshape(int(cov.sum()), -1) == np.array(black)).all()
+
+
+def test_16bit_rgb_png_keeps_16_bits_and_icc(tmp_path):
+    import cv2
+
+    a = np.random.default_rng(91).integers(0, 65535, (H, W, 3), dtype=np.uint16)
+    ok, buf = cv2.imencode(".png", a[..., ::-1])
+    src = tmp_path / "c16.png"
+    src.write_bytes(buf.tobytes())
+    out = tmp_path / "out" / "c16.png"
+    assert redact_one(src, out).status == "redacted"
+    b = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)[..., ::-1]
+    cov = covered_mask(BOXES, W, H, RedactConfig().pad)
+    assert b.dtype == np.uint16 and (b[cov] == 0).all() and (b[~cov] == a[~cov]).all()
+    # with an ICC profile: kept as an iCCP chunk, readable by Pillow
+    im = Image.open(src)
+    im.save(tmp_path / "tmp8.png", icc_profile=ICC)   # borrow Pillow's iCCP chunk for the 16-bit file
+    chunk_start = (tmp_path / "tmp8.png").read_bytes().index(b"iCCP") - 4
+    n = struct.unpack(">I", (tmp_path / "tmp8.png").read_bytes()[chunk_start:chunk_start + 4])[0]
+    iccp = (tmp_path / "tmp8.png").read_bytes()[chunk_start:chunk_start + 12 + n]
+    data = buf.tobytes()
+    (tmp_path / "icc16.png").write_bytes(data[:33] + iccp + data[33:])
+    assert redact_one(tmp_path / "icc16.png", tmp_path / "out" / "icc16.png").status == "redacted"
+    assert Image.open(tmp_path / "out" / "icc16.png").info.get("icc_profile") == ICC
+    assert cv2.imread(str(tmp_path / "out" / "icc16.png"), cv2.IMREAD_UNCHANGED).dtype == np.uint16

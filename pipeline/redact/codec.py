@@ -159,10 +159,43 @@ def _decode_pillow(data: bytes, max_pixels: int) -> Document:
         if fmt == "WEBP":
             doc.lossless = b"VP8L" in data[12:40]
         doc.orientation = int(im.getexif().get(0x0112, 1) or 1)
+        if fmt == "PNG" and data[24:25] == b"\x10" and data[25:26] in (b"\x02", b"\x06"):
+            doc.pages.append(_decode_png16_color(data, doc.orientation))  # Pillow would truncate to 8 bits
+            return doc
         im.load()  # first picture only: MPO/extra pictures are dropped on purpose
         upright = ImageOps.exif_transpose(im)
         doc.pages.append(_pillow_page(upright))
         return doc
+
+
+def _decode_png16_color(data: bytes, orientation: int) -> Page:
+    """16-bit RGB(A) PNG through OpenCV (ships with rapidocr), which keeps all 16 bits."""
+    import cv2
+
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None or arr.dtype != np.uint16 or arr.ndim != 3:
+        raise ImageRejected("corrupt", "cannot decode 16-bit colour PNG")
+    arr = arr[..., [2, 1, 0, 3]] if arr.shape[2] == 4 else arr[..., [2, 1, 0]]
+    return Page(orient(np.ascontiguousarray(arr), orientation), "rgb")
+
+
+def _encode_png16_color(page: Page, icc: bytes | None) -> bytes:
+    """A fresh 16-bit RGB(A) PNG (IHDR, IDAT, IEND only) plus an iCCP chunk when there is a profile."""
+    import cv2
+    import struct
+    import zlib
+
+    a = page.array
+    bgr = a[..., [2, 1, 0, 3]] if a.shape[2] == 4 else a[..., [2, 1, 0]]
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(bgr))
+    if not ok:
+        raise OSError("cannot encode 16-bit colour PNG")
+    png = buf.tobytes()
+    if not icc:
+        return png
+    body = b"iCCP" + b"icc\x00\x00" + zlib.compress(icc)
+    chunk = struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
+    return png[:33] + chunk + png[33:]
 
 
 def _decode_tiff(data: bytes, max_pixels: int) -> Document:
@@ -325,6 +358,8 @@ def encode(doc: Document, opts: EncodeOptions = EncodeOptions()) -> bytes:
     """A fresh file of the document's format from its pages, carrying only ICC + resolution."""
     if doc.format == "TIFF":
         return _encode_tiff(doc)
+    if doc.format == "PNG" and doc.pages[0].array.dtype == np.uint16 and doc.pages[0].array.ndim == 3:
+        return _encode_png16_color(doc.pages[0], doc.icc_profile)
     im = _pillow_image(doc.pages[0])
     buf = io.BytesIO()
     kw: dict[str, Any] = {}
