@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 import os
+import secrets
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from pipeline.studio.launcher import label_studio_bin, start_local, stop_pid
 from pipeline.workspace import Workspace
 
 os.environ.setdefault("SENTRY_OPT_OUT", "1")
@@ -13,3 +16,36 @@ os.environ.setdefault("SENTRY_OPT_OUT", "1")
 @pytest.fixture
 def ws(tmp_path: Path) -> Workspace:
     return Workspace.open(tmp_path / "ws")
+
+
+# A real Label Studio for the integration tests: started once per session from .venv-ls on a
+# free loopback port with a temporary data dir (the same launcher `textloop studio up` uses).
+@dataclass(frozen=True)
+class LiveStudio:
+    url: str
+    token: str
+    root: Path        # the server's local-files document root; test workspaces live under it
+    log: Path
+    pid: int
+    info: object      # the launcher's ServerInfo (what `studio up` writes to its PID file)
+
+
+@pytest.fixture(scope="session")
+def live_studio(tmp_path_factory: pytest.TempPathFactory):
+    ls_bin = label_studio_bin()
+    if ls_bin is None:
+        reason = "Label Studio is not installed (.venv-ls missing): run `make install-ls`"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(reason + " -- CI must run the integration tests")
+        pytest.skip(reason)
+    base = tmp_path_factory.mktemp("labelstudio")
+    root = base / "files"
+    root.mkdir()
+    token = secrets.token_hex(16)
+    info, proc = start_local(root, base / "data", username="labeller@textloop.test",
+                             password=secrets.token_hex(12), token=token, timeout=240, ls_bin=ls_bin)
+    try:
+        yield LiveStudio(url=info.url, token=token, root=root, log=Path(info.log), pid=proc.pid, info=info)
+    finally:
+        stop_pid(proc.pid)
+        proc.wait(timeout=30)

@@ -15,14 +15,13 @@ from pipeline.boxes import xyxy_to_ls_value
 from pipeline.cli.app import app
 from pipeline.redact.run import RedactConfig
 from pipeline.workspace import Workspace
-from tests.integration.conftest import live_studio  # noqa: F401  (the session fixture)
 from tests.test_redact import BOXES, H, W, covered_mask, rgb_noise
 from tests.test_redact_review import ScoreByImage
 
 pytestmark = pytest.mark.integration
 
 
-def test_review_round_trip_through_label_studio(live_studio, tmp_path, monkeypatch):  # noqa: F811
+def test_review_round_trip_through_label_studio(live_studio, tmp_path, monkeypatch):
     import pipeline.detectors as dets
     import pipeline.redact.run as rr
     from pipeline.studio.client import connect
