@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -50,35 +52,43 @@ class ImageInfo:
     orientation: int
 
 
-def probe(src: str | Path | BinaryIO, max_pixels: int = 178_956_970) -> ImageInfo:
-    """Fully decode every page of `src`; raise ImageRejected with a reason if it is not a valid image."""
-    if isinstance(src, (str, Path)) and Path(src).stat().st_size == 0:
-        raise ImageRejected("empty", "zero-byte file")
+@contextmanager
+def rejecting_bad_images() -> Iterator[None]:
+    """Turn Pillow's many ways of failing on a bad file (and decompression-bomb warnings) into one
+    ImageRejected with a stable reason: the one place that mapping lives."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            with Image.open(src) as im:
-                fmt = im.format or ""
-                if fmt not in FORMAT_EXT:
-                    raise ImageRejected("unsupported_format", f"format {fmt or 'unknown'} is not supported")
-                w, h = im.size
-                if w * h > max_pixels:
-                    raise ImageRejected("too_many_pixels", f"{w}x{h} exceeds the limit of {max_pixels} pixels")
-                pages = int(getattr(im, "n_frames", 1) or 1)
-                mode = im.mode
-                orientation = int(im.getexif().get(0x0112, 1) or 1)
-                for page in range(pages):
-                    if pages > 1:
-                        im.seek(page)
-                    im.load()
+            yield
         except ImageRejected:
             raise
         except UnidentifiedImageError:
             raise ImageRejected("not_an_image", "cannot identify image data") from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise ImageRejected("too_many_pixels", str(exc)) from None
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError) as exc:
             raise ImageRejected("corrupt", str(exc) or type(exc).__name__) from None
+
+
+def probe(src: str | Path | BinaryIO, max_pixels: int = 178_956_970) -> ImageInfo:
+    """Fully decode every page of `src`; raise ImageRejected with a reason if it is not a valid image."""
+    if isinstance(src, (str, Path)) and Path(src).stat().st_size == 0:
+        raise ImageRejected("empty", "zero-byte file")
+    with rejecting_bad_images():
+        with Image.open(src) as im:
+            fmt = im.format or ""
+            if fmt not in FORMAT_EXT:
+                raise ImageRejected("unsupported_format", f"format {fmt or 'unknown'} is not supported")
+            w, h = im.size
+            if w * h > max_pixels:
+                raise ImageRejected("too_many_pixels", f"{w}x{h} exceeds the limit of {max_pixels} pixels")
+            pages = int(getattr(im, "n_frames", 1) or 1)
+            mode = im.mode
+            orientation = int(im.getexif().get(0x0112, 1) or 1)
+            for page in range(pages):
+                if pages > 1:
+                    im.seek(page)
+                im.load()
     if orientation in (5, 6, 7, 8):
         w, h = h, w
     if orientation not in range(1, 9):

@@ -13,14 +13,13 @@ no orientation tag is written because the pixels are already upright.
 from __future__ import annotations
 
 import io
-import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
-from pipeline.imaging import ImageRejected, to_uint8_rgb
+from pipeline.imaging import ImageRejected, rejecting_bad_images, to_uint8_rgb
 
 SUPPORTED = ("JPEG", "PNG", "TIFF", "BMP", "WEBP")
 EXTENSIONS = {".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF",
@@ -101,20 +100,10 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Document:
     """Decode every page of an image file's bytes; ImageRejected (with a reason) if unusable."""
     if not data:
         raise ImageRejected("empty", "zero-byte file")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-                return _decode_tiff(data, max_pixels)
-            return _decode_pillow(data, max_pixels)
-        except ImageRejected:
-            raise
-        except UnidentifiedImageError:
-            raise ImageRejected("not_an_image", "cannot identify image data") from None
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageRejected("too_many_pixels", str(exc)) from None
-        except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError) as exc:
-            raise ImageRejected("corrupt", str(exc) or type(exc).__name__) from None
+    with rejecting_bad_images():
+        if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+            return _decode_tiff(data, max_pixels)
+        return _decode_pillow(data, max_pixels)
 
 
 def _pillow_page(im: Image.Image) -> Page:
