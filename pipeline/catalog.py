@@ -227,6 +227,17 @@ class Catalog:
             params.append(status)
         return self.query(sql + " ORDER BY id", params)
 
+    def images_by_ids(self, image_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """Image rows for `image_ids` (duplicates dropped), in the order given; unknown ids are
+        left out (compare lengths to find them). Chunked under SQLite's variable limit."""
+        ids = list(dict.fromkeys(image_ids))
+        found: dict[str, dict[str, Any]] = {}
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            for r in self.query(f"SELECT * FROM images WHERE id IN ({','.join('?' * len(chunk))})", chunk):
+                found[r["id"]] = r
+        return [found[i] for i in ids if i in found]
+
     def current_model(self) -> dict[str, Any] | None:
         rows = self.query("SELECT * FROM models WHERE promoted = 1 ORDER BY created_at DESC LIMIT 1")
         return rows[0] if rows else None

@@ -173,17 +173,12 @@ def predict_workspace(
         if image_ids is None:
             rows = cat.query("SELECT id, path FROM images WHERE status != 'excluded' ORDER BY id")
         else:
-            ids = list(dict.fromkeys(image_ids))
-            rows = []
-            for chunk in _chunks(ids, 500):
-                rows += cat.query(f"SELECT id, path FROM images WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+            rows = cat.images_by_ids(image_ids)
             known = {r["id"] for r in rows}
-            for missing in (i for i in ids if i not in known):
+            for missing in (i for i in dict.fromkeys(image_ids) if i not in known):
                 if errors is not None:
                     errors.append((missing, "not in the catalog"))
                 log.warning("%s: not in the catalog", missing)
-            order = {i: k for k, i in enumerate(ids)}
-            rows.sort(key=lambda r: order[r["id"]])
         out: dict[str, Detections] = {}
         if skip_existing:
             out = load_predictions(cat, detector.version, [r["id"] for r in rows], usable_at=threshold)

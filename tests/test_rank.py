@@ -90,20 +90,18 @@ class BoxesByBrightness:
 
 
 def test_rank_workspace_writes_table_and_diverse_batch(tmp_path) -> None:
-    from PIL import Image
-
+    from pipeline.curate.testdata import text_page
     from pipeline.harvest import harvest
     from pipeline.rank import RankRun, batch_from_ranking, load_ranking, rank_workspace
     from pipeline.workspace import Workspace
-    from tests.imagegen import noise_image
 
     src = tmp_path / "src"
     src.mkdir()
-    bright = noise_image(1, (96, 64)).point(lambda v: 150 + v // 3)
+    bright, _ = text_page(1, size=(192, 144), kind="paper")
     bright.save(src / "bright.png")
-    bright.resize((80, 53)).save(src / "bright_small.jpg", quality=80)      # near-duplicate of bright
-    noise_image(2, (96, 64)).point(lambda v: 140 + v // 3).transpose(Image.Transpose.ROTATE_90).save(src / "other_bright.png")
-    noise_image(3, (96, 64)).point(lambda v: v // 4).save(src / "dark.png")
+    bright.resize((173, 130)).save(src / "bright_small.jpg", quality=75)   # near-duplicate of bright
+    text_page(2, size=(192, 144), kind="paper")[0].save(src / "other_bright.png")
+    text_page(3, size=(192, 144), kind="micro")[0].save(src / "dark.png")
     ws = Workspace.open(tmp_path / "ws")
     harvest(ws, [str(src)])
 

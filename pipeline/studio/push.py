@@ -219,12 +219,8 @@ def push_images(
         if image_ids is None:
             rows = cat.query("SELECT * FROM images WHERE status != 'excluded' ORDER BY id")
         else:
-            wanted = list(dict.fromkeys(image_ids))
-            rows = []
-            for i in range(0, len(wanted), 500):
-                chunk = wanted[i:i + 500]
-                rows += cat.query(f"SELECT * FROM images WHERE id IN ({','.join('?' * len(chunk))})", chunk)
-            missing = set(wanted) - {r["id"] for r in rows}
+            rows = cat.images_by_ids(image_ids)
+            missing = set(image_ids) - {r["id"] for r in rows}
             if missing:
                 raise StudioError(f"{len(missing)} image id(s) not in the catalog, e.g. {sorted(missing)[0]}")
         images = {r["id"]: r for r in rows}
