@@ -184,7 +184,8 @@ class FasterRCNNDetector:
             return Detections(boxes, scores, labels)
         # native-resolution tiles catch the small text the whole-image pass shrank away
         parts_b, parts_s, parts_l = [boxes], [scores], [labels]
-        t, ov = self.max_side, self.config.tile_overlap
+        t = self.max_side
+        ov = min(self.config.tile_overlap, t // 4)  # never more than a quarter of a tile
         origins = [(x, y) for y in _tiles(h, t, ov) for x in _tiles(w, t, ov)]
         for i in range(0, len(origins), 2):
             chunk = origins[i:i + 2]
