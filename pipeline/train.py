@@ -114,26 +114,11 @@ def samples_from_devset(records: Sequence[tuple[Path, LabelledImage]]) -> list[S
 
 
 def workspace_samples(ws: Any, split: str) -> list[Sample]:
-    """Human-labelled workspace images of a split: the latest submitted/empty annotation per image."""
-    with ws.catalog() as cat:
-        rows = cat.query(
-            "SELECT a.image_id, a.boxes, a.ignore, a.state, a.updated_at, i.path, i.width, i.height, i.source "
-            "FROM annotations a JOIN images i ON i.id = a.image_id "
-            "WHERE i.split = ? AND i.status != 'excluded' AND a.state IN ('submitted', 'empty') "
-            "ORDER BY a.image_id, a.updated_at", (split,))
-    latest: dict[str, dict[str, Any]] = {}
-    for r in rows:
-        latest[r["image_id"]] = r
-    out = []
-    for image_id, r in sorted(latest.items()):
-        boxes = json.loads(r["boxes"] or "[]") if r["state"] == "submitted" else []
-        ignore = json.loads(r["ignore"] or "[]") if boxes else []
-        if len(ignore) != len(boxes):
-            ignore = [False] * len(boxes)
-        gt = LabelledImage(image=r["path"], width=int(r["width"]), height=int(r["height"]), boxes=boxes,
-                           ignore=ignore, source="workspace")
-        out.append(Sample(ws.abspath(r["path"]), gt, image_id))
-    return out
+    """Human-labelled workspace images of a split (the latest submitted/empty annotation per image,
+    as `evaluate.workspace_ground_truth` reads them), keyed by image id."""
+    from pipeline.evaluate import workspace_ground_truth
+
+    return [Sample(path, gt, path.stem) for path, gt in workspace_ground_truth(ws, split)]
 
 
 def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:
