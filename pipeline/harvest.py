@@ -306,12 +306,17 @@ def _already_harvested(cat: Catalog, item: Item) -> bool:
     return rows[0]["size"] == st.st_size and rows[0]["mtime"] == st.st_mtime
 
 
-def _record(tx, ws: Workspace, f: Fetched, cfg: HarvestConfig, summary: HarvestSummary) -> None:
+def _record(tx, ws: Workspace, f: Fetched, cfg: HarvestConfig, summary: HarvestSummary,
+            order: dict[str, int]) -> None:
     now = time.time()
-    exists = tx.execute("SELECT 1 FROM images WHERE id = ?", (f.sha256,)).fetchone()
+    exists = tx.execute("SELECT source FROM images WHERE id = ?", (f.sha256,)).fetchone()
     if exists:
         f.tmp_path.unlink(missing_ok=True)
         summary.duplicates += 1
+        # Workers finish in any order: the image's first source is the earliest in the input order.
+        if exists[0] in order and order[f.item.source] < order[exists[0]]:
+            tx.execute("UPDATE images SET source = ?, original_name = ? WHERE id = ?",
+                       (f.item.source, f.item.original_name, f.sha256))
     else:
         rel = ws.image_relpath(f.sha256, f.info.ext)
         final = ws.abspath(rel)
@@ -375,6 +380,7 @@ def harvest(
                 summary.skipped += 1
             else:
                 todo.append(it)
+        order = {it.source: k for k, it in enumerate(todo)}
         total = len(todo) + summary.skipped
         done = summary.skipped
         if progress:
@@ -389,7 +395,7 @@ def harvest(
                     if isinstance(res, Reject):
                         _record_reject(tx, res, summary)
                     else:
-                        _record(tx, ws, res, cfg, summary)
+                        _record(tx, ws, res, cfg, summary, order)
             pending.clear()
 
         disk_full: OSError | None = None
