@@ -454,10 +454,11 @@ def workspace_training_data(ws: Any, synth_sets: Sequence[str] = ("default",), s
 
 def train_workspace(ws: Any, cfg: TrainConfig, synth: Sequence[Sample], human: Sequence[Sample],
                     val: Sequence[Sample], val_source: str, parent_version: str | None,
-                    promote: bool | None = None, progress: Callable[[int, int, dict[str, Any]], None] | None = None,
+                    promote: bool = False, progress: Callable[[int, int, dict[str, Any]], None] | None = None,
                     ) -> dict[str, Any]:
-    """Train, save the bundle, register it (promoted only if asked, or if nothing is current) and
-    log the run in `iterations`. Returns a JSON-able summary; raises TrainingError."""
+    """Train, save the bundle, register it and log the run in `iterations`. Promoted only when
+    asked: `current` is what redact uses by default, so a model becomes current only after it has
+    been compared (by `iterate`, or by a person with `evaluate` + `models promote`)."""
     from pipeline.bundle import register_model, save_bundle
     from pipeline.evaluate import json_safe
 
@@ -474,9 +475,7 @@ def train_workspace(ws: Any, cfg: TrainConfig, synth: Sequence[Sample], human: S
                           parent=parent_version, extra={"train": {"steps": result.steps, "stopped": result.stopped,
                                                                   "seconds": round(result.seconds, 1),
                                                                   "val_source": val_source}})
-    with ws.catalog() as cat:
-        has_current = cat.current_model() is not None
-    do_promote = promote if promote is not None else not has_current
+    do_promote = bool(promote)
     register_model(ws, bundle, parent=parent_version, promote=do_promote)
     summary = {"version": version, "parent": parent_version, "promoted": do_promote, "steps": result.steps,
                "epochs": result.epochs, "stopped": result.stopped, "minutes": round(result.seconds / 60, 2),

@@ -21,6 +21,7 @@ from pipeline.detectors.fasterrcnn import FasterRCNNConfig, FasterRCNNDetector, 
 from pipeline.imaging import load_rgb
 from pipeline.synth import generate
 from pipeline.train import TrainConfig, samples_from_jsonl, train
+from pipeline.workspace import Workspace
 from tests.test_train import TINY_MODEL, TINY_SYNTH
 
 
@@ -119,7 +120,7 @@ def test_cli_synth_is_idempotent(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_cli_train_registers_and_promotes_first_model(tmp_path: Path) -> None:
+def test_cli_train_registers_but_promotes_only_when_asked(tmp_path: Path) -> None:
     runner = CliRunner()
     wsdir = str(tmp_path / "w")
     r = runner.invoke(app, ["--workspace", wsdir, "synth", "-n", "4", "--width", "160,200"])
@@ -128,7 +129,9 @@ def test_cli_train_registers_and_promotes_first_model(tmp_path: Path) -> None:
                             "--batch-size", "1", "--threads", "1"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
-    assert out["promoted"] and out["steps"] == 2 and Path(out["bundle"]).exists()
+    assert not out["promoted"] and out["steps"] == 2 and Path(out["bundle"]).exists()
+    assert [m["version"] for m in list_models(Workspace.open(wsdir))] == [out["version"]]
+    assert not any(m["promoted"] for m in list_models(Workspace.open(wsdir)))  # redact keeps ppocr
     r = runner.invoke(app, ["--workspace", wsdir, "train"])
     assert r.exit_code == 1 and "--resume" in r.output
 

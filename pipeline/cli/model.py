@@ -111,8 +111,9 @@ def train_cmd(
     run: str = typer.Option("train", help="Run name: checkpoint under <workspace>/runs/train-RUN/."),
     resume: bool = typer.Option(False, help="Continue the run's checkpoint."),
     restart: bool = typer.Option(False, help="Discard an existing checkpoint of this run."),
-    promote: Optional[bool] = typer.Option(None, "--promote/--no-promote",
-                                           help="Make the new model current (default: only if none is current)."),
+    promote: bool = typer.Option(False, "--promote/--no-promote",
+                                 help="Make the new model current (redact/predict/rank use it). Default: no; compare first "
+                                      "(`textloop evaluate`, or let `textloop iterate` decide)."),
 ) -> None:
     """Train a Faster R-CNN text detector on synthetic + human-labelled images and register it as a model."""
     from pipeline.detectors.fasterrcnn import FasterRCNNConfig
@@ -149,7 +150,9 @@ def train_cmd(
 
     def render(c) -> None:
         c.print(f"model {version} ({summary['stopped']} after {summary['steps']} steps, {summary['minutes']} min, "
-                f"peak RSS {summary['peak_rss_mb']} MB){' - now current' if do_promote else ''}")
+                f"peak RSS {summary['peak_rss_mb']} MB)" + (" - now current" if do_promote else
+                f"; not current: compare with `textloop evaluate --detector {summary['bundle']}`, then "
+                f"`textloop models promote {version}`"))
         m = summary["metrics"] or {}
         if m:
             c.print("validation: " + ", ".join(f"{k} {m[k]:.3f}" for k in
