@@ -8,7 +8,7 @@ the unlabelled pool, the second half the test set. Each run starts from the same
 from the pool, the oracle labels them, the model is fine-tuned from the previous round on
 labelled + synthetic images for `--steps` steps, and text coverage is measured on the test
 set. `labels_to_target` = the number of labels at the first round whose coverage reaches the
-target (default: halfway between the base model and the best final coverage of any run).
+target (default: halfway between the base model and the best coverage any run reached).
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def main() -> None:
 
     results: dict[str, dict] = {}
     for strategy in args.strategies.split(","):
-        res = {"labels_to_target": [], "curves": [], "f1_curves": []}
+        res: dict = {"labels_to_target": [], "curves": [], "f1_curves": []}
         for seed in (int(s) for s in args.seeds.split(",")):
             labelled: set[str] = set()
             chosen: list[Sample] = []
@@ -132,11 +132,23 @@ def main() -> None:
                       f"{m['text_coverage']:.3f} f1 {m['f1']:.3f} ({time.time() - t_start:.0f}s)", file=sys.stderr)
             res["curves"].append(curve)
             res["f1_curves"].append(f1c)
-        results[strategy] = res
+            results[strategy] = res
+            summarise(args, base_m, results, test, t_start)
 
-    finals = [c[-1][1] for r in results.values() for c in r["curves"]]
-    target = args.target if args.target is not None else base_m["text_coverage"] + 0.5 * (max(finals) - base_m["text_coverage"])
-    for res in results.values():
+    summarise(args, base_m, results, test, t_start, final=True)
+
+
+def summarise(args: argparse.Namespace, base_m: dict, results: dict, test: list, t_start: float,
+              final: bool = False) -> None:
+    """Labels-to-target per run, the table, and the JSON (written after every run, so an
+    interrupted simulation keeps what it measured)."""
+    points = [cov for r in results.values() for c in r["curves"] for _, cov in c[1:]]
+    if not points:
+        return
+    # default target: halfway from the base model to the best coverage any run reached
+    target = args.target if args.target is not None else base_m["text_coverage"] + 0.5 * max(
+        0.0, max(points) - base_m["text_coverage"])
+    for res in results.values():  # noqa: B007
         res["labels_to_target"] = [next((n for n, cov in c[1:] if cov >= target), None) for c in res["curves"]]
 
     def mean_ltt(r: dict) -> float:
@@ -146,7 +158,7 @@ def main() -> None:
 
     print(f"\ntarget text coverage {target:.3f} (base {base_m['text_coverage']:.3f}); test {len(test)} images")
     print(f"{'strategy':12} {'labels to target (per seed)':30} {'mean':>6} {'x random':>9} {'final coverage':>15}")
-    rnd_mean = mean_ltt(results["random"]) if "random" in results else None
+    rnd_mean = mean_ltt(results["random"]) if results.get("random", {}).get("curves") else None
     for s, r in results.items():
         m = mean_ltt(r)
         ratio = f"{m / rnd_mean:.2f}" if rnd_mean else "-"
@@ -154,8 +166,8 @@ def main() -> None:
         print(f"{s:12} {str(r['labels_to_target']):30} {m:>6.1f} {ratio:>9} {fin:>15.3f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"target": target, "base": base_m, "k": args.k, "rounds": args.rounds,
-                                         "steps": args.steps, "test_images": len(test), "pool_images": len(pool),
+        args.json.write_text(json.dumps({"complete": final, "target": target, "base": base_m, "k": args.k, "rounds": args.rounds,
+                                         "steps": args.steps, "test_images": len(test),
                                          "seconds": time.time() - t_start, "strategies": results}, indent=2))
 
 
