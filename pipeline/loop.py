@@ -208,11 +208,16 @@ def iterate(ws: Any, cfg: IterateConfig = IterateConfig(), client: Any = None,
 
         if cfg.push and studio is not None:
             from pipeline.studio.push import push_images
+            from pipeline.studio.review import request_review
 
+            say(f"push: {len(batch)} ranked images")
+            pushed = push_images(ws, batch, model_version=model.version, client=studio)
             with ws.catalog() as cat:
                 review = [r["id"] for r in cat.query("SELECT id FROM images WHERE status = 'needs_review'")]
-            say(f"push: {len(batch)} ranked images + {len(review)} flagged for review")
-            log_step("push", push_images(ws, batch + review, model_version=model.version, client=studio))
+            if review:
+                say(f"review: reopening {len(review)} tasks whose labels curation suspects")
+                pushed["review"] = request_review(ws, review, client=studio)
+            log_step("push", pushed)
         with ws.catalog() as cat:
             cat.finish_iteration(iteration, "done", counts=json_safe(res.steps),
                                  metrics={"candidate": candidate, "promoted": promote, **json_safe(m_cand)})
