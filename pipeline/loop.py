@@ -172,10 +172,12 @@ def iterate(ws: Any, cfg: IterateConfig = IterateConfig(), client: Any = None,
         current_det = load_detector("current", ws)
         res.current = current_det.version
         say(f"evaluate: {candidate} vs current {current_det.version} on {len(gt)} images ({gt_source})")
-        m_cand = _evaluate_on(load_detector(str(ws.abspath(cand_row["path"]))), gt, cfg.threshold)
+        cand_det = load_detector(str(ws.abspath(cand_row["path"])))
+        m_cand = _evaluate_on(cand_det, gt, cfg.threshold)
         m_cur = _evaluate_on(current_det, gt, cfg.threshold) if current_det.version != candidate else None
         promote, regressions = promotion_decision(m_cand, m_cur, cfg.tolerance)
-        if cur_row is not None and cur_row["version"] == candidate:
+        already_current = cur_row is not None and cur_row["version"] == candidate
+        if already_current:  # a rerun after the promotion: nothing to decide
             promote, regressions = False, []
         evaluation = {"test_set": gt_source, "images": len(gt), "candidate": {"version": candidate, **m_cand},
                       "current": {"version": current_det.version, **(m_cur or {})}, "promoted": promote,
@@ -188,6 +190,8 @@ def iterate(ws: Any, cfg: IterateConfig = IterateConfig(), client: Any = None,
         if promote:
             promote_model(ws, candidate)
             say(f"promote: {candidate} is now current")
+        elif already_current:
+            say(f"promote: {candidate} is already current")
         else:
             atomic_write_text(run_dir / "regression.json", json.dumps(json_safe(evaluation), indent=2))
             say(f"promote: kept {current_det.version}; {candidate} is worse ({'; '.join(regressions)}); "
@@ -196,8 +200,11 @@ def iterate(ws: Any, cfg: IterateConfig = IterateConfig(), client: Any = None,
         log_step("evaluate", evaluation)
 
         # --- predict and rank the pool with the (possibly new) current model ---
-        model = load_detector("current", ws)
-        second = load_detector(cfg.committee, ws) if cfg.committee else None
+        # Reuse the detectors loaded for the evaluation rather than building them again.
+        model = cand_det if (promote or already_current) else current_det
+        second = None
+        if cfg.committee and cfg.committee != model.name:
+            second = current_det if current_det.name == cfg.committee else load_detector(cfg.committee, ws)
         if second is not None and second.version == model.version:
             second = None
         run = RankRun(strategy=cfg.strategy, top=cfg.top, committee=second.version if second else None)

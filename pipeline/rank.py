@@ -19,9 +19,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas is imported where tables are built: it is not needed to start the CLI
+    import pandas as pd
 
 from pipeline.boxes import Detections, area, iou_matrix, union_mask
 
@@ -172,10 +175,11 @@ def reason_for(row: pd.Series, cfg: RankConfig) -> str:
         parts.append("nothing detected: may be missed text")
     elif row.get("n_uncertain", 0):
         parts.append(f"{int(row['n_uncertain'])} boxes with scores in {cfg.band[0]:.1f}-{cfg.band[1]:.1f}")
-    if pd.notna(row.get("score_committee")) and row.get("score_committee", 0) > 0.3:
-        parts.append(f"detectors disagree ({row['score_committee']:.2f})")
-    if pd.notna(row.get("score_tta")) and row.get("score_tta", 0) > 0.3:
-        parts.append(f"unstable under flip/scale ({row['score_tta']:.2f})")
+    committee, tta = row.get("score_committee"), row.get("score_tta")
+    if committee is not None and committee == committee and committee > 0.3:
+        parts.append(f"detectors disagree ({committee:.2f})")
+    if tta is not None and tta == tta and tta > 0.3:
+        parts.append(f"unstable under flip/scale ({tta:.2f})")
     return "; ".join(parts) or "confident prediction"
 
 
@@ -199,6 +203,8 @@ def ranking_table(
             "score_random": random_score(iid, cfg.seed),
         }
         rows.append(row)
+    import pandas as pd
+
     df = pd.DataFrame(rows, columns=["image_id", "width", "height", "n_boxes", "n_uncertain", "mean_score",
                                      *[f"score_{s}" for s in STRATEGIES]])
     df["reason"] = [reason_for(r, cfg) for _, r in df.iterrows()] if len(df) else []
@@ -326,6 +332,8 @@ def rank_workspace(ws, detector, run: RankRun = RankRun(), committee_detector=No
 def load_ranking(ws) -> pd.DataFrame | None:
     """The latest ranking table, or None when `textloop rank` has not run."""
     path = ws.reports_dir / "ranking.parquet"
+    import pandas as pd
+
     return pd.read_parquet(path) if path.exists() else None
 
 
