@@ -17,6 +17,8 @@ import threading
 import time
 import traceback
 import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -292,3 +294,30 @@ def create_app(ws: Workspace, cfg: ServeConfig = ServeConfig(), detector: Any = 
         return {"action": action, "training": queued or backend.status()["training"]}
 
     return app
+
+
+@contextmanager
+def serving(app: Any, host: str = "127.0.0.1", port: int | None = None, timeout: float = 30.0) -> Iterator[str]:
+    """Run `app` with uvicorn in a background thread until the block ends; yields its base URL.
+
+    `textloop serve` runs in the foreground; this is for embedding the backend in another
+    process (the benchmark, the integration tests)."""
+    import uvicorn
+
+    from pipeline.studio.launcher import free_port
+
+    port = port or free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"ML backend did not start on {host}:{port}")
+        time.sleep(0.05)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+

@@ -183,7 +183,6 @@ def auroc(y: np.ndarray, s: np.ndarray) -> float:
 
 
 def ppocr_predictions(set_dir: Path, cache: Path) -> tuple[str, dict[str, dict]]:
-    from pipeline.boxes import Detections
     from pipeline.detectors import load_detector
     from pipeline.formats import read_devset
     from pipeline.imaging import load_rgb

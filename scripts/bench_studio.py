@@ -15,11 +15,9 @@ import argparse
 import hashlib
 import json
 import os
-import socket
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -78,12 +76,11 @@ def annotated_project(ws_root: Path, studio, n: int, boxes: int) -> tuple[Worksp
 
 def predict_latency(ws: Workspace, devset: Path, n: int = 15) -> dict:
     import httpx
-    import uvicorn
     from PIL import Image, ImageDraw, ImageFont
 
     from pipeline.config import HarvestConfig
     from pipeline.harvest import harvest
-    from pipeline.serve import create_app
+    from pipeline.serve import create_app, serving
 
     src = Path(tempfile.mkdtemp(prefix="bench-img-"))
     img = None
@@ -111,26 +108,17 @@ def predict_latency(ws: Workspace, devset: Path, n: int = 15) -> dict:
     with ws.catalog() as cat:
         image_id = cat.query("SELECT id FROM images WHERE original_name = 'bench.jpg'")[0]["id"]
     app = create_app(ws)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    th = threading.Thread(target=server.run, daemon=True)
-    th.start()
-    while not server.started:
-        time.sleep(0.05)
-    body = {"tasks": [{"id": 1, "data": {"image_id": image_id, "image": "x"}}]}
-    lat = []
-    with httpx.Client(timeout=60) as c:
-        c.post(f"http://127.0.0.1:{port}/predict", json=body)  # warm-up
-        for _ in range(n):
-            t0 = time.perf_counter()
-            r = c.post(f"http://127.0.0.1:{port}/predict", json=body)
-            lat.append(time.perf_counter() - t0)
-            r.raise_for_status()
-        boxes = len(r.json()["results"][0]["result"])
-    server.should_exit = True
-    th.join(10)
+    with serving(app) as url:
+        body = {"tasks": [{"id": 1, "data": {"image_id": image_id, "image": "x"}}]}
+        lat = []
+        with httpx.Client(timeout=60) as c:
+            c.post(f"{url}/predict", json=body)  # warm-up
+            for _ in range(n):
+                t0 = time.perf_counter()
+                r = c.post(f"{url}/predict", json=body)
+                lat.append(time.perf_counter() - t0)
+                r.raise_for_status()
+            boxes = len(r.json()["results"][0]["result"])
     from pipeline.imaging import load_rgb
 
     rgb = load_rgb(src / "bench.jpg")
@@ -217,7 +205,7 @@ def main() -> None:
             ("pull again (no-op)", f"{args.tasks} annotations", f"{repull_s:.2f} s", "", ""),
             ("ML backend /predict", latency["image"], f"p50 {latency['p50_ms']:.0f} ms", f"p90 {latency['p90_ms']:.0f} ms", "p50 < 500 ms"),
             ("detector alone", "same image, in-process", f"p50 {latency['detector_p50_ms']:.0f} ms", "", "")]
-    print(f"| step | work | time | rate | goal |\n|---|---|---|---|---|")
+    print("| step | work | time | rate | goal |\n|---|---|---|---|---|")
     for r in rows:
         print("| " + " | ".join(r) + " |")
     print(f"(textloop's own CPU: push {push_cpu:.1f} s, pull {pull_cpu:.1f} s -- the rest is Label Studio; "

@@ -292,11 +292,7 @@ def test_push_with_ranking_orders_by_strategy_and_honours_top(live_studio, tmp_p
 
 
 def test_ml_backend_predictions_are_stored_by_label_studio(loop, live_studio, tmp_path_factory):
-    import socket
-
-    import uvicorn
-
-    from pipeline.serve import create_app
+    from pipeline.serve import create_app, serving
 
     ws, studio = loop["ws"], loop["studio"]
     trained = threading.Event()
@@ -307,18 +303,8 @@ def test_ml_backend_predictions_are_stored_by_label_studio(loop, live_studio, tm
         return {"trained": True}
 
     app = create_app(ws, detector=FakeDetector("fake-ml"), trainer=trainer)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    th = threading.Thread(target=server.run, daemon=True)
-    th.start()
-    try:
-        for _ in range(100):
-            if server.started:
-                break
-            time.sleep(0.05)
-        res = init_project(ws, studio, title="loop test", ml_backend=f"http://127.0.0.1:{port}")
+    with serving(app) as url:
+        res = init_project(ws, studio, title="loop test", ml_backend=url)
         assert res["ml_backend_id"]
         backend = studio.sdk.ml.get(id=res["ml_backend_id"])
         assert str(backend.state) in ("CO", "MLBackendState.CO", "Connected") or "CO" in str(backend.state)
@@ -341,17 +327,14 @@ def test_ml_backend_predictions_are_stored_by_label_studio(loop, live_studio, tm
 
         studio.sdk.ml.train(id=res["ml_backend_id"])  # "Start Training": LS sends START_TRAINING
         assert not trained.is_set(), "training must not run inside the request"
-        assert httpx.get(f"http://127.0.0.1:{port}/status").json()["training"]["state"] in ("queued", "running")
+        assert httpx.get(f"{url}/status").json()["training"]["state"] in ("queued", "running")
         assert trained.wait(15)
         for _ in range(50):
-            st = httpx.get(f"http://127.0.0.1:{port}/health").json()
+            st = httpx.get(f"{url}/health").json()
             if st["training"]["state"] == "done":
                 break
             time.sleep(0.1)
         assert st["training"]["state"] == "done" and st["training"]["runs"] == 1
-    finally:
-        server.should_exit = True
-        th.join(10)
 
 
 def _catalog_digest(ws: Workspace) -> str:
@@ -405,7 +388,7 @@ def test_cli_push_pull_export_against_the_server(loop, live_studio, tmp_path):
 
 
 def test_project_missing_label_config_mismatch_and_outside_root(loop, live_studio, tmp_path):
-    ws, studio = loop["ws"], loop["studio"]
+    _ws, studio = loop["ws"], loop["studio"]
     other = Workspace.open(live_studio.root / "ws_other")
     with pytest.raises(StudioError, match="run `textloop studio init`"):
         pull(other, studio)
