@@ -78,6 +78,10 @@ class TrainConfig:
     threads: int = 2
     grad_clip: float = 10.0
     resume: bool = False
+    # Keep BatchNorm running statistics fixed while training. None = when fine-tuning from a parent:
+    # batches of 2-4 crops would otherwise overwrite the statistics the parent learnt on thousands
+    # of images, and a few fine-tuning steps then lose more than the new labels teach.
+    freeze_bn: bool | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -269,6 +273,17 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _train_mode(model: Any, freeze_bn: bool) -> None:
+    """Training mode, with BatchNorm layers kept in eval mode (fixed statistics) if `freeze_bn`."""
+    import torch
+
+    model.train()
+    if freeze_bn:
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
 def train(cfg: TrainConfig, synth: Sequence[Sample] = (), human: Sequence[Sample] = (), val: Sequence[Sample] = (),
           progress: Callable[[int, int, dict[str, Any]], None] | None = None) -> TrainResult:
     """Train (or fine-tune, or resume) and return the best model as a Detector with its metrics."""
@@ -325,7 +340,8 @@ def train(cfg: TrainConfig, synth: Sequence[Sample] = (), human: Sequence[Sample
     deadline = start + cfg.budget_minutes * 60 if cfg.budget_minutes else math.inf
     stopped = "done"
     loss_ema: float | None = None
-    model.train()
+    freeze_bn = cfg.freeze_bn if cfg.freeze_bn is not None else bool(cfg.parent_bundle)
+    _train_mode(model, freeze_bn)
     stop_now = bad_epochs >= cfg.patience and step > 0
     if stop_now:
         stopped = "early_stop"
@@ -360,7 +376,7 @@ def train(cfg: TrainConfig, synth: Sequence[Sample] = (), human: Sequence[Sample
             if val:  # every epoch end, and on a budget stop so the last partial epoch can win too
                 det = FasterRCNNDetector(model, cfg.model, version="training")
                 metrics = validate(det, val, cfg.val_threshold)
-                model.train()
+                _train_mode(model, freeze_bn)
                 m = _metric(metrics, cfg.val_metric)
                 if m > best + cfg.min_delta or best_state is None:
                     best, bad_epochs = max(m, best), 0

@@ -74,11 +74,12 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/textloop_al"))
     ap.add_argument("--strategies", default=",".join(STRATEGIES))
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--k", type=int, default=6)
-    ap.add_argument("--steps", type=int, default=25, help="fine-tuning steps per round")
+    ap.add_argument("--steps", type=int, default=60, help="fine-tuning steps per round")
     ap.add_argument("--batch-size", type=int, default=2)
-    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--test-limit", type=int, default=24, help="evaluate on this many test images (every n-th)")
     ap.add_argument("--synth-images", type=int, default=40)
     ap.add_argument("--target", type=float, default=None)
@@ -119,7 +120,7 @@ def main() -> None:
                 chosen += samples_from_devset([pool[i] for i in picks])
                 out = args.work / f"{strategy}-s{seed}-r{rnd}"
                 cfg = TrainConfig(out_dir=str(out), epochs=1, steps_per_epoch=args.steps, batch_size=args.batch_size,
-                                  lr=args.lr, warmup_steps=0, seed=seed, threads=args.threads, human_fraction=0.7,
+                                  lr=args.lr, warmup_steps=args.warmup, seed=seed, threads=args.threads, human_fraction=0.7,
                                   parent_bundle=str(model_path), patience=100)
                 r = train(cfg, synth, chosen, [])
                 model_path = out / "bundle.zip"

@@ -67,3 +67,34 @@ def test_non_finite_loss_stops_with_a_clear_message(tiny: dict, tmp_path: Path) 
 def test_no_data_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(TrainingError, match="no training images"):
         train(_cfg(tmp_path / "x"))
+
+
+def _bn_stats(model) -> dict:
+    import torch
+
+    return {n: b.detach().clone() for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)
+            for b in [m.running_mean]}
+
+
+def test_fine_tuning_keeps_the_parents_batchnorm_statistics(tiny: dict, tmp_path: Path) -> None:
+    """Fine-tuning on a few images in batches of 2 must not overwrite the BatchNorm statistics
+    the parent learnt (it lost coverage in the active-learning simulation); training from
+    scratch, or `freeze_bn=False`, updates them."""
+    from pipeline.bundle import load_model, save_bundle
+
+    scratch = train(_cfg(tmp_path / "scratch", epochs=1, steps_per_epoch=4), tiny["train"])
+    parent = tmp_path / "parent.zip"
+    save_bundle(parent, scratch.model, scratch.config.model, {}, scratch.train_keys, version="parent")
+    before = _bn_stats(load_model(parent)[0])
+    assert before
+    tuned = train(_cfg(tmp_path / "ft", epochs=1, steps_per_epoch=3, parent_bundle=str(parent)), tiny["train"])
+    after = _bn_stats(tuned.model)
+    assert all(torch_equal(before[k], after[k]) for k in before)
+    unfrozen = train(_cfg(tmp_path / "ft2", epochs=1, steps_per_epoch=3, parent_bundle=str(parent), freeze_bn=False),
+                     tiny["train"])
+    changed = _bn_stats(unfrozen.model)
+    assert not all(torch_equal(before[k], changed[k]) for k in before)
+
+
+def torch_equal(a, b) -> bool:
+    return bool((a == b).all())

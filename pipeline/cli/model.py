@@ -107,6 +107,9 @@ def train_cmd(
     budget_minutes: Optional[float] = typer.Option(None, help="Stop (and keep the best model) after this many minutes."),
     backbone: str = typer.Option("mobilenet_v3_large", help="mobilenet_v3_large or resnet50 (new models only)."),
     seed: int = typer.Option(0),
+    freeze_bn: Optional[bool] = typer.Option(None, "--freeze-bn/--no-freeze-bn",
+                                             help="Keep BatchNorm statistics fixed. Default: yes when fine-tuning "
+                                                  "(small batches would overwrite the parent's), no from scratch."),
     threads: int = typer.Option(2, help="CPU threads (1 can be faster on a busy shared machine)."),
     run: str = typer.Option("train", help="Run name: checkpoint under <workspace>/runs/train-RUN/."),
     resume: bool = typer.Option(False, help="Continue the run's checkpoint."),
@@ -133,7 +136,7 @@ def train_cmd(
         cfg = TrainConfig(out_dir=str(run_dir), model=model_cfg, parent_bundle=str(parent_path) if parent_path else None,
                           epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, lr=lr,
                           human_fraction=human_fraction, patience=patience, budget_minutes=budget_minutes, seed=seed,
-                          threads=threads, resume=resume)
+                          threads=threads, resume=resume, freeze_bn=freeze_bn)
     except ValueError as exc:
         fail(str(exc), 2)
     synth_samples, human, val, val_source = workspace_training_data(ws, synth, synth_images, seed, say=st.console.print)
