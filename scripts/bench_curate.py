@@ -182,15 +182,17 @@ def auroc(y: np.ndarray, s: np.ndarray) -> float:
     return float((ranks[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
-def ppocr_predictions(set_dir: Path, cache: Path) -> tuple[str, dict[str, dict]]:
+def ppocr_predictions(set_dir: Path, cache: Path, scales: tuple[float, ...] = (1.0,), threads: int = 2
+                      ) -> tuple[str, dict[str, dict]]:
     from pipeline.detectors import load_detector
     from pipeline.formats import read_devset
     from pipeline.imaging import load_rgb
 
-    det = load_detector("ppocr", threads=2)
+    det = load_detector("ppocr", threads=threads, scales=scales)
     import hashlib
 
-    path = cache / f"ppocr_preds_{hashlib.sha256(str(set_dir.resolve()).encode()).hexdigest()[:12]}.json"
+    key = str(set_dir.resolve()) if scales == (1.0,) else f"{set_dir.resolve()}|scales={scales}"
+    path = cache / f"ppocr_preds_{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
     data = json.loads(path.read_text()) if path.exists() else {}
     if data.get("version") != det.version:
         data = {"version": det.version, "set": str(set_dir), "images": {}}
@@ -212,13 +214,14 @@ def ppocr_predictions(set_dir: Path, cache: Path) -> tuple[str, dict[str, dict]]
     return det.version, data["images"]
 
 
-def bench_noise(set_dir: Path, cache: Path, seeds: int, rate: float = 0.1) -> dict:
+def bench_noise(set_dir: Path, cache: Path, seeds: int, rate: float = 0.1, scales: tuple[float, ...] = (1.0,),
+                threads: int = 2) -> dict:
     from pipeline.boxes import Detections
     from pipeline.curate.label_noise import LabelNoiseConfig, NoiseItem, score_label_noise
     from pipeline.curate.testdata import ERROR_KINDS, inject_error
     from pipeline.formats import read_devset
 
-    version, preds = ppocr_predictions(set_dir, cache)
+    version, preds = ppocr_predictions(set_dir, cache, scales, threads)
     recs = [(p, r) for p, r in read_devset(set_dir) if f"{r.source}/{r.image}" in preds]
     scores = {"coverage (label_score, default)": ("coverage", "label_score"),
               "cleanlab, calibrated thresholds": ("cleanlab", "label_score"),
@@ -272,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--engines", default="permissive,fastdup")
     ap.add_argument("--seeds", type=int, default=10, help="noise-injection seeds for the AUROC")
     ap.add_argument("--cache", type=Path, default=REPO / "bench-results", help="generated pool and ppocr predictions")
+    ap.add_argument("--ppocr-scales", default="1", help="scales of the ppocr passes that make the predictions, e.g. 1,2")
+    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-noise", action="store_true")
     ap.add_argument("--_child-engine", help=argparse.SUPPRESS)
@@ -307,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.set.exists():
             print(f"error: {args.set}: no such folder (--set)", file=sys.stderr)
             return 2
-        noise = bench_noise(args.set, args.cache, args.seeds)
+        scales = tuple(float(x) for x in args.ppocr_scales.split(",") if x.strip())
+        noise = bench_noise(args.set, args.cache, args.seeds, scales=scales, threads=args.threads)
         results["label_noise"] = noise
         print(f"\nLabel-noise AUROC on {noise['images']} images of {noise['set']} "
               f"({int(noise['error_rate'] * 100)} % with one error; {noise['seeds']} seeds; predictions: {noise['detector']})")

@@ -1,0 +1,44 @@
+"""The active-learning simulation's summary: labels-to-target and the ratio to random, as the
+issue's JSON format defines them."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "simulate_al.py"
+
+
+@pytest.fixture(scope="module")
+def sim():
+    spec = importlib.util.spec_from_file_location("simulate_al", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _runs(*curves: list[float], k: int = 6) -> dict:
+    return {"curves": [[[0, 0.4]] + [[k * (i + 1), c] for i, c in enumerate(cs)] for cs in curves]}
+
+
+def test_labels_to_target_and_ratio_to_random(sim) -> None:
+    results = {"random": _runs([0.41, 0.45, 0.50], [0.42, 0.44, 0.48]),
+               "uncertainty": _runs([0.50, 0.55, 0.60], [0.47, 0.52, 0.58])}
+    s = sim.summary(results, base=0.4, k=6, rounds=3, target=0.5)
+    assert results["random"]["labels_to_target"] == [18, None]          # the issue's JSON field
+    assert results["uncertainty"]["labels_to_target"] == [6, 12]
+    r, u = s["strategies"]["random"], s["strategies"]["uncertainty"]
+    assert r["mean_labels_to_target"] == pytest.approx((18 + 24) / 2)   # never reached = one round beyond
+    assert u["x_random"] == pytest.approx(9 / 21)
+    assert u["mean_curve"] == pytest.approx([0.485, 0.535, 0.59])
+    assert u["area"] > r["area"]
+
+
+def test_default_target_is_halfway_to_the_best_run(sim) -> None:
+    results = {"random": _runs([0.40, 0.50]), "committee": _runs([0.60, 0.45])}
+    s = sim.summary(results, base=0.4, k=6, rounds=2)
+    assert s["target"] == pytest.approx(0.5)
+    assert results["committee"]["labels_to_target"] == [6]
+    assert results["random"]["labels_to_target"] == [12]
