@@ -29,7 +29,7 @@ LOWER_BETTER = ("over_redaction",)
 
 @dataclass(frozen=True)
 class IterateConfig:
-    strategy: str = "uncertainty"
+    strategy: str = "auto"                # see pipeline.rank.choose_strategy
     top: int = 20
     committee: str | None = "ppocr"
     engine: str = "permissive"            # curation engine (fastdup is non-commercial, opt in)
@@ -46,6 +46,12 @@ class IterateConfig:
     push: bool = True
     seed: int = 0
     threads: int = 2
+
+    def __post_init__(self) -> None:
+        from pipeline.rank import STRATEGIES
+
+        if self.strategy not in (*STRATEGIES, "auto"):  # fail before an hour of retraining, not after
+            raise ValueError(f"unknown strategy {self.strategy!r}: use auto or one of {', '.join(STRATEGIES)}")
 
 
 @dataclass
@@ -111,7 +117,7 @@ def iterate(ws: Any, cfg: IterateConfig = IterateConfig(), client: Any = None,
     from pipeline.detectors import load_detector
     from pipeline.evaluate import json_safe
     from pipeline.formats import atomic_write_text
-    from pipeline.rank import RankRun, batch_from_ranking, rank_workspace
+    from pipeline.rank import RankRun, batch_from_ranking, choose_strategy, rank_workspace
     from pipeline.train import TrainConfig, resolve_parent, train_workspace, workspace_training_data
 
     with ws.catalog() as cat:
@@ -206,10 +212,11 @@ def iterate(ws: Any, cfg: IterateConfig = IterateConfig(), client: Any = None,
             second = current_det if current_det.name == cfg.committee else load_detector(cfg.committee, ws)
         if second is not None and second.version == model.version:
             second = None
-        run = RankRun(strategy=cfg.strategy, top=cfg.top, committee=second.version if second else None)
-        say(f"rank: {cfg.strategy} with {model.version}")
+        strategy = choose_strategy(cfg.strategy, second is not None)
+        run = RankRun(strategy=strategy, top=cfg.top, committee=second.version if second else None)
+        say(f"rank: {strategy} with {model.version}")
         df = rank_workspace(ws, model, run, committee_detector=second)
-        batch = batch_from_ranking(df, cfg.strategy, cfg.top)
+        batch = batch_from_ranking(df, strategy, cfg.top)
         log_step("rank", {"pool": len(df), "batch": len(batch), "model_version": model.version})
 
         if cfg.push and studio is not None:

@@ -31,6 +31,18 @@ from pipeline.boxes import Detections, area, iou_matrix, union_mask
 STRATEGIES = ("uncertainty", "committee", "tta", "random")
 
 
+def choose_strategy(requested: str, has_committee: bool) -> str:
+    """`auto` -> `committee` when a second detector differs from the model, else `uncertainty`.
+
+    In the active-learning simulation (README) committee needed 0.6x the labels of random and
+    uncertainty ~1x; committee needs a second detector, which a workspace without a trained
+    model does not have (ppocr against itself disagrees nowhere).
+    """
+    if requested == "auto":
+        return "committee" if has_committee else "uncertainty"
+    return requested
+
+
 @dataclass(frozen=True)
 class RankConfig:
     band: tuple[float, float] = (0.2, 0.8)   # scores in this band are "uncertain"

@@ -117,3 +117,23 @@ def test_rank_workspace_writes_table_and_diverse_batch(tmp_path) -> None:
         assert cat.scalar("SELECT status FROM iterations WHERE step = 'rank'") == "done"
     again = rank_workspace(ws, BoxesByBrightness(), RankRun(strategy="uncertainty", top=2, committee=None))
     assert again["image_id"].tolist() == df["image_id"].tolist()       # idempotent
+
+
+@pytest.mark.parametrize("requested, has_committee, expected", [
+    ("auto", True, "committee"),          # measured best in the AL simulation
+    ("auto", False, "uncertainty"),       # no second detector: nothing to disagree with
+    ("uncertainty", True, "uncertainty"),  # an explicit choice wins
+    ("random", False, "random"),
+])
+def test_auto_strategy(requested: str, has_committee: bool, expected: str) -> None:
+    from pipeline.rank import choose_strategy
+
+    assert choose_strategy(requested, has_committee) == expected
+
+
+def test_iterate_rejects_an_unknown_strategy_before_any_work() -> None:
+    from pipeline.loop import IterateConfig
+
+    with pytest.raises(ValueError, match="unknown strategy 'best'"):
+        IterateConfig(strategy="best")
+    assert IterateConfig().strategy == "auto"

@@ -17,7 +17,8 @@ def register(app: typer.Typer) -> None:
 
 def iterate_cmd(
     ctx: typer.Context,
-    strategy: str = typer.Option("uncertainty", help=f"Batch strategy: {', '.join(STRATEGIES)}."),
+    strategy: str = typer.Option("auto", help=f"Batch strategy: {', '.join(STRATEGIES)}, or auto (committee when "
+                                             "there is a second detector, else uncertainty)."),
     top: int = typer.Option(20, help="Images to send to Label Studio for the next round."),
     committee: str = typer.Option("ppocr", help="Second detector for ranking ('none' to skip)."),
     engine: str = typer.Option("permissive", help="Curation engine: permissive or fastdup (non-commercial licence)."),

@@ -7,7 +7,7 @@ from rich.table import Table
 
 from pipeline.cli.common import emit, fail, progress, state
 from pipeline.detectors import load_detector
-from pipeline.rank import STRATEGIES, RankRun, rank_workspace
+from pipeline.rank import STRATEGIES, RankRun, choose_strategy, rank_workspace
 
 
 def register(app: typer.Typer) -> None:
@@ -16,7 +16,8 @@ def register(app: typer.Typer) -> None:
 
 def rank_cmd(
     ctx: typer.Context,
-    strategy: str = typer.Option("uncertainty", help=f"Batch strategy: {', '.join(STRATEGIES)}."),
+    strategy: str = typer.Option("auto", help=f"Batch strategy: {', '.join(STRATEGIES)}, or auto (committee when "
+                                             "there is a second detector, else uncertainty)."),
     top: int = typer.Option(20, help="Size of the batch to label next."),
     detector: str = typer.Option("current", help="Model being improved: current, ppocr, or a bundle.zip."),
     committee: str = typer.Option("ppocr", help="Second detector for the committee score ('none' to skip)."),
@@ -35,6 +36,7 @@ def rank_cmd(
             second = load_detector(committee, ws)
             if second.version == det.version:
                 second = None  # the model is the committee member itself: nothing to compare
+        strategy = choose_strategy(strategy, second is not None)
         run = RankRun(strategy=strategy, top=top, committee=second.version if second else None, tta=tta,
                       diversity=diversity, kcenter=kcenter, min_score=min_score)
     except (ValueError, FileNotFoundError) as exc:
