@@ -226,7 +226,7 @@ def bench_noise(set_dir: Path, cache: Path, seeds: int, rate: float = 0.1, scale
     scores = {"coverage (label_score, default)": ("coverage", "label_score"),
               "cleanlab, calibrated thresholds": ("cleanlab", "label_score"),
               "cleanlab get_label_quality_scores (defaults)": ("coverage", "label_quality_score")}
-    res: dict[str, dict] = {name: {"auroc": [], "by_kind": {k: [] for k in ERROR_KINDS}} for name in scores}
+    res: dict[str, dict] = {name: {"auroc": [], "by_kind": {k: [] for k in ERROR_KINDS}, "pooled": []} for name in scores}
     t0 = time.time()
     for seed in range(seeds):
         rng = np.random.default_rng(seed)
@@ -251,6 +251,7 @@ def bench_noise(set_dir: Path, cache: Path, seeds: int, rate: float = 0.1, scale
             im = cache_rep[method]
             s = 1.0 - im.loc[[it.image_id for it in items], col].to_numpy(float)
             res[name]["auroc"].append(auroc(y_arr, s))
+            res[name]["pooled"] += [(r.source, bool(b), float(v)) for (_, r), b, v in zip(recs, y, s)]
             for k in ERROR_KINDS:
                 m = np.array([(not a) or b == k for a, b in zip(y, kinds)])
                 if y_arr[m].any():
@@ -259,9 +260,18 @@ def bench_noise(set_dir: Path, cache: Path, seeds: int, rate: float = 0.1, scale
            "seconds": round(time.time() - t0, 1), "scores": {}}
     for name, r in res.items():
         a = np.array(r["auroc"])
+        # per source: every seed's images pooled (a clean image scores the same in every seed, so
+        # pooling compares each source's errors with its own clean images)
+        by_source = {}
+        for src in sorted({x[0] for x in r["pooled"]}):
+            ys = np.array([b for s_, b, _ in r["pooled"] if s_ == src])
+            vs = np.array([v for s_, _, v in r["pooled"] if s_ == src])
+            by_source[src] = {"auroc": round(auroc(ys, vs), 3) if ys.any() and not ys.all() else None,
+                              "errors": int(ys.sum())}
         out["scores"][name] = {"auroc_mean": round(float(np.nanmean(a)), 3), "auroc_std": round(float(np.nanstd(a)), 3),
                                "auroc_per_seed": [round(float(v), 3) for v in a],
-                               "by_kind": {k: round(float(np.nanmean(v)), 3) if v else None for k, v in r["by_kind"].items()}}
+                               "by_kind": {k: round(float(np.nanmean(v)), 3) if v else None for k, v in r["by_kind"].items()},
+                               "by_source": by_source}
     return out
 
 
@@ -322,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
             k = r["by_kind"]
             print(f"{name:<46} {r['auroc_mean']:>6.3f}±{r['auroc_std']:<5.3f} {k['drop'] or float('nan'):>6.3f} "
                   f"{k['shift'] or float('nan'):>6.3f} {k['add'] or float('nan'):>6.3f}")
+        print("\nper source (seeds pooled): " + ", ".join(
+            f"{src} {v['auroc'] if v['auroc'] is not None else '-'} ({v['errors']} errors)"
+            for src, v in next(iter(noise["scores"].values()))["by_source"].items()) + "  [default score]")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))
