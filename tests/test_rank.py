@@ -117,6 +117,11 @@ def test_rank_workspace_writes_table_and_diverse_batch(tmp_path) -> None:
         assert cat.scalar("SELECT status FROM iterations WHERE step = 'rank'") == "done"
     again = rank_workspace(ws, BoxesByBrightness(), RankRun(strategy="uncertainty", top=2, committee=None))
     assert again["image_id"].tolist() == df["image_id"].tolist()       # idempotent
+    from pipeline.studio.push import read_ranking
+
+    # `push --strategy ranked` follows whatever strategy rank picked its batch by
+    assert read_ranking(ws, "ranked") == read_ranking(ws, "uncertainty")
+    assert read_ranking(ws, "ranked")[2] == "uncertainty"
 
 
 @pytest.mark.parametrize("requested, has_committee, expected", [

@@ -64,6 +64,6 @@ def rank_cmd(
         c.print(t)
         for e in data["errors"]:
             c.print(f"[yellow]skipped[/] {e['image_id']}: {e['error']}")
-        c.print(f"ranking table: {data['table']} (+ .csv); next: `textloop push --strategy {strategy} --top {top}`")
+        c.print(f"ranking table: {data['table']} (+ .csv); next: `textloop push --strategy ranked --top {top}`")
 
     emit(st, data, render)

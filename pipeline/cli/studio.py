@@ -109,7 +109,8 @@ def init_cmd(
 def push_cmd(
     ctx: typer.Context,
     top: Optional[int] = typer.Option(None, help="Create at most N new tasks (most useful first)."),
-    strategy: Optional[str] = typer.Option(None, help="Order by <ws>/reports/ranking.parquet score_<S> (from `textloop rank`)."),
+    strategy: Optional[str] = typer.Option(None, help="Order by <ws>/reports/ranking.parquet score_<S> (from `textloop rank`); "
+                                                              "'ranked' = the strategy rank picked its batch by."),
     model: str = typer.Option("current", help="Detector: current | ppocr | path to bundle.zip."),
     model_version: Optional[str] = typer.Option(None, help="Use stored predictions of this model version."),
     split: Optional[str] = typer.Option(None, help="Only images of this split."),

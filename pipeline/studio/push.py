@@ -109,15 +109,21 @@ def ranking_path(ws: Workspace) -> Path:
     return ws.reports_dir / "ranking.parquet"
 
 
-def read_ranking(ws: Workspace, strategy: str) -> tuple[dict[str, float], dict[str, int]]:
+def read_ranking(ws: Workspace, strategy: str) -> tuple[dict[str, float], dict[str, int], str]:
     """A push priority per image (higher = label first): the batch `textloop rank` picked for this
-    strategy, then the rest by score_<strategy>; and an integer `cluster` per duplicate group."""
+    strategy, then the rest by score_<strategy>; an integer `cluster` per duplicate group; and
+    the strategy (`ranked` = whichever the last `textloop rank` picked its batch by)."""
     import pandas as pd
 
     p = ranking_path(ws)
     if not p.exists():
         raise StudioError(f"{p}: no ranking yet; run `textloop rank` first, or push without --strategy")
     df = pd.read_parquet(p)
+    if strategy == "ranked":
+        picked = df["batch_strategy"].dropna() if "batch_strategy" in df.columns else pd.Series([], dtype=object)
+        if picked.empty:
+            raise StudioError(f"{p}: the ranking records no batch strategy; name one with --strategy")
+        strategy = str(picked.iloc[0])
     col = f"score_{strategy}"
     if col not in df.columns:
         have = sorted(c[6:] for c in df.columns if c.startswith("score_"))
@@ -135,7 +141,7 @@ def read_ranking(ws: Workspace, strategy: str) -> tuple[dict[str, float], dict[s
         for i, c in zip(df["image_id"], df[col]):
             if c is not None and c == c and str(c) in number:
                 clusters[str(i)] = number[str(c)]
-    return scores, clusters
+    return scores, clusters, strategy
 
 
 def order_images(image_ids: Sequence[str], preds: dict[str, Detections], ranking: dict[str, float] | None) -> list[str]:
@@ -230,7 +236,7 @@ def push_images(
 
         ranking, clusters, order_note = None, {}, "lowest mean prediction confidence first (no --strategy)"
         if strategy:
-            ranking, clusters = read_ranking(ws, strategy)
+            ranking, clusters, strategy = read_ranking(ws, strategy)
             order_note = f"ranking score_{strategy} (highest first)"
         # Images a human already labelled elsewhere (e.g. `textloop import`) need no task unless
         # asked for by id; existing tasks still get the new model's predictions.
