@@ -29,6 +29,8 @@ if TYPE_CHECKING:  # pandas is imported where tables are built: it is not needed
 from pipeline.boxes import Detections, area, iou_matrix, union_mask
 
 STRATEGIES = ("uncertainty", "committee", "tta", "random")
+STRATEGY_HELP = (f"Batch strategy: {', '.join(STRATEGIES)}, or auto (committee when there is a second detector, "
+                 "else uncertainty).")
 
 
 def choose_strategy(requested: str, has_committee: bool) -> str:

@@ -8,7 +8,7 @@ import typer
 
 from pipeline.cli.common import emit, fail, state
 from pipeline.loop import IterateConfig, iterate
-from pipeline.rank import STRATEGIES
+from pipeline.rank import STRATEGY_HELP
 
 
 def register(app: typer.Typer) -> None:
@@ -17,8 +17,7 @@ def register(app: typer.Typer) -> None:
 
 def iterate_cmd(
     ctx: typer.Context,
-    strategy: str = typer.Option("auto", help=f"Batch strategy: {', '.join(STRATEGIES)}, or auto (committee when "
-                                             "there is a second detector, else uncertainty)."),
+    strategy: str = typer.Option("auto", help=STRATEGY_HELP),
     top: int = typer.Option(20, help="Images to send to Label Studio for the next round."),
     committee: str = typer.Option("ppocr", help="Second detector for ranking ('none' to skip)."),
     engine: str = typer.Option("permissive", help="Curation engine: permissive or fastdup (non-commercial licence)."),

@@ -7,7 +7,7 @@ from rich.table import Table
 
 from pipeline.cli.common import emit, fail, progress, state
 from pipeline.detectors import load_detector
-from pipeline.rank import STRATEGIES, RankRun, choose_strategy, rank_workspace
+from pipeline.rank import STRATEGY_HELP, RankRun, choose_strategy, rank_workspace
 
 
 def register(app: typer.Typer) -> None:
@@ -16,8 +16,7 @@ def register(app: typer.Typer) -> None:
 
 def rank_cmd(
     ctx: typer.Context,
-    strategy: str = typer.Option("auto", help=f"Batch strategy: {', '.join(STRATEGIES)}, or auto (committee when "
-                                             "there is a second detector, else uncertainty)."),
+    strategy: str = typer.Option("auto", help=STRATEGY_HELP),
     top: int = typer.Option(20, help="Size of the batch to label next."),
     detector: str = typer.Option("current", help="Model being improved: current, ppocr, or a bundle.zip."),
     committee: str = typer.Option("ppocr", help="Second detector for the committee score ('none' to skip)."),
