@@ -217,7 +217,7 @@ def iterate(ws: Any, cfg: IterateConfig = IterateConfig(), client: Any = None,
         say(f"rank: {strategy} with {model.version}")
         df = rank_workspace(ws, model, run, committee_detector=second)
         batch = batch_from_ranking(df, strategy, cfg.top)
-        log_step("rank", {"pool": len(df), "batch": len(batch), "model_version": model.version})
+        log_step("rank", {"pool": len(df), "batch": len(batch), "strategy": strategy, "model_version": model.version})
 
         if cfg.push and studio is not None:
             from pipeline.studio.push import push_images
