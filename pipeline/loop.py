@@ -117,7 +117,7 @@ def iterate(ws: Any, cfg: IterateConfig = IterateConfig(), client: Any = None,
     from pipeline.detectors import load_detector
     from pipeline.evaluate import json_safe
     from pipeline.formats import atomic_write_text
-    from pipeline.rank import RankRun, batch_from_ranking, choose_strategy, rank_workspace
+    from pipeline.rank import batch_from_ranking, plan_rank, rank_workspace
     from pipeline.train import TrainConfig, resolve_parent, train_workspace, workspace_training_data
 
     with ws.catalog() as cat:
@@ -210,14 +210,11 @@ def iterate(ws: Any, cfg: IterateConfig = IterateConfig(), client: Any = None,
         second = None
         if cfg.committee and cfg.committee != model.name:
             second = current_det if current_det.name == cfg.committee else load_detector(cfg.committee, ws)
-        if second is not None and second.version == model.version:
-            second = None
-        strategy = choose_strategy(cfg.strategy, second is not None)
-        run = RankRun(strategy=strategy, top=cfg.top, committee=second.version if second else None)
-        say(f"rank: {strategy} with {model.version}")
+        run, second = plan_rank(model, second, cfg.strategy, top=cfg.top)
+        say(f"rank: {run.strategy} with {model.version}")
         df = rank_workspace(ws, model, run, committee_detector=second)
-        batch = batch_from_ranking(df, strategy, cfg.top)
-        log_step("rank", {"pool": len(df), "batch": len(batch), "strategy": strategy, "model_version": model.version})
+        batch = batch_from_ranking(df, run.strategy, cfg.top)
+        log_step("rank", {"pool": len(df), "batch": len(batch), "strategy": run.strategy, "model_version": model.version})
 
         if cfg.push and studio is not None:
             from pipeline.studio.push import push_images

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -43,6 +43,17 @@ def choose_strategy(requested: str, has_committee: bool) -> str:
     if requested == "auto":
         return "committee" if has_committee else "uncertainty"
     return requested
+
+
+def plan_rank(model: Any, second: Any, strategy: str, **options: Any) -> tuple[RankRun, Any]:
+    """The RankRun for ranking with `model` and an optional committee detector `second`, and the
+    committee actually used: none when `second` is the model itself (same version: it would
+    disagree nowhere), and `auto` resolved against that. One rule for `rank` and `iterate`."""
+    if second is not None and second.version == model.version:
+        second = None
+    run = RankRun(strategy=choose_strategy(strategy, second is not None),
+                  committee=second.version if second is not None else None, **options)
+    return run, second
 
 
 @dataclass(frozen=True)

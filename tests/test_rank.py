@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -136,9 +138,56 @@ def test_auto_strategy(requested: str, has_committee: bool, expected: str) -> No
     assert choose_strategy(requested, has_committee) == expected
 
 
+def test_plan_rank_drops_a_committee_that_is_the_model_itself() -> None:
+    """`rank` and `iterate` share this rule: ppocr against ppocr disagrees nowhere, so auto falls
+    back to uncertainty and no committee is run; a different detector makes auto pick committee."""
+    from types import SimpleNamespace
+
+    from pipeline.rank import plan_rank
+
+    ppocr, model = SimpleNamespace(version="ppocr-v4"), SimpleNamespace(version="fasterrcnn-1")
+    run, second = plan_rank(ppocr, SimpleNamespace(version="ppocr-v4"), "auto", top=5)
+    assert (run.strategy, run.committee, second, run.top) == ("uncertainty", None, None, 5)
+    run, second = plan_rank(model, ppocr, "auto")
+    assert (run.strategy, run.committee, second) == ("committee", "ppocr-v4", ppocr)
+    with pytest.raises(ValueError, match="needs a committee"):
+        plan_rank(ppocr, ppocr, "committee")     # asked for explicitly: say why it cannot be done
+
+
 def test_iterate_rejects_an_unknown_strategy_before_any_work() -> None:
     from pipeline.loop import IterateConfig
 
     with pytest.raises(ValueError, match="unknown strategy 'best'"):
         IterateConfig(strategy="best")
     assert IterateConfig().strategy == "auto"
+
+
+def test_rank_cli_with_real_ppocr_resolves_auto_and_writes_the_batch(tmp_path) -> None:
+    """`textloop rank` end to end on real files with the real ppocr: with no trained model the
+    model *is* ppocr, so auto ranks by uncertainty without a committee; the table push reads
+    records that strategy."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli.app import app
+    from pipeline.curate.testdata import text_page
+    from pipeline.harvest import harvest
+    from pipeline.rank import load_ranking
+    from pipeline.studio.push import read_ranking
+    from pipeline.workspace import Workspace
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i, kind in enumerate(("paper", "paper", "micro")):
+        text_page(10 + i, size=(320, 240), kind=kind)[0].save(src / f"p{i}.png")
+    ws = Workspace.open(tmp_path / "ws")
+    harvest(ws, [str(src)])
+    res = CliRunner().invoke(app, ["--workspace", str(ws.root), "--json", "rank", "--top", "2"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["strategy"] == "uncertainty" and data["committee"] is None and data["pool"] == 3
+    assert len(data["batch"]) == 2
+    df = load_ranking(ws)
+    assert set(df["batch_strategy"]) == {"uncertainty"}
+    assert read_ranking(ws, "ranked")[2] == "uncertainty"
+    bad = CliRunner().invoke(app, ["--workspace", str(ws.root), "rank", "--strategy", "best"])
+    assert bad.exit_code == 2 and "unknown strategy 'best'" in bad.output

@@ -7,7 +7,7 @@ from rich.table import Table
 
 from pipeline.cli.common import emit, fail, progress, state
 from pipeline.detectors import load_detector
-from pipeline.rank import STRATEGY_HELP, RankRun, choose_strategy, rank_workspace
+from pipeline.rank import STRATEGY_HELP, plan_rank, rank_workspace
 
 
 def register(app: typer.Typer) -> None:
@@ -30,14 +30,10 @@ def rank_cmd(
     ws = st.ws()
     try:
         det = load_detector(detector, ws)
-        second = None
-        if committee.lower() != "none":
-            second = load_detector(committee, ws)
-            if second.version == det.version:
-                second = None  # the model is the committee member itself: nothing to compare
-        strategy = choose_strategy(strategy, second is not None)
-        run = RankRun(strategy=strategy, top=top, committee=second.version if second else None, tta=tta,
-                      diversity=diversity, kcenter=kcenter, min_score=min_score)
+        second = load_detector(committee, ws) if committee.lower() != "none" else None
+        run, second = plan_rank(det, second, strategy, top=top, tta=tta, diversity=diversity, kcenter=kcenter,
+                                min_score=min_score)
+        strategy = run.strategy
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc), 2)
     with progress(st, "rank") as update:
