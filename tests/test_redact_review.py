@@ -70,8 +70,11 @@ def test_review_holds_uncertain_images_and_from_review_finishes_them(setup):
     ws = Workspace.open(tmp_path / "ws")
     with ws.catalog() as cat:
         assert cat.image(sha) is not None                                          # harvested into the workspace
-        pred = cat.query("SELECT boxes, scores FROM predictions WHERE image_id = ? AND model_version = 'fake-1'", (sha,))
+        pred = cat.query("SELECT boxes, scores, min_score FROM predictions WHERE image_id = ? AND model_version = 'fake-1'",
+                         (sha,))
         assert json.loads(pred[0]["scores"]) == [0.9, 0.35]
+        # stored with the floor the boxes were cut at, so `predict` at a lower threshold recomputes
+        assert pred[0]["min_score"] == pytest.approx(RedactConfig(review=True).detection_floor)
 
     # not reviewed yet: still held, nothing written
     code, s = _cli(tmp_path, str(src), str(out), "--from-review")

@@ -176,7 +176,7 @@ def redact_cmd(
     if review and held and not dry_run:
         from pipeline.redact import review as rv
 
-        review_info = rv.queue_for_review(ws, held, det.version)
+        review_info = rv.queue_for_review(ws, held, det.version, min_score=cfg.detection_floor)
 
     summary = rr.summarize(results, seconds, len(ignored))
     summary.update({"input": input, "output": str(output), "audit": str(audit_dir), "detector": det.version,

@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import importlib
 import logging
-import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from pipeline.boxes import Detections
-from pipeline.catalog import dumps
 from pipeline.redact.run import Item, Result, read_sidecar
 from pipeline.workspace import Workspace
 
@@ -36,8 +33,11 @@ def held_items(items: Sequence[Item]) -> list[tuple[Item, dict[str, Any]]]:
     return out
 
 
-def queue_for_review(ws: Workspace, held: Sequence[Result], model_version: str) -> dict[str, Any]:
-    """Harvest the held originals, store their detections as predictions, push them to Label Studio."""
+def queue_for_review(ws: Workspace, held: Sequence[Result], model_version: str,
+                     min_score: float | None = None) -> dict[str, Any]:
+    """Harvest the held originals, store their detections as predictions (`min_score`: the
+    threshold they were filtered with, so `predict` knows whether the row is complete), push
+    them to Label Studio."""
     if not held:
         return {"held": 0, "pushed": 0}
     from pipeline.config import HarvestConfig
@@ -45,23 +45,13 @@ def queue_for_review(ws: Workspace, held: Sequence[Result], model_version: str) 
 
     summary = harvest(ws, [r.src for r in held], HarvestConfig(workers=1))
     ids = sorted({r.input_sha256 for r in held})
-    now = time.time()
+    from pipeline.predict import store_predictions
+
     with ws.catalog() as cat:
-        known = {row["id"] for row in cat.query(
-            f"SELECT id FROM images WHERE id IN ({','.join('?' * len(ids))})", ids)}
-        with cat.transaction() as tx:
-            for r in held:
-                if r.input_sha256 not in known or not r.boxes:
-                    continue
-                page0 = Detections(r.boxes[0], r.scores[0])
-                js = page0.to_json()
-                tx.execute(
-                    "INSERT INTO predictions(image_id, model_version, boxes, scores, labels, created_at)"
-                    " VALUES (?,?,?,?,?,?) ON CONFLICT(image_id, model_version) DO UPDATE SET"
-                    " boxes=excluded.boxes, scores=excluded.scores, labels=excluded.labels",
-                    (r.input_sha256, model_version, dumps(js["boxes"]), dumps(js["scores"]),
-                     dumps(js["labels"]), now),
-                )
+        known = {row["id"] for row in cat.images_by_ids(ids)}
+        store_predictions(cat, model_version, [(r.input_sha256, Detections(r.boxes[0], r.scores[0]))
+                                               for r in held if r.input_sha256 in known and r.boxes],
+                          min_score=min_score)
     out: dict[str, Any] = {"held": len(held), "in_workspace": len(known), "harvest": summary.as_dict()}
     try:
         out["push"] = push(ws, sorted(known), model_version)
@@ -110,6 +100,3 @@ def waiting(item: Item, sc: dict[str, Any]) -> Result:
     return Result(item.rel, item.src, item.out, "waiting_review", input_sha256=sc.get("input_sha256", ""),
                   n_boxes=int(sc.get("n_boxes", 0)), detail="not reviewed yet (label it, then `textloop pull`)")
 
-
-def src_exists(item: Item) -> bool:
-    return Path(item.src).is_file()

@@ -58,6 +58,11 @@ class RedactConfig:
     dry_run: bool = False
     force: bool = False
 
+    @property
+    def detection_floor(self) -> float:
+        """Boxes kept from the detector: down to the review band's bottom when reviewing."""
+        return min(self.threshold, self.review_band[0]) if self.review else self.threshold
+
     def settings(self, detector_version: str) -> dict[str, Any]:
         return {
             "format_version": FORMAT_VERSION, "detector": detector_version, "threshold": self.threshold,
@@ -286,7 +291,7 @@ class Redactor:
         doc = codec.decode(data, cfg.max_pixels)
         del data
         res.pages = len(doc.pages)
-        floor = min(cfg.threshold, cfg.review_band[0]) if cfg.review else cfg.threshold
+        floor = cfg.detection_floor
         dets: list[Detections] = []
         for i, page in enumerate(doc.pages):
             if i == 0 and reviewed is not None:
