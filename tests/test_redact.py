@@ -237,6 +237,20 @@ def test_jpeg_output_covers_boxes_and_keeps_size(tmp_path):
     assert b[24:40, 24:80].max() <= 12                                # black within JPEG noise (whole 8x8 blocks)
 
 
+@pytest.mark.parametrize("name,fmt", [("a.jpg", "JPEG"), ("a.webp", "WEBP")])
+def test_quality_option_reaches_the_lossy_encoder(tmp_path, name, fmt):
+    """`--quality` is documented for JPEG and WebP: a lower quality gives a smaller file."""
+    src = tmp_path / name
+    Image.fromarray(rgb_noise(8, 200, 120)).save(src, format=fmt, quality=90)
+    sizes = {}
+    for q in (30, 95):
+        out = tmp_path / f"q{q}" / name
+        assert redact_one(src, out, jpeg_quality=q).status == "redacted"
+        assert Image.open(out).format == fmt
+        sizes[q] = out.stat().st_size
+    assert sizes[30] < 0.8 * sizes[95]
+
+
 def test_exif_orientation_is_applied_before_detection_and_output_is_upright(tmp_path):
     upright = rgb_noise(9)                                            # H x W as displayed
     raw = np.rot90(upright, 1)                                        # stored sideways, orientation 6

@@ -320,7 +320,7 @@ class Redactor:
             arrays.append(apply_redaction(page.array, ib, cfg.style, value))
             covered_boxes.append(ib)
         out_doc = doc.with_arrays(arrays)
-        out_bytes = codec.encode(out_doc, codec.EncodeOptions(jpeg_quality=cfg.jpeg_quality))
+        out_bytes = codec.encode(out_doc, codec.EncodeOptions(jpeg_quality=cfg.jpeg_quality, webp_quality=cfg.jpeg_quality))
         verify: dict[str, Any] | None = None
         if cfg.verify and self.verifier is not None:
             verify = self._verify(out_bytes, covered_boxes)
