@@ -345,55 +345,59 @@ def train(cfg: TrainConfig, synth: Sequence[Sample] = (), human: Sequence[Sample
     stop_now = bad_epochs >= cfg.patience and step > 0
     if stop_now:
         stopped = "early_stop"
-    while step < total and not stop_now:
-        images, targets = make_batch(step, synth, human, cfg)
-        losses = model(images, targets)
-        loss = sum(losses.values())
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
-            raise TrainingError(
-                f"non-finite loss at step {step} ({parts}) with lr {sched.get_last_lr()[0]:.3g}: lower the learning "
-                f"rate (--lr) or check the labels; the last good checkpoint is {ckpt_path}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        sched.step()
-        step += 1
-        loss_ema = value if loss_ema is None else 0.9 * loss_ema + 0.1 * value
-        elapsed = time.monotonic() - start
-        history.append({"step": step, "loss": value, **{k: float(v.detach()) for k, v in losses.items()}})
-        if progress:
-            eta = min(elapsed / (step - start_step) * (total - step), max(0.0, deadline - time.monotonic()))
-            progress(step, total, {"loss": loss_ema, "lr": sched.get_last_lr()[0], "epoch": step // cfg.steps_per_epoch,
-                                   "eta_s": eta})
-        end_of_epoch = step % cfg.steps_per_epoch == 0
-        over_budget = time.monotonic() > deadline
-        if end_of_epoch or over_budget or step == total:
-            metrics = {}
-            if val:  # every epoch end, and on a budget stop so the last partial epoch can win too
-                det = FasterRCNNDetector(model, cfg.model, version="training")
-                metrics = validate(det, val, cfg.val_threshold)
-                _train_mode(model, freeze_bn)
-                m = _metric(metrics, cfg.val_metric)
-                if m > best + cfg.min_delta or best_state is None:
-                    best, bad_epochs = max(m, best), 0
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                elif best > 0:  # patience only counts once the model has found something
-                    bad_epochs += 1
-                history.append({"epoch": step // cfg.steps_per_epoch, "step": step, "val": metrics,
-                                "seconds": time.monotonic() - start})
-                log.info("epoch %d step %d loss %.4f val %s=%.4f", step // cfg.steps_per_epoch, step, loss_ema or 0,
-                         cfg.val_metric, m)
-            checkpoint()
-            if over_budget:
-                stopped = "budget"
-                break
-            if bad_epochs >= cfg.patience:
-                stopped = "early_stop"
-                break
+    try:
+        while step < total and not stop_now:
+            images, targets = make_batch(step, synth, human, cfg)
+            losses = model(images, targets)
+            loss = sum(losses.values())
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
+                raise TrainingError(
+                    f"non-finite loss at step {step} ({parts}) with lr {sched.get_last_lr()[0]:.3g}: lower the learning "
+                    f"rate (--lr) or check the labels; the last good checkpoint is {ckpt_path}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            sched.step()
+            step += 1
+            loss_ema = value if loss_ema is None else 0.9 * loss_ema + 0.1 * value
+            elapsed = time.monotonic() - start
+            history.append({"step": step, "loss": value, **{k: float(v.detach()) for k, v in losses.items()}})
+            if progress:
+                eta = min(elapsed / (step - start_step) * (total - step), max(0.0, deadline - time.monotonic()))
+                progress(step, total, {"loss": loss_ema, "lr": sched.get_last_lr()[0], "epoch": step // cfg.steps_per_epoch,
+                                       "eta_s": eta})
+            end_of_epoch = step % cfg.steps_per_epoch == 0
+            over_budget = time.monotonic() > deadline
+            if end_of_epoch or over_budget or step == total:
+                metrics = {}
+                if val:  # every epoch end, and on a budget stop so the last partial epoch can win too
+                    det = FasterRCNNDetector(model, cfg.model, version="training")
+                    metrics = validate(det, val, cfg.val_threshold)
+                    _train_mode(model, freeze_bn)
+                    m = _metric(metrics, cfg.val_metric)
+                    if m > best + cfg.min_delta or best_state is None:
+                        best, bad_epochs = max(m, best), 0
+                        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    elif best > 0:  # patience only counts once the model has found something
+                        bad_epochs += 1
+                    history.append({"epoch": step // cfg.steps_per_epoch, "step": step, "val": metrics,
+                                    "seconds": time.monotonic() - start})
+                    log.info("epoch %d step %d loss %.4f val %s=%.4f", step // cfg.steps_per_epoch, step, loss_ema or 0,
+                             cfg.val_metric, m)
+                checkpoint()
+                if over_budget:
+                    stopped = "budget"
+                    break
+                if bad_epochs >= cfg.patience:
+                    stopped = "early_stop"
+                    break
+    except KeyboardInterrupt:  # Ctrl-C: keep every finished step; `--resume` replays from here exactly
+        checkpoint()
+        raise
     seconds = time.monotonic() - start
     if best_state is not None:
         model.load_state_dict(best_state)

@@ -98,3 +98,22 @@ def test_fine_tuning_keeps_the_parents_batchnorm_statistics(tiny: dict, tmp_path
 
 def torch_equal(a, b) -> bool:
     return bool((a == b).all())
+
+
+def test_ctrl_c_keeps_finished_steps_and_resume_replays_them(tiny: dict, tmp_path: Path) -> None:
+    """Ctrl-C mid-epoch writes the checkpoint (README promises it); --resume then continues at
+    the next step and gives the same losses as an uninterrupted run."""
+    cfg = _cfg(tmp_path / "full", epochs=1, steps_per_epoch=5, augment=True)
+    full = train(cfg, tiny["train"])
+
+    def ctrl_c_after_step_2(step: int, total: int, info: dict) -> None:
+        if step == 2:
+            raise KeyboardInterrupt
+
+    part_cfg = dataclasses.replace(cfg, out_dir=str(tmp_path / "part"))
+    with pytest.raises(KeyboardInterrupt):
+        train(part_cfg, tiny["train"], progress=ctrl_c_after_step_2)
+    assert (tmp_path / "part" / "checkpoint.pt").exists()
+    resumed = train(dataclasses.replace(part_cfg, resume=True), tiny["train"])
+    assert resumed.steps == 5
+    np.testing.assert_allclose(losses_of(resumed.history), losses_of(full.history), rtol=1e-4, atol=1e-5)
