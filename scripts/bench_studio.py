@@ -60,12 +60,12 @@ def annotated_project(ws_root: Path, studio, n: int, boxes: int) -> tuple[Worksp
     synthetic_catalog(ws, n, boxes, "bench-v1")
     from pipeline.studio.convert import detections_to_results
     from pipeline.studio.project import render_label_config
-    from pipeline.studio.push import stored_predictions
+    from pipeline.predict import load_predictions
 
     cfg = render_label_config()
     with ws.catalog() as cat:
         ids = [r["id"] for r in cat.images()]
-        preds = stored_predictions(cat, ids, "bench-v1")
+        preds = load_predictions(cat, "bench-v1", ids)
     t0 = time.perf_counter()
     for i in range(0, n, 250):
         payload = [{"data": {"image": "/data/local-files/?d=x", "image_id": iid},

@@ -114,6 +114,7 @@ def push_cmd(
     model: str = typer.Option("current", help="Detector: current | ppocr | path to bundle.zip."),
     model_version: Optional[str] = typer.Option(None, help="Use stored predictions of this model version."),
     split: Optional[str] = typer.Option(None, help="Only images of this split."),
+    min_score: float = typer.Option(0.3, help="Boxes below this score are not sent to labellers."),
     update_existing: bool = typer.Option(True, help="Add this model version's prediction to existing tasks."),
 ) -> None:
     """Create Label Studio tasks with the model's boxes as pre-annotations (idempotent, batched)."""
@@ -131,7 +132,7 @@ def push_cmd(
             it = cat.start_iteration("push")
         with progress(st, "push") as update:
             res = push_images(ws, ids, model_version, studio, model=model, strategy=strategy, top=top,
-                              update_existing=update_existing, progress=update)
+                              update_existing=update_existing, progress=update, min_score=min_score)
     except (StudioError, FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     with ws.catalog() as cat:

@@ -8,7 +8,6 @@ confidence (mean box score), so Label Studio's uncertainty sampling serves the l
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -38,64 +37,6 @@ def local_files_url(ws: Workspace, studio: Studio, relpath: str) -> str:
 
 
 # --- predictions ------------------------------------------------------------------------------
-
-def stored_predictions(cat: Catalog, image_ids: Sequence[str], model_version: str) -> dict[str, Detections]:
-    out: dict[str, Detections] = {}
-    ids = list(image_ids)
-    for i in range(0, len(ids), 500):
-        chunk = ids[i:i + 500]
-        rows = cat.query(
-            f"SELECT image_id, boxes, scores, labels FROM predictions WHERE model_version = ? "
-            f"AND image_id IN ({','.join('?' * len(chunk))})", [model_version, *chunk])
-        for r in rows:
-            out[r["image_id"]] = Detections(json.loads(r["boxes"]), json.loads(r["scores"]), json.loads(r["labels"]))
-    return out
-
-
-def compute_predictions(ws: Workspace, detector: Any, image_ids: Sequence[str]) -> dict[str, Detections]:
-    """Run the detector and store the rows under `detector.version` (engineer A's
-    `predict_workspace` when it exists; a direct loop otherwise)."""
-    if not image_ids:
-        return {}
-    try:
-        from pipeline.predict import predict_workspace
-    except ImportError:
-        predict_workspace = None
-    if predict_workspace is not None:
-        return dict(predict_workspace(ws, detector, list(image_ids)))
-    return _predict_direct(ws, detector, image_ids)
-
-
-def _predict_direct(ws: Workspace, detector: Any, image_ids: Sequence[str], batch: int = 4) -> dict[str, Detections]:
-    from pipeline.catalog import dumps
-    from pipeline.imaging import load_rgb
-
-    out: dict[str, Detections] = {}
-    with ws.catalog() as cat:
-        paths = {r["id"]: r["path"] for r in cat.query(
-            f"SELECT id, path FROM images WHERE id IN ({','.join('?' * len(image_ids))})", list(image_ids))}
-        ids = [i for i in image_ids if i in paths]
-        for i in range(0, len(ids), batch):
-            chunk, arrays = [], []
-            for image_id in ids[i:i + batch]:
-                try:
-                    arrays.append(load_rgb(ws.abspath(paths[image_id])))
-                    chunk.append(image_id)
-                except Exception as exc:  # noqa: BLE001 - a bad image is logged and skipped
-                    log.warning("%s: cannot load (%s); skipped", paths[image_id], exc)
-            if not chunk:
-                continue
-            dets = detector.detect(arrays)
-            with cat.transaction() as tx:
-                for image_id, det in zip(chunk, dets):
-                    j = det.to_json()
-                    tx.execute(
-                        "INSERT OR REPLACE INTO predictions(image_id, model_version, boxes, scores, labels, created_at) "
-                        "VALUES (?, ?, ?, ?, ?, ?)",
-                        (image_id, detector.version, dumps(j["boxes"]), dumps(j["scores"]), dumps(j["labels"]), time.time()))
-                    out[image_id] = det
-    return out
-
 
 def confidence(det: Detections) -> float:
     """Prediction-level score: mean box score; an empty prediction counts as confident (1.0) --
@@ -213,11 +154,16 @@ def push_images(
     update_existing: bool = True,
     batch_size: int = BATCH,
     progress: Callable[[int, int], None] | None = None,
+    min_score: float | None = None,
 ) -> dict[str, Any]:
     """Push `image_ids` (None: every image not excluded) as tasks with predictions.
 
     `top` limits how many *new* tasks are created, in ranking order (`strategy`) or by lowest mean
-    confidence. Existing tasks get this model version's prediction if they lack it."""
+    confidence. Existing tasks get this model version's prediction if they lack it. Boxes below
+    `min_score` (default: `predict`'s threshold, 0.3) are not sent."""
+    from pipeline.predict import DEFAULT_THRESHOLD, load_predictions, predict_workspace
+
+    floor = DEFAULT_THRESHOLD if min_score is None else min_score
     studio = client or connect()
     project = get_project(ws, studio)
     version, get_detector = resolve_model(ws, model_version, detector, model)
@@ -249,14 +195,16 @@ def push_images(
                 new_ids = new_ids[:top]
         upd_ids = [i for i in images if i in server_tasks and server_tasks[i] not in have_version] if update_existing else []
         need = list(dict.fromkeys(new_ids + upd_ids))
-        preds = stored_predictions(cat, need, version)
+        # rank stores boxes down to 0.05 (weak boxes carry its uncertainty); labellers see only
+        # boxes a redaction would use, as `predict` and the ML backend do
+        preds = {k: d.filter(floor) for k, d in load_predictions(cat, version, need).items()}
         todo = [i for i in need if i not in preds]
     if todo:
         det = get_detector()
         if str(det.version) != version:
             raise StudioError(f"predictions for model {version} are missing for {len(todo)} images and the loaded "
                               f"detector is {det.version}; predict with that model first, or push with --model <detector>")
-        preds.update(compute_predictions(ws, det, todo))
+        preds.update(predict_workspace(ws, det, todo, threshold=floor))
     failed = [i for i in need if i not in preds]
     if ranking is None:
         new_ids = order_images([i for i in new_ids if i in preds], preds, None)

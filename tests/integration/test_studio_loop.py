@@ -56,6 +56,9 @@ class FakeDetector:
                 boxes.append([0.05 * w, 0.80 * h, 0.30 * w, 0.95 * h])
             boxes = np.asarray(boxes) + self.shift
             scores = 0.30 + 0.65 * ((seed + np.arange(len(boxes)) * 37) % 100) / 100.0
+            # and a weak box, as rank stores (down to 0.05): labellers must not get it
+            boxes = np.vstack([boxes, [[0.6 * w, 0.05 * h, 0.7 * w, 0.09 * h]]])
+            scores = np.append(scores, 0.1)
             out.append(Detections(boxes, scores, np.zeros(len(boxes), dtype=int)))
         return out
 
@@ -126,6 +129,7 @@ def test_push_creates_one_task_per_image_with_scored_predictions(loop):
         w, h = sizes[t.data["image_id"]]
         assert all(r["original_width"] == w and r["original_height"] == h for r in pred["result"])
         scores = [r["score"] for r in pred["result"]]
+        assert scores and min(scores) >= 0.3                      # the weak 0.1 box is not sent
         assert pred["score"] == pytest.approx(np.mean(scores), abs=1e-3)
         confidences.append(pred["score"])
         # the image is really served by Label Studio from the workspace
@@ -279,10 +283,16 @@ def test_push_with_ranking_orders_by_strategy_and_honours_top(live_studio, tmp_p
     scores = {i: float(k) for k, i in enumerate(ids)}  # the last id is the most useful
     pd.DataFrame({"image_id": ids, "score_uncertainty": [scores[i] for i in ids], "reason": "test"}).to_parquet(
         ws.reports_dir / "ranking.parquet")
+    from pipeline.predict import predict_workspace
+
+    predict_workspace(ws, FakeDetector(), threshold=0.05)  # what rank stores: weak boxes included
     res = push_images(ws, None, client=studio, detector=FakeDetector(), strategy="uncertainty", top=3)
     assert res["tasks_created"] == 3 and "score_uncertainty" in res["order"]
     tasks = sorted(_tasks(studio, res["project_id"]), key=lambda t: t.id)
     assert [t.data["image_id"] for t in tasks] == ids[::-1][:3]
+    for t in tasks:  # labellers see the boxes a redaction would use, not rank's weak ones
+        pred = t.predictions[0] if isinstance(t.predictions[0], dict) else t.predictions[0].dict()
+        assert pred["result"] and min(r["score"] for r in pred["result"]) >= 0.3
     with ws.catalog() as cat, cat.transaction() as tx:  # labelled elsewhere (e.g. `textloop import`)
         tx.execute("UPDATE images SET status = 'labelled' WHERE id = ?", (ids[0],))
     rest = push_images(ws, None, client=studio, detector=FakeDetector(), strategy="uncertainty")
