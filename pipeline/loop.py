@@ -14,6 +14,7 @@ artefacts land in `runs/<iteration>/`.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -86,11 +87,15 @@ def promotion_decision(candidate: dict[str, float], current: dict[str, float] | 
 
 
 def _evaluate_on(detector: Any, gt: list, threshold: float) -> dict[str, float]:
+    """Metrics on the (path, LabelledImage) pairs; an unreadable image is logged and left out
+    instead of failing the round after its training finished."""
     from pipeline.evaluate import evaluate
-    from pipeline.imaging import load_rgb
+    from pipeline.predict import detect_set
 
-    preds = [detector.detect([load_rgb(p)])[0].filter(threshold) for p, _ in gt]
-    return evaluate([r for _, r in gt], preds)
+    ok, dets, errors, _ = detect_set(detector, gt, threshold)
+    for e in errors:
+        logging.getLogger("textloop.loop").warning("evaluate: skipped %s", e)
+    return evaluate([gt[k][1] for k in ok], dets)
 
 
 def _test_set(ws: Any, seed: int) -> tuple[list, str]:

@@ -228,17 +228,12 @@ def make_batch(step: int, synth: Sequence[Sample], human: Sequence[Sample], cfg:
 
 def validate(detector: FasterRCNNDetector, val: Sequence[Sample], threshold: float) -> dict[str, Any]:
     from pipeline.evaluate import evaluate
+    from pipeline.predict import detect_set
 
-    gts, preds = [], []
-    for s in val:
-        try:
-            img = load_rgb(s.path)
-        except Exception as exc:
-            log.warning("%s: skipped in validation (%s)", s.path, exc)
-            continue
-        preds.append(detector.detect([img])[0].filter(threshold))
-        gts.append(s.gt)
-    return evaluate(gts, preds) if gts else {}
+    ok, preds, errors, _ = detect_set(detector, [(s.path, s.gt) for s in val], threshold)
+    for e in errors:
+        log.warning("skipped in validation: %s", e)
+    return evaluate([val[k].gt for k in ok], preds) if ok else {}
 
 
 def _metric(metrics: dict[str, Any], key: str) -> float:

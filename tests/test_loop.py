@@ -25,3 +25,27 @@ def test_promotion_rule(candidate, promote, regressed) -> None:
 
 def test_first_model_is_promoted() -> None:
     assert promotion_decision({"text_coverage": 0.1, "f1": 0.1}, None) == (True, [])
+
+
+def test_evaluation_skips_an_unreadable_test_image(tmp_path) -> None:
+    """One broken file in the test split must not fail the round after training finished."""
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.boxes import Detections
+    from pipeline.formats import LabelledImage
+    from pipeline.loop import _evaluate_on
+
+    good, bad = tmp_path / "good.png", tmp_path / "bad.png"
+    Image.new("RGB", (64, 48), "white").save(good)
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+
+    class Box:
+        version = "fake"
+
+        def detect(self, images):
+            return [Detections(np.array([[10, 10, 30, 20]]), np.array([0.9]), np.array([0])) for _ in images]
+
+    gt = [(p, LabelledImage(p.name, 64, 48, np.array([[10.0, 10, 30, 20]]))) for p in (good, bad)]
+    m = _evaluate_on(Box(), gt, 0.3)
+    assert m["n_images"] == 1 and m["text_coverage"] == 1.0
