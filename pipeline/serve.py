@@ -189,10 +189,7 @@ class Backend:
         if self._trainer is not None:
             result = self._trainer(self.ws)
         else:
-            trainer = _default_trainer()
-            if trainer is None:
-                raise RuntimeError("training not available (pipeline.train / pipeline.loop are not installed)")
-            result = trainer(self.ws, self._studio() if self.cfg.pull_before_train else None)
+            result = _default_trainer()(self.ws, self._studio() if self.cfg.pull_before_train else None)
         new_detector = self._load()
         self._detector = new_detector  # atomic swap; in-flight requests keep the old one
         return {"result": result if isinstance(result, (dict, str, int, float, type(None))) else str(result),
@@ -207,36 +204,14 @@ class Backend:
 
 def _default_trainer() -> Any:
     """`trainer(ws, studio)`: one textloop round (`pipeline.loop.iterate`: pull, curate, train,
-    promote only if not worse on the test split, rank, push the next batch) when that module
-    exists; else pull + `pipeline.train.train_workspace` (promoted only if nothing is current);
-    None when neither exists."""
-    try:
-        from pipeline.loop import IterateConfig, iterate
-    except ImportError:
-        iterate = None
-    if iterate is not None:
-        def run_round(ws: Workspace, studio: Any) -> Any:
-            res = iterate(ws, IterateConfig(push=studio is not None), client=studio)
-            return {"promoted": res.promoted, "candidate": res.candidate, "current": res.current}
+    promote only if not worse on the test split, rank, push the next batch)."""
+    from pipeline.loop import IterateConfig, iterate
 
-        return run_round
-    try:
-        from pipeline.train import TrainConfig, resolve_parent, train_workspace, workspace_training_data
-    except ImportError:
-        return None
+    def run_round(ws: Workspace, studio: Any) -> Any:
+        res = iterate(ws, IterateConfig(push=studio is not None), client=studio)
+        return {"promoted": res.promoted, "candidate": res.candidate, "current": res.current}
 
-    def run_train(ws: Workspace, studio: Any) -> Any:
-        if studio is not None:
-            from pipeline.studio.pull import pull
-
-            pull(ws, studio)
-        parent_path, parent_version = resolve_parent(ws, "auto")
-        synth, human, val, val_source = workspace_training_data(ws)
-        cfg = TrainConfig(out_dir=str(ws.runs_dir / f"train-serve-{int(time.time())}"),
-                          parent_bundle=str(parent_path) if parent_path else None)
-        return train_workspace(ws, cfg, synth, human, val, val_source, parent_version)
-
-    return run_train
+    return run_round
 
 
 def create_app(ws: Workspace, cfg: ServeConfig = ServeConfig(), detector: Any = None, trainer: Any = None) -> Any:

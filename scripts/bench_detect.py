@@ -33,24 +33,13 @@ sys.path.insert(0, str(REPO))
 
 from pipeline.boxes import Detections  # noqa: E402
 from pipeline.evaluate import evaluate, evaluate_by_source, json_safe  # noqa: E402
-from pipeline.formats import LabelledImage, read_devset, read_jsonl  # noqa: E402
+from pipeline.formats import LabelledImage, read_devset, read_jsonl, split_halves  # noqa: E402
 from pipeline.imaging import load_rgb  # noqa: E402
 from pipeline.synth import SynthConfig, generate  # noqa: E402
 
 MICRO = SynthConfig(n_images=30, seed=9001, width=(640, 1024),
                     background_kinds=("fluorescence", "brightfield", "em"),
                     kinds=("sample_id", "timestamp", "scale_bar", "instrument", "corner_label", "watermark"))
-
-
-def split_halves(records: list[tuple[Path, LabelledImage]]) -> tuple[list, list]:
-    by_source: dict[str, list] = {}
-    for p, r in records:
-        by_source.setdefault(r.source, []).append((p, r))
-    a, b = [], []
-    for src in sorted(by_source):
-        for i, item in enumerate(sorted(by_source[src], key=lambda x: x[1].image)):
-            (a if i % 2 == 0 else b).append(item)
-    return a, b
 
 
 def train_subprocess(args: argparse.Namespace, name: str, minutes: float, parent: Path | None, human_jsonl: Path | None,

@@ -292,18 +292,6 @@ def _auxiliary_inputs(labels: list[dict[str, np.ndarray]], preds: list[list[np.n
     return out
 
 
-def _containment(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Share of each box in `a` covered by each box in `b` (a word inside a predicted line is fine)."""
-    if not len(a) or not len(b):
-        return np.zeros((len(a), len(b)))
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    wh = np.clip(rb - lt, 0, None)
-    inter = wh[..., 0] * wh[..., 1]
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
-    return np.where(area_a[:, None] > 0, inter / np.maximum(area_a[:, None], 1e-9), 0.0)
-
-
 # --- catalog glue ------------------------------------------------------------------------------
 
 def catalog_items(ws: Any, cfg: LabelNoiseConfig | None = None) -> tuple[list[NoiseItem], list[tuple[str, str]]]:
