@@ -131,10 +131,13 @@ def test_ml_backend_protocol_in_process(ws_with_image):
     assert client.get("/health").json()["annotation_events"] == 1
 
 
-def test_ml_backend_reports_training_unavailable(ws_with_image, monkeypatch):
+def test_ml_backend_reports_a_failed_retrain_and_keeps_serving(ws_with_image, monkeypatch):
     import pipeline.serve as serve
 
-    monkeypatch.setattr(serve, "_default_trainer", lambda: None)
+    def failing_round(ws, studio):
+        raise RuntimeError("training not available: no images")
+
+    monkeypatch.setattr(serve, "_default_trainer", lambda: failing_round)
     ws, _ = ws_with_image
     client = TestClient(serve.create_app(ws, serve.ServeConfig(pull_before_train=False), detector=_Fake()))
     client.post("/webhook", json={"action": "START_TRAINING"})
