@@ -296,12 +296,10 @@ class FastdupUnavailable(RuntimeError):
 
 
 def _sha256_file(path: Path) -> str | None:
+    from pipeline.predict import sha256_file
+
     try:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        return h.hexdigest()
+        return sha256_file(path)
     except OSError:
         return None
 

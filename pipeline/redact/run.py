@@ -26,6 +26,7 @@ import numpy as np
 from pipeline.boxes import Detections, union_mask
 from pipeline.formats import atomic_write_bytes, atomic_write_text
 from pipeline.imaging import ImageRejected
+from pipeline.predict import sha256_file
 from pipeline.redact import codec
 from pipeline.redact.core import Pad, apply_redaction, fill_value, redaction_boxes
 
@@ -185,14 +186,6 @@ def _walk(root: Path) -> list[Path]:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_sidecar(path: str | Path) -> dict[str, Any] | None:
