@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # pandas is imported where tables are built: it is not needed
 from pipeline.boxes import Detections, area, iou_matrix, union_mask
 
 STRATEGIES = ("uncertainty", "committee", "tta", "random")
+RANKING_TABLE = "ranking"                 # <workspace>/reports/ranking.parquet (+ .csv); push reads it
 STRATEGY_HELP = (f"Batch strategy: {', '.join(STRATEGIES)}, or auto (committee when there is a second detector, "
                  "else uncertainty).")
 
@@ -292,9 +293,8 @@ def rank_workspace(ws, detector, run: RankRun = RankRun(), committee_detector=No
     """Score every unlabelled workspace image, pick the next batch and write the ranking table.
 
     Model (and committee) predictions are stored in the catalog under their versions, so `push`
-    sends exactly the boxes that were ranked. Writes `reports/ranking.parquet` + `.csv` (read by
+    sends the boxes that were ranked (above its --min-score). Writes `reports/ranking.parquet` + `.csv` (read by
     `push --strategy`) and a copy under `runs/<iteration>/`."""
-    from pipeline.formats import atomic_write_bytes
     from pipeline.imaging import load_rgb
     from pipeline.predict import predict_workspace
 
@@ -342,9 +342,9 @@ def rank_workspace(ws, detector, run: RankRun = RankRun(), committee_detector=No
     df = df.sort_values(["batch_rank", f"score_{run.strategy}"], ascending=[True, False], na_position="last",
                         ignore_index=True)
 
-    for folder in (ws.reports_dir, ws.run_dir(iteration)):
-        atomic_write_bytes(folder / "ranking.parquet", df.to_parquet(index=False))
-        atomic_write_bytes(folder / "ranking.csv", df.to_csv(index=False).encode())
+    from pipeline.curate.report import write_table
+
+    write_table(df, [ws.reports_dir, ws.run_dir(iteration)], RANKING_TABLE)
     with ws.catalog() as cat:
         cat.finish_iteration(iteration, counts={"pool": len(images), "ranked": len(df), "batch": len(batch),
                                                 "errors": len(errors)},
@@ -356,10 +356,9 @@ def rank_workspace(ws, detector, run: RankRun = RankRun(), committee_detector=No
 
 def load_ranking(ws) -> pd.DataFrame | None:
     """The latest ranking table, or None when `textloop rank` has not run."""
-    path = ws.reports_dir / "ranking.parquet"
-    import pandas as pd
+    from pipeline.curate.report import read_table
 
-    return pd.read_parquet(path) if path.exists() else None
+    return read_table(ws.reports_dir, RANKING_TABLE)
 
 
 def batch_from_ranking(df: pd.DataFrame, strategy: str, top: int) -> list[str]:

@@ -7,7 +7,7 @@ from rich.table import Table
 
 from pipeline.cli.common import emit, fail, progress, state
 from pipeline.detectors import load_detector
-from pipeline.rank import STRATEGY_HELP, plan_rank, rank_workspace
+from pipeline.rank import RANKING_TABLE, STRATEGY_HELP, plan_rank, rank_workspace
 
 
 def register(app: typer.Typer) -> None:
@@ -46,7 +46,7 @@ def rank_cmd(
             "committee": second.version if second else None,
             "batch": batch[["image_id", "original_name", "batch_rank", f"score_{strategy}", "reason"]].to_dict("records"),
             "errors": [{"image_id": i, "error": e} for i, e in df.attrs.get("errors", [])],
-            "table": str(ws.reports_dir / "ranking.parquet")}
+            "table": str(ws.reports_dir / f"{RANKING_TABLE}.parquet")}
 
     def render(c) -> None:
         t = Table(title=f"next batch by {strategy} ({len(batch)} of {len(df)} unlabelled images)")

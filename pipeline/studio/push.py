@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,31 +45,25 @@ def confidence(det: Detections) -> float:
 
 # --- ordering ---------------------------------------------------------------------------------
 
-def ranking_path(ws: Workspace) -> Path:
-    return ws.reports_dir / "ranking.parquet"
-
-
 def read_ranking(ws: Workspace, strategy: str) -> tuple[dict[str, float], dict[str, int], str]:
     """A push priority per image (higher = label first): the batch `textloop rank` picked for this
     strategy, then the rest by score_<strategy>; an integer `cluster` per duplicate group; and
     the strategy (`ranked` = whichever the last `textloop rank` picked its batch by)."""
-    import pandas as pd
+    from pipeline.rank import RANKING_TABLE, batch_from_ranking, load_ranking
 
-    p = ranking_path(ws)
-    if not p.exists():
+    p = ws.reports_dir / f"{RANKING_TABLE}.parquet"
+    df = load_ranking(ws)
+    if df is None:
         raise StudioError(f"{p}: no ranking yet; run `textloop rank` first, or push without --strategy")
-    df = pd.read_parquet(p)
     if strategy == "ranked":
-        picked = df["batch_strategy"].dropna() if "batch_strategy" in df.columns else pd.Series([], dtype=object)
-        if picked.empty:
+        picked = df["batch_strategy"].dropna() if "batch_strategy" in df.columns else []
+        if not len(picked):
             raise StudioError(f"{p}: the ranking records no batch strategy; name one with --strategy")
         strategy = str(picked.iloc[0])
     col = f"score_{strategy}"
     if col not in df.columns:
         have = sorted(c[6:] for c in df.columns if c.startswith("score_"))
         raise StudioError(f"{p}: no column {col}; strategies in the ranking: {', '.join(have) or 'none'}")
-    from pipeline.rank import batch_from_ranking
-
     # rank's own batch first (diverse: no two near-duplicates), then the rest by score
     order = batch_from_ranking(df[df[col].notna()], strategy, len(df))
     scores = {str(i): float(len(order) - k) for k, i in enumerate(order)}
