@@ -192,6 +192,20 @@ def _read_csv(path: Path, errors: list[Reject]) -> Iterator[Item]:
 
 # --- fetching one item (runs in worker threads) -------------------------------------------
 
+def worker_pool(workers: int) -> Any:
+    """Forked worker processes: cheap to start, and decoding uses every core (Pillow holds the
+    GIL). But forking a process whose native thread pools run (onnxruntime after ppocr, torch)
+    can deadlock the child: `harvest` hung when called after a detector was loaded in the same
+    process (`redact --review`, tests). Then threads (slower, safe; spawn/forkserver would
+    re-run the caller's `__main__`, which breaks scripts without a main guard)."""
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    if any(m in sys.modules for m in ("onnxruntime", "torch")):
+        return ThreadPoolExecutor(max_workers=workers)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
+
+
 class _Retryable(Exception):
     pass
 
@@ -402,9 +416,8 @@ def harvest(
         queue = iter(todo)
         in_flight: dict[Future, Item] = {}
         # Processes, not threads: Pillow holds the GIL while decoding, and decoding is the cost.
-        # fork keeps start-up cheap; workers only fetch/decode, they never touch the catalog.
-        ctx = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(max_workers=max(1, min(cfg.workers, len(todo) or 1)), mp_context=ctx) as pool:
+        # workers only fetch/decode, they never touch the catalog
+        with worker_pool(max(1, min(cfg.workers, len(todo) or 1))) as pool:
             def submit_next() -> bool:
                 it = next(queue, None)
                 if it is None or disk_full is not None:

@@ -242,3 +242,51 @@ def test_interrupted_harvest_resumes_without_partials_or_duplicates(tmp_path: Pa
     for p in stored:
         with Image.open(p) as im:
             im.load()
+
+
+HARVEST_AFTER_DETECTOR = """
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pipeline.config import HarvestConfig
+from pipeline.detectors.ppocr import PPOCRDetector
+from pipeline.harvest import harvest
+from pipeline.workspace import Workspace
+
+if __name__ == "__main__":
+    root = Path(sys.argv[1])
+    (root / "src").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(root / "src" / f"{i}.png")
+    PPOCRDetector().detect([np.full((200, 300, 3), 255, np.uint8)])   # onnxruntime's threads now run
+    print(harvest(Workspace.open(root / "ws"), [str(root / "src")], HarvestConfig(workers=2)).new)
+"""
+
+
+def test_harvest_after_a_detector_ran_in_the_same_process_does_not_hang(tmp_path: Path) -> None:
+    """Forking a process with onnxruntime's thread pool running deadlocked the workers
+    (`redact --review` harvests after detecting); harvest must finish."""
+    script = tmp_path / "run.py"
+    script.write_text(HARVEST_AFTER_DETECTOR)
+    r = subprocess.run([sys.executable, str(script), str(tmp_path / "w")], capture_output=True, text=True, timeout=180,
+                       cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == "6"
+
+
+def test_worker_pool_does_not_fork_a_process_with_native_thread_pools(monkeypatch) -> None:
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+    from pipeline.harvest import worker_pool
+
+    for m in ("onnxruntime", "torch"):
+        monkeypatch.delitem(sys.modules, m, raising=False)
+    with worker_pool(2) as pool:
+        assert isinstance(pool, ProcessPoolExecutor)
+    monkeypatch.setitem(sys.modules, "onnxruntime", object())
+    with worker_pool(2) as pool:
+        assert isinstance(pool, ThreadPoolExecutor)
