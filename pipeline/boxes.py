@@ -1,7 +1,9 @@
 """One box type and every box conversion.
 
 `Detections` holds boxes as an (N, 4) float array of pixel xyxy in the original image
-(after EXIF orientation is applied), with scores and integer labels. Vectorised helpers
+(after EXIF orientation is applied), with scores and integer labels, and optionally the
+(N, 4, 2) quadrilaterals a detector found (DB/PP-OCR finds rotated text); the xyxy box is then
+the quad's enclosing rectangle, one view of it. Vectorised helpers
 (IoU, clipping, padding, masks) and the Label Studio percent conversion live here so there
 is exactly one place where coordinates change representation.
 """
@@ -26,11 +28,12 @@ def _as_boxes(boxes: Any) -> np.ndarray:
 
 @dataclass(frozen=True, eq=False)
 class Detections:
-    """Boxes (N,4 xyxy px), scores (N,), labels (N,) for one image."""
+    """Boxes (N,4 xyxy px), scores (N,), labels (N,) for one image; `quads` (N,4,2) or None."""
 
     boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
     scores: np.ndarray = field(default_factory=lambda: np.zeros((0,)))
     labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), dtype=np.int64))
+    quads: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         boxes = _as_boxes(self.boxes)
@@ -46,37 +49,59 @@ class Detections:
         object.__setattr__(self, "boxes", boxes)
         object.__setattr__(self, "scores", scores)
         object.__setattr__(self, "labels", labels)
+        if self.quads is not None:
+            quads = np.asarray(self.quads, dtype=np.float64)
+            quads = quads.reshape(-1, 4, 2) if quads.size else np.zeros((0, 4, 2))
+            if len(quads) != n:
+                raise ValueError(f"{n} boxes but {len(quads)} quads")
+            object.__setattr__(self, "quads", quads)
+
+    @classmethod
+    def from_quads(cls, quads: Any, scores: Any = (), labels: Any = ()) -> "Detections":
+        """Detections whose boxes are the enclosing rectangles of `quads` (N, 4, 2)."""
+        q = np.asarray(quads, dtype=np.float64).reshape(-1, 4, 2)
+        return cls(quad_to_xyxy(q), scores, labels, q)
+
+    def quads_or_rects(self) -> np.ndarray:
+        """The quads, or each box's rectangle as a quad when the detector gave none."""
+        return self.quads if self.quads is not None else xyxy_to_quad(self.boxes)
 
     def __len__(self) -> int:
         return len(self.boxes)
 
     def __getitem__(self, index: Any) -> "Detections":
-        return Detections(self.boxes[index], self.scores[index], self.labels[index])
+        return Detections(self.boxes[index], self.scores[index], self.labels[index],
+                          None if self.quads is None else self.quads[index])
 
     def filter(self, min_score: float) -> "Detections":
         return self[self.scores >= min_score]
 
     def to_json(self) -> dict[str, list]:
-        """Plain lists (rounded to 0.01 px) for JSONL and the catalog."""
-        return {
+        """Plain lists (rounded to 0.01 px) for JSONL and the catalog; `quads` only when present."""
+        d: dict[str, list] = {
             "boxes": [[round(float(v), 2) for v in b] for b in self.boxes],
             "scores": [round(float(s), 4) for s in self.scores],
             "labels": [int(x) for x in self.labels],
         }
+        if self.quads is not None:
+            d["quads"] = [[[round(float(x), 2), round(float(y), 2)] for x, y in q] for q in self.quads]
+        return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "Detections":
-        return cls(d.get("boxes", []), d.get("scores", []), d.get("labels", []))
+        return cls(d.get("boxes", []), d.get("scores", []), d.get("labels", []), d.get("quads"))
 
     @classmethod
     def concat(cls, items: Sequence["Detections"]) -> "Detections":
         items = [d for d in items if len(d)]
         if not items:
             return cls()
+        with_quads = any(d.quads is not None for d in items)
         return cls(
             np.concatenate([d.boxes for d in items]),
             np.concatenate([d.scores for d in items]),
             np.concatenate([d.labels for d in items]),
+            np.concatenate([d.quads_or_rects() for d in items]) if with_quads else None,
         )
 
 
@@ -138,6 +163,12 @@ def quad_to_xyxy(quads: Any) -> np.ndarray:
         return np.zeros((0, 4))
     q = q.reshape(len(q), -1, 2)
     return np.concatenate([q.min(axis=1), q.max(axis=1)], axis=1)
+
+
+def xyxy_to_quad(boxes: Any) -> np.ndarray:
+    """(N, 4, 2) corners (top-left, top-right, bottom-right, bottom-left) of xyxy boxes."""
+    b = _as_boxes(boxes)
+    return np.stack([b[:, [0, 1]], b[:, [2, 1]], b[:, [2, 3]], b[:, [0, 3]]], axis=1)
 
 
 def exif_upright(boxes: np.ndarray, orientation: int, raw_width: int, raw_height: int) -> np.ndarray:

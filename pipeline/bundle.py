@@ -1,10 +1,14 @@
 """Model bundles (one self-contained zip per trained model) and the workspace model registry.
 
 A bundle holds everything inference needs and nothing it does not:
-  config.json   kind, format, version, parent, model config (architecture, anchors, scales)
+  config.json   kind (db | fasterrcnn), format, version, parent, model config (db: the
+                thresh/box_thresh/unclip_ratio selected on validation and the stock model's
+                sha256; fasterrcnn: architecture, anchors, scales), training facts, selection
+  model.onnx    db only: the network for inference (runs through ppocr's pre/post-processing)
   weights.pt    the state_dict (float16 by default: half the size, and the model is rounded to
-                exactly these values before its final validation, so metrics and predictions
-                of the bundle are the model's)
+                exactly these values before its final validation -- and, for db, before the
+                ONNX export -- so metrics and predictions of the bundle are the model's); for
+                db these are what further fine-tuning starts from
   metrics.json  validation metrics at save time
   labels.json   class index -> name (0-based, what `detect` returns)
   data.json     sha256 of the sorted training data list, and its length
@@ -30,6 +34,7 @@ from pipeline.catalog import dumps
 from pipeline.formats import atomic_write_bytes, atomic_write_text
 
 BUNDLE_FORMAT = 1
+KINDS = ("db", "fasterrcnn")
 
 
 def data_hash(items: Iterable[str]) -> str:
@@ -42,7 +47,15 @@ def round_state(state: Mapping[str, Any], dtype: str = "float16") -> dict[str, A
     import torch
 
     dt = {"float16": torch.float16, "float32": torch.float32}[dtype]
-    return {k: (v.detach().to(dt) if v.is_floating_point() else v.detach()).clone() for k, v in state.items()}
+
+    def cast(v: Any) -> Any:
+        if not v.is_floating_point():
+            return v.detach()
+        if dt == torch.float16 and v.numel() and float(v.detach().abs().max()) > 65504:
+            return v.detach().float()  # out of float16 range (PP-OCR has BatchNorm variances of 1e8): keep float32
+        return v.detach().to(dt)
+
+    return {k: cast(v).clone() for k, v in state.items()}
 
 
 def round_model_(model: Any, dtype: str = "float16") -> None:
@@ -58,26 +71,41 @@ def make_version(state_bytes: bytes, kind: str = "fasterrcnn") -> str:
     return f"{kind}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{hashlib.sha256(state_bytes).hexdigest()[:8]}"
 
 
+def _kind(config: Any) -> str:
+    from pipeline.detectors.dbnet import DBModelConfig
+
+    return "db" if isinstance(config, DBModelConfig) else "fasterrcnn"
+
+
 def save_bundle(path: str | Path, model: Any, config: Any, metrics: Mapping[str, Any] | None = None,
                 train_items: Iterable[str] = (), version: str | None = None, parent: str | None = None,
-                dtype: str = "float16", extra: Mapping[str, Any] | None = None) -> str:
-    """Write a bundle zip atomically; returns its version. `config` is a FasterRCNNConfig."""
+                dtype: str = "float16", extra: Mapping[str, Any] | None = None, onnx: bytes | None = None) -> str:
+    """Write a bundle zip atomically; returns its version. `config` is a FasterRCNNConfig or a
+    DBModelConfig (db: `onnx` is the exported network; exported from `model` if not given)."""
     import torch
 
     from pipeline.evaluate import json_safe
 
+    kind = _kind(config)
     buf = io.BytesIO()
     torch.save(round_state(model.state_dict(), dtype), buf)
     weights = buf.getvalue()
-    version = version or make_version(weights)
+    if kind == "db" and onnx is None:
+        from pipeline.detectors.dbnet import export_onnx_bytes
+
+        round_model_(model, dtype)
+        onnx = export_onnx_bytes(model, config.input_name)
+    version = version or make_version(weights, kind)
     items = list(train_items)
-    cfg = {"kind": "fasterrcnn", "format": BUNDLE_FORMAT, "version": version, "parent": parent,
+    cfg = {"kind": kind, "format": BUNDLE_FORMAT, "version": version, "parent": parent,
            "created_at": time.time(), "weights_dtype": dtype, "model": config.to_json(), **dict(extra or {})}
     labels = {str(i): name for i, name in enumerate(config.classes)}
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("config.json", json.dumps(cfg, indent=2))
+        zf.writestr("config.json", json.dumps(json_safe(cfg), indent=2))
         zf.writestr("weights.pt", weights)
+        if onnx is not None:
+            zf.writestr("model.onnx", onnx)
         zf.writestr("metrics.json", json.dumps(json_safe(dict(metrics or {})), indent=2))
         zf.writestr("labels.json", json.dumps(labels, indent=2))
         zf.writestr("data.json", json.dumps({"sha256": data_hash(items), "n_items": len(set(items))}, indent=2))
@@ -102,25 +130,34 @@ def read_bundle_meta(path: str | Path) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: corrupt bundle metadata ({exc})") from None
     kind = meta["config"].get("kind")
-    if kind != "fasterrcnn":
+    if kind not in KINDS:
         raise ValueError(f"{path}: unsupported model kind {kind!r}")
+    if kind == "db" and "model.onnx" not in names:
+        raise ValueError(f"{path}: not a textloop model bundle (db bundle without model.onnx)")
     if int(meta["config"].get("format", 0)) > BUNDLE_FORMAT:
         raise ValueError(f"{path}: bundle format {meta['config'].get('format')} is newer than this textloop supports")
     return meta
 
 
 def load_model(path: str | Path) -> tuple[Any, Any, dict[str, Any]]:
-    """(model in eval mode with float32 weights, FasterRCNNConfig, meta) from a bundle."""
+    """(model in eval mode with float32 weights, its config, meta) from a bundle: a FasterRCNN and
+    FasterRCNNConfig, or the trainable DB network and DBModelConfig (to fine-tune further)."""
     import torch
 
     from pipeline.detectors.fasterrcnn import FasterRCNNConfig, build_model
 
     path = Path(path)
     meta = read_bundle_meta(path)
-    cfg = FasterRCNNConfig.from_json(meta["config"]["model"])
     with zipfile.ZipFile(path) as zf:
         state = torch.load(io.BytesIO(zf.read("weights.pt")), map_location="cpu", weights_only=True)
-    model = build_model(cfg)
+    if meta["config"]["kind"] == "db":
+        from pipeline.detectors.dbnet import DBModelConfig, build_net
+
+        cfg: Any = DBModelConfig.from_json(meta["config"]["model"])
+        model = build_net()   # the stock network's graph; the bundle's weights go into it
+    else:
+        cfg = FasterRCNNConfig.from_json(meta["config"]["model"])
+        model = build_model(cfg)
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
     try:
         model.load_state_dict(state)
@@ -129,14 +166,39 @@ def load_model(path: str | Path) -> tuple[Any, Any, dict[str, Any]]:
     return model.eval(), cfg, meta
 
 
+def model_info(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """What reports say about a bundle's model: kind, version, validation coverage (at the
+    over-redaction budget for db) and stock ppocr's on the same split."""
+    m = meta.get("metrics") or {}
+    cov = m.get("coverage_at_budget", m.get("text_coverage"))
+    return {"kind": meta["config"].get("kind"), "version": str(meta["config"]["version"]),
+            "validation_coverage": cov, "over_redaction_budget": m.get("over_redaction_budget"),
+            "stock_validation_coverage": m.get("stock_coverage_at_budget"),
+            "validation_over_redaction": m.get("over_redaction")}
+
+
 def load_bundle(path: str | Path, **options: Any) -> Any:
-    """A ready Detector from a bundle; options: score_threshold, max_side, tile, threads."""
+    """A ready Detector from a bundle. fasterrcnn options: score_threshold, max_side, tile,
+    threads; db options: any PPOCRConfig field except the thresholds the bundle selected
+    (threads, scales, max_side, tile_size, ...). Unknown options are ignored."""
+    path = Path(path)
+    meta = read_bundle_meta(path)
+    if meta["config"]["kind"] == "db":
+        from pipeline.detectors.dbnet import DBDetector, DBModelConfig
+
+        cfg = DBModelConfig.from_json(meta["config"]["model"])
+        with zipfile.ZipFile(path) as zf:
+            onnx = zf.read("model.onnx")
+        return DBDetector(cfg.ppocr_config(**options), version=str(meta["config"]["version"]), model_bytes=onnx,
+                          info=model_info(meta))
     from pipeline.detectors.fasterrcnn import FasterRCNNDetector
 
-    model, cfg, meta = load_model(path)
+    model, fcfg, meta = load_model(path)
     allowed = {"score_threshold", "max_side", "tile", "threads"}
     kw = {k: v for k, v in options.items() if k in allowed and v is not None}
-    return FasterRCNNDetector(model, cfg, version=str(meta["config"]["version"]), **kw)
+    det = FasterRCNNDetector(model, fcfg, version=str(meta["config"]["version"]), **kw)
+    det.info = model_info(meta)
+    return det
 
 
 # --- registry ---------------------------------------------------------------------------------

@@ -68,7 +68,9 @@ def _clean(det: Detections, width: int, height: int, threshold: float) -> Detect
     b[:, [0, 2]] = np.clip(b[:, [0, 2]], 0, width)
     b[:, [1, 3]] = np.clip(b[:, [1, 3]], 0, height)
     keep = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
-    return Detections(b[keep], det.scores[keep], det.labels[keep])
+    quads = None if det.quads is None else np.stack([np.clip(det.quads[..., 0], 0, width),
+                                                     np.clip(det.quads[..., 1], 0, height)], axis=-1)[keep]
+    return Detections(b[keep], det.scores[keep], det.labels[keep], quads)
 
 
 def predict_images(detector: Detector, paths: Iterable[str | Path], threshold: float = DEFAULT_THRESHOLD,

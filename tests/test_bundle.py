@@ -29,7 +29,7 @@ from tests.test_train import TINY_MODEL, TINY_SYNTH
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("bundle")
     generate(root / "synth", TINY_SYNTH)
-    cfg = TrainConfig(out_dir=str(root / "run"), model=TINY_MODEL, epochs=1, steps_per_epoch=4, batch_size=2,
+    cfg = TrainConfig(out_dir=str(root / "run"), arch="fasterrcnn", model=TINY_MODEL, epochs=1, steps_per_epoch=4, batch_size=2,
                       warmup_steps=1, augment=False, threads=1)
     result = train(cfg, samples_from_jsonl(root / "synth/boxes.jsonl"))
     return {"root": root, "result": result}

@@ -27,7 +27,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def _cfg(out: Path, **kw) -> TrainConfig:
-    base = dict(out_dir=str(out), model=TINY_MODEL, epochs=2, steps_per_epoch=10, batch_size=2, lr=2e-3,
+    base = dict(out_dir=str(out), arch="fasterrcnn", model=TINY_MODEL, epochs=2, steps_per_epoch=10, batch_size=2, lr=2e-3,
                 warmup_steps=2, augment=False, seed=3, threads=1)
     base.update(kw)
     return TrainConfig(**base)

@@ -8,9 +8,13 @@ the mean text probability of the segmentation map inside the box before unclippi
 
 Images are run at one or more scales; an image whose scaled long side exceeds `max_side` is
 cut into overlapping tiles (plus one downscaled whole-image view for large text) instead of
-being shrunk, so small text in large images is still found. Quads become their enclosing
-xyxy boxes (`pipeline.boxes.quad_to_xyxy`). When several passes/tiles ran, duplicate and
-fragmented boxes are merged (union of the boxes, max of the scores).
+being shrunk, so small text in large images is still found. The quads DB finds are kept
+(`Detections.quads`); the xyxy box is their enclosing rectangle. When several passes/tiles ran,
+duplicate and fragmented boxes are merged (union of the boxes, max of the scores); a merged box
+falls back to its rectangle as its quad.
+
+This is also the inference path of every tuned DB model (`pipeline.detectors.dbnet`): the same
+class with another ONNX (`model_path`, or `model_bytes` from a bundle) and its own thresholds.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.boxes import Detections, quad_to_xyxy
+from pipeline.boxes import Detections, quad_to_xyxy, xyxy_to_quad
 
 BASE_VERSION = "ppocr-v4-det"
 
@@ -53,10 +57,14 @@ class PPOCRConfig:
             raise ValueError("tile_overlap must be smaller than tile_size")
 
 
-def _default_model_path() -> Path:
+def default_model_path() -> Path:
+    """The stock PP-OCRv4 detection ONNX inside the rapidocr wheel."""
     import rapidocr_onnxruntime
 
     return Path(rapidocr_onnxruntime.__file__).resolve().parent / "models" / "ch_PP-OCRv4_det_infer.onnx"
+
+
+_default_model_path = default_model_path
 
 
 def _tiles(length: int, tile: int, overlap: int) -> list[int]:
@@ -74,7 +82,10 @@ class PPOCRDetector:
 
     name = "ppocr"
 
-    def __init__(self, config: PPOCRConfig | None = None, **options: object) -> None:
+    def __init__(self, config: PPOCRConfig | None = None, *, model_bytes: bytes | None = None,
+                 session: bool = True, **options: object) -> None:
+        """`model_bytes`: an in-memory ONNX (a bundle's); `session=False`: a subclass runs the
+        network itself (`_forward`)."""
         if config is None:
             fields = PPOCRConfig.__dataclass_fields__
             unknown = sorted(set(options) - set(fields))
@@ -86,23 +97,63 @@ class PPOCRDetector:
         self.config = config
         self.version = self._version(config)
 
-        import onnxruntime as ort
+        self._maps: dict[bytes, np.ndarray] | None = None   # see cache_maps
+        self._session = None
+        if session:
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            opts.log_severity_level = 4
+            opts.intra_op_num_threads = max(1, min(int(config.threads), os.cpu_count() or 1))
+            opts.inter_op_num_threads = 1
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            if model_bytes is not None:
+                source: bytes | str = model_bytes
+            else:
+                model = Path(config.model_path) if config.model_path else default_model_path()
+                if not model.exists():
+                    raise FileNotFoundError(f"{model}: PP-OCR detection model not found (is rapidocr-onnxruntime installed?)")
+                source = str(model)
+            self._session = ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
+            self._input = self._session.get_inputs()[0].name
+        self._post = self._make_post(config)
+
+    @staticmethod
+    def _make_post(config: PPOCRConfig) -> object:
         from rapidocr_onnxruntime.ch_ppocr_det.utils import DBPostProcess
 
-        model = Path(config.model_path) if config.model_path else _default_model_path()
-        if not model.exists():
-            raise FileNotFoundError(f"{model}: PP-OCR detection model not found (is rapidocr-onnxruntime installed?)")
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 4
-        opts.intra_op_num_threads = max(1, min(int(config.threads), os.cpu_count() or 1))
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._session = ort.InferenceSession(str(model), sess_options=opts, providers=["CPUExecutionProvider"])
-        self._input = self._session.get_inputs()[0].name
-        self._post = DBPostProcess(
-            thresh=config.thresh, box_thresh=config.box_thresh, max_candidates=1000,
-            unclip_ratio=config.unclip_ratio, score_mode="fast", use_dilation=True,
-        )
+        return DBPostProcess(thresh=config.thresh, box_thresh=config.box_thresh, max_candidates=1000,
+                             unclip_ratio=config.unclip_ratio, score_mode="fast", use_dilation=True)
+
+    def retuned(self, **post: float) -> "PPOCRDetector":
+        """A copy sharing the network (and the map cache) with other `thresh`, `box_thresh`,
+        `unclip_ratio`: a threshold grid costs one forward pass per image, not one per point."""
+        import copy
+        from dataclasses import replace
+
+        allowed = {"thresh", "box_thresh", "unclip_ratio"}
+        if set(post) - allowed:
+            raise ValueError(f"retuned() takes only {sorted(allowed)}")
+        other = copy.copy(self)
+        other.config = replace(self.config, **post)
+        other._post = self._make_post(other.config)
+        return other
+
+    def cache_maps(self, on: bool = True) -> None:
+        """Keep each input's probability map in memory (validation grids; off by default)."""
+        self._maps = {} if on else None
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        """The network: float32 NCHW input -> N x 1 x H x W probability map."""
+        return self._session.run(None, {self._input: x})[0]
+
+    def _probability_map(self, x: np.ndarray) -> np.ndarray:
+        if self._maps is None:
+            return self._forward(x)
+        key = hashlib.blake2b(x.tobytes(), digest_size=16).digest() + repr(x.shape).encode()
+        if key not in self._maps:
+            self._maps[key] = self._forward(x)
+        return self._maps[key]
 
     @staticmethod
     def _version(config: PPOCRConfig) -> str:
@@ -126,7 +177,7 @@ class PPOCRDetector:
         img = cv2.resize(bgr, (rw, rh), interpolation=cv2.INTER_LINEAR if scale >= 1 else cv2.INTER_AREA)
         x = (img.astype(np.float32) / 255.0 - 0.5) / 0.5
         x = x.transpose(2, 0, 1)[None].astype(np.float32)
-        pred = self._session.run(None, {self._input: x})[0]
+        pred = self._probability_map(x)
         quads, scores = self._post(pred, (h, w))
         quads = np.asarray(quads, dtype=np.float64).reshape(-1, 4, 2)
         scores = np.asarray(scores, dtype=np.float64).reshape(-1)
@@ -162,13 +213,13 @@ class PPOCRDetector:
         bgr = cv2.cvtColor(np.ascontiguousarray(arr[..., :3]), cv2.COLOR_RGB2BGR)  # PP-OCR was trained on BGR
         h, w = bgr.shape[:2]
         c = self.config
-        boxes, scores, group = [], [], []
+        quads, scores, group = [], [], []
         passes = self._passes(w, h)
         g = 0
         for scale, tiled in passes:
             if not tiled:
                 q, s = self._run(bgr, scale)
-                boxes.append(quad_to_xyxy(q))
+                quads.append(q)
                 scores.append(s)
                 group.append(np.full(len(s), g))
                 g += 1
@@ -178,35 +229,41 @@ class PPOCRDetector:
             for y0 in _tiles(h, tile, overlap):
                 for x0 in _tiles(w, tile, overlap):
                     q, s = self._run(bgr[y0:y0 + tile, x0:x0 + tile], scale)
-                    b = quad_to_xyxy(q)
-                    b[:, [0, 2]] += x0
-                    b[:, [1, 3]] += y0
-                    boxes.append(b)
+                    quads.append(q + np.array([x0, y0], dtype=np.float64))
                     scores.append(s)
                     group.append(np.full(len(s), g))
                     g += 1
-        all_boxes = np.concatenate(boxes) if boxes else np.zeros((0, 4))
+        all_quads = np.concatenate(quads) if quads else np.zeros((0, 4, 2))
         all_scores = np.concatenate(scores) if scores else np.zeros((0,))
+        all_boxes = quad_to_xyxy(all_quads)
         if g > 1:
-            all_boxes, all_scores = merge_boxes(all_boxes, all_scores, np.concatenate(group))
+            all_boxes, all_scores, all_quads = merge_boxes(all_boxes, all_scores, np.concatenate(group),
+                                                           quads=all_quads)
+        all_quads = all_quads.copy()
+        all_quads[..., 0] = np.clip(all_quads[..., 0], 0, w)
+        all_quads[..., 1] = np.clip(all_quads[..., 1], 0, h)
         all_boxes[:, [0, 2]] = np.clip(all_boxes[:, [0, 2]], 0, w)
         all_boxes[:, [1, 3]] = np.clip(all_boxes[:, [1, 3]], 0, h)
         order = np.argsort(-all_scores, kind="stable")
-        return Detections(all_boxes[order], all_scores[order], np.zeros(len(order), dtype=np.int64))
+        return Detections(all_boxes[order], all_scores[order], np.zeros(len(order), dtype=np.int64), all_quads[order])
 
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
         return [self.detect_one(im) for im in images]
 
 
 def merge_boxes(boxes: np.ndarray, scores: np.ndarray, group: np.ndarray,
-                iou: float = 0.5, contain: float = 0.8, same_line: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
+                iou: float = 0.5, contain: float = 0.8, same_line: float = 0.6,
+                quads: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
     """Merge boxes found by different passes/tiles: duplicates (IoU >= `iou`), boxes mostly inside
     another (>= `contain` of the smaller one's area), and intersecting pieces of one line cut by a
     tile edge (from different groups, vertical overlap >= `same_line` of the lower height).
-    Merged boxes become their union with the max score, repeated until nothing changes."""
+    Merged boxes become their union with the max score, repeated until nothing changes.
+    With `quads` (N, 4, 2), also returns them: a box that merged nothing keeps its quad, a
+    merged one gets its rectangle's."""
     b = [list(map(float, x)) for x in boxes]
     s = [float(x) for x in scores]
     gr = [{int(x)} for x in group]
+    q = None if quads is None else [np.asarray(x, dtype=np.float64) for x in quads]
     changed = True
     while changed:
         changed = False
@@ -225,11 +282,18 @@ def merge_boxes(boxes: np.ndarray, scores: np.ndarray, group: np.ndarray,
             b[target] = [min(bk[0], bi[0]), min(bk[1], bi[1]), max(bk[2], bi[2]), max(bk[3], bi[3])]
             s[target] = max(s[target], s[i])
             gr[target] |= gr[i]
+            if q is not None:
+                q[target] = xyxy_to_quad(np.asarray([b[target]]))[0]
             changed = True
         b = [b[k] for k in kept]
         s = [s[k] for k in kept]
         gr = [gr[k] for k in kept]
-    return np.asarray(b, dtype=np.float64).reshape(-1, 4), np.asarray(s, dtype=np.float64)
+        if q is not None:
+            q = [q[k] for k in kept]
+    out_b, out_s = np.asarray(b, dtype=np.float64).reshape(-1, 4), np.asarray(s, dtype=np.float64)
+    if q is None:
+        return out_b, out_s
+    return out_b, out_s, np.asarray(q, dtype=np.float64).reshape(-1, 4, 2)
 
 
 def _should_merge(a: list[float], b: list[float], ga: set[int], gb: set[int],

@@ -1,0 +1,219 @@
+"""`db`: PP-OCR's own DB text detector as a trainable torch network, and back to ONNX.
+
+The PP-OCRv4 detection model in the `rapidocr-onnxruntime` wheel keeps its weights in
+`Constant` nodes and has no graph initializers, so `onnx2torch` cannot convert it as shipped.
+`fixed_onnx` moves every single-output `Constant` tensor into `graph.initializer` (named as
+the node's output) and drops the node; the result converts to a `torch.fx.GraphModule` whose
+probability map matches onnxruntime's (see tests/test_dbnet.py). The fixed ONNX is written
+once to the user cache, keyed by the source model's sha256; nothing is ever downloaded.
+
+Inference of a tuned network does not get its own code path: `export_onnx` writes an ONNX with
+the original input name and dynamic sides, and `DBDetector` runs it through exactly the pre-
+and post-processing of `ppocr` (`pipeline.detectors.ppocr.PPOCRDetector`). `TorchDBDetector`
+runs the torch network through the same code (validation during training, no export needed).
+
+Network input: BGR, `(x / 255 - 0.5) / 0.5`, NCHW, sides multiples of 32. Output: the DB
+probability map (sigmoid), N x 1 x H x W at input resolution; the threshold branch was dropped
+when PaddleOCR exported the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import warnings
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.detectors.ppocr import PPOCRConfig, PPOCRDetector, default_model_path
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def cache_dir() -> Path:
+    """`${XDG_CACHE_HOME:-~/.cache}/textloop`: derived files that can always be rebuilt."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "textloop"
+
+
+def constants_to_initializers(model: Any) -> int:
+    """In place: every single-output `Constant` node becomes a graph initializer named as its
+    output; returns how many were moved. Nodes with other attribute kinds are left alone."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    keep, moved = [], 0
+    for node in graph.node:
+        if node.op_type == "Constant" and len(node.output) == 1 and len(node.attribute) == 1 \
+                and node.attribute[0].name == "value":
+            tensor = numpy_helper.from_array(numpy_helper.to_array(node.attribute[0].t), name=node.output[0])
+            graph.initializer.append(tensor)
+            moved += 1
+        else:
+            keep.append(node)
+    del graph.node[:]
+    graph.node.extend(keep)
+    return moved
+
+
+def fixed_onnx(source: str | Path | None = None) -> Path:
+    """The convertible copy of `source` (default: the stock PP-OCRv4 detector), cached once."""
+    import onnx
+
+    from pipeline.formats import atomic_write_bytes
+
+    src = Path(source) if source else default_model_path()
+    data = src.read_bytes()
+    out = cache_dir() / f"ppocr-det-{sha256_bytes(data)[:16]}-initializers.onnx"
+    if out.exists():
+        return out
+    model = onnx.load_from_string(data)
+    moved = constants_to_initializers(model)
+    log.info("%s: moved %d constants into initializers -> %s", src.name, moved, out)
+    atomic_write_bytes(out, model.SerializeToString())
+    return out
+
+
+def input_name(source: str | Path | None = None) -> str:
+    import onnx
+
+    model = onnx.load(str(Path(source) if source else default_model_path()), load_external_data=False)
+    return model.graph.input[0].name
+
+
+def build_net(source: str | Path | None = None) -> Any:
+    """The trainable network (torch.fx.GraphModule, float32, train mode) from an ONNX model."""
+    from onnx2torch import convert
+
+    net = convert(str(fixed_onnx(source)))
+    for p in net.parameters():
+        p.requires_grad_(True)
+    return net
+
+
+def net_from_onnx_bytes(data: bytes) -> Any:
+    """The network of an in-memory ONNX (e.g. a bundle's model.onnx, already initializer-based)."""
+    import onnx
+    from onnx2torch import convert
+
+    model = onnx.load_from_string(data)
+    if any(n.op_type == "Constant" for n in model.graph.node):
+        constants_to_initializers(model)
+    return convert(model)
+
+
+def export_onnx_bytes(net: Any, name: str = "x", sample_side: int = 64) -> bytes:
+    """ONNX of `net` (opset 17, dynamic batch and sides, input called `name` like the original)."""
+    import torch
+
+    was_training = net.training
+    net.eval()
+    x = torch.zeros(1, 3, sample_side, sample_side)
+    buf = io.BytesIO()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # onnx2torch's Resize traces its constant scales: expected
+            torch.onnx.export(net, x, buf, opset_version=OPSET, input_names=[name], output_names=["maps"],
+                              dynamic_axes={name: {0: "n", 2: "h", 3: "w"}, "maps": {0: "n", 2: "h", 3: "w"}},
+                              dynamo=False)
+    finally:
+        net.train(was_training)
+    return buf.getvalue()
+
+
+def export_onnx(net: Any, path: str | Path, name: str = "x") -> Path:
+    from pipeline.formats import atomic_write_bytes
+
+    atomic_write_bytes(path, export_onnx_bytes(net, name))
+    return Path(path)
+
+
+def preprocess(bgr: np.ndarray) -> np.ndarray:
+    """uint8 BGR (H, W, 3) with sides multiples of 32 -> float32 NCHW network input."""
+    x = (bgr.astype(np.float32) / 255.0 - 0.5) / 0.5
+    return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+
+
+class DBDetector(PPOCRDetector):
+    """A tuned DB network (ONNX bytes or path) run exactly like `ppocr`, under its own version."""
+
+    name = "db"
+
+    def __init__(self, config: PPOCRConfig | None = None, *, version: str, model_bytes: bytes | None = None,
+                 info: dict[str, Any] | None = None, **options: object) -> None:
+        super().__init__(config, model_bytes=model_bytes, **options)
+        self.version = version
+        self.info = dict(info or {})   # bundle facts for reports (validation coverage, thresholds)
+
+
+class TorchDBDetector(PPOCRDetector):
+    """The torch network through ppocr's pre/post-processing: validation while training, with
+    the probability maps of each input cached (`cache_maps`) so a threshold grid reuses them."""
+
+    name = "db"
+
+    def __init__(self, net: Any, config: PPOCRConfig | None = None, version: str = "training",
+                 threads: int | None = None, **options: object) -> None:
+        self.net = net
+        self._threads = threads
+        super().__init__(config, session=False, **options)
+        self.version = version
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        if self._threads:
+            torch.set_num_threads(int(self._threads))
+        self.net.eval()  # the training loop puts it back into its (BatchNorm-frozen) train mode
+        with torch.inference_mode():
+            out = self.net(torch.from_numpy(x))
+        return out.numpy()
+
+
+@dataclass(frozen=True)
+class DBModelConfig:
+    """What a db bundle's config.json records about its network: the post-processing settings
+    selected on validation, and which stock model it was tuned from."""
+
+    thresh: float = 0.3
+    box_thresh: float = 0.3
+    unclip_ratio: float = 1.6
+    input_name: str = "x"
+    base: str = "ppocr-v4-det"
+    base_sha256: str = ""
+    classes: tuple[str, ...] = ("text",)
+
+    def to_json(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "DBModelConfig":
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}
+        if "classes" in kw:
+            kw["classes"] = tuple(kw["classes"])
+        return cls(**kw)
+
+    def ppocr_config(self, **options: Any) -> PPOCRConfig:
+        """PPOCRConfig with these thresholds; `options` are other PPOCRConfig fields (threads, scales...)."""
+        allowed = {f.name for f in fields(PPOCRConfig)} - {"thresh", "box_thresh", "unclip_ratio", "model_path"}
+        kw = {k: v for k, v in options.items() if k in allowed and v is not None}
+        if "scales" in kw:
+            kw["scales"] = tuple(float(s) for s in kw["scales"])
+        return PPOCRConfig(thresh=self.thresh, box_thresh=self.box_thresh, unclip_ratio=self.unclip_ratio, **kw)
+
+
+def stock_sha256() -> str:
+    return sha256_bytes(default_model_path().read_bytes())

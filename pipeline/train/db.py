@@ -1,0 +1,363 @@
+"""DB (PP-OCR detector) fine-tuning: shrunk-kernel targets, the loss, batches.
+
+Targets follow the DB paper: each text polygon is shrunk by Vatti clipping (pyclipper) with
+offset D = area * (1 - r^2) / perimeter, r = `shrink_ratio` (0.4), and the shrunk kernel is
+the positive region of the probability map; post-processing grows it back by `unclip_ratio`.
+Don't-care polygons (ignore flags, text cut by the crop, text too small to shrink) are zeroed
+in the loss mask, so they teach neither text nor background.
+
+Loss on the probability map (the exported network has no threshold branch): BCE with hard
+negative mining (all positives, the hardest `neg_ratio` x as many negatives, and at least
+`min_negatives` so text-free crops still punish false positives) plus Dice; L2-SP toward the
+stock weights and, on text-free images, distillation to the stock network's map keep the
+network near what it knew.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from pipeline.train.data import Sample, _area, gt_polygons, inference_scale, photometric, warp_crop
+
+
+@dataclass(frozen=True)
+class DBRecipe:
+    """The DB fine-tuning options (`TrainConfig.db`)."""
+
+    crop: int = 512                              # training crops (pixels at the inference scale)
+    scale_jitter: tuple[float, float] = (0.7, 1.4)  # around the scale ppocr runs the image at
+    max_angle: float = 10.0                      # random rotation (degrees) ...
+    p_rotate: float = 0.3                        # ... this often
+    shrink_ratio: float = 0.4
+    min_text_px: float = 4.0                     # text thinner than this (at the crop's scale) is don't-care
+    bce_weight: float = 1.0
+    dice_weight: float = 1.0
+    neg_ratio: float = 3.0
+    min_negatives: int = 1024                    # per batch, so text-free crops still teach
+    l2sp: float = 0.01                           # strength of sum (w - w_stock)^2
+    distill: float = 1.0                         # weight of the stock map as teacher on text-free images
+    grid_thresh: tuple[float, ...] = (0.2, 0.3, 0.4)        # re-selected per model on validation
+    grid_box_thresh: tuple[float, ...] = (0.3, 0.5)
+    grid_unclip: tuple[float, ...] = (1.6, 2.0)
+    over_redaction_budget: float | None = None  # None: stock ppocr's own on the validation split
+    min_budget: float = 0.002                    # floor of the automatic budget
+
+    def grid(self) -> list[dict[str, float]]:
+        return [{"thresh": t, "box_thresh": b, "unclip_ratio": u}
+                for t in self.grid_thresh for b in self.grid_box_thresh for u in self.grid_unclip]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --- targets ----------------------------------------------------------------------------------
+
+def shrink_polygon(poly: np.ndarray, ratio: float = 0.4) -> list[np.ndarray]:
+    """The DB kernel(s) of a polygon: Vatti offset inwards by area * (1 - r^2) / perimeter.
+    Empty when the polygon vanishes (too thin)."""
+    import pyclipper
+
+    poly = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
+    area = abs(_area(poly))
+    perimeter = float(np.linalg.norm(poly - np.roll(poly, 1, axis=0), axis=1).sum())
+    if area <= 0 or perimeter <= 0:
+        return []
+    distance = area * (1.0 - ratio ** 2) / perimeter
+    scale = 16.0  # sub-pixel precision: clipper works on integers
+    pco = pyclipper.PyclipperOffset()
+    pco.AddPath([(int(round(x * scale)), int(round(y * scale))) for x, y in poly], pyclipper.JT_ROUND,
+                pyclipper.ET_CLOSEDPOLYGON)
+    out = pco.Execute(-distance * scale)
+    return [np.asarray(p, dtype=np.float64) / scale for p in out if len(p) >= 3]
+
+
+def _fill(img: np.ndarray, poly: np.ndarray, value: float) -> None:
+    import cv2
+
+    pts = np.round(poly * 16).astype(np.int32).reshape(-1, 1, 2)
+    cv2.fillPoly(img, [pts], value, lineType=cv2.LINE_8, shift=4)
+
+
+def make_targets(polys: Sequence[np.ndarray], ignore: Sequence[bool], height: int, width: int,
+                 ratio: float = 0.4, min_text_px: float = 4.0) -> tuple[np.ndarray, np.ndarray]:
+    """(gt, mask), float32 (H, W): gt = 1 on shrunk text kernels, mask = 0 on don't-care regions
+    (ignored, too small, or vanished when shrunk)."""
+    gt = np.zeros((height, width), np.float32)
+    mask = np.ones((height, width), np.float32)
+    for poly, ig in zip(polys, ignore):
+        poly = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
+        if len(poly) < 3:
+            continue
+        thin = _min_side(poly) < min_text_px
+        kernels = [] if (ig or thin) else shrink_polygon(poly, ratio)
+        if not kernels:
+            _fill(mask, poly, 0.0)
+            continue
+        for k in kernels:
+            _fill(gt, k, 1.0)
+    return gt, mask
+
+
+def _min_side(poly: np.ndarray) -> float:
+    """The thickness of a polygon: the short side of its minimum-area rectangle."""
+    import cv2
+
+    (_, _), (w, h), _ = cv2.minAreaRect(poly.astype(np.float32))
+    return float(min(w, h))
+
+
+# --- loss -------------------------------------------------------------------------------------
+
+def db_loss(prob: Any, gt: Any, mask: Any, recipe: DBRecipe = DBRecipe()) -> dict[str, Any]:
+    """BCE with hard-negative mining + Dice on the probability map (N, 1, H, W) or (N, H, W)."""
+    import torch
+
+    p = prob.reshape(gt.shape).clamp(1e-6, 1 - 1e-6)
+    bce = -(gt * torch.log(p) + (1 - gt) * torch.log(1 - p))
+    pos = gt * mask
+    neg = (1 - gt) * mask
+    n_pos = int(pos.sum().item())
+    n_neg = int(min(neg.sum().item(), max(recipe.neg_ratio * n_pos, recipe.min_negatives)))
+    pos_loss = (bce * pos).sum()
+    neg_loss = (bce * neg).reshape(-1)
+    if n_neg > 0:
+        neg_loss, _ = torch.topk(neg_loss, n_neg)
+    bce_term = (pos_loss + neg_loss.sum()) / max(1, n_pos + n_neg)
+    inter = (p * gt * mask).sum()
+    union = (p * mask).sum() + (gt * mask).sum() + 1e-6
+    dice = 1 - 2 * inter / union
+    return {"bce": recipe.bce_weight * bce_term, "dice": recipe.dice_weight * dice}
+
+
+def l2sp_penalty(net: Any, anchor: dict[str, Any]) -> Any:
+    """sum over parameters of (w - w_stock)^2."""
+    import torch
+
+    total = torch.zeros(())
+    for name, p in net.named_parameters():
+        ref = anchor.get(name)
+        if ref is not None and p.requires_grad:
+            total = total + ((p - ref) ** 2).sum()
+    return total
+
+
+# --- batches ----------------------------------------------------------------------------------
+
+@dataclass
+class DBBatch:
+    images: Any           # float32 N x 3 x H x W (BGR, normalised like ppocr)
+    gt: Any               # N x H x W
+    mask: Any             # N x H x W
+    text_free: Any        # N bool: a whole image without text (teacher applies)
+
+
+def db_crop(img: np.ndarray, gt_rec: Any, rng: np.random.Generator, recipe: DBRecipe, augment: bool
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(BGR crop uint8, gt, mask) of one sample image (RGB uint8) at the inference scale."""
+    h, w = img.shape[:2]
+    polys = gt_polygons(gt_rec)
+    ignore = np.asarray(gt_rec.ignore, dtype=bool)
+    scale = inference_scale(h, w)
+    if augment:
+        scale *= float(rng.uniform(*recipe.scale_jitter))
+        angle = float(rng.uniform(-recipe.max_angle, recipe.max_angle)) if rng.random() < recipe.p_rotate else 0.0
+    else:
+        angle = 0.0
+    crop, cpolys, cignore = warp_crop(img, polys, ignore, rng, recipe.crop, scale, angle)
+    if augment:
+        crop = photometric(crop, rng)
+    gt, mask = make_targets(cpolys, cignore, recipe.crop, recipe.crop, recipe.shrink_ratio, recipe.min_text_px)
+    return np.ascontiguousarray(crop[..., ::-1]), gt, mask
+
+
+def to_input(bgr: np.ndarray) -> np.ndarray:
+    return ((bgr.astype(np.float32) / 255.0 - 0.5) / 0.5).transpose(2, 0, 1)
+
+
+def make_db_batch(step: int, synth: Sequence[Sample], human: Sequence[Sample], cfg: Any) -> DBBatch:
+    """The batch of `step`: a pure function of (cfg.seed, step) so resume replays exactly."""
+    import torch
+
+    from pipeline.imaging import load_rgb
+    from pipeline.train.engine import TrainingError, log
+
+    rng = np.random.default_rng([cfg.seed, 2, step])
+    xs, gts, masks, free = [], [], [], []
+    attempts = 0
+    while len(xs) < cfg.batch_size:
+        attempts += 1
+        if attempts > cfg.batch_size * 10:
+            raise TrainingError("could not load any training image (see the warnings above)")
+        use_human = bool(human) and (not synth or rng.random() < cfg.human_fraction)
+        pool = human if use_human else synth
+        s = pool[int(rng.integers(len(pool)))]
+        try:
+            img = load_rgb(s.path)
+        except Exception as exc:  # a bad image is logged and skipped; the batch draws another
+            log.warning("%s: skipped (%s)", s.path, exc)
+            continue
+        bgr, gt, mask = db_crop(img, s.gt, rng, cfg.db, cfg.augment)
+        xs.append(to_input(bgr))
+        gts.append(gt)
+        masks.append(mask)
+        free.append(len(s.gt.boxes) == 0)
+    return DBBatch(torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(gts)), torch.from_numpy(np.stack(masks)),
+                   torch.tensor(free, dtype=torch.bool))
+
+
+def db_losses(net: Any, batch: DBBatch, recipe: DBRecipe, anchor: dict[str, Any] | None, teacher: Any) -> dict[str, Any]:
+    """Every loss term of one step (their sum is what is minimised)."""
+    import torch
+
+    prob = net(batch.images)
+    losses = db_loss(prob, batch.gt, batch.mask, recipe)
+    if recipe.l2sp and anchor is not None:
+        losses["l2sp"] = recipe.l2sp * l2sp_penalty(net, anchor)
+    if recipe.distill and teacher is not None and bool(batch.text_free.any()):
+        idx = batch.text_free.nonzero().reshape(-1)
+        with torch.no_grad():
+            target = teacher(batch.images[idx]).clamp(0, 1)
+        p = prob[idx].clamp(1e-6, 1 - 1e-6)
+        kd = -(target * torch.log(p) + (1 - target) * torch.log(1 - p)).mean()
+        losses["distill"] = recipe.distill * kd
+    return losses
+
+
+def freeze_batchnorm(net: Any) -> None:
+    """Train mode with BatchNorm statistics fixed (batches of 4 crops would overwrite them)."""
+    import torch
+
+    net.train()
+    for m in net.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def finite(x: float) -> bool:
+    return isinstance(x, float) and math.isfinite(x)
+
+
+# --- the engine's hooks -------------------------------------------------------------------------
+
+class DBArch:
+    """The engine's hooks for the DB network: stock weights (or a db parent bundle) in, a
+    selected ONNX + thresholds out."""
+
+    score_name = "coverage_at_budget"
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+        self.recipe: DBRecipe = cfg.db
+        self.net: Any = None
+        self.budget: float | None = None
+        self.stock: Any = None          # Selection of stock ppocr on the validation split
+
+    def setup(self) -> tuple[Any, Any, str | None]:
+        import copy
+
+        from pipeline.detectors.dbnet import build_net
+
+        cfg, parent_version = self.cfg, None
+        stock = build_net()
+        stock.eval()
+        for p in stock.parameters():
+            p.requires_grad_(False)
+        self.anchor = {n: p.detach().clone() for n, p in stock.named_parameters()} if self.recipe.l2sp else None
+        self.teacher = stock if self.recipe.distill else None
+        if cfg.parent_bundle:
+            from pipeline.bundle import load_model
+            from pipeline.train.engine import TrainingError
+
+            net, _, meta = load_model(cfg.parent_bundle)
+            if meta["config"].get("kind") != "db":
+                raise TrainingError(f"{cfg.parent_bundle}: a {meta['config'].get('kind')} bundle cannot be the parent of "
+                                    "a db model")
+            parent_version = str(meta["config"]["version"])
+        else:
+            net = copy.deepcopy(stock)
+        for p in net.parameters():
+            p.requires_grad_(True)
+        self.net = net
+        return net, cfg, parent_version
+
+    def _items(self, val: Sequence[Sample]) -> list[tuple[Any, Any]]:
+        return [(s.path, s.gt) for s in val]
+
+    def prepare_validation(self, val: Sequence[Sample]) -> None:
+        """Stock ppocr's trade-off curve on the validation split, and the budget it sets."""
+        from pipeline.detectors.ppocr import PPOCRConfig, PPOCRDetector
+        from pipeline.train.select import PPOCR_GRID_DEFAULT, select, stock_budget, sweep
+
+        stock = PPOCRDetector(PPOCRConfig(threads=self.cfg.threads))
+        points = sweep(stock, self._items(val), [PPOCR_GRID_DEFAULT, *self.recipe.grid()])
+        self.budget = stock_budget(points, self.recipe.over_redaction_budget, self.recipe.min_budget)
+        self.stock = select(points, self.budget)
+
+    def state(self) -> dict[str, Any]:
+        if self.stock is None:
+            return {}
+        return {"budget": self.budget, "stock": [(p.params, p.text_coverage, p.over_redaction) for p in self.stock.points]}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        from pipeline.train.select import Operating, select
+
+        if state.get("stock"):
+            self.budget = float(state["budget"])
+            self.stock = select([Operating(dict(p), float(c), float(o)) for p, c, o in state["stock"]], self.budget)
+
+    def train_mode(self) -> None:
+        freeze_batchnorm(self.net)
+
+    def batch(self, step: int, synth: Sequence[Sample], human: Sequence[Sample]) -> DBBatch:
+        return make_db_batch(step, synth, human, self.cfg)
+
+    def losses(self, batch: DBBatch) -> dict[str, Any]:
+        return db_losses(self.net, batch, self.recipe, self.anchor, self.teacher)
+
+    def _selection(self, detector: Any, val: Sequence[Sample]) -> tuple[Any, dict[str, Any]]:
+        from pipeline.train.select import select, sweep
+
+        if self.stock is None:
+            self.prepare_validation(val)
+        sel = select(sweep(detector, self._items(val), self.recipe.grid()), float(self.budget))
+        best = sel.best or min(sel.points, key=lambda p: p.over_redaction)
+        metrics = {**best.metrics, "coverage_at_budget": sel.coverage, "over_redaction_budget": self.budget,
+                   "stock_coverage_at_budget": self.stock.coverage, "settings": best.params}
+        return sel, metrics
+
+    def validate(self, val: Sequence[Sample]) -> tuple[dict[str, Any], float]:
+        from pipeline.detectors.dbnet import TorchDBDetector
+        from pipeline.detectors.ppocr import PPOCRConfig
+
+        sel, metrics = self._selection(TorchDBDetector(self.net, PPOCRConfig(threads=self.cfg.threads)), val)
+        return metrics, sel.coverage
+
+    def finish(self, val: Sequence[Sample]) -> dict[str, Any]:
+        """Round to the bundle's float16, export to ONNX, re-select the thresholds on validation
+        with the exported network (what the bundle will run)."""
+        from pipeline.bundle import round_model_
+        from pipeline.detectors.dbnet import DBDetector, DBModelConfig, export_onnx_bytes, stock_sha256
+        from pipeline.detectors.ppocr import PPOCRConfig
+
+        round_model_(self.net)
+        self.net.eval()
+        onnx = export_onnx_bytes(self.net, "x")
+        detector = DBDetector(PPOCRConfig(threads=self.cfg.threads), version="unsaved", model_bytes=onnx)
+        metrics: dict[str, Any] = {}
+        selection: dict[str, Any] = {}
+        if val:
+            sel, metrics = self._selection(detector, val)
+            detector = detector.retuned(**metrics["settings"])
+            selection = {"budget": self.budget, "coverage_at_budget": sel.coverage,
+                         "stock_coverage_at_budget": self.stock.coverage, "settings": metrics["settings"],
+                         "own": sel.to_json(), "stock": self.stock.to_json(), "images": len(val)}
+        c = detector.config
+        bundle_config = DBModelConfig(thresh=c.thresh, box_thresh=c.box_thresh, unclip_ratio=c.unclip_ratio,
+                                      base_sha256=stock_sha256())
+        return {"detector": detector, "metrics": metrics, "bundle_config": bundle_config, "onnx": onnx,
+                "selection": selection}

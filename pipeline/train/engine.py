@@ -1,0 +1,295 @@
+"""The training loop shared by both architectures (`db`, the default, and `fasterrcnn`).
+
+An explicit loop with what a shared CPU box needs: one checkpoint dict (model, optimizer,
+lr_scheduler, epoch, step, config, RNG state, early-stopping state, the architecture's own
+state) written atomically every epoch, on a budget stop and on Ctrl-C, so `resume=True`
+continues exactly where it stopped; batches are a pure function of (seed, step), so a resumed
+run sees the same images as an uninterrupted one.
+
+Validation every `steps_per_epoch` steps (and on a budget stop); the architecture says what
+is maximised (`db`: text coverage at the over-redaction budget, see `pipeline.train.select`;
+`fasterrcnn`: `val_metric`); early stopping after `patience` epochs without improvement; the
+best weights are kept. A non-finite loss stops training with a message naming the step and lr.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import resource
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from pipeline.detectors.fasterrcnn import FasterRCNNConfig
+from pipeline.formats import atomic_write_bytes
+from pipeline.train.data import Sample
+from pipeline.train.db import DBRecipe
+
+log = logging.getLogger("pipeline.train")
+
+ARCHS = ("db", "fasterrcnn")
+DEFAULT_LR = {"db": 3e-5, "fasterrcnn": 1e-3}
+DEFAULT_WEIGHT_DECAY = {"db": 0.0, "fasterrcnn": 1e-4}   # db: L2-SP toward stock instead of toward zero
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, no data, incompatible checkpoint)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    out_dir: str = "runs/train"
+    arch: str = "db"                           # db (PP-OCR's network, fine-tuned) | fasterrcnn (from scratch)
+    model: FasterRCNNConfig = field(default_factory=FasterRCNNConfig)   # fasterrcnn only
+    db: DBRecipe = field(default_factory=DBRecipe)                      # db only
+    parent_bundle: str | None = None          # fine-tune from this bundle (its model config wins)
+    epochs: int = 10
+    steps_per_epoch: int = 100
+    batch_size: int = 4
+    lr: float | None = None                    # None: 3e-5 for db, 1e-3 for fasterrcnn
+    weight_decay: float | None = None          # None: 0 for db (L2-SP instead), 1e-4 for fasterrcnn
+    warmup_steps: int = 50
+    optimizer: str = "adamw"                   # adamw | sgd
+    human_fraction: float = 0.5                # share of human-labelled images per batch (if any)
+    scale_jitter: tuple[float, float] = (0.6, 1.3)   # fasterrcnn (db: `db.scale_jitter`)
+    crop: int = 384                            # fasterrcnn: random crops this big (0 = whole images)
+    augment: bool = True
+    val_threshold: float = 0.3                 # fasterrcnn
+    val_metric: str = "f1"                     # fasterrcnn: any key of evaluate(); higher is better
+    patience: int = 3
+    min_delta: float = 0.002
+    budget_minutes: float | None = None
+    seed: int = 0
+    threads: int = 2
+    grad_clip: float = 10.0
+    resume: bool = False
+    # Keep BatchNorm running statistics fixed while training. None = when fine-tuning (always for
+    # db): batches of 2-4 crops would otherwise overwrite statistics learnt on far more images.
+    freeze_bn: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown arch {self.arch!r}: use {' or '.join(ARCHS)}")
+
+    @property
+    def effective_lr(self) -> float:
+        return float(self.lr if self.lr is not None else DEFAULT_LR[self.arch])
+
+    @property
+    def effective_weight_decay(self) -> float:
+        return float(self.weight_decay if self.weight_decay is not None else DEFAULT_WEIGHT_DECAY[self.arch])
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["model"] = self.model.to_json()
+        return json.loads(json.dumps(d))
+
+    def arch_key(self) -> Any:
+        """What a checkpoint must match to be resumed."""
+        return {"arch": self.arch, "model": self.model.to_json() if self.arch == "fasterrcnn" else None}
+
+
+@dataclass
+class TrainResult:
+    detector: Any
+    model: Any
+    config: TrainConfig
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    steps: int
+    epochs: int
+    seconds: float
+    peak_rss_mb: float
+    stopped: str                               # done | early_stop | budget
+    checkpoint: Path
+    train_keys: list[str]
+    bundle_config: Any = None                  # FasterRCNNConfig or DBModelConfig (what save_bundle records)
+    onnx: bytes | None = None                  # db: the exported network
+    selection: dict[str, Any] = field(default_factory=dict)  # db: budget, own and stock coverage at it
+    timing: dict[str, float] = field(default_factory=dict)   # seconds in data, steps, validation
+
+
+def losses_of(history: Sequence[dict[str, Any]]) -> list[float]:
+    return [h["loss"] for h in history if "loss" in h]
+
+
+def _metric(metrics: dict[str, Any], key: str) -> float:
+    """The early-stopping value; undefined (NaN, e.g. F1 of a model that finds nothing yet) counts as 0."""
+    v = metrics.get(key)
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else 0.0
+
+
+def _lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+    total = max(1, cfg.epochs * cfg.steps_per_epoch)
+
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return 0.05 + 0.95 * step / max(1, cfg.warmup_steps)
+        t = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t))
+
+    return f
+
+
+def _save(path: Path, ckpt: dict[str, Any]) -> None:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _arch(cfg: TrainConfig) -> Any:
+    if cfg.arch == "db":
+        from pipeline.train.db import DBArch
+
+        return DBArch(cfg)
+    from pipeline.train.fasterrcnn import FasterRCNNArch
+
+    return FasterRCNNArch(cfg)
+
+
+def train(cfg: TrainConfig, synth: Sequence[Sample] = (), human: Sequence[Sample] = (), val: Sequence[Sample] = (),
+          progress: Callable[[int, int, dict[str, Any]], None] | None = None) -> TrainResult:
+    """Train (or fine-tune, or resume) and return the best model as a Detector with its metrics."""
+    import torch
+
+    if not synth and not human:
+        raise TrainingError("no training images: generate synthetic data (`textloop synth`) or label some images")
+    torch.set_num_threads(max(1, int(cfg.threads)))
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "checkpoint.pt"
+
+    arch = _arch(cfg)
+    model, cfg, parent_version = arch.setup()
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=cfg.effective_lr, momentum=0.9, weight_decay=cfg.effective_weight_decay)
+    elif cfg.optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=cfg.effective_lr, weight_decay=cfg.effective_weight_decay)
+    else:
+        raise TrainingError(f"unknown optimizer {cfg.optimizer!r}: use adamw or sgd")
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+    step, best, best_state, bad_epochs, history = 0, -math.inf, None, 0, []
+    torch.manual_seed(cfg.seed)
+    if cfg.resume and ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        saved = ck["config"]
+        if {"arch": saved.get("arch", "fasterrcnn"), "model": saved["model"] if saved.get("arch", "fasterrcnn") ==
+                "fasterrcnn" else None} != cfg.arch_key():
+            raise TrainingError(f"{ckpt_path}: checkpoint was trained with another architecture or model config; "
+                                "start a new run")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["lr_scheduler"])
+        step, best, bad_epochs, history = ck["step"], ck["best"], ck["bad_epochs"], ck["history"]
+        best_state = ck.get("best_model")
+        parent_version = ck.get("parent", parent_version)
+        arch.load_state(ck.get("arch_state") or {})
+        torch.set_rng_state(ck["rng"]["torch"])
+        log.info("resumed from %s at step %d", ckpt_path, step)
+    total = cfg.epochs * cfg.steps_per_epoch
+    timing = {"data": 0.0, "step": 0.0, "validation": 0.0}
+
+    def checkpoint() -> None:
+        _save(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "lr_scheduler": sched.state_dict(),
+                          "epoch": step // cfg.steps_per_epoch, "step": step, "config": cfg.to_json(),
+                          "rng": {"torch": torch.get_rng_state()}, "best": best, "best_model": best_state,
+                          "bad_epochs": bad_epochs, "history": history, "parent": parent_version,
+                          "arch_state": arch.state()})
+
+    start, start_step = time.monotonic(), step
+    deadline = start + cfg.budget_minutes * 60 if cfg.budget_minutes else math.inf
+    stopped = "done"
+    loss_ema: float | None = None
+    if val and step == 0:
+        t0 = time.monotonic()
+        arch.prepare_validation(val)   # db: stock ppocr's trade-off curve and the budget
+        timing["validation"] += time.monotonic() - t0
+    arch.train_mode()
+    stop_now = bad_epochs >= cfg.patience and step > 0
+    if stop_now:
+        stopped = "early_stop"
+    try:
+        while step < total and not stop_now:
+            t0 = time.monotonic()
+            batch = arch.batch(step, synth, human)
+            t1 = time.monotonic()
+            losses = arch.losses(batch)
+            loss = sum(losses.values())
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
+                raise TrainingError(
+                    f"non-finite loss at step {step} ({parts}) with lr {sched.get_last_lr()[0]:.3g}: lower the learning "
+                    f"rate (--lr) or check the labels; the last good checkpoint is {ckpt_path}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            sched.step()
+            step += 1
+            timing["data"] += t1 - t0
+            timing["step"] += time.monotonic() - t1
+            loss_ema = value if loss_ema is None else 0.9 * loss_ema + 0.1 * value
+            elapsed = time.monotonic() - start
+            history.append({"step": step, "loss": value, **{k: float(v.detach()) for k, v in losses.items()}})
+            if progress:
+                eta = min(elapsed / (step - start_step) * (total - step), max(0.0, deadline - time.monotonic()))
+                progress(step, total, {"loss": loss_ema, "lr": sched.get_last_lr()[0], "epoch": step // cfg.steps_per_epoch,
+                                       "eta_s": eta})
+            end_of_epoch = step % cfg.steps_per_epoch == 0
+            over_budget = time.monotonic() > deadline
+            if end_of_epoch or over_budget or step == total:
+                if val:  # every epoch end, and on a budget stop so the last partial epoch can win too
+                    t0 = time.monotonic()
+                    metrics, m = arch.validate(val)
+                    timing["validation"] += time.monotonic() - t0
+                    arch.train_mode()
+                    if m > best + cfg.min_delta or best_state is None:
+                        best, bad_epochs = max(m, best), 0
+                        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    elif best > 0:  # patience only counts once the model has found something
+                        bad_epochs += 1
+                    history.append({"epoch": step // cfg.steps_per_epoch, "step": step, "val": metrics, "score": m,
+                                    "seconds": time.monotonic() - start})
+                    log.info("epoch %d step %d loss %.4f val %s=%.4f", step // cfg.steps_per_epoch, step, loss_ema or 0,
+                             arch.score_name, m)
+                checkpoint()
+                if over_budget:
+                    stopped = "budget"
+                    break
+                if bad_epochs >= cfg.patience:
+                    stopped = "early_stop"
+                    break
+    except KeyboardInterrupt:  # Ctrl-C: keep every finished step; `--resume` replays from here exactly
+        checkpoint()
+        raise
+    seconds = time.monotonic() - start
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    t0 = time.monotonic()
+    done = arch.finish(val)
+    timing["validation"] += time.monotonic() - t0
+    keys = [s.key for s in synth] + [s.key for s in human]
+    log.info("trained %d steps in %.0f s (data %.0f s, steps %.0f s, validation %.0f s)", step, seconds,
+             timing["data"], timing["step"], timing["validation"])
+    return TrainResult(detector=done["detector"], model=model, config=cfg, metrics=done["metrics"], history=history,
+                       steps=step, epochs=step // cfg.steps_per_epoch, seconds=seconds, peak_rss_mb=peak_rss_mb(),
+                       stopped=stopped, checkpoint=ckpt_path, train_keys=keys, bundle_config=done["bundle_config"],
+                       onnx=done.get("onnx"), selection=done.get("selection", {}), timing=timing)
+
+
+def replace_config(cfg: TrainConfig, **kw: Any) -> TrainConfig:
+    return replace(cfg, **kw)

@@ -1,0 +1,215 @@
+"""The workspace stage of training (used by `textloop train`, `textloop iterate` and the ML
+backend's retrain), and the promotion rule: a model becomes current only if its validation
+coverage at the over-redaction budget is at least stock ppocr's on the same split.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline.train.data import Sample, samples_from_jsonl, workspace_samples
+from pipeline.train.engine import TrainConfig, TrainingError, train
+from pipeline.train.select import PromotionCheck
+
+log = logging.getLogger("pipeline.train")
+
+
+class PromotionRefused(RuntimeError):
+    """The promotion rule refused a model; `check` has both numbers."""
+
+    def __init__(self, version: str, check: PromotionCheck) -> None:
+        super().__init__(check.message(version) + "; --force promotes it anyway")
+        self.version = version
+        self.check = check
+
+
+def resolve_parent(ws: Any, parent: str, arch: str = "fasterrcnn") -> tuple[Path | None, str | None]:
+    """(bundle path, version) of the model to fine-tune, or (None, None) for the architecture's
+    start (stock PP-OCR weights for db, random weights for fasterrcnn).
+
+    parent: `auto` (the current model if it is of this architecture, else the start), `none`,
+    `current` (must exist and be of this architecture), a registered version, or a bundle.zip
+    path. Raises ValueError with a one-line reason."""
+    if parent == "none":
+        return None, None
+    with ws.catalog() as cat:
+        if parent in ("auto", "current"):
+            row = cat.current_model()
+            if row is None or row["kind"] != arch:
+                if parent == "current":
+                    raise ValueError(f"no current {arch} model to fine-tune; start fresh with --parent none")
+                return None, None
+        else:
+            rows = cat.query("SELECT * FROM models WHERE version = ?", (parent,))
+            if not rows:
+                path = Path(parent)
+                if path.suffix == ".zip" and path.exists():
+                    from pipeline.bundle import read_bundle_meta
+
+                    meta = read_bundle_meta(path)
+                    if meta["config"].get("kind") != arch:
+                        raise ValueError(f"parent {parent}: a {meta['config'].get('kind')} bundle, not {arch}")
+                    return path, str(meta["config"]["version"])
+                raise ValueError(f"parent {parent!r}: not a registered model version nor a bundle.zip")
+            row = rows[0]
+            if row["kind"] != arch:
+                raise ValueError(f"parent {parent}: a {row['kind']} model, not {arch} (use --arch {row['kind']})")
+    return ws.abspath(row["path"]), row["version"]
+
+
+def workspace_training_data(ws: Any, synth_sets: Sequence[str] = ("default",), synth_images: int = 400,
+                            seed: int = 0, say: Callable[[str], None] = log.info
+                            ) -> tuple[list[Sample], list[Sample], list[Sample], str]:
+    """(synthetic, human train, validation, description of the validation source).
+
+    Missing synthetic sets are generated; without labelled val images a held-out synthetic set
+    is the validation set (and the caller is told so)."""
+    from pipeline.synth import SynthConfig, generate
+
+    synth: list[Sample] = []
+    for name in synth_sets:
+        d = ws.root / "synth" / name
+        if not (d / "boxes.jsonl").exists():
+            say(f"generating synthetic set {name!r} ({synth_images} images)")
+            generate(d, SynthConfig(n_images=synth_images, seed=seed))
+        synth += samples_from_jsonl(d / "boxes.jsonl", f"synth/{name}/")
+    human = workspace_samples(ws, "train")
+    val = workspace_samples(ws, "val")
+    val_source = "workspace val split"
+    if not val:
+        d = ws.root / "synth" / f"_val-{seed}"
+        if not (d / "boxes.jsonl").exists():
+            generate(d, SynthConfig(n_images=16, seed=seed + 1000))
+        val = samples_from_jsonl(d / "boxes.jsonl", "synth/_val/")
+        val_source = "held-out synthetic set (no labelled val images yet)"
+    return synth, human, val, val_source
+
+
+def check_from_metrics(metrics: dict[str, Any], images: int, source: str) -> PromotionCheck | None:
+    """The verdict from numbers stored at training time (db bundles), or None without them."""
+    cand, stock, budget = (metrics.get(k) for k in ("coverage_at_budget", "stock_coverage_at_budget",
+                                                    "over_redaction_budget"))
+    if not all(isinstance(v, (int, float)) for v in (cand, stock, budget)):
+        return None
+    return PromotionCheck(float(cand) >= float(stock), float(cand), float(stock), float(budget), images, source)
+
+
+def check_promotion(ws: Any, version: str, threads: int = 2) -> PromotionCheck:
+    """Compare a registered model with stock ppocr on the workspace's val split now (both at the
+    same budget); without labelled val images, use the numbers stored at training time."""
+    from pipeline.detectors import load_detector
+    from pipeline.evaluate import workspace_ground_truth
+    from pipeline.train.db import DBRecipe
+    from pipeline.train.select import compare_with_stock
+
+    with ws.catalog() as cat:
+        rows = cat.query("SELECT * FROM models WHERE version = ?", (version,))
+    if not rows:
+        raise KeyError(f"unknown model version {version!r}")
+    items = workspace_ground_truth(ws, "val")
+    if items:
+        detector = load_detector(str(ws.abspath(rows[0]["path"])), threads=threads)
+        recipe = DBRecipe()
+        check, _, _ = compare_with_stock(detector, items, recipe.grid(), "workspace val split",
+                                         recipe.over_redaction_budget, recipe.min_budget)
+        return check
+    import json
+
+    from pipeline.bundle import read_bundle_meta
+
+    meta = read_bundle_meta(ws.abspath(rows[0]["path"]))
+    metrics = {**json.loads(rows[0]["metrics"] or "{}"), **meta["metrics"]}
+    n = int((meta["config"].get("train") or {}).get("val_images") or metrics.get("n_images") or 0)
+    check = check_from_metrics(metrics, n, "validation at training time (no labelled val images)")
+    if check is None:
+        return PromotionCheck(False, float("nan"), float("nan"), float("nan"), 0,
+                              "no labelled val images and no stored comparison with stock ppocr")
+    return check
+
+
+def promote_checked(ws: Any, version: str, force: bool = False, check: PromotionCheck | None = None,
+                    threads: int = 2) -> PromotionCheck:
+    """Promote `version` if the rule passes (or `force`); raise PromotionRefused otherwise."""
+    from pipeline.bundle import promote_model
+
+    check = check or check_promotion(ws, version, threads)
+    if not check.ok and not force:
+        raise PromotionRefused(version, check)
+    if not check.ok:
+        log.warning("promoting %s despite the rule (--force): %s", version, check.message(version))
+    promote_model(ws, version)
+    return check
+
+
+def _result_check(result: Any, val: Sequence[Sample], val_source: str) -> PromotionCheck:
+    """The rule on the run's own validation split (db: computed during selection)."""
+    check = check_from_metrics(result.metrics or {}, len(val), val_source)
+    if check is not None:
+        return check
+    from pipeline.train.db import DBRecipe
+    from pipeline.train.select import compare_with_stock
+
+    recipe = DBRecipe()
+    check, _, _ = compare_with_stock(result.detector, [(s.path, s.gt) for s in val], recipe.grid(), val_source,
+                                     recipe.over_redaction_budget, recipe.min_budget)
+    return check
+
+
+def train_workspace(ws: Any, cfg: TrainConfig, synth: Sequence[Sample], human: Sequence[Sample],
+                    val: Sequence[Sample], val_source: str, parent_version: str | None,
+                    promote: bool = False, progress: Callable[[int, int, dict[str, Any]], None] | None = None,
+                    force: bool = False) -> dict[str, Any]:
+    """Train, save the bundle, register it and log the run in `iterations`. Promoted only when
+    asked *and* when the promotion rule passes (or `force`): `current` is what redact uses by
+    default. The summary's `promotion` holds both numbers; `promoted` says what happened."""
+    from pipeline.bundle import register_model
+    from pipeline.evaluate import json_safe
+
+    with ws.catalog() as cat:
+        iteration = cat.start_iteration("train")
+    try:
+        result = train(cfg, synth, human, val, progress=progress)
+    except (TrainingError, KeyboardInterrupt) as exc:
+        with ws.catalog() as cat:
+            cat.finish_iteration(iteration, "failed", metrics={"error": str(exc) or "interrupted"})
+        raise
+    bundle = Path(cfg.out_dir) / "bundle.zip"
+    version = save_result(bundle, result, parent_version,
+                          {"train": {"steps": result.steps, "stopped": result.stopped, "seconds": round(result.seconds, 1),
+                                     "val_source": val_source, "val_images": len(val)}})
+    register_model(ws, bundle, parent=parent_version, promote=False)
+    check = _result_check(result, val, val_source) if (promote and val) else None
+    promoted = False
+    if promote:
+        if check is None:
+            check = PromotionCheck(False, float("nan"), float("nan"), float("nan"), 0, "no validation set")
+        if check.ok or force:
+            promote_checked(ws, version, force=force, check=check)
+            promoted = True
+    summary = {"version": version, "arch": cfg.arch, "parent": parent_version, "promoted": promoted,
+               "promotion": json_safe(check.to_json()) if check else None,
+               "promotion_message": check.message(version) if check else None, "forced": bool(force and promote and
+                                                                                            check and not check.ok),
+               "steps": result.steps, "epochs": result.epochs, "stopped": result.stopped,
+               "minutes": round(result.seconds / 60, 2), "timing_s": {k: round(v, 1) for k, v in result.timing.items()},
+               "peak_rss_mb": round(result.peak_rss_mb), "val_source": val_source, "metrics": json_safe(result.metrics),
+               "bundle": str(ws.models_dir / version / "bundle.zip"), "checkpoint": str(result.checkpoint),
+               "synthetic": len(synth), "human": len(human), "val": len(val)}
+    with ws.catalog() as cat:
+        cat.finish_iteration(iteration, "done", counts={"synthetic": len(synth), "human": len(human),
+                                                        "val": len(val), "steps": result.steps},
+                             metrics={"version": version, **(json_safe(result.metrics) or {})})
+    return summary
+
+
+def save_result(path: str | Path, result: Any, parent: str | None = None, extra: dict[str, Any] | None = None,
+                version: str | None = None) -> str:
+    """The bundle of a TrainResult (either architecture); returns its version."""
+    from pipeline.bundle import save_bundle
+
+    return save_bundle(path, result.model, result.bundle_config, result.metrics, result.train_keys, version=version,
+                       parent=parent, extra={**(extra or {}), **({"selection": result.selection} if result.selection else {})},
+                       onnx=result.onnx)
