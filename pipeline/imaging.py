@@ -123,3 +123,67 @@ def load_rgb(path: str | Path, page: int = 0) -> np.ndarray:
             im.seek(page)
         im = ImageOps.exif_transpose(im) if page == 0 else im
         return to_uint8_rgb(im)
+
+
+# --- what a viewer can show ----------------------------------------------------------------
+
+def has_alpha(im: Image.Image) -> bool:
+    """True when a Pillow image carries transparency (alpha channel, palette tRNS, colour key)."""
+    return im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
+
+
+def alpha_to_uint8(alpha: np.ndarray) -> np.ndarray:
+    """An alpha plane of any integer/bool/float dtype as uint8 (255 = opaque)."""
+    a = np.asarray(alpha)
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype == np.bool_:
+        return a.astype(np.uint8) * 255
+    if a.dtype.kind in "ui":
+        return (a.astype(np.float64) * (255.0 / np.iinfo(a.dtype).max)).round().astype(np.uint8)
+    return (np.clip(a.astype(np.float64), 0.0, 1.0) * 255.0).round().astype(np.uint8)
+
+
+def visible_views(rgb: np.ndarray, alpha: np.ndarray | None) -> list[np.ndarray]:
+    """Every picture of an image a viewer may show, as uint8 RGB arrays of the same size.
+
+    An opaque image has one. With transparency, text can hide in any of them: black text on
+    transparent black pixels is invisible when alpha is dropped but plain over a white page;
+    white text shows only over a dark one; a converter that drops alpha shows the raw colour
+    channels (which may hold text under alpha 0); and the shape of the text can live in the alpha
+    channel alone. So: raw colours, composited over white and over black, and alpha as dark ink
+    on white. Identical views are dropped, so detection costs more only where it must."""
+    if alpha is None:
+        return [rgb]
+    a8 = alpha_to_uint8(alpha)
+    if a8.size == 0 or int(a8.min()) == 255:
+        return [rgb]
+    a = a8.astype(np.float32)[..., None] / 255.0
+    f = rgb.astype(np.float32)
+    candidates = [
+        rgb,
+        np.rint(f * a + 255.0 * (1.0 - a)).astype(np.uint8),
+        np.rint(f * a).astype(np.uint8),
+    ]
+    if int(a8.max()) > int(a8.min()):
+        ink = 255 - a8
+        candidates.append(np.ascontiguousarray(np.stack([ink] * 3, axis=-1)))
+    views: list[np.ndarray] = []
+    for c in candidates:
+        if not any(np.array_equal(c, v) for v in views):
+            views.append(np.ascontiguousarray(c))
+    return views
+
+
+def views_of(im: Image.Image) -> list[np.ndarray]:
+    """`visible_views` of an (already upright) Pillow image."""
+    if not has_alpha(im):
+        return [to_uint8_rgb(im)]
+    rgba = np.asarray(im.convert("RGBA"), dtype=np.uint8)
+    return visible_views(np.ascontiguousarray(rgba[..., :3]), rgba[..., 3])
+
+
+def load_views(path: str | Path) -> list[np.ndarray]:
+    """`visible_views` of an image file's first page, upright: what detectors must look at."""
+    with Image.open(path) as im:
+        return views_of(ImageOps.exif_transpose(im))

@@ -22,8 +22,8 @@ import numpy as np
 from pipeline.boxes import Detections
 from pipeline.catalog import Catalog, dumps
 from pipeline.config import IMAGE_EXTENSIONS
-from pipeline.detectors.base import Detector
-from pipeline.imaging import load_rgb
+from pipeline.detectors.base import Detector, detect_visible
+from pipeline.imaging import load_views
 from pipeline.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -77,28 +77,26 @@ def predict_images(detector: Detector, paths: Iterable[str | Path], threshold: f
                    batch_size: int = DEFAULT_BATCH) -> Iterator[Prediction]:
     """Like `predict_paths`, with the image size (as displayed) in every result."""
     for batch in _chunks((Path(p) for p in paths), max(1, batch_size)):
-        loaded: list[tuple[Path, np.ndarray]] = []
+        loaded: list[tuple[Path, list[np.ndarray]]] = []   # every view a viewer may show
         failed: dict[Path, Exception] = {}
         for p in batch:
             try:
-                loaded.append((p, load_rgb(p)))
+                loaded.append((p, load_views(p)))
             except Exception as exc:  # noqa: BLE001 - any unreadable file is reported, the batch goes on
                 failed[p] = exc
         results: dict[Path, Detections | Exception] = dict(failed)
         arrays = [a for _, a in loaded]
         try:
-            dets = detector.detect(arrays) if arrays else []
-            if len(dets) != len(arrays):
-                raise RuntimeError(f"detector returned {len(dets)} results for {len(arrays)} images")
+            dets = detect_visible(detector, arrays) if arrays else []
             for (p, _), d in zip(loaded, dets):
                 results[p] = d
         except Exception:  # noqa: BLE001 - retry one by one so the failure is pinned to its image
             for p, a in loaded:
                 try:
-                    results[p] = detector.detect([a])[0]
+                    results[p] = detect_visible(detector, [a])[0]
                 except Exception as exc:  # noqa: BLE001
                     results[p] = exc
-        shapes = {p: a.shape for p, a in loaded}
+        shapes = {p: a[0].shape for p, a in loaded}
         for p in batch:
             h, w = shapes[p][:2] if p in shapes else (0, 0)
             r = results[p]

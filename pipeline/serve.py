@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.detectors.base import detect_visible
 from pipeline.studio.convert import detections_to_results
 from pipeline.studio.project import LabelConfig, parse_label_config, render_label_config
 from pipeline.studio.push import confidence
@@ -88,10 +89,10 @@ class Backend:
         detector = self._detector  # the same model for the whole request, even if a swap happens
         for task in tasks:
             try:
-                rgb = self._load_task_image(task, config)
+                views = self._load_task_image(task, config)
                 with self._lock:
-                    det = detector.detect([rgb])[0]
-                h, w = rgb.shape[:2]
+                    det = detect_visible(detector, [views])[0]
+                h, w = views[0].shape[:2]
                 results.append({"result": detections_to_results(det, w, h, config), "score": round(confidence(det), 4),
                                 "model_version": str(detector.version)})
             except Exception as exc:  # noqa: BLE001 - one bad task must not sink the batch; LS needs one entry per task
@@ -100,8 +101,9 @@ class Backend:
                                 "error": f"{type(exc).__name__}: {exc}"})
         return results
 
-    def _load_task_image(self, task: dict[str, Any], config: LabelConfig) -> np.ndarray:
-        from pipeline.imaging import load_rgb, to_uint8_rgb
+    def _load_task_image(self, task: dict[str, Any], config: LabelConfig) -> list[np.ndarray]:
+        """Every view a viewer may show of the task's image (one for opaque images)."""
+        from pipeline.imaging import load_views, views_of
 
         data = task.get("data") or {}
         image_id = data.get("image_id")
@@ -109,7 +111,7 @@ class Backend:
             with self.ws.catalog() as cat:
                 row = cat.image(str(image_id))
             if row is not None:
-                return load_rgb(self.ws.abspath(row["path"]))
+                return load_views(self.ws.abspath(row["path"]))
         url = str(data.get(config.data_key) or "")
         if not url:
             raise ValueError(f"task has no ${config.data_key}")
@@ -122,7 +124,7 @@ class Backend:
             for root in ([Path(doc_root)] if doc_root else []) + [self.ws.root]:
                 path = (root / rel).resolve()
                 if root.resolve() in path.parents and path.exists():
-                    return load_rgb(path)
+                    return load_views(path)
         import httpx
         from PIL import Image, ImageOps
 
@@ -134,7 +136,7 @@ class Backend:
         r = httpx.get(url, headers=headers, timeout=self.cfg.http_timeout_s, follow_redirects=True)
         r.raise_for_status()
         with Image.open(io.BytesIO(r.content)) as im:
-            return to_uint8_rgb(ImageOps.exif_transpose(im))
+            return views_of(ImageOps.exif_transpose(im))
 
     # --- training --------------------------------------------------------------------------------
     def queue_training(self, reason: str) -> dict[str, Any]:

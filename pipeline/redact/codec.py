@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from pipeline.imaging import ImageRejected, rejecting_bad_images, to_uint8_rgb
+from pipeline.imaging import ImageRejected, rejecting_bad_images, to_uint8_rgb, visible_views
 
 SUPPORTED = ("JPEG", "PNG", "TIFF", "BMP", "WEBP")
 EXTENSIONS = {".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF",
@@ -314,6 +314,24 @@ def detector_rgb(page: Page) -> np.ndarray:
     if hi <= lo:
         lo, hi = float(f.min()), float(f.max()) or 1.0
     return np.clip((f - lo) / max(hi - lo, 1e-9) * 255.0, 0, 255).astype(np.uint8)
+
+
+def page_alpha(page: Page) -> np.ndarray | None:
+    """The page's alpha plane (any dtype), or None when it has none.
+
+    RGB(A) with 4+ channels, grey with 2+, CMYK with 5+: the first extra channel is alpha
+    (TIFF ExtraSamples 1 = associated, 2 = unassociated; 0 = unspecified is treated as alpha
+    too, since a viewer may)."""
+    base = {"rgb": 3, "gray": 1, "cmyk": 4}.get(page.kind, 3)
+    if page.array.ndim != 3 or page.channels <= base:
+        return None
+    return page.array[..., base]
+
+
+def detector_views(page: Page) -> list[np.ndarray]:
+    """Every picture a viewer may show of this page (see `imaging.visible_views`)."""
+    alpha = page_alpha(page)
+    return visible_views(detector_rgb(page), None if alpha is None else alpha)
 
 
 # --- encoding ------------------------------------------------------------------------------

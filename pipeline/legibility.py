@@ -1,0 +1,168 @@
+"""What an OCR engine can still read in an image: the legibility audit and the *leak* metric.
+
+Redaction is judged by what a viewer can read in the output, not by what a detector found:
+a detector run again on the same blind pixels passes the same leak twice. So the audit runs
+the PP-OCRv4 recogniser that ships inside the `rapidocr-onnxruntime` wheel (its own DB
+detector finds lines, the CRNN reads them; nothing is downloaded) over every view a viewer
+may show (`imaging.visible_views`), and reports strings of at least `min_chars` letters or
+digits outside the covered areas.
+
+The leak metric (`leaked_words`) counts ground-truth words that such a reading still spells
+out at their place in the image.
+"""
+
+from __future__ import annotations
+
+import difflib
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+READER_VERSION = "ppocr-v4-rec"
+DEFAULT_MIN_CHARS = 3
+DEFAULT_MIN_SCORE = 0.5
+MULTISCALE_MAX_SIDE = 1600     # the 2x pass runs on images up to this long side (small text)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One line the recogniser read: its text, confidence, xyxy box (pixels) and the view."""
+
+    text: str
+    score: float
+    box: tuple[float, float, float, float]
+    view: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["score"] = round(self.score, 4)
+        d["box"] = [round(v, 1) for v in self.box]
+        return d
+
+
+def normalise(text: str) -> str:
+    """Letters and digits only, lower case: how leaked strings are compared."""
+    return "".join(ch for ch in text.lower() if ch.isalnum())
+
+
+def meaningful(text: str, min_chars: int = DEFAULT_MIN_CHARS) -> bool:
+    return len(normalise(text)) >= min_chars
+
+
+class Reader:
+    """PP-OCRv4 detection + recognition from the rapidocr wheel; one ONNX session set per
+    instance, calls serialised (each already uses every thread it is given)."""
+
+    name = "ppocr-rec"
+    version = READER_VERSION
+
+    def __init__(self, min_chars: int = DEFAULT_MIN_CHARS, min_score: float = DEFAULT_MIN_SCORE,
+                 scales: Sequence[float] = (1.0, 2.0), threads: int = 2,
+                 max_side: int = MULTISCALE_MAX_SIDE) -> None:
+        if min_chars < 1:
+            raise ValueError(f"min_chars must be >= 1, got {min_chars}")
+        if not 0.0 <= min_score <= 1.0:
+            raise ValueError(f"min_score must be in [0, 1], got {min_score}")
+        if not scales or min(scales) <= 0:
+            raise ValueError(f"scales must be positive, got {tuple(scales)}")
+        from rapidocr_onnxruntime import RapidOCR
+
+        self.min_chars, self.min_score = int(min_chars), float(min_score)
+        self.scales, self.max_side = tuple(float(s) for s in scales), int(max_side)
+        # det box_thresh low: a faint line is still worth trying to read; the reading's own
+        # confidence decides. text_score 0: we filter on min_score ourselves.
+        self._ocr = RapidOCR(intra_op_num_threads=int(threads), inter_op_num_threads=1,
+                             det_box_thresh=0.3, text_score=0.0, print_verbose=False)
+        self._lock = threading.Lock()
+
+    def _read_once(self, rgb: np.ndarray, scale: float) -> list[tuple[str, float, np.ndarray]]:
+        import cv2
+
+        bgr = cv2.cvtColor(np.ascontiguousarray(rgb[..., :3]), cv2.COLOR_RGB2BGR)
+        if scale != 1.0:
+            bgr = cv2.resize(bgr, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+        with self._lock:
+            res, _ = self._ocr(bgr, use_cls=False, use_det=True, use_rec=True)
+        out = []
+        for quad, text, score in res or []:
+            q = np.asarray(quad, dtype=np.float64).reshape(-1, 2) / scale
+            out.append((str(text), float(score), q))
+        return out
+
+    def read(self, rgb: np.ndarray, view: int = 0) -> list[Reading]:
+        """Lines read in one uint8 RGB image (all of them, whatever their length or score)."""
+        h, w = rgb.shape[:2]
+        readings: list[Reading] = []
+        for s in self.scales:
+            if s != 1.0 and max(h, w) > self.max_side:
+                continue
+            for text, score, q in self._read_once(rgb, s):
+                box = (float(max(0.0, q[:, 0].min())), float(max(0.0, q[:, 1].min())),
+                       float(min(w, q[:, 0].max())), float(min(h, q[:, 1].max())))
+                readings.append(Reading(text, score, box, view))
+        return readings
+
+    def read_views(self, views: Sequence[np.ndarray]) -> list[Reading]:
+        """Readings over every view of one image (duplicates across views and scales dropped)."""
+        seen: dict[tuple[str, int, int], Reading] = {}
+        for i, v in enumerate(views):
+            for r in self.read(v, view=i):
+                key = (normalise(r.text), int(r.box[0] // 8), int(r.box[1] // 8))
+                if key not in seen or r.score > seen[key].score:
+                    seen[key] = r
+        return list(seen.values())
+
+    def legible(self, readings: Iterable[Reading], covered: np.ndarray | None = None,
+                inside: float = 0.5) -> list[Reading]:
+        """Readings a person could use: `min_chars`+ letters/digits, confidence >= `min_score`,
+        and less than `inside` of the line's box within the covered (filled) area."""
+        return [r for r in readings
+                if r.score >= self.min_score and meaningful(r.text, self.min_chars)
+                and (covered is None or covered_fraction(covered, r.box) < inside)]
+
+
+def covered_fraction(covered: np.ndarray, box: Sequence[float]) -> float:
+    """Share of a box's pixels that lie inside a boolean (H, W) mask."""
+    h, w = covered.shape[:2]
+    x0, y0 = max(0, int(np.floor(box[0]))), max(0, int(np.floor(box[1])))
+    x1, y1 = min(w, int(np.ceil(box[2]))), min(h, int(np.ceil(box[3])))
+    if x1 <= x0 or y1 <= y0:
+        return 0.0
+    return float(covered[y0:y1, x0:x1].mean())
+
+
+def _matched_chars(word: str, text: str) -> int:
+    """Characters of `word` that appear, in order and in runs of 2+, in `text`."""
+    sm = difflib.SequenceMatcher(None, word, text, autojunk=False)
+    return sum(b.size for b in sm.get_matching_blocks() if b.size >= 2 or b.size == len(word))
+
+
+def leaked_words(gt_boxes: np.ndarray, gt_texts: Sequence[str], gt_ignore: Sequence[bool],
+                 readings: Sequence[Reading], min_chars: int = DEFAULT_MIN_CHARS,
+                 min_share: float = 0.6) -> list[int]:
+    """Indices of ground-truth words still legible: a reading whose box meets the word's box
+    spells at least `min_share` of its letters/digits (and `min_chars` of them) in order.
+
+    Words shorter than `min_chars`, don't-care words ('###') and words without a transcription
+    are not counted (see `countable_words`)."""
+    out = []
+    boxes = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
+    for i in countable_words(gt_texts, gt_ignore, min_chars):
+        b = boxes[i]
+        near = [normalise(r.text) for r in readings
+                if min(b[2], r.box[2]) > max(b[0], r.box[0]) and min(b[3], r.box[3]) > max(b[1], r.box[1])]
+        if not near:
+            continue
+        word = normalise(gt_texts[i])
+        best = max(_matched_chars(word, t) for t in near)
+        if best >= min_chars and best >= min_share * len(word):
+            out.append(i)
+    return out
+
+
+def countable_words(gt_texts: Sequence[str], gt_ignore: Sequence[bool], min_chars: int = DEFAULT_MIN_CHARS) -> list[int]:
+    """Ground-truth words the leak metric counts: transcribed, not don't-care, `min_chars`+ long."""
+    ignore = list(gt_ignore) + [False] * (len(gt_texts) - len(gt_ignore))
+    return [i for i, t in enumerate(gt_texts) if not ignore[i] and len(normalise(t or "")) >= min_chars]
