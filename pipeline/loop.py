@@ -1,7 +1,9 @@
 """`textloop iterate`: one full round of the loop.
 
-pull -> curate -> retrain from the current model -> evaluate on the test split -> promote only
-if not worse (a regression report otherwise) -> predict and rank the pool -> push the next batch.
+pull -> curate -> retrain from the current model (default: fine-tune PP-OCR's DB network) ->
+evaluate on the test split -> promote only if not worse than the current model on the test split
+*and* at least as good as stock ppocr on the val split at the over-redaction budget (a
+regression report otherwise) -> predict and rank the pool -> push the next batch.
 
 Every step is one of the stages' own library calls and is idempotent, so an interrupted round
 is finished by running `iterate` again: pull and push never duplicate, curation recomputes
@@ -36,10 +38,12 @@ class IterateConfig:
     engine: str = "permissive"            # curation engine (fastdup is non-commercial, opt in)
     curate_apply: bool = True             # act on duplicates and the worst label issues
     label_action: str = "review"          # review | exclude
+    arch: str = "db"                      # db | fasterrcnn
     epochs: int = 3
     steps_per_epoch: int = 50
     batch_size: int = 4
-    lr: float = 1e-3
+    lr: float | None = None               # None: the architecture's default (db 3e-5, fasterrcnn 1e-3)
+    force: bool = False                   # promote even below stock ppocr (the test-split rule still applies)
     budget_minutes: float | None = 10.0
     synth_images: int = 200
     tolerance: float = 0.005              # "not worse": allowed change against the current model
@@ -51,6 +55,8 @@ class IterateConfig:
     def __post_init__(self) -> None:
         from pipeline.rank import STRATEGIES
 
+        if self.arch not in ("db", "fasterrcnn"):
+            raise ValueError(f"unknown arch {self.arch!r}: use db or fasterrcnn")
         if self.strategy not in (*STRATEGIES, "auto"):  # fail before an hour of retraining, not after
             raise ValueError(f"unknown strategy {self.strategy!r}: use auto or one of {', '.join(STRATEGIES)}")
 
@@ -123,7 +129,7 @@ def iterate(ws: Any, cfg: IterateConfig = IterateConfig(), client: Any = None,
     from pipeline.evaluate import json_safe
     from pipeline.formats import atomic_write_text
     from pipeline.rank import batch_from_ranking, plan_rank, rank_workspace
-    from pipeline.train import TrainConfig, resolve_parent, train_workspace, workspace_training_data
+    from pipeline.train import TrainConfig, check_promotion, resolve_parent, train_workspace, workspace_training_data
 
     with ws.catalog() as cat:
         iteration = cat.start_iteration("iterate")
@@ -152,23 +158,23 @@ def iterate(ws: Any, cfg: IterateConfig = IterateConfig(), client: Any = None,
         log_step("curate", {k: cur.get(k) for k in ("duplicates", "label_noise", "actions") if k in cur})
 
         # --- retrain from the current model ---
-        parent_path, parent_version = resolve_parent(ws, "auto")
+        parent_path, parent_version = resolve_parent(ws, "auto", cfg.arch)
         synth, human, val, val_source = workspace_training_data(ws, ("default",), cfg.synth_images, cfg.seed, say=say)
         # Keyed by what the model learns from (labels included, not just image ids) and its parent.
         data_key = data_hash([f"{s.key}:{s.gt.boxes.round(1).tobytes().hex()}" for s in (*human, *synth)]
-                             + [f"parent:{parent_version}"])[:12]
+                             + [f"parent:{parent_version}", f"arch:{cfg.arch}"])[:12]
         out = ws.runs_dir / f"train-iterate-{data_key}"
         if (out / "bundle.zip").exists():  # a rerun after this step finished: same data, same parent
             candidate = register_model(ws, out / "bundle.zip", parent=parent_version)
             say(f"train: model {candidate} was already trained on this data, not training again")
             log_step("train", {"version": candidate, "reused": True})
         else:
-            tcfg = TrainConfig(out_dir=str(out), parent_bundle=str(parent_path) if parent_path else None,
+            tcfg = TrainConfig(out_dir=str(out), arch=cfg.arch, parent_bundle=str(parent_path) if parent_path else None,
                                epochs=cfg.epochs, steps_per_epoch=cfg.steps_per_epoch, batch_size=cfg.batch_size,
                                lr=cfg.lr, budget_minutes=cfg.budget_minutes, seed=cfg.seed, threads=cfg.threads,
                                resume=(out / "checkpoint.pt").exists())
-            say(f"train: {len(synth)} synthetic + {len(human)} human-labelled images, parent "
-                f"{parent_version or 'none (from scratch)'}")
+            say(f"train {cfg.arch}: {len(synth)} synthetic + {len(human)} human-labelled images, parent "
+                f"{parent_version or ('stock PP-OCR' if cfg.arch == 'db' else 'none (from scratch)')}")
             summary = train_workspace(ws, tcfg, synth, human, val, val_source, parent_version, promote=False)
             candidate = summary["version"]
             log_step("train", summary)
@@ -187,11 +193,22 @@ def iterate(ws: Any, cfg: IterateConfig = IterateConfig(), client: Any = None,
         m_cur = _evaluate_on(current_det, gt, cfg.threshold) if current_det.version != candidate else None
         promote, regressions = promotion_decision(m_cand, m_cur, cfg.tolerance)
         already_current = cur_row is not None and cur_row["version"] == candidate
+        stock_check = None
         if already_current:  # a rerun after the promotion: nothing to decide
             promote, regressions = False, []
+        elif promote:  # never promote a blind model: at least stock ppocr on val at the over-redaction budget
+            stock_check = check_promotion(ws, candidate, cfg.threads)
+            say(stock_check.message(candidate))
+            if not stock_check.ok:
+                if cfg.force:
+                    logging.getLogger("textloop.loop").warning("promoting %s below stock ppocr (force)", candidate)
+                else:
+                    promote = False
+                    regressions.append(f"validation coverage at over-redaction <= {stock_check.budget:.4f}: "
+                                       f"{stock_check.candidate:.4f} vs stock ppocr {stock_check.stock:.4f}")
         evaluation = {"test_set": gt_source, "images": len(gt), "candidate": {"version": candidate, **m_cand},
                       "current": {"version": current_det.version, **(m_cur or {})}, "promoted": promote,
-                      "regressions": regressions}
+                      "regressions": regressions, "stock_check": stock_check.to_json() if stock_check else None}
         with ws.catalog() as cat:
             with cat.transaction() as tx:
                 merged = {**json.loads(cand_row["metrics"] or "{}"), "test": json_safe(m_cand),

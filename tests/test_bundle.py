@@ -97,8 +97,14 @@ def test_registry_promote_and_current(trained: dict, ws, tmp_path: Path) -> None
     r = runner.invoke(app, ["--workspace", str(ws.root), "--json", "models"])
     assert r.exit_code == 0, r.output
     assert [m["version"] for m in json.loads(r.stdout) if m["promoted"]] == ["m-b"]
+    # an untested model (no val split, no stored comparison with stock ppocr) is refused ...
     r = runner.invoke(app, ["--workspace", str(ws.root), "models", "promote", "m-a"])
+    assert r.exit_code == 1 and "not promoted" in r.output and "--force" in r.output
+    assert [m["version"] for m in list_models(ws) if m["promoted"]] == ["m-b"]
+    # ... unless forced, with a warning
+    r = runner.invoke(app, ["--workspace", str(ws.root), "models", "promote", "m-a", "--force"])
     assert r.exit_code == 0, r.output
+    assert "warning" in r.output
     assert [m["version"] for m in list_models(ws) if m["promoted"]] == ["m-a"]
     r = runner.invoke(app, ["--workspace", str(ws.root), "models", "promote", "missing"])
     assert r.exit_code == 1

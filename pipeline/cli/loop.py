@@ -23,21 +23,23 @@ def iterate_cmd(
     engine: str = typer.Option("permissive", help="Curation engine: permissive or fastdup (non-commercial licence)."),
     apply: bool = typer.Option(True, "--apply/--no-apply", help="Act on duplicates and the worst label issues."),
     label_action: str = typer.Option("review", help="Suspected label errors: review (re-push) or exclude."),
+    arch: str = typer.Option("db", help="Model to retrain: db (fine-tune PP-OCR's detector) or fasterrcnn."),
     epochs: int = typer.Option(3, help="Retraining epochs."),
     steps_per_epoch: int = typer.Option(50, help="Retraining steps per epoch."),
     budget_minutes: Optional[float] = typer.Option(10.0, help="Stop retraining after this many minutes (best model kept)."),
     tolerance: float = typer.Option(0.005, help="Promote when no metric is worse than the current model's by more."),
     push: bool = typer.Option(True, "--push/--no-push", help="Talk to Label Studio (pull first, push the next batch)."),
     seed: int = typer.Option(0),
+    force: bool = typer.Option(False, "--force", help="Promote even below stock ppocr on validation (with a warning)."),
 ) -> None:
-    """One round: pull -> curate -> retrain -> evaluate -> promote if not worse -> rank -> push. Rerun to resume."""
+    """One round: pull -> curate -> retrain -> evaluate -> promote if not worse (and >= stock ppocr) -> rank -> push."""
     st = state(ctx)
     ws = st.ws()
     try:
         cfg = IterateConfig(strategy=strategy, top=top, committee=None if committee.lower() == "none" else committee,
-                            engine=engine, curate_apply=apply, label_action=label_action, epochs=epochs,
+                            engine=engine, curate_apply=apply, label_action=label_action, arch=arch, epochs=epochs,
                             steps_per_epoch=steps_per_epoch, budget_minutes=budget_minutes, tolerance=tolerance,
-                            push=push, seed=seed)
+                            push=push, seed=seed, force=force)
     except ValueError as exc:
         fail(str(exc), 2)
     try:

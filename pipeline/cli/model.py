@@ -94,18 +94,27 @@ def synth_cmd(
 
 def train_cmd(
     ctx: typer.Context,
+    arch: str = typer.Option("db", help="db: fine-tune PP-OCR's own detector (stock weights, or the current db model); "
+                                        "fasterrcnn: torchvision Faster R-CNN from scratch."),
     synth: List[str] = typer.Option(["default"], help="Synthetic set(s) under <workspace>/synth/ (generated if missing)."),
     synth_images: int = typer.Option(400, help="Images to generate when a synthetic set is missing."),
-    parent: str = typer.Option("auto", help="Fine-tune from: auto (the current model, else scratch), none, current, "
+    parent: str = typer.Option("auto", help="Fine-tune from: auto (the current model of this --arch, else the start: "
+                                            "stock PP-OCR for db, random weights for fasterrcnn), none, current, "
                                             "a version, or a bundle.zip."),
     human_fraction: float = typer.Option(0.5, help="Share of human-labelled images (train split) per batch."),
     epochs: int = typer.Option(10, help="Epochs (the learning-rate schedule spans them)."),
     steps_per_epoch: int = typer.Option(100, help="Steps per epoch (validation after each)."),
     batch_size: int = typer.Option(4),
-    lr: float = typer.Option(2e-3, help="Peak learning rate (AdamW)."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate (AdamW). Default: 3e-5 for db, 2e-3 for fasterrcnn."),
     patience: int = typer.Option(3, help="Early stopping: epochs without improvement."),
     budget_minutes: Optional[float] = typer.Option(None, help="Stop (and keep the best model) after this many minutes."),
-    backbone: str = typer.Option("mobilenet_v3_large", help="mobilenet_v3_large or resnet50 (new models only)."),
+    backbone: str = typer.Option("mobilenet_v3_large", help="fasterrcnn: mobilenet_v3_large or resnet50 (new models only)."),
+    crop: int = typer.Option(512, help="db: training crop side (pixels at the scale ppocr runs the image at)."),
+    l2sp: float = typer.Option(0.01, help="db: strength of the L2-SP pull toward the stock weights (0 = off)."),
+    distill: float = typer.Option(1.0, help="db: weight of stock ppocr's map as teacher on text-free images (0 = off)."),
+    budget: Optional[float] = typer.Option(None, "--over-redaction-budget",
+                                           help="db: selection budget. Default: stock ppocr's over-redaction on the "
+                                                "validation split (at least 0.002)."),
     seed: int = typer.Option(0),
     freeze_bn: Optional[bool] = typer.Option(None, "--freeze-bn/--no-freeze-bn",
                                              help="Keep BatchNorm statistics fixed. Default: yes when fine-tuning "
@@ -115,12 +124,13 @@ def train_cmd(
     resume: bool = typer.Option(False, help="Continue the run's checkpoint."),
     restart: bool = typer.Option(False, help="Discard an existing checkpoint of this run."),
     promote: bool = typer.Option(False, "--promote/--no-promote",
-                                 help="Make the new model current (redact/predict/rank use it). Default: no; compare first "
-                                      "(`textloop evaluate`, or let `textloop iterate` decide)."),
+                                 help="Make the new model current (redact/predict/rank use it) if its validation coverage "
+                                      "at the over-redaction budget is at least stock ppocr's. Default: no."),
+    force: bool = typer.Option(False, "--force", help="With --promote: promote even if the model is worse than stock ppocr."),
 ) -> None:
-    """Train a Faster R-CNN text detector on synthetic + human-labelled images and register it as a model."""
+    """Train a text detector (default: fine-tune PP-OCR's DB network) on synthetic + human-labelled images and register it."""
     from pipeline.detectors.fasterrcnn import FasterRCNNConfig
-    from pipeline.train import TrainConfig, TrainingError, resolve_parent, train_workspace, workspace_training_data
+    from pipeline.train import DBRecipe, TrainConfig, TrainingError, resolve_parent, train_workspace, workspace_training_data
 
     st = state(ctx)
     ws = st.ws()
@@ -131,39 +141,57 @@ def train_cmd(
     if restart and ckpt.exists():
         ckpt.unlink()
     try:
-        parent_path, parent_version = resolve_parent(ws, parent)
+        if arch not in ("db", "fasterrcnn"):
+            raise ValueError(f"--arch must be db or fasterrcnn, got {arch!r}")
+        parent_path, parent_version = resolve_parent(ws, parent, arch)
         model_cfg = FasterRCNNConfig(backbone=backbone)
-        cfg = TrainConfig(out_dir=str(run_dir), model=model_cfg, parent_bundle=str(parent_path) if parent_path else None,
+        recipe = DBRecipe(crop=crop, l2sp=l2sp, distill=distill, over_redaction_budget=budget)
+        if lr is None and arch == "fasterrcnn":
+            lr = 2e-3
+        cfg = TrainConfig(out_dir=str(run_dir), arch=arch, model=model_cfg, db=recipe,
+                          parent_bundle=str(parent_path) if parent_path else None,
                           epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, lr=lr,
                           human_fraction=human_fraction, patience=patience, budget_minutes=budget_minutes, seed=seed,
                           threads=threads, resume=resume, freeze_bn=freeze_bn)
     except ValueError as exc:
         fail(str(exc), 2)
     synth_samples, human, val, val_source = workspace_training_data(ws, synth, synth_images, seed, say=st.console.print)
-    st.console.print(f"training on {len(synth_samples)} synthetic + {len(human)} human-labelled images; "
-                     f"validating on {len(val)} ({val_source}); parent: {parent_version or 'none (from scratch)'}")
+    start = "stock PP-OCR weights" if arch == "db" else "random weights"
+    st.console.print(f"training {arch} on {len(synth_samples)} synthetic + {len(human)} human-labelled images; "
+                     f"validating on {len(val)} ({val_source}); parent: {parent_version or 'none (' + start + ')'}")
     try:
         with _train_progress(st) as update:
-            summary = train_workspace(ws, cfg, synth_samples, human, val, val_source, parent_version, promote, update)
+            summary = train_workspace(ws, cfg, synth_samples, human, val, val_source, parent_version, promote, update,
+                                      force=force)
     except TrainingError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
         fail(f"interrupted; continue with `textloop train --run {run} --resume` (checkpoint: {ckpt})", 130)
     version, do_promote = summary["version"], summary["promoted"]
 
+    refused = promote and not do_promote
+
     def render(c) -> None:
         c.print(f"model {version} ({summary['stopped']} after {summary['steps']} steps, {summary['minutes']} min, "
                 f"peak RSS {summary['peak_rss_mb']} MB)" + (" - now current" if do_promote else
-                f"; not current: compare with `textloop evaluate --detector {summary['bundle']}`, then "
-                f"`textloop models promote {version}`"))
+                "" if refused else f"; not current: compare with `textloop evaluate --detector {summary['bundle']}`, "
+                f"then `textloop models promote {version}`"))
         m = summary["metrics"] or {}
         if m:
             c.print("validation: " + ", ".join(f"{k} {m[k]:.3f}" for k in
-                                               ("text_coverage", "fully_covered", "over_redaction", "f1", "ap50")
+                                               ("coverage_at_budget", "stock_coverage_at_budget", "over_redaction_budget",
+                                                "text_coverage", "fully_covered", "over_redaction", "f1", "ap50")
                                                if isinstance(m.get(k), float) and m[k] == m[k]))
+            if m.get("settings"):
+                c.print("selected settings: " + ", ".join(f"{k} {v}" for k, v in m["settings"].items()))
+        if summary.get("promotion_message"):
+            c.print(("[yellow]forced:[/] " if summary.get("forced") else "") + summary["promotion_message"], highlight=False)
         c.print(f"bundle: {summary['bundle']}")
 
     emit(st, summary, render)
+    if refused:
+        fail(f"not promoted: {summary.get('promotion_message') or 'no validation numbers'}; "
+             f"`textloop models promote {version} --force` overrides")
 
 
 class _train_progress:
@@ -217,7 +245,7 @@ def models_list_cmd(ctx: typer.Context) -> None:
             c.print("no models yet: `textloop train` makes one (ppocr is used until then)")
             return
         t = Table(title="models")
-        for col in ("", "version", "parent", "created", "coverage", "over-red.", "F1", "MB"):
+        for col in ("", "version", "kind", "parent", "created", "coverage", "stock cov.", "over-red.", "F1", "MB"):
             t.add_column(col)
         for m in models:
             mt = m["metrics"]
@@ -226,42 +254,67 @@ def models_list_cmd(ctx: typer.Context) -> None:
                 v = mt.get(k)
                 return f"{v:.3f}" if isinstance(v, (int, float)) else "-"
 
-            t.add_row("*" if m["promoted"] else "", m["version"], m["parent"] or "-",
-                      time.strftime("%Y-%m-%d %H:%M", time.localtime(m["created_at"])), f("text_coverage"),
+            t.add_row("*" if m["promoted"] else "", m["version"], m["kind"], m["parent"] or "-",
+                      time.strftime("%Y-%m-%d %H:%M", time.localtime(m["created_at"])),
+                      f("coverage_at_budget") if "coverage_at_budget" in mt else f("text_coverage"),
+                      f("stock_coverage_at_budget"),
                       f("over_redaction"), f("f1"), f"{m['bytes'] / 1e6:.1f}" if m["bytes"] else "missing")
         c.print(t)
 
     emit(st, models, render)
 
 
-def models_promote_cmd(ctx: typer.Context, version: str = typer.Argument(..., help="Model version to make current.")) -> None:
-    """Make VERSION the current model (used by predict/rank/redact/serve with `current`)."""
-    from pipeline.bundle import promote_model
+def models_promote_cmd(
+    ctx: typer.Context,
+    version: str = typer.Argument(..., help="Model version to make current."),
+    force: bool = typer.Option(False, "--force", help="Promote even if it is worse than stock ppocr on validation."),
+    threads: int = typer.Option(2, help="CPU threads for the validation run."),
+) -> None:
+    """Make VERSION the current model (used by predict/rank/redact/serve with `current`), only if its
+    validation coverage at the over-redaction budget is at least stock ppocr's (the val split is re-run)."""
+    from pipeline.train import PromotionRefused, promote_checked
 
     st = state(ctx)
     try:
-        promote_model(st.ws(), version)
+        check = promote_checked(st.ws(), version, force=force, threads=threads)
     except KeyError as exc:
         fail(str(exc.args[0]))
-    emit(st, {"current": version}, lambda c: c.print(f"current model: {version}"))
+    except PromotionRefused as exc:
+        fail(f"not promoted: {exc}")
+    forced = not check.ok
+
+    def render(c) -> None:
+        if forced:
+            c.print(f"[yellow]warning:[/] promoted despite the rule (--force): {check.message(version)}", highlight=False)
+        else:
+            c.print(check.message(version), highlight=False)
+        c.print(f"current model: {version}")
+
+    emit(st, {"current": version, "forced": forced, "promotion": check.to_json()}, render)
 
 
 def models_register_cmd(
     ctx: typer.Context,
     bundle: Path = typer.Argument(..., help="A bundle.zip (e.g. trained on another machine)."),
     parent: Optional[str] = typer.Option(None, help="Parent version (default: as recorded in the bundle)."),
-    promote: bool = typer.Option(False, help="Also make it current."),
+    promote: bool = typer.Option(False, help="Also make it current (if the promotion rule passes)."),
+    force: bool = typer.Option(False, "--force", help="With --promote: even if it is worse than stock ppocr."),
 ) -> None:
     """Copy a bundle into the workspace's models/ and record it."""
     from pipeline.bundle import register_model
+    from pipeline.train import PromotionRefused, promote_checked
 
     st = state(ctx)
     if not bundle.exists():
         fail(f"{bundle}: file not found")
     try:
-        version = register_model(st.ws(), bundle, parent=parent, promote=promote)
+        version = register_model(st.ws(), bundle, parent=parent, promote=False)
+        if promote:
+            promote_checked(st.ws(), version, force=force)
     except ValueError as exc:
         fail(str(exc))
+    except PromotionRefused as exc:
+        fail(f"registered but not promoted: {exc}")
     emit(st, {"version": version, "promoted": promote},
          lambda c: c.print(f"registered {version}{' (current)' if promote else ''}"))
 

@@ -179,6 +179,10 @@ def redact_cmd(
         review_info = rv.queue_for_review(ws, held, det.version, min_score=cfg.detection_floor)
 
     summary = rr.summarize(results, seconds, len(ignored))
+    info = getattr(det, "info", None) or {}  # a trained model: its validation coverage (at the over-redaction budget)
+    summary["model"] = {"name": getattr(det, "name", ""), "version": det.version,
+                        "validation_coverage": info.get("validation_coverage"),
+                        "stock_validation_coverage": info.get("stock_validation_coverage")}
     summary.update({"input": input, "output": str(output), "audit": str(audit_dir), "detector": det.version,
                     "settings": cfg.settings(det.version), "engine": engine, "archived": archived})
     if review_info is not None:
