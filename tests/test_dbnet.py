@@ -1,0 +1,308 @@
+"""The trainable DB detector: conversion, export, targets, a few real training steps, bundles
+that predict elsewhere, and the promotion rule against stock ppocr."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.synth import SynthConfig, generate
+from pipeline.train import DBRecipe, TrainConfig, losses_of, samples_from_jsonl, train
+from pipeline.train.db import db_loss, make_targets, shrink_polygon
+
+TINY_SYNTH = SynthConfig(n_images=6, seed=1, width=(200, 260), overlays=(2, 3), p_empty=0.0)
+TINY_RECIPE = DBRecipe(crop=192, grid_thresh=(0.3,), grid_box_thresh=(0.3,), grid_unclip=(1.6, 2.0))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The fixed ONNX goes to a private cache (conversion is part of what is tested)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def net():
+    from pipeline.detectors.dbnet import build_net
+
+    return build_net().eval()
+
+
+def _text_image(h: int = 128, w: int = 128) -> np.ndarray:
+    """A real-ish image: dark text on a light, noisy background."""
+    from PIL import Image, ImageDraw, ImageFont
+    from matplotlib import font_manager
+
+    img = Image.new("RGB", (w, h), (222, 226, 230))
+    d = ImageDraw.Draw(img)
+    font = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), 18)
+    d.text((8, 20), "ID 4217-B", font=font, fill=(20, 20, 20))
+    d.text((8, 70), "2024-03-11", font=font, fill=(30, 30, 90))
+    arr = np.asarray(img).astype(np.int16) + np.random.default_rng(0).integers(-8, 8, (h, w, 3))
+    return np.clip(arr, 0, 255).astype(np.uint8)
+
+
+def _input(rgb: np.ndarray) -> np.ndarray:
+    from pipeline.detectors.dbnet import preprocess
+
+    return preprocess(np.ascontiguousarray(rgb[..., ::-1]))
+
+
+def test_converted_network_reproduces_onnxruntime_and_exports_back(net, tmp_path: Path) -> None:
+    import onnxruntime as ort
+    import torch
+
+    from pipeline.detectors.dbnet import export_onnx, fixed_onnx, input_name
+    from pipeline.detectors.ppocr import default_model_path
+
+    x = _input(_text_image())
+    stock = ort.InferenceSession(str(default_model_path()), providers=["CPUExecutionProvider"])
+    assert input_name() == stock.get_inputs()[0].name == "x"
+    want = stock.run(None, {"x": x})[0]
+    assert want.shape == (1, 1, 128, 128) and want.max() > 0.5      # it sees the text
+    assert sum(p.numel() for p in net.parameters()) == pytest.approx(1.17e6, rel=0.01)
+    with torch.no_grad():
+        got = net(torch.from_numpy(x)).numpy()
+    assert np.abs(got - want).max() < 1e-4
+    assert fixed_onnx().exists() and fixed_onnx() == fixed_onnx()     # cached once
+    path = export_onnx(net, tmp_path / "tuned.onnx")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert sess.get_inputs()[0].name == "x"
+    assert np.abs(sess.run(None, {"x": x})[0] - want).max() < 1e-4
+    x2 = _input(_text_image(96, 160))                                   # dynamic sides
+    assert np.abs(sess.run(None, {"x": x2})[0] - stock.run(None, {"x": x2})[0]).max() < 1e-4
+
+
+def test_tuned_onnx_runs_through_ppocr_and_keeps_quads(net, tmp_path: Path) -> None:
+    from pipeline.detectors.dbnet import export_onnx
+    from pipeline.detectors.ppocr import PPOCRDetector
+
+    path = export_onnx(net, tmp_path / "tuned.onnx")
+    img = _text_image(200, 320)
+    a = PPOCRDetector(threads=1).detect([img])[0]
+    b = PPOCRDetector(model_path=str(path), threads=1).detect([img])[0]
+    assert len(a) >= 1 and np.allclose(a.boxes, b.boxes, atol=1.0)
+    assert a.quads is not None and a.quads.shape == (len(a), 4, 2)
+    assert np.allclose(a.quads.min(axis=1), a.boxes[:, :2]) and np.allclose(a.quads.max(axis=1), a.boxes[:, 2:])
+    kept = a[a.scores >= 0]
+    assert kept.quads is not None and len(kept.quads) == len(kept)
+
+
+def test_quads_survive_indexing_filter_concat_and_json() -> None:
+    from pipeline.boxes import Detections
+
+    q = np.array([[[10, 0], [30, 10], [25, 20], [5, 10]]], float)
+    d = Detections.from_quads(q, [0.9])
+    assert d.boxes.tolist() == [[5, 0, 30, 20]]
+    plain = Detections(np.array([[0, 0, 4, 4.0]]), [0.2])
+    both = Detections.concat([d, plain])
+    assert both.quads.shape == (2, 4, 2) and both.quads[1].tolist() == [[0, 0], [4, 0], [4, 4], [0, 4]]
+    assert len(both.filter(0.5).quads) == 1
+    assert Detections.from_json(d.to_json()).quads.tolist() == q.tolist()
+    assert Detections.concat([plain, plain]).quads is None       # nobody had quads: none invented
+
+
+def test_kernels_of_a_box_and_a_rotated_polygon() -> None:
+    box = np.array([[10, 10], [110, 10], [110, 30], [10, 30]], float)
+    area, perimeter = 100 * 20, 2 * (100 + 20)
+    d = area * (1 - 0.4 ** 2) / perimeter                        # 7.0 px
+    (k,) = shrink_polygon(box, 0.4)
+    assert k[:, 0].min() == pytest.approx(10 + d, abs=0.1) and k[:, 1].max() == pytest.approx(30 - d, abs=0.1)
+    gt, mask = make_targets([box], [False], 40, 120)
+    assert mask.all()
+    ys, xs = np.nonzero(gt)
+    assert xs.min() == pytest.approx(10 + d, abs=1) and xs.max() == pytest.approx(110 - d, abs=1)
+    assert ys.min() == pytest.approx(10 + d, abs=1) and ys.max() == pytest.approx(30 - d, abs=1)
+
+    t = np.radians(30)                                          # the same box, rotated by 30 degrees
+    rot = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+    poly = (box - [60, 20]) @ rot.T + [80, 60]
+    gt_r, _ = make_targets([poly], [False], 140, 160)
+    assert abs(gt_r.sum() - gt.sum()) < 0.1 * gt.sum()            # same kernel area
+    ys, xs = np.nonzero(gt_r)
+    centred = np.stack([xs - 80, ys - 60], axis=1) @ rot          # back into the box's frame
+    assert np.abs(centred[:, 0]).max() <= 50 - d + 1.5 and np.abs(centred[:, 1]).max() <= 10 - d + 1.5
+
+
+def test_ignore_regions_and_unshrinkable_text_are_masked() -> None:
+    import torch
+
+    care = np.array([[10, 10], [110, 10], [110, 30], [10, 30]], float)
+    dont = np.array([[10, 50], [110, 50], [110, 70], [10, 70]], float)
+    thin = np.array([[10, 80], [110, 80], [110, 82], [10, 82]], float)
+    gt, mask = make_targets([care, dont, thin], [False, True, False], 100, 120)
+    assert gt[50:70].sum() == 0 and mask[52:68, 12:108].sum() == 0 and mask[80:82, 12:108].sum() == 0
+    assert mask[15:25].all() and mask[35:45].all()
+    # a wrong prediction inside the masked region costs nothing
+    prob = torch.from_numpy(gt.copy())[None]
+    base = db_loss(prob, torch.from_numpy(gt)[None], torch.from_numpy(mask)[None])
+    prob[0, 52:68, 12:108] = 0.99
+    masked = db_loss(prob, torch.from_numpy(gt)[None], torch.from_numpy(mask)[None])
+    assert float(sum(masked.values())) == pytest.approx(float(sum(base.values())), abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("dbtiny")
+    generate(root / "synth", TINY_SYNTH)
+    generate(root / "val", dataclasses.replace(TINY_SYNTH, n_images=2, seed=2))
+    return {"root": root, "train": samples_from_jsonl(root / "synth/boxes.jsonl"),
+            "val": samples_from_jsonl(root / "val/boxes.jsonl")}
+
+
+def _cfg(out: Path, **kw) -> TrainConfig:
+    base = dict(out_dir=str(out), arch="db", db=TINY_RECIPE, epochs=1, steps_per_epoch=6, batch_size=2, lr=3e-4,
+                warmup_steps=1, augment=False, seed=0, threads=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("dbrun")
+    return {"result": train(_cfg(out / "run"), tiny["train"], (), tiny["val"]), "out": out}
+
+
+def test_a_few_real_steps_lower_the_loss_and_change_the_output(tiny: dict, trained: dict, net) -> None:
+    import torch
+
+    from pipeline.train.db import make_db_batch
+
+    r = trained["result"]
+    assert r.steps == 6 and r.stopped == "done" and r.checkpoint.exists()
+    # the same batch before and after training
+    batch = make_db_batch(0, tiny["train"], (), r.config)
+    with torch.no_grad():
+        before = {k: float(v) for k, v in db_loss(net(batch.images), batch.gt, batch.mask).items()}
+        r.model.eval()
+        after = {k: float(v) for k, v in db_loss(r.model(batch.images), batch.gt, batch.mask).items()}
+        changed = (r.model(batch.images) - net(batch.images)).abs().max()
+    assert sum(after.values()) < sum(before.values())
+    assert float(changed) > 1e-3
+    assert len(losses_of(r.history)) == 6
+    m = r.metrics
+    assert {"coverage_at_budget", "stock_coverage_at_budget", "over_redaction_budget", "settings"} <= set(m)
+    assert r.onnx and r.detector.name == "db"
+    assert r.detector.config.unclip_ratio == m["settings"]["unclip_ratio"]
+
+
+def test_db_resume_replays_the_same_losses(tiny: dict, tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path / "full", steps_per_epoch=3, augment=True)
+    full = train(cfg, tiny["train"])
+
+    def ctrl_c_after_step_1(step: int, total: int, info: dict) -> None:
+        if step == 1:
+            raise KeyboardInterrupt
+
+    part = dataclasses.replace(cfg, out_dir=str(tmp_path / "part"))
+    with pytest.raises(KeyboardInterrupt):
+        train(part, tiny["train"], progress=ctrl_c_after_step_1)
+    resumed = train(dataclasses.replace(part, resume=True), tiny["train"])
+    assert resumed.steps == 3
+    np.testing.assert_allclose(losses_of(resumed.history), losses_of(full.history), rtol=1e-4, atol=1e-6)
+
+
+def test_db_bundle_predicts_in_a_fresh_process_and_workspace(tiny: dict, trained: dict, tmp_path: Path) -> None:
+    from pipeline.bundle import read_bundle_meta
+    from pipeline.imaging import load_rgb
+    from pipeline.train import save_result
+
+    r = trained["result"]
+    bundle = tmp_path / "made" / "bundle.zip"
+    version = save_result(bundle, r)
+    assert bundle.stat().st_size < 10_000_000
+    with zipfile.ZipFile(bundle) as zf:
+        assert {"config.json", "model.onnx", "weights.pt", "metrics.json", "data.json"} <= set(zf.namelist())
+    meta = read_bundle_meta(bundle)
+    assert meta["config"]["kind"] == "db" and meta["config"]["model"]["unclip_ratio"] == r.detector.config.unclip_ratio
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    img = tiny["root"] / "val" / tiny["val"][0].gt.image
+    shutil.copyfile(img, elsewhere / "img.png")
+    shutil.copyfile(bundle, elsewhere / "bundle.zip")
+    reference = r.detector.detect([load_rgb(img)])[0]
+    shutil.rmtree(tmp_path / "made")
+    code = ("import json; from pipeline.detectors import load_detector; from pipeline.imaging import load_rgb\n"
+            "d = load_detector('bundle.zip', threads=1)\n"
+            "x = d.detect([load_rgb('img.png')])[0]\n"
+            "print(json.dumps({'name': d.name, 'version': d.version, 'boxes': x.boxes.tolist(), "
+            "'quads': x.quads.tolist(), 'info': d.info}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, capture_output=True, text=True, check=True,
+                         timeout=300, env={**__import__("os").environ, "TEXTLOOP_WORKSPACE": str(tmp_path / "fresh")})
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["name"] == "db" and got["version"] == version
+    np.testing.assert_allclose(np.array(got["boxes"]).reshape(-1, 4), reference.boxes, atol=1e-3)
+    assert got["info"]["validation_coverage"] == pytest.approx(r.metrics["coverage_at_budget"])
+
+    # further fine-tuning starts from the bundle's weights
+    from pipeline.bundle import load_model
+
+    tuned, cfg, _ = load_model(elsewhere / "bundle.zip")
+    assert cfg.unclip_ratio == r.detector.config.unclip_ratio
+    for k, v in tuned.state_dict().items():
+        if v.is_floating_point() and v.numel():
+            assert (v - r.model.state_dict()[k]).abs().max() < 1e-6, k
+
+
+def test_promotion_rule_refuses_a_worse_model_and_force_overrides(tiny: dict, trained: dict, ws, tmp_path: Path) -> None:
+    """A model that finds nothing is refused with both numbers; --force promotes it anyway."""
+    import torch
+    from typer.testing import CliRunner
+
+    from pipeline.bundle import list_models, register_model, save_bundle
+    from pipeline.cli.app import app
+    from pipeline.detectors.dbnet import DBModelConfig
+    from pipeline.train import PromotionRefused, promote_checked
+
+    blind = trained["result"].model
+    state = {k: v.clone() for k, v in blind.state_dict().items()}
+    with torch.no_grad():
+        last = [m for m in blind.modules() if isinstance(m, torch.nn.ConvTranspose2d)][-1]
+        if last.bias is not None:
+            last.bias.fill_(-50.0)   # sigmoid(-50): no text anywhere
+        else:
+            last.weight.zero_()
+    metrics = {"coverage_at_budget": 0.0, "stock_coverage_at_budget": 0.8, "over_redaction_budget": 0.01}
+    save_bundle(tmp_path / "blind.zip", blind, DBModelConfig(), metrics, version="db-blind")
+    blind.load_state_dict(state)
+    register_model(ws, tmp_path / "blind.zip")
+    with pytest.raises(PromotionRefused, match=r"0\.0000 vs stock ppocr 0\.8000"):
+        promote_checked(ws, "db-blind")
+    runner = CliRunner()
+    r = runner.invoke(app, ["--workspace", str(ws.root), "models", "promote", "db-blind"])
+    assert r.exit_code == 1 and "stock ppocr" in r.output and "--force" in r.output
+    assert not any(m["promoted"] for m in list_models(ws))
+    r = runner.invoke(app, ["--workspace", str(ws.root), "models", "promote", "db-blind", "--force"])
+    assert r.exit_code == 0 and "warning" in r.output
+    assert [m["version"] for m in list_models(ws) if m["promoted"]] == ["db-blind"]
+
+
+def test_a_real_comparison_with_stock_on_labelled_images(tiny: dict, net) -> None:
+    """compare_with_stock: stock itself passes at its own budget; a blind detector does not."""
+    from pipeline.boxes import Detections
+    from pipeline.train.select import compare_with_stock
+
+    items = [(s.path, s.gt) for s in tiny["val"]]
+
+    class Blind:
+        name, version = "blind", "blind"
+
+        def detect(self, images):
+            return [Detections() for _ in images]
+
+    from pipeline.detectors.ppocr import PPOCRDetector
+
+    ok, _, stock_sel = compare_with_stock(PPOCRDetector(threads=1), items, TINY_RECIPE.grid(), "val")
+    assert ok.ok and ok.candidate == pytest.approx(ok.stock) and stock_sel.coverage > 0.3
+    bad, _, _ = compare_with_stock(Blind(), items, TINY_RECIPE.grid(), "val")
+    assert not bad.ok and bad.candidate == 0.0 and "below stock" in bad.message("blind")
