@@ -153,17 +153,51 @@ def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
+SQLITE_CORRUPT, SQLITE_NOTADB = 11, 26
+
+
+def is_damage(exc: BaseException) -> bool:
+    """True for SQLite's "the file is damaged" errors (not for locks, full disks, bad SQL)."""
+    if not isinstance(exc, sqlite3.DatabaseError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (SQLITE_CORRUPT, SQLITE_NOTADB)
+    text = str(exc).lower()
+    return "malformed" in text or "not a database" in text
+
+
+class CatalogDamaged(RuntimeError):
+    """catalog.sqlite is not a readable SQLite database; str() says which file and how to recover."""
+
+    def __init__(self, path: Path, cause: BaseException) -> None:
+        super().__init__(damaged_message(path, cause))
+        self.path = path
+
+
+def damaged_message(path: Path, cause: BaseException) -> str:
+    return (f"{path} is damaged ({cause}): restore it from a backup, or move it aside "
+            f"(mv {path} {path}.damaged) and rebuild the catalog: `textloop harvest` the sources again "
+            "(images already in the workspace are re-adopted) and `textloop pull` the labels from Label Studio")
+
+
 class Catalog:
     """A connection to catalog.sqlite. Use as a context manager; writes in `transaction()`."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-        self.conn.row_factory = sqlite3.Row
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.execute("PRAGMA foreign_keys=ON")
-        self.migrate()
+        try:
+            self.conn.row_factory = sqlite3.Row
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.conn.execute("PRAGMA foreign_keys=ON")
+            self.migrate()
+        except sqlite3.DatabaseError as exc:
+            self.conn.close()
+            if is_damage(exc):
+                raise CatalogDamaged(self.path, exc) from None
+            raise
 
     def __enter__(self) -> "Catalog":
         return self

@@ -19,7 +19,7 @@ from pipeline.cli import rank as rank_cli
 from pipeline.cli import redact as redact_cli
 from pipeline.cli import status as status_cli
 from pipeline.cli import studio as studio_cli
-from pipeline.cli.common import AppState
+from pipeline.cli.common import AppState, TextloopGroup
 from pipeline.config import privacy_env
 
 app = typer.Typer(
@@ -29,6 +29,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=TextloopGroup,
 )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -11,10 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+import click
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from pipeline.catalog import CatalogDamaged, damaged_message, is_damage
 from pipeline.workspace import Workspace
 
 log = logging.getLogger("textloop")
@@ -52,6 +56,30 @@ def fail(message: str, code: int = 1) -> NoReturn:
     """One clear line on stderr and a non-zero exit."""
     Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+class TextloopGroup(TyperGroup):
+    """The command group: renders errors any command can meet as one line and exit 1 instead
+    of a traceback. Today: a damaged catalog.sqlite (found when opened, or in a later query)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CatalogDamaged as exc:
+            fail(str(exc))
+        except sqlite3.DatabaseError as exc:
+            if not is_damage(exc):
+                raise
+            obj = ctx.obj
+            path = Path(obj.workspace) / "catalog.sqlite" if isinstance(obj, AppState) else Path("catalog.sqlite")
+            fail(damaged_message(path, exc))
+
+
+def positive(value: float) -> float:
+    """Option callback: a number that must be > 0 (typer's `min` is inclusive)."""
+    if value is not None and not value > 0:
+        raise typer.BadParameter(f"must be > 0, got {value}")
+    return value
 
 
 def emit(st: AppState, data: Any, render: Callable[[Console], None] | None = None) -> None:
