@@ -6,13 +6,17 @@ A line: {"image": "images/NAME.jpg", "width": W, "height": H, "boxes": [[x0,y0,x
 
 from __future__ import annotations
 
+import errno
+import functools
 import json
 import os
+import re
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -95,31 +99,83 @@ def read_devset(root: str | Path) -> list[tuple[Path, LabelledImage]]:
 
 def write_jsonl(path: str | Path, records: Iterable[LabelledImage | dict[str, Any]]) -> None:
     """Atomic write: temp file in the same folder, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with atomic_open(path) as fh:
+        for r in records:
+            line = json.dumps(r.to_json() if isinstance(r, LabelledImage) else r, ensure_ascii=False) + "\n"
+            fh.write(line.encode("utf-8"))
+
+
+# Temp files of atomic writes: `.{name}.XXXXXXXX.tmp` beside the destination (mkstemp's random
+# part is 8 characters of [a-z0-9_]). A kill between write and rename leaves one behind;
+# `is_atomic_temp` lets a rerun recognise (only) its own leftovers.
+_TEMP_RE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
+def is_atomic_temp(name: str) -> bool:
+    """True for a file name `atomic_write_bytes` uses for its temp files."""
+    return bool(_TEMP_RE.match(name))
+
+
+class UnwritableError(PermissionError):
+    """The destination (not the input) cannot be written: its folder is read-only, not a folder,
+    or not ours. str() is one line naming the path."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+@functools.lru_cache(maxsize=1)
+def _umask() -> int:
+    """The process umask, read once. /proc/self/status on Linux; elsewhere the set-and-restore
+    dance, which briefly changes it for every thread, hence only once."""
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for r in records:
-                fh.write(json.dumps(r.to_json() if isinstance(r, LabelledImage) else r, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
+    """A binary file that appears at `path` complete or not at all (temp file + rename in the
+    destination folder), with the permissions any tool's output gets (0666 minus the umask;
+    mkstemp's 0600 made the cleaned images unreadable to everyone else). The one atomic writer.
+
+    UnwritableError (naming the path) when the destination folder cannot be created or written."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise UnwritableError(exc.errno, f"cannot write {path} (a parent is not a folder)", str(path)) from None
+    except PermissionError as exc:
+        raise UnwritableError(exc.errno, f"cannot write {path} ({exc.strerror or exc})", str(path)) from None
+    except OSError as exc:
+        if exc.errno != errno.EROFS:
+            raise
+        raise UnwritableError(exc.errno, f"cannot write {path} (read-only file system)", str(path)) from None
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+        try:
+            os.replace(tmp, path)
+        except (PermissionError, IsADirectoryError) as exc:
+            raise UnwritableError(exc.errno, f"cannot write {path} ({exc.strerror or exc})", str(path)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write bytes via temp file + rename in the destination folder (the one atomic-write helper)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write bytes via temp file + rename in the destination folder (see `atomic_open`)."""
+    with atomic_open(path) as fh:
+        fh.write(data)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
