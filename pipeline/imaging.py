@@ -70,24 +70,47 @@ def rejecting_bad_images() -> Iterator[None]:
             raise ImageRejected("corrupt", str(exc) or type(exc).__name__) from None
 
 
+def allow_pixels(max_pixels: int) -> None:
+    """Make Pillow's own decompression-bomb check no stricter than our `max_pixels`.
+
+    Pillow warns above `Image.MAX_IMAGE_PIXELS` (89.5 Mpx) and fails above twice that, before
+    our limit is looked at; `rejecting_bad_images` turns the warning into a reject, so a 144 Mpx
+    image was refused under the documented 178,956,970 default and a raised `--max-pixels` had
+    no effect. Only ever raised (never lowered: threads may be decoding), and only to a limit
+    the caller enforces itself on every page (`check_pixels`)."""
+    current = Image.MAX_IMAGE_PIXELS
+    if current is not None and current < max_pixels:
+        Image.MAX_IMAGE_PIXELS = int(max_pixels)
+
+
+def check_pixels(size: tuple[int, int], max_pixels: int, page: int = 0) -> None:
+    """ImageRejected('too_many_pixels') when one page is larger than the limit."""
+    w, h = size
+    if w * h > max_pixels:
+        where = f"page {page + 1}: " if page else ""
+        raise ImageRejected("too_many_pixels", f"{where}{w}x{h} exceeds the limit of {max_pixels} pixels")
+
+
 def probe(src: str | Path | BinaryIO, max_pixels: int = 178_956_970) -> ImageInfo:
-    """Fully decode every page of `src`; raise ImageRejected with a reason if it is not a valid image."""
+    """Fully decode every page of `src`; raise ImageRejected with a reason if it is not a valid
+    image. `max_pixels` applies to every page, before it is decoded."""
     if isinstance(src, (str, Path)) and Path(src).stat().st_size == 0:
         raise ImageRejected("empty", "zero-byte file")
+    allow_pixels(max_pixels)
     with rejecting_bad_images():
         with Image.open(src) as im:
             fmt = im.format or ""
             if fmt not in FORMAT_EXT:
                 raise ImageRejected("unsupported_format", f"format {fmt or 'unknown'} is not supported")
             w, h = im.size
-            if w * h > max_pixels:
-                raise ImageRejected("too_many_pixels", f"{w}x{h} exceeds the limit of {max_pixels} pixels")
+            check_pixels((w, h), max_pixels)
             pages = int(getattr(im, "n_frames", 1) or 1)
             mode = im.mode
             orientation = int(im.getexif().get(0x0112, 1) or 1)
             for page in range(pages):
                 if pages > 1:
                     im.seek(page)
+                    check_pixels(im.size, max_pixels, page)
                 im.load()
     if orientation in (5, 6, 7, 8):
         w, h = h, w

@@ -100,6 +100,9 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Document:
     """Decode every page of an image file's bytes; ImageRejected (with a reason) if unusable."""
     if not data:
         raise ImageRejected("empty", "zero-byte file")
+    from pipeline.imaging import allow_pixels
+
+    allow_pixels(max_pixels)  # our limit (checked on every page below), not Pillow's stricter default
     with rejecting_bad_images():
         if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
             return _decode_tiff(data, max_pixels)
