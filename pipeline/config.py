@@ -48,6 +48,16 @@ class HarvestConfig:
     splits: SplitRatios = field(default_factory=SplitRatios)
     user_agent: str = "textloop-harvest/0.1"
 
+    def __post_init__(self) -> None:
+        """Refuse limits that would silently do something else (a zero timeout, no tries)."""
+        for name in ("workers", "max_bytes", "max_pixels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.retries < 0 or self.backoff_s < 0:
+            raise ValueError(f"retries and backoff must be >= 0, got {self.retries} and {self.backoff_s}")
+        if not self.timeout_s > 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {self.timeout_s}")
+
 
 def workspace_from_env(explicit: str | os.PathLike[str] | None = None) -> Path:
     """The workspace folder: explicit argument, else $TEXTLOOP_WORKSPACE, else ./data."""

@@ -10,10 +10,16 @@ file that the rerun adopts. Bad items become `rejects` rows with a reason; the r
 from __future__ import annotations
 
 import csv
+import ctypes
 import errno
 import fcntl
 import hashlib
+import http.client
 import os
+import signal
+import socket
+import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -31,6 +37,7 @@ from typing import Any
 from pipeline.catalog import Catalog, dumps
 from pipeline.config import IMAGE_EXTENSIONS, HarvestConfig, SplitRatios
 from pipeline.imaging import ImageInfo, ImageRejected, probe
+from pipeline.listing import NotRegularFile, Skipped, file_problem, iter_image_files, open_regular
 from pipeline.workspace import Workspace
 
 CHUNK = 1 << 20
@@ -99,6 +106,24 @@ def is_url(text: str) -> bool:
     return text.lower().startswith(("http://", "https://"))
 
 
+def url_problem(url: str) -> str | None:
+    """Why an http(s) URL cannot be fetched (`bad_url`), or None: checked up front so one
+    malformed entry (`http://127.0.0.1:abc/x.png`, `http://[::1`) is a reject, not a crash."""
+    if any(ord(c) <= 32 or ord(c) == 127 for c in url):
+        return "URL contains spaces or control characters"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 -- raises ValueError for a non-numeric or out-of-range port
+        host = parts.hostname
+    except ValueError as exc:
+        return f"malformed URL ({exc})"
+    if parts.scheme.lower() not in ("http", "https"):
+        return "only http:// and https:// URLs are supported"
+    if not host:
+        return "URL has no host"
+    return None
+
+
 def _url_name(url: str) -> str:
     name = Path(urllib.parse.urlparse(url).path).name
     return name or "download"
@@ -112,17 +137,22 @@ def expand_sources(sources: Iterable[str]) -> tuple[list[Item], list[Reject]]:
     errors: list[Reject] = []
     for raw in sources:
         if is_url(raw):
-            items.append(Item(raw, _url_name(raw), True))
+            bad = url_problem(raw)
+            if bad:
+                errors.append(Reject(raw, "bad_url", bad))
+            else:
+                items.append(Item(raw, _url_name(raw), True))
             continue
         if "://" in raw:
             errors.append(Reject(raw, "bad_url", "only http:// and https:// URLs are supported"))
             continue
         path = Path(raw).expanduser()
         try:
-            if path.is_dir():
+            problem = None if path.is_dir() else file_problem(path)
+            if problem is not None:  # missing, dangling, FIFO/device: never opened
+                errors.append(Reject(str(path), *problem))
+            elif path.is_dir():
                 items.extend(_walk_folder(path, errors))
-            elif not path.exists():
-                errors.append(Reject(str(path), "not_found", "no such file or folder"))
             elif path.suffix.lower() == ".csv":
                 items.extend(_read_csv(path, errors))
             elif path.suffix.lower() in URL_LIST_SUFFIXES:
@@ -135,15 +165,13 @@ def expand_sources(sources: Iterable[str]) -> tuple[list[Item], list[Reject]]:
 
 
 def _walk_folder(folder: Path, errors: list[Reject]) -> Iterator[Item]:
-    def onerror(exc: OSError) -> None:
-        errors.append(Reject(str(exc.filename or folder), "unreadable", exc.strerror or str(exc)))
-
-    for dirpath, dirnames, filenames in os.walk(folder, onerror=onerror):
-        dirnames.sort()
-        for name in sorted(filenames):
-            if name.lower().endswith(IMAGE_EXTENSIONS):
-                p = Path(dirpath, name).resolve()
-                yield Item(str(p), name, False)
+    """Image files under `folder` by the shared listing rule (`pipeline.listing`); entries it
+    skips (FIFOs, links out of the tree, dangling links, unreadable folders) become rejects."""
+    for entry in iter_image_files(folder, IMAGE_EXTENSIONS):
+        if isinstance(entry, Skipped):
+            errors.append(Reject(str(entry.path), entry.reason, entry.detail))
+        else:
+            yield Item(str(entry.path.resolve()), entry.path.name, False)
 
 
 def _read_url_list(path: Path, errors: list[Reject]) -> Iterator[Item]:
@@ -152,7 +180,11 @@ def _read_url_list(path: Path, errors: list[Reject]) -> Iterator[Item]:
         if not entry or entry.startswith("#"):
             continue
         if is_url(entry):
-            yield Item(entry, _url_name(entry), True)
+            bad = url_problem(entry)
+            if bad:
+                errors.append(Reject(f"{path}:{lineno}", "bad_url", f"{bad}: {entry[:80]!r}"))
+            else:
+                yield Item(entry, _url_name(entry), True)
         else:
             errors.append(Reject(f"{path}:{lineno}", "bad_url", f"not an http(s) URL: {entry[:80]!r}"))
 
@@ -181,7 +213,11 @@ def _read_csv(path: Path, errors: list[Reject]) -> Iterator[Item]:
                 if not value:
                     errors.append(Reject(f"{path}:{rowno}", "malformed_csv", f"empty '{col}'"))
                 elif is_url(value):
-                    yield Item(value, _url_name(value), True, meta)
+                    bad = url_problem(value)
+                    if bad:
+                        errors.append(Reject(f"{path}:{rowno}", "bad_url", f"{bad}: {value[:80]!r}"))
+                    else:
+                        yield Item(value, _url_name(value), True, meta)
                 else:
                     p = Path(value).expanduser()
                     p = (path.parent / p) if not p.is_absolute() else p
@@ -198,12 +234,38 @@ def worker_pool(workers: int) -> Any:
     can deadlock the child: `harvest` hung when called after a detector was loaded in the same
     process (`redact --review`, tests). Then threads (slower, safe; spawn/forkserver would
     re-run the caller's `__main__`, which breaks scripts without a main guard)."""
-    import sys
     from concurrent.futures import ThreadPoolExecutor
 
     if any(m in sys.modules for m in ("onnxruntime", "torch")):
         return ThreadPoolExecutor(max_workers=workers)
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"),
+                               initializer=_die_with_parent, initargs=(os.getpid(),))
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """Pool initializer: a worker must not outlive harvest. Killed with SIGKILL, the parent
+    cannot shut its pool down, and orphaned workers went on for minutes. Linux: the kernel
+    sends SIGKILL when the thread that forked us exits (harvest submits from its own thread,
+    which lives as long as the pool); elsewhere a thread polls the parent pid."""
+    armed = False
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+    if os.getppid() != parent:  # the parent died before the death signal was armed
+        os._exit(1)
+    if not armed:
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(1.0)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="harvest-parent-watch", daemon=True).start()
 
 
 class _Retryable(Exception):
@@ -226,43 +288,121 @@ def _copy_hashing(src, dst: Path, max_bytes: int) -> tuple[str, int]:
     return h.hexdigest(), n
 
 
+class _Deadline:
+    """A deadline for one whole request (connect, headers, body, redirects). A socket timeout
+    bounds each read only: a server sending a byte a second held a download for minutes. When
+    the time is up, the request's sockets are shut down, which wakes the blocked read."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expired = False
+        self._socks: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> "_Deadline":
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._socks:
+                self._shut(sock)
+
+    @staticmethod
+    def _shut(sock: socket.socket) -> None:
+        try:  # the plain socket's shutdown: SSLSocket.shutdown would tear down TLS state under the reader
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def attach(self, sock: socket.socket | None) -> None:
+        if sock is None:
+            return
+        with self._lock:
+            self._socks.append(sock)
+            if self.expired:
+                self._shut(sock)
+
+    def opener(self) -> urllib.request.OpenerDirector:
+        """An opener whose HTTP(S) connections register their sockets with this deadline."""
+        deadline = self
+
+        class Tracked:
+            def do_open(self, http_class: Any, req: Any, **kw: Any) -> Any:
+                class Conn(http_class):  # type: ignore[misc, valid-type]
+                    def connect(self) -> None:
+                        super().connect()
+                        deadline.attach(self.sock)
+
+                return super().do_open(Conn, req, **kw)  # type: ignore[misc]
+
+        class HTTP(Tracked, urllib.request.HTTPHandler):
+            pass
+
+        class HTTPS(Tracked, urllib.request.HTTPSHandler):
+            pass
+
+        return urllib.request.build_opener(HTTP(), HTTPS())
+
+
 def _download(item: Item, tmp: Path, cfg: HarvestConfig) -> tuple[str, int]:
+    """Download with retries; `cfg.timeout_s` is the deadline of each attempt (whole request)."""
     req = urllib.request.Request(item.source, headers={"User-Agent": cfg.user_agent})
-    last: Exception | None = None
+    last: ImageRejected | None = None
+    timed_out = ImageRejected("timeout", f"not complete within {cfg.timeout_s}s")
     for attempt in range(cfg.retries + 1):
         if attempt:
             time.sleep(cfg.backoff_s * (2 ** (attempt - 1)))
+        deadline = _Deadline(cfg.timeout_s)
         try:
-            with urllib.request.urlopen(req, timeout=cfg.timeout_s) as resp:
+            with deadline, deadline.opener().open(req, timeout=cfg.timeout_s) as resp:
                 ctype = (resp.headers.get("Content-Type") or "").split(";")[0].strip().lower()
                 if ctype and not (ctype.startswith("image/") or ctype in ("application/octet-stream", "binary/octet-stream")):
                     raise ImageRejected("bad_content_type", f"server sent {ctype}")
                 length = resp.headers.get("Content-Length")
                 if length and length.isdigit() and int(length) > cfg.max_bytes:
                     raise ImageRejected("too_large", f"Content-Length {length} > {cfg.max_bytes} bytes")
-                return _copy_hashing(resp, tmp, cfg.max_bytes)
-        except urllib.error.HTTPError as exc:
-            if exc.code in (429, 500, 502, 503, 504):
-                last = ImageRejected(f"http_{exc.code}", exc.reason if isinstance(exc.reason, str) else str(exc))
+                result = _copy_hashing(resp, tmp, cfg.max_bytes)
+            if deadline.expired:  # the shut-down socket may end a body early without an error
+                last = timed_out
                 continue
-            raise ImageRejected(f"http_{exc.code}", str(exc.reason)) from None
-        except (TimeoutError, ConnectionError) as exc:
-            last = ImageRejected("timeout" if isinstance(exc, TimeoutError) else "network", str(exc) or type(exc).__name__)
-        except urllib.error.URLError as exc:
-            reason = exc.reason
-            if isinstance(reason, TimeoutError) or "timed out" in str(reason):
-                last = ImageRejected("timeout", f"no answer within {cfg.timeout_s}s")
-            else:
-                last = ImageRejected("network", str(reason))
+            return result
         except ImageRejected:
             raise
-        except OSError as exc:
-            if exc.errno == errno.ENOSPC:
+        except urllib.error.HTTPError as exc:
+            if deadline.expired:
+                last = timed_out
+            elif exc.code in (429, 500, 502, 503, 504):
+                last = ImageRejected(f"http_{exc.code}", exc.reason if isinstance(exc.reason, str) else str(exc))
+            else:
+                raise ImageRejected(f"http_{exc.code}", str(exc.reason)) from None
+        except ValueError as exc:  # http.client.InvalidURL (e.g. a redirect to a malformed URL)
+            if not deadline.expired:
+                raise ImageRejected("bad_url", str(exc)) from None
+            last = timed_out
+        except (OSError, http.client.HTTPException) as exc:
+            if deadline.expired:
+                last = timed_out  # whatever the shut-down socket made the reader raise
+            elif isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
                 raise
-            last = ImageRejected("network", str(exc))
-    assert last is not None
-    if isinstance(last, ImageRejected) and last.reason == "timeout":
-        last = ImageRejected("timeout", f"no answer within {cfg.timeout_s}s after {cfg.retries + 1} tries")
+            elif isinstance(exc, TimeoutError):
+                last = timed_out
+            elif isinstance(exc, urllib.error.URLError):
+                reason = exc.reason
+                timeout = isinstance(reason, TimeoutError) or "timed out" in str(reason)
+                last = timed_out if timeout else ImageRejected("network", str(reason))
+            else:
+                last = ImageRejected("network", str(exc) or type(exc).__name__)
+    if last is None:
+        raise ImageRejected("network", "no attempt made (retries < 0)")
+    if last.reason == "timeout":
+        last = ImageRejected("timeout", f"not complete within {cfg.timeout_s}s, {cfg.retries + 1} tries")
     raise last
 
 
@@ -275,16 +415,15 @@ def fetch(item: Item, ws: Workspace, cfg: HarvestConfig) -> Fetched:
             sha, size = _download(item, tmp, cfg)
         else:
             try:
-                st = os.stat(item.source)
-                mtime = st.st_mtime
-                with open(item.source, "rb") as fh:
+                with open_regular(item.source) as fh:  # never blocks on a FIFO, never reads a device
+                    mtime = os.fstat(fh.fileno()).st_mtime
                     sha, size = _copy_hashing(fh, tmp, cfg.max_bytes)
+            except NotRegularFile as exc:
+                raise ImageRejected(exc.reason, exc.strerror or "not a regular file") from None
             except FileNotFoundError:
                 raise ImageRejected("not_found", "no such file") from None
             except PermissionError as exc:
                 raise ImageRejected("unreadable", exc.strerror or "permission denied") from None
-            except IsADirectoryError:
-                raise ImageRejected("unreadable", "is a directory") from None
         if size == 0:
             raise ImageRejected("empty", "zero-byte file")
         info = probe(tmp, max_pixels=cfg.max_pixels)
@@ -296,15 +435,34 @@ def fetch(item: Item, ws: Workspace, cfg: HarvestConfig) -> Fetched:
 
 # --- the harvest run -------------------------------------------------------------------------
 
+_LOCKED_HERE: set[str] = set()     # workspaces locked by this process (POSIX locks do not
+_LOCKED_HERE_GUARD = threading.Lock()  # exclude threads of one process)
+
+
 @contextmanager
 def _workspace_lock(ws: Workspace) -> Iterator[None]:
-    """One harvest per workspace at a time (it owns images/.tmp)."""
-    with open(ws.root / ".harvest.lock", "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RuntimeError(f"{ws.root}: another harvest is running in this workspace") from None
-        yield
+    """One harvest per workspace at a time (it owns images/.tmp).
+
+    A POSIX record lock (`lockf`), not `flock`: an flock belongs to the open file, which forked
+    workers inherit, so orphaned workers kept holding it after the harvest was killed and the
+    rerun refused to start. A POSIX lock belongs to this process alone and dies with it."""
+    key = str(ws.root)
+    with _LOCKED_HERE_GUARD:
+        if key in _LOCKED_HERE:
+            raise RuntimeError(f"{ws.root}: another harvest is running in this workspace")
+        _LOCKED_HERE.add(key)
+    try:
+        with open(ws.root / ".harvest.lock", "a") as fh:
+            try:
+                fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno in (errno.EACCES, errno.EAGAIN):
+                    raise RuntimeError(f"{ws.root}: another harvest is running in this workspace") from None
+                raise
+            yield
+    finally:
+        with _LOCKED_HERE_GUARD:
+            _LOCKED_HERE.discard(key)
 
 
 def _already_harvested(cat: Catalog, item: Item) -> bool:

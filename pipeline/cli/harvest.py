@@ -9,7 +9,7 @@ from typing import List
 import typer
 from rich.table import Table
 
-from pipeline.cli.common import emit, fail, progress, state
+from pipeline.cli.common import emit, fail, positive, progress, state
 from pipeline.config import HarvestConfig, SplitRatios
 from pipeline.harvest import harvest
 
@@ -32,11 +32,11 @@ def init_cmd(ctx: typer.Context) -> None:
 def harvest_cmd(
     ctx: typer.Context,
     sources: List[str] = typer.Argument(..., help="Folders (recursive), image files, URL lists (.txt), CSVs with a url/path column, or http(s) URLs."),
-    workers: int = typer.Option(0, help="Worker processes (copy/download + decode); 0 = one per CPU core. Raise it for slow networks."),
-    timeout: float = typer.Option(20.0, help="Seconds per HTTP request."),
-    retries: int = typer.Option(3, help="HTTP retries with exponential backoff."),
-    max_bytes: int = typer.Option(200 * 1024 * 1024, help="Reject files larger than this."),
-    max_pixels: int = typer.Option(178_956_970, help="Reject images with more pixels (decompression bombs)."),
+    workers: int = typer.Option(0, min=0, help="Worker processes (copy/download + decode); 0 = one per CPU core. Raise it for slow networks."),
+    timeout: float = typer.Option(20.0, callback=positive, help="Seconds per HTTP request: the deadline of the whole download (per try)."),
+    retries: int = typer.Option(3, min=0, help="HTTP retries with exponential backoff."),
+    max_bytes: int = typer.Option(200 * 1024 * 1024, min=1, help="Reject files larger than this."),
+    max_pixels: int = typer.Option(178_956_970, min=1, help="Reject images with more pixels on any page (decompression bombs)."),
     splits: str = typer.Option("0.7,0.15,0.15", help="train,val,test ratios; the split follows from the sha256."),
     strict: bool = typer.Option(False, help="Exit non-zero if any item was rejected."),
 ) -> None:

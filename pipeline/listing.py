@@ -1,0 +1,186 @@
+"""Listing input trees and opening input files: one rule for symlinks and special files.
+
+Used by `harvest` and `redact` (and `predict`, `synth`), so a tree means the same to each:
+
+- Regular files are listed (depth first, names sorted). Names starting with "." (hidden files
+  and folders, our own temp files) are skipped.
+- A symlink (to a file or a folder) is followed when it resolves inside the tree being listed.
+  Each real folder is listed once, under its real path when it is in the tree (so a link cycle
+  ends, and a link to a sibling folder does not list its files twice); a linked file is listed
+  under the link's name too.
+- A symlink that resolves outside the tree (`outside_tree`) or dangles (`dangling_symlink`),
+  anything that is not a regular file (`not_a_regular_file`: FIFO, socket, device) and a folder
+  that cannot be read (`unreadable`) are reported as `Skipped` and never opened: reading a FIFO
+  blocks forever, a device never ends.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import stat
+from collections.abc import Collection, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+
+@dataclass(frozen=True)
+class Listed:
+    """A regular file to process. `rel`: posix path relative to the root, as walked."""
+
+    path: Path
+    rel: str
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An entry that is reported and not processed, with a short stable reason."""
+
+    path: Path
+    rel: str
+    reason: str      # not_a_regular_file | outside_tree | dangling_symlink | unreadable
+    detail: str
+
+
+class NotRegularFile(OSError):
+    """Raised by `open_regular` for a path that must not be read (FIFO, device, folder...)."""
+
+    reason = "not_a_regular_file"
+
+
+def describe_mode(mode: int) -> str:
+    """What a non-regular file is, for messages."""
+    for test, name in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a symlink")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def file_problem(path: str | Path) -> tuple[str, str] | None:
+    """(reason, detail) when `path` (a file named on the command line) must not be opened:
+    `not_found`, `dangling_symlink`, `not_a_regular_file`; None for a regular file (or a link to one)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.lexists(path):
+            return "dangling_symlink", f"symlink to {os.readlink(path)!r}, which does not exist"
+        return "not_found", "no such file or folder"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "dangling_symlink", "symlink loop"
+        return "unreadable", exc.strerror or str(exc)
+    if not stat.S_ISREG(st.st_mode):
+        return "not_a_regular_file", f"is {describe_mode(st.st_mode)}"
+    return None
+
+
+def open_regular(path: str | Path) -> BinaryIO:
+    """Open a regular file for reading; NotRegularFile for anything else, without blocking.
+
+    Checked with stat before opening, and again on the descriptor (opened O_NONBLOCK, which
+    cannot hang even if the path was swapped for a FIFO in between)."""
+    problem = file_problem(path)
+    if problem is not None and problem[0] == "not_a_regular_file":
+        raise NotRegularFile(errno.EINVAL, problem[1], str(path))
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFile(errno.EINVAL, f"is {describe_mode(st.st_mode)}", str(path))
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _inside(real: str, root_real: str) -> bool:
+    return real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)
+
+
+def iter_image_files(root: str | Path, extensions: Collection[str] | None = None,
+                     exclude: Iterable[str | Path] = ()) -> Iterator[Listed | Skipped]:
+    """Regular files under `root` (see the module docstring for the rule), and skipped entries.
+
+    `extensions` (lower case, with the dot): only files with these suffixes are listed, and
+    special files or outside links with other names are not reported either (they would not
+    have been taken). `exclude`: folders (e.g. the output inside the input) left out silently."""
+    root = Path(root)
+    root_real = os.path.realpath(root)
+    excluded = [os.path.realpath(e) for e in exclude]
+    exts = None if extensions is None else {e.lower() for e in extensions}
+    visited: set[tuple[int, int]] = set()
+    linked_dirs: list[tuple[Path, str]] = []   # in-tree folder links, walked after the real tree
+
+    def wanted(name: str) -> bool:
+        return exts is None or os.path.splitext(name)[1].lower() in exts
+
+    def is_excluded(real: str) -> bool:
+        return any(_inside(real, e) for e in excluded)
+
+    def walk(folder: Path, rel: str) -> Iterator[Listed | Skipped]:
+        try:
+            st = os.stat(folder)
+            key = (st.st_dev, st.st_ino)
+            if key in visited:
+                return
+            visited.add(key)
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            yield Skipped(folder, rel or ".", "unreadable", exc.strerror or str(exc))
+            return
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            path = Path(e.path)
+            erel = f"{rel}/{e.name}" if rel else e.name
+            try:
+                if e.is_symlink():
+                    try:
+                        st = os.stat(path)
+                    except OSError as exc:
+                        if not (wanted(e.name) or not os.path.splitext(e.name)[1]):
+                            continue  # e.g. a dangling notes.txt: would not have been taken
+                        if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
+                            yield Skipped(path, erel, "dangling_symlink",
+                                          f"symlink to {os.readlink(path)!r}, which does not resolve")
+                        else:
+                            yield Skipped(path, erel, "unreadable", exc.strerror or str(exc))
+                        continue
+                    real = os.path.realpath(path)
+                    is_dir = stat.S_ISDIR(st.st_mode)
+                    if is_excluded(real) or not (is_dir or wanted(e.name)):
+                        continue
+                    if not _inside(real, root_real):
+                        yield Skipped(path, erel, "outside_tree",
+                                      f"symlink to {real}, outside {root_real}; not followed")
+                        continue
+                    if is_dir:
+                        linked_dirs.append((path, erel))
+                        continue
+                else:
+                    st = e.stat(follow_symlinks=False)
+                    is_dir = stat.S_ISDIR(st.st_mode)
+                    if is_dir:
+                        if not is_excluded(os.path.realpath(path)):
+                            yield from walk(path, erel)
+                        continue
+                    if not wanted(e.name) or is_excluded(os.path.realpath(path)):
+                        continue
+                if stat.S_ISREG(st.st_mode):
+                    yield Listed(path, erel)
+                else:
+                    yield Skipped(path, erel, "not_a_regular_file", f"is {describe_mode(st.st_mode)}; not opened")
+            except OSError as exc:
+                yield Skipped(path, erel, "unreadable", exc.strerror or str(exc))
+
+    yield from walk(root, "")
+    while linked_dirs:  # folders reached only through links (e.g. to a hidden folder): once each
+        path, rel = linked_dirs.pop(0)
+        yield from walk(path, rel)
