@@ -209,19 +209,28 @@ def predict_workspace(
 
 def list_image_files(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
     """Files to predict: (absolute path, path relative to its input folder). Folders are walked
-    recursively for image extensions; a file argument is relative to its own folder."""
+    recursively for image extensions by the shared listing rule (`pipeline.listing`: entries it
+    skips, such as FIFOs or links out of the tree, are logged); a file argument is relative to
+    its own folder and must be a regular file."""
+    from pipeline.listing import Skipped, file_problem, iter_image_files
+
     out: list[tuple[Path, str]] = []
     seen: set[Path] = set()
     for raw in inputs:
         p = Path(raw).expanduser()
         if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
-                           and not any(part.startswith(".") for part in f.relative_to(p).parts))
-            pairs = [(f.resolve(), f.relative_to(p).as_posix()) for f in files]
-        elif p.exists():
+            pairs = []
+            for e in iter_image_files(p, IMAGE_EXTENSIONS):
+                if isinstance(e, Skipped):
+                    log.warning("%s: skipped (%s: %s)", e.path, e.reason, e.detail)
+                else:
+                    pairs.append((e.path.resolve(), e.rel))
+        elif (problem := file_problem(p)) is None:
             pairs = [(p.resolve(), p.name)]
-        else:
+        elif problem[0] == "not_found":
             raise FileNotFoundError(f"{p}: no such file or folder")
+        else:
+            raise ValueError(f"{p}: {problem[0]}: {problem[1]}")
         for absolute, rel in pairs:
             if absolute not in seen:
                 seen.add(absolute)

@@ -531,7 +531,10 @@ def list_images(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: backgrounds folder not found")
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    from pipeline.listing import Listed, iter_image_files
+
+    # the shared listing rule: FIFOs, links out of the folder and hidden files are left out
+    return sorted(e.path for e in iter_image_files(folder, IMAGE_EXTENSIONS) if isinstance(e, Listed))
 
 
 def synth_image(index: int, cfg: SynthConfig, backgrounds: Sequence[Path] = ()) -> Rendered:

@@ -110,7 +110,7 @@ def predict_cmd(
     else:
         try:
             files = P.list_image_files(images)
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, ValueError) as exc:
             fail(str(exc), 2)
         if not files:
             fail(f"no image files in {', '.join(images)}", 2)
