@@ -50,7 +50,7 @@ class IterateConfig:
     threshold: float = 0.3
     push: bool = True
     seed: int = 0
-    threads: int = 2
+    threads: int = 0                      # 0 = auto (pipeline.train.engine.resolve_threads)
 
     def __post_init__(self) -> None:
         from pipeline.rank import STRATEGIES

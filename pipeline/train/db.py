@@ -285,6 +285,11 @@ class DBArch:
         self.net = net
         return net, cfg, parent_version
 
+    def _threads(self) -> int:
+        from pipeline.train.engine import resolve_threads
+
+        return resolve_threads(self.cfg.threads)
+
     def _items(self, val: Sequence[Sample]) -> list[tuple[Any, Any]]:
         return [(s.path, s.gt) for s in val]
 
@@ -293,7 +298,7 @@ class DBArch:
         from pipeline.detectors.ppocr import PPOCRConfig, PPOCRDetector
         from pipeline.train.select import PPOCR_GRID_DEFAULT, select, stock_budget, sweep
 
-        stock = PPOCRDetector(PPOCRConfig(threads=self.cfg.threads))
+        stock = PPOCRDetector(PPOCRConfig(threads=self._threads()))
         points = sweep(stock, self._items(val), [PPOCR_GRID_DEFAULT, *self.recipe.grid()])
         self.budget = stock_budget(points, self.recipe.over_redaction_budget, self.recipe.min_budget)
         self.stock = select(points, self.budget)
@@ -334,7 +339,7 @@ class DBArch:
         from pipeline.detectors.dbnet import TorchDBDetector
         from pipeline.detectors.ppocr import PPOCRConfig
 
-        sel, metrics = self._selection(TorchDBDetector(self.net, PPOCRConfig(threads=self.cfg.threads)), val)
+        sel, metrics = self._selection(TorchDBDetector(self.net, PPOCRConfig(threads=self._threads())), val)
         return metrics, sel.coverage
 
     def finish(self, val: Sequence[Sample]) -> dict[str, Any]:
@@ -347,7 +352,7 @@ class DBArch:
         round_model_(self.net)
         self.net.eval()
         onnx = export_onnx_bytes(self.net, "x")
-        detector = DBDetector(PPOCRConfig(threads=self.cfg.threads), version="unsaved", model_bytes=onnx)
+        detector = DBDetector(PPOCRConfig(threads=self._threads()), version="unsaved", model_bytes=onnx)
         metrics: dict[str, Any] = {}
         selection: dict[str, Any] = {}
         if val:

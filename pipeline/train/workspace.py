@@ -97,7 +97,7 @@ def check_from_metrics(metrics: dict[str, Any], images: int, source: str) -> Pro
     return PromotionCheck(float(cand) >= float(stock), float(cand), float(stock), float(budget), images, source)
 
 
-def check_promotion(ws: Any, version: str, threads: int = 2) -> PromotionCheck:
+def check_promotion(ws: Any, version: str, threads: int = 0) -> PromotionCheck:
     """Compare a registered model with stock ppocr on the workspace's val split now (both at the
     same budget); without labelled val images, use the numbers stored at training time."""
     from pipeline.detectors import load_detector
@@ -109,12 +109,17 @@ def check_promotion(ws: Any, version: str, threads: int = 2) -> PromotionCheck:
         rows = cat.query("SELECT * FROM models WHERE version = ?", (version,))
     if not rows:
         raise KeyError(f"unknown model version {version!r}")
+    from pipeline.detectors.ppocr import PPOCRDetector
+    from pipeline.train.engine import resolve_threads
+
     items = workspace_ground_truth(ws, "val")
     if items:
+        threads = resolve_threads(threads)
         detector = load_detector(str(ws.abspath(rows[0]["path"])), threads=threads)
         recipe = DBRecipe()
         check, _, _ = compare_with_stock(detector, items, recipe.grid(), "workspace val split",
-                                         recipe.over_redaction_budget, recipe.min_budget)
+                                         recipe.over_redaction_budget, recipe.min_budget,
+                                         stock=PPOCRDetector(threads=threads))
         return check
     import json
 
@@ -131,7 +136,7 @@ def check_promotion(ws: Any, version: str, threads: int = 2) -> PromotionCheck:
 
 
 def promote_checked(ws: Any, version: str, force: bool = False, check: PromotionCheck | None = None,
-                    threads: int = 2) -> PromotionCheck:
+                    threads: int = 0) -> PromotionCheck:
     """Promote `version` if the rule passes (or `force`); raise PromotionRefused otherwise."""
     from pipeline.bundle import promote_model
 
