@@ -63,14 +63,14 @@ def predict_cmd(
     detector: str = typer.Option("current", "--detector", "-d", "--model",
                                  help="ppocr, current (the promoted model; ppocr if none), or a bundle.zip."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write one JSON object per image to this JSONL file."),
-    threshold: float = typer.Option(DEFAULT_THRESHOLD, help="Keep boxes scoring at least this (low = more recall)."),
+    threshold: float = typer.Option(DEFAULT_THRESHOLD, min=0.0, max=1.0, help="Keep boxes scoring at least this (low = more recall)."),
     workspace_images: bool = typer.Option(False, "--workspace-images",
                                           help="Predict the workspace's images (the default without IMAGES)."),
     split: Optional[str] = typer.Option(None, help="With workspace images: only this split (train/val/test)."),
     status: Optional[str] = typer.Option(None, help="With workspace images: only images with this status."),
     skip_existing: bool = typer.Option(False, help="With workspace images: reuse stored predictions of this model."),
     store: bool = typer.Option(True, help="Store predictions in the catalog for inputs that are workspace images."),
-    batch_size: int = typer.Option(4, help="Images per detector call."),
+    batch_size: int = typer.Option(4, min=1, help="Images per detector call."),
     option: List[str] = typer.Option(None, "--option", "-o", help="Detector option key=value (repeatable), "
                                      "e.g. -o max_side=1500 -o scales=1,2 for ppocr."),
 ) -> None:
@@ -263,16 +263,16 @@ def evaluate_cmd(
                                           "per-source breakdown."),
     split: str = typer.Option("test", help="Without --gt/--set: the workspace split whose human labels are the GT "
                               "(train, val, test or all)."),
-    threshold: float = typer.Option(DEFAULT_THRESHOLD, help="Score threshold for P/R/F1 and the pixel metrics "
+    threshold: float = typer.Option(DEFAULT_THRESHOLD, min=0.0, max=1.0, help="Score threshold for P/R/F1 and the pixel metrics "
                                     "(AP50 uses every candidate box)."),
-    iou: float = typer.Option(0.5, help="IoU for a box match."),
-    pad_px: float = typer.Option(0.0, help="Grow predicted boxes by this many pixels for the pixel metrics "
+    iou: float = typer.Option(0.5, min=0.0, max=1.0, help="IoU for a box match."),
+    pad_px: float = typer.Option(0.0, min=0.0, help="Grow predicted boxes by this many pixels for the pixel metrics "
                                  "(as redaction would)."),
     sweep: Optional[str] = typer.Option(None, help="Also report the overall metrics at these thresholds, "
                                         "e.g. 0.3,0.5,0.7 (one detection pass)."),
     limit: Optional[int] = typer.Option(None, help="Only the first N images (quick checks)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON report to this file."),
-    batch_size: int = typer.Option(4, help="Images per detector call."),
+    batch_size: int = typer.Option(4, min=1, help="Images per detector call."),
     option: List[str] = typer.Option(None, "--option", "-o", help="Detector option key=value (repeatable)."),
 ) -> None:
     """Measure a detector against ground truth: box P/R/F1@IoU, AP50, text coverage, fully covered

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from pipeline.cli.common import emit, fail, state
+from pipeline.cli.common import emit, fail, positive, state
 from pipeline.loop import IterateConfig, iterate
 from pipeline.rank import STRATEGY_HELP
 
@@ -18,16 +18,16 @@ def register(app: typer.Typer) -> None:
 def iterate_cmd(
     ctx: typer.Context,
     strategy: str = typer.Option("auto", help=STRATEGY_HELP),
-    top: int = typer.Option(20, help="Images to send to Label Studio for the next round."),
+    top: int = typer.Option(20, min=1, help="Images to send to Label Studio for the next round."),
     committee: str = typer.Option("ppocr", help="Second detector for ranking ('none' to skip)."),
     engine: str = typer.Option("permissive", help="Curation engine: permissive or fastdup (non-commercial licence)."),
     apply: bool = typer.Option(True, "--apply/--no-apply", help="Act on duplicates and the worst label issues."),
     label_action: str = typer.Option("review", help="Suspected label errors: review (re-push) or exclude."),
     arch: str = typer.Option("db", help="Model to retrain: db (fine-tune PP-OCR's detector) or fasterrcnn."),
-    epochs: int = typer.Option(3, help="Retraining epochs."),
-    steps_per_epoch: int = typer.Option(50, help="Retraining steps per epoch."),
-    budget_minutes: Optional[float] = typer.Option(10.0, help="Stop retraining after this many minutes (best model kept)."),
-    tolerance: float = typer.Option(0.005, help="Promote when no metric is worse than the current model's by more."),
+    epochs: int = typer.Option(3, min=1, help="Retraining epochs."),
+    steps_per_epoch: int = typer.Option(50, min=1, help="Retraining steps per epoch."),
+    budget_minutes: Optional[float] = typer.Option(10.0, callback=positive, help="Stop retraining after this many minutes (best model kept)."),
+    tolerance: float = typer.Option(0.005, min=0.0, help="Promote when no metric is worse than the current model's by more."),
     push: bool = typer.Option(True, "--push/--no-push", help="Talk to Label Studio (pull first, push the next batch)."),
     seed: int = typer.Option(0),
     force: bool = typer.Option(False, "--force", help="Promote even below stock ppocr on validation (with a warning)."),

@@ -17,13 +17,13 @@ def register(app: typer.Typer) -> None:
 def rank_cmd(
     ctx: typer.Context,
     strategy: str = typer.Option("auto", help=STRATEGY_HELP),
-    top: int = typer.Option(20, help="Size of the batch to label next."),
+    top: int = typer.Option(20, min=1, help="Size of the batch to label next."),
     detector: str = typer.Option("current", help="Model being improved: current, ppocr, or a bundle.zip."),
     committee: str = typer.Option("ppocr", help="Second detector for the committee score ('none' to skip)."),
     tta: bool = typer.Option(False, help="Also score disagreement under flip/rescale (2 extra passes per image)."),
     diversity: bool = typer.Option(True, help="Never two near-duplicates in one batch."),
     kcenter: bool = typer.Option(False, help="Spread the batch over the pool (k-center over image embeddings)."),
-    min_score: float = typer.Option(0.05, help="Keep boxes down to this score (weak boxes carry the uncertainty)."),
+    min_score: float = typer.Option(0.05, min=0.0, max=1.0, help="Keep boxes down to this score (weak boxes carry the uncertainty)."),
 ) -> None:
     """Score unlabelled images by every strategy and pick the next batch (reports/ranking.parquet, read by push)."""
     st = state(ctx)

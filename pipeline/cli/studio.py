@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from pipeline.cli.common import emit, fail, progress, state
+from pipeline.cli.common import emit, fail, positive, progress, state
 from pipeline.studio.client import StudioError, connect
 
 studio_app = typer.Typer(help="Run and set up Label Studio for this workspace (local server or docker compose).",
@@ -39,9 +39,9 @@ def _connect(ws_root: Path):
 @studio_app.command("up")
 def up_cmd(
     ctx: typer.Context,
-    port: int = typer.Option(8080, help="Port on 127.0.0.1."),
+    port: int = typer.Option(8080, min=1, max=65535, help="Port on 127.0.0.1."),
     mode: str = typer.Option("auto", help="auto (docker if an engine is reachable, else local) | local | docker."),
-    timeout: float = typer.Option(180.0, help="Seconds to wait for the server to become healthy."),
+    timeout: float = typer.Option(180.0, callback=positive, help="Seconds to wait for the server to become healthy."),
 ) -> None:
     """Start Label Studio for this workspace and wait until it is healthy."""
     from pipeline.studio.launcher import up
@@ -114,7 +114,7 @@ def push_cmd(
     model: str = typer.Option("current", help="Detector: current | ppocr | path to bundle.zip."),
     model_version: Optional[str] = typer.Option(None, help="Use stored predictions of this model version."),
     split: Optional[str] = typer.Option(None, help="Only images of this split."),
-    min_score: float = typer.Option(0.3, help="Boxes below this score are not sent to labellers."),
+    min_score: float = typer.Option(0.3, min=0.0, max=1.0, help="Boxes below this score are not sent to labellers."),
     update_existing: bool = typer.Option(True, help="Add this model version's prediction to existing tasks."),
 ) -> None:
     """Create Label Studio tasks with the model's boxes as pre-annotations (idempotent, batched)."""
@@ -186,10 +186,10 @@ def export_cmd(
 
 def serve_cmd(
     ctx: typer.Context,
-    port: int = typer.Option(9090, help="Port."),
+    port: int = typer.Option(9090, min=1, max=65535, help="Port."),
     host: str = typer.Option("127.0.0.1", help="Interface (0.0.0.0 inside docker)."),
     model: str = typer.Option("current", help="Detector: current | ppocr | path to bundle.zip."),
-    retrain_every: int = typer.Option(0, help="Queue a retrain after this many annotation webhooks (0 = only on START_TRAINING)."),
+    retrain_every: int = typer.Option(0, min=0, help="Queue a retrain after this many annotation webhooks (0 = only on START_TRAINING)."),
 ) -> None:
     """Label Studio ML backend: live boxes for any task; retrains in the background on request."""
     import uvicorn
