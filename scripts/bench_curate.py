@@ -11,6 +11,8 @@
    drop a box, shift a box by 40-70 % of its size, add a box on background), score every image
    and measure the AUROC of the per-image score for "has an error", over several seeds.
    ppocr predictions are cached in `--cache` (keyed by image and detector version).
+   `--detector BUNDLE.zip` uses a trained model instead (e.g. bench_detect's db-synth+devA); it
+   must be out-of-sample, so pair it with `--half b` when it was trained on half A.
 
     .venv/bin/python scripts/bench_curate.py [--set DIR] [--json OUT] [--n-images 5000]
         [--engines permissive,fastdup] [--seeds 10] [--skip-speed] [--skip-noise]
@@ -182,16 +184,18 @@ def auroc(y: np.ndarray, s: np.ndarray) -> float:
     return float((ranks[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
-def ppocr_predictions(set_dir: Path, cache: Path, scales: tuple[float, ...] = (1.0,), threads: int = 2
-                      ) -> tuple[str, dict[str, dict]]:
+def ppocr_predictions(set_dir: Path, cache: Path, scales: tuple[float, ...] = (1.0,), threads: int = 2,
+                      detector: str = "ppocr") -> tuple[str, dict[str, dict]]:
     from pipeline.detectors import load_detector
     from pipeline.formats import read_devset
     from pipeline.imaging import load_rgb
 
-    det = load_detector("ppocr", threads=threads, scales=scales)
+    det = load_detector(detector, threads=threads, scales=scales)
     import hashlib
 
     key = str(set_dir.resolve()) if scales == (1.0,) else f"{set_dir.resolve()}|scales={scales}"
+    if detector != "ppocr":
+        key += f"|{det.version}"
     path = cache / f"ppocr_preds_{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
     data = json.loads(path.read_text()) if path.exists() else {}
     if data.get("version") != det.version:
@@ -215,14 +219,19 @@ def ppocr_predictions(set_dir: Path, cache: Path, scales: tuple[float, ...] = (1
 
 
 def bench_noise(set_dir: Path, cache: Path, seeds: int, rate: float = 0.1, scales: tuple[float, ...] = (1.0,),
-                threads: int = 2) -> dict:
+                threads: int = 2, detector: str = "ppocr", half: str = "all") -> dict:
     from pipeline.boxes import Detections
     from pipeline.curate.label_noise import LabelNoiseConfig, NoiseItem, score_label_noise
     from pipeline.curate.testdata import ERROR_KINDS, inject_error
     from pipeline.formats import read_devset
 
-    version, preds = ppocr_predictions(set_dir, cache, scales, threads)
-    recs = [(p, r) for p, r in read_devset(set_dir) if f"{r.source}/{r.image}" in preds]
+    from pipeline.formats import split_halves
+
+    version, preds = ppocr_predictions(set_dir, cache, scales, threads, detector)
+    recs = read_devset(set_dir)
+    if half != "all":  # a model trained on one half is out-of-sample only on the other
+        recs = split_halves(recs)[0 if half == "a" else 1]
+    recs = [(p, r) for p, r in recs if f"{r.source}/{r.image}" in preds]
     scores = {"coverage (label_score, default)": ("coverage", "label_score"),
               "cleanlab, calibrated thresholds": ("cleanlab", "label_score"),
               "cleanlab get_label_quality_scores (defaults)": ("coverage", "label_quality_score")}
@@ -287,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", type=Path, default=REPO / "bench-results", help="generated pool and ppocr predictions")
     ap.add_argument("--ppocr-scales", default="1", help="scales of the ppocr passes that make the predictions, e.g. 1,2")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--detector", default="ppocr", help="out-of-sample predictor: ppocr or a bundle.zip (e.g. a tuned db)")
+    ap.add_argument("--half", choices=("all", "a", "b"), default="all",
+                    help="score only this half of --set (split_halves); use b for a model trained on half A")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-noise", action="store_true")
     ap.add_argument("--_child-engine", help=argparse.SUPPRESS)
@@ -323,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {args.set}: no such folder (--set)", file=sys.stderr)
             return 2
         scales = tuple(float(x) for x in args.ppocr_scales.split(",") if x.strip())
-        noise = bench_noise(args.set, args.cache, args.seeds, scales=scales, threads=args.threads)
+        noise = bench_noise(args.set, args.cache, args.seeds, scales=scales, threads=args.threads,
+                            detector=args.detector, half=args.half)
         results["label_noise"] = noise
         print(f"\nLabel-noise AUROC on {noise['images']} images of {noise['set']} "
               f"({int(noise['error_rate'] * 100)} % with one error; {noise['seeds']} seeds; predictions: {noise['detector']})")

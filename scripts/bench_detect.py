@@ -1,11 +1,14 @@
-"""Detection benchmark: quality, speed and training cost of ppocr and the trained fasterrcnn.
+"""Detection benchmark: quality, speed and training cost of ppocr and the trained detectors.
 
     .venv/bin/python scripts/bench_detect.py --set ../shared/data/devset --json bench_detect.json
+    .venv/bin/python scripts/bench_detect.py --archs db,fasterrcnn ...   # both trainable architectures
 
 The devset (`<source>/boxes.jsonl` + images) is split into halves by a fixed rule: per source,
 images sorted by name, even positions -> half A (may be trained on), odd -> half B (reported).
 Models:
   ppocr                    the frozen PP-OCRv4 detector (baseline)
+  db-synth+devA            PP-OCR's own network fine-tuned on synthetic + 3/4 of half A, selected on
+                           the other 1/4 of half A + held-out synthetic (`--db-minutes`, default 20)
   fasterrcnn-synth         trained from scratch on synthetic overlays only (`--budget-minutes`)
   fasterrcnn-synth+devA    fine-tuned from it on synthetic + half A (`--finetune-minutes`)
 Reported on half B (all and per source) and on a held-out set of synthetic microscopy-style
@@ -42,15 +45,40 @@ MICRO = SynthConfig(n_images=30, seed=9001, width=(640, 1024),
                     kinds=("sample_id", "timestamp", "scale_bar", "instrument", "corner_label", "watermark"))
 
 
+def db_code(args: argparse.Namespace, name: str, minutes: float, human_jsonl: Path, val_jsonl: Path, work: Path) -> str:
+    out = work / name
+    return f"""
+import json, time
+from pathlib import Path
+from pipeline.train import TrainConfig, train, samples_from_jsonl, losses_of, save_result
+out = Path({str(out)!r})
+synth = samples_from_jsonl({str(work / 'synth' / 'boxes.jsonl')!r}, 'synth/')
+val = samples_from_jsonl({str(work / 'synth_val' / 'boxes.jsonl')!r}, 'synth_val/') + \
+      samples_from_jsonl({str(val_jsonl)!r}, 'devA-val/')
+human = samples_from_jsonl({str(human_jsonl)!r}, 'devA/')
+cfg = TrainConfig(out_dir=str(out), arch='db', epochs={args.db_epochs}, steps_per_epoch={args.steps_per_epoch}, batch_size=4,
+                  lr={args.db_lr}, warmup_steps=30, budget_minutes={minutes}, seed=0, threads={args.threads},
+                  patience={args.db_patience}, human_fraction=0.5)
+t = time.time()
+r = train(cfg, synth, human, val)
+save_result(out / 'bundle.zip', r, version={name!r})
+L = losses_of(r.history)
+json.dump({{'minutes': (time.time() - t) / 60, 'train_seconds': r.seconds, 'steps': r.steps, 'stopped': r.stopped,
+           'peak_rss_mb': r.peak_rss_mb, 'val': r.metrics, 'selection': r.selection, 'timing': r.timing,
+           'loss_first': sum(L[:10]) / max(1, len(L[:10])), 'loss_last': sum(L[-10:]) / max(1, len(L[-10:]))}},
+          open(out / 'result.json', 'w'), default=str)
+"""
+
+
 def train_subprocess(args: argparse.Namespace, name: str, minutes: float, parent: Path | None, human_jsonl: Path | None,
-                     work: Path) -> dict:
+                     work: Path, code: str | None = None) -> dict:
     """One training run in its own process (so its peak RSS is measured alone)."""
     out = work / name
     bundle = out / "bundle.zip"
     result_path = out / "result.json"
     if args.reuse and bundle.exists() and result_path.exists():
         return json.loads(result_path.read_text())
-    code = f"""
+    code = code or f"""
 import json, sys, time
 from pathlib import Path
 from pipeline.train import TrainConfig, train, samples_from_jsonl, losses_of
@@ -60,7 +88,7 @@ out = Path({str(out)!r})
 synth = samples_from_jsonl({str(work / 'synth' / 'boxes.jsonl')!r}, 'synth/')
 val = samples_from_jsonl({str(work / 'synth_val' / 'boxes.jsonl')!r}, 'synth_val/')
 human = samples_from_jsonl({str(human_jsonl)!r}, 'devA/') if {human_jsonl is not None} else []
-cfg = TrainConfig(out_dir=str(out), epochs={args.epochs if parent is None else args.finetune_epochs}, steps_per_epoch={args.steps_per_epoch}, batch_size=4,
+cfg = TrainConfig(out_dir=str(out), arch='fasterrcnn', epochs={args.epochs if parent is None else args.finetune_epochs}, steps_per_epoch={args.steps_per_epoch}, batch_size=4,
                   lr={args.lr if parent is None else args.lr / 2}, warmup_steps={30 if parent is None else 5},
                   budget_minutes={minutes}, seed=0, threads={args.threads}, patience=100,
                   human_fraction=0.5, parent_bundle={str(parent) if parent else None!r})
@@ -117,6 +145,11 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0, help="smoke test: only this many images per report set")
     ap.add_argument("--reuse", action="store_true", help="reuse bundles already trained in --work")
     ap.add_argument("--skip-train", action="store_true", help="only ppocr (no training)")
+    ap.add_argument("--archs", default="db", help="trainable architectures to benchmark: db, fasterrcnn or both")
+    ap.add_argument("--db-minutes", type=float, default=20.0, help="training budget of the db model")
+    ap.add_argument("--db-epochs", type=int, default=30, help="planned epochs (LR schedule) of the db model")
+    ap.add_argument("--db-lr", type=float, default=3e-5)
+    ap.add_argument("--db-patience", type=int, default=4)
     args = ap.parse_args()
 
     import torch
@@ -132,6 +165,15 @@ def main() -> None:
     from pipeline.formats import write_jsonl
 
     write_jsonl(dev_a, [dataclasses.replace(r, image=os.path.relpath(p, dev_a.parent)) for p, r in half_a])
+    # db selects on data it does not train on: every 4th image of half A (per source, by name) + synthetic val
+    a_train, a_val = [], []
+    for src in sorted({r.source for _, r in half_a}):
+        items = sorted([(p, r) for p, r in half_a if r.source == src], key=lambda x: x[1].image)
+        for i, it in enumerate(items):
+            (a_val if i % 4 == 3 else a_train).append(it)
+    dev_a_train, dev_a_val = work / "devA-train" / "boxes.jsonl", work / "devA-val" / "boxes.jsonl"
+    for path, part in ((dev_a_train, a_train), (dev_a_val, a_val)):
+        write_jsonl(path, [dataclasses.replace(r, image=os.path.relpath(p, path.parent)) for p, r in part])
     t = time.time()
     generate(work / "synth", SynthConfig(n_images=args.synth_images, seed=0))
     generate(work / "synth_val", SynthConfig(n_images=16, seed=1))
@@ -143,7 +185,12 @@ def main() -> None:
     if args.limit:
         half_b, micro = half_b[:: max(1, len(half_b) // args.limit)][: args.limit], micro[: args.limit]
     trainings: dict[str, dict] = {}
-    if not args.skip_train:
+    archs = {a.strip() for a in args.archs.split(",") if a.strip()}
+    if not args.skip_train and "db" in archs:
+        trainings["db-synth+devA"] = train_subprocess(
+            args, "db-synth+devA", args.db_minutes, None, dev_a_train, work,
+            code=db_code(args, "db-synth+devA", args.db_minutes, dev_a_train, dev_a_val, work))
+    if not args.skip_train and "fasterrcnn" in archs:
         trainings["fasterrcnn-synth"] = train_subprocess(args, "fasterrcnn-synth", args.budget_minutes, None, None, work)
         trainings["fasterrcnn-synth+devA"] = train_subprocess(
             args, "fasterrcnn-synth+devA", args.finetune_minutes, work / "fasterrcnn-synth" / "bundle.zip", dev_a, work)

@@ -1,10 +1,12 @@
 """Active-learning simulation on a devset-format set with its ground truth as the oracle.
 
-    .venv/bin/python scripts/simulate_al.py --base-bundle BUNDLE.zip --json bench-results/al.json
+    .venv/bin/python scripts/simulate_al.py --json bench-results/al.json            # base: stock PP-OCR (db)
+    .venv/bin/python scripts/simulate_al.py --base-bundle BUNDLE.zip ...           # base: a trained bundle
 
 The set is split by the fixed benchmark rule (`pipeline.formats.split_halves`): the first half is
 the unlabelled pool, the second half the test set. Each run starts from the same base model
-(trained on synthetic data only), then for `--rounds` rounds: the strategy picks `--k` images
+(default `stock`: PP-OCR's own detector, fine-tuned as `db`; or a bundle, e.g. a Faster R-CNN
+trained on synthetic data only), then for `--rounds` rounds: the strategy picks `--k` images
 from the pool, the oracle labels them, the model is fine-tuned from the previous round on
 labelled + synthetic images for `--steps` steps (BatchNorm statistics fixed), and text coverage
 is measured on the test set at an over-redaction budget (`--budget`, default 10 %: the best
@@ -26,7 +28,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.bundle import load_bundle, save_bundle  # noqa: E402
+from pipeline.bundle import load_bundle, read_bundle_meta  # noqa: E402
 from pipeline.boxes import Detections  # noqa: E402
 from pipeline.detectors.ppocr import PPOCRDetector  # noqa: E402
 from pipeline.evaluate import evaluate  # noqa: E402
@@ -34,7 +36,7 @@ from pipeline.formats import read_devset, split_halves  # noqa: E402
 from pipeline.imaging import load_rgb  # noqa: E402
 from pipeline.rank import committee_score, random_score, uncertainty_score  # noqa: E402
 from pipeline.synth import SynthConfig, generate  # noqa: E402
-from pipeline.train import Sample, TrainConfig, samples_from_devset, samples_from_jsonl, train  # noqa: E402
+from pipeline.train import Sample, TrainConfig, samples_from_devset, samples_from_jsonl, save_result, train  # noqa: E402
 
 STRATEGIES = ("random", "uncertainty", "committee")
 
@@ -84,7 +86,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--set", type=Path, default=REPO.parent / "shared" / "data" / "devset")
     ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--base-bundle", type=Path, help="model trained on synthetic data only (e.g. from bench_detect)")
+    ap.add_argument("--base-bundle", default="stock",
+                    help="stock (PP-OCR's detector, fine-tuned as db) or a bundle.zip (its kind decides the architecture)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/textloop_al"))
     ap.add_argument("--strategies", default=",".join(STRATEGIES))
     ap.add_argument("--seeds", default="0,1,2")
@@ -92,13 +95,13 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=6)
     ap.add_argument("--steps", type=int, default=60, help="fine-tuning steps per round")
     ap.add_argument("--batch-size", type=int, default=2)
-    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--lr", type=float, default=None, help="default: the architecture's (db 3e-5, fasterrcnn 1e-3)")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--test-limit", type=int, default=24, help="evaluate on this many test images (every n-th)")
     ap.add_argument("--synth-images", type=int, default=40)
     ap.add_argument("--target", type=float, default=None, help="coverage to reach (default: halfway from the base to the best run)")
     ap.add_argument("--budget", type=float, default=0.10, help="over-redaction budget for the headline coverage")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=0, help="0 = auto (free cores by load average)")
     ap.add_argument("--from-json", type=Path, default=None, help="only print the table of an earlier run's JSON")
     args = ap.parse_args()
     if args.from_json:
@@ -106,8 +109,11 @@ def main() -> None:
         print_table(summary(d["strategies"], d["base"]["coverage_at_budget"], d["k"], d["rounds"], args.target))
         return
 
-    if args.base_bundle is None:
-        ap.error("--base-bundle is required (a model trained on synthetic data only, e.g. from bench_detect)")
+    if args.base_bundle != "stock" and not Path(args.base_bundle).exists():
+        ap.error(f"--base-bundle {args.base_bundle}: not found (use stock or a bundle.zip)")
+    arch = "db" if args.base_bundle == "stock" else str(read_bundle_meta(args.base_bundle)["config"]["kind"])
+    if args.lr is None:
+        args.lr = 3e-5 if arch == "db" else 1e-4
     t_start = time.time()
     records = [x for x in read_devset(args.set) if len(x[1].boxes) or x[1].source != "negatives_skimage"]
     pool, test = split_halves(records)
@@ -123,7 +129,7 @@ def main() -> None:
 
     ppocr = PPOCRDetector()
     committee = {f"{r.source}/{r.image}": d for (p, r), d in zip(pool, detect_all(ppocr, pool))}
-    base = load_bundle(args.base_bundle)
+    base = ppocr if args.base_bundle == "stock" else load_bundle(args.base_bundle)
     base_m = coverage(base, test, args.budget)
     print(f"base model: coverage {base_m['coverage_at_budget']:.3f} at over-redaction <= {args.budget} "
           f"({base_m['text_coverage']:.3f} at threshold 0.3), f1 {base_m['f1']:.3f}", file=sys.stderr)
@@ -134,7 +140,7 @@ def main() -> None:
         for seed in (int(s) for s in args.seeds.split(",")):
             labelled: set[str] = set()
             chosen: list[Sample] = []
-            model_path, det = args.base_bundle, base
+            model_path, det = (None if args.base_bundle == "stock" else args.base_bundle), base
             curve, fixed, f1c = [[0, base_m["coverage_at_budget"]]], [[0, base_m["text_coverage"]]], [[0, base_m["f1"]]]
             for rnd in range(args.rounds):
                 picks = pick(strategy, det, pool, labelled, args.k, seed, committee)
@@ -142,12 +148,13 @@ def main() -> None:
                     labelled.add(f"{pool[i][1].source}/{pool[i][1].image}")
                 chosen += samples_from_devset([pool[i] for i in picks])
                 out = args.work / f"{strategy}-s{seed}-r{rnd}"
-                cfg = TrainConfig(out_dir=str(out), epochs=1, steps_per_epoch=args.steps, batch_size=args.batch_size,
-                                  lr=args.lr, warmup_steps=args.warmup, seed=seed, threads=args.threads, human_fraction=0.7,
-                                  parent_bundle=str(model_path), patience=100)
+                cfg = TrainConfig(out_dir=str(out), arch=arch, epochs=1, steps_per_epoch=args.steps,
+                                  batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup, seed=seed,
+                                  threads=args.threads, human_fraction=0.7, patience=100,
+                                  parent_bundle=str(model_path) if model_path else None)
                 r = train(cfg, synth, chosen, [])
                 model_path = out / "bundle.zip"
-                save_bundle(model_path, r.model, r.config.model, {}, r.train_keys, version=f"al-{strategy}-{seed}-{rnd}")
+                save_result(model_path, r, version=f"al-{strategy}-{seed}-{rnd}")
                 det = load_bundle(model_path)
                 m = coverage(det, test, args.budget)
                 curve.append([len(labelled), m["coverage_at_budget"]])
