@@ -44,7 +44,7 @@ def redact_cmd(
     input: str = typer.Argument(..., help="An image file, a folder (recursive), or a glob (quote it)."),
     output: Path = typer.Argument(..., help="Output file or folder; the input tree is mirrored under it."),
     detector: str = typer.Option("current", help="ppocr | current (the workspace's promoted model, else ppocr) | path/to/bundle.zip."),
-    threshold: float = typer.Option(rr.DEFAULT_THRESHOLD, help="Minimum box score; low favours recall."),
+    threshold: float = typer.Option(rr.DEFAULT_THRESHOLD, min=0.0, max=1.0, help="Minimum box score (0-1); low favours recall."),
     pad: str = typer.Option(str(rr.DEFAULT_PAD), help="Growth of each box per side: pixels and/or % of box height, e.g. 4, 15%, 2px+15%."),
     style: str = typer.Option("fill", help="fill (opaque, default) | blur | pixelate (both reversible!)."),
     color: str = typer.Option("black", help="Fill colour: name, #rrggbb or r,g,b."),
@@ -61,7 +61,7 @@ def redact_cmd(
     review_band: str = typer.Option("%g,%g" % rr.DEFAULT_REVIEW_BAND, help="Uncertain score band lo,hi for --review."),
     from_review: bool = typer.Option(False, "--from-review", help="Finish held images with their reviewed boxes (after `textloop pull`)."),
     audit: Optional[Path] = typer.Option(None, help="Sidecars, manifest and log (default: OUTPUT.audit beside OUTPUT)."),
-    max_pixels: int = typer.Option(178_956_970, help="Refuse images with more pixels (decompression bombs)."),
+    max_pixels: int = typer.Option(178_956_970, min=1, help="Refuse images with more pixels on any page (decompression bombs)."),
     scales: Optional[str] = typer.Option(None, help="ppocr only: detection scales (default 1,2 on images up to 1600 px long side: meets the devset coverage goals; 1 is ~9x faster)."),
 ) -> None:
     """Cover every text region in a file, folder tree or glob: opaque fill, clean metadata, resumable.
@@ -83,6 +83,8 @@ def redact_cmd(
         lo, hi = (float(x) for x in review_band.split(","))
     except ValueError as exc:
         fail(str(exc) if "--" in str(exc) else f"bad --review-band {review_band!r}: use lo,hi", 2)
+    if not 0.0 <= lo < hi <= 1.0:
+        fail(f"bad --review-band {review_band!r}: needs 0 <= lo < hi <= 1", 2)
     if style != "fill":
         st.console.print(f"[bold yellow]warning:[/] --style {style} is reversible: blurred or pixelated text and faces "
                          "can be reconstructed. Use the default opaque fill for anything sensitive.", highlight=False)
@@ -90,11 +92,21 @@ def redact_cmd(
                           max_pixels=max_pixels, review=review, review_band=(lo, hi), verify=verify,
                           strict=strict, dry_run=dry_run, force=force or from_review)
     try:
-        items, audit_dir, ignored = rr.plan(input, output, audit, exclude=[archive] if archive else [])
+        planned = rr.plan_input(input, output, audit, exclude=[archive] if archive else [])
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc), 2)
-    if not items:
+    items, audit_dir, ignored = planned.items, planned.audit, planned.ignored
+    if not items and not planned.problems:
         fail(f"{input}: no images found (extensions: {', '.join(sorted(set(rr.codec.EXTENSIONS)))})", 2)
+    if not dry_run:
+        out_folder = Path(items[0].out).parent if planned.single else output
+        try:  # a folder that cannot be written is one error up front, not a failure per image
+            rr.prepare_folders([out_folder, audit_dir])
+        except OSError as exc:
+            fail(str(exc), 2)
+        started = time.time()  # temp files of an interrupted earlier run: older than this
+        rr.remove_stale_temps([audit_dir] if planned.single else [output, audit_dir], started,
+                              files=[Path(items[0].out)] if planned.single else ())
 
     ws = st.ws() if (detector == "current" or review or from_review or verify) else None
     from pipeline.detectors import load_detector
@@ -130,7 +142,7 @@ def redact_cmd(
     remove_log = rr.add_log_file(audit_dir) if not dry_run else (lambda: None)
     rr.log.info("redact %s -> %s: detector %s, settings %s", input, output, det.version, cfg.settings(det.version))
     t0 = time.perf_counter()
-    results: list[rr.Result] = list(pre_results)
+    results: list[rr.Result] = list(pre_results) + planned.problems   # FIFOs, links out of the tree...
     failed_early = False
     try:
         with progress(st, "redact") as update:
@@ -166,7 +178,7 @@ def redact_cmd(
         for res in results:
             if res.status == "redacted":
                 try:
-                    rr.archive_original(by_rel[res.rel], archive)
+                    rr.archive_original(by_rel[res.rel], archive, cfg.max_pixels)
                     archived += 1
                 except OSError as exc:
                     res.status, res.reason, res.detail = "failed", "archive_failed", str(exc)
@@ -193,8 +205,12 @@ def redact_cmd(
         summary["would_redact"] = [{"input": r.rel, "pages": r.pages, "boxes": r.boxes, "scores": r.scores}
                                    for r in sorted(results, key=lambda r: r.rel) if r.status == "dry_run"]
     if not dry_run:
-        summary["manifest"] = rr.write_manifest(audit_dir, results)
-        rr.atomic_write_text(audit_dir / "summary.json", __import__("json").dumps(summary, indent=1, default=str) + "\n")
+        try:
+            summary["manifest"] = rr.write_manifest(audit_dir, results)
+            rr.atomic_write_text(audit_dir / "summary.json", __import__("json").dumps(summary, indent=1, default=str) + "\n")
+        except OSError as exc:
+            remove_log()
+            fail(f"audit trail not written: {exc}")
         rr.log.info("summary: %s", {k: v for k, v in summary.items() if k != "errors"})
     remove_log()
 

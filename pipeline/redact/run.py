@@ -13,7 +13,10 @@ import glob as globmod
 import hashlib
 import json
 import logging
+import errno
 import os
+import stat
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -24,8 +27,9 @@ from typing import Any
 import numpy as np
 
 from pipeline.boxes import Detections, union_mask
-from pipeline.formats import atomic_write_bytes, atomic_write_text
+from pipeline.formats import UnwritableError, atomic_write_bytes, atomic_write_text, is_atomic_temp
 from pipeline.imaging import ImageRejected
+from pipeline.listing import Listed, Skipped, file_problem, iter_image_files
 from pipeline.predict import sha256_file
 from pipeline.redact import codec
 from pipeline.redact.core import Pad, apply_redaction, fill_value, redaction_boxes
@@ -87,6 +91,12 @@ class Item:
     def to_dict(self) -> dict[str, str]:
         return asdict(self)
 
+    @property
+    def output_rel(self) -> str:
+        """The output's path relative to OUTPUT (`sub/x.tif`), or its name for a single file."""
+        out = Path(self.out).as_posix()
+        return self.rel if out == self.rel or out.endswith("/" + self.rel) else Path(self.out).name
+
 
 @dataclass
 class Result:
@@ -128,32 +138,62 @@ def default_audit_dir(output: Path, single_file: bool) -> Path:
     return output.parent / f"{output.name}.audit"
 
 
+@dataclass
+class Plan:
+    """What `plan_input` found: the items to redact, the audit folder, files left out because
+    their extension is not an image one (names, for the summary), and entries the listing rule
+    skipped (`pipeline.listing`: FIFOs, links out of the tree, dangling links), as failed results."""
+
+    items: list[Item]
+    audit: Path
+    ignored: list[str]
+    problems: list[Result]
+    single: bool = False      # INPUT was one file (OUTPUT is that file, or a folder to put it in)
+
+
 def plan(input_spec: str, output: Path, audit_dir: Path | None = None,
          exclude: Sequence[Path] = ()) -> tuple[list[Item], Path, list[str]]:
     """Items to process for INPUT (file, folder tree, or glob) -> OUTPUT; also the audit dir and
-    files ignored because their extension is not an image one (names only, for the summary)."""
+    files ignored because their extension is not an image one. Skipped entries are left out
+    (`plan_input` reports them)."""
+    p = plan_input(input_spec, output, audit_dir, exclude)
+    return p.items, p.audit, p.ignored
+
+
+def _problem(path: Path, rel: str, output: Path, reason: str, detail: str) -> Result:
+    return Result(rel, str(path), str(output / rel), "failed", reason, detail)
+
+
+def plan_input(input_spec: str, output: Path, audit_dir: Path | None = None,
+               exclude: Sequence[Path] = ()) -> Plan:
+    """Plan a run. A single file must be a regular file (ValueError otherwise: a FIFO would
+    block the read forever); a folder is listed by the shared rule of `pipeline.listing`
+    (symlinks followed inside the tree only); glob matches get the same checks."""
     output = Path(output)
     src = Path(input_spec)
     ignored: list[str] = []
-    if src.is_file():
+    problems: list[Result] = []
+    if not src.is_dir() and os.path.lexists(src):  # one file (even if its name has glob characters)
+        problem = file_problem(src)
+        if problem is not None:
+            raise ValueError(f"{src}: {problem[0]}: {problem[1]}")
         into_dir = output.is_dir() or str(output).endswith(os.sep)
         out = output / src.name if into_dir else output
         if out.resolve() == src.resolve():
             raise ValueError(f"{out}: output would overwrite the input")
         audit = audit_dir or default_audit_dir(output, not into_dir)
-        return [Item(str(src), src.name, str(out), str(audit / "sidecars" / f"{src.name}.json"))], audit, ignored
+        item = Item(str(src), src.name, str(out), str(audit / "sidecars" / f"{src.name}.json"))
+        return Plan([item], audit, ignored, problems, single=True)
     if src.is_dir():
         root = src
-        files = _walk(root)
     elif _is_glob(input_spec):
         parts = Path(input_spec).parts
         prefix = []
-        for p in parts:
-            if _is_glob(p):
+        for part in parts:
+            if _is_glob(part):
                 break
-            prefix.append(p)
+            prefix.append(part)
         root = Path(*prefix) if prefix else Path(".")
-        files = sorted(Path(p) for p in globmod.glob(input_spec, recursive=True) if Path(p).is_file())
     else:
         raise FileNotFoundError(f"{input_spec}: no such file or folder")
     root_r = root.resolve()
@@ -161,25 +201,89 @@ def plan(input_spec: str, output: Path, audit_dir: Path | None = None,
         raise ValueError(f"{output}: output folder is the input folder (the input is never modified)")
     audit = audit_dir or default_audit_dir(output, False)
     skip_dirs = [output.resolve(), audit.resolve(), *(Path(e).resolve() for e in exclude)]
+    entries = _walk(root, skip_dirs) if src.is_dir() else _glob_entries(input_spec, root, skip_dirs)
     items = []
-    for f in files:
-        fr = f.resolve()
-        if any(fr.is_relative_to(d) for d in skip_dirs):
+    for e in entries:
+        is_image = Path(e.rel).suffix.lower() in codec.EXTENSIONS
+        if isinstance(e, Skipped):
+            if is_image or not Path(e.rel).suffix:   # an image, or a folder, that was not taken
+                problems.append(_problem(e.path, e.rel, output, e.reason, e.detail))
+            else:
+                ignored.append(str(e.path))
             continue
-        if f.suffix.lower() not in codec.EXTENSIONS:
-            ignored.append(str(f))
+        if not is_image:
+            ignored.append(str(e.path))
             continue
-        rel = fr.relative_to(root_r).as_posix()
-        items.append(Item(str(f), rel, str(output / rel), str(audit / "sidecars" / f"{rel}.json")))
-    return items, audit, ignored
+        items.append(Item(str(e.path), e.rel, str(output / e.rel), str(audit / "sidecars" / f"{e.rel}.json")))
+    return Plan(items, audit, ignored, problems)
 
 
-def _walk(root: Path) -> list[Path]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
+def _walk(root: Path, skip_dirs: Sequence[Path] = ()) -> list[Listed | Skipped]:
+    """The input tree by the shared listing rule, minus OUTPUT/audit/archive if they are inside."""
+    return list(iter_image_files(root, None, exclude=skip_dirs))
+
+
+def _glob_entries(pattern: str, root: Path, skip_dirs: Sequence[Path]) -> list[Listed | Skipped]:
+    """Glob matches with the listing rule's checks: regular files only, links resolving under
+    the glob's fixed prefix only (glob already leaves hidden names out)."""
+    root_real = os.path.realpath(root)
+    out: list[Listed | Skipped] = []
+    for m in sorted(globmod.glob(pattern, recursive=True)):
+        path = Path(m)
+        real = os.path.realpath(path)
+        if os.path.isdir(path) or any(Path(real).is_relative_to(d) for d in skip_dirs):
+            continue
+        rel = Path(os.path.relpath(path, root)).as_posix()
+        problem = file_problem(path)
+        if problem is None and not (real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)):
+            problem = ("outside_tree", f"symlink to {real}, outside {root_real}; not followed")
+        if problem is not None:
+            out.append(Skipped(path, rel, *problem))
+        else:
+            out.append(Listed(path, rel))
     return out
+
+
+def prepare_folders(folders: Iterable[Path]) -> None:
+    """Create the output and audit folders and check that they can be written: UnwritableError
+    naming the folder (one command-level error) rather than a failure per image or a traceback."""
+    for folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as exc:
+            raise UnwritableError(exc.errno or errno.EACCES,
+                                  f"{folder}: cannot create or write this folder ({exc.strerror or exc})",
+                                  str(folder)) from None
+
+
+def remove_stale_temps(folders: Iterable[Path], before: float, files: Iterable[Path] = ()) -> list[Path]:
+    """Delete temp files an interrupted run left behind: in the `folders` trees (OUTPUT and the
+    audit folder, which are ours) any name of our own atomic writes (`.NAME.XXXXXXXX.tmp`,
+    `formats.is_atomic_temp`); beside each of `files` (a single output in someone's folder) only
+    that file's own temp names. Only regular files older than `before` (this run's start: a
+    concurrent run's file in flight is newer); symlinks are not followed. Returns what was removed."""
+    candidates: list[Path] = []
+    for folder in folders:
+        if os.path.isdir(folder) and not os.path.islink(folder):
+            for dirpath, _dirnames, filenames in os.walk(folder):
+                candidates.extend(Path(dirpath, n) for n in filenames if is_atomic_temp(n))
+    for f in files:
+        f = Path(f)
+        candidates.extend(p for p in f.parent.glob(f".{globmod.escape(f.name)}.*.tmp") if is_atomic_temp(p.name))
+    removed: list[Path] = []
+    for p in candidates:
+        try:
+            st = os.lstat(p)
+            if stat.S_ISREG(st.st_mode) and st.st_mtime < before:
+                p.unlink()
+                removed.append(p)
+        except OSError as exc:
+            log.warning("%s: stale temp file not removed (%s)", p, exc.strerror or exc)
+    if removed:
+        log.info("removed %d temp file(s) left by an interrupted run", len(removed))
+    return removed
 
 
 # --- one image -----------------------------------------------------------------------------
@@ -254,6 +358,8 @@ class Redactor:
             res.status, res.reason, res.detail = "failed", exc.reason, exc.detail
         except FileNotFoundError as exc:
             res.status, res.reason, res.detail = "failed", "not_found", str(exc)
+        except UnwritableError as exc:  # the output or audit folder, not the input
+            res.status, res.reason, res.detail = "failed", "output_unwritable", str(exc)
         except PermissionError as exc:
             res.status, res.reason, res.detail = "failed", "unreadable", str(exc)
         except OSError as exc:
@@ -347,7 +453,7 @@ class Redactor:
             "status": status,
             "input": item.rel,
             "input_sha256": res.input_sha256,
-            "output": Path(item.out).name if status == "redacted" else None,
+            "output": item.output_rel if status == "redacted" else None,
             "output_sha256": res.output_sha256 or None,
             "format": doc.format,
             "width": doc.pages[0].width,
@@ -474,7 +580,7 @@ def summarize(results: Sequence[Result], seconds: float, ignored: int = 0) -> di
     }
 
 
-def archive_original(item: Item, archive_root: Path) -> Path:
+def archive_original(item: Item, archive_root: Path, max_pixels: int = codec.DEFAULT_MAX_PIXELS) -> Path:
     """Move the input to ARCHIVE/<rel> after checking its output decodes and matches its sidecar."""
     import shutil
 
@@ -482,7 +588,7 @@ def archive_original(item: Item, archive_root: Path) -> Path:
     data = Path(item.out).read_bytes()
     if sha256_bytes(data) != sc.get("output_sha256"):
         raise OSError(f"{item.out}: output does not match its sidecar; original not archived")
-    codec.decode(data)
+    codec.decode(data, max_pixels)
     dest = archive_root / item.rel
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(item.src, dest)
