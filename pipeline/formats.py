@@ -160,7 +160,10 @@ def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
             raise
         raise UnwritableError(exc.errno, f"cannot write {path} (read-only file system)", str(path)) from None
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
+        try:
+            os.fchmod(fd, 0o666 & ~_umask())
+        except OSError:  # e.g. FAT/SMB mounts without modes: their own defaults apply
+            pass
         with os.fdopen(fd, "wb") as fh:
             yield fh
         try:
