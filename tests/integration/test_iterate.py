@@ -1,5 +1,7 @@
 """`textloop iterate` against a real Label Studio: annotations made through the SDK, a real
-(tiny) retraining, real ppocr as the cold-start model, and the promotion rule."""
+(tiny) retraining of the default `db` model (PP-OCR's network fine-tuned), real ppocr as the
+cold-start model, and both promotion rules (not worse than current on test; at least stock
+ppocr on validation at the over-redaction budget)."""
 
 from __future__ import annotations
 
@@ -47,8 +49,13 @@ def test_iterate_round_pulls_trains_evaluates_and_promotes_by_the_rule(live_stud
 
     assert set(res.steps) == {"pull", "curate", "train", "evaluate", "rank", "push"}
     assert res.steps["pull"]["new"] == 10
+    assert res.candidate.startswith("db-") and res.steps["train"]["arch"] == "db"
     ev = res.steps["evaluate"]
     expected, _ = promotion_decision(ev["candidate"], ev["current"] if ev["current"].get("f1") is not None else None, 0.0)
+    if expected:  # then the stock rule decides, with both numbers recorded
+        sc = ev["stock_check"]
+        assert sc is not None and {"candidate", "stock", "budget"} <= set(sc)
+        expected = sc["ok"]
     assert res.promoted == expected
     with ws.catalog() as cat:
         current = cat.current_model()
