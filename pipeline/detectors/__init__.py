@@ -1,7 +1,9 @@
 """Detector backends behind one protocol, and `load_detector(spec)` to get one by name.
 
 spec: "ppocr" (the frozen PP-OCR detector in the rapidocr wheel), "current" (the workspace's
-promoted model, falling back to ppocr when none is promoted), or a path to a bundle.zip.
+promoted model, falling back to ppocr when none is promoted), or a path to a bundle.zip (a
+`db` bundle -- PP-OCR's network fine-tuned, run through ppocr's own pre/post-processing -- or
+an older `fasterrcnn` one).
 """
 
 from __future__ import annotations
