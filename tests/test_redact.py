@@ -543,24 +543,41 @@ def test_archive_moves_originals_only_after_success(tmp_path, fake):
     assert (src / "bad.png").exists() and not (src / "a.png").exists()
 
 
-class LeakyVerifier(FakeDetector):
-    """Finds 'text' outside every covered box in whatever it is shown."""
+class FakeReader:
+    """An OCR reader that 'reads' fixed lines: one outside every covered box, one on a fill."""
 
-    def __init__(self) -> None:
-        super().__init__(boxes=[[0, 30, 10, 40]], version="verifier-1")
+    version, min_chars, min_score = "fake-reader", 3, 0.5
+
+    def __init__(self, readings) -> None:
+        self.readings = readings
+
+    def read_views(self, views):
+        return list(self.readings)
+
+    def legible(self, readings, covered=None, inside=0.5):
+        from pipeline.legibility import Reader
+
+        return Reader.legible(self, readings, covered, inside)  # the real filter
 
 
 def test_verify_strict_fails_images_with_text_left(tmp_path):
+    from pipeline.legibility import Reading
+
     src = tmp_path / "a.png"
     Image.fromarray(rgb_noise(60)).save(src)
     item = Item(str(src), "a.png", str(tmp_path / "o.png"), str(tmp_path / "a.json"))
-    res = Redactor(FakeDetector(), RedactConfig(verify=True), LeakyVerifier()).process(item)
-    assert res.status == "redacted" and res.remaining == 1
-    assert json.loads((tmp_path / "a.json").read_text())["verify"]["remaining"] == 1
-    res = Redactor(FakeDetector(), RedactConfig(verify=True, strict=True, force=True), LeakyVerifier()).process(item)
+    outside = Reading("Smith", 0.9, (0.0, 30.0, 20.0, 40.0))
+    on_fill = Reading("Jonathan", 0.9, tuple(BOXES[0]))                  # read on a covered box: ignored
+    weak, short = Reading("Roe", 0.2, (0.0, 30.0, 20.0, 40.0)), Reading("ab", 0.9, (0.0, 30.0, 20.0, 40.0))
+    leaky = FakeReader([outside, on_fill, weak, short])
+    res = Redactor(FakeDetector(), RedactConfig(verify=True), leaky).process(item)
+    assert res.status == "redacted" and res.remaining == 1 and res.legible == ["Smith"]
+    assert json.loads((tmp_path / "a.json").read_text())["verify"]["legible"][0]["text"] == "Smith"
+    res = Redactor(FakeDetector(), RedactConfig(verify=True, strict=True, force=True), leaky).process(item)
     assert res.status == "failed" and res.reason == "text_remaining" and not (tmp_path / "o.png").exists()
-    clean = Redactor(FakeDetector(), RedactConfig(verify=True, strict=True, force=True), FakeDetector()).process(item)
-    assert clean.status == "redacted" and clean.remaining == 0       # detections on the fills are ignored
+    assert "Smith" in res.detail
+    clean = Redactor(FakeDetector(), RedactConfig(verify=True, strict=True, force=True), FakeReader([on_fill])).process(item)
+    assert clean.status == "redacted" and clean.remaining == 0
 
 
 # --- the real detector ----------------------------------------------------------------------------------

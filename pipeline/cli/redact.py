@@ -10,33 +10,13 @@ import typer
 from rich.table import Table
 
 from pipeline.cli.common import emit, fail, progress, state
+from pipeline.legibility import Reader
 from pipeline.redact import run as rr
 from pipeline.redact.core import STYLES, Pad, parse_color
 
 
 def register(app: typer.Typer) -> None:
     app.command("redact")(redact_cmd)
-
-
-def _verifier_spec(detector: Any, ws: Any) -> tuple[str, dict[str, Any]]:
-    """The 'other' detector as (spec, options): ppocr checks a trained model; the promoted model
-    checks ppocr, or without one a different ppocr pass (plain after the multi-scale default,
-    multi-scale after a plain run)."""
-    if getattr(detector, "name", "") != "ppocr":
-        return "ppocr", {"scales": (1.0,)}
-    with ws.catalog() as cat:
-        model = cat.current_model()
-    if model is not None:
-        return str(ws.abspath(model["path"])), {}
-    if isinstance(detector, rr.SizeAdaptiveDetector):
-        return "ppocr", {"scales": (1.0,)}
-    return "ppocr", {"scales": rr.DEFAULT_PPOCR_SCALES}
-
-
-def _build(spec: str, options: dict[str, Any]) -> Any:
-    from pipeline.detectors import load_detector
-
-    return rr.build_ppocr(**options) if spec == "ppocr" else load_detector(spec)
 
 
 def redact_cmd(
@@ -55,8 +35,8 @@ def redact_cmd(
     dry_run: bool = typer.Option(False, "--dry-run", help="Detect and report; write nothing."),
     archive: Optional[Path] = typer.Option(None, help="Move each original here (tree mirrored) after its output is checked."),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first failed image."),
-    verify: bool = typer.Option(False, "--verify", help="Second pass on each output with the other detector; report text still found."),
-    strict: bool = typer.Option(False, "--strict", help="With --verify: fail (and do not write) images where text is still found."),
+    verify: bool = typer.Option(False, "--verify", help="Legibility audit: OCR (PP-OCRv4 recogniser) reads every output as viewers show it; report strings of 3+ characters left outside the covered areas."),
+    strict: bool = typer.Option(False, "--strict", help="With --verify: fail (and do not write) images in which OCR still reads text."),
     review: bool = typer.Option(False, "--review", help="Hold images with uncertain boxes back and send them to Label Studio."),
     review_band: str = typer.Option("%g,%g" % rr.DEFAULT_REVIEW_BAND, help="Uncertain score band lo,hi for --review."),
     from_review: bool = typer.Option(False, "--from-review", help="Finish held images with their reviewed boxes (after `textloop pull`)."),
@@ -108,7 +88,7 @@ def redact_cmd(
         rr.remove_stale_temps([audit_dir] if planned.single else [output, audit_dir], started,
                               files=[Path(items[0].out)] if planned.single else ())
 
-    ws = st.ws() if (detector == "current" or review or from_review or verify) else None
+    ws = st.ws() if (detector == "current" or review or from_review) else None
     from pipeline.detectors import load_detector
 
     if detector == "current" and ws is not None:
@@ -125,7 +105,7 @@ def redact_cmd(
         fail("--scales applies to the ppocr detector only", 2)
     try:
         det = rr.build_ppocr(**det_options) if detector == "ppocr" else load_detector(detector, ws)
-        verifier = _build(*_verifier_spec(det, ws)) if verify else None
+        verifier = Reader() if verify else None
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc), 2)
 
@@ -151,10 +131,7 @@ def redact_cmd(
 
                 if not ray_available():
                     fail("--engine ray needs Ray: pip install 'textloop[ray]' (or pip install 'ray[data]')", 2)
-                vf = None
-                if verify:
-                    v_spec, v_opts = _verifier_spec(det, ws)
-                    vf = SpecFactory(v_spec, None, v_opts)
+                vf = Reader if verify else None   # each actor builds its own reader
                 stream = run_ray(SpecFactory(detector, str(ws.root) if ws else None, det_options), cfg, items, workers,
                                  verifier_factory=vf, reviewed=reviewed)
             else:
@@ -238,7 +215,9 @@ def redact_cmd(
         if len(summary["errors"]) > 50:
             c.print(f"... and {len(summary['errors']) - 50} more (see {audit_dir / 'manifest.csv'})")
         if verify:
-            c.print(f"verify: {summary['remaining_text']} text region(s) still found in the outputs")
+            c.print(f"verify: OCR read {summary['remaining_text']} legible string(s) outside the covered areas"
+                    + (": " + ", ".join(repr(x["text"]) for x in summary["legible"][:10]) if summary["legible"] else ""),
+                    highlight=False)
         if review_info:
             c.print(f"review: {review_info.get('held', 0)} held, {review_info.get('pushed', 0)} pushed to Label Studio"
                     + (f" (push failed: {review_info['push_error']})" if review_info.get("push_error") else ""))

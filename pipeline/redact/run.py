@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.boxes import Detections, union_mask
+from pipeline.detectors.base import detect_visible
 from pipeline.formats import UnwritableError, atomic_write_bytes, atomic_write_text, is_atomic_temp
 from pipeline.imaging import ImageRejected
 from pipeline.listing import Listed, Skipped, file_problem, iter_image_files
@@ -59,7 +60,6 @@ class RedactConfig:
     review_band: tuple[float, float] = DEFAULT_REVIEW_BAND
     verify: bool = False
     strict: bool = False
-    verify_threshold: float = 0.5
     dry_run: bool = False
     force: bool = False
 
@@ -113,13 +113,15 @@ class Result:
     seconds: float = 0.0
     boxes: list[list[list[float]]] = field(default_factory=list)   # per page (unpadded detections)
     scores: list[list[float]] = field(default_factory=list)
-    remaining: int = 0          # --verify: text regions still found in the output
+    remaining: int = 0          # --verify: legible strings the OCR audit still read in the output
+    legible: list[str] = field(default_factory=list)   # --verify: those strings
 
     def to_row(self) -> dict[str, Any]:
         return {"input": self.rel, "output": self.out if self.status in ("redacted", "skipped") else "",
                 "status": self.status, "reason": self.reason, "detail": self.detail, "boxes": self.n_boxes,
                 "pages": self.pages, "input_sha256": self.input_sha256, "output_sha256": self.output_sha256,
-                "remaining_text": self.remaining, "seconds": round(self.seconds, 4)}
+                "remaining_text": self.remaining, "legible_text": " | ".join(self.legible),
+                "seconds": round(self.seconds, 4)}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -299,24 +301,6 @@ def read_sidecar(path: str | Path) -> dict[str, Any] | None:
         return None
 
 
-def leftover_text(dets: Detections, covered: np.ndarray, min_score: float, inside: float = 0.5) -> Detections:
-    """Verifier detections that are not mostly inside an already covered area (fill edges)."""
-    if not len(dets):
-        return dets
-    h, w = covered.shape
-    keep = []
-    for i, (b, s) in enumerate(zip(dets.boxes, dets.scores)):
-        if s < min_score:
-            continue
-        x0, y0 = max(0, int(b[0])), max(0, int(b[1]))
-        x1, y1 = min(w, int(np.ceil(b[2]))), min(h, int(np.ceil(b[3])))
-        if x1 <= x0 or y1 <= y0:
-            continue
-        if covered[y0:y1, x0:x1].mean() < inside:
-            keep.append(i)
-    return dets[np.asarray(keep, dtype=np.int64)]
-
-
 class Redactor:
     """Detector + settings; `process(item)` redacts one file. Thread-safe (detector calls are
     serialised: the detectors use every core for one image already)."""
@@ -329,9 +313,12 @@ class Redactor:
         self.settings_hash = cfg.settings_hash(detector.version)
         self._lock = threading.Lock()
 
-    def _detect(self, images: list[np.ndarray], detector: Any | None = None) -> list[Detections]:
+    def _detect_page(self, page: codec.Page) -> Detections:
+        """Detections over every view a viewer may show of the page (transparency composited
+        over light and dark, alpha alone, raw colours): the union of what any view reveals."""
+        views = codec.detector_views(page)
         with self._lock:
-            return (detector or self.detector).detect(images)
+            return detect_visible(self.detector, [views])[0]
 
     def up_to_date(self, item: Item, in_sha: str) -> tuple[str, dict[str, Any]] | None:
         """('skipped'|'held', sidecar) when this input was already done with these settings."""
@@ -396,7 +383,7 @@ class Redactor:
             if i == 0 and reviewed is not None:
                 dets.append(reviewed)
                 continue
-            dets.append(self._detect([codec.detector_rgb(page)])[0].filter(floor))
+            dets.append(self._detect_page(page).filter(floor))
         res.boxes = [[[round(float(v), 2) for v in b] for b in d.boxes] for d in dets]
         res.scores = [[round(float(s), 4) for s in d.scores] for d in dets]
         if cfg.review and reviewed is None:
@@ -424,9 +411,11 @@ class Redactor:
         if cfg.verify and self.verifier is not None:
             verify = self._verify(out_bytes, covered_boxes)
             res.remaining = verify["remaining"]
+            res.legible = [str(x["text"]) for x in verify["legible"]]
             if res.remaining and cfg.strict:
                 res.status, res.reason = "failed", "text_remaining"
-                res.detail = f"{res.remaining} text region(s) still found by {verify['detector']} (--strict)"
+                shown = ", ".join(repr(t) for t in res.legible[:3])
+                res.detail = f"{res.remaining} legible string(s) in the output, e.g. {shown} (--strict; nothing written)"
                 Path(item.out).unlink(missing_ok=True)  # never leave an older output that looks done
                 return
         atomic_write_bytes(item.out, out_bytes)
@@ -436,15 +425,16 @@ class Redactor:
                             source="review" if reviewed is not None else "detector")
 
     def _verify(self, out_bytes: bytes, covered_boxes: list[np.ndarray]) -> dict[str, Any]:
-        """Second look at the bytes actually written: text still found outside the covered areas."""
+        """Legibility audit of the bytes actually written: decode them as a viewer would, read
+        every view with an OCR recogniser, and list what it reads outside the covered areas."""
         out_doc = codec.decode(out_bytes, self.cfg.max_pixels)
-        found: list[list[list[float]]] = []
-        for page, ib in zip(out_doc.pages, covered_boxes):
-            d = self._detect([codec.detector_rgb(page)], self.verifier)[0]
+        legible: list[dict[str, Any]] = []
+        for i, (page, ib) in enumerate(zip(out_doc.pages, covered_boxes)):
+            readings = self.verifier.read_views(codec.detector_views(page))
             mask = union_mask(ib, page.width, page.height)
-            left = leftover_text(d, mask, self.cfg.verify_threshold)
-            found.append([[round(float(v), 1) for v in b] for b in left.boxes])
-        return {"detector": self.verifier.version, "remaining": sum(len(f) for f in found), "boxes": found}
+            legible.extend({"page": i, **r.as_dict()} for r in self.verifier.legible(readings, mask))
+        return {"reader": self.verifier.version, "min_chars": self.verifier.min_chars,
+                "min_score": self.verifier.min_score, "remaining": len(legible), "legible": legible}
 
     def _write_sidecar(self, item: Item, res: Result, doc: codec.Document, covered: list[np.ndarray],
                        status: str, verify: dict[str, Any] | None = None, source: str = "detector") -> None:
@@ -539,7 +529,7 @@ def run_local(redactor: Redactor, items: Iterable[Item], workers: int = 2,
 # --- audit trail ---------------------------------------------------------------------------
 
 MANIFEST_COLUMNS = ["input", "output", "status", "reason", "detail", "boxes", "pages", "input_sha256",
-                    "output_sha256", "remaining_text", "seconds"]
+                    "output_sha256", "remaining_text", "legible_text", "seconds"]
 
 
 def write_manifest(audit: Path, results: Sequence[Result]) -> dict[str, str]:
@@ -573,6 +563,7 @@ def summarize(results: Sequence[Result], seconds: float, ignored: int = 0) -> di
         "failed": by.get("failed", 0),
         "boxes": sum(r.n_boxes for r in processed),
         "remaining_text": sum(r.remaining for r in results),
+        "legible": [{"input": r.rel, "text": t} for r in results for t in r.legible],
         "ignored_non_images": ignored,
         "seconds": round(seconds, 2),
         "images_per_s": round(len(processed) / seconds, 2) if seconds > 0 and processed else 0.0,

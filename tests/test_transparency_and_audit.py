@@ -1,0 +1,204 @@
+"""Redaction judged by what a viewer can read: transparent inputs and the OCR legibility audit.
+
+Text on a transparent background used to come out untouched (alpha was dropped before detection,
+so black text on transparent black pixels became black on black). These tests render words on
+transparent images of every layout, redact them through the CLI with defaults (the real ppocr
+detector), then composite each output the ways viewers do -- over white, over black, alpha
+dropped, alpha alone -- with Pillow (not with textloop's own code) and run the real PP-OCR
+recogniser on every picture: it must read none of the words. Each case also checks that the
+recogniser *can* read the words in the input, so the test fails if redaction does nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image, ImageDraw, ImageFont
+from typer.testing import CliRunner
+
+from pipeline.cli.app import app
+from pipeline.imaging import visible_views
+from pipeline.legibility import Reader, leaked_words, normalise
+
+WORDS = ("Patient", "Jonathan", "48213")
+SIZE = (420, 150)
+
+
+@pytest.fixture(scope="module")
+def reader() -> Reader:
+    return Reader()
+
+
+def _font(size: int = 30) -> ImageFont.FreeTypeFont:
+    from matplotlib import font_manager
+
+    return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size)
+
+
+def text_mask() -> np.ndarray:
+    """Where the glyphs are (True), for a few words on two lines."""
+    im = Image.new("L", SIZE, 0)
+    d = ImageDraw.Draw(im)
+    d.text((20, 20), f"{WORDS[0]}: {WORDS[1]}", font=_font(), fill=255)
+    d.text((20, 85), f"ID {WORDS[2]}", font=_font(), fill=255)
+    return np.asarray(im) > 127
+
+
+def _rgba(ink: tuple[int, int, int], alpha_only: bool = False) -> np.ndarray:
+    """Transparent canvas with `ink` glyphs; `alpha_only`: colour is uniform, the text is in alpha."""
+    m = text_mask()
+    a = np.zeros((SIZE[1], SIZE[0], 4), np.uint8)
+    a[..., :3] = ink if alpha_only else 0
+    a[m, :3] = ink
+    a[m, 3] = 255
+    return a
+
+
+def _save(kind: str, path: Path) -> Path:
+    black = _rgba((0, 0, 0))
+    if kind == "png_black":
+        Image.fromarray(black, "RGBA").save(path)
+    elif kind == "png_white":
+        Image.fromarray(_rgba((255, 255, 255)), "RGBA").save(path)
+    elif kind == "png_alpha_only":
+        Image.fromarray(_rgba((40, 40, 40), alpha_only=True), "RGBA").save(path)
+    elif kind == "png16":
+        import cv2
+
+        a16 = black.astype(np.uint16) * 257
+        cv2.imwrite(str(path), a16[..., [2, 1, 0, 3]])
+    elif kind == "la":
+        Image.fromarray(black, "RGBA").convert("LA").save(path)
+    elif kind == "palette_trns":
+        p = Image.new("P", SIZE, 0)
+        p.putpalette([0, 0, 0, 0, 0, 0] + [0] * (3 * 254))
+        p.putdata((text_mask().ravel() * 1).tolist())
+        p.save(path, transparency=0)           # index 0 transparent, index 1 black ink
+    elif kind == "webp":
+        Image.fromarray(black, "RGBA").save(path, lossless=True)
+    elif kind == "tiff":
+        tifffile.imwrite(path, black, photometric="rgb", extrasamples=(2,))
+    else:
+        raise AssertionError(kind)
+    return path
+
+
+CASES = {"png_black": "a.png", "png_white": "b.png", "png_alpha_only": "c.png", "png16": "d.png",
+         "la": "e.png", "palette_trns": "f.png", "webp": "g.webp", "tiff": "h.tif"}
+
+
+def viewer_pictures(path: Path) -> list[np.ndarray]:
+    """What viewers show of a file, composited with Pillow alone: over white, over black, alpha
+    dropped, and the alpha channel as a grey picture."""
+    with Image.open(path) as im:
+        im.load()
+        rgba = im.convert("RGBA")
+    out = []
+    for bg in ((255, 255, 255, 255), (0, 0, 0, 255)):
+        out.append(np.asarray(Image.alpha_composite(Image.new("RGBA", rgba.size, bg), rgba).convert("RGB")))
+    out.append(np.asarray(rgba.convert("RGB")))
+    out.append(np.asarray(Image.merge("RGB", [rgba.getchannel("A")] * 3)))
+    return out
+
+
+def words_read(reader: Reader, pictures: list[np.ndarray]) -> set[str]:
+    text = " ".join(normalise(r.text) for p in pictures for r in reader.read(p))
+    return {w for w in WORDS if normalise(w) in text}
+
+
+def test_transparent_inputs_come_out_unreadable(tmp_path, reader):
+    src = tmp_path / "in"
+    src.mkdir()
+    for kind, name in CASES.items():
+        _save(kind, src / name)
+        assert words_read(reader, viewer_pictures(src / name)) == set(WORDS), f"{kind}: the input must be legible"
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "-q", "--json", "redact", str(src), str(out)])
+    assert r.exit_code == 0, r.output
+    for kind, name in CASES.items():
+        left = words_read(reader, viewer_pictures(out / name))
+        assert not left, f"{kind}: OCR still reads {sorted(left)} in the redacted output"
+        sc = json.loads((out.parent / "out.audit" / "sidecars" / f"{name}.json").read_text())
+        assert sc["n_boxes"] >= 2, kind
+    # the filled pixels are opaque: nothing of the ink shows through the fill in any view
+    with Image.open(out / "a.png") as im:
+        alpha = np.asarray(im.convert("RGBA"))[..., 3]
+    assert (alpha[text_mask()] == 255).all()
+
+
+def test_visible_views_of_an_opaque_image_is_the_image_itself():
+    rgb = np.random.default_rng(0).integers(0, 255, (8, 9, 3), dtype=np.uint8)
+    assert len(visible_views(rgb, None)) == 1
+    assert len(visible_views(rgb, np.full((8, 9), 255, np.uint8))) == 1
+    views = visible_views(rgb, np.zeros((8, 9), np.uint8))        # fully transparent: no alpha shape
+    assert len(views) == 3 and all(v.shape == rgb.shape and v.dtype == np.uint8 for v in views)
+    alpha = np.zeros((8, 9), np.uint16)
+    alpha[2:4, 2:6] = 65535                                          # 16-bit alpha holding a shape
+    views = visible_views(rgb, alpha)
+    assert len(views) == 4 and (views[-1][2:4, 2:6] == 0).all() and (views[-1][0] == 255).all()
+
+
+def test_predict_sees_text_on_a_transparent_png(tmp_path):
+    from pipeline.detectors import load_detector
+    from pipeline.predict import predict_images
+
+    p = _save("png_black", tmp_path / "t.png")
+    (pred,) = predict_images(load_detector("ppocr"), [p])
+    assert pred.ok and len(pred.result) >= 2
+    m = text_mask()
+    covered = np.zeros_like(m)
+    for x0, y0, x1, y1 in pred.result.boxes.astype(int):
+        covered[y0:y1 + 1, x0:x1 + 1] = True
+    assert covered[m].mean() > 0.95
+
+
+class OneWordDetector:
+    """Covers the first line only, so the second line's word stays legible."""
+
+    name = "fake"
+    version = "fake-1"
+
+    def detect(self, images):
+        from pipeline.boxes import Detections
+
+        return [Detections(np.array([[10.0, 10.0, 400.0, 62.0]]), np.array([0.9])) for _ in images]
+
+
+def test_verify_reads_what_was_left_and_strict_writes_nothing(tmp_path, monkeypatch, reader):
+    import pipeline.detectors as dets
+    import pipeline.redact.run as rr
+
+    monkeypatch.setattr(dets, "load_detector", lambda *a, **k: OneWordDetector())
+    monkeypatch.setattr(rr, "build_ppocr", lambda *a, **k: OneWordDetector())
+    im = Image.new("RGB", SIZE, (250, 250, 245))
+    Image.fromarray(np.where(text_mask()[..., None], 10, np.asarray(im)).astype(np.uint8)).save(tmp_path / "s.png")
+    run = ["-w", str(tmp_path / "ws"), "-q", "--json", "redact", str(tmp_path / "s.png"), str(tmp_path / "o.png"),
+           "--detector", "ppocr", "--verify"]
+    r = CliRunner().invoke(app, run)
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["remaining_text"] >= 1
+    assert any("48213" in normalise(x["text"]) for x in summary["legible"])
+    sc = json.loads((tmp_path / "o.audit" / "sidecars" / "s.png.json").read_text())
+    assert sc["verify"]["reader"] == "ppocr-v4-rec" and sc["verify"]["legible"][0]["score"] >= 0.5
+    assert not any(normalise(WORDS[1]) in normalise(x["text"]) for x in sc["verify"]["legible"])  # covered line
+    (tmp_path / "o.png").unlink()
+    r = CliRunner().invoke(app, run + ["--strict", "--force"])
+    assert r.exit_code == 1 and not (tmp_path / "o.png").exists()
+    assert "legible" in json.loads(r.stdout)["errors"][0]
+
+
+def test_leak_metric_counts_words_read_at_their_place():
+    from pipeline.legibility import Reading
+
+    gt = np.array([[0, 0, 100, 20], [0, 40, 100, 60], [0, 80, 100, 100], [0, 120, 50, 140]], float)
+    texts = ["Jonathan", "48213", "Smith", "ab"]
+    readings = [Reading("Name:Jonathan", 0.9, (0, 0, 120, 22)),      # word inside a longer line
+                Reading("48213", 0.9, (200, 40, 260, 60)),           # right text, wrong place
+                Reading("Smlth", 0.8, (0, 80, 100, 100))]            # 4 of 5 letters in runs
+    assert leaked_words(gt, texts, [False, False, False, False], readings) == [0, 2]
+    assert leaked_words(gt, texts, [True, False, False, False], readings) == [2]
