@@ -6,7 +6,7 @@ import json
 import logging
 import sqlite3
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,9 +58,110 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+def _option_table(params: Sequence[Any]) -> dict[str, bool]:
+    """Every option string of `params` -> whether it takes a value (flags and counts do not).
+    Duck-typed: typer >= 0.20 vendors its own copy of Click, so isinstance(click.Option) fails."""
+    table: dict[str, bool] = {}
+    for p in params:
+        if getattr(p, "param_type_name", "") == "option":
+            takes = not (getattr(p, "is_flag", False) or getattr(p, "count", False))
+            for opt in (*p.opts, *p.secondary_opts):
+                table[opt] = takes
+    return table
+
+
+def _match(token: str, table: dict[str, bool]) -> tuple[bool, bool] | None:
+    """(found, value follows in the next token) when `token` is an option of `table`, incl.
+    `--name=value`, `-xVALUE` and bundled short flags (`-vv`); None when it is not one."""
+    if token in table:
+        return True, table[token]
+    if token.startswith("--") and "=" in token:
+        return (True, False) if token.split("=", 1)[0] in table else None
+    if token.startswith("-") and not token.startswith("--") and len(token) > 2:
+        head = token[:2]
+        if head in table and table[head]:
+            return True, False          # -wPATH: value attached
+        if all(f"-{ch}" in table and not table[f"-{ch}"] for ch in token[1:]):
+            return True, False          # -vv, -vq
+    return None
+
+
+def _is_group(cmd: Any) -> bool:
+    return hasattr(cmd, "get_command") and hasattr(cmd, "list_commands")
+
+
+def hoist_global_options(group: Any, ctx: Any, args: list[str]) -> list[str]:
+    """Move the group's own options found after the (sub)command name to the front, so
+    `textloop status --json` means `textloop --json status`. An option the command itself
+    defines under the same name stays where it is (the command's wins), the value of a
+    command option is never mistaken for a global option, and nothing after `--` moves."""
+    # the group's own options, without the eager ones (--help, --version): `status --help` is status's
+    mine = _option_table([p for p in group.params if not getattr(p, "is_eager", False)])
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    # 1. the group's options before the command name stay in front
+    while i < len(args) and args[i].startswith("-") and args[i] != "--":
+        m = _match(args[i], mine)
+        if m is None:
+            break
+        front.append(args[i])
+        if m[1] and i + 1 < len(args):
+            front.append(args[i + 1])
+            i += 1
+        i += 1
+    # 2. the command path (nested groups such as `studio up`), each with its own options
+    cmd: Any = group
+    own: dict[str, bool] = {}
+    while i < len(args) and _is_group(cmd):
+        if args[i].startswith("-"):
+            break
+        sub = cmd.get_command(ctx, args[i])
+        if sub is None:
+            break
+        rest.append(args[i])
+        i += 1
+        cmd = sub
+        own = _option_table(sub.get_params(ctx))
+        if _is_group(sub):  # a sub-group's own options before its command
+            while i < len(args) and args[i].startswith("-") and args[i] != "--" and _match(args[i], own):
+                rest.append(args[i])
+                i += 1
+    if cmd is group:
+        return [*front, *args[i:]]
+    # 3. the command's arguments: hoist global options, keep the command's own (and their values)
+    while i < len(args):
+        tok = args[i]
+        if tok == "--":
+            rest.extend(args[i:])
+            break
+        if tok.startswith("-") and len(tok) > 1:
+            m = _match(tok, own)
+            target = rest
+            if m is None:
+                m = _match(tok, mine)
+                target = front if m is not None else rest
+            if m is not None and m[1]:
+                if i + 1 >= len(args):  # missing value: leave it for Click to report
+                    rest.append(tok)
+                    break
+                target.extend(args[i:i + 2])
+                i += 2
+                continue
+            target.append(tok)
+        else:
+            rest.append(tok)
+        i += 1
+    return [*front, *rest]
+
+
 class TextloopGroup(TyperGroup):
     """The command group: renders errors any command can meet as one line and exit 1 instead
-    of a traceback. Today: a damaged catalog.sqlite (found when opened, or in a later query)."""
+    of a traceback (today: a damaged catalog.sqlite, found when opened or in a later query),
+    and accepts the global options after the command name too (`textloop status --json`)."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, hoist_global_options(self, ctx, list(args)))
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

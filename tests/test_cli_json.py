@@ -1,0 +1,126 @@
+"""Global options after the command name (`textloop status --json`), one implementation for
+every command: `pipeline.cli.common.hoist_global_options`, called by the root group."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from pipeline.cli.app import app
+from pipeline.cli.common import _is_group, _option_table, hoist_global_options
+
+ROOT = typer.main.get_command(app)
+GLOBAL = {"--workspace", "-w", "--json", "--verbose", "-v", "--quiet", "-q"}
+
+
+def _leaf_commands(group=ROOT, prefix=()) -> list[tuple[str, ...]]:
+    ctx = typer.main.click.Context(group) if hasattr(typer.main, "click") else None
+    out = []
+    for name in group.list_commands(ctx):
+        cmd = group.get_command(ctx, name)
+        if _is_group(cmd):
+            out += _leaf_commands(cmd, (*prefix, name))
+        else:
+            out.append((*prefix, name))
+    return out
+
+
+LEAVES = _leaf_commands()
+
+
+def _ctx():
+    return ROOT.make_context("textloop", ["status"], resilient_parsing=True)
+
+
+def test_every_command_is_found():
+    names = {" ".join(c) for c in LEAVES}
+    for expected in ("status", "harvest", "push", "pull", "redact", "models list", "studio up", "report", "curate"):
+        assert expected in names
+    assert len(LEAVES) >= 20
+
+
+@pytest.mark.parametrize("path", LEAVES, ids=[" ".join(c) for c in LEAVES])
+def test_no_command_redefines_a_global_option(path):
+    """A command's own -w/-v/-q/--json would silently win over the global one: there is none."""
+    cmd = ROOT
+    for name in path:
+        cmd = cmd.get_command(None, name)
+    own = set(_option_table(cmd.params))
+    assert not own & GLOBAL, f"{' '.join(path)} defines {own & GLOBAL}"
+
+
+@pytest.mark.parametrize("path", LEAVES, ids=[" ".join(c) for c in LEAVES])
+def test_global_options_after_the_command_parse(path, tmp_path):
+    """`textloop CMD --json -v -q -w WS --help` parses (no 'No such option') for every command,
+    and the root callback saw the options."""
+    seen = {}
+    runner = CliRunner()
+    import pipeline.cli.app as app_mod
+
+    original = app_mod.AppState
+
+    def spy(**kw):
+        seen.update(kw)
+        return original(**kw)
+
+    app_mod.AppState = spy
+    try:
+        res = runner.invoke(app, [*path, "--json", "-v", "-w", str(tmp_path / "ws"), "--help"])
+    finally:
+        app_mod.AppState = original
+    assert res.exit_code == 0, res.output
+    assert seen == {"workspace": tmp_path / "ws", "json": True, "verbosity": 1}
+
+
+CASES = [
+    # (typed, what Click must see)
+    (["status", "--json"], ["--json", "status"]),
+    (["status", "-w", "W", "--json"], ["-w", "W", "--json", "status"]),
+    (["status", "--workspace=W", "-vv", "-q"], ["--workspace=W", "-vv", "-q", "status"]),
+    (["-q", "status", "-wW"], ["-q", "-wW", "status"]),
+    (["models", "list", "--json"], ["--json", "models", "list"]),
+    (["studio", "status", "--json", "-w", "W"], ["--json", "-w", "W", "studio", "status"]),
+    # a command option's value is never taken for a global option
+    (["predict", "-o", "--json", "x"], ["predict", "-o", "--json", "x"]),
+    (["redact", "a", "b", "--color", "-q", "--json"], ["--json", "redact", "a", "b", "--color", "-q"]),
+    # nothing after `--` moves
+    (["harvest", "--json", "--", "-q", "--json"], ["--json", "harvest", "--", "-q", "--json"]),
+    # a missing value is left for Click to report; unknown commands are left alone
+    (["status", "-w"], ["status", "-w"]),
+    (["nope", "--json"], ["nope", "--json"]),
+    (["--json", "status"], ["--json", "status"]),
+    # --help after a command is that command's help, not the root's
+    (["status", "--json", "--help"], ["--json", "status", "--help"]),
+]
+
+
+@pytest.mark.parametrize("typed,parsed", CASES, ids=[" ".join(c[0]) for c in CASES])
+def test_hoisting(typed, parsed):
+    assert hoist_global_options(ROOT, _ctx(), typed) == parsed
+
+
+# Commands that run in a second on an empty workspace: the JSON after the command equals the
+# JSON before it.
+RUNNABLE = [["init"], ["status"], ["models", "list"], ["studio", "status"], ["report"]]
+
+
+@pytest.mark.parametrize("cmd", RUNNABLE, ids=[" ".join(c) for c in RUNNABLE])
+def test_json_after_the_command_gives_the_same_output(cmd, tmp_path, monkeypatch):
+    monkeypatch.setenv("LABEL_STUDIO_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.delenv("TEXTLOOP_WORKSPACE", raising=False)
+    runner = CliRunner()
+    ws = str(tmp_path / "ws")
+    before = runner.invoke(app, ["--json", "-w", ws, *cmd])
+    after = runner.invoke(app, [*cmd, "--json", "--workspace", ws])
+    assert before.exit_code == after.exit_code
+    a, b = json.loads(before.stdout), json.loads(after.stdout)
+    for d in (a, b):  # time stamps differ between the two runs
+        if isinstance(d, dict):
+            for k in ("generated_at", "started_at", "iteration", "run_copy"):
+                d.pop(k, None)
+    assert a == b
+    assert Path(ws).is_dir()
