@@ -186,15 +186,30 @@ def _find_metric(d: Any, key: str) -> float | None:
     return None
 
 
+CURVE_COLUMNS = ["kind", "model_version", "family", "n_labelled", "coverage", "coverage_metric", "text_coverage",
+                 "f1", "stock_coverage", "over_redaction_budget", "promoted"]
+
+
 def learning_curve_table(ws: Any) -> pd.DataFrame:
-    """One row per evaluated model (and per iteration that recorded metrics): the number of
-    labelled images and its text coverage / F1. The number of labels is read from the metrics
-    if recorded there, else counted from the annotations that existed when the row was made."""
+    """One row per evaluated model (and per iteration that recorded metrics of another model):
+    the number of labelled images, and `coverage` = text coverage at the over-redaction budget
+    (the README's metric; `text_coverage` at the fixed threshold for models selected without a
+    budget, e.g. old Faster R-CNN bundles; `coverage_metric` says which), with stock ppocr's
+    coverage on the same validation images as the baseline. The number of labels is read from
+    the metrics if recorded there, else counted from the annotations that existed at the time."""
     rows = []
     with ws.catalog() as cat:
-        models = cat.query("SELECT version, metrics, created_at, promoted FROM models ORDER BY created_at")
+        models = cat.query("SELECT version, kind, metrics, created_at, promoted FROM models ORDER BY created_at")
         iters = cat.query("SELECT id, step, counts, metrics, finished_at FROM iterations WHERE status = 'done'"
                           " ORDER BY id")
+        train_human = {}  # model version -> human-labelled images it was trained on (train iterations)
+        for it in iters:
+            try:
+                met, counts = json.loads(it["metrics"] or "{}"), json.loads(it["counts"] or "{}")
+            except ValueError:
+                continue
+            if it["step"] == "train" and met.get("version") and isinstance(counts.get("human"), int):
+                train_human[str(met["version"])] = int(counts["human"])
 
         def labelled_at(t: float | None) -> int:
             if t is None:
@@ -202,30 +217,43 @@ def learning_curve_table(ws: Any) -> pd.DataFrame:
             return int(cat.scalar("SELECT COUNT(DISTINCT image_id) FROM annotations WHERE updated_at <= ?"
                                   " AND state IN ('submitted', 'empty')", (t,)) or 0)
 
+        def row(kind: str, version: str, family: str, met: dict, n: float | None, t: float | None,
+                promoted: bool) -> tuple | None:
+            cov, f1 = _find_metric(met, "text_coverage"), _find_metric(met, "f1")
+            at_budget = _find_metric(met, "coverage_at_budget")
+            if cov is None and f1 is None and at_budget is None:
+                return None
+            y = at_budget if at_budget is not None else cov
+            metric = "coverage_at_budget" if at_budget is not None else "text_coverage"
+            n_lab = int(n) if n is not None else train_human.get(version, labelled_at(t))
+            return (kind, version, family, n_lab, y, metric, cov, f1, _find_metric(met, "stock_coverage_at_budget"),
+                    _find_metric(met, "over_redaction_budget"), promoted)
+
+        seen = set()
         for m in models:
             try:
                 met = json.loads(m["metrics"] or "{}")
             except ValueError:
                 met = {}
-            cov, f1 = _find_metric(met, "text_coverage"), _find_metric(met, "f1")
-            if cov is None and f1 is None:
-                continue
             n = next((v for k in _N_KEYS if (v := _find_metric(met, k)) is not None), None)
-            rows.append(("model", m["version"], int(n) if n is not None else labelled_at(m["created_at"]), cov, f1,
-                         bool(m["promoted"])))
+            r = row("model", str(m["version"]), str(m["kind"] or "model"), met, n, m["created_at"], bool(m["promoted"]))
+            if r:
+                rows.append(r)
+                seen.add(str(m["version"]))
         for it in iters:
             try:
                 met, counts = json.loads(it["metrics"] or "{}"), json.loads(it["counts"] or "{}")
             except ValueError:
                 continue
-            cov, f1 = _find_metric(met, "text_coverage"), _find_metric(met, "f1")
-            if cov is None and f1 is None:
+            version = str(met.get("model_version") or met.get("version") or f"iteration {it['id']}")
+            if version in seen:  # a train step's metrics are its model's: one point, not two
                 continue
             n = next((v for k in _N_KEYS if (v := _find_metric(counts, k) or _find_metric(met, k)) is not None), None)
-            version = met.get("model_version") or f"iteration {it['id']}"
-            rows.append((f"iteration:{it['step']}", str(version), int(n) if n is not None else labelled_at(it["finished_at"]),
-                         cov, f1, False))
-    return pd.DataFrame(rows, columns=["kind", "model_version", "n_labelled", "text_coverage", "f1", "promoted"])
+            family = "ppocr" if version.startswith("ppocr") else str(met.get("arch") or met.get("kind") or "model")
+            r = row(f"iteration:{it['step']}", version, family, met, n, it["finished_at"], False)
+            if r:
+                rows.append(r)
+    return pd.DataFrame(rows, columns=CURVE_COLUMNS)
 
 
 def _empty_panel(ax: Any, text: str) -> None:
@@ -234,79 +262,139 @@ def _empty_panel(ax: Any, text: str) -> None:
     ax.set_yticks([])
 
 
-def plot_learning_curve(curve: pd.DataFrame, path: Path) -> None:
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    if not len(curve):
-        _empty_panel(ax, "No evaluated model yet:\ntrain and evaluate one (metrics land in the catalog).")
-    else:
-        c = curve.sort_values("n_labelled")
-        for col, marker in (("text_coverage", "o"), ("f1", "s")):
-            sub = c.dropna(subset=[col])
-            if len(sub):
-                ax.plot(sub["n_labelled"], sub[col], marker=marker, label=col.replace("_", " "))
-                for r in sub.itertuples():
-                    ax.annotate(str(r.model_version)[:14], (r.n_labelled, getattr(r, col)), fontsize=7,
-                                xytext=(3, 3), textcoords="offset points")
-        ax.set_xlabel("labelled images")
-        ax.set_ylabel("score")
-        ax.set_ylim(0, 1.02)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    ax.set_title("Learning curve (per model version)")
+    return plt
+
+
+FAMILY_STYLE = {"db": ("#1f77b4", "o"), "fasterrcnn": ("#d62728", "s"), "ppocr": ("#7f7f7f", "D")}
+
+
+def learning_curve_figure(curve: pd.DataFrame) -> Any:
+    """The learning curve as a matplotlib Figure (not saved): x = labelled images (integer ticks),
+    y = text coverage at the over-redaction budget, one line per model family, stock ppocr as
+    the dashed baseline, the current (promoted) model starred. Returned so tests read its axes."""
+    from matplotlib.ticker import MaxNLocator
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.set_title("Learning curve: text coverage vs labelled images")
+    c = curve[curve["coverage"].notna()] if len(curve) else curve
+    if not len(c):
+        _empty_panel(ax, "No evaluated model yet:\ntrain one (`textloop train`); its validation metrics land in the catalog.")
+        fig.tight_layout()
+        return fig
+    c = c.sort_values(["n_labelled", "kind"])
+    for family, g in c.groupby("family", sort=True):
+        colour, marker = FAMILY_STYLE.get(str(family), ("#2ca02c", "^"))
+        note = "" if (g["coverage_metric"] == "coverage_at_budget").all() else " (at threshold 0.3)"
+        # several models at one label count: the line goes through their best
+        pts = g.groupby("n_labelled")["coverage"].max()
+        ax.plot(g["n_labelled"], g["coverage"], linestyle="none", marker=marker, color=colour, alpha=0.55, markersize=6)
+        ax.plot(pts.index, pts.values, marker=marker, color=colour, label=f"{family}{note}", markersize=7)
+    stock = c.dropna(subset=["stock_coverage"])
+    if len(stock):
+        b = stock.groupby("n_labelled")["stock_coverage"].mean()
+        if len(b) == 1:  # one point: a level line across the plot reads better than a dot
+            ax.axhline(float(b.iloc[0]), color=FAMILY_STYLE["ppocr"][0], linestyle="--", linewidth=1.2,
+                       label="ppocr stock baseline")
+        else:
+            ax.plot(b.index, b.values, color=FAMILY_STYLE["ppocr"][0], linestyle="--", marker="D", markersize=4,
+                    label="ppocr stock baseline")
+    cur = c[c["promoted"]]
+    if len(cur):
+        ax.plot(cur["n_labelled"], cur["coverage"], linestyle="none", marker="*", markersize=16,
+                markerfacecolor="gold", markeredgecolor="black", label="current (promoted)")
+    n_max = int(c["n_labelled"].max())
+    hi = max(n_max, 4)
+    pad = max(0.5, 0.04 * hi)
+    ax.set_xlim(-pad, hi + pad)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=8))
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("human-labelled images")
+    budgets = sorted({round(float(v), 3) for v in c["over_redaction_budget"].dropna()})
+    ax.set_ylabel("text coverage (validation)")
+    if budgets:
+        ax.set_ylabel("text coverage at the\nover-redaction budget (validation)")
+        shown = ", ".join(f"{b:.3f}" for b in budgets[:3]) + (" ..." if len(budgets) > 3 else "")
+        ax.text(0.01, 0.02, f"over-redaction budget (share of image area): {shown}", transform=ax.transAxes,
+                fontsize=8, color="#555")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=9, framealpha=0.9)
     fig.tight_layout()
-    _save_fig(fig, path)
+    return fig
+
+
+def plot_learning_curve(curve: pd.DataFrame, path: Path) -> None:
+    _save_fig(learning_curve_figure(curve), path)
+
+
+def ranking_figure(ranking: pd.DataFrame | None) -> Any:
+    """Histogram of each strategy's scores over the unlabelled pool."""
+    from matplotlib.ticker import MaxNLocator
+
+    plt = _pyplot()
+    cols = [c for c in (ranking.columns if ranking is not None else []) if c.startswith("score_")]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.set_title("Ranking score distribution (unlabelled pool)")
+    series = {c[len("score_"):]: pd.to_numeric(ranking[c], errors="coerce").dropna() for c in cols} if cols else {}
+    series = {k: v for k, v in series.items() if len(v)}
+    if ranking is None or not series:
+        _empty_panel(ax, "No ranking yet: run `textloop rank`.")
+    else:
+        lo = min(float(v.min()) for v in series.values())
+        hi = max(float(v.max()) for v in series.values())
+        bins = np.linspace(lo, hi if hi > lo else lo + 1.0, 26)
+        for name, v in series.items():
+            ax.hist(v, bins=bins, alpha=0.5, label=f"{name} ({len(v)} images)")
+        ax.set_xlabel("score (higher = more useful to label)")
+        ax.set_ylabel("images")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=9, framealpha=0.9)
+        ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return fig
 
 
 def plot_ranking(ranking: pd.DataFrame | None, path: Path) -> None:
-    import matplotlib
+    _save_fig(ranking_figure(ranking), path)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    cols = [c for c in (ranking.columns if ranking is not None else []) if c.startswith("score_")]
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    if ranking is None or not cols or not len(ranking):
-        _empty_panel(ax, "No ranking yet: run `textloop rank`.")
-    else:
-        for c in cols:
-            v = pd.to_numeric(ranking[c], errors="coerce").dropna()
-            if len(v):
-                ax.hist(v, bins=30, alpha=0.5, label=c[len("score_"):])
-        ax.set_xlabel("score (higher = more useful to label)")
-        ax.set_ylabel("images")
-        ax.legend()
-    ax.set_title("Ranking score distribution")
+def gallery_figure(items: list[tuple[Any, str]], title: str, empty: str, cols: int = 4) -> Any:
+    """A grid of PIL thumbnails with captions (at most two short lines each)."""
+    plt = _pyplot()
+    if not items:
+        fig, ax = plt.subplots(figsize=(7, 2.5))
+        _empty_panel(ax, empty)
+        ax.set_title(title)
+        fig.tight_layout()
+        return fig
+    cols = max(1, min(cols, len(items)))
+    rows = math.ceil(len(items) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows + 0.4), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (im, cap) in zip(axes.ravel(), items):
+        ax.imshow(np.asarray(im))
+        ax.set_title(_fit_caption(cap), fontsize=8)
+    fig.suptitle(title)
     fig.tight_layout()
-    _save_fig(fig, path)
+    return fig
+
+
+def _fit_caption(caption: str, width: int = 34, lines: int = 2) -> str:
+    """Each line cut to `width` characters, at most `lines` lines: captions never run into
+    their neighbours."""
+    out = [ln if len(ln) <= width else ln[: width - 3] + "..." for ln in str(caption).splitlines()[:lines]]
+    return "\n".join(out)
 
 
 def plot_gallery(items: list[tuple[Any, str]], path: Path, title: str, empty: str, cols: int = 4) -> None:
-    """A grid of PIL thumbnails with captions."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if not items:
-        fig, ax = plt.subplots(figsize=(6.5, 2.5))
-        _empty_panel(ax, empty)
-        ax.set_title(title)
-    else:
-        rows = math.ceil(len(items) / cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
-        for ax in axes.ravel():
-            ax.axis("off")
-        for ax, (im, cap) in zip(axes.ravel(), items):
-            ax.imshow(np.asarray(im))
-            ax.set_title(cap, fontsize=8)
-        fig.suptitle(title)
-    fig.tight_layout()
-    _save_fig(fig, path)
+    _save_fig(gallery_figure(items, title, empty, cols), path)
 
 
 def _save_fig(fig: Any, path: Path) -> None:
@@ -364,11 +452,11 @@ def build_report(ws: Any, iteration: int | str | None = None, max_items: int = 1
         except ValueError:
             summary = {}
     body = (f"<p>workspace {html.escape(str(ws.root))}, iteration {html.escape(str(iteration))}</p>"
-            f"<h2>Learning curve</h2><img src='{pngs['learning_curve']}'>{curve_html}"
-            f"<h2>Ranking score distribution</h2><img src='{pngs['ranking']}'>"
-            f"<h2>Duplicate clusters</h2><img src='{pngs['duplicates']}'>"
+            f"<h2>Learning curve</h2><img src='{pngs['learning_curve']}' alt='learning curve'>{curve_html}"
+            f"<h2>Ranking score distribution</h2><img src='{pngs['ranking']}' alt='ranking score distribution'>"
+            f"<h2>Duplicate clusters</h2><img src='{pngs['duplicates']}' alt='duplicate clusters'>"
             f"<p>Details: <a href='duplicates.html'>duplicates.html</a></p>"
-            f"<h2>Label issues</h2><img src='{pngs['label_issues']}'>"
+            f"<h2>Label issues</h2><img src='{pngs['label_issues']}' alt='label issues'>"
             f"<p>Details: <a href='label_issues.html'>label_issues.html</a></p>"
             f"<h2>Last curation</h2><pre>{html.escape(json.dumps(summary, indent=2))}</pre>")
     atomic_write_text(first / "report.html", _page("textloop report", body))

@@ -1,0 +1,151 @@
+"""The report's PNGs read at a glance: the learning curve's axes are checked on the figure
+object (limits, integer ticks, one line per model family, the promoted model marked), and every
+figure the report writes has a title, labelled axes and no overlapping text."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pipeline.curate import report
+from pipeline.workspace import Workspace
+
+
+def _add_model(ws: Workspace, version: str, kind: str, metrics: dict, promoted: bool = False,
+               human: int | None = None, t: float | None = None) -> None:
+    t = t or time.time()
+    with ws.catalog() as cat, cat.transaction() as tx:
+        tx.execute("INSERT INTO models(version, parent, kind, path, trained_on, metrics, created_at, promoted) "
+                   "VALUES (?,?,?,?,?,?,?,?)", (version, None, kind, f"models/{version}/bundle.zip", "x",
+                                                json.dumps(metrics), t, int(promoted)))
+        if human is not None:  # what train_workspace logs: the train step with the model's metrics
+            tx.execute("INSERT INTO iterations(step, started_at, finished_at, status, counts, metrics) "
+                       "VALUES ('train', ?, ?, 'done', ?, ?)",
+                       (t, t, json.dumps({"synthetic": 120, "human": human, "val": 16}),
+                        json.dumps({"version": version, **metrics})))
+
+
+def _db_metrics(cov: float, stock: float = 0.62) -> dict:
+    return {"text_coverage": cov + 0.05, "f1": 0.4, "coverage_at_budget": cov, "stock_coverage_at_budget": stock,
+            "over_redaction_budget": 0.031}
+
+
+def _texts(fig):
+    """Every visible, non-empty text drawn on the figure with its pixel box."""
+    from matplotlib.text import Text
+
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    tick_labels, drawn_ticks = set(), []
+    for ax in fig.axes:
+        for axis, (lo, hi) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+            lo, hi = min(lo, hi), max(lo, hi)
+            for tick in axis.get_major_ticks() + axis.get_minor_ticks():
+                tick_labels.update((id(tick.label1), id(tick.label2)))
+                if ax.axison and lo - 1e-9 <= tick.get_loc() <= hi + 1e-9:  # others are not drawn
+                    drawn_ticks += [tick.label1, tick.label2]
+    out = []
+    for t in [*(t for t in fig.findobj(Text) if id(t) not in tick_labels), *drawn_ticks]:
+        if not t.get_visible() or not t.get_text().strip():
+            continue
+        out.append((t.get_text(), t.get_window_extent(renderer)))
+    return out
+
+
+def assert_readable(fig) -> None:
+    """A title, no text overlapping other text, nothing cut off at the figure's edge."""
+    texts = _texts(fig)
+    assert any(ax.get_title() for ax in fig.axes) or (fig._suptitle is not None and fig._suptitle.get_text())
+    fb = fig.bbox
+    for i, (a, ba) in enumerate(texts):
+        assert ba.x0 >= fb.x0 - 1 and ba.x1 <= fb.x1 + 1 and ba.y0 >= fb.y0 - 1 and ba.y1 <= fb.y1 + 1, f"{a!r} is cut off"
+        for b, bb in texts[i + 1:]:
+            assert not ba.overlaps(bb), f"text {a!r} overlaps {b!r}"
+
+
+def _ticks_in_view(ax) -> list[float]:
+    lo, hi = ax.get_xlim()
+    return [t for t in ax.get_xticks() if lo <= t <= hi]
+
+
+def test_one_model_at_zero_labels_is_a_readable_point(ws):
+    """The demo: one db model trained on synthetic data only (0 labels) and its train step."""
+    _add_model(ws, "db-20260101-demo", "db", _db_metrics(0.55), human=0)
+    curve = report.learning_curve_table(ws)
+    assert len(curve) == 1, "the train step's metrics are the model's: one point, not two"
+    fig = report.learning_curve_figure(curve)
+    ax = fig.axes[0]
+    lo, hi = ax.get_xlim()
+    assert lo < 0 < hi and hi >= 4 and lo >= -1, (lo, hi)   # not -0.04..0.04
+    ticks = _ticks_in_view(ax)
+    assert ticks and all(float(t).is_integer() for t in ticks) and 0 in ticks
+    assert ax.get_ylim() == (0, 1.05)
+    assert "labelled images" in ax.get_xlabel() and "over-redaction budget" in ax.get_ylabel()
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["db", "ppocr stock baseline"]
+    assert_readable(fig)
+
+
+def test_families_promoted_and_integer_ticks(ws):
+    t0 = time.time() - 100
+    _add_model(ws, "db-a", "db", _db_metrics(0.50), human=0, t=t0)
+    _add_model(ws, "db-b", "db", _db_metrics(0.58, 0.60), human=7, t=t0 + 1)
+    _add_model(ws, "db-c", "db", _db_metrics(0.66, 0.61), promoted=True, human=23, t=t0 + 2)
+    _add_model(ws, "frcnn-a", "fasterrcnn", {"text_coverage": 0.34, "f1": 0.2}, human=0, t=t0 + 3)
+    _add_model(ws, "frcnn-b", "fasterrcnn", {"text_coverage": 0.41, "f1": 0.25}, human=23, t=t0 + 4)
+    curve = report.learning_curve_table(ws)
+    assert sorted(curve["n_labelled"]) == [0, 0, 7, 23, 23]
+    assert set(curve["coverage_metric"]) == {"coverage_at_budget", "text_coverage"}
+    fig = report.learning_curve_figure(curve)
+    ax = fig.axes[0]
+    lo, hi = ax.get_xlim()
+    assert lo < 0 and 23 < hi < 26
+    assert all(float(t).is_integer() for t in _ticks_in_view(ax))
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["db", "fasterrcnn (at threshold 0.3)", "ppocr stock baseline", "current (promoted)"]
+    star = [ln for ln in ax.get_lines() if ln.get_label() == "current (promoted)"][0]
+    assert list(star.get_xdata()) == [23] and list(star.get_ydata()) == [pytest.approx(0.66)]
+    db = [ln for ln in ax.get_lines() if ln.get_label() == "db"][0]
+    assert list(db.get_xdata()) == [0, 7, 23]
+    assert_readable(fig)
+
+
+def test_empty_workspace_says_what_to_do(ws):
+    fig = report.learning_curve_figure(report.learning_curve_table(ws))
+    assert any("No evaluated model yet" in t for t, _ in _texts(fig))
+    assert_readable(fig)
+    assert_readable(report.ranking_figure(None))
+
+
+def test_ranking_and_galleries_are_readable(tmp_path):
+    rng = np.random.default_rng(0)
+    ranking = pd.DataFrame({"image_id": [f"{i:064x}" for i in range(40)],
+                            "score_uncertainty": rng.random(40), "score_committee": rng.random(40) * 0.6,
+                            "score_tta": np.nan, "score_random": rng.random(40)})
+    fig = report.ranking_figure(ranking)
+    ax = fig.axes[0]
+    assert ax.get_xlabel() and ax.get_ylabel() == "images"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "uncertainty (40 images)", "committee (40 images)", "random (40 images)"]
+    assert_readable(fig)
+    thumbs = [(Image.new("RGB", (240, 180), (200, 200, 200)),
+               f"{'c' * 40} [train]\nlabel score 0.12 and a long list of issues: overlooked_text, bad_location")
+              for _ in range(6)]
+    for cols in (4, 3):
+        assert_readable(report.gallery_figure(thumbs, "Duplicate clusters (pairs side by side)", "none", cols=cols))
+    assert_readable(report.gallery_figure([], "Label issues", "No label issues to show."))
+
+
+def test_build_report_writes_every_png(ws):
+    _add_model(ws, "db-20260101-demo", "db", _db_metrics(0.55), human=0)
+    out = report.build_report(ws)
+    for name, path in out["pngs"].items():
+        with Image.open(path) as im:
+            assert im.format == "PNG" and im.width >= 600, name
+    html = (ws.reports_dir / "report.html").read_text()
+    assert all(f"src='{p.split('/')[-1]}'" in html for p in out["pngs"].values())
