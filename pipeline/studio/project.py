@@ -24,6 +24,7 @@ _PALETTE = ("#FF3B30", "#007AFF", "#34C759", "#FF9500", "#AF52DE", "#5AC8FA", "#
 
 # Used when the package is installed without the repo's labelstudio/ folder.
 FALLBACK_CONFIG = """<View>
+  <Header value="$file_name" size="4" underline="false"/>
   <Image name="image" value="$image" zoom="true" zoomControl="true"/>
   <RectangleLabels name="label" toName="image" strokeWidth="2" canRotate="true">
     <Label value="text" background="#FF3B30"/>
@@ -98,6 +99,15 @@ def render_label_config(classes: Sequence[str] | None = None, template: str | Pa
                 el.tail = "\n    "
         xml = ET.tostring(root, encoding="unicode")
     return parse_label_config(xml)
+
+
+def same_xml(a: str, b: str) -> bool:
+    """Two label configs that differ only in whitespace, comments or attribute order are the same
+    (so `studio init` leaves such a project alone, and brings any other up to the template)."""
+    try:
+        return ET.canonicalize(a, strip_text=True) == ET.canonicalize(b, strip_text=True)
+    except ET.ParseError:
+        return False
 
 
 # --- project state ----------------------------------------------------------------------------
@@ -175,8 +185,7 @@ def init_project(
     else:
         existing = parse_label_config(project.label_config) if project.label_config else None
         changes = {k: v for k, v in settings.items() if k != "label_config" and getattr(project, k, None) != v}
-        if existing is None or existing.classes != config.classes or existing.from_name != config.from_name \
-                or existing.to_name != config.to_name or existing.data_key != config.data_key:
+        if existing is None or not same_xml(project.label_config, config.xml):
             changes["label_config"] = config.xml
         if changes:
             studio.call(sdk.projects.update, id=project.id, **changes)

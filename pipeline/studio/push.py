@@ -85,17 +85,97 @@ def order_images(image_ids: Sequence[str], preds: dict[str, Detections], ranking
     return sorted(image_ids, key=lambda i: (confidence(preds[i]) if i in preds else 1.0, i))
 
 
+# --- what a task says about its image ----------------------------------------------------------
+
+def _plain(value: Any) -> Any:
+    """A JSON value Label Studio can sort on: numpy scalars unwrapped, NaN/empty -> None."""
+    if value is None:
+        return None
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return None if value != value else round(value, 4)
+    if isinstance(value, str):
+        return value or None
+    return value
+
+
+def ranking_facts(ws: Workspace, strategy: str | None = None) -> dict[str, dict[str, Any]]:
+    """Per image the ranking facts a lead sorts tasks by in the data manager: the strategy, its
+    score, the batch position, the reason it ranks high and the duplicate group. From the last
+    `textloop rank` (`strategy` None or 'ranked': the one it picked its batch by); {} without one."""
+    from pipeline.rank import load_ranking
+
+    df = load_ranking(ws)
+    if df is None or not len(df) or "image_id" not in df.columns:
+        return {}
+    if not strategy or strategy == "ranked":
+        picked = df["batch_strategy"].dropna() if "batch_strategy" in df.columns else []
+        strategy = str(picked.iloc[0]) if len(picked) else None
+    col = f"score_{strategy}" if strategy else None
+    if col not in df.columns:
+        col = None
+    facts: dict[str, dict[str, Any]] = {}
+    for r in df.to_dict("records"):
+        facts[str(r["image_id"])] = {
+            "rank_strategy": strategy if col else None,
+            "rank_score": _plain(r.get(col)) if col else None,
+            "rank_batch": _plain(r.get("batch_rank")) if strategy == r.get("batch_strategy") else None,
+            "rank_reason": _plain(r.get("reason")),
+            "duplicate_group": _plain(r.get("duplicate_group", r.get("cluster"))),
+        }
+    for f in facts.values():  # batch_rank is a float column in parquet (NaN for the rest)
+        if isinstance(f["rank_batch"], float):
+            f["rank_batch"] = int(f["rank_batch"])
+    return facts
+
+
+RANK_FIELDS = ("rank_strategy", "rank_score", "rank_batch", "rank_reason", "duplicate_group")
+
+
+def image_sources(cat: Catalog, image_ids: Sequence[str]) -> dict[str, list[str]]:
+    """Every source (absolute path or URL) each image was harvested from, first seen first."""
+    out: dict[str, list[str]] = {}
+    ids = list(image_ids)
+    for k in range(0, len(ids), 500):
+        chunk = ids[k:k + 500]
+        marks = ",".join("?" * len(chunk))
+        for r in cat.query(f"SELECT image_id, source FROM image_sources WHERE image_id IN ({marks}) "
+                           "ORDER BY harvested_at, source", chunk):
+            out.setdefault(r["image_id"], []).append(r["source"])
+    return out
+
+
+def task_data(image_url: str, data_key: str, im: dict[str, Any], sources: Sequence[str],
+              facts: dict[str, Any] | None) -> dict[str, Any]:
+    """The task's `data`: what Label Studio shows and sorts by. A labeller who spots a problem, or
+    a lead sorting the data manager, can tell which file a task is (`file_name`, `source`, every
+    source in `sources`) and why it was picked (rank fields, None when no ranking exists)."""
+    srcs = list(sources) or [im["source"]]
+    data: dict[str, Any] = {
+        data_key: image_url, "image_id": im["id"], "file_name": im["original_name"],
+        "source": srcs[0], "sources": srcs, "n_sources": len(srcs),
+        "split": im["split"], "width": int(im["width"]), "height": int(im["height"]),
+    }
+    data.update({k: (facts or {}).get(k) for k in RANK_FIELDS})
+    return data
+
+
 # --- the push ---------------------------------------------------------------------------------
 
-def _reconcile_tasks(studio: Studio, project_id: int, cat: Catalog) -> dict[str, int]:
+def _reconcile_tasks(studio: Studio, project_id: int, cat: Catalog,
+                    data_out: dict[int, dict[str, Any]] | None = None) -> dict[str, int]:
     """image_id -> task id on the server; catalog rows for tasks that no longer exist are dropped,
-    server tasks missing from the catalog (a crash after import) are recorded."""
+    server tasks missing from the catalog (a crash after import) are recorded. `data_out` gets
+    each task's data (task id -> data), so push can bring old tasks' fields up to date."""
     server: dict[str, int] = {}
     pager = studio.call(lambda: studio.sdk.tasks.list(project=project_id, page_size=1000, fields="task_only", include="id,data"))
     for t in studio.call(lambda: list(pager)):
         image_id = (t.data or {}).get("image_id")
         if image_id and image_id not in server:
             server[str(image_id)] = int(t.id)
+            if data_out is not None:
+                data_out[int(t.id)] = dict(t.data or {})
     known = {r["image_id"]: r["ls_task_id"] for r in cat.query(
         "SELECT image_id, ls_task_id FROM tasks WHERE ls_project_id = ?", (project_id,))}
     with cat.transaction() as tx:
@@ -169,7 +249,9 @@ def push_images(
             if missing:
                 raise StudioError(f"{len(missing)} image id(s) not in the catalog, e.g. {sorted(missing)[0]}")
         images = {r["id"]: r for r in rows}
-        server_tasks = _reconcile_tasks(studio, project.id, cat)
+        server_data: dict[int, dict[str, Any]] = {}
+        server_tasks = _reconcile_tasks(studio, project.id, cat, server_data)
+        sources = image_sources(cat, list(images))
         have_version = {r["ls_task_id"] for r in cat.query(
             "SELECT ls_task_id FROM task_predictions WHERE ls_project_id = ? AND model_version = ?", (project.id, version))}
 
@@ -177,6 +259,7 @@ def push_images(
         if strategy:
             ranking, clusters, strategy = read_ranking(ws, strategy)
             order_note = f"ranking score_{strategy} (highest first)"
+        facts = ranking_facts(ws, strategy)
         # Images a human already labelled elsewhere (e.g. `textloop import`) need no task unless
         # asked for by id; existing tasks still get the new model's predictions.
         new_ids = [i for i in images if i not in server_tasks
@@ -223,8 +306,8 @@ def push_images(
             for image_id in chunk:
                 im = images[image_id]
                 payload.append({
-                    "data": {project.config.data_key: local_files_url(ws, studio, im["path"]), "image_id": image_id,
-                             "split": im["split"], "width": int(im["width"]), "height": int(im["height"])},
+                    "data": task_data(local_files_url(ws, studio, im["path"]), project.config.data_key, im,
+                                      sources.get(image_id, ()), facts.get(image_id)),
                     "predictions": [prediction(image_id)],
                 })
             resp = studio.post_json(f"api/projects/{project.id}/import", payload, {"return_task_ids": "true"})
@@ -257,12 +340,27 @@ def push_images(
             done += len(chunk)
             if progress:
                 progress(done, total)
+        # Tasks pushed before (by an older textloop, or before the last `rank`) get today's fields:
+        # one PATCH per task whose data differ, nothing when all are up to date.
+        updated = 0
+        for image_id, tid in server_tasks.items():
+            if image_id not in images:
+                continue
+            old = server_data.get(tid, {})
+            url = old.get(project.config.data_key) or local_files_url(ws, studio, images[image_id]["path"])
+            want = task_data(url, project.config.data_key, images[image_id], sources.get(image_id, ()),
+                             facts.get(image_id))
+            if any(old.get(k) != v for k, v in want.items()):
+                studio.call(studio.sdk.tasks.update, id=tid, data={**old, **want})
+                updated += 1
+        if updated:
+            log.info("updated the data of %d existing tasks (file name, sources, ranking facts)", updated)
     if (created or added) and project.model_version != version:
         # Uncertainty sampling only looks at predictions of the project's model_version.
         studio.call(studio.sdk.projects.update, id=project.id, model_version=version)
     return {
         "project_id": project.id, "model_version": version, "tasks_created": created,
-        "predictions_added": added, "already_pushed": len([i for i in images if i in server_tasks]) - len(upd_ids),
+        "predictions_added": added, "tasks_updated": updated, "already_pushed": len([i for i in images if i in server_tasks]) - len(upd_ids),
         "failed": len(failed), "order": order_note,
         "url": f"{studio.url}/projects/{project.id}/data",
     }

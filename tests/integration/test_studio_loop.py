@@ -453,3 +453,133 @@ def test_studio_up_status_reuse_the_running_server(live_studio):
     assert st["healthy"] and st["started_by_textloop"] and st["pid"] == live_studio.pid
     again = up(ws_root)
     assert again["already_running"] and again["url"] == live_studio.url and again["pid"] == live_studio.pid
+
+
+# --- issue 14: a task says which file it is ----------------------------------------------------
+
+RANK_FIELDS = ("rank_strategy", "rank_score", "rank_batch", "rank_reason", "duplicate_group")
+
+
+@pytest.fixture(scope="module")
+def named(live_studio, tmp_path_factory):
+    """Four images, one harvested from two folders (two sources), a ranking table, a project."""
+    import pandas as pd
+
+    src = tmp_path_factory.mktemp("src_named")
+    (src / "a").mkdir()
+    (src / "b").mkdir()
+    for i, name in enumerate(["slide_001.png", "slide_002.png", "scan 3.png"]):
+        noise_image(8000 + i, (80, 60)).save(src / "a" / name)
+    (src / "b" / "copy_of_slide_001.png").write_bytes((src / "a" / "slide_001.png").read_bytes())
+    noise_image(8100, (70, 50)).save(src / "b" / "other.png")
+    ws = Workspace.open(live_studio.root / "ws_named")
+    harvest(ws, [str(src / "a"), str(src / "b")], HarvestConfig(workers=1))
+    studio = connect(live_studio.url, live_studio.token, local_files_root=live_studio.root)
+    init = init_project(ws, studio, title="named test")
+    with ws.catalog() as cat:
+        ids = sorted(r["id"] for r in cat.images())
+    ranking = pd.DataFrame({"image_id": ids, "score_uncertainty": [0.9, 0.5, 0.1, 0.3],
+                            "score_random": [0.2, 0.4, 0.6, 0.8],
+                            "reason": ["nothing detected: may be missed text", "2 boxes with scores in 0.2-0.8",
+                                       "confident prediction", "confident prediction"],
+                            "duplicate_group": ["g1", "g1", "", ""], "batch_strategy": "uncertainty",
+                            "batch_rank": [1.0, 2.0, None, None]})
+    ranking.to_parquet(ws.reports_dir / "ranking.parquet")
+    first = push_images(ws, None, client=studio, detector=FakeDetector(), strategy="ranked")
+    return {"ws": ws, "studio": studio, "project_id": init["project_id"], "src": src, "ids": ids, "first": first,
+            "ranking": ranking}
+
+
+def _data_by_image(studio, project_id):
+    tasks = _tasks(studio, project_id)
+    out = {}
+    for t in tasks:
+        assert t.data["image_id"] not in out, "two tasks for one image"
+        out[t.data["image_id"]] = dict(t.data)
+    return out
+
+
+def test_task_data_names_the_file_its_sources_and_the_ranking_facts(named):
+    ws, studio = named["ws"], named["studio"]
+    assert named["first"]["tasks_created"] == 4
+    data = _data_by_image(studio, named["project_id"])
+    assert len(data) == 4
+    with ws.catalog() as cat:
+        rows = {r["id"]: r for r in cat.images()}
+    a, b = named["src"] / "a", named["src"] / "b"
+    multi = [d for d in data.values() if d["n_sources"] == 2]
+    assert len(multi) == 1 and sorted(multi[0]["sources"]) == sorted([str(a / "slide_001.png"),
+                                                                     str(b / "copy_of_slide_001.png")])
+    for iid, d in data.items():
+        assert d["file_name"] == rows[iid]["original_name"]
+        assert d["source"] == d["sources"][0] and Path(d["source"]).name in (d["file_name"], "copy_of_slide_001.png")
+        assert d["file_name"] in {"slide_001.png", "slide_002.png", "scan 3.png", "other.png"}
+        assert set(RANK_FIELDS) <= set(d)
+    r = named["ranking"].set_index("image_id")
+    for iid, d in data.items():
+        assert d["rank_strategy"] == "uncertainty"
+        assert d["rank_score"] == pytest.approx(r.loc[iid, "score_uncertainty"])
+        assert d["rank_reason"] == r.loc[iid, "reason"]
+        assert d["duplicate_group"] == (r.loc[iid, "duplicate_group"] or None)
+        assert d["rank_batch"] == (None if pd_isna(r.loc[iid, "batch_rank"]) else int(r.loc[iid, "batch_rank"]))
+
+
+def pd_isna(v) -> bool:
+    return v is None or v != v
+
+
+def test_data_manager_sorts_tasks_by_the_new_columns(named):
+    """The fields are data-manager columns, and ordering by one works on the server."""
+    studio, pid = named["studio"], named["project_id"]
+    http = studio.sdk._client_wrapper.httpx_client.httpx_client
+    headers = {"Authorization": f"Token {studio.settings.api_key}"}
+    cols = http.get(f"{studio.url}/api/dm/columns", params={"project": pid}, headers=headers).json()
+    ids = {c["id"] for c in cols["columns"]}
+    for field in ("file_name", "source", "sources", *RANK_FIELDS):
+        assert field in ids, f"{field} is not a data manager column ({sorted(ids)})"
+    for key, expect in (("rank_score", [0.1, 0.3, 0.5, 0.9]), ("file_name", sorted(["slide_001.png", "slide_002.png",
+                                                                                      "scan 3.png", "other.png"]))):
+        query = json.dumps({"ordering": [f"tasks:data.{key}"]})
+        r = http.get(f"{studio.url}/api/tasks", params={"project": pid, "query": query, "fields": "all"}, headers=headers)
+        got = [t["data"][key] for t in r.json()["tasks"]]
+        assert got == expect
+
+
+def test_label_config_shows_the_file_name_above_the_image(named):
+    p = named["studio"].sdk.projects.get(id=named["project_id"])
+    assert '"$file_name"' in p.label_config
+    assert p.label_config.index("$file_name") < p.label_config.index('name="image"')
+
+
+def test_push_again_updates_nothing_and_duplicates_nothing(named):
+    ws, studio = named["ws"], named["studio"]
+    before = _data_by_image(studio, named["project_id"])
+    again = push_images(ws, None, client=studio, detector=FakeDetector(), strategy="ranked")
+    assert again["tasks_created"] == 0 and again["tasks_updated"] == 0 and again["predictions_added"] == 0
+    assert _data_by_image(studio, named["project_id"]) == before
+
+
+def test_tasks_pushed_before_the_change_get_the_fields_on_the_next_push(named):
+    """Old tasks (data as textloop wrote it before: url, image_id, split, size) and a new ranking."""
+    ws, studio, pid = named["ws"], named["studio"], named["project_id"]
+    legacy = ("image", "image_id", "split", "width", "height")
+    tasks = _tasks(studio, pid)
+    for t in tasks[:3]:
+        studio.sdk.tasks.update(id=t.id, data={k: t.data[k] for k in legacy})
+    stripped = _data_by_image(studio, pid)
+    assert sum("file_name" not in d for d in stripped.values()) == 3
+    ranking = named["ranking"].copy()
+    ranking["score_random"] = [0.8, 0.6, 0.4, 0.2]
+    ranking["batch_strategy"] = "random"
+    ranking.to_parquet(ws.reports_dir / "ranking.parquet")
+    res = push_images(ws, None, client=studio, detector=FakeDetector())  # what `iterate` does: no --strategy
+    assert res["tasks_created"] == 0 and res["tasks_updated"] == 4
+    data = _data_by_image(studio, pid)
+    assert len(data) == 4 and len(_tasks(studio, pid)) == 4
+    r = ranking.set_index("image_id")
+    for iid, d in data.items():
+        assert d["file_name"] and d["sources"] and d["rank_strategy"] == "random"
+        assert d["rank_score"] == pytest.approx(r.loc[iid, "score_random"])
+        assert d["image"] == stripped[iid]["image"]
+    third = push_images(ws, None, client=studio, detector=FakeDetector())
+    assert third["tasks_updated"] == 0 and third["tasks_created"] == 0
