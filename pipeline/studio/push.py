@@ -149,12 +149,13 @@ def image_sources(cat: Catalog, image_ids: Sequence[str]) -> dict[str, list[str]
 def task_data(image_url: str, data_key: str, im: dict[str, Any], sources: Sequence[str],
               facts: dict[str, Any] | None) -> dict[str, Any]:
     """The task's `data`: what Label Studio shows and sorts by. A labeller who spots a problem, or
-    a lead sorting the data manager, can tell which file a task is (`file_name`, `source`, every
-    source in `sources`) and why it was picked (rank fields, None when no ranking exists)."""
+    a lead sorting the data manager, can tell which file a task is (`file_name`, `file_source`,
+    every source in `file_sources`) and why it was picked (rank fields, None when no ranking exists)."""
     srcs = list(sources) or [im["source"]]
     data: dict[str, Any] = {
         data_key: image_url, "image_id": im["id"], "file_name": im["original_name"],
-        "source": srcs[0], "sources": srcs, "n_sources": len(srcs),
+        # not `source`: Label Studio's frontend resolves `$source` to the whole serialized task
+        "file_source": srcs[0], "file_sources": srcs, "n_sources": len(srcs),
         "split": im["split"], "width": int(im["width"]), "height": int(im["height"]),
     }
     data.update({k: (facts or {}).get(k) for k in RANK_FIELDS})

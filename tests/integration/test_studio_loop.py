@@ -508,11 +508,11 @@ def test_task_data_names_the_file_its_sources_and_the_ranking_facts(named):
         rows = {r["id"]: r for r in cat.images()}
     a, b = named["src"] / "a", named["src"] / "b"
     multi = [d for d in data.values() if d["n_sources"] == 2]
-    assert len(multi) == 1 and sorted(multi[0]["sources"]) == sorted([str(a / "slide_001.png"),
+    assert len(multi) == 1 and sorted(multi[0]["file_sources"]) == sorted([str(a / "slide_001.png"),
                                                                      str(b / "copy_of_slide_001.png")])
     for iid, d in data.items():
         assert d["file_name"] == rows[iid]["original_name"]
-        assert d["source"] == d["sources"][0] and Path(d["source"]).name in (d["file_name"], "copy_of_slide_001.png")
+        assert d["file_source"] == d["file_sources"][0] and Path(d["file_source"]).name in (d["file_name"], "copy_of_slide_001.png")
         assert d["file_name"] in {"slide_001.png", "slide_002.png", "scan 3.png", "other.png"}
         assert set(RANK_FIELDS) <= set(d)
     r = named["ranking"].set_index("image_id")
@@ -535,7 +535,7 @@ def test_data_manager_sorts_tasks_by_the_new_columns(named):
     headers = {"Authorization": f"Token {studio.settings.api_key}"}
     cols = http.get(f"{studio.url}/api/dm/columns", params={"project": pid}, headers=headers).json()
     ids = {c["id"] for c in cols["columns"]}
-    for field in ("file_name", "source", "sources", *RANK_FIELDS):
+    for field in ("file_name", "file_source", "file_sources", "n_sources", *RANK_FIELDS):
         assert field in ids, f"{field} is not a data manager column ({sorted(ids)})"
     for key, expect in (("rank_score", [0.1, 0.3, 0.5, 0.9]), ("file_name", sorted(["slide_001.png", "slide_002.png",
                                                                                       "scan 3.png", "other.png"]))):
@@ -578,7 +578,7 @@ def test_tasks_pushed_before_the_change_get_the_fields_on_the_next_push(named):
     assert len(data) == 4 and len(_tasks(studio, pid)) == 4
     r = ranking.set_index("image_id")
     for iid, d in data.items():
-        assert d["file_name"] and d["sources"] and d["rank_strategy"] == "random"
+        assert d["file_name"] and d["file_sources"] and d["rank_strategy"] == "random"
         assert d["rank_score"] == pytest.approx(r.loc[iid, "score_random"])
         assert d["image"] == stripped[iid]["image"]
     third = push_images(ws, None, client=studio, detector=FakeDetector())
