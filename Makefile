@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install $(PIP_QUIET) --upgrade pip
 	$(VENV)/bin/pip install $(PIP_QUIET) $(TORCH)
-	$(VENV)/bin/pip install $(PIP_QUIET) -e ".[dev,ray]"
+	$(VENV)/bin/pip install $(PIP_QUIET) -e ".[train,dev,ray]"
 	touch $@
 
 $(LS_VENV)/.installed:

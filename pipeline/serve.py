@@ -210,6 +210,14 @@ def _default_trainer() -> Any:
     from pipeline.loop import IterateConfig, iterate
 
     def run_round(ws: Workspace, studio: Any) -> Any:
+        import importlib.util
+
+        try:
+            missing = importlib.util.find_spec("torch") is None
+        except (ImportError, ValueError):
+            missing = True
+        if missing:  # a light install serves, but cannot retrain
+            raise RuntimeError("retraining needs torch, which is not installed: pip install 'textloop[train]'")
         res = iterate(ws, IterateConfig(push=studio is not None), client=studio)
         return {"promoted": res.promoted, "candidate": res.candidate, "current": res.current}
 

@@ -54,7 +54,10 @@ def state(ctx: typer.Context) -> AppState:
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """One clear line on stderr and a non-zero exit."""
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    # escaped: a message naming `textloop[train]` or a path with [brackets] is not markup
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -155,6 +158,30 @@ def hoist_global_options(group: Any, ctx: Any, args: list[str]) -> list[str]:
     return [*front, *rest]
 
 
+# What `pip install 'textloop[train]'` adds: training (train, iterate, retraining in serve) and
+# Faster R-CNN bundles. Everything else runs on onnxruntime.
+TRAIN_MODULES = ("torch", "torchvision", "onnx", "onnx2torch")
+TRAIN_HINT = "pip install 'textloop[train]'"
+NEEDS_TRAIN = ("train", "iterate")
+
+
+def missing_train_module() -> str | None:
+    """The first module of the `train` extra that cannot be imported, or None."""
+    import importlib.util
+
+    for name in TRAIN_MODULES:
+        try:
+            if importlib.util.find_spec(name) is None:
+                return name
+        except (ImportError, ValueError):  # blocked, or sys.modules[name] = None
+            return name
+    return None
+
+
+def train_extra_message(module: str, what: str = "training") -> str:
+    return f"{what} needs {module}, which is not installed (a light install runs detection only): {TRAIN_HINT}"
+
+
 class TextloopGroup(TyperGroup):
     """The command group: renders errors any command can meet as one line and exit 1 instead
     of a traceback (today: a damaged catalog.sqlite, found when opened or in a later query),
@@ -163,9 +190,23 @@ class TextloopGroup(TyperGroup):
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         return super().parse_args(ctx, hoist_global_options(self, ctx, list(args)))
 
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        """A command that always trains says so before doing any work when torch is missing."""
+        name, cmd, rest = super().resolve_command(ctx, args)
+        if name in NEEDS_TRAIN and not ({"--help", "-h"} & set(rest)):
+            missing = missing_train_module()
+            if missing:
+                fail(train_extra_message(missing, f"`textloop {name}`"))
+        return name, cmd, rest
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except ModuleNotFoundError as exc:  # e.g. a Faster R-CNN bundle on a light install
+            root = (exc.name or "").split(".")[0]
+            if root not in TRAIN_MODULES:
+                raise
+            fail(train_extra_message(root, "this model or step"))
         except CatalogDamaged as exc:
             fail(str(exc))
         except sqlite3.DatabaseError as exc:
