@@ -127,11 +127,12 @@ def test_ranking_and_galleries_are_readable(tmp_path):
     ranking = pd.DataFrame({"image_id": [f"{i:064x}" for i in range(40)],
                             "score_uncertainty": rng.random(40), "score_committee": rng.random(40) * 0.6,
                             "score_tta": np.nan, "score_random": rng.random(40)})
+    ranking.loc[:5, "score_uncertainty"] *= 20      # strategies on different scales: one panel each
     fig = report.ranking_figure(ranking)
-    ax = fig.axes[0]
-    assert ax.get_xlabel() and ax.get_ylabel() == "images"
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
-        "uncertainty (40 images)", "committee (40 images)", "random (40 images)"]
+    assert [ax.get_title() for ax in fig.axes] == ["uncertainty (40 images)", "committee (40 images)",
+                                                    "random (40 images)"]
+    assert fig.axes[0].get_ylabel() == "images" and all(ax.get_xlabel() for ax in fig.axes)
+    assert fig.axes[2].get_xlim()[1] < 2 < fig.axes[0].get_xlim()[1]
     assert_readable(fig)
     thumbs = [(Image.new("RGB", (240, 180), (200, 200, 200)),
                f"{'c' * 40} [train]\nlabel score 0.12 and a long list of issues: overlooked_text, bad_location")

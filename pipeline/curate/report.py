@@ -84,7 +84,8 @@ _CSS = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}h1{font-
 .grid{display:flex;flex-wrap:wrap;gap:10px}.card{border:1px solid #ccc;border-radius:6px;padding:6px;max-width:340px;font-size:12px}
 .card img{display:block;max-width:320px}.group{border:1px solid #999;border-radius:8px;padding:8px;margin:10px 0}
 .warn{color:#b00;font-weight:bold}table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}
-.legend span{display:inline-block;width:12px;height:12px;margin:0 4px 0 12px;vertical-align:middle}"""
+.legend span{display:inline-block;width:12px;height:12px;margin:0 4px 0 12px;vertical-align:middle}
+.scroll{overflow-x:auto;max-width:100%}img{max-width:100%;height:auto}"""
 
 
 def _page(title: str, body: str) -> str:
@@ -334,28 +335,34 @@ def plot_learning_curve(curve: pd.DataFrame, path: Path) -> None:
 
 
 def ranking_figure(ranking: pd.DataFrame | None) -> Any:
-    """Histogram of each strategy's scores over the unlabelled pool."""
+    """One histogram per strategy over the unlabelled pool, each on its own x range (scores of
+    different strategies are on different scales: uncertainty sums boxes, random is in [0, 1])."""
     from matplotlib.ticker import MaxNLocator
 
     plt = _pyplot()
     cols = [c for c in (ranking.columns if ranking is not None else []) if c.startswith("score_")]
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    ax.set_title("Ranking score distribution (unlabelled pool)")
     series = {c[len("score_"):]: pd.to_numeric(ranking[c], errors="coerce").dropna() for c in cols} if cols else {}
     series = {k: v for k, v in series.items() if len(v)}
+    title = "Ranking score distribution (unlabelled pool)"
     if ranking is None or not series:
+        fig, ax = plt.subplots(figsize=(7, 3))
+        ax.set_title(title)
         _empty_panel(ax, "No ranking yet: run `textloop rank`.")
-    else:
-        lo = min(float(v.min()) for v in series.values())
-        hi = max(float(v.max()) for v in series.values())
-        bins = np.linspace(lo, hi if hi > lo else lo + 1.0, 26)
-        for name, v in series.items():
-            ax.hist(v, bins=bins, alpha=0.5, label=f"{name} ({len(v)} images)")
-        ax.set_xlabel("score (higher = more useful to label)")
-        ax.set_ylabel("images")
+        fig.tight_layout()
+        return fig
+    n = len(series)
+    fig, axes = plt.subplots(1, n, figsize=(max(4.0, 3.4 * n), 3.6), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, (ax, (name, v)) in enumerate(zip(axes[0], series.items())):
+        ax.hist(v, bins=min(20, max(5, len(v) // 2)), color=colours[k % len(colours)], alpha=0.8)
+        ax.set_title(f"{name} ({len(v)} images)", fontsize=10)
+        ax.set_xlabel("score (higher = label first)", fontsize=9)
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(fontsize=9, framealpha=0.9)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
+        ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3, axis="y")
+    axes[0][0].set_ylabel("images")
+    fig.suptitle(title)
     fig.tight_layout()
     return fig
 
@@ -443,7 +450,10 @@ def build_report(ws: Any, iteration: int | str | None = None, max_items: int = 1
                               f"{str(r.image_id)[:12]} score {r.label_score:.2f}\n{r.issues or '-'}"))
     plot_gallery(lab_items, first / pngs["label_issues"], "Label issues (green given, orange predicted, red flagged)",
                  "No label issues to show (no human labels with out-of-sample predictions yet).", cols=3)
-    curve_html = curve.to_html(index=False, float_format=lambda v: f"{v:.3f}") if len(curve) else "<p>no evaluated model yet</p>"
+    shown = ["model_version", "family", "n_labelled", "coverage", "stock_coverage", "over_redaction_budget",
+             "text_coverage", "f1", "promoted", "kind"]
+    curve_html = (f"<div class='scroll'>{curve[shown].to_html(index=False, float_format=lambda v: f'{v:.3f}', na_rep='-')}"
+                  "</div>" if len(curve) else "<p>no evaluated model yet</p>")
     summary = {}
     summary_path = rep_dir / "curate_summary.json"
     if summary_path.exists():
