@@ -28,6 +28,8 @@ class LiveStudio:
     log: Path
     pid: int
     info: object      # the launcher's ServerInfo (what `studio up` writes to its PID file)
+    username: str = ""  # the admin, for tests that log in through the browser
+    password: str = ""
 
 
 @pytest.fixture(scope="session")
@@ -42,10 +44,12 @@ def live_studio(tmp_path_factory: pytest.TempPathFactory):
     root = base / "files"
     root.mkdir()
     token = secrets.token_hex(16)
-    info, proc = start_local(root, base / "data", username="labeller@textloop.test",
-                             password=secrets.token_hex(12), token=token, timeout=240, ls_bin=ls_bin)
+    username, password = "labeller@textloop.test", secrets.token_hex(12)
+    info, proc = start_local(root, base / "data", username=username,
+                             password=password, token=token, timeout=240, ls_bin=ls_bin)
     try:
-        yield LiveStudio(url=info.url, token=token, root=root, log=Path(info.log), pid=proc.pid, info=info)
+        yield LiveStudio(url=info.url, token=token, root=root, log=Path(info.log), pid=proc.pid, info=info,
+                         username=username, password=password)
     finally:
         stop_pid(proc.pid)
         proc.wait(timeout=30)
