@@ -237,3 +237,104 @@ def xyxy_to_ls_value(box: Sequence[float], width: int, height: int) -> dict[str,
         "height": (y1 - y0) * 100.0 / height,
         "rotation": 0.0,
     }
+
+
+# --- oriented rectangles (DB quads) ------------------------------------------------------------
+#
+# A quad is grown along its own axes and filled as an oriented rectangle: u along its long side,
+# v along its short side. `grow_quads` returns the rectangle in that frame (it contains the quad
+# whatever its exact shape, so a non-rectangular quad is never cut), `quads_mask` rasterises
+# rectangles conservatively (every pixel whose square overlaps one is covered).
+
+def quad_frames(quads: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per quad (N,4,2): unit long-side axis u (N,2), unit short-side axis v (N,2), and the
+    extents [min, max] of its corners along u and v (N,2 each)."""
+    q = np.asarray(quads, dtype=np.float64).reshape(-1, 4, 2)
+    if len(q) == 0:
+        z = np.zeros((0, 2))
+        return z, z, z, z
+    e01 = q[:, 1] - q[:, 0] + (q[:, 2] - q[:, 3])   # the two "horizontal" sides
+    e03 = q[:, 3] - q[:, 0] + (q[:, 2] - q[:, 1])   # the two "vertical" sides
+    l01, l03 = np.linalg.norm(e01, axis=1), np.linalg.norm(e03, axis=1)
+    long_ = np.where((l01 >= l03)[:, None], e01, e03)
+    flip = (long_[:, 0] < 0) | ((long_[:, 0] == 0) & (long_[:, 1] < 0))   # u points right (or down)
+    long_ = np.where(flip[:, None], -long_, long_)
+    n = np.linalg.norm(long_, axis=1)
+    u = np.where(n[:, None] > 1e-12, long_ / np.maximum(n, 1e-12)[:, None], np.array([1.0, 0.0]))
+    v = np.stack([-u[:, 1], u[:, 0]], axis=1)
+    pu = np.einsum("nkd,nd->nk", q, u)
+    pv = np.einsum("nkd,nd->nk", q, v)
+    return u, v, np.stack([pu.min(1), pu.max(1)], 1), np.stack([pv.min(1), pv.max(1)], 1)
+
+
+def grow_quads(quads: Any, px: float = 0.0, frac_of_height: float = 0.0) -> np.ndarray:
+    """Each quad's oriented rectangle grown by `px` + `frac_of_height` x its height (extent along
+    its own short side) on every side; corners (N,4,2) in the order of `xyxy_to_quad` in the
+    quad's frame."""
+    u, v, eu, ev = quad_frames(quads)
+    if len(u) == 0:
+        return np.zeros((0, 4, 2))
+    g = px + frac_of_height * (ev[:, 1] - ev[:, 0])
+    u0, u1 = eu[:, 0] - g, eu[:, 1] + g
+    v0, v1 = ev[:, 0] - g, ev[:, 1] + g
+    corners = [(u0, v0), (u1, v0), (u1, v1), (u0, v1)]
+    return np.stack([a[:, None] * u + b[:, None] * v for a, b in corners], axis=1)
+
+
+def quads_mask(quads: Any, width: int, height: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Boolean (H, W) mask of every pixel whose unit square overlaps (with positive area) one of
+    the oriented rectangles `quads` (N,4,2; non-rectangular quads count as their oriented
+    rectangle, which contains them). Separating-axis test per pixel of each rectangle's window."""
+    mask = np.zeros((height, width), dtype=bool) if out is None else out
+    u, v, eu, ev = quad_frames(quads)
+    if len(u) == 0:
+        return mask
+    rect = np.stack([a[:, None] * u + b[:, None] * v
+                     for a, b in ((eu[:, 0], ev[:, 0]), (eu[:, 1], ev[:, 0]), (eu[:, 1], ev[:, 1]), (eu[:, 0], ev[:, 1]))], 1)
+    win = to_int_pixels(quad_to_xyxy(rect), width, height)
+    ru = 0.5 * (np.abs(u[:, 0]) + np.abs(u[:, 1]))   # half-extent of a pixel square along u
+    rv = 0.5 * (np.abs(v[:, 0]) + np.abs(v[:, 1]))
+    for i, (x0, y0, x1, y1) in enumerate(win):
+        if x1 <= x0 or y1 <= y0:
+            continue
+        cx = np.arange(x0, x1, dtype=np.float64) + 0.5
+        cy = np.arange(y0, y1, dtype=np.float64)[:, None] + 0.5
+        cu = cx * u[i, 0] + cy * u[i, 1]
+        cv = cx * v[i, 0] + cy * v[i, 1]
+        hit = (cu + ru[i] > eu[i, 0]) & (cu - ru[i] < eu[i, 1]) & (cv + rv[i] > ev[i, 0]) & (cv - rv[i] < ev[i, 1])
+        mask[y0:y1, x0:x1] |= hit
+    return mask
+
+
+def oriented_rects(quads: Any) -> np.ndarray:
+    """Each quad as its oriented rectangle in canonical corner order: top-left, top-right,
+    bottom-right, bottom-left of the text (long side first, pointing right or down), i.e. the
+    order `ls_value_to_quad` gives, so `quad_to_ls_value` of it is a Label Studio rectangle."""
+    return grow_quads(quads, 0.0, 0.0)
+
+
+def enclosing_rect(points: Any) -> np.ndarray:
+    """The minimum-area rectangle (4, 2), canonical order, around a set of points (merged quads)."""
+    import cv2
+
+    pts = np.asarray(points, dtype=np.float32).reshape(-1, 2)
+    return oriented_rects(cv2.boxPoints(cv2.minAreaRect(pts))[None].astype(np.float64))[0]
+
+
+def polygon_area(polys: Any) -> np.ndarray:
+    """Shoelace area of each (N, k, 2) polygon."""
+    p = np.asarray(polys, dtype=np.float64)
+    if p.size == 0:
+        return np.zeros((0,))
+    p = p.reshape(len(p), -1, 2)
+    x, y = p[..., 0], p[..., 1]
+    return 0.5 * np.abs((x * np.roll(y, -1, axis=1) - np.roll(x, -1, axis=1) * y).sum(axis=1))
+
+
+def is_axis_aligned(quads: Any, tol_deg: float = 0.5) -> np.ndarray:
+    """Per quad: its long side is within `tol_deg` of horizontal or vertical."""
+    u = quad_frames(quads)[0]
+    if len(u) == 0:
+        return np.zeros((0,), dtype=bool)
+    a = np.degrees(np.arctan2(np.abs(u[:, 1]), np.abs(u[:, 0])))
+    return (a <= tol_deg) | (a >= 90.0 - tol_deg)

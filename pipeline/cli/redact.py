@@ -12,7 +12,7 @@ from rich.table import Table
 from pipeline.cli.common import emit, fail, progress, state
 from pipeline.legibility import Reader
 from pipeline.redact import run as rr
-from pipeline.redact.core import STYLES, Pad, parse_color
+from pipeline.redact.core import SHAPES, STYLES, Pad, parse_color
 
 
 def register(app: typer.Typer) -> None:
@@ -27,6 +27,7 @@ def redact_cmd(
     threshold: float = typer.Option(rr.DEFAULT_THRESHOLD, min=0.0, max=1.0, help="Minimum box score (0-1); low favours recall."),
     pad: str = typer.Option(str(rr.DEFAULT_PAD), help="Growth of each box per side: pixels and/or % of box height, e.g. 4, 15%, 2px+15%."),
     style: str = typer.Option("fill", help="fill (opaque, default) | blur | pixelate (both reversible!)."),
+    shape: str = typer.Option("polygon", help="polygon (default): DB's rotated quads grown along their own axes | box: their axis-aligned enclosing boxes."),
     color: str = typer.Option("black", help="Fill colour: name, #rrggbb or r,g,b."),
     quality: int = typer.Option(95, min=1, max=100, help="JPEG/WebP quality of lossy outputs."),
     workers: int = typer.Option(2, min=1, help="Images in flight (local threads or Ray actors)."),
@@ -53,6 +54,8 @@ def redact_cmd(
     st = state(ctx)
     if style not in STYLES:
         fail(f"--style must be one of {', '.join(STYLES)}", 2)
+    if shape not in SHAPES:
+        fail(f"--shape must be one of {', '.join(SHAPES)}", 2)
     if engine not in ("local", "ray"):
         fail("--engine must be local or ray", 2)
     if strict and not verify:
@@ -68,7 +71,7 @@ def redact_cmd(
     if style != "fill":
         st.console.print(f"[bold yellow]warning:[/] --style {style} is reversible: blurred or pixelated text and faces "
                          "can be reconstructed. Use the default opaque fill for anything sensitive.", highlight=False)
-    cfg = rr.RedactConfig(threshold=threshold, pad=pad_v, style=style, color=color_v, jpeg_quality=quality,
+    cfg = rr.RedactConfig(threshold=threshold, pad=pad_v, style=style, shape=shape, color=color_v, jpeg_quality=quality,
                           max_pixels=max_pixels, review=review, review_band=(lo, hi), verify=verify,
                           strict=strict, dry_run=dry_run, force=force or from_review)
     try:

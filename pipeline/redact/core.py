@@ -15,6 +15,7 @@ import numpy as np
 from pipeline import boxes as bx
 
 STYLES = ("fill", "blur", "pixelate")
+SHAPES = ("polygon", "box")
 
 _NAMED_COLORS = {
     "black": (0, 0, 0), "white": (255, 255, 255), "gray": (128, 128, 128), "grey": (128, 128, 128),
@@ -78,6 +79,48 @@ def redaction_boxes(boxes: np.ndarray, width: int, height: int, pad: Pad) -> np.
     ib = bx.to_int_pixels(b, width, height)
     keep = (ib[:, 2] > ib[:, 0]) & (ib[:, 3] > ib[:, 1])
     return ib[keep]
+
+
+@dataclass(frozen=True, eq=False)
+class Cover:
+    """What gets covered on one page: `mask` is exactly the covered pixels; `boxes` the integer
+    xyxy window of each shape (blur/pixelate work per window); `polygons` the grown oriented
+    rectangles (N,4,2) for shapes that came from quads (NaN rows for shapes that are boxes),
+    or None when every shape is a box."""
+
+    mask: np.ndarray
+    boxes: np.ndarray
+    polygons: np.ndarray | None = None
+
+    @property
+    def area(self) -> int:
+        return int(self.mask.sum())
+
+
+def cover_shapes(boxes: np.ndarray, quads: np.ndarray | None, width: int, height: int, pad: Pad,
+                 shape: str = "polygon") -> Cover:
+    """The pixels covered for detections: with `shape="polygon"` each quad is grown along its own
+    axes (`pad.px` + `pad.frac` x its height along its short side) and rasterised conservatively
+    (`boxes.quads_mask`: every pixel the grown rectangle overlaps); detections without quads
+    (boxes from Faster R-CNN or reviewers) and `shape="box"` use the padded enclosing boxes."""
+    if shape not in SHAPES:
+        raise ValueError(f"unknown shape {shape!r}: use one of {', '.join(SHAPES)}")
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if shape == "box" or quads is None or len(b) == 0:
+        ib = redaction_boxes(b, width, height, pad)
+        return Cover(bx.union_mask(ib, width, height), ib, None)
+    q = np.asarray(quads, dtype=np.float64).reshape(-1, 4, 2)
+    has_quad = np.isfinite(q).all(axis=(1, 2))
+    grown = np.full_like(q, np.nan)
+    grown[has_quad] = bx.grow_quads(q[has_quad], pad.px, pad.frac)
+    mask = bx.quads_mask(grown[has_quad], width, height)
+    box_ib = redaction_boxes(b[~has_quad], width, height, pad)
+    for x0, y0, x1, y1 in box_ib:
+        mask[y0:y1, x0:x1] = True
+    win = bx.to_int_pixels(bx.quad_to_xyxy(grown[has_quad]), width, height) if has_quad.any() else np.zeros((0, 4), np.int64)
+    keep = (win[:, 2] > win[:, 0]) & (win[:, 3] > win[:, 1])
+    return Cover(mask, np.concatenate([win[keep], box_ib]).astype(np.int64),
+                 np.concatenate([grown[has_quad][keep], np.full((len(box_ib), 4, 2), np.nan)]))
 
 
 def fill_value(color: tuple[int, int, int], dtype: np.dtype, channels: int, kind: str = "rgb",
@@ -157,8 +200,10 @@ def apply_redaction(
     int_boxes: np.ndarray,
     style: str = "fill",
     value: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
 ) -> np.ndarray:
-    """A copy of `arr` with every integer xyxy box covered.
+    """A copy of `arr` with every integer xyxy box covered, or with exactly the pixels of `mask`
+    (a `Cover.mask`; `int_boxes` are then the shapes' windows, used by blur/pixelate).
 
     fill: exactly `value` (see `fill_value`) -- irreversible, the default.
     blur / pixelate: reversible obfuscation (strength grows with box height), only on request.
@@ -172,7 +217,8 @@ def apply_redaction(
     if style == "fill":
         if value is None:
             raise ValueError("fill needs a value")
-        mask = bx.union_mask(int_boxes, w, h)
+        if mask is None:
+            mask = bx.union_mask(int_boxes, w, h)
         out[mask] = value if out.ndim == 3 else value[0]
         return out
     for x0, y0, x1, y1 in int_boxes:
@@ -184,5 +230,10 @@ def apply_redaction(
             f = _blur(region, max(2, bh // 3))
         else:
             f = _pixelate(region, max(4, bh // 3))
-        out[y0:y1, x0:x1] = _cast_like(f, out.dtype)
+        f = _cast_like(f, out.dtype)
+        if mask is None:
+            out[y0:y1, x0:x1] = f
+        else:
+            m = mask[y0:y1, x0:x1]
+            out[y0:y1, x0:x1][m] = f[m]
     return out

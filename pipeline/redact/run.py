@@ -26,22 +26,23 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.boxes import Detections, union_mask
+from pipeline.boxes import Detections
 from pipeline.detectors.base import detect_visible
 from pipeline.formats import UnwritableError, atomic_write_bytes, atomic_write_text, is_atomic_temp
 from pipeline.imaging import ImageRejected
 from pipeline.listing import Listed, Skipped, file_problem, iter_image_files
 from pipeline.predict import sha256_file
 from pipeline.redact import codec
-from pipeline.redact.core import Pad, apply_redaction, fill_value, redaction_boxes
+from pipeline.redact.core import Cover, Pad, apply_redaction, cover_shapes, fill_value
 
 log = logging.getLogger("textloop.redact")
 
-FORMAT_VERSION = 1           # bump when the same settings would produce different bytes
+FORMAT_VERSION = 2           # bump when the same settings would produce different bytes (2: polygon fill)
 DEFAULT_THRESHOLD = 0.3      # favours recall: ppocr's own candidate floor
 DEFAULT_PAD = Pad(px=0.0, frac=0.10)   # the knee of the devset padding sweep (README, bench_redact.py)
 DEFAULT_PPOCR_SCALES = (1.0, 2.0)  # ppocr in redact: the 2x pass finds small scene text (icdar2015 0.87 -> 0.93)
 MULTISCALE_MAX_SIDE = 1600         # ... on images up to this long side (every devset image); larger ones: 1x
+DEFAULT_PPOCR_REFINE = "small"     # ... and only around small-text candidates of the 1x map (README: cost/coverage)
 DEFAULT_REVIEW_BAND = (0.3, 0.4)   # holds 26 % of devset images with ppocr (0.3-0.6 would hold 58 %)
 
 
@@ -52,6 +53,7 @@ class RedactConfig:
     threshold: float = DEFAULT_THRESHOLD
     pad: Pad = DEFAULT_PAD
     style: str = "fill"
+    shape: str = "polygon"       # polygon: DB's quads grown along their own axes; box: enclosing boxes
     color: tuple[int, int, int] = (0, 0, 0)
     jpeg_quality: int = 95
     max_pixels: int = codec.DEFAULT_MAX_PIXELS
@@ -71,7 +73,7 @@ class RedactConfig:
     def settings(self, detector_version: str) -> dict[str, Any]:
         return {
             "format_version": FORMAT_VERSION, "detector": detector_version, "threshold": self.threshold,
-            "pad": str(self.pad), "style": self.style, "color": list(self.color), "jpeg_quality": self.jpeg_quality,
+            "pad": str(self.pad), "style": self.style, "shape": self.shape, "color": list(self.color), "jpeg_quality": self.jpeg_quality,
         }
 
     def settings_hash(self, detector_version: str) -> str:
@@ -336,11 +338,22 @@ class Redactor:
     def process(self, item: Item, reviewed: Detections | None = None) -> Result:
         """Redact one file; never raises for a bad image (the result says why it failed).
 
-        `reviewed`: human-reviewed boxes for page 0 (from `--from-review`) replacing detections."""
+        `reviewed`: human-reviewed boxes for page 0 (from `--from-review`) replacing detections.
+        The three stages (`prepare`, `detect`, `finish`) run here one after the other; the local
+        engine overlaps them across images (`run_local`), with the same bytes out."""
+        return self.finish(self.detect(self.prepare(item, reviewed)))
+
+    def _guard(self, job: "Job", stage: Callable[["Job"], None]) -> "Job":
+        """Run one stage, turning any failure into the result's reason (a bad image never
+        stops the batch); the stage's seconds add to the image's."""
+        if job.over:
+            return job
         t0 = time.perf_counter()
-        res = Result(item.rel, item.src, item.out, "failed")
+        res, item = job.res, job.item
         try:
-            self._process(item, res, reviewed)
+            stage(job)
+            res.seconds += time.perf_counter() - t0
+            return job
         except ImageRejected as exc:
             res.status, res.reason, res.detail = "failed", exc.reason, exc.detail
         except FileNotFoundError as exc:
@@ -356,34 +369,64 @@ class Redactor:
         except Exception as exc:  # a detector/encoder bug must not stop the batch
             log.exception("%s: unexpected error", item.src)
             res.status, res.reason, res.detail = "failed", "error", f"{type(exc).__name__}: {exc}"
-        res.seconds = time.perf_counter() - t0
+        res.seconds += time.perf_counter() - t0
+        job.over = True
+        return job
+
+    def _log(self, res: Result) -> Result:
         if res.status == "failed":
-            log.warning("%s: %s: %s", item.src, res.reason, res.detail)
+            log.warning("%s: %s: %s", res.src, res.reason, res.detail)
         else:
-            log.info("%s: %s (%d boxes)", item.rel, res.status, res.n_boxes)
+            log.info("%s: %s (%d boxes)", res.rel, res.status, res.n_boxes)
         return res
 
-    def _process(self, item: Item, res: Result, reviewed: Detections | None) -> None:
-        cfg = self.cfg
+    def prepare(self, item: Item, reviewed: Detections | None = None) -> "Job":
+        """Stage 1 (any thread): read, hash, resume check, decode every page, build the views."""
+        job = Job(item, reviewed, Result(item.rel, item.src, item.out, "failed"))
+        return self._guard(job, self._prepare)
+
+    def detect(self, job: "Job") -> "Job":
+        """Stage 2 (the detector's thread; calls are serialised): detections per page."""
+        return self._guard(job, self._detect)
+
+    def finish(self, job: "Job") -> Result:
+        """Stage 3 (any thread): hold / cover / encode / verify / write output and sidecar."""
+        self._guard(job, self._finish)
+        job.doc = job.views = job.dets = None   # free the pixels early
+        return self._log(job.res)
+
+    def _prepare(self, job: "Job") -> None:
+        cfg, item, res = self.cfg, job.item, job.res
         data = Path(item.src).read_bytes()
         res.input_sha256 = in_sha = sha256_bytes(data)
-        if not cfg.force and not cfg.dry_run and reviewed is None:
+        if not cfg.force and not cfg.dry_run and job.reviewed is None:
             done = self.up_to_date(item, in_sha)
             if done is not None:
                 status, sc = done
                 res.status, res.output_sha256 = status, sc.get("output_sha256", "")
                 res.n_boxes, res.pages = int(sc.get("n_boxes", 0)), len(sc.get("pages", []))
+                job.over = True
                 return
-        doc = codec.decode(data, cfg.max_pixels)
+        job.doc = doc = codec.decode(data, cfg.max_pixels)
         del data
         res.pages = len(doc.pages)
-        floor = cfg.detection_floor
+        job.views = [None if (i == 0 and job.reviewed is not None) else codec.detector_views(page)
+                     for i, page in enumerate(doc.pages)]
+
+    def _detect(self, job: "Job") -> None:
+        floor = self.cfg.detection_floor
         dets: list[Detections] = []
-        for i, page in enumerate(doc.pages):
-            if i == 0 and reviewed is not None:
-                dets.append(reviewed)
+        for views in job.views:
+            if views is None:
+                dets.append(job.reviewed)
                 continue
-            dets.append(self._detect_page(page).filter(floor))
+            with self._lock:
+                dets.append(detect_visible(self.detector, [views])[0].filter(floor))
+        job.dets = dets
+        job.views = None
+
+    def _finish(self, job: "Job") -> None:
+        cfg, item, res, doc, dets, reviewed = self.cfg, job.item, job.res, job.doc, job.dets, job.reviewed
         res.boxes = [[[round(float(v), 2) for v in b] for b in d.boxes] for d in dets]
         res.scores = [[round(float(s), 4) for s in d.scores] for d in dets]
         if cfg.review and reviewed is None:
@@ -392,24 +435,26 @@ class Redactor:
                 res.status = "held"
                 res.n_boxes = sum(len(d) for d in dets)
                 if not cfg.dry_run:
-                    self._write_sidecar(item, res, doc, [], status="held")
+                    self._write_sidecar(item, res, doc, [], status="held", dets=dets)
                 return
         final = [d if (i == 0 and reviewed is not None) else d.filter(cfg.threshold) for i, d in enumerate(dets)]
         res.n_boxes = sum(len(d) for d in final)
         if cfg.dry_run:
             res.status = "dry_run"
             return
-        arrays, covered_boxes = [], []
+        arrays, covers = [], []
         for page, d in zip(doc.pages, final):
-            ib = redaction_boxes(d.boxes, page.width, page.height, cfg.pad)
+            cover = cover_shapes(d.boxes, d.quads, page.width, page.height, cfg.pad, cfg.shape)
             value = fill_value(cfg.color, page.array.dtype, page.channels, page.kind, page.inverted)
-            arrays.append(apply_redaction(page.array, ib, cfg.style, value))
-            covered_boxes.append(ib)
+            arrays.append(apply_redaction(page.array, cover.boxes, cfg.style, value, mask=cover.mask))
+            covers.append(cover)
         out_doc = doc.with_arrays(arrays)
+        del arrays
         out_bytes = codec.encode(out_doc, codec.EncodeOptions(jpeg_quality=cfg.jpeg_quality, webp_quality=cfg.jpeg_quality))
+        del out_doc
         verify: dict[str, Any] | None = None
         if cfg.verify and self.verifier is not None:
-            verify = self._verify(out_bytes, covered_boxes)
+            verify = self._verify(out_bytes, [c.mask for c in covers])
             res.remaining = verify["remaining"]
             res.legible = [str(x["text"]) for x in verify["legible"]]
             if res.remaining and cfg.strict:
@@ -421,23 +466,23 @@ class Redactor:
         atomic_write_bytes(item.out, out_bytes)
         res.output_sha256 = sha256_bytes(out_bytes)
         res.status = "redacted"
-        self._write_sidecar(item, res, doc, covered_boxes, status="redacted", verify=verify,
-                            source="review" if reviewed is not None else "detector")
+        self._write_sidecar(item, res, doc, covers, status="redacted", verify=verify,
+                            source="review" if reviewed is not None else "detector", dets=final)
 
-    def _verify(self, out_bytes: bytes, covered_boxes: list[np.ndarray]) -> dict[str, Any]:
+    def _verify(self, out_bytes: bytes, masks: list[np.ndarray]) -> dict[str, Any]:
         """Legibility audit of the bytes actually written: decode them as a viewer would, read
         every view with an OCR recogniser, and list what it reads outside the covered areas."""
         out_doc = codec.decode(out_bytes, self.cfg.max_pixels)
         legible: list[dict[str, Any]] = []
-        for i, (page, ib) in enumerate(zip(out_doc.pages, covered_boxes)):
+        for i, (page, mask) in enumerate(zip(out_doc.pages, masks)):
             readings = self.verifier.read_views(codec.detector_views(page))
-            mask = union_mask(ib, page.width, page.height)
             legible.extend({"page": i, **r.as_dict()} for r in self.verifier.legible(readings, mask))
         return {"reader": self.verifier.version, "min_chars": self.verifier.min_chars,
                 "min_score": self.verifier.min_score, "remaining": len(legible), "legible": legible}
 
-    def _write_sidecar(self, item: Item, res: Result, doc: codec.Document, covered: list[np.ndarray],
-                       status: str, verify: dict[str, Any] | None = None, source: str = "detector") -> None:
+    def _write_sidecar(self, item: Item, res: Result, doc: codec.Document, covered: list[Cover],
+                       status: str, verify: dict[str, Any] | None = None, source: str = "detector",
+                       dets: Sequence[Detections] = ()) -> None:
         sc = {
             "tool": "textloop redact",
             "status": status,
@@ -457,15 +502,42 @@ class Redactor:
             "settings": self.settings,
             "settings_hash": self.settings_hash,
             "n_boxes": res.n_boxes,
-            "pages": [
-                {"page": i, "boxes": res.boxes[i], "scores": res.scores[i],
-                 "redacted": [[int(v) for v in b] for b in covered[i]] if i < len(covered) else []}
-                for i in range(len(doc.pages))
-            ],
+            "pages": [self._page_record(i, res, covered[i] if i < len(covered) else None,
+                                        dets[i] if i < len(dets) else None) for i in range(len(doc.pages))],
         }
         if verify is not None:
             sc["verify"] = verify
         atomic_write_text(item.sidecar, json.dumps(sc, indent=1) + "\n")
+
+
+    @staticmethod
+    def _page_record(i: int, res: Result, cover: Cover | None, det: Detections | None) -> dict[str, Any]:
+        """Sidecar entry of one page: detections (boxes, scores, DB quads when the detector gave
+        them), and what was covered: the pixel windows, the grown polygons, the pixel count."""
+        rec: dict[str, Any] = {"page": i, "boxes": res.boxes[i] if i < len(res.boxes) else [],
+                               "scores": res.scores[i] if i < len(res.scores) else []}
+        if det is not None and det.quads is not None:
+            rec["quads"] = [[[round(float(x), 2), round(float(y), 2)] for x, y in q] for q in det.quads]
+        rec["redacted"] = [] if cover is None else [[int(v) for v in b] for b in cover.boxes]
+        if cover is not None:
+            if cover.polygons is not None:
+                rec["polygons"] = [None if not np.isfinite(p).all() else [[round(float(x), 2), round(float(y), 2)] for x, y in p]
+                                   for p in cover.polygons]
+            rec["covered_px"] = cover.area
+        return rec
+
+
+@dataclass
+class Job:
+    """One image between the stages of `Redactor` (decoded pages, views, detections)."""
+
+    item: Item
+    reviewed: Detections | None
+    res: Result
+    doc: codec.Document | None = None
+    views: list[Any] | None = None
+    dets: list[Detections] | None = None
+    over: bool = False          # skipped / held / failed already: later stages do nothing
 
 
 class SizeAdaptiveDetector:
@@ -482,36 +554,74 @@ class SizeAdaptiveDetector:
         return [(self.multi if max(im.shape[:2]) <= self.max_side else self.single).detect([im])[0] for im in images]
 
 
-def build_ppocr(scales: Sequence[float] = DEFAULT_PPOCR_SCALES, max_side: int = MULTISCALE_MAX_SIDE) -> Any:
-    """redact's ppocr: plain for scales (1,), else size-adaptive multi-scale."""
+def build_ppocr(scales: Sequence[float] = DEFAULT_PPOCR_SCALES, max_side: int = MULTISCALE_MAX_SIDE,
+                refine: str = DEFAULT_PPOCR_REFINE, **options: Any) -> Any:
+    """redact's stock detector: one `PPOCRDetector` (one ONNX session). With extra scales they
+    run only on images up to `max_side` long side, and with `refine="small"` only on windows
+    around what the 1x probability map marks as possibly small text (README: the cost and
+    coverage of each choice)."""
     from pipeline.detectors import load_detector
 
     scales = tuple(float(x) for x in scales)
     if scales == (1.0,):
-        return load_detector("ppocr")
-    return SizeAdaptiveDetector(load_detector("ppocr"), load_detector("ppocr", scales=scales), max_side)
+        return load_detector("ppocr", **options)
+    return load_detector("ppocr", scales=scales, scale_max_side=int(max_side), refine=refine, **options)
 
 
 # --- engines -------------------------------------------------------------------------------
 
 def run_local(redactor: Redactor, items: Iterable[Item], workers: int = 2,
-              reviewed: dict[str, Detections] | None = None, fail_fast: bool = False) -> Iterator[Result]:
-    """Results as they finish; a bounded window keeps memory flat in the number of images."""
-    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+              reviewed: dict[str, Detections] | None = None, fail_fast: bool = False,
+              pipelined: bool = True) -> Iterator[Result]:
+    """Results as they finish. Pipelined (default): `workers` threads decode, one thread runs
+    the detector, `workers` threads cover/encode/write, so the detector never waits for a
+    decode or an encode; at most `2 * workers + 2` images are in flight (memory stays flat in the
+    number of images). `pipelined=False`: each of `workers` threads runs whole images (the
+    detector still serialised). Both give the same bytes (the same three stages)."""
+    from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
+    workers = max(1, int(workers))
+    window = 2 * workers + 2
     it = iter(items)
+    rv = reviewed or {}
     stop = False
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        in_flight = set()
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="redact-decode") as decode, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="redact-detect") as detect, \
+            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="redact-encode") as encode:
+        in_flight: set[Future] = set()
+
+        def chain(item: Item) -> Future:
+            final: Future = Future()
+
+            def forward(fut: Future, nxt: Callable[[Future], None]) -> None:
+                try:
+                    nxt(fut)
+                except BaseException as exc:  # noqa: BLE001 - the stages catch image errors; this is a bug
+                    final.set_exception(exc)
+
+            def after_decode(fut: Future) -> None:
+                detect.submit(redactor.detect, fut.result()).add_done_callback(lambda f: forward(f, after_detect))
+
+            def after_detect(fut: Future) -> None:
+                encode.submit(redactor.finish, fut.result()).add_done_callback(lambda f: forward(f, done))
+
+            def done(fut: Future) -> None:
+                final.set_result(fut.result())
+
+            decode.submit(redactor.prepare, item, rv.get(item.rel)).add_done_callback(lambda f: forward(f, after_decode))
+            return final
 
         def submit() -> bool:
             item = next(it, None)
             if item is None:
                 return False
-            in_flight.add(pool.submit(redactor.process, item, (reviewed or {}).get(item.rel)))
+            if pipelined:
+                in_flight.add(chain(item))
+            else:
+                in_flight.add(decode.submit(redactor.process, item, rv.get(item.rel)))
             return True
 
-        for _ in range(max(1, workers) * 2):
+        for _ in range(window if pipelined else workers * 2):
             if not submit():
                 break
         while in_flight:

@@ -1,0 +1,235 @@
+"""Polygon redaction (issue 13): DB's rotated quads are filled grown along their own axes, not
+their enclosing boxes; `--shape box` keeps boxes; Label Studio gets rotated rectangles and
+gives them back; the pipelined local engine writes the same bytes as whole-image threads; the
+cheaper stock path (2x only where small text may be) finds text that one 1x pass misses, and
+an OCR recogniser reads none of it in the output."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+from pipeline.boxes import Detections, grow_quads, oriented_rects, polygon_area, quads_mask
+from pipeline.redact.core import Pad, cover_shapes
+from pipeline.redact.run import RedactConfig, Redactor, plan, run_local
+
+W, H = 240, 180
+FILL = np.array([255, 0, 255], np.uint8)
+
+
+def rotated_quad(cx: float, cy: float, w: float, h: float, deg: float) -> np.ndarray:
+    """Corners tl, tr, br, bl of a w x h rectangle centred at (cx, cy), rotated by `deg` (screen, clockwise)."""
+    t = math.radians(deg)
+    u, v = np.array([math.cos(t), math.sin(t)]), np.array([-math.sin(t), math.cos(t)])
+    c = np.array([cx, cy])
+    return np.stack([c - u * w / 2 - v * h / 2, c + u * w / 2 - v * h / 2, c + u * w / 2 + v * h / 2, c - u * w / 2 + v * h / 2])
+
+
+def inside_polygon(poly: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Points inside a convex polygon (independent of textloop's rasteriser: half-planes)."""
+    ok = np.ones(xs.shape, bool)
+    sign = None
+    for k in range(len(poly)):
+        (x0, y0), (x1, y1) = poly[k], poly[(k + 1) % len(poly)]
+        cross = (x1 - x0) * (ys - y0) - (y1 - y0) * (xs - x0)
+        s = np.sign(np.mean(cross))
+        sign = s if sign is None else sign
+        ok &= cross * sign >= 0
+    return ok
+
+
+def dist_to_polygon(poly: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    d = np.full(xs.shape, np.inf)
+    for k in range(len(poly)):
+        a, b = poly[k], poly[(k + 1) % len(poly)]
+        ab = b - a
+        t = np.clip(((xs - a[0]) * ab[0] + (ys - a[1]) * ab[1]) / (ab @ ab), 0, 1)
+        d = np.minimum(d, np.hypot(xs - (a[0] + t * ab[0]), ys - (a[1] + t * ab[1])))
+    return np.where(inside_polygon(poly, xs, ys), 0.0, d)
+
+
+class QuadDetector:
+    """Finds the same rotated quad in every image (what DB would return)."""
+
+    name, version = "fake-db", "fake-db-1"
+
+    def __init__(self, quads: np.ndarray) -> None:
+        self.quads = np.asarray(quads, float).reshape(-1, 4, 2)
+
+    def detect(self, images):
+        return [Detections.from_quads(self.quads, np.full(len(self.quads), 0.9)) for _ in images]
+
+
+def noise_png(path: Path, seed: int = 0, size: tuple[int, int] = (W, H)) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    a = rng.integers(30, 220, (size[1], size[0], 3), dtype=np.uint8)
+    a[(a == FILL).all(-1)] = 0
+    Image.fromarray(a).save(path)
+    return a
+
+
+def redact_file(src: Path, out: Path, det, **cfg) -> dict:
+    items, _, _ = plan(str(src), out)
+    (res,) = list(run_local(Redactor(det, RedactConfig(color=(255, 0, 255), **cfg)), items, workers=1))
+    assert res.status == "redacted", res.detail
+    return json.loads(Path(items[0].sidecar).read_text())
+
+
+QUAD = rotated_quad(120, 90, 150, 24, 25.0)
+
+
+def test_rotated_quad_is_covered_exactly_and_tighter_than_its_box(tmp_path):
+    src = tmp_path / "a.png"
+    orig = noise_png(src)
+    sc = redact_file(src, tmp_path / "o.png", QuadDetector(QUAD), pad=Pad(2, 0.10))
+    out = np.asarray(Image.open(tmp_path / "o.png").convert("RGB"))
+    covered = (out == FILL).all(-1)
+    grown = grow_quads(QUAD[None], 2, 0.10)[0]            # pad 2 px + 10 % of the height (24) = 4.4 px
+    assert np.allclose(np.ptp(grown @ np.array([-math.sin(math.radians(25)), math.cos(math.radians(25))])), 24 + 8.8)
+    ys, xs = np.mgrid[0:H, 0:W]
+    # every pixel whose centre (and so whose square) lies in the grown polygon holds exactly the fill
+    assert covered[inside_polygon(grown, xs + 0.5, ys + 0.5)].all()
+    # pixels more than a pixel's diagonal away from it are untouched
+    far = dist_to_polygon(grown, xs + 0.5, ys + 0.5) > 0.75
+    assert (out[far] == orig[far]).all()
+    # less area than the enclosing box would have covered
+    x0, y0 = np.floor(grown.min(0)).astype(int)
+    x1, y1 = np.ceil(grown.max(0)).astype(int)
+    assert covered.sum() < 0.6 * (x1 - x0) * (y1 - y0)
+    page = sc["pages"][0]
+    assert sc["settings"]["shape"] == "polygon" and page["covered_px"] == int(covered.sum())
+    assert np.allclose(np.array(page["polygons"][0]), grown, atol=0.01)
+    assert np.allclose(np.array(page["quads"][0]), QUAD, atol=0.01)
+
+
+def test_conservative_rasterisation_covers_every_touched_pixel():
+    q = oriented_rects(rotated_quad(30.3, 20.7, 31.1, 7.3, 37.0)[None])
+    m = quads_mask(q, 64, 48)
+    ys, xs = np.mgrid[0:48, 0:64]
+    # sample each pixel square on a fine grid: any sample inside the rectangle -> covered
+    touched = np.zeros_like(m)
+    for dy in np.linspace(0.02, 0.98, 9):
+        for dx in np.linspace(0.02, 0.98, 9):
+            touched |= inside_polygon(q[0], xs + dx, ys + dy)
+    assert m[touched].all()
+    assert m.sum() <= polygon_area(q)[0] + 2 * (31.1 + 7.3) * 1.5 + 4   # at most a band of a pixel or so around
+
+
+def test_shape_box_fills_the_padded_enclosing_box(tmp_path):
+    src = tmp_path / "a.png"
+    noise_png(src)
+    sc = redact_file(src, tmp_path / "o.png", QuadDetector(QUAD), pad=Pad(2, 0.10), shape="box")
+    covered = (np.asarray(Image.open(tmp_path / "o.png").convert("RGB")) == FILL).all(-1)
+    cov = cover_shapes(np.array([[*QUAD.min(0), *QUAD.max(0)]]), None, W, H, Pad(2, 0.10), "box")
+    assert (covered == cov.mask).all() and covered.sum() == (cov.boxes[0, 2] - cov.boxes[0, 0]) * (cov.boxes[0, 3] - cov.boxes[0, 1])
+    assert sc["settings"]["shape"] == "box" and "polygons" not in sc["pages"][0]
+
+
+def test_detections_without_quads_fall_back_to_boxes():
+    cov = cover_shapes(np.array([[10.0, 10.0, 50.0, 30.0]]), None, 100, 60, Pad(0, 0.1), "polygon")
+    assert cov.mask.sum() == 44 * 24 and cov.polygons is None
+
+
+def test_settings_hash_depends_on_shape():
+    assert RedactConfig(shape="box").settings_hash("v") != RedactConfig().settings_hash("v")
+
+
+def test_label_studio_round_trip_of_a_rotated_rectangle():
+    from pipeline.studio.convert import detections_to_results, results_to_detections
+    from pipeline.studio.project import render_label_config
+
+    cfg = render_label_config()
+    det = Detections.from_quads(QUAD[None], [0.8])
+    (res,) = detections_to_results(det, W, H, cfg)
+    v = res["value"]
+    assert abs(v["rotation"] - 25.0) < 1e-6 and v["x"] >= 0 and v["y"] >= 0
+    back = results_to_detections([res], W, H, cfg)
+    assert back.quads is not None
+    assert np.abs(back.quads[0] - oriented_rects(QUAD[None])[0]).max() < 1.0
+    assert np.abs(back.boxes[0] - det.boxes[0]).max() < 1.0          # the enclosing box too
+    # an axis-aligned box stays a plain rectangle both ways
+    (res2,) = detections_to_results(Detections(np.array([[10.0, 20.0, 60.0, 40.0]]), [0.5]), W, H, cfg)
+    assert res2["value"]["rotation"] == 0.0
+    assert results_to_detections([res2], W, H, cfg).quads is None
+
+
+def test_pipelined_engine_writes_the_same_bytes_as_whole_image_threads(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(7):
+        noise_png(src / f"{i}.png", seed=i)
+        Image.fromarray(np.random.default_rng(10 + i).integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(src / f"{i}.jpg")
+    det = QuadDetector(np.stack([QUAD * 0.5, rotated_quad(60, 60, 40, 10, -12)]))
+    outs = {}
+    for mode in (True, False):
+        out = tmp_path / f"out_{mode}"
+        items, audit, _ = plan(str(src), out)
+        results = list(run_local(Redactor(det, RedactConfig()), items, workers=3, pipelined=mode))
+        assert sorted(r.rel for r in results) == sorted(it.rel for it in items)
+        assert all(r.status == "redacted" for r in results)
+        outs[mode] = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+        outs[mode].update({"sc/" + p.name: p.read_bytes() for p in (audit / "sidecars").rglob("*.json")})
+    assert outs[True] == outs[False] and len(outs[True]) == 28
+
+
+# --- the real detector and recogniser ------------------------------------------------------------
+
+SMALL_WORDS = ("Jonathan", "48213", "Confidential")
+
+
+def small_text_image(path: Path, size: int = 8, ink: int = 160) -> list[tuple[int, int, int, int]]:
+    """Small grey words (8 px DejaVu, grey 160 on paper): one 1x pass finds none of them, OCR reads some."""
+    from matplotlib import font_manager
+
+    im = Image.new("RGB", (1024, 768), (236, 234, 228))
+    d = ImageDraw.Draw(im)
+    big = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), 28)
+    d.text((80, 80), "Sample report", font=big, fill=(15, 15, 15))      # text 1x finds
+    f = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size)
+    boxes = []
+    for i, w in enumerate(SMALL_WORDS):
+        xy = (140 + 260 * i, 420 + 60 * i)
+        d.text(xy, w, font=f, fill=(ink, ink, ink))
+        boxes.append(d.textbbox(xy, w, font=f))
+    im.save(path)
+    return boxes
+
+
+@pytest.fixture(scope="module")
+def reader():
+    from pipeline.legibility import Reader
+
+    return Reader()
+
+
+def test_cheaper_stock_path_finds_small_text_that_1x_misses_and_nothing_stays_legible(tmp_path, reader):
+    from pipeline.detectors import load_detector
+    from pipeline.redact.run import build_ppocr
+
+    src = tmp_path / "small.png"
+    boxes = small_text_image(src)
+    rgb = np.asarray(Image.open(src).convert("RGB"))
+
+    def hits(det) -> int:
+        found = det.boxes
+        return sum(any(b[0] <= (x0 + x1) / 2 <= b[2] and b[1] <= (y0 + y1) / 2 <= b[3] for b in found)
+                   for x0, y0, x1, y1 in boxes)
+
+    one = load_detector("ppocr")
+    default = build_ppocr()
+    assert default.config.refine == "small" and default.config.scales == (1.0, 2.0)
+    assert hits(one.detect([rgb])[0]) < len(boxes)                 # one 1x pass misses small words
+    assert hits(default.detect([rgb])[0]) == len(boxes)            # the default finds them all
+    # the recogniser can read the small words in the input (so the test means something) ...
+    readable = [w for w in SMALL_WORDS if any(w.lower() in r.text.lower() for r in reader.read_views([rgb]))]
+    assert readable
+    # ... and reads none of them in the output, composited by Pillow
+    redact_file(src, tmp_path / "o.png", default)
+    out = np.asarray(Image.open(tmp_path / "o.png").convert("RGB"))
+    texts = " ".join(r.text for r in reader.read_views([out])).lower()
+    assert not any(w.lower() in texts for w in SMALL_WORDS), texts
