@@ -21,14 +21,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from pipeline.boxes import Detections, quad_to_xyxy, xyxy_to_quad
+from pipeline.boxes import (Detections, enclosing_rect, is_axis_aligned, oriented_rects, polygon_area, quad_frames,
+                            quad_to_xyxy)
 
 BASE_VERSION = "ppocr-v4-det"
 
@@ -47,6 +50,16 @@ class PPOCRConfig:
     max_upscale: float = 4.0       # cap of the `min_side` upscaling for tiny images
     scales: tuple[float, ...] = (1.0,)  # extra passes, e.g. (1.0, 2.0) to find tiny text
     full_view: bool = True         # with tiling, also run one whole-image pass at `tile_size`
+    scale_max_side: int = 0        # passes after the first run only on images up to this long side (0: all)
+    refine: str = "image"          # where passes after the first run: "image" (whole) | "small" (see below)
+    refine_thresh: float = 0.1     # "small": first-pass map above this = possible text ...
+    refine_max_height: float = 24.0  # ... in blobs at most this tall (image px): windows around them
+    refine_edges: int = 48         # ... and word-like clusters of strong edges (morphological gradient
+                                   #     above this, 0-255) that no first-pass box holds (0: map only)
+    refine_margin: int = 32        # context around a small blob (image px)
+    refine_cell: int = 64          # blobs are grouped on a grid of cells of this size (image px)
+    refine_min_window: int = 256   # windows grow to at least this side (DB needs context: a 96 px
+                                   # window around a 6 px word finds nothing, 256 px finds it)
     threads: int = 2               # onnxruntime intra-op threads
     model_path: str = ""           # default: the model inside the rapidocr wheel
 
@@ -55,6 +68,8 @@ class PPOCRConfig:
             raise ValueError(f"scales must be positive, got {self.scales}")
         if self.tile_overlap >= self.tile_size:
             raise ValueError("tile_overlap must be smaller than tile_size")
+        if self.refine not in ("image", "small"):
+            raise ValueError(f"refine must be 'image' or 'small', got {self.refine!r}")
 
 
 def default_model_path() -> Path:
@@ -106,6 +121,8 @@ class PPOCRDetector:
             opts.log_severity_level = 4
             opts.intra_op_num_threads = max(1, min(int(config.threads), os.cpu_count() or 1))
             opts.inter_op_num_threads = 1
+            # no busy-waiting between ops: decode/encode threads get the cores, CPU-s stay honest
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             if model_bytes is not None:
                 source: bytes | str = model_bytes
@@ -124,6 +141,23 @@ class PPOCRDetector:
 
         return DBPostProcess(thresh=config.thresh, box_thresh=config.box_thresh, max_candidates=1000,
                              unclip_ratio=config.unclip_ratio, score_mode="fast", use_dilation=True)
+
+    def with_options(self, **changes: Any) -> "PPOCRDetector":
+        """A copy sharing the ONNX session (and map cache) with other `PPOCRConfig` fields
+        (scales, refine, tiling, thresholds): variants of one model never load it twice."""
+        import copy
+        from dataclasses import replace
+
+        if "model_path" in changes or "threads" in changes:
+            raise ValueError("with_options() cannot change model_path or threads (they make the session)")
+        if "scales" in changes:
+            changes["scales"] = tuple(float(x) for x in changes["scales"])
+        other = copy.copy(self)
+        other.config = replace(self.config, **changes)
+        other._post = self._make_post(other.config)
+        if type(self)._version is PPOCRDetector._version and self.version.startswith(BASE_VERSION):
+            other.version = other._version(other.config)
+        return other
 
     def retuned(self, **post: float) -> "PPOCRDetector":
         """A copy sharing the network (and the map cache) with other `thresh`, `box_thresh`,
@@ -167,8 +201,9 @@ class PPOCRDetector:
 
     # --- one forward pass --------------------------------------------------------------
 
-    def _run(self, bgr: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
-        """Quads (N,4,2) in `bgr` pixel coordinates and their scores, running at `scale`."""
+    def _run(self, bgr: np.ndarray, scale: float, keep_map: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Quads (N,4,2) in `bgr` pixel coordinates and their scores, running at `scale`
+        (`keep_map`: the probability map is appended to it)."""
         import cv2
 
         h, w = bgr.shape[:2]
@@ -178,6 +213,8 @@ class PPOCRDetector:
         x = (img.astype(np.float32) / 255.0 - 0.5) / 0.5
         x = x.transpose(2, 0, 1)[None].astype(np.float32)
         pred = self._probability_map(x)
+        if keep_map is not None:
+            keep_map.append(pred[0, 0])
         quads, scores = self._post(pred, (h, w))
         quads = np.asarray(quads, dtype=np.float64).reshape(-1, 4, 2)
         scores = np.asarray(scores, dtype=np.float64).reshape(-1)
@@ -193,13 +230,96 @@ class PPOCRDetector:
         """(scale, tiled) for every pass over an image of w x h."""
         c = self.config
         base = min(max(1.0, c.min_side / max(1, min(w, h))), c.max_upscale)
+        scales = c.scales
+        if c.scale_max_side and max(w, h) > c.scale_max_side:
+            scales = scales[:1]
         passes: list[tuple[float, bool]] = []
-        for s in c.scales:
+        for s in scales:
             scale = base * s
             passes.append((scale, max(w, h) * scale > c.max_side))
         if c.full_view and all(tiled for _, tiled in passes):  # no whole-image view yet: add one for big text
             passes.append((c.tile_size / max(w, h), False))
         return passes
+
+    def _pass(self, bgr: np.ndarray, scale: float, tiled: bool, x0: int, y0: int,
+              out: list[tuple[np.ndarray, np.ndarray]], keep_map: list | None = None) -> None:
+        """One pass over `bgr` (a window of the image at offset x0, y0), tiled when asked:
+        each tile's (quads in image coordinates, scores) appended to `out`."""
+        c = self.config
+        if not tiled:
+            q, s = self._run(bgr, scale, keep_map)
+            out.append((q + np.array([x0, y0], dtype=np.float64), s))
+            return
+        h, w = bgr.shape[:2]
+        tile = max(32, int(round(c.tile_size / scale)))
+        overlap = int(round(c.tile_overlap / scale))
+        for ty in _tiles(h, tile, overlap):
+            for tx in _tiles(w, tile, overlap):
+                q, s = self._run(bgr[ty:ty + tile, tx:tx + tile], scale)
+                out.append((q + np.array([x0 + tx, y0 + ty], dtype=np.float64), s))
+
+    def small_text_windows(self, prob: np.ndarray, w: int, h: int, bgr: np.ndarray | None = None,
+                           found: np.ndarray | None = None) -> np.ndarray:
+        """Integer xyxy windows (image px) where a larger scale may find text the first pass
+        missed. Candidates: blobs of the first-pass probability map above `refine_thresh` no
+        taller than `refine_max_height` image px (text at the edge of being seen), and, since
+        DB's map is blank for text a few pixels tall, word-like clusters of strong edges of that
+        height (`refine_edges`) whose centre lies in no first-pass box (`found`, xyxy). Grouped
+        on a grid of `refine_cell` cells (one window per connected group), plus `refine_margin`."""
+        import cv2
+
+        c = self.config
+        mh, mw = prob.shape
+        sx, sy = w / mw, h / mh
+        cand = []   # xyxy in image px
+        n, _, stats, _ = cv2.connectedComponentsWithStats((prob > c.refine_thresh).astype(np.uint8), connectivity=8)
+        if n > 1:
+            st = stats[1:].astype(np.float64)
+            x0, y0 = st[:, 0] * sx, st[:, 1] * sy
+            bw, bh = st[:, 2] * sx, st[:, 3] * sy
+            keep = (bh <= c.refine_max_height) & (np.minimum(bh, bw) >= 2.0)
+            cand.append(np.stack([x0, y0, x0 + bw, y0 + bh], 1)[keep])
+        if c.refine_edges and bgr is not None:
+            gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+            grad = cv2.morphologyEx(gray, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8))
+            strong = cv2.morphologyEx((grad >= c.refine_edges).astype(np.uint8), cv2.MORPH_CLOSE, np.ones((3, 7), np.uint8))
+            n, _, stats, _ = cv2.connectedComponentsWithStats(strong, connectivity=8)
+            if n > 1:
+                st = stats[1:].astype(np.float64)
+                x0, y0, bw, bh, area = st[:, 0], st[:, 1], st[:, 2], st[:, 3], st[:, 4]
+                keep = (bh >= 3) & (bh <= c.refine_max_height) & (bw >= 1.5 * bh) & (area >= 0.3 * bw * bh)
+                b = np.stack([x0, y0, x0 + bw, y0 + bh], 1)[keep]
+                if found is not None and len(found) and len(b):
+                    cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+                    inside = ((cx[:, None] >= found[None, :, 0]) & (cx[:, None] <= found[None, :, 2])
+                              & (cy[:, None] >= found[None, :, 1]) & (cy[:, None] <= found[None, :, 3])).any(1)
+                    b = b[~inside]
+                cand.append(b)
+        cand = [x for x in cand if len(x)]
+        if not cand:
+            return np.zeros((0, 4), np.int64)
+        b = np.concatenate(cand)
+        m = float(c.refine_margin)
+        x0, y0 = np.clip(b[:, 0] - m, 0, w), np.clip(b[:, 1] - m, 0, h)
+        x1, y1 = np.clip(b[:, 2] + m, 0, w), np.clip(b[:, 3] + m, 0, h)
+        cell = max(8, int(c.refine_cell))
+        gw, gh = -(-w // cell), -(-h // cell)
+        grid = np.zeros((gh, gw), np.uint8)
+        for a, bb, cc, d in zip((x0 // cell).astype(int), (y0 // cell).astype(int),
+                                np.ceil(x1 / cell).astype(int), np.ceil(y1 / cell).astype(int)):
+            grid[bb:max(d, bb + 1), a:max(cc, a + 1)] = 1
+        k, _, gst, _ = cv2.connectedComponentsWithStats(grid, connectivity=8)
+        wins = np.asarray([[gx * cell, gy * cell, min(w, (gx + gww) * cell), min(h, (gy + ghh) * cell)]
+                           for gx, gy, gww, ghh, _ in gst[1:k]], np.float64).reshape(-1, 4)
+        side = float(c.refine_min_window)
+        for a, lim in ((0, w), (1, h)):   # grow short windows about their centre, shifted inside the image
+            size = wins[:, a + 2] - wins[:, a]
+            grow = np.maximum(0.0, min(side, lim) - size) / 2
+            lo = np.clip(wins[:, a] - grow, 0, None)
+            hi = np.minimum(lo + np.maximum(size, min(side, lim)), lim)
+            wins[:, a], wins[:, a + 2] = hi - np.maximum(size, min(side, lim)), hi
+        wins = np.clip(wins, 0, [w, h, w, h])
+        return _merge_windows(wins.astype(np.int64))
 
     def detect_one(self, image: np.ndarray) -> Detections:
         """Detections for one upright uint8 RGB (or grey) image."""
@@ -213,35 +333,29 @@ class PPOCRDetector:
         bgr = cv2.cvtColor(np.ascontiguousarray(arr[..., :3]), cv2.COLOR_RGB2BGR)  # PP-OCR was trained on BGR
         h, w = bgr.shape[:2]
         c = self.config
-        quads, scores, group = [], [], []
+        found: list[tuple[np.ndarray, np.ndarray]] = []
         passes = self._passes(w, h)
-        g = 0
-        for scale, tiled in passes:
-            if not tiled:
-                q, s = self._run(bgr, scale)
-                quads.append(q)
-                scores.append(s)
-                group.append(np.full(len(s), g))
-                g += 1
+        first_map: list[np.ndarray] = []
+        for k, (scale, tiled) in enumerate(passes):
+            if k > 0 and c.refine == "small" and scale > passes[0][0]:
+                if not first_map:   # the first pass was tiled: no map, so no way to choose
+                    self._pass(bgr, scale, tiled, 0, 0, found)
+                    continue
+                first = quad_to_xyxy(np.concatenate([q for q, _ in found])) if found else None
+                for x0, y0, x1, y1 in self.small_text_windows(first_map[0], w, h, bgr, first):
+                    win = bgr[y0:y1, x0:x1]
+                    self._pass(win, scale, max(win.shape[:2]) * scale > c.max_side, int(x0), int(y0), found)
                 continue
-            tile = max(32, int(round(c.tile_size / scale)))
-            overlap = int(round(c.tile_overlap / scale))
-            for y0 in _tiles(h, tile, overlap):
-                for x0 in _tiles(w, tile, overlap):
-                    q, s = self._run(bgr[y0:y0 + tile, x0:x0 + tile], scale)
-                    quads.append(q + np.array([x0, y0], dtype=np.float64))
-                    scores.append(s)
-                    group.append(np.full(len(s), g))
-                    g += 1
-        all_quads = np.concatenate(quads) if quads else np.zeros((0, 4, 2))
-        all_scores = np.concatenate(scores) if scores else np.zeros((0,))
+            self._pass(bgr, scale, tiled, 0, 0, found, first_map if (k == 0 and not tiled) else None)
+        first_map.clear()
+        all_quads = np.concatenate([q for q, _ in found]) if found else np.zeros((0, 4, 2))
+        all_scores = np.concatenate([s for _, s in found]) if found else np.zeros((0,))
+        group = np.concatenate([np.full(len(s), i) for i, (_, s) in enumerate(found)]) if found else np.zeros((0,), int)
         all_boxes = quad_to_xyxy(all_quads)
-        if g > 1:
-            all_boxes, all_scores, all_quads = merge_boxes(all_boxes, all_scores, np.concatenate(group),
-                                                           quads=all_quads)
-        all_quads = all_quads.copy()
-        all_quads[..., 0] = np.clip(all_quads[..., 0], 0, w)
-        all_quads[..., 1] = np.clip(all_quads[..., 1], 0, h)
+        if len(found) > 1:
+            all_boxes, all_scores, all_quads = merge_boxes(all_boxes, all_scores, group, quads=all_quads)
+        # boxes are clipped to the image; quads are not (clipping a rotated rectangle's corners
+        # one by one would cut into it): covering clips them when it rasterises
         all_boxes[:, [0, 2]] = np.clip(all_boxes[:, [0, 2]], 0, w)
         all_boxes[:, [1, 3]] = np.clip(all_boxes[:, [1, 3]], 0, h)
         order = np.argsort(-all_scores, kind="stable")
@@ -251,6 +365,25 @@ class PPOCRDetector:
         return [self.detect_one(im) for im in images]
 
 
+def _merge_windows(wins: np.ndarray) -> np.ndarray:
+    """Overlapping windows merged into their union until none overlap (each pixel runs once)."""
+    wins = [list(map(int, x)) for x in wins]
+    changed = True
+    while changed:
+        changed = False
+        for i in range(len(wins)):
+            for j in range(i + 1, len(wins)):
+                a, b = wins[i], wins[j]
+                if min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1]):
+                    wins[i] = [min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])]
+                    del wins[j]
+                    changed = True
+                    break
+            if changed:
+                break
+    return np.asarray(wins, np.int64).reshape(-1, 4)
+
+
 def merge_boxes(boxes: np.ndarray, scores: np.ndarray, group: np.ndarray,
                 iou: float = 0.5, contain: float = 0.8, same_line: float = 0.6,
                 quads: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
@@ -258,8 +391,10 @@ def merge_boxes(boxes: np.ndarray, scores: np.ndarray, group: np.ndarray,
     another (>= `contain` of the smaller one's area), and intersecting pieces of one line cut by a
     tile edge (from different groups, vertical overlap >= `same_line` of the lower height).
     Merged boxes become their union with the max score, repeated until nothing changes.
-    With `quads` (N, 4, 2), also returns them: a box that merged nothing keeps its quad, a
-    merged one gets its rectangle's."""
+    With `quads` (N, 4, 2), the tests use the quads' own overlap (slanted neighbours whose
+    enclosing boxes overlap are not merged) and they are returned too: a box that merged
+    nothing keeps its quad, a merged one gets the minimum-area rectangle around its parts'
+    corners (a slanted line found at two scales stays slanted)."""
     b = [list(map(float, x)) for x in boxes]
     s = [float(x) for x in scores]
     gr = [{int(x)} for x in group]
@@ -272,7 +407,8 @@ def merge_boxes(boxes: np.ndarray, scores: np.ndarray, group: np.ndarray,
         for i in order:
             target = None
             for k in kept:
-                if _should_merge(b[i], b[k], gr[i], gr[k], iou, contain, same_line):
+                if _should_merge(b[i], b[k], gr[i], gr[k], iou, contain, same_line,
+                                 None if q is None else (q[i], q[k])):
                     target = k
                     break
             if target is None:
@@ -283,7 +419,7 @@ def merge_boxes(boxes: np.ndarray, scores: np.ndarray, group: np.ndarray,
             s[target] = max(s[target], s[i])
             gr[target] |= gr[i]
             if q is not None:
-                q[target] = xyxy_to_quad(np.asarray([b[target]]))[0]
+                q[target] = enclosing_rect(np.concatenate([q[target], q[i]]))
             changed = True
         b = [b[k] for k in kept]
         s = [s[k] for k in kept]
@@ -297,11 +433,14 @@ def merge_boxes(boxes: np.ndarray, scores: np.ndarray, group: np.ndarray,
 
 
 def _should_merge(a: list[float], b: list[float], ga: set[int], gb: set[int],
-                  iou: float, contain: float, same_line: float) -> bool:
+                  iou: float, contain: float, same_line: float,
+                  quads: tuple[np.ndarray, np.ndarray] | None = None) -> bool:
     ix = min(a[2], b[2]) - max(a[0], b[0])
     iy = min(a[3], b[3]) - max(a[1], b[1])
     if ix <= 0 or iy <= 0:
         return False
+    if quads is not None and not is_axis_aligned(np.stack(quads)).all():
+        return _should_merge_quads(quads[0], quads[1], ga, gb, iou, contain, same_line)
     inter = ix * iy
     area_a = (a[2] - a[0]) * (a[3] - a[1])
     area_b = (b[2] - b[0]) * (b[3] - b[1])
@@ -311,4 +450,26 @@ def _should_merge(a: list[float], b: list[float], ga: set[int], gb: set[int],
         return True
     if ga.isdisjoint(gb):  # pieces of one line seen by different tiles/passes
         return iy / max(min(a[3] - a[1], b[3] - b[1]), 1e-9) >= same_line
+    return False
+
+
+def _should_merge_quads(qa: np.ndarray, qb: np.ndarray, ga: set[int], gb: set[int],
+                        iou: float, contain: float, same_line: float) -> bool:
+    """`_should_merge` on the quads themselves (their oriented rectangles)."""
+    import cv2
+
+    ra, rb = oriented_rects(np.stack([qa, qb]))
+    inter, _ = cv2.intersectConvexConvex(ra.astype(np.float32), rb.astype(np.float32))
+    if inter <= 0:
+        return False
+    area_a, area_b = polygon_area(np.stack([ra, rb]))
+    if inter / max(area_a + area_b - inter, 1e-9) >= iou or inter / max(min(area_a, area_b), 1e-9) >= contain:
+        return True
+    if ga.isdisjoint(gb):   # pieces of one line: nearly parallel and overlapping across the line
+        u, v, _, _ = quad_frames(np.stack([ra, rb]))
+        if abs(float(u[0] @ u[1])) < math.cos(math.radians(10)):
+            return False
+        pa, pb = ra @ v[0], rb @ v[0]
+        overlap = min(pa.max(), pb.max()) - max(pa.min(), pb.min())
+        return overlap / max(min(np.ptp(pa), np.ptp(pb)), 1e-9) >= same_line
     return False

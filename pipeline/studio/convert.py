@@ -8,20 +8,28 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.boxes import Detections, clip, ls_value_to_xyxy, xyxy_to_ls_value
+from pipeline.boxes import (Detections, clip, is_axis_aligned, ls_value_to_quad, ls_value_to_xyxy, oriented_rects,
+                            quad_to_ls_value, xyxy_to_ls_value)
 from pipeline.studio.client import StudioError
 from pipeline.studio.project import LabelConfig
 
 
 def detections_to_results(det: Detections, width: int, height: int, config: LabelConfig) -> list[dict[str, Any]]:
     """One rectanglelabels result per box, validated against the label config (clipped to the
-    image, non-empty, known label, finite); invalid boxes are dropped, not sent."""
+    image, non-empty, known label, finite); invalid boxes are dropped, not sent. A rotated DB
+    quad becomes a rotated rectangle (`rotation`, degrees about its top-left corner) when it
+    lies inside the image, so reviewers see and fix the real shape; otherwise its clipped box."""
     out = []
     boxes = clip(det.boxes, width, height) if len(det) else det.boxes
-    for box, score, label in zip(boxes, det.scores, det.labels):
+    rects = oriented_rects(det.quads) if det.quads is not None and len(det) else None
+    slanted = ~is_axis_aligned(rects) if rects is not None else np.zeros(len(boxes), bool)
+    for i, (box, score, label) in enumerate(zip(boxes, det.scores, det.labels)):
         if not np.all(np.isfinite(box)) or box[2] - box[0] <= 0 or box[3] - box[1] <= 0:
             continue
         value = xyxy_to_ls_value(box, width, height)
+        if rects is not None and slanted[i] and np.isfinite(rects[i]).all() \
+                and (rects[i] >= -0.5).all() and (rects[i][:, 0] <= width + 0.5).all() and (rects[i][:, 1] <= height + 0.5).all():
+            value = quad_to_ls_value(np.clip(rects[i], 0, [width, height]), width, height)
         value["rectanglelabels"] = [config.label_of(int(label))]
         out.append({
             "id": uuid.uuid4().hex[:10], "type": "rectanglelabels",
@@ -48,16 +56,21 @@ def validate_results(results: list[dict[str, Any]], config: LabelConfig) -> None
 
 def results_to_detections(results: list[dict[str, Any]], width: int, height: int, config: LabelConfig) -> Detections:
     """Rectangles of one annotation to pixel xyxy of the upright original (rotation handled by
-    `ls_value_to_xyxy`). Sizes come from the catalog; `original_width/height` only as a check."""
-    boxes, labels, scores = [], [], []
+    `ls_value_to_xyxy`), with the rotated rectangles' corners as `quads` when any is rotated
+    (redact then fills the reviewed shape). Sizes come from the catalog; `original_width/height`
+    only as a check."""
+    boxes, labels, scores, quads = [], [], [], []
     for r in results or []:
         if r.get("type") != "rectanglelabels" or r.get("from_name") != config.from_name:
             continue
         v = r.get("value") or {}
         names = v.get("rectanglelabels") or [config.classes[0]]
         boxes.append(ls_value_to_xyxy(v, width, height))
+        quads.append(ls_value_to_quad(v, width, height))
         labels.append(config.index_of(names[0]))
         scores.append(1.0)
     if not boxes:
         return Detections()
-    return Detections(clip(np.asarray(boxes), width, height), np.asarray(scores), np.asarray(labels))
+    rotated = any(abs(float((r.get("value") or {}).get("rotation", 0) or 0)) % 360 > 1e-6 for r in results or [])
+    return Detections(clip(np.asarray(boxes), width, height), np.asarray(scores), np.asarray(labels),
+                      np.asarray(quads) if rotated else None)
