@@ -107,6 +107,49 @@ def predict_images(detector: Detector, paths: Iterable[str | Path], threshold: f
             yield Prediction(p, int(w), int(h), r)
 
 
+class _PredictActor:
+    """`--engine ray`: one detector per actor (built from a `engines.SpecFactory`), predicting
+    the batch's paths; returns one JSON row per image (detections or the error)."""
+
+    def __init__(self, factory: Callable[[], Detector], threshold: float, batch_size: int) -> None:
+        self.det, self.threshold, self.batch_size = factory(), threshold, batch_size
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        rows = []
+        for pred in predict_images(self.det, [str(p) for p in batch["path"]], self.threshold, self.batch_size):
+            row: dict[str, Any] = {"path": str(pred.path), "width": pred.width, "height": pred.height}
+            if pred.ok:
+                row["det"] = pred.result.to_json()  # type: ignore[union-attr]
+            else:
+                row["error"] = f"{type(pred.result).__name__}: {pred.result}"
+            rows.append(json.dumps(row))
+        return {"result": rows}
+
+
+def predict_images_on(engine: str, detector: Detector | None, paths: Iterable[str | Path],
+                      threshold: float = DEFAULT_THRESHOLD, batch_size: int = DEFAULT_BATCH,
+                      factory: Callable[[], Detector] | None = None, workers: int = 2) -> Iterator[Prediction]:
+    """`predict_images` on an engine (`pipeline.engines`): `local` runs `detector` here, in input
+    order; `ray` runs `factory` on `workers` actors, results in completion order (errors come
+    back as RuntimeError with the message)."""
+    from pipeline.engines import map_actors, run_items
+
+    def local() -> Iterator[Prediction]:
+        return predict_images(detector, paths, threshold, batch_size)  # type: ignore[arg-type]
+
+    def ray() -> Iterator[Prediction]:
+        if factory is None:
+            raise ValueError("--engine ray needs a detector factory (a spec), not a built detector")
+        rows = map_actors(_PredictActor, {"factory": factory, "threshold": threshold, "batch_size": batch_size},
+                          [{"path": str(p)} for p in paths], workers, batch_size)
+        for row in rows:
+            r = json.loads(row["result"])
+            res: Detections | Exception = Detections.from_json(r["det"]) if "det" in r else RuntimeError(r["error"])
+            yield Prediction(Path(r["path"]), int(r["width"]), int(r["height"]), res)
+
+    return run_items(local, ray, engine)
+
+
 def predict_paths(detector: Detector, paths: Iterable[str | Path], threshold: float = DEFAULT_THRESHOLD,
                   batch_size: int = DEFAULT_BATCH) -> Iterator[tuple[Path, Detections | Exception]]:
     """Detections (score >= threshold, clipped to the image) per path, streamed in input order;
@@ -163,12 +206,16 @@ def predict_workspace(
     progress: Callable[[int, int], None] | None = None,
     errors: list[tuple[str, str]] | None = None,
     commit_every: int = 64,
+    engine: str = "local",
+    factory: Callable[[], Detector] | None = None,
+    workers: int = 2,
 ) -> dict[str, Detections]:
     """Predict workspace images (default: all except status 'excluded') and store them under
     `detector.version` with `min_score=threshold`. `skip_existing` reuses stored rows of this
     version that were stored with a threshold <= `threshold` (resume after an interruption, or
     reuse the boxes `rank` already computed); other rows are recomputed. Unreadable images are logged, appended to
-    `errors` as (image_id, message) and left out of the result."""
+    `errors` as (image_id, message) and left out of the result. `engine="ray"`: `factory` builds
+    the detector in each of `workers` actors; the catalog is written here, by the driver."""
     with ws.catalog() as cat:
         if image_ids is None:
             rows = cat.query("SELECT id, path FROM images WHERE status != 'excluded' ORDER BY id")
@@ -189,7 +236,7 @@ def predict_workspace(
         if progress:
             progress(done, total)
         pending: list[tuple[str, Detections]] = []
-        for pred in predict_images(detector, list(by_path), threshold, batch_size):
+        for pred in predict_images_on(engine, detector, list(by_path), threshold, batch_size, factory, workers):
             image_id = by_path[pred.path]
             if isinstance(pred.result, Detections):
                 out[image_id] = pred.result

@@ -73,6 +73,9 @@ def predict_cmd(
     batch_size: int = typer.Option(4, min=1, help="Images per detector call."),
     option: List[str] = typer.Option(None, "--option", "-o", help="Detector option key=value (repeatable), "
                                      "e.g. -o max_side=1500 -o scales=1,2 for ppocr."),
+    engine: str = typer.Option("local", help="local | ray (Ray Data actors; RAY_ADDRESS or a local instance). "
+                               "The catalog is written by this process."),
+    workers: int = typer.Option(2, min=1, help="Ray actors (with --engine ray)."),
 ) -> None:
     """Run a detector over images: JSONL out, and catalog rows for workspace images.
 
@@ -80,8 +83,17 @@ def predict_cmd(
     """
     from pipeline import predict as P
 
+    from pipeline.engines import SpecFactory, check_engine
+
     st = state(ctx)
-    det = open_detector(st, detector, parse_options(option))
+    try:
+        check_engine(engine)
+    except ValueError as exc:
+        fail(str(exc), 2)
+    det_opts = parse_options(option)
+    det = open_detector(st, detector, det_opts)
+    factory = SpecFactory(detector, str(st.ws().root) if detector == "current" else None, det_opts) \
+        if engine == "ray" else None
     t0 = time.perf_counter()
     errors: list[str] = []
     n_ok = n_boxes = n_stored = 0
@@ -99,7 +111,8 @@ def predict_cmd(
         errs: list[tuple[str, str]] = []
         with progress(st, f"predict ({det.version})") as update:
             results = P.predict_workspace(ws, det, ids, threshold=threshold, batch_size=batch_size,
-                                          skip_existing=skip_existing, progress=update, errors=errs)
+                                          skip_existing=skip_existing, progress=update, errors=errs,
+                                          engine=engine, factory=factory, workers=workers)
         errors = [f"{paths.get(i, i)}: {m}" for i, m in errs]
         n_ok, n_stored = len(results), len(results)
         n_boxes = sum(len(d) for d in results.values())
@@ -127,7 +140,8 @@ def predict_cmd(
             nonlocal n_ok, n_boxes, n_stored, pending
             with progress(st, f"predict ({det.version})") as update:
                 update(0, len(files))
-                for k, pred in enumerate(P.predict_images(det, rel, threshold, batch_size), 1):
+                for k, pred in enumerate(P.predict_images_on(engine, det, list(rel), threshold, batch_size,
+                                                             factory, workers), 1):
                     update(k, len(files))
                     if not pred.ok:
                         errors.append(f"{pred.path}: {type(pred.result).__name__}: {pred.result}")
