@@ -1,0 +1,78 @@
+"""One engine choice for redact and predict (`pipeline.engines`): local threads or Ray Data
+actors, the same detections either way."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+from typer.testing import CliRunner
+
+from pipeline.cli.app import app
+from pipeline.engines import ENGINES, SpecFactory, check_engine
+
+
+def _images(root):
+    from matplotlib import font_manager
+    from PIL import ImageFont
+
+    font = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), 24)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(4):
+        im = Image.new("RGB", (360, 160), (235, 232, 226))
+        ImageDraw.Draw(im).text((20, 50), f"Sample {4711 + i} lot B{i}", font=font, fill=(10, 10, 10))
+        im.save(root / f"{i}.png")
+    (root / "bad.png").write_bytes(b"not a png")
+
+
+def test_engine_names_are_checked():
+    assert ENGINES == ("local", "ray") and check_engine("local") == "local"
+    with pytest.raises(ValueError, match="engine must be one of"):
+        check_engine("dask")
+
+
+def test_spec_factory_is_picklable_and_builds_the_detector():
+    import pickle
+
+    f = pickle.loads(pickle.dumps(SpecFactory("ppocr", None, {"scales": (1.0, 2.0)})))
+    det = f()
+    assert det.config.scales == (1.0, 2.0) and det.config.refine == "small"   # redact's stock path
+    assert SpecFactory("ppocr")().config.scales == (1.0,)
+
+
+def test_predict_cli_rejects_an_unknown_engine(tmp_path):
+    _images(tmp_path / "in")
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "predict", str(tmp_path / "in"), "--engine", "spark",
+                                 "--no-store"])
+    assert r.exit_code == 2 and "engine must be one of" in r.output
+
+
+@pytest.mark.slow
+def test_predict_on_ray_gives_the_local_detections(tmp_path):
+    pytest.importorskip("ray.data", reason="ray is an optional extra: pip install -e '.[ray]'")
+    import os
+
+    import ray
+
+    os.environ.pop("RAY_ADDRESS", None)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        _images(tmp_path / "in")
+        outs = {}
+        for engine in ("local", "ray"):
+            out = tmp_path / f"{engine}.jsonl"
+            r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "--json", "predict", str(tmp_path / "in"),
+                                         "--detector", "ppocr", "--no-store", "--engine", engine, "--workers", "2",
+                                         "--out", str(out)])
+            assert r.exit_code == 0, r.output
+            s = json.loads(r.stdout)
+            assert s["images"] == 4 and len(s["errors"]) == 1
+            outs[engine] = {rec["image"]: rec for rec in map(json.loads, out.read_text().splitlines())}
+        assert outs["local"].keys() == outs["ray"].keys()
+        for k, rec in outs["local"].items():
+            assert np.allclose(rec["boxes"], outs["ray"][k]["boxes"]) and rec["boxes"]
+    finally:
+        ray.shutdown()
