@@ -1,10 +1,12 @@
 """Redacting files: planning the input tree, one image end to end, resume, sidecars, manifest.
 
-`Redactor.process(item)` is the unit both engines run (local threads, Ray actors): read the
-input once (sha256), skip it when its output and sidecar already match the settings, decode
-every page upright, detect, cover the padded boxes, encode a fresh file (ICC only), optionally
-verify it with a second detector, then write output and sidecar atomically (output first, so a
-sidecar always describes a complete output). The input is never written to.
+`Redactor.process(item)` is the unit both engines run (local threads, Ray actors), in three
+stages: `prepare` (read the input once, sha256, skip it when its output and sidecar already
+match the settings, decode every page upright, build the viewer pictures), `detect` (the one
+detector, serialised) and `finish` (cover the grown quads or padded boxes, encode a fresh file
+(ICC only), optionally audit it with OCR, then write output and sidecar atomically, output
+first, so a sidecar always describes a complete output). `run_local` overlaps the stages across
+images. The input is never written to.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ log = logging.getLogger("textloop.redact")
 FORMAT_VERSION = 2           # bump when the same settings would produce different bytes (2: polygon fill)
 DEFAULT_THRESHOLD = 0.3      # favours recall: ppocr's own candidate floor
 DEFAULT_PAD = Pad(px=0.0, frac=0.10)   # the knee of the devset padding sweep (README, bench_redact.py)
-DEFAULT_PPOCR_SCALES = (1.0, 2.0)  # ppocr in redact: the 2x pass finds small scene text (icdar2015 0.87 -> 0.93)
+DEFAULT_PPOCR_SCALES = (1.0, 2.0)  # ppocr in redact: the 2x pass finds small scene text (icdar2015 0.82 -> 0.89, polygon fill)
 MULTISCALE_MAX_SIDE = 1600         # ... on images up to this long side (every devset image); larger ones: 1x
 DEFAULT_PPOCR_REFINE = "small"     # ... and only around small-text candidates of the 1x map (README: cost/coverage)
 DEFAULT_REVIEW_BAND = (0.3, 0.4)   # holds 26 % of devset images with ppocr (0.3-0.6 would hold 58 %)
