@@ -2,7 +2,9 @@
 
 WAL mode, a `schema_version` table and forward-only migrations; every write goes through
 `Catalog.transaction()` so a crash mid-command leaves the catalog as it was before the
-transaction. Boxes are stored as JSON lists of pixel xyxy in the original image.
+transaction. Boxes are stored as JSON lists of pixel xyxy in the original image; predictions
+and annotations also keep each box's quadrilateral (`quads`, pixel corners, NULL when all boxes
+are plain rectangles), so rotated text keeps its shape through push, pull and redact.
 """
 
 from __future__ import annotations
@@ -143,6 +145,16 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE predictions ADD COLUMN min_score REAL;
         """,
     ),
+    (
+        4,
+        """
+        -- The real shape of each box when it is not axis-aligned: JSON [[[x,y] x 4], ...] pixel
+        -- corners in the upright original, one per box (same order), or NULL when every box is
+        -- its rectangle. DB detectors give quads; Label Studio rectangles may be rotated.
+        ALTER TABLE predictions ADD COLUMN quads TEXT;
+        ALTER TABLE annotations ADD COLUMN quads TEXT;
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -151,6 +163,23 @@ SCHEMA_VERSION = MIGRATIONS[-1][0]
 def dumps(value: Any) -> str:
     """Compact JSON for catalog columns (the one place catalog JSON is written)."""
     return json.dumps(value, separators=(",", ":"))
+
+
+def quads_column(detections_json: dict[str, Any]) -> str | None:
+    """The `quads` column of a `Detections.to_json()` dict: JSON when it has quads, else NULL."""
+    quads = detections_json.get("quads")
+    return dumps(quads) if quads is not None else None
+
+
+def load_quads(text: str | None, n_boxes: int) -> list | None:
+    """A `quads` column back to a list of N x 4 x 2 corners, or None (NULL, or not one quad per
+    box: a row written by hand must not misplace shapes, the boxes still hold)."""
+    if not text:
+        return None
+    quads = json.loads(text)
+    if not isinstance(quads, list) or len(quads) != n_boxes:
+        return None
+    return quads
 
 
 SQLITE_CORRUPT, SQLITE_NOTADB = 11, 26
