@@ -220,10 +220,14 @@ def json_safe(value: object) -> object:
 def workspace_ground_truth(ws: Workspace, split: str | None = "test") -> list[tuple[Path, LabelledImage]]:
     """Human labels of a split as (absolute image path, LabelledImage): per image the most
     recently updated annotation in state submitted/empty; `source` is the annotation's source
-    ('labelstudio', 'import:<file>'). Excluded images are left out."""
+    ('labelstudio', 'import:<file>'). Excluded images are left out. An annotation with quads
+    (rotated rectangles from Label Studio) gives `polys` (x1,y1,...,x4,y4 per box, as the devset
+    has), so DB training learns the rotated shape rather than its enclosing box."""
     import json
 
-    sql = ("SELECT i.id, i.path, i.width, i.height, a.source, a.boxes, a.ignore, a.updated_at, a.id AS aid"
+    from pipeline.catalog import load_quads
+
+    sql = ("SELECT i.id, i.path, i.width, i.height, a.source, a.boxes, a.ignore, a.quads, a.updated_at, a.id AS aid"
            " FROM annotations a JOIN images i ON i.id = a.image_id"
            " WHERE a.state IN ('submitted', 'empty') AND i.status != 'excluded'")
     params: list[object] = []
@@ -241,9 +245,11 @@ def workspace_ground_truth(ws: Workspace, split: str | None = "test") -> list[tu
         ignore = json.loads(r["ignore"] or "[]")
         if len(ignore) != len(boxes):
             ignore = [False] * len(boxes)
+        quads = load_quads(r["quads"], len(boxes))
+        polys = tuple(tuple(float(v) for v in np.asarray(q, float).reshape(-1)) for q in quads) if quads else ()
         out.append((ws.abspath(r["path"]), LabelledImage(image=r["path"], width=int(r["width"]), height=int(r["height"]),
                                                         boxes=np.array(boxes, float).reshape(-1, 4), ignore=ignore,
-                                                        source=r["source"])))
+                                                        polys=polys, source=r["source"])))
     return out
 
 

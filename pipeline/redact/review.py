@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pipeline.boxes import Detections
+from pipeline.catalog import load_quads
 from pipeline.redact.run import Item, Result, read_sidecar
 from pipeline.workspace import Workspace
 
@@ -72,7 +73,9 @@ def push(ws: Workspace, image_ids: Sequence[str], model_version: str) -> Any:
 
 
 def reviewed_boxes(ws: Workspace, image_ids: Sequence[str]) -> dict[str, Detections]:
-    """The latest submitted (or verified-empty) annotation per image, as Detections (score 1)."""
+    """The latest submitted (or verified-empty) annotation per image, as Detections (score 1),
+    with the reviewed rectangles' corners as `quads` when the annotation has them (a rotated
+    rectangle is then filled as drawn, not as its enclosing box)."""
     if not image_ids:
         return {}
     out: dict[str, Detections] = {}
@@ -80,13 +83,14 @@ def reviewed_boxes(ws: Workspace, image_ids: Sequence[str]) -> dict[str, Detecti
 
     with ws.catalog() as cat:
         rows = cat.query(
-            f"SELECT image_id, boxes, labels, state, updated_at FROM annotations WHERE image_id IN"
+            f"SELECT image_id, boxes, labels, state, updated_at, quads FROM annotations WHERE image_id IN"
             f" ({','.join('?' * len(image_ids))}) AND state IN ('submitted', 'empty') ORDER BY updated_at",
             list(image_ids),
         )
     for row in rows:  # ascending: the latest one wins
         boxes = json.loads(row["boxes"]) if row["state"] == "submitted" else []
-        out[row["image_id"]] = Detections(boxes, [1.0] * len(boxes))
+        quads = load_quads(row["quads"], len(boxes)) if boxes else None
+        out[row["image_id"]] = Detections(boxes, [1.0] * len(boxes), (), quads)
     return out
 
 

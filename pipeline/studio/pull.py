@@ -5,7 +5,8 @@ of its task -- a ground-truth-marked one, else the latest submitted one (policy 
 first submitted one (policy "first"). A task with only cancelled annotations is recorded as
 `skipped`; an empty submitted annotation means "verified: no text" (`empty`, image status
 `verified_empty`). Annotations edited or deleted in Label Studio since the last pull update or
-remove the row. Idempotent: a second pull changes nothing and says so.
+remove the row. Rotated rectangles keep their shape: the row's `quads` holds every box's four
+corners (NULL when none is rotated), its `boxes` their enclosing rectangles. Idempotent: a second pull changes nothing and says so.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from pipeline.catalog import dumps
+from pipeline.catalog import dumps, quads_column
 from pipeline.studio.client import Studio, connect
 from pipeline.studio.convert import results_to_detections
 from pipeline.studio.project import get_project
@@ -97,26 +98,27 @@ def pull(ws: Workspace, client: Studio | None = None, policy: str = "latest") ->
             who = ann.get("completed_by")
             who = who.get("email") if isinstance(who, dict) else users.get(int(who), str(who)) if who is not None else None
             rows[image_id] = (int(t["id"]), int(ann["id"]), dumps(j["boxes"]), dumps(j["labels"]),
-                              dumps([False] * len(j["boxes"])), state, who, _ts(ann.get("updated_at")))
+                              dumps([False] * len(j["boxes"])), state, who, _ts(ann.get("updated_at")), quads_column(j))
         with cat.transaction() as tx:
-            for image_id, (tid, aid, boxes, labels, ignore, state, who, updated) in rows.items():
+            for image_id, (tid, aid, boxes, labels, ignore, state, who, updated, quads) in rows.items():
                 counts["labelled" if state == "submitted" else state] += 1
                 old = existing.get(image_id)
-                if old is not None and (old["ls_annotation_id"], old["boxes"], old["labels"], old["state"], old["updated_at"]) \
-                        == (aid, boxes, labels, state, updated):
+                # quads compared too: a row pulled before the quads column existed gets its shapes
+                if old is not None and (old["ls_annotation_id"], old["boxes"], old["labels"], old["state"], old["updated_at"],
+                                        old["quads"]) == (aid, boxes, labels, state, updated, quads):
                     counts["unchanged"] += 1
                     continue
                 if old is None:
                     tx.execute(
                         "INSERT INTO annotations(image_id, source, ls_project_id, ls_task_id, ls_annotation_id, boxes, labels, "
-                        "ignore, state, annotator, updated_at, pulled_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                        (image_id, SOURCE, project.id, tid, aid, boxes, labels, ignore, state, who, updated, now))
+                        "ignore, state, annotator, updated_at, pulled_at, quads) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        (image_id, SOURCE, project.id, tid, aid, boxes, labels, ignore, state, who, updated, now, quads))
                     counts["new"] += 1
                 else:
                     tx.execute(
                         "UPDATE annotations SET ls_task_id=?, ls_annotation_id=?, boxes=?, labels=?, ignore=?, state=?, "
-                        "annotator=?, updated_at=?, pulled_at=? WHERE id=?",
-                        (tid, aid, boxes, labels, ignore, state, who, updated, now, old["id"]))
+                        "annotator=?, updated_at=?, pulled_at=?, quads=? WHERE id=?",
+                        (tid, aid, boxes, labels, ignore, state, who, updated, now, quads, old["id"]))
                     counts["updated"] += 1
                 tx.execute("UPDATE images SET status = ? WHERE id = ? AND status != 'excluded'",
                            (STATUS_BY_STATE[state], image_id))
