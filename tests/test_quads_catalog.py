@@ -165,3 +165,31 @@ def test_pull_stores_quads_and_review_and_training_read_them(ws_image, monkeypat
     [(_, gt)] = workspace_ground_truth(ws, None)
     assert len(gt.polys) == 1 and len(gt.polys[0]) == 8
     assert same_corners(gt_polygons(gt)[0], quad, 0.5)
+
+
+def test_review_queue_keeps_the_held_sidecars_quads(tmp_path, monkeypatch):
+    """`redact --review` stores a held image's detections from its Result (boxes only); with the
+    held sidecar it keeps the quads, so the pushed task shows the rotated rectangle."""
+    import hashlib
+
+    import pipeline.redact.review as rv
+    from pipeline.redact.run import Result
+    from pipeline.workspace import Workspace
+
+    monkeypatch.setattr(rv, "push", lambda ws, ids, mv: {"created": len(ids)})
+    src = tmp_path / "a.png"
+    noise_image(4, (W, H)).save(src)
+    sha = hashlib.sha256(src.read_bytes()).hexdigest()
+    det = Detections.from_quads(rotated_quad(300, 200, 220, 40, 30)[None], [0.35])
+    sidecar = tmp_path / "a.png.json"
+    sidecar.write_text(json.dumps({"status": "held", "input_sha256": sha, "pages": [{"page": 0, **det.to_json()}]}))
+    held = Result("a.png", str(src), str(tmp_path / "out.png"), "held", input_sha256=sha,
+                  boxes=[det.to_json()["boxes"]], scores=[det.to_json()["scores"]])
+    ws = Workspace.open(tmp_path / "ws")
+    assert rv.queue_for_review(ws, [held], "m1", 0.3, sidecars={"a.png": str(sidecar)})["pushed"] == 1
+    with ws.catalog() as cat:
+        got = load_predictions(cat, "m1")[sha]
+    np.testing.assert_allclose(got.quads, det.quads, atol=0.01)
+    assert rv.queue_for_review(ws, [held], "m2", 0.3)["pushed"] == 1      # no sidecar: boxes only
+    with ws.catalog() as cat:
+        assert load_predictions(cat, "m2")[sha].quads is None

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from pipeline.boxes import Detections
 from pipeline.catalog import load_quads
@@ -34,11 +37,22 @@ def held_items(items: Sequence[Item]) -> list[tuple[Item, dict[str, Any]]]:
     return out
 
 
+def held_quads(sidecar: str | Path | None, n_boxes: int) -> np.ndarray | None:
+    """Page 0's DB quads from a held image's sidecar (one per box), or None. `Result` carries
+    boxes only; the sidecar keeps the shapes, so the reviewer is shown the real ones."""
+    sc = read_sidecar(sidecar) if sidecar else None
+    quads = ((sc or {}).get("pages") or [{}])[0].get("quads")
+    if not quads or len(quads) != n_boxes:
+        return None
+    return np.asarray(quads, dtype=np.float64).reshape(-1, 4, 2)
+
+
 def queue_for_review(ws: Workspace, held: Sequence[Result], model_version: str,
-                     min_score: float | None = None) -> dict[str, Any]:
+                     min_score: float | None = None, sidecars: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Harvest the held originals, store their detections as predictions (`min_score`: the
     threshold they were filtered with, so `predict` knows whether the row is complete), push
-    them to Label Studio."""
+    them to Label Studio. `sidecars` (rel -> sidecar path) lets the stored predictions keep the
+    detector's quads, so the tasks show rotated rectangles; without it they are plain boxes."""
     if not held:
         return {"held": 0, "pushed": 0}
     from pipeline.config import HarvestConfig
@@ -50,8 +64,10 @@ def queue_for_review(ws: Workspace, held: Sequence[Result], model_version: str,
 
     with ws.catalog() as cat:
         known = {row["id"] for row in cat.images_by_ids(ids)}
-        store_predictions(cat, model_version, [(r.input_sha256, Detections(r.boxes[0], r.scores[0]))
-                                               for r in held if r.input_sha256 in known and r.boxes],
+        store_predictions(cat, model_version,
+                          [(r.input_sha256, Detections(r.boxes[0], r.scores[0], (),
+                                                       held_quads((sidecars or {}).get(r.rel), len(r.boxes[0]))))
+                           for r in held if r.input_sha256 in known and r.boxes],
                           min_score=min_score)
     out: dict[str, Any] = {"held": len(held), "in_workspace": len(known), "harvest": summary.as_dict()}
     try:
