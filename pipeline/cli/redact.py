@@ -168,7 +168,8 @@ def redact_cmd(
     if review and held and not dry_run:
         from pipeline.redact import review as rv
 
-        review_info = rv.queue_for_review(ws, held, det.version, min_score=cfg.detection_floor)
+        review_info = rv.queue_for_review(ws, held, det.version, min_score=cfg.detection_floor,
+                                         sidecars={it.rel: it.sidecar for it in items})
 
     summary = rr.summarize(results, seconds, len(ignored))
     info = getattr(det, "info", None) or {}  # a trained model: its validation coverage (at the over-redaction budget)
