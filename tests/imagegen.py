@@ -28,3 +28,17 @@ def write(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return path
+
+
+def synth_train_val(root: Path, cfg: "object", n_val: int) -> dict:
+    """A tiny synthetic training set and a validation set of `n_val` images (seed 2) under
+    `root`, as training samples: what the training tests of both architectures start from."""
+    import dataclasses
+
+    from pipeline.synth import generate
+    from pipeline.train import samples_from_jsonl
+
+    generate(root / "synth", cfg)
+    generate(root / "val", dataclasses.replace(cfg, n_images=n_val, seed=2))
+    return {"root": root, "train": samples_from_jsonl(root / "synth/boxes.jsonl"),
+            "val": samples_from_jsonl(root / "val/boxes.jsonl")}

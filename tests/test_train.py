@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from pipeline.detectors.fasterrcnn import FasterRCNNConfig
-from pipeline.synth import SynthConfig, generate
-from pipeline.train import TrainConfig, TrainingError, losses_of, samples_from_jsonl, train
+from pipeline.synth import SynthConfig
+from pipeline.train import TrainConfig, TrainingError, losses_of, train
+from tests.imagegen import synth_train_val
 
 TINY_MODEL = FasterRCNNConfig(train_max_side=160, max_side=192, width_mult=0.5, fpn_channels=32, representation_size=64)
 TINY_SYNTH = SynthConfig(n_images=12, seed=1, width=(128, 192), overlays=(2, 4), p_empty=0.0)
@@ -19,11 +20,7 @@ TINY_SYNTH = SynthConfig(n_images=12, seed=1, width=(128, 192), overlays=(2, 4),
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    root = tmp_path_factory.mktemp("tiny")
-    generate(root / "synth", TINY_SYNTH)
-    generate(root / "val", dataclasses.replace(TINY_SYNTH, n_images=3, seed=2))
-    return {"root": root, "train": samples_from_jsonl(root / "synth/boxes.jsonl"),
-            "val": samples_from_jsonl(root / "val/boxes.jsonl")}
+    return synth_train_val(tmp_path_factory.mktemp("tiny"), TINY_SYNTH, n_val=3)
 
 
 def _cfg(out: Path, **kw) -> TrainConfig:

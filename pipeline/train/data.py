@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -210,3 +210,25 @@ def _area(poly: np.ndarray) -> float:
     """Signed shoelace area of a (k, 2) polygon."""
     x, y = poly[:, 0], poly[:, 1]
     return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
+
+
+def draw_images(rng: np.random.Generator, synth: Sequence[Sample], human: Sequence[Sample], cfg: Any,
+                ) -> Iterator[tuple[Sample, np.ndarray]]:
+    """(sample, upright RGB) draws for one batch, both architectures: a human-labelled image with
+    probability `cfg.human_fraction` (when there are any), else a synthetic one. An unreadable
+    image is logged and another drawn; more than 10 x `cfg.batch_size` draws is a TrainingError.
+    Only `rng` decides what is drawn, so a batch is a pure function of (seed, step)."""
+    from pipeline.imaging import load_rgb
+    from pipeline.train.engine import TrainingError
+
+    for _ in range(cfg.batch_size * 10):
+        use_human = bool(human) and (not synth or rng.random() < cfg.human_fraction)
+        pool = human if use_human else synth
+        s = pool[int(rng.integers(len(pool)))]
+        try:
+            img = load_rgb(s.path)
+        except Exception as exc:  # a bad image is logged and skipped; the batch draws another
+            log.warning("%s: skipped (%s)", s.path, exc)
+            continue
+        yield s, img
+    raise TrainingError("could not load any training image (see the warnings above)")

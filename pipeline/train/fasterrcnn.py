@@ -10,8 +10,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.detectors.fasterrcnn import FasterRCNNDetector, build_model, to_tensor
-from pipeline.imaging import load_rgb
-from pipeline.train.data import Sample, augment
+from pipeline.train.data import Sample, augment, draw_images
 
 log = logging.getLogger("pipeline.train")
 
@@ -20,27 +19,15 @@ def make_batch(step: int, synth: Sequence[Sample], human: Sequence[Sample], cfg:
     """The batch of `step`: a pure function of (cfg.seed, step) so resume replays exactly."""
     import torch
 
-    from pipeline.train.engine import TrainingError
-
     rng = np.random.default_rng([cfg.seed, 1, step])
     images, targets = [], []
-    attempts = 0
-    while len(images) < cfg.batch_size:
-        attempts += 1
-        if attempts > cfg.batch_size * 10:
-            raise TrainingError("could not load any training image (see the warnings above)")
-        use_human = bool(human) and (not synth or rng.random() < cfg.human_fraction)
-        pool = human if use_human else synth
-        s = pool[int(rng.integers(len(pool)))]
-        try:
-            img = load_rgb(s.path)
-        except Exception as exc:  # a bad image is logged and skipped; the batch draws another
-            log.warning("%s: skipped (%s)", s.path, exc)
-            continue
+    for s, img in draw_images(rng, synth, human, cfg):
         img, boxes = augment(img, s.gt, rng, cfg)
         images.append(to_tensor(img))
         targets.append({"boxes": torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4),
                         "labels": torch.ones(len(boxes), dtype=torch.int64)})
+        if len(images) == cfg.batch_size:
+            break
     return images, targets
 
 
