@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.synth import SynthConfig, generate
-from pipeline.train import DBRecipe, TrainConfig, losses_of, samples_from_jsonl, train
+from pipeline.synth import SynthConfig
+from pipeline.train import DBRecipe, TrainConfig, losses_of, train
 from pipeline.train.db import db_loss, make_targets, shrink_polygon
+from tests.imagegen import synth_train_val
 
 TINY_SYNTH = SynthConfig(n_images=6, seed=1, width=(200, 260), overlays=(2, 3), p_empty=0.0)
 TINY_RECIPE = DBRecipe(crop=192, grid_thresh=(0.3,), grid_box_thresh=(0.3,), grid_unclip=(1.6, 2.0))
@@ -153,11 +154,7 @@ def test_ignore_regions_and_unshrinkable_text_are_masked() -> None:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    root = tmp_path_factory.mktemp("dbtiny")
-    generate(root / "synth", TINY_SYNTH)
-    generate(root / "val", dataclasses.replace(TINY_SYNTH, n_images=2, seed=2))
-    return {"root": root, "train": samples_from_jsonl(root / "synth/boxes.jsonl"),
-            "val": samples_from_jsonl(root / "val/boxes.jsonl")}
+    return synth_train_val(tmp_path_factory.mktemp("dbtiny"), TINY_SYNTH, n_val=2)
 
 
 def _cfg(out: Path, **kw) -> TrainConfig:
@@ -306,3 +303,26 @@ def test_a_real_comparison_with_stock_on_labelled_images(tiny: dict, net) -> Non
     assert ok.ok and ok.candidate == pytest.approx(ok.stock) and stock_sel.coverage > 0.3
     bad, _, _ = compare_with_stock(Blind(), items, TINY_RECIPE.grid(), "val")
     assert not bad.ok and bad.candidate == 0.0 and "below stock" in bad.message("blind")
+
+
+def test_selection_averages_sources_and_promotion_refuses_a_model_that_loses_one():
+    """Pooled over pixels, a model that halves scene-text coverage but gains a little on text-heavy
+    documents looks better than stock; per source it does not, and it is not promoted."""
+    from pipeline.formats import LabelledImage
+    from pipeline.train.select import Operating, PromotionCheck, select, worst_source
+    from pipeline.train.workspace import check_from_metrics
+
+    stock = Operating({"t": 1}, 0.90, 0.03, by_source={"funsd": 0.93, "icdar2015": 0.82})
+    tuned = Operating({"t": 1}, 0.91, 0.03, by_source={"funsd": 0.97, "icdar2015": 0.46})
+    assert tuned.text_coverage > stock.text_coverage and tuned.score < stock.score
+    s_sel, t_sel = select([stock], 0.03), select([tuned], 0.03)
+    items = [(Path(f"{src}{i}.png"), LabelledImage(f"{src}{i}.png", 10, 10, source=src))
+             for src in ("funsd", "icdar2015") for i in range(3)]
+    assert worst_source(t_sel, s_sel, items) == ("icdar2015", pytest.approx(-0.36))
+    assert worst_source(t_sel, s_sel, items[:4]) == ("funsd", pytest.approx(0.04))  # 1 icdar image: no veto
+    refused = check_from_metrics({"coverage_at_budget": 0.95, "stock_coverage_at_budget": 0.90, "over_redaction_budget": 0.03,
+                                  "worst_source": "icdar2015", "worst_source_delta": -0.36}, 6, "val")
+    assert isinstance(refused, PromotionCheck) and not refused.ok and "icdar2015" in refused.message("m1")
+    ok = check_from_metrics({"coverage_at_budget": 0.95, "stock_coverage_at_budget": 0.90, "over_redaction_budget": 0.03,
+                             "worst_source": "icdar2015", "worst_source_delta": -0.01}, 6, "val")
+    assert ok is not None and ok.ok

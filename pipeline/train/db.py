@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.train.data import Sample, _area, gt_polygons, inference_scale, photometric, warp_crop
+from pipeline.train.data import Sample, _area, draw_images, gt_polygons, inference_scale, photometric, warp_crop
 
 
 @dataclass(frozen=True)
@@ -186,29 +186,16 @@ def make_db_batch(step: int, synth: Sequence[Sample], human: Sequence[Sample], c
     """The batch of `step`: a pure function of (cfg.seed, step) so resume replays exactly."""
     import torch
 
-    from pipeline.imaging import load_rgb
-    from pipeline.train.engine import TrainingError, log
-
     rng = np.random.default_rng([cfg.seed, 2, step])
     xs, gts, masks, free = [], [], [], []
-    attempts = 0
-    while len(xs) < cfg.batch_size:
-        attempts += 1
-        if attempts > cfg.batch_size * 10:
-            raise TrainingError("could not load any training image (see the warnings above)")
-        use_human = bool(human) and (not synth or rng.random() < cfg.human_fraction)
-        pool = human if use_human else synth
-        s = pool[int(rng.integers(len(pool)))]
-        try:
-            img = load_rgb(s.path)
-        except Exception as exc:  # a bad image is logged and skipped; the batch draws another
-            log.warning("%s: skipped (%s)", s.path, exc)
-            continue
+    for s, img in draw_images(rng, synth, human, cfg):
         bgr, gt, mask = db_crop(img, s.gt, rng, cfg.db, cfg.augment)
         xs.append(to_input(bgr))
         gts.append(gt)
         masks.append(mask)
         free.append(len(s.gt.boxes) == 0)
+        if len(xs) == cfg.batch_size:
+            break
     return DBBatch(torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(gts)), torch.from_numpy(np.stack(masks)),
                    torch.tensor(free, dtype=torch.bool))
 
@@ -309,14 +296,16 @@ class DBArch:
     def state(self) -> dict[str, Any]:
         if self.stock is None:
             return {}
-        return {"budget": self.budget, "stock": [(p.params, p.text_coverage, p.over_redaction) for p in self.stock.points]}
+        return {"budget": self.budget, "stock": [(p.params, p.text_coverage, p.over_redaction, p.by_source)
+                                                 for p in self.stock.points]}
 
     def load_state(self, state: dict[str, Any]) -> None:
         from pipeline.train.select import Operating, select
 
         if state.get("stock"):
             self.budget = float(state["budget"])
-            self.stock = select([Operating(dict(p), float(c), float(o)) for p, c, o in state["stock"]], self.budget)
+            self.stock = select([Operating(dict(p[0]), float(p[1]), float(p[2]), by_source=dict(p[3]) if len(p) > 3 else {})
+                                 for p in state["stock"]], self.budget)
 
     def train_mode(self) -> None:
         freeze_batchnorm(self.net)
@@ -328,14 +317,17 @@ class DBArch:
         return db_losses(self.net, batch, self.recipe, self.anchor, self.teacher)
 
     def _selection(self, detector: Any, val: Sequence[Sample]) -> tuple[Any, dict[str, Any]]:
-        from pipeline.train.select import select, sweep
+        from pipeline.train.select import select, sweep, worst_source
 
         if self.stock is None:
             self.prepare_validation(val)
-        sel = select(sweep(detector, self._items(val), self.recipe.grid()), float(self.budget))
+        items = self._items(val)
+        sel = select(sweep(detector, items, self.recipe.grid()), float(self.budget))
         best = sel.best or min(sel.points, key=lambda p: p.over_redaction)
+        worst, delta = worst_source(sel, self.stock, items)
         metrics = {**best.metrics, "coverage_at_budget": sel.coverage, "over_redaction_budget": self.budget,
-                   "stock_coverage_at_budget": self.stock.coverage, "settings": best.params}
+                   "stock_coverage_at_budget": self.stock.coverage, "settings": best.params,
+                   "coverage_by_source": best.by_source, "worst_source": worst, "worst_source_delta": delta}
         return sel, metrics
 
     def validate(self, val: Sequence[Sample]) -> tuple[dict[str, Any], float]:

@@ -12,7 +12,7 @@ from typing import Any
 
 from pipeline.train.data import Sample, samples_from_jsonl, workspace_samples
 from pipeline.train.engine import TrainConfig, TrainingError, train
-from pipeline.train.select import PromotionCheck
+from pipeline.train.select import SOURCE_TOLERANCE, PromotionCheck
 
 log = logging.getLogger("pipeline.train")
 
@@ -94,7 +94,9 @@ def check_from_metrics(metrics: dict[str, Any], images: int, source: str) -> Pro
                                                     "over_redaction_budget"))
     if not all(isinstance(v, (int, float)) for v in (cand, stock, budget)):
         return None
-    return PromotionCheck(float(cand) >= float(stock), float(cand), float(stock), float(budget), images, source)
+    worst, delta = str(metrics.get("worst_source") or ""), float(metrics.get("worst_source_delta") or 0.0)
+    ok = float(cand) >= float(stock) and delta >= -SOURCE_TOLERANCE
+    return PromotionCheck(ok, float(cand), float(stock), float(budget), images, source, worst, delta)
 
 
 def check_promotion(ws: Any, version: str, threads: int = 0) -> PromotionCheck:
