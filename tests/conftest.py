@@ -53,3 +53,22 @@ def live_studio(tmp_path_factory: pytest.TempPathFactory):
     finally:
         stop_pid(proc.pid)
         proc.wait(timeout=30)
+
+
+def live_review_setup(live_studio: LiveStudio, monkeypatch: pytest.MonkeyPatch, detector: object, name: str,
+                      title: str) -> tuple[Workspace, object, int]:
+    """A workspace under the live server's document root with a project, and every detector the
+    CLI builds replaced by `detector`: the start of each redact-review round-trip test."""
+    import pipeline.detectors as dets
+    import pipeline.redact.run as rr
+    from pipeline.studio.client import connect
+    from pipeline.studio.project import init_project
+
+    monkeypatch.setattr(dets, "load_detector", lambda spec="current", workspace=None, **kw: detector)
+    monkeypatch.setattr(rr, "build_ppocr", lambda **kw: detector)
+    monkeypatch.setenv("LABEL_STUDIO_URL", live_studio.url)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", live_studio.token)
+    monkeypatch.setenv("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", str(live_studio.root))
+    ws = Workspace.open(live_studio.root / name)
+    studio = connect(live_studio.url, live_studio.token, local_files_root=live_studio.root)
+    return ws, studio, init_project(ws, studio, title=title)["project_id"]

@@ -14,30 +14,19 @@ from typer.testing import CliRunner
 from pipeline.boxes import xyxy_to_ls_value
 from pipeline.cli.app import app
 from pipeline.redact.run import RedactConfig
-from pipeline.workspace import Workspace
 from tests.test_redact import BOXES, H, W, covered_mask, rgb_noise
 from tests.test_redact_review import ScoreByImage
+from tests.conftest import live_review_setup
 
 pytestmark = pytest.mark.integration
 
 
 def test_review_round_trip_through_label_studio(live_studio, tmp_path, monkeypatch):
-    import pipeline.detectors as dets
-    import pipeline.redact.run as rr
-    from pipeline.studio.client import connect
-    from pipeline.studio.project import init_project
     from pipeline.studio.pull import pull
 
     det = ScoreByImage()
-    monkeypatch.setattr(dets, "load_detector", lambda spec="current", workspace=None, **kw: det)
-    monkeypatch.setattr(rr, "build_ppocr", lambda **kw: det)
-    monkeypatch.setenv("LABEL_STUDIO_URL", live_studio.url)
-    monkeypatch.setenv("LABEL_STUDIO_API_KEY", live_studio.token)
-    monkeypatch.setenv("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", str(live_studio.root))
-    ws_root = live_studio.root / "ws_redact_review"
-    ws = Workspace.open(ws_root)
-    studio = connect(live_studio.url, live_studio.token, local_files_root=live_studio.root)
-    project_id = init_project(ws, studio, title="redact review")["project_id"]
+    ws, studio, project_id = live_review_setup(live_studio, monkeypatch, det, "ws_redact_review", "redact review")
+    ws_root = ws.root
 
     src = tmp_path / "in"
     src.mkdir()

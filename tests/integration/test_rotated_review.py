@@ -18,8 +18,8 @@ from pipeline.config import HarvestConfig
 from pipeline.harvest import harvest
 from pipeline.predict import store_predictions
 from pipeline.redact.run import RedactConfig
-from pipeline.workspace import Workspace
 from tests.test_quads_catalog import rotated_quad, same_corners
+from tests.conftest import live_review_setup
 
 pytestmark = pytest.mark.integration
 
@@ -50,23 +50,12 @@ def reviewed_corners() -> np.ndarray:
 
 
 def test_rotated_prediction_review_pull_and_redact(live_studio, tmp_path, monkeypatch):
-    import pipeline.detectors as dets
-    import pipeline.redact.run as rr
-    from pipeline.studio.client import connect
-    from pipeline.studio.project import init_project
     from pipeline.studio.pull import pull
     from pipeline.studio.push import push_images
 
     det = UnsureRotated()
-    monkeypatch.setattr(dets, "load_detector", lambda spec="current", workspace=None, **kw: det)
-    monkeypatch.setattr(rr, "build_ppocr", lambda **kw: det)
-    monkeypatch.setenv("LABEL_STUDIO_URL", live_studio.url)
-    monkeypatch.setenv("LABEL_STUDIO_API_KEY", live_studio.token)
-    monkeypatch.setenv("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", str(live_studio.root))
-    ws_root = live_studio.root / "ws_rotated_review"
-    ws = Workspace.open(ws_root)
-    studio = connect(live_studio.url, live_studio.token, local_files_root=live_studio.root)
-    project_id = init_project(ws, studio, title="rotated review")["project_id"]
+    ws, studio, project_id = live_review_setup(live_studio, monkeypatch, det, "ws_rotated_review", "rotated review")
+    ws_root = ws.root
 
     src = tmp_path / "in"
     src.mkdir()
