@@ -44,6 +44,9 @@ step "curate: duplicates, outliers, label noise (report only)"
 $TL curate
 $TL report
 
+step "redact the samples with the current model; OCR audits every output (--verify)"
+$TL redact data/samples "$TEXTLOOP_WORKSPACE/redacted" --verify
+
 step "status"
 $TL status
 
@@ -55,6 +58,6 @@ LABEL_STUDIO_PASSWORD in .env). Then run one round of the loop:
     LABEL_STUDIO_URL=$LABEL_STUDIO_URL .venv/bin/textloop iterate
 
 Reports: $TEXTLOOP_WORKSPACE/reports/ (open report.html, or notebooks/curation.ipynb).
-Redact a folder with the current model:  .venv/bin/textloop redact data/samples /tmp/redacted
+Redacted samples: $TEXTLOOP_WORKSPACE/redacted/ (audit trail in $TEXTLOOP_WORKSPACE/redacted.audit/)
 Stop Label Studio:                       .venv/bin/textloop studio down
 MSG
