@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # pandas is imported where tables are built: it is not needed
     import pandas as pd
 
 from pipeline.boxes import Detections, area, iou_matrix, union_mask
+from pipeline.catalog import ImageStatus
 
 STRATEGIES = ("uncertainty", "committee", "tta", "random")
 RANKING_TABLE = "ranking"                 # <workspace>/reports/ranking.parquet (+ .csv); push reads it
@@ -249,7 +250,7 @@ def order_by(df: pd.DataFrame, strategy: str) -> list[str]:
 
 # --- the workspace stage ---------------------------------------------------------------------
 
-UNLABELLED = ("new", "pushed")
+UNLABELLED = (ImageStatus.NEW, ImageStatus.PUSHED)
 
 
 @dataclass(frozen=True)
