@@ -271,10 +271,6 @@ Row = dict[str, Any]
 Statuses = Collection["ImageStatus | str"]
 
 
-def _values(statuses: Iterable[ImageStatus | str]) -> list[str]:
-    return [ImageStatus(s).value for s in statuses]
-
-
 def _marks(items: Sequence[Any]) -> str:
     return ",".join("?" * len(items))
 
@@ -407,9 +403,9 @@ class Catalog:
         if split:
             sql += " AND split = ?"
             params.append(split)
-        if status:
+        if status:  # not validated: an unknown status simply matches no image
             sql += " AND status = ?"
-            params.append(ImageStatus(status).value)
+            params.append(status.value if isinstance(status, ImageStatus) else str(status))
         if not include_excluded:
             sql += " AND status != ?"
             params.append(ImageStatus.EXCLUDED.value)
