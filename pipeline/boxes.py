@@ -186,6 +186,33 @@ def exif_upright(boxes: np.ndarray, orientation: int, raw_width: int, raw_height
     return np.stack([nx.min(axis=1), ny.min(axis=1), nx.max(axis=1), ny.max(axis=1)], axis=1)
 
 
+# --- other formats' box conventions ---------------------------------------------------------
+
+def xyxy_to_xywh(boxes: Any) -> np.ndarray:
+    """Pixel xyxy to COCO's [x, y, width, height]."""
+    b = _as_boxes(boxes)
+    return np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1)
+
+
+def xywh_to_xyxy(boxes: Any) -> np.ndarray:
+    """COCO's [x, y, width, height] to pixel xyxy."""
+    b = _as_boxes(boxes)
+    return np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1)
+
+
+def xyxy_to_cxcywh_norm(boxes: Any, width: int, height: int) -> np.ndarray:
+    """Pixel xyxy to YOLO's centre x, centre y, width, height as fractions of the image size."""
+    b = _as_boxes(boxes)
+    size = np.array([width, height, width, height], dtype=np.float64)
+    return np.concatenate([(b[:, :2] + b[:, 2:]) / 2, b[:, 2:] - b[:, :2]], axis=1) / size
+
+
+def cxcywh_norm_to_xyxy(boxes: Any, width: int, height: int) -> np.ndarray:
+    """Inverse of `xyxy_to_cxcywh_norm`."""
+    b = _as_boxes(boxes) * np.array([width, height, width, height], dtype=np.float64)
+    return np.concatenate([b[:, :2] - b[:, 2:] / 2, b[:, :2] + b[:, 2:] / 2], axis=1)
+
+
 # --- Label Studio percent <-> pixel xyxy ---------------------------------------------------
 
 def ls_value_to_quad(value: dict[str, Any], width: int, height: int) -> np.ndarray:

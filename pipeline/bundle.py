@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.catalog import dumps
-from pipeline.formats import atomic_write_bytes, atomic_write_text
+from pipeline.io import atomic_write_bytes, atomic_write_text
 
 BUNDLE_FORMAT = 1
 KINDS = ("db", "fasterrcnn")

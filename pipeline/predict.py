@@ -8,7 +8,6 @@ upright (EXIF-applied) image, like every box in textloop.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -24,6 +23,7 @@ from pipeline.catalog import Catalog, dumps, load_quads, quads_column
 from pipeline.config import IMAGE_EXTENSIONS
 from pipeline.detectors.base import Detector, detect_visible
 from pipeline.imaging import load_views
+from pipeline.io import sha256_file
 from pipeline.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -287,15 +287,6 @@ def list_image_files(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
                 seen.add(absolute)
                 out.append((absolute, rel))
     return out
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Content id of a file (the workspace image id)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def workspace_ids(cat: Catalog, paths: Iterable[Path]) -> dict[Path, str]:

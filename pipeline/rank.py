@@ -342,7 +342,7 @@ def rank_workspace(ws, detector, run: RankRun = RankRun(), committee_detector=No
     df = df.sort_values(["batch_rank", f"score_{run.strategy}"], ascending=[True, False], na_position="last",
                         ignore_index=True)
 
-    from pipeline.curate.report import write_table
+    from pipeline.io import write_table
 
     write_table(df, [ws.reports_dir, ws.run_dir(iteration)], RANKING_TABLE)
     with ws.catalog() as cat:
@@ -356,7 +356,7 @@ def rank_workspace(ws, detector, run: RankRun = RankRun(), committee_detector=No
 
 def load_ranking(ws) -> pd.DataFrame | None:
     """The latest ranking table, or None when `textloop rank` has not run."""
-    from pipeline.curate.report import read_table
+    from pipeline.io import read_table
 
     return read_table(ws.reports_dir, RANKING_TABLE)
 

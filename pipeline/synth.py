@@ -28,7 +28,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from pipeline.config import IMAGE_EXTENSIONS
-from pipeline.formats import LabelledImage, atomic_write_bytes, atomic_write_text, write_jsonl
+from pipeline.formats import LabelledImage, write_jsonl
+from pipeline.io import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 

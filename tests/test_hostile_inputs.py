@@ -271,7 +271,7 @@ def test_max_pixels_applies_to_every_page(tmp_path, fake):
 def test_outputs_sidecars_and_manifests_follow_the_umask(tmp_path, fake):
     old = os.umask(0o022)
     os.umask(old)
-    from pipeline.formats import _umask
+    from pipeline.io import _umask
 
     expected = 0o666 & ~_umask()
     png(tmp_path / "in" / "a.png")

@@ -18,7 +18,8 @@ from pipeline.studio.client import StudioError, connect, load_settings
 from pipeline.studio.launcher import down, pid_file, server_env, stop_pid
 from pipeline.studio.project import parse_label_config, render_label_config
 from pipeline.studio.pull import choose
-from pipeline.studio.push import confidence, order_images
+from pipeline.studio.convert import confidence
+from pipeline.studio.push import order_images
 from tests.imagegen import noise_image
 
 

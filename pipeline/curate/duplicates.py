@@ -296,7 +296,7 @@ class FastdupUnavailable(RuntimeError):
 
 
 def _sha256_file(path: Path) -> str | None:
-    from pipeline.predict import sha256_file
+    from pipeline.io import sha256_file
 
     try:
         return sha256_file(path)

@@ -30,10 +30,9 @@ import numpy as np
 
 from pipeline.boxes import Detections
 from pipeline.detectors.base import detect_visible
-from pipeline.formats import UnwritableError, atomic_write_bytes, atomic_write_text, is_atomic_temp
+from pipeline.io import UnwritableError, atomic_write_bytes, atomic_write_text, is_atomic_temp, sha256_bytes, sha256_file
 from pipeline.imaging import ImageRejected
 from pipeline.listing import Listed, Skipped, file_problem, iter_image_files
-from pipeline.predict import sha256_file
 from pipeline.redact import codec
 from pipeline.redact.core import Cover, Pad, apply_redaction, cover_shapes, fill_value
 
@@ -267,7 +266,7 @@ def prepare_folders(folders: Iterable[Path]) -> None:
 def remove_stale_temps(folders: Iterable[Path], before: float, files: Iterable[Path] = ()) -> list[Path]:
     """Delete temp files an interrupted run left behind: in the `folders` trees (OUTPUT and the
     audit folder, which are ours) any name of our own atomic writes (`.NAME.XXXXXXXX.tmp`,
-    `formats.is_atomic_temp`); beside each of `files` (a single output in someone's folder) only
+    `io.is_atomic_temp`); beside each of `files` (a single output in someone's folder) only
     that file's own temp names. Only regular files older than `before` (this run's start: a
     concurrent run's file in flight is newer); symlinks are not followed. Returns what was removed."""
     candidates: list[Path] = []
@@ -293,10 +292,6 @@ def remove_stale_temps(folders: Iterable[Path], before: float, files: Iterable[P
 
 
 # --- one image -----------------------------------------------------------------------------
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
 
 def read_sidecar(path: str | Path) -> dict[str, Any] | None:
     try:
