@@ -20,10 +20,10 @@ import numpy as np
 
 from pipeline.boxes import Detections
 from pipeline.catalog import Catalog, dumps, load_quads, quads_column
-from pipeline.config import IMAGE_EXTENSIONS
 from pipeline.detectors.base import Detector, detect_visible
 from pipeline.imaging import load_views
 from pipeline.io import sha256_file
+from pipeline.listing import IMAGE_EXTENSIONS
 from pipeline.workspace import Workspace
 
 log = logging.getLogger(__name__)

@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from pipeline.config import IMAGE_EXTENSIONS
 from pipeline.formats import LabelledImage, write_jsonl
 from pipeline.io import atomic_write_bytes, atomic_write_text
+from pipeline.listing import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
 

@@ -334,10 +334,7 @@ class PPOCRDetector:
             all_boxes, all_scores, all_quads = merge_boxes(all_boxes, all_scores, group, quads=all_quads)
         # boxes are clipped to the image; quads are not (clipping a rotated rectangle's corners
         # one by one would cut into it): covering clips them when it rasterises
-        all_boxes[:, [0, 2]] = np.clip(all_boxes[:, [0, 2]], 0, w)
-        all_boxes[:, [1, 3]] = np.clip(all_boxes[:, [1, 3]], 0, h)
-        order = np.argsort(-all_scores, kind="stable")
-        return Detections(all_boxes[order], all_scores[order], np.zeros(len(order), dtype=np.int64), all_quads[order])
+        return Detections(all_boxes, all_scores, (), all_quads).clip(w, h).sorted_by_score()
 
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
         return [self.detect_one(im) for im in images]

@@ -32,7 +32,7 @@ from pipeline.boxes import Detections
 from pipeline.detectors.base import detect_visible
 from pipeline.io import UnwritableError, atomic_write_bytes, atomic_write_text, is_atomic_temp, sha256_bytes, sha256_file
 from pipeline.imaging import ImageRejected
-from pipeline.listing import Listed, Skipped, file_problem, iter_image_files
+from pipeline.listing import IMAGE_EXTENSIONS, Listed, Skipped, file_problem, iter_glob, iter_image_files
 from pipeline.redact import codec
 from pipeline.redact.core import Cover, Pad, apply_redaction, cover_shapes, fill_value
 
@@ -209,7 +209,7 @@ def plan_input(input_spec: str, output: Path, audit_dir: Path | None = None,
     entries = _walk(root, skip_dirs) if src.is_dir() else _glob_entries(input_spec, root, skip_dirs)
     items = []
     for e in entries:
-        is_image = Path(e.rel).suffix.lower() in codec.EXTENSIONS
+        is_image = Path(e.rel).suffix.lower() in IMAGE_EXTENSIONS
         if isinstance(e, Skipped):
             if is_image or not Path(e.rel).suffix:   # an image, or a folder, that was not taken
                 problems.append(_problem(e.path, e.rel, output, e.reason, e.detail))
@@ -229,24 +229,8 @@ def _walk(root: Path, skip_dirs: Sequence[Path] = ()) -> list[Listed | Skipped]:
 
 
 def _glob_entries(pattern: str, root: Path, skip_dirs: Sequence[Path]) -> list[Listed | Skipped]:
-    """Glob matches with the listing rule's checks: regular files only, links resolving under
-    the glob's fixed prefix only (glob already leaves hidden names out)."""
-    root_real = os.path.realpath(root)
-    out: list[Listed | Skipped] = []
-    for m in sorted(globmod.glob(pattern, recursive=True)):
-        path = Path(m)
-        real = os.path.realpath(path)
-        if os.path.isdir(path) or any(Path(real).is_relative_to(d) for d in skip_dirs):
-            continue
-        rel = Path(os.path.relpath(path, root)).as_posix()
-        problem = file_problem(path)
-        if problem is None and not (real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)):
-            problem = ("outside_tree", f"symlink to {real}, outside {root_real}; not followed")
-        if problem is not None:
-            out.append(Skipped(path, rel, *problem))
-        else:
-            out.append(Listed(path, rel))
-    return out
+    """Glob matches by the shared listing rule (`listing.iter_glob`)."""
+    return list(iter_glob(pattern, root, exclude=skip_dirs))
 
 
 def prepare_folders(folders: Iterable[Path]) -> None:
