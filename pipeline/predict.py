@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.boxes import Detections
+from pipeline.boxes import Detections, clip
 from pipeline.catalog import Catalog, dumps, load_quads, quads_column
 from pipeline.detectors.base import Detector, detect_visible
 from pipeline.imaging import load_views
@@ -64,9 +64,7 @@ def _clean(det: Detections, width: int, height: int, threshold: float) -> Detect
     det = det.filter(threshold)
     if not len(det):
         return det
-    b = det.boxes.copy()
-    b[:, [0, 2]] = np.clip(b[:, [0, 2]], 0, width)
-    b[:, [1, 3]] = np.clip(b[:, [1, 3]], 0, height)
+    b = clip(det.boxes, width, height)
     keep = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
     quads = None if det.quads is None else np.stack([np.clip(det.quads[..., 0], 0, width),
                                                      np.clip(det.quads[..., 1], 0, height)], axis=-1)[keep]
