@@ -23,7 +23,6 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline.cli.app import app
-from tests.test_redact import fake  # noqa: F401 (fixture: every detector the CLI loads is a FakeDetector)
 
 pytestmark = pytest.mark.timeout(120)   # a FIFO that is opened would hang forever
 
