@@ -3,9 +3,11 @@
 `Detections` holds boxes as an (N, 4) float array of pixel xyxy in the original image
 (after EXIF orientation is applied), with scores and integer labels, and optionally the
 (N, 4, 2) quadrilaterals a detector found (DB/PP-OCR finds rotated text); the xyxy box is then
-the quad's enclosing rectangle, one view of it. Vectorised helpers
-(IoU, clipping, padding, masks) and the Label Studio percent conversion live here so there
-is exactly one place where coordinates change representation.
+the quad's enclosing rectangle, one view of it. `Detections` clips, translates (a tile's
+detections into the image's frame) and suppresses (`nms`) itself. Vectorised helpers (IoU,
+greedy one-to-one matching, the share of a box inside a mask, clipping, padding, masks) and
+every other format's box convention (Label Studio percent, COCO xywh, YOLO normalised centre)
+live here so there is exactly one place where coordinates change representation.
 """
 
 from __future__ import annotations
