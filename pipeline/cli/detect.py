@@ -350,7 +350,7 @@ def evaluate_cmd(
     }
     report = json_safe(report)
     if out is not None:
-        from pipeline.formats import atomic_write_text
+        from pipeline.io import atomic_write_text
 
         atomic_write_text(out, json.dumps(report, indent=2) + "\n")
 
