@@ -45,16 +45,19 @@ MICRO = SynthConfig(n_images=30, seed=9001, width=(640, 1024),
                     kinds=("sample_id", "timestamp", "scale_bar", "instrument", "corner_label", "watermark"))
 
 
-def db_code(args: argparse.Namespace, name: str, minutes: float, human_jsonl: Path, val_jsonl: Path, work: Path) -> str:
+def db_code(args: argparse.Namespace, name: str, minutes: float, human_jsonl: Path, val_dir: Path, work: Path) -> str:
     out = work / name
     return f"""
 import json, time
 from pathlib import Path
-from pipeline.train import TrainConfig, train, samples_from_jsonl, losses_of, save_result
+import dataclasses
+from pipeline.formats import read_devset
+from pipeline.train import TrainConfig, train, samples_from_devset, samples_from_jsonl, losses_of, save_result
 out = Path({str(out)!r})
 synth = samples_from_jsonl({str(work / 'synth' / 'boxes.jsonl')!r}, 'synth/')
-val = samples_from_jsonl({str(work / 'synth_val' / 'boxes.jsonl')!r}, 'synth_val/') + \
-      samples_from_jsonl({str(val_jsonl)!r}, 'devA-val/')
+val = samples_from_jsonl({str(work / 'synth_val' / 'boxes.jsonl')!r}, 'synth_val/')
+val = [dataclasses.replace(v, gt=dataclasses.replace(v.gt, source='synthetic')) for v in val] + \
+      samples_from_devset(read_devset({str(val_dir)!r}))
 human = samples_from_jsonl({str(human_jsonl)!r}, 'devA/')
 cfg = TrainConfig(out_dir=str(out), arch='db', epochs={args.db_epochs}, steps_per_epoch={args.steps_per_epoch}, batch_size=4,
                   lr={args.db_lr}, warmup_steps=30, budget_minutes={minutes}, seed=0, threads={args.threads},
@@ -171,9 +174,12 @@ def main() -> None:
         items = sorted([(p, r) for p, r in half_a if r.source == src], key=lambda x: x[1].image)
         for i, it in enumerate(items):
             (a_val if i % 4 == 3 else a_train).append(it)
-    dev_a_train, dev_a_val = work / "devA-train" / "boxes.jsonl", work / "devA-val" / "boxes.jsonl"
-    for path, part in ((dev_a_train, a_train), (dev_a_val, a_val)):
-        write_jsonl(path, [dataclasses.replace(r, image=os.path.relpath(p, path.parent)) for p, r in part])
+    # validation keeps its sources (one folder each) so selection and the promotion veto score per source
+    dev_a_train, dev_a_val = work / "devA-train" / "boxes.jsonl", work / "devA-val"
+    write_jsonl(dev_a_train, [dataclasses.replace(r, image=os.path.relpath(p, dev_a_train.parent)) for p, r in a_train])
+    for src in sorted({r.source for _, r in a_val}):
+        path = dev_a_val / src / "boxes.jsonl"
+        write_jsonl(path, [dataclasses.replace(r, image=os.path.relpath(p, path.parent)) for p, r in a_val if r.source == src])
     t = time.time()
     generate(work / "synth", SynthConfig(n_images=args.synth_images, seed=0))
     generate(work / "synth_val", SynthConfig(n_images=16, seed=1))
