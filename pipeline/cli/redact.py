@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
-from pipeline.cli.common import emit, fail, progress, state
-from pipeline.legibility import Reader
+from pipeline.cli.common import AppState, emit, fail, progress, state
 from pipeline.redact import run as rr
+from pipeline.redact.tree import AuditTrailError, RedactSummary, needs_workspace, redact_tree
 from pipeline.redact.core import SHAPES, STYLES, Pad, parse_color
 
 
@@ -52,14 +52,31 @@ def redact_cmd(
     (hashes, boxes, scores, detector, settings) in the audit folder, with manifest.csv/.parquet,
     redact.log and summary.json. Exit code 1 if any image failed."""
     st = state(ctx)
+    cfg = _config(st, threshold, pad, style, shape, color, quality, max_pixels, review, review_band, verify, strict,
+                  dry_run, force or from_review)
+    try:
+        ws = st.ws() if needs_workspace(detector, cfg, from_review) else None
+        with progress(st, "redact") as update:
+            summary = redact_tree(input, output, cfg, workspace=ws, detector=detector, scales=_scales(scales),
+                                  engine=engine, workers=workers, archive=archive, audit=audit, fail_fast=fail_fast,
+                                  from_review=from_review, progress=update)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc), 2)
+    except AuditTrailError as exc:
+        fail(str(exc))
+    emit(st, summary.as_dict(), lambda c: _render(c, summary, verify))
+    if not summary.ok:
+        raise typer.Exit(1)
+
+
+def _config(st: AppState, threshold: float, pad: str, style: str, shape: str, color: str, quality: int,
+            max_pixels: int, review: bool, review_band: str, verify: bool, strict: bool, dry_run: bool,
+            force: bool) -> rr.RedactConfig:
+    """The options that decide the output, checked (exit code 2 on a bad one)."""
     if style not in STYLES:
         fail(f"--style must be one of {', '.join(STYLES)}", 2)
     if shape not in SHAPES:
         fail(f"--shape must be one of {', '.join(SHAPES)}", 2)
-    if engine not in ("local", "ray"):
-        fail("--engine must be local or ray", 2)
-    if strict and not verify:
-        fail("--strict needs --verify", 2)
     try:
         pad_v = Pad.parse(pad)
         color_v = parse_color(color)
@@ -71,48 +88,52 @@ def redact_cmd(
     if style != "fill":
         st.console.print(f"[bold yellow]warning:[/] --style {style} is reversible: blurred or pixelated text and faces "
                          "can be reconstructed. Use the default opaque fill for anything sensitive.", highlight=False)
-    cfg = rr.RedactConfig(threshold=threshold, pad=pad_v, style=style, shape=shape, color=color_v, jpeg_quality=quality,
-                          max_pixels=max_pixels, review=review, review_band=(lo, hi), verify=verify,
-                          strict=strict, dry_run=dry_run, force=force or from_review)
-    from pipeline.redact.tree import redact_tree
+    return rr.RedactConfig(threshold=threshold, pad=pad_v, style=style, shape=shape, color=color_v, jpeg_quality=quality,
+                           max_pixels=max_pixels, review=review, review_band=(lo, hi), verify=verify,
+                           strict=strict, dry_run=dry_run, force=force)
 
-    summary, results, det, audit_dir, review_info, failed_early = redact_tree(
-        st, input, output, cfg, detector, scales, engine, workers, archive, audit, fail_fast, dry_run, verify, review,
-        from_review)
 
-    def render(c) -> None:
-        if dry_run:
-            t = Table(title="dry run: what would be redacted", show_header=True)
-            t.add_column("image")
-            t.add_column("pages", justify="right")
-            t.add_column("boxes", justify="right")
-            t.add_column("scores")
-            for r in sorted(results, key=lambda r: r.rel):
-                sc = [s for page in r.scores for s in page]
-                t.add_row(r.rel, str(r.pages), str(r.n_boxes) if r.status != "failed" else f"failed: {r.reason}",
-                          f"{min(sc):.2f}-{max(sc):.2f}" if sc else "")
-            c.print(t)
-        t = Table(title=f"redact {input} -> {output}", show_header=True)
-        t.add_column("result")
-        t.add_column("images", justify="right")
-        for key in ("redacted", "skipped", "held_for_review", "waiting_review", "dry_run", "failed"):
-            if summary[key] or key in ("redacted", "failed"):
-                t.add_row(key.replace("_", " "), str(summary[key]))
+def _scales(text: Optional[str]) -> tuple[float, ...] | None:
+    try:
+        return tuple(float(x) for x in text.split(",")) if text else None
+    except ValueError:
+        fail(f"bad --scales {text!r}: use e.g. 1,2", 2)
+
+
+def _render(c: Console, summary: RedactSummary, verify: bool) -> None:
+    """The result table, failures, the --verify audit and where the audit trail is."""
+    dry_run, results, review_info = summary.would_redact is not None, summary.results, summary.review
+    audit_dir, input, output = Path(summary.audit), summary.input, summary.output
+    summary = summary.as_dict()
+    if dry_run:
+        t = Table(title="dry run: what would be redacted", show_header=True)
+        t.add_column("image")
+        t.add_column("pages", justify="right")
+        t.add_column("boxes", justify="right")
+        t.add_column("scores")
+        for r in sorted(results, key=lambda r: r.rel):
+            sc = [x for page in r.scores for x in page]
+            t.add_row(r.rel, str(r.pages), str(r.n_boxes) if r.status != "failed" else f"failed: {r.reason}",
+                      f"{min(sc):.2f}-{max(sc):.2f}" if sc else "")
         c.print(t)
-        for line in summary["errors"][:50]:
-            c.print(f"[red]failed[/] {line}", highlight=False, soft_wrap=True)
-        if len(summary["errors"]) > 50:
-            c.print(f"... and {len(summary['errors']) - 50} more (see {audit_dir / 'manifest.csv'})")
-        if verify:
-            c.print(f"verify: OCR read {summary['remaining_text']} legible string(s) outside the covered areas"
-                    + (": " + ", ".join(repr(x["text"]) for x in summary["legible"][:10]) if summary["legible"] else ""),
-                    highlight=False)
-        if review_info:
-            c.print(f"review: {review_info.get('held', 0)} held, {review_info.get('pushed', 0)} pushed to Label Studio"
-                    + (f" (push failed: {review_info['push_error']})" if review_info.get("push_error") else ""))
-        c.print(f"{summary['boxes']} boxes, {summary['images_per_s']} images/s, {summary['seconds']}s, "
-                f"detector {det.version}" + ("" if dry_run else f"; audit trail in {audit_dir}"), highlight=False)
+    t = Table(title=f"redact {input} -> {output}", show_header=True)
+    t.add_column("result")
+    t.add_column("images", justify="right")
+    for key in ("redacted", "skipped", "held_for_review", "waiting_review", "dry_run", "failed"):
+        if summary[key] or key in ("redacted", "failed"):
+            t.add_row(key.replace("_", " "), str(summary[key]))
+    c.print(t)
+    for line in summary["errors"][:50]:
+        c.print(f"[red]failed[/] {line}", highlight=False, soft_wrap=True)
+    if len(summary["errors"]) > 50:
+        c.print(f"... and {len(summary['errors']) - 50} more (see {audit_dir / 'manifest.csv'})")
+    if verify:
+        c.print(f"verify: OCR read {summary['remaining_text']} legible string(s) outside the covered areas"
+                + (": " + ", ".join(repr(x["text"]) for x in summary["legible"][:10]) if summary["legible"] else ""),
+                highlight=False)
+    if review_info:
+        c.print(f"review: {review_info.get('held', 0)} held, {review_info.get('pushed', 0)} pushed to Label Studio"
+                + (f" (push failed: {review_info['push_error']})" if review_info.get("push_error") else ""))
+    c.print(f"{summary['boxes']} boxes, {summary['images_per_s']} images/s, {summary['seconds']}s, "
+            f"detector {summary['detector']}" + ("" if dry_run else f"; audit trail in {audit_dir}"), highlight=False)
 
-    emit(st, summary, render)
-    if summary["failed"] or failed_early:
-        raise typer.Exit(1)
