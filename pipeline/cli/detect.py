@@ -9,6 +9,7 @@ from typing import Any, List, Optional
 
 import typer
 from rich import box
+from rich.console import Console
 from rich.table import Table
 
 from pipeline.boxes import Detections
@@ -82,7 +83,6 @@ def predict_cmd(
     With IMAGES (files/folders), every file is predicted; those whose bytes are already in the workspace also get a catalog row (--no-store to skip). Without IMAGES (or with --workspace-images), the workspace's images are predicted and stored under the model version.
     """
     from pipeline import predict as P
-
     from pipeline.engines import SpecFactory, check_engine
 
     st = state(ctx)
@@ -90,25 +90,35 @@ def predict_cmd(
         check_engine(engine)
     except ValueError as exc:
         fail(str(exc), 2)
+    if images and workspace_images:
+        fail("give IMAGES or --workspace-images, not both", 2)
     det_opts = parse_options(option)
     det = open_detector(st, detector, det_opts)
     factory = SpecFactory(detector, str(st.ws().root) if detector == "current" else None, det_opts) \
         if engine == "ray" else None
-    summary, errors, n_ok, n_boxes, n_stored, seconds = P.predict_files(
-        st, det, images, out, threshold, workspace_images, split, status, skip_existing, store, batch_size, engine,
-        factory, workers)
-
-    def render(c) -> None:
-        for line in errors[:50]:
-            c.print(f"[yellow]skipped[/] {line}", highlight=False, soft_wrap=True)
-        c.print(f"{n_ok} images, {n_boxes} boxes (threshold {threshold}) with {det.version} in {seconds:.1f}s"
-                f" ({summary['images_per_s']} images/s); {len(errors)} errors; {n_stored} stored in the catalog"
-                + (f"; wrote {out}" if out else ""), highlight=False)
-
-    emit(st, summary, render)
-    if n_ok == 0 and errors:
+    common = dict(out=out, threshold=threshold, batch_size=batch_size, engine=engine, factory=factory, workers=workers)
+    try:
+        with progress(st, f"predict ({det.version})") as update:
+            if images:
+                summary = P.predict_files(det, images, workspace=st.ws() if store else None, progress=update, **common)
+            else:
+                summary = P.predict_workspace_images(st.ws(), det, split=split, status=status, progress=update,
+                                                     skip_existing=skip_existing, **common)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc), 2)
+    except P.OutputError as exc:
+        fail(str(exc))
+    emit(st, summary.as_dict(), lambda c: _render_predict(c, summary, out))
+    if summary.images == 0 and summary.errors:
         raise typer.Exit(1)
 
+
+def _render_predict(c: Console, s: Any, out: Optional[Path]) -> None:
+    for line in s.errors[:50]:
+        c.print(f"[yellow]skipped[/] {line}", highlight=False, soft_wrap=True)
+    c.print(f"{s.images} images, {s.boxes} boxes (threshold {s.threshold}) with {s.model_version} in {s.seconds:.1f}s"
+            f" ({s.images_per_s} images/s); {len(s.errors)} errors; {s.stored_in_catalog} stored in the catalog"
+            + (f"; wrote {out}" if out else ""), highlight=False)
 
 
 # --- import ----------------------------------------------------------------------------------
