@@ -253,5 +253,38 @@ def workspace_ground_truth(ws: Workspace, split: str | None = "test") -> list[tu
     return out
 
 
+def evaluate_detector(st, det, items, threshold, iou, pad_px, thresholds, where, batch_size, out):
+    import json
+
+    from pipeline.cli.common import progress
+    from pipeline.predict import detect_set
+
+    with progress(st, f"evaluate ({det.version})") as update:  # every candidate box; thresholds applied below
+        ok, raw, errors, seconds = detect_set(det, items, threshold=0.0, batch_size=batch_size, progress=update)
+    gts = [items[i][1] for i in ok]
+
+    def at(thr: float) -> list[Detections]:
+        return [d.filter(thr) for d in raw]
+
+    overall = evaluate(gts, at(threshold), iou, pad_px)
+    overall["ap50"] = evaluate(gts, raw, iou, pad_px)["ap50"]  # AP ranks every candidate box
+    by_source = evaluate_by_source(gts, at(threshold), iou, pad_px)
+    for src, m in evaluate_by_source(gts, raw, iou, pad_px).items():
+        by_source[src]["ap50"] = m["ap50"]
+    report = {
+        "detector": det.name, "model_version": det.version, "ground_truth": where, "threshold": threshold,
+        "iou_threshold": iou, "pad_px": pad_px, "overall": overall, "by_source": by_source,
+        "sweep": {str(t): evaluate(gts, at(t), iou, pad_px) for t in thresholds},
+        "errors": errors, "seconds": round(seconds, 3),
+        "images_per_s": round(len(ok) / seconds, 3) if seconds > 0 else None,
+    }
+    report = json_safe(report)
+    if out is not None:
+        from pipeline.formats import atomic_write_text
+
+        atomic_write_text(out, json.dumps(report, indent=2) + "\n")
+    return report, ok, errors, seconds
+
+
 __all__ = ["METRIC_KEYS", "MatchResult", "CoverageCounts", "match_image", "coverage_counts", "average_precision",
            "evaluate", "evaluate_by_source", "json_safe", "workspace_ground_truth"]

@@ -255,30 +255,10 @@ def evaluate_cmd(
         fail(f"--sweep: expected numbers like 0.3,0.5, got {sweep!r}", 2)
 
     det = open_detector(st, detector, parse_options(option))
-    with progress(st, f"evaluate ({det.version})") as update:  # every candidate box; thresholds applied below
-        ok, raw, errors, seconds = detect_set(det, items, threshold=0.0, batch_size=batch_size, progress=update)
-    gts = [items[i][1] for i in ok]
+    from pipeline.evaluate import evaluate_detector
 
-    def at(thr: float) -> list[Detections]:
-        return [d.filter(thr) for d in raw]
-
-    overall = evaluate(gts, at(threshold), iou, pad_px)
-    overall["ap50"] = evaluate(gts, raw, iou, pad_px)["ap50"]  # AP ranks every candidate box
-    by_source = evaluate_by_source(gts, at(threshold), iou, pad_px)
-    for src, m in evaluate_by_source(gts, raw, iou, pad_px).items():
-        by_source[src]["ap50"] = m["ap50"]
-    report = {
-        "detector": det.name, "model_version": det.version, "ground_truth": where, "threshold": threshold,
-        "iou_threshold": iou, "pad_px": pad_px, "overall": overall, "by_source": by_source,
-        "sweep": {str(t): evaluate(gts, at(t), iou, pad_px) for t in thresholds},
-        "errors": errors, "seconds": round(seconds, 3),
-        "images_per_s": round(len(ok) / seconds, 3) if seconds > 0 else None,
-    }
-    report = json_safe(report)
-    if out is not None:
-        from pipeline.formats import atomic_write_text
-
-        atomic_write_text(out, json.dumps(report, indent=2) + "\n")
+    report, ok, errors, seconds = evaluate_detector(st, det, items, threshold, iou, pad_px, thresholds, where, batch_size,
+                                                    out)
 
     def render(c) -> None:
         for line in errors[:20]:
