@@ -17,7 +17,7 @@ Undefined ratios (no ground truth, no predictions) are NaN, never a made-up 0 or
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +28,7 @@ from pipeline.boxes import Detections, iou_matrix, pad, to_int_pixels, union_mas
 from pipeline.formats import LabelledImage
 
 if TYPE_CHECKING:
+    from pipeline.detectors.base import Detector
     from pipeline.workspace import Workspace
 
 METRIC_KEYS = ("precision", "recall", "f1", "ap50", "text_coverage", "fully_covered", "over_redaction",
@@ -253,15 +254,85 @@ def workspace_ground_truth(ws: Workspace, split: str | None = "test") -> list[tu
     return out
 
 
-def evaluate_detector(st, det, items, threshold, iou, pad_px, thresholds, where, batch_size, out):
+class NoGroundTruth(LookupError):
+    """The chosen ground truth holds no labelled image."""
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """A detector measured against ground truth; `as_dict()` is the `--json` payload and the
+    `--out` file (NaN ratios as None)."""
+
+    detector: str
+    model_version: str
+    ground_truth: str
+    threshold: float
+    iou_threshold: float
+    pad_px: float
+    overall: dict[str, float]
+    by_source: dict[str, dict[str, float]]
+    sweep: dict[str, dict[str, float]]
+    errors: list[str]
+    seconds: float
+    images_per_s: float | None
+
+    @property
+    def n_images(self) -> int:
+        """Images evaluated (the unreadable ones are in `errors`)."""
+        return int(self.overall.get("n_images", 0))
+
+    def as_dict(self) -> dict[str, object]:
+        return json_safe(dict(self.__dict__))  # type: ignore[return-value]
+
+
+def load_ground_truth(gt: Path | None = None, images: Path | None = None, devset: Path | None = None,
+                      ws: Workspace | None = None, split: str = "test",
+                      limit: int | None = None) -> tuple[list[tuple[Path, LabelledImage]], str]:
+    """(image path, labels) pairs and a name for them: a boxes.jsonl (`images`: the folder its
+    paths are relative to, default its own), a devset root, or a workspace split's human labels
+    (`split` "all": every split). Raises ValueError on a bad combination, NoGroundTruth when
+    there is no labelled image."""
+    from pipeline.formats import read_devset, read_jsonl
+
+    if gt is not None and devset is not None:
+        raise ValueError("give --gt or --set, not both")
+    if images is not None and gt is None:
+        raise ValueError("--images needs --gt (the boxes.jsonl its image paths are relative to)")
+    if devset is not None:
+        items, where = read_devset(devset), str(devset)
+    elif gt is not None:
+        base = images or gt.parent
+        items = [(base / rec.image, rec) for rec in read_jsonl(gt, source=gt.parent.name or gt.stem)]
+        where = str(gt)
+    else:
+        if split not in ("train", "val", "test", "all"):
+            raise ValueError(f"--split must be train, val, test or all, got {split!r}")
+        if ws is None:
+            raise ValueError("without --gt or --set the ground truth is a workspace's labels: give a workspace")
+        items = workspace_ground_truth(ws, None if split == "all" else split)
+        where = f"{ws.root} ({split} split)"
+    if limit is not None:
+        items = items[:limit]
+    if not items:
+        raise NoGroundTruth(f"{where}: no labelled images to evaluate on" + ("" if gt or devset else
+                         f" (label some {split} images, or `textloop import` labels)"))
+    return items, where
+
+
+def evaluate_detector(det: Detector, items: Sequence[tuple[Path, LabelledImage]], *, threshold: float = 0.3,
+                      iou: float = 0.5, pad_px: float = 0.0, sweep: Sequence[float] = (), where: str = "",
+                      batch_size: int = 4, out: Path | None = None,
+                      progress: Callable[[int, int], None] | None = None) -> EvalReport:
+    """One detection pass over `items` keeping every candidate box; the metrics at `threshold`
+    overall and per source, AP50 over every candidate, and the overall metrics at each `sweep`
+    threshold. `out`: also written there as JSON."""
     import json
 
-    from pipeline.cli.common import progress
     from pipeline.predict import detect_set
 
-    with progress(st, f"evaluate ({det.version})") as update:  # every candidate box; thresholds applied below
-        ok, raw, errors, seconds = detect_set(det, items, threshold=0.0, batch_size=batch_size, progress=update)
-    gts = [items[i][1] for i in ok]
+    found = detect_set(det, items, threshold=0.0, batch_size=batch_size, progress=progress)
+    raw = found.detections
+    gts = [items[i][1] for i in found.ok]
 
     def at(thr: float) -> list[Detections]:
         return [d.filter(thr) for d in raw]
@@ -271,20 +342,19 @@ def evaluate_detector(st, det, items, threshold, iou, pad_px, thresholds, where,
     by_source = evaluate_by_source(gts, at(threshold), iou, pad_px)
     for src, m in evaluate_by_source(gts, raw, iou, pad_px).items():
         by_source[src]["ap50"] = m["ap50"]
-    report = {
-        "detector": det.name, "model_version": det.version, "ground_truth": where, "threshold": threshold,
-        "iou_threshold": iou, "pad_px": pad_px, "overall": overall, "by_source": by_source,
-        "sweep": {str(t): evaluate(gts, at(t), iou, pad_px) for t in thresholds},
-        "errors": errors, "seconds": round(seconds, 3),
-        "images_per_s": round(len(ok) / seconds, 3) if seconds > 0 else None,
-    }
-    report = json_safe(report)
+    seconds = found.seconds
+    report = EvalReport(
+        detector=det.name, model_version=det.version, ground_truth=where, threshold=threshold, iou_threshold=iou,
+        pad_px=pad_px, overall=overall, by_source=by_source,
+        sweep={str(t): evaluate(gts, at(t), iou, pad_px) for t in sweep}, errors=found.errors,
+        seconds=round(seconds, 3), images_per_s=round(len(found.ok) / seconds, 3) if seconds > 0 else None)
     if out is not None:
         from pipeline.formats import atomic_write_text
 
-        atomic_write_text(out, json.dumps(report, indent=2) + "\n")
-    return report, ok, errors, seconds
+        atomic_write_text(out, json.dumps(report.as_dict(), indent=2) + "\n")
+    return report
 
 
-__all__ = ["METRIC_KEYS", "MatchResult", "CoverageCounts", "match_image", "coverage_counts", "average_precision",
-           "evaluate", "evaluate_by_source", "json_safe", "workspace_ground_truth"]
+__all__ = ["METRIC_KEYS", "MatchResult", "CoverageCounts", "EvalReport", "match_image", "coverage_counts",
+           "average_precision", "evaluate", "evaluate_by_source", "evaluate_detector", "NoGroundTruth", "json_safe", "load_ground_truth",
+           "workspace_ground_truth"]

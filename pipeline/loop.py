@@ -98,7 +98,8 @@ def _evaluate_on(detector: Any, gt: list, threshold: float) -> dict[str, float]:
     from pipeline.evaluate import evaluate
     from pipeline.predict import detect_set
 
-    ok, dets, errors, _ = detect_set(detector, gt, threshold)
+    found = detect_set(detector, gt, threshold)
+    ok, dets, errors = found.ok, found.detections, found.errors
     for e in errors:
         logging.getLogger("textloop.loop").warning("evaluate: skipped %s", e)
     return evaluate([gt[k][1] for k in ok], dets)

@@ -311,12 +311,22 @@ def workspace_ids(cat: Catalog, paths: Iterable[Path]) -> dict[Path, str]:
     return out
 
 
+@dataclass(frozen=True)
+class DetectedSet:
+    """What `detect_set` found: the indices of the items that worked, their Detections (in the
+    same order), one error line per failed image, and the seconds spent (for images/s)."""
+
+    ok: list[int]
+    detections: list[Detections]
+    errors: list[str]
+    seconds: float
+
+
 def detect_set(detector: Detector, items: Sequence[tuple[Path, Any]], threshold: float = 0.0,
                batch_size: int = DEFAULT_BATCH, progress: Callable[[int, int], None] | None = None,
-               ) -> tuple[list[int], list[Detections], list[str], float]:
-    """Run `detector` over (path, anything) pairs, e.g. devset (path, LabelledImage) items.
-    Returns the indices of the items that worked, their Detections (score >= threshold), one
-    error line per failed image, and the seconds spent (for images/s)."""
+               ) -> DetectedSet:
+    """Run `detector` over (path, anything) pairs, e.g. devset (path, LabelledImage) items,
+    keeping boxes with score >= threshold; one unreadable image never stops the set."""
     t0 = time.perf_counter()
     ok: list[int] = []
     dets: list[Detections] = []
@@ -331,7 +341,7 @@ def detect_set(detector: Detector, items: Sequence[tuple[Path, Any]], threshold:
             errors.append(f"{pred.path}: {type(pred.result).__name__}: {pred.result}")
         if progress:
             progress(k + 1, len(items))
-    return ok, dets, errors, time.perf_counter() - t0
+    return DetectedSet(ok, dets, errors, time.perf_counter() - t0)
 
 
 class OutputError(RuntimeError):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -12,7 +11,6 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.boxes import Detections
 from pipeline.cli.common import AppState, emit, fail, progress, state
 from pipeline.predict import DEFAULT_THRESHOLD
 
@@ -220,62 +218,44 @@ def evaluate_cmd(
 
     GT from --gt boxes.jsonl (+ --images DIR), from a devset root (--set), or, with neither, the human labels of the workspace's test split (per annotation source).
     """
-    from pipeline.evaluate import evaluate, evaluate_by_source, json_safe, workspace_ground_truth
-    from pipeline.formats import read_devset, read_jsonl
-    from pipeline.predict import detect_set
+    from pipeline.evaluate import NoGroundTruth, evaluate_detector, load_ground_truth
 
     st = state(ctx)
-    if gt is not None and devset is not None:
-        fail("give --gt or --set, not both", 2)
-    if images is not None and gt is None:
-        fail("--images needs --gt (the boxes.jsonl its image paths are relative to)", 2)
     try:
-        if devset is not None:
-            items = read_devset(devset)
-            where = str(devset)
-        elif gt is not None:
-            base = images or gt.parent
-            items = [(base / rec.image, rec) for rec in read_jsonl(gt, source=gt.parent.name or gt.stem)]
-            where = str(gt)
-        else:
-            if split not in ("train", "val", "test", "all"):
-                fail(f"--split must be train, val, test or all, got {split!r}", 2)
-            items = workspace_ground_truth(st.ws(), None if split == "all" else split)
-            where = f"{st.ws().root} ({split} split)"
+        items, where = load_ground_truth(gt, images, devset, st.ws() if gt is None and devset is None else None,
+                                         split, limit)
     except (OSError, ValueError) as exc:
         fail(str(exc), 2)
-    if limit is not None:
-        items = items[:limit]
-    if not items:
-        fail(f"{where}: no labelled images to evaluate on" + ("" if gt or devset else
-             f" (label some {split} images, or `textloop import` labels)"))
+    except NoGroundTruth as exc:
+        fail(str(exc))
     try:
         thresholds = [float(x) for x in sweep.split(",") if x.strip()] if sweep else []
     except ValueError:
         fail(f"--sweep: expected numbers like 0.3,0.5, got {sweep!r}", 2)
-
     det = open_detector(st, detector, parse_options(option))
-    from pipeline.evaluate import evaluate_detector
-
-    report, ok, errors, seconds = evaluate_detector(st, det, items, threshold, iou, pad_px, thresholds, where, batch_size,
-                                                    out)
-
-    def render(c) -> None:
-        for line in errors[:20]:
-            c.print(f"[yellow]skipped[/] {line}", highlight=False, soft_wrap=True)
-        rows = dict(report["by_source"]) if len(report["by_source"]) > 1 else {}
-        rows["all"] = report["overall"]
-        c.print(f"[bold]{det.version}[/] on {where} (threshold {threshold}, IoU {iou}, pad {pad_px:g} px)",
-                highlight=False, soft_wrap=True)
-        c.print(metrics_table(rows))
-        if report["sweep"]:
-            c.print("[bold]threshold sweep[/] (all images)")
-            c.print(metrics_table(report["sweep"], first="threshold"))
-        c.print("P/R/F1 at the IoU; cover = share of GT text pixels redacted; full = share of GT boxes >= 95 % "
-                "covered; over = share of image area redacted outside every GT box", highlight=False)
-        c.print(f"{len(ok)} images in {seconds:.1f}s ({report['images_per_s']} images/s); {len(errors)} unreadable"
-                + (f"; report written to {out}" if out else ""), highlight=False)
-
-    emit(st, report, render)
-    if not ok:
+    with progress(st, f"evaluate ({det.version})") as update:  # every candidate box; thresholds applied inside
+        report = evaluate_detector(det, items, threshold=threshold, iou=iou, pad_px=pad_px, sweep=thresholds,
+                                   where=where, batch_size=batch_size, out=out, progress=update)
+    emit(st, report.as_dict(), lambda c: _render_eval(c, report, out))
+    if not report.n_images:
         raise typer.Exit(1)
+
+
+def _render_eval(c: Console, r: Any, out: Optional[Path]) -> None:
+    """Skipped images, the metrics per source and overall, the sweep, and a legend."""
+    report, errors, where = r.as_dict(), r.errors, r.ground_truth
+    threshold, iou, pad_px = r.threshold, r.iou_threshold, r.pad_px
+    for line in errors[:20]:
+        c.print(f"[yellow]skipped[/] {line}", highlight=False, soft_wrap=True)
+    rows = dict(report["by_source"]) if len(report["by_source"]) > 1 else {}
+    rows["all"] = report["overall"]
+    c.print(f"[bold]{r.model_version}[/] on {where} (threshold {threshold}, IoU {iou}, pad {pad_px:g} px)",
+            highlight=False, soft_wrap=True)
+    c.print(metrics_table(rows))
+    if report["sweep"]:
+        c.print("[bold]threshold sweep[/] (all images)")
+        c.print(metrics_table(report["sweep"], first="threshold"))
+    c.print("P/R/F1 at the IoU; cover = share of GT text pixels redacted; full = share of GT boxes >= 95 % "
+            "covered; over = share of image area redacted outside every GT box", highlight=False)
+    c.print(f"{r.n_images} images in {r.seconds:.1f}s ({report['images_per_s']} images/s); {len(errors)} unreadable"
+            + (f"; report written to {out}" if out else ""), highlight=False)

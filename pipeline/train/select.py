@@ -109,7 +109,8 @@ def sweep(detector: Any, items: Sequence[tuple[Path, Any]], grid: Sequence[dict[
         detector.cache_maps(True)
         try:
             for params in grid:
-                ok, dets, errors, _ = detect_set(detector.retuned(**params), items, threshold)
+                found = detect_set(detector.retuned(**params), items, threshold)
+                ok, dets, errors = found.ok, found.detections, found.errors
                 for e in errors:
                     log.warning("validation: skipped %s", e)
                 gts = [items[k][1] for k in ok]
@@ -119,7 +120,8 @@ def sweep(detector: Any, items: Sequence[tuple[Path, Any]], grid: Sequence[dict[
         finally:
             detector.cache_maps(cached)
         return points
-    ok, dets, errors, _ = detect_set(detector, items, min(SCORE_GRID))
+    found = detect_set(detector, items, min(SCORE_GRID))
+    ok, dets, errors = found.ok, found.detections, found.errors
     for e in errors:
         log.warning("validation: skipped %s", e)
     for t in (grid or [{"threshold": t} for t in SCORE_GRID]):
