@@ -135,39 +135,11 @@ def train_cmd(
 
     st = state(ctx)
     ws = st.ws()
-    run_dir = ws.runs_dir / f"train-{run}"
-    ckpt = run_dir / "checkpoint.pt"
-    if ckpt.exists() and not (resume or restart):
-        fail(f"{ckpt} exists: continue it with --resume or start over with --restart")
-    if restart and ckpt.exists():
-        ckpt.unlink()
-    try:
-        if arch not in ("db", "fasterrcnn"):
-            raise ValueError(f"--arch must be db or fasterrcnn, got {arch!r}")
-        parent_path, parent_version = resolve_parent(ws, parent, arch)
-        model_cfg = FasterRCNNConfig(backbone=backbone)
-        recipe = DBRecipe(crop=crop, l2sp=l2sp, distill=distill, over_redaction_budget=budget)
-        if lr is None and arch == "fasterrcnn":
-            lr = 2e-3
-        cfg = TrainConfig(out_dir=str(run_dir), arch=arch, model=model_cfg, db=recipe,
-                          parent_bundle=str(parent_path) if parent_path else None,
-                          epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, lr=lr,
-                          human_fraction=human_fraction, patience=patience, budget_minutes=budget_minutes, seed=seed,
-                          threads=threads, resume=resume, freeze_bn=freeze_bn)
-    except ValueError as exc:
-        fail(str(exc), 2)
-    synth_samples, human, val, val_source = workspace_training_data(ws, synth, synth_images, seed, say=st.console.print)
-    start = "stock PP-OCR weights" if arch == "db" else "random weights"
-    st.console.print(f"training {arch} on {len(synth_samples)} synthetic + {len(human)} human-labelled images; "
-                     f"validating on {len(val)} ({val_source}); parent: {parent_version or 'none (' + start + ')'}")
-    try:
-        with _train_progress(st) as update:
-            summary = train_workspace(ws, cfg, synth_samples, human, val, val_source, parent_version, promote, update,
-                                      force=force)
-    except TrainingError as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        fail(f"interrupted; continue with `textloop train --run {run} --resume` (checkpoint: {ckpt})", 130)
+    from pipeline.train.workspace import train_run
+
+    summary = train_run(st, ws, arch, synth, synth_images, parent, human_fraction, epochs, steps_per_epoch, batch_size,
+                        lr, patience, budget_minutes, backbone, crop, l2sp, distill, budget, seed, freeze_bn, threads,
+                        run, resume, restart, promote, force)
     version, do_promote = summary["version"], summary["promoted"]
 
     refused = promote and not do_promote
