@@ -177,8 +177,8 @@ def iterate(ws: Any, cfg: IterateConfig = IterateConfig(), client: Any = None,
             say(f"train {cfg.arch}: {len(synth)} synthetic + {len(human)} human-labelled images, parent "
                 f"{parent_version or ('stock PP-OCR' if cfg.arch == 'db' else 'none (from scratch)')}")
             summary = train_workspace(ws, tcfg, synth, human, val, val_source, parent_version, promote=False)
-            candidate = summary["version"]
-            log_step("train", summary)
+            candidate = summary.version
+            log_step("train", summary.as_dict())
         res.candidate = candidate
 
         # --- evaluate candidate vs current on the test split; promote only if not worse ---

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -165,10 +166,39 @@ def _result_check(result: Any, val: Sequence[Sample], val_source: str) -> Promot
     return check
 
 
+@dataclass(frozen=True)
+class TrainSummary:
+    """One training run, registered; `as_dict()` is the `--json` payload."""
+
+    version: str
+    arch: str
+    parent: str | None
+    promoted: bool
+    promotion: dict[str, Any] | None      # both numbers of the promotion rule, when promotion was asked for
+    promotion_message: str | None
+    forced: bool
+    steps: int
+    epochs: int
+    stopped: str
+    minutes: float
+    timing_s: dict[str, float]
+    peak_rss_mb: int
+    val_source: str
+    metrics: dict[str, Any] | None
+    bundle: str
+    checkpoint: str
+    synthetic: int
+    human: int
+    val: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
 def train_workspace(ws: Any, cfg: TrainConfig, synth: Sequence[Sample], human: Sequence[Sample],
                     val: Sequence[Sample], val_source: str, parent_version: str | None,
                     promote: bool = False, progress: Callable[[int, int, dict[str, Any]], None] | None = None,
-                    force: bool = False) -> dict[str, Any]:
+                    force: bool = False) -> TrainSummary:
     """Train, save the bundle, register it and log the run in `iterations`. Promoted only when
     asked *and* when the promotion rule passes (or `force`): `current` is what redact uses by
     default. The summary's `promotion` holds both numbers; `promoted` says what happened."""
@@ -196,15 +226,16 @@ def train_workspace(ws: Any, cfg: TrainConfig, synth: Sequence[Sample], human: S
         if check.ok or force:
             promote_checked(ws, version, force=force, check=check)
             promoted = True
-    summary = {"version": version, "arch": cfg.arch, "parent": parent_version, "promoted": promoted,
-               "promotion": json_safe(check.to_json()) if check else None,
-               "promotion_message": check.message(version) if check else None, "forced": bool(force and promote and
-                                                                                            check and not check.ok),
-               "steps": result.steps, "epochs": result.epochs, "stopped": result.stopped,
-               "minutes": round(result.seconds / 60, 2), "timing_s": {k: round(v, 1) for k, v in result.timing.items()},
-               "peak_rss_mb": round(result.peak_rss_mb), "val_source": val_source, "metrics": json_safe(result.metrics),
-               "bundle": str(ws.models_dir / version / "bundle.zip"), "checkpoint": str(result.checkpoint),
-               "synthetic": len(synth), "human": len(human), "val": len(val)}
+    summary = TrainSummary(
+        version=version, arch=cfg.arch, parent=parent_version, promoted=promoted,
+        promotion=json_safe(check.to_json()) if check else None,
+        promotion_message=check.message(version) if check else None,
+        forced=bool(force and promote and check and not check.ok),
+        steps=result.steps, epochs=result.epochs, stopped=result.stopped,
+        minutes=round(result.seconds / 60, 2), timing_s={k: round(v, 1) for k, v in result.timing.items()},
+        peak_rss_mb=round(result.peak_rss_mb), val_source=val_source, metrics=json_safe(result.metrics),
+        bundle=str(ws.models_dir / version / "bundle.zip"), checkpoint=str(result.checkpoint),
+        synthetic=len(synth), human=len(human), val=len(val))
     with ws.catalog() as cat:
         cat.finish_iteration(iteration, "done", counts={"synthetic": len(synth), "human": len(human),
                                                         "val": len(val), "steps": result.steps},
@@ -212,49 +243,38 @@ def train_workspace(ws: Any, cfg: TrainConfig, synth: Sequence[Sample], human: S
     return summary
 
 
-def train_run(st, ws, arch, synth, synth_images, parent, human_fraction, epochs, steps_per_epoch, batch_size, lr,
-              patience, budget_minutes, backbone, crop, l2sp, distill, budget, seed, freeze_bn, threads, run, resume,
-              restart, promote, force):
-    from pipeline.cli.common import fail
-    from pipeline.cli.model import _train_progress
-    from pipeline.detectors.fasterrcnn import FasterRCNNConfig
-    from pipeline.train.db import DBRecipe
 
-    run_dir = ws.runs_dir / f"train-{run}"
-    ckpt = run_dir / "checkpoint.pt"
-    if ckpt.exists() and not (resume or restart):
-        fail(f"{ckpt} exists: continue it with --resume or start over with --restart")
+class CheckpointExists(RuntimeError):
+    """A run of that name has a checkpoint: continue it (resume) or discard it (restart)."""
+
+
+def run_dir(ws: Any, run: str) -> Path:
+    """Where run RUN keeps its checkpoint and bundle."""
+    return ws.runs_dir / f"train-{run}"
+
+
+def train_run(ws: Any, cfg: TrainConfig, *, synth_sets: Sequence[str] = ("default",), synth_images: int = 400,
+              parent: str = "auto", run: str = "train", restart: bool = False, promote: bool = False,
+              force: bool = False, say: Callable[[str], None] = log.info,
+              progress: Callable[[int, int, dict[str, Any]], None] | None = None) -> TrainSummary:
+    """`textloop train` as one call: the run's folder (`cfg.out_dir` and `cfg.parent_bundle` are
+    filled in), the parent model, the training data (missing synthetic sets generated), training,
+    registration and promotion by the rule. Raises CheckpointExists when the run has a checkpoint
+    and neither `cfg.resume` nor `restart`, ValueError for an unknown parent, TrainingError when
+    training cannot go on; Ctrl-C leaves the checkpoint for `resume`."""
+    out = run_dir(ws, run)
+    ckpt = out / "checkpoint.pt"
+    if ckpt.exists() and not (cfg.resume or restart):
+        raise CheckpointExists(f"{ckpt} exists: continue it with --resume or start over with --restart")
     if restart and ckpt.exists():
         ckpt.unlink()
-    try:
-        if arch not in ("db", "fasterrcnn"):
-            raise ValueError(f"--arch must be db or fasterrcnn, got {arch!r}")
-        parent_path, parent_version = resolve_parent(ws, parent, arch)
-        model_cfg = FasterRCNNConfig(backbone=backbone)
-        recipe = DBRecipe(crop=crop, l2sp=l2sp, distill=distill, over_redaction_budget=budget)
-        if lr is None and arch == "fasterrcnn":
-            lr = 2e-3
-        cfg = TrainConfig(out_dir=str(run_dir), arch=arch, model=model_cfg, db=recipe,
-                          parent_bundle=str(parent_path) if parent_path else None,
-                          epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, lr=lr,
-                          human_fraction=human_fraction, patience=patience, budget_minutes=budget_minutes, seed=seed,
-                          threads=threads, resume=resume, freeze_bn=freeze_bn)
-    except ValueError as exc:
-        fail(str(exc), 2)
-    synth_samples, human, val, val_source = workspace_training_data(ws, synth, synth_images, seed, say=st.console.print)
-    start = "stock PP-OCR weights" if arch == "db" else "random weights"
-    st.console.print(f"training {arch} on {len(synth_samples)} synthetic + {len(human)} human-labelled images; "
-                     f"validating on {len(val)} ({val_source}); parent: {parent_version or 'none (' + start + ')'}")
-    try:
-        with _train_progress(st) as update:
-            summary = train_workspace(ws, cfg, synth_samples, human, val, val_source, parent_version, promote, update,
-                                      force=force)
-    except TrainingError as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        fail(f"interrupted; continue with `textloop train --run {run} --resume` (checkpoint: {ckpt})", 130)
-    return summary
-
+    parent_path, parent_version = resolve_parent(ws, parent, cfg.arch)
+    cfg = replace(cfg, out_dir=str(out), parent_bundle=str(parent_path) if parent_path else None)
+    synth, human, val, val_source = workspace_training_data(ws, synth_sets, synth_images, cfg.seed, say=say)
+    start = "stock PP-OCR weights" if cfg.arch == "db" else "random weights"
+    say(f"training {cfg.arch} on {len(synth)} synthetic + {len(human)} human-labelled images; "
+        f"validating on {len(val)} ({val_source}); parent: {parent_version or 'none (' + start + ')'}")
+    return train_workspace(ws, cfg, synth, human, val, val_source, parent_version, promote, progress, force=force)
 
 def save_result(path: str | Path, result: Any, parent: str | None = None, extra: dict[str, Any] | None = None,
                 version: str | None = None) -> str:
