@@ -19,10 +19,12 @@ import json
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from pipeline.catalog import dumps
+from pipeline.rank import RankOptions
+from pipeline.train.engine import TrainConfig
 
 # Metrics that decide promotion: higher is better for these ...
 HIGHER_BETTER = ("text_coverage", "f1")
@@ -30,35 +32,26 @@ HIGHER_BETTER = ("text_coverage", "f1")
 LOWER_BETTER = ("over_redaction",)
 
 
+# A round's retraining: short, and stopped after 10 minutes (the best model kept). Everything
+# else is TrainConfig's own default; out_dir, parent_bundle and resume are set per round.
+ROUND_TRAINING = TrainConfig(epochs=3, steps_per_epoch=50, budget_minutes=10.0)
+
+
 @dataclass(frozen=True)
 class IterateConfig:
-    strategy: str = "auto"                # see pipeline.rank.choose_strategy
-    top: int = 20
-    committee: str | None = "ppocr"
+    """One round of the loop: the ranking as `textloop rank` takes it, the retraining as
+    `textloop train` takes it, and what only the round decides."""
+
+    rank: RankOptions = RankOptions()
+    train: TrainConfig = ROUND_TRAINING
+    synth_images: int = 200               # a missing synthetic set is generated this big (train's default: 400)
     engine: str = "permissive"            # curation engine (fastdup is non-commercial, opt in)
     curate_apply: bool = True             # act on duplicates and the worst label issues
     label_action: str = "review"          # review | exclude
-    arch: str = "db"                      # db | fasterrcnn
-    epochs: int = 3
-    steps_per_epoch: int = 50
-    batch_size: int = 4
-    lr: float | None = None               # None: the architecture's default (db 3e-5, fasterrcnn 1e-3)
     force: bool = False                   # promote even below stock ppocr (the test-split rule still applies)
-    budget_minutes: float | None = 10.0
-    synth_images: int = 200
     tolerance: float = 0.005              # "not worse": allowed change against the current model
     threshold: float = 0.3
     push: bool = True
-    seed: int = 0
-    threads: int = 0                      # 0 = auto (pipeline.train.engine.resolve_threads)
-
-    def __post_init__(self) -> None:
-        from pipeline.rank import STRATEGIES
-
-        if self.arch not in ("db", "fasterrcnn"):
-            raise ValueError(f"unknown arch {self.arch!r}: use db or fasterrcnn")
-        if self.strategy not in (*STRATEGIES, "auto"):  # fail before an hour of retraining, not after
-            raise ValueError(f"unknown strategy {self.strategy!r}: use auto or one of {', '.join(STRATEGIES)}")
 
 
 @dataclass
@@ -129,9 +122,10 @@ def iterate(ws: Any, cfg: IterateConfig = IterateConfig(), client: Any = None,
     from pipeline.detectors import load_detector
     from pipeline.evaluate import json_safe
     from pipeline.formats import atomic_write_text
-    from pipeline.rank import batch_from_ranking, plan_rank, rank_workspace
-    from pipeline.train import TrainConfig, check_promotion, resolve_parent, train_workspace, workspace_training_data
+    from pipeline.rank import batch_from_ranking, rank_workspace
+    from pipeline.train import check_promotion, resolve_parent, train_workspace, workspace_training_data
 
+    tc, rk = cfg.train, cfg.rank
     with ws.catalog() as cat:
         iteration = cat.start_iteration("iterate")
     res = RoundResult(iteration)
@@ -159,30 +153,28 @@ def iterate(ws: Any, cfg: IterateConfig = IterateConfig(), client: Any = None,
         log_step("curate", {k: cur.get(k) for k in ("duplicates", "label_noise", "actions") if k in cur})
 
         # --- retrain from the current model ---
-        parent_path, parent_version = resolve_parent(ws, "auto", cfg.arch)
-        synth, human, val, val_source = workspace_training_data(ws, ("default",), cfg.synth_images, cfg.seed, say=say)
+        parent_path, parent_version = resolve_parent(ws, "auto", tc.arch)
+        synth, human, val, val_source = workspace_training_data(ws, ("default",), cfg.synth_images, tc.seed, say=say)
         # Keyed by what the model learns from (labels included, not just image ids) and its parent.
         data_key = data_hash([f"{s.key}:{s.gt.boxes.round(1).tobytes().hex()}" for s in (*human, *synth)]
-                             + [f"parent:{parent_version}", f"arch:{cfg.arch}"])[:12]
+                             + [f"parent:{parent_version}", f"arch:{tc.arch}"])[:12]
         out = ws.runs_dir / f"train-iterate-{data_key}"
         if (out / "bundle.zip").exists():  # a rerun after this step finished: same data, same parent
             candidate = register_model(ws, out / "bundle.zip", parent=parent_version)
             say(f"train: model {candidate} was already trained on this data, not training again")
             log_step("train", {"version": candidate, "reused": True})
         else:
-            tcfg = TrainConfig(out_dir=str(out), arch=cfg.arch, parent_bundle=str(parent_path) if parent_path else None,
-                               epochs=cfg.epochs, steps_per_epoch=cfg.steps_per_epoch, batch_size=cfg.batch_size,
-                               lr=cfg.lr, budget_minutes=cfg.budget_minutes, seed=cfg.seed, threads=cfg.threads,
-                               resume=(out / "checkpoint.pt").exists())
-            say(f"train {cfg.arch}: {len(synth)} synthetic + {len(human)} human-labelled images, parent "
-                f"{parent_version or ('stock PP-OCR' if cfg.arch == 'db' else 'none (from scratch)')}")
+            tcfg = replace(tc, out_dir=str(out), parent_bundle=str(parent_path) if parent_path else None,
+                           resume=(out / "checkpoint.pt").exists())
+            say(f"train {tc.arch}: {len(synth)} synthetic + {len(human)} human-labelled images, parent "
+                f"{parent_version or ('stock PP-OCR' if tc.arch == 'db' else 'none (from scratch)')}")
             summary = train_workspace(ws, tcfg, synth, human, val, val_source, parent_version, promote=False)
             candidate = summary.version
             log_step("train", summary.as_dict())
         res.candidate = candidate
 
         # --- evaluate candidate vs current on the test split; promote only if not worse ---
-        gt, gt_source = _test_set(ws, cfg.seed)
+        gt, gt_source = _test_set(ws, tc.seed)
         with ws.catalog() as cat:
             cur_row = cat.current_model()
             cand_row = cat.query("SELECT * FROM models WHERE version = ?", (candidate,))[0]
@@ -198,7 +190,7 @@ def iterate(ws: Any, cfg: IterateConfig = IterateConfig(), client: Any = None,
         if already_current:  # a rerun after the promotion: nothing to decide
             promote, regressions = False, []
         elif promote:  # never promote a blind model: at least stock ppocr on val at the over-redaction budget
-            stock_check = check_promotion(ws, candidate, cfg.threads)
+            stock_check = check_promotion(ws, candidate, tc.threads)
             say(stock_check.message(candidate))
             if not stock_check.ok:
                 if cfg.force:
@@ -231,13 +223,13 @@ def iterate(ws: Any, cfg: IterateConfig = IterateConfig(), client: Any = None,
         # Reuse the detectors loaded for the evaluation rather than building them again.
         model = cand_det if (promote or already_current) else current_det
         second = None
-        if cfg.committee and cfg.committee != model.name:
-            second = current_det if current_det.name == cfg.committee else load_detector(cfg.committee, ws)
-        run, second = plan_rank(model, second, cfg.strategy, top=cfg.top)
+        if rk.committee and rk.committee != model.name:
+            second = current_det if current_det.name == rk.committee else load_detector(rk.committee, ws)
+        run, second = rk.plan(model, second)
         say(f"rank: {run.strategy} with {model.version}")
-        df = rank_workspace(ws, model, run, committee_detector=second)
-        batch = batch_from_ranking(df, run.strategy, cfg.top)
-        log_step("rank", {"pool": len(df), "batch": len(batch), "strategy": run.strategy, "model_version": model.version})
+        ranked = rank_workspace(ws, model, run, committee_detector=second)
+        batch = batch_from_ranking(ranked.frame, run.strategy, rk.top)
+        log_step("rank", {"pool": len(ranked.frame), "batch": len(batch), "strategy": run.strategy, "model_version": model.version})
 
         if cfg.push and studio is not None:
             from pipeline.studio.push import push_images
