@@ -146,23 +146,25 @@ def import_cmd(
     except RuntimeError as exc:
         fail(str(exc))
 
-    def render(c) -> None:
-        for line in summary.problems[:50]:
-            c.print(f"[yellow]skipped[/] {line}", highlight=False, soft_wrap=True)
-        if len(summary.problems) > 50:
-            c.print(f"... and {len(summary.problems) - 50} more")
-        t = Table(title=f"import into {ws.root}")
-        t.add_column("")
-        t.add_column("count", justify="right")
-        for key in ("records", "images", "with_boxes", "empty", "boxes", "ignored_boxes", "inserted", "updated",
-                    "unchanged", "rotated"):
-            t.add_row(key.replace("_", " "), str(getattr(summary, key)))
-        t.add_row("problems", str(len(summary.problems)))
-        c.print(t)
-
-    emit(st, summary.as_dict(), render)
+    emit(st, summary.as_dict(), lambda c: _render_import(c, summary, ws.root))
     if summary.images == 0 and summary.records:
         raise typer.Exit(1)
+
+
+def _render_import(c: Console, summary: Any, root: Path) -> None:
+    """The first problems and the counts of what was imported."""
+    for line in summary.problems[:50]:
+        c.print(f"[yellow]skipped[/] {line}", highlight=False, soft_wrap=True)
+    if len(summary.problems) > 50:
+        c.print(f"... and {len(summary.problems) - 50} more")
+    t = Table(title=f"import into {root}")
+    t.add_column("")
+    t.add_column("count", justify="right")
+    for key in ("records", "images", "with_boxes", "empty", "boxes", "ignored_boxes", "inserted", "updated",
+                "unchanged", "rotated"):
+        t.add_row(key.replace("_", " "), str(getattr(summary, key)))
+    t.add_row("problems", str(len(summary.problems)))
+    c.print(t)
 
 
 # --- evaluate --------------------------------------------------------------------------------

@@ -79,15 +79,17 @@ def synth_cmd(
     with progress(st, "synth") as update:
         summary = generate(out, cfg, bgs, progress=update)
 
-    def render(c) -> None:
-        if summary["skipped"]:
-            c.print(f"{out}: up to date ({summary['images']} images, {summary['boxes']} boxes)")
-            return
-        c.print(f"{out}: {summary['images']} images, {summary['boxes']} boxes "
-                f"({summary['backgrounds']} real backgrounds available)")
-        c.print("kinds: " + ", ".join(f"{k} {n}" for k, n in sorted(summary["kinds"].items())))
+    emit(st, summary, lambda c: _render_synth(c, summary, out))
 
-    emit(st, summary, render)
+
+def _render_synth(c: Console, summary: dict[str, Any], out: Path) -> None:
+    """Up to date, or what was generated and of which kinds."""
+    if summary["skipped"]:
+        c.print(f"{out}: up to date ({summary['images']} images, {summary['boxes']} boxes)")
+        return
+    c.print(f"{out}: {summary['images']} images, {summary['boxes']} boxes "
+            f"({summary['backgrounds']} real backgrounds available)")
+    c.print("kinds: " + ", ".join(f"{k} {n}" for k, n in sorted(summary["kinds"].items())))
 
 
 # --- train -----------------------------------------------------------------------------------
