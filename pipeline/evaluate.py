@@ -17,10 +17,10 @@ Undefined ratios (no ground truth, no predictions) are NaN, never a made-up 0 or
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -31,9 +31,47 @@ if TYPE_CHECKING:
     from pipeline.detectors.base import Detector
     from pipeline.workspace import Workspace
 
-METRIC_KEYS = ("precision", "recall", "f1", "ap50", "text_coverage", "fully_covered", "over_redaction",
-               "n_images", "n_gt", "n_pred")
 FULLY_COVERED_FRACTION = 0.95
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """The detection metrics of one set: the one place their names are spelled. Ratios that are
+    undefined on the set (no ground truth, no predictions) are NaN; `as_dict()` keeps them (JSON
+    goes through `json_safe`)."""
+
+    precision: float
+    recall: float
+    f1: float
+    ap50: float
+    text_coverage: float
+    fully_covered: float
+    over_redaction: float
+    n_images: int
+    n_gt: int
+    n_pred: int
+    tp: int
+    fp: int
+    fn: int
+
+    # what promotion compares (pipeline.loop): higher is better for these, lower for these
+    HIGHER_BETTER: ClassVar[tuple[str, ...]] = ("text_coverage", "f1")
+    LOWER_BETTER: ClassVar[tuple[str, ...]] = ("over_redaction",)
+
+    def as_dict(self) -> dict[str, float]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Metrics:
+        """Back from `as_dict()` (or JSON, where NaN became None); missing ratios are NaN."""
+        def num(key: str, count: bool) -> Any:
+            v = d.get(key)
+            return (int(v) if v is not None else 0) if count else (float(v) if v is not None else math.nan)
+        return cls(**{f.name: num(f.name, f.name.startswith("n_") or f.name in ("tp", "fp", "fn")) for f in fields(cls)})
+
+
+METRIC_KEYS = ("precision", "recall", "f1", "ap50", "text_coverage", "fully_covered", "over_redaction",
+               "n_images", "n_gt", "n_pred")   # the Metrics fields shown in tables (tp/fp/fn are in as_dict too)
 
 
 # --- per image -------------------------------------------------------------------------------
@@ -149,8 +187,8 @@ def average_precision(scores: np.ndarray, tp: np.ndarray, n_gt: int) -> float:
 
 
 def evaluate(gts: Sequence[LabelledImage], preds: Sequence[Detections],
-             iou_threshold: float = 0.5, pad_px: float = 0.0) -> dict[str, float]:
-    """All DESIGN.md metrics over a set; `preds[i]` belongs to `gts[i]` (already thresholded)."""
+             iou_threshold: float = 0.5, pad_px: float = 0.0) -> Metrics:
+    """All the metrics (module docstring) over a set; `preds[i]` belongs to `gts[i]` (already thresholded)."""
     if len(gts) != len(preds):
         raise ValueError(f"{len(gts)} ground-truth images but {len(preds)} predictions")
     all_scores, all_tp = [], []
@@ -174,25 +212,25 @@ def evaluate(gts: Sequence[LabelledImage], preds: Sequence[Detections],
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     scores = np.concatenate(all_scores) if all_scores else np.zeros(0)
     hits = np.concatenate(all_tp) if all_tp else np.zeros(0, dtype=bool)
-    return {
-        "precision": precision,
-        "recall": recall,
-        "f1": f1,
-        "ap50": average_precision(scores, hits, n_gt),
-        "text_coverage": _ratio(cov.covered_px, cov.text_px),
-        "fully_covered": _ratio(cov.n_fully, cov.n_boxes),
-        "over_redaction": _ratio(cov.outside_px, cov.image_px),
-        "n_images": len(gts),
-        "n_gt": n_gt,
-        "n_pred": n_pred,
-        "tp": tp,
-        "fp": fp,
-        "fn": n_gt - tp,
-    }
+    return Metrics(
+        precision=precision,
+        recall=recall,
+        f1=f1,
+        ap50=average_precision(scores, hits, n_gt),
+        text_coverage=_ratio(cov.covered_px, cov.text_px),
+        fully_covered=_ratio(cov.n_fully, cov.n_boxes),
+        over_redaction=_ratio(cov.outside_px, cov.image_px),
+        n_images=len(gts),
+        n_gt=n_gt,
+        n_pred=n_pred,
+        tp=tp,
+        fp=fp,
+        fn=n_gt - tp,
+    )
 
 
 def evaluate_by_source(gts: Sequence[LabelledImage], preds: Sequence[Detections],
-                       iou_threshold: float = 0.5, pad_px: float = 0.0) -> dict[str, dict[str, float]]:
+                       iou_threshold: float = 0.5, pad_px: float = 0.0) -> dict[str, Metrics]:
     """`evaluate` per `LabelledImage.source` (sorted by name; '' for records without a source)."""
     if len(gts) != len(preds):
         raise ValueError(f"{len(gts)} ground-truth images but {len(preds)} predictions")
@@ -206,9 +244,12 @@ def evaluate_by_source(gts: Sequence[LabelledImage], preds: Sequence[Detections]
 
 
 def json_safe(value: object) -> object:
-    """NaN -> None (JSON has no NaN), recursively through dicts and lists."""
+    """NaN -> None (JSON has no NaN), recursively through dicts, lists and result objects
+    (anything with `as_dict()`, e.g. Metrics)."""
     if isinstance(value, float) and math.isnan(value):
         return None
+    if hasattr(value, "as_dict"):
+        return json_safe(value.as_dict())
     if isinstance(value, dict):
         return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -269,9 +310,9 @@ class EvalReport:
     threshold: float
     iou_threshold: float
     pad_px: float
-    overall: dict[str, float]
-    by_source: dict[str, dict[str, float]]
-    sweep: dict[str, dict[str, float]]
+    overall: Metrics
+    by_source: dict[str, Metrics]
+    sweep: dict[str, Metrics]
     errors: list[str]
     seconds: float
     images_per_s: float | None
@@ -279,10 +320,14 @@ class EvalReport:
     @property
     def n_images(self) -> int:
         """Images evaluated (the unreadable ones are in `errors`)."""
-        return int(self.overall.get("n_images", 0))
+        return self.overall.n_images
 
     def as_dict(self) -> dict[str, object]:
-        return json_safe(dict(self.__dict__))  # type: ignore[return-value]
+        d = dict(self.__dict__)
+        d["overall"] = self.overall.as_dict()
+        d["by_source"] = {k: m.as_dict() for k, m in self.by_source.items()}
+        d["sweep"] = {k: m.as_dict() for k, m in self.sweep.items()}
+        return json_safe(d)  # type: ignore[return-value]
 
 
 def load_ground_truth(gt: Path | None = None, images: Path | None = None, devset: Path | None = None,
@@ -337,11 +382,11 @@ def evaluate_detector(det: Detector, items: Sequence[tuple[Path, LabelledImage]]
     def at(thr: float) -> list[Detections]:
         return [d.filter(thr) for d in raw]
 
-    overall = evaluate(gts, at(threshold), iou, pad_px)
-    overall["ap50"] = evaluate(gts, raw, iou, pad_px)["ap50"]  # AP ranks every candidate box
-    by_source = evaluate_by_source(gts, at(threshold), iou, pad_px)
-    for src, m in evaluate_by_source(gts, raw, iou, pad_px).items():
-        by_source[src]["ap50"] = m["ap50"]
+    # AP ranks every candidate box; the rest is at the threshold
+    overall = replace(evaluate(gts, at(threshold), iou, pad_px), ap50=evaluate(gts, raw, iou, pad_px).ap50)
+    ap_by_source = evaluate_by_source(gts, raw, iou, pad_px)
+    by_source = {src: replace(m, ap50=ap_by_source[src].ap50)
+                 for src, m in evaluate_by_source(gts, at(threshold), iou, pad_px).items()}
     seconds = found.seconds
     report = EvalReport(
         detector=det.name, model_version=det.version, ground_truth=where, threshold=threshold, iou_threshold=iou,
@@ -355,6 +400,6 @@ def evaluate_detector(det: Detector, items: Sequence[tuple[Path, LabelledImage]]
     return report
 
 
-__all__ = ["METRIC_KEYS", "MatchResult", "CoverageCounts", "EvalReport", "match_image", "coverage_counts",
+__all__ = ["METRIC_KEYS", "Metrics", "MatchResult", "CoverageCounts", "EvalReport", "match_image", "coverage_counts",
            "average_precision", "evaluate", "evaluate_by_source", "evaluate_detector", "NoGroundTruth", "json_safe", "load_ground_truth",
            "workspace_ground_truth"]

@@ -18,18 +18,17 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from pipeline.catalog import dumps
+from pipeline.evaluate import Metrics
 from pipeline.rank import RankOptions
 from pipeline.train.engine import TrainConfig
 
-# Metrics that decide promotion: higher is better for these ...
-HIGHER_BETTER = ("text_coverage", "f1")
-# ... lower is better for these.
-LOWER_BETTER = ("over_redaction",)
+# Metrics that decide promotion (spelled once, on Metrics)
+HIGHER_BETTER, LOWER_BETTER = Metrics.HIGHER_BETTER, Metrics.LOWER_BETTER
 
 
 # A round's retraining: short, and stopped after 10 minutes (the best model kept). Everything
@@ -66,7 +65,7 @@ class RoundResult:
         return asdict(self)
 
 
-def promotion_decision(candidate: dict[str, float], current: dict[str, float] | None,
+def promotion_decision(candidate: Metrics | Mapping[str, float], current: Metrics | Mapping[str, float] | None,
                        tolerance: float = 0.005) -> tuple[bool, list[str]]:
     """Promote when no decision metric is worse than the current model's by more than `tolerance`.
 
@@ -74,6 +73,8 @@ def promotion_decision(candidate: dict[str, float], current: dict[str, float] | 
     Metrics that are undefined (NaN/None) on either side are not compared."""
     if current is None:
         return True, []
+    candidate = candidate.as_dict() if isinstance(candidate, Metrics) else candidate
+    current = current.as_dict() if isinstance(current, Metrics) else current
     regressions = []
     for key in HIGHER_BETTER + LOWER_BETTER:
         a, b = candidate.get(key), current.get(key)
@@ -85,7 +86,7 @@ def promotion_decision(candidate: dict[str, float], current: dict[str, float] | 
     return not regressions, regressions
 
 
-def _evaluate_on(detector: Any, gt: list, threshold: float) -> dict[str, float]:
+def _evaluate_on(detector: Any, gt: list, threshold: float) -> Metrics:
     """Metrics on the (path, LabelledImage) pairs; an unreadable image is logged and left out
     instead of failing the round after its training finished."""
     from pipeline.evaluate import evaluate
@@ -199,12 +200,12 @@ def iterate(ws: Any, cfg: IterateConfig = IterateConfig(), client: Any = None,
                     promote = False
                     regressions.append(f"validation coverage at over-redaction <= {stock_check.budget:.4f}: "
                                        f"{stock_check.candidate:.4f} vs stock ppocr {stock_check.stock:.4f}")
-        evaluation = {"test_set": gt_source, "images": len(gt), "candidate": {"version": candidate, **m_cand},
-                      "current": {"version": current_det.version, **(m_cur or {})}, "promoted": promote,
+        evaluation = {"test_set": gt_source, "images": len(gt), "candidate": {"version": candidate, **m_cand.as_dict()},
+                      "current": {"version": current_det.version, **(m_cur.as_dict() if m_cur else {})}, "promoted": promote,
                       "regressions": regressions, "stock_check": stock_check.to_json() if stock_check else None}
         with ws.catalog() as cat:
             with cat.transaction() as tx:
-                merged = {**json.loads(cand_row["metrics"] or "{}"), "test": json_safe(m_cand),
+                merged = {**json.loads(cand_row["metrics"] or "{}"), "test": json_safe(m_cand.as_dict()),
                           "labelled_images": len(human)}
                 tx.execute("UPDATE models SET metrics = ? WHERE version = ?", (dumps(json_safe(merged)), candidate))
         if promote:
@@ -245,7 +246,7 @@ def iterate(ws: Any, cfg: IterateConfig = IterateConfig(), client: Any = None,
             log_step("push", pushed)
         with ws.catalog() as cat:
             cat.finish_iteration(iteration, "done", counts=json_safe(res.steps),
-                                 metrics={"candidate": candidate, "promoted": promote, **json_safe(m_cand)})
+                                 metrics={"candidate": candidate, "promoted": promote, **json_safe(m_cand.as_dict())})
         atomic_write_text(run_dir / "iterate.json", json.dumps(json_safe(res.as_dict()), indent=2))
         return res
     except BaseException as exc:

@@ -48,7 +48,7 @@ def test_evaluation_skips_an_unreadable_test_image(tmp_path) -> None:
 
     gt = [(p, LabelledImage(p.name, 64, 48, np.array([[10.0, 10, 30, 20]]))) for p in (good, bad)]
     m = _evaluate_on(Box(), gt, 0.3)
-    assert m["n_images"] == 1 and m["text_coverage"] == 1.0
+    assert m.n_images == 1 and m.text_coverage == 1.0
 
 
 def test_iterate_config_is_built_from_train_and_rank_configs() -> None:

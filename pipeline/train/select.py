@@ -90,7 +90,7 @@ def coverage_by_source(gts: Sequence[Any], dets: Sequence[Any]) -> dict[str, flo
         if not any(len(gts[i].boxes) for i in idx):
             continue  # text-free images: over-redaction, not coverage
         m = evaluate([gts[i] for i in idx], [dets[i] for i in idx])
-        out[src] = _num(m.get("text_coverage"))
+        out[src] = _num(m.text_coverage)
     return out if len(out) >= 2 else {}
 
 
@@ -114,7 +114,7 @@ def sweep(detector: Any, items: Sequence[tuple[Path, Any]], grid: Sequence[dict[
                 for e in errors:
                     log.warning("validation: skipped %s", e)
                 gts = [items[k][1] for k in ok]
-                m = evaluate(gts, dets) if ok else {}
+                m = evaluate(gts, dets).as_dict() if ok else {}
                 points.append(Operating(dict(params), _num(m.get("text_coverage")), _num(m.get("over_redaction")), m,
                                         coverage_by_source(gts, dets)))
         finally:
@@ -126,7 +126,7 @@ def sweep(detector: Any, items: Sequence[tuple[Path, Any]], grid: Sequence[dict[
         log.warning("validation: skipped %s", e)
     for t in (grid or [{"threshold": t} for t in SCORE_GRID]):
         gts, kept = [items[k][1] for k in ok], [d.filter(t["threshold"]) for d in dets]
-        m = evaluate(gts, kept) if ok else {}
+        m = evaluate(gts, kept).as_dict() if ok else {}
         points.append(Operating(dict(t), _num(m.get("text_coverage")), _num(m.get("over_redaction")), m,
                                 coverage_by_source(gts, kept)))
     return points
