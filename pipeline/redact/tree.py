@@ -78,7 +78,7 @@ class RedactSummary:
         return out
 
 
-def needs_workspace(detector: str, cfg: rr.RedactConfig, from_review: bool) -> bool:
+def needs_workspace(detector: Any, cfg: rr.RedactConfig, from_review: bool) -> bool:
     """Only `current`, `--review` and `--from-review` read the catalog; otherwise no workspace is created."""
     return detector == "current" or cfg.review or from_review
 
@@ -98,12 +98,13 @@ def _resolve_detector(detector: str, ws: Any, scales: Sequence[float] | None) ->
 
 
 def redact_tree(input: str, output: Path, cfg: rr.RedactConfig = rr.RedactConfig(), *, workspace: Any = None,
-                detector: str = "current", scales: Sequence[float] | None = None, engine: str = "local",
+                detector: Any = "current", scales: Sequence[float] | None = None, engine: str = "local",
                 workers: int = 2, archive: Path | None = None, audit: Path | None = None, fail_fast: bool = False,
                 from_review: bool = False, progress: Progress | None = None) -> RedactSummary:
     """Redact INPUT (file, folder tree or glob) into OUTPUT; the audit trail goes to AUDIT
-    (default OUTPUT.audit). `workspace` is needed for detector `current` (else stock ppocr),
-    `cfg.review` and `from_review`. Raises ValueError / FileNotFoundError for a job that cannot
+    (default OUTPUT.audit). `detector`: a spec (ppocr, current, a bundle.zip) or a loaded
+    detector (local engine only). `workspace` is needed for detector `current` (else stock
+    ppocr), `cfg.review` and `from_review`. Raises ValueError / FileNotFoundError for a job that cannot
     start (bad input, unwritable output, unknown detector) and AuditTrailError when the manifest
     or summary.json cannot be written; per-image failures are results, not exceptions."""
     from pipeline.detectors import load_detector
@@ -132,8 +133,13 @@ def redact_tree(input: str, output: Path, cfg: rr.RedactConfig = rr.RedactConfig
                               files=[Path(items[0].out)] if planned.single else ())
 
     ws = workspace
-    detector, det_options = _resolve_detector(detector, ws, scales)
-    det = rr.build_ppocr(**det_options) if detector == "ppocr" else load_detector(detector, ws)
+    if isinstance(detector, str):
+        detector, det_options = _resolve_detector(detector, ws, scales)
+        det = rr.build_ppocr(**det_options) if detector == "ppocr" else load_detector(detector, ws)
+    elif engine == "ray":
+        raise ValueError("--engine ray builds the detector in each actor: give a detector spec, not a detector")
+    else:
+        det, det_options = detector, {}
     verifier = Reader() if cfg.verify else None
 
     reviewed: dict[str, Any] = {}
