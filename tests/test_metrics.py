@@ -205,3 +205,35 @@ def test_metrics_is_one_typed_record_with_the_json_keys_of_before() -> None:
     assert Metrics.from_dict(got.as_dict()) == got
     empty = Metrics.from_dict(json.loads(json.dumps(json_safe(evaluate([gt(4, 4, [])], [det([])])))))
     assert math.isnan(empty.recall) and empty.n_images == 1
+
+
+def test_evaluate_detector_library_call_is_the_cli_report(tmp_path) -> None:
+    """`evaluate_detector` is `textloop evaluate`'s whole job: metrics at the threshold overall and
+    per source, AP50 over every candidate, the sweep, the report file; as_dict() has the --json keys."""
+    from PIL import Image
+
+    from pipeline.evaluate import EvalReport, evaluate_detector, load_ground_truth
+
+    class Fixed:
+        name, version = "fixed", "fixed-1"
+
+        def detect(self, images):
+            return [Detections(np.array([[0, 0, 10, 10], [20, 0, 30, 10]], float), np.array([0.9, 0.2]))
+                    for _ in images]
+
+    items = []
+    for src in ("a", "b"):
+        p = tmp_path / f"{src}.png"
+        Image.new("RGB", (40, 10), "white").save(p)
+        items.append((p, gt(40, 10, [(0, 0, 10, 10), (20, 0, 30, 10)], source=src)))
+    out = tmp_path / "report.json"
+    rep = evaluate_detector(Fixed(), items, threshold=0.5, sweep=[0.1], where="two", out=out)
+    assert isinstance(rep, EvalReport) and rep.n_images == 2
+    assert rep.overall.recall == pytest.approx(0.5) and rep.overall.ap50 > 0.5     # AP sees the 0.2 box too
+    assert rep.sweep["0.1"].recall == pytest.approx(1.0) and set(rep.by_source) == {"a", "b"}
+    d = rep.as_dict()
+    assert list(d) == ["detector", "model_version", "ground_truth", "threshold", "iou_threshold", "pad_px", "overall",
+                       "by_source", "sweep", "errors", "seconds", "images_per_s"]
+    assert json.loads(out.read_text()) == json.loads(json.dumps(d))
+    with pytest.raises(ValueError, match="not both"):
+        load_ground_truth(gt=out, devset=tmp_path)
