@@ -79,7 +79,7 @@ def synth_cmd(
     with progress(st, "synth") as update:
         summary = generate(out, cfg, bgs, progress=update)
 
-    emit(st, summary, lambda c: _render_synth(c, summary, out))
+    emit(st, summary.as_dict(), lambda c: _render_synth(c, summary.as_dict(), out))
 
 
 def _render_synth(c: Console, summary: dict[str, Any], out: Path) -> None:
