@@ -151,7 +151,7 @@ def iterate(ws: Any, cfg: IterateConfig = IterateConfig(), client: Any = None,
         say(f"curate: duplicates ({cfg.engine}) and label noise")
         cur = run_curate(ws, DuplicateConfig(engine=cfg.engine), apply=cfg.curate_apply, label_action=cfg.label_action,
                          iteration=iteration)
-        log_step("curate", {k: cur.get(k) for k in ("duplicates", "label_noise", "actions") if k in cur})
+        log_step("curate", {k: v for k, v in cur.as_dict().items() if k in ("duplicates", "label_noise")})
 
         # --- retrain from the current model ---
         parent_path, parent_version = resolve_parent(ws, "auto", tc.arch)

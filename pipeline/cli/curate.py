@@ -59,7 +59,7 @@ def curate_cmd(
     except RuntimeError as exc:
         fail(str(exc))
 
-    emit(st, summary, lambda c: _render(c, summary, engine, apply))
+    emit(st, summary.as_dict(), lambda c: _render(c, summary.as_dict(), engine, apply))
 
 
 def _render(c: Console, summary: dict[str, Any], engine: str, apply: bool) -> None:
