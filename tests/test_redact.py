@@ -706,3 +706,13 @@ def test_redact_tree_library_call_gives_what_the_cli_gives(tmp_path):
     assert dry.dry_run == 5 and len(dry.would_redact) == 5 and not (tmp_path / "dry").exists()
     with pytest.raises(ValueError, match="no images found"):
         redact_tree(str(tmp_path / "in" / "*.txt"), tmp_path / "x", detector=FakeDetector())
+
+
+def test_redact_with_a_named_detector_creates_no_workspace(tmp_path, fake):
+    """Only `current`, --review and --from-review read the catalog: the workspace is opened
+    lazily by redact_tree, so a missing input or a ppocr run leaves no workspace folder behind."""
+    r = cli(tmp_path, "redact", str(tmp_path / "missing"), str(tmp_path / "out"))
+    assert r.exit_code == 2 and not (tmp_path / "ws").exists()
+    src = make_tree(tmp_path / "in")
+    r = cli(tmp_path, "redact", "--detector", "ppocr", str(src), str(tmp_path / "out"))
+    assert r.exit_code == 0 and not (tmp_path / "ws").exists()

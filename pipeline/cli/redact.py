@@ -11,7 +11,7 @@ from rich.table import Table
 
 from pipeline.cli.common import AppState, emit, fail, progress, state
 from pipeline.redact import run as rr
-from pipeline.redact.tree import AuditTrailError, RedactSummary, needs_workspace, redact_tree
+from pipeline.redact.tree import AuditTrailError, RedactSummary, redact_tree
 from pipeline.redact.core import SHAPES, STYLES, Pad, parse_color
 
 
@@ -55,9 +55,8 @@ def redact_cmd(
     cfg = _config(st, threshold, pad, style, shape, color, quality, max_pixels, review, review_band, verify, strict,
                   dry_run, force or from_review)
     try:
-        ws = st.ws() if needs_workspace(detector, cfg, from_review) else None
         with progress(st, "redact") as update:
-            summary = redact_tree(input, output, cfg, workspace=ws, detector=detector, scales=_scales(scales),
+            summary = redact_tree(input, output, cfg, workspace=st.ws, detector=detector, scales=_scales(scales),
                                   engine=engine, workers=workers, archive=archive, audit=audit, fail_fast=fail_fast,
                                   from_review=from_review, progress=update)
     except (FileNotFoundError, ValueError) as exc:

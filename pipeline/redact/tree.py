@@ -104,7 +104,7 @@ def redact_tree(input: str, output: Path, cfg: rr.RedactConfig = rr.RedactConfig
     """Redact INPUT (file, folder tree or glob) into OUTPUT; the audit trail goes to AUDIT
     (default OUTPUT.audit). `detector`: a spec (ppocr, current, a bundle.zip) or a loaded
     detector (local engine only). `workspace` is needed for detector `current` (else stock
-    ppocr), `cfg.review` and `from_review`. Raises ValueError / FileNotFoundError for a job that cannot
+    ppocr), `cfg.review` and `from_review`; give a Workspace or a callable that opens one. Raises ValueError / FileNotFoundError for a job that cannot
     start (bad input, unwritable output, unknown detector) and AuditTrailError when the manifest
     or summary.json cannot be written; per-image failures are results, not exceptions."""
     from pipeline.detectors import load_detector
@@ -132,7 +132,8 @@ def redact_tree(input: str, output: Path, cfg: rr.RedactConfig = rr.RedactConfig
         rr.remove_stale_temps([audit_dir] if planned.single else [output, audit_dir], started,
                               files=[Path(items[0].out)] if planned.single else ())
 
-    ws = workspace
+    # opened only when needed, so a plain `redact` creates no workspace
+    ws = (workspace() if callable(workspace) else workspace) if needs_workspace(detector, cfg, from_review) else None
     if isinstance(detector, str):
         detector, det_options = _resolve_detector(detector, ws, scales)
         det = rr.build_ppocr(**det_options) if detector == "ppocr" else load_detector(detector, ws)
