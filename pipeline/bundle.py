@@ -30,7 +30,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline.catalog import dumps
 from pipeline.formats import atomic_write_bytes, atomic_write_text
 
 BUNDLE_FORMAT = 1
@@ -213,7 +212,7 @@ def register_model(ws: Any, bundle_path: str | Path, parent: str | None = None, 
     rel = dest.relative_to(ws.root).as_posix()
     data = bundle_path.read_bytes()
     with ws.catalog() as cat:
-        existing = cat.query("SELECT * FROM models WHERE version = ?", (version,))
+        existing = cat.model(version)
         if existing:
             if dest.exists() and dest.read_bytes() != data:
                 raise ValueError(f"{bundle_path}: model version {version} is already registered with different weights")
@@ -222,13 +221,8 @@ def register_model(ws: Any, bundle_path: str | Path, parent: str | None = None, 
                 atomic_write_bytes(dest, data)
         atomic_write_text(dest.parent / "metrics.json", json.dumps(meta["metrics"], indent=2))
         if not existing:
-            with cat.transaction() as tx:
-                tx.execute(
-                    "INSERT INTO models(version, parent, kind, path, trained_on, metrics, created_at, promoted) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
-                    (version, parent, meta["config"].get("kind", "fasterrcnn"), rel, meta["data"].get("sha256"),
-                     dumps(meta["metrics"]), time.time()),
-                )
+            cat.add_model(version, parent, meta["config"].get("kind", "fasterrcnn"), rel, meta["data"].get("sha256"),
+                          meta["metrics"])
     if promote:
         promote_model(ws, version)
     return version
@@ -237,11 +231,7 @@ def register_model(ws: Any, bundle_path: str | Path, parent: str | None = None, 
 def promote_model(ws: Any, version: str) -> None:
     """Make `version` the one `current` model (all others demoted) in one transaction."""
     with ws.catalog() as cat:
-        with cat.transaction() as tx:
-            if not tx.execute("SELECT 1 FROM models WHERE version = ?", (version,)).fetchone():
-                known = [r[0] for r in tx.execute("SELECT version FROM models ORDER BY created_at").fetchall()]
-                raise KeyError(f"unknown model version {version!r}; registered: {', '.join(known) or 'none'}")
-            tx.execute("UPDATE models SET promoted = CASE WHEN version = ? THEN 1 ELSE 0 END", (version,))
+        cat.promote(version)
 
 
 promote = promote_model  # the agreed name: `pipeline.bundle.promote(ws, version)`
@@ -249,7 +239,7 @@ promote = promote_model  # the agreed name: `pipeline.bundle.promote(ws, version
 
 def list_models(ws: Any) -> list[dict[str, Any]]:
     with ws.catalog() as cat:
-        rows = cat.query("SELECT * FROM models ORDER BY created_at")
+        rows = cat.models()
     out = []
     for r in rows:
         path = ws.abspath(r["path"])
@@ -260,3 +250,18 @@ def list_models(ws: Any) -> list[dict[str, Any]]:
         })
     return out
 
+
+
+def resolve_detector(spec: str, ws: Any = None) -> str:
+    """The model registry's half of `load_detector`: a spec with its model name resolved, so the
+    detectors get a path and never look at storage. `current` becomes the workspace's promoted
+    bundle (stock `ppocr` when none is promoted, or without a workspace); other specs (`ppocr`,
+    a bundle.zip path) are returned as they are."""
+    if spec != "current":
+        return spec
+    if ws is not None:
+        with ws.catalog() as cat:
+            model = cat.current_model()
+        if model is not None:
+            return str(ws.abspath(model["path"]))
+    return "ppocr"

@@ -50,8 +50,8 @@ def init_ray(num_cpus: int | None = None) -> None:
 
 
 class SpecFactory:
-    """Picklable recipe for a detector, built inside each actor: `load_detector(spec, workspace,
-    **options)`; redact's stock `ppocr` (extra scales) goes through `redact.run.build_ppocr`."""
+    """Picklable recipe for a detector, built inside each actor: the spec resolved in the
+    workspace's model registry, then `load_detector(path, **options)`; redact's stock `ppocr` (extra scales) goes through `redact.run.build_ppocr`."""
 
     def __init__(self, spec: str, workspace: str | None = None, options: dict[str, Any] | None = None,
                  redact_ppocr: bool = False) -> None:
@@ -59,6 +59,7 @@ class SpecFactory:
         self.redact_ppocr = redact_ppocr or (spec == "ppocr" and "scales" in self.options)
 
     def __call__(self) -> Any:
+        from pipeline.bundle import resolve_detector
         from pipeline.detectors import load_detector
 
         if self.spec == "ppocr" and self.redact_ppocr:
@@ -70,7 +71,7 @@ class SpecFactory:
             from pipeline.workspace import Workspace
 
             ws = Workspace.open(self.workspace)
-        return load_detector(self.spec, ws, **self.options)
+        return load_detector(resolve_detector(self.spec, ws), **self.options)
 
 
 def map_actors(actor: type, actor_kwargs: dict[str, Any], rows: Sequence[dict[str, Any]], workers: int = 2,

@@ -269,18 +269,8 @@ def workspace_ground_truth(ws: Workspace, split: str | None = "test") -> list[tu
 
     from pipeline.catalog import load_quads
 
-    sql = ("SELECT i.id, i.path, i.width, i.height, a.source, a.boxes, a.ignore, a.quads, a.updated_at, a.id AS aid"
-           " FROM annotations a JOIN images i ON i.id = a.image_id"
-           " WHERE a.state IN ('submitted', 'empty') AND i.status != 'excluded'")
-    params: list[object] = []
-    if split:
-        sql += " AND i.split = ?"
-        params.append(split)
     with ws.catalog() as cat:
-        rows = cat.query(sql + " ORDER BY i.id, a.updated_at, a.id", params)
-    latest: dict[str, dict] = {}
-    for r in rows:
-        latest[r["id"]] = r  # ordered by time: the last one wins
+        latest = cat.latest_annotations(include_excluded=False, split=split)
     out = []
     for r in latest.values():
         boxes = json.loads(r["boxes"])

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.catalog import Catalog, dumps
+from pipeline.catalog import Catalog
 from pipeline.config import IMAGE_EXTENSIONS, HarvestConfig, SplitRatios
 from pipeline.imaging import ImageInfo, ImageRejected, probe
 from pipeline.listing import NotRegularFile, Skipped, file_problem, iter_image_files, open_regular
@@ -466,8 +466,8 @@ def _workspace_lock(ws: Workspace) -> Iterator[None]:
 
 
 def _already_harvested(cat: Catalog, item: Item) -> bool:
-    rows = cat.query("SELECT size, mtime FROM image_sources WHERE source = ? LIMIT 1", (item.source,))
-    if not rows:
+    stamp = cat.source_stamp(item.source)
+    if stamp is None:
         return False
     if item.is_url:
         return True
@@ -475,20 +475,20 @@ def _already_harvested(cat: Catalog, item: Item) -> bool:
         st = os.stat(item.source)
     except OSError:
         return False
-    return rows[0]["size"] == st.st_size and rows[0]["mtime"] == st.st_mtime
+    return stamp == (st.st_size, st.st_mtime)
 
 
-def _record(tx, ws: Workspace, f: Fetched, cfg: HarvestConfig, summary: HarvestSummary,
+def _record(cat: Catalog, ws: Workspace, f: Fetched, cfg: HarvestConfig, summary: HarvestSummary,
             order: dict[str, int]) -> None:
     now = time.time()
-    exists = tx.execute("SELECT source FROM images WHERE id = ?", (f.sha256,)).fetchone()
+    exists = cat.image(f.sha256)
     if exists:
         f.tmp_path.unlink(missing_ok=True)
         summary.duplicates += 1
         # Workers finish in any order: the image's first source is the earliest in the input order.
-        if exists[0] in order and order[f.item.source] < order[exists[0]]:
-            tx.execute("UPDATE images SET source = ?, original_name = ? WHERE id = ?",
-                       (f.item.source, f.item.original_name, f.sha256))
+        first = exists["source"]
+        if first in order and order[f.item.source] < order[first]:
+            cat.set_first_source(f.sha256, f.item.source, f.item.original_name)
     else:
         rel = ws.image_relpath(f.sha256, f.info.ext)
         final = ws.abspath(rel)
@@ -498,28 +498,14 @@ def _record(tx, ws: Workspace, f: Fetched, cfg: HarvestConfig, summary: HarvestS
         else:
             os.replace(f.tmp_path, final)
         i = f.info
-        tx.execute(
-            "INSERT INTO images(id, path, source, original_name, bytes, width, height, format, mode, bit_depth,"
-            " pages, orientation, split, status, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,'new',?)",
-            (f.sha256, rel, f.item.source, f.item.original_name, f.size, i.width, i.height, i.format, i.mode,
-             i.bit_depth, i.pages, i.orientation, split_for(f.sha256, cfg.splits), now),
-        )
+        cat.add_image(f.sha256, rel, f.item.source, f.item.original_name, f.size, i.width, i.height, i.format,
+                      i.mode, i.bit_depth, i.pages, i.orientation, split_for(f.sha256, cfg.splits), now)
         summary.new += 1
-    tx.execute(
-        "INSERT INTO image_sources(image_id, source, original_name, size, mtime, metadata, harvested_at)"
-        " VALUES (?,?,?,?,?,?,?) ON CONFLICT(image_id, source) DO UPDATE SET size=excluded.size,"
-        " mtime=excluded.mtime, metadata=excluded.metadata",
-        (f.sha256, f.item.source, f.item.original_name, f.size, f.mtime, dumps(f.item.metadata), now),
-    )
-    tx.execute("DELETE FROM rejects WHERE source = ?", (f.item.source,))
+    cat.record_source(f.sha256, f.item.source, f.item.original_name, f.size, f.mtime, f.item.metadata, now)
 
 
-def _record_reject(tx, r: Reject, summary: HarvestSummary) -> None:
-    tx.execute(
-        "INSERT INTO rejects(source, reason, detail, at) VALUES (?,?,?,?) ON CONFLICT(source) DO UPDATE SET"
-        " reason=excluded.reason, detail=excluded.detail, at=excluded.at",
-        (r.source, r.reason, r.detail[:500], time.time()),
-    )
+def _record_reject(cat: Catalog, r: Reject, summary: HarvestSummary) -> None:
+    cat.record_reject(r.source, r.reason, r.detail)
     summary.rejected[r.reason] += 1
     summary.reject_lines.append(r.line())
 
@@ -539,9 +525,9 @@ def harvest(
     with _workspace_lock(ws), ws.catalog() as cat:
         for stale in ws.tmp_dir.glob("*.part"):
             stale.unlink(missing_ok=True)
-        with cat.transaction() as tx:
+        with cat.transaction():
             for r in source_errors:
-                _record_reject(tx, r, summary)
+                _record_reject(cat, r, summary)
         seen: set[str] = set()
         todo: list[Item] = []
         for it in items:
@@ -562,12 +548,12 @@ def harvest(
         def flush() -> None:
             if not pending:
                 return
-            with cat.transaction() as tx:
+            with cat.transaction():  # the batch is one atomic write
                 for res in pending:
                     if isinstance(res, Reject):
-                        _record_reject(tx, res, summary)
+                        _record_reject(cat, res, summary)
                     else:
-                        _record(tx, ws, res, cfg, summary, order)
+                        _record(cat, ws, res, cfg, summary, order)
             pending.clear()
 
         disk_full: OSError | None = None

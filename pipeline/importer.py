@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.boxes import exif_upright
-from pipeline.catalog import dumps
+from pipeline.catalog import ImageStatus, dumps
 from pipeline.config import HarvestConfig
 from pipeline.formats import LabelledImage, read_jsonl
 from pipeline.harvest import harvest
@@ -200,28 +200,23 @@ def import_labels(
         harvest(ws, paths, harvest_cfg, progress=progress)
     now = time.time()
     with ws.catalog() as cat:
-        resolved: dict[str, str] = {}
-        for chunk_start in range(0, len(paths), 500):
-            chunk = paths[chunk_start:chunk_start + 500]
-            for row in cat.query(f"SELECT source, image_id FROM image_sources WHERE source IN ({','.join('?' * len(chunk))})",
-                                 chunk):
-                resolved[row["source"]] = row["image_id"]
+        resolved = cat.image_ids_by_source(paths)
         # one annotation per (image, label file): the last record wins
         chosen: dict[tuple[str, str], LabelRecord] = {}
         for r in records:
             image_id = resolved.get(str(r.path))
             if image_id is None:
-                rej = cat.query("SELECT reason, detail FROM rejects WHERE source = ?", (str(r.path),))
-                why = f"{rej[0]['reason']} ({rej[0]['detail']})" if rej else "not harvested"
+                rej = cat.reject(str(r.path))
+                why = f"{rej['reason']} ({rej['detail']})" if rej else "not harvested"
                 summary.problems.append(f"{r.path}: {why}")
                 continue
             key = (image_id, r.origin)
             if key in chosen:
                 summary.problems.append(f"{r.path}: same image listed again in {r.origin}; the last record is used")
             chosen[key] = r
-        with cat.transaction() as tx:
+        with cat.transaction():  # the whole import or nothing
             for (image_id, origin), r in chosen.items():
-                img = tx.execute("SELECT width, height, orientation, status FROM images WHERE id = ?", (image_id,)).fetchone()
+                img = cat.image(image_id)
                 try:
                     boxes, rotated = to_upright(r.label, img["width"], img["height"], img["orientation"], frame)
                 except ValueError as exc:
@@ -234,25 +229,20 @@ def import_labels(
                 row = (dumps([[round(float(v), 2) for v in b] for b in boxes]), dumps([0] * len(boxes)),
                        dumps([bool(x) for x in ignore]), state)
                 source = f"import:{origin}"
-                old = tx.execute(
-                    "SELECT id, boxes, labels, ignore, state FROM annotations"
-                    " WHERE image_id = ? AND source = ? AND ls_annotation_id IS NULL", (image_id, source)).fetchone()
+                old = cat.imported_annotation(image_id, source)
+                fields = dict(zip(("boxes", "labels", "ignore", "state"), row))
                 if old is None:
-                    tx.execute("INSERT INTO annotations(image_id, source, boxes, labels, ignore, state, annotator,"
-                               " updated_at, pulled_at) VALUES (?,?,?,?,?,?,?,?,?)",
-                               (image_id, source, *row, "import", now, now))
+                    cat.add_annotation(image_id, source, **fields, annotator="import", updated_at=now, pulled_at=now)
                     summary.inserted += 1
                 elif (old["boxes"], old["labels"], old["ignore"], old["state"]) != row:
-                    tx.execute("UPDATE annotations SET boxes=?, labels=?, ignore=?, state=?, updated_at=?, pulled_at=?"
-                               " WHERE id = ?", (*row, now, now, old["id"]))
+                    cat.update_annotation(old["id"], **fields, updated_at=now, pulled_at=now)
                     summary.updated += 1
                 else:
                     summary.unchanged += 1
-                new_status = "labelled" if len(boxes) else "verified_empty"
-                if img["status"] == "labelled" and new_status == "verified_empty":
-                    new_status = "labelled"  # another label source has boxes on it: keep them visible
-                if img["status"] not in ("excluded",) and img["status"] != new_status:
-                    tx.execute("UPDATE images SET status = ? WHERE id = ?", (new_status, image_id))
+                new_status = ImageStatus.LABELLED if len(boxes) else ImageStatus.VERIFIED_EMPTY
+                if img["status"] == ImageStatus.LABELLED:
+                    new_status = ImageStatus.LABELLED  # another label source has boxes on it: keep them visible
+                cat.set_status(image_id, new_status, never_from=(ImageStatus.EXCLUDED,))
                 summary.images += 1
                 summary.rotated += int(rotated)
                 summary.with_boxes += int(len(boxes) > 0)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from pipeline.catalog import dumps
+from pipeline.catalog import ImageStatus
 from pipeline.evaluate import Metrics
 from pipeline.rank import RankOptions
 from pipeline.train.engine import TrainConfig
@@ -117,7 +117,7 @@ def _test_set(ws: Any, seed: int) -> tuple[list, str]:
 def iterate(ws: Any, cfg: IterateConfig = IterateConfig(), client: Any = None,
             say: Callable[[str], None] = lambda s: None) -> RoundResult:
     """Run one round; raises the first step's error after logging the round as failed."""
-    from pipeline.bundle import data_hash, promote_model, register_model
+    from pipeline.bundle import data_hash, promote_model, register_model, resolve_detector
     from pipeline.curate.duplicates import DuplicateConfig
     from pipeline.curate.stage import run_curate
     from pipeline.detectors import load_detector
@@ -127,18 +127,18 @@ def iterate(ws: Any, cfg: IterateConfig = IterateConfig(), client: Any = None,
     from pipeline.train import check_promotion, resolve_parent, train_workspace, workspace_training_data
 
     tc, rk = cfg.train, cfg.rank
-    with ws.catalog() as cat:
-        iteration = cat.start_iteration("iterate")
-    res = RoundResult(iteration)
-    run_dir = ws.run_dir(iteration)
+    # The round's row in `iterations`: its counts are the steps so far, written after each step;
+    # `failed` with the error if any step raises.
+    with ws.catalog() as journal, journal.iteration("iterate") as it:
+        iteration = it.id
+        res = RoundResult(iteration)
+        it.counts = res.steps
+        run_dir = ws.run_dir(iteration)
 
-    def log_step(name: str, data: dict[str, Any]) -> None:
-        res.steps[name] = json_safe(data)
-        with ws.catalog() as cat:
-            with cat.transaction() as tx:
-                tx.execute("UPDATE iterations SET counts = ? WHERE id = ?", (dumps(res.steps), iteration))
+        def log_step(name: str, data: dict[str, Any]) -> None:
+            res.steps[name] = json_safe(data)
+            it.save()
 
-    try:
         studio = None
         if cfg.push:
             from pipeline.studio.client import connect
@@ -178,8 +178,8 @@ def iterate(ws: Any, cfg: IterateConfig = IterateConfig(), client: Any = None,
         gt, gt_source = _test_set(ws, tc.seed)
         with ws.catalog() as cat:
             cur_row = cat.current_model()
-            cand_row = cat.query("SELECT * FROM models WHERE version = ?", (candidate,))[0]
-        current_det = load_detector("current", ws)
+            cand_row = cat.model(candidate)
+        current_det = load_detector(resolve_detector("current", ws))
         res.current = current_det.version
         say(f"evaluate: {candidate} vs current {current_det.version} on {len(gt)} images ({gt_source})")
         cand_det = load_detector(str(ws.abspath(cand_row["path"])))
@@ -204,10 +204,9 @@ def iterate(ws: Any, cfg: IterateConfig = IterateConfig(), client: Any = None,
                       "current": {"version": current_det.version, **(m_cur.as_dict() if m_cur else {})}, "promoted": promote,
                       "regressions": regressions, "stock_check": stock_check.to_json() if stock_check else None}
         with ws.catalog() as cat:
-            with cat.transaction() as tx:
-                merged = {**json.loads(cand_row["metrics"] or "{}"), "test": json_safe(m_cand.as_dict()),
-                          "labelled_images": len(human)}
-                tx.execute("UPDATE models SET metrics = ? WHERE version = ?", (dumps(json_safe(merged)), candidate))
+            merged = {**json.loads(cand_row["metrics"] or "{}"), "test": json_safe(m_cand),
+                      "labelled_images": len(human)}
+            cat.set_model_metrics(candidate, json_safe(merged))
         if promote:
             promote_model(ws, candidate)
             say(f"promote: {candidate} is now current")
@@ -225,7 +224,7 @@ def iterate(ws: Any, cfg: IterateConfig = IterateConfig(), client: Any = None,
         model = cand_det if (promote or already_current) else current_det
         second = None
         if rk.committee and rk.committee != model.name:
-            second = current_det if current_det.name == rk.committee else load_detector(rk.committee, ws)
+            second = current_det if current_det.name == rk.committee else load_detector(resolve_detector(rk.committee, ws))
         run, second = rk.plan(model, second)
         say(f"rank: {run.strategy} with {model.version}")
         ranked = rank_workspace(ws, model, run, committee_detector=second)
@@ -239,18 +238,11 @@ def iterate(ws: Any, cfg: IterateConfig = IterateConfig(), client: Any = None,
             say(f"push: {len(batch)} ranked images")
             pushed = push_images(ws, batch, model_version=model.version, client=studio)
             with ws.catalog() as cat:
-                review = [r["id"] for r in cat.query("SELECT id FROM images WHERE status = 'needs_review'")]
+                review = [r["id"] for r in cat.images(status=ImageStatus.NEEDS_REVIEW)]
             if review:
                 say(f"review: reopening {len(review)} tasks whose labels curation suspects")
                 pushed["review"] = request_review(ws, review, client=studio)
             log_step("push", pushed)
-        with ws.catalog() as cat:
-            cat.finish_iteration(iteration, "done", counts=json_safe(res.steps),
-                                 metrics={"candidate": candidate, "promoted": promote, **json_safe(m_cand.as_dict())})
+        it.metrics = {"candidate": candidate, "promoted": promote, **json_safe(m_cand)}
         atomic_write_text(run_dir / "iterate.json", json.dumps(json_safe(res.as_dict()), indent=2))
-        return res
-    except BaseException as exc:
-        with ws.catalog() as cat:
-            cat.finish_iteration(iteration, "failed", counts=json_safe(res.steps),
-                                 metrics={"error": f"{type(exc).__name__}: {exc}"})
-        raise
+    return res

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.boxes import Detections
-from pipeline.catalog import Catalog, dumps, load_quads, quads_column
+from pipeline.catalog import Catalog, ImageStatus
 from pipeline.config import IMAGE_EXTENSIONS
 from pipeline.detectors.base import Detector, detect_visible
 from pipeline.imaging import load_views
@@ -163,41 +163,15 @@ def store_predictions(cat: Catalog, model_version: str, items: Iterable[tuple[st
     """Upsert one predictions row per (image, model_version) in one transaction. `min_score` is
     the threshold the boxes were filtered with (None: unknown), so a later run knows whether
     the row holds every box it needs. DB quads go to `quads`, so `push` shows the real shape."""
-    now = time.time()
-    n = 0
-    with cat.transaction() as tx:
-        for image_id, det in items:
-            j = det.to_json()
-            tx.execute(
-                "INSERT INTO predictions(image_id, model_version, boxes, scores, labels, created_at, min_score, quads)"
-                " VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(image_id, model_version) DO UPDATE SET"
-                " boxes=excluded.boxes, scores=excluded.scores, labels=excluded.labels,"
-                " created_at=excluded.created_at, min_score=excluded.min_score, quads=excluded.quads",
-                (image_id, model_version, dumps(j["boxes"]), dumps(j["scores"]), dumps(j["labels"]), now, min_score,
-                 quads_column(j)),
-            )
-            n += 1
-    return n
+    return cat.record_predictions(model_version, ((image_id, det.to_json()) for image_id, det in items), min_score)
 
 
 def load_predictions(cat: Catalog, model_version: str, image_ids: Sequence[str] | None = None,
                      usable_at: float | None = None) -> dict[str, Detections]:
     """Stored predictions of one model version (all images, or the given ones). With `usable_at`,
     only rows stored with a threshold <= it (rows that hold every box scoring >= usable_at)."""
-    sql = "SELECT image_id, boxes, scores, labels, quads FROM predictions WHERE model_version = ?"
-    params: list[Any] = [model_version]
-    if usable_at is not None:
-        sql += " AND min_score IS NOT NULL AND min_score <= ?"
-        params.append(usable_at + 1e-9)
-    rows = cat.query(sql, params)
-    wanted = None if image_ids is None else set(image_ids)
-    out: dict[str, Detections] = {}
-    for r in rows:
-        if wanted is None or r["image_id"] in wanted:
-            boxes = json.loads(r["boxes"])
-            out[r["image_id"]] = Detections(boxes, json.loads(r["scores"]), json.loads(r["labels"]),
-                                            load_quads(r["quads"], len(boxes)))
-    return out
+    return {image_id: Detections(p["boxes"], p["scores"], p["labels"], p["quads"])
+            for image_id, p in cat.predictions(model_version, image_ids, usable_at).items()}
 
 
 def predict_workspace(
@@ -222,7 +196,7 @@ def predict_workspace(
     the detector in each of `workers` actors; the catalog is written here, by the driver."""
     with ws.catalog() as cat:
         if image_ids is None:
-            rows = cat.query("SELECT id, path FROM images WHERE status != 'excluded' ORDER BY id")
+            rows = cat.images(include_excluded=False)
         else:
             rows = cat.images_by_ids(image_ids)
             known = {r["id"] for r in rows}
@@ -306,7 +280,7 @@ def workspace_ids(cat: Catalog, paths: Iterable[Path]) -> dict[Path, str]:
             digest = sha256_file(p)
         except OSError:
             continue
-        if cat.scalar("SELECT 1 FROM images WHERE id = ?", (digest,)):
+        if cat.has_image(digest):
             out[p] = digest
     return out
 
@@ -383,7 +357,7 @@ def predict_workspace_images(ws: Workspace, det: Detector, *, split: str | None 
     t0 = time.perf_counter()
     with ws.catalog() as cat:
         rows = cat.images(split=split, status=status)
-        rows = [r for r in rows if r["status"] != "excluded" or status == "excluded"]
+        rows = [r for r in rows if r["status"] != ImageStatus.EXCLUDED or status == ImageStatus.EXCLUDED]
     ids = [r["id"] for r in rows]
     paths = {r["id"]: r["path"] for r in rows}
     sizes = {r["id"]: (r["width"], r["height"]) for r in rows}

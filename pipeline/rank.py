@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # pandas is imported where tables are built: it is not needed
     import pandas as pd
 
 from pipeline.boxes import Detections, area, iou_matrix, union_mask
+from pipeline.catalog import ImageStatus
 
 STRATEGIES = ("uncertainty", "committee", "tta", "random")
 RANKING_TABLE = "ranking"                 # <workspace>/reports/ranking.parquet (+ .csv); push reads it
@@ -272,7 +273,7 @@ def order_by(df: pd.DataFrame, strategy: str) -> list[str]:
 
 # --- the workspace stage ---------------------------------------------------------------------
 
-UNLABELLED = ("new", "pushed")
+UNLABELLED = (ImageStatus.NEW, ImageStatus.PUSHED)
 
 
 @dataclass(frozen=True)
@@ -344,10 +345,11 @@ def rank_images(ws: Any, options: RankOptions = RankOptions(), detector: str = "
     """`textloop rank` as one call: load the model and the committee, resolve `auto`, rank.
     Raises ValueError / FileNotFoundError for a detector or strategy that cannot be used, and
     RankError when the workspace cannot be ranked."""
+    from pipeline.bundle import resolve_detector
     from pipeline.detectors import load_detector
 
-    det = load_detector(detector, ws)
-    second = load_detector(options.committee, ws) if options.committee else None
+    det = load_detector(resolve_detector(detector, ws))
+    second = load_detector(resolve_detector(options.committee, ws)) if options.committee else None
     run, second = options.plan(det, second)
     try:
         return rank_workspace(ws, det, run, committee_detector=second, progress=progress)

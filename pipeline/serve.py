@@ -63,9 +63,10 @@ class Backend:
 
     # --- model ---------------------------------------------------------------------------------
     def _load(self) -> Any:
+        from pipeline.bundle import resolve_detector
         from pipeline.detectors import load_detector
 
-        return load_detector(self.cfg.model, workspace=self.ws)
+        return load_detector(resolve_detector(self.cfg.model, self.ws))
 
     def refresh_if_promoted(self, every_s: float = 10.0) -> None:
         """With model `current`, pick up a model promoted elsewhere (`textloop train --promote`),

@@ -9,30 +9,31 @@ from pipeline.catalog import Catalog
 
 
 def workspace_status(cat: Catalog) -> dict[str, Any]:
-    by_status_split: dict[str, dict[str, int]] = {}
-    for r in cat.query("SELECT status, split, COUNT(*) AS n FROM images GROUP BY status, split"):
-        by_status_split.setdefault(r["status"], {})[r["split"]] = r["n"]
-    rejects = {r["reason"]: r["n"] for r in cat.query("SELECT reason, COUNT(*) AS n FROM rejects GROUP BY reason ORDER BY reason")}
+    by_status_split = cat.image_counts()
+    by_split: dict[str, int] = {}
+    for per_split in by_status_split.values():
+        for split, n in per_split.items():
+            by_split[split] = by_split.get(split, 0) + n
     models = [
         {"version": m["version"], "kind": m["kind"], "parent": m["parent"], "promoted": bool(m["promoted"]),
          "metrics": json.loads(m["metrics"] or "{}")}
-        for m in cat.query("SELECT * FROM models ORDER BY created_at")
+        for m in cat.models()
     ]
-    last = cat.query("SELECT * FROM iterations ORDER BY id DESC LIMIT 1")
+    it = cat.last_iteration()
     last_it = None
-    if last:
-        it = last[0]
+    if it is not None:
         last_it = {"id": it["id"], "step": it["step"], "status": it["status"], "started_at": it["started_at"],
                    "finished_at": it["finished_at"], "counts": json.loads(it["counts"]), "metrics": json.loads(it["metrics"])}
+    rows = cat.row_counts()
     return {
-        "images": int(cat.scalar("SELECT COUNT(*) FROM images") or 0),
-        "sources": int(cat.scalar("SELECT COUNT(*) FROM image_sources") or 0),
+        "images": rows["images"],
+        "sources": rows["image_sources"],
         "by_status": by_status_split,
-        "by_split": {r["split"]: r["n"] for r in cat.query("SELECT split, COUNT(*) AS n FROM images GROUP BY split")},
-        "rejects": rejects,
-        "annotations": int(cat.scalar("SELECT COUNT(*) FROM annotations") or 0),
-        "predictions": int(cat.scalar("SELECT COUNT(*) FROM predictions") or 0),
-        "tasks": int(cat.scalar("SELECT COUNT(*) FROM tasks") or 0),
+        "by_split": dict(sorted(by_split.items())),
+        "rejects": cat.reject_counts(),
+        "annotations": rows["annotations"],
+        "predictions": rows["predictions"],
+        "tasks": rows["tasks"],
         "models": models,
         "current_model": next((m["version"] for m in models if m["promoted"]), None),
         "last_iteration": last_it,

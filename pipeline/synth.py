@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
+from pipeline.catalog import ImageStatus
 from pipeline.config import IMAGE_EXTENSIONS
 from pipeline.formats import LabelledImage, atomic_write_bytes, atomic_write_text, write_jsonl
 
@@ -564,16 +565,17 @@ def workspace_backgrounds(ws: Any, detector: Any = None, max_images: int = 200, 
     from pipeline.imaging import load_rgb
 
     with ws.catalog() as cat:
-        rows = cat.query("SELECT id, path, status FROM images WHERE status != 'excluded' ORDER BY id")
-        empty_ann = {r["image_id"] for r in cat.query("SELECT image_id FROM annotations WHERE state = 'empty'")}
-    verified = [ws.abspath(r["path"]) for r in rows if r["status"] == "verified_empty" or r["id"] in empty_ann]
-    rest = [r for r in rows if not (r["status"] == "verified_empty" or r["id"] in empty_ann)][:max_images]
+        rows = cat.images(include_excluded=False)
+        empty_ann = cat.images_annotated_empty()
+    verified = [ws.abspath(r["path"]) for r in rows if r["status"] == ImageStatus.VERIFIED_EMPTY or r["id"] in empty_ann]
+    rest = [r for r in rows if not (r["status"] == ImageStatus.VERIFIED_EMPTY or r["id"] in empty_ann)][:max_images]
     out = list(verified)
     if rest:
         if detector is None:
+            from pipeline.bundle import resolve_detector
             from pipeline.detectors import load_detector
 
-            detector = load_detector("current", ws)
+            detector = load_detector(resolve_detector("current", ws))
         for r in rest:
             path = ws.abspath(r["path"])
             try:

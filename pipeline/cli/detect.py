@@ -45,11 +45,13 @@ def _parse_value(raw: str) -> Any:
 
 
 def open_detector(st: AppState, spec: str, options: dict[str, Any]):
-    """load_detector with one clear error line; the workspace is opened only for `current`."""
+    """The spec resolved in the model registry, loaded, with one clear error line; the workspace
+    is opened only for `current`."""
+    from pipeline.bundle import resolve_detector
     from pipeline.detectors import load_detector
 
     try:
-        return load_detector(spec, workspace=st.ws() if spec == "current" else None, **options)
+        return load_detector(resolve_detector(spec, st.ws() if spec == "current" else None), **options)
     except (FileNotFoundError, ValueError, TypeError, ImportError) as exc:
         fail(f"detector {spec}: {exc}")
 

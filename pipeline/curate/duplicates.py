@@ -41,6 +41,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.catalog import HUMAN_LABELLED, ImageStatus
+
 log = logging.getLogger("textloop.curate")
 
 ENGINES = ("permissive", "fastdup")
@@ -559,7 +561,7 @@ def workspace_images(ws: Any, statuses: Sequence[str] | None = None) -> list[Ima
             if statuses is None or r["status"] in statuses]
 
 
-LABELLED_STATES = ("labelled", "verified_empty", "needs_review")  # images that carry a human label
+LABELLED_STATES = (*HUMAN_LABELLED, ImageStatus.NEEDS_REVIEW)  # images that carry a human label
 
 
 def plan_duplicate_actions(report: DuplicateReport, statuses: dict[str, str]) -> pd.DataFrame:
@@ -582,15 +584,15 @@ def plan_duplicate_actions(report: DuplicateReport, statuses: dict[str, str]) ->
         members = list(g["image_id"])
 
         def rank(m: str) -> tuple[int, int]:
-            st = statuses.get(m, "new")
-            return (0 if st in LABELLED_STATES else 1 if st == "pushed" else 2, members.index(m))
+            st = statuses.get(m, ImageStatus.NEW)
+            return (0 if st in LABELLED_STATES else 1 if st == ImageStatus.PUSHED else 2, members.index(m))
 
         rep = min(members, key=rank)
         for m, sp in zip(g["image_id"], g["split"]):
-            st = statuses.get(m, "new")
+            st = statuses.get(m, ImageStatus.NEW.value)
             new_status = st
-            if m != rep and st not in LABELLED_STATES and st != "excluded":
-                new_status = "excluded"
+            if m != rep and st not in LABELLED_STATES and st != ImageStatus.EXCLUDED:
+                new_status = ImageStatus.EXCLUDED.value
             rows.append((cid, m, sp, target, st, new_status, m == rep))
     return pd.DataFrame(rows, columns=["cluster_id", "image_id", "old_split", "new_split", "old_status", "new_status",
                                        "representative"])
@@ -599,12 +601,12 @@ def plan_duplicate_actions(report: DuplicateReport, statuses: dict[str, str]) ->
 def apply_duplicate_actions(ws: Any, plan: pd.DataFrame) -> dict[str, int]:
     """Apply a plan in one catalog transaction: all of it or nothing."""
     moved = excluded = 0
-    with ws.catalog() as cat, cat.transaction() as tx:
+    with ws.catalog() as cat, cat.transaction():
         for r in plan.itertuples(index=False):
             if r.new_split != r.old_split:
-                tx.execute("UPDATE images SET split = ? WHERE id = ?", (r.new_split, r.image_id))
+                cat.set_split(r.image_id, r.new_split)
                 moved += 1
             if r.new_status != r.old_status:
-                tx.execute("UPDATE images SET status = ? WHERE id = ?", (r.new_status, r.image_id))
+                cat.set_status(r.image_id, r.new_status)
                 excluded += 1
     return {"moved_split": moved, "excluded": excluded}

@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.boxes import Detections, iou_matrix
+from pipeline.catalog import ImageStatus
 
 log = logging.getLogger("textloop.curate")
 
@@ -297,32 +298,22 @@ def _auxiliary_inputs(labels: list[dict[str, np.ndarray]], preds: list[list[np.n
 def catalog_items(ws: Any, cfg: LabelNoiseConfig | None = None) -> tuple[list[NoiseItem], list[tuple[str, str]]]:
     """Human-labelled images with an out-of-sample prediction; and (image_id, reason) skipped.
 
-    The label is the newest submitted annotation of the image; the prediction is the newest
-    row created before the image's first annotation (so its model never saw this label), or,
-    with `cfg.model_version`, that model's row if it predates the annotation.
+    The label is the latest human annotation of the image (`Catalog.latest_annotations`); the
+    prediction is the newest row created before the image's first annotation (so its model never
+    saw this label), or, with `cfg.model_version`, that model's row if it predates the annotation.
+    Excluded images are left out, as training and evaluation leave them out: their labels train
+    nothing, and flagging one for review would send an image curation took out of the dataset
+    (e.g. a duplicate, or a label already judged bad) back to Label Studio.
     """
     cfg = cfg or LabelNoiseConfig()
     with ws.catalog() as cat:
-        anns = cat.query(
-            "SELECT a.image_id, a.boxes, a.ignore, a.state, a.updated_at, i.path, i.status,"
-            " (SELECT MIN(a2.updated_at) FROM annotations a2 WHERE a2.image_id = a.image_id) AS first_at"
-            " FROM annotations a JOIN images i ON i.id = a.image_id"
-            " WHERE a.state IN ('submitted', 'empty')"
-            " ORDER BY a.image_id, a.updated_at DESC")
-        preds = cat.query("SELECT image_id, model_version, boxes, scores, labels, created_at FROM predictions"
-                          " ORDER BY image_id, created_at DESC")
-    by_image: dict[str, list[dict[str, Any]]] = {}
-    for p in preds:
-        by_image.setdefault(p["image_id"], []).append(p)
+        anns = cat.latest_annotations(include_excluded=False)
+        first_at = cat.first_annotated_at()
+        by_image = cat.prediction_history()
     items: list[NoiseItem] = []
     skipped: list[tuple[str, str]] = []
-    done: set[str] = set()
-    for a in anns:
-        iid = a["image_id"]
-        if iid in done:
-            continue  # older annotations of the same image
-        done.add(iid)
-        cands = [p for p in by_image.get(iid, []) if p["created_at"] <= a["first_at"]
+    for iid, a in anns.items():
+        cands = [p for p in by_image.get(iid, []) if p["created_at"] <= first_at[iid]
                  and (cfg.model_version is None or p["model_version"] == cfg.model_version)]
         if not cands:
             skipped.append((iid, "no prediction made before the label (not out-of-sample)"))
@@ -359,7 +350,7 @@ def apply_label_actions(ws: Any, report: LabelNoiseReport, action: str, worst: i
     action `exclude`: status `excluded` -- training skips them.
     Returns the change table (image_id, old_status, new_status, label_score, issues).
     """
-    new_status = {"review": "needs_review", "exclude": "excluded"}.get(action)
+    new_status = {"review": ImageStatus.NEEDS_REVIEW, "exclude": ImageStatus.EXCLUDED}.get(action)
     if new_status is None:
         raise ValueError(f"unknown action {action!r}: use review or exclude")
     ranked = report.images.sort_values("label_score")
@@ -368,11 +359,10 @@ def apply_label_actions(ws: Any, report: LabelNoiseReport, action: str, worst: i
     else:
         bad = ranked[ranked["is_label_issue"]]
     rows = []
-    with ws.catalog() as cat, cat.transaction() as tx:
+    with ws.catalog() as cat, cat.transaction():
         for r in bad.itertuples(index=False):
-            old = tx.execute("SELECT status FROM images WHERE id = ?", (r.image_id,)).fetchone()
-            if old is None or old[0] == new_status:
+            old = cat.set_status(r.image_id, new_status)
+            if old is None:  # unknown image, or already new_status
                 continue
-            tx.execute("UPDATE images SET status = ? WHERE id = ?", (new_status, r.image_id))
-            rows.append((r.image_id, old[0], new_status, float(r.label_score), r.issues))
+            rows.append((r.image_id, old.value, new_status.value, float(r.label_score), r.issues))
     return pd.DataFrame(rows, columns=["image_id", "old_status", "new_status", "label_score", "issues"])

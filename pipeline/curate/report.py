@@ -200,9 +200,8 @@ def learning_curve_table(ws: Any) -> pd.DataFrame:
     the metrics if recorded there, else counted from the annotations that existed at the time."""
     rows = []
     with ws.catalog() as cat:
-        models = cat.query("SELECT version, kind, metrics, created_at, promoted FROM models ORDER BY created_at")
-        iters = cat.query("SELECT id, step, counts, metrics, finished_at FROM iterations WHERE status = 'done'"
-                          " ORDER BY id")
+        models = cat.models()
+        iters = cat.iterations(status="done")
         train_human = {}  # model version -> human-labelled images it was trained on (train iterations)
         for it in iters:
             try:
@@ -215,8 +214,7 @@ def learning_curve_table(ws: Any) -> pd.DataFrame:
         def labelled_at(t: float | None) -> int:
             if t is None:
                 return 0
-            return int(cat.scalar("SELECT COUNT(DISTINCT image_id) FROM annotations WHERE updated_at <= ?"
-                                  " AND state IN ('submitted', 'empty')", (t,)) or 0)
+            return cat.labelled_count(t)
 
         def row(kind: str, version: str, family: str, met: dict, n: float | None, t: float | None,
                 promoted: bool) -> tuple | None:
@@ -423,7 +421,8 @@ def build_report(ws: Any, iteration: int | str | None = None, max_items: int = 1
     issue_boxes = read_table(rep_dir, "label_issue_boxes")
     if iteration is None:
         with ws.catalog() as cat:
-            iteration = cat.scalar("SELECT MAX(id) FROM iterations") or 0
+            last = cat.last_iteration()
+            iteration = last["id"] if last else 0
     out_dirs = [rep_dir, ws.run_dir(iteration) / "report"]
     pngs = {"learning_curve": "learning_curve.png", "ranking": "ranking_scores.png",
             "duplicates": "duplicate_clusters.png", "label_issues": "label_issues.png"}

@@ -76,16 +76,15 @@ def run_curate(
     noise_cfg = noise_cfg or LabelNoiseConfig()
     if label_action not in ("review", "exclude"):
         raise ValueError(f"unknown label action {label_action!r}: use review or exclude")
-    with ws.catalog() as cat:
-        it_id = cat.start_iteration("curate")
-    iteration = it_id if iteration is None else iteration
-    run_dir = ws.run_dir(iteration) / "curate"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    folders = [ws.reports_dir, run_dir]
-    summary: dict[str, Any] = {"iteration": iteration, "engine": dup_cfg.engine, "applied": apply,
-                               "at": time.strftime("%Y-%m-%d %H:%M:%S")}
-    actions: list[pd.DataFrame] = []
-    try:
+    # logged as its own `curate` row in `iterations` (failed, with the error, if anything raises)
+    with ws.catalog() as journal, journal.iteration("curate") as it:
+        iteration = it.id if iteration is None else iteration
+        run_dir = ws.run_dir(iteration) / "curate"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        folders = [ws.reports_dir, run_dir]
+        summary: dict[str, Any] = {"iteration": iteration, "engine": dup_cfg.engine, "applied": apply,
+                                   "at": time.strftime("%Y-%m-%d %H:%M:%S")}
+        actions: list[pd.DataFrame] = []
         if duplicates:
             refs = workspace_images(ws)
             rep = find_duplicates(refs, dup_cfg, progress=progress)
@@ -128,16 +127,11 @@ def run_curate(
         text = json.dumps(summary, indent=2, default=str)
         for f in folders:
             atomic_write_text(f / "curate_summary.json", text)
-    except BaseException:
-        with ws.catalog() as cat:
-            cat.finish_iteration(it_id, status="failed")
-        raise
-    counts = {"images": summary.get("duplicates", {}).get("images", 0),
-              "labelled": summary.get("label_noise", {}).get("labelled_images", 0),
-              "label_issues": summary.get("label_noise", {}).get("label_issues", 0),
-              "duplicate_groups": summary.get("duplicates", {}).get("duplicate_groups", 0)}
-    with ws.catalog() as cat:
-        cat.finish_iteration(it_id, counts=counts, metrics={"engine": dup_cfg.engine, "applied": apply})
+        it.counts = {"images": summary.get("duplicates", {}).get("images", 0),
+                     "labelled": summary.get("label_noise", {}).get("labelled_images", 0),
+                     "label_issues": summary.get("label_noise", {}).get("label_issues", 0),
+                     "duplicate_groups": summary.get("duplicates", {}).get("duplicate_groups", 0)}
+        it.metrics = {"engine": dup_cfg.engine, "applied": apply}
     return CurateSummary(iteration=iteration, engine=dup_cfg.engine, applied=apply, at=summary["at"],
                          duplicates=summary.get("duplicates"), label_noise=summary.get("label_noise"),
                          config=summary["config"], reports=str(ws.reports_dir), run_dir=str(run_dir))

@@ -1,9 +1,10 @@
 """Detector backends behind one protocol, and `load_detector(spec)` to get one by name.
 
-spec: "ppocr" (the frozen PP-OCR detector in the rapidocr wheel), "current" (the workspace's
-promoted model, falling back to ppocr when none is promoted), or a path to a bundle.zip (a
+spec: "ppocr" (the frozen PP-OCR detector in the rapidocr wheel) or a path to a bundle.zip (a
 `db` bundle -- PP-OCR's network fine-tuned, run through ppocr's own pre/post-processing -- or
-an older `fasterrcnn` one).
+an older `fasterrcnn` one). Detectors know no storage: a model *name* ("current", the
+workspace's promoted model) is resolved by the model registry, `pipeline.bundle.resolve_detector`,
+before loading: `load_detector(resolve_detector("current", ws))`.
 """
 
 from __future__ import annotations
@@ -22,15 +23,10 @@ def load_detector(spec: str = "current", workspace: "object | None" = None, **op
 
         return PPOCRDetector(**options)  # type: ignore[arg-type]
     if spec == "current":
-        if workspace is not None:
-            from pipeline.workspace import Workspace
+        # kept for callers that pass a workspace: the registry resolves the name, not this package
+        from pipeline.bundle import resolve_detector
 
-            assert isinstance(workspace, Workspace)
-            with workspace.catalog() as cat:
-                model = cat.current_model()
-            if model is not None:
-                return load_detector(str(workspace.abspath(model["path"])), **options)
-        return load_detector("ppocr", **options)
+        return load_detector(resolve_detector(spec, workspace), **options)
     path = Path(spec)
     if path.suffix == ".zip":
         if not path.exists():

@@ -97,13 +97,11 @@ def reviewed_boxes(ws: Workspace, image_ids: Sequence[str]) -> dict[str, Detecti
     out: dict[str, Detections] = {}
     import json
 
+    # Whatever the image's status: a redaction waiting on its review takes the reviewed boxes
+    # even if curation has since excluded the image from the training set (e.g. as a duplicate).
     with ws.catalog() as cat:
-        rows = cat.query(
-            f"SELECT image_id, boxes, labels, state, updated_at, quads FROM annotations WHERE image_id IN"
-            f" ({','.join('?' * len(image_ids))}) AND state IN ('submitted', 'empty') ORDER BY updated_at",
-            list(image_ids),
-        )
-    for row in rows:  # ascending: the latest one wins
+        rows = cat.latest_annotations(include_excluded=True, image_ids=image_ids)
+    for row in rows.values():
         boxes = json.loads(row["boxes"]) if row["state"] == "submitted" else []
         quads = load_quads(row["quads"], len(boxes)) if boxes else None
         out[row["image_id"]] = Detections(boxes, [1.0] * len(boxes), (), quads)

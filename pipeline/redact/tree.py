@@ -84,11 +84,11 @@ def needs_workspace(detector: Any, cfg: rr.RedactConfig, from_review: bool) -> b
 
 
 def _resolve_detector(detector: str, ws: Any, scales: Sequence[float] | None) -> tuple[str, dict[str, Any]]:
-    """`current` without a promoted model is stock ppocr, made explicit so redact's scales apply."""
-    if detector == "current" and ws is not None:
-        with ws.catalog() as cat:
-            if cat.current_model() is None:
-                detector = "ppocr"
+    """The spec resolved in the model registry (`current` without a promoted model is stock
+    ppocr, made explicit so redact's scales apply) and the detector options."""
+    from pipeline.bundle import resolve_detector
+
+    detector = resolve_detector(detector, ws)
     options: dict[str, Any] = {}
     if detector == "ppocr":
         options["scales"] = tuple(scales) if scales else rr.DEFAULT_PPOCR_SCALES
@@ -136,7 +136,7 @@ def redact_tree(input: str, output: Path, cfg: rr.RedactConfig = rr.RedactConfig
     ws = (workspace() if callable(workspace) else workspace) if needs_workspace(detector, cfg, from_review) else None
     if isinstance(detector, str):
         detector, det_options = _resolve_detector(detector, ws, scales)
-        det = rr.build_ppocr(**det_options) if detector == "ppocr" else load_detector(detector, ws)
+        det = rr.build_ppocr(**det_options) if detector == "ppocr" else load_detector(detector)
     elif engine == "ray":
         raise ValueError("--engine ray builds the detector in each actor: give a detector spec, not a detector")
     else:

@@ -20,21 +20,10 @@ FORMATS = ("jsonl", "coco", "yolo")
 
 
 def labelled_rows(ws: Workspace, split: str | None = None, sources: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
-    """One row per image: its latest human annotation (state submitted or empty)."""
-    sql = ("SELECT a.*, i.path, i.width, i.height, i.split, i.orientation, i.format FROM annotations a "
-           "JOIN images i ON i.id = a.image_id WHERE a.state IN ('submitted', 'empty') AND i.status != 'excluded'")
-    params: list[Any] = []
-    if split:
-        sql += " AND i.split = ?"
-        params.append(split)
-    if sources:
-        sql += f" AND a.source IN ({','.join('?' * len(sources))})"
-        params += list(sources)
-    rows: dict[str, dict[str, Any]] = {}
+    """One row per image: its latest human annotation (state submitted or empty); excluded
+    images are not part of the dataset."""
     with ws.catalog() as cat:
-        for r in cat.query(sql + " ORDER BY a.updated_at, a.id", params):
-            rows[r["image_id"]] = r  # later rows (newer) win
-    return [rows[k] for k in sorted(rows)]
+        return list(cat.latest_annotations(include_excluded=False, split=split, sources=sources).values())
 
 
 def _place_image(ws: Workspace, row: dict[str, Any], dest_dir: Path) -> str:

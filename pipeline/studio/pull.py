@@ -17,7 +17,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from pipeline.catalog import dumps, quads_column
+from pipeline.catalog import HUMAN_LABELLED, ImageStatus, dumps, quads_column
 from pipeline.studio.client import Studio, connect
 from pipeline.studio.convert import results_to_detections
 from pipeline.studio.project import get_project
@@ -26,7 +26,7 @@ from pipeline.workspace import Workspace
 log = logging.getLogger("textloop.studio.pull")
 
 SOURCE = "labelstudio"
-STATUS_BY_STATE = {"submitted": "labelled", "empty": "verified_empty", "skipped": "skipped"}
+STATUS_BY_STATE = {"submitted": ImageStatus.LABELLED, "empty": ImageStatus.VERIFIED_EMPTY, "skipped": ImageStatus.SKIPPED}
 
 
 def _ts(value: Any) -> float:
@@ -73,12 +73,9 @@ def pull(ws: Workspace, client: Studio | None = None, policy: str = "latest") ->
               "tasks": len(tasks), "unknown_tasks": 0}
     now = time.time()
     with ws.catalog() as cat:
-        task_image = {r["ls_task_id"]: r["image_id"] for r in cat.query(
-            "SELECT image_id, ls_task_id FROM tasks WHERE ls_project_id = ?", (project.id,))}
-        existing = {r["image_id"]: r for r in cat.query(
-            "SELECT * FROM annotations WHERE source = ? AND ls_project_id = ?", (SOURCE, project.id))}
-        sizes = {r["id"]: (int(r["width"]), int(r["height"]), r["status"]) for r in cat.query(
-            "SELECT id, width, height, status FROM images")}
+        task_image = {tid: image_id for image_id, tid in cat.tasks(project.id).items()}
+        existing = cat.studio_annotations(SOURCE, project.id)
+        sizes = {r["id"]: (int(r["width"]), int(r["height"]), r["status"]) for r in cat.images()}
         rows: dict[str, tuple] = {}
         for t in tasks:
             image_id = task_image.get(int(t["id"])) or (t.get("data") or {}).get("image_id")
@@ -99,7 +96,7 @@ def pull(ws: Workspace, client: Studio | None = None, policy: str = "latest") ->
             who = who.get("email") if isinstance(who, dict) else users.get(int(who), str(who)) if who is not None else None
             rows[image_id] = (int(t["id"]), int(ann["id"]), dumps(j["boxes"]), dumps(j["labels"]),
                               dumps([False] * len(j["boxes"])), state, who, _ts(ann.get("updated_at")), quads_column(j))
-        with cat.transaction() as tx:
+        with cat.transaction():  # the whole pull or nothing
             for image_id, (tid, aid, boxes, labels, ignore, state, who, updated, quads) in rows.items():
                 counts["labelled" if state == "submitted" else state] += 1
                 old = existing.get(image_id)
@@ -108,25 +105,19 @@ def pull(ws: Workspace, client: Studio | None = None, policy: str = "latest") ->
                                         old["quads"]) == (aid, boxes, labels, state, updated, quads):
                     counts["unchanged"] += 1
                     continue
+                fields = dict(ls_task_id=tid, ls_annotation_id=aid, boxes=boxes, labels=labels, ignore=ignore,
+                              state=state, annotator=who, updated_at=updated, pulled_at=now, quads=quads)
                 if old is None:
-                    tx.execute(
-                        "INSERT INTO annotations(image_id, source, ls_project_id, ls_task_id, ls_annotation_id, boxes, labels, "
-                        "ignore, state, annotator, updated_at, pulled_at, quads) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                        (image_id, SOURCE, project.id, tid, aid, boxes, labels, ignore, state, who, updated, now, quads))
+                    cat.add_annotation(image_id, SOURCE, ls_project_id=project.id, **fields)
                     counts["new"] += 1
                 else:
-                    tx.execute(
-                        "UPDATE annotations SET ls_task_id=?, ls_annotation_id=?, boxes=?, labels=?, ignore=?, state=?, "
-                        "annotator=?, updated_at=?, pulled_at=?, quads=? WHERE id=?",
-                        (tid, aid, boxes, labels, ignore, state, who, updated, now, quads, old["id"]))
+                    cat.update_annotation(old["id"], **fields)
                     counts["updated"] += 1
-                tx.execute("UPDATE images SET status = ? WHERE id = ? AND status != 'excluded'",
-                           (STATUS_BY_STATE[state], image_id))
+                cat.set_status(image_id, STATUS_BY_STATE[state], never_from=(ImageStatus.EXCLUDED,))
             for image_id, old in existing.items():
                 if image_id not in rows:
-                    tx.execute("DELETE FROM annotations WHERE id = ?", (old["id"],))
-                    tx.execute("UPDATE images SET status = 'pushed' WHERE id = ? AND status IN ('labelled', 'verified_empty', 'skipped')",
-                               (image_id,))
+                    cat.delete_annotation(old["id"])
+                    cat.set_status(image_id, ImageStatus.PUSHED, only_from=(*HUMAN_LABELLED, ImageStatus.SKIPPED))
                     counts["removed"] += 1
     counts["project_id"] = project.id
     return counts

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.boxes import Detections
-from pipeline.catalog import Catalog
+from pipeline.catalog import HUMAN_LABELLED, Catalog, ImageStatus
 from pipeline.studio.client import Studio, StudioError, connect
 from pipeline.studio.convert import detections_to_results
 from pipeline.studio.project import get_project, served_relpath
@@ -24,7 +24,7 @@ from pipeline.workspace import Workspace
 
 log = logging.getLogger("textloop.studio.push")
 
-LABELLED_STATUSES = ("labelled", "verified_empty")
+LABELLED_STATUSES = HUMAN_LABELLED
 BATCH = 500  # tasks per import request (Label Studio takes up to 250K / 200 MB)
 
 
@@ -135,15 +135,7 @@ RANK_FIELDS = ("rank_strategy", "rank_score", "rank_batch", "rank_reason", "dupl
 
 def image_sources(cat: Catalog, image_ids: Sequence[str]) -> dict[str, list[str]]:
     """Every source (absolute path or URL) each image was harvested from, first seen first."""
-    out: dict[str, list[str]] = {}
-    ids = list(image_ids)
-    for k in range(0, len(ids), 500):
-        chunk = ids[k:k + 500]
-        marks = ",".join("?" * len(chunk))
-        for r in cat.query(f"SELECT image_id, source FROM image_sources WHERE image_id IN ({marks}) "
-                           "ORDER BY harvested_at, source", chunk):
-            out.setdefault(r["image_id"], []).append(r["source"])
-    return out
+    return cat.sources_of(image_ids)
 
 
 def task_data(image_url: str, data_key: str, im: dict[str, Any], sources: Sequence[str],
@@ -177,17 +169,14 @@ def _reconcile_tasks(studio: Studio, project_id: int, cat: Catalog,
             server[str(image_id)] = int(t.id)
             if data_out is not None:
                 data_out[int(t.id)] = dict(t.data or {})
-    known = {r["image_id"]: r["ls_task_id"] for r in cat.query(
-        "SELECT image_id, ls_task_id FROM tasks WHERE ls_project_id = ?", (project_id,))}
-    with cat.transaction() as tx:
+    known = cat.tasks(project_id)
+    with cat.transaction():
         for image_id, tid in known.items():
             if server.get(image_id) != tid:
-                tx.execute("DELETE FROM tasks WHERE image_id = ? AND ls_project_id = ?", (image_id, project_id))
-                tx.execute("DELETE FROM task_predictions WHERE ls_project_id = ? AND ls_task_id = ?", (project_id, tid))
+                cat.forget_task(image_id, project_id, tid)
         for image_id, tid in server.items():
-            if known.get(image_id) != tid and cat.scalar("SELECT 1 FROM images WHERE id = ?", (image_id,)):
-                tx.execute("INSERT OR REPLACE INTO tasks(image_id, ls_project_id, ls_task_id, created_at) VALUES (?,?,?,?)",
-                           (image_id, project_id, tid, time.time()))
+            if known.get(image_id) != tid and cat.has_image(image_id):
+                cat.record_task(image_id, project_id, tid)
     return server
 
 
@@ -198,9 +187,10 @@ def resolve_model(ws: Workspace, model_version: str | None, detector: Any, model
 
     def get() -> Any:
         if holder["d"] is None:
+            from pipeline.bundle import resolve_detector
             from pipeline.detectors import load_detector
 
-            holder["d"] = load_detector(model, workspace=ws)
+            holder["d"] = load_detector(resolve_detector(model, ws))
         return holder["d"]
 
     if model_version:
@@ -243,7 +233,7 @@ def push_images(
     version, get_detector = resolve_model(ws, model_version, detector, model)
     with ws.catalog() as cat:
         if image_ids is None:
-            rows = cat.query("SELECT * FROM images WHERE status != 'excluded' ORDER BY id")
+            rows = cat.images(include_excluded=False)
         else:
             rows = cat.images_by_ids(image_ids)
             missing = set(image_ids) - {r["id"] for r in rows}
@@ -253,8 +243,7 @@ def push_images(
         server_data: dict[int, dict[str, Any]] = {}
         server_tasks = _reconcile_tasks(studio, project.id, cat, server_data)
         sources = image_sources(cat, list(images))
-        have_version = {r["ls_task_id"] for r in cat.query(
-            "SELECT ls_task_id FROM task_predictions WHERE ls_project_id = ? AND model_version = ?", (project.id, version))}
+        have_version = cat.tasks_with_prediction(project.id, version)
 
         ranking, clusters, order_note = None, {}, "lowest mean prediction confidence first (no --strategy)"
         if strategy:
@@ -317,13 +306,11 @@ def push_images(
                 mapping = _reconcile_tasks(studio, project.id, cat)
                 task_ids = [mapping[c] for c in chunk]
             now = time.time()
-            with cat.transaction() as tx:
+            with cat.transaction():  # the batch's tasks, their predictions and statuses together
                 for image_id, tid in zip(chunk, task_ids):
-                    tx.execute("INSERT OR REPLACE INTO tasks(image_id, ls_project_id, ls_task_id, created_at) VALUES (?,?,?,?)",
-                               (image_id, project.id, int(tid), now))
-                    tx.execute("INSERT OR REPLACE INTO task_predictions(ls_project_id, ls_task_id, image_id, model_version, n_boxes, pushed_at) "
-                               "VALUES (?,?,?,?,?,?)", (project.id, int(tid), image_id, version, len(preds[image_id]), now))
-                    tx.execute("UPDATE images SET status = 'pushed' WHERE id = ? AND status = 'new'", (image_id,))
+                    cat.record_task(image_id, project.id, int(tid), now)
+                    cat.record_task_prediction(project.id, int(tid), image_id, version, len(preds[image_id]), now)
+                    cat.set_status(image_id, ImageStatus.PUSHED, only_from=(ImageStatus.NEW,))
             created += len(chunk)
             done += len(chunk)
             if progress:
@@ -333,10 +320,10 @@ def push_images(
             payload = [dict(prediction(image_id), task=server_tasks[image_id]) for image_id in chunk]
             studio.post_json(f"api/projects/{project.id}/import/predictions", payload)
             now = time.time()
-            with cat.transaction() as tx:
+            with cat.transaction():
                 for image_id in chunk:
-                    tx.execute("INSERT OR REPLACE INTO task_predictions(ls_project_id, ls_task_id, image_id, model_version, n_boxes, pushed_at) "
-                               "VALUES (?,?,?,?,?,?)", (project.id, server_tasks[image_id], image_id, version, len(preds[image_id]), now))
+                    cat.record_task_prediction(project.id, server_tasks[image_id], image_id, version,
+                                               len(preds[image_id]), now)
             added += len(chunk)
             done += len(chunk)
             if progress:
@@ -372,17 +359,15 @@ def run_push(ws: Workspace, client: Studio | None = None, *, split: str | None =
              update_existing: bool = True, min_score: float | None = None,
              progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """`textloop push` as one call: `push_images` over the split's images (default every image
-    not excluded), recorded as a `push` iteration with its counts (iterate calls `push_images`
-    inside its own round instead)."""
+    not excluded), recorded as a `push` iteration with its counts, or as failed with the error
+    (iterate calls `push_images` inside its own round instead)."""
     ids = None
     if split:
         with ws.catalog() as cat:
-            ids = [r["id"] for r in cat.images(split=split) if r["status"] != "excluded"]
+            ids = [r["id"] for r in cat.images(split=split) if r["status"] != ImageStatus.EXCLUDED]
     studio = client or connect()
-    with ws.catalog() as cat:
-        it = cat.start_iteration("push")
-    res = push_images(ws, ids, model_version, studio, model=model, strategy=strategy, top=top,
-                      update_existing=update_existing, progress=progress, min_score=min_score)
-    with ws.catalog() as cat:
-        cat.finish_iteration(it, counts={k: v for k, v in res.items() if isinstance(v, int)})
+    with ws.catalog() as journal, journal.iteration("push") as it:   # `failed` (with the error) if it raises
+        res = push_images(ws, ids, model_version, studio, model=model, strategy=strategy, top=top,
+                          update_existing=update_existing, progress=progress, min_score=min_score)
+        it.counts = {k: v for k, v in res.items() if isinstance(v, int)}
     return res

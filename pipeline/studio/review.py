@@ -42,11 +42,8 @@ def request_review(ws: Workspace, image_ids: Sequence[str], notes: dict[str, str
     project = get_project(ws, studio)
     notes = notes or review_notes(ws, image_ids)
     with ws.catalog() as cat:
-        tasks = {r["image_id"]: r["ls_task_id"] for r in cat.query(
-            "SELECT image_id, ls_task_id FROM tasks WHERE ls_project_id = ?", (project.id,))}
-        latest = {r["image_id"]: r["ls_annotation_id"] for r in cat.query(
-            "SELECT image_id, ls_annotation_id FROM annotations WHERE source = 'labelstudio' AND ls_annotation_id IS NOT NULL"
-            " ORDER BY updated_at")}
+        tasks = cat.tasks(project.id)
+        latest = cat.latest_studio_annotation_ids()
     counts = {"reopened": 0, "without_task": 0, "comments": 0}
     for image_id in dict.fromkeys(image_ids):
         task_id = tasks.get(image_id)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.train.data import Sample, samples_from_jsonl, workspace_samples
-from pipeline.train.engine import TrainConfig, TrainingError, train
+from pipeline.train.engine import TrainConfig, train
 from pipeline.train.select import SOURCE_TOLERANCE, PromotionCheck
 
 log = logging.getLogger("pipeline.train")
@@ -44,8 +44,8 @@ def resolve_parent(ws: Any, parent: str, arch: str = "fasterrcnn") -> tuple[Path
                     raise ValueError(f"no current {arch} model to fine-tune; start fresh with --parent none")
                 return None, None
         else:
-            rows = cat.query("SELECT * FROM models WHERE version = ?", (parent,))
-            if not rows:
+            row = cat.model(parent)
+            if row is None:
                 path = Path(parent)
                 if path.suffix == ".zip" and path.exists():
                     from pipeline.bundle import read_bundle_meta
@@ -55,7 +55,6 @@ def resolve_parent(ws: Any, parent: str, arch: str = "fasterrcnn") -> tuple[Path
                         raise ValueError(f"parent {parent}: a {meta['config'].get('kind')} bundle, not {arch}")
                     return path, str(meta["config"]["version"])
                 raise ValueError(f"parent {parent!r}: not a registered model version nor a bundle.zip")
-            row = rows[0]
             if row["kind"] != arch:
                 raise ValueError(f"parent {parent}: a {row['kind']} model, not {arch} (use --arch {row['kind']})")
     return ws.abspath(row["path"]), row["version"]
@@ -109,8 +108,8 @@ def check_promotion(ws: Any, version: str, threads: int = 0) -> PromotionCheck:
     from pipeline.train.select import compare_with_stock
 
     with ws.catalog() as cat:
-        rows = cat.query("SELECT * FROM models WHERE version = ?", (version,))
-    if not rows:
+        row = cat.model(version)
+    if row is None:
         raise KeyError(f"unknown model version {version!r}")
     from pipeline.detectors.ppocr import PPOCRDetector
     from pipeline.train.engine import resolve_threads
@@ -118,7 +117,7 @@ def check_promotion(ws: Any, version: str, threads: int = 0) -> PromotionCheck:
     items = workspace_ground_truth(ws, "val")
     if items:
         threads = resolve_threads(threads)
-        detector = load_detector(str(ws.abspath(rows[0]["path"])), threads=threads)
+        detector = load_detector(str(ws.abspath(row["path"])), threads=threads)
         recipe = DBRecipe()
         check, _, _ = compare_with_stock(detector, items, recipe.grid(), "workspace val split",
                                          recipe.over_redaction_budget, recipe.min_budget,
@@ -128,8 +127,8 @@ def check_promotion(ws: Any, version: str, threads: int = 0) -> PromotionCheck:
 
     from pipeline.bundle import read_bundle_meta
 
-    meta = read_bundle_meta(ws.abspath(rows[0]["path"]))
-    metrics = {**json.loads(rows[0]["metrics"] or "{}"), **meta["metrics"]}
+    meta = read_bundle_meta(ws.abspath(row["path"]))
+    metrics = {**json.loads(row["metrics"] or "{}"), **meta["metrics"]}
     n = int((meta["config"].get("train") or {}).get("val_images") or metrics.get("n_images") or 0)
     check = check_from_metrics(metrics, n, "validation at training time (no labelled val images)")
     if check is None:
@@ -205,19 +204,16 @@ def train_workspace(ws: Any, cfg: TrainConfig, synth: Sequence[Sample], human: S
     from pipeline.bundle import register_model
     from pipeline.evaluate import json_safe
 
-    with ws.catalog() as cat:
-        iteration = cat.start_iteration("train")
-    try:
+    # the run's `train` row in `iterations`: failed (with the error) if training or saving raises
+    with ws.catalog() as journal, journal.iteration("train") as it:
         result = train(cfg, synth, human, val, progress=progress)
-    except (TrainingError, KeyboardInterrupt) as exc:
-        with ws.catalog() as cat:
-            cat.finish_iteration(iteration, "failed", metrics={"error": str(exc) or "interrupted"})
-        raise
-    bundle = Path(cfg.out_dir) / "bundle.zip"
-    version = save_result(bundle, result, parent_version,
-                          {"train": {"steps": result.steps, "stopped": result.stopped, "seconds": round(result.seconds, 1),
-                                     "val_source": val_source, "val_images": len(val)}})
-    register_model(ws, bundle, parent=parent_version, promote=False)
+        bundle = Path(cfg.out_dir) / "bundle.zip"
+        version = save_result(bundle, result, parent_version,
+                              {"train": {"steps": result.steps, "stopped": result.stopped, "seconds": round(result.seconds, 1),
+                                         "val_source": val_source, "val_images": len(val)}})
+        register_model(ws, bundle, parent=parent_version, promote=False)
+        it.counts = {"synthetic": len(synth), "human": len(human), "val": len(val), "steps": result.steps}
+        it.metrics = {"version": version, **(json_safe(result.metrics) or {})}
     check = _result_check(result, val, val_source) if (promote and val) else None
     promoted = False
     if promote:
@@ -236,12 +232,7 @@ def train_workspace(ws: Any, cfg: TrainConfig, synth: Sequence[Sample], human: S
         peak_rss_mb=round(result.peak_rss_mb), val_source=val_source, metrics=json_safe(result.metrics),
         bundle=str(ws.models_dir / version / "bundle.zip"), checkpoint=str(result.checkpoint),
         synthetic=len(synth), human=len(human), val=len(val))
-    with ws.catalog() as cat:
-        cat.finish_iteration(iteration, "done", counts={"synthetic": len(synth), "human": len(human),
-                                                        "val": len(val), "steps": result.steps},
-                             metrics={"version": version, **(json_safe(result.metrics) or {})})
     return summary
-
 
 
 class CheckpointExists(RuntimeError):

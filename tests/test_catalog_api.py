@@ -1,0 +1,258 @@
+"""The catalog's API: nesting transactions, one `latest_annotations` rule, `ImageStatus` and the
+CHECK constraint migration 5 adds, `catalog.iteration()`, and model names resolved by the registry."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from pipeline import catalog
+from pipeline.catalog import Catalog, ImageStatus
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def add_image(cat: Catalog, iid: str, status: ImageStatus = ImageStatus.NEW, split: str = "train") -> None:
+    cat.add_image(iid, f"images/{iid}.png", "gen", f"{iid}.png", 1, 64, 48, "PNG", "RGB", 8, 1, 1, split)
+    if status != ImageStatus.NEW:
+        cat.set_status(iid, status)
+
+
+def annotate(cat: Catalog, iid: str, boxes: list, at: float, source: str = "labelstudio", state: str | None = None) -> int:
+    return cat.add_annotation(iid, source, boxes=json.dumps(boxes), labels=json.dumps([0] * len(boxes)),
+                              state=state or ("submitted" if boxes else "empty"), updated_at=at, pulled_at=at)
+
+
+# --- transactions -----------------------------------------------------------------------------
+
+def test_methods_join_the_callers_transaction(tmp_path: Path) -> None:
+    with Catalog(tmp_path / "c.sqlite") as cat:
+        add_image(cat, "a")
+        with pytest.raises(RuntimeError), cat.transaction():
+            cat.set_split("a", "test")
+            cat.set_status("a", ImageStatus.EXCLUDED)
+            raise RuntimeError("crash between two writes")
+        row = cat.image("a")
+        assert (row["split"], row["status"]) == ("train", "new")  # neither write survived
+
+
+def test_a_failed_inner_block_is_undone_alone(tmp_path: Path) -> None:
+    with Catalog(tmp_path / "c.sqlite") as cat:
+        add_image(cat, "a")
+        with cat.transaction():
+            cat.set_split("a", "val")
+            with pytest.raises(sqlite3.IntegrityError):
+                cat.add_image("a", "images/a.png", "gen", "a.png", 1, 1, 1, "PNG", "RGB", 8, 1, 1, "train")
+            cat.set_status("a", ImageStatus.PUSHED)
+        row = cat.image("a")
+        assert (row["split"], row["status"]) == ("val", "pushed")
+        assert not cat.conn.in_transaction
+
+
+# --- latest_annotations -----------------------------------------------------------------------
+
+def test_latest_annotation_is_the_newest_and_ties_go_to_the_last_stored(tmp_path: Path) -> None:
+    with Catalog(tmp_path / "c.sqlite") as cat:
+        add_image(cat, "a", ImageStatus.LABELLED)
+        add_image(cat, "b", ImageStatus.LABELLED)
+        annotate(cat, "a", [[0, 0, 5, 5]], at=2.0)
+        annotate(cat, "a", [[1, 1, 6, 6]], at=1.0)                        # older, stored later
+        annotate(cat, "b", [[0, 0, 1, 1]], at=5.0)
+        annotate(cat, "b", [[2, 2, 3, 3]], at=5.0, source="import:x")     # same time: stored last wins
+        annotate(cat, "b", [[9, 9, 9, 9]], at=9.0, state="skipped")       # not a label
+        got = cat.latest_annotations(include_excluded=True)
+        assert list(got) == ["a", "b"]
+        assert json.loads(got["a"]["boxes"]) == [[0, 0, 5, 5]]
+        assert json.loads(got["b"]["boxes"]) == [[2, 2, 3, 3]]
+        assert got["a"]["path"] == "images/a.png" and got["a"]["width"] == 64
+        only_ls = cat.latest_annotations(include_excluded=True, sources=["labelstudio"])
+        assert json.loads(only_ls["b"]["boxes"]) == [[0, 0, 1, 1]]
+        assert list(cat.latest_annotations(include_excluded=True, image_ids=["b", "zz"])) == ["b"]
+
+
+def test_latest_annotations_filters_excluded_images_and_splits_only_when_asked(tmp_path: Path) -> None:
+    with Catalog(tmp_path / "c.sqlite") as cat:
+        add_image(cat, "kept", ImageStatus.LABELLED, split="test")
+        add_image(cat, "out", ImageStatus.EXCLUDED, split="test")
+        add_image(cat, "trainimg", ImageStatus.LABELLED, split="train")
+        for iid in ("kept", "out", "trainimg"):
+            annotate(cat, iid, [[0, 0, 2, 2]], at=1.0)
+        assert list(cat.latest_annotations(include_excluded=True)) == ["kept", "out", "trainimg"]
+        assert list(cat.latest_annotations(include_excluded=False)) == ["kept", "trainimg"]
+        assert list(cat.latest_annotations(include_excluded=False, split="test")) == ["kept"]
+
+
+def test_each_caller_applies_its_rule_for_excluded_images(ws) -> None:
+    """Evaluation, export and label noise leave excluded images out (they are out of the dataset);
+    a redaction waiting on its review still gets the reviewed boxes of an excluded image."""
+    from pipeline.curate.label_noise import catalog_items
+    from pipeline.evaluate import workspace_ground_truth
+    from pipeline.redact.review import reviewed_boxes
+    from pipeline.studio.export import labelled_rows
+
+    with ws.catalog() as cat:
+        for iid, status in (("in", ImageStatus.LABELLED), ("out", ImageStatus.EXCLUDED)):
+            add_image(cat, iid, status, split="test")
+            cat.record_predictions("m1", [(iid, {"boxes": [[0, 0, 4, 4]], "scores": [0.9], "labels": [0]})])
+            cat.conn.execute("UPDATE predictions SET created_at = 0")
+            annotate(cat, iid, [[0, 0, 4, 4]], at=10.0)
+    assert [Path(p).stem for p, _ in workspace_ground_truth(ws, "test")] == ["in"]
+    assert [r["image_id"] for r in labelled_rows(ws)] == ["in"]
+    items, skipped = catalog_items(ws)
+    assert [it.image_id for it in items] == ["in"] and not skipped
+    assert sorted(reviewed_boxes(ws, ["in", "out"])) == ["in", "out"]
+
+
+# --- statuses ---------------------------------------------------------------------------------
+
+def _check_values(sql: str) -> set[str]:
+    m = re.search(r"status IN \(([^)]*)\)", sql)
+    assert m is not None
+    return set(re.findall(r"'([a-z_]+)'", m.group(1)))
+
+
+def test_the_check_constraint_holds_exactly_the_enum() -> None:
+    (sql,) = [s for v, s in catalog.MIGRATIONS if v == 5]
+    assert _check_values(sql) == {s.value for s in ImageStatus}
+
+
+def test_a_new_catalog_has_the_constraint() -> None:
+    with Catalog(":memory:") as cat:
+        sql = cat.scalar("SELECT sql FROM sqlite_master WHERE name = 'images'")
+    assert _check_values(sql) == {s.value for s in ImageStatus}
+
+
+def test_a_bad_status_is_refused(tmp_path: Path) -> None:
+    with Catalog(tmp_path / "c.sqlite") as cat:
+        add_image(cat, "a")
+        with pytest.raises(ValueError):
+            cat.set_status("a", "labeled")
+        with pytest.raises(sqlite3.IntegrityError), cat.transaction() as tx:
+            tx.execute("UPDATE images SET status = 'labeled' WHERE id = 'a'")
+        assert cat.image("a")["status"] == "new"
+
+
+def test_set_status_reports_the_old_status_and_respects_its_guards(tmp_path: Path) -> None:
+    with Catalog(tmp_path / "c.sqlite") as cat:
+        add_image(cat, "a", ImageStatus.EXCLUDED)
+        assert cat.set_status("a", ImageStatus.LABELLED, never_from=(ImageStatus.EXCLUDED,)) is None
+        assert cat.set_status("a", ImageStatus.PUSHED, only_from=(ImageStatus.NEW,)) is None
+        assert cat.set_status("a", "new") is ImageStatus.EXCLUDED
+        assert cat.set_status("a", ImageStatus.NEW) is None            # unchanged
+        assert cat.set_status("missing", ImageStatus.NEW) is None
+        assert cat.image("a")["status"] == ImageStatus.NEW == "new"
+
+
+def test_a_catalog_at_schema_4_migrates_with_its_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "catalog.sqlite"
+    with monkeypatch.context() as m:     # a catalog written by the release before the constraint
+        m.setattr(catalog, "MIGRATIONS", [mig for mig in catalog.MIGRATIONS if mig[0] <= 4])
+        with Catalog(path) as old:
+            assert old.schema_version() == 4
+            with old.transaction() as tx:
+                for k, status in enumerate(ImageStatus):
+                    tx.execute("INSERT INTO images(id, path, source, original_name, bytes, width, height, format, mode,"
+                               " bit_depth, split, status, created_at) VALUES (?, ?, 's', 'a.png', 1, 64, 48, 'PNG',"
+                               " 'RGB', 8, 'train', ?, ?)", (f"img{k}", f"images/{k}.png", status.value, float(k)))
+                tx.execute("INSERT INTO image_sources(image_id, source, original_name, harvested_at)"
+                           " VALUES ('img0', '/a.png', 'a.png', 0)")
+                tx.execute("INSERT INTO annotations(image_id, source, boxes, labels, state, updated_at, pulled_at)"
+                           " VALUES ('img2', 'labelstudio', '[[5,6,7,8]]', '[0]', 'submitted', 1, 1)")
+                tx.execute("INSERT INTO predictions(image_id, model_version, boxes, scores, labels, created_at)"
+                           " VALUES ('img1', 'm1', '[[1,2,3,4]]', '[0.5]', '[0]', 0)")
+                tx.execute("INSERT INTO tasks(image_id, ls_project_id, ls_task_id, created_at) VALUES ('img1', 1, 7, 0)")
+            before = old.query("SELECT * FROM images ORDER BY id")
+    with Catalog(path) as cat:
+        assert cat.schema_version() == catalog.SCHEMA_VERSION >= 5
+        assert cat.query("SELECT * FROM images ORDER BY id") == before
+        assert cat.query("PRAGMA foreign_key_check") == []
+        assert cat.scalar("PRAGMA foreign_keys") == 1
+        indexes = {r["name"] for r in cat.query("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert {"images_status", "images_split"} <= indexes
+        assert cat.sources_of(["img0"]) == {"img0": ["/a.png"]}
+        assert list(cat.latest_annotations(include_excluded=True)) == ["img2"]
+        with pytest.raises(sqlite3.IntegrityError), cat.transaction() as tx:
+            tx.execute("UPDATE images SET status = 'done' WHERE id = 'img0'")
+        with pytest.raises(sqlite3.IntegrityError):   # foreign keys are on again
+            annotate(cat, "nope", [], at=1.0)
+    with sqlite3.connect(path) as raw:
+        assert [r[0] for r in raw.execute("SELECT version FROM schema_version ORDER BY version")] == \
+            list(range(1, catalog.SCHEMA_VERSION + 1))
+
+
+# --- iterations -------------------------------------------------------------------------------
+
+def test_iteration_records_done_with_its_counts(tmp_path: Path) -> None:
+    with Catalog(tmp_path / "c.sqlite") as cat:
+        with cat.iteration("rank") as it:
+            it.counts["pool"] = 3
+            it.save()
+            assert json.loads(cat.last_iteration()["counts"]) == {"pool": 3}
+            assert cat.last_iteration()["status"] == "running"
+            it.metrics = {"strategy": "entropy"}
+        row = cat.last_iteration()
+        assert (row["step"], row["status"]) == ("rank", "done") and row["finished_at"] >= row["started_at"]
+        assert json.loads(row["counts"]) == {"pool": 3} and json.loads(row["metrics"]) == {"strategy": "entropy"}
+
+
+@pytest.mark.parametrize("exc", [ValueError("bad input"), KeyboardInterrupt()])
+def test_iteration_records_a_failure_and_reraises(tmp_path: Path, exc: BaseException) -> None:
+    with Catalog(tmp_path / "c.sqlite") as cat:
+        with pytest.raises(type(exc)), cat.iteration("train") as it:
+            it.counts = {"steps": 2}
+            raise exc
+        row = cat.last_iteration()
+        assert row["status"] == "failed" and json.loads(row["counts"]) == {"steps": 2}
+        assert json.loads(row["metrics"])["error"].startswith(type(exc).__name__)
+
+
+# --- detectors stay pure ----------------------------------------------------------------------
+
+def test_detectors_package_imports_no_storage() -> None:
+    tree = ast.parse((ROOT / "pipeline" / "detectors" / "__init__.py").read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not imported & {"pipeline.workspace", "pipeline.catalog"}
+
+
+def test_current_is_resolved_by_the_registry(ws) -> None:
+    from pipeline.bundle import resolve_detector
+
+    assert resolve_detector("current") == "ppocr"
+    assert resolve_detector("current", ws) == "ppocr"          # nothing promoted yet
+    assert resolve_detector("ppocr", ws) == "ppocr"
+    assert resolve_detector("some/bundle.zip", ws) == "some/bundle.zip"
+    with ws.catalog() as cat:
+        cat.add_model("m-1", None, "db", "models/m-1/bundle.zip", None, {})
+        cat.promote("m-1")
+        with pytest.raises(KeyError):
+            cat.promote("m-2")
+        assert cat.current_model()["version"] == "m-1"
+    assert resolve_detector("current", ws) == str(ws.abspath("models/m-1/bundle.zip"))
+
+
+def test_no_module_but_the_catalog_holds_sql() -> None:
+    sql = re.compile(r"\b(SELECT\s+\S.*\bFROM|INSERT\s+(OR\s+\w+\s+)?INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM)\b")
+    offenders = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "pipeline").rglob("*.py"))
+                 if p.name != "catalog.py" and sql.search(p.read_text())]
+    assert offenders == []
+
+
+def test_status_summary_counts(ws) -> None:
+    from pipeline.status import workspace_status
+
+    with ws.catalog() as cat:
+        add_image(cat, "a", ImageStatus.LABELLED, split="test")
+        add_image(cat, "b", split="test")
+        add_image(cat, "c", split="train")
+        cat.record_reject("/bad.png", "decode", "truncated")
+        st = workspace_status(cat)
+    assert st["images"] == 3 and st["by_split"] == {"test": 2, "train": 1}
+    assert st["by_status"] == {"labelled": {"test": 1}, "new": {"test": 1, "train": 1}}
+    assert st["rejects"] == {"decode": 1} and st["last_iteration"] is None
+    assert st["schema_version"] == catalog.SCHEMA_VERSION
