@@ -3,9 +3,11 @@
 `Detections` holds boxes as an (N, 4) float array of pixel xyxy in the original image
 (after EXIF orientation is applied), with scores and integer labels, and optionally the
 (N, 4, 2) quadrilaterals a detector found (DB/PP-OCR finds rotated text); the xyxy box is then
-the quad's enclosing rectangle, one view of it. Vectorised helpers
-(IoU, clipping, padding, masks) and the Label Studio percent conversion live here so there
-is exactly one place where coordinates change representation.
+the quad's enclosing rectangle, one view of it. `Detections` clips, translates (a tile's
+detections into the image's frame) and suppresses (`nms`) itself. Vectorised helpers (IoU,
+greedy one-to-one matching, the share of a box inside a mask, clipping, padding, masks) and
+every other format's box convention (Label Studio percent, COCO xywh, YOLO normalised centre)
+live here so there is exactly one place where coordinates change representation.
 """
 
 from __future__ import annotations
@@ -76,6 +78,25 @@ class Detections:
     def filter(self, min_score: float) -> "Detections":
         return self[self.scores >= min_score]
 
+    def clip(self, width: int, height: int) -> "Detections":
+        """Boxes clipped to a `width` x `height` image. Quads are left as they are: clipping a
+        rotated rectangle's corners one by one would cut into it (masks clip when they rasterise)."""
+        return Detections(clip(self.boxes, width, height), self.scores, self.labels, self.quads)
+
+    def translate(self, dx: float, dy: float) -> "Detections":
+        """Shifted by (dx, dy): a tile's or window's detections into the whole image's frame."""
+        shift = np.array([dx, dy], dtype=np.float64)
+        return Detections(self.boxes + np.tile(shift, 2), self.scores, self.labels,
+                          None if self.quads is None else self.quads + shift)
+
+    def nms(self, iou: float = 0.5, per_label: bool = True) -> "Detections":
+        """Greedy non-maximum suppression: best score first, a box overlapping a kept one with
+        IoU > `iou` is dropped (only within its label when `per_label`); sorted by score."""
+        return self[nms(self.boxes, self.scores, iou, self.labels if per_label else None)]
+
+    def sorted_by_score(self) -> "Detections":
+        return self[np.argsort(-self.scores, kind="stable")]
+
     def to_json(self) -> dict[str, list]:
         """Plain lists (rounded to 0.01 px) for JSONL and the catalog; `quads` only when present."""
         d: dict[str, list] = {
@@ -123,6 +144,67 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     inter = wh[..., 0] * wh[..., 1]
     union = area(a)[:, None] + area(b)[None, :] - inter
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def nms(boxes: Any, scores: Any, iou: float = 0.5, labels: Any = None) -> np.ndarray:
+    """Indices kept by greedy non-maximum suppression, best score first: a box whose IoU with a
+    kept box (of the same label, when `labels` is given) exceeds `iou` is dropped."""
+    b = _as_boxes(boxes)
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    order = np.argsort(-s, kind="stable")
+    if len(b) == 0:
+        return order.astype(np.int64)
+    over = iou_matrix(b, b) > iou
+    if labels is not None:
+        lab = np.asarray(labels).reshape(-1)
+        over &= lab[:, None] == lab[None, :]
+    suppressed = np.zeros(len(b), dtype=bool)
+    keep = []
+    for i in order:
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        suppressed |= over[i]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def greedy_match(ious: np.ndarray, scores: Any, threshold: float = 0.5,
+                 eligible: np.ndarray | None = None) -> np.ndarray:
+    """One-to-one greedy matching of predictions (rows of `ious`) to targets (columns): in
+    descending score order (stable), each prediction takes the still-free eligible target it
+    overlaps most, if that IoU >= `threshold`. Returns the matched target per prediction, -1 for none."""
+    ious = np.asarray(ious, dtype=np.float64).reshape(len(np.asarray(scores).reshape(-1)), -1)
+    match = np.full(len(ious), -1, dtype=np.int64)
+    if ious.shape[1] == 0:
+        return match
+    free = np.ones(ious.shape[1], dtype=bool) if eligible is None else np.asarray(eligible, dtype=bool).copy()
+    for i in np.argsort(-np.asarray(scores, dtype=np.float64).reshape(-1), kind="stable"):
+        cand = np.where(free, ious[i], -1.0)
+        j = int(np.argmax(cand))
+        if cand[j] >= threshold:
+            match[i] = j
+            free[j] = False
+    return match
+
+
+def inside_fraction(boxes: Any, mask: np.ndarray, empty: float = 1.0) -> np.ndarray:
+    """Share of each box's pixels (outward-rounded, clipped: `to_int_pixels`) inside the boolean
+    (H, W) `mask`, via one integral image. A box with no pixel in the image gets `empty`: 1.0
+    (nothing of it is uncovered) unless the caller must not trust such a box (legibility)."""
+    b = _as_boxes(boxes)
+    out = np.full(len(b), float(empty))
+    if not len(b):
+        return out
+    h, w = mask.shape[:2]
+    integral = np.zeros((h + 1, w + 1), dtype=np.int64)
+    integral[1:, 1:] = np.cumsum(np.cumsum(np.asarray(mask, dtype=bool), axis=0), axis=1)
+    px = to_int_pixels(b, w, h)
+    x0, y0, x1, y1 = px.T
+    n = (x1 - x0) * (y1 - y0)
+    inside = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
+    ok = (x1 > x0) & (y1 > y0)
+    out[ok] = inside[ok] / n[ok]
+    return out
 
 
 def clip(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -184,6 +266,33 @@ def exif_upright(boxes: np.ndarray, orientation: int, raw_width: int, raw_height
         6: (h - ys, xs), 7: (h - ys, w - xs), 8: (ys, w - xs),
     }[orientation]
     return np.stack([nx.min(axis=1), ny.min(axis=1), nx.max(axis=1), ny.max(axis=1)], axis=1)
+
+
+# --- other formats' box conventions ---------------------------------------------------------
+
+def xyxy_to_xywh(boxes: Any) -> np.ndarray:
+    """Pixel xyxy to COCO's [x, y, width, height]."""
+    b = _as_boxes(boxes)
+    return np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1)
+
+
+def xywh_to_xyxy(boxes: Any) -> np.ndarray:
+    """COCO's [x, y, width, height] to pixel xyxy."""
+    b = _as_boxes(boxes)
+    return np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1)
+
+
+def xyxy_to_cxcywh_norm(boxes: Any, width: int, height: int) -> np.ndarray:
+    """Pixel xyxy to YOLO's centre x, centre y, width, height as fractions of the image size."""
+    b = _as_boxes(boxes)
+    size = np.array([width, height, width, height], dtype=np.float64)
+    return np.concatenate([(b[:, :2] + b[:, 2:]) / 2, b[:, 2:] - b[:, :2]], axis=1) / size
+
+
+def cxcywh_norm_to_xyxy(boxes: Any, width: int, height: int) -> np.ndarray:
+    """Inverse of `xyxy_to_cxcywh_norm`."""
+    b = _as_boxes(boxes) * np.array([width, height, width, height], dtype=np.float64)
+    return np.concatenate([b[:, :2] - b[:, 2:] / 2, b[:, :2] + b[:, 2:] / 2], axis=1)
 
 
 # --- Label Studio percent <-> pixel xyxy ---------------------------------------------------

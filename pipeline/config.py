@@ -6,8 +6,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.listing import IMAGE_EXTENSIONS  # noqa: F401 (the listing rule owns it; re-exported)
+
 DEFAULT_WORKSPACE = Path("data")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif")
 
 
 @dataclass(frozen=True)

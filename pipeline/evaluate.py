@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from pipeline.boxes import Detections, iou_matrix, pad, to_int_pixels, union_mask
+from pipeline.boxes import Detections, greedy_match, inside_fraction, iou_matrix, pad, union_mask
 from pipeline.formats import LabelledImage
 
 if TYPE_CHECKING:
@@ -97,18 +97,9 @@ def match_image(gt: LabelledImage, det: Detections, iou_threshold: float = 0.5) 
     if n == 0:
         return MatchResult(tp, ignored, det.scores.copy(), int(care.sum()))
     ious = iou_matrix(det.boxes, gt.boxes)  # (N, G)
-    taken = np.zeros(len(gt.boxes), dtype=bool)
-    for i in np.argsort(-det.scores, kind="stable"):
-        if ious.shape[1] == 0:
-            break
-        cand = np.where(care & ~taken, ious[i], -1.0)
-        j = int(np.argmax(cand))
-        if cand[j] >= iou_threshold:
-            tp[i] = True
-            taken[j] = True
-            continue
-        if np.any(gt.ignore) and np.max(np.where(gt.ignore, ious[i], -1.0)) >= iou_threshold:
-            ignored[i] = True
+    tp = greedy_match(ious, det.scores, iou_threshold, eligible=care) >= 0
+    if np.any(gt.ignore):
+        ignored = ~tp & (np.where(gt.ignore[None, :], ious, -1.0).max(axis=1) >= iou_threshold)
     return MatchResult(tp, ignored, det.scores.copy(), int(care.sum()))
 
 
@@ -147,14 +138,8 @@ def coverage_counts(gt: LabelledImage | np.ndarray, det: Detections | np.ndarray
     care_boxes = gt_boxes[~gt_ignore]
     text = union_mask(care_boxes, width, height)
     any_gt = union_mask(gt_boxes, width, height) if gt_ignore.any() else text
-    n_fully = 0
-    for x0, y0, x1, y1 in to_int_pixels(care_boxes, width, height):
-        px = (x1 - x0) * (y1 - y0)
-        if px <= 0:  # a degenerate or off-image box: nothing to cover
-            n_fully += 1
-            continue
-        if redacted[y0:y1, x0:x1].sum() >= FULLY_COVERED_FRACTION * px:
-            n_fully += 1
+    # a degenerate or off-image box has nothing to cover: it counts as fully covered
+    n_fully = int((inside_fraction(care_boxes, redacted, empty=1.0) >= FULLY_COVERED_FRACTION).sum())
     return CoverageCounts(
         text_px=int(text.sum()), covered_px=int((text & redacted).sum()), n_boxes=len(care_boxes),
         n_fully=n_fully, outside_px=int((redacted & ~any_gt).sum()), image_px=width * height,
@@ -384,7 +369,7 @@ def evaluate_detector(det: Detector, items: Sequence[tuple[Path, LabelledImage]]
         sweep={str(t): evaluate(gts, at(t), iou, pad_px) for t in sweep}, errors=found.errors,
         seconds=round(seconds, 3), images_per_s=round(len(found.ok) / seconds, 3) if seconds > 0 else None)
     if out is not None:
-        from pipeline.formats import atomic_write_text
+        from pipeline.io import atomic_write_text
 
         atomic_write_text(out, json.dumps(report.as_dict(), indent=2) + "\n")
     return report

@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.catalog import Catalog
-from pipeline.config import IMAGE_EXTENSIONS, HarvestConfig, SplitRatios
+from pipeline.config import HarvestConfig, SplitRatios
 from pipeline.imaging import ImageInfo, ImageRejected, probe
-from pipeline.listing import NotRegularFile, Skipped, file_problem, iter_image_files, open_regular
+from pipeline.listing import IMAGE_EXTENSIONS, NotRegularFile, Skipped, file_problem, iter_image_files, open_regular
 from pipeline.workspace import Workspace
 
 CHUNK = 1 << 20

@@ -17,7 +17,6 @@ Rerunning an import gives the same catalog: unchanged rows are left as they are.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -27,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.boxes import exif_upright
+from pipeline.boxes import clip, exif_upright
 from pipeline.catalog import ImageStatus, dumps
 from pipeline.config import HarvestConfig
-from pipeline.formats import LabelledImage, read_jsonl
+from pipeline.formats import LabelledImage, coco, read_jsonl
 from pipeline.harvest import harvest
 from pipeline.workspace import Workspace
 
@@ -87,49 +86,13 @@ def read_devset_jsonl(path: Path, images_dir: Path | None = None, origin: str | 
 
 
 def read_coco(path: Path, images_dir: Path | None = None, categories: Sequence[str] | None = None) -> list[LabelRecord]:
-    """COCO detection JSON: `images` (id, file_name, width, height), `annotations` (image_id,
-    bbox [x, y, w, h], category_id, iscrowd / ignore -> don't-care). All categories are text
-    unless `categories` names the ones to keep. Image files are looked up under `images_dir`, else
-    the JSON's folder, its `images/` sub-folder, or the sibling `../images/`."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not readable COCO JSON ({exc})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise ValueError(f"{path}: not COCO JSON (no 'images' list)")
-    cats = {c.get("id"): str(c.get("name", "")) for c in data.get("categories") or [] if isinstance(c, dict)}
-    keep_cats = None
-    if categories:
-        wanted = set(categories)
-        keep_cats = {cid for cid, name in cats.items() if name in wanted}
-        unknown = wanted - set(cats.values())
-        if unknown:
-            raise ValueError(f"{path}: no categor{'y' if len(unknown) == 1 else 'ies'} named {', '.join(sorted(unknown))}")
+    """COCO detection JSON through the COCO adapter (`pipeline.formats.coco`). Image files are
+    looked up under `images_dir`, else the JSON's folder, its `images/` sub-folder, or the
+    sibling `../images/`."""
     roots = [images_dir] if images_dir else [path.parent, path.parent / "images", path.parent.parent / "images"]
-    by_image: dict[Any, list[dict[str, Any]]] = {}
-    for k, ann in enumerate(data.get("annotations") or []):
-        if not isinstance(ann, dict) or "image_id" not in ann or "bbox" not in ann:
-            raise ValueError(f"{path}: annotation #{k} lacks image_id or bbox")
-        if keep_cats is not None and ann.get("category_id") not in keep_cats:
-            continue
-        by_image.setdefault(ann["image_id"], []).append(ann)
     out = []
-    for k, im in enumerate(data["images"]):
-        try:
-            name, w, h = str(im["file_name"]), int(im["width"]), int(im["height"])
-        except (KeyError, TypeError, ValueError):
-            raise ValueError(f"{path}: image #{k} lacks file_name, width or height") from None
-        boxes, ignore = [], []
-        for ann in by_image.get(im.get("id"), []):
-            try:
-                x, y, bw, bh = (float(v) for v in ann["bbox"])
-            except (TypeError, ValueError):
-                raise ValueError(f"{path}: annotation {ann.get('id', '?')}: bbox must be [x, y, w, h]") from None
-            boxes.append([x, y, x + bw, y + bh])
-            ignore.append(bool(ann.get("iscrowd", 0)) or bool(ann.get("ignore", 0)))
-        file = next((r / name for r in roots if (r / name).exists()), roots[0] / name)
-        rec = LabelledImage(image=name, width=w, height=h, boxes=np.array(boxes).reshape(-1, 4), ignore=ignore,
-                            source=path.stem)
+    for rec in coco.load(path, categories):
+        file = next((r / rec.image for r in roots if (r / rec.image).exists()), roots[0] / rec.image)
         out.append(LabelRecord(file.resolve(), rec, path.name))
     return out
 
@@ -255,8 +218,6 @@ def import_labels(
 
 def _clean_boxes(boxes: np.ndarray, ignore: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
     """Clip to the image; drop boxes with no area left (they cover no pixel)."""
-    b = boxes.copy()
-    b[:, [0, 2]] = np.clip(b[:, [0, 2]], 0, width)
-    b[:, [1, 3]] = np.clip(b[:, [1, 3]], 0, height)
+    b = clip(boxes, width, height)
     keep = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
     return b[keep], np.asarray(ignore, bool)[keep]

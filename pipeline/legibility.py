@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from pipeline.boxes import inside_fraction
+
 READER_VERSION = "ppocr-v4-rec"
 DEFAULT_MIN_CHARS = 3
 DEFAULT_MIN_SCORE = 0.5
@@ -124,13 +126,9 @@ class Reader:
 
 
 def covered_fraction(covered: np.ndarray, box: Sequence[float]) -> float:
-    """Share of a box's pixels that lie inside a boolean (H, W) mask."""
-    h, w = covered.shape[:2]
-    x0, y0 = max(0, int(np.floor(box[0]))), max(0, int(np.floor(box[1])))
-    x1, y1 = min(w, int(np.ceil(box[2]))), min(h, int(np.ceil(box[3])))
-    if x1 <= x0 or y1 <= y0:
-        return 0.0
-    return float(covered[y0:y1, x0:x1].mean())
+    """Share of a box's pixels that lie inside a boolean (H, W) mask; 0.0 for a box with no
+    pixel in the image (a reading is never written off as covered on no evidence)."""
+    return float(inside_fraction([box], covered, empty=0.0)[0])
 
 
 def _matched_chars(word: str, text: str) -> int:

@@ -1,6 +1,11 @@
-"""Listing input trees and opening input files: one rule for symlinks and special files.
+"""Listing input trees and opening input files: one rule for symlinks, special files and names.
 
-Used by `harvest` and `redact` (and `predict`, `synth`), so a tree means the same to each:
+Every image-folder listing goes through here (`harvest`, `redact`, `predict`, `synth`), so a
+tree means the same to each:
+
+- Images are the files named with one of `IMAGE_EXTENSIONS` (any case); `redact` lists every
+  file and reports the others as ignored, the rest list images only.
+- Glob patterns (`redact "in/**/*.png"`) get the same checks (`iter_glob`).
 
 - Regular files are listed (depth first, names sorted). Names starting with "." (hidden files
   and folders, our own temp files) are skipped.
@@ -24,6 +29,10 @@ from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+
+
+# What every stage takes as an image (the redact codec writes exactly these: see codec.EXTENSIONS).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif")
 
 
 @dataclass(frozen=True)
@@ -184,3 +193,23 @@ def iter_image_files(root: str | Path, extensions: Collection[str] | None = None
     while linked_dirs:  # folders reached only through links (e.g. to a hidden folder): once each
         path, rel = linked_dirs.pop(0)
         yield from walk(path, rel)
+
+
+def iter_glob(pattern: str, root: str | Path, exclude: Iterable[str | Path] = ()) -> Iterator[Listed | Skipped]:
+    """Glob matches (sorted) with the listing rule's checks: regular files only, links resolving
+    under `root` (the glob's fixed prefix) only; folders and `exclude` left out silently (glob
+    already leaves hidden names out)."""
+    import glob as globmod
+
+    root_real = os.path.realpath(root)
+    excluded = [os.path.realpath(e) for e in exclude]
+    for m in sorted(globmod.glob(pattern, recursive=True)):
+        path = Path(m)
+        real = os.path.realpath(path)
+        if os.path.isdir(path) or any(_inside(real, e) for e in excluded):
+            continue
+        rel = Path(os.path.relpath(path, root)).as_posix()
+        problem = file_problem(path)
+        if problem is None and not _inside(real, root_real):
+            problem = ("outside_tree", f"symlink to {real}, outside {root_real}; not followed")
+        yield Skipped(path, rel, *problem) if problem is not None else Listed(path, rel)

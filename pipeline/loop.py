@@ -122,7 +122,7 @@ def iterate(ws: Any, cfg: IterateConfig = IterateConfig(), client: Any = None,
     from pipeline.curate.stage import run_curate
     from pipeline.detectors import load_detector
     from pipeline.evaluate import json_safe
-    from pipeline.formats import atomic_write_text
+    from pipeline.io import atomic_write_text
     from pipeline.rank import batch_from_ranking, rank_workspace
     from pipeline.train import check_promotion, resolve_parent, train_workspace, workspace_training_data
 

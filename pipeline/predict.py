@@ -8,7 +8,6 @@ upright (EXIF-applied) image, like every box in textloop.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -19,11 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.boxes import Detections
+from pipeline.boxes import Detections, clip
 from pipeline.catalog import Catalog, ImageStatus
-from pipeline.config import IMAGE_EXTENSIONS
 from pipeline.detectors.base import Detector, detect_visible
 from pipeline.imaging import load_views
+from pipeline.io import sha256_file
+from pipeline.listing import IMAGE_EXTENSIONS
 from pipeline.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -64,9 +64,7 @@ def _clean(det: Detections, width: int, height: int, threshold: float) -> Detect
     det = det.filter(threshold)
     if not len(det):
         return det
-    b = det.boxes.copy()
-    b[:, [0, 2]] = np.clip(b[:, [0, 2]], 0, width)
-    b[:, [1, 3]] = np.clip(b[:, [1, 3]], 0, height)
+    b = clip(det.boxes, width, height)
     keep = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
     quads = None if det.quads is None else np.stack([np.clip(det.quads[..., 0], 0, width),
                                                      np.clip(det.quads[..., 1], 0, height)], axis=-1)[keep]
@@ -261,15 +259,6 @@ def list_image_files(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
                 seen.add(absolute)
                 out.append((absolute, rel))
     return out
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Content id of a file (the workspace image id)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def workspace_ids(cat: Catalog, paths: Iterable[Path]) -> dict[Path, str]:

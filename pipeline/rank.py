@@ -26,7 +26,7 @@ import numpy as np
 if TYPE_CHECKING:  # pandas is imported where tables are built: it is not needed to start the CLI
     import pandas as pd
 
-from pipeline.boxes import Detections, area, iou_matrix, union_mask
+from pipeline.boxes import Detections, area, greedy_match, iou_matrix, union_mask
 from pipeline.catalog import ImageStatus
 
 STRATEGIES = ("uncertainty", "committee", "tta", "random")
@@ -114,14 +114,7 @@ def match_f1(a: Detections, b: Detections, iou: float = 0.5) -> float:
         return 1.0
     if len(a) == 0 or len(b) == 0:
         return 0.0
-    m = iou_matrix(a.boxes, b.boxes)
-    matched = 0
-    used_b: set[int] = set()
-    for i in np.argsort(-a.scores):
-        j_candidates = [j for j in np.argsort(-m[i]) if m[i, j] >= iou and j not in used_b]
-        if j_candidates:
-            used_b.add(int(j_candidates[0]))
-            matched += 1
+    matched = int((greedy_match(iou_matrix(a.boxes, b.boxes), a.scores, iou) >= 0).sum())
     return 2.0 * matched / (len(a) + len(b))
 
 
@@ -411,7 +404,7 @@ def rank_workspace(ws, detector, run: RankRun = RankRun(), committee_detector=No
     df = df.sort_values(["batch_rank", f"score_{run.strategy}"], ascending=[True, False], na_position="last",
                         ignore_index=True)
 
-    from pipeline.curate.report import write_table
+    from pipeline.io import write_table
 
     write_table(df, [ws.reports_dir, ws.run_dir(iteration)], RANKING_TABLE)
     with ws.catalog() as cat:
@@ -423,7 +416,7 @@ def rank_workspace(ws, detector, run: RankRun = RankRun(), committee_detector=No
 
 def load_ranking(ws) -> pd.DataFrame | None:
     """The latest ranking table, or None when `textloop rank` has not run."""
-    from pipeline.curate.report import read_table
+    from pipeline.io import read_table
 
     return read_table(ws.reports_dir, RANKING_TABLE)
 

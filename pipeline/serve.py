@@ -26,9 +26,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.detectors.base import detect_visible
-from pipeline.studio.convert import detections_to_results
+from pipeline.studio.convert import confidence, detections_to_results
 from pipeline.studio.project import LabelConfig, parse_label_config, render_label_config
-from pipeline.studio.push import confidence
 from pipeline.workspace import Workspace
 
 log = logging.getLogger("textloop.serve")

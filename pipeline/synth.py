@@ -28,8 +28,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from pipeline.catalog import ImageStatus
-from pipeline.config import IMAGE_EXTENSIONS
-from pipeline.formats import LabelledImage, atomic_write_bytes, atomic_write_text, write_jsonl
+from pipeline.formats import LabelledImage, write_jsonl
+from pipeline.io import atomic_write_bytes, atomic_write_text
+from pipeline.listing import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
 

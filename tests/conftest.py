@@ -18,6 +18,19 @@ def ws(tmp_path: Path) -> Workspace:
     return Workspace.open(tmp_path / "ws")
 
 
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch):
+    """Every detector the CLI loads is one `tests.fakes.FakeDetector` (shared so tests can count calls)."""
+    import pipeline.detectors as dets
+    import pipeline.redact.run as rr
+    from tests.fakes import FakeDetector
+
+    det = FakeDetector()
+    monkeypatch.setattr(dets, "load_detector", lambda spec="current", workspace=None, **kw: det)
+    monkeypatch.setattr(rr, "build_ppocr", lambda **kw: det)
+    return det
+
+
 # A real Label Studio for the integration tests: started once per session from .venv-ls on a
 # free loopback port with a temporary data dir (the same launcher `textloop studio up` uses).
 @dataclass(frozen=True)

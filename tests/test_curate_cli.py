@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from pipeline.cli.app import app
 from pipeline.curate.testdata import inject_error, make_pool
 from pipeline.harvest import harvest
-from pipeline.predict import sha256_file
+from pipeline.io import sha256_file
 from pipeline.workspace import Workspace
 
 

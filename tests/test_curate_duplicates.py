@@ -83,3 +83,26 @@ def test_fastdup_missing_interpreter_is_one_clear_error(tmp_path: Path, monkeypa
 def test_unknown_engine_rejected() -> None:
     with pytest.raises(ValueError, match="unknown curation engine"):
         DuplicateConfig(engine="magic")
+
+
+def test_engines_are_a_registry(tmp_path: Path, monkeypatch) -> None:
+    """`find_duplicates` dispatches by name through `ENGINES` (no if/else): a registered engine
+    is used, an unknown name is refused naming the known ones."""
+    import numpy as np
+
+    from pipeline.curate import duplicates as dup
+
+    assert set(dup.ENGINES) == {"permissive", "fastdup"}
+    with pytest.raises(ValueError, match="permissive, fastdup"):
+        DuplicateConfig(engine="nonesuch")
+    seen = []
+
+    def fake(images, cfg, progress=None):
+        seen.append(cfg.engine)
+        ids = [im.image_id for im in images]
+        return dup._Features({}, {i: i for i in ids}, [], ids, np.eye(len(ids), 3, dtype=np.float32))
+
+    monkeypatch.setitem(dup.ENGINES, "fake", fake)
+    pool = make_pool(tmp_path / "pool")
+    report = find_duplicates(_refs(pool, pool.near[1]), DuplicateConfig(engine="fake"))
+    assert seen == ["fake"] and report.engine == "fake" and not report.images["is_exact_duplicates_issue"].any()

@@ -286,16 +286,13 @@ def test_promotion_rule_refuses_a_worse_model_and_force_overrides(tiny: dict, tr
 
 def test_a_real_comparison_with_stock_on_labelled_images(tiny: dict, net) -> None:
     """compare_with_stock: stock itself passes at its own budget; a blind detector does not."""
-    from pipeline.boxes import Detections
     from pipeline.train.select import compare_with_stock
+    from tests.fakes import FakeDetector
 
     items = [(s.path, s.gt) for s in tiny["val"]]
 
-    class Blind:
-        name, version = "blind", "blind"
-
-        def detect(self, images):
-            return [Detections() for _ in images]
+    def Blind() -> FakeDetector:
+        return FakeDetector([], name="blind", version="blind")
 
     from pipeline.detectors.ppocr import PPOCRDetector
 

@@ -23,7 +23,6 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline.cli.app import app
-from tests.test_redact import fake  # noqa: F401 (fixture: every detector the CLI loads is a FakeDetector)
 
 pytestmark = pytest.mark.timeout(120)   # a FIFO that is opened would hang forever
 
@@ -271,7 +270,7 @@ def test_max_pixels_applies_to_every_page(tmp_path, fake):
 def test_outputs_sidecars_and_manifests_follow_the_umask(tmp_path, fake):
     old = os.umask(0o022)
     os.umask(old)
-    from pipeline.formats import _umask
+    from pipeline.io import _umask
 
     expected = 0o666 & ~_umask()
     png(tmp_path / "in" / "a.png")

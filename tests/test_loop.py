@@ -32,19 +32,16 @@ def test_evaluation_skips_an_unreadable_test_image(tmp_path) -> None:
     import numpy as np
     from PIL import Image
 
-    from pipeline.boxes import Detections
     from pipeline.formats import LabelledImage
     from pipeline.loop import _evaluate_on
+    from tests.fakes import FakeDetector
 
     good, bad = tmp_path / "good.png", tmp_path / "bad.png"
     Image.new("RGB", (64, 48), "white").save(good)
     bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
 
-    class Box:
-        version = "fake"
-
-        def detect(self, images):
-            return [Detections(np.array([[10, 10, 30, 20]]), np.array([0.9]), np.array([0])) for _ in images]
+    def Box() -> FakeDetector:
+        return FakeDetector([[10, 10, 30, 20]], [0.9], version="fake")
 
     gt = [(p, LabelledImage(p.name, 64, 48, np.array([[10.0, 10, 30, 20]]))) for p in (good, bad)]
     m = _evaluate_on(Box(), gt, 0.3)

@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pipeline.boxes import Detections, grow_quads, oriented_rects, polygon_area, quads_mask
 from pipeline.redact.core import Pad, cover_shapes
 from pipeline.redact.run import RedactConfig, Redactor, plan, run_local
+from tests.fakes import FakeDetector
 
 W, H = 240, 180
 FILL = np.array([255, 0, 255], np.uint8)
@@ -53,16 +54,10 @@ def dist_to_polygon(poly: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndar
     return np.where(inside_polygon(poly, xs, ys), 0.0, d)
 
 
-class QuadDetector:
+def QuadDetector(quads: np.ndarray) -> FakeDetector:
     """Finds the same rotated quad in every image (what DB would return)."""
-
-    name, version = "fake-db", "fake-db-1"
-
-    def __init__(self, quads: np.ndarray) -> None:
-        self.quads = np.asarray(quads, float).reshape(-1, 4, 2)
-
-    def detect(self, images):
-        return [Detections.from_quads(self.quads, np.full(len(self.quads), 0.9)) for _ in images]
+    q = np.asarray(quads, float).reshape(-1, 4, 2)
+    return FakeDetector(lambda im: Detections.from_quads(q, np.full(len(q), 0.9)), name="fake-db", version="fake-db-1")
 
 
 def noise_png(path: Path, seed: int = 0, size: tuple[int, int] = (W, H)) -> np.ndarray:

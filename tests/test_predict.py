@@ -13,31 +13,21 @@ from pipeline.boxes import Detections
 from pipeline.cli.app import app
 from pipeline.harvest import harvest
 from pipeline.predict import load_predictions, predict_paths, predict_workspace
+from tests import fakes
 from tests.imagegen import noise_image, write
 from tests.test_ppocr import render
 
 
-class FakeDetector:
-    """Deterministic: one box per image whose size depends on the pixels, plus a low-score box
-    and a box running off the image; raises on an all-black image."""
+def _by_pixels(im):
+    """One box whose size depends on the pixels, plus a low-score box and a box running off the image."""
+    h, w = im.shape[:2]
+    k = float(im.mean()) / 255.0
+    return Detections([[2, 2, 2 + 10 * k + 1, 8], [0, 0, 4, 4], [w - 5, h - 5, w + 20, h + 20]], [0.9, 0.1, 0.8])
 
-    name = "fake"
 
-    def __init__(self, version: str = "fake-1") -> None:
-        self.version = version
-        self.calls = 0
-
-    def detect(self, images):
-        self.calls += 1
-        out = []
-        for im in images:
-            if im.max() == 0:
-                raise RuntimeError("black image")
-            h, w = im.shape[:2]
-            k = float(im.mean()) / 255.0
-            out.append(Detections([[2, 2, 2 + 10 * k + 1, 8], [0, 0, 4, 4], [w - 5, h - 5, w + 20, h + 20]],
-                                  [0.9, 0.1, 0.8]))
-        return out
+def FakeDetector(version: str = "fake-1") -> fakes.FakeDetector:
+    """The shared fake, deterministic per image (`_by_pixels`); raises on an all-black image."""
+    return fakes.FakeDetector(_by_pixels, version=version, fail_on_black=True)
 
 
 def make_images(folder: Path) -> list[Path]:

@@ -8,6 +8,7 @@ import pytest
 from pipeline.boxes import Detections
 from pipeline.rank import (RankConfig, committee_score, kcenter_greedy, match_f1, order_by, ranking_table,
                            select_diverse, tta_score, uncertainty_score)
+from tests.fakes import FakeDetector
 
 W, H = 200, 100
 
@@ -77,18 +78,9 @@ def test_ranking_table_has_every_strategy_and_reason() -> None:
 
 # --- the workspace stage: real catalog, real files, real duplicate engine ------------------------
 
-class BoxesByBrightness:
+def BoxesByBrightness() -> FakeDetector:
     """A deterministic stand-in model: uncertain boxes on bright images, confident on dark ones."""
-
-    name = "fake"
-    version = "fake-v1"
-
-    def detect(self, images):
-        out = []
-        for im in images:
-            score = 0.5 if im.mean() > 128 else 0.99
-            out.append(det([[2, 2, 30, 12]], [score]))
-        return out
+    return FakeDetector(lambda im: det([[2, 2, 30, 12]], [0.5 if im.mean() > 128 else 0.99]), version="fake-v1")
 
 
 def test_rank_workspace_writes_table_and_diverse_batch(tmp_path) -> None:

@@ -15,40 +15,14 @@ import tifffile
 from PIL import Image, ImageCms, PngImagePlugin
 from typer.testing import CliRunner
 
-from pipeline.boxes import Detections
 from pipeline.cli.app import app
 from pipeline.redact import codec
 from pipeline.redact.core import Pad, apply_redaction, fill_value, parse_color, redaction_boxes
 from pipeline.redact.run import Item, RedactConfig, Redactor, plan, run_local
+from tests.fakes import BOXES, FakeDetector
 
-BOXES = [[5.0, 6.0, 25.0, 14.0], [40.5, 20.2, 55.0, 31.7]]   # known "text" boxes (upright frame)
 W, H = 64, 40
 ICC = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
-
-
-class FakeDetector:
-    """Returns the known boxes for every image; counts calls; optional scores."""
-
-    name = "fake"
-
-    def __init__(self, boxes=BOXES, scores=None, version: str = "fake-1", fail_on: int | None = None) -> None:
-        self.boxes = np.asarray(boxes, dtype=float).reshape(-1, 4)
-        self.scores = np.full(len(self.boxes), 0.9) if scores is None else np.asarray(scores, dtype=float)
-        self.version = version
-        self.calls = 0
-        self.fail_on = fail_on
-        self.shapes: list[tuple[int, ...]] = []
-
-    def detect(self, images):
-        out = []
-        for im in images:
-            self.calls += 1
-            if self.fail_on is not None and self.calls == self.fail_on:
-                raise KeyboardInterrupt  # an interruption in the middle of a run
-            assert im.dtype == np.uint8 and im.ndim == 3 and im.shape[2] == 3
-            self.shapes.append(im.shape)
-            out.append(Detections(self.boxes.copy(), self.scores.copy()))
-        return out
 
 
 def rgb_noise(seed: int, w: int = W, h: int = H) -> np.ndarray:
@@ -393,19 +367,6 @@ def make_tree(root: Path) -> Path:
     Image.fromarray(rgb_noise(34)).save(root / "sub" / "e.webp", quality=80)
     (root / "notes.txt").write_text("not an image")
     return root
-
-
-@pytest.fixture
-def fake(monkeypatch):
-    """Every detector the CLI loads is a FakeDetector (shared so tests can count calls)."""
-    det = FakeDetector()
-    import pipeline.detectors as dets
-
-    import pipeline.redact.run as rr
-
-    monkeypatch.setattr(dets, "load_detector", lambda spec="current", workspace=None, **kw: det)
-    monkeypatch.setattr(rr, "build_ppocr", lambda **kw: det)
-    return det
 
 
 def cli(tmp_path: Path, *args: str):

@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from pipeline.cli.app import app
 from pipeline.redact.run import RedactConfig
 from pipeline.workspace import Workspace
-from tests.test_redact import BOXES, FakeDetector, H, W, covered_mask, rgb_noise
+from tests.fakes import BOXES, FakeDetector
+from tests.test_redact import H, W, covered_mask, rgb_noise
 
 
 class ScoreByImage(FakeDetector):

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from pipeline.boxes import xyxy_to_ls_value
 from pipeline.cli.app import app
 from pipeline.redact.run import RedactConfig
-from tests.test_redact import BOXES, H, W, covered_mask, rgb_noise
+from tests.fakes import BOXES
+from tests.test_redact import H, W, covered_mask, rgb_noise
 from tests.test_redact_review import ScoreByImage
 from tests.conftest import live_review_setup
 

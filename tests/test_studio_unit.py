@@ -18,7 +18,9 @@ from pipeline.studio.client import StudioError, connect, load_settings
 from pipeline.studio.launcher import down, pid_file, server_env, stop_pid
 from pipeline.studio.project import parse_label_config, render_label_config
 from pipeline.studio.pull import choose
-from pipeline.studio.push import confidence, order_images
+from pipeline.studio.convert import confidence
+from pipeline.studio.push import order_images
+from tests.fakes import FakeDetector
 from tests.imagegen import noise_image
 
 
@@ -81,14 +83,6 @@ def test_push_order_lowest_confidence_first_or_by_ranking():
     assert order_images(["a", "b", "c"], preds, {"c": 5.0, "a": 1.0}) == ["c", "a", "b"]  # unranked last
 
 
-class _Fake:
-    name = "fake"
-    version = "fake-1"
-
-    def detect(self, images):
-        return [Detections([[2, 3, 20, 10]], [0.6]) for _ in images]
-
-
 @pytest.fixture
 def ws_with_image(ws, tmp_path):
     src = tmp_path / "src"
@@ -105,7 +99,7 @@ def test_ml_backend_protocol_in_process(ws_with_image):
 
     ws, row = ws_with_image
     ran = []
-    client = TestClient(create_app(ws, detector=_Fake(), trainer=lambda w: ran.append(time.time()) or {"ok": True}))
+    client = TestClient(create_app(ws, detector=FakeDetector([[2, 3, 20, 10]], [0.6]), trainer=lambda w: ran.append(time.time()) or {"ok": True}))
     h = client.get("/health").json()
     assert h["status"] == "UP" and h["model_version"] == "fake-1"
     assert client.post("/setup", json={"project": "1.0", "schema": render_label_config().xml}).json() == {"model_version": "fake-1"}
@@ -139,7 +133,7 @@ def test_ml_backend_reports_a_failed_retrain_and_keeps_serving(ws_with_image, mo
 
     monkeypatch.setattr(serve, "_default_trainer", lambda: failing_round)
     ws, _ = ws_with_image
-    client = TestClient(serve.create_app(ws, serve.ServeConfig(pull_before_train=False), detector=_Fake()))
+    client = TestClient(serve.create_app(ws, serve.ServeConfig(pull_before_train=False), detector=FakeDetector([[2, 3, 20, 10]], [0.6])))
     client.post("/webhook", json={"action": "START_TRAINING"})
     for _ in range(100):
         st = client.get("/status").json()["training"]

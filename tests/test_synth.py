@@ -110,6 +110,7 @@ def test_workspace_backgrounds_only_text_free_images(ws, tmp_path: Path) -> None
     from pipeline.config import HarvestConfig
     from pipeline.harvest import harvest
     from pipeline.synth import workspace_backgrounds
+    from tests.fakes import FakeDetector
 
     src = tmp_path / "src"
     src.mkdir()
@@ -117,11 +118,6 @@ def test_workspace_backgrounds_only_text_free_images(ws, tmp_path: Path) -> None
     Image.fromarray(np.full((40, 60, 3), 10, np.uint8)).save(src / "texty.png")
     harvest(ws, [str(src)], HarvestConfig())
 
-    class Fake:
-        name, version = "fake", "fake-1"
-
-        def detect(self, images):
-            return [Detections([[1, 1, 9, 9]], [0.9]) if im.mean() < 100 else Detections() for im in images]
-
-    bgs = workspace_backgrounds(ws, detector=Fake())
+    dark_has_text = FakeDetector(lambda im: Detections([[1, 1, 9, 9]], [0.9]) if im.mean() < 100 else Detections())
+    bgs = workspace_backgrounds(ws, detector=dark_has_text)
     assert len(bgs) == 1 and load_rgb(bgs[0]).mean() > 100

@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 from pipeline.cli.app import app
 from pipeline.imaging import visible_views
 from pipeline.legibility import Reader, leaked_words, normalise
+from tests.fakes import FakeDetector
 
 WORDS = ("Patient", "Jonathan", "48213")
 SIZE = (420, 150)
@@ -156,16 +157,9 @@ def test_predict_sees_text_on_a_transparent_png(tmp_path):
     assert covered[m].mean() > 0.95
 
 
-class OneWordDetector:
+def OneWordDetector() -> FakeDetector:
     """Covers the first line only, so the second line's word stays legible."""
-
-    name = "fake"
-    version = "fake-1"
-
-    def detect(self, images):
-        from pipeline.boxes import Detections
-
-        return [Detections(np.array([[10.0, 10.0, 400.0, 62.0]]), np.array([0.9])) for _ in images]
+    return FakeDetector([[10.0, 10.0, 400.0, 62.0]], [0.9])
 
 
 def test_verify_reads_what_was_left_and_strict_writes_nothing(tmp_path, monkeypatch, reader):

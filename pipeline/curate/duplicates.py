@@ -1,8 +1,8 @@
 """Duplicates, near duplicates, outliers, broken images and duplicate clusters over an image pool.
 
-Two engines behind one function, `find_duplicates(images, cfg)`, both returning the same
-tidy tables in the cleanvision style (one row per image, `<issue>_score` in [0, 1] where
-LOWER means a more severe issue, and `is_<issue>_issue` booleans):
+Two engines, registered by name in `ENGINES`, behind one function, `find_duplicates(images,
+cfg)`, both returning the same tidy tables in the cleanvision style (one row per image,
+`<issue>_score` in [0, 1] where LOWER means a more severe issue, and `is_<issue>_issue` booleans):
 
 - `permissive` (default, Apache/BSD only): decodes every image once, hashes its pixels
   (exact duplicates: identical decoded pixels, whatever the file format), perceptual hashes
@@ -45,7 +45,8 @@ from pipeline.catalog import HUMAN_LABELLED, ImageStatus
 
 log = logging.getLogger("textloop.curate")
 
-ENGINES = ("permissive", "fastdup")
+# name -> engine: (images, config, progress) -> what it found; filled by `register_engine` below
+ENGINES: dict[str, Callable[..., "_Features"]] = {}
 SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}  # higher = more held-out
 
 
@@ -119,16 +120,22 @@ def find_duplicates(
     if len(set(ids)) != len(ids):
         raise ValueError("image ids must be unique")
     t0 = time.perf_counter()
-    if cfg.engine == "fastdup":
-        feats = _fastdup_features(images, cfg)
-    else:
-        feats = _permissive_features(images, cfg, progress)
+    feats = ENGINES[cfg.engine](images, cfg, progress)
     report = _assemble(images, feats, cfg)
     report.seconds = time.perf_counter() - t0
     return report
 
 
 # --- per-engine features ------------------------------------------------------------------------
+
+def register_engine(name: str) -> Callable[[Callable[..., "_Features"]], Callable[..., "_Features"]]:
+    """Add an engine to `ENGINES`: a function (images, cfg, progress) -> `_Features`; every
+    engine's features go through the same `_assemble`, so the tables mean the same."""
+    def add(fn: Callable[..., "_Features"]) -> Callable[..., "_Features"]:
+        ENGINES[name] = fn
+        return fn
+    return add
+
 
 @dataclass
 class _Features:
@@ -217,6 +224,7 @@ def _popcount(x: np.ndarray) -> np.ndarray:
     return out
 
 
+@register_engine("permissive")
 def _permissive_features(images: Sequence[ImageRef], cfg: DuplicateConfig,
                          progress: Callable[[int, int], None] | None) -> _Features:
     broken: dict[str, str] = {}
@@ -298,7 +306,7 @@ class FastdupUnavailable(RuntimeError):
 
 
 def _sha256_file(path: Path) -> str | None:
-    from pipeline.predict import sha256_file
+    from pipeline.io import sha256_file
 
     try:
         return sha256_file(path)
@@ -306,7 +314,9 @@ def _sha256_file(path: Path) -> str | None:
         return None
 
 
-def _fastdup_features(images: Sequence[ImageRef], cfg: DuplicateConfig) -> _Features:
+@register_engine("fastdup")
+def _fastdup_features(images: Sequence[ImageRef], cfg: DuplicateConfig,
+                      progress: Callable[[int, int], None] | None = None) -> _Features:
     py = fastdup_python(cfg.fastdup_python)
     if not py.exists():
         raise FastdupUnavailable(

@@ -209,24 +209,6 @@ def score_label_noise(items: Sequence[NoiseItem], cfg: LabelNoiseConfig | None =
     return LabelNoiseReport(images, boxes)
 
 
-def _inside_fraction(boxes: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Share of each box's pixels that lie inside `mask` (1.0 for degenerate boxes)."""
-    from pipeline.boxes import to_int_pixels
-
-    out = np.ones(len(boxes))
-    if not len(boxes):
-        return out
-    h, w = mask.shape
-    integral = np.zeros((h + 1, w + 1), dtype=np.int64)
-    integral[1:, 1:] = np.cumsum(np.cumsum(mask, axis=0), axis=1)
-    for j, (x0, y0, x1, y1) in enumerate(to_int_pixels(boxes, w, h)):
-        a = (x1 - x0) * (y1 - y0)
-        if a > 0:
-            inside = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
-            out[j] = inside / a
-    return out
-
-
 def _coverage(it: NoiseItem, given: np.ndarray, pred: Detections, cfg: LabelNoiseConfig
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Text-pixel disagreement per box, robust to word-vs-line granularity.
@@ -237,7 +219,7 @@ def _coverage(it: NoiseItem, given: np.ndarray, pred: Detections, cfg: LabelNois
     Both are weighted by the box height relative to the image's median label height, capped
     at 1, because detectors miss tiny text far more often than labellers draw wrong big boxes.
     """
-    from pipeline.boxes import union_mask
+    from pipeline.boxes import inside_fraction, union_mask
 
     all_given = np.asarray(it.given, dtype=np.float64).reshape(-1, 4)
     boxes_all = np.concatenate([all_given, pred.boxes]) if len(pred) else all_given
@@ -249,9 +231,9 @@ def _coverage(it: NoiseItem, given: np.ndarray, pred: Detections, cfg: LabelNois
     strong = pred.scores >= cfg.high_probability_threshold if len(pred) else np.zeros(0, bool)
     pmask = union_mask(pred.boxes, w, h) if len(pred) else np.zeros((h, w), bool)
     gmask = union_mask(all_given, w, h) if len(all_given) else np.zeros((h, w), bool)
-    unc_g = 1.0 - _inside_fraction(given, pmask) if len(given) else np.zeros(0)
+    unc_g = 1.0 - inside_fraction(given, pmask) if len(given) else np.zeros(0)
     sp = pred.boxes[strong] if len(pred) else np.zeros((0, 4))
-    unc_p = 1.0 - _inside_fraction(sp, gmask) if len(sp) else np.zeros(0)
+    unc_p = 1.0 - inside_fraction(sp, gmask) if len(sp) else np.zeros(0)
     heights = given[:, 3] - given[:, 1] if len(given) else sp[:, 3] - sp[:, 1]
     med = float(np.median(heights)) if len(heights) else 1.0
     med = max(med, 1.0)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.formats import atomic_write_bytes, atomic_write_text
+from pipeline.io import atomic_write_bytes, atomic_write_text, read_table, write_table  # noqa: F401 (re-exported)
 
 log = logging.getLogger("textloop.curate")
 
@@ -34,18 +34,6 @@ TABLES = ("duplicates", "duplicate_pairs", "duplicate_clusters", "label_issues",
 
 
 # --- tables -----------------------------------------------------------------------------------
-
-def write_table(df: pd.DataFrame, folders: Sequence[Path], name: str) -> None:
-    """`<name>.parquet` and `<name>.csv` in every folder (atomic writes)."""
-    for folder in folders:
-        atomic_write_bytes(folder / f"{name}.parquet", df.to_parquet(index=False))
-        atomic_write_bytes(folder / f"{name}.csv", df.to_csv(index=False).encode())
-
-
-def read_table(folder: Path, name: str) -> pd.DataFrame | None:
-    p = Path(folder) / f"{name}.parquet"
-    return pd.read_parquet(p) if p.exists() else None
-
 
 # --- drawing ------------------------------------------------------------------------------------
 

@@ -30,8 +30,8 @@ import pandas as pd
 from pipeline.curate.duplicates import (DuplicateConfig, apply_duplicate_actions, find_duplicates,
                                         plan_duplicate_actions, workspace_images)
 from pipeline.curate.label_noise import LabelNoiseConfig, apply_label_actions, find_label_noise
-from pipeline.curate.report import duplicates_html, label_issues_html, write_table
-from pipeline.formats import atomic_write_bytes, atomic_write_text
+from pipeline.curate.report import duplicates_html, label_issues_html
+from pipeline.io import atomic_write_bytes, atomic_write_text, write_table
 
 log = logging.getLogger("textloop.curate")
 

@@ -33,7 +33,7 @@ def merge_views(dets: Sequence[Detections]) -> Detections:
         return Detections()
     if len(dets) == 1:
         return dets[0]
-    from pipeline.detectors.ppocr import merge_boxes
+    from pipeline.detectors.tiling import merge_boxes
 
     boxes = np.concatenate([d.boxes for d in dets])
     scores = np.concatenate([d.scores for d in dets])

@@ -72,7 +72,7 @@ def fixed_onnx(source: str | Path | None = None) -> Path:
     """The convertible copy of `source` (default: the stock PP-OCRv4 detector), cached once."""
     import onnx
 
-    from pipeline.formats import atomic_write_bytes
+    from pipeline.io import atomic_write_bytes
 
     src = Path(source) if source else default_model_path()
     data = src.read_bytes()
@@ -134,7 +134,7 @@ def export_onnx_bytes(net: Any, name: str = "x", sample_side: int = 64) -> bytes
 
 
 def export_onnx(net: Any, path: str | Path, name: str = "x") -> Path:
-    from pipeline.formats import atomic_write_bytes
+    from pipeline.io import atomic_write_bytes
 
     atomic_write_bytes(path, export_onnx_bytes(net, name))
     return Path(path)

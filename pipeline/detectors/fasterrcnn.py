@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.boxes import Detections
+from pipeline.detectors.tiling import Tiler
 
 
 @dataclass(frozen=True)
@@ -133,14 +134,6 @@ def to_tensor(img: np.ndarray, scale: float = 1.0) -> Any:
     return t
 
 
-def _tiles(length: int, tile: int, overlap: int) -> list[int]:
-    if length <= tile:
-        return [0]
-    step = max(1, tile - overlap)
-    starts = list(range(0, length - tile, step)) + [length - tile]
-    return sorted(set(starts))
-
-
 class FasterRCNNDetector:
     """The Detector protocol over a FasterRCNN model (eval mode, CPU)."""
 
@@ -170,9 +163,6 @@ class FasterRCNNDetector:
                  o["labels"].numpy().astype(np.int64) - 1) for o in outs]
 
     def detect_one(self, img: np.ndarray) -> Detections:
-        import torch
-        from torchvision.ops import batched_nms
-
         if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
             raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {img.shape} {img.dtype}")
         h, w = img.shape[:2]
@@ -182,29 +172,13 @@ class FasterRCNNDetector:
         boxes = boxes / scale
         if not (self.tile and long_side > self.max_side * 1.15):
             return Detections(boxes, scores, labels)
-        # native-resolution tiles catch the small text the whole-image pass shrank away
-        parts_b, parts_s, parts_l = [boxes], [scores], [labels]
-        t = self.max_side
-        ov = min(self.config.tile_overlap, t // 4)  # never more than a quarter of a tile
-        origins = [(x, y) for y in _tiles(h, t, ov) for x in _tiles(w, t, ov)]
-        for i in range(0, len(origins), 2):
-            chunk = origins[i:i + 2]
-            outs = self._run([to_tensor(img[y:y + t, x:x + t]) for x, y in chunk])
-            for (x, y), (b, s, lab) in zip(chunk, outs):
-                th, tw = min(t, h - y), min(t, w - x)
-                # drop boxes cut by an inner tile edge: the neighbouring tile (or the whole pass) has them
-                cut = ((b[:, 0] <= 2) & (x > 0)) | ((b[:, 1] <= 2) & (y > 0)) | \
-                      ((b[:, 2] >= tw - 2) & (x + tw < w)) | ((b[:, 3] >= th - 2) & (y + th < h))
-                b, s, lab = b[~cut], s[~cut], lab[~cut]
-                parts_b.append(b + np.array([x, y, x, y], dtype=np.float64))
-                parts_s.append(s)
-                parts_l.append(lab)
-        b, s, lab = np.concatenate(parts_b), np.concatenate(parts_s), np.concatenate(parts_l)
-        if len(b) == 0:
-            return Detections()
-        keep = batched_nms(torch.from_numpy(b), torch.from_numpy(s), torch.from_numpy(lab), self.config.merge_iou).numpy()
-        keep = keep[: self.config.box_detections_per_img * 2]
-        return Detections(b[keep], s[keep], lab[keep])
+        # native-resolution tiles catch the small text the whole-image pass shrank away; the tiler's
+        # `nms` merge (this detector emits candidates down to box_score_thresh: see tiling)
+        tiler = Tiler(self.max_side, min(self.config.tile_overlap, self.max_side // 4),  # overlap <= a quarter tile
+                      merge="nms", nms_iou=self.config.merge_iou)
+        tiles = tiler.detect(img, lambda views: [Detections(*r) for r in self._run([to_tensor(v) for v in views])], batch=2)
+        merged = tiler.combine([Detections(boxes, scores, labels), *tiles])
+        return merged[: self.config.box_detections_per_img * 2]
 
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
         return [self.detect_one(img) for img in images]

@@ -10,8 +10,9 @@ Images are run at one or more scales; an image whose scaled long side exceeds `m
 cut into overlapping tiles (plus one downscaled whole-image view for large text) instead of
 being shrunk, so small text in large images is still found. The quads DB finds are kept
 (`Detections.quads`); the xyxy box is their enclosing rectangle. When several passes/tiles ran,
-duplicate and fragmented boxes are merged (union of the boxes, max of the scores); a merged box
-falls back to its rectangle as its quad.
+duplicate and fragmented boxes are merged by the tiler's `union` merge
+(`pipeline.detectors.tiling`: union of the boxes, max of the scores); a merged box gets the
+minimum-area rectangle around its parts as its quad.
 
 This is also the inference path of every tuned DB model (`pipeline.detectors.dbnet`): the same
 class with another ONNX (`model_path`, or `model_bytes` from a bundle) and its own thresholds.
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.boxes import (Detections, enclosing_rect, is_axis_aligned, oriented_rects, polygon_area, quad_frames,
-                            quad_to_xyxy)
+from pipeline.boxes import Detections, quad_to_xyxy
+from pipeline.detectors.tiling import Tiler, merge_boxes
 
 BASE_VERSION = "ppocr-v4-det"
 
@@ -79,16 +79,6 @@ def default_model_path() -> Path:
 
 
 _default_model_path = default_model_path
-
-
-def _tiles(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets covering [0, length) with tiles of `tile` overlapping by >= `overlap`."""
-    if length <= tile:
-        return [0]
-    step = tile - overlap
-    starts = list(range(0, length - tile, step))
-    starts.append(length - tile)
-    return starts
 
 
 class PPOCRDetector:
@@ -249,13 +239,10 @@ class PPOCRDetector:
             q, s = self._run(bgr, scale, keep_map)
             out.append((q + np.array([x0, y0], dtype=np.float64), s))
             return
-        h, w = bgr.shape[:2]
-        tile = max(32, int(round(c.tile_size / scale)))
-        overlap = int(round(c.tile_overlap / scale))
-        for ty in _tiles(h, tile, overlap):
-            for tx in _tiles(w, tile, overlap):
-                q, s = self._run(bgr[ty:ty + tile, tx:tx + tile], scale)
-                out.append((q + np.array([x0 + tx, y0 + ty], dtype=np.float64), s))
+        tiler = Tiler(max(32, int(round(c.tile_size / scale))), int(round(c.tile_overlap / scale)))
+        for (tx, ty, _, _), view in tiler.slices(bgr):
+            q, s = self._run(view, scale)
+            out.append((q + np.array([x0 + tx, y0 + ty], dtype=np.float64), s))
 
     def small_text_windows(self, prob: np.ndarray, w: int, h: int, bgr: np.ndarray | None = None,
                            found: np.ndarray | None = None) -> np.ndarray:
@@ -347,10 +334,7 @@ class PPOCRDetector:
             all_boxes, all_scores, all_quads = merge_boxes(all_boxes, all_scores, group, quads=all_quads)
         # boxes are clipped to the image; quads are not (clipping a rotated rectangle's corners
         # one by one would cut into it): covering clips them when it rasterises
-        all_boxes[:, [0, 2]] = np.clip(all_boxes[:, [0, 2]], 0, w)
-        all_boxes[:, [1, 3]] = np.clip(all_boxes[:, [1, 3]], 0, h)
-        order = np.argsort(-all_scores, kind="stable")
-        return Detections(all_boxes[order], all_scores[order], np.zeros(len(order), dtype=np.int64), all_quads[order])
+        return Detections(all_boxes, all_scores, (), all_quads).clip(w, h).sorted_by_score()
 
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
         return [self.detect_one(im) for im in images]
@@ -364,94 +348,3 @@ def _not_inside(b: np.ndarray, found: np.ndarray | None) -> np.ndarray:
     inside = ((cx[:, None] >= found[None, :, 0]) & (cx[:, None] <= found[None, :, 2])
               & (cy[:, None] >= found[None, :, 1]) & (cy[:, None] <= found[None, :, 3])).any(1)
     return b[~inside]
-
-
-def merge_boxes(boxes: np.ndarray, scores: np.ndarray, group: np.ndarray,
-                iou: float = 0.5, contain: float = 0.8, same_line: float = 0.6,
-                quads: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
-    """Merge boxes found by different passes/tiles: duplicates (IoU >= `iou`), boxes mostly inside
-    another (>= `contain` of the smaller one's area), and intersecting pieces of one line cut by a
-    tile edge (from different groups, vertical overlap >= `same_line` of the lower height).
-    Merged boxes become their union with the max score, repeated until nothing changes.
-    With `quads` (N, 4, 2), the tests use the quads' own overlap (slanted neighbours whose
-    enclosing boxes overlap are not merged) and they are returned too: a box that merged
-    nothing keeps its quad, a merged one gets the minimum-area rectangle around its parts'
-    corners (a slanted line found at two scales stays slanted)."""
-    b = [list(map(float, x)) for x in boxes]
-    s = [float(x) for x in scores]
-    gr = [{int(x)} for x in group]
-    q = None if quads is None else [np.asarray(x, dtype=np.float64) for x in quads]
-    changed = True
-    while changed:
-        changed = False
-        order = sorted(range(len(b)), key=lambda i: -s[i])
-        kept: list[int] = []
-        for i in order:
-            target = None
-            for k in kept:
-                if _should_merge(b[i], b[k], gr[i], gr[k], iou, contain, same_line,
-                                 None if q is None else (q[i], q[k])):
-                    target = k
-                    break
-            if target is None:
-                kept.append(i)
-                continue
-            bk, bi = b[target], b[i]
-            b[target] = [min(bk[0], bi[0]), min(bk[1], bi[1]), max(bk[2], bi[2]), max(bk[3], bi[3])]
-            s[target] = max(s[target], s[i])
-            gr[target] |= gr[i]
-            if q is not None:
-                q[target] = enclosing_rect(np.concatenate([q[target], q[i]]))
-            changed = True
-        b = [b[k] for k in kept]
-        s = [s[k] for k in kept]
-        gr = [gr[k] for k in kept]
-        if q is not None:
-            q = [q[k] for k in kept]
-    out_b, out_s = np.asarray(b, dtype=np.float64).reshape(-1, 4), np.asarray(s, dtype=np.float64)
-    if q is None:
-        return out_b, out_s
-    return out_b, out_s, np.asarray(q, dtype=np.float64).reshape(-1, 4, 2)
-
-
-def _should_merge(a: list[float], b: list[float], ga: set[int], gb: set[int],
-                  iou: float, contain: float, same_line: float,
-                  quads: tuple[np.ndarray, np.ndarray] | None = None) -> bool:
-    ix = min(a[2], b[2]) - max(a[0], b[0])
-    iy = min(a[3], b[3]) - max(a[1], b[1])
-    if ix <= 0 or iy <= 0:
-        return False
-    if quads is not None and not is_axis_aligned(np.stack(quads)).all():
-        return _should_merge_quads(quads[0], quads[1], ga, gb, iou, contain, same_line)
-    inter = ix * iy
-    area_a = (a[2] - a[0]) * (a[3] - a[1])
-    area_b = (b[2] - b[0]) * (b[3] - b[1])
-    if inter / max(area_a + area_b - inter, 1e-9) >= iou:
-        return True
-    if inter / max(min(area_a, area_b), 1e-9) >= contain:
-        return True
-    if ga.isdisjoint(gb):  # pieces of one line seen by different tiles/passes
-        return iy / max(min(a[3] - a[1], b[3] - b[1]), 1e-9) >= same_line
-    return False
-
-
-def _should_merge_quads(qa: np.ndarray, qb: np.ndarray, ga: set[int], gb: set[int],
-                        iou: float, contain: float, same_line: float) -> bool:
-    """`_should_merge` on the quads themselves (their oriented rectangles)."""
-    import cv2
-
-    ra, rb = oriented_rects(np.stack([qa, qb]))
-    inter, _ = cv2.intersectConvexConvex(ra.astype(np.float32), rb.astype(np.float32))
-    if inter <= 0:
-        return False
-    area_a, area_b = polygon_area(np.stack([ra, rb]))
-    if inter / max(area_a + area_b - inter, 1e-9) >= iou or inter / max(min(area_a, area_b), 1e-9) >= contain:
-        return True
-    if ga.isdisjoint(gb):   # pieces of one line: nearly parallel and overlapping across the line
-        u, v, _, _ = quad_frames(np.stack([ra, rb]))
-        if abs(float(u[0] @ u[1])) < math.cos(math.radians(10)):
-            return False
-        pa, pb = ra @ v[0], rb @ v[0]
-        overlap = min(pa.max(), pb.max()) - max(pa.min(), pb.min())
-        return overlap / max(min(np.ptp(pa), np.ptp(pb)), 1e-9) >= same_line
-    return False

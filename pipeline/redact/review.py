@@ -11,7 +11,6 @@ redacts the held images with them.
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -83,9 +82,11 @@ def queue_for_review(ws: Workspace, held: Sequence[Result], model_version: str,
 
 
 def push(ws: Workspace, image_ids: Sequence[str], model_version: str) -> Any:
-    """The Label Studio issue's push (looked up at call time so redact works without it)."""
-    mod = importlib.import_module("pipeline.studio.push")
-    return mod.push_images(ws, list(image_ids), model_version=model_version)
+    """Push the held images to Label Studio (imported here: `redact` without `--review` never
+    loads the Label Studio client)."""
+    from pipeline.studio.push import push_images
+
+    return push_images(ws, list(image_ids), model_version=model_version)
 
 
 def reviewed_boxes(ws: Workspace, image_ids: Sequence[str]) -> dict[str, Detections]:

@@ -30,10 +30,9 @@ import numpy as np
 
 from pipeline.boxes import Detections
 from pipeline.detectors.base import detect_visible
-from pipeline.formats import UnwritableError, atomic_write_bytes, atomic_write_text, is_atomic_temp
+from pipeline.io import UnwritableError, atomic_write_bytes, atomic_write_text, is_atomic_temp, sha256_bytes, sha256_file
 from pipeline.imaging import ImageRejected
-from pipeline.listing import Listed, Skipped, file_problem, iter_image_files
-from pipeline.predict import sha256_file
+from pipeline.listing import IMAGE_EXTENSIONS, Listed, Skipped, file_problem, iter_glob, iter_image_files
 from pipeline.redact import codec
 from pipeline.redact.core import Cover, Pad, apply_redaction, cover_shapes, fill_value
 
@@ -210,7 +209,7 @@ def plan_input(input_spec: str, output: Path, audit_dir: Path | None = None,
     entries = _walk(root, skip_dirs) if src.is_dir() else _glob_entries(input_spec, root, skip_dirs)
     items = []
     for e in entries:
-        is_image = Path(e.rel).suffix.lower() in codec.EXTENSIONS
+        is_image = Path(e.rel).suffix.lower() in IMAGE_EXTENSIONS
         if isinstance(e, Skipped):
             if is_image or not Path(e.rel).suffix:   # an image, or a folder, that was not taken
                 problems.append(_problem(e.path, e.rel, output, e.reason, e.detail))
@@ -230,24 +229,8 @@ def _walk(root: Path, skip_dirs: Sequence[Path] = ()) -> list[Listed | Skipped]:
 
 
 def _glob_entries(pattern: str, root: Path, skip_dirs: Sequence[Path]) -> list[Listed | Skipped]:
-    """Glob matches with the listing rule's checks: regular files only, links resolving under
-    the glob's fixed prefix only (glob already leaves hidden names out)."""
-    root_real = os.path.realpath(root)
-    out: list[Listed | Skipped] = []
-    for m in sorted(globmod.glob(pattern, recursive=True)):
-        path = Path(m)
-        real = os.path.realpath(path)
-        if os.path.isdir(path) or any(Path(real).is_relative_to(d) for d in skip_dirs):
-            continue
-        rel = Path(os.path.relpath(path, root)).as_posix()
-        problem = file_problem(path)
-        if problem is None and not (real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)):
-            problem = ("outside_tree", f"symlink to {real}, outside {root_real}; not followed")
-        if problem is not None:
-            out.append(Skipped(path, rel, *problem))
-        else:
-            out.append(Listed(path, rel))
-    return out
+    """Glob matches by the shared listing rule (`listing.iter_glob`)."""
+    return list(iter_glob(pattern, root, exclude=skip_dirs))
 
 
 def prepare_folders(folders: Iterable[Path]) -> None:
@@ -267,7 +250,7 @@ def prepare_folders(folders: Iterable[Path]) -> None:
 def remove_stale_temps(folders: Iterable[Path], before: float, files: Iterable[Path] = ()) -> list[Path]:
     """Delete temp files an interrupted run left behind: in the `folders` trees (OUTPUT and the
     audit folder, which are ours) any name of our own atomic writes (`.NAME.XXXXXXXX.tmp`,
-    `formats.is_atomic_temp`); beside each of `files` (a single output in someone's folder) only
+    `io.is_atomic_temp`); beside each of `files` (a single output in someone's folder) only
     that file's own temp names. Only regular files older than `before` (this run's start: a
     concurrent run's file in flight is newer); symlinks are not followed. Returns what was removed."""
     candidates: list[Path] = []
@@ -293,10 +276,6 @@ def remove_stale_temps(folders: Iterable[Path], before: float, files: Iterable[P
 
 
 # --- one image -----------------------------------------------------------------------------
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
 
 def read_sidecar(path: str | Path) -> dict[str, Any] | None:
     try:

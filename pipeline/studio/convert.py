@@ -14,6 +14,12 @@ from pipeline.studio.client import StudioError
 from pipeline.studio.project import LabelConfig
 
 
+def confidence(det: Detections) -> float:
+    """A Label Studio prediction's score: the mean box score; an empty prediction counts as
+    confident (1.0) -- ranking, not this score, decides whether an empty image deserves a look."""
+    return float(np.mean(det.scores)) if len(det) else 1.0
+
+
 def detections_to_results(det: Detections, width: int, height: int, config: LabelConfig) -> list[dict[str, Any]]:
     """One rectanglelabels result per box, validated against the label config (clipped to the
     image, non-empty, known label, finite); invalid boxes are dropped, not sent. A rotated DB

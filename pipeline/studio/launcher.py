@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipeline.config import privacy_env
-from pipeline.formats import atomic_write_text
+from pipeline.io import atomic_write_text
 from pipeline.studio.client import StudioError, load_settings
 
 REPO = Path(__file__).resolve().parents[2]

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from pipeline.formats import atomic_write_text
+from pipeline.io import atomic_write_text
 from pipeline.studio.client import Studio, StudioError, explain
 from pipeline.workspace import Workspace
 

@@ -18,7 +18,7 @@ import numpy as np
 from pipeline.boxes import Detections
 from pipeline.catalog import HUMAN_LABELLED, Catalog, ImageStatus
 from pipeline.studio.client import Studio, StudioError, connect
-from pipeline.studio.convert import detections_to_results
+from pipeline.studio.convert import confidence, detections_to_results
 from pipeline.studio.project import get_project, served_relpath
 from pipeline.workspace import Workspace
 
@@ -36,12 +36,6 @@ def local_files_url(ws: Workspace, studio: Studio, relpath: str) -> str:
 
 
 # --- predictions ------------------------------------------------------------------------------
-
-def confidence(det: Detections) -> float:
-    """Prediction-level score: mean box score; an empty prediction counts as confident (1.0) --
-    ranking, not this score, decides whether an empty image deserves a look."""
-    return float(np.mean(det.scores)) if len(det) else 1.0
-
 
 # --- ordering ---------------------------------------------------------------------------------
 

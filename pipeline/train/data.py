@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFilter
 
+from pipeline.boxes import area, clip
 from pipeline.formats import LabelledImage, read_jsonl
 
 log = logging.getLogger("pipeline.train")
@@ -125,11 +126,9 @@ def augment(img: np.ndarray, gt: LabelledImage, rng: np.random.Generator, cfg: A
             x0, y0 = int(rng.integers(0, nw - crop_w + 1)), int(rng.integers(0, nh - crop_h + 1))
         img = img[y0:y0 + crop_h, x0:x0 + crop_w]
         full = boxes.copy()
-        boxes = boxes - np.array([x0, y0, x0, y0])
-        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, crop_w)
-        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, crop_h)
-        vis = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-        orig = np.maximum((full[:, 2] - full[:, 0]) * (full[:, 3] - full[:, 1]), 1e-6)
+        boxes = clip(boxes - np.array([x0, y0, x0, y0]), crop_w, crop_h)
+        vis = area(boxes)
+        orig = np.maximum(area(full), 1e-6)
         partial = (vis > 0) & (vis < 0.4 * orig)
         if partial.any():  # mostly cut-off text: blank the visible sliver rather than call it background
             fill = img.reshape(-1, 3).mean(axis=0).astype(np.uint8)

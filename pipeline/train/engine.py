@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.detectors.fasterrcnn import FasterRCNNConfig
-from pipeline.formats import atomic_write_bytes
+from pipeline.io import atomic_write_bytes
 from pipeline.train.data import Sample
 from pipeline.train.db import DBRecipe
 

@@ -3,10 +3,9 @@ note, nothing the labeller did is deleted, and the reviewer's change comes back 
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-from pipeline.boxes import Detections, xyxy_to_ls_value
+from pipeline.boxes import xyxy_to_ls_value
 from pipeline.harvest import harvest
 from pipeline.studio.client import connect
 from pipeline.studio.project import init_project
@@ -14,16 +13,14 @@ from pipeline.studio.pull import pull
 from pipeline.studio.push import push_images
 from pipeline.studio.review import request_review
 from pipeline.workspace import Workspace
+from tests.fakes import FakeDetector
 from tests.imagegen import noise_image
 
 pytestmark = pytest.mark.integration
 
 
-class OneBox:
-    name, version = "onebox", "onebox-v1"
-
-    def detect(self, images):
-        return [Detections(np.array([[2.0, 2.0, 20.0, 10.0]]), np.array([0.5])) for _ in images]
+def OneBox() -> FakeDetector:
+    return FakeDetector([[2.0, 2.0, 20.0, 10.0]], [0.5], name="onebox", version="onebox-v1")
 
 
 def _result(box, w, h):

@@ -20,6 +20,7 @@ from pipeline.predict import store_predictions
 from pipeline.redact.run import RedactConfig
 from tests.test_quads_catalog import rotated_quad, same_corners
 from tests.conftest import live_review_setup
+from tests.fakes import FakeDetector
 
 pytestmark = pytest.mark.integration
 
@@ -30,13 +31,10 @@ PRED_QUAD = rotated_quad(160, 120, 180, 30, 30)          # what the detector fou
 REVIEWED = {"x": 25.0, "y": 30.0, "width": 50.0, "height": 10.0, "rotation": 20.0}
 
 
-class UnsureRotated:
+def UnsureRotated() -> FakeDetector:
     """One slanted line in every image, scored inside the review band (the image is held)."""
-
-    name, version = "unsure-rot", "unsure-rot-1"
-
-    def detect(self, images):
-        return [Detections.from_quads(PRED_QUAD[None], [0.35]) for _ in images]
+    return FakeDetector(lambda im: Detections.from_quads(PRED_QUAD[None], [0.35]), name="unsure-rot",
+                        version="unsure-rot-1")
 
 
 def reviewed_corners() -> np.ndarray:

@@ -27,6 +27,7 @@ from pipeline.studio.project import init_project
 from pipeline.studio.pull import pull
 from pipeline.studio.push import push_images
 from pipeline.workspace import Workspace
+from tests import fakes
 from tests.imagegen import noise_image
 
 pytestmark = pytest.mark.integration
@@ -35,32 +36,26 @@ N_IMAGES = 50
 REPO = Path(__file__).resolve().parents[2]
 
 
-class FakeDetector:
-    """Deterministic, cheap, protocol-conformant: 2-3 boxes placed by the image size and content."""
+def _layout(shift: float):
+    """2-3 boxes placed by the image size and content (shifted by `shift` px), and a weak box,
+    as rank stores (down to 0.05): labellers must not get it."""
+    def boxes_of(im):
+        h, w = im.shape[:2]
+        seed = int(im[..., 0].sum()) % 1000
+        boxes = [[0.10 * w, 0.10 * h, 0.45 * w, 0.22 * h], [0.50 * w, 0.60 * h, 0.92 * w, 0.75 * h]]
+        if seed % 3 == 0:
+            boxes.append([0.05 * w, 0.80 * h, 0.30 * w, 0.95 * h])
+        boxes = np.asarray(boxes) + shift
+        scores = 0.30 + 0.65 * ((seed + np.arange(len(boxes)) * 37) % 100) / 100.0
+        boxes = np.vstack([boxes, [[0.6 * w, 0.05 * h, 0.7 * w, 0.09 * h]]])
+        scores = np.append(scores, 0.1)
+        return Detections(boxes, scores, np.zeros(len(boxes), dtype=int))
+    return boxes_of
 
-    name = "fake"
 
-    def __init__(self, version: str = "fake-v1", shift: float = 0.0) -> None:
-        self.version = version
-        self.shift = shift
-        self.calls = 0
-
-    def detect(self, images):
-        self.calls += 1
-        out = []
-        for im in images:
-            h, w = im.shape[:2]
-            seed = int(im[..., 0].sum()) % 1000
-            boxes = [[0.10 * w, 0.10 * h, 0.45 * w, 0.22 * h], [0.50 * w, 0.60 * h, 0.92 * w, 0.75 * h]]
-            if seed % 3 == 0:
-                boxes.append([0.05 * w, 0.80 * h, 0.30 * w, 0.95 * h])
-            boxes = np.asarray(boxes) + self.shift
-            scores = 0.30 + 0.65 * ((seed + np.arange(len(boxes)) * 37) % 100) / 100.0
-            # and a weak box, as rank stores (down to 0.05): labellers must not get it
-            boxes = np.vstack([boxes, [[0.6 * w, 0.05 * h, 0.7 * w, 0.09 * h]]])
-            scores = np.append(scores, 0.1)
-            out.append(Detections(boxes, scores, np.zeros(len(boxes), dtype=int)))
-        return out
+def FakeDetector(version: str = "fake-v1", shift: float = 0.0) -> fakes.FakeDetector:
+    """The shared fake, deterministic per image (`_layout`)."""
+    return fakes.FakeDetector(_layout(shift), version=version)
 
 
 def _pct(box, w, h):

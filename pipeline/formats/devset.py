@@ -1,24 +1,21 @@
-"""Labelled-image records and the devset JSONL format (one place for reading/writing it).
+"""The devset JSONL format and its record, `LabelledImage` (one place for reading/writing it).
 
 A line: {"image": "images/NAME.jpg", "width": W, "height": H, "boxes": [[x0,y0,x1,y1], ...],
-"texts": [...], "ignore": [...], "polys": [...]} -- `image` relative to the JSONL's folder.
+"texts": [...], "ignore": [...], "polys": [...], "labels": [...]} -- `image` relative to the
+JSONL's folder; `labels` (class index per box) only when some box is not class 0.
 """
 
 from __future__ import annotations
 
-import errno
-import functools
 import json
-import os
-import re
-import tempfile
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
+
+from pipeline.io import atomic_open
 
 
 @dataclass(frozen=True)
@@ -33,6 +30,7 @@ class LabelledImage:
     texts: tuple[str, ...] = ()
     polys: tuple[tuple[float, ...], ...] = ()
     source: str = ""               # e.g. the devset sub-folder name
+    labels: tuple[int, ...] = ()   # class index per box; () = every box is class 0 (text)
 
     def __post_init__(self) -> None:
         boxes = np.asarray(self.boxes, dtype=np.float64).reshape(-1, 4)
@@ -43,6 +41,14 @@ class LabelledImage:
             raise ValueError(f"{self.image}: {len(boxes)} boxes but {len(ignore)} ignore flags")
         object.__setattr__(self, "boxes", boxes)
         object.__setattr__(self, "ignore", ignore)
+        labels = tuple(int(x) for x in self.labels)
+        if labels and len(labels) != len(boxes):
+            raise ValueError(f"{self.image}: {len(boxes)} boxes but {len(labels)} labels")
+        object.__setattr__(self, "labels", labels)
+
+    def class_ids(self) -> list[int]:
+        """The class index of every box (0 when the record carries none)."""
+        return list(self.labels) or [0] * len(self.boxes)
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -53,6 +59,8 @@ class LabelledImage:
         }
         if self.polys:
             d["polys"] = [list(p) for p in self.polys]
+        if any(self.labels):
+            d["labels"] = list(self.labels)
         return d
 
     @classmethod
@@ -62,7 +70,7 @@ class LabelledImage:
                 image=str(d["image"]), width=int(d["width"]), height=int(d["height"]),
                 boxes=d.get("boxes") or [], ignore=d.get("ignore") or [],
                 texts=tuple(d.get("texts") or ()), polys=tuple(tuple(p) for p in d.get("polys") or ()),
-                source=source,
+                source=source, labels=tuple(d.get("labels") or ()),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"bad record ({exc})") from None
@@ -105,84 +113,21 @@ def write_jsonl(path: str | Path, records: Iterable[LabelledImage | dict[str, An
             fh.write(line.encode("utf-8"))
 
 
-# Temp files of atomic writes: `.{name}.XXXXXXXX.tmp` beside the destination (mkstemp's random
-# part is 8 characters of [a-z0-9_]). A kill between write and rename leaves one behind;
-# `is_atomic_temp` lets a rerun recognise (only) its own leftovers.
-_TEMP_RE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+def save(records: Sequence[LabelledImage], out: str | Path, classes: Sequence[str] = ("text",)) -> Path:
+    """The format adapter's writer: `out/boxes.jsonl` (image paths as the records give them;
+    `classes` is not stored: a record's labels are class indices)."""
+    target = Path(out) / "boxes.jsonl"
+    write_jsonl(target, records)
+    return target
 
 
-def is_atomic_temp(name: str) -> bool:
-    """True for a file name `atomic_write_bytes` uses for its temp files."""
-    return bool(_TEMP_RE.match(name))
-
-
-class UnwritableError(PermissionError):
-    """The destination (not the input) cannot be written: its folder is read-only, not a folder,
-    or not ours. str() is one line naming the path."""
-
-    def __str__(self) -> str:
-        return str(self.strerror)
-
-
-@functools.lru_cache(maxsize=1)
-def _umask() -> int:
-    """The process umask, read once. /proc/self/status on Linux; elsewhere the set-and-restore
-    dance, which briefly changes it for every thread, hence only once."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-@contextmanager
-def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
-    """A binary file that appears at `path` complete or not at all (temp file + rename in the
-    destination folder), with the permissions any tool's output gets (0666 minus the umask;
-    mkstemp's 0600 made the cleaned images unreadable to everyone else). The one atomic writer.
-
-    UnwritableError (naming the path) when the destination folder cannot be created or written."""
+def load(path: str | Path, images_dir: str | Path | None = None) -> list[LabelledImage]:
+    """The format adapter's reader: a boxes.jsonl, or a folder holding one (`images_dir` unused:
+    devset image paths are relative to the JSONL's folder)."""
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except (FileExistsError, NotADirectoryError) as exc:
-        raise UnwritableError(exc.errno, f"cannot write {path} (a parent is not a folder)", str(path)) from None
-    except PermissionError as exc:
-        raise UnwritableError(exc.errno, f"cannot write {path} ({exc.strerror or exc})", str(path)) from None
-    except OSError as exc:
-        if exc.errno != errno.EROFS:
-            raise
-        raise UnwritableError(exc.errno, f"cannot write {path} (read-only file system)", str(path)) from None
-    try:
-        try:
-            os.fchmod(fd, 0o666 & ~_umask())
-        except OSError:  # e.g. FAT/SMB mounts without modes: their own defaults apply
-            pass
-        with os.fdopen(fd, "wb") as fh:
-            yield fh
-        try:
-            os.replace(tmp, path)
-        except (PermissionError, IsADirectoryError) as exc:
-            raise UnwritableError(exc.errno, f"cannot write {path} ({exc.strerror or exc})", str(path)) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write bytes via temp file + rename in the destination folder (see `atomic_open`)."""
-    with atomic_open(path) as fh:
-        fh.write(data)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+    if path.is_dir():
+        path = path / "boxes.jsonl"
+    return read_jsonl(path, source=path.parent.name)
 
 
 def split_halves(records: list[tuple[Path, LabelledImage]]) -> tuple[list, list]:

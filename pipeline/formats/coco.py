@@ -1,0 +1,94 @@
+"""COCO detection JSON: `images` (id, file_name, width, height), `annotations` (image_id, bbox
+[x, y, w, h], category_id, iscrowd / ignore -> don't-care) and `categories`.
+
+Don't-care boxes are written as `iscrowd: 1`; class index k is category id k + 1 (COCO ids
+start at 1).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.boxes import xywh_to_xyxy, xyxy_to_xywh
+from pipeline.formats.devset import LabelledImage
+from pipeline.io import atomic_write_text
+
+FILE_NAME = "annotations.json"
+
+
+def to_dict(records: Sequence[LabelledImage], classes: Sequence[str] = ("text",)) -> dict[str, Any]:
+    """The COCO document for `records` (`file_name` is each record's `image`)."""
+    coco: dict[str, Any] = {"images": [], "annotations": [],
+                            "categories": [{"id": i + 1, "name": c} for i, c in enumerate(classes)]}
+    aid = 1
+    for k, rec in enumerate(records, 1):
+        coco["images"].append({"id": k, "file_name": rec.image, "width": rec.width, "height": rec.height})
+        for xywh, lab, ign in zip(xyxy_to_xywh(rec.boxes), rec.class_ids(), rec.ignore):
+            x, y, w, h = (float(v) for v in xywh)
+            coco["annotations"].append({"id": aid, "image_id": k, "category_id": lab + 1, "iscrowd": int(bool(ign)),
+                                        "bbox": [round(x, 2), round(y, 2), round(w, 2), round(h, 2)],
+                                        "area": round(w * h, 2)})
+            aid += 1
+    return coco
+
+
+def save(records: Sequence[LabelledImage], out: str | Path, classes: Sequence[str] = ("text",)) -> Path:
+    """Write `out/annotations.json` (atomic)."""
+    target = Path(out) / FILE_NAME
+    atomic_write_text(target, json.dumps(to_dict(records, classes)))
+    return target
+
+
+def load(path: str | Path, categories: Sequence[str] | None = None) -> list[LabelledImage]:
+    """Records of a COCO JSON (or of `annotations.json` in a folder); `image` is the file_name,
+    `source` the JSON's stem. All categories are text unless `categories` names the ones to keep.
+    ValueError naming the file for anything that is not COCO detection JSON."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / FILE_NAME
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not readable COCO JSON ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise ValueError(f"{path}: not COCO JSON (no 'images' list)")
+    cats = {c.get("id"): str(c.get("name", "")) for c in data.get("categories") or [] if isinstance(c, dict)}
+    keep_cats = None
+    if categories:
+        wanted = set(categories)
+        keep_cats = {cid for cid, name in cats.items() if name in wanted}
+        unknown = wanted - set(cats.values())
+        if unknown:
+            raise ValueError(f"{path}: no categor{'y' if len(unknown) == 1 else 'ies'} named {', '.join(sorted(unknown))}")
+    by_image: dict[Any, list[dict[str, Any]]] = {}
+    for k, ann in enumerate(data.get("annotations") or []):
+        if not isinstance(ann, dict) or "image_id" not in ann or "bbox" not in ann:
+            raise ValueError(f"{path}: annotation #{k} lacks image_id or bbox")
+        if keep_cats is not None and ann.get("category_id") not in keep_cats:
+            continue
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    out = []
+    for k, im in enumerate(data["images"]):
+        try:
+            name, w, h = str(im["file_name"]), int(im["width"]), int(im["height"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{path}: image #{k} lacks file_name, width or height") from None
+        xywh, ignore, labels = [], [], []
+        for ann in by_image.get(im.get("id"), []):
+            try:
+                xywh.append([float(v) for v in ann["bbox"]])
+                if len(xywh[-1]) != 4:
+                    raise ValueError
+            except (TypeError, ValueError):
+                raise ValueError(f"{path}: annotation {ann.get('id', '?')}: bbox must be [x, y, w, h]") from None
+            ignore.append(bool(ann.get("iscrowd", 0)) or bool(ann.get("ignore", 0)))
+            cid = ann.get("category_id")
+            labels.append(int(cid) - 1 if isinstance(cid, int) and cid >= 1 else 0)
+        out.append(LabelledImage(image=name, width=w, height=h, boxes=xywh_to_xyxy(np.array(xywh).reshape(-1, 4)),
+                                 ignore=ignore, source=path.stem, labels=tuple(labels) if any(labels) else ()))
+    return out

@@ -1,0 +1,136 @@
+"""Small file utilities every stage uses: content hashes, atomic writes, tables.
+
+They live here (not in the stage that first needed them) so stages do not import each other
+for utilities.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
+
+if TYPE_CHECKING:  # pandas is imported where tables are written: it is not needed to start the CLI
+    import pandas as pd
+
+
+# --- hashes ---------------------------------------------------------------------------------
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Content id of a file (the workspace image id)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# --- atomic writes --------------------------------------------------------------------------
+
+# Temp files of atomic writes: `.{name}.XXXXXXXX.tmp` beside the destination (mkstemp's random
+# part is 8 characters of [a-z0-9_]). A kill between write and rename leaves one behind;
+# `is_atomic_temp` lets a rerun recognise (only) its own leftovers.
+_TEMP_RE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
+def is_atomic_temp(name: str) -> bool:
+    """True for a file name `atomic_write_bytes` uses for its temp files."""
+    return bool(_TEMP_RE.match(name))
+
+
+class UnwritableError(PermissionError):
+    """The destination (not the input) cannot be written: its folder is read-only, not a folder,
+    or not ours. str() is one line naming the path."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+@functools.lru_cache(maxsize=1)
+def _umask() -> int:
+    """The process umask, read once. /proc/self/status on Linux; elsewhere the set-and-restore
+    dance, which briefly changes it for every thread, hence only once."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
+    """A binary file that appears at `path` complete or not at all (temp file + rename in the
+    destination folder), with the permissions any tool's output gets (0666 minus the umask;
+    mkstemp's 0600 made the cleaned images unreadable to everyone else). The one atomic writer.
+
+    UnwritableError (naming the path) when the destination folder cannot be created or written."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise UnwritableError(exc.errno, f"cannot write {path} (a parent is not a folder)", str(path)) from None
+    except PermissionError as exc:
+        raise UnwritableError(exc.errno, f"cannot write {path} ({exc.strerror or exc})", str(path)) from None
+    except OSError as exc:
+        if exc.errno != errno.EROFS:
+            raise
+        raise UnwritableError(exc.errno, f"cannot write {path} (read-only file system)", str(path)) from None
+    try:
+        try:
+            os.fchmod(fd, 0o666 & ~_umask())
+        except OSError:  # e.g. FAT/SMB mounts without modes: their own defaults apply
+            pass
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+        try:
+            os.replace(tmp, path)
+        except (PermissionError, IsADirectoryError) as exc:
+            raise UnwritableError(exc.errno, f"cannot write {path} ({exc.strerror or exc})", str(path)) from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write bytes via temp file + rename in the destination folder (see `atomic_open`)."""
+    with atomic_open(path) as fh:
+        fh.write(data)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+
+# --- tables ---------------------------------------------------------------------------------
+
+def write_table(df: pd.DataFrame, folders: Sequence[Path], name: str) -> None:
+    """`<name>.parquet` and `<name>.csv` in every folder (atomic writes)."""
+    for folder in folders:
+        atomic_write_bytes(folder / f"{name}.parquet", df.to_parquet(index=False))
+        atomic_write_bytes(folder / f"{name}.csv", df.to_csv(index=False).encode())
+
+
+def read_table(folder: Path, name: str) -> pd.DataFrame | None:
+    """`<name>.parquet` from `folder`, or None when it was never written."""
+    import pandas as pd
+
+    p = Path(folder) / f"{name}.parquet"
+    return pd.read_parquet(p) if p.exists() else None

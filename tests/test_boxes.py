@@ -1,0 +1,72 @@
+"""Box geometry in `pipeline.boxes`: Detections' clip/translate/nms and the vectorised helpers
+that evaluation, ranking, label-noise and legibility share."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.boxes import (Detections, cxcywh_norm_to_xyxy, greedy_match, inside_fraction, iou_matrix, nms,
+                            xywh_to_xyxy, xyxy_to_cxcywh_norm, xyxy_to_xywh)
+from pipeline.legibility import covered_fraction
+
+
+def test_translate_moves_boxes_and_quads():
+    d = Detections.from_quads([[[0, 0], [10, 0], [10, 5], [0, 5]]], [0.5])
+    t = d.translate(100, 20)
+    assert t.boxes.tolist() == [[100, 20, 110, 25]]
+    assert t.quads[0, 2].tolist() == [110, 25]
+    assert d.boxes.tolist() == [[0, 0, 10, 5]]   # a new object; the original is unchanged
+
+
+def test_clip_clips_boxes_and_leaves_quads():
+    d = Detections.from_quads([[[-5, 0], [10, 0], [10, 5], [-5, 5]]], [0.5])
+    c = d.clip(8, 4)
+    assert c.boxes.tolist() == [[0, 0, 8, 4]]
+    assert c.quads[0, 0].tolist() == [-5, 0]
+
+
+def test_nms_keeps_the_best_of_each_overlapping_group_per_label():
+    d = Detections([[0, 0, 10, 10], [1, 0, 11, 10], [0, 0, 10, 10], [50, 50, 60, 60]],
+                   [0.8, 0.9, 0.7, 0.1], [0, 0, 1, 0])
+    kept = d.nms(0.5)
+    assert kept.scores.tolist() == [0.9, 0.7, 0.1]          # sorted by score; label 1 is not suppressed
+    assert len(d.nms(0.5, per_label=False)) == 2
+    assert nms(np.zeros((0, 4)), []).tolist() == []
+
+
+def test_greedy_match_is_one_to_one_best_score_first():
+    ious = np.array([[0.6, 0.7], [0.0, 0.9], [0.55, 0.0]])
+    # prediction 1 (best score) takes target 1; prediction 0 then takes target 0; prediction 2 finds none free
+    assert greedy_match(ious, [0.5, 0.9, 0.4], 0.5).tolist() == [0, 1, -1]
+    assert greedy_match(ious, [0.5, 0.9, 0.4], 0.5, eligible=[False, True]).tolist() == [-1, 1, -1]
+    assert greedy_match(np.zeros((2, 0)), [0.1, 0.2]).tolist() == [-1, -1]
+
+
+def test_inside_fraction_counts_outward_rounded_pixels():
+    mask = np.zeros((10, 10), bool)
+    mask[:, :5] = True
+    got = inside_fraction([[0, 0, 10, 10], [4.5, 0, 5.5, 1], [20, 20, 30, 30]], mask)
+    assert got.tolist() == [0.5, 0.5, 1.0]   # [4.5, 5.5] touches pixels 4 and 5; off-image: `empty`
+    assert inside_fraction([[20, 20, 30, 30]], mask, empty=0.0).tolist() == [0.0]
+
+
+def test_legibility_never_writes_off_a_reading_outside_the_mask_as_covered():
+    """The three copies disagreed on a box with no pixel in the image: evaluation and label noise
+    counted it as covered (nothing to cover), legibility as not covered. One function, `empty`
+    chosen by the caller: a reading is never dropped as covered on no evidence."""
+    mask = np.ones((10, 10), bool)
+    assert covered_fraction(mask, (20, 20, 30, 30)) == 0.0
+    assert covered_fraction(mask, (2, 2, 4, 4)) == 1.0
+
+
+def test_format_conversions_round_trip():
+    b = np.array([[1.0, 2.0, 11.0, 7.0]])
+    assert xyxy_to_xywh(b).tolist() == [[1, 2, 10, 5]]
+    assert np.allclose(xywh_to_xyxy(xyxy_to_xywh(b)), b)
+    assert np.allclose(xyxy_to_cxcywh_norm(b, 20, 10), [[0.3, 0.45, 0.5, 0.5]])
+    assert np.allclose(cxcywh_norm_to_xyxy(xyxy_to_cxcywh_norm(b, 20, 10), 20, 10), b)
+
+
+def test_iou_matrix_shape_and_values():
+    assert iou_matrix([[0, 0, 2, 2]], [[1, 0, 3, 2], [5, 5, 6, 6]]).tolist() == [pytest.approx([1 / 3, 0.0])]

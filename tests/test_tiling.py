@@ -1,0 +1,80 @@
+"""The one tiler (`pipeline.detectors.tiling`): window layout, frames, and its two merges."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.boxes import Detections, iou_matrix
+from pipeline.detectors.tiling import Tiler, cut_by_inner_edge, merge_parts, tile_starts
+
+
+@pytest.mark.parametrize("length,tile,overlap", [(100, 100, 10), (1100, 512, 64), (1000, 300, 299), (50, 64, 8)])
+def test_tiles_cover_the_length_with_at_least_the_overlap(length, tile, overlap):
+    starts = tile_starts(length, tile, overlap)
+    assert starts[0] == 0 and starts == sorted(set(starts))
+    assert min(starts[-1] + tile, length) == length
+    for a, b in zip(starts, starts[1:]):
+        assert a + tile - b >= overlap
+
+
+def _seeing(truth: np.ndarray, tiler: Tiler):
+    """A 1100 x 300 page whose text boxes are `truth`, and a fake detector over `tiler`'s tiles
+    (called in window order) that reports each box clipped to what the tile shows."""
+    page = np.zeros((300, 1100, 3), np.uint8)
+    windows = iter(tiler.windows(1100, 300))
+
+    def detect(views):
+        out = []
+        for v in views:
+            x0, y0, _, _ = next(windows)
+            h, w = v.shape[:2]
+            b = np.clip(truth - np.array([x0, y0, x0, y0]), 0, [w, h, w, h])
+            keep = (b[:, 2] - b[:, 0] > 4) & (b[:, 3] - b[:, 1] > 4)
+            out.append(Detections(b[keep], np.full(keep.sum(), 0.9)))
+        return out
+    return page, detect
+
+
+def test_a_line_longer_than_the_overlap_is_whole_after_the_union_merge():
+    line = np.array([[100.0, 100.0, 900.0, 130.0]])       # crosses two seams, far longer than the overlap
+    union = Tiler(400, 64, merge="union")
+    page, detect = _seeing(line, union)
+    merged = union.combine(union.detect(page, detect))
+    assert len(merged) == 1 and iou_matrix(merged.boxes, line)[0, 0] == pytest.approx(1.0)
+    # the nms merge drops every cut piece: only a whole-image pass could still find this line
+    nms = Tiler(400, 64, merge="nms")
+    page, detect = _seeing(line, nms)
+    assert len(nms.combine(nms.detect(page, detect))) == 0
+
+
+def test_a_word_inside_one_tile_overlap_is_found_once_by_both_merges():
+    word = np.array([[370.0, 50.0, 390.0, 70.0]])        # inside the overlap of the first two tiles
+    for merge in ("union", "nms"):
+        tiler = Tiler(400, 64, merge=merge)
+        page, detect = _seeing(word, tiler)
+        merged = tiler.combine(tiler.detect(page, detect))
+        assert len(merged) == 1 and np.allclose(merged.boxes, word), merge
+
+
+def test_union_is_wrong_for_low_score_candidates_and_nms_right():
+    """Why Faster R-CNN (candidates down to 0.05) merges by nms: a 0.06 junk box around a 0.9 word
+    would swallow it under the union merge, and the merged box would carry the 0.9 score."""
+    whole = Detections([[0, 0, 200, 100]], [0.06])
+    tile = Detections([[10, 10, 60, 30]], [0.9])
+    union = merge_parts([whole, tile], "union")
+    assert len(union) == 1 and union.scores[0] == pytest.approx(0.9) and np.allclose(union.boxes, [[0, 0, 200, 100]])
+    nms = merge_parts([whole, tile], "nms")
+    assert len(nms) == 2 and np.allclose(nms.filter(0.5).boxes, [[10, 10, 60, 30]])
+
+
+def test_cut_by_inner_edge_ignores_image_edges():
+    boxes = np.array([[0, 10, 20, 20], [50, 10, 100, 20], [30, 30, 40, 40]])
+    assert cut_by_inner_edge(boxes, (0, 0, 100, 100), 100, 100).tolist() == [False, False, False]
+    assert cut_by_inner_edge(boxes, (0, 0, 100, 100), 300, 100).tolist() == [False, True, False]
+    assert cut_by_inner_edge(boxes, (60, 0, 160, 100), 300, 100).tolist() == [True, True, False]
+
+
+def test_unknown_merge_is_refused():
+    with pytest.raises(ValueError, match="union or nms"):
+        Tiler(100, 10, merge="wbf")
