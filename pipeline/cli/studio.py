@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 
 from pipeline.cli.common import emit, fail, positive, progress, state
-from pipeline.studio.client import StudioError, connect
+from pipeline.studio.client import StudioError
+from pipeline.studio.launcher import connect_workspace
 
 studio_app = typer.Typer(help="Run and set up Label Studio for this workspace (local server or docker compose).",
                          no_args_is_help=True)
@@ -20,20 +21,6 @@ def register(app: typer.Typer) -> None:
     app.command("pull")(pull_cmd)
     app.command("export")(export_cmd)
     app.command("serve")(serve_cmd)
-
-
-def _connect(ws_root: Path):
-    """LABEL_STUDIO_URL from the environment, else the server `studio up` started for this
-    workspace, else LABEL_STUDIO_URL from .env, else the default."""
-    import os
-
-    from pipeline.studio.launcher import read_info
-
-    url = os.environ.get("LABEL_STUDIO_URL")
-    if not url:
-        info = read_info(ws_root)
-        url = info.url if info else None
-    return connect(url=url)
 
 
 @studio_app.command("up")
@@ -96,7 +83,7 @@ def init_cmd(
     st = state(ctx)
     ws = st.ws()
     try:
-        studio = _connect(ws.root)
+        studio = connect_workspace(ws.root)
         res = init_project(ws, studio, [c for c in classes.split(",") if c.strip()], title, ml_backend, label_config)
     except StudioError as exc:
         fail(str(exc))
@@ -124,7 +111,7 @@ def push_cmd(
     ws = st.ws()
     try:
         with progress(st, "push") as update:
-            res = run_push(ws, _connect(ws.root), split=split, model=model, model_version=model_version,
+            res = run_push(ws, connect_workspace(ws.root), split=split, model=model, model_version=model_version,
                            strategy=strategy, top=top, update_existing=update_existing, min_score=min_score,
                            progress=update)
     except (StudioError, FileNotFoundError, ValueError) as exc:
@@ -145,7 +132,7 @@ def pull_cmd(
     st = state(ctx)
     ws = st.ws()
     try:
-        res = run_pull(ws, _connect(ws.root), policy=policy)
+        res = run_pull(ws, connect_workspace(ws.root), policy=policy)
     except (StudioError, ValueError) as exc:
         fail(str(exc))
     emit(st, res, lambda c: c.print(

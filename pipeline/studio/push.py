@@ -359,9 +359,12 @@ def run_push(ws: Workspace, client: Studio | None = None, *, split: str | None =
     if split:
         with ws.catalog() as cat:
             ids = [r["id"] for r in cat.images(split=split) if r["status"] != ImageStatus.EXCLUDED]
-    studio = client or connect()
+    if client is None:
+        from pipeline.studio.launcher import connect_workspace
+
+        client = connect_workspace(ws.root)   # the server `studio up` started, as the CLI finds it
     with ws.catalog() as journal, journal.iteration("push") as it:   # `failed` (with the error) if it raises
-        res = push_images(ws, ids, model_version, studio, model=model, strategy=strategy, top=top,
+        res = push_images(ws, ids, model_version, client, model=model, strategy=strategy, top=top,
                           update_existing=update_existing, progress=progress, min_score=min_score)
         it.counts = {k: v for k, v in res.items() if isinstance(v, int)}
     return res
