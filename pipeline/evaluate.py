@@ -17,10 +17,10 @@ Undefined ratios (no ground truth, no predictions) are NaN, never a made-up 0 or
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -28,11 +28,50 @@ from pipeline.boxes import Detections, greedy_match, inside_fraction, iou_matrix
 from pipeline.formats import LabelledImage
 
 if TYPE_CHECKING:
+    from pipeline.detectors.base import Detector
     from pipeline.workspace import Workspace
 
-METRIC_KEYS = ("precision", "recall", "f1", "ap50", "text_coverage", "fully_covered", "over_redaction",
-               "n_images", "n_gt", "n_pred")
 FULLY_COVERED_FRACTION = 0.95
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """The detection metrics of one set: the one place their names are spelled. Ratios that are
+    undefined on the set (no ground truth, no predictions) are NaN; `as_dict()` keeps them (JSON
+    goes through `json_safe`)."""
+
+    precision: float
+    recall: float
+    f1: float
+    ap50: float
+    text_coverage: float
+    fully_covered: float
+    over_redaction: float
+    n_images: int
+    n_gt: int
+    n_pred: int
+    tp: int
+    fp: int
+    fn: int
+
+    # what promotion compares (pipeline.loop): higher is better for these, lower for these
+    HIGHER_BETTER: ClassVar[tuple[str, ...]] = ("text_coverage", "f1")
+    LOWER_BETTER: ClassVar[tuple[str, ...]] = ("over_redaction",)
+
+    def as_dict(self) -> dict[str, float]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Metrics:
+        """Back from `as_dict()` (or JSON, where NaN became None); missing ratios are NaN."""
+        def num(key: str, count: bool) -> Any:
+            v = d.get(key)
+            return (int(v) if v is not None else 0) if count else (float(v) if v is not None else math.nan)
+        return cls(**{f.name: num(f.name, f.name.startswith("n_") or f.name in ("tp", "fp", "fn")) for f in fields(cls)})
+
+
+METRIC_KEYS = ("precision", "recall", "f1", "ap50", "text_coverage", "fully_covered", "over_redaction",
+               "n_images", "n_gt", "n_pred")   # the Metrics fields shown in tables (tp/fp/fn are in as_dict too)
 
 
 # --- per image -------------------------------------------------------------------------------
@@ -133,8 +172,8 @@ def average_precision(scores: np.ndarray, tp: np.ndarray, n_gt: int) -> float:
 
 
 def evaluate(gts: Sequence[LabelledImage], preds: Sequence[Detections],
-             iou_threshold: float = 0.5, pad_px: float = 0.0) -> dict[str, float]:
-    """All DESIGN.md metrics over a set; `preds[i]` belongs to `gts[i]` (already thresholded)."""
+             iou_threshold: float = 0.5, pad_px: float = 0.0) -> Metrics:
+    """All the metrics (module docstring) over a set; `preds[i]` belongs to `gts[i]` (already thresholded)."""
     if len(gts) != len(preds):
         raise ValueError(f"{len(gts)} ground-truth images but {len(preds)} predictions")
     all_scores, all_tp = [], []
@@ -158,25 +197,25 @@ def evaluate(gts: Sequence[LabelledImage], preds: Sequence[Detections],
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     scores = np.concatenate(all_scores) if all_scores else np.zeros(0)
     hits = np.concatenate(all_tp) if all_tp else np.zeros(0, dtype=bool)
-    return {
-        "precision": precision,
-        "recall": recall,
-        "f1": f1,
-        "ap50": average_precision(scores, hits, n_gt),
-        "text_coverage": _ratio(cov.covered_px, cov.text_px),
-        "fully_covered": _ratio(cov.n_fully, cov.n_boxes),
-        "over_redaction": _ratio(cov.outside_px, cov.image_px),
-        "n_images": len(gts),
-        "n_gt": n_gt,
-        "n_pred": n_pred,
-        "tp": tp,
-        "fp": fp,
-        "fn": n_gt - tp,
-    }
+    return Metrics(
+        precision=precision,
+        recall=recall,
+        f1=f1,
+        ap50=average_precision(scores, hits, n_gt),
+        text_coverage=_ratio(cov.covered_px, cov.text_px),
+        fully_covered=_ratio(cov.n_fully, cov.n_boxes),
+        over_redaction=_ratio(cov.outside_px, cov.image_px),
+        n_images=len(gts),
+        n_gt=n_gt,
+        n_pred=n_pred,
+        tp=tp,
+        fp=fp,
+        fn=n_gt - tp,
+    )
 
 
 def evaluate_by_source(gts: Sequence[LabelledImage], preds: Sequence[Detections],
-                       iou_threshold: float = 0.5, pad_px: float = 0.0) -> dict[str, dict[str, float]]:
+                       iou_threshold: float = 0.5, pad_px: float = 0.0) -> dict[str, Metrics]:
     """`evaluate` per `LabelledImage.source` (sorted by name; '' for records without a source)."""
     if len(gts) != len(preds):
         raise ValueError(f"{len(gts)} ground-truth images but {len(preds)} predictions")
@@ -190,9 +229,12 @@ def evaluate_by_source(gts: Sequence[LabelledImage], preds: Sequence[Detections]
 
 
 def json_safe(value: object) -> object:
-    """NaN -> None (JSON has no NaN), recursively through dicts and lists."""
+    """NaN -> None (JSON has no NaN), recursively through dicts, lists and result objects
+    (anything with `as_dict()`, e.g. Metrics)."""
     if isinstance(value, float) and math.isnan(value):
         return None
+    if hasattr(value, "as_dict"):
+        return json_safe(value.as_dict())
     if isinstance(value, dict):
         return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -228,5 +270,111 @@ def workspace_ground_truth(ws: Workspace, split: str | None = "test") -> list[tu
     return out
 
 
-__all__ = ["METRIC_KEYS", "MatchResult", "CoverageCounts", "match_image", "coverage_counts", "average_precision",
-           "evaluate", "evaluate_by_source", "json_safe", "workspace_ground_truth"]
+class NoGroundTruth(LookupError):
+    """The chosen ground truth holds no labelled image."""
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """A detector measured against ground truth; `as_dict()` is the `--json` payload and the
+    `--out` file (NaN ratios as None)."""
+
+    detector: str
+    model_version: str
+    ground_truth: str
+    threshold: float
+    iou_threshold: float
+    pad_px: float
+    overall: Metrics
+    by_source: dict[str, Metrics]
+    sweep: dict[str, Metrics]
+    errors: list[str]
+    seconds: float
+    images_per_s: float | None
+
+    @property
+    def n_images(self) -> int:
+        """Images evaluated (the unreadable ones are in `errors`)."""
+        return self.overall.n_images
+
+    def as_dict(self) -> dict[str, object]:
+        d = dict(self.__dict__)
+        d["overall"] = self.overall.as_dict()
+        d["by_source"] = {k: m.as_dict() for k, m in self.by_source.items()}
+        d["sweep"] = {k: m.as_dict() for k, m in self.sweep.items()}
+        return json_safe(d)  # type: ignore[return-value]
+
+
+def load_ground_truth(gt: Path | None = None, images: Path | None = None, devset: Path | None = None,
+                      ws: Workspace | None = None, split: str = "test",
+                      limit: int | None = None) -> tuple[list[tuple[Path, LabelledImage]], str]:
+    """(image path, labels) pairs and a name for them: a boxes.jsonl (`images`: the folder its
+    paths are relative to, default its own), a devset root, or a workspace split's human labels
+    (`split` "all": every split). Raises ValueError on a bad combination, NoGroundTruth when
+    there is no labelled image."""
+    from pipeline.formats import read_devset, read_jsonl
+
+    if gt is not None and devset is not None:
+        raise ValueError("give --gt or --set, not both")
+    if images is not None and gt is None:
+        raise ValueError("--images needs --gt (the boxes.jsonl its image paths are relative to)")
+    if devset is not None:
+        items, where = read_devset(devset), str(devset)
+    elif gt is not None:
+        base = images or gt.parent
+        items = [(base / rec.image, rec) for rec in read_jsonl(gt, source=gt.parent.name or gt.stem)]
+        where = str(gt)
+    else:
+        if split not in ("train", "val", "test", "all"):
+            raise ValueError(f"--split must be train, val, test or all, got {split!r}")
+        if ws is None:
+            raise ValueError("without --gt or --set the ground truth is a workspace's labels: give a workspace")
+        items = workspace_ground_truth(ws, None if split == "all" else split)
+        where = f"{ws.root} ({split} split)"
+    if limit is not None:
+        items = items[:limit]
+    if not items:
+        raise NoGroundTruth(f"{where}: no labelled images to evaluate on" + ("" if gt or devset else
+                         f" (label some {split} images, or `textloop import` labels)"))
+    return items, where
+
+
+def evaluate_detector(det: Detector, items: Sequence[tuple[Path, LabelledImage]], *, threshold: float = 0.3,
+                      iou: float = 0.5, pad_px: float = 0.0, sweep: Sequence[float] = (), where: str = "",
+                      batch_size: int = 4, out: Path | None = None,
+                      progress: Callable[[int, int], None] | None = None) -> EvalReport:
+    """One detection pass over `items` keeping every candidate box; the metrics at `threshold`
+    overall and per source, AP50 over every candidate, and the overall metrics at each `sweep`
+    threshold. `out`: also written there as JSON."""
+    import json
+
+    from pipeline.predict import detect_set
+
+    found = detect_set(det, items, threshold=0.0, batch_size=batch_size, progress=progress)
+    raw = found.detections
+    gts = [items[i][1] for i in found.ok]
+
+    def at(thr: float) -> list[Detections]:
+        return [d.filter(thr) for d in raw]
+
+    # AP ranks every candidate box; the rest is at the threshold
+    overall = replace(evaluate(gts, at(threshold), iou, pad_px), ap50=evaluate(gts, raw, iou, pad_px).ap50)
+    ap_by_source = evaluate_by_source(gts, raw, iou, pad_px)
+    by_source = {src: replace(m, ap50=ap_by_source[src].ap50)
+                 for src, m in evaluate_by_source(gts, at(threshold), iou, pad_px).items()}
+    seconds = found.seconds
+    report = EvalReport(
+        detector=det.name, model_version=det.version, ground_truth=where, threshold=threshold, iou_threshold=iou,
+        pad_px=pad_px, overall=overall, by_source=by_source,
+        sweep={str(t): evaluate(gts, at(t), iou, pad_px) for t in sweep}, errors=found.errors,
+        seconds=round(seconds, 3), images_per_s=round(len(found.ok) / seconds, 3) if seconds > 0 else None)
+    if out is not None:
+        from pipeline.io import atomic_write_text
+
+        atomic_write_text(out, json.dumps(report.as_dict(), indent=2) + "\n")
+    return report
+
+
+__all__ = ["METRIC_KEYS", "Metrics", "MatchResult", "CoverageCounts", "EvalReport", "match_image", "coverage_counts",
+           "average_precision", "evaluate", "evaluate_by_source", "evaluate_detector", "NoGroundTruth", "json_safe", "load_ground_truth",
+           "workspace_ground_truth"]

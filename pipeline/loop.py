@@ -18,47 +18,39 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from pipeline.catalog import ImageStatus
+from pipeline.evaluate import Metrics
+from pipeline.rank import RankOptions
+from pipeline.train.engine import TrainConfig
 
-# Metrics that decide promotion: higher is better for these ...
-HIGHER_BETTER = ("text_coverage", "f1")
-# ... lower is better for these.
-LOWER_BETTER = ("over_redaction",)
+# Metrics that decide promotion (spelled once, on Metrics)
+HIGHER_BETTER, LOWER_BETTER = Metrics.HIGHER_BETTER, Metrics.LOWER_BETTER
+
+
+# A round's retraining: short, and stopped after 10 minutes (the best model kept). Everything
+# else is TrainConfig's own default; out_dir, parent_bundle and resume are set per round.
+ROUND_TRAINING = TrainConfig(epochs=3, steps_per_epoch=50, budget_minutes=10.0)
 
 
 @dataclass(frozen=True)
 class IterateConfig:
-    strategy: str = "auto"                # see pipeline.rank.choose_strategy
-    top: int = 20
-    committee: str | None = "ppocr"
+    """One round of the loop: the ranking as `textloop rank` takes it, the retraining as
+    `textloop train` takes it, and what only the round decides."""
+
+    rank: RankOptions = RankOptions()
+    train: TrainConfig = ROUND_TRAINING
+    synth_images: int = 200               # a missing synthetic set is generated this big (train's default: 400)
     engine: str = "permissive"            # curation engine (fastdup is non-commercial, opt in)
     curate_apply: bool = True             # act on duplicates and the worst label issues
     label_action: str = "review"          # review | exclude
-    arch: str = "db"                      # db | fasterrcnn
-    epochs: int = 3
-    steps_per_epoch: int = 50
-    batch_size: int = 4
-    lr: float | None = None               # None: the architecture's default (db 3e-5, fasterrcnn 1e-3)
     force: bool = False                   # promote even below stock ppocr (the test-split rule still applies)
-    budget_minutes: float | None = 10.0
-    synth_images: int = 200
     tolerance: float = 0.005              # "not worse": allowed change against the current model
     threshold: float = 0.3
     push: bool = True
-    seed: int = 0
-    threads: int = 0                      # 0 = auto (pipeline.train.engine.resolve_threads)
-
-    def __post_init__(self) -> None:
-        from pipeline.rank import STRATEGIES
-
-        if self.arch not in ("db", "fasterrcnn"):
-            raise ValueError(f"unknown arch {self.arch!r}: use db or fasterrcnn")
-        if self.strategy not in (*STRATEGIES, "auto"):  # fail before an hour of retraining, not after
-            raise ValueError(f"unknown strategy {self.strategy!r}: use auto or one of {', '.join(STRATEGIES)}")
 
 
 @dataclass
@@ -73,7 +65,7 @@ class RoundResult:
         return asdict(self)
 
 
-def promotion_decision(candidate: dict[str, float], current: dict[str, float] | None,
+def promotion_decision(candidate: Metrics | Mapping[str, float], current: Metrics | Mapping[str, float] | None,
                        tolerance: float = 0.005) -> tuple[bool, list[str]]:
     """Promote when no decision metric is worse than the current model's by more than `tolerance`.
 
@@ -81,6 +73,8 @@ def promotion_decision(candidate: dict[str, float], current: dict[str, float] | 
     Metrics that are undefined (NaN/None) on either side are not compared."""
     if current is None:
         return True, []
+    candidate = candidate.as_dict() if isinstance(candidate, Metrics) else candidate
+    current = current.as_dict() if isinstance(current, Metrics) else current
     regressions = []
     for key in HIGHER_BETTER + LOWER_BETTER:
         a, b = candidate.get(key), current.get(key)
@@ -92,13 +86,14 @@ def promotion_decision(candidate: dict[str, float], current: dict[str, float] | 
     return not regressions, regressions
 
 
-def _evaluate_on(detector: Any, gt: list, threshold: float) -> dict[str, float]:
+def _evaluate_on(detector: Any, gt: list, threshold: float) -> Metrics:
     """Metrics on the (path, LabelledImage) pairs; an unreadable image is logged and left out
     instead of failing the round after its training finished."""
     from pipeline.evaluate import evaluate
     from pipeline.predict import detect_set
 
-    ok, dets, errors, _ = detect_set(detector, gt, threshold)
+    found = detect_set(detector, gt, threshold)
+    ok, dets, errors = found.ok, found.detections, found.errors
     for e in errors:
         logging.getLogger("textloop.loop").warning("evaluate: skipped %s", e)
     return evaluate([gt[k][1] for k in ok], dets)
@@ -128,9 +123,10 @@ def iterate(ws: Any, cfg: IterateConfig = IterateConfig(), client: Any = None,
     from pipeline.detectors import load_detector
     from pipeline.evaluate import json_safe
     from pipeline.io import atomic_write_text
-    from pipeline.rank import batch_from_ranking, plan_rank, rank_workspace
-    from pipeline.train import TrainConfig, check_promotion, resolve_parent, train_workspace, workspace_training_data
+    from pipeline.rank import batch_from_ranking, rank_workspace
+    from pipeline.train import check_promotion, resolve_parent, train_workspace, workspace_training_data
 
+    tc, rk = cfg.train, cfg.rank
     # The round's row in `iterations`: its counts are the steps so far, written after each step;
     # `failed` with the error if any step raises.
     with ws.catalog() as journal, journal.iteration("iterate") as it:
@@ -155,33 +151,31 @@ def iterate(ws: Any, cfg: IterateConfig = IterateConfig(), client: Any = None,
         say(f"curate: duplicates ({cfg.engine}) and label noise")
         cur = run_curate(ws, DuplicateConfig(engine=cfg.engine), apply=cfg.curate_apply, label_action=cfg.label_action,
                          iteration=iteration)
-        log_step("curate", {k: cur.get(k) for k in ("duplicates", "label_noise", "actions") if k in cur})
+        log_step("curate", {k: v for k, v in cur.as_dict().items() if k in ("duplicates", "label_noise")})
 
         # --- retrain from the current model ---
-        parent_path, parent_version = resolve_parent(ws, "auto", cfg.arch)
-        synth, human, val, val_source = workspace_training_data(ws, ("default",), cfg.synth_images, cfg.seed, say=say)
+        parent_path, parent_version = resolve_parent(ws, "auto", tc.arch)
+        synth, human, val, val_source = workspace_training_data(ws, ("default",), cfg.synth_images, tc.seed, say=say)
         # Keyed by what the model learns from (labels included, not just image ids) and its parent.
         data_key = data_hash([f"{s.key}:{s.gt.boxes.round(1).tobytes().hex()}" for s in (*human, *synth)]
-                             + [f"parent:{parent_version}", f"arch:{cfg.arch}"])[:12]
+                             + [f"parent:{parent_version}", f"arch:{tc.arch}"])[:12]
         out = ws.runs_dir / f"train-iterate-{data_key}"
         if (out / "bundle.zip").exists():  # a rerun after this step finished: same data, same parent
             candidate = register_model(ws, out / "bundle.zip", parent=parent_version)
             say(f"train: model {candidate} was already trained on this data, not training again")
             log_step("train", {"version": candidate, "reused": True})
         else:
-            tcfg = TrainConfig(out_dir=str(out), arch=cfg.arch, parent_bundle=str(parent_path) if parent_path else None,
-                               epochs=cfg.epochs, steps_per_epoch=cfg.steps_per_epoch, batch_size=cfg.batch_size,
-                               lr=cfg.lr, budget_minutes=cfg.budget_minutes, seed=cfg.seed, threads=cfg.threads,
-                               resume=(out / "checkpoint.pt").exists())
-            say(f"train {cfg.arch}: {len(synth)} synthetic + {len(human)} human-labelled images, parent "
-                f"{parent_version or ('stock PP-OCR' if cfg.arch == 'db' else 'none (from scratch)')}")
+            tcfg = replace(tc, out_dir=str(out), parent_bundle=str(parent_path) if parent_path else None,
+                           resume=(out / "checkpoint.pt").exists())
+            say(f"train {tc.arch}: {len(synth)} synthetic + {len(human)} human-labelled images, parent "
+                f"{parent_version or ('stock PP-OCR' if tc.arch == 'db' else 'none (from scratch)')}")
             summary = train_workspace(ws, tcfg, synth, human, val, val_source, parent_version, promote=False)
-            candidate = summary["version"]
-            log_step("train", summary)
+            candidate = summary.version
+            log_step("train", summary.as_dict())
         res.candidate = candidate
 
         # --- evaluate candidate vs current on the test split; promote only if not worse ---
-        gt, gt_source = _test_set(ws, cfg.seed)
+        gt, gt_source = _test_set(ws, tc.seed)
         with ws.catalog() as cat:
             cur_row = cat.current_model()
             cand_row = cat.model(candidate)
@@ -197,7 +191,7 @@ def iterate(ws: Any, cfg: IterateConfig = IterateConfig(), client: Any = None,
         if already_current:  # a rerun after the promotion: nothing to decide
             promote, regressions = False, []
         elif promote:  # never promote a blind model: at least stock ppocr on val at the over-redaction budget
-            stock_check = check_promotion(ws, candidate, cfg.threads)
+            stock_check = check_promotion(ws, candidate, tc.threads)
             say(stock_check.message(candidate))
             if not stock_check.ok:
                 if cfg.force:
@@ -206,8 +200,8 @@ def iterate(ws: Any, cfg: IterateConfig = IterateConfig(), client: Any = None,
                     promote = False
                     regressions.append(f"validation coverage at over-redaction <= {stock_check.budget:.4f}: "
                                        f"{stock_check.candidate:.4f} vs stock ppocr {stock_check.stock:.4f}")
-        evaluation = {"test_set": gt_source, "images": len(gt), "candidate": {"version": candidate, **m_cand},
-                      "current": {"version": current_det.version, **(m_cur or {})}, "promoted": promote,
+        evaluation = {"test_set": gt_source, "images": len(gt), "candidate": {"version": candidate, **m_cand.as_dict()},
+                      "current": {"version": current_det.version, **(m_cur.as_dict() if m_cur else {})}, "promoted": promote,
                       "regressions": regressions, "stock_check": stock_check.to_json() if stock_check else None}
         with ws.catalog() as cat:
             merged = {**json.loads(cand_row["metrics"] or "{}"), "test": json_safe(m_cand),
@@ -229,13 +223,13 @@ def iterate(ws: Any, cfg: IterateConfig = IterateConfig(), client: Any = None,
         # Reuse the detectors loaded for the evaluation rather than building them again.
         model = cand_det if (promote or already_current) else current_det
         second = None
-        if cfg.committee and cfg.committee != model.name:
-            second = current_det if current_det.name == cfg.committee else load_detector(resolve_detector(cfg.committee, ws))
-        run, second = plan_rank(model, second, cfg.strategy, top=cfg.top)
+        if rk.committee and rk.committee != model.name:
+            second = current_det if current_det.name == rk.committee else load_detector(resolve_detector(rk.committee, ws))
+        run, second = rk.plan(model, second)
         say(f"rank: {run.strategy} with {model.version}")
-        df = rank_workspace(ws, model, run, committee_detector=second)
-        batch = batch_from_ranking(df, run.strategy, cfg.top)
-        log_step("rank", {"pool": len(df), "batch": len(batch), "strategy": run.strategy, "model_version": model.version})
+        ranked = rank_workspace(ws, model, run, committee_detector=second)
+        batch = batch_from_ranking(ranked.frame, run.strategy, rk.top)
+        log_step("rank", {"pool": len(ranked.frame), "batch": len(batch), "strategy": run.strategy, "model_version": model.version})
 
         if cfg.push and studio is not None:
             from pipeline.studio.push import push_images

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.boxes import Detections, clip
-from pipeline.catalog import Catalog
+from pipeline.catalog import Catalog, ImageStatus
 from pipeline.detectors.base import Detector, detect_visible
 from pipeline.imaging import load_views
 from pipeline.io import sha256_file
@@ -274,12 +274,22 @@ def workspace_ids(cat: Catalog, paths: Iterable[Path]) -> dict[Path, str]:
     return out
 
 
+@dataclass(frozen=True)
+class DetectedSet:
+    """What `detect_set` found: the indices of the items that worked, their Detections (in the
+    same order), one error line per failed image, and the seconds spent (for images/s)."""
+
+    ok: list[int]
+    detections: list[Detections]
+    errors: list[str]
+    seconds: float
+
+
 def detect_set(detector: Detector, items: Sequence[tuple[Path, Any]], threshold: float = 0.0,
                batch_size: int = DEFAULT_BATCH, progress: Callable[[int, int], None] | None = None,
-               ) -> tuple[list[int], list[Detections], list[str], float]:
-    """Run `detector` over (path, anything) pairs, e.g. devset (path, LabelledImage) items.
-    Returns the indices of the items that worked, their Detections (score >= threshold), one
-    error line per failed image, and the seconds spent (for images/s)."""
+               ) -> DetectedSet:
+    """Run `detector` over (path, anything) pairs, e.g. devset (path, LabelledImage) items,
+    keeping boxes with score >= threshold; one unreadable image never stops the set."""
     t0 = time.perf_counter()
     ok: list[int] = []
     dets: list[Detections] = []
@@ -294,4 +304,122 @@ def detect_set(detector: Detector, items: Sequence[tuple[Path, Any]], threshold:
             errors.append(f"{pred.path}: {type(pred.result).__name__}: {pred.result}")
         if progress:
             progress(k + 1, len(items))
-    return ok, dets, errors, time.perf_counter() - t0
+    return DetectedSet(ok, dets, errors, time.perf_counter() - t0)
+
+
+class OutputError(RuntimeError):
+    """The JSONL output could not be written (the predictions themselves are fine)."""
+
+
+@dataclass(frozen=True)
+class PredictSummary:
+    """What one `predict` run did; `as_dict()` is the `--json` payload."""
+
+    model_version: str
+    images: int
+    boxes: int
+    errors: list[str]
+    stored_in_catalog: int
+    threshold: float
+    out: str | None
+    seconds: float
+    images_per_s: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _summary(det: Detector, n_ok: int, n_boxes: int, errors: list[str], n_stored: int, threshold: float,
+             out: Path | None, seconds: float) -> PredictSummary:
+    return PredictSummary(model_version=det.version, images=n_ok, boxes=n_boxes, errors=errors,
+                          stored_in_catalog=n_stored, threshold=threshold, out=str(out) if out else None,
+                          seconds=round(seconds, 3), images_per_s=round(n_ok / seconds, 3) if seconds > 0 else None)
+
+
+def predict_workspace_images(ws: Workspace, det: Detector, *, split: str | None = None, status: str | None = None,
+                             out: Path | None = None, threshold: float = DEFAULT_THRESHOLD,
+                             batch_size: int = DEFAULT_BATCH, skip_existing: bool = False, engine: str = "local",
+                             factory: Callable[[], Detector] | None = None, workers: int = 2,
+                             progress: Callable[[int, int], None] | None = None) -> PredictSummary:
+    """`textloop predict` without IMAGES: the workspace's images (excluded ones only when asked
+    for by `status`) predicted and stored under the model version; optionally also as JSONL."""
+    t0 = time.perf_counter()
+    with ws.catalog() as cat:
+        rows = cat.images(split=split, status=status)
+        rows = [r for r in rows if r["status"] != ImageStatus.EXCLUDED or status == ImageStatus.EXCLUDED]
+    ids = [r["id"] for r in rows]
+    paths = {r["id"]: r["path"] for r in rows}
+    sizes = {r["id"]: (r["width"], r["height"]) for r in rows}
+    errs: list[tuple[str, str]] = []
+    results = predict_workspace(ws, det, ids, threshold=threshold, batch_size=batch_size,
+                                skip_existing=skip_existing, progress=progress, errors=errs,
+                                engine=engine, factory=factory, workers=workers)
+    errors = [f"{paths.get(i, i)}: {m}" for i, m in errs]
+    if out is not None:
+        _write_out(out, ({"image": paths[i], "image_id": i, "width": sizes[i][0], "height": sizes[i][1],
+                          **results[i].to_json(), "model_version": det.version} for i in ids if i in results))
+    n_boxes = sum(len(d) for d in results.values())
+    return _summary(det, len(results), n_boxes, errors, len(results), threshold, out, time.perf_counter() - t0)
+
+
+def predict_files(det: Detector, images: Sequence[str | Path], *, workspace: Workspace | None = None,
+                  out: Path | None = None, threshold: float = DEFAULT_THRESHOLD, batch_size: int = DEFAULT_BATCH,
+                  engine: str = "local", factory: Callable[[], Detector] | None = None, workers: int = 2,
+                  progress: Callable[[int, int], None] | None = None) -> PredictSummary:
+    """`textloop predict IMAGES`: every image file under `images`, optionally written as JSONL
+    to `out`; with a `workspace`, files whose bytes are workspace images also get a catalog row
+    (stored in batches of 64). Raises FileNotFoundError / ValueError when there is nothing to
+    read and OutputError when `out` cannot be written."""
+    t0 = time.perf_counter()
+    files = list_image_files(images)
+    if not files:
+        raise ValueError(f"no image files in {', '.join(str(i) for i in images)}")
+    rel = dict(files)
+    update = progress or (lambda done, total: None)
+    errors: list[str] = []
+    counts = {"ok": 0, "boxes": 0, "stored": 0}
+    cat = workspace.catalog() if workspace is not None else None
+    ws_ids: dict[Path, str] = workspace_ids(cat, rel) if cat is not None else {}
+    pending: list[tuple[str, Detections]] = []
+
+    def records() -> Iterator[dict[str, Any]]:
+        nonlocal pending
+        update(0, len(files))
+        for k, pred in enumerate(predict_images_on(engine, det, list(rel), threshold, batch_size, factory, workers), 1):
+            update(k, len(files))
+            if not pred.ok:
+                errors.append(f"{pred.path}: {type(pred.result).__name__}: {pred.result}")
+                continue
+            d: Detections = pred.result  # type: ignore[assignment]
+            counts["ok"] += 1
+            counts["boxes"] += len(d)
+            if pred.path in ws_ids:
+                pending.append((ws_ids[pred.path], d))
+                if len(pending) >= 64:
+                    counts["stored"] += store_predictions(cat, det.version, pending, min_score=threshold)
+                    pending = []
+            yield {"image": rel[pred.path], "width": pred.width, "height": pred.height,
+                   **d.to_json(), "model_version": det.version}
+
+    try:
+        if out is not None:
+            _write_out(out, records())
+        else:
+            for _ in records():
+                pass
+        if pending:
+            counts["stored"] += store_predictions(cat, det.version, pending, min_score=threshold)
+    finally:
+        if cat is not None:
+            cat.close()
+    return _summary(det, counts["ok"], counts["boxes"], errors, counts["stored"], threshold, out,
+                    time.perf_counter() - t0)
+
+
+def _write_out(out: Path, records: Iterable[dict[str, Any]]) -> None:
+    from pipeline.formats import write_jsonl
+
+    try:
+        write_jsonl(out, records)
+    except OSError as exc:
+        raise OutputError(f"{out}: cannot write ({exc.strerror or exc})") from exc

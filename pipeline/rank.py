@@ -59,6 +59,29 @@ def plan_rank(model: Any, second: Any, strategy: str, **options: Any) -> tuple[R
 
 
 @dataclass(frozen=True)
+class RankOptions:
+    """What `textloop rank` and `iterate` ask for, before the detectors are known: `auto` and
+    the committee are resolved against them by `plan` (a committee equal to the model is none)."""
+
+    strategy: str = "auto"                   # a STRATEGIES name, or auto (see choose_strategy)
+    top: int = 20
+    committee: str | None = "ppocr"          # detector spec of the second detector; None = skip
+    tta: bool = False                        # costs two extra inference passes per image
+    diversity: bool = True                   # never two near-duplicates in a batch
+    kcenter: bool = False                    # spread the batch over the pool's embeddings
+    min_score: float = 0.05                  # keep weak boxes: they carry the uncertainty
+
+    def __post_init__(self) -> None:
+        if self.strategy not in (*STRATEGIES, "auto"):  # fail before any work (iterate: an hour of retraining)
+            raise ValueError(f"unknown strategy {self.strategy!r}: use auto or one of {', '.join(STRATEGIES)}")
+
+    def plan(self, model: Any, second: Any) -> tuple[RankRun, Any]:
+        """The RankRun for ranking with `model` and the loaded committee detector `second`."""
+        return plan_rank(model, second, self.strategy, top=self.top, tta=self.tta, diversity=self.diversity,
+                         kcenter=self.kcenter, min_score=self.min_score)
+
+
+@dataclass(frozen=True)
 class RankConfig:
     band: tuple[float, float] = (0.2, 0.8)   # scores in this band are "uncertain"
     empty_floor: float = 0.35                 # score of an image with no detection at all
@@ -282,8 +305,53 @@ def pick_batch(df: pd.DataFrame, run: RankRun, group_of: dict[str, str] | None =
     return order[: run.top]
 
 
+class RankError(RuntimeError):
+    """Ranking could not run on this workspace (e.g. nothing left to rank)."""
+
+
+@dataclass(frozen=True, eq=False)
+class RankResult:
+    """The ranking table (one row per unlabelled image, the batch first), the images that could
+    not be read, and what was run; `as_dict()` is the `--json` payload of `textloop rank`."""
+
+    frame: pd.DataFrame
+    errors: list[tuple[str, str]]            # (image id, error)
+    iteration: int
+    run: RankRun
+    model_version: str
+    table: str                               # reports/ranking.parquet (+ .csv)
+
+    @property
+    def batch(self) -> pd.DataFrame:
+        return self.frame[self.frame["batch_rank"].notna()]
+
+    def as_dict(self) -> dict[str, Any]:
+        s = self.run.strategy
+        return {"pool": len(self.frame), "strategy": s, "model_version": self.model_version,
+                "committee": self.run.committee,
+                "batch": self.batch[["image_id", "original_name", "batch_rank", f"score_{s}", "reason"]].to_dict("records"),
+                "errors": [{"image_id": i, "error": e} for i, e in self.errors], "table": self.table}
+
+
+def rank_images(ws: Any, options: RankOptions = RankOptions(), detector: str = "current",
+                progress: Callable[[int, int], None] | None = None) -> RankResult:
+    """`textloop rank` as one call: load the model and the committee, resolve `auto`, rank.
+    Raises ValueError / FileNotFoundError for a detector or strategy that cannot be used, and
+    RankError when the workspace cannot be ranked."""
+    from pipeline.bundle import resolve_detector
+    from pipeline.detectors import load_detector
+
+    det = load_detector(resolve_detector(detector, ws))
+    second = load_detector(resolve_detector(options.committee, ws)) if options.committee else None
+    run, second = options.plan(det, second)
+    try:
+        return rank_workspace(ws, det, run, committee_detector=second, progress=progress)
+    except ValueError as exc:
+        raise RankError(str(exc)) from exc
+
+
 def rank_workspace(ws, detector, run: RankRun = RankRun(), committee_detector=None,
-                   progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+                   progress: Callable[[int, int], None] | None = None) -> RankResult:
     """Score every unlabelled workspace image, pick the next batch and write the ranking table.
 
     Model (and committee) predictions are stored in the catalog under their versions, so `push`
@@ -343,9 +411,7 @@ def rank_workspace(ws, detector, run: RankRun = RankRun(), committee_detector=No
         cat.finish_iteration(iteration, counts={"pool": len(images), "ranked": len(df), "batch": len(batch),
                                                 "errors": len(errors)},
                              metrics={"strategy": run.strategy, "model_version": detector.version})
-    df.attrs["errors"] = errors
-    df.attrs["iteration"] = iteration
-    return df
+    return RankResult(df, errors, iteration, run, detector.version, str(ws.reports_dir / f"{RANKING_TABLE}.parquet"))
 
 
 def load_ranking(ws) -> pd.DataFrame | None:

@@ -603,8 +603,23 @@ def _fingerprint(cfg: SynthConfig, backgrounds: Sequence[Path]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class SynthSummary:
+    """A synthetic set on disk; `as_dict()` is the `--json` payload of `textloop synth`."""
+
+    images: int
+    boxes: int
+    kinds: dict[str, int]          # overlay kind -> images carrying it
+    backgrounds: int               # real background images available
+    out: str
+    skipped: bool                  # already there with the same config: nothing written
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
 def generate(out_dir: str | Path, cfg: SynthConfig = SynthConfig(), backgrounds: Sequence[Path] = (),
-             progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+             progress: Callable[[int, int], None] | None = None) -> SynthSummary:
     """Write `out_dir/images/NNNNNN.png` and `out_dir/boxes.jsonl` (devset format).
 
     Idempotent: a finished run with the same config, fonts and backgrounds is left untouched;
@@ -618,7 +633,9 @@ def generate(out_dir: str | Path, cfg: SynthConfig = SynthConfig(), backgrounds:
         except (OSError, json.JSONDecodeError):
             old = {}
         if old.get("fingerprint") == fp and all((out_dir / r).exists() for r in old.get("images", [])):
-            return {**old.get("summary", {}), "out": str(out_dir), "skipped": True}
+            done = old.get("summary", {})
+            return SynthSummary(images=done.get("images", 0), boxes=done.get("boxes", 0), kinds=done.get("kinds", {}),
+                                backgrounds=done.get("backgrounds", 0), out=str(out_dir), skipped=True)
     records: list[dict[str, Any]] = []
     n_boxes = 0
     kinds: dict[str, int] = {}
@@ -639,4 +656,4 @@ def generate(out_dir: str | Path, cfg: SynthConfig = SynthConfig(), backgrounds:
     summary = {"images": cfg.n_images, "boxes": n_boxes, "kinds": kinds, "backgrounds": len(backgrounds)}
     atomic_write_text(manifest_path, json.dumps({"fingerprint": fp, "config": cfg.to_json(), "summary": summary,
                                                  "images": [r["image"] for r in records]}, indent=2))
-    return {**summary, "out": str(out_dir), "skipped": False}
+    return SynthSummary(**summary, out=str(out_dir), skipped=False)

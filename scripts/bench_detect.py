@@ -222,9 +222,10 @@ def main() -> None:
         preds_b = run_detector(det, half_b, args.threshold)
         preds_m = run_detector(det, micro, args.threshold)
         results[name] = {
-            "devset_half_b": evaluate([r for _, r in half_b], preds_b),
-            "devset_half_b_by_source": evaluate_by_source([r for _, r in half_b], preds_b),
-            "synthetic_microscopy": evaluate([r for _, r in micro], preds_m),
+            "devset_half_b": evaluate([r for _, r in half_b], preds_b).as_dict(),
+            "devset_half_b_by_source": {k: m.as_dict() for k, m in
+                                        evaluate_by_source([r for _, r in half_b], preds_b).items()},
+            "synthetic_microscopy": evaluate([r for _, r in micro], preds_m).as_dict(),
             "images_per_s_1024x768": speed(det, speed_imgs),
             "eval_seconds": time.time() - t,
         }

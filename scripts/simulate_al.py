@@ -56,11 +56,11 @@ def coverage(det, test, budget: float = 0.10, threshold: float = 0.3) -> dict:
     preds = detect_all(det, test)
     gts = [r for _, r in test]
     sweep = {t: evaluate(gts, [d.filter(t) for d in preds]) for t in THRESHOLDS}
-    at_budget = [(float(m["text_coverage"]), t) for t, m in sweep.items() if m["over_redaction"] <= budget]
+    at_budget = [(float(m.text_coverage), t) for t, m in sweep.items() if m.over_redaction <= budget]
     cov_b, thr_b = max(at_budget) if at_budget else (0.0, None)
     fixed = sweep[threshold] if threshold in sweep else evaluate(gts, [d.filter(threshold) for d in preds])
-    return {"coverage_at_budget": cov_b, "budget_threshold": thr_b, "text_coverage": float(fixed["text_coverage"]),
-            "f1": float(fixed["f1"]), "over_redaction": float(fixed["over_redaction"]), "ap50": float(fixed["ap50"])}
+    return {"coverage_at_budget": cov_b, "budget_threshold": thr_b, "text_coverage": float(fixed.text_coverage),
+            "f1": float(fixed.f1), "over_redaction": float(fixed.over_redaction), "ap50": float(fixed.ap50)}
 
 
 def pick(strategy: str, det, pool, labelled: set[str], k: int, seed: int, committee: dict[str, Detections]) -> list[int]:

@@ -45,4 +45,21 @@ def test_evaluation_skips_an_unreadable_test_image(tmp_path) -> None:
 
     gt = [(p, LabelledImage(p.name, 64, 48, np.array([[10.0, 10, 30, 20]]))) for p in (good, bad)]
     m = _evaluate_on(Box(), gt, 0.3)
-    assert m["n_images"] == 1 and m["text_coverage"] == 1.0
+    assert m.n_images == 1 and m.text_coverage == 1.0
+
+
+def test_iterate_config_is_built_from_train_and_rank_configs() -> None:
+    """One default per setting: a round retrains with TrainConfig's own defaults except the
+    round's short schedule, ranks with RankOptions' defaults, and fasterrcnn's learning rate is
+    the one `textloop train` documents (the CLI used 2e-3, the library 1e-3)."""
+    from dataclasses import replace
+
+    from pipeline.loop import ROUND_TRAINING, IterateConfig
+    from pipeline.rank import RankOptions
+    from pipeline.train.engine import TrainConfig
+
+    cfg = IterateConfig()
+    assert cfg.rank == RankOptions()
+    assert cfg.train == replace(TrainConfig(), epochs=3, steps_per_epoch=50, budget_minutes=10.0) == ROUND_TRAINING
+    assert TrainConfig(arch="fasterrcnn").effective_lr == 2e-3
+    assert replace(cfg.train, arch="fasterrcnn").effective_lr == 2e-3

@@ -91,12 +91,12 @@ CASES = [
 @pytest.mark.parametrize("name,g,d,pad_px,expected", CASES, ids=[c[0] for c in CASES])
 def test_metric_cases(name, g, d, pad_px, expected) -> None:
     got = evaluate([g], [d], pad_px=pad_px)
-    assert set(METRIC_KEYS) <= set(got)
+    assert set(METRIC_KEYS) <= set(got.as_dict())
     for key, want in expected.items():
         if isinstance(want, float) and math.isnan(want):
-            assert math.isnan(got[key]), f"{name}.{key}: {got[key]} != nan"
+            assert math.isnan(getattr(got, key)), f"{name}.{key}: {getattr(got, key)} != nan"
         else:
-            assert got[key] == pytest.approx(want), f"{name}.{key}: {got[key]} != {want}"
+            assert getattr(got, key) == pytest.approx(want), f"{name}.{key}: {getattr(got, key)} != {want}"
 
 
 def test_greedy_matching_follows_scores() -> None:
@@ -124,12 +124,12 @@ def test_set_metrics_sum_pixels_and_boxes_over_images() -> None:
     b = gt(40, 10, [[0, 0, 30, 10]], source="s2")
     preds = [det([[0, 0, 10, 10]]), det([])]
     got = evaluate([a, b], preds)
-    assert got["text_coverage"] == pytest.approx(0.25)
-    assert got["recall"] == pytest.approx(0.5) and got["n_images"] == 2 and got["n_gt"] == 2
+    assert got.text_coverage == pytest.approx(0.25)
+    assert got.recall == pytest.approx(0.5) and got.n_images == 2 and got.n_gt == 2
     by = evaluate_by_source([a, b], preds)
     assert list(by) == ["s1", "s2"]
-    assert by["s1"]["text_coverage"] == 1 and by["s2"]["text_coverage"] == 0
-    assert by["s1"]["n_gt"] + by["s2"]["n_gt"] == got["n_gt"]
+    assert by["s1"].text_coverage == 1 and by["s2"].text_coverage == 0
+    assert by["s1"].n_gt + by["s2"].n_gt == got.n_gt
 
 
 def test_coverage_counts_accepts_plain_arrays() -> None:
@@ -191,3 +191,49 @@ def test_cli_evaluate_devset_gt_and_workspace(tmp_path) -> None:
     rep = json.loads(r.stdout)
     assert rep["overall"]["n_images"] == 2 and rep["overall"]["recall"] == 1.0
     assert set(rep["by_source"]) == {"import:neg/boxes.jsonl", "import:text/boxes.jsonl"}
+
+
+def test_metrics_is_one_typed_record_with_the_json_keys_of_before() -> None:
+    """evaluate() returns Metrics; as_dict() has the keys the --json reports always had (tp/fp/fn
+    included), and from_dict() reads them back, also from JSON where NaN became None."""
+    from pipeline.evaluate import Metrics
+
+    got = evaluate([gt(40, 10, [(0, 0, 10, 10)])], [det([(0, 0, 10, 10)], np.array([0.9]))])
+    assert isinstance(got, Metrics)
+    assert list(got.as_dict()) == ["precision", "recall", "f1", "ap50", "text_coverage", "fully_covered",
+                                   "over_redaction", "n_images", "n_gt", "n_pred", "tp", "fp", "fn"]
+    assert Metrics.from_dict(got.as_dict()) == got
+    empty = Metrics.from_dict(json.loads(json.dumps(json_safe(evaluate([gt(4, 4, [])], [det([])])))))
+    assert math.isnan(empty.recall) and empty.n_images == 1
+
+
+def test_evaluate_detector_library_call_is_the_cli_report(tmp_path) -> None:
+    """`evaluate_detector` is `textloop evaluate`'s whole job: metrics at the threshold overall and
+    per source, AP50 over every candidate, the sweep, the report file; as_dict() has the --json keys."""
+    from PIL import Image
+
+    from pipeline.evaluate import EvalReport, evaluate_detector, load_ground_truth
+
+    class Fixed:
+        name, version = "fixed", "fixed-1"
+
+        def detect(self, images):
+            return [Detections(np.array([[0, 0, 10, 10], [20, 0, 30, 10]], float), np.array([0.9, 0.2]))
+                    for _ in images]
+
+    items = []
+    for src in ("a", "b"):
+        p = tmp_path / f"{src}.png"
+        Image.new("RGB", (40, 10), "white").save(p)
+        items.append((p, gt(40, 10, [(0, 0, 10, 10), (20, 0, 30, 10)], source=src)))
+    out = tmp_path / "report.json"
+    rep = evaluate_detector(Fixed(), items, threshold=0.5, sweep=[0.1], where="two", out=out)
+    assert isinstance(rep, EvalReport) and rep.n_images == 2
+    assert rep.overall.recall == pytest.approx(0.5) and rep.overall.ap50 > 0.5     # AP sees the 0.2 box too
+    assert rep.sweep["0.1"].recall == pytest.approx(1.0) and set(rep.by_source) == {"a", "b"}
+    d = rep.as_dict()
+    assert list(d) == ["detector", "model_version", "ground_truth", "threshold", "iou_threshold", "pad_px", "overall",
+                       "by_source", "sweep", "errors", "seconds", "images_per_s"]
+    assert json.loads(out.read_text()) == json.loads(json.dumps(d))
+    with pytest.raises(ValueError, match="not both"):
+        load_ground_truth(gt=out, devset=tmp_path)

@@ -120,3 +120,22 @@ def test_cli_predict_ppocr_writes_jsonl_and_stores_workspace_images(tmp_path: Pa
     r = runner.invoke(app, ["-w", wsdir, "--json", "predict", "-d", "ppocr", "--skip-existing"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["images"] == 1
+
+
+def test_predict_files_library_call_writes_jsonl_and_stores_workspace_images(ws, tmp_path: Path) -> None:
+    """What `textloop predict FILES` does, as one call: JSONL out, catalog rows for the files that
+    are workspace images, a typed summary with the CLI's --json keys."""
+    from pipeline.predict import PredictSummary, predict_files, predict_workspace_images
+
+    files = make_images(tmp_path / "src")
+    harvest(ws, [str(files[0])])                       # one of the three is a workspace image
+    write(tmp_path / "src" / "bad.jpg", b"not an image")
+    out = tmp_path / "preds.jsonl"
+    s = predict_files(FakeDetector(), [str(tmp_path / "src")], workspace=ws, out=out, threshold=0.5)
+    assert isinstance(s, PredictSummary)
+    assert (s.images, s.boxes, s.stored_in_catalog, len(s.errors)) == (3, 6, 1, 1)
+    assert list(s.as_dict()) == ["model_version", "images", "boxes", "errors", "stored_in_catalog", "threshold",
+                                 "out", "seconds", "images_per_s"]
+    assert len(out.read_text().splitlines()) == 3
+    w = predict_workspace_images(ws, FakeDetector("fake-2"), threshold=0.5)
+    assert (w.images, w.stored_in_catalog, w.model_version) == (1, 1, "fake-2")

@@ -99,7 +99,9 @@ def test_rank_workspace_writes_table_and_diverse_batch(tmp_path) -> None:
     ws = Workspace.open(tmp_path / "ws")
     harvest(ws, [str(src)])
 
-    df = rank_workspace(ws, BoxesByBrightness(), RankRun(strategy="uncertainty", top=2, committee=None))
+    ranked = rank_workspace(ws, BoxesByBrightness(), RankRun(strategy="uncertainty", top=2, committee=None))
+    df = ranked.frame
+    assert ranked.errors == [] and ranked.run.strategy == "uncertainty"
     names = dict(zip(df["image_id"], df["original_name"]))
     batch = [names[i] for i in batch_from_ranking(load_ranking(ws), "uncertainty", 2)]
     assert "dark.png" not in batch
@@ -109,7 +111,7 @@ def test_rank_workspace_writes_table_and_diverse_batch(tmp_path) -> None:
     with ws.catalog() as cat:  # predictions are stored, so push sends exactly what was ranked
         assert cat.scalar("SELECT COUNT(*) FROM predictions WHERE model_version = 'fake-v1'") == 4
         assert cat.scalar("SELECT status FROM iterations WHERE step = 'rank'") == "done"
-    again = rank_workspace(ws, BoxesByBrightness(), RankRun(strategy="uncertainty", top=2, committee=None))
+    again = rank_workspace(ws, BoxesByBrightness(), RankRun(strategy="uncertainty", top=2, committee=None)).frame
     assert again["image_id"].tolist() == df["image_id"].tolist()       # idempotent
     from pipeline.studio.push import read_ranking
 
@@ -148,10 +150,11 @@ def test_plan_rank_drops_a_committee_that_is_the_model_itself() -> None:
 
 def test_iterate_rejects_an_unknown_strategy_before_any_work() -> None:
     from pipeline.loop import IterateConfig
+    from pipeline.rank import RankOptions
 
     with pytest.raises(ValueError, match="unknown strategy 'best'"):
-        IterateConfig(strategy="best")
-    assert IterateConfig().strategy == "auto"
+        IterateConfig(rank=RankOptions(strategy="best"))
+    assert IterateConfig().rank.strategy == "auto"
 
 
 def test_rank_cli_with_real_ppocr_resolves_auto_and_writes_the_batch(tmp_path) -> None:

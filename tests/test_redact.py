@@ -647,3 +647,33 @@ def test_16bit_rgb_png_keeps_16_bits_and_icc(tmp_path):
     assert redact_one(tmp_path / "icc16.png", tmp_path / "out" / "icc16.png").status == "redacted"
     assert Image.open(tmp_path / "out" / "icc16.png").info.get("icc_profile") == ICC
     assert cv2.imread(str(tmp_path / "out" / "icc16.png"), cv2.IMREAD_UNCHANGED).dtype == np.uint16
+
+
+def test_redact_tree_library_call_gives_what_the_cli_gives(tmp_path):
+    """A notebook calling `redact_tree` gets the CLI's whole job: outputs, sidecars, manifest,
+    summary.json, and a RedactSummary whose as_dict() is that summary.json."""
+    from pipeline.redact.tree import RedactSummary, redact_tree
+
+    src = make_tree(tmp_path / "in")
+    summary = redact_tree(str(src), tmp_path / "out", RedactConfig(), detector=FakeDetector())
+    assert isinstance(summary, RedactSummary) and summary.ok
+    assert summary.redacted == 5 and summary.boxes == 10 and summary.ignored_non_images == 1
+    audit = tmp_path / "out.audit"
+    on_disk = json.loads((audit / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary.as_dict(), default=str))
+    assert on_disk["manifest"]["csv"] == str(audit / "manifest.csv") and "would_redact" not in on_disk
+    assert sorted(sha_tree(tmp_path / "out")) == ["a.png", "b.jpg", "sub/c.bmp", "sub/deeper/d.tif", "sub/e.webp"]
+    dry = redact_tree(str(src), tmp_path / "dry", RedactConfig(dry_run=True), detector=FakeDetector())
+    assert dry.dry_run == 5 and len(dry.would_redact) == 5 and not (tmp_path / "dry").exists()
+    with pytest.raises(ValueError, match="no images found"):
+        redact_tree(str(tmp_path / "in" / "*.txt"), tmp_path / "x", detector=FakeDetector())
+
+
+def test_redact_with_a_named_detector_creates_no_workspace(tmp_path, fake):
+    """Only `current`, --review and --from-review read the catalog: the workspace is opened
+    lazily by redact_tree, so a missing input or a ppocr run leaves no workspace folder behind."""
+    r = cli(tmp_path, "redact", str(tmp_path / "missing"), str(tmp_path / "out"))
+    assert r.exit_code == 2 and not (tmp_path / "ws").exists()
+    src = make_tree(tmp_path / "in")
+    r = cli(tmp_path, "redact", "--detector", "ppocr", str(src), str(tmp_path / "out"))
+    assert r.exit_code == 0 and not (tmp_path / "ws").exists()

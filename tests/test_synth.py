@@ -73,7 +73,7 @@ def test_unicode_and_kinds_render() -> None:
 def test_generate_is_deterministic_and_idempotent(tmp_path: Path) -> None:
     a = generate(tmp_path / "a", SMALL)
     generate(tmp_path / "b", SMALL)
-    assert not a["skipped"] and a["boxes"] > 0
+    assert not a.skipped and a.boxes > 0
     assert (tmp_path / "a/boxes.jsonl").read_bytes() == (tmp_path / "b/boxes.jsonl").read_bytes()
     for p in sorted((tmp_path / "a/images").iterdir()):
         assert p.read_bytes() == (tmp_path / "b/images" / p.name).read_bytes()
@@ -83,7 +83,7 @@ def test_generate_is_deterministic_and_idempotent(tmp_path: Path) -> None:
     assert img.shape[:2] == (recs[0].height, recs[0].width)
     mtime = (tmp_path / "a/boxes.jsonl").stat().st_mtime_ns
     again = generate(tmp_path / "a", SMALL)
-    assert again["skipped"] and (tmp_path / "a/boxes.jsonl").stat().st_mtime_ns == mtime
+    assert again.skipped and again.boxes == a.boxes and (tmp_path / "a/boxes.jsonl").stat().st_mtime_ns == mtime
     generate(tmp_path / "c", dataclasses.replace(SMALL, seed=8))
     assert (tmp_path / "c/boxes.jsonl").read_bytes() != (tmp_path / "a/boxes.jsonl").read_bytes()
     assert json.loads((tmp_path / "a/manifest.json").read_text())["config"]["seed"] == 7

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from pipeline.cli.common import emit, fail, progress, state
@@ -58,29 +59,31 @@ def curate_cmd(
     except RuntimeError as exc:
         fail(str(exc))
 
-    def render(c) -> None:
-        t = Table(title=f"curate ({engine}){' --apply' if apply else ''}")
-        t.add_column("finding")
-        t.add_column("count", justify="right")
-        d = summary.get("duplicates", {})
-        for key in ("images", "broken", "exact_duplicates", "near_duplicates", "outliers", "duplicate_groups",
-                    "cross_split_groups", "planned_split_moves", "planned_exclusions"):
-            if key in d:
-                t.add_row(key.replace("_", " "), str(d[key]))
-        n = summary.get("label_noise", {})
-        for key in ("labelled_images", "label_issues", "overlooked_text", "bad_location", "spurious_box", "skipped"):
-            if key in n:
-                t.add_row(f"labels: {key.replace('_', ' ')}", str(n[key]))
-        c.print(t)
-        if engine == "fastdup":
-            c.print("[yellow]note:[/] fastdup is licensed CC BY-NC-ND 4.0 (non-commercial use only).")
-        if apply:
-            c.print(f"applied: {d.get('applied', {})} {n.get('applied', {})} (changes: {summary['run_dir']}/curate_actions.csv)")
-        else:
-            c.print("nothing changed (reports only); rerun with --apply to act on them")
-        c.print(f"reports: {summary['reports']} (duplicates.html, label_issues.html); copy: {summary['run_dir']}")
+    emit(st, summary.as_dict(), lambda c: _render(c, summary.as_dict(), engine, apply))
 
-    emit(st, summary, render)
+
+def _render(c: Console, summary: dict[str, Any], engine: str, apply: bool) -> None:
+    """Findings by kind, the licence note for fastdup, what was applied and where the reports are."""
+    t = Table(title=f"curate ({engine}){' --apply' if apply else ''}")
+    t.add_column("finding")
+    t.add_column("count", justify="right")
+    d = summary.get("duplicates", {})
+    for key in ("images", "broken", "exact_duplicates", "near_duplicates", "outliers", "duplicate_groups",
+                "cross_split_groups", "planned_split_moves", "planned_exclusions"):
+        if key in d:
+            t.add_row(key.replace("_", " "), str(d[key]))
+    n = summary.get("label_noise", {})
+    for key in ("labelled_images", "label_issues", "overlooked_text", "bad_location", "spurious_box", "skipped"):
+        if key in n:
+            t.add_row(f"labels: {key.replace('_', ' ')}", str(n[key]))
+    c.print(t)
+    if engine == "fastdup":
+        c.print("[yellow]note:[/] fastdup is licensed CC BY-NC-ND 4.0 (non-commercial use only).")
+    if apply:
+        c.print(f"applied: {d.get('applied', {})} {n.get('applied', {})} (changes: {summary['run_dir']}/curate_actions.csv)")
+    else:
+        c.print("nothing changed (reports only); rerun with --apply to act on them")
+    c.print(f"reports: {summary['reports']} (duplicates.html, label_issues.html); copy: {summary['run_dir']}")
 
 
 def report_cmd(

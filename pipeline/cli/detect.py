@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any, List, Optional
 
 import typer
 from rich import box
+from rich.console import Console
 from rich.table import Table
 
-from pipeline.boxes import Detections
 from pipeline.cli.common import AppState, emit, fail, progress, state
 from pipeline.predict import DEFAULT_THRESHOLD
 
@@ -46,11 +45,13 @@ def _parse_value(raw: str) -> Any:
 
 
 def open_detector(st: AppState, spec: str, options: dict[str, Any]):
-    """load_detector with one clear error line; the workspace is opened only for `current`."""
+    """The spec resolved in the model registry, loaded, with one clear error line; the workspace
+    is opened only for `current`."""
+    from pipeline.bundle import resolve_detector
     from pipeline.detectors import load_detector
 
     try:
-        return load_detector(spec, workspace=st.ws() if spec == "current" else None, **options)
+        return load_detector(resolve_detector(spec, st.ws() if spec == "current" else None), **options)
     except (FileNotFoundError, ValueError, TypeError, ImportError) as exc:
         fail(f"detector {spec}: {exc}")
 
@@ -82,7 +83,6 @@ def predict_cmd(
     With IMAGES (files/folders), every file is predicted; those whose bytes are already in the workspace also get a catalog row (--no-store to skip). Without IMAGES (or with --workspace-images), the workspace's images are predicted and stored under the model version.
     """
     from pipeline import predict as P
-
     from pipeline.engines import SpecFactory, check_engine
 
     st = state(ctx)
@@ -90,109 +90,35 @@ def predict_cmd(
         check_engine(engine)
     except ValueError as exc:
         fail(str(exc), 2)
+    if images and workspace_images:
+        fail("give IMAGES or --workspace-images, not both", 2)
     det_opts = parse_options(option)
     det = open_detector(st, detector, det_opts)
     factory = SpecFactory(detector, str(st.ws().root) if detector == "current" else None, det_opts) \
         if engine == "ray" else None
-    t0 = time.perf_counter()
-    errors: list[str] = []
-    n_ok = n_boxes = n_stored = 0
-
-    if images and workspace_images:
-        fail("give IMAGES or --workspace-images, not both", 2)
-    if not images:
-        ws = st.ws()
-        with ws.catalog() as cat:
-            rows = cat.images(split=split, status=status)
-            rows = [r for r in rows if r["status"] != "excluded" or status == "excluded"]
-        ids = [r["id"] for r in rows]
-        paths = {r["id"]: r["path"] for r in rows}
-        sizes = {r["id"]: (r["width"], r["height"]) for r in rows}
-        errs: list[tuple[str, str]] = []
+    common = dict(out=out, threshold=threshold, batch_size=batch_size, engine=engine, factory=factory, workers=workers)
+    try:
         with progress(st, f"predict ({det.version})") as update:
-            results = P.predict_workspace(ws, det, ids, threshold=threshold, batch_size=batch_size,
-                                          skip_existing=skip_existing, progress=update, errors=errs,
-                                          engine=engine, factory=factory, workers=workers)
-        errors = [f"{paths.get(i, i)}: {m}" for i, m in errs]
-        n_ok, n_stored = len(results), len(results)
-        n_boxes = sum(len(d) for d in results.values())
-        if out is not None:
-            P_records = ({"image": paths[i], "image_id": i, "width": sizes[i][0], "height": sizes[i][1],
-                          **results[i].to_json(), "model_version": det.version} for i in ids if i in results)
-            _write_out(out, P_records)
-    else:
-        try:
-            files = P.list_image_files(images)
-        except (FileNotFoundError, ValueError) as exc:
-            fail(str(exc), 2)
-        if not files:
-            fail(f"no image files in {', '.join(images)}", 2)
-        rel = dict(files)
-        ws_ids: dict[Path, str] = {}
-        cat = None
-        if store:
-            ws = st.ws()
-            cat = ws.catalog()
-            ws_ids = P.workspace_ids(cat, rel)
-        pending: list[tuple[str, Detections]] = []
-
-        def records():
-            nonlocal n_ok, n_boxes, n_stored, pending
-            with progress(st, f"predict ({det.version})") as update:
-                update(0, len(files))
-                for k, pred in enumerate(P.predict_images_on(engine, det, list(rel), threshold, batch_size,
-                                                             factory, workers), 1):
-                    update(k, len(files))
-                    if not pred.ok:
-                        errors.append(f"{pred.path}: {type(pred.result).__name__}: {pred.result}")
-                        continue
-                    d: Detections = pred.result  # type: ignore[assignment]
-                    n_ok += 1
-                    n_boxes += len(d)
-                    if pred.path in ws_ids:
-                        pending.append((ws_ids[pred.path], d))
-                        if len(pending) >= 64:
-                            n_stored += P.store_predictions(cat, det.version, pending, min_score=threshold)
-                            pending = []
-                    yield {"image": rel[pred.path], "width": pred.width, "height": pred.height,
-                           **d.to_json(), "model_version": det.version}
-
-        try:
-            if out is not None:
-                _write_out(out, records())
+            if images:
+                summary = P.predict_files(det, images, workspace=st.ws() if store else None, progress=update, **common)
             else:
-                for _ in records():
-                    pass
-            if pending:
-                n_stored += P.store_predictions(cat, det.version, pending, min_score=threshold)
-        finally:
-            if cat is not None:
-                cat.close()
-
-    seconds = time.perf_counter() - t0
-    summary = {"model_version": det.version, "images": n_ok, "boxes": n_boxes, "errors": errors,
-               "stored_in_catalog": n_stored, "threshold": threshold, "out": str(out) if out else None,
-               "seconds": round(seconds, 3), "images_per_s": round(n_ok / seconds, 3) if seconds > 0 else None}
-
-    def render(c) -> None:
-        for line in errors[:50]:
-            c.print(f"[yellow]skipped[/] {line}", highlight=False, soft_wrap=True)
-        c.print(f"{n_ok} images, {n_boxes} boxes (threshold {threshold}) with {det.version} in {seconds:.1f}s"
-                f" ({summary['images_per_s']} images/s); {len(errors)} errors; {n_stored} stored in the catalog"
-                + (f"; wrote {out}" if out else ""), highlight=False)
-
-    emit(st, summary, render)
-    if n_ok == 0 and errors:
+                summary = P.predict_workspace_images(st.ws(), det, split=split, status=status, progress=update,
+                                                     skip_existing=skip_existing, **common)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc), 2)
+    except P.OutputError as exc:
+        fail(str(exc))
+    emit(st, summary.as_dict(), lambda c: _render_predict(c, summary, out))
+    if summary.images == 0 and summary.errors:
         raise typer.Exit(1)
 
 
-def _write_out(out: Path, records) -> None:
-    from pipeline.formats import write_jsonl
-
-    try:
-        write_jsonl(out, records)
-    except OSError as exc:
-        fail(f"{out}: cannot write ({exc.strerror or exc})")
+def _render_predict(c: Console, s: Any, out: Optional[Path]) -> None:
+    for line in s.errors[:50]:
+        c.print(f"[yellow]skipped[/] {line}", highlight=False, soft_wrap=True)
+    c.print(f"{s.images} images, {s.boxes} boxes (threshold {s.threshold}) with {s.model_version} in {s.seconds:.1f}s"
+            f" ({s.images_per_s} images/s); {len(s.errors)} errors; {s.stored_in_catalog} stored in the catalog"
+            + (f"; wrote {out}" if out else ""), highlight=False)
 
 
 # --- import ----------------------------------------------------------------------------------
@@ -222,23 +148,25 @@ def import_cmd(
     except RuntimeError as exc:
         fail(str(exc))
 
-    def render(c) -> None:
-        for line in summary.problems[:50]:
-            c.print(f"[yellow]skipped[/] {line}", highlight=False, soft_wrap=True)
-        if len(summary.problems) > 50:
-            c.print(f"... and {len(summary.problems) - 50} more")
-        t = Table(title=f"import into {ws.root}")
-        t.add_column("")
-        t.add_column("count", justify="right")
-        for key in ("records", "images", "with_boxes", "empty", "boxes", "ignored_boxes", "inserted", "updated",
-                    "unchanged", "rotated"):
-            t.add_row(key.replace("_", " "), str(getattr(summary, key)))
-        t.add_row("problems", str(len(summary.problems)))
-        c.print(t)
-
-    emit(st, summary.as_dict(), render)
+    emit(st, summary.as_dict(), lambda c: _render_import(c, summary, ws.root))
     if summary.images == 0 and summary.records:
         raise typer.Exit(1)
+
+
+def _render_import(c: Console, summary: Any, root: Path) -> None:
+    """The first problems and the counts of what was imported."""
+    for line in summary.problems[:50]:
+        c.print(f"[yellow]skipped[/] {line}", highlight=False, soft_wrap=True)
+    if len(summary.problems) > 50:
+        c.print(f"... and {len(summary.problems) - 50} more")
+    t = Table(title=f"import into {root}")
+    t.add_column("")
+    t.add_column("count", justify="right")
+    for key in ("records", "images", "with_boxes", "empty", "boxes", "ignored_boxes", "inserted", "updated",
+                "unchanged", "rotated"):
+        t.add_row(key.replace("_", " "), str(getattr(summary, key)))
+    t.add_row("problems", str(len(summary.problems)))
+    c.print(t)
 
 
 # --- evaluate --------------------------------------------------------------------------------
@@ -294,82 +222,44 @@ def evaluate_cmd(
 
     GT from --gt boxes.jsonl (+ --images DIR), from a devset root (--set), or, with neither, the human labels of the workspace's test split (per annotation source).
     """
-    from pipeline.evaluate import evaluate, evaluate_by_source, json_safe, workspace_ground_truth
-    from pipeline.formats import read_devset, read_jsonl
-    from pipeline.predict import detect_set
+    from pipeline.evaluate import NoGroundTruth, evaluate_detector, load_ground_truth
 
     st = state(ctx)
-    if gt is not None and devset is not None:
-        fail("give --gt or --set, not both", 2)
-    if images is not None and gt is None:
-        fail("--images needs --gt (the boxes.jsonl its image paths are relative to)", 2)
     try:
-        if devset is not None:
-            items = read_devset(devset)
-            where = str(devset)
-        elif gt is not None:
-            base = images or gt.parent
-            items = [(base / rec.image, rec) for rec in read_jsonl(gt, source=gt.parent.name or gt.stem)]
-            where = str(gt)
-        else:
-            if split not in ("train", "val", "test", "all"):
-                fail(f"--split must be train, val, test or all, got {split!r}", 2)
-            items = workspace_ground_truth(st.ws(), None if split == "all" else split)
-            where = f"{st.ws().root} ({split} split)"
+        items, where = load_ground_truth(gt, images, devset, st.ws() if gt is None and devset is None else None,
+                                         split, limit)
     except (OSError, ValueError) as exc:
         fail(str(exc), 2)
-    if limit is not None:
-        items = items[:limit]
-    if not items:
-        fail(f"{where}: no labelled images to evaluate on" + ("" if gt or devset else
-             f" (label some {split} images, or `textloop import` labels)"))
+    except NoGroundTruth as exc:
+        fail(str(exc))
     try:
         thresholds = [float(x) for x in sweep.split(",") if x.strip()] if sweep else []
     except ValueError:
         fail(f"--sweep: expected numbers like 0.3,0.5, got {sweep!r}", 2)
-
     det = open_detector(st, detector, parse_options(option))
-    with progress(st, f"evaluate ({det.version})") as update:  # every candidate box; thresholds applied below
-        ok, raw, errors, seconds = detect_set(det, items, threshold=0.0, batch_size=batch_size, progress=update)
-    gts = [items[i][1] for i in ok]
-
-    def at(thr: float) -> list[Detections]:
-        return [d.filter(thr) for d in raw]
-
-    overall = evaluate(gts, at(threshold), iou, pad_px)
-    overall["ap50"] = evaluate(gts, raw, iou, pad_px)["ap50"]  # AP ranks every candidate box
-    by_source = evaluate_by_source(gts, at(threshold), iou, pad_px)
-    for src, m in evaluate_by_source(gts, raw, iou, pad_px).items():
-        by_source[src]["ap50"] = m["ap50"]
-    report = {
-        "detector": det.name, "model_version": det.version, "ground_truth": where, "threshold": threshold,
-        "iou_threshold": iou, "pad_px": pad_px, "overall": overall, "by_source": by_source,
-        "sweep": {str(t): evaluate(gts, at(t), iou, pad_px) for t in thresholds},
-        "errors": errors, "seconds": round(seconds, 3),
-        "images_per_s": round(len(ok) / seconds, 3) if seconds > 0 else None,
-    }
-    report = json_safe(report)
-    if out is not None:
-        from pipeline.io import atomic_write_text
-
-        atomic_write_text(out, json.dumps(report, indent=2) + "\n")
-
-    def render(c) -> None:
-        for line in errors[:20]:
-            c.print(f"[yellow]skipped[/] {line}", highlight=False, soft_wrap=True)
-        rows = dict(report["by_source"]) if len(report["by_source"]) > 1 else {}
-        rows["all"] = report["overall"]
-        c.print(f"[bold]{det.version}[/] on {where} (threshold {threshold}, IoU {iou}, pad {pad_px:g} px)",
-                highlight=False, soft_wrap=True)
-        c.print(metrics_table(rows))
-        if report["sweep"]:
-            c.print("[bold]threshold sweep[/] (all images)")
-            c.print(metrics_table(report["sweep"], first="threshold"))
-        c.print("P/R/F1 at the IoU; cover = share of GT text pixels redacted; full = share of GT boxes >= 95 % "
-                "covered; over = share of image area redacted outside every GT box", highlight=False)
-        c.print(f"{len(ok)} images in {seconds:.1f}s ({report['images_per_s']} images/s); {len(errors)} unreadable"
-                + (f"; report written to {out}" if out else ""), highlight=False)
-
-    emit(st, report, render)
-    if not ok:
+    with progress(st, f"evaluate ({det.version})") as update:  # every candidate box; thresholds applied inside
+        report = evaluate_detector(det, items, threshold=threshold, iou=iou, pad_px=pad_px, sweep=thresholds,
+                                   where=where, batch_size=batch_size, out=out, progress=update)
+    emit(st, report.as_dict(), lambda c: _render_eval(c, report, out))
+    if not report.n_images:
         raise typer.Exit(1)
+
+
+def _render_eval(c: Console, r: Any, out: Optional[Path]) -> None:
+    """Skipped images, the metrics per source and overall, the sweep, and a legend."""
+    report, errors, where = r.as_dict(), r.errors, r.ground_truth
+    threshold, iou, pad_px = r.threshold, r.iou_threshold, r.pad_px
+    for line in errors[:20]:
+        c.print(f"[yellow]skipped[/] {line}", highlight=False, soft_wrap=True)
+    rows = dict(report["by_source"]) if len(report["by_source"]) > 1 else {}
+    rows["all"] = report["overall"]
+    c.print(f"[bold]{r.model_version}[/] on {where} (threshold {threshold}, IoU {iou}, pad {pad_px:g} px)",
+            highlight=False, soft_wrap=True)
+    c.print(metrics_table(rows))
+    if report["sweep"]:
+        c.print("[bold]threshold sweep[/] (all images)")
+        c.print(metrics_table(report["sweep"], first="threshold"))
+    c.print("P/R/F1 at the IoU; cover = share of GT text pixels redacted; full = share of GT boxes >= 95 % "
+            "covered; over = share of image area redacted outside every GT box", highlight=False)
+    c.print(f"{r.n_images} images in {r.seconds:.1f}s ({report['images_per_s']} images/s); {len(errors)} unreadable"
+            + (f"; report written to {out}" if out else ""), highlight=False)

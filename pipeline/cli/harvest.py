@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import List
+from pathlib import Path
+from typing import Any, List
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from pipeline.cli.common import emit, fail, positive, progress, state
@@ -56,23 +58,25 @@ def harvest_cmd(
     except OSError as exc:
         fail(str(exc) if exc.errno == errno.ENOSPC else f"{ws.root}: {exc}")
 
-    def render(c) -> None:
-        t = Table(title=f"harvest into {ws.root}", show_header=True)
-        t.add_column("result")
-        t.add_column("images", justify="right")
-        t.add_row("new", str(summary.new))
-        t.add_row("duplicate (new source recorded)", str(summary.duplicates))
-        t.add_row("already harvested (skipped)", str(summary.skipped))
-        for reason, n in sorted(summary.rejected.items()):
-            t.add_row(f"rejected: {reason}", str(n))
-        c.print(t)
-        for line in summary.reject_lines[:50]:
-            c.print(f"[yellow]rejected[/] {line}", highlight=False, soft_wrap=True)
-        if len(summary.reject_lines) > 50:
-            c.print(f"... and {len(summary.reject_lines) - 50} more (see `textloop status`)")
-        c.print(f"{summary.ok} ok, {sum(summary.rejected.values())} rejected in {summary.seconds:.1f}s")
-
-    emit(st, summary.as_dict(), render)
+    emit(st, summary.as_dict(), lambda c: _render(c, summary, ws.root))
     n_rejected = sum(summary.rejected.values())
     if (summary.ok == 0 and n_rejected) or (strict and n_rejected):
         raise typer.Exit(1)
+
+
+def _render(c: Console, summary: Any, root: Path) -> None:
+    """Counts by result, the first rejects, and the time taken."""
+    t = Table(title=f"harvest into {root}", show_header=True)
+    t.add_column("result")
+    t.add_column("images", justify="right")
+    t.add_row("new", str(summary.new))
+    t.add_row("duplicate (new source recorded)", str(summary.duplicates))
+    t.add_row("already harvested (skipped)", str(summary.skipped))
+    for reason, n in sorted(summary.rejected.items()):
+        t.add_row(f"rejected: {reason}", str(n))
+    c.print(t)
+    for line in summary.reject_lines[:50]:
+        c.print(f"[yellow]rejected[/] {line}", highlight=False, soft_wrap=True)
+    if len(summary.reject_lines) > 50:
+        c.print(f"... and {len(summary.reject_lines) - 50} more (see `textloop status`)")
+    c.print(f"{summary.ok} ok, {sum(summary.rejected.values())} rejected in {summary.seconds:.1f}s")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional
 
 import typer
+from rich.console import Console
 
 from pipeline.cli.common import emit, fail, positive, state
-from pipeline.loop import IterateConfig, iterate
-from pipeline.rank import STRATEGY_HELP
+from pipeline.loop import ROUND_TRAINING, IterateConfig, RoundResult, iterate
+from pipeline.rank import STRATEGY_HELP, RankOptions
 
 
 def register(app: typer.Typer) -> None:
@@ -24,9 +26,9 @@ def iterate_cmd(
     apply: bool = typer.Option(True, "--apply/--no-apply", help="Act on duplicates and the worst label issues."),
     label_action: str = typer.Option("review", help="Suspected label errors: review (re-push) or exclude."),
     arch: str = typer.Option("db", help="Model to retrain: db (fine-tune PP-OCR's detector) or fasterrcnn."),
-    epochs: int = typer.Option(3, min=1, help="Retraining epochs."),
-    steps_per_epoch: int = typer.Option(50, min=1, help="Retraining steps per epoch."),
-    budget_minutes: Optional[float] = typer.Option(10.0, callback=positive, help="Stop retraining after this many minutes (best model kept)."),
+    epochs: int = typer.Option(ROUND_TRAINING.epochs, min=1, help="Retraining epochs."),
+    steps_per_epoch: int = typer.Option(ROUND_TRAINING.steps_per_epoch, min=1, help="Retraining steps per epoch."),
+    budget_minutes: Optional[float] = typer.Option(ROUND_TRAINING.budget_minutes, callback=positive, help="Stop retraining after this many minutes (best model kept)."),
     tolerance: float = typer.Option(0.005, min=0.0, help="Promote when no metric is worse than the current model's by more."),
     push: bool = typer.Option(True, "--push/--no-push", help="Talk to Label Studio (pull first, push the next batch)."),
     seed: int = typer.Option(0),
@@ -36,10 +38,12 @@ def iterate_cmd(
     st = state(ctx)
     ws = st.ws()
     try:
-        cfg = IterateConfig(strategy=strategy, top=top, committee=None if committee.lower() == "none" else committee,
-                            engine=engine, curate_apply=apply, label_action=label_action, arch=arch, epochs=epochs,
-                            steps_per_epoch=steps_per_epoch, budget_minutes=budget_minutes, tolerance=tolerance,
-                            push=push, seed=seed, force=force)
+        cfg = IterateConfig(rank=RankOptions(strategy=strategy, top=top,
+                                             committee=None if committee.lower() == "none" else committee),
+                            train=replace(ROUND_TRAINING, arch=arch, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                                          budget_minutes=budget_minutes, seed=seed),
+                            engine=engine, curate_apply=apply, label_action=label_action, tolerance=tolerance,
+                            push=push, force=force)
     except ValueError as exc:
         fail(str(exc), 2)
     try:
@@ -49,16 +53,18 @@ def iterate_cmd(
     except Exception as exc:  # noqa: BLE001 - one clear line; the round is logged as failed
         fail(f"iterate failed: {type(exc).__name__}: {exc}")
 
-    def render(c) -> None:
-        ev = res.steps.get("evaluate", {})
-        cand, cur = ev.get("candidate", {}), ev.get("current", {})
-        c.print(f"round {res.iteration}: candidate {res.candidate} "
-                f"(coverage {cand.get('text_coverage')}, F1 {cand.get('f1')}) vs {cur.get('version')} "
-                f"(coverage {cur.get('text_coverage')}, F1 {cur.get('f1')}) on {ev.get('images')} images "
-                f"({ev.get('test_set')})")
-        c.print("promoted" if res.promoted else f"not promoted: {'; '.join(ev.get('regressions', []))}")
-        if "push" in res.steps:
-            p = res.steps["push"]
-            c.print(f"pushed {p.get('tasks_created')} new tasks; label them at {p.get('url')}, then run `textloop iterate`")
+    emit(st, res.as_dict(), lambda c: _render(c, res))
 
-    emit(st, res.as_dict(), render)
+
+def _render(c: Console, res: RoundResult) -> None:
+    """The candidate against the current model, the promotion decision, and the pushed batch."""
+    ev = res.steps.get("evaluate", {})
+    cand, cur = ev.get("candidate", {}), ev.get("current", {})
+    c.print(f"round {res.iteration}: candidate {res.candidate} "
+            f"(coverage {cand.get('text_coverage')}, F1 {cand.get('f1')}) vs {cur.get('version')} "
+            f"(coverage {cur.get('text_coverage')}, F1 {cur.get('f1')}) on {ev.get('images')} images "
+            f"({ev.get('test_set')})")
+    c.print("promoted" if res.promoted else f"not promoted: {'; '.join(ev.get('regressions', []))}")
+    if "push" in res.steps:
+        p = res.steps["push"]
+        c.print(f"pushed {p.get('tasks_created')} new tasks; label them at {p.get('url')}, then run `textloop iterate`")

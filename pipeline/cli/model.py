@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 from rich.table import Table
@@ -79,15 +79,17 @@ def synth_cmd(
     with progress(st, "synth") as update:
         summary = generate(out, cfg, bgs, progress=update)
 
-    def render(c) -> None:
-        if summary["skipped"]:
-            c.print(f"{out}: up to date ({summary['images']} images, {summary['boxes']} boxes)")
-            return
-        c.print(f"{out}: {summary['images']} images, {summary['boxes']} boxes "
-                f"({summary['backgrounds']} real backgrounds available)")
-        c.print("kinds: " + ", ".join(f"{k} {n}" for k, n in sorted(summary["kinds"].items())))
+    emit(st, summary.as_dict(), lambda c: _render_synth(c, summary.as_dict(), out))
 
-    emit(st, summary, render)
+
+def _render_synth(c: Console, summary: dict[str, Any], out: Path) -> None:
+    """Up to date, or what was generated and of which kinds."""
+    if summary["skipped"]:
+        c.print(f"{out}: up to date ({summary['images']} images, {summary['boxes']} boxes)")
+        return
+    c.print(f"{out}: {summary['images']} images, {summary['boxes']} boxes "
+            f"({summary['backgrounds']} real backgrounds available)")
+    c.print("kinds: " + ", ".join(f"{k} {n}" for k, n in sorted(summary["kinds"].items())))
 
 
 # --- train -----------------------------------------------------------------------------------
@@ -131,68 +133,57 @@ def train_cmd(
 ) -> None:
     """Train a text detector (default: fine-tune PP-OCR's DB network) on synthetic + human-labelled images and register it."""
     from pipeline.detectors.fasterrcnn import FasterRCNNConfig
-    from pipeline.train import DBRecipe, TrainConfig, TrainingError, resolve_parent, train_workspace, workspace_training_data
+    from pipeline.train import CheckpointExists, DBRecipe, TrainConfig, TrainingError, train_run
+    from pipeline.train.workspace import run_dir
 
     st = state(ctx)
     ws = st.ws()
-    run_dir = ws.runs_dir / f"train-{run}"
-    ckpt = run_dir / "checkpoint.pt"
-    if ckpt.exists() and not (resume or restart):
-        fail(f"{ckpt} exists: continue it with --resume or start over with --restart")
-    if restart and ckpt.exists():
-        ckpt.unlink()
+    if arch not in ("db", "fasterrcnn"):
+        fail(f"--arch must be db or fasterrcnn, got {arch!r}", 2)
     try:
-        if arch not in ("db", "fasterrcnn"):
-            raise ValueError(f"--arch must be db or fasterrcnn, got {arch!r}")
-        parent_path, parent_version = resolve_parent(ws, parent, arch)
-        model_cfg = FasterRCNNConfig(backbone=backbone)
-        recipe = DBRecipe(crop=crop, l2sp=l2sp, distill=distill, over_redaction_budget=budget)
-        if lr is None and arch == "fasterrcnn":
-            lr = 2e-3
-        cfg = TrainConfig(out_dir=str(run_dir), arch=arch, model=model_cfg, db=recipe,
-                          parent_bundle=str(parent_path) if parent_path else None,
+        cfg = TrainConfig(arch=arch, model=FasterRCNNConfig(backbone=backbone),
+                          db=DBRecipe(crop=crop, l2sp=l2sp, distill=distill, over_redaction_budget=budget),
                           epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, lr=lr,
                           human_fraction=human_fraction, patience=patience, budget_minutes=budget_minutes, seed=seed,
                           threads=threads, resume=resume, freeze_bn=freeze_bn)
     except ValueError as exc:
         fail(str(exc), 2)
-    synth_samples, human, val, val_source = workspace_training_data(ws, synth, synth_images, seed, say=st.console.print)
-    start = "stock PP-OCR weights" if arch == "db" else "random weights"
-    st.console.print(f"training {arch} on {len(synth_samples)} synthetic + {len(human)} human-labelled images; "
-                     f"validating on {len(val)} ({val_source}); parent: {parent_version or 'none (' + start + ')'}")
     try:
         with _train_progress(st) as update:
-            summary = train_workspace(ws, cfg, synth_samples, human, val, val_source, parent_version, promote, update,
-                                      force=force)
-    except TrainingError as exc:
+            summary = train_run(ws, cfg, synth_sets=synth, synth_images=synth_images, parent=parent, run=run,
+                                restart=restart, promote=promote, force=force, say=st.console.print, progress=update)
+    except ValueError as exc:
+        fail(str(exc), 2)
+    except (CheckpointExists, TrainingError) as exc:
         fail(str(exc))
     except KeyboardInterrupt:
-        fail(f"interrupted; continue with `textloop train --run {run} --resume` (checkpoint: {ckpt})", 130)
-    version, do_promote = summary["version"], summary["promoted"]
-
-    refused = promote and not do_promote
-
-    def render(c) -> None:
-        c.print(f"model {version} ({summary['stopped']} after {summary['steps']} steps, {summary['minutes']} min, "
-                f"peak RSS {summary['peak_rss_mb']} MB)" + (" - now current" if do_promote else
-                "" if refused else f"; not current: compare with `textloop evaluate --detector {summary['bundle']}`, "
-                f"then `textloop models promote {version}`"))
-        m = summary["metrics"] or {}
-        if m:
-            c.print("validation: " + ", ".join(f"{k} {m[k]:.3f}" for k in
-                                               ("coverage_at_budget", "stock_coverage_at_budget", "over_redaction_budget",
-                                                "text_coverage", "fully_covered", "over_redaction", "f1", "ap50")
-                                               if isinstance(m.get(k), float) and m[k] == m[k]))
-            if m.get("settings"):
-                c.print("selected settings: " + ", ".join(f"{k} {v}" for k, v in m["settings"].items()))
-        if summary.get("promotion_message"):
-            c.print(("[yellow]forced:[/] " if summary.get("forced") else "") + summary["promotion_message"], highlight=False)
-        c.print(f"bundle: {summary['bundle']}")
-
-    emit(st, summary, render)
+        fail(f"interrupted; continue with `textloop train --run {run} --resume` "
+             f"(checkpoint: {run_dir(ws, run) / 'checkpoint.pt'})", 130)
+    refused = promote and not summary.promoted
+    emit(st, summary.as_dict(), lambda c: _render_train(c, summary, refused))
     if refused:
-        fail(f"not promoted: {summary.get('promotion_message') or 'no validation numbers'}; "
-             f"`textloop models promote {version} --force` overrides")
+        fail(f"not promoted: {summary.promotion_message or 'no validation numbers'}; "
+             f"`textloop models promote {summary.version} --force` overrides")
+
+
+def _render_train(c: Any, s: Any, refused: bool) -> None:
+    """The new model, why training stopped, its validation numbers and whether it is current."""
+    summary, version, do_promote = s.as_dict(), s.version, s.promoted
+    c.print(f"model {version} ({summary['stopped']} after {summary['steps']} steps, {summary['minutes']} min, "
+            f"peak RSS {summary['peak_rss_mb']} MB)" + (" - now current" if do_promote else
+            "" if refused else f"; not current: compare with `textloop evaluate --detector {summary['bundle']}`, "
+            f"then `textloop models promote {version}`"))
+    m = summary["metrics"] or {}
+    if m:
+        c.print("validation: " + ", ".join(f"{k} {m[k]:.3f}" for k in
+                                           ("coverage_at_budget", "stock_coverage_at_budget", "over_redaction_budget",
+                                            "text_coverage", "fully_covered", "over_redaction", "f1", "ap50")
+                                           if isinstance(m.get(k), float) and m[k] == m[k]))
+        if m.get("settings"):
+            c.print("selected settings: " + ", ".join(f"{k} {v}" for k, v in m["settings"].items()))
+    if summary.get("promotion_message"):
+        c.print(("[yellow]forced:[/] " if summary.get("forced") else "") + summary["promotion_message"], highlight=False)
+    c.print(f"bundle: {summary['bundle']}")
 
 
 class _train_progress:

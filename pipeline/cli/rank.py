@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from pipeline.cli.common import emit, fail, progress, state
-from pipeline.detectors import load_detector
-from pipeline.rank import RANKING_TABLE, STRATEGY_HELP, plan_rank, rank_workspace
+from pipeline.rank import STRATEGY_HELP, RankError, RankOptions, RankResult, rank_images
 
 
 def register(app: typer.Typer) -> None:
@@ -29,36 +29,28 @@ def rank_cmd(
     st = state(ctx)
     ws = st.ws()
     try:
-        det = load_detector(detector, ws)
-        second = load_detector(committee, ws) if committee.lower() != "none" else None
-        run, second = plan_rank(det, second, strategy, top=top, tta=tta, diversity=diversity, kcenter=kcenter,
-                                min_score=min_score)
-        strategy = run.strategy
+        options = RankOptions(strategy=strategy, top=top, committee=None if committee.lower() == "none" else committee,
+                              tta=tta, diversity=diversity, kcenter=kcenter, min_score=min_score)
+        with progress(st, "rank") as update:
+            result = rank_images(ws, options, detector, progress=update)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc), 2)
-    with progress(st, "rank") as update:
-        try:
-            df = rank_workspace(ws, det, run, committee_detector=second, progress=update)
-        except ValueError as exc:
-            fail(str(exc))
-    batch = df[df["batch_rank"].notna()]
-    data = {"pool": len(df), "strategy": strategy, "model_version": det.version,
-            "committee": second.version if second else None,
-            "batch": batch[["image_id", "original_name", "batch_rank", f"score_{strategy}", "reason"]].to_dict("records"),
-            "errors": [{"image_id": i, "error": e} for i, e in df.attrs.get("errors", [])],
-            "table": str(ws.reports_dir / f"{RANKING_TABLE}.parquet")}
+    except RankError as exc:
+        fail(str(exc))
+    emit(st, result.as_dict(), lambda c: _render(c, result))
 
-    def render(c) -> None:
-        t = Table(title=f"next batch by {strategy} ({len(batch)} of {len(df)} unlabelled images)")
-        for col in ("#", "image", "score", "boxes", "why"):
-            t.add_column(col)
-        for _, r in batch.iterrows():
-            t.add_row(str(int(r["batch_rank"])), f"{r['original_name']} ({r['image_id'][:8]})", f"{r[f'score_{strategy}']:.3f}",
-                      str(r["n_boxes"]),
-                      r["reason"])
-        c.print(t)
-        for e in data["errors"]:
-            c.print(f"[yellow]skipped[/] {e['image_id']}: {e['error']}")
-        c.print(f"ranking table: {data['table']} (+ .csv); next: `textloop push --strategy ranked --top {top}`")
 
-    emit(st, data, render)
+def _render(c: Console, result: RankResult) -> None:
+    """The batch with each image's score and why, skipped images, and what to run next."""
+    batch, strategy, data = result.batch, result.run.strategy, result.as_dict()
+    t = Table(title=f"next batch by {strategy} ({len(batch)} of {len(result.frame)} unlabelled images)")
+    for col in ("#", "image", "score", "boxes", "why"):
+        t.add_column(col)
+    for _, r in batch.iterrows():
+        t.add_row(str(int(r["batch_rank"])), f"{r['original_name']} ({r['image_id'][:8]})", f"{r[f'score_{strategy}']:.3f}",
+                  str(r["n_boxes"]),
+                  r["reason"])
+    c.print(t)
+    for e in data["errors"]:
+        c.print(f"[yellow]skipped[/] {e['image_id']}: {e['error']}")
+    c.print(f"ranking table: {data['table']} (+ .csv); next: `textloop push --strategy ranked --top {result.run.top}`")

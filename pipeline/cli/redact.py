@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
-from pipeline.cli.common import emit, fail, progress, state
-from pipeline.legibility import Reader
+from pipeline.cli.common import AppState, emit, fail, progress, state
 from pipeline.redact import run as rr
+from pipeline.redact.tree import AuditTrailError, RedactSummary, redact_tree
 from pipeline.redact.core import SHAPES, STYLES, Pad, parse_color
 
 
@@ -52,14 +52,30 @@ def redact_cmd(
     (hashes, boxes, scores, detector, settings) in the audit folder, with manifest.csv/.parquet,
     redact.log and summary.json. Exit code 1 if any image failed."""
     st = state(ctx)
+    cfg = _config(st, threshold, pad, style, shape, color, quality, max_pixels, review, review_band, verify, strict,
+                  dry_run, force or from_review)
+    try:
+        with progress(st, "redact") as update:
+            summary = redact_tree(input, output, cfg, workspace=st.ws, detector=detector, scales=_scales(scales),
+                                  engine=engine, workers=workers, archive=archive, audit=audit, fail_fast=fail_fast,
+                                  from_review=from_review, progress=update)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc), 2)
+    except AuditTrailError as exc:
+        fail(str(exc))
+    emit(st, summary.as_dict(), lambda c: _render(c, summary, verify))
+    if not summary.ok:
+        raise typer.Exit(1)
+
+
+def _config(st: AppState, threshold: float, pad: str, style: str, shape: str, color: str, quality: int,
+            max_pixels: int, review: bool, review_band: str, verify: bool, strict: bool, dry_run: bool,
+            force: bool) -> rr.RedactConfig:
+    """The options that decide the output, checked (exit code 2 on a bad one)."""
     if style not in STYLES:
         fail(f"--style must be one of {', '.join(STYLES)}", 2)
     if shape not in SHAPES:
         fail(f"--shape must be one of {', '.join(SHAPES)}", 2)
-    if engine not in ("local", "ray"):
-        fail("--engine must be local or ray", 2)
-    if strict and not verify:
-        fail("--strict needs --verify", 2)
     try:
         pad_v = Pad.parse(pad)
         color_v = parse_color(color)
@@ -71,163 +87,52 @@ def redact_cmd(
     if style != "fill":
         st.console.print(f"[bold yellow]warning:[/] --style {style} is reversible: blurred or pixelated text and faces "
                          "can be reconstructed. Use the default opaque fill for anything sensitive.", highlight=False)
-    cfg = rr.RedactConfig(threshold=threshold, pad=pad_v, style=style, shape=shape, color=color_v, jpeg_quality=quality,
-                          max_pixels=max_pixels, review=review, review_band=(lo, hi), verify=verify,
-                          strict=strict, dry_run=dry_run, force=force or from_review)
+    return rr.RedactConfig(threshold=threshold, pad=pad_v, style=style, shape=shape, color=color_v, jpeg_quality=quality,
+                           max_pixels=max_pixels, review=review, review_band=(lo, hi), verify=verify,
+                           strict=strict, dry_run=dry_run, force=force)
+
+
+def _scales(text: Optional[str]) -> tuple[float, ...] | None:
     try:
-        planned = rr.plan_input(input, output, audit, exclude=[archive] if archive else [])
-    except (FileNotFoundError, ValueError) as exc:
-        fail(str(exc), 2)
-    items, audit_dir, ignored = planned.items, planned.audit, planned.ignored
-    if not items and not planned.problems:
-        fail(f"{input}: no images found (extensions: {', '.join(sorted(set(rr.codec.EXTENSIONS)))})", 2)
-    if not dry_run:
-        out_folder = Path(items[0].out).parent if planned.single else output
-        try:  # a folder that cannot be written is one error up front, not a failure per image
-            rr.prepare_folders([out_folder, audit_dir])
-        except OSError as exc:
-            fail(str(exc), 2)
-        started = time.time()  # temp files of an interrupted earlier run: older than this
-        rr.remove_stale_temps([audit_dir] if planned.single else [output, audit_dir], started,
-                              files=[Path(items[0].out)] if planned.single else ())
+        return tuple(float(x) for x in text.split(",")) if text else None
+    except ValueError:
+        fail(f"bad --scales {text!r}: use e.g. 1,2", 2)
 
-    ws = st.ws() if (detector == "current" or review or from_review) else None
-    from pipeline.detectors import load_detector
 
-    if detector == "current" and ws is not None:
-        with ws.catalog() as cat:
-            if cat.current_model() is None:
-                detector = "ppocr"  # the documented fallback, made explicit so --scales applies
-    det_options: dict[str, Any] = {}
-    if detector == "ppocr":
-        try:
-            det_options["scales"] = tuple(float(x) for x in scales.split(",")) if scales else rr.DEFAULT_PPOCR_SCALES
-        except ValueError:
-            fail(f"bad --scales {scales!r}: use e.g. 1,2", 2)
-    elif scales:
-        fail("--scales applies to the ppocr detector only", 2)
-    try:
-        det = rr.build_ppocr(**det_options) if detector == "ppocr" else load_detector(detector, ws)
-        verifier = Reader() if verify else None
-    except (FileNotFoundError, ValueError) as exc:
-        fail(str(exc), 2)
-
-    reviewed: dict[str, Any] = {}
-    pre_results: list[rr.Result] = []
-    if from_review:
-        from pipeline.redact import review as rv
-
-        held = rv.held_items(items)
-        reviewed = rv.reviewed_for_items(ws, held)
-        pre_results = [rv.waiting(it, sc) for it, sc in held if it.rel not in reviewed]
-        items = [it for it, _ in held if it.rel in reviewed]
-
-    remove_log = rr.add_log_file(audit_dir) if not dry_run else (lambda: None)
-    rr.log.info("redact %s -> %s: detector %s, settings %s", input, output, det.version, cfg.settings(det.version))
-    t0 = time.perf_counter()
-    results: list[rr.Result] = list(pre_results) + planned.problems   # FIFOs, links out of the tree...
-    failed_early = False
-    try:
-        with progress(st, "redact") as update:
-            if engine == "ray":
-                from pipeline.redact.ray_engine import SpecFactory, ray_available, run_ray
-
-                if not ray_available():
-                    fail("--engine ray needs Ray: pip install 'textloop[ray]' (or pip install 'ray[data]')", 2)
-                vf = Reader if verify else None   # each actor builds its own reader
-                stream = run_ray(SpecFactory(detector, str(ws.root) if ws else None, det_options), cfg, items, workers,
-                                 verifier_factory=vf, reviewed=reviewed)
-            else:
-                redactor = rr.Redactor(det, cfg, verifier)
-                stream = rr.run_local(redactor, items, workers, reviewed=reviewed, fail_fast=fail_fast)
-            for res in stream:
-                results.append(res)
-                update(len(results), len(items) + len(pre_results))
-                if fail_fast and res.status == "failed" and engine == "ray":
-                    failed_early = True
-                    break
-    except KeyboardInterrupt:
-        rr.log.warning("interrupted after %d images; rerun the same command to resume", len(results))
-        remove_log()
-        raise
-    seconds = time.perf_counter() - t0
-
-    archived = 0
-    if archive and not dry_run:
-        by_rel = {it.rel: it for it in items}
-        for res in results:
-            if res.status == "redacted":
-                try:
-                    rr.archive_original(by_rel[res.rel], archive, cfg.max_pixels)
-                    archived += 1
-                except OSError as exc:
-                    res.status, res.reason, res.detail = "failed", "archive_failed", str(exc)
-
-    review_info: dict[str, Any] | None = None
-    held = [r for r in results if r.status == "held"]
-    if review and held and not dry_run:
-        from pipeline.redact import review as rv
-
-        review_info = rv.queue_for_review(ws, held, det.version, min_score=cfg.detection_floor,
-                                         sidecars={it.rel: it.sidecar for it in items})
-
-    summary = rr.summarize(results, seconds, len(ignored))
-    info = getattr(det, "info", None) or {}  # a trained model: its validation coverage (at the over-redaction budget)
-    summary["model"] = {"name": getattr(det, "name", ""), "version": det.version,
-                        "validation_coverage": info.get("validation_coverage"),
-                        "stock_validation_coverage": info.get("stock_validation_coverage")}
-    summary.update({"input": input, "output": str(output), "audit": str(audit_dir), "detector": det.version,
-                    "settings": cfg.settings(det.version), "engine": engine, "archived": archived})
-    if review_info is not None:
-        summary["review"] = review_info
-    if failed_early:
-        summary["stopped_early"] = True
+def _render(c: Console, summary: RedactSummary, verify: bool) -> None:
+    """The result table, failures, the --verify audit and where the audit trail is."""
+    dry_run, results, review_info = summary.would_redact is not None, summary.results, summary.review
+    audit_dir, input, output = Path(summary.audit), summary.input, summary.output
+    summary = summary.as_dict()
     if dry_run:
-        summary["would_redact"] = [{"input": r.rel, "pages": r.pages, "boxes": r.boxes, "scores": r.scores}
-                                   for r in sorted(results, key=lambda r: r.rel) if r.status == "dry_run"]
-    if not dry_run:
-        try:
-            summary["manifest"] = rr.write_manifest(audit_dir, results)
-            rr.atomic_write_text(audit_dir / "summary.json", __import__("json").dumps(summary, indent=1, default=str) + "\n")
-        except OSError as exc:
-            remove_log()
-            fail(f"audit trail not written: {exc}")
-        rr.log.info("summary: %s", {k: v for k, v in summary.items() if k != "errors"})
-    remove_log()
-
-    def render(c) -> None:
-        if dry_run:
-            t = Table(title="dry run: what would be redacted", show_header=True)
-            t.add_column("image")
-            t.add_column("pages", justify="right")
-            t.add_column("boxes", justify="right")
-            t.add_column("scores")
-            for r in sorted(results, key=lambda r: r.rel):
-                sc = [s for page in r.scores for s in page]
-                t.add_row(r.rel, str(r.pages), str(r.n_boxes) if r.status != "failed" else f"failed: {r.reason}",
-                          f"{min(sc):.2f}-{max(sc):.2f}" if sc else "")
-            c.print(t)
-        t = Table(title=f"redact {input} -> {output}", show_header=True)
-        t.add_column("result")
-        t.add_column("images", justify="right")
-        for key in ("redacted", "skipped", "held_for_review", "waiting_review", "dry_run", "failed"):
-            if summary[key] or key in ("redacted", "failed"):
-                t.add_row(key.replace("_", " "), str(summary[key]))
+        t = Table(title="dry run: what would be redacted", show_header=True)
+        t.add_column("image")
+        t.add_column("pages", justify="right")
+        t.add_column("boxes", justify="right")
+        t.add_column("scores")
+        for r in sorted(results, key=lambda r: r.rel):
+            sc = [x for page in r.scores for x in page]
+            t.add_row(r.rel, str(r.pages), str(r.n_boxes) if r.status != "failed" else f"failed: {r.reason}",
+                      f"{min(sc):.2f}-{max(sc):.2f}" if sc else "")
         c.print(t)
-        for line in summary["errors"][:50]:
-            c.print(f"[red]failed[/] {line}", highlight=False, soft_wrap=True)
-        if len(summary["errors"]) > 50:
-            c.print(f"... and {len(summary['errors']) - 50} more (see {audit_dir / 'manifest.csv'})")
-        if verify:
-            c.print(f"verify: OCR read {summary['remaining_text']} legible string(s) outside the covered areas"
-                    + (": " + ", ".join(repr(x["text"]) for x in summary["legible"][:10]) if summary["legible"] else ""),
-                    highlight=False)
-        if review_info:
-            c.print(f"review: {review_info.get('held', 0)} held, {review_info.get('pushed', 0)} pushed to Label Studio"
-                    + (f" (push failed: {review_info['push_error']})" if review_info.get("push_error") else ""))
-        c.print(f"{summary['boxes']} boxes, {summary['images_per_s']} images/s, {summary['seconds']}s, "
-                f"detector {det.version}" + ("" if dry_run else f"; audit trail in {audit_dir}"), highlight=False)
+    t = Table(title=f"redact {input} -> {output}", show_header=True)
+    t.add_column("result")
+    t.add_column("images", justify="right")
+    for key in ("redacted", "skipped", "held_for_review", "waiting_review", "dry_run", "failed"):
+        if summary[key] or key in ("redacted", "failed"):
+            t.add_row(key.replace("_", " "), str(summary[key]))
+    c.print(t)
+    for line in summary["errors"][:50]:
+        c.print(f"[red]failed[/] {line}", highlight=False, soft_wrap=True)
+    if len(summary["errors"]) > 50:
+        c.print(f"... and {len(summary['errors']) - 50} more (see {audit_dir / 'manifest.csv'})")
+    if verify:
+        c.print(f"verify: OCR read {summary['remaining_text']} legible string(s) outside the covered areas"
+                + (": " + ", ".join(repr(x["text"]) for x in summary["legible"][:10]) if summary["legible"] else ""),
+                highlight=False)
+    if review_info:
+        c.print(f"review: {review_info.get('held', 0)} held, {review_info.get('pushed', 0)} pushed to Label Studio"
+                + (f" (push failed: {review_info['push_error']})" if review_info.get("push_error") else ""))
+    c.print(f"{summary['boxes']} boxes, {summary['images_per_s']} images/s, {summary['seconds']}s, "
+            f"detector {summary['detector']}" + ("" if dry_run else f"; audit trail in {audit_dir}"), highlight=False)
 
-    emit(st, summary, render)
-    if summary["failed"] or failed_early:
-        raise typer.Exit(1)

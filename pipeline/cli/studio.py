@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 
 from pipeline.cli.common import emit, fail, positive, progress, state
-from pipeline.studio.client import StudioError, connect
+from pipeline.studio.client import StudioError
+from pipeline.studio.launcher import connect_workspace
 
 studio_app = typer.Typer(help="Run and set up Label Studio for this workspace (local server or docker compose).",
                          no_args_is_help=True)
@@ -20,20 +21,6 @@ def register(app: typer.Typer) -> None:
     app.command("pull")(pull_cmd)
     app.command("export")(export_cmd)
     app.command("serve")(serve_cmd)
-
-
-def _connect(ws_root: Path):
-    """LABEL_STUDIO_URL from the environment, else the server `studio up` started for this
-    workspace, else LABEL_STUDIO_URL from .env, else the default."""
-    import os
-
-    from pipeline.studio.launcher import read_info
-
-    url = os.environ.get("LABEL_STUDIO_URL")
-    if not url:
-        info = read_info(ws_root)
-        url = info.url if info else None
-    return connect(url=url)
 
 
 @studio_app.command("up")
@@ -96,7 +83,7 @@ def init_cmd(
     st = state(ctx)
     ws = st.ws()
     try:
-        studio = _connect(ws.root)
+        studio = connect_workspace(ws.root)
         res = init_project(ws, studio, [c for c in classes.split(",") if c.strip()], title, ml_backend, label_config)
     except StudioError as exc:
         fail(str(exc))
@@ -118,25 +105,17 @@ def push_cmd(
     update_existing: bool = typer.Option(True, help="Add this model version's prediction to existing tasks."),
 ) -> None:
     """Create Label Studio tasks with the model's boxes as pre-annotations (idempotent, batched)."""
-    from pipeline.studio.push import push_images
+    from pipeline.studio.push import run_push
 
     st = state(ctx)
     ws = st.ws()
-    ids = None
-    if split:
-        with ws.catalog() as cat:
-            ids = [r["id"] for r in cat.images(split=split) if r["status"] != "excluded"]
     try:
-        studio = _connect(ws.root)
-        with ws.catalog() as cat:
-            it = cat.start_iteration("push")
         with progress(st, "push") as update:
-            res = push_images(ws, ids, model_version, studio, model=model, strategy=strategy, top=top,
-                              update_existing=update_existing, progress=update, min_score=min_score)
+            res = run_push(ws, connect_workspace(ws.root), split=split, model=model, model_version=model_version,
+                           strategy=strategy, top=top, update_existing=update_existing, min_score=min_score,
+                           progress=update)
     except (StudioError, FileNotFoundError, ValueError) as exc:
         fail(str(exc))
-    with ws.catalog() as cat:
-        cat.finish_iteration(it, counts={k: v for k, v in res.items() if isinstance(v, int)})
     emit(st, res, lambda c: c.print(
         f"pushed to project {res['project_id']} with model {res['model_version']}: {res['tasks_created']} new tasks, "
         f"{res['predictions_added']} predictions added to existing tasks, {res['already_pushed']} already there"
@@ -148,18 +127,14 @@ def pull_cmd(
     policy: str = typer.Option("latest", help="Which annotation wins per task: latest | first (ground truth always wins)."),
 ) -> None:
     """Mirror human annotations into the catalog: new, updated and removed since the last pull."""
-    from pipeline.studio.pull import pull
+    from pipeline.studio.pull import run_pull
 
     st = state(ctx)
     ws = st.ws()
     try:
-        studio = _connect(ws.root)
-        res = pull(ws, studio, policy=policy)
+        res = run_pull(ws, connect_workspace(ws.root), policy=policy)
     except (StudioError, ValueError) as exc:
         fail(str(exc))
-    with ws.catalog() as cat:
-        it = cat.start_iteration("pull")
-        cat.finish_iteration(it, counts={k: v for k, v in res.items() if isinstance(v, int)})
     emit(st, res, lambda c: c.print(
         f"pulled project {res['project_id']}: {res['new']} new, {res['updated']} updated, {res['removed']} removed "
         f"({res['unchanged']} unchanged); {res['labelled']} labelled, {res['empty']} verified empty, {res['skipped']} skipped"))

@@ -22,7 +22,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import pandas as pd
@@ -36,6 +36,29 @@ from pipeline.io import atomic_write_bytes, atomic_write_text, write_table
 log = logging.getLogger("textloop.curate")
 
 
+@dataclass(frozen=True)
+class CurateSummary:
+    """One curation run; `as_dict()` is the `--json` payload (curate_summary.json without the
+    last two keys). `duplicates` / `label_noise` are None when that part was skipped."""
+
+    iteration: int | str
+    engine: str
+    applied: bool
+    at: str
+    duplicates: dict[str, Any] | None
+    label_noise: dict[str, Any] | None
+    config: dict[str, Any]
+    reports: str                  # <ws>/reports: the latest tables and pages
+    run_dir: str                  # runs/<iteration>/curate: this run's copy
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        for part in ("duplicates", "label_noise"):
+            if d[part] is None:
+                del d[part]
+        return d
+
+
 def run_curate(
     ws: Any,
     dup_cfg: DuplicateConfig | None = None,
@@ -47,8 +70,8 @@ def run_curate(
     progress: Callable[[int, int], None] | None = None,
     duplicates: bool = True,
     label_noise: bool = True,
-) -> dict[str, Any]:
-    """Run curation over the workspace; returns a JSON-able summary."""
+) -> CurateSummary:
+    """Run curation over the workspace; the summary is also written as curate_summary.json."""
     dup_cfg = dup_cfg or DuplicateConfig()
     noise_cfg = noise_cfg or LabelNoiseConfig()
     if label_action not in ("review", "exclude"):
@@ -109,6 +132,6 @@ def run_curate(
                      "label_issues": summary.get("label_noise", {}).get("label_issues", 0),
                      "duplicate_groups": summary.get("duplicates", {}).get("duplicate_groups", 0)}
         it.metrics = {"engine": dup_cfg.engine, "applied": apply}
-    summary["reports"] = str(ws.reports_dir)
-    summary["run_dir"] = str(run_dir)
-    return summary
+    return CurateSummary(iteration=iteration, engine=dup_cfg.engine, applied=apply, at=summary["at"],
+                         duplicates=summary.get("duplicates"), label_noise=summary.get("label_noise"),
+                         config=summary["config"], reports=str(ws.reports_dir), run_dir=str(run_dir))

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pipeline.config import privacy_env
 from pipeline.io import atomic_write_text
-from pipeline.studio.client import StudioError, load_settings
+from pipeline.studio.client import Studio, StudioError, connect, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -267,3 +267,13 @@ def status(ws_root: Path) -> dict:
     return {"url": url, "healthy": healthy, "started_by_textloop": running,
             "pid": info.pid if info else None, "mode": info.mode if info else None,
             "log": info.log if info else None}
+
+
+def connect_workspace(ws_root: Path) -> Studio:
+    """LABEL_STUDIO_URL from the environment, else the server `studio up` started for this
+    workspace, else LABEL_STUDIO_URL from .env, else the default."""
+    url = os.environ.get("LABEL_STUDIO_URL")
+    if not url:
+        info = read_info(ws_root)
+        url = info.url if info else None
+    return connect(url=url)

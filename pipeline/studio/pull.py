@@ -121,3 +121,17 @@ def pull(ws: Workspace, client: Studio | None = None, policy: str = "latest") ->
                     counts["removed"] += 1
     counts["project_id"] = project.id
     return counts
+
+
+def run_pull(ws: Workspace, client: Studio | None = None, policy: str = "latest") -> dict[str, Any]:
+    """`textloop pull` as one call: `pull`, recorded as a `pull` iteration with its counts
+    (iterate calls `pull` inside its own round instead)."""
+    if client is None:
+        from pipeline.studio.launcher import connect_workspace
+
+        client = connect_workspace(ws.root)   # the server `studio up` started, as the CLI finds it
+    res = pull(ws, client, policy=policy)
+    with ws.catalog() as cat:
+        it = cat.start_iteration("pull")
+        cat.finish_iteration(it, counts={k: v for k, v in res.items() if isinstance(v, int)})
+    return res

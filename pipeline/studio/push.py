@@ -346,3 +346,25 @@ def push_images(
         "failed": len(failed), "order": order_note,
         "url": f"{studio.url}/projects/{project.id}/data",
     }
+
+
+def run_push(ws: Workspace, client: Studio | None = None, *, split: str | None = None, model: str = "current",
+             model_version: str | None = None, strategy: str | None = None, top: int | None = None,
+             update_existing: bool = True, min_score: float | None = None,
+             progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """`textloop push` as one call: `push_images` over the split's images (default every image
+    not excluded), recorded as a `push` iteration with its counts, or as failed with the error
+    (iterate calls `push_images` inside its own round instead)."""
+    ids = None
+    if split:
+        with ws.catalog() as cat:
+            ids = [r["id"] for r in cat.images(split=split) if r["status"] != ImageStatus.EXCLUDED]
+    if client is None:
+        from pipeline.studio.launcher import connect_workspace
+
+        client = connect_workspace(ws.root)   # the server `studio up` started, as the CLI finds it
+    with ws.catalog() as journal, journal.iteration("push") as it:   # `failed` (with the error) if it raises
+        res = push_images(ws, ids, model_version, client, model=model, strategy=strategy, top=top,
+                          update_existing=update_existing, progress=progress, min_score=min_score)
+        it.counts = {k: v for k, v in res.items() if isinstance(v, int)}
+    return res

@@ -33,7 +33,7 @@ from pipeline.train.db import DBRecipe
 log = logging.getLogger("pipeline.train")
 
 ARCHS = ("db", "fasterrcnn")
-DEFAULT_LR = {"db": 3e-5, "fasterrcnn": 1e-3}
+DEFAULT_LR = {"db": 3e-5, "fasterrcnn": 2e-3}   # fasterrcnn: what `textloop train` always used (README)
 DEFAULT_WEIGHT_DECAY = {"db": 0.0, "fasterrcnn": 1e-4}   # db: L2-SP toward stock instead of toward zero
 
 
@@ -51,7 +51,7 @@ class TrainConfig:
     epochs: int = 10
     steps_per_epoch: int = 100
     batch_size: int = 4
-    lr: float | None = None                    # None: 3e-5 for db, 1e-3 for fasterrcnn
+    lr: float | None = None                    # None: DEFAULT_LR[arch]
     weight_decay: float | None = None          # None: 0 for db (L2-SP instead), 1e-4 for fasterrcnn
     warmup_steps: int = 50
     optimizer: str = "adamw"                   # adamw | sgd

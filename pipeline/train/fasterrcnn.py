@@ -35,10 +35,11 @@ def validate(detector: Any, val: Sequence[Sample], threshold: float) -> dict[str
     from pipeline.evaluate import evaluate
     from pipeline.predict import detect_set
 
-    ok, preds, errors, _ = detect_set(detector, [(s.path, s.gt) for s in val], threshold)
+    found = detect_set(detector, [(s.path, s.gt) for s in val], threshold)
+    ok, preds, errors = found.ok, found.detections, found.errors
     for e in errors:
         log.warning("skipped in validation: %s", e)
-    return evaluate([val[k].gt for k in ok], preds) if ok else {}
+    return evaluate([val[k].gt for k in ok], preds).as_dict() if ok else {}
 
 
 def train_mode(model: Any, freeze_bn: bool) -> None:

@@ -90,7 +90,7 @@ def coverage_by_source(gts: Sequence[Any], dets: Sequence[Any]) -> dict[str, flo
         if not any(len(gts[i].boxes) for i in idx):
             continue  # text-free images: over-redaction, not coverage
         m = evaluate([gts[i] for i in idx], [dets[i] for i in idx])
-        out[src] = _num(m.get("text_coverage"))
+        out[src] = _num(m.text_coverage)
     return out if len(out) >= 2 else {}
 
 
@@ -109,22 +109,24 @@ def sweep(detector: Any, items: Sequence[tuple[Path, Any]], grid: Sequence[dict[
         detector.cache_maps(True)
         try:
             for params in grid:
-                ok, dets, errors, _ = detect_set(detector.retuned(**params), items, threshold)
+                found = detect_set(detector.retuned(**params), items, threshold)
+                ok, dets, errors = found.ok, found.detections, found.errors
                 for e in errors:
                     log.warning("validation: skipped %s", e)
                 gts = [items[k][1] for k in ok]
-                m = evaluate(gts, dets) if ok else {}
+                m = evaluate(gts, dets).as_dict() if ok else {}
                 points.append(Operating(dict(params), _num(m.get("text_coverage")), _num(m.get("over_redaction")), m,
                                         coverage_by_source(gts, dets)))
         finally:
             detector.cache_maps(cached)
         return points
-    ok, dets, errors, _ = detect_set(detector, items, min(SCORE_GRID))
+    found = detect_set(detector, items, min(SCORE_GRID))
+    ok, dets, errors = found.ok, found.detections, found.errors
     for e in errors:
         log.warning("validation: skipped %s", e)
     for t in (grid or [{"threshold": t} for t in SCORE_GRID]):
         gts, kept = [items[k][1] for k in ok], [d.filter(t["threshold"]) for d in dets]
-        m = evaluate(gts, kept) if ok else {}
+        m = evaluate(gts, kept).as_dict() if ok else {}
         points.append(Operating(dict(t), _num(m.get("text_coverage")), _num(m.get("over_redaction")), m,
                                 coverage_by_source(gts, kept)))
     return points

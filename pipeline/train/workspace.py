@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -164,10 +165,39 @@ def _result_check(result: Any, val: Sequence[Sample], val_source: str) -> Promot
     return check
 
 
+@dataclass(frozen=True)
+class TrainSummary:
+    """One training run, registered; `as_dict()` is the `--json` payload."""
+
+    version: str
+    arch: str
+    parent: str | None
+    promoted: bool
+    promotion: dict[str, Any] | None      # both numbers of the promotion rule, when promotion was asked for
+    promotion_message: str | None
+    forced: bool
+    steps: int
+    epochs: int
+    stopped: str
+    minutes: float
+    timing_s: dict[str, float]
+    peak_rss_mb: int
+    val_source: str
+    metrics: dict[str, Any] | None
+    bundle: str
+    checkpoint: str
+    synthetic: int
+    human: int
+    val: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
 def train_workspace(ws: Any, cfg: TrainConfig, synth: Sequence[Sample], human: Sequence[Sample],
                     val: Sequence[Sample], val_source: str, parent_version: str | None,
                     promote: bool = False, progress: Callable[[int, int, dict[str, Any]], None] | None = None,
-                    force: bool = False) -> dict[str, Any]:
+                    force: bool = False) -> TrainSummary:
     """Train, save the bundle, register it and log the run in `iterations`. Promoted only when
     asked *and* when the promotion rule passes (or `force`): `current` is what redact uses by
     default. The summary's `promotion` holds both numbers; `promoted` says what happened."""
@@ -192,17 +222,50 @@ def train_workspace(ws: Any, cfg: TrainConfig, synth: Sequence[Sample], human: S
         if check.ok or force:
             promote_checked(ws, version, force=force, check=check)
             promoted = True
-    summary = {"version": version, "arch": cfg.arch, "parent": parent_version, "promoted": promoted,
-               "promotion": json_safe(check.to_json()) if check else None,
-               "promotion_message": check.message(version) if check else None, "forced": bool(force and promote and
-                                                                                            check and not check.ok),
-               "steps": result.steps, "epochs": result.epochs, "stopped": result.stopped,
-               "minutes": round(result.seconds / 60, 2), "timing_s": {k: round(v, 1) for k, v in result.timing.items()},
-               "peak_rss_mb": round(result.peak_rss_mb), "val_source": val_source, "metrics": json_safe(result.metrics),
-               "bundle": str(ws.models_dir / version / "bundle.zip"), "checkpoint": str(result.checkpoint),
-               "synthetic": len(synth), "human": len(human), "val": len(val)}
+    summary = TrainSummary(
+        version=version, arch=cfg.arch, parent=parent_version, promoted=promoted,
+        promotion=json_safe(check.to_json()) if check else None,
+        promotion_message=check.message(version) if check else None,
+        forced=bool(force and promote and check and not check.ok),
+        steps=result.steps, epochs=result.epochs, stopped=result.stopped,
+        minutes=round(result.seconds / 60, 2), timing_s={k: round(v, 1) for k, v in result.timing.items()},
+        peak_rss_mb=round(result.peak_rss_mb), val_source=val_source, metrics=json_safe(result.metrics),
+        bundle=str(ws.models_dir / version / "bundle.zip"), checkpoint=str(result.checkpoint),
+        synthetic=len(synth), human=len(human), val=len(val))
     return summary
 
+
+class CheckpointExists(RuntimeError):
+    """A run of that name has a checkpoint: continue it (resume) or discard it (restart)."""
+
+
+def run_dir(ws: Any, run: str) -> Path:
+    """Where run RUN keeps its checkpoint and bundle."""
+    return ws.runs_dir / f"train-{run}"
+
+
+def train_run(ws: Any, cfg: TrainConfig, *, synth_sets: Sequence[str] = ("default",), synth_images: int = 400,
+              parent: str = "auto", run: str = "train", restart: bool = False, promote: bool = False,
+              force: bool = False, say: Callable[[str], None] = log.info,
+              progress: Callable[[int, int, dict[str, Any]], None] | None = None) -> TrainSummary:
+    """`textloop train` as one call: the run's folder (`cfg.out_dir` and `cfg.parent_bundle` are
+    filled in), the parent model, the training data (missing synthetic sets generated), training,
+    registration and promotion by the rule. Raises CheckpointExists when the run has a checkpoint
+    and neither `cfg.resume` nor `restart`, ValueError for an unknown parent, TrainingError when
+    training cannot go on; Ctrl-C leaves the checkpoint for `resume`."""
+    out = run_dir(ws, run)
+    ckpt = out / "checkpoint.pt"
+    if ckpt.exists() and not (cfg.resume or restart):
+        raise CheckpointExists(f"{ckpt} exists: continue it with --resume or start over with --restart")
+    if restart and ckpt.exists():
+        ckpt.unlink()
+    parent_path, parent_version = resolve_parent(ws, parent, cfg.arch)
+    cfg = replace(cfg, out_dir=str(out), parent_bundle=str(parent_path) if parent_path else None)
+    synth, human, val, val_source = workspace_training_data(ws, synth_sets, synth_images, cfg.seed, say=say)
+    start = "stock PP-OCR weights" if cfg.arch == "db" else "random weights"
+    say(f"training {cfg.arch} on {len(synth)} synthetic + {len(human)} human-labelled images; "
+        f"validating on {len(val)} ({val_source}); parent: {parent_version or 'none (' + start + ')'}")
+    return train_workspace(ws, cfg, synth, human, val, val_source, parent_version, promote, progress, force=force)
 
 def save_result(path: str | Path, result: Any, parent: str | None = None, extra: dict[str, Any] | None = None,
                 version: str | None = None) -> str:

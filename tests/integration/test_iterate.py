@@ -6,13 +6,15 @@ ppocr on validation at the over-redaction budget)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
 from pipeline.boxes import xyxy_to_ls_value
 from pipeline.curate.testdata import text_page
 from pipeline.harvest import harvest
-from pipeline.loop import IterateConfig, iterate, promotion_decision
+from pipeline.loop import ROUND_TRAINING, IterateConfig, iterate, promotion_decision
+from pipeline.rank import RankOptions
 from pipeline.studio.client import connect
 from pipeline.studio.project import init_project
 from pipeline.studio.push import push_images
@@ -43,8 +45,8 @@ def test_iterate_round_pulls_trains_evaluates_and_promotes_by_the_rule(live_stud
                   for k, b in enumerate(truth[name])]
         studio.sdk.annotations.create(id=t.id, result=result)
 
-    cfg = IterateConfig(top=3, epochs=1, steps_per_epoch=6, batch_size=2, synth_images=6, budget_minutes=3,
-                        tolerance=0.0)
+    cfg = IterateConfig(rank=RankOptions(top=3), train=replace(ROUND_TRAINING, epochs=1, steps_per_epoch=6, batch_size=2,
+                                                               budget_minutes=3), synth_images=6, tolerance=0.0)
     res = iterate(ws, cfg, client=studio)
 
     assert set(res.steps) == {"pull", "curate", "train", "evaluate", "rank", "push"}

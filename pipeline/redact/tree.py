@@ -1,0 +1,230 @@
+"""Redacting a file, folder tree or glob end to end: the whole `textloop redact` job as one call.
+
+`redact_tree` is what the CLI runs, so a notebook gets the same job: the detector choice
+(`current` falls back to stock ppocr with redact's scales), `--from-review`, the local or Ray
+engine, archiving originals, queueing uncertain images for review, and the audit trail
+(redact.log, manifest.csv/.parquet, summary.json).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from pipeline.redact import run as rr
+
+Progress = Callable[[int, int], None]
+
+
+class AuditTrailError(RuntimeError):
+    """The images were processed but manifest or summary.json could not be written."""
+
+
+@dataclass(frozen=True)
+class RedactSummary:
+    """What one redact run did; `as_dict()` is summary.json and the `--json` payload."""
+
+    images: int
+    redacted: int
+    skipped: int
+    held_for_review: int
+    waiting_review: int
+    dry_run: int
+    failed: int
+    boxes: int
+    remaining_text: int
+    legible: list[dict[str, str]]
+    ignored_non_images: int
+    seconds: float
+    images_per_s: float
+    errors: list[str]
+    model: dict[str, Any]
+    input: str
+    output: str
+    audit: str
+    detector: str
+    settings: dict[str, Any]
+    engine: str
+    archived: int
+    # present only when they apply (as keys of as_dict())
+    review: dict[str, Any] | None = None
+    stopped_early: bool = False
+    would_redact: list[dict[str, Any]] | None = None
+    manifest: dict[str, str] | None = None
+    # every per-image result (not serialised: the manifest holds them)
+    results: tuple[rr.Result, ...] = field(default=(), repr=False, compare=False)
+
+    _OPTIONAL = ("review", "stopped_early", "would_redact", "manifest")
+
+    @property
+    def ok(self) -> bool:
+        """No image failed and the run was not stopped early (the CLI's exit code 0)."""
+        return not self.failed and not self.stopped_early
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in (*self._OPTIONAL, "results")}
+        if self.review is not None:
+            out["review"] = self.review
+        if self.stopped_early:
+            out["stopped_early"] = True
+        if self.would_redact is not None:
+            out["would_redact"] = self.would_redact
+        if self.manifest is not None:
+            out["manifest"] = self.manifest
+        return out
+
+
+def needs_workspace(detector: Any, cfg: rr.RedactConfig, from_review: bool) -> bool:
+    """Only `current`, `--review` and `--from-review` read the catalog; otherwise no workspace is created."""
+    return detector == "current" or cfg.review or from_review
+
+
+def _resolve_detector(detector: str, ws: Any, scales: Sequence[float] | None) -> tuple[str, dict[str, Any]]:
+    """The spec resolved in the model registry (`current` without a promoted model is stock
+    ppocr, made explicit so redact's scales apply) and the detector options."""
+    from pipeline.bundle import resolve_detector
+
+    detector = resolve_detector(detector, ws)
+    options: dict[str, Any] = {}
+    if detector == "ppocr":
+        options["scales"] = tuple(scales) if scales else rr.DEFAULT_PPOCR_SCALES
+    elif scales:
+        raise ValueError("--scales applies to the ppocr detector only")
+    return detector, options
+
+
+def redact_tree(input: str, output: Path, cfg: rr.RedactConfig = rr.RedactConfig(), *, workspace: Any = None,
+                detector: Any = "current", scales: Sequence[float] | None = None, engine: str = "local",
+                workers: int = 2, archive: Path | None = None, audit: Path | None = None, fail_fast: bool = False,
+                from_review: bool = False, progress: Progress | None = None) -> RedactSummary:
+    """Redact INPUT (file, folder tree or glob) into OUTPUT; the audit trail goes to AUDIT
+    (default OUTPUT.audit). `detector`: a spec (ppocr, current, a bundle.zip) or a loaded
+    detector (local engine only). `workspace` is needed for detector `current` (else stock
+    ppocr), `cfg.review` and `from_review`; give a Workspace or a callable that opens one. Raises ValueError / FileNotFoundError for a job that cannot
+    start (bad input, unwritable output, unknown detector) and AuditTrailError when the manifest
+    or summary.json cannot be written; per-image failures are results, not exceptions."""
+    from pipeline.detectors import load_detector
+    from pipeline.legibility import Reader
+
+    if engine not in ("local", "ray"):
+        raise ValueError("--engine must be local or ray")
+    if cfg.strict and not cfg.verify:
+        raise ValueError("--strict needs --verify")
+    if from_review and not cfg.force:
+        cfg = replace(cfg, force=True)  # the held images' outputs are redone with the reviewed boxes
+    update = progress or (lambda done, total: None)
+    dry_run = cfg.dry_run
+    planned = rr.plan_input(input, output, audit, exclude=[archive] if archive else [])
+    items, audit_dir, ignored = planned.items, planned.audit, planned.ignored
+    if not items and not planned.problems:
+        raise ValueError(f"{input}: no images found (extensions: {', '.join(sorted(set(rr.codec.EXTENSIONS)))})")
+    if not dry_run:
+        out_folder = Path(items[0].out).parent if planned.single else output
+        try:  # a folder that cannot be written is one error up front, not a failure per image
+            rr.prepare_folders([out_folder, audit_dir])
+        except OSError as exc:
+            raise ValueError(str(exc)) from exc
+        started = time.time()  # temp files of an interrupted earlier run: older than this
+        rr.remove_stale_temps([audit_dir] if planned.single else [output, audit_dir], started,
+                              files=[Path(items[0].out)] if planned.single else ())
+
+    # opened only when needed, so a plain `redact` creates no workspace
+    ws = (workspace() if callable(workspace) else workspace) if needs_workspace(detector, cfg, from_review) else None
+    if isinstance(detector, str):
+        detector, det_options = _resolve_detector(detector, ws, scales)
+        det = rr.build_ppocr(**det_options) if detector == "ppocr" else load_detector(detector)
+    elif engine == "ray":
+        raise ValueError("--engine ray builds the detector in each actor: give a detector spec, not a detector")
+    else:
+        det, det_options = detector, {}
+    verifier = Reader() if cfg.verify else None
+
+    reviewed: dict[str, Any] = {}
+    pre_results: list[rr.Result] = []
+    if from_review:
+        from pipeline.redact import review as rv
+
+        held = rv.held_items(items)
+        reviewed = rv.reviewed_for_items(ws, held)
+        pre_results = [rv.waiting(it, sc) for it, sc in held if it.rel not in reviewed]
+        items = [it for it, _ in held if it.rel in reviewed]
+
+    remove_log = rr.add_log_file(audit_dir) if not dry_run else (lambda: None)
+    try:
+        rr.log.info("redact %s -> %s: detector %s, settings %s", input, output, det.version, cfg.settings(det.version))
+        t0 = time.perf_counter()
+        results: list[rr.Result] = list(pre_results) + planned.problems   # FIFOs, links out of the tree...
+        failed_early = False
+        try:
+            if engine == "ray":
+                from pipeline.redact.ray_engine import SpecFactory, ray_available, run_ray
+
+                if not ray_available():
+                    raise ValueError("--engine ray needs Ray: pip install 'textloop[ray]' (or pip install 'ray[data]')")
+                vf = Reader if cfg.verify else None   # each actor builds its own reader
+                stream = run_ray(SpecFactory(detector, str(ws.root) if ws else None, det_options), cfg, items, workers,
+                                 verifier_factory=vf, reviewed=reviewed)
+            else:
+                redactor = rr.Redactor(det, cfg, verifier)
+                stream = rr.run_local(redactor, items, workers, reviewed=reviewed, fail_fast=fail_fast)
+            for res in stream:
+                results.append(res)
+                update(len(results), len(items) + len(pre_results))
+                if fail_fast and res.status == "failed" and engine == "ray":
+                    failed_early = True
+                    break
+        except KeyboardInterrupt:
+            rr.log.warning("interrupted after %d images; rerun the same command to resume", len(results))
+            raise
+        seconds = time.perf_counter() - t0
+
+        archived = _archive(results, items, archive, cfg) if archive and not dry_run else 0
+
+        review_info: dict[str, Any] | None = None
+        held_results = [r for r in results if r.status == "held"]
+        if cfg.review and held_results and not dry_run:
+            from pipeline.redact import review as rv
+
+            review_info = rv.queue_for_review(ws, held_results, det.version, min_score=cfg.detection_floor,
+                                             sidecars={it.rel: it.sidecar for it in items})
+
+        info = getattr(det, "info", None) or {}  # a trained model: its validation coverage (at the over-redaction budget)
+        summary = RedactSummary(
+            **rr.summarize(results, seconds, len(ignored)),
+            model={"name": getattr(det, "name", ""), "version": det.version,
+                   "validation_coverage": info.get("validation_coverage"),
+                   "stock_validation_coverage": info.get("stock_validation_coverage")},
+            input=input, output=str(output), audit=str(audit_dir), detector=det.version,
+            settings=cfg.settings(det.version), engine=engine, archived=archived, review=review_info,
+            stopped_early=failed_early,
+            would_redact=[{"input": r.rel, "pages": r.pages, "boxes": r.boxes, "scores": r.scores}
+                          for r in sorted(results, key=lambda r: r.rel) if r.status == "dry_run"] if dry_run else None,
+            results=tuple(results))
+        if not dry_run:
+            try:
+                summary = replace(summary, manifest=rr.write_manifest(audit_dir, results))
+                rr.atomic_write_text(audit_dir / "summary.json", json.dumps(summary.as_dict(), indent=1, default=str) + "\n")
+            except OSError as exc:
+                raise AuditTrailError(f"audit trail not written: {exc}") from exc
+            rr.log.info("summary: %s", {k: v for k, v in summary.as_dict().items() if k != "errors"})
+        return summary
+    finally:
+        remove_log()
+
+
+def _archive(results: list[rr.Result], items: Sequence[rr.Item], archive: Path, cfg: rr.RedactConfig) -> int:
+    """Move each redacted original under ARCHIVE once its output checks out; a failed move fails that image."""
+    archived = 0
+    by_rel = {it.rel: it for it in items}
+    for res in results:
+        if res.status == "redacted":
+            try:
+                rr.archive_original(by_rel[res.rel], archive, cfg.max_pixels)
+                archived += 1
+            except OSError as exc:
+                res.status, res.reason, res.detail = "failed", "archive_failed", str(exc)
+    return archived
