@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from pipeline.cli.common import AppState, emit, fail, progress, state
