@@ -6,7 +6,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.listing import IMAGE_EXTENSIONS  # noqa: F401 (the listing rule owns it; re-exported)
 
 DEFAULT_WORKSPACE = Path("data")
 
@@ -69,7 +68,7 @@ def workspace_from_env(explicit: str | os.PathLike[str] | None = None) -> Path:
 
 
 def privacy_env() -> dict[str, str]:
-    """Environment that keeps Label Studio and fastdup from phoning home (DESIGN: privacy)."""
+    """Environment that keeps Label Studio and fastdup from phoning home (privacy: no traffic beyond what the user configured)."""
     return {
         "LATEST_VERSION_CHECK": "false",
         "COLLECT_ANALYTICS": "false",

@@ -9,7 +9,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.boxes import iou_matrix
 from pipeline.detectors import load_detector
-from pipeline.detectors.ppocr import PPOCRDetector, merge_boxes
+from pipeline.detectors.ppocr import PPOCRDetector
+from pipeline.detectors.tiling import merge_boxes
 
 
 def render(text: str, size: tuple[int, int], xy: tuple[int, int], px: int = 24,

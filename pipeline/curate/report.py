@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.io import atomic_write_bytes, atomic_write_text, read_table, write_table  # noqa: F401 (re-exported)
+from pipeline.io import atomic_write_bytes, atomic_write_text, read_table
 
 log = logging.getLogger("textloop.curate")
 

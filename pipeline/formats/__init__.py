@@ -15,8 +15,6 @@ from typing import Any
 
 from pipeline.formats import coco, devset, yolo
 from pipeline.formats.devset import LabelledImage, read_devset, read_jsonl, split_halves, write_jsonl
-# the atomic writers moved to pipeline.io; these names stay importable from here
-from pipeline.io import UnwritableError, atomic_open, atomic_write_bytes, atomic_write_text, is_atomic_temp
 
 
 @dataclass(frozen=True)
@@ -53,5 +51,4 @@ def load(name: str, path: str | Path, **options: Any) -> list[LabelledImage]:
 
 
 __all__ = ["FORMATS", "LabelFormat", "LabelledImage", "get_format", "save", "load", "read_devset", "read_jsonl",
-           "split_halves", "write_jsonl", "UnwritableError", "atomic_open", "atomic_write_bytes",
-           "atomic_write_text", "is_atomic_temp"]
+           "split_halves", "write_jsonl"]
