@@ -1,4 +1,4 @@
-"""The DESIGN.md detection metrics, as pure numpy functions over ground truth and predictions.
+"""textloop's detection metrics, as pure numpy functions over ground truth and predictions.
 
 Box metrics (what a labeller sees): precision / recall / F1 at IoU >= 0.5 with greedy,
 score-ordered matching, and AP50 (VOC all-point interpolation). A prediction may match an

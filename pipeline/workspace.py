@@ -10,7 +10,7 @@ from pipeline.catalog import Catalog
 
 @dataclass(frozen=True)
 class Workspace:
-    """A workspace root. `Workspace.open(root)` creates the layout from DESIGN.md if missing."""
+    """A workspace root. `Workspace.open(root)` creates the layout (catalog, images/, models/, runs/, reports/, ...) if missing."""
 
     root: Path
 

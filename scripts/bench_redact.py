@@ -15,7 +15,7 @@ every GT box (don't-care boxes included), over all pixels. Detections are comput
 detector and reused for the padding sweep, so the sweep is cheap; every number is still
 measured on written files.
 
-Leak (DESIGN's metric, at the default padding): the PP-OCRv4 recogniser (`pipeline.legibility`)
+Leak (words still legible in the output, at the default padding): the PP-OCRv4 recogniser (`pipeline.legibility`)
 reads every output as viewers show it; a ground-truth word (3+ letters/digits, not don't-care)
 has leaked when a reading at its place spells most of it. Reported as leaked words over the
 words the same recogniser can read in the *original* (readable), and over all countable words.

@@ -1,4 +1,4 @@
-"""The DESIGN.md metrics on hand-made cases whose values are worked out in the comments."""
+"""The detection metrics (`pipeline.evaluate`) on hand-made cases whose values are worked out in the comments."""
 
 from __future__ import annotations
 

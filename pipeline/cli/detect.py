@@ -218,7 +218,7 @@ def evaluate_cmd(
     option: List[str] = typer.Option(None, "--option", "-o", help="Detector option key=value (repeatable)."),
 ) -> None:
     """Measure a detector against ground truth: box P/R/F1@IoU, AP50, text coverage, fully covered
-    boxes, over-redaction (definitions: DESIGN.md), overall and per source.
+    boxes, over-redaction (defined in `pipeline.evaluate`), overall and per source.
 
     GT from --gt boxes.jsonl (+ --images DIR), from a devset root (--set), or, with neither, the human labels of the workspace's test split (per annotation source).
     """

@@ -7,7 +7,7 @@ Choices (and why):
 - A slim FPN (`fpn_channels`) and box head (`representation_size`): CPU speed and a small bundle.
 - Anchors for text: one to two sizes per level and aspect ratios (h/w) 1/8 .. 1, so a 60x8
   word and a 300x20 line both have a close anchor.
-- RPN/ROI sample counts from NOTES.md (pre/post NMS top-n 600/300 in training, 128 samples per
+- Smaller RPN/ROI sample counts than torchvision's defaults (pre/post NMS top-n 600/300 in training, 128 samples per
   image): ~2.4x faster training steps on CPU than the defaults.
 - No resizing inside the model (`_NoResize`): the caller decides the scale. Training scales
   images to around `train_max_side`; inference scales the whole image to fit `max_side` and, for

@@ -73,7 +73,7 @@ def ssrf_env(allow: tuple[str, ...]) -> dict[str, str]:
 
 
 def server_env(files_root: Path, data_dir: Path, username: str, password: str, token: str) -> dict[str, str]:
-    """The environment of a local server (DESIGN.md: loopback, privacy, local files, legacy token)."""
+    """The environment of a local server (loopback only, telemetry off, local-file serving for the workspace, legacy API token)."""
     env = dict(os.environ)
     env.pop("LABEL_STUDIO_URL", None)
     env.update(privacy_env())
