@@ -360,57 +360,55 @@ def rank_workspace(ws, detector, run: RankRun = RankRun(), committee_detector=No
     from pipeline.imaging import load_rgb
     from pipeline.predict import predict_workspace
 
-    with ws.catalog() as cat:
-        images = [r for r in cat.images() if r["status"] in UNLABELLED]
-        iteration = cat.start_iteration("rank")
-    ids = [r["id"] for r in images]
-    errors: list[tuple[str, str]] = []
-    model = predict_workspace(ws, detector, ids, threshold=run.min_score, progress=progress, errors=errors,
-                              skip_existing=True)
-    committee = None
-    if committee_detector is not None:
-        committee = predict_workspace(ws, committee_detector, ids, threshold=run.min_score, errors=errors,
-                                      skip_existing=True)
-    tta = None
-    if run.tta:
-        tta = {}
-        for r in images:
-            if r["id"] in model:
-                tta[r["id"]] = tta_variants(lambda views: [d.filter(run.min_score) for d in detector.detect(views)],
-                                            load_rgb(ws.abspath(r["path"])))
-    failed = {i for i, _ in errors}
-    ok_images = [r for r in images if r["id"] not in failed]
-    df = ranking_table(ok_images, model, run.config, committee, tta)
-    df["model_version"] = detector.version
-    df["split"] = [r["split"] for r in ok_images]
-    df["original_name"] = [r["original_name"] for r in ok_images]
+    with ws.catalog() as journal, journal.iteration("rank") as it:   # `failed` (with the error) if it raises
+        images = [r for r in journal.images() if r["status"] in UNLABELLED]
+        iteration = it.id
+        ids = [r["id"] for r in images]
+        errors: list[tuple[str, str]] = []
+        model = predict_workspace(ws, detector, ids, threshold=run.min_score, progress=progress, errors=errors,
+                                  skip_existing=True)
+        committee = None
+        if committee_detector is not None:
+            committee = predict_workspace(ws, committee_detector, ids, threshold=run.min_score, errors=errors,
+                                          skip_existing=True)
+        tta = None
+        if run.tta:
+            tta = {}
+            for r in images:
+                if r["id"] in model:
+                    tta[r["id"]] = tta_variants(lambda views: [d.filter(run.min_score) for d in detector.detect(views)],
+                                                load_rgb(ws.abspath(r["path"])))
+        failed = {i for i, _ in errors}
+        ok_images = [r for r in images if r["id"] not in failed]
+        df = ranking_table(ok_images, model, run.config, committee, tta)
+        df["model_version"] = detector.version
+        df["split"] = [r["split"] for r in ok_images]
+        df["original_name"] = [r["original_name"] for r in ok_images]
 
-    group_of: dict[str, str] = {}
-    embeddings: dict[str, np.ndarray] = {}
-    if (run.diversity or run.kcenter) and len(ok_images) > 1:
-        from pipeline.curate.duplicates import DuplicateConfig, ImageRef, find_duplicates
+        group_of: dict[str, str] = {}
+        embeddings: dict[str, np.ndarray] = {}
+        if (run.diversity or run.kcenter) and len(ok_images) > 1:
+            from pipeline.curate.duplicates import DuplicateConfig, ImageRef, find_duplicates
 
-        rep = find_duplicates([ImageRef(r["id"], ws.abspath(r["path"]), r["split"]) for r in ok_images],
-                              DuplicateConfig(engine="permissive"))
-        group_of = dict(zip(rep.images["image_id"], rep.images["cluster_id"]))
-        emb = rep.extra.get("embeddings")
-        if emb is not None:
-            embeddings = dict(zip(rep.extra["embedding_ids"], emb))
-    df["duplicate_group"] = [group_of.get(i, "") for i in df["image_id"]]
-    batch = pick_batch(df, run, group_of, embeddings)
-    pos = {iid: k + 1 for k, iid in enumerate(batch)}
-    df["batch_strategy"] = run.strategy
-    df["batch_rank"] = [pos.get(i) for i in df["image_id"]]
-    df = df.sort_values(["batch_rank", f"score_{run.strategy}"], ascending=[True, False], na_position="last",
-                        ignore_index=True)
+            rep = find_duplicates([ImageRef(r["id"], ws.abspath(r["path"]), r["split"]) for r in ok_images],
+                                  DuplicateConfig(engine="permissive"))
+            group_of = dict(zip(rep.images["image_id"], rep.images["cluster_id"]))
+            emb = rep.extra.get("embeddings")
+            if emb is not None:
+                embeddings = dict(zip(rep.extra["embedding_ids"], emb))
+        df["duplicate_group"] = [group_of.get(i, "") for i in df["image_id"]]
+        batch = pick_batch(df, run, group_of, embeddings)
+        pos = {iid: k + 1 for k, iid in enumerate(batch)}
+        df["batch_strategy"] = run.strategy
+        df["batch_rank"] = [pos.get(i) for i in df["image_id"]]
+        df = df.sort_values(["batch_rank", f"score_{run.strategy}"], ascending=[True, False], na_position="last",
+                            ignore_index=True)
 
-    from pipeline.io import write_table
+        from pipeline.io import write_table
 
-    write_table(df, [ws.reports_dir, ws.run_dir(iteration)], RANKING_TABLE)
-    with ws.catalog() as cat:
-        cat.finish_iteration(iteration, counts={"pool": len(images), "ranked": len(df), "batch": len(batch),
-                                                "errors": len(errors)},
-                             metrics={"strategy": run.strategy, "model_version": detector.version})
+        write_table(df, [ws.reports_dir, ws.run_dir(iteration)], RANKING_TABLE)
+        it.counts.update({"pool": len(images), "ranked": len(df), "batch": len(batch), "errors": len(errors)})
+        it.metrics.update({"strategy": run.strategy, "model_version": detector.version})
     return RankResult(df, errors, iteration, run, detector.version, str(ws.reports_dir / f"{RANKING_TABLE}.parquet"))
 
 

@@ -120,6 +120,31 @@ def test_rank_workspace_writes_table_and_diverse_batch(tmp_path) -> None:
     assert read_ranking(ws, "ranked")[2] == "uncertainty"
 
 
+def test_a_rank_that_fails_is_logged_as_failed_with_its_error(tmp_path, monkeypatch) -> None:
+    """`status` must not show a crashed rank as still running."""
+    import pipeline.rank as rank
+    from pipeline.curate.testdata import text_page
+    from pipeline.harvest import harvest
+    from pipeline.workspace import Workspace
+
+    src = tmp_path / "src"
+    src.mkdir()
+    text_page(1, size=(96, 72), kind="paper")[0].save(src / "a.png")
+    ws = Workspace.open(tmp_path / "ws")
+    harvest(ws, [str(src)])
+
+    def broken(*_a, **_k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(rank, "pick_batch", broken)
+    with pytest.raises(OSError):
+        rank.rank_workspace(ws, BoxesByBrightness(), rank.RankRun(strategy="uncertainty", top=1, committee=None))
+    with ws.catalog() as cat:
+        row = cat.last_iteration()
+    assert (row["step"], row["status"]) == ("rank", "failed")
+    assert "OSError: disk full" in row["metrics"]
+
+
 @pytest.mark.parametrize("requested, has_committee, expected", [
     ("auto", True, "committee"),          # measured best in the AL simulation
     ("auto", False, "uncertainty"),       # no second detector: nothing to disagree with
