@@ -155,7 +155,8 @@ def test_server_env_is_private_loopback_and_local_files(tmp_path):
 
 
 def test_down_only_stops_what_up_started(tmp_path):
-    assert down(tmp_path)["stopped"] is False  # no PID file: nothing to stop
+    nothing = down(tmp_path)  # no PID file: nothing to stop
+    assert nothing.stopped is False and set(nothing.as_dict()) == {"stopped", "reason"}
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
     try:
         pid_file(tmp_path).parent.mkdir(parents=True)
@@ -163,7 +164,8 @@ def test_down_only_stops_what_up_started(tmp_path):
             f'{{"url": "http://127.0.0.1:1", "port": 1, "pid": {other.pid}, "mode": "local", "data_dir": "", '
             f'"files_root": "", "log": "", "started_at": 0}}')
         res = down(tmp_path)  # the PID is not a label-studio process: leave it alone
-        assert res["stopped"] is False and other.poll() is None
+        assert res.stopped is False and other.poll() is None
+        assert res.as_dict() == {"stopped": False, "url": "http://127.0.0.1:1", "pid": other.pid, "mode": "local"}
         assert not pid_file(tmp_path).exists()
     finally:
         assert stop_pid(other.pid)
@@ -195,7 +197,8 @@ def test_export_formats_from_catalog_annotations(ws, tmp_path):
                            "VALUES (?, 'labelstudio', 1, ?, ?, ?, 1, 1)", (ids[name], dumps(boxes), dumps([0] * len(boxes)), state))
     res = export(ws, tmp_path / "j", "jsonl")
     recs = {r.image: r for r in read_jsonl(tmp_path / "j" / "boxes.jsonl")}
-    assert res["images"] == 3 and res["empty_images"] == 1  # the skipped image is not a label
+    assert res.images == 3 and res.empty_images == 1  # the skipped image is not a label
+    assert res.as_dict() == {"format": "jsonl", "out": res.out, "images": 3, "boxes": 2, "empty_images": 1}
     rot = next(r for r in recs.values() if ids["rot.jpg"] in r.image)
     with Image.open(tmp_path / "j" / rot.image) as im:
         assert im.size == (60, 90) == (rot.width, rot.height)  # written upright: boxes stay valid
