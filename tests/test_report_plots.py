@@ -145,8 +145,8 @@ def test_ranking_and_galleries_are_readable(tmp_path):
 def test_build_report_writes_every_png(ws):
     _add_model(ws, "db-20260101-demo", "db", _db_metrics(0.55), human=0)
     out = report.build_report(ws)
-    for name, path in out["pngs"].items():
+    for name, path in out.pngs.items():
         with Image.open(path) as im:
             assert im.format == "PNG" and im.width >= 600, name
     html = (ws.reports_dir / "report.html").read_text()
-    assert all(f"src='{p.split('/')[-1]}'" in html for p in out["pngs"].values())
+    assert all(f"src='{p.split('/')[-1]}'" in html for p in out.pngs.values())
