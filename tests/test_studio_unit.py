@@ -211,3 +211,32 @@ def test_export_formats_from_catalog_annotations(ws, tmp_path):
     assert line == ["0", "0.200000", "0.300000", "0.200000", "0.400000"]
     assert (tmp_path / "y" / "labels" / f"{ids['empty.png']}.txt").read_text() == ""
     assert "0: text" in (tmp_path / "y" / "data.yaml").read_text()
+
+
+def test_stage_results_keep_the_json_keys():
+    """The typed results' `as_dict()` is the `--json` payload the commands printed as dicts."""
+    from pipeline.studio.launcher import ServerInfo, StatusResult, UpResult
+    from pipeline.studio.project import ProjectSummary
+    from pipeline.studio.pull import PullSummary
+    from pipeline.studio.push import PushSummary
+
+    pulled = PullSummary(new=1, updated=2, removed=0, unchanged=3, labelled=2, empty=1, skipped=0, tasks=4,
+                         unknown_tasks=0, project_id=7)
+    assert list(pulled.as_dict()) == ["new", "updated", "removed", "unchanged", "labelled", "empty", "skipped",
+                                      "tasks", "unknown_tasks", "project_id"]
+    assert pulled.counts() == pulled.as_dict()   # all integers: the pull iteration's counts
+    pushed = PushSummary(project_id=7, model_version="v1", tasks_created=2, predictions_added=0, tasks_updated=0,
+                         already_pushed=1, failed=0, order="o", url="u")
+    assert list(pushed.as_dict()) == ["project_id", "model_version", "tasks_created", "predictions_added",
+                                      "tasks_updated", "already_pushed", "failed", "order", "url"]
+    assert pushed.counts() == {"project_id": 7, "tasks_created": 2, "predictions_added": 0, "tasks_updated": 0,
+                               "already_pushed": 1, "failed": 0}
+    project = ProjectSummary(project_id=7, title="t", created=True, classes=["text"], storage_id=3, ml_backend_id=None,
+                             url="u")
+    assert list(project.as_dict()) == ["project_id", "title", "created", "classes", "storage_id", "ml_backend_id", "url"]
+    info = ServerInfo(url="http://x", port=1, pid=2, mode="local", data_dir="d", files_root="f", log="l", started_at=0.0)
+    assert UpResult(info, already_running=True).as_dict() == {
+        "url": "http://x", "port": 1, "pid": 2, "mode": "local", "data_dir": "d", "files_root": "f", "log": "l",
+        "started_at": 0.0, "already_running": True}
+    assert list(StatusResult("u", True, False, None, None, None).as_dict()) == [
+        "url", "healthy", "started_by_textloop", "pid", "mode", "log"]
