@@ -146,7 +146,7 @@ def iterate(ws: Any, cfg: IterateConfig = IterateConfig(), client: Any = None,
 
             studio = client or connect()
             say("pull: reading annotations from Label Studio")
-            log_step("pull", pull(ws, studio))
+            log_step("pull", pull(ws, studio).as_dict())
 
         say(f"curate: duplicates ({cfg.engine}) and label noise")
         cur = run_curate(ws, DuplicateConfig(engine=cfg.engine), apply=cfg.curate_apply, label_action=cfg.label_action,
@@ -236,7 +236,7 @@ def iterate(ws: Any, cfg: IterateConfig = IterateConfig(), client: Any = None,
             from pipeline.studio.review import request_review
 
             say(f"push: {len(batch)} ranked images")
-            pushed = push_images(ws, batch, model_version=model.version, client=studio)
+            pushed = push_images(ws, batch, model_version=model.version, client=studio).as_dict()
             with ws.catalog() as cat:
                 review = [r["id"] for r in cat.images(status=ImageStatus.NEEDS_REVIEW)]
             if review:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 # little over-redaction (and a reviewer deletes it in seconds). See README "evaluate".
 DEFAULT_THRESHOLD = 0.3
 DEFAULT_BATCH = 4
+COMMIT_EVERY = 64   # prediction rows per catalog transaction: what an interrupted run keeps
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,29 @@ def load_predictions(cat: Catalog, model_version: str, image_ids: Sequence[str] 
             for image_id, p in cat.predictions(model_version, image_ids, usable_at).items()}
 
 
+def predict_and_store(cat: Catalog | None, detector: Detector, paths: Sequence[Path], image_ids: Mapping[Path, str],
+                      threshold: float = DEFAULT_THRESHOLD, batch_size: int = DEFAULT_BATCH, commit_every: int = COMMIT_EVERY,
+                      engine: str = "local", factory: Callable[[], Detector] | None = None,
+                      workers: int = 2) -> Iterator[Prediction]:
+    """The one predict-and-store loop (`predict_workspace`, `predict_files`): every prediction of
+    `paths` is yielded (engine order); the successful ones whose path is in `image_ids` are
+    upserted under `detector.version` with `min_score=threshold`, `commit_every` rows per
+    transaction and the rest when the stream ends, so an interrupted run keeps what it finished
+    (`skip_existing` resumes from there). A failed image is logged by `predict_images` and yielded
+    with its error for the caller to report; it stops nothing."""
+    pending: list[tuple[str, Detections]] = []
+    for pred in predict_images_on(engine, detector, paths, threshold, batch_size, factory, workers):
+        image_id = image_ids.get(pred.path)
+        if cat is not None and image_id is not None and isinstance(pred.result, Detections):
+            pending.append((image_id, pred.result))
+            if len(pending) >= commit_every:
+                store_predictions(cat, detector.version, pending, min_score=threshold)
+                pending = []
+        yield pred
+    if cat is not None and pending:
+        store_predictions(cat, detector.version, pending, min_score=threshold)
+
+
 def predict_workspace(
     ws: Workspace,
     detector: Detector,
@@ -181,7 +205,7 @@ def predict_workspace(
     skip_existing: bool = False,
     progress: Callable[[int, int], None] | None = None,
     errors: list[tuple[str, str]] | None = None,
-    commit_every: int = 64,
+    commit_every: int = COMMIT_EVERY,
     engine: str = "local",
     factory: Callable[[], Detector] | None = None,
     workers: int = 2,
@@ -211,22 +235,16 @@ def predict_workspace(
         total, done = len(rows), len(rows) - len(todo)
         if progress:
             progress(done, total)
-        pending: list[tuple[str, Detections]] = []
-        for pred in predict_images_on(engine, detector, list(by_path), threshold, batch_size, factory, workers):
+        for pred in predict_and_store(cat, detector, list(by_path), by_path, threshold, batch_size, commit_every,
+                                      engine, factory, workers):
             image_id = by_path[pred.path]
             if isinstance(pred.result, Detections):
                 out[image_id] = pred.result
-                pending.append((image_id, pred.result))
             elif errors is not None:
                 errors.append((image_id, f"{type(pred.result).__name__}: {pred.result}"))
-            if len(pending) >= commit_every:
-                store_predictions(cat, detector.version, pending, min_score=threshold)
-                pending = []
             done += 1
             if progress:
                 progress(done, total)
-        if pending:
-            store_predictions(cat, detector.version, pending, min_score=threshold)
     return out
 
 
@@ -368,7 +386,7 @@ def predict_files(det: Detector, images: Sequence[str | Path], *, workspace: Wor
                   progress: Callable[[int, int], None] | None = None) -> PredictSummary:
     """`textloop predict IMAGES`: every image file under `images`, optionally written as JSONL
     to `out`; with a `workspace`, files whose bytes are workspace images also get a catalog row
-    (stored in batches of 64). Raises FileNotFoundError / ValueError when there is nothing to
+    (stored in batches of `COMMIT_EVERY`). Raises FileNotFoundError / ValueError when there is nothing to
     read and OutputError when `out` cannot be written."""
     t0 = time.perf_counter()
     files = list_image_files(images)
@@ -380,12 +398,12 @@ def predict_files(det: Detector, images: Sequence[str | Path], *, workspace: Wor
     counts = {"ok": 0, "boxes": 0, "stored": 0}
     cat = workspace.catalog() if workspace is not None else None
     ws_ids: dict[Path, str] = workspace_ids(cat, rel) if cat is not None else {}
-    pending: list[tuple[str, Detections]] = []
 
     def records() -> Iterator[dict[str, Any]]:
-        nonlocal pending
         update(0, len(files))
-        for k, pred in enumerate(predict_images_on(engine, det, list(rel), threshold, batch_size, factory, workers), 1):
+        preds = predict_and_store(cat, det, list(rel), ws_ids, threshold, batch_size, COMMIT_EVERY, engine, factory,
+                                  workers)
+        for k, pred in enumerate(preds, 1):
             update(k, len(files))
             if not pred.ok:
                 errors.append(f"{pred.path}: {type(pred.result).__name__}: {pred.result}")
@@ -393,11 +411,7 @@ def predict_files(det: Detector, images: Sequence[str | Path], *, workspace: Wor
             d: Detections = pred.result  # type: ignore[assignment]
             counts["ok"] += 1
             counts["boxes"] += len(d)
-            if pred.path in ws_ids:
-                pending.append((ws_ids[pred.path], d))
-                if len(pending) >= 64:
-                    counts["stored"] += store_predictions(cat, det.version, pending, min_score=threshold)
-                    pending = []
+            counts["stored"] += int(pred.path in ws_ids)
             yield {"image": rel[pred.path], "width": pred.width, "height": pred.height,
                    **d.to_json(), "model_version": det.version}
 
@@ -407,8 +421,6 @@ def predict_files(det: Detector, images: Sequence[str | Path], *, workspace: Wor
         else:
             for _ in records():
                 pass
-        if pending:
-            counts["stored"] += store_predictions(cat, det.version, pending, min_score=threshold)
     finally:
         if cat is not None:
             cat.close()

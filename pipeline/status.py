@@ -3,12 +3,35 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, fields
 from typing import Any
 
 from pipeline.catalog import Catalog
 
 
-def workspace_status(cat: Catalog) -> dict[str, Any]:
+@dataclass(frozen=True)
+class WorkspaceStatus:
+    """What `textloop status` shows; `as_dict()` is the `--json` payload."""
+
+    images: int
+    sources: int
+    by_status: dict[str, dict[str, int]]        # status -> split -> images
+    by_split: dict[str, int]
+    rejects: dict[str, int]                     # rejected sources by reason
+    annotations: int
+    predictions: int
+    tasks: int
+    models: list[dict[str, Any]]                # version, kind, parent, promoted, metrics
+    current_model: str | None
+    last_iteration: dict[str, Any] | None       # id, step, status, started_at, finished_at, counts, metrics
+    schema_version: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def workspace_status(cat: Catalog) -> WorkspaceStatus:
+    """Counts and the model list from the catalog, in one read."""
     by_status_split = cat.image_counts()
     by_split: dict[str, int] = {}
     for per_split in by_status_split.values():
@@ -25,17 +48,17 @@ def workspace_status(cat: Catalog) -> dict[str, Any]:
         last_it = {"id": it["id"], "step": it["step"], "status": it["status"], "started_at": it["started_at"],
                    "finished_at": it["finished_at"], "counts": json.loads(it["counts"]), "metrics": json.loads(it["metrics"])}
     rows = cat.row_counts()
-    return {
-        "images": rows["images"],
-        "sources": rows["image_sources"],
-        "by_status": by_status_split,
-        "by_split": dict(sorted(by_split.items())),
-        "rejects": cat.reject_counts(),
-        "annotations": rows["annotations"],
-        "predictions": rows["predictions"],
-        "tasks": rows["tasks"],
-        "models": models,
-        "current_model": next((m["version"] for m in models if m["promoted"]), None),
-        "last_iteration": last_it,
-        "schema_version": cat.schema_version(),
-    }
+    return WorkspaceStatus(
+        images=rows["images"],
+        sources=rows["image_sources"],
+        by_status=by_status_split,
+        by_split=dict(sorted(by_split.items())),
+        rejects=cat.reject_counts(),
+        annotations=rows["annotations"],
+        predictions=rows["predictions"],
+        tasks=rows["tasks"],
+        models=models,
+        current_model=next((m["version"] for m in models if m["promoted"]), None),
+        last_iteration=last_it,
+        schema_version=cat.schema_version(),
+    )

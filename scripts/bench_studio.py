@@ -70,7 +70,7 @@ def annotated_project(ws_root: Path, studio, n: int, boxes: int) -> tuple[Worksp
     for i in range(0, n, 250):
         payload = [{"data": {"image": "/data/local-files/?d=x", "image_id": iid},
                     "annotations": [{"result": detections_to_results(preds[iid], 1024, 768, cfg)}]} for iid in ids[i:i + 250]]
-        studio.sdk.projects.import_tasks(id=init["project_id"], request=payload)
+        studio.sdk.projects.import_tasks(id=init.project_id, request=payload)
     return ws, time.perf_counter() - t0
 
 
@@ -170,21 +170,21 @@ def main() -> None:
         t0, c0 = time.perf_counter(), time.process_time()
         res = push_images(ws, None, client=studio, model_version="bench-v1")
         push_s, push_cpu = time.perf_counter() - t0, time.process_time() - c0
-        assert res["tasks_created"] == args.tasks, res
+        assert res.tasks_created == args.tasks, res
         t0 = time.perf_counter()
         res2 = push_images(ws, None, client=studio, model_version="bench-v1")
         repush_s = time.perf_counter() - t0
-        assert res2["tasks_created"] == 0
+        assert res2.tasks_created == 0
         ws2, annotate_s = annotated_project(root / "ws_pull", studio, args.tasks, args.boxes)
         annotate_how = "bulk import of annotated tasks"
         t0, c0 = time.perf_counter(), time.process_time()
         counts = pull(ws2, studio)
         pull_s, pull_cpu = time.perf_counter() - t0, time.process_time() - c0
-        assert counts["new"] == args.tasks, counts
+        assert counts.new == args.tasks, counts
         t0 = time.perf_counter()
         again = pull(ws2, studio)
         repull_s = time.perf_counter() - t0
-        assert again["unchanged"] == args.tasks
+        assert again.unchanged == args.tasks
         latency = predict_latency(ws, args.set)
     finally:
         if proc is not None:

@@ -84,4 +84,4 @@ def live_review_setup(live_studio: LiveStudio, monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setenv("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", str(live_studio.root))
     ws = Workspace.open(live_studio.root / name)
     studio = connect(live_studio.url, live_studio.token, local_files_root=live_studio.root)
-    return ws, studio, init_project(ws, studio, title=title)["project_id"]
+    return ws, studio, init_project(ws, studio, title=title).project_id

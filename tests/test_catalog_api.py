@@ -252,7 +252,9 @@ def test_status_summary_counts(ws) -> None:
         add_image(cat, "c", split="train")
         cat.record_reject("/bad.png", "decode", "truncated")
         st = workspace_status(cat)
-    assert st["images"] == 3 and st["by_split"] == {"test": 2, "train": 1}
-    assert st["by_status"] == {"labelled": {"test": 1}, "new": {"test": 1, "train": 1}}
-    assert st["rejects"] == {"decode": 1} and st["last_iteration"] is None
-    assert st["schema_version"] == catalog.SCHEMA_VERSION
+    assert st.images == 3 and st.by_split == {"test": 2, "train": 1}
+    assert st.by_status == {"labelled": {"test": 1}, "new": {"test": 1, "train": 1}}
+    assert st.rejects == {"decode": 1} and st.last_iteration is None
+    assert st.schema_version == catalog.SCHEMA_VERSION
+    assert list(st.as_dict()) == ["images", "sources", "by_status", "by_split", "rejects", "annotations", "predictions",
+                                  "tasks", "models", "current_model", "last_iteration", "schema_version"]

@@ -139,3 +139,36 @@ def test_predict_files_library_call_writes_jsonl_and_stores_workspace_images(ws,
     assert len(out.read_text().splitlines()) == 3
     w = predict_workspace_images(ws, FakeDetector("fake-2"), threshold=0.5)
     assert (w.images, w.stored_in_catalog, w.model_version) == (1, 1, "fake-2")
+
+
+def test_predict_and_store_commits_in_batches_and_resumes(ws, tmp_path: Path) -> None:
+    """The one loop under `predict_workspace` and `predict_files`: rows are stored `commit_every`
+    at a time, so a run stopped half-way keeps its finished batches and `skip_existing` resumes
+    from there; a failing image is yielded with its error and stops nothing."""
+    from pipeline.predict import predict_and_store
+
+    src = tmp_path / "src"
+    make_images(src)
+    for i in range(3, 5):
+        noise_image(i, (40, 30)).save(src / f"img{i}.png")
+    Image.new("RGB", (20, 20)).save(src / "black.png")          # the fake raises on it
+    harvest(ws, [str(src)])
+    with ws.catalog() as cat:
+        by_path = {ws.abspath(r["path"]): r["id"] for r in cat.images()}
+    paths = sorted(by_path)
+    with ws.catalog() as cat:
+        stream = predict_and_store(cat, FakeDetector(), paths, by_path, threshold=0.5, batch_size=1, commit_every=2)
+        seen = [next(stream) for _ in range(3)]             # stopped after three of six images
+        stream.close()
+        ok = sum(p.ok for p in seen)
+        assert ok >= 2 and all(p.ok or isinstance(p.result, Exception) for p in seen)
+        when = "SELECT image_id, created_at FROM predictions"
+        before = {r["image_id"]: r["created_at"] for r in cat.query(when)}
+    assert len(before) == ok // 2 * 2                       # whole batches only: the pending row is lost
+    errors: list = []
+    out = predict_workspace(ws, FakeDetector(), threshold=0.5, skip_existing=True, errors=errors, commit_every=2)
+    assert len(out) == len(paths) - 1 and len(errors) == 1  # the black image: reported, skipped
+    with ws.catalog() as cat:
+        after = {r["image_id"]: r["created_at"] for r in cat.query(when)}
+    assert len(after) == len(paths) - 1
+    assert all(after[k] == t for k, t in before.items())    # resumed: the stored rows were not redone

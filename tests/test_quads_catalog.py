@@ -149,16 +149,16 @@ def test_pull_stores_quads_and_review_and_training_read_them(ws_image, monkeypat
     monkeypatch.setattr(pull_mod, "export_tasks", lambda studio, pid: [task])
     client = SimpleNamespace(sdk=None)     # users.list fails: annotator names are optional
 
-    assert pull_mod.pull(ws, client)["new"] == 1
+    assert pull_mod.pull(ws, client).new == 1
     with ws.catalog() as cat:
         stored = np.array(json.loads(cat.scalar("SELECT quads FROM annotations WHERE image_id = ?", (image_id,))))
     assert same_corners(stored[0], quad, 0.5)
-    assert pull_mod.pull(ws, client)["unchanged"] == 1
+    assert pull_mod.pull(ws, client).unchanged == 1
 
     with ws.catalog() as cat:     # as pulled by the release before quads: the next pull fills them
         with cat.transaction() as tx:
             tx.execute("UPDATE annotations SET quads = NULL")
-    assert pull_mod.pull(ws, client)["updated"] == 1
+    assert pull_mod.pull(ws, client).updated == 1
 
     reviewed = reviewed_boxes(ws, [image_id])[image_id]
     assert same_corners(reviewed.quads[0], quad, 0.5)

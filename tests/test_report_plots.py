@@ -145,8 +145,29 @@ def test_ranking_and_galleries_are_readable(tmp_path):
 def test_build_report_writes_every_png(ws):
     _add_model(ws, "db-20260101-demo", "db", _db_metrics(0.55), human=0)
     out = report.build_report(ws)
-    for name, path in out["pngs"].items():
+    for name, path in out.pngs.items():
         with Image.open(path) as im:
             assert im.format == "PNG" and im.width >= 600, name
     html = (ws.reports_dir / "report.html").read_text()
-    assert all(f"src='{p.split('/')[-1]}'" in html for p in out["pngs"].values())
+    assert all(f"src='{p.split('/')[-1]}'" in html for p in out.pngs.values())
+
+
+def test_stored_metrics_are_read_as_metrics():
+    """Stored metrics are read by the `Metrics` field names: the top level, else the `test`
+    entry iterate adds to a model's row; nothing else is guessed."""
+    top = report.stored_metrics({"text_coverage": 0.5, "f1": None, "test": {"text_coverage": 0.9, "f1": 0.8}})
+    assert top.text_coverage == 0.5 and np.isnan(top.f1)
+    nested = report.stored_metrics({"labelled_images": 4, "test": {"text_coverage": 0.7, "f1": 0.6}})
+    assert (nested.text_coverage, nested.f1) == (0.7, 0.6)
+    assert report.stored_metrics({"overall": {"text_coverage": 0.7}}) is None
+    assert report.stored_metrics({"version": "v", "text_coverage": float("nan")}) is None
+
+
+def test_iterate_test_metrics_make_a_curve_point(ws):
+    """A model whose row only holds iterate's test evaluation still gets its point."""
+    _add_model(ws, "frcnn-t", "fasterrcnn", {"test": {"text_coverage": 0.42, "f1": 0.3}}, human=5)
+    curve = report.learning_curve_table(ws)
+    assert len(curve) == 1
+    row = curve.iloc[0]
+    assert (row["n_labelled"], row["coverage_metric"]) == (5, "text_coverage")
+    assert (row["coverage"], row["f1"]) == pytest.approx((0.42, 0.3))

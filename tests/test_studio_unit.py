@@ -155,7 +155,8 @@ def test_server_env_is_private_loopback_and_local_files(tmp_path):
 
 
 def test_down_only_stops_what_up_started(tmp_path):
-    assert down(tmp_path)["stopped"] is False  # no PID file: nothing to stop
+    nothing = down(tmp_path)  # no PID file: nothing to stop
+    assert nothing.stopped is False and set(nothing.as_dict()) == {"stopped", "reason"}
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
     try:
         pid_file(tmp_path).parent.mkdir(parents=True)
@@ -163,7 +164,8 @@ def test_down_only_stops_what_up_started(tmp_path):
             f'{{"url": "http://127.0.0.1:1", "port": 1, "pid": {other.pid}, "mode": "local", "data_dir": "", '
             f'"files_root": "", "log": "", "started_at": 0}}')
         res = down(tmp_path)  # the PID is not a label-studio process: leave it alone
-        assert res["stopped"] is False and other.poll() is None
+        assert res.stopped is False and other.poll() is None
+        assert res.as_dict() == {"stopped": False, "url": "http://127.0.0.1:1", "pid": other.pid, "mode": "local"}
         assert not pid_file(tmp_path).exists()
     finally:
         assert stop_pid(other.pid)
@@ -195,7 +197,8 @@ def test_export_formats_from_catalog_annotations(ws, tmp_path):
                            "VALUES (?, 'labelstudio', 1, ?, ?, ?, 1, 1)", (ids[name], dumps(boxes), dumps([0] * len(boxes)), state))
     res = export(ws, tmp_path / "j", "jsonl")
     recs = {r.image: r for r in read_jsonl(tmp_path / "j" / "boxes.jsonl")}
-    assert res["images"] == 3 and res["empty_images"] == 1  # the skipped image is not a label
+    assert res.images == 3 and res.empty_images == 1  # the skipped image is not a label
+    assert res.as_dict() == {"format": "jsonl", "out": res.out, "images": 3, "boxes": 2, "empty_images": 1}
     rot = next(r for r in recs.values() if ids["rot.jpg"] in r.image)
     with Image.open(tmp_path / "j" / rot.image) as im:
         assert im.size == (60, 90) == (rot.width, rot.height)  # written upright: boxes stay valid
@@ -208,3 +211,32 @@ def test_export_formats_from_catalog_annotations(ws, tmp_path):
     assert line == ["0", "0.200000", "0.300000", "0.200000", "0.400000"]
     assert (tmp_path / "y" / "labels" / f"{ids['empty.png']}.txt").read_text() == ""
     assert "0: text" in (tmp_path / "y" / "data.yaml").read_text()
+
+
+def test_stage_results_keep_the_json_keys():
+    """The typed results' `as_dict()` is the `--json` payload the commands printed as dicts."""
+    from pipeline.studio.launcher import ServerInfo, StatusResult, UpResult
+    from pipeline.studio.project import ProjectSummary
+    from pipeline.studio.pull import PullSummary
+    from pipeline.studio.push import PushSummary
+
+    pulled = PullSummary(new=1, updated=2, removed=0, unchanged=3, labelled=2, empty=1, skipped=0, tasks=4,
+                         unknown_tasks=0, project_id=7)
+    assert list(pulled.as_dict()) == ["new", "updated", "removed", "unchanged", "labelled", "empty", "skipped",
+                                      "tasks", "unknown_tasks", "project_id"]
+    assert pulled.counts() == pulled.as_dict()   # all integers: the pull iteration's counts
+    pushed = PushSummary(project_id=7, model_version="v1", tasks_created=2, predictions_added=0, tasks_updated=0,
+                         already_pushed=1, failed=0, order="o", url="u")
+    assert list(pushed.as_dict()) == ["project_id", "model_version", "tasks_created", "predictions_added",
+                                      "tasks_updated", "already_pushed", "failed", "order", "url"]
+    assert pushed.counts() == {"project_id": 7, "tasks_created": 2, "predictions_added": 0, "tasks_updated": 0,
+                               "already_pushed": 1, "failed": 0}
+    project = ProjectSummary(project_id=7, title="t", created=True, classes=["text"], storage_id=3, ml_backend_id=None,
+                             url="u")
+    assert list(project.as_dict()) == ["project_id", "title", "created", "classes", "storage_id", "ml_backend_id", "url"]
+    info = ServerInfo(url="http://x", port=1, pid=2, mode="local", data_dir="d", files_root="f", log="l", started_at=0.0)
+    assert UpResult(info, already_running=True).as_dict() == {
+        "url": "http://x", "port": 1, "pid": 2, "mode": "local", "data_dir": "d", "files_root": "f", "log": "l",
+        "started_at": 0.0, "already_running": True}
+    assert list(StatusResult("u", True, False, None, None, None).as_dict()) == [
+        "url", "healthy", "started_by_textloop", "pid", "mode", "log"]

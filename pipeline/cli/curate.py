@@ -96,5 +96,5 @@ def report_cmd(
     st = state(ctx)
     ws = st.ws()
     res = build_report(ws, iteration=iteration)
-    emit(st, res, lambda c: c.print(f"report: {res['html']} (copy in {res['run_copy']}); "
-                                    f"{res['learning_curve_points']} learning-curve points"))
+    emit(st, res.as_dict(), lambda c: c.print(f"report: {res.html} (copy in {res.run_copy}); "
+                                              f"{res.learning_curve_points} learning-curve points"))

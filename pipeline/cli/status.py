@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from pipeline.cli.common import emit, state
-from pipeline.status import workspace_status
+from pipeline.status import WorkspaceStatus, workspace_status
 
 
 def register(app: typer.Typer) -> None:
@@ -24,36 +23,36 @@ def status_cmd(ctx: typer.Context) -> None:
     with ws.catalog() as cat:
         s = workspace_status(cat)
 
-    emit(st, s, lambda c: _render(c, s, ws.root))
+    emit(st, s.as_dict(), lambda c: _render(c, s, ws.root))
 
 
-def _render(c: Console, s: dict[str, Any], root: Path) -> None:
+def _render(c: Console, s: WorkspaceStatus, root: Path) -> None:
     """Totals, images by status and split, rejects, models and the last iteration."""
-    c.print(f"workspace {root}: {s['images']} images from {s['sources']} sources, "
-            f"{s['annotations']} annotations, {s['predictions']} predictions, {s['tasks']} Label Studio tasks")
+    c.print(f"workspace {root}: {s.images} images from {s.sources} sources, "
+            f"{s.annotations} annotations, {s.predictions} predictions, {s.tasks} Label Studio tasks")
     t = Table(title="images by status and split")
     splits = ["train", "val", "test"]
     t.add_column("status")
     for sp in splits:
         t.add_column(sp, justify="right")
-    for status, counts in sorted(s["by_status"].items()):
+    for status, counts in sorted(s.by_status.items()):
         t.add_row(status, *(str(counts.get(sp, 0)) for sp in splits))
     c.print(t)
-    if s["rejects"]:
+    if s.rejects:
         r = Table(title="rejected sources by reason")
         r.add_column("reason")
         r.add_column("count", justify="right")
-        for reason, n in s["rejects"].items():
+        for reason, n in s.rejects.items():
             r.add_row(reason, str(n))
         c.print(r)
-    if s["models"]:
+    if s.models:
         m = Table(title="models")
         for col in ("version", "kind", "parent", "current"):
             m.add_column(col)
-        for model in s["models"]:
+        for model in s.models:
             m.add_row(model["version"], model["kind"], model["parent"] or "", "*" if model["promoted"] else "")
         c.print(m)
     else:
         c.print("models: none yet (`textloop train`)")
-    it = s["last_iteration"]
+    it = s.last_iteration
     c.print(f"last iteration: {it['step']} #{it['id']} ({it['status']})" if it else "last iteration: none")

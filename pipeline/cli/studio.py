@@ -37,12 +37,13 @@ def up_cmd(
     ws = st.ws()
     try:
         with st.console.status("starting Label Studio (~40 s the first time)..."):
-            info = up(ws.root, port=port, mode=mode, timeout=timeout)
+            res = up(ws.root, port=port, mode=mode, timeout=timeout)
     except StudioError as exc:
         fail(str(exc))
-    emit(st, info, lambda c: c.print(
-        f"Label Studio {'already running' if info['already_running'] else 'started'} at {info['url']} "
-        f"({info['mode']}, pid {info['pid']}, log {info['log']}); log in with LABEL_STUDIO_USERNAME/PASSWORD from .env"))
+    info = res.server
+    emit(st, res.as_dict(), lambda c: c.print(
+        f"Label Studio {'already running' if res.already_running else 'started'} at {info.url} "
+        f"({info.mode}, pid {info.pid}, log {info.log}); log in with LABEL_STUDIO_USERNAME/PASSWORD from .env"))
 
 
 @studio_app.command("down")
@@ -52,8 +53,8 @@ def down_cmd(ctx: typer.Context) -> None:
 
     st = state(ctx)
     res = down(st.ws().root)
-    emit(st, res, lambda c: c.print(f"stopped Label Studio at {res['url']} (pid {res['pid']})" if res["stopped"]
-                                    else res.get("reason") or f"Label Studio at {res.get('url')} was not running"))
+    emit(st, res.as_dict(), lambda c: c.print(f"stopped Label Studio at {res.url} (pid {res.pid})" if res.stopped
+                                              else res.reason or f"Label Studio at {res.url} was not running"))
 
 
 @studio_app.command("status")
@@ -63,9 +64,9 @@ def status_cmd(ctx: typer.Context) -> None:
 
     st = state(ctx)
     res = status(st.ws().root)
-    emit(st, res, lambda c: c.print(f"{res['url']}: {'healthy' if res['healthy'] else 'not reachable'}"
-                                    + (f" (started by textloop, pid {res['pid']})" if res["started_by_textloop"] else "")))
-    if not res["healthy"]:
+    emit(st, res.as_dict(), lambda c: c.print(f"{res.url}: {'healthy' if res.healthy else 'not reachable'}"
+                                              + (f" (started by textloop, pid {res.pid})" if res.started_by_textloop else "")))
+    if not res.healthy:
         raise typer.Exit(1)
 
 
@@ -87,10 +88,10 @@ def init_cmd(
         res = init_project(ws, studio, [c for c in classes.split(",") if c.strip()], title, ml_backend, label_config)
     except StudioError as exc:
         fail(str(exc))
-    emit(st, res, lambda c: c.print(
-        f"project {res['title']!r} (id {res['project_id']}) {'created' if res['created'] else 'up to date'}: "
-        f"classes {', '.join(res['classes'])}, uncertainty sampling, storage {res['storage_id']}"
-        + (f", ML backend {res['ml_backend_id']}" if res.get("ml_backend_id") else "") + f"\n{res['url']}"))
+    emit(st, res.as_dict(), lambda c: c.print(
+        f"project {res.title!r} (id {res.project_id}) {'created' if res.created else 'up to date'}: "
+        f"classes {', '.join(res.classes)}, uncertainty sampling, storage {res.storage_id}"
+        + (f", ML backend {res.ml_backend_id}" if res.ml_backend_id else "") + f"\n{res.url}"))
 
 
 def push_cmd(
@@ -116,10 +117,10 @@ def push_cmd(
                            progress=update)
     except (StudioError, FileNotFoundError, ValueError) as exc:
         fail(str(exc))
-    emit(st, res, lambda c: c.print(
-        f"pushed to project {res['project_id']} with model {res['model_version']}: {res['tasks_created']} new tasks, "
-        f"{res['predictions_added']} predictions added to existing tasks, {res['already_pushed']} already there"
-        + (f", {res['failed']} images failed" if res["failed"] else "") + f"\norder: {res['order']}\n{res['url']}"))
+    emit(st, res.as_dict(), lambda c: c.print(
+        f"pushed to project {res.project_id} with model {res.model_version}: {res.tasks_created} new tasks, "
+        f"{res.predictions_added} predictions added to existing tasks, {res.already_pushed} already there"
+        + (f", {res.failed} images failed" if res.failed else "") + f"\norder: {res.order}\n{res.url}"))
 
 
 def pull_cmd(
@@ -135,9 +136,9 @@ def pull_cmd(
         res = run_pull(ws, connect_workspace(ws.root), policy=policy)
     except (StudioError, ValueError) as exc:
         fail(str(exc))
-    emit(st, res, lambda c: c.print(
-        f"pulled project {res['project_id']}: {res['new']} new, {res['updated']} updated, {res['removed']} removed "
-        f"({res['unchanged']} unchanged); {res['labelled']} labelled, {res['empty']} verified empty, {res['skipped']} skipped"))
+    emit(st, res.as_dict(), lambda c: c.print(
+        f"pulled project {res.project_id}: {res.new} new, {res.updated} updated, {res.removed} removed "
+        f"({res.unchanged} unchanged); {res.labelled} labelled, {res.empty} verified empty, {res.skipped} skipped"))
 
 
 def export_cmd(
@@ -155,8 +156,8 @@ def export_cmd(
         res = export(st.ws(), out, fmt, split, tuple(c for c in classes.split(",") if c))
     except (ValueError, OSError) as exc:
         fail(str(exc))
-    emit(st, res, lambda c: c.print(f"exported {res['images']} images ({res['boxes']} boxes, "
-                                    f"{res['empty_images']} without text) to {res['out']}"))
+    emit(st, res.as_dict(), lambda c: c.print(f"exported {res.images} images ({res.boxes} boxes, "
+                                              f"{res.empty_images} without text) to {res.out}"))
 
 
 def serve_cmd(

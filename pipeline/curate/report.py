@@ -155,23 +155,31 @@ def label_issues_html(images: pd.DataFrame, boxes: pd.DataFrame, max_images: int
 
 # --- `textloop report` ----------------------------------------------------------------------------
 
+# Kept out of the import block above only to spare a parallel edit of it; move up when merged.
+from dataclasses import dataclass, fields  # noqa: E402
+
+from pipeline.evaluate import Metrics  # noqa: E402
+
 _N_KEYS = ("n_labelled", "labelled", "n_human", "human_images", "n_train_human", "train_images", "n_train")
-_NESTS = ("test", "overall", "val", "validation", "metrics", "all")
+# What a db model's training stores next to its Metrics (`pipeline.train.db`): the selection at
+# the over-redaction budget. Not evaluation metrics, so not fields of `Metrics`.
+_BUDGET_KEYS = ("coverage_at_budget", "stock_coverage_at_budget", "over_redaction_budget")
 
 
-def _find_metric(d: Any, key: str) -> float | None:
-    """`key` at the top level of a metrics dict or one level down (test/overall/val...)."""
-    if not isinstance(d, dict):
-        return None
-    v = d.get(key)
+def _number(v: Any) -> float | None:
+    """A finite number, else None (JSON null for NaN, missing keys, strings, booleans)."""
     if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
         return float(v)
-    for nest in _NESTS:
-        sub = d.get(nest)
-        if isinstance(sub, dict):
-            v = sub.get(key)
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-                return float(v)
+    return None
+
+
+def stored_metrics(met: Any) -> Metrics | None:
+    """The `Metrics` a stored metrics dict (a model's or an iteration's row) holds: its top level
+    (what training's validation, `train` and `iterate` iterations store), else the `test`
+    entry `iterate` adds to a model's row; None when neither has a coverage or F1."""
+    for d in (met, met.get("test") if isinstance(met, dict) else None):
+        if isinstance(d, dict) and any(_number(d.get(k)) is not None for k in ("text_coverage", "f1")):
+            return Metrics.from_dict({k: v if _number(v) is not None else None for k, v in d.items()})
     return None
 
 
@@ -206,15 +214,15 @@ def learning_curve_table(ws: Any) -> pd.DataFrame:
 
         def row(kind: str, version: str, family: str, met: dict, n: float | None, t: float | None,
                 promoted: bool) -> tuple | None:
-            cov, f1 = _find_metric(met, "text_coverage"), _find_metric(met, "f1")
-            at_budget = _find_metric(met, "coverage_at_budget")
+            m = stored_metrics(met)
+            cov, f1 = (_number(m.text_coverage), _number(m.f1)) if m is not None else (None, None)
+            at_budget, stock, budget = (_number(met.get(k)) for k in _BUDGET_KEYS)
             if cov is None and f1 is None and at_budget is None:
                 return None
             y = at_budget if at_budget is not None else cov
             metric = "coverage_at_budget" if at_budget is not None else "text_coverage"
             n_lab = int(n) if n is not None else train_human.get(version, labelled_at(t))
-            return (kind, version, family, n_lab, y, metric, cov, f1, _find_metric(met, "stock_coverage_at_budget"),
-                    _find_metric(met, "over_redaction_budget"), promoted)
+            return (kind, version, family, n_lab, y, metric, cov, f1, stock, budget, promoted)
 
         seen = set()
         for m in models:
@@ -222,7 +230,7 @@ def learning_curve_table(ws: Any) -> pd.DataFrame:
                 met = json.loads(m["metrics"] or "{}")
             except ValueError:
                 met = {}
-            n = next((v for k in _N_KEYS if (v := _find_metric(met, k)) is not None), None)
+            n = next((v for k in _N_KEYS if (v := _number(met.get(k))) is not None), None)
             r = row("model", str(m["version"]), str(m["kind"] or "model"), met, n, m["created_at"], bool(m["promoted"]))
             if r:
                 rows.append(r)
@@ -235,7 +243,7 @@ def learning_curve_table(ws: Any) -> pd.DataFrame:
             version = str(met.get("model_version") or met.get("version") or f"iteration {it['id']}")
             if version in seen:  # a train step's metrics are its model's: one point, not two
                 continue
-            n = next((v for k in _N_KEYS if (v := _find_metric(counts, k) or _find_metric(met, k)) is not None), None)
+            n = next((v for k in _N_KEYS if (v := _number(counts.get(k)) or _number(met.get(k))) is not None), None)
             family = "ppocr" if version.startswith("ppocr") else str(met.get("arch") or met.get("kind") or "model")
             r = row(f"iteration:{it['step']}", version, family, met, n, it["finished_at"], False)
             if r:
@@ -399,7 +407,21 @@ def _save_fig(fig: Any, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def build_report(ws: Any, iteration: int | str | None = None, max_items: int = 12) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ReportSummary:
+    """What `build_report` wrote; `as_dict()` is the `--json` payload."""
+
+    html: str                  # reports/report.html
+    run_copy: str              # runs/<iteration>/report: the copy
+    pngs: dict[str, str]       # figure -> PNG path under reports/
+    learning_curve_points: int
+    iteration: int | str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def build_report(ws: Any, iteration: int | str | None = None, max_items: int = 12) -> ReportSummary:
     """Write `reports/report.html` + PNGs (and a copy under `runs/<iteration>/report/`)."""
     rep_dir = ws.reports_dir
     curve = learning_curve_table(ws)
@@ -464,5 +486,5 @@ def build_report(ws: Any, iteration: int | str | None = None, max_items: int = 1
             if (first / name).exists():
                 atomic_write_bytes(folder / name, (first / name).read_bytes())
     tmp.update({k: str(first / v) for k, v in pngs.items()})
-    return {"html": str(first / "report.html"), "run_copy": str(out_dirs[1]), "pngs": tmp,
-            "learning_curve_points": int(len(curve)), "iteration": iteration}
+    return ReportSummary(html=str(first / "report.html"), run_copy=str(out_dirs[1]), pngs=tmp,
+                         learning_curve_points=int(len(curve)), iteration=iteration)

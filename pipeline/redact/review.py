@@ -81,12 +81,12 @@ def queue_for_review(ws: Workspace, held: Sequence[Result], model_version: str,
     return out
 
 
-def push(ws: Workspace, image_ids: Sequence[str], model_version: str) -> Any:
+def push(ws: Workspace, image_ids: Sequence[str], model_version: str) -> dict[str, Any]:
     """Push the held images to Label Studio (imported here: `redact` without `--review` never
-    loads the Label Studio client)."""
+    loads the Label Studio client); the push summary as the review record stores it."""
     from pipeline.studio.push import push_images
 
-    return push_images(ws, list(image_ids), model_version=model_version)
+    return push_images(ws, list(image_ids), model_version=model_version).as_dict()
 
 
 def reviewed_boxes(ws: Workspace, image_ids: Sequence[str]) -> dict[str, Detections]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,23 @@ def _place_image(ws: Workspace, row: dict[str, Any], dest_dir: Path) -> str:
     return name
 
 
-def export(ws: Workspace, out: Path, fmt: str = "jsonl", split: str | None = None, classes: tuple[str, ...] = ("text",)) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ExportSummary:
+    """What one export wrote; `as_dict()` is the `--json` payload."""
+
+    format: str
+    out: str                   # the label file (or folder) the format wrote
+    images: int
+    boxes: int
+    empty_images: int          # verified text-free images (no boxes)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def export(ws: Workspace, out: Path, fmt: str = "jsonl", split: str | None = None,
+           classes: tuple[str, ...] = ("text",)) -> ExportSummary:
+    """The labelled (and verified-empty) images of `split` (None: all) written to `out` in `fmt`."""
     label_format = get_format(fmt)
     out = Path(out)
     images_dir = out / "images"
@@ -67,5 +84,5 @@ def export(ws: Workspace, out: Path, fmt: str = "jsonl", split: str | None = Non
                                      labels=tuple(int(x) for x in labels)))
     n_boxes = sum(len(rec.boxes) for rec in records)
     target = label_format.save(records, out, classes=classes)
-    return {"format": fmt, "out": str(target), "images": len(records), "boxes": n_boxes,
-            "empty_images": sum(1 for rec in records if len(rec.boxes) == 0)}
+    return ExportSummary(format=fmt, out=str(target), images=len(records), boxes=n_boxes,
+                         empty_images=sum(1 for rec in records if len(rec.boxes) == 0))

@@ -17,8 +17,9 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from pipeline.config import privacy_env
 from pipeline.io import atomic_write_text
@@ -211,12 +212,55 @@ def docker_available() -> bool:
         return False
 
 
-def up(ws_root: Path, port: int = 8080, mode: str = "auto", timeout: float = 180.0) -> dict:
+@dataclass(frozen=True)
+class UpResult:
+    """The server `up` started, or found already running; `as_dict()` is the `--json` payload
+    (the PID file's fields and `already_running`)."""
+
+    server: ServerInfo
+    already_running: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(asdict(self.server), already_running=self.already_running)
+
+
+@dataclass(frozen=True)
+class DownResult:
+    """What `down` stopped. With nothing started by `up` there is no server: only `reason`."""
+
+    stopped: bool
+    url: str | None = None
+    pid: int | None = None
+    mode: str | None = None
+    reason: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        if self.reason is not None:
+            return {"stopped": self.stopped, "reason": self.reason}
+        return {"stopped": self.stopped, "url": self.url, "pid": self.pid, "mode": self.mode}
+
+
+@dataclass(frozen=True)
+class StatusResult:
+    """Whether the workspace's server (or LABEL_STUDIO_URL) answers; `as_dict()` is the `--json` payload."""
+
+    url: str
+    healthy: bool
+    started_by_textloop: bool
+    pid: int | None
+    mode: str | None
+    log: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def up(ws_root: Path, port: int = 8080, mode: str = "auto", timeout: float = 180.0) -> UpResult:
     """Start Label Studio for the workspace unless ours is already running. Returns its info."""
     ws_root = ws_root.resolve()
     current = read_info(ws_root)
     if current and current.mode == "local" and current.pid and _is_label_studio(current.pid):
-        return dict(asdict(current), already_running=True)
+        return UpResult(current, already_running=True)
     s = load_settings()
     if mode == "docker" or (mode == "auto" and docker_available()):
         compose = REPO / "docker-compose.yml"
@@ -232,15 +276,15 @@ def up(ws_root: Path, port: int = 8080, mode: str = "auto", timeout: float = 180
     else:
         info, _ = start_local(ws_root, ws_root / "labelstudio" / "server", port, s.username, s.password, s.api_key, timeout)
     atomic_write_text(pid_file(ws_root), json.dumps(asdict(info), indent=2))
-    return dict(asdict(info), already_running=False)
+    return UpResult(info, already_running=False)
 
 
-def down(ws_root: Path) -> dict:
+def down(ws_root: Path) -> DownResult:
     """Stop what `up` started for this workspace (and only that)."""
     ws_root = ws_root.resolve()
     info = read_info(ws_root)
     if info is None:
-        return {"stopped": False, "reason": "nothing started by `textloop studio up` for this workspace"}
+        return DownResult(stopped=False, reason="nothing started by `textloop studio up` for this workspace")
     stopped = False
     if info.mode == "docker":
         compose = REPO / "docker-compose.yml"
@@ -249,10 +293,10 @@ def down(ws_root: Path) -> dict:
     elif info.pid and _is_label_studio(info.pid):
         stopped = stop_pid(info.pid)
     pid_file(ws_root).unlink(missing_ok=True)
-    return {"stopped": stopped, "url": info.url, "pid": info.pid, "mode": info.mode}
+    return DownResult(stopped=stopped, url=info.url, pid=info.pid, mode=info.mode)
 
 
-def status(ws_root: Path) -> dict:
+def status(ws_root: Path) -> StatusResult:
     """Is the workspace's server (or LABEL_STUDIO_URL) up?"""
     import httpx
 
@@ -264,9 +308,8 @@ def status(ws_root: Path) -> dict:
     except httpx.HTTPError:
         healthy = False
     running = bool(info and (info.mode == "docker" or (info.pid and _is_label_studio(info.pid))))
-    return {"url": url, "healthy": healthy, "started_by_textloop": running,
-            "pid": info.pid if info else None, "mode": info.mode if info else None,
-            "log": info.log if info else None}
+    return StatusResult(url=url, healthy=healthy, started_by_textloop=running, pid=info.pid if info else None,
+                        mode=info.mode if info else None, log=info.log if info else None)
 
 
 def connect_workspace(ws_root: Path) -> Studio:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -159,10 +159,26 @@ def served_relpath(ws: Workspace, studio: Studio, path: Path) -> str:
                           "Label Studio can only serve files under it") from None
 
 
+@dataclass(frozen=True)
+class ProjectSummary:
+    """The project `init_project` created or checked; `as_dict()` is the `--json` payload."""
+
+    project_id: int
+    title: str
+    created: bool              # False: it existed (and was brought up to date)
+    classes: list[str]
+    storage_id: int            # the local-files storage serving <workspace>/images
+    ml_backend_id: int | None
+    url: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
 def init_project(
     ws: Workspace, studio: Studio, classes: Sequence[str] | None = None, title: str | None = None,
     ml_backend: str | None = None, template: str | Path | None = None,
-) -> dict[str, Any]:
+) -> ProjectSummary:
     """Create or update the project (label config, uncertainty sampling, empty annotations allowed),
     connect local-files storage to `<workspace>/images`, optionally register an ML backend.
     Idempotent: running it again changes nothing that is already right."""
@@ -195,8 +211,8 @@ def init_project(
     record = {"project_id": pid, "title": title, "storage_id": storage_id, "ml_backend_id": backend_id,
               "classes": list(config.classes), "updated_at": time.time()}
     _write_state(ws, studio.url, record)
-    return {"project_id": pid, "title": title, "created": created, "classes": list(config.classes),
-            "storage_id": storage_id, "ml_backend_id": backend_id, "url": f"{studio.url}/projects/{pid}/data"}
+    return ProjectSummary(project_id=pid, title=title, created=created, classes=list(config.classes),
+                          storage_id=storage_id, ml_backend_id=backend_id, url=f"{studio.url}/projects/{pid}/data")
 
 
 def _get_project(studio: Studio, pid: int, missing_ok: bool = False) -> Any:

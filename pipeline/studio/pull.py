@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
@@ -57,8 +58,33 @@ def export_tasks(studio: Studio, project_id: int) -> list[dict[str, Any]]:
     return json.loads(chunks)
 
 
-def pull(ws: Workspace, client: Studio | None = None, policy: str = "latest") -> dict[str, Any]:
-    """Mirror the project's annotations into the catalog; returns counts."""
+@dataclass(frozen=True)
+class PullSummary:
+    """What one pull changed in the catalog (`new` / `updated` / `removed` / `unchanged` rows)
+    and what the winning annotations were; `as_dict()` is the `--json` payload, and its
+    integers are the counts a `pull` iteration records."""
+
+    new: int
+    updated: int
+    removed: int
+    unchanged: int
+    labelled: int
+    empty: int
+    skipped: int
+    tasks: int                 # tasks with at least one annotation
+    unknown_tasks: int         # ... whose image is not in this workspace's catalog
+    project_id: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def counts(self) -> dict[str, int]:
+        """The integers, as the iteration journal stores them."""
+        return {k: v for k, v in self.as_dict().items() if isinstance(v, int)}
+
+
+def pull(ws: Workspace, client: Studio | None = None, policy: str = "latest") -> PullSummary:
+    """Mirror the project's annotations into the catalog; returns what changed."""
     if policy not in ("latest", "first"):
         raise ValueError(f"policy must be latest or first, got {policy!r}")
     studio = client or connect()
@@ -119,11 +145,10 @@ def pull(ws: Workspace, client: Studio | None = None, policy: str = "latest") ->
                     cat.delete_annotation(old["id"])
                     cat.set_status(image_id, ImageStatus.PUSHED, only_from=(*HUMAN_LABELLED, ImageStatus.SKIPPED))
                     counts["removed"] += 1
-    counts["project_id"] = project.id
-    return counts
+    return PullSummary(**counts, project_id=project.id)
 
 
-def run_pull(ws: Workspace, client: Studio | None = None, policy: str = "latest") -> dict[str, Any]:
+def run_pull(ws: Workspace, client: Studio | None = None, policy: str = "latest") -> PullSummary:
     """`textloop pull` as one call: `pull`, recorded as a `pull` iteration with its counts
     (iterate calls `pull` inside its own round instead)."""
     if client is None:
@@ -133,5 +158,5 @@ def run_pull(ws: Workspace, client: Studio | None = None, policy: str = "latest"
     res = pull(ws, client, policy=policy)
     with ws.catalog() as cat:
         it = cat.start_iteration("pull")
-        cat.finish_iteration(it, counts={k: v for k, v in res.items() if isinstance(v, int)})
+        cat.finish_iteration(it, counts=res.counts())
     return res

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -199,6 +200,29 @@ def resolve_model(ws: Workspace, model_version: str | None, detector: Any, model
     return str(get().version), get
 
 
+@dataclass(frozen=True)
+class PushSummary:
+    """What one push did in the project; `as_dict()` is the `--json` payload, and its integers
+    are the counts a `push` iteration records."""
+
+    project_id: int
+    model_version: str
+    tasks_created: int
+    predictions_added: int     # this model version's prediction added to existing tasks
+    tasks_updated: int         # existing tasks whose data (file name, sources, ranking facts) changed
+    already_pushed: int
+    failed: int                # images that could not be predicted
+    order: str                 # how new tasks were ordered
+    url: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def counts(self) -> dict[str, int]:
+        """The integers, as the iteration journal stores them."""
+        return {k: v for k, v in self.as_dict().items() if isinstance(v, int)}
+
+
 def push_images(
     ws: Workspace,
     image_ids: Sequence[str] | None,
@@ -213,7 +237,7 @@ def push_images(
     batch_size: int = BATCH,
     progress: Callable[[int, int], None] | None = None,
     min_score: float | None = None,
-) -> dict[str, Any]:
+) -> PushSummary:
     """Push `image_ids` (None: every image not excluded) as tasks with predictions.
 
     `top` limits how many *new* tasks are created, in ranking order (`strategy`) or by lowest mean
@@ -340,18 +364,16 @@ def push_images(
     if (created or added) and project.model_version != version:
         # Uncertainty sampling only looks at predictions of the project's model_version.
         studio.call(studio.sdk.projects.update, id=project.id, model_version=version)
-    return {
-        "project_id": project.id, "model_version": version, "tasks_created": created,
-        "predictions_added": added, "tasks_updated": updated, "already_pushed": len([i for i in images if i in server_tasks]) - len(upd_ids),
-        "failed": len(failed), "order": order_note,
-        "url": f"{studio.url}/projects/{project.id}/data",
-    }
+    return PushSummary(
+        project_id=project.id, model_version=version, tasks_created=created, predictions_added=added,
+        tasks_updated=updated, already_pushed=len([i for i in images if i in server_tasks]) - len(upd_ids),
+        failed=len(failed), order=order_note, url=f"{studio.url}/projects/{project.id}/data")
 
 
 def run_push(ws: Workspace, client: Studio | None = None, *, split: str | None = None, model: str = "current",
              model_version: str | None = None, strategy: str | None = None, top: int | None = None,
              update_existing: bool = True, min_score: float | None = None,
-             progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+             progress: Callable[[int, int], None] | None = None) -> PushSummary:
     """`textloop push` as one call: `push_images` over the split's images (default every image
     not excluded), recorded as a `push` iteration with its counts, or as failed with the error
     (iterate calls `push_images` inside its own round instead)."""
@@ -366,5 +388,5 @@ def run_push(ws: Workspace, client: Studio | None = None, *, split: str | None =
     with ws.catalog() as journal, journal.iteration("push") as it:   # `failed` (with the error) if it raises
         res = push_images(ws, ids, model_version, client, model=model, strategy=strategy, top=top,
                           update_existing=update_existing, progress=progress, min_score=min_score)
-        it.counts = {k: v for k, v in res.items() if isinstance(v, int)}
+        it.counts = res.counts()
     return res

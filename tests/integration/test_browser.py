@@ -162,7 +162,7 @@ def test_labelling_page_shows_the_image_its_boxes_and_file_name(live_studio, tmp
     studio = connect(live_studio.url, live_studio.token, local_files_root=live_studio.root)
     init_project(ws, studio, title="browser test")
     res = push_images(ws, None, client=studio, model="ppocr")
-    assert res["tasks_created"] == 1
+    assert res.tasks_created == 1
     out = tmp_path / "labelling.png"
     env = dict(os.environ, LABEL_STUDIO_URL=live_studio.url, LABEL_STUDIO_API_KEY=live_studio.token,
                LABEL_STUDIO_USERNAME=live_studio.username, LABEL_STUDIO_PASSWORD=live_studio.password,

@@ -37,7 +37,7 @@ def test_iterate_round_pulls_trains_evaluates_and_promotes_by_the_rule(live_stud
     push_images(ws, None, client=studio, model="ppocr")
     with ws.catalog() as cat:
         names = {r["id"]: (r["original_name"], r["width"], r["height"]) for r in cat.images()}
-    for t in studio.sdk.tasks.list(project=project["project_id"], fields="all"):
+    for t in studio.sdk.tasks.list(project=project.project_id, fields="all"):
         name, w, h = names[t.data["image_id"]]
         result = [{"id": f"r{k}", "type": "rectanglelabels", "from_name": "label", "to_name": "image",
                    "original_width": w, "original_height": h, "image_rotation": 0,

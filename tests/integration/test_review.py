@@ -37,7 +37,7 @@ def test_request_review_reopens_the_task_with_a_note(live_studio, tmp_path_facto
     studio = connect(live_studio.url, live_studio.token, local_files_root=live_studio.root)
     project = init_project(ws, studio, title="review test")
     push_images(ws, None, client=studio, detector=OneBox())
-    tasks = {t.data["image_id"]: t for t in studio.sdk.tasks.list(project=project["project_id"], fields="all")}
+    tasks = {t.data["image_id"]: t for t in studio.sdk.tasks.list(project=project.project_id, fields="all")}
     for t in tasks.values():
         studio.sdk.annotations.create(id=t.id, result=_result([2, 2, 20, 10], 64, 48))
     pull(ws, studio)
@@ -57,6 +57,6 @@ def test_request_review_reopens_the_task_with_a_note(live_studio, tmp_path_facto
 
     ann = studio.sdk.annotations.list(id=tasks[flagged].id)[0]            # the reviewer fixes it
     studio.sdk.annotations.update(id=ann.id, result=_result([2, 2, 30, 12], 64, 48))
-    assert pull(ws, studio)["updated"] == 1
+    assert pull(ws, studio).updated == 1
     with ws.catalog() as cat:
         assert cat.scalar("SELECT status FROM images WHERE id = ?", (flagged,)) == "labelled"

@@ -66,7 +66,7 @@ def test_rotated_prediction_review_pull_and_redact(live_studio, tmp_path, monkey
 
     # 1. push sends the stored quad as a rotated rectangle
     summary = push_images(ws, None, model_version="rot-v1", client=studio)
-    assert summary["tasks_created"] == 1
+    assert summary.tasks_created == 1
     [task] = list(studio.sdk.tasks.list(project=project_id, fields="all", page_size=100))
     preds = [p if isinstance(p, dict) else p.dict() for p in studio.sdk.predictions.list(task=task.id)]
     [pred] = [p for p in preds if p["model_version"] == "rot-v1"]
@@ -92,7 +92,7 @@ def test_rotated_prediction_review_pull_and_redact(live_studio, tmp_path, monkey
                "original_width": W, "original_height": H, "image_rotation": 0,
                "value": {**REVIEWED, "rectanglelabels": ["text"]}}]
     studio.sdk.annotations.create(id=task.id, result=result, was_cancelled=False)
-    assert pull(ws, studio)["new"] == 1
+    assert pull(ws, studio).new == 1
     expected = reviewed_corners()
     with ws.catalog() as cat:
         row = cat.query("SELECT boxes, quads FROM annotations WHERE image_id = ?", (image_id,))[0]

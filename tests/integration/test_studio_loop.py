@@ -102,17 +102,17 @@ def _image_sizes(ws):
 
 def test_studio_init_is_idempotent(loop):
     again = init_project(loop["ws"], loop["studio"], title="loop test")
-    assert again["project_id"] == loop["init"]["project_id"] and not again["created"]
-    assert again["storage_id"] == loop["init"]["storage_id"]
-    p = loop["studio"].sdk.projects.get(id=again["project_id"])
+    assert again.project_id == loop["init"].project_id and not again.created
+    assert again.storage_id == loop["init"].storage_id
+    p = loop["studio"].sdk.projects.get(id=again.project_id)
     assert p.sampling == "Uncertainty sampling" and "RectangleLabels" in p.label_config
 
 
 def test_push_creates_one_task_per_image_with_scored_predictions(loop):
     ws, studio = loop["ws"], loop["studio"]
-    assert loop["first_push"]["tasks_created"] == N_IMAGES and loop["first_push"]["failed"] == 0
-    assert "lowest mean prediction confidence" in loop["first_push"]["order"]
-    tasks = sorted(_tasks(studio, loop["init"]["project_id"]), key=lambda t: t.id)
+    assert loop["first_push"].tasks_created == N_IMAGES and loop["first_push"].failed == 0
+    assert "lowest mean prediction confidence" in loop["first_push"].order
+    tasks = sorted(_tasks(studio, loop["init"].project_id), key=lambda t: t.id)
     assert len(tasks) == N_IMAGES
     sizes = _image_sizes(ws)
     confidences = []
@@ -143,7 +143,7 @@ def labelled(loop):
     """A labeller's session: accept, move, delete, add (incl. a rotated box), submit empty, skip."""
     ws, studio = loop["ws"], loop["studio"]
     sizes = _image_sizes(ws)
-    tasks = sorted(_tasks(studio, loop["init"]["project_id"]), key=lambda t: t.id)
+    tasks = sorted(_tasks(studio, loop["init"].project_id), key=lambda t: t.id)
     truth: dict[str, dict] = {}
     plan = ["accept", "move", "delete", "add", "add_rotated", "empty", "skip"] * 2
     for kind, t in zip(plan, tasks):
@@ -182,8 +182,8 @@ def labelled(loop):
 
 def test_pull_stores_the_labellers_boxes_in_pixels(loop, labelled):
     ws, truth, first = loop["ws"], labelled["truth"], labelled["first"]
-    assert first["new"] == len(truth) and first["updated"] == 0 and first["removed"] == 0
-    assert first["skipped"] == 2 and first["empty"] == 2 and first["labelled"] == len(truth) - 4
+    assert first.new == len(truth) and first.updated == 0 and first.removed == 0
+    assert first.skipped == 2 and first.empty == 2 and first.labelled == len(truth) - 4
     with ws.catalog() as cat:
         rows = {r["image_id"]: r for r in cat.query("SELECT * FROM annotations WHERE source = 'labelstudio'")}
         status = {r["id"]: r["status"] for r in cat.query("SELECT id, status FROM images")}
@@ -203,15 +203,15 @@ def test_pull_stores_the_labellers_boxes_in_pixels(loop, labelled):
 
 def test_pull_again_changes_nothing(loop, labelled):
     again = pull(loop["ws"], loop["studio"])
-    assert (again["new"], again["updated"], again["removed"]) == (0, 0, 0)
-    assert again["unchanged"] == len(labelled["truth"])
+    assert (again.new, again.updated, again.removed) == (0, 0, 0)
+    assert again.unchanged == len(labelled["truth"])
 
 
 def test_export_jsonl_matches_the_annotations(loop, labelled, tmp_path):
     res = export(loop["ws"], tmp_path / "out", "jsonl")
     recs = {Path(r.image).stem: r for r in read_jsonl(tmp_path / "out" / "boxes.jsonl")}
     truth = {k: v for k, v in labelled["truth"].items() if v["kind"] != "skip"}
-    assert set(recs) == set(truth) and res["empty_images"] == 2
+    assert set(recs) == set(truth) and res.empty_images == 2
     sizes = _image_sizes(loop["ws"])
     for image_id, t in truth.items():
         rec = recs[image_id]
@@ -228,7 +228,7 @@ def test_edit_and_delete_in_label_studio_are_mirrored(loop, labelled):
     new_box = [1.0, 1.0, 30.0, 12.0]
     studio.sdk.annotations.update(id=truth[edited_id]["annotation"], result=[_rect(_pct(new_box, w, h), w, h, "e")])
     res = pull(ws, studio)
-    assert (res["new"], res["updated"], res["removed"]) == (0, 1, 0)
+    assert (res.new, res.updated, res.removed) == (0, 1, 0)
     with ws.catalog() as cat:
         row = cat.query("SELECT boxes FROM annotations WHERE image_id = ?", (edited_id,))[0]
     np.testing.assert_allclose(json.loads(row["boxes"]), [new_box], atol=1.0)
@@ -236,7 +236,7 @@ def test_edit_and_delete_in_label_studio_are_mirrored(loop, labelled):
     deleted_id = next(k for k, v in truth.items() if v["kind"] == "move")
     studio.sdk.annotations.delete(id=truth[deleted_id]["annotation"])
     res = pull(ws, studio)
-    assert (res["new"], res["updated"], res["removed"]) == (0, 0, 1)
+    assert (res.new, res.updated, res.removed) == (0, 0, 1)
     with ws.catalog() as cat:
         assert cat.scalar("SELECT COUNT(*) FROM annotations WHERE image_id = ?", (deleted_id,)) == 0
         assert cat.scalar("SELECT status FROM images WHERE id = ?", (deleted_id,)) == "pushed"
@@ -244,23 +244,23 @@ def test_edit_and_delete_in_label_studio_are_mirrored(loop, labelled):
 
 def test_push_twice_creates_no_duplicate_tasks(loop):
     again = push_images(loop["ws"], None, client=loop["studio"], detector=loop["detector"])
-    assert again["tasks_created"] == 0 and again["predictions_added"] == 0 and again["already_pushed"] == N_IMAGES
-    assert len(_tasks(loop["studio"], loop["init"]["project_id"])) == N_IMAGES
+    assert again.tasks_created == 0 and again.predictions_added == 0 and again.already_pushed == N_IMAGES
+    assert len(_tasks(loop["studio"], loop["init"].project_id)) == N_IMAGES
 
 
 def test_new_model_version_adds_a_second_prediction_per_task(loop):
     v2 = FakeDetector("fake-v2", shift=1.0)
     res = push_images(loop["ws"], None, client=loop["studio"], detector=v2)
-    assert res["tasks_created"] == 0 and res["predictions_added"] == N_IMAGES
-    tasks = _tasks(loop["studio"], loop["init"]["project_id"])
+    assert res.tasks_created == 0 and res.predictions_added == N_IMAGES
+    tasks = _tasks(loop["studio"], loop["init"].project_id)
     assert len(tasks) == N_IMAGES
     for t in tasks:
         versions = sorted((p if isinstance(p, dict) else p.dict())["model_version"] for p in t.predictions)
         assert versions == ["fake-v1", "fake-v2"]
-    project = loop["studio"].sdk.projects.get(id=loop["init"]["project_id"])
+    project = loop["studio"].sdk.projects.get(id=loop["init"].project_id)
     assert project.model_version == "fake-v2"  # uncertainty sampling follows the newest model
     again = push_images(loop["ws"], None, client=loop["studio"], detector=v2)
-    assert again["predictions_added"] == 0
+    assert again.predictions_added == 0
 
 
 def test_push_with_ranking_orders_by_strategy_and_honours_top(live_studio, tmp_path_factory):
@@ -282,8 +282,8 @@ def test_push_with_ranking_orders_by_strategy_and_honours_top(live_studio, tmp_p
 
     predict_workspace(ws, FakeDetector(), threshold=0.05)  # what rank stores: weak boxes included
     res = push_images(ws, None, client=studio, detector=FakeDetector(), strategy="uncertainty", top=3)
-    assert res["tasks_created"] == 3 and "score_uncertainty" in res["order"]
-    tasks = sorted(_tasks(studio, res["project_id"]), key=lambda t: t.id)
+    assert res.tasks_created == 3 and "score_uncertainty" in res.order
+    tasks = sorted(_tasks(studio, res.project_id), key=lambda t: t.id)
     assert [t.data["image_id"] for t in tasks] == ids[::-1][:3]
     for t in tasks:  # labellers see the boxes a redaction would use, not rank's weak ones
         pred = t.predictions[0] if isinstance(t.predictions[0], dict) else t.predictions[0].dict()
@@ -291,7 +291,7 @@ def test_push_with_ranking_orders_by_strategy_and_honours_top(live_studio, tmp_p
     with ws.catalog() as cat, cat.transaction() as tx:  # labelled elsewhere (e.g. `textloop import`)
         tx.execute("UPDATE images SET status = 'labelled' WHERE id = ?", (ids[0],))
     rest = push_images(ws, None, client=studio, detector=FakeDetector(), strategy="uncertainty")
-    assert rest["tasks_created"] == 2  # 6 images - 3 pushed - 1 already labelled
+    assert rest.tasks_created == 2  # 6 images - 3 pushed - 1 already labelled
     with pytest.raises(StudioError, match="no column score_nope"):
         push_images(ws, None, client=studio, detector=FakeDetector(), strategy="nope")
 
@@ -310,8 +310,8 @@ def test_ml_backend_predictions_are_stored_by_label_studio(loop, live_studio, tm
     app = create_app(ws, detector=FakeDetector("fake-ml"), trainer=trainer)
     with serving(app) as url:
         res = init_project(ws, studio, title="loop test", ml_backend=url)
-        assert res["ml_backend_id"]
-        backend = studio.sdk.ml.get(id=res["ml_backend_id"])
+        assert res.ml_backend_id
+        backend = studio.sdk.ml.get(id=res.ml_backend_id)
         assert str(backend.state) in ("CO", "MLBackendState.CO", "Connected") or "CO" in str(backend.state)
         # a task without predictions: Label Studio asks the backend when the task is opened
         src = tmp_path_factory.mktemp("src_ml")
@@ -321,7 +321,7 @@ def test_ml_backend_predictions_are_stored_by_label_studio(loop, live_studio, tm
             new_id = cat.query("SELECT id, path FROM images WHERE original_name = 'new.png'")[0]
         from pipeline.studio.push import local_files_url
 
-        imp = studio.sdk.projects.import_tasks(id=res["project_id"], request=[
+        imp = studio.sdk.projects.import_tasks(id=res.project_id, request=[
             {"data": {"image": local_files_url(ws, studio, new_id["path"]), "image_id": new_id["id"]}}], return_task_ids=True)
         task = studio.sdk.tasks.get(id=str(imp.task_ids[0]))
         preds = [p if isinstance(p, dict) else p.dict() for p in (task.predictions or [])]
@@ -330,7 +330,7 @@ def test_ml_backend_predictions_are_stored_by_label_studio(loop, live_studio, tm
         # training is queued by the webhook and runs in the background, not in the request
         import httpx
 
-        studio.sdk.ml.train(id=res["ml_backend_id"])  # "Start Training": LS sends START_TRAINING
+        studio.sdk.ml.train(id=res.ml_backend_id)  # "Start Training": LS sends START_TRAINING
         assert not trained.is_set(), "training must not run inside the request"
         assert httpx.get(f"{url}/status").json()["training"]["state"] in ("queued", "running")
         assert trained.wait(15)
@@ -398,12 +398,12 @@ def test_project_missing_label_config_mismatch_and_outside_root(loop, live_studi
     with pytest.raises(StudioError, match="run `textloop studio init`"):
         pull(other, studio)
     init = init_project(other, studio, title="doomed")
-    studio.sdk.projects.update(id=init["project_id"], label_config=(
+    studio.sdk.projects.update(id=init.project_id, label_config=(
         '<View><Image name="img" value="$image"/><RectangleLabels name="lab" toName="img">'
         '<Label value="face"/></RectangleLabels></View>'))
     with pytest.raises(StudioError, match="label config mismatch"):
         pull(other, studio)
-    studio.sdk.projects.delete(id=init["project_id"])
+    studio.sdk.projects.delete(id=init.project_id)
     with pytest.raises(StudioError, match="no longer exists"):
         pull(other, studio)
     outside = Workspace.open(tmp_path / "elsewhere")
@@ -426,8 +426,8 @@ def test_real_ppocr_pre_annotations(live_studio, tmp_path_factory):
     studio = connect(live_studio.url, live_studio.token, local_files_root=live_studio.root)
     init_project(ws, studio, title="ocr test")
     res = push_images(ws, None, client=studio, model="ppocr")
-    assert res["tasks_created"] == 1 and res["model_version"].startswith("ppocr")
-    task = _tasks(studio, res["project_id"])[0]
+    assert res.tasks_created == 1 and res.model_version.startswith("ppocr")
+    task = _tasks(studio, res.project_id)[0]
     pred = task.predictions[0] if isinstance(task.predictions[0], dict) else task.predictions[0].dict()
     assert pred["result"], "PP-OCR found no text in a clear rendered line"
     v = pred["result"][0]["value"]
@@ -445,9 +445,9 @@ def test_studio_up_status_reuse_the_running_server(live_studio):
     pid_file(ws_root).parent.mkdir(parents=True)
     pid_file(ws_root).write_text(json.dumps(asdict(live_studio.info)))
     st = status(ws_root)
-    assert st["healthy"] and st["started_by_textloop"] and st["pid"] == live_studio.pid
+    assert st.healthy and st.started_by_textloop and st.pid == live_studio.pid
     again = up(ws_root)
-    assert again["already_running"] and again["url"] == live_studio.url and again["pid"] == live_studio.pid
+    assert again.already_running and again.server.url == live_studio.url and again.server.pid == live_studio.pid
 
 
 # --- issue 14: a task says which file it is ----------------------------------------------------
@@ -481,7 +481,7 @@ def named(live_studio, tmp_path_factory):
                             "batch_rank": [1.0, 2.0, None, None]})
     ranking.to_parquet(ws.reports_dir / "ranking.parquet")
     first = push_images(ws, None, client=studio, detector=FakeDetector(), strategy="ranked")
-    return {"ws": ws, "studio": studio, "project_id": init["project_id"], "src": src, "ids": ids, "first": first,
+    return {"ws": ws, "studio": studio, "project_id": init.project_id, "src": src, "ids": ids, "first": first,
             "ranking": ranking}
 
 
@@ -496,7 +496,7 @@ def _data_by_image(studio, project_id):
 
 def test_task_data_names_the_file_its_sources_and_the_ranking_facts(named):
     ws, studio = named["ws"], named["studio"]
-    assert named["first"]["tasks_created"] == 4
+    assert named["first"].tasks_created == 4
     data = _data_by_image(studio, named["project_id"])
     assert len(data) == 4
     with ws.catalog() as cat:
@@ -550,7 +550,7 @@ def test_push_again_updates_nothing_and_duplicates_nothing(named):
     ws, studio = named["ws"], named["studio"]
     before = _data_by_image(studio, named["project_id"])
     again = push_images(ws, None, client=studio, detector=FakeDetector(), strategy="ranked")
-    assert again["tasks_created"] == 0 and again["tasks_updated"] == 0 and again["predictions_added"] == 0
+    assert again.tasks_created == 0 and again.tasks_updated == 0 and again.predictions_added == 0
     assert _data_by_image(studio, named["project_id"]) == before
 
 
@@ -568,7 +568,7 @@ def test_tasks_pushed_before_the_change_get_the_fields_on_the_next_push(named):
     ranking["batch_strategy"] = "random"
     ranking.to_parquet(ws.reports_dir / "ranking.parquet")
     res = push_images(ws, None, client=studio, detector=FakeDetector())  # what `iterate` does: no --strategy
-    assert res["tasks_created"] == 0 and res["tasks_updated"] == 4
+    assert res.tasks_created == 0 and res.tasks_updated == 4
     data = _data_by_image(studio, pid)
     assert len(data) == 4 and len(_tasks(studio, pid)) == 4
     r = ranking.set_index("image_id")
@@ -577,4 +577,4 @@ def test_tasks_pushed_before_the_change_get_the_fields_on_the_next_push(named):
         assert d["rank_score"] == pytest.approx(r.loc[iid, "score_random"])
         assert d["image"] == stripped[iid]["image"]
     third = push_images(ws, None, client=studio, detector=FakeDetector())
-    assert third["tasks_updated"] == 0 and third["tasks_created"] == 0
+    assert third.tasks_updated == 0 and third.tasks_created == 0
