@@ -14,13 +14,14 @@ import json
 import logging
 import math
 import time
-from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from pipeline.evaluate import Metrics
 from pipeline.io import atomic_write_bytes, atomic_write_text, read_table
 
 log = logging.getLogger("textloop.curate")
@@ -154,11 +155,6 @@ def label_issues_html(images: pd.DataFrame, boxes: pd.DataFrame, max_images: int
 
 
 # --- `textloop report` ----------------------------------------------------------------------------
-
-# Kept out of the import block above only to spare a parallel edit of it; move up when merged.
-from dataclasses import dataclass, fields  # noqa: E402
-
-from pipeline.evaluate import Metrics  # noqa: E402
 
 _N_KEYS = ("n_labelled", "labelled", "n_human", "human_images", "n_train_human", "train_images", "n_train")
 # What a db model's training stores next to its Metrics (`pipeline.train.db`): the selection at
