@@ -12,6 +12,8 @@ from pipeline.cli.common import emit, fail, positive, state
 from pipeline.loop import ROUND_TRAINING, IterateConfig, RoundResult, iterate
 from pipeline.rank import STRATEGY_HELP, RankOptions
 
+RANK = RankOptions()   # the option defaults are the library's
+
 
 def register(app: typer.Typer) -> None:
     app.command("iterate")(iterate_cmd)
@@ -19,9 +21,9 @@ def register(app: typer.Typer) -> None:
 
 def iterate_cmd(
     ctx: typer.Context,
-    strategy: str = typer.Option("auto", help=STRATEGY_HELP),
-    top: int = typer.Option(20, min=1, help="Images to send to Label Studio for the next round."),
-    committee: str = typer.Option("ppocr", help="Second detector for ranking ('none' to skip)."),
+    strategy: str = typer.Option(RANK.strategy, help=STRATEGY_HELP),
+    top: int = typer.Option(RANK.top, min=1, help="Images to send to Label Studio for the next round."),
+    committee: str = typer.Option(str(RANK.committee), help="Second detector for ranking ('none' to skip)."),
     engine: str = typer.Option("permissive", help="Curation engine: permissive or fastdup (non-commercial licence)."),
     apply: bool = typer.Option(True, "--apply/--no-apply", help="Act on duplicates and the worst label issues."),
     label_action: str = typer.Option("review", help="Suspected label errors: review (re-push) or exclude."),

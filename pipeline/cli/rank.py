@@ -9,6 +9,8 @@ from rich.table import Table
 from pipeline.cli.common import emit, fail, progress, state
 from pipeline.rank import STRATEGY_HELP, RankError, RankOptions, RankResult, rank_images
 
+RANK = RankOptions()   # the option defaults are the library's
+
 
 def register(app: typer.Typer) -> None:
     app.command("rank")(rank_cmd)
@@ -16,14 +18,14 @@ def register(app: typer.Typer) -> None:
 
 def rank_cmd(
     ctx: typer.Context,
-    strategy: str = typer.Option("auto", help=STRATEGY_HELP),
-    top: int = typer.Option(20, min=1, help="Size of the batch to label next."),
+    strategy: str = typer.Option(RANK.strategy, help=STRATEGY_HELP),
+    top: int = typer.Option(RANK.top, min=1, help="Size of the batch to label next."),
     detector: str = typer.Option("current", help="Model being improved: current, ppocr, or a bundle.zip."),
-    committee: str = typer.Option("ppocr", help="Second detector for the committee score ('none' to skip)."),
-    tta: bool = typer.Option(False, help="Also score disagreement under flip/rescale (2 extra passes per image)."),
-    diversity: bool = typer.Option(True, help="Never two near-duplicates in one batch."),
-    kcenter: bool = typer.Option(False, help="Spread the batch over the pool (k-center over image embeddings)."),
-    min_score: float = typer.Option(0.05, min=0.0, max=1.0, help="Keep boxes down to this score (weak boxes carry the uncertainty)."),
+    committee: str = typer.Option(str(RANK.committee), help="Second detector for the committee score ('none' to skip)."),
+    tta: bool = typer.Option(RANK.tta, help="Also score disagreement under flip/rescale (2 extra passes per image)."),
+    diversity: bool = typer.Option(RANK.diversity, help="Never two near-duplicates in one batch."),
+    kcenter: bool = typer.Option(RANK.kcenter, help="Spread the batch over the pool (k-center over image embeddings)."),
+    min_score: float = typer.Option(RANK.min_score, min=0.0, max=1.0, help="Keep boxes down to this score (weak boxes carry the uncertainty)."),
 ) -> None:
     """Score unlabelled images by every strategy and pick the next batch (reports/ranking.parquet, read by push)."""
     st = state(ctx)
