@@ -52,6 +52,7 @@ import json, time
 from pathlib import Path
 import dataclasses
 from pipeline.formats import read_devset
+from pipeline.train.db import DBRecipe
 from pipeline.train import TrainConfig, train, samples_from_devset, samples_from_jsonl, losses_of, save_result
 out = Path({str(out)!r})
 synth = samples_from_jsonl({str(work / 'synth' / 'boxes.jsonl')!r}, 'synth/')
@@ -61,7 +62,8 @@ val = [dataclasses.replace(v, gt=dataclasses.replace(v.gt, source='synthetic')) 
 human = samples_from_jsonl({str(human_jsonl)!r}, 'devA/')
 cfg = TrainConfig(out_dir=str(out), arch='db', epochs={args.db_epochs}, steps_per_epoch={args.steps_per_epoch}, batch_size=4,
                   lr={args.db_lr}, warmup_steps=30, budget_minutes={minutes}, seed=0, threads={args.threads},
-                  patience={args.db_patience}, human_fraction=0.5)
+                  patience={args.db_patience}, human_fraction=0.5,
+                  db=DBRecipe(teacher_ignore={args.db_teacher_ignore}))
 t = time.time()
 r = train(cfg, synth, human, val)
 save_result(out / 'bundle.zip', r, version={name!r})
@@ -153,6 +155,8 @@ def main() -> None:
     ap.add_argument("--db-epochs", type=int, default=30, help="planned epochs (LR schedule) of the db model")
     ap.add_argument("--db-lr", type=float, default=3e-5)
     ap.add_argument("--db-patience", type=int, default=4)
+    ap.add_argument("--db-teacher-ignore", type=float, default=0.0,
+                    help="stock map >= this on a background pixel makes it don't-care (0: off)")
     args = ap.parse_args()
 
     import torch

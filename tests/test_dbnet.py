@@ -323,3 +323,27 @@ def test_selection_averages_sources_and_promotion_refuses_a_model_that_loses_one
     ok = check_from_metrics({"coverage_at_budget": 0.95, "stock_coverage_at_budget": 0.90, "over_redaction_budget": 0.03,
                              "worst_source": "icdar2015", "worst_source_delta": -0.01}, 6, "val")
     assert ok is not None and ok.ok
+
+
+def test_text_the_stock_model_sees_but_labels_miss_is_not_a_negative() -> None:
+    """teacher_ignore: a labeller who left a word out must not teach the model to unsee it."""
+    import torch
+
+    from pipeline.train.db import DBBatch, db_losses
+
+    gt = torch.zeros(1, 8, 8)
+    gt[0, 2:4, 2:6] = 1.0                                  # the labelled word
+    unlabelled = torch.zeros(1, 8, 8, dtype=torch.bool)
+    unlabelled[0, 5:7, 1:7] = True                         # a word nobody labelled
+    batch = DBBatch(torch.zeros(1, 3, 8, 8), gt, torch.ones(1, 8, 8), torch.tensor([False]))
+    student = lambda x: torch.where(unlabelled | (gt > 0), 0.9, 0.1).reshape(1, 1, 8, 8)  # sees both words
+    teacher = lambda x: torch.where(unlabelled | (gt > 0), 0.95, 0.05).reshape(1, 1, 8, 8)
+
+    plain = db_losses(student, batch, DBRecipe(distill=0.0, l2sp=0.0, min_negatives=0), None, teacher)
+    guided = db_losses(student, batch, DBRecipe(distill=0.0, l2sp=0.0, min_negatives=0, teacher_ignore=0.5),
+                       None, teacher)
+    assert guided["bce"] < plain["bce"] / 2            # the unlabelled word is no longer punished
+    masked = batch.mask * ~unlabelled
+    assert torch.isclose(guided["bce"], db_loss(student(None), gt, masked, DBRecipe(min_negatives=0))["bce"])
+    with pytest.raises(ValueError):
+        DBRecipe(teacher_ignore=1.5)

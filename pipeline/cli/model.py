@@ -115,6 +115,7 @@ def train_cmd(
     crop: int = typer.Option(512, help="db: training crop side (pixels at the scale ppocr runs the image at)."),
     l2sp: float = typer.Option(0.01, help="db: strength of the L2-SP pull toward the stock weights (0 = off)."),
     distill: float = typer.Option(1.0, help="db: weight of stock ppocr's map as teacher on text-free images (0 = off)."),
+    teacher_ignore: float = typer.Option(0.0, min=0.0, max=1.0, help="db: background pixels where stock ppocr's map is at least this are don't-care, so text the labels missed is not unlearnt (0 = off)."),
     budget: Optional[float] = typer.Option(None, "--over-redaction-budget",
                                            help="db: selection budget. Default: stock ppocr's over-redaction on the "
                                                 "validation split (at least 0.002)."),
@@ -143,7 +144,8 @@ def train_cmd(
         fail(f"--arch must be db or fasterrcnn, got {arch!r}", 2)
     try:
         cfg = TrainConfig(arch=arch, model=FasterRCNNConfig(backbone=backbone),
-                          db=DBRecipe(crop=crop, l2sp=l2sp, distill=distill, over_redaction_budget=budget),
+                          db=DBRecipe(crop=crop, l2sp=l2sp, distill=distill, teacher_ignore=teacher_ignore,
+                                      over_redaction_budget=budget),
                           epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, lr=lr,
                           human_fraction=human_fraction, patience=patience, budget_minutes=budget_minutes, seed=seed,
                           threads=threads, resume=resume, freeze_bn=freeze_bn)

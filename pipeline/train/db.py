@@ -41,6 +41,10 @@ class DBRecipe:
     min_negatives: int = 1024                    # per batch, so text-free crops still teach
     l2sp: float = 0.01                           # strength of sum (w - w_stock)^2
     distill: float = 1.0                         # weight of the stock map as teacher on text-free images
+    # Unlabelled text: where the stock model is this sure of text and the labels say background,
+    # the pixel is don't-care instead of a (hard-mined) negative, so text the labeller left out
+    # is not unlearnt. 0 disables (costs one teacher pass per step).
+    teacher_ignore: float = 0.0
     # re-selected per model on validation. unclip_ratio moves over-redaction most, so it gets
     # the fine steps: a coarse grid made a tuned model look worse than stock at the budget
     # only because no grid point landed near it.
@@ -49,6 +53,10 @@ class DBRecipe:
     grid_unclip: tuple[float, ...] = (1.4, 1.5, 1.6, 1.7, 1.8, 1.9, 2.0)
     over_redaction_budget: float | None = None  # None: stock ppocr's own on the validation split
     min_budget: float = 0.002                    # floor of the automatic budget
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.teacher_ignore <= 1.0:
+            raise ValueError(f"teacher_ignore must be in [0, 1], got {self.teacher_ignore}")
 
     def grid(self) -> list[dict[str, float]]:
         return [{"thresh": t, "box_thresh": b, "unclip_ratio": u}
@@ -205,7 +213,12 @@ def db_losses(net: Any, batch: DBBatch, recipe: DBRecipe, anchor: dict[str, Any]
     import torch
 
     prob = net(batch.images)
-    losses = db_loss(prob, batch.gt, batch.mask, recipe)
+    mask = batch.mask
+    if recipe.teacher_ignore and teacher is not None:
+        with torch.no_grad():
+            sure = teacher(batch.images).reshape(batch.gt.shape) >= recipe.teacher_ignore
+        mask = mask * ~(sure & (batch.gt < 0.5))
+    losses = db_loss(prob, batch.gt, mask, recipe)
     if recipe.l2sp and anchor is not None:
         losses["l2sp"] = recipe.l2sp * l2sp_penalty(net, anchor)
     if recipe.distill and teacher is not None and bool(batch.text_free.any()):
@@ -258,7 +271,7 @@ class DBArch:
         for p in stock.parameters():
             p.requires_grad_(False)
         self.anchor = {n: p.detach().clone() for n, p in stock.named_parameters()} if self.recipe.l2sp else None
-        self.teacher = stock if self.recipe.distill else None
+        self.teacher = stock if (self.recipe.distill or self.recipe.teacher_ignore) else None
         if cfg.parent_bundle:
             from pipeline.bundle import load_model
             from pipeline.train.engine import TrainingError
