@@ -127,7 +127,7 @@ def test_symlinks_inside_followed_outside_and_dangling_reported_run_finishes(tmp
 def test_malformed_urls_are_bad_url_rejects_and_the_rest_is_harvested(tmp_path):
     good = png(tmp_path / "good.png")
     (tmp_path / "urls.txt").write_text("http://127.0.0.1:abc/x.png\nhttp://[::1\n")
-    (tmp_path / "list.csv").write_text(f"url,note\nhttp://[::1/y.png,bad\nhttp://:80/z.png,nohost\n")
+    (tmp_path / "list.csv").write_text("url,note\nhttp://[::1/y.png,bad\nhttp://:80/z.png,nohost\n")
     code, s = harvest_json(tmp_path, "http://127.0.0.1:abc/x.png", "http://[::1", str(tmp_path / "urls.txt"),
                            str(tmp_path / "list.csv"), str(good))
     assert code == 0 and s["new"] == 1

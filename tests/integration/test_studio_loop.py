@@ -393,7 +393,7 @@ def test_cli_push_pull_export_against_the_server(loop, live_studio, tmp_path):
 
 
 def test_project_missing_label_config_mismatch_and_outside_root(loop, live_studio, tmp_path):
-    _ws, studio = loop["ws"], loop["studio"]
+    studio = loop["studio"]
     other = Workspace.open(live_studio.root / "ws_other")
     with pytest.raises(StudioError, match="run `textloop studio init`"):
         pull(other, studio)
