@@ -214,17 +214,24 @@ def db_losses(net: Any, batch: DBBatch, recipe: DBRecipe, anchor: dict[str, Any]
 
     prob = net(batch.images)
     mask = batch.mask
-    if recipe.teacher_ignore and teacher is not None:
+    distill = bool(recipe.distill and teacher is not None and batch.text_free.any())
+    stock = None          # with teacher_ignore: the stock map of the whole batch, reused by distillation
+    if teacher is not None and recipe.teacher_ignore:   # distillation alone needs only the text-free images
         with torch.no_grad():
-            sure = teacher(batch.images).reshape(batch.gt.shape) >= recipe.teacher_ignore
+            stock = teacher(batch.images).clamp(0, 1)
+    if recipe.teacher_ignore and stock is not None:
+        sure = stock.reshape(batch.gt.shape) >= recipe.teacher_ignore
         mask = mask * ~(sure & (batch.gt < 0.5))
     losses = db_loss(prob, batch.gt, mask, recipe)
     if recipe.l2sp and anchor is not None:
         losses["l2sp"] = recipe.l2sp * l2sp_penalty(net, anchor)
-    if recipe.distill and teacher is not None and bool(batch.text_free.any()):
+    if distill:
         idx = batch.text_free.nonzero().reshape(-1)
-        with torch.no_grad():
-            target = teacher(batch.images[idx]).clamp(0, 1)
+        if stock is None:
+            with torch.no_grad():
+                target = teacher(batch.images[idx]).clamp(0, 1)
+        else:
+            target = stock[idx]
         p = prob[idx].clamp(1e-6, 1 - 1e-6)
         kd = -(target * torch.log(p) + (1 - target) * torch.log(1 - p)).mean()
         losses["distill"] = recipe.distill * kd
