@@ -63,7 +63,7 @@ human = samples_from_jsonl({str(human_jsonl)!r}, 'devA/')
 cfg = TrainConfig(out_dir=str(out), arch='db', epochs={args.db_epochs}, steps_per_epoch={args.steps_per_epoch}, batch_size=4,
                   lr={args.db_lr}, warmup_steps=30, budget_minutes={minutes}, seed=0, threads={args.threads},
                   patience={args.db_patience}, human_fraction=0.5,
-                  db=DBRecipe(teacher_ignore={args.db_teacher_ignore}))
+                  db=DBRecipe(teacher_ignore={args.db_teacher_ignore}, interpolate={tuple(args.db_interpolate)!r}))
 t = time.time()
 r = train(cfg, synth, human, val)
 save_result(out / 'bundle.zip', r, version={name!r})
@@ -157,6 +157,8 @@ def main() -> None:
     ap.add_argument("--db-patience", type=int, default=4)
     ap.add_argument("--db-teacher-ignore", type=float, default=0.0,
                     help="stock map >= this on a background pixel makes it don't-care (0: off)")
+    ap.add_argument("--db-interpolate", type=lambda t: [float(x) for x in t.split(",")], default=[0.5, 0.7, 0.85, 1.0],
+                    help="weight-space blends of start and tuned weights tried on validation (1: tuned only)")
     args = ap.parse_args()
 
     import torch

@@ -347,3 +347,54 @@ def test_text_the_stock_model_sees_but_labels_miss_is_not_a_negative() -> None:
     assert torch.isclose(guided["bce"], db_loss(student(None), gt, masked, DBRecipe(min_negatives=0))["bce"])
     with pytest.raises(ValueError):
         DBRecipe(teacher_ignore=1.5)
+
+
+def test_the_kept_blend_is_the_best_one_no_source_vetoes() -> None:
+    from pipeline.train.select import choose_interpolation
+
+    def t(w: float, cov: float, worst: float) -> dict:
+        return {"weight": w, "coverage_at_budget": cov, "worst_source_delta": worst}
+
+    # the full step covers most but loses 0.05 on one source: the 0.7 blend is kept
+    assert choose_interpolation([t(0.5, 0.80, -0.01), t(0.7, 0.85, -0.015), t(1.0, 0.90, -0.05)]) == 1
+    # every blend vetoed: the best coverage (the promotion rule will refuse it anyway)
+    assert choose_interpolation([t(0.5, 0.80, -0.03), t(1.0, 0.90, -0.05)]) == 1
+    # a tie goes to the smaller step away from the start weights
+    assert choose_interpolation([t(0.5, 0.85, 0.0), t(0.85, 0.85, 0.0), t(1.0, 0.84, 0.0)]) == 0
+    for bad in ((), (0.0, 1.0), (1.5,)):
+        with pytest.raises(ValueError):
+            DBRecipe(interpolate=bad)
+
+
+def test_training_keeps_a_weight_space_blend_of_start_and_tuned_weights(trained: dict, net) -> None:
+    """What the bundle holds is start + a * (tuned - start) for the blend validation chose."""
+    import torch
+
+    r = trained["result"]
+    tried = r.selection["interpolations"]
+    assert [x["weight"] for x in tried] == sorted(TINY_RECIPE.interpolate)
+    a = r.selection["interpolation"]
+    assert r.metrics["interpolation"] == a and a in TINY_RECIPE.interpolate
+    chosen = next(x for x in tried if x["weight"] == a)
+    assert r.selection["coverage_at_budget"] == chosen["coverage_at_budget"]
+    allowed = [x for x in tried if x["worst_source_delta"] >= -0.02] or tried
+    assert chosen["coverage_at_budget"] == max(x["coverage_at_budget"] for x in allowed)
+    tuned = torch.load(r.checkpoint, map_location="cpu", weights_only=False)["best_model"]
+    start, got = net.state_dict(), r.model.state_dict()
+    moved = 0
+    for k, v in got.items():
+        if v.is_floating_point() and v.numel():
+            expected = start[k] + a * (tuned[k] - start[k])
+            torch.testing.assert_close(v, expected, rtol=2e-3, atol=2e-3)   # float16 rounding of the bundle
+            moved += int(not torch.allclose(v, start[k]))
+    assert moved > 0
+
+
+def test_a_bad_interpolate_option_is_one_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from pipeline.cli.app import app
+
+    for bad in ("0.5,x", "0,1", "1.5"):
+        r = CliRunner().invoke(app, ["--workspace", str(tmp_path / "ws"), "train", "--interpolate", bad])
+        assert r.exit_code == 2 and "interpolate" in r.output and "Traceback" not in r.output, r.output

@@ -224,6 +224,14 @@ def positive(value: float) -> float:
     return value
 
 
+def parse_floats(text: str | None, option: str) -> tuple[float, ...]:
+    """A comma-separated list of numbers (`--scales 1,2`); a one-line error naming the option."""
+    try:
+        return tuple(float(x) for x in (text or "").split(",") if x.strip())
+    except ValueError:
+        fail(f"bad {option} {text!r}: expected numbers like 0.5,1", 2)
+
+
 def emit(st: AppState, data: Any, render: Callable[[Console], None] | None = None) -> None:
     """--json: the data as JSON on stdout; otherwise a human rendering on stdout."""
     if st.json:

@@ -11,7 +11,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.cli.common import AppState, emit, fail, progress, state
+from pipeline.cli.common import AppState, emit, fail, parse_floats, progress, state
 from pipeline.predict import DEFAULT_THRESHOLD
 
 
@@ -232,10 +232,7 @@ def evaluate_cmd(
         fail(str(exc), 2)
     except NoGroundTruth as exc:
         fail(str(exc))
-    try:
-        thresholds = [float(x) for x in sweep.split(",") if x.strip()] if sweep else []
-    except ValueError:
-        fail(f"--sweep: expected numbers like 0.3,0.5, got {sweep!r}", 2)
+    thresholds = list(parse_floats(sweep, "--sweep"))
     det = open_detector(st, detector, parse_options(option))
     with progress(st, f"evaluate ({det.version})") as update:  # every candidate box; thresholds applied inside
         report = evaluate_detector(det, items, threshold=threshold, iou=iou, pad_px=pad_px, sweep=thresholds,

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.cli.common import AppState, emit, fail, progress, state
+from pipeline.cli.common import AppState, emit, fail, parse_floats, progress, state
 
 
 def register(app: typer.Typer) -> None:
@@ -116,6 +116,7 @@ def train_cmd(
     l2sp: float = typer.Option(0.01, help="db: strength of the L2-SP pull toward the stock weights (0 = off)."),
     distill: float = typer.Option(1.0, help="db: weight of stock ppocr's map as teacher on text-free images (0 = off)."),
     teacher_ignore: float = typer.Option(0.0, min=0.0, max=1.0, help="db: background pixels where stock ppocr's map is at least this are don't-care, so text the labels missed is not unlearnt (0 = off)."),
+    interpolate: str = typer.Option("0.5,0.7,0.85,1", help="db: weight-space blends start + a*(tuned - start) scored on validation after training; the best one no source vetoes is kept (1 = the tuned weights only)."),
     budget: Optional[float] = typer.Option(None, "--over-redaction-budget",
                                            help="db: selection budget. Default: stock ppocr's over-redaction on the "
                                                 "validation split (at least 0.002)."),
@@ -145,6 +146,7 @@ def train_cmd(
     try:
         cfg = TrainConfig(arch=arch, model=FasterRCNNConfig(backbone=backbone),
                           db=DBRecipe(crop=crop, l2sp=l2sp, distill=distill, teacher_ignore=teacher_ignore,
+                                      interpolate=parse_floats(interpolate, "--interpolate"),
                                       over_redaction_budget=budget),
                           epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, lr=lr,
                           human_fraction=human_fraction, patience=patience, budget_minutes=budget_minutes, seed=seed,
@@ -183,7 +185,9 @@ def _render_train(c: Any, s: Any, refused: bool) -> None:
                                             "text_coverage", "fully_covered", "over_redaction", "f1", "ap50")
                                            if isinstance(m.get(k), float) and m[k] == m[k]))
         if m.get("settings"):
-            c.print("selected settings: " + ", ".join(f"{k} {v}" for k, v in m["settings"].items()))
+            c.print("selected settings: " + ", ".join(f"{k} {v}" for k, v in m["settings"].items())
+                    + (f"; weights {m['interpolation']:g} of the way from the start to the tuned model"
+                       if isinstance(m.get("interpolation"), float) else ""))
     if summary.get("promotion_message"):
         c.print(("[yellow]forced:[/] " if summary.get("forced") else "") + summary["promotion_message"], highlight=False)
     c.print(f"bundle: {summary['bundle']}")

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.cli.common import AppState, emit, fail, progress, state
+from pipeline.cli.common import AppState, emit, fail, parse_floats, progress, state
 from pipeline.redact import run as rr
 from pipeline.redact.tree import AuditTrailError, RedactSummary, redact_tree
 from pipeline.redact.core import SHAPES, STYLES, Pad, parse_color
@@ -56,7 +56,7 @@ def redact_cmd(
                   dry_run, force or from_review)
     try:
         with progress(st, "redact") as update:
-            summary = redact_tree(input, output, cfg, workspace=st.ws, detector=detector, scales=_scales(scales),
+            summary = redact_tree(input, output, cfg, workspace=st.ws, detector=detector, scales=parse_floats(scales, "--scales") or None,
                                   engine=engine, workers=workers, archive=archive, audit=audit, fail_fast=fail_fast,
                                   from_review=from_review, progress=update)
     except (FileNotFoundError, ValueError) as exc:
@@ -90,13 +90,6 @@ def _config(st: AppState, threshold: float, pad: str, style: str, shape: str, co
     return rr.RedactConfig(threshold=threshold, pad=pad_v, style=style, shape=shape, color=color_v, jpeg_quality=quality,
                            max_pixels=max_pixels, review=review, review_band=(lo, hi), verify=verify,
                            strict=strict, dry_run=dry_run, force=force)
-
-
-def _scales(text: Optional[str]) -> tuple[float, ...] | None:
-    try:
-        return tuple(float(x) for x in text.split(",")) if text else None
-    except ValueError:
-        fail(f"bad --scales {text!r}: use e.g. 1,2", 2)
 
 
 def _render(c: Console, summary: RedactSummary, verify: bool) -> None:

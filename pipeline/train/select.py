@@ -218,3 +218,14 @@ def worst_source(candidate: Selection, stock: Selection, items: Sequence[tuple[P
         return "", 0.0
     src = min(deltas, key=lambda k: deltas[k])
     return src, float(deltas[src])
+
+
+def choose_interpolation(tried: Sequence[dict[str, Any]]) -> int:
+    """Index of the weight-space blend to keep: the highest coverage at the budget among the
+    blends no source vetoes (a loss of more than `SOURCE_TOLERANCE`), else among all; ties go to
+    the smaller step from the start weights. Each entry: weight, coverage_at_budget, worst_source_delta."""
+    def key(i: int) -> tuple[bool, float, float]:
+        t = tried[i]
+        return (float(t["worst_source_delta"]) >= -SOURCE_TOLERANCE, float(t["coverage_at_budget"]), -float(t["weight"]))
+
+    return max(range(len(tried)), key=key)
