@@ -153,9 +153,9 @@ def main() -> None:
     ap.add_argument("--archs", default="db", help="trainable architectures to benchmark: db, fasterrcnn or both")
     ap.add_argument("--db-minutes", type=float, default=20.0, help="training budget of the db model")
     ap.add_argument("--db-epochs", type=int, default=30, help="planned epochs (LR schedule) of the db model")
-    ap.add_argument("--db-lr", type=float, default=3e-5)
-    ap.add_argument("--db-patience", type=int, default=4)
-    ap.add_argument("--db-teacher-ignore", type=float, default=0.0,
+    ap.add_argument("--db-lr", type=float, default=5e-5)
+    ap.add_argument("--db-patience", type=int, default=6)
+    ap.add_argument("--db-teacher-ignore", type=float, default=0.5,
                     help="stock map >= this on a background pixel makes it don't-care (0: off)")
     ap.add_argument("--db-interpolate", type=lambda t: [float(x) for x in t.split(",")], default=[0.5, 0.7, 0.85, 1.0],
                     help="weight-space blends of start and tuned weights tried on validation (1: tuned only)")

@@ -37,6 +37,7 @@ from pipeline.imaging import load_rgb  # noqa: E402
 from pipeline.rank import committee_score, random_score, uncertainty_score  # noqa: E402
 from pipeline.synth import SynthConfig, generate  # noqa: E402
 from pipeline.train import Sample, TrainConfig, samples_from_devset, samples_from_jsonl, save_result, train  # noqa: E402
+from pipeline.train.engine import DEFAULT_LR  # noqa: E402
 
 STRATEGIES = ("random", "uncertainty", "committee")
 
@@ -95,7 +96,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=6)
     ap.add_argument("--steps", type=int, default=60, help="fine-tuning steps per round")
     ap.add_argument("--batch-size", type=int, default=2)
-    ap.add_argument("--lr", type=float, default=None, help="default: the architecture's (db 3e-5, fasterrcnn 1e-3)")
+    ap.add_argument("--lr", type=float, default=None, help="default: the architecture's (`pipeline.train.engine.DEFAULT_LR` for db, 1e-4 for fasterrcnn)")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--test-limit", type=int, default=24, help="evaluate on this many test images (every n-th)")
     ap.add_argument("--synth-images", type=int, default=40)
@@ -113,7 +114,7 @@ def main() -> None:
         ap.error(f"--base-bundle {args.base_bundle}: not found (use stock or a bundle.zip)")
     arch = "db" if args.base_bundle == "stock" else str(read_bundle_meta(args.base_bundle)["config"]["kind"])
     if args.lr is None:
-        args.lr = 3e-5 if arch == "db" else 1e-4
+        args.lr = DEFAULT_LR["db"] if arch == "db" else 1e-4
     t_start = time.time()
     records = [x for x in read_devset(args.set) if len(x[1].boxes) or x[1].source != "negatives_skimage"]
     pool, test = split_halves(records)

@@ -339,7 +339,7 @@ def test_text_the_stock_model_sees_but_labels_miss_is_not_a_negative() -> None:
     student = lambda x: torch.where(unlabelled | (gt > 0), 0.9, 0.1).reshape(1, 1, 8, 8)  # sees both words
     teacher = lambda x: torch.where(unlabelled | (gt > 0), 0.95, 0.05).reshape(1, 1, 8, 8)
 
-    plain = db_losses(student, batch, DBRecipe(distill=0.0, l2sp=0.0, min_negatives=0), None, teacher)
+    plain = db_losses(student, batch, DBRecipe(distill=0.0, l2sp=0.0, min_negatives=0, teacher_ignore=0.0), None, teacher)
     guided = db_losses(student, batch, DBRecipe(distill=0.0, l2sp=0.0, min_negatives=0, teacher_ignore=0.5),
                        None, teacher)
     assert guided["bce"] < plain["bce"] / 2            # the unlabelled word is no longer punished
