@@ -321,7 +321,9 @@ def lossless_copies(devset: Path, work: Path, limit: int = 0) -> tuple[Path, lis
             by.setdefault(pr[1].source, []).append(pr)
         pairs = [pr for items in by.values() for pr in items[:: max(1, len(items) // limit)][:limit]]
     for path, rec in pairs:
-        rel = f"{rec.source}/{Path(rec.image).with_suffix('.png').as_posix()}"
+        # the copy stays under `root` whatever the record's image path is ("../x.jpg" wrote outside it)
+        inner = [p for p in Path(rec.image).with_suffix(".png").parts if p not in ("..", ".", "/")]
+        rel = "/".join([rec.source, *inner])
         dst = root / rel
         if not dst.exists():
             dst.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,30 @@
+"""bench_redact's lossless devset copies stay in its work folder, whatever the image paths say."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_redact.py"
+
+
+def test_copies_of_images_outside_the_set_stay_under_work(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("bench_redact", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    elsewhere = tmp_path / "photos" / "a.jpg"          # a record pointing out of its source folder
+    elsewhere.parent.mkdir()
+    Image.fromarray(np.full((20, 30, 3), 200, np.uint8)).save(elsewhere)
+    src = tmp_path / "x" / "set" / "scene"
+    src.mkdir(parents=True)
+    rec = {"image": "../../../photos/a.jpg", "width": 30, "height": 20, "boxes": [[2, 2, 10, 8]]}
+    (src / "boxes.jsonl").write_text(json.dumps(rec) + "\n")
+    root, recs = mod.lossless_copies(tmp_path / "x" / "set", tmp_path / "work")
+    (rel, _), = recs
+    copy = root / rel
+    assert copy.is_file() and copy.resolve().is_relative_to((tmp_path / "work").resolve())
+    assert not (tmp_path / "photos" / "a.png").exists()          # nothing written beside the original
