@@ -39,6 +39,8 @@ from pipeline.evaluate import evaluate, evaluate_by_source, json_safe  # noqa: E
 from pipeline.formats import LabelledImage, read_devset, read_jsonl, split_halves  # noqa: E402
 from pipeline.imaging import load_rgb  # noqa: E402
 from pipeline.synth import SynthConfig, generate  # noqa: E402
+from pipeline.train.db import DBRecipe  # noqa: E402
+from pipeline.train.engine import DEFAULT_LR  # noqa: E402
 
 MICRO = SynthConfig(n_images=30, seed=9001, width=(640, 1024),
                     background_kinds=("fluorescence", "brightfield", "em"),
@@ -153,11 +155,11 @@ def main() -> None:
     ap.add_argument("--archs", default="db", help="trainable architectures to benchmark: db, fasterrcnn or both")
     ap.add_argument("--db-minutes", type=float, default=20.0, help="training budget of the db model")
     ap.add_argument("--db-epochs", type=int, default=30, help="planned epochs (LR schedule) of the db model")
-    ap.add_argument("--db-lr", type=float, default=5e-5)
+    ap.add_argument("--db-lr", type=float, default=DEFAULT_LR["db"])
     ap.add_argument("--db-patience", type=int, default=6)
-    ap.add_argument("--db-teacher-ignore", type=float, default=0.5,
+    ap.add_argument("--db-teacher-ignore", type=float, default=DBRecipe().teacher_ignore,
                     help="stock map >= this on a background pixel makes it don't-care (0: off)")
-    ap.add_argument("--db-interpolate", type=lambda t: [float(x) for x in t.split(",")], default=[0.5, 0.7, 0.85, 1.0],
+    ap.add_argument("--db-interpolate", type=lambda t: [float(x) for x in t.split(",")], default=list(DBRecipe().interpolate),
                     help="weight-space blends of start and tuned weights tried on validation (1: tuned only)")
     args = ap.parse_args()
 

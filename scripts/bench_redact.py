@@ -321,9 +321,13 @@ def lossless_copies(devset: Path, work: Path, limit: int = 0) -> tuple[Path, lis
             by.setdefault(pr[1].source, []).append(pr)
         pairs = [pr for items in by.values() for pr in items[:: max(1, len(items) // limit)][:limit]]
     for path, rec in pairs:
-        # the copy stays under `root` whatever the record's image path is ("../x.jpg" wrote outside it)
-        inner = [p for p in Path(rec.image).with_suffix(".png").parts if p not in ("..", ".", "/")]
-        rel = "/".join([rec.source, *inner])
+        # keyed by where the image really is, so the copy stays under `root` whatever the record's
+        # path says ("../x.jpg" once wrote beside the original) and two images never share one
+        real = Path(path).resolve()
+        try:
+            rel = real.relative_to(Path(devset).resolve()).with_suffix(".png").as_posix()
+        except ValueError:   # an image outside the set
+            rel = "_outside" + real.with_suffix(".png").as_posix()
         dst = root / rel
         if not dst.exists():
             dst.parent.mkdir(parents=True, exist_ok=True)

@@ -28,3 +28,19 @@ def test_copies_of_images_outside_the_set_stay_under_work(tmp_path: Path) -> Non
     copy = root / rel
     assert copy.is_file() and copy.resolve().is_relative_to((tmp_path / "work").resolve())
     assert not (tmp_path / "photos" / "a.png").exists()          # nothing written beside the original
+
+
+def test_two_images_with_the_same_name_get_two_copies(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("bench_redact", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    src = tmp_path / "set" / "scene"
+    for i, folder in enumerate(("images", "more")):
+        (src / folder).mkdir(parents=True)
+        Image.fromarray(np.full((20, 30, 3), 50 + 100 * i, np.uint8)).save(src / folder / "a.jpg")
+    recs = [{"image": f"{f}/a.jpg", "width": 30, "height": 20, "boxes": []} for f in ("images", "more")]
+    (src / "boxes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    root, out = mod.lossless_copies(tmp_path / "set", tmp_path / "work")
+    rels = [rel for rel, _ in out]
+    assert len(set(rels)) == 2 and rels[0] == "scene/images/a.png"
+    assert [int(np.asarray(Image.open(root / r))[0, 0, 0]) for r in rels] == [50, 150]

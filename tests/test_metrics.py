@@ -182,6 +182,10 @@ def test_cli_evaluate_devset_gt_and_workspace(tmp_path) -> None:
     r = runner.invoke(app, ["-w", ws, "--json", "evaluate", "-d", "ppocr", "--gt", str(tmp_path / "set/text/boxes.jsonl")])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["overall"]["f1"] == 1.0
+    for bad in ("1.5", "0.3,x"):   # thresholds are scores in [0, 1]
+        r = runner.invoke(app, ["-w", ws, "evaluate", "-d", "ppocr", "--gt", str(tmp_path / "set/text/boxes.jsonl"),
+                                "--sweep", bad])
+        assert r.exit_code == 2 and "--sweep" in r.output and "Traceback" not in r.output, r.output
     # the workspace: labels imported, evaluated per annotation source
     r = runner.invoke(app, ["-w", ws, "evaluate", "-d", "ppocr", "--split", "all"])
     assert r.exit_code == 1 and "no labelled images" in r.output

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sqlite3
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -224,12 +225,21 @@ def positive(value: float) -> float:
     return value
 
 
-def parse_floats(text: str | None, option: str) -> tuple[float, ...]:
-    """A comma-separated list of numbers (`--scales 1,2`); a one-line error naming the option."""
+def parse_floats(text: str | None, option: str, lo: float | None = None, hi: float | None = None) -> tuple[float, ...]:
+    """A comma-separated list of numbers (`--scales 1,2`), each in [lo, hi] when given; () when
+    the option is absent; a one-line error naming the option otherwise."""
+    if text is None or not text.strip():
+        return ()
     try:
-        return tuple(float(x) for x in (text or "").split(",") if x.strip())
+        values = tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError:
+        values = ()
+    if not values or not all(math.isfinite(v) for v in values):
         fail(f"bad {option} {text!r}: expected numbers like 0.5,1", 2)
+    if any((lo is not None and v < lo) or (hi is not None and v > hi) for v in values):
+        fail(f"bad {option} {text!r}: every value must be in [{lo if lo is not None else '-inf'}, "
+             f"{hi if hi is not None else 'inf'}]", 2)
+    return values
 
 
 def emit(st: AppState, data: Any, render: Callable[[Console], None] | None = None) -> None:

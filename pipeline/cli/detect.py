@@ -232,7 +232,7 @@ def evaluate_cmd(
         fail(str(exc), 2)
     except NoGroundTruth as exc:
         fail(str(exc))
-    thresholds = list(parse_floats(sweep, "--sweep"))
+    thresholds = list(parse_floats(sweep, "--sweep", 0.0, 1.0))
     det = open_detector(st, detector, parse_options(option))
     with progress(st, f"evaluate ({det.version})") as update:  # every candidate box; thresholds applied inside
         report = evaluate_detector(det, items, threshold=threshold, iou=iou, pad_px=pad_px, sweep=thresholds,

@@ -56,9 +56,10 @@ def redact_cmd(
                   dry_run, force or from_review)
     try:
         with progress(st, "redact") as update:
-            summary = redact_tree(input, output, cfg, workspace=st.ws, detector=detector, scales=parse_floats(scales, "--scales") or None,
-                                  engine=engine, workers=workers, archive=archive, audit=audit, fail_fast=fail_fast,
-                                  from_review=from_review, progress=update)
+            summary = redact_tree(input, output, cfg, workspace=st.ws, detector=detector,
+                                  scales=parse_floats(scales, "--scales") or None, engine=engine, workers=workers,
+                                  archive=archive, audit=audit, fail_fast=fail_fast, from_review=from_review,
+                                  progress=update)
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc), 2)
     except AuditTrailError as exc:

@@ -122,6 +122,16 @@ def redact_tree(input: str, output: Path, cfg: rr.RedactConfig = rr.RedactConfig
     items, audit_dir, ignored = planned.items, planned.audit, planned.ignored
     if not items and not planned.problems:
         raise ValueError(f"{input}: no images found (extensions: {', '.join(sorted(set(rr.codec.EXTENSIONS)))})")
+    # the detector before any folder is made: a bad --scales or model leaves nothing behind;
+    # the workspace is opened only when needed, so a plain `redact` creates none
+    ws = (workspace() if callable(workspace) else workspace) if needs_workspace(detector, cfg, from_review) else None
+    if isinstance(detector, str):
+        detector, det_options = _resolve_detector(detector, ws, scales)
+        det = rr.build_ppocr(**det_options) if detector == "ppocr" else load_detector(detector)
+    elif engine == "ray":
+        raise ValueError("--engine ray builds the detector in each actor: give a detector spec, not a detector")
+    else:
+        det, det_options = detector, {}
     if not dry_run:
         out_folder = Path(items[0].out).parent if planned.single else output
         try:  # a folder that cannot be written is one error up front, not a failure per image
@@ -132,15 +142,6 @@ def redact_tree(input: str, output: Path, cfg: rr.RedactConfig = rr.RedactConfig
         rr.remove_stale_temps([audit_dir] if planned.single else [output, audit_dir], started,
                               files=[Path(items[0].out)] if planned.single else ())
 
-    # opened only when needed, so a plain `redact` creates no workspace
-    ws = (workspace() if callable(workspace) else workspace) if needs_workspace(detector, cfg, from_review) else None
-    if isinstance(detector, str):
-        detector, det_options = _resolve_detector(detector, ws, scales)
-        det = rr.build_ppocr(**det_options) if detector == "ppocr" else load_detector(detector)
-    elif engine == "ray":
-        raise ValueError("--engine ray builds the detector in each actor: give a detector spec, not a detector")
-    else:
-        det, det_options = detector, {}
     verifier = Reader() if cfg.verify else None
 
     reviewed: dict[str, Any] = {}

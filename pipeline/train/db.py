@@ -223,18 +223,16 @@ def db_losses(net: Any, batch: DBBatch, recipe: DBRecipe, anchor: dict[str, Any]
 
     prob = net(batch.images)
     mask = batch.mask
-    distill = bool(recipe.distill and teacher is not None and batch.text_free.any())
     stock = None          # with teacher_ignore: the stock map of the whole batch, reused by distillation
     if teacher is not None and recipe.teacher_ignore:   # distillation alone needs only the text-free images
         with torch.no_grad():
             stock = teacher(batch.images).clamp(0, 1)
-    if recipe.teacher_ignore and stock is not None:
         sure = stock.reshape(batch.gt.shape) >= recipe.teacher_ignore
         mask = mask * ~(sure & (batch.gt < 0.5))
     losses = db_loss(prob, batch.gt, mask, recipe)
     if recipe.l2sp and anchor is not None:
         losses["l2sp"] = recipe.l2sp * l2sp_penalty(net, anchor)
-    if distill:
+    if recipe.distill and teacher is not None and bool(batch.text_free.any()):
         idx = batch.text_free.nonzero().reshape(-1)
         if stock is None:
             with torch.no_grad():
@@ -385,19 +383,24 @@ class DBArch:
         from pipeline.train.select import choose_interpolation
 
         self.net.eval()
-        candidates = []
-        for a in sorted(set(self.recipe.interpolate)) if val else [1.0]:
+
+        def exported(a: float) -> tuple[Any, bytes, Any]:
             net = copy.deepcopy(self.net)
             net.load_state_dict(self._blend(a))
             round_model_(net)
             net.eval()
             onnx = export_onnx_bytes(net, "x")
-            detector = DBDetector(PPOCRConfig(threads=self._threads()), version="unsaved", model_bytes=onnx)
-            sel, metrics = self._selection(detector, val) if val else (None, {})
-            candidates.append((a, net, onnx, detector, sel, metrics))
-        tried = [{"weight": a, "coverage_at_budget": sel.coverage, "worst_source": m["worst_source"],
-                  "worst_source_delta": m["worst_source_delta"]} for a, _, _, _, sel, m in candidates if sel is not None]
-        a, net, onnx, detector, sel, metrics = candidates[choose_interpolation(tried) if tried else 0]
+            return net, onnx, DBDetector(PPOCRConfig(threads=self._threads()), version="unsaved", model_bytes=onnx)
+
+        a, sel, metrics, tried = 1.0, None, {}, []   # without validation: the tuned weights
+        net, onnx, detector = exported(a) if not val else (None, b"", None)
+        for w in sorted(set(self.recipe.interpolate)) if val else []:
+            cand = exported(w)
+            s, m = self._selection(cand[2], val)
+            tried.append({"weight": w, "coverage_at_budget": s.coverage, "worst_source": m["worst_source"],
+                          "worst_source_delta": m["worst_source_delta"]})
+            if choose_interpolation(tried) == len(tried) - 1:   # the best so far: keep only it
+                a, sel, metrics, (net, onnx, detector) = w, s, m, cand
         self.net.load_state_dict(net.state_dict())
         selection: dict[str, Any] = {}
         if val:

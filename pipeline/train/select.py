@@ -72,6 +72,17 @@ class Selection:
                                      for p in self.points]})  # type: ignore[return-value]
 
 
+def vetoed(worst_delta: float) -> bool:
+    """The per-source veto: a candidate that loses more than `SOURCE_TOLERANCE` coverage on one
+    source (vs stock) is refused there, whatever its mean (promotion and the blend choice)."""
+    return float(worst_delta) < -SOURCE_TOLERANCE
+
+
+def passes(candidate: float, stock: float, worst_delta: float, tolerance: float = 0.0) -> bool:
+    """The promotion rule: at least stock's coverage at the budget (minus `tolerance`), no veto."""
+    return candidate + tolerance >= stock and not vetoed(worst_delta)
+
+
 def _num(v: Any) -> float:
     return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else 0.0
 
@@ -169,7 +180,7 @@ class PromotionCheck:
                 f"<= {self.budget:.4f} on {self.images} images ({self.source}): {verdict} stock")
         if self.worst_source:
             text += f"; worst source {self.worst_source} {self.worst_delta:+.4f}"
-            if self.worst_delta < -SOURCE_TOLERANCE:
+            if vetoed(self.worst_delta):
                 text += f" (loses more than {SOURCE_TOLERANCE} there: refused)"
         return text
 
@@ -199,7 +210,7 @@ def compare_with_stock(candidate: Any, items: Sequence[tuple[Path, Any]], grid: 
     s_sel = select(stock_points, budget)
     c_sel = select(sweep(candidate, items, own_settings(candidate)), budget)
     worst, delta = worst_source(c_sel, s_sel, items)
-    ok = c_sel.coverage + tolerance >= s_sel.coverage and delta >= -SOURCE_TOLERANCE
+    ok = passes(c_sel.coverage, s_sel.coverage, delta, tolerance)
     check = PromotionCheck(ok, c_sel.coverage, s_sel.coverage, budget, len(items), source, worst, delta)
     return check, c_sel, s_sel
 
@@ -226,6 +237,6 @@ def choose_interpolation(tried: Sequence[dict[str, Any]]) -> int:
     the smaller step from the start weights. Each entry: weight, coverage_at_budget, worst_source_delta."""
     def key(i: int) -> tuple[bool, float, float]:
         t = tried[i]
-        return (float(t["worst_source_delta"]) >= -SOURCE_TOLERANCE, float(t["coverage_at_budget"]), -float(t["weight"]))
+        return (not vetoed(t["worst_source_delta"]), float(t["coverage_at_budget"]), -float(t["weight"]))
 
     return max(range(len(tried)), key=key)

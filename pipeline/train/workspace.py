@@ -13,7 +13,7 @@ from typing import Any
 
 from pipeline.train.data import Sample, samples_from_jsonl, workspace_samples
 from pipeline.train.engine import TrainConfig, train
-from pipeline.train.select import SOURCE_TOLERANCE, PromotionCheck
+from pipeline.train.select import PromotionCheck, passes
 
 log = logging.getLogger("pipeline.train")
 
@@ -95,7 +95,7 @@ def check_from_metrics(metrics: dict[str, Any], images: int, source: str) -> Pro
     if not all(isinstance(v, (int, float)) for v in (cand, stock, budget)):
         return None
     worst, delta = str(metrics.get("worst_source") or ""), float(metrics.get("worst_source_delta") or 0.0)
-    ok = float(cand) >= float(stock) and delta >= -SOURCE_TOLERANCE
+    ok = passes(float(cand), float(stock), delta)
     return PromotionCheck(ok, float(cand), float(stock), float(budget), images, source, worst, delta)
 
 
