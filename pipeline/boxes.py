@@ -196,8 +196,9 @@ def inside_fraction(boxes: Any, mask: np.ndarray, empty: float = 1.0) -> np.ndar
     if not len(b):
         return out
     h, w = mask.shape[:2]
-    integral = np.zeros((h + 1, w + 1), dtype=np.int64)
-    integral[1:, 1:] = np.cumsum(np.cumsum(np.asarray(mask, dtype=bool), axis=0), axis=1)
+    acc = np.int32 if h * w < 2**31 else np.int64     # int32 sums run ~3x faster; exact below 2^31 px
+    integral = np.zeros((h + 1, w + 1), dtype=acc)
+    integral[1:, 1:] = np.cumsum(np.cumsum(np.asarray(mask, dtype=bool), axis=0, dtype=acc), axis=1, dtype=acc)
     px = to_int_pixels(b, w, h)
     x0, y0, x1, y1 = px.T
     n = (x1 - x0) * (y1 - y0)

@@ -54,7 +54,7 @@ def _text_image(h: int = 128, w: int = 128) -> np.ndarray:
 
 
 def _input(rgb: np.ndarray) -> np.ndarray:
-    from pipeline.detectors.dbnet import preprocess
+    from pipeline.detectors.ppocr import preprocess
 
     return preprocess(np.ascontiguousarray(rgb[..., ::-1]))
 

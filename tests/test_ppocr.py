@@ -74,3 +74,25 @@ def test_merge_boxes_unions_line_pieces_and_duplicates() -> None:
     got = sorted(map(tuple, b.tolist()))
     assert got == [(0, 0, 120, 11), (0, 40, 50, 50), (60, 40, 100, 50), (200, 0, 240, 10)]
     assert s.max() == pytest.approx(0.9)
+
+
+def test_cached_maps_give_the_same_boxes_without_running_the_network_again() -> None:
+    """A validation grid re-tunes the post-processing over cached probability maps: the same
+    boxes as an uncached run, one forward pass per distinct input, none for a repeat."""
+    arr, _ = render("Sample ID 42-17", (420, 200), (40, 80))
+    other, _ = render("Plate 7", (420, 200), (60, 40))
+    det = PPOCRDetector(threads=1)
+    plain = det.retuned(unclip_ratio=2.0).detect([arr])[0]
+    calls = []
+    forward = det._forward
+    det._forward = lambda x: calls.append(x.shape) or forward(x)
+    det.cache_maps(True)
+    first = det.detect([arr])[0]
+    grid = det.retuned(unclip_ratio=2.0)           # shares the network and the cache
+    again = grid.detect([arr])[0]
+    assert len(calls) == 1 and np.allclose(again.boxes, plain.boxes) and len(first)
+    grid.detect([other])
+    assert len(calls) == 2                          # a different image is not a cache hit
+    det.cache_maps(False)
+    det.detect([arr])
+    assert len(calls) == 3                          # caching off: the network runs

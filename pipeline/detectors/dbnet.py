@@ -140,12 +140,6 @@ def export_onnx(net: Any, path: str | Path, name: str = "x") -> Path:
     return Path(path)
 
 
-def preprocess(bgr: np.ndarray) -> np.ndarray:
-    """uint8 BGR (H, W, 3) with sides multiples of 32 -> float32 NCHW network input."""
-    x = (bgr.astype(np.float32) / 255.0 - 0.5) / 0.5
-    return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
-
-
 class DBDetector(PPOCRDetector):
     """A tuned DB network (ONNX bytes or path) run exactly like `ppocr`, under its own version."""
 

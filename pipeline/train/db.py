@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.detectors.ppocr import preprocess
 from pipeline.train.data import Sample, _area, draw_images, gt_polygons, inference_scale, photometric, warp_crop
 
 
@@ -224,10 +225,6 @@ def db_crop(img: np.ndarray, gt_rec: Any, rng: np.random.Generator, recipe: DBRe
     return np.ascontiguousarray(crop[..., ::-1]), gt, mask
 
 
-def to_input(bgr: np.ndarray) -> np.ndarray:
-    return ((bgr.astype(np.float32) / 255.0 - 0.5) / 0.5).transpose(2, 0, 1)
-
-
 def make_db_batch(step: int, synth: Sequence[Sample], human: Sequence[Sample], cfg: Any) -> DBBatch:
     """The batch of `step`: a pure function of (cfg.seed, step) so resume replays exactly."""
     import torch
@@ -236,7 +233,7 @@ def make_db_batch(step: int, synth: Sequence[Sample], human: Sequence[Sample], c
     xs, gts, masks, free = [], [], [], []
     for s, img in draw_images(rng, synth, human, cfg):
         bgr, gt, mask = db_crop(img, s.gt, rng, cfg.db, cfg.augment)
-        xs.append(to_input(bgr))
+        xs.append(preprocess(bgr)[0])
         gts.append(gt)
         masks.append(mask)
         free.append(len(s.gt.boxes) == 0)
