@@ -421,15 +421,15 @@ class DBArch:
             onnx = export_onnx_bytes(net, "x")
             return net, onnx, DBDetector(PPOCRConfig(threads=self._threads()), version="unsaved", model_bytes=onnx)
 
-        a, sel, metrics, tried = 1.0, None, {}, []   # without validation: the tuned weights
-        net, onnx, detector = exported(a) if not val else (None, b"", None)
+        a, sel, metrics, tried, scored = 1.0, None, {}, [], []   # without validation: the tuned weights
         for w in sorted(set(self.recipe.interpolate)) if val else []:
-            cand = exported(w)
-            s, m = self._selection(cand[2], val)
+            s, m = self._selection(exported(w)[2], val)      # one blend's network alive at a time
+            scored.append((w, s, m))
             tried.append({"weight": w, "coverage_at_budget": s.coverage, "worst_source": m["worst_source"],
                           "worst_source_delta": m["worst_source_delta"]})
-            if choose_interpolation(tried) == len(tried) - 1:   # the best so far: keep only it
-                a, sel, metrics, (net, onnx, detector) = w, s, m, cand
+        if scored:
+            a, sel, metrics = scored[choose_interpolation(tried)]
+        net, onnx, detector = exported(a)                     # deterministic: the network scored above
         self.net.load_state_dict(net.state_dict())
         selection: dict[str, Any] = {}
         if val:
