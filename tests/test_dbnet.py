@@ -470,3 +470,22 @@ def test_a_budgeted_run_anneals_its_learning_rate_within_the_budget(tiny: dict, 
     assert max(lrs) == pytest.approx(cfg.lr, rel=0.05)
     assert r.steps >= 0.7 * ck["horizon"]["steps"]          # the run got (nearly) to the end of its schedule
     assert lrs[-1] < 0.5 * cfg.lr
+
+
+def test_a_fitted_schedule_survives_ctrl_c_and_resume(tiny: dict, tmp_path: Path) -> None:
+    """The schedule's end, once fitted to the budget, is part of the checkpoint: a run stopped by
+    Ctrl-C and resumed without a budget anneals to the same step."""
+    cfg = _cfg(tmp_path / "run", epochs=20, steps_per_epoch=50, warmup_steps=2, budget_minutes=0.25)
+    seen: dict[str, int] = {}
+
+    def stop(step: int, total: int, info: dict) -> None:
+        if total < 1000 and step >= 14:          # fitted (at step 10), then interrupted
+            seen["horizon"] = total
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tiny["train"], (), tiny["val"], progress=stop)
+    r = train(dataclasses.replace(cfg, budget_minutes=None, resume=True), tiny["train"], (), tiny["val"])
+    assert r.steps == seen["horizon"] and r.stopped == "done"
+    lrs = [h["lr"] for h in r.history if "lr" in h]
+    assert len(lrs) == seen["horizon"] and lrs[-1] == pytest.approx(0.05 * cfg.lr, rel=0.05)
