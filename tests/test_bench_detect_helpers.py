@@ -48,3 +48,15 @@ def test_legible_only_drops_text_nobody_can_read(tmp_path: Path) -> None:
     # readable text stays, the watermark one grey level off the background becomes don't-care,
     # and a one-letter label (which the reader cannot judge) stays
     assert out.ignore.tolist() == [False, True, False]
+
+
+def test_out_of_range_recipe_options_stop_before_any_work(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    for args, word in ((["--db-interpolate", "0,1"], "interpolate"), (["--db-teacher-ignore", "2"], "teacher_ignore"),
+                       (["--db-minutes", "0"], "positive")):
+        r = subprocess.run([sys.executable, str(SCRIPT), "--work", str(tmp_path / "w"), *args],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and word in r.stderr.strip().splitlines()[-1]
+        assert not (tmp_path / "w").exists()

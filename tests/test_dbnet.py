@@ -16,7 +16,7 @@ import pytest
 
 from pipeline.synth import SynthConfig
 from pipeline.train import DBRecipe, TrainConfig, losses_of, train
-from pipeline.train.db import db_loss, instance_weights, make_targets, shrink_polygon
+from pipeline.train.db import db_loss, make_targets, shrink_polygon
 from tests.imagegen import synth_train_val
 
 TINY_SYNTH = SynthConfig(n_images=6, seed=1, width=(200, 260), overlays=(2, 3), p_empty=0.0)
@@ -150,33 +150,6 @@ def test_ignore_regions_and_unshrinkable_text_are_masked() -> None:
     prob[0, 52:68, 12:108] = 0.99
     masked = db_loss(prob, torch.from_numpy(gt)[None], torch.from_numpy(mask)[None])
     assert float(sum(masked.values())) == pytest.approx(float(sum(base.values())), abs=1e-6)
-
-
-def test_instance_balance_gives_a_small_label_the_weight_of_a_big_title() -> None:
-    import cv2
-    import torch
-
-    title = np.array([[10, 10], [300, 10], [300, 70], [10, 70]], float)    # big line of text
-    label = np.array([[340, 20], [356, 20], [356, 40], [340, 40]], float)  # a corner letter
-    gt, mask = make_targets([title, label], [False, False], 100, 400)
-    _, comp = cv2.connectedComponents((gt > 0.5).astype(np.uint8))
-    small = comp == comp[30, 348]
-    assert np.array_equal(instance_weights(gt, 0.0), np.ones_like(gt))
-    for power in (0.5, 1.0):
-        w = instance_weights(gt, power)
-        assert w[gt > 0.5].sum() == pytest.approx((gt > 0.5).sum(), rel=1e-4)   # the loss keeps its scale
-        assert (w[gt < 0.5] == 1).all() and w[small].mean() > w[~small & (gt > 0.5)].mean()
-    w = instance_weights(gt, 1.0)
-    assert w[small].sum() == pytest.approx(w[~small & (gt > 0.5)].sum(), rel=1e-3)   # PixelLink: equal shares
-    # a map that misses the small label costs more once the instances are balanced
-    prob = torch.from_numpy(gt.copy())[None]
-    prob[0][torch.from_numpy(small)] = 0.05
-    g, m = torch.from_numpy(gt)[None], torch.from_numpy(mask)[None]
-    plain = db_loss(prob, g, m)["bce"]
-    balanced = db_loss(prob, g, m, weight=torch.from_numpy(w)[None])["bce"]
-    assert float(balanced) > 5 * float(plain)
-    with pytest.raises(ValueError, match="instance_balance"):
-        DBRecipe(instance_balance=1.5)
 
 
 @pytest.fixture(scope="module")

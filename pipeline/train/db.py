@@ -47,12 +47,6 @@ class DBRecipe:
     # is not unlearnt. 0 disables (costs one teacher pass per step). Without it a benchmark run
     # lost half the scene text (icdar2015 0.82 -> 0.48) that the devset's labels do not all mark.
     teacher_ignore: float = 0.5
-    # Instance balance (PixelLink's instance-balanced cross-entropy, Deng et al. 2018): each text
-    # kernel in a crop gets positive BCE weight (mean kernel area / its area) ** this, renormalised
-    # so the positives' total weight is unchanged. 0: every text pixel weighs the same, and a
-    # corner label or a small scene word is lost in a crop beside a big title; 1: every instance
-    # weighs the same.
-    instance_balance: float = 0.0
     # Weight-space ensembles (WiSE-FT, Wortsman et al. 2022): after training, the weights
     # start + a * (tuned - start) for each a here are scored on validation and the best one that
     # no source vetoes is kept. A few dozen labelled images pull the network toward their own
@@ -71,8 +65,6 @@ class DBRecipe:
     def __post_init__(self) -> None:
         if not 0.0 <= self.teacher_ignore <= 1.0:
             raise ValueError(f"teacher_ignore must be in [0, 1], got {self.teacher_ignore}")
-        if not 0.0 <= self.instance_balance <= 1.0:
-            raise ValueError(f"instance_balance must be in [0, 1], got {self.instance_balance}")
         if not self.interpolate or any(not 0.0 < a <= 1.0 for a in self.interpolate):
             raise ValueError(f"interpolate: weights of the tuned model must be in (0, 1], got {self.interpolate}")
 
@@ -132,25 +124,6 @@ def make_targets(polys: Sequence[np.ndarray], ignore: Sequence[bool], height: in
     return gt, mask
 
 
-def instance_weights(gt: np.ndarray, power: float) -> np.ndarray:
-    """Per-pixel positive weights of a kernel map (1 off the kernels): each connected kernel
-    gets (mean kernel area / its area) ** power, scaled so the kernels' total weight stays their
-    pixel count (the loss keeps its scale; only the share between instances moves)."""
-    import cv2
-
-    w = np.ones(gt.shape, np.float32)
-    if power <= 0 or not gt.any():
-        return w
-    n, labels, stats, _ = cv2.connectedComponentsWithStats((gt > 0.5).astype(np.uint8), connectivity=8)
-    if n <= 2:   # background + one kernel: nothing to balance
-        return w
-    areas = stats[1:, cv2.CC_STAT_AREA].astype(np.float64)
-    per = (areas.mean() / areas) ** power
-    per *= areas.sum() / (per * areas).sum()
-    lut = np.concatenate([[1.0], per]).astype(np.float32)
-    return lut[labels]
-
-
 def _min_side(poly: np.ndarray) -> float:
     """The thickness of a polygon: the short side of its minimum-area rectangle."""
     import cv2
@@ -161,9 +134,8 @@ def _min_side(poly: np.ndarray) -> float:
 
 # --- loss -------------------------------------------------------------------------------------
 
-def db_loss(prob: Any, gt: Any, mask: Any, recipe: DBRecipe = DBRecipe(), weight: Any = None) -> dict[str, Any]:
-    """BCE with hard-negative mining + Dice on the probability map (N, 1, H, W) or (N, H, W);
-    `weight` (as gt, optional) scales the positives' BCE (`instance_weights`)."""
+def db_loss(prob: Any, gt: Any, mask: Any, recipe: DBRecipe = DBRecipe()) -> dict[str, Any]:
+    """BCE with hard-negative mining + Dice on the probability map (N, 1, H, W) or (N, H, W)."""
     import torch
 
     p = prob.reshape(gt.shape).clamp(1e-6, 1 - 1e-6)
@@ -172,7 +144,7 @@ def db_loss(prob: Any, gt: Any, mask: Any, recipe: DBRecipe = DBRecipe(), weight
     neg = (1 - gt) * mask
     n_pos = int(pos.sum().item())
     n_neg = int(min(neg.sum().item(), max(recipe.neg_ratio * n_pos, recipe.min_negatives)))
-    pos_loss = (bce * pos * (1 if weight is None else weight)).sum()
+    pos_loss = (bce * pos).sum()
     neg_loss = (bce * neg).reshape(-1)
     if n_neg > 0:
         neg_loss, _ = torch.topk(neg_loss, n_neg)
@@ -203,7 +175,6 @@ class DBBatch:
     gt: Any               # N x H x W
     mask: Any             # N x H x W
     text_free: Any        # N bool: a whole image without text (teacher applies)
-    weight: Any = None    # N x H x W positive weights (`instance_weights`), None: all 1
 
 
 def db_crop(img: np.ndarray, gt_rec: Any, rng: np.random.Generator, recipe: DBRecipe, augment: bool
@@ -239,11 +210,8 @@ def make_db_batch(step: int, synth: Sequence[Sample], human: Sequence[Sample], c
         free.append(len(s.gt.boxes) == 0)
         if len(xs) == cfg.batch_size:
             break
-    weight = None
-    if cfg.db.instance_balance:
-        weight = torch.from_numpy(np.stack([instance_weights(g, cfg.db.instance_balance) for g in gts]))
     return DBBatch(torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(gts)), torch.from_numpy(np.stack(masks)),
-                   torch.tensor(free, dtype=torch.bool), weight)
+                   torch.tensor(free, dtype=torch.bool))
 
 
 def db_losses(net: Any, batch: DBBatch, recipe: DBRecipe, anchor: dict[str, Any] | None, teacher: Any) -> dict[str, Any]:
@@ -258,7 +226,7 @@ def db_losses(net: Any, batch: DBBatch, recipe: DBRecipe, anchor: dict[str, Any]
             stock = teacher(batch.images).clamp(0, 1)
         sure = stock.reshape(batch.gt.shape) >= recipe.teacher_ignore
         mask = mask * ~(sure & (batch.gt < 0.5))
-    losses = db_loss(prob, batch.gt, mask, recipe, batch.weight)
+    losses = db_loss(prob, batch.gt, mask, recipe)
     if recipe.l2sp and anchor is not None:
         losses["l2sp"] = recipe.l2sp * l2sp_penalty(net, anchor)
     if recipe.distill and teacher is not None and bool(batch.text_free.any()):

@@ -246,4 +246,4 @@ def choose_interpolation(tried: Sequence[dict[str, Any]], margin: float = BLEND_
     ok = [i for i, t in enumerate(tried) if not vetoed(t["worst_source_delta"])] or list(range(len(tried)))
     best = max(float(tried[i]["coverage_at_budget"]) for i in ok)
     near = [i for i in ok if float(tried[i]["coverage_at_budget"]) >= best - margin - 1e-12]
-    return min(near, key=lambda i: (float(tried[i]["weight"]), -float(tried[i]["coverage_at_budget"])))
+    return min(near, key=lambda i: float(tried[i]["weight"]))
