@@ -432,17 +432,44 @@ def test_budget_horizon_fits_the_schedule_to_the_time_left() -> None:
 
 def test_a_budgeted_run_anneals_its_learning_rate_within_the_budget(tiny: dict, tmp_path: Path) -> None:
     """A 1000-step plan under a 15-second budget: the schedule is refitted to what the budget
-    allows, so the run ends with an annealed learning rate instead of at its peak."""
+    allows, so the run ends with an annealed learning rate instead of at its peak, and the
+    whole run (selection included) ends inside the budget."""
+    import time
+
     import torch
 
     cfg = _cfg(tmp_path / "run", epochs=20, steps_per_epoch=50, warmup_steps=2, budget_minutes=0.25)
+    t = time.monotonic()
     r = train(cfg, tiny["train"], (), tiny["val"])
+    wall = time.monotonic() - t
+    print(f"budget 15 s: wall {wall:.1f} s, loop {r.seconds:.1f} s")
+    assert wall < 15 * 1.1        # the budget is the whole run's: the blend selection after the loop included
     ck = torch.load(r.checkpoint, map_location="cpu", weights_only=False)
     assert ck["horizon"]["fitted"] and 10 < ck["horizon"]["steps"] < 1000
     lrs = [h["lr"] for h in r.history if "lr" in h]
     assert max(lrs) == pytest.approx(cfg.lr, rel=0.05)
     assert r.steps >= 0.7 * ck["horizon"]["steps"]          # the run got (nearly) to the end of its schedule
     assert lrs[-1] < 0.5 * cfg.lr
+
+
+def test_a_machine_that_slows_down_moves_the_schedule_end_earlier(tiny: dict, tmp_path: Path) -> None:
+    """The schedule's end is refitted at every epoch: when steps get slower after the first fit
+    (another job took the cores), the cosine ends sooner instead of being cut off by the budget
+    at a high learning rate."""
+    import time
+
+    cfg = _cfg(tmp_path / "run", epochs=40, steps_per_epoch=10, warmup_steps=2, budget_minutes=0.25)
+    ends: list[int] = []
+
+    def slow_down(step: int, total: int, info: dict) -> None:
+        if total < 400:                    # fitted: from now on every step costs 0.15 s more
+            ends.append(total)
+            time.sleep(0.15)
+
+    r = train(cfg, tiny["train"], (), tiny["val"], progress=slow_down)
+    assert ends and min(ends) < ends[0]                      # refitted to the slower pace
+    lrs = [h["lr"] for h in r.history if "lr" in h]
+    assert r.steps >= 0.8 * ends[-1] and lrs[-1] < 0.3 * cfg.lr   # and still annealed inside the budget
 
 
 def test_a_fitted_schedule_survives_ctrl_c_and_resume(tiny: dict, tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ network near what it knew.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -267,6 +268,7 @@ class DBArch:
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
         self.recipe: DBRecipe = cfg.db
+        self.export_seconds = 0.0       # one blend's deep copy + float16 rounding + ONNX export + session
         self.net: Any = None
         self.budget: float | None = None
         self.stock: Any = None          # Selection of stock ppocr on the validation split
@@ -316,18 +318,27 @@ class DBArch:
 
         stock = PPOCRDetector(PPOCRConfig(threads=self._threads()))
         points = sweep(stock, self._items(val), [PPOCR_GRID_DEFAULT, *self.recipe.grid()])
+        t = time.monotonic()
+        self._exported(1.0)             # what `finish` pays per blend besides its validation
+        self.export_seconds = time.monotonic() - t
         self.budget = stock_budget(points, self.recipe.over_redaction_budget, self.recipe.min_budget)
         self.stock = select(points, self.budget)
+
+    def finish_seconds(self, seconds_per_validation: float) -> float:
+        """What `finish` will take: each blend exported and validated, the chosen one re-exported."""
+        n = len(set(self.recipe.interpolate))
+        return n * (seconds_per_validation + self.export_seconds) + self.export_seconds
 
     def state(self) -> dict[str, Any]:
         if self.stock is None:
             return {}
-        return {"budget": self.budget, "stock": [(p.params, p.text_coverage, p.over_redaction, p.by_source)
-                                                 for p in self.stock.points]}
+        return {"budget": self.budget, "export_seconds": self.export_seconds,
+                "stock": [(p.params, p.text_coverage, p.over_redaction, p.by_source) for p in self.stock.points]}
 
     def load_state(self, state: dict[str, Any]) -> None:
         from pipeline.train.select import Operating, select
 
+        self.export_seconds = float(state.get("export_seconds", 0.0))
         if state.get("stock"):
             self.budget = float(state["budget"])
             self.stock = select([Operating(dict(p[0]), float(p[1]), float(p[2]), by_source=dict(p[3]) if len(p) > 3 else {})
@@ -368,27 +379,30 @@ class DBArch:
         tuned = self.net.state_dict()
         return {k: (self.start[k] + a * (v - self.start[k])) if v.is_floating_point() else v for k, v in tuned.items()}
 
+    def _exported(self, a: float) -> tuple[Any, bytes, Any]:
+        """The blend `a` as the bundle will hold it: float16-rounded, exported, in a detector."""
+        import copy
+
+        from pipeline.bundle import round_model_
+        from pipeline.detectors.dbnet import DBDetector, export_onnx_bytes
+        from pipeline.detectors.ppocr import PPOCRConfig
+
+        net = copy.deepcopy(self.net)
+        net.load_state_dict(self._blend(a))
+        round_model_(net)
+        net.eval()
+        onnx = export_onnx_bytes(net, "x")
+        return net, onnx, DBDetector(PPOCRConfig(threads=self._threads()), version="unsaved", model_bytes=onnx)
+
     def finish(self, val: Sequence[Sample]) -> dict[str, Any]:
         """Blend with the start weights (`interpolate`), round to the bundle's float16, export to
         ONNX and select the thresholds on validation with the exported network (what the bundle
         will run: rounding alone moved one source's coverage by 0.05 in a benchmark run)."""
-        import copy
-
-        from pipeline.bundle import round_model_
-        from pipeline.detectors.dbnet import DBDetector, DBModelConfig, export_onnx_bytes, stock_sha256
-        from pipeline.detectors.ppocr import PPOCRConfig
+        from pipeline.detectors.dbnet import DBModelConfig, stock_sha256
         from pipeline.train.select import choose_interpolation
 
         self.net.eval()
-
-        def exported(a: float) -> tuple[Any, bytes, Any]:
-            net = copy.deepcopy(self.net)
-            net.load_state_dict(self._blend(a))
-            round_model_(net)
-            net.eval()
-            onnx = export_onnx_bytes(net, "x")
-            return net, onnx, DBDetector(PPOCRConfig(threads=self._threads()), version="unsaved", model_bytes=onnx)
-
+        exported = self._exported
         a, sel, metrics, tried, scored = 1.0, None, {}, [], []   # without validation: the tuned weights
         for w in sorted(set(self.recipe.interpolate)) if val else []:
             s, m = self._selection(exported(w)[2], val)      # one blend's network alive at a time

@@ -244,8 +244,25 @@ def train(cfg: TrainConfig, synth: Sequence[Sample] = (), human: Sequence[Sample
                           "bad_epochs": bad_epochs, "history": history, "parent": parent_version,
                           "arch_state": arch.state(), "horizon": dict(horizon)})
 
+    def refit() -> None:
+        """Fit the schedule's end to the time left at the pace measured so far in this session."""
+        horizon["steps"] = budget_horizon(
+            step, planned, (timing["data"] + timing["step"]) / max(1, step - start_step),
+            timing["validation"] / n_validations if (val and n_validations) else 0.0,
+            cfg.steps_per_epoch, loop_deadline() - time.monotonic())
+        horizon["fitted"] = True
+        log.info("budget: learning-rate schedule ends at step %d", horizon["steps"])
+
     start, start_step = time.monotonic(), step
     deadline = start + cfg.budget_minutes * 60 if cfg.budget_minutes else math.inf
+
+    def loop_deadline() -> float:
+        """When the training loop must stop so that the selection after it (db: each blend
+        exported and validated) also ends inside the budget; at most half the budget is held back."""
+        if not (cfg.budget_minutes and val and n_validations and hasattr(arch, "finish_seconds")):
+            return deadline
+        reserve = arch.finish_seconds(timing["validation"] / n_validations)
+        return deadline - min(reserve, 0.5 * cfg.budget_minutes * 60)
     stopped = "done"
     loss_ema: float | None = None
     if val and step == 0:
@@ -285,20 +302,14 @@ def train(cfg: TrainConfig, synth: Sequence[Sample] = (), human: Sequence[Sample
                             **{k: float(v.detach()) for k, v in losses.items()}})
             if (cfg.budget_minutes and not horizon["fitted"] and step - start_step >= max(cfg.warmup_steps, 10)
                     and (n_validations or not val)):
-                # the pace of this run on this machine now (steps, and validations if any) sets the schedule
-                horizon["steps"] = budget_horizon(
-                    step, planned, (timing["data"] + timing["step"]) / (step - start_step),
-                    timing["validation"] / n_validations if val else 0.0,
-                    cfg.steps_per_epoch, deadline - time.monotonic())
-                horizon["fitted"] = True
-                log.info("budget: learning-rate schedule ends at step %d", horizon["steps"])
+                refit()   # the pace of this run on this machine now (steps, and validations if any) sets the schedule
             total = horizon["steps"]
             if progress:
-                eta = min(elapsed / (step - start_step) * (total - step), max(0.0, deadline - time.monotonic()))
+                eta = min(elapsed / (step - start_step) * (total - step), max(0.0, loop_deadline() - time.monotonic()))
                 progress(step, total, {"loss": loss_ema, "lr": sched.get_last_lr()[0], "epoch": step // cfg.steps_per_epoch,
                                        "eta_s": eta})
             end_of_epoch = step % cfg.steps_per_epoch == 0
-            over_budget = time.monotonic() > deadline
+            over_budget = time.monotonic() > loop_deadline()
             if end_of_epoch or over_budget or step == total:
                 if val:  # every epoch end, and on a budget stop so the last partial epoch can win too
                     t0 = time.monotonic()
@@ -315,6 +326,9 @@ def train(cfg: TrainConfig, synth: Sequence[Sample] = (), human: Sequence[Sample
                                     "seconds": time.monotonic() - start})
                     log.info("epoch %d step %d loss %.4f val %s=%.4f", step // cfg.steps_per_epoch, step, loss_ema or 0,
                              arch.score_name, m)
+                if horizon["fitted"] and cfg.budget_minutes and not over_budget and step < horizon["steps"] \
+                        and step > start_step:
+                    refit()   # every epoch: a machine that got busier (or quieter) moves the end, not the budget stop
                 checkpoint()
                 if over_budget:
                     stopped = "budget"
