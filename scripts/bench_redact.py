@@ -34,6 +34,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -146,10 +147,12 @@ def named_detector(spec: str, stock: Any = None):
     default: what `redact` runs with nothing promoted (`build_ppocr()`: 1x, plus 2x around
     small-text candidates of the 1x map, on images up to 1600 px); ppocr: one 1x pass;
     ppocr-ms: 1x + 2x over the whole image (the old default); ppocr-small: same as default;
-    ppocr@S1/S2[:small]: ppocr at those scales (the later ones whole, or on small-text windows);
+    ppocr@S1/S2[:small]: ppocr at those scales (the later ones whole, or on small-text windows),
+    likewise BUNDLE.zip@S1/S2[:small] for a tuned model;
     NAME{key=value;...}: NAME with other PPOCRConfig fields (e.g. default{refine_edges=64});
     ppocr-int8 / default-int8: the same on the int8-quantised network (`--int8-model`);
-    anything else: a bundle.zip path (tuned db model: one 1x pass)."""
+    anything else: a bundle.zip path, run as `redact` runs it (db: 1x + 2x on small-text cells;
+    BUNDLE.zip@1 for one 1x pass)."""
     from pipeline.detectors import load_detector
     from pipeline.redact.run import build_ppocr
 
@@ -163,17 +166,22 @@ def named_detector(spec: str, stock: Any = None):
         return load_detector("ppocr") if stock is None else stock
     if spec == "ppocr-ms":
         return (stock or load_detector("ppocr")).with_options(scales=(1.0, 2.0))
-    if spec.startswith("ppocr@"):   # ppocr@1/1.5 (whole image) or ppocr@1/2:small (2x on small-text windows)
-        sc, _, refine = spec[len("ppocr@"):].partition(":")
-        return (stock or load_detector("ppocr")).with_options(
-            scales=tuple(float(x) for x in sc.split("/")), refine=refine or "image", scale_max_side=1600)
+    name, at, rest = spec.rpartition("@")
+    if at and re.fullmatch(r"[0-9.]+(/[0-9.]+)*(:small|:image)?", rest):
+        # ppocr@1/1.5 (whole image), ppocr@1/2:small (2x on small-text windows), BUNDLE.zip@1/2:small
+        sc, _, refine = rest.partition(":")
+        base = (stock or load_detector("ppocr")) if name == "ppocr" else named_detector(name)
+        return base.with_options(scales=tuple(float(x) for x in sc.split("/")), refine=refine or "image",
+                                 scale_max_side=1600)
     if spec.endswith("-int8"):
         model = os.environ.get("BENCH_INT8_MODEL", "")
         if not model:
             raise SystemExit(f"{spec}: give --int8-model")
         det = load_detector("ppocr", model_path=model)
         return det if spec == "ppocr-int8" else det.with_options(**_default_options())
-    return load_detector(spec)
+    from pipeline.redact.run import bundle_pass_options
+
+    return load_detector(spec, **bundle_pass_options(spec))   # a bundle, with the passes redact gives it
 
 
 def _default_options() -> dict[str, Any]:

@@ -228,3 +228,32 @@ def test_cheaper_stock_path_finds_small_text_that_1x_misses_and_nothing_stays_le
     out = np.asarray(Image.open(tmp_path / "o.png").convert("RGB"))
     texts = " ".join(r.text for r in reader.read_views([out])).lower()
     assert not any(w.lower() in texts for w in SMALL_WORDS), texts
+
+
+def test_a_promoted_tuned_model_gets_the_small_text_pass_too(tmp_path, ws):
+    """redact's default with a promoted db model is 1x + 2x on small-text cells, like stock ppocr
+    (a tuned model's 1x pass alone left words legible on the devset); `--scales 1` is the plain
+    pass, and the detector version says which, so outputs of one never pass for the other's."""
+    from pipeline.bundle import register_model, save_bundle
+    from pipeline.detectors.dbnet import DBModelConfig, build_net
+    from pipeline.redact.run import RedactConfig
+    from pipeline.redact.tree import redact_tree
+
+    version = save_bundle(tmp_path / "db.zip", build_net(), DBModelConfig(), {"coverage_at_budget": 0.9},
+                          version="db-small-pass")
+    register_model(ws, tmp_path / "db.zip", promote=True)
+    src = tmp_path / "in"
+    src.mkdir()
+    boxes = small_text_image(src / "small.png")
+    cfg = RedactConfig(color=(255, 0, 255))
+    runs = {}
+    for name, scales in (("default", None), ("one", [1.0])):
+        summary = redact_tree(str(src), tmp_path / name, cfg, workspace=ws, detector="current", scales=scales)
+        sc = json.loads((tmp_path / f"{name}.audit" / "sidecars" / "small.png.json").read_text())
+        out = np.asarray(Image.open(tmp_path / name / "small.png").convert("RGB"))
+        covered = (out == FILL).all(-1)
+        runs[name] = (sc["detector"]["version"], summary.model["version"],
+                      sum(bool(covered[y0:y1, x0:x1].mean() > 0.9) for x0, y0, x1, y1 in boxes))
+    assert runs["one"][0] == version and runs["default"][0].startswith(version + "+")
+    assert runs["default"][1] == runs["default"][0]
+    assert runs["default"][2] == len(boxes) and runs["one"][2] < len(boxes)   # the 2x cells found what 1x missed

@@ -140,16 +140,35 @@ def export_onnx(net: Any, path: str | Path, name: str = "x") -> Path:
     return Path(path)
 
 
+def passes_version(model_version: str, config: PPOCRConfig) -> str:
+    """A tuned model's detector version: the model's own, plus a short hash of the pass options
+    (scales, refinement, tiling) that differ from one plain pass, so outputs made with other
+    passes never look up to date (redact's settings hash). The thresholds are the bundle's."""
+    default = asdict(PPOCRConfig())
+    skip = {"threads", "model_path", "thresh", "box_thresh", "unclip_ratio"}
+    changed = {k: v for k, v in asdict(config).items() if k not in skip and default[k] != v}
+    if not changed:
+        return model_version
+    return f"{model_version}+{hashlib.sha256(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:8]}"
+
+
 class DBDetector(PPOCRDetector):
-    """A tuned DB network (ONNX bytes or path) run exactly like `ppocr`, under its own version."""
+    """A tuned DB network (ONNX bytes or path) run exactly like `ppocr`, under its own version
+    (`model_version`; `version` adds the pass options when they are not one plain pass)."""
 
     name = "db"
 
     def __init__(self, config: PPOCRConfig | None = None, *, version: str, model_bytes: bytes | None = None,
                  info: dict[str, Any] | None = None, **options: object) -> None:
         super().__init__(config, model_bytes=model_bytes, **options)
-        self.version = version
+        self.model_version = version
+        self.version = passes_version(version, self.config)
         self.info = dict(info or {})   # bundle facts for reports (validation coverage, thresholds)
+
+    def with_options(self, **changes: Any) -> "DBDetector":
+        other = super().with_options(**changes)
+        other.version = passes_version(self.model_version, other.config)
+        return other  # type: ignore[return-value]
 
 
 class TorchDBDetector(PPOCRDetector):

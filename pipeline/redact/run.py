@@ -41,7 +41,9 @@ log = logging.getLogger("textloop.redact")
 FORMAT_VERSION = 2           # bump when the same settings would produce different bytes (2: polygon fill)
 DEFAULT_THRESHOLD = 0.3      # favours recall: ppocr's own candidate floor
 DEFAULT_PAD = Pad(px=0.0, frac=0.10)   # the knee of the devset padding sweep (README, bench_redact.py)
-DEFAULT_PPOCR_SCALES = (1.0, 2.0)  # ppocr in redact: the 2x pass finds small scene text (icdar2015 0.82 -> 0.89, polygon fill)
+# DB detectors in redact (stock ppocr and tuned models alike): the 2x pass finds small scene text
+# (stock icdar2015 0.82 -> 0.89, polygon fill; a tuned model's 1x pass left 5 of 1,808 words legible, 0 with it)
+DEFAULT_PPOCR_SCALES = (1.0, 2.0)
 MULTISCALE_MAX_SIDE = 1600         # ... on images up to this long side (every devset image); larger ones: 1x
 DEFAULT_PPOCR_REFINE = "small"     # ... and only around small-text candidates of the 1x map (README: cost/coverage)
 DEFAULT_REVIEW_BAND = (0.3, 0.4)   # holds 26 % of devset images with ppocr (0.3-0.6 would hold 58 %)
@@ -535,18 +537,36 @@ class SizeAdaptiveDetector:
         return [(self.multi if max(im.shape[:2]) <= self.max_side else self.single).detect([im])[0] for im in images]
 
 
-def build_ppocr(scales: Sequence[float] = DEFAULT_PPOCR_SCALES, max_side: int = MULTISCALE_MAX_SIDE,
-                refine: str = DEFAULT_PPOCR_REFINE, **options: Any) -> Any:
-    """redact's stock detector: one `PPOCRDetector` (one ONNX session). With extra scales they
-    run only on images up to `max_side` long side, and with `refine="small"` only on windows
-    around what the 1x probability map marks as possibly small text (README: the cost and
-    coverage of each choice)."""
-    from pipeline.detectors import load_detector
-
+def pass_options(scales: Sequence[float] = DEFAULT_PPOCR_SCALES, max_side: int = MULTISCALE_MAX_SIDE,
+                 refine: str = DEFAULT_PPOCR_REFINE) -> dict[str, Any]:
+    """redact's passes for a DB detector (stock or tuned; `PPOCRConfig` fields): extra scales run
+    only on images up to `max_side` long side, and with `refine="small"` only on windows around
+    what the 1x probability map marks as possibly small text (README: the cost and coverage of
+    each choice). One 1x pass: no options."""
     scales = tuple(float(x) for x in scales)
     if scales == (1.0,):
-        return load_detector("ppocr", **options)
-    return load_detector("ppocr", scales=scales, scale_max_side=int(max_side), refine=refine, **options)
+        return {}
+    return {"scales": scales, "scale_max_side": int(max_side), "refine": refine}
+
+
+def bundle_pass_options(path: str, scales: Sequence[float] | None = None) -> dict[str, Any]:
+    """redact's passes for a model bundle: `pass_options` for a tuned db model (its own 1x pass
+    alone left devset words legible), none for a Faster R-CNN one (`scales` is then an error)."""
+    from pipeline.bundle import read_bundle_meta
+
+    if Path(path).suffix == ".zip" and Path(path).is_file() and read_bundle_meta(path)["config"].get("kind") == "db":
+        return pass_options(tuple(scales) if scales else DEFAULT_PPOCR_SCALES)
+    if scales:
+        raise ValueError("--scales applies to DB detectors only (ppocr and tuned db models)")
+    return {}
+
+
+def build_ppocr(scales: Sequence[float] = DEFAULT_PPOCR_SCALES, max_side: int = MULTISCALE_MAX_SIDE,
+                refine: str = DEFAULT_PPOCR_REFINE, **options: Any) -> Any:
+    """redact's stock detector: one `PPOCRDetector` (one ONNX session) with `pass_options`."""
+    from pipeline.detectors import load_detector
+
+    return load_detector("ppocr", **pass_options(scales, max_side, refine), **options)
 
 
 # --- engines -------------------------------------------------------------------------------

@@ -85,16 +85,14 @@ def needs_workspace(detector: Any, cfg: rr.RedactConfig, from_review: bool) -> b
 
 def _resolve_detector(detector: str, ws: Any, scales: Sequence[float] | None) -> tuple[str, dict[str, Any]]:
     """The spec resolved in the model registry (`current` without a promoted model is stock
-    ppocr, made explicit so redact's scales apply) and the detector options."""
+    ppocr, made explicit so redact's scales apply) and the detector options: DB detectors,
+    stock or tuned, get redact's passes (`run.pass_options`)."""
     from pipeline.bundle import resolve_detector
 
     detector = resolve_detector(detector, ws)
-    options: dict[str, Any] = {}
     if detector == "ppocr":
-        options["scales"] = tuple(scales) if scales else rr.DEFAULT_PPOCR_SCALES
-    elif scales:
-        raise ValueError("--scales applies to the ppocr detector only")
-    return detector, options
+        return detector, {"scales": tuple(scales) if scales else rr.DEFAULT_PPOCR_SCALES}
+    return detector, rr.bundle_pass_options(detector, scales)
 
 
 def redact_tree(input: str, output: Path, cfg: rr.RedactConfig = rr.RedactConfig(), *, workspace: Any = None,
@@ -127,7 +125,7 @@ def redact_tree(input: str, output: Path, cfg: rr.RedactConfig = rr.RedactConfig
     ws = (workspace() if callable(workspace) else workspace) if needs_workspace(detector, cfg, from_review) else None
     if isinstance(detector, str):
         detector, det_options = _resolve_detector(detector, ws, scales)
-        det = rr.build_ppocr(**det_options) if detector == "ppocr" else load_detector(detector)
+        det = rr.build_ppocr(**det_options) if detector == "ppocr" else load_detector(detector, **det_options)
     elif engine == "ray":
         raise ValueError("--engine ray builds the detector in each actor: give a detector spec, not a detector")
     else:
