@@ -67,7 +67,8 @@ human = samples_from_jsonl({str(human_jsonl)!r}, 'devA/')
 cfg = TrainConfig(out_dir=str(out), arch='db', epochs={args.db_epochs}, steps_per_epoch={args.steps_per_epoch}, batch_size=4,
                   lr={args.db_lr}, warmup_steps=30, budget_minutes={minutes}, seed=0, threads={args.threads},
                   patience={args.db_patience}, human_fraction=0.5,
-                  db=DBRecipe(teacher_ignore={args.db_teacher_ignore}, interpolate={tuple(args.db_interpolate)!r}))
+                  db=DBRecipe(teacher_ignore={args.db_teacher_ignore}, interpolate={tuple(args.db_interpolate)!r},
+                              missed_text={args.db_missed_text}))
 t = time.time()
 r = train(cfg, synth, human, val)
 save_result(out / 'bundle.zip', r, version={name!r})
@@ -187,11 +188,14 @@ def main() -> None:
     ap.add_argument("--db-patience", type=int, default=6)
     ap.add_argument("--db-teacher-ignore", type=float, default=DBRecipe().teacher_ignore,
                     help="stock map >= this on a background pixel makes it don't-care (0: off)")
+    ap.add_argument("--db-missed-text", type=float, default=DBRecipe().missed_text,
+                    help="extra BCE weight of text the stock model misses (0: off)")
     ap.add_argument("--db-interpolate", type=lambda t: [float(x) for x in t.split(",")], default=list(DBRecipe().interpolate),
                     help="weight-space blends of start and tuned weights tried on validation (1: tuned only)")
     args = ap.parse_args()
     try:  # the recipe's own range checks, before any data is made or a training subprocess starts
-        DBRecipe(teacher_ignore=args.db_teacher_ignore, interpolate=tuple(args.db_interpolate))
+        DBRecipe(teacher_ignore=args.db_teacher_ignore, interpolate=tuple(args.db_interpolate),
+                 missed_text=args.db_missed_text)
     except ValueError as exc:
         ap.error(str(exc))
     if min(args.db_minutes, args.db_lr, args.budget_minutes, args.finetune_minutes) <= 0:

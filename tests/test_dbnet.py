@@ -349,6 +349,32 @@ def test_text_the_stock_model_sees_but_labels_miss_is_not_a_negative() -> None:
         DBRecipe(teacher_ignore=1.5)
 
 
+def test_text_the_stock_model_misses_weighs_more() -> None:
+    """`missed_text`: two labelled words the student scores alike; the stock model finds one and
+    misses the other. The missed word's pixels get 1 + k times the gradient of the found one's."""
+    import torch
+
+    from pipeline.train.db import DBBatch, db_losses
+
+    gt = torch.zeros(1, 8, 8)
+    gt[0, 1:3, 1:7] = 1.0                                  # stock finds this word
+    gt[0, 5:7, 1:7] = 1.0                                  # ... and misses this one
+    missed = torch.zeros(1, 8, 8, dtype=torch.bool)
+    missed[0, 5:7, 1:7] = True
+    batch = DBBatch(torch.zeros(1, 3, 8, 8), gt, torch.ones(1, 8, 8), torch.tensor([False]))
+    teacher = lambda x: torch.where(missed, 0.0, torch.where(gt > 0, 1.0, 0.0)).reshape(1, 1, 8, 8)
+    grads = {}
+    for k in (0.0, 2.0):
+        logits = torch.zeros(1, 1, 8, 8, requires_grad=True)
+        recipe = DBRecipe(distill=0.0, l2sp=0.0, min_negatives=0, teacher_ignore=0.5, missed_text=k)
+        db_losses(lambda x: torch.sigmoid(logits), batch, recipe, None, teacher)["bce"].backward()
+        grads[k] = logits.grad[0, 0]
+    assert torch.isclose(grads[0.0][5, 3], grads[0.0][1, 3])            # off: both words alike
+    assert torch.isclose(grads[2.0][5, 3], 3 * grads[2.0][1, 3])        # on: the missed word x (1 + 2)
+    with pytest.raises(ValueError):
+        DBRecipe(teacher_ignore=0.0, missed_text=1.0)                   # needs the stock map
+
+
 def test_the_kept_blend_is_the_smallest_step_near_the_best_no_source_vetoes() -> None:
     from pipeline.train.select import choose_interpolation
 

@@ -54,6 +54,11 @@ class DBRecipe:
     # sources; part-way back keeps what the start knew about the rest (benchmark run 5 at a = 0.7:
     # icdar2015 0.792 -> 0.828 vs stock's 0.824, funsd keeps +0.03). (1.0,) keeps the tuned weights.
     interpolate: tuple[float, ...] = (0.5, 0.7, 0.85, 1.0)
+    # Text the start model cannot see weighs more: a positive pixel's BCE weight is
+    # 1 + missed_text x (1 - the stock map there), so single-glyph panel labels and faint overlays
+    # (stock map 0) count up to 1 + missed_text times as much as text stock already finds, whose
+    # gradient is mostly spent keeping what it knows. Needs the teacher pass (teacher_ignore > 0).
+    missed_text: float = 0.0
     # re-selected per model on validation. unclip_ratio moves over-redaction most, so it gets
     # the fine steps: a coarse grid made a tuned model look worse than stock at the budget
     # only because no grid point landed near it.
@@ -66,6 +71,10 @@ class DBRecipe:
     def __post_init__(self) -> None:
         if not 0.0 <= self.teacher_ignore <= 1.0:
             raise ValueError(f"teacher_ignore must be in [0, 1], got {self.teacher_ignore}")
+        if self.missed_text < 0:
+            raise ValueError(f"missed_text must be >= 0, got {self.missed_text}")
+        if self.missed_text and not self.teacher_ignore:
+            raise ValueError("missed_text needs the stock map of each batch: set teacher_ignore > 0")
         if not self.interpolate or any(not 0.0 < a <= 1.0 for a in self.interpolate):
             raise ValueError(f"interpolate: weights of the tuned model must be in (0, 1], got {self.interpolate}")
 
@@ -135,8 +144,9 @@ def _min_side(poly: np.ndarray) -> float:
 
 # --- loss -------------------------------------------------------------------------------------
 
-def db_loss(prob: Any, gt: Any, mask: Any, recipe: DBRecipe = DBRecipe()) -> dict[str, Any]:
-    """BCE with hard-negative mining + Dice on the probability map (N, 1, H, W) or (N, H, W)."""
+def db_loss(prob: Any, gt: Any, mask: Any, recipe: DBRecipe = DBRecipe(), pos_weight: Any = None) -> dict[str, Any]:
+    """BCE with hard-negative mining + Dice on the probability map (N, 1, H, W) or (N, H, W).
+    `pos_weight` (like `gt`): the BCE weight of each positive pixel (default 1)."""
     import torch
 
     p = prob.reshape(gt.shape).clamp(1e-6, 1 - 1e-6)
@@ -145,11 +155,13 @@ def db_loss(prob: Any, gt: Any, mask: Any, recipe: DBRecipe = DBRecipe()) -> dic
     neg = (1 - gt) * mask
     n_pos = int(pos.sum().item())
     n_neg = int(min(neg.sum().item(), max(recipe.neg_ratio * n_pos, recipe.min_negatives)))
+    if pos_weight is not None:
+        pos = pos * pos_weight
     pos_loss = (bce * pos).sum()
     neg_loss = (bce * neg).reshape(-1)
     if n_neg > 0:
         neg_loss, _ = torch.topk(neg_loss, n_neg)
-    bce_term = (pos_loss + neg_loss.sum()) / max(1, n_pos + n_neg)
+    bce_term = (pos_loss + neg_loss.sum()) / max(1.0, float(pos.sum().item()) + n_neg)
     inter = (p * gt * mask).sum()
     union = (p * mask).sum() + (gt * mask).sum() + 1e-6
     dice = 1 - 2 * inter / union
@@ -227,7 +239,10 @@ def db_losses(net: Any, batch: DBBatch, recipe: DBRecipe, anchor: dict[str, Any]
             stock = teacher(batch.images).clamp(0, 1)
         sure = stock.reshape(batch.gt.shape) >= recipe.teacher_ignore
         mask = mask * ~(sure & (batch.gt < 0.5))
-    losses = db_loss(prob, batch.gt, mask, recipe)
+    pos_weight = None
+    if recipe.missed_text and stock is not None:
+        pos_weight = 1.0 + recipe.missed_text * (1.0 - stock.reshape(batch.gt.shape))
+    losses = db_loss(prob, batch.gt, mask, recipe, pos_weight)
     if recipe.l2sp and anchor is not None:
         losses["l2sp"] = recipe.l2sp * l2sp_penalty(net, anchor)
     if recipe.distill and teacher is not None and bool(batch.text_free.any()):
