@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.detectors.ppocr import PPOCRConfig, PPOCRDetector, default_model_path
+from pipeline.detectors.ppocr import PPOCRConfig, PPOCRDetector, config_version, default_model_path
 
 log = logging.getLogger(__name__)
 
@@ -144,12 +144,7 @@ def passes_version(model_version: str, config: PPOCRConfig) -> str:
     """A tuned model's detector version: the model's own, plus a short hash of the pass options
     (scales, refinement, tiling) that differ from one plain pass, so outputs made with other
     passes never look up to date (redact's settings hash). The thresholds are the bundle's."""
-    default = asdict(PPOCRConfig())
-    skip = {"threads", "model_path", "thresh", "box_thresh", "unclip_ratio"}
-    changed = {k: v for k, v in asdict(config).items() if k not in skip and default[k] != v}
-    if not changed:
-        return model_version
-    return f"{model_version}+{hashlib.sha256(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:8]}"
+    return config_version(model_version, config, skip=("thresh", "box_thresh", "unclip_ratio"))
 
 
 class DBDetector(PPOCRDetector):

@@ -71,6 +71,17 @@ class PPOCRConfig:
             raise ValueError(f"refine must be 'image' or 'small', got {self.refine!r}")
 
 
+def config_version(base: str, config: PPOCRConfig, skip: tuple[str, ...] = ()) -> str:
+    """`base`, plus a short hash of the options that differ from the defaults (threads, the
+    model path and `skip` never count): a detector version that changes with what it finds."""
+    default = asdict(PPOCRConfig())
+    ignore = {"threads", "model_path", *skip}
+    changed = {k: v for k, v in asdict(config).items() if k not in ignore and default[k] != v}
+    if not changed:
+        return base
+    return f"{base}+{hashlib.sha256(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:8]}"
+
+
 def preprocess(bgr: np.ndarray) -> np.ndarray:
     """uint8 BGR (H, W, 3) -> the DB network's float32 NCHW input (PP-OCR's normalisation). The one
     copy: inference, validation and training crops all go through it."""
@@ -192,12 +203,7 @@ class PPOCRDetector:
     @staticmethod
     def _version(config: PPOCRConfig) -> str:
         """Stable string: the base name for default options, plus a short hash of the changed ones."""
-        default = asdict(PPOCRConfig())
-        changed = {k: v for k, v in asdict(config).items() if default[k] != v and k not in ("threads", "model_path")}
-        if not changed:
-            return BASE_VERSION
-        digest = hashlib.sha256(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:8]
-        return f"{BASE_VERSION}+{digest}"
+        return config_version(BASE_VERSION, config)
 
     # --- one forward pass --------------------------------------------------------------
 
