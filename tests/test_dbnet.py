@@ -429,6 +429,9 @@ def test_a_bad_interpolate_option_is_one_line(tmp_path: Path) -> None:
     for bad in ("0.5,x", "0,1", "1.5", ","):
         r = CliRunner().invoke(app, ["--workspace", str(tmp_path / "ws"), "train", "--interpolate", bad])
         assert r.exit_code == 2 and "interpolate" in r.output and "Traceback" not in r.output, r.output
+    r = CliRunner().invoke(app, ["--workspace", str(tmp_path / "ws"), "train", "--missed-text", "2",
+                                 "--teacher-ignore", "0"])
+    assert r.exit_code == 2 and "teacher_ignore" in r.output and "Traceback" not in r.output, r.output
 
 
 def test_train_options_default_to_the_recipe() -> None:
@@ -441,7 +444,7 @@ def test_train_options_default_to_the_recipe() -> None:
     cmd = typer.main.get_command(app).commands["train"]
     opts = {p.name: p.default for p in cmd.params}
     recipe = DBRecipe()
-    for name in ("crop", "l2sp", "distill", "teacher_ignore"):
+    for name in ("crop", "l2sp", "distill", "teacher_ignore", "missed_text"):
         assert opts[name] == getattr(recipe, name), name
     assert tuple(float(x) for x in opts["interpolate"].split(",")) == recipe.interpolate
     assert opts["lr"] is None and TrainConfig(arch="db").effective_lr == DEFAULT_LR["db"]

@@ -116,6 +116,7 @@ def train_cmd(
     l2sp: float = typer.Option(0.01, help="db: strength of the L2-SP pull toward the stock weights (0 = off)."),
     distill: float = typer.Option(1.0, help="db: weight of stock ppocr's map as teacher on text-free images (0 = off)."),
     teacher_ignore: float = typer.Option(0.5, min=0.0, max=1.0, help="db: background pixels where stock ppocr's map is at least this are don't-care, so text the labels missed is not unlearnt (0 = off)."),
+    missed_text: float = typer.Option(0.0, min=0.0, max=10.0, help="db: extra BCE weight of labelled text stock ppocr misses (positive pixels weigh 1 + k x (1 - stock map)); 2 favours microscopy overlays over scene text and receipts (README). Needs --teacher-ignore > 0."),
     interpolate: str = typer.Option("0.5,0.7,0.85,1", help="db: weight-space blends start + a*(tuned - start) scored on validation after training; the best one no source vetoes is kept (1 = the tuned weights only)."),
     budget: Optional[float] = typer.Option(None, "--over-redaction-budget",
                                            help="db: selection budget. Default: stock ppocr's over-redaction on the "
@@ -146,7 +147,7 @@ def train_cmd(
     try:
         cfg = TrainConfig(arch=arch, model=FasterRCNNConfig(backbone=backbone),
                           db=DBRecipe(crop=crop, l2sp=l2sp, distill=distill, teacher_ignore=teacher_ignore,
-                                      interpolate=parse_floats(interpolate, "--interpolate"),
+                                      missed_text=missed_text, interpolate=parse_floats(interpolate, "--interpolate"),
                                       over_redaction_budget=budget),
                           epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, lr=lr,
                           human_fraction=human_fraction, patience=patience, budget_minutes=budget_minutes, seed=seed,
