@@ -38,6 +38,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -229,13 +230,27 @@ def child_throughput(spec: str, src: Path, out: Path, workers: int, pipelined: b
             "rss_end_mb": round(_rss_mb("VmRSS"), 1), "failed": failed, "boxes": boxes}
 
 
+def unique_label(spec: str, taken: Iterable[str]) -> str:
+    """A short name for a detector spec (a bundle path: its file stem), made unique among
+    `taken` with #2, #3... (two runs' bundles are both called bundle.zip)."""
+    base = Path(spec).stem if spec.endswith(".zip") else spec
+    taken = set(taken)
+    label, k = base, 2
+    while label in taken:
+        label, k = f"{base}#{k}", k + 1
+    return label
+
+
 def throughput(sets: dict[str, Path], detectors: list[str], work: Path, workers: int,
                pipelined: bool = True) -> list[dict[str, Any]]:
     rows = []
+    labels: list[str] = []
+    for spec in ["floor", *detectors]:
+        labels.append(unique_label(spec, labels))
     for set_name, src in sets.items():
-        for spec in ["floor", *detectors]:
+        for spec, label in zip(["floor", *detectors], labels):
             cmd = [sys.executable, __file__, "--child", spec, "--child-src", str(src),
-                   "--child-out", str(work / "out" / f"{set_name}_{Path(spec).stem}"), "--workers", str(workers),
+                   "--child-out", str(work / "out" / f"{set_name}_{label.replace('/', '_')}"), "--workers", str(workers),
                    *([] if pipelined else ["--no-pipeline"])]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
@@ -749,7 +764,7 @@ def main() -> int:
             if name == "ppocr+ms":
                 dets[name] = UnionDetector([stock, stock.with_options(scales=(1.0, 2.0))])
             else:
-                dets[name if not name.endswith(".zip") else Path(name).stem] = named_detector(name, stock)
+                dets[unique_label(name, dets)] = named_detector(name, stock)
         for spec in args.replay:
             name, _, audit = spec.partition("=")
             dets[name] = ReplayDetector(Path(audit), lossless_copies(args.set, args.work)[0], name)

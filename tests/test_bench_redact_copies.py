@@ -44,3 +44,14 @@ def test_two_images_with_the_same_name_get_two_copies(tmp_path: Path) -> None:
     rels = [rel for rel, _ in out]
     assert len(set(rels)) == 2 and rels[0] == "scene/images/a.png"
     assert [int(np.asarray(Image.open(root / r))[0, 0, 0]) for r in rels] == [50, 150]
+
+
+def test_two_bundles_with_the_same_file_name_keep_two_results() -> None:
+    """Every benchmark run writes its model as bundle.zip: two of them must not share a result row."""
+    spec = importlib.util.spec_from_file_location("bench_redact", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    labels: list[str] = []
+    for name in ("default", "/runs/a/bundle.zip", "/runs/b/bundle.zip", "/runs/b/bundle.zip@1"):
+        labels.append(mod.unique_label(name, labels))
+    assert labels == ["default", "bundle", "bundle#2", "/runs/b/bundle.zip@1"]
