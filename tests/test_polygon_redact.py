@@ -257,3 +257,21 @@ def test_a_promoted_tuned_model_gets_the_small_text_pass_too(tmp_path, ws):
     assert runs["one"][0] == version and runs["default"][0].startswith(version + "+")
     assert runs["default"][1] == runs["default"][0]
     assert runs["default"][2] == len(boxes) and runs["one"][2] < len(boxes)   # the 2x cells found what 1x missed
+
+
+def test_redact_scales_refuse_what_they_cannot_apply_to(tmp_path):
+    """--scales with a Faster R-CNN bundle (no DB passes) and a bundle path that does not exist:
+    one clear error before any folder is made."""
+    from pipeline.bundle import save_bundle
+    from pipeline.detectors.fasterrcnn import FasterRCNNConfig, build_model
+    from pipeline.redact.tree import redact_tree
+
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.new("RGB", (64, 48), (255, 255, 255)).save(src / "a.png")
+    save_bundle(tmp_path / "frcnn.zip", build_model(FasterRCNNConfig()), FasterRCNNConfig(), version="frcnn-1")
+    with pytest.raises(ValueError, match="--scales applies to DB detectors only"):
+        redact_tree(str(src), tmp_path / "out", detector=str(tmp_path / "frcnn.zip"), scales=[1.0, 2.0])
+    with pytest.raises(FileNotFoundError, match="model bundle not found"):
+        redact_tree(str(src), tmp_path / "out", detector=str(tmp_path / "missing.zip"), scales=[1.0])
+    assert not (tmp_path / "out").exists()

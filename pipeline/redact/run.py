@@ -554,8 +554,11 @@ def bundle_pass_options(path: str, scales: Sequence[float] | None = None) -> dic
     alone left devset words legible), none for a Faster R-CNN one (`scales` is then an error)."""
     from pipeline.bundle import read_bundle_meta
 
-    if Path(path).suffix == ".zip" and Path(path).is_file() and read_bundle_meta(path)["config"].get("kind") == "db":
-        return pass_options(tuple(scales) if scales else DEFAULT_PPOCR_SCALES)
+    if Path(path).suffix == ".zip":
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: model bundle not found")
+        if read_bundle_meta(path)["config"].get("kind") == "db":
+            return pass_options(tuple(scales) if scales else DEFAULT_PPOCR_SCALES)
     if scales:
         raise ValueError("--scales applies to DB detectors only (ppocr and tuned db models)")
     return {}

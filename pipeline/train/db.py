@@ -426,16 +426,15 @@ class DBArch:
         from pipeline.train.select import choose_interpolation
 
         self.net.eval()
-        exported = self._exported
         a, sel, metrics, tried, scored = 1.0, None, {}, [], []   # without validation: the tuned weights
         for w in sorted(set(self.recipe.interpolate)) if val else []:
-            s, m = self._selection(exported(w)[2], val)      # one blend's network alive at a time
+            s, m = self._selection(self._exported(w)[2], val)   # one blend's network alive at a time
             scored.append((w, s, m))
             tried.append({"weight": w, "coverage_at_budget": s.coverage, "worst_source": m["worst_source"],
                           "worst_source_delta": m["worst_source_delta"]})
         if scored:
             a, sel, metrics = scored[choose_interpolation(tried)]
-        net, onnx, detector = exported(a)                     # deterministic: the network scored above
+        net, onnx, detector = self._exported(a)               # deterministic: the network scored above
         self.net.load_state_dict(net.state_dict())
         selection: dict[str, Any] = {}
         if val:
