@@ -235,6 +235,7 @@ def test_a_promoted_tuned_model_gets_the_small_text_pass_too(tmp_path, ws):
     (a tuned model's 1x pass alone left words legible on the devset); `--scales 1` is the plain
     pass, and the detector version says which, so outputs of one never pass for the other's."""
     from pipeline.bundle import register_model, save_bundle
+    from pipeline.cli.redact import _describe_model
     from pipeline.detectors.dbnet import DBModelConfig, build_net
     from pipeline.redact.run import RedactConfig
     from pipeline.redact.tree import redact_tree
@@ -254,6 +255,14 @@ def test_a_promoted_tuned_model_gets_the_small_text_pass_too(tmp_path, ws):
         covered = (out == FILL).all(-1)
         runs[name] = (sc["detector"]["version"], summary.model["version"],
                       sum(bool(covered[y0:y1, x0:x1].mean() > 0.9) for x0, y0, x1, y1 in boxes))
+        assert sc["detector"]["passes"] == summary.model["passes"]
+        if name == "default":   # the summary says which passes ran, and what the model scored
+            assert summary.model["passes"] == {"scales": [1.0, 2.0], "refine": "small", "scale_max_side": 1600}
+            assert summary.model["validation_coverage"] == pytest.approx(0.9)
+            assert _describe_model(summary.model) == (" (validation coverage 0.900 at the budget; "
+                                                      "1x + 2x on small-text cells (images up to 1600 px))")
+        else:
+            assert _describe_model(summary.model).endswith("; one 1x pass)")
     assert runs["one"][0] == version and runs["default"][0].startswith(version + "+")
     assert runs["default"][1] == runs["default"][0]
     assert runs["default"][2] == len(boxes) and runs["one"][2] < len(boxes)   # the 2x cells found what 1x missed

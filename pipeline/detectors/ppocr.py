@@ -180,6 +180,12 @@ class PPOCRDetector:
         other._post = self._make_post(other.config)
         return other
 
+    def passes(self) -> dict[str, Any]:
+        """The passes this detector runs, for summaries and sidecars (the version only hashes them)."""
+        c = self.config
+        return {"scales": list(c.scales), "refine": c.refine if len(c.scales) > 1 else None,
+                "scale_max_side": c.scale_max_side if len(c.scales) > 1 else None}
+
     def cache_maps(self, on: bool = True) -> None:
         """Keep each input's probability map in memory (validation grids; off by default)."""
         self._maps = {} if on else None
