@@ -51,21 +51,16 @@ def init_ray(num_cpus: int | None = None) -> None:
 
 class SpecFactory:
     """Picklable recipe for a detector, built inside each actor: the spec resolved in the
-    workspace's model registry, then `load_detector(path, **options)`; redact's stock `ppocr` (extra scales) goes through `redact.run.build_ppocr`."""
+    workspace's model registry, then `load_detector(path, **options)` (redact gives DB detectors
+    its passes as options: `redact.run.pass_options`)."""
 
-    def __init__(self, spec: str, workspace: str | None = None, options: dict[str, Any] | None = None,
-                 redact_ppocr: bool = False) -> None:
+    def __init__(self, spec: str, workspace: str | None = None, options: dict[str, Any] | None = None) -> None:
         self.spec, self.workspace, self.options = spec, workspace, dict(options or {})
-        self.redact_ppocr = redact_ppocr or (spec == "ppocr" and "scales" in self.options)
 
     def __call__(self) -> Any:
         from pipeline.bundle import resolve_detector
         from pipeline.detectors import load_detector
 
-        if self.spec == "ppocr" and self.redact_ppocr:
-            from pipeline.redact.run import build_ppocr
-
-            return build_ppocr(**self.options)
         ws = None
         if self.workspace:
             from pipeline.workspace import Workspace

@@ -155,14 +155,14 @@ def named_detector(spec: str, stock: Any = None):
     anything else: a bundle.zip path, run as `redact` runs it (db: 1x + 2x on small-text cells;
     BUNDLE.zip@1 for one 1x pass)."""
     from pipeline.detectors import load_detector
-    from pipeline.redact.run import build_ppocr
+    from pipeline.redact.run import build_ppocr, bundle_pass_options, pass_options
 
     if spec.endswith("}") and "{" in spec:   # NAME{key=value;...}: NAME with other PPOCRConfig fields
         name, _, body = spec[:-1].partition("{")
         kw = {k: json.loads(v) for k, v in (p.split("=", 1) for p in body.split(";") if p)}
         return named_detector(name, stock).with_options(**kw)
     if spec in ("default", "ppocr-small"):
-        return build_ppocr() if stock is None else stock.with_options(**_default_options())
+        return build_ppocr() if stock is None else stock.with_options(**pass_options())
     if spec == "ppocr":
         return load_detector("ppocr") if stock is None else stock
     if spec == "ppocr-ms":
@@ -172,23 +172,14 @@ def named_detector(spec: str, stock: Any = None):
         # ppocr@1/1.5 (whole image), ppocr@1/2:small (2x on small-text windows), BUNDLE.zip@1/2:small
         sc, _, refine = rest.partition(":")
         base = (stock or load_detector("ppocr")) if name == "ppocr" else named_detector(name)
-        return base.with_options(scales=tuple(float(x) for x in sc.split("/")), refine=refine or "image",
-                                 scale_max_side=1600)
+        return base.with_options(**pass_options(tuple(float(x) for x in sc.split("/")), refine=refine or "image"))
     if spec.endswith("-int8"):
         model = os.environ.get("BENCH_INT8_MODEL", "")
         if not model:
             raise SystemExit(f"{spec}: give --int8-model")
         det = load_detector("ppocr", model_path=model)
-        return det if spec == "ppocr-int8" else det.with_options(**_default_options())
-    from pipeline.redact.run import bundle_pass_options
-
+        return det if spec == "ppocr-int8" else det.with_options(**pass_options())
     return load_detector(spec, **bundle_pass_options(spec))   # a bundle, with the passes redact gives it
-
-
-def _default_options() -> dict[str, Any]:
-    from pipeline.redact.run import DEFAULT_PPOCR_REFINE, DEFAULT_PPOCR_SCALES, MULTISCALE_MAX_SIDE
-
-    return {"scales": DEFAULT_PPOCR_SCALES, "scale_max_side": MULTISCALE_MAX_SIDE, "refine": DEFAULT_PPOCR_REFINE}
 
 
 def child_throughput(spec: str, src: Path, out: Path, workers: int, pipelined: bool = True) -> dict[str, Any]:

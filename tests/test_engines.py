@@ -36,10 +36,14 @@ def test_engine_names_are_checked():
 def test_spec_factory_is_picklable_and_builds_the_detector():
     import pickle
 
-    f = pickle.loads(pickle.dumps(SpecFactory("ppocr", None, {"scales": (1.0, 2.0)})))
+    from pipeline.redact.run import pass_options
+
+    f = pickle.loads(pickle.dumps(SpecFactory("ppocr", None, pass_options())))
     det = f()
-    assert det.config.scales == (1.0, 2.0) and det.config.refine == "small"   # redact's stock path
+    assert det.config.scales == (1.0, 2.0) and det.config.refine == "small"   # redact's passes
     assert SpecFactory("ppocr")().config.scales == (1.0,)
+    # predict's own options mean what they say, on Ray as locally: 2x over the whole image
+    assert SpecFactory("ppocr", None, {"scales": (1.0, 2.0)})().config.refine == "image"
 
 
 def test_predict_cli_rejects_an_unknown_engine(tmp_path):

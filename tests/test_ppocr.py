@@ -96,3 +96,17 @@ def test_cached_maps_give_the_same_boxes_without_running_the_network_again() -> 
     det.cache_maps(False)
     det.detect([arr])
     assert len(calls) == 3                          # caching off: the network runs
+
+
+def test_the_version_changes_with_what_the_passes_find_and_only_that() -> None:
+    """Outputs are resumed by detector version: it moves with any option that changes the boxes,
+    and not with refinement settings of a second pass that a one-pass detector never runs."""
+    from pipeline.detectors.ppocr import BASE_VERSION, PPOCRConfig, config_version
+
+    one = config_version(BASE_VERSION, PPOCRConfig())
+    assert one == BASE_VERSION == config_version(BASE_VERSION, PPOCRConfig(refine="small", scale_max_side=1600))
+    two = config_version(BASE_VERSION, PPOCRConfig(scales=(1.0, 2.0), refine="small", scale_max_side=1600))
+    assert two.startswith(BASE_VERSION + "+")
+    assert two != config_version(BASE_VERSION, PPOCRConfig(scales=(1.0, 2.0), refine="image", scale_max_side=1600))
+    assert config_version(BASE_VERSION, PPOCRConfig(threads=1)) == one          # threads find the same boxes
+    assert config_version("db-x", PPOCRConfig(thresh=0.2), skip=("thresh",)) == "db-x"

@@ -76,6 +76,8 @@ def config_version(base: str, config: PPOCRConfig, skip: tuple[str, ...] = ()) -
     model path and `skip` never count): a detector version that changes with what it finds."""
     default = asdict(PPOCRConfig())
     ignore = {"threads", "model_path", *skip}
+    if len(config.scales) == 1:   # one pass: how later passes would run changes nothing
+        ignore |= {k for k in default if k.startswith("refine") or k == "scale_max_side"}
     changed = {k: v for k, v in asdict(config).items() if k not in ignore and default[k] != v}
     if not changed:
         return base

@@ -543,10 +543,10 @@ def pass_options(scales: Sequence[float] = DEFAULT_PPOCR_SCALES, max_side: int =
     """redact's passes for a DB detector (stock or tuned; `PPOCRConfig` fields): extra scales run
     only on images up to `max_side` long side, and with `refine="small"` only on windows around
     what the 1x probability map marks as possibly small text (README: the cost and coverage of
-    each choice). One 1x pass: no options."""
+    each choice)."""
     scales = tuple(float(x) for x in scales)
     if scales == (1.0,):
-        return {}
+        return {"scales": scales}
     return {"scales": scales, "scale_max_side": int(max_side), "refine": refine}
 
 
@@ -565,12 +565,12 @@ def bundle_pass_options(path: str, scales: Sequence[float] | None = None) -> dic
     return {}
 
 
-def build_ppocr(scales: Sequence[float] = DEFAULT_PPOCR_SCALES, max_side: int = MULTISCALE_MAX_SIDE,
-                refine: str = DEFAULT_PPOCR_REFINE, **options: Any) -> Any:
-    """redact's stock detector: one `PPOCRDetector` (one ONNX session) with `pass_options`."""
+def build_ppocr(**options: Any) -> Any:
+    """redact's stock detector: one `PPOCRDetector` (one ONNX session) with `options`
+    (`PPOCRConfig` fields; default `pass_options()`, redact's passes)."""
     from pipeline.detectors import load_detector
 
-    return load_detector("ppocr", **pass_options(scales, max_side, refine), **options)
+    return load_detector("ppocr", **(options or pass_options()))
 
 
 # --- engines -------------------------------------------------------------------------------

@@ -91,7 +91,7 @@ def _resolve_detector(detector: str, ws: Any, scales: Sequence[float] | None) ->
 
     detector = resolve_detector(detector, ws)
     if detector == "ppocr":
-        return detector, {"scales": tuple(scales) if scales else rr.DEFAULT_PPOCR_SCALES}
+        return detector, rr.pass_options(tuple(scales) if scales else rr.DEFAULT_PPOCR_SCALES)
     return detector, rr.bundle_pass_options(detector, scales)
 
 
