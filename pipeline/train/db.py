@@ -426,12 +426,11 @@ class DBArch:
         from pipeline.train.select import choose_interpolation
 
         self.net.eval()
-        a, sel, metrics, tried, scored = 1.0, None, {}, [], []   # without validation: the tuned weights
-        for w in sorted(set(self.recipe.interpolate)) if val else []:
-            s, m = self._selection(self._exported(w)[2], val)   # one blend's network alive at a time
-            scored.append((w, s, m))
-            tried.append({"weight": w, "coverage_at_budget": s.coverage, "worst_source": m["worst_source"],
-                          "worst_source_delta": m["worst_source_delta"]})
+        a, sel, metrics = 1.0, None, {}   # without validation: the tuned weights
+        scored = [(w, *self._selection(self._exported(w)[2], val))   # one blend's network alive at a time
+                  for w in (sorted(set(self.recipe.interpolate)) if val else [])]
+        tried = [{"weight": w, "coverage_at_budget": s.coverage, "worst_source": m["worst_source"],
+                  "worst_source_delta": m["worst_source_delta"]} for w, s, m in scored]
         if scored:
             a, sel, metrics = scored[choose_interpolation(tried)]
         net, onnx, detector = self._exported(a)               # deterministic: the network scored above

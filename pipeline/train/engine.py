@@ -244,15 +244,6 @@ def train(cfg: TrainConfig, synth: Sequence[Sample] = (), human: Sequence[Sample
                           "bad_epochs": bad_epochs, "history": history, "parent": parent_version,
                           "arch_state": arch.state(), "horizon": dict(horizon)})
 
-    def refit() -> None:
-        """Fit the schedule's end to the time left at the pace measured so far in this session."""
-        horizon["steps"] = budget_horizon(
-            step, planned, (timing["data"] + timing["step"]) / max(1, step - start_step),
-            timing["validation"] / n_validations if (val and n_validations) else 0.0,
-            cfg.steps_per_epoch, loop_deadline() - time.monotonic())
-        horizon["fitted"] = True
-        log.info("budget: learning-rate schedule ends at step %d", horizon["steps"])
-
     start, start_step = time.monotonic(), step
     deadline = start + cfg.budget_minutes * 60 if cfg.budget_minutes else math.inf
 
@@ -263,6 +254,16 @@ def train(cfg: TrainConfig, synth: Sequence[Sample] = (), human: Sequence[Sample
             return deadline
         reserve = arch.finish_seconds(timing["validation"] / n_validations)
         return deadline - min(reserve, 0.5 * cfg.budget_minutes * 60)
+
+    def refit() -> None:
+        """Fit the schedule's end to the time left at the pace measured so far in this session."""
+        horizon["steps"] = budget_horizon(
+            step, planned, (timing["data"] + timing["step"]) / max(1, step - start_step),
+            timing["validation"] / n_validations if (val and n_validations) else 0.0,
+            cfg.steps_per_epoch, loop_deadline() - time.monotonic())
+        horizon["fitted"] = True
+        log.info("budget: learning-rate schedule ends at step %d", horizon["steps"])
+
     stopped = "done"
     loss_ema: float | None = None
     if val and step == 0:
