@@ -230,7 +230,7 @@ def test_cheaper_stock_path_finds_small_text_that_1x_misses_and_nothing_stays_le
     assert not any(w.lower() in texts for w in SMALL_WORDS), texts
 
 
-def test_a_promoted_tuned_model_gets_the_small_text_pass_too(tmp_path, ws):
+def test_a_promoted_tuned_model_gets_the_small_text_pass_too(tmp_path, ws, reader):
     """redact's default with a promoted db model is 1x + 2x on small-text cells, like stock ppocr
     (a tuned model's 1x pass alone left words legible on the devset); `--scales 1` is the plain
     pass, and the detector version says which, so outputs of one never pass for the other's."""
@@ -266,6 +266,10 @@ def test_a_promoted_tuned_model_gets_the_small_text_pass_too(tmp_path, ws):
     assert runs["one"][0] == version and runs["default"][0].startswith(version + "+")
     assert runs["default"][1] == runs["default"][0]
     assert runs["default"][2] == len(boxes) and runs["one"][2] < len(boxes)   # the 2x cells found what 1x missed
+    # and the recogniser reads none of the small words in the default's output
+    out = np.asarray(Image.open(tmp_path / "default" / "small.png").convert("RGB"))
+    texts = " ".join(r.text for r in reader.read_views([out])).lower()
+    assert not any(w.lower() in texts for w in SMALL_WORDS), texts
 
 
 def test_redact_scales_refuse_what_they_cannot_apply_to(tmp_path):
