@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.boxes import (Detections, cxcywh_norm_to_xyxy, greedy_match, inside_fraction, iou_matrix, nms,
+from pipeline.boxes import (Detections, cxcywh_norm_to_xyxy, greedy_match, inside_fraction, iou_matrix, line_bridges, nms,
                             xywh_to_xyxy, xyxy_to_cxcywh_norm, xyxy_to_xywh)
 from pipeline.legibility import covered_fraction
 
@@ -70,3 +70,16 @@ def test_format_conversions_round_trip():
 
 def test_iou_matrix_shape_and_values():
     assert iou_matrix([[0, 0, 2, 2]], [[1, 0, 3, 2], [5, 5, 6, 6]]).tolist() == [pytest.approx([1 / 3, 0.0])]
+
+
+def test_line_bridges_span_the_gap_between_fragments_of_one_line_only() -> None:
+    old = np.array([[0, 100, 50, 112], [200, 300, 260, 314]], float)           # two covered pieces
+    new = np.array([[86, 101, 120, 113],       # same line as old[0], 36 px = 3 heights to its right
+                    [300, 100, 340, 112],      # same line, 250 px away: another phrase
+                    [60, 140, 90, 152],        # the next line down
+                    [180, 302, 230, 316]])     # overlaps old[1]: no gap to span
+    b = line_bridges(new, old)
+    np.testing.assert_allclose(b, [[50, 100, 86, 113]])                        # the gap, both heights
+    np.testing.assert_allclose(line_bridges(new[:1], [[150, 100, 200, 112]]), [[120, 100, 150, 113]])  # rightwards
+    assert line_bridges(new, old, max_gap=2.0).shape == (0, 4)
+    assert line_bridges(np.zeros((0, 4)), old).shape == (0, 4)

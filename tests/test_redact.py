@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from dataclasses import replace
 import struct
 from pathlib import Path
 
@@ -531,14 +532,75 @@ def test_verify_strict_fails_images_with_text_left(tmp_path):
     on_fill = Reading("Jonathan", 0.9, tuple(BOXES[0]))                  # read on a covered box: ignored
     weak, short = Reading("Roe", 0.2, (0.0, 30.0, 20.0, 40.0)), Reading("ab", 0.9, (0.0, 30.0, 20.0, 40.0))
     leaky = FakeReader([outside, on_fill, weak, short])
-    res = Redactor(FakeDetector(), RedactConfig(verify=True), leaky).process(item)
-    assert res.status == "redacted" and res.remaining == 1 and res.legible == ["Smith"]
+    report_only = RedactConfig(verify=True, verify_rounds=0)
+    res = Redactor(FakeDetector(), report_only, leaky).process(item)
+    assert res.status == "redacted" and res.remaining == 1 and res.legible == ["Smith"] and res.audit_covered == 0
     assert json.loads((tmp_path / "a.json").read_text())["verify"]["legible"][0]["text"] == "Smith"
-    res = Redactor(FakeDetector(), RedactConfig(verify=True, strict=True, force=True), leaky).process(item)
+    res = Redactor(FakeDetector(), replace(report_only, strict=True, force=True), leaky).process(item)
     assert res.status == "failed" and res.reason == "text_remaining" and not (tmp_path / "o.png").exists()
     assert "Smith" in res.detail
     clean = Redactor(FakeDetector(), RedactConfig(verify=True, strict=True, force=True), FakeReader([on_fill])).process(item)
     assert clean.status == "redacted" and clean.remaining == 0
+
+
+def test_verify_covers_what_the_audit_reads_and_reads_again(tmp_path):
+    """What OCR still reads is covered (default 2 rounds), and the output is read again: text
+    revealed round after round is covered until the rounds run out, then reported."""
+    from pipeline.legibility import Reading
+
+    src = tmp_path / "a.png"
+    Image.fromarray(rgb_noise(61)).save(src)
+    item = Item(str(src), "a.png", str(tmp_path / "o.png"), str(tmp_path / "a.json"))
+    res = Redactor(FakeDetector(), RedactConfig(verify=True, strict=True),
+                   FakeReader([Reading("Smith", 0.9, (0.0, 30.0, 20.0, 40.0))])).process(item)
+    assert res.status == "redacted" and res.remaining == 0 and res.audit_covered == 1
+    out = np.asarray(Image.open(tmp_path / "o.png"))
+    assert (out[30:40, 0:20] == 0).all()                               # the line OCR read is filled
+    sc = json.loads((tmp_path / "a.json").read_text())
+    assert [x["text"] for x in sc["verify"]["covered"]] == ["Smith"] and sc["verify"]["rounds"] == 2
+    assert [0.0, 30.0, 20.0, 40.0] in sc["pages"][0]["boxes"] and sc["n_boxes"] == len(BOXES) + 1
+
+    # a line read beside a covered box (the detector found only part of a date stamp): the gap
+    # between them is covered too, since what lies there belongs to the same line
+    res = Redactor(FakeDetector(), RedactConfig(verify=True, force=True),
+                   FakeReader([Reading("18:51", 0.9, (40.0, 6.0, 55.0, 14.0))])).process(item)
+    assert res.audit_covered == 1
+    out = np.asarray(Image.open(tmp_path / "o.png"))
+    assert (out[6:14, 25:40] == 0).all()
+    assert json.loads((tmp_path / "a.json").read_text())["verify"]["bridges"] == [[[25.0, 6.0, 40.0, 14.0]]]
+
+    class Revealing(FakeReader):
+        """Reads one more line in each new output, further right (text a cover revealed)."""
+
+        def read_views(self, views):
+            self.calls = getattr(self, "calls", 0) + 1
+            return [Reading(f"Line{self.calls}", 0.9, (4.0 + 12 * self.calls, 30.0, 14.0 + 12 * self.calls, 38.0))]
+
+    res = Redactor(FakeDetector(), RedactConfig(verify=True, force=True), Revealing([])).process(item)
+    assert res.audit_covered == 2 and res.remaining == 1 and res.legible == ["Line3"]
+
+
+def test_verify_never_skips_an_output_it_has_not_read(tmp_path):
+    """A run with --verify redoes outputs an earlier run made without the audit (a skipped image
+    would pass unread), keeps audited ones, and reports what their audit read."""
+    from pipeline.legibility import Reading
+
+    src = tmp_path / "a.png"
+    Image.fromarray(rgb_noise(62)).save(src)
+    item = Item(str(src), "a.png", str(tmp_path / "o.png"), str(tmp_path / "a.json"))
+    smith = FakeReader([Reading("Smith", 0.9, (0.0, 30.0, 20.0, 40.0))])
+    assert Redactor(FakeDetector(), RedactConfig(), smith).process(item).status == "redacted"
+    res = Redactor(FakeDetector(), RedactConfig(verify=True), smith).process(item)
+    assert res.status == "redacted" and res.audit_covered == 1            # read and covered, not skipped
+    assert Redactor(FakeDetector(), RedactConfig(verify=True), smith).process(item).status == "skipped"
+    assert Redactor(FakeDetector(), RedactConfig(), smith).process(item).status == "skipped"
+    left = Redactor(FakeDetector(), RedactConfig(verify=True, verify_rounds=0, force=True), smith).process(item)
+    assert left.remaining == 1
+    again = Redactor(FakeDetector(), RedactConfig(verify=True, verify_rounds=0), smith).process(item)
+    assert again.status == "skipped" and again.legible == ["Smith"]       # the summary still says so
+    assert Redactor(FakeDetector(), RedactConfig(verify=True, verify_rounds=0, strict=True), smith).process(item).status == "failed"
+    with pytest.raises(ValueError, match="verify-rounds"):
+        RedactConfig(verify_rounds=6)
 
 
 # --- the real detector ----------------------------------------------------------------------------------

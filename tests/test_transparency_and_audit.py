@@ -172,18 +172,26 @@ def test_verify_reads_what_was_left_and_strict_writes_nothing(tmp_path, monkeypa
     Image.fromarray(np.where(text_mask()[..., None], 10, np.asarray(im)).astype(np.uint8)).save(tmp_path / "s.png")
     run = ["-w", str(tmp_path / "ws"), "-q", "--json", "redact", str(tmp_path / "s.png"), str(tmp_path / "o.png"),
            "--detector", "ppocr", "--verify"]
-    r = CliRunner().invoke(app, run)
+    r = CliRunner().invoke(app, run + ["--verify-rounds", "0"])   # report only
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout)
-    assert summary["remaining_text"] >= 1
+    assert summary["remaining_text"] >= 1 and summary["audit_covered"] == 0
     assert any("48213" in normalise(x["text"]) for x in summary["legible"])
     sc = json.loads((tmp_path / "o.audit" / "sidecars" / "s.png.json").read_text())
     assert sc["verify"]["reader"] == "ppocr-v4-rec" and sc["verify"]["legible"][0]["score"] >= 0.5
     assert not any(normalise(WORDS[1]) in normalise(x["text"]) for x in sc["verify"]["legible"])  # covered line
     (tmp_path / "o.png").unlink()
-    r = CliRunner().invoke(app, run + ["--strict", "--force"])
+    r = CliRunner().invoke(app, run + ["--verify-rounds", "0", "--strict", "--force"])
     assert r.exit_code == 1 and not (tmp_path / "o.png").exists()
     assert "legible" in json.loads(r.stdout)["errors"][0]
+    # the default: what OCR reads is covered and read again; nothing legible is left to fail on
+    r = CliRunner().invoke(app, run + ["--strict"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["audit_covered"] >= 1 and summary["remaining_text"] == 0
+    sc = json.loads((tmp_path / "o.audit" / "sidecars" / "s.png.json").read_text())
+    assert any("48213" in normalise(x["text"]) for x in sc["verify"]["covered"])
+    assert words_read(reader, viewer_pictures(tmp_path / "o.png")).isdisjoint(set(WORDS))   # an independent read
 
 
 def test_leak_metric_counts_words_read_at_their_place():

@@ -36,8 +36,9 @@ def redact_cmd(
     dry_run: bool = typer.Option(False, "--dry-run", help="Detect and report; write nothing."),
     archive: Optional[Path] = typer.Option(None, help="Move each original here (tree mirrored) after its output is checked."),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first failed image."),
-    verify: bool = typer.Option(False, "--verify", help="Legibility audit: OCR (PP-OCRv4 recogniser) reads every output as viewers show it; report strings of 3+ characters left outside the covered areas."),
-    strict: bool = typer.Option(False, "--strict", help="With --verify: fail (and do not write) images in which OCR still reads text."),
+    verify: bool = typer.Option(False, "--verify", help="Legibility audit: OCR (PP-OCRv4 recogniser) reads every output as viewers show it, covers strings of 3+ characters it still reads, reads again; reports what is left."),
+    verify_rounds: int = typer.Option(rr.DEFAULT_VERIFY_ROUNDS, min=0, max=rr.MAX_VERIFY_ROUNDS, help="With --verify: rounds of covering what OCR still reads (0: only report)."),
+    strict: bool = typer.Option(False, "--strict", help="With --verify: fail (and do not write) images in which OCR still reads text after the covering rounds."),
     review: bool = typer.Option(False, "--review", help="Hold images with uncertain boxes back and send them to Label Studio."),
     review_band: str = typer.Option("%g,%g" % rr.DEFAULT_REVIEW_BAND, help="Uncertain score band lo,hi for --review."),
     from_review: bool = typer.Option(False, "--from-review", help="Finish held images with their reviewed boxes (after `textloop pull`)."),
@@ -53,7 +54,7 @@ def redact_cmd(
     redact.log and summary.json. Exit code 1 if any image failed."""
     st = state(ctx)
     cfg = _config(st, threshold, pad, style, shape, color, quality, max_pixels, review, review_band, verify, strict,
-                  dry_run, force or from_review)
+                  dry_run, force or from_review, verify_rounds)
     try:
         with progress(st, "redact") as update:
             summary = redact_tree(input, output, cfg, workspace=st.ws, detector=detector,
@@ -71,7 +72,7 @@ def redact_cmd(
 
 def _config(st: AppState, threshold: float, pad: str, style: str, shape: str, color: str, quality: int,
             max_pixels: int, review: bool, review_band: str, verify: bool, strict: bool, dry_run: bool,
-            force: bool) -> rr.RedactConfig:
+            force: bool, verify_rounds: int = rr.DEFAULT_VERIFY_ROUNDS) -> rr.RedactConfig:
     """The options that decide the output, checked (exit code 2 on a bad one)."""
     if style not in STYLES:
         fail(f"--style must be one of {', '.join(STYLES)}", 2)
@@ -90,7 +91,7 @@ def _config(st: AppState, threshold: float, pad: str, style: str, shape: str, co
                          "can be reconstructed. Use the default opaque fill for anything sensitive.", highlight=False)
     return rr.RedactConfig(threshold=threshold, pad=pad_v, style=style, shape=shape, color=color_v, jpeg_quality=quality,
                            max_pixels=max_pixels, review=review, review_band=(lo, hi), verify=verify,
-                           strict=strict, dry_run=dry_run, force=force)
+                           verify_rounds=verify_rounds, strict=strict, dry_run=dry_run, force=force)
 
 
 def _render(c: Console, summary: RedactSummary, verify: bool) -> None:
@@ -121,7 +122,9 @@ def _render(c: Console, summary: RedactSummary, verify: bool) -> None:
     if len(summary["errors"]) > 50:
         c.print(f"... and {len(summary['errors']) - 50} more (see {audit_dir / 'manifest.csv'})")
     if verify:
-        c.print(f"verify: OCR read {summary['remaining_text']} legible string(s) outside the covered areas"
+        covered = summary["audit_covered"]
+        c.print((f"verify: covered {covered} string(s) the detector missed and OCR could still read; " if covered else "verify: ")
+                + f"OCR reads {summary['remaining_text']} legible string(s) outside the covered areas"
                 + (": " + ", ".join(repr(x["text"]) for x in summary["legible"][:10]) if summary["legible"] else ""),
                 highlight=False)
     if review_info:

@@ -38,6 +38,7 @@ class RedactSummary:
     boxes: int
     remaining_text: int
     legible: list[dict[str, str]]
+    audit_covered: int              # --verify: strings OCR read in an output, then covered
     ignored_non_images: int
     seconds: float
     images_per_s: float
