@@ -227,7 +227,7 @@ def pad(boxes: np.ndarray, px: float = 0.0, frac_of_height: float = 0.0) -> np.n
 def line_bridges(new: Any, old: Any, max_gap: float = 4.0) -> np.ndarray:
     """xyxy boxes spanning the horizontal gap between a box of `new` and a box of `old` that sit
     on one text line (vertical overlap >= half the lower box's height) at most `max_gap` x the
-    taller one's height apart. Covering fragments of a line leaves its middle readable to a
+    lower box's height apart, as tall as the lower box. Covering fragments of a line leaves its middle readable to a
     person even when no OCR line there has 3 characters ("-16" between two covered parts)."""
     a, b = _as_boxes(new), _as_boxes(old)
     if not len(a) or not len(b):
@@ -238,11 +238,10 @@ def line_bridges(new: Any, old: Any, max_gap: float = 4.0) -> np.ndarray:
     left = np.maximum(a[:, None, 0], b[None, :, 0])     # start of the right-hand box
     right = np.minimum(a[:, None, 2], b[None, :, 2])    # end of the left-hand box
     gap = left - right
-    keep = same_line & (gap > 0) & (gap <= max_gap * np.maximum(ha, hb))
+    keep = same_line & (gap > 0) & (gap <= max_gap * np.minimum(ha, hb))
     i, j = np.nonzero(keep)
-    top = np.minimum(a[i, 1], b[j, 1])
-    bottom = np.maximum(a[i, 3], b[j, 3])
-    return np.stack([right[i, j], top, left[i, j], bottom], axis=1).reshape(-1, 4)
+    shorter = np.where((ha[:, 0][i] <= hb[0][j])[:, None], a[i], b[j])   # the bridge is the shorter box's height
+    return np.stack([right[i, j], shorter[:, 1], left[i, j], shorter[:, 3]], axis=1).reshape(-1, 4)
 
 
 def to_int_pixels(boxes: np.ndarray, width: int, height: int) -> np.ndarray:

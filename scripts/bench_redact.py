@@ -56,6 +56,7 @@ GOAL_LEAK = 0
 GOAL_MICRO_COVERAGE, GOAL_MICRO_OVER = 0.995, 0.02
 GOAL_IMAGES_PER_S, GOAL_CPU_S, GOAL_FLOOR_RATIO, GOAL_RSS_MB = 4.0, 0.5, 1 / 25, 1500.0
 MAGENTA = (255, 0, 255)
+VERIFY_SUFFIX = "+verify"   # a quality detector NAME+verify: redact --verify with NAME
 
 
 # --- generated throughput sets --------------------------------------------------------------
@@ -525,7 +526,10 @@ def transparent_quality(work: Path, detectors: dict[str, Any], reader, threshold
 
 def quality(devset: Path, work: Path, detectors: dict[str, Any], pads: list[str], threshold: float,
             default_pad: str, reader: Any = None, shapes: tuple[str, ...] = ("polygon",),
-            limit: int = 0) -> list[dict[str, Any]]:
+            limit: int = 0, verify_reader: Any = None) -> list[dict[str, Any]]:
+    """Redact the devset's lossless copies with every detector, shape and pad; score the output
+    pixels (and, with `reader`, the leak at the default pad). A detector named NAME+verify runs
+    `redact --verify` (the audit covers what `verify_reader` reads) on NAME's detections."""
     import shutil
 
     from pipeline.redact.core import Pad
@@ -542,9 +546,11 @@ def quality(devset: Path, work: Path, detectors: dict[str, Any], pads: list[str]
                 shutil.rmtree(out, ignore_errors=True)
                 shutil.rmtree(out.parent / f"{out.name}.audit", ignore_errors=True)
                 items = [it for it in plan(str(src_root), out)[0] if it.rel in wanted]
-                cfg = RedactConfig(threshold=threshold, pad=Pad.parse(pad), shape=shape, color=MAGENTA, force=True)
+                verify = det_name.endswith(VERIFY_SUFFIX)
+                cfg = RedactConfig(threshold=threshold, pad=Pad.parse(pad), shape=shape, color=MAGENTA, force=True,
+                                   verify=verify)
                 t0 = time.perf_counter()
-                results = list(run_local(Redactor(cached, cfg), items, workers=1))
+                results = list(run_local(Redactor(cached, cfg, verify_reader if verify else None), items, workers=1))
                 dt = time.perf_counter() - t0
                 failed = [r for r in results if r.status == "failed"]
                 per = measure(out, recs)
@@ -552,6 +558,7 @@ def quality(devset: Path, work: Path, detectors: dict[str, Any], pads: list[str]
                     for src, lk in leak(out, src_root, recs, reader, work).items():
                         per.setdefault(src, {}).update(lk)
                 row = {"detector": det_name, "shape": shape, "pad": pad, "threshold": threshold,
+                       "audit_covered": sum(r.audit_covered for r in results),
                        "default": pad == default_pad and shape == "polygon", "images": len(items),
                        "detect_cpu_s_per_image": round(cached.cpu_s / max(1, cached.calls), 3),
                        "seconds": round(dt, 1), "failed": len(failed), "by_source": per}
@@ -588,13 +595,16 @@ def fmt_quality_row(row: dict[str, Any]) -> str:
         if "leaked_words" in m:
             part += f" leak {m['leaked_words']}/{m['readable_words']}"
         parts.append(part)
+    if row["detector"].endswith(VERIFY_SUFFIX):
+        parts.append(f"audit covered {row.get('audit_covered', 0)} lines, {row['seconds']:.0f} s")
     return "  ".join(parts) + ("  MEETS GOALS" if row["meets_goals"] else "")
 
 
 # --- synthetic microscopy overlays ----------------------------------------------------------------
 
 def microscopy_quality(work: Path, detectors: dict[str, Any], threshold: float, pad: str,
-                       shapes: tuple[str, ...] = ("polygon",), limit: int = 0) -> list[dict[str, Any]]:
+                       shapes: tuple[str, ...] = ("polygon",), limit: int = 0,
+                       verify_reader: Any = None) -> list[dict[str, Any]]:
     """bench_detect.py's held-out synthetic microscopy set (`MICRO`, imported), redacted as PNG with
     magenta: ink coverage = glyph pixels (`pipeline.synth`'s exact ink map, regenerated from the
     same seed) that came out magenta; over-redaction = magenta outside every GT box, over all pixels."""
@@ -629,8 +639,9 @@ def microscopy_quality(work: Path, detectors: dict[str, Any], threshold: float, 
             shutil.rmtree(out, ignore_errors=True)
             items = [Item(str(p), p.name, str(out / p.name), str(out.parent / f"{out.name}.audit" / f"{p.name}.json"))
                      for p, _, _ in rendered]
-            cfg = RedactConfig(threshold=threshold, pad=Pad.parse(pad), shape=shape, color=MAGENTA, force=True)
-            list(run_local(Redactor(cached, cfg), items, workers=1))
+            verify = det_name.endswith(VERIFY_SUFFIX)
+            cfg = RedactConfig(threshold=threshold, pad=Pad.parse(pad), shape=shape, color=MAGENTA, force=True, verify=verify)
+            list(run_local(Redactor(cached, cfg, verify_reader if verify else None), items, workers=1))
             ink = cov = outside = px = 0
             for p, m, boxes in rendered:
                 arr = np.asarray(Image.open(out / p.name).convert("RGB"))
@@ -754,6 +765,9 @@ def main() -> int:
         for name in names:
             if name == "ppocr+ms":
                 dets[name] = UnionDetector([stock, stock.with_options(scales=(1.0, 2.0))])
+            elif name.endswith(VERIFY_SUFFIX):   # redact --verify with that detector (same detections)
+                base = name[: -len(VERIFY_SUFFIX)]
+                dets[unique_label(name, dets)] = dets.get(base) or named_detector(base, stock)
             else:
                 dets[unique_label(name, dets)] = named_detector(name, stock)
         for spec in args.replay:
@@ -762,18 +776,19 @@ def main() -> int:
         print(f"quality on {args.set} (coverage/over-redaction per source; msra against polygons; threshold {threshold}):",
               flush=True)
         reader = None
-        if not args.skip_leak:
+        if not args.skip_leak or any(n.endswith(VERIFY_SUFFIX) for n in names):
             from pipeline.legibility import Reader
 
             reader = Reader()
         shapes = tuple(x for x in args.shapes.split(",") if x)
-        dets = {k: CachedDetector(v) for k, v in dets.items()}   # shared by the devset and microscopy parts
+        cached: dict[int, CachedDetector] = {}   # one cache per detector object (NAME and NAME+verify share it)
+        dets = {k: cached.setdefault(id(v), CachedDetector(v)) for k, v in dets.items()}   # devset and microscopy parts
         result["quality"] = quality(args.set, args.work, dets, [p for p in args.pads.split(",") if p], threshold,
-                                    str(DEFAULT_PAD), reader, shapes, args.limit)
+                                    str(DEFAULT_PAD), None if args.skip_leak else reader, shapes, args.limit, reader)
         if not args.skip_micro:
             print("synthetic microscopy overlays (bench_detect's MICRO set):", flush=True)
-            result["microscopy"] = microscopy_quality(args.work, dets, threshold, str(DEFAULT_PAD), shapes, args.limit)
-        if reader is not None:
+            result["microscopy"] = microscopy_quality(args.work, dets, threshold, str(DEFAULT_PAD), shapes, args.limit, reader)
+        if reader is not None and not args.skip_leak:
             print("transparent images (defaults; OCR on every viewer picture):", flush=True)
             result["transparent"] = transparent_quality(args.work, dets, reader, threshold)
     result["goals"] = [{"goal": g, "measured": m, "passed": ok} for g, m, ok in goals(result)]

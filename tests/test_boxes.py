@@ -74,12 +74,16 @@ def test_iou_matrix_shape_and_values():
 
 def test_line_bridges_span_the_gap_between_fragments_of_one_line_only() -> None:
     old = np.array([[0, 100, 50, 112], [200, 300, 260, 314]], float)           # two covered pieces
-    new = np.array([[86, 101, 120, 113],       # same line as old[0], 36 px = 3 heights to its right
+    new = np.array([[86, 101, 120, 113],       # same line as old[0], 36 px = 3 line heights to its right
                     [300, 100, 340, 112],      # same line, 250 px away: another phrase
                     [60, 140, 90, 152],        # the next line down
                     [180, 302, 230, 316]])     # overlaps old[1]: no gap to span
     b = line_bridges(new, old)
-    np.testing.assert_allclose(b, [[50, 100, 86, 113]])                        # the gap, both heights
-    np.testing.assert_allclose(line_bridges(new[:1], [[150, 100, 200, 112]]), [[120, 100, 150, 113]])  # rightwards
+    np.testing.assert_allclose(b, [[50, 101, 86, 113]])    # the gap, as tall as the lower box (a tie: the new one)
+    np.testing.assert_allclose(line_bridges(new[:1], [[150, 100, 200, 112]]), [[120, 101, 150, 113]])  # rightwards
+    # a short line beside a tall box: the bridge is the line's height, the reach 4 x the line's height
+    np.testing.assert_allclose(line_bridges([[0, 0, 10, 10]], [[20, 2, 40, 200]]), [[10, 0, 20, 10]])
+    assert line_bridges([[0, 0, 10, 10]], [[60, 2, 80, 200]]).shape == (0, 4)
+
     assert line_bridges(new, old, max_gap=2.0).shape == (0, 4)
     assert line_bridges(np.zeros((0, 4)), old).shape == (0, 4)

@@ -569,6 +569,12 @@ def test_verify_covers_what_the_audit_reads_and_reads_again(tmp_path):
     assert (out[6:14, 25:40] == 0).all()
     assert json.loads((tmp_path / "a.json").read_text())["verify"]["bridges"] == [[[25.0, 6.0, 40.0, 14.0]]]
 
+    # OCR "reading" letters in a box of half the page (a whole receipt, once) is reported, not covered
+    huge = Reading("MEHFE", 0.6, (0.0, 20.0, 64.0, 40.0))
+    res = Redactor(FakeDetector(), RedactConfig(verify=True, force=True), FakeReader([huge])).process(item)
+    assert res.audit_covered == 0 and res.legible == ["MEHFE"]
+    assert (np.asarray(Image.open(tmp_path / "o.png"))[32:40] != 0).any()
+
     class Revealing(FakeReader):
         """Reads one more line in each new output, further right (text a cover revealed)."""
 

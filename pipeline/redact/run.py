@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.boxes import Detections, line_bridges
+from pipeline.boxes import Detections, line_bridges, area as box_area
 from pipeline.detectors.base import detect_visible
 from pipeline.io import UnwritableError, atomic_write_bytes, atomic_write_text, is_atomic_temp, sha256_bytes, sha256_file
 from pipeline.imaging import ImageRejected
@@ -52,6 +52,10 @@ DEFAULT_REVIEW_BAND = (0.3, 0.4)   # holds 26 % of devset images with ppocr (0.3
 # in the rest; one round covers it, a second catches what the first uncovered line hid)
 DEFAULT_VERIFY_ROUNDS = 2
 MAX_VERIFY_ROUNDS = 5
+# ... but never a line box larger than this share of the page: OCR "reads" 4-5 letters in a whole
+# receipt (sroie: a 846x1461 box read as "MEHFE" at 0.5+), and covering that doubled the set's
+# over-redaction; such a reading stays reported (and fails --strict) for a person to judge
+MAX_AUDIT_COVER_SHARE = 0.10
 
 
 @dataclass(frozen=True)
@@ -493,15 +497,20 @@ class Redactor:
         adds the lines OCR still reads outside the fill (their boxes, padded like detections) and
         reads the new output again, since covering one line can leave a neighbour it had
         swallowed; the gap between such a line and a covered box on the same text line is
-        covered with it (`boxes.line_bridges`). What it reads after the last round is reported (and fails `--strict`)."""
+        covered with it (`boxes.line_bridges`). Lines larger than `MAX_AUDIT_COVER_SHARE` of the
+        page are never covered by the audit, only reported. What it reads after the last round is reported (and fails `--strict`)."""
         dets, added = list(dets), []
         bridges: list[list[list[float]]] = [[] for _ in dets]
         for rnd in range(self.cfg.verify_rounds + 1):
             verify = self._verify(out_bytes, [c.mask for c in covers])
             if not verify["legible"] or rnd == self.cfg.verify_rounds:
                 break
+            coverable = [x for x in verify["legible"] if box_area([x["box"]])[0]
+                         <= MAX_AUDIT_COVER_SHARE * doc.pages[x["page"]].width * doc.pages[x["page"]].height]
+            if not coverable:
+                break
             for i, d in enumerate(dets):
-                read = [x for x in verify["legible"] if x["page"] == i]
+                read = [x for x in coverable if x["page"] == i]
                 if not read:
                     continue
                 boxes = np.asarray([x["box"] for x in read], np.float64)
@@ -509,7 +518,7 @@ class Redactor:
                 bridges[i] += [[round(float(v), 2) for v in b] for b in bridge]
                 dets[i] = Detections.concat([d, Detections(np.concatenate([boxes, bridge]),
                                                            [x["score"] for x in read] + [1.0] * len(bridge))])
-            added += [{**x, "round": rnd + 1} for x in verify["legible"]]
+            added += [{**x, "round": rnd + 1} for x in coverable]
             covers, out_bytes = self._render(doc, dets)
         verify.update(rounds=self.cfg.verify_rounds, covered=added, bridges=bridges)
         return dets, covers, out_bytes, verify
