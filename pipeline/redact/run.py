@@ -498,7 +498,8 @@ class Redactor:
         reads the new output again, since covering one line can leave a neighbour it had
         swallowed; the gap between such a line and a covered box on the same text line is
         covered with it (`boxes.line_bridges`). Lines larger than `MAX_AUDIT_COVER_SHARE` of the
-        page are never covered by the audit, only reported. What it reads after the last round is reported (and fails `--strict`)."""
+        page are only reported, never covered. What it reads after the last round is reported
+        (and fails `--strict`)."""
         dets, added = list(dets), []
         bridges: list[list[list[float]]] = [[] for _ in dets]
         for rnd in range(self.cfg.verify_rounds + 1):
