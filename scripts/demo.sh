@@ -44,7 +44,7 @@ step "curate: duplicates, outliers, label noise (report only)"
 $TL curate
 $TL report
 
-step "redact the samples with the current model; OCR audits every output (--verify)"
+step "redact the samples with the current model; OCR reads every output and covers what it can still read (--verify)"
 $TL redact data/samples "$TEXTLOOP_WORKSPACE/redacted" --verify
 
 step "status"
