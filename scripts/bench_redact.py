@@ -762,14 +762,18 @@ def main() -> int:
         dets: dict[str, Any] = {}
         names = [d for d in args.quality_detectors.split(",") if d]
         stock = load_detector("ppocr") if any(n.startswith("ppocr") or n == "default" for n in names) else None
+        by_spec: dict[str, tuple[str, Any]] = {}   # spec -> (label, detector): NAME+verify reuses NAME's
         for name in names:
             if name == "ppocr+ms":
                 dets[name] = UnionDetector([stock, stock.with_options(scales=(1.0, 2.0))])
             elif name.endswith(VERIFY_SUFFIX):   # redact --verify with that detector (same detections)
                 base = name[: -len(VERIFY_SUFFIX)]
-                dets[unique_label(name, dets)] = dets.get(base) or named_detector(base, stock)
+                label, det = by_spec.get(base) or (unique_label(base, dets), named_detector(base, stock))
+                dets[label + VERIFY_SUFFIX] = det
             else:
-                dets[unique_label(name, dets)] = named_detector(name, stock)
+                label = unique_label(name, dets)
+                dets[label] = named_detector(name, stock)
+                by_spec[name] = (label, dets[label])
         for spec in args.replay:
             name, _, audit = spec.partition("=")
             dets[name] = ReplayDetector(Path(audit), lossless_copies(args.set, args.work)[0], name)
