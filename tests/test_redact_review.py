@@ -112,3 +112,32 @@ def test_review_push_failure_keeps_the_hold(setup, monkeypatch):
     code, s = _cli(tmp_path, str(src), str(tmp_path / "out"), "--review")
     assert code == 0 and s["held_for_review"] == 1 and "not running" in s["review"]["push_error"]
     assert not (tmp_path / "out" / "unsure.png").exists()
+
+
+def test_review_with_verify_queues_what_the_audit_had_to_cover(setup, monkeypatch):
+    """`--review --verify`: an image written after the audit covered a line the detector missed
+    goes to Label Studio too, its boxes (the detector's + the audit's line) stored under
+    `<version>+audit`, so the detector's own predictions stay its own."""
+    import pipeline.legibility as leg
+    from pipeline.legibility import Reading
+    from tests.test_redact import FakeReader
+
+    tmp_path, src, arrays, pushed = setup
+    line, real = (0.0, 30.0, 20.0, 40.0), leg.Reader
+
+    class Reads(FakeReader):
+        def legible(self, readings, covered=None, inside=0.5):
+            return real.legible(self, readings, covered, inside)   # the real filter
+
+    monkeypatch.setattr(leg, "Reader", lambda *a, **k: Reads([Reading("Smith", 0.9, line)]))
+    code, s = _cli(tmp_path, str(src), str(tmp_path / "out"), "--review", "--verify")
+    assert code == 0 and s["redacted"] == 1 and s["held_for_review"] == 1 and s["audit_covered"] == 1, s["errors"]
+    assert s["review"]["held"] == 1 and s["review"]["audit_covered"] == 1 and s["review"]["pushed"] == 2
+    sure = hashlib.sha256((src / "sure.png").read_bytes()).hexdigest()
+    unsure = hashlib.sha256((src / "unsure.png").read_bytes()).hexdigest()
+    assert sorted(pushed, key=lambda p: p[1]) == [([unsure], "fake-1"), ([sure], "fake-1+audit")]
+    with Workspace.open(tmp_path / "ws").catalog() as cat:
+        rows = {(r["image_id"], r["model_version"]): json.loads(r["boxes"])
+                for r in cat.query("SELECT image_id, model_version, boxes FROM predictions")}
+    assert rows[(sure, "fake-1+audit")] == [*BOXES, list(line)] and (sure, "fake-1") not in rows
+    assert (np.asarray(Image.open(tmp_path / "out" / "sure.png"))[30:40, 0:20] == 0).all()

@@ -128,7 +128,10 @@ def _render(c: Console, summary: RedactSummary, verify: bool) -> None:
                 + (": " + ", ".join(repr(x["text"]) for x in summary["legible"][:10]) if summary["legible"] else ""),
                 highlight=False)
     if review_info:
-        c.print(f"review: {review_info.get('held', 0)} held, {review_info.get('pushed', 0)} pushed to Label Studio"
+        audit = review_info.get("audit_covered", 0)
+        c.print(f"review: {review_info.get('held', 0)} held"
+                + (f", {audit} redacted with text the detector missed (the audit covered it)" if audit else "")
+                + f", {review_info.get('pushed', 0)} pushed to Label Studio"
                 + (f" (push failed: {review_info['push_error']})" if review_info.get("push_error") else ""))
     c.print(f"{summary['boxes']} boxes, {summary['images_per_s']} images/s, {summary['seconds']}s, "
             f"detector {summary['detector']}{_describe_model(summary.get('model') or {})}"

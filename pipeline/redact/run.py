@@ -455,13 +455,11 @@ class Redactor:
         covers, out_bytes = self._render(doc, final)
         verify: dict[str, Any] | None = None
         if cfg.verify and self.verifier is not None:
+            n_final = [len(d) for d in final]
             final, covers, out_bytes, verify = self._audit(doc, final, covers, out_bytes)
-            for x in verify["covered"]:   # the sidecar lists them with the detections
-                res.boxes[x["page"]].append([round(float(v), 2) for v in x["box"]])
-                res.scores[x["page"]].append(round(float(x["score"]), 4))
-            for i, page_bridges in enumerate(verify["bridges"]):
-                res.boxes[i] += page_bridges
-                res.scores[i] += [1.0] * len(page_bridges)
+            for i, (d, before) in enumerate(zip(final, n_final)):   # the sidecar lists them with the
+                res.boxes[i] += [[round(float(v), 2) for v in b] for b in d.boxes[before:]]   # detections, in
+                res.scores[i] += [round(float(v), 4) for v in d.scores[before:]]            # the same order
             res.n_boxes = sum(len(d) for d in final)
             res.audit_covered = len(verify["covered"])
             res.remaining = verify["remaining"]

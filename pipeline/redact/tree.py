@@ -185,11 +185,12 @@ def redact_tree(input: str, output: Path, cfg: rr.RedactConfig = rr.RedactConfig
         archived = _archive(results, items, archive, cfg) if archive and not dry_run else 0
 
         review_info: dict[str, Any] | None = None
-        held_results = [r for r in results if r.status == "held"]
-        if cfg.review and held_results and not dry_run:
+        # held images, and (with --verify) written ones whose audit covered what the detector missed
+        to_review = [r for r in results if r.status == "held" or (r.status == "redacted" and r.audit_covered)]
+        if cfg.review and to_review and not dry_run:
             from pipeline.redact import review as rv
 
-            review_info = rv.queue_for_review(ws, held_results, det.version, min_score=cfg.detection_floor,
+            review_info = rv.queue_for_review(ws, to_review, det.version, min_score=cfg.detection_floor,
                                              sidecars={it.rel: it.sidecar for it in items})
 
         info = getattr(det, "info", None) or {}  # a trained model: its validation coverage (at the over-redaction budget)
