@@ -4,9 +4,10 @@ later with the reviewed boxes.
 `--review`: an image with a box scored inside the uncertain band is not written; its sidecar
 says `held`. With `--verify`, an image whose audit had to cover text the detector missed is
 written (covered) and also queued, with the audit's lines among its boxes, so reviewers
-label what the detector did not see and the next trained model learns it. The held originals are harvested into the workspace (content-addressed by the
-same sha256 the sidecar records), the detector's boxes are stored as its predictions, and the
-images are pushed to Label Studio as pre-annotated tasks. After labelling, `textloop pull`
+label what the detector did not see and the next trained model learns it. The originals are
+harvested into the workspace (content-addressed by the same sha256 the sidecar records),
+their boxes are stored as predictions, and the images are pushed to Label Studio as
+pre-annotated tasks. After labelling, `textloop pull`
 puts the reviewed boxes into the catalog's `annotations`, and `textloop redact --from-review`
 redacts the held images with them.
 """
