@@ -558,7 +558,8 @@ def test_verify_covers_what_the_audit_reads_and_reads_again(tmp_path):
     assert (out[30:40, 0:20] == 0).all()                               # the line OCR read is filled
     sc = json.loads((tmp_path / "a.json").read_text())
     assert [x["text"] for x in sc["verify"]["covered"]] == ["Smith"] and sc["verify"]["rounds"] == 2
-    assert [0.0, 30.0, 20.0, 40.0] in sc["pages"][0]["boxes"] and sc["n_boxes"] == len(BOXES) + 1
+    assert sc["pages"][0]["boxes"] == BOXES and sc["n_boxes"] == len(BOXES)   # the detector's, for review/replay
+    assert sc["pages"][0]["covered_px"] > covered_mask(BOXES, W, H, Pad(0, 0.1)).sum()     # + the audit's line
 
     # a line read beside a covered box (the detector found only part of a date stamp): the gap
     # between them is covered too, since what lies there belongs to the same line
@@ -745,3 +746,14 @@ def test_redact_with_a_named_detector_creates_no_workspace(tmp_path, fake):
     src = make_tree(tmp_path / "in")
     r = cli(tmp_path, "redact", "--detector", "ppocr", str(src), str(tmp_path / "out"))
     assert r.exit_code == 0 and not (tmp_path / "ws").exists()
+
+
+def test_verify_rounds_is_range_checked_and_needs_verify(tmp_path, fake):
+    src = tmp_path / "a.png"
+    Image.fromarray(rgb_noise(63)).save(src)
+    for args, msg in ((["--verify-rounds", "1"], "--verify-rounds needs --verify"),
+                      (["--verify", "--verify-rounds", "6"], "--verify-rounds"),
+                      (["--verify", "--verify-rounds", "-1"], "--verify-rounds")):
+        r = cli(tmp_path, "redact", str(src), str(tmp_path / "o.png"), *args)
+        assert r.exit_code == 2 and msg in r.output + r.stderr, args
+        assert not (tmp_path / "o.png").exists()

@@ -67,3 +67,44 @@ def test_review_round_trip_through_label_studio(live_studio, tmp_path, monkeypat
     b = np.asarray(Image.open(out / "unsure.png"))
     cov = covered_mask(reviewed, W, H, RedactConfig().pad)
     assert (b[cov] == 0).all() and (b[~cov] == a[~cov]).all()
+
+
+def test_audit_covered_image_reaches_label_studio_and_its_labels_come_back(live_studio, tmp_path, monkeypatch):
+    """`--review --verify` against a real Label Studio and the real OCR audit: the detector finds
+    one of two lines, the audit reads and covers the other, and the image (written) is pushed
+    as a task with the detector's box; the labeller adds the missed line and `pull` stores it
+    as training data."""
+    from pipeline.studio.pull import pull
+    from tests.test_transparency_and_audit import OneWordDetector, SIZE, text_mask
+
+    ws, studio, project_id = live_review_setup(live_studio, monkeypatch, OneWordDetector(), "ws_audit_review",
+                                               "audit review")
+    src = tmp_path / "in"
+    src.mkdir()
+    a = np.where(text_mask()[..., None], 10, 250).astype(np.uint8).repeat(3, axis=2)
+    Image.fromarray(a).save(src / "form.png")
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["-w", str(ws.root), "--json", "redact", str(src), str(out), "--review", "--verify",
+                                 "--strict"], catch_exceptions=False)
+    s = json.loads(r.stdout)
+    assert r.exit_code == 0 and s["redacted"] == 1 and s["audit_covered"] >= 1, s
+    assert s["review"]["audit_covered"] == 1 and s["review"]["pushed"] == 1, s["review"]
+    tasks = list(studio.sdk.tasks.list(project=project_id, fields="all", page_size=100))
+    assert len(tasks) == 1
+    pred = tasks[0].predictions[0] if isinstance(tasks[0].predictions[0], dict) else tasks[0].predictions[0].dict()
+    assert len(pred["result"]) == 1                             # the detector's own box
+    w, h = SIZE
+    missed = [15.0, 75.0, 200.0, 125.0]                          # the second line, drawn by the labeller
+    result = []
+    for i, box in enumerate([[10.0, 10.0, 400.0, 62.0], missed]):
+        value = xyxy_to_ls_value(box, w, h)
+        value["rectanglelabels"] = ["text"]
+        result.append({"id": f"r{i}", "type": "rectanglelabels", "from_name": pred["result"][0]["from_name"],
+                       "to_name": pred["result"][0]["to_name"], "original_width": w, "original_height": h,
+                       "image_rotation": 0, "value": value})
+    studio.sdk.annotations.create(id=tasks[0].id, result=result, was_cancelled=False)
+    pull(ws, studio)
+    with ws.catalog() as cat:
+        rows = cat.latest_annotations(include_excluded=False)
+    (row,) = rows.values()
+    assert np.allclose(json.loads(row["boxes"])[1], missed, atol=0.5)

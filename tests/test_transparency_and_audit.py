@@ -204,3 +204,25 @@ def test_leak_metric_counts_words_read_at_their_place():
                 Reading("Smlth", 0.8, (0, 80, 100, 100))]            # 4 of 5 letters in runs
     assert leaked_words(gt, texts, [False, False, False, False], readings) == [0, 2]
     assert leaked_words(gt, texts, [True, False, False, False], readings) == [2]
+
+
+@pytest.mark.parametrize("kind", ["png_white", "png_alpha_only", "la"])
+def test_verify_covers_a_missed_line_of_a_transparent_image(tmp_path, monkeypatch, reader, kind):
+    """The audit reads every picture a viewer may show of the output and what it covers is
+    filled on every plane: a line the detector missed on a transparent input ends up unreadable
+    however the output is composited (read by OCR on Pillow's own composites)."""
+    import pipeline.detectors as dets
+    import pipeline.legibility as leg
+    import pipeline.redact.run as rr
+
+    monkeypatch.setattr(dets, "load_detector", lambda *a, **k: OneWordDetector())
+    monkeypatch.setattr(rr, "build_ppocr", lambda *a, **k: OneWordDetector())
+    monkeypatch.setattr(leg, "Reader", lambda *a, **k: reader)        # the module's real reader, loaded once
+    src = _save(kind, tmp_path / "t.png")
+    assert "48213" in words_read(reader, viewer_pictures(src))
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "-q", "--json", "redact", str(src), str(tmp_path / "o.png"),
+                                 "--detector", "ppocr", "--verify", "--strict"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["audit_covered"] >= 1 and summary["remaining_text"] == 0
+    assert words_read(reader, viewer_pictures(tmp_path / "o.png")).isdisjoint(set(WORDS))

@@ -37,7 +37,7 @@ def redact_cmd(
     archive: Optional[Path] = typer.Option(None, help="Move each original here (tree mirrored) after its output is checked."),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first failed image."),
     verify: bool = typer.Option(False, "--verify", help="Legibility audit: OCR (PP-OCRv4 recogniser) reads every output as viewers show it, covers strings of 3+ characters it still reads, reads again; reports what is left."),
-    verify_rounds: int = typer.Option(rr.DEFAULT_VERIFY_ROUNDS, min=0, max=rr.MAX_VERIFY_ROUNDS, help="With --verify: rounds of covering what OCR still reads (0: only report)."),
+    verify_rounds: Optional[int] = typer.Option(None, min=0, max=rr.MAX_VERIFY_ROUNDS, help=f"With --verify: rounds of covering what OCR still reads (0: only report; default {rr.DEFAULT_VERIFY_ROUNDS})."),
     strict: bool = typer.Option(False, "--strict", help="With --verify: fail (and do not write) images in which OCR still reads text after the covering rounds."),
     review: bool = typer.Option(False, "--review", help="Hold images with uncertain boxes back and send them to Label Studio."),
     review_band: str = typer.Option("%g,%g" % rr.DEFAULT_REVIEW_BAND, help="Uncertain score band lo,hi for --review."),
@@ -72,8 +72,10 @@ def redact_cmd(
 
 def _config(st: AppState, threshold: float, pad: str, style: str, shape: str, color: str, quality: int,
             max_pixels: int, review: bool, review_band: str, verify: bool, strict: bool, dry_run: bool,
-            force: bool, verify_rounds: int = rr.DEFAULT_VERIFY_ROUNDS) -> rr.RedactConfig:
+            force: bool, verify_rounds: int | None = None) -> rr.RedactConfig:
     """The options that decide the output, checked (exit code 2 on a bad one)."""
+    if verify_rounds is not None and not verify:
+        fail("--verify-rounds needs --verify", 2)
     if style not in STYLES:
         fail(f"--style must be one of {', '.join(STYLES)}", 2)
     if shape not in SHAPES:
@@ -91,7 +93,7 @@ def _config(st: AppState, threshold: float, pad: str, style: str, shape: str, co
                          "can be reconstructed. Use the default opaque fill for anything sensitive.", highlight=False)
     return rr.RedactConfig(threshold=threshold, pad=pad_v, style=style, shape=shape, color=color_v, jpeg_quality=quality,
                            max_pixels=max_pixels, review=review, review_band=(lo, hi), verify=verify,
-                           verify_rounds=verify_rounds, strict=strict, dry_run=dry_run, force=force)
+                           verify_rounds=rr.DEFAULT_VERIFY_ROUNDS if verify_rounds is None else verify_rounds, strict=strict, dry_run=dry_run, force=force)
 
 
 def _render(c: Console, summary: RedactSummary, verify: bool) -> None:

@@ -3,13 +3,12 @@ later with the reviewed boxes.
 
 `--review`: an image with a box scored inside the uncertain band is not written; its sidecar
 says `held`. With `--verify`, an image whose audit had to cover text the detector missed is
-written (covered) and also queued, with the audit's lines among its boxes, so reviewers
-label what the detector did not see and the next trained model learns it. The originals are
-harvested into the workspace (content-addressed by the same sha256 the sidecar records),
-their boxes are stored as predictions, and the images are pushed to Label Studio as
-pre-annotated tasks. After labelling, `textloop pull`
-puts the reviewed boxes into the catalog's `annotations`, and `textloop redact --from-review`
-redacts the held images with them.
+written (covered) and also queued, so reviewers label what the detector did not see and the
+next trained model learns it. The originals are harvested into the workspace
+(content-addressed by the same sha256 the sidecar records), the detector's boxes are stored
+as its predictions, and the images are pushed to Label Studio as pre-annotated tasks. After
+labelling, `textloop pull` puts the reviewed boxes into the catalog's `annotations` (training
+data), and `textloop redact --from-review` redacts the held images with them.
 """
 
 from __future__ import annotations
@@ -49,51 +48,39 @@ def held_quads(sidecar: str | Path | None, n_boxes: int) -> np.ndarray | None:
     return np.asarray(quads, dtype=np.float64).reshape(-1, 4, 2)
 
 
-AUDIT_SUFFIX = "+audit"   # predictions of an image the audit had to finish: the detector's boxes + the audit's lines
-
-
-def queue_for_review(ws: Workspace, held: Sequence[Result], model_version: str,
+def queue_for_review(ws: Workspace, queued: Sequence[Result], model_version: str,
                      min_score: float | None = None, sidecars: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Harvest the originals of `held`, store their boxes as predictions (`min_score`: the
-    threshold they were filtered with, so `predict` knows whether the row is complete), push
-    them to Label Studio. `held` holds images held back (their boxes: the detector's, under
-    `model_version`) and, with `--verify`, redacted images whose audit covered text the
-    detector missed, the examples the next model should learn from (their boxes include the
-    audit's lines, so they are stored and pushed under `model_version + AUDIT_SUFFIX`: the
-    detector's own predictions stay its own). `sidecars` (rel -> sidecar path) lets the stored
-    predictions keep the quads, so the tasks show rotated rectangles."""
-    groups = {model_version: [r for r in held if r.status != "redacted"],
-              model_version + AUDIT_SUFFIX: [r for r in held if r.status == "redacted"]}
-    out: dict[str, Any] = {"held": len(groups[model_version]), "audit_covered": len(groups[model_version + AUDIT_SUFFIX]),
-                           "pushed": 0}
-    if not held:
+    """Harvest the originals of `queued` (images held back and, with `--verify`, redacted ones
+    whose audit covered text the detector missed: what the next model should learn), store the
+    detector's boxes as its predictions (`min_score`: the threshold they were filtered with, so
+    `predict` knows whether the row is complete), push them to Label Studio. `sidecars` (rel ->
+    sidecar path) lets the stored predictions keep the detector's quads, so the tasks show
+    rotated rectangles; without it they are plain boxes."""
+    n_audit = sum(1 for r in queued if r.status == "redacted")
+    out: dict[str, Any] = {"held": len(queued) - n_audit, "audit_covered": n_audit, "pushed": 0}
+    if not queued:
         return out
     from pipeline.config import HarvestConfig
     from pipeline.harvest import harvest
     from pipeline.predict import store_predictions
 
-    summary = harvest(ws, [r.src for r in held], HarvestConfig(workers=1))
+    summary = harvest(ws, [r.src for r in queued], HarvestConfig(workers=1))
     with ws.catalog() as cat:
-        known = {row["id"] for row in cat.images_by_ids(sorted({r.input_sha256 for r in held}))}
-        for version, results in groups.items():
-            store_predictions(cat, version,
-                              [(r.input_sha256, Detections(r.boxes[0], r.scores[0], (),
-                                                           held_quads((sidecars or {}).get(r.rel), len(r.boxes[0]))))
-                               for r in results if r.input_sha256 in known and r.boxes],
-                              min_score=min_score)
-    out.update(in_workspace=len(known), harvest=summary.as_dict(), push={})
-    for version, results in groups.items():
-        ids = sorted({r.input_sha256 for r in results} & known)
-        if not ids:
-            continue
-        try:
-            out["push"][version] = push(ws, ids, version)
-            out["pushed"] += len(ids)
-        except Exception as exc:  # Label Studio down, no token, push not installed: the hold still stands
-            out["push_error"] = f"{type(exc).__name__}: {exc}"
-            log.warning("review: %d image(s) queued but not pushed to Label Studio (%s); they are in the "
-                        "workspace with predictions under %s, push them with `textloop push`",
-                        len(ids), out["push_error"], version)
+        known = {row["id"] for row in cat.images_by_ids(sorted({r.input_sha256 for r in queued}))}
+        store_predictions(cat, model_version,
+                          [(r.input_sha256, Detections(r.boxes[0], r.scores[0], (),
+                                                       held_quads((sidecars or {}).get(r.rel), len(r.boxes[0]))))
+                           for r in queued if r.input_sha256 in known and r.boxes],
+                          min_score=min_score)
+    out.update(in_workspace=len(known), harvest=summary.as_dict())
+    try:
+        out["push"] = push(ws, sorted(known), model_version)
+        out["pushed"] = len(known)
+    except Exception as exc:  # Label Studio down, no token, push not installed: the hold still stands
+        out["push_error"] = f"{type(exc).__name__}: {exc}"
+        log.warning("review: %d image(s) queued but not pushed to Label Studio (%s); they are in the "
+                    "workspace with predictions under %s, push them with `textloop push`",
+                    len(known), out["push_error"], model_version)
     return out
 
 

@@ -455,12 +455,9 @@ class Redactor:
         covers, out_bytes = self._render(doc, final)
         verify: dict[str, Any] | None = None
         if cfg.verify and self.verifier is not None:
-            n_final = [len(d) for d in final]
-            final, covers, out_bytes, verify = self._audit(doc, final, covers, out_bytes)
-            for i, (d, before) in enumerate(zip(final, n_final)):   # the sidecar lists them with the
-                res.boxes[i] += [[round(float(v), 2) for v in b] for b in d.boxes[before:]]   # detections, in
-                res.scores[i] += [round(float(v), 4) for v in d.scores[before:]]            # the same order
-            res.n_boxes = sum(len(d) for d in final)
+            # boxes, scores and quads stay the detector's (what review, replay and training read);
+            # the covered windows and polygons include the audit's lines, listed in `verify`
+            covers, out_bytes, verify = self._audit(doc, final, covers, out_bytes)
             res.audit_covered = len(verify["covered"])
             res.remaining = verify["remaining"]
             res.legible = [str(x["text"]) for x in verify["legible"]]
@@ -489,8 +486,8 @@ class Redactor:
         del arrays
         return covers, codec.encode(out_doc, codec.EncodeOptions(jpeg_quality=cfg.jpeg_quality, webp_quality=cfg.jpeg_quality))
 
-    def _audit(self, doc: codec.Document, dets: list[Detections], covers: list[Cover], out_bytes: bytes
-               ) -> tuple[list[Detections], list[Cover], bytes, dict[str, Any]]:
+    def _audit(self, doc: codec.Document, dets: Sequence[Detections], covers: list[Cover], out_bytes: bytes
+               ) -> tuple[list[Cover], bytes, dict[str, Any]]:
         """The legibility audit, which also covers what it reads: each of `verify_rounds` rounds
         adds the lines OCR still reads outside the fill (their boxes, padded like detections) and
         reads the new output again, since covering one line can leave a neighbour it had
@@ -520,7 +517,7 @@ class Redactor:
             added += [{**x, "round": rnd + 1} for x in coverable]
             covers, out_bytes = self._render(doc, dets)
         verify.update(rounds=self.cfg.verify_rounds, covered=added, bridges=bridges)
-        return dets, covers, out_bytes, verify
+        return covers, out_bytes, verify
 
     def _verify(self, out_bytes: bytes, masks: list[np.ndarray]) -> dict[str, Any]:
         """Legibility audit of the bytes actually written: decode them as a viewer would, read
