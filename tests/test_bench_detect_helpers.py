@@ -1,4 +1,4 @@
-"""bench_detect's microscopy breakdowns: coverage per overlay kind, and over readable overlays only."""
+"""bench_detect's helpers: microscopy breakdowns, the trade-off curve and the matched-over-redaction verdict."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.boxes import Detections
@@ -55,8 +56,57 @@ def test_out_of_range_recipe_options_stop_before_any_work(tmp_path: Path) -> Non
     import sys
 
     for args, word in ((["--db-interpolate", "0,1"], "interpolate"), (["--db-teacher-ignore", "2"], "teacher_ignore"),
-                       (["--db-minutes", "0"], "positive")):
+                       (["--db-minutes", "0"], "positive"), (["--unclip-grid", "0.5,1.6"], "unclip-grid")):
         r = subprocess.run([sys.executable, str(SCRIPT), "--work", str(tmp_path / "w"), *args],
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 2 and word in r.stderr.strip().splitlines()[-1]
         assert not (tmp_path / "w").exists()
+
+
+def test_the_trade_off_curve_reuses_each_map_and_widens_with_unclip(tmp_path: Path) -> None:
+    """Real stock ppocr on a generated page: the curve runs the network once per image (maps
+    cached), and a larger unclip ratio covers more text and more background."""
+    from matplotlib import font_manager
+
+    from pipeline.detectors.ppocr import PPOCRDetector
+
+    font = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), 28)
+    img = Image.new("RGB", (480, 160), (250, 250, 250))
+    d = ImageDraw.Draw(img)
+    boxes = [d.textbbox((20, 30), "SAMPLE 4711-B", font=font), d.textbbox((20, 100), "2026-11-29 18:51", font=font)]
+    for xy, text in (((20, 30), "SAMPLE 4711-B"), ((20, 100), "2026-11-29 18:51")):
+        d.text(xy, text, font=font, fill=(10, 10, 10))
+    img.save(tmp_path / "p.png")
+    rec = LabelledImage("p.png", 480, 160, boxes=np.array(boxes, float), source="forms")
+    det = PPOCRDetector(threads=1)
+    calls = []
+    forward = det._forward
+    det._forward = lambda x: calls.append(1) or forward(x)
+    det.cache_maps(True)
+    curve = _bench().trade_off_curve(det, [(tmp_path / "p.png", rec)], 0.3, [1.2, 1.6, 2.4])
+    assert len(calls) == 1 and [p["unclip_ratio"] for p in curve] == [1.2, 1.6, 2.4]
+    cov = [p["forms"]["text_coverage"] for p in curve]
+    over = [p["all"]["over_redaction"] for p in curve]
+    assert cov[0] < cov[2] and over[0] < over[2] and cov[2] > 0.9
+
+
+def test_a_model_is_judged_at_stock_over_redaction_and_against_the_goals() -> None:
+    mod = _bench()
+    curve = [{"unclip_ratio": u, "all": {"text_coverage": c, "over_redaction": o},
+              "scene": {"text_coverage": c - 0.1, "over_redaction": o / 2}}
+             for u, c, o in ((1.4, 0.90, 0.02), (1.6, 0.94, 0.04), (2.0, 0.97, 0.06))]
+    stock = {"all": {"text_coverage": 0.91, "over_redaction": 0.03},
+             "scene": {"text_coverage": 0.85, "over_redaction": 0.02},
+             "negatives": {"text_coverage": float("nan"), "over_redaction": 0.0}}
+    m = mod.matched(curve, stock)
+    assert set(m) == {"all", "scene"}                                  # text-free images: no coverage to match
+    assert m["all"]["coverage"] == pytest.approx(0.92) and m["all"]["delta"] == pytest.approx(0.01)
+    assert m["scene"]["delta"] == pytest.approx(0.84 - 0.85)            # read at over 0.02 on the scene curve
+    q = {"curve": curve, "matched": m, "synthetic_microscopy": {"text_coverage": 0.98},
+         "devset_half_b_by_source": {"negatives_skimage": {"over_redaction": 0.004}}}
+    g = mod.goals(q)
+    assert g["coverage >= 0.96 at over-redaction <= 0.05 (half B, best unclip)"]["value"] == 0.94
+    assert not g["coverage >= 0.96 at over-redaction <= 0.05 (half B, best unclip)"]["ok"]
+    assert g["synthetic microscopy coverage >= 0.97"]["ok"] and g["negatives over-redaction <= 0.005"]["ok"]
+    ahead = g["ahead of stock on every source at stock's over-redaction"]
+    assert not ahead["ok"] and ahead["at"] == "worst: scene"

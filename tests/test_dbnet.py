@@ -325,6 +325,21 @@ def test_selection_averages_sources_and_promotion_refuses_a_model_that_loses_one
     assert ok is not None and ok.ok
 
 
+def test_coverage_at_matched_over_redaction_reads_the_curve_between_its_points() -> None:
+    """A tuned model whose curve is shifted (more over-redaction at the same settings) is read at
+    stock's over-redaction, between its own points; a point that buys nothing is not on the curve."""
+    from pipeline.train.select import coverage_at_over
+
+    curve = [(0.02, 0.90), (0.04, 0.94), (0.03, 0.89), (0.08, 0.96)]   # (0.03, 0.89) is dominated
+    assert coverage_at_over(curve, 0.03) == pytest.approx(0.92)
+    assert coverage_at_over(curve, 0.06) == pytest.approx(0.95)
+    assert coverage_at_over(curve, 0.04) == pytest.approx(0.94)
+    assert coverage_at_over(curve, 0.20) == pytest.approx(0.96)        # beyond the curve: no extrapolation
+    assert coverage_at_over(curve, 0.01) is None                       # the curve never gets this tight
+    assert coverage_at_over([], 0.05) is None
+    assert coverage_at_over([(0.02, 0.5)], 0.02) == pytest.approx(0.5)
+
+
 def test_text_the_stock_model_sees_but_labels_miss_is_not_a_negative() -> None:
     """teacher_ignore: a labeller who left a word out must not teach the model to unsee it."""
     import torch

@@ -155,6 +155,26 @@ def best_within(points: Sequence[Operating], budget: float) -> Operating | None:
     return max(ok, key=lambda p: (p.score, -p.over_redaction)) if ok else None
 
 
+def coverage_at_over(curve: Sequence[tuple[float, float]], over: float) -> float | None:
+    """Coverage of a trade-off curve, given as (over-redaction, coverage) points, at over-redaction
+    `over`: linear between the neighbouring points of its upper envelope (the best coverage any
+    point reaches at that over-redaction or less). None when every point over-redacts more than
+    `over` (the curve does not reach it); beyond the last point, the last point's coverage (no
+    extrapolation). How two detectors whose calibrations differ are compared per source."""
+    pts = sorted((float(o), float(c)) for o, c in curve if math.isfinite(o) and math.isfinite(c))
+    if not pts or over < pts[0][0] - 1e-12:
+        return None
+    env: list[tuple[float, float]] = []
+    for o, c in pts:
+        if env and c <= env[-1][1]:
+            continue  # more over-redaction for no more coverage: not on the envelope
+        env.append((o, c))
+    for (o0, c0), (o1, c1) in zip(env, env[1:]):
+        if o0 <= over <= o1:
+            return c0 if o1 - o0 < 1e-12 else c0 + (c1 - c0) * (over - o0) / (o1 - o0)
+    return env[-1][1] if over >= env[-1][0] else env[0][1]
+
+
 def stock_budget(stock_points: Sequence[Operating], explicit: float | None = None, floor: float = 0.002) -> float:
     """The over-redaction budget: explicit, else stock ppocr's at its default settings (>= floor)."""
     if explicit is not None:
