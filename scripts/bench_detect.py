@@ -20,7 +20,7 @@ Trainings run in a subprocess each so their peak RSS is their own. `--reuse` kee
 already in `--work`.
 
 Fine-tuning shifts the score calibration, so one operating point each says little about which
-model is better: every PP-OCR-family detector is also swept over `--unclip-grid` on half B (one
+model is better: every PP-OCR-family detector is also swept over `--thresh-grid` x `--unclip-grid` on half B (one
 forward pass per image, maps cached), and a trained model is compared with stock ppocr *at stock's
 over-redaction*, per source, on its own trade-off curve (`select.coverage_at_over`). The goal table
 judges the issue's goals: ahead on every source at matched over-redaction, coverage >= 0.96 at
@@ -163,17 +163,20 @@ def legible_only(items: list[tuple[Path, LabelledImage]]) -> list[LabelledImage]
     return out
 
 
-def trade_off_curve(det, items: list[tuple[Path, LabelledImage]], threshold: float, grid: list[float]) -> list[dict]:
-    """(unclip ratio, coverage, over-redaction) pooled and per source at each grid point; [] for a
-    detector without DB post-processing. Expects the maps cached (`cache_maps`)."""
+def trade_off_curve(det, items: list[tuple[Path, LabelledImage]], threshold: float, unclips: list[float],
+                    threshes: list[float]) -> list[dict]:
+    """Coverage and over-redaction, pooled and per source, at every (binarisation threshold,
+    unclip ratio) point; [] for a detector without DB post-processing. Expects the maps cached
+    (`cache_maps`): the grid then costs one forward pass per image."""
     if not hasattr(det, "retuned"):
         return []
     gts, out = [r for _, r in items], []
-    for u in grid:
-        preds = run_detector(det.retuned(unclip_ratio=u), items, threshold)
-        by = {"all": evaluate(gts, preds), **evaluate_by_source(gts, preds)}
-        out.append({"unclip_ratio": u, **{k: {"text_coverage": m.text_coverage, "over_redaction": m.over_redaction}
-                                            for k, m in by.items()}})
+    for t in threshes:
+        for u in unclips:
+            preds = run_detector(det.retuned(thresh=t, unclip_ratio=u), items, threshold)
+            by = {"all": evaluate(gts, preds), **evaluate_by_source(gts, preds)}
+            out.append({"thresh": t, "unclip_ratio": u,
+                        **{k: {"text_coverage": m.text_coverage, "over_redaction": m.over_redaction} for k, m in by.items()}})
     return out
 
 
@@ -199,9 +202,10 @@ def goals(q: dict) -> dict[str, dict]:
     negs = [m["over_redaction"] for k, m in q["devset_half_b_by_source"].items() if k.startswith("negatives")]
     neg = max(negs) if negs else None
     out = {
-        "coverage >= 0.96 at over-redaction <= 0.05 (half B, best unclip)": {
+        "coverage >= 0.96 at over-redaction <= 0.05 (half B, best grid point)": {
             "value": best["all"]["text_coverage"] if best else None,
-            "at": f"unclip {best['unclip_ratio']}, over {best['all']['over_redaction']:.3f}" if best else "no point",
+            "at": (f"thresh {best['thresh']}, unclip {best['unclip_ratio']}, over {best['all']['over_redaction']:.3f}"
+                   if best else "no point"),
             "ok": bool(best and best["all"]["text_coverage"] >= 0.96)},
         "synthetic microscopy coverage >= 0.97": {
             "value": q["synthetic_microscopy"]["text_coverage"], "at": "own settings",
@@ -244,6 +248,8 @@ def main() -> None:
     ap.add_argument("--unclip-grid", type=lambda t: [float(x) for x in t.split(",")],
                     default=[1.2, 1.3, 1.4, 1.5, 1.6, 1.8, 2.0, 2.2, 2.4],
                     help="unclip ratios of the trade-off curve on half B (comma-separated)")
+    ap.add_argument("--thresh-grid", type=lambda t: [float(x) for x in t.split(",")], default=[0.2, 0.3],
+                    help="binarisation thresholds of the trade-off curve (comma-separated)")
     ap.add_argument("--limit", type=int, default=0, help="smoke test: only this many images per report set")
     ap.add_argument("--reuse", action="store_true", help="reuse bundles already trained in --work")
     ap.add_argument("--skip-train", action="store_true", help="only ppocr (no training)")
@@ -268,6 +274,8 @@ def main() -> None:
         ap.error("--db-minutes, --db-lr, --budget-minutes and --finetune-minutes must be positive")
     if not args.unclip_grid or not all(1.0 <= u <= 4.0 for u in args.unclip_grid):
         ap.error("--unclip-grid: ratios between 1.0 and 4.0, comma-separated")
+    if not args.thresh_grid or not all(0.0 < t < 1.0 for t in args.thresh_grid):
+        ap.error("--thresh-grid: thresholds between 0 and 1, comma-separated")
 
     import torch
 
@@ -342,7 +350,7 @@ def main() -> None:
         if hasattr(det, "cache_maps"):
             det.cache_maps(True)      # the curve below reuses half B's maps
         preds_b = run_detector(det, half_b, args.threshold)
-        curve = trade_off_curve(det, half_b, args.threshold, args.unclip_grid)
+        curve = trade_off_curve(det, half_b, args.threshold, args.unclip_grid, args.thresh_grid)
         if hasattr(det, "cache_maps"):
             det.cache_maps(False)     # speed and microscopy run the network
         preds_m = run_detector(det, micro, args.threshold)
@@ -400,12 +408,12 @@ def main() -> None:
         rows.append(f"| {name} | " + " | ".join(f(q["synthetic_microscopy_coverage_by_kind"][k]) for k in kinds) + " |")
     curves = {n: q for n, q in results.items() if q["curve"]}
     if curves:
-        srcs = [k for k in curves[next(iter(curves))]["curve"][0] if k != "unclip_ratio"]
-        rows += ["", "| detector, unclip (half B coverage / over-red.) | " + " | ".join(srcs) + " |",
+        srcs = [k for k in curves[next(iter(curves))]["curve"][0] if k not in ("thresh", "unclip_ratio")]
+        rows += ["", "| detector, thresh, unclip (half B coverage / over-red.) | " + " | ".join(srcs) + " |",
                  "| --- |" + " ---: |" * len(srcs)]
         for name, q in curves.items():
             for p in q["curve"]:
-                rows.append(f"| {name}, {p['unclip_ratio']:g} | " + " | ".join(
+                rows.append(f"| {name}, {p['thresh']:g}, {p['unclip_ratio']:g} | " + " | ".join(
                     f"{f(p[k]['text_coverage'])} / {f(p[k]['over_redaction'])}" for k in srcs) + " |")
     for name, q in results.items():
         if "matched" in q:

@@ -56,7 +56,8 @@ def test_out_of_range_recipe_options_stop_before_any_work(tmp_path: Path) -> Non
     import sys
 
     for args, word in ((["--db-interpolate", "0,1"], "interpolate"), (["--db-teacher-ignore", "2"], "teacher_ignore"),
-                       (["--db-minutes", "0"], "positive"), (["--unclip-grid", "0.5,1.6"], "unclip-grid")):
+                       (["--db-minutes", "0"], "positive"), (["--unclip-grid", "0.5,1.6"], "unclip-grid"),
+                        (["--thresh-grid", "0,0.3"], "thresh-grid")):
         r = subprocess.run([sys.executable, str(SCRIPT), "--work", str(tmp_path / "w"), *args],
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 2 and word in r.stderr.strip().splitlines()[-1]
@@ -83,16 +84,17 @@ def test_the_trade_off_curve_reuses_each_map_and_widens_with_unclip(tmp_path: Pa
     forward = det._forward
     det._forward = lambda x: calls.append(1) or forward(x)
     det.cache_maps(True)
-    curve = _bench().trade_off_curve(det, [(tmp_path / "p.png", rec)], 0.3, [1.2, 1.6, 2.4])
-    assert len(calls) == 1 and [p["unclip_ratio"] for p in curve] == [1.2, 1.6, 2.4]
+    curve = _bench().trade_off_curve(det, [(tmp_path / "p.png", rec)], 0.3, [1.2, 1.6, 2.4], [0.2, 0.3])
+    assert len(calls) == 1 and [(p["thresh"], p["unclip_ratio"]) for p in curve] == [
+        (0.2, 1.2), (0.2, 1.6), (0.2, 2.4), (0.3, 1.2), (0.3, 1.6), (0.3, 2.4)]
     cov = [p["forms"]["text_coverage"] for p in curve]
     over = [p["all"]["over_redaction"] for p in curve]
-    assert cov[0] < cov[2] and over[0] < over[2] and cov[2] > 0.9
+    assert cov[3] < cov[5] and over[3] < over[5] and cov[5] > 0.9
 
 
 def test_a_model_is_judged_at_stock_over_redaction_and_against_the_goals() -> None:
     mod = _bench()
-    curve = [{"unclip_ratio": u, "all": {"text_coverage": c, "over_redaction": o},
+    curve = [{"thresh": 0.3, "unclip_ratio": u, "all": {"text_coverage": c, "over_redaction": o},
               "scene": {"text_coverage": c - 0.1, "over_redaction": o / 2}}
              for u, c, o in ((1.4, 0.90, 0.02), (1.6, 0.94, 0.04), (2.0, 0.97, 0.06))]
     stock = {"all": {"text_coverage": 0.91, "over_redaction": 0.03},
@@ -105,8 +107,8 @@ def test_a_model_is_judged_at_stock_over_redaction_and_against_the_goals() -> No
     q = {"curve": curve, "matched": m, "synthetic_microscopy": {"text_coverage": 0.98},
          "devset_half_b_by_source": {"negatives_skimage": {"over_redaction": 0.004}}}
     g = mod.goals(q)
-    assert g["coverage >= 0.96 at over-redaction <= 0.05 (half B, best unclip)"]["value"] == 0.94
-    assert not g["coverage >= 0.96 at over-redaction <= 0.05 (half B, best unclip)"]["ok"]
+    assert g["coverage >= 0.96 at over-redaction <= 0.05 (half B, best grid point)"]["value"] == 0.94
+    assert not g["coverage >= 0.96 at over-redaction <= 0.05 (half B, best grid point)"]["ok"]
     assert g["synthetic microscopy coverage >= 0.97"]["ok"] and g["negatives over-redaction <= 0.005"]["ok"]
     ahead = g["ahead of stock on every source at stock's over-redaction"]
     assert not ahead["ok"] and ahead["at"] == "worst: scene"
