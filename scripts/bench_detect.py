@@ -44,13 +44,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.boxes import Detections  # noqa: E402
-from pipeline.evaluate import evaluate, evaluate_by_source, json_safe  # noqa: E402
+from pipeline.evaluate import coverage_counts, evaluate, evaluate_by_source, json_safe  # noqa: E402
 from pipeline.formats import LabelledImage, read_devset, read_jsonl, split_halves  # noqa: E402
 from pipeline.imaging import load_rgb  # noqa: E402
 from pipeline.synth import SynthConfig, generate  # noqa: E402
 from pipeline.train.db import DBRecipe  # noqa: E402
 from pipeline.train.engine import DEFAULT_LR  # noqa: E402
-from pipeline.train.select import coverage_at_over  # noqa: E402
+from pipeline.train.select import coverage_at_over, matched_interval  # noqa: E402
 
 MICRO = SynthConfig(n_images=30, seed=9001, width=(640, 1024),
                     background_kinds=("fluorescence", "brightfield", "em"),
@@ -163,26 +163,47 @@ def legible_only(items: list[tuple[Path, LabelledImage]]) -> list[LabelledImage]
     return out
 
 
+COUNTS = ("covered_px", "text_px", "outside_px", "image_px")   # per-image columns of the curve's counts
+
+
+def image_counts(items: list[tuple[Path, LabelledImage]], preds: list[Detections]) -> np.ndarray:
+    """Per image: (covered, text, outside, image) pixels, the sums behind coverage and over-redaction."""
+    out = [coverage_counts(r, p, r.width, r.height) for (_, r), p in zip(items, preds)]
+    return np.array([[getattr(c, k) for k in COUNTS] for c in out], dtype=np.float64).reshape(-1, 4)
+
+
+def pooled(counts: np.ndarray) -> dict[str, float]:
+    """Coverage and over-redaction of a set of images from their per-image counts (as `evaluate`)."""
+    cov, text, outside, image = counts.sum(axis=0)
+    return {"text_coverage": float(cov / text) if text else float("nan"),
+            "over_redaction": float(outside / image) if image else float("nan")}
+
+
 def trade_off_curve(det, items: list[tuple[Path, LabelledImage]], threshold: float, unclips: list[float],
-                    threshes: list[float]) -> list[dict]:
+                    threshes: list[float]) -> tuple[list[dict], np.ndarray]:
     """Coverage and over-redaction, pooled and per source, at every (binarisation threshold,
-    unclip ratio) point; [] for a detector without DB post-processing. Expects the maps cached
-    (`cache_maps`): the grid then costs one forward pass per image."""
+    unclip ratio) point, and the per-image counts behind them (points x images x 4); ([], empty)
+    for a detector without DB post-processing. Expects the maps cached (`cache_maps`): the grid
+    then costs one forward pass per image."""
     if not hasattr(det, "retuned"):
-        return []
-    gts, out = [r for _, r in items], []
+        return [], np.zeros((0, len(items), 4))
+    sources = sorted({r.source for _, r in items})
+    out, counts = [], []
     for t in threshes:
         for u in unclips:
-            preds = run_detector(det.retuned(thresh=t, unclip_ratio=u), items, threshold)
-            by = {"all": evaluate(gts, preds), **evaluate_by_source(gts, preds)}
-            out.append({"thresh": t, "unclip_ratio": u,
-                        **{k: {"text_coverage": m.text_coverage, "over_redaction": m.over_redaction} for k, m in by.items()}})
-    return out
+            c = image_counts(items, run_detector(det.retuned(thresh=t, unclip_ratio=u), items, threshold))
+            by = {"all": pooled(c), **{src: pooled(c[[r.source == src for _, r in items]]) for src in sources}}
+            out.append({"thresh": t, "unclip_ratio": u, **by})
+            counts.append(c)
+    return out, np.stack(counts)
 
 
-def matched(curve: list[dict], stock: dict[str, dict]) -> dict[str, dict]:
+def matched(curve: list[dict], stock: dict[str, dict], counts: tuple[np.ndarray, np.ndarray, list[str]] | None = None
+            ) -> dict[str, dict]:
     """Per source: stock's coverage and over-redaction at its default point, and the model's
-    coverage at that over-redaction read off its own curve (None: the curve never gets that tight)."""
+    coverage at that over-redaction read off its own curve (None: the curve never gets that tight).
+    With `counts` (stock's per-image counts, the curve's, each image's source): the 95 % interval
+    of the difference when the images are resampled (`select.matched_interval`)."""
     out = {}
     for src, m in stock.items():
         cov, over = m.get("text_coverage"), m.get("over_redaction")
@@ -191,6 +212,10 @@ def matched(curve: list[dict], stock: dict[str, dict]) -> dict[str, dict]:
         own = coverage_at_over([(p[src]["over_redaction"], p[src]["text_coverage"]) for p in curve if src in p], over)
         out[src] = {"stock_coverage": cov, "over_redaction": over, "coverage": own,
                     "delta": None if own is None else own - cov}
+        if counts is not None:
+            stock_c, curve_c, image_sources = counts
+            keep = np.array([src in ("all", s) for s in image_sources], dtype=bool)
+            out[src]["interval"] = matched_interval(stock_c[keep], curve_c[:, keep])
     return out
 
 
@@ -216,8 +241,10 @@ def goals(q: dict) -> dict[str, dict]:
     if "matched" in q:
         deltas = {k: v["delta"] for k, v in q["matched"].items() if k != "all"}
         worst = min(deltas, key=lambda k: -np.inf if deltas[k] is None else deltas[k], default=None)
+        ci = q["matched"].get(worst, {}).get("interval") if worst else None
         out["ahead of stock on every source at stock's over-redaction"] = {
-            "value": deltas.get(worst) if worst else None, "at": f"worst: {worst}",
+            "value": deltas.get(worst) if worst else None,
+            "at": f"worst: {worst}" + (f" (95 % interval {ci[0]:+.3f} .. {ci[1]:+.3f})" if ci else ""),
             "ok": bool(deltas) and all(d is not None and d >= 0 for d in deltas.values())}
     return out
 
@@ -344,16 +371,18 @@ def main() -> None:
         speed_imgs.append(render_overlays(procedural_background(rng, 1024, 768), rng).image)
 
     results: dict[str, dict] = {}
+    counts: dict[str, tuple[np.ndarray, np.ndarray]] = {}   # per-image pixel counts: own settings, curve
     for name, make in detectors.items():
         det = make()
         t = time.time()
         if hasattr(det, "cache_maps"):
             det.cache_maps(True)      # the curve below reuses half B's maps
         preds_b = run_detector(det, half_b, args.threshold)
-        curve = trade_off_curve(det, half_b, args.threshold, args.unclip_grid, args.thresh_grid)
+        curve, curve_counts = trade_off_curve(det, half_b, args.threshold, args.unclip_grid, args.thresh_grid)
         if hasattr(det, "cache_maps"):
             det.cache_maps(False)     # speed and microscopy run the network
         preds_m = run_detector(det, micro, args.threshold)
+        counts[name] = (image_counts(half_b, preds_b), curve_counts)
         results[name] = {
             "devset_half_b": evaluate([r for _, r in half_b], preds_b).as_dict(),
             "devset_half_b_by_source": {k: m.as_dict() for k, m in
@@ -367,7 +396,8 @@ def main() -> None:
         }
         if name != "ppocr" and curve:
             stock = {"all": results["ppocr"]["devset_half_b"], **results["ppocr"]["devset_half_b_by_source"]}
-            results[name]["matched"] = matched(curve, stock)
+            results[name]["matched"] = matched(curve, stock, (counts["ppocr"][0], curve_counts,
+                                                              [r.source for _, r in half_b]))
         results[name]["goals"] = goals(results[name])
         if name in trainings:
             results[name]["training"] = trainings[name]
@@ -423,7 +453,10 @@ def main() -> None:
                      "| ppocr coverage | " + " | ".join(f(v["stock_coverage"]) for v in m.values()) + " |",
                      f"| {name} coverage | " + " | ".join(f(v["coverage"]) for v in m.values()) + " |",
                      "| difference | " + " | ".join("-" if v["delta"] is None else f"{v['delta']:+.3f}"
-                                                   for v in m.values()) + " |"]
+                                                   for v in m.values()) + " |",
+                     "| 95 % interval, images resampled | " + " | ".join(
+                         "-" if not v.get("interval") else f"{v['interval'][0]:+.3f} .. {v['interval'][1]:+.3f}"
+                         for v in m.values()) + " |"]
     rows += ["", "| detector | goal | value | at | met |", "| --- | --- | ---: | --- | --- |"]
     for name, q in results.items():
         for goal, g in q["goals"].items():

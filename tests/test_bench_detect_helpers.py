@@ -84,7 +84,8 @@ def test_the_trade_off_curve_reuses_each_map_and_widens_with_unclip(tmp_path: Pa
     forward = det._forward
     det._forward = lambda x: calls.append(1) or forward(x)
     det.cache_maps(True)
-    curve = _bench().trade_off_curve(det, [(tmp_path / "p.png", rec)], 0.3, [1.2, 1.6, 2.4], [0.2, 0.3])
+    curve, counts = _bench().trade_off_curve(det, [(tmp_path / "p.png", rec)], 0.3, [1.2, 1.6, 2.4], [0.2, 0.3])
+    assert counts.shape == (6, 1, 4) and counts[:, 0, 1].min() == counts[:, 0, 1].max()   # text pixels: the labels'
     assert len(calls) == 1 and [(p["thresh"], p["unclip_ratio"]) for p in curve] == [
         (0.2, 1.2), (0.2, 1.6), (0.2, 2.4), (0.3, 1.2), (0.3, 1.6), (0.3, 2.4)]
     cov = [p["forms"]["text_coverage"] for p in curve]
@@ -112,3 +113,45 @@ def test_a_model_is_judged_at_stock_over_redaction_and_against_the_goals() -> No
     assert g["synthetic microscopy coverage >= 0.97"]["ok"] and g["negatives over-redaction <= 0.005"]["ok"]
     ahead = g["ahead of stock on every source at stock's over-redaction"]
     assert not ahead["ok"] and ahead["at"] == "worst: scene"
+
+
+def test_the_matched_verdict_says_when_image_sampling_alone_could_flip_it() -> None:
+    """A model better on every image is ahead whichever images are drawn; one that gains a lot on
+    one image and loses a little on the others is not, though its pooled difference is positive."""
+    from pipeline.train.select import matched_interval
+
+    rng = np.random.default_rng(1)
+    text = rng.integers(2000, 4000, 20).astype(float)
+    image = np.full(20, 100_000.0)
+    stock = np.stack([0.85 * text, text, 0.02 * image, image], axis=1)
+    overs = (0.015, 0.02, 0.025)                    # the model's grid: over-redaction around stock's
+    better = np.stack([np.stack([(0.80 + 4 * (o - 0.015) + 0.08) * text, text, o * image, image], axis=1)
+                       for o in overs])
+    lo, hi = matched_interval(stock, better, seed=0)
+    assert 0 < lo < hi                                                   # ahead in every resample
+    text_m = text.copy()
+    text_m[0] *= 8                                                       # one image holds a third of the text
+    stock_mixed = np.stack([0.85 * text_m, text_m, 0.02 * image, image], axis=1)
+    mixed = np.stack([np.stack([(0.80 + 4 * (o - 0.015)) * text_m, text_m, o * image, image], axis=1) for o in overs])
+    mixed[:, 0, 0] = text_m[0]                                           # the model covers it all, stock 0.85
+    # ... and every other image 0.03 less than stock: ahead pooled, behind in a draw without image 0
+    pooled_delta = mixed[1, :, 0].sum() / text_m.sum() - 0.85
+    lo, hi = matched_interval(stock_mixed, mixed, seed=0)
+    assert pooled_delta > 0.02 and lo < 0 < hi
+    assert matched_interval(stock, better[:, :, :] * [1, 1, 10, 1]) is None   # the curve never gets that tight
+    with pytest.raises(ValueError, match="same images"):
+        matched_interval(stock, better[:, :5])
+
+
+def test_matched_carries_the_interval_into_the_goal_table() -> None:
+    mod = _bench()
+    text, image = np.full(6, 1000.0), np.full(6, 10_000.0)
+    stock_c = np.stack([0.9 * text, text, 0.02 * image, image], axis=1)
+    curve_c = np.stack([np.stack([c * text, text, o * image, image], axis=1) for c, o in ((0.85, 0.01), (0.95, 0.03))])
+    curve = [{"thresh": 0.3, "unclip_ratio": u, "all": mod.pooled(c), "scene": mod.pooled(c)}
+             for u, c in zip((1.4, 1.8), curve_c)]
+    stock = {"all": mod.pooled(stock_c), "scene": mod.pooled(stock_c)}
+    m = mod.matched(curve, stock, (stock_c, curve_c, ["scene"] * 6))
+    assert m["scene"]["delta"] == pytest.approx(0.0) and m["scene"]["interval"] == pytest.approx((0.0, 0.0))
+    q = {"curve": curve, "matched": m, "synthetic_microscopy": {"text_coverage": 0.5}, "devset_half_b_by_source": {}}
+    assert "95 % interval" in mod.goals(q)["ahead of stock on every source at stock's over-redaction"]["at"]
