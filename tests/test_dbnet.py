@@ -450,7 +450,7 @@ def test_training_keeps_a_weight_space_blend_of_start_and_tuned_weights(trained:
     assert moved > 0
 
 
-def test_a_bad_interpolate_option_is_one_line(tmp_path: Path) -> None:
+def test_bad_train_options_are_one_line_errors_before_any_work(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from pipeline.cli.app import app
@@ -461,6 +461,13 @@ def test_a_bad_interpolate_option_is_one_line(tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["--workspace", str(tmp_path / "ws"), "train", "--missed-text", "2",
                                  "--teacher-ignore", "0"])
     assert r.exit_code == 2 and "teacher_ignore" in r.output and "Traceback" not in r.output, r.output
+    for opt, value, word in (("--human-fraction", "1.5", "human_fraction"), ("--batch-size", "0", "batch_size"),
+                             ("--epochs", "0", "epochs"), ("--lr", "0", "lr"), ("--budget-minutes", "-1", "budget_minutes"),
+                             ("--crop", "8", "crop"), ("--l2sp", "-1", "l2sp"), ("--synth-images", "0", "synth-images"),
+                             ("--over-redaction-budget", "2", "over_redaction_budget"), ("--threads", "-1", "threads")):
+        r = CliRunner().invoke(app, ["--workspace", str(tmp_path / "ws"), "train", opt, value])
+        assert r.exit_code == 2 and word in r.output and "Traceback" not in r.output, (opt, r.output)
+        assert not list((tmp_path / "ws" / "runs").glob("train-*"))         # no run started
 
 
 def test_train_options_default_to_the_recipe() -> None:

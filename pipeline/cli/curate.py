@@ -23,7 +23,7 @@ def curate_cmd(
     apply: bool = typer.Option(False, "--apply", help="Act on the findings (default: only write reports)."),
     label_action: str = typer.Option("review", help="With --apply, what happens to suspected label issues: review "
                                       "(status needs_review; push re-sends them to Label Studio) or exclude."),
-    worst: Optional[int] = typer.Option(None, help="With --apply, act on at most this many label issues (worst first)."),
+    worst: Optional[int] = typer.Option(None, min=1, help="With --apply, act on at most this many label issues (worst first)."),
     method: str = typer.Option("coverage", help="Label-noise ranking: coverage (text pixels; default) or cleanlab."),
     model_version: Optional[str] = typer.Option(None, help="Use only this model's stored predictions for label noise."),
     fastdup_python: Optional[str] = typer.Option(None, envvar="TEXTLOOP_FASTDUP_PYTHON",

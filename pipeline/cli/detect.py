@@ -212,7 +212,7 @@ def evaluate_cmd(
                                  "(as redaction would)."),
     sweep: Optional[str] = typer.Option(None, help="Also report the overall metrics at these thresholds, "
                                         "e.g. 0.3,0.5,0.7 (one detection pass)."),
-    limit: Optional[int] = typer.Option(None, help="Only the first N images (quick checks)."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Only the first N images (quick checks)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON report to this file."),
     batch_size: int = typer.Option(4, min=1, help="Images per detector call."),
     option: List[str] = typer.Option(None, "--option", "-o", help="Detector option key=value (repeatable)."),

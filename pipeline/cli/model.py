@@ -47,7 +47,7 @@ def synth_dir(ws, name: str) -> Path:
 def synth_cmd(
     ctx: typer.Context,
     name: str = typer.Option("default", help="Output folder name: <workspace>/synth/NAME."),
-    images: int = typer.Option(200, "--images", "-n", help="How many images."),
+    images: int = typer.Option(200, "--images", "-n", min=1, max=1_000_000, help="How many images."),
     seed: int = typer.Option(0, help="Same seed and options, same images and boxes."),
     granularity: str = typer.Option("line", help="One box per `line` or per `word`."),
     width: str = typer.Option("512,1024", help="Image width N or range MIN,MAX (height from a random aspect)."),
@@ -100,7 +100,7 @@ def train_cmd(
     arch: str = typer.Option("db", help="db: fine-tune PP-OCR's own detector (stock weights, or the current db model); "
                                         "fasterrcnn: torchvision Faster R-CNN from scratch."),
     synth: List[str] = typer.Option(["default"], help="Synthetic set(s) under <workspace>/synth/ (generated if missing)."),
-    synth_images: int = typer.Option(400, help="Images to generate when a synthetic set is missing."),
+    synth_images: int = typer.Option(400, min=1, max=100_000, help="Images to generate when a synthetic set is missing."),
     parent: str = typer.Option("auto", help="Fine-tune from: auto (the current model of this --arch, else the start: "
                                             "stock PP-OCR for db, random weights for fasterrcnn), none, current, "
                                             "a version, or a bundle.zip."),
@@ -125,7 +125,7 @@ def train_cmd(
     freeze_bn: Optional[bool] = typer.Option(None, "--freeze-bn/--no-freeze-bn",
                                              help="Keep BatchNorm statistics fixed. Default: yes when fine-tuning "
                                                   "(small batches would overwrite the parent's), no from scratch."),
-    threads: int = typer.Option(0, help="CPU threads; 0 = the cores the load average leaves free (on a busy 2-core "
+    threads: int = typer.Option(0, min=0, max=256, help="CPU threads; 0 = the cores the load average leaves free (on a busy 2-core "
                                         "machine 1 thread trains 3-5x faster than 2)."),
     run: str = typer.Option("train", help="Run name: checkpoint under <workspace>/runs/train-RUN/."),
     resume: bool = typer.Option(False, help="Continue the run's checkpoint."),
@@ -268,7 +268,7 @@ def models_promote_cmd(
     ctx: typer.Context,
     version: str = typer.Argument(..., help="Model version to make current."),
     force: bool = typer.Option(False, "--force", help="Promote even if it is worse than stock ppocr on validation."),
-    threads: int = typer.Option(0, help="CPU threads for the validation run (0 = auto)."),
+    threads: int = typer.Option(0, min=0, max=256, help="CPU threads for the validation run (0 = auto)."),
 ) -> None:
     """Make VERSION the current model (used by predict/rank/redact/serve with `current`), only if its
     validation coverage at the over-redaction budget is at least stock ppocr's (the val split is re-run)."""

@@ -96,7 +96,7 @@ def init_cmd(
 
 def push_cmd(
     ctx: typer.Context,
-    top: Optional[int] = typer.Option(None, help="Create at most N new tasks (most useful first)."),
+    top: Optional[int] = typer.Option(None, min=1, help="Create at most N new tasks (most useful first)."),
     strategy: Optional[str] = typer.Option(None, help="Order by <ws>/reports/ranking.parquet score_<S> (from `textloop rank`); "
                                                               "'ranked' = the strategy rank picked its batch by."),
     model: str = typer.Option("current", help="Detector: current | ppocr | path to bundle.zip."),

@@ -74,6 +74,13 @@ class DBRecipe:
     min_budget: float = 0.002                    # floor of the automatic budget
 
     def __post_init__(self) -> None:
+        if self.over_redaction_budget is not None and not 0.0 < self.over_redaction_budget < 1.0:
+            raise ValueError(f"over_redaction_budget must be in (0, 1) (a fraction of the image), got "
+                             f"{self.over_redaction_budget}")
+        if not 32 <= self.crop <= 4096:
+            raise ValueError(f"crop must be in [32, 4096] pixels, got {self.crop}")
+        if self.l2sp < 0 or self.distill < 0:
+            raise ValueError(f"l2sp and distill must be >= 0, got {self.l2sp}, {self.distill}")
         if not 0.0 <= self.teacher_ignore <= 1.0:
             raise ValueError(f"teacher_ignore must be in [0, 1], got {self.teacher_ignore}")
         if self.missed_text < 0:

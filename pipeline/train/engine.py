@@ -75,6 +75,17 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
             raise ValueError(f"unknown arch {self.arch!r}: use {' or '.join(ARCHS)}")
+        for name in ("epochs", "steps_per_epoch", "batch_size", "patience"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.human_fraction <= 1.0:
+            raise ValueError(f"human_fraction must be in [0, 1], got {self.human_fraction}")
+        for name in ("lr", "weight_decay", "budget_minutes"):
+            value = getattr(self, name)
+            if value is not None and (not math.isfinite(value) or value < 0 or (value == 0 and name != "weight_decay")):
+                raise ValueError(f"{name} must be {'>= 0' if name == 'weight_decay' else '> 0'}, got {value}")
+        if self.warmup_steps < 0 or self.grad_clip < 0 or self.threads < 0:
+            raise ValueError("warmup_steps, grad_clip and threads must be >= 0")
 
     @property
     def effective_lr(self) -> float:
