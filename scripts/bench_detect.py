@@ -74,7 +74,7 @@ val = [dataclasses.replace(v, gt=dataclasses.replace(v.gt, source='synthetic')) 
 human = samples_from_jsonl({str(human_jsonl)!r}, 'devA/')
 cfg = TrainConfig(out_dir=str(out), arch='db', epochs={args.db_epochs}, steps_per_epoch={args.steps_per_epoch}, batch_size=4,
                   lr={args.db_lr}, warmup_steps=30, budget_minutes={minutes}, seed=0, threads={args.threads},
-                  patience={args.db_patience}, human_fraction=0.5,
+                  patience={args.db_patience}, human_fraction={args.db_human_fraction},
                   db=DBRecipe(teacher_ignore={args.db_teacher_ignore}, interpolate={tuple(args.db_interpolate)!r},
                               missed_text={args.db_missed_text}))
 t = time.time()
@@ -285,6 +285,8 @@ def main() -> None:
     ap.add_argument("--db-epochs", type=int, default=30, help="planned epochs (LR schedule) of the db model")
     ap.add_argument("--db-lr", type=float, default=DEFAULT_LR["db"])
     ap.add_argument("--db-patience", type=int, default=6)
+    ap.add_argument("--db-human-fraction", type=float, default=0.5,
+                    help="share of devset (human-labelled) images per batch, the rest synthetic")
     ap.add_argument("--db-teacher-ignore", type=float, default=DBRecipe().teacher_ignore,
                     help="stock map >= this on a background pixel makes it don't-care (0: off)")
     ap.add_argument("--db-missed-text", type=float, default=DBRecipe().missed_text,
@@ -299,6 +301,8 @@ def main() -> None:
         ap.error(str(exc))
     if min(args.db_minutes, args.db_lr, args.budget_minutes, args.finetune_minutes) <= 0:
         ap.error("--db-minutes, --db-lr, --budget-minutes and --finetune-minutes must be positive")
+    if not 0.0 <= args.db_human_fraction <= 1.0:
+        ap.error("--db-human-fraction must be in [0, 1]")
     if not args.unclip_grid or not all(1.0 <= u <= 4.0 for u in args.unclip_grid):
         ap.error("--unclip-grid: ratios between 1.0 and 4.0, comma-separated")
     if not args.thresh_grid or not all(0.0 < t < 1.0 for t in args.thresh_grid):

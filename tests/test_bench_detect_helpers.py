@@ -57,7 +57,7 @@ def test_out_of_range_recipe_options_stop_before_any_work(tmp_path: Path) -> Non
 
     for args, word in ((["--db-interpolate", "0,1"], "interpolate"), (["--db-teacher-ignore", "2"], "teacher_ignore"),
                        (["--db-minutes", "0"], "positive"), (["--unclip-grid", "0.5,1.6"], "unclip-grid"),
-                        (["--thresh-grid", "0,0.3"], "thresh-grid")):
+                        (["--thresh-grid", "0,0.3"], "thresh-grid"), (["--db-human-fraction", "1.5"], "human-fraction")):
         r = subprocess.run([sys.executable, str(SCRIPT), "--work", str(tmp_path / "w"), *args],
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 2 and word in r.stderr.strip().splitlines()[-1]
