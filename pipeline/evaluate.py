@@ -120,6 +120,14 @@ class CoverageCounts:
     def as_tuple(self) -> tuple[int, ...]:
         return (self.text_px, self.covered_px, self.n_boxes, self.n_fully, self.outside_px, self.image_px)
 
+    @property
+    def text_coverage(self) -> float:
+        return _ratio(self.covered_px, self.text_px)
+
+    @property
+    def over_redaction(self) -> float:
+        return _ratio(self.outside_px, self.image_px)
+
 
 def coverage_counts(gt: LabelledImage | np.ndarray, det: Detections | np.ndarray, width: int, height: int,
                     pad_px: float = 0.0, ignore: np.ndarray | None = None) -> CoverageCounts:
@@ -202,9 +210,9 @@ def evaluate(gts: Sequence[LabelledImage], preds: Sequence[Detections],
         recall=recall,
         f1=f1,
         ap50=average_precision(scores, hits, n_gt),
-        text_coverage=_ratio(cov.covered_px, cov.text_px),
+        text_coverage=cov.text_coverage,
         fully_covered=_ratio(cov.n_fully, cov.n_boxes),
-        over_redaction=_ratio(cov.outside_px, cov.image_px),
+        over_redaction=cov.over_redaction,
         n_images=len(gts),
         n_gt=n_gt,
         n_pred=n_pred,

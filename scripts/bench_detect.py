@@ -22,7 +22,8 @@ already in `--work`.
 Fine-tuning shifts the score calibration, so one operating point each says little about which
 model is better: every PP-OCR-family detector is also swept over `--thresh-grid` x `--unclip-grid` on half B (one
 forward pass per image, maps cached), and a trained model is compared with stock ppocr *at stock's
-over-redaction*, per source, on its own trade-off curve (`select.coverage_at_over`). The goal table
+over-redaction*, per source, on its own trade-off curve (`select.coverage_at_over`), with a 95 %
+interval from resampling half B's images (`select.matched_interval`). The goal table
 judges the issue's goals: ahead on every source at matched over-redaction, coverage >= 0.96 at
 over-redaction <= 0.05 on half B (best grid point), microscopy >= 0.97, negatives <= 0.005.
 """
@@ -44,13 +45,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.boxes import Detections  # noqa: E402
-from pipeline.evaluate import coverage_counts, evaluate, evaluate_by_source, json_safe  # noqa: E402
+from pipeline.evaluate import CoverageCounts, coverage_counts, evaluate, evaluate_by_source, json_safe  # noqa: E402
 from pipeline.formats import LabelledImage, read_devset, read_jsonl, split_halves  # noqa: E402
 from pipeline.imaging import load_rgb  # noqa: E402
 from pipeline.synth import SynthConfig, generate  # noqa: E402
 from pipeline.train.db import DBRecipe  # noqa: E402
 from pipeline.train.engine import DEFAULT_LR  # noqa: E402
-from pipeline.train.select import coverage_at_over, matched_interval  # noqa: E402
+from pipeline.train.select import COUNT_COLUMNS, coverage_at_over, matched_interval  # noqa: E402
 
 MICRO = SynthConfig(n_images=30, seed=9001, width=(640, 1024),
                     background_kinds=("fluorescence", "brightfield", "em"),
@@ -163,20 +164,16 @@ def legible_only(items: list[tuple[Path, LabelledImage]]) -> list[LabelledImage]
     return out
 
 
-COUNTS = ("covered_px", "text_px", "outside_px", "image_px")   # per-image columns of the curve's counts
-
-
 def image_counts(items: list[tuple[Path, LabelledImage]], preds: list[Detections]) -> np.ndarray:
-    """Per image: (covered, text, outside, image) pixels, the sums behind coverage and over-redaction."""
+    """Per image: the pixel counts behind coverage and over-redaction (`select.COUNT_COLUMNS`)."""
     out = [coverage_counts(r, p, r.width, r.height) for (_, r), p in zip(items, preds)]
-    return np.array([[getattr(c, k) for k in COUNTS] for c in out], dtype=np.float64).reshape(-1, 4)
+    return np.array([[getattr(c, k) for k in COUNT_COLUMNS] for c in out], dtype=np.float64).reshape(-1, 4)
 
 
 def pooled(counts: np.ndarray) -> dict[str, float]:
     """Coverage and over-redaction of a set of images from their per-image counts (as `evaluate`)."""
-    cov, text, outside, image = counts.sum(axis=0)
-    return {"text_coverage": float(cov / text) if text else float("nan"),
-            "over_redaction": float(outside / image) if image else float("nan")}
+    c = CoverageCounts(n_boxes=0, n_fully=0, **{k: int(v) for k, v in zip(COUNT_COLUMNS, counts.sum(axis=0))})
+    return {"text_coverage": c.text_coverage, "over_redaction": c.over_redaction}
 
 
 def trade_off_curve(det, items: list[tuple[Path, LabelledImage]], threshold: float, unclips: list[float],
@@ -214,7 +211,7 @@ def matched(curve: list[dict], stock: dict[str, dict], counts: tuple[np.ndarray,
                     "delta": None if own is None else own - cov}
         if counts is not None:
             stock_c, curve_c, image_sources = counts
-            keep = np.array([src in ("all", s) for s in image_sources], dtype=bool)
+            keep = np.array([src == "all" or s == src for s in image_sources], dtype=bool)
             out[src]["interval"] = matched_interval(stock_c[keep], curve_c[:, keep])
     return out
 

@@ -91,6 +91,12 @@ def test_the_trade_off_curve_reuses_each_map_and_widens_with_unclip(tmp_path: Pa
     cov = [p["forms"]["text_coverage"] for p in curve]
     over = [p["all"]["over_redaction"] for p in curve]
     assert cov[3] < cov[5] and over[3] < over[5] and cov[5] > 0.9
+    # judged against itself at its default point (thresh 0.3, unclip 1.6): no difference, and none
+    # in any resample
+    own = _bench().image_counts([(tmp_path / "p.png", rec)], _bench().run_detector(det, [(tmp_path / "p.png", rec)], 0.3))
+    np.testing.assert_array_equal(own, counts[4])
+    m = _bench().matched(curve, {"forms": curve[4]["forms"]}, (own, counts, ["forms"]))
+    assert m["forms"]["delta"] == pytest.approx(0.0) and m["forms"]["interval"] == pytest.approx((0.0, 0.0))
 
 
 def test_a_model_is_judged_at_stock_over_redaction_and_against_the_goals() -> None:

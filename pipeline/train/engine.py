@@ -80,12 +80,14 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.human_fraction <= 1.0:
             raise ValueError(f"human_fraction must be in [0, 1], got {self.human_fraction}")
-        for name in ("lr", "weight_decay", "budget_minutes"):
+        for name in ("lr", "budget_minutes"):
             value = getattr(self, name)
-            if value is not None and (not math.isfinite(value) or value < 0 or (value == 0 and name != "weight_decay")):
-                raise ValueError(f"{name} must be {'>= 0' if name == 'weight_decay' else '> 0'}, got {value}")
-        if self.warmup_steps < 0 or self.grad_clip < 0 or self.threads < 0:
-            raise ValueError("warmup_steps, grad_clip and threads must be >= 0")
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be > 0, got {value}")
+        for name in ("weight_decay", "warmup_steps", "grad_clip", "threads"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be >= 0, got {value}")
 
     @property
     def effective_lr(self) -> float:

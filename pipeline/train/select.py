@@ -175,12 +175,16 @@ def coverage_at_over(curve: Sequence[tuple[float, float]], over: float) -> float
     return env[-1][1] if over >= env[-1][0] else env[0][1]
 
 
+# The per-image pixel counts `matched_interval` resamples, in this column order (`evaluate.CoverageCounts`' fields)
+COUNT_COLUMNS = ("covered_px", "text_px", "outside_px", "image_px")
+
+
 def matched_interval(stock: Any, curve: Any, *, level: float = 0.95, n_boot: int = 2000,
                      seed: int = 0) -> tuple[float, float] | None:
     """How much of a matched comparison image sampling alone explains: a paired bootstrap over
     images of (the model's coverage at stock's over-redaction, read off its curve) - (stock's
-    coverage). `stock` holds per-image pixel counts (covered, text, outside, image) at stock's
-    settings, shape (n_images, 4); `curve` the model's at each grid point, (n_points, n_images, 4).
+    coverage). `stock` holds per-image pixel counts (`COUNT_COLUMNS`) at stock's settings, shape
+    (n_images, 4); `curve` the model's at each grid point, (n_points, n_images, 4).
     Every resample draws the same images for both. Returns the central `level` interval, or None
     when the curve reaches stock's over-redaction in fewer than half the resamples. With 20 scene
     photos a few words decide a source's verdict; this says when they do."""
