@@ -451,6 +451,21 @@ def enclosing_rect(points: Any) -> np.ndarray:
     return oriented_rects(cv2.boxPoints(cv2.minAreaRect(pts))[None].astype(np.float64))[0]
 
 
+def rect_along(points: Any, direction: Any, margin: float = 0.0) -> np.ndarray:
+    """The rectangle (4, 2), canonical order, around `points` with its long axis along
+    `direction` (a vector), grown by `margin` on every side. Rendered rotated text knows its
+    direction, which a minimum-area rectangle of the ink can get wrong (a short word's ink may
+    fit a tilted rectangle better)."""
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    u = np.asarray(direction, dtype=np.float64).reshape(2)
+    u = u / np.linalg.norm(u)
+    v = np.array([-u[1], u[0]])
+    pu, pv = pts @ u, pts @ v
+    u0, u1, v0, v1 = pu.min() - margin, pu.max() + margin, pv.min() - margin, pv.max() + margin
+    rect = np.stack([a * u + b * v for a, b in ((u0, v0), (u1, v0), (u1, v1), (u0, v1))])
+    return oriented_rects(rect[None])[0]
+
+
 def polygon_area(polys: Any) -> np.ndarray:
     """Shoelace area of each (N, k, 2) polygon."""
     p = np.asarray(polys, dtype=np.float64)

@@ -34,7 +34,7 @@ from pipeline.listing import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
-SYNTH_FORMAT_VERSION = 1
+SYNTH_FORMAT_VERSION = 2   # 2: rotated units carry their rotated rectangle (`polys`)
 
 # Fonts shipped with matplotlib (mpl-data/fonts/ttf): no download, several families and styles.
 FONT_FILES = (
@@ -91,7 +91,10 @@ class Rendered:
     """One synthetic image: pixels, boxes (xyxy, exclusive end), texts, kinds, and the ink map.
 
     `ink` is an int32 (H, W) map: 0 = no text ink, i = ink of box i-1 (what tests check);
-    `marks` is a bool map of non-text marks (plates, scale bars), which are not boxed."""
+    `marks` is a bool map of non-text marks (plates, scale bars), which are not boxed;
+    `polys` has one entry per box: the rotated rectangle around a rotated unit's ink (8 floats,
+    x0 y0 ... x3 y3), () for upright text, whose box is its shape. Training shrinks text kernels
+    from these, so a 30-degree watermark does not teach that the background around it is text."""
 
     image: np.ndarray
     boxes: np.ndarray
@@ -100,6 +103,7 @@ class Rendered:
     ink: np.ndarray
     marks: np.ndarray
     background: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 0, 3), np.uint8))
+    polys: list[tuple[float, ...]] = field(default_factory=list)
 
 
 # --- fonts ------------------------------------------------------------------------------------
@@ -438,6 +442,7 @@ def render_overlays(background: np.ndarray, rng: np.random.Generator, cfg: Synth
     boxes: list[tuple[int, int, int, int]] = []
     texts: list[str] = []
     kinds: list[str] = []
+    polys: list[tuple[float, ...]] = []
     occupied: list[tuple[int, int, int, int]] = []
     if n_overlays is None:
         n_overlays = 0 if rng.random() < cfg.p_empty else int(rng.integers(cfg.overlays[0], cfg.overlays[1] + 1))
@@ -512,13 +517,30 @@ def render_overlays(background: np.ndarray, rng: np.random.Generator, cfg: Synth
                 region[:] = region * (1 - a) + text_col * a
                 ink_map[sl][inks[k][csl]] = len(boxes) + k + 1
             boxes.extend(placed)
+            polys.extend(_rotated_rect(m, angle, dx, dy) for m in inks)
             texts.extend(ov.texts)
             kinds.extend([kind] * len(ov.units))
             occupied.append(footprint)
             break
     out = np.clip(np.rint(img), 0, 255).astype(np.uint8)
     arr = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    return Rendered(out, arr, texts, kinds, ink_map, marks & (ink_map == 0), background)
+    return Rendered(out, arr, texts, kinds, ink_map, marks & (ink_map == 0), background, polys)
+
+
+def _rotated_rect(ink: np.ndarray, angle: float, dx: int, dy: int) -> tuple[float, ...]:
+    """The rectangle along the text's direction around a unit's ink pixels (image coordinates,
+    pixel squares, not centres), or () for upright text. PIL's rotate(angle) turns the canvas
+    counter-clockwise as seen, so the baseline runs along (cos a, -sin a) with y down."""
+    if abs(angle) <= 1e-3:
+        return ()
+    from pipeline.boxes import rect_along
+
+    a = math.radians(angle)
+    u = (math.cos(a), -math.sin(a))
+    ys, xs = np.nonzero(ink)
+    half = 0.5 * (abs(u[0]) + abs(u[1]))      # a pixel square's half-extent along u (and v)
+    rect = rect_along(np.stack([xs + dx + 0.5, ys + dy + 0.5], 1), u, margin=half)
+    return tuple(round(float(c), 2) for c in rect.reshape(-1))
 
 
 # --- image sets -------------------------------------------------------------------------------
@@ -644,7 +666,8 @@ def generate(out_dir: str | Path, cfg: SynthConfig = SynthConfig(), backgrounds:
         name = f"images/{i:06d}.png"
         atomic_write_bytes(out_dir / name, _png_bytes(r.image))
         rec = LabelledImage(image=name, width=r.image.shape[1], height=r.image.shape[0], boxes=r.boxes,
-                            texts=tuple(r.texts), source="synth").to_json()
+                            texts=tuple(r.texts), polys=tuple(r.polys) if any(r.polys) else (),
+                            source="synth").to_json()
         rec["kinds"] = list(r.kinds)
         records.append(rec)
         n_boxes += len(r.boxes)

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.boxes import to_int_pixels
+from pipeline.boxes import area, polygon_area, quads_mask, to_int_pixels
 from pipeline.formats import read_jsonl
 from pipeline.imaging import load_rgb
 from pipeline.synth import SynthConfig, generate, render_overlays, synth_image
+from pipeline.train.data import gt_polygons
 
 SMALL = SynthConfig(n_images=4, seed=7, width=(160, 320), overlays=(4, 8), p_empty=0.0,
                     p_rotate=0.5, p_shadow=0.3, p_plate=0.3)
@@ -45,6 +46,35 @@ def test_every_ink_pixel_in_exactly_one_box_and_boxes_tight(granularity: str) ->
             assert all(t and " " not in t for t in r.texts)
         total += len(r.boxes)
     assert total > 10
+
+
+def test_rotated_text_carries_its_rotated_rectangle_to_the_training_polygons(tmp_path: Path) -> None:
+    """A tilted watermark's box is mostly background; its `polys` entry holds all its ink in far
+    less area, survives boxes.jsonl, and is the polygon training shrinks (upright text: the box)."""
+    cfg = dataclasses.replace(SMALL, kinds=("watermark", "sample_id"), n_images=6, width=(320, 480))
+    rotated = upright = 0
+    ratios: list[float] = []
+    for i in range(cfg.n_images):
+        r = synth_image(i, cfg)
+        h, w = r.ink.shape
+        assert len(r.polys) == len(r.boxes)
+        for k, (box, poly) in enumerate(zip(r.boxes, r.polys)):
+            if not poly:
+                upright += 1
+                continue
+            rotated += 1
+            quad = np.asarray(poly).reshape(1, 4, 2)
+            own = r.ink == k + 1
+            assert not (own & ~quads_mask(quad, w, h)).any()          # every ink pixel inside
+            ratios.append(polygon_area(quad)[0] / area(box[None])[0])
+    assert rotated >= 3 and upright >= 3
+    assert max(ratios) < 1.02 and min(ratios) < 0.6   # never looser (but for pixel corners), often far tighter
+    generate(tmp_path / "s", cfg)
+    rec = next(r for r in read_jsonl(tmp_path / "s/boxes.jsonl") if any(r.polys))
+    polys = gt_polygons(rec)
+    for poly, p, (x0, y0, x1, y1) in zip(polys, rec.polys, rec.boxes):
+        expect = np.asarray(p).reshape(-1, 2) if p else np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
+        np.testing.assert_allclose(poly, expect)
 
 
 def test_changed_pixels_are_boxed_when_no_plates_or_bars() -> None:
