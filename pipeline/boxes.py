@@ -280,13 +280,28 @@ def exif_upright(boxes: np.ndarray, orientation: int, raw_width: int, raw_height
     b = _as_boxes(boxes)
     if orientation not in (2, 3, 4, 5, 6, 7, 8) or len(b) == 0:
         return b.copy()
+    nx, ny = _exif_map(b[:, [0, 2]], b[:, [1, 3]], orientation, raw_width, raw_height)
+    return np.stack([nx.min(axis=1), ny.min(axis=1), nx.max(axis=1), ny.max(axis=1)], axis=1)
+
+
+def exif_upright_points(points: Any, orientation: int, raw_width: int, raw_height: int) -> np.ndarray:
+    """Points (..., 2) on the stored pixels to the upright frame, as `exif_upright` moves boxes
+    (a rotated label's corners, where a box would lose its shape)."""
+    p = np.asarray(points, dtype=np.float64).copy()
+    if orientation not in (2, 3, 4, 5, 6, 7, 8) or p.size == 0:
+        return p
+    nx, ny = _exif_map(p[..., 0], p[..., 1], orientation, raw_width, raw_height)
+    return np.stack([nx, ny], axis=-1)
+
+
+def _exif_map(xs: np.ndarray, ys: np.ndarray, orientation: int, raw_width: int, raw_height: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Where raw-frame coordinates land after `ImageOps.exif_transpose` (orientation 2-8)."""
     w, h = float(raw_width), float(raw_height)
-    xs, ys = b[:, [0, 2]], b[:, [1, 3]]
-    nx, ny = {
+    return {
         2: (w - xs, ys), 3: (w - xs, h - ys), 4: (xs, h - ys), 5: (ys, xs),
         6: (h - ys, xs), 7: (h - ys, w - xs), 8: (ys, w - xs),
     }[orientation]
-    return np.stack([nx.min(axis=1), ny.min(axis=1), nx.max(axis=1), ny.max(axis=1)], axis=1)
 
 
 # --- other formats' box conventions ---------------------------------------------------------

@@ -4,7 +4,8 @@ Reads the devset JSONL format (`pipeline.formats`) and COCO JSON. The images are
 like any other (`pipeline.harvest.harvest`: content-addressed, validated, deduplicated), and
 each image's boxes become one `annotations` row with `source='import:<file name>'`
 (`import:<source>/boxes.jsonl` when a devset root folder is imported),
-`state='submitted'` (or `'empty'` for an image labelled as having no text), ignore flags kept.
+`state='submitted'` (or `'empty'` for an image labelled as having no text), ignore flags kept,
+and the record's polygons (`polys`) as the row's `quads`.
 The image status becomes `labelled` / `verified_empty`.
 
 Boxes are stored in the upright (EXIF-applied) frame. A label file's frame is detected per
@@ -26,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.boxes import clip, exif_upright
+from pipeline.boxes import clip, enclosing_rect, exif_upright, exif_upright_points, xyxy_to_quad
 from pipeline.catalog import ImageStatus, dumps
 from pipeline.config import HarvestConfig
 from pipeline.formats import LabelledImage, coco, read_jsonl
@@ -123,20 +124,44 @@ def read_label_files(files: Iterable[str | Path], fmt: str = "auto", images_dir:
 
 # --- frames -----------------------------------------------------------------------------------
 
-def to_upright(label: LabelledImage, width: int, height: int, orientation: int, frame: str = "auto") -> tuple[np.ndarray, bool]:
-    """Boxes in the upright frame of a catalog image (width/height as displayed) and whether they
-    were rotated from the raw frame. Raises ValueError when the label's size fits neither frame."""
+def to_upright(label: LabelledImage, width: int, height: int, orientation: int, frame: str = "auto"
+               ) -> tuple[np.ndarray, np.ndarray | None, bool]:
+    """Boxes and quads (`label_quads`) in the upright frame of a catalog image (width/height as
+    displayed) and whether they were rotated from the raw frame. Raises ValueError when the
+    label's size fits neither frame."""
     raw_w, raw_h = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
     size = (label.width, label.height)
+    quads = label_quads(label)
     if frame == "upright" or (frame == "auto" and size == (width, height)):
         if size != (width, height):
             raise ValueError(f"labelled as {size[0]}x{size[1]} but the upright image is {width}x{height}")
-        return label.boxes.copy(), False
+        return label.boxes.copy(), quads, False
     if frame == "raw" or (frame == "auto" and orientation != 1 and size == (raw_w, raw_h)):
         if size != (raw_w, raw_h):
             raise ValueError(f"labelled as {size[0]}x{size[1]} but the stored image is {raw_w}x{raw_h}")
-        return exif_upright(label.boxes, orientation, raw_w, raw_h), orientation != 1
+        up = exif_upright_points(quads, orientation, raw_w, raw_h) if quads is not None else None
+        return exif_upright(label.boxes, orientation, raw_w, raw_h), up, orientation != 1
     raise ValueError(f"labelled as {size[0]}x{size[1]} but the image is {width}x{height}")
+
+
+def label_quads(label: LabelledImage) -> np.ndarray | None:
+    """(N, 4, 2) corners per box from the record's `polys` (ICDAR and MSRA quadrilaterals,
+    rotated synthetic text), or None when it has none. A 4-point polygon is kept as drawn, a
+    longer one (curved text) becomes its minimum-area rectangle, and a box without a polygon is
+    its own rectangle. The catalog's `quads` column carries them, so training shrinks the text's
+    real shape."""
+    if not label.polys or len(label.polys) != len(label.boxes) or not any(label.polys):
+        return None
+    out = []
+    for poly, box in zip(label.polys, label.boxes):
+        pts = np.asarray(poly, dtype=np.float64).reshape(-1, 2) if len(poly) >= 6 and len(poly) % 2 == 0 else None
+        if pts is None:
+            out.append(xyxy_to_quad(box[None])[0])
+        elif len(pts) == 4:
+            out.append(pts)
+        else:
+            out.append(enclosing_rect(pts))
+    return np.stack(out)
 
 
 # --- the import -----------------------------------------------------------------------------
@@ -181,23 +206,24 @@ def import_labels(
             for (image_id, origin), r in chosen.items():
                 img = cat.image(image_id)
                 try:
-                    boxes, rotated = to_upright(r.label, img["width"], img["height"], img["orientation"], frame)
+                    boxes, quads, rotated = to_upright(r.label, img["width"], img["height"], img["orientation"], frame)
                 except ValueError as exc:
                     summary.problems.append(f"{r.path}: {exc}")
                     continue
-                boxes = _clean_boxes(boxes, r.label.ignore, img["width"], img["height"])
-                ignore = boxes[1]
-                boxes = boxes[0]
+                keep, boxes = _clean_boxes(boxes, img["width"], img["height"])
+                ignore = np.asarray(r.label.ignore, bool)[keep]
                 state = "submitted" if len(boxes) else "empty"
+                quads_json = dumps([[[round(float(v), 2) for v in pt] for pt in q] for q in quads[keep]]) \
+                    if quads is not None and keep.any() else None
                 row = (dumps([[round(float(v), 2) for v in b] for b in boxes]), dumps([0] * len(boxes)),
-                       dumps([bool(x) for x in ignore]), state)
+                       dumps([bool(x) for x in ignore]), state, quads_json)
                 source = f"import:{origin}"
                 old = cat.imported_annotation(image_id, source)
-                fields = dict(zip(("boxes", "labels", "ignore", "state"), row))
+                fields = dict(zip(("boxes", "labels", "ignore", "state", "quads"), row))
                 if old is None:
                     cat.add_annotation(image_id, source, **fields, annotator="import", updated_at=now, pulled_at=now)
                     summary.inserted += 1
-                elif (old["boxes"], old["labels"], old["ignore"], old["state"]) != row:
+                elif (old["boxes"], old["labels"], old["ignore"], old["state"], old["quads"]) != row:
                     cat.update_annotation(old["id"], **fields, updated_at=now, pulled_at=now)
                     summary.updated += 1
                 else:
@@ -216,8 +242,10 @@ def import_labels(
     return summary
 
 
-def _clean_boxes(boxes: np.ndarray, ignore: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-    """Clip to the image; drop boxes with no area left (they cover no pixel)."""
+def _clean_boxes(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, boxes): clipped to the image, without the boxes that have no area left (they cover
+    no pixel). Quads are not clipped (cutting a rotated shape's corners one by one would bend it;
+    covering clips when it rasterises)."""
     b = clip(boxes, width, height)
     keep = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
-    return b[keep], np.asarray(ignore, bool)[keep]
+    return keep, b[keep]

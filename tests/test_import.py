@@ -133,3 +133,43 @@ def test_cli_import_json(tmp_path: Path) -> None:
     assert out["images"] == 3 and out["inserted"] == 3 and len(out["problems"]) == 1
     r = runner.invoke(app, ["-w", str(tmp_path / "ws"), "import", str(labels.with_suffix(".csv"))])
     assert r.exit_code == 2 and "no such label file" in r.output
+
+
+def test_devset_polygons_become_quads_that_training_reads_upright(ws, tmp_path: Path) -> None:
+    """ICDAR/MSRA-style `polys` reach the catalog as quads (raw-frame ones turned upright with
+    the image), so `train` shrinks the text's real shape and push shows it rotated; an
+    earlier import without quads is updated in place, a rerun changes nothing."""
+    from pipeline.boxes import quad_frames
+    from pipeline.evaluate import workspace_ground_truth
+
+    d = tmp_path / "set"
+    rotated_jpeg(d / "images" / "rot.jpg", 6)              # stored 60x40, shown 40x60
+    noise_image(3, (64, 48)).save(d / "images" / "plain.png")
+    tilt = [6, 3, 20, 5, 19, 10, 5, 8]                      # a tilted quad on the stored pixels
+    curved = [30, 10, 40, 8, 50, 10, 50, 16, 40, 14, 30, 16]
+    recs = [LabelledImage("images/rot.jpg", 60, 40, boxes=[[5, 3, 20, 10]], polys=(tuple(tilt),)),
+            LabelledImage("images/plain.png", 64, 48, boxes=[[30, 8, 50, 16], [2, 2, 12, 8]],
+                          polys=(tuple(curved), ()))]
+    write_jsonl(d / "boxes.jsonl", recs)
+    s = import_labels(ws, [d / "boxes.jsonl"])
+    assert s.images == 2 and s.rotated == 1
+    gt = {Path(r.image).suffix: r for _, r in workspace_ground_truth(ws, None)}
+    # the tilted quad, turned with the picture (orientation 6: raw (x, y) -> (h - y, x)), still
+    # lies inside the upright box of the same label
+    rot = np.asarray(gt[".jpg"].polys[0]).reshape(4, 2)
+    np.testing.assert_allclose(rot, [[40 - y, x] for x, y in np.asarray(tilt).reshape(4, 2)])
+    bx0, by0, bx1, by1 = gt[".jpg"].boxes[0]
+    assert (rot[:, 0] >= bx0).all() and (rot[:, 0] <= bx1).all() and (rot[:, 1] >= by0).all() and (rot[:, 1] <= by1).all()
+    # a longer polygon becomes its minimum-area rectangle (it holds every point); no polygon: the box
+    plain = gt[".png"]
+    u, v, eu, ev = quad_frames(np.asarray(plain.polys[0]).reshape(1, 4, 2))
+    pts = np.asarray(curved, float).reshape(-1, 2)
+    assert (pts @ u[0] >= eu[0, 0] - 1e-3).all() and (pts @ u[0] <= eu[0, 1] + 1e-3).all()
+    assert (pts @ v[0] >= ev[0, 0] - 1e-3).all() and (pts @ v[0] <= ev[0, 1] + 1e-3).all()
+    np.testing.assert_allclose(np.asarray(plain.polys[1]).reshape(4, 2), [[2, 2], [12, 2], [12, 8], [2, 8]])
+    before = snapshot(ws)
+    assert import_labels(ws, [d / "boxes.jsonl"]).unchanged == 2 and snapshot(ws) == before
+    with ws.catalog() as cat:   # a row imported before quads were kept
+        cat.query("UPDATE annotations SET quads = NULL")
+    assert import_labels(ws, [d / "boxes.jsonl"]).updated == 2
+    assert [r["quads"] for r in snapshot(ws)[1]] == [r["quads"] for r in before[1]]
