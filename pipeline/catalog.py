@@ -239,6 +239,13 @@ def load_quads(text: str | None, n_boxes: int) -> list | None:
     return quads
 
 
+def quads_as_polys(text: str | None, n_boxes: int) -> tuple[tuple[float, ...], ...]:
+    """A `quads` column as a record's `polys` (x1, y1, ..., x4, y4 per box, the devset's form),
+    or () when the row has none: what training, evaluation and export read."""
+    quads = load_quads(text, n_boxes)
+    return tuple(tuple(float(v) for pt in q for v in pt) for q in quads) if quads else ()
+
+
 SQLITE_CORRUPT, SQLITE_NOTADB = 11, 26
 
 

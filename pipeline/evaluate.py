@@ -260,7 +260,7 @@ def workspace_ground_truth(ws: Workspace, split: str | None = "test") -> list[tu
     has), so DB training learns the rotated shape rather than its enclosing box."""
     import json
 
-    from pipeline.catalog import load_quads
+    from pipeline.catalog import quads_as_polys
 
     with ws.catalog() as cat:
         latest = cat.latest_annotations(include_excluded=False, split=split)
@@ -270,8 +270,7 @@ def workspace_ground_truth(ws: Workspace, split: str | None = "test") -> list[tu
         ignore = json.loads(r["ignore"] or "[]")
         if len(ignore) != len(boxes):
             ignore = [False] * len(boxes)
-        quads = load_quads(r["quads"], len(boxes))
-        polys = tuple(tuple(float(v) for v in np.asarray(q, float).reshape(-1)) for q in quads) if quads else ()
+        polys = quads_as_polys(r["quads"], len(boxes))
         out.append((ws.abspath(r["path"]), LabelledImage(image=r["path"], width=int(r["width"]), height=int(r["height"]),
                                                         boxes=np.array(boxes, float).reshape(-1, 4), ignore=ignore,
                                                         polys=polys, source=r["source"])))

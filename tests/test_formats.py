@@ -19,6 +19,8 @@ def _records() -> list[LabelledImage]:
         LabelledImage(image="images/b.png", width=40, height=40, boxes=np.zeros((0, 4))),   # verified empty
         LabelledImage(image="images/c.png", width=32, height=80, boxes=[[0, 0, 32, 80], [4, 4, 8, 9]],
                       labels=(0, 1)),
+        LabelledImage(image="images/d.png", width=64, height=64, boxes=[[4, 10, 40, 30], [50, 2, 60, 8]],
+                      polys=((4.5, 20.0, 38.0, 10.0, 40.0, 19.5, 6.0, 30.0), ())),   # a tilted quad, a plain box
     ]
 
 
@@ -40,8 +42,9 @@ def test_save_then_load_gives_the_records_back(tmp_path, name):
     for got, want in zip(back, records):
         np.testing.assert_allclose(got.boxes, want.boxes, atol=1e-3 if name == "yolo" else 0.006)
         assert got.class_ids() == want.class_ids()
-        if name != "yolo":   # YOLO has no don't-care flag
+        if name != "yolo":   # YOLO has no don't-care flag, nor polygons
             assert got.ignore.tolist() == want.ignore.tolist()
+            assert got.polys == want.polys
 
 
 def test_coco_document_follows_coco_conventions(tmp_path):
@@ -51,14 +54,16 @@ def test_coco_document_follows_coco_conventions(tmp_path):
     first = doc["annotations"][0]
     assert first["bbox"] == [1.5, 2.25, 28.5, 10.5] and first["category_id"] == 1 and first["iscrowd"] == 0
     assert doc["annotations"][1]["iscrowd"] == 1
-    assert [a["category_id"] for a in doc["annotations"][2:]] == [1, 2]
+    assert [a["category_id"] for a in doc["annotations"][2:4]] == [1, 2]
+    tilted, plain = doc["annotations"][4:]
+    assert tilted["segmentation"] == [[4.5, 20.0, 38.0, 10.0, 40.0, 19.5, 6.0, 30.0]] and "segmentation" not in plain
 
 
 def test_coco_load_keeps_only_named_categories(tmp_path):
     records = _records()
     target = save("coco", records, tmp_path, classes=("text", "stamp"))
     back = load("coco", target, categories=("stamp",))
-    assert [len(r.boxes) for r in back] == [0, 0, 1]
+    assert [len(r.boxes) for r in back] == [0, 0, 1, 0]
 
 
 def test_unknown_format_names_the_known_ones():

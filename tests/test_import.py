@@ -173,3 +173,12 @@ def test_devset_polygons_become_quads_that_training_reads_upright(ws, tmp_path: 
         cat.query("UPDATE annotations SET quads = NULL")
     assert import_labels(ws, [d / "boxes.jsonl"]).updated == 2
     assert [r["quads"] for r in snapshot(ws)[1]] == [r["quads"] for r in before[1]]
+    # and they leave the workspace again with `export` (rounded to 0.01 px like every box)
+    from pipeline.formats import load
+    from pipeline.studio.export import export
+
+    want = sorted(tuple(round(v, 2) for v in p) for r in gt.values() for p in r.polys)
+    for fmt in ("jsonl", "coco"):
+        out = export(ws, tmp_path / f"export_{fmt}", fmt)
+        got = sorted(tuple(round(v, 2) for v in p) for r in load(fmt, out.out) for p in r.polys)
+        assert got == want, fmt

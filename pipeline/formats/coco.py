@@ -1,5 +1,7 @@
 """COCO detection JSON: `images` (id, file_name, width, height), `annotations` (image_id, bbox
-[x, y, w, h], category_id, iscrowd / ignore -> don't-care) and `categories`.
+[x, y, w, h], category_id, iscrowd / ignore -> don't-care, and a one-part polygon
+`segmentation` <-> the record's `polys`: rotated and quadrilateral text keeps its shape) and
+`categories`.
 
 Don't-care boxes are written as `iscrowd: 1`; class index k is category id k + 1 (COCO ids
 start at 1).
@@ -28,11 +30,14 @@ def to_dict(records: Sequence[LabelledImage], classes: Sequence[str] = ("text",)
     aid = 1
     for k, rec in enumerate(records, 1):
         coco["images"].append({"id": k, "file_name": rec.image, "width": rec.width, "height": rec.height})
-        for xywh, lab, ign in zip(xyxy_to_xywh(rec.boxes), rec.class_ids(), rec.ignore):
+        polys = rec.polys if len(rec.polys) == len(rec.boxes) else [()] * len(rec.boxes)
+        for xywh, lab, ign, poly in zip(xyxy_to_xywh(rec.boxes), rec.class_ids(), rec.ignore, polys):
             x, y, w, h = (float(v) for v in xywh)
-            coco["annotations"].append({"id": aid, "image_id": k, "category_id": lab + 1, "iscrowd": int(bool(ign)),
-                                        "bbox": [round(x, 2), round(y, 2), round(w, 2), round(h, 2)],
-                                        "area": round(w * h, 2)})
+            ann = {"id": aid, "image_id": k, "category_id": lab + 1, "iscrowd": int(bool(ign)),
+                   "bbox": [round(x, 2), round(y, 2), round(w, 2), round(h, 2)], "area": round(w * h, 2)}
+            if poly:
+                ann["segmentation"] = [[round(float(v), 2) for v in poly]]
+            coco["annotations"].append(ann)
             aid += 1
     return coco
 
@@ -78,7 +83,7 @@ def load(path: str | Path, categories: Sequence[str] | None = None) -> list[Labe
             name, w, h = str(im["file_name"]), int(im["width"]), int(im["height"])
         except (KeyError, TypeError, ValueError):
             raise ValueError(f"{path}: image #{k} lacks file_name, width or height") from None
-        xywh, ignore, labels = [], [], []
+        xywh, ignore, labels, polys = [], [], [], []
         for ann in by_image.get(im.get("id"), []):
             try:
                 xywh.append([float(v) for v in ann["bbox"]])
@@ -89,6 +94,20 @@ def load(path: str | Path, categories: Sequence[str] | None = None) -> list[Labe
             ignore.append(bool(ann.get("iscrowd", 0)) or bool(ann.get("ignore", 0)))
             cid = ann.get("category_id")
             labels.append(int(cid) - 1 if isinstance(cid, int) and cid >= 1 else 0)
+            polys.append(_polygon(ann.get("segmentation")))
         out.append(LabelledImage(image=name, width=w, height=h, boxes=xywh_to_xyxy(np.array(xywh).reshape(-1, 4)),
-                                 ignore=ignore, source=path.stem, labels=tuple(labels) if any(labels) else ()))
+                                 ignore=ignore, source=path.stem, labels=tuple(labels) if any(labels) else (),
+                                 polys=tuple(polys) if any(polys) else ()))
     return out
+
+
+def _polygon(seg: Any) -> tuple[float, ...]:
+    """A one-part polygon segmentation as x1, y1, ..., or () (none, RLE masks, several parts: the
+    box stands for them)."""
+    if not (isinstance(seg, list) and len(seg) == 1 and isinstance(seg[0], list)):
+        return ()
+    try:
+        pts = tuple(float(v) for v in seg[0])
+    except (TypeError, ValueError):
+        return ()
+    return pts if len(pts) >= 6 and len(pts) % 2 == 0 else ()

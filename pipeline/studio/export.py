@@ -2,7 +2,9 @@
 
 Labelled and verified-empty images (the latter with no boxes) from the catalog's annotations.
 Images are hard-linked (copied across filesystems) into `OUT/images/`; an image with an EXIF
-orientation is written upright instead, because every box is in the upright frame.
+orientation is written upright instead, because every box is in the upright frame. Rotated
+shapes (`quads`: Label Studio's rotated rectangles, imported polygons) are written as `polys`
+(jsonl) or one-part `segmentation` polygons (coco); YOLO boxes have no shape.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from pipeline.catalog import quads_as_polys
 from pipeline.formats import FORMATS as _REGISTRY
 from pipeline.formats import LabelledImage, get_format
 from pipeline.workspace import Workspace
@@ -81,7 +84,7 @@ def export(ws: Workspace, out: Path, fmt: str = "jsonl", split: str | None = Non
         labels = json.loads(r["labels"]) or [0] * len(boxes)
         records.append(LabelledImage(image=f"images/{name}", width=int(r["width"]), height=int(r["height"]), boxes=boxes,
                                      ignore=json.loads(r["ignore"]) or [], source=r["source"],
-                                     labels=tuple(int(x) for x in labels)))
+                                     labels=tuple(int(x) for x in labels), polys=quads_as_polys(r["quads"], len(boxes))))
     n_boxes = sum(len(rec.boxes) for rec in records)
     target = label_format.save(records, out, classes=classes)
     return ExportSummary(format=fmt, out=str(target), images=len(records), boxes=n_boxes,
