@@ -298,8 +298,46 @@ def test_a_real_comparison_with_stock_on_labelled_images(tiny: dict, net) -> Non
 
     ok, _, stock_sel = compare_with_stock(PPOCRDetector(threads=1), items, TINY_RECIPE.grid(), "val")
     assert ok.ok and ok.candidate == pytest.approx(ok.stock) and stock_sel.coverage > 0.3
+    assert ok.interval == (0.0, 0.0)              # against itself, image by image: no difference
     bad, _, _ = compare_with_stock(Blind(), items, TINY_RECIPE.grid(), "val")
     assert not bad.ok and bad.candidate == 0.0 and "below stock" in bad.message("blind")
+    assert bad.interval is not None and bad.interval[1] < 0 and "95 % interval" in bad.message("blind")
+
+
+def test_validation_interval_says_whether_the_images_decide_a_promotion(tmp_path: Path) -> None:
+    """A paired bootstrap within sources: better on every image is ahead in every resample;
+    winning on one image and losing on the rest is a verdict the images do not decide."""
+    from PIL import Image
+
+    from pipeline.boxes import Detections
+    from pipeline.formats import LabelledImage
+    from pipeline.train.select import PromotionCheck, validation_interval
+    from tests.fakes import FakeDetector
+
+    items = []
+    for i in range(12):            # two sources of six 16x16 images, one 8x8 text box each
+        path = tmp_path / f"{i}.png"
+        Image.new("RGB", (16, 16), (i * 10, 0, 0)).save(path)
+        items.append((path, LabelledImage(path.name, 16, 16, boxes=[[2, 2, 10, 10]], source="ab"[i // 6])))
+
+    def finds(widths: dict[int, int], default: int = 0) -> FakeDetector:
+        """Covers `widths[i]` (else `default`) of the 8 columns of image i's box."""
+        def per_image(im: np.ndarray) -> Detections:
+            w = widths.get(int(im[0, 0, 0]) // 10, default)
+            return Detections(np.array([[2, 2, 2 + w, 10]], float).reshape(-1, 4)[:1 if w else 0], np.full(1 if w else 0, 0.9))
+        return FakeDetector(per_image)
+
+    at = {"threshold": 0.3}
+    stock = finds({}, default=4)
+    lo, hi = validation_interval(finds({}, default=6), stock, items, at, at)
+    assert 0 < lo <= hi and hi == pytest.approx(0.25)            # +2 of 8 columns everywhere
+    assert validation_interval(stock, stock, items, at, at) == (0.0, 0.0)
+    lo, hi = validation_interval(finds({0: 8, 6: 8}, default=3), stock, items, at, at)
+    assert lo < 0 < hi                                           # two big wins, ten small losses
+    message = PromotionCheck(True, 0.80, 0.79, 0.01, 12, "val", interval=(lo, hi)).message("m1")
+    assert "do not decide" in message and "+0.0100" in message
+    with pytest.raises(ValueError):
+        validation_interval(stock, stock, items, at, at, level=1.5)
 
 
 def test_selection_averages_sources_and_promotion_refuses_a_model_that_loses_one():
@@ -435,6 +473,8 @@ def test_training_keeps_a_weight_space_blend_of_start_and_tuned_weights(trained:
     assert [x["weight"] for x in tried] == sorted(TINY_RECIPE.interpolate)
     a = r.selection["interpolation"]
     assert r.metrics["interpolation"] == a and a in TINY_RECIPE.interpolate
+    lo, hi = r.metrics["validation_interval"]      # the kept blend vs stock, image by image
+    assert lo <= hi and lo <= r.metrics["coverage_at_budget"] - r.metrics["stock_coverage_at_budget"] + 1e-9
     chosen = next(x for x in tried if x["weight"] == a)
     assert r.selection["coverage_at_budget"] == chosen["coverage_at_budget"]
     allowed = [x for x in tried if x["worst_source_delta"] >= -0.02] or tried

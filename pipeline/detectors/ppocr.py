@@ -189,8 +189,9 @@ class PPOCRDetector:
                 "scale_max_side": c.scale_max_side if len(c.scales) > 1 else None}
 
     def cache_maps(self, on: bool = True) -> None:
-        """Keep each input's probability map in memory (validation grids; off by default)."""
-        self._maps = {} if on else None
+        """Keep each input's probability map in memory (validation grids; off by default). Turning
+        it on again keeps the maps already there (a sweep inside a block that caches reuses them)."""
+        self._maps = (self._maps if self._maps is not None else {}) if on else None
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
         """The network: float32 NCHW input -> N x 1 x H x W probability map."""

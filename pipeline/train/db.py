@@ -352,9 +352,10 @@ class DBArch:
         self.stock = select(points, self.budget)
 
     def finish_seconds(self, seconds_per_validation: float) -> float:
-        """What `finish` will take: each blend exported and validated, the chosen one re-exported."""
+        """What `finish` will take: each blend exported and validated, the chosen one re-exported
+        and compared with stock image by image (about one more validation)."""
         n = len(set(self.recipe.interpolate))
-        return n * (seconds_per_validation + self.export_seconds) + self.export_seconds
+        return n * (seconds_per_validation + self.export_seconds) + self.export_seconds + seconds_per_validation
 
     def state(self) -> dict[str, Any]:
         if self.stock is None:
@@ -425,6 +426,18 @@ class DBArch:
         onnx = export_onnx_bytes(net, "x")
         return net, onnx, DBDetector(PPOCRConfig(threads=self._threads()), version="unsaved", model_bytes=onnx)
 
+    def _interval(self, detector: Any, sel: Any, val: Sequence[Sample]) -> list[float] | None:
+        """`select.validation_interval` of the kept blend against stock, each at its selected
+        settings (two more forward passes over validation; `finish_seconds` counts them)."""
+        from pipeline.detectors.ppocr import PPOCRConfig, PPOCRDetector
+        from pipeline.train.select import validation_interval
+
+        if sel is None or sel.best is None or self.stock is None or self.stock.best is None:
+            return None
+        found = validation_interval(detector, PPOCRDetector(PPOCRConfig(threads=self._threads())), self._items(val),
+                                    sel.best.params, self.stock.best.params)
+        return list(found) if found is not None else None
+
     def finish(self, val: Sequence[Sample]) -> dict[str, Any]:
         """Blend with the start weights (`interpolate`), round to the bundle's float16, export to
         ONNX and select the thresholds on validation with the exported network (what the bundle
@@ -444,7 +457,7 @@ class DBArch:
         self.net.load_state_dict(net.state_dict())
         selection: dict[str, Any] = {}
         if val:
-            metrics = {**metrics, "interpolation": a}
+            metrics = {**metrics, "interpolation": a, "validation_interval": self._interval(detector, sel, val)}
             detector = detector.retuned(**metrics["settings"])
             selection = {"budget": self.budget, "coverage_at_budget": sel.coverage,
                          "stock_coverage_at_budget": self.stock.coverage, "settings": metrics["settings"],

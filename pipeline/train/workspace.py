@@ -96,7 +96,9 @@ def check_from_metrics(metrics: dict[str, Any], images: int, source: str) -> Pro
         return None
     worst, delta = str(metrics.get("worst_source") or ""), float(metrics.get("worst_source_delta") or 0.0)
     ok = passes(float(cand), float(stock), delta)
-    return PromotionCheck(ok, float(cand), float(stock), float(budget), images, source, worst, delta)
+    iv = metrics.get("validation_interval")
+    interval = (float(iv[0]), float(iv[1])) if isinstance(iv, (list, tuple)) and len(iv) == 2 else None
+    return PromotionCheck(ok, float(cand), float(stock), float(budget), images, source, worst, delta, interval)
 
 
 def check_promotion(ws: Any, version: str, threads: int = 0) -> PromotionCheck:
