@@ -45,13 +45,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.boxes import Detections  # noqa: E402
-from pipeline.evaluate import CoverageCounts, coverage_counts, evaluate, evaluate_by_source, json_safe  # noqa: E402
+from pipeline.evaluate import CoverageCounts, evaluate, evaluate_by_source, json_safe  # noqa: E402
 from pipeline.formats import LabelledImage, read_devset, read_jsonl, split_halves  # noqa: E402
 from pipeline.imaging import load_rgb  # noqa: E402
 from pipeline.synth import SynthConfig, generate  # noqa: E402
 from pipeline.train.db import DBRecipe  # noqa: E402
 from pipeline.train.engine import DEFAULT_LR  # noqa: E402
 from pipeline.train.select import COUNT_COLUMNS, coverage_at_over, matched_interval  # noqa: E402
+from pipeline.train.select import image_counts as select_image_counts  # noqa: E402
 
 MICRO = SynthConfig(n_images=30, seed=9001, width=(640, 1024),
                     background_kinds=("fluorescence", "brightfield", "em"),
@@ -165,9 +166,8 @@ def legible_only(items: list[tuple[Path, LabelledImage]]) -> list[LabelledImage]
 
 
 def image_counts(items: list[tuple[Path, LabelledImage]], preds: list[Detections]) -> np.ndarray:
-    """Per image: the pixel counts behind coverage and over-redaction (`select.COUNT_COLUMNS`)."""
-    out = [coverage_counts(r, p, r.width, r.height) for (_, r), p in zip(items, preds)]
-    return np.array([[getattr(c, k) for k in COUNT_COLUMNS] for c in out], dtype=np.float64).reshape(-1, 4)
+    """Per image: the pixel counts behind coverage and over-redaction (`select.image_counts`)."""
+    return select_image_counts([r for _, r in items], preds)
 
 
 def pooled(counts: np.ndarray) -> dict[str, float]:

@@ -180,6 +180,17 @@ def coverage_at_over(curve: Sequence[tuple[float, float]], over: float) -> float
 COUNT_COLUMNS = ("covered_px", "text_px", "outside_px", "image_px")
 
 
+def image_counts(gts: Sequence[Any], preds: Sequence[Any]) -> Any:
+    """Per image, the pixel counts behind coverage and over-redaction (n_images, 4), in
+    `COUNT_COLUMNS` order: what the bootstraps here resample."""
+    import numpy as np
+
+    from pipeline.evaluate import coverage_counts
+
+    out = [coverage_counts(g, p, g.width, g.height) for g, p in zip(gts, preds)]
+    return np.array([[getattr(c, k) for k in COUNT_COLUMNS] for c in out], dtype=np.float64).reshape(-1, 4)
+
+
 def matched_interval(stock: Any, curve: Any, *, level: float = 0.95, n_boot: int = 2000,
                      seed: int = 0) -> tuple[float, float] | None:
     """How much of a matched comparison image sampling alone explains: a paired bootstrap over
@@ -307,22 +318,17 @@ def _maps_cached(detector: Any) -> Iterator[None]:
 
 
 def _per_image_counts(detector: Any, items: Sequence[tuple[Path, Any]], params: dict[str, float]
-                      ) -> dict[int, tuple[int, int]]:
+                      ) -> dict[int, tuple[float, float]]:
     """item index -> (covered text px, text px) of `detector` at `params` (PP-OCR settings, or a
     Faster R-CNN score `threshold`); unreadable images are left out."""
-    from pipeline.evaluate import coverage_counts
     from pipeline.predict import detect_set
 
     if hasattr(detector, "retuned"):
         found = detect_set(detector.retuned(**params), items, 0.3)
     else:
         found = detect_set(detector, items, float(params.get("threshold", min(SCORE_GRID))))
-    out = {}
-    for k, det in zip(found.ok, found.detections):
-        gt = items[k][1]
-        c = coverage_counts(gt, det, gt.width, gt.height)
-        out[k] = (c.covered_px, c.text_px)
-    return out
+    counts = image_counts([items[k][1] for k in found.ok], found.detections)
+    return {k: (float(row[0]), float(row[1])) for k, row in zip(found.ok, counts)}
 
 
 def validation_interval(candidate: Any, stock: Any, items: Sequence[tuple[Path, Any]],
