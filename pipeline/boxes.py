@@ -105,7 +105,7 @@ class Detections:
             "labels": [int(x) for x in self.labels],
         }
         if self.quads is not None:
-            d["quads"] = [[[round(float(x), 2), round(float(y), 2)] for x, y in q] for q in self.quads]
+            d["quads"] = quads_json(self.quads)
         return d
 
     @classmethod
@@ -257,6 +257,11 @@ def union_mask(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
     for x0, y0, x1, y1 in to_int_pixels(boxes, width, height):
         mask[y0:y1, x0:x1] = True
     return mask
+
+
+def quads_json(quads: Any) -> list:
+    """(N, 4, 2) corners as JSON lists at 0.01 px: how sidecars, predictions and annotations store quads."""
+    return [[[round(float(x), 2), round(float(y), 2)] for x, y in q] for q in np.asarray(quads, dtype=np.float64).reshape(-1, 4, 2)]
 
 
 def quad_to_xyxy(quads: Any) -> np.ndarray:

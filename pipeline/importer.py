@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.boxes import clip, enclosing_rect, exif_upright, exif_upright_points, xyxy_to_quad
+from pipeline.boxes import clip, enclosing_rect, exif_upright, exif_upright_points, quads_json
 from pipeline.catalog import ImageStatus, dumps
 from pipeline.config import HarvestConfig
 from pipeline.formats import LabelledImage, coco, read_jsonl
@@ -150,18 +150,9 @@ def label_quads(label: LabelledImage) -> np.ndarray | None:
     longer one (curved text) becomes its minimum-area rectangle, and a box without a polygon is
     its own rectangle. The catalog's `quads` column carries them, so training shrinks the text's
     real shape."""
-    if not label.polys or len(label.polys) != len(label.boxes) or not any(label.polys):
+    if len(label.polys) != len(label.boxes) or not any(label.polys):
         return None
-    out = []
-    for poly, box in zip(label.polys, label.boxes):
-        pts = np.asarray(poly, dtype=np.float64).reshape(-1, 2) if len(poly) >= 6 and len(poly) % 2 == 0 else None
-        if pts is None:
-            out.append(xyxy_to_quad(box[None])[0])
-        elif len(pts) == 4:
-            out.append(pts)
-        else:
-            out.append(enclosing_rect(pts))
-    return np.stack(out)
+    return np.stack([p if len(p) == 4 else enclosing_rect(p) for p in label.polygons()])
 
 
 # --- the import -----------------------------------------------------------------------------
@@ -213,10 +204,9 @@ def import_labels(
                 keep, boxes = _clean_boxes(boxes, img["width"], img["height"])
                 ignore = np.asarray(r.label.ignore, bool)[keep]
                 state = "submitted" if len(boxes) else "empty"
-                quads_json = dumps([[[round(float(v), 2) for v in pt] for pt in q] for q in quads[keep]]) \
-                    if quads is not None and keep.any() else None
+                quads_col = dumps(quads_json(quads[keep])) if quads is not None and keep.any() else None
                 row = (dumps([[round(float(v), 2) for v in b] for b in boxes]), dumps([0] * len(boxes)),
-                       dumps([bool(x) for x in ignore]), state, quads_json)
+                       dumps([bool(x) for x in ignore]), state, quads_col)
                 source = f"import:{origin}"
                 old = cat.imported_annotation(image_id, source)
                 fields = dict(zip(("boxes", "labels", "ignore", "state", "quads"), row))

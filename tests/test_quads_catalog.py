@@ -135,7 +135,6 @@ def test_pull_stores_quads_and_review_and_training_read_them(ws_image, monkeypat
     import pipeline.studio.pull as pull_mod
     from pipeline.evaluate import workspace_ground_truth
     from pipeline.redact.review import reviewed_boxes
-    from pipeline.train.data import gt_polygons
 
     ws, image_id = ws_image
     with ws.catalog() as cat:
@@ -164,7 +163,7 @@ def test_pull_stores_quads_and_review_and_training_read_them(ws_image, monkeypat
     assert same_corners(reviewed.quads[0], quad, 0.5)
     [(_, gt)] = workspace_ground_truth(ws, None)
     assert len(gt.polys) == 1 and len(gt.polys[0]) == 8
-    assert same_corners(gt_polygons(gt)[0], quad, 0.5)
+    assert same_corners(gt.polygons()[0], quad, 0.5)
 
 
 def test_review_queue_keeps_the_held_sidecars_quads(tmp_path, monkeypatch):

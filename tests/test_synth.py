@@ -13,7 +13,6 @@ from pipeline.boxes import area, polygon_area, quads_mask, to_int_pixels
 from pipeline.formats import read_jsonl
 from pipeline.imaging import load_rgb
 from pipeline.synth import SynthConfig, generate, render_overlays, synth_image
-from pipeline.train.data import gt_polygons
 
 SMALL = SynthConfig(n_images=4, seed=7, width=(160, 320), overlays=(4, 8), p_empty=0.0,
                     p_rotate=0.5, p_shadow=0.3, p_plate=0.3)
@@ -71,7 +70,7 @@ def test_rotated_text_carries_its_rotated_rectangle_to_the_training_polygons(tmp
     assert max(ratios) < 1.02 and min(ratios) < 0.6   # never looser (but for pixel corners), often far tighter
     generate(tmp_path / "s", cfg)
     rec = next(r for r in read_jsonl(tmp_path / "s/boxes.jsonl") if any(r.polys))
-    polys = gt_polygons(rec)
+    polys = rec.polygons()
     for poly, p, (x0, y0, x1, y1) in zip(polys, rec.polys, rec.boxes):
         expect = np.asarray(p).reshape(-1, 2) if p else np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
         np.testing.assert_allclose(poly, expect)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.boxes import xywh_to_xyxy, xyxy_to_xywh
-from pipeline.formats.devset import LabelledImage
+from pipeline.formats.devset import LabelledImage, is_polygon
 from pipeline.io import atomic_write_text
 
 FILE_NAME = "annotations.json"
@@ -110,4 +110,4 @@ def _polygon(seg: Any) -> tuple[float, ...]:
         pts = tuple(float(v) for v in seg[0])
     except (TypeError, ValueError):
         return ()
-    return pts if len(pts) >= 6 and len(pts) % 2 == 0 else ()
+    return pts if is_polygon(pts) else ()

@@ -18,6 +18,11 @@ import numpy as np
 from pipeline.io import atomic_open
 
 
+def is_polygon(flat: Sequence[float]) -> bool:
+    """x1, y1, x2, y2, ... with at least three points."""
+    return len(flat) >= 6 and len(flat) % 2 == 0
+
+
 @dataclass(frozen=True)
 class LabelledImage:
     """Ground truth for one image: pixel xyxy boxes, don't-care flags, optional texts/polygons."""
@@ -45,6 +50,20 @@ class LabelledImage:
         if labels and len(labels) != len(boxes):
             raise ValueError(f"{self.image}: {len(boxes)} boxes but {len(labels)} labels")
         object.__setattr__(self, "labels", labels)
+
+    def polygons(self) -> list[np.ndarray]:
+        """One (k, 2) polygon per box: its `polys` entry when that is a polygon (rotated and
+        quadrilateral text), else the box's rectangle. The one reading of `polys` that training,
+        import and export share."""
+        have = len(self.polys) == len(self.boxes)
+        out = []
+        for i, (x0, y0, x1, y1) in enumerate(self.boxes):
+            poly = self.polys[i] if have else ()
+            if is_polygon(poly):
+                out.append(np.asarray(poly, dtype=np.float64).reshape(-1, 2))
+            else:
+                out.append(np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=np.float64))
+        return out
 
     def class_ids(self) -> list[int]:
         """The class index of every box (0 when the record carries none)."""

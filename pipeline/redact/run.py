@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.boxes import Detections, line_bridges, area as box_area
+from pipeline.boxes import Detections, line_bridges, quads_json, area as box_area
 from pipeline.detectors.base import detect_visible
 from pipeline.io import UnwritableError, atomic_write_bytes, atomic_write_text, is_atomic_temp, sha256_bytes, sha256_file
 from pipeline.imaging import ImageRejected
@@ -568,7 +568,7 @@ class Redactor:
         rec: dict[str, Any] = {"page": i, "boxes": res.boxes[i] if i < len(res.boxes) else [],
                                "scores": res.scores[i] if i < len(res.scores) else []}
         if det is not None and det.quads is not None:
-            rec["quads"] = [[[round(float(x), 2), round(float(y), 2)] for x, y in q] for q in det.quads]
+            rec["quads"] = quads_json(det.quads)
         rec["redacted"] = [] if cover is None else [[int(v) for v in b] for b in cover.boxes]
         if cover is not None:
             if cover.polygons is not None:

@@ -9,7 +9,7 @@
   workspace.py   the workspace stage (train, bundle, register, promote by the rule)
 """
 
-from pipeline.train.data import Sample, augment, gt_polygons, samples_from_devset, samples_from_jsonl, workspace_samples
+from pipeline.train.data import Sample, augment, samples_from_devset, samples_from_jsonl, workspace_samples
 from pipeline.train.db import DBRecipe
 from pipeline.train.engine import ARCHS, TrainConfig, TrainingError, TrainResult, losses_of, peak_rss_mb, train
 from pipeline.train.fasterrcnn import make_batch, validate
@@ -18,6 +18,6 @@ from pipeline.train.workspace import (CheckpointExists, PromotionRefused, TrainS
                                       resolve_parent, save_result, train_run, train_workspace, workspace_training_data)
 
 __all__ = ["ARCHS", "CheckpointExists", "DBRecipe", "TrainSummary", "train_run", "PromotionCheck", "PromotionRefused", "Sample", "TrainConfig", "TrainResult",
-           "TrainingError", "augment", "check_promotion", "gt_polygons", "losses_of", "make_batch", "peak_rss_mb",
+           "TrainingError", "augment", "check_promotion", "losses_of", "make_batch", "peak_rss_mb",
            "promote_checked", "resolve_parent", "samples_from_devset", "samples_from_jsonl", "save_result", "train",
            "train_workspace", "validate", "workspace_samples", "workspace_training_data"]

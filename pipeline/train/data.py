@@ -51,19 +51,6 @@ def workspace_samples(ws: Any, split: str) -> list[Sample]:
     return [Sample(path, gt, path.stem) for path, gt in workspace_ground_truth(ws, split)]
 
 
-def gt_polygons(gt: LabelledImage) -> list[np.ndarray]:
-    """One (k, 2) polygon per GT box: the record's `polys` entry when it has one (rotated and
-    quadrilateral text from the devset), else the box's rectangle."""
-    out = []
-    for i, (x0, y0, x1, y1) in enumerate(gt.boxes):
-        poly = gt.polys[i] if len(gt.polys) == len(gt.boxes) else ()
-        if poly and len(poly) >= 6 and len(poly) % 2 == 0:
-            out.append(np.asarray(poly, dtype=np.float64).reshape(-1, 2))
-        else:
-            out.append(np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=np.float64))
-    return out
-
-
 def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="JPEG", quality=int(quality))

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.detectors.ppocr import preprocess
-from pipeline.train.data import Sample, _area, draw_images, gt_polygons, inference_scale, photometric, warp_crop
+from pipeline.train.data import Sample, _area, draw_images, inference_scale, photometric, warp_crop
 
 log = logging.getLogger("pipeline.train")
 
@@ -206,7 +206,7 @@ def db_crop(img: np.ndarray, gt_rec: Any, rng: np.random.Generator, recipe: DBRe
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(BGR crop uint8, gt, mask) of one sample image (RGB uint8) at the inference scale."""
     h, w = img.shape[:2]
-    polys = gt_polygons(gt_rec)
+    polys = gt_rec.polygons()
     ignore = np.asarray(gt_rec.ignore, dtype=bool)
     scale = inference_scale(h, w)
     if augment:
@@ -295,6 +295,7 @@ class DBArch:
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
         self.recipe: DBRecipe = cfg.db
+        self._stock_det: Any = None     # stock ppocr's session, made when validation first needs it
         self.export_seconds = 0.0       # one blend's deep copy + float16 rounding + ONNX export + session
         self.net: Any = None
         self.budget: float | None = None
@@ -340,11 +341,9 @@ class DBArch:
 
     def prepare_validation(self, val: Sequence[Sample]) -> None:
         """Stock ppocr's trade-off curve on the validation split, and the budget it sets."""
-        from pipeline.detectors.ppocr import PPOCRConfig, PPOCRDetector
         from pipeline.train.select import PPOCR_GRID_DEFAULT, select, stock_budget, sweep
 
-        stock = PPOCRDetector(PPOCRConfig(threads=self._threads()))
-        points = sweep(stock, self._items(val), [PPOCR_GRID_DEFAULT, *self.recipe.grid()])
+        points = sweep(self._stock_detector(), self._items(val), [PPOCR_GRID_DEFAULT, *self.recipe.grid()])
         t = time.monotonic()
         self._exported(1.0)             # what `finish` pays per blend besides its validation
         self.export_seconds = time.monotonic() - t
@@ -426,15 +425,22 @@ class DBArch:
         onnx = export_onnx_bytes(net, "x")
         return net, onnx, DBDetector(PPOCRConfig(threads=self._threads()), version="unsaved", model_bytes=onnx)
 
+    def _stock_detector(self) -> Any:
+        """Stock ppocr for validation (one ONNX session per run: the sweep and the interval)."""
+        from pipeline.detectors.ppocr import PPOCRConfig, PPOCRDetector
+
+        if self._stock_det is None:
+            self._stock_det = PPOCRDetector(PPOCRConfig(threads=self._threads()))
+        return self._stock_det
+
     def _interval(self, detector: Any, sel: Any, val: Sequence[Sample]) -> list[float] | None:
         """`select.validation_interval` of the kept blend against stock, each at its selected
         settings (two more forward passes over validation; `finish_seconds` counts them)."""
-        from pipeline.detectors.ppocr import PPOCRConfig, PPOCRDetector
         from pipeline.train.select import validation_interval
 
         if sel is None or sel.best is None or self.stock is None or self.stock.best is None:
             return None
-        found = validation_interval(detector, PPOCRDetector(PPOCRConfig(threads=self._threads())), self._items(val),
+        found = validation_interval(detector, self._stock_detector(), self._items(val),
                                     sel.best.params, self.stock.best.params)
         return list(found) if found is not None else None
 

@@ -123,9 +123,7 @@ def sweep(detector: Any, items: Sequence[tuple[Path, Any]], grid: Sequence[dict[
     points = []
     if hasattr(detector, "retuned"):
         grid = list(grid) if grid else [PPOCR_GRID_DEFAULT]
-        cached = getattr(detector, "_maps", None) is not None
-        detector.cache_maps(True)
-        try:
+        with _maps_cached(detector):
             for params in grid:
                 found = detect_set(detector.retuned(**params), items, threshold)
                 ok, dets, errors = found.ok, found.detections, found.errors
@@ -135,8 +133,6 @@ def sweep(detector: Any, items: Sequence[tuple[Path, Any]], grid: Sequence[dict[
                 m = evaluate(gts, dets).as_dict() if ok else {}
                 points.append(Operating(dict(params), _num(m.get("text_coverage")), _num(m.get("over_redaction")), m,
                                         coverage_by_source(gts, dets)))
-        finally:
-            detector.cache_maps(cached)
         return points
     found = detect_set(detector, items, min(SCORE_GRID))
     ok, dets, errors = found.ok, found.detections, found.errors
@@ -204,13 +200,11 @@ def matched_interval(stock: Any, curve: Any, *, level: float = 0.95, n_boot: int
 
     stock = np.asarray(stock, dtype=np.float64)
     curve = np.asarray(curve, dtype=np.float64)
-    if not 0.0 < level < 1.0 or n_boot < 1:
-        raise ValueError(f"level must be in (0, 1) and n_boot >= 1, got {level}, {n_boot}")
+    _check_bootstrap(level, n_boot)
     n = stock.shape[0]
     if n == 0 or curve.shape[1:] != stock.shape:
         raise ValueError(f"stock counts {stock.shape} and curve counts {curve.shape} do not describe the same images")
-    rng = np.random.default_rng(seed)
-    weights = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(n_boot)]).astype(np.float64)
+    weights = _resample_weights(np.random.default_rng(seed), n, n_boot)
     s = weights @ stock                                   # (B, 4)
     c = np.einsum("bn,pnk->bpk", weights, curve)          # (B, P, 4)
     deltas = []
@@ -223,7 +217,26 @@ def matched_interval(stock: Any, curve: Any, *, level: float = 0.95, n_boot: int
                 deltas.append(own - s[b, 0] / s[b, 1])
     if len(deltas) < n_boot / 2:
         return None
-    lo, hi = np.quantile(deltas, [(1 - level) / 2, (1 + level) / 2])
+    return _central(deltas, level)
+
+
+def _check_bootstrap(level: float, n_boot: int) -> None:
+    if not 0.0 < level < 1.0 or n_boot < 1:
+        raise ValueError(f"level must be in (0, 1) and n_boot >= 1, got {level}, {n_boot}")
+
+
+def _resample_weights(rng: Any, n: int, n_boot: int) -> Any:
+    """(n_boot, n): how often each of n images is drawn in each resample (with replacement)."""
+    import numpy as np
+
+    return np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(n_boot)]).astype(np.float64)
+
+
+def _central(values: Any, level: float) -> tuple[float, float]:
+    """The central `level` interval of bootstrap values."""
+    import numpy as np
+
+    lo, hi = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
 
 
@@ -341,8 +354,7 @@ def validation_interval(candidate: Any, stock: Any, items: Sequence[tuple[Path, 
     validation images, three of them receipts, a +0.03 verdict can rest on one image; this says so."""
     import numpy as np
 
-    if not 0.0 < level < 1.0 or n_boot < 1:
-        raise ValueError(f"level must be in (0, 1) and n_boot >= 1, got {level}, {n_boot}")
+    _check_bootstrap(level, n_boot)
     c, s = _per_image_counts(candidate, items, candidate_params), _per_image_counts(stock, items, stock_params)
     keys = sorted(set(c) & set(s))
     groups: dict[str, list[int]] = {}
@@ -358,14 +370,11 @@ def validation_interval(candidate: Any, stock: Any, items: Sequence[tuple[Path, 
     for ks in groups.values():
         cc = np.array([c[k] for k in ks], dtype=np.float64)
         sc = np.array([s[k] for k in ks], dtype=np.float64)
-        n = len(ks)
-        w = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(n_boot)]).astype(np.float64)
+        w = _resample_weights(rng, len(ks), n_boot)
         with np.errstate(invalid="ignore", divide="ignore"):
             d = (w @ cc[:, 0]) / (w @ cc[:, 1]) - (w @ sc[:, 0]) / (w @ sc[:, 1])
         diff += np.nan_to_num(d)          # a resample with no text in a source: no difference there
-    diff /= len(groups)
-    lo, hi = np.quantile(diff, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
+    return _central(diff / len(groups), level)
 
 
 def worst_source(candidate: Selection, stock: Selection, items: Sequence[tuple[Path, Any]]) -> tuple[str, float]:
