@@ -3,6 +3,8 @@ the ML backend app (FastAPI in-process), the launcher's PID-file discipline."""
 
 from __future__ import annotations
 
+import os
+
 import subprocess
 import sys
 import time
@@ -202,6 +204,9 @@ def test_export_formats_from_catalog_annotations(ws, tmp_path):
     rot = next(r for r in recs.values() if ids["rot.jpg"] in r.image)
     with Image.open(tmp_path / "j" / rot.image) as im:
         assert im.size == (60, 90) == (rot.width, rot.height)  # written upright: boxes stay valid
+    mask = os.umask(0o022); os.umask(mask)
+    assert (tmp_path / "j" / rot.image).stat().st_mode & 0o777 == 0o666 & ~mask  # readable by whoever gets the export
+    assert not [p for p in (tmp_path / "j" / "images").iterdir() if p.name.startswith(".")]  # no temp left
     res = export(ws, tmp_path / "c", "coco")
     coco = _json.loads((tmp_path / "c" / "annotations.json").read_text())
     a = next(x for x in coco["annotations"] if coco["images"][x["image_id"] - 1]["file_name"].startswith(f"images/{ids['a.png']}"))

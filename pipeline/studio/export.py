@@ -19,6 +19,7 @@ from typing import Any
 from pipeline.catalog import quads_as_polys
 from pipeline.formats import FORMATS as _REGISTRY
 from pipeline.formats import LabelledImage, get_format
+from pipeline.io import atomic_open
 from pipeline.workspace import Workspace
 
 FORMATS = tuple(_REGISTRY)
@@ -32,26 +33,25 @@ def labelled_rows(ws: Workspace, split: str | None = None, sources: tuple[str, .
 
 
 def _place_image(ws: Workspace, row: dict[str, Any], dest_dir: Path) -> str:
+    """The image under `dest_dir`: hard-linked, else copied, else (EXIF-rotated) written upright
+    as PNG; copies and PNGs appear complete or not at all (`io.atomic_open`)."""
     src = ws.abspath(row["path"])
-    name = f"{row['image_id']}{src.suffix}"
-    if int(row.get("orientation") or 1) != 1:
+    upright = int(row.get("orientation") or 1) != 1
+    name = f"{row['image_id']}{'.png' if upright else src.suffix}"
+    dest = dest_dir / name
+    if dest.exists():
+        return name
+    if upright:
         from PIL import Image, ImageOps
 
-        name = f"{row['image_id']}.png"
-        dest = dest_dir / name
-        if not dest.exists():
-            with Image.open(src) as im:
-                up = ImageOps.exif_transpose(im)
-                tmp = dest.with_suffix(".tmp.png")
-                up.save(tmp, format="PNG")
-                os.replace(tmp, dest)
+        with Image.open(src) as im, atomic_open(dest) as fh:
+            ImageOps.exif_transpose(im).save(fh, format="PNG")
         return name
-    dest = dest_dir / name
-    if not dest.exists():
-        try:
-            os.link(src, dest)
-        except OSError:
-            shutil.copy2(src, dest)
+    try:
+        os.link(src, dest)
+    except OSError:
+        with open(src, "rb") as fin, atomic_open(dest) as fh:
+            shutil.copyfileobj(fin, fh)
     return name
 
 
