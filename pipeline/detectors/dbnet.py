@@ -19,7 +19,6 @@ when PaddleOCR exported the model.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -32,14 +31,11 @@ from typing import Any
 import numpy as np
 
 from pipeline.detectors.ppocr import PPOCRConfig, PPOCRDetector, config_version, default_model_path
+from pipeline.io import sha256_bytes, sha256_file
 
 log = logging.getLogger(__name__)
 
 OPSET = 17
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def cache_dir() -> Path:
@@ -224,4 +220,4 @@ class DBModelConfig:
 
 
 def stock_sha256() -> str:
-    return sha256_bytes(default_model_path().read_bytes())
+    return sha256_file(default_model_path())
