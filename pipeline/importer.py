@@ -30,7 +30,7 @@ import numpy as np
 from pipeline.boxes import clip, enclosing_rect, exif_upright, exif_upright_points, quads_json
 from pipeline.catalog import ImageStatus, dumps
 from pipeline.config import HarvestConfig
-from pipeline.formats import LabelledImage, coco, read_jsonl
+from pipeline.formats import LabelledImage, coco, devset_files, read_jsonl
 from pipeline.harvest import harvest
 from pipeline.workspace import Workspace
 
@@ -104,9 +104,10 @@ def read_label_files(files: Iterable[str | Path], fmt: str = "auto", images_dir:
     for f in files:
         path = Path(f).expanduser()
         if path.is_dir():  # a devset root: every <source>/boxes.jsonl
-            found = [path / "boxes.jsonl"] if (path / "boxes.jsonl").exists() else sorted(path.glob("*/boxes.jsonl"))
-            if not found:
-                raise ValueError(f"{path}: no boxes.jsonl in this folder or its sub-folders")
+            try:
+                found = devset_files(path)
+            except FileNotFoundError as exc:
+                raise ValueError(str(exc)) from None
             for j in found:  # named <source>/boxes.jsonl: every source gets its own annotation source
                 records += read_devset_jsonl(j, images_dir, j.relative_to(path).as_posix())
             continue

@@ -182,3 +182,16 @@ def test_devset_polygons_become_quads_that_training_reads_upright(ws, tmp_path: 
         out = export(ws, tmp_path / f"export_{fmt}", fmt)
         got = sorted(tuple(round(v, 2) for v in p) for r in load(fmt, out.out) for p in r.polys)
         assert got == want, fmt
+
+
+def test_a_folder_without_label_files_is_one_clear_error(ws, tmp_path: Path) -> None:
+    """`import FOLDER` reads FOLDER/boxes.jsonl or FOLDER/<source>/boxes.jsonl; a folder with
+    neither stops with one line naming it, and nothing is imported."""
+    empty = tmp_path / "labels"
+    (empty / "sub").mkdir(parents=True)
+    before = snapshot(ws)
+    res = CliRunner().invoke(app, ["-w", str(ws.root), "import", str(empty)])
+    assert res.exit_code != 0
+    assert f"{empty}: no boxes.jsonl in this folder or its sub-folders" in res.output
+    assert "Traceback" not in res.output
+    assert snapshot(ws) == before

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.formats import coco, devset, yolo
-from pipeline.formats.devset import LabelledImage, read_devset, read_jsonl, split_halves, write_jsonl
+from pipeline.formats.devset import LabelledImage, devset_files, read_devset, read_jsonl, split_halves, write_jsonl
 
 
 @dataclass(frozen=True)
@@ -50,5 +50,5 @@ def load(name: str, path: str | Path, **options: Any) -> list[LabelledImage]:
     return get_format(name).load(path, **options)
 
 
-__all__ = ["FORMATS", "LabelFormat", "LabelledImage", "get_format", "save", "load", "read_devset", "read_jsonl",
+__all__ = ["FORMATS", "LabelFormat", "LabelledImage", "devset_files", "get_format", "save", "load", "read_devset", "read_jsonl",
            "split_halves", "write_jsonl"]

@@ -110,12 +110,19 @@ def read_jsonl(path: str | Path, source: str = "") -> list[LabelledImage]:
     return out
 
 
-def read_devset(root: str | Path) -> list[tuple[Path, LabelledImage]]:
-    """Every `<source>/boxes.jsonl` under `root` (or `root/boxes.jsonl`), with absolute image paths."""
+def devset_files(root: str | Path) -> list[Path]:
+    """A devset root's label files: `root/boxes.jsonl`, else every `<source>/boxes.jsonl`
+    (sorted); FileNotFoundError naming the folder when there is none."""
     root = Path(root)
     files = [root / "boxes.jsonl"] if (root / "boxes.jsonl").exists() else sorted(root.glob("*/boxes.jsonl"))
     if not files:
-        raise FileNotFoundError(f"{root}: no boxes.jsonl found (expected <source>/boxes.jsonl)")
+        raise FileNotFoundError(f"{root}: no boxes.jsonl in this folder or its sub-folders (expected <source>/boxes.jsonl)")
+    return files
+
+
+def read_devset(root: str | Path) -> list[tuple[Path, LabelledImage]]:
+    """Every `<source>/boxes.jsonl` under `root` (or `root/boxes.jsonl`), with absolute image paths."""
+    files = devset_files(root)
     out = []
     for f in files:
         source = f.parent.name
