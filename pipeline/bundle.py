@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import time
 import zipfile
 from collections.abc import Iterable, Mapping
@@ -34,6 +35,7 @@ from pipeline.io import atomic_write_bytes, atomic_write_text
 
 BUNDLE_FORMAT = 1
 KINDS = ("db", "fasterrcnn")
+VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def data_hash(items: Iterable[str]) -> str:
@@ -128,6 +130,8 @@ def read_bundle_meta(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: not a textloop model bundle (not a zip file)") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: corrupt bundle metadata ({exc})") from None
+    if not isinstance(meta["config"], dict):
+        raise ValueError(f"{path}: corrupt bundle metadata (config.json is not an object)")
     kind = meta["config"].get("kind")
     if kind not in KINDS:
         raise ValueError(f"{path}: unsupported model kind {kind!r}")
@@ -135,6 +139,35 @@ def read_bundle_meta(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: not a textloop model bundle (db bundle without model.onnx)")
     if int(meta["config"].get("format", 0)) > BUNDLE_FORMAT:
         raise ValueError(f"{path}: bundle format {meta['config'].get('format')} is newer than this textloop supports")
+    version = meta["config"].get("version")
+    if not isinstance(version, str) or not VERSION_RE.fullmatch(version) or ".." in version:
+        # the version names the model's folder in a workspace: never a path
+        raise ValueError(f"{path}: bad model version {version!r} (letters, digits, '.', '_', '-'; at most 128)")
+    if not isinstance(meta["config"].get("model"), dict):
+        raise ValueError(f"{path}: corrupt bundle metadata (config.json has no model settings)")
+    return meta
+
+
+def check_bundle(path: str | Path) -> dict[str, Any]:
+    """The bundle's meta once its network has loaded (db: an onnxruntime session of its ONNX;
+    fasterrcnn: its weights into the configured model, when torch is installed): what
+    `register_model` checks before a model can be recorded, and so promoted."""
+    path = Path(path)
+    meta = read_bundle_meta(path)
+    try:
+        if meta["config"]["kind"] == "db":
+            load_bundle(path, threads=1)
+        else:
+            try:
+                import torch  # noqa: F401
+            except ImportError:
+                return meta   # checked where it can run (train extra)
+            load_model(path)
+    except ValueError:
+        raise
+    except Exception as exc:  # onnxruntime / torch say "invalid protobuf", "unpickling error", ...
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"{path}: the bundle's network does not load ({first[:200]})") from None
     return meta
 
 
@@ -205,7 +238,7 @@ def load_bundle(path: str | Path, **options: Any) -> Any:
 def register_model(ws: Any, bundle_path: str | Path, parent: str | None = None, promote: bool = False) -> str:
     """Copy a bundle into `<ws>/models/<version>/` and record it; idempotent for the same bundle."""
     bundle_path = Path(bundle_path)
-    meta = read_bundle_meta(bundle_path)
+    meta = check_bundle(bundle_path)
     version = str(meta["config"]["version"])
     parent = parent if parent is not None else meta["config"].get("parent")
     dest = ws.models_dir / version / "bundle.zip"

@@ -110,6 +110,39 @@ def test_registry_promote_and_current(trained: dict, ws, tmp_path: Path) -> None
     assert r.exit_code == 1
 
 
+def forged_bundle(path: Path, config: dict, model_onnx: bytes | None = b"garbage") -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("config.json", json.dumps(config))
+        zf.writestr("weights.pt", b"garbage")
+        if model_onnx is not None:
+            zf.writestr("model.onnx", model_onnx)
+    return path
+
+
+def test_register_refuses_bundles_that_are_not_models(ws, tmp_path: Path) -> None:
+    """A bundle's version names a folder in the workspace, and a registered model can be
+    promoted: a path as the version, or a network that does not load, is refused with one line
+    and leaves no file and no catalog row behind."""
+    runner = CliRunner()
+    cases = {
+        "../../evil": "bad model version",
+        "/tmp/abs": "bad model version",
+        "a/b": "bad model version",
+    }
+    for version, message in cases.items():
+        b = forged_bundle(tmp_path / "f.zip", {"kind": "db", "version": version, "model": {}})
+        r = runner.invoke(app, ["--workspace", str(ws.root), "models", "register", str(b)])
+        assert r.exit_code != 0 and message in r.output, r.output
+    assert not (tmp_path / "evil").exists() and not (ws.root.parent / "evil").exists()
+    b = forged_bundle(tmp_path / "g.zip", {"kind": "db", "version": "garbage1", "model": {}})
+    r = runner.invoke(app, ["--workspace", str(ws.root), "models", "register", str(b)])
+    assert r.exit_code != 0 and "does not load" in r.output and "Traceback" not in r.output, r.output
+    b = forged_bundle(tmp_path / "h.zip", {"kind": "db", "version": "nomodel"})
+    r = runner.invoke(app, ["--workspace", str(ws.root), "models", "register", str(b)])
+    assert r.exit_code != 0 and "no model settings" in r.output, r.output
+    assert list_models(ws) == [] and not any(ws.models_dir.iterdir())
+
+
 def test_cli_synth_is_idempotent(tmp_path: Path) -> None:
     runner = CliRunner()
     wsdir = str(tmp_path / "w")
