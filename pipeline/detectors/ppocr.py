@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import numbers
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -63,12 +65,32 @@ class PPOCRConfig:
     model_path: str = ""           # default: the model inside the rapidocr wheel
 
     def __post_init__(self) -> None:
-        if not self.scales or min(self.scales) <= 0:
-            raise ValueError(f"scales must be positive, got {self.scales}")
+        for name, (lo, hi, kind) in _RANGES.items():
+            value = getattr(self, name)
+            if kind is int and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+                raise ValueError(f"{name} must be a whole number, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+                    or not lo <= value <= hi:
+                raise ValueError(f"{name} must be a number from {lo:g} to {hi:g}, got {value!r}")
+        if not self.scales or not all(isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+                                      and 0 < x <= MAX_SCALE for x in self.scales):
+            # a pass at scale s holds s^2 times the image's pixels: 100x of a small image is 20 GB
+            raise ValueError(f"scales must be numbers above 0 and at most {MAX_SCALE:g}, got {self.scales}")
         if self.tile_overlap >= self.tile_size:
             raise ValueError("tile_overlap must be smaller than tile_size")
         if self.refine not in ("image", "small"):
             raise ValueError(f"refine must be 'image' or 'small', got {self.refine!r}")
+
+
+MAX_SCALE = 4.0
+# field: (lowest, highest, int | float). Thresholds of 0 or 1 mark everything or nothing.
+_RANGES: dict[str, tuple[float, float, type]] = {
+    "box_thresh": (0.0, 1.0, float), "thresh": (0.001, 0.999, float), "unclip_ratio": (0.1, 10.0, float),
+    "min_side": (32, 16384, int), "max_side": (64, 16384, int), "tile_size": (64, 8192, int),
+    "tile_overlap": (0, 8192, int), "max_upscale": (1.0, 16.0, float), "scale_max_side": (0, 1 << 20, int),
+    "refine_thresh": (0.0, 1.0, float), "refine_max_height": (1.0, 10000.0, float), "refine_edges": (0, 255, int),
+    "refine_cell": (16, 8192, int), "refine_margin": (0, 8192, int), "threads": (1, 1024, int),
+}
 
 
 def config_version(base: str, config: PPOCRConfig, skip: tuple[str, ...] = ()) -> str:
@@ -116,7 +138,7 @@ class PPOCRDetector:
             if unknown:
                 raise ValueError(f"unknown ppocr option(s): {', '.join(unknown)}")
             if "scales" in options:
-                options["scales"] = tuple(float(s) for s in options["scales"])  # type: ignore[union-attr]
+                options["scales"] = _scales(options["scales"])
             config = PPOCRConfig(**options)  # type: ignore[arg-type]
         self.config = config
         self.version = self._version(config)
@@ -160,7 +182,7 @@ class PPOCRDetector:
         if "model_path" in changes or "threads" in changes:
             raise ValueError("with_options() cannot change model_path or threads (they make the session)")
         if "scales" in changes:
-            changes["scales"] = tuple(float(x) for x in changes["scales"])
+            changes["scales"] = _scales(changes["scales"])
         other = copy.copy(self)
         other.config = replace(self.config, **changes)
         other._post = self._make_post(other.config)
@@ -362,6 +384,15 @@ class PPOCRDetector:
 
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
         return [self.detect_one(im) for im in images]
+
+
+def _scales(value: object) -> tuple[float, ...]:
+    """`scales` as given (`-o scales=2`, `scales=1,2`, a list): a tuple of floats, or ValueError."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    try:
+        return tuple(float(x) for x in items)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"scales must be numbers, got {value!r}") from None
 
 
 def _not_inside(b: np.ndarray, found: np.ndarray | None) -> np.ndarray:
