@@ -14,6 +14,7 @@ out at their place in the image.
 from __future__ import annotations
 
 import difflib
+import math
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -25,6 +26,7 @@ from pipeline.boxes import inside_fraction
 READER_VERSION = "ppocr-v4-rec"
 DEFAULT_MIN_CHARS = 3
 DEFAULT_MIN_SCORE = 0.5
+MIN_READ_SIDE = 32             # short side (px) the reader pads a thin strip to, after its 2000 px cap
 MULTISCALE_MAX_SIDE = 1600     # the 2x pass runs on images up to this long side (small text)
 
 
@@ -85,6 +87,13 @@ class Reader:
         bgr = cv2.cvtColor(np.ascontiguousarray(rgb[..., :3]), cv2.COLOR_RGB2BGR)
         if scale != 1.0:
             bgr = cv2.resize(bgr, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+        # RapidOCR shrinks the long side to 2000 px and rounds sides to 32: a strip 30 px tall
+        # and 4000 long would round to 0 and raise. Grow the short side (edge pixels repeated,
+        # below/right, so reading coordinates are unchanged) until it survives.
+        h, w = bgr.shape[:2]
+        need = max(MIN_READ_SIDE, math.ceil(max(h, w) / 2000 * 2 * MIN_READ_SIDE))
+        if min(h, w) < need:
+            bgr = cv2.copyMakeBorder(bgr, 0, max(0, need - h), 0, max(0, need - w), cv2.BORDER_REPLICATE)
         with self._lock:
             res, _ = self._ocr(bgr, use_cls=False, use_det=True, use_rec=True)
         out = []

@@ -226,3 +226,25 @@ def test_verify_covers_a_missed_line_of_a_transparent_image(tmp_path, monkeypatc
     summary = json.loads(r.stdout)
     assert summary["audit_covered"] >= 1 and summary["remaining_text"] == 0
     assert words_read(reader, viewer_pictures(tmp_path / "o.png")).isdisjoint(set(WORDS))
+
+
+def test_the_audit_reads_long_thin_strips(reader: Reader, tmp_path: Path) -> None:
+    """A 3000 x 60 banner (and a 2-pixel sliver) used to fail `--verify` (the recogniser's resize
+    rounded the short side to 0); the audit must read the strip's words where they are, and a
+    sliver is simply empty."""
+    im = Image.new("RGB", (3000, 60), "white")
+    ImageDraw.Draw(im).text((2400, 8), "Jonathan", font=_font(40), fill="black")
+    readings = reader.read(np.asarray(im))
+    hit = [r for r in readings if "jonathan" in normalise(r.text)]
+    assert hit, [r.text for r in readings]
+    x0, y0, x1, y1 = hit[0].box
+    assert 2350 <= x0 < x1 <= 2650 and 0 <= y0 < y1 <= 60  # in the strip's own coordinates
+    assert reader.read(np.full((3000, 2, 3), 255, np.uint8)) == []
+    src = tmp_path / "in"
+    src.mkdir()
+    im.save(src / "banner.png")
+    Image.new("RGB", (2, 3000), "white").save(src / "sliver.png")
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "--json", "redact", str(src), str(tmp_path / "out"),
+                                 "--detector", "ppocr", "--verify"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["failed"] == 0
