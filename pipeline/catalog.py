@@ -22,6 +22,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from pipeline.io import describe_error
+
 
 class ImageStatus(str, Enum):
     """Where an image is in the loop (`images.status`; migration 5 constrains the column to these)."""
@@ -726,7 +728,7 @@ class Catalog:
         try:
             yield it
         except BaseException as exc:
-            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            error = describe_error(exc)
             self.finish_iteration(it.id, "failed", counts=it.counts, metrics={**it.metrics, "error": error})
             raise
         self.finish_iteration(it.id, "done", counts=it.counts, metrics=it.metrics)

@@ -21,6 +21,13 @@ if TYPE_CHECKING:  # pandas is imported where tables are written: it is not need
     import pandas as pd
 
 
+def describe_error(exc: BaseException) -> str:
+    """One line for an unexpected exception in a summary or sidecar: `Type: message`, or the
+    type alone when it carries no message (`ResizeImgError: ` told a user nothing)."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 # --- hashes ---------------------------------------------------------------------------------
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.detectors.base import detect_visible
+from pipeline.io import describe_error
 from pipeline.studio.convert import confidence, detections_to_results
 from pipeline.studio.project import LabelConfig, parse_label_config, render_label_config
 from pipeline.workspace import Workspace
@@ -98,7 +99,7 @@ class Backend:
             except Exception as exc:  # noqa: BLE001 - one bad task must not sink the batch; LS needs one entry per task
                 log.warning("task %s: no prediction (%s)", task.get("id"), exc)
                 results.append({"result": [], "score": 0.0, "model_version": str(detector.version),
-                                "error": f"{type(exc).__name__}: {exc}"})
+                                "error": describe_error(exc)})
         return results
 
     def _load_task_image(self, task: dict[str, Any], config: LabelConfig) -> list[np.ndarray]:
@@ -170,7 +171,7 @@ class Backend:
                 except Exception as exc:  # noqa: BLE001 - reported on /status, the server keeps serving
                     log.error("retrain failed: %s", traceback.format_exc())
                     with self._lock_state():
-                        self.training.update(state="failed", last_error=f"{type(exc).__name__}: {exc}",
+                        self.training.update(state="failed", last_error=describe_error(exc),
                                              finished_at=time.time())
                 with self._lock_state():
                     if self.training["queued"]:

@@ -22,6 +22,7 @@ import numpy as np
 
 from pipeline.boxes import Detections
 from pipeline.catalog import load_quads
+from pipeline.io import describe_error
 from pipeline.redact.run import Item, Result, read_sidecar
 from pipeline.workspace import Workspace
 
@@ -77,7 +78,7 @@ def queue_for_review(ws: Workspace, queued: Sequence[Result], model_version: str
         out["push"] = push(ws, sorted(known), model_version)
         out["pushed"] = len(known)
     except Exception as exc:  # Label Studio down, no token, push not installed: the hold still stands
-        out["push_error"] = f"{type(exc).__name__}: {exc}"
+        out["push_error"] = describe_error(exc)
         log.warning("review: %d image(s) queued but not pushed to Label Studio (%s); they are in the "
                     "workspace with predictions under %s, push them with `textloop push`",
                     len(known), out["push_error"], model_version)
