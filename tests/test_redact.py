@@ -738,14 +738,42 @@ def test_redact_tree_library_call_gives_what_the_cli_gives(tmp_path):
         redact_tree(str(tmp_path / "in" / "*.txt"), tmp_path / "x", detector=FakeDetector())
 
 
-def test_redact_with_a_named_detector_creates_no_workspace(tmp_path, fake):
-    """Only `current`, --review and --from-review read the catalog: the workspace is opened
-    lazily by redact_tree, so a missing input or a ppocr run leaves no workspace folder behind."""
+def test_redact_creates_no_workspace(tmp_path, fake):
+    """Only --review and --from-review need a workspace; `current` (the default) reads one's
+    promoted model only if the workspace exists. So a missing input, a ppocr run and a plain
+    `redact` (a user who only redacts) leave no workspace folder behind."""
     r = cli(tmp_path, "redact", str(tmp_path / "missing"), str(tmp_path / "out"))
     assert r.exit_code == 2 and not (tmp_path / "ws").exists()
     src = make_tree(tmp_path / "in")
     r = cli(tmp_path, "redact", "--detector", "ppocr", str(src), str(tmp_path / "out"))
     assert r.exit_code == 0 and not (tmp_path / "ws").exists()
+    r = cli(tmp_path, "redact", str(src), str(tmp_path / "out2"))
+    assert r.exit_code == 0 and not (tmp_path / "ws").exists()
+
+
+def test_single_file_output_naming(tmp_path, fake):
+    """`redact a.png clean/` puts a.png into clean/ even when clean/ does not exist yet (a Path
+    argument dropped the slash and wrote a file named `clean`); an output named with another
+    format's extension is refused instead of getting PNG bytes in a .jpg."""
+    src = tmp_path / "a.png"
+    Image.fromarray(rgb_noise(64)).save(src)
+    r = cli(tmp_path, "redact", str(src), str(tmp_path / "clean") + "/")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "clean").is_dir() and (tmp_path / "clean" / "a.png").is_file()
+    r = cli(tmp_path, "redact", str(src), str(tmp_path / "o.jpg"))
+    assert r.exit_code == 2 and "name it o.png" in r.output + r.stderr
+    assert not (tmp_path / "o.jpg").exists() and not (tmp_path / "o.audit").exists()
+
+
+def test_scales_are_range_checked_before_any_work(tmp_path):
+    """A pass at scale s holds s^2 times the pixels: `--scales 100` reached 20 GB before it was
+    bounded. Out-of-range scales stop with one line and exit 2, creating nothing."""
+    src = tmp_path / "a.png"
+    Image.fromarray(rgb_noise(65)).save(src)
+    for bad in ("100", "0", "-1", "nan"):
+        r = cli(tmp_path, "redact", str(src), str(tmp_path / "o.png"), "--scales", bad)
+        assert r.exit_code == 2 and "scales" in r.output + r.stderr, (bad, r.output)
+        assert not (tmp_path / "o.png").exists() and not (tmp_path / "o.audit").exists()
 
 
 def test_verify_rounds_is_range_checked_and_needs_verify(tmp_path, fake):

@@ -42,6 +42,13 @@ class AppState:
                 fail(f"{self.workspace}: cannot create workspace ({exc.strerror or exc})")
         return self._ws
 
+    def existing_ws(self) -> Workspace | None:
+        """The workspace if there is one at the path (opened and migrated), else None: for
+        commands that only read it (which model is promoted) and must not create one."""
+        if self._ws is None and not Workspace(Path(self.workspace).resolve()).catalog_path.exists():
+            return None
+        return self.ws()
+
     @property
     def console(self) -> Console:
         return Console(stderr=True, quiet=self.verbosity < 0)

@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
 def redact_cmd(
     ctx: typer.Context,
     input: str = typer.Argument(..., help="An image file, a folder (recursive), or a glob (quote it)."),
-    output: Path = typer.Argument(..., help="Output file or folder; the input tree is mirrored under it."),
+    output: str = typer.Argument(..., help="Output file or folder (a trailing / makes a single file go into it); the input tree is mirrored under it."),
     detector: str = typer.Option("current", help="ppocr | current (the workspace's promoted model, else ppocr) | path/to/bundle.zip."),
     threshold: float = typer.Option(rr.DEFAULT_THRESHOLD, min=0.0, max=1.0, help="Minimum box score (0-1); low favours recall."),
     pad: str = typer.Option(str(rr.DEFAULT_PAD), help="Growth of each box per side: pixels and/or % of box height, e.g. 4, 15%, 2px+15%."),
@@ -57,7 +57,10 @@ def redact_cmd(
                   dry_run, force or from_review, verify_rounds)
     try:
         with progress(st, "redact") as update:
-            summary = redact_tree(input, output, cfg, workspace=st.ws, detector=detector,
+            # `current` reads a workspace's promoted model; without a workspace it is stock ppocr and
+            # none is created (a redaction-only user never asked for one)
+            summary = redact_tree(input, output, cfg, workspace=st.ws if review or from_review else st.existing_ws,
+                                  detector=detector,
                                   scales=parse_floats(scales, "--scales") or None, engine=engine, workers=workers,
                                   archive=archive, audit=audit, fail_fast=fail_fast, from_review=from_review,
                                   progress=update)

@@ -30,7 +30,7 @@ import numpy as np
 
 from pipeline.boxes import Detections, line_bridges, quads_json, area as box_area
 from pipeline.detectors.base import detect_visible
-from pipeline.io import UnwritableError, atomic_write_bytes, atomic_write_text, is_atomic_temp, sha256_bytes, sha256_file
+from pipeline.io import UnwritableError, atomic_write_bytes, describe_error, atomic_write_text, is_atomic_temp, sha256_bytes, sha256_file
 from pipeline.imaging import ImageRejected
 from pipeline.listing import IMAGE_EXTENSIONS, Listed, Skipped, file_problem, iter_glob, iter_image_files
 from pipeline.redact import codec
@@ -186,11 +186,14 @@ def _problem(path: Path, rel: str, output: Path, reason: str, detail: str) -> Re
     return Result(rel, str(path), str(output / rel), "failed", reason, detail)
 
 
-def plan_input(input_spec: str, output: Path, audit_dir: Path | None = None,
+def plan_input(input_spec: str, output: str | Path, audit_dir: Path | None = None,
                exclude: Sequence[Path] = ()) -> Plan:
     """Plan a run. A single file must be a regular file (ValueError otherwise: a FIFO would
     block the read forever); a folder is listed by the shared rule of `pipeline.listing`
-    (symlinks followed inside the tree only); glob matches get the same checks."""
+    (symlinks followed inside the tree only); glob matches get the same checks. A single
+    file goes into OUTPUT when OUTPUT is a folder or is written with a trailing slash
+    (`clean/`: a str, since Path drops the slash)."""
+    folder_named = str(output).endswith(("/", os.sep))
     output = Path(output)
     src = Path(input_spec)
     ignored: list[str] = []
@@ -199,10 +202,14 @@ def plan_input(input_spec: str, output: Path, audit_dir: Path | None = None,
         problem = file_problem(src)
         if problem is not None:
             raise ValueError(f"{src}: {problem[0]}: {problem[1]}")
-        into_dir = output.is_dir() or str(output).endswith(os.sep)
+        into_dir = output.is_dir() or folder_named
         out = output / src.name if into_dir else output
         if out.resolve() == src.resolve():
             raise ValueError(f"{out}: output would overwrite the input")
+        have, want = codec.EXTENSIONS.get(src.suffix.lower()), codec.EXTENSIONS.get(out.suffix.lower())
+        if have and want and have != want:  # PNG bytes in a .jpg: viewers and upload checks trip on it
+            raise ValueError(f"{out}: outputs keep the input's format ({have}); name it "
+                             f"{out.with_suffix(src.suffix).name}")
         audit = audit_dir or default_audit_dir(output, not into_dir)
         item = Item(str(src), src.name, str(out), str(audit / "sidecars" / f"{src.name}.json"))
         return Plan([item], audit, ignored, problems, single=True)
@@ -374,7 +381,7 @@ class Redactor:
             res.status, res.reason, res.detail = "failed", "out_of_memory", "image too large for memory"
         except Exception as exc:  # a detector/encoder bug must not stop the batch
             log.exception("%s: unexpected error", item.src)
-            res.status, res.reason, res.detail = "failed", "error", f"{type(exc).__name__}: {exc}"
+            res.status, res.reason, res.detail = "failed", "error", describe_error(exc)
         res.seconds += time.perf_counter() - t0
         job.over = True
         return job

@@ -80,7 +80,8 @@ class RedactSummary:
 
 
 def needs_workspace(detector: Any, cfg: rr.RedactConfig, from_review: bool) -> bool:
-    """Only `current`, `--review` and `--from-review` read the catalog; otherwise no workspace is created."""
+    """Only `current`, `--review` and `--from-review` read the catalog; otherwise no workspace is
+    opened. (The CLI opens one for `current` only if it exists: no promoted model means ppocr.)"""
     return detector == "current" or cfg.review or from_review
 
 
@@ -96,7 +97,7 @@ def _resolve_detector(detector: str, ws: Any, scales: Sequence[float] | None) ->
     return detector, rr.bundle_pass_options(detector, scales)
 
 
-def redact_tree(input: str, output: Path, cfg: rr.RedactConfig = rr.RedactConfig(), *, workspace: Any = None,
+def redact_tree(input: str, output: str | Path, cfg: rr.RedactConfig = rr.RedactConfig(), *, workspace: Any = None,
                 detector: Any = "current", scales: Sequence[float] | None = None, engine: str = "local",
                 workers: int = 2, archive: Path | None = None, audit: Path | None = None, fail_fast: bool = False,
                 from_review: bool = False, progress: Progress | None = None) -> RedactSummary:
@@ -118,6 +119,7 @@ def redact_tree(input: str, output: Path, cfg: rr.RedactConfig = rr.RedactConfig
     update = progress or (lambda done, total: None)
     dry_run = cfg.dry_run
     planned = rr.plan_input(input, output, audit, exclude=[archive] if archive else [])
+    output = Path(output)
     items, audit_dir, ignored = planned.items, planned.audit, planned.ignored
     if not items and not planned.problems:
         raise ValueError(f"{input}: no images found (extensions: {', '.join(sorted(set(rr.codec.EXTENSIONS)))})")
