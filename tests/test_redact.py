@@ -462,6 +462,11 @@ def test_corrupt_file_is_reported_the_rest_finish_and_exit_is_nonzero(tmp_path, 
     m = pd.read_csv(tmp_path / "out.audit" / "manifest.csv").set_index("input")
     assert m.loc["sub/garbage.png", "status"] == "failed" and m.loc["sub/garbage.png", "reason"] in ("corrupt", "not_an_image")
     assert not (tmp_path / "out" / "sub" / "truncated.jpg").exists()
+    # -q is "errors only": the summary table goes, the failed images stay (one line each, stderr)
+    r = cli(tmp_path, "redact", str(src), str(tmp_path / "out"))
+    assert r.exit_code == 1 and r.stdout == ""
+    failed = [line for line in r.stderr.splitlines() if line.startswith("failed ")]
+    assert len(failed) == 3 and any("truncated.jpg" in line for line in failed), r.stderr
 
 
 def test_fail_fast_stops_early(tmp_path, fake):

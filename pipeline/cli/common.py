@@ -249,12 +249,22 @@ def parse_floats(text: str | None, option: str, lo: float | None = None, hi: flo
     return values
 
 
-def emit(st: AppState, data: Any, render: Callable[[Console], None] | None = None) -> None:
-    """--json: the data as JSON on stdout; otherwise a human rendering on stdout."""
+def emit(st: AppState, data: Any, render: Callable[[Console], None] | None = None,
+         problems: Sequence[str] = (), label: str = "failed") -> None:
+    """--json: the data as JSON on stdout; otherwise a human rendering on stdout. With -q
+    ("errors only") the rendering is silent but each of `problems` (the entries a batch
+    failed or skipped) is still one `label` line on stderr: they are the errors."""
     if st.json:
         sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
         return
-    out = Console(quiet=st.verbosity < 0)
+    if st.verbosity < 0:
+        from rich.markup import escape
+
+        err = Console(stderr=True)
+        for line in problems:
+            err.print(f"[red]{label}[/] {escape(line)}", highlight=False, soft_wrap=True)
+        return
+    out = Console()
     if render is not None:
         render(out)
     else:

@@ -58,7 +58,7 @@ def harvest_cmd(
     except OSError as exc:
         fail(str(exc) if exc.errno == errno.ENOSPC else f"{ws.root}: {exc}")
 
-    emit(st, summary.as_dict(), lambda c: _render(c, summary, ws.root))
+    emit(st, summary.as_dict(), lambda c: _render(c, summary, ws.root), problems=summary.reject_lines, label="rejected")
     n_rejected = sum(summary.rejected.values())
     if (summary.ok == 0 and n_rejected) or (strict and n_rejected):
         raise typer.Exit(1)

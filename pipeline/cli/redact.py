@@ -68,7 +68,7 @@ def redact_cmd(
         fail(str(exc), 2)
     except AuditTrailError as exc:
         fail(str(exc))
-    emit(st, summary.as_dict(), lambda c: _render(c, summary, verify))
+    emit(st, summary.as_dict(), lambda c: _render(c, summary, verify), problems=summary.errors)
     if not summary.ok:
         raise typer.Exit(1)
 
