@@ -790,3 +790,14 @@ def test_verify_rounds_is_range_checked_and_needs_verify(tmp_path, fake):
         r = cli(tmp_path, "redact", str(src), str(tmp_path / "o.png"), *args)
         assert r.exit_code == 2 and msg in r.output + r.stderr, args
         assert not (tmp_path / "o.png").exists()
+
+
+def test_from_review_with_nothing_held_says_so(tmp_path, fake):
+    """`--from-review` finishes images `--review` held; run on a tree where nothing is held it
+    does nothing (exit 0: a rerun after finishing is fine) and says why instead of staying silent."""
+    src = tmp_path / "a.png"
+    Image.fromarray(rgb_noise(66)).save(src)
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "redact", str(src), str(tmp_path / "o") + "/", "--from-review"])
+    assert r.exit_code == 0, r.output
+    assert "nothing is held for review" in r.stderr and "--review" in r.stderr
+    assert not (tmp_path / "o" / "a.png").exists()

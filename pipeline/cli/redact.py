@@ -69,6 +69,9 @@ def redact_cmd(
     except AuditTrailError as exc:
         fail(str(exc))
     emit(st, summary.as_dict(), lambda c: _render(c, summary, verify), problems=summary.errors)
+    if from_review and not summary.images and not st.json:
+        st.console.print(f"nothing is held for review in {summary.audit}: `redact --review` holds images "
+                         "with uncertain boxes; run it with the same INPUT and OUTPUT first", highlight=False, soft_wrap=True)
     if not summary.ok:
         raise typer.Exit(1)
 
