@@ -46,22 +46,28 @@ URL_LIST_SUFFIXES = (".txt", ".urls", ".lst")
 
 @dataclass(frozen=True)
 class Item:
-    """One thing to harvest: an absolute local path or an http(s) URL."""
+    """One thing to harvest: an absolute local path or an http(s) URL. `shown` is the path as
+    the user gave it (the folder as typed joined with the file's path inside it), for messages."""
 
     source: str
     original_name: str
     is_url: bool
     metadata: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    shown: str = field(default="", hash=False, compare=False)
 
 
 @dataclass(frozen=True)
 class Reject:
+    """A rejected item: `source` is its catalog key (absolute for files), `shown` the path as the
+    user typed it, so the summary does not mix `src/x.jpg` with `/home/me/src/y.png`."""
+
     source: str
     reason: str
     detail: str
+    shown: str = ""
 
     def line(self) -> str:
-        return f"{self.source}: {self.reason} ({self.detail})"
+        return f"{self.shown or self.source}: {self.reason} ({self.detail})"
 
 
 @dataclass
@@ -158,7 +164,7 @@ def expand_sources(sources: Iterable[str]) -> tuple[list[Item], list[Reject]]:
             elif path.suffix.lower() in URL_LIST_SUFFIXES:
                 items.extend(_read_url_list(path, errors))
             else:
-                items.append(Item(str(path.resolve()), path.name, False))
+                items.append(Item(str(path.resolve()), path.name, False, shown=str(path)))
         except PermissionError as exc:
             errors.append(Reject(str(path), "unreadable", exc.strerror or "permission denied"))
     return items, errors
@@ -171,7 +177,7 @@ def _walk_folder(folder: Path, errors: list[Reject]) -> Iterator[Item]:
         if isinstance(entry, Skipped):
             errors.append(Reject(str(entry.path), entry.reason, entry.detail))
         else:
-            yield Item(str(entry.path.resolve()), entry.path.name, False)
+            yield Item(str(entry.path.resolve()), entry.path.name, False, shown=str(entry.path))
 
 
 def _read_url_list(path: Path, errors: list[Reject]) -> Iterator[Item]:
@@ -221,7 +227,7 @@ def _read_csv(path: Path, errors: list[Reject]) -> Iterator[Item]:
                 else:
                     p = Path(value).expanduser()
                     p = (path.parent / p) if not p.is_absolute() else p
-                    yield Item(str(p.resolve()), p.name, False, meta)
+                    yield Item(str(p.resolve()), p.name, False, meta, shown=str(p))
     except (UnicodeDecodeError, csv.Error) as exc:
         errors.append(Reject(str(path), "malformed_csv", str(exc)))
 
@@ -579,12 +585,12 @@ def harvest(
                     try:
                         pending.append(fut.result())
                     except ImageRejected as exc:
-                        pending.append(Reject(it.source, exc.reason, exc.detail))
+                        pending.append(Reject(it.source, exc.reason, exc.detail, it.shown))
                     except OSError as exc:
                         if exc.errno == errno.ENOSPC:
                             disk_full = exc
                         pending.append(Reject(it.source, "disk_full" if exc.errno == errno.ENOSPC else "io_error",
-                                              exc.strerror or str(exc)))
+                                              exc.strerror or str(exc), it.shown))
                     done += 1
                     if progress:
                         progress(done, total)

@@ -9,9 +9,11 @@ applied), which is the coordinate frame of every box in textloop.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -24,6 +26,12 @@ FORMAT_EXT = {"JPEG": "jpg", "PNG": "png", "TIFF": "tif", "BMP": "bmp", "WEBP": 
 
 _MODE_BITS = {"1": 1, "L": 8, "P": 8, "RGB": 8, "RGBA": 8, "CMYK": 8, "YCbCr": 8, "LA": 8, "PA": 8,
               "I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I": 32, "F": 32, "RGBX": 8, "LAB": 8, "HSV": 8}
+
+
+# The pixel limit the caller set with `allow_pixels` (per thread), for messages: Pillow's own
+# bomb error quotes its internal threshold, which is not the limit the user configured.
+_LIMIT: ContextVar[int | None] = ContextVar("textloop_max_pixels", default=None)
+_PILLOW_PIXELS = re.compile(r"\((\d+) pixels\)")
 
 
 class ImageRejected(Exception):
@@ -53,9 +61,10 @@ class ImageInfo:
 
 
 @contextmanager
-def rejecting_bad_images() -> Iterator[None]:
+def rejecting_bad_images(max_pixels: int | None = None) -> Iterator[None]:
     """Turn Pillow's many ways of failing on a bad file (and decompression-bomb warnings) into one
-    ImageRejected with a stable reason: the one place that mapping lives."""
+    ImageRejected with a stable reason: the one place that mapping lives. A bomb is reported
+    against `max_pixels` (default: the limit given to `allow_pixels` in this thread)."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
@@ -65,7 +74,7 @@ def rejecting_bad_images() -> Iterator[None]:
         except UnidentifiedImageError:
             raise ImageRejected("not_an_image", "cannot identify image data") from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageRejected("too_many_pixels", str(exc)) from None
+            raise ImageRejected("too_many_pixels", _bomb_detail(exc, max_pixels or _LIMIT.get())) from None
         except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError) as exc:
             raise ImageRejected("corrupt", str(exc) or type(exc).__name__) from None
 
@@ -78,9 +87,26 @@ def allow_pixels(max_pixels: int) -> None:
     image was refused under the documented 178,956,970 default and a raised `--max-pixels` had
     no effect. Only ever raised (never lowered: threads may be decoding), and only to a limit
     the caller enforces itself on every page (`check_pixels`)."""
+    _LIMIT.set(int(max_pixels))
     current = Image.MAX_IMAGE_PIXELS
     if current is not None and current < max_pixels:
         Image.MAX_IMAGE_PIXELS = int(max_pixels)
+
+
+def _too_many(pixels: str, max_pixels: int | None) -> str:
+    """The one wording of a too_many_pixels reject: the image's size and the configured limit."""
+    if max_pixels is None:
+        return f"{pixels} pixels is more than Pillow allows"
+    return f"{pixels} pixels exceeds the limit of {max_pixels:,} pixels; raise --max-pixels to accept it"
+
+
+def _bomb_detail(exc: Exception, max_pixels: int | None) -> str:
+    """Pillow's bomb error quotes its own threshold (which `allow_pixels` only raises, and which
+    errors at twice its value): say the image's pixel count and our limit instead."""
+    found = _PILLOW_PIXELS.search(str(exc))
+    if found is None:  # a Pillow whose wording changed: keep its text, still quote our limit
+        return f"{exc} (our limit: {max_pixels:,} pixels)" if max_pixels else str(exc)
+    return _too_many(f"{int(found.group(1)):,}", max_pixels)
 
 
 def check_pixels(size: tuple[int, int], max_pixels: int, page: int = 0) -> None:
@@ -88,7 +114,27 @@ def check_pixels(size: tuple[int, int], max_pixels: int, page: int = 0) -> None:
     w, h = size
     if w * h > max_pixels:
         where = f"page {page + 1}: " if page else ""
-        raise ImageRejected("too_many_pixels", f"{where}{w}x{h} exceeds the limit of {max_pixels} pixels")
+        raise ImageRejected("too_many_pixels", where + _too_many(f"{w}x{h} = {w * h:,}", max_pixels))
+
+
+def png_bit_depth(head: bytes) -> int | None:
+    """Bits per sample from a PNG's IHDR (byte 24), or None when `head` is not a PNG's start.
+    Pillow opens 16-bit RGB(A) PNGs as 8-bit 'RGB'/'RGBA', so the mode cannot tell."""
+    if len(head) >= 25 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+        return head[24]
+    return None
+
+
+def _head(src: str | Path | BinaryIO, n: int = 32) -> bytes:
+    """The first `n` bytes of a file or stream (a stream's position is left as it was)."""
+    if isinstance(src, (str, Path)):
+        with open(src, "rb") as fh:
+            return fh.read(n)
+    pos = src.tell()
+    try:
+        return src.read(n)
+    finally:
+        src.seek(pos)
 
 
 def probe(src: str | Path | BinaryIO, max_pixels: int = 178_956_970) -> ImageInfo:
@@ -97,7 +143,8 @@ def probe(src: str | Path | BinaryIO, max_pixels: int = 178_956_970) -> ImageInf
     if isinstance(src, (str, Path)) and Path(src).stat().st_size == 0:
         raise ImageRejected("empty", "zero-byte file")
     allow_pixels(max_pixels)
-    with rejecting_bad_images():
+    head = _head(src)
+    with rejecting_bad_images(max_pixels):
         with Image.open(src) as im:
             fmt = im.format or ""
             if fmt not in FORMAT_EXT:
@@ -116,7 +163,8 @@ def probe(src: str | Path | BinaryIO, max_pixels: int = 178_956_970) -> ImageInf
         w, h = h, w
     if orientation not in range(1, 9):
         orientation = 1
-    return ImageInfo(fmt, FORMAT_EXT[fmt], w, h, mode, _MODE_BITS.get(mode, 8), pages, orientation)
+    bits = (png_bit_depth(head) if fmt == "PNG" else None) or _MODE_BITS.get(mode, 8)
+    return ImageInfo(fmt, FORMAT_EXT[fmt], w, h, mode, bits, pages, orientation)
 
 
 def probe_bytes(data: bytes, max_pixels: int = 178_956_970) -> ImageInfo:

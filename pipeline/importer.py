@@ -2,10 +2,10 @@
 
 Reads the devset JSONL format (`pipeline.formats`) and COCO JSON. The images are harvested
 like any other (`pipeline.harvest.harvest`: content-addressed, validated, deduplicated), and
-each image's boxes become one `annotations` row with `source='import:<file name>'`
-(`import:<source>/boxes.jsonl` when a devset root folder is imported),
-`state='submitted'` (or `'empty'` for an image labelled as having no text), ignore flags kept,
-and the record's polygons (`polys`) as the row's `quads`.
+each image's boxes become one `annotations` row per label file with
+`source='import:<folder>/<file name>'` (`source_key`: `import:<source>/boxes.jsonl` for a devset
+root's files, as before), `state='submitted'` (or `'empty'` for an image labelled as having no
+text), ignore flags kept, and the record's polygons (`polys`) as the row's `quads`.
 The image status becomes `labelled` / `verified_empty`.
 
 Boxes are stored in the upright (EXIF-applied) frame. A label file's frame is detected per
@@ -14,11 +14,16 @@ an EXIF-rotated image means the raw frame and the boxes are rotated. Any other s
 error for that image (labels for a resized copy would be misplaced).
 
 Rerunning an import gives the same catalog: unchanged rows are left as they are.
+
+A malformed record (a box with 3 numbers, a missing size) or a bad box (inverted: dropped;
+running off the image: clipped) is reported in `problems` with its file and line, and the rest
+of the file is imported.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +35,8 @@ import numpy as np
 from pipeline.boxes import clip, enclosing_rect, exif_upright, exif_upright_points, quads_json
 from pipeline.catalog import ImageStatus, dumps
 from pipeline.config import HarvestConfig
-from pipeline.formats import LabelledImage, coco, devset_files, read_jsonl
+from pipeline.formats import LabelledImage, coco, devset_files
+from pipeline.formats.devset import read_jsonl_lines
 from pipeline.harvest import harvest
 from pipeline.workspace import Workspace
 
@@ -45,7 +51,8 @@ class LabelRecord:
 
     path: Path
     label: LabelledImage
-    origin: str  # the label file's name, for `source='import:<name>'`
+    origin: str  # the label file's source key, `source='import:<origin>'` (see `source_key`)
+    where: str = ""  # the label file and line ("lab/boxes.jsonl:3"), for problem messages
 
 
 @dataclass
@@ -79,28 +86,77 @@ def detect_format(path: Path) -> str:
     raise ValueError(f"{path}: unknown label format (expected a devset .jsonl or a COCO .json)")
 
 
-def read_devset_jsonl(path: Path, images_dir: Path | None = None, origin: str | None = None) -> list[LabelRecord]:
-    """A devset-style boxes.jsonl; image paths relative to `images_dir` (default: the file's folder)."""
+def source_key(path: Path) -> str:
+    """A label file's annotation source key: `<folder name>/<file name>`.
+
+    Two label files in different folders (`lab/boxes.jsonl`, `bad/boxes.jsonl`) get different
+    keys, so one never replaces the other's boxes, while re-importing a file finds its own rows.
+    A devset root's `<source>/boxes.jsonl` keeps the key it always had, and the key is the same
+    whether the file is named directly or found under its root. Not the absolute path: the key
+    shows in reports (`evaluate` by source) and survives moving the whole tree."""
+    p = Path(os.path.abspath(path))
+    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
+
+
+def read_devset_jsonl(path: Path, images_dir: Path | None = None,
+                      problems: list[str] | None = None) -> tuple[list[LabelRecord], int]:
+    """A devset-style boxes.jsonl; image paths relative to `images_dir` (default: the file's
+    folder). Returns the records and how many malformed ones were skipped (each with a line in
+    `problems`; without `problems` the first one raises)."""
     base = images_dir or path.parent
-    return [LabelRecord((base / rec.image).resolve(), rec, origin or path.name)
-            for rec in read_jsonl(path, source=path.parent.name)]
+    good, bad = read_jsonl_lines(path, source=path.parent.name)
+    if bad and problems is None:
+        raise ValueError(bad[0])
+    if problems is not None:
+        problems += bad
+    origin = source_key(path)
+    return [LabelRecord((base / rec.image).resolve(), rec, origin, f"{path}:{lineno}")
+            for lineno, rec in good], len(bad)
 
 
-def read_coco(path: Path, images_dir: Path | None = None, categories: Sequence[str] | None = None) -> list[LabelRecord]:
+def read_coco(path: Path, images_dir: Path | None = None, categories: Sequence[str] | None = None,
+              problems: list[str] | None = None) -> list[LabelRecord]:
     """COCO detection JSON through the COCO adapter (`pipeline.formats.coco`). Image files are
     looked up under `images_dir`, else the JSON's folder, its `images/` sub-folder, or the
-    sibling `../images/`."""
+    sibling `../images/`. Malformed entries: as in `read_devset_jsonl`."""
     roots = [images_dir] if images_dir else [path.parent, path.parent / "images", path.parent.parent / "images"]
     out = []
-    for rec in coco.load(path, categories):
+    origin = source_key(path)
+    for rec in coco.load(path, categories, problems):
         file = next((r / rec.image for r in roots if (r / rec.image).exists()), roots[0] / rec.image)
-        out.append(LabelRecord(file.resolve(), rec, path.name))
+        out.append(LabelRecord(file.resolve(), rec, origin, str(path)))
     return out
 
 
 def read_label_files(files: Iterable[str | Path], fmt: str = "auto", images_dir: Path | None = None,
-                     categories: Sequence[str] | None = None) -> list[LabelRecord]:
+                     categories: Sequence[str] | None = None,
+                     problems: list[str] | None = None) -> tuple[list[LabelRecord], int]:
+    """Every record of the label files and devset roots, and how many devset lines were skipped
+    as malformed (with `problems`, one line each; without it the first raises). A file named
+    twice is read once; a second file with the same source key as another (`a/x/boxes.jsonl`,
+    `b/x/boxes.jsonl`) is skipped with a problem, since its labels would replace the other's."""
     records: list[LabelRecord] = []
+    skipped = 0
+    seen: set[Path] = set()
+    keys: dict[str, Path] = {}
+
+    def claim(path: Path) -> bool:
+        """True the first time a file is seen and its source key is its own."""
+        real = Path(os.path.realpath(path))
+        if real in seen:
+            return False
+        key = source_key(path)
+        other = keys.setdefault(key, real)
+        if other != real:
+            line = (f"{path}: same annotation source import:{key} as {other}, so its labels would replace "
+                    f"that file's; skipped (rename its folder to import both)")
+            if problems is None:
+                raise ValueError(line)
+            problems.append(line)
+            return False
+        seen.add(real)
+        return True
+
     for f in files:
         path = Path(f).expanduser()
         if path.is_dir():  # a devset root: every <source>/boxes.jsonl
@@ -109,18 +165,25 @@ def read_label_files(files: Iterable[str | Path], fmt: str = "auto", images_dir:
             except FileNotFoundError as exc:
                 raise ValueError(str(exc)) from None
             for j in found:  # named <source>/boxes.jsonl: every source gets its own annotation source
-                records += read_devset_jsonl(j, images_dir, j.relative_to(path).as_posix())
+                if claim(j):
+                    got, bad = read_devset_jsonl(j, images_dir, problems)
+                    records += got
+                    skipped += bad
             continue
         if not path.exists():
             raise ValueError(f"{path}: no such label file")
         kind = detect_format(path) if fmt == "auto" else fmt
-        if kind == "jsonl":
-            records += read_devset_jsonl(path, images_dir)
-        elif kind == "coco":
-            records += read_coco(path, images_dir, categories)
-        else:
+        if kind not in ("jsonl", "coco"):
             raise ValueError(f"unknown label format {fmt!r}: use auto, jsonl or coco")
-    return records
+        if not claim(path):
+            continue
+        if kind == "jsonl":
+            got, bad = read_devset_jsonl(path, images_dir, problems)
+            records += got
+            skipped += bad
+        else:
+            records += read_coco(path, images_dir, categories, problems)
+    return records, skipped
 
 
 # --- frames -----------------------------------------------------------------------------------
@@ -173,8 +236,9 @@ def import_labels(
         raise ValueError(f"unknown frame {frame!r}: use {', '.join(FRAMES)}")
     t0 = time.perf_counter()
     summary = ImportSummary(files=[str(f) for f in files])
-    records = read_label_files(files, fmt, Path(images_dir) if images_dir else None, categories)
-    summary.records = len(records)
+    records, malformed = read_label_files(files, fmt, Path(images_dir) if images_dir else None, categories,
+                                          problems=summary.problems)
+    summary.records = len(records) + malformed  # so a file of nothing but bad lines imports nothing: exit 1
     paths = list(dict.fromkeys(str(r.path) for r in records))
     if paths:
         harvest(ws, paths, harvest_cfg, progress=progress)
@@ -192,7 +256,8 @@ def import_labels(
                 continue
             key = (image_id, r.origin)
             if key in chosen:
-                summary.problems.append(f"{r.path}: same image listed again in {r.origin}; the last record is used")
+                summary.problems.append(f"{r.where}: {r.label.image} is listed again in this file; "
+                                        "the last record is used")
             chosen[key] = r
         with cat.transaction():  # the whole import or nothing
             for (image_id, origin), r in chosen.items():
@@ -202,7 +267,8 @@ def import_labels(
                 except ValueError as exc:
                     summary.problems.append(f"{r.path}: {exc}")
                     continue
-                keep, boxes = _clean_boxes(boxes, img["width"], img["height"])
+                keep, boxes, bad = _clean_boxes(r, boxes, img["width"], img["height"])
+                summary.problems += bad
                 ignore = np.asarray(r.label.ignore, bool)[keep]
                 state = "submitted" if len(boxes) else "empty"
                 quads_col = dumps(quads_json(quads[keep])) if quads is not None and keep.any() else None
@@ -233,10 +299,30 @@ def import_labels(
     return summary
 
 
-def _clean_boxes(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-    """(kept, boxes): clipped to the image, without the boxes that have no area left (they cover
-    no pixel). Quads are not clipped (cutting a rotated shape's corners one by one would bend it;
-    covering clips when it rasterises)."""
+def _clean_boxes(r: LabelRecord, boxes: np.ndarray, width: int, height: int
+                 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(kept, boxes, problems): the upright `boxes` clipped to the image, without the empty or
+    inverted ones (x1 <= x0 or y1 <= y0 as labelled) and those with no area left inside it. A
+    changed label is never silent: one problem line per kind names the boxes as the file gives
+    them (index and numbers), so the user can find and fix them. Quads are not clipped (cutting a
+    rotated shape's corners one by one would bend it; covering clips when it rasterises)."""
+    raw, lw, lh = r.label.boxes, r.label.width, r.label.height  # the label's own frame (to_upright checked it)
+    inverted = (raw[:, 2] <= raw[:, 0]) | (raw[:, 3] <= raw[:, 1])
+    outside = ~inverted & ((raw[:, 0] < 0) | (raw[:, 1] < 0) | (raw[:, 2] > lw) | (raw[:, 3] > lh))
     b = clip(boxes, width, height)
-    keep = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
-    return keep, b[keep]
+    keep = ~inverted & (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+    problems = []
+    for mask, what in ((inverted, "empty or inverted (x1 <= x0 or y1 <= y0): dropped"),
+                       (outside & ~keep, f"outside the {lw}x{lh} image: dropped"),
+                       (outside & keep, f"over the edge of the {lw}x{lh} image: clipped to it")):
+        if mask.any():
+            problems.append(f"{r.where}: {r.label.image}: {_which(raw, mask)} {what}")
+    return keep, b[keep], problems
+
+
+def _which(raw: np.ndarray, mask: np.ndarray, show: int = 3) -> str:
+    """'box 1 [10, 10, 5, 5]' or 'boxes 0 [...], 2 [...] and 4 more', as labelled."""
+    idx = np.flatnonzero(mask)
+    listed = ", ".join(f"{i} [{', '.join(f'{v:g}' for v in raw[i])}]" for i in idx[:show])
+    more = f" and {len(idx) - show} more" if len(idx) > show else ""
+    return f"{'box' if len(idx) == 1 else 'boxes'} {listed}{more} {'is' if len(idx) == 1 else 'are'}"

@@ -69,3 +69,36 @@ def test_coco_load_keeps_only_named_categories(tmp_path):
 def test_unknown_format_names_the_known_ones():
     with pytest.raises(ValueError, match="jsonl, coco, yolo"):
         get_format("voc")
+
+
+@pytest.mark.parametrize("boxes, message", [
+    ([[1, 2, 3]], "box 0 has 3 numbers, expected 4"),
+    ([[0, 0, 5, 5], [1, 2, 3, [4]]], "box 1 holds something that is not a number"),
+    ([[0, 0, 5, 5], [[1, 2, 3, 4], [1, 2, 3]]], "box 1 has 2 numbers, expected 4"),
+    ("0 0 5 5", "'boxes' must be a list of [x0, y0, x1, y1], got str"),
+])
+def test_read_jsonl_names_the_line_and_the_bad_box(tmp_path, boxes, message):
+    """Not numpy's "setting an array element with a sequence": the file, line and box at fault."""
+    path = tmp_path / "boxes.jsonl"
+    good = {"image": "a.png", "width": 10, "height": 10, "boxes": [[0, 0, 5, 5]]}
+    path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "boxes": boxes}) + "\n")
+    with pytest.raises(ValueError) as err:
+        load("jsonl", path)
+    assert str(err.value).startswith(f"{path}:2: {message}")
+
+
+def test_coco_load_can_skip_a_malformed_annotation(tmp_path):
+    """With a `problems` list, a bad bbox is one line there and the rest of the file loads;
+    without it, the file is refused as before."""
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.png", "width": 20, "height": 20}, {"id": 2, "file_name": "b.png"}],
+        "annotations": [{"id": 7, "image_id": 1, "bbox": [1, 2, 3]}, {"id": 8, "image_id": 1, "bbox": [1, 1, 4, 4]}],
+        "categories": [{"id": 1, "name": "text"}]}))
+    problems: list[str] = []
+    recs = get_format("coco").load(path, problems=problems)
+    assert [r.image for r in recs] == ["a.png"] and recs[0].boxes.tolist() == [[1, 1, 5, 5]]
+    assert problems == [f"{path}: annotation 7 (a.png): bbox must be [x, y, w, h], got [1, 2, 3]",
+                        f"{path}: image #1 lacks file_name, width or height"]
+    with pytest.raises(ValueError, match="annotation 7 "):
+        load("coco", path)

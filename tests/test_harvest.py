@@ -290,3 +290,60 @@ def test_worker_pool_does_not_fork_a_process_with_native_thread_pools(monkeypatc
     monkeypatch.setitem(sys.modules, "onnxruntime", object())
     with worker_pool(2) as pool:
         assert isinstance(pool, ThreadPoolExecutor)
+
+
+def png_bytes(width: int, height: int, depth: int, colour: int, rows: bytes | None = None) -> bytes:
+    """A PNG written by hand (Pillow cannot write 16-bit RGB): IHDR, one IDAT, IEND. Without
+    `rows` the pixel data is a stub: enough for the header-only size check of a huge image."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows or b"\0" * 16))
+            + chunk(b"IEND", b""))
+
+
+def test_16_bit_rgb_png_is_recorded_as_16_bit(ws: Workspace, tmp_path: Path) -> None:
+    """Pillow opens a 16-bit RGB PNG as 8-bit 'RGB'; the catalog has the file's real depth."""
+    import numpy as np
+
+    px = (np.arange(12 * 16 * 3, dtype=np.uint16).reshape(12, 16, 3) * 97).astype(">u2")
+    deep = write(tmp_path / "src" / "deep.png",
+                 png_bytes(16, 12, 16, 2, b"".join(b"\0" + row.tobytes() for row in px)))
+    noise_image(5, (16, 12)).save(tmp_path / "src" / "flat.png")
+    assert Image.open(deep).mode == "RGB"          # what made the mode table say 8
+    s = harvest(ws, [str(tmp_path / "src")], FAST)
+    assert s.new == 2 and not s.reject_lines
+    depth = {r["original_name"]: r["bit_depth"] for r in rows(ws, "SELECT original_name, bit_depth FROM images")}
+    assert depth == {"deep.png": 16, "flat.png": 8}
+
+
+def test_too_many_pixels_quotes_the_configured_limit(ws: Workspace, tmp_path: Path) -> None:
+    """The reject states the image's pixels and the --max-pixels limit, not Pillow's internal
+    threshold (which was quoted before: 357913940 for the default, 178956970 for a lower one)."""
+    from dataclasses import replace
+
+    big = write(tmp_path / "a" / "big.png", png_bytes(20_000, 20_000, 8, 0))       # 400 Mpx
+    mid = write(tmp_path / "b" / "mid.png", png_bytes(15_000, 15_000, 8, 0))       # 225 Mpx
+    s = harvest(ws, [str(big)], FAST)
+    assert s.reject_lines == [f"{big}: too_many_pixels (400,000,000 pixels exceeds the limit of 178,956,970 "
+                              f"pixels; raise --max-pixels to accept it)"]
+    s = harvest(ws, [str(mid)], replace(FAST, max_pixels=500_000))
+    assert s.reject_lines == [f"{mid}: too_many_pixels (225,000,000 pixels exceeds the limit of 500,000 "
+                              f"pixels; raise --max-pixels to accept it)"]
+
+
+def test_reject_lines_show_paths_as_the_folder_was_typed(ws: Workspace, tmp_path: Path, monkeypatch) -> None:
+    """Rejects found while listing (a FIFO) and while reading (an empty file) both read
+    `src/...` when the user typed `src`, not one relative and one absolute; the catalog keeps
+    the absolute path it looks sources up by."""
+    make_messy_folder(tmp_path / "src")
+    os.mkfifo(tmp_path / "src" / "pipe.jpg")
+    monkeypatch.chdir(tmp_path)
+    s = harvest(ws, ["src"], FAST)
+    assert sorted(line.split(":")[0] for line in s.reject_lines) == [
+        "src/empty.png", "src/notes.jpg", "src/pipe.jpg", "src/trunc.jpg"]
+    assert str(tmp_path / "src" / "empty.png") in {r["source"] for r in rows(ws, "SELECT source FROM rejects")}

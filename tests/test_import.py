@@ -48,9 +48,11 @@ def test_devset_jsonl_import_is_idempotent(ws, tmp_path: Path) -> None:
     s = import_labels(ws, [labels])
     assert (s.records, s.images, s.with_boxes, s.empty, s.inserted) == (4, 3, 2, 1, 3)
     assert s.boxes == 3 and s.ignored_boxes == 1
-    assert len(s.problems) == 1 and "missing.png" in s.problems[0] and "not_found" in s.problems[0]
+    assert len(s.problems) == 2 and "missing.png" in s.problems[0] and "not_found" in s.problems[0]
+    assert s.problems[1].endswith("boxes.jsonl:1: images/im0.png: box 1 [30, 30, 70, 40] is over the edge "
+                                  "of the 64x48 image: clipped to it")
     by = annotations_by_name(ws)
-    assert by["im0.png"]["source"] == "import:boxes.jsonl" and by["im0.png"]["state"] == "submitted"
+    assert by["im0.png"]["source"] == "import:set/boxes.jsonl" and by["im0.png"]["state"] == "submitted"
     assert json.loads(by["im0.png"]["boxes"]) == [[2, 3, 20, 10], [30, 30, 64, 40]]  # clipped to the image
     assert json.loads(by["im1.png"]["ignore"]) == [False, True]
     assert by["im2.png"]["state"] == "empty" and json.loads(by["im2.png"]["boxes"]) == []
@@ -111,7 +113,7 @@ def test_coco_import_with_crowd_and_exif_frames(ws, tmp_path: Path) -> None:
     assert s.images == 3 and s.rotated == 1
     assert len(s.problems) == 1 and "wrong_size.png" in s.problems[0] and "10x10" in s.problems[0]
     by = annotations_by_name(ws)
-    assert by["plain.png"]["source"] == "import:instances.json"
+    assert by["plain.png"]["source"] == "import:annotations/instances.json"
     assert json.loads(by["plain.png"]["boxes"]) == [[1, 2, 11, 7], [20, 2, 30, 7]]  # xywh -> xyxy, logo dropped
     assert json.loads(by["plain.png"]["ignore"]) == [False, True]                 # iscrowd = don't care
     # both rotated images end up with the box over the block as the detectors see it (upright)
@@ -130,7 +132,7 @@ def test_cli_import_json(tmp_path: Path) -> None:
     r = runner.invoke(app, ["-w", str(tmp_path / "ws"), "--json", "import", str(tmp_path / "set")])
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
-    assert out["images"] == 3 and out["inserted"] == 3 and len(out["problems"]) == 1
+    assert out["images"] == 3 and out["inserted"] == 3 and len(out["problems"]) == 2  # missing.png, a clipped box
     r = runner.invoke(app, ["-w", str(tmp_path / "ws"), "import", str(labels.with_suffix(".csv"))])
     assert r.exit_code == 2 and "no such label file" in r.output
 
@@ -195,3 +197,84 @@ def test_a_folder_without_label_files_is_one_clear_error(ws, tmp_path: Path) -> 
     assert f"{empty}: no boxes.jsonl in this folder or its sub-folders" in res.output
     assert "Traceback" not in res.output
     assert snapshot(ws) == before
+
+
+def one_image_labels(folder: Path, image: Path, *lines: object) -> Path:
+    """`folder/boxes.jsonl` with one line per item (dicts as JSON, strings as written), all
+    about the 100x80 `image`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rel = Path("..") / image.name if image.parent == folder.parent else image
+    text = "".join((json.dumps({"image": str(rel), "width": 100, "height": 80, "boxes": x})
+                    if isinstance(x, list) else str(x)) + "\n" for x in lines)
+    (folder / "boxes.jsonl").write_text(text)
+    return folder / "boxes.jsonl"
+
+
+def test_two_label_files_of_one_image_keep_their_own_annotations(ws, tmp_path: Path) -> None:
+    """`lab/boxes.jsonl` and `bad/boxes.jsonl` both label img.png: each file has its own
+    annotation (the second no longer replaces the first's boxes), a rerun of either updates only
+    its own, and a devset root finds the same keys as naming its files one by one."""
+    noise_image(1, (100, 80)).save(tmp_path / "img.png")
+    lab = one_image_labels(tmp_path / "lab", tmp_path / "img.png", [[1, 1, 20, 20]])
+    bad = one_image_labels(tmp_path / "bad", tmp_path / "img.png", [[30, 30, 60, 60]])
+    assert import_labels(ws, [lab]).inserted == 1
+    s = import_labels(ws, [bad])
+    assert (s.inserted, s.updated) == (1, 0)
+    rows = {r["source"]: json.loads(r["boxes"]) for r in snapshot(ws)[1]}
+    assert rows == {"import:lab/boxes.jsonl": [[1, 1, 20, 20]], "import:bad/boxes.jsonl": [[30, 30, 60, 60]]}
+    one_image_labels(tmp_path / "lab", tmp_path / "img.png", [[2, 2, 20, 20]])   # edit lab's file
+    s = import_labels(ws, [lab])
+    assert (s.inserted, s.updated, s.unchanged) == (0, 1, 0)
+    rows = {r["source"]: json.loads(r["boxes"]) for r in snapshot(ws)[1]}
+    assert rows == {"import:lab/boxes.jsonl": [[2, 2, 20, 20]], "import:bad/boxes.jsonl": [[30, 30, 60, 60]]}
+    s = import_labels(ws, [tmp_path])   # the root: <source>/boxes.jsonl, the same keys
+    assert (s.inserted, s.updated, s.unchanged) == (0, 0, 2)
+    # two files that would share a key in one run: the second is reported and skipped, not merged
+    other = one_image_labels(tmp_path / "elsewhere" / "lab", tmp_path / "img.png", [[5, 5, 9, 9]])
+    s = import_labels(ws, [lab, other])
+    assert s.unchanged == 1 and s.updated == 0 and len(s.problems) == 1
+    assert s.problems[0].startswith(f"{other}: same annotation source import:lab/boxes.jsonl as {lab}")
+
+
+def test_bad_boxes_are_reported_not_silently_changed(ws, tmp_path: Path) -> None:
+    """A box running off the image is kept, clipped, and said so; an inverted one and one wholly
+    outside are dropped and said so: each a problem naming the file, line, image and box."""
+    noise_image(1, (100, 80)).save(tmp_path / "img.png")
+    labels = one_image_labels(tmp_path / "bad", tmp_path / "img.png",
+                              [[-50, -50, 2000, 2000], [10, 10, 5, 5], [1, 1, 9, 9], [200, 10, 220, 20]])
+    s = import_labels(ws, [labels])
+    assert s.images == 1 and s.boxes == 2
+    assert sorted(s.problems) == sorted([
+        f"{labels}:1: ../img.png: box 1 [10, 10, 5, 5] is empty or inverted (x1 <= x0 or y1 <= y0): dropped",
+        f"{labels}:1: ../img.png: box 3 [200, 10, 220, 20] is outside the 100x80 image: dropped",
+        f"{labels}:1: ../img.png: box 0 [-50, -50, 2000, 2000] is over the edge of the 100x80 image: clipped to it",
+    ])
+    assert json.loads(snapshot(ws)[1][0]["boxes"]) == [[0, 0, 100, 80], [1, 1, 9, 9]]
+
+
+def test_a_malformed_record_is_skipped_and_the_rest_imported(tmp_path: Path) -> None:
+    """A box with 3 numbers (or a line that is not JSON) is one problem line naming file:line;
+    the other records import and the exit is 0. Only bad records: nothing imported, exit 1. A
+    file that is not JSONL at all stops the command with one line naming it."""
+    noise_image(1, (100, 80)).save(tmp_path / "img.png")
+    noise_image(2, (100, 80)).save(tmp_path / "img2.png")
+    labels = one_image_labels(tmp_path / "bad", tmp_path / "img.png", [[1, 2, 3]], "{not json",
+                              json.dumps({"image": "../img2.png", "width": 100, "height": 80,
+                                          "boxes": [[1, 1, 9, 9]]}))
+    runner, ws = CliRunner(), str(tmp_path / "ws")
+    r = runner.invoke(app, ["-w", ws, "--json", "import", str(labels)])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert (out["records"], out["images"], out["inserted"]) == (3, 1, 1)
+    assert out["problems"] == [f"{labels}:1: box 0 has 3 numbers, expected 4 (x0, y0, x1, y1)",
+                               f"{labels}:2: not valid JSON (Expecting property name enclosed in double quotes "
+                               f"at column 2)"]
+    only_bad = one_image_labels(tmp_path / "worse", tmp_path / "img.png", [[1, 2, 3]], [[1, [2], 3, 4]])
+    r = runner.invoke(app, ["-w", ws, "--json", "import", str(only_bad)])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert json.loads(r.stdout)["problems"][1] == \
+        f"{only_bad}:2: box 0 holds something that is not a number: [1, [2], 3, 4]"
+    not_jsonl = tmp_path / "coco_like.jsonl"
+    not_jsonl.write_text('{\n  "images": []\n}\n')
+    r = runner.invoke(app, ["-w", ws, "import", str(not_jsonl)])
+    assert r.exit_code == 2 and f"{not_jsonl}: not a devset JSONL file" in r.output and "Traceback" not in r.output

@@ -10,6 +10,7 @@ start at 1).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -49,10 +50,13 @@ def save(records: Sequence[LabelledImage], out: str | Path, classes: Sequence[st
     return target
 
 
-def load(path: str | Path, categories: Sequence[str] | None = None) -> list[LabelledImage]:
+def load(path: str | Path, categories: Sequence[str] | None = None,
+         problems: list[str] | None = None) -> list[LabelledImage]:
     """Records of a COCO JSON (or of `annotations.json` in a folder); `image` is the file_name,
     `source` the JSON's stem. All categories are text unless `categories` names the ones to keep.
-    ValueError naming the file for anything that is not COCO detection JSON."""
+    ValueError naming the file for anything that is not COCO detection JSON. A malformed image
+    entry or annotation raises too, unless `problems` is given: then it gets one line there
+    ("file: annotation 7: ...") and is skipped, so `import` keeps the rest of the file."""
     path = Path(path)
     if path.is_dir():
         path = path / FILE_NAME
@@ -62,6 +66,12 @@ def load(path: str | Path, categories: Sequence[str] | None = None) -> list[Labe
         raise ValueError(f"{path}: not readable COCO JSON ({exc})") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise ValueError(f"{path}: not COCO JSON (no 'images' list)")
+
+    def bad(message: str) -> None:
+        if problems is None:
+            raise ValueError(f"{path}: {message}")
+        problems.append(f"{path}: {message}")
+
     cats = {c.get("id"): str(c.get("name", "")) for c in data.get("categories") or [] if isinstance(c, dict)}
     keep_cats = None
     if categories:
@@ -73,7 +83,8 @@ def load(path: str | Path, categories: Sequence[str] | None = None) -> list[Labe
     by_image: dict[Any, list[dict[str, Any]]] = {}
     for k, ann in enumerate(data.get("annotations") or []):
         if not isinstance(ann, dict) or "image_id" not in ann or "bbox" not in ann:
-            raise ValueError(f"{path}: annotation #{k} lacks image_id or bbox")
+            bad(f"annotation #{k} lacks image_id or bbox")
+            continue
         if keep_cats is not None and ann.get("category_id") not in keep_cats:
             continue
         by_image.setdefault(ann["image_id"], []).append(ann)
@@ -82,15 +93,15 @@ def load(path: str | Path, categories: Sequence[str] | None = None) -> list[Labe
         try:
             name, w, h = str(im["file_name"]), int(im["width"]), int(im["height"])
         except (KeyError, TypeError, ValueError):
-            raise ValueError(f"{path}: image #{k} lacks file_name, width or height") from None
+            bad(f"image #{k} lacks file_name, width or height")
+            continue
         xywh, ignore, labels, polys = [], [], [], []
         for ann in by_image.get(im.get("id"), []):
-            try:
-                xywh.append([float(v) for v in ann["bbox"]])
-                if len(xywh[-1]) != 4:
-                    raise ValueError
-            except (TypeError, ValueError):
-                raise ValueError(f"{path}: annotation {ann.get('id', '?')}: bbox must be [x, y, w, h]") from None
+            bbox = _bbox(ann["bbox"])
+            if bbox is None:
+                bad(f"annotation {ann.get('id', '?')} ({name}): bbox must be [x, y, w, h], got {str(ann['bbox'])[:60]}")
+                continue
+            xywh.append(bbox)
             ignore.append(bool(ann.get("iscrowd", 0)) or bool(ann.get("ignore", 0)))
             cid = ann.get("category_id")
             labels.append(int(cid) - 1 if isinstance(cid, int) and cid >= 1 else 0)
@@ -99,6 +110,15 @@ def load(path: str | Path, categories: Sequence[str] | None = None) -> list[Labe
                                  ignore=ignore, source=path.stem, labels=tuple(labels) if any(labels) else (),
                                  polys=tuple(polys) if any(polys) else ()))
     return out
+
+
+def _bbox(raw: Any) -> list[float] | None:
+    """[x, y, w, h] as 4 finite floats, or None when it is anything else."""
+    try:
+        box = [float(v) for v in raw]
+    except (TypeError, ValueError):
+        return None
+    return box if len(box) == 4 and all(math.isfinite(v) for v in box) else None
 
 
 def _polygon(seg: Any) -> tuple[float, ...]:

@@ -8,6 +8,7 @@ JSONL's folder; `labels` (class index per box) only when some box is not class 0
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,10 +85,19 @@ class LabelledImage:
 
     @classmethod
     def from_json(cls, d: dict[str, Any], source: str = "") -> "LabelledImage":
+        """A record from one parsed JSONL line; ValueError saying what is wrong with it (a box
+        with 3 numbers, a missing size), so a reader can name the line and skip it."""
+        if not isinstance(d, dict):
+            raise ValueError(f"not a JSON object but {type(d).__name__}")
+        missing = [k for k in ("image", "width", "height") if k not in d]
+        if missing:
+            raise ValueError(f"missing {', '.join(repr(k) for k in missing)}")
+        width, height = _size(d, "width"), _size(d, "height")
+        boxes = _box_list(d.get("boxes") or [])
         try:
             return cls(
-                image=str(d["image"]), width=int(d["width"]), height=int(d["height"]),
-                boxes=d.get("boxes") or [], ignore=d.get("ignore") or [],
+                image=str(d["image"]), width=width, height=height,
+                boxes=np.asarray(boxes, dtype=np.float64).reshape(-1, 4), ignore=d.get("ignore") or [],
                 texts=tuple(d.get("texts") or ()), polys=tuple(tuple(p) for p in d.get("polys") or ()),
                 source=source, labels=tuple(d.get("labels") or ()),
             )
@@ -95,19 +105,83 @@ class LabelledImage:
             raise ValueError(f"bad record ({exc})") from None
 
 
+def _size(d: dict[str, Any], key: str) -> int:
+    """`width`/`height` as a positive int (boxes are checked against it)."""
+    try:
+        value = int(d[key])
+    except (TypeError, ValueError):
+        value = 0
+    if value <= 0:
+        raise ValueError(f"{key!r} must be a positive whole number, got {d[key]!r}")
+    return value
+
+
+def _box_list(raw: Any) -> list[list[float]]:
+    """`boxes` as [[x0, y0, x1, y1], ...]; ValueError naming the first malformed box (numpy's
+    own messages, "setting an array element with a sequence", say nothing a user can act on)."""
+    if raw is None:
+        return []
+    if not isinstance(raw, (list, tuple)):
+        raise ValueError(f"'boxes' must be a list of [x0, y0, x1, y1], got {type(raw).__name__}")
+    out = []
+    for i, box in enumerate(raw):
+        if not isinstance(box, (list, tuple)):
+            raise ValueError(f"box {i} is not a list of 4 numbers: {_short(box)}")
+        if len(box) != 4:
+            n = len(box)
+            raise ValueError(f"box {i} has {n} number{'' if n == 1 else 's'}, expected 4 (x0, y0, x1, y1)")
+        try:
+            nums = [float(v) for v in box]
+        except (TypeError, ValueError):
+            raise ValueError(f"box {i} holds something that is not a number: {_short(box)}") from None
+        if not all(math.isfinite(v) for v in nums):
+            raise ValueError(f"box {i} holds a non-finite number: {_short(box)}")
+        out.append(nums)
+    return out
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = json.dumps(value) if isinstance(value, (list, tuple, dict, str, int, float)) else repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def read_jsonl_lines(path: str | Path, source: str = "") -> tuple[list[tuple[int, LabelledImage]], list[str]]:
+    """(line number, record) for every good line of a boxes.jsonl, and one "file:line: problem"
+    per malformed line, so `import` can skip a bad record and keep the rest. ValueError naming
+    the file only when it is not JSONL at all (not UTF-8 text, or no line is a JSON object)."""
+    path = Path(path)
+    good: list[tuple[int, LabelledImage]] = []
+    bad: list[tuple[int, str]] = []
+    objects = 0
+    try:
+        with path.open(encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    d = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    bad.append((lineno, f"not valid JSON ({exc.msg} at column {exc.colno})"))
+                    continue
+                objects += isinstance(d, dict)
+                try:
+                    good.append((lineno, LabelledImage.from_json(d, source=source)))
+                except ValueError as exc:
+                    bad.append((lineno, str(exc)))
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a devset JSONL file (not UTF-8 text)") from None
+    if bad and not objects:
+        lineno, why = bad[0]
+        raise ValueError(f"{path}: not a devset JSONL file (one JSON object per line expected; line {lineno}: {why})")
+    return good, [f"{path}:{lineno}: {why}" for lineno, why in bad]
+
+
 def read_jsonl(path: str | Path, source: str = "") -> list[LabelledImage]:
     """Read a boxes.jsonl; raises ValueError naming the file and line on a bad record."""
-    path = Path(path)
-    out = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                out.append(LabelledImage.from_json(json.loads(line), source=source))
-            except (json.JSONDecodeError, ValueError) as exc:
-                raise ValueError(f"{path}:{lineno}: {exc}") from None
-    return out
+    good, bad = read_jsonl_lines(path, source)
+    if bad:
+        raise ValueError(bad[0])
+    return [rec for _, rec in good]
 
 
 def devset_files(root: str | Path) -> list[Path]:
