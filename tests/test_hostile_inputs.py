@@ -263,6 +263,9 @@ def test_max_pixels_applies_to_every_page(tmp_path, fake):
     assert code == 1 and reasons(s) == {"stack.tif": "too_many_pixels"}
     code, s = redact_json(tmp_path, str(tif.parent), str(tmp_path / "out"), "--max-pixels", "1000")
     assert code == 1 and failures(s) == {"stack.tif": "too_many_pixels"}
+    # one wording everywhere: which page, its pixels, the configured limit and the option
+    assert any("stack.tif" in e and "page 2: 100x100 = 10,000 pixels exceeds the limit of 1,000 pixels; raise "
+               "--max-pixels" in e for e in s["errors"]), s["errors"]
 
 
 # --- 8. file modes follow the umask ---------------------------------------------------------------

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from pipeline.imaging import ImageRejected, rejecting_bad_images, to_uint8_rgb, visible_views
+from pipeline.imaging import ImageRejected, check_pixels, rejecting_bad_images, to_uint8_rgb, visible_views
 
 SUPPORTED = ("JPEG", "PNG", "TIFF", "BMP", "WEBP")
 EXTENSIONS = {".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF",
@@ -135,9 +135,7 @@ def _decode_pillow(data: bytes, max_pixels: int) -> Document:
         fmt = "JPEG" if im.format == "MPO" else (im.format or "")
         if fmt not in SUPPORTED:
             raise ImageRejected("unsupported_format", f"format {im.format or 'unknown'} is not supported by redact")
-        w, h = im.size
-        if w * h > max_pixels:
-            raise ImageRejected("too_many_pixels", f"{w}x{h} exceeds the limit of {max_pixels} pixels")
+        check_pixels(im.size, max_pixels)
         if fmt == "WEBP" and int(getattr(im, "n_frames", 1) or 1) > 1:
             raise ImageRejected("unsupported_format", "animated WebP is not supported by redact")
         doc = Document(format=fmt, pages=[], mode=im.mode, icc_profile=im.info.get("icc_profile") or None)
@@ -234,9 +232,7 @@ def _decode_tiff(data: bytes, max_pixels: int) -> Document:
         n = int(getattr(im, "n_frames", 1) or 1)
         for i in range(n):
             im.seek(i)
-            w, h = im.size
-            if w * h > max_pixels:
-                raise ImageRejected("too_many_pixels", f"{w}x{h} exceeds the limit of {max_pixels} pixels")
+            check_pixels(im.size, max_pixels, i)
             im.load()
             if i == 0:
                 pdoc.orientation = int(im.getexif().get(0x0112, 1) or 1)
@@ -250,9 +246,7 @@ def _tifffile_page(page: Any, max_pixels: int) -> Page:
     import tifffile
 
     PH = tifffile.PHOTOMETRIC
-    if page.imagewidth * page.imagelength > max_pixels:
-        raise ImageRejected("too_many_pixels",
-                            f"{page.imagewidth}x{page.imagelength} exceeds the limit of {max_pixels} pixels")
+    check_pixels((page.imagewidth, page.imagelength), max_pixels, page.index)
     photometric = PH(page.photometric)
     if photometric not in (PH.MINISBLACK, PH.MINISWHITE, PH.RGB, PH.SEPARATED, PH.PALETTE):
         raise ValueError(f"photometric {photometric.name} not handled by tifffile path")
