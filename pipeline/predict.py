@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,11 @@ import numpy as np
 
 from pipeline.boxes import Detections, clip
 from pipeline.catalog import Catalog, ImageStatus
+from pipeline.config import HarvestConfig, SplitRatios
 from pipeline.detectors.base import Detector, detect_visible
-from pipeline.imaging import load_views
-from pipeline.io import sha256_file
-from pipeline.listing import IMAGE_EXTENSIONS
+from pipeline.imaging import ImageRejected, allow_pixels, load_views, rejecting_bad_images
+from pipeline.io import describe_error, sha256_file
+from pipeline.listing import IMAGE_EXTENSIONS, NotRegularFile, Skipped, open_regular
 from pipeline.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,45 @@ log = logging.getLogger(__name__)
 DEFAULT_THRESHOLD = 0.3
 DEFAULT_BATCH = 4
 COMMIT_EVERY = 64   # prediction rows per catalog transaction: what an interrupted run keeps
+# The splits harvest assigns (the fields of SplitRatios) and the catalog's statuses: what
+# --split / --status may name (anything else matched nothing and looked like an empty workspace).
+SPLITS = tuple(f.name for f in fields(SplitRatios))
+STATUSES = tuple(s.value for s in ImageStatus)
+# Pillow's own bomb check, made no stricter than harvest's limit (which every workspace image passed).
+MAX_PIXELS = HarvestConfig().max_pixels
+
+
+def check_filters(split: str | None, status: str | None) -> None:
+    """ValueError naming the allowed values for a `--split` / `--status` the catalog can never
+    match, so a typo is refused before any work instead of predicting "0 images"."""
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"--split must be one of {', '.join(SPLITS)}; got {split!r}")
+    if status is not None and status not in STATUSES:
+        raise ValueError(f"--status must be one of {', '.join(STATUSES)}; got {status!r}")
+
+
+class RemoteError(RuntimeError):
+    """An image that failed in a Ray actor: the message is already `image_error`'s line."""
+
+
+def image_error(exc: BaseException) -> str:
+    """One line for a failed image: `reason: detail` for the stable reasons harvest and redact
+    report (empty, not_an_image, corrupt, not_a_regular_file...), else `io.describe_error`."""
+    if isinstance(exc, (ImageRejected, RemoteError)):
+        return str(exc)
+    if isinstance(exc, NotRegularFile):
+        return f"{exc.reason}: {exc.strerror}"
+    return describe_error(exc)
+
+
+def load_image(path: Path) -> list[np.ndarray]:
+    """Every view a viewer may show of `path`, or the reason it cannot be read: a zero-byte
+    file is `empty` (not Pillow's "cannot identify"), a FIFO is refused without blocking."""
+    if os.stat(path).st_size == 0:
+        raise ImageRejected("empty", "zero-byte file")
+    allow_pixels(MAX_PIXELS)
+    with open_regular(path) as fh, rejecting_bad_images():
+        return load_views(fh)  # type: ignore[arg-type]  # Pillow opens a file object as well
 
 
 @dataclass(frozen=True)
@@ -80,7 +121,7 @@ def predict_images(detector: Detector, paths: Iterable[str | Path], threshold: f
         failed: dict[Path, Exception] = {}
         for p in batch:
             try:
-                loaded.append((p, load_views(p)))
+                loaded.append((p, load_image(p)))
             except Exception as exc:  # noqa: BLE001 - any unreadable file is reported, the batch goes on
                 failed[p] = exc
         results: dict[Path, Detections | Exception] = dict(failed)
@@ -120,7 +161,7 @@ class _PredictActor:
             if pred.ok:
                 row["det"] = pred.result.to_json()  # type: ignore[union-attr]
             else:
-                row["error"] = f"{type(pred.result).__name__}: {pred.result}"
+                row["error"] = image_error(pred.result)  # type: ignore[arg-type]
             rows.append(json.dumps(row))
         return {"result": rows}
 
@@ -130,7 +171,7 @@ def predict_images_on(engine: str, detector: Detector | None, paths: Iterable[st
                       factory: Callable[[], Detector] | None = None, workers: int = 2) -> Iterator[Prediction]:
     """`predict_images` on an engine (`pipeline.engines`): `local` runs `detector` here, in input
     order; `ray` runs `factory` on `workers` actors, results in completion order (errors come
-    back as RuntimeError with the message)."""
+    back as RemoteError with the message)."""
     from pipeline.engines import map_actors, run_items
 
     def local() -> Iterator[Prediction]:
@@ -143,7 +184,7 @@ def predict_images_on(engine: str, detector: Detector | None, paths: Iterable[st
                           [{"path": str(p)} for p in paths], workers, batch_size)
         for row in rows:
             r = json.loads(row["result"])
-            res: Detections | Exception = Detections.from_json(r["det"]) if "det" in r else RuntimeError(r["error"])
+            res: Detections | Exception = Detections.from_json(r["det"]) if "det" in r else RemoteError(r["error"])
             yield Prediction(Path(r["path"]), int(r["width"]), int(r["height"]), res)
 
     return run_items(local, ray, engine)
@@ -241,19 +282,22 @@ def predict_workspace(
             if isinstance(pred.result, Detections):
                 out[image_id] = pred.result
             elif errors is not None:
-                errors.append((image_id, f"{type(pred.result).__name__}: {pred.result}"))
+                errors.append((image_id, image_error(pred.result)))
             done += 1
             if progress:
                 progress(done, total)
     return out
 
 
-def list_image_files(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
+def list_image_files(inputs: Sequence[str | Path], skipped: list[Skipped] | None = None) -> list[tuple[Path, str]]:
     """Files to predict: (absolute path, path relative to its input folder). Folders are walked
-    recursively for image extensions by the shared listing rule (`pipeline.listing`: entries it
-    skips, such as FIFOs or links out of the tree, are logged); a file argument is relative to
-    its own folder and must be a regular file."""
-    from pipeline.listing import Skipped, file_problem, iter_image_files
+    recursively for image extensions by the shared listing rule (`pipeline.listing`), as redact
+    lists them: every listed path is its own entry, so a link to a file in the tree gives a row
+    under each name (same bytes are one image only in the catalog, by sha256). Entries the rule
+    skips (FIFOs, links out of the tree, dangling links) are appended to `skipped`, for the
+    caller to report. A file argument is relative to its own folder and must be a regular file;
+    a path named twice (e.g. a folder and a file in it) is listed once."""
+    from pipeline.listing import file_problem, iter_image_files
 
     out: list[tuple[Path, str]] = []
     seen: set[Path] = set()
@@ -263,11 +307,13 @@ def list_image_files(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
             pairs = []
             for e in iter_image_files(p, IMAGE_EXTENSIONS):
                 if isinstance(e, Skipped):
-                    log.warning("%s: skipped (%s: %s)", e.path, e.reason, e.detail)
+                    log.info("%s: skipped (%s: %s)", e.path, e.reason, e.detail)
+                    if skipped is not None:
+                        skipped.append(e)
                 else:
-                    pairs.append((e.path.resolve(), e.rel))
+                    pairs.append((Path(os.path.abspath(e.path)), e.rel))
         elif (problem := file_problem(p)) is None:
-            pairs = [(p.resolve(), p.name)]
+            pairs = [(Path(os.path.abspath(p)), p.name)]
         elif problem[0] == "not_found":
             raise FileNotFoundError(f"{p}: no such file or folder")
         else:
@@ -319,7 +365,7 @@ def detect_set(detector: Detector, items: Sequence[tuple[Path, Any]], threshold:
             ok.append(k)
             dets.append(pred.result)
         else:
-            errors.append(f"{pred.path}: {type(pred.result).__name__}: {pred.result}")
+            errors.append(f"{pred.path}: {image_error(pred.result)}")  # type: ignore[arg-type]
         if progress:
             progress(k + 1, len(items))
     return DetectedSet(ok, dets, errors, time.perf_counter() - t0)
@@ -360,7 +406,9 @@ def predict_workspace_images(ws: Workspace, det: Detector, *, split: str | None 
                              factory: Callable[[], Detector] | None = None, workers: int = 2,
                              progress: Callable[[int, int], None] | None = None) -> PredictSummary:
     """`textloop predict` without IMAGES: the workspace's images (excluded ones only when asked
-    for by `status`) predicted and stored under the model version; optionally also as JSONL."""
+    for by `status`) predicted and stored under the model version; optionally also as JSONL.
+    ValueError for a split or status no image can have (`check_filters`)."""
+    check_filters(split, status)
     t0 = time.perf_counter()
     with ws.catalog() as cat:
         rows = cat.images(split=split, status=status)
@@ -386,16 +434,20 @@ def predict_files(det: Detector, images: Sequence[str | Path], *, workspace: Wor
                   progress: Callable[[int, int], None] | None = None) -> PredictSummary:
     """`textloop predict IMAGES`: every image file under `images`, optionally written as JSONL
     to `out`; with a `workspace`, files whose bytes are workspace images also get a catalog row
-    (stored in batches of `COMMIT_EVERY`). Raises FileNotFoundError / ValueError when there is nothing to
-    read and OutputError when `out` cannot be written."""
+    (stored in batches of `COMMIT_EVERY`). Entries the listing skips and images that cannot be
+    read are all in `errors` (`path: reason: detail`), so the count matches what was left out.
+    Raises FileNotFoundError / ValueError when there is nothing to read and OutputError when
+    `out` cannot be written."""
     t0 = time.perf_counter()
-    files = list_image_files(images)
-    if not files:
+    skipped: list[Skipped] = []
+    files = list_image_files(images, skipped)
+    if not files and not skipped:
         raise ValueError(f"no image files in {', '.join(str(i) for i in images)}")
     rel = dict(files)
     update = progress or (lambda done, total: None)
-    errors: list[str] = []
-    counts = {"ok": 0, "boxes": 0, "stored": 0}
+    errors: list[str] = [f"{os.path.abspath(e.path)}: {e.reason}: {e.detail}" for e in skipped]
+    counts = {"ok": 0, "boxes": 0}
+    stored: set[str] = set()   # catalog rows: two names of the same bytes are one image there
     cat = workspace.catalog() if workspace is not None else None
     ws_ids: dict[Path, str] = workspace_ids(cat, rel) if cat is not None else {}
 
@@ -406,12 +458,13 @@ def predict_files(det: Detector, images: Sequence[str | Path], *, workspace: Wor
         for k, pred in enumerate(preds, 1):
             update(k, len(files))
             if not pred.ok:
-                errors.append(f"{pred.path}: {type(pred.result).__name__}: {pred.result}")
+                errors.append(f"{pred.path}: {image_error(pred.result)}")  # type: ignore[arg-type]
                 continue
             d: Detections = pred.result  # type: ignore[assignment]
             counts["ok"] += 1
             counts["boxes"] += len(d)
-            counts["stored"] += int(pred.path in ws_ids)
+            if pred.path in ws_ids:
+                stored.add(ws_ids[pred.path])
             yield {"image": rel[pred.path], "width": pred.width, "height": pred.height,
                    **d.to_json(), "model_version": det.version}
 
@@ -424,7 +477,7 @@ def predict_files(det: Detector, images: Sequence[str | Path], *, workspace: Wor
     finally:
         if cat is not None:
             cat.close()
-    return _summary(det, counts["ok"], counts["boxes"], errors, counts["stored"], threshold, out,
+    return _summary(det, counts["ok"], counts["boxes"], errors, len(stored), threshold, out,
                     time.perf_counter() - t0)
 
 

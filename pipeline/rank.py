@@ -47,12 +47,26 @@ def choose_strategy(requested: str, has_committee: bool) -> str:
     return requested
 
 
-def plan_rank(model: Any, second: Any, strategy: str, **options: Any) -> tuple[RankRun, Any]:
+def plan_rank(model: Any, second: Any, strategy: str, committee_spec: str | None = None,
+              **options: Any) -> tuple[RankRun, Any]:
     """The RankRun for ranking with `model` and an optional committee detector `second`, and the
     committee actually used: none when `second` is the model itself (same version: it would
-    disagree nowhere), and `auto` resolved against that. One rule for `rank` and `iterate`."""
-    if second is not None and second.version == model.version:
+    disagree nowhere), and `auto` resolved against that. One rule for `rank` and `iterate`.
+
+    `committee_spec` is the committee as the user named it (`--committee`; `second` may be None
+    when the caller already saw it is the model): an explicit `committee` strategy that has no
+    second detector is a ValueError saying which of the two is missing."""
+    same = second is not None and second.version == model.version
+    if same:
         second = None
+    if strategy == "committee" and second is None:
+        if same or committee_spec:   # asked for, but it is the model: say so, not "give one"
+            name = committee_spec or model.version
+            raise ValueError(f"--committee {name} is the model itself ({model.version}); a committee needs a "
+                             "second, different detector (e.g. a trained bundle.zip, or rank a trained model "
+                             "against ppocr)")
+        raise ValueError("strategy 'committee' needs a second detector: give --committee (e.g. ppocr, or a "
+                         "trained bundle.zip different from the model)")
     run = RankRun(strategy=choose_strategy(strategy, second is not None),
                   committee=second.version if second is not None else None, **options)
     return run, second
@@ -77,8 +91,8 @@ class RankOptions:
 
     def plan(self, model: Any, second: Any) -> tuple[RankRun, Any]:
         """The RankRun for ranking with `model` and the loaded committee detector `second`."""
-        return plan_rank(model, second, self.strategy, top=self.top, tta=self.tta, diversity=self.diversity,
-                         kcenter=self.kcenter, min_score=self.min_score)
+        return plan_rank(model, second, self.strategy, self.committee, top=self.top, tta=self.tta,
+                         diversity=self.diversity, kcenter=self.kcenter, min_score=self.min_score)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli.app import app
@@ -144,3 +145,42 @@ def test_fastdup_missing_is_one_line_error(tmp_path: Path, monkeypatch) -> None:
     res = CliRunner().invoke(app, ["--workspace", str(ws.root), "curate", "--engine", "fastdup"])
     assert res.exit_code == 1
     assert "fastdup interpreter not found" in res.output
+
+
+@pytest.mark.parametrize("cmd", ["curate", "report"])
+@pytest.mark.parametrize("name", ["../../escape", "ABS", "..", ".", "a/b", ""])
+def test_iteration_must_be_a_simple_name_inside_runs(tmp_path: Path, cmd: str, name: str) -> None:
+    """`curate --iteration ../../escape` (or an absolute path) wrote its copy outside the
+    workspace: refused with one line, exit 2, nothing written anywhere."""
+    if name == "ABS":
+        name = str(tmp_path / "abs")
+    before = set(tmp_path.rglob("*"))
+    res = CliRunner().invoke(app, ["--workspace", str(tmp_path / "a" / "ws"), cmd, "--iteration", name])
+    assert res.exit_code == 2, res.output
+    assert "--iteration must be a simple folder name under runs/" in " ".join(res.output.split())
+    assert set(tmp_path.rglob("*")) == before
+
+
+def test_unknown_model_version_is_refused_naming_the_known_ones(tmp_path: Path) -> None:
+    """`curate --model-version nosuch` used to skip every labelled image and report a clean
+    run: refused with exit 2, naming the versions that have stored predictions."""
+    from PIL import Image
+
+    from pipeline.boxes import Detections
+
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.new("RGB", (16, 12), (200, 10, 10)).save(src / "a.png")
+    ws = Workspace.open(tmp_path / "ws")
+    harvest(ws, [str(src)])
+    with ws.catalog() as cat:
+        (image_id,) = [r["id"] for r in cat.images()]
+        cat.record_predictions("ppocr-test", [(image_id, Detections().to_json())])
+    runner = CliRunner()
+    res = runner.invoke(app, ["--workspace", str(ws.root), "curate", "--model-version", "nosuch"])
+    assert res.exit_code == 2, res.output
+    assert "--model-version 'nosuch' has no stored predictions; known: ppocr-test" in " ".join(res.output.split())
+    assert not (ws.root / "runs").exists() or not any((ws.root / "runs").iterdir())
+    res = runner.invoke(app, ["--workspace", str(ws.root), "--json", "curate", "--model-version", "ppocr-test",
+                              "--skip-duplicates"])
+    assert res.exit_code == 0, res.output

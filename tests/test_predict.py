@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -172,3 +174,73 @@ def test_predict_and_store_commits_in_batches_and_resumes(ws, tmp_path: Path) ->
         after = {r["image_id"]: r["created_at"] for r in cat.query(when)}
     assert len(after) == len(paths) - 1
     assert all(after[k] == t for k, t in before.items())    # resumed: the stored rows were not redone
+
+
+@pytest.mark.parametrize("args, allowed", [
+    (["--split", "nosuch"], "train, val, test"),
+    (["--status", "bogus"], "new, pushed, labelled, verified_empty, skipped, needs_review, excluded"),
+])
+def test_predict_refuses_an_unknown_split_or_status_before_any_work(tmp_path: Path, args, allowed) -> None:
+    """A typo used to match no image and print "0 images", exit 0: it is one line naming the
+    values a workspace image can have, exit 2, and no workspace folder is created."""
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "predict", *args])
+    assert r.exit_code == 2, r.output
+    assert allowed in r.output and r.output.count("error:") == 1
+    assert not (tmp_path / "ws").exists()
+
+
+def _hostile_tree(tmp_path: Path) -> Path:
+    """An input tree with a link to a file of the tree listed before it (sorted names), and every
+    kind of entry the listing rule skips, plus an empty and a garbage file."""
+    src = tmp_path / "in"
+    (src / "sub dir").mkdir(parents=True)
+    noise_image(0, (40, 30)).save(src / "a.png")
+    noise_image(1, (40, 30)).save(src / "sub dir" / "nested.png")
+    (src / "sub dir" / "inlink.png").symlink_to("nested.png")       # "inlink" sorts before "nested"
+    noise_image(2, (40, 30)).save(tmp_path / "outside.png")
+    (src / "out.png").symlink_to(tmp_path / "outside.png")
+    (src / "gone.png").symlink_to("nowhere.png")
+    os.mkfifo(src / "pipe.png")
+    write(src / "empty.png", b"")
+    write(src / "bad.png", b"not an image")
+    return src
+
+
+def test_predict_gives_a_linked_file_and_its_target_a_row_each_like_redact(tmp_path: Path) -> None:
+    """A link to a file of the tree used to hide the file itself (deduplicated by resolved path):
+    each listed path is its own row, as `redact` writes both."""
+    from pipeline.predict import predict_files
+    from pipeline.redact.run import plan_input
+
+    src = _hostile_tree(tmp_path)
+    out = tmp_path / "preds.jsonl"
+    s = predict_files(FakeDetector(), [str(src)], out=out, threshold=0.5)
+    rows = [json.loads(line)["image"] for line in out.read_text().splitlines()]
+    assert rows == ["a.png", "sub dir/inlink.png", "sub dir/nested.png"]
+    assert s.images == 3
+    planned = {it.rel for it in plan_input(str(src), tmp_path / "redacted").items}
+    assert planned - {"bad.png", "empty.png"} == set(rows)      # those two fail at decoding in both
+
+
+def test_predict_json_lists_every_skipped_entry_with_its_reason(tmp_path: Path, fake) -> None:
+    """Entries the listing skips used to be WARNING lines only (missing from `errors` and from
+    the count), and an empty file read as Pillow's UnidentifiedImageError: every entry left out
+    is in --json `errors` as `path: reason: detail`, the reasons redact gives."""
+    src = _hostile_tree(tmp_path)
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "--json", "predict", str(src), "--no-store"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    reasons = {Path(e.split(": ", 1)[0]).name: e.split(": ")[1] for e in summary["errors"]}
+    assert reasons == {"gone.png": "dangling_symlink", "out.png": "outside_tree", "pipe.png": "not_a_regular_file",
+                       "empty.png": "empty", "bad.png": "not_an_image"}
+    assert summary["images"] == 3
+    assert "WARNING" not in r.stderr
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "predict", str(src), "--no-store"])
+    assert "5 errors" in " ".join(r.stdout.split())               # the count matches the lines
+    # without a workspace at -w, predicting files creates none (stock ppocr stands for `current`),
+    # and -q ("errors only") still names each skipped entry on stderr
+    assert not (tmp_path / "ws").exists()
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "-q", "predict", str(src), "--out", str(tmp_path / "p.jsonl")])
+    assert r.exit_code == 0 and r.stdout == "" and not (tmp_path / "ws").exists()
+    assert sorted(line.split(": ")[1] for line in r.stderr.splitlines() if line.startswith("skipped ")) == sorted(reasons.values())
+    assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 3

@@ -169,8 +169,39 @@ def test_plan_rank_drops_a_committee_that_is_the_model_itself() -> None:
     assert (run.strategy, run.committee, second, run.top) == ("uncertainty", None, None, 5)
     run, second = plan_rank(model, ppocr, "auto")
     assert (run.strategy, run.committee, second) == ("committee", "ppocr-v4", ppocr)
-    with pytest.raises(ValueError, match="needs a committee"):
+    with pytest.raises(ValueError, match="is the model itself"):
         plan_rank(ppocr, ppocr, "committee")     # asked for explicitly: say why it cannot be done
+
+
+def test_committee_strategy_with_the_model_as_committee_names_the_real_cause() -> None:
+    """`--strategy committee --committee ppocr` with ppocr as the model used to say "needs a
+    committee detector" although one was given: the error now says it is the model itself; with
+    no committee at all it says to give one. `iterate` (which does not load a committee equal to
+    the model's name) gets the same message."""
+    from types import SimpleNamespace
+
+    from pipeline.rank import RankOptions
+
+    ppocr = SimpleNamespace(version="ppocr-v4-det")
+    opts = RankOptions(strategy="committee", committee="ppocr")
+    for second in (SimpleNamespace(version="ppocr-v4-det"), None):
+        with pytest.raises(ValueError) as err:
+            opts.plan(ppocr, second)
+        assert str(err.value).startswith("--committee ppocr is the model itself (ppocr-v4-det); a committee "
+                                         "needs a second, different detector")
+    with pytest.raises(ValueError, match="needs a second detector: give --committee"):
+        RankOptions(strategy="committee", committee=None).plan(ppocr, None)
+
+
+def test_rank_cli_committee_equal_to_the_model_is_one_line_exit_2(tmp_path, fake) -> None:
+    from typer.testing import CliRunner
+
+    from pipeline.cli.app import app
+
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "rank", "--strategy", "committee",
+                                 "--committee", "ppocr"])
+    assert r.exit_code == 2, r.output
+    assert "--committee ppocr is the model itself" in " ".join(r.output.split())
 
 
 def test_iterate_rejects_an_unknown_strategy_before_any_work() -> None:

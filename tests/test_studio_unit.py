@@ -245,3 +245,29 @@ def test_stage_results_keep_the_json_keys():
         "started_at": 0.0, "already_running": True}
     assert list(StatusResult("u", True, False, None, None, None).as_dict()) == [
         "url", "healthy", "started_by_textloop", "pid", "mode", "log"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--format", "jsonl", "--split", "bogus"], "--split must be one of train, val, test; got 'bogus'"),
+    (["--format", "csv"], "--format must be one of jsonl, coco, yolo; got 'csv'"),
+])
+def test_export_refuses_an_unknown_split_or_format_before_creating_out(tmp_path, args, message):
+    """`export --split bogus OUT` used to export 0 images, exit 0, and leave an empty OUT: one
+    line naming the allowed values, exit 2, and no OUT (nor workspace) folder."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli.app import app
+
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "export", *args, str(out)])
+    assert r.exit_code == 2, r.output
+    assert message in " ".join(r.output.split())
+    assert not out.exists() and not (tmp_path / "ws").exists()
+
+
+def test_export_library_call_refuses_an_unknown_split(ws, tmp_path):
+    from pipeline.studio.export import export
+
+    with pytest.raises(ValueError, match="train, val, test"):
+        export(ws, tmp_path / "out", "jsonl", split="tset")
+    assert not (tmp_path / "out").exists()

@@ -38,17 +38,23 @@ def curate_cmd(
     once (other members -> excluded), and suspected label issues go back for review."""
     from pipeline.curate.duplicates import DuplicateConfig, FastdupUnavailable
     from pipeline.curate.label_noise import LabelNoiseConfig
-    from pipeline.curate.stage import run_curate
+    from pipeline.curate.report import check_iteration_name
+    from pipeline.curate.stage import check_model_version, run_curate
 
     st = state(ctx)
     try:
         dup_cfg = DuplicateConfig(engine=engine, fastdup_python=fastdup_python)
         noise_cfg = LabelNoiseConfig(method=method, model_version=model_version)
+        check_iteration_name(iteration)
     except ValueError as exc:
         fail(str(exc), 2)
     if label_action not in ("review", "exclude"):
         fail(f"--label-action must be review or exclude, got {label_action!r}", 2)
     ws = st.ws()
+    try:
+        check_model_version(ws, model_version)
+    except ValueError as exc:
+        fail(str(exc), 2)
     try:
         with progress(st, f"curate ({engine})") as update:
             summary = run_curate(ws, dup_cfg, noise_cfg, apply=apply, label_action=label_action, worst=worst,
@@ -91,9 +97,13 @@ def report_cmd(
     iteration: Optional[str] = typer.Option(None, help="runs/<iteration>/report/ gets a copy (default: the last iteration)."),
 ) -> None:
     """Write reports/report.html and PNGs: learning curve, ranking scores, duplicate clusters, label issues."""
-    from pipeline.curate.report import build_report
+    from pipeline.curate.report import build_report, check_iteration_name
 
     st = state(ctx)
+    try:
+        check_iteration_name(iteration)
+    except ValueError as exc:
+        fail(str(exc), 2)
     ws = st.ws()
     res = build_report(ws, iteration=iteration)
     emit(st, res.as_dict(), lambda c: c.print(f"report: {res.html} (copy in {res.run_copy}); "

@@ -45,14 +45,17 @@ def _parse_value(raw: str) -> Any:
 
 
 def open_detector(st: AppState, spec: str, options: dict[str, Any]):
-    """The spec resolved in the model registry, loaded, with one clear error line; the workspace
-    is opened only for `current`."""
+    """The spec resolved in the model registry, loaded, with one clear error line (exit 2: a
+    bad spec or option is a usage error; 1 for a missing extra); the workspace is read only
+    for `current`, and only if it exists (none: stock ppocr)."""
     from pipeline.bundle import resolve_detector
     from pipeline.detectors import load_detector
 
     try:
-        return load_detector(resolve_detector(spec, st.ws() if spec == "current" else None), **options)
-    except (FileNotFoundError, ValueError, TypeError, ImportError) as exc:
+        return load_detector(resolve_detector(spec, st.existing_ws() if spec == "current" else None), **options)
+    except (FileNotFoundError, ValueError, TypeError) as exc:
+        fail(f"detector {spec}: {exc}", 2)
+    except ImportError as exc:
         fail(f"detector {spec}: {exc}")
 
 
@@ -92,23 +95,28 @@ def predict_cmd(
         fail(str(exc), 2)
     if images and workspace_images:
         fail("give IMAGES or --workspace-images, not both", 2)
+    try:
+        P.check_filters(split, status)
+    except ValueError as exc:
+        fail(str(exc), 2)
     det_opts = parse_options(option)
     det = open_detector(st, detector, det_opts)
-    factory = SpecFactory(detector, str(st.ws().root) if detector == "current" else None, det_opts) \
+    ws = st.existing_ws() if images else st.ws()   # predicting files never creates a workspace
+    factory = SpecFactory(detector, str(ws.root) if ws is not None and detector == "current" else None, det_opts) \
         if engine == "ray" else None
     common = dict(out=out, threshold=threshold, batch_size=batch_size, engine=engine, factory=factory, workers=workers)
     try:
         with progress(st, f"predict ({det.version})") as update:
             if images:
-                summary = P.predict_files(det, images, workspace=st.ws() if store else None, progress=update, **common)
+                summary = P.predict_files(det, images, workspace=ws if store else None, progress=update, **common)
             else:
-                summary = P.predict_workspace_images(st.ws(), det, split=split, status=status, progress=update,
+                summary = P.predict_workspace_images(ws, det, split=split, status=status, progress=update,
                                                      skip_existing=skip_existing, **common)
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc), 2)
     except P.OutputError as exc:
         fail(str(exc))
-    emit(st, summary.as_dict(), lambda c: _render_predict(c, summary, out))
+    emit(st, summary.as_dict(), lambda c: _render_predict(c, summary, out), problems=summary.errors, label="skipped")
     if summary.images == 0 and summary.errors:
         raise typer.Exit(1)
 
@@ -148,7 +156,7 @@ def import_cmd(
     except RuntimeError as exc:
         fail(str(exc))
 
-    emit(st, summary.as_dict(), lambda c: _render_import(c, summary, ws.root))
+    emit(st, summary.as_dict(), lambda c: _render_import(c, summary, ws.root), problems=summary.problems, label="problem")
     if summary.images == 0 and summary.records:
         raise typer.Exit(1)
 
@@ -156,7 +164,7 @@ def import_cmd(
 def _render_import(c: Console, summary: Any, root: Path) -> None:
     """The first problems and the counts of what was imported."""
     for line in summary.problems[:50]:
-        c.print(f"[yellow]skipped[/] {line}", highlight=False, soft_wrap=True)
+        c.print(f"[yellow]problem[/] {line}", highlight=False, soft_wrap=True)
     if len(summary.problems) > 50:
         c.print(f"... and {len(summary.problems) - 50} more")
     t = Table(title=f"import into {root}")

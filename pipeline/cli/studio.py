@@ -149,9 +149,13 @@ def export_cmd(
     classes: str = typer.Option("text", help="Class names in label order (coco categories / yolo names)."),
 ) -> None:
     """Export the human-labelled dataset; verified text-free images are included with no boxes."""
-    from pipeline.studio.export import export
+    from pipeline.studio.export import check_options, export
 
     st = state(ctx)
+    try:
+        check_options(fmt, split)
+    except ValueError as exc:
+        fail(str(exc), 2)
     try:
         res = export(st.ws(), out, fmt, split, tuple(c for c in classes.split(",") if c))
     except (ValueError, OSError) as exc:

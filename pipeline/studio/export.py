@@ -17,12 +17,23 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.catalog import quads_as_polys
+from pipeline.config import SplitRatios
 from pipeline.formats import FORMATS as _REGISTRY
 from pipeline.formats import LabelledImage, get_format
 from pipeline.io import atomic_open
 from pipeline.workspace import Workspace
 
 FORMATS = tuple(_REGISTRY)
+SPLITS = tuple(f.name for f in fields(SplitRatios))   # the splits harvest assigns
+
+
+def check_options(fmt: str, split: str | None) -> None:
+    """ValueError naming the allowed values for a format or split that cannot be exported, so
+    a typo is refused before OUT is created (an unknown split used to export 0 images)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"--split must be one of {', '.join(SPLITS)}; got {split!r}")
 
 
 def labelled_rows(ws: Workspace, split: str | None = None, sources: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
@@ -71,7 +82,9 @@ class ExportSummary:
 
 def export(ws: Workspace, out: Path, fmt: str = "jsonl", split: str | None = None,
            classes: tuple[str, ...] = ("text",)) -> ExportSummary:
-    """The labelled (and verified-empty) images of `split` (None: all) written to `out` in `fmt`."""
+    """The labelled (and verified-empty) images of `split` (None: all) written to `out` in `fmt`;
+    ValueError (`check_options`) before anything is written for an unknown format or split."""
+    check_options(fmt, split)
     label_format = get_format(fmt)
     out = Path(out)
     images_dir = out / "images"
