@@ -653,6 +653,11 @@ class Catalog:
             out.setdefault(r["image_id"], []).append(r)
         return out
 
+    def prediction_versions(self) -> list[str]:
+        """Model versions with at least one stored prediction, sorted."""
+        return [r["model_version"] for r in self.query(
+            "SELECT DISTINCT model_version FROM predictions ORDER BY model_version")]
+
     # --- Label Studio tasks ----------------------------------------------------------------
 
     def tasks(self, project_id: int) -> dict[str, int]:

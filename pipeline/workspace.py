@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +67,20 @@ class Workspace:
         return self.root / relpath
 
     def run_dir(self, iteration: int | str) -> Path:
+        check_run_name(iteration)
         d = self.runs_dir / str(iteration)
         d.mkdir(parents=True, exist_ok=True)
         return d
+
+
+def check_run_name(iteration: int | str | None) -> None:
+    """ValueError unless `iteration` names a folder directly under `runs/` (None: not given):
+    a name with a separator, `..` or an absolute path would put a run's files outside the
+    workspace (`curate --iteration ../../x` did)."""
+    if iteration is None or isinstance(iteration, int):
+        return
+    name = str(iteration)
+    seps = [c for c in ("/", "\\", os.sep, os.altsep) if c]
+    if name in ("", ".", "..") or "\0" in name or any(c in name for c in seps) or os.path.isabs(name):
+        raise ValueError(f"--iteration must be a simple folder name under runs/ (no path separators, "
+                         f"not '.' or '..'); got {name!r}")

@@ -244,3 +244,5 @@ def test_predict_json_lists_every_skipped_entry_with_its_reason(tmp_path: Path, 
     assert r.exit_code == 0 and r.stdout == "" and not (tmp_path / "ws").exists()
     assert sorted(line.split(": ")[1] for line in r.stderr.splitlines() if line.startswith("skipped ")) == sorted(reasons.values())
     assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 3
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "predict", str(src), "--split", "val"])
+    assert r.exit_code == 2 and "workspace images" in r.stderr       # was silently ignored

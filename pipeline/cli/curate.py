@@ -38,14 +38,14 @@ def curate_cmd(
     once (other members -> excluded), and suspected label issues go back for review."""
     from pipeline.curate.duplicates import DuplicateConfig, FastdupUnavailable
     from pipeline.curate.label_noise import LabelNoiseConfig
-    from pipeline.curate.report import check_iteration_name
     from pipeline.curate.stage import check_model_version, run_curate
+    from pipeline.workspace import check_run_name
 
     st = state(ctx)
     try:
         dup_cfg = DuplicateConfig(engine=engine, fastdup_python=fastdup_python)
         noise_cfg = LabelNoiseConfig(method=method, model_version=model_version)
-        check_iteration_name(iteration)
+        check_run_name(iteration)
     except ValueError as exc:
         fail(str(exc), 2)
     if label_action not in ("review", "exclude"):
@@ -97,11 +97,12 @@ def report_cmd(
     iteration: Optional[str] = typer.Option(None, help="runs/<iteration>/report/ gets a copy (default: the last iteration)."),
 ) -> None:
     """Write reports/report.html and PNGs: learning curve, ranking scores, duplicate clusters, label issues."""
-    from pipeline.curate.report import build_report, check_iteration_name
+    from pipeline.curate.report import build_report
+    from pipeline.workspace import check_run_name
 
     st = state(ctx)
     try:
-        check_iteration_name(iteration)
+        check_run_name(iteration)
     except ValueError as exc:
         fail(str(exc), 2)
     ws = st.ws()

@@ -95,6 +95,8 @@ def predict_cmd(
         fail(str(exc), 2)
     if images and workspace_images:
         fail("give IMAGES or --workspace-images, not both", 2)
+    if images and (split or status or skip_existing):
+        fail("--split, --status and --skip-existing choose among workspace images; with IMAGES every file is predicted", 2)
     try:
         P.check_filters(split, status)
     except ValueError as exc:

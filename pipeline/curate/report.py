@@ -13,7 +13,6 @@ import io
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -24,6 +23,7 @@ import pandas as pd
 
 from pipeline.evaluate import Metrics
 from pipeline.io import atomic_write_bytes, atomic_write_text, read_table
+from pipeline.workspace import check_run_name
 
 log = logging.getLogger("textloop.curate")
 
@@ -33,18 +33,6 @@ ISSUE_COLOUR = (230, 0, 0)        # boxes flagged by label-noise detection
 
 # Table names under reports/ (parquet + csv each); the notebook reads the same names.
 TABLES = ("duplicates", "duplicate_pairs", "duplicate_clusters", "label_issues", "label_issue_boxes")
-
-
-def check_iteration_name(iteration: int | str | None) -> None:
-    """ValueError unless `iteration` is a plain folder name for `runs/<iteration>/`: a name with
-    a separator, `..` or an absolute path would put the copies outside the workspace."""
-    if iteration is None or isinstance(iteration, int):
-        return
-    name = str(iteration)
-    seps = [c for c in ("/", "\\", os.sep, os.altsep) if c]
-    if name in ("", ".", "..") or "\0" in name or any(c in name for c in seps) or os.path.isabs(name):
-        raise ValueError(f"--iteration must be a simple folder name under runs/ (no path separators, "
-                         f"not '.' or '..'); got {name!r}")
 
 
 # --- tables -----------------------------------------------------------------------------------
@@ -432,8 +420,8 @@ class ReportSummary:
 
 def build_report(ws: Any, iteration: int | str | None = None, max_items: int = 12) -> ReportSummary:
     """Write `reports/report.html` + PNGs (and a copy under `runs/<iteration>/report/`);
-    ValueError for an iteration that is not a simple folder name (`check_iteration_name`)."""
-    check_iteration_name(iteration)
+    ValueError for an iteration that is not a simple folder name (`workspace.check_run_name`)."""
+    check_run_name(iteration)
     rep_dir = ws.reports_dir
     curve = learning_curve_table(ws)
     ranking = read_table(rep_dir, "ranking")

@@ -30,16 +30,11 @@ import pandas as pd
 from pipeline.curate.duplicates import (DuplicateConfig, apply_duplicate_actions, find_duplicates,
                                         plan_duplicate_actions, workspace_images)
 from pipeline.curate.label_noise import LabelNoiseConfig, apply_label_actions, find_label_noise
-from pipeline.curate.report import check_iteration_name, duplicates_html, label_issues_html
+from pipeline.curate.report import duplicates_html, label_issues_html
 from pipeline.io import atomic_write_bytes, atomic_write_text, write_table
+from pipeline.workspace import check_run_name
 
 log = logging.getLogger("textloop.curate")
-
-
-def model_versions(ws: Any) -> list[str]:
-    """Model versions with stored predictions: the ones label noise can compare labels with."""
-    with ws.catalog() as cat:
-        return sorted({r["model_version"] for rows in cat.prediction_history().values() for r in rows})
 
 
 def check_model_version(ws: Any, version: str | None) -> None:
@@ -47,7 +42,8 @@ def check_model_version(ws: Any, version: str | None) -> None:
     labelled image would be skipped and the run would look clean."""
     if version is None:
         return
-    known = model_versions(ws)
+    with ws.catalog() as cat:   # the versions label noise can compare labels with
+        known = cat.prediction_versions()
     if version not in known:
         raise ValueError(f"--model-version {version!r} has no stored predictions; "
                          + (f"known: {', '.join(known)}" if known else
@@ -95,7 +91,7 @@ def run_curate(
     noise_cfg = noise_cfg or LabelNoiseConfig()
     if label_action not in ("review", "exclude"):
         raise ValueError(f"unknown label action {label_action!r}: use review or exclude")
-    check_iteration_name(iteration)
+    check_run_name(iteration)
     check_model_version(ws, noise_cfg.model_version)
     # logged as its own `curate` row in `iterations` (failed, with the error, if anything raises)
     with ws.catalog() as journal, journal.iteration("curate") as it:
