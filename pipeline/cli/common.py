@@ -249,6 +249,16 @@ def parse_floats(text: str | None, option: str, lo: float | None = None, hi: flo
     return values
 
 
+@contextmanager
+def usage_errors(*kinds: type[BaseException]) -> Iterator[None]:
+    """A ValueError (or `kinds`) raised by the checks inside the block is a usage error: one
+    line and exit 2, before any work."""
+    try:
+        yield
+    except (kinds or (ValueError,)) as exc:
+        fail(str(exc), 2)
+
+
 def emit(st: AppState, data: Any, render: Callable[[Console], None] | None = None,
          problems: Sequence[str] = (), label: str = "failed") -> None:
     """--json: the data as JSON on stdout; otherwise a human rendering on stdout. With -q

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.cli.common import emit, fail, progress, state
+from pipeline.cli.common import emit, fail, progress, state, usage_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -42,19 +42,15 @@ def curate_cmd(
     from pipeline.workspace import check_run_name
 
     st = state(ctx)
-    try:
+    with usage_errors():
         dup_cfg = DuplicateConfig(engine=engine, fastdup_python=fastdup_python)
         noise_cfg = LabelNoiseConfig(method=method, model_version=model_version)
         check_run_name(iteration)
-    except ValueError as exc:
-        fail(str(exc), 2)
     if label_action not in ("review", "exclude"):
         fail(f"--label-action must be review or exclude, got {label_action!r}", 2)
     ws = st.ws()
-    try:
+    with usage_errors():
         check_model_version(ws, model_version)
-    except ValueError as exc:
-        fail(str(exc), 2)
     try:
         with progress(st, f"curate ({engine})") as update:
             summary = run_curate(ws, dup_cfg, noise_cfg, apply=apply, label_action=label_action, worst=worst,
@@ -101,10 +97,8 @@ def report_cmd(
     from pipeline.workspace import check_run_name
 
     st = state(ctx)
-    try:
+    with usage_errors():
         check_run_name(iteration)
-    except ValueError as exc:
-        fail(str(exc), 2)
     ws = st.ws()
     res = build_report(ws, iteration=iteration)
     emit(st, res.as_dict(), lambda c: c.print(f"report: {res.html} (copy in {res.run_copy}); "

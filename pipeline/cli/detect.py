@@ -11,7 +11,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.cli.common import AppState, emit, fail, parse_floats, progress, state
+from pipeline.cli.common import AppState, emit, fail, parse_floats, progress, state, usage_errors
 from pipeline.predict import DEFAULT_THRESHOLD
 
 
@@ -89,18 +89,14 @@ def predict_cmd(
     from pipeline.engines import SpecFactory, check_engine
 
     st = state(ctx)
-    try:
+    with usage_errors():
         check_engine(engine)
-    except ValueError as exc:
-        fail(str(exc), 2)
     if images and workspace_images:
         fail("give IMAGES or --workspace-images, not both", 2)
     if images and (split or status or skip_existing):
         fail("--split, --status and --skip-existing choose among workspace images; with IMAGES every file is predicted", 2)
-    try:
+    with usage_errors():
         P.check_filters(split, status)
-    except ValueError as exc:
-        fail(str(exc), 2)
     det_opts = parse_options(option)
     det = open_detector(st, detector, det_opts)
     ws = st.existing_ws() if images else st.ws()   # predicting files never creates a workspace

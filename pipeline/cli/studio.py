@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from pipeline.cli.common import emit, fail, positive, progress, state
+from pipeline.cli.common import emit, fail, positive, progress, state, usage_errors
 from pipeline.studio.client import StudioError
 from pipeline.studio.launcher import connect_workspace
 
@@ -152,10 +152,8 @@ def export_cmd(
     from pipeline.studio.export import check_options, export
 
     st = state(ctx)
-    try:
+    with usage_errors():
         check_options(fmt, split)
-    except ValueError as exc:
-        fail(str(exc), 2)
     try:
         res = export(st.ws(), out, fmt, split, tuple(c for c in classes.split(",") if c))
     except (ValueError, OSError) as exc:
