@@ -35,6 +35,16 @@ class SplitRatios:
         return cls(*parts)
 
 
+SPLITS = ("train", "val", "test")   # SplitRatios' fields: the splits harvest assigns
+
+
+def check_split(split: str | None) -> None:
+    """ValueError naming the splits when `split` is none of them: a typo matched no image and
+    looked like an empty workspace (`predict`, `export`, `push` said "0 images")."""
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"--split must be one of {', '.join(SPLITS)}; got {split!r}")
+
+
 @dataclass(frozen=True)
 class HarvestConfig:
     """Limits and behaviour of `textloop harvest`."""

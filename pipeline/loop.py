@@ -141,10 +141,10 @@ def iterate(ws: Any, cfg: IterateConfig = IterateConfig(), client: Any = None,
 
         studio = None
         if cfg.push:
-            from pipeline.studio.client import connect
+            from pipeline.studio.launcher import connect_workspace
             from pipeline.studio.pull import pull
 
-            studio = client or connect()
+            studio = client or connect_workspace(ws.root)  # the server `studio up` started
             say("pull: reading annotations from Label Studio")
             log_step("pull", pull(ws, studio).as_dict())
 

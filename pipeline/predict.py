@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ import numpy as np
 
 from pipeline.boxes import Detections, clip
 from pipeline.catalog import Catalog, ImageStatus
-from pipeline.config import HarvestConfig, SplitRatios
+from pipeline.config import HarvestConfig, check_split
 from pipeline.detectors.base import Detector, detect_visible
 from pipeline.imaging import ImageRejected, allow_pixels, load_views, rejecting_bad_images
 from pipeline.io import describe_error, sha256_file
@@ -35,9 +35,7 @@ log = logging.getLogger(__name__)
 DEFAULT_THRESHOLD = 0.3
 DEFAULT_BATCH = 4
 COMMIT_EVERY = 64   # prediction rows per catalog transaction: what an interrupted run keeps
-# The splits harvest assigns (the fields of SplitRatios) and the catalog's statuses: what
-# --split / --status may name (anything else matched nothing and looked like an empty workspace).
-SPLITS = tuple(f.name for f in fields(SplitRatios))
+# The catalog's statuses: what --status may name (anything else matched nothing and looked like an empty workspace).
 STATUSES = tuple(s.value for s in ImageStatus)
 # Pillow's own bomb check, made no stricter than harvest's limit (which every workspace image passed).
 MAX_PIXELS = HarvestConfig().max_pixels
@@ -46,8 +44,7 @@ MAX_PIXELS = HarvestConfig().max_pixels
 def check_filters(split: str | None, status: str | None) -> None:
     """ValueError naming the allowed values for a `--split` / `--status` the catalog can never
     match, so a typo is refused before any work instead of predicting "0 images"."""
-    if split is not None and split not in SPLITS:
-        raise ValueError(f"--split must be one of {', '.join(SPLITS)}; got {split!r}")
+    check_split(split)
     if status is not None and status not in STATUSES:
         raise ValueError(f"--status must be one of {', '.join(STATUSES)}; got {status!r}")
 

@@ -11,9 +11,11 @@ import time
 
 import pytest
 from fastapi.testclient import TestClient
+from typer.testing import CliRunner
 from PIL import Image
 
 from pipeline.boxes import Detections
+from pipeline.cli.app import app
 from pipeline.config import HarvestConfig
 from pipeline.harvest import harvest
 from pipeline.studio.client import StudioError, connect, load_settings
@@ -271,3 +273,40 @@ def test_export_library_call_refuses_an_unknown_split(ws, tmp_path):
     with pytest.raises(ValueError, match="train, val, test"):
         export(ws, tmp_path / "out", "jsonl", split="tset")
     assert not (tmp_path / "out").exists()
+
+
+def test_library_stages_talk_to_the_server_studio_up_started(ws, monkeypatch):
+    """`studio up --port 8765` records its URL in the workspace; push/pull/iterate/`redact
+    --review` called without a client used the default (127.0.0.1:8080) and failed, while the
+    CLI's push/pull found the server. Every stage's default client is the workspace's server."""
+    import dataclasses
+    import json as _json
+
+    import pipeline.studio.launcher as launcher
+    from pipeline.studio.pull import pull
+    from pipeline.studio.push import push_images
+    from pipeline.studio.review import request_review
+
+    monkeypatch.delenv("LABEL_STUDIO_URL", raising=False)
+    info = launcher.ServerInfo(url="http://127.0.0.1:8765", port=8765, pid=None, mode="local", data_dir="d",
+                               files_root="f", log="l", started_at=0.0)
+    launcher.pid_file(ws.root).parent.mkdir(parents=True, exist_ok=True)
+    launcher.pid_file(ws.root).write_text(_json.dumps(dataclasses.asdict(info)))
+    seen = []
+
+    def fake_connect(url=None, **kw):
+        seen.append(url)
+        raise StudioError("stop here")
+
+    monkeypatch.setattr(launcher, "connect", fake_connect)
+    for call in (lambda: pull(ws), lambda: push_images(ws, None), lambda: request_review(ws, ["x"])):
+        with pytest.raises(StudioError):
+            call()
+    assert seen == ["http://127.0.0.1:8765"] * 3
+
+
+def test_push_and_pull_refuse_bad_options_before_connecting(tmp_path):
+    for args, msg in ((["push", "--split", "foo"], "--split must be one of train, val, test"),
+                      (["pull", "--policy", "foo"], "--policy must be latest or first")):
+        r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), *args])
+        assert r.exit_code == 2 and msg in r.stderr, (args, r.output)

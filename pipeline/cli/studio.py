@@ -106,9 +106,12 @@ def push_cmd(
     update_existing: bool = typer.Option(True, help="Add this model version's prediction to existing tasks."),
 ) -> None:
     """Create Label Studio tasks with the model's boxes as pre-annotations (idempotent, batched)."""
+    from pipeline.config import check_split
     from pipeline.studio.push import run_push
 
     st = state(ctx)
+    with usage_errors():
+        check_split(split)
     ws = st.ws()
     try:
         with progress(st, "push") as update:
@@ -131,6 +134,8 @@ def pull_cmd(
     from pipeline.studio.pull import run_pull
 
     st = state(ctx)
+    if policy not in ("latest", "first"):
+        fail(f"--policy must be latest or first, got {policy!r}", 2)
     ws = st.ws()
     try:
         res = run_pull(ws, connect_workspace(ws.root), policy=policy)

@@ -17,14 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.catalog import quads_as_polys
-from pipeline.config import SplitRatios
+from pipeline.config import check_split
 from pipeline.formats import FORMATS as _REGISTRY
 from pipeline.formats import LabelledImage, get_format
 from pipeline.io import atomic_open
 from pipeline.workspace import Workspace
 
 FORMATS = tuple(_REGISTRY)
-SPLITS = tuple(f.name for f in fields(SplitRatios))   # the splits harvest assigns
 
 
 def check_options(fmt: str, split: str | None) -> None:
@@ -32,8 +31,7 @@ def check_options(fmt: str, split: str | None) -> None:
     a typo is refused before OUT is created (an unknown split used to export 0 images)."""
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
-    if split is not None and split not in SPLITS:
-        raise ValueError(f"--split must be one of {', '.join(SPLITS)}; got {split!r}")
+    check_split(split)
 
 
 def labelled_rows(ws: Workspace, split: str | None = None, sources: tuple[str, ...] | None = None) -> list[dict[str, Any]]:

@@ -19,7 +19,8 @@ from datetime import datetime
 from typing import Any
 
 from pipeline.catalog import HUMAN_LABELLED, ImageStatus, dumps, quads_column
-from pipeline.studio.client import Studio, connect
+from pipeline.studio.client import Studio
+from pipeline.studio.launcher import connect_workspace
 from pipeline.studio.convert import results_to_detections
 from pipeline.studio.project import get_project
 from pipeline.workspace import Workspace
@@ -87,7 +88,7 @@ def pull(ws: Workspace, client: Studio | None = None, policy: str = "latest") ->
     """Mirror the project's annotations into the catalog; returns what changed."""
     if policy not in ("latest", "first"):
         raise ValueError(f"policy must be latest or first, got {policy!r}")
-    studio = client or connect()
+    studio = client or connect_workspace(ws.root)  # the server `studio up` started
     project = get_project(ws, studio)
     tasks = export_tasks(studio, project.id)
     users = {}
@@ -151,10 +152,6 @@ def pull(ws: Workspace, client: Studio | None = None, policy: str = "latest") ->
 def run_pull(ws: Workspace, client: Studio | None = None, policy: str = "latest") -> PullSummary:
     """`textloop pull` as one call: `pull`, recorded as a `pull` iteration with its counts
     (iterate calls `pull` inside its own round instead)."""
-    if client is None:
-        from pipeline.studio.launcher import connect_workspace
-
-        client = connect_workspace(ws.root)   # the server `studio up` started, as the CLI finds it
     res = pull(ws, client, policy=policy)
     with ws.catalog() as cat:
         it = cat.start_iteration("pull")

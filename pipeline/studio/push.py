@@ -18,8 +18,10 @@ import numpy as np
 
 from pipeline.boxes import Detections
 from pipeline.catalog import HUMAN_LABELLED, Catalog, ImageStatus
-from pipeline.studio.client import Studio, StudioError, connect
+from pipeline.config import check_split
+from pipeline.studio.client import Studio, StudioError
 from pipeline.studio.convert import confidence, detections_to_results
+from pipeline.studio.launcher import connect_workspace
 from pipeline.studio.project import get_project, served_relpath
 from pipeline.workspace import Workspace
 
@@ -246,7 +248,7 @@ def push_images(
     from pipeline.predict import DEFAULT_THRESHOLD, load_predictions, predict_workspace
 
     floor = DEFAULT_THRESHOLD if min_score is None else min_score
-    studio = client or connect()
+    studio = client or connect_workspace(ws.root)  # the server `studio up` started
     project = get_project(ws, studio)
     version, get_detector = resolve_model(ws, model_version, detector, model)
     with ws.catalog() as cat:
@@ -377,14 +379,11 @@ def run_push(ws: Workspace, client: Studio | None = None, *, split: str | None =
     """`textloop push` as one call: `push_images` over the split's images (default every image
     not excluded), recorded as a `push` iteration with its counts, or as failed with the error
     (iterate calls `push_images` inside its own round instead)."""
+    check_split(split)
     ids = None
     if split:
         with ws.catalog() as cat:
             ids = [r["id"] for r in cat.images(split=split) if r["status"] != ImageStatus.EXCLUDED]
-    if client is None:
-        from pipeline.studio.launcher import connect_workspace
-
-        client = connect_workspace(ws.root)   # the server `studio up` started, as the CLI finds it
     with ws.catalog() as journal, journal.iteration("push") as it:   # `failed` (with the error) if it raises
         res = push_images(ws, ids, model_version, client, model=model, strategy=strategy, top=top,
                           update_existing=update_existing, progress=progress, min_score=min_score)

@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from pipeline.studio.client import Studio, connect
+from pipeline.studio.client import Studio
+from pipeline.studio.launcher import connect_workspace
 from pipeline.studio.project import get_project
 from pipeline.workspace import Workspace
 
@@ -38,7 +39,7 @@ def review_notes(ws: Workspace, image_ids: Sequence[str]) -> dict[str, str]:
 def request_review(ws: Workspace, image_ids: Sequence[str], notes: dict[str, str] | None = None,
                    client: Studio | None = None) -> dict[str, Any]:
     """Reopen the tasks of `image_ids` with a note; returns counts. Idempotent."""
-    studio = client or connect()
+    studio = client or connect_workspace(ws.root)  # the server `studio up` started
     project = get_project(ws, studio)
     notes = notes or review_notes(ws, image_ids)
     with ws.catalog() as cat:
