@@ -598,3 +598,23 @@ def test_a_fitted_schedule_survives_ctrl_c_and_resume(tiny: dict, tmp_path: Path
     assert r.steps == seen["horizon"] and r.stopped == "done"
     lrs = [h["lr"] for h in r.history if "lr" in h]
     assert len(lrs) == seen["horizon"] and lrs[-1] == pytest.approx(0.05 * cfg.lr, rel=0.05)
+
+
+def test_no_promotion_on_a_split_without_text(tiny: dict) -> None:
+    """A val split whose labelled images hold no text (a reviewer marked them empty) scores 0
+    for every detector, and 0 >= 0 made a never-tested model current. Such a split is not a
+    comparison: refused, saying why; stored 0-vs-0 numbers are not used either."""
+    import dataclasses
+
+    import numpy as np
+
+    from pipeline.train.select import compare_with_stock, has_text
+    from pipeline.train.workspace import check_from_metrics
+    from tests.fakes import FakeDetector
+
+    empty = [(s.path, dataclasses.replace(s.gt, boxes=np.zeros((0, 4)), ignore=np.zeros(0, bool))) for s in tiny["val"]]
+    assert has_text(g for _, g in [(s.path, s.gt) for s in tiny["val"]]) and not has_text(g for _, g in empty)
+    check, _, _ = compare_with_stock(FakeDetector([], name="blind", version="blind"), empty, TINY_RECIPE.grid(), "val")
+    assert not check.ok and "no labelled text" in check.message("m") and "nan" not in check.message("m")
+    stored = {"coverage_at_budget": 0.0, "stock_coverage_at_budget": 0.0, "over_redaction_budget": 0.02}
+    assert check_from_metrics(stored, 1, "val") is None

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -83,6 +83,15 @@ def vetoed(worst_delta: float) -> bool:
     """The per-source veto: a candidate that loses more than `SOURCE_TOLERANCE` coverage on one
     source (vs stock) is refused there, whatever its mean (promotion and the blend choice)."""
     return float(worst_delta) < -SOURCE_TOLERANCE
+
+
+def has_text(gts: Iterable[Any]) -> bool:
+    """Whether any ground truth holds a box to cover (not don't-care). Coverage on text-free
+    images is 0 for every detector, so a split without text cannot rank models: 0 >= 0 made
+    a never-tested model current."""
+    import numpy as np
+
+    return any(len(g.boxes) and not bool(np.all(np.asarray(g.ignore, dtype=bool))) for g in gts)
 
 
 def passes(candidate: float, stock: float, worst_delta: float, tolerance: float = 0.0) -> bool:
@@ -267,6 +276,8 @@ class PromotionCheck:
     interval: tuple[float, float] | None = None   # 95 % interval of candidate - stock (`validation_interval`)
 
     def message(self, version: str) -> str:
+        if not math.isfinite(self.candidate):   # nothing was compared: say why, not "nan vs nan"
+            return f"{version}: not compared with stock ppocr ({self.source}), so it cannot be shown to be as good"
         verdict = "at least" if self.ok else "below"
         text = (f"{version}: validation coverage {self.candidate:.4f} vs stock ppocr {self.stock:.4f} at over-redaction "
                 f"<= {self.budget:.4f} on {self.images} images ({self.source}): {verdict} stock")
@@ -301,6 +312,10 @@ def compare_with_stock(candidate: Any, items: Sequence[tuple[Path, Any]], grid: 
     stock's best (minus `tolerance`)."""
     from pipeline.detectors.ppocr import PPOCRDetector
 
+    if not has_text(g for _, g in items):
+        nan = float("nan")
+        refused = PromotionCheck(False, nan, nan, nan, len(items), f"{source}: no labelled text to compare on")
+        return refused, Selection(nan, None, ()), Selection(nan, None, ())
     stock = stock or PPOCRDetector()
     with _maps_cached(stock), _maps_cached(candidate):   # the interval below reuses the sweeps' maps
         stock_points = sweep(stock, items, [PPOCR_GRID_DEFAULT, *(grid or [])])

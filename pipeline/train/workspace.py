@@ -13,7 +13,7 @@ from typing import Any
 
 from pipeline.train.data import Sample, samples_from_jsonl, workspace_samples
 from pipeline.train.engine import TrainConfig, train
-from pipeline.train.select import PromotionCheck, passes
+from pipeline.train.select import PromotionCheck, has_text, passes
 
 log = logging.getLogger("pipeline.train")
 
@@ -79,12 +79,13 @@ def workspace_training_data(ws: Any, synth_sets: Sequence[str] = ("default",), s
     human = workspace_samples(ws, "train")
     val = workspace_samples(ws, "val")
     val_source = "workspace val split"
-    if not val:
+    if not has_text(s.gt for s in val):   # text-free val images score 0 for every model: no selection
         d = ws.root / "synth" / f"_val-{seed}"
         if not (d / "boxes.jsonl").exists():
             generate(d, SynthConfig(n_images=16, seed=seed + 1000))
+        why = "no labelled val images yet" if not val else "the val split's labelled images hold no text yet"
         val = samples_from_jsonl(d / "boxes.jsonl", "synth/_val/")
-        val_source = "held-out synthetic set (no labelled val images yet)"
+        val_source = f"held-out synthetic set ({why})"
     return synth, human, val, val_source
 
 
@@ -92,8 +93,8 @@ def check_from_metrics(metrics: dict[str, Any], images: int, source: str) -> Pro
     """The verdict from numbers stored at training time (db bundles), or None without them."""
     cand, stock, budget = (metrics.get(k) for k in ("coverage_at_budget", "stock_coverage_at_budget",
                                                     "over_redaction_budget"))
-    if not all(isinstance(v, (int, float)) for v in (cand, stock, budget)):
-        return None
+    if not all(isinstance(v, (int, float)) for v in (cand, stock, budget)) or not stock > 0:
+        return None   # stock covering nothing: the split had no text (models stored 0 vs 0 before the check)
     worst, delta = str(metrics.get("worst_source") or ""), float(metrics.get("worst_source_delta") or 0.0)
     ok = passes(float(cand), float(stock), delta)
     iv = metrics.get("validation_interval")
@@ -117,7 +118,7 @@ def check_promotion(ws: Any, version: str, threads: int = 0) -> PromotionCheck:
     from pipeline.train.engine import resolve_threads
 
     items = workspace_ground_truth(ws, "val")
-    if items:
+    if has_text(g for _, g in items):
         threads = resolve_threads(threads)
         detector = load_detector(str(ws.abspath(row["path"])), threads=threads)
         recipe = DBRecipe()
@@ -132,10 +133,10 @@ def check_promotion(ws: Any, version: str, threads: int = 0) -> PromotionCheck:
     meta = read_bundle_meta(ws.abspath(row["path"]))
     metrics = {**json.loads(row["metrics"] or "{}"), **meta["metrics"]}
     n = int((meta["config"].get("train") or {}).get("val_images") or metrics.get("n_images") or 0)
-    check = check_from_metrics(metrics, n, "validation at training time (no labelled val images)")
+    check = check_from_metrics(metrics, n, "validation at training time (no labelled text in the val split)")
     if check is None:
         return PromotionCheck(False, float("nan"), float("nan"), float("nan"), 0,
-                              "no labelled val images and no stored comparison with stock ppocr")
+                              "no labelled text in the val split and no stored comparison with stock ppocr")
     return check
 
 
