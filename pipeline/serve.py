@@ -27,6 +27,7 @@ import numpy as np
 
 from pipeline.detectors.base import detect_visible
 from pipeline.io import describe_error
+from pipeline.studio.client import StudioError
 from pipeline.studio.convert import confidence, detections_to_results
 from pipeline.studio.project import LabelConfig, parse_label_config, render_label_config
 from pipeline.workspace import Workspace
@@ -105,6 +106,7 @@ class Backend:
     def _load_task_image(self, task: dict[str, Any], config: LabelConfig) -> list[np.ndarray]:
         """Every view a viewer may show of the task's image (one for opaque images)."""
         from pipeline.imaging import load_views, views_of
+        from pipeline.studio.client import load_settings
 
         data = task.get("data") or {}
         image_id = data.get("image_id")
@@ -118,8 +120,6 @@ class Backend:
             raise ValueError(f"task has no ${config.data_key}")
         parsed = urllib.parse.urlparse(url)
         if parsed.path.startswith("/data/local-files"):
-            from pipeline.studio.client import load_settings
-
             rel = urllib.parse.parse_qs(parsed.query).get("d", [""])[0]
             doc_root = load_settings().local_files_root
             for root in ([Path(doc_root)] if doc_root else []) + [self.ws.root]:
@@ -133,7 +133,14 @@ class Backend:
             if not self.ls_hostname:
                 raise ValueError(f"relative image URL {url} and no Label Studio hostname from /setup")
             url = self.ls_hostname.rstrip("/") + url
+        studio = self.ls_hostname or load_settings().url
+        if _origin(url) != _origin(studio):
+            # a task may name any URL: fetching it would send the Label Studio token (and make
+            # traffic the user never configured) to whatever host the task's author chose
+            raise ValueError(f"image URL {url}: not on Label Studio ({_origin(studio)}); images are "
+                             "read only from the workspace or the Label Studio this backend serves")
         headers = {"Authorization": f"Token {self.ls_token}"} if self.ls_token else {}
+        # httpx drops Authorization on a redirect to another origin
         r = httpx.get(url, headers=headers, timeout=self.cfg.http_timeout_s, follow_redirects=True)
         r.raise_for_status()
         with Image.open(io.BytesIO(r.content)) as im:
@@ -227,15 +234,27 @@ def _default_trainer() -> Any:
 
 def create_app(ws: Workspace, cfg: ServeConfig = ServeConfig(), detector: Any = None, trainer: Any = None) -> Any:
     """The FastAPI app; `detector`/`trainer` may be injected (tests, benchmarks)."""
-    from fastapi import Body, FastAPI
+    from fastapi import Body, FastAPI, HTTPException
 
     backend = Backend(ws, cfg, detector, trainer)
     app = FastAPI(title="textloop ML backend", version="1")
     app.state.backend = backend
     default_config = render_label_config()
 
-    def config_of(xml: str | None) -> LabelConfig:
-        return parse_label_config(xml) if xml else default_config
+    def config_of(xml: Any) -> LabelConfig:
+        """The labelling config, or 400 with the reason (a config without RectangleLabels was a 500)."""
+        if not xml:
+            return default_config
+        try:
+            return parse_label_config(str(xml))
+        except (StudioError, ValueError) as exc:
+            raise HTTPException(status_code=400, detail=str(exc)) from None
+
+    def tasks_of(payload: dict[str, Any]) -> list[dict[str, Any]]:
+        tasks = payload.get("tasks") or []
+        if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
+            raise HTTPException(status_code=400, detail="'tasks' must be a list of task objects")
+        return tasks
 
     @app.get("/")
     @app.get("/health")
@@ -258,7 +277,7 @@ def create_app(ws: Workspace, cfg: ServeConfig = ServeConfig(), detector: Any = 
     @app.post("/predict")
     def predict(payload: dict[str, Any] = Body(default_factory=dict)) -> dict[str, Any]:
         backend.refresh_if_promoted()
-        tasks = payload.get("tasks") or []
+        tasks = tasks_of(payload)
         config = config_of(payload.get("label_config"))
         return {"results": backend.predict_tasks(tasks, config), "model_version": backend.model_version}
 
@@ -307,3 +326,9 @@ def serving(app: Any, host: str = "127.0.0.1", port: int | None = None, timeout:
         server.should_exit = True
         thread.join(10)
 
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) with the scheme's default port made explicit."""
+    p = urllib.parse.urlparse(url)
+    scheme = (p.scheme or "http").lower()
+    return scheme, (p.hostname or "").lower(), p.port or {"http": 80, "https": 443}.get(scheme)

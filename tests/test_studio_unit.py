@@ -310,3 +310,38 @@ def test_push_and_pull_refuse_bad_options_before_connecting(tmp_path):
                       (["pull", "--policy", "foo"], "--policy must be latest or first")):
         r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), *args])
         assert r.exit_code == 2 and msg in r.stderr, (args, r.output)
+
+
+def test_ml_backend_fetches_only_from_label_studio_and_refuses_bad_requests(ws_with_image, monkeypatch):
+    """A task may name any image URL; fetching it sent the Label Studio token to that host.
+    Only URLs on the Label Studio the backend serves are fetched (with the token); others are
+    that task's error. Malformed requests are 400 with the reason, not 500."""
+    import httpx
+
+    from pipeline.serve import create_app
+
+    ws, _ = ws_with_image
+    fetched = []
+
+    def fake_get(url, headers=None, **kw):
+        fetched.append((url, dict(headers or {})))
+        raise httpx.ConnectError("no network in tests")
+
+    monkeypatch.setattr(httpx, "get", fake_get)
+    client = TestClient(create_app(ws, detector=FakeDetector([[2, 3, 20, 10]], [0.6])))
+    client.post("/setup", json={"hostname": "http://127.0.0.1:8765", "access_token": "tok-SECRET"})
+    tasks = [{"id": 1, "data": {"image": "http://localhost:9392/x.png"}},
+             {"id": 2, "data": {"image": "https://evil.example/x.png"}},
+             {"id": 3, "data": {"image": "/data/upload/1/x.png"}}]
+    out = client.post("/predict", json={"tasks": tasks}).json()["results"]
+    assert "not on Label Studio" in out[0]["error"] and "not on Label Studio" in out[1]["error"]
+    assert fetched == [("http://127.0.0.1:8765/data/upload/1/x.png", {"Authorization": "Token tok-SECRET"})]
+    for body in ({"tasks": "abc"}, {"tasks": [1, 2]}):
+        assert client.post("/predict", json=body).status_code == 400
+    r = client.post("/predict", json={"tasks": [], "label_config": "<View><Image name='i' value='$image'/></View>"})
+    assert r.status_code == 400 and "RectangleLabels" in r.json()["detail"]
+
+
+def test_serve_with_a_model_that_does_not_load_is_one_line(tmp_path):
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "serve", "--model", "nosuch"])
+    assert r.exit_code == 2 and "--model nosuch" in r.stderr and "Traceback" not in r.output

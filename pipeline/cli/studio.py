@@ -180,5 +180,8 @@ def serve_cmd(
     from pipeline.serve import ServeConfig, create_app
 
     st = state(ctx)
-    app = create_app(st.ws(), ServeConfig(model=model, retrain_every=retrain_every))
+    try:   # the model loads before the server starts: a bad --model is one line, not a traceback
+        app = create_app(st.ws(), ServeConfig(model=model, retrain_every=retrain_every))
+    except (FileNotFoundError, ValueError) as exc:
+        fail(f"--model {model}: {exc}", 2)
     uvicorn.run(app, host=host, port=port, log_level="info" if st.verbosity > 0 else "warning")
