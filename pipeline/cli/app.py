@@ -67,7 +67,17 @@ curate_cli.register(app)
 model_cli.register(app)
 
 
+def _terminate_as_interrupt(signum: int, frame: object) -> None:
+    """SIGTERM (`kill`, `timeout`, `docker stop`) ends a command the way Ctrl-C does: a running
+    stage is logged `failed` in the catalog, training keeps its checkpoint for `--resume`, temp
+    files are cleaned; before, the process died on the spot and left rows `running` for ever."""
+    raise KeyboardInterrupt(f"terminated by signal {signum}")
+
+
 def main() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     app()
 
 

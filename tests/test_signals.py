@@ -1,0 +1,40 @@
+"""SIGTERM ends a command as Ctrl-C does: the running stage is logged as failed, not left `running`."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pipeline.config import HarvestConfig
+from pipeline.harvest import harvest
+from pipeline.workspace import Workspace
+from tests.imagegen import noise_image
+
+
+def test_sigterm_marks_the_running_stage_failed(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(60):
+        noise_image(i, (900, 700)).save(src / f"{i}.png")
+    ws = Workspace.open(tmp_path / "ws")
+    harvest(ws, [str(src)], HarvestConfig(workers=1))
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli.app", "-w", str(ws.root), "rank", "--detector", "ppocr"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:   # wait until the rank stage has started (its row exists)
+        with ws.catalog() as cat:
+            if any(r["step"] == "rank" for r in cat.iterations()):
+                break
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    with ws.catalog() as cat:
+        rows = [r for r in cat.iterations() if r["step"] == "rank"]
+    assert rows and rows[-1]["status"] == "failed", (rows, err[-500:])
+    assert "signal" in json.loads(rows[-1]["metrics"] or "{}").get("error", "")
