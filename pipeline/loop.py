@@ -108,7 +108,7 @@ def _test_set(ws: Any, seed: int) -> tuple[list, str]:
     gt = workspace_ground_truth(ws, "test")
     if gt:
         return gt, "workspace test split"
-    d = ws.root / "synth" / f"_test-{seed}"
+    d = ws.synth_dir(f"_test-{seed}")
     if not (d / "boxes.jsonl").exists():
         generate(d, SynthConfig(n_images=16, seed=seed + 2000))
     return [(d / r.image, r) for r in read_jsonl(d / "boxes.jsonl")], "held-out synthetic set (no labelled test images yet)"

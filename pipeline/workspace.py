@@ -66,6 +66,11 @@ class Workspace:
     def abspath(self, relpath: str) -> Path:
         return self.root / relpath
 
+    def synth_dir(self, name: str) -> Path:
+        """`synth/<name>/`: a synthetic set (`synth --name`; training's held-out sets)."""
+        check_run_name(name, "--name")
+        return self.root / "synth" / name
+
     def run_dir(self, iteration: int | str) -> Path:
         check_run_name(iteration)
         d = self.runs_dir / str(iteration)
@@ -73,14 +78,13 @@ class Workspace:
         return d
 
 
-def check_run_name(iteration: int | str | None) -> None:
-    """ValueError unless `iteration` names a folder directly under `runs/` (None: not given):
-    a name with a separator, `..` or an absolute path would put a run's files outside the
-    workspace (`curate --iteration ../../x` did)."""
+def check_run_name(iteration: int | str | None, option: str = "--iteration") -> None:
+    """ValueError unless `iteration` names one folder inside the workspace (None: not given): a
+    name with a separator, `..` or an absolute path would put files outside it (`curate
+    --iteration ../../x`, `synth --name ../x` did). The one rule for every folder a user names."""
     if iteration is None or isinstance(iteration, int):
         return
     name = str(iteration)
     seps = [c for c in ("/", "\\", os.sep, os.altsep) if c]
     if name in ("", ".", "..") or "\0" in name or any(c in name for c in seps) or os.path.isabs(name):
-        raise ValueError(f"--iteration must be a simple folder name under runs/ (no path separators, "
-                         f"not '.' or '..'); got {name!r}")
+        raise ValueError(f"{option} must be a simple folder name (no path separators, not '.' or '..'); got {name!r}")

@@ -11,7 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.cli.common import AppState, emit, fail, parse_floats, progress, state
+from pipeline.cli.common import AppState, emit, fail, parse_floats, progress, state, usage_errors
+from pipeline.workspace import check_run_name
 
 
 def register(app: typer.Typer) -> None:
@@ -38,8 +39,6 @@ def _parse_range(text: str, what: str) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
-def synth_dir(ws, name: str) -> Path:
-    return ws.root / "synth" / name
 
 
 # --- synth -----------------------------------------------------------------------------------
@@ -60,6 +59,8 @@ def synth_cmd(
     from pipeline.synth import OVERLAY_KINDS, SynthConfig, generate, list_images, workspace_backgrounds
 
     st = state(ctx)
+    with usage_errors():
+        check_run_name(name, "--name")
     ws = st.ws()
     try:
         cfg = SynthConfig(n_images=images, seed=seed, granularity=granularity, width=_parse_range(width, "--width"),
@@ -76,7 +77,7 @@ def synth_cmd(
             bgs += workspace_backgrounds(ws)
     except FileNotFoundError as exc:
         fail(str(exc))
-    out = synth_dir(ws, name)
+    out = ws.synth_dir(name)
     with progress(st, "synth") as update:
         summary = generate(out, cfg, bgs, progress=update)
 
@@ -141,9 +142,13 @@ def train_cmd(
     from pipeline.train.workspace import run_dir
 
     st = state(ctx)
-    ws = st.ws()
     if arch not in ("db", "fasterrcnn"):
         fail(f"--arch must be db or fasterrcnn, got {arch!r}", 2)
+    with usage_errors():
+        check_run_name(run, "--run")
+        for name in synth:
+            check_run_name(name, "--synth")
+    ws = st.ws()
     try:
         cfg = TrainConfig(arch=arch, model=FasterRCNNConfig(backbone=backbone),
                           db=DBRecipe(crop=crop, l2sp=l2sp, distill=distill, teacher_ignore=teacher_ignore,

@@ -14,6 +14,7 @@ from typing import Any
 from pipeline.train.data import Sample, samples_from_jsonl, workspace_samples
 from pipeline.train.engine import TrainConfig, train
 from pipeline.train.select import PromotionCheck, has_text, passes
+from pipeline.workspace import check_run_name
 
 log = logging.getLogger("pipeline.train")
 
@@ -71,7 +72,7 @@ def workspace_training_data(ws: Any, synth_sets: Sequence[str] = ("default",), s
 
     synth: list[Sample] = []
     for name in synth_sets:
-        d = ws.root / "synth" / name
+        d = ws.synth_dir(name)
         if not (d / "boxes.jsonl").exists():
             say(f"generating synthetic set {name!r} ({synth_images} images)")
             generate(d, SynthConfig(n_images=synth_images, seed=seed))
@@ -80,7 +81,7 @@ def workspace_training_data(ws: Any, synth_sets: Sequence[str] = ("default",), s
     val = workspace_samples(ws, "val")
     val_source = "workspace val split"
     if not has_text(s.gt for s in val):   # text-free val images score 0 for every model: no selection
-        d = ws.root / "synth" / f"_val-{seed}"
+        d = ws.synth_dir(f"_val-{seed}")
         if not (d / "boxes.jsonl").exists():
             generate(d, SynthConfig(n_images=16, seed=seed + 1000))
         why = "no labelled val images yet" if not val else "the val split's labelled images hold no text yet"
@@ -244,6 +245,7 @@ class CheckpointExists(RuntimeError):
 
 def run_dir(ws: Any, run: str) -> Path:
     """Where run RUN keeps its checkpoint and bundle."""
+    check_run_name(run, "--run")
     return ws.runs_dir / f"train-{run}"
 
 

@@ -1,4 +1,4 @@
-"""SIGTERM ends a command as Ctrl-C does: the running stage is logged as failed, not left `running`."""
+"""Commands end and name folders safely: SIGTERM is handled as Ctrl-C (the running stage is logged failed), and folder names a user gives stay inside the workspace."""
 
 from __future__ import annotations
 
@@ -38,3 +38,17 @@ def test_sigterm_marks_the_running_stage_failed(tmp_path: Path) -> None:
         rows = [r for r in cat.iterations() if r["step"] == "rank"]
     assert rows and rows[-1]["status"] == "failed", (rows, err[-500:])
     assert "signal" in json.loads(rows[-1]["metrics"] or "{}").get("error", "")
+
+
+def test_folder_names_a_user_gives_stay_inside_the_workspace(tmp_path: Path) -> None:
+    """`synth --name ../x` wrote ws/x/ and `--name /abs` wrote /abs/; a train run or synthetic
+    set named like a path is refused with one line, before anything is written."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli.app import app
+
+    for args in (["synth", "--name", "../x", "--images", "1"], ["synth", "--name", str(tmp_path / "abs"), "--images", "1"],
+                 ["train", "--run", "../../x"], ["train", "--synth", "a/../../b"]):
+        r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), *args])
+        assert r.exit_code == 2 and "simple folder name" in r.stderr, (args, r.output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []   # not even the workspace
