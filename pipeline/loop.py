@@ -52,6 +52,15 @@ class IterateConfig:
     threshold: float = 0.3
     push: bool = True
 
+    def __post_init__(self) -> None:
+        """Options the round's later steps use are checked before its first: a bad --engine or
+        --label-action failed after pull, and a bad committee after the retraining."""
+        from pipeline.curate.duplicates import DuplicateConfig
+
+        DuplicateConfig(engine=self.engine)
+        if self.label_action not in ("review", "exclude"):
+            raise ValueError(f"--label-action must be review or exclude, got {self.label_action!r}")
+
 
 @dataclass
 class RoundResult:

@@ -88,6 +88,13 @@ class RankOptions:
     def __post_init__(self) -> None:
         if self.strategy not in (*STRATEGIES, "auto"):  # fail before any work (iterate: an hour of retraining)
             raise ValueError(f"unknown strategy {self.strategy!r}: use auto or one of {', '.join(STRATEGIES)}")
+        if self.committee is not None:
+            from pipeline.detectors import check_spec
+
+            try:
+                check_spec(str(self.committee))
+            except (FileNotFoundError, ValueError) as exc:
+                raise ValueError(f"--committee: {exc}") from None
 
     def plan(self, model: Any, second: Any) -> tuple[RankRun, Any]:
         """The RankRun for ranking with `model` and the loaded committee detector `second`."""

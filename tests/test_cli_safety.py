@@ -52,3 +52,19 @@ def test_folder_names_a_user_gives_stay_inside_the_workspace(tmp_path: Path) -> 
         r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), *args])
         assert r.exit_code == 2 and "simple folder name" in r.stderr, (args, r.output)
     assert sorted(p.name for p in tmp_path.iterdir()) == []   # not even the workspace
+
+
+def test_iterate_checks_every_option_before_the_round(tmp_path: Path) -> None:
+    """A bad --committee failed after curate and an hour of retraining (exit 1), a bad --engine
+    or --label-action after pull: each is now one line and exit 2 before any step (or folder)."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli.app import app
+
+    for args, msg in ((["--committee", "nosuch"], "--committee: unknown detector 'nosuch'"),
+                      (["--committee", str(tmp_path / "gone.zip")], "model bundle not found"),
+                      (["--engine", "foo"], "unknown curation engine 'foo'"),
+                      (["--label-action", "foo"], "--label-action must be review or exclude")):
+        r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "iterate", "--no-push", *args])
+        assert r.exit_code == 2 and msg in r.stderr, (args, r.output)
+    assert not (tmp_path / "ws").exists()

@@ -38,7 +38,6 @@ def iterate_cmd(
 ) -> None:
     """One round: pull -> curate -> retrain -> evaluate -> promote if not worse (and >= stock ppocr) -> rank -> push."""
     st = state(ctx)
-    ws = st.ws()
     try:
         cfg = IterateConfig(rank=RankOptions(strategy=strategy, top=top,
                                              committee=None if committee.lower() == "none" else committee),
@@ -48,6 +47,7 @@ def iterate_cmd(
                             push=push, force=force)
     except ValueError as exc:
         fail(str(exc), 2)
+    ws = st.ws()
     try:
         res = iterate(ws, cfg, say=lambda s: st.console.print(f"[bold]·[/] {s}", highlight=False))
     except KeyboardInterrupt:

@@ -13,7 +13,19 @@ from pathlib import Path
 
 from pipeline.detectors.base import Detector
 
-__all__ = ["Detector", "load_detector"]
+__all__ = ["Detector", "check_spec", "load_detector"]
+
+
+def check_spec(spec: str) -> None:
+    """ValueError / FileNotFoundError for a spec no detector answers to, without loading
+    anything: commands check their detector options before an hour of work."""
+    if spec in ("ppocr", "current"):
+        return
+    path = Path(spec)
+    if path.suffix != ".zip":
+        raise ValueError(f"unknown detector {spec!r}: use ppocr, current, or a path to a bundle.zip")
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: model bundle not found")
 
 
 def load_detector(spec: str = "current", workspace: "object | None" = None, **options: object) -> Detector:
@@ -27,11 +39,7 @@ def load_detector(spec: str = "current", workspace: "object | None" = None, **op
         from pipeline.bundle import resolve_detector
 
         return load_detector(resolve_detector(spec, workspace), **options)
-    path = Path(spec)
-    if path.suffix == ".zip":
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: model bundle not found")
-        from pipeline.bundle import load_bundle
+    check_spec(spec)
+    from pipeline.bundle import load_bundle
 
-        return load_bundle(path, **options)
-    raise ValueError(f"unknown detector {spec!r}: use ppocr, current, or a path to a bundle.zip")
+    return load_bundle(Path(spec), **options)
