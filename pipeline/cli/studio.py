@@ -73,7 +73,8 @@ def status_cmd(ctx: typer.Context) -> None:
 @studio_app.command("init")
 def init_cmd(
     ctx: typer.Context,
-    classes: str = typer.Option("text", help="Comma-separated box classes for the label config."),
+    classes: Optional[str] = typer.Option(None, help="Comma-separated box classes for the label config "
+                                          "(default: the project's current ones; 'text' for a new project)."),
     title: Optional[str] = typer.Option(None, help="Project title (default TEXTLOOP_LS_PROJECT or 'textloop')."),
     ml_backend: Optional[str] = typer.Option(None, "--ml-backend", help="URL of `textloop serve` to connect as ML backend."),
     label_config: Optional[Path] = typer.Option(None, help="Label config template (default labelstudio/label_config.xml)."),
@@ -85,7 +86,8 @@ def init_cmd(
     ws = st.ws()
     try:
         studio = connect_workspace(ws.root)
-        res = init_project(ws, studio, [c for c in classes.split(",") if c.strip()], title, ml_backend, label_config)
+        res = init_project(ws, studio, [c for c in (classes or "").split(",") if c.strip()] or None, title, ml_backend,
+                           label_config)
     except StudioError as exc:
         fail(str(exc))
     emit(st, res.as_dict(), lambda c: c.print(

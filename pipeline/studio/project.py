@@ -181,11 +181,12 @@ def init_project(
 ) -> ProjectSummary:
     """Create or update the project (label config, uncertainty sampling, empty annotations allowed),
     connect local-files storage to `<workspace>/images`, optionally register an ML backend.
-    Idempotent: running it again changes nothing that is already right."""
-    config = render_label_config(classes, template)
+    Idempotent: running it again changes nothing that is already right; without `classes` the
+    project keeps the classes it was given last (a plain `studio init` put the default back)."""
+    state = _read_state(ws).get(studio.url, {})
+    config = render_label_config(classes or state.get("classes") or None, template)
     title = title or studio.settings.project_title
     sdk = studio.sdk
-    state = _read_state(ws).get(studio.url, {})
     project = None
     if state.get("project_id"):
         project = _get_project(studio, int(state["project_id"]), missing_ok=True)

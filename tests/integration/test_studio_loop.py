@@ -106,6 +106,12 @@ def test_studio_init_is_idempotent(loop):
     assert again.storage_id == loop["init"].storage_id
     p = loop["studio"].sdk.projects.get(id=again.project_id)
     assert p.sampling == "Uncertainty sampling" and "RectangleLabels" in p.label_config
+    # a plain init (as `studio init --ml-backend URL` is) keeps the classes given before
+    init_project(loop["ws"], loop["studio"], ["text", "logo"], title="loop test")
+    kept = init_project(loop["ws"], loop["studio"], title="loop test")
+    assert kept.classes == ["text", "logo"]
+    assert 'value="logo"' in loop["studio"].sdk.projects.get(id=again.project_id).label_config
+    assert init_project(loop["ws"], loop["studio"], ["text"], title="loop test").classes == ["text"]
 
 
 def test_push_creates_one_task_per_image_with_scored_predictions(loop):
