@@ -345,3 +345,25 @@ def test_ml_backend_fetches_only_from_label_studio_and_refuses_bad_requests(ws_w
 def test_serve_with_a_model_that_does_not_load_is_one_line(tmp_path):
     r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "serve", "--model", "nosuch"])
     assert r.exit_code == 2 and "--model nosuch" in r.stderr and "Traceback" not in r.output
+
+
+def test_a_push_killed_after_its_import_is_recorded_by_the_rerun(ws_with_image):
+    """A push killed between Label Studio's import and the catalog write left a task the
+    catalog did not know: the rerun recorded the task only, so it added the same prediction
+    again and the image stayed `new`. The task's data says which prediction it was created
+    with; reconciling records that prediction and marks the image pushed."""
+    from types import SimpleNamespace
+
+    from pipeline.catalog import ImageStatus
+    from pipeline.studio.push import _reconcile_tasks
+
+    ws, row = ws_with_image
+    task = SimpleNamespace(id=7, data={"image_id": row["id"], "pushed_with": "ppocr-v4-det", "pushed_boxes": 3})
+    studio = SimpleNamespace(call=lambda fn, *a, **k: fn(*a, **k),
+                             sdk=SimpleNamespace(tasks=SimpleNamespace(list=lambda **kw: [task])))
+    with ws.catalog() as cat:
+        assert cat.tasks(1) == {} and cat.image(row["id"])["status"] == ImageStatus.NEW
+        assert _reconcile_tasks(studio, 1, cat) == {row["id"]: 7}
+        assert cat.tasks(1) == {row["id"]: 7}
+        assert 7 in cat.tasks_with_prediction(1, "ppocr-v4-det")
+        assert cat.image(row["id"])["status"] == ImageStatus.PUSHED

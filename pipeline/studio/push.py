@@ -156,17 +156,20 @@ def task_data(image_url: str, data_key: str, im: dict[str, Any], sources: Sequen
 def _reconcile_tasks(studio: Studio, project_id: int, cat: Catalog,
                     data_out: dict[int, dict[str, Any]] | None = None) -> dict[str, int]:
     """image_id -> task id on the server; catalog rows for tasks that no longer exist are dropped,
-    server tasks missing from the catalog (a crash after import) are recorded. `data_out` gets
-    each task's data (task id -> data), so push can bring old tasks' fields up to date."""
+    server tasks missing from the catalog (a push killed after an import) are recorded with the
+    prediction they were created with (`pushed_with` in their data) and their image marked
+    pushed, so the rerun neither adds that prediction again nor leaves the image `new`.
+    `data_out` gets each task's data (task id -> data), so push can bring old tasks' fields up to date."""
     server: dict[str, int] = {}
     pager = studio.call(lambda: studio.sdk.tasks.list(project=project_id, page_size=1000, fields="task_only", include="id,data"))
+    data_out = {} if data_out is None else data_out
     for t in studio.call(lambda: list(pager)):
         image_id = (t.data or {}).get("image_id")
         if image_id and image_id not in server:
             server[str(image_id)] = int(t.id)
-            if data_out is not None:
-                data_out[int(t.id)] = dict(t.data or {})
+            data_out[int(t.id)] = dict(t.data or {})
     known = cat.tasks(project_id)
+    recovered = 0
     with cat.transaction():
         for image_id, tid in known.items():
             if server.get(image_id) != tid:
@@ -174,6 +177,14 @@ def _reconcile_tasks(studio: Studio, project_id: int, cat: Catalog,
         for image_id, tid in server.items():
             if known.get(image_id) != tid and cat.has_image(image_id):
                 cat.record_task(image_id, project_id, tid)
+                data = data_out.get(tid, {})
+                if data.get("pushed_with"):
+                    cat.record_task_prediction(project_id, tid, image_id, str(data["pushed_with"]),
+                                               int(data.get("pushed_boxes") or 0))
+                cat.set_status(image_id, ImageStatus.PUSHED, only_from=(ImageStatus.NEW,))
+                recovered += 1
+    if recovered:
+        log.info("recorded %d task(s) an interrupted push had created", recovered)
     return server
 
 
@@ -316,8 +327,11 @@ def push_images(
             for image_id in chunk:
                 im = images[image_id]
                 payload.append({
-                    "data": task_data(local_files_url(ws, studio, im["path"]), project.config.data_key, im,
-                                      sources.get(image_id, ()), facts.get(image_id)),
+                    # `pushed_with`: the prediction the task is created with, which a rerun after a
+                    # kill between this import and the catalog write reads back (`_reconcile_tasks`)
+                    "data": {**task_data(local_files_url(ws, studio, im["path"]), project.config.data_key, im,
+                                         sources.get(image_id, ()), facts.get(image_id)),
+                             "pushed_with": version, "pushed_boxes": len(preds[image_id])},
                     "predictions": [prediction(image_id)],
                 })
             resp = studio.post_json(f"api/projects/{project.id}/import", payload, {"return_task_ids": "true"})
