@@ -173,6 +173,11 @@ def test_cli_train_registers_but_promotes_only_when_asked(tmp_path: Path) -> Non
     assert not any(m["promoted"] for m in list_models(Workspace.open(wsdir)))  # redact keeps ppocr
     r = runner.invoke(app, ["--workspace", wsdir, "train"])
     assert r.exit_code == 1 and "--resume" in r.output
+    # resuming a run that finished would register the same weights again under a new version
+    r = runner.invoke(app, ["--workspace", wsdir, "train", "--resume", "--epochs", "1", "--steps-per-epoch", "2",
+                            "--batch-size", "1", "--threads", "1"])
+    assert r.exit_code == 2 and f"already finished as model {out['version']}" in r.output, r.output
+    assert [m["version"] for m in list_models(Workspace.open(wsdir))] == [out["version"]]
 
 
 def test_tiled_inference_on_large_writable_images() -> None:

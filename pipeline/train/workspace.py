@@ -264,6 +264,15 @@ def train_run(ws: Any, cfg: TrainConfig, *, synth_sets: Sequence[str] = ("defaul
         raise CheckpointExists(f"{ckpt} exists: continue it with --resume or start over with --restart")
     if restart and ckpt.exists():
         ckpt.unlink()
+    bundle = out / "bundle.zip"
+    if cfg.resume and not restart and ckpt.exists() and bundle.exists() and bundle.stat().st_mtime >= ckpt.stat().st_mtime:
+        # the bundle is written after the last checkpoint only when the run finished: resuming
+        # would redo the selection and register the same weights again under a new version
+        from pipeline.bundle import read_bundle_meta
+
+        version = read_bundle_meta(bundle)["config"]["version"]
+        raise ValueError(f"run {run!r} already finished as model {version} ({bundle}); "
+                         f"`textloop models promote {version}` to use it, --restart to train it again")
     parent_path, parent_version = resolve_parent(ws, parent, cfg.arch)
     cfg = replace(cfg, out_dir=str(out), parent_bundle=str(parent_path) if parent_path else None)
     synth, human, val, val_source = workspace_training_data(ws, synth_sets, synth_images, cfg.seed, say=say)
