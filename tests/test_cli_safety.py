@@ -68,3 +68,19 @@ def test_iterate_checks_every_option_before_the_round(tmp_path: Path) -> None:
         r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "iterate", "--no-push", *args])
         assert r.exit_code == 2 and msg in r.stderr, (args, r.output)
     assert not (tmp_path / "ws").exists()
+
+
+def test_contradictory_or_idle_options_are_refused(tmp_path: Path) -> None:
+    """Options that cannot both hold, or that would silently do nothing, are one line each."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli.app import app
+
+    (tmp_path / "afile").write_text("x")
+    for args, msg, code in ((["train", "--resume", "--restart"], "give one", 2),
+                            (["train", "--force"], "it needs --promote", 2),
+                            (["synth", "--backgrounds", str(tmp_path / "none")], "none", 2),
+                            (["export", "--format", "jsonl", str(tmp_path / "afile")], "is not a folder", 1)):
+        r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), *args])
+        assert r.exit_code == code and msg in r.stderr, (args, r.output)
+    assert (tmp_path / "afile").read_text() == "x"

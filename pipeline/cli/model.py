@@ -76,7 +76,7 @@ def synth_cmd(
         if from_workspace:
             bgs += workspace_backgrounds(ws)
     except FileNotFoundError as exc:
-        fail(str(exc))
+        fail(str(exc), 2)
     out = ws.synth_dir(name)
     with progress(st, "synth") as update:
         summary = generate(out, cfg, bgs, progress=update)
@@ -144,6 +144,10 @@ def train_cmd(
     st = state(ctx)
     if arch not in ("db", "fasterrcnn"):
         fail(f"--arch must be db or fasterrcnn, got {arch!r}", 2)
+    if resume and restart:
+        fail("--resume continues the run's checkpoint and --restart discards it: give one", 2)
+    if force and not promote:
+        fail("--force overrides the promotion rule: it needs --promote", 2)
     with usage_errors():
         check_run_name(run, "--run")
         for name in synth:

@@ -85,6 +85,8 @@ def export(ws: Workspace, out: Path, fmt: str = "jsonl", split: str | None = Non
     check_options(fmt, split)
     label_format = get_format(fmt)
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: exists and is not a folder (OUT is the dataset's folder)")
     images_dir = out / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
     rows = labelled_rows(ws, split)
