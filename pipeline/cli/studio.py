@@ -41,9 +41,12 @@ def up_cmd(
     except StudioError as exc:
         fail(str(exc))
     info = res.server
+    moved = res.already_running and info.port != port and port != 8080   # 8080: the option's default
     emit(st, res.as_dict(), lambda c: c.print(
         f"Label Studio {'already running' if res.already_running else 'started'} at {info.url} "
-        f"({info.mode}, pid {info.pid}, log {info.log}); log in with LABEL_STUDIO_USERNAME/PASSWORD from .env"))
+        f"({info.mode}, pid {info.pid}, log {info.log}); log in with LABEL_STUDIO_USERNAME/PASSWORD from .env"
+        + (f"\n--port {port} not used: this workspace's server already runs on {info.port} "
+           "(`textloop studio down` first to move it)" if moved else "")))
 
 
 @studio_app.command("down")
