@@ -84,3 +84,14 @@ def test_contradictory_or_idle_options_are_refused(tmp_path: Path) -> None:
         r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), *args])
         assert r.exit_code == code and msg in r.stderr, (args, r.output)
     assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_evaluate_checks_its_options_before_reading_ground_truth(tmp_path: Path) -> None:
+    """`evaluate --detector nosuch` said "no labelled images" (the data check ran first)."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli.app import app
+
+    for args, msg in ((["--detector", "nosuch"], "unknown detector 'nosuch'"), (["--sweep", "0.3,5"], "--sweep")):
+        r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "evaluate", *args])
+        assert r.exit_code == 2 and msg in r.stderr, (args, r.output)

@@ -228,9 +228,13 @@ def evaluate_cmd(
 
     GT from --gt boxes.jsonl (+ --images DIR), from a devset root (--set), or, with neither, the human labels of the workspace's test split (per annotation source).
     """
+    from pipeline.detectors import check_spec
     from pipeline.evaluate import NoGroundTruth, evaluate_detector, load_ground_truth
 
     st = state(ctx)
+    with usage_errors(ValueError, FileNotFoundError):   # the options first, then the data
+        check_spec(detector)
+        thresholds = list(parse_floats(sweep, "--sweep", 0.0, 1.0))
     try:
         items, where = load_ground_truth(gt, images, devset, st.ws() if gt is None and devset is None else None,
                                          split, limit)
@@ -238,7 +242,6 @@ def evaluate_cmd(
         fail(str(exc), 2)
     except NoGroundTruth as exc:
         fail(str(exc))
-    thresholds = list(parse_floats(sweep, "--sweep", 0.0, 1.0))
     det = open_detector(st, detector, parse_options(option))
     with progress(st, f"evaluate ({det.version})") as update:  # every candidate box; thresholds applied inside
         report = evaluate_detector(det, items, threshold=threshold, iou=iou, pad_px=pad_px, sweep=thresholds,
