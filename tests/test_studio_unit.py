@@ -240,7 +240,8 @@ def test_stage_results_keep_the_json_keys():
                                "already_pushed": 1, "failed": 0}
     project = ProjectSummary(project_id=7, title="t", created=True, classes=["text"], storage_id=3, ml_backend_id=None,
                              url="u")
-    assert list(project.as_dict()) == ["project_id", "title", "created", "classes", "storage_id", "ml_backend_id", "url"]
+    assert list(project.as_dict()) == ["project_id", "title", "created", "classes", "storage_id", "ml_backend_id", "url",
+                                       "changed"]
     info = ServerInfo(url="http://x", port=1, pid=2, mode="local", data_dir="d", files_root="f", log="l", started_at=0.0)
     assert UpResult(info, already_running=True).as_dict() == {
         "url": "http://x", "port": 1, "pid": 2, "mode": "local", "data_dir": "d", "files_root": "f", "log": "l",

@@ -94,7 +94,8 @@ def init_cmd(
     except StudioError as exc:
         fail(str(exc))
     emit(st, res.as_dict(), lambda c: c.print(
-        f"project {res.title!r} (id {res.project_id}) {'created' if res.created else 'up to date'}: "
+        f"project {res.title!r} (id {res.project_id}) "
+        f"{'created' if res.created else 'updated (' + ', '.join(res.changed) + ')' if res.changed else 'up to date'}: "
         f"classes {', '.join(res.classes)}, uncertainty sampling, storage {res.storage_id}"
         + (f", ML backend {res.ml_backend_id}" if res.ml_backend_id else "") + f"\n{res.url}"))
 

@@ -170,6 +170,7 @@ class ProjectSummary:
     storage_id: int            # the local-files storage serving <workspace>/images
     ml_backend_id: int | None
     url: str
+    changed: list[str] = field(default_factory=list)   # settings an existing project was given ([]: up to date)
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -197,6 +198,7 @@ def init_project(
                     show_collab_predictions=True, show_skip_button=True,
                     description="textloop: fix the detector's text boxes; submit empty when there is no text.")
     created = project is None
+    changes: dict[str, Any] = {}
     if created:
         project = studio.call(sdk.projects.create, title=title, **settings)
     else:
@@ -213,7 +215,8 @@ def init_project(
               "classes": list(config.classes), "updated_at": time.time()}
     _write_state(ws, studio.url, record)
     return ProjectSummary(project_id=pid, title=title, created=created, classes=list(config.classes),
-                          storage_id=storage_id, ml_backend_id=backend_id, url=f"{studio.url}/projects/{pid}/data")
+                          storage_id=storage_id, ml_backend_id=backend_id, url=f"{studio.url}/projects/{pid}/data",
+                          changed=sorted(changes))
 
 
 def _get_project(studio: Studio, pid: int, missing_ok: bool = False) -> Any:

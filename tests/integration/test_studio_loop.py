@@ -107,9 +107,9 @@ def test_studio_init_is_idempotent(loop):
     p = loop["studio"].sdk.projects.get(id=again.project_id)
     assert p.sampling == "Uncertainty sampling" and "RectangleLabels" in p.label_config
     # a plain init (as `studio init --ml-backend URL` is) keeps the classes given before
-    init_project(loop["ws"], loop["studio"], ["text", "logo"], title="loop test")
+    assert init_project(loop["ws"], loop["studio"], ["text", "logo"], title="loop test").changed == ["label_config"]
     kept = init_project(loop["ws"], loop["studio"], title="loop test")
-    assert kept.classes == ["text", "logo"]
+    assert kept.classes == ["text", "logo"] and kept.changed == []
     assert 'value="logo"' in loop["studio"].sdk.projects.get(id=again.project_id).label_config
     assert init_project(loop["ws"], loop["studio"], ["text"], title="loop test").classes == ["text"]
 
