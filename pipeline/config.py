@@ -8,6 +8,7 @@ from pathlib import Path
 
 
 DEFAULT_WORKSPACE = Path("data")
+DEFAULT_MAX_PIXELS = 178_956_970   # per page: Pillow's own decompression-bomb error level (2x its warning level)
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class HarvestConfig:
     retries: int = 3
     backoff_s: float = 0.5
     max_bytes: int = 200 * 1024 * 1024
-    max_pixels: int = 178_956_970  # Pillow's own decompression-bomb limit (2x its warning level)
+    max_pixels: int = DEFAULT_MAX_PIXELS  # Pillow's own decompression-bomb limit (2x its warning level)
     splits: SplitRatios = field(default_factory=SplitRatios)
     user_agent: str = "textloop-harvest/0.1"
 

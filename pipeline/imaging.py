@@ -13,13 +13,14 @@ import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from pipeline.config import DEFAULT_MAX_PIXELS
 
 # Pillow format name -> canonical file extension of stored originals.
 FORMAT_EXT = {"JPEG": "jpg", "PNG": "png", "TIFF": "tif", "BMP": "bmp", "WEBP": "webp", "GIF": "gif", "MPO": "jpg"}
@@ -28,9 +29,8 @@ _MODE_BITS = {"1": 1, "L": 8, "P": 8, "RGB": 8, "RGBA": 8, "CMYK": 8, "YCbCr": 8
               "I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I": 32, "F": 32, "RGBX": 8, "LAB": 8, "HSV": 8}
 
 
-# The pixel limit the caller set with `allow_pixels` (per thread), for messages: Pillow's own
-# bomb error quotes its internal threshold, which is not the limit the user configured.
-_LIMIT: ContextVar[int | None] = ContextVar("textloop_max_pixels", default=None)
+# Pillow's bomb error quotes its internal threshold, not the limit the user configured: the
+# image's own pixel count is read from it and stated against our limit (`_bomb_detail`).
 _PILLOW_PIXELS = re.compile(r"\((\d+) pixels\)")
 
 
@@ -64,7 +64,7 @@ class ImageInfo:
 def rejecting_bad_images(max_pixels: int | None = None) -> Iterator[None]:
     """Turn Pillow's many ways of failing on a bad file (and decompression-bomb warnings) into one
     ImageRejected with a stable reason: the one place that mapping lives. A bomb is reported
-    against `max_pixels` (default: the limit given to `allow_pixels` in this thread)."""
+    against `max_pixels`, the limit the caller enforces."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
@@ -74,7 +74,7 @@ def rejecting_bad_images(max_pixels: int | None = None) -> Iterator[None]:
         except UnidentifiedImageError:
             raise ImageRejected("not_an_image", "cannot identify image data") from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageRejected("too_many_pixels", _bomb_detail(exc, max_pixels or _LIMIT.get())) from None
+            raise ImageRejected("too_many_pixels", _bomb_detail(exc, max_pixels)) from None
         except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError) as exc:
             raise ImageRejected("corrupt", str(exc) or type(exc).__name__) from None
 
@@ -87,7 +87,6 @@ def allow_pixels(max_pixels: int) -> None:
     image was refused under the documented 178,956,970 default and a raised `--max-pixels` had
     no effect. Only ever raised (never lowered: threads may be decoding), and only to a limit
     the caller enforces itself on every page (`check_pixels`)."""
-    _LIMIT.set(int(max_pixels))
     current = Image.MAX_IMAGE_PIXELS
     if current is not None and current < max_pixels:
         Image.MAX_IMAGE_PIXELS = int(max_pixels)
@@ -137,7 +136,7 @@ def _head(src: str | Path | BinaryIO, n: int = 32) -> bytes:
         src.seek(pos)
 
 
-def probe(src: str | Path | BinaryIO, max_pixels: int = 178_956_970) -> ImageInfo:
+def probe(src: str | Path | BinaryIO, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
     """Fully decode every page of `src`; raise ImageRejected with a reason if it is not a valid
     image. `max_pixels` applies to every page, before it is decoded."""
     if isinstance(src, (str, Path)) and Path(src).stat().st_size == 0:
@@ -167,7 +166,7 @@ def probe(src: str | Path | BinaryIO, max_pixels: int = 178_956_970) -> ImageInf
     return ImageInfo(fmt, FORMAT_EXT[fmt], w, h, mode, bits, pages, orientation)
 
 
-def probe_bytes(data: bytes, max_pixels: int = 178_956_970) -> ImageInfo:
+def probe_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
     if not data:
         raise ImageRejected("empty", "zero-byte file")
     return probe(io.BytesIO(data), max_pixels=max_pixels)
@@ -254,7 +253,15 @@ def views_of(im: Image.Image) -> list[np.ndarray]:
     return visible_views(np.ascontiguousarray(rgba[..., :3]), rgba[..., 3])
 
 
-def load_views(path: str | Path) -> list[np.ndarray]:
-    """`visible_views` of an image file's first page, upright: what detectors must look at."""
-    with Image.open(path) as im:
+def load_views(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[np.ndarray]:
+    """`visible_views` of an image file's first page, upright: what detectors must look at.
+    A file that cannot be read is ImageRejected with the reasons harvest and redact give
+    (`empty`, `not_an_image`, `too_many_pixels`, ...); a FIFO is refused without blocking."""
+    from pipeline.listing import open_regular
+
+    if Path(path).stat().st_size == 0:
+        raise ImageRejected("empty", "zero-byte file")
+    allow_pixels(max_pixels)
+    with open_regular(path) as fh, rejecting_bad_images(max_pixels), Image.open(fh) as im:
+        check_pixels(im.size, max_pixels)
         return views_of(ImageOps.exif_transpose(im))

@@ -21,11 +21,11 @@ import numpy as np
 
 from pipeline.boxes import Detections, clip
 from pipeline.catalog import Catalog, ImageStatus
-from pipeline.config import HarvestConfig, check_split
+from pipeline.config import check_split
 from pipeline.detectors.base import Detector, detect_visible
-from pipeline.imaging import ImageRejected, allow_pixels, load_views, rejecting_bad_images
+from pipeline.imaging import ImageRejected, load_views
 from pipeline.io import describe_error, sha256_file
-from pipeline.listing import IMAGE_EXTENSIONS, NotRegularFile, Skipped, open_regular
+from pipeline.listing import IMAGE_EXTENSIONS, NotRegularFile, Skipped
 from pipeline.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -37,8 +37,6 @@ DEFAULT_BATCH = 4
 COMMIT_EVERY = 64   # prediction rows per catalog transaction: what an interrupted run keeps
 # The catalog's statuses: what --status may name (anything else matched nothing and looked like an empty workspace).
 STATUSES = tuple(s.value for s in ImageStatus)
-# Pillow's own bomb check, made no stricter than harvest's limit (which every workspace image passed).
-MAX_PIXELS = HarvestConfig().max_pixels
 
 
 def check_filters(split: str | None, status: str | None) -> None:
@@ -61,16 +59,6 @@ def image_error(exc: BaseException) -> str:
     if isinstance(exc, NotRegularFile):
         return f"{exc.reason}: {exc.strerror}"
     return describe_error(exc)
-
-
-def load_image(path: Path) -> list[np.ndarray]:
-    """Every view a viewer may show of `path`, or the reason it cannot be read: a zero-byte
-    file is `empty` (not Pillow's "cannot identify"), a FIFO is refused without blocking."""
-    if os.stat(path).st_size == 0:
-        raise ImageRejected("empty", "zero-byte file")
-    allow_pixels(MAX_PIXELS)
-    with open_regular(path) as fh, rejecting_bad_images():
-        return load_views(fh)  # type: ignore[arg-type]  # Pillow opens a file object as well
 
 
 @dataclass(frozen=True)
@@ -118,7 +106,7 @@ def predict_images(detector: Detector, paths: Iterable[str | Path], threshold: f
         failed: dict[Path, Exception] = {}
         for p in batch:
             try:
-                loaded.append((p, load_image(p)))
+                loaded.append((p, load_views(p)))
             except Exception as exc:  # noqa: BLE001 - any unreadable file is reported, the batch goes on
                 failed[p] = exc
         results: dict[Path, Detections | Exception] = dict(failed)

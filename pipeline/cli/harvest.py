@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.cli.common import emit, fail, positive, progress, state
-from pipeline.config import HarvestConfig, SplitRatios
+from pipeline.config import DEFAULT_MAX_PIXELS, HarvestConfig, SplitRatios
 from pipeline.harvest import harvest
 
 
@@ -38,7 +38,7 @@ def harvest_cmd(
     timeout: float = typer.Option(20.0, callback=positive, help="Seconds per HTTP request: the deadline of the whole download (per try)."),
     retries: int = typer.Option(3, min=0, help="HTTP retries with exponential backoff."),
     max_bytes: int = typer.Option(200 * 1024 * 1024, min=1, help="Reject files larger than this."),
-    max_pixels: int = typer.Option(178_956_970, min=1, help="Reject images with more pixels on any page (decompression bombs)."),
+    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, min=1, help="Reject images with more pixels on any page (decompression bombs)."),
     splits: str = typer.Option("0.7,0.15,0.15", help="train,val,test ratios; the split follows from the sha256."),
     strict: bool = typer.Option(False, help="Exit non-zero if any item was rejected."),
 ) -> None:

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.cli.common import AppState, emit, fail, parse_floats, progress, state
+from pipeline.config import DEFAULT_MAX_PIXELS
 from pipeline.redact import run as rr
 from pipeline.redact.tree import AuditTrailError, RedactSummary, redact_tree
 from pipeline.redact.core import SHAPES, STYLES, Pad, parse_color
@@ -43,7 +44,7 @@ def redact_cmd(
     review_band: str = typer.Option("%g,%g" % rr.DEFAULT_REVIEW_BAND, help="Uncertain score band lo,hi for --review."),
     from_review: bool = typer.Option(False, "--from-review", help="Finish held images with their reviewed boxes (after `textloop pull`)."),
     audit: Optional[Path] = typer.Option(None, help="Sidecars, manifest and log (default: OUTPUT.audit beside OUTPUT)."),
-    max_pixels: int = typer.Option(178_956_970, min=1, help="Refuse images with more pixels on any page (decompression bombs)."),
+    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, min=1, help="Refuse images with more pixels on any page (decompression bombs)."),
     scales: Optional[str] = typer.Option(None, help="DB detectors (ppocr or a tuned db model): detection scales (default 1,2: the 2x pass only on windows around possible small text, on images up to 1600 px long side; 1 is the plain 1x pass, ~2x faster on real images)."),
 ) -> None:
     """Cover every text region in a file, folder tree or glob: opaque fill, clean metadata, resumable.

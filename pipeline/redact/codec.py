@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from pipeline.config import DEFAULT_MAX_PIXELS
 from pipeline.imaging import ImageRejected, check_pixels, rejecting_bad_images, to_uint8_rgb, visible_views
 
 SUPPORTED = ("JPEG", "PNG", "TIFF", "BMP", "WEBP")
 EXTENSIONS = {".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF",
               ".bmp": "BMP", ".webp": "WEBP", ".gif": "GIF"}
-DEFAULT_MAX_PIXELS = 178_956_970
 
 
 @dataclass
@@ -103,7 +103,7 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Document:
     from pipeline.imaging import allow_pixels
 
     allow_pixels(max_pixels)  # our limit (checked on every page below), not Pillow's stricter default
-    with rejecting_bad_images():
+    with rejecting_bad_images(max_pixels):
         if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
             return _decode_tiff(data, max_pixels)
         return _decode_pillow(data, max_pixels)
