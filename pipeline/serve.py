@@ -54,6 +54,7 @@ class Backend:
         self._trainer = trainer             # callable(ws) -> dict; None = pipeline.train if it exists
         self.ls_hostname = ""
         self.ls_token = ""
+        self._settings: Any = None          # LABEL_STUDIO_* from env/.env, read once (not per task)
         self.annotation_events = 0
         self.training: dict[str, Any] = {"state": "idle", "queued": 0, "runs": 0, "last_error": None,
                                          "started_at": None, "finished_at": None, "result": None}
@@ -61,6 +62,14 @@ class Backend:
         self._train_wake = threading.Event()
         self._worker = threading.Thread(target=self._train_loop, name="textloop-retrain", daemon=True)
         self._worker.start()
+
+    @property
+    def settings(self) -> Any:
+        if self._settings is None:
+            from pipeline.studio.client import load_settings
+
+            self._settings = load_settings()
+        return self._settings
 
     # --- model ---------------------------------------------------------------------------------
     def _load(self) -> Any:
@@ -106,8 +115,6 @@ class Backend:
     def _load_task_image(self, task: dict[str, Any], config: LabelConfig) -> list[np.ndarray]:
         """Every view a viewer may show of the task's image (one for opaque images)."""
         from pipeline.imaging import load_views, views_of
-        from pipeline.studio.client import load_settings
-
         data = task.get("data") or {}
         image_id = data.get("image_id")
         if image_id:
@@ -121,7 +128,7 @@ class Backend:
         parsed = urllib.parse.urlparse(url)
         if parsed.path.startswith("/data/local-files"):
             rel = urllib.parse.parse_qs(parsed.query).get("d", [""])[0]
-            doc_root = load_settings().local_files_root
+            doc_root = self.settings.local_files_root
             for root in ([Path(doc_root)] if doc_root else []) + [self.ws.root]:
                 path = (root / rel).resolve()
                 if root.resolve() in path.parents and path.exists():
@@ -133,12 +140,12 @@ class Backend:
             if not self.ls_hostname:
                 raise ValueError(f"relative image URL {url} and no Label Studio hostname from /setup")
             url = self.ls_hostname.rstrip("/") + url
-        studio = self.ls_hostname or load_settings().url
-        if _origin(url) != _origin(studio):
+        allowed = {_origin(u) for u in (self.ls_hostname, self.settings.url) if u}   # /setup's hostname, configured URL
+        if _origin(url) not in allowed:
             # a task may name any URL: fetching it would send the Label Studio token (and make
             # traffic the user never configured) to whatever host the task's author chose
-            raise ValueError(f"image URL {url}: not on Label Studio ({_origin(studio)}); images are "
-                             "read only from the workspace or the Label Studio this backend serves")
+            raise ValueError(f"image URL {url}: not on Label Studio ({', '.join(sorted(f'{s}://{h}:{p}' for s, h, p in allowed))}); "
+                             "images are read only from the workspace or the Label Studio this backend serves")
         headers = {"Authorization": f"Token {self.ls_token}"} if self.ls_token else {}
         # httpx drops Authorization on a redirect to another origin
         r = httpx.get(url, headers=headers, timeout=self.cfg.http_timeout_s, follow_redirects=True)

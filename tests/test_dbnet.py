@@ -618,3 +618,37 @@ def test_no_promotion_on_a_split_without_text(tiny: dict) -> None:
     assert not check.ok and "no labelled text" in check.message("m") and "nan" not in check.message("m")
     stored = {"coverage_at_budget": 0.0, "stock_coverage_at_budget": 0.0, "over_redaction_budget": 0.02}
     assert check_from_metrics(stored, 1, "val") is None
+
+
+def test_a_workspace_whose_val_images_are_all_empty_promotes_nothing(trained: dict, ws, tmp_path: Path) -> None:
+    """The walkthrough's case end to end: the val split's only labels say "no text", and the
+    bundle's stored comparison is 0 vs 0 (made on that split). `models promote` refused it
+    before only by luck of the numbers; now it is refused because nothing was compared."""
+    from typer.testing import CliRunner
+
+    from pipeline.bundle import list_models, register_model, save_bundle
+    from pipeline.catalog import dumps
+    from pipeline.cli.app import app
+    from pipeline.config import HarvestConfig
+    from pipeline.detectors.dbnet import DBModelConfig
+    from pipeline.harvest import harvest
+    from tests.imagegen import noise_image
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(24):
+        noise_image(100 + i, (64, 48)).save(src / f"{i}.png")
+    harvest(ws, [str(src)], HarvestConfig(workers=1))
+    with ws.catalog() as cat:
+        val = [r["id"] for r in cat.images(split="val")]
+        assert val
+        with cat.transaction() as tx:
+            for iid in val:   # a reviewer submitted each val image with no box
+                tx.execute("INSERT INTO annotations(image_id, source, ls_annotation_id, boxes, labels, state, updated_at, "
+                           "pulled_at) VALUES (?, 'labelstudio', 1, ?, ?, 'empty', 1, 1)", (iid, dumps([]), dumps([])))
+    metrics = {"coverage_at_budget": 0.0, "stock_coverage_at_budget": 0.0, "over_redaction_budget": 0.02}
+    save_bundle(tmp_path / "m.zip", trained["result"].model, DBModelConfig(), metrics, version="db-untested")
+    register_model(ws, tmp_path / "m.zip")
+    r = CliRunner().invoke(app, ["--workspace", str(ws.root), "models", "promote", "db-untested"])
+    assert r.exit_code == 1 and "no labelled text" in r.output and "nan" not in r.output, r.output
+    assert not any(m["promoted"] for m in list_models(ws))

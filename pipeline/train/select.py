@@ -114,7 +114,7 @@ def coverage_by_source(gts: Sequence[Any], dets: Sequence[Any]) -> dict[str, flo
         return {}
     out = {}
     for src, idx in sorted(groups.items()):
-        if not any(len(gts[i].boxes) for i in idx):
+        if not has_text(gts[i] for i in idx):
             continue  # text-free images: over-redaction, not coverage
         m = evaluate([gts[i] for i in idx], [dets[i] for i in idx])
         out[src] = _num(m.text_coverage)

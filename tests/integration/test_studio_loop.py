@@ -254,6 +254,31 @@ def test_push_twice_creates_no_duplicate_tasks(loop):
     assert len(_tasks(loop["studio"], loop["init"].project_id)) == N_IMAGES
 
 
+def test_a_push_killed_after_the_import_is_finished_by_the_rerun(loop):
+    """The catalog forgets three tasks, as when a push is killed between Label Studio's import
+    and the catalog write. The rerun finds them on the server with the prediction they were
+    created with (`pushed_with`): no new task, no second copy of that prediction, and the
+    images that were `new` are marked pushed."""
+    from pipeline.catalog import ImageStatus
+
+    ws, studio, pid = loop["ws"], loop["studio"], loop["init"].project_id
+    with ws.catalog() as cat:
+        tasks = cat.tasks(pid)
+        lost = sorted(tasks)[:3]
+        for image_id in lost:
+            cat.forget_task(image_id, pid, tasks[image_id])
+            cat.set_status(image_id, ImageStatus.NEW, only_from=(ImageStatus.PUSHED,))
+    for t in _tasks(studio, pid):
+        assert t.data["pushed_with"] == "fake-v1" and isinstance(t.data["pushed_boxes"], int)
+    again = push_images(ws, None, client=studio, detector=loop["detector"])
+    assert again.tasks_created == 0 and again.predictions_added == 0
+    assert len(_tasks(studio, pid)) == N_IMAGES
+    assert all(len(t.predictions) == 1 for t in _tasks(studio, pid))
+    with ws.catalog() as cat:
+        assert cat.tasks(pid) == tasks
+        assert all(cat.image(i)["status"] != ImageStatus.NEW for i in lost)
+
+
 def test_new_model_version_adds_a_second_prediction_per_task(loop):
     v2 = FakeDetector("fake-v2", shift=1.0)
     res = push_images(loop["ws"], None, client=loop["studio"], detector=v2)
