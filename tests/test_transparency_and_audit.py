@@ -248,3 +248,6 @@ def test_the_audit_reads_long_thin_strips(reader: Reader, tmp_path: Path) -> Non
                                  "--detector", "ppocr", "--verify"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["failed"] == 0
+    # and the banner's word is gone from what a viewer sees
+    out = np.asarray(Image.open(tmp_path / "out" / "banner.png").convert("RGB"))
+    assert not [x for x in reader.read(out) if "jonathan" in normalise(x.text)]
