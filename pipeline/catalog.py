@@ -569,6 +569,17 @@ class Catalog:
                           (image_id, source))
         return rows[0] if rows else None
 
+    def rekey_imported_annotation(self, image_id: str, old_source: str, new_source: str) -> Row | None:
+        """Move an imported annotation from an older source key to `new_source` and return it
+        (None if there is none): labels imported when keys were `import:<file name>` are then
+        updated by re-importing their file, not kept beside a second copy under the new key."""
+        old = self.imported_annotation(image_id, old_source)
+        if old is None or self.imported_annotation(image_id, new_source) is not None:
+            return None
+        with self.transaction() as tx:
+            tx.execute("UPDATE annotations SET source = ? WHERE id = ?", (new_source, old["id"]))
+        return self.imported_annotation(image_id, new_source)
+
     def studio_annotations(self, source: str, project_id: int) -> dict[str, Row]:
         """image id -> the annotation row pulled from Label Studio project `project_id`."""
         return {r["image_id"]: r for r in self.query(

@@ -276,6 +276,8 @@ def import_labels(
                        dumps([bool(x) for x in ignore]), state, quads_col)
                 source = f"import:{origin}"
                 old = cat.imported_annotation(image_id, source)
+                if old is None and "/" in origin:  # stored before keys named the folder
+                    old = cat.rekey_imported_annotation(image_id, f"import:{origin.rsplit('/', 1)[1]}", source)
                 fields = dict(zip(("boxes", "labels", "ignore", "state", "quads"), row))
                 if old is None:
                     cat.add_annotation(image_id, source, **fields, annotator="import", updated_at=now, pulled_at=now)

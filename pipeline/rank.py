@@ -233,25 +233,31 @@ def kcenter_greedy(embeddings: np.ndarray, k: int, candidates: Sequence[int], co
 
 # --- the ranking table ------------------------------------------------------------------------
 
-def reason_for(row: pd.Series, cfg: RankConfig) -> str:
-    parts = []
-    if row.get("n_boxes", 0) == 0:
-        parts.append("nothing detected: may be missed text")
-    elif row.get("n_uncertain", 0):
-        parts.append(f"{int(row['n_uncertain'])} boxes with scores in {cfg.band[0]:.1f}-{cfg.band[1]:.1f}")
+def reason_for(row: pd.Series, cfg: RankConfig, strategy: str = "uncertainty") -> str:
+    """Why `strategy` ranks this image where it does, its own signal first, then the others'."""
     committee, tta = row.get("score_committee"), row.get("score_tta")
-    if committee is not None and committee == committee and committee > 0.3:
-        parts.append(f"detectors disagree ({committee:.2f})")
-    if tta is not None and tta == tta and tta > 0.3:
-        parts.append(f"unstable under flip/scale ({tta:.2f})")
-    return "; ".join(parts) or "confident prediction"
+    own = {
+        "uncertainty": ("nothing detected: may be missed text" if row.get("n_boxes", 0) == 0 else
+                        f"{int(row['n_uncertain'])} boxes with scores in {cfg.band[0]:.1f}-{cfg.band[1]:.1f}"
+                        if row.get("n_uncertain", 0) else ""),
+        "committee": (f"detectors disagree ({committee:.2f})" if committee is not None and committee == committee
+                      and committee > 0.3 else ""),
+        "tta": f"unstable under flip/scale ({tta:.2f})" if tta is not None and tta == tta and tta > 0.3 else "",
+        "random": "random pick",
+    }
+    if strategy == "committee" and not own["committee"] and committee == committee and committee is not None:
+        own["committee"] = f"detectors mostly agree ({committee:.2f})"
+    parts = [own[strategy]] + [v for k, v in own.items() if k not in (strategy, "random")]
+    return "; ".join(p for p in parts if p) or "confident prediction"
 
 
 def ranking_table(
     images: Sequence[dict], model: dict[str, Detections], cfg: RankConfig = RankConfig(),
     committee: dict[str, Detections] | None = None, tta: dict[str, list[Detections]] | None = None,
+    strategy: str = "uncertainty",
 ) -> pd.DataFrame:
-    """One row per image with every strategy's score (NaN where not computed) and a reason."""
+    """One row per image with every strategy's score (NaN where not computed) and the reason
+    `strategy` ranks it (its own signal first)."""
     rows = []
     for im in images:
         iid, w, h = im["id"], int(im["width"]), int(im["height"])
@@ -271,7 +277,7 @@ def ranking_table(
 
     df = pd.DataFrame(rows, columns=["image_id", "width", "height", "n_boxes", "n_uncertain", "mean_score",
                                      *[f"score_{s}" for s in STRATEGIES]])
-    df["reason"] = [reason_for(r, cfg) for _, r in df.iterrows()] if len(df) else []
+    df["reason"] = [reason_for(r, cfg, strategy) for _, r in df.iterrows()] if len(df) else []
     return df
 
 
@@ -401,7 +407,7 @@ def rank_workspace(ws, detector, run: RankRun = RankRun(), committee_detector=No
                                                 load_rgb(ws.abspath(r["path"])))
         failed = {i for i, _ in errors}
         ok_images = [r for r in images if r["id"] not in failed]
-        df = ranking_table(ok_images, model, run.config, committee, tta)
+        df = ranking_table(ok_images, model, run.config, committee, tta, run.strategy)
         df["model_version"] = detector.version
         df["split"] = [r["split"] for r in ok_images]
         df["original_name"] = [r["original_name"] for r in ok_images]

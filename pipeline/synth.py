@@ -79,8 +79,10 @@ class SynthConfig:
         unknown = set(self.kinds) - set(OVERLAY_KINDS)
         if unknown:
             raise ValueError(f"unknown overlay kinds {sorted(unknown)}; known: {', '.join(OVERLAY_KINDS)}")
-        if self.n_images < 0 or self.width[0] < 32 or self.width[1] < self.width[0]:
-            raise ValueError("n_images must be >= 0 and width a (min, max) range with min >= 32")
+        if self.n_images < 0:
+            raise ValueError(f"the number of images must be >= 0, got {self.n_images}")
+        if self.width[0] < 32 or self.width[1] < self.width[0]:
+            raise ValueError(f"width must be a MIN,MAX range with 32 <= MIN <= MAX, got {self.width[0]},{self.width[1]}")
 
     def to_json(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))

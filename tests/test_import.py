@@ -278,3 +278,18 @@ def test_a_malformed_record_is_skipped_and_the_rest_imported(tmp_path: Path) -> 
     not_jsonl.write_text('{\n  "images": []\n}\n')
     r = runner.invoke(app, ["-w", ws, "import", str(not_jsonl)])
     assert r.exit_code == 2 and f"{not_jsonl}: not a devset JSONL file" in r.output and "Traceback" not in r.output
+
+
+def test_labels_stored_under_the_old_file_name_key_are_updated_not_duplicated(ws, tmp_path: Path) -> None:
+    """Imports before keys named the folder stored `import:boxes.jsonl`: re-importing that file
+    takes the old row over (its boxes updated), so an image does not carry two copies."""
+    noise_image(1, (100, 80)).save(tmp_path / "img.png")
+    lab = one_image_labels(tmp_path / "lab", tmp_path / "img.png", [[1, 1, 20, 20]])
+    import_labels(ws, [lab])
+    with ws.catalog() as cat, cat.transaction() as tx:   # as an older textloop stored it
+        tx.execute("UPDATE annotations SET source = 'import:boxes.jsonl'")
+    one_image_labels(tmp_path / "lab", tmp_path / "img.png", [[3, 3, 20, 20]])
+    s = import_labels(ws, [lab])
+    assert (s.inserted, s.updated) == (0, 1)
+    rows = {r["source"]: json.loads(r["boxes"]) for r in snapshot(ws)[1]}
+    assert rows == {"import:lab/boxes.jsonl": [[3, 3, 20, 20]]}

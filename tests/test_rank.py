@@ -74,6 +74,11 @@ def test_ranking_table_has_every_strategy_and_reason() -> None:
     with pytest.raises(ValueError, match="tta"):
         order_by(df, "tta")
     assert "0.2-0.8" in df.set_index("image_id").loc["x", "reason"]
+    by_committee = ranking_table(images, model, RankConfig(), committee={"x": det([], []), "y": model["y"]},
+                                 strategy="committee").set_index("image_id")["reason"]
+    assert by_committee["x"].startswith("detectors disagree")      # the committee's own signal leads
+    assert by_committee["y"].startswith("detectors mostly agree")
+    assert ranking_table(images, model, strategy="random")["reason"].str.startswith("random pick").all()
 
 
 # --- the workspace stage: real catalog, real files, real duplicate engine ------------------------

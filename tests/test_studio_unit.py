@@ -356,7 +356,7 @@ def test_a_push_killed_after_its_import_is_recorded_by_the_rerun(ws_with_image):
     from types import SimpleNamespace
 
     from pipeline.catalog import ImageStatus
-    from pipeline.studio.push import _reconcile_tasks
+    from pipeline.studio.push import reconcile_tasks
 
     ws, row = ws_with_image
     task = SimpleNamespace(id=7, data={"image_id": row["id"], "pushed_with": "ppocr-v4-det", "pushed_boxes": 3})
@@ -364,7 +364,7 @@ def test_a_push_killed_after_its_import_is_recorded_by_the_rerun(ws_with_image):
                              sdk=SimpleNamespace(tasks=SimpleNamespace(list=lambda **kw: [task])))
     with ws.catalog() as cat:
         assert cat.tasks(1) == {} and cat.image(row["id"])["status"] == ImageStatus.NEW
-        assert _reconcile_tasks(studio, 1, cat) == {row["id"]: 7}
+        assert reconcile_tasks(studio, 1, cat) == {row["id"]: 7}
         assert cat.tasks(1) == {row["id"]: 7}
         assert 7 in cat.tasks_with_prediction(1, "ppocr-v4-det")
         assert cat.image(row["id"])["status"] == ImageStatus.PUSHED

@@ -99,6 +99,13 @@ def test_unicode_and_kinds_render() -> None:
         SynthConfig(kinds=("nope",))
 
 
+def test_config_errors_name_the_one_bad_setting() -> None:
+    with pytest.raises(ValueError, match=r"width must be .* got 0,0"):
+        SynthConfig(width=(0, 0))
+    with pytest.raises(ValueError, match=r"number of images must be >= 0, got -1"):
+        SynthConfig(n_images=-1)
+
+
 def test_generate_is_deterministic_and_idempotent(tmp_path: Path) -> None:
     a = generate(tmp_path / "a", SMALL)
     generate(tmp_path / "b", SMALL)

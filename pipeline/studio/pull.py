@@ -23,6 +23,7 @@ from pipeline.studio.client import Studio
 from pipeline.studio.launcher import connect_workspace
 from pipeline.studio.convert import results_to_detections
 from pipeline.studio.project import get_project
+from pipeline.studio.push import reconcile_tasks
 from pipeline.workspace import Workspace
 
 log = logging.getLogger("textloop.studio.pull")
@@ -123,6 +124,8 @@ def pull(ws: Workspace, client: Studio | None = None, policy: str = "latest") ->
             who = who.get("email") if isinstance(who, dict) else users.get(int(who), str(who)) if who is not None else None
             rows[image_id] = (int(t["id"]), int(ann["id"]), dumps(j["boxes"]), dumps(j["labels"]),
                               dumps([False] * len(j["boxes"])), state, who, _ts(ann.get("updated_at")), quads_column(j))
+        # an annotation gone from the export: is its task gone too? (one listing, only then)
+        on_server = reconcile_tasks(studio, project.id, cat) if set(existing) - set(rows) else {}
         with cat.transaction():  # the whole pull or nothing
             for image_id, (tid, aid, boxes, labels, ignore, state, who, updated, quads) in rows.items():
                 counts["labelled" if state == "submitted" else state] += 1
@@ -144,9 +147,19 @@ def pull(ws: Workspace, client: Studio | None = None, policy: str = "latest") ->
             for image_id, old in existing.items():
                 if image_id not in rows:
                     cat.delete_annotation(old["id"])
-                    cat.set_status(image_id, ImageStatus.PUSHED, only_from=(*HUMAN_LABELLED, ImageStatus.SKIPPED))
+                    cat.set_status(image_id, _status_after_removal(cat, image_id, image_id in on_server),
+                                   only_from=(*HUMAN_LABELLED, ImageStatus.SKIPPED))
                     counts["removed"] += 1
     return PullSummary(**counts, project_id=project.id)
+
+
+def _status_after_removal(cat: Any, image_id: str, task_exists: bool) -> ImageStatus:
+    """An image whose Label Studio annotation went away keeps a label another source gave it
+    (an imported label file); otherwise it waits in its task again, or is new if the task went too."""
+    other = cat.latest_annotations(include_excluded=True, image_ids=[image_id]).get(image_id)
+    if other is not None:
+        return STATUS_BY_STATE[other["state"]]
+    return ImageStatus.PUSHED if task_exists else ImageStatus.NEW
 
 
 def run_pull(ws: Workspace, client: Studio | None = None, policy: str = "latest") -> PullSummary:

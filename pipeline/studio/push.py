@@ -153,7 +153,7 @@ def task_data(image_url: str, data_key: str, im: dict[str, Any], sources: Sequen
 
 # --- the push ---------------------------------------------------------------------------------
 
-def _reconcile_tasks(studio: Studio, project_id: int, cat: Catalog,
+def reconcile_tasks(studio: Studio, project_id: int, cat: Catalog,
                     data_out: dict[int, dict[str, Any]] | None = None) -> dict[str, int]:
     """image_id -> task id on the server; catalog rows for tasks that no longer exist are dropped,
     server tasks missing from the catalog (a push killed after an import) are recorded with the
@@ -272,7 +272,7 @@ def push_images(
                 raise StudioError(f"{len(missing)} image id(s) not in the catalog, e.g. {sorted(missing)[0]}")
         images = {r["id"]: r for r in rows}
         server_data: dict[int, dict[str, Any]] = {}
-        server_tasks = _reconcile_tasks(studio, project.id, cat, server_data)
+        server_tasks = reconcile_tasks(studio, project.id, cat, server_data)
         sources = image_sources(cat, list(images))
         have_version = cat.tasks_with_prediction(project.id, version)
 
@@ -328,7 +328,7 @@ def push_images(
                 im = images[image_id]
                 payload.append({
                     # `pushed_with`: the prediction the task is created with, which a rerun after a
-                    # kill between this import and the catalog write reads back (`_reconcile_tasks`)
+                    # kill between this import and the catalog write reads back (`reconcile_tasks`)
                     "data": {**task_data(local_files_url(ws, studio, im["path"]), project.config.data_key, im,
                                          sources.get(image_id, ()), facts.get(image_id)),
                              "pushed_with": version, "pushed_boxes": len(preds[image_id])},
@@ -337,7 +337,7 @@ def push_images(
             resp = studio.post_json(f"api/projects/{project.id}/import", payload, {"return_task_ids": "true"})
             task_ids = list(resp.get("task_ids") or []) if isinstance(resp, dict) else []
             if len(task_ids) != len(chunk):  # not expected; recover the mapping from the server
-                mapping = _reconcile_tasks(studio, project.id, cat)
+                mapping = reconcile_tasks(studio, project.id, cat)
                 task_ids = [mapping[c] for c in chunk]
             now = time.time()
             with cat.transaction():  # the batch's tasks, their predictions and statuses together

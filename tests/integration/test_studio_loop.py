@@ -327,6 +327,35 @@ def test_push_with_ranking_orders_by_strategy_and_honours_top(live_studio, tmp_p
         push_images(ws, None, client=studio, detector=FakeDetector(), strategy="nope")
 
 
+def test_removed_label_studio_work_leaves_other_labels_and_real_task_state(live_studio, tmp_path_factory):
+    """An annotation deleted in Label Studio: the image waits in its task again (`pushed`). A
+    task deleted with its annotation: the image is `new` (the next push makes a task), unless an
+    imported label file labels it, which then decides its status."""
+    ws = Workspace.open(live_studio.root / "ws_removed")
+    src = tmp_path_factory.mktemp("src_removed")
+    for i in range(3):
+        noise_image(7100 + i, (64, 48)).save(src / f"d{i}.png")
+    harvest(ws, [str(src)], HarvestConfig(workers=1))
+    studio = connect(live_studio.url, live_studio.token, local_files_root=live_studio.root)
+    init_project(ws, studio, title="removal test")
+    pushed = push_images(ws, None, client=studio, detector=FakeDetector())
+    tasks = {t.data["image_id"]: t for t in _tasks(studio, pushed.project_id)}
+    kept_task, gone_imported, gone_plain = sorted(tasks)
+    anns = {i: studio.sdk.annotations.create(id=tasks[i].id, result=[_rect(_pct([2, 2, 30, 12], 64, 48), 64, 48, "a")])
+            for i in tasks}
+    with ws.catalog() as cat:  # as `textloop import` stores a label file's boxes
+        cat.add_annotation(gone_imported, "import:labels/boxes.jsonl", boxes="[[1, 1, 9, 9]]", labels='["text"]',
+                           ignore="[false]", state="submitted", annotator="import", updated_at=1.0, pulled_at=1.0)
+    assert pull(ws, studio).new == 3
+    studio.sdk.annotations.delete(id=anns[kept_task].id)
+    studio.sdk.tasks.delete(id=tasks[gone_imported].id)
+    studio.sdk.tasks.delete(id=tasks[gone_plain].id)
+    assert pull(ws, studio).removed == 3
+    with ws.catalog() as cat:
+        status = {r["id"]: r["status"] for r in cat.images()}
+    assert status == {kept_task: "pushed", gone_imported: "labelled", gone_plain: "new"}
+
+
 def test_ml_backend_predictions_are_stored_by_label_studio(loop, live_studio, tmp_path_factory):
     from pipeline.serve import create_app, serving
 
