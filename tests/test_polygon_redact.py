@@ -230,6 +230,53 @@ def test_cheaper_stock_path_finds_small_text_that_1x_misses_and_nothing_stays_le
     assert not any(w.lower() in texts for w in SMALL_WORDS), texts
 
 
+def ruled_form_image(path: Path) -> tuple[list[str], list[tuple[int, int, int, int]]]:
+    """A form: a ruled grid of boxes with a small grey field label in the corner of three of
+    them, as scanned forms print them (8 px DejaVu, 2-4 px from the ruling)."""
+    from matplotlib import font_manager
+
+    words = ["DATE", "Lot 4471", "Signed"]
+    im = Image.new("RGB", (1024, 768), (236, 234, 228))
+    d = ImageDraw.Draw(im)
+    d.text((80, 80), "Sample report", font=ImageFont.truetype(font_manager.findfont("DejaVu Sans"), 28), fill=(15, 15, 15))
+    for r in range(3):
+        for c in range(4):
+            d.rectangle([100 + 200 * c, 300 + 120 * r, 300 + 200 * c, 420 + 120 * r], outline=(20, 20, 20), width=2)
+    f = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), 8)
+    boxes = []
+    for i, w in enumerate(words):
+        xy = (104 + 200 * i, 304 + 120 * i)
+        d.text(xy, w, font=f, fill=(150, 150, 150))
+        boxes.append(d.textbbox(xy, w, font=f))
+    im.save(path)
+    return words, boxes
+
+
+def test_small_field_labels_touching_a_forms_ruling_are_found(tmp_path, reader):
+    """The small-text windows come from word-like clusters of edges; a form's ruling used to join
+    every label touching it into one page-sized cluster, so no window was made and a one-pass
+    miss stayed legible (a devset form's 'DATE')."""
+    from pipeline.detectors import load_detector
+    from pipeline.redact.run import build_ppocr
+
+    src = tmp_path / "form.png"
+    words, boxes = ruled_form_image(src)
+    rgb = np.asarray(Image.open(src).convert("RGB"))
+
+    def hits(d) -> int:
+        return sum(any(b[0] <= (x0 + x1) / 2 <= b[2] and b[1] <= (y0 + y1) / 2 <= b[3] for b in d.boxes)
+                   for x0, y0, x1, y1 in boxes)
+
+    assert hits(load_detector("ppocr").detect([rgb])[0]) == 0
+    default = build_ppocr()
+    assert hits(default.detect([rgb])[0]) == len(boxes)
+    readable = [w for w in words if any(w.lower() in r.text.lower() for r in reader.read_views([rgb]))]
+    assert readable
+    redact_file(src, tmp_path / "o.png", default)
+    texts = " ".join(r.text for r in reader.read_views([np.asarray(Image.open(tmp_path / "o.png").convert("RGB"))])).lower()
+    assert not any(w.lower() in texts for w in readable), texts
+
+
 def test_a_promoted_tuned_model_gets_the_small_text_pass_too(tmp_path, ws, reader):
     """redact's default with a promoted db model is 1x + 2x on small-text cells, like stock ppocr
     (a tuned model's 1x pass alone left words legible on the devset); `--scales 1` is the plain

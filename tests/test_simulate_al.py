@@ -42,3 +42,16 @@ def test_default_target_is_halfway_to_the_best_run(sim) -> None:
     assert s["target"] == pytest.approx(0.5)
     assert results["committee"]["labels_to_target"] == [6]
     assert results["random"]["labels_to_target"] == [12]
+
+
+def test_microscopy_simulation_never_uses_the_held_out_microscopy_images(sim) -> None:
+    """`--micro`: the same overlay kinds and backgrounds as bench_detect's microscopy set, other
+    images (what the detection benchmark reports on must stay unseen)."""
+    from pipeline.synth import synth_image
+
+    cfg = sim.micro_config(4)
+    from bench_detect import MICRO
+
+    assert (cfg.kinds, cfg.background_kinds, cfg.n_images) == (MICRO.kinds, MICRO.background_kinds, 4)
+    held_out = {synth_image(i, MICRO).image.tobytes() for i in range(MICRO.n_images)}
+    assert not {synth_image(i, cfg).image.tobytes() for i in range(4)} & held_out

@@ -297,7 +297,8 @@ class PPOCRDetector:
         taller than `refine_max_height` image px (text at the edge of being seen), and, since
         DB's map is blank for text a few pixels tall, word-like clusters of strong edges of that
         height (strong = above `refine_edges` and twice the image's 75th gradient percentile, so
-        noise and texture do not count); both only where their centre lies in no first-pass box
+        noise and texture do not count; long straight runs, a form's ruling, taken out first so
+        they do not join the words they touch); both only where their centre lies in no first-pass box
         (`found`, xyxy: what 1x already found needs no second look). A candidate marks the
         `refine_cell` grid cell of its centre; each run of marked cells in a row is one window,
         with `refine_margin` of context (no union rectangles: cost follows the marked area)."""
@@ -320,7 +321,13 @@ class PPOCRDetector:
             hist = np.cumsum(np.bincount(grad.ravel(), minlength=256))
             p75 = int(np.searchsorted(hist, 0.75 * hist[-1]))
             edge = max(c.refine_edges, 2 * p75)    # above the image's own noise/texture level
-            strong = cv2.morphologyEx((grad >= edge).astype(np.uint8), cv2.MORPH_CLOSE, np.ones((3, 7), np.uint8))
+            strong = (grad >= edge).astype(np.uint8)
+            # a form's ruling lines join every word they touch into one page-sized cluster:
+            # take out straight runs three times longer than the tallest text looked for
+            run = max(16, int(3 * c.refine_max_height))
+            lines = (cv2.morphologyEx(strong, cv2.MORPH_OPEN, np.ones((1, run), np.uint8))
+                     | cv2.morphologyEx(strong, cv2.MORPH_OPEN, np.ones((run, 1), np.uint8)))
+            strong = cv2.morphologyEx(strong & (1 - lines), cv2.MORPH_CLOSE, np.ones((3, 7), np.uint8))
             n, _, stats, _ = cv2.connectedComponentsWithStats(strong, connectivity=8)
             if n > 1:
                 st = stats[1:].astype(np.float64)
