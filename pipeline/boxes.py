@@ -133,17 +133,31 @@ def area(boxes: np.ndarray) -> np.ndarray:
     return np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
 
 
+def _intersections(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = np.clip(rb - lt, 0, None)
+    return wh[..., 0] * wh[..., 1]
+
+
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Pairwise IoU, shape (len(a), len(b))."""
     a, b = _as_boxes(a), _as_boxes(b)
     if len(a) == 0 or len(b) == 0:
         return np.zeros((len(a), len(b)))
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    wh = np.clip(rb - lt, 0, None)
-    inter = wh[..., 0] * wh[..., 1]
+    inter = _intersections(a, b)
     union = area(a)[:, None] + area(b)[None, :] - inter
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def inside_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise share of each box of `a` that lies inside each box of `b`, shape (len(a), len(b)):
+    a word inside a line-sized region is 1.0 there, where its IoU is small."""
+    a, b = _as_boxes(a), _as_boxes(b)
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    area_a = area(a)[:, None]
+    return np.where(area_a > 0, _intersections(a, b) / np.maximum(area_a, 1e-12), 0.0)
 
 
 def nms(boxes: Any, scores: Any, iou: float = 0.5, labels: Any = None) -> np.ndarray:

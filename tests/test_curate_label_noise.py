@@ -90,6 +90,17 @@ def test_cleanlab_score_matches_cleanlab_api() -> None:
     assert np.allclose(got.loc[[it.image_id for it in items], "label_quality_score"].values, ref, atol=1e-5)
 
 
+def test_a_word_inside_a_dont_care_region_is_not_overlooked_text() -> None:
+    """ICDAR marks illegible lines `###` (don't-care); a predicted word inside such a line-sized
+    region overlaps it by IoU ~0.1, and used to count as text the labeller overlooked."""
+    given = np.array([[10, 10, 60, 30], [80, 40, 300, 70]], float)      # a word; a long don't-care line
+    pred = Detections(np.array([[10, 10, 60, 30], [100, 45, 130, 65]], float), np.array([0.95, 0.9]))
+    for method in ("coverage", "cleanlab"):
+        im = score_label_noise([NoiseItem("a", given, pred, ignore=np.array([False, True]))],
+                               LabelNoiseConfig(method=method)).images.iloc[0]
+        assert "overlooked_text" not in im["issues"] and not im["is_label_issue"], (method, im.to_dict())
+
+
 def _add_image(tx, iid: str, path: str = "images/x.jpg", status: str = "labelled") -> None:
     tx.execute("INSERT INTO images(id, path, source, original_name, bytes, width, height, format, mode, bit_depth,"
                " split, status, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",

@@ -202,7 +202,8 @@ def test_export_formats_from_catalog_annotations(ws, tmp_path):
     res = export(ws, tmp_path / "j", "jsonl")
     recs = {r.image: r for r in read_jsonl(tmp_path / "j" / "boxes.jsonl")}
     assert res.images == 3 and res.empty_images == 1  # the skipped image is not a label
-    assert res.as_dict() == {"format": "jsonl", "out": res.out, "images": 3, "boxes": 2, "empty_images": 1}
+    assert res.as_dict() == {"format": "jsonl", "out": res.out, "images": 3, "boxes": 2, "empty_images": 1,
+                             "ignored_boxes": 0, "removed": 0}
     rot = next(r for r in recs.values() if ids["rot.jpg"] in r.image)
     with Image.open(tmp_path / "j" / rot.image) as im:
         assert im.size == (60, 90) == (rot.width, rot.height)  # written upright: boxes stay valid
@@ -218,6 +219,20 @@ def test_export_formats_from_catalog_annotations(ws, tmp_path):
     assert line == ["0", "0.200000", "0.300000", "0.200000", "0.400000"]
     assert (tmp_path / "y" / "labels" / f"{ids['empty.png']}.txt").read_text() == ""
     assert "0: text" in (tmp_path / "y" / "data.yaml").read_text()
+    # a re-export of one split into the same folder: the other images' files go (a YOLO trainer
+    # reads all of images/), and a folder holding anything else is refused before any write
+    with ws.catalog() as cat:
+        cat.set_split(ids["a.png"], "test")
+        cat.set_split(ids["rot.jpg"], "train")
+    again = export(ws, tmp_path / "y", "yolo", split="test")
+    assert again.images == 1 and again.removed == 4   # 2 images + 2 label files of empty.png and rot.jpg
+    assert sorted(p.stem for p in (tmp_path / "y" / "images").iterdir()) == [ids["a.png"]]
+    assert sorted(p.stem for p in (tmp_path / "y" / "labels").iterdir()) == [ids["a.png"]]
+    (tmp_path / "mine" / "images").mkdir(parents=True)
+    (tmp_path / "mine" / "images" / "holiday.jpg").write_bytes(b"x")
+    with pytest.raises(ValueError, match="images/holiday.jpg .* was not written by textloop export"):
+        export(ws, tmp_path / "mine", "yolo")
+    assert not (tmp_path / "mine" / "labels").exists()
 
 
 def test_stage_results_keep_the_json_keys():

@@ -169,8 +169,13 @@ def export_cmd(
         res = export(st.ws(), out, fmt, split, tuple(c for c in classes.split(",") if c))
     except (ValueError, OSError) as exc:
         fail(str(exc))
-    emit(st, res.as_dict(), lambda c: c.print(f"exported {res.images} images ({res.boxes} boxes, "
-                                              f"{res.empty_images} without text) to {res.out}"))
+    def render(c) -> None:
+        ignored = (f"; {res.ignored_boxes} don't-care boxes " + ("left out (YOLO has no don't-care flag)" if fmt == "yolo"
+                                                                 else "kept with their flag")) if res.ignored_boxes else ""
+        c.print(f"exported {res.images} images ({res.boxes} boxes, {res.empty_images} without text{ignored}) to {res.out}"
+                + (f"; removed {res.removed} files of images no longer in the set" if res.removed else ""))
+
+    emit(st, res.as_dict(), render)
 
 
 def serve_cmd(

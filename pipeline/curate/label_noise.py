@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.boxes import Detections, iou_matrix
+from pipeline.boxes import Detections, inside_matrix, iou_matrix
 from pipeline.catalog import ImageStatus
 
 log = logging.getLogger("textloop.curate")
@@ -103,7 +103,9 @@ BOX_COLUMNS = ["image_id", "box", "source", "x0", "y0", "x1", "y1", "pred_score"
 
 
 def _drop_ignored(item: NoiseItem) -> tuple[np.ndarray, Detections]:
-    """Don't-care boxes are neither labels nor evidence: drop them and predictions on them."""
+    """Don't-care boxes are neither labels nor evidence: drop them and predictions on them (a
+    prediction overlapping one by IoU 0.3, or lying at least half inside one: a word inside an
+    ICDAR `###` line region overlaps it by a small IoU)."""
     given = np.asarray(item.given, dtype=np.float64).reshape(-1, 4)
     pred = item.prediction
     ign = np.zeros(len(given), bool) if item.ignore is None else np.asarray(item.ignore, bool).reshape(-1)
@@ -111,8 +113,8 @@ def _drop_ignored(item: NoiseItem) -> tuple[np.ndarray, Detections]:
         ignored = given[ign]
         given = given[~ign]
         if len(pred):
-            ov = iou_matrix(pred.boxes, ignored).max(axis=1) if len(ignored) else np.zeros(len(pred))
-            pred = pred[ov < 0.3]
+            on = (iou_matrix(pred.boxes, ignored).max(axis=1) >= 0.3) | (inside_matrix(pred.boxes, ignored).max(axis=1) >= 0.5)
+            pred = pred[~on]
     return given, pred
 
 

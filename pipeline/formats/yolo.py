@@ -1,6 +1,7 @@
 """YOLO detection labels: `labels/<image stem>.txt`, one `class cx cy w h` line per box (fractions
-of the image size), and a `data.yaml` naming the classes. YOLO has no don't-care flag: ignore
-flags are not written, and loaded records have none.
+of the image size), and a `data.yaml` naming the classes. YOLO has no don't-care flag, so a
+don't-care box is left out (written as text it would teach that an illegible region is a word
+to find), and loaded records have none.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ def save(records: Sequence[LabelledImage], out: str | Path, classes: Sequence[st
     labels_dir.mkdir(parents=True, exist_ok=True)
     for rec in records:
         lines = [f"{lab} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}"
-                 for lab, (cx, cy, w, h) in zip(rec.class_ids(), xyxy_to_cxcywh_norm(rec.boxes, rec.width, rec.height))]
+                 for lab, (cx, cy, w, h), ign in zip(rec.class_ids(), xyxy_to_cxcywh_norm(rec.boxes, rec.width, rec.height),
+                                                     rec.ignore) if not ign]
         atomic_write_text(labels_dir / (Path(rec.image).stem + ".txt"), "\n".join(lines) + ("\n" if lines else ""))
     names = "\n".join(f"  {i}: {c}" for i, c in enumerate(classes))
     target = out / FILE_NAME

@@ -4,13 +4,20 @@ Labelled and verified-empty images (the latter with no boxes) from the catalog's
 Images are hard-linked (copied across filesystems) into `OUT/images/`; an image with an EXIF
 orientation is written upright instead, because every box is in the upright frame. Rotated
 shapes (`quads`: Label Studio's rotated rectangles, imported polygons) are written as `polys`
-(jsonl) or one-part `segmentation` polygons (coco); YOLO boxes have no shape.
+(jsonl) or one-part `segmentation` polygons (coco); YOLO boxes have no shape and YOLO has no
+don't-care flag, so don't-care boxes are left out of its labels (counted).
+
+OUT is the dataset's folder and a re-export refreshes it: every file textloop writes under
+`images/` and `labels/` is named after an image id, so files of images no longer in the set
+(another `--split`, relabelled, excluded) are removed, and a folder holding files of any other
+name is refused before anything is written (a YOLO trainer reads all of `images/`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -24,6 +31,30 @@ from pipeline.io import atomic_open
 from pipeline.workspace import Workspace
 
 FORMATS = tuple(_REGISTRY)
+_ID_NAME = re.compile(r"[0-9a-f]{64}")   # the stem of every file an export writes under images/ and labels/
+_OWN_DIRS = ("images", "labels")
+
+
+def _files_in(out: Path) -> list[Path]:
+    return [p for d in _OWN_DIRS if (out / d).is_dir() for p in sorted((out / d).iterdir())]
+
+
+def _check_out(out: Path) -> None:
+    """ValueError unless OUT is new, empty, or an earlier export (files named after image ids)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: exists and is not a folder (OUT is the dataset's folder)")
+    foreign = [p for p in _files_in(out) if not (p.is_file() and _ID_NAME.fullmatch(p.stem))]
+    if foreign:
+        raise ValueError(f"{out}: {foreign[0].relative_to(out)} (and {len(foreign) - 1} more) was not written by "
+                         "textloop export; export into a new or empty folder")
+
+
+def _prune(out: Path, keep: set[str]) -> int:
+    """Remove files an earlier export wrote for images not in this one; how many."""
+    stale = [p for p in _files_in(out) if _ID_NAME.fullmatch(p.stem) and p.stem not in keep]
+    for p in stale:
+        p.unlink()
+    return len(stale)
 
 
 def check_options(fmt: str, split: str | None) -> None:
@@ -71,8 +102,10 @@ class ExportSummary:
     format: str
     out: str                   # the label file (or folder) the format wrote
     images: int
-    boxes: int
+    boxes: int                 # text boxes (don't-care boxes not counted)
     empty_images: int          # verified text-free images (no boxes)
+    ignored_boxes: int = 0     # don't-care boxes: written with their flag (jsonl, coco) or left out (yolo)
+    removed: int = 0           # files of an earlier export into OUT whose images are not in this one
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -85,8 +118,7 @@ def export(ws: Workspace, out: Path, fmt: str = "jsonl", split: str | None = Non
     check_options(fmt, split)
     label_format = get_format(fmt)
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{out}: exists and is not a folder (OUT is the dataset's folder)")
+    _check_out(out)
     images_dir = out / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
     rows = labelled_rows(ws, split)
@@ -98,7 +130,10 @@ def export(ws: Workspace, out: Path, fmt: str = "jsonl", split: str | None = Non
         records.append(LabelledImage(image=f"images/{name}", width=int(r["width"]), height=int(r["height"]), boxes=boxes,
                                      ignore=json.loads(r["ignore"]) or [], source=r["source"],
                                      labels=tuple(int(x) for x in labels), polys=quads_as_polys(r["quads"], len(boxes))))
-    n_boxes = sum(len(rec.boxes) for rec in records)
+    n_ignored = sum(int(rec.ignore.sum()) for rec in records)
+    n_boxes = sum(len(rec.boxes) for rec in records) - n_ignored
     target = label_format.save(records, out, classes=classes)
+    removed = _prune(out, {str(r["image_id"]) for r in rows})
     return ExportSummary(format=fmt, out=str(target), images=len(records), boxes=n_boxes,
-                         empty_images=sum(1 for rec in records if len(rec.boxes) == 0))
+                         empty_images=sum(1 for rec in records if len(rec.boxes) == 0), ignored_boxes=n_ignored,
+                         removed=removed)

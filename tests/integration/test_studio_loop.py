@@ -294,16 +294,22 @@ def test_new_model_version_adds_a_second_prediction_per_task(loop):
     assert again.predictions_added == 0
 
 
+def _small_project(live_studio, tmp_path_factory, name: str, n: int, seed: int):
+    """A workspace of its own under the served root: `n` harvested 64x48 images and a project."""
+    ws = Workspace.open(live_studio.root / f"ws_{name}")
+    src = tmp_path_factory.mktemp(f"src_{name}")
+    for i in range(n):
+        noise_image(seed + i, (64, 48)).save(src / f"{name}{i}.png")
+    harvest(ws, [str(src)], HarvestConfig(workers=1))
+    studio = connect(live_studio.url, live_studio.token, local_files_root=live_studio.root)
+    init_project(ws, studio, title=f"{name} test")
+    return ws, studio
+
+
 def test_push_with_ranking_orders_by_strategy_and_honours_top(live_studio, tmp_path_factory):
     import pandas as pd
 
-    ws = Workspace.open(live_studio.root / "ws_rank")
-    src = tmp_path_factory.mktemp("src_rank")
-    for i in range(6):
-        noise_image(7000 + i, (64, 48)).save(src / f"r{i}.png")
-    harvest(ws, [str(src)], HarvestConfig(workers=1))
-    studio = connect(live_studio.url, live_studio.token, local_files_root=live_studio.root)
-    init_project(ws, studio, title="rank test")
+    ws, studio = _small_project(live_studio, tmp_path_factory, "rank", 6, 7000)
     with ws.catalog() as cat:
         ids = [r["id"] for r in cat.images()]
     scores = {i: float(k) for k, i in enumerate(ids)}  # the last id is the most useful
@@ -331,13 +337,7 @@ def test_removed_label_studio_work_leaves_other_labels_and_real_task_state(live_
     """An annotation deleted in Label Studio: the image waits in its task again (`pushed`). A
     task deleted with its annotation: the image is `new` (the next push makes a task), unless an
     imported label file labels it, which then decides its status."""
-    ws = Workspace.open(live_studio.root / "ws_removed")
-    src = tmp_path_factory.mktemp("src_removed")
-    for i in range(3):
-        noise_image(7100 + i, (64, 48)).save(src / f"d{i}.png")
-    harvest(ws, [str(src)], HarvestConfig(workers=1))
-    studio = connect(live_studio.url, live_studio.token, local_files_root=live_studio.root)
-    init_project(ws, studio, title="removal test")
+    ws, studio = _small_project(live_studio, tmp_path_factory, "removed", 3, 7100)
     pushed = push_images(ws, None, client=studio, detector=FakeDetector())
     tasks = {t.data["image_id"]: t for t in _tasks(studio, pushed.project_id)}
     kept_task, gone_imported, gone_plain = sorted(tasks)
