@@ -563,6 +563,11 @@ class Catalog:
         """Images some human annotation says hold no text."""
         return {r["image_id"] for r in self.query("SELECT image_id FROM annotations WHERE state = 'empty'")}
 
+    def annotation_states(self, image_id: str) -> dict[str, str]:
+        """source -> state of every annotation of one image (e.g. which label files give it boxes)."""
+        return {r["source"]: r["state"] for r in self.query(
+            "SELECT source, state FROM annotations WHERE image_id = ? ORDER BY id", (image_id,))}
+
     def imported_annotation(self, image_id: str, source: str) -> Row | None:
         """The annotation a label file (`source` 'import:<file>') gave an image, if any."""
         rows = self.query("SELECT * FROM annotations WHERE image_id = ? AND source = ? AND ls_annotation_id IS NULL",

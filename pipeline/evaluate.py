@@ -312,19 +312,53 @@ class EvalReport:
         return json_safe(d)  # type: ignore[return-value]
 
 
+@dataclass(frozen=True)
+class GroundTruth:
+    """What `evaluate` measures against: (image path, labels) pairs in each image's upright
+    frame, a name for them, and one line per labelled image left out (its size fits neither
+    of the image's frames)."""
+
+    items: list[tuple[Path, LabelledImage]]
+    where: str
+    skipped: tuple[str, ...] = ()
+
+
+def _fit_frames(items: list[tuple[Path, LabelledImage]]) -> tuple[list[tuple[Path, LabelledImage]], list[str]]:
+    """Label files' records checked against their image files, as `import` checks them: labels
+    drawn on an EXIF-rotated image's stored pixels are turned upright; a size that fits neither
+    frame leaves the image out with the reason (it used to be scored in the wrong frame)."""
+    from pipeline.imaging import ImageRejected
+    from pipeline.importer import fit_to_image
+
+    kept, skipped = [], []
+    for path, rec in items:
+        try:
+            rec = fit_to_image(path, rec)
+        except (OSError, ImageRejected):
+            pass                      # unreadable: the detection pass reports it
+        except ValueError as exc:
+            skipped.append(f"{path}: {exc}")
+            continue
+        kept.append((path, rec))
+    return kept, skipped
+
+
 def load_ground_truth(gt: Path | None = None, images: Path | None = None, devset: Path | None = None,
-                      ws: Workspace | None = None, split: str = "test",
-                      limit: int | None = None) -> tuple[list[tuple[Path, LabelledImage]], str]:
-    """(image path, labels) pairs and a name for them: a boxes.jsonl (`images`: the folder its
-    paths are relative to, default its own), a devset root, or a workspace split's human labels
-    (`split` "all": every split). Raises ValueError on a bad combination, NoGroundTruth when
-    there is no labelled image."""
+                      ws: Workspace | None = None, split: str = "test", limit: int | None = None) -> GroundTruth:
+    """The labelled images to measure on: a boxes.jsonl (`images`: the folder its paths are
+    relative to, default its own), a devset root, or a workspace split's human labels (`split`
+    "all": every split). Raises ValueError on a bad combination or an unreadable label file,
+    NoGroundTruth when there is no labelled image."""
     from pipeline.formats import read_devset, read_jsonl
 
     if gt is not None and devset is not None:
         raise ValueError("give --gt or --set, not both")
     if images is not None and gt is None:
         raise ValueError("--images needs --gt (the boxes.jsonl its image paths are relative to)")
+    if gt is not None and gt.is_dir():
+        raise ValueError(f"--gt {gt}: is a folder; give its boxes.jsonl, or --set for a devset root")
+    if gt is not None and not gt.is_file():
+        raise ValueError(f"--gt {gt}: no such file")
     if devset is not None:
         items, where = read_devset(devset), str(devset)
     elif gt is not None:
@@ -340,19 +374,24 @@ def load_ground_truth(gt: Path | None = None, images: Path | None = None, devset
         where = f"{ws.root} ({split} split)"
     if limit is not None:
         items = items[:limit]
+    skipped: list[str] = []
+    if gt is not None or devset is not None:    # a workspace's labels are upright already
+        items, skipped = _fit_frames(items)
     if not items:
         raise NoGroundTruth(f"{where}: no labelled images to evaluate on" + ("" if gt or devset else
-                         f" (label some {split} images, or `textloop import` labels)"))
-    return items, where
+                         f" (label some {split} images, or `textloop import` labels)")
+                         + (f"; {skipped[0]}" if skipped else ""))
+    return GroundTruth(items, where, tuple(skipped))
 
 
 def evaluate_detector(det: Detector, items: Sequence[tuple[Path, LabelledImage]], *, threshold: float = 0.3,
                       iou: float = 0.5, pad_px: float = 0.0, sweep: Sequence[float] = (), where: str = "",
-                      batch_size: int = 4, out: Path | None = None,
+                      batch_size: int = 4, out: Path | None = None, skipped: Sequence[str] = (),
                       progress: Callable[[int, int], None] | None = None) -> EvalReport:
     """One detection pass over `items` keeping every candidate box; the metrics at `threshold`
     overall and per source, AP50 over every candidate, and the overall metrics at each `sweep`
-    threshold. `out`: also written there as JSON."""
+    threshold. `out`: also written there as JSON; `skipped` (images the ground truth left out)
+    heads the report's errors."""
     import json
 
     from pipeline.predict import detect_set
@@ -373,7 +412,7 @@ def evaluate_detector(det: Detector, items: Sequence[tuple[Path, LabelledImage]]
     report = EvalReport(
         detector=det.name, model_version=det.version, ground_truth=where, threshold=threshold, iou_threshold=iou,
         pad_px=pad_px, overall=overall, by_source=by_source,
-        sweep={str(t): evaluate(gts, at(t), iou, pad_px) for t in sweep}, errors=found.errors,
+        sweep={str(t): evaluate(gts, at(t), iou, pad_px) for t in sweep}, errors=[*skipped, *found.errors],
         seconds=round(seconds, 3), images_per_s=round(len(found.ok) / seconds, 3) if seconds > 0 else None)
     if out is not None:
         from pipeline.io import atomic_write_text
@@ -383,5 +422,5 @@ def evaluate_detector(det: Detector, items: Sequence[tuple[Path, LabelledImage]]
 
 
 __all__ = ["METRIC_KEYS", "Metrics", "MatchResult", "CoverageCounts", "EvalReport", "match_image", "coverage_counts",
-           "average_precision", "evaluate", "evaluate_by_source", "evaluate_detector", "NoGroundTruth", "json_safe", "load_ground_truth",
+           "average_precision", "evaluate", "evaluate_by_source", "evaluate_detector", "NoGroundTruth", "GroundTruth", "json_safe", "load_ground_truth",
            "workspace_ground_truth"]

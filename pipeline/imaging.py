@@ -158,12 +158,23 @@ def probe(src: str | Path | BinaryIO, max_pixels: int = DEFAULT_MAX_PIXELS) -> I
                     im.seek(page)
                     check_pixels(im.size, max_pixels, page)
                 im.load()
-    if orientation in (5, 6, 7, 8):
-        w, h = h, w
-    if orientation not in range(1, 9):
-        orientation = 1
+    w, h, orientation = _displayed(w, h, orientation)
     bits = (png_bit_depth(head) if fmt == "PNG" else None) or _MODE_BITS.get(mode, 8)
     return ImageInfo(fmt, FORMAT_EXT[fmt], w, h, mode, bits, pages, orientation)
+
+
+def _displayed(w: int, h: int, orientation: int) -> tuple[int, int, int]:
+    """Stored size and EXIF orientation -> (width, height) as displayed and the orientation (1-8)."""
+    if orientation not in range(1, 9):
+        orientation = 1
+    return (h, w, orientation) if orientation in (5, 6, 7, 8) else (w, h, orientation)
+
+
+def displayed_size(path: str | Path) -> tuple[int, int, int]:
+    """(width, height) as displayed and the EXIF orientation, from the header alone (no decode):
+    what a label's size is checked against. ImageRejected for a file that is not an image."""
+    with rejecting_bad_images(), Image.open(path) as im:
+        return _displayed(*im.size, int(im.getexif().get(0x0112, 1) or 1))
 
 
 def probe_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:

@@ -22,6 +22,7 @@ of the file is imported.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -38,6 +39,7 @@ from pipeline.config import HarvestConfig
 from pipeline.formats import LabelledImage, coco, devset_files
 from pipeline.formats.devset import read_jsonl_lines
 from pipeline.harvest import harvest
+from pipeline.io import is_image_id
 from pipeline.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,7 @@ class ImportSummary:
     updated: int = 0
     unchanged: int = 0
     rotated: int = 0          # images whose labels were in the raw (pre-EXIF) frame
+    excluded: int = 0         # images labelled here that curate had excluded (labels stored, not used)
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -135,6 +138,8 @@ def read_label_files(files: Iterable[str | Path], fmt: str = "auto", images_dir:
     as malformed (with `problems`, one line each; without it the first raises). A file named
     twice is read once; a second file with the same source key as another (`a/x/boxes.jsonl`,
     `b/x/boxes.jsonl`) is skipped with a problem, since its labels would replace the other's."""
+    if fmt not in ("auto", "jsonl", "coco"):
+        raise ValueError(f"unknown label format {fmt!r}: use auto, jsonl or coco")
     records: list[LabelRecord] = []
     skipped = 0
     seen: set[Path] = set()
@@ -173,8 +178,6 @@ def read_label_files(files: Iterable[str | Path], fmt: str = "auto", images_dir:
         if not path.exists():
             raise ValueError(f"{path}: no such label file")
         kind = detect_format(path) if fmt == "auto" else fmt
-        if kind not in ("jsonl", "coco"):
-            raise ValueError(f"unknown label format {fmt!r}: use auto, jsonl or coco")
         if not claim(path):
             continue
         if kind == "jsonl":
@@ -208,6 +211,26 @@ def to_upright(label: LabelledImage, width: int, height: int, orientation: int, 
     raise ValueError(f"labelled as {size[0]}x{size[1]} but the image is {width}x{height}")
 
 
+def ambiguous_frame(width: int, height: int, orientation: int) -> bool:
+    """An EXIF-rotated image whose stored and displayed sizes are the same (orientations 2-4,
+    or any rotation of a square): a label's size cannot say which frame it was drawn in."""
+    return orientation != 1 and (orientation in (2, 3, 4) or width == height)
+
+
+def fit_to_image(path: Path, label: LabelledImage) -> LabelledImage:
+    """`label` in the upright frame of the image file at `path`: rotated when its size is the
+    stored frame's, as `import --frame auto` does. ValueError "labelled as WxH but the image is
+    W'xH'" for a size that fits neither frame."""
+    from pipeline.imaging import displayed_size
+
+    width, height, orientation = displayed_size(path)
+    boxes, quads, rotated = to_upright(label, width, height, orientation)
+    if not rotated:
+        return label
+    polys = tuple(tuple(float(v) for v in q.ravel()) for q in quads) if quads is not None else ()
+    return dataclasses.replace(label, width=width, height=height, boxes=boxes, polys=polys)
+
+
 def label_quads(label: LabelledImage) -> np.ndarray | None:
     """(N, 4, 2) corners per box from the record's `polys` (ICDAR and MSRA quadrilaterals,
     rotated synthetic text), or None when it has none. A 4-point polygon is kept as drawn, a
@@ -220,6 +243,28 @@ def label_quads(label: LabelledImage) -> np.ndarray | None:
 
 
 # --- the import -----------------------------------------------------------------------------
+
+def _upright_exports(ws: Workspace, cat: Any, paths: Sequence[str]) -> dict[str, str]:
+    """path -> image id for files that are `textloop export`'s upright copies of this workspace's
+    EXIF-rotated images (named `<image id>.png`, the same pixels upright). Their bytes differ from
+    the original's, so harvesting them would add each image a second time, perhaps in another
+    split; every other exported file is the original's bytes, which harvest already knows."""
+    from pipeline.imaging import load_rgb
+
+    out: dict[str, str] = {}
+    for p in paths:
+        stem = Path(p).stem
+        if not is_image_id(stem) or not Path(p).suffix.lower() == ".png":
+            continue
+        row = cat.image(stem)
+        if row is None or int(row["orientation"] or 1) == 1:
+            continue
+        try:
+            if np.array_equal(load_rgb(p), load_rgb(ws.abspath(row["path"]))):
+                out[p] = stem
+        except Exception:  # noqa: BLE001 - not a readable copy: harvest decides what it is
+            continue
+    return out
 
 def import_labels(
     ws: Workspace,
@@ -240,11 +285,14 @@ def import_labels(
                                           problems=summary.problems)
     summary.records = len(records) + malformed  # so a file of nothing but bad lines imports nothing: exit 1
     paths = list(dict.fromkeys(str(r.path) for r in records))
-    if paths:
-        harvest(ws, paths, harvest_cfg, progress=progress)
+    with ws.catalog() as cat:
+        exported = _upright_exports(ws, cat, paths)
+    to_harvest = [p for p in paths if p not in exported]
+    if to_harvest:
+        harvest(ws, to_harvest, harvest_cfg, progress=progress)
     now = time.time()
     with ws.catalog() as cat:
-        resolved = cat.image_ids_by_source(paths)
+        resolved = {**cat.image_ids_by_source(to_harvest), **exported}
         # one annotation per (image, label file): the last record wins
         chosen: dict[tuple[str, str], LabelRecord] = {}
         for r in records:
@@ -267,6 +315,11 @@ def import_labels(
                 except ValueError as exc:
                     summary.problems.append(f"{r.path}: {exc}")
                     continue
+                if frame == "auto" and ambiguous_frame(img["width"], img["height"], int(img["orientation"] or 1)):
+                    summary.problems.append(
+                        f"{r.path}: EXIF orientation {img['orientation']} keeps the size {img['width']}x{img['height']} "
+                        "in both frames, so the labels were taken as drawn on the upright image; if they were drawn "
+                        "on the stored pixels, import again with --frame raw")
                 keep, boxes, bad = _clean_boxes(r, boxes, img["width"], img["height"])
                 summary.problems += bad
                 ignore = np.asarray(r.label.ignore, bool)[keep]
@@ -287,16 +340,20 @@ def import_labels(
                     summary.updated += 1
                 else:
                     summary.unchanged += 1
-                new_status = ImageStatus.LABELLED if len(boxes) else ImageStatus.VERIFIED_EMPTY
-                if img["status"] == ImageStatus.LABELLED:
-                    new_status = ImageStatus.LABELLED  # another label source has boxes on it: keep them visible
+                others_have_boxes = any(st == "submitted" for src, st in cat.annotation_states(image_id).items()
+                                        if src != source)     # another label source's boxes stay visible
+                new_status = ImageStatus.LABELLED if len(boxes) or others_have_boxes else ImageStatus.VERIFIED_EMPTY
                 cat.set_status(image_id, new_status, never_from=(ImageStatus.EXCLUDED,))
+                summary.excluded += int(img["status"] == ImageStatus.EXCLUDED)
                 summary.images += 1
                 summary.rotated += int(rotated)
                 summary.with_boxes += int(len(boxes) > 0)
                 summary.empty += int(len(boxes) == 0)
                 summary.boxes += int((~ignore).sum())
                 summary.ignored_boxes += int(ignore.sum())
+    if summary.excluded:
+        summary.problems.append(f"{summary.excluded} of these images are excluded (curate set them aside): their labels "
+                                "are stored, but training, evaluation and export leave them out")
     summary.seconds = time.perf_counter() - t0
     return summary
 

@@ -43,6 +43,15 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def is_image_id(name: str) -> bool:
+    """Whether `name` is an image id (the sha256 of its original bytes, lower-case hex): what
+    export names its files, and how import knows them again."""
+    return bool(_SHA256_HEX.fullmatch(name))
+
+
 # --- atomic writes --------------------------------------------------------------------------
 
 # Temp files of atomic writes: `.{name}.XXXXXXXX.tmp` beside the destination (mkstemp's random

@@ -293,3 +293,64 @@ def test_labels_stored_under_the_old_file_name_key_are_updated_not_duplicated(ws
     assert (s.inserted, s.updated) == (0, 1)
     rows = {r["source"]: json.loads(r["boxes"]) for r in snapshot(ws)[1]}
     assert rows == {"import:lab/boxes.jsonl": [[3, 3, 20, 20]]}
+
+
+def test_status_follows_what_the_label_files_now_say(ws, tmp_path: Path) -> None:
+    """A file edited to say "no text" makes its image verified_empty (it stayed `labelled`),
+    unless another label file gives it boxes; labels of an image curate excluded are stored and
+    said to be unused; a `polys` list of the wrong length is a bad record, not silently dropped."""
+    noise_image(1, (100, 80)).save(tmp_path / "img.png")
+    lab = one_image_labels(tmp_path / "lab", tmp_path / "img.png", [[1, 1, 20, 20]])
+    import_labels(ws, [lab])
+    status = lambda: annotations_by_name(ws)["img.png"]["status"]  # noqa: E731
+    assert status() == "labelled"
+    one_image_labels(tmp_path / "lab", tmp_path / "img.png", [])
+    assert import_labels(ws, [lab]).updated == 1 and status() == "verified_empty"
+    other = one_image_labels(tmp_path / "other", tmp_path / "img.png", [[5, 5, 30, 30]])
+    import_labels(ws, [other])
+    assert import_labels(ws, [lab]).unchanged == 1 and status() == "labelled"   # other's boxes stay visible
+    with ws.catalog() as cat:
+        cat.set_status(next(iter(r["id"] for r in cat.images())), "excluded")
+    one_image_labels(tmp_path / "lab", tmp_path / "img.png", [[2, 2, 20, 20]])
+    s = import_labels(ws, [lab])
+    assert s.excluded == 1 and status() == "excluded"
+    assert any("1 of these images are excluded" in p for p in s.problems)
+    bad = one_image_labels(tmp_path / "polys", tmp_path / "img.png",
+                           json.dumps({"image": "../img.png", "width": 100, "height": 80, "boxes": [[1, 1, 9, 9], [20, 20, 30, 30]],
+                                       "polys": [[1, 1, 9, 1, 9, 9, 1, 9]]}))
+    s = import_labels(ws, [bad])
+    assert s.inserted == 0 and any("2 boxes but 1 polys" in p for p in s.problems), s.problems
+
+
+def test_an_ambiguous_exif_frame_is_said_not_guessed_silently(ws, tmp_path: Path) -> None:
+    """Orientation 3 (upside down) keeps the size in both frames: import takes the labels as
+    upright and says so, naming --frame raw; --frame raw turns them."""
+    rotated_jpeg(tmp_path / "flip.jpg", 3)
+    (tmp_path / "set").mkdir()
+    write_jsonl(tmp_path / "set" / "boxes.jsonl", [LabelledImage("../flip.jpg", 60, 40, boxes=[[5, 3, 20, 10]])])
+    s = import_labels(ws, [tmp_path / "set" / "boxes.jsonl"])
+    assert any("EXIF orientation 3" in p and "--frame raw" in p for p in s.problems), s.problems
+    assert json.loads(annotations_by_name(ws)["flip.jpg"]["boxes"]) == [[5, 3, 20, 10]]
+    s = import_labels(ws, [tmp_path / "set" / "boxes.jsonl"], frame="raw")
+    assert s.rotated == 1 and not s.problems
+    assert json.loads(annotations_by_name(ws)["flip.jpg"]["boxes"]) == [[40, 30, 55, 37]]
+
+
+def test_importing_an_export_back_adds_no_second_copy_of_rotated_images(ws, tmp_path: Path) -> None:
+    """export writes an EXIF-rotated image upright (new bytes, named by the original's id);
+    importing that export back (fix labels elsewhere, bring them home) labels the original
+    instead of harvesting the upright copy as a new image in a split of its own."""
+    from pipeline.studio.export import export
+
+    rotated_jpeg(tmp_path / "src" / "rot.jpg", 6)
+    noise_image(2, (64, 48)).save(tmp_path / "src" / "plain.png")
+    write_jsonl(tmp_path / "src" / "boxes.jsonl", [LabelledImage("rot.jpg", 40, 60, boxes=[[3, 5, 10, 20]]),
+                                                   LabelledImage("plain.png", 64, 48, boxes=[[1, 1, 9, 9]])])
+    import_labels(ws, [tmp_path / "src" / "boxes.jsonl"])
+    export(ws, tmp_path / "out", "jsonl")
+    s = import_labels(ws, [tmp_path / "out" / "boxes.jsonl"])
+    assert s.images == 2 and s.inserted == 2 and not s.problems, s.problems
+    with ws.catalog() as cat:
+        assert len(cat.images()) == 2
+        sources = sorted(r["source"] for r in cat.query("SELECT source FROM annotations"))
+    assert sources == ["import:out/boxes.jsonl"] * 2 + ["import:src/boxes.jsonl"] * 2

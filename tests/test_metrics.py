@@ -241,3 +241,35 @@ def test_evaluate_detector_library_call_is_the_cli_report(tmp_path) -> None:
     assert json.loads(out.read_text()) == json.loads(json.dumps(d))
     with pytest.raises(ValueError, match="not both"):
         load_ground_truth(gt=out, devset=tmp_path)
+
+
+def test_label_files_are_checked_against_their_images_frames(tmp_path) -> None:
+    """A label file drawn on an EXIF-rotated JPEG's stored pixels is turned upright (as `import`
+    does); a record whose size fits neither frame is left out with the reason (it used to be
+    scored in the wrong frame: coverage 0 on a rotated photo, over-redaction 4x too low on a
+    mis-sized one); --split with --gt, and a folder given as --gt, exit 2 with one line."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from pipeline.cli.app import app
+    from pipeline.evaluate import load_ground_truth
+    from pipeline.formats import write_jsonl
+
+    exif = Image.Exif()
+    exif[0x0112] = 6                       # stored 90x60, shown 60x90
+    Image.new("RGB", (90, 60), "white").save(tmp_path / "rot.jpg", exif=exif.tobytes())
+    Image.new("RGB", (40, 30), "white").save(tmp_path / "plain.png")
+    write_jsonl(tmp_path / "boxes.jsonl", [
+        LabelledImage("rot.jpg", 90, 60, boxes=[[10, 5, 30, 15]]),       # drawn on the stored pixels
+        LabelledImage("plain.png", 80, 60, boxes=[[1, 1, 9, 9]]),        # wrong size: fits no frame
+    ])
+    truth = load_ground_truth(gt=tmp_path / "boxes.jsonl")
+    [(path, rec)] = truth.items
+    assert path.name == "rot.jpg" and (rec.width, rec.height) == (60, 90)
+    np.testing.assert_allclose(rec.boxes, [[45, 10, 55, 30]])           # orientation 6: x' = H - y, y' = x
+    assert truth.skipped == (f"{tmp_path / 'plain.png'}: labelled as 80x60 but the image is 40x30",)
+    runner = CliRunner()
+    for args, message in ((["--gt", str(tmp_path / "boxes.jsonl"), "--split", "val"], "--split chooses"),
+                          (["--gt", str(tmp_path)], "is a folder; give its boxes.jsonl, or --set")):
+        res = runner.invoke(app, ["-w", str(tmp_path / "ws"), "evaluate", "--detector", "ppocr", *args])
+        assert res.exit_code == 2 and message in res.output, res.output

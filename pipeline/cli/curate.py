@@ -82,7 +82,12 @@ def _render(c: Console, summary: dict[str, Any], engine: str, apply: bool) -> No
     if engine == "fastdup":
         c.print("[yellow]note:[/] fastdup is licensed CC BY-NC-ND 4.0 (non-commercial use only).")
     if apply:
-        c.print(f"applied: {d.get('applied', {})} {n.get('applied', {})} (changes: {summary['run_dir']}/curate_actions.csv)")
+        dup, lab = d.get("applied") or {}, n.get("applied") or {}
+        done = ([f"{dup.get('moved_split', 0)} images moved to their group's split",
+                 f"{dup.get('excluded', 0)} duplicates excluded"] if dup else [])
+        verb = "sent back for review" if lab.get("action") == "review" else "excluded"
+        done += [f"{lab.get('changed', 0)} images with suspected labels {verb}"] if lab else []
+        c.print(f"applied: {'; '.join(done) or 'nothing to do'} (changes: {summary['run_dir']}/curate_actions.csv)")
     else:
         c.print("nothing changed (reports only); rerun with --apply to act on them")
     c.print(f"reports: {summary['reports']} (duplicates.html, label_issues.html); copy: {summary['run_dir']}")

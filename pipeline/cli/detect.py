@@ -209,8 +209,8 @@ def evaluate_cmd(
                                           "(default: the folder of --gt)."),
     devset: Optional[Path] = typer.Option(None, "--set", help="A devset root (<source>/boxes.jsonl + images): "
                                           "per-source breakdown."),
-    split: str = typer.Option("test", help="Without --gt/--set: the workspace split whose human labels are the GT "
-                              "(train, val, test or all)."),
+    split: Optional[str] = typer.Option(None, help="Without --gt/--set: the workspace split whose human labels are the GT "
+                                        "(train, val, test or all; default test)."),
     threshold: float = typer.Option(DEFAULT_THRESHOLD, min=0.0, max=1.0, help="Score threshold for P/R/F1 and the pixel metrics "
                                     "(AP50 uses every candidate box)."),
     iou: float = typer.Option(0.5, min=0.0, max=1.0, help="IoU for a box match."),
@@ -235,17 +235,20 @@ def evaluate_cmd(
     with usage_errors(ValueError, FileNotFoundError):   # the options first, then the data
         check_spec(detector)
         thresholds = list(parse_floats(sweep, "--sweep", 0.0, 1.0))
+        if split is not None and (gt is not None or devset is not None):
+            raise ValueError("--split chooses a workspace's labels; --gt and --set use every image they list")
     try:
-        items, where = load_ground_truth(gt, images, devset, st.ws() if gt is None and devset is None else None,
-                                         split, limit)
+        truth = load_ground_truth(gt, images, devset, st.ws() if gt is None and devset is None else None,
+                                  split or "test", limit)
     except (OSError, ValueError) as exc:
         fail(str(exc), 2)
     except NoGroundTruth as exc:
         fail(str(exc))
     det = open_detector(st, detector, parse_options(option))
     with progress(st, f"evaluate ({det.version})") as update:  # every candidate box; thresholds applied inside
-        report = evaluate_detector(det, items, threshold=threshold, iou=iou, pad_px=pad_px, sweep=thresholds,
-                                   where=where, batch_size=batch_size, out=out, progress=update)
+        report = evaluate_detector(det, truth.items, threshold=threshold, iou=iou, pad_px=pad_px, sweep=thresholds,
+                                   where=truth.where, batch_size=batch_size, out=out, skipped=truth.skipped,
+                                   progress=update)
     emit(st, report.as_dict(), lambda c: _render_eval(c, report, out))
     if not report.n_images:
         raise typer.Exit(1)

@@ -47,6 +47,8 @@ class LabelledImage:
             raise ValueError(f"{self.image}: {len(boxes)} boxes but {len(ignore)} ignore flags")
         object.__setattr__(self, "boxes", boxes)
         object.__setattr__(self, "ignore", ignore)
+        if self.polys and len(self.polys) != len(boxes):
+            raise ValueError(f"{self.image}: {len(boxes)} boxes but {len(self.polys)} polys (give [] for a box without one)")
         labels = tuple(int(x) for x in self.labels)
         if labels and len(labels) != len(boxes):
             raise ValueError(f"{self.image}: {len(boxes)} boxes but {len(labels)} labels")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -27,11 +26,10 @@ from pipeline.catalog import quads_as_polys
 from pipeline.config import check_split
 from pipeline.formats import FORMATS as _REGISTRY
 from pipeline.formats import LabelledImage, get_format
-from pipeline.io import atomic_open
+from pipeline.io import atomic_open, is_image_id
 from pipeline.workspace import Workspace
 
 FORMATS = tuple(_REGISTRY)
-_ID_NAME = re.compile(r"[0-9a-f]{64}")   # the stem of every file an export writes under images/ and labels/
 _OWN_DIRS = ("images", "labels")
 
 
@@ -43,7 +41,7 @@ def _check_out(out: Path) -> None:
     """ValueError unless OUT is new, empty, or an earlier export (files named after image ids)."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: exists and is not a folder (OUT is the dataset's folder)")
-    foreign = [p for p in _files_in(out) if not (p.is_file() and _ID_NAME.fullmatch(p.stem))]
+    foreign = [p for p in _files_in(out) if not (p.is_file() and is_image_id(p.stem))]
     if foreign:
         raise ValueError(f"{out}: {foreign[0].relative_to(out)} (and {len(foreign) - 1} more) was not written by "
                          "textloop export; export into a new or empty folder")
@@ -51,7 +49,7 @@ def _check_out(out: Path) -> None:
 
 def _prune(out: Path, keep: set[str]) -> int:
     """Remove files an earlier export wrote for images not in this one; how many."""
-    stale = [p for p in _files_in(out) if _ID_NAME.fullmatch(p.stem) and p.stem not in keep]
+    stale = [p for p in _files_in(out) if is_image_id(p.stem) and p.stem not in keep]
     for p in stale:
         p.unlink()
     return len(stale)
