@@ -150,21 +150,21 @@ def test_a_rank_that_fails_is_logged_as_failed_with_its_error(tmp_path, monkeypa
     assert "OSError: disk full" in row["metrics"]
 
 
-@pytest.mark.parametrize("requested, has_committee, expected", [
-    ("auto", True, "committee"),          # measured best in the AL simulation
-    ("auto", False, "uncertainty"),       # no second detector: nothing to disagree with
-    ("uncertainty", True, "uncertainty"),  # an explicit choice wins
-    ("random", False, "random"),
+@pytest.mark.parametrize("requested, expected", [
+    ("auto", "uncertainty"),        # measured at least as good as committee in both AL simulations
+    ("committee", "committee"),     # an explicit choice wins
+    ("random", "random"),
 ])
-def test_auto_strategy(requested: str, has_committee: bool, expected: str) -> None:
+def test_auto_strategy(requested: str, expected: str) -> None:
     from pipeline.rank import choose_strategy
 
-    assert choose_strategy(requested, has_committee) == expected
+    assert choose_strategy(requested) == expected
 
 
 def test_plan_rank_drops_a_committee_that_is_the_model_itself() -> None:
-    """`rank` and `iterate` share this rule: ppocr against ppocr disagrees nowhere, so auto falls
-    back to uncertainty and no committee is run; a different detector makes auto pick committee."""
+    """`rank` and `iterate` share this rule: ppocr against ppocr disagrees nowhere, so no committee
+    is run; a different detector is run as the committee (its scores in the table), auto ranks by
+    uncertainty either way."""
     from types import SimpleNamespace
 
     from pipeline.rank import plan_rank
@@ -173,7 +173,7 @@ def test_plan_rank_drops_a_committee_that_is_the_model_itself() -> None:
     run, second = plan_rank(ppocr, SimpleNamespace(version="ppocr-v4"), "auto", top=5)
     assert (run.strategy, run.committee, second, run.top) == ("uncertainty", None, None, 5)
     run, second = plan_rank(model, ppocr, "auto")
-    assert (run.strategy, run.committee, second) == ("committee", "ppocr-v4", ppocr)
+    assert (run.strategy, run.committee, second) == ("uncertainty", "ppocr-v4", ppocr)
     with pytest.raises(ValueError, match="is the model itself"):
         plan_rank(ppocr, ppocr, "committee")     # asked for explicitly: say why it cannot be done
 
