@@ -31,8 +31,8 @@ from pipeline.catalog import ImageStatus
 
 STRATEGIES = ("uncertainty", "committee", "tta", "random")
 RANKING_TABLE = "ranking"                 # <workspace>/reports/ranking.parquet (+ .csv); push reads it
-STRATEGY_HELP = (f"Batch strategy: {', '.join(STRATEGIES)}, or auto (committee when there is a second detector, "
-                 "else uncertainty).")
+STRATEGY_HELP = (f"Batch strategy: {', '.join(STRATEGIES)}, or auto (uncertainty: measured at least as good as "
+                 "committee in the active-learning simulations).")
 
 
 def choose_strategy(requested: str) -> str:
