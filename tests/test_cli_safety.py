@@ -40,6 +40,34 @@ def test_sigterm_marks_the_running_stage_failed(tmp_path: Path) -> None:
     assert "signal" in json.loads(rows[-1]["metrics"] or "{}").get("error", "")
 
 
+def test_an_interrupted_redact_says_so_exits_130_and_the_rerun_resumes(tmp_path: Path) -> None:
+    """Ctrl-C in the middle of a folder: one line naming how many images were done and how to
+    resume, exit 130 (it could end in an abort, exit 134, when onnxruntime was torn down at
+    interpreter exit), no temp files; the rerun skips what was finished and does the rest."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(40):
+        noise_image(100 + i, (640, 480)).save(src / f"{i:02d}.png")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli.app", "redact", str(src), str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    sidecars = tmp_path / "out.audit" / "sidecars"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(sidecars.glob("*.json")) if sidecars.is_dir() else []) < 3:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-800:]
+    assert "interrupted after" in err and "rerun the same command to resume" in err
+    assert not [p for p in out.rglob(".*") if p.is_file()]           # no temp files left
+    done = len(list(out.glob("*.png")))
+    assert 3 <= done < 40
+    res = subprocess.run([sys.executable, "-m", "pipeline.cli.app", "--json", "redact", str(src), str(out)],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    summary = json.loads(res.stdout)
+    assert res.returncode == 0 and summary["skipped"] == done and summary["redacted"] == 40 - done
+
+
 def test_folder_names_a_user_gives_stay_inside_the_workspace(tmp_path: Path) -> None:
     """`synth --name ../x` wrote ws/x/ and `--name /abs` wrote /abs/; a train run or synthetic
     set named like a path is refused with one line, before anything is written."""

@@ -170,6 +170,10 @@ def test_blur_and_pixelate_change_only_the_boxes(style):
 # --- every ground-truth pixel covered, everything else unchanged (lossless formats) --------------
 
 def _write(path: Path, arr: np.ndarray, fmt: str, **kw) -> Path:
+    if kw.pop("srgb_icc", False):
+        from PIL import ImageCms
+
+        kw["icc_profile"] = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     if fmt == "TIFF":
         tifffile.imwrite(path, arr, photometric="rgb" if arr.ndim == 3 else "minisblack", **kw)
     else:
@@ -181,6 +185,7 @@ def _write(path: Path, arr: np.ndarray, fmt: str, **kw) -> Path:
     ("a.png", "PNG", {}, (0, 0, 0)),
     ("a.bmp", "BMP", {}, (0, 0, 0)),
     ("a.webp", "WEBP", {"lossless": True}, (0, 0, 0)),
+    ("a.webp", "WEBP", {"lossless": True, "srgb_icc": True}, (0, 0, 0)),   # ICCP before VP8L: still lossless
     ("a.tif", "TIFF", {}, (255, 0, 0)),
     ("a.png", "PNG", {}, (12, 200, 99)),
 ])
@@ -198,6 +203,16 @@ def test_gt_pixels_get_fill_colour_and_the_rest_is_unchanged(tmp_path, name, fmt
     assert (b[gt] == np.array(color, dtype=np.uint8)).all()          # every GT pixel is the fill colour
     assert (b[cov] == np.array(color, dtype=np.uint8)).all()
     assert (b[~cov] == a[~cov]).all()                                 # nothing outside boxes+pad changed
+
+
+def test_an_animated_png_is_refused_not_cut_to_its_first_frame(tmp_path):
+    """Like animated WebP and GIF: a frame after the first could hold text no one covers."""
+    frames = [Image.fromarray(rgb_noise(s)) for s in (1, 2)]
+    src = tmp_path / "anim.png"
+    frames[0].save(src, save_all=True, append_images=frames[1:], duration=100)
+    res = redact_one(src, tmp_path / "out" / "anim.png")
+    assert res.status != "redacted" and "animated PNG" in str(res.detail)
+    assert not (tmp_path / "out" / "anim.png").exists()
 
 
 def test_jpeg_output_covers_boxes_and_keeps_size(tmp_path):
@@ -801,3 +816,55 @@ def test_from_review_with_nothing_held_says_so(tmp_path, fake):
     assert r.exit_code == 0, r.output
     assert "nothing is held for review" in r.stderr and "--review" in r.stderr
     assert not (tmp_path / "o" / "a.png").exists()
+
+
+def _png_chunk(tag: bytes, body: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body) & 0xFFFFFFFF)
+
+
+def _png16(arr: np.ndarray, colour_type: int, phys_dpi: float | None = None) -> bytes:
+    """A 16-bit PNG written by hand (Pillow cannot write 16-bit colour or grey+alpha)."""
+    import struct
+    import zlib
+
+    h, w = arr.shape[:2]
+    raw = b"".join(b"\x00" + arr[y].astype(">u2").tobytes() for y in range(h))
+    out = b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0))
+    if phys_dpi:
+        ppm = int(round(phys_dpi / 0.0254))
+        out += _png_chunk(b"pHYs", struct.pack(">IIB", ppm, ppm, 1))
+    return out + _png_chunk(b"IDAT", zlib.compress(raw)) + _png_chunk(b"IEND", b"")
+
+
+def test_sixteen_bit_grey_alpha_and_resolution_are_kept(tmp_path):
+    """A 16-bit grey+alpha PNG came out 8-bit; a 16-bit RGB PNG and a BMP lost their dpi."""
+    import cv2
+
+    rng = np.random.default_rng(3)
+    la = np.stack([rng.integers(0, 65536, (H, W)), np.full((H, W), 40000)], axis=-1).astype(np.uint16)
+    (tmp_path / "la16.png").write_bytes(_png16(la, 4))
+    rgb16 = rng.integers(0, 65536, (H, W, 3)).astype(np.uint16)
+    (tmp_path / "rgb16.png").write_bytes(_png16(rgb16, 2, phys_dpi=300))
+    Image.fromarray(rgb_noise(5)).save(tmp_path / "a.bmp", dpi=(300, 300))
+    for name in ("la16.png", "rgb16.png", "a.bmp"):
+        assert redact_one(tmp_path / name, tmp_path / "out" / name).status == "redacted", name
+    out = cv2.imread(str(tmp_path / "out" / "la16.png"), cv2.IMREAD_UNCHANGED)
+    assert out.dtype == np.uint16 and out.shape == (H, W, 4)
+    inside = covered_mask(BOXES, W, H, Pad(1, 0.1))
+    assert (out[..., 0][~inside] == la[..., 0][~inside]).all() and (out[..., 3] == 40000)[~inside].all()
+    for name in ("rgb16.png", "a.bmp"):
+        with Image.open(tmp_path / "out" / name) as im:
+            assert im.info.get("dpi") and round(im.info["dpi"][0]) == 300, (name, im.info)
+
+
+def test_an_output_folder_holding_the_input_is_named_as_the_problem(tmp_path):
+    """`redact A/sub A`: every input would be skipped as part of OUTPUT; it said "no images
+    found". Now the one line names the real problem, and exit is 2 with nothing written."""
+    (tmp_path / "A" / "sub").mkdir(parents=True)
+    Image.fromarray(rgb_noise(1)).save(tmp_path / "A" / "sub" / "x.png")
+    r = CliRunner().invoke(app, ["redact", str(tmp_path / "A" / "sub"), str(tmp_path / "A")])
+    assert r.exit_code == 2 and "the input is inside the output folder" in r.output, r.output
+    assert sorted(p.name for p in (tmp_path / "A").iterdir()) == ["sub"]

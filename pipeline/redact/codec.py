@@ -35,6 +35,7 @@ class Page:
     kind: str
     inverted: bool = False
     extrasamples: tuple[int, ...] = ()
+    key: Any = None       # PNG tRNS colour key (RGB tuple or grey value): pixels of this value are transparent
 
     @property
     def height(self) -> int:
@@ -147,19 +148,37 @@ def _decode_pillow(data: bytes, max_pixels: int) -> Document:
 
             doc.subsampling = JpegImagePlugin.get_sampling(im)
         if fmt == "WEBP":
-            doc.lossless = b"VP8L" in data[12:40]
+            doc.lossless = _webp_is_lossless(data)
         doc.orientation = int(im.getexif().get(0x0112, 1) or 1)
-        if fmt == "PNG" and data[24:25] == b"\x10" and data[25:26] in (b"\x02", b"\x06"):
+        if fmt == "PNG" and data[24:25] == b"\x10" and data[25:26] in (b"\x02", b"\x04", b"\x06"):
             doc.pages.append(_decode_png16_color(data, doc.orientation))  # Pillow would truncate to 8 bits
             return doc
+        if fmt == "PNG" and int(getattr(im, "n_frames", 1) or 1) > 1:
+            raise ImageRejected("unsupported_format", "animated PNG is not supported by redact")
         im.load()  # first picture only: MPO/extra pictures are dropped on purpose
         upright = ImageOps.exif_transpose(im)
-        doc.pages.append(_pillow_page(upright))
+        page = _pillow_page(upright)
+        if fmt == "PNG" and im.mode in ("RGB", "L", "I", "I;16") and im.info.get("transparency") is not None:
+            page.key = im.info["transparency"]   # a colour key: what a viewer shows is not the raw colours
+        doc.pages.append(page)
         return doc
 
 
+def _webp_is_lossless(data: bytes) -> bool:
+    """Whether a WebP's image chunk is VP8L, walking the RIFF chunks (an extended file puts
+    ICCP, ANIM... before it, so the first 40 bytes do not tell)."""
+    pos = 12
+    while pos + 8 <= len(data):
+        tag, size = data[pos:pos + 4], int.from_bytes(data[pos + 4:pos + 8], "little")
+        if tag in (b"VP8L", b"VP8 "):
+            return tag == b"VP8L"
+        pos += 8 + size + (size & 1)
+    return False
+
+
 def _decode_png16_color(data: bytes, orientation: int) -> Page:
-    """16-bit RGB(A) PNG through OpenCV (ships with rapidocr), which keeps all 16 bits."""
+    """16-bit RGB(A) and grey+alpha PNG through OpenCV (ships with rapidocr), which keeps all 16
+    bits (Pillow gives 8); grey+alpha and a tRNS colour key come as RGBA, written back so."""
     import cv2
 
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
@@ -169,8 +188,9 @@ def _decode_png16_color(data: bytes, orientation: int) -> Page:
     return Page(orient(np.ascontiguousarray(arr), orientation), "rgb")
 
 
-def _encode_png16_color(page: Page, icc: bytes | None) -> bytes:
-    """A fresh 16-bit RGB(A) PNG (IHDR, IDAT, IEND only) plus an iCCP chunk when there is a profile."""
+def _encode_png16_color(page: Page, icc: bytes | None, dpi: tuple[float, float] | None = None) -> bytes:
+    """A fresh 16-bit RGB(A) PNG (IHDR, IDAT, IEND) plus iCCP and pHYs chunks for the source's
+    ICC profile and resolution, when it had them."""
     import cv2
     import struct
     import zlib
@@ -181,11 +201,14 @@ def _encode_png16_color(page: Page, icc: bytes | None) -> bytes:
     if not ok:
         raise OSError("cannot encode 16-bit colour PNG")
     png = buf.tobytes()
-    if not icc:
-        return png
-    body = b"iCCP" + b"icc\x00\x00" + zlib.compress(icc)
-    chunk = struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
-    return png[:33] + chunk + png[33:]
+
+    def chunk(body: bytes) -> bytes:
+        return struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
+
+    extra = chunk(b"iCCP" + b"icc\x00\x00" + zlib.compress(icc)) if icc else b""
+    if dpi:
+        extra += chunk(b"pHYs" + struct.pack(">IIB", *(int(round(d / 0.0254)) for d in dpi), 1))
+    return png[:33] + extra + png[33:]
 
 
 def _decode_tiff(data: bytes, max_pixels: int) -> Document:
@@ -320,6 +343,11 @@ def page_alpha(page: Page) -> np.ndarray | None:
     (TIFF ExtraSamples 1 = associated, 2 = unassociated; 0 = unspecified is treated as alpha
     too, since a viewer may)."""
     base = {"rgb": 3, "gray": 1, "cmyk": 4}.get(page.kind, 3)
+    if page.key is not None:     # tRNS colour key: transparent where the pixel is the key
+        a = page.array
+        key = np.asarray(page.key, dtype=a.dtype)
+        opaque = (a != key).any(axis=-1) if a.ndim == 3 else (a != key)
+        return opaque.astype(np.uint8) * 255
     if page.array.ndim != 3 or page.channels <= base:
         return None
     return page.array[..., base]
@@ -363,13 +391,13 @@ def encode(doc: Document, opts: EncodeOptions = EncodeOptions()) -> bytes:
     if doc.format == "TIFF":
         return _encode_tiff(doc)
     if doc.format == "PNG" and doc.pages[0].array.dtype == np.uint16 and doc.pages[0].array.ndim == 3:
-        return _encode_png16_color(doc.pages[0], doc.icc_profile)
+        return _encode_png16_color(doc.pages[0], doc.icc_profile, doc.dpi)
     im = _pillow_image(doc.pages[0])
     buf = io.BytesIO()
     kw: dict[str, Any] = {}
     if doc.icc_profile and doc.format in ("JPEG", "PNG", "WEBP"):
         kw["icc_profile"] = doc.icc_profile
-    if doc.dpi and doc.format in ("JPEG", "PNG"):
+    if doc.dpi and doc.format in ("JPEG", "PNG", "BMP"):
         kw["dpi"] = doc.dpi
     if doc.format == "JPEG":
         if im.mode not in ("L", "RGB", "CMYK"):
@@ -379,11 +407,13 @@ def encode(doc: Document, opts: EncodeOptions = EncodeOptions()) -> bytes:
             kw["subsampling"] = doc.subsampling
         im.save(buf, format="JPEG", **kw)
     elif doc.format == "PNG":
+        if doc.pages[0].key is not None:
+            kw["transparency"] = doc.pages[0].key
         im.save(buf, format="PNG", **kw)
     elif doc.format == "BMP":
         if im.mode not in ("1", "L", "P", "RGB", "RGBA"):
             im = im.convert("RGB")
-        im.save(buf, format="BMP")
+        im.save(buf, format="BMP", **{k: v for k, v in kw.items() if k == "dpi"})
     elif doc.format == "WEBP":
         if im.mode not in ("RGB", "RGBA"):
             im = im.convert("RGBA" if "A" in im.mode else "RGB")

@@ -230,6 +230,9 @@ def plan_input(input_spec: str, output: str | Path, audit_dir: Path | None = Non
         raise ValueError(f"{output}: output folder is the input folder (the input is never modified)")
     audit = audit_dir or default_audit_dir(output, False)
     skip_dirs = [output.resolve(), audit.resolve(), *(Path(e).resolve() for e in exclude)]
+    for d, what in zip(skip_dirs, ("output", "audit", "archive")):
+        if root_r.is_relative_to(d):   # the whole input would be skipped as our own folder
+            raise ValueError(f"{root}: the input is inside the {what} folder {d}; give an output folder outside it")
     entries = _walk(root, skip_dirs) if src.is_dir() else _glob_entries(input_spec, root, skip_dirs)
     items = []
     for e in entries:
@@ -657,6 +660,7 @@ def run_local(redactor: Redactor, items: Iterable[Item], workers: int = 2,
     decode or an encode; at most `2 * workers + 2` images are in flight (memory stays flat in the
     number of images). `pipelined=False`: each of `workers` threads runs whole images (the
     detector still serialised). Both give the same bytes (the same three stages)."""
+    import threading
     from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
     workers = max(1, int(workers))
@@ -664,6 +668,7 @@ def run_local(redactor: Redactor, items: Iterable[Item], workers: int = 2,
     it = iter(items)
     rv = reviewed or {}
     stop = False
+    closing = threading.Event()   # the consumer stopped (Ctrl-C, SIGTERM, an error): start nothing new
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="redact-decode") as decode, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="redact-detect") as detect, \
             ThreadPoolExecutor(max_workers=workers, thread_name_prefix="redact-encode") as encode:
@@ -673,6 +678,9 @@ def run_local(redactor: Redactor, items: Iterable[Item], workers: int = 2,
             final: Future = Future()
 
             def forward(fut: Future, nxt: Callable[[Future], None]) -> None:
+                if closing.is_set():
+                    final.cancel()
+                    return
                 try:
                     nxt(fut)
                 except BaseException as exc:  # noqa: BLE001 - the stages catch image errors; this is a bug
@@ -700,19 +708,27 @@ def run_local(redactor: Redactor, items: Iterable[Item], workers: int = 2,
                 in_flight.add(decode.submit(redactor.process, item, rv.get(item.rel)))
             return True
 
-        for _ in range(window if pipelined else workers * 2):
-            if not submit():
-                break
-        while in_flight:
-            finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                in_flight.discard(fut)
-                res = fut.result()
-                yield res
-                if fail_fast and res.status == "failed":
-                    stop = True
-                if not stop:
-                    submit()
+        try:
+            for _ in range(window if pipelined else workers * 2):
+                if not submit():
+                    break
+            while in_flight:
+                finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    in_flight.discard(fut)
+                    res = fut.result()
+                    yield res
+                    if fail_fast and res.status == "failed":
+                        stop = True
+                    if not stop:
+                        submit()
+        finally:
+            # queued stages are dropped and only the running ones finish (a second or so), so the
+            # threads are gone before the interpreter exits: onnxruntime aborted the process
+            # ("terminate called without an active exception") when it exited under a running session
+            closing.set()
+            for pool in (decode, detect, encode):
+                pool.shutdown(wait=False, cancel_futures=True)
 
 
 # --- audit trail ---------------------------------------------------------------------------

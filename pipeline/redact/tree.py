@@ -161,6 +161,7 @@ def redact_tree(input: str, output: str | Path, cfg: rr.RedactConfig = rr.Redact
         t0 = time.perf_counter()
         results: list[rr.Result] = list(pre_results) + planned.problems   # FIFOs, links out of the tree...
         failed_early = False
+        stream = None
         try:
             if engine == "ray":
                 from pipeline.redact.ray_engine import SpecFactory, ray_available, run_ray
@@ -180,8 +181,11 @@ def redact_tree(input: str, output: str | Path, cfg: rr.RedactConfig = rr.Redact
                     failed_early = True
                     break
         except KeyboardInterrupt:
-            rr.log.warning("interrupted after %d images; rerun the same command to resume", len(results))
-            raise
+            if stream is not None and hasattr(stream, "close"):
+                stream.close()          # stop the engine's threads now, not at interpreter exit
+            message = f"interrupted after {len(results)} images; rerun the same command to resume (finished images are skipped)"
+            rr.log.warning(message)
+            raise KeyboardInterrupt(message) from None
         seconds = time.perf_counter() - t0
 
         archived = _archive(results, items, archive, cfg) if archive and not dry_run else 0
