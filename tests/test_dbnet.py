@@ -612,7 +612,8 @@ def test_no_promotion_on_a_split_without_text(tiny: dict) -> None:
     from pipeline.train.workspace import check_from_metrics
     from tests.fakes import FakeDetector
 
-    empty = [(s.path, dataclasses.replace(s.gt, boxes=np.zeros((0, 4)), ignore=np.zeros(0, bool))) for s in tiny["val"]]
+    empty = [(s.path, dataclasses.replace(s.gt, boxes=np.zeros((0, 4)), ignore=np.zeros(0, bool), polys=()))
+             for s in tiny["val"]]
     assert has_text(g for _, g in [(s.path, s.gt) for s in tiny["val"]]) and not has_text(g for _, g in empty)
     check, _, _ = compare_with_stock(FakeDetector([], name="blind", version="blind"), empty, TINY_RECIPE.grid(), "val")
     assert not check.ok and "no labelled text" in check.message("m") and "nan" not in check.message("m")
