@@ -98,7 +98,7 @@ def test_cached_maps_give_the_same_boxes_without_running_the_network_again() -> 
     assert len(calls) == 3                          # caching off: the network runs
 
 
-def test_the_version_changes_with_what_the_passes_find_and_only_that() -> None:
+def test_the_version_changes_with_what_the_passes_find_and_only_that(monkeypatch) -> None:
     """Outputs are resumed by detector version: it moves with any option that changes the boxes,
     and not with refinement settings of a second pass that a one-pass detector never runs."""
     from pipeline.detectors.ppocr import BASE_VERSION, PPOCRConfig, config_version
@@ -110,3 +110,8 @@ def test_the_version_changes_with_what_the_passes_find_and_only_that() -> None:
     assert two != config_version(BASE_VERSION, PPOCRConfig(scales=(1.0, 2.0), refine="image", scale_max_side=1600))
     assert config_version(BASE_VERSION, PPOCRConfig(threads=1)) == one          # threads find the same boxes
     assert config_version("db-x", PPOCRConfig(thresh=0.2), skip=("thresh",)) == "db-x"
+    import pipeline.detectors.ppocr as pp   # a new way of choosing small-text windows: a new version
+
+    monkeypatch.setattr(pp, "SMALL_WINDOWS_REVISION", pp.SMALL_WINDOWS_REVISION + 1)
+    assert config_version(BASE_VERSION, PPOCRConfig(scales=(1.0, 2.0), refine="small", scale_max_side=1600)) != two
+    assert config_version(BASE_VERSION, PPOCRConfig()) == one

@@ -93,14 +93,23 @@ _RANGES: dict[str, tuple[float, float, type]] = {
 }
 
 
+# How `small_text_windows` chooses its windows; raised when that changes what a "small" second
+# pass finds, so outputs of the older choice are redone, not resumed. 2: a form's ruling is
+# taken out of the edge clusters.
+SMALL_WINDOWS_REVISION = 2
+
+
 def config_version(base: str, config: PPOCRConfig, skip: tuple[str, ...] = ()) -> str:
     """`base`, plus a short hash of the options that differ from the defaults (threads, the
-    model path and `skip` never count): a detector version that changes with what it finds."""
+    model path and `skip` never count) and, when a second pass runs on small-text windows, of
+    how they are chosen: a detector version that changes with what it finds."""
     default = asdict(PPOCRConfig())
     ignore = {"threads", "model_path", *skip}
     if len(config.scales) == 1:   # one pass: how later passes would run changes nothing
         ignore |= {k for k in default if k.startswith("refine") or k == "scale_max_side"}
     changed = {k: v for k, v in asdict(config).items() if k not in ignore and default[k] != v}
+    if len(config.scales) > 1 and config.refine == "small" and SMALL_WINDOWS_REVISION > 1:
+        changed["small_windows_revision"] = SMALL_WINDOWS_REVISION
     if not changed:
         return base
     return f"{base}+{hashlib.sha256(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:8]}"
