@@ -117,6 +117,8 @@ def save_bundle(path: str | Path, model: Any, config: Any, metrics: Mapping[str,
 def read_bundle_meta(path: str | Path) -> dict[str, Any]:
     """config.json, metrics.json, labels.json and data.json of a bundle (no torch needed)."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: not a textloop model bundle (a folder; give its bundle.zip)")
     try:
         with zipfile.ZipFile(path) as zf:
             names = set(zf.namelist())

@@ -123,3 +123,19 @@ def test_evaluate_checks_its_options_before_reading_ground_truth(tmp_path: Path)
     for args, msg in ((["--detector", "nosuch"], "unknown detector 'nosuch'"), (["--sweep", "0.3,5"], "--sweep")):
         r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "evaluate", *args])
         assert r.exit_code == 2 and msg in r.stderr, (args, r.output)
+
+
+def test_train_resume_without_a_checkpoint_and_register_of_a_folder_are_one_line(tmp_path: Path) -> None:
+    """`train --run typo --resume` trained a new model from scratch and exited 0; `models
+    register some_folder` printed a traceback. Both are one line now, before any work."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli.app import app
+
+    ws = str(tmp_path / "ws")
+    r = CliRunner().invoke(app, ["-w", ws, "train", "--run", "typo", "--resume", "--budget-minutes", "1"])
+    assert r.exit_code == 2 and "run 'typo' has no checkpoint to resume" in r.stderr, r.output
+    assert not (tmp_path / "ws" / "synth").exists() and not list((tmp_path / "ws" / "models").glob("*"))
+    (tmp_path / "b.zip").mkdir()
+    r = CliRunner().invoke(app, ["-w", ws, "models", "register", str(tmp_path / "b.zip")])
+    assert r.exit_code == 1 and "not a textloop model bundle (a folder" in r.stderr and "Traceback" not in r.output

@@ -55,6 +55,19 @@ def test_resume_continues_from_checkpoint(tiny: dict, tmp_path: Path) -> None:
     np.testing.assert_allclose(losses_of(resumed.history), losses_of(full.history), rtol=1e-4, atol=1e-5)
 
 
+def test_a_resume_with_other_training_options_is_refused(tiny: dict, tmp_path: Path) -> None:
+    """`--resume --lr 1e-3` followed the checkpoint's schedule while the bundle recorded 1e-3,
+    and took a new batch size: mixed settings, recorded wrongly. Named and refused now; more
+    time (`budget_minutes`) or other threads are fine."""
+    cfg = _cfg(tmp_path / "part", epochs=2, steps_per_epoch=3, budget_minutes=1e-6)
+    assert train(cfg, tiny["train"]).steps == 1
+    with pytest.raises(TrainingError, match=r"other training options .*batch_size 2 -> 3, lr 0.002 -> 0.001"):
+        train(dataclasses.replace(cfg, budget_minutes=None, resume=True, lr=1e-3, batch_size=cfg.batch_size + 1),
+              tiny["train"])
+    resumed = train(dataclasses.replace(cfg, budget_minutes=None, resume=True, threads=1), tiny["train"])
+    assert resumed.steps == 6
+
+
 def test_non_finite_loss_stops_with_a_clear_message(tiny: dict, tmp_path: Path) -> None:
     cfg = _cfg(tmp_path / "nan", optimizer="sgd", lr=1e12, warmup_steps=0, grad_clip=0.0, epochs=1, steps_per_epoch=6)
     with pytest.raises(TrainingError, match="non-finite loss at step"):

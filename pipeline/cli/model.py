@@ -167,9 +167,9 @@ def train_cmd(
         with _train_progress(st) as update:
             summary = train_run(ws, cfg, synth_sets=synth, synth_images=synth_images, parent=parent, run=run,
                                 restart=restart, promote=promote, force=force, say=st.console.print, progress=update)
-    except ValueError as exc:
+    except (ValueError, CheckpointExists) as exc:
         fail(str(exc), 2)
-    except (CheckpointExists, TrainingError) as exc:
+    except TrainingError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
         fail(f"interrupted; continue with `textloop train --run {run} --resume` "

@@ -106,6 +106,17 @@ class TrainConfig:
         """What a checkpoint must match to be resumed."""
         return {"arch": self.arch, "model": self.model.to_json() if self.arch == "fasterrcnn" else None}
 
+    # may differ between a run and its resume: where it writes, how many threads, the flag itself,
+    # more time (the schedule is the checkpoint's); the parent is the checkpoint's own
+    RESUME_FREE = ("out_dir", "threads", "resume", "budget_minutes", "parent_bundle", "model")
+
+    def resume_differences(self, saved: dict[str, Any]) -> list[str]:
+        """Training options that differ from a checkpoint's config (`name old -> new`): a resume
+        with them would follow the checkpoint's schedule while its bundle recorded the new values."""
+        now = self.to_json()
+        return [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in now.items()
+                if k not in self.RESUME_FREE and k in saved and saved[k] != v]
+
 
 @dataclass
 class TrainResult:
@@ -244,6 +255,10 @@ def train(cfg: TrainConfig, synth: Sequence[Sample] = (), human: Sequence[Sample
                 "fasterrcnn" else None} != cfg.arch_key():
             raise TrainingError(f"{ckpt_path}: checkpoint was trained with another architecture or model config; "
                                 "start a new run")
+        changed = cfg.resume_differences(saved)
+        if changed:
+            raise TrainingError(f"{ckpt_path}: resumed with other training options than the checkpoint's "
+                                f"({', '.join(changed)}); resume with the same options, or --restart")
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["lr_scheduler"])

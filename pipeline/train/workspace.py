@@ -264,6 +264,8 @@ def train_run(ws: Any, cfg: TrainConfig, *, synth_sets: Sequence[str] = ("defaul
         raise CheckpointExists(f"{ckpt} exists: continue it with --resume or start over with --restart")
     if restart and ckpt.exists():
         ckpt.unlink()
+    if cfg.resume and not restart and not ckpt.exists():
+        raise ValueError(f"run {run!r} has no checkpoint to resume ({ckpt}); drop --resume to start it")
     bundle = out / "bundle.zip"
     if cfg.resume and not restart and ckpt.exists() and bundle.exists() and bundle.stat().st_mtime >= ckpt.stat().st_mtime:
         # the bundle is written after the last checkpoint only when the run finished: resuming
@@ -273,6 +275,8 @@ def train_run(ws: Any, cfg: TrainConfig, *, synth_sets: Sequence[str] = ("defaul
         version = read_bundle_meta(bundle)["config"]["version"]
         raise ValueError(f"run {run!r} already finished as model {version} ({bundle}); "
                          f"`textloop models promote {version}` to use it, --restart to train it again")
+    if cfg.resume and not restart:
+        say(f"resuming run {run!r} from its checkpoint ({ckpt}): same data, same schedule, step-exact")
     parent_path, parent_version = resolve_parent(ws, parent, cfg.arch)
     cfg = replace(cfg, out_dir=str(out), parent_bundle=str(parent_path) if parent_path else None)
     synth, human, val, val_source = workspace_training_data(ws, synth_sets, synth_images, cfg.seed, say=say)
