@@ -556,7 +556,8 @@ def _image_size(rng: np.random.Generator, cfg: SynthConfig) -> tuple[int, int]:
 def list_images(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: backgrounds folder not found")
+        raise FileNotFoundError(f"{folder}: " + ("a file; --backgrounds takes a folder of images" if folder.exists()
+                                                 else "backgrounds folder not found"))
     from pipeline.listing import Listed, iter_image_files
 
     # the shared listing rule: FIFOs, links out of the folder and hidden files are left out

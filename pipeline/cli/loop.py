@@ -62,9 +62,13 @@ def _render(c: Console, res: RoundResult) -> None:
     """The candidate against the current model, the promotion decision, and the pushed batch."""
     ev = res.steps.get("evaluate", {})
     cand, cur = ev.get("candidate", {}), ev.get("current", {})
+
+    def num(x: object) -> str:
+        return f"{x:.3f}" if isinstance(x, float) else str(x)
+
     c.print(f"round {res.iteration}: candidate {res.candidate} "
-            f"(coverage {cand.get('text_coverage')}, F1 {cand.get('f1')}) vs {cur.get('version')} "
-            f"(coverage {cur.get('text_coverage')}, F1 {cur.get('f1')}) on {ev.get('images')} images "
+            f"(coverage {num(cand.get('text_coverage'))}, F1 {num(cand.get('f1'))}) vs {cur.get('version')} "
+            f"(coverage {num(cur.get('text_coverage'))}, F1 {num(cur.get('f1'))}) on {ev.get('images')} images "
             f"({ev.get('test_set')})")
     c.print("promoted" if res.promoted else f"not promoted: {'; '.join(ev.get('regressions', []))}")
     if "push" in res.steps:

@@ -83,7 +83,7 @@ class TrainConfig:
         for name in ("lr", "budget_minutes"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be > 0, got {value}")
+                raise ValueError(f"{name} must be a finite number > 0, got {value}")
         for name in ("weight_decay", "warmup_steps", "grad_clip", "threads"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
