@@ -91,6 +91,19 @@ def test_one_model_at_zero_labels_is_a_readable_point(ws):
     assert_readable(fig)
 
 
+def test_an_iterate_round_adds_no_second_point_for_its_candidate(ws):
+    """An `iterate` round records its candidate's test-split numbers under `candidate`; they
+    were drawn as an anonymous second point at every labelled image (val and test included)."""
+    _add_model(ws, "db-round", "db", _db_metrics(0.6), human=5)
+    with ws.catalog() as cat, cat.transaction() as tx:
+        tx.execute("INSERT INTO iterations(step, started_at, finished_at, status, counts, metrics) "
+                   "VALUES ('iterate', ?, ?, 'done', '{}', ?)",
+                   (time.time(), time.time(), json.dumps({"candidate": "db-round", "promoted": True,
+                                                          "text_coverage": 0.99, "f1": 0.5})))
+    curve = report.learning_curve_table(ws)
+    assert list(curve["model_version"]) == ["db-round"] and list(curve["n_labelled"]) == [5]
+
+
 def test_families_promoted_and_integer_ticks(ws):
     t0 = time.time() - 100
     _add_model(ws, "db-a", "db", _db_metrics(0.50), human=0, t=t0)

@@ -237,8 +237,9 @@ def learning_curve_table(ws: Any) -> pd.DataFrame:
                 met, counts = json.loads(it["metrics"] or "{}"), json.loads(it["counts"] or "{}")
             except ValueError:
                 continue
-            version = str(met.get("model_version") or met.get("version") or f"iteration {it['id']}")
-            if version in seen:  # a train step's metrics are its model's: one point, not two
+            candidate = met.get("candidate") if isinstance(met.get("candidate"), str) else None
+            version = str(met.get("model_version") or met.get("version") or candidate or f"iteration {it['id']}")
+            if version in seen:  # a train (or iterate) step's metrics are its model's: one point, not two
                 continue
             n = next((v for k in _N_KEYS if (v := _number(counts.get(k)) or _number(met.get(k))) is not None), None)
             family = "ppocr" if version.startswith("ppocr") else str(met.get("arch") or met.get("kind") or "model")
