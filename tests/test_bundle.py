@@ -107,7 +107,7 @@ def test_registry_promote_and_current(trained: dict, ws, tmp_path: Path) -> None
     assert "warning" in r.output
     assert [m["version"] for m in list_models(ws) if m["promoted"]] == ["m-a"]
     r = runner.invoke(app, ["--workspace", str(ws.root), "models", "promote", "missing"])
-    assert r.exit_code == 1
+    assert r.exit_code == 2 and "unknown model version 'missing'" in r.stderr   # usage, like train --parent
 
 
 def forged_bundle(path: Path, config: dict, model_onnx: bytes | None = b"garbage") -> Path:

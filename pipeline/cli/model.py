@@ -287,7 +287,7 @@ def models_promote_cmd(
     try:
         check = promote_checked(st.ws(), version, force=force, threads=threads)
     except KeyError as exc:
-        fail(str(exc.args[0]))
+        fail(str(exc.args[0]), 2)   # a version that is not registered: usage
     except PromotionRefused as exc:
         fail(f"not promoted: {exc}")
     forced = not check.ok
