@@ -868,3 +868,19 @@ def test_an_output_folder_holding_the_input_is_named_as_the_problem(tmp_path):
     r = CliRunner().invoke(app, ["redact", str(tmp_path / "A" / "sub"), str(tmp_path / "A")])
     assert r.exit_code == 2 and "the input is inside the output folder" in r.output, r.output
     assert sorted(p.name for p in (tmp_path / "A").iterdir()) == ["sub"]
+
+
+def test_a_sixteen_bit_grey_colour_key_stays_transparent(tmp_path):
+    """tRNS on a 16-bit grey PNG: the key marks what a viewer sees through, and the output keeps
+    it at full depth (the OCR test of colour keys covers 8-bit RGB, grey and 1-bit)."""
+    g = np.random.default_rng(4).integers(1, 65536, (H, W)).astype(np.uint16)
+    g[:, :5] = 0                                                     # the transparent key
+    Image.fromarray(g).save(tmp_path / "g.png", transparency=0)
+    doc = codec.decode((tmp_path / "g.png").read_bytes())
+    alpha = codec.page_alpha(doc.pages[0])
+    assert alpha is not None and (alpha[:, :5] == 0).all() and (alpha[:, 5:] == 255).all()
+    assert redact_one(tmp_path / "g.png", tmp_path / "out" / "g.png").status == "redacted"
+    with Image.open(tmp_path / "out" / "g.png") as im:
+        assert im.mode == "I;16" and im.info.get("transparency") == 0
+        assert (np.asarray(im)[:, :5] == 0).all() and (np.asarray(im) == g).mean() > 0.5
+

@@ -86,6 +86,8 @@ def _save(kind: str, path: Path) -> Path:
         Image.fromarray(a, "RGB").save(path, transparency=(0, 255, 0))
     elif kind == "l_key":
         Image.fromarray(np.where(text_mask(), 199, 200).astype(np.uint8), "L").save(path, transparency=200)
+    elif kind == "bit1_key":   # 1-bit: black transparent, white ink (only over a dark page, or as alpha)
+        Image.fromarray(text_mask()).convert("1").save(path, transparency=0)
     elif kind == "webp":
         Image.fromarray(black, "RGBA").save(path, lossless=True)
     elif kind == "tiff":
@@ -97,8 +99,8 @@ def _save(kind: str, path: Path) -> Path:
 
 CASES = {"png_black": "a.png", "png_white": "b.png", "png_alpha_only": "c.png", "png16": "d.png",
          "la": "e.png", "palette_trns": "f.png", "webp": "g.webp", "tiff": "h.tif", "rgb_key": "i.png",
-         "l_key": "j.png"}
-KEYS = {"rgb_key": (0, 255, 0), "l_key": 200}   # the colour keys, which outputs keep
+         "l_key": "j.png", "bit1_key": "k.png"}
+KEYS = {"rgb_key": (0, 255, 0), "l_key": 200, "bit1_key": 0}   # the colour keys, which outputs keep
 
 
 def viewer_pictures(path: Path) -> list[np.ndarray]:

@@ -158,7 +158,7 @@ def _decode_pillow(data: bytes, max_pixels: int) -> Document:
         im.load()  # first picture only: MPO/extra pictures are dropped on purpose
         upright = ImageOps.exif_transpose(im)
         page = _pillow_page(upright)
-        if fmt == "PNG" and im.mode in ("RGB", "L", "I", "I;16") and im.info.get("transparency") is not None:
+        if fmt == "PNG" and im.mode not in ("P", "PA") and "A" not in im.mode and im.info.get("transparency") is not None:
             page.key = im.info["transparency"]   # a colour key: what a viewer shows is not the raw colours
         doc.pages.append(page)
         return doc
