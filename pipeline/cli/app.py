@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -75,10 +76,21 @@ def _terminate_as_interrupt(signum: int, frame: object) -> None:
 
 
 def main() -> None:
+    import gc
     import signal
 
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
-    app()
+    try:
+        app()
+        code: object = 0
+    except SystemExit as exc:
+        code = exc.code
+    # Outside the handler the exception is gone, and with it the tracebacks it chains (a Ctrl-C
+    # inside a command): their frames held the detector, and an onnxruntime session torn down at
+    # interpreter exit could abort the process ("terminate called without an active exception",
+    # exit 134) instead of exiting with the command's code.
+    gc.collect()
+    sys.exit(code)
 
 
 if __name__ == "__main__":

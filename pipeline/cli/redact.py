@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gc
-
 from pathlib import Path
 from typing import Optional
 
@@ -58,7 +56,6 @@ def redact_cmd(
     st = state(ctx)
     cfg = _config(st, threshold, pad, style, shape, color, quality, max_pixels, review, review_band, verify, strict,
                   dry_run, force or from_review, verify_rounds)
-    interrupted = None
     try:
         with progress(st, "redact") as update:
             # `current` reads a workspace's promoted model; without a workspace it is stock ppocr and
@@ -72,13 +69,8 @@ def redact_cmd(
         fail(str(exc), 2)
     except AuditTrailError as exc:
         fail(str(exc))
-    except KeyboardInterrupt as exc:
-        interrupted = str(exc) or "interrupted; rerun the same command to resume"
-    if interrupted is not None:
-        # outside the except block, the traceback (and the detector its frames hold) is released:
-        # an onnxruntime session left for interpreter exit could abort the process (exit 134)
-        gc.collect()
-        fail(interrupted, 130)
+    except KeyboardInterrupt as exc:   # (cli.app.main releases the detector before the process exits)
+        fail(str(exc) or "interrupted; rerun the same command to resume", 130)
     emit(st, summary.as_dict(), lambda c: _render(c, summary, verify), problems=summary.errors)
     if from_review and not summary.images and not st.json:
         st.console.print(f"nothing is held for review in {summary.audit}: `redact --review` holds images "
