@@ -228,6 +228,11 @@ def test_export_formats_from_catalog_annotations(ws, tmp_path):
     assert again.images == 1 and again.removed == 4   # 2 images + 2 label files of empty.png and rot.jpg
     assert sorted(p.stem for p in (tmp_path / "y" / "images").iterdir()) == [ids["a.png"]]
     assert sorted(p.stem for p in (tmp_path / "y" / "labels").iterdir()) == [ids["a.png"]]
+    # a killed export's temp file and a file manager's .DS_Store are no reason to refuse the folder
+    (tmp_path / "y" / "images" / f".{ids['a.png']}.png.abcd1234.tmp").write_bytes(b"partial")
+    (tmp_path / "y" / "images" / ".DS_Store").write_bytes(b"x")
+    assert export(ws, tmp_path / "y", "yolo", split="test").removed == 0
+    assert sorted(p.name for p in (tmp_path / "y" / "images").iterdir() if p.name.startswith(".")) == [".DS_Store"]
     (tmp_path / "mine" / "images").mkdir(parents=True)
     (tmp_path / "mine" / "images" / "holiday.jpg").write_bytes(b"x")
     with pytest.raises(ValueError, match="images/holiday.jpg .* was not written by textloop export"):

@@ -26,7 +26,7 @@ from pipeline.catalog import quads_as_polys
 from pipeline.config import check_split
 from pipeline.formats import FORMATS as _REGISTRY
 from pipeline.formats import LabelledImage, get_format
-from pipeline.io import atomic_open, is_image_id
+from pipeline.io import atomic_open, is_atomic_temp, is_image_id
 from pipeline.workspace import Workspace
 
 FORMATS = tuple(_REGISTRY)
@@ -34,7 +34,10 @@ _OWN_DIRS = ("images", "labels")
 
 
 def _files_in(out: Path) -> list[Path]:
-    return [p for d in _OWN_DIRS if (out / d).is_dir() for p in sorted((out / d).iterdir())]
+    """The entries of OUT's `images/` and `labels/`; hidden ones (`.DS_Store`, a killed export's
+    temp files) are no dataset file and no reason to refuse the folder."""
+    return [p for d in _OWN_DIRS if (out / d).is_dir() for p in sorted((out / d).iterdir())
+            if not p.name.startswith(".")]
 
 
 def _check_out(out: Path) -> None:
@@ -48,10 +51,15 @@ def _check_out(out: Path) -> None:
 
 
 def _prune(out: Path, keep: set[str]) -> int:
-    """Remove files an earlier export wrote for images not in this one; how many."""
+    """Remove files an earlier export wrote for images not in this one (and temp files a killed
+    export left); how many of the former."""
     stale = [p for p in _files_in(out) if is_image_id(p.stem) and p.stem not in keep]
     for p in stale:
         p.unlink()
+    for d in _OWN_DIRS:
+        for p in (out / d).glob(".*"):
+            if is_atomic_temp(p.name):
+                p.unlink()
     return len(stale)
 
 
