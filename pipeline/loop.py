@@ -165,9 +165,12 @@ def iterate(ws: Any, cfg: IterateConfig = IterateConfig(), client: Any = None,
         # --- retrain from the current model ---
         parent_path, parent_version = resolve_parent(ws, "auto", tc.arch)
         synth, human, val, val_source = workspace_training_data(ws, ("default",), cfg.synth_images, tc.seed, say=say)
-        # Keyed by what the model learns from (labels included, not just image ids) and its parent.
+        # Keyed by what the model learns from (labels included, not just image ids), its parent and
+        # the training options: a rerun with another --seed or recipe is a new run, not a resume of
+        # a checkpoint made with other options (which train refuses).
         data_key = data_hash([f"{s.key}:{s.gt.boxes.round(1).tobytes().hex()}" for s in (*human, *synth)]
-                             + [f"parent:{parent_version}", f"arch:{tc.arch}"])[:12]
+                             + [f"parent:{parent_version}", f"arch:{tc.arch}",
+                                f"options:{json.dumps(tc.run_options(), sort_keys=True)}"])[:12]
         out = ws.runs_dir / f"train-iterate-{data_key}"
         if (out / "bundle.zip").exists():  # a rerun after this step finished: same data, same parent
             candidate = register_model(ws, out / "bundle.zip", parent=parent_version)

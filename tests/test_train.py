@@ -66,6 +66,9 @@ def test_a_resume_with_other_training_options_is_refused(tiny: dict, tmp_path: P
               tiny["train"])
     resumed = train(dataclasses.replace(cfg, budget_minutes=None, resume=True, threads=1), tiny["train"])
     assert resumed.steps == 6
+    # iterate keys a round's run folder by the same options: another seed is another run
+    assert cfg.run_options() == dataclasses.replace(cfg, budget_minutes=5.0, threads=2, out_dir="x").run_options()
+    assert cfg.run_options() != dataclasses.replace(cfg, seed=cfg.seed + 1).run_options()
 
 
 def test_non_finite_loss_stops_with_a_clear_message(tiny: dict, tmp_path: Path) -> None:

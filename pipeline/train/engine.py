@@ -110,12 +110,14 @@ class TrainConfig:
     # more time (the schedule is the checkpoint's); the parent is the checkpoint's own
     RESUME_FREE = ("out_dir", "threads", "resume", "budget_minutes", "parent_bundle", "model")
 
+    def run_options(self) -> dict[str, Any]:
+        """The options a run's checkpoint is bound to (all but RESUME_FREE), as JSON values."""
+        return {k: v for k, v in self.to_json().items() if k not in self.RESUME_FREE}
+
     def resume_differences(self, saved: dict[str, Any]) -> list[str]:
         """Training options that differ from a checkpoint's config (`name old -> new`): a resume
         with them would follow the checkpoint's schedule while its bundle recorded the new values."""
-        now = self.to_json()
-        return [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in now.items()
-                if k not in self.RESUME_FREE and k in saved and saved[k] != v]
+        return [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in self.run_options().items() if k in saved and saved[k] != v]
 
 
 @dataclass
