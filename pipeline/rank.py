@@ -232,18 +232,22 @@ def kcenter_greedy(embeddings: np.ndarray, k: int, candidates: Sequence[int], co
 
 def reason_for(row: pd.Series, cfg: RankConfig, strategy: str = "uncertainty") -> str:
     """Why `strategy` ranks this image where it does, its own signal first, then the others'."""
-    committee, tta = row.get("score_committee"), row.get("score_tta")
+    def score(name: str) -> float | None:   # NaN where the strategy was not computed
+        x = row.get(f"score_{name}")
+        return None if x is None or x != x else float(x)
+
+    committee, tta = score("committee"), score("tta")
     own = {
         "uncertainty": ("nothing detected: may be missed text" if row.get("n_boxes", 0) == 0 else
                         f"{int(row['n_uncertain'])} boxes with scores in {cfg.band[0]:.1f}-{cfg.band[1]:.1f}"
                         if row.get("n_uncertain", 0) else ""),
-        "committee": (f"detectors disagree ({committee:.2f})" if committee is not None and committee == committee
-                      and committee > 0.3 else ""),
-        "tta": f"unstable under flip/scale ({tta:.2f})" if tta is not None and tta == tta and tta > 0.3 else "",
+        "committee": "" if committee is None else
+                     f"detectors {'disagree' if committee > 0.3 else 'mostly agree'} ({committee:.2f})",
+        "tta": f"unstable under flip/scale ({tta:.2f})" if tta is not None and tta > 0.3 else "",
         "random": "random pick",
     }
-    if strategy == "committee" and not own["committee"] and committee == committee and committee is not None:
-        own["committee"] = f"detectors mostly agree ({committee:.2f})"
+    if strategy != "committee" and committee is not None and committee <= 0.3:
+        own["committee"] = ""      # agreement is news only when it is why the image was picked
     parts = [own[strategy]] + [v for k, v in own.items() if k not in (strategy, "random")]
     return "; ".join(p for p in parts if p) or "confident prediction"
 

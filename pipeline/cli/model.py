@@ -39,8 +39,6 @@ def _parse_range(text: str, what: str) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
-
-
 # --- synth -----------------------------------------------------------------------------------
 
 def synth_cmd(

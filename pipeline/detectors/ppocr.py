@@ -108,7 +108,7 @@ def config_version(base: str, config: PPOCRConfig, skip: tuple[str, ...] = ()) -
     if len(config.scales) == 1:   # one pass: how later passes would run changes nothing
         ignore |= {k for k in default if k.startswith("refine") or k == "scale_max_side"}
     changed = {k: v for k, v in asdict(config).items() if k not in ignore and default[k] != v}
-    if len(config.scales) > 1 and config.refine == "small" and SMALL_WINDOWS_REVISION > 1:
+    if len(config.scales) > 1 and config.refine == "small":
         changed["small_windows_revision"] = SMALL_WINDOWS_REVISION
     if not changed:
         return base
