@@ -35,7 +35,7 @@ from pipeline.io import atomic_write_bytes, atomic_write_text
 
 BUNDLE_FORMAT = 1
 KINDS = ("db", "fasterrcnn")
-VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 
 
 def data_hash(items: Iterable[str]) -> str:
@@ -144,7 +144,7 @@ def read_bundle_meta(path: str | Path) -> dict[str, Any]:
     version = meta["config"].get("version")
     if not isinstance(version, str) or not VERSION_RE.fullmatch(version) or ".." in version:
         # the version names the model's folder in a workspace: never a path
-        raise ValueError(f"{path}: bad model version {version!r} (letters, digits, '.', '_', '-'; at most 128)")
+        raise ValueError(f"{path}: bad model version {version!r} (letters, digits, '.', '_', '+', '-'; at most 128)")
     if not isinstance(meta["config"].get("model"), dict):
         raise ValueError(f"{path}: corrupt bundle metadata (config.json has no model settings)")
     return meta

@@ -218,8 +218,38 @@ def ppocr_predictions(set_dir: Path, cache: Path, scales: tuple[float, ...] = (1
     return det.version, data["images"]
 
 
+def _cached_reader(cache: Path, threads: int):
+    """The label-noise recogniser with its readings kept across seeds (each seed re-reads the
+    same clean boxes) and on disk (keyed by image path, box and reader version)."""
+    import hashlib
+    import pickle
+
+    from pipeline.curate.label_noise import image_reader
+    from pipeline.legibility import READER_VERSION
+
+    path = cache / f"readings_{hashlib.sha256(READER_VERSION.encode()).hexdigest()[:8]}.pkl"
+    memo: dict = pickle.loads(path.read_bytes()) if path.exists() else {}
+    inner = image_reader(threads)
+    dirty = [0]
+
+    def read(it, boxes):
+        keys = [(it.path, tuple(np.round(b, 1))) for b in np.asarray(boxes, float).reshape(-1, 4)]
+        todo = [i for i, k in enumerate(keys) if k not in memo]
+        if todo:
+            for i, r in zip(todo, inner(it, np.asarray(boxes, float)[todo])):
+                memo[keys[i]] = r
+            dirty[0] += 1
+            if dirty[0] % 20 == 0:
+                cache.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(pickle.dumps(memo))
+        return [memo[k] for k in keys]
+
+    read.save = lambda: (cache.mkdir(parents=True, exist_ok=True), path.write_bytes(pickle.dumps(memo)))  # type: ignore[attr-defined]
+    return read
+
+
 def bench_noise(set_dir: Path, cache: Path, seeds: int, rate: float = 0.1, scales: tuple[float, ...] = (1.0,),
-                threads: int = 2, detector: str = "ppocr", half: str = "all") -> dict:
+                threads: int = 2, detector: str = "ppocr", half: str = "all", first_seed: int = 0) -> dict:
     from pipeline.boxes import Detections
     from pipeline.curate.label_noise import LabelNoiseConfig, NoiseItem, score_label_noise
     from pipeline.curate.testdata import ERROR_KINDS, inject_error
@@ -232,12 +262,14 @@ def bench_noise(set_dir: Path, cache: Path, seeds: int, rate: float = 0.1, scale
     if half != "all":  # a model trained on one half is out-of-sample only on the other
         recs = split_halves(recs)[0 if half == "a" else 1]
     recs = [(p, r) for p, r in recs if f"{r.source}/{r.image}" in preds]
-    scores = {"coverage (label_score, default)": ("coverage", "label_score"),
+    reader = _cached_reader(cache, threads)
+    scores = {"reading (label_score, default)": ("reading", "label_score"),
+              "coverage (boxes only)": ("coverage", "label_score"),
               "cleanlab, calibrated thresholds": ("cleanlab", "label_score"),
               "cleanlab get_label_quality_scores (defaults)": ("coverage", "label_quality_score")}
     res: dict[str, dict] = {name: {"auroc": [], "by_kind": {k: [] for k in ERROR_KINDS}, "pooled": []} for name in scores}
     t0 = time.time()
-    for seed in range(seeds):
+    for seed in range(first_seed, first_seed + seeds):
         rng = np.random.default_rng(seed)
         n = len(recs)
         bad = set(rng.choice(n, max(1, round(rate * n)), replace=False).tolist())
@@ -249,14 +281,15 @@ def bench_noise(set_dir: Path, cache: Path, seeds: int, rate: float = 0.1, scale
                 boxes = np.concatenate([nb, boxes[ign]])
                 ign = np.concatenate([np.zeros(len(nb), bool), np.ones(int(ign.sum()), bool)])
             key = f"{r.source}/{r.image}"
-            items.append(NoiseItem(key, boxes, Detections.from_json(preds[key]), ign))
+            items.append(NoiseItem(key, boxes, Detections.from_json(preds[key]), ign, path=str(p)))
             y.append(i in bad)
             kinds.append(kind)
         y_arr = np.array(y)
         cache_rep: dict[str, object] = {}
         for name, (method, col) in scores.items():
             if method not in cache_rep:
-                cache_rep[method] = score_label_noise(items, LabelNoiseConfig(method=method)).images.set_index("image_id")
+                cache_rep[method] = score_label_noise(items, LabelNoiseConfig(method=method),
+                                                      reader=reader).images.set_index("image_id")
             im = cache_rep[method]
             s = 1.0 - im.loc[[it.image_id for it in items], col].to_numpy(float)
             res[name]["auroc"].append(auroc(y_arr, s))
@@ -265,7 +298,8 @@ def bench_noise(set_dir: Path, cache: Path, seeds: int, rate: float = 0.1, scale
                 m = np.array([(not a) or b == k for a, b in zip(y, kinds)])
                 if y_arr[m].any():
                     res[name]["by_kind"][k].append(auroc(y_arr[m], s[m]))
-    out = {"set": str(set_dir), "images": len(recs), "error_rate": rate, "seeds": seeds, "detector": version,
+    reader.save()
+    out = {"set": str(set_dir), "images": len(recs), "error_rate": rate, "seeds": seeds, "first_seed": first_seed, "detector": version,
            "seconds": round(time.time() - t0, 1), "scores": {}}
     for name, r in res.items():
         a = np.array(r["auroc"])
@@ -293,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-images", type=int, default=5000, help="generated images for the speed benchmark")
     ap.add_argument("--engines", default="permissive,fastdup")
     ap.add_argument("--seeds", type=int, default=10, help="noise-injection seeds for the AUROC")
+    ap.add_argument("--first-seed", type=int, default=0, help="first noise-injection seed (fresh seeds: e.g. 100)")
     ap.add_argument("--cache", type=Path, default=REPO / "bench-results", help="generated pool and ppocr predictions")
     ap.add_argument("--ppocr-scales", default="1", help="scales of the ppocr passes that make the predictions, e.g. 1,2")
     ap.add_argument("--threads", type=int, default=2)
@@ -336,10 +371,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         scales = tuple(float(x) for x in args.ppocr_scales.split(",") if x.strip())
         noise = bench_noise(args.set, args.cache, args.seeds, scales=scales, threads=args.threads,
-                            detector=args.detector, half=args.half)
+                            detector=args.detector, half=args.half, first_seed=args.first_seed)
         results["label_noise"] = noise
         print(f"\nLabel-noise AUROC on {noise['images']} images of {noise['set']} "
-              f"({int(noise['error_rate'] * 100)} % with one error; {noise['seeds']} seeds; predictions: {noise['detector']})")
+              f"({int(noise['error_rate'] * 100)} % with one error; seeds {noise['first_seed']}..{noise['first_seed'] + noise['seeds'] - 1}; predictions: {noise['detector']})")
         print(f"{'score':<46} {'AUROC':>12} {'drop':>6} {'shift':>6} {'add':>6}")
         for name, r in noise["scores"].items():
             k = r["by_kind"]

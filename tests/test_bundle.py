@@ -141,6 +141,11 @@ def test_register_refuses_bundles_that_are_not_models(ws, tmp_path: Path) -> Non
     r = runner.invoke(app, ["--workspace", str(ws.root), "models", "register", str(b)])
     assert r.exit_code != 0 and "no model settings" in r.output, r.output
     assert list_models(ws) == [] and not any(ws.models_dir.iterdir())
+    # a plain name with '+' is no path: the detection benchmark names its bundles so (db-synth+devA)
+    from pipeline.bundle import read_bundle_meta
+
+    ok = forged_bundle(tmp_path / "ok.zip", {"kind": "db", "version": "db-synth+devA", "model": {}})
+    assert read_bundle_meta(ok)["config"]["version"] == "db-synth+devA"
 
 
 def test_cli_synth_is_idempotent(tmp_path: Path) -> None:

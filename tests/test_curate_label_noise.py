@@ -48,7 +48,7 @@ def _planted(seed: int = 0):
 
 def test_planted_errors_rank_at_the_top() -> None:
     items, planted = _planted()
-    report = score_label_noise(items, LabelNoiseConfig())
+    report = score_label_noise(items, LabelNoiseConfig(method="coverage"))
     top = list(report.images["image_id"][: len(planted)])
     assert set(top) == set(planted), (top, planted)
     assert report.images["is_label_issue"].sum() >= len(planted)
@@ -70,11 +70,14 @@ def test_cleanlab_ranking_finds_dropped_and_shifted_boxes() -> None:
 
 def test_results_are_keyed_by_image_not_position() -> None:
     items, planted = _planted()
-    a = score_label_noise(items).images.set_index("image_id")["label_score"]
-    b = score_label_noise(items[::-1]).images.set_index("image_id")["label_score"]
+    cfg = LabelNoiseConfig(method="coverage")
+    a = score_label_noise(items, cfg).images.set_index("image_id")["label_score"]
+    b = score_label_noise(items[::-1], cfg).images.set_index("image_id")["label_score"]
     assert np.allclose(a.sort_index().values, b.sort_index().values)
     with pytest.raises(ValueError, match="listed twice"):
-        score_label_noise([items[0], items[0]])
+        score_label_noise([items[0], items[0]], cfg)
+    with pytest.raises(ValueError, match="needs a reader"):
+        score_label_noise(items)
 
 
 def test_cleanlab_score_matches_cleanlab_api() -> None:
@@ -86,7 +89,7 @@ def test_cleanlab_score_matches_cleanlab_api() -> None:
              for it in items]
     ref = get_label_quality_scores(labels, preds, aggregation_weights={"overlooked": .5, "badloc": .5, "swap": 0},
                                    verbose=False)
-    got = score_label_noise(items, LabelNoiseConfig(min_pred_score=0.0)).images.set_index("image_id")
+    got = score_label_noise(items, LabelNoiseConfig(method="coverage", min_pred_score=0.0)).images.set_index("image_id")
     assert np.allclose(got.loc[[it.image_id for it in items], "label_quality_score"].values, ref, atol=1e-5)
 
 
@@ -95,9 +98,12 @@ def test_a_word_inside_a_dont_care_region_is_not_overlooked_text() -> None:
     region overlaps it by IoU ~0.1, and used to count as text the labeller overlooked."""
     given = np.array([[10, 10, 60, 30], [80, 40, 300, 70]], float)      # a word; a long don't-care line
     pred = Detections(np.array([[10, 10, 60, 30], [100, 45, 130, 65]], float), np.array([0.95, 0.9]))
-    for method in ("coverage", "cleanlab"):
+    def reads_text(it, boxes):  # everything reads as a confident word
+        return [("word", 0.99)] * len(boxes)
+
+    for method in ("reading", "coverage", "cleanlab"):
         im = score_label_noise([NoiseItem("a", given, pred, ignore=np.array([False, True]))],
-                               LabelNoiseConfig(method=method)).images.iloc[0]
+                               LabelNoiseConfig(method=method), reader=reads_text).images.iloc[0]
         assert "overlooked_text" not in im["issues"] and not im["is_label_issue"], (method, im.to_dict())
 
 
@@ -128,7 +134,7 @@ def test_catalog_uses_only_out_of_sample_predictions_and_apply_sets_status(ws) -
         _add_image(tx, "late")
         tx.execute("INSERT INTO annotations(image_id, source, ls_annotation_id, boxes, labels, updated_at, pulled_at)"
                    " VALUES (?,?,?,?,?,?,?)", ("late", "labelstudio", 999, "[[1,1,20,20]]", "[0]", t0 + 60, t0 + 60))
-    report = find_label_noise(ws)
+    report = find_label_noise(ws, LabelNoiseConfig(method="coverage"))  # boxes only: these images have no pixels
     assert ("late", "no prediction made before the label (not out-of-sample)") in report.skipped
     assert set(report.images["model_version"]) == {"m1"}
     assert set(report.images["image_id"][:3]) == set(planted)
@@ -139,3 +145,93 @@ def test_catalog_uses_only_out_of_sample_predictions_and_apply_sets_status(ws) -
     assert sum(v == "needs_review" for v in st.values()) == 2
     # idempotent: a rerun changes nothing more for the same worst two
     assert len(apply_label_actions(ws, report, "review", worst=2)) == 0
+
+
+def test_reading_tells_missed_words_from_wrong_labels() -> None:
+    """Boxes alone flag every word the detector missed; the reading score asks what is inside:
+    a label the detector missed but that reads as a word is fine, a label on background or
+    off its word is not, and an unlabelled detection is overlooked text only if it reads."""
+    word, missed, background = [10, 10, 80, 30], [10, 50, 80, 70], [200, 150, 270, 170]
+    ruling, dropped = [0, 100, 300, 104], [150, 10, 230, 30]
+    texts = {tuple(word): ("sample", 0.98), tuple(missed): ("A-1729", 0.95), tuple(background): ("", 0.0),
+             tuple(ruling): ("", 0.0), tuple(dropped): ("INVOICE", 0.93)}
+
+    def reader(it, boxes):
+        return [texts[tuple(int(v) for v in b)] for b in boxes]
+
+    det = Detections(np.array([word, ruling], float), np.array([0.95, 0.9]))
+    items = [NoiseItem("clean_missed", np.array([word, missed], float), det),   # the detector missed a word
+             NoiseItem("added", np.array([word, background], float), det),      # a box drawn on background
+             NoiseItem("dropped", np.array([word], float),                      # the labeller left a word out
+                       Detections(np.array([word, dropped], float), np.array([0.95, 0.9])))]
+    cov = score_label_noise(items, LabelNoiseConfig(method="coverage")).images.set_index("image_id")
+    assert cov.loc["clean_missed", "is_label_issue"]            # boxes alone: the missed word looks wrong
+    rep = score_label_noise(items, LabelNoiseConfig(), reader=reader)
+    im = rep.images.set_index("image_id")
+    assert not im.loc["clean_missed", "is_label_issue"] and im.loc["clean_missed", "issues"] == ""
+    assert im.loc["added", "is_label_issue"] and "spurious_box" in im.loc["added", "issues"]
+    assert im.loc["dropped", "is_label_issue"] and "overlooked_text" in im.loc["dropped", "issues"]
+    assert im.loc["clean_missed", "label_score"] > max(im.loc["added", "label_score"], im.loc["dropped", "label_score"])
+    b = rep.boxes
+    read = b[(b.image_id == "dropped") & (b.source == "predicted") & (b.issue == "overlooked_text")]
+    assert list(read["read_text"]) == ["INVOICE"] and read["read_score"].iloc[0] == pytest.approx(0.93)
+
+
+def _page_files(tmp_path, n: int = 12):
+    """Generated pages on disk with their true line boxes, and a good detector's predictions."""
+    from pipeline.curate.testdata import png
+
+    rng = np.random.default_rng(7)
+    out = []
+    for i in range(n):
+        im, boxes = text_page(2000 + i, size=(480, 360), n_lines=4, kinds=("paper", "screenshot"))
+        path = tmp_path / f"page{i:02d}.png"
+        path.write_bytes(png(im.convert("RGB")))
+        b = np.asarray(boxes, float)
+        out.append((f"page{i:02d}", path, b, Detections(b + rng.normal(0, 1.0, b.shape), rng.uniform(0.85, 0.99, len(b)))))
+    return out
+
+
+def test_reading_score_with_the_real_recogniser_finds_planted_errors(tmp_path) -> None:
+    """The PP-OCR recogniser on real pixels: a shifted box, a box on background and a dropped
+    line rank above every clean page, also above a clean page whose line the detector missed;
+    an image that cannot be read is skipped with its name, the others are scored."""
+    from pipeline.curate.label_noise import image_reader
+
+    pages = _page_files(tmp_path)
+    rng = np.random.default_rng(3)
+    items, planted = [], {}
+    for k, (iid, path, b, det) in enumerate(pages):
+        given = b
+        kind = {2: "drop", 5: "shift", 9: "add"}.get(k)
+        if kind:
+            given, planted[iid] = inject_error(b, 480, 360, kind, rng)
+        if k == 7:  # clean labels, but the detector missed one line
+            det = det[np.arange(len(det)) != 1]
+        items.append(NoiseItem(iid, given, det, path=str(path)))
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image")
+    items.append(NoiseItem("broken", pages[0][2], pages[0][3], path=str(bad)))
+    seen = []
+    rep = score_label_noise(items, LabelNoiseConfig(), reader=image_reader(threads=1),
+                            progress=lambda done, total: seen.append((done, total)))
+    assert [iid for iid, _ in rep.skipped] == ["broken"] and "broken.png" in rep.skipped[0][1]
+    assert seen[-1] == (len(items), len(items))
+    ranked = list(rep.images["image_id"])
+    assert set(ranked[:3]) == set(planted), (ranked[:5], planted)
+    assert ranked.index("page07") >= 3
+    assert rep.images.set_index("image_id").loc[list(planted), "is_label_issue"].all()
+    clean = rep.boxes[(rep.boxes.source == "given") & rep.boxes.image_id.isin(["page00", "page01"])]
+    assert (clean["read_score"] > 0.5).mean() >= 0.75  # real words read as words
+    from pipeline.curate.report import label_issues_html
+
+    assert "spurious box reads &ldquo;" in label_issues_html(rep.images, rep.boxes)  # the evidence, for the reviewer
+
+
+def test_label_noise_options_are_range_checked() -> None:
+    with pytest.raises(ValueError, match="read_pred_score"):
+        LabelNoiseConfig(read_pred_score=1.5)
+    with pytest.raises(ValueError, match="read_min_chars"):
+        LabelNoiseConfig(read_min_chars=0)
+    with pytest.raises(ValueError, match="unknown label-noise method"):
+        LabelNoiseConfig(method="ocr")

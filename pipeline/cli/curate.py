@@ -24,7 +24,8 @@ def curate_cmd(
     label_action: str = typer.Option("review", help="With --apply, what happens to suspected label issues: review "
                                       "(status needs_review; push re-sends them to Label Studio) or exclude."),
     worst: Optional[int] = typer.Option(None, min=1, help="With --apply, act on at most this many label issues (worst first)."),
-    method: str = typer.Option("coverage", help="Label-noise ranking: coverage (text pixels; default) or cleanlab."),
+    method: str = typer.Option("reading", help="Label-noise ranking: reading (default: boxes, and the PP-OCR "
+                               "recogniser on what is inside them), coverage (boxes only, no image reads) or cleanlab."),
     model_version: Optional[str] = typer.Option(None, help="Use only this model's stored predictions for label noise."),
     fastdup_python: Optional[str] = typer.Option(None, envvar="TEXTLOOP_FASTDUP_PYTHON",
                                                  help="fastdup interpreter (default <repo>/.venv-fastdup/bin/python)."),

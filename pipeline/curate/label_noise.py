@@ -6,14 +6,20 @@ the human's annotation) came from a model trained before the label existed. For 
 image we take the newest prediction row created before the image's first annotation.
 
 Per image: cleanlab's label quality score (`label_quality_score`; single class: aggregation
-weights overlooked 0.5, bad location 0.5, swap 0) with its sub-scores, and a `coverage_score`
-of our own. cleanlab compares boxes by IoU, so a text detector that draws one box per line
+weights overlooked 0.5, bad location 0.5, swap 0) with its sub-scores, a `coverage_score`
+of our own, and (the default ranking) a `reading_score` that also looks at the pixels. cleanlab compares boxes by IoU, so a text detector that draws one box per line
 makes every word-level label look badly located, and its bad-location score is 1.0 ("fine")
 for a given box no prediction touches, so a box drawn on empty background goes unnoticed.
 The coverage score counts text pixels instead: the share of a given box outside every
 prediction, and of a confident prediction outside every given box, weighted by box height
-(see `_coverage`). `label_score` (the ranking score, lower = worse) is the coverage score by
-default; `method="cleanlab"` ranks by cleanlab's sub-scores computed at detector-calibrated
+(see `_coverage`). Boxes alone cannot tell a word the detector missed from a box drawn on
+background, nor a word the labeller left out from a detected smudge, and a detector that boxes
+lines or misses small text disagrees with clean labels all the time. The reading score asks the
+PP-OCR recogniser instead (`_reading`): a label box no prediction covers is suspect only if
+nothing readable is inside it, an unlabelled detection only if it reads as text.
+`label_score` (the ranking score, lower = worse) is the reading score by default
+(`method="reading"`, needs the images); `method="coverage"` ranks by boxes alone,
+`method="cleanlab"` by cleanlab's sub-scores computed at detector-calibrated
 probability thresholds and aggregated with the weights above (`label_quality_score` is always
 cleanlab's score at its own defaults). The label-noise benchmark in the README compares them.
 
@@ -30,7 +36,7 @@ from __future__ import annotations
 import json
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,13 +49,17 @@ from pipeline.catalog import ImageStatus
 log = logging.getLogger("textloop.curate")
 
 
+METHODS = ("reading", "coverage", "cleanlab")
+
+
 @dataclass(frozen=True)
 class LabelNoiseConfig:
     """Weights and thresholds. cleanlab's defaults assume calibrated class probabilities; text
     detector box scores are lower, so the probability thresholds are configurable."""
 
-    method: str = "coverage"                 # ranking score: "coverage" (default) or "cleanlab" (its sub-scores
-                                             # at the thresholds below, aggregated with the weights below)
+    method: str = "reading"                  # ranking score: "reading" (default: boxes and the recogniser),
+                                             # "coverage" (boxes only) or "cleanlab" (its sub-scores at the
+                                             # thresholds below, aggregated with the weights below)
     overlooked_weight: float = 0.5           # cleanlab aggregation weights (one class: swap 0)
     badloc_weight: float = 0.5
     swap_weight: float = 0.0
@@ -58,11 +68,21 @@ class LabelNoiseConfig:
     min_pred_score: float = 0.3              # predictions below this are dropped altogether
     box_issue_threshold: float = 0.4         # a cleanlab box score below this is reported as an issue
     image_issue_threshold: float = 0.6       # label_score below this: the image is a label issue
+    read_pred_score: float = 0.5             # reading: unlabelled predictions from this score are read
+    read_min_chars: int = 2                  # reading: an unlabelled prediction is text if it reads this many
+                                             # letters/digits
+    read_threads: int = 2                    # reading: recogniser threads
     model_version: str | None = None         # catalog: use this model's predictions only
 
     def __post_init__(self) -> None:
-        if self.method not in ("coverage", "cleanlab"):
-            raise ValueError(f"unknown label-noise method {self.method!r}: use coverage or cleanlab")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown label-noise method {self.method!r}: use {', '.join(METHODS)}")
+        for name in ("high_probability_threshold", "low_probability_threshold", "min_pred_score",
+                     "box_issue_threshold", "image_issue_threshold", "read_pred_score"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.read_min_chars < 1 or self.read_threads < 1:
+            raise ValueError(f"read_min_chars and read_threads must be >= 1, got {self.read_min_chars}, {self.read_threads}")
 
 
 @dataclass(frozen=True)
@@ -75,6 +95,11 @@ class NoiseItem:
     ignore: np.ndarray | None = None
     path: str = ""
     model_version: str = ""
+
+
+BoxReader = Callable[[NoiseItem, np.ndarray], Sequence[tuple[str, float]]]
+"""(text, confidence) the recogniser reads in each xyxy box of the item's image (the reading
+score's view of the pixels); raises OSError / ValueError when the image cannot be read."""
 
 
 @dataclass
@@ -97,9 +122,10 @@ class LabelNoiseReport:
 
 
 IMAGE_COLUMNS = ["image_id", "path", "model_version", "n_given", "n_predicted", "label_score", "is_label_issue",
-                 "label_quality_score", "coverage_score", "overlooked_score", "badloc_score", "swap_score", "issues"]
+                 "label_quality_score", "coverage_score", "reading_score", "overlooked_score", "badloc_score",
+                 "swap_score", "issues"]
 BOX_COLUMNS = ["image_id", "box", "source", "x0", "y0", "x1", "y1", "pred_score", "overlooked_score",
-               "badloc_score", "uncovered", "issue"]
+               "badloc_score", "uncovered", "read_text", "read_score", "issue"]
 
 
 def _drop_ignored(item: NoiseItem) -> tuple[np.ndarray, Detections]:
@@ -126,27 +152,46 @@ def _softmin(x: np.ndarray, temperature: float = 0.1) -> float:
     return float(np.sum(w * x) / np.sum(w))
 
 
-def score_label_noise(items: Sequence[NoiseItem], cfg: LabelNoiseConfig | None = None) -> LabelNoiseReport:
-    """Per-image and per-box label issue scores for `items` (lower score = more likely wrong)."""
+def score_label_noise(items: Sequence[NoiseItem], cfg: LabelNoiseConfig | None = None,
+                      reader: BoxReader | None = None,
+                      progress: Callable[[int, int], None] | None = None) -> LabelNoiseReport:
+    """Per-image and per-box label issue scores for `items` (lower score = more likely wrong).
+
+    The reading score (and the default `reading` method, which needs it) comes from `reader`;
+    an image it cannot read is reported in `skipped`, the others are scored."""
     from cleanlab.object_detection import rank
 
     cfg = cfg or LabelNoiseConfig()
+    if cfg.method == "reading" and reader is None and len(items):
+        raise ValueError("the reading method needs a reader (the images); use method coverage to score boxes alone")
     seen: set[str] = set()
     labels: list[dict[str, np.ndarray]] = []
     preds: list[list[np.ndarray]] = []
-    kept: list[tuple[NoiseItem, np.ndarray, Detections]] = []
-    for it in items:
+    kept: list[tuple[NoiseItem, np.ndarray, Detections, _Reading | None]] = []
+    skipped: list[tuple[str, str]] = []
+    for n, it in enumerate(items, 1):
         if it.image_id in seen:
             raise ValueError(f"{it.image_id}: listed twice")
         seen.add(it.image_id)
         given, pred = _drop_ignored(it)
         pred = pred.filter(cfg.min_pred_score) if len(pred) else pred
+        reading = None
+        if reader is not None:
+            try:
+                reading = _reading(it, given, pred, cfg, reader)
+            except (OSError, ValueError) as exc:
+                skipped.append((it.image_id, f"{it.path or it.image_id}: cannot read the image ({exc})"))
+                log.warning("label noise: %s skipped: %s", it.image_id, skipped[-1][1])
+                continue
+            finally:
+                if progress is not None:
+                    progress(n, len(items))
         labels.append({"bboxes": given.astype(np.float32).reshape(-1, 4), "labels": np.zeros(len(given), dtype=np.int64)})
         arr = np.concatenate([pred.boxes, pred.scores[:, None]], axis=1).astype(np.float32) if len(pred) else np.zeros((0, 5), np.float32)
         preds.append([arr])  # one class: a list with one (M, 5) array, indexed by class
-        kept.append((it, given, pred))
+        kept.append((it, given, pred, reading))
     if not kept:
-        return LabelNoiseReport(pd.DataFrame(columns=IMAGE_COLUMNS), pd.DataFrame(columns=BOX_COLUMNS))
+        return LabelNoiseReport(pd.DataFrame(columns=IMAGE_COLUMNS), pd.DataFrame(columns=BOX_COLUMNS), skipped)
 
     aux = _auxiliary_inputs(labels, preds)
     with warnings.catch_warnings():
@@ -172,54 +217,73 @@ def score_label_noise(items: Sequence[NoiseItem], cfg: LabelNoiseConfig | None =
                        + cfg.swap_weight * np.log(tiny + p_sw))
 
     img_rows, box_rows = [], []
-    for i, (it, given, pred) in enumerate(kept):
+    for i, (it, given, pred, reading) in enumerate(kept):
         ov, bl, sw = overlooked[i], badloc[i], swap[i]
-        unc_g, unc_p, weight_g, weight_p, strong = _coverage(it, given, pred, cfg)
-        susp = np.concatenate([unc_g * weight_g, unc_p * weight_p])
+        cov = _coverage(it, given, pred, cfg)
+        susp = np.concatenate([cov.unc_g * cov.weight_g, cov.unc_p[cov.strong] * cov.weight_p[cov.strong]])
         coverage_score = float(1.0 - susp.max()) if len(susp) else 1.0
+        reading_score = reading.score if reading is not None else np.nan
         s_ov, s_bl, s_sw = _softmin(ov), _softmin(bl), _softmin(sw)
         # cleanlab's aggregation of its sub-scores computed at our (detector-calibrated) thresholds
         cl_cal = float(np.exp(cfg.overlooked_weight * np.log(1e-100 + s_ov) + cfg.badloc_weight * np.log(1e-100 + s_bl)
                               + cfg.swap_weight * np.log(1e-100 + s_sw)))
-        label_score = coverage_score if cfg.method == "coverage" else cl_cal
+        label_score = {"reading": reading_score, "coverage": coverage_score, "cleanlab": cl_cal}[cfg.method]
         issues = []
         for j, b in enumerate(given):
-            issue = ""
-            if unc_g[j] >= 0.8:
+            if reading is not None and cfg.method == "reading":
+                issue = ("spurious_box" if cov.unc_g[j] >= 0.8 else "bad_location") if reading.given[j] >= 0.5 else ""
+            elif cov.unc_g[j] >= 0.8:
                 issue = "spurious_box"
-            elif unc_g[j] >= 0.3 or bl[j] < cfg.box_issue_threshold:
+            elif cov.unc_g[j] >= 0.3 or bl[j] < cfg.box_issue_threshold:
                 issue = "bad_location"
+            else:
+                issue = ""
             if issue:
                 issues.append(issue)
-            box_rows.append((it.image_id, j, "given", *map(float, b), np.nan, np.nan, float(bl[j]), float(unc_g[j]), issue))
-        k = 0
+            text, conf = reading.given_text[j] if reading is not None else ("", np.nan)
+            box_rows.append((it.image_id, j, "given", *map(float, b), np.nan, np.nan, float(bl[j]), float(cov.unc_g[j]),
+                             text, conf, issue))
         for j, b in enumerate(pred.boxes):
             o = float(ov[j]) if j < len(ov) else np.nan
-            u = np.nan
-            if strong[j]:
-                u = float(unc_p[k])
-                k += 1
-            issue = "overlooked_text" if (np.isfinite(u) and u >= 0.8) or (np.isfinite(o) and o < cfg.box_issue_threshold) else ""
+            u = float(cov.unc_p[j]) if cov.strong[j] else np.nan
+            text, conf = reading.pred_text.get(j, ("", np.nan)) if reading is not None else ("", np.nan)
+            if reading is not None and cfg.method == "reading":
+                u = float(cov.unc_p[j]) if j in reading.pred_text else u
+                issue = "overlooked_text" if reading.pred.get(j, 0.0) >= 0.5 else ""
+            else:
+                issue = "overlooked_text" if (np.isfinite(u) and u >= 0.8) or (np.isfinite(o) and o < cfg.box_issue_threshold) else ""
             if issue:
                 issues.append(issue)
-            box_rows.append((it.image_id, j, "predicted", *map(float, b), float(pred.scores[j]), o, np.nan, u, issue))
+            box_rows.append((it.image_id, j, "predicted", *map(float, b), float(pred.scores[j]), o, np.nan, u,
+                             text, conf, issue))
         img_rows.append((it.image_id, it.path, it.model_version, len(given), len(pred), label_score,
-                         label_score < cfg.image_issue_threshold, float(cl_scores[i]), coverage_score, s_ov, s_bl, s_sw,
-                         ",".join(sorted(set(issues)))))
+                         label_score < cfg.image_issue_threshold, float(cl_scores[i]), coverage_score, reading_score,
+                         s_ov, s_bl, s_sw, ",".join(sorted(set(issues)))))
     images = pd.DataFrame(img_rows, columns=IMAGE_COLUMNS).sort_values("label_score", ignore_index=True)
     boxes = pd.DataFrame(box_rows, columns=BOX_COLUMNS)
-    return LabelNoiseReport(images, boxes)
+    return LabelNoiseReport(images, boxes, skipped)
 
 
-def _coverage(it: NoiseItem, given: np.ndarray, pred: Detections, cfg: LabelNoiseConfig
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class _Coverage:
+    """Per given box and per prediction: share outside the other side, and height weight."""
+
+    unc_g: np.ndarray
+    weight_g: np.ndarray
+    unc_p: np.ndarray
+    weight_p: np.ndarray
+    strong: np.ndarray
+
+
+def _coverage(it: NoiseItem, given: np.ndarray, pred: Detections, cfg: LabelNoiseConfig) -> _Coverage:
     """Text-pixel disagreement per box, robust to word-vs-line granularity.
 
     Given box: `uncovered` = share of its pixels outside every prediction (a word inside a
-    predicted line is covered). Confident prediction (>= high_probability_threshold):
-    share of its pixels outside every given box (don't-care boxes count as given).
-    Both are weighted by the box height relative to the image's median label height, capped
-    at 1, because detectors miss tiny text far more often than labellers draw wrong big boxes.
+    predicted line is covered). Prediction: share of its pixels outside every given box
+    (don't-care boxes count as given); the coverage score uses only confident ones (`strong`,
+    >= high_probability_threshold). Both are weighted by the box height relative to the
+    image's median label height, capped at 1, because detectors miss tiny text far more often
+    than labellers draw wrong big boxes.
     """
     from pipeline.boxes import inside_fraction, union_mask
 
@@ -234,14 +298,50 @@ def _coverage(it: NoiseItem, given: np.ndarray, pred: Detections, cfg: LabelNois
     pmask = union_mask(pred.boxes, w, h) if len(pred) else np.zeros((h, w), bool)
     gmask = union_mask(all_given, w, h) if len(all_given) else np.zeros((h, w), bool)
     unc_g = 1.0 - inside_fraction(given, pmask) if len(given) else np.zeros(0)
-    sp = pred.boxes[strong] if len(pred) else np.zeros((0, 4))
-    unc_p = 1.0 - inside_fraction(sp, gmask) if len(sp) else np.zeros(0)
-    heights = given[:, 3] - given[:, 1] if len(given) else sp[:, 3] - sp[:, 1]
-    med = float(np.median(heights)) if len(heights) else 1.0
-    med = max(med, 1.0)
+    unc_p = 1.0 - inside_fraction(pred.boxes, gmask) if len(pred) else np.zeros(0)
+    heights = given[:, 3] - given[:, 1] if len(given) else pred.boxes[strong, 3] - pred.boxes[strong, 1]
+    med = max(float(np.median(heights)) if len(heights) else 1.0, 1.0)
     wg = np.minimum(1.0, (given[:, 3] - given[:, 1]) / med) if len(given) else np.zeros(0)
-    wp = np.minimum(1.0, (sp[:, 3] - sp[:, 1]) / med) if len(sp) else np.zeros(0)
-    return unc_g, unc_p, wg, wp, strong
+    wp = np.minimum(1.0, (pred.boxes[:, 3] - pred.boxes[:, 1]) / med) if len(pred) else np.zeros(0)
+    return _Coverage(unc_g, wg, unc_p, wp, strong)
+
+
+@dataclass(frozen=True)
+class _Reading:
+    """The reading score's evidence: suspicion per given box and per read prediction (by index)."""
+
+    score: float
+    given: np.ndarray
+    given_text: list[tuple[str, float]]
+    pred: dict[int, float]
+    pred_text: dict[int, tuple[str, float]]
+
+
+def _reading(it: NoiseItem, given: np.ndarray, pred: Detections, cfg: LabelNoiseConfig, reader: BoxReader) -> _Reading:
+    """Disagreement between labels and predictions that the pixels confirm.
+
+    A given box is suspect by (1 - recogniser confidence) x sqrt(share outside every
+    prediction): a box on background or shifted off its word reads nothing, a word the
+    detector missed reads fine. An unlabelled prediction (score >= read_pred_score, at least
+    half outside every given box) is suspect by that share x its height weight x the
+    confidence of a reading of read_min_chars+ letters/digits: a dropped word reads as text,
+    a ruling line or a logo does not."""
+    from pipeline.legibility import normalise
+
+    cov = _coverage(it, given, pred, cfg)
+    cand = np.flatnonzero((pred.scores >= cfg.read_pred_score) & (cov.unc_p >= 0.5)) if len(pred) else np.zeros(0, int)
+    boxes = np.concatenate([given, pred.boxes[cand]]) if len(cand) else given
+    read = list(reader(it, boxes)) if len(boxes) else []
+    if len(read) != len(boxes):
+        raise ValueError(f"the reader returned {len(read)} readings for {len(boxes)} boxes")
+    given_text = [(t, float(c)) for t, c in read[:len(given)]]
+    conf_g = np.array([c if normalise(t) else 0.0 for t, c in given_text])
+    sus_g = (1.0 - conf_g) * np.sqrt(np.clip(cov.unc_g, 0.0, 1.0)) if len(given) else np.zeros(0)
+    pred_text = {int(j): (t, float(c)) for j, (t, c) in zip(cand, read[len(given):])}
+    sus_p = {j: float(cov.unc_p[j] * cov.weight_p[j] * (c if len(normalise(t)) >= cfg.read_min_chars else 0.0))
+             for j, (t, c) in pred_text.items()}
+    worst = max([0.0, *sus_g.tolist(), *sus_p.values()])
+    return _Reading(float(1.0 - worst), sus_g, given_text, sus_p, pred_text)
 
 
 def _auxiliary_inputs(labels: list[dict[str, np.ndarray]], preds: list[list[np.ndarray]],
@@ -316,13 +416,31 @@ def catalog_items(ws: Any, cfg: LabelNoiseConfig | None = None) -> tuple[list[No
     return items, skipped
 
 
-def find_label_noise(ws: Any, cfg: LabelNoiseConfig | None = None) -> LabelNoiseReport:
-    """`score_label_noise` over the workspace's human labels."""
+def image_reader(threads: int = 2) -> BoxReader:
+    """The reading score's reader: the PP-OCRv4 recogniser (`legibility.Reader.read_boxes`) on
+    the item's upright pixels, the frame its boxes are in."""
+    from pipeline.imaging import load_rgb
+    from pipeline.legibility import Reader
+
+    rec = Reader(threads=threads)
+
+    def read(it: NoiseItem, boxes: np.ndarray) -> list[tuple[str, float]]:
+        return rec.read_boxes(load_rgb(it.path), boxes)
+
+    return read
+
+
+def find_label_noise(ws: Any, cfg: LabelNoiseConfig | None = None,
+                     progress: Callable[[int, int], None] | None = None) -> LabelNoiseReport:
+    """`score_label_noise` over the workspace's human labels (reading their images unless the
+    method is coverage or cleanlab)."""
+    cfg = cfg or LabelNoiseConfig()
     items, skipped = catalog_items(ws, cfg)
     for iid, why in skipped:
         log.info("label noise: %s skipped: %s", iid, why)
-    report = score_label_noise(items, cfg)
-    report.skipped = skipped
+    reader = image_reader(cfg.read_threads) if cfg.method == "reading" and items else None
+    report = score_label_noise(items, cfg, reader=reader, progress=progress)
+    report.skipped = skipped + report.skipped
     return report
 
 

@@ -138,6 +138,16 @@ def boxes_of(boxes: pd.DataFrame, image_id: str) -> tuple[np.ndarray, np.ndarray
     return given, pred, flagged
 
 
+def _readings(boxes: pd.DataFrame, image_id: str, most: int = 3) -> str:
+    """What the recogniser read in an image's flagged boxes (the reading score's evidence)."""
+    if "read_score" not in boxes:
+        return ""
+    b = boxes[(boxes["image_id"] == image_id) & (boxes["issue"].astype(str) != "") & boxes["read_score"].notna()]
+    said = [f"{row.issue.replace('_', ' ')} reads &ldquo;{html.escape(str(row.read_text))}&rdquo; ({row.read_score:.2f})"
+            for row in b.head(most).itertuples()]
+    return "<br>" + "<br>".join(said) if said else ""
+
+
 def label_issues_html(images: pd.DataFrame, boxes: pd.DataFrame, max_images: int = 60) -> str:
     parts = [_legend()]
     if not len(images):
@@ -150,7 +160,8 @@ def label_issues_html(images: pd.DataFrame, boxes: pd.DataFrame, max_images: int
         im = render(r.path, given, pred, flagged, max_side=320)
         parts.append(f"<div class='card'><img src='{data_uri(im)}'><b>{html.escape(str(r.image_id)[:16])}</b><br>"
                      f"label score {r.label_score:.3f} (cleanlab {r.label_quality_score:.3f})<br>"
-                     f"issues: {html.escape(str(r.issues) or '-')}<br>model {html.escape(str(r.model_version))}</div>")
+                     f"issues: {html.escape(str(r.issues) or '-')}{_readings(boxes, r.image_id)}<br>"
+                     f"model {html.escape(str(r.model_version))}</div>")
     parts.append("</div>")
     return _page("textloop curate: label issues", "".join(parts))
 

@@ -123,7 +123,7 @@ def run_curate(
                 changed = plan[(plan["old_split"] != plan["new_split"]) | (plan["old_status"] != plan["new_status"])]
                 actions.append(changed.assign(kind="duplicate", label_score=float("nan"), issues=""))
         if label_noise:
-            noise = find_label_noise(ws, noise_cfg)
+            noise = find_label_noise(ws, noise_cfg, progress=progress)
             write_table(noise.images, folders, "label_issues")
             write_table(noise.boxes, folders, "label_issue_boxes")
             page = label_issues_html(noise.images, noise.boxes)
