@@ -135,7 +135,7 @@ def test_catalog_uses_only_out_of_sample_predictions_and_apply_sets_status(ws) -
         tx.execute("INSERT INTO annotations(image_id, source, ls_annotation_id, boxes, labels, updated_at, pulled_at)"
                    " VALUES (?,?,?,?,?,?,?)", ("late", "labelstudio", 999, "[[1,1,20,20]]", "[0]", t0 + 60, t0 + 60))
     report = find_label_noise(ws, LabelNoiseConfig(method="coverage"))  # boxes only: these images have no pixels
-    assert ("late", "no prediction made before the label (not out-of-sample)") in report.skipped
+    assert ("late", "no stored prediction; `textloop predict --detector ppocr` makes one") in report.skipped
     assert set(report.images["model_version"]) == {"m1"}
     assert set(report.images["image_id"][:3]) == set(planted)
     changed = apply_label_actions(ws, report, "review", worst=2)
@@ -221,6 +221,7 @@ def test_reading_score_with_the_real_recogniser_finds_planted_errors(tmp_path) -
     assert set(ranked[:3]) == set(planted), (ranked[:5], planted)
     assert ranked.index("page07") >= 3
     assert rep.images.set_index("image_id").loc[list(planted), "is_label_issue"].all()
+    assert (rep.images["is_label_issue"] == (rep.images["issues"] != "")).all()  # a flagged image names its boxes
     clean = rep.boxes[(rep.boxes.source == "given") & rep.boxes.image_id.isin(["page00", "page01"])]
     assert (clean["read_score"] > 0.5).mean() >= 0.75  # real words read as words
     from pipeline.curate.report import label_issues_html
@@ -235,3 +236,74 @@ def test_label_noise_options_are_range_checked() -> None:
         LabelNoiseConfig(read_min_chars=0)
     with pytest.raises(ValueError, match="unknown label-noise method"):
         LabelNoiseConfig(method="ocr")
+
+
+def test_which_stored_predictions_count_as_out_of_sample(ws) -> None:
+    """Stock ppocr never trained on anything here, so its prediction made after `import` is
+    usable; a workspace model registered after the label may have fitted it (unless the image
+    is in test, which training never reads); an unregistered bundle's data is unknown."""
+    from pipeline.curate.label_noise import catalog_items
+
+    t0 = time.time()
+    box = dumps([[10, 10, 60, 30]])
+    with ws.catalog() as cat, cat.transaction() as tx:
+        tx.execute("INSERT INTO models(version, kind, path, metrics, created_at, promoted) VALUES (?,?,?,?,?,0)",
+                   ("db-x", "db", "models/db-x/bundle.zip", "{}", t0 + 50))
+        rows = {"stock_after": ("ppocr-v4-det", t0, t0 + 100, "train"), "tuned_after": ("db-x", t0, t0 + 100, "train"),
+                "tuned_test": ("db-x", t0, t0 + 100, "test"), "labelled_later": ("db-x", t0 + 200, t0 + 300, "val"),
+                "unknown": ("someone-elses", t0, t0 + 100, "train"), "none": (None, t0, 0, "train")}
+        for k, (iid, (version, labelled, predicted, split)) in enumerate(rows.items()):
+            _add_image(tx, iid)
+            tx.execute("UPDATE images SET split = ? WHERE id = ?", (split, iid))
+            tx.execute("INSERT INTO annotations(image_id, source, ls_annotation_id, boxes, labels, updated_at, pulled_at)"
+                       " VALUES (?,?,?,?,?,?,?)", (iid, "labelstudio", k, box, "[0]", labelled, labelled))
+            if version:
+                tx.execute("INSERT INTO predictions(image_id, model_version, boxes, scores, labels, created_at)"
+                           " VALUES (?,?,?,?,?,?)", (iid, version, box, "[0.9]", "[0]", predicted))
+    items, skipped = catalog_items(ws)
+    assert {it.image_id: it.model_version for it in items} == {
+        "stock_after": "ppocr-v4-det", "tuned_test": "db-x", "labelled_later": "db-x"}
+    why = dict(skipped)
+    assert why["none"].startswith("no stored prediction") and "predict --detector ppocr" in why["none"]
+    assert why["tuned_after"].startswith("no out-of-sample prediction") and "unknown" in why
+
+
+def test_import_predict_curate_finds_a_planted_label_error(tmp_path) -> None:
+    """The user's path for a dataset labelled elsewhere: `import` it, `predict --detector ppocr`
+    (after the labels: stock never trained on them), `curate`: every image is scored and the
+    one with a box drawn on background ranks first."""
+    import json as _json
+
+    from typer.testing import CliRunner
+
+    from pipeline.cli.app import app
+
+    folder = tmp_path / "set" / "gen"
+    (folder / "images").mkdir(parents=True)
+    from pipeline.curate.testdata import png
+
+    rng = np.random.default_rng(5)
+    lines = []
+    for i in range(5):
+        im, boxes = text_page(3000 + i, size=(480, 360), n_lines=3, kinds=("paper",))
+        (folder / "images" / f"p{i}.png").write_bytes(png(im.convert("RGB")))
+        b = np.asarray(boxes, float)
+        if i == 3:
+            b, _ = inject_error(b, 480, 360, "add", rng)
+        lines.append(_json.dumps({"image": f"images/p{i}.png", "width": 480, "height": 360, "boxes": b.round(1).tolist()}))
+    (folder / "boxes.jsonl").write_text("\n".join(lines) + "\n")
+    runner = CliRunner()
+    w = ["--workspace", str(tmp_path / "ws")]
+    for args in (["import", str(tmp_path / "set")], ["predict", "--detector", "ppocr"]):
+        r = runner.invoke(app, w + args)
+        assert r.exit_code == 0, r.output
+    r = runner.invoke(app, w + ["--json", "curate", "--skip-duplicates"])
+    assert r.exit_code == 0, r.output
+    noise = _json.loads(r.stdout)["label_noise"]
+    assert noise["labelled_images"] == 5 and noise["skipped"] == 0 and noise["method"] == "reading"
+    import pandas as pd
+
+    from pipeline.io import sha256_file
+
+    top = pd.read_parquet(tmp_path / "ws" / "reports" / "label_issues.parquet").iloc[0]
+    assert top["image_id"] == sha256_file(folder / "images" / "p3.png") and "spurious_box" in top["issues"], top.to_dict()

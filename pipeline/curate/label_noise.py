@@ -217,6 +217,7 @@ def score_label_noise(items: Sequence[NoiseItem], cfg: LabelNoiseConfig | None =
                        + cfg.swap_weight * np.log(tiny + p_sw))
 
     img_rows, box_rows = [], []
+    flag = 1.0 - cfg.image_issue_threshold  # reading: a box this suspect makes its image an issue, and is named
     for i, (it, given, pred, reading) in enumerate(kept):
         ov, bl, sw = overlooked[i], badloc[i], swap[i]
         cov = _coverage(it, given, pred, cfg)
@@ -231,7 +232,7 @@ def score_label_noise(items: Sequence[NoiseItem], cfg: LabelNoiseConfig | None =
         issues = []
         for j, b in enumerate(given):
             if reading is not None and cfg.method == "reading":
-                issue = ("spurious_box" if cov.unc_g[j] >= 0.8 else "bad_location") if reading.given[j] >= 0.5 else ""
+                issue = ("spurious_box" if cov.unc_g[j] >= 0.8 else "bad_location") if reading.given[j] > flag else ""
             elif cov.unc_g[j] >= 0.8:
                 issue = "spurious_box"
             elif cov.unc_g[j] >= 0.3 or bl[j] < cfg.box_issue_threshold:
@@ -249,7 +250,7 @@ def score_label_noise(items: Sequence[NoiseItem], cfg: LabelNoiseConfig | None =
             text, conf = reading.pred_text.get(j, ("", np.nan)) if reading is not None else ("", np.nan)
             if reading is not None and cfg.method == "reading":
                 u = float(cov.unc_p[j]) if j in reading.pred_text else u
-                issue = "overlooked_text" if reading.pred.get(j, 0.0) >= 0.5 else ""
+                issue = "overlooked_text" if reading.pred.get(j, 0.0) > flag else ""
             else:
                 issue = "overlooked_text" if (np.isfinite(u) and u >= 0.8) or (np.isfinite(o) and o < cfg.box_issue_threshold) else ""
             if issue:
@@ -383,8 +384,8 @@ def catalog_items(ws: Any, cfg: LabelNoiseConfig | None = None) -> tuple[list[No
     """Human-labelled images with an out-of-sample prediction; and (image_id, reason) skipped.
 
     The label is the latest human annotation of the image (`Catalog.latest_annotations`); the
-    prediction is the newest row created before the image's first annotation (so its model never
-    saw this label), or, with `cfg.model_version`, that model's row if it predates the annotation.
+    prediction is the newest row whose model cannot have trained on it (`_out_of_sample`), or
+    with `cfg.model_version` that model's row if it qualifies.
     Excluded images are left out, as training and evaluation leave them out: their labels train
     nothing, and flagging one for review would send an image curation took out of the dataset
     (e.g. a duplicate, or a label already judged bad) back to Label Studio.
@@ -394,13 +395,16 @@ def catalog_items(ws: Any, cfg: LabelNoiseConfig | None = None) -> tuple[list[No
         anns = cat.latest_annotations(include_excluded=False)
         first_at = cat.first_annotated_at()
         by_image = cat.prediction_history()
+        trained_at = {m["version"]: float(m["created_at"]) for m in cat.models()}
     items: list[NoiseItem] = []
     skipped: list[tuple[str, str]] = []
     for iid, a in anns.items():
-        cands = [p for p in by_image.get(iid, []) if p["created_at"] <= first_at[iid]
+        cands = [p for p in by_image.get(iid, [])
+                 if _out_of_sample(p, first_at[iid], a["split"], trained_at)
                  and (cfg.model_version is None or p["model_version"] == cfg.model_version)]
         if not cands:
-            skipped.append((iid, "no prediction made before the label (not out-of-sample)"))
+            why = "no stored prediction" if not by_image.get(iid) else "no out-of-sample prediction (models that may have trained on this label)"
+            skipped.append((iid, f"{why}; `textloop predict --detector ppocr` makes one"))
             continue
         p = cands[0]
         try:
@@ -414,6 +418,24 @@ def catalog_items(ws: Any, cfg: LabelNoiseConfig | None = None) -> tuple[list[No
             ignore = np.zeros(len(given), bool)
         items.append(NoiseItem(iid, given, det, ignore, ws.abspath(a["path"]).as_posix(), p["model_version"]))
     return items, skipped
+
+
+def _out_of_sample(pred: Any, first_label_at: float, split: str, trained_at: dict[str, float]) -> bool:
+    """Whether the model behind a stored prediction cannot have seen the image's label: the
+    prediction was made before any label of the image existed (a pre-annotation); or it comes
+    from stock `ppocr` (never trained on anything here: `import` then `predict --detector ppocr`
+    works); or from a workspace model registered before the label existed; or the image is in
+    the test split, which training never reads. A workspace model's prediction of a train/val
+    image labelled before the model existed may have been fitted to that label, and an
+    unregistered bundle's training data is unknown: neither is used."""
+    from pipeline.detectors.ppocr import BASE_VERSION
+
+    version = pred["model_version"]
+    if pred["created_at"] <= first_label_at or split == "test":
+        return True
+    if version in trained_at:
+        return trained_at[version] < first_label_at
+    return str(version).startswith(BASE_VERSION)
 
 
 def image_reader(threads: int = 2) -> BoxReader:
