@@ -124,3 +124,24 @@ def test_json_after_the_command_gives_the_same_output(cmd, tmp_path, monkeypatch
                 d.pop(k, None)
     assert a == b
     assert Path(ws).is_dir()
+
+
+def test_piped_tables_are_not_cut_to_80_columns(tmp_path, monkeypatch):
+    """`textloop models list | less` (or > file) printed "db-20…": rich assumes 80 columns when
+    stdout is no terminal. Piped output gets room; COLUMNS still decides when set."""
+    import time
+
+    from pipeline.workspace import Workspace
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    ws = Workspace.open(tmp_path / "ws")
+    version = "db-20261203-130540-7fa247ea-with-a-long-name"
+    with ws.catalog() as cat, cat.transaction() as tx:
+        tx.execute("INSERT INTO models(version, parent, kind, path, trained_on, metrics, created_at, promoted) "
+                   "VALUES (?,?,?,?,?,?,?,1)", (version, version, "db", f"models/{version}/bundle.zip", "x",
+                                                json.dumps({"coverage_at_budget": 0.9}), time.time()))
+    r = CliRunner().invoke(app, ["-w", str(ws.root), "models", "list"])
+    assert r.exit_code == 0 and r.stdout.count(version) == 2, r.stdout   # version and parent, whole
+    monkeypatch.setenv("COLUMNS", "60")
+    r = CliRunner().invoke(app, ["-w", str(ws.root), "models", "list"])
+    assert version not in r.stdout and max(map(len, r.stdout.splitlines())) <= 60

@@ -523,6 +523,13 @@ def test_archive_moves_originals_only_after_success(tmp_path, fake):
     assert r.exit_code == 1
     assert sorted(sha_tree(tmp_path / "arch")) == ["a.png", "b.jpg", "sub/c.bmp", "sub/deeper/d.tif", "sub/e.webp"]
     assert (src / "bad.png").exists() and not (src / "a.png").exists()
+    # the rerun, once the bad file is dealt with, has nothing left to do: exit 0, not "no images found"
+    (src / "bad.png").unlink()
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "redact", str(src), str(tmp_path / "out"),
+                                 "--archive", str(tmp_path / "arch")])
+    assert r.exit_code == 0 and "nothing to redact" in r.output, r.output
+    r = cli(tmp_path, "redact", str(src), str(tmp_path / "out2"))   # no archive given: still an error
+    assert r.exit_code == 2 and "no images found" in r.output
 
 
 class FakeReader:

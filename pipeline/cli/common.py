@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import logging
 import math
 import sqlite3
@@ -259,6 +260,9 @@ def usage_errors(*kinds: type[BaseException]) -> Iterator[None]:
         fail(str(exc), 2)
 
 
+PIPED_WIDTH = 200
+
+
 def emit(st: AppState, data: Any, render: Callable[[Console], None] | None = None,
          problems: Sequence[str] = (), label: str = "failed") -> None:
     """--json: the data as JSON on stdout; otherwise a human rendering on stdout. With -q
@@ -274,7 +278,10 @@ def emit(st: AppState, data: Any, render: Callable[[Console], None] | None = Non
         for line in problems:
             err.print(f"[red]{label}[/] {escape(line)}", highlight=False, soft_wrap=True)
         return
-    out = Console()
+    # piped or redirected, rich assumes 80 columns and cuts table cells ("db-20…"): the reader
+    # of a file or a pager scrolls, so give tables room (COLUMNS still decides if set)
+    piped = not sys.stdout.isatty() and not os.environ.get("COLUMNS")
+    out = Console(width=PIPED_WIDTH if piped else None)
     if render is not None:
         render(out)
     else:

@@ -110,6 +110,10 @@ def _render(c: Console, summary: RedactSummary, verify: bool) -> None:
     dry_run, results, review_info = summary.would_redact is not None, summary.results, summary.review
     audit_dir, input, output = Path(summary.audit), summary.input, summary.output
     summary = summary.as_dict()
+    if not summary["images"] and not summary["failed"]:
+        c.print(f"nothing to redact in {input}: an earlier run moved its originals to the archive "
+                f"(outputs in {output})", highlight=False)
+        return
     if dry_run:
         t = Table(title="dry run: what would be redacted", show_header=True)
         t.add_column("image")

@@ -122,6 +122,10 @@ def redact_tree(input: str, output: str | Path, cfg: rr.RedactConfig = rr.Redact
     output = Path(output)
     items, audit_dir, ignored = planned.items, planned.audit, planned.ignored
     if not items and not planned.problems:
+        if archive and Path(archive).is_dir() and any(p.is_file() for p in Path(archive).rglob("*")):
+            # a finished --archive run moved every original away: running it again is a no-op
+            return RedactSummary(**rr.summarize([], 0.0, len(ignored)), model={}, input=input, output=str(output),
+                                 audit=str(audit_dir), detector="", settings={}, engine=engine, archived=0)
         raise ValueError(f"{input}: no images found (extensions: {', '.join(sorted(set(rr.codec.EXTENSIONS)))})")
     # the detector before any folder is made: a bad --scales or model leaves nothing behind;
     # the workspace is opened only when needed, so a plain `redact` creates none
