@@ -328,7 +328,7 @@ def _fit_frames(items: list[tuple[Path, LabelledImage]]) -> tuple[list[tuple[Pat
     drawn on an EXIF-rotated image's stored pixels are turned upright; a size that fits neither
     frame leaves the image out with the reason (it used to be scored in the wrong frame)."""
     from pipeline.imaging import ImageRejected
-    from pipeline.importer import fit_to_image
+    from pipeline.formats.frames import fit_to_image
 
     kept, skipped = [], []
     for path, rec in items:
