@@ -258,6 +258,31 @@ def line_bridges(new: Any, old: Any, max_gap: float = 4.0) -> np.ndarray:
     return np.stack([right[i, j], shorter[:, 1], left[i, j], shorter[:, 3]], axis=1).reshape(-1, 4)
 
 
+def longest_uncovered_run(box: Any, others: Any) -> np.ndarray:
+    """The longest stretch of an xyxy `box`, along its long axis and at its full height (or
+    width), that no box of `others` in line with it covers (overlap across the axis >= half
+    the thinner one's extent); shape (4,), zero length when it is all covered.
+
+    A detector's line box over a labelled line is covered by the line's word boxes even
+    though they are much thinner (area would call it half uncovered); a word the labeller
+    left out of the line is the stretch between two word boxes."""
+    b = np.asarray(box, dtype=np.float64).reshape(4)
+    o = _as_boxes(others)
+    horizontal = (b[2] - b[0]) >= (b[3] - b[1])
+    lo, hi = (0, 2) if horizontal else (1, 3)        # along the axis
+    clo, chi = (1, 3) if horizontal else (0, 2)      # across it
+    runs = [(b[lo], b[hi])]
+    if len(o):
+        across = np.minimum(o[:, chi], b[chi]) - np.maximum(o[:, clo], b[clo])
+        in_line = across >= 0.5 * np.minimum(o[:, chi] - o[:, clo], b[chi] - b[clo])
+        for s, e in sorted(zip(o[in_line, lo], o[in_line, hi])):
+            runs = [piece for r0, r1 in runs for piece in ((r0, min(r1, s)), (max(r0, e), r1)) if piece[1] > piece[0]]
+    start, end = max(runs, key=lambda r: r[1] - r[0]) if runs else (b[lo], b[lo])
+    out = b.copy()
+    out[lo], out[hi] = start, end
+    return out
+
+
 def to_int_pixels(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
     """Outward-rounded integer xyxy (x1, y1 exclusive), clipped: the pixels a box touches."""
     b = _as_boxes(boxes)

@@ -87,3 +87,18 @@ def test_line_bridges_span_the_gap_between_fragments_of_one_line_only() -> None:
 
     assert line_bridges(new, old, max_gap=2.0).shape == (0, 4)
     assert line_bridges(np.zeros((0, 4)), old).shape == (0, 4)
+
+
+def test_longest_uncovered_run_sees_words_in_a_line_not_their_area() -> None:
+    """A detector's line box over word labels is covered by them, though they are much thinner
+    (by area the line would be half uncovered); the gap where a word was left out is the run."""
+    from pipeline.boxes import longest_uncovered_run
+
+    line = [0, 0, 100, 20]
+    words = [[5, 6, 30, 14], [33, 6, 58, 14], [82, 6, 98, 14]]      # thin word boxes, one word missing
+    assert np.allclose(longest_uncovered_run(line, words), [58, 0, 82, 20])
+    assert np.allclose(longest_uncovered_run(line, []), line)
+    run = longest_uncovered_run(line, [[0, 2, 100, 18]])
+    assert run[2] - run[0] == 0                                      # all covered
+    assert np.allclose(longest_uncovered_run(line, [[40, 18, 60, 60]]), line)   # the next line down: not in line
+    assert np.allclose(longest_uncovered_run([0, 0, 20, 100], [[2, 0, 18, 40]]), [0, 40, 20, 100])  # vertical line

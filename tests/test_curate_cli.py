@@ -100,6 +100,27 @@ def test_curate_reports_then_apply(tmp_path: Path) -> None:
     assert again == after
 
 
+def test_exclude_the_worst_n_twice_excludes_nothing_more(tmp_path: Path) -> None:
+    """`--worst N --label-action exclude` took N more images on every rerun: excluded images
+    leave the pool, so the next N became the worst. The earlier exclusions now count."""
+    ws, info = build_workspace(tmp_path)
+    runner = CliRunner()
+    args = ["--workspace", str(ws.root), "--json", "curate", "--skip-duplicates", "--apply", "--worst", "2",
+            "--label-action", "exclude"]
+    first = json.loads(runner.invoke(app, args).stdout)
+    assert first["label_noise"]["applied"]["changed"] == 2
+    with ws.catalog() as cat:
+        excluded = {r["id"] for r in cat.images() if r["status"] == "excluded"}
+    assert len(excluded) == 2 and excluded <= set(info["planted"])
+    again = json.loads(runner.invoke(app, args).stdout)
+    assert again["label_noise"]["applied"]["changed"] == 0
+    with ws.catalog() as cat:
+        assert {r["id"] for r in cat.images() if r["status"] == "excluded"} == excluded
+    # the reports still leave excluded images out
+    issues = pd.read_parquet(ws.reports_dir / "label_issues.parquet")
+    assert not set(issues["image_id"]) & excluded and (issues["name"] != "").all()
+
+
 def test_duplicate_group_labelled_once(tmp_path: Path) -> None:
     pool = make_pool(tmp_path / "src", n=8, seed=5, broken=False)
     ws = Workspace.open(tmp_path / "ws")

@@ -80,6 +80,13 @@ def _render(c: Console, summary: dict[str, Any], engine: str, apply: bool) -> No
         if key in n:
             t.add_row(f"labels: {key.replace('_', ' ')}", str(n[key]))
     c.print(t)
+    skipped = n.get("skipped_images") or []
+    by_reason: dict[str, list[str]] = {}
+    for row in skipped:
+        by_reason.setdefault(row["reason"], []).append(row.get("name") or row["image_id"][:16])
+    for reason, names in list(by_reason.items())[:5]:
+        c.print(f"[yellow]not scored[/] {len(names)} labelled image(s), e.g. {names[0]}: {reason}", highlight=False,
+                soft_wrap=True)
     if engine == "fastdup":
         c.print("[yellow]note:[/] fastdup is licensed CC BY-NC-ND 4.0 (non-commercial use only).")
     if apply:

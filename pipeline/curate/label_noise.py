@@ -71,6 +71,8 @@ class LabelNoiseConfig:
     read_pred_score: float = 0.5             # reading: unlabelled predictions from this score are read
     read_min_chars: int = 2                  # reading: an unlabelled prediction is text if it reads this many
                                              # letters/digits
+    read_short_aspect: float = 1.5           # reading: a given box narrower than this x its height is "short"
+                                             # (a character or two), its unreadability counts less
     read_threads: int = 2                    # reading: recogniser threads
     model_version: str | None = None         # catalog: use this model's predictions only
 
@@ -81,6 +83,8 @@ class LabelNoiseConfig:
                      "box_issue_threshold", "image_issue_threshold", "read_pred_score"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.read_short_aspect <= 0:
+            raise ValueError(f"read_short_aspect must be > 0, got {self.read_short_aspect}")
         if self.read_min_chars < 1 or self.read_threads < 1:
             raise ValueError(f"read_min_chars and read_threads must be >= 1, got {self.read_min_chars}, {self.read_threads}")
 
@@ -95,6 +99,8 @@ class NoiseItem:
     ignore: np.ndarray | None = None
     path: str = ""
     model_version: str = ""
+    name: str = ""        # the file name it was harvested from (reports: ids alone are opaque)
+    status: str = ""      # catalog status when scored
 
 
 BoxReader = Callable[[NoiseItem, np.ndarray], Sequence[tuple[str, float]]]
@@ -107,6 +113,13 @@ class LabelNoiseReport:
     images: pd.DataFrame
     boxes: pd.DataFrame
     skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def without_status(self, status: str) -> "LabelNoiseReport":
+        """The report without the images that had `status` when scored (e.g. ones an earlier
+        run excluded, ranked only to count them)."""
+        keep = self.images[self.images["status"] != status]
+        return LabelNoiseReport(keep.reset_index(drop=True), self.boxes[self.boxes["image_id"].isin(keep["image_id"])]
+                                .reset_index(drop=True), list(self.skipped))
 
     def summary(self) -> dict[str, Any]:
         im = self.images
@@ -121,7 +134,7 @@ class LabelNoiseReport:
         }
 
 
-IMAGE_COLUMNS = ["image_id", "path", "model_version", "n_given", "n_predicted", "label_score", "is_label_issue",
+IMAGE_COLUMNS = ["image_id", "name", "status", "path", "model_version", "n_given", "n_predicted", "label_score", "is_label_issue",
                  "label_quality_score", "coverage_score", "reading_score", "overlooked_score", "badloc_score",
                  "swap_score", "issues"]
 BOX_COLUMNS = ["image_id", "box", "source", "x0", "y0", "x1", "y1", "pred_score", "overlooked_score",
@@ -180,7 +193,8 @@ def score_label_noise(items: Sequence[NoiseItem], cfg: LabelNoiseConfig | None =
             try:
                 reading = _reading(it, given, pred, cfg, reader)
             except (OSError, ValueError) as exc:
-                skipped.append((it.image_id, f"{it.path or it.image_id}: cannot read the image ({exc})"))
+                where = f"{it.name} ({it.path})" if it.name else (it.path or it.image_id)
+                skipped.append((it.image_id, f"{where}: cannot read the image ({exc})"))
                 log.warning("label noise: %s skipped: %s", it.image_id, skipped[-1][1])
                 continue
             finally:
@@ -257,7 +271,7 @@ def score_label_noise(items: Sequence[NoiseItem], cfg: LabelNoiseConfig | None =
                 issues.append(issue)
             box_rows.append((it.image_id, j, "predicted", *map(float, b), float(pred.scores[j]), o, np.nan, u,
                              text, conf, issue))
-        img_rows.append((it.image_id, it.path, it.model_version, len(given), len(pred), label_score,
+        img_rows.append((it.image_id, it.name, it.status, it.path, it.model_version, len(given), len(pred), label_score,
                          label_score < cfg.image_issue_threshold, float(cl_scores[i]), coverage_score, reading_score,
                          s_ov, s_bl, s_sw, ",".join(sorted(set(issues)))))
     images = pd.DataFrame(img_rows, columns=IMAGE_COLUMNS).sort_values("label_score", ignore_index=True)
@@ -322,24 +336,41 @@ def _reading(it: NoiseItem, given: np.ndarray, pred: Detections, cfg: LabelNoise
     """Disagreement between labels and predictions that the pixels confirm.
 
     A given box is suspect by (1 - recogniser confidence) x sqrt(share outside every
-    prediction): a box on background or shifted off its word reads nothing, a word the
-    detector missed reads fine. An unlabelled prediction (score >= read_pred_score, at least
-    half outside every given box) is suspect by that share x its height weight x the
-    confidence of a reading of read_min_chars+ letters/digits: a dropped word reads as text,
-    a ruling line or a logo does not."""
+    prediction) x min(1, width / height / read_short_aspect): a box on background or shifted
+    off its word reads nothing, a word the detector missed reads fine, and a box of a
+    character or two (a bracket, a check mark, a handwritten digit) says little either way
+    (vertical labels count as short too). An unlabelled stretch of a prediction (score >=
+    read_pred_score; `boxes.longest_uncovered_run` against the labels in line with it, at
+    least 0.6x its height long) is suspect by the confidence of a reading of read_min_chars+
+    letters/digits there, times the prediction's height weight: a word left out of a
+    labelled line, or a whole unlabelled line, reads as text; the margin of a line box, a
+    ruling line or a logo does not."""
+    from pipeline.boxes import longest_uncovered_run
     from pipeline.legibility import normalise
 
     cov = _coverage(it, given, pred, cfg)
-    cand = np.flatnonzero((pred.scores >= cfg.read_pred_score) & (cov.unc_p >= 0.5)) if len(pred) else np.zeros(0, int)
-    boxes = np.concatenate([given, pred.boxes[cand]]) if len(cand) else given
+    all_given = np.asarray(it.given, dtype=np.float64).reshape(-1, 4)
+    cand, runs = [], []
+    for j in np.flatnonzero(pred.scores >= cfg.read_pred_score) if len(pred) else []:
+        b = pred.boxes[j]
+        run = longest_uncovered_run(b, all_given)
+        w, h = b[2] - b[0], b[3] - b[1]
+        along = run[2] - run[0] if w >= h else run[3] - run[1]
+        if along >= 0.6 * min(w, h):
+            cand.append(int(j))
+            runs.append(run)
+    boxes = np.concatenate([given, np.asarray(runs).reshape(-1, 4)]) if runs else given
     read = list(reader(it, boxes)) if len(boxes) else []
     if len(read) != len(boxes):
         raise ValueError(f"the reader returned {len(read)} readings for {len(boxes)} boxes")
     given_text = [(t, float(c)) for t, c in read[:len(given)]]
     conf_g = np.array([c if normalise(t) else 0.0 for t, c in given_text])
     sus_g = (1.0 - conf_g) * np.sqrt(np.clip(cov.unc_g, 0.0, 1.0)) if len(given) else np.zeros(0)
-    pred_text = {int(j): (t, float(c)) for j, (t, c) in zip(cand, read[len(given):])}
-    sus_p = {j: float(cov.unc_p[j] * cov.weight_p[j] * (c if len(normalise(t)) >= cfg.read_min_chars else 0.0))
+    if len(given):  # a character or two, a check mark, a handwritten digit: the recogniser reads them poorly
+        aspect = (given[:, 2] - given[:, 0]) / np.maximum(given[:, 3] - given[:, 1], 1e-9)
+        sus_g = sus_g * np.minimum(1.0, aspect / cfg.read_short_aspect)
+    pred_text = {j: (t, float(c)) for j, (t, c) in zip(cand, read[len(given):])}
+    sus_p = {j: float(cov.weight_p[j] * (c if len(normalise(t)) >= cfg.read_min_chars else 0.0))
              for j, (t, c) in pred_text.items()}
     worst = max([0.0, *sus_g.tolist(), *sus_p.values()])
     return _Reading(float(1.0 - worst), sus_g, given_text, sus_p, pred_text)
@@ -380,7 +411,8 @@ def _auxiliary_inputs(labels: list[dict[str, np.ndarray]], preds: list[list[np.n
 
 # --- catalog glue ------------------------------------------------------------------------------
 
-def catalog_items(ws: Any, cfg: LabelNoiseConfig | None = None) -> tuple[list[NoiseItem], list[tuple[str, str]]]:
+def catalog_items(ws: Any, cfg: LabelNoiseConfig | None = None, include_excluded: bool = False
+                  ) -> tuple[list[NoiseItem], list[tuple[str, str]]]:
     """Human-labelled images with an out-of-sample prediction; and (image_id, reason) skipped.
 
     The label is the latest human annotation of the image (`Catalog.latest_annotations`); the
@@ -388,11 +420,14 @@ def catalog_items(ws: Any, cfg: LabelNoiseConfig | None = None) -> tuple[list[No
     with `cfg.model_version` that model's row if it qualifies.
     Excluded images are left out, as training and evaluation leave them out: their labels train
     nothing, and flagging one for review would send an image curation took out of the dataset
-    (e.g. a duplicate, or a label already judged bad) back to Label Studio.
+    (e.g. a duplicate, or a label already judged bad) back to Label Studio. `include_excluded`
+    keeps them, for ranking only (`--worst N --label-action exclude` counts the ones an earlier
+    run excluded, so a rerun excludes nothing more).
     """
     cfg = cfg or LabelNoiseConfig()
     with ws.catalog() as cat:
-        anns = cat.latest_annotations(include_excluded=False)
+        anns = cat.latest_annotations(include_excluded=include_excluded)
+        names = {r["id"]: r["original_name"] for r in cat.images()}
         first_at = cat.first_annotated_at()
         by_image = cat.prediction_history()
         trained_at = {m["version"]: float(m["created_at"]) for m in cat.models()}
@@ -416,7 +451,8 @@ def catalog_items(ws: Any, cfg: LabelNoiseConfig | None = None) -> tuple[list[No
             continue
         if len(ignore) != len(given):
             ignore = np.zeros(len(given), bool)
-        items.append(NoiseItem(iid, given, det, ignore, ws.abspath(a["path"]).as_posix(), p["model_version"]))
+        items.append(NoiseItem(iid, given, det, ignore, ws.abspath(a["path"]).as_posix(), p["model_version"],
+                               names.get(iid) or "", a["status"]))
     return items, skipped
 
 
@@ -453,11 +489,12 @@ def image_reader(threads: int = 2) -> BoxReader:
 
 
 def find_label_noise(ws: Any, cfg: LabelNoiseConfig | None = None,
-                     progress: Callable[[int, int], None] | None = None) -> LabelNoiseReport:
+                     progress: Callable[[int, int], None] | None = None,
+                     include_excluded: bool = False) -> LabelNoiseReport:
     """`score_label_noise` over the workspace's human labels (reading their images unless the
     method is coverage or cleanlab)."""
     cfg = cfg or LabelNoiseConfig()
-    items, skipped = catalog_items(ws, cfg)
+    items, skipped = catalog_items(ws, cfg, include_excluded)
     for iid, why in skipped:
         log.info("label noise: %s skipped: %s", iid, why)
     reader = image_reader(cfg.read_threads) if cfg.method == "reading" and items else None

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -143,22 +144,33 @@ def _readings(boxes: pd.DataFrame, image_id: str, most: int = 3) -> str:
     if "read_score" not in boxes:
         return ""
     b = boxes[(boxes["image_id"] == image_id) & (boxes["issue"].astype(str) != "") & boxes["read_score"].notna()]
-    said = [f"{row.issue.replace('_', ' ')} reads &ldquo;{html.escape(str(row.read_text))}&rdquo; ({row.read_score:.2f})"
-            for row in b.head(most).itertuples()]
+    said = [f"{row.issue.replace('_', ' ')} reads "
+            + (f"&ldquo;{html.escape(str(row.read_text))}&rdquo; ({row.read_score:.2f})" if str(row.read_text).strip()
+               else "nothing")
+            for row in b.sort_values("read_score").head(most).itertuples()]
+    if len(b) > most:
+        said.append(f"and {len(b) - most} more flagged boxes")
     return "<br>" + "<br>".join(said) if said else ""
 
 
-def label_issues_html(images: pd.DataFrame, boxes: pd.DataFrame, max_images: int = 60) -> str:
+def label_issues_html(images: pd.DataFrame, boxes: pd.DataFrame, max_images: int = 60,
+                      skipped: Sequence[dict[str, str]] = ()) -> str:
     parts = [_legend()]
+    if skipped:
+        parts.append(f"<p>{len(skipped)} labelled images not scored:</p><ul>" + "".join(
+            f"<li>{html.escape(s.get('name') or s['image_id'][:16])}: {html.escape(s['reason'])}</li>"
+            for s in list(skipped)[:50]) + ("<li>...</li>" if len(skipped) > 50 else "") + "</ul>")
     if not len(images):
-        parts.append("<p>No human-labelled image with an out-of-sample prediction yet.</p>")
+        parts.append("<p>No human-labelled image with an out-of-sample prediction yet "
+                     "(<code>textloop predict --detector ppocr</code> makes one for every image).</p>")
         return _page("textloop curate: label issues", "".join(parts))
     n_issue = int(images["is_label_issue"].sum())
     parts.append(f"<p>{len(images)} labelled images, {n_issue} suspected label issues; worst first.</p><div class='grid'>")
     for r in images.sort_values("label_score").head(max_images).itertuples():
         given, pred, flagged = boxes_of(boxes, r.image_id)
         im = render(r.path, given, pred, flagged, max_side=320)
-        parts.append(f"<div class='card'><img src='{data_uri(im)}'><b>{html.escape(str(r.image_id)[:16])}</b><br>"
+        name = getattr(r, "name", "") or str(r.image_id)[:16]
+        parts.append(f"<div class='card'><img src='{data_uri(im)}'><b>{html.escape(str(name))}</b><br>"
                      f"label score {r.label_score:.3f} (cleanlab {r.label_quality_score:.3f})<br>"
                      f"issues: {html.escape(str(r.issues) or '-')}{_readings(boxes, r.image_id)}<br>"
                      f"model {html.escape(str(r.model_version))}</div>")
@@ -467,7 +479,7 @@ def build_report(ws: Any, iteration: int | str | None = None, max_items: int = 1
         for r in issues.sort_values("label_score").head(max_items).itertuples():
             given, pred, flagged = boxes_of(issue_boxes, r.image_id)
             lab_items.append((render(r.path, given, pred, flagged, max_side=320),
-                              f"{str(r.image_id)[:12]} score {r.label_score:.2f}\n{r.issues or '-'}"))
+                              f"{(getattr(r, 'name', '') or str(r.image_id)[:12])[:28]} score {r.label_score:.2f}\n{r.issues or '-'}"))
     plot_gallery(lab_items, first / pngs["label_issues"], "Label issues (green given, orange predicted, red flagged)",
                  "No label issues to show (no human labels with out-of-sample predictions yet).", cols=3)
     shown = ["model_version", "family", "n_labelled", "coverage", "stock_coverage", "over_redaction_budget",

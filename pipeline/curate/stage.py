@@ -27,6 +27,7 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline.catalog import ImageStatus
 from pipeline.curate.duplicates import (DuplicateConfig, apply_duplicate_actions, find_duplicates,
                                         plan_duplicate_actions, workspace_images)
 from pipeline.curate.label_noise import LabelNoiseConfig, apply_label_actions, find_label_noise
@@ -71,6 +72,15 @@ class CurateSummary:
             if d[part] is None:
                 del d[part]
         return d
+
+
+def _named_skips(ws: Any, skipped: list[tuple[str, str]]) -> list[dict[str, str]]:
+    """The label-noise skips with each image's original file name (ids alone are opaque)."""
+    if not skipped:
+        return []
+    with ws.catalog() as cat:
+        names = {r["id"]: r["original_name"] for r in cat.images()}
+    return [{"image_id": iid, "name": names.get(iid) or "", "reason": why} for iid, why in skipped]
 
 
 def run_curate(
@@ -123,14 +133,19 @@ def run_curate(
                 changed = plan[(plan["old_split"] != plan["new_split"]) | (plan["old_status"] != plan["new_status"])]
                 actions.append(changed.assign(kind="duplicate", label_score=float("nan"), issues=""))
         if label_noise:
-            noise = find_label_noise(ws, noise_cfg, progress=progress)
-            write_table(noise.images, folders, "label_issues")
-            write_table(noise.boxes, folders, "label_issue_boxes")
-            page = label_issues_html(noise.images, noise.boxes)
+            # --worst N with exclude ranks the images earlier runs excluded too, so a rerun's
+            # N worst are the same N (already excluded) instead of the next N
+            rank_excluded = apply and label_action == "exclude" and worst is not None
+            noise = find_label_noise(ws, noise_cfg, progress=progress, include_excluded=rank_excluded)
+            shown = noise.without_status(ImageStatus.EXCLUDED.value) if rank_excluded else noise
+            write_table(shown.images, folders, "label_issues")
+            write_table(shown.boxes, folders, "label_issue_boxes")
+            page = label_issues_html(shown.images, shown.boxes, skipped=_named_skips(ws, shown.skipped))
             for f in folders:
                 atomic_write_text(f / "label_issues.html", page)
-            summary["label_noise"] = noise.summary()
+            summary["label_noise"] = shown.summary()
             summary["label_noise"]["method"] = noise_cfg.method
+            summary["label_noise"]["skipped_images"] = _named_skips(ws, shown.skipped)
             if apply and len(noise.images):
                 changed = apply_label_actions(ws, noise, label_action, worst)
                 summary["label_noise"]["applied"] = {"action": label_action, "changed": int(len(changed))}
