@@ -22,7 +22,8 @@ def curate_cmd(
                                "Apache/BSD) or fastdup (CC BY-NC-ND 4.0: non-commercial use only)."),
     apply: bool = typer.Option(False, "--apply", help="Act on the findings (default: only write reports)."),
     label_action: str = typer.Option("review", help="With --apply, what happens to suspected label issues: review "
-                                      "(status needs_review; push re-sends them to Label Studio) or exclude."),
+                                      "(status needs_review; the next push or iterate sends them to Label Studio "
+                                      "with the label and a note) or exclude."),
     worst: Optional[int] = typer.Option(None, min=1, help="With --apply, act on at most this many label issues (worst first)."),
     method: str = typer.Option("reading", help="Label-noise ranking: reading (default: boxes, and the PP-OCR "
                                "recogniser on what is inside them), coverage (boxes only, no image reads) or cleanlab."),
@@ -93,7 +94,8 @@ def _render(c: Console, summary: dict[str, Any], engine: str, apply: bool) -> No
         dup, lab = d.get("applied") or {}, n.get("applied") or {}
         done = ([f"{dup.get('moved_split', 0)} images moved to their group's split",
                  f"{dup.get('excluded', 0)} duplicates excluded"] if dup else [])
-        verb = "sent back for review" if lab.get("action") == "review" else "excluded"
+        verb = ("marked for review (push or iterate sends them to Label Studio with a note)"
+                if lab.get("action") == "review" else "excluded")
         done += [f"{lab.get('changed', 0)} images with suspected labels {verb}"] if lab else []
         c.print(f"applied: {'; '.join(done) or 'nothing to do'} (changes: {summary['run_dir']}/curate_actions.csv)")
     else:

@@ -227,6 +227,7 @@ class PushSummary:
     failed: int                # images that could not be predicted
     order: str                 # how new tasks were ordered
     url: str
+    sent_for_review: int = 0   # new tasks of images curation flagged (label under review pre-drawn, note in meta)
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -309,9 +310,14 @@ def push_images(
             new_ids = new_ids[:top]
     upd_ids = [i for i in upd_ids if i in preds]
 
+    # An image curation sent back for review that has no task yet (labelled outside Label
+    # Studio, e.g. `textloop import`): its task shows the label under review, not the model's boxes.
+    with ws.catalog() as cat:
+        under_review = labels_under_review(cat, [i for i in new_ids if images[i]["status"] == ImageStatus.NEEDS_REVIEW.value])
+
     def prediction(image_id: str) -> dict[str, Any]:
         im = images[image_id]
-        det = preds[image_id]
+        det = under_review.get(image_id, preds[image_id])
         p: dict[str, Any] = {"model_version": version, "score": round(confidence(det), 4),
                              "result": detections_to_results(det, int(im["width"]), int(im["height"]), project.config)}
         if image_id in clusters:
@@ -331,7 +337,7 @@ def push_images(
                     # kill between this import and the catalog write reads back (`reconcile_tasks`)
                     "data": {**task_data(local_files_url(ws, studio, im["path"]), project.config.data_key, im,
                                          sources.get(image_id, ()), facts.get(image_id)),
-                             "pushed_with": version, "pushed_boxes": len(preds[image_id])},
+                             "pushed_with": version, "pushed_boxes": len(under_review.get(image_id, preds[image_id]))},
                     "predictions": [prediction(image_id)],
                 })
             resp = studio.post_json(f"api/projects/{project.id}/import", payload, {"return_task_ids": "true"})
@@ -343,7 +349,8 @@ def push_images(
             with cat.transaction():  # the batch's tasks, their predictions and statuses together
                 for image_id, tid in zip(chunk, task_ids):
                     cat.record_task(image_id, project.id, int(tid), now)
-                    cat.record_task_prediction(project.id, int(tid), image_id, version, len(preds[image_id]), now)
+                    cat.record_task_prediction(project.id, int(tid), image_id, version,
+                                               len(under_review.get(image_id, preds[image_id])), now)
                     cat.set_status(image_id, ImageStatus.PUSHED, only_from=(ImageStatus.NEW,))
             created += len(chunk)
             done += len(chunk)
@@ -377,13 +384,37 @@ def push_images(
                 updated += 1
         if updated:
             log.info("updated the data of %d existing tasks (file name, sources, ranking facts)", updated)
+    if under_review:
+        from pipeline.studio.review import request_review
+
+        request_review(ws, list(under_review), client=studio)   # the note (the suspected issue) in the task's meta
     if (created or added) and project.model_version != version:
         # Uncertainty sampling only looks at predictions of the project's model_version.
         studio.call(studio.sdk.projects.update, id=project.id, model_version=version)
     return PushSummary(
         project_id=project.id, model_version=version, tasks_created=created, predictions_added=added,
         tasks_updated=updated, already_pushed=len([i for i in images if i in server_tasks]) - len(upd_ids),
-        failed=len(failed), order=order_note, url=f"{studio.url}/projects/{project.id}/data")
+        failed=len(failed), order=order_note, url=f"{studio.url}/projects/{project.id}/data",
+        sent_for_review=len(under_review))
+
+
+def labels_under_review(cat: Catalog, image_ids: Sequence[str]) -> dict[str, Detections]:
+    """image id -> its latest human label as detections (score 1.0, rotated shapes kept), for
+    the images that have one: what a task sent for review pre-draws."""
+    import json
+
+    out: dict[str, Detections] = {}
+    if not image_ids:
+        return out
+    for iid, row in cat.latest_annotations(include_excluded=False, image_ids=list(image_ids)).items():
+        boxes = np.asarray(json.loads(row["boxes"] or "[]"), dtype=np.float64).reshape(-1, 4)
+        quads = json.loads(row["quads"]) if row["quads"] else None
+        try:
+            out[iid] = Detections(boxes, np.ones(len(boxes)), np.zeros(len(boxes), dtype=np.int64),
+                                  quads=np.asarray(quads, dtype=np.float64) if quads is not None else None)
+        except ValueError:   # quads that do not match the boxes: the boxes alone
+            out[iid] = Detections(boxes, np.ones(len(boxes)), np.zeros(len(boxes), dtype=np.int64))
+    return out
 
 
 def run_push(ws: Workspace, client: Studio | None = None, *, split: str | None = None, model: str = "current",

@@ -60,3 +60,37 @@ def test_request_review_reopens_the_task_with_a_note(live_studio, tmp_path_facto
     assert pull(ws, studio).updated == 1
     with ws.catalog() as cat:
         assert cat.scalar("SELECT status FROM images WHERE id = ?", (flagged,)) == "labelled"
+
+
+def test_an_imported_label_flagged_for_review_is_pushed_as_the_label_with_a_note(live_studio, tmp_path_factory) -> None:
+    """A label made outside Label Studio (`import`) has no task: when curation flags it, `push`
+    creates the task with that label pre-drawn (not the model's boxes, which would have the
+    reviewer label from scratch) and the suspected issue in the task's meta."""
+    import json
+
+    from pipeline.importer import import_labels
+
+    src = tmp_path_factory.mktemp("imported_review")
+    (src / "images").mkdir()
+    for i in range(2):
+        noise_image(720 + i, (64, 48)).save(src / "images" / f"i{i}.png")
+    lines = [json.dumps({"image": f"images/i{i}.png", "width": 64, "height": 48, "boxes": [[30, 20, 50, 30]]})
+             for i in range(2)]
+    (src / "boxes.jsonl").write_text("\n".join(lines) + "\n")
+    ws = Workspace.open(live_studio.root / "ws_imported_review")
+    import_labels(ws, [src / "boxes.jsonl"])
+    studio = connect(live_studio.url, live_studio.token, local_files_root=live_studio.root)
+    project = init_project(ws, studio, title="imported review test")
+    with ws.catalog() as cat:
+        flagged = sorted(r["id"] for r in cat.images())[0]
+        with cat.transaction() as tx:
+            tx.execute("UPDATE images SET status = 'needs_review' WHERE id = ?", (flagged,))
+    res = push_images(ws, None, client=studio, detector=OneBox())
+    assert res.tasks_created == 1 and res.sent_for_review == 1        # the other label needs no task
+    task = studio.sdk.tasks.list(project=project.project_id, fields="all")
+    task = next(iter(task))
+    assert task.data["image_id"] == flagged
+    assert "may be wrong" in (task.meta or {}).get("textloop_review", "")
+    preds = studio.sdk.predictions.list(task=task.id)
+    values = [r["value"] for p in preds for r in p.result]
+    assert len(values) == 1 and abs(values[0]["x"] - 30 / 64 * 100) < 0.5   # the imported box, not OneBox's (2, 2)
