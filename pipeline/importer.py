@@ -259,8 +259,9 @@ def import_labels(
                 img = cat.image(image_id)
                 try:
                     boxes, quads, rotated = to_upright(r.label, img["width"], img["height"], img["orientation"], frame)
-                except ValueError as exc:
-                    summary.problems.append(f"{r.path}: {exc}")
+                except ValueError as exc:   # the image stays in the workspace, unlabelled (status new)
+                    summary.problems.append(f"{r.where or r.path}: {r.label.image}: {exc}; the image was added "
+                                            "without these labels")
                     continue
                 if frame == "auto" and ambiguous_frame(img["width"], img["height"], int(img["orientation"] or 1)):
                     summary.problems.append(

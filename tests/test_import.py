@@ -112,6 +112,7 @@ def test_coco_import_with_crowd_and_exif_frames(ws, tmp_path: Path) -> None:
     s = import_labels(ws, [ann], categories=["text"])  # images found in the sibling ../images/
     assert s.images == 3 and s.rotated == 1
     assert len(s.problems) == 1 and "wrong_size.png" in s.problems[0] and "10x10" in s.problems[0]
+    assert "added without these labels" in s.problems[0] and s.problems[0].startswith(str(ann))   # the label file first
     by = annotations_by_name(ws)
     assert by["plain.png"]["source"] == "import:annotations/instances.json"
     assert json.loads(by["plain.png"]["boxes"]) == [[1, 2, 11, 7], [20, 2, 30, 7]]  # xywh -> xyxy, logo dropped
