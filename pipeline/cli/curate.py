@@ -37,7 +37,8 @@ def curate_cmd(
     """Find duplicates, near duplicates across splits, outliers, broken images and label noise; write reports/.
 
     Reports only, unless --apply: then duplicate groups move into one split and are labelled
-    once (other members -> excluded), and suspected label issues go back for review."""
+    once (other members -> excluded), and suspected label issues are marked for review (the next
+    push or iterate sends them to Label Studio with the label and a note)."""
     from pipeline.curate.duplicates import DuplicateConfig, FastdupUnavailable
     from pipeline.curate.label_noise import LabelNoiseConfig
     from pipeline.curate.stage import check_model_version, run_curate
