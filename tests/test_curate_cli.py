@@ -149,7 +149,8 @@ def test_report_on_empty_and_curated_workspace(tmp_path: Path) -> None:
     from pipeline.catalog import dumps
     with ws.catalog() as cat, cat.transaction() as tx:
         tx.execute("INSERT INTO models(version, kind, path, metrics, created_at, promoted) VALUES (?,?,?,?,?,1)",
-                   ("frcnn-1", "fasterrcnn", "models/x/bundle.zip", dumps({"f1": 0.5, "text_coverage": 0.7}), time.time()))
+                   ("frcnn-1", "fasterrcnn", "models/x/bundle.zip", dumps({"f1": 0.5, "text_coverage": 0.7, "n_labelled": 12}),
+                    time.time()))
     assert runner.invoke(app, ["--workspace", str(ws.root), "curate"]).exit_code == 0
     res = runner.invoke(app, ["--workspace", str(ws.root), "--json", "report"])
     assert res.exit_code == 0, res.output

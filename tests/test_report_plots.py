@@ -104,6 +104,19 @@ def test_an_iterate_round_adds_no_second_point_for_its_candidate(ws):
     assert list(curve["model_version"]) == ["db-round"] and list(curve["n_labelled"]) == [5]
 
 
+def test_a_bundle_registered_from_elsewhere_is_not_plotted_at_this_workspaces_label_count(ws):
+    """`models register` of a bundle trained in another workspace, whose metrics carry no label
+    count, used to be plotted at the number of labels *this* workspace had when it was
+    registered: a point saying nothing about what the model learnt from."""
+    t0 = time.time() - 100
+    _add_model(ws, "db-here", "db", _db_metrics(0.60), human=2, t=t0 + 1)     # trained here on 2 labels
+    _add_model(ws, "db-elsewhere", "db", _db_metrics(0.70), t=t0 + 2)        # registered, no count
+    _add_model(ws, "db-counted", "db", {**_db_metrics(0.65), "n_train_human": 40}, t=t0 + 3)  # its own count
+    curve = report.learning_curve_table(ws).set_index("model_version")
+    assert "db-elsewhere" not in curve.index
+    assert curve.loc["db-here", "n_labelled"] == 2 and curve.loc["db-counted", "n_labelled"] == 40
+
+
 def test_families_promoted_and_integer_ticks(ws):
     t0 = time.time() - 100
     _add_model(ws, "db-a", "db", _db_metrics(0.50), human=0, t=t0)

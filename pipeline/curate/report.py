@@ -251,6 +251,10 @@ def learning_curve_table(ws: Any) -> pd.DataFrame:
             except ValueError:
                 met = {}
             n = next((v for k in _N_KEYS if (v := _number(met.get(k))) is not None), None)
+            if n is None and str(m["version"]) not in train_human:
+                # registered from elsewhere (`models register`) without a label count: this
+                # workspace's count at registration says nothing about what it learnt from
+                continue
             r = row("model", str(m["version"]), str(m["kind"] or "model"), met, n, m["created_at"], bool(m["promoted"]))
             if r:
                 rows.append(r)
