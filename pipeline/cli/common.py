@@ -290,15 +290,32 @@ def emit(st: AppState, data: Any, render: Callable[[Console], None] | None = Non
 
 @contextmanager
 def progress(st: AppState, description: str) -> Iterator[Callable[[int, int], None]]:
-    """A rich progress bar on stderr, silent with --json/-q; yields update(done, total)."""
+    """A rich progress bar on stderr, silent with --json/-q; yields update(done, total), whose
+    `phase(text)` names a new stage of the job (the count starts again under that name)."""
     if st.json or st.verbosity < 0 or not sys.stderr.isatty() and st.verbosity < 1:
-        yield lambda done, total: None
+        def silent(done: int, total: int) -> None:
+            return None
+
+        silent.phase = lambda text: None  # type: ignore[attr-defined]
+        yield silent
         return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
         task = bar.add_task(description, total=None)
+        counted = False
 
         def update(done: int, total: int) -> None:
+            nonlocal counted
+            counted = True
             bar.update(task, completed=done, total=total)
 
+        def phase(text: str) -> None:
+            nonlocal task, counted
+            if not counted:     # nothing shown under the old name yet: rename it
+                bar.update(task, description=f"{description}: {text}")
+                return
+            bar.stop_task(task)   # the finished stage's line stays, with its time
+            task, counted = bar.add_task(f"{description}: {text}", total=None), False
+
+        update.phase = phase  # type: ignore[attr-defined]
         yield update

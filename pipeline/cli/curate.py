@@ -55,10 +55,10 @@ def curate_cmd(
     with usage_errors():
         check_model_version(ws, model_version)
     try:
-        with progress(st, f"curate ({engine})") as update:
+        with progress(st, "curate") as update:
             summary = run_curate(ws, dup_cfg, noise_cfg, apply=apply, label_action=label_action, worst=worst,
                                  iteration=iteration, progress=update, duplicates=not skip_duplicates,
-                                 label_noise=not skip_label_noise)
+                                 label_noise=not skip_label_noise, phase=update.phase)
     except FastdupUnavailable as exc:
         fail(str(exc))
     except RuntimeError as exc:

@@ -94,6 +94,7 @@ def run_curate(
     progress: Callable[[int, int], None] | None = None,
     duplicates: bool = True,
     label_noise: bool = True,
+    phase: Callable[[str], None] | None = None,
 ) -> CurateSummary:
     """Run curation over the workspace; the summary is also written as curate_summary.json.
     ValueError before any work for a bad label action, iteration name or model version."""
@@ -113,6 +114,8 @@ def run_curate(
                                    "at": time.strftime("%Y-%m-%d %H:%M:%S")}
         actions: list[pd.DataFrame] = []
         if duplicates:
+            if phase:
+                phase(f"duplicates ({dup_cfg.engine})")
             refs = workspace_images(ws)
             rep = find_duplicates(refs, dup_cfg, progress=progress)
             with ws.catalog() as cat:
@@ -136,6 +139,8 @@ def run_curate(
             # --worst N with exclude ranks the images earlier runs excluded too, so a rerun's
             # N worst are the same N (already excluded) instead of the next N
             rank_excluded = apply and label_action == "exclude" and worst is not None
+            if phase:
+                phase(f"label noise ({noise_cfg.method})")
             noise = find_label_noise(ws, noise_cfg, progress=progress, include_excluded=rank_excluded)
             shown = noise.without_status(ImageStatus.EXCLUDED.value) if rank_excluded else noise
             write_table(shown.images, folders, "label_issues")
