@@ -340,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--_child-folder", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--_child-out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.seeds < 1 or args.first_seed < 0 or args.threads < 1 or args.n_images < 1:
+        ap.error("--seeds, --threads and --n-images must be >= 1, --first-seed >= 0")
     os.environ.setdefault("SENTRY_OPT_OUT", "1")
     if args._child_engine:
         run_engine_child(args._child_engine, args._child_folder, args._child_out)

@@ -180,7 +180,7 @@ def score_label_noise(items: Sequence[NoiseItem], cfg: LabelNoiseConfig | None =
     seen: set[str] = set()
     labels: list[dict[str, np.ndarray]] = []
     preds: list[list[np.ndarray]] = []
-    kept: list[tuple[NoiseItem, np.ndarray, Detections, _Reading | None]] = []
+    kept: list[tuple[NoiseItem, np.ndarray, Detections, _Coverage, _Reading | None]] = []
     skipped: list[tuple[str, str]] = []
     for n, it in enumerate(items, 1):
         if it.image_id in seen:
@@ -188,10 +188,11 @@ def score_label_noise(items: Sequence[NoiseItem], cfg: LabelNoiseConfig | None =
         seen.add(it.image_id)
         given, pred = _drop_ignored(it)
         pred = pred.filter(cfg.min_pred_score) if len(pred) else pred
+        cov = _coverage(it, given, pred, cfg)
         reading = None
         if reader is not None:
             try:
-                reading = _reading(it, given, pred, cfg, reader)
+                reading = _reading(it, given, pred, cov, cfg, reader)
             except (OSError, ValueError) as exc:
                 where = f"{it.name} ({it.path})" if it.name else (it.path or it.image_id)
                 skipped.append((it.image_id, f"{where}: cannot read the image ({exc})"))
@@ -203,7 +204,7 @@ def score_label_noise(items: Sequence[NoiseItem], cfg: LabelNoiseConfig | None =
         labels.append({"bboxes": given.astype(np.float32).reshape(-1, 4), "labels": np.zeros(len(given), dtype=np.int64)})
         arr = np.concatenate([pred.boxes, pred.scores[:, None]], axis=1).astype(np.float32) if len(pred) else np.zeros((0, 5), np.float32)
         preds.append([arr])  # one class: a list with one (M, 5) array, indexed by class
-        kept.append((it, given, pred, reading))
+        kept.append((it, given, pred, cov, reading))
     if not kept:
         return LabelNoiseReport(pd.DataFrame(columns=IMAGE_COLUMNS), pd.DataFrame(columns=BOX_COLUMNS), skipped)
 
@@ -232,9 +233,8 @@ def score_label_noise(items: Sequence[NoiseItem], cfg: LabelNoiseConfig | None =
 
     img_rows, box_rows = [], []
     flag = 1.0 - cfg.image_issue_threshold  # reading: a box this suspect makes its image an issue, and is named
-    for i, (it, given, pred, reading) in enumerate(kept):
+    for i, (it, given, pred, cov, reading) in enumerate(kept):
         ov, bl, sw = overlooked[i], badloc[i], swap[i]
-        cov = _coverage(it, given, pred, cfg)
         susp = np.concatenate([cov.unc_g * cov.weight_g, cov.unc_p[cov.strong] * cov.weight_p[cov.strong]])
         coverage_score = float(1.0 - susp.max()) if len(susp) else 1.0
         reading_score = reading.score if reading is not None else np.nan
@@ -332,7 +332,8 @@ class _Reading:
     pred_text: dict[int, tuple[str, float]]
 
 
-def _reading(it: NoiseItem, given: np.ndarray, pred: Detections, cfg: LabelNoiseConfig, reader: BoxReader) -> _Reading:
+def _reading(it: NoiseItem, given: np.ndarray, pred: Detections, cov: _Coverage, cfg: LabelNoiseConfig,
+             reader: BoxReader) -> _Reading:
     """Disagreement between labels and predictions that the pixels confirm.
 
     A given box is suspect by (1 - recogniser confidence) x sqrt(share outside every
@@ -348,7 +349,6 @@ def _reading(it: NoiseItem, given: np.ndarray, pred: Detections, cfg: LabelNoise
     from pipeline.boxes import longest_uncovered_run
     from pipeline.legibility import normalise
 
-    cov = _coverage(it, given, pred, cfg)
     all_given = np.asarray(it.given, dtype=np.float64).reshape(-1, 4)
     cand, runs = [], []
     for j in np.flatnonzero(pred.scores >= cfg.read_pred_score) if len(pred) else []:
@@ -362,7 +362,7 @@ def _reading(it: NoiseItem, given: np.ndarray, pred: Detections, cfg: LabelNoise
     boxes = np.concatenate([given, np.asarray(runs).reshape(-1, 4)]) if runs else given
     read = list(reader(it, boxes)) if len(boxes) else []
     if len(read) != len(boxes):
-        raise ValueError(f"the reader returned {len(read)} readings for {len(boxes)} boxes")
+        raise RuntimeError(f"the reader returned {len(read)} readings for {len(boxes)} boxes")
     given_text = [(t, float(c)) for t, c in read[:len(given)]]
     conf_g = np.array([c if normalise(t) else 0.0 for t, c in given_text])
     sus_g = (1.0 - conf_g) * np.sqrt(np.clip(cov.unc_g, 0.0, 1.0)) if len(given) else np.zeros(0)

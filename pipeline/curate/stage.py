@@ -145,12 +145,13 @@ def run_curate(
             shown = noise.without_status(ImageStatus.EXCLUDED.value) if rank_excluded else noise
             write_table(shown.images, folders, "label_issues")
             write_table(shown.boxes, folders, "label_issue_boxes")
-            page = label_issues_html(shown.images, shown.boxes, skipped=_named_skips(ws, shown.skipped))
+            skipped = _named_skips(ws, shown.skipped)
+            page = label_issues_html(shown.images, shown.boxes, skipped=skipped)
             for f in folders:
                 atomic_write_text(f / "label_issues.html", page)
             summary["label_noise"] = shown.summary()
             summary["label_noise"]["method"] = noise_cfg.method
-            summary["label_noise"]["skipped_images"] = _named_skips(ws, shown.skipped)
+            summary["label_noise"]["skipped_images"] = skipped
             if apply and len(noise.images):
                 changed = apply_label_actions(ws, noise, label_action, worst)
                 summary["label_noise"]["applied"] = {"action": label_action, "changed": int(len(changed))}

@@ -312,8 +312,9 @@ def push_images(
 
     # An image curation sent back for review that has no task yet (labelled outside Label
     # Studio, e.g. `textloop import`): its task shows the label under review, not the model's boxes.
-    with ws.catalog() as cat:
-        under_review = labels_under_review(cat, [i for i in new_ids if images[i]["status"] == ImageStatus.NEEDS_REVIEW.value])
+    from pipeline.redact.review import reviewed_boxes   # the latest human label, as detections (score 1, shapes kept)
+
+    under_review = reviewed_boxes(ws, [i for i in new_ids if images[i]["status"] == ImageStatus.NEEDS_REVIEW.value])
 
     def prediction(image_id: str) -> dict[str, Any]:
         im = images[image_id]
@@ -396,25 +397,6 @@ def push_images(
         tasks_updated=updated, already_pushed=len([i for i in images if i in server_tasks]) - len(upd_ids),
         failed=len(failed), order=order_note, url=f"{studio.url}/projects/{project.id}/data",
         sent_for_review=len(under_review))
-
-
-def labels_under_review(cat: Catalog, image_ids: Sequence[str]) -> dict[str, Detections]:
-    """image id -> its latest human label as detections (score 1.0, rotated shapes kept), for
-    the images that have one: what a task sent for review pre-draws."""
-    import json
-
-    out: dict[str, Detections] = {}
-    if not image_ids:
-        return out
-    for iid, row in cat.latest_annotations(include_excluded=False, image_ids=list(image_ids)).items():
-        boxes = np.asarray(json.loads(row["boxes"] or "[]"), dtype=np.float64).reshape(-1, 4)
-        quads = json.loads(row["quads"]) if row["quads"] else None
-        try:
-            out[iid] = Detections(boxes, np.ones(len(boxes)), np.zeros(len(boxes), dtype=np.int64),
-                                  quads=np.asarray(quads, dtype=np.float64) if quads is not None else None)
-        except ValueError:   # quads that do not match the boxes: the boxes alone
-            out[iid] = Detections(boxes, np.ones(len(boxes)), np.zeros(len(boxes), dtype=np.int64))
-    return out
 
 
 def run_push(ws: Workspace, client: Studio | None = None, *, split: str | None = None, model: str = "current",
