@@ -200,15 +200,60 @@ def load_model(path: str | Path) -> tuple[Any, Any, dict[str, Any]]:
     return model.eval(), cfg, meta
 
 
+WORKSPACE_CHECK = "workspace_check"   # catalog metrics key: the promotion rule's last run on this workspace
+
+
+def record_workspace_check(ws: Any, version: str, check: Mapping[str, Any]) -> None:
+    """Keep the promotion rule's comparison on this workspace's val split with the model's
+    catalog record. Why: a bundle's own metrics were measured on the validation split of the
+    workspace that trained it; for a model registered from elsewhere those numbers say nothing
+    about this workspace's images, yet `models list` and `redact` showed them."""
+    with ws.catalog() as cat:
+        row = cat.model(version)
+        if row is None:
+            raise KeyError(f"unknown model version {version!r}")
+        metrics = json.loads(row["metrics"] or "{}")
+        cat.set_model_metrics(version, {**metrics, WORKSPACE_CHECK: {**dict(check), "checked_at": time.time()}})
+
+
+def validation_view(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """A registered model's validation numbers as reports show them: this workspace's own
+    comparison with stock ppocr when the promotion rule has run here, else the training-time
+    numbers stored in the bundle; `validation_source` says which."""
+    check = metrics.get(WORKSPACE_CHECK)
+    if isinstance(check, Mapping) and isinstance(check.get("candidate"), (int, float)):
+        return {"validation_coverage": check["candidate"], "stock_validation_coverage": check.get("stock"),
+                "over_redaction_budget": check.get("budget"),
+                "validation_source": f"this workspace's val split, {check.get('images', 0)} images"}
+    cov = metrics.get("coverage_at_budget", metrics.get("text_coverage"))
+    return {"validation_coverage": cov, "stock_validation_coverage": metrics.get("stock_coverage_at_budget"),
+            "over_redaction_budget": metrics.get("over_redaction_budget"),
+            "validation_source": "validation when trained" if cov is not None else None}
+
+
+def registered_model_info(ws: Any, version: str) -> dict[str, Any] | None:
+    """`validation_view` of a registered model's catalog record; None if `version` is not registered."""
+    with ws.catalog() as cat:
+        row = cat.model(version)
+    return validation_view(json.loads(row["metrics"] or "{}")) if row is not None else None
+
+
+def with_workspace_info(detector: Any, ws: Any) -> Any:
+    """`detector` with its `info` (what summaries and sidecars report) updated from its record in
+    `ws`'s registry, when it is a registered model there; returned for chaining."""
+    if ws is not None and getattr(detector, "info", None):
+        extra = registered_model_info(ws, detector.version)
+        if extra is not None:
+            detector.info = {**detector.info, **extra}
+    return detector
+
+
 def model_info(meta: Mapping[str, Any]) -> dict[str, Any]:
     """What reports say about a bundle's model: kind, version, validation coverage (at the
     over-redaction budget for db) and stock ppocr's on the same split."""
     m = meta.get("metrics") or {}
-    cov = m.get("coverage_at_budget", m.get("text_coverage"))
     return {"kind": meta["config"].get("kind"), "version": str(meta["config"]["version"]),
-            "validation_coverage": cov, "over_redaction_budget": m.get("over_redaction_budget"),
-            "stock_validation_coverage": m.get("stock_coverage_at_budget"),
-            "validation_over_redaction": m.get("over_redaction")}
+            **validation_view(m), "validation_over_redaction": m.get("over_redaction")}
 
 
 def load_bundle(path: str | Path, **options: Any) -> Any:
@@ -283,6 +328,7 @@ def list_models(ws: Any) -> list[dict[str, Any]]:
             "promoted": bool(r["promoted"]), "trained_on": r["trained_on"], "created_at": r["created_at"],
             "metrics": json.loads(r["metrics"] or "{}"), "bytes": path.stat().st_size if path.exists() else None,
         })
+        out[-1]["validation"] = validation_view(out[-1]["metrics"])
     return out
 
 

@@ -58,7 +58,7 @@ class SpecFactory:
         self.spec, self.workspace, self.options = spec, workspace, dict(options or {})
 
     def __call__(self) -> Any:
-        from pipeline.bundle import resolve_detector
+        from pipeline.bundle import resolve_detector, with_workspace_info
         from pipeline.detectors import load_detector
 
         ws = None
@@ -66,7 +66,7 @@ class SpecFactory:
             from pipeline.workspace import Workspace
 
             ws = Workspace.open(self.workspace)
-        return load_detector(resolve_detector(self.spec, ws), **self.options)
+        return with_workspace_info(load_detector(resolve_detector(self.spec, ws), **self.options), ws)
 
 
 def map_actors(actor: type, actor_kwargs: dict[str, Any], rows: Sequence[dict[str, Any]], workers: int = 2,

@@ -653,3 +653,45 @@ def test_a_workspace_whose_val_images_are_all_empty_promotes_nothing(trained: di
     r = CliRunner().invoke(app, ["--workspace", str(ws.root), "models", "promote", "db-untested"])
     assert r.exit_code == 1 and "no labelled text" in r.output and "nan" not in r.output, r.output
     assert not any(m["promoted"] for m in list_models(ws))
+
+
+def test_a_registered_model_shows_this_workspaces_numbers_once_checked_here(tiny: dict, trained: dict, ws,
+                                                                            tmp_path: Path) -> None:
+    """A bundle trained elsewhere carries its own validation numbers; once the promotion rule has
+    compared it with stock on *this* workspace's val split, `models list`, the detector's info
+    (what redact's summary and sidecars report) show those numbers and say where they come from."""
+    from typer.testing import CliRunner
+
+    from pipeline.bundle import list_models, load_bundle, register_model, save_bundle, with_workspace_info
+    from pipeline.cli.app import app
+    from pipeline.detectors.dbnet import DBModelConfig
+    from pipeline.importer import import_labels
+
+    import_labels(ws, [tiny["root"] / "val" / "boxes.jsonl"])
+    with ws.catalog() as cat:
+        ids = [r["id"] for r in cat.images()]
+        for iid in ids:
+            cat.set_split(iid, "val")
+    elsewhere = {"coverage_at_budget": 0.123, "stock_coverage_at_budget": 0.456, "over_redaction_budget": 0.01}
+    save_bundle(tmp_path / "m.zip", trained["result"].model, DBModelConfig(), elsewhere, version="db-elsewhere")
+    register_model(ws, tmp_path / "m.zip")
+    [before] = list_models(ws)
+    assert before["validation"]["validation_coverage"] == pytest.approx(0.123)
+    assert before["validation"]["validation_source"] == "validation when trained"
+
+    r = CliRunner().invoke(app, ["--workspace", str(ws.root), "--json", "models", "promote", "db-elsewhere", "--force"])
+    assert r.exit_code == 0, r.output
+    check = json.loads(r.stdout)["promotion"]
+    assert check["source"] == "workspace val split" and check["images"] == len(ids)
+    [after] = list_models(ws)
+    view = after["validation"]
+    assert view["validation_coverage"] == pytest.approx(check["candidate"]) != pytest.approx(0.123)
+    assert view["stock_validation_coverage"] == pytest.approx(check["stock"])
+    assert view["validation_source"] == f"this workspace's val split, {len(ids)} images"
+    det = with_workspace_info(load_bundle(ws.abspath(after["path"])), ws)
+    assert det.info["validation_coverage"] == pytest.approx(check["candidate"])
+    assert det.info["validation_source"] == view["validation_source"]
+    listed = CliRunner().invoke(app, ["--workspace", str(ws.root), "--json", "models", "list"])
+    assert json.loads(listed.stdout)[0]["validation"] == view
+    table = CliRunner().invoke(app, ["--workspace", str(ws.root), "models", "list"])
+    assert f"{view['validation_coverage']:.3f}" in table.stdout and " here " in table.stdout, table.stdout

@@ -306,7 +306,7 @@ def test_a_promoted_tuned_model_gets_the_small_text_pass_too(tmp_path, ws, reade
         if name == "default":   # the summary says which passes ran, and what the model scored
             assert summary.model["passes"] == {"scales": [1.0, 2.0], "refine": "small", "scale_max_side": 1600}
             assert summary.model["validation_coverage"] == pytest.approx(0.9)
-            assert _describe_model(summary.model) == (" (validation coverage 0.900 at the budget; "
+            assert _describe_model(summary.model) == (" (validation coverage 0.900 at the budget, validation when trained; "
                                                       "1x + 2x on small-text cells (images up to 1600 px))")
         else:
             assert _describe_model(summary.model).endswith("; one 1x pass)")

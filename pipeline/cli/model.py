@@ -252,23 +252,27 @@ def models_list_cmd(ctx: typer.Context) -> None:
             c.print("no models yet: `textloop train` makes one (ppocr is used until then)")
             return
         t = Table(title="models")
-        for col in ("", "version", "kind", "parent", "created", "coverage", "stock cov.", "over-red.", "F1", "MB"):
+        for col in ("", "version", "kind", "parent", "created", "coverage", "stock cov.", "on", "over-red.", "F1", "MB"):
             t.add_column(col)
         for m in models:
-            mt = m["metrics"]
+            mt, view = m["metrics"], m["validation"]
 
-            def f(k: str) -> str:
-                v = mt.get(k)
+            def f(v: Any) -> str:
                 return f"{v:.3f}" if isinstance(v, (int, float)) else "-"
 
             t.add_row("*" if m["promoted"] else "", m["version"], m["kind"], m["parent"] or "-",
                       time.strftime("%Y-%m-%d %H:%M", time.localtime(m["created_at"])),
-                      f("coverage_at_budget") if "coverage_at_budget" in mt else f("text_coverage"),
-                      f("stock_coverage_at_budget"),
-                      f("over_redaction"), f("f1"), f"{m['bytes'] / 1e6:.1f}" if m["bytes"] else "missing")
+                      f(view["validation_coverage"]), f(view["stock_validation_coverage"]),
+                      _where(view["validation_source"]), f(mt.get("over_redaction")), f(mt.get("f1")),
+                      f"{m['bytes'] / 1e6:.1f}" if m["bytes"] else "missing")
         c.print(t)
 
     emit(st, models, render)
+
+
+def _where(source: str | None) -> str:
+    """The validation numbers' split, short: `here` (this workspace's val split) or `training`."""
+    return "-" if not source else "here" if source.startswith("this workspace") else "training"
 
 
 def models_promote_cmd(

@@ -558,6 +558,7 @@ class Redactor:
             "icc_profile": bool(doc.icc_profile),
             "detector": {"name": getattr(self.detector, "name", ""), "version": self.detector.version,
                          "validation_coverage": (getattr(self.detector, "info", None) or {}).get("validation_coverage"),
+                         "validation_source": (getattr(self.detector, "info", None) or {}).get("validation_source"),
                          "passes": self.detector.passes() if hasattr(self.detector, "passes") else None},
             "boxes_from": source,
             "settings": self.settings,

@@ -107,6 +107,7 @@ def redact_tree(input: str, output: str | Path, cfg: rr.RedactConfig = rr.Redact
     ppocr), `cfg.review` and `from_review`; give a Workspace or a callable that opens one. Raises ValueError / FileNotFoundError for a job that cannot
     start (bad input, unwritable output, unknown detector) and AuditTrailError when the manifest
     or summary.json cannot be written; per-image failures are results, not exceptions."""
+    from pipeline.bundle import with_workspace_info
     from pipeline.detectors import load_detector
     from pipeline.legibility import Reader
 
@@ -132,7 +133,8 @@ def redact_tree(input: str, output: str | Path, cfg: rr.RedactConfig = rr.Redact
     ws = (workspace() if callable(workspace) else workspace) if needs_workspace(detector, cfg, from_review) else None
     if isinstance(detector, str):
         detector, det_options = _resolve_detector(detector, ws, scales)
-        det = rr.build_ppocr(**det_options) if detector == "ppocr" else load_detector(detector, **det_options)
+        det = rr.build_ppocr(**det_options) if detector == "ppocr" else \
+            with_workspace_info(load_detector(detector, **det_options), ws)
     elif engine == "ray":
         raise ValueError("--engine ray builds the detector in each actor: give a detector spec, not a detector")
     else:
@@ -209,6 +211,7 @@ def redact_tree(input: str, output: str | Path, cfg: rr.RedactConfig = rr.Redact
             model={"name": getattr(det, "name", ""), "version": det.version,
                    "validation_coverage": info.get("validation_coverage"),
                    "stock_validation_coverage": info.get("stock_validation_coverage"),
+                   "validation_source": info.get("validation_source"),
                    "passes": det.passes() if hasattr(det, "passes") else None},
             input=input, output=str(output), audit=str(audit_dir), detector=det.version,
             settings=cfg.settings(det.version), engine=engine, archived=archived, review=review_info,

@@ -126,6 +126,9 @@ def check_promotion(ws: Any, version: str, threads: int = 0) -> PromotionCheck:
         check, _, _ = compare_with_stock(detector, items, recipe.grid(), "workspace val split",
                                          recipe.over_redaction_budget, recipe.min_budget,
                                          stock=PPOCRDetector(threads=threads))
+        from pipeline.bundle import record_workspace_check
+
+        record_workspace_check(ws, version, check.to_json())   # what `models list` and `redact` then show
         return check
     import json
 
