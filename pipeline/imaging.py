@@ -9,6 +9,7 @@ applied), which is the coordinate frame of every box in textloop.
 from __future__ import annotations
 
 import io
+import os
 import re
 import warnings
 from collections.abc import Iterator
@@ -270,9 +271,10 @@ def load_views(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[n
     (`empty`, `not_an_image`, `too_many_pixels`, ...); a FIFO is refused without blocking."""
     from pipeline.listing import open_regular
 
-    if Path(path).stat().st_size == 0:
-        raise ImageRejected("empty", "zero-byte file")
     allow_pixels(max_pixels)
-    with open_regular(path) as fh, rejecting_bad_images(max_pixels), Image.open(fh) as im:
-        check_pixels(im.size, max_pixels)
-        return views_of(ImageOps.exif_transpose(im))
+    with open_regular(path) as fh:   # first: a FIFO's size is 0 too, and it is no "empty" image
+        if os.fstat(fh.fileno()).st_size == 0:
+            raise ImageRejected("empty", "zero-byte file")
+        with rejecting_bad_images(max_pixels), Image.open(fh) as im:
+            check_pixels(im.size, max_pixels)
+            return views_of(ImageOps.exif_transpose(im))

@@ -102,12 +102,9 @@ def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except (FileExistsError, NotADirectoryError) as exc:
         raise UnwritableError(exc.errno, f"cannot write {path} (a parent is not a folder)", str(path)) from None
-    except PermissionError as exc:
-        raise UnwritableError(exc.errno, f"cannot write {path} ({exc.strerror or exc})", str(path)) from None
-    except OSError as exc:
-        if exc.errno != errno.EROFS:
-            raise
-        raise UnwritableError(exc.errno, f"cannot write {path} (read-only file system)", str(path)) from None
+    except OSError as exc:   # read-only, no such folder (/proc/x), no space...: the destination's problem
+        why = "read-only file system" if exc.errno == errno.EROFS else (exc.strerror or str(exc))
+        raise UnwritableError(exc.errno, f"cannot write {path} ({why})", str(path)) from None
     try:
         try:
             os.fchmod(fd, 0o666 & ~_umask())
@@ -122,6 +119,18 @@ def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_writable(path: str | Path) -> None:
+    """UnwritableError (one line naming `path`) unless a file can be written there, checked
+    *before* the work that produces it: `predict --out somefolder/` ran every detection and
+    then failed. Creates the parent folders, as the writer would; leaves no file behind."""
+    path = Path(path)
+    if path.is_dir():
+        raise UnwritableError(errno.EISDIR, f"cannot write {path} (it is a folder; give a file name)", str(path))
+    with atomic_open(path.parent / f".{path.name}.check") as fh:
+        fh.write(b"")
+    (path.parent / f".{path.name}.check").unlink(missing_ok=True)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -98,10 +98,20 @@ def _clean(det: Detections, width: int, height: int, threshold: float) -> Detect
     return Detections(b[keep], det.scores[keep], det.labels[keep], quads)
 
 
+def check_options(threshold: float, batch_size: int) -> None:
+    """ValueError for options the CLI range-checks, so the library gets the same checks: a score
+    threshold outside [0, 1] (or NaN) kept no box and reported every image done."""
+    if not (isinstance(threshold, (int, float)) and 0.0 <= threshold <= 1.0):
+        raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+
+
 def predict_images(detector: Detector, paths: Iterable[str | Path], threshold: float = DEFAULT_THRESHOLD,
                    batch_size: int = DEFAULT_BATCH) -> Iterator[Prediction]:
     """Like `predict_paths`, with the image size (as displayed) in every result."""
-    for batch in _chunks((Path(p) for p in paths), max(1, batch_size)):
+    check_options(threshold, batch_size)
+    for batch in _chunks((Path(p) for p in paths), batch_size):
         loaded: list[tuple[Path, list[np.ndarray]]] = []   # every view a viewer may show
         failed: dict[Path, Exception] = {}
         for p in batch:
@@ -210,16 +220,18 @@ def predict_and_store(cat: Catalog | None, detector: Detector, paths: Sequence[P
     (`skip_existing` resumes from there). A failed image is logged by `predict_images` and yielded
     with its error for the caller to report; it stops nothing."""
     pending: list[tuple[str, Detections]] = []
-    for pred in predict_images_on(engine, detector, paths, threshold, batch_size, factory, workers):
-        image_id = image_ids.get(pred.path)
-        if cat is not None and image_id is not None and isinstance(pred.result, Detections):
-            pending.append((image_id, pred.result))
-            if len(pending) >= commit_every:
-                store_predictions(cat, detector.version, pending, min_score=threshold)
-                pending = []
-        yield pred
-    if cat is not None and pending:
-        store_predictions(cat, detector.version, pending, min_score=threshold)
+    try:
+        for pred in predict_images_on(engine, detector, paths, threshold, batch_size, factory, workers):
+            image_id = image_ids.get(pred.path)
+            if cat is not None and image_id is not None and isinstance(pred.result, Detections):
+                pending.append((image_id, pred.result))
+                if len(pending) >= commit_every:
+                    store_predictions(cat, detector.version, pending, min_score=threshold)
+                    pending = []
+            yield pred
+    finally:   # also on Ctrl-C / SIGTERM: the finished images are kept for `--skip-existing`
+        if cat is not None and pending:
+            store_predictions(cat, detector.version, pending, min_score=threshold)
 
 
 def predict_workspace(
@@ -281,13 +293,18 @@ def list_image_files(inputs: Sequence[str | Path], skipped: list[Skipped] | None
     under each name (same bytes are one image only in the catalog, by sha256). Entries the rule
     skips (FIFOs, links out of the tree, dangling links) are appended to `skipped`, for the
     caller to report. A file argument is relative to its own folder and must be a regular file;
-    a path named twice (e.g. a folder and a file in it) is listed once."""
+    a path named twice (e.g. a folder and a file in it) is listed once. With several inputs the
+    names are relative to the folder that holds them all (`dupA/x.jpg`, `dupB/x.jpg`): relative
+    to each input, two cameras' `IMG_0001.jpg` gave two records named alike."""
     from pipeline.listing import file_problem, iter_image_files
 
     out: list[tuple[Path, str]] = []
     seen: set[Path] = set()
-    for raw in inputs:
+    roots = [Path(os.path.abspath(Path(raw).expanduser())) for raw in inputs]
+    common = Path(os.path.commonpath([r.parent for r in roots])) if len(roots) > 1 else None
+    for raw, root in zip(inputs, roots):
         p = Path(raw).expanduser()
+        prefix = root.relative_to(common).as_posix() + "/" if common is not None else ""
         if p.is_dir():
             pairs = []
             for e in iter_image_files(p, IMAGE_EXTENSIONS):
@@ -296,9 +313,9 @@ def list_image_files(inputs: Sequence[str | Path], skipped: list[Skipped] | None
                     if skipped is not None:
                         skipped.append(e)
                 else:
-                    pairs.append((Path(os.path.abspath(e.path)), e.rel))
+                    pairs.append((Path(os.path.abspath(e.path)), prefix + e.rel))
         elif (problem := file_problem(p)) is None:
-            pairs = [(Path(os.path.abspath(p)), p.name)]
+            pairs = [(Path(os.path.abspath(p)), prefix.rstrip("/") or p.name)]
         elif problem[0] == "not_found":
             raise FileNotFoundError(f"{p}: no such file or folder")
         else:
@@ -394,6 +411,7 @@ def predict_workspace_images(ws: Workspace, det: Detector, *, split: str | None 
     for by `status`) predicted and stored under the model version; optionally also as JSONL.
     ValueError for a split or status no image can have (`check_filters`)."""
     check_filters(split, status)
+    _check_run(threshold, batch_size, out)
     t0 = time.perf_counter()
     with ws.catalog() as cat:
         rows = cat.images(split=split, status=status)
@@ -423,6 +441,7 @@ def predict_files(det: Detector, images: Sequence[str | Path], *, workspace: Wor
     read are all in `errors` (`path: reason: detail`), so the count matches what was left out.
     Raises FileNotFoundError / ValueError when there is nothing to read and OutputError when
     `out` cannot be written."""
+    _check_run(threshold, batch_size, out)
     t0 = time.perf_counter()
     skipped: list[Skipped] = []
     files = list_image_files(images, skipped)
@@ -464,6 +483,18 @@ def predict_files(det: Detector, images: Sequence[str | Path], *, workspace: Wor
             cat.close()
     return _summary(det, counts["ok"], counts["boxes"], errors, len(stored), threshold, out,
                     time.perf_counter() - t0)
+
+
+def _check_run(threshold: float, batch_size: int, out: Path | None) -> None:
+    """What can be checked before any image is read: the options, and that `out` can be written."""
+    from pipeline.io import UnwritableError, check_writable
+
+    check_options(threshold, batch_size)
+    if out is not None:
+        try:
+            check_writable(out)
+        except UnwritableError as exc:
+            raise OutputError(str(exc)) from None
 
 
 def _write_out(out: Path, records: Iterable[dict[str, Any]]) -> None:

@@ -145,8 +145,9 @@ def test_predict_files_library_call_writes_jsonl_and_stores_workspace_images(ws,
 
 def test_predict_and_store_commits_in_batches_and_resumes(ws, tmp_path: Path) -> None:
     """The one loop under `predict_workspace` and `predict_files`: rows are stored `commit_every`
-    at a time, so a run stopped half-way keeps its finished batches and `skip_existing` resumes
-    from there; a failing image is yielded with its error and stops nothing."""
+    at a time and the rest when the run stops, so a run stopped half-way keeps every finished
+    image and `skip_existing` resumes from there; a failing image is yielded with its error and
+    stops nothing."""
     from pipeline.predict import predict_and_store
 
     src = tmp_path / "src"
@@ -166,7 +167,7 @@ def test_predict_and_store_commits_in_batches_and_resumes(ws, tmp_path: Path) ->
         assert ok >= 2 and all(p.ok or isinstance(p.result, Exception) for p in seen)
         when = "SELECT image_id, created_at FROM predictions"
         before = {r["image_id"]: r["created_at"] for r in cat.query(when)}
-    assert len(before) == ok // 2 * 2                       # whole batches only: the pending row is lost
+    assert len(before) == ok        # the batch not yet committed is stored when the run stops (Ctrl-C too)
     errors: list = []
     out = predict_workspace(ws, FakeDetector(), threshold=0.5, skip_existing=True, errors=errors, commit_every=2)
     assert len(out) == len(paths) - 1 and len(errors) == 1  # the black image: reported, skipped
@@ -246,3 +247,46 @@ def test_predict_json_lists_every_skipped_entry_with_its_reason(tmp_path: Path, 
     assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 3
     r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "predict", str(src), "--split", "val"])
     assert r.exit_code == 2 and "workspace images" in r.stderr       # was silently ignored
+
+
+def test_predict_names_files_of_several_inputs_by_their_folders(tmp_path: Path, fake) -> None:
+    """Two cameras' `x.jpg` gave two JSONL records named alike: with several inputs, names are
+    relative to the folder that holds them all."""
+    for name in ("camA", "camB"):
+        (tmp_path / name).mkdir()
+        noise_image(len(name), (40, 30)).save(tmp_path / name / "x.png")
+    out = tmp_path / "p.jsonl"
+    r = CliRunner().invoke(app, ["predict", str(tmp_path / "camA"), str(tmp_path / "camB"), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert sorted(json.loads(l)["image"] for l in out.read_text().splitlines()) == ["camA/x.png", "camB/x.png"]
+    r = CliRunner().invoke(app, ["predict", str(tmp_path / "camA" / "x.png"), str(tmp_path / "camB" / "x.png"),
+                                 "--out", str(out)])
+    assert sorted(json.loads(l)["image"] for l in out.read_text().splitlines()) == ["camA/x.png", "camB/x.png"]
+    r = CliRunner().invoke(app, ["predict", str(tmp_path / "camA"), "--out", str(out)])
+    assert [json.loads(l)["image"] for l in out.read_text().splitlines()] == ["x.png"]   # one input: as before
+
+
+def test_predict_checks_its_output_and_options_before_any_work(tmp_path: Path, fake) -> None:
+    """`predict --out somefolder` ran every detection and then failed; the library accepted a
+    threshold of 5 (no box kept, every image "done")."""
+    from pipeline.predict import predict_files
+
+    make_images(tmp_path / "in")
+    r = CliRunner().invoke(app, ["predict", str(tmp_path / "in"), "--out", str(tmp_path)])
+    assert r.exit_code == 1 and "is a folder" in r.output and fake.calls == 0, r.output
+    for bad in (5.0, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="threshold must be between 0 and 1"):
+            predict_files(fake, [tmp_path / "in"], threshold=bad)
+    with pytest.raises(ValueError, match="batch_size"):
+        list(predict_paths(fake, [tmp_path / "in" / "img0.png"], batch_size=0))
+    assert fake.calls == 0
+
+
+def test_a_fifo_is_not_an_empty_image(tmp_path: Path) -> None:
+    """The library reported a FIFO as `empty: zero-byte file` (its size is 0); it is not a file."""
+    fifo = tmp_path / "f.png"
+    os.mkfifo(fifo)
+    from pipeline.predict import image_error
+
+    [(path, err)] = list(predict_paths(FakeDetector(), [fifo]))
+    assert image_error(err).startswith("not_a_regular_file: is a FIFO")

@@ -891,3 +891,33 @@ def test_a_sixteen_bit_grey_colour_key_stays_transparent(tmp_path):
         assert im.mode == "I;16" and im.info.get("transparency") == 0
         assert (np.asarray(im)[:, :5] == 0).all() and (np.asarray(im) == g).mean() > 0.5
 
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"threshold": 5}, "threshold must be between 0 and 1"),
+    ({"threshold": float("nan")}, "threshold must be between 0 and 1"),
+    ({"style": "smudge"}, "style must be one of"),
+    ({"shape": "circle"}, "shape must be one of"),
+    ({"color": (0, 0, 300)}, "color must be three integers"),
+    ({"jpeg_quality": 0}, "jpeg_quality must be 1-100"),
+    ({"review_band": (0.5, 0.2)}, "review_band needs"),
+])
+def test_the_library_refuses_what_the_cli_refuses(kw, message) -> None:
+    """`RedactConfig(threshold=5)` kept no box and called every image redacted, every word still
+    on it: the config checks its values, so a notebook gets the CLI's checks."""
+    from pipeline.redact.run import RedactConfig
+
+    with pytest.raises(ValueError, match=message):
+        RedactConfig(**kw)
+
+
+def test_a_bad_style_is_one_line_without_the_reversibility_warning(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from pipeline.cli.app import app
+
+    (tmp_path / "in").mkdir()
+    r = CliRunner().invoke(app, ["redact", str(tmp_path / "in"), str(tmp_path / "out"), "--style", "smudge"])
+    assert r.exit_code == 2 and "--style must be one of" in r.output and "reversible" not in r.output, r.output
+    r = CliRunner().invoke(app, ["redact", str(tmp_path / "in"), str(tmp_path / "out"), "--color", "0,0,300"])
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output

@@ -114,6 +114,10 @@ def predict_cmd(
         fail(str(exc), 2)
     except P.OutputError as exc:
         fail(str(exc))
+    except KeyboardInterrupt:   # the catalog keeps every finished image (predict_and_store flushes)
+        kept = "predictions of finished workspace images are kept in the catalog"
+        fail(f"interrupted: {kept}" + ("" if images else "; rerun with --skip-existing to continue")
+             + (f"; {out} was not written" if out else ""), 130)
     emit(st, summary.as_dict(), lambda c: _render_predict(c, summary, out), problems=summary.errors, label="skipped")
     if summary.images == 0 and summary.errors:
         raise typer.Exit(1)

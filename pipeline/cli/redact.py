@@ -13,7 +13,7 @@ from pipeline.cli.common import AppState, emit, fail, parse_floats, progress, st
 from pipeline.config import DEFAULT_MAX_PIXELS
 from pipeline.redact import run as rr
 from pipeline.redact.tree import AuditTrailError, RedactSummary, redact_tree
-from pipeline.redact.core import SHAPES, STYLES, Pad, parse_color
+from pipeline.redact.core import Pad, parse_color
 
 
 def register(app: typer.Typer) -> None:
@@ -85,10 +85,6 @@ def _config(st: AppState, threshold: float, pad: str, style: str, shape: str, co
     """The options that decide the output, checked (exit code 2 on a bad one)."""
     if verify_rounds is not None and not verify:
         fail("--verify-rounds needs --verify", 2)
-    if style not in STYLES:
-        fail(f"--style must be one of {', '.join(STYLES)}", 2)
-    if shape not in SHAPES:
-        fail(f"--shape must be one of {', '.join(SHAPES)}", 2)
     try:
         pad_v = Pad.parse(pad)
         color_v = parse_color(color)
@@ -97,12 +93,19 @@ def _config(st: AppState, threshold: float, pad: str, style: str, shape: str, co
         fail(str(exc) if "--" in str(exc) else f"bad --review-band {review_band!r}: use lo,hi", 2)
     if not 0.0 <= lo < hi <= 1.0:
         fail(f"bad --review-band {review_band!r}: needs 0 <= lo < hi <= 1", 2)
+    try:   # the config checks every value (the library gets the same checks): one line, exit 2
+        cfg = rr.RedactConfig(threshold=threshold, pad=pad_v, style=style, shape=shape, color=color_v,
+                              jpeg_quality=quality, max_pixels=max_pixels, review=review, review_band=(lo, hi),
+                              verify=verify, strict=strict, dry_run=dry_run, force=force,
+                              verify_rounds=rr.DEFAULT_VERIFY_ROUNDS if verify_rounds is None else verify_rounds)
+    except ValueError as exc:
+        field, _, rest = str(exc).partition(" ")
+        option = {"jpeg_quality": "quality"}.get(field, field.lstrip("-").replace("_", "-"))
+        fail(f"--{option} {rest}", 2)
     if style != "fill":
         st.console.print(f"[bold yellow]warning:[/] --style {style} is reversible: blurred or pixelated text and faces "
                          "can be reconstructed. Use the default opaque fill for anything sensitive.", highlight=False)
-    return rr.RedactConfig(threshold=threshold, pad=pad_v, style=style, shape=shape, color=color_v, jpeg_quality=quality,
-                           max_pixels=max_pixels, review=review, review_band=(lo, hi), verify=verify,
-                           verify_rounds=rr.DEFAULT_VERIFY_ROUNDS if verify_rounds is None else verify_rounds, strict=strict, dry_run=dry_run, force=force)
+    return cfg
 
 
 def _render(c: Console, summary: RedactSummary, verify: bool) -> None:

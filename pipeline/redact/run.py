@@ -34,7 +34,7 @@ from pipeline.io import UnwritableError, atomic_write_bytes, describe_error, ato
 from pipeline.imaging import ImageRejected
 from pipeline.listing import IMAGE_EXTENSIONS, Listed, Skipped, file_problem, iter_glob, iter_image_files
 from pipeline.redact import codec
-from pipeline.redact.core import Cover, Pad, apply_redaction, cover_shapes, fill_value
+from pipeline.redact.core import SHAPES, STYLES, Cover, Pad, apply_redaction, cover_shapes, fill_value
 
 log = logging.getLogger("textloop.redact")
 
@@ -79,6 +79,25 @@ class RedactConfig:
     force: bool = False
 
     def __post_init__(self) -> None:
+        """The library checks what the CLI checks: `RedactConfig(threshold=5)` kept no box and
+        reported every image redacted, with every word still on it."""
+        if not (isinstance(self.threshold, (int, float)) and 0.0 <= self.threshold <= 1.0):  # NaN fails too
+            raise ValueError(f"threshold must be between 0 and 1, got {self.threshold}")
+        if self.style not in STYLES:
+            raise ValueError(f"style must be one of {', '.join(STYLES)}, got {self.style!r}")
+        if self.shape not in SHAPES:
+            raise ValueError(f"shape must be one of {', '.join(SHAPES)}, got {self.shape!r}")
+        if not (isinstance(self.pad, Pad) and 0.0 <= self.pad.px < 1e6 and 0.0 <= self.pad.frac < 1e3):
+            raise ValueError(f"pad must be a Pad with non-negative px and frac (Pad.parse('2px+10%')), got {self.pad!r}")
+        if len(self.color) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in self.color):
+            raise ValueError(f"color must be three integers 0-255, got {self.color}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality must be 1-100, got {self.jpeg_quality}")
+        if self.max_pixels < 1:
+            raise ValueError(f"max_pixels must be at least 1, got {self.max_pixels}")
+        lo, hi = self.review_band
+        if not 0.0 <= lo < hi <= 1.0:
+            raise ValueError(f"review_band needs 0 <= lo < hi <= 1, got {self.review_band}")
         if not 0 <= self.verify_rounds <= MAX_VERIFY_ROUNDS:
             raise ValueError(f"--verify-rounds must be 0-{MAX_VERIFY_ROUNDS}, got {self.verify_rounds}")
 
