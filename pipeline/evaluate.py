@@ -343,13 +343,27 @@ def _fit_frames(items: list[tuple[Path, LabelledImage]]) -> tuple[list[tuple[Pat
     return kept, skipped
 
 
+def spread(items: Sequence[tuple[Path, LabelledImage]], limit: int) -> list[tuple[Path, LabelledImage]]:
+    """`limit` items taken in turn from each source (in their order): `--limit 10` on a devset
+    took the first 10 files, all of one source, and the per-source breakdown was one row."""
+    by_source: dict[str, list[tuple[Path, LabelledImage]]] = {}
+    for item in items:
+        by_source.setdefault(item[1].source, []).append(item)
+    queues = list(by_source.values())
+    out: list[tuple[Path, LabelledImage]] = []
+    for k in range(max((len(q) for q in queues), default=0)):
+        out += [q[k] for q in queues if k < len(q)]
+    return out[:limit]
+
+
 def load_ground_truth(gt: Path | None = None, images: Path | None = None, devset: Path | None = None,
                       ws: Workspace | None = None, split: str = "test", limit: int | None = None) -> GroundTruth:
     """The labelled images to measure on: a boxes.jsonl (`images`: the folder its paths are
     relative to, default its own), a devset root, or a workspace split's human labels (`split`
     "all": every split). Raises ValueError on a bad combination or an unreadable label file,
     NoGroundTruth when there is no labelled image."""
-    from pipeline.formats import read_devset, read_jsonl
+    from pipeline.formats import read_devset
+    from pipeline.formats.devset import read_jsonl_lines
 
     if gt is not None and devset is not None:
         raise ValueError("give --gt or --set, not both")
@@ -363,7 +377,8 @@ def load_ground_truth(gt: Path | None = None, images: Path | None = None, devset
         items, where = read_devset(devset), str(devset)
     elif gt is not None:
         base = images or gt.parent
-        items = [(base / rec.image, rec) for rec in read_jsonl(gt, source=gt.parent.name or gt.stem)]
+        good, bad_lines = read_jsonl_lines(gt, source=gt.parent.name or gt.stem)   # a bad line is skipped, as import does
+        items = [(base / rec.image, rec) for _, rec in good]
         where = str(gt)
     else:
         if split not in ("train", "val", "test", "all"):
@@ -373,10 +388,11 @@ def load_ground_truth(gt: Path | None = None, images: Path | None = None, devset
         items = workspace_ground_truth(ws, None if split == "all" else split)
         where = f"{ws.root} ({split} split)"
     if limit is not None:
-        items = items[:limit]
-    skipped: list[str] = []
+        items = spread(items, limit)
+    skipped: list[str] = list(bad_lines) if gt is not None else []
     if gt is not None or devset is not None:    # a workspace's labels are upright already
-        items, skipped = _fit_frames(items)
+        items, unfit = _fit_frames(items)
+        skipped += unfit
     if not items:
         raise NoGroundTruth(f"{where}: no labelled images to evaluate on" + ("" if gt or devset else
                          f" (label some {split} images, or `textloop import` labels)")
@@ -394,8 +410,13 @@ def evaluate_detector(det: Detector, items: Sequence[tuple[Path, LabelledImage]]
     heads the report's errors."""
     import json
 
+    from pipeline.io import check_writable
     from pipeline.predict import detect_set
 
+    if not 0.0 < iou <= 1.0:   # at 0 every pair of boxes "matches", and precision is 1
+        raise ValueError(f"iou must be above 0 and at most 1, got {iou}")
+    if out is not None:
+        check_writable(out)    # before the detection pass, not after it
     found = detect_set(det, items, threshold=0.0, batch_size=batch_size, progress=progress)
     raw = found.detections
     gts = [items[i][1] for i in found.ok]

@@ -273,3 +273,32 @@ def test_label_files_are_checked_against_their_images_frames(tmp_path) -> None:
                           (["--gt", str(tmp_path)], "is a folder; give its boxes.jsonl, or --set")):
         res = runner.invoke(app, ["-w", str(tmp_path / "ws"), "evaluate", "--detector", "ppocr", *args])
         assert res.exit_code == 2 and message in res.output, res.output
+
+
+def test_evaluate_skips_bad_label_lines_samples_sources_and_checks_options_first(tmp_path) -> None:
+    """From a user's walkthrough: `--gt` stopped at the first bad line (import skips it and goes
+    on); `--limit 10` took the first 10 files, all of one source; `--iou 0` counted boxes that do
+    not overlap as matches; `--sweep ''` was accepted; `--out FOLDER` ended in a traceback after
+    the whole detection pass."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from pipeline.cli.app import app
+    from pathlib import Path
+
+    from pipeline.evaluate import load_ground_truth, spread
+
+    Image.new("RGB", (40, 30), "white").save(tmp_path / "a.png")
+    lines = [json.dumps(LabelledImage("a.png", 40, 30, boxes=[[1, 1, 9, 9]]).to_json()), "{not json", ""]
+    (tmp_path / "boxes.jsonl").write_text("\n".join(lines))
+    truth = load_ground_truth(gt=tmp_path / "boxes.jsonl")
+    assert len(truth.items) == 1 and truth.skipped == (f"{tmp_path / 'boxes.jsonl'}:2: not valid JSON "
+                                                       "(Expecting property name enclosed in double quotes at column 2)",)
+    items = [(Path(f"{s}{i}"), LabelledImage(f"{s}{i}.png", 4, 4, source=s)) for s in "ab" for i in range(5)]
+    assert [p.name for p, _ in spread(items, 4)] == ["a0", "b0", "a1", "b1"]
+    runner = CliRunner()
+    for args, message in ((["--iou", "0"], "--iou must be above 0"), (["--sweep", ""], "bad --sweep"),
+                          (["--out", str(tmp_path)], "is a folder")):
+        res = runner.invoke(app, ["-w", str(tmp_path / "ws"), "evaluate", "--detector", "ppocr",
+                                  "--gt", str(tmp_path / "boxes.jsonl"), *args])
+        assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output

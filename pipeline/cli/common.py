@@ -236,8 +236,10 @@ def positive(value: float) -> float:
 def parse_floats(text: str | None, option: str, lo: float | None = None, hi: float | None = None) -> tuple[float, ...]:
     """A comma-separated list of numbers (`--scales 1,2`), each in [lo, hi] when given; () when
     the option is absent; a one-line error naming the option otherwise."""
-    if text is None or not text.strip():
+    if text is None:
         return ()
+    if not text.strip():   # given, but empty (`--sweep ''`): a mistake, not "no values"
+        fail(f"bad {option} {text!r}: expected numbers like 0.5,1", 2)
     try:
         values = tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError:

@@ -222,7 +222,7 @@ def evaluate_cmd(
                                  "(as redaction would)."),
     sweep: Optional[str] = typer.Option(None, help="Also report the overall metrics at these thresholds, "
                                         "e.g. 0.3,0.5,0.7 (one detection pass)."),
-    limit: Optional[int] = typer.Option(None, min=1, help="Only the first N images (quick checks)."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Only N images, taken in turn from each source (quick checks)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON report to this file."),
     batch_size: int = typer.Option(4, min=1, help="Images per detector call."),
     option: List[str] = typer.Option(None, "--option", "-o", help="Detector option key=value (repeatable)."),
@@ -235,12 +235,18 @@ def evaluate_cmd(
     from pipeline.detectors import check_spec
     from pipeline.evaluate import NoGroundTruth, evaluate_detector, load_ground_truth
 
+    from pipeline.io import UnwritableError, check_writable
+
     st = state(ctx)
-    with usage_errors(ValueError, FileNotFoundError):   # the options first, then the data
+    with usage_errors(ValueError, FileNotFoundError, UnwritableError):   # the options first, then the data
         check_spec(detector)
         thresholds = list(parse_floats(sweep, "--sweep", 0.0, 1.0))
         if split is not None and (gt is not None or devset is not None):
             raise ValueError("--split chooses a workspace's labels; --gt and --set use every image they list")
+        if iou <= 0.0:
+            raise ValueError(f"--iou must be above 0 (at 0 boxes that do not overlap match), got {iou}")
+        if out is not None:
+            check_writable(out)
     try:
         truth = load_ground_truth(gt, images, devset, st.ws() if gt is None and devset is None else None,
                                   split or "test", limit)
