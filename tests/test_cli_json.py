@@ -114,6 +114,7 @@ def test_json_after_the_command_gives_the_same_output(cmd, tmp_path, monkeypatch
     monkeypatch.delenv("TEXTLOOP_WORKSPACE", raising=False)
     runner = CliRunner()
     ws = str(tmp_path / "ws")
+    assert runner.invoke(app, ["-w", ws, "init"]).exit_code == 0   # status and report need one
     before = runner.invoke(app, ["--json", "-w", ws, *cmd])
     after = runner.invoke(app, [*cmd, "--json", "--workspace", ws])
     assert before.exit_code == after.exit_code

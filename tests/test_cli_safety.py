@@ -139,3 +139,34 @@ def test_train_resume_without_a_checkpoint_and_register_of_a_folder_are_one_line
     (tmp_path / "b.zip").mkdir()
     r = CliRunner().invoke(app, ["-w", ws, "models", "register", str(tmp_path / "b.zip")])
     assert r.exit_code == 1 and "not a textloop model bundle (a folder" in r.stderr and "Traceback" not in r.output
+
+
+def test_read_only_commands_do_not_create_a_workspace_at_a_mistyped_path(tmp_path) -> None:
+    """`textloop -w /data/wokspace status` made an empty workspace there and reported 0 images,
+    exit 0; `report` wrote a report of nothing. Both now say there is no workspace (exit 2)."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli.app import app
+
+    typo = tmp_path / "wokspace"
+    for cmd in (["status"], ["report"]):
+        r = CliRunner().invoke(app, ["-w", str(typo), *cmd])
+        assert r.exit_code == 2 and "no workspace here" in r.output, r.output
+        assert not typo.exists()
+    assert CliRunner().invoke(app, ["-w", str(typo), "init"]).exit_code == 0
+    r = CliRunner().invoke(app, ["-w", str(typo), "--json", "status"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["images"] == 0
+
+
+def test_report_links_only_to_the_pages_curate_wrote(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from pipeline.cli.app import app
+
+    ws = tmp_path / "ws"
+    assert CliRunner().invoke(app, ["-w", str(ws), "init"]).exit_code == 0
+    r = CliRunner().invoke(app, ["-w", str(ws), "report"])
+    assert r.exit_code == 0, r.output
+    page = (ws / "reports" / "report.html").read_text()
+    assert "href='duplicates.html'" not in page and "href='label_issues.html'" not in page
+    assert "textloop curate</code> writes it" in page

@@ -136,6 +136,7 @@ def test_duplicate_group_labelled_once(tmp_path: Path) -> None:
 def test_report_on_empty_and_curated_workspace(tmp_path: Path) -> None:
     runner = CliRunner()
     empty = tmp_path / "empty"
+    assert runner.invoke(app, ["--workspace", str(empty), "init"]).exit_code == 0
     res = runner.invoke(app, ["--workspace", str(empty), "--json", "report"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)

@@ -50,6 +50,14 @@ class AppState:
             return None
         return self.ws()
 
+    def read_ws(self) -> Workspace:
+        """The existing workspace, for commands that only look at one (status, report): a
+        mistyped `-w` used to create an empty workspace there and report on it, exit 0."""
+        ws = self.existing_ws()
+        if ws is None:
+            fail(f"{self.workspace}: no workspace here (`textloop init` makes one; -w chooses another)", 2)
+        return ws
+
     @property
     def console(self) -> Console:
         return Console(stderr=True, quiet=self.verbosity < 0)

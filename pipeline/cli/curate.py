@@ -110,12 +110,16 @@ def report_cmd(
 ) -> None:
     """Write reports/report.html and PNGs: learning curve, ranking scores, duplicate clusters, label issues."""
     from pipeline.curate.report import build_report
+    from pipeline.io import UnwritableError
     from pipeline.workspace import check_run_name
 
     st = state(ctx)
     with usage_errors():
         check_run_name(iteration)
-    ws = st.ws()
-    res = build_report(ws, iteration=iteration)
+    ws = st.read_ws()
+    try:
+        res = build_report(ws, iteration=iteration)
+    except UnwritableError as exc:
+        fail(str(exc))
     emit(st, res.as_dict(), lambda c: c.print(f"report: {res.html} (copy in {res.run_copy}); "
                                               f"{res.learning_curve_points} learning-curve points"))

@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
 def status_cmd(ctx: typer.Context) -> None:
     """Images by status and split, rejects by reason, models, and the last iteration."""
     st = state(ctx)
-    ws = st.ws()
+    ws = st.read_ws()
     with ws.catalog() as cat:
         s = workspace_status(cat)
 

@@ -497,13 +497,19 @@ def build_report(ws: Any, iteration: int | str | None = None, max_items: int = 1
             summary = json.loads(summary_path.read_text())
         except ValueError:
             summary = {}
+    def details(name: str) -> str:
+        """A link to curate's page when curate has written it (a link to nothing was a 404)."""
+        if (first / name).exists():
+            return f"<p>Details: <a href='{name}'>{name}</a></p>"
+        return "<p>No details page yet: <code>textloop curate</code> writes it.</p>"
+
     body = (f"<p>workspace {html.escape(str(ws.root))}, iteration {html.escape(str(iteration))}</p>"
             f"<h2>Learning curve</h2><img src='{pngs['learning_curve']}' alt='learning curve'>{curve_html}"
             f"<h2>Ranking score distribution</h2><img src='{pngs['ranking']}' alt='ranking score distribution'>"
             f"<h2>Duplicate clusters</h2><img src='{pngs['duplicates']}' alt='duplicate clusters'>"
-            f"<p>Details: <a href='duplicates.html'>duplicates.html</a></p>"
+            f"{details('duplicates.html')}"
             f"<h2>Label issues</h2><img src='{pngs['label_issues']}' alt='label issues'>"
-            f"<p>Details: <a href='label_issues.html'>label_issues.html</a></p>"
+            f"{details('label_issues.html')}"
             f"<h2>Last curation</h2><pre>{html.escape(json.dumps(summary, indent=2))}</pre>")
     atomic_write_text(first / "report.html", _page("textloop report", body))
     for folder in out_dirs[1:]:
