@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +23,9 @@ class SplitRatios:
 
     def __post_init__(self) -> None:
         total = self.train + self.val + self.test
-        if min(self.train, self.val, self.test) < 0 or abs(total - 1.0) > 1e-6:
+        # NaN compares false everywhere: "nan,0.5,0.5" passed and sent every image to test
+        if not all(math.isfinite(v) for v in (self.train, self.val, self.test)) \
+                or min(self.train, self.val, self.test) < 0 or abs(total - 1.0) > 1e-6:
             raise ValueError(f"split ratios must be >= 0 and sum to 1, got {self.train}/{self.val}/{self.test}")
 
     @classmethod
@@ -66,8 +70,8 @@ class HarvestConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.retries < 0 or self.backoff_s < 0:
             raise ValueError(f"retries and backoff must be >= 0, got {self.retries} and {self.backoff_s}")
-        if not self.timeout_s > 0:
-            raise ValueError(f"timeout must be > 0 seconds, got {self.timeout_s}")
+        if not (self.timeout_s > 0 and math.isfinite(self.timeout_s)):   # inf: a stalled server hangs the run
+            raise ValueError(f"timeout must be a finite number of seconds > 0, got {self.timeout_s}")
 
 
 def workspace_from_env(explicit: str | os.PathLike[str] | None = None) -> Path:

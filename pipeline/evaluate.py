@@ -372,7 +372,10 @@ def load_ground_truth(gt: Path | None = None, images: Path | None = None, devset
     if gt is not None and gt.is_dir():
         raise ValueError(f"--gt {gt}: is a folder; give its boxes.jsonl, or --set for a devset root")
     if gt is not None and not gt.is_file():
-        raise ValueError(f"--gt {gt}: no such file")
+        from pipeline.listing import file_problem
+
+        problem = file_problem(gt)
+        raise ValueError(f"--gt {gt}: " + (problem[1] if problem and problem[0] != "not_found" else "no such file"))
     if devset is not None:
         items, where = read_devset(devset), str(devset)
     elif gt is not None:

@@ -177,6 +177,11 @@ def read_label_files(files: Iterable[str | Path], fmt: str = "auto", images_dir:
             continue
         if not path.exists():
             raise ValueError(f"{path}: no such label file")
+        from pipeline.listing import file_problem
+
+        problem = file_problem(path)   # a FIFO would block the read for ever
+        if problem is not None:
+            raise ValueError(f"{path}: not a label file ({problem[1]})")
         kind = detect_format(path) if fmt == "auto" else fmt
         if not claim(path):
             continue

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -355,3 +356,32 @@ def test_importing_an_export_back_adds_no_second_copy_of_rotated_images(ws, tmp_
         assert len(cat.images()) == 2
         sources = sorted(r["source"] for r in cat.query("SELECT source FROM annotations"))
     assert sources == ["import:out/boxes.jsonl"] * 2 + ["import:src/boxes.jsonl"] * 2
+
+
+def test_a_fifo_given_as_a_label_file_is_refused_without_blocking(ws, tmp_path) -> None:
+    """`textloop import labels.jsonl` where labels.jsonl is a FIFO hung for ever."""
+    import os
+
+    from pipeline.evaluate import load_ground_truth
+
+    fifo = tmp_path / "labels.jsonl"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match="not a label file .*FIFO"):
+        import_labels(ws, [fifo])
+    with pytest.raises(ValueError, match="--gt .*FIFO"):
+        load_ground_truth(gt=fifo)
+
+
+@pytest.mark.parametrize("splits", ["nan,0.5,0.5", "0.5,nan,0.5"])
+def test_split_ratios_refuse_nan(splits) -> None:
+    from pipeline.config import SplitRatios
+
+    with pytest.raises(ValueError, match="split ratios"):
+        SplitRatios.parse(splits)
+
+
+def test_harvest_refuses_an_endless_timeout() -> None:
+    from pipeline.config import HarvestConfig
+
+    with pytest.raises(ValueError, match="finite"):
+        HarvestConfig(timeout_s=float("inf"))
