@@ -21,7 +21,7 @@ import numpy as np
 
 from pipeline.boxes import Detections, clip
 from pipeline.catalog import Catalog, ImageStatus
-from pipeline.config import check_split
+from pipeline.config import DEFAULT_MAX_PIXELS, check_split
 from pipeline.detectors.base import Detector, detect_visible
 from pipeline.imaging import ImageRejected, load_views
 from pipeline.io import describe_error, sha256_file
@@ -108,15 +108,16 @@ def check_options(threshold: float, batch_size: int) -> None:
 
 
 def predict_images(detector: Detector, paths: Iterable[str | Path], threshold: float = DEFAULT_THRESHOLD,
-                   batch_size: int = DEFAULT_BATCH) -> Iterator[Prediction]:
-    """Like `predict_paths`, with the image size (as displayed) in every result."""
+                   batch_size: int = DEFAULT_BATCH, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[Prediction]:
+    """Like `predict_paths`, with the image size (as displayed) in every result; an image with
+    more than `max_pixels` pixels is refused (`too_many_pixels`) before it is decoded."""
     check_options(threshold, batch_size)
     for batch in _chunks((Path(p) for p in paths), batch_size):
         loaded: list[tuple[Path, list[np.ndarray]]] = []   # every view a viewer may show
         failed: dict[Path, Exception] = {}
         for p in batch:
             try:
-                loaded.append((p, load_views(p)))
+                loaded.append((p, load_views(p, max_pixels)))
             except Exception as exc:  # noqa: BLE001 - any unreadable file is reported, the batch goes on
                 failed[p] = exc
         results: dict[Path, Detections | Exception] = dict(failed)
@@ -146,12 +147,14 @@ class _PredictActor:
     """`--engine ray`: one detector per actor (built from a `engines.SpecFactory`), predicting
     the batch's paths; returns one JSON row per image (detections or the error)."""
 
-    def __init__(self, factory: Callable[[], Detector], threshold: float, batch_size: int) -> None:
-        self.det, self.threshold, self.batch_size = factory(), threshold, batch_size
+    def __init__(self, factory: Callable[[], Detector], threshold: float, batch_size: int,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        self.det, self.threshold, self.batch_size, self.max_pixels = factory(), threshold, batch_size, max_pixels
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         rows = []
-        for pred in predict_images(self.det, [str(p) for p in batch["path"]], self.threshold, self.batch_size):
+        for pred in predict_images(self.det, [str(p) for p in batch["path"]], self.threshold, self.batch_size,
+                                   self.max_pixels):
             row: dict[str, Any] = {"path": str(pred.path), "width": pred.width, "height": pred.height}
             if pred.ok:
                 row["det"] = pred.result.to_json()  # type: ignore[union-attr]
@@ -163,19 +166,21 @@ class _PredictActor:
 
 def predict_images_on(engine: str, detector: Detector | None, paths: Iterable[str | Path],
                       threshold: float = DEFAULT_THRESHOLD, batch_size: int = DEFAULT_BATCH,
-                      factory: Callable[[], Detector] | None = None, workers: int = 2) -> Iterator[Prediction]:
+                      factory: Callable[[], Detector] | None = None, workers: int = 2,
+                      max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[Prediction]:
     """`predict_images` on an engine (`pipeline.engines`): `local` runs `detector` here, in input
     order; `ray` runs `factory` on `workers` actors, results in completion order (errors come
     back as RemoteError with the message)."""
     from pipeline.engines import map_actors, run_items
 
     def local() -> Iterator[Prediction]:
-        return predict_images(detector, paths, threshold, batch_size)  # type: ignore[arg-type]
+        return predict_images(detector, paths, threshold, batch_size, max_pixels)  # type: ignore[arg-type]
 
     def ray() -> Iterator[Prediction]:
         if factory is None:
             raise ValueError("--engine ray needs a detector factory (a spec), not a built detector")
-        rows = map_actors(_PredictActor, {"factory": factory, "threshold": threshold, "batch_size": batch_size},
+        rows = map_actors(_PredictActor, {"factory": factory, "threshold": threshold, "batch_size": batch_size,
+                                          "max_pixels": max_pixels},
                           [{"path": str(p)} for p in paths], workers, batch_size)
         for row in rows:
             r = json.loads(row["result"])
@@ -212,7 +217,7 @@ def load_predictions(cat: Catalog, model_version: str, image_ids: Sequence[str] 
 def predict_and_store(cat: Catalog | None, detector: Detector, paths: Sequence[Path], image_ids: Mapping[Path, str],
                       threshold: float = DEFAULT_THRESHOLD, batch_size: int = DEFAULT_BATCH, commit_every: int = COMMIT_EVERY,
                       engine: str = "local", factory: Callable[[], Detector] | None = None,
-                      workers: int = 2) -> Iterator[Prediction]:
+                      workers: int = 2, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[Prediction]:
     """The one predict-and-store loop (`predict_workspace`, `predict_files`): every prediction of
     `paths` is yielded (engine order); the successful ones whose path is in `image_ids` are
     upserted under `detector.version` with `min_score=threshold`, `commit_every` rows per
@@ -221,7 +226,7 @@ def predict_and_store(cat: Catalog | None, detector: Detector, paths: Sequence[P
     with its error for the caller to report; it stops nothing."""
     pending: list[tuple[str, Detections]] = []
     try:
-        for pred in predict_images_on(engine, detector, paths, threshold, batch_size, factory, workers):
+        for pred in predict_images_on(engine, detector, paths, threshold, batch_size, factory, workers, max_pixels):
             image_id = image_ids.get(pred.path)
             if cat is not None and image_id is not None and isinstance(pred.result, Detections):
                 pending.append((image_id, pred.result))
@@ -247,6 +252,7 @@ def predict_workspace(
     engine: str = "local",
     factory: Callable[[], Detector] | None = None,
     workers: int = 2,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> dict[str, Detections]:
     """Predict workspace images (default: all except status 'excluded') and store them under
     `detector.version` with `min_score=threshold`. `skip_existing` reuses stored rows of this
@@ -274,7 +280,7 @@ def predict_workspace(
         if progress:
             progress(done, total)
         for pred in predict_and_store(cat, detector, list(by_path), by_path, threshold, batch_size, commit_every,
-                                      engine, factory, workers):
+                                      engine, factory, workers, max_pixels):
             image_id = by_path[pred.path]
             if isinstance(pred.result, Detections):
                 out[image_id] = pred.result
@@ -406,6 +412,7 @@ def predict_workspace_images(ws: Workspace, det: Detector, *, split: str | None 
                              out: Path | None = None, threshold: float = DEFAULT_THRESHOLD,
                              batch_size: int = DEFAULT_BATCH, skip_existing: bool = False, engine: str = "local",
                              factory: Callable[[], Detector] | None = None, workers: int = 2,
+                             max_pixels: int = DEFAULT_MAX_PIXELS,
                              progress: Callable[[int, int], None] | None = None) -> PredictSummary:
     """`textloop predict` without IMAGES: the workspace's images (excluded ones only when asked
     for by `status`) predicted and stored under the model version; optionally also as JSONL.
@@ -422,7 +429,7 @@ def predict_workspace_images(ws: Workspace, det: Detector, *, split: str | None 
     errs: list[tuple[str, str]] = []
     results = predict_workspace(ws, det, ids, threshold=threshold, batch_size=batch_size,
                                 skip_existing=skip_existing, progress=progress, errors=errs,
-                                engine=engine, factory=factory, workers=workers)
+                                engine=engine, factory=factory, workers=workers, max_pixels=max_pixels)
     errors = [f"{paths.get(i, i)}: {m}" for i, m in errs]
     if out is not None:
         _write_out(out, ({"image": paths[i], "image_id": i, "width": sizes[i][0], "height": sizes[i][1],
@@ -434,6 +441,7 @@ def predict_workspace_images(ws: Workspace, det: Detector, *, split: str | None 
 def predict_files(det: Detector, images: Sequence[str | Path], *, workspace: Workspace | None = None,
                   out: Path | None = None, threshold: float = DEFAULT_THRESHOLD, batch_size: int = DEFAULT_BATCH,
                   engine: str = "local", factory: Callable[[], Detector] | None = None, workers: int = 2,
+                  max_pixels: int = DEFAULT_MAX_PIXELS,
                   progress: Callable[[int, int], None] | None = None) -> PredictSummary:
     """`textloop predict IMAGES`: every image file under `images`, optionally written as JSONL
     to `out`; with a `workspace`, files whose bytes are workspace images also get a catalog row
@@ -458,7 +466,7 @@ def predict_files(det: Detector, images: Sequence[str | Path], *, workspace: Wor
     def records() -> Iterator[dict[str, Any]]:
         update(0, len(files))
         preds = predict_and_store(cat, det, list(rel), ws_ids, threshold, batch_size, COMMIT_EVERY, engine, factory,
-                                  workers)
+                                  workers, max_pixels)
         for k, pred in enumerate(preds, 1):
             update(k, len(files))
             if not pred.ok:

@@ -290,3 +290,12 @@ def test_a_fifo_is_not_an_empty_image(tmp_path: Path) -> None:
 
     [(path, err)] = list(predict_paths(FakeDetector(), [fifo]))
     assert image_error(err).startswith("not_a_regular_file: is a FIFO")
+
+
+def test_predict_has_the_max_pixels_option_its_message_names(tmp_path: Path, fake) -> None:
+    """`predict big.png` said "raise --max-pixels to accept it", and predict had no such option."""
+    Image.new("RGB", (300, 200), "white").save(tmp_path / "big.png")
+    r = CliRunner().invoke(app, ["--json", "predict", str(tmp_path / "big.png"), "--max-pixels", "10000"])
+    assert r.exit_code == 1 and "raise --max-pixels" in json.loads(r.stdout)["errors"][0], r.output
+    r = CliRunner().invoke(app, ["--json", "predict", str(tmp_path / "big.png"), "--max-pixels", "60000"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["images"] == 1, r.output

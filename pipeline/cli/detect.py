@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.cli.common import AppState, emit, fail, parse_floats, progress, state, usage_errors
+from pipeline.config import DEFAULT_MAX_PIXELS
 from pipeline.predict import DEFAULT_THRESHOLD
 
 
@@ -80,6 +81,8 @@ def predict_cmd(
     engine: str = typer.Option("local", help="local | ray (Ray Data actors; RAY_ADDRESS or a local instance). "
                                "The catalog is written by this process."),
     workers: int = typer.Option(2, min=1, help="Ray actors (with --engine ray)."),
+    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, min=1, help="Refuse images with more pixels (decompression bombs); "
+                                   "harvest and redact have the same option."),
 ) -> None:
     """Run a detector over images: JSONL out, and catalog rows for workspace images.
 
@@ -102,7 +105,8 @@ def predict_cmd(
     ws = st.existing_ws() if images else st.ws()   # predicting files never creates a workspace
     factory = SpecFactory(detector, str(ws.root) if ws is not None and detector == "current" else None, det_opts) \
         if engine == "ray" else None
-    common = dict(out=out, threshold=threshold, batch_size=batch_size, engine=engine, factory=factory, workers=workers)
+    common = dict(out=out, threshold=threshold, batch_size=batch_size, engine=engine, factory=factory, workers=workers,
+                  max_pixels=max_pixels)
     try:
         with progress(st, f"predict ({det.version})") as update:
             if images:
