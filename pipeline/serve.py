@@ -7,25 +7,35 @@ Routes: GET /health, POST /setup, POST /predict, POST /webhook, GET /status.
   `/data/local-files/?d=` path under the workspace) and only falls back to HTTP for other URLs.
 - START_TRAINING (and, with `retrain_every`, annotation webhooks) *queue* a retrain that runs in
   a background thread; the HTTP request returns at once. Progress is on /status and /health.
+- A task whose image cannot be read gets an entry without `result` (the error says why): Label
+  Studio stores every entry that has a `result`, and would never ask again for that model version.
+- Stopping the server (Ctrl-C, SIGTERM) stops a running retrain the Ctrl-C way before the process
+  exits, so its catalog rows end `failed` instead of `running` for ever.
 """
 
 from __future__ import annotations
 
+import asyncio
+import ctypes
 import io
+import json
 import logging
+import os
 import threading
 import time
 import traceback
 import urllib.parse
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pipeline.config import DEFAULT_MAX_PIXELS, HarvestConfig
 from pipeline.detectors.base import detect_visible
+from pipeline.imaging import ImageRejected
 from pipeline.io import describe_error
 from pipeline.studio.client import StudioError
 from pipeline.studio.convert import confidence, detections_to_results
@@ -41,6 +51,21 @@ class ServeConfig:
     retrain_every: int = 0          # annotation webhooks per queued retrain; 0 = START_TRAINING only
     pull_before_train: bool = True  # the retrain round talks to Label Studio (pull first, push the next batch)
     http_timeout_s: float = 30.0
+    max_bytes: int = HarvestConfig.max_bytes    # per downloaded image, harvest's default: a 400 MB URL is refused, not read
+    max_pixels: int = DEFAULT_MAX_PIXELS        # per image, the limit of harvest/predict/redact
+    stop_timeout_s: float = 8.0     # how long shutdown waits for an interrupted retrain (docker stop allows 10 s)
+
+    def __post_init__(self) -> None:
+        """Refuse limits that would silently refuse every image (or wait for ever)."""
+        for name in ("max_bytes", "max_pixels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not (self.http_timeout_s > 0 and self.stop_timeout_s >= 0):
+            raise ValueError(f"timeouts must be positive, got http {self.http_timeout_s}, stop {self.stop_timeout_s}")
+
+
+class TaskImageError(Exception):
+    """One task's image could not be used; the message is the whole line (task id, image, reason)."""
 
 
 class Backend:
@@ -60,6 +85,10 @@ class Backend:
                                          "started_at": None, "finished_at": None, "result": None}
         self._state_lock = threading.Lock()
         self._train_wake = threading.Event()
+        self._stopping = threading.Event()  # shutdown(): start no retrain, leave the worker loop
+        self._in_retrain = False            # the worker is inside a retrain (what shutdown interrupts)
+        self._retrain_floor = 0             # last `iterations` id before the running retrain began
+        self._shutdown_lock = threading.Lock()
         self._worker = threading.Thread(target=self._train_loop, name="textloop-retrain", daemon=True)
         self._worker.start()
 
@@ -96,6 +125,10 @@ class Backend:
         return str(self._detector.version)
 
     def predict_tasks(self, tasks: list[dict[str, Any]], config: LabelConfig) -> list[dict[str, Any]]:
+        """One entry per task, in order (Label Studio pairs them by position). A task that fails
+        gets no `result` key: Label Studio 1.23 saves every entry with a `result` as that model
+        version's prediction and never asks again, so `"result": []` showed the labeller an image
+        "without text". Without it, Label Studio logs the entry, saves nothing, and asks again."""
         results = []
         detector = self._detector  # the same model for the whole request, even if a swap happens
         for task in tasks:
@@ -107,51 +140,94 @@ class Backend:
                 results.append({"result": detections_to_results(det, w, h, config), "score": round(confidence(det), 4),
                                 "model_version": str(detector.version)})
             except Exception as exc:  # noqa: BLE001 - one bad task must not sink the batch; LS needs one entry per task
-                log.warning("task %s: no prediction (%s)", task.get("id"), exc)
-                results.append({"result": [], "score": 0.0, "model_version": str(detector.version),
-                                "error": describe_error(exc)})
+                error = str(exc) if isinstance(exc, TaskImageError) else f"task {task.get('id')}: {describe_error(exc)}"
+                log.warning("no prediction: %s", error)
+                results.append({"model_version": str(detector.version), "error": error})
         return results
 
     def _load_task_image(self, task: dict[str, Any], config: LabelConfig) -> list[np.ndarray]:
-        """Every view a viewer may show of the task's image (one for opaque images)."""
-        from pipeline.imaging import load_views, views_of
-        data = task.get("data") or {}
+        """Every view a viewer may show of the task's image (one for opaque images). Any failure
+        is a TaskImageError naming the task and the image, in one line."""
+        from pipeline.imaging import load_views
+
+        tid = task.get("id")
+        data = task.get("data")
+        if not isinstance(data, dict):
+            raise TaskImageError(f"task {tid}: data must be an object, got {_short(data)}")
         image_id = data.get("image_id")
-        if image_id:
+        if image_id and isinstance(image_id, str):
             with self.ws.catalog() as cat:
-                row = cat.image(str(image_id))
+                row = cat.image(image_id)
             if row is not None:
-                return load_views(self.ws.abspath(row["path"]))
-        url = str(data.get(config.data_key) or "")
-        if not url:
-            raise ValueError(f"task has no ${config.data_key}")
-        parsed = urllib.parse.urlparse(url)
+                path = self.ws.abspath(row["path"])
+                try:
+                    return load_views(path, self.cfg.max_pixels)
+                except Exception as exc:  # noqa: BLE001 - named with the file below
+                    raise TaskImageError(f"task {tid}: image {str(path)!r} (image_id {image_id}): {_reason(exc)}") from None
+        url = data.get(config.data_key)
+        if url is None or url == "":
+            raise TaskImageError(f"task {tid}: data.{config.data_key} is missing (no image_id in the catalog either)")
+        if not isinstance(url, str):
+            raise TaskImageError(f"task {tid}: data.{config.data_key} must be a URL or path string, got {_short(url)}")
+        try:
+            return self._read_url(url)
+        except TaskImageError as exc:
+            raise TaskImageError(f"task {tid}: image {url!r}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - every failure is this task's one line
+            raise TaskImageError(f"task {tid}: image {url!r}: {_reason(exc, self.cfg)}") from None
+
+    def _read_url(self, url: str) -> list[np.ndarray]:
+        """The views of the image at `url`: a workspace or document-root file, else a download from
+        the Label Studio this backend serves (streamed, at most `max_bytes`)."""
+        from pipeline.imaging import load_views
+
+        try:
+            parsed = urllib.parse.urlparse(url)
+            parsed.port  # noqa: B018 - raises on a port out of range: say so here, not deep in httpx
+        except ValueError as exc:
+            raise TaskImageError(f"not a valid URL ({exc})") from None
+        roots = self._local_roots()
         if parsed.path.startswith("/data/local-files"):
             rel = urllib.parse.parse_qs(parsed.query).get("d", [""])[0]
-            doc_root = self.settings.local_files_root
-            for root in ([Path(doc_root)] if doc_root else []) + [self.ws.root]:
+            for root in roots:
                 path = (root / rel).resolve()
-                if root.resolve() in path.parents and path.exists():
-                    return load_views(path)
-        import httpx
-        from PIL import Image, ImageOps
-
+                if root in path.parents and path.exists():
+                    return load_views(path, self.cfg.max_pixels)
+        if not parsed.scheme and url.startswith("/"):
+            path = Path(url).resolve()
+            if path.is_file():
+                if any(root in path.parents for root in roots):
+                    return load_views(path, self.cfg.max_pixels)
+                # a path on this machine is no Label Studio URL: joined to its host it failed as
+                # "Connection refused" without saying which file
+                raise TaskImageError("a local file outside the workspace and Label Studio's document root "
+                                     f"({', '.join(str(r) for r in roots)}); serve reads local files only there")
+        fetched = url
         if not parsed.scheme:
-            if not self.ls_hostname:
-                raise ValueError(f"relative image URL {url} and no Label Studio hostname from /setup")
-            url = self.ls_hostname.rstrip("/") + url
+            base = self.ls_hostname or self.settings.url
+            if not base:
+                raise TaskImageError("a relative URL, and no Label Studio hostname from /setup or LABEL_STUDIO_URL")
+            fetched = base.rstrip("/") + "/" + url.lstrip("/")
         allowed = {_origin(u) for u in (self.ls_hostname, self.settings.url) if u}   # /setup's hostname, configured URL
-        if _origin(url) not in allowed:
+        if _origin(fetched) not in allowed:
             # a task may name any URL: fetching it would send the Label Studio token (and make
             # traffic the user never configured) to whatever host the task's author chose
-            raise ValueError(f"image URL {url}: not on Label Studio ({', '.join(sorted(f'{s}://{h}:{p}' for s, h, p in allowed))}); "
-                             "images are read only from the workspace or the Label Studio this backend serves")
+            raise TaskImageError(f"not on Label Studio ({', '.join(sorted(f'{s}://{h}:{p}' for s, h, p in allowed))}); "
+                                 "images are read only from the workspace or the Label Studio this backend serves")
         headers = {"Authorization": f"Token {self.ls_token}"} if self.ls_token else {}
-        # httpx drops Authorization on a redirect to another origin
-        r = httpx.get(url, headers=headers, timeout=self.cfg.http_timeout_s, follow_redirects=True)
-        r.raise_for_status()
-        with Image.open(io.BytesIO(r.content)) as im:
-            return views_of(ImageOps.exif_transpose(im))
+        try:
+            content = _download(fetched, headers, self.cfg.http_timeout_s, self.cfg.max_bytes)
+            return _decode(content, self.cfg.max_pixels)
+        except TaskImageError as exc:
+            raise TaskImageError(f"{exc} (fetched {fetched})" if fetched != url else str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - named with the URL actually fetched
+            reason = _reason(exc, self.cfg)
+            raise TaskImageError(f"{reason} (fetched {fetched})" if fetched != url else reason) from None
+
+    def _local_roots(self) -> list[Path]:
+        """Folders a task's local path may point into: Label Studio's document root, the workspace."""
+        doc_root = self.settings.local_files_root
+        return [r.resolve() for r in ([Path(doc_root)] if doc_root else []) + [self.ws.root]]
 
     # --- training --------------------------------------------------------------------------------
     def queue_training(self, reason: str) -> dict[str, Any]:
@@ -167,30 +243,78 @@ class Backend:
         return self._state_lock
 
     def _train_loop(self) -> None:
-        while True:
-            self._train_wake.wait()
-            self._train_wake.clear()
-            while True:
-                with self._lock_state():
-                    if not self.training["queued"]:
-                        if self.training["state"] in ("queued", "running"):
-                            self.training["state"] = "idle"
-                        break
-                    self.training.update(state="running", queued=0, started_at=time.time(), finished_at=None)
-                try:
-                    result = self._train_once()
+        try:
+            while not self._stopping.is_set():
+                self._train_wake.wait()
+                self._train_wake.clear()
+                while not self._stopping.is_set():
                     with self._lock_state():
-                        self.training.update(state="done", result=result, last_error=None, runs=self.training["runs"] + 1,
-                                             finished_at=time.time())
-                except Exception as exc:  # noqa: BLE001 - reported on /status, the server keeps serving
-                    log.error("retrain failed: %s", traceback.format_exc())
+                        if not self.training["queued"]:
+                            if self.training["state"] in ("queued", "running"):
+                                self.training["state"] = "idle"
+                            break
+                        self.training.update(state="running", queued=0, started_at=time.time(), finished_at=None)
+                        self._in_retrain = True
+                    try:
+                        result = self._train_once()
+                        with self._lock_state():
+                            self._in_retrain = False
+                            self.training.update(state="done", result=result, last_error=None, runs=self.training["runs"] + 1,
+                                                 finished_at=time.time())
+                    except Exception as exc:  # noqa: BLE001 - reported on /status, the server keeps serving
+                        log.error("retrain failed: %s", traceback.format_exc())
+                        with self._lock_state():
+                            self._in_retrain = False
+                            self.training.update(state="failed", last_error=describe_error(exc),
+                                                 finished_at=time.time())
                     with self._lock_state():
-                        self.training.update(state="failed", last_error=describe_error(exc),
-                                             finished_at=time.time())
-                with self._lock_state():
-                    if self.training["queued"]:
-                        continue
-                break
+                        if self.training["queued"]:
+                            continue
+                    break
+        except KeyboardInterrupt:
+            # shutdown() interrupted the retrain the way Ctrl-C interrupts `textloop iterate`: its
+            # stages logged themselves `failed` and training kept its checkpoint on the way out
+            log.warning("retrain interrupted: serve is stopping")
+            with self._lock_state():
+                self._in_retrain = False
+                if self.training["state"] == "running":
+                    self.training.update(state="failed", last_error="interrupted: serve stopped", finished_at=time.time())
+
+    def shutdown(self, timeout_s: float | None = None) -> bool:
+        """Stop the retrain worker before the process exits; True once it has stopped.
+
+        A retrain left running in a daemon thread was killed mid-step at interpreter exit: its
+        `iterations` rows stayed `running` for ever and torch aborted the process ("terminate
+        called without an active exception"). A running retrain gets a KeyboardInterrupt (what
+        Ctrl-C does to `textloop iterate`: stages end `failed`, training keeps its checkpoint).
+        If it does not stop within `timeout_s` (stuck in a C call), the rows it opened are marked
+        `failed` here and False is returned: the caller must then exit without finalising."""
+        timeout = self.cfg.stop_timeout_s if timeout_s is None else timeout_s
+        with self._shutdown_lock:
+            first = not self._stopping.is_set()
+            self._stopping.set()
+            self._train_wake.set()
+            with self._lock_state():
+                if first and self._in_retrain:
+                    _interrupt_thread(self._worker)
+            self._worker.join(timeout if first else 0.0)
+            if not self._worker.is_alive():
+                return True
+            if first:
+                self._fail_open_rows("interrupted: serve stopped while this retrain ran")
+            return False
+
+    def _fail_open_rows(self, error: str) -> None:
+        """Mark `failed` the `iterations` rows the running retrain opened (ids above the last one
+        before it began) that are still `running`; the counts so far are kept."""
+        with self.ws.catalog() as cat:
+            for row in cat.iterations("running"):
+                if int(row["id"]) <= self._retrain_floor:
+                    continue
+                counts = json.loads(row["counts"] or "{}")
+                metrics = {**json.loads(row["metrics"] or "{}"), "error": error}
+                cat.finish_iteration(int(row["id"]), "failed", counts=counts, metrics=metrics)
+                log.warning("catalog: %s #%s marked failed (%s)", row["step"], row["id"], error)
 
     def _studio(self) -> Any:
         try:
@@ -203,6 +327,9 @@ class Backend:
 
     def _train_once(self) -> dict[str, Any]:
         old = self.model_version
+        with self.ws.catalog() as cat:
+            last = cat.last_iteration()
+        self._retrain_floor = int(last["id"]) if last is not None else 0
         if self._trainer is not None:
             result = self._trainer(self.ws)
         else:
@@ -244,7 +371,14 @@ def create_app(ws: Workspace, cfg: ServeConfig = ServeConfig(), detector: Any = 
     from fastapi import Body, FastAPI, HTTPException
 
     backend = Backend(ws, cfg, detector, trainer)
-    app = FastAPI(title="textloop ML backend", version="1")
+
+    @asynccontextmanager
+    async def lifespan(_app: Any) -> Any:
+        """On server shutdown, stop a running retrain before the process goes (see Backend.shutdown)."""
+        yield
+        await asyncio.to_thread(backend.shutdown)
+
+    app = FastAPI(title="textloop ML backend", version="1", lifespan=lifespan)
     app.state.backend = backend
     default_config = render_label_config()
 
@@ -332,6 +466,96 @@ def serving(app: Any, host: str = "127.0.0.1", port: int | None = None, timeout:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def run_server(app: Any, host: str, port: int, log_level: str = "warning") -> None:
+    """`textloop serve` in the foreground until Ctrl-C or SIGTERM. Uvicorn's shutdown stops the
+    retrain worker (the app's lifespan); should it still run (stuck in a C call), its catalog rows
+    are already marked `failed` and the process leaves with `os._exit`: finalising the
+    interpreter under a live torch thread aborted it ("terminate called without an active exception")."""
+    import uvicorn
+
+    backend: Backend = app.state.backend
+    try:
+        uvicorn.run(app, host=host, port=port, log_level=log_level)
+    finally:
+        if not backend.shutdown():
+            log.error("the retrain did not stop within %ss; its stages are marked failed, exiting now",
+                      backend.cfg.stop_timeout_s)
+            logging.shutdown()
+            os._exit(130)
+
+
+def _interrupt_thread(thread: threading.Thread) -> None:
+    """Raise KeyboardInterrupt in `thread` at its next Python instruction (how Ctrl-C reaches a
+    worker). A thread blocked inside a C call sees it only when the call returns."""
+    if thread.ident is not None and thread.is_alive():
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(KeyboardInterrupt))
+
+
+def _download(url: str, headers: dict[str, str], timeout_s: float, max_bytes: int) -> bytes:
+    """GET `url` streamed, refusing more than `max_bytes` (Content-Length first, then as it
+    arrives) and a whole download longer than 4x `timeout_s` (the timeout bounds each read only).
+    Reading the whole body first held a 400 MB URL in memory before "cannot identify image"."""
+    import httpx
+
+    deadline = time.monotonic() + 4 * timeout_s
+    # httpx drops Authorization on a redirect to another origin
+    with httpx.stream("GET", url, headers=headers, timeout=timeout_s, follow_redirects=True) as r:
+        r.raise_for_status()
+        length = r.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > max_bytes:
+            raise ImageRejected("too_large", f"{int(length):,} bytes (Content-Length) exceeds --max-bytes {max_bytes:,}")
+        buf = bytearray()
+        for chunk in r.iter_bytes():
+            buf += chunk
+            if len(buf) > max_bytes:
+                raise ImageRejected("too_large", f"more than --max-bytes {max_bytes:,} bytes")
+            if time.monotonic() > deadline:
+                raise ImageRejected("timeout", f"download not complete within {4 * timeout_s:g}s")
+    return bytes(buf)
+
+
+def _decode(data: bytes, max_pixels: int) -> list[np.ndarray]:
+    """The views of a downloaded image, with the pixel limit of the rest of the product (before,
+    Pillow's own check applied, at twice the documented limit once another read had raised it)."""
+    from PIL import Image, ImageOps
+
+    from pipeline.imaging import allow_pixels, check_pixels, rejecting_bad_images, views_of
+
+    if not data:
+        raise ImageRejected("empty", "zero-byte file")
+    allow_pixels(max_pixels)
+    with rejecting_bad_images(max_pixels), Image.open(io.BytesIO(data)) as im:
+        check_pixels(im.size, max_pixels)
+        return views_of(ImageOps.exif_transpose(im))
+
+
+_REASONS = {"not_an_image": "not an image", "too_many_pixels": "too many pixels", "too_large": "too large",
+            "empty": "empty", "corrupt": "corrupt image", "timeout": "timed out"}
+
+
+def _reason(exc: BaseException, cfg: ServeConfig | None = None) -> str:
+    """Why an image could not be used, in words (no object reprs, no tracebacks)."""
+    import httpx
+
+    if isinstance(exc, ImageRejected):
+        return f"{_REASONS.get(exc.reason, exc.reason.replace('_', ' '))} ({exc.detail})"
+    if isinstance(exc, httpx.HTTPStatusError):
+        return f"HTTP {exc.response.status_code} {exc.response.reason_phrase}".rstrip()
+    if isinstance(exc, httpx.TimeoutException):
+        return f"timed out{f' after {cfg.http_timeout_s:g}s' if cfg else ''} ({type(exc).__name__})"
+    if isinstance(exc, httpx.ConnectError):
+        return f"cannot connect ({' '.join(str(exc).split()) or 'connection failed'})"
+    if isinstance(exc, FileNotFoundError):
+        return "file not found"
+    return describe_error(exc)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """A value quoted in an error line, cut to `limit` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:

@@ -187,15 +187,19 @@ def serve_cmd(
     host: str = typer.Option("127.0.0.1", help="Interface (0.0.0.0 inside docker)."),
     model: str = typer.Option("current", help="Detector: current | ppocr | path to bundle.zip."),
     retrain_every: int = typer.Option(0, min=0, help="Queue a retrain after this many annotation webhooks (0 = only on START_TRAINING)."),
+    max_bytes: Optional[int] = typer.Option(None, min=1, help="Refuse a downloaded task image larger than this "
+                                            "(default 209715200, as harvest)."),
+    max_pixels: Optional[int] = typer.Option(None, min=1, help="Refuse a task image with more pixels than this "
+                                             "(default 178956970, as harvest, predict and redact)."),
 ) -> None:
     """Label Studio ML backend: live boxes for any task; retrains in the background on request."""
-    import uvicorn
-
-    from pipeline.serve import ServeConfig, create_app
+    from pipeline.serve import ServeConfig, create_app, run_server
 
     st = state(ctx)
+    limits = {k: v for k, v in (("max_bytes", max_bytes), ("max_pixels", max_pixels)) if v is not None}
     try:   # the model loads before the server starts: a bad --model is one line, not a traceback
-        app = create_app(st.ws(), ServeConfig(model=model, retrain_every=retrain_every))
+        app = create_app(st.ws(), ServeConfig(model=model, retrain_every=retrain_every, **limits))
     except (FileNotFoundError, ValueError) as exc:
         fail(f"--model {model}: {exc}", 2)
-    uvicorn.run(app, host=host, port=port, log_level="info" if st.verbosity > 0 else "warning")
+    # Ctrl-C/SIGTERM: uvicorn stops, then a running retrain is stopped (its stages end `failed`)
+    run_server(app, host=host, port=port, log_level="info" if st.verbosity > 0 else "warning")
