@@ -85,3 +85,19 @@ def live_review_setup(live_studio: LiveStudio, monkeypatch: pytest.MonkeyPatch, 
     ws = Workspace.open(live_studio.root / name)
     studio = connect(live_studio.url, live_studio.token, local_files_root=live_studio.root)
     return ws, studio, init_project(ws, studio, title=title).project_id
+
+
+@pytest.fixture
+def ws_with_image(ws, tmp_path):
+    """A workspace with one harvested 80x60 image, and its catalog row (the ML backend's tests)."""
+    from pipeline.config import HarvestConfig
+    from pipeline.harvest import harvest
+    from tests.imagegen import noise_image
+
+    src = tmp_path / "src"
+    src.mkdir()
+    noise_image(1, (80, 60)).save(src / "a.png")
+    harvest(ws, [str(src)], HarvestConfig(workers=1))
+    with ws.catalog() as cat:
+        row = cat.images()[0]
+    return ws, row

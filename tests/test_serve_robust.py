@@ -25,7 +25,6 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from pipeline.config import DEFAULT_MAX_PIXELS, HarvestConfig
-from pipeline.harvest import harvest
 from pipeline.serve import ServeConfig, create_app
 from pipeline.studio.launcher import free_port
 from pipeline.studio.project import render_label_config
@@ -108,17 +107,6 @@ def ls_files():
     finally:
         server.shutdown()
         server.server_close()
-
-
-@pytest.fixture
-def ws_with_image(ws, tmp_path):
-    src = tmp_path / "src"
-    src.mkdir()
-    noise_image(1, (80, 60)).save(src / "a.png")
-    harvest(ws, [str(src)], HarvestConfig(workers=1))
-    with ws.catalog() as cat:
-        row = cat.images()[0]
-    return ws, row
 
 
 def client_for(ws, ls_url: str, cfg: ServeConfig = ServeConfig()) -> TestClient:

@@ -87,17 +87,6 @@ def test_push_order_lowest_confidence_first_or_by_ranking():
     assert order_images(["a", "b", "c"], preds, {"c": 5.0, "a": 1.0}) == ["c", "a", "b"]  # unranked last
 
 
-@pytest.fixture
-def ws_with_image(ws, tmp_path):
-    src = tmp_path / "src"
-    src.mkdir()
-    noise_image(1, (80, 60)).save(src / "a.png")
-    harvest(ws, [str(src)], HarvestConfig(workers=1))
-    with ws.catalog() as cat:
-        row = cat.images()[0]
-    return ws, row
-
-
 def test_ml_backend_protocol_in_process(ws_with_image):
     from pipeline.serve import create_app
 
