@@ -271,10 +271,23 @@ def load_views(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[n
     (`empty`, `not_an_image`, `too_many_pixels`, ...); a FIFO is refused without blocking."""
     from pipeline.listing import open_regular
 
-    allow_pixels(max_pixels)
     with open_regular(path) as fh:   # first: a FIFO's size is 0 too, and it is no "empty" image
         if os.fstat(fh.fileno()).st_size == 0:
             raise ImageRejected("empty", "zero-byte file")
-        with rejecting_bad_images(max_pixels), Image.open(fh) as im:
-            check_pixels(im.size, max_pixels)
-            return views_of(ImageOps.exif_transpose(im))
+        return _views_of_file(fh, max_pixels)
+
+
+def load_views_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[np.ndarray]:
+    """`load_views` of an image held in memory (a download), with the same checks and reasons."""
+    if not data:
+        raise ImageRejected("empty", "zero-byte file")
+    return _views_of_file(io.BytesIO(data), max_pixels)
+
+
+def _views_of_file(fh: BinaryIO, max_pixels: int) -> list[np.ndarray]:
+    """The one decode of a detector's input: our pixel limit (not Pillow's), Pillow's failures as
+    ImageRejected reasons, EXIF orientation applied, every view a viewer may show."""
+    allow_pixels(max_pixels)
+    with rejecting_bad_images(max_pixels), Image.open(fh) as im:
+        check_pixels(im.size, max_pixels)
+        return views_of(ImageOps.exif_transpose(im))

@@ -179,7 +179,7 @@ class Backend:
     def _read_url(self, url: str) -> list[np.ndarray]:
         """The views of the image at `url`: a workspace or document-root file, else a download from
         the Label Studio this backend serves (streamed, at most `max_bytes`)."""
-        from pipeline.imaging import load_views
+        from pipeline.imaging import load_views, load_views_bytes
 
         try:
             parsed = urllib.parse.urlparse(url)
@@ -217,7 +217,7 @@ class Backend:
         headers = {"Authorization": f"Token {self.ls_token}"} if self.ls_token else {}
         try:
             content = _download(fetched, headers, self.cfg.http_timeout_s, self.cfg.max_bytes)
-            return _decode(content, self.cfg.max_pixels)
+            return load_views_bytes(content, self.cfg.max_pixels)
         except TaskImageError as exc:
             raise TaskImageError(f"{exc} (fetched {fetched})" if fetched != url else str(exc)) from None
         except Exception as exc:  # noqa: BLE001 - named with the URL actually fetched
@@ -514,21 +514,6 @@ def _download(url: str, headers: dict[str, str], timeout_s: float, max_bytes: in
             if time.monotonic() > deadline:
                 raise ImageRejected("timeout", f"download not complete within {4 * timeout_s:g}s")
     return bytes(buf)
-
-
-def _decode(data: bytes, max_pixels: int) -> list[np.ndarray]:
-    """The views of a downloaded image, with the pixel limit of the rest of the product (before,
-    Pillow's own check applied, at twice the documented limit once another read had raised it)."""
-    from PIL import Image, ImageOps
-
-    from pipeline.imaging import allow_pixels, check_pixels, rejecting_bad_images, views_of
-
-    if not data:
-        raise ImageRejected("empty", "zero-byte file")
-    allow_pixels(max_pixels)
-    with rejecting_bad_images(max_pixels), Image.open(io.BytesIO(data)) as im:
-        check_pixels(im.size, max_pixels)
-        return views_of(ImageOps.exif_transpose(im))
 
 
 _REASONS = {"not_an_image": "not an image", "too_many_pixels": "too many pixels", "too_large": "too large",
