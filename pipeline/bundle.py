@@ -282,8 +282,10 @@ def load_bundle(path: str | Path, **options: Any) -> Any:
 
 # --- registry ---------------------------------------------------------------------------------
 
-def register_model(ws: Any, bundle_path: str | Path, parent: str | None = None, promote: bool = False) -> str:
-    """Copy a bundle into `<ws>/models/<version>/` and record it; idempotent for the same bundle."""
+def register_model(ws: Any, bundle_path: str | Path, parent: str | None = None, promote: bool = False,
+                   force: bool = False) -> str:
+    """Copy a bundle into `<ws>/models/<version>/` and record it; idempotent for the same bundle.
+    `promote`: then make it current under the promotion rule (`promote`; PromotionRefused)."""
     bundle_path = Path(bundle_path)
     meta = check_bundle(bundle_path)
     version = str(meta["config"]["version"])
@@ -303,18 +305,29 @@ def register_model(ws: Any, bundle_path: str | Path, parent: str | None = None, 
         if not existing:
             cat.add_model(version, parent, meta["config"].get("kind", "fasterrcnn"), rel, meta["data"].get("sha256"),
                           meta["metrics"])
-    if promote:
-        promote_model(ws, version)
+    if promote:   # under the rule, as `promote` below
+        from pipeline.train.workspace import promote_checked
+
+        promote_checked(ws, version, force=force)
     return version
 
 
-def promote_model(ws: Any, version: str) -> None:
-    """Make `version` the one `current` model (all others demoted) in one transaction."""
+def set_current(ws: Any, version: str) -> None:
+    """Make `version` the one `current` model (all others demoted) in one transaction, with no
+    check: for code that has applied the promotion rule itself (`promote`, `iterate`)."""
     with ws.catalog() as cat:
         cat.promote(version)
 
 
-promote = promote_model  # the agreed name: `pipeline.bundle.promote(ws, version)`
+def promote(ws: Any, version: str, force: bool = False) -> Any:
+    """Make `version` current if the promotion rule passes (at least stock ppocr's validation
+    coverage at the over-redaction budget; `pipeline.train.promote_checked`), else raise
+    PromotionRefused with both numbers; `force` promotes anyway (logged). Returns the check.
+    Why here too: the library's `promote` / `register_model(promote=True)` made a model the CLI
+    refuses current, and `redact` would then have used it."""
+    from pipeline.train.workspace import promote_checked
+
+    return promote_checked(ws, version, force=force)
 
 
 def list_models(ws: Any) -> list[dict[str, Any]]:

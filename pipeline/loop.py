@@ -126,7 +126,7 @@ def _test_set(ws: Any, seed: int) -> tuple[list, str]:
 def iterate(ws: Any, cfg: IterateConfig = IterateConfig(), client: Any = None,
             say: Callable[[str], None] = lambda s: None) -> RoundResult:
     """Run one round; raises the first step's error after logging the round as failed."""
-    from pipeline.bundle import data_hash, promote_model, register_model, resolve_detector
+    from pipeline.bundle import data_hash, register_model, resolve_detector, set_current
     from pipeline.curate.duplicates import DuplicateConfig
     from pipeline.curate.stage import run_curate
     from pipeline.detectors import load_detector
@@ -220,7 +220,7 @@ def iterate(ws: Any, cfg: IterateConfig = IterateConfig(), client: Any = None,
                       "labelled_images": len(human)}
             cat.set_model_metrics(candidate, json_safe(merged))
         if promote:
-            promote_model(ws, candidate)
+            set_current(ws, candidate)   # the rule was applied above
             say(f"promote: {candidate} is now current")
         elif already_current:
             say(f"promote: {candidate} is already current")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.bundle import list_models, load_bundle, promote_model, read_bundle_meta, register_model, save_bundle
+from pipeline.bundle import list_models, load_bundle, read_bundle_meta, set_current, register_model, save_bundle
 from pipeline.cli.app import app
 from pipeline.detectors import load_detector
 from pipeline.detectors.fasterrcnn import FasterRCNNConfig, FasterRCNNDetector, build_model
@@ -76,17 +76,17 @@ def test_registry_promote_and_current(trained: dict, ws, tmp_path: Path) -> None
     result = trained["result"]
     a = save_bundle(tmp_path / "a.zip", result.model, result.config.model, {"f1": 0.1}, version="m-a")
     b = save_bundle(tmp_path / "b.zip", result.model, result.config.model, {"f1": 0.2}, version="m-b", parent="m-a")
-    assert register_model(ws, tmp_path / "a.zip", promote=True) == a
+    assert register_model(ws, tmp_path / "a.zip", promote=True, force=True) == a   # no numbers: only forced
     assert register_model(ws, tmp_path / "a.zip") == a           # idempotent
     assert register_model(ws, tmp_path / "b.zip") == b
     models = {m["version"]: m for m in list_models(ws)}
     assert models["m-b"]["parent"] == "m-a" and models["m-a"]["promoted"] and not models["m-b"]["promoted"]
     assert (ws.models_dir / "m-b" / "bundle.zip").exists()
-    promote_model(ws, "m-b")
+    set_current(ws, "m-b")
     assert [m["version"] for m in list_models(ws) if m["promoted"]] == ["m-b"]
     assert load_detector("current", ws).version == "m-b"
     with pytest.raises(KeyError):
-        promote_model(ws, "nope")
+        set_current(ws, "nope")
     (tmp_path / "bad.zip").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="not a textloop model bundle"):
         register_model(ws, tmp_path / "bad.zip")

@@ -695,3 +695,21 @@ def test_a_registered_model_shows_this_workspaces_numbers_once_checked_here(tiny
     assert json.loads(listed.stdout)[0]["validation"] == view
     table = CliRunner().invoke(app, ["--workspace", str(ws.root), "models", "list"])
     assert f"{view['validation_coverage']:.3f}" in table.stdout and " here " in table.stdout, table.stdout
+
+
+def test_the_library_applies_the_promotion_rule_too(trained: dict, ws, tmp_path: Path) -> None:
+    """`pipeline.bundle.register_model(ws, zip, promote=True)` and `pipeline.bundle.promote`
+    made a model current that `models register --promote` refuses (below stock)."""
+    from pipeline.bundle import list_models, promote, register_model, save_bundle
+    from pipeline.detectors.dbnet import DBModelConfig
+    from pipeline.train import PromotionRefused
+
+    metrics = {"coverage_at_budget": 0.2, "stock_coverage_at_budget": 0.8, "over_redaction_budget": 0.01}
+    save_bundle(tmp_path / "w.zip", trained["result"].model, DBModelConfig(), metrics, version="db-worse")
+    with pytest.raises(PromotionRefused, match="below stock"):
+        register_model(ws, tmp_path / "w.zip", promote=True)
+    with pytest.raises(PromotionRefused):
+        promote(ws, "db-worse")
+    assert not any(m["promoted"] for m in list_models(ws))
+    assert promote(ws, "db-worse", force=True).ok is False
+    assert [m["version"] for m in list_models(ws) if m["promoted"]] == ["db-worse"]

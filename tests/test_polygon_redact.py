@@ -289,7 +289,7 @@ def test_a_promoted_tuned_model_gets_the_small_text_pass_too(tmp_path, ws, reade
 
     version = save_bundle(tmp_path / "db.zip", build_net(), DBModelConfig(), {"coverage_at_budget": 0.9},
                           version="db-small-pass")
-    register_model(ws, tmp_path / "db.zip", promote=True)
+    register_model(ws, tmp_path / "db.zip", promote=True, force=True)
     src = tmp_path / "in"
     src.mkdir()
     boxes = small_text_image(src / "small.png")

@@ -147,14 +147,14 @@ def check_promotion(ws: Any, version: str, threads: int = 0) -> PromotionCheck:
 def promote_checked(ws: Any, version: str, force: bool = False, check: PromotionCheck | None = None,
                     threads: int = 0) -> PromotionCheck:
     """Promote `version` if the rule passes (or `force`); raise PromotionRefused otherwise."""
-    from pipeline.bundle import promote_model
+    from pipeline.bundle import set_current
 
     check = check or check_promotion(ws, version, threads)
     if not check.ok and not force:
         raise PromotionRefused(version, check)
     if not check.ok:
         log.warning("promoting %s despite the rule (--force): %s", version, check.message(version))
-    promote_model(ws, version)
+    set_current(ws, version)
     return check
 
 
