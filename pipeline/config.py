@@ -7,6 +7,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 DEFAULT_WORKSPACE = Path("data")
@@ -41,6 +42,26 @@ class SplitRatios:
 
 
 SPLITS = ("train", "val", "test")   # SplitRatios' fields: the splits harvest assigns
+
+
+def check_number(name: str, value: Any, lo: float, hi: float, integer: bool = False) -> None:
+    """ValueError naming `name` unless `value` is a finite number in [lo, hi] (a whole number
+    with `integer`). Why one helper: NaN passes every `<` check, and each config's own
+    spelling of these tests let `distill=nan`, `seed=-1` or `epochs=2.5` through to the run."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or (integer and int(value) != value) or not lo <= value <= hi:
+        kind, fmt = ("a whole number", ",.0f") if integer else ("a number", "g")
+        raise ValueError(f"{name} must be {kind} from {lo:{fmt}} to {hi:{fmt}}, got {value!r}")
+
+
+def check_scale_range(name: str, value: Any) -> None:
+    """A (low, high) scale-jitter range: 0.05 <= low <= high <= 10."""
+    if len(value) != 2:
+        raise ValueError(f"{name} must be (low, high), got {value!r}")
+    for v in value:
+        check_number(name, v, 0.05, 10)
+    if value[0] > value[1]:
+        raise ValueError(f"{name} must be (low, high) with low <= high, got {value!r}")
 
 
 def check_split(split: str | None) -> None:

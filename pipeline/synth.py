@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from pipeline.catalog import ImageStatus
+from pipeline.config import check_number
 from pipeline.formats import LabelledImage, write_jsonl
 from pipeline.io import atomic_write_bytes, atomic_write_text
 from pipeline.listing import IMAGE_EXTENSIONS
@@ -46,6 +47,9 @@ FONT_FILES = (
 
 BACKGROUND_KINDS = ("gradient", "texture", "fluorescence", "brightfield", "em", "paper", "patches")
 OVERLAY_KINDS = ("sample_id", "timestamp", "scale_bar", "instrument", "corner_label", "watermark", "block", "words")
+
+
+MAX_WIDTH = 8192   # a 100,000 px wide image ran for minutes and could fill the memory
 
 
 @dataclass(frozen=True)
@@ -81,8 +85,10 @@ class SynthConfig:
             raise ValueError(f"unknown overlay kinds {sorted(unknown)}; known: {', '.join(OVERLAY_KINDS)}")
         if self.n_images < 0:
             raise ValueError(f"the number of images must be >= 0, got {self.n_images}")
-        if self.width[0] < 32 or self.width[1] < self.width[0]:
-            raise ValueError(f"width must be a MIN,MAX range with 32 <= MIN <= MAX, got {self.width[0]},{self.width[1]}")
+        if self.width[0] < 32 or self.width[1] < self.width[0] or self.width[1] > MAX_WIDTH:
+            raise ValueError(f"width must be a MIN,MAX range with 32 <= MIN <= MAX <= {MAX_WIDTH}, "
+                             f"got {self.width[0]},{self.width[1]}")
+        check_number("seed", self.seed, 0, 2**32 - 1, integer=True)   # numpy refuses a negative seed mid-run
 
     def to_json(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))

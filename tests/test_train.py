@@ -130,3 +130,35 @@ def test_ctrl_c_keeps_finished_steps_and_resume_replays_them(tiny: dict, tmp_pat
     resumed = train(dataclasses.replace(part_cfg, resume=True), tiny["train"])
     assert resumed.steps == 5
     np.testing.assert_allclose(losses_of(resumed.history), losses_of(full.history), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"seed": -1}, "seed must be a whole number"),
+    ({"threads": 10**6}, "threads"),
+    ({"epochs": 2.5}, "epochs must be a whole number"),
+    ({"optimizer": "foo"}, "optimizer"),
+    ({"val_metric": "nope"}, "val_metric must be one of"),
+    ({"val_threshold": 5}, "val_threshold"),
+    ({"scale_jitter": (-1, 0)}, "scale_jitter"),
+    ({"arch": "fasterrcnn", "crop": -5}, "crop"),
+    ({"batch_size": 100_000}, "batch_size"),
+    ({"db": {"distill": float("nan")}}, "distill"),
+    ({"db": {"missed_text": 1e9}}, "missed_text"),
+    ({"db": {"l2sp": float("inf")}}, "l2sp"),
+])
+def test_training_options_are_range_checked_in_the_library(kw, message) -> None:
+    """A user's walkthrough: the library took seed=-1 (numpy failed mid-run), distill=nan (a
+    "non-finite loss" blamed on the learning rate), a batch of 100,000 crops..."""
+    from pipeline.train.db import DBRecipe
+
+    with pytest.raises(ValueError, match=message):
+        DBRecipe(**kw["db"]) if "db" in kw else TrainConfig(**kw)
+
+
+def test_synth_refuses_a_negative_seed_and_a_huge_width() -> None:
+    from pipeline.synth import SynthConfig
+
+    with pytest.raises(ValueError, match="seed"):
+        SynthConfig(seed=-1)
+    with pytest.raises(ValueError, match="width"):
+        SynthConfig(width=(512, 100_000))

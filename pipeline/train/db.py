@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.config import check_number, check_scale_range
 from pipeline.detectors.ppocr import preprocess
 from pipeline.train.data import Sample, _area, draw_images, inference_scale, photometric, warp_crop
 
@@ -79,12 +80,19 @@ class DBRecipe:
                              f"{self.over_redaction_budget}")
         if not 32 <= self.crop <= 4096:
             raise ValueError(f"crop must be in [32, 4096] pixels, got {self.crop}")
-        if self.l2sp < 0 or self.distill < 0:
-            raise ValueError(f"l2sp and distill must be >= 0, got {self.l2sp}, {self.distill}")
-        if not 0.0 <= self.teacher_ignore <= 1.0:
-            raise ValueError(f"teacher_ignore must be in [0, 1], got {self.teacher_ignore}")
-        if self.missed_text < 0:
-            raise ValueError(f"missed_text must be >= 0, got {self.missed_text}")
+        for name, lo, hi in (("l2sp", 0, 1e3), ("distill", 0, 1e3), ("teacher_ignore", 0, 1), ("missed_text", 0, 10),
+                             ("max_angle", 0, 180), ("p_rotate", 0, 1), ("shrink_ratio", 0.05, 0.95),
+                             ("min_text_px", 0, 1e3), ("bce_weight", 0, 1e3), ("dice_weight", 0, 1e3),
+                             ("neg_ratio", 0.1, 1e3), ("min_budget", 0, 0.5)):
+            check_number(name, getattr(self, name), lo, hi)
+        check_number("min_negatives", self.min_negatives, 0, 1 << 24, integer=True)
+        check_scale_range("scale_jitter", self.scale_jitter)
+        for name in ("grid_thresh", "grid_box_thresh", "grid_unclip"):
+            values = getattr(self, name)
+            if not values:
+                raise ValueError(f"{name} needs at least one value")
+            for v in values:
+                check_number(name, v, 0.001 if name != "grid_unclip" else 0.1, 0.999 if name != "grid_unclip" else 10)
         if self.missed_text and not self.teacher_ignore:
             raise ValueError("missed_text needs the stock map of each batch: set teacher_ignore > 0")
         if not self.interpolate or any(not 0.0 < a <= 1.0 for a in self.interpolate):

@@ -21,10 +21,11 @@ import math
 import resource
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from pipeline.config import check_number, check_scale_range
 from pipeline.detectors.fasterrcnn import FasterRCNNConfig
 from pipeline.io import atomic_write_bytes
 from pipeline.train.data import Sample
@@ -75,11 +76,27 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
             raise ValueError(f"unknown arch {self.arch!r}: use {' or '.join(ARCHS)}")
-        for name in ("epochs", "steps_per_epoch", "batch_size", "patience"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.human_fraction <= 1.0:
-            raise ValueError(f"human_fraction must be in [0, 1], got {self.human_fraction}")
+        for name, hi in (("epochs", 100_000), ("steps_per_epoch", 1_000_000), ("patience", 100_000),
+                         ("batch_size", 256)):    # 100,000 crops in one batch filled the memory
+            value = getattr(self, name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+            check_number(name, value, 1, hi, integer=True)
+        check_number("seed", self.seed, 0, 2**32 - 1, integer=True)
+        check_number("threads", self.threads, 0, 1024, integer=True)
+        check_number("human_fraction", self.human_fraction, 0, 1)
+        check_number("val_threshold", self.val_threshold, 0, 1)
+        check_number("min_delta", self.min_delta, 0, 1)
+        if self.crop != 0:
+            check_number("crop", self.crop, 32, 4096, integer=True)
+        check_scale_range("scale_jitter", self.scale_jitter)
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"optimizer must be adamw or sgd, got {self.optimizer!r}")
+        from pipeline.evaluate import Metrics
+
+        metric_names = [f.name for f in fields(Metrics)]
+        if self.val_metric not in metric_names:
+            raise ValueError(f"val_metric must be one of {', '.join(metric_names)}, got {self.val_metric!r}")
         for name in ("lr", "budget_minutes"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
