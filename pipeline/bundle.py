@@ -27,7 +27,8 @@ import json
 import re
 import time
 import zipfile
-from collections.abc import Iterable, Mapping
+from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -151,26 +152,34 @@ def read_bundle_meta(path: str | Path) -> dict[str, Any]:
 
 
 def check_bundle(path: str | Path) -> dict[str, Any]:
-    """The bundle's meta once its network has loaded (db: an onnxruntime session of its ONNX;
-    fasterrcnn: its weights into the configured model, when torch is installed): what
-    `register_model` checks before a model can be recorded, and so promoted."""
+    """The bundle's meta once its networks have loaded (db: an onnxruntime session of its ONNX,
+    and its weights.pt -- what further fine-tuning starts from -- when torch is installed;
+    fasterrcnn: its weights into the configured model): what `register_model` checks before a
+    model can be recorded, and so promoted. A db bundle with a damaged weights.pt used to
+    register, then broke `train --parent` and blocked registering the good copy."""
     path = Path(path)
     meta = read_bundle_meta(path)
+    if meta["config"]["kind"] == "db":
+        load_bundle(path, threads=1)
     try:
-        if meta["config"]["kind"] == "db":
-            load_bundle(path, threads=1)
-        else:
-            try:
-                import torch  # noqa: F401
-            except ImportError:
-                return meta   # checked where it can run (train extra)
-            load_model(path)
+        import torch  # noqa: F401
+    except ImportError:
+        return meta   # the weights are checked where they can be used (train extra)
+    load_model(path)
+    return meta
+
+
+@contextmanager
+def _loading(path: Path) -> Iterator[None]:
+    """A bundle whose files do not load is one ValueError naming it: a CRC error, a truncated
+    member, onnxruntime's "invalid protobuf", torch's unpickling error..."""
+    try:
+        yield
     except ValueError:
         raise
-    except Exception as exc:  # onnxruntime / torch say "invalid protobuf", "unpickling error", ...
+    except Exception as exc:  # noqa: BLE001 - whatever the zip, onnxruntime or torch say
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ValueError(f"{path}: the bundle's network does not load ({first[:200]})") from None
-    return meta
 
 
 def load_model(path: str | Path) -> tuple[Any, Any, dict[str, Any]]:
@@ -182,7 +191,7 @@ def load_model(path: str | Path) -> tuple[Any, Any, dict[str, Any]]:
 
     path = Path(path)
     meta = read_bundle_meta(path)
-    with zipfile.ZipFile(path) as zf:
+    with _loading(path), zipfile.ZipFile(path) as zf:
         state = torch.load(io.BytesIO(zf.read("weights.pt")), map_location="cpu", weights_only=True)
     if meta["config"]["kind"] == "db":
         from pipeline.detectors.dbnet import DBModelConfig, build_net
@@ -266,10 +275,11 @@ def load_bundle(path: str | Path, **options: Any) -> Any:
         from pipeline.detectors.dbnet import DBDetector, DBModelConfig
 
         cfg = DBModelConfig.from_json(meta["config"]["model"])
-        with zipfile.ZipFile(path) as zf:
-            onnx = zf.read("model.onnx")
-        return DBDetector(cfg.ppocr_config(**options), version=str(meta["config"]["version"]), model_bytes=onnx,
-                          info=model_info(meta))
+        with _loading(path):
+            with zipfile.ZipFile(path) as zf:
+                onnx = zf.read("model.onnx")
+            return DBDetector(cfg.ppocr_config(**options), version=str(meta["config"]["version"]), model_bytes=onnx,
+                              info=model_info(meta))
     from pipeline.detectors.fasterrcnn import FasterRCNNDetector
 
     model, fcfg, meta = load_model(path)

@@ -713,3 +713,42 @@ def test_the_library_applies_the_promotion_rule_too(trained: dict, ws, tmp_path:
     assert not any(m["promoted"] for m in list_models(ws))
     assert promote(ws, "db-worse", force=True).ok is False
     assert [m["version"] for m in list_models(ws) if m["promoted"]] == ["db-worse"]
+
+
+def test_damaged_bundles_and_checkpoints_are_one_line_errors(tiny: dict, trained: dict, ws, tmp_path: Path) -> None:
+    """A bundle with a damaged weights.pt registered (and then broke `train --parent` and blocked
+    the good copy); a CRC error in model.onnx was a BadZipFile traceback in predict; a truncated
+    checkpoint was a torch traceback on --resume."""
+    from pipeline.bundle import load_bundle, register_model, save_bundle
+    from pipeline.detectors.dbnet import DBModelConfig
+    from pipeline.train import TrainingError
+
+    good = tmp_path / "good.zip"
+    save_bundle(good, trained["result"].model, DBModelConfig(), {}, version="db-x")
+
+    def rewritten(name: str, member: str, data: bytes) -> Path:
+        out = tmp_path / name
+        with zipfile.ZipFile(good) as src, zipfile.ZipFile(out, "w") as dst:
+            for item in src.infolist():
+                dst.writestr(item, data if item.filename == member else src.read(item.filename))
+        return out
+
+    bad_weights = rewritten("w.zip", "weights.pt", b"garbage")
+    with pytest.raises(ValueError, match="w.zip: the bundle's network does not load"):
+        register_model(ws, bad_weights)
+    assert register_model(ws, good) == "db-x"              # the good copy is not blocked
+    crc = tmp_path / "crc.zip"
+    raw = bytearray(good.read_bytes())
+    with zipfile.ZipFile(good) as zf:
+        info = zf.getinfo("model.onnx")
+    raw[info.header_offset + 30 + len(info.filename) + 100] ^= 0xFF   # a byte of model.onnx's data
+    crc.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="crc.zip: the bundle's network does not load"):
+        load_bundle(crc)
+    run = tmp_path / "run"
+    run.mkdir()
+    ckpt = trained["result"].checkpoint
+    (run / "checkpoint.pt").write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    with pytest.raises(TrainingError, match="not a readable checkpoint"):
+        train(_cfg(run, resume=True), tiny["train"], (), ())
+

@@ -290,6 +290,8 @@ def models_promote_cmd(
         check = promote_checked(st.ws(), version, force=force, threads=threads)
     except KeyError as exc:
         fail(str(exc.args[0]), 2)   # a version that is not registered: usage
+    except ValueError as exc:       # its bundle no longer loads (damaged since it was registered)
+        fail(str(exc))
     except PromotionRefused as exc:
         fail(f"not promoted: {exc}")
     forced = not check.ok

@@ -268,8 +268,13 @@ def train(cfg: TrainConfig, synth: Sequence[Sample] = (), human: Sequence[Sample
     step, best, best_state, bad_epochs, history = 0, -math.inf, None, 0, []
     torch.manual_seed(cfg.seed)
     if cfg.resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        saved = ck["config"]
+        try:
+            ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+            saved = ck["config"]
+        except Exception as exc:  # noqa: BLE001 - truncated, overwritten, not a checkpoint at all
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise TrainingError(f"{ckpt_path}: not a readable checkpoint ({first[:160]}); start the run again "
+                                "without --resume (--restart discards it)") from None
         if {"arch": saved.get("arch", "fasterrcnn"), "model": saved["model"] if saved.get("arch", "fasterrcnn") ==
                 "fasterrcnn" else None} != cfg.arch_key():
             raise TrainingError(f"{ckpt_path}: checkpoint was trained with another architecture or model config; "
