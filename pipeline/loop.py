@@ -172,7 +172,19 @@ def iterate(ws: Any, cfg: IterateConfig = IterateConfig(), client: Any = None,
                              + [f"parent:{parent_version}", f"arch:{tc.arch}",
                                 f"options:{json.dumps(tc.run_options(), sort_keys=True)}"])[:12]
         out = ws.runs_dir / f"train-iterate-{data_key}"
-        if (out / "bundle.zip").exists():  # a rerun after this step finished: same data, same parent
+        # What the round learns from apart from its parent: the current model, if a round trained
+        # it from exactly this, has nothing to learn from a new run (rerunning `iterate` with no
+        # new label trained, and promoted, one more model from the last one every time).
+        round_key = data_hash([f"{s.key}:{s.gt.boxes.round(1).tobytes().hex()}" for s in (*human, *synth)]
+                              + [f"arch:{tc.arch}", f"options:{json.dumps(tc.run_options(), sort_keys=True)}"])[:12]
+        with ws.catalog() as cat:
+            current_row = cat.current_model()
+        learnt = json.loads(current_row["metrics"] or "{}").get("round_data") if current_row is not None else None
+        if learnt == round_key:
+            candidate = str(current_row["version"])
+            say(f"train: no new labels since {candidate} was trained on them, not training again")
+            log_step("train", {"version": candidate, "reused": True, "reason": "no new labels"})
+        elif (out / "bundle.zip").exists():  # a rerun after this step finished: same data, same parent
             candidate = register_model(ws, out / "bundle.zip", parent=parent_version)
             say(f"train: model {candidate} was already trained on this data, not training again")
             log_step("train", {"version": candidate, "reused": True})
@@ -217,7 +229,7 @@ def iterate(ws: Any, cfg: IterateConfig = IterateConfig(), client: Any = None,
                       "regressions": regressions, "stock_check": stock_check.to_json() if stock_check else None}
         with ws.catalog() as cat:
             merged = {**json.loads(cand_row["metrics"] or "{}"), "test": json_safe(m_cand),
-                      "labelled_images": len(human)}
+                      "labelled_images": len(human), "round_data": round_key}
             cat.set_model_metrics(candidate, json_safe(merged))
         if promote:
             set_current(ws, candidate)   # the rule was applied above

@@ -71,3 +71,14 @@ def test_iterate_round_pulls_trains_evaluates_and_promotes_by_the_rule(live_stud
     else:
         assert current is None  # ppocr stays the model; the regression report says why
         assert (ws.runs_dir / str(res.iteration) / "regression.json").exists()
+
+    # a rerun with no new label trains nothing: the same model, reused, and no new model version
+    with ws.catalog() as cat:
+        n_models = len(cat.models())
+    again = iterate(ws, cfg, client=studio)
+    assert again.steps["train"].get("reused") is True and again.candidate == res.candidate
+    if res.promoted:   # the current model learnt from exactly these labels: not trained from it again
+        assert again.steps["train"]["reason"] == "no new labels"
+    with ws.catalog() as cat:
+        assert len(cat.models()) == n_models
+        assert (cat.current_model() or {"version": None})["version"] == (res.candidate if res.promoted else None)
