@@ -214,6 +214,15 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX images_split ON images(split);
         """,
     ),
+    (
+        6,
+        """
+        -- The transcription of each box: JSON ["text", ...], one per box (same order), or NULL
+        -- when none is known. Imported label files carry them (devset `texts`, COCO-Text
+        -- `utf8_string`); before, import dropped them and export wrote "" for every box.
+        ALTER TABLE annotations ADD COLUMN texts TEXT;
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -597,7 +606,7 @@ class Catalog:
             " ORDER BY updated_at, id", (source,))}
 
     _ANNOTATION_FIELDS = ("ls_project_id", "ls_task_id", "ls_annotation_id", "boxes", "labels", "ignore", "state",
-                          "annotator", "updated_at", "pulled_at", "quads")
+                          "annotator", "updated_at", "pulled_at", "quads", "texts")
 
     def add_annotation(self, image_id: str, source: str, **fields: Any) -> int:
         """Insert an annotation; `fields` are columns of `annotations` (boxes etc. as JSON text)."""

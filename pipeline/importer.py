@@ -13,6 +13,13 @@ image from its width/height: the upright size means upright; the stored (unrotat
 an EXIF-rotated image means the raw frame and the boxes are rotated. Any other size is an
 error for that image (labels for a resized copy would be misplaced).
 
+A record's `split` (what `textloop export` writes) decides the split of an image this import
+adds: an export's EXIF-rotated images are upright copies with a new hash, and the hash's split
+would move some test images into training. An image already in the workspace keeps its split
+(splits never move on import); a label file that disagrees gets a problem line. The record's
+`original_name` becomes the added image's name. Box transcriptions (`texts`, COCO-Text's
+`utf8_string`) are kept in the annotation's `texts`.
+
 Rerunning an import gives the same catalog: unchanged rows are left as they are.
 
 A malformed record (a box with 3 numbers, a missing size) or a bad box (inverted: dropped;
@@ -70,6 +77,8 @@ class ImportSummary:
     updated: int = 0
     unchanged: int = 0
     rotated: int = 0          # images whose labels were in the raw (pre-EXIF) frame
+    splits_from_labels: int = 0  # images added here whose split the label file gave (not the hash's)
+    texts: int = 0            # boxes imported with a transcription
     excluded: int = 0         # images labelled here that curate had excluded (labels stored, not used)
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -80,12 +89,18 @@ class ImportSummary:
 
 # --- reading label files -----------------------------------------------------------------
 
+YOLO_UNSUPPORTED = "YOLO import is not supported: use --format jsonl or coco exports"
+
+
 def detect_format(path: Path) -> str:
-    """'jsonl' or 'coco', from the extension and, for .json, the content's keys."""
+    """'jsonl' or 'coco', from the extension; a YOLO data.yaml is named as such (its labels have
+    no don't-care flags and no shapes, so `export --format jsonl|coco` is the way back in)."""
     if path.suffix.lower() == ".jsonl":
         return "jsonl"
     if path.suffix.lower() == ".json":
         return "coco"
+    if path.suffix.lower() in (".yaml", ".yml"):
+        raise ValueError(f"{path}: {YOLO_UNSUPPORTED}")
     raise ValueError(f"{path}: unknown label format (expected a devset .jsonl or a COCO .json)")
 
 
@@ -138,6 +153,8 @@ def read_label_files(files: Iterable[str | Path], fmt: str = "auto", images_dir:
     as malformed (with `problems`, one line each; without it the first raises). A file named
     twice is read once; a second file with the same source key as another (`a/x/boxes.jsonl`,
     `b/x/boxes.jsonl`) is skipped with a problem, since its labels would replace the other's."""
+    if fmt == "yolo":
+        raise ValueError(YOLO_UNSUPPORTED)
     if fmt not in ("auto", "jsonl", "coco"):
         raise ValueError(f"unknown label format {fmt!r}: use auto, jsonl or coco")
     records: list[LabelRecord] = []
@@ -168,6 +185,8 @@ def read_label_files(files: Iterable[str | Path], fmt: str = "auto", images_dir:
             try:
                 found = devset_files(path)
             except FileNotFoundError as exc:
+                if (path / "data.yaml").is_file():   # a YOLO export's folder
+                    raise ValueError(f"{path}: {YOLO_UNSUPPORTED}") from None
                 raise ValueError(str(exc)) from None
             for j in found:  # named <source>/boxes.jsonl: every source gets its own annotation source
                 if claim(j):
@@ -239,6 +258,7 @@ def import_labels(
     paths = list(dict.fromkeys(str(r.path) for r in records))
     with ws.catalog() as cat:
         exported = _upright_exports(ws, cat, paths)
+        known = {r["id"] for r in cat.images()}   # images this import does not add keep their split
     to_harvest = [p for p in paths if p not in exported]
     if to_harvest:
         harvest(ws, to_harvest, harvest_cfg, progress=progress)
@@ -260,6 +280,7 @@ def import_labels(
                                         "the last record is used")
             chosen[key] = r
         with cat.transaction():  # the whole import or nothing
+            _apply_splits(cat, chosen, known, summary)
             for (image_id, origin), r in chosen.items():
                 img = cat.image(image_id)
                 try:
@@ -278,17 +299,18 @@ def import_labels(
                 ignore = np.asarray(r.label.ignore, bool)[keep]
                 state = "submitted" if len(boxes) else "empty"
                 quads_col = dumps(quads_json(quads[keep])) if quads is not None and keep.any() else None
+                texts = _kept_texts(r, keep, summary.problems)
                 row = (dumps([[round(float(v), 2) for v in b] for b in boxes]), dumps([0] * len(boxes)),
-                       dumps([bool(x) for x in ignore]), state, quads_col)
+                       dumps([bool(x) for x in ignore]), state, quads_col, dumps(texts) if texts else None)
                 source = f"import:{origin}"
                 old = cat.imported_annotation(image_id, source)
                 if old is None and "/" in origin:  # stored before keys named the folder
                     old = cat.rekey_imported_annotation(image_id, f"import:{origin.rsplit('/', 1)[1]}", source)
-                fields = dict(zip(("boxes", "labels", "ignore", "state", "quads"), row))
+                fields = dict(zip(("boxes", "labels", "ignore", "state", "quads", "texts"), row))
                 if old is None:
                     cat.add_annotation(image_id, source, **fields, annotator="import", updated_at=now, pulled_at=now)
                     summary.inserted += 1
-                elif (old["boxes"], old["labels"], old["ignore"], old["state"], old["quads"]) != row:
+                elif (old["boxes"], old["labels"], old["ignore"], old["state"], old["quads"], old["texts"]) != row:
                     cat.update_annotation(old["id"], **fields, updated_at=now, pulled_at=now)
                     summary.updated += 1
                 else:
@@ -304,11 +326,60 @@ def import_labels(
                 summary.empty += int(len(boxes) == 0)
                 summary.boxes += int((~ignore).sum())
                 summary.ignored_boxes += int(ignore.sum())
+                summary.texts += sum(1 for t in texts if t)
     if summary.excluded:
         summary.problems.append(f"{summary.excluded} of these images are excluded (curate set them aside): their labels "
                                 "are stored, but training, evaluation and export leave them out")
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _apply_splits(cat: Any, chosen: dict[tuple[str, str], LabelRecord], known: set[str],
+                  summary: ImportSummary) -> None:
+    """Give each image this import added the split its label record names (the first record
+    that names one; a later one that disagrees is a problem line) and the record's original
+    file name. An image that was already in the workspace keeps its split: moving it could put an
+    image a model was trained on into the test set. A label file that disagrees is said."""
+    decided: dict[str, tuple[str, LabelRecord]] = {}
+    named: dict[str, str] = {}
+    for (image_id, _), r in chosen.items():
+        if image_id not in known and r.label.original_name:
+            named.setdefault(image_id, r.label.original_name)
+        split = r.label.split
+        if not split:
+            continue
+        where = r.where or str(r.path)
+        if image_id in known:
+            img = cat.image(image_id)
+            if img["split"] != split:
+                summary.problems.append(f"{where}: {r.label.image}: the label file says split {split!r}, but the image "
+                                        f"was already in the workspace in {img['split']!r} and keeps it")
+            continue
+        first = decided.setdefault(image_id, (split, r))
+        if first[0] != split:
+            summary.problems.append(f"{where}: {r.label.image}: split {split!r} disagrees with {first[0]!r} given by "
+                                    f"{first[1].where or first[1].path}; the image is in {first[0]!r}")
+    for image_id, (split, _) in decided.items():
+        if cat.image(image_id)["split"] != split:
+            cat.set_split(image_id, split)
+        summary.splits_from_labels += 1
+    for image_id, name in named.items():
+        img = cat.image(image_id)
+        if img["original_name"] != name:
+            cat.set_first_source(image_id, img["source"], name)
+
+
+def _kept_texts(r: LabelRecord, keep: np.ndarray, problems: list[str]) -> list[str]:
+    """The record's transcriptions of the kept boxes, or [] when it has none; a list that is not
+    one per box is said and not kept (the words could not be matched to their boxes)."""
+    texts = r.label.texts
+    if not any(texts):
+        return []
+    if len(texts) != len(keep):
+        problems.append(f"{r.where or r.path}: {r.label.image}: {len(texts)} texts for {len(keep)} boxes; "
+                        "the texts were not kept")
+        return []
+    return [str(t) for t, k in zip(texts, keep) if k]
 
 
 def _clean_boxes(r: LabelRecord, boxes: np.ndarray, width: int, height: int

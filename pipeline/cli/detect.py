@@ -141,14 +141,16 @@ def import_cmd(
     ctx: typer.Context,
     labels: List[Path] = typer.Argument(..., help="Label files: devset-style boxes.jsonl, COCO .json, or a devset "
                                         "root folder (<source>/boxes.jsonl)."),
-    fmt: str = typer.Option("auto", "--format", help="auto (.jsonl = devset, .json = COCO), jsonl or coco."),
+    fmt: str = typer.Option("auto", "--format", help="auto (.jsonl = devset, .json = COCO), jsonl or coco "
+                            "(YOLO is not read: import a jsonl or coco export)."),
     images: Optional[Path] = typer.Option(None, "--images", help="Folder the image paths in the label files are "
                                           "relative to (default: the label file's folder; for COCO also images/)."),
     frame: str = typer.Option("auto", help="Frame of the boxes: auto (from the labelled width/height), upright "
                               "(EXIF orientation applied) or raw (stored pixels)."),
     category: List[str] = typer.Option(None, "--category", help="COCO: import only these category names (repeatable)."),
 ) -> None:
-    """Bring existing labels in as human annotations: images harvested, boxes stored per image."""
+    """Bring existing labels in as human annotations: images harvested, boxes stored per image; a
+    record's split (an export's) places the images it adds."""
     from pipeline.importer import import_labels
 
     st = state(ctx)
@@ -162,7 +164,15 @@ def import_cmd(
     except RuntimeError as exc:
         fail(str(exc))
 
-    emit(st, summary.as_dict(), lambda c: _render_import(c, summary, ws.root), problems=summary.problems, label="problem")
+    def render(c: Console) -> None:
+        _render_import(c, summary, ws.root)
+        kept = [f"{summary.splits_from_labels} images added in the split their label file gives"] \
+            if summary.splits_from_labels else []
+        kept += [f"{summary.texts} box transcriptions kept"] if summary.texts else []
+        if kept:
+            c.print("; ".join(kept), highlight=False)
+
+    emit(st, summary.as_dict(), render, problems=summary.problems, label="problem")
     if summary.images == 0 and summary.records:
         raise typer.Exit(1)
 

@@ -19,18 +19,22 @@ from pipeline.formats.devset import LabelledImage, devset_files, read_devset, re
 
 @dataclass(frozen=True)
 class LabelFormat:
-    """A format's name and its save/load pair."""
+    """A format's name, its save/load pair, and the files it writes at the top of a folder, so
+    `textloop export` can tell its own label files from a user's and replace another format's."""
 
     name: str
     save: Callable[..., Path]               # (records, out folder, **options) -> the file written
     load: Callable[..., list[LabelledImage]]  # (path, **options) -> records
     suffix: str                             # what a label file of this format ends with
+    files: tuple[str, ...] = ()             # every file name `save` may write at the folder's top
+    outputs: Callable[[Sequence[LabelledImage]], set[str]] = lambda records: set()  # those save(records) writes
+    is_export: Callable[[Path], bool] = lambda path: False  # whether such a file is an export's own
 
 
 FORMATS: dict[str, LabelFormat] = {
-    "jsonl": LabelFormat("jsonl", devset.save, devset.load, ".jsonl"),
-    "coco": LabelFormat("coco", coco.save, coco.load, ".json"),
-    "yolo": LabelFormat("yolo", yolo.save, yolo.load, ".yaml"),
+    "jsonl": LabelFormat("jsonl", devset.save, devset.load, ".jsonl", devset.FILES, devset.outputs, devset.is_export),
+    "coco": LabelFormat("coco", coco.save, coco.load, ".json", coco.FILES, coco.outputs, coco.is_export),
+    "yolo": LabelFormat("yolo", yolo.save, yolo.load, ".yaml", yolo.FILES, yolo.outputs, yolo.is_export),
 }
 
 

@@ -4,7 +4,13 @@
 `categories`.
 
 Don't-care boxes are written as `iscrowd: 1`; class index k is category id k + 1 (COCO ids
-start at 1).
+start at 1). A box's transcription is COCO-Text's `utf8_string`; an image entry's `split`,
+`original_name` and `original_source` (written when known) are what `textloop export` knows of
+the image, so importing the export keeps each image in its split.
+
+Reading is strict about references: an annotation whose `image_id` is not an image of the file,
+or whose `category_id` is not one of its `categories` (when it lists any), is a problem, not a
+silent drop or a silent "text".
 """
 
 from __future__ import annotations
@@ -18,10 +24,13 @@ from typing import Any
 import numpy as np
 
 from pipeline.boxes import xywh_to_xyxy, xyxy_to_xywh
-from pipeline.formats.devset import LabelledImage, is_polygon
+from pipeline.config import SPLITS
+from pipeline.formats.devset import LabelledImage, is_export_image, is_polygon
 from pipeline.io import atomic_write_text
 
 FILE_NAME = "annotations.json"
+FILES = (FILE_NAME,)   # what `save` may write at the top of its folder
+_IMAGE_KEYS = ("split", "original_name", "original_source")
 
 
 def to_dict(records: Sequence[LabelledImage], classes: Sequence[str] = ("text",)) -> dict[str, Any]:
@@ -30,14 +39,19 @@ def to_dict(records: Sequence[LabelledImage], classes: Sequence[str] = ("text",)
                             "categories": [{"id": i + 1, "name": c} for i, c in enumerate(classes)]}
     aid = 1
     for k, rec in enumerate(records, 1):
-        coco["images"].append({"id": k, "file_name": rec.image, "width": rec.width, "height": rec.height})
+        entry: dict[str, Any] = {"id": k, "file_name": rec.image, "width": rec.width, "height": rec.height}
+        entry.update({key: getattr(rec, key) for key in _IMAGE_KEYS if getattr(rec, key)})
+        coco["images"].append(entry)
         polys = rec.polys if len(rec.polys) == len(rec.boxes) else [()] * len(rec.boxes)
-        for xywh, lab, ign, poly in zip(xyxy_to_xywh(rec.boxes), rec.class_ids(), rec.ignore, polys):
+        texts = rec.texts if len(rec.texts) == len(rec.boxes) else [""] * len(rec.boxes)
+        for xywh, lab, ign, poly, text in zip(xyxy_to_xywh(rec.boxes), rec.class_ids(), rec.ignore, polys, texts):
             x, y, w, h = (float(v) for v in xywh)
             ann = {"id": aid, "image_id": k, "category_id": lab + 1, "iscrowd": int(bool(ign)),
                    "bbox": [round(x, 2), round(y, 2), round(w, 2), round(h, 2)], "area": round(w * h, 2)}
             if poly:
                 ann["segmentation"] = [[round(float(v), 2) for v in poly]]
+            if text:
+                ann["utf8_string"] = text
             coco["annotations"].append(ann)
             aid += 1
     return coco
@@ -46,8 +60,24 @@ def to_dict(records: Sequence[LabelledImage], classes: Sequence[str] = ("text",)
 def save(records: Sequence[LabelledImage], out: str | Path, classes: Sequence[str] = ("text",)) -> Path:
     """Write `out/annotations.json` (atomic)."""
     target = Path(out) / FILE_NAME
-    atomic_write_text(target, json.dumps(to_dict(records, classes)))
+    atomic_write_text(target, json.dumps(to_dict(records, classes), ensure_ascii=False))
     return target
+
+
+def outputs(records: Sequence[LabelledImage]) -> set[str]:
+    """The files of `FILES` that `save(records)` writes."""
+    return {FILE_NAME}
+
+
+def is_export(path: Path) -> bool:
+    """Whether `path` (an annotations.json) is a `textloop export`'s: COCO whose every image is an
+    exported one."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("images"), list) and all(
+        isinstance(im, dict) and is_export_image(str(im.get("file_name", ""))) for im in data["images"])
 
 
 def load(path: str | Path, categories: Sequence[str] | None = None,
@@ -56,7 +86,10 @@ def load(path: str | Path, categories: Sequence[str] | None = None,
     `source` the JSON's stem. All categories are text unless `categories` names the ones to keep.
     ValueError naming the file for anything that is not COCO detection JSON. A malformed image
     entry or annotation raises too, unless `problems` is given: then it gets one line there
-    ("file: annotation 7: ...") and is skipped, so `import` keeps the rest of the file."""
+    ("file: annotation 7: ...") and is skipped, so `import` keeps the rest of the file. So does an
+    annotation of an image_id the file does not list, one of a category_id its `categories` do
+    not list (one without a category_id, or a file without categories: the box is text), and an image whose `split` is not
+    train, val or test."""
     path = Path(path)
     if path.is_dir():
         path = path / FILE_NAME
@@ -80,10 +113,19 @@ def load(path: str | Path, categories: Sequence[str] | None = None,
         unknown = wanted - set(cats.values())
         if unknown:
             raise ValueError(f"{path}: no categor{'y' if len(unknown) == 1 else 'ies'} named {', '.join(sorted(unknown))}")
+    image_ids = {im.get("id") for im in data["images"] if isinstance(im, dict) and _hashable(im.get("id"))}
     by_image: dict[Any, list[dict[str, Any]]] = {}
     for k, ann in enumerate(data.get("annotations") or []):
         if not isinstance(ann, dict) or "image_id" not in ann or "bbox" not in ann:
             bad(f"annotation #{k} lacks image_id or bbox")
+            continue
+        if not _hashable(ann["image_id"]) or ann["image_id"] not in image_ids:
+            bad(f"annotation {ann.get('id', f'#{k}')}: image_id {_short(ann['image_id'])} is not in 'images'; skipped")
+            continue
+        if cats and ann.get("category_id") is not None and (not _hashable(ann["category_id"])
+                                                             or ann["category_id"] not in cats):
+            bad(f"annotation {ann.get('id', f'#{k}')}: category_id {_short(ann.get('category_id'))} is not in "
+                f"'categories' ({', '.join(f'{i}: {n}' for i, n in list(cats.items())[:5])}); skipped")
             continue
         if keep_cats is not None and ann.get("category_id") not in keep_cats:
             continue
@@ -95,8 +137,12 @@ def load(path: str | Path, categories: Sequence[str] | None = None,
         except (KeyError, TypeError, ValueError):
             bad(f"image #{k} lacks file_name, width or height")
             continue
-        xywh, ignore, labels, polys = [], [], [], []
-        for ann in by_image.get(im.get("id"), []):
+        split = im.get("split")
+        if split is not None and split not in SPLITS:
+            bad(f"image #{k} ({name}): split must be one of {', '.join(SPLITS)}; got {_short(split)}; skipped")
+            continue
+        xywh, ignore, labels, polys, texts = [], [], [], [], []
+        for ann in by_image.get(im.get("id"), []) if _hashable(im.get("id")) else []:
             bbox = _bbox(ann["bbox"])
             if bbox is None:
                 bad(f"annotation {ann.get('id', '?')} ({name}): bbox must be [x, y, w, h], got {str(ann['bbox'])[:60]}")
@@ -106,10 +152,27 @@ def load(path: str | Path, categories: Sequence[str] | None = None,
             cid = ann.get("category_id")
             labels.append(int(cid) - 1 if isinstance(cid, int) and cid >= 1 else 0)
             polys.append(_polygon(ann.get("segmentation")))
+            text = ann.get("utf8_string")
+            texts.append(text if isinstance(text, str) else "")
         out.append(LabelledImage(image=name, width=w, height=h, boxes=xywh_to_xyxy(np.array(xywh).reshape(-1, 4)),
                                  ignore=ignore, source=path.stem, labels=tuple(labels) if any(labels) else (),
-                                 polys=tuple(polys) if any(polys) else ()))
+                                 polys=tuple(polys) if any(polys) else (), texts=tuple(texts) if any(texts) else (),
+                                 split=split or "", **{key: str(im[key]) for key in _IMAGE_KEYS[1:] if im.get(key)}))
     return out
+
+
+def _hashable(value: Any) -> bool:
+    """An id a dict can be looked up with (a list given as an id is a malformed reference)."""
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = json.dumps(value, ensure_ascii=False) if value is not None else "missing"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _bbox(raw: Any) -> list[float] | None:

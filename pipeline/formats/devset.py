@@ -1,8 +1,12 @@
 """The devset JSONL format and its record, `LabelledImage` (one place for reading/writing it).
 
 A line: {"image": "images/NAME.jpg", "width": W, "height": H, "boxes": [[x0,y0,x1,y1], ...],
-"texts": [...], "ignore": [...], "polys": [...], "labels": [...]} -- `image` relative to the
-JSONL's folder; `labels` (class index per box) only when some box is not class 0.
+"texts": [...], "ignore": [...], "polys": [...], "labels": [...], "split": "train",
+"original_name": "IMG_1.jpg", "original_source": "/photos/IMG_1.jpg"} -- `image` relative to the
+JSONL's folder; `labels` (class index per box) only when some box is not class 0. `split`,
+`original_name` and `original_source` are what `textloop export` knows of the image (its split,
+so `import` of the export keeps test images out of training although an upright copy has a new
+hash), each written only when known; readers that do not use them ignore them.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.io import atomic_open
+from pipeline.config import SPLITS
+from pipeline.io import atomic_open, is_image_id
 
 
 def is_polygon(flat: Sequence[float]) -> bool:
@@ -37,8 +42,13 @@ class LabelledImage:
     polys: tuple[tuple[float, ...], ...] = ()
     source: str = ""               # e.g. the devset sub-folder name
     labels: tuple[int, ...] = ()   # class index per box; () = every box is class 0 (text)
+    split: str = ""                # train | val | test as the label file says; "" = not given
+    original_name: str = ""        # the image's file name where it came from, when known
+    original_source: str = ""      # the path or URL it was first harvested from, when known
 
     def __post_init__(self) -> None:
+        if self.split and self.split not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {self.split!r}")
         boxes = np.asarray(self.boxes, dtype=np.float64).reshape(-1, 4)
         ignore = np.asarray(self.ignore, dtype=bool).reshape(-1)
         if len(ignore) == 0:
@@ -83,6 +93,9 @@ class LabelledImage:
             d["polys"] = [list(p) for p in self.polys]
         if any(self.labels):
             d["labels"] = list(self.labels)
+        for key in ("split", "original_name", "original_source"):   # only when known: older files stay as they were
+            if getattr(self, key):
+                d[key] = getattr(self, key)
         return d
 
     @classmethod
@@ -96,15 +109,37 @@ class LabelledImage:
             raise ValueError(f"missing {', '.join(repr(k) for k in missing)}")
         width, height = _size(d, "width"), _size(d, "height")
         boxes = _box_list(d.get("boxes") or [])
+        split = _text(d, "split")
+        if split and split not in SPLITS:   # said as such, not as a "bad record (...)"
+            raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
         try:
             return cls(
                 image=str(d["image"]), width=width, height=height,
                 boxes=np.asarray(boxes, dtype=np.float64).reshape(-1, 4), ignore=d.get("ignore") or [],
                 texts=tuple(d.get("texts") or ()), polys=tuple(tuple(p) for p in d.get("polys") or ()),
-                source=source, labels=tuple(d.get("labels") or ()),
+                source=source, labels=tuple(d.get("labels") or ()), split=split,
+                original_name=_text(d, "original_name"), original_source=_text(d, "original_source"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"bad record ({exc})") from None
+
+
+def _text(d: dict[str, Any], key: str) -> str:
+    """An optional string field ("" when absent or null); ValueError for a number or list, which
+    `str()` would turn into a value that looks given (a split of "1")."""
+    value = d.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ValueError(f"{key!r} must be a string, got {_short(value)}")
+    return value
+
+
+def is_export_image(name: str) -> bool:
+    """Whether a label file's image path is one `textloop export` writes (`images/<image id>.<ext>`):
+    how export knows a label file in its folder is its own, to replace or remove it."""
+    parts = name.split("/")
+    return len(parts) == 2 and parts[0] == "images" and is_image_id(Path(parts[1]).stem)
 
 
 def _size(d: dict[str, Any], key: str) -> int:
@@ -215,12 +250,35 @@ def write_jsonl(path: str | Path, records: Iterable[LabelledImage | dict[str, An
             fh.write(line.encode("utf-8"))
 
 
+FILE_NAME = "boxes.jsonl"
+FILES = (FILE_NAME,)   # what `save` may write at the top of its folder
+
+
 def save(records: Sequence[LabelledImage], out: str | Path, classes: Sequence[str] = ("text",)) -> Path:
     """The format adapter's writer: `out/boxes.jsonl` (image paths as the records give them;
     `classes` is not stored: a record's labels are class indices)."""
-    target = Path(out) / "boxes.jsonl"
+    target = Path(out) / FILE_NAME
     write_jsonl(target, records)
     return target
+
+
+def outputs(records: Sequence[LabelledImage]) -> set[str]:
+    """The files of `FILES` that `save(records)` writes."""
+    return {FILE_NAME}
+
+
+def is_export(path: Path) -> bool:
+    """Whether `path` (a boxes.jsonl) is a `textloop export`'s: every line names an exported image."""
+    try:
+        with path.open(encoding="utf-8") as fh:
+            for line in fh:
+                if line.strip():
+                    d = json.loads(line)
+                    if not (isinstance(d, dict) and is_export_image(str(d.get("image", "")))):
+                        return False
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return True
 
 
 def load(path: str | Path, images_dir: str | Path | None = None) -> list[LabelledImage]:

@@ -7,10 +7,18 @@ shapes (`quads`: Label Studio's rotated rectangles, imported polygons) are writt
 (jsonl) or one-part `segmentation` polygons (coco); YOLO boxes have no shape and YOLO has no
 don't-care flag, so don't-care boxes are left out of its labels (counted).
 
+Every record carries what the catalog knows of its image: its split (so importing the export
+elsewhere keeps test images out of training, although an upright copy has a new hash), its
+original file name and first source, and the boxes' transcriptions where they were imported.
+
 OUT is the dataset's folder and a re-export refreshes it: every file textloop writes under
 `images/` and `labels/` is named after an image id, so files of images no longer in the set
 (another `--split`, relabelled, excluded) are removed, and a folder holding files of any other
-name is refused before anything is written (a YOLO trainer reads all of `images/`).
+name is refused before anything is written (a YOLO trainer reads all of `images/`). The label
+files at OUT's top (`boxes.jsonl`, `annotations.json`, `data.yaml` and YOLO's split lists) are
+the same: an earlier export's that this one does not write (another format's, a split no longer
+exported) are removed, so no stale labels sit beside the new ones, and one textloop did not
+write (it names other images) is refused.
 """
 
 from __future__ import annotations
@@ -40,27 +48,51 @@ def _files_in(out: Path) -> list[Path]:
             if not p.name.startswith(".")]
 
 
+def _label_files(out: Path) -> list[tuple[Path, bool]]:
+    """(path, written by an export) for every label file of any format at OUT's top."""
+    return [(out / name, fmt.is_export(out / name)) for fmt in _REGISTRY.values() for name in fmt.files
+            if (out / name).exists() or (out / name).is_symlink()]
+
+
 def _check_out(out: Path) -> None:
-    """ValueError unless OUT is new, empty, or an earlier export (files named after image ids)."""
+    """ValueError unless OUT is new, empty, or an earlier export (files named after image ids,
+    label files naming only such files)."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: exists and is not a folder (OUT is the dataset's folder)")
     foreign = [p for p in _files_in(out) if not (p.is_file() and is_image_id(p.stem))]
+    foreign += [p for p, ours in _label_files(out) if not (ours and p.is_file() and not p.is_symlink())]
     if foreign:
         raise ValueError(f"{out}: {foreign[0].relative_to(out)} (and {len(foreign) - 1} more) was not written by "
                          "textloop export; export into a new or empty folder")
 
 
-def _prune(out: Path, keep: set[str]) -> int:
+def _prune(out: Path, keep: set[str], fmt: str) -> int:
     """Remove files an earlier export wrote for images not in this one (and temp files a killed
-    export left); how many of the former."""
+    export left); how many of the former. YOLO's `labels/` go too when this export is another
+    format's (they are label files, not counted)."""
     stale = [p for p in _files_in(out) if is_image_id(p.stem) and p.stem not in keep]
     for p in stale:
         p.unlink()
+    if fmt != "yolo":
+        for p in _files_in(out):
+            if p.parent.name == "labels":
+                p.unlink()
     for d in _OWN_DIRS:
         for p in (out / d).glob(".*"):
             if is_atomic_temp(p.name):
                 p.unlink()
+    if (out / "labels").is_dir() and not any((out / "labels").iterdir()):
+        (out / "labels").rmdir()
     return len(stale)
+
+
+def _remove_other_label_files(out: Path, written: set[str]) -> None:
+    """Remove the label files at OUT's top that an earlier export wrote and this one did not
+    (another format's, the list of a split no longer exported): `_check_out` refused any that is
+    not an export's, so only textloop's own files are removed."""
+    for path, ours in _label_files(out):
+        if ours and path.name not in written:
+            path.unlink()
 
 
 def check_options(fmt: str, split: str | None) -> None:
@@ -101,6 +133,15 @@ def _place_image(ws: Workspace, row: dict[str, Any], dest_dir: Path) -> str:
     return name
 
 
+def _texts(column: str | None, n_boxes: int) -> tuple[str, ...]:
+    """An annotation's `texts` column as a record's texts, or () when it has none (or not one
+    per box: a hand-edited row must not put words on the wrong boxes)."""
+    texts = json.loads(column) if column else None
+    if not isinstance(texts, list) or len(texts) != n_boxes:
+        return ()
+    return tuple(str(t) for t in texts)
+
+
 @dataclass(frozen=True)
 class ExportSummary:
     """What one export wrote; `as_dict()` is the `--json` payload."""
@@ -128,18 +169,25 @@ def export(ws: Workspace, out: Path, fmt: str = "jsonl", split: str | None = Non
     images_dir = out / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
     rows = labelled_rows(ws, split)
+    with ws.catalog() as cat:
+        origins = {im["id"]: im for im in cat.images_by_ids([r["image_id"] for r in rows])}
     records: list[LabelledImage] = []
     for r in rows:
         name = _place_image(ws, r, images_dir)
         boxes = json.loads(r["boxes"])
         labels = json.loads(r["labels"]) or [0] * len(boxes)
+        origin = origins.get(r["image_id"], {})
         records.append(LabelledImage(image=f"images/{name}", width=int(r["width"]), height=int(r["height"]), boxes=boxes,
                                      ignore=json.loads(r["ignore"]) or [], source=r["source"],
-                                     labels=tuple(int(x) for x in labels), polys=quads_as_polys(r["quads"], len(boxes))))
+                                     labels=tuple(int(x) for x in labels), polys=quads_as_polys(r["quads"], len(boxes)),
+                                     texts=_texts(r.get("texts"), len(boxes)), split=str(r["split"]),
+                                     original_name=str(origin.get("original_name") or ""),
+                                     original_source=str(origin.get("source") or "")))
     n_ignored = sum(int(rec.ignore.sum()) for rec in records)
     n_boxes = sum(len(rec.boxes) for rec in records) - n_ignored
     target = label_format.save(records, out, classes=classes)
-    removed = _prune(out, {str(r["image_id"]) for r in rows})
+    _remove_other_label_files(out, label_format.outputs(records))
+    removed = _prune(out, {str(r["image_id"]) for r in rows}, fmt)
     return ExportSummary(format=fmt, out=str(target), images=len(records), boxes=n_boxes,
                          empty_images=sum(1 for rec in records if len(rec.boxes) == 0), ignored_boxes=n_ignored,
                          removed=removed)
