@@ -161,6 +161,11 @@ def iterate(ws: Any, cfg: IterateConfig = IterateConfig(), client: Any = None,
         cur = run_curate(ws, DuplicateConfig(engine=cfg.engine), apply=cfg.curate_apply, label_action=cfg.label_action,
                          iteration=iteration)
         log_step("curate", {k: v for k, v in cur.as_dict().items() if k in ("duplicates", "label_noise")})
+        noise = cur.label_noise or {}
+        skipped = noise.get("skipped_images") or []
+        if skipped:   # offline, imported labels have no out-of-sample prediction: say so, not "label noise" done
+            say(f"curate: label noise scored {noise.get('labelled_images', 0)} labelled images, {len(skipped)} not "
+                f"(e.g. {skipped[0].get('name') or skipped[0]['image_id'][:16]}: {skipped[0]['reason']})")
 
         # --- retrain from the current model ---
         parent_path, parent_version = resolve_parent(ws, "auto", tc.arch)

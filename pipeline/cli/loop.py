@@ -66,11 +66,20 @@ def _render(c: Console, res: RoundResult) -> None:
     def num(x: object) -> str:
         return f"{x:.3f}" if isinstance(x, float) else str(x)
 
+    if res.candidate == cur.get("version"):   # nothing new was trained: no comparison to show
+        c.print(f"round {res.iteration}: {res.candidate} stays current (coverage {num(cand.get('text_coverage'))}, "
+                f"F1 {num(cand.get('f1'))} on {ev.get('images')} images, {ev.get('test_set')})")
+        return _render_push(c, res)
     c.print(f"round {res.iteration}: candidate {res.candidate} "
             f"(coverage {num(cand.get('text_coverage'))}, F1 {num(cand.get('f1'))}) vs {cur.get('version')} "
             f"(coverage {num(cur.get('text_coverage'))}, F1 {num(cur.get('f1'))}) on {ev.get('images')} images "
             f"({ev.get('test_set')})")
     c.print("promoted" if res.promoted else f"not promoted: {'; '.join(ev.get('regressions', []))}")
+    _render_push(c, res)
+
+
+def _render_push(c: Console, res: Any) -> None:
+    """The pushed batch, if the round pushed."""
     if "push" in res.steps:
         p = res.steps["push"]
         c.print(f"pushed {p.get('tasks_created')} new tasks; label them at {p.get('url')}, then run `textloop iterate`")
