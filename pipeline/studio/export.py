@@ -9,7 +9,7 @@ don't-care flag, so don't-care boxes are left out of its labels (counted).
 
 Every record carries what the catalog knows of its image: its split (so importing the export
 elsewhere keeps test images out of training, although an upright copy has a new hash), its
-original file name and first source, and the boxes' transcriptions where they were imported.
+original file name (not its folder or URL: those stay on this machine), and the boxes' transcriptions where they were imported.
 
 OUT is the dataset's folder and a re-export refreshes it: every file textloop writes under
 `images/` and `labels/` is named after an image id, so files of images no longer in the set
@@ -181,8 +181,9 @@ def export(ws: Workspace, out: Path, fmt: str = "jsonl", split: str | None = Non
                                      ignore=json.loads(r["ignore"]) or [], source=r["source"],
                                      labels=tuple(int(x) for x in labels), polys=quads_as_polys(r["quads"], len(boxes)),
                                      texts=_texts(r.get("texts"), len(boxes)), split=str(r["split"]),
-                                     original_name=str(origin.get("original_name") or ""),
-                                     original_source=str(origin.get("source") or "")))
+                                     # not the harvested path or URL: a shared dataset would carry
+                                     # the user's folders (names, sample IDs) with it
+                                     original_name=str(origin.get("original_name") or "")))
     n_ignored = sum(int(rec.ignore.sum()) for rec in records)
     n_boxes = sum(len(rec.boxes) for rec in records) - n_ignored
     target = label_format.save(records, out, classes=classes)
