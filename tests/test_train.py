@@ -64,6 +64,9 @@ def test_a_resume_with_other_training_options_is_refused(tiny: dict, tmp_path: P
     with pytest.raises(TrainingError, match=r"other training options .*batch_size 2 -> 3, lr 0.002 -> 0.001"):
         train(dataclasses.replace(cfg, budget_minutes=None, resume=True, lr=1e-3, batch_size=cfg.batch_size + 1),
               tiny["train"])
+    # other data (a synthetic set made again, labels edited) cannot be resumed step-exact either
+    with pytest.raises(TrainingError, match="training data changed since this checkpoint"):
+        train(dataclasses.replace(cfg, budget_minutes=None, resume=True), tiny["train"][1:])
     resumed = train(dataclasses.replace(cfg, budget_minutes=None, resume=True, threads=1), tiny["train"])
     assert resumed.steps == 6
     # iterate keys a round's run folder by the same options: another seed is another run

@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pipeline.config import check_number, check_scale_range
 from pipeline.detectors.fasterrcnn import FasterRCNNConfig
 from pipeline.io import atomic_write_bytes
@@ -228,6 +230,18 @@ def resolve_threads(requested: int = 0) -> int:
     return max(1, min(cpus, int(cpus - busy + 0.5)))
 
 
+def data_signature(samples: Sequence[Sample]) -> str:
+    """What a run learns from, in one hash (each sample's key and boxes, in order): a resume
+    must see the same, or its batches are no longer the ones the checkpoint's step counts."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for s in samples:
+        h.update(s.key.encode())
+        h.update(np.asarray(s.gt.boxes, dtype=np.float64).round(1).tobytes())
+    return h.hexdigest()[:16]
+
+
 def _arch(cfg: TrainConfig) -> Any:
     if cfg.arch == "db":
         from pipeline.train.db import DBArch
@@ -266,6 +280,7 @@ def train(cfg: TrainConfig, synth: Sequence[Sample] = (), human: Sequence[Sample
     horizon = {"steps": planned, "fitted": False}   # fitted to the budget once the pace is known
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, horizon))
     step, best, best_state, bad_epochs, history = 0, -math.inf, None, 0, []
+    data_sig = data_signature([*synth, *human])
     torch.manual_seed(cfg.seed)
     if cfg.resume and ckpt_path.exists():
         try:
@@ -279,6 +294,11 @@ def train(cfg: TrainConfig, synth: Sequence[Sample] = (), human: Sequence[Sample
                 "fasterrcnn" else None} != cfg.arch_key():
             raise TrainingError(f"{ckpt_path}: checkpoint was trained with another architecture or model config; "
                                 "start a new run")
+        data_then = ck.get("data")
+        if data_then is not None and data_then != data_sig:
+            raise TrainingError(f"{ckpt_path}: the training data changed since this checkpoint (images added, removed "
+                                "or relabelled, or a synthetic set made again), so the run cannot continue step-exact; "
+                                "--restart trains on the data as it is now")
         changed = cfg.resume_differences(saved)
         if changed:
             raise TrainingError(f"{ckpt_path}: resumed with other training options than the checkpoint's "
@@ -301,7 +321,7 @@ def train(cfg: TrainConfig, synth: Sequence[Sample] = (), human: Sequence[Sample
                           "epoch": step // cfg.steps_per_epoch, "step": step, "config": cfg.to_json(),
                           "rng": {"torch": torch.get_rng_state()}, "best": best, "best_model": best_state,
                           "bad_epochs": bad_epochs, "history": history, "parent": parent_version,
-                          "arch_state": arch.state(), "horizon": dict(horizon)})
+                          "arch_state": arch.state(), "horizon": dict(horizon), "data": data_sig})
 
     start, start_step = time.monotonic(), step
     deadline = start + cfg.budget_minutes * 60 if cfg.budget_minutes else math.inf

@@ -263,23 +263,24 @@ def train_run(ws: Any, cfg: TrainConfig, *, synth_sets: Sequence[str] = ("defaul
     training cannot go on; Ctrl-C leaves the checkpoint for `resume`."""
     out = run_dir(ws, run)
     ckpt = out / "checkpoint.pt"
+    bundle = out / "bundle.zip"
+    if not restart and ckpt.exists() and bundle.exists() and bundle.stat().st_mtime >= ckpt.stat().st_mtime:
+        # the bundle is written after the last checkpoint only when the run finished: resuming
+        # would redo the selection and register the same weights again under a new version
+        # (checked first: "continue it with --resume" for a finished run led to this refusal)
+        from pipeline.bundle import read_bundle_meta
+
+        version = read_bundle_meta(bundle)["config"]["version"]
+        raise ValueError(f"run {run!r} already finished as model {version} ({bundle}); "
+                         f"`textloop models promote {version}` to use it, --restart to train it again")
     if ckpt.exists() and not (cfg.resume or restart):
         raise CheckpointExists(f"{ckpt} exists: continue it with --resume or start over with --restart")
     if restart and ckpt.exists():
         ckpt.unlink()
     if cfg.resume and not restart and not ckpt.exists():
         raise ValueError(f"run {run!r} has no checkpoint to resume ({ckpt}); drop --resume to start it")
-    bundle = out / "bundle.zip"
-    if cfg.resume and not restart and ckpt.exists() and bundle.exists() and bundle.stat().st_mtime >= ckpt.stat().st_mtime:
-        # the bundle is written after the last checkpoint only when the run finished: resuming
-        # would redo the selection and register the same weights again under a new version
-        from pipeline.bundle import read_bundle_meta
-
-        version = read_bundle_meta(bundle)["config"]["version"]
-        raise ValueError(f"run {run!r} already finished as model {version} ({bundle}); "
-                         f"`textloop models promote {version}` to use it, --restart to train it again")
-    if cfg.resume and not restart:
-        say(f"resuming run {run!r} from its checkpoint ({ckpt}): same data, same schedule, step-exact")
+    if cfg.resume and not restart:   # training checks the options and the data are the checkpoint's
+        say(f"resuming run {run!r} from its checkpoint ({ckpt})")
     parent_path, parent_version = resolve_parent(ws, parent, cfg.arch)
     cfg = replace(cfg, out_dir=str(out), parent_bundle=str(parent_path) if parent_path else None)
     synth, human, val, val_source = workspace_training_data(ws, synth_sets, synth_images, cfg.seed, say=say)
