@@ -13,6 +13,8 @@ are plain rectangles), so rotated text keeps its shape through push, pull and re
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
 import time
 from collections.abc import Collection, Iterable, Iterator, Sequence
@@ -764,9 +766,29 @@ class Catalog:
         self.finish_iteration(it.id, "done", counts=it.counts, metrics=it.metrics)
 
     def start_iteration(self, step: str) -> int:
+        """A new `running` row that names its process (pid, host) until it finishes, so a row
+        whose process was killed (SIGKILL, power loss) can be told from one still at work."""
+        self.close_abandoned_iterations()
         with self.transaction() as tx:
-            cur = tx.execute("INSERT INTO iterations(step, started_at) VALUES (?, ?)", (step, time.time()))
+            cur = tx.execute("INSERT INTO iterations(step, started_at, metrics) VALUES (?, ?, ?)",
+                             (step, time.time(), dumps({"pid": os.getpid(), "host": socket.gethostname()})))
             return int(cur.lastrowid)
+
+    def close_abandoned_iterations(self) -> list[int]:
+        """Mark `failed` the `running` rows of this host whose process is gone: after a SIGKILL
+        (`kill -9`, the OOM killer) a row stayed `running` for ever and `status` showed a stage
+        at work that no process was doing. Rows of other hosts, and rows made before rows named
+        their process, are left alone. Returns the ids closed."""
+        host, closed = socket.gethostname(), []
+        for row in self.iterations("running"):
+            m = json.loads(row["metrics"] or "{}")
+            pid = m.get("pid")
+            if m.get("host") != host or not isinstance(pid, int) or _process_alive(pid):
+                continue
+            self.finish_iteration(int(row["id"]), "failed", counts=json.loads(row["counts"] or "{}"),
+                                  metrics={"error": f"its process ({pid}) ended without finishing it (killed?)"})
+            closed.append(int(row["id"]))
+        return closed
 
     def finish_iteration(
         self, iteration_id: int, status: str = "done", counts: dict[str, Any] | None = None,
@@ -827,3 +849,14 @@ def _split_sql(sql: str) -> list[str]:
     if rest:
         statements.append(rest)
     return statements
+
+
+def _process_alive(pid: int) -> bool:
+    """True if a process with this pid exists (or cannot be signalled: someone else's)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -31,7 +31,9 @@ class WorkspaceStatus:
 
 
 def workspace_status(cat: Catalog) -> WorkspaceStatus:
-    """Counts and the model list from the catalog, in one read."""
+    """Counts and the model list from the catalog, in one read (after closing the rows of stages
+    whose process was killed, so the last iteration is not shown `running` for ever)."""
+    cat.close_abandoned_iterations()
     by_status_split = cat.image_counts()
     by_split: dict[str, int] = {}
     for per_split in by_status_split.values():

@@ -258,3 +258,24 @@ def test_status_summary_counts(ws) -> None:
     assert st.schema_version == catalog.SCHEMA_VERSION
     assert list(st.as_dict()) == ["images", "sources", "by_status", "by_split", "rejects", "annotations", "predictions",
                                   "tasks", "models", "current_model", "last_iteration", "schema_version"]
+
+
+def test_a_stage_whose_process_was_killed_does_not_stay_running(tmp_path) -> None:
+    """`kill -9` during `train` left its row `running` for ever (status: "train #15 (running)")."""
+    import subprocess
+    import sys
+
+    from pipeline.status import workspace_status
+
+    with Catalog(tmp_path / "c.sqlite") as cat:
+        mine = cat.start_iteration("rank")          # this process: alive, left alone
+        child = subprocess.Popen([sys.executable, "-c", "pass"])
+        child.wait()
+        gone = cat.start_iteration("train")
+        with cat.transaction() as tx:                # as if started by the process that was killed
+            tx.execute("UPDATE iterations SET metrics = ? WHERE id = ?",
+                       (json.dumps({"pid": child.pid, "host": __import__("socket").gethostname()}), gone))
+        status = workspace_status(cat)
+        rows = {r["id"]: r for r in cat.iterations()}
+        assert rows[gone]["status"] == "failed" and "ended without finishing" in json.loads(rows[gone]["metrics"])["error"]
+        assert rows[mine]["status"] == "running" and status.last_iteration["id"] == gone
