@@ -76,8 +76,11 @@ def synth_cmd(
     except FileNotFoundError as exc:
         fail(str(exc), 2)
     out = ws.synth_dir(name)
-    with progress(st, "synth") as update:
-        summary = generate(out, cfg, bgs, progress=update)
+    try:
+        with progress(st, "synth") as update:
+            summary = generate(out, cfg, bgs, progress=update)
+    except KeyboardInterrupt:   # the set is written whole or not at all: nothing half-made to use
+        fail(f"interrupted; {out} is not complete: rerun the same command to make it", 130)
 
     emit(st, summary.as_dict(), lambda c: _render_synth(c, summary.as_dict(), out))
 
@@ -322,13 +325,17 @@ def models_register_cmd(
         fail(f"{bundle}: file not found")
     try:
         version = register_model(st.ws(), bundle, parent=parent, promote=False)
-        if promote:
-            promote_checked(st.ws(), version, force=force)
+        check = promote_checked(st.ws(), version, force=force) if promote else None
     except ValueError as exc:
         fail(str(exc))
     except PromotionRefused as exc:
         fail(f"registered but not promoted: {exc}")
-    emit(st, {"version": version, "promoted": promote},
-         lambda c: c.print(f"registered {version}{' (current)' if promote else ''}"))
+    def render(c) -> None:
+        if check is not None:   # the verdict that made it current, as `models promote` prints it
+            c.print(("[yellow]warning:[/] promoted despite the rule (--force): " if not check.ok else "")
+                    + check.message(version), highlight=False)
+        c.print(f"registered {version}{' (current)' if promote else ''}")
+
+    emit(st, {"version": version, "promoted": promote, "promotion": check.to_json() if check else None}, render)
 
 
