@@ -177,7 +177,8 @@ def test_cli_train_registers_but_promotes_only_when_asked(tmp_path: Path) -> Non
     assert [m["version"] for m in list_models(Workspace.open(wsdir))] == [out["version"]]
     assert not any(m["promoted"] for m in list_models(Workspace.open(wsdir)))  # redact keeps ppocr
     r = runner.invoke(app, ["--workspace", wsdir, "train"])
-    assert r.exit_code == 2 and "--resume" in r.output   # a usage matter: resume or restart
+    # a finished run is named as such (it said "continue it with --resume", which then refused)
+    assert r.exit_code == 2 and f"already finished as model {out['version']}" in r.output and "--restart" in r.output
     # resuming a run that finished would register the same weights again under a new version
     r = runner.invoke(app, ["--workspace", wsdir, "train", "--resume", "--epochs", "1", "--steps-per-epoch", "2",
                             "--batch-size", "1", "--threads", "1"])
