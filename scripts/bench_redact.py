@@ -363,16 +363,55 @@ def _poly_mask(polys, w: int, h: int):
     return np.asarray(m, dtype=bool)
 
 
+NEAR_PX = 4   # over-redaction this close to a ground-truth box is a margin, not a false box
+
+
+def gaps(red: np.ndarray, rec, any_gt: np.ndarray) -> dict[str, float]:
+    """Where quality is lost on one output, in pixels: ground-truth text left uncovered in words
+    that are mostly missed (< 50 % covered: detection) or around words that are found (the fill
+    and the label disagree on where a word ends: shape); fill outside every box within NEAR_PX of
+    one (margins) or farther (boxes on no labelled text). Each ground-truth word is its polygon
+    when the record has them (icdar2015, msra_td500), else its box."""
+    import cv2
+
+    from pipeline.boxes import union_mask
+
+    h, w = red.shape
+    missed = margins = 0
+    for k in np.flatnonzero(~rec.ignore):
+        poly = rec.polys[k] if rec.polys and len(rec.polys) == len(rec.boxes) and len(rec.polys[k]) >= 6 else None
+        if poly is None:   # the box's own pixels, as `measure` counts them (exclusive ends)
+            m = union_mask(rec.boxes[k:k + 1], w, h)
+        else:
+            m = _poly_mask([poly], w, h)
+        n = int(m.sum())
+        if not n:
+            continue
+        left = n - int((m & red).sum())
+        if left * 2 > n:
+            missed += left
+        else:
+            margins += left
+    dist = cv2.distanceTransform((~any_gt).astype(np.uint8), cv2.DIST_L2, 3)
+    outside = red & ~any_gt
+    near = int((outside & (dist <= NEAR_PX + 0.5)).sum())
+    return {"uncovered_missed": missed, "uncovered_margins": margins, "over_near": near,
+            "over_far": int(outside.sum()) - near}
+
+
 def measure(out_root: Path, recs) -> dict[str, dict[str, float]]:
-    """Per source: coverage vs boxes and vs polygons, fully covered boxes, over-redaction."""
+    """Per source: coverage vs boxes and vs polygons, fully covered boxes, over-redaction, and
+    where the coverage and over-redaction are lost (`gaps`)."""
     from PIL import Image
 
     from pipeline.boxes import to_int_pixels, union_mask
 
     acc: dict[str, dict[str, float]] = {}
+    keys = ("text", "cov", "ptext", "pcov", "nb", "nfull", "outside", "px", "missing", "uncovered_missed",
+            "uncovered_margins", "over_near", "over_far")
     for rel, rec in recs:
         out = out_root / rel
-        a = acc.setdefault(rec.source, {k: 0.0 for k in ("text", "cov", "ptext", "pcov", "nb", "nfull", "outside", "px", "missing")})
+        a = acc.setdefault(rec.source, {k: 0.0 for k in keys})
         if not out.exists():
             a["missing"] += 1
             continue
@@ -396,6 +435,8 @@ def measure(out_root: Path, recs) -> dict[str, dict[str, float]]:
             a["nfull"] += px <= 0 or red[y0:y1, x0:x1].sum() >= 0.95 * px
         a["outside"] += (red & ~any_gt).sum()
         a["px"] += w * h
+        for k, v in gaps(red, rec, any_gt).items():
+            a[k] += v
     res = {}
     for src, a in sorted(acc.items()):
         res[src] = {
@@ -404,6 +445,12 @@ def measure(out_root: Path, recs) -> dict[str, dict[str, float]]:
             "fully_covered": a["nfull"] / a["nb"] if a["nb"] else math.nan,
             "over_redaction": a["outside"] / a["px"] if a["px"] else math.nan,
             "missing": int(a["missing"]),
+            # the coverage lost, as shares of the text (the same text the source's coverage uses)
+            "uncovered_in_missed_words": a["uncovered_missed"] / a["ptext"] if a["ptext"] else math.nan,
+            "uncovered_at_found_words": a["uncovered_margins"] / a["ptext"] if a["ptext"] else math.nan,
+            # the over-redaction, as shares of the image area
+            f"over_within_{NEAR_PX}px": a["over_near"] / a["px"] if a["px"] else math.nan,
+            f"over_beyond_{NEAR_PX}px": a["over_far"] / a["px"] if a["px"] else math.nan,
         }
     return res
 
@@ -582,6 +629,21 @@ def meets(per: dict[str, dict[str, float]]) -> bool:
         elif src.startswith("negatives"):
             ok &= m["over_redaction"] <= GOAL_OVER_NEG
     return bool(ok)
+
+
+def print_gaps(rows: list[dict[str, Any]]) -> None:
+    """Where each row loses coverage (missed words / the edges of found ones) and where its
+    over-redaction lies (within NEAR_PX of a labelled box / beyond), per source."""
+    print(f"  where it is lost (uncovered text: in missed words + at found words; over-redaction: within "
+          f"{NEAR_PX} px of a label + beyond):", flush=True)
+    for row in rows:
+        parts = [f"{row['detector']:12s} pad {row['pad']:8s}"]
+        for src, m in row["by_source"].items():
+            if "uncovered_in_missed_words" not in m:
+                continue
+            parts.append(f"{src.split('_')[0][:6]} {m['uncovered_in_missed_words']:.3f}+{m['uncovered_at_found_words']:.3f}"
+                         f" / {m[f'over_within_{NEAR_PX}px']:.3f}+{m[f'over_beyond_{NEAR_PX}px']:.3f}")
+        print("    " + "  ".join(parts), flush=True)
 
 
 def fmt_quality_row(row: dict[str, Any]) -> str:
@@ -789,6 +851,7 @@ def main() -> int:
         dets = {k: cached.setdefault(id(v), CachedDetector(v)) for k, v in dets.items()}   # devset and microscopy parts
         result["quality"] = quality(args.set, args.work, dets, [p for p in args.pads.split(",") if p], threshold,
                                     str(DEFAULT_PAD), None if args.skip_leak else reader, shapes, args.limit, reader)
+        print_gaps(result["quality"])
         if not args.skip_micro:
             print("synthetic microscopy overlays (bench_detect's MICRO set):", flush=True)
             result["microscopy"] = microscopy_quality(args.work, dets, threshold, str(DEFAULT_PAD), shapes, args.limit, reader)

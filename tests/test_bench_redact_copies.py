@@ -55,3 +55,20 @@ def test_two_bundles_with_the_same_file_name_keep_two_results() -> None:
     for name in ("default", "/runs/a/bundle.zip", "/runs/b/bundle.zip", "/runs/b/bundle.zip@1"):
         labels.append(mod.unique_label(name, labels))
     assert labels == ["default", "bundle", "bundle#2", "/runs/b/bundle.zip@1"]
+
+
+def test_gaps_split_lost_coverage_and_over_redaction_by_where_they_are() -> None:
+    """A found word with an uncovered edge, a missed word, fill hugging a label and fill far away."""
+    from pipeline.boxes import union_mask
+    from pipeline.formats import LabelledImage
+
+    spec = importlib.util.spec_from_file_location("bench_redact", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rec = LabelledImage("a.png", 100, 60, boxes=[[10, 10, 30, 20], [60, 10, 80, 20]])
+    red = np.zeros((60, 100), bool)
+    red[10:20, 10:28] = True        # word 1: 18 of 20 columns covered -> 20 px uncovered at a found word
+    red[20:22, 10:30] = True        # 2 rows of fill just under word 1: near
+    red[50:55, 0:10] = True         # 50 px far from any label
+    g = mod.gaps(red, rec, union_mask(rec.boxes, 100, 60))
+    assert g == {"uncovered_missed": 200, "uncovered_margins": 20, "over_near": 40, "over_far": 50}
