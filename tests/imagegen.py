@@ -42,3 +42,16 @@ def synth_train_val(root: Path, cfg: "object", n_val: int) -> dict:
     generate(root / "val", dataclasses.replace(cfg, n_images=n_val, seed=2))
     return {"root": root, "train": samples_from_jsonl(root / "synth/boxes.jsonl"),
             "val": samples_from_jsonl(root / "val/boxes.jsonl")}
+
+
+def rotated_jpeg(path: Path, orientation: int = 6) -> None:
+    """A 60x40 stored JPEG with a white block at raw (5..20, 3..10) and an EXIF orientation tag
+    (upright 40x60 for orientation 6): labels drawn on stored vs upright pixels."""
+    a = np.zeros((40, 60, 3), np.uint8)
+    a[3:10, 5:20] = 255
+    im = Image.fromarray(a)
+    exif = im.getexif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=95, exif=exif)
+    write(path, buf.getvalue())

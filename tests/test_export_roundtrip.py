@@ -6,13 +6,10 @@ point nowhere are problems; a re-export in another format leaves no stale label 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline.cli.app import app
@@ -22,19 +19,7 @@ from pipeline.harvest import split_for
 from pipeline.importer import import_labels
 from pipeline.studio.export import export
 from pipeline.workspace import Workspace
-from tests.imagegen import noise_image, write
-
-
-def rotated_jpeg(path: Path, orientation: int = 6) -> None:
-    """A 60x40 stored JPEG with an EXIF orientation tag (upright 40x60 for orientation 6)."""
-    a = np.zeros((40, 60, 3), np.uint8)
-    a[3:10, 5:20] = 255
-    im = Image.fromarray(a)
-    exif = im.getexif()
-    exif[0x0112] = orientation
-    buf = io.BytesIO()
-    im.save(buf, "JPEG", quality=95, exif=exif)
-    write(path, buf.getvalue())
+from tests.imagegen import noise_image, rotated_jpeg
 
 
 def labelled_source(root: Path) -> Path:

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline.cli.app import app
 from pipeline.formats import LabelledImage, write_jsonl
 from pipeline.importer import import_labels
 from pipeline.imaging import load_rgb
-from tests.imagegen import noise_image, write
+from tests.imagegen import noise_image, rotated_jpeg
 
 
 def snapshot(ws) -> tuple[list, list]:
@@ -70,18 +68,6 @@ def test_devset_jsonl_import_is_idempotent(ws, tmp_path: Path) -> None:
     by = annotations_by_name(ws)
     assert by["im2.png"]["state"] == "submitted" and by["im2.png"]["status"] == "labelled"
     assert len(snapshot(ws)[1]) == 3
-
-
-def rotated_jpeg(path: Path, orientation: int) -> None:
-    """A 60x40 stored image with a white block at raw (5..20, 3..10) and an EXIF orientation tag."""
-    a = np.zeros((40, 60, 3), np.uint8)
-    a[3:10, 5:20] = 255
-    im = Image.fromarray(a)
-    exif = im.getexif()
-    exif[0x0112] = orientation
-    buf = io.BytesIO()
-    im.save(buf, "JPEG", quality=95, exif=exif)
-    write(path, buf.getvalue())
 
 
 def test_coco_import_with_crowd_and_exif_frames(ws, tmp_path: Path) -> None:
