@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import os
 from dataclasses import dataclass, field
@@ -48,8 +49,8 @@ def check_number(name: str, value: Any, lo: float, hi: float, integer: bool = Fa
     """ValueError naming `name` unless `value` is a finite number in [lo, hi] (a whole number
     with `integer`). Why one helper: NaN passes every `<` check, and each config's own
     spelling of these tests let `distill=nan`, `seed=-1` or `epochs=2.5` through to the run."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or (integer and int(value) != value) or not lo <= value <= hi:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+            or (integer and not isinstance(value, numbers.Integral)) or not lo <= value <= hi:
         kind, fmt = ("a whole number", ",.0f") if integer else ("a number", "g")
         raise ValueError(f"{name} must be {kind} from {lo:{fmt}} to {hi:{fmt}}, got {value!r}")
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from pipeline.boxes import Detections, clip
 from pipeline.catalog import Catalog, ImageStatus
-from pipeline.config import DEFAULT_MAX_PIXELS, check_split
+from pipeline.config import DEFAULT_MAX_PIXELS, check_number, check_split
 from pipeline.detectors.base import Detector, detect_visible
 from pipeline.imaging import ImageRejected, load_views
 from pipeline.io import describe_error, sha256_file
@@ -101,10 +101,8 @@ def _clean(det: Detections, width: int, height: int, threshold: float) -> Detect
 def check_options(threshold: float, batch_size: int) -> None:
     """ValueError for options the CLI range-checks, so the library gets the same checks: a score
     threshold outside [0, 1] (or NaN) kept no box and reported every image done."""
-    if not (isinstance(threshold, (int, float)) and 0.0 <= threshold <= 1.0):
-        raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    check_number("threshold", threshold, 0, 1)
+    check_number("batch_size", batch_size, 1, 1 << 16, integer=True)
 
 
 def predict_images(detector: Detector, paths: Iterable[str | Path], threshold: float = DEFAULT_THRESHOLD,

@@ -275,7 +275,7 @@ def test_predict_checks_its_output_and_options_before_any_work(tmp_path: Path, f
     r = CliRunner().invoke(app, ["predict", str(tmp_path / "in"), "--out", str(tmp_path)])
     assert r.exit_code == 1 and "is a folder" in r.output and fake.calls == 0, r.output
     for bad in (5.0, -0.1, float("nan")):
-        with pytest.raises(ValueError, match="threshold must be between 0 and 1"):
+        with pytest.raises(ValueError, match="threshold must be a number from 0 to 1"):
             predict_files(fake, [tmp_path / "in"], threshold=bad)
     with pytest.raises(ValueError, match="batch_size"):
         list(predict_paths(fake, [tmp_path / "in" / "img0.png"], batch_size=0))

@@ -894,12 +894,12 @@ def test_a_sixteen_bit_grey_colour_key_stays_transparent(tmp_path):
 
 
 @pytest.mark.parametrize("kw, message", [
-    ({"threshold": 5}, "threshold must be between 0 and 1"),
-    ({"threshold": float("nan")}, "threshold must be between 0 and 1"),
+    ({"threshold": 5}, "threshold must be a number from 0 to 1"),
+    ({"threshold": float("nan")}, "threshold must be a number from 0 to 1"),
     ({"style": "smudge"}, "style must be one of"),
     ({"shape": "circle"}, "shape must be one of"),
     ({"color": (0, 0, 300)}, "color must be three integers"),
-    ({"jpeg_quality": 0}, "jpeg_quality must be 1-100"),
+    ({"jpeg_quality": 0}, "jpeg_quality must be a whole number from 1 to 100"),
     ({"review_band": (0.5, 0.2)}, "review_band needs"),
 ])
 def test_the_library_refuses_what_the_cli_refuses(kw, message) -> None:

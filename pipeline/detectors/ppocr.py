@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.boxes import Detections, quad_to_xyxy
+from pipeline.config import check_number
 from pipeline.detectors.tiling import Tiler, merge_boxes
 
 BASE_VERSION = "ppocr-v4-det"
@@ -66,12 +67,7 @@ class PPOCRConfig:
 
     def __post_init__(self) -> None:
         for name, (lo, hi, kind) in _RANGES.items():
-            value = getattr(self, name)
-            if kind is int and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
-                raise ValueError(f"{name} must be a whole number, got {value!r}")
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
-                    or not lo <= value <= hi:
-                raise ValueError(f"{name} must be a number from {lo:g} to {hi:g}, got {value!r}")
+            check_number(name, getattr(self, name), lo, hi, integer=kind is int)
         if not self.scales or not all(isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
                                       and 0 < x <= MAX_SCALE for x in self.scales):
             # a pass at scale s holds s^2 times the image's pixels: 100x of a small image is 20 GB

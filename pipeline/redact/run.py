@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.boxes import Detections, line_bridges, quads_json, area as box_area
+from pipeline.config import check_number
 from pipeline.detectors.base import detect_visible
 from pipeline.io import UnwritableError, atomic_write_bytes, describe_error, atomic_write_text, is_atomic_temp, sha256_bytes, sha256_file
 from pipeline.imaging import ImageRejected
@@ -81,8 +82,7 @@ class RedactConfig:
     def __post_init__(self) -> None:
         """The library checks what the CLI checks: `RedactConfig(threshold=5)` kept no box and
         reported every image redacted, with every word still on it."""
-        if not (isinstance(self.threshold, (int, float)) and 0.0 <= self.threshold <= 1.0):  # NaN fails too
-            raise ValueError(f"threshold must be between 0 and 1, got {self.threshold}")
+        check_number("threshold", self.threshold, 0, 1)
         if self.style not in STYLES:
             raise ValueError(f"style must be one of {', '.join(STYLES)}, got {self.style!r}")
         if self.shape not in SHAPES:
@@ -91,10 +91,8 @@ class RedactConfig:
             raise ValueError(f"pad must be a Pad with non-negative px and frac (Pad.parse('2px+10%')), got {self.pad!r}")
         if len(self.color) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in self.color):
             raise ValueError(f"color must be three integers 0-255, got {self.color}")
-        if not 1 <= self.jpeg_quality <= 100:
-            raise ValueError(f"jpeg_quality must be 1-100, got {self.jpeg_quality}")
-        if self.max_pixels < 1:
-            raise ValueError(f"max_pixels must be at least 1, got {self.max_pixels}")
+        check_number("jpeg_quality", self.jpeg_quality, 1, 100, integer=True)
+        check_number("max_pixels", self.max_pixels, 1, 1 << 40, integer=True)
         lo, hi = self.review_band
         if not 0.0 <= lo < hi <= 1.0:
             raise ValueError(f"review_band needs 0 <= lo < hi <= 1, got {self.review_band}")
