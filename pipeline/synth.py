@@ -19,7 +19,7 @@ import json
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -112,6 +112,8 @@ class Rendered:
     marks: np.ndarray
     background: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 0, 3), np.uint8))
     polys: list[tuple[float, ...]] = field(default_factory=list)
+    background_path: str = ""      # the real background it was painted on ("" = procedural)
+    unusable: str = ""             # a real background that was drawn and could not be used
 
 
 # --- fonts ------------------------------------------------------------------------------------
@@ -576,16 +578,17 @@ def synth_image(index: int, cfg: SynthConfig, backgrounds: Sequence[Path] = ()) 
 
     rng = np.random.default_rng([cfg.seed, index])
     w, h = _image_size(rng, cfg)
-    bg = None
+    bg, used, bad = None, "", ""
     if backgrounds and rng.random() < cfg.real_background_fraction:
         path = backgrounds[int(rng.integers(len(backgrounds)))]
         try:
-            bg = _fit_background(load_rgb(path), rng, w, h)
+            bg, used = _fit_background(load_rgb(path), rng, w, h), str(path)
         except Exception as exc:  # a bad background is logged and replaced, the run goes on
             log.warning("%s: unusable background (%s); using a procedural one", path, exc)
+            bad = str(path)
     if bg is None:
         bg = procedural_background(rng, w, h, cfg.background_kinds)
-    return render_overlays(bg, rng, cfg)
+    return replace(render_overlays(bg, rng, cfg), background_path=used, unusable=bad)
 
 
 def workspace_backgrounds(ws: Any, detector: Any = None, max_images: int = 200, threshold: float = 0.3) -> list[Path]:
@@ -641,9 +644,11 @@ class SynthSummary:
     images: int
     boxes: int
     kinds: dict[str, int]          # overlay kind -> images carrying it
-    backgrounds: int               # real background images available
+    backgrounds: int               # real background images given
     out: str
     skipped: bool                  # already there with the same config: nothing written
+    on_real_backgrounds: int = 0   # images painted on one of them
+    unusable_backgrounds: int = 0  # given backgrounds that could not be read (procedural instead)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -666,12 +671,18 @@ def generate(out_dir: str | Path, cfg: SynthConfig = SynthConfig(), backgrounds:
         if old.get("fingerprint") == fp and all((out_dir / r).exists() for r in old.get("images", [])):
             done = old.get("summary", {})
             return SynthSummary(images=done.get("images", 0), boxes=done.get("boxes", 0), kinds=done.get("kinds", {}),
-                                backgrounds=done.get("backgrounds", 0), out=str(out_dir), skipped=True)
+                                backgrounds=done.get("backgrounds", 0), out=str(out_dir), skipped=True,
+                                on_real_backgrounds=done.get("on_real_backgrounds", 0),
+                                unusable_backgrounds=done.get("unusable_backgrounds", 0))
     records: list[dict[str, Any]] = []
     n_boxes = 0
     kinds: dict[str, int] = {}
+    on_real, unusable = 0, set()
     for i in range(cfg.n_images):
         r = synth_image(i, cfg, backgrounds)
+        on_real += bool(r.background_path)
+        if r.unusable:
+            unusable.add(r.unusable)
         name = f"images/{i:06d}.png"
         atomic_write_bytes(out_dir / name, _png_bytes(r.image))
         rec = LabelledImage(image=name, width=r.image.shape[1], height=r.image.shape[0], boxes=r.boxes,
@@ -685,7 +696,8 @@ def generate(out_dir: str | Path, cfg: SynthConfig = SynthConfig(), backgrounds:
         if progress:
             progress(i + 1, cfg.n_images)
     write_jsonl(out_dir / "boxes.jsonl", records)
-    summary = {"images": cfg.n_images, "boxes": n_boxes, "kinds": kinds, "backgrounds": len(backgrounds)}
+    summary = {"images": cfg.n_images, "boxes": n_boxes, "kinds": kinds, "backgrounds": len(backgrounds),
+               "on_real_backgrounds": on_real, "unusable_backgrounds": len(unusable)}
     atomic_write_text(manifest_path, json.dumps({"fingerprint": fp, "config": cfg.to_json(), "summary": summary,
                                                  "images": [r["image"] for r in records]}, indent=2))
     return SynthSummary(**summary, out=str(out_dir), skipped=False)

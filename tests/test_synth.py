@@ -157,3 +157,21 @@ def test_workspace_backgrounds_only_text_free_images(ws, tmp_path: Path) -> None
     dark_has_text = FakeDetector(lambda im: Detections([[1, 1, 9, 9]], [0.9]) if im.mean() < 100 else Detections())
     bgs = workspace_backgrounds(ws, detector=dark_has_text)
     assert len(bgs) == 1 and load_rgb(bgs[0]).mean() > 100
+
+
+def test_synth_counts_the_backgrounds_it_could_use(tmp_path: Path) -> None:
+    """`synth --backgrounds` said "3 real backgrounds available" when 2 of the 3 were unreadable."""
+    from PIL import Image
+
+    from pipeline.synth import generate, list_images
+
+    (tmp_path / "bg").mkdir()
+    Image.fromarray(np.full((100, 120, 3), 90, np.uint8)).save(tmp_path / "bg/good.png")
+    (tmp_path / "bg/bad1.png").write_bytes(b"not a png")
+    (tmp_path / "bg/bad2.jpg").write_bytes(b"\xff\xd8 truncated")
+    cfg = dataclasses.replace(SMALL, real_background_fraction=1.0, n_images=12)
+    s = generate(tmp_path / "out", cfg, list_images(tmp_path / "bg"))
+    assert s.backgrounds == 3 and s.unusable_backgrounds == 2
+    assert 0 < s.on_real_backgrounds < 12      # the unreadable draws fell back to procedural ones
+    again = generate(tmp_path / "out", cfg, list_images(tmp_path / "bg"))
+    assert again.skipped and (again.on_real_backgrounds, again.unusable_backgrounds) == (s.on_real_backgrounds, 2)

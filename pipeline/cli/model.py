@@ -90,8 +90,10 @@ def _render_synth(c: Console, summary: dict[str, Any], out: Path) -> None:
     if summary["skipped"]:
         c.print(f"{out}: up to date ({summary['images']} images, {summary['boxes']} boxes)")
         return
-    c.print(f"{out}: {summary['images']} images, {summary['boxes']} boxes "
-            f"({summary['backgrounds']} real backgrounds available)")
+    bgs = (f"{summary['on_real_backgrounds']} on real backgrounds ({summary['backgrounds']} given"
+           + (f", {summary['unusable_backgrounds']} unusable: see the log" if summary["unusable_backgrounds"] else "")
+           + ")") if summary["backgrounds"] else "procedural backgrounds"
+    c.print(f"{out}: {summary['images']} images, {summary['boxes']} boxes, {bgs}")
     c.print("kinds: " + ", ".join(f"{k} {n}" for k, n in sorted(summary["kinds"].items())))
 
 
