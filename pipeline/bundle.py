@@ -233,11 +233,12 @@ def validation_view(metrics: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(check, Mapping) and isinstance(check.get("candidate"), (int, float)):
         return {"validation_coverage": check["candidate"], "stock_validation_coverage": check.get("stock"),
                 "over_redaction_budget": check.get("budget"),
-                "validation_source": f"this workspace's val split, {check.get('images', 0)} images"}
+                "validation_source": f"this workspace's val split, {check.get('images', 0)} images",
+                "validated_here": True}
     cov = metrics.get("coverage_at_budget", metrics.get("text_coverage"))
     return {"validation_coverage": cov, "stock_validation_coverage": metrics.get("stock_coverage_at_budget"),
             "over_redaction_budget": metrics.get("over_redaction_budget"),
-            "validation_source": "validation when trained" if cov is not None else None}
+            "validation_source": "validation when trained" if cov is not None else None, "validated_here": False}
 
 
 def registered_model_info(ws: Any, version: str) -> dict[str, Any] | None:

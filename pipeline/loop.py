@@ -25,7 +25,7 @@ from typing import Any
 from pipeline.catalog import ImageStatus
 from pipeline.evaluate import Metrics
 from pipeline.rank import RankOptions
-from pipeline.train.engine import TrainConfig
+from pipeline.train.engine import TrainConfig, data_signature
 
 # Metrics that decide promotion (spelled once, on Metrics)
 HIGHER_BETTER, LOWER_BETTER = Metrics.HIGHER_BETTER, Metrics.LOWER_BETTER
@@ -173,15 +173,14 @@ def iterate(ws: Any, cfg: IterateConfig = IterateConfig(), client: Any = None,
         # Keyed by what the model learns from (labels included, not just image ids), its parent and
         # the training options: a rerun with another --seed or recipe is a new run, not a resume of
         # a checkpoint made with other options (which train refuses).
-        data_key = data_hash([f"{s.key}:{s.gt.boxes.round(1).tobytes().hex()}" for s in (*human, *synth)]
-                             + [f"parent:{parent_version}", f"arch:{tc.arch}",
-                                f"options:{json.dumps(tc.run_options(), sort_keys=True)}"])[:12]
+        # What the round learns from apart from its parent (the samples, `train.data_signature`,
+        # the one hash of keys and boxes that --resume checks too, and the options): the current
+        # model, if a round trained it from exactly this, has nothing to learn from a new run
+        # (rerunning `iterate` with no new label trained, and promoted, one more model each time).
+        round_key = data_hash([data_signature([*human, *synth]), f"arch:{tc.arch}",
+                               f"options:{json.dumps(tc.run_options(), sort_keys=True)}"])[:12]
+        data_key = data_hash([round_key, f"parent:{parent_version}"])[:12]
         out = ws.runs_dir / f"train-iterate-{data_key}"
-        # What the round learns from apart from its parent: the current model, if a round trained
-        # it from exactly this, has nothing to learn from a new run (rerunning `iterate` with no
-        # new label trained, and promoted, one more model from the last one every time).
-        round_key = data_hash([f"{s.key}:{s.gt.boxes.round(1).tobytes().hex()}" for s in (*human, *synth)]
-                              + [f"arch:{tc.arch}", f"options:{json.dumps(tc.run_options(), sort_keys=True)}"])[:12]
         with ws.catalog() as cat:
             current_row = cat.current_model()
         learnt = json.loads(current_row["metrics"] or "{}").get("round_data") if current_row is not None else None

@@ -268,16 +268,16 @@ def models_list_cmd(ctx: typer.Context) -> None:
             t.add_row("*" if m["promoted"] else "", m["version"], m["kind"], m["parent"] or "-",
                       time.strftime("%Y-%m-%d %H:%M", time.localtime(m["created_at"])),
                       f(view["validation_coverage"]), f(view["stock_validation_coverage"]),
-                      _where(view["validation_source"]), f(mt.get("over_redaction")), f(mt.get("f1")),
+                      _where(view), f(mt.get("over_redaction")), f(mt.get("f1")),
                       f"{m['bytes'] / 1e6:.1f}" if m["bytes"] else "missing")
         c.print(t)
 
     emit(st, models, render)
 
 
-def _where(source: str | None) -> str:
+def _where(view: dict[str, Any]) -> str:
     """The validation numbers' split, short: `here` (this workspace's val split) or `training`."""
-    return "-" if not source else "here" if source.startswith("this workspace") else "training"
+    return "-" if not view["validation_source"] else "here" if view["validated_here"] else "training"
 
 
 def models_promote_cmd(
