@@ -114,6 +114,24 @@ def test_contradictory_or_idle_options_are_refused(tmp_path: Path) -> None:
     assert (tmp_path / "afile").read_text() == "x"
 
 
+def test_a_refused_resume_is_a_usage_error(tmp_path: Path, monkeypatch) -> None:
+    """`train --resume` with other options or data than the checkpoint's exited 1 (as a crash
+    would) while every other bad option exits 2; the library's refusal (tests/test_train.py)
+    reaches the user as one line, exit 2."""
+    from typer.testing import CliRunner
+
+    import pipeline.train as train_pkg
+    from pipeline.cli.app import app
+
+    def refuse(*args, **kwargs):
+        raise train_pkg.ResumeRefused("runs/x/checkpoint.pt: resumed with other training options (lr 5e-05 -> 0.001)")
+
+    monkeypatch.setattr(train_pkg, "train_run", refuse)
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "train", "--run", "x", "--resume", "--lr", "1e-3"])
+    assert r.exit_code == 2 and "resumed with other training options (lr" in r.stderr, r.output
+    assert "Traceback" not in r.output and len(r.stderr.strip().splitlines()) == 1
+
+
 def test_evaluate_checks_its_options_before_reading_ground_truth(tmp_path: Path) -> None:
     """`evaluate --detector nosuch` said "no labelled images" (the data check ran first)."""
     from typer.testing import CliRunner

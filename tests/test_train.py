@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.detectors.fasterrcnn import FasterRCNNConfig
 from pipeline.synth import SynthConfig
-from pipeline.train import TrainConfig, TrainingError, losses_of, train
+from pipeline.train import ResumeRefused, TrainConfig, TrainingError, losses_of, train
 from tests.imagegen import synth_train_val
 
 TINY_MODEL = FasterRCNNConfig(train_max_side=160, max_side=192, width_mult=0.5, fpn_channels=32, representation_size=64)
@@ -61,11 +61,11 @@ def test_a_resume_with_other_training_options_is_refused(tiny: dict, tmp_path: P
     time (`budget_minutes`) or other threads are fine."""
     cfg = _cfg(tmp_path / "part", epochs=2, steps_per_epoch=3, budget_minutes=1e-6)
     assert train(cfg, tiny["train"]).steps == 1
-    with pytest.raises(TrainingError, match=r"other training options .*batch_size 2 -> 3, lr 0.002 -> 0.001"):
+    with pytest.raises(ResumeRefused, match=r"other training options .*batch_size 2 -> 3, lr 0.002 -> 0.001"):
         train(dataclasses.replace(cfg, budget_minutes=None, resume=True, lr=1e-3, batch_size=cfg.batch_size + 1),
               tiny["train"])
     # other data (a synthetic set made again, labels edited) cannot be resumed step-exact either
-    with pytest.raises(TrainingError, match="training data changed since this checkpoint"):
+    with pytest.raises(ResumeRefused, match="training data changed since this checkpoint"):
         train(dataclasses.replace(cfg, budget_minutes=None, resume=True), tiny["train"][1:])
     resumed = train(dataclasses.replace(cfg, budget_minutes=None, resume=True, threads=1), tiny["train"])
     assert resumed.steps == 6

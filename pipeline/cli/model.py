@@ -141,7 +141,7 @@ def train_cmd(
 ) -> None:
     """Train a text detector (default: fine-tune PP-OCR's DB network) on synthetic + human-labelled images and register it."""
     from pipeline.detectors.fasterrcnn import FasterRCNNConfig
-    from pipeline.train import CheckpointExists, DBRecipe, TrainConfig, TrainingError, train_run
+    from pipeline.train import CheckpointExists, DBRecipe, ResumeRefused, TrainConfig, TrainingError, train_run
     from pipeline.train.workspace import run_dir
 
     st = state(ctx)
@@ -170,7 +170,7 @@ def train_cmd(
         with _train_progress(st) as update:
             summary = train_run(ws, cfg, synth_sets=synth, synth_images=synth_images, parent=parent, run=run,
                                 restart=restart, promote=promote, force=force, say=st.console.print, progress=update)
-    except (ValueError, CheckpointExists) as exc:
+    except (ValueError, CheckpointExists, ResumeRefused) as exc:
         fail(str(exc), 2)
     except TrainingError as exc:
         fail(str(exc))

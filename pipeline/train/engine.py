@@ -44,6 +44,11 @@ class TrainingError(RuntimeError):
     """Training cannot go on (non-finite loss, no data, incompatible checkpoint)."""
 
 
+class ResumeRefused(TrainingError):
+    """`--resume` asked for what the checkpoint cannot give: another architecture, other options or
+    other data than it was trained with (a usage error: the CLI exits 2, like other bad options)."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     out_dir: str = "runs/train"
@@ -292,16 +297,16 @@ def train(cfg: TrainConfig, synth: Sequence[Sample] = (), human: Sequence[Sample
                                 "without --resume (--restart discards it)") from None
         if {"arch": saved.get("arch", "fasterrcnn"), "model": saved["model"] if saved.get("arch", "fasterrcnn") ==
                 "fasterrcnn" else None} != cfg.arch_key():
-            raise TrainingError(f"{ckpt_path}: checkpoint was trained with another architecture or model config; "
+            raise ResumeRefused(f"{ckpt_path}: checkpoint was trained with another architecture or model config; "
                                 "start a new run")
         data_then = ck.get("data")
         if data_then is not None and data_then != data_sig:
-            raise TrainingError(f"{ckpt_path}: the training data changed since this checkpoint (images added, removed "
+            raise ResumeRefused(f"{ckpt_path}: the training data changed since this checkpoint (images added, removed "
                                 "or relabelled, or a synthetic set made again), so the run cannot continue step-exact; "
                                 "--restart trains on the data as it is now")
         changed = cfg.resume_differences(saved)
         if changed:
-            raise TrainingError(f"{ckpt_path}: resumed with other training options than the checkpoint's "
+            raise ResumeRefused(f"{ckpt_path}: resumed with other training options than the checkpoint's "
                                 f"({', '.join(changed)}); resume with the same options, or --restart")
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
