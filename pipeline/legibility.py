@@ -39,11 +39,23 @@ class Reading:
     box: tuple[float, float, float, float]
     view: int = 0
 
-    def as_dict(self) -> dict[str, object]:
+    def as_dict(self, masked: bool = False) -> dict[str, object]:
+        """`masked`: the text as `mask_text` shows it (what an audit trail may keep)."""
         d = asdict(self)
         d["score"] = round(self.score, 4)
         d["box"] = [round(v, 1) for v in self.box]
+        if masked:
+            d["text"] = mask_text(self.text)
         return d
+
+
+def mask_text(text: str) -> str:
+    """What the audit trail keeps of a string OCR read: its first and last character and its
+    length ("S...h (5)"). The sidecars, logs and summaries of a redaction are shared with its
+    outputs; the words it removed (a patient's name the audit found and covered) must not be
+    in them. Short strings keep nothing but their length."""
+    t = " ".join(str(text).split())
+    return f"{t[0]}...{t[-1]} ({len(t)})" if len(t) >= 5 else f"... ({len(t)})"
 
 
 def normalise(text: str) -> str:

@@ -561,11 +561,12 @@ def test_verify_strict_fails_images_with_text_left(tmp_path):
     leaky = FakeReader([outside, on_fill, weak, short])
     report_only = RedactConfig(verify=True, verify_rounds=0)
     res = Redactor(FakeDetector(), report_only, leaky).process(item)
-    assert res.status == "redacted" and res.remaining == 1 and res.legible == ["Smith"] and res.audit_covered == 0
-    assert json.loads((tmp_path / "a.json").read_text())["verify"]["legible"][0]["text"] == "Smith"
+    # what OCR read is reported masked: the audit trail is shared with the outputs
+    assert res.status == "redacted" and res.remaining == 1 and res.legible == ["S...h (5)"] and res.audit_covered == 0
+    assert json.loads((tmp_path / "a.json").read_text())["verify"]["legible"][0]["text"] == "S...h (5)"
     res = Redactor(FakeDetector(), replace(report_only, strict=True, force=True), leaky).process(item)
     assert res.status == "failed" and res.reason == "text_remaining" and not (tmp_path / "o.png").exists()
-    assert "Smith" in res.detail
+    assert "S...h (5)" in res.detail and "Smith" not in res.detail
     clean = Redactor(FakeDetector(), RedactConfig(verify=True, strict=True, force=True), FakeReader([on_fill])).process(item)
     assert clean.status == "redacted" and clean.remaining == 0
 

@@ -548,12 +548,13 @@ class Redactor:
 
     def _verify(self, out_bytes: bytes, masks: list[np.ndarray]) -> dict[str, Any]:
         """Legibility audit of the bytes actually written: decode them as a viewer would, read
-        every view with an OCR recogniser, and list what it reads outside the covered areas."""
+        every view with an OCR recogniser, and list what it reads outside the covered areas (its
+        text masked, `legibility.mask_text`: the audit trail must not hold the words removed)."""
         out_doc = codec.decode(out_bytes, self.cfg.max_pixels)
         legible: list[dict[str, Any]] = []
         for i, (page, mask) in enumerate(zip(out_doc.pages, masks)):
             readings = self.verifier.read_views(codec.detector_views(page))
-            legible.extend({"page": i, **r.as_dict()} for r in self.verifier.legible(readings, mask))
+            legible.extend({"page": i, **r.as_dict(masked=True)} for r in self.verifier.legible(readings, mask))
         return {"reader": self.verifier.version, "min_chars": self.verifier.min_chars,
                 "min_score": self.verifier.min_score, "remaining": len(legible), "legible": legible}
 
