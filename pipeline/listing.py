@@ -32,7 +32,7 @@ from typing import BinaryIO
 
 
 # What every stage takes as an image (the redact codec writes exactly these: see codec.EXTENSIONS).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".jif", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif")
 
 
 @dataclass(frozen=True)

@@ -922,3 +922,38 @@ def test_a_bad_style_is_one_line_without_the_reversibility_warning(tmp_path) -> 
     assert r.exit_code == 2 and "--style must be one of" in r.output and "reversible" not in r.output, r.output
     r = CliRunner().invoke(app, ["redact", str(tmp_path / "in"), str(tmp_path / "out"), "--color", "0,0,300"])
     assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+
+
+def test_files_left_out_are_named_and_images_with_nothing_found_are_counted(tmp_path):
+    """A walkthrough redacted a folder and got "5 redacted, 0 failed, exit 0" while five real
+    images (`d.jfif`, `f.dat`, `noext`...) were silently not in the output: only a count in
+    summary.json said so. `.jfif` is a JPEG name now; the others are named in the table's output,
+    redact.log and summary.json. An image where nothing was found is counted apart (real detector)."""
+    from PIL import ImageDraw, ImageFont
+    from matplotlib import font_manager
+
+    src = tmp_path / "in"
+    src.mkdir()
+    im = Image.new("RGB", (360, 120), "white")
+    ImageDraw.Draw(im).text((20, 40), "PATIENT 4711", font=ImageFont.truetype(font_manager.findfont("DejaVu Sans"), 28),
+                            fill="black")
+    im.save(src / "a.jfif", format="JPEG", quality=95)
+    Image.new("RGB", (200, 120), (200, 210, 220)).save(src / "blank.png")
+    im.save(src / "f.dat", format="PNG")
+    im.save(src / "noext", format="JPEG")
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "redact", str(src), str(tmp_path / "out"),
+                                 "--color", "255,0,255", "--detector", "ppocr"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.jfif", "blank.png"]
+    out = np.asarray(Image.open(tmp_path / "out" / "a.jfif"))
+    assert Image.open(tmp_path / "out" / "a.jfif").format == "JPEG"
+    ink = np.asarray(im.convert("L")) < 128
+    assert (np.abs(out.astype(int) - [255, 0, 255]).sum(axis=2) < 60)[ink].mean() > 0.97   # the words are covered
+    text = " ".join(r.output.split())
+    assert "ignored 2 file(s) not named as images" in text and "f.dat" in text and "noext" in text
+    assert "of which no text found" in text
+    summary = json.loads((tmp_path / "out.audit" / "summary.json").read_text())
+    assert summary["no_text_found"] == 1 and summary["redacted"] == 2
+    assert sorted(Path(p).name for p in summary["ignored_files"]) == ["f.dat", "noext"]
+    log = (tmp_path / "out.audit" / "redact.log").read_text()
+    assert "f.dat: ignored: not named as an image" in log and "noext: ignored" in log

@@ -131,10 +131,16 @@ def _render(c: Console, summary: RedactSummary, verify: bool) -> None:
     t = Table(title=f"redact {input} -> {output}", show_header=True)
     t.add_column("result")
     t.add_column("images", justify="right")
-    for key in ("redacted", "skipped", "held_for_review", "waiting_review", "dry_run", "failed"):
+    for key in ("redacted", "no_text_found", "skipped", "held_for_review", "waiting_review", "dry_run", "failed"):
         if summary[key] or key in ("redacted", "failed"):
-            t.add_row(key.replace("_", " "), str(summary[key]))
+            t.add_row("  of which no text found" if key == "no_text_found" else key.replace("_", " "), str(summary[key]))
     c.print(t)
+    if summary["ignored_non_images"]:
+        names = summary["ignored_files"]
+        c.print(f"[yellow]ignored[/] {summary['ignored_non_images']} file(s) not named as images (not redacted, not in "
+                f"the output): {', '.join(names[:5])}{' ...' if summary['ignored_non_images'] > 5 else ''} "
+                + ("(--json lists them)" if dry_run else f"(all in {audit_dir / 'redact.log'})"), highlight=False,
+                soft_wrap=True)
     for line in summary["errors"][:50]:
         c.print(f"[red]failed[/] {line}", highlight=False, soft_wrap=True)
     if len(summary["errors"]) > 50:

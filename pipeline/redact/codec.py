@@ -23,8 +23,8 @@ from pipeline.config import DEFAULT_MAX_PIXELS
 from pipeline.imaging import ImageRejected, check_pixels, rejecting_bad_images, to_uint8_rgb, visible_views
 
 SUPPORTED = ("JPEG", "PNG", "TIFF", "BMP", "WEBP")
-EXTENSIONS = {".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF",
-              ".bmp": "BMP", ".webp": "WEBP", ".gif": "GIF"}
+EXTENSIONS = {".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".jfif": "JPEG", ".jif": "JPEG", ".png": "PNG",
+              ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP", ".webp": "WEBP", ".gif": "GIF"}
 
 
 @dataclass

@@ -772,7 +772,14 @@ def write_manifest(audit: Path, results: Sequence[Result]) -> dict[str, str]:
     return {"csv": str(csv_path), "parquet": str(pq_path)}
 
 
-def summarize(results: Sequence[Result], seconds: float, ignored: int = 0) -> dict[str, Any]:
+MAX_LISTED_IGNORED = 1000   # summary.json names this many ignored files (redact.log names all)
+
+
+def summarize(results: Sequence[Result], seconds: float, ignored: Sequence[str] = ()) -> dict[str, Any]:
+    """The run's counts and lists. `no_text_found`: written images with nothing covered (the
+    detector found nothing above the threshold): counted apart, since in a batch of thousands a
+    threshold or detector problem shows as many of them. `ignored_files`: files left out because
+    their names are not image names (not redacted, not in the output)."""
     from collections import Counter
 
     by = Counter(r.status for r in results)
@@ -780,6 +787,7 @@ def summarize(results: Sequence[Result], seconds: float, ignored: int = 0) -> di
     return {
         "images": len(results),
         "redacted": by.get("redacted", 0),
+        "no_text_found": sum(1 for r in results if r.status == "redacted" and not r.n_boxes and not r.audit_covered),
         "skipped": by.get("skipped", 0),
         "held_for_review": by.get("held", 0),
         "waiting_review": by.get("waiting_review", 0),
@@ -789,7 +797,8 @@ def summarize(results: Sequence[Result], seconds: float, ignored: int = 0) -> di
         "remaining_text": sum(r.remaining for r in results),
         "audit_covered": sum(r.audit_covered for r in results),
         "legible": [{"input": r.rel, "text": t} for r in results for t in r.legible],
-        "ignored_non_images": ignored,
+        "ignored_non_images": len(ignored),
+        "ignored_files": list(ignored[:MAX_LISTED_IGNORED]),
         "seconds": round(seconds, 2),
         "images_per_s": round(len(processed) / seconds, 2) if seconds > 0 and processed else 0.0,
         "errors": [f"{r.src}: {r.reason}: {r.detail}" for r in results if r.status == "failed"],

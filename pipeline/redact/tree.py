@@ -40,6 +40,8 @@ class RedactSummary:
     legible: list[dict[str, str]]
     audit_covered: int              # --verify: strings OCR read in an output, then covered
     ignored_non_images: int
+    ignored_files: list[str]
+    no_text_found: int              # redacted images in which nothing was found to cover
     seconds: float
     images_per_s: float
     errors: list[str]
@@ -125,7 +127,7 @@ def redact_tree(input: str, output: str | Path, cfg: rr.RedactConfig = rr.Redact
     if not items and not planned.problems:
         if archive and Path(archive).is_dir() and any(p.is_file() for p in Path(archive).rglob("*")):
             # a finished --archive run moved every original away: running it again is a no-op
-            return RedactSummary(**rr.summarize([], 0.0, len(ignored)), model={}, input=input, output=str(output),
+            return RedactSummary(**rr.summarize([], 0.0, ignored), model={}, input=input, output=str(output),
                                  audit=str(audit_dir), detector="", settings={}, engine=engine, archived=0)
         raise ValueError(f"{input}: no images found (extensions: {', '.join(sorted(set(rr.codec.EXTENSIONS)))})")
     # the detector before any folder is made: a bad --scales or model leaves nothing behind;
@@ -164,6 +166,9 @@ def redact_tree(input: str, output: str | Path, cfg: rr.RedactConfig = rr.Redact
     remove_log = rr.add_log_file(audit_dir) if not dry_run else (lambda: None)
     try:
         rr.log.info("redact %s -> %s: detector %s, settings %s", input, output, det.version, cfg.settings(det.version))
+        for path in ignored:
+            rr.log.info("%s: ignored: not named as an image (%s); not redacted, not in the output", path,
+                        ", ".join(sorted(set(rr.codec.EXTENSIONS))))
         t0 = time.perf_counter()
         results: list[rr.Result] = list(pre_results) + planned.problems   # FIFOs, links out of the tree...
         failed_early = False
@@ -207,7 +212,7 @@ def redact_tree(input: str, output: str | Path, cfg: rr.RedactConfig = rr.Redact
 
         info = getattr(det, "info", None) or {}  # a trained model: its validation coverage (at the over-redaction budget)
         summary = RedactSummary(
-            **rr.summarize(results, seconds, len(ignored)),
+            **rr.summarize(results, seconds, ignored),
             model={"name": getattr(det, "name", ""), "version": det.version,
                    "validation_coverage": info.get("validation_coverage"),
                    "stock_validation_coverage": info.get("stock_validation_coverage"),
