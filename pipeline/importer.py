@@ -307,6 +307,7 @@ def import_labels(
                 if old is None and "/" in origin:  # stored before keys named the folder
                     old = cat.rekey_imported_annotation(image_id, f"import:{origin.rsplit('/', 1)[1]}", source)
                 fields = dict(zip(("boxes", "labels", "ignore", "state", "quads", "texts"), row))
+                unchanged = False
                 if old is None:
                     cat.add_annotation(image_id, source, **fields, annotator="import", updated_at=now, pulled_at=now)
                     summary.inserted += 1
@@ -315,10 +316,14 @@ def import_labels(
                     summary.updated += 1
                 else:
                     summary.unchanged += 1
+                    unchanged = True
+                # `curate --apply` sent the label back for review: the same label imported again
+                # does not settle that (a rerun of a pipeline script undid it); a changed one does
+                keep_review = (ImageStatus.NEEDS_REVIEW,) if unchanged else ()
                 others_have_boxes = any(st == "submitted" for src, st in cat.annotation_states(image_id).items()
                                         if src != source)     # another label source's boxes stay visible
                 new_status = ImageStatus.LABELLED if len(boxes) or others_have_boxes else ImageStatus.VERIFIED_EMPTY
-                cat.set_status(image_id, new_status, never_from=(ImageStatus.EXCLUDED,))
+                cat.set_status(image_id, new_status, never_from=(ImageStatus.EXCLUDED, *keep_review))
                 summary.excluded += int(img["status"] == ImageStatus.EXCLUDED)
                 summary.images += 1
                 summary.rotated += int(rotated)

@@ -60,7 +60,15 @@ def test_devset_jsonl_import_is_idempotent(ws, tmp_path: Path) -> None:
     s2 = import_labels(ws, [labels])
     assert s2.unchanged == 3 and s2.inserted == s2.updated == 0
     assert snapshot(ws) == before  # rerun: same catalog
-    # an edited label file updates the rows in place
+    # labels `curate --apply` sent back for review stay there when the same file is imported
+    # again (a rerun put them back to labelled / verified_empty, and training used them)
+    with ws.catalog() as cat:
+        for name in ("im0.png", "im2.png"):
+            cat.set_status(by[name]["image_id"], "needs_review")
+    import_labels(ws, [labels])
+    assert {n: r["status"] for n, r in annotations_by_name(ws).items()} == {
+        "im0.png": "needs_review", "im1.png": "labelled", "im2.png": "needs_review"}
+    # an edited label file updates the rows in place (and settles the review of what it changed)
     recs = [LabelledImage("images/im2.png", 64, 48, boxes=[[1, 1, 9, 9]])]
     write_jsonl(labels, recs)
     s3 = import_labels(ws, [labels])
