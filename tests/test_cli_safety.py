@@ -167,10 +167,14 @@ def test_read_only_commands_do_not_create_a_workspace_at_a_mistyped_path(tmp_pat
     from pipeline.cli.app import app
 
     typo = tmp_path / "wokspace"
-    for cmd in (["status"], ["report"]):
+    # so did every command that only reads the pool or the models (a walkthrough: rank, curate,
+    # predict, export and models list exited 0 with empty results; push made the folder)
+    for cmd in (["status"], ["report"], ["rank"], ["curate"], ["predict"], ["export", str(tmp_path / "exp")],
+                ["models", "list"], ["models", "promote", "db-x"], ["push"], ["pull"], ["studio", "init"],
+                ["studio", "status"], ["studio", "down"], ["evaluate"], ["iterate"]):
         r = CliRunner().invoke(app, ["-w", str(typo), *cmd])
-        assert r.exit_code == 2 and "no workspace here" in r.output, r.output
-        assert not typo.exists()
+        assert r.exit_code == 2 and "no workspace here" in r.output, (cmd, r.output)
+        assert not typo.exists(), cmd
     assert CliRunner().invoke(app, ["-w", str(typo), "init"]).exit_code == 0
     r = CliRunner().invoke(app, ["-w", str(typo), "--json", "status"])
     assert r.exit_code == 0 and json.loads(r.stdout)["images"] == 0

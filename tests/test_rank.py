@@ -203,6 +203,7 @@ def test_rank_cli_committee_equal_to_the_model_is_one_line_exit_2(tmp_path, fake
 
     from pipeline.cli.app import app
 
+    assert CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "init"]).exit_code == 0
     r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "rank", "--strategy", "committee",
                                  "--committee", "ppocr"])
     assert r.exit_code == 2, r.output

@@ -51,7 +51,7 @@ def curate_cmd(
         check_run_name(iteration)
     if label_action not in ("review", "exclude"):
         fail(f"--label-action must be review or exclude, got {label_action!r}", 2)
-    ws = st.ws()
+    ws = st.read_ws()
     with usage_errors():
         check_model_version(ws, model_version)
     try:

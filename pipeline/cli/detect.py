@@ -102,7 +102,7 @@ def predict_cmd(
         P.check_filters(split, status)
     det_opts = parse_options(option)
     det = open_detector(st, detector, det_opts)
-    ws = st.existing_ws() if images else st.ws()   # predicting files never creates a workspace
+    ws = st.existing_ws() if images else st.read_ws()   # predicting files never creates a workspace
     factory = SpecFactory(detector, str(ws.root) if ws is not None and detector == "current" else None, det_opts) \
         if engine == "ray" else None
     common = dict(out=out, threshold=threshold, batch_size=batch_size, engine=engine, factory=factory, workers=workers,
@@ -262,7 +262,7 @@ def evaluate_cmd(
         if out is not None:
             check_writable(out)
     try:
-        truth = load_ground_truth(gt, images, devset, st.ws() if gt is None and devset is None else None,
+        truth = load_ground_truth(gt, images, devset, st.read_ws() if gt is None and devset is None else None,
                                   split or "test", limit)
     except (OSError, ValueError) as exc:
         fail(str(exc), 2)

@@ -47,7 +47,7 @@ def iterate_cmd(
                             push=push, force=force)
     except ValueError as exc:
         fail(str(exc), 2)
-    ws = st.ws()
+    ws = st.read_ws()
     try:
         res = iterate(ws, cfg, say=lambda s: st.console.print(f"[bold]·[/] {s}", highlight=False))
     except KeyboardInterrupt:

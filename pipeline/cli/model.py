@@ -250,7 +250,7 @@ def models_list_cmd(ctx: typer.Context) -> None:
     from pipeline.bundle import list_models
 
     st = state(ctx)
-    models = list_models(st.ws())
+    models = list_models(st.read_ws())
 
     def render(c) -> None:
         if not models:
@@ -292,7 +292,7 @@ def models_promote_cmd(
 
     st = state(ctx)
     try:
-        check = promote_checked(st.ws(), version, force=force, threads=threads)
+        check = promote_checked(st.read_ws(), version, force=force, threads=threads)
     except KeyError as exc:
         fail(str(exc.args[0]), 2)   # a version that is not registered: usage
     except ValueError as exc:       # its bundle no longer loads (damaged since it was registered)

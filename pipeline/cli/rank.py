@@ -29,7 +29,7 @@ def rank_cmd(
 ) -> None:
     """Score unlabelled images by every strategy and pick the next batch (reports/ranking.parquet, read by push)."""
     st = state(ctx)
-    ws = st.ws()
+    ws = st.read_ws()
     try:
         options = RankOptions(strategy=strategy, top=top, committee=None if committee.lower() == "none" else committee,
                               tta=tta, diversity=diversity, kcenter=kcenter, min_score=min_score)

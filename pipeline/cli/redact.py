@@ -173,9 +173,10 @@ def _describe_model(model: dict) -> str:
                      + (f", stock {stock:.3f}" if stock is not None else "") + where)
     passes = model.get("passes")
     if passes:
-        extra = [f"{s:g}x" for s in passes["scales"][1:]]
+        first, extra = f"{passes['scales'][0]:g}x", [f"{s:g}x" for s in passes["scales"][1:]]
         where = {"small": " on small-text cells", "image": ""}.get(passes.get("refine") or "", "")
         side = f" (images up to {passes['scale_max_side']} px)" if passes.get("scale_max_side") else ""
-        parts.append("one 1x pass" if not extra else f"1x + {' + '.join(extra)}{where}{side}")
+        large = f", large text at {passes['large_text_side']} px" if passes.get("large_text_side") else ""
+        parts.append((f"one {first} pass" if not extra else f"{first} + {' + '.join(extra)}{where}{side}") + large)
     return f" ({'; '.join(parts)})" if parts else ""
 

@@ -55,7 +55,7 @@ def down_cmd(ctx: typer.Context) -> None:
     from pipeline.studio.launcher import down
 
     st = state(ctx)
-    res = down(st.ws().root)
+    res = down(st.read_ws().root)
     emit(st, res.as_dict(), lambda c: c.print(f"stopped Label Studio at {res.url} (pid {res.pid})" if res.stopped
                                               else res.reason or f"Label Studio at {res.url} was not running"))
 
@@ -66,7 +66,7 @@ def status_cmd(ctx: typer.Context) -> None:
     from pipeline.studio.launcher import status
 
     st = state(ctx)
-    res = status(st.ws().root)
+    res = status(st.read_ws().root)
     emit(st, res.as_dict(), lambda c: c.print(f"{res.url}: {'healthy' if res.healthy else 'not reachable'}"
                                               + (f" (started by textloop, pid {res.pid})" if res.started_by_textloop else "")))
     if not res.healthy:
@@ -86,7 +86,7 @@ def init_cmd(
     from pipeline.studio.project import init_project
 
     st = state(ctx)
-    ws = st.ws()
+    ws = st.read_ws()
     try:
         studio = connect_workspace(ws.root)
         res = init_project(ws, studio, [c for c in (classes or "").split(",") if c.strip()] or None, title, ml_backend,
@@ -118,7 +118,7 @@ def push_cmd(
     st = state(ctx)
     with usage_errors():
         check_split(split)
-    ws = st.ws()
+    ws = st.read_ws()
     try:
         with progress(st, "push") as update:
             res = run_push(ws, connect_workspace(ws.root), split=split, model=model, model_version=model_version,
@@ -145,7 +145,7 @@ def pull_cmd(
     st = state(ctx)
     if policy not in ("latest", "first"):
         fail(f"--policy must be latest or first, got {policy!r}", 2)
-    ws = st.ws()
+    ws = st.read_ws()
     try:
         res = run_pull(ws, connect_workspace(ws.root), policy=policy)
     except (StudioError, ValueError) as exc:
@@ -169,7 +169,7 @@ def export_cmd(
     with usage_errors():
         check_options(fmt, split)
     try:
-        res = export(st.ws(), out, fmt, split, tuple(c for c in classes.split(",") if c))
+        res = export(st.read_ws(), out, fmt, split, tuple(c for c in classes.split(",") if c))
     except (ValueError, OSError) as exc:
         fail(str(exc))
     def render(c) -> None:
