@@ -107,6 +107,7 @@ def test_contradictory_or_idle_options_are_refused(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("x")
     for args, msg, code in ((["train", "--resume", "--restart"], "give one", 2),
                             (["train", "--force"], "it needs --promote", 2),
+                            (["push", "--strategy", "best"], "--strategy must be ranked or one of", 2),
                             (["synth", "--backgrounds", str(tmp_path / "none")], "none", 2),
                             (["export", "--format", "jsonl", str(tmp_path / "afile")], "is not a folder", 1)):
         r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), *args])

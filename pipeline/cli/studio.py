@@ -102,7 +102,9 @@ def init_cmd(
 
 def push_cmd(
     ctx: typer.Context,
-    top: Optional[int] = typer.Option(None, min=1, help="Create at most N new tasks (most useful first)."),
+    top: Optional[int] = typer.Option(None, min=1, help="With --strategy: the first N images of the ranking (those already "
+                                      "in Label Studio count: the same push again adds nothing); without: at most N new "
+                                      "tasks, lowest confidence first."),
     strategy: Optional[str] = typer.Option(None, help="Order by <ws>/reports/ranking.parquet score_<S> (from `textloop rank`); "
                                                               "'ranked' = the strategy rank picked its batch by."),
     model: str = typer.Option("current", help="Detector: current | ppocr | path to bundle.zip."),
@@ -118,6 +120,11 @@ def push_cmd(
     st = state(ctx)
     with usage_errors():
         check_split(split)
+        if strategy is not None:
+            from pipeline.rank import STRATEGIES
+
+            if strategy not in (*STRATEGIES, "ranked"):
+                raise ValueError(f"--strategy must be ranked or one of {', '.join(STRATEGIES)}, got {strategy!r}")
     ws = st.read_ws()
     try:
         with progress(st, "push") as update:

@@ -288,9 +288,14 @@ def push_images(
                    and (image_ids is not None or images[i]["status"] not in LABELLED_STATUSES)]
         # Without a ranking the order needs predictions of all candidates; with one only of the chosen.
         if ranking is not None:
-            new_ids = order_images(new_ids, {}, ranking)
             if top is not None:
-                new_ids = new_ids[:top]
+                # the first `top` of the ranking (rank's batch first), counting those already in
+                # Label Studio: the same push again adds nothing (it sent the next `top` each time)
+                wanted = [i for i in images if image_ids is not None or images[i]["status"] not in LABELLED_STATUSES
+                          or i in server_tasks]
+                chosen = set(order_images(wanted, {}, ranking)[:top])
+                new_ids = [i for i in new_ids if i in chosen]
+            new_ids = order_images(new_ids, {}, ranking)
         upd_ids = [i for i in images if i in server_tasks and server_tasks[i] not in have_version] if update_existing else []
         need = list(dict.fromkeys(new_ids + upd_ids))
         # rank stores boxes down to 0.05 (weak boxes carry its uncertainty); labellers see only

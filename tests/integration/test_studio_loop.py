@@ -325,6 +325,9 @@ def test_push_with_ranking_orders_by_strategy_and_honours_top(live_studio, tmp_p
     for t in tasks:  # labellers see the boxes a redaction would use, not rank's weak ones
         pred = t.predictions[0] if isinstance(t.predictions[0], dict) else t.predictions[0].dict()
         assert pred["result"] and min(r["score"] for r in pred["result"]) >= 0.3
+    # the same push again is a no-op (it sent the next 3: a retried job doubled the batch)
+    again = push_images(ws, None, client=studio, detector=FakeDetector(), strategy="uncertainty", top=3)
+    assert again.tasks_created == 0 and len(_tasks(studio, res.project_id)) == 3
     with ws.catalog() as cat, cat.transaction() as tx:  # labelled elsewhere (e.g. `textloop import`)
         tx.execute("UPDATE images SET status = 'labelled' WHERE id = ?", (ids[0],))
     rest = push_images(ws, None, client=studio, detector=FakeDetector(), strategy="uncertainty")
