@@ -162,6 +162,29 @@ def test_report_on_empty_and_curated_workspace(tmp_path: Path) -> None:
     assert (Path(out["run_copy"]) / "report.html").exists()
 
 
+def test_an_interrupted_curation_leaves_the_reports_of_the_last_complete_one(tmp_path: Path, monkeypatch) -> None:
+    """Ctrl-C during label noise left reports/ with the new duplicate tables next to the old
+    label issues and summary (`report` mixed two runs), and exited 130 without a word."""
+    import pipeline.curate.stage as stage
+
+    ws, info = build_workspace(tmp_path)
+    runner = CliRunner()
+    assert runner.invoke(app, ["--workspace", str(ws.root), "curate"]).exit_code == 0
+    before = {f.name: f.read_bytes() for f in ws.reports_dir.iterdir() if f.is_file()}
+    assert {"duplicates.parquet", "label_issues.parquet", "curate_summary.json"} <= set(before)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stage, "find_label_noise", interrupted)
+    make_pool(tmp_path / "more", n=3, seed=5, broken=False)    # the next run sees other images
+    harvest(ws, [str(tmp_path / "more")])
+    res = runner.invoke(app, ["--workspace", str(ws.root), "curate"])
+    assert res.exit_code == 130 and "interrupted; reports/ keep the last complete curation" in " ".join(res.output.split())
+    after = {f.name: f.read_bytes() for f in ws.reports_dir.iterdir() if f.is_file()}
+    assert after == before
+
+
 def test_fastdup_missing_is_one_line_error(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("TEXTLOOP_FASTDUP_PYTHON", str(tmp_path / "missing" / "python"))
     pool = make_pool(tmp_path / "src", n=4, broken=False)

@@ -248,3 +248,19 @@ def test_rank_cli_with_real_ppocr_resolves_auto_and_writes_the_batch(tmp_path) -
     assert read_ranking(ws, "ranked")[2] == "uncertainty"
     bad = CliRunner().invoke(app, ["--workspace", str(ws.root), "rank", "--strategy", "best"])
     assert bad.exit_code == 2 and "unknown strategy 'best'" in bad.output
+
+
+def test_an_interrupted_rank_says_what_is_kept(tmp_path, monkeypatch) -> None:
+    """Ctrl-C in `rank` exited 130 without a word."""
+    from typer.testing import CliRunner
+
+    import pipeline.cli.rank as cli_rank
+    from pipeline.cli.app import app
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_rank, "rank_images", interrupted)
+    assert CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "init"]).exit_code == 0
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "rank"])
+    assert r.exit_code == 130 and "interrupted; the ranking was not written" in " ".join(r.stderr.split()), r.output

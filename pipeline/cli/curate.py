@@ -63,6 +63,9 @@ def curate_cmd(
         fail(str(exc))
     except RuntimeError as exc:
         fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted; reports/ keep the last complete curation (changes already applied to the catalog stay); "
+             "rerun the same command", 130)
 
     emit(st, summary.as_dict(), lambda c: _render(c, summary.as_dict(), engine, apply))
 

@@ -39,6 +39,9 @@ def rank_cmd(
         fail(str(exc), 2)
     except RankError as exc:
         fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted; the ranking was not written (predictions of finished images are kept in the catalog: "
+             "the same command again reuses them)", 130)
     emit(st, result.as_dict(), lambda c: _render(c, result))
 
 

@@ -108,8 +108,14 @@ def run_curate(
     with ws.catalog() as journal, journal.iteration("curate") as it:
         iteration = it.id if iteration is None else iteration
         run_dir = ws.run_dir(iteration) / "curate"
+        if run_dir.is_dir():   # this run's files only (a rerun under the same --iteration replaces them)
+            for f in run_dir.iterdir():
+                if f.is_file():
+                    f.unlink()
         run_dir.mkdir(parents=True, exist_ok=True)
-        folders = [ws.reports_dir, run_dir]
+        # written to the run's folder first and copied to reports/ when the run is complete: an
+        # interrupted run left reports/ half new, half old, and `report` mixed the two
+        folders = [run_dir]
         summary: dict[str, Any] = {"iteration": iteration, "engine": dup_cfg.engine, "applied": apply,
                                    "at": time.strftime("%Y-%m-%d %H:%M:%S")}
         actions: list[pd.DataFrame] = []
@@ -165,6 +171,9 @@ def run_curate(
         text = json.dumps(summary, indent=2, default=str)
         for f in folders:
             atomic_write_text(f / "curate_summary.json", text)
+        for f in sorted(run_dir.iterdir()):   # the complete run becomes the reports' curation
+            if f.is_file():
+                atomic_write_bytes(ws.reports_dir / f.name, f.read_bytes())
         it.counts = {"images": summary.get("duplicates", {}).get("images", 0),
                      "labelled": summary.get("label_noise", {}).get("labelled_images", 0),
                      "label_issues": summary.get("label_noise", {}).get("label_issues", 0),
