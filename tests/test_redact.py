@@ -566,6 +566,9 @@ def test_verify_strict_fails_images_with_text_left(tmp_path):
     assert json.loads((tmp_path / "a.json").read_text())["verify"]["legible"][0]["text"] == "S...h (5)"
     res = Redactor(FakeDetector(), replace(report_only, strict=True, force=True), leaky).process(item)
     assert res.status == "failed" and res.reason == "text_remaining" and not (tmp_path / "o.png").exists()
+    # the sidecar says so too (it kept the earlier run's "redacted" and the hash of the removed output)
+    sc = json.loads((tmp_path / "a.json").read_text())
+    assert sc["status"] == "failed" and sc["output"] is None and sc["output_sha256"] is None
     assert "S...h (5)" in res.detail and "Smith" not in res.detail
     clean = Redactor(FakeDetector(), RedactConfig(verify=True, strict=True, force=True), FakeReader([on_fill])).process(item)
     assert clean.status == "redacted" and clean.remaining == 0

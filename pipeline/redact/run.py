@@ -493,6 +493,9 @@ class Redactor:
                 shown = ", ".join(repr(t) for t in res.legible[:3])
                 res.detail = f"{res.remaining} legible string(s) in the output, e.g. {shown} (--strict; nothing written)"
                 Path(item.out).unlink(missing_ok=True)  # never leave an older output that looks done
+                # nor an older sidecar saying `redacted`, with the hash of the file just removed
+                self._write_sidecar(item, res, doc, covers, status="failed", verify=verify,
+                                    source="review" if reviewed is not None else "detector", dets=final)
                 return
         atomic_write_bytes(item.out, out_bytes)
         res.output_sha256 = sha256_bytes(out_bytes)
