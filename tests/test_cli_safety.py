@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -60,6 +61,9 @@ def test_an_interrupted_redact_says_so_exits_130_and_the_rerun_resumes(tmp_path:
     assert proc.returncode == 130, err[-800:]
     assert "interrupted after" in err and "rerun the same command to resume" in err
     assert not [p for p in out.rglob(".*") if p.is_file()]           # no temp files left
+    # the count is what was finished, including images the workers completed after the signal
+    said = int(re.search(r"interrupted after (\d+) images", err).group(1))
+    assert said == len(list(sidecars.glob("*.json"))), (said, err[-300:])
     done = len(list(out.glob("*.png")))
     assert 3 <= done < 40
     res = subprocess.run([sys.executable, "-m", "pipeline.cli.app", "--json", "redact", str(src), str(out)],

@@ -173,6 +173,7 @@ def redact_tree(input: str, output: str | Path, cfg: rr.RedactConfig = rr.Redact
         results: list[rr.Result] = list(pre_results) + planned.problems   # FIFOs, links out of the tree...
         failed_early = False
         stream = None
+        run_start = time.time()
         try:
             if engine == "ray":
                 from pipeline.redact.ray_engine import SpecFactory, ray_available, run_ray
@@ -194,7 +195,11 @@ def redact_tree(input: str, output: str | Path, cfg: rr.RedactConfig = rr.Redact
         except KeyboardInterrupt:
             if stream is not None and hasattr(stream, "close"):
                 stream.close()          # stop the engine's threads now, not at interpreter exit
-            message = f"interrupted after {len(results)} images; rerun the same command to resume (finished images are skipped)"
+            # images the workers finished after the signal are done too: count what has a sidecar
+            # written by this run (the results seen here lagged, "after 5" with 7 written)
+            done = sum(1 for it in items if _written_since(Path(it.sidecar), run_start))
+            message = (f"interrupted after {max(done, len(results) - len(pre_results) - len(planned.problems))} "
+                       "images; rerun the same command to resume (finished images are skipped)")
             rr.log.warning(message)
             raise KeyboardInterrupt(message) from None
         seconds = time.perf_counter() - t0
@@ -248,3 +253,11 @@ def _archive(results: list[rr.Result], items: Sequence[rr.Item], archive: Path, 
             except OSError as exc:
                 res.status, res.reason, res.detail = "failed", "archive_failed", str(exc)
     return archived
+
+
+def _written_since(path: Path, t: float) -> bool:
+    """Whether `path` exists and was last written at or after `t` (time.time())."""
+    try:
+        return path.stat().st_mtime >= t - 1e-3
+    except OSError:
+        return False
