@@ -116,6 +116,11 @@ def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
             os.replace(tmp, path)
         except (PermissionError, IsADirectoryError) as exc:
             raise UnwritableError(exc.errno, f"cannot write {path} ({exc.strerror or exc})", str(path)) from None
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):   # the destination is full: name it
+            raise UnwritableError(exc.errno, f"cannot write {path} ({exc.strerror or exc})", str(path)) from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -960,3 +960,52 @@ def test_files_left_out_are_named_and_images_with_nothing_found_are_counted(tmp_
     assert sorted(Path(p).name for p in summary["ignored_files"]) == ["f.dat", "noext"]
     log = (tmp_path / "out.audit" / "redact.log").read_text()
     assert "f.dat: ignored: not named as an image" in log and "noext: ignored" in log
+
+
+def test_a_full_disk_names_the_file_and_still_shows_what_happened(tmp_path, fake, monkeypatch):
+    """A full output disk was `io_error: [Errno 28] No space left on device` with no path; a full
+    audit disk printed one line and no table, though every output had been written."""
+    import errno as errno_
+    import os
+
+    import pipeline.io as io_
+    import pipeline.redact.tree as tree_
+
+    class Full:
+        def __init__(self, fd, mode):
+            os.close(fd)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def write(self, data):
+            raise OSError(errno_.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(io_.os, "fdopen", Full)
+    with pytest.raises(io_.UnwritableError, match=r"cannot write .*x\.bin \(No space left on device\)"):
+        io_.atomic_write_bytes(tmp_path / "x.bin", b"123")
+    assert not list(tmp_path.glob(".x.bin*"))                           # no temp file left
+    monkeypatch.undo()
+
+    src = make_tree(tmp_path / "in")
+    real = tree_.rr.atomic_write_text
+
+    def audit_disk_full(path, text):
+        if Path(path).name == "summary.json":
+            raise OSError(errno_.ENOSPC, "No space left on device")
+        return real(path, text)
+
+    import pipeline.detectors as dets
+    import pipeline.redact.run as rr_
+
+    # monkeypatch.undo() above also undid the `fake` fixture's detector: set it again
+    monkeypatch.setattr(dets, "load_detector", lambda spec="current", workspace=None, **kw: fake)
+    monkeypatch.setattr(rr_, "build_ppocr", lambda **kw: fake)
+    monkeypatch.setattr(tree_.rr, "atomic_write_text", audit_disk_full)
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "redact", str(src), str(tmp_path / "out")])
+    assert r.exit_code == 1
+    text = " ".join(r.output.split())
+    assert "redacted │ 5" in text and "audit trail not written" in text and "No space left" in text

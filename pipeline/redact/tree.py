@@ -21,7 +21,12 @@ Progress = Callable[[int, int], None]
 
 
 class AuditTrailError(RuntimeError):
-    """The images were processed but manifest or summary.json could not be written."""
+    """The images were processed but manifest or summary.json could not be written; `summary`
+    is what they would have said (the CLI still shows it: a full disk left the user nothing)."""
+
+    def __init__(self, message: str, summary: "RedactSummary | None" = None) -> None:
+        super().__init__(message)
+        self.summary = summary
 
 
 @dataclass(frozen=True)
@@ -234,7 +239,7 @@ def redact_tree(input: str, output: str | Path, cfg: rr.RedactConfig = rr.Redact
                 summary = replace(summary, manifest=rr.write_manifest(audit_dir, results))
                 rr.atomic_write_text(audit_dir / "summary.json", json.dumps(summary.as_dict(), indent=1, default=str) + "\n")
             except OSError as exc:
-                raise AuditTrailError(f"audit trail not written: {exc}") from exc
+                raise AuditTrailError(f"audit trail not written: {exc}", summary) from exc
             rr.log.info("summary: %s", {k: v for k, v in summary.as_dict().items() if k != "errors"})
         return summary
     finally:
