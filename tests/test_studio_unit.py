@@ -379,3 +379,36 @@ def test_a_push_killed_after_its_import_is_recorded_by_the_rerun(ws_with_image):
         assert cat.tasks(1) == {row["id"]: 7}
         assert 7 in cat.tasks_with_prediction(1, "ppocr-v4-det")
         assert cat.image(row["id"])["status"] == ImageStatus.PUSHED
+
+
+def test_up_uses_a_server_already_answering_at_label_studio_url(tmp_path, monkeypatch):
+    """`studio up` with a healthy server at LABEL_STUDIO_URL failed "port in use" (and without
+    --port it would have started a second one on 8080): it is used as it is, and `down` leaves it."""
+    import http.server
+    import threading
+
+    from pipeline.studio.launcher import loopback_port, up
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b'{"status": "UP"}' if self.path == "/health" else b"{}"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        port = srv.server_address[1]
+        monkeypatch.setenv("LABEL_STUDIO_URL", f"http://localhost:{port}")
+        res = up(tmp_path)
+        assert res.already_running and res.server.mode == "external" and res.server.port == port
+        assert not pid_file(tmp_path).exists()                     # not ours: `down` will not stop it
+        assert down(tmp_path).stopped is False
+        assert loopback_port("http://10.0.0.5:8080") is None and loopback_port("http://127.0.0.1") == 80
+    finally:
+        srv.shutdown()

@@ -26,7 +26,7 @@ def register(app: typer.Typer) -> None:
 @studio_app.command("up")
 def up_cmd(
     ctx: typer.Context,
-    port: Optional[int] = typer.Option(None, min=1, max=65535, help="Port on 127.0.0.1 (default 8080)."),
+    port: Optional[int] = typer.Option(None, min=1, max=65535, help="Port on 127.0.0.1 (default: LABEL_STUDIO_URL's when it is on this machine, else 8080)."),
     mode: str = typer.Option("auto", help="auto (docker if an engine is reachable, else local) | local | docker."),
     timeout: float = typer.Option(180.0, callback=positive, help="Seconds to wait for the server to become healthy."),
 ) -> None:
@@ -37,14 +37,16 @@ def up_cmd(
     ws = st.ws()
     try:
         with st.console.status("starting Label Studio (~40 s the first time)..."):
-            res = up(ws.root, port=port or 8080, mode=mode, timeout=timeout)
+            res = up(ws.root, port=port, mode=mode, timeout=timeout)
     except StudioError as exc:
         fail(str(exc))
     info = res.server
     moved = res.already_running and port is not None and info.port != port
     emit(st, res.as_dict(), lambda c: c.print(
+        f"Label Studio already running at {info.url} (not started by textloop: used as it is, "
+        "`studio down` leaves it)" if info.mode == "external" else
         f"Label Studio {'already running' if res.already_running else 'started'} at {info.url} "
-        f"({info.mode}, pid {info.pid}, log {info.log}); log in with LABEL_STUDIO_USERNAME/PASSWORD from .env"
+        f"({info.mode}, pid {info.pid}, log {info.log}); log in with LABEL_STUDIO_USERNAME/PASSWORD"
         + (f"\n--port {port} not used: this workspace's server already runs on {info.port} "
            "(`textloop studio down` first to move it)" if moved else "")))
 

@@ -95,20 +95,14 @@ def server_env(files_root: Path, data_dir: Path, username: str, password: str, t
 
 def wait_healthy(url: str, timeout: float = 180.0, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
     """Poll GET /health until {"status": "UP"}; fail early if the process died."""
-    import httpx
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log and log.exists() else []
             raise StudioError(f"label-studio exited with code {proc.returncode} during start-up"
                               + (f": {tail[0][:200]}" if tail else "") + (f" (log: {log})" if log else ""))
-        try:
-            r = httpx.get(url + "/health", timeout=2.0)
-            if r.status_code == 200 and "UP" in r.text:
-                return
-        except httpx.HTTPError:
-            pass
+        if is_healthy(url, timeout=2.0):
+            return
         time.sleep(0.5)
     raise StudioError(f"label-studio at {url} not healthy after {timeout:.0f} s" + (f" (log: {log})" if log else ""))
 
@@ -255,13 +249,20 @@ class StatusResult:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-def up(ws_root: Path, port: int = 8080, mode: str = "auto", timeout: float = 180.0) -> UpResult:
-    """Start Label Studio for the workspace unless ours is already running. Returns its info."""
+def up(ws_root: Path, port: int | None = None, mode: str = "auto", timeout: float = 180.0) -> UpResult:
+    """Start Label Studio for the workspace unless ours is already running, or one answers at
+    the port (`port`, else LABEL_STUDIO_URL's when it is on this machine, else 8080): that one is
+    used as it is (mode `external`; `down` never stops it). Returns its info."""
     ws_root = ws_root.resolve()
     current = read_info(ws_root)
     if current and current.mode == "local" and current.pid and _is_label_studio(current.pid):
         return UpResult(current, already_running=True)
     s = load_settings()
+    port = port or loopback_port(s.url) or 8080
+    url = f"http://127.0.0.1:{port}"
+    if is_healthy(url):   # it said "port in use" for the server LABEL_STUDIO_URL names
+        return UpResult(ServerInfo(url=url, port=port, pid=None, mode="external", data_dir="", files_root="",
+                                   log="", started_at=time.time()), already_running=True)
     if mode == "docker" or (mode == "auto" and docker_available()):
         compose = REPO / "docker-compose.yml"
         env = dict(os.environ, TEXTLOOP_WORKSPACE_DIR=str(ws_root), LABEL_STUDIO_PORT=str(port))
@@ -277,6 +278,30 @@ def up(ws_root: Path, port: int = 8080, mode: str = "auto", timeout: float = 180
         info, _ = start_local(ws_root, ws_root / "labelstudio" / "server", port, s.username, s.password, s.api_key, timeout)
     atomic_write_text(pid_file(ws_root), json.dumps(asdict(info), indent=2))
     return UpResult(info, already_running=False)
+
+
+def loopback_port(url: str) -> int | None:
+    """The port of `url` when it names this machine (the only place `up` can start a server)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        if parts.hostname in ("127.0.0.1", "localhost", "::1"):
+            return parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        pass
+    return None
+
+
+def is_healthy(url: str, timeout: float = 3.0) -> bool:
+    """Whether a Label Studio answers GET /health at `url`."""
+    import httpx
+
+    try:
+        r = httpx.get(url + "/health", timeout=timeout)
+        return r.status_code == 200 and "UP" in r.text
+    except httpx.HTTPError:
+        return False
 
 
 def down(ws_root: Path) -> DownResult:
@@ -298,15 +323,10 @@ def down(ws_root: Path) -> DownResult:
 
 def status(ws_root: Path) -> StatusResult:
     """Is the workspace's server (or LABEL_STUDIO_URL) up?"""
-    import httpx
-
     ws_root = ws_root.resolve()
     info = read_info(ws_root)
     url = info.url if info else load_settings().url
-    try:
-        healthy = httpx.get(url + "/health", timeout=3.0).status_code == 200
-    except httpx.HTTPError:
-        healthy = False
+    healthy = is_healthy(url)
     running = bool(info and (info.mode == "docker" or (info.pid and _is_label_studio(info.pid))))
     return StatusResult(url=url, healthy=healthy, started_by_textloop=running, pid=info.pid if info else None,
                         mode=info.mode if info else None, log=info.log if info else None)
