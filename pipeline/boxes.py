@@ -456,6 +456,13 @@ def quad_frames(quads: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
     return u, v, np.stack([pu.min(1), pu.max(1)], 1), np.stack([pv.min(1), pv.max(1)], 1)
 
 
+def quad_thickness(quads: Any) -> np.ndarray:
+    """Per quad (N,4,2): its extent along its own short side (a text line's height, however
+    it is turned)."""
+    _, _, _, ev = quad_frames(quads)
+    return ev[:, 1] - ev[:, 0]
+
+
 def grow_quads(quads: Any, px: float = 0.0, frac_of_height: float = 0.0) -> np.ndarray:
     """Each quad's oriented rectangle grown by `px` + `frac_of_height` x its height (extent along
     its own short side) on every side; corners (N,4,2) in the order of `xyxy_to_quad` in the

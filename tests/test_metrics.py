@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from pipeline.boxes import Detections
+from pipeline.detectors.ppocr import BASE_VERSION, PPOCRConfig, config_version
 from pipeline.evaluate import (METRIC_KEYS, average_precision, coverage_counts, evaluate, evaluate_by_source,
                                json_safe, match_image)
 from pipeline.formats import LabelledImage
@@ -174,7 +175,7 @@ def test_cli_evaluate_devset_gt_and_workspace(tmp_path) -> None:
     assert r.exit_code == 0, r.output
     rep = json.loads(r.stdout)
     assert json.loads((tmp_path / "report.json").read_text()) == rep
-    assert set(rep["by_source"]) == {"neg", "text"} and rep["model_version"] == "ppocr-v4-det"
+    assert set(rep["by_source"]) == {"neg", "text"} and rep["model_version"] == config_version(BASE_VERSION, PPOCRConfig())
     assert rep["by_source"]["text"]["text_coverage"] > 0.9 and rep["by_source"]["text"]["recall"] == 1.0
     assert rep["by_source"]["neg"]["over_redaction"] == 0 and rep["by_source"]["neg"]["recall"] is None
     assert rep["overall"]["n_images"] == 2 and rep["sweep"]["0.99"]["n_pred"] == 0

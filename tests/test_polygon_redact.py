@@ -304,13 +304,17 @@ def test_a_promoted_tuned_model_gets_the_small_text_pass_too(tmp_path, ws, reade
                       sum(bool(covered[y0:y1, x0:x1].mean() > 0.9) for x0, y0, x1, y1 in boxes))
         assert sc["detector"]["passes"] == summary.model["passes"]
         if name == "default":   # the summary says which passes ran, and what the model scored
-            assert summary.model["passes"] == {"scales": [1.0, 2.0], "refine": "small", "scale_max_side": 1600}
+            assert summary.model["passes"] == {"scales": [1.0, 2.0], "refine": "small", "scale_max_side": 1600,
+                                               "large_text_side": 640}
             assert summary.model["validation_coverage"] == pytest.approx(0.9)
             assert _describe_model(summary.model) == (" (validation coverage 0.900 at the budget, validation when trained; "
-                                                      "1x + 2x on small-text cells (images up to 1600 px))")
+                                                      "1x + 2x on small-text cells (images up to 1600 px), "
+                                                      "large text at 640 px)")
         else:
-            assert _describe_model(summary.model).endswith("; one 1x pass)")
-    assert runs["one"][0] == version and runs["default"][0].startswith(version + "+")
+            assert _describe_model(summary.model).endswith("; one 1x pass, large text at 640 px)")
+    # both carry the pass options (the large-text pass's revision at least), and differ
+    assert runs["one"][0].startswith(version + "+") and runs["default"][0].startswith(version + "+")
+    assert runs["one"][0] != runs["default"][0]
     assert runs["default"][1] == runs["default"][0]
     assert runs["default"][2] == len(boxes) and runs["one"][2] < len(boxes)   # the 2x cells found what 1x missed
     # and the recogniser reads none of the small words in the default's output

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.boxes import Detections, quad_to_xyxy
+from pipeline.boxes import Detections, quad_thickness, quad_to_xyxy
 from pipeline.config import check_number
 from pipeline.detectors.tiling import Tiler, merge_boxes
 
@@ -62,6 +62,14 @@ class PPOCRConfig:
     refine_cell: int = 192         # candidates mark cells of a grid of this size (image px) ...
     refine_margin: int = 32        # ... and each row run of marked cells runs with this context
                                    # (DB needs it: a 96 px window around a 6 px word finds nothing)
+    # Text too large for the first pass (a name 240 px tall on a 600 px image, upscaled to 736 px,
+    # or a 500 px banner at 1x: DB sees strokes, not words, and boxes only parts of letters) is
+    # whole at a coarser scale. When the first pass finds something this thick (its pixels), one
+    # more pass runs with the image's long side at `large_text_side` px, and keeps what it finds
+    # at least `large_text_keep` px thick there (small text it cannot see stays the 1x pass's).
+    large_text_side: int = 640     # 0: never
+    large_text_trigger: float = 128.0
+    large_text_keep: float = 16.0
     threads: int = 2               # onnxruntime intra-op threads
     model_path: str = ""           # default: the model inside the rapidocr wheel
 
@@ -72,6 +80,8 @@ class PPOCRConfig:
                                       and 0 < x <= MAX_SCALE for x in self.scales):
             # a pass at scale s holds s^2 times the image's pixels: 100x of a small image is 20 GB
             raise ValueError(f"scales must be numbers above 0 and at most {MAX_SCALE:g}, got {self.scales}")
+        if len(set(self.scales)) != len(self.scales):   # `--scales 1,1` ran the same pass twice
+            raise ValueError(f"scales must be different from each other, got {', '.join(f'{x:g}' for x in self.scales)}")
         if self.tile_overlap >= self.tile_size:
             raise ValueError("tile_overlap must be smaller than tile_size")
         if self.refine not in ("image", "small"):
@@ -86,6 +96,7 @@ _RANGES: dict[str, tuple[float, float, type]] = {
     "tile_overlap": (0, 8192, int), "max_upscale": (1.0, 16.0, float), "scale_max_side": (0, 1 << 20, int),
     "refine_thresh": (0.0, 1.0, float), "refine_max_height": (1.0, 10000.0, float), "refine_edges": (0, 255, int),
     "refine_cell": (16, 8192, int), "refine_margin": (0, 8192, int), "threads": (1, 1024, int),
+    "large_text_side": (0, 16384, int), "large_text_trigger": (1.0, 16384.0, float), "large_text_keep": (0.0, 16384.0, float),
 }
 
 
@@ -93,6 +104,9 @@ _RANGES: dict[str, tuple[float, float, type]] = {
 # pass finds, so outputs of the older choice are redone, not resumed. 2: a form's ruling is
 # taken out of the edge clusters.
 SMALL_WINDOWS_REVISION = 2
+# The large-text pass (`large_text_side`): part of every version while it is on, so outputs
+# made before it existed are redone, not resumed (they may have left a large name legible).
+LARGE_TEXT_REVISION = 1
 
 
 def config_version(base: str, config: PPOCRConfig, skip: tuple[str, ...] = ()) -> str:
@@ -106,6 +120,11 @@ def config_version(base: str, config: PPOCRConfig, skip: tuple[str, ...] = ()) -
     changed = {k: v for k, v in asdict(config).items() if k not in ignore and default[k] != v}
     if len(config.scales) > 1 and config.refine == "small":
         changed["small_windows_revision"] = SMALL_WINDOWS_REVISION
+    if config.large_text_side:
+        changed["large_text_revision"] = LARGE_TEXT_REVISION
+    else:   # off: the passes of the versions before it existed
+        for k in ("large_text_side", "large_text_trigger", "large_text_keep"):
+            changed.pop(k, None)
     if not changed:
         return base
     return f"{base}+{hashlib.sha256(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:8]}"
@@ -213,7 +232,8 @@ class PPOCRDetector:
         """The passes this detector runs, for summaries and sidecars (the version only hashes them)."""
         c = self.config
         return {"scales": list(c.scales), "refine": c.refine if len(c.scales) > 1 else None,
-                "scale_max_side": c.scale_max_side if len(c.scales) > 1 else None}
+                "scale_max_side": c.scale_max_side if len(c.scales) > 1 else None,
+                "large_text_side": c.large_text_side or None}
 
     def cache_maps(self, on: bool = True) -> None:
         """Keep each input's probability map in memory (validation grids; off by default). Turning
@@ -259,10 +279,7 @@ class PPOCRDetector:
         quads = np.asarray(quads, dtype=np.float64).reshape(-1, 4, 2)
         scores = np.asarray(scores, dtype=np.float64).reshape(-1)
         if len(quads):
-            # drop slivers (rapidocr's filter: sides of 3 px or less), keeping scores aligned
-            sides = np.stack([np.linalg.norm(quads[:, 0] - quads[:, 1], axis=1),
-                              np.linalg.norm(quads[:, 0] - quads[:, 3], axis=1)], axis=1)
-            keep = sides.min(axis=1) > 3
+            keep = quad_thickness(quads) > 3   # drop slivers (rapidocr's filter: 3 px or thinner)
             quads, scores = quads[keep], scores[keep]
         return quads, scores
 
@@ -294,6 +311,29 @@ class PPOCRDetector:
         for (tx, ty, _, _), view in tiler.slices(bgr):
             q, s = self._run(view, scale)
             out.append((q + np.array([x0 + tx, y0 + ty], dtype=np.float64), s))
+
+    def _large_text_pass(self, bgr: np.ndarray, first_scale: float, found: list[tuple[np.ndarray, np.ndarray]]
+                         ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The coarse pass for text too large for the first one (see `large_text_side`): only when
+        the first pass found something `large_text_trigger` thick, and only if it is coarser than
+        the first pass by 1.5x or more; what it finds thinner than `large_text_keep` is dropped.
+        Its finds join the others after the small-text windows are chosen: a large box must not
+        hide the small words inside its area from the 2x pass."""
+        c = self.config
+        h, w = bgr.shape[:2]
+        if not c.large_text_side or not found:
+            return []
+        scale = c.large_text_side / max(w, h)
+        quads = np.concatenate([q for q, _ in found])
+        if scale * 1.5 > first_scale or not len(quads) or quad_thickness(quads).max() * first_scale < c.large_text_trigger:
+            return []
+        extra: list[tuple[np.ndarray, np.ndarray]] = []
+        self._pass(bgr, scale, False, 0, 0, extra)
+        kept = []
+        for q, s in extra:
+            keep = quad_thickness(q) * scale >= c.large_text_keep
+            kept.append((q[keep], s[keep]))
+        return kept
 
     def small_text_windows(self, prob: np.ndarray, w: int, h: int, bgr: np.ndarray | None = None,
                            found: np.ndarray | None = None) -> np.ndarray:
@@ -372,6 +412,7 @@ class PPOCRDetector:
         found: list[tuple[np.ndarray, np.ndarray]] = []
         passes = self._passes(w, h)
         first_map: list[np.ndarray] = []
+        large: list[tuple[np.ndarray, np.ndarray]] = []
         for k, (scale, tiled) in enumerate(passes):
             if k > 0 and c.refine == "small" and scale > passes[0][0]:
                 if not first_map:   # the first pass was tiled: no map, so no way to choose
@@ -383,7 +424,10 @@ class PPOCRDetector:
                     self._pass(win, scale, max(win.shape[:2]) * scale > c.max_side, int(x0), int(y0), found)
                 continue
             self._pass(bgr, scale, tiled, 0, 0, found, first_map if (k == 0 and not tiled) else None)
+            if k == 0 and not tiled:
+                large = self._large_text_pass(bgr, scale, found)
         first_map.clear()
+        found += large
         all_quads = np.concatenate([q for q, _ in found]) if found else np.zeros((0, 4, 2))
         all_scores = np.concatenate([s for _, s in found]) if found else np.zeros((0,))
         group = np.concatenate([np.full(len(s), i) for i, (_, s) in enumerate(found)]) if found else np.zeros((0,), int)
