@@ -62,6 +62,24 @@ def test_load_detector_ppocr_passes_options() -> None:
     assert det.config.box_thresh == 0.6 and det.version != "ppocr-v4-det"
     with pytest.raises(ValueError, match="unknown ppocr option"):
         PPOCRDetector(nonsense=1)
+    from pipeline.detectors.ppocr import PPOCRConfig
+
+    with pytest.raises(ValueError, match="scales must be different from each other, got 1, 1"):
+        PPOCRConfig(scales=(1.0, 1.0))   # `--scales 1,1` ran the same pass twice
+    with pytest.raises(ValueError, match="large_text_side"):
+        PPOCRConfig(large_text_side=-1)
+
+
+def test_the_summary_names_the_passes_that_ran() -> None:
+    """`--scales 2` (one 2x pass) was described as "one 1x pass"."""
+    from pipeline.cli.redact import _describe_model
+
+    def said(scales: list[float], refine: str | None = None, large: int | None = None) -> str:
+        return _describe_model({"passes": {"scales": scales, "refine": refine, "scale_max_side": None,
+                                           "large_text_side": large}})
+
+    assert said([2.0]) == " (one 2x pass)" and said([0.5], large=640) == " (one 0.5x pass, large text at 640 px)"
+    assert said([1.0, 2.0], "small") == " (1x + 2x on small-text cells)"
 
 
 def test_merge_boxes_unions_line_pieces_and_duplicates() -> None:
