@@ -390,9 +390,9 @@ def test_up_uses_a_server_already_answering_at_label_studio_url(tmp_path, monkey
     from pipeline.studio.launcher import loopback_port, up
 
     class Health(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = b'{"status": "UP"}' if self.path == "/health" else b"{}"
-            self.send_response(200)
+        def do_GET(self):   # healthy, and every API call refused: a wrong token
+            body = b'{"status": "UP"}' if self.path == "/health" else b'{"detail": "Invalid token."}'
+            self.send_response(200 if self.path == "/health" else 401)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -410,5 +410,26 @@ def test_up_uses_a_server_already_answering_at_label_studio_url(tmp_path, monkey
         assert not pid_file(tmp_path).exists()                     # not ours: `down` will not stop it
         assert down(tmp_path).stopped is False
         assert loopback_port("http://10.0.0.5:8080") is None and loopback_port("http://127.0.0.1") == 80
+        # `studio status` said "healthy" (exit 0) with a token every push and pull then failed on
+        monkeypatch.setenv("LABEL_STUDIO_API_KEY", "wrong")
+        ws = str(tmp_path / "ws")
+        assert CliRunner().invoke(app, ["-w", ws, "init"]).exit_code == 0
+        r = CliRunner().invoke(app, ["-w", ws, "studio", "status"])
+        assert r.exit_code == 1 and "healthy; token:" in r.output and "rejected the API token (HTTP 401)" in r.output
     finally:
         srv.shutdown()
+
+
+def test_studio_errors_name_the_timeout_and_never_paste_a_web_page():
+    """A hung server said "did not answer in time" after 2 minutes of silence, naming no limit; a
+    LABEL_STUDIO_URL with a path pasted the server's HTML page into the error."""
+    import httpx
+    from label_studio_sdk.core.api_error import ApiError
+
+    from pipeline.studio.client import explain
+
+    slow = str(explain(httpx.ReadTimeout("timed out"), "http://127.0.0.1:8391"))
+    assert "did not answer in time (120 s per request, 600 s for a task import)" in slow
+    page = "<!doctype html> <html lang='en'> <head> <meta charset='utf-8'> " + "x" * 500
+    wrong = str(explain(ApiError(status_code=404, body=page), "http://127.0.0.1:8391/foo"))
+    assert "HTTP 404" in wrong and "<" not in wrong and "LABEL_STUDIO_URL the server's root" in wrong

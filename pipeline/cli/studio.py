@@ -70,8 +70,9 @@ def status_cmd(ctx: typer.Context) -> None:
     st = state(ctx)
     res = status(st.read_ws().root)
     emit(st, res.as_dict(), lambda c: c.print(f"{res.url}: {'healthy' if res.healthy else 'not reachable'}"
-                                              + (f" (started by textloop, pid {res.pid})" if res.started_by_textloop else "")))
-    if not res.healthy:
+                                              + (f" (started by textloop, pid {res.pid})" if res.started_by_textloop else "")
+                                              + (f"; token: {res.token}" if res.token and res.token != "accepted" else "")))
+    if not res.healthy or res.token != "accepted":
         raise typer.Exit(1)
 
 

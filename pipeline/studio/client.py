@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_URL = "http://127.0.0.1:8080"
+REQUEST_TIMEOUT = 120.0    # seconds per API request (connect())
+IMPORT_TIMEOUT = 600.0     # seconds for one task import (a batch of 500 tasks)
 
 
 class StudioError(Exception):
@@ -86,7 +88,8 @@ def explain(exc: BaseException, url: str) -> StudioError:
     if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
         return StudioError(f"Label Studio is not reachable at {url} (server down?); start one with `textloop studio up` or set LABEL_STUDIO_URL")
     if isinstance(exc, httpx.TimeoutException):
-        return StudioError(f"Label Studio at {url} did not answer in time")
+        return StudioError(f"Label Studio at {url} did not answer in time ({REQUEST_TIMEOUT:g} s per request, "
+                           f"{IMPORT_TIMEOUT:g} s for a task import): is it stopped or overloaded?")
     if isinstance(exc, httpx.HTTPError):
         return StudioError(f"Label Studio at {url}: {type(exc).__name__}: {exc}")
     if isinstance(exc, ApiError):
@@ -109,6 +112,8 @@ def _short_detail(body: Any) -> str:
     else:
         text = str(body)
     text = " ".join(text.split())
+    if text[:15].lower().startswith(("<!doctype", "<html")):   # a web page, not the API: the URL has a path
+        return "a web page instead of the API (is LABEL_STUDIO_URL the server's root, without a path?)"
     return text[:300]
 
 
@@ -145,7 +150,7 @@ class Studio:
             headers = dict(wrapper.get_headers(), **{"Content-Type": "application/json"})
             r = wrapper.httpx_client.httpx_client.post(
                 f"{self.url}/{path.lstrip('/')}", content=_json.dumps(payload, separators=(",", ":")),
-                params=params, headers=headers, timeout=600)
+                params=params, headers=headers, timeout=IMPORT_TIMEOUT)
             try:
                 body = r.json()
             except ValueError:
@@ -161,7 +166,7 @@ class Studio:
 
 
 def connect(url: str | None = None, api_key: str | None = None, env_file: str | Path | None = None,
-            timeout: float = 120.0, check: bool = True, local_files_root: str | Path | None = None) -> Studio:
+            timeout: float = REQUEST_TIMEOUT, check: bool = True, local_files_root: str | Path | None = None) -> Studio:
     """A checked connection: raises StudioError if the server is down or the token is wrong."""
     from label_studio_sdk import LabelStudio
 

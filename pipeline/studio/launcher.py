@@ -244,6 +244,7 @@ class StatusResult:
     pid: int | None
     mode: str | None
     log: str | None
+    token: str | None = None   # healthy only: "accepted" | why it is not ("rejected (HTTP 401) ...")
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -327,9 +328,16 @@ def status(ws_root: Path) -> StatusResult:
     info = read_info(ws_root)
     url = info.url if info else load_settings().url
     healthy = is_healthy(url)
+    token = None
+    if healthy:   # "healthy" with a wrong token, and every push and pull then failed HTTP 401
+        try:
+            connect(url=url, timeout=10.0)
+            token = "accepted"
+        except StudioError as exc:
+            token = str(exc)
     running = bool(info and (info.mode == "docker" or (info.pid and _is_label_studio(info.pid))))
     return StatusResult(url=url, healthy=healthy, started_by_textloop=running, pid=info.pid if info else None,
-                        mode=info.mode if info else None, log=info.log if info else None)
+                        mode=info.mode if info else None, log=info.log if info else None, token=token)
 
 
 def connect_workspace(ws_root: Path) -> Studio:
