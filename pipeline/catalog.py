@@ -522,6 +522,17 @@ class Catalog:
                 (source, reason, detail[:500], time.time()),
             )
 
+    def rejects_under(self, folder: str) -> list[str]:
+        """Sources of the rejects inside `folder` (an absolute path)."""
+        prefix = folder.rstrip("/") + "/"
+        return [r["source"] for r in self.query("SELECT source FROM rejects WHERE substr(source, 1, ?) = ?",
+                                                (len(prefix), prefix))]
+
+    def forget_rejects(self, sources: Sequence[str]) -> None:
+        with self.transaction() as tx:
+            for chunk in _chunks(list(sources)):
+                tx.execute(f"DELETE FROM rejects WHERE source IN ({_marks(chunk)})", chunk)
+
     def reject(self, source: str) -> Row | None:
         rows = self.query("SELECT reason, detail FROM rejects WHERE source = ?", (source,))
         return rows[0] if rows else None

@@ -156,7 +156,7 @@ def expand_sources(sources: Iterable[str]) -> tuple[list[Item], list[Reject]]:
         try:
             problem = None if path.is_dir() else file_problem(path)
             if problem is not None:  # missing, dangling, FIFO/device: never opened
-                errors.append(Reject(str(path), *problem))
+                errors.append(Reject(_entry_key(path), *problem, shown=str(path)))
             elif path.is_dir():
                 items.extend(_walk_folder(path, errors))
             elif path.suffix.lower() == ".csv":
@@ -170,12 +170,23 @@ def expand_sources(sources: Iterable[str]) -> tuple[list[Item], list[Reject]]:
     return items, errors
 
 
+def _entry_key(path: Path) -> str:
+    """The catalog key of an entry that is not opened (a FIFO, a dangling or outside link): its
+    real folder joined with its own name (the link itself, not what it points to), so one entry
+    typed as `src/x`, `/abs/src/x` or through a linked folder is one reject, not three."""
+    path = Path(path).expanduser()
+    try:
+        return str(path.parent.resolve() / path.name)
+    except OSError:
+        return str(path.absolute())
+
+
 def _walk_folder(folder: Path, errors: list[Reject]) -> Iterator[Item]:
     """Image files under `folder` by the shared listing rule (`pipeline.listing`); entries it
     skips (FIFOs, links out of the tree, dangling links, unreadable folders) become rejects."""
     for entry in iter_image_files(folder, IMAGE_EXTENSIONS):
         if isinstance(entry, Skipped):
-            errors.append(Reject(str(entry.path), entry.reason, entry.detail))
+            errors.append(Reject(_entry_key(entry.path), entry.reason, entry.detail, shown=str(entry.path)))
         else:
             yield Item(str(entry.path.resolve()), entry.path.name, False, shown=str(entry.path))
 
@@ -527,6 +538,7 @@ def harvest(
     cfg = cfg or HarvestConfig()
     t0 = time.perf_counter()
     summary = HarvestSummary()
+    sources = list(sources)
     items, source_errors = expand_sources(sources)
     with _workspace_lock(ws), ws.catalog() as cat:
         for stale in ws.tmp_dir.glob("*.part"):
@@ -534,6 +546,11 @@ def harvest(
         with cat.transaction():
             for r in source_errors:
                 _record_reject(cat, r, summary)
+            # a reject whose entry is gone from a folder harvested again (a deleted dangling link)
+            # is no longer a problem of the sources: `status` counted it for ever
+            for folder in {_entry_key(Path(x)) for x in sources if not is_url(x) and Path(x).expanduser().is_dir()}:
+                cat.forget_rejects([src for src in cat.rejects_under(str(Path(folder).resolve()))
+                                    if not os.path.lexists(src)])
         seen: set[str] = set()
         todo: list[Item] = []
         for it in items:

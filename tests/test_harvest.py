@@ -347,3 +347,23 @@ def test_reject_lines_show_paths_as_the_folder_was_typed(ws: Workspace, tmp_path
     assert sorted(line.split(":")[0] for line in s.reject_lines) == [
         "src/empty.png", "src/notes.jpg", "src/pipe.jpg", "src/trunc.jpg"]
     assert str(tmp_path / "src" / "empty.png") in {r["source"] for r in rows(ws, "SELECT source FROM rejects")}
+
+
+def test_an_entry_is_one_reject_however_its_folder_is_typed_and_goes_when_it_goes(ws: Workspace, tmp_path: Path,
+                                                                                    monkeypatch) -> None:
+    """A FIFO harvested as `src`, `/abs/src` and through a linked folder was three rejects in
+    `status`; a deleted dangling link stayed one for ever."""
+    make_messy_folder(tmp_path / "src")
+    os.mkfifo(tmp_path / "src" / "pipe.jpg")
+    (tmp_path / "src" / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    (tmp_path / "srclink").symlink_to(tmp_path / "src")
+    monkeypatch.chdir(tmp_path)
+    for typed in ("src", str(tmp_path / "src"), "srclink"):
+        harvest(ws, [typed], FAST)
+    listed = sorted(r["source"] for r in rows(ws, "SELECT source FROM rejects WHERE reason IN "
+                                                  "('not_a_regular_file', 'dangling_symlink')"))
+    assert listed == [str(tmp_path.resolve() / "src" / "dangling.png"), str(tmp_path.resolve() / "src" / "pipe.jpg")]
+    (tmp_path / "src" / "dangling.png").unlink()
+    harvest(ws, ["src"], FAST)
+    assert [r["source"] for r in rows(ws, "SELECT source FROM rejects WHERE reason = 'dangling_symlink'")] == []
+    assert rows(ws, "SELECT source FROM rejects WHERE reason = 'not_a_regular_file'")   # still there: still a problem
