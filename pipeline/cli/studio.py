@@ -162,7 +162,8 @@ def pull_cmd(
         fail(str(exc))
     emit(st, res.as_dict(), lambda c: c.print(
         f"pulled project {res.project_id}: {res.new} new, {res.updated} updated, {res.removed} removed "
-        f"({res.unchanged} unchanged); {res.labelled} labelled, {res.empty} verified empty, {res.skipped} skipped"))
+        f"({res.unchanged} unchanged); {res.labelled} labelled, {res.empty} verified empty, {res.skipped} skipped"
+        + (f"; {res.excluded} of them on images curation excluded (stored, not used for training)" if res.excluded else "")))
 
 
 def export_cmd(

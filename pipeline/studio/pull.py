@@ -76,6 +76,7 @@ class PullSummary:
     tasks: int                 # tasks with at least one annotation
     unknown_tasks: int         # ... whose image is not in this workspace's catalog
     project_id: int
+    excluded: int = 0          # annotations of excluded images (curation): stored, not used for training
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -98,7 +99,7 @@ def pull(ws: Workspace, client: Studio | None = None, policy: str = "latest") ->
     except Exception:  # noqa: BLE001 - annotator names are nice to have
         pass
     counts = {"new": 0, "updated": 0, "removed": 0, "unchanged": 0, "labelled": 0, "empty": 0, "skipped": 0,
-              "tasks": len(tasks), "unknown_tasks": 0}
+              "tasks": len(tasks), "unknown_tasks": 0, "excluded": 0}
     now = time.time()
     with ws.catalog() as cat:
         task_image = {tid: image_id for image_id, tid in cat.tasks(project.id).items()}
@@ -129,6 +130,7 @@ def pull(ws: Workspace, client: Studio | None = None, policy: str = "latest") ->
         with cat.transaction():  # the whole pull or nothing
             for image_id, (tid, aid, boxes, labels, ignore, state, who, updated, quads) in rows.items():
                 counts["labelled" if state == "submitted" else state] += 1
+                counts["excluded"] += sizes[image_id][2] == ImageStatus.EXCLUDED.value
                 old = existing.get(image_id)
                 # quads compared too: a row pulled before the quads column existed gets its shapes
                 if old is not None and (old["ls_annotation_id"], old["boxes"], old["labels"], old["state"], old["updated_at"],

@@ -210,7 +210,18 @@ def test_pull_stores_the_labellers_boxes_in_pixels(loop, labelled):
 def test_pull_again_changes_nothing(loop, labelled):
     again = pull(loop["ws"], loop["studio"])
     assert (again.new, again.updated, again.removed) == (0, 0, 0)
-    assert again.unchanged == len(labelled["truth"])
+    assert again.unchanged == len(labelled["truth"]) and again.excluded == 0
+    # a label on an image curation excluded is stored and said to be unused (it was just "labelled")
+    image_id = next(k for k, v in labelled["truth"].items() if v["kind"] == "accept")
+    with loop["ws"].catalog() as cat:
+        cat.set_status(image_id, "excluded")
+    try:
+        res = pull(loop["ws"], loop["studio"])
+        with loop["ws"].catalog() as cat:
+            assert res.excluded == 1 and cat.image(image_id)["status"] == "excluded"
+    finally:
+        with loop["ws"].catalog() as cat:
+            cat.set_status(image_id, "labelled")
 
 
 def test_export_jsonl_matches_the_annotations(loop, labelled, tmp_path):
