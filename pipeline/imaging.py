@@ -77,7 +77,10 @@ def rejecting_bad_images(max_pixels: int | None = None) -> Iterator[None]:
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise ImageRejected("too_many_pixels", _bomb_detail(exc, max_pixels)) from None
         except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError) as exc:
-            raise ImageRejected("corrupt", str(exc) or type(exc).__name__) from None
+            text = str(exc) or type(exc).__name__
+            if text.startswith("image file is truncated"):   # Pillow's "(3 bytes not processed)" misleads
+                text = "the file ends early (truncated: cut off while copying or downloading?)"
+            raise ImageRejected("corrupt", text) from None
 
 
 def allow_pixels(max_pixels: int) -> None:

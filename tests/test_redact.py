@@ -470,7 +470,7 @@ def test_corrupt_file_is_reported_the_rest_finish_and_exit_is_nonzero(tmp_path, 
     assert r.exit_code == 1
     summary = json.loads(r.stdout)
     assert summary["redacted"] == 5 and summary["failed"] == 3
-    assert any("truncated.jpg: corrupt" in e for e in summary["errors"])
+    assert any("truncated.jpg: corrupt: the file ends early" in e for e in summary["errors"]), summary["errors"]
     assert any("empty.tif: empty" in e for e in summary["errors"])
     import pandas as pd
 
@@ -1009,3 +1009,17 @@ def test_a_full_disk_names_the_file_and_still_shows_what_happened(tmp_path, fake
     assert r.exit_code == 1
     text = " ".join(r.output.split())
     assert "redacted │ 5" in text and "audit trail not written" in text and "No space left" in text
+
+
+def test_a_tiff_without_pages_is_one_line_naming_it(tmp_path, caplog):
+    """tifffile logged "<TiffFile 'Unnamed binary stream'> contains no pages" (which file?) beside
+    the failure line; the failure names the file and nothing else is logged."""
+    import logging
+
+    bad = tmp_path / "nopages.tif"
+    bad.write_bytes(b"II*\x00\x00\x00\x00\x00")                  # a header, and no first page
+    item = Item(str(bad), "nopages.tif", str(tmp_path / "o.tif"), str(tmp_path / "o.json"))
+    with caplog.at_level(logging.WARNING):
+        res = Redactor(FakeDetector(), RedactConfig()).process(item)
+    assert res.status == "failed" and "nopages" not in res.detail   # (the line around it names the file)
+    assert not [r for r in caplog.records if r.name == "tifffile"], [r.getMessage() for r in caplog.records]

@@ -13,6 +13,7 @@ no orientation tag is written because the pixels are already upright.
 from __future__ import annotations
 
 import io
+import logging
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -21,6 +22,10 @@ from PIL import Image, ImageOps
 
 from pipeline.config import DEFAULT_MAX_PIXELS
 from pipeline.imaging import ImageRejected, check_pixels, rejecting_bad_images, to_uint8_rgb, visible_views
+
+# tifffile logs what it dislikes in a file ("<TiffFile 'Unnamed binary stream'> contains no pages")
+# without naming it; a file it cannot read is reported here as one line that does
+logging.getLogger("tifffile").setLevel(logging.ERROR)
 
 SUPPORTED = ("JPEG", "PNG", "TIFF", "BMP", "WEBP")
 EXTENSIONS = {".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".jfif": "JPEG", ".jif": "JPEG", ".png": "PNG",
