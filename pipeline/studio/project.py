@@ -209,7 +209,15 @@ def init_project(
         if changes:
             studio.call(sdk.projects.update, id=project.id, **changes)
     pid = int(project.id)
-    storage_id = _ensure_storage(ws, studio, pid)
+    try:
+        storage_id = _ensure_storage(ws, studio, pid)
+    except BaseException:
+        if created:   # a project this call made and could not connect: not left behind empty
+            try:
+                sdk.projects.delete(id=pid)
+            except Exception:  # noqa: BLE001 - the storage error is the one to report
+                pass
+        raise
     backend_id = _ensure_ml_backend(studio, pid, ml_backend) if ml_backend else state.get("ml_backend_id")
     record = {"project_id": pid, "title": title, "storage_id": storage_id, "ml_backend_id": backend_id,
               "classes": list(config.classes), "updated_at": time.time()}

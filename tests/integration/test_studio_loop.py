@@ -483,6 +483,8 @@ def test_project_missing_label_config_mismatch_and_outside_root(loop, live_studi
     outside = Workspace.open(tmp_path / "elsewhere")
     with pytest.raises(StudioError, match="outside the served root"):
         init_project(outside, studio, title="outside")
+    # the project it made for that workspace is not left behind empty
+    assert not [p for p in studio.sdk.projects.list(title="outside") if p.title == "outside"]
 
 
 def test_real_ppocr_pre_annotations(live_studio, tmp_path_factory):
