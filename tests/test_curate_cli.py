@@ -73,6 +73,7 @@ def test_curate_reports_then_apply(tmp_path: Path) -> None:
         assert (Path(summary["run_dir"]) / f"{name}.parquet").exists()
     html = (ws.reports_dir / "duplicates.html").read_text()
     assert "data:image/jpeg;base64" in html and "cross-split" in html
+    assert f"<b>{pool.near[0]}</b>" in html and f"<b>{pool.near[1]}</b>" in html   # named, not a hash prefix
     issues = pd.read_parquet(ws.reports_dir / "label_issues.parquet")
     assert set(issues["image_id"][:3]) == set(info["planted"])
     # reports only: nothing changed

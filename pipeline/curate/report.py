@@ -91,6 +91,12 @@ def _legend() -> str:
             "<span style='background:rgb(230,0,0)'></span>flagged</p>")
 
 
+def _card_name(row: Any) -> str:
+    """A gallery card's caption: the image's file name (its id's first 16 characters under it)."""
+    name, short = str(getattr(row, "original_name", "") or ""), html.escape(str(row.image_id)[:16])
+    return f"<b>{html.escape(name)}</b><br><small>{short}</small>" if name else short
+
+
 def duplicates_html(images: pd.DataFrame, clusters: pd.DataFrame, engine: str, max_groups: int = 60,
                     max_outliers: int = 30) -> str:
     """Duplicate groups (cross-split ones first), outliers and broken images."""
@@ -106,7 +112,8 @@ def duplicates_html(images: pd.DataFrame, clusters: pd.DataFrame, engine: str, m
             cross = bool(g["cross_split"].any())
             cards = "".join(
                 f"<div class='card'><img src='{data_uri(render(r.path, max_side=200))}'>"
-                f"{html.escape(str(r.image_id)[:16])}<br>split: {html.escape(str(r.split))}</div>"
+                f"{_card_name(r)}<br>split: {html.escape(str(r.split))}"
+                + (f", {html.escape(str(r.status))}" if getattr(r, "status", "") else "") + "</div>"
                 for r in g.itertuples())
             warn = " <span class='warn'>cross-split (train/val/test leakage)</span>" if cross else ""
             parts.append(f"<div class='group'><b>{html.escape(str(cid))}</b> ({len(g)} images){warn}"
@@ -118,7 +125,7 @@ def duplicates_html(images: pd.DataFrame, clusters: pd.DataFrame, engine: str, m
         parts.append(f"<h2>Outliers ({int(images['is_outlier_issue'].sum())})</h2>")
         parts.append("<div class='grid'>" + "".join(
             f"<div class='card'><img src='{data_uri(render(r.path, max_side=200))}'>"
-            f"{html.escape(str(r.image_id)[:16])}<br>outlier score {r.outlier_score:.3f}</div>"
+            f"{_card_name(r)}<br>outlier score {r.outlier_score:.3f}</div>"
             for r in out.itertuples()) + "</div>" if len(out) else "<p>none</p>")
         broken = images[images["is_broken_issue"]]
         parts.append(f"<h2>Broken images ({len(broken)})</h2>")

@@ -125,8 +125,12 @@ def run_curate(
             refs = workspace_images(ws)
             rep = find_duplicates(refs, dup_cfg, progress=progress)
             with ws.catalog() as cat:
-                statuses = {r["id"]: r["status"] for r in cat.images()}
-            rep.images["status"] = [statuses.get(i, "") for i in rep.images["image_id"]]
+                rows = cat.images()
+            statuses = {r["id"]: r["status"] for r in rows}
+            names = {r["id"]: r["original_name"] or "" for r in rows}
+            for table in (rep.images, rep.clusters):   # the galleries named images by a hash prefix
+                table["original_name"] = [names.get(i, "") for i in table["image_id"]]
+                table["status"] = [statuses.get(i, "") for i in table["image_id"]]
             write_table(rep.images, folders, "duplicates")
             write_table(rep.pairs, folders, "duplicate_pairs")
             write_table(rep.clusters, folders, "duplicate_clusters")
