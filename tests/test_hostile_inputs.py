@@ -345,3 +345,11 @@ def test_damaged_catalog_is_one_line_naming_the_file(tmp_path):
         r = run(tmp_path, *args, json_out=False)
         assert r.exit_code == 1 and r.exception is not None and isinstance(r.exception, SystemExit), r.output
         assert "catalog.sqlite is damaged" in r.output and "backup" in r.output and "Traceback" not in r.output
+
+
+def test_an_output_that_is_a_file_says_so(tmp_path, fake):
+    """`redact in afile` said "cannot create or write this folder (File exists)"."""
+    png(tmp_path / "in" / "a.png", 1)
+    (tmp_path / "afile").write_text("x")
+    r = run(tmp_path, "redact", str(tmp_path / "in"), str(tmp_path / "afile" / "out"), json_out=False)
+    assert r.exit_code == 2 and f"({tmp_path / 'afile'} is a file, not a folder)" in " ".join(r.output.split())

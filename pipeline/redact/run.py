@@ -286,8 +286,9 @@ def prepare_folders(folders: Iterable[Path]) -> None:
             with tempfile.TemporaryFile(dir=folder):
                 pass
         except OSError as exc:
-            raise UnwritableError(exc.errno or errno.EACCES,
-                                  f"{folder}: cannot create or write this folder ({exc.strerror or exc})",
+            blocked = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+            why = (f"{blocked} is a file, not a folder" if blocked is not None else exc.strerror or str(exc))
+            raise UnwritableError(exc.errno or errno.EACCES, f"{folder}: cannot create or write this folder ({why})",
                                   str(folder)) from None
 
 
