@@ -17,7 +17,7 @@ batch covers the pool.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # pandas is imported where tables are built: it is not needed
     import pandas as pd
 
 from pipeline.boxes import Detections, area, greedy_match, iou_matrix, union_mask
-from pipeline.catalog import ImageStatus
+from pipeline.catalog import HUMAN_LABELLED, ImageStatus
 
 STRATEGIES = ("uncertainty", "committee", "tta", "random")
 RANKING_TABLE = "ranking"                 # <workspace>/reports/ranking.parquet (+ .csv); push reads it
@@ -186,13 +186,14 @@ def tta_variants(detect: Callable[[list[np.ndarray]], list[Detections]], image: 
 
 # --- batch selection -------------------------------------------------------------------------
 
-def select_diverse(order: Sequence[str], group_of: dict[str, str], k: int) -> list[str]:
-    """Walk `order` (best first), skipping images whose near-duplicate group is already in the batch.
+def select_diverse(order: Sequence[str], group_of: dict[str, str], k: int, labelled: Collection[str] = ()) -> list[str]:
+    """Walk `order` (best first), skipping images whose near-duplicate group is already in the batch
+    or holds an image a human labelled (`labelled`: such groups; a duplicate group is labelled once).
 
     `group_of` maps image id -> duplicate cluster id (from `pipeline.curate.duplicates`); images
     without a group are unique."""
     picked: list[str] = []
-    groups: set[str] = set()
+    groups: set[str] = set(labelled)
     for image_id in order:
         if len(picked) >= k:
             break
@@ -320,8 +321,9 @@ class RankRun:
 
 
 def pick_batch(df: pd.DataFrame, run: RankRun, group_of: dict[str, str] | None = None,
-               embeddings: dict[str, np.ndarray] | None = None) -> list[str]:
-    """The batch to label next: top of the strategy, diverse, optionally k-center over the top 3k."""
+               embeddings: dict[str, np.ndarray] | None = None, labelled_groups: Collection[str] = ()) -> list[str]:
+    """The batch to label next: top of the strategy, diverse (no two of a duplicate group, none of
+    a group already labelled), optionally k-center over the top 3k."""
     order = order_by(df, run.strategy)
     if run.kcenter and embeddings:
         pool = [i for i in order[: max(run.top * 3, run.top)] if i in embeddings]
@@ -329,7 +331,7 @@ def pick_batch(df: pd.DataFrame, run: RankRun, group_of: dict[str, str] | None =
         chosen = [pool[j] for j in kcenter_greedy(emb, len(pool), range(len(pool)))]
         order = chosen + [i for i in order if i not in set(chosen)]
     if run.diversity and group_of:
-        return select_diverse(order, group_of, run.top)
+        return select_diverse(order, group_of, run.top, labelled_groups)
     return order[: run.top]
 
 
@@ -415,17 +417,21 @@ def rank_workspace(ws, detector, run: RankRun = RankRun(), committee_detector=No
 
         group_of: dict[str, str] = {}
         embeddings: dict[str, np.ndarray] = {}
-        if (run.diversity or run.kcenter) and len(ok_images) > 1:
+        # labelled images join the duplicate search: a near-copy of one is not worth a label
+        labelled = [r for r in journal.images() if r["status"] in HUMAN_LABELLED] if run.diversity else []
+        if (run.diversity or run.kcenter) and len(ok_images) + len(labelled) > 1:
             from pipeline.curate.duplicates import DuplicateConfig, ImageRef, find_duplicates
 
-            rep = find_duplicates([ImageRef(r["id"], ws.abspath(r["path"]), r["split"]) for r in ok_images],
+            rep = find_duplicates([ImageRef(r["id"], ws.abspath(r["path"]), r["split"]) for r in ok_images + labelled],
                                   DuplicateConfig(engine="permissive"))
             group_of = dict(zip(rep.images["image_id"], rep.images["cluster_id"]))
             emb = rep.extra.get("embeddings")
             if emb is not None:
                 embeddings = dict(zip(rep.extra["embedding_ids"], emb))
+        labelled_groups = {group_of[r["id"]] for r in labelled if group_of.get(r["id"])}
         df["duplicate_group"] = [group_of.get(i, "") for i in df["image_id"]]
-        batch = pick_batch(df, run, group_of, embeddings)
+        df["duplicate_of_labelled"] = [bool(group_of.get(i)) and group_of.get(i) in labelled_groups for i in df["image_id"]]
+        batch = pick_batch(df, run, group_of, embeddings, labelled_groups)
         pos = {iid: k + 1 for k, iid in enumerate(batch)}
         df["batch_strategy"] = run.strategy
         df["batch_rank"] = [pos.get(i) for i in df["image_id"]]
@@ -455,5 +461,13 @@ def batch_from_ranking(df: pd.DataFrame, strategy: str, top: int) -> list[str]:
         if len(picked) >= top:
             return picked[:top]
         rest = [i for i in order_by(df, strategy) if i not in set(picked)]
-        return (picked + rest)[:top]
-    return order_by(df, strategy)[:top]
+        return (picked + _copies_last(df, rest))[:top]
+    return _copies_last(df, order_by(df, strategy))[:top]
+
+
+def _copies_last(df: pd.DataFrame, order: list[str]) -> list[str]:
+    """`order` with near-copies of labelled images (`duplicate_of_labelled`) moved to its end."""
+    if "duplicate_of_labelled" not in df:
+        return order
+    copies = set(df.loc[df["duplicate_of_labelled"].fillna(False).astype(bool), "image_id"])
+    return [i for i in order if i not in copies] + [i for i in order if i in copies]

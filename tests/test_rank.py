@@ -123,6 +123,16 @@ def test_rank_workspace_writes_table_and_diverse_batch(tmp_path) -> None:
     # `push --strategy ranked` follows whatever strategy rank picked its batch by
     assert read_ranking(ws, "ranked") == read_ranking(ws, "uncertainty")
     assert read_ranking(ws, "ranked")[2] == "uncertainty"
+    # once one of the near-duplicates is labelled, the other is not worth a label: not in the
+    # batch, and last in push's order (a walkthrough got three copies of one image to label)
+    ids = {n: i for i, n in names.items()}
+    with ws.catalog() as cat:
+        cat.set_status(ids["bright.png"], "labelled")
+    third = rank_workspace(ws, BoxesByBrightness(), RankRun(strategy="uncertainty", top=2, committee=None)).frame
+    copy = third[third["image_id"] == ids["bright_small.jpg"]].iloc[0]
+    assert bool(copy["duplicate_of_labelled"]) and copy["batch_rank"] != copy["batch_rank"]   # NaN: not in the batch
+    order = batch_from_ranking(load_ranking(ws), "uncertainty", 3)
+    assert order[-1] == ids["bright_small.jpg"] and names[order[0]] == "other_bright.png"
 
 
 def test_a_rank_that_fails_is_logged_as_failed_with_its_error(tmp_path, monkeypatch) -> None:
