@@ -514,6 +514,10 @@ def test_blur_warns_that_it_is_reversible(tmp_path, fake):
     Image.fromarray(rgb_noise(50)).save(src)
     r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "redact", str(src), str(tmp_path / "o.png"), "--style", "blur"])
     assert r.exit_code == 0 and "reversible" in r.stderr
+    # and the audit says what it does not look at (its "0 legible strings" read as all clear)
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "redact", str(src), str(tmp_path / "o2.png"), "--style",
+                                 "pixelate", "--verify"])
+    assert r.exit_code == 0 and "(the pixelated areas are not audited" in " ".join(r.output.split())
 
 
 def test_archive_moves_originals_only_after_success(tmp_path, fake):

@@ -151,7 +151,10 @@ def _render(c: Console, summary: RedactSummary, verify: bool) -> None:
         covered = summary["audit_covered"]
         c.print((f"verify: covered {covered} string(s) the detector missed and OCR could still read; " if covered else "verify: ")
                 + f"OCR reads {summary['remaining_text']} legible string(s) outside the covered areas"
-                + (": " + ", ".join(repr(x["text"]) for x in summary["legible"][:10]) if summary["legible"] else ""),
+                + (": " + ", ".join(repr(x["text"]) for x in summary["legible"][:10]) if summary["legible"] else "")
+                + ("" if summary["settings"].get("style", "fill") == "fill" else
+                   f" (the {_DONE.get(summary['settings']['style'], summary['settings']['style'])} areas are not "
+                   "audited: that style is reversible)"),
                 highlight=False)
     if review_info:
         audit = review_info.get("audit_covered", 0)
@@ -162,6 +165,9 @@ def _render(c: Console, summary: RedactSummary, verify: bool) -> None:
     c.print(f"{summary['boxes']} boxes, {summary['images_per_s']} images/s, {summary['seconds']}s, "
             f"detector {summary['detector']}{_describe_model(summary.get('model') or {})}"
             + ("" if dry_run else f"; audit trail in {audit_dir}"), highlight=False)
+
+
+_DONE = {"blur": "blurred", "pixelate": "pixelated"}
 
 
 def _describe_model(model: dict) -> str:
