@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from pipeline.boxes import Detections
-from pipeline.detectors.ppocr import BASE_VERSION, PPOCRConfig, config_version
 from pipeline.evaluate import (METRIC_KEYS, average_precision, coverage_counts, evaluate, evaluate_by_source,
                                json_safe, match_image)
 from pipeline.formats import LabelledImage
@@ -175,7 +174,7 @@ def test_cli_evaluate_devset_gt_and_workspace(tmp_path) -> None:
     assert r.exit_code == 0, r.output
     rep = json.loads(r.stdout)
     assert json.loads((tmp_path / "report.json").read_text()) == rep
-    assert set(rep["by_source"]) == {"neg", "text"} and rep["model_version"] == config_version(BASE_VERSION, PPOCRConfig())
+    assert set(rep["by_source"]) == {"neg", "text"} and rep["model_version"] == "ppocr-v4-det"
     assert rep["by_source"]["text"]["text_coverage"] > 0.9 and rep["by_source"]["text"]["recall"] == 1.0
     assert rep["by_source"]["neg"]["over_redaction"] == 0 and rep["by_source"]["neg"]["recall"] is None
     assert rep["overall"]["n_images"] == 2 and rep["sweep"]["0.99"]["n_pred"] == 0
@@ -188,6 +187,9 @@ def test_cli_evaluate_devset_gt_and_workspace(tmp_path) -> None:
                                 "--sweep", bad])
         assert r.exit_code == 2 and "--sweep" in r.output and "Traceback" not in r.output, r.output
     # the workspace: labels imported, evaluated per annotation source
+    r = runner.invoke(app, ["-w", ws, "evaluate", "-d", "ppocr", "--split", "all"])
+    assert r.exit_code == 2 and "no workspace here" in r.output     # the labels are a workspace's
+    assert runner.invoke(app, ["-w", ws, "init"]).exit_code == 0
     r = runner.invoke(app, ["-w", ws, "evaluate", "-d", "ppocr", "--split", "all"])
     assert r.exit_code == 1 and "no labelled images" in r.output
     assert runner.invoke(app, ["-w", ws, "import", str(tmp_path / "set")]).exit_code == 0

@@ -592,7 +592,7 @@ def test_verify_covers_what_the_audit_reads_and_reads_again(tmp_path):
     out = np.asarray(Image.open(tmp_path / "o.png"))
     assert (out[30:40, 0:20] == 0).all()                               # the line OCR read is filled
     sc = json.loads((tmp_path / "a.json").read_text())
-    assert [x["text"] for x in sc["verify"]["covered"]] == ["Smith"] and sc["verify"]["rounds"] == 2
+    assert [x["text"] for x in sc["verify"]["covered"]] == ["S...h (5)"] and sc["verify"]["rounds"] == 2
     assert sc["pages"][0]["boxes"] == BOXES and sc["n_boxes"] == len(BOXES)   # the detector's, for review/replay
     assert sc["pages"][0]["covered_px"] > covered_mask(BOXES, W, H, Pad(0, 0.1)).sum()     # + the audit's line
 
@@ -608,7 +608,7 @@ def test_verify_covers_what_the_audit_reads_and_reads_again(tmp_path):
     # OCR "reading" letters in a box of half the page (a whole receipt, once) is reported, not covered
     huge = Reading("MEHFE", 0.6, (0.0, 20.0, 64.0, 40.0))
     res = Redactor(FakeDetector(), RedactConfig(verify=True, force=True), FakeReader([huge])).process(item)
-    assert res.audit_covered == 0 and res.legible == ["MEHFE"]
+    assert res.audit_covered == 0 and res.legible == ["M...E (5)"]
     assert (np.asarray(Image.open(tmp_path / "o.png"))[32:40] != 0).any()
 
     class Revealing(FakeReader):
@@ -619,7 +619,7 @@ def test_verify_covers_what_the_audit_reads_and_reads_again(tmp_path):
             return [Reading(f"Line{self.calls}", 0.9, (4.0 + 12 * self.calls, 30.0, 14.0 + 12 * self.calls, 38.0))]
 
     res = Redactor(FakeDetector(), RedactConfig(verify=True, force=True), Revealing([])).process(item)
-    assert res.audit_covered == 2 and res.remaining == 1 and res.legible == ["Line3"]
+    assert res.audit_covered == 2 and res.remaining == 1 and res.legible == ["L...3 (5)"]
 
 
 def test_verify_never_skips_an_output_it_has_not_read(tmp_path):
@@ -639,7 +639,7 @@ def test_verify_never_skips_an_output_it_has_not_read(tmp_path):
     left = Redactor(FakeDetector(), RedactConfig(verify=True, verify_rounds=0, force=True), smith).process(item)
     assert left.remaining == 1
     again = Redactor(FakeDetector(), RedactConfig(verify=True, verify_rounds=0), smith).process(item)
-    assert again.status == "skipped" and again.legible == ["Smith"]       # the summary still says so
+    assert again.status == "skipped" and again.legible == ["S...h (5)"]       # the summary still says so
     assert Redactor(FakeDetector(), RedactConfig(verify=True, verify_rounds=0, strict=True), smith).process(item).status == "failed"
     with pytest.raises(ValueError, match="verify-rounds"):
         RedactConfig(verify_rounds=6)

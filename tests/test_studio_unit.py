@@ -239,7 +239,7 @@ def test_stage_results_keep_the_json_keys():
     pulled = PullSummary(new=1, updated=2, removed=0, unchanged=3, labelled=2, empty=1, skipped=0, tasks=4,
                          unknown_tasks=0, project_id=7)
     assert list(pulled.as_dict()) == ["new", "updated", "removed", "unchanged", "labelled", "empty", "skipped",
-                                      "tasks", "unknown_tasks", "project_id"]
+                                      "tasks", "unknown_tasks", "project_id", "excluded"]
     assert pulled.counts() == pulled.as_dict()   # all integers: the pull iteration's counts
     pushed = PushSummary(project_id=7, model_version="v1", tasks_created=2, predictions_added=0, tasks_updated=0,
                          already_pushed=1, failed=0, order="o", url="u")
@@ -256,7 +256,7 @@ def test_stage_results_keep_the_json_keys():
         "url": "http://x", "port": 1, "pid": 2, "mode": "local", "data_dir": "d", "files_root": "f", "log": "l",
         "started_at": 0.0, "already_running": True}
     assert list(StatusResult("u", True, False, None, None, None).as_dict()) == [
-        "url", "healthy", "started_by_textloop", "pid", "mode", "log"]
+        "url", "healthy", "started_by_textloop", "pid", "mode", "log", "token"]
 
 
 @pytest.mark.parametrize("args, message", [

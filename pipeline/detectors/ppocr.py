@@ -104,9 +104,6 @@ _RANGES: dict[str, tuple[float, float, type]] = {
 # pass finds, so outputs of the older choice are redone, not resumed. 2: a form's ruling is
 # taken out of the edge clusters.
 SMALL_WINDOWS_REVISION = 2
-# The large-text pass (`large_text_side`): part of every version while it is on, so outputs
-# made before it existed are redone, not resumed (they may have left a large name legible).
-LARGE_TEXT_REVISION = 1
 
 
 def config_version(base: str, config: PPOCRConfig, skip: tuple[str, ...] = ()) -> str:
@@ -120,10 +117,8 @@ def config_version(base: str, config: PPOCRConfig, skip: tuple[str, ...] = ()) -
     changed = {k: v for k, v in asdict(config).items() if k not in ignore and default[k] != v}
     if len(config.scales) > 1 and config.refine == "small":
         changed["small_windows_revision"] = SMALL_WINDOWS_REVISION
-    if config.large_text_side:
-        changed["large_text_revision"] = LARGE_TEXT_REVISION
-    else:   # off: the passes of the versions before it existed
-        for k in ("large_text_side", "large_text_trigger", "large_text_keep"):
+    if not config.large_text_side:   # off: how it would run changes nothing
+        for k in ("large_text_trigger", "large_text_keep"):
             changed.pop(k, None)
     if not changed:
         return base

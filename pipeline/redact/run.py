@@ -39,7 +39,10 @@ from pipeline.redact.core import SHAPES, STYLES, Cover, Pad, apply_redaction, co
 
 log = logging.getLogger("textloop.redact")
 
-FORMAT_VERSION = 2           # bump when the same settings would produce different bytes (2: polygon fill)
+# bump when the same settings would produce different bytes, so older outputs are redone, not
+# resumed (2: polygon fill; 3: the detector's large-text pass, which covers words the older
+# passes left partly readable: the detector versions stay the models' own names)
+FORMAT_VERSION = 3
 DEFAULT_THRESHOLD = 0.3      # favours recall: ppocr's own candidate floor
 DEFAULT_PAD = Pad(px=0.0, frac=0.10)   # the knee of the devset padding sweep (README, bench_redact.py)
 # DB detectors in redact (stock ppocr and tuned models alike): the 2x pass finds small scene text
