@@ -548,9 +548,8 @@ def harvest(
                 _record_reject(cat, r, summary)
             # a reject whose entry is gone from a folder harvested again (a deleted dangling link)
             # is no longer a problem of the sources: `status` counted it for ever
-            for folder in {_entry_key(Path(x)) for x in sources if not is_url(x) and Path(x).expanduser().is_dir()}:
-                cat.forget_rejects([src for src in cat.rejects_under(str(Path(folder).resolve()))
-                                    if not os.path.lexists(src)])
+            for folder in {Path(x).expanduser().resolve() for x in sources if not is_url(x) and Path(x).expanduser().is_dir()}:
+                cat.forget_rejects([src for src in cat.rejects_under(str(folder)) if not os.path.lexists(src)])
         seen: set[str] = set()
         todo: list[Item] = []
         for it in items:

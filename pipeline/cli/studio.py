@@ -138,7 +138,8 @@ def push_cmd(
         fail(str(exc))
     emit(st, res.as_dict(), lambda c: c.print(
         f"pushed to project {res.project_id} with model {res.model_version}: {res.tasks_created} new tasks, "
-        f"{res.predictions_added} predictions added to existing tasks, {res.already_pushed} already there"
+        f"{res.predictions_added} existing tasks got this model's prediction, {res.already_pushed} existing tasks "
+        "already up to date"
         + (f", {res.failed} images failed" if res.failed else "")
         + (f"; {res.sent_for_review} of the new tasks are labels curation flagged (the label pre-drawn, the "
            "suspected issue in the task's meta)" if res.sent_for_review else "")
