@@ -391,7 +391,8 @@ def rank_workspace(ws, detector, run: RankRun = RankRun(), committee_detector=No
     from pipeline.predict import predict_workspace
 
     with ws.catalog() as journal, journal.iteration("rank") as it:   # `failed` (with the error) if it raises
-        images = [r for r in journal.images() if r["status"] in UNLABELLED]
+        rows = journal.images()
+        images = [r for r in rows if r["status"] in UNLABELLED]
         iteration = it.id
         ids = [r["id"] for r in images]
         errors: list[tuple[str, str]] = []
@@ -418,7 +419,7 @@ def rank_workspace(ws, detector, run: RankRun = RankRun(), committee_detector=No
         group_of: dict[str, str] = {}
         embeddings: dict[str, np.ndarray] = {}
         # labelled images join the duplicate search: a near-copy of one is not worth a label
-        labelled = [r for r in journal.images() if r["status"] in HUMAN_LABELLED] if run.diversity else []
+        labelled = [r for r in rows if r["status"] in HUMAN_LABELLED] if run.diversity else []
         if (run.diversity or run.kcenter) and len(ok_images) + len(labelled) > 1:
             from pipeline.curate.duplicates import DuplicateConfig, ImageRef, find_duplicates
 

@@ -77,7 +77,9 @@ def main() -> int:
     for t in table:
         print(f"| {t['group']} | {t['overlays']} | {t['ink_share']:.3f} | {t['ink_found']:.3f} |")
     if args.json:
-        args.json.write_text(json.dumps({"detector": det.version, "table": table, "overlays": rows}, indent=1))
+        from pipeline.io import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps({"detector": det.version, "table": table, "overlays": rows}, indent=1))
     return 0
 
 

@@ -270,3 +270,49 @@ def test_the_audit_reads_long_thin_strips(reader: Reader, tmp_path: Path) -> Non
     # and the banner's word is gone from what a viewer sees
     out = np.asarray(Image.open(tmp_path / "out" / "banner.png").convert("RGB"))
     assert not [x for x in reader.read(out) if "jonathan" in normalise(x.text)]
+
+
+def test_very_large_words_come_out_covered_and_unreadable(tmp_path, reader):
+    """Words filling most of an image (a 240-450 px name) were boxed in parts by DB, which left
+    letters standing (a walkthrough read "JO" under a black fill); the large-text pass covers
+    them whole. Opaque and transparent inputs through the CLI with defaults: every glyph pixel is
+    covered in every viewer picture, and the recogniser, which reads the words in the inputs'
+    thumbnails (it cannot read 300 px glyphs at full size), reads none of them in the outputs'."""
+    import cv2
+    from matplotlib import font_manager
+
+    bold = font_manager.findfont("DejaVu Sans:bold")
+    cases = {"smith.png": ("SMITH", 450, (1700, 700)), "patient.png": ("PATIENT", 300, (1500, 420)),
+             "joe.png": ("JOE", 240, (600, 340)), "smith_rgba.png": ("SMITH", 450, (1700, 700))}
+    src = tmp_path / "in"
+    src.mkdir()
+    inks = {}
+    for name, (word, px, size) in cases.items():
+        m = Image.new("L", size, 0)
+        ImageDraw.Draw(m).text((20, 20), word, font=ImageFont.truetype(bold, px), fill=255)
+        ink = np.asarray(m) > 127
+        a = np.zeros((size[1], size[0], 4), np.uint8)
+        a[..., :3] = 255 if "rgba" not in name else 0
+        a[..., 3] = 255 if "rgba" not in name else 0
+        a[ink] = (0, 0, 0, 255)
+        Image.fromarray(a, "RGBA").save(src / name)
+        inks[name] = ink
+
+    def thumbs(pictures: list[np.ndarray]) -> list[np.ndarray]:
+        return [cv2.resize(p, (p.shape[1] // k, p.shape[0] // k), interpolation=cv2.INTER_AREA)
+                for p in pictures for k in (4, 6)]
+
+    def read(path: Path, word: str) -> bool:
+        return normalise(word) in " ".join(normalise(r.text) for p in thumbs(viewer_pictures(path)) for r in reader.read(p))
+
+    for name in ("smith.png", "patient.png", "smith_rgba.png"):   # the recogniser can read these inputs
+        assert read(src / name, cases[name][0]), name
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "-q", "--json", "redact", str(src), str(out),
+                                 "--color", "255,0,255"])
+    assert r.exit_code == 0, r.output
+    for name, (word, _, _) in cases.items():
+        assert not read(out / name, word), f"{name}: OCR still reads {word}"
+        for picture in viewer_pictures(out / name)[:3]:   # over white, over black, alpha dropped
+            filled = (np.abs(picture.astype(int) - [255, 0, 255]).sum(axis=2) < 30)[inks[name]].mean()
+            assert filled > 0.995, (name, filled)

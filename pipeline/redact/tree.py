@@ -171,9 +171,11 @@ def redact_tree(input: str, output: str | Path, cfg: rr.RedactConfig = rr.Redact
     remove_log = rr.add_log_file(audit_dir) if not dry_run else (lambda: None)
     try:
         rr.log.info("redact %s -> %s: detector %s, settings %s", input, output, det.version, cfg.settings(det.version))
+        if ignored:
+            rr.log.info("%d file(s) ignored: not named as images (%s); not redacted, not in the output",
+                        len(ignored), " ".join(sorted(rr.codec.EXTENSIONS)))
         for path in ignored:
-            rr.log.info("%s: ignored: not named as an image (%s); not redacted, not in the output", path,
-                        ", ".join(sorted(set(rr.codec.EXTENSIONS))))
+            rr.log.info("%s: ignored: not named as an image", path)
         t0 = time.perf_counter()
         results: list[rr.Result] = list(pre_results) + planned.problems   # FIFOs, links out of the tree...
         failed_early = False

@@ -511,19 +511,29 @@ def test_real_ppocr_pre_annotations(live_studio, tmp_path_factory):
     assert 0 <= x0 < 100 and 40 < y0 < 130  # around the rendered line
 
 
-def test_studio_up_status_reuse_the_running_server(live_studio):
-    """`studio up` with a live server in its PID file does not start another; `status` sees it."""
+def test_studio_up_status_reuse_the_running_server(live_studio, monkeypatch):
+    """`studio up` with a live server in its PID file does not start another; `status` sees it,
+    and checks the token. A server that only LABEL_STUDIO_URL names (no PID file) is used as it
+    is: `up` said "port in use" for it."""
     from dataclasses import asdict
 
-    from pipeline.studio.launcher import pid_file, status, up
+    from pipeline.studio.launcher import down, pid_file, status, up
 
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", live_studio.token)
     ws_root = live_studio.root / "ws_up"
     pid_file(ws_root).parent.mkdir(parents=True)
     pid_file(ws_root).write_text(json.dumps(asdict(live_studio.info)))
     st = status(ws_root)
-    assert st.healthy and st.started_by_textloop and st.pid == live_studio.pid
+    assert st.healthy and st.started_by_textloop and st.pid == live_studio.pid and st.token == "accepted"
     again = up(ws_root)
     assert again.already_running and again.server.url == live_studio.url and again.server.pid == live_studio.pid
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "not-the-token")
+    assert "rejected the API token" in status(ws_root).token
+    other = live_studio.root / "ws_external"
+    monkeypatch.setenv("LABEL_STUDIO_URL", live_studio.url)
+    ext = up(other)
+    assert ext.already_running and ext.server.mode == "external" and ext.server.port == live_studio.info.port
+    assert not pid_file(other).exists() and down(other).stopped is False and status(ws_root).healthy
 
 
 # --- issue 14: a task says which file it is ----------------------------------------------------
