@@ -146,3 +146,17 @@ def test_piped_tables_are_not_cut_to_80_columns(tmp_path, monkeypatch):
     monkeypatch.setenv("COLUMNS", "60")
     r = CliRunner().invoke(app, ["-w", str(ws.root), "models", "list"])
     assert version not in r.stdout and max(map(len, r.stdout.splitlines())) <= 60
+
+
+def test_a_long_title_stays_on_one_line_when_there_is_room(tmp_path, monkeypatch):
+    """`redact SRC -> OUT` was centred over the two-column table and broken in two, even piped
+    at 200 columns: the title is one line when the output is wide enough for it."""
+    from PIL import Image
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    src, out = tmp_path / "in", tmp_path / "an_output_folder_with_a_long_name"
+    src.mkdir()
+    Image.new("RGB", (32, 32), "white").save(src / "a.png")
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "redact", str(src), str(out)])
+    assert r.exit_code == 0, r.output
+    assert f"redact {src} -> {out}" in r.stdout, r.stdout

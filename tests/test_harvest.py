@@ -367,3 +367,18 @@ def test_an_entry_is_one_reject_however_its_folder_is_typed_and_goes_when_it_goe
     harvest(ws, ["src"], FAST)
     assert [r["source"] for r in rows(ws, "SELECT source FROM rejects WHERE reason = 'dangling_symlink'")] == []
     assert rows(ws, "SELECT source FROM rejects WHERE reason = 'not_a_regular_file'")   # still there: still a problem
+
+
+def test_quiet_harvest_lists_at_most_fifty_rejects(tmp_path):
+    """-q is "errors only": a folder of thousands of rejects printed thousands of lines; the
+    first 50 are named, then a count (the JSON and `status` keep all of them)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(57):
+        (src / f"empty_{i:02d}.png").write_bytes(b"")
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "-q", "harvest", str(src)])
+    lines = r.stderr.splitlines()
+    assert sum(line.startswith("rejected ") and "empty_" in line for line in lines) == 50, r.stderr
+    assert "... and 7 more" in r.stderr and r.stdout == ""
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws2"), "--json", "harvest", str(src)])
+    assert len(json.loads(r.stdout)["rejects"]) == 57

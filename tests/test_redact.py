@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 from dataclasses import replace
 import struct
 from pathlib import Path
@@ -534,6 +535,24 @@ def test_archive_moves_originals_only_after_success(tmp_path, fake):
     assert r.exit_code == 0 and "nothing to redact" in r.output, r.output
     r = cli(tmp_path, "redact", str(src), str(tmp_path / "out2"))   # no archive given: still an error
     assert r.exit_code == 2 and "no images found" in r.output
+
+
+def test_archive_keeps_what_a_symlink_points_at(tmp_path, fake):
+    """A link in the input tree is archived as its target's bytes, not as a link that points nowhere
+    (absolute: back into the input tree; relative: at a path that does not exist in the archive)."""
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    Image.fromarray(rgb_noise(40)).save(src / "target.png")
+    data = (src / "target.png").read_bytes()
+    (src / "abs.png").symlink_to(src / "target.png")
+    (src / "z.png").symlink_to(src / "target.png")   # listed after its target
+    (src / "sub" / "rel.png").symlink_to(Path("..") / "target.png")
+    r = cli(tmp_path, "redact", str(src), str(tmp_path / "out"), "--archive", str(tmp_path / "arch"))
+    assert r.exit_code == 0, r.output
+    arch = tmp_path / "arch"
+    for rel in ("target.png", "abs.png", "z.png", "sub/rel.png"):
+        assert not (arch / rel).is_symlink() and (arch / rel).read_bytes() == data, rel
+        assert not os.path.lexists(src / rel), rel
 
 
 class FakeReader:

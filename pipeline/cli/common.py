@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 import click
 import typer
 from rich.console import Console
+from rich.table import Table
 from typer.core import TyperGroup
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -61,6 +62,15 @@ class AppState:
     @property
     def console(self) -> Console:
         return Console(stderr=True, quiet=self.verbosity < 0)
+
+
+MAX_QUIET_PROBLEMS = 50   # -q: problem lines printed before "... and N more"
+
+
+def titled(title: str, **kw: Any) -> Table:
+    """A table at least as wide as its title, so a long title (paths) is not broken over lines
+    above a narrow table."""
+    return Table(title=title, min_width=len(title), **kw)
 
 
 def state(ctx: typer.Context) -> AppState:
@@ -285,8 +295,11 @@ def emit(st: AppState, data: Any, render: Callable[[Console], None] | None = Non
         from rich.markup import escape
 
         err = Console(stderr=True)
-        for line in problems:
+        for line in problems[:MAX_QUIET_PROBLEMS]:
             err.print(f"[red]{label}[/] {escape(line)}", highlight=False, soft_wrap=True)
+        if len(problems) > MAX_QUIET_PROBLEMS:   # thousands of rejects are not "errors only"
+            err.print(f"[red]{label}[/] ... and {len(problems) - MAX_QUIET_PROBLEMS} more (--json lists them all)",
+                      highlight=False, soft_wrap=True)
         return
     # piped or redirected, rich assumes 80 columns and cuts table cells ("db-20…"): the reader
     # of a file or a pager scrolls, so give tables room (COLUMNS still decides if set)

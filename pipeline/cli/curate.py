@@ -6,9 +6,8 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from pipeline.cli.common import emit, fail, progress, state, usage_errors
+from pipeline.cli.common import emit, fail, progress, state, titled, usage_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -72,7 +71,7 @@ def curate_cmd(
 
 def _render(c: Console, summary: dict[str, Any], engine: str, apply: bool) -> None:
     """Findings by kind, the licence note for fastdup, what was applied and where the reports are."""
-    t = Table(title=f"curate ({engine}){' --apply' if apply else ''}")
+    t = titled(f"curate ({engine}){' --apply' if apply else ''}")
     t.add_column("finding")
     t.add_column("count", justify="right")
     d = summary.get("duplicates", {})

@@ -11,7 +11,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.cli.common import AppState, emit, fail, parse_floats, progress, state, usage_errors
+from pipeline.cli.common import AppState, emit, fail, parse_floats, progress, state, titled, usage_errors
 from pipeline.config import DEFAULT_MAX_PIXELS
 from pipeline.predict import DEFAULT_THRESHOLD
 
@@ -183,7 +183,7 @@ def _render_import(c: Console, summary: Any, root: Path) -> None:
         c.print(f"[yellow]problem[/] {line}", highlight=False, soft_wrap=True)
     if len(summary.problems) > 50:
         c.print(f"... and {len(summary.problems) - 50} more")
-    t = Table(title=f"import into {root}")
+    t = titled(f"import into {root}")
     t.add_column("")
     t.add_column("count", justify="right")
     for key in ("records", "images", "with_boxes", "empty", "boxes", "ignored_boxes", "inserted", "updated",

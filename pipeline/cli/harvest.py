@@ -9,9 +9,8 @@ from typing import Any, List
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from pipeline.cli.common import emit, fail, positive, progress, state
+from pipeline.cli.common import emit, fail, positive, progress, state, titled
 from pipeline.config import DEFAULT_MAX_PIXELS, HarvestConfig, SplitRatios
 from pipeline.harvest import harvest
 
@@ -66,7 +65,7 @@ def harvest_cmd(
 
 def _render(c: Console, summary: Any, root: Path) -> None:
     """Counts by result, the first rejects, and the time taken."""
-    t = Table(title=f"harvest into {root}", show_header=True)
+    t = titled(f"harvest into {root}", show_header=True)
     t.add_column("result")
     t.add_column("images", justify="right")
     t.add_row("new", str(summary.new))

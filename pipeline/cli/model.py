@@ -9,9 +9,8 @@ from typing import Any, List, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from pipeline.cli.common import AppState, emit, fail, parse_floats, progress, state, usage_errors
+from pipeline.cli.common import AppState, emit, fail, parse_floats, progress, state, titled, usage_errors
 from pipeline.workspace import check_run_name
 
 
@@ -256,7 +255,7 @@ def models_list_cmd(ctx: typer.Context) -> None:
         if not models:
             c.print("no models yet: `textloop train` makes one (ppocr is used until then)")
             return
-        t = Table(title="models")
+        t = titled("models")
         for col in ("", "version", "kind", "parent", "created", "coverage", "stock cov.", "on", "over-red.", "F1", "MB"):
             t.add_column(col)
         for m in models:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from pipeline.cli.common import emit, fail, progress, state
+from pipeline.cli.common import emit, fail, progress, state, titled
 from pipeline.rank import STRATEGY_HELP, RankError, RankOptions, RankResult, rank_images
 
 RANK = RankOptions()   # the option defaults are the library's
@@ -48,7 +47,7 @@ def rank_cmd(
 def _render(c: Console, result: RankResult) -> None:
     """The batch with each image's score and why, skipped images, and what to run next."""
     batch, strategy, data = result.batch, result.run.strategy, result.as_dict()
-    t = Table(title=f"next batch by {strategy} ({len(batch)} of {len(result.frame)} unlabelled images)")
+    t = titled(f"next batch by {strategy} ({len(batch)} of {len(result.frame)} unlabelled images)")
     for col in ("#", "image", "score", "boxes", "why"):
         t.add_column(col)
     for _, r in batch.iterrows():

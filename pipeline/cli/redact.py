@@ -7,9 +7,8 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from pipeline.cli.common import AppState, emit, fail, parse_floats, progress, state
+from pipeline.cli.common import AppState, emit, fail, parse_floats, progress, state, titled
 from pipeline.config import DEFAULT_MAX_PIXELS
 from pipeline.redact import run as rr
 from pipeline.redact.tree import AuditTrailError, RedactSummary, redact_tree
@@ -120,7 +119,7 @@ def _render(c: Console, summary: RedactSummary, verify: bool) -> None:
                 f"(outputs in {output})", highlight=False)
         return
     if dry_run:
-        t = Table(title="dry run: what would be redacted", show_header=True)
+        t = titled("dry run: what would be redacted", show_header=True)
         t.add_column("image")
         t.add_column("pages", justify="right")
         t.add_column("boxes", justify="right")
@@ -130,7 +129,7 @@ def _render(c: Console, summary: RedactSummary, verify: bool) -> None:
             t.add_row(r.rel, str(r.pages), str(r.n_boxes) if r.status != "failed" else f"failed: {r.reason}",
                       f"{min(sc):.2f}-{max(sc):.2f}" if sc else "")
         c.print(t)
-    t = Table(title=f"redact {input} -> {output}", show_header=True)
+    t = titled(f"redact {input} -> {output}", show_header=True)
     t.add_column("result")
     t.add_column("images", justify="right")
     for key in ("redacted", "no_text_found", "skipped", "held_for_review", "waiting_review", "dry_run", "failed"):

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from pipeline.cli.common import emit, state
+from pipeline.cli.common import emit, state, titled
 from pipeline.status import WorkspaceStatus, workspace_status
 
 
@@ -30,7 +29,7 @@ def _render(c: Console, s: WorkspaceStatus, root: Path) -> None:
     """Totals, images by status and split, rejects, models and the last iteration."""
     c.print(f"workspace {root}: {s.images} images from {s.sources} sources, "
             f"{s.annotations} annotations, {s.predictions} predictions, {s.tasks} Label Studio tasks")
-    t = Table(title="images by status and split")
+    t = titled("images by status and split")
     splits = ["train", "val", "test"]
     t.add_column("status")
     for sp in splits:
@@ -39,14 +38,14 @@ def _render(c: Console, s: WorkspaceStatus, root: Path) -> None:
         t.add_row(status, *(str(counts.get(sp, 0)) for sp in splits))
     c.print(t)
     if s.rejects:
-        r = Table(title="rejected sources by reason")
+        r = titled("rejected sources by reason")
         r.add_column("reason")
         r.add_column("count", justify="right")
         for reason, n in s.rejects.items():
             r.add_row(reason, str(n))
         c.print(r)
     if s.models:
-        m = Table(title="models")
+        m = titled("models")
         for col in ("version", "kind", "parent", "current"):
             m.add_column(col)
         for model in s.models:

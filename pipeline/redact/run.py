@@ -31,7 +31,7 @@ import numpy as np
 from pipeline.boxes import Detections, line_bridges, quads_json, area as box_area
 from pipeline.config import check_number
 from pipeline.detectors.base import detect_visible
-from pipeline.io import UnwritableError, atomic_write_bytes, describe_error, atomic_write_text, is_atomic_temp, sha256_bytes, sha256_file
+from pipeline.io import UnwritableError, atomic_open, atomic_write_bytes, describe_error, atomic_write_text, is_atomic_temp, sha256_bytes, sha256_file
 from pipeline.imaging import ImageRejected
 from pipeline.listing import IMAGE_EXTENSIONS, Listed, Skipped, file_problem, iter_glob, iter_image_files
 from pipeline.redact import codec
@@ -813,7 +813,10 @@ def summarize(results: Sequence[Result], seconds: float, ignored: Sequence[str] 
 
 
 def archive_original(item: Item, archive_root: Path, max_pixels: int = codec.DEFAULT_MAX_PIXELS) -> Path:
-    """Move the input to ARCHIVE/<rel> after checking its output decodes and matches its sidecar."""
+    """Move the input to ARCHIVE/<rel> after checking its output decodes and matches its sidecar.
+
+    A symlink is archived as the bytes it points at (then removed): moved as is, an absolute or
+    relative link would point nowhere (or back into the input tree) from inside the archive."""
     import shutil
 
     sc = read_sidecar(item.sidecar) or {}
@@ -823,7 +826,13 @@ def archive_original(item: Item, archive_root: Path, max_pixels: int = codec.DEF
     codec.decode(data, max_pixels)
     dest = archive_root / item.rel
     dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(item.src, dest)
+    if Path(item.src).is_symlink():
+        with open(item.src, "rb") as fin, atomic_open(dest) as fout:
+            shutil.copyfileobj(fin, fout)
+        shutil.copystat(item.src, dest)   # follows the link: the target's times and mode
+        os.unlink(item.src)
+    else:
+        shutil.move(item.src, dest)
     return dest
 
 

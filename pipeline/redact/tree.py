@@ -249,10 +249,12 @@ def redact_tree(input: str, output: str | Path, cfg: rr.RedactConfig = rr.Redact
 
 
 def _archive(results: list[rr.Result], items: Sequence[rr.Item], archive: Path, cfg: rr.RedactConfig) -> int:
-    """Move each redacted original under ARCHIVE once its output checks out; a failed move fails that image."""
+    """Move each redacted original under ARCHIVE once its output checks out; a failed move fails that image.
+
+    Symlinks go first: each is archived as the bytes it points at, which must still be in place."""
     archived = 0
     by_rel = {it.rel: it for it in items}
-    for res in results:
+    for res in sorted(results, key=lambda r: not (r.rel in by_rel and Path(by_rel[r.rel].src).is_symlink())):
         if res.status == "redacted":
             try:
                 rr.archive_original(by_rel[res.rel], archive, cfg.max_pixels)
