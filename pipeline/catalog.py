@@ -505,6 +505,23 @@ class Catalog:
                 out[r["source"]] = r["image_id"]
         return out
 
+    def image_names(self) -> dict[str, str]:
+        """Each image's file name as people know it: byte-identical copies harvested under other
+        names are one image, so those names follow ("a.png (also b.png)"): a report that named
+        only the first one seen pointed at a file the user had not labelled."""
+        out: dict[str, str] = {}
+        others: dict[str, list[str]] = {}
+        for r in self.query("SELECT i.id, i.original_name AS name, s.original_name AS other FROM images i "
+                            "LEFT JOIN image_sources s ON s.image_id = i.id AND s.original_name != i.original_name "
+                            "ORDER BY s.harvested_at, s.source"):
+            out[r["id"]] = r["name"] or ""
+            if r["other"] and r["other"] not in others.setdefault(r["id"], []):
+                others[r["id"]].append(r["other"])
+        for iid, more in others.items():
+            if more:
+                out[iid] = f"{out[iid]} (also {', '.join(more[:3])}{', ...' if len(more) > 3 else ''})"
+        return out
+
     def sources_of(self, image_ids: Sequence[str]) -> dict[str, list[str]]:
         """Every source (absolute path or URL) each image was harvested from, first seen first."""
         out: dict[str, list[str]] = {}

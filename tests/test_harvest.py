@@ -59,6 +59,9 @@ def test_folder_harvest_records_images_and_rejects(ws: Workspace, tmp_path: Path
     assert imgs["good.jpg"]["width"] == 64 and imgs["good.jpg"]["height"] == 48
     sources = rows(ws, "SELECT * FROM image_sources WHERE image_id = (SELECT id FROM images WHERE original_name='good.jpg')")
     assert {Path(r["source"]).name for r in sources} == {"good.jpg", "copy_of_good.JPG"}
+    with ws.catalog() as cat:   # what reports call it: every name the user has for it
+        assert cat.image_names()[imgs["good.jpg"]["id"]] == "good.jpg (also copy_of_good.JPG)"
+        assert cat.image_names()[imgs["c.png"]["id"]] == "c.png"
     rejects = {Path(r["source"]).name: r["reason"] for r in rows(ws, "SELECT * FROM rejects")}
     assert rejects == {"trunc.jpg": "corrupt", "notes.jpg": "not_an_image", "empty.png": "empty"}
     for r in imgs.values():  # content-addressed, bytes identical to the source

@@ -427,7 +427,7 @@ def catalog_items(ws: Any, cfg: LabelNoiseConfig | None = None, include_excluded
     cfg = cfg or LabelNoiseConfig()
     with ws.catalog() as cat:
         anns = cat.latest_annotations(include_excluded=include_excluded)
-        names = {r["id"]: r["original_name"] for r in cat.images()}
+        names = cat.image_names()
         first_at = cat.first_annotated_at()
         by_image = cat.prediction_history()
         trained_at = {m["version"]: float(m["created_at"]) for m in cat.models()}

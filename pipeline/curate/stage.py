@@ -79,7 +79,7 @@ def _named_skips(ws: Any, skipped: list[tuple[str, str]]) -> list[dict[str, str]
     if not skipped:
         return []
     with ws.catalog() as cat:
-        names = {r["id"]: r["original_name"] for r in cat.images()}
+        names = cat.image_names()
     return [{"image_id": iid, "name": names.get(iid) or "", "reason": why} for iid, why in skipped]
 
 
@@ -125,9 +125,8 @@ def run_curate(
             refs = workspace_images(ws)
             rep = find_duplicates(refs, dup_cfg, progress=progress)
             with ws.catalog() as cat:
-                rows = cat.images()
-            statuses = {r["id"]: r["status"] for r in rows}
-            names = {r["id"]: r["original_name"] or "" for r in rows}
+                statuses = {r["id"]: r["status"] for r in cat.images()}
+                names = cat.image_names()
             for table in (rep.images, rep.clusters):   # the galleries named images by a hash prefix
                 table["original_name"] = [names.get(i, "") for i in table["image_id"]]
                 table["status"] = [statuses.get(i, "") for i in table["image_id"]]
