@@ -143,6 +143,7 @@ def push_cmd(
         + (f", {res.failed} images failed" if res.failed else "")
         + (f"; {res.sent_for_review} of the new tasks are labels curation flagged (the label pre-drawn, the "
            "suspected issue in the task's meta)" if res.sent_for_review else "")
+        + (f"; {res.tasks_withdrawn} unlabelled tasks of excluded images withdrawn" if res.tasks_withdrawn else "")
         + f"\norder: {res.order}\n{res.url}"))
 
 

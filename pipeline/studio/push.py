@@ -154,20 +154,26 @@ def task_data(image_url: str, data_key: str, im: dict[str, Any], sources: Sequen
 # --- the push ---------------------------------------------------------------------------------
 
 def reconcile_tasks(studio: Studio, project_id: int, cat: Catalog,
-                    data_out: dict[int, dict[str, Any]] | None = None) -> dict[str, int]:
+                    data_out: dict[int, dict[str, Any]] | None = None,
+                    labelled_out: set[int] | None = None) -> dict[str, int]:
     """image_id -> task id on the server; catalog rows for tasks that no longer exist are dropped,
     server tasks missing from the catalog (a push killed after an import) are recorded with the
     prediction they were created with (`pushed_with` in their data) and their image marked
     pushed, so the rerun neither adds that prediction again nor leaves the image `new`.
-    `data_out` gets each task's data (task id -> data), so push can bring old tasks' fields up to date."""
+    `data_out` gets each task's data (task id -> data), so push can bring old tasks' fields up to
+    date; `labelled_out` the ids of tasks with any annotation (skipped ones too): a reviewer's work."""
     server: dict[str, int] = {}
-    pager = studio.call(lambda: studio.sdk.tasks.list(project=project_id, page_size=1000, fields="task_only", include="id,data"))
+    pager = studio.call(lambda: studio.sdk.tasks.list(project=project_id, page_size=1000, fields="task_only",
+                                                      include="id,data,total_annotations,cancelled_annotations"))
     data_out = {} if data_out is None else data_out
+    labelled_out = set() if labelled_out is None else labelled_out
     for t in studio.call(lambda: list(pager)):
         image_id = (t.data or {}).get("image_id")
         if image_id and image_id not in server:
             server[str(image_id)] = int(t.id)
             data_out[int(t.id)] = dict(t.data or {})
+        if (getattr(t, "total_annotations", 0) or 0) + (getattr(t, "cancelled_annotations", 0) or 0) > 0:
+            labelled_out.add(int(t.id))
     known = cat.tasks(project_id)
     recovered = 0
     with cat.transaction():
@@ -228,6 +234,7 @@ class PushSummary:
     order: str                 # how new tasks were ordered
     url: str
     sent_for_review: int = 0   # new tasks of images curation flagged (label under review pre-drawn, note in meta)
+    tasks_withdrawn: int = 0   # unlabelled tasks of images excluded since they were pushed, deleted
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -273,7 +280,9 @@ def push_images(
                 raise StudioError(f"{len(missing)} image id(s) not in the catalog, e.g. {sorted(missing)[0]}")
         images = {r["id"]: r for r in rows}
         server_data: dict[int, dict[str, Any]] = {}
-        server_tasks = reconcile_tasks(studio, project.id, cat, server_data)
+        labelled_tasks: set[int] = set()
+        server_tasks = reconcile_tasks(studio, project.id, cat, server_data, labelled_tasks)
+        withdrawn = _withdraw_excluded(studio, cat, project.id, server_tasks, labelled_tasks)
         sources = image_sources(cat, list(images))
         have_version = cat.tasks_with_prediction(project.id, version)
 
@@ -401,7 +410,27 @@ def push_images(
         project_id=project.id, model_version=version, tasks_created=created, predictions_added=added,
         tasks_updated=updated, already_pushed=len([i for i in images if i in server_tasks]) - len(upd_ids),
         failed=len(failed), order=order_note, url=f"{studio.url}/projects/{project.id}/data",
-        sent_for_review=len(under_review))
+        sent_for_review=len(under_review), tasks_withdrawn=withdrawn)
+
+
+def _withdraw_excluded(studio: Studio, cat: Catalog, project_id: int, server_tasks: dict[str, int],
+                       labelled_tasks: set[int]) -> int:
+    """Delete the unlabelled tasks of images `curate --apply` (or a person) excluded since they
+    were pushed, so labellers stop spending time on them; a task with an annotation stays (the
+    reviewer's work; `pull` counts its label as excluded). Returns how many were deleted."""
+    excluded = {r["id"] for r in cat.images_by_ids(list(server_tasks)) if r["status"] == ImageStatus.EXCLUDED}
+    gone = 0
+    for image_id in sorted(excluded):
+        tid = server_tasks[image_id]
+        if tid in labelled_tasks:
+            continue
+        studio.call(studio.sdk.tasks.delete, id=str(tid))
+        cat.forget_task(image_id, project_id, tid)
+        del server_tasks[image_id]
+        gone += 1
+    if gone:
+        log.info("withdrew %d unlabelled task(s) of excluded images", gone)
+    return gone
 
 
 def run_push(ws: Workspace, client: Studio | None = None, *, split: str | None = None, model: str = "current",

@@ -370,6 +370,26 @@ def test_removed_label_studio_work_leaves_other_labels_and_real_task_state(live_
     assert status == {kept_task: "pushed", gone_imported: "labelled", gone_plain: "new"}
 
 
+def test_push_withdraws_unlabelled_tasks_of_excluded_images(live_studio, tmp_path_factory):
+    """Images `curate --apply` excluded after they were pushed: their open tasks are deleted on
+    the next push (labellers stop working on them), a task someone already labelled stays."""
+    ws, studio = _small_project(live_studio, tmp_path_factory, "withdraw", 4, 7200)
+    first = push_images(ws, None, client=studio, detector=FakeDetector())
+    tasks = {t.data["image_id"]: t for t in _tasks(studio, first.project_id)}
+    open_one, labelled_one, *kept = sorted(tasks)
+    studio.sdk.annotations.create(id=tasks[labelled_one].id, result=[_rect(_pct([2, 2, 30, 12], 64, 48), 64, 48, "a")])
+    with ws.catalog() as cat:
+        for image_id in (open_one, labelled_one):
+            cat.set_status(image_id, "excluded")
+    res = push_images(ws, None, client=studio, detector=FakeDetector())
+    assert res.tasks_withdrawn == 1 and res.tasks_created == 0
+    left = {t.data["image_id"] for t in _tasks(studio, first.project_id)}
+    assert left == {labelled_one, *kept}
+    with ws.catalog() as cat:
+        assert open_one not in cat.tasks(first.project_id) and labelled_one in cat.tasks(first.project_id)
+    assert push_images(ws, None, client=studio, detector=FakeDetector()).tasks_withdrawn == 0   # idempotent
+
+
 def test_ml_backend_predictions_are_stored_by_label_studio(loop, live_studio, tmp_path_factory):
     from pipeline.serve import create_app, serving
 
