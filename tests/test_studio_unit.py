@@ -434,3 +434,42 @@ def test_studio_errors_name_the_timeout_and_never_paste_a_web_page():
     page = "<!doctype html> <html lang='en'> <head> <meta charset='utf-8'> " + "x" * 500
     wrong = str(explain(ApiError(status_code=404, body=page), "http://127.0.0.1:8391/foo"))
     assert "HTTP 404" in wrong and "<" not in wrong and "LABEL_STUDIO_URL the server's root" in wrong
+
+
+def test_a_slow_server_is_said_while_it_is_awaited(monkeypatch, caplog):
+    """Waiting on a hung Label Studio was minutes of silence: a request still unanswered after
+    SLOW_CALL seconds logs one line naming the server and the limit; a quick one logs nothing."""
+    import http.server
+    import logging
+    import threading
+    import time
+
+    from pipeline.studio import client as cl
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            time.sleep(0.6 if "slow" in self.path else 0.0)
+            body = b'{"id": 1, "email": "a@b.c"}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    monkeypatch.setattr(cl, "SLOW_CALL", 0.3)
+    try:
+        studio = cl.connect(f"http://127.0.0.1:{srv.server_port}", "tok", check=False, timeout=5)
+        http_get = studio.sdk._client_wrapper.httpx_client.httpx_client.get
+        with caplog.at_level(logging.WARNING, logger="textloop.studio"):
+            studio.call(http_get, f"{studio.url}/api/quick")
+            assert not caplog.records
+            studio.call(http_get, f"{studio.url}/api/slow")
+        assert [r.getMessage() for r in caplog.records] == [
+            f"still waiting for Label Studio at {studio.url} (gives up after 5 s)"]
+    finally:
+        srv.shutdown()

@@ -8,14 +8,19 @@ Every failure that a user can fix is raised as `StudioError` with one line that 
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 REQUEST_TIMEOUT = 120.0    # seconds per API request (connect())
 IMPORT_TIMEOUT = 600.0     # seconds for one task import (a batch of 500 tasks)
+SLOW_CALL = 15.0           # seconds before a call still waiting is said (once)
+
+log = logging.getLogger("textloop.studio")
 
 
 class StudioError(Exception):
@@ -120,9 +125,10 @@ def _short_detail(body: Any) -> str:
 class Studio:
     """An SDK client plus the settings it was made from (the URL for error messages)."""
 
-    def __init__(self, sdk: Any, settings: StudioSettings) -> None:
+    def __init__(self, sdk: Any, settings: StudioSettings, timeout: float = REQUEST_TIMEOUT) -> None:
         self.sdk = sdk
         self.settings = settings
+        self.timeout = timeout   # what one request waits for; said in the slow-call warning
 
     @property
     def url(self) -> str:
@@ -130,12 +136,23 @@ class Studio:
 
     def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Run one SDK call, translating failures into StudioError."""
+        return self._call(lambda: fn(*args, **kwargs), self.timeout)
+
+    def _call(self, fn: Callable[[], Any], limit: float) -> Any:
+        """`fn()` with errors as StudioError; one warning if it is still unanswered after
+        SLOW_CALL seconds (a hung server otherwise meant minutes of silence)."""
+        warn = threading.Timer(SLOW_CALL, lambda: log.warning(
+            "still waiting for Label Studio at %s (gives up after %.0f s)", self.url, limit))
+        warn.daemon = True
+        warn.start()
         try:
-            return fn(*args, **kwargs)
+            return fn()
         except StudioError:
             raise
         except Exception as exc:  # noqa: BLE001 - every SDK/transport error becomes one line
             raise explain(exc, self.url) from None
+        finally:
+            warn.cancel()
 
     def post_json(self, path: str, payload: Any, params: dict[str, Any] | None = None) -> Any:
         """POST plain JSON with the SDK's session and auth headers. For the big bulk calls: the
@@ -159,7 +176,7 @@ class Studio:
                 raise ApiError(status_code=r.status_code, body=body)
             return body
 
-        return self.call(go)
+        return self._call(go, IMPORT_TIMEOUT)
 
     def __repr__(self) -> str:
         return f"Studio({self.url})"
@@ -174,7 +191,7 @@ def connect(url: str | None = None, api_key: str | None = None, env_file: str | 
     if not settings.api_key:
         raise StudioError("no Label Studio API token: set LABEL_STUDIO_API_KEY in the environment or .env")
     sdk = LabelStudio(base_url=settings.url, api_key=settings.api_key, timeout=timeout, max_retries=0)
-    studio = Studio(sdk, settings)
+    studio = Studio(sdk, settings, timeout)
     if check:
         studio.call(lambda: sdk.users.whoami())
     return studio
