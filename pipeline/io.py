@@ -28,6 +28,17 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+# Exceptions no input file can cause: a per-image handler that logs and skips must re-raise
+# these, or a bug (a half-edited module, a missing import) shows up as "9 of 10 images failed"
+# with exit 0 instead of stopping the run.
+BUG_ERRORS: tuple[type[BaseException], ...] = (NameError, ImportError, SyntaxError)
+
+
+def is_bug(exc: BaseException) -> bool:
+    """True for an error in textloop's own code (see BUG_ERRORS), not in the image."""
+    return isinstance(exc, BUG_ERRORS)
+
+
 # --- hashes ---------------------------------------------------------------------------------
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -24,7 +24,7 @@ from pipeline.catalog import Catalog, ImageStatus
 from pipeline.config import DEFAULT_MAX_PIXELS, check_number, check_split
 from pipeline.detectors.base import Detector, detect_visible
 from pipeline.imaging import ImageRejected, load_views
-from pipeline.io import describe_error, sha256_file
+from pipeline.io import describe_error, is_bug, sha256_file
 from pipeline.listing import IMAGE_EXTENSIONS, NotRegularFile, Skipped
 from pipeline.workspace import Workspace
 
@@ -117,6 +117,8 @@ def predict_images(detector: Detector, paths: Iterable[str | Path], threshold: f
             try:
                 loaded.append((p, load_views(p, max_pixels)))
             except Exception as exc:  # noqa: BLE001 - any unreadable file is reported, the batch goes on
+                if is_bug(exc):
+                    raise
                 failed[p] = exc
         results: dict[Path, Detections | Exception] = dict(failed)
         arrays = [a for _, a in loaded]
@@ -124,7 +126,9 @@ def predict_images(detector: Detector, paths: Iterable[str | Path], threshold: f
             dets = detect_visible(detector, arrays) if arrays else []
             for (p, _), d in zip(loaded, dets):
                 results[p] = d
-        except Exception:  # noqa: BLE001 - retry one by one so the failure is pinned to its image
+        except Exception as exc:  # noqa: BLE001 - retry one by one so the failure is pinned to its image
+            if is_bug(exc):
+                raise
             for p, a in loaded:
                 try:
                     results[p] = detect_visible(detector, [a])[0]

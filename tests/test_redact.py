@@ -1046,3 +1046,25 @@ def test_a_tiff_without_pages_is_one_line_naming_it(tmp_path, caplog):
         res = Redactor(FakeDetector(), RedactConfig()).process(item)
     assert res.status == "failed" and "nopages" not in res.detail   # (the line around it names the file)
     assert not [r for r in caplog.records if r.name == "tifffile"], [r.getMessage() for r in caplog.records]
+
+
+def test_a_bug_in_our_own_code_stops_the_run_instead_of_failing_every_image(tmp_path, fake, monkeypatch):
+    """A walkthrough met a half-edited module: `evaluate` listed 9 NameErrors as failed images and
+    exited 0. Errors no input can cause stop redact and predict; a bad image still only fails itself."""
+    from pipeline.predict import predict_paths
+
+    src = make_tree(tmp_path / "in")
+
+    def broken(images):
+        raise NameError("name 'quad_thickness' is not defined")
+
+    monkeypatch.setattr(fake, "detect", broken)
+    with pytest.raises(NameError):
+        CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "redact", str(src), str(tmp_path / "out")],
+                           catch_exceptions=False)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.png"))
+    with pytest.raises(NameError):
+        list(predict_paths(fake, sorted(src.rglob("*.png"))))
+    monkeypatch.setattr(fake, "detect", lambda images: (_ for _ in ()).throw(ValueError("odd image")))
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "redact", str(src), str(tmp_path / "out2")])
+    assert r.exit_code == 1 and "odd image" in r.output

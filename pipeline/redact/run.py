@@ -31,7 +31,7 @@ import numpy as np
 from pipeline.boxes import Detections, line_bridges, quads_json, area as box_area
 from pipeline.config import check_number
 from pipeline.detectors.base import detect_visible
-from pipeline.io import UnwritableError, atomic_open, atomic_write_bytes, describe_error, atomic_write_text, is_atomic_temp, sha256_bytes, sha256_file
+from pipeline.io import UnwritableError, atomic_open, atomic_write_bytes, describe_error, is_bug, atomic_write_text, is_atomic_temp, sha256_bytes, sha256_file
 from pipeline.imaging import ImageRejected
 from pipeline.listing import IMAGE_EXTENSIONS, Listed, Skipped, file_problem, iter_glob, iter_image_files
 from pipeline.redact import codec
@@ -403,7 +403,9 @@ class Redactor:
             res.status, res.reason, res.detail = "failed", "io_error", str(exc)
         except MemoryError:
             res.status, res.reason, res.detail = "failed", "out_of_memory", "image too large for memory"
-        except Exception as exc:  # a detector/encoder bug must not stop the batch
+        except Exception as exc:  # a detector/encoder failure on one image must not stop the batch
+            if is_bug(exc):   # ... but an error in our own code is not the image's: stop
+                raise
             log.exception("%s: unexpected error", item.src)
             res.status, res.reason, res.detail = "failed", "error", describe_error(exc)
         res.seconds += time.perf_counter() - t0
