@@ -887,6 +887,11 @@ def test_sixteen_bit_grey_alpha_and_resolution_are_kept(tmp_path):
         assert redact_one(tmp_path / name, tmp_path / "out" / name).status == "redacted", name
     out = cv2.imread(str(tmp_path / "out" / "la16.png"), cv2.IMREAD_UNCHANGED)
     assert out.dtype == np.uint16 and out.shape == (H, W, 4)
+    # still grey + alpha (IHDR: 16 bits, colour type 4), not a twice-as-large RGBA
+    assert (tmp_path / "out" / "la16.png").read_bytes()[24:26] == b"\x10\x04"
+    assert (out[..., 0] == out[..., 1]).all() and (out[..., 0] == out[..., 2]).all()
+    core = covered_mask(BOXES, W, H, Pad(0, 0.0))
+    assert (out[..., 0][core] == 0).all() and (out[..., 3][core] == 65535).all()   # filled black, opaque
     inside = covered_mask(BOXES, W, H, Pad(1, 0.1))
     assert (out[..., 0][~inside] == la[..., 0][~inside]).all() and (out[..., 3] == 40000)[~inside].all()
     for name in ("rgb16.png", "a.bmp"):

@@ -183,12 +183,15 @@ def _webp_is_lossless(data: bytes) -> bool:
 
 def _decode_png16_color(data: bytes, orientation: int) -> Page:
     """16-bit RGB(A) and grey+alpha PNG through OpenCV (ships with rapidocr), which keeps all 16
-    bits (Pillow gives 8); grey+alpha and a tRNS colour key come as RGBA, written back so."""
+    bits (Pillow gives 8). OpenCV gives grey+alpha as BGRA: it becomes grey+alpha again (written
+    back as such, not as a twice-as-large RGBA). A tRNS colour key comes as RGBA, written back so."""
     import cv2
 
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None or arr.dtype != np.uint16 or arr.ndim != 3:
         raise ImageRejected("corrupt", "cannot decode 16-bit colour PNG")
+    if data[25:26] == b"\x04" and arr.shape[2] == 4:   # IHDR colour type 4: grey + alpha
+        return Page(orient(np.ascontiguousarray(arr[..., [0, 3]]), orientation), "gray")
     arr = arr[..., [2, 1, 0, 3]] if arr.shape[2] == 4 else arr[..., [2, 1, 0]]
     return Page(orient(np.ascontiguousarray(arr), orientation), "rgb")
 
@@ -201,14 +204,22 @@ def _encode_png16_color(page: Page, icc: bytes | None, dpi: tuple[float, float] 
     import zlib
 
     a = page.array
-    bgr = a[..., [2, 1, 0, 3]] if a.shape[2] == 4 else a[..., [2, 1, 0]]
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(bgr))
-    if not ok:
-        raise OSError("cannot encode 16-bit colour PNG")
-    png = buf.tobytes()
 
     def chunk(body: bytes) -> bytes:
         return struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
+
+    if a.shape[2] == 2:   # grey + alpha: OpenCV writes 1, 3 or 4 channels, so the rows are written here
+        h, w = a.shape[:2]
+        rows = np.zeros((h, 1 + w * 4), np.uint8)   # filter byte 0, then big-endian samples
+        rows[:, 1:] = np.ascontiguousarray(a).astype(">u2").view(np.uint8).reshape(h, w * 4)
+        png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR" + struct.pack(">IIBBBBB", w, h, 16, 4, 0, 0, 0))
+               + chunk(b"IDAT" + zlib.compress(rows.tobytes(), 6)) + chunk(b"IEND"))
+    else:
+        bgr = a[..., [2, 1, 0, 3]] if a.shape[2] == 4 else a[..., [2, 1, 0]]
+        ok, buf = cv2.imencode(".png", np.ascontiguousarray(bgr))
+        if not ok:
+            raise OSError("cannot encode 16-bit colour PNG")
+        png = buf.tobytes()
 
     extra = chunk(b"iCCP" + b"icc\x00\x00" + zlib.compress(icc)) if icc else b""
     if dpi:
