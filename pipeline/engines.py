@@ -5,7 +5,7 @@ engine here. With `ray`, each actor builds its detector once from a picklable re
 (`SpecFactory`: a spec and options, never a pickled model), takes small batches of rows (paths,
 not pixels) and returns small rows (results as JSON); the driver never holds pixels and does
 the catalog writes itself (one SQLite writer). `init_ray` joins the cluster `RAY_ADDRESS`
-names, or starts a local instance with usage stats off. Ray is an optional extra
+names, or starts a local instance of its own with usage stats off. Ray is an optional extra
 (`pip install '.[ray]'`).
 """
 
@@ -37,36 +37,63 @@ def ray_available() -> bool:
 
 
 def init_ray(num_cpus: int | None = None) -> None:
-    """Connect to RAY_ADDRESS if set, else start a small local instance (no dashboard, no usage stats)."""
+    """Connect to RAY_ADDRESS if set, else start a small local instance of our own (no
+    dashboard, no usage stats, on the loopback address). Without `address="local"` Ray joins any
+    cluster a `ray start` left on this machine, with that cluster's settings (usage stats
+    included). ValueError (one line naming RAY_ADDRESS) when the cluster cannot be reached."""
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing leaves the machine
     if ray.is_initialized():
         return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    address = os.environ.get("RAY_ADDRESS", "").strip()
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False, _node_ip_address="127.0.0.1")
+    except (ConnectionError, TimeoutError, RuntimeError, ValueError, ImportError) as exc:
+        first = " ".join(str(exc).split())[:300]
+        where = f"RAY_ADDRESS={address}" if address else "a local Ray instance"
+        raise ValueError(f"cannot start Ray on {where}: {type(exc).__name__}: {first}") from None
 
 
 class SpecFactory:
-    """Picklable recipe for a detector, built inside each actor: the spec resolved in the
-    workspace's model registry, then `load_detector(path, **options)` (redact gives DB detectors
-    its passes as options: `redact.run.pass_options`)."""
+    """Picklable recipe for a detector, built inside each actor: `load_detector(spec, **options)`.
 
-    def __init__(self, spec: str, workspace: str | None = None, options: dict[str, Any] | None = None) -> None:
-        self.spec, self.workspace, self.options = spec, workspace, dict(options or {})
+    The driver resolves the spec first (`current` -> the promoted bundle's absolute path, see
+    `SpecFactory.of`): an actor never opens the workspace. Opening it there created an empty
+    workspace (and a SQLite catalog on a shared filesystem) on a node that lacked it and quietly
+    ran stock ppocr, whose boxes the driver then stored under the tuned model's version. The
+    actor's detector must have the driver's version, else it stops. `info` (the model's
+    validation numbers from the registry) is what the driver's detector reports."""
+
+    def __init__(self, spec: str, options: dict[str, Any] | None = None, info: dict[str, Any] | None = None,
+                 version: str | None = None) -> None:
+        if spec == "current":
+            raise ValueError("SpecFactory needs a resolved spec (ppocr or a bundle path), not 'current'")
+        self.spec, self.options, self.info, self.version = spec, dict(options or {}), dict(info or {}), version
+
+    @classmethod
+    def of(cls, spec: str, detector: Any, options: dict[str, Any] | None = None, ws: Any = None) -> "SpecFactory":
+        """The recipe for `detector`, loaded on the driver from `spec` (resolved in `ws`)."""
+        from pipeline.bundle import resolve_detector
+
+        spec = resolve_detector(spec, ws)
+        if spec != "ppocr":
+            spec = os.path.abspath(spec)   # an actor's working directory is not the driver's
+        return cls(spec, options, getattr(detector, "info", None), str(detector.version))
 
     def __call__(self) -> Any:
-        from pipeline.bundle import resolve_detector, with_workspace_info
         from pipeline.detectors import load_detector
 
-        ws = None
-        if self.workspace:
-            from pipeline.workspace import Workspace
-
-            ws = Workspace.open(self.workspace)
-        return with_workspace_info(load_detector(resolve_detector(self.spec, ws), **self.options), ws)
+        det = load_detector(self.spec, **self.options)
+        if self.version is not None and str(det.version) != self.version:
+            raise RuntimeError(f"a Ray actor loaded {self.spec} as {det.version}, not the driver's {self.version}")
+        if self.info and getattr(det, "info", None) is not None:
+            det.info = {**det.info, **self.info}
+        return det
 
 
 def map_actors(actor: type, actor_kwargs: dict[str, Any], rows: Sequence[dict[str, Any]], workers: int = 2,

@@ -38,12 +38,35 @@ def test_spec_factory_is_picklable_and_builds_the_detector():
 
     from pipeline.redact.run import pass_options
 
-    f = pickle.loads(pickle.dumps(SpecFactory("ppocr", None, pass_options())))
+    f = pickle.loads(pickle.dumps(SpecFactory("ppocr", pass_options())))
     det = f()
     assert det.config.scales == (1.0, 2.0) and det.config.refine == "small"   # redact's passes
     assert SpecFactory("ppocr")().config.scales == (1.0,)
     # predict's own options mean what they say, on Ray as locally: 2x over the whole image
-    assert SpecFactory("ppocr", None, {"scales": (1.0, 2.0)})().config.refine == "image"
+    assert SpecFactory("ppocr", {"scales": (1.0, 2.0)})().config.refine == "image"
+
+
+def test_an_actor_never_opens_the_workspace_and_stops_on_another_model(tmp_path, monkeypatch):
+    """Actors resolved `current` in the workspace themselves: on a node without it they created
+    an empty one and ran stock ppocr, stored under the tuned model's version. The driver now
+    resolves the spec (an absolute bundle path), and an actor whose model differs stops."""
+    from pipeline.detectors import load_detector
+    from pipeline.workspace import Workspace
+
+    with pytest.raises(ValueError, match="resolved spec"):
+        SpecFactory("current")
+    ws_dir = tmp_path / "ws"
+    det = load_detector("ppocr")
+    f = SpecFactory.of("current", det, {}, Workspace.open(ws_dir))   # nothing promoted: stock
+    assert f.spec == "ppocr" and f.version == det.version
+    import shutil
+
+    shutil.rmtree(ws_dir)
+    assert f().version == det.version and not ws_dir.exists()      # built without the workspace
+    monkeypatch.chdir(tmp_path)
+    assert SpecFactory.of("models/b.zip", det).spec == str(tmp_path / "models" / "b.zip")
+    with pytest.raises(RuntimeError, match="not the driver's"):
+        SpecFactory("ppocr", {"scales": (1.0, 2.0)}, version=det.version)()
 
 
 def test_predict_cli_rejects_an_unknown_engine(tmp_path):

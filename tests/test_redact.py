@@ -494,6 +494,13 @@ def test_fail_fast_stops_early(tmp_path, fake):
     r = cli(tmp_path, "redact", str(src), str(tmp_path / "out"), "--fail-fast", "--workers", "1")
     assert r.exit_code == 1
     assert len(list((tmp_path / "out").glob("*.png"))) < 6
+    summary = json.loads((tmp_path / "out.audit" / "summary.json").read_text())
+    assert summary["stopped_early"] is True
+    # Ray actors finish their batches after the first failure: outputs the manifest would miss
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "redact", str(src), str(tmp_path / "o2"), "--fail-fast",
+                                 "--engine", "ray"])
+    assert r.exit_code == 2 and "--fail-fast works with the local engine only" in r.output
+    assert not (tmp_path / "o2").exists()
 
 
 def test_dry_run_writes_nothing_and_glob_and_single_file(tmp_path, fake):

@@ -63,6 +63,27 @@ def test_ray_engine_outputs_are_byte_identical_to_local(tmp_path, local_ray):
         rel = p.relative_to(tmp_path / "local.audit")
         a, b = json.loads(p.read_text()), json.loads((tmp_path / "ray.audit" / rel).read_text())
         assert a == b                                                 # same sidecars (boxes, hashes, settings)
+    # the same redact.log lines from either engine (actors log nothing themselves: Ray's session
+    # logs under /tmp kept the file names and failures, and redact.log had none)
+    def lines(name):
+        text = (tmp_path / f"{name}.audit" / "redact.log").read_text()
+        return sorted(line.split(" ", 3)[-1].replace(str(tmp_path / name), "OUT")
+                      for line in text.splitlines() if ": redacted (" in line or "broken.jpg" in line)
+    assert lines("local") == lines("ray") and len(lines("ray")) == 6
     # resume works across engines: nothing left to do
     code, s = _run(tmp_path, src, tmp_path / "ray", "--engine", "ray")
     assert s["skipped"] == 5 and s["redacted"] == 0
+
+
+def test_relative_paths_reach_actors_whose_working_directory_differs(tmp_path, local_ray, monkeypatch):
+    """Actors resolved `redact in out` from their own working directory (a cluster's raylet's):
+    every image failed `not_found`, or the outputs went there while the summary said redacted."""
+    src = tmp_path / "in"
+    _tree(src)
+    monkeypatch.chdir(tmp_path)   # the local instance's workers started in another folder
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "--json", "redact", "in", "rel_out", "--detector", "ppocr",
+                                 "--scales", "1", "--engine", "ray"])
+    s = json.loads(r.stdout)
+    assert s["redacted"] == 5, s["errors"]
+    assert len(sha_tree(tmp_path / "rel_out")) == 5 and len(list((tmp_path / "rel_out.audit" / "sidecars").rglob("*.json"))) == 5
+    assert all(not e.startswith("/") for e in s["errors"])   # results name the paths as typed

@@ -10,11 +10,12 @@ Ray is an optional extra: `pip install .[ray]`.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from pipeline.engines import SpecFactory, init_ray, map_actors, ray_available
-from pipeline.redact.run import Item, RedactConfig, Redactor, Result
+from pipeline.redact.run import Item, RedactConfig, Redactor, Result, log_result
 
 DetectorFactory = Callable[[], Any]
 __all__ = ["SpecFactory", "init_ray", "ray_available", "run_ray"]
@@ -25,9 +26,16 @@ class _RedactActor:
 
     def __init__(self, factory: DetectorFactory, cfg: RedactConfig, verifier_factory: DetectorFactory | None,
                  reviewed: dict[str, Any] | None) -> None:
+        import logging
+
         from pipeline.boxes import Detections
 
-        self.redactor = Redactor(factory(), cfg, verifier_factory() if verifier_factory else None)
+        # nothing about the user's files goes to Ray's session logs (/tmp/ray, kept after the
+        # run): each result comes back to the driver, which writes it to redact.log
+        quiet = logging.getLogger("textloop")
+        quiet.propagate = False
+        quiet.handlers[:] = [logging.NullHandler()]
+        self.redactor = Redactor(factory(), cfg, verifier_factory() if verifier_factory else None, log_results=False)
         self.reviewed = {k: Detections.from_json(v) for k, v in (reviewed or {}).items()}
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -44,6 +52,18 @@ def run_ray(factory: DetectorFactory, cfg: RedactConfig, items: Sequence[Item], 
             reviewed: dict[str, Any] | None = None) -> Iterator[Result]:
     """Results as Ray delivers them (order not guaranteed)."""
     reviewed_json = {k: v.to_json() for k, v in (reviewed or {}).items()}
+    # absolute paths: an actor resolves a relative one from its own working directory (on a
+    # cluster, the raylet's), which failed every image or wrote the outputs there
+    rows = [dict(it.to_dict(), src=os.path.abspath(it.src), out=os.path.abspath(it.out),
+                 sidecar=os.path.abspath(it.sidecar)) for it in items]
     rows = map_actors(_RedactActor, {"factory": factory, "cfg": cfg, "verifier_factory": verifier_factory,
-                                     "reviewed": reviewed_json}, [it.to_dict() for it in items], workers, batch_size)
-    return (Result(**json.loads(row["result"])) for row in rows)
+                                     "reviewed": reviewed_json}, rows, workers, batch_size)
+    typed = {it.rel: (it.src, it.out) for it in items}   # results name the paths as the user gave them
+
+    def result(row: dict[str, Any]) -> Result:
+        res = Result(**json.loads(row["result"]))
+        if res.rel in typed:
+            res.src, res.out = typed[res.rel]
+        return log_result(res)
+
+    return (result(row) for row in rows)

@@ -332,11 +332,22 @@ def read_sidecar(path: str | Path) -> dict[str, Any] | None:
         return None
 
 
+def log_result(res: Result) -> Result:
+    """The image's line in redact.log (a failure also on the console)."""
+    if res.status == "failed":
+        log.warning("%s: %s: %s", res.src, res.reason, res.detail)
+    else:
+        log.info("%s: %s (%d boxes)", res.rel, res.status, res.n_boxes)
+    return res
+
+
 class Redactor:
     """Detector + settings; `process(item)` redacts one file. Thread-safe (detector calls are
-    serialised: the detectors use every core for one image already)."""
+    serialised: the detectors use every core for one image already). `log_results=False`: the
+    caller logs each result (a Ray actor has no redact.log; the driver writes it)."""
 
-    def __init__(self, detector: Any, cfg: RedactConfig, verifier: Any | None = None) -> None:
+    def __init__(self, detector: Any, cfg: RedactConfig, verifier: Any | None = None, log_results: bool = True) -> None:
+        self.log_results = log_results
         self.detector = detector
         self.verifier = verifier
         self.cfg = cfg
@@ -413,11 +424,7 @@ class Redactor:
         return job
 
     def _log(self, res: Result) -> Result:
-        if res.status == "failed":
-            log.warning("%s: %s: %s", res.src, res.reason, res.detail)
-        else:
-            log.info("%s: %s (%d boxes)", res.rel, res.status, res.n_boxes)
-        return res
+        return log_result(res) if self.log_results else res
 
     def prepare(self, item: Item, reviewed: Detections | None = None) -> "Job":
         """Stage 1 (any thread): read, hash, resume check, decode every page, build the views."""

@@ -120,6 +120,9 @@ def redact_tree(input: str, output: str | Path, cfg: rr.RedactConfig = rr.Redact
 
     if engine not in ("local", "ray"):
         raise ValueError("--engine must be local or ray")
+    if engine == "ray" and fail_fast:   # actors keep writing after the driver stops reading
+        raise ValueError("--fail-fast works with the local engine only (Ray actors finish their batches after the "
+                         "first failure, and those outputs would be missing from the manifest)")
     if cfg.strict and not cfg.verify:
         raise ValueError("--strict needs --verify")
     if from_review and not cfg.force:
@@ -146,6 +149,11 @@ def redact_tree(input: str, output: str | Path, cfg: rr.RedactConfig = rr.Redact
         raise ValueError("--engine ray builds the detector in each actor: give a detector spec, not a detector")
     else:
         det, det_options = detector, {}
+    if engine == "ray":   # a cluster that cannot be reached is one line before any folder is made
+        from pipeline.engines import check_engine, init_ray
+
+        check_engine("ray")
+        init_ray()
     if not dry_run:
         out_folder = Path(items[0].out).parent if planned.single else output
         try:  # a folder that cannot be written is one error up front, not a failure per image
@@ -178,7 +186,6 @@ def redact_tree(input: str, output: str | Path, cfg: rr.RedactConfig = rr.Redact
             rr.log.info("%s: ignored: not named as an image", path)
         t0 = time.perf_counter()
         results: list[rr.Result] = list(pre_results) + planned.problems   # FIFOs, links out of the tree...
-        failed_early = False
         stream = None
         run_start = time.time()
         try:
@@ -188,17 +195,14 @@ def redact_tree(input: str, output: str | Path, cfg: rr.RedactConfig = rr.Redact
                 if not ray_available():
                     raise ValueError("--engine ray needs Ray: pip install 'textloop[ray]' (or pip install 'ray[data]')")
                 vf = Reader if cfg.verify else None   # each actor builds its own reader
-                stream = run_ray(SpecFactory(detector, str(ws.root) if ws else None, det_options), cfg, items, workers,
+                stream = run_ray(SpecFactory.of(detector, det, det_options), cfg, items, workers,
                                  verifier_factory=vf, reviewed=reviewed)
             else:
                 redactor = rr.Redactor(det, cfg, verifier)
                 stream = rr.run_local(redactor, items, workers, reviewed=reviewed, fail_fast=fail_fast)
             for res in stream:
                 results.append(res)
-                update(len(results), len(items) + len(pre_results))
-                if fail_fast and res.status == "failed" and engine == "ray":
-                    failed_early = True
-                    break
+                update(len(results), len(items) + len(pre_results) + len(planned.problems))
         except KeyboardInterrupt:
             if stream is not None and hasattr(stream, "close"):
                 stream.close()          # stop the engine's threads now, not at interpreter exit
@@ -232,7 +236,7 @@ def redact_tree(input: str, output: str | Path, cfg: rr.RedactConfig = rr.Redact
                    "passes": det.passes() if hasattr(det, "passes") else None},
             input=input, output=str(output), audit=str(audit_dir), detector=det.version,
             settings=cfg.settings(det.version), engine=engine, archived=archived, review=review_info,
-            stopped_early=failed_early,
+            stopped_early=fail_fast and len(results) < len(items) + len(pre_results) + len(planned.problems),
             would_redact=[{"input": r.rel, "pages": r.pages, "boxes": r.boxes, "scores": r.scores}
                           for r in sorted(results, key=lambda r: r.rel) if r.status == "dry_run"] if dry_run else None,
             results=tuple(results))
