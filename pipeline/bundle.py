@@ -268,8 +268,9 @@ def model_info(meta: Mapping[str, Any]) -> dict[str, Any]:
 
 def load_bundle(path: str | Path, **options: Any) -> Any:
     """A ready Detector from a bundle. fasterrcnn options: score_threshold, max_side, tile,
-    threads; db options: any PPOCRConfig field except the thresholds the bundle selected
-    (threads, scales, max_side, tile_size, ...). Unknown options are ignored."""
+    threads (others ignored); db options: any PPOCRConfig field (threads, scales, max_side, ...;
+    `thresh`/`box_thresh`/`unclip_ratio` replace the bundle's selection and change the version),
+    an unknown one is a ValueError."""
     path = Path(path)
     meta = read_bundle_meta(path)
     if meta["config"]["kind"] == "db":
@@ -280,7 +281,7 @@ def load_bundle(path: str | Path, **options: Any) -> Any:
             with zipfile.ZipFile(path) as zf:
                 onnx = zf.read("model.onnx")
             return DBDetector(cfg.ppocr_config(**options), version=str(meta["config"]["version"]), model_bytes=onnx,
-                              info=model_info(meta))
+                              info=model_info(meta), overrides=cfg.overrides(options))
     from pipeline.detectors.fasterrcnn import FasterRCNNDetector
 
     model, fcfg, meta = load_model(path)

@@ -251,6 +251,34 @@ def test_db_bundle_predicts_in_a_fresh_process_and_workspace(tiny: dict, trained
             assert (v - r.model.state_dict()[k]).abs().max() < 1e-6, k
 
 
+def test_detector_options_of_a_db_bundle_are_applied_and_checked(tiny: dict, trained: dict, tmp_path: Path) -> None:
+    """`-o` with a tuned model (`current` after the Quick start) silently ignored the thresholds,
+    ran typos and out-of-range values with exit 0, and called `scales=100` a broken bundle."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli.app import app
+    from pipeline.train import save_result
+
+    bundle = tmp_path / "b.zip"
+    version = save_result(bundle, trained["result"])
+    img = tiny["root"] / "val" / tiny["val"][0].gt.image
+
+    def predict(*opts: str):
+        return CliRunner().invoke(app, ["--json", "predict", str(img), "--detector", str(bundle), "--no-store",
+                                        *[x for o in opts for x in ("-o", o)]])
+
+    plain, loose, strict = predict(), predict("thresh=0.1", "box_thresh=0.1"), predict("box_thresh=0.999")
+    assert plain.exit_code == loose.exit_code == strict.exit_code == 0, plain.output + strict.output
+    p, lo, hi = (json.loads(r.stdout) for r in (plain, loose, strict))
+    assert p["model_version"] == version and hi["model_version"] != version and hi["model_version"].startswith(version)
+    assert lo["model_version"] not in (version, hi["model_version"])
+    assert lo["boxes"] >= p["boxes"] >= hi["boxes"] and lo["boxes"] > hi["boxes"]   # the thresholds were used
+    for bad, said in (("box_tresh=0.9", "unknown db option(s): box_tresh"), ("box_thresh=5", "box_thresh"),
+                      ("scales=100", "scales")):
+        r = predict(bad)
+        assert r.exit_code == 2 and said in r.output and "does not load" not in r.output, (bad, r.output)
+
+
 def test_promotion_rule_refuses_a_worse_model_and_force_overrides(tiny: dict, trained: dict, ws, tmp_path: Path) -> None:
     """A model that finds nothing is refused with both numbers; --force promotes it anyway."""
     import torch

@@ -136,11 +136,18 @@ def export_onnx(net: Any, path: str | Path, name: str = "x") -> Path:
     return Path(path)
 
 
-def passes_version(model_version: str, config: PPOCRConfig) -> str:
+THRESHOLDS = ("thresh", "box_thresh", "unclip_ratio")   # what a bundle selected on validation
+
+
+def passes_version(model_version: str, config: PPOCRConfig, overrides: dict[str, float] | None = None) -> str:
     """A tuned model's detector version: the model's own, plus a short hash of the pass options
     (scales, refinement, tiling) that differ from one plain pass, so outputs made with other
-    passes never look up to date (redact's settings hash). The thresholds are the bundle's."""
-    return config_version(model_version, config, skip=("thresh", "box_thresh", "unclip_ratio"))
+    passes never look up to date (redact's settings hash); plus one of the thresholds a user set
+    in place of the bundle's selection (`-o unclip_ratio=2`), when any."""
+    version = config_version(model_version, config, skip=THRESHOLDS)
+    if overrides:
+        version += "+t" + sha256_bytes(json.dumps(overrides, sort_keys=True).encode())[:8]
+    return version
 
 
 class DBDetector(PPOCRDetector):
@@ -150,15 +157,19 @@ class DBDetector(PPOCRDetector):
     name = "db"
 
     def __init__(self, config: PPOCRConfig | None = None, *, version: str, model_bytes: bytes | None = None,
-                 info: dict[str, Any] | None = None, **options: object) -> None:
+                 info: dict[str, Any] | None = None, overrides: dict[str, float] | None = None,
+                 **options: object) -> None:
         super().__init__(config, model_bytes=model_bytes, **options)
         self.model_version = version
-        self.version = passes_version(version, self.config)
+        self.overrides = dict(overrides or {})   # thresholds set in place of the bundle's selection
+        self.version = passes_version(version, self.config, self.overrides)
         self.info = dict(info or {})   # bundle facts for reports (validation coverage, thresholds)
 
     def with_options(self, **changes: Any) -> "DBDetector":
         other = super().with_options(**changes)
-        other.version = passes_version(self.model_version, other.config)
+        other.overrides = {k: getattr(other.config, k) for k in self.overrides}
+        other.overrides.update({k: changes[k] for k in THRESHOLDS if k in changes})
+        other.version = passes_version(self.model_version, other.config, other.overrides)
         return other  # type: ignore[return-value]
 
 
@@ -211,12 +222,23 @@ class DBModelConfig:
         return cls(**kw)
 
     def ppocr_config(self, **options: Any) -> PPOCRConfig:
-        """PPOCRConfig with these thresholds; `options` are other PPOCRConfig fields (threads, scales...)."""
-        allowed = {f.name for f in fields(PPOCRConfig)} - {"thresh", "box_thresh", "unclip_ratio", "model_path"}
-        kw = {k: v for k, v in options.items() if k in allowed and v is not None}
+        """PPOCRConfig with these thresholds, unless `options` set them; `options` are PPOCRConfig
+        fields (threads, scales...), checked as `ppocr` checks them. Unknown names are a
+        ValueError: a typo (`-o box_tresh=0.9`) used to run with the bundle's value and exit 0."""
+        allowed = {f.name for f in fields(PPOCRConfig)} - {"model_path"}
+        unknown = sorted(set(options) - allowed)
+        if unknown:
+            raise ValueError(f"unknown db option(s): {', '.join(unknown)} (options: {', '.join(sorted(allowed))})")
+        kw = {k: v for k, v in options.items() if v is not None}
         if "scales" in kw:
-            kw["scales"] = tuple(float(s) for s in kw["scales"])
-        return PPOCRConfig(thresh=self.thresh, box_thresh=self.box_thresh, unclip_ratio=self.unclip_ratio, **kw)
+            kw["scales"] = tuple(float(s) for s in (kw["scales"] if isinstance(kw["scales"], (list, tuple))
+                                                    else [kw["scales"]]))
+        picked = {"thresh": self.thresh, "box_thresh": self.box_thresh, "unclip_ratio": self.unclip_ratio}
+        return PPOCRConfig(**{**picked, **kw})
+
+    def overrides(self, options: dict[str, Any]) -> dict[str, float]:
+        """The thresholds `options` set to other values than the bundle's selection."""
+        return {k: options[k] for k in THRESHOLDS if options.get(k) is not None and options[k] != getattr(self, k)}
 
 
 def stock_sha256() -> str:
