@@ -63,3 +63,17 @@ def test_iterate_config_is_built_from_train_and_rank_configs() -> None:
     assert cfg.train == replace(TrainConfig(), epochs=3, steps_per_epoch=50, budget_minutes=10.0) == ROUND_TRAINING
     assert TrainConfig(arch="fasterrcnn").effective_lr == 2e-3
     assert replace(cfg.train, arch="fasterrcnn").effective_lr == 2e-3
+
+
+def test_iterate_on_a_workspace_without_images_says_what_to_do_first(tmp_path) -> None:
+    """`init` then `iterate` made 400 synthetic images and trained for 7 minutes on nothing."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli.app import app
+
+    runner = CliRunner()
+    assert runner.invoke(app, ["-w", str(tmp_path / "ws"), "init"]).exit_code == 0
+    r = runner.invoke(app, ["-w", str(tmp_path / "ws"), "iterate", "--no-push"])
+    assert r.exit_code == 2 and "no images in" in r.output and "textloop harvest" in r.output
+    assert not (tmp_path / "ws" / "synth").exists() or not any((tmp_path / "ws" / "synth").iterdir())
+    assert not any((tmp_path / "ws" / "runs").glob("train-*"))

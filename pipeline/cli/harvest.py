@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
 
 
 def init_cmd(ctx: typer.Context) -> None:
-    """Create the workspace layout and catalog (every other command does this implicitly)."""
+    """Create the workspace layout and catalog (commands that add data make one too; the rest refuse a folder without one)."""
     st = state(ctx)
     ws = st.ws()
     with ws.catalog() as cat:

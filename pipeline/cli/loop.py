@@ -48,6 +48,11 @@ def iterate_cmd(
     except ValueError as exc:
         fail(str(exc), 2)
     ws = st.read_ws()
+    with ws.catalog() as cat:
+        n_images = cat.row_counts()["images"]
+    if not n_images:   # it generated 400 synthetic images and trained for minutes on a blank workspace
+        fail(f"no images in {ws.root}: `textloop harvest FOLDER` (or `textloop import LABELS`) first; a round "
+             "learns from the labels of harvested images", 2)
     try:
         res = iterate(ws, cfg, say=lambda s: st.console.print(f"[bold]·[/] {s}", highlight=False))
     except KeyboardInterrupt:
