@@ -856,6 +856,7 @@ def test_from_review_with_nothing_held_says_so(tmp_path, fake):
     r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "redact", str(src), str(tmp_path / "o") + "/", "--from-review"])
     assert r.exit_code == 0, r.output
     assert "nothing is held for review" in r.stderr and "--review" in r.stderr
+    assert "archive" not in r.output      # it also claimed an --archive run that never happened
     assert not (tmp_path / "o" / "a.png").exists()
 
 

@@ -114,7 +114,8 @@ def _render(c: Console, summary: RedactSummary, verify: bool) -> None:
     dry_run, results, review_info = summary.would_redact is not None, summary.results, summary.review
     audit_dir, input, output = Path(summary.audit), summary.input, summary.output
     summary = summary.as_dict()
-    if not summary["images"] and not summary["failed"]:
+    if not summary["images"] and not summary["failed"] and summary["detector"] == "":
+        # the no-op summary of a finished --archive run (redact_tree), not any run with nothing to do
         c.print(f"nothing to redact in {input}: an earlier run moved its originals to the archive "
                 f"(outputs in {output})", highlight=False)
         return
