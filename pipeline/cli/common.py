@@ -73,6 +73,16 @@ def titled(title: str, **kw: Any) -> Table:
     return Table(title=title, min_width=len(title), **kw)
 
 
+def option_message(ctx: typer.Context, exc: BaseException, renames: dict[str, str] | None = None) -> str:
+    """A config's "batch_size must be >= 1" as the user typed it: "--batch-size must be >= 1"
+    (when the first word names an option of this command; else the message as it is)."""
+    text = str(exc)
+    field, _, rest = text.partition(" ")
+    opt = "--" + (renames or {}).get(field, field.replace("_", "-"))
+    known = {o for p in ctx.command.params for o in getattr(p, "opts", ())}
+    return f"{opt} {rest}" if rest and opt in known else text
+
+
 def state(ctx: typer.Context) -> AppState:
     obj = ctx.find_root().obj
     assert isinstance(obj, AppState), "global options not parsed"

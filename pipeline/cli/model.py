@@ -10,7 +10,7 @@ from typing import Any, List, Optional
 import typer
 from rich.console import Console
 
-from pipeline.cli.common import AppState, emit, fail, parse_floats, progress, state, titled, usage_errors
+from pipeline.cli.common import AppState, emit, fail, option_message, parse_floats, progress, state, titled, usage_errors
 from pipeline.workspace import check_run_name
 
 
@@ -164,7 +164,7 @@ def train_cmd(
                           human_fraction=human_fraction, patience=patience, budget_minutes=budget_minutes, seed=seed,
                           threads=threads, resume=resume, freeze_bn=freeze_bn)
     except ValueError as exc:
-        fail(str(exc), 2)
+        fail(option_message(ctx, exc, {"over_redaction_budget": "over-redaction-budget"}), 2)
     try:
         with _train_progress(st) as update:
             summary = train_run(ws, cfg, synth_sets=synth, synth_images=synth_images, parent=parent, run=run,
