@@ -210,7 +210,11 @@ def test_cli_harvest_and_status_json(tmp_path: Path) -> None:
     r = runner.invoke(app, ["--workspace", wsdir, "harvest", "--strict", str(tmp_path / "src")])
     assert r.exit_code == 1  # rejects remain and --strict was asked
     r = runner.invoke(app, ["--workspace", wsdir, "harvest", str(tmp_path / "nothing-here")])
-    assert r.exit_code == 1  # nothing could be done
+    assert r.exit_code == 2  # a mistyped path: a usage error, nothing recorded
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.png").write_bytes(b"")
+    r = runner.invoke(app, ["--workspace", wsdir, "harvest", str(tmp_path / "bad")])
+    assert r.exit_code == 1  # nothing could be harvested
 
 
 def test_interrupted_harvest_resumes_without_partials_or_duplicates(tmp_path: Path) -> None:
@@ -385,3 +389,11 @@ def test_quiet_harvest_lists_at_most_fifty_rejects(tmp_path):
     assert "... and 7 more" in r.stderr and r.stdout == ""
     r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws2"), "--json", "harvest", str(src)])
     assert len(json.loads(r.stdout)["rejects"]) == 57
+
+
+def test_a_mistyped_path_is_one_line_and_records_nothing(tmp_path):
+    """`harvest nope/` made the workspace and a `not_found` reject that no later harvest cleared."""
+    (tmp_path / "src").mkdir()
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "harvest", str(tmp_path / "src"), str(tmp_path / "nope")])
+    assert r.exit_code == 2 and f"{tmp_path / 'nope'}: no such file or folder" in r.output
+    assert not (tmp_path / "ws").exists()

@@ -48,6 +48,11 @@ def harvest_cmd(
                             max_pixels=max_pixels, splits=SplitRatios.parse(splits))
     except ValueError as exc:
         fail(str(exc), 2)
+    # a path typed on the command line that does not exist is a typo, not a bad entry of a batch:
+    # one line, nothing recorded (it was a `not_found` reject that no later harvest cleared)
+    missing = [s for s in sources if "://" not in s and not os.path.lexists(os.path.expanduser(s))]
+    if missing:
+        fail(f"{missing[0]}: no such file or folder" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""), 2)
     ws = st.ws()
     try:
         with progress(st, "harvest") as update:
