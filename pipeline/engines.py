@@ -109,8 +109,14 @@ def map_actors(actor: type, actor_kwargs: dict[str, Any], rows: Sequence[dict[st
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ds = ray.data.from_items(list(rows), override_num_blocks=max(1, min(len(rows), 64)))
-    out = ds.map_batches(actor, fn_constructor_kwargs=actor_kwargs, batch_size=batch_size,
-                         concurrency=max(1, int(workers)), num_cpus=cpus_per_actor, batch_format="numpy")
+    import logging
+
+    if not logging.getLogger("textloop").isEnabledFor(logging.INFO):   # -v shows Ray Data's plan and timings
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+    # `concurrency=` is deprecated (Ray 2.51); more actors than rows only draws a warning
+    pool = ray.data.ActorPoolStrategy(size=max(1, min(int(workers), len(rows))))
+    out = ds.map_batches(actor, fn_constructor_kwargs=actor_kwargs, batch_size=batch_size, compute=pool,
+                         num_cpus=cpus_per_actor, batch_format="numpy")
     return iter(out.iter_rows())
 
 
