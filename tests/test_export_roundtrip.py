@@ -199,10 +199,13 @@ def test_a_re_export_in_another_format_removes_the_old_label_files(tmp_path: Pat
     ws = Workspace.open(tmp_path / "ws")
     import_labels(ws, [labelled_source(tmp_path / "src")])
     out = tmp_path / "E"
-    export(ws, out, "yolo")
-    export(ws, out, "jsonl")
+    yolo = export(ws, out, "yolo")
+    n_yolo = len([p for p in out.rglob("*") if p.is_file() and p.parent.name != "images"])
+    again = export(ws, out, "jsonl")
     assert sorted(p.name for p in out.iterdir()) == ["boxes.jsonl", "images"]   # no labels/, lists, data.yaml
-    export(ws, out, "coco")
+    # ... and says so (it reported "removed: 0" after deleting them)
+    assert yolo.label_files_removed == 0 and again.label_files_removed == n_yolo > 0 and again.removed == 0
+    assert export(ws, out, "coco").label_files_removed == 1
     assert sorted(p.name for p in out.iterdir()) == ["annotations.json", "images"]
     # a label file textloop did not write is refused, not removed
     write_jsonl(out / "boxes.jsonl", [LabelledImage("holiday/a.png", 10, 10)])

@@ -192,7 +192,7 @@ def test_export_formats_from_catalog_annotations(ws, tmp_path):
     recs = {r.image: r for r in read_jsonl(tmp_path / "j" / "boxes.jsonl")}
     assert res.images == 3 and res.empty_images == 1  # the skipped image is not a label
     assert res.as_dict() == {"format": "jsonl", "out": res.out, "images": 3, "boxes": 2, "empty_images": 1,
-                             "ignored_boxes": 0, "removed": 0}
+                             "ignored_boxes": 0, "removed": 0, "label_files_removed": 0}
     rot = next(r for r in recs.values() if ids["rot.jpg"] in r.image)
     with Image.open(tmp_path / "j" / rot.image) as im:
         assert im.size == (60, 90) == (rot.width, rot.height)  # written upright: boxes stay valid

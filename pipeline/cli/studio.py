@@ -189,7 +189,9 @@ def export_cmd(
         ignored = (f"; {res.ignored_boxes} don't-care boxes " + ("left out (YOLO has no don't-care flag)" if fmt == "yolo"
                                                                  else "kept with their flag")) if res.ignored_boxes else ""
         c.print(f"exported {res.images} images ({res.boxes} boxes, {res.empty_images} without text{ignored}) to {res.out}"
-                + (f"; removed {res.removed} files of images no longer in the set" if res.removed else ""))
+                + (f"; removed {res.removed} files of images no longer in the set" if res.removed else "")
+                + (f"; removed {res.label_files_removed} label files of an earlier export in another format"
+                   if res.label_files_removed else ""))
 
     emit(st, res.as_dict(), render)
 

@@ -66,33 +66,38 @@ def _check_out(out: Path) -> None:
                          "textloop export; export into a new or empty folder")
 
 
-def _prune(out: Path, keep: set[str], fmt: str) -> int:
+def _prune(out: Path, keep: set[str], fmt: str) -> tuple[int, int]:
     """Remove files an earlier export wrote for images not in this one (and temp files a killed
-    export left); how many of the former. YOLO's `labels/` go too when this export is another
-    format's (they are label files, not counted)."""
+    export left); how many of those, and how many of YOLO's `labels/` files went because this
+    export is another format's."""
     stale = [p for p in _files_in(out) if is_image_id(p.stem) and p.stem not in keep]
     for p in stale:
         p.unlink()
+    other = 0
     if fmt != "yolo":
         for p in _files_in(out):
             if p.parent.name == "labels":
                 p.unlink()
+                other += 1
     for d in _OWN_DIRS:
         for p in (out / d).glob(".*"):
             if is_atomic_temp(p.name):
                 p.unlink()
     if (out / "labels").is_dir() and not any((out / "labels").iterdir()):
         (out / "labels").rmdir()
-    return len(stale)
+    return len(stale), other
 
 
-def _remove_other_label_files(out: Path, written: set[str]) -> None:
+def _remove_other_label_files(out: Path, written: set[str]) -> int:
     """Remove the label files at OUT's top that an earlier export wrote and this one did not
     (another format's, the list of a split no longer exported): `_check_out` refused any that is
     not an export's, so only textloop's own files are removed."""
+    gone = 0
     for path, ours in _label_files(out):
         if ours and path.name not in written:
             path.unlink()
+            gone += 1
+    return gone
 
 
 def check_options(fmt: str, split: str | None) -> None:
@@ -153,6 +158,7 @@ class ExportSummary:
     empty_images: int          # verified text-free images (no boxes)
     ignored_boxes: int = 0     # don't-care boxes: written with their flag (jsonl, coco) or left out (yolo)
     removed: int = 0           # files of an earlier export into OUT whose images are not in this one
+    label_files_removed: int = 0   # an earlier export's label files this one does not write (another format's)
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -187,8 +193,8 @@ def export(ws: Workspace, out: Path, fmt: str = "jsonl", split: str | None = Non
     n_ignored = sum(int(rec.ignore.sum()) for rec in records)
     n_boxes = sum(len(rec.boxes) for rec in records) - n_ignored
     target = label_format.save(records, out, classes=classes)
-    _remove_other_label_files(out, label_format.outputs(records))
-    removed = _prune(out, {str(r["image_id"]) for r in rows}, fmt)
+    other = _remove_other_label_files(out, label_format.outputs(records))
+    removed, other_labels = _prune(out, {str(r["image_id"]) for r in rows}, fmt)
     return ExportSummary(format=fmt, out=str(target), images=len(records), boxes=n_boxes,
                          empty_images=sum(1 for rec in records if len(rec.boxes) == 0), ignored_boxes=n_ignored,
-                         removed=removed)
+                         removed=removed, label_files_removed=other + other_labels)
