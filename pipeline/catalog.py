@@ -838,8 +838,10 @@ class Catalog:
             return self.query("SELECT * FROM iterations ORDER BY id")
         return self.query("SELECT * FROM iterations WHERE status = ? ORDER BY id", (status,))
 
-    def last_iteration(self) -> Row | None:
-        rows = self.query("SELECT * FROM iterations ORDER BY id DESC LIMIT 1")
+    def last_iteration(self, done: bool = False) -> Row | None:
+        """The latest iteration row (`done`: the latest that finished, not a failed or running one)."""
+        where = " WHERE status = 'done'" if done else ""
+        rows = self.query(f"SELECT * FROM iterations{where} ORDER BY id DESC LIMIT 1")
         return rows[0] if rows else None
 
     # --- what the workspace holds ----------------------------------------------------------

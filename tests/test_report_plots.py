@@ -197,3 +197,17 @@ def test_iterate_test_metrics_make_a_curve_point(ws):
     row = curve.iloc[0]
     assert (row["n_labelled"], row["coverage_metric"]) == (5, "text_coverage")
     assert (row["coverage"], row["f1"]) == pytest.approx((0.42, 0.3))
+
+
+def test_the_report_copy_goes_to_the_last_finished_step_not_a_failed_one(ws):
+    """A failed `curate --engine fastdup` after a good curate: the report's copy went under the
+    failed step's folder, beside its empty curate output."""
+    with ws.catalog() as cat:
+        with cat.iteration("curate") as it:
+            good = it.id
+        with pytest.raises(RuntimeError):
+            with cat.iteration("curate"):
+                raise RuntimeError("no .venv-fastdup")
+    report.build_report(ws)
+    assert (ws.run_dir(good) / "report" / "report.html").exists()
+    assert not (ws.run_dir(good + 1) / "report").exists()

@@ -465,7 +465,7 @@ def build_report(ws: Any, iteration: int | str | None = None, max_items: int = 1
     issue_boxes = read_table(rep_dir, "label_issue_boxes")
     if iteration is None:
         with ws.catalog() as cat:
-            last = cat.last_iteration()
+            last = cat.last_iteration(done=True)   # the step that made the data, not a failed one after it
             iteration = last["id"] if last else 0
     out_dirs = [rep_dir, ws.run_dir(iteration) / "report"]
     pngs = {"learning_curve": "learning_curve.png", "ranking": "ranking_scores.png",
