@@ -255,6 +255,7 @@ def predict_workspace(
     factory: Callable[[], Detector] | None = None,
     workers: int = 2,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    reused: list[str] | None = None,
 ) -> dict[str, Detections]:
     """Predict workspace images (default: all except status 'excluded') and store them under
     `detector.version` with `min_score=threshold`. `skip_existing` reuses stored rows of this
@@ -276,6 +277,8 @@ def predict_workspace(
         if skip_existing:
             out = load_predictions(cat, detector.version, [r["id"] for r in rows], usable_at=threshold)
             out = {k: v.filter(threshold) for k, v in out.items()}
+            if reused is not None:
+                reused.extend(out)
         todo = [r for r in rows if r["id"] not in out]
         by_path = {ws.abspath(r["path"]): r["id"] for r in todo}
         total, done = len(rows), len(rows) - len(todo)
@@ -397,17 +400,22 @@ class PredictSummary:
     threshold: float
     out: str | None
     seconds: float
-    images_per_s: float | None
+    images_per_s: float | None     # images predicted in this run (reused rows not counted) per second
+    reused: int = 0                # --skip-existing: images whose stored predictions were reused
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
 def _summary(det: Detector, n_ok: int, n_boxes: int, errors: list[str], n_stored: int, threshold: float,
-             out: Path | None, seconds: float) -> PredictSummary:
+             out: Path | None, seconds: float, reused: int = 0) -> PredictSummary:
+    """The run's summary; a resumed run's speed counts only what it predicted (a no-op rerun
+    said 20,995 images/s)."""
+    done = n_ok - reused
     return PredictSummary(model_version=det.version, images=n_ok, boxes=n_boxes, errors=errors,
                           stored_in_catalog=n_stored, threshold=threshold, out=str(out) if out else None,
-                          seconds=round(seconds, 3), images_per_s=round(n_ok / seconds, 3) if seconds > 0 else None)
+                          seconds=round(seconds, 3),
+                          images_per_s=round(done / seconds, 3) if seconds > 0 and done > 0 else None, reused=reused)
 
 
 def predict_workspace_images(ws: Workspace, det: Detector, *, split: str | None = None, status: str | None = None,
@@ -429,15 +437,18 @@ def predict_workspace_images(ws: Workspace, det: Detector, *, split: str | None 
     paths = {r["id"]: r["path"] for r in rows}
     sizes = {r["id"]: (r["width"], r["height"]) for r in rows}
     errs: list[tuple[str, str]] = []
+    reused: list[str] = []
     results = predict_workspace(ws, det, ids, threshold=threshold, batch_size=batch_size,
                                 skip_existing=skip_existing, progress=progress, errors=errs,
-                                engine=engine, factory=factory, workers=workers, max_pixels=max_pixels)
+                                engine=engine, factory=factory, workers=workers, max_pixels=max_pixels,
+                                reused=reused)
     errors = [f"{paths.get(i, i)}: {m}" for i, m in errs]
     if out is not None:
         _write_out(out, ({"image": paths[i], "image_id": i, "width": sizes[i][0], "height": sizes[i][1],
                           **results[i].to_json(), "model_version": det.version} for i in ids if i in results))
     n_boxes = sum(len(d) for d in results.values())
-    return _summary(det, len(results), n_boxes, errors, len(results), threshold, out, time.perf_counter() - t0)
+    return _summary(det, len(results), n_boxes, errors, len(results) - len(reused), threshold, out,
+                    time.perf_counter() - t0, len(reused))
 
 
 def predict_files(det: Detector, images: Sequence[str | Path], *, workspace: Workspace | None = None,

@@ -121,7 +121,10 @@ def test_cli_predict_ppocr_writes_jsonl_and_stores_workspace_images(tmp_path: Pa
     # and without IMAGES it predicts the workspace images
     r = runner.invoke(app, ["-w", wsdir, "--json", "predict", "-d", "ppocr", "--skip-existing"])
     assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout)["images"] == 1
+    resumed = json.loads(r.stdout)
+    # the stored row was reused: nothing stored, no speed (a no-op rerun said 20,995 images/s)
+    assert resumed["images"] == 1 and resumed["reused"] == 1 and resumed["stored_in_catalog"] == 0
+    assert resumed["images_per_s"] is None
 
 
 def test_predict_files_library_call_writes_jsonl_and_stores_workspace_images(ws, tmp_path: Path) -> None:
@@ -137,7 +140,7 @@ def test_predict_files_library_call_writes_jsonl_and_stores_workspace_images(ws,
     assert isinstance(s, PredictSummary)
     assert (s.images, s.boxes, s.stored_in_catalog, len(s.errors)) == (3, 6, 1, 1)
     assert list(s.as_dict()) == ["model_version", "images", "boxes", "errors", "stored_in_catalog", "threshold",
-                                 "out", "seconds", "images_per_s"]
+                                 "out", "seconds", "images_per_s", "reused"]
     assert len(out.read_text().splitlines()) == 3
     w = predict_workspace_images(ws, FakeDetector("fake-2"), threshold=0.5)
     assert (w.images, w.stored_in_catalog, w.model_version) == (1, 1, "fake-2")

@@ -130,7 +130,8 @@ def _render_predict(c: Console, s: Any, out: Optional[Path]) -> None:
     for line in s.errors[:50]:
         c.print(f"[yellow]skipped[/] {line}", highlight=False, soft_wrap=True)
     c.print(f"{s.images} images, {s.boxes} boxes (threshold {s.threshold}) with {s.model_version} in {s.seconds:.1f}s"
-            f" ({s.images_per_s} images/s); {len(s.errors)} errors; {s.stored_in_catalog} stored in the catalog"
+            f" ({s.images_per_s or '-'} images/s); {len(s.errors)} errors; {s.stored_in_catalog} stored in the catalog"
+            + (f" ({s.reused} reused from an earlier run)" if s.reused else "")
             + (f"; wrote {out}" if out else ""), highlight=False)
 
 
