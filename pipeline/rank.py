@@ -240,7 +240,8 @@ def reason_for(row: pd.Series, cfg: RankConfig, strategy: str = "uncertainty") -
     committee, tta = score("committee"), score("tta")
     own = {
         "uncertainty": ("nothing detected: may be missed text" if row.get("n_boxes", 0) == 0 else
-                        f"{int(row['n_uncertain'])} boxes with scores in {cfg.band[0]:.1f}-{cfg.band[1]:.1f}"
+                        f"{int(row['n_uncertain'])} box{'es' if int(row['n_uncertain']) != 1 else ''} with scores "
+                        f"in {cfg.band[0]:.1f}-{cfg.band[1]:.1f}"
                         if row.get("n_uncertain", 0) else ""),
         "committee": "" if committee is None else
                      f"detectors {'disagree' if committee > 0.3 else 'mostly agree'} ({committee:.2f})",

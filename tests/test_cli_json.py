@@ -160,3 +160,17 @@ def test_a_long_title_stays_on_one_line_when_there_is_room(tmp_path, monkeypatch
     r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "redact", str(src), str(out)])
     assert r.exit_code == 0, r.output
     assert f"redact {src} -> {out}" in r.stdout, r.stdout
+
+
+def test_messages_redirected_to_a_log_are_not_cut_at_80_columns(tmp_path, monkeypatch):
+    """Progress and warning lines on stderr wrapped at rich's 80 columns (with a trailing space)
+    when redirected to a log file, which broke `grep` on them."""
+    from PIL import Image
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    Image.new("RGB", (32, 32), "white").save(tmp_path / "a.png")
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "redact", str(tmp_path / "a.png"), str(tmp_path / "o.png"),
+                                 "--style", "blur"])
+    assert r.exit_code == 0, r.output
+    (line,) = [x for x in r.stderr.splitlines() if "reversible" in x]
+    assert len(line) > 80 and line.rstrip().endswith("for anything sensitive.")

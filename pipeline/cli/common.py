@@ -61,7 +61,9 @@ class AppState:
 
     @property
     def console(self) -> Console:
-        return Console(stderr=True, quiet=self.verbosity < 0)
+        """Messages on stderr; redirected to a log they get the piped width, not rich's 80 columns."""
+        piped = not sys.stderr.isatty() and not os.environ.get("COLUMNS")
+        return Console(stderr=True, quiet=self.verbosity < 0, width=PIPED_WIDTH if piped else None)
 
 
 MAX_QUIET_PROBLEMS = 50   # -q: problem lines printed before "... and N more"

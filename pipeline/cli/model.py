@@ -323,7 +323,7 @@ def models_register_cmd(
 
     st = state(ctx)
     if not bundle.exists():
-        fail(f"{bundle}: file not found")
+        fail(f"{bundle}: file not found", 2)
     try:
         version = register_model(st.ws(), bundle, parent=parent, promote=False)
         check = promote_checked(st.ws(), version, force=force) if promote else None

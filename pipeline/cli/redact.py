@@ -164,7 +164,7 @@ def _render(c: Console, summary: RedactSummary, verify: bool) -> None:
                 + (f" (push failed: {review_info['push_error']})" if review_info.get("push_error") else ""))
     c.print(f"{summary['boxes']} boxes, {summary['images_per_s']} images/s, {summary['seconds']}s, "
             f"detector {summary['detector']}{_describe_model(summary.get('model') or {})}"
-            + ("" if dry_run else f"; audit trail in {audit_dir}"), highlight=False)
+            + ("" if dry_run else f"; audit trail in {audit_dir}"), highlight=False, soft_wrap=True)
 
 
 _DONE = {"blur": "blurred", "pixelate": "pixelated"}
