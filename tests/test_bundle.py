@@ -179,6 +179,10 @@ def test_cli_train_registers_but_promotes_only_when_asked(tmp_path: Path) -> Non
     r = runner.invoke(app, ["--workspace", wsdir, "train"])
     # a finished run is named as such (it said "continue it with --resume", which then refused)
     assert r.exit_code == 2 and f"already finished as model {out['version']}" in r.output and "--restart" in r.output
+    assert f"models promote {out['version']}" in r.output            # not current: promoting it is the advice
+    assert runner.invoke(app, ["--workspace", wsdir, "models", "promote", out["version"], "--force"]).exit_code == 0
+    r = runner.invoke(app, ["--workspace", wsdir, "train"])
+    assert r.exit_code == 2 and "it is the current model" in r.output and "models promote" not in r.output, r.output
     # resuming a run that finished would register the same weights again under a new version
     r = runner.invoke(app, ["--workspace", wsdir, "train", "--resume", "--epochs", "1", "--steps-per-epoch", "2",
                             "--batch-size", "1", "--threads", "1"])

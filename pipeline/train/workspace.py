@@ -271,8 +271,12 @@ def train_run(ws: Any, cfg: TrainConfig, *, synth_sets: Sequence[str] = ("defaul
         from pipeline.bundle import read_bundle_meta
 
         version = read_bundle_meta(bundle)["config"]["version"]
-        raise ValueError(f"run {run!r} already finished as model {version} ({bundle}); "
-                         f"`textloop models promote {version}` to use it, --restart to train it again")
+        with ws.catalog() as cat:
+            current = cat.current_model()
+        use = ("it is the current model" if current is not None and current["version"] == version
+               else f"`textloop models promote {version}` to use it")
+        raise ValueError(f"run {run!r} already finished as model {version} ({bundle}); {use}, "
+                         "--restart to train it again")
     if ckpt.exists() and not (cfg.resume or restart):
         raise CheckpointExists(f"{ckpt} exists: continue it with --resume or start over with --restart")
     if restart and ckpt.exists():
