@@ -385,24 +385,12 @@ def test_a_push_killed_after_its_import_is_recorded_by_the_rerun(ws_with_image):
 def test_up_uses_a_server_already_answering_at_label_studio_url(tmp_path, monkeypatch):
     """`studio up` with a healthy server at LABEL_STUDIO_URL failed "port in use" (and without
     --port it would have started a second one on 8080): it is used as it is, and `down` leaves it."""
-    import http.server
-    import threading
-
     from pipeline.studio.launcher import loopback_port, up
 
-    class Health(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):   # healthy, and every API call refused: a wrong token
-            body = b'{"status": "UP"}' if self.path == "/health" else b'{"detail": "Invalid token."}'
-            self.send_response(200 if self.path == "/health" else 401)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def answer(path):   # healthy, and every API call refused: a wrong token
+        return (200, b'{"status": "UP"}') if path == "/health" else (401, b'{"detail": "Invalid token."}')
 
-        def log_message(self, *args):
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    srv = _serve(answer)
     try:
         port = srv.server_address[1]
         monkeypatch.setenv("LABEL_STUDIO_URL", f"http://localhost:{port}")
@@ -439,28 +427,16 @@ def test_studio_errors_name_the_timeout_and_never_paste_a_web_page():
 def test_a_slow_server_is_said_while_it_is_awaited(monkeypatch, caplog):
     """Waiting on a hung Label Studio was minutes of silence: a request still unanswered after
     SLOW_CALL seconds logs one line naming the server and the limit; a quick one logs nothing."""
-    import http.server
     import logging
-    import threading
     import time
 
     from pipeline.studio import client as cl
 
-    class Slow(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            time.sleep(0.6 if "slow" in self.path else 0.0)
-            body = b'{"id": 1, "email": "a@b.c"}'
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def answer(path):
+        time.sleep(0.6 if "slow" in path else 0.0)
+        return 200, b'{"id": 1, "email": "a@b.c"}'
 
-        def log_message(self, *a):
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    srv = _serve(answer)
     monkeypatch.setattr(cl, "SLOW_CALL", 0.3)
     try:
         studio = cl.connect(f"http://127.0.0.1:{srv.server_port}", "tok", check=False, timeout=5)
@@ -473,3 +449,25 @@ def test_a_slow_server_is_said_while_it_is_awaited(monkeypatch, caplog):
             f"still waiting for Label Studio at {studio.url} (gives up after 5 s)"]
     finally:
         srv.shutdown()
+
+
+def _serve(answer):
+    """A local HTTP server answering every GET with `answer(path) -> (status, JSON bytes)`."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            code, body = answer(self.path)
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
