@@ -274,3 +274,13 @@ def test_an_interrupted_rank_says_what_is_kept(tmp_path, monkeypatch) -> None:
     assert CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "init"]).exit_code == 0
     r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "rank"])
     assert r.exit_code == 130 and "interrupted; the ranking was not written" in " ".join(r.stderr.split()), r.output
+
+
+def test_rank_on_a_workspace_with_nothing_to_label_does_not_suggest_a_push(tmp_path):
+    from typer.testing import CliRunner
+
+    from pipeline.cli.app import app
+
+    assert CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "init"]).exit_code == 0
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "rank"])
+    assert r.exit_code == 0 and "nothing to push" in r.output and "textloop push" not in r.output, r.output

@@ -80,6 +80,8 @@ def test_review_holds_uncertain_images_and_from_review_finishes_them(setup):
     # not reviewed yet: still held, nothing written
     code, s = _cli(tmp_path, str(src), str(out), "--from-review")
     assert code == 0 and s["waiting_review"] == 1 and not (out / "unsure.png").exists()
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "redact", str(src), str(out), "--from-review"])
+    assert "1 image(s) wait for review" in " ".join(r.output.split()) and "textloop push" in r.output   # what to do
 
     # a reviewer kept the first box, deleted the uncertain one and added another (as `pull` stores it)
     reviewed = [BOXES[0], [30.0, 2.0, 60.0, 8.0]]

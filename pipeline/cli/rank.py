@@ -57,4 +57,6 @@ def _render(c: Console, result: RankResult) -> None:
     c.print(t)
     for e in data["errors"]:
         c.print(f"[yellow]skipped[/] {e['image_id']}: {e['error']}")
-    c.print(f"ranking table: {data['table']} (+ .csv); next: `textloop push --strategy ranked --top {result.run.top}`")
+    c.print(f"ranking table: {data['table']} (+ .csv)"
+            + (f"; next: `textloop push --strategy ranked --top {result.run.top}`" if len(result.batch)
+               else "; nothing to push: every image is labelled, excluded or none was harvested"))

@@ -143,6 +143,10 @@ def _render(c: Console, summary: RedactSummary, verify: bool) -> None:
                 f"the output): {', '.join(names[:5])}{' ...' if summary['ignored_non_images'] > 5 else ''} "
                 + ("(--json lists them)" if dry_run else f"(all in {audit_dir / 'redact.log'})"), highlight=False,
                 soft_wrap=True)
+    if summary["waiting_review"]:   # held, but no reviewed label yet: the task may never have reached Label Studio
+        c.print(f"{summary['waiting_review']} image(s) wait for review: label them in Label Studio, or `textloop push` "
+                "if their tasks are not there (a failed push at `--review` time), then `pull` and rerun "
+                "`--from-review`", highlight=False, soft_wrap=True)
     for line in summary["errors"][:50]:
         c.print(f"[red]failed[/] {line}", highlight=False, soft_wrap=True)
     if len(summary["errors"]) > 50:
