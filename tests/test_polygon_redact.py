@@ -277,6 +277,52 @@ def test_small_field_labels_touching_a_forms_ruling_are_found(tmp_path, reader):
     assert not any(w.lower() in texts for w in readable), texts
 
 
+DATE = "2026-10-16 18:51"
+
+
+def half_seen_date_image(path: Path) -> tuple[int, int, int, int]:
+    """A white date stamp (13 px DejaVu) that starts on brown tissue and runs on onto a light
+    background, as microscope overlays do: one 1x pass boxes only the part on the tissue."""
+    import cv2
+    from matplotlib import font_manager
+
+    rng = np.random.default_rng(0)
+    a = np.empty((480, 480, 3), np.float32)
+    a[:] = (226, 226, 234)
+    tissue = cv2.resize(rng.normal(0, 1, (60, 60)).astype(np.float32), (480, 480), interpolation=cv2.INTER_CUBIC)
+    a[:, :216] = np.array([150, 100, 60], np.float32) + 30 * tissue[:, :216, None]
+    im = Image.fromarray(a.clip(0, 255).astype(np.uint8))
+    d = ImageDraw.Draw(im)
+    f = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), 13)
+    d.text((136, 452), DATE, font=f, fill=(255, 255, 255))
+    im.save(path)
+    return d.textbbox((136, 452), DATE, font=f)
+
+
+def test_a_line_that_1x_boxes_only_in_part_is_covered_to_its_end(tmp_path, reader):
+    """The demo's own immunohistochemistry sample left "-16 18:51" of its date legible: 1x boxed
+    the part on the tissue, and no small-text window held the rest. A small first-pass box now
+    marks the cells its line may run on into, and the second pass sees the whole line."""
+    from pipeline.detectors import load_detector
+    from pipeline.redact.run import build_ppocr
+
+    src = tmp_path / "date.png"
+    x0, y0, x1, y1 = half_seen_date_image(src)
+    rgb = np.asarray(Image.open(src).convert("RGB"))
+
+    def reach(det) -> float:
+        """How far right the boxes on the date's line reach."""
+        b = det.boxes[(det.boxes[:, 1] < y1) & (det.boxes[:, 3] > y0)]
+        return float(b[:, 2].max()) if len(b) else 0.0
+
+    assert reach(load_detector("ppocr").detect([rgb])[0]) < x1 - 8      # one 1x pass stops short
+    assert reach(build_ppocr().detect([rgb])[0]) >= x1 - 1              # the default reaches the end
+    assert any("18:51" in r.text for r in reader.read_views([rgb]))    # legible in the input ...
+    redact_file(src, tmp_path / "o.png", build_ppocr())
+    texts = " ".join(r.text for r in reader.read_views([np.asarray(Image.open(tmp_path / "o.png").convert("RGB"))]))
+    assert not any(part in texts for part in ("18", "51", "2026", "-16")), texts   # ... and not in the output
+
+
 def test_a_promoted_tuned_model_gets_the_small_text_pass_too(tmp_path, ws, reader):
     """redact's default with a promoted db model is 1x + 2x on small-text cells, like stock ppocr
     (a tuned model's 1x pass alone left words legible on the devset); `--scales 1` is the plain

@@ -161,3 +161,44 @@ def test_text_too_large_for_the_first_pass_is_covered_whole(word: str, px: int, 
     det = PPOCRDetector()
     assert covered(det) > 0.995
     assert covered(det.with_options(large_text_side=0)) < 0.8
+
+
+@pytest.mark.parametrize("windows,whole", [([[0, 0, 480, 200], [0, 160, 480, 360]], True), ([[0, 0, 480, 180]], False)])
+def test_small_text_windows_as_large_as_the_image_run_as_one_whole_pass(monkeypatch, windows, whole: bool) -> None:
+    """Windows that add up to the image's area cost as much as one untiled pass over it, and
+    every window edge may cut a line: the second pass then runs on the whole image."""
+    arr, _ = render("Sample ID 42-17", (480, 360), (40, 80))
+    det = PPOCRDetector(scales=(1.0, 2.0), refine="small")
+    monkeypatch.setattr(PPOCRDetector, "small_text_windows", lambda self, *a, **k: np.array(windows))
+    seen: list[tuple[int, int]] = []
+    run = PPOCRDetector._run
+
+    def spy(self, bgr, scale, keep=None):
+        seen.append(bgr.shape[:2])
+        return run(self, bgr, scale, keep)
+
+    monkeypatch.setattr(PPOCRDetector, "_run", spy)
+    det.detect_one(arr)
+    expected = [(360, 480)] if whole else [(y1 - y0, x1 - x0) for x0, y0, x1, y1 in windows]
+    assert seen[1:] == expected
+
+
+def test_a_small_box_runs_on_only_where_strokes_go_on_beside_it() -> None:
+    """The small-text pass looks past the ends of a small first-pass box only where the line
+    goes on (strokes as strong as half the box's own), not beside every word on a noisy page."""
+    import cv2
+
+    from pipeline.detectors.ppocr import _runs_on
+
+    rng = np.random.default_rng(1)
+    bg = (200 + rng.normal(0, 6, (120, 600, 3))).clip(0, 255).astype(np.uint8)
+    img = Image.fromarray(bg)
+    d = ImageDraw.Draw(img)
+    font = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), 14)
+    d.text((60, 20), "Lot 4471", font=font, fill=(20, 20, 20))               # a word alone on noise
+    d.text((60, 70), "2026-10-16 18:51", font=font, fill=(20, 20, 20))       # a line 1x boxed in part
+    a, b = d.textbbox((60, 20), "Lot 4471", font=font), d.textbbox((60, 70), "2026-10-16", font=font)
+    grad = cv2.morphologyEx(cv2.cvtColor(np.asarray(img), cv2.COLOR_RGB2GRAY), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8))
+    runs = _runs_on(grad, np.array([a, b], float), max_height=24, reach=8)
+    assert [(round(y0), side) for _, y0, _, _, side in runs] == [(b[1], 1)]   # only the date, to the right
+    assert runs[0][2] - runs[0][0] == 8 * (b[3] - b[1])

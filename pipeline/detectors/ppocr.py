@@ -62,6 +62,12 @@ class PPOCRConfig:
     refine_cell: int = 192         # candidates mark cells of a grid of this size (image px) ...
     refine_margin: int = 32        # ... and each row run of marked cells runs with this context
                                    # (DB needs it: a 96 px window around a 6 px word finds nothing)
+    refine_continue: float = 8.0   # a first-pass box at most `refine_max_height` tall whose line goes
+                                   # on beside it (strokes there) marks the cells this many x its
+                                   # height past that end (a date half on tissue, half on white:
+                                   # 1x boxes only the half it sees; 0: off)
+    refine_whole: float = 1.0      # windows adding up to this share of the image: the pass runs on
+                                   # the whole image when that needs no tiles (no dearer, cuts no line)
     # Text too large for the first pass (a name 240 px tall on a 600 px image, upscaled to 736 px,
     # or a 500 px banner at 1x: DB sees strokes, not words, and boxes only parts of letters) is
     # whole at a coarser scale. When the first pass finds something this thick (its pixels), one
@@ -95,15 +101,17 @@ _RANGES: dict[str, tuple[float, float, type]] = {
     "min_side": (32, 16384, int), "max_side": (64, 16384, int), "tile_size": (64, 8192, int),
     "tile_overlap": (0, 8192, int), "max_upscale": (1.0, 16.0, float), "scale_max_side": (0, 1 << 20, int),
     "refine_thresh": (0.0, 1.0, float), "refine_max_height": (1.0, 10000.0, float), "refine_edges": (0, 255, int),
-    "refine_cell": (16, 8192, int), "refine_margin": (0, 8192, int), "threads": (1, 1024, int),
+    "refine_cell": (16, 8192, int), "refine_margin": (0, 8192, int), "refine_continue": (0.0, 1000.0, float),
+    "refine_whole": (0.0, 1000.0, float),
+    "threads": (1, 1024, int),
     "large_text_side": (0, 16384, int), "large_text_trigger": (1.0, 16384.0, float), "large_text_keep": (0.0, 16384.0, float),
 }
 
 
 # How `small_text_windows` chooses its windows; raised when that changes what a "small" second
 # pass finds, so outputs of the older choice are redone, not resumed. 2: a form's ruling is
-# taken out of the edge clusters.
-SMALL_WINDOWS_REVISION = 2
+# taken out of the edge clusters. 3: a small first-pass box marks the cells its line runs on into.
+SMALL_WINDOWS_REVISION = 3
 
 
 def config_version(base: str, config: PPOCRConfig, skip: tuple[str, ...] = ()) -> str:
@@ -340,8 +348,11 @@ class PPOCRDetector:
         noise and texture do not count; long straight runs, a form's ruling, taken out first so
         they do not join the words they touch); both only where their centre lies in no first-pass box
         (`found`, xyxy: what 1x already found needs no second look). A candidate marks the
-        `refine_cell` grid cell of its centre; each run of marked cells in a row is one window,
-        with `refine_margin` of context (no union rectangles: cost follows the marked area)."""
+        `refine_cell` grid cell of its centre. A small first-pass box marks the cells of its row
+        that its line may run on into (`refine_continue`): 1x often boxes only the part of a line
+        it sees (a white date half on tissue, half on a white background), and a window that
+        ends inside a line cuts it. Each run of marked cells in a row is one window, with
+        `refine_margin` of context (no union rectangles: cost follows the marked area)."""
         import cv2
 
         c = self.config
@@ -355,12 +366,9 @@ class PPOCRDetector:
             bw, bh = st[:, 2] * sx, st[:, 3] * sy
             keep = (bh <= c.refine_max_height) & (np.minimum(bh, bw) >= 2.0)
             cand.append(_not_inside(np.stack([x0, y0, x0 + bw, y0 + bh], 1)[keep], found))
-        if c.refine_edges and bgr is not None:
-            gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
-            grad = cv2.morphologyEx(gray, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8))
-            hist = np.cumsum(np.bincount(grad.ravel(), minlength=256))
-            p75 = int(np.searchsorted(hist, 0.75 * hist[-1]))
-            edge = max(c.refine_edges, 2 * p75)    # above the image's own noise/texture level
+        grad = _edges(bgr) if bgr is not None and (c.refine_edges or (c.refine_continue and found is not None)) else None
+        if c.refine_edges and grad is not None:
+            edge = max(c.refine_edges, 2 * _p75(grad))    # above the image's own noise/texture level
             strong = (grad >= edge).astype(np.uint8)
             # a form's ruling lines join every word they touch into one page-sized cluster:
             # take out straight runs three times longer than the tallest text looked for
@@ -375,15 +383,21 @@ class PPOCRDetector:
                 keep = (bh >= 3) & (bh <= c.refine_max_height) & (bw >= 1.5 * bh) & (area >= 0.3 * bw * bh)
                 cand.append(_not_inside(np.stack([x0, y0, x0 + bw, y0 + bh], 1)[keep], found))
         cand = [x for x in cand if len(x)]
-        if not cand:
-            return np.zeros((0, 4), np.int64)
-        b = np.concatenate(cand)
         cell, m = max(32, int(c.refine_cell)), int(c.refine_margin)
         gw, gh = -(-w // cell), -(-h // cell)
         grid = np.zeros((gh, gw), bool)
-        cx = np.clip(((b[:, 0] + b[:, 2]) / 2 // cell).astype(int), 0, gw - 1)
-        cy = np.clip(((b[:, 1] + b[:, 3]) / 2 // cell).astype(int), 0, gh - 1)
-        grid[cy, cx] = True
+        if cand:
+            b = np.concatenate(cand)
+            cx = np.clip(((b[:, 0] + b[:, 2]) / 2 // cell).astype(int), 0, gw - 1)
+            cy = np.clip(((b[:, 1] + b[:, 3]) / 2 // cell).astype(int), 0, gh - 1)
+            grid[cy, cx] = True
+        if c.refine_continue and found is not None and len(found) and grad is not None:
+            for x0, y0, x1, y1, side in _runs_on(grad, np.asarray(found, np.float64).reshape(-1, 4),
+                                                 c.refine_max_height, c.refine_continue, floor=2 * _p75(grad)):
+                r = int(min(gh - 1, (y0 + y1) / 2 // cell))
+                grid[r, int(max(0, x0) // cell):int(min(w - 1, x1) // cell) + 1] = True
+        if not grid.any():
+            return np.zeros((0, 4), np.int64)
         wins = []
         for gy in range(gh):   # one window per run of marked cells in a row, plus the margin
             row = np.concatenate([[False], grid[gy], [False]]).astype(np.int8)
@@ -414,7 +428,12 @@ class PPOCRDetector:
                     self._pass(bgr, scale, tiled, 0, 0, found)
                     continue
                 first = quad_to_xyxy(np.concatenate([q for q, _ in found])) if found else None
-                for x0, y0, x1, y1 in self.small_text_windows(first_map[0], w, h, bgr, first):
+                wins = self.small_text_windows(first_map[0], w, h, bgr, first)
+                if not tiled and len(wins) and np.prod(wins[:, 2:] - wins[:, :2], axis=1).sum() >= c.refine_whole * w * h:
+                    # windows adding up to the image cost as much as one untiled pass and cut lines
+                    self._pass(bgr, scale, tiled, 0, 0, found)
+                    continue
+                for x0, y0, x1, y1 in wins:
                     win = bgr[y0:y1, x0:x1]
                     self._pass(win, scale, max(win.shape[:2]) * scale > c.max_side, int(x0), int(y0), found)
                 continue
@@ -454,3 +473,46 @@ def _not_inside(b: np.ndarray, found: np.ndarray | None) -> np.ndarray:
     inside = ((cx[:, None] >= found[None, :, 0]) & (cx[:, None] <= found[None, :, 2])
               & (cy[:, None] >= found[None, :, 1]) & (cy[:, None] <= found[None, :, 3])).any(1)
     return b[~inside]
+
+
+def _edges(bgr: np.ndarray) -> np.ndarray:
+    """The uint8 edge strength of a BGR image: the 3x3 morphological gradient of its grey."""
+    import cv2
+
+    return cv2.morphologyEx(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8))
+
+
+def _p75(grad: np.ndarray) -> int:
+    """The 75th percentile of a uint8 edge map: the image's own noise and texture level."""
+    hist = np.cumsum(np.bincount(grad.ravel(), minlength=256))
+    return int(np.searchsorted(hist, 0.75 * hist[-1]))
+
+
+def _runs_on(grad: np.ndarray, found: np.ndarray, max_height: float, reach: float,
+             floor: float = 8.0) -> list[tuple[float, float, float, float, int]]:
+    """Where the lines of small first-pass boxes may run on: for each `found` box at most
+    `max_height` tall and each side (-1 left, +1 right) whose next stretch (twice the box's
+    height) has stroke-like edges, the xyxy strip `reach` x its height long on that side.
+    Stroke-like: at least a third of the stretch's columns hold an edge (`grad`, the
+    morphological gradient) half as strong as the box's own strokes (their 90th percentile) and
+    at least `floor` (twice the image's texture level), so a flat or noisy background beside a
+    word does not count and a line that goes on over another background does (a white date
+    half on tissue, half on white)."""
+    h, w = grad.shape
+    out = []
+    for x0, y0, x1, y1 in found:
+        bh = y1 - y0
+        if bh > max_height or bh < 2:
+            continue
+        ya, yb = max(0, int(y0)), min(h, int(np.ceil(y1)))
+        inside = grad[ya:yb, max(0, int(x0)):min(w, int(np.ceil(x1)))]
+        if yb <= ya or not inside.size:
+            continue
+        strong = max(floor, 8.0, 0.5 * float(np.percentile(inside, 90)))
+        for side in (-1, 1):
+            a, b = (x0 - 2 * bh, x0) if side < 0 else (x1, x1 + 2 * bh)
+            stretch = grad[ya:yb, max(0, int(a)):min(w, int(np.ceil(b)))]
+            if stretch.shape[1] < 2 or (stretch >= strong).any(axis=0).mean() < 1 / 3:
+                continue
+            out.append((x0 - reach * bh, y0, x0, y1, side) if side < 0 else (x1, y0, x1 + reach * bh, y1, side))
+    return out
