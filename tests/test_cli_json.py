@@ -174,3 +174,18 @@ def test_messages_redirected_to_a_log_are_not_cut_at_80_columns(tmp_path, monkey
     assert r.exit_code == 0, r.output
     (line,) = [x for x in r.stderr.splitlines() if "reversible" in x]
     assert len(line) > 80 and line.rstrip().endswith("for anything sensitive.")
+
+
+@pytest.mark.parametrize("typed,suggested", [(["status", "--jsn"], "--json"), (["--jsn", "status"], "--json"),
+                                             (["redact", "a", "b", "--shap", "box"], "--shape"),
+                                             (["status", "--zzz"], None)])
+def test_a_mistyped_option_after_the_command_gets_the_global_one_suggested(typed, suggested):
+    """Global options are accepted after the command, so a typo of one there is suggested too
+    (click only looked among the command's own options), and nothing far off is."""
+    r = CliRunner().invoke(app, typed)
+    assert r.exit_code == 2 and "No such option" in r.output
+    if suggested:
+        said = r.output[r.output.index("Possible options"):]
+        assert suggested in said, r.output
+    else:
+        assert "Possible options" not in r.output

@@ -723,7 +723,7 @@ def test_a_registered_model_shows_this_workspaces_numbers_once_checked_here(tiny
     listed = CliRunner().invoke(app, ["--workspace", str(ws.root), "--json", "models", "list"])
     assert json.loads(listed.stdout)[0]["validation"] == view
     table = CliRunner().invoke(app, ["--workspace", str(ws.root), "models", "list"])
-    assert f"{view['validation_coverage']:.3f}" in table.stdout and " here " in table.stdout, table.stdout
+    assert f"{view['validation_coverage']:.3f}" in table.stdout and " here " in table.stdout and "registered" in table.stdout, table.stdout
 
 
 def test_the_library_applies_the_promotion_rule_too(trained: dict, ws, tmp_path: Path) -> None:

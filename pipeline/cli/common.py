@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import math
@@ -221,6 +222,10 @@ def train_extra_message(module: str, what: str = "training") -> str:
     return f"{what} needs {module}, which is not installed (a light install runs detection only): {TRAIN_HINT}"
 
 
+# the click that typer runs (its own copy since typer 0.22, not the `click` package)
+_NoSuchOption = getattr(sys.modules[typer.BadParameter.__module__], "NoSuchOption")
+
+
 class TextloopGroup(TyperGroup):
     """The command group: renders errors any command can meet as one line and exit 1 instead
     of a traceback (today: a damaged catalog.sqlite, found when opened or in a later query),
@@ -241,6 +246,17 @@ class TextloopGroup(TyperGroup):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except _NoSuchOption as exc:
+            # after a command, click suggests only that command's options: `status --jsn` got no
+            # "--json" (a global option, accepted there too)
+            if exc.possibilities:
+                raise
+            known = [o for p in [*self.params, *(exc.ctx.command.params if exc.ctx else [])]
+                     if not getattr(p, "hidden", False) for o in getattr(p, "opts", []) if o.startswith("--")]
+            close = difflib.get_close_matches(exc.option_name, known)
+            if not close:
+                raise
+            raise _NoSuchOption(exc.option_name, exc.message, close, exc.ctx) from None
         except ModuleNotFoundError as exc:  # e.g. a Faster R-CNN bundle on a light install
             root = (exc.name or "").split(".")[0]
             if root not in TRAIN_MODULES:

@@ -256,7 +256,7 @@ def models_list_cmd(ctx: typer.Context) -> None:
             c.print("no models yet: `textloop train` makes one (ppocr is used until then)")
             return
         t = titled("models")
-        for col in ("", "version", "kind", "parent", "created", "coverage", "stock cov.", "on", "over-red.", "F1", "MB"):
+        for col in ("", "version", "kind", "parent", "registered", "coverage", "stock cov.", "on", "over-red.", "F1", "MB"):
             t.add_column(col)
         for m in models:
             mt, view = m["metrics"], m["validation"]
