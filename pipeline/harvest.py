@@ -37,7 +37,7 @@ from typing import Any
 from pipeline.catalog import Catalog
 from pipeline.config import HarvestConfig, SplitRatios
 from pipeline.imaging import ImageInfo, ImageRejected, probe
-from pipeline.listing import IMAGE_EXTENSIONS, NotRegularFile, Skipped, file_problem, iter_image_files, open_regular
+from pipeline.listing import MAX_LISTED_IGNORED, NotRegularFile, file_problem, iter_image_files, open_regular, sort_entries
 from pipeline.workspace import Workspace
 
 CHUNK = 1 << 20
@@ -87,6 +87,7 @@ class HarvestSummary:
     skipped: int = 0         # source already harvested (resume)
     rejected: Counter = field(default_factory=Counter)
     reject_lines: list[str] = field(default_factory=list)
+    ignored_files: list[str] = field(default_factory=list)   # in the folders, not named as images
     seconds: float = 0.0
 
     @property
@@ -95,7 +96,9 @@ class HarvestSummary:
 
     def as_dict(self) -> dict[str, Any]:
         return {"new": self.new, "duplicates": self.duplicates, "skipped": self.skipped,
-                "rejected": dict(self.rejected), "rejects": self.reject_lines, "seconds": round(self.seconds, 3)}
+                "rejected": dict(self.rejected), "rejects": self.reject_lines,
+                "ignored_non_images": len(self.ignored_files), "ignored_files": self.ignored_files[:MAX_LISTED_IGNORED],
+                "seconds": round(self.seconds, 3)}
 
 
 def split_for(sha256: str, ratios: SplitRatios) -> str:
@@ -137,10 +140,12 @@ def _url_name(url: str) -> str:
 
 # --- expanding sources into items --------------------------------------------------------
 
-def expand_sources(sources: Iterable[str]) -> tuple[list[Item], list[Reject]]:
-    """Folders (recursive), single images, URL lists, CSVs and URLs -> items and source errors."""
+def expand_sources(sources: Iterable[str], ignored: list[str] | None = None) -> tuple[list[Item], list[Reject]]:
+    """Folders (recursive), single images, URL lists, CSVs and URLs -> items and source errors;
+    files in the folders that are not named as images are appended to `ignored`."""
     items: list[Item] = []
     errors: list[Reject] = []
+    ignored = [] if ignored is None else ignored
     for raw in sources:
         if is_url(raw):
             bad = url_problem(raw)
@@ -158,7 +163,7 @@ def expand_sources(sources: Iterable[str]) -> tuple[list[Item], list[Reject]]:
             if problem is not None:  # missing, dangling, FIFO/device: never opened
                 errors.append(Reject(_entry_key(path), *problem, shown=str(path)))
             elif path.is_dir():
-                items.extend(_walk_folder(path, errors))
+                items.extend(_walk_folder(path, errors, ignored))
             elif path.suffix.lower() == ".csv":
                 items.extend(_read_csv(path, errors))
             elif path.suffix.lower() in URL_LIST_SUFFIXES:
@@ -181,14 +186,14 @@ def _entry_key(path: Path) -> str:
         return str(path.absolute())
 
 
-def _walk_folder(folder: Path, errors: list[Reject]) -> Iterator[Item]:
-    """Image files under `folder` by the shared listing rule (`pipeline.listing`); entries it
-    skips (FIFOs, links out of the tree, dangling links, unreadable folders) become rejects."""
-    for entry in iter_image_files(folder, IMAGE_EXTENSIONS):
-        if isinstance(entry, Skipped):
-            errors.append(Reject(_entry_key(entry.path), entry.reason, entry.detail, shown=str(entry.path)))
-        else:
-            yield Item(str(entry.path.resolve()), entry.path.name, False, shown=str(entry.path))
+def _walk_folder(folder: Path, errors: list[Reject], ignored: list[str]) -> list[Item]:
+    """Image files under `folder` by the shared listing rule (`pipeline.listing`, sorted as
+    `redact` sorts them); images it skips (FIFOs, links out of the tree, dangling links,
+    unreadable folders) become rejects, and files not named as images go to `ignored`."""
+    found = sort_entries(iter_image_files(folder, None))
+    errors += [Reject(_entry_key(e.path), e.reason, e.detail, shown=str(e.path)) for e in found.problems]
+    ignored += [str(p) for p in found.ignored]
+    return [Item(str(e.path.resolve()), e.path.name, False, shown=str(e.path)) for e in found.images]
 
 
 def _read_url_list(path: Path, errors: list[Reject]) -> Iterator[Item]:
@@ -539,7 +544,7 @@ def harvest(
     t0 = time.perf_counter()
     summary = HarvestSummary()
     sources = list(sources)
-    items, source_errors = expand_sources(sources)
+    items, source_errors = expand_sources(sources, summary.ignored_files)
     with _workspace_lock(ws), ws.catalog() as cat:
         for stale in ws.tmp_dir.glob("*.part"):
             stale.unlink(missing_ok=True)

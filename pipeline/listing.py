@@ -33,6 +33,7 @@ from typing import BinaryIO
 
 # What every stage takes as an image (the redact codec writes exactly these: see codec.EXTENSIONS).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".jif", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif")
+MAX_LISTED_IGNORED = 1000   # JSON summaries name this many files left out as non-images (logs name all)
 
 
 @dataclass(frozen=True)
@@ -193,6 +194,38 @@ def iter_image_files(root: str | Path, extensions: Collection[str] | None = None
     while linked_dirs:  # folders reached only through links (e.g. to a hidden folder): once each
         path, rel = linked_dirs.pop(0)
         yield from walk(path, rel)
+
+
+def is_image_name(name: str) -> bool:
+    """Named as an image (`IMAGE_EXTENSIONS`, any case): what every stage takes."""
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+@dataclass(frozen=True)
+class Sorted:
+    """A listing sorted by what a stage does with each entry."""
+
+    images: list[Listed]       # to process
+    problems: list[Skipped]    # images (or folders) that could not be taken: reported as errors
+    ignored: list[Path]        # files not named as images: left out, and named so the user knows
+
+
+def sort_entries(entries: Iterable[Listed | Skipped]) -> Sorted:
+    """The one rule `harvest` and `redact` apply to a full listing (`iter_image_files(root,
+    None)` or `iter_glob`): images are processed, a skipped image or folder is a problem, and
+    anything else (notes.txt, a dangling link named .csv) is ignored and named, not silently lost."""
+    images: list[Listed] = []
+    problems: list[Skipped] = []
+    ignored: list[Path] = []
+    for e in entries:
+        image = is_image_name(e.rel)
+        if isinstance(e, Skipped) and (image or not os.path.splitext(e.rel)[1]):
+            problems.append(e)
+        elif not image:
+            ignored.append(e.path)
+        elif isinstance(e, Listed):
+            images.append(e)
+    return Sorted(images, problems, ignored)
 
 
 def iter_glob(pattern: str, root: str | Path, exclude: Iterable[str | Path] = ()) -> Iterator[Listed | Skipped]:

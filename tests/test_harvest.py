@@ -203,6 +203,10 @@ def test_cli_harvest_and_status_json(tmp_path: Path) -> None:
     r = runner.invoke(app, ["--workspace", wsdir, "--json", "harvest", str(tmp_path / "src")])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["new"] == 3
+    # the readme is not an image: named (it was left out in silence), not a reject
+    assert [Path(p).name for p in json.loads(r.stdout)["ignored_files"]] == ["readme.md"]
+    r = runner.invoke(app, ["--workspace", wsdir, "harvest", str(tmp_path / "src")])
+    assert "ignored 1 file(s) not named as images" in r.output and "readme.md" in r.output, r.output
     r = runner.invoke(app, ["--workspace", wsdir, "--json", "status"])
     status = json.loads(r.stdout)
     assert status["images"] == 3 and status["rejects"] == {"corrupt": 1, "empty": 1, "not_an_image": 1}

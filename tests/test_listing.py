@@ -43,8 +43,10 @@ EXPECTED = ["a.png", "b.JPG", "c.jpe", "sub/d.webp"]
 
 def test_every_stage_takes_the_same_images(tmp_path):
     src = _tree(tmp_path)
-    items, rejects = expand_sources([str(src)])
+    ignored: list[str] = []
+    items, rejects = expand_sources([str(src)], ignored)
     assert sorted(Path(i.source).relative_to(src).as_posix() for i in items) == EXPECTED
+    assert [Path(p).name for p in ignored] == ["notes.txt"]    # named, as redact names it (below)
     assert {Path(r.source).name: r.reason for r in rejects} == {
         "pipe.png": "not_a_regular_file", "leak.png": "outside_tree", "gone.png": "dangling_symlink"}
     assert sorted(rel for _, rel in list_image_files([src])) == EXPECTED

@@ -83,4 +83,8 @@ def _render(c: Console, summary: Any, root: Path) -> None:
         c.print(f"[yellow]rejected[/] {line}", highlight=False, soft_wrap=True)
     if len(summary.reject_lines) > 50:
         c.print(f"... and {len(summary.reject_lines) - 50} more (see `textloop status`)")
+    if summary.ignored_files:
+        n = len(summary.ignored_files)
+        c.print(f"[yellow]ignored[/] {n} file(s) not named as images: {', '.join(summary.ignored_files[:5])}"
+                f"{' ...' if n > 5 else ''} (--json lists them)", highlight=False, soft_wrap=True)
     c.print(f"{summary.ok} ok, {sum(summary.rejected.values())} rejected in {summary.seconds:.1f}s")
