@@ -189,3 +189,16 @@ def test_a_mistyped_option_after_the_command_gets_the_global_one_suggested(typed
         assert suggested in said, r.output
     else:
         assert "Possible options" not in r.output
+
+
+def test_help_descriptions_wrap_at_the_terminal_not_at_the_docstring():
+    """typer kept every line break of a docstring, so at 80 columns a sentence broke twice:
+    once where the terminal ended and once where the source line did ("(EXIF orientation" /
+    "applied)" on a line of its own). Every command's help is now paragraphs."""
+    for path in LEAVES:
+        cmd = ROOT
+        for name in path:
+            cmd = cmd.get_command(None, name)
+        assert all("\n" not in para for para in (cmd.help or "").split("\n\n")), path
+    out = CliRunner().invoke(app, ["redact", "--help"], env={"COLUMNS": "80"}).output
+    assert "orientation applied) and carry" in out, out   # was "(EXIF orientation" / "applied) and carry"

@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import re
 import sqlite3
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -222,6 +223,21 @@ def train_extra_message(module: str, what: str = "training") -> str:
     return f"{what} needs {module}, which is not installed (a light install runs detection only): {TRAIN_HINT}"
 
 
+def reflow(text: str) -> str:
+    """Docstring help as paragraphs: typer keeps every line break of a docstring, so at the
+    terminal's width a wrapped line ended mid-sentence ("(EXIF orientation" / "applied)")."""
+    return "\n\n".join(" ".join(line.strip() for line in para.splitlines())
+                       for para in re.split(r"\n\s*\n", text.strip()))
+
+
+def reflow_help(cmd: Any) -> None:
+    """`reflow` a command's help, and its sub-commands' (a group such as `studio`)."""
+    if cmd.help:
+        cmd.help = reflow(cmd.help)
+    for sub in getattr(cmd, "commands", {}).values():
+        reflow_help(sub)
+
+
 # the click that typer runs (its own copy since typer 0.22, not the `click` package)
 _NoSuchOption = getattr(sys.modules[typer.BadParameter.__module__], "NoSuchOption")
 
@@ -233,6 +249,12 @@ class TextloopGroup(TyperGroup):
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         return super().parse_args(ctx, hoist_global_options(self, ctx, list(args)))
+
+    def get_command(self, ctx: Any, name: str) -> Any:
+        cmd = super().get_command(ctx, name)
+        if cmd is not None:
+            reflow_help(cmd)
+        return cmd
 
     def resolve_command(self, ctx: Any, args: list[str]) -> Any:
         """A command that always trains says so before doing any work when torch is missing."""
