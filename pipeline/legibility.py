@@ -7,8 +7,8 @@ detector finds lines, the CRNN reads them; nothing is downloaded) over every vie
 may show (`imaging.visible_views`), and reports strings of at least `min_chars` letters or
 digits outside the covered areas.
 
-The leak metric (`leaked_words`) counts ground-truth words that such a reading still spells
-out at their place in the image.
+The leak metric (`leaked_words`) counts ground-truth texts (words, or lines with one word or
+more) that such a reading still spells out, in whole or one word of them, at their place.
 """
 
 from __future__ import annotations
@@ -187,10 +187,12 @@ def _matched_chars(word: str, text: str) -> int:
 def leaked_words(gt_boxes: np.ndarray, gt_texts: Sequence[str], gt_ignore: Sequence[bool],
                  readings: Sequence[Reading], min_chars: int = DEFAULT_MIN_CHARS,
                  min_share: float = 0.6) -> list[int]:
-    """Indices of ground-truth words still legible: a reading whose box meets the word's box
-    spells at least `min_share` of its letters/digits (and `min_chars` of them) in order.
+    """Indices of ground-truth texts still legible: a reading whose box meets the text's box
+    spells at least `min_share` of the letters/digits (and `min_chars` of them) in order of the
+    whole text or of one of its words. A line label counts as soon as one word of it can be
+    read: "-16 18:51" left of "2026-10-16 18:51" is a leaked time, though under 60 % of the line.
 
-    Words shorter than `min_chars`, don't-care words ('###') and words without a transcription
+    Texts shorter than `min_chars`, don't-care texts ('###') and texts without a transcription
     are not counted (see `countable_words`)."""
     out = []
     boxes = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
@@ -200,9 +202,10 @@ def leaked_words(gt_boxes: np.ndarray, gt_texts: Sequence[str], gt_ignore: Seque
                 if min(b[2], r.box[2]) > max(b[0], r.box[0]) and min(b[3], r.box[3]) > max(b[1], r.box[1])]
         if not near:
             continue
-        word = normalise(gt_texts[i])
-        best = max(_matched_chars(word, t) for t in near)
-        if best >= min_chars and best >= min_share * len(word):
+        whole = normalise(gt_texts[i])
+        words = {whole} | {w for w in map(normalise, gt_texts[i].split()) if len(w) >= min_chars}
+        if any(best >= min_chars and best >= min_share * len(w)
+               for w in words for best in [max(_matched_chars(w, t) for t in near)]):
             out.append(i)
     return out
 

@@ -56,6 +56,7 @@ GOAL_LEAK = 0
 GOAL_MICRO_COVERAGE, GOAL_MICRO_OVER = 0.995, 0.02
 GOAL_IMAGES_PER_S, GOAL_CPU_S, GOAL_FLOOR_RATIO, GOAL_RSS_MB = 4.0, 0.5, 1 / 25, 1500.0
 MAGENTA = (255, 0, 255)
+DEFAULT_FILL = (0, 0, 0)      # redact's default colour: leaks are read on it (see _readings)
 VERIFY_SUFFIX = "+verify"   # a quality detector NAME+verify: redact --verify with NAME
 
 
@@ -455,11 +456,19 @@ def measure(out_root: Path, recs) -> dict[str, dict[str, float]]:
     return res
 
 
-def _readings(reader, path: Path):
+def _readings(reader, path: Path, fill: tuple[int, int, int] | None = None):
+    """What OCR reads in every view of `path`. `fill`: the magenta of a measuring run is
+    painted this colour first. The outputs are redacted in magenta to find the covered pixels,
+    but what a viewer reads is judged on the fill users get: OCR read "8:51" beside a black
+    fill where it read nothing beside the same cover in magenta."""
     from pipeline.redact import codec
 
     doc = codec.decode(path.read_bytes())
-    return reader.read_views(codec.detector_views(doc.pages[0]))
+    views = codec.detector_views(doc.pages[0])
+    if fill is not None:
+        views = [np.where((v == np.array(MAGENTA, v.dtype)).all(axis=2, keepdims=True), np.array(fill, v.dtype), v)
+                 if v.ndim == 3 and v.shape[2] == 3 and v.dtype == np.uint8 else v for v in views]
+    return reader.read_views(views)
 
 
 def leak(out_root: Path, src_root: Path, recs, reader, work: Path) -> dict[str, dict[str, float]]:
@@ -479,7 +488,7 @@ def leak(out_root: Path, src_root: Path, recs, reader, work: Path) -> dict[str, 
         a["readable"] += len(readable[rel])
         out = out_root / rel
         if out.exists():
-            a["leaked"] += len(leaked_words(rec.boxes, rec.texts, rec.ignore, _readings(reader, out)))
+            a["leaked"] += len(leaked_words(rec.boxes, rec.texts, rec.ignore, _readings(reader, out, DEFAULT_FILL)))
     cache.write_text(json.dumps(readable))
     return {src: {"words": a["words"], "readable_words": a["readable"], "leaked_words": a["leaked"],
                   "leak": a["leaked"] / a["readable"] if a["readable"] else 0.0} for src, a in acc.items()}
@@ -561,7 +570,7 @@ def transparent_quality(work: Path, detectors: dict[str, Any], reader, threshold
                 opaque_fill &= arr[..., 3] == 255
             text += int(m.sum())
             cov += int((m & opaque_fill).sum())
-            leaked += len(leaked_words(boxes, words, ignore, _readings(reader, out / name)))
+            leaked += len(leaked_words(boxes, words, ignore, _readings(reader, out / name, DEFAULT_FILL)))
         row = {"detector": det_name, "images": len(cases), "words": n_words, "readable_words": readable,
                "leaked_words": leaked, "glyph_coverage": cov / text if text else math.nan}
         rows.append(row)
@@ -623,9 +632,9 @@ def coverage_of(src: str, m: dict[str, float]) -> float:
 def meets(per: dict[str, dict[str, float]]) -> bool:
     ok = True
     for src, m in per.items():
+        ok &= m.get("leaked_words", 0) <= GOAL_LEAK   # no leak, on any set (data/samples too)
         if src in GOALS_COVERAGE:
             ok &= coverage_of(src, m) >= GOALS_COVERAGE[src] and m["over_redaction"] <= GOAL_OVER
-            ok &= m.get("leaked_words", 0) <= GOAL_LEAK
         elif src.startswith("negatives"):
             ok &= m["over_redaction"] <= GOAL_OVER_NEG
     return bool(ok)

@@ -223,6 +223,10 @@ def test_leak_metric_counts_words_read_at_their_place():
                 Reading("Smlth", 0.8, (0, 80, 100, 100))]            # 4 of 5 letters in runs
     assert leaked_words(gt, texts, [False, False, False, False], readings) == [0, 2]
     assert leaked_words(gt, texts, [True, False, False, False], readings) == [2]
+    # a line label leaks when one word of it can be read, though that is under 60 % of the line
+    line = np.array([[300, 0, 460, 14]], float)
+    assert leaked_words(line, ["2026-10-16 18:51"], [False], [Reading("-1618:51", 0.8, (380, 0, 460, 14))]) == [0]
+    assert leaked_words(line, ["2026-10-16 18:51"], [False], [Reading("2026", 0.8, (300, 0, 340, 14))]) == []   # half a word: not counted
 
 
 @pytest.mark.parametrize("kind", ["png_white", "png_alpha_only", "la"])
