@@ -37,7 +37,7 @@ from typing import Any
 from pipeline.catalog import Catalog
 from pipeline.config import HarvestConfig, SplitRatios
 from pipeline.imaging import ImageInfo, ImageRejected, probe
-from pipeline.listing import MAX_LISTED_IGNORED, NotRegularFile, file_problem, iter_image_files, open_regular, sort_entries
+from pipeline.listing import MAX_LISTED_IGNORED, NotRegularFile, file_problem, iter_image_files, open_regular, triage
 from pipeline.workspace import Workspace
 
 CHUNK = 1 << 20
@@ -190,7 +190,7 @@ def _walk_folder(folder: Path, errors: list[Reject], ignored: list[str]) -> list
     """Image files under `folder` by the shared listing rule (`pipeline.listing`, sorted as
     `redact` sorts them); images it skips (FIFOs, links out of the tree, dangling links,
     unreadable folders) become rejects, and files not named as images go to `ignored`."""
-    found = sort_entries(iter_image_files(folder, None))
+    found = triage(iter_image_files(folder, None))
     errors += [Reject(_entry_key(e.path), e.reason, e.detail, shown=str(e.path)) for e in found.problems]
     ignored += [str(p) for p in found.ignored]
     return [Item(str(e.path.resolve()), e.path.name, False, shown=str(e.path)) for e in found.images]

@@ -202,11 +202,12 @@ def leaked_words(gt_boxes: np.ndarray, gt_texts: Sequence[str], gt_ignore: Seque
                 if min(b[2], r.box[2]) > max(b[0], r.box[0]) and min(b[3], r.box[3]) > max(b[1], r.box[1])]
         if not near:
             continue
-        whole = normalise(gt_texts[i])
-        words = {whole} | {w for w in map(normalise, gt_texts[i].split()) if len(w) >= min_chars}
-        if any(best >= min_chars and best >= min_share * len(w)
-               for w in words for best in [max(_matched_chars(w, t) for t in near)]):
-            out.append(i)
+        words = {normalise(gt_texts[i])} | {w for w in map(normalise, gt_texts[i].split()) if len(w) >= min_chars}
+        for w in words:
+            best = max(_matched_chars(w, t) for t in near)
+            if best >= min_chars and best >= min_share * len(w):
+                out.append(i)
+                break
     return out
 
 

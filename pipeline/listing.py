@@ -202,15 +202,15 @@ def is_image_name(name: str) -> bool:
 
 
 @dataclass(frozen=True)
-class Sorted:
-    """A listing sorted by what a stage does with each entry."""
+class Triage:
+    """A listing split by what a stage does with each entry."""
 
     images: list[Listed]       # to process
     problems: list[Skipped]    # images (or folders) that could not be taken: reported as errors
     ignored: list[Path]        # files not named as images: left out, and named so the user knows
 
 
-def sort_entries(entries: Iterable[Listed | Skipped]) -> Sorted:
+def triage(entries: Iterable[Listed | Skipped]) -> Triage:
     """The one rule `harvest` and `redact` apply to a full listing (`iter_image_files(root,
     None)` or `iter_glob`): images are processed, a skipped image or folder is a problem, and
     anything else (notes.txt, a dangling link named .csv) is ignored and named, not silently lost."""
@@ -225,7 +225,7 @@ def sort_entries(entries: Iterable[Listed | Skipped]) -> Sorted:
             ignored.append(e.path)
         elif isinstance(e, Listed):
             images.append(e)
-    return Sorted(images, problems, ignored)
+    return Triage(images, problems, ignored)
 
 
 def iter_glob(pattern: str, root: str | Path, exclude: Iterable[str | Path] = ()) -> Iterator[Listed | Skipped]:

@@ -475,7 +475,9 @@ def leak(out_root: Path, src_root: Path, recs, reader, work: Path) -> dict[str, 
     """Per source: ground-truth words OCR reads in the outputs, against what it reads in the originals."""
     from pipeline.legibility import countable_words, leaked_words
 
-    cache = work / "readable_originals.json"
+    # what the originals let OCR read, by leak-metric revision (2: a word of a line counts), so a
+    # work folder from before the metric changed is not reused with the old counts
+    cache = work / "readable_originals.v2.json"
     readable = json.loads(cache.read_text()) if cache.exists() else {}
     acc: dict[str, dict[str, int]] = {}
     for rel, rec in recs:

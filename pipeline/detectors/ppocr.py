@@ -367,8 +367,9 @@ class PPOCRDetector:
             keep = (bh <= c.refine_max_height) & (np.minimum(bh, bw) >= 2.0)
             cand.append(_not_inside(np.stack([x0, y0, x0 + bw, y0 + bh], 1)[keep], found))
         grad = _edges(bgr) if bgr is not None and (c.refine_edges or (c.refine_continue and found is not None)) else None
+        texture = _p75(grad) if grad is not None else 0   # the image's own noise/texture level
         if c.refine_edges and grad is not None:
-            edge = max(c.refine_edges, 2 * _p75(grad))    # above the image's own noise/texture level
+            edge = max(c.refine_edges, 2 * texture)
             strong = (grad >= edge).astype(np.uint8)
             # a form's ruling lines join every word they touch into one page-sized cluster:
             # take out straight runs three times longer than the tallest text looked for
@@ -393,7 +394,7 @@ class PPOCRDetector:
             grid[cy, cx] = True
         if c.refine_continue and found is not None and len(found) and grad is not None:
             for x0, y0, x1, y1, side in _runs_on(grad, np.asarray(found, np.float64).reshape(-1, 4),
-                                                 c.refine_max_height, c.refine_continue, floor=2 * _p75(grad)):
+                                                 c.refine_max_height, c.refine_continue, floor=2 * texture):
                 r = int(min(gh - 1, (y0 + y1) / 2 // cell))
                 grid[r, int(max(0, x0) // cell):int(min(w - 1, x1) // cell) + 1] = True
         if not grid.any():

@@ -33,7 +33,7 @@ from pipeline.config import check_number
 from pipeline.detectors.base import detect_visible
 from pipeline.io import UnwritableError, atomic_open, atomic_write_bytes, describe_error, is_bug, atomic_write_text, is_atomic_temp, sha256_bytes, sha256_file
 from pipeline.imaging import ImageRejected
-from pipeline.listing import MAX_LISTED_IGNORED, Listed, Skipped, file_problem, iter_glob, iter_image_files, sort_entries
+from pipeline.listing import MAX_LISTED_IGNORED, Listed, Skipped, file_problem, iter_glob, iter_image_files, triage
 from pipeline.redact import codec
 from pipeline.redact.core import SHAPES, STYLES, Cover, Pad, apply_redaction, cover_shapes, fill_value
 
@@ -253,7 +253,7 @@ def plan_input(input_spec: str, output: str | Path, audit_dir: Path | None = Non
     for d, what in zip(skip_dirs, ("output", "audit", "archive")):
         if root_r.is_relative_to(d):   # the whole input would be skipped as our own folder
             raise ValueError(f"{root}: the input is inside the {what} folder {d}; give an output folder outside it")
-    found = sort_entries(_walk(root, skip_dirs) if src.is_dir() else _glob_entries(input_spec, root, skip_dirs))
+    found = triage(_walk(root, skip_dirs) if src.is_dir() else _glob_entries(input_spec, root, skip_dirs))
     problems += [_problem(e.path, e.rel, output, e.reason, e.detail) for e in found.problems]
     items = [Item(str(e.path), e.rel, str(output / e.rel), str(audit / "sidecars" / f"{e.rel}.json")) for e in found.images]
     return Plan(items, audit, [str(p) for p in found.ignored], problems)
@@ -775,8 +775,6 @@ def write_manifest(audit: Path, results: Sequence[Result]) -> dict[str, str]:
     df.to_parquet(buf, index=False)
     atomic_write_bytes(pq_path, buf.getvalue())
     return {"csv": str(csv_path), "parquet": str(pq_path)}
-
-
 
 
 def summarize(results: Sequence[Result], seconds: float, ignored: Sequence[str] = ()) -> dict[str, Any]:
