@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import functools
 import hashlib
+import json
 import os
 import re
 import tempfile
@@ -52,6 +53,11 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def sha256_json(payload: object) -> str:
+    """Content id of settings (keys sorted): what a version or a resume check compares."""
+    return sha256_bytes(json.dumps(payload, sort_keys=True).encode())
 
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")

@@ -14,7 +14,6 @@ unless a folder of text-free images is given (or the workspace supplies some, se
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -30,7 +29,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from pipeline.catalog import ImageStatus
 from pipeline.config import check_number
 from pipeline.formats import LabelledImage, write_jsonl
-from pipeline.io import atomic_write_bytes, atomic_write_text
+from pipeline.io import atomic_write_bytes, atomic_write_text, sha256_json
 from pipeline.listing import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
@@ -634,7 +633,7 @@ def _png_bytes(arr: np.ndarray) -> bytes:
 def _fingerprint(cfg: SynthConfig, backgrounds: Sequence[Path]) -> str:
     payload = {"version": SYNTH_FORMAT_VERSION, "config": cfg.to_json(), "fonts": [Path(f).name for f in available_fonts()],
                "backgrounds": [str(p) for p in backgrounds]}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    return sha256_json(payload)
 
 
 @dataclass(frozen=True)

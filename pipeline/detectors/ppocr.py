@@ -21,7 +21,6 @@ class with another ONNX (`model_path`, or `model_bytes` from a bundle) and its o
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import numbers
 import os
@@ -35,6 +34,7 @@ import numpy as np
 from pipeline.boxes import Detections, quad_thickness, quad_to_xyxy
 from pipeline.config import check_number
 from pipeline.detectors.tiling import Tiler, merge_boxes
+from pipeline.io import sha256_json
 
 BASE_VERSION = "ppocr-v4-det"
 
@@ -130,7 +130,7 @@ def config_version(base: str, config: PPOCRConfig, skip: tuple[str, ...] = ()) -
             changed.pop(k, None)
     if not changed:
         return base
-    return f"{base}+{hashlib.sha256(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:8]}"
+    return f"{base}+{sha256_json(changed)[:8]}"
 
 
 def preprocess(bgr: np.ndarray) -> np.ndarray:

@@ -12,7 +12,6 @@ images. The input is never written to.
 from __future__ import annotations
 
 import glob as globmod
-import hashlib
 import json
 import logging
 import errno
@@ -31,7 +30,7 @@ import numpy as np
 from pipeline.boxes import Detections, line_bridges, quads_json, area as box_area
 from pipeline.config import check_number
 from pipeline.detectors.base import detect_visible
-from pipeline.io import UnwritableError, atomic_open, atomic_write_bytes, describe_error, is_bug, atomic_write_text, is_atomic_temp, sha256_bytes, sha256_file
+from pipeline.io import UnwritableError, atomic_open, atomic_write_bytes, describe_error, is_bug, atomic_write_text, is_atomic_temp, sha256_bytes, sha256_file, sha256_json
 from pipeline.imaging import ImageRejected
 from pipeline.listing import MAX_LISTED_IGNORED, Listed, Skipped, file_problem, iter_glob, iter_image_files, triage
 from pipeline.redact import codec
@@ -114,8 +113,7 @@ class RedactConfig:
         }
 
     def settings_hash(self, detector_version: str) -> str:
-        blob = json.dumps(self.settings(detector_version), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return sha256_json(self.settings(detector_version))[:16]
 
 
 @dataclass(frozen=True)
