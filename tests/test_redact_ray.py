@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -87,3 +88,40 @@ def test_relative_paths_reach_actors_whose_working_directory_differs(tmp_path, l
     assert s["redacted"] == 5, s["errors"]
     assert len(sha_tree(tmp_path / "rel_out")) == 5 and len(list((tmp_path / "rel_out.audit" / "sidecars").rglob("*.json"))) == 5
     assert all(not e.startswith("/") for e in s["errors"])   # results name the paths as typed
+
+
+def test_sigterm_under_ray_ends_like_ctrl_c_with_an_exact_count_and_the_rerun_resumes(tmp_path):
+    """Ray's driver replaced textloop's SIGTERM handler: `kill` ended the command with exit 15,
+    no summary and no resume hint, and actors went on writing after the count was taken. Now it
+    is Ctrl-C's ending (exit 130, "interrupted after N"), N is every sidecar written, and the
+    rerun (local engine: the same outputs) does only the rest."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.imagegen import noise_image
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(60):
+        noise_image(300 + i, (640, 480)).save(src / f"{i:02d}.png")
+    out, sidecars = tmp_path / "out", tmp_path / "out.audit" / "sidecars"
+    env = {k: v for k, v in __import__("os").environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli.app", "redact", str(src), str(out),
+                             "--engine", "ray", "--workers", "2", "--detector", "ppocr", "--scales", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(sidecars.glob("*.json")) if sidecars.is_dir() else []) < 3:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130, err[-800:]
+    said = int(re.search(r"interrupted after (\d+) images", err).group(1))
+    time.sleep(2)   # an actor still running would write more now
+    written = len(list(sidecars.glob("*.json")))
+    assert said == written and 3 <= written < 60, (said, written, err[-300:])
+    res = subprocess.run([sys.executable, "-m", "pipeline.cli.app", "--json", "redact", str(src), str(out),
+                          "--detector", "ppocr", "--scales", "1"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    summary = json.loads(res.stdout)
+    assert res.returncode == 0 and summary["skipped"] == written and summary["redacted"] == 60 - written

@@ -206,6 +206,10 @@ def redact_tree(input: str, output: str | Path, cfg: rr.RedactConfig = rr.Redact
         except KeyboardInterrupt:
             if stream is not None and hasattr(stream, "close"):
                 stream.close()          # stop the engine's threads now, not at interpreter exit
+            if engine == "ray":
+                from pipeline.engines import stop_ray
+
+                stop_ray()
             # images the workers finished after the signal are done too: count what has a sidecar
             # written by this run (the results seen here lagged, "after 5" with 7 written)
             done = sum(1 for it in items if _written_since(Path(it.sidecar), run_start))
