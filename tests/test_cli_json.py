@@ -202,3 +202,11 @@ def test_help_descriptions_wrap_at_the_terminal_not_at_the_docstring():
         assert all("\n" not in para for para in (cmd.help or "").split("\n\n")), path
     out = CliRunner().invoke(app, ["redact", "--help"], env={"COLUMNS": "80"}).output
     assert "orientation applied) and carry" in out, out   # was "(EXIF orientation" / "applied) and carry"
+
+
+@pytest.mark.parametrize("path", [(), *LEAVES])
+def test_help_shows_flags_as_flags(path):
+    """typer 0.29 printed every flag with a value placeholder (`--json <bool>`, `--dry-run
+    <bool>`); typing what the help showed (`--json true`) then failed. Flags take no value."""
+    out = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "120"}).output
+    assert "<bool>" not in out and "--help" in out, out
