@@ -250,9 +250,10 @@ def registered_model_info(ws: Any, version: str) -> dict[str, Any] | None:
 
 def with_workspace_info(detector: Any, ws: Any) -> Any:
     """`detector` with its `info` (what summaries and sidecars report) updated from its record in
-    `ws`'s registry, when it is a registered model there; returned for chaining."""
+    `ws`'s registry, when it is a registered model there; returned for chaining. Looked up by
+    the model's own version: redact's passes add their hash to the detector's."""
     if ws is not None and getattr(detector, "info", None):
-        extra = registered_model_info(ws, detector.version)
+        extra = registered_model_info(ws, getattr(detector, "model_version", None) or detector.version)
         if extra is not None:
             detector.info = {**detector.info, **extra}
     return detector

@@ -720,6 +720,11 @@ def test_a_registered_model_shows_this_workspaces_numbers_once_checked_here(tiny
     det = with_workspace_info(load_bundle(ws.abspath(after["path"])), ws)
     assert det.info["validation_coverage"] == pytest.approx(check["candidate"])
     assert det.info["validation_source"] == view["validation_source"]
+    # redact runs it with its passes (the version then carries their hash): the same numbers
+    from pipeline.redact.run import pass_options
+
+    multi = with_workspace_info(load_bundle(ws.abspath(after["path"]), **pass_options()), ws)
+    assert multi.version != det.version and multi.info["validation_source"] == view["validation_source"]
     listed = CliRunner().invoke(app, ["--workspace", str(ws.root), "--json", "models", "list"])
     assert json.loads(listed.stdout)[0]["validation"] == view
     table = CliRunner().invoke(app, ["--workspace", str(ws.root), "models", "list"])

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.detectors.ppocr import PPOCRConfig, PPOCRDetector, config_version, default_model_path
-from pipeline.io import sha256_bytes, sha256_file
+from pipeline.io import sha256_bytes, sha256_file, sha256_json
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def passes_version(model_version: str, config: PPOCRConfig, overrides: dict[str,
     in place of the bundle's selection (`-o unclip_ratio=2`), when any."""
     version = config_version(model_version, config, skip=THRESHOLDS)
     if overrides:
-        version += "+t" + sha256_bytes(json.dumps(overrides, sort_keys=True).encode())[:8]
+        version += "+t" + sha256_json(overrides)[:8]
     return version
 
 
