@@ -188,6 +188,17 @@ def test_cli_train_registers_but_promotes_only_when_asked(tmp_path: Path) -> Non
                             "--batch-size", "1", "--threads", "1"])
     assert r.exit_code == 2 and f"already finished as model {out['version']}" in r.output, r.output
     assert [m["version"] for m in list_models(Workspace.open(wsdir))] == [out["version"]]
+    # the Quick start's loop: new labels arrive (here imported), and the same `train` learns them
+    r = runner.invoke(app, ["--workspace", wsdir, "synth", "--name", "labelled", "-n", "8", "--width", "160,200", "--seed", "9"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["--workspace", wsdir, "import", str(tmp_path / "w/synth/labelled/boxes.jsonl")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["--workspace", wsdir, "--json", "train", "--epochs", "1", "--steps-per-epoch", "2",
+                            "--batch-size", "1", "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    again = json.loads(r.stdout)
+    assert again["human"] > 0 and again["version"] != out["version"] and again["parent"] == out["version"]
+    assert "training data changed since" in r.stderr
 
 
 def test_tiled_inference_on_large_writable_images() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.train.data import Sample, samples_from_jsonl, workspace_samples
-from pipeline.train.engine import TrainConfig, train
+from pipeline.train.engine import TrainConfig, data_signature, train
 from pipeline.train.select import PromotionCheck, has_text, passes
 from pipeline.workspace import check_run_name
 
@@ -258,40 +258,65 @@ def train_run(ws: Any, cfg: TrainConfig, *, synth_sets: Sequence[str] = ("defaul
               progress: Callable[[int, int, dict[str, Any]], None] | None = None) -> TrainSummary:
     """`textloop train` as one call: the run's folder (`cfg.out_dir` and `cfg.parent_bundle` are
     filled in), the parent model, the training data (missing synthetic sets generated), training,
-    registration and promotion by the rule. Raises CheckpointExists when the run has a checkpoint
-    and neither `cfg.resume` nor `restart`, ValueError for an unknown parent, TrainingError when
-    training cannot go on; Ctrl-C leaves the checkpoint for `resume`."""
+    registration and promotion by the rule. A finished run trains again when the labels changed
+    since (each round of the loop), and refuses when they did not. Raises CheckpointExists when
+    an unfinished run has a checkpoint and neither `cfg.resume` nor `restart`, ValueError for an
+    unknown parent or a finished run with nothing new, TrainingError when training cannot go on;
+    Ctrl-C leaves the checkpoint for `resume`."""
     out = run_dir(ws, run)
     ckpt = out / "checkpoint.pt"
     bundle = out / "bundle.zip"
-    if not restart and ckpt.exists() and bundle.exists() and bundle.stat().st_mtime >= ckpt.stat().st_mtime:
-        # the bundle is written after the last checkpoint only when the run finished: resuming
-        # would redo the selection and register the same weights again under a new version
-        # (checked first: "continue it with --resume" for a finished run led to this refusal)
-        from pipeline.bundle import read_bundle_meta
-
-        version = read_bundle_meta(bundle)["config"]["version"]
-        with ws.catalog() as cat:
-            current = cat.current_model()
-        use = ("it is the current model" if current is not None and current["version"] == version
-               else f"`textloop models promote {version}` to use it")
-        raise ValueError(f"run {run!r} already finished as model {version} ({bundle}); {use}, "
-                         "--restart to train it again")
-    if ckpt.exists() and not (cfg.resume or restart):
+    finished = (not restart and ckpt.exists() and bundle.exists()
+                and bundle.stat().st_mtime >= ckpt.stat().st_mtime)   # the bundle comes after the last checkpoint
+    if finished and cfg.resume:
+        # resuming would redo the selection and register the same weights again under a new version
+        raise ValueError(f"run {run!r} already finished as model {_bundle_version(bundle)} ({bundle}): "
+                         "nothing to resume")
+    if ckpt.exists() and not (cfg.resume or restart or finished):
         raise CheckpointExists(f"{ckpt} exists: continue it with --resume or start over with --restart")
-    if restart and ckpt.exists():
-        ckpt.unlink()
     if cfg.resume and not restart and not ckpt.exists():
         raise ValueError(f"run {run!r} has no checkpoint to resume ({ckpt}); drop --resume to start it")
+    parent_path, parent_version = resolve_parent(ws, parent, cfg.arch)
+    synth, human, val, val_source = workspace_training_data(ws, synth_sets, synth_images, cfg.seed, say=say)
+    if finished:
+        # the Quick start's loop (`pull && train --promote`) runs this every round: new labels
+        # train the run again; the same data would only make the same model again
+        version = _bundle_version(bundle)
+        if _checkpoint_data(ckpt) == data_signature([*synth, *human]):
+            with ws.catalog() as cat:
+                current = cat.current_model()
+            use = ("it is the current model" if current is not None and current["version"] == version
+                   else f"`textloop models promote {version}` to use it")
+            raise ValueError(f"run {run!r} already finished as model {version} on these same labels ({bundle}); "
+                             f"{use}, --restart to train it again")
+        say(f"run {run!r} finished as model {version}; its training data changed since (labels added, changed "
+            "or removed): training it again")
+        restart = True
+    if restart and ckpt.exists():
+        ckpt.unlink()
     if cfg.resume and not restart:   # training checks the options and the data are the checkpoint's
         say(f"resuming run {run!r} from its checkpoint ({ckpt})")
-    parent_path, parent_version = resolve_parent(ws, parent, cfg.arch)
     cfg = replace(cfg, out_dir=str(out), parent_bundle=str(parent_path) if parent_path else None)
-    synth, human, val, val_source = workspace_training_data(ws, synth_sets, synth_images, cfg.seed, say=say)
     start = "stock PP-OCR weights" if cfg.arch == "db" else "random weights"
     say(f"training {cfg.arch} on {len(synth)} synthetic + {len(human)} human-labelled images; "
         f"validating on {len(val)} ({val_source}); parent: {parent_version or 'none (' + start + ')'}")
     return train_workspace(ws, cfg, synth, human, val, val_source, parent_version, promote, progress, force=force)
+
+def _bundle_version(bundle: Path) -> str:
+    from pipeline.bundle import read_bundle_meta
+
+    return str(read_bundle_meta(bundle)["config"]["version"])
+
+
+def _checkpoint_data(ckpt: Path) -> str | None:
+    """The training-data signature a checkpoint was made on (None: unreadable or older)."""
+    import torch
+
+    try:
+        return torch.load(ckpt, map_location="cpu", weights_only=False).get("data")
+    except Exception:  # noqa: BLE001 - a damaged checkpoint of a finished run: train again
+        return None
+
 
 def save_result(path: str | Path, result: Any, parent: str | None = None, extra: dict[str, Any] | None = None,
                 version: str | None = None) -> str:
