@@ -261,15 +261,11 @@ def iterate(ws: Any, cfg: IterateConfig = IterateConfig(), client: Any = None,
 
         if cfg.push and studio is not None:
             from pipeline.studio.push import push_images
-            from pipeline.studio.review import request_review
 
             say(f"push: {len(batch)} ranked images")
             pushed = push_images(ws, batch, model_version=model.version, client=studio).as_dict()
-            with ws.catalog() as cat:
-                review = [r["id"] for r in cat.images(status=ImageStatus.NEEDS_REVIEW)]
-            if review:
-                say(f"review: reopening {len(review)} tasks whose labels curation suspects")
-                pushed["review"] = request_review(ws, review, client=studio)
+            if pushed["reopened_for_review"]:
+                say(f"review: reopened {pushed['reopened_for_review']} tasks whose labels curation suspects")
             log_step("push", pushed)
         it.metrics = {"candidate": candidate, "promoted": promote, **json_safe(m_cand)}
         atomic_write_text(run_dir / "iterate.json", json.dumps(json_safe(res.as_dict()), indent=2))

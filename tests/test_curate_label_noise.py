@@ -145,6 +145,12 @@ def test_catalog_uses_only_out_of_sample_predictions_and_apply_sets_status(ws) -
     assert sum(v == "needs_review" for v in st.values()) == 2
     # idempotent: a rerun changes nothing more for the same worst two
     assert len(apply_label_actions(ws, report, "review", worst=2)) == 0
+    # N is at most N of the suspects: a large N never sends labels the score trusts to review
+    flagged = set(report.images.loc[report.images["is_label_issue"], "image_id"])
+    assert len(flagged) < len(report.images) - 1
+    apply_label_actions(ws, report, "review", worst=len(report.images))
+    with ws.catalog() as cat:
+        assert {r["id"] for r in cat.images() if r["status"] == "needs_review"} == flagged
 
 
 def test_reading_tells_missed_words_from_wrong_labels() -> None:

@@ -245,9 +245,10 @@ def test_stage_results_keep_the_json_keys():
                          already_pushed=1, failed=0, order="o", url="u")
     assert list(pushed.as_dict()) == ["project_id", "model_version", "tasks_created", "predictions_added",
                                       "tasks_updated", "already_pushed", "failed", "order", "url", "sent_for_review",
-                                      "tasks_withdrawn"]
+                                      "tasks_withdrawn", "reopened_for_review"]
     assert pushed.counts() == {"project_id": 7, "tasks_created": 2, "predictions_added": 0, "tasks_updated": 0,
-                               "already_pushed": 1, "failed": 0, "sent_for_review": 0, "tasks_withdrawn": 0}
+                               "already_pushed": 1, "failed": 0, "sent_for_review": 0, "tasks_withdrawn": 0,
+                               "reopened_for_review": 0}
     project = ProjectSummary(project_id=7, title="t", created=True, classes=["text"], storage_id=3, ml_backend_id=None,
                              url="u")
     assert list(project.as_dict()) == ["project_id", "title", "created", "classes", "storage_id", "ml_backend_id", "url",

@@ -23,7 +23,7 @@ def curate_cmd(
     label_action: str = typer.Option("review", help="With --apply, what happens to suspected label issues: review "
                                       "(status needs_review; the next push or iterate sends them to Label Studio "
                                       "with the label and a note) or exclude."),
-    worst: Optional[int] = typer.Option(None, min=1, help="With --apply, act on at most this many label issues (worst first)."),
+    worst: Optional[int] = typer.Option(None, min=1, help="With --apply, act on at most this many of the suspected label issues (worst first)."),
     method: str = typer.Option("reading", help="Label-noise ranking: reading (default: boxes, and the PP-OCR "
                                "recogniser on what is inside them), coverage (boxes only, no image reads) or cleanlab."),
     model_version: Optional[str] = typer.Option(None, help="Use only this model's stored predictions for label noise."),

@@ -144,6 +144,8 @@ def push_cmd(
         + (f"; {res.sent_for_review} of the new tasks are labels curation flagged (the label pre-drawn, the "
            "suspected issue in the task's meta)" if res.sent_for_review else "")
         + (f"; {res.tasks_withdrawn} unlabelled tasks of excluded images withdrawn" if res.tasks_withdrawn else "")
+        + (f"; {res.reopened_for_review} labelled tasks curation flagged reopened for review (the suspected issue "
+           "in the task's meta)" if res.reopened_for_review else "")
         + f"\norder: {res.order}\n{res.url}"))
 
 

@@ -505,7 +505,9 @@ def find_label_noise(ws: Any, cfg: LabelNoiseConfig | None = None,
 
 def apply_label_actions(ws: Any, report: LabelNoiseReport, action: str, worst: int | None = None) -> pd.DataFrame:
     """Set the status of the suspected label issues in one transaction: the images flagged
-    `is_label_issue`, or with `worst=N` the N lowest label scores (below 1.0) whatever the threshold.
+    `is_label_issue`, at most `worst` of them (the lowest label scores) when given. It took the
+    N lowest scores whatever the threshold: `--worst 20` on a small workspace sent labels scored
+    0.99 to review beside its 2 suspects.
 
     action `review`: status `needs_review` -- `push` re-sends them to Label Studio with a note.
     action `exclude`: status `excluded` -- training skips them.
@@ -514,11 +516,10 @@ def apply_label_actions(ws: Any, report: LabelNoiseReport, action: str, worst: i
     new_status = {"review": ImageStatus.NEEDS_REVIEW, "exclude": ImageStatus.EXCLUDED}.get(action)
     if new_status is None:
         raise ValueError(f"unknown action {action!r}: use review or exclude")
-    ranked = report.images.sort_values("label_score")
+    bad = report.images.sort_values("label_score")
+    bad = bad[bad["is_label_issue"]]
     if worst is not None:
-        bad = ranked[ranked["label_score"] < 1.0].head(worst)
-    else:
-        bad = ranked[ranked["is_label_issue"]]
+        bad = bad.head(worst)
     rows = []
     with ws.catalog() as cat, cat.transaction():
         for r in bad.itertuples(index=False):

@@ -155,16 +155,17 @@ def task_data(image_url: str, data_key: str, im: dict[str, Any], sources: Sequen
 
 def reconcile_tasks(studio: Studio, project_id: int, cat: Catalog,
                     data_out: dict[int, dict[str, Any]] | None = None,
-                    labelled_out: set[int] | None = None) -> dict[str, int]:
+                    labelled_out: set[int] | None = None, open_out: set[int] | None = None) -> dict[str, int]:
     """image_id -> task id on the server; catalog rows for tasks that no longer exist are dropped,
     server tasks missing from the catalog (a push killed after an import) are recorded with the
     prediction they were created with (`pushed_with` in their data) and their image marked
     pushed, so the rerun neither adds that prediction again nor leaves the image `new`.
     `data_out` gets each task's data (task id -> data), so push can bring old tasks' fields up to
-    date; `labelled_out` the ids of tasks with any annotation (skipped ones too): a reviewer's work."""
+    date; `labelled_out` the ids of tasks with any annotation (skipped ones too): a reviewer's work;
+    `open_out` the ids of tasks Label Studio serves to labellers (not labelled, or reopened)."""
     server: dict[str, int] = {}
     pager = studio.call(lambda: studio.sdk.tasks.list(project=project_id, page_size=1000, fields="task_only",
-                                                      include="id,data,total_annotations,cancelled_annotations"))
+                                                      include="id,data,total_annotations,cancelled_annotations,is_labeled"))
     data_out = {} if data_out is None else data_out
     labelled_out = set() if labelled_out is None else labelled_out
     for t in studio.call(lambda: list(pager)):
@@ -174,6 +175,8 @@ def reconcile_tasks(studio: Studio, project_id: int, cat: Catalog,
             data_out[int(t.id)] = dict(t.data or {})
         if (getattr(t, "total_annotations", 0) or 0) + (getattr(t, "cancelled_annotations", 0) or 0) > 0:
             labelled_out.add(int(t.id))
+        if open_out is not None and not getattr(t, "is_labeled", False):
+            open_out.add(int(t.id))
     known = cat.tasks(project_id)
     recovered = 0
     with cat.transaction():
@@ -235,6 +238,7 @@ class PushSummary:
     url: str
     sent_for_review: int = 0   # new tasks of images curation flagged (label under review pre-drawn, note in meta)
     tasks_withdrawn: int = 0   # unlabelled tasks of images excluded since they were pushed, deleted
+    reopened_for_review: int = 0  # labelled tasks of images curation flagged, reopened with the note
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -281,7 +285,8 @@ def push_images(
         images = {r["id"]: r for r in rows}
         server_data: dict[int, dict[str, Any]] = {}
         labelled_tasks: set[int] = set()
-        server_tasks = reconcile_tasks(studio, project.id, cat, server_data, labelled_tasks)
+        open_tasks: set[int] = set()
+        server_tasks = reconcile_tasks(studio, project.id, cat, server_data, labelled_tasks, open_tasks)
         withdrawn = _withdraw_excluded(studio, cat, project.id, server_tasks, labelled_tasks)
         sources = image_sources(cat, list(images))
         have_version = cat.tasks_with_prediction(project.id, version)
@@ -399,10 +404,19 @@ def push_images(
                 updated += 1
         if updated:
             log.info("updated the data of %d existing tasks (file name, sources, ranking facts)", updated)
-    if under_review:
+    # Labels curation flagged (`needs_review`): new tasks above carry the label; labelled tasks
+    # are reopened with the note. A task already open again is left alone, so pushing twice does
+    # not comment twice (curate's message promised push would send them; only iterate did).
+    with ws.catalog() as cat:
+        flagged = [r["id"] for r in cat.images(status=ImageStatus.NEEDS_REVIEW)]
+    reopen = [i for i in flagged if i not in under_review and server_tasks.get(i) in labelled_tasks - open_tasks]
+    if under_review or reopen:
         from pipeline.studio.review import request_review
 
-        request_review(ws, list(under_review), client=studio)   # the note (the suspected issue) in the task's meta
+        # the note (the suspected issue) in the task's meta
+        reopened = request_review(ws, [*under_review, *reopen], client=studio)["reopened"] - len(under_review)
+    else:
+        reopened = 0
     if (created or added) and project.model_version != version:
         # Uncertainty sampling only looks at predictions of the project's model_version.
         studio.call(studio.sdk.projects.update, id=project.id, model_version=version)
@@ -410,7 +424,7 @@ def push_images(
         project_id=project.id, model_version=version, tasks_created=created, predictions_added=added,
         tasks_updated=updated, already_pushed=len([i for i in images if i in server_tasks]) - len(upd_ids),
         failed=len(failed), order=order_note, url=f"{studio.url}/projects/{project.id}/data",
-        sent_for_review=len(under_review), tasks_withdrawn=withdrawn)
+        sent_for_review=len(under_review), tasks_withdrawn=withdrawn, reopened_for_review=max(0, reopened))
 
 
 def _withdraw_excluded(studio: Studio, cat: Catalog, project_id: int, server_tasks: dict[str, int],

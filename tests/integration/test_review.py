@@ -55,6 +55,19 @@ def test_request_review_reopens_the_task_with_a_note(live_studio, tmp_path_facto
     others = [studio.sdk.tasks.get(id=str(tasks[i].id)) for i in tasks if i != flagged]
     assert all(t.is_labeled for t in others)
 
+    # `push` sends what `curate --apply` flags too (its message said so; only iterate did): the
+    # labelled task is reopened with the note, the one already open is left alone, and a second
+    # push reopens nothing more
+    second = sorted(tasks)[1]
+    with ws.catalog() as cat:
+        with cat.transaction() as tx:
+            tx.execute("UPDATE images SET status = 'needs_review' WHERE id = ?", (second,))
+    assert push_images(ws, None, client=studio, detector=OneBox()).reopened_for_review == 1
+    task2 = studio.sdk.tasks.get(id=str(tasks[second].id))
+    assert task2.is_labeled is False and "textloop" in (task2.meta or {}).get("textloop_review", "")
+    assert push_images(ws, None, client=studio, detector=OneBox()).reopened_for_review == 0
+    assert (studio.sdk.tasks.get(id=str(tasks[flagged].id)).meta or {}).get("textloop_review") == "suspected overlooked text"
+
     ann = studio.sdk.annotations.list(id=tasks[flagged].id)[0]            # the reviewer fixes it
     studio.sdk.annotations.update(id=ann.id, result=_result([2, 2, 30, 12], 64, 48))
     assert pull(ws, studio).updated == 1
