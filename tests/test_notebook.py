@@ -44,3 +44,24 @@ def test_notebook_runs_before_any_curation(tmp_path: Path, monkeypatch: pytest.M
     nb = _execute(ws.root, monkeypatch)
     text = "".join(str(o.get("text", "")) for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "run `textloop curate`" in text
+
+
+def test_notebook_runs_when_the_last_curation_and_ranking_were_empty(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A workspace whose curation compared no images and whose rank found nothing left to label
+    (every image labelled: the state after a few rounds) failed in the notebook (KeyError
+    'outlier_score'; "hist method requires numerical or datetime columns")."""
+    import pandas as pd
+
+    from pipeline.io import write_table
+    from pipeline.workspace import Workspace
+
+    ws = Workspace.open(tmp_path / "ws")
+    run_curate(ws)
+    write_table(pd.DataFrame({"image_id": pd.Series(dtype=str), "score_uncertainty": pd.Series(dtype=float)}),
+                [ws.reports_dir], "ranking")
+    nb = _execute(ws.root, monkeypatch)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"], outputs
+    text = "".join(str(o.get("text", "")) for o in outputs)
+    assert "no images to compare" in text and "no unlabelled images to rank" in text, text
