@@ -297,7 +297,7 @@ def models_promote_cmd(
     except ValueError as exc:       # its bundle no longer loads (damaged since it was registered)
         fail(str(exc))
     except PromotionRefused as exc:
-        fail(f"not promoted: {exc}")
+        fail(f"not promoted: {exc.check.message(exc.version)}; --force promotes it anyway")
     forced = not check.ok
 
     def render(c) -> None:
@@ -330,7 +330,7 @@ def models_register_cmd(
     except ValueError as exc:
         fail(str(exc))
     except PromotionRefused as exc:
-        fail(f"registered but not promoted: {exc}")
+        fail(f"registered but not promoted: {exc.check.message(exc.version)}; --force promotes it anyway")
     def render(c) -> None:
         if check is not None:   # the verdict that made it current, as `models promote` prints it
             c.print(("[yellow]warning:[/] promoted despite the rule (--force): " if not check.ok else "")

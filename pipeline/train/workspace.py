@@ -23,7 +23,7 @@ class PromotionRefused(RuntimeError):
     """The promotion rule refused a model; `check` has both numbers."""
 
     def __init__(self, version: str, check: PromotionCheck) -> None:
-        super().__init__(check.message(version) + "; --force promotes it anyway")
+        super().__init__(check.message(version) + "; force=True (--force) promotes it anyway")
         self.version = version
         self.check = check
 
