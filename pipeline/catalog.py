@@ -323,6 +323,14 @@ class Catalog:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._depth = 0  # open transaction() blocks: > 0 means the next one is a savepoint
+        if not self.path.exists():
+            # made by us, so it follows the umask (SQLite's own 0644 ignored a group-writable
+            # umask: group members could not harvest into a shared workspace); SQLite takes an
+            # empty file as a new database, and gives its -wal/-shm files the same mode
+            try:
+                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o666))
+            except OSError:
+                pass   # sqlite3.connect names the problem
         self.conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
         try:
             self.conn.row_factory = sqlite3.Row

@@ -272,6 +272,12 @@ def _die_with_parent(parent: int) -> None:
     cannot shut its pool down, and orphaned workers went on for minutes. Linux: the kernel
     sends SIGKILL when the thread that forked us exits (harvest submits from its own thread,
     which lives as long as the pool); elsewhere a thread polls the parent pid."""
+    # Ctrl-C and SIGTERM are the parent's to handle (a terminal, `timeout` and `docker stop`
+    # signal the whole process group): a worker that raised KeyboardInterrupt inside the pool's
+    # machinery printed a traceback and could leave the parent waiting for ever, and one that
+    # died broke the pool under it; the parent shuts the pool down, and SIGKILL still works
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     armed = False
     if sys.platform.startswith("linux"):
         try:
@@ -599,25 +605,46 @@ def harvest(
             for _ in range(max(1, cfg.workers) * 4):  # bounded window: memory flat in the number of items
                 if not submit_next():
                     break
-            while in_flight:
-                finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    it = in_flight.pop(fut)
+            def collect(fut: Future) -> None:
+                nonlocal disk_full
+                it = in_flight.pop(fut)
+                try:
+                    pending.append(fut.result())
+                except ImageRejected as exc:
+                    pending.append(Reject(it.source, exc.reason, exc.detail, it.shown))
+                except OSError as exc:
+                    if exc.errno == errno.ENOSPC:
+                        disk_full = exc
+                    pending.append(Reject(it.source, "disk_full" if exc.errno == errno.ENOSPC else "io_error",
+                                          exc.strerror or str(exc), it.shown))
+
+            try:
+                while in_flight:
+                    finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                    for fut in finished:
+                        collect(fut)
+                        done += 1
+                        if progress:
+                            progress(done, total)
+                        submit_next()
+                    if len(pending) >= batch_size:
+                        flush()
+            except KeyboardInterrupt:
+                # Ctrl-C / SIGTERM: start nothing new, keep what the workers finish (it was lost
+                # up to the last 200-item batch, its files left in images/.tmp), then say so
+                queue = iter(())
+                for fut in list(in_flight):
+                    if fut.cancel():
+                        in_flight.pop(fut)
+                for fut in list(in_flight):
                     try:
-                        pending.append(fut.result())
-                    except ImageRejected as exc:
-                        pending.append(Reject(it.source, exc.reason, exc.detail, it.shown))
-                    except OSError as exc:
-                        if exc.errno == errno.ENOSPC:
-                            disk_full = exc
-                        pending.append(Reject(it.source, "disk_full" if exc.errno == errno.ENOSPC else "io_error",
-                                              exc.strerror or str(exc), it.shown))
-                    done += 1
-                    if progress:
-                        progress(done, total)
-                    submit_next()
-                if len(pending) >= batch_size:
-                    flush()
+                        collect(fut)
+                        done += 1
+                    except (KeyboardInterrupt, Exception):  # noqa: BLE001 - a worker that died with it
+                        in_flight.pop(fut, None)
+                flush()
+                raise KeyboardInterrupt(f"harvest interrupted after {done} of {total} sources (finished ones are "
+                                        "kept); rerun the same command to resume") from None
         flush()
         if disk_full is not None:
             raise OSError(errno.ENOSPC, f"{ws.root}: disk full; harvest stopped, rerun to resume")

@@ -279,3 +279,20 @@ def test_a_stage_whose_process_was_killed_does_not_stay_running(tmp_path) -> Non
         rows = {r["id"]: r for r in cat.iterations()}
         assert rows[gone]["status"] == "failed" and "ended without finishing" in json.loads(rows[gone]["metrics"])["error"]
         assert rows[mine]["status"] == "running" and status.last_iteration["id"] == gone
+
+
+def test_a_new_catalog_follows_the_umask(tmp_path) -> None:
+    """SQLite made catalog.sqlite 0644 whatever the umask: under umask 002 (a shared workspace)
+    images were group-writable and the catalog was not, so the group could not harvest."""
+    import os
+    import stat
+
+    from pipeline.catalog import Catalog
+
+    old = os.umask(0o002)
+    try:
+        with Catalog(tmp_path / "catalog.sqlite") as cat:
+            cat.scalar("SELECT COUNT(*) FROM images")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "catalog.sqlite").stat().st_mode) == 0o664

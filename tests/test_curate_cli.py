@@ -194,6 +194,10 @@ def test_fastdup_missing_is_one_line_error(tmp_path: Path, monkeypatch) -> None:
     res = CliRunner().invoke(app, ["--workspace", str(ws.root), "curate", "--engine", "fastdup"])
     assert res.exit_code == 1
     assert "fastdup interpreter not found" in res.output
+    # a program that runs and writes nothing (`--fastdup-python /bin/true`) was a traceback
+    res = CliRunner().invoke(app, ["--workspace", str(ws.root), "curate", "--engine", "fastdup",
+                                   "--fastdup-python", "/bin/true"])
+    assert res.exit_code == 1 and "wrote no fastdup results" in res.output and "Traceback" not in res.output, res.output
 
 
 @pytest.mark.parametrize("cmd", ["curate", "report"])

@@ -33,7 +33,7 @@ def init_cmd(ctx: typer.Context) -> None:
 def harvest_cmd(
     ctx: typer.Context,
     sources: List[str] = typer.Argument(..., help="Folders (recursive), image files, URL lists (.txt), CSVs with a url/path column, or http(s) URLs."),
-    workers: int = typer.Option(0, min=0, help="Worker processes (copy/download + decode); 0 = one per CPU core. Raise it for slow networks."),
+    workers: int = typer.Option(0, min=0, max=256, help="Worker processes (copy/download + decode); 0 = one per CPU core. Raise it for slow networks."),
     timeout: float = typer.Option(20.0, callback=positive, help="Seconds per HTTP request: the deadline of the whole download (per try)."),
     retries: int = typer.Option(3, min=0, help="HTTP retries with exponential backoff."),
     max_bytes: int = typer.Option(200 * 1024 * 1024, min=1, help="Reject files larger than this."),
@@ -61,6 +61,9 @@ def harvest_cmd(
         fail(str(exc))
     except OSError as exc:
         fail(str(exc) if exc.errno == errno.ENOSPC else f"{ws.root}: {exc}")
+    except KeyboardInterrupt as exc:
+        fail(str(exc) if str(exc).startswith("harvest interrupted") else "harvest interrupted; rerun the same "
+             "command to resume", 130)
 
     emit(st, summary.as_dict(), lambda c: _render(c, summary, ws.root), problems=summary.reject_lines, label="rejected")
     n_rejected = sum(summary.rejected.values())

@@ -352,6 +352,11 @@ def _fastdup_features(images: Sequence[ImageRef], cfg: DuplicateConfig,
                 tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
                 raise RuntimeError(f"fastdup worker failed (exit {proc.returncode}): {tail[0][:300]}")
             out = tmpd / "out"
+            missing = [n for n in ("files.csv", "similarity.csv", "outliers.csv", "embeddings.npy", "embeddings.csv")
+                       if not (out / n).is_file()]
+            if missing:   # exit 0 and nothing written: not a Python that runs our fastdup worker
+                raise FastdupUnavailable(f"{py}: ran but wrote no fastdup results ({missing[0]} missing): not a Python "
+                                         "with fastdup installed (make install-fastdup, or --fastdup-python)")
             files = pd.read_csv(out / "files.csv")
             sim = pd.read_csv(out / "similarity.csv")
             fd_out = pd.read_csv(out / "outliers.csv")
