@@ -493,6 +493,30 @@ def _workspace_lock(ws: Workspace) -> Iterator[None]:
             _LOCKED_HERE.discard(key)
 
 
+@contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """An event set by Ctrl-C or SIGTERM while harvest runs (main thread only; a second signal
+    interrupts at once). Harvest stops between items, so what the workers finished is recorded
+    and no fetched file is left unrecorded: a KeyboardInterrupt raised anywhere in the loop lost
+    the item being collected and left its .part file behind."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def on_signal(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt(f"interrupted again (signal {signum})")
+        stop.set()
+
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
 def _already_harvested(cat: Catalog, item: Item) -> bool:
     stamp = cat.source_stamp(item.source)
     if stamp is None:
@@ -594,17 +618,14 @@ def harvest(
         in_flight: dict[Future, Item] = {}
         # Processes, not threads: Pillow holds the GIL while decoding, and decoding is the cost.
         # workers only fetch/decode, they never touch the catalog
-        with worker_pool(max(1, min(cfg.workers, len(todo) or 1))) as pool:
+        with _stop_on_signals() as stop, worker_pool(max(1, min(cfg.workers, len(todo) or 1))) as pool:
             def submit_next() -> bool:
-                it = next(queue, None)
+                it = next(queue, None) if not stop.is_set() else None
                 if it is None or disk_full is not None:
                     return False
                 in_flight[pool.submit(fetch, it, ws, cfg)] = it
                 return True
 
-            for _ in range(max(1, cfg.workers) * 4):  # bounded window: memory flat in the number of items
-                if not submit_next():
-                    break
             def collect(fut: Future) -> None:
                 nonlocal disk_full
                 it = in_flight.pop(fut)
@@ -618,34 +639,26 @@ def harvest(
                     pending.append(Reject(it.source, "disk_full" if exc.errno == errno.ENOSPC else "io_error",
                                           exc.strerror or str(exc), it.shown))
 
-            try:
-                while in_flight:
-                    finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-                    for fut in finished:
-                        collect(fut)
-                        done += 1
-                        if progress:
-                            progress(done, total)
-                        submit_next()
-                    if len(pending) >= batch_size:
-                        flush()
-            except KeyboardInterrupt:
-                # Ctrl-C / SIGTERM: start nothing new, keep what the workers finish (it was lost
-                # up to the last 200-item batch, its files left in images/.tmp), then say so
-                queue = iter(())
-                for fut in list(in_flight):
-                    if fut.cancel():
+            for _ in range(max(1, cfg.workers) * 4):  # bounded window: memory flat in the number of items
+                if not submit_next():
+                    break
+            while in_flight:
+                finished, _ = wait(in_flight, timeout=0.2, return_when=FIRST_COMPLETED)
+                if stop.is_set():   # Ctrl-C / SIGTERM: nothing new starts, what is running finishes
+                    for fut in [f for f in in_flight if not f.done() and f.cancel()]:
                         in_flight.pop(fut)
-                for fut in list(in_flight):
-                    try:
-                        collect(fut)
-                        done += 1
-                    except (KeyboardInterrupt, Exception):  # noqa: BLE001 - a worker that died with it
-                        in_flight.pop(fut, None)
-                flush()
-                raise KeyboardInterrupt(f"harvest interrupted after {done} of {total} sources (finished ones are "
-                                        "kept); rerun the same command to resume") from None
+                for fut in finished:
+                    collect(fut)
+                    done += 1
+                    if progress:
+                        progress(done, total)
+                    submit_next()
+                if len(pending) >= batch_size:
+                    flush()
         flush()
+        if stop.is_set():
+            raise KeyboardInterrupt(f"harvest interrupted after {done} of {total} sources (finished ones are "
+                                    "kept); rerun the same command to resume")
         if disk_full is not None:
             raise OSError(errno.ENOSPC, f"{ws.root}: disk full; harvest stopped, rerun to resume")
     summary.seconds = time.perf_counter() - t0
