@@ -259,7 +259,7 @@ def quads_as_polys(text: str | None, n_boxes: int) -> tuple[tuple[float, ...], .
     return tuple(tuple(float(v) for pt in q for v in pt) for q in quads) if quads else ()
 
 
-SQLITE_CORRUPT, SQLITE_NOTADB = 11, 26
+SQLITE_CORRUPT, SQLITE_NOTADB, SQLITE_READONLY, SQLITE_CANTOPEN = 11, 26, 8, 14
 
 
 def is_damage(exc: BaseException) -> bool:
@@ -271,6 +271,21 @@ def is_damage(exc: BaseException) -> bool:
         return code & 0xFF in (SQLITE_CORRUPT, SQLITE_NOTADB)
     text = str(exc).lower()
     return "malformed" in text or "not a database" in text
+
+
+def is_read_only(exc: BaseException) -> bool:
+    """True for SQLite's "no write access" errors: a read-only file, folder or mount."""
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in (SQLITE_READONLY, SQLITE_CANTOPEN):
+        return True
+    text = str(exc).lower()
+    return "readonly database" in text or "unable to open database" in text
+
+
+class CatalogUnwritable(RuntimeError):
+    """The catalog cannot be written (opening it writes: WAL mode, migrations); str() names it."""
 
 
 class CatalogDamaged(RuntimeError):
@@ -342,6 +357,9 @@ class Catalog:
             self.conn.close()
             if is_damage(exc):
                 raise CatalogDamaged(self.path, exc) from None
+            if is_read_only(exc):
+                raise CatalogUnwritable(f"{self.path}: cannot write to the catalog ({exc}); textloop needs write "
+                                        "access to the workspace folder and its catalog, even for status") from None
             raise
 
     def __enter__(self) -> "Catalog":

@@ -296,3 +296,27 @@ def test_a_new_catalog_follows_the_umask(tmp_path) -> None:
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "catalog.sqlite").stat().st_mode) == 0o664
+
+
+def test_a_workspace_that_cannot_be_written_is_one_line(tmp_path, monkeypatch) -> None:
+    """A read-only workspace (a mount, another user's folder) gave a 55-line sqlite traceback for
+    every command, `status` included: opening the catalog writes (WAL mode, migrations). Now one
+    line naming the catalog, exit 1. (SQLite's own error is raised where the write fails: root,
+    which runs the tests, ignores file modes.)"""
+    import sqlite3
+
+    from typer.testing import CliRunner
+
+    from pipeline.catalog import Catalog
+    from pipeline.cli.app import app
+
+    (tmp_path / "ws").mkdir()
+    Catalog(tmp_path / "ws" / "catalog.sqlite").close()
+
+    def refuse(self) -> None:
+        raise sqlite3.OperationalError("attempt to write a readonly database")
+
+    monkeypatch.setattr(Catalog, "migrate", refuse)
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "status"])
+    assert r.exit_code == 1 and "cannot write to the catalog" in r.output and "Traceback" not in r.output, r.output
+    assert "catalog.sqlite" in r.output

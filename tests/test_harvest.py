@@ -433,3 +433,23 @@ def test_a_signal_to_the_process_group_stops_harvest_keeping_what_finished(tmp_p
     res = subprocess.run([*cmd[:3], "--json", *cmd[3:]], capture_output=True, text=True, timeout=300)
     summary = json.loads(res.stdout)
     assert res.returncode == 0 and summary["skipped"] == kept and summary["new"] == len(src_files) - kept
+
+
+def test_a_folder_without_images_is_said_and_exits_1(tmp_path):
+    """`harvest emptyd` printed "0 ok, 0 rejected" and exited 0: a mistyped or empty folder
+    looked like success (the README says nothing harvested is a non-zero exit)."""
+    (tmp_path / "emptyd").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("x")
+    for folder, extra in (("emptyd", ""), ("notes", "1 file(s) not named as images")):
+        r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "harvest", str(tmp_path / folder)])
+        assert r.exit_code == 1 and "nothing harvested: no image files in" in r.output and extra in r.output, r.output
+
+
+@pytest.mark.parametrize("value", ["inf", "nan"])
+def test_a_timeout_that_never_ends_is_refused_naming_the_option(tmp_path, value):
+    """`--timeout inf` passed typer's > 0 check and was refused as "timeout must be ...": the
+    config's field, not the option the user typed."""
+    (tmp_path / "src").mkdir()
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "harvest", str(tmp_path / "src"), "--timeout", value])
+    assert r.exit_code == 2 and "--timeout" in r.output and "timeout must" not in r.output.replace("--timeout must", ""), r.output

@@ -23,7 +23,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from pipeline.catalog import CatalogDamaged, damaged_message, is_damage
+from pipeline.catalog import CatalogDamaged, CatalogUnwritable, damaged_message, is_damage
 from pipeline.workspace import Workspace
 
 log = logging.getLogger("textloop")
@@ -284,7 +284,7 @@ class TextloopGroup(TyperGroup):
             if root not in TRAIN_MODULES:
                 raise
             fail(train_extra_message(root, "this model or step"))
-        except CatalogDamaged as exc:
+        except (CatalogDamaged, CatalogUnwritable) as exc:
             fail(str(exc))
         except sqlite3.DatabaseError as exc:
             if not is_damage(exc):

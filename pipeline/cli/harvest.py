@@ -10,7 +10,7 @@ from typing import Any, List
 import typer
 from rich.console import Console
 
-from pipeline.cli.common import emit, fail, positive, progress, state, titled
+from pipeline.cli.common import emit, fail, option_message, positive, progress, state, titled
 from pipeline.config import DEFAULT_MAX_PIXELS, HarvestConfig, SplitRatios
 from pipeline.harvest import harvest
 
@@ -47,7 +47,7 @@ def harvest_cmd(
         cfg = HarvestConfig(workers=workers or (os.cpu_count() or 2), timeout_s=timeout, retries=retries, max_bytes=max_bytes,
                             max_pixels=max_pixels, splits=SplitRatios.parse(splits))
     except ValueError as exc:
-        fail(str(exc), 2)
+        fail(option_message(ctx, exc), 2)
     # a path typed on the command line that does not exist is a typo, not a bad entry of a batch:
     # one line, nothing recorded (it was a `not_found` reject that no later harvest cleared)
     missing = [s for s in sources if "://" not in s and not os.path.lexists(os.path.expanduser(s))]
@@ -67,6 +67,10 @@ def harvest_cmd(
 
     emit(st, summary.as_dict(), lambda c: _render(c, summary, ws.root), problems=summary.reject_lines, label="rejected")
     n_rejected = sum(summary.rejected.values())
+    if summary.ok == 0 and not n_rejected:   # a mistyped or empty folder: said, not "0 ok" and exit 0
+        ignored = summary.as_dict()["ignored_non_images"]
+        fail("nothing harvested: no image files in " + ", ".join(sources)
+             + (f" ({ignored} file(s) not named as images)" if ignored else ""))
     if (summary.ok == 0 and n_rejected) or (strict and n_rejected):
         raise typer.Exit(1)
 
