@@ -106,3 +106,21 @@ def test_engines_are_a_registry(tmp_path: Path, monkeypatch) -> None:
     pool = make_pool(tmp_path / "pool")
     report = find_duplicates(_refs(pool, pool.near[1]), DuplicateConfig(engine="fake"))
     assert seen == ["fake"] and report.engine == "fake" and not report.images["is_exact_duplicates_issue"].any()
+
+
+def test_a_skipped_image_is_named_by_its_file_name(tmp_path: Path, caplog) -> None:
+    """curate warned "f70b24d2...: skipped (too_small)": the hash the user never saw. The
+    warning now leads with the name the image was harvested under."""
+    import logging
+
+    from pipeline.curate.duplicates import DuplicateConfig, ImageRef, find_duplicates
+    from tests.imagegen import noise_image
+
+    good = tmp_path / "good.png"
+    noise_image(1, (64, 48)).save(good)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    refs = [ImageRef("a" * 64, good, "train", "good.png"), ImageRef("b" * 64, bad, "train", "scan 17.png")]
+    with caplog.at_level(logging.WARNING, logger="textloop"):
+        find_duplicates(refs, DuplicateConfig())
+    assert any(r.getMessage().startswith("scan 17.png (bbbbbbbbbbbb): skipped") for r in caplog.records), caplog.text

@@ -57,6 +57,7 @@ class ImageRef:
     image_id: str
     path: Path
     split: str = "train"
+    name: str = ""     # the user's file name, for messages (the id is a hash)
 
 
 @dataclass(frozen=True)
@@ -234,10 +235,11 @@ def _permissive_features(images: Sequence[ImageRef], cfg: DuplicateConfig,
     embs: list[np.ndarray] = []
     stats: list[np.ndarray] = []
     total = len(images)
+    names = {im.image_id: f"{im.name} ({im.image_id[:12]})" for im in images if im.name}
     with ThreadPoolExecutor(max_workers=max(1, cfg.workers)) as pool:
         for done, (iid, err, key, ph, _dh, emb, st) in enumerate(pool.map(_load_one, images), 1):
             if err is not None:
-                log.warning("%s: skipped (%s)", iid, err)
+                log.warning("%s: skipped (%s)", names.get(iid) or iid, err)
                 broken[iid] = err
             else:
                 exact[iid] = key or ""
@@ -572,7 +574,7 @@ def workspace_images(ws: Any, statuses: Sequence[str] | None = None) -> list[Ima
     """Every catalog image (optionally only some statuses) as ImageRefs, in id order."""
     with ws.catalog() as cat:
         rows = cat.images()
-    return [ImageRef(r["id"], ws.abspath(r["path"]), r["split"]) for r in rows
+    return [ImageRef(r["id"], ws.abspath(r["path"]), r["split"], r["original_name"]) for r in rows
             if statuses is None or r["status"] in statuses]
 
 
