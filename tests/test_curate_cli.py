@@ -237,3 +237,12 @@ def test_unknown_model_version_is_refused_naming_the_known_ones(tmp_path: Path) 
     res = runner.invoke(app, ["--workspace", str(ws.root), "--json", "curate", "--model-version", "ppocr-test",
                               "--skip-duplicates"])
     assert res.exit_code == 0, res.output
+
+
+def test_skipping_both_parts_is_refused(tmp_path: Path) -> None:
+    """`curate --skip-duplicates --skip-label-noise` ran, did nothing, exited 0 and replaced
+    reports/curate_summary.json with an empty one beside the last run's tables."""
+    ws = Workspace.open(tmp_path / "ws")
+    r = CliRunner().invoke(app, ["--workspace", str(ws.root), "curate", "--skip-duplicates", "--skip-label-noise"])
+    assert r.exit_code == 2 and "leave nothing to do" in r.output, r.output
+    assert not (ws.reports_dir / "curate_summary.json").exists()

@@ -50,6 +50,8 @@ def curate_cmd(
         check_run_name(iteration)
     if label_action not in ("review", "exclude"):
         fail(f"--label-action must be review or exclude, got {label_action!r}", 2)
+    if skip_duplicates and skip_label_noise:   # it ran, did nothing and replaced reports/' summary
+        fail("--skip-duplicates and --skip-label-noise together leave nothing to do: give one at most", 2)
     ws = st.read_ws()
     with usage_errors():
         check_model_version(ws, model_version)
