@@ -46,7 +46,8 @@ def main_options(
     workspace: Path = typer.Option(Path("data"), "--workspace", "-w", envvar="TEXTLOOP_WORKSPACE",
                                    help="Workspace folder (catalog, images, models, runs, reports)."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable JSON on stdout."),
-    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log output (repeatable)."),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, metavar="", show_default=False,
+                                help="More log output (repeatable: -vv)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors."),
     version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
