@@ -567,7 +567,10 @@ class Catalog:
 
     def rejects_under(self, folder: str) -> list[str]:
         """Sources of the rejects inside `folder` (an absolute path)."""
-        prefix = folder.rstrip("/") + "/"
+        return self.rejects_starting(folder.rstrip("/") + "/")
+
+    def rejects_starting(self, prefix: str) -> list[str]:
+        """Sources of the rejects whose key starts with `prefix` (a folder's, a list file's lines)."""
         return [r["source"] for r in self.query("SELECT source FROM rejects WHERE substr(source, 1, ?) = ?",
                                                 (len(prefix), prefix))]
 

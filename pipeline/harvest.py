@@ -196,7 +196,15 @@ def _walk_folder(folder: Path, errors: list[Reject], ignored: list[str]) -> list
     return [Item(str(e.path.resolve()), e.path.name, False, shown=str(e.path)) for e in found.images]
 
 
+def list_key(path: Path) -> str:
+    """The catalog key of a URL list or CSV: its real path, so its line rejects are one row each
+    however the file was typed (`urls.txt`, `/abs/urls.txt`), and are forgotten when it is
+    harvested again without them (they piled up: 20 rows for 10 bad lines)."""
+    return str(Path(path).expanduser().resolve())
+
+
 def _read_url_list(path: Path, errors: list[Reject]) -> Iterator[Item]:
+    key = list_key(path)
     for lineno, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
         entry = line.strip()
         if not entry or entry.startswith("#"):
@@ -204,14 +212,15 @@ def _read_url_list(path: Path, errors: list[Reject]) -> Iterator[Item]:
         if is_url(entry):
             bad = url_problem(entry)
             if bad:
-                errors.append(Reject(f"{path}:{lineno}", "bad_url", f"{bad}: {entry[:80]!r}"))
+                errors.append(Reject(f"{key}:{lineno}", "bad_url", f"{bad}: {entry[:80]!r}", f"{path}:{lineno}"))
             else:
                 yield Item(entry, _url_name(entry), True)
         else:
-            errors.append(Reject(f"{path}:{lineno}", "bad_url", f"not an http(s) URL: {entry[:80]!r}"))
+            errors.append(Reject(f"{key}:{lineno}", "bad_url", f"not an http(s) URL: {entry[:80]!r}", f"{path}:{lineno}"))
 
 
 def _read_csv(path: Path, errors: list[Reject]) -> Iterator[Item]:
+    key = list_key(path)
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:
             sample = fh.read(65536)
@@ -219,25 +228,25 @@ def _read_csv(path: Path, errors: list[Reject]) -> Iterator[Item]:
             reader = csv.DictReader(fh)
             fields = [f.strip().lower() for f in (reader.fieldnames or [])]
             if not sample.strip():
-                errors.append(Reject(str(path), "malformed_csv", "empty file"))
+                errors.append(Reject(key, "malformed_csv", "empty file", str(path)))
                 return
             col = "url" if "url" in fields else "path" if "path" in fields else None
             if col is None:
-                errors.append(Reject(str(path), "missing_column", f"needs a 'url' or 'path' column, has {fields}"))
+                errors.append(Reject(key, "missing_column", f"needs a 'url' or 'path' column, has {fields}", str(path)))
                 return
             key = reader.fieldnames[fields.index(col)]  # type: ignore[index]
             for rowno, row in enumerate(reader, 2):
                 if None in row:
-                    errors.append(Reject(f"{path}:{rowno}", "malformed_csv", "more fields than the header"))
+                    errors.append(Reject(f"{key}:{rowno}", "malformed_csv", "more fields than the header", f"{path}:{rowno}"))
                     continue
                 value = (row.get(key) or "").strip()
                 meta = {k: v for k, v in row.items() if k != key and k is not None}
                 if not value:
-                    errors.append(Reject(f"{path}:{rowno}", "malformed_csv", f"empty '{col}'"))
+                    errors.append(Reject(f"{key}:{rowno}", "malformed_csv", f"empty '{col}'", f"{path}:{rowno}"))
                 elif is_url(value):
                     bad = url_problem(value)
                     if bad:
-                        errors.append(Reject(f"{path}:{rowno}", "bad_url", f"{bad}: {value[:80]!r}"))
+                        errors.append(Reject(f"{key}:{rowno}", "bad_url", f"{bad}: {value[:80]!r}", f"{path}:{rowno}"))
                     else:
                         yield Item(value, _url_name(value), True, meta)
                 else:
@@ -245,7 +254,7 @@ def _read_csv(path: Path, errors: list[Reject]) -> Iterator[Item]:
                     p = (path.parent / p) if not p.is_absolute() else p
                     yield Item(str(p.resolve()), p.name, False, meta, shown=str(p))
     except (UnicodeDecodeError, csv.Error) as exc:
-        errors.append(Reject(str(path), "malformed_csv", str(exc)))
+        errors.append(Reject(key, "malformed_csv", str(exc), str(path)))
 
 
 # --- fetching one item (runs in worker threads) -------------------------------------------
@@ -579,6 +588,12 @@ def harvest(
         for stale in ws.tmp_dir.glob("*.part"):
             stale.unlink(missing_ok=True)
         with cat.transaction():
+            # a list or CSV harvested again: its earlier line rejects go, the ones still there
+            # come back just below (an edited list kept counting its removed bad lines)
+            for x in sources:
+                p = Path(x).expanduser()
+                if not is_url(x) and p.suffix.lower() in (".csv", *URL_LIST_SUFFIXES) and p.is_file():
+                    cat.forget_rejects([list_key(p), *cat.rejects_starting(list_key(p) + ":")])
             for r in source_errors:
                 _record_reject(cat, r, summary)
             # a reject whose entry is gone from a folder harvested again (a deleted dangling link)

@@ -453,3 +453,21 @@ def test_a_timeout_that_never_ends_is_refused_naming_the_option(tmp_path, value)
     (tmp_path / "src").mkdir()
     r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "harvest", str(tmp_path / "src"), "--timeout", value])
     assert r.exit_code == 2 and "--timeout" in r.output and "timeout must" not in r.output.replace("--timeout must", ""), r.output
+
+
+def test_a_url_lists_bad_lines_are_one_row_each_and_go_when_fixed(tmp_path, monkeypatch):
+    """`harvest urls.txt` then `harvest /abs/urls.txt` counted every bad line twice (keyed by the
+    path as typed), and lines deleted from the list stayed counted for ever."""
+    monkeypatch.chdir(tmp_path)
+    lst = tmp_path / "urls.txt"
+    lst.write_text("http://127.0.0.1:abc/x.png\nftp://example.org/y.png\n# a comment\n")
+    ws = Workspace.open(tmp_path / "ws")
+    harvest(ws, ["urls.txt"])
+    harvest(ws, [str(lst)])
+    with ws.catalog() as cat:
+        assert cat.scalar("SELECT COUNT(*) FROM rejects") == 2
+    lst.write_text("ftp://example.org/y.png\n")   # one bad line fixed (deleted)
+    summary = harvest(ws, ["urls.txt"])
+    assert summary.reject_lines and summary.reject_lines[0].startswith("urls.txt:1: bad_url")   # as typed
+    with ws.catalog() as cat:
+        assert cat.scalar("SELECT COUNT(*) FROM rejects") == 1
