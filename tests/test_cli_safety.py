@@ -197,3 +197,19 @@ def test_report_links_only_to_the_pages_curate_wrote(tmp_path) -> None:
     page = (ws / "reports" / "report.html").read_text()
     assert "href='duplicates.html'" not in page and "href='label_issues.html'" not in page
     assert "textloop curate</code> writes it" in page
+
+
+def test_a_file_in_the_way_of_the_workspace_is_named(tmp_path: Path) -> None:
+    """`-w afile`, and a file where the workspace's reports/ folder goes, both said "<workspace>:
+    cannot create workspace (File exists)"; the path that is in the way is named now."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli.app import app
+
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "ws" / "reports").write_text("x")
+    (tmp_path / "src").mkdir()
+    for ws, blocker in (("afile", "afile"), ("ws", "ws/reports")):
+        r = CliRunner().invoke(app, ["-w", str(tmp_path / ws), "harvest", str(tmp_path / "src")])
+        assert r.exit_code == 1 and f"{tmp_path / blocker}: cannot create workspace (a file is in the way" in r.output, r.output

@@ -43,7 +43,12 @@ class AppState:
             try:
                 self._ws = Workspace.open(self.workspace)
             except OSError as exc:
-                fail(f"{self.workspace}: cannot create workspace ({exc.strerror or exc})")
+                # name the path that is in the way: "-w afile" and a file at <ws>/reports both
+                # said "cannot create workspace (File exists)" about the workspace
+                where = exc.filename or self.workspace
+                why = ("a file is in the way, not a folder" if isinstance(exc, (FileExistsError, NotADirectoryError))
+                       else exc.strerror or str(exc))
+                fail(f"{where}: cannot create workspace ({why})")
         return self._ws
 
     def existing_ws(self) -> Workspace | None:
