@@ -246,3 +246,13 @@ def test_skipping_both_parts_is_refused(tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["--workspace", str(ws.root), "curate", "--skip-duplicates", "--skip-label-noise"])
     assert r.exit_code == 2 and "leave nothing to do" in r.output, r.output
     assert not (ws.reports_dir / "curate_summary.json").exists()
+
+
+def test_report_before_any_finished_step_writes_no_run_copy(tmp_path: Path) -> None:
+    """`report` on a fresh workspace wrote its copy to runs/0/, a run that does not exist."""
+    ws = Workspace.open(tmp_path / "ws")
+    res = CliRunner().invoke(app, ["--workspace", str(ws.root), "--json", "report"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["run_copy"] is None and Path(out["html"]).exists()
+    assert not (ws.root / "runs" / "0").exists()

@@ -211,3 +211,14 @@ def test_the_report_copy_goes_to_the_last_finished_step_not_a_failed_one(ws):
     report.build_report(ws)
     assert (ws.run_dir(good) / "report" / "report.html").exists()
     assert not (ws.run_dir(good + 1) / "report").exists()
+
+
+def test_a_cross_split_group_is_drawn_with_a_member_of_each_split() -> None:
+    import pandas as pd
+
+    from pipeline.curate.report import shown_pair
+
+    g = pd.DataFrame({"image_id": list("abcd"), "split": ["train", "train", "train", "test"]})
+    assert list(shown_pair(g)["split"]) == ["train", "test"]
+    assert list(shown_pair(g.iloc[:2])["image_id"]) == ["a", "b"]     # one split: the first two
+    assert list(shown_pair(g.iloc[:1])["image_id"]) == ["a"]

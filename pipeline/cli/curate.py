@@ -125,5 +125,6 @@ def report_cmd(
         res = build_report(ws, iteration=iteration)
     except UnwritableError as exc:
         fail(str(exc))
-    emit(st, res.as_dict(), lambda c: c.print(f"report: {res.html} (copy in {res.run_copy}); "
+    copy = f"copy in {res.run_copy}" if res.run_copy else "no run copy: no step has finished yet"
+    emit(st, res.as_dict(), lambda c: c.print(f"report: {res.html} ({copy}); "
                                               f"{res.learning_curve_points} learning-curve points"))

@@ -444,13 +444,22 @@ class ReportSummary:
     """What `build_report` wrote; `as_dict()` is the `--json` payload."""
 
     html: str                  # reports/report.html
-    run_copy: str              # runs/<iteration>/report: the copy
+    run_copy: str | None       # runs/<iteration>/report: the copy (None before any finished step)
     pngs: dict[str, str]       # figure -> PNG path under reports/
     learning_curve_points: int
-    iteration: int | str
+    iteration: int | str | None
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def shown_pair(group: pd.DataFrame) -> pd.DataFrame:
+    """The two members of a duplicate group the report draws: of two splits when it spans
+    several (the first two of a group of four were both train members, hiding the test copy
+    that makes the group a leak)."""
+    first = group.head(1)
+    other = group[group["split"] != first["split"].iloc[0]] if len(first) else group.iloc[0:0]
+    return pd.concat([first, other.head(1) if len(other) else group.iloc[1:2]])
 
 
 def build_report(ws: Any, iteration: int | str | None = None, max_items: int = 12) -> ReportSummary:
@@ -466,8 +475,9 @@ def build_report(ws: Any, iteration: int | str | None = None, max_items: int = 1
     if iteration is None:
         with ws.catalog() as cat:
             last = cat.last_iteration(done=True)   # the step that made the data, not a failed one after it
-            iteration = last["id"] if last else 0
-    out_dirs = [rep_dir, ws.run_dir(iteration) / "report"]
+            iteration = last["id"] if last else None
+    # no finished step yet: no run to copy it under (it went to runs/0/)
+    out_dirs = [rep_dir] + ([ws.run_dir(iteration) / "report"] if iteration is not None else [])
     pngs = {"learning_curve": "learning_curve.png", "ranking": "ranking_scores.png",
             "duplicates": "duplicate_clusters.png", "label_issues": "label_issues.png"}
     tmp = {}
@@ -480,8 +490,7 @@ def build_report(ws: Any, iteration: int | str | None = None, max_items: int = 1
     if clusters is not None and len(clusters):
         order = clusters.groupby("cluster_id")["cross_split"].max().sort_values(ascending=False)
         for cid in list(order.index)[: max(1, max_items // 2)]:
-            g = clusters[clusters["cluster_id"] == cid].head(2)
-            for r in g.itertuples():
+            for r in shown_pair(clusters[clusters["cluster_id"] == cid]).itertuples():
                 dup_items.append((render(r.path, max_side=240), f"{cid[:16]} [{r.split}]"))
     plot_gallery(dup_items[:max_items], first / pngs["duplicates"], "Duplicate clusters (pairs side by side)",
                  "No duplicate clusters (or `textloop curate` has not run).")
@@ -526,5 +535,5 @@ def build_report(ws: Any, iteration: int | str | None = None, max_items: int = 1
             if (first / name).exists():
                 atomic_write_bytes(folder / name, (first / name).read_bytes())
     tmp.update({k: str(first / v) for k, v in pngs.items()})
-    return ReportSummary(html=str(first / "report.html"), run_copy=str(out_dirs[1]), pngs=tmp,
+    return ReportSummary(html=str(first / "report.html"), run_copy=str(out_dirs[1]) if len(out_dirs) > 1 else None, pngs=tmp,
                          learning_curve_points=int(len(curve)), iteration=iteration)
