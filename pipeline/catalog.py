@@ -511,6 +511,11 @@ class Catalog:
         rows = self.query("SELECT size, mtime FROM image_sources WHERE source = ? LIMIT 1", (source,))
         return (rows[0]["size"], rows[0]["mtime"]) if rows else None
 
+    def has_source(self, image_id: str, source: str) -> bool:
+        """Whether `source` is already recorded as a source of `image_id`."""
+        return bool(self.query("SELECT 1 FROM image_sources WHERE image_id = ? AND source = ? LIMIT 1",
+                               (image_id, source)))
+
     def record_source(self, image_id: str, source: str, original_name: str, size: int | None, mtime: float | None,
                       metadata: dict[str, Any], at: float | None = None) -> None:
         """One (image, source) pair; a rerun updates size, mtime and metadata. Clears the source's reject."""

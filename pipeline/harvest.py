@@ -193,7 +193,14 @@ def _walk_folder(folder: Path, errors: list[Reject], ignored: list[str]) -> list
     found = triage(iter_image_files(folder, None))
     errors += [Reject(_entry_key(e.path), e.reason, e.detail, shown=str(e.path)) for e in found.problems]
     ignored += [str(p) for p in found.ignored]
-    return [Item(str(e.path.resolve()), e.path.name, False, shown=str(e.path)) for e in found.images]
+    # a link to a file of the same folder is the same source: named by the real file, not the
+    # link (the image was stored as `link_inside.png` and its own name appeared nowhere)
+    items: dict[str, Item] = {}
+    for e in found.images:
+        src = str(e.path.resolve())
+        if src not in items or (Path(items[src].shown).is_symlink() and not e.path.is_symlink()):
+            items[src] = Item(src, e.path.name, False, shown=str(e.path))
+    return list(items.values())
 
 
 def list_key(path: Path) -> str:
@@ -545,7 +552,10 @@ def _record(cat: Catalog, ws: Workspace, f: Fetched, cfg: HarvestConfig, summary
     exists = cat.image(f.sha256)
     if exists:
         f.tmp_path.unlink(missing_ok=True)
-        summary.duplicates += 1
+        if cat.has_source(f.sha256, f.item.source):   # read again (touched, copied back): nothing new
+            summary.skipped += 1
+        else:
+            summary.duplicates += 1
         # Workers finish in any order: the image's first source is the earliest in the input order.
         first = exists["source"]
         if first in order and order[f.item.source] < order[first]:

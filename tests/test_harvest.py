@@ -471,3 +471,21 @@ def test_a_url_lists_bad_lines_are_one_row_each_and_go_when_fixed(tmp_path, monk
     assert summary.reject_lines and summary.reject_lines[0].startswith("urls.txt:1: bad_url")   # as typed
     with ws.catalog() as cat:
         assert cat.scalar("SELECT COUNT(*) FROM rejects") == 1
+
+
+def test_a_link_beside_its_file_and_a_touched_file_are_nothing_new(tmp_path):
+    """A symlink in the folder to a file of the same folder stored the image under the link's
+    name (the file's own name appeared nowhere); a touched file harvested again was counted as
+    "duplicate (new source recorded)" though no source was new."""
+    src = tmp_path / "src"
+    src.mkdir()
+    noise_image(7, (64, 48)).save(src / "noise_3.png")
+    (src / "a_link.png").symlink_to(src / "noise_3.png")
+    ws = Workspace.open(tmp_path / "ws")
+    first = harvest(ws, [str(src)])
+    assert first.new == 1 and first.duplicates == 0
+    with ws.catalog() as cat:
+        assert [r["original_name"] for r in cat.images()] == ["noise_3.png"]
+    os.utime(src / "noise_3.png", (time.time() + 5, time.time() + 5))
+    again = harvest(ws, [str(src)])
+    assert again.skipped == 1 and again.duplicates == 0 and again.new == 0
