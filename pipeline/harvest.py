@@ -67,7 +67,12 @@ class Reject:
     shown: str = ""
 
     def line(self) -> str:
-        return f"{self.shown or self.source}: {self.reason} ({self.detail})"
+        return f"{self.shown or self.source}: {self.reason} ({one_line(self.detail)})"
+
+
+def one_line(text: str) -> str:
+    """A reject's detail on one line: urllib's redirect-loop error spans three."""
+    return " ".join(str(text).split())
 
 
 @dataclass
@@ -134,7 +139,8 @@ def url_problem(url: str) -> str | None:
 
 
 def _url_name(url: str) -> str:
-    name = Path(urllib.parse.urlparse(url).path).name
+    """The file name a URL names, decoded (`with%20space.jpg` is `with space.jpg`)."""
+    name = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name
     return name or "download"
 
 
@@ -232,24 +238,27 @@ def _read_csv(path: Path, errors: list[Reject]) -> Iterator[Item]:
         with path.open(newline="", encoding="utf-8-sig") as fh:
             sample = fh.read(65536)
             fh.seek(0)
-            reader = csv.DictReader(fh)
+            reader = csv.DictReader(fh, strict=True)   # an unclosed quote is an error, not a URL
             fields = [f.strip().lower() for f in (reader.fieldnames or [])]
             if not sample.strip():
                 errors.append(Reject(key, "malformed_csv", "empty file", str(path)))
                 return
-            col = "url" if "url" in fields else "path" if "path" in fields else None
+            cols = [c for c in ("url", "path") if c in fields]   # both: a row's url, else its path
+            col = "/".join(cols) if cols else None
             if col is None:
                 errors.append(Reject(key, "missing_column", f"needs a 'url' or 'path' column, has {fields}", str(path)))
                 return
-            key = reader.fieldnames[fields.index(col)]  # type: ignore[index]
+            names = [reader.fieldnames[fields.index(c)] for c in cols]  # type: ignore[index]
             for rowno, row in enumerate(reader, 2):
                 if None in row:
                     errors.append(Reject(f"{key}:{rowno}", "malformed_csv", "more fields than the header", f"{path}:{rowno}"))
                     continue
-                value = (row.get(key) or "").strip()
-                meta = {k: v for k, v in row.items() if k != key and k is not None}
+                value = next((v.strip() for v in (row.get(n) or "" for n in names) if v.strip()), "")
+                meta = {k: v for k, v in row.items() if k not in names and k is not None}
                 if not value:
                     errors.append(Reject(f"{key}:{rowno}", "malformed_csv", f"empty '{col}'", f"{path}:{rowno}"))
+                elif "\n" in value or "\r" in value:   # an unclosed quote ran the rest of the file into it
+                    errors.append(Reject(f"{key}:{rowno}", "malformed_csv", "a quote is not closed", f"{path}:{rowno}"))
                 elif is_url(value):
                     bad = url_problem(value)
                     if bad:
@@ -259,7 +268,11 @@ def _read_csv(path: Path, errors: list[Reject]) -> Iterator[Item]:
                 else:
                     p = Path(value).expanduser()
                     p = (path.parent / p) if not p.is_absolute() else p
-                    yield Item(str(p.resolve()), p.name, False, meta, shown=str(p))
+                    problem = file_problem(p)   # a dangling link named so, not `not_found`
+                    if problem is not None and problem[0] != "not_found":
+                        errors.append(Reject(_entry_key(p), *problem, shown=str(p)))
+                    else:
+                        yield Item(str(p.resolve()), p.name, False, meta, shown=str(p))
     except (UnicodeDecodeError, csv.Error) as exc:
         errors.append(Reject(key, "malformed_csv", str(exc), str(path)))
 
@@ -576,7 +589,7 @@ def _record(cat: Catalog, ws: Workspace, f: Fetched, cfg: HarvestConfig, summary
 
 
 def _record_reject(cat: Catalog, r: Reject, summary: HarvestSummary) -> None:
-    cat.record_reject(r.source, r.reason, r.detail)
+    cat.record_reject(r.source, r.reason, one_line(r.detail))
     summary.rejected[r.reason] += 1
     summary.reject_lines.append(r.line())
 

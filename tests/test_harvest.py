@@ -489,3 +489,24 @@ def test_a_link_beside_its_file_and_a_touched_file_are_nothing_new(tmp_path):
     os.utime(src / "noise_3.png", (time.time() + 5, time.time() + 5))
     again = harvest(ws, [str(src)])
     assert again.skipped == 1 and again.duplicates == 0 and again.new == 0
+
+
+def test_csv_rows_take_url_or_path_and_their_problems_are_named(tmp_path):
+    """A CSV with both `url` and `path` columns ignored `path` (the image was never harvested);
+    an unclosed quote was a `bad_url`; a dangling link named in it was `not_found`."""
+    noise_image(3, (64, 48)).save(tmp_path / "a.png")
+    (tmp_path / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    (tmp_path / "list.csv").write_text('url,path,note\n,a.png,kept\n,gone.png,x\n"http://h/x.png,,y\n')
+    ws = Workspace.open(tmp_path / "ws")
+    summary = harvest(ws, [str(tmp_path / "list.csv")])
+    assert summary.new == 1 and dict(summary.rejected) == {"dangling_symlink": 1, "malformed_csv": 1}, summary.as_dict()
+    with ws.catalog() as cat:
+        [row] = cat.images()
+    assert row["original_name"] == "a.png"
+
+
+def test_reject_details_are_one_line_and_url_names_decoded():
+    from pipeline.harvest import Reject, _url_name
+
+    assert "\n" not in Reject("u", "http_302", "redirect error\nThe last 30x error message was:\nFound").line()
+    assert _url_name("http://h/with%20space.jpg") == "with space.jpg"
