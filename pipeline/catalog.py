@@ -511,6 +511,11 @@ class Catalog:
         rows = self.query("SELECT size, mtime FROM image_sources WHERE source = ? LIMIT 1", (source,))
         return (rows[0]["size"], rows[0]["mtime"]) if rows else None
 
+    def stored_of_source(self, source: str) -> list[Row]:
+        """(path, bytes) of the stored images `source` was harvested as."""
+        return self.query("SELECT i.path, i.bytes FROM image_sources s JOIN images i ON i.id = s.image_id"
+                          " WHERE s.source = ?", (source,))
+
     def has_source(self, image_id: str, source: str) -> bool:
         """Whether `source` is already recorded as a source of `image_id`."""
         return bool(self.query("SELECT 1 FROM image_sources WHERE image_id = ? AND source = ? LIMIT 1",

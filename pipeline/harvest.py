@@ -546,9 +546,20 @@ def _stop_on_signals() -> Iterator[threading.Event]:
             signal.signal(sig, handler)
 
 
-def _already_harvested(cat: Catalog, item: Item) -> bool:
+def _stored_intact(ws: Workspace, path: str, size: int) -> bool:
+    try:
+        return ws.abspath(path).stat().st_size == size
+    except OSError:
+        return False
+
+
+def _already_harvested(cat: Catalog, ws: Workspace, item: Item) -> bool:
     stamp = cat.source_stamp(item.source)
     if stamp is None:
+        return False
+    # a stored copy deleted or cut short since is fetched again and put back (harvest said
+    # "already harvested" and curate kept flagging it)
+    if not all(_stored_intact(ws, r["path"], r["bytes"]) for r in cat.stored_of_source(item.source)):
         return False
     if item.is_url:
         return True
@@ -564,7 +575,10 @@ def _record(cat: Catalog, ws: Workspace, f: Fetched, cfg: HarvestConfig, summary
     now = time.time()
     exists = cat.image(f.sha256)
     if exists:
-        f.tmp_path.unlink(missing_ok=True)
+        if _stored_intact(ws, exists["path"], exists["bytes"]):
+            f.tmp_path.unlink(missing_ok=True)
+        else:   # the stored copy is gone or damaged: these are its bytes (same content address)
+            os.replace(f.tmp_path, ws.abspath(exists["path"]))
         if cat.has_source(f.sha256, f.item.source):   # read again (touched, copied back): nothing new
             summary.skipped += 1
         else:
@@ -629,7 +643,7 @@ def harvest(
             if it.source in seen:
                 continue
             seen.add(it.source)
-            if _already_harvested(cat, it):
+            if _already_harvested(cat, ws, it):
                 summary.skipped += 1
             else:
                 todo.append(it)

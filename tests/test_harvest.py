@@ -510,3 +510,22 @@ def test_reject_details_are_one_line_and_url_names_decoded():
 
     assert "\n" not in Reject("u", "http_302", "redirect error\nThe last 30x error message was:\nFound").line()
     assert _url_name("http://h/with%20space.jpg") == "with space.jpg"
+
+
+def test_harvest_again_puts_back_a_deleted_or_damaged_stored_image(tmp_path):
+    """A stored image deleted or truncated since was "already harvested (skipped)" for ever, and
+    curate kept flagging it. Harvesting its source again restores the bytes."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(2):
+        noise_image(40 + i, (64, 48)).save(src / f"{i}.png")
+    ws = Workspace.open(tmp_path / "ws")
+    harvest(ws, [str(src)])
+    with ws.catalog() as cat:
+        stored = [ws.abspath(r["path"]) for r in cat.images()]
+    want = [p.read_bytes() for p in stored]
+    stored[0].unlink()
+    stored[1].write_bytes(want[1][:20])
+    again = harvest(ws, [str(src)])
+    assert [p.read_bytes() for p in stored] == want
+    assert again.new == 0 and again.ok == 2
