@@ -45,6 +45,8 @@ def init_ray(num_cpus: int | None = None) -> None:
     included). ValueError (one line naming RAY_ADDRESS) when the cluster cannot be reached."""
     import ray
 
+    from pipeline.io import one_line
+
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing leaves the machine
     if ray.is_initialized():
         return
@@ -60,7 +62,7 @@ def init_ray(num_cpus: int | None = None) -> None:
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
                      configure_logging=False, _node_ip_address="127.0.0.1")
     except (ConnectionError, TimeoutError, RuntimeError, ValueError, ImportError) as exc:
-        first = " ".join(str(exc).split())[:300]
+        first = one_line(exc)[:300]
         where = f"RAY_ADDRESS={address}" if address else "a local Ray instance"
         raise ValueError(f"cannot start Ray on {where}: {type(exc).__name__}: {first}") from None
     if main_thread and on_term is not None:

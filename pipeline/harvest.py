@@ -37,6 +37,7 @@ from typing import Any
 from pipeline.catalog import Catalog
 from pipeline.config import HarvestConfig, SplitRatios
 from pipeline.imaging import ImageInfo, ImageRejected, probe
+from pipeline.io import one_line
 from pipeline.listing import MAX_LISTED_IGNORED, NotRegularFile, file_problem, iter_image_files, open_regular, triage
 from pipeline.workspace import Workspace
 
@@ -69,10 +70,6 @@ class Reject:
     def line(self) -> str:
         return f"{self.shown or self.source}: {self.reason} ({one_line(self.detail)})"
 
-
-def one_line(text: str) -> str:
-    """A reject's detail on one line: urllib's redirect-loop error spans three."""
-    return " ".join(str(text).split())
 
 
 @dataclass

@@ -22,10 +22,16 @@ if TYPE_CHECKING:  # pandas is imported where tables are written: it is not need
     import pandas as pd
 
 
+def one_line(text: object) -> str:
+    """`text` with every run of whitespace (newlines too) as one space: messages stay one line
+    (urllib's redirect-loop error spans three)."""
+    return " ".join(str(text).split())
+
+
 def describe_error(exc: BaseException) -> str:
     """One line for an unexpected exception in a summary or sidecar: `Type: message`, or the
     type alone when it carries no message (`ResizeImgError: ` told a user nothing)."""
-    text = " ".join(str(exc).split())
+    text = one_line(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
