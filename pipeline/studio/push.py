@@ -409,7 +409,8 @@ def push_images(
     # not comment twice (curate's message promised push would send them; only iterate did).
     with ws.catalog() as cat:
         flagged = [r["id"] for r in cat.images(status=ImageStatus.NEEDS_REVIEW)]
-    reopen = [i for i in flagged if i not in under_review and server_tasks.get(i) in labelled_tasks - open_tasks]
+    closed = labelled_tasks - open_tasks   # labelled and not served again
+    reopen = [i for i in flagged if i not in under_review and server_tasks.get(i) in closed]
     if under_review or reopen:
         from pipeline.studio.review import request_review
 
