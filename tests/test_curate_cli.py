@@ -92,6 +92,7 @@ def test_curate_reports_then_apply(tmp_path: Path) -> None:
     assert {i for i, (_, s) in after.items() if s == "needs_review"} == set(info["planted"])
     actions = pd.read_csv(Path(json.loads(res.output)["run_dir"]) / "curate_actions.csv")
     assert len(actions) >= 4
+    assert actions["original_name"].notna().all() and actions["original_name"].str.len().min() > 0  # named, not ids only
     # rerun is idempotent: no more changes, said in words (it printed Python dicts)
     res = runner.invoke(app, ["--workspace", str(ws.root), "curate", "--apply", "--worst", "3"])
     assert res.exit_code == 0 and "applied: 0 images moved to their group's split; 0 duplicates excluded" in res.output
@@ -256,3 +257,18 @@ def test_report_before_any_finished_step_writes_no_run_copy(tmp_path: Path) -> N
     out = json.loads(res.output)
     assert out["run_copy"] is None and Path(out["html"]).exists()
     assert not (ws.root / "runs" / "0").exists()
+
+
+def test_broken_images_are_named_by_their_file_names(tmp_path: Path) -> None:
+    """The Broken images table of duplicates.html showed the image id and the workspace path."""
+    pool = make_pool(tmp_path / "src", n=4, broken=False)
+    ws = Workspace.open(tmp_path / "ws")
+    harvest(ws, [str(pool.folder)])
+    with ws.catalog() as cat:
+        row = cat.images()[0]
+    ws.abspath(row["path"]).write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+    res = CliRunner().invoke(app, ["--workspace", str(ws.root), "curate", "--skip-label-noise"])
+    assert res.exit_code == 0, res.output
+    page = (ws.reports_dir / "duplicates.html").read_text()
+    broken = page[page.index("Broken images"):]
+    assert f"<b>{row['original_name']}</b>" in broken, broken[:500]

@@ -131,7 +131,7 @@ def duplicates_html(images: pd.DataFrame, clusters: pd.DataFrame, engine: str, m
         parts.append(f"<h2>Broken images ({len(broken)})</h2>")
         if len(broken):
             parts.append("<table><tr><th>image</th><th>path</th><th>reason</th></tr>" + "".join(
-                f"<tr><td>{html.escape(str(r.image_id))}</td><td>{html.escape(str(r.path))}</td>"
+                f"<tr><td>{_card_name(r)}</td><td>{html.escape(str(r.path))}</td>"
                 f"<td>{html.escape(str(r.broken_reason))}</td></tr>" for r in broken.itertuples()) + "</table>")
     return _page("textloop curate: duplicates, outliers, broken images", "".join(parts))
 

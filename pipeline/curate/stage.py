@@ -168,6 +168,9 @@ def run_curate(
                     actions.append(changed.assign(kind=f"label_{label_action}"))
         if actions:
             table = pd.concat(actions, ignore_index=True)
+            with ws.catalog() as cat:   # each change names the image as the user knows it
+                names = cat.image_names()
+            table.insert(1, "original_name", [names.get(i, "") for i in table["image_id"]])
             for f in folders:
                 atomic_write_bytes(f / "curate_actions.csv", table.to_csv(index=False).encode())
         summary["config"] = {"duplicates": asdict(dup_cfg), "label_noise": asdict(noise_cfg)}
