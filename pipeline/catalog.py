@@ -506,15 +506,11 @@ class Catalog:
 
     # --- sources and rejects ---------------------------------------------------------------
 
-    def source_stamp(self, source: str) -> tuple[int | None, float | None] | None:
-        """(size, mtime) recorded when `source` was harvested, or None if it never was."""
-        rows = self.query("SELECT size, mtime FROM image_sources WHERE source = ? LIMIT 1", (source,))
-        return (rows[0]["size"], rows[0]["mtime"]) if rows else None
-
-    def stored_of_source(self, source: str) -> list[Row]:
-        """(path, bytes) of the stored images `source` was harvested as."""
-        return self.query("SELECT i.path, i.bytes FROM image_sources s JOIN images i ON i.id = s.image_id"
-                          " WHERE s.source = ?", (source,))
+    def source_records(self, source: str) -> list[Row]:
+        """What `source` was harvested as: its (size, mtime) stamp and the stored image's
+        (path, bytes), one row per image; empty if it never was."""
+        return self.query("SELECT s.size, s.mtime, i.path, i.bytes FROM image_sources s JOIN images i"
+                          " ON i.id = s.image_id WHERE s.source = ?", (source,))
 
     def has_source(self, image_id: str, source: str) -> bool:
         """Whether `source` is already recorded as a source of `image_id`."""

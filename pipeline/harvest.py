@@ -71,7 +71,6 @@ class Reject:
         return f"{self.shown or self.source}: {self.reason} ({one_line(self.detail)})"
 
 
-
 @dataclass
 class Fetched:
     item: Item
@@ -519,6 +518,10 @@ def _workspace_lock(ws: Workspace) -> Iterator[None]:
             _LOCKED_HERE.discard(key)
 
 
+class HarvestInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped harvest between items; str() says how far it got."""
+
+
 @contextmanager
 def _stop_on_signals() -> Iterator[threading.Event]:
     """An event set by Ctrl-C or SIGTERM while harvest runs (main thread only; a second signal
@@ -551,12 +554,10 @@ def _stored_intact(ws: Workspace, path: str, size: int) -> bool:
 
 
 def _already_harvested(cat: Catalog, ws: Workspace, item: Item) -> bool:
-    stamp = cat.source_stamp(item.source)
-    if stamp is None:
-        return False
+    rows = cat.source_records(item.source)
     # a stored copy deleted or cut short since is fetched again and put back (harvest said
     # "already harvested" and curate kept flagging it)
-    if not all(_stored_intact(ws, r["path"], r["bytes"]) for r in cat.stored_of_source(item.source)):
+    if not rows or not all(_stored_intact(ws, r["path"], r["bytes"]) for r in rows):
         return False
     if item.is_url:
         return True
@@ -564,7 +565,7 @@ def _already_harvested(cat: Catalog, ws: Workspace, item: Item) -> bool:
         st = os.stat(item.source)
     except OSError:
         return False
-    return stamp == (st.st_size, st.st_mtime)
+    return (rows[0]["size"], rows[0]["mtime"]) == (st.st_size, st.st_mtime)
 
 
 def _record(cat: Catalog, ws: Workspace, f: Fetched, cfg: HarvestConfig, summary: HarvestSummary,
@@ -706,8 +707,8 @@ def harvest(
                     flush()
         flush()
         if stop.is_set():
-            raise KeyboardInterrupt(f"harvest interrupted after {done} of {total} sources (finished ones are "
-                                    "kept); rerun the same command to resume")
+            raise HarvestInterrupted(f"harvest interrupted after {done} of {total} sources (finished ones are "
+                                     "kept); rerun the same command to resume")
         if disk_full is not None:
             raise OSError(errno.ENOSPC, f"{ws.root}: disk full; harvest stopped, rerun to resume")
     summary.seconds = time.perf_counter() - t0

@@ -12,7 +12,7 @@ from rich.console import Console
 
 from pipeline.cli.common import emit, fail, option_message, positive, progress, state, titled
 from pipeline.config import DEFAULT_MAX_PIXELS, HarvestConfig, SplitRatios
-from pipeline.harvest import harvest
+from pipeline.harvest import HarvestInterrupted, harvest
 
 
 def register(app: typer.Typer) -> None:
@@ -61,14 +61,15 @@ def harvest_cmd(
         fail(str(exc))
     except OSError as exc:
         fail(str(exc) if exc.errno == errno.ENOSPC else f"{ws.root}: {exc}")
-    except KeyboardInterrupt as exc:
-        fail(str(exc) if str(exc).startswith("harvest interrupted") else "harvest interrupted; rerun the same "
-             "command to resume", 130)
+    except HarvestInterrupted as exc:
+        fail(str(exc), 130)
+    except KeyboardInterrupt:   # while the sources were still being listed
+        fail("harvest interrupted; rerun the same command to resume", 130)
 
     emit(st, summary.as_dict(), lambda c: _render(c, summary, ws.root), problems=summary.reject_lines, label="rejected")
     n_rejected = sum(summary.rejected.values())
     if summary.ok == 0 and not n_rejected:   # a mistyped or empty folder: said, not "0 ok" and exit 0
-        ignored = summary.as_dict()["ignored_non_images"]
+        ignored = len(summary.ignored_files)
         fail("nothing harvested: no image files in " + ", ".join(sources)
              + (f" ({ignored} file(s) not named as images)" if ignored else ""))
     if (summary.ok == 0 and n_rejected) or (strict and n_rejected):

@@ -393,7 +393,7 @@ class PPOCRDetector:
             cy = np.clip(((b[:, 1] + b[:, 3]) / 2 // cell).astype(int), 0, gh - 1)
             grid[cy, cx] = True
         if c.refine_continue and found is not None and len(found) and grad is not None:
-            for x0, y0, x1, y1, side in _runs_on(grad, np.asarray(found, np.float64).reshape(-1, 4),
+            for x0, y0, x1, y1, _side in _runs_on(grad, np.asarray(found, np.float64).reshape(-1, 4),
                                                  c.refine_max_height, c.refine_continue, floor=2 * texture):
                 r = int(min(gh - 1, (y0 + y1) / 2 // cell))
                 grid[r, int(max(0, x0) // cell):int(min(w - 1, x1) // cell) + 1] = True

@@ -411,13 +411,11 @@ def push_images(
         flagged = [r["id"] for r in cat.images(status=ImageStatus.NEEDS_REVIEW)]
     closed = labelled_tasks - open_tasks   # labelled and not served again
     reopen = [i for i in flagged if i not in under_review and server_tasks.get(i) in closed]
-    if under_review or reopen:
-        from pipeline.studio.review import request_review
+    from pipeline.studio.review import request_review
 
-        # the note (the suspected issue) in the task's meta
-        reopened = request_review(ws, [*under_review, *reopen], client=studio)["reopened"] - len(under_review)
-    else:
-        reopened = 0
+    if under_review:   # the note (the suspected issue) in the new tasks' meta
+        request_review(ws, list(under_review), client=studio)
+    reopened = request_review(ws, reopen, client=studio)["reopened"] if reopen else 0
     if (created or added) and project.model_version != version:
         # Uncertainty sampling only looks at predictions of the project's model_version.
         studio.call(studio.sdk.projects.update, id=project.id, model_version=version)
@@ -425,7 +423,7 @@ def push_images(
         project_id=project.id, model_version=version, tasks_created=created, predictions_added=added,
         tasks_updated=updated, already_pushed=len([i for i in images if i in server_tasks]) - len(upd_ids),
         failed=len(failed), order=order_note, url=f"{studio.url}/projects/{project.id}/data",
-        sent_for_review=len(under_review), tasks_withdrawn=withdrawn, reopened_for_review=max(0, reopened))
+        sent_for_review=len(under_review), tasks_withdrawn=withdrawn, reopened_for_review=reopened)
 
 
 def _withdraw_excluded(studio: Studio, cat: Catalog, project_id: int, server_tasks: dict[str, int],
