@@ -338,7 +338,7 @@ class Catalog:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._depth = 0  # open transaction() blocks: > 0 means the next one is a savepoint
-        if not self.path.exists():
+        if str(path) != ":memory:" and not self.path.exists():
             # made by us, so it follows the umask (SQLite's own 0644 ignored a group-writable
             # umask: group members could not harvest into a shared workspace); SQLite takes an
             # empty file as a new database, and gives its -wal/-shm files the same mode

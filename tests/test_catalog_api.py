@@ -121,10 +121,12 @@ def test_the_check_constraint_holds_exactly_the_enum() -> None:
     assert _check_values(sql) == {s.value for s in ImageStatus}
 
 
-def test_a_new_catalog_has_the_constraint() -> None:
+def test_a_new_catalog_has_the_constraint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
     with Catalog(":memory:") as cat:
         sql = cat.scalar("SELECT sql FROM sqlite_master WHERE name = 'images'")
     assert _check_values(sql) == {s.value for s in ImageStatus}
+    assert list(tmp_path.iterdir()) == []   # in memory: no file named ":memory:" in the working folder
 
 
 def test_a_bad_status_is_refused(tmp_path: Path) -> None:

@@ -213,3 +213,18 @@ def test_a_file_in_the_way_of_the_workspace_is_named(tmp_path: Path) -> None:
     for ws, blocker in (("afile", "afile"), ("ws", "ws/reports")):
         r = CliRunner().invoke(app, ["-w", str(tmp_path / ws), "harvest", str(tmp_path / "src")])
         assert r.exit_code == 1 and f"{tmp_path / blocker}: cannot create workspace (a file is in the way" in r.output, r.output
+
+
+def test_ctrl_c_while_the_cli_is_still_importing_is_one_line() -> None:
+    """A Ctrl-C in the first ~0.3 s lands in an import; it used to print that import's traceback."""
+    code = ("import sys\n"
+            "class Interrupt:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'typer':\n"
+            "            raise KeyboardInterrupt\n"
+            "sys.meta_path.insert(0, Interrupt())\n"
+            "from pipeline.cli.entry import main\n"
+            "main()\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 130
+    assert r.stderr.strip() == "interrupted while starting; nothing was done"
