@@ -288,6 +288,42 @@ class CatalogUnwritable(RuntimeError):
     """The catalog cannot be written (opening it writes: WAL mode, migrations); str() names it."""
 
 
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """A connection that never writes, for a workspace on a read-only mount or folder (a team's
+    shared workspace: `status`, `export`, `models list`, redact's `current` model). A WAL
+    database opens read-only only where SQLite can make its `-shm` file; where it cannot (the
+    folder is read-only too), nothing else can write it either, so it is opened immutable."""
+    from urllib.parse import quote
+
+    uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+    conn = None
+    try:
+        for extra in ("", "&immutable=1"):
+            try:
+                conn = sqlite3.connect(uri + extra, uri=True, timeout=30.0, isolation_level=None,
+                                       check_same_thread=False)
+                conn.row_factory = sqlite3.Row
+                version = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
+                break
+            except sqlite3.OperationalError as exc:
+                if conn is not None:
+                    conn.close()
+                    conn = None
+                if extra or not is_read_only(exc):
+                    raise
+    except sqlite3.DatabaseError as exc:
+        if is_damage(exc):
+            raise CatalogDamaged(path, exc) from None
+        raise CatalogUnwritable(f"{path}: cannot read the catalog ({exc})") from None
+    assert conn is not None
+    if int(version or 0) < SCHEMA_VERSION:
+        conn.close()
+        raise CatalogUnwritable(f"{path}: the catalog is read-only and at schema {version}, older than this "
+                                f"textloop's {SCHEMA_VERSION}; open it once with write access to migrate it")
+    conn.execute("PRAGMA query_only=ON")
+    return conn
+
+
 class CatalogDamaged(RuntimeError):
     """catalog.sqlite is not a readable SQLite database; str() says which file and how to recover."""
 
@@ -335,9 +371,13 @@ class Iteration:
 class Catalog:
     """A connection to catalog.sqlite. Use as a context manager; writes in `transaction()`."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, read_only: bool = False) -> None:
         self.path = Path(path)
         self._depth = 0  # open transaction() blocks: > 0 means the next one is a savepoint
+        self.read_only = read_only
+        if read_only:
+            self.conn = _connect_read_only(self.path)
+            return
         if str(path) != ":memory:" and not self.path.exists():
             # made by us, so it follows the umask (SQLite's own 0644 ignored a group-writable
             # umask: group members could not harvest into a shared workspace); SQLite takes an
@@ -358,8 +398,9 @@ class Catalog:
             if is_damage(exc):
                 raise CatalogDamaged(self.path, exc) from None
             if is_read_only(exc):
-                raise CatalogUnwritable(f"{self.path}: cannot write to the catalog ({exc}); textloop needs write "
-                                        "access to the workspace folder and its catalog, even for status") from None
+                raise CatalogUnwritable(f"{self.path}: cannot write to the catalog ({exc}); this command needs "
+                                        "write access to the workspace (status, models list, export and redact "
+                                        "only read it)") from None
             raise
 
     def __enter__(self) -> "Catalog":
@@ -843,6 +884,8 @@ class Catalog:
         at work that no process was doing. Rows of other hosts, and rows made before rows named
         their process, are left alone. Returns the ids closed."""
         host, closed = socket.gethostname(), []
+        if self.read_only:
+            return closed    # shown as they are: a read-only catalog is nobody's to mend
         for row in self.iterations("running"):
             m = json.loads(row["metrics"] or "{}")
             pid = m.get("pid")

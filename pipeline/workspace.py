@@ -14,6 +14,7 @@ class Workspace:
     """A workspace root. `Workspace.open(root)` creates the layout (catalog, images/, models/, runs/, reports/, ...) if missing."""
 
     root: Path
+    read_only: bool = False   # the catalog could not be opened for writing: reading commands still work
 
     @property
     def catalog_path(self) -> Path:
@@ -57,7 +58,7 @@ class Workspace:
             pass
 
     def catalog(self) -> Catalog:
-        return Catalog(self.catalog_path)
+        return Catalog(self.catalog_path, read_only=self.read_only)
 
     def image_relpath(self, sha256: str, ext: str) -> str:
         """Content-addressed location, relative to the workspace: images/ab/<sha256>.<ext>."""

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
+import socket
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from pipeline import catalog
 from pipeline.catalog import Catalog, ImageStatus
@@ -319,6 +323,82 @@ def test_a_workspace_that_cannot_be_written_is_one_line(tmp_path, monkeypatch) -
         raise sqlite3.OperationalError("attempt to write a readonly database")
 
     monkeypatch.setattr(Catalog, "migrate", refuse)
-    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "status"])
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "report"])   # report writes reports/
     assert r.exit_code == 1 and "cannot write to the catalog" in r.output and "Traceback" not in r.output, r.output
     assert "catalog.sqlite" in r.output
+
+
+def test_a_read_only_catalog_reads_and_refuses_writes(tmp_path) -> None:
+    with Catalog(tmp_path / "c.sqlite") as cat:
+        add_image(cat, "a")
+        it = cat.start_iteration("train")    # a running row of a dead process: not "mended" read-only
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        with cat.transaction() as tx:
+            tx.execute("UPDATE iterations SET metrics = ? WHERE id = ?",
+                       (json.dumps({"pid": dead.pid, "host": socket.gethostname()}), it))
+    before = (tmp_path / "c.sqlite").read_bytes()
+    with Catalog(tmp_path / "c.sqlite", read_only=True) as ro:
+        assert ro.row_counts()["images"] == 1
+        assert ro.close_abandoned_iterations() == []
+        with pytest.raises(sqlite3.OperationalError):
+            add_image(ro, "b")
+    assert (tmp_path / "c.sqlite").read_bytes() == before
+
+
+def test_a_read_only_catalog_of_an_older_schema_is_refused_in_one_line(tmp_path) -> None:
+    from pipeline.catalog import CatalogUnwritable
+
+    with Catalog(tmp_path / "c.sqlite") as cat:
+        with cat.transaction() as tx:
+            tx.execute("DELETE FROM schema_version WHERE version > 4")
+    with pytest.raises(CatalogUnwritable, match="at schema 4, older than .*open it once with write access"):
+        Catalog(tmp_path / "c.sqlite", read_only=True)
+
+
+
+@pytest.fixture
+def read_only_mount(tmp_path):
+    """A real read-only mount of tmp_path/src at tmp_path/ro (root can bind-mount here; skipped
+    where it cannot, since root ignores file modes and nothing else makes a folder read-only)."""
+    src, ro = tmp_path / "src", tmp_path / "ro"
+    src.mkdir()
+    ro.mkdir()
+    yield src, ro
+    subprocess.run(["umount", str(ro)], capture_output=True)
+
+
+def _mount_read_only(src, ro) -> None:
+    r = subprocess.run(["mount", "--bind", "-o", "ro", str(src), str(ro)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"no read-only bind mount here: {r.stderr.strip()}")
+
+
+def test_a_workspace_on_a_read_only_mount_can_be_read(read_only_mount, tmp_path) -> None:
+    """A team's workspace shared read-only: status, models list, export and redact with its
+    `current` model read it; commands that write say so in one line. Every command used to
+    refuse ("needs write access ... even for status")."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli.app import app
+    from pipeline.workspace import Workspace
+
+    src, ro = read_only_mount
+    ws = Workspace.open(src)
+    Image.new("RGB", (64, 48), "white").save(src / "images" / "a.png")
+    with ws.catalog() as cat:
+        add_image(cat, "a", ImageStatus.LABELLED)
+        annotate(cat, "a", [[1, 2, 30, 20]], at=1.0)
+    _mount_read_only(src, ro)
+    assert not os.access(ro, os.W_OK) or subprocess.run(["touch", str(ro / "x")]).returncode != 0
+    run = CliRunner().invoke
+    r = run(app, ["-w", str(ro), "--json", "status"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["images"] == 1
+    r = run(app, ["-w", str(ro), "models", "list"])
+    assert r.exit_code == 0, r.output
+    r = run(app, ["-w", str(ro), "export", "--format", "jsonl", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "out" / "boxes.jsonl").read_text().splitlines()[0])["boxes"]
+    r = run(app, ["-w", str(ro), "report"])
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import errno
 import json
 import logging
 import math
@@ -37,31 +38,46 @@ class AppState:
 
     _ws: Workspace | None = None
 
-    def ws(self) -> Workspace:
-        """The workspace, created/migrated on first use (every command implies `init`)."""
+    def ws(self, read_only_ok: bool = False) -> Workspace:
+        """The workspace, created/migrated on first use (every command implies `init`). With
+        `read_only_ok` (commands that only read it), an existing workspace that cannot be
+        written (a read-only share) is opened read-only instead of refused."""
         if self._ws is None:
             try:
                 self._ws = Workspace.open(self.workspace)
-            except OSError as exc:
-                # name the path that is in the way: "-w afile" and a file at <ws>/reports both
-                # said "cannot create workspace (File exists)" about the workspace
-                where = exc.filename or self.workspace
-                why = ("a file is in the way, not a folder" if isinstance(exc, (FileExistsError, NotADirectoryError))
-                       else exc.strerror or str(exc))
-                fail(f"{where}: cannot create workspace ({why})")
+            except (CatalogUnwritable, OSError) as exc:
+                if not (read_only_ok and _unwritable(exc) and self._catalog_path().is_file()):
+                    if isinstance(exc, CatalogUnwritable):
+                        raise
+                    self._cannot_create(exc)
+                ws = Workspace(self._catalog_path().parent, read_only=True)
+                with ws.catalog():
+                    pass     # a catalog that cannot even be read is refused here, in one line
+                self._ws = ws
         return self._ws
 
-    def existing_ws(self) -> Workspace | None:
+    def _catalog_path(self) -> Path:
+        return Workspace(Path(self.workspace).resolve()).catalog_path
+
+    def _cannot_create(self, exc: OSError) -> NoReturn:
+        # name the path that is in the way: "-w afile" and a file at <ws>/reports both said
+        # "cannot create workspace (File exists)" about the workspace
+        where = exc.filename or self.workspace
+        why = ("a file is in the way, not a folder" if isinstance(exc, (FileExistsError, NotADirectoryError))
+               else exc.strerror or str(exc))
+        fail(f"{where}: cannot create workspace ({why})")
+
+    def existing_ws(self, read_only_ok: bool = False) -> Workspace | None:
         """The workspace if there is one at the path (opened and migrated), else None: for
         commands that only read it (which model is promoted) and must not create one."""
-        if self._ws is None and not Workspace(Path(self.workspace).resolve()).catalog_path.exists():
+        if self._ws is None and not self._catalog_path().exists():
             return None
-        return self.ws()
+        return self.ws(read_only_ok)
 
-    def read_ws(self) -> Workspace:
+    def read_ws(self, read_only_ok: bool = False) -> Workspace:
         """The existing workspace, for commands that only look at one (status, report): a
         mistyped `-w` used to create an empty workspace there and report on it, exit 0."""
-        ws = self.existing_ws()
+        ws = self.existing_ws(read_only_ok)
         if ws is None:
             fail(f"{self.workspace}: no workspace here (`textloop init` makes one; -w chooses another)", 2)
         return ws
@@ -96,6 +112,13 @@ def state(ctx: typer.Context) -> AppState:
     obj = ctx.find_root().obj
     assert isinstance(obj, AppState), "global options not parsed"
     return obj
+
+
+def _unwritable(exc: BaseException) -> bool:
+    """No write access (a read-only mount or folder), as opposed to a file in the way."""
+    if isinstance(exc, CatalogUnwritable):
+        return True
+    return isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

@@ -53,7 +53,7 @@ def open_detector(st: AppState, spec: str, options: dict[str, Any]):
     from pipeline.detectors import load_detector
 
     try:
-        return load_detector(resolve_detector(spec, st.existing_ws() if spec == "current" else None), **options)
+        return load_detector(resolve_detector(spec, st.existing_ws(read_only_ok=True) if spec == "current" else None), **options)
     except (FileNotFoundError, ValueError, TypeError) as exc:
         fail(f"detector {spec}: {exc}", 2)
     except ImportError as exc:

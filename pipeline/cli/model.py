@@ -249,7 +249,7 @@ def models_list_cmd(ctx: typer.Context) -> None:
     from pipeline.bundle import list_models
 
     st = state(ctx)
-    models = list_models(st.read_ws())
+    models = list_models(st.read_ws(read_only_ok=True))
 
     def render(c) -> None:
         if not models:

@@ -59,7 +59,7 @@ def redact_cmd(
         with progress(st, "redact") as update:
             # `current` reads a workspace's promoted model; without a workspace it is stock ppocr and
             # none is created (a redaction-only user never asked for one)
-            summary = redact_tree(input, output, cfg, workspace=st.ws if review or from_review else st.existing_ws,
+            summary = redact_tree(input, output, cfg, workspace=st.ws if review or from_review else lambda: st.existing_ws(read_only_ok=True),
                                   detector=detector,
                                   scales=parse_floats(scales, "--scales") or None, engine=engine, workers=workers,
                                   archive=archive, audit=audit, fail_fast=fail_fast, from_review=from_review,

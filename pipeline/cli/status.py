@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
 def status_cmd(ctx: typer.Context) -> None:
     """Images by status and split, rejects by reason, models, and the last iteration."""
     st = state(ctx)
-    ws = st.read_ws()
+    ws = st.read_ws(read_only_ok=True)
     with ws.catalog() as cat:
         s = workspace_status(cat)
 

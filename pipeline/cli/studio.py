@@ -184,7 +184,7 @@ def export_cmd(
     with usage_errors():
         check_options(fmt, split)
     try:
-        res = export(st.read_ws(), out, fmt, split, tuple(c for c in classes.split(",") if c))
+        res = export(st.read_ws(read_only_ok=True), out, fmt, split, tuple(c for c in classes.split(",") if c))
     except (ValueError, OSError) as exc:
         fail(str(exc))
     def render(c) -> None:
