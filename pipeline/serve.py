@@ -78,7 +78,7 @@ class Backend:
         self._detector = detector if detector is not None else self._load()
         self._trainer = trainer             # callable(ws) -> dict; None = pipeline.train if it exists
         self.ls_hostname = ""
-        self.ls_token = ""
+        self._tokens: dict[tuple[str, str, int | None], str] = {}   # origin -> the token /setup sent with it
         self._settings: Any = None          # LABEL_STUDIO_* from env/.env, read once (not per task)
         self.annotation_events = 0
         self.training: dict[str, Any] = {"state": "idle", "queued": 0, "runs": 0, "last_error": None,
@@ -91,6 +91,30 @@ class Backend:
         self._shutdown_lock = threading.Lock()
         self._worker = threading.Thread(target=self._train_loop, name="textloop-retrain", daemon=True)
         self._worker.start()
+
+    def setup_studio(self, hostname: Any, token: Any) -> None:
+        """Label Studio's /setup: its address and token. The token is kept for the address it came
+        with and sent only there: a later /setup naming another host (no token) used to inherit it,
+        and a task's image URL on that host then received the Label Studio token."""
+        if hostname not in (None, ""):
+            try:
+                scheme, host, _ = _origin(hostname) if isinstance(hostname, str) else ("", "", None)
+            except ValueError:   # a port that is not a number
+                scheme, host = "", ""
+            if scheme not in ("http", "https") or not host:
+                raise ValueError(f"'hostname' must be an http(s) URL of Label Studio, got {_short(hostname)}")
+            self.ls_hostname = hostname
+        if token not in (None, ""):
+            if not isinstance(token, str):
+                raise ValueError(f"'access_token' must be a string, got {_short(token)}")
+            where = self.ls_hostname or self.settings.url
+            if not where:
+                raise ValueError("'access_token' without a 'hostname' (and no LABEL_STUDIO_URL): whose token is it?")
+            self._tokens[_origin(where)] = token
+
+    def token_for(self, url: str) -> str:
+        """The token /setup gave for `url`'s origin, else none."""
+        return self._tokens.get(_origin(url), "") if url else ""
 
     @property
     def settings(self) -> Any:
@@ -195,8 +219,13 @@ class Backend:
                     return load_views(path, self.cfg.max_pixels)
         if not parsed.scheme and url.startswith("/"):
             path = Path(url).resolve()
+            inside = any(root in path.parents for root in roots)
+            if inside and not path.is_file():
+                # a workspace path, not a Label Studio one: it was fetched from Label Studio
+                # (with the token) and reported as that server's HTTP 404
+                raise TaskImageError("not a regular file" if path.exists() else "file not found")
             if path.is_file():
-                if any(root in path.parents for root in roots):
+                if inside:
                     return load_views(path, self.cfg.max_pixels)
                 # a path on this machine is no Label Studio URL: joined to its host it failed as
                 # "Connection refused" without saying which file
@@ -214,7 +243,8 @@ class Backend:
             # traffic the user never configured) to whatever host the task's author chose
             raise TaskImageError(f"not on Label Studio ({', '.join(sorted(f'{s}://{h}:{p}' for s, h, p in allowed))}); "
                                  "images are read only from the workspace or the Label Studio this backend serves")
-        headers = {"Authorization": f"Token {self.ls_token}"} if self.ls_token else {}
+        token = self.token_for(fetched)
+        headers = {"Authorization": f"Token {token}"} if token else {}
         try:
             content = _download(fetched, headers, self.cfg.http_timeout_s, self.cfg.max_bytes)
             return load_views_bytes(content, self.cfg.max_pixels)
@@ -320,7 +350,7 @@ class Backend:
         try:
             from pipeline.studio.client import connect
 
-            return connect(url=self.ls_hostname or None, api_key=self.ls_token or None)
+            return connect(url=self.ls_hostname or None, api_key=self.token_for(self.ls_hostname) or None)
         except Exception as exc:  # noqa: BLE001 - train on what the catalog has
             log.warning("Label Studio not reachable for the retrain (%s); using the catalog as it is", exc)
             return None
@@ -392,7 +422,7 @@ def create_app(ws: Workspace, cfg: ServeConfig = ServeConfig(), detector: Any = 
             raise HTTPException(status_code=400, detail=str(exc)) from None
 
     def tasks_of(payload: dict[str, Any]) -> list[dict[str, Any]]:
-        tasks = payload.get("tasks") or []
+        tasks = payload.get("tasks", [])
         if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
             raise HTTPException(status_code=400, detail="'tasks' must be a list of task objects")
         return tasks
@@ -408,8 +438,10 @@ def create_app(ws: Workspace, cfg: ServeConfig = ServeConfig(), detector: Any = 
 
     @app.post("/setup")
     def setup(payload: dict[str, Any] = Body(default_factory=dict)) -> dict[str, Any]:
-        backend.ls_hostname = str(payload.get("hostname") or backend.ls_hostname)
-        backend.ls_token = str(payload.get("access_token") or backend.ls_token)
+        try:
+            backend.setup_studio(payload.get("hostname"), payload.get("access_token"))
+        except ValueError as exc:
+            raise HTTPException(status_code=400, detail=str(exc)) from None
         backend.refresh_if_promoted(every_s=0.0)
         if payload.get("schema"):
             config_of(payload["schema"])  # fail early on a config without RectangleLabels

@@ -345,3 +345,50 @@ def test_a_signal_to_textloop_serve_during_a_retrain_leaves_no_running_row(tmp_p
     assert running_rows(ws) == [], err
     with ws.catalog() as cat:
         assert [r["status"] for r in cat.iterations()] == ["failed"]
+
+
+# --- 5. the Label Studio token goes only to the host it came with ----------------------------
+
+def test_the_token_is_sent_only_to_the_host_it_came_with(ws_with_image, ls_files):
+    """A /setup naming another host (no token) used to keep the token, and that host then
+    counted as Label Studio: a task's image URL there received `Authorization: Token ...`."""
+    ws, _ = ws_with_image
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), LabelStudioFiles)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    other_url = f"http://127.0.0.1:{other.server_address[1]}"
+    try:
+        client = client_for(ws, ls_files)   # /setup with the real host and "tok"
+        assert client.post("/setup", json={"hostname": other_url}).status_code == 200
+        assert "result" in predict(client, [{"id": 1, "data": {"image": f"{other_url}/data/upload/ok.png"}}])[0]
+        assert client.post("/setup", json={"hostname": ls_files}).status_code == 200
+        assert "result" in predict(client, [{"id": 2, "data": {"image": "/data/upload/ok.png"}}])[0]
+    finally:
+        other.shutdown()
+        other.server_close()
+    assert LabelStudioFiles.tokens == [("/data/upload/ok.png", None), ("/data/upload/ok.png", "Token tok")]
+
+
+@pytest.mark.parametrize("payload", [{"hostname": 12345}, {"hostname": "notaurl"}, {"hostname": "ftp://h/x"},
+                                     {"hostname": "http://h:abc"}, {"hostname": "http://h", "access_token": 5}])
+def test_a_setup_with_a_bad_hostname_or_token_is_a_400(ws_with_image, payload):
+    ws, _ = ws_with_image
+    client = TestClient(create_app(ws, ServeConfig(), detector=FakeDetector([[2, 3, 20, 10]], [0.6])))
+    r = client.post("/setup", json=payload)
+    assert r.status_code == 400 and ("hostname" in r.text or "access_token" in r.text), r.text
+
+
+@pytest.mark.parametrize("tasks", [{}, None, "x"])
+def test_tasks_that_are_not_a_list_are_a_400(ws_with_image, tasks):
+    ws, _ = ws_with_image
+    client = TestClient(create_app(ws, ServeConfig(), detector=FakeDetector([[2, 3, 20, 10]], [0.6])))
+    assert client.post("/predict", json={"tasks": tasks}).status_code == 400
+
+
+def test_a_missing_workspace_file_is_named_not_fetched_from_label_studio(ws_with_image, ls_files):
+    ws, _ = ws_with_image
+    client = client_for(ws, ls_files)
+    (ws.root / "adir.png").mkdir()
+    out = predict(client, [{"id": 1, "data": {"image": str(ws.root / "images" / "nope.png")}},
+                           {"id": 2, "data": {"image": str(ws.root / "adir.png")}}])
+    assert out[0]["error"].endswith(": file not found") and out[1]["error"].endswith(": not a regular file"), out
+    assert LabelStudioFiles.tokens == []   # nothing asked of Label Studio
