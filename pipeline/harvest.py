@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import ctypes
 import errno
-import fcntl
 import hashlib
 import http.client
 import os
@@ -488,36 +487,6 @@ def fetch(item: Item, ws: Workspace, cfg: HarvestConfig) -> Fetched:
 
 # --- the harvest run -------------------------------------------------------------------------
 
-_LOCKED_HERE: set[str] = set()     # workspaces locked by this process (POSIX locks do not
-_LOCKED_HERE_GUARD = threading.Lock()  # exclude threads of one process)
-
-
-@contextmanager
-def _workspace_lock(ws: Workspace) -> Iterator[None]:
-    """One harvest per workspace at a time (it owns images/.tmp).
-
-    A POSIX record lock (`lockf`), not `flock`: an flock belongs to the open file, which forked
-    workers inherit, so orphaned workers kept holding it after the harvest was killed and the
-    rerun refused to start. A POSIX lock belongs to this process alone and dies with it."""
-    key = str(ws.root)
-    with _LOCKED_HERE_GUARD:
-        if key in _LOCKED_HERE:
-            raise RuntimeError(f"{ws.root}: another harvest is running in this workspace")
-        _LOCKED_HERE.add(key)
-    try:
-        with open(ws.root / ".harvest.lock", "a") as fh:
-            try:
-                fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                if exc.errno in (errno.EACCES, errno.EAGAIN):
-                    raise RuntimeError(f"{ws.root}: another harvest is running in this workspace") from None
-                raise
-            yield
-    finally:
-        with _LOCKED_HERE_GUARD:
-            _LOCKED_HERE.discard(key)
-
-
 class HarvestInterrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM stopped harvest between items; str() says how far it got."""
 
@@ -619,7 +588,7 @@ def harvest(
     summary = HarvestSummary()
     sources = list(sources)
     items, source_errors = expand_sources(sources, summary.ignored_files)
-    with _workspace_lock(ws), ws.catalog() as cat:
+    with ws.lock("harvest"), ws.catalog() as cat:
         for stale in ws.tmp_dir.glob("*.part"):
             stale.unlink(missing_ok=True)
         with cat.transaction():

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.catalog import Catalog
+
+
+class WorkspaceBusy(RuntimeError):
+    """Another process (or thread) runs the same job in this workspace; str() says which."""
+
+
+_LOCKED_HERE: set[tuple[str, str]] = set()   # (workspace, job) locks this process holds (POSIX
+_LOCKED_HERE_GUARD = threading.Lock()        # locks do not exclude threads of one process)
 
 
 @dataclass(frozen=True)
@@ -56,6 +69,33 @@ class Workspace:
             d.mkdir(parents=True, exist_ok=True)
         with Catalog(self.catalog_path):
             pass
+
+    @contextmanager
+    def lock(self, job: str) -> Iterator[None]:
+        """One `job` (harvest, push) per workspace at a time; WorkspaceBusy if another holds it.
+
+        A POSIX record lock (`lockf`), not `flock`: an flock belongs to the open file, which forked
+        workers inherit, so orphaned workers kept holding it after a harvest was killed and the
+        rerun refused to start. A POSIX lock belongs to this process alone and dies with it;
+        threads of one process are kept apart by a set of the locks it holds."""
+        key = (str(self.root), job)
+        busy = f"{self.root}: another {job} is running in this workspace"
+        with _LOCKED_HERE_GUARD:
+            if key in _LOCKED_HERE:
+                raise WorkspaceBusy(busy)
+            _LOCKED_HERE.add(key)
+        try:
+            with open(self.root / f".{job}.lock", "a") as fh:
+                try:
+                    fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError as exc:
+                    if exc.errno in (errno.EACCES, errno.EAGAIN):
+                        raise WorkspaceBusy(busy) from None
+                    raise
+                yield
+        finally:
+            with _LOCKED_HERE_GUARD:
+                _LOCKED_HERE.discard(key)
 
     def catalog(self) -> Catalog:
         return Catalog(self.catalog_path, read_only=self.read_only)

@@ -228,3 +228,40 @@ def test_ctrl_c_while_the_cli_is_still_importing_is_one_line() -> None:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 130
     assert r.stderr.strip() == "interrupted while starting; nothing was done"
+
+
+def _float_options():
+    """(command path, option) for every float option of every command."""
+    import typer.main
+
+    from pipeline.cli.app import app
+
+    root = typer.main.get_command(app)
+    out = []
+
+    def walk(cmd, path: list[str]) -> None:   # typer vendors its own click: match by names
+        if hasattr(cmd, "commands"):
+            for name, sub in cmd.commands.items():
+                walk(sub, path + [name])
+            return
+        args = ["x" for p in cmd.params if p.param_type_name == "argument" and p.required]
+        for p in cmd.params:
+            if p.param_type_name == "option" and type(p.type).__name__ in ("FloatParamType", "FloatRange"):
+                out.append((path + args, max(p.opts, key=len)))
+    walk(root, [])
+    return out
+
+
+def test_no_float_option_takes_nan_or_inf(tmp_path: Path) -> None:
+    """NaN passes click's min/max: `push --min-score nan` pushed tasks without boxes."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli.app import app
+
+    options = _float_options()
+    assert any(o == "--min-score" for _, o in options) and len(options) > 10
+    for path, option in options:
+        for bad in ("nan", "inf"):
+            r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), *path, option, bad])
+            assert r.exit_code == 2 and option in r.output and "Traceback" not in r.output, (path, option, r.output)
+    assert not (tmp_path / "ws").exists()

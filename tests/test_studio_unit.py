@@ -77,13 +77,17 @@ def test_winning_annotation_policy():
     assert choose(anns + [_ann(4, "2025-01-01T00:00:00Z", gt=True)])["id"] == 4  # ground truth wins
     assert choose([_ann(5, "2026-01-01T00:00:00Z", cancelled=True)])["was_cancelled"]
     assert choose([]) is None
+    # A created 6, B created 7, then A edited 6: "first" is still A's (it took the least recently edited)
+    a = {**_ann(6, "2026-01-09T00:00:00Z"), "created_at": "2026-01-01T00:00:00Z"}
+    b = {**_ann(7, "2026-01-02T00:00:00Z"), "created_at": "2026-01-02T00:00:00Z"}
+    assert choose([a, b], "first")["id"] == 6 and choose([a, b])["id"] == 6
 
 
 def test_push_order_lowest_confidence_first_or_by_ranking():
     preds = {"a": Detections([[0, 0, 1, 1]], [0.9]), "b": Detections([[0, 0, 1, 1], [1, 1, 2, 2]], [0.2, 0.4]),
              "c": Detections()}
-    assert confidence(preds["b"]) == pytest.approx(0.3) and confidence(preds["c"]) == 1.0
-    assert order_images(["a", "b", "c"], preds, None) == ["b", "a", "c"]
+    assert confidence(preds["b"]) == pytest.approx(0.3) and confidence(preds["c"]) == 0.5
+    assert order_images(["a", "b", "c"], preds, None) == ["b", "c", "a"]   # nothing found: among the uncertain
     assert order_images(["a", "b", "c"], preds, {"c": 5.0, "a": 1.0}) == ["c", "a", "b"]  # unranked last
 
 
@@ -239,8 +243,8 @@ def test_stage_results_keep_the_json_keys():
     pulled = PullSummary(new=1, updated=2, removed=0, unchanged=3, labelled=2, empty=1, skipped=0, tasks=4,
                          unknown_tasks=0, project_id=7)
     assert list(pulled.as_dict()) == ["new", "updated", "removed", "unchanged", "labelled", "empty", "skipped",
-                                      "tasks", "unknown_tasks", "project_id", "excluded"]
-    assert pulled.counts() == pulled.as_dict()   # all integers: the pull iteration's counts
+                                      "tasks", "unknown_tasks", "project_id", "excluded", "problems"]
+    assert pulled.counts() == {**pulled.as_dict(), "problems": 0}   # integers (problems counted): the pull iteration's counts
     pushed = PushSummary(project_id=7, model_version="v1", tasks_created=2, predictions_added=0, tasks_updated=0,
                          already_pushed=1, failed=0, order="o", url="u")
     assert list(pushed.as_dict()) == ["project_id", "model_version", "tasks_created", "predictions_added",
@@ -472,3 +476,35 @@ def _serve(answer):
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     return srv
+
+
+def test_a_second_push_in_the_same_workspace_waits_its_turn(ws):
+    """Two pushes at once both created the same tasks (Label Studio then held 20 tasks for 18
+    images, and one of two labels on a duplicated image was never pulled)."""
+    from pipeline.studio.push import push_images
+    from pipeline.workspace import WorkspaceBusy
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from pipeline.workspace import Workspace\n"
+        f"with Workspace(Path({str(ws.root)!r})).lock('push'):\n"
+        "    print('held', flush=True); time.sleep(30)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(WorkspaceBusy, match="another push is running in this workspace"):
+            push_images(ws, None, client=object())   # refused before it talks to any server
+        with ws.lock("harvest"):   # other jobs are not blocked
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with ws.lock("push"), pytest.raises(WorkspaceBusy):   # threads of one process too
+        with ws.lock("push"):
+            pass
+
+
+def test_push_refuses_a_min_score_that_is_not_a_number_in_0_1(ws):
+    from pipeline.studio.push import push_images
+
+    for bad in (float("nan"), -0.1, 1.5):
+        with pytest.raises(ValueError, match="min_score must be a number from 0 to 1"):
+            push_images(ws, None, client=object(), min_score=bad)

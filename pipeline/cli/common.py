@@ -109,9 +109,21 @@ def option_message(ctx: typer.Context, exc: BaseException, renames: dict[str, st
 
 
 def state(ctx: typer.Context) -> AppState:
+    """The global options, after checking the command's own: every command starts here."""
     obj = ctx.find_root().obj
     assert isinstance(obj, AppState), "global options not parsed"
+    _refuse_non_finite(ctx)
     return obj
+
+
+def _refuse_non_finite(ctx: click.Context) -> None:
+    """NaN passes click's min/max checks (every comparison with it is false): `push --min-score
+    nan` sent tasks without boxes. No float option of textloop means anything by nan or inf."""
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name or "")
+        if isinstance(value, float) and not math.isfinite(value):
+            name = max(param.opts, key=len) if param.opts else param.name
+            fail(f"{name} must be a finite number, got {value}", 2)
 
 
 def _unwritable(exc: BaseException) -> bool:

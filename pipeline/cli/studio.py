@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
 from pipeline.cli.common import emit, fail, positive, progress, state, usage_errors
 from pipeline.studio.client import StudioError
 from pipeline.studio.launcher import connect_workspace
+from pipeline.workspace import WorkspaceBusy
 
 studio_app = typer.Typer(help="Run and set up Label Studio for this workspace (local server or docker compose).",
                          no_args_is_help=True)
@@ -134,12 +135,13 @@ def push_cmd(
             res = run_push(ws, connect_workspace(ws.root), split=split, model=model, model_version=model_version,
                            strategy=strategy, top=top, update_existing=update_existing, min_score=min_score,
                            progress=update)
-    except (StudioError, FileNotFoundError, ValueError) as exc:
+    except (StudioError, FileNotFoundError, ValueError, WorkspaceBusy) as exc:
         fail(str(exc))
     emit(st, res.as_dict(), lambda c: c.print(
         f"pushed to project {res.project_id} with model {res.model_version}: {res.tasks_created} new tasks, "
         f"{res.predictions_added} existing tasks got this model's prediction, {res.already_pushed} existing tasks "
-        "already up to date"
+        "already had it"
+        + (f", {res.tasks_updated} existing tasks' data updated (file name, sources, ranking)" if res.tasks_updated else "")
         + (f", {res.failed} images failed" if res.failed else "")
         + (f"; {res.sent_for_review} of the new tasks are labels curation flagged (the label pre-drawn, the "
            "suspected issue in the task's meta)" if res.sent_for_review else "")
@@ -164,10 +166,17 @@ def pull_cmd(
         res = run_pull(ws, connect_workspace(ws.root), policy=policy)
     except (StudioError, ValueError) as exc:
         fail(str(exc))
-    emit(st, res.as_dict(), lambda c: c.print(
-        f"pulled project {res.project_id}: {res.new} new, {res.updated} updated, {res.removed} removed "
-        f"({res.unchanged} unchanged); {res.labelled} labelled, {res.empty} verified empty, {res.skipped} skipped"
-        + (f"; {res.excluded} of them on images curation excluded (stored, not used for training)" if res.excluded else "")))
+    def render(c: Any) -> None:
+        c.print(f"pulled project {res.project_id}: {res.new} new, {res.updated} updated, {res.removed} removed "
+                f"({res.unchanged} unchanged); {res.labelled} labelled, {res.empty} verified empty, {res.skipped} skipped"
+                + (f"; {res.excluded} of them on images curation excluded (stored, not used for training)"
+                   if res.excluded else "")
+                + (f"; {res.unknown_tasks} annotated task(s) whose image is not in this workspace (left alone)"
+                   if res.unknown_tasks else ""))
+        for line in res.problems:
+            c.print(f"not pulled (the catalog keeps what it had): {line}", highlight=False, soft_wrap=True)
+
+    emit(st, res.as_dict(), render, problems=res.problems, label="not pulled")
 
 
 def export_cmd(

@@ -14,10 +14,15 @@ from pipeline.studio.client import StudioError
 from pipeline.studio.project import LabelConfig
 
 
+EMPTY_CONFIDENCE = 0.5   # a prediction with no box: text missed whole is the costliest error
+
+
 def confidence(det: Detections) -> float:
-    """A Label Studio prediction's score: the mean box score; an empty prediction counts as
-    confident (1.0) -- ranking, not this score, decides whether an empty image deserves a look."""
-    return float(np.mean(det.scores)) if len(det) else 1.0
+    """A Label Studio prediction's score: the mean box score. An empty prediction gets 0.5, among
+    the uncertain: as 1.0 ("certain") Label Studio's uncertainty sampling served images where
+    the detector found nothing last, yet a detector that found nothing may have missed it all
+    (`rank` gives them a floor score for the same reason)."""
+    return float(np.mean(det.scores)) if len(det) else EMPTY_CONFIDENCE
 
 
 def detections_to_results(det: Detections, width: int, height: int, config: LabelConfig) -> list[dict[str, Any]]:
@@ -63,12 +68,17 @@ def validate_results(results: list[dict[str, Any]], config: LabelConfig) -> None
 def results_to_detections(results: list[dict[str, Any]], width: int, height: int, config: LabelConfig) -> Detections:
     """Rectangles of one annotation to pixel xyxy of the upright original (rotation handled by
     `ls_value_to_xyxy`), with the rotated rectangles' corners as `quads` when any is rotated
-    (redact then fills the reviewed shape). Sizes come from the catalog; `original_width/height`
-    only as a check."""
+    (redact then fills the reviewed shape). Sizes come from the catalog; `original_width/height`,
+    when given, must match them: percentages of an image of another size (or the other way
+    round, EXIF orientation not applied) would land somewhere else without a word. A label
+    outside the config's classes or such a mismatch raises StudioError naming it."""
     boxes, labels, scores, quads = [], [], [], []
     for r in results or []:
         if r.get("type") != "rectanglelabels" or r.get("from_name") != config.from_name:
             continue
+        ow, oh = r.get("original_width"), r.get("original_height")
+        if isinstance(ow, (int, float)) and isinstance(oh, (int, float)) and (round(ow), round(oh)) != (width, height):
+            raise StudioError(f"a box was drawn on a {round(ow)}x{round(oh)} image, but the image is {width}x{height}")
         v = r.get("value") or {}
         names = v.get("rectanglelabels") or [config.classes[0]]
         boxes.append(ls_value_to_xyxy(v, width, height))

@@ -205,6 +205,8 @@ def init_project(
         existing = parse_label_config(project.label_config) if project.label_config else None
         changes = {k: v for k, v in settings.items() if k != "label_config" and getattr(project, k, None) != v}
         if existing is None or not same_xml(project.label_config, config.xml):
+            if existing is not None:
+                _check_classes_in_use(studio, int(project.id), set(existing.classes) - set(config.classes))
             changes["label_config"] = config.xml
         if changes:
             studio.call(sdk.projects.update, id=project.id, **changes)
@@ -219,6 +221,9 @@ def init_project(
                 pass
         raise
     backend_id = _ensure_ml_backend(studio, pid, ml_backend) if ml_backend else state.get("ml_backend_id")
+    if ml_backend and backend_id != state.get("ml_backend_id"):
+        changes["ml_backend"] = ml_backend
+    title = project.title or title   # the workspace's project keeps its title when TEXTLOOP_LS_PROJECT changes
     record = {"project_id": pid, "title": title, "storage_id": storage_id, "ml_backend_id": backend_id,
               "classes": list(config.classes), "updated_at": time.time()}
     _write_state(ws, studio.url, record)
@@ -260,6 +265,26 @@ def _ensure_storage(ws: Workspace, studio: Studio, pid: int) -> int:
                           "(the server needs LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true and "
                           "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT = the workspace; see TEXTLOOP_LS_FILES_ROOT)") from None
     return int(s.id)
+
+
+def _check_classes_in_use(studio: Studio, pid: int, removed: set[str]) -> None:
+    """Refuse a label config that drops a class boxes in the project still carry: every later
+    `pull` stopped at the first such box ("label 'logo' is not in the label config classes")."""
+    if not removed:
+        return
+    from pipeline.studio.pull import export_tasks
+
+    used: dict[str, int] = {}
+    for task in export_tasks(studio, pid):
+        for ann in task.get("annotations") or []:
+            for r in ann.get("result") or []:
+                for name in (r.get("value") or {}).get("rectanglelabels") or []:
+                    if name in removed:
+                        used[name] = used.get(name, 0) + 1
+    if used:
+        listed = ", ".join(f"{name!r} ({n} box{'es' if n > 1 else ''})" for name, n in sorted(used.items()))
+        raise StudioError(f"project {pid}: annotations still use {listed}; keep the class in --classes, "
+                          "or relabel those boxes in Label Studio first")
 
 
 def _ensure_ml_backend(studio: Studio, pid: int, url: str) -> int:

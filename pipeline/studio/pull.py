@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from pipeline.catalog import HUMAN_LABELLED, ImageStatus, dumps, quads_column
-from pipeline.studio.client import Studio
+from pipeline.studio.client import Studio, StudioError
 from pipeline.studio.launcher import connect_workspace
 from pipeline.studio.convert import results_to_detections
 from pipeline.studio.project import get_project
@@ -46,8 +46,9 @@ def choose(annotations: list[dict[str, Any]], policy: str = "latest") -> dict[st
     if submitted:
         gt = [a for a in submitted if a.get("ground_truth")]
         pool = gt or submitted
-        key = lambda a: (_ts(a.get("updated_at")), int(a.get("id", 0)))  # noqa: E731
-        return min(pool, key=key) if policy == "first" and not gt else max(pool, key=key)
+        if policy == "first" and not gt:   # first *submitted*: an edit later does not make it later
+            return min(pool, key=lambda a: (_ts(a.get("created_at") or a.get("updated_at")), int(a.get("id", 0))))
+        return max(pool, key=lambda a: (_ts(a.get("updated_at")), int(a.get("id", 0))))
     cancelled = [a for a in annotations if a.get("was_cancelled")]
     return max(cancelled, key=lambda a: (_ts(a.get("updated_at")), int(a.get("id", 0)))) if cancelled else None
 
@@ -77,13 +78,14 @@ class PullSummary:
     unknown_tasks: int         # ... whose image is not in this workspace's catalog
     project_id: int
     excluded: int = 0          # annotations of excluded images (curation): stored, not used for training
+    problems: tuple[str, ...] = ()   # one line per annotation that could not be read (left as it was)
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def counts(self) -> dict[str, int]:
         """The integers, as the iteration journal stores them."""
-        return {k: v for k, v in self.as_dict().items() if isinstance(v, int)}
+        return {**{k: v for k, v in self.as_dict().items() if isinstance(v, int)}, "problems": len(self.problems)}
 
 
 def pull(ws: Workspace, client: Studio | None = None, policy: str = "latest") -> PullSummary:
@@ -106,6 +108,8 @@ def pull(ws: Workspace, client: Studio | None = None, policy: str = "latest") ->
         existing = cat.studio_annotations(SOURCE, project.id)
         sizes = {r["id"]: (int(r["width"]), int(r["height"]), r["status"]) for r in cat.images()}
         rows: dict[str, tuple] = {}
+        problems: list[str] = []
+        unreadable: set[str] = set()   # their catalog rows stay as they are (not "removed")
         for t in tasks:
             image_id = task_image.get(int(t["id"])) or (t.get("data") or {}).get("image_id")
             if not image_id or image_id not in sizes:
@@ -118,7 +122,14 @@ def pull(ws: Workspace, client: Studio | None = None, policy: str = "latest") ->
             if ann.get("was_cancelled"):
                 state, det = "skipped", None
             else:
-                det = results_to_detections(ann.get("result") or [], w, h, project.config)
+                try:
+                    det = results_to_detections(ann.get("result") or [], w, h, project.config)
+                except (StudioError, ValueError, TypeError) as exc:
+                    # one bad annotation (a class the config no longer has, a box drawn on an image
+                    # of another size) stopped every pull: this one is named and left, the rest pulled
+                    problems.append(f"task {t['id']} (image {image_id}), annotation {ann.get('id')}: {exc}")
+                    unreadable.add(image_id)
+                    continue
                 state = "submitted" if len(det) else "empty"
             j = det.to_json() if det is not None else {"boxes": [], "labels": []}
             who = ann.get("completed_by")
@@ -126,7 +137,7 @@ def pull(ws: Workspace, client: Studio | None = None, policy: str = "latest") ->
             rows[image_id] = (int(t["id"]), int(ann["id"]), dumps(j["boxes"]), dumps(j["labels"]),
                               dumps([False] * len(j["boxes"])), state, who, _ts(ann.get("updated_at")), quads_column(j))
         # an annotation gone from the export: is its task gone too? (one listing, only then)
-        on_server = reconcile_tasks(studio, project.id, cat) if set(existing) - set(rows) else {}
+        on_server = reconcile_tasks(studio, project.id, cat) if set(existing) - set(rows) - unreadable else {}
         with cat.transaction():  # the whole pull or nothing
             for image_id, (tid, aid, boxes, labels, ignore, state, who, updated, quads) in rows.items():
                 counts["labelled" if state == "submitted" else state] += 1
@@ -147,12 +158,12 @@ def pull(ws: Workspace, client: Studio | None = None, policy: str = "latest") ->
                     counts["updated"] += 1
                 cat.set_status(image_id, STATUS_BY_STATE[state], never_from=(ImageStatus.EXCLUDED,))
             for image_id, old in existing.items():
-                if image_id not in rows:
+                if image_id not in rows and image_id not in unreadable:
                     cat.delete_annotation(old["id"])
                     cat.set_status(image_id, _status_after_removal(cat, image_id, image_id in on_server),
                                    only_from=(*HUMAN_LABELLED, ImageStatus.SKIPPED))
                     counts["removed"] += 1
-    return PullSummary(**counts, project_id=project.id)
+    return PullSummary(**counts, project_id=project.id, problems=tuple(problems))
 
 
 def _status_after_removal(cat: Any, image_id: str, task_exists: bool) -> ImageStatus:

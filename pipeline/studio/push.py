@@ -18,7 +18,7 @@ import numpy as np
 
 from pipeline.boxes import Detections
 from pipeline.catalog import HUMAN_LABELLED, Catalog, ImageStatus
-from pipeline.config import check_split
+from pipeline.config import check_number, check_split
 from pipeline.studio.client import Studio, StudioError
 from pipeline.studio.convert import confidence, detections_to_results
 from pipeline.studio.launcher import connect_workspace
@@ -268,9 +268,21 @@ def push_images(
     `top` limits how many *new* tasks are created, in ranking order (`strategy`) or by lowest mean
     confidence. Existing tasks get this model version's prediction if they lack it. Boxes below
     `min_score` (default: `predict`'s threshold, 0.3) are not sent."""
-    from pipeline.predict import DEFAULT_THRESHOLD, load_predictions, predict_workspace
+    from pipeline.predict import DEFAULT_THRESHOLD
 
     floor = DEFAULT_THRESHOLD if min_score is None else min_score
+    check_number("min_score", floor, 0, 1)
+    with ws.lock("push"):   # two pushes at once both created the same tasks (a label then went missing)
+        return _push_images(ws, image_ids, model_version, client, detector=detector, model=model, strategy=strategy,
+                            top=top, update_existing=update_existing, batch_size=batch_size, progress=progress,
+                            floor=floor)
+
+
+def _push_images(ws: Workspace, image_ids: Sequence[str] | None, model_version: str | None, client: Studio | None,
+                 *, detector: Any, model: str, strategy: str | None, top: int | None, update_existing: bool,
+                 batch_size: int, progress: Callable[[int, int], None] | None, floor: float) -> PushSummary:
+    from pipeline.predict import load_predictions, predict_workspace
+
     studio = client or connect_workspace(ws.root)  # the server `studio up` started
     project = get_project(ws, studio)
     version, get_detector = resolve_model(ws, model_version, detector, model)

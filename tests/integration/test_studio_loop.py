@@ -370,6 +370,34 @@ def test_removed_label_studio_work_leaves_other_labels_and_real_task_state(live_
     assert status == {kept_task: "pushed", gone_imported: "labelled", gone_plain: "new"}
 
 
+def test_an_annotation_pull_cannot_read_is_named_and_the_rest_are_pulled(live_studio, tmp_path_factory):
+    """One bad annotation stopped every pull (a class the config lost: "label 'logo' is not in the
+    label config classes"); a box drawn on an image of another size was stored at wrong pixels
+    without a word. Now each is named, its catalog row left as it was, the others pulled; and a
+    class boxes still carry cannot be dropped from the config."""
+    ws, studio = _small_project(live_studio, tmp_path_factory, "badann", 3, 7200)
+    init_project(ws, studio, classes=["text", "logo"], title="badann test")
+    pushed = push_images(ws, None, client=studio, detector=FakeDetector())
+    tasks = {t.data["image_id"]: t for t in _tasks(studio, pushed.project_id)}
+    good, logo, sized = sorted(tasks)
+    box = _pct([2, 2, 30, 12], 64, 48)
+    studio.sdk.annotations.create(id=tasks[good].id, result=[_rect(box, 64, 48, "g")])
+    studio.sdk.annotations.create(id=tasks[logo].id, result=[dict(_rect(box, 64, 48, "l"),
+                                                                 value=dict(box, rectanglelabels=["logo"]))])
+    studio.sdk.annotations.create(id=tasks[sized].id, result=[_rect(box, 128, 96, "s")])   # another frame
+    with pytest.raises(StudioError, match=r"annotations still use 'logo' \(1 box\)"):
+        init_project(ws, studio, classes=["text"], title="badann test")
+    res = pull(ws, studio)
+    assert res.new == 2 and len(res.problems) == 1, res
+    assert f"image {sized}" in res.problems[0] and "drawn on a 128x96 image, but the image is 64x48" in res.problems[0]
+    with ws.catalog() as cat:
+        stored = set(cat.latest_annotations(include_excluded=True))
+    assert stored == {good, logo}
+    r = _cli(ws, {"LABEL_STUDIO_URL": live_studio.url, "LABEL_STUDIO_API_KEY": live_studio.token,
+                  "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(live_studio.root)}, "pull")
+    assert r.returncode == 0 and "not pulled" in r.stdout and "128x96" in r.stdout, r.stdout + r.stderr
+
+
 def test_push_withdraws_unlabelled_tasks_of_excluded_images(live_studio, tmp_path_factory):
     """Images `curate --apply` excluded after they were pushed: their open tasks are deleted on
     the next push (labellers stop working on them), a task someone already labelled stays."""
