@@ -432,7 +432,9 @@ def test_ml_backend_predictions_are_stored_by_label_studio(loop, live_studio, tm
     app = create_app(ws, detector=FakeDetector("fake-ml"), trainer=trainer)
     with serving(app) as url:
         res = init_project(ws, studio, title="loop test", ml_backend=url)
-        assert res.ml_backend_id
+        assert res.ml_backend_id and "ml_backend" in res.changed   # it said "up to date"
+        assert init_project(ws, studio, title="another title", ml_backend=url).changed == []
+        assert init_project(ws, studio).title == "loop test"   # the project keeps its title
         backend = studio.sdk.ml.get(id=res.ml_backend_id)
         assert str(backend.state) in ("CO", "MLBackendState.CO", "Connected") or "CO" in str(backend.state)
         # a task without predictions: Label Studio asks the backend when the task is opened
