@@ -65,11 +65,14 @@ def down_cmd(ctx: typer.Context) -> None:
 
 @studio_app.command("status")
 def status_cmd(ctx: typer.Context) -> None:
-    """Is Label Studio up (the one `studio up` started, or LABEL_STUDIO_URL)?"""
+    """Is Label Studio up (LABEL_STUDIO_URL, else the one `studio up` started): the server push and pull use?"""
     from pipeline.studio.launcher import status
 
     st = state(ctx)
-    res = status(st.read_ws().root)
+    try:
+        res = status(st.read_ws().root)
+    except StudioError as exc:
+        fail(str(exc), 2)
     emit(st, res.as_dict(), lambda c: c.print(f"{res.url}: {'healthy' if res.healthy else 'not reachable'}"
                                               + (f" (started by textloop, pid {res.pid})" if res.started_by_textloop else "")
                                               + (f"; token: {res.token}" if res.token and res.token != "accepted" else "")))

@@ -83,6 +83,22 @@ def load_settings(url: str | None = None, api_key: str | None = None, env_file: 
     )
 
 
+def check_url(url: str) -> None:
+    """StudioError unless `url` is an http(s) URL with a host (and a numeric port): `ftp://...`,
+    `host:8080` or `http://host:abc` were reported "not reachable", as if the server were down."""
+    import urllib.parse
+
+    try:
+        p = urllib.parse.urlparse(url)
+        p.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError as exc:
+        raise StudioError(f"Label Studio URL {url!r} is not valid ({exc}); LABEL_STUDIO_URL looks like "
+                          "http://127.0.0.1:8080") from None
+    if p.scheme not in ("http", "https") or not p.hostname:
+        raise StudioError(f"Label Studio URL {url!r} is not an http(s) URL; LABEL_STUDIO_URL looks like "
+                          "http://127.0.0.1:8080")
+
+
 def explain(exc: BaseException, url: str) -> StudioError:
     """Turn an SDK/httpx exception into one actionable line (no headers, no tokens)."""
     import httpx
@@ -188,6 +204,7 @@ def connect(url: str | None = None, api_key: str | None = None, env_file: str | 
     from label_studio_sdk import LabelStudio
 
     settings = load_settings(url, api_key, env_file, local_files_root)
+    check_url(settings.url)
     if not settings.api_key:
         raise StudioError("no Label Studio API token: set LABEL_STUDIO_API_KEY in the environment or .env")
     sdk = LabelStudio(base_url=settings.url, api_key=settings.api_key, timeout=timeout, max_retries=0)

@@ -23,7 +23,7 @@ from typing import Any
 
 from pipeline.config import privacy_env
 from pipeline.io import atomic_write_text
-from pipeline.studio.client import Studio, StudioError, connect, load_settings
+from pipeline.studio.client import Studio, StudioError, check_url, connect, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -326,7 +326,10 @@ def status(ws_root: Path) -> StatusResult:
     """Is the workspace's server (or LABEL_STUDIO_URL) up?"""
     ws_root = ws_root.resolve()
     info = read_info(ws_root)
-    url = info.url if info else load_settings().url
+    url = workspace_url(ws_root)   # what push and pull talk to (status looked at `up`'s server instead)
+    check_url(url)
+    if info is not None and info.url.rstrip("/") != url:
+        info = None   # `up` started another server than the one in use: not this one's status
     healthy = is_healthy(url)
     token = None
     if healthy:   # "healthy" with a wrong token, and every push and pull then failed HTTP 401
@@ -340,11 +343,16 @@ def status(ws_root: Path) -> StatusResult:
                         mode=info.mode if info else None, log=info.log if info else None, token=token)
 
 
-def connect_workspace(ws_root: Path) -> Studio:
+def workspace_url(ws_root: Path) -> str:
     """LABEL_STUDIO_URL from the environment, else the server `studio up` started for this
     workspace, else LABEL_STUDIO_URL from .env, else the default."""
     url = os.environ.get("LABEL_STUDIO_URL")
     if not url:
         info = read_info(ws_root)
         url = info.url if info else None
-    return connect(url=url)
+    return load_settings(url).url
+
+
+def connect_workspace(ws_root: Path) -> Studio:
+    """A checked connection to the workspace's Label Studio (`workspace_url`)."""
+    return connect(url=workspace_url(ws_root))

@@ -584,6 +584,16 @@ def test_studio_up_status_reuse_the_running_server(live_studio, monkeypatch):
     ext = up(other)
     assert ext.already_running and ext.server.mode == "external" and ext.server.port == live_studio.info.port
     assert not pid_file(other).exists() and down(other).stopped is False and status(ws_root).healthy
+    # status looks at the server push and pull use: LABEL_STUDIO_URL first (it said "healthy
+    # (started by textloop)" about `up`'s server while every pull failed on the URL in use)
+    monkeypatch.setenv("LABEL_STUDIO_URL", live_studio.url + "/foo")
+    st = status(ws_root)
+    assert st.url == live_studio.url + "/foo" and not st.started_by_textloop
+    assert not (st.healthy and st.token == "accepted")
+    for bad in ("ftp://127.0.0.1:8080", "127.0.0.1:8080", "http://127.0.0.1:abc"):
+        monkeypatch.setenv("LABEL_STUDIO_URL", bad)
+        with pytest.raises(StudioError, match="LABEL_STUDIO_URL looks like http://"):
+            status(ws_root)
 
 
 # --- issue 14: a task says which file it is ----------------------------------------------------
