@@ -500,6 +500,17 @@ def serving(app: Any, host: str = "127.0.0.1", port: int | None = None, timeout:
         thread.join(10)
 
 
+def check_listen(host: str, port: int) -> None:
+    """OSError (a port in use, an address not on this machine) before the server starts."""
+    import socket
+
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as uvicorn binds
+        s.bind(addr)
+
+
 def run_server(app: Any, host: str, port: int, log_level: str = "warning") -> None:
     """`textloop serve` in the foreground until Ctrl-C or SIGTERM. Uvicorn's shutdown stops the
     retrain worker (the app's lifespan); should it still run (stuck in a C call), its catalog rows

@@ -221,15 +221,36 @@ def test_serve_cli_passes_its_limits(tmp_path, monkeypatch):
     import pipeline.serve as serve
     from pipeline.cli.app import app
 
+    from types import SimpleNamespace
+
     seen = {}
-    monkeypatch.setattr(serve, "create_app", lambda ws, cfg: seen.setdefault("cfg", cfg))
+
+    def fake_app(ws, cfg):
+        seen["cfg"] = cfg
+        return SimpleNamespace(state=SimpleNamespace(backend=SimpleNamespace(model_version="fake-1")))
+
+    monkeypatch.setattr(serve, "create_app", fake_app)
     monkeypatch.setattr(serve, "run_server", lambda app, **kw: seen.setdefault("run", kw))
-    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "serve", "--max-bytes", "1000", "--max-pixels", "5000"])
+    port = free_port()
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "serve", "--port", str(port), "--max-bytes", "1000",
+                                 "--max-pixels", "5000"])
     assert r.exit_code == 0, r.output
-    assert seen["cfg"].max_bytes == 1000 and seen["cfg"].max_pixels == 5000 and seen["run"]["port"] == 9090
+    assert seen["cfg"].max_bytes == 1000 and seen["cfg"].max_pixels == 5000 and seen["run"]["port"] == port
+    assert f"serving model fake-1 on http://127.0.0.1:{port}" in r.output   # it said nothing at all
     seen.clear()
-    assert CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "serve"]).exit_code == 0
+    assert CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "serve", "--port", str(port)]).exit_code == 0
     assert seen["cfg"].max_bytes == HarvestConfig().max_bytes and seen["cfg"].max_pixels == DEFAULT_MAX_PIXELS
+    # a port in use or a host that is not this machine's: one line, exit 2 (uvicorn's "ERROR:", exit 3)
+    seen.clear()
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "serve", "--port", str(busy.getsockname()[1])])
+    assert r.exit_code == 2 and "cannot listen on 127.0.0.1" in r.output and "run" not in seen, r.output
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "serve", "--host", "999.1.1.1"])
+    assert r.exit_code == 2 and "cannot listen on 999.1.1.1:9090" in r.output, r.output
 
 
 # --- 2. stopping serve during a retrain ------------------------------------------------------

@@ -222,7 +222,7 @@ def serve_cmd(
                                              "(default 178956970, as harvest, predict and redact)."),
 ) -> None:
     """Label Studio ML backend: live boxes for any task; retrains in the background on request."""
-    from pipeline.serve import ServeConfig, create_app, run_server
+    from pipeline.serve import ServeConfig, check_listen, create_app, run_server
 
     st = state(ctx)
     limits = {k: v for k, v in (("max_bytes", max_bytes), ("max_pixels", max_pixels)) if v is not None}
@@ -230,5 +230,11 @@ def serve_cmd(
         app = create_app(st.ws(), ServeConfig(model=model, retrain_every=retrain_every, **limits))
     except (FileNotFoundError, ValueError) as exc:
         fail(f"--model {model}: {exc}", 2)
+    try:   # a port in use or a bad --host was uvicorn's "ERROR: ..." and exit 3
+        check_listen(host, port)
+    except OSError as exc:
+        fail(f"cannot listen on {host}:{port} ({exc.strerror or exc})", 2)
+    st.console.print(f"serving model {app.state.backend.model_version} on http://{host}:{port} "
+                     f"(connect it: textloop studio init --ml-backend http://{host}:{port}; Ctrl-C stops)")
     # Ctrl-C/SIGTERM: uvicorn stops, then a running retrain is stopped (its stages end `failed`)
     run_server(app, host=host, port=port, log_level="info" if st.verbosity > 0 else "warning")
