@@ -41,7 +41,7 @@ def setup(tmp_path, monkeypatch):
     monkeypatch.setattr(dets, "load_detector", lambda spec="current", workspace=None, **kw: det)
     monkeypatch.setattr(rr, "build_ppocr", lambda **kw: det)
     pushed: list[tuple[list[str], str]] = []
-    monkeypatch.setattr(rv, "push", lambda ws, ids, mv: pushed.append((list(ids), mv)) or {"created": len(ids)})
+    monkeypatch.setattr(rv, "push", lambda ws, ids, mv: pushed.append((list(ids), mv)) or {"tasks_created": len(ids)})
     src = tmp_path / "in"
     src.mkdir()
     arrays = {}
@@ -77,11 +77,20 @@ def test_review_holds_uncertain_images_and_from_review_finishes_them(setup):
         # stored with the floor the boxes were cut at, so `predict` at a lower threshold recomputes
         assert pred[0]["min_score"] == pytest.approx(RedactConfig(review=True).detection_floor)
 
-    # not reviewed yet: still held, nothing written
+    # not reviewed yet: still held, nothing written; the image redacted before is listed as skipped
     code, s = _cli(tmp_path, str(src), str(out), "--from-review")
     assert code == 0 and s["waiting_review"] == 1 and not (out / "unsure.png").exists()
+    assert s["skipped"] == 1 and s["images"] == 2   # it vanished from the summary
     r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "redact", str(src), str(out), "--from-review"])
     assert "1 image(s) wait for review" in " ".join(r.output.split()) and "textloop push" in r.output   # what to do
+
+    # the reviewer pressed Skip (as `pull` records it): still waiting, and the summary says so
+    with ws.catalog() as cat:
+        cat.set_status(sha, "skipped")
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "redact", str(src), str(out), "--from-review"])
+    assert "1 of them the reviewer skipped" in " ".join(r.output.split()) and "unsure.png" in r.output, r.output
+    with ws.catalog() as cat:
+        cat.set_status(sha, "pushed")
 
     # a reviewer kept the first box, deleted the uncertain one and added another (as `pull` stores it)
     reviewed = [BOXES[0], [30.0, 2.0, 60.0, 8.0]]
@@ -98,9 +107,14 @@ def test_review_holds_uncertain_images_and_from_review_finishes_them(setup):
     assert (b[cov] == 0).all() and (b[~cov] == a[~cov]).all()                     # exactly the reviewed boxes
     sc = json.loads((tmp_path / "out.audit" / "sidecars" / "unsure.png.json").read_text())
     assert sc["status"] == "redacted" and sc["boxes_from"] == "review"
-    # a normal rerun now skips both
+    # a normal rerun now skips both, and so does --from-review (nothing is held any more)
     code, s = _cli(tmp_path, str(src), str(out))
     assert s["skipped"] == 2
+    code, s = _cli(tmp_path, str(src), str(out), "--from-review")
+    assert s["skipped"] == 2 and s["redacted"] == 0
+    # held again (--force): held means not written, so the earlier output goes with the hold
+    code, s = _cli(tmp_path, str(src), str(out), "--review", "--force")
+    assert s["held_for_review"] == 1 and not (out / "unsure.png").exists()
 
 
 def test_review_push_failure_keeps_the_hold(setup, monkeypatch):

@@ -67,6 +67,11 @@ def test_review_round_trip_through_label_studio(live_studio, tmp_path, monkeypat
     b = np.asarray(Image.open(out / "unsure.png"))
     cov = covered_mask(reviewed, W, H, RedactConfig().pad)
     assert (b[cov] == 0).all() and (b[~cov] == a[~cov]).all()
+    # held again: no second task, and the summary says so (it said "1 pushed"); its label is known
+    code, s = run("--review", "--force")
+    review = s["review"]
+    assert review["pushed"] == 0 and review["already_in_label_studio"] == 1 and review["already_labelled"] == 1
+    assert len(list(studio.sdk.tasks.list(project=project_id, page_size=100))) == 1
 
 
 def test_audit_covered_image_reaches_label_studio_and_its_labels_come_back(live_studio, tmp_path, monkeypatch):

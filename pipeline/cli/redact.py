@@ -73,7 +73,8 @@ def redact_cmd(
     except KeyboardInterrupt as exc:   # (cli.app.main releases the detector before the process exits)
         fail(str(exc) or "interrupted; rerun the same command to resume", 130)
     emit(st, summary.as_dict(), lambda c: _render(c, summary, verify), problems=summary.errors)
-    if from_review and not summary.images and not st.json:
+    if from_review and not st.json and not any(r.status in ("redacted", "waiting_review", "failed")
+                                               for r in summary.results):
         st.console.print(f"nothing is held for review in {summary.audit}: `redact --review` holds images "
                          "with uncertain boxes; run it with the same INPUT and OUTPUT first", highlight=False, soft_wrap=True)
     if not summary.ok:
@@ -147,6 +148,10 @@ def _render(c: Console, summary: RedactSummary, verify: bool) -> None:
         c.print(f"{summary['waiting_review']} image(s) wait for review: label them in Label Studio, or `textloop push` "
                 "if their tasks are not there (a failed push at `--review` time), then `pull` and rerun "
                 "`--from-review`", highlight=False, soft_wrap=True)
+        skipped = sorted(r.rel for r in results if r.status == "waiting_review" and "skipped" in r.detail)
+        if skipped:
+            c.print(f"{len(skipped)} of them the reviewer skipped (label them, or redact them without --review): "
+                    + ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""), highlight=False, soft_wrap=True)
     for line in summary["errors"][:50]:
         c.print(f"[red]failed[/] {line}", highlight=False, soft_wrap=True)
     if len(summary["errors"]) > 50:
@@ -162,10 +167,13 @@ def _render(c: Console, summary: RedactSummary, verify: bool) -> None:
                 highlight=False)
     if review_info:
         audit = review_info.get("audit_covered", 0)
+        there, done = review_info.get("already_in_label_studio", 0), review_info.get("already_labelled", 0)
         c.print(f"review: {review_info.get('held', 0)} held"
                 + (f", {audit} redacted with text the detector missed (the audit covered it)" if audit else "")
-                + f", {review_info.get('pushed', 0)} pushed to Label Studio"
-                + (f" (push failed: {review_info['push_error']})" if review_info.get("push_error") else ""))
+                + f", {review_info.get('pushed', 0)} new task(s) in Label Studio"
+                + (f", {there} already there" if there else "")
+                + (f" (push failed: {review_info['push_error']})" if review_info.get("push_error") else "")
+                + (f"; {done} already labelled: `--from-review` uses those labels" if done else ""))
     c.print(f"{summary['boxes']} boxes, {summary['images_per_s']} images/s, {summary['seconds']}s, "
             f"detector {summary['detector']}{_describe_model(summary.get('model') or {})}"
             + ("" if dry_run else f"; audit trail in {audit_dir}"), highlight=False, soft_wrap=True)

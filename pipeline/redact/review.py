@@ -74,9 +74,14 @@ def queue_for_review(ws: Workspace, queued: Sequence[Result], model_version: str
                            for r in queued if r.input_sha256 in known and r.boxes],
                           min_score=min_score)
     out.update(in_workspace=len(known), harvest=summary.as_dict())
+    with ws.catalog() as cat:   # labelled before (an earlier round): no one is asked again
+        labelled = set(cat.latest_annotations(include_excluded=True, image_ids=sorted(known)))
+    out["already_labelled"] = len(labelled)
     try:
         out["push"] = push(ws, sorted(known), model_version)
-        out["pushed"] = len(known)
+        # new tasks only: a rerun said "1 pushed" when the task was there from the first run
+        out["pushed"] = int(out["push"].get("tasks_created", 0))
+        out["already_in_label_studio"] = len(known) - out["pushed"]
     except Exception as exc:  # Label Studio down, no token, push not installed: the hold still stands
         out["push_error"] = describe_error(exc)
         log.warning("review: %d image(s) queued but not pushed to Label Studio (%s); they are in the "
@@ -119,7 +124,28 @@ def reviewed_for_items(ws: Workspace, held: Sequence[tuple[Item, dict[str, Any]]
     return {it.rel: by_sha[sc["input_sha256"]] for it, sc in held if sc["input_sha256"] in by_sha}
 
 
-def waiting(item: Item, sc: dict[str, Any]) -> Result:
+def not_held(item: Item) -> Result:
+    """`--from-review` finishes held images only; every other input is listed as skipped (they
+    vanished from its summary, so "3 images" seemed to be lost)."""
+    sc = read_sidecar(item.sidecar)
+    detail = (f"not held for review ({sc.get('status')} earlier)" if sc else
+              "never redacted: run redact without --from-review")
+    return Result(item.rel, item.src, item.out, "skipped", detail=detail,
+                  input_sha256=(sc or {}).get("input_sha256", ""), output_sha256=(sc or {}).get("output_sha256") or "")
+
+
+def skipped_by_reviewer(ws: Workspace, held: Sequence[tuple[Item, dict[str, Any]]]) -> set[str]:
+    """sha256s of held images whose reviewer pressed Skip (status `skipped` after `pull`)."""
+    from pipeline.catalog import ImageStatus
+
+    with ws.catalog() as cat:
+        rows = cat.images_by_ids(sorted({sc["input_sha256"] for _, sc in held}))
+    return {r["id"] for r in rows if r["status"] == ImageStatus.SKIPPED}
+
+
+def waiting(item: Item, sc: dict[str, Any], skipped: bool = False) -> Result:
+    detail = ("the reviewer skipped it: label it in Label Studio (or redact it without --review)" if skipped
+              else "not reviewed yet (label it, then `textloop pull`)")
     return Result(item.rel, item.src, item.out, "waiting_review", input_sha256=sc.get("input_sha256", ""),
-                  n_boxes=int(sc.get("n_boxes", 0)), detail="not reviewed yet (label it, then `textloop pull`)")
+                  n_boxes=int(sc.get("n_boxes", 0)), detail=detail)
 

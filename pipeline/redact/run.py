@@ -472,6 +472,9 @@ class Redactor:
                 res.status = "held"
                 res.n_boxes = sum(len(d) for d in dets)
                 if not cfg.dry_run:
+                    # held means not written: an output of an earlier run (`--review --force` after
+                    # `--from-review`) stayed beside a sidecar that said `held` with no output hash
+                    Path(item.out).unlink(missing_ok=True)
                     self._write_sidecar(item, res, doc, [], status="held", dets=dets)
                 return
         final = [d if (i == 0 and reviewed is not None) else d.filter(cfg.threshold) for i, d in enumerate(dets)]

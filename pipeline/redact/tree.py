@@ -173,7 +173,10 @@ def redact_tree(input: str, output: str | Path, cfg: rr.RedactConfig = rr.Redact
 
         held = rv.held_items(items)
         reviewed = rv.reviewed_for_items(ws, held)
-        pre_results = [rv.waiting(it, sc) for it, sc in held if it.rel not in reviewed]
+        held_rels = {it.rel for it, _ in held}
+        skipped = rv.skipped_by_reviewer(ws, held)
+        pre_results = ([rv.waiting(it, sc, sc.get("input_sha256") in skipped) for it, sc in held if it.rel not in reviewed]
+                       + [rv.not_held(it) for it in items if it.rel not in held_rels])
         items = [it for it, _ in held if it.rel in reviewed]
 
     remove_log = rr.add_log_file(audit_dir) if not dry_run else (lambda: None)
