@@ -508,3 +508,13 @@ def test_push_refuses_a_min_score_that_is_not_a_number_in_0_1(ws):
     for bad in (float("nan"), -0.1, 1.5):
         with pytest.raises(ValueError, match="min_score must be a number from 0 to 1"):
             push_images(ws, None, client=object(), min_score=bad)
+
+
+@pytest.mark.parametrize("url", ["notaurl", "127.0.0.1:9090", "ftp://h/x", "http://h:abc"])
+def test_an_ml_backend_that_is_not_a_url_is_named_before_anything_changes(ws, url):
+    from types import SimpleNamespace
+
+    from pipeline.studio.project import init_project
+
+    with pytest.raises(StudioError, match=r"--ml-backend .* (is not an http\(s\) URL|is not a valid URL)"):
+        init_project(ws, SimpleNamespace(url="http://127.0.0.1:1"), ml_backend=url)

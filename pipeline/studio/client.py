@@ -83,20 +83,19 @@ def load_settings(url: str | None = None, api_key: str | None = None, env_file: 
     )
 
 
-def check_url(url: str) -> None:
+def check_url(url: str, what: str = "LABEL_STUDIO_URL") -> None:
     """StudioError unless `url` is an http(s) URL with a host (and a numeric port): `ftp://...`,
     `host:8080` or `http://host:abc` were reported "not reachable", as if the server were down."""
     import urllib.parse
 
+    hint = f"{what} looks like http://127.0.0.1:8080"
     try:
         p = urllib.parse.urlparse(url)
         p.port  # noqa: B018 - raises on a port that is not a number
     except ValueError as exc:
-        raise StudioError(f"Label Studio URL {url!r} is not valid ({exc}); LABEL_STUDIO_URL looks like "
-                          "http://127.0.0.1:8080") from None
+        raise StudioError(f"{what} {url!r} is not a valid URL ({exc}); {hint}") from None
     if p.scheme not in ("http", "https") or not p.hostname:
-        raise StudioError(f"Label Studio URL {url!r} is not an http(s) URL; LABEL_STUDIO_URL looks like "
-                          "http://127.0.0.1:8080")
+        raise StudioError(f"{what} {url!r} is not an http(s) URL; {hint}")
 
 
 def explain(exc: BaseException, url: str) -> StudioError:

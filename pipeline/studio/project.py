@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from pipeline.io import atomic_write_text
-from pipeline.studio.client import Studio, StudioError, explain
+from pipeline.studio.client import Studio, StudioError, check_url, explain
 from pipeline.workspace import Workspace
 
 SAMPLING = "Uncertainty sampling"
@@ -184,6 +184,8 @@ def init_project(
     connect local-files storage to `<workspace>/images`, optionally register an ML backend.
     Idempotent: running it again changes nothing that is already right; without `classes` the
     project keeps the classes it was given last (a plain `studio init` put the default back)."""
+    if ml_backend:   # "notaurl" came back as Label Studio's SSRF refusal ("must not resolve to local ...")
+        check_url(ml_backend, "--ml-backend")
     state = _read_state(ws).get(studio.url, {})
     config = render_label_config(classes or state.get("classes") or None, template)
     title = title or studio.settings.project_title
