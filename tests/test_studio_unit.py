@@ -518,3 +518,18 @@ def test_an_ml_backend_that_is_not_a_url_is_named_before_anything_changes(ws, ur
 
     with pytest.raises(StudioError, match=r"--ml-backend .* (is not an http\(s\) URL|is not a valid URL)"):
         init_project(ws, SimpleNamespace(url="http://127.0.0.1:1"), ml_backend=url)
+
+
+def test_label_studio_errors_are_one_readable_line():
+    """A non-Label-Studio server's bare 404 read "answered HTTP 404: " with nothing after it, and
+    an ML backend's refusal pasted its HTML cut mid-word."""
+    from label_studio_sdk.core.api_error import ApiError
+
+    from pipeline.studio.client import explain
+
+    assert explain(ApiError(status_code=404, body=None), "http://h").args[0].endswith(
+        "answered HTTP 404: no explanation (is LABEL_STUDIO_URL a Label Studio server?)")
+    long = {"detail": "Can't connect to ML backend <a href='http://127.0.0.1:9999'>http://127.0.0.1:9999</a>, "
+                      + "please check it " * 40}
+    msg = explain(ApiError(status_code=400, body=long), "http://h").args[0]
+    assert "<a" not in msg and "Can't connect to ML backend http://127.0.0.1:9999, please" in msg and msg.endswith(" ...")

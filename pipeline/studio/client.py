@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,7 +135,10 @@ def _short_detail(body: Any) -> str:
     text = " ".join(text.split())
     if text[:15].lower().startswith(("<!doctype", "<html")):   # a web page, not the API: the URL has a path
         return "a web page instead of the API (is LABEL_STUDIO_URL the server's root, without a path?)"
-    return text[:300]
+    text = re.sub(r"<[^>]*>", "", text)   # markup inside a message (an ML backend's error: '<a href=...>')
+    if not text or text in ("None", "{}", "''"):   # a server that is not Label Studio answered
+        return "no explanation (is LABEL_STUDIO_URL a Label Studio server?)"
+    return text if len(text) <= 300 else text[:297].rsplit(" ", 1)[0] + " ..."
 
 
 class Studio:
