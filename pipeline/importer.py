@@ -296,6 +296,13 @@ def import_labels(
                         "on the stored pixels, import again with --frame raw")
                 keep, boxes, bad = _clean_boxes(r, boxes, img["width"], img["height"])
                 summary.problems += bad
+                if len(r.label.boxes) and not keep.any():
+                    # every box dropped: storing it as "verified: no text" turned a broken label
+                    # into a human's word that the image is text-free (training, export)
+                    summary.problems.append(f"{r.where or r.path}: {r.label.image}: none of its "
+                                            f"{len(r.label.boxes)} box(es) is usable; the image was added "
+                                            "without these labels")
+                    continue
                 ignore = np.asarray(r.label.ignore, bool)[keep]
                 state = "submitted" if len(boxes) else "empty"
                 quads_col = dumps(quads_json(quads[keep])) if quads is not None and keep.any() else None

@@ -379,3 +379,33 @@ def test_harvest_refuses_an_endless_timeout() -> None:
 
     with pytest.raises(ValueError, match="finite"):
         HarvestConfig(timeout_s=float("inf"))
+
+
+def test_flags_and_fields_that_would_change_labels_are_refused(ws, tmp_path: Path) -> None:
+    """`"ignore": ["false"]` (bool("false") is True), `"no"`, a null image or a width of 200.7
+    made don't-care boxes, a file "None" or a truncated size without a word."""
+    noise_image(1, (100, 80)).save(tmp_path / "img.png")
+    rec = {"image": "../img.png", "width": 100, "height": 80, "boxes": [[1, 1, 9, 9]]}
+    lines = [json.dumps({**rec, "ignore": ["false"]}), json.dumps({**rec, "ignore": "no"}),
+             json.dumps({**rec, "image": None}), json.dumps({**rec, "width": 100.7}),
+             "[" * 100_000 + "]" * 100_000]
+    labels = one_image_labels(tmp_path / "bad", tmp_path / "img.png", *lines)
+    s = import_labels(ws, [labels])
+    assert s.images == 0 and len(s.problems) == 5, s.problems
+    assert "'ignore' must be a list of true/false" in s.problems[0] and "'ignore' must be" in s.problems[1]
+    assert "'image' must be a file name, got None" in s.problems[2] and "'width' must be" in s.problems[3]
+    assert s.problems[4] == f"{labels}:5: JSON nested too deeply"
+    ok = one_image_labels(tmp_path / "ok", tmp_path / "img.png", json.dumps({**rec, "ignore": [False]}))
+    assert import_labels(ws, [ok]).boxes == 1
+
+
+def test_a_label_whose_boxes_are_all_unusable_is_not_a_verified_empty_image(ws, tmp_path: Path) -> None:
+    """Every box outside the image or inverted: the record is named and not stored. It became
+    `verified_empty` (a human's word that there is no text), which training and export then used."""
+    noise_image(1, (100, 80)).save(tmp_path / "img.png")
+    labels = one_image_labels(tmp_path / "bad", tmp_path / "img.png", [[300, 300, 400, 400], [50, 50, 40, 40]])
+    s = import_labels(ws, [labels])
+    assert s.empty == 0 and s.boxes == 0
+    assert any("none of its 2 box(es) is usable" in p for p in s.problems), s.problems
+    with ws.catalog() as cat:
+        assert [r["status"] for r in cat.images()] == ["new"]

@@ -108,14 +108,17 @@ class LabelledImage:
         if missing:
             raise ValueError(f"missing {', '.join(repr(k) for k in missing)}")
         width, height = _size(d, "width"), _size(d, "height")
+        if not isinstance(d["image"], str) or not d["image"].strip():   # null was read as a file "None"
+            raise ValueError(f"'image' must be a file name, got {_short(d['image'])}")
         boxes = _box_list(d.get("boxes") or [])
+        ignore = _flags(d.get("ignore"), len(boxes))
         split = _text(d, "split")
         if split and split not in SPLITS:   # said as such, not as a "bad record (...)"
             raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
         try:
             return cls(
                 image=str(d["image"]), width=width, height=height,
-                boxes=np.asarray(boxes, dtype=np.float64).reshape(-1, 4), ignore=d.get("ignore") or [],
+                boxes=np.asarray(boxes, dtype=np.float64).reshape(-1, 4), ignore=ignore,
                 texts=tuple(d.get("texts") or ()), polys=tuple(tuple(p) for p in d.get("polys") or ()),
                 source=source, labels=tuple(d.get("labels") or ()), split=split,
                 original_name=_text(d, "original_name"), original_source=_text(d, "original_source"),
@@ -142,11 +145,25 @@ def is_export_image(name: str) -> bool:
     return len(parts) == 2 and parts[0] == "images" and is_image_id(Path(parts[1]).stem)
 
 
+def _flags(raw: Any, n: int) -> list[bool]:
+    """`ignore` as booleans: JSON true/false (or 0/1). A string is refused: bool("false") is True,
+    and "false", "no" and "yes" all made every box don't-care without a word."""
+    if raw is None:
+        return []
+    if not isinstance(raw, (list, tuple)) or not all(isinstance(v, bool) or v in (0, 1) for v in raw) \
+            or any(isinstance(v, float) for v in raw):
+        raise ValueError(f"'ignore' must be a list of true/false, one per box, got {_short(raw)}")
+    if raw and len(raw) != n:
+        raise ValueError(f"{n} boxes but {len(raw)} ignore flags")
+    return [bool(v) for v in raw]
+
+
 def _size(d: dict[str, Any], key: str) -> int:
-    """`width`/`height` as a positive int (boxes are checked against it)."""
+    """`width`/`height` as a positive whole number (boxes are checked against it; 200.7 was read as 200)."""
+    raw = d[key]
     try:
-        value = int(d[key])
-    except (TypeError, ValueError):
+        value = int(raw) if not isinstance(raw, bool) and float(raw) == int(raw) else 0
+    except (TypeError, ValueError, OverflowError):
         value = 0
     if value <= 0:
         raise ValueError(f"{key!r} must be a positive whole number, got {d[key]!r}")
@@ -199,6 +216,9 @@ def read_jsonl_lines(path: str | Path, source: str = "") -> tuple[list[tuple[int
                     d = json.loads(line)
                 except json.JSONDecodeError as exc:
                     bad.append((lineno, f"not valid JSON ({exc.msg} at column {exc.colno})"))
+                    continue
+                except RecursionError:   # it stopped the whole import, naming neither file nor line
+                    bad.append((lineno, "JSON nested too deeply"))
                     continue
                 objects += isinstance(d, dict)
                 try:
