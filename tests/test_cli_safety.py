@@ -265,3 +265,17 @@ def test_no_float_option_takes_nan_or_inf(tmp_path: Path) -> None:
             r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), *path, option, bad])
             assert r.exit_code == 2 and option in r.output and "Traceback" not in r.output, (path, option, r.output)
     assert not (tmp_path / "ws").exists()
+
+
+def test_names_with_brackets_are_shown_as_they_are(tmp_path: Path) -> None:
+    """rich read `[red]` and `[x0, y0]` in file names as markup: `[red]scan.png` was reported
+    as `scan.png` and `[x0, y0].png` as `.png`, files that do not exist."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("[red]scan.png", "[x0, y0].png"):
+        (src / name).write_bytes(b"junk")
+    noise_image(1, (64, 48)).save(src / "ok.png")
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli.app", "-w", str(tmp_path / "ws"), "harvest", str(src)],
+                       capture_output=True, text=True, timeout=120, env={**__import__("os").environ, "COLUMNS": "300"})
+    assert r.returncode == 0, r.stderr
+    assert f"{src}/[red]scan.png" in r.stdout and f"{src}/[x0, y0].png" in r.stdout, r.stdout

@@ -86,16 +86,43 @@ class AppState:
     def console(self) -> Console:
         """Messages on stderr; redirected to a log they get the piped width, not rich's 80 columns."""
         piped = not sys.stderr.isatty() and not os.environ.get("COLUMNS")
-        return Console(stderr=True, quiet=self.verbosity < 0, width=PIPED_WIDTH if piped else None)
+        return DataConsole(stderr=True, quiet=self.verbosity < 0, width=PIPED_WIDTH if piped else None)
 
 
 MAX_QUIET_PROBLEMS = 50   # -q: problem lines printed before "... and N more"
 
 
+class DataTable(Table):
+    """A table of data: cells and title are shown as they are, never read as rich markup (a file
+    named `[x0, y0].png` was shown as `.png`: rich took the brackets for a style)."""
+
+    def add_row(self, *cells: Any, **kw: Any) -> None:
+        super().add_row(*(plain(c) if isinstance(c, str) else c for c in cells), **kw)
+
+
+_OUR_TAGS = re.compile(r"(?<!\\)\[(?!(?:/|red|yellow|green|bold|dim|bold red|bold yellow|/red|/yellow|/bold)\])")
+
+
+class DataConsole(Console):
+    """A console whose messages may carry data (paths, file names, model versions): only the few
+    styles textloop writes (`[red]`, `[yellow]`, `[bold]`, `[/]`, ...) are markup; any other
+    bracket is shown as it is (`[x0, y0].png` was printed as `.png`)."""
+
+    def print(self, *objects: Any, **kw: Any) -> None:  # noqa: A003 - rich's name
+        super().print(*(_OUR_TAGS.sub(r"\\[", o) if isinstance(o, str) else o for o in objects), **kw)
+
+
+def plain(text: object) -> str:
+    """`text` as it is in rich output: file names and messages with brackets are not markup."""
+    from rich.markup import escape
+
+    return escape(str(text))
+
+
 def titled(title: str, **kw: Any) -> Table:
     """A table at least as wide as its title, so a long title (paths) is not broken over lines
     above a narrow table."""
-    return Table(title=title, min_width=len(title), **kw)
+    return DataTable(title=plain(title), min_width=len(title), **kw)
 
 
 def option_message(ctx: typer.Context, exc: BaseException, renames: dict[str, str] | None = None) -> str:
@@ -135,10 +162,8 @@ def _unwritable(exc: BaseException) -> bool:
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """One clear line on stderr and a non-zero exit."""
-    from rich.markup import escape
-
     # escaped: a message naming `textloop[train]` or a path with [brackets] is not markup
-    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    Console(stderr=True).print(f"[bold red]error:[/] {plain(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -382,11 +407,9 @@ def emit(st: AppState, data: Any, render: Callable[[Console], None] | None = Non
         sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
         return
     if st.verbosity < 0:
-        from rich.markup import escape
-
         err = Console(stderr=True)
         for line in problems[:MAX_QUIET_PROBLEMS]:
-            err.print(f"[red]{label}[/] {escape(line)}", highlight=False, soft_wrap=True)
+            err.print(f"[red]{label}[/] {plain(line)}", highlight=False, soft_wrap=True)
         if len(problems) > MAX_QUIET_PROBLEMS:   # thousands of rejects are not "errors only"
             err.print(f"[red]{label}[/] ... and {len(problems) - MAX_QUIET_PROBLEMS} more (--json lists them all)",
                       highlight=False, soft_wrap=True)
@@ -394,7 +417,7 @@ def emit(st: AppState, data: Any, render: Callable[[Console], None] | None = Non
     # piped or redirected, rich assumes 80 columns and cuts table cells ("db-20…"): the reader
     # of a file or a pager scrolls, so give tables room (COLUMNS still decides if set)
     piped = not sys.stdout.isatty() and not os.environ.get("COLUMNS")
-    out = Console(width=PIPED_WIDTH if piped else None)
+    out = DataConsole(width=PIPED_WIDTH if piped else None)
     if render is not None:
         render(out)
     else:

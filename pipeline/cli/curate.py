@@ -7,7 +7,7 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
-from pipeline.cli.common import emit, fail, progress, state, titled, usage_errors
+from pipeline.cli.common import emit, fail, plain, progress, state, titled, usage_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -91,7 +91,7 @@ def _render(c: Console, summary: dict[str, Any], engine: str, apply: bool) -> No
     for row in skipped:
         by_reason.setdefault(row["reason"], []).append(row.get("name") or row["image_id"][:16])
     for reason, names in list(by_reason.items())[:5]:
-        c.print(f"[yellow]not scored[/] {len(names)} labelled image(s), e.g. {names[0]}: {reason}", highlight=False,
+        c.print(f"[yellow]not scored[/] {len(names)} labelled image(s), e.g. {plain(names[0])}: {plain(reason)}", highlight=False,
                 soft_wrap=True)
     if engine == "fastdup":
         c.print("[yellow]note:[/] fastdup is licensed CC BY-NC-ND 4.0 (non-commercial use only).")

@@ -11,7 +11,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.cli.common import AppState, emit, fail, parse_floats, progress, state, titled, usage_errors
+from pipeline.cli.common import AppState, emit, fail, parse_floats, plain, progress, state, titled, usage_errors
 from pipeline.config import DEFAULT_MAX_PIXELS
 from pipeline.predict import DEFAULT_THRESHOLD
 
@@ -128,7 +128,7 @@ def predict_cmd(
 
 def _render_predict(c: Console, s: Any, out: Optional[Path]) -> None:
     for line in s.errors[:50]:
-        c.print(f"[yellow]skipped[/] {line}", highlight=False, soft_wrap=True)
+        c.print(f"[yellow]skipped[/] {plain(line)}", highlight=False, soft_wrap=True)
     c.print(f"{s.images} images, {s.boxes} boxes (threshold {s.threshold}) with {s.model_version} in {s.seconds:.1f}s"
             f" ({s.images_per_s or '-'} images/s); {len(s.errors)} errors; {s.stored_in_catalog} stored in the catalog"
             + (f" ({s.reused} reused from an earlier run)" if s.reused else "")
@@ -180,7 +180,7 @@ def import_cmd(
 def _render_import(c: Console, summary: Any, root: Path) -> None:
     """The first problems and the counts of what was imported."""
     for line in summary.problems[:50]:
-        c.print(f"[yellow]problem[/] {line}", highlight=False, soft_wrap=True)
+        c.print(f"[yellow]problem[/] {plain(line)}", highlight=False, soft_wrap=True)
     if len(summary.problems) > 50:
         c.print(f"... and {len(summary.problems) - 50} more")
     t = titled(f"import into {root}")
@@ -283,10 +283,10 @@ def _render_eval(c: Console, r: Any, out: Optional[Path]) -> None:
     report, errors, where = r.as_dict(), r.errors, r.ground_truth
     threshold, iou, pad_px = r.threshold, r.iou_threshold, r.pad_px
     for line in errors[:20]:
-        c.print(f"[yellow]skipped[/] {line}", highlight=False, soft_wrap=True)
+        c.print(f"[yellow]skipped[/] {plain(line)}", highlight=False, soft_wrap=True)
     rows = dict(report["by_source"]) if len(report["by_source"]) > 1 else {}
     rows["all"] = report["overall"]
-    c.print(f"[bold]{r.model_version}[/] on {where} (threshold {threshold}, IoU {iou}, pad {pad_px:g} px)",
+    c.print(f"[bold]{plain(r.model_version)}[/] on {plain(where)} (threshold {threshold}, IoU {iou}, pad {pad_px:g} px)",
             highlight=False, soft_wrap=True)
     c.print(metrics_table(rows))
     if report["sweep"]:

@@ -10,7 +10,7 @@ from typing import Any, List
 import typer
 from rich.console import Console
 
-from pipeline.cli.common import emit, fail, option_message, positive, progress, state, titled
+from pipeline.cli.common import emit, fail, option_message, plain, positive, progress, state, titled
 from pipeline.config import DEFAULT_MAX_PIXELS, HarvestConfig, SplitRatios
 from pipeline.harvest import HarvestInterrupted, harvest
 
@@ -88,11 +88,11 @@ def _render(c: Console, summary: Any, root: Path) -> None:
         t.add_row(f"rejected: {reason}", str(n))
     c.print(t)
     for line in summary.reject_lines[:50]:
-        c.print(f"[yellow]rejected[/] {line}", highlight=False, soft_wrap=True)
+        c.print(f"[yellow]rejected[/] {plain(line)}", highlight=False, soft_wrap=True)
     if len(summary.reject_lines) > 50:
         c.print(f"... and {len(summary.reject_lines) - 50} more (see `textloop status`)")
     if summary.ignored_files:
         n = len(summary.ignored_files)
-        c.print(f"[yellow]ignored[/] {n} file(s) not named as images: {', '.join(summary.ignored_files[:5])}"
+        c.print(f"[yellow]ignored[/] {n} file(s) not named as images: {plain(', '.join(summary.ignored_files[:5]))}"
                 f"{' ...' if n > 5 else ''} (--json lists them)", highlight=False, soft_wrap=True)
     c.print(f"{summary.ok} ok, {sum(summary.rejected.values())} rejected in {summary.seconds:.1f}s")

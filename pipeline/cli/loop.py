@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from pipeline.cli.common import emit, fail, positive, state
+from pipeline.cli.common import emit, fail, plain, positive, state
 from pipeline.loop import ROUND_TRAINING, IterateConfig, RoundResult, iterate
 from pipeline.rank import STRATEGY_HELP, RankOptions
 
@@ -54,7 +54,7 @@ def iterate_cmd(
         fail(f"no images in {ws.root}: `textloop harvest FOLDER` (or `textloop import LABELS`) first; a round "
              "learns from the labels of harvested images", 2)
     try:
-        res = iterate(ws, cfg, say=lambda s: st.console.print(f"[bold]·[/] {s}", highlight=False))
+        res = iterate(ws, cfg, say=lambda s: st.console.print(f"[bold]·[/] {plain(s)}", highlight=False))
     except KeyboardInterrupt:
         fail("interrupted; run `textloop iterate` again to finish the round (every step resumes)", 130)
     except Exception as exc:  # noqa: BLE001 - one clear line; the round is logged as failed

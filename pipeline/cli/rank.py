@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 
-from pipeline.cli.common import emit, fail, progress, state, titled
+from pipeline.cli.common import emit, fail, plain, progress, state, titled
 from pipeline.rank import STRATEGY_HELP, RankError, RankOptions, RankResult, rank_images
 
 RANK = RankOptions()   # the option defaults are the library's
@@ -56,7 +56,7 @@ def _render(c: Console, result: RankResult) -> None:
                   r["reason"])
     c.print(t)
     for e in data["errors"]:
-        c.print(f"[yellow]skipped[/] {e['image_id']}: {e['error']}")
+        c.print(f"[yellow]skipped[/] {plain(e['image_id'])}: {plain(e['error'])}")
     c.print(f"ranking table: {data['table']} (+ .csv)"
             + (f"; next: `textloop push --strategy ranked --top {result.run.top}`" if len(result.batch)
                else "; nothing to push: every image is labelled, excluded or none was harvested"))

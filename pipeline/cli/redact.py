@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from pipeline.cli.common import AppState, emit, fail, parse_floats, progress, state, titled
+from pipeline.cli.common import AppState, emit, fail, parse_floats, plain, progress, state, titled
 from pipeline.config import DEFAULT_MAX_PIXELS
 from pipeline.redact import run as rr
 from pipeline.redact.tree import AuditTrailError, RedactSummary, redact_tree
@@ -141,7 +141,7 @@ def _render(c: Console, summary: RedactSummary, verify: bool) -> None:
     if summary["ignored_non_images"]:
         names = summary["ignored_files"]
         c.print(f"[yellow]ignored[/] {summary['ignored_non_images']} file(s) not named as images (not redacted, not in "
-                f"the output): {', '.join(names[:5])}{' ...' if summary['ignored_non_images'] > 5 else ''} "
+                f"the output): {plain(', '.join(names[:5]))}{' ...' if summary['ignored_non_images'] > 5 else ''} "
                 + ("(--json lists them)" if dry_run else f"(all in {audit_dir / 'redact.log'})"), highlight=False,
                 soft_wrap=True)
     if summary["waiting_review"]:   # held, but no reviewed label yet: the task may never have reached Label Studio
@@ -153,7 +153,7 @@ def _render(c: Console, summary: RedactSummary, verify: bool) -> None:
             c.print(f"{len(skipped)} of them the reviewer skipped (label them, or redact them without --review): "
                     + ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""), highlight=False, soft_wrap=True)
     for line in summary["errors"][:50]:
-        c.print(f"[red]failed[/] {line}", highlight=False, soft_wrap=True)
+        c.print(f"[red]failed[/] {plain(line)}", highlight=False, soft_wrap=True)
     if len(summary["errors"]) > 50:
         c.print(f"... and {len(summary['errors']) - 50} more (see {audit_dir / 'manifest.csv'})")
     if verify:
