@@ -117,9 +117,14 @@ def save_bundle(path: str | Path, model: Any, config: Any, metrics: Mapping[str,
 
 def read_bundle_meta(path: str | Path) -> dict[str, Any]:
     """config.json, metrics.json, labels.json and data.json of a bundle (no torch needed)."""
+    from pipeline.listing import file_problem
+
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path}: not a textloop model bundle (a folder; give its bundle.zip)")
+    problem = file_problem(path)
+    if problem is not None and problem[0] == "not_a_regular_file":   # a FIFO: reading it blocked for ever
+        raise ValueError(f"{path}: not a textloop model bundle ({problem[1]})")
     try:
         with zipfile.ZipFile(path) as zf:
             names = set(zf.namelist())
@@ -269,7 +274,7 @@ def model_info(meta: Mapping[str, Any]) -> dict[str, Any]:
 
 def load_bundle(path: str | Path, **options: Any) -> Any:
     """A ready Detector from a bundle. fasterrcnn options: score_threshold, max_side, tile,
-    threads (others ignored); db options: any PPOCRConfig field (threads, scales, max_side, ...;
+    threads (another is a ValueError); db options: any PPOCRConfig field (threads, scales, max_side, ...;
     `thresh`/`box_thresh`/`unclip_ratio` replace the bundle's selection and change the version),
     an unknown one is a ValueError."""
     path = Path(path)
@@ -285,9 +290,13 @@ def load_bundle(path: str | Path, **options: Any) -> Any:
                               info=model_info(meta), overrides=cfg.overrides(options))
     from pipeline.detectors.fasterrcnn import FasterRCNNDetector
 
-    model, fcfg, meta = load_model(path)
     allowed = {"score_threshold", "max_side", "tile", "threads"}
-    kw = {k: v for k, v in options.items() if k in allowed and v is not None}
+    unknown = sorted(set(options) - allowed)
+    if unknown:   # they were ignored: `-o scales=100` ran as if not given, exit 0
+        raise ValueError(f"{path}: a Faster R-CNN model takes no option {', '.join(unknown)} "
+                         f"(it takes {', '.join(sorted(allowed))})")
+    model, fcfg, meta = load_model(path)
+    kw = {k: v for k, v in options.items() if v is not None}
     det = FasterRCNNDetector(model, fcfg, version=str(meta["config"]["version"]), **kw)
     det.info = model_info(meta)
     return det

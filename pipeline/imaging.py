@@ -176,8 +176,11 @@ def _displayed(w: int, h: int, orientation: int) -> tuple[int, int, int]:
 
 def displayed_size(path: str | Path) -> tuple[int, int, int]:
     """(width, height) as displayed and the EXIF orientation, from the header alone (no decode):
-    what a label's size is checked against. ImageRejected for a file that is not an image."""
-    with rejecting_bad_images(), Image.open(path) as im:
+    what a label's size is checked against. ImageRejected for a file that is not an image (a FIFO
+    named by a label file blocked `evaluate --gt` for ever)."""
+    from pipeline.listing import open_regular
+
+    with open_regular(path) as fh, rejecting_bad_images(), Image.open(fh) as im:
         return _displayed(*im.size, int(im.getexif().get(0x0112, 1) or 1))
 
 
@@ -203,7 +206,9 @@ def to_uint8_rgb(im: Image.Image) -> np.ndarray:
 
 def load_rgb(path: str | Path, page: int = 0) -> np.ndarray:
     """Upright (EXIF-transposed) uint8 RGB pixels of one page: the frame boxes refer to."""
-    with Image.open(path) as im:
+    from pipeline.listing import open_regular
+
+    with open_regular(path) as fh, Image.open(fh) as im:
         if page:
             im.seek(page)
         im = ImageOps.exif_transpose(im) if page == 0 else im

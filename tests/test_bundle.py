@@ -61,6 +61,11 @@ def test_round_trip_elsewhere_without_training_data(trained: dict, tmp_path: Pat
     assert got["boxes"] == reference
     meta = read_bundle_meta(tmp_path / "elsewhere" / "bundle.zip")
     assert meta["labels"] == {"0": "text"} and meta["metrics"]["f1"] is None
+    # an option a Faster R-CNN model does not take is refused (it was ignored: `-o scales=100`, exit 0)
+    from pipeline.detectors import load_detector
+
+    with pytest.raises(ValueError, match="takes no option bogus, scales"):
+        load_detector(str(tmp_path / "elsewhere" / "bundle.zip"), scales=100, bogus=1)
     assert meta["data"]["n_items"] == len(set(result.train_keys)) and len(meta["data"]["sha256"]) == 64
 
 

@@ -279,3 +279,27 @@ def test_names_with_brackets_are_shown_as_they_are(tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=120, env={**__import__("os").environ, "COLUMNS": "300"})
     assert r.returncode == 0, r.stderr
     assert f"{src}/[red]scan.png" in r.stdout and f"{src}/[x0, y0].png" in r.stdout, r.stdout
+
+
+def test_a_fifo_named_as_a_bundle_or_a_labelled_image_is_refused_without_blocking(tmp_path: Path) -> None:
+    """`models register fifo.zip`, `--detector fifo.zip`, `train --parent fifo.zip` and a label
+    file naming a FIFO image blocked for ever, with no output."""
+    import os
+
+    os.mkfifo(tmp_path / "fifo.zip")
+    os.mkfifo(tmp_path / "fifo.png")
+    noise_image(1, (64, 48)).save(tmp_path / "ok.png")
+    gt = tmp_path / "gt.jsonl"
+    gt.write_text("".join(json.dumps({"image": name, "width": 64, "height": 48, "boxes": [[1, 1, 9, 9]]}) + "\n"
+                          for name in ("fifo.png", "ok.png")))
+    ws = ["-w", str(tmp_path / "ws")]
+    for args in (["models", "register", str(tmp_path / "fifo.zip")],
+                 ["predict", "--detector", str(tmp_path / "fifo.zip"), str(tmp_path / "ok.png")],
+                 ["train", "--parent", str(tmp_path / "fifo.zip"), "--epochs", "1", "--steps-per-epoch", "1"]):
+        r = subprocess.run([sys.executable, "-m", "pipeline.cli.app", *ws, *args], capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode in (1, 2) and "fifo.zip" in r.stderr and "FIFO" in r.stderr, (args, r.stderr)
+        assert "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli.app", *ws, "--json", "evaluate", "--gt", str(gt)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "fifo.png" in r.stdout + r.stderr, r.stderr
