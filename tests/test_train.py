@@ -137,6 +137,7 @@ def test_ctrl_c_keeps_finished_steps_and_resume_replays_them(tiny: dict, tmp_pat
 
 @pytest.mark.parametrize("kw, message", [
     ({"seed": -1}, "seed must be a whole number"),
+    ({"lr": 5.0}, "lr must be at most 1"),
     ({"threads": 10**6}, "threads"),
     ({"epochs": 2.5}, "epochs must be a whole number"),
     ({"optimizer": "foo"}, "optimizer"),
@@ -165,3 +166,32 @@ def test_synth_refuses_a_negative_seed_and_a_huge_width() -> None:
         SynthConfig(seed=-1)
     with pytest.raises(ValueError, match="width"):
         SynthConfig(width=(512, 100_000))
+
+
+def test_resume_takes_the_runs_options_from_its_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    """After Ctrl-C textloop prints `textloop train --run R --resume`; run exactly so, it was
+    refused ("resumed with other training options: epochs 4 -> 10, ...") unless every option
+    was typed again. Options not given now come from the checkpoint; a given one that differs
+    is still refused (the engine's check, tested above)."""
+    from typer.testing import CliRunner
+
+    import pipeline.train as tr
+    from pipeline.cli.app import app
+
+    from pipeline.train import DBRecipe
+
+    started = TrainConfig(arch="db", epochs=4, steps_per_epoch=8, lr=1e-3, db=DBRecipe(crop=384, interpolate=(1.0,)))
+    saved = started.to_json()
+    now = TrainConfig(arch="db", resume=True, epochs=5, db=DBRecipe(l2sp=0.5))   # typed: --epochs 5 --l2sp 0.5
+    got = now.adopting(saved, keep={"epochs", "db.l2sp"})
+    assert (got.epochs, got.steps_per_epoch, got.lr, got.db.crop, got.db.interpolate) == (5, 8, 1e-3, 384, (1.0,))
+    diffs = got.resume_differences(saved)   # only what was typed differs, so the engine still refuses it
+    assert got.db.l2sp == 0.5 and len(diffs) == 2 and "epochs 4 -> 5" in diffs and "'l2sp': 0.5" in str(diffs)
+    assert TrainConfig(arch="db", resume=True).adopting(saved, keep=()).resume_differences(saved) == []
+    # the CLI says which options were typed
+    seen = {}
+    monkeypatch.setattr(tr, "train_run", lambda ws, cfg, **kw: seen.update(kw) or (_ for _ in ()).throw(
+        tr.TrainingError("stop here")))
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "train", "--run", "r", "--resume", "--threads", "1",
+                                 "--crop", "256"])
+    assert r.exit_code == 1 and seen["given"] == {"run", "resume", "threads", "db.crop"}, (r.output, seen)

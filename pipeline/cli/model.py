@@ -168,19 +168,39 @@ def train_cmd(
     try:
         with _train_progress(st) as update:
             summary = train_run(ws, cfg, synth_sets=synth, synth_images=synth_images, parent=parent, run=run,
-                                restart=restart, promote=promote, force=force, say=st.console.print, progress=update)
+                                restart=restart, promote=promote, force=force, say=st.console.print, progress=update,
+                                given=_given_options(ctx))
     except (ValueError, CheckpointExists, ResumeRefused) as exc:
         fail(str(exc), 2)
     except TrainingError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
-        fail(f"interrupted; continue with `textloop train --run {run} --resume` "
-             f"(checkpoint: {run_dir(ws, run) / 'checkpoint.pt'})", 130)
+        ckpt = run_dir(ws, run) / "checkpoint.pt"
+        if not ckpt.exists():   # stopped before the first checkpoint: "--resume" then said "no checkpoint"
+            fail("interrupted before the first checkpoint; rerun the same command to start again", 130)
+        fail(f"interrupted; continue with `textloop train --run {run} --resume` (it takes the run's options from "
+             f"its checkpoint: {ckpt})", 130)
     refused = promote and not summary.promoted
     emit(st, summary.as_dict(), lambda c: _render_train(c, summary, refused))
     if refused:
         fail(f"not promoted: {summary.promotion_message or 'no validation numbers'}; "
              f"`textloop models promote {summary.version} --force` overrides")
+
+
+# train's options that live in the DB recipe (`TrainConfig.db`), by CLI parameter name
+_RECIPE_OPTIONS = {"crop": "crop", "l2sp": "l2sp", "distill": "distill", "teacher_ignore": "teacher_ignore",
+                   "missed_text": "missed_text", "interpolate": "interpolate", "budget": "over_redaction_budget"}
+
+
+def _given_options(ctx: typer.Context) -> set[str]:
+    """The TrainConfig fields the user set on the command line (`db.<field>` for the recipe):
+    with --resume the others are the checkpoint's."""
+    given = set()
+    for name in ctx.params:   # by name: typer vendors its own click, whose enum is not click's
+        source = ctx.get_parameter_source(name)
+        if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
+            given.add(f"db.{_RECIPE_OPTIONS[name]}" if name in _RECIPE_OPTIONS else name)
+    return given
 
 
 def _render_train(c: Any, s: Any, refused: bool) -> None:

@@ -20,7 +20,7 @@ import logging
 import math
 import resource
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -108,6 +108,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {value}")
+        if self.lr is not None and self.lr > 1:   # --lr 5 trained a model that covers nothing
+            raise ValueError(f"lr must be at most 1, got {self.lr}")
         for name in ("weight_decay", "warmup_steps", "grad_clip", "threads"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
@@ -137,6 +139,25 @@ class TrainConfig:
     def run_options(self) -> dict[str, Any]:
         """The options a run's checkpoint is bound to (all but RESUME_FREE), as JSON values."""
         return {k: v for k, v in self.to_json().items() if k not in self.RESUME_FREE}
+
+    def adopting(self, saved: dict[str, Any], keep: Collection[str]) -> "TrainConfig":
+        """This config with a checkpoint's value for every run option not named in `keep` (field
+        names; `db.<field>` for the DB recipe): `--resume` continues the run as it was started,
+        so the printed `textloop train --run R --resume` works without repeating every option."""
+        def like(current: Any, value: Any) -> Any:
+            return tuple(value) if isinstance(current, tuple) and isinstance(value, list) else value
+
+        changes: dict[str, Any] = {}
+        for key, value in self.run_options().items():
+            if key not in saved or saved[key] == value:
+                continue
+            if key == "db" and isinstance(saved["db"], dict):
+                sub = {f: like(getattr(self.db, f), v) for f, v in saved["db"].items()
+                       if hasattr(self.db, f) and f"db.{f}" not in keep}
+                changes["db"] = replace(self.db, **sub)
+            elif key not in keep:
+                changes[key] = like(getattr(self, key), saved[key])
+        return replace(self, **changes) if changes else self
 
     def resume_differences(self, saved: dict[str, Any]) -> list[str]:
         """Training options that differ from a checkpoint's config (`name old -> new`): a resume

@@ -6,7 +6,7 @@ coverage at the over-redaction budget is at least stock ppocr's on the same spli
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -255,14 +255,18 @@ def run_dir(ws: Any, run: str) -> Path:
 def train_run(ws: Any, cfg: TrainConfig, *, synth_sets: Sequence[str] = ("default",), synth_images: int = 400,
               parent: str = "auto", run: str = "train", restart: bool = False, promote: bool = False,
               force: bool = False, say: Callable[[str], None] = log.info,
-              progress: Callable[[int, int, dict[str, Any]], None] | None = None) -> TrainSummary:
+              progress: Callable[[int, int, dict[str, Any]], None] | None = None,
+              given: Collection[str] | None = None) -> TrainSummary:
     """`textloop train` as one call: the run's folder (`cfg.out_dir` and `cfg.parent_bundle` are
     filled in), the parent model, the training data (missing synthetic sets generated), training,
     registration and promotion by the rule. A finished run trains again when the labels changed
     since (each round of the loop), and refuses when they did not. Raises CheckpointExists when
     an unfinished run has a checkpoint and neither `cfg.resume` nor `restart`, ValueError for an
     unknown parent or a finished run with nothing new, TrainingError when training cannot go on;
-    Ctrl-C leaves the checkpoint for `resume`."""
+    Ctrl-C leaves the checkpoint for `resume`. `given`: the options the user set (TrainConfig
+    field names, `db.<field>` for the recipe); with `resume` the others are the checkpoint's,
+    and a finished run trains again when a given one differs from the checkpoint's (None: every
+    option counts as given)."""
     out = run_dir(ws, run)
     ckpt = out / "checkpoint.pt"
     bundle = out / "bundle.zip"
@@ -276,21 +280,31 @@ def train_run(ws: Any, cfg: TrainConfig, *, synth_sets: Sequence[str] = ("defaul
         raise CheckpointExists(f"{ckpt} exists: continue it with --resume or start over with --restart")
     if cfg.resume and not restart and not ckpt.exists():
         raise ValueError(f"run {run!r} has no checkpoint to resume ({ckpt}); drop --resume to start it")
+    saved = _checkpoint(ckpt) if (cfg.resume or finished) and not restart else {}
+    if cfg.resume and not restart and given is not None and isinstance(saved.get("config"), dict):
+        cfg = cfg.adopting(saved["config"], given)
     parent_path, parent_version = resolve_parent(ws, parent, cfg.arch)
     synth, human, val, val_source = workspace_training_data(ws, synth_sets, synth_images, cfg.seed, say=say)
     if finished:
         # the Quick start's loop (`pull && train --promote`) runs this every round: new labels
         # train the run again; the same data would only make the same model again
         version = _bundle_version(bundle)
-        if _checkpoint_data(ckpt) == data_signature([*synth, *human]):
+        then = saved.get("config") if isinstance(saved.get("config"), dict) else {}
+        # options the user gave that differ from the run's (the others are taken as the run's)
+        other = (cfg if given is None else cfg.adopting(then, given)).resume_differences(then) if then else []
+        if other:   # new hyperparameters: they were dropped, and the old (maybe broken) model offered
+            say(f"run {run!r} finished as model {version} with other options ({', '.join(other)}): "
+                "training it again")
+        elif saved.get("data") == data_signature([*synth, *human]):
             with ws.catalog() as cat:
                 current = cat.current_model()
             use = ("it is the current model" if current is not None and current["version"] == version
                    else f"`textloop models promote {version}` to use it")
             raise ValueError(f"run {run!r} already finished as model {version} on these same labels ({bundle}); "
                              f"{use}, --restart to train it again")
-        say(f"run {run!r} finished as model {version}; its training data changed since (labels added, changed "
-            "or removed): training it again")
+        else:
+            say(f"run {run!r} finished as model {version}; its training data changed since (labels added, changed "
+                "or removed): training it again")
         restart = True
     if restart and ckpt.exists():
         ckpt.unlink()
@@ -308,14 +322,16 @@ def _bundle_version(bundle: Path) -> str:
     return str(read_bundle_meta(bundle)["config"]["version"])
 
 
-def _checkpoint_data(ckpt: Path) -> str | None:
-    """The training-data signature a checkpoint was made on (None: unreadable or older)."""
+def _checkpoint(ckpt: Path) -> dict[str, Any]:
+    """A checkpoint's training-data signature (`data`) and options (`config`); {} when it is
+    missing or unreadable (training itself then says what is wrong with it)."""
     import torch
 
     try:
-        return torch.load(ckpt, map_location="cpu", weights_only=False).get("data")
+        ck = torch.load(ckpt, map_location="cpu", weights_only=False)
     except Exception:  # noqa: BLE001 - a damaged checkpoint of a finished run: train again
-        return None
+        return {}
+    return {"data": ck.get("data"), "config": ck.get("config")} if isinstance(ck, dict) else {}
 
 
 def save_result(path: str | Path, result: Any, parent: str | None = None, extra: dict[str, Any] | None = None,
