@@ -212,3 +212,25 @@ def test_a_re_export_in_another_format_removes_the_old_label_files(tmp_path: Pat
     with pytest.raises(ValueError, match="boxes.jsonl .* was not written by textloop export"):
         export(ws, out, "coco")
     assert (out / "boxes.jsonl").exists()
+
+
+def test_exported_images_are_copies_and_a_missing_original_is_left_out_and_named(tmp_path: Path) -> None:
+    """Export hard-linked the workspace's originals: editing an exported image edited the file
+    its id names. A missing original stopped the whole export with images/ empty."""
+    import os
+
+    ws = Workspace.open(tmp_path / "ws")
+    import_labels(ws, [labelled_source(tmp_path / "src")])
+    images = ids_by_name(ws)
+    a, b = images["a.png"], images["b.png"]
+    (tmp_path / "j" / "images").mkdir(parents=True)
+    os.link(ws.abspath(a["path"]), tmp_path / "j" / "images" / f"{a['id']}.png")   # an earlier export's link
+    ws.abspath(b["path"]).unlink()
+    res = export(ws, tmp_path / "j", "jsonl")
+    assert res.images == 2 and len(res.problems) == 1 and b["id"] in res.problems[0], res
+    exported = tmp_path / "j" / "images" / f"{a['id']}.png"
+    assert exported.stat().st_nlink == 1 and not os.path.samefile(exported, ws.abspath(a["path"]))
+    exported.write_bytes(b"edited")   # the workspace keeps its bytes
+    assert sha256(ws.abspath(a["path"])) == a["id"]
+    assert {json.loads(x)["original_name"] for x in (tmp_path / "j" / "boxes.jsonl").read_text().splitlines()} == \
+        {"a.png", "rot.jpg"}

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import typer
 
-from pipeline.cli.common import emit, fail, positive, progress, state, usage_errors
+from pipeline.cli.common import emit, fail, plain, positive, progress, state, usage_errors
 from pipeline.studio.client import StudioError
 from pipeline.studio.launcher import connect_workspace
 from pipeline.workspace import WorkspaceBusy
@@ -206,8 +206,10 @@ def export_cmd(
                 + (f"; removed {res.removed} files of images no longer in the set" if res.removed else "")
                 + (f"; removed {res.label_files_removed} label files of an earlier export in another format"
                    if res.label_files_removed else ""))
+        for line in res.problems:
+            c.print(f"[yellow]left out[/] {plain(line)}", highlight=False, soft_wrap=True)
 
-    emit(st, res.as_dict(), render)
+    emit(st, res.as_dict(), render, problems=res.problems, label="left out")
 
 
 def serve_cmd(

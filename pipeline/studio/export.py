@@ -1,7 +1,8 @@
 """`textloop export`: the human-labelled dataset for use elsewhere (jsonl | coco | yolo).
 
 Labelled and verified-empty images (the latter with no boxes) from the catalog's annotations.
-Images are hard-linked (copied across filesystems) into `OUT/images/`; an image with an EXIF
+Images are copied into `OUT/images/` (not hard-linked: editing an exported image in place
+edited the workspace's original, the bytes its id names); an image with an EXIF
 orientation is written upright instead, because every box is in the upright frame. Rotated
 shapes (`quads`: Label Studio's rotated rectangles, imported polygons) are written as `polys`
 (jsonl) or one-part `segmentation` polygons (coco); YOLO boxes have no shape and YOLO has no
@@ -116,24 +117,26 @@ def labelled_rows(ws: Workspace, split: str | None = None, sources: tuple[str, .
 
 
 def _place_image(ws: Workspace, row: dict[str, Any], dest_dir: Path) -> str:
-    """The image under `dest_dir`: hard-linked, else copied, else (EXIF-rotated) written upright
-    as PNG; copies and PNGs appear complete or not at all (`io.atomic_open`)."""
+    """The image under `dest_dir`: copied, or (EXIF-rotated) written upright as PNG; both appear
+    complete or not at all (`io.atomic_open`). OSError when the workspace's file cannot be read."""
+    from pipeline.listing import open_regular
+
     src = ws.abspath(row["path"])
     upright = int(row.get("orientation") or 1) != 1
     name = f"{row['image_id']}{'.png' if upright else src.suffix}"
     dest = dest_dir / name
     if dest.exists():
-        return name
-    if upright:
-        from PIL import Image, ImageOps
+        if not (src.exists() and os.path.samefile(src, dest)):
+            return name
+        dest.unlink()   # an earlier export's hard link to the original: a copy now
+    with open_regular(src) as fin:
+        if upright:
+            from PIL import Image, ImageOps
 
-        with Image.open(src) as im, atomic_open(dest) as fh:
-            ImageOps.exif_transpose(im).save(fh, format="PNG")
-        return name
-    try:
-        os.link(src, dest)
-    except OSError:
-        with open(src, "rb") as fin, atomic_open(dest) as fh:
+            with Image.open(fin) as im, atomic_open(dest) as fh:
+                ImageOps.exif_transpose(im).save(fh, format="PNG")
+            return name
+        with atomic_open(dest) as fh:
             shutil.copyfileobj(fin, fh)
     return name
 
@@ -159,6 +162,7 @@ class ExportSummary:
     ignored_boxes: int = 0     # don't-care boxes: written with their flag (jsonl, coco) or left out (yolo)
     removed: int = 0           # files of an earlier export into OUT whose images are not in this one
     label_files_removed: int = 0   # an earlier export's label files this one does not write (another format's)
+    problems: tuple[str, ...] = ()   # labelled images left out: their file in the workspace is missing or unreadable
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -178,8 +182,16 @@ def export(ws: Workspace, out: Path, fmt: str = "jsonl", split: str | None = Non
     with ws.catalog() as cat:
         origins = {im["id"]: im for im in cat.images_by_ids([r["image_id"] for r in rows])}
     records: list[LabelledImage] = []
+    problems: list[str] = []
+    kept_rows = []
     for r in rows:
-        name = _place_image(ws, r, images_dir)
+        try:
+            name = _place_image(ws, r, images_dir)
+        except OSError as exc:   # a missing original stopped the whole export, with images/ empty
+            problems.append(f"{ws.abspath(r['path'])}: {exc.strerror or exc}; image {r['image_id']} left out "
+                            "(restore it by harvesting its source again)")
+            continue
+        kept_rows.append(r)
         boxes = json.loads(r["boxes"])
         labels = json.loads(r["labels"]) or [0] * len(boxes)
         origin = origins.get(r["image_id"], {})
@@ -194,7 +206,7 @@ def export(ws: Workspace, out: Path, fmt: str = "jsonl", split: str | None = Non
     n_boxes = sum(len(rec.boxes) for rec in records) - n_ignored
     target = label_format.save(records, out, classes=classes)
     other = _remove_other_label_files(out, label_format.outputs(records))
-    removed, other_labels = _prune(out, {str(r["image_id"]) for r in rows}, fmt)
+    removed, other_labels = _prune(out, {str(r["image_id"]) for r in kept_rows}, fmt)
     return ExportSummary(format=fmt, out=str(target), images=len(records), boxes=n_boxes,
                          empty_images=sum(1 for rec in records if len(rec.boxes) == 0), ignored_boxes=n_ignored,
-                         removed=removed, label_files_removed=other + other_labels)
+                         removed=removed, label_files_removed=other + other_labels, problems=tuple(problems))
