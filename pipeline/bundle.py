@@ -341,6 +341,14 @@ def set_current(ws: Any, version: str) -> None:
         cat.promote(version)
 
 
+def use_stock(ws: Any) -> str | None:
+    """Make stock ppocr `current` again (no promoted model); returns the version that was current.
+    Stock needs no check: it is what the promotion rule compares with. Without it, a model
+    forced into use could only be replaced by forcing another."""
+    with ws.catalog() as cat:
+        return cat.demote_all()
+
+
 def promote(ws: Any, version: str, force: bool = False) -> Any:
     """Make `version` current if the promotion rule passes (at least stock ppocr's validation
     coverage at the over-redaction budget; `pipeline.train.promote_checked`), else raise

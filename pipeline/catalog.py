@@ -853,6 +853,13 @@ class Catalog:
                 raise KeyError(f"unknown model version {version!r}; registered: {', '.join(known) or 'none'}")
             tx.execute("UPDATE models SET promoted = CASE WHEN version = ? THEN 1 ELSE 0 END", (version,))
 
+    def demote_all(self) -> str | None:
+        """No model is current (`current` means stock ppocr again); returns the one that was."""
+        with self.transaction() as tx:
+            row = tx.execute("SELECT version FROM models WHERE promoted = 1").fetchone()
+            tx.execute("UPDATE models SET promoted = 0 WHERE promoted = 1")
+        return row[0] if row else None
+
     # --- iterations ------------------------------------------------------------------------
 
     @contextmanager

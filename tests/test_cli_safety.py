@@ -303,3 +303,25 @@ def test_a_fifo_named_as_a_bundle_or_a_labelled_image_is_refused_without_blockin
     r = subprocess.run([sys.executable, "-m", "pipeline.cli.app", *ws, "--json", "evaluate", "--gt", str(gt)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "fifo.png" in r.stdout + r.stderr, r.stderr
+
+
+def test_a_current_model_whose_bundle_is_gone_is_one_line_and_stock_can_be_current_again(tmp_path: Path) -> None:
+    """A deleted bundle.zip of the current model: `models promote` and `train` (parent auto)
+    printed tracebacks, and nothing could make stock ppocr current again."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli.app import app
+
+    ws = Workspace.open(tmp_path / "ws")
+    with ws.catalog() as cat:
+        cat.add_model("db-gone", None, "db", "models/db-gone/bundle.zip", None, {})
+        cat.promote("db-gone")
+    run = CliRunner().invoke
+    r = run(app, ["-w", str(ws.root), "models", "promote", "db-gone"])
+    assert r.exit_code == 1 and "bundle not found" in r.output and "Traceback" not in r.output, r.output
+    r = run(app, ["-w", str(ws.root), "train", "--epochs", "1", "--steps-per-epoch", "1"])
+    assert r.exit_code == 2 and "parent db-gone: its bundle" in r.output and "is missing" in r.output, r.output
+    r = run(app, ["-w", str(ws.root), "--json", "models", "promote", "ppocr"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["previous"] == "db-gone", r.output
+    with ws.catalog() as cat:
+        assert cat.current_model() is None

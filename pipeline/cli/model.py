@@ -301,22 +301,34 @@ def _where(view: dict[str, Any]) -> str:
 
 def models_promote_cmd(
     ctx: typer.Context,
-    version: str = typer.Argument(..., help="Model version to make current."),
+    version: str = typer.Argument(..., help="Model version to make current ('ppocr': stock again, no model current)."),
     force: bool = typer.Option(False, "--force", help="Promote even if it is worse than stock ppocr on validation."),
     threads: int = typer.Option(0, min=0, max=256, help="CPU threads for the validation run (0 = auto)."),
 ) -> None:
     """Make VERSION the current model (used by predict/rank/redact/serve with `current`), only if its
     validation coverage at the over-redaction budget is at least stock ppocr's (the val split is re-run)."""
+    from pipeline.bundle import use_stock
     from pipeline.train import PromotionRefused, promote_checked
 
     st = state(ctx)
+    if version == "ppocr":   # back to stock: the rule's own yardstick needs no check
+        was = use_stock(st.read_ws())
+        emit(st, {"current": "ppocr", "previous": was, "forced": False, "promotion": None},
+             lambda c: c.print(f"current model: ppocr (stock)" + (f"; {was} is no longer current" if was else "")))
+        return
     try:
         check = promote_checked(st.read_ws(), version, force=force, threads=threads)
     except KeyError as exc:
         fail(str(exc.args[0]), 2)   # a version that is not registered: usage
-    except ValueError as exc:       # its bundle no longer loads (damaged since it was registered)
+    except FileNotFoundError as exc:   # deleted since it was registered (a traceback)
+        fail(f"{exc.filename or exc}: model bundle not found (deleted since it was registered?); "
+             "`textloop models promote ppocr` makes stock current again")
+    except ValueError as exc:          # its bundle no longer loads (damaged since it was registered)
         fail(str(exc))
     except PromotionRefused as exc:
+        if st.json:   # scripts get the numbers on stdout, as `train --json --promote` gives them
+            emit(st, {"current": None, "forced": False, "promotion": exc.check.to_json(),
+                      "refused": exc.check.message(exc.version)})
         fail(f"not promoted: {exc.check.message(exc.version)}; --force promotes it anyway")
     forced = not check.ok
 

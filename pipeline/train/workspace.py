@@ -58,7 +58,11 @@ def resolve_parent(ws: Any, parent: str, arch: str = "fasterrcnn") -> tuple[Path
                 raise ValueError(f"parent {parent!r}: not a registered model version nor a bundle.zip")
             if row["kind"] != arch:
                 raise ValueError(f"parent {parent}: a {row['kind']} model, not {arch} (use --arch {row['kind']})")
-    return ws.abspath(row["path"]), row["version"]
+    path = ws.abspath(row["path"])
+    if not path.is_file():   # deleted since it was registered: a traceback
+        raise ValueError(f"parent {row['version']}: its bundle {path} is missing; register it again, "
+                         "`textloop models promote ppocr` to go back to stock, or --parent none")
+    return path, row["version"]
 
 
 def workspace_training_data(ws: Any, synth_sets: Sequence[str] = ("default",), synth_images: int = 400,
