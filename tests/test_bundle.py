@@ -105,6 +105,9 @@ def test_registry_promote_and_current(trained: dict, ws, tmp_path: Path) -> None
     # an untested model (no val split, no stored comparison with stock ppocr) is refused ...
     r = runner.invoke(app, ["--workspace", str(ws.root), "models", "promote", "m-a"])
     assert r.exit_code == 1 and "not promoted" in r.output and "--force" in r.output
+    r = runner.invoke(app, ["--workspace", str(ws.root), "--json", "models", "promote", "m-a"])
+    assert r.exit_code == 1 and json.loads(r.stdout)["current"] is None   # scripts get the refusal on stdout
+    assert "not compared with stock ppocr" in json.loads(r.stdout)["refused"]
     assert [m["version"] for m in list_models(ws) if m["promoted"]] == ["m-b"]
     # ... unless forced, with a warning
     r = runner.invoke(app, ["--workspace", str(ws.root), "models", "promote", "m-a", "--force"])
