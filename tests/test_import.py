@@ -409,3 +409,15 @@ def test_a_label_whose_boxes_are_all_unusable_is_not_a_verified_empty_image(ws, 
     assert any("none of its 2 box(es) is usable" in p for p in s.problems), s.problems
     with ws.catalog() as cat:
         assert [r["status"] for r in cat.images()] == ["new"]
+
+
+def test_an_empty_label_file_is_said_and_a_bom_is_read(tmp_path: Path) -> None:
+    noise_image(1, (100, 80)).save(tmp_path / "img.png")
+    (tmp_path / "empty.jsonl").write_text("\n")
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "import", str(tmp_path / "empty.jsonl")])
+    assert r.exit_code == 1 and "no label records in" in r.output, r.output
+    bom = tmp_path / "bom.jsonl"   # Windows editors write one; line 1 was "not valid JSON"
+    bom.write_text("\ufeff" + json.dumps({"image": "img.png", "width": 100, "height": 80, "boxes": [[1, 1, 9, 9]]}) + "\n",
+                   encoding="utf-8")
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "--json", "import", str(bom)])
+    assert r.exit_code == 0 and json.loads(r.stdout)["boxes"] == 1, r.output

@@ -173,6 +173,8 @@ def import_cmd(
             c.print("; ".join(kept), highlight=False)
 
     emit(st, summary.as_dict(), render, problems=summary.problems, label="problem")
+    if summary.images == 0 and not summary.records:   # an empty file: exit 0 said "imported"
+        fail(f"no label records in {', '.join(str(p) for p in labels)}")
     if summary.images == 0 and summary.records:
         raise typer.Exit(1)
 

@@ -208,7 +208,7 @@ def read_jsonl_lines(path: str | Path, source: str = "") -> tuple[list[tuple[int
     bad: list[tuple[int, str]] = []
     objects = 0
     try:
-        with path.open(encoding="utf-8") as fh:
+        with path.open(encoding="utf-8-sig") as fh:   # a BOM (Windows editors) rejected line 1
             for lineno, line in enumerate(fh, 1):
                 if not line.strip():
                     continue
@@ -290,7 +290,7 @@ def outputs(records: Sequence[LabelledImage]) -> set[str]:
 def is_export(path: Path) -> bool:
     """Whether `path` (a boxes.jsonl) is a `textloop export`'s: every line names an exported image."""
     try:
-        with path.open(encoding="utf-8") as fh:
+        with path.open(encoding="utf-8-sig") as fh:   # a BOM (Windows editors) rejected line 1
             for line in fh:
                 if line.strip():
                     d = json.loads(line)

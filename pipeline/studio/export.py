@@ -63,7 +63,8 @@ def _check_out(out: Path) -> None:
     foreign = [p for p in _files_in(out) if not (p.is_file() and is_image_id(p.stem))]
     foreign += [p for p, ours in _label_files(out) if not (ours and p.is_file() and not p.is_symlink())]
     if foreign:
-        raise ValueError(f"{out}: {foreign[0].relative_to(out)} (and {len(foreign) - 1} more) was not written by "
+        more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+        raise ValueError(f"{out}: {foreign[0].relative_to(out)}{more} was not written by "
                          "textloop export; export into a new or empty folder")
 
 
