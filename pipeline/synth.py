@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
@@ -631,8 +632,17 @@ def _png_bytes(arr: np.ndarray) -> bytes:
 
 
 def _fingerprint(cfg: SynthConfig, backgrounds: Sequence[Path]) -> str:
+    """What a set is made from. Backgrounds count by name, size and modification time: replacing
+    a folder's images under the same names left the set "up to date" on the old ones."""
+    def stamp(p: Path) -> Any:
+        try:
+            st = os.stat(p)
+        except OSError:
+            return str(p)
+        return [str(p), st.st_size, st.st_mtime_ns]
+
     payload = {"version": SYNTH_FORMAT_VERSION, "config": cfg.to_json(), "fonts": [Path(f).name for f in available_fonts()],
-               "backgrounds": [str(p) for p in backgrounds]}
+               "backgrounds": [stamp(Path(p)) for p in backgrounds]}
     return sha256_json(payload)
 
 

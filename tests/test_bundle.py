@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline.bundle import list_models, load_bundle, read_bundle_meta, set_current, register_model, save_bundle
@@ -169,6 +170,19 @@ def test_cli_synth_is_idempotent(tmp_path: Path) -> None:
     assert again["skipped"]
     r = runner.invoke(app, ["--workspace", wsdir, "synth", "--granularity", "letters"])
     assert r.exit_code == 2
+    # backgrounds replaced under the same names: the set is made again (it was "up to date")
+    import os
+
+    bg = tmp_path / "bg"
+    bg.mkdir()
+    Image.new("RGB", (200, 160), "white").save(bg / "a.png")
+    with_bg = ["--workspace", wsdir, "--json", "synth", "-n", "2", "--width", "128,160", "--name", "bg",
+               "--backgrounds", str(bg)]
+    assert not json.loads(runner.invoke(app, with_bg).stdout)["skipped"]
+    assert json.loads(runner.invoke(app, with_bg).stdout)["skipped"]
+    Image.new("RGB", (200, 160), "gray").save(bg / "a.png")
+    os.utime(bg / "a.png", ns=(1, 10**18))
+    assert not json.loads(runner.invoke(app, with_bg).stdout)["skipped"]
 
 
 @pytest.mark.slow

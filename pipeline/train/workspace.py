@@ -75,7 +75,7 @@ def workspace_training_data(ws: Any, synth_sets: Sequence[str] = ("default",), s
     from pipeline.synth import SynthConfig, generate
 
     synth: list[Sample] = []
-    for name in synth_sets:
+    for name in dict.fromkeys(synth_sets):   # `--synth a --synth a` counted the set twice
         d = ws.synth_dir(name)
         if not (d / "boxes.jsonl").exists():
             say(f"generating synthetic set {name!r} ({synth_images} images)")
