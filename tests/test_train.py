@@ -38,6 +38,7 @@ def test_tiny_model_loss_goes_down(tiny: dict, tmp_path: Path) -> None:
     assert r.checkpoint.exists()
     assert "text_coverage" in r.metrics and r.metrics["n_images"] == 3
     assert r.peak_rss_mb < 4096
+    assert sum(r.timing.values()) <= r.seconds + 0.01   # the parts fit in the total (validation was outside it)
     epochs = [h for h in r.history if "val" in h]
     assert [h["epoch"] for h in epochs] == [1, 2]
 

@@ -444,12 +444,12 @@ def train(cfg: TrainConfig, synth: Sequence[Sample] = (), human: Sequence[Sample
     except KeyboardInterrupt:  # Ctrl-C: keep every finished step; `--resume` replays from here exactly
         checkpoint()
         raise
-    seconds = time.monotonic() - start
     if best_state is not None:
         model.load_state_dict(best_state)
     t0 = time.monotonic()
     done = arch.finish(val)
     timing["validation"] += time.monotonic() - t0
+    seconds = time.monotonic() - start   # with the final selection: its parts added up to more than the total
     keys = [s.key for s in synth] + [s.key for s in human]
     log.info("trained %d steps in %.0f s (data %.0f s, steps %.0f s, validation %.0f s)", step, seconds,
              timing["data"], timing["step"], timing["validation"])
