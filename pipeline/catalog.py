@@ -335,7 +335,8 @@ class CatalogDamaged(RuntimeError):
 def damaged_message(path: Path, cause: BaseException) -> str:
     return (f"{path} is damaged ({cause}): restore it from a backup, or move it aside "
             f"(mv {path} {path}.damaged) and rebuild the catalog: `textloop harvest` the sources again "
-            "(images already in the workspace are re-adopted) and `textloop pull` the labels from Label Studio")
+            "(images already in the workspace are re-adopted), `textloop pull` the labels from Label Studio and "
+            "`textloop import` your label files again")
 
 
 Row = dict[str, Any]

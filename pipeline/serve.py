@@ -97,12 +97,14 @@ class Backend:
         with and sent only there: a later /setup naming another host (no token) used to inherit it,
         and a task's image URL on that host then received the Label Studio token."""
         if hostname not in (None, ""):
+            from pipeline.studio.client import StudioError, check_url
+
             try:
-                scheme, host, _ = _origin(hostname) if isinstance(hostname, str) else ("", "", None)
-            except ValueError:   # a port that is not a number
-                scheme, host = "", ""
-            if scheme not in ("http", "https") or not host:
-                raise ValueError(f"'hostname' must be an http(s) URL of Label Studio, got {_short(hostname)}")
+                if not isinstance(hostname, str):
+                    raise StudioError(f"'hostname' {_short(hostname)} is not an http(s) URL")
+                check_url(hostname, "'hostname'")
+            except StudioError as exc:
+                raise ValueError(str(exc)) from None
             self.ls_hostname = hostname
         if token not in (None, ""):
             if not isinstance(token, str):

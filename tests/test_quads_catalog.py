@@ -175,7 +175,7 @@ def test_review_queue_keeps_the_held_sidecars_quads(tmp_path, monkeypatch):
     from pipeline.redact.run import Result
     from pipeline.workspace import Workspace
 
-    monkeypatch.setattr(rv, "push", lambda ws, ids, mv: {"created": len(ids)})
+    monkeypatch.setattr(rv, "push", lambda ws, ids, mv: {"tasks_created": len(ids)})
     src = tmp_path / "a.png"
     noise_image(4, (W, H)).save(src)
     sha = hashlib.sha256(src.read_bytes()).hexdigest()

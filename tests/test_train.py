@@ -138,7 +138,6 @@ def test_ctrl_c_keeps_finished_steps_and_resume_replays_them(tiny: dict, tmp_pat
 
 @pytest.mark.parametrize("kw, message", [
     ({"seed": -1}, "seed must be a whole number"),
-    ({"lr": 5.0}, "lr must be at most 1"),
     ({"threads": 10**6}, "threads"),
     ({"epochs": 2.5}, "epochs must be a whole number"),
     ({"optimizer": "foo"}, "optimizer"),

@@ -111,7 +111,8 @@ def train_cmd(
     epochs: int = typer.Option(10, help="Epochs (the learning-rate schedule spans them)."),
     steps_per_epoch: int = typer.Option(100, help="Steps per epoch (validation after each)."),
     batch_size: int = typer.Option(4),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate (AdamW). Default: 5e-5 for db, 2e-3 for fasterrcnn."),
+    lr: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Peak learning rate (AdamW), at most 1 (--lr 5 made a "
+                                       "model that covers nothing). Default: 5e-5 for db, 2e-3 for fasterrcnn."),
     patience: int = typer.Option(3, help="Early stopping: epochs without improvement."),
     budget_minutes: Optional[float] = typer.Option(None, help="Stop (and keep the best model) after this many minutes."),
     backbone: str = typer.Option("mobilenet_v3_large", help="fasterrcnn: mobilenet_v3_large or resnet50 (new models only)."),

@@ -108,8 +108,6 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {value}")
-        if self.lr is not None and self.lr > 1:   # --lr 5 trained a model that covers nothing
-            raise ValueError(f"lr must be at most 1, got {self.lr}")
         for name in ("weight_decay", "warmup_steps", "grad_clip", "threads"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):

@@ -84,7 +84,9 @@ def test_rotated_prediction_review_pull_and_redact(live_studio, tmp_path, monkey
         return res.exit_code, json.loads(res.stdout)
 
     code, s = run("--review")
-    assert code == 0 and s["held_for_review"] == 1 and s["review"]["pushed"] == 1, s.get("review")
+    # its task exists (step 1): no second one; the held image's boxes go to it as another prediction
+    assert code == 0 and s["held_for_review"] == 1, s.get("review")
+    assert (s["review"]["pushed"], s["review"]["already_in_label_studio"]) == (0, 1), s["review"]
     assert not (out / "slanted.png").exists()
 
     # 3. a reviewer replaces it with a rotated rectangle of their own; pull stores its quad
