@@ -319,7 +319,8 @@ def register_model(ws: Any, bundle_path: str | Path, parent: str | None = None, 
         existing = cat.model(version)
         if existing:
             if dest.exists() and dest.read_bytes() != data:
-                raise ValueError(f"{bundle_path}: model version {version} is already registered with different weights")
+                raise ValueError(f"{bundle_path}: model version {version} is already registered from another "
+                                 f"bundle file ({dest}); a bundle's version names it once")
         if not dest.exists() or dest.read_bytes() != data:
             if bundle_path.resolve() != dest.resolve():
                 atomic_write_bytes(dest, data)

@@ -156,9 +156,13 @@ def check_writable(path: str | Path) -> None:
     path = Path(path)
     if path.is_dir():
         raise UnwritableError(errno.EISDIR, f"cannot write {path} (it is a folder; give a file name)", str(path))
-    with atomic_open(path.parent / f".{path.name}.check") as fh:
-        fh.write(b"")
-    (path.parent / f".{path.name}.check").unlink(missing_ok=True)
+    probe = path.parent / f".{path.name}.check"
+    try:
+        with atomic_open(probe) as fh:
+            fh.write(b"")
+    except UnwritableError as exc:   # named as the file asked for, not the probe (".x.jsonl.check")
+        raise UnwritableError(exc.errno, (exc.strerror or "").replace(str(probe), str(path)), str(path)) from None
+    probe.unlink(missing_ok=True)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

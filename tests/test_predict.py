@@ -302,3 +302,13 @@ def test_predict_has_the_max_pixels_option_its_message_names(tmp_path: Path, fak
     assert r.exit_code == 1 and "raise --max-pixels" in json.loads(r.stdout)["errors"][0], r.output
     r = CliRunner().invoke(app, ["--json", "predict", str(tmp_path / "big.png"), "--max-pixels", "60000"])
     assert r.exit_code == 0 and json.loads(r.stdout)["images"] == 1, r.output
+
+
+def test_an_out_file_that_cannot_be_written_is_named_as_given(tmp_path: Path) -> None:
+    """The refusal named textloop's own probe file (`cannot write /x/.p.jsonl.check`)."""
+    from pipeline.io import UnwritableError, check_writable
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(UnwritableError) as err:
+        check_writable(tmp_path / "afile" / "p.jsonl")
+    assert err.value.strerror.startswith(f"cannot write {tmp_path / 'afile' / 'p.jsonl'} (") and ".check" not in str(err.value)

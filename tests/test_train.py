@@ -195,3 +195,12 @@ def test_resume_takes_the_runs_options_from_its_checkpoint(tmp_path: Path, monke
     r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "train", "--run", "r", "--resume", "--threads", "1",
                                  "--crop", "256"])
     assert r.exit_code == 1 and seen["given"] == {"run", "resume", "threads", "db.crop"}, (r.output, seen)
+
+
+def test_a_faster_rcnn_option_with_the_db_arch_is_refused(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from pipeline.cli.app import app
+
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "train", "--backbone", "resnet50"])
+    assert r.exit_code == 2 and "--backbone" in r.output and "--arch fasterrcnn" in r.output, r.output

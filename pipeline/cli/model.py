@@ -151,6 +151,8 @@ def train_cmd(
         fail("--resume continues the run's checkpoint and --restart discards it: give one", 2)
     if force and not promote:
         fail("--force overrides the promotion rule: it needs --promote", 2)
+    if arch == "db" and "backbone" in _given_options(ctx):   # it was accepted and ignored
+        fail("--backbone chooses a Faster R-CNN backbone: it needs --arch fasterrcnn", 2)
     with usage_errors():
         check_run_name(run, "--run")
         for name in synth:
