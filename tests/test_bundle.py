@@ -155,6 +155,9 @@ def test_register_refuses_bundles_that_are_not_models(ws, tmp_path: Path) -> Non
 
     ok = forged_bundle(tmp_path / "ok.zip", {"kind": "db", "version": "db-synth+devA", "model": {}})
     assert read_bundle_meta(ok)["config"]["version"] == "db-synth+devA"
+    # a --parent that names no registered model is refused (a typo was recorded as the lineage)
+    r = runner.invoke(app, ["--workspace", str(ws.root), "models", "register", str(ok), "--parent", "nosuchparent"])
+    assert r.exit_code == 2 and "--parent nosuchparent: not a registered model version" in r.output, r.output
 
 
 def test_cli_synth_is_idempotent(tmp_path: Path) -> None:

@@ -359,6 +359,10 @@ def models_register_cmd(
     st = state(ctx)
     if not bundle.exists():
         fail(f"{bundle}: file not found", 2)
+    if parent is not None:   # a typo was recorded as the model's lineage
+        with st.ws().catalog() as cat:
+            if cat.model(parent) is None:
+                fail(f"--parent {parent}: not a registered model version (`textloop models` lists them)", 2)
     try:
         version = register_model(st.ws(), bundle, parent=parent, promote=False)
         check = promote_checked(st.ws(), version, force=force) if promote else None
