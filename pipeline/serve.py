@@ -99,10 +99,10 @@ class Backend:
         if hostname not in (None, ""):
             from pipeline.studio.client import StudioError, check_url
 
+            if not isinstance(hostname, str):
+                raise ValueError(f"'hostname' {_short(hostname)} is not an http(s) URL")
             try:
-                if not isinstance(hostname, str):
-                    raise StudioError(f"'hostname' {_short(hostname)} is not an http(s) URL")
-                check_url(hostname, "'hostname'")
+                check_url(hostname, "'hostname'")   # the one check of a Label Studio address
             except StudioError as exc:
                 raise ValueError(str(exc)) from None
             self.ls_hostname = hostname

@@ -226,8 +226,8 @@ def test_cli_train_registers_but_promotes_only_when_asked(tmp_path: Path) -> Non
     assert "training data changed since" in r.stderr
     # other hyperparameters on the same labels train the run again: they were dropped, and the
     # finished model (perhaps the broken one they were meant to fix) was offered for promotion
-    r = runner.invoke(app, ["--workspace", wsdir, "--json", "train", "--epochs", "1", "--steps-per-epoch", "3",
-                            "--batch-size", "1", "--threads", "1"])
+    # ... keeping the run's other options (its 1 epoch and batch of 1 are not typed again)
+    r = runner.invoke(app, ["--workspace", wsdir, "--json", "train", "--steps-per-epoch", "3", "--threads", "1"])
     assert r.exit_code == 0 and "with other options (steps_per_epoch 2 -> 3)" in r.stderr, r.output
     assert json.loads(r.stdout)["steps"] == 3
 

@@ -151,7 +151,8 @@ def train_cmd(
         fail("--resume continues the run's checkpoint and --restart discards it: give one", 2)
     if force and not promote:
         fail("--force overrides the promotion rule: it needs --promote", 2)
-    if arch == "db" and "backbone" in _given_options(ctx):   # it was accepted and ignored
+    given = _given_options(ctx)
+    if arch == "db" and "backbone" in given:   # it was accepted and ignored
         fail("--backbone chooses a Faster R-CNN backbone: it needs --arch fasterrcnn", 2)
     with usage_errors():
         check_run_name(run, "--run")
@@ -172,7 +173,7 @@ def train_cmd(
         with _train_progress(st) as update:
             summary = train_run(ws, cfg, synth_sets=synth, synth_images=synth_images, parent=parent, run=run,
                                 restart=restart, promote=promote, force=force, say=st.console.print, progress=update,
-                                given=_given_options(ctx))
+                                given=given)
     except (ValueError, CheckpointExists, ResumeRefused) as exc:
         fail(str(exc), 2)
     except TrainingError as exc:
@@ -359,6 +360,7 @@ def models_register_cmd(
     st = state(ctx)
     if not bundle.exists():
         fail(f"{bundle}: file not found", 2)
+    # here, not in register_model: training records a parent given as a bundle file, unregistered
     if parent is not None:   # a typo was recorded as the model's lineage
         with st.ws().catalog() as cat:
             if cat.model(parent) is None:

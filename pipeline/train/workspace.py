@@ -268,9 +268,9 @@ def train_run(ws: Any, cfg: TrainConfig, *, synth_sets: Sequence[str] = ("defaul
     an unfinished run has a checkpoint and neither `cfg.resume` nor `restart`, ValueError for an
     unknown parent or a finished run with nothing new, TrainingError when training cannot go on;
     Ctrl-C leaves the checkpoint for `resume`. `given`: the options the user set (TrainConfig
-    field names, `db.<field>` for the recipe); with `resume` the others are the checkpoint's,
-    and a finished run trains again when a given one differs from the checkpoint's (None: every
-    option counts as given)."""
+    field names, `db.<field>` for the recipe); a run resumed or trained again keeps its own
+    options for the others, and a finished run trains again when a given one differs from its
+    own (None: every option of `cfg` counts as given)."""
     out = run_dir(ws, run)
     ckpt = out / "checkpoint.pt"
     bundle = out / "bundle.zip"
@@ -285,17 +285,16 @@ def train_run(ws: Any, cfg: TrainConfig, *, synth_sets: Sequence[str] = ("defaul
     if cfg.resume and not restart and not ckpt.exists():
         raise ValueError(f"run {run!r} has no checkpoint to resume ({ckpt}); drop --resume to start it")
     saved = _checkpoint(ckpt) if (cfg.resume or finished) and not restart else {}
-    if cfg.resume and not restart and given is not None and isinstance(saved.get("config"), dict):
-        cfg = cfg.adopting(saved["config"], given)
+    then = saved.get("config") if isinstance(saved.get("config"), dict) else {}
+    if then and given is not None:   # the run's own options, with what the user typed on top
+        cfg = cfg.adopting(then, given)
     parent_path, parent_version = resolve_parent(ws, parent, cfg.arch)
     synth, human, val, val_source = workspace_training_data(ws, synth_sets, synth_images, cfg.seed, say=say)
     if finished:
         # the Quick start's loop (`pull && train --promote`) runs this every round: new labels
         # train the run again; the same data would only make the same model again
         version = _bundle_version(bundle)
-        then = saved.get("config") if isinstance(saved.get("config"), dict) else {}
-        # options the user gave that differ from the run's (the others are taken as the run's)
-        other = (cfg if given is None else cfg.adopting(then, given)).resume_differences(then) if then else []
+        other = cfg.resume_differences(then) if then else []   # typed options that differ from the run's
         if other:   # new hyperparameters: they were dropped, and the old (maybe broken) model offered
             say(f"run {run!r} finished as model {version} with other options ({', '.join(other)}): "
                 "training it again")
