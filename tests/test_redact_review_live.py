@@ -113,3 +113,58 @@ def test_audit_covered_image_reaches_label_studio_and_its_labels_come_back(live_
         rows = cat.latest_annotations(include_excluded=False)
     (row,) = rows.values()
     assert np.allclose(json.loads(row["boxes"])[1], missed, atol=0.5)
+
+
+def test_held_redaction_stays_in_view_when_other_models_are_pushed(live_studio, tmp_path, monkeypatch):
+    """Label Studio shows a task only the predictions of the project's model_version. A held
+    redaction goes under the project's version (the other tasks keep their boxes), and a later
+    push of another model shows the held boxes beside its own (it showed the new model's only,
+    so a reviewer could accept fewer boxes than the redaction had found)."""
+    from pipeline.config import HarvestConfig
+    from pipeline.harvest import harvest
+    from pipeline.studio.push import push_images
+    from tests.fakes import FakeDetector
+
+    det = ScoreByImage()
+    ws, studio, project_id = live_review_setup(live_studio, monkeypatch, det, "ws_held_versions", "held versions")
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.fromarray(rgb_noise(5)).save(other / "plain.png")
+    harvest(ws, [str(other)], HarvestConfig(workers=1))
+    push_images(ws, None, client=studio, detector=FakeDetector(BOXES[:1], version="one-box-v1"))
+
+    src = tmp_path / "in"
+    src.mkdir()
+    a = rgb_noise(71)
+    a[0, 0, 0] |= 1                                              # ScoreByImage: unsure of this one
+    Image.fromarray(a).save(src / "unsure.png")
+    out = tmp_path / "out"
+
+    def review() -> dict:
+        r = CliRunner().invoke(app, ["-w", str(ws.root), "--json", "redact", str(src), str(out), "--review", "--force"],
+                               catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        return json.loads(r.stdout)
+
+    def predictions(task_id: int) -> list[dict]:
+        return [p.dict() for p in studio.sdk.predictions.list(task=task_id)]
+
+    s = review()
+    assert s["held_for_review"] == 1 and s["review"]["pushed"] == 1, s["review"]
+    assert studio.sdk.projects.get(id=project_id).model_version == "one-box-v1"   # the plain task keeps its boxes
+    tasks = {t.data["file_name"]: t for t in studio.sdk.tasks.list(project=project_id, fields="all", page_size=100)}
+    held = tasks["unsure.png"]
+    assert held.data["held_by_redact"] != "one-box-v1"            # the detector that drew the boxes is named
+    [p] = predictions(held.id)
+    assert p["model_version"] == "one-box-v1" and len(p["result"]) == 2   # both of the redaction's boxes, in view
+
+    push_images(ws, None, client=studio, detector=FakeDetector(BOXES[:1], version="one-box-v2"))
+    assert studio.sdk.projects.get(id=project_id).model_version == "one-box-v2"
+    new = [p for p in predictions(held.id) if p["model_version"] == "one-box-v2"]
+    assert len(new) == 1 and len(new[0]["result"]) == 2          # the held boxes beside the new model's one
+    [plain] = [p for p in predictions(tasks["plain.png"].id) if p["model_version"] == "one-box-v2"]
+    assert len(plain["result"]) == 1                             # other tasks: the new model's boxes only
+
+    before = len(predictions(held.id))
+    s = review()                                                 # held again: nothing added twice
+    assert s["review"]["pushed"] == 0 and len(predictions(held.id)) == before

@@ -95,7 +95,7 @@ def push(ws: Workspace, image_ids: Sequence[str], model_version: str) -> dict[st
     loads the Label Studio client); the push summary as the review record stores it."""
     from pipeline.studio.push import push_images
 
-    return push_images(ws, list(image_ids), model_version=model_version).as_dict()
+    return push_images(ws, list(image_ids), model_version=model_version, held=True).as_dict()
 
 
 def reviewed_boxes(ws: Workspace, image_ids: Sequence[str]) -> dict[str, Detections]:

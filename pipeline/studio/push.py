@@ -262,12 +262,20 @@ def push_images(
     batch_size: int = BATCH,
     progress: Callable[[int, int], None] | None = None,
     min_score: float | None = None,
+    held: bool = False,
 ) -> PushSummary:
     """Push `image_ids` (None: every image not excluded) as tasks with predictions.
 
     `top` limits how many *new* tasks are created, in ranking order (`strategy`) or by lowest mean
     confidence. Existing tasks get this model version's prediction if they lack it. Boxes below
-    `min_score` (default: `predict`'s threshold, 0.3) are not sent."""
+    `min_score` (default: `predict`'s threshold, 0.3) are not sent.
+
+    `held`: these are redactions held for review (`redact --review`), whose stored boxes under
+    `model_version` are what the redaction used. Label Studio shows a task only the predictions
+    of the project's `model_version`, so they go under the project's version (the task's
+    `held_by_redact` names theirs), replace what an unlabelled task showed before, and any
+    later push of another model shows them together with its own boxes: a reviewer never sees
+    fewer boxes than the redaction found, and the other tasks keep theirs."""
     from pipeline.predict import DEFAULT_THRESHOLD
 
     floor = DEFAULT_THRESHOLD if min_score is None else min_score
@@ -275,17 +283,20 @@ def push_images(
     with ws.lock("push"):   # two pushes at once both created the same tasks (a label then went missing)
         return _push_images(ws, image_ids, model_version, client, detector=detector, model=model, strategy=strategy,
                             top=top, update_existing=update_existing, batch_size=batch_size, progress=progress,
-                            floor=floor)
+                            floor=floor, held=held)
 
 
 def _push_images(ws: Workspace, image_ids: Sequence[str] | None, model_version: str | None, client: Studio | None,
                  *, detector: Any, model: str, strategy: str | None, top: int | None, update_existing: bool,
-                 batch_size: int, progress: Callable[[int, int], None] | None, floor: float) -> PushSummary:
+                 batch_size: int, progress: Callable[[int, int], None] | None, floor: float,
+                 held: bool) -> PushSummary:
     from pipeline.predict import load_predictions, predict_workspace
 
     studio = client or connect_workspace(ws.root)  # the server `studio up` started
     project = get_project(ws, studio)
     version, get_detector = resolve_model(ws, model_version, detector, model)
+    # the version Label Studio files the predictions under (see `held` above)
+    ls_version = project.model_version if held and project.model_version else version
     with ws.catalog() as cat:
         if image_ids is None:
             rows = cat.images(include_excluded=False)
@@ -301,7 +312,7 @@ def _push_images(ws: Workspace, image_ids: Sequence[str] | None, model_version: 
         server_tasks = reconcile_tasks(studio, project.id, cat, server_data, labelled_tasks, open_tasks)
         withdrawn = _withdraw_excluded(studio, cat, project.id, server_tasks, labelled_tasks)
         sources = image_sources(cat, list(images))
-        have_version = cat.tasks_with_prediction(project.id, version)
+        have_version = cat.tasks_with_prediction(project.id, ls_version)
 
         ranking, clusters, order_note = None, {}, "lowest mean prediction confidence first (no --strategy)"
         if strategy:
@@ -322,12 +333,19 @@ def _push_images(ws: Workspace, image_ids: Sequence[str] | None, model_version: 
                 chosen = set(order_images(wanted, {}, ranking)[:top])
                 new_ids = [i for i in new_ids if i in chosen]
             new_ids = order_images(new_ids, {}, ranking)
-        upd_ids = [i for i in images if i in server_tasks and server_tasks[i] not in have_version] if update_existing else []
+        if held:   # an unlabelled task of a held image shows the redaction's boxes, once
+            upd_ids = [i for i in images if i in server_tasks and server_tasks[i] not in labelled_tasks
+                       and server_data.get(server_tasks[i], {}).get("held_by_redact") != version]
+        else:
+            upd_ids = [i for i in images if i in server_tasks and server_tasks[i] not in have_version] \
+                if update_existing else []
         need = list(dict.fromkeys(new_ids + upd_ids))
         # rank stores boxes down to 0.05 (weak boxes carry its uncertainty); labellers see only
         # boxes a redaction would use, as `predict` and the ML backend do
         preds = {k: d.filter(floor) for k, d in load_predictions(cat, version, need).items()}
         todo = [i for i in need if i not in preds]
+        carried = {} if held else _held_boxes(cat, server_data, labelled_tasks,
+                                              {i: server_tasks[i] for i in upd_ids}, floor)
     if todo:
         det = get_detector()
         if str(det.version) != version:
@@ -347,10 +365,17 @@ def _push_images(ws: Workspace, image_ids: Sequence[str] | None, model_version: 
 
     under_review = reviewed_boxes(ws, [i for i in new_ids if images[i]["status"] == ImageStatus.NEEDS_REVIEW.value])
 
+    def shown(image_id: str) -> Detections:
+        if image_id in under_review:
+            return under_review[image_id]
+        if image_id in carried:    # a held redaction's boxes stay in view beside this model's
+            return Detections.concat([carried[image_id], preds[image_id]]).nms(0.5)
+        return preds[image_id]
+
     def prediction(image_id: str) -> dict[str, Any]:
         im = images[image_id]
-        det = under_review.get(image_id, preds[image_id])
-        p: dict[str, Any] = {"model_version": version, "score": round(confidence(det), 4),
+        det = shown(image_id)
+        p: dict[str, Any] = {"model_version": ls_version, "score": round(confidence(det), 4),
                              "result": detections_to_results(det, int(im["width"]), int(im["height"]), project.config)}
         if image_id in clusters:
             p["cluster"] = clusters[image_id]
@@ -369,7 +394,8 @@ def _push_images(ws: Workspace, image_ids: Sequence[str] | None, model_version: 
                     # kill between this import and the catalog write reads back (`reconcile_tasks`)
                     "data": {**task_data(local_files_url(ws, studio, im["path"]), project.config.data_key, im,
                                          sources.get(image_id, ()), facts.get(image_id)),
-                             "pushed_with": version, "pushed_boxes": len(under_review.get(image_id, preds[image_id]))},
+                             "pushed_with": ls_version, "pushed_boxes": len(shown(image_id)),
+                             **({"held_by_redact": version} if held else {})},
                     "predictions": [prediction(image_id)],
                 })
             resp = studio.post_json(f"api/projects/{project.id}/import", payload, {"return_task_ids": "true"})
@@ -381,8 +407,7 @@ def _push_images(ws: Workspace, image_ids: Sequence[str] | None, model_version: 
             with cat.transaction():  # the batch's tasks, their predictions and statuses together
                 for image_id, tid in zip(chunk, task_ids):
                     cat.record_task(image_id, project.id, int(tid), now)
-                    cat.record_task_prediction(project.id, int(tid), image_id, version,
-                                               len(under_review.get(image_id, preds[image_id])), now)
+                    cat.record_task_prediction(project.id, int(tid), image_id, ls_version, len(shown(image_id)), now)
                     cat.set_status(image_id, ImageStatus.PUSHED, only_from=(ImageStatus.NEW,))
             created += len(chunk)
             done += len(chunk)
@@ -390,13 +415,15 @@ def _push_images(ws: Workspace, image_ids: Sequence[str] | None, model_version: 
                 progress(done, total)
         for i in range(0, len(upd_ids), batch_size):
             chunk = upd_ids[i:i + batch_size]
+            if held:   # the task showed another prediction under this version: the redaction's replaces it
+                _drop_predictions(studio, [server_tasks[c] for c in chunk], ls_version)
             payload = [dict(prediction(image_id), task=server_tasks[image_id]) for image_id in chunk]
             studio.post_json(f"api/projects/{project.id}/import/predictions", payload)
             now = time.time()
             with cat.transaction():
                 for image_id in chunk:
-                    cat.record_task_prediction(project.id, server_tasks[image_id], image_id, version,
-                                               len(preds[image_id]), now)
+                    cat.record_task_prediction(project.id, server_tasks[image_id], image_id, ls_version,
+                                               len(shown(image_id)), now)
             added += len(chunk)
             done += len(chunk)
             if progress:
@@ -411,6 +438,8 @@ def _push_images(ws: Workspace, image_ids: Sequence[str] | None, model_version: 
             url = old.get(project.config.data_key) or local_files_url(ws, studio, images[image_id]["path"])
             want = task_data(url, project.config.data_key, images[image_id], sources.get(image_id, ()),
                              facts.get(image_id))
+            if held and image_id in upd_ids:
+                want["held_by_redact"] = version
             if any(old.get(k) != v for k, v in want.items()):
                 studio.call(studio.sdk.tasks.update, id=tid, data={**old, **want})
                 updated += 1
@@ -428,14 +457,39 @@ def _push_images(ws: Workspace, image_ids: Sequence[str] | None, model_version: 
     if under_review:   # the note (the suspected issue) in the new tasks' meta
         request_review(ws, list(under_review), client=studio)
     reopened = request_review(ws, reopen, client=studio)["reopened"] if reopen else 0
-    if (created or added) and project.model_version != version:
+    if (created or added) and project.model_version != ls_version:
         # Uncertainty sampling only looks at predictions of the project's model_version.
-        studio.call(studio.sdk.projects.update, id=project.id, model_version=version)
+        studio.call(studio.sdk.projects.update, id=project.id, model_version=ls_version)
     return PushSummary(
-        project_id=project.id, model_version=version, tasks_created=created, predictions_added=added,
+        project_id=project.id, model_version=ls_version, tasks_created=created, predictions_added=added,
         tasks_updated=updated, already_pushed=len([i for i in images if i in server_tasks]) - len(upd_ids),
         failed=len(failed), order=order_note, url=f"{studio.url}/projects/{project.id}/data",
         sent_for_review=len(under_review), tasks_withdrawn=withdrawn, reopened_for_review=reopened)
+
+
+def _held_boxes(cat: Catalog, server_data: dict[int, dict[str, Any]], labelled_tasks: set[int],
+                tasks: dict[str, int], floor: float) -> dict[str, Detections]:
+    """image_id -> the boxes a held redaction used, for the unlabelled `tasks` (image_id -> task
+    id) whose data say `held_by_redact`: the detector's predictions stored under that version."""
+    from pipeline.predict import load_predictions
+
+    by_version: dict[str, list[str]] = {}
+    for image_id, tid in tasks.items():
+        v = server_data.get(tid, {}).get("held_by_redact")
+        if v and tid not in labelled_tasks:
+            by_version.setdefault(str(v), []).append(image_id)
+    out: dict[str, Detections] = {}
+    for v, ids in by_version.items():
+        out.update({k: d.filter(floor) for k, d in load_predictions(cat, v, ids).items()})
+    return out
+
+
+def _drop_predictions(studio: Studio, task_ids: Sequence[int], version: str) -> None:
+    """Delete the predictions of `version` on these tasks (the one a held redaction replaces)."""
+    for tid in task_ids:
+        for p in studio.call(lambda: list(studio.sdk.predictions.list(task=tid))):
+            if (p.model_version or "") == version:
+                studio.call(studio.sdk.predictions.delete, id=int(p.id))
 
 
 def _withdraw_excluded(studio: Studio, cat: Catalog, project_id: int, server_tasks: dict[str, int],
