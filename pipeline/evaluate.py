@@ -362,8 +362,7 @@ def load_ground_truth(gt: Path | None = None, images: Path | None = None, devset
     relative to, default its own), a devset root, or a workspace split's human labels (`split`
     "all": every split). Raises ValueError on a bad combination or an unreadable label file,
     NoGroundTruth when there is no labelled image."""
-    from pipeline.formats import read_devset
-    from pipeline.formats.devset import read_jsonl_lines
+    from pipeline.formats.devset import read_devset_lines, read_jsonl_lines
 
     if gt is not None and devset is not None:
         raise ValueError("give --gt or --set, not both")
@@ -376,11 +375,13 @@ def load_ground_truth(gt: Path | None = None, images: Path | None = None, devset
 
         problem = file_problem(gt)
         raise ValueError(f"--gt {gt}: " + (problem[1] if problem and problem[0] != "not_found" else "no such file"))
+    bad_lines: list[str] = []   # a malformed line is skipped and named, as import does
     if devset is not None:
-        items, where = read_devset(devset), str(devset)
+        items, bad_lines = read_devset_lines(devset)
+        where = str(devset)
     elif gt is not None:
         base = images or gt.parent
-        good, bad_lines = read_jsonl_lines(gt, source=gt.parent.name or gt.stem)   # a bad line is skipped, as import does
+        good, bad_lines = read_jsonl_lines(gt, source=gt.parent.name or gt.stem)
         items = [(base / rec.image, rec) for _, rec in good]
         where = str(gt)
     else:
@@ -392,7 +393,7 @@ def load_ground_truth(gt: Path | None = None, images: Path | None = None, devset
         where = f"{ws.root} ({split} split)"
     if limit is not None:
         items = spread(items, limit)
-    skipped: list[str] = list(bad_lines) if gt is not None else []
+    skipped = list(bad_lines)
     if gt is not None or devset is not None:    # a workspace's labels are upright already
         items, unfit = _fit_frames(items)
         skipped += unfit

@@ -297,6 +297,15 @@ def test_evaluate_skips_bad_label_lines_samples_sources_and_checks_options_first
     truth = load_ground_truth(gt=tmp_path / "boxes.jsonl")
     assert len(truth.items) == 1 and truth.skipped == (f"{tmp_path / 'boxes.jsonl'}:2: not valid JSON "
                                                        "(Expecting property name enclosed in double quotes at column 2)",)
+    # a devset root (--set) too: one bad box in one source no longer stops the whole evaluation
+    (tmp_path / "set" / "forms").mkdir(parents=True)
+    Image.new("RGB", (40, 30), "white").save(tmp_path / "set" / "forms" / "a.png")
+    bad_box = json.dumps({**LabelledImage("b.png", 40, 30).to_json(), "boxes": [[1, 2, 3]]})
+    (tmp_path / "set" / "forms" / "boxes.jsonl").write_text(lines[0] + "\n" + bad_box + "\n")
+    truth = load_ground_truth(devset=tmp_path / "set")
+    assert [p.name for p, _ in truth.items] == ["a.png"]
+    assert truth.skipped == (f"{tmp_path / 'set' / 'forms' / 'boxes.jsonl'}:2: box 0 has 3 numbers, expected 4 "
+                             "(x0, y0, x1, y1)",)
     items = [(Path(f"{s}{i}"), LabelledImage(f"{s}{i}.png", 4, 4, source=s)) for s in "ab" for i in range(5)]
     assert [p.name for p, _ in spread(items, 4)] == ["a0", "b0", "a1", "b1"]
     runner = CliRunner()

@@ -251,14 +251,24 @@ def devset_files(root: str | Path) -> list[Path]:
     return files
 
 
+def read_devset_lines(root: str | Path) -> tuple[list[tuple[Path, LabelledImage]], list[str]]:
+    """Every good record of every `<source>/boxes.jsonl` under `root` (or `root/boxes.jsonl`),
+    with absolute image paths, and one "file:line: problem" per malformed line (skipped)."""
+    out: list[tuple[Path, LabelledImage]] = []
+    problems: list[str] = []
+    for f in devset_files(root):
+        good, bad = read_jsonl_lines(f, source=f.parent.name)
+        out += [(f.parent / rec.image, rec) for _, rec in good]
+        problems += bad
+    return out, problems
+
+
 def read_devset(root: str | Path) -> list[tuple[Path, LabelledImage]]:
-    """Every `<source>/boxes.jsonl` under `root` (or `root/boxes.jsonl`), with absolute image paths."""
-    files = devset_files(root)
-    out = []
-    for f in files:
-        source = f.parent.name
-        for rec in read_jsonl(f, source=source):
-            out.append((f.parent / rec.image, rec))
+    """`read_devset_lines`, strict: ValueError naming the file and line of a malformed record
+    (benchmarks must not measure on part of a set without noticing)."""
+    out, problems = read_devset_lines(root)
+    if problems:
+        raise ValueError(problems[0])
     return out
 
 
