@@ -150,14 +150,16 @@ def check_promotion(ws: Any, version: str, threads: int = 0) -> PromotionCheck:
 
 def promote_checked(ws: Any, version: str, force: bool = False, check: PromotionCheck | None = None,
                     threads: int = 0) -> PromotionCheck:
-    """Promote `version` if the rule passes (or `force`); raise PromotionRefused otherwise."""
+    """Promote `version` if the rule passes (or `force`); raise PromotionRefused otherwise. A
+    forced promotion returns the failed check (`ok` False) and logs it at info level: each
+    command renders it as its warning (it was printed twice, by the log and by the command)."""
     from pipeline.bundle import set_current
 
     check = check or check_promotion(ws, version, threads)
     if not check.ok and not force:
         raise PromotionRefused(version, check)
     if not check.ok:
-        log.warning("promoting %s despite the rule (--force): %s", version, check.message(version))
+        log.info("promoting %s despite the rule (--force): %s", version, check.message(version))
     set_current(ws, version)
     return check
 
