@@ -668,7 +668,10 @@ def generate(out_dir: str | Path, cfg: SynthConfig = SynthConfig(), backgrounds:
     """Write `out_dir/images/NNNNNN.png` and `out_dir/boxes.jsonl` (devset format).
 
     Idempotent: a finished run with the same config, fonts and backgrounds is left untouched;
-    otherwise images are (re)written atomically and boxes.jsonl is replaced last."""
+    otherwise images are (re)written atomically and boxes.jsonl is replaced last. While it runs
+    the folder holds `INCOMPLETE` (its config) and neither the old manifest nor the old labels:
+    an interrupted run left new images beside the old boxes.jsonl, which training then read as
+    their labels, and a rerun with the old options took the mixed folder as finished."""
     out_dir = Path(out_dir)
     manifest_path = out_dir / "manifest.json"
     fp = _fingerprint(cfg, backgrounds)
@@ -683,6 +686,10 @@ def generate(out_dir: str | Path, cfg: SynthConfig = SynthConfig(), backgrounds:
                                 backgrounds=done.get("backgrounds", 0), out=str(out_dir), skipped=True,
                                 on_real_backgrounds=done.get("on_real_backgrounds", 0),
                                 unusable_backgrounds=done.get("unusable_backgrounds", 0))
+    marker = out_dir / INCOMPLETE
+    atomic_write_text(marker, json.dumps({"fingerprint": fp, "config": cfg.to_json()}, indent=2))
+    for stale in (manifest_path, out_dir / "boxes.jsonl"):
+        stale.unlink(missing_ok=True)
     records: list[dict[str, Any]] = []
     n_boxes = 0
     kinds: dict[str, int] = {}
@@ -709,4 +716,17 @@ def generate(out_dir: str | Path, cfg: SynthConfig = SynthConfig(), backgrounds:
                "on_real_backgrounds": on_real, "unusable_backgrounds": len(unusable)}
     atomic_write_text(manifest_path, json.dumps({"fingerprint": fp, "config": cfg.to_json(), "summary": summary,
                                                  "images": [r["image"] for r in records]}, indent=2))
+    marker.unlink()
     return SynthSummary(**summary, out=str(out_dir), skipped=False)
+
+
+INCOMPLETE = "INCOMPLETE"   # in a synthetic set's folder while `generate` writes it
+
+
+def check_complete(out_dir: str | Path) -> None:
+    """ValueError when `generate` was interrupted in `out_dir` (its images and labels do not
+    belong together until it is run again)."""
+    marker = Path(out_dir) / INCOMPLETE
+    if marker.exists():
+        raise ValueError(f"synthetic set {Path(out_dir)} is incomplete (its generation was interrupted); run "
+                         f"`textloop synth` with the same options to finish it, or delete the folder")

@@ -125,6 +125,32 @@ def test_generate_is_deterministic_and_idempotent(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "a/manifest.json").read_text())["config"]["seed"] == 7
 
 
+def test_an_interrupted_generation_is_never_read_as_a_finished_set(ws, tmp_path: Path) -> None:
+    """Ctrl-C while a set was rewritten with other options left its new images beside the old
+    boxes.jsonl: training read them as labelled, and the old options' rerun took the folder as
+    finished. `train --synth NAME` regenerated an interrupted set with its own 400 images."""
+    from pipeline.synth import check_complete
+    from pipeline.train.workspace import workspace_training_data
+
+    d = ws.synth_dir("mine")
+    generate(d, SMALL)
+    old_labels = (d / "boxes.jsonl").read_bytes()
+
+    def stop(done: int, total: int) -> None:
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        generate(d, dataclasses.replace(SMALL, seed=8), progress=stop)
+    assert not (d / "boxes.jsonl").exists() and not (d / "manifest.json").exists()
+    with pytest.raises(ValueError, match=r"mine is incomplete .* run `textloop synth` with the same options"):
+        workspace_training_data(ws, synth_sets=("mine",))
+    assert not generate(d, SMALL).skipped                       # the old options: made again, not "up to date"
+    assert (d / "boxes.jsonl").read_bytes() == old_labels
+    check_complete(d)                                           # finished: no marker left
+    assert len(workspace_training_data(ws, synth_sets=("mine",))[0]) == SMALL.n_images
+
+
 def test_backgrounds_folder_is_used(tmp_path: Path) -> None:
     from PIL import Image
 
