@@ -112,6 +112,9 @@ def test_contradictory_or_idle_options_are_refused(tmp_path: Path) -> None:
     for args, msg, code in ((["train", "--resume", "--restart"], "give one", 2),
                             (["train", "--force"], "it needs --promote", 2),
                             (["push", "--strategy", "best"], "--strategy must be ranked or one of", 2),
+                            # before Label Studio is asked (it was exit 1 after a connection attempt)
+                            (["push", "--model", str(tmp_path / "gone.zip")], "model bundle not found", 2),
+                            (["push", "--model", "nosuch"], "unknown detector 'nosuch'", 2),
                             (["synth", "--backgrounds", str(tmp_path / "none")], "none", 2),
                             (["export", "--format", "jsonl", str(tmp_path / "afile")], "is not a folder", 1)):
         r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), *args])

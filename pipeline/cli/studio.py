@@ -125,8 +125,11 @@ def push_cmd(
     from pipeline.studio.push import run_push
 
     st = state(ctx)
-    with usage_errors():
+    with usage_errors(ValueError, FileNotFoundError):
         check_split(split)
+        from pipeline.detectors import check_spec
+
+        check_spec(model)   # exit 2 before Label Studio is asked anything, as serve and rank do
         if strategy is not None:
             from pipeline.rank import STRATEGIES
 
