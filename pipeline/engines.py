@@ -11,6 +11,7 @@ names, or starts a local instance of its own with usage stats off. Ray is an opt
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -59,6 +60,8 @@ def init_ray(num_cpus: int | None = None) -> None:
         if address:
             ray.init(address=address, log_to_driver=False)
         else:
+            # Ray turns its token authentication on for our own instance, and said so on every run
+            logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
                      configure_logging=False, _node_ip_address="127.0.0.1")
     except (ConnectionError, TimeoutError, RuntimeError, ValueError, ImportError) as exc:
