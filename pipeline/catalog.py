@@ -571,6 +571,16 @@ class Catalog:
             )
             tx.execute("DELETE FROM rejects WHERE source = ?", (source,))
 
+    def images_of_source(self, source: str) -> list[str]:
+        """Ids of the images `source` was harvested as (more than one: the file changed since)."""
+        return [r["image_id"] for r in self.query("SELECT image_id FROM image_sources WHERE source = ?"
+                                                  " ORDER BY harvested_at", (source,))]
+
+    def forget_source(self, image_id: str, source: str) -> None:
+        """`source` no longer holds `image_id` (rewritten since): the image stays, the pair goes."""
+        with self.transaction() as tx:
+            tx.execute("DELETE FROM image_sources WHERE image_id = ? AND source = ?", (image_id, source))
+
     def image_ids_by_source(self, sources: Sequence[str]) -> dict[str, str]:
         """source -> image id, for the given sources that were harvested."""
         out: dict[str, str] = {}

@@ -88,6 +88,8 @@ class HarvestSummary:
     rejected: Counter = field(default_factory=Counter)
     reject_lines: list[str] = field(default_factory=list)
     ignored_files: list[str] = field(default_factory=list)   # in the folders, not named as images
+    # files that now hold other content than when harvested: "path: was <id>, now <id>"
+    replaced: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -98,7 +100,7 @@ class HarvestSummary:
         return {"new": self.new, "duplicates": self.duplicates, "skipped": self.skipped,
                 "rejected": dict(self.rejected), "rejects": self.reject_lines,
                 "ignored_non_images": len(self.ignored_files), "ignored_files": self.ignored_files[:MAX_LISTED_IGNORED],
-                "seconds": round(self.seconds, 3)}
+                "replaced": self.replaced, "seconds": round(self.seconds, 3)}
 
 
 def split_for(sha256: str, ratios: SplitRatios) -> str:
@@ -566,6 +568,14 @@ def _record(cat: Catalog, ws: Workspace, f: Fetched, cfg: HarvestConfig, summary
         cat.add_image(f.sha256, rel, f.item.source, f.item.original_name, f.size, i.width, i.height, i.format,
                       i.mode, i.bit_depth, i.pages, i.orientation, split_for(f.sha256, cfg.splits), now)
         summary.new += 1
+    if not f.item.is_url:
+        # A file rewritten in place: the image it held before stays in the workspace (with its
+        # labels), but no longer names this path as a source, which now holds other content.
+        for old in cat.images_of_source(f.item.source):
+            if old != f.sha256:
+                cat.forget_source(old, f.item.source)
+                summary.replaced.append(f"{f.item.source}: holds other content than when harvested "
+                                        f"(was image {old[:12]}, now {f.sha256[:12]}); the earlier image stays")
     cat.record_source(f.sha256, f.item.source, f.item.original_name, f.size, f.mtime, f.item.metadata, now)
 
 

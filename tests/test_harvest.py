@@ -491,6 +491,29 @@ def test_a_link_beside_its_file_and_a_touched_file_are_nothing_new(tmp_path):
     assert again.skipped == 1 and again.duplicates == 0 and again.new == 0
 
 
+def test_a_file_rewritten_in_place_is_named_and_no_longer_a_source_of_its_old_image(tmp_path):
+    """A file edited in place (a crop, a redacted copy saved over it) is a new image; the old one
+    kept naming the path as its source, so its task and export pointed at a file that now shows
+    other pixels, and every rerun read the file again."""
+    src = tmp_path / "src"
+    src.mkdir()
+    noise_image(7, (64, 48)).save(src / "scan.png")
+    ws = Workspace.open(tmp_path / "ws")
+    harvest(ws, [str(src)])
+    with ws.catalog() as cat:
+        [old] = [r["id"] for r in cat.images()]
+    noise_image(8, (64, 48)).save(src / "scan.png")
+    again = harvest(ws, [str(src)])
+    assert again.new == 1 and len(again.replaced) == 1 and f"was image {old[:12]}" in again.replaced[0]
+    with ws.catalog() as cat:
+        ids = {r["id"] for r in cat.images()}
+        new = (ids - {old}).pop()
+        assert old in ids                                     # nothing lost: the earlier image stays
+        assert cat.sources_of([old, new]) == {new: [str(src / "scan.png")]}
+    third = harvest(ws, [str(src)])
+    assert third.skipped == 1 and not third.replaced        # and the rerun skips the file unread
+
+
 def test_csv_rows_take_url_or_path_and_their_problems_are_named(tmp_path):
     """A CSV with both `url` and `path` columns ignored `path` (the image was never harvested);
     an unclosed quote was a `bad_url`; a dangling link named in it was `not_found`."""

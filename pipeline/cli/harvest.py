@@ -91,6 +91,10 @@ def _render(c: Console, summary: Any, root: Path) -> None:
         c.print(f"[yellow]rejected[/] {plain(line)}", highlight=False, soft_wrap=True)
     if len(summary.reject_lines) > 50:
         c.print(f"... and {len(summary.reject_lines) - 50} more (see `textloop status`)")
+    for line in summary.replaced[:20]:
+        c.print(f"[yellow]replaced[/] {plain(line)}", highlight=False, soft_wrap=True)
+    if len(summary.replaced) > 20:
+        c.print(f"... and {len(summary.replaced) - 20} more files with new content (--json lists them)")
     if summary.ignored_files:
         n = len(summary.ignored_files)
         c.print(f"[yellow]ignored[/] {n} file(s) not named as images: {plain(', '.join(summary.ignored_files[:5]))}"
