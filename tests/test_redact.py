@@ -544,6 +544,32 @@ def test_archive_moves_originals_only_after_success(tmp_path, fake):
     assert r.exit_code == 2 and "no images found" in r.output
 
 
+def test_an_archive_that_overlaps_the_output_or_lies_in_the_input_is_refused(tmp_path, fake):
+    """From a walkthrough: `--archive OUTPUT` moved each original over its redacted output (OCR
+    read every word; the run said "redacted" and exit 0); an archive inside INPUT skipped the
+    images already in that folder without a word; an original never replaces an archived one."""
+    src = make_tree(tmp_path / "in")
+    out = tmp_path / "out"
+    before = sha_tree(src)
+    for archive, msg in ((out, "overlaps the output folder"), (out / "orig", "overlaps the output folder"),
+                         (tmp_path / "out.audit", "overlaps the audit folder"),
+                         (src / "sub", "inside the input folder"), (src, "inside the input folder")):
+        r = cli(tmp_path, "redact", str(src), str(out), "--archive", str(archive))
+        assert r.exit_code == 2 and msg in r.output and "--archive" in r.output, (archive, r.output)
+        assert sha_tree(src) == before and not out.exists()
+    single = tmp_path / "one"
+    single.mkdir()
+    Image.fromarray(rgb_noise(3)).save(single / "a.png")
+    r = cli(tmp_path, "redact", str(single / "a.png"), str(tmp_path / "o" / "a.png"), "--archive", str(tmp_path / "o"))
+    assert r.exit_code == 2 and "overlaps the output folder" in r.output
+    # an archived original of the same name is never overwritten: that image fails, the original stays
+    (tmp_path / "arch").mkdir()
+    (tmp_path / "arch" / "a.png").write_bytes(b"an earlier original")
+    r = cli(tmp_path, "redact", str(single), str(tmp_path / "o2"), "--archive", str(tmp_path / "arch"))
+    assert r.exit_code == 1 and "already in the archive" in r.output, r.output
+    assert (tmp_path / "arch" / "a.png").read_bytes() == b"an earlier original" and (single / "a.png").exists()
+
+
 def test_archive_keeps_what_a_symlink_points_at(tmp_path, fake):
     """A link in the input tree is archived as its target's bytes, not as a link that points nowhere
     (absolute: back into the input tree; relative: at a path that does not exist in the archive)."""

@@ -204,8 +204,23 @@ def _problem(path: Path, rel: str, output: Path, reason: str, detail: str) -> Re
     return Result(rel, str(path), str(output / rel), "failed", reason, detail)
 
 
+def check_archive(archive: Path, root: Path, output: Path, audit: Path, single: bool) -> None:
+    """ValueError for an --archive folder that overlaps the output or audit folder (originals
+    moved there replaced the redacted outputs of the same names: a leak the run called a
+    success) or lies in the input folder (its images were skipped as the archive's own, and
+    originals moved into them); a single file's own folder is refused too."""
+    a = archive.resolve()
+    for d, what in ((output.resolve(), "output"), (audit.resolve(), "audit")):
+        if a == d or a.is_relative_to(d) or d.is_relative_to(a):
+            raise ValueError(f"--archive {archive}: overlaps the {what} folder {d}; originals moved there would "
+                             f"sit among (or over) the redacted outputs: give a folder outside both")
+    r = root.resolve()
+    if a == r or (not single and a.is_relative_to(r)):
+        raise ValueError(f"--archive {archive}: inside the input folder {r}; give a folder outside it")
+
+
 def plan_input(input_spec: str, output: str | Path, audit_dir: Path | None = None,
-               exclude: Sequence[Path] = ()) -> Plan:
+               exclude: Sequence[Path] = (), archive: Path | None = None) -> Plan:
     """Plan a run. A single file must be a regular file (ValueError otherwise: a FIFO would
     block the read forever); a folder is listed by the shared rule of `pipeline.listing`
     (symlinks followed inside the tree only); glob matches get the same checks. A single
@@ -229,6 +244,8 @@ def plan_input(input_spec: str, output: str | Path, audit_dir: Path | None = Non
             raise ValueError(f"{out}: outputs keep the input's format ({have}); name it "
                              f"{out.with_suffix(src.suffix).name}")
         audit = audit_dir or default_audit_dir(output, not into_dir)
+        if archive is not None:
+            check_archive(Path(archive), src.parent, out if not into_dir else output, audit, single=True)
         item = Item(str(src), src.name, str(out), str(audit / "sidecars" / f"{src.name}.json"))
         return Plan([item], audit, ignored, problems, single=True)
     if src.is_dir():
@@ -247,6 +264,8 @@ def plan_input(input_spec: str, output: str | Path, audit_dir: Path | None = Non
     if output.resolve() == root_r:
         raise ValueError(f"{output}: output folder is the input folder (the input is never modified)")
     audit = audit_dir or default_audit_dir(output, False)
+    if archive is not None:
+        check_archive(Path(archive), root, output, audit, single=False)
     skip_dirs = [output.resolve(), audit.resolve(), *(Path(e).resolve() for e in exclude)]
     for d, what in zip(skip_dirs, ("output", "audit", "archive")):
         if root_r.is_relative_to(d):   # the whole input would be skipped as our own folder
@@ -821,6 +840,8 @@ def archive_original(item: Item, archive_root: Path, max_pixels: int = codec.DEF
         raise OSError(f"{item.out}: output does not match its sidecar; original not archived")
     codec.decode(data, max_pixels)
     dest = archive_root / item.rel
+    if os.path.lexists(dest):   # an earlier original of the same name: never moved over
+        raise OSError(f"{dest}: already in the archive (an earlier original of this name); original not moved")
     dest.parent.mkdir(parents=True, exist_ok=True)
     if Path(item.src).is_symlink():
         with open(item.src, "rb") as fin, atomic_open(dest) as fout:
