@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -112,17 +113,57 @@ def _umask() -> int:
     return mask
 
 
+NAME_MAX = 255   # bytes in one file name (Linux, macOS)
+
+
+def short_name(name: str, limit: int) -> str:
+    """`name` cut to at most `limit` UTF-8 bytes (whole characters), for names built from it."""
+    raw = name.encode("utf-8", "surrogateescape")
+    return name if len(raw) <= limit else raw[:limit].decode("utf-8", "ignore")
+
+
+def fitted_name(name: str, suffix: str) -> str:
+    """`name + suffix`, or when that is longer than a file name may be, the name cut short with a
+    hash of the whole of it (still unique): a 250-byte image name is valid, its sidecar's was not."""
+    full = name + suffix
+    if len(full.encode("utf-8", "surrogateescape")) <= NAME_MAX:
+        return full
+    tag = "~" + sha256_bytes(name.encode("utf-8", "surrogateescape"))[:12]
+    return short_name(name, NAME_MAX - len(tag) - len(suffix.encode("utf-8"))) + tag + suffix
+
+
+def not_replaceable(path: Path) -> str | None:
+    """Why an existing `path` must not be replaced by a file (a link, a device, a FIFO, a socket:
+    renaming over them put a file where /dev/null or a pipe's reader was), else None."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        return "it is a symbolic link; give the file it points at, or another name"
+    if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
+        return None
+    kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
+            else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "not a regular file")
+    return f"it is {kind}, not a regular file; it is never replaced"
+
+
 @contextmanager
 def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
     """A binary file that appears at `path` complete or not at all (temp file + rename in the
     destination folder), with the permissions any tool's output gets (0666 minus the umask;
     mkstemp's 0600 made the cleaned images unreadable to everyone else). The one atomic writer.
 
-    UnwritableError (naming the path) when the destination folder cannot be created or written."""
+    UnwritableError (naming the path) when the destination folder cannot be created or written,
+    or the destination is a link, device, FIFO or socket."""
     path = Path(path)
+    why_not = not_replaceable(path)
+    if why_not:
+        raise UnwritableError(errno.EEXIST, f"cannot write {path} ({why_not})", str(path))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        # the temp name is cut so that a destination name of up to 255 bytes still gets one
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{short_name(path.name, NAME_MAX - 14)}.", suffix=".tmp")
     except (FileExistsError, NotADirectoryError) as exc:
         raise UnwritableError(exc.errno, f"cannot write {path} (a parent is not a folder)", str(path)) from None
     except OSError as exc:   # read-only, no such folder (/proc/x), no space...: the destination's problem
@@ -156,7 +197,10 @@ def check_writable(path: str | Path) -> None:
     path = Path(path)
     if path.is_dir():
         raise UnwritableError(errno.EISDIR, f"cannot write {path} (it is a folder; give a file name)", str(path))
-    probe = path.parent / f".{path.name}.check"
+    why_not = not_replaceable(path)
+    if why_not:
+        raise UnwritableError(errno.EEXIST, f"cannot write {path} ({why_not})", str(path))
+    probe = path.parent / f".{short_name(path.name, NAME_MAX - 8)}.check"
     try:
         with atomic_open(probe) as fh:
             fh.write(b"")

@@ -353,3 +353,38 @@ def test_an_output_that_is_a_file_says_so(tmp_path, fake):
     (tmp_path / "afile").write_text("x")
     r = run(tmp_path, "redact", str(tmp_path / "in"), str(tmp_path / "afile" / "out"), json_out=False)
     assert r.exit_code == 2 and f"({tmp_path / 'afile'} is a file, not a folder)" in " ".join(r.output.split())
+
+
+def test_outputs_that_are_devices_fifos_or_links_are_never_replaced(tmp_path, fake):
+    """As root, `redact in.png /dev/null` put a regular file where /dev/null was, and
+    `predict --out /dev/stdout` replaced that link; a FIFO output was swapped for a file while
+    its reader waited. Each is one line now, and the thing stays what it was."""
+    png(tmp_path / "in" / "a.png", 1)
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    os.mkfifo(dev / "pipe.png")
+    (dev / "link.png").symlink_to(tmp_path / "elsewhere.png")
+    (dev / "out.jsonl").symlink_to("/proc/self/fd/1")
+    for name, kind in (("pipe.png", "a FIFO"), ("link.png", "a symbolic link")):
+        r = run(tmp_path, "redact", str(tmp_path / "in" / "a.png"), str(dev / name), json_out=False)
+        assert r.exit_code == 2 and f"it is {kind}" in " ".join(r.output.split()), r.output
+    r = run(tmp_path, "predict", str(tmp_path / "in" / "a.png"), "--detector", "ppocr", "--out", str(dev / "out.jsonl"),
+            json_out=False)
+    assert r.exit_code != 0 and "it is a symbolic link" in " ".join(r.output.split()), r.output
+    assert stat.S_ISFIFO(os.lstat(dev / "pipe.png").st_mode) and (dev / "link.png").is_symlink()
+    assert (dev / "out.jsonl").is_symlink() and not (tmp_path / "elsewhere.png").exists()
+
+
+def test_file_names_up_to_255_bytes_are_redacted_with_their_sidecars(tmp_path, fake):
+    """Names of 236-255 bytes are valid; the temp name (`.NAME.XXXXXXXX.tmp`) and the sidecar
+    (`NAME.json`) went over the limit and the image failed with "File name too long"."""
+    long_names = ["x" * (255 - 4) + ".png", "é" * 120 + "y" * (255 - 244) + ".png"]
+    for name in long_names:
+        assert len(name.encode()) == 255
+        png(tmp_path / "in" / name, 2)
+    code, s = redact_json(tmp_path, str(tmp_path / "in"), str(tmp_path / "out"))
+    assert code == 0 and s["redacted"] == 2, s
+    sidecars = sorted(p.name for p in (tmp_path / "out.audit" / "sidecars").iterdir())
+    assert len(sidecars) == 2 and all(len(n.encode()) <= 255 and n.endswith(".json") for n in sidecars)
+    code, s = redact_json(tmp_path, str(tmp_path / "in"), str(tmp_path / "out"))
+    assert code == 0 and s["skipped"] == 2, s                 # the sidecars are found again: a rerun is a no-op

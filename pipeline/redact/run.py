@@ -200,6 +200,14 @@ def plan(input_spec: str, output: Path, audit_dir: Path | None = None,
     return p.items, p.audit, p.ignored
 
 
+def sidecar_path(audit: Path, rel: str) -> str:
+    """AUDIT/sidecars/<rel>.json; a name too long for the `.json` is cut short with a hash."""
+    from pipeline.io import fitted_name
+
+    r = Path(rel)
+    return str(audit / "sidecars" / r.parent / fitted_name(r.name, ".json"))
+
+
 def _problem(path: Path, rel: str, output: Path, reason: str, detail: str) -> Result:
     return Result(rel, str(path), str(output / rel), "failed", reason, detail)
 
@@ -239,6 +247,11 @@ def plan_input(input_spec: str, output: str | Path, audit_dir: Path | None = Non
         out = output / src.name if into_dir else output
         if out.resolve() == src.resolve():
             raise ValueError(f"{out}: output would overwrite the input")
+        from pipeline.io import not_replaceable
+
+        why_not = not_replaceable(out)   # a device or a link: `redact a.png /dev/null` replaced /dev/null
+        if why_not:
+            raise ValueError(f"{out}: {why_not}")
         have, want = codec.EXTENSIONS.get(src.suffix.lower()), codec.EXTENSIONS.get(out.suffix.lower())
         if have and want and have != want:  # PNG bytes in a .jpg: viewers and upload checks trip on it
             raise ValueError(f"{out}: outputs keep the input's format ({have}); name it "
@@ -246,7 +259,7 @@ def plan_input(input_spec: str, output: str | Path, audit_dir: Path | None = Non
         audit = audit_dir or default_audit_dir(output, not into_dir)
         if archive is not None:
             check_archive(Path(archive), src.parent, out if not into_dir else output, audit, single=True)
-        item = Item(str(src), src.name, str(out), str(audit / "sidecars" / f"{src.name}.json"))
+        item = Item(str(src), src.name, str(out), sidecar_path(audit, src.name))
         return Plan([item], audit, ignored, problems, single=True)
     if src.is_dir():
         root = src
@@ -272,7 +285,7 @@ def plan_input(input_spec: str, output: str | Path, audit_dir: Path | None = Non
             raise ValueError(f"{root}: the input is inside the {what} folder {d}; give an output folder outside it")
     found = triage(_walk(root, skip_dirs) if src.is_dir() else _glob_entries(input_spec, root, skip_dirs))
     problems += [_problem(e.path, e.rel, output, e.reason, e.detail) for e in found.problems]
-    items = [Item(str(e.path), e.rel, str(output / e.rel), str(audit / "sidecars" / f"{e.rel}.json")) for e in found.images]
+    items = [Item(str(e.path), e.rel, str(output / e.rel), sidecar_path(audit, e.rel)) for e in found.images]
     return Plan(items, audit, [str(p) for p in found.ignored], problems)
 
 
