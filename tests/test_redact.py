@@ -7,8 +7,8 @@ import hashlib
 import io
 import json
 import os
-from dataclasses import replace
 import struct
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,8 @@ from pipeline.redact.run import Item, RedactConfig, Redactor, plan, run_local
 from tests.fakes import BOXES, FakeDetector
 
 W, H = 64, 40
+from pipeline.redact.codec import scrub_icc  # noqa: E402
+
 ICC = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
 
@@ -276,7 +278,59 @@ def test_jpeg_metadata_is_stripped_and_icc_kept(tmp_path):
     for secret in (b"Exif", b"Dr Secret", b"patient 12345", b"secret comment", b"8BIM", b"xap/1.0"):
         assert secret not in data
     im = Image.open(out)
-    assert im.info.get("icc_profile") == ICC and not im.getexif()
+    assert im.info.get("icc_profile") == scrub_icc(ICC) and not im.getexif()   # its colour, not its words
+
+
+def icc_with_words(words: str) -> bytes:
+    """sRGB with `words` in its copyright (a `text` tag), a device-model description (`desc`)
+    and a private tag: as a scanner or a lab's colour pipeline may write them."""
+    import struct
+
+    base = bytearray(ICC)
+    n = struct.unpack_from(">I", base, 128)[0]
+    entries = [list(struct.unpack_from(">4sII", base, 132 + 12 * i)) for i in range(n)]
+    text = b"text" + bytes(4) + words.encode() + b"\x00"
+    desc = b"desc" + bytes(4) + struct.pack(">I", len(words) + 1) + words.encode() + b"\x00" + bytes(4 + 4 + 2 + 1 + 67)
+    shift = 12 * 2                                  # two more table entries: every offset moves
+    body = bytes(base[132 + 12 * n:])
+    blobs, end = [], len(base) + shift
+    for sig, blob in ((b"dmdd", desc), (b"zzzz", text), (b"cprt", text)):
+        end += (-end) % 4
+        blobs.append((sig, end, blob))
+        end += len(blob)
+    table = [[sig, off + shift, size] for sig, off, size in entries if sig != b"cprt"]
+    table += [[sig, off, len(blob)] for sig, off, blob in blobs]
+    out = bytearray(base[:128]) + struct.pack(">I", len(table))
+    for e in table:
+        out += struct.pack(">4sII", *e)
+    out += body
+    for _, off, blob in blobs:
+        out += bytes(off - len(out)) + blob
+    struct.pack_into(">I", out, 0, len(out))
+    return bytes(out)
+
+
+def test_words_in_an_icc_profile_never_reach_the_output(tmp_path):
+    """From a walkthrough: an ICC profile's copyright read "Patient SMITH MRN 00998877" in every
+    output, byte for byte. The output's profile keeps the colour and none of the words."""
+    profile = icc_with_words("Patient SMITH MRN 00998877")
+    assert ImageCms.ImageCmsProfile(io.BytesIO(profile)).profile.copyright == "Patient SMITH MRN 00998877"
+    red = np.zeros((40, 64, 3), np.uint8) + np.array([200, 30, 60], np.uint8)
+    for name, kw in (("a.jpg", {"quality": 95}), ("a.png", {}), ("a.tif", {}), ("a.webp", {"lossless": True})):
+        src = tmp_path / "in" / name
+        src.parent.mkdir(exist_ok=True)
+        Image.fromarray(red).save(src, icc_profile=profile, **kw)
+        assert b"SMITH" in Image.open(src).info["icc_profile"]     # (PNG compresses it)
+        out = tmp_path / "out" / name
+        assert redact_one(src, out).status == "redacted"
+        data = out.read_bytes()
+        assert b"SMITH" not in data and b"00998877" not in data and b"sRGB built-in" not in data, name
+        kept = Image.open(out).info["icc_profile"]
+        assert b"SMITH" not in kept and b"00998877" not in kept, name
+        p = ImageCms.ImageCmsProfile(io.BytesIO(kept))
+        assert not p.profile.copyright and not p.profile.profile_description, name
+        to_srgb = ImageCms.buildTransform(p, ImageCms.createProfile("sRGB"), "RGB", "RGB")
+        assert ImageCms.applyTransform(Image.fromarray(red), to_srgb).getpixel((0, 0)) == (200, 30, 60), name
 
 
 def test_png_text_chunks_and_exif_are_stripped_and_icc_kept(tmp_path):
@@ -294,7 +348,7 @@ def test_png_text_chunks_and_exif_are_stripped_and_icc_kept(tmp_path):
     data = out.read_bytes()
     chunks = set(png_chunks(data))
     assert not chunks & {b"tEXt", b"zTXt", b"iTXt", b"eXIf", b"tIME"}
-    assert b"iCCP" in chunks and Image.open(out).info["icc_profile"] == ICC
+    assert b"iCCP" in chunks and Image.open(out).info["icc_profile"] == scrub_icc(ICC)
     for secret in (b"Dr Secret", b"SecretCam", b"sample ID"):
         assert secret not in data
 
@@ -309,7 +363,7 @@ def test_tiff_private_tags_dropped_icc_and_resolution_kept(tmp_path):
     assert b"patient 12345" not in data and b"SecretScope" not in data
     with tifffile.TiffFile(out) as tf:
         p = tf.pages[0]
-        assert bytes(p.tags[34675].value) == ICC and p.tags["XResolution"].value == (300, 1)
+        assert bytes(p.tags[34675].value) == scrub_icc(ICC) and p.tags["XResolution"].value == (300, 1)
 
 
 # --- bit depth and pages ----------------------------------------------------------------------------
@@ -801,7 +855,7 @@ def test_16bit_rgb_png_keeps_16_bits_and_icc(tmp_path):
     data = buf.tobytes()
     (tmp_path / "icc16.png").write_bytes(data[:33] + iccp + data[33:])
     assert redact_one(tmp_path / "icc16.png", tmp_path / "out" / "icc16.png").status == "redacted"
-    assert Image.open(tmp_path / "out" / "icc16.png").info.get("icc_profile") == ICC
+    assert Image.open(tmp_path / "out" / "icc16.png").info.get("icc_profile") == scrub_icc(ICC)
     assert cv2.imread(str(tmp_path / "out" / "icc16.png"), cv2.IMREAD_UNCHANGED).dtype == np.uint16
 
 

@@ -55,6 +55,53 @@ class Page:
         return 1 if self.array.ndim == 2 else int(self.array.shape[2])
 
 
+# ICC tags that carry colour (kept as they are); `desc` and `cprt` are required, so they stay
+# with their text emptied. Every other tag goes: names, descriptions, device makers and
+# models, colorant names, calibration dates, vendor data (an image's ICC profile can name the
+# patient or the instrument it came from, and it was copied byte for byte).
+_ICC_COLOUR_TAGS = frozenset(t.encode("ascii") for t in (
+    "rXYZ", "gXYZ", "bXYZ", "wtpt", "bkpt", "lumi", "rTRC", "gTRC", "bTRC", "kTRC", "chad", "chrm",
+    "A2B0", "A2B1", "A2B2", "B2A0", "B2A1", "B2A2", "A2B3", "B2A3", "gamt", "pre0", "pre1", "pre2",
+    "D2B0", "D2B1", "D2B2", "D2B3", "B2D0", "B2D1", "B2D2", "B2D3", "meas", "view", "cicp", "ciis",
+    "rig0", "rig2", "tech", "bfd ", "resp"))
+_ICC_TEXT_TAGS = (b"desc", b"cprt")
+
+
+def scrub_icc(data: bytes | None) -> bytes | None:
+    """The ICC profile with only its colour: tags outside `_ICC_COLOUR_TAGS` dropped and their
+    bytes zeroed, the required description and copyright emptied (same type, no text), the
+    profile ID cleared (it hashes the old bytes). None when it is not a parseable profile:
+    then no profile is written rather than unknown bytes."""
+    import struct
+
+    if not data or len(data) < 132 or data[36:40] != b"acsp":
+        return None
+    buf = bytearray(data)
+    n = struct.unpack_from(">I", buf, 128)[0]
+    if n > 1000 or 132 + 12 * n > len(buf):
+        return None
+    entries = [struct.unpack_from(">4sII", buf, 132 + 12 * i) for i in range(n)]
+    if any(off < 132 + 12 * n or off + size > len(buf) or size < 8 for _, off, size in entries):
+        return None
+    kept = [e for e in entries if e[0] in _ICC_COLOUR_TAGS or e[0] in _ICC_TEXT_TAGS]
+    kept_ranges = {(off, size) for sig, off, size in kept if sig in _ICC_COLOUR_TAGS}
+    for sig, off, size in entries:
+        if sig in _ICC_COLOUR_TAGS or (off, size) in kept_ranges:
+            continue
+        kind = bytes(buf[off:off + 4])
+        buf[off + 8:off + size] = bytes(size - 8)          # text gone, type and size kept
+        if sig in _ICC_TEXT_TAGS and kind == b"mluc" and size >= 16:
+            struct.pack_into(">II", buf, off + 8, 0, 12)   # no records (of the standard size)
+        elif sig not in _ICC_TEXT_TAGS:
+            buf[off:off + 8] = bytes(8)
+    buf[128:132 + 12 * n] = bytes(4 + 12 * n)
+    struct.pack_into(">I", buf, 128, len(kept))
+    for i, e in enumerate(kept):
+        struct.pack_into(">4sII", buf, 132 + 12 * i, *e)
+    buf[84:100] = bytes(16)
+    return bytes(buf)
+
+
 @dataclass
 class Document:
     """A decoded input: its pages and what is needed to write it back the same way."""
@@ -144,7 +191,7 @@ def _decode_pillow(data: bytes, max_pixels: int) -> Document:
         check_pixels(im.size, max_pixels)
         if fmt == "WEBP" and int(getattr(im, "n_frames", 1) or 1) > 1:
             raise ImageRejected("unsupported_format", "animated WebP is not supported by redact")
-        doc = Document(format=fmt, pages=[], mode=im.mode, icc_profile=im.info.get("icc_profile") or None)
+        doc = Document(format=fmt, pages=[], mode=im.mode, icc_profile=scrub_icc(im.info.get("icc_profile")))
         dpi = im.info.get("dpi")
         if dpi and all(float(v) > 0 for v in dpi):
             doc.dpi = (float(dpi[0]), float(dpi[1]))
@@ -240,7 +287,7 @@ def _decode_tiff(data: bytes, max_pixels: int) -> Document:
             raise ImageRejected("corrupt", "TIFF has no pages")
         first = tf.pages[0]
         icc = first.tags.get(34675)
-        doc = Document(format="TIFF", pages=[], icc_profile=bytes(icc.value) if icc is not None else None)
+        doc = Document(format="TIFF", pages=[], icc_profile=scrub_icc(bytes(icc.value)) if icc is not None else None)
         for name in ("XResolution", "YResolution", "ResolutionUnit"):
             tag = first.tags.get(name)
             if tag is not None:
