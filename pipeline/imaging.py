@@ -156,15 +156,15 @@ def probe(src: str | Path | BinaryIO, max_pixels: int = DEFAULT_MAX_PIXELS) -> I
             check_pixels((w, h), max_pixels)
             pages = int(getattr(im, "n_frames", 1) or 1)
             mode = im.mode
-            orientation = int(im.getexif().get(0x0112, 1) or 1)
+            turned = orientation(im)
             for page in range(pages):
                 if pages > 1:
                     im.seek(page)
                     check_pixels(im.size, max_pixels, page)
                 im.load()
-    w, h, orientation = _displayed(w, h, orientation)
+    w, h, turned = _displayed(w, h, turned)
     bits = (png_bit_depth(head) if fmt == "PNG" else None) or _MODE_BITS.get(mode, 8)
-    return ImageInfo(fmt, FORMAT_EXT[fmt], w, h, mode, bits, pages, orientation)
+    return ImageInfo(fmt, FORMAT_EXT[fmt], w, h, mode, bits, pages, turned)
 
 
 def _displayed(w: int, h: int, orientation: int) -> tuple[int, int, int]:
@@ -181,7 +181,7 @@ def displayed_size(path: str | Path) -> tuple[int, int, int]:
     from pipeline.listing import open_regular
 
     with open_regular(path) as fh, rejecting_bad_images(), Image.open(fh) as im:
-        return _displayed(*im.size, int(im.getexif().get(0x0112, 1) or 1))
+        return _displayed(*im.size, orientation(im))
 
 
 def probe_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
@@ -202,6 +202,42 @@ def to_uint8_rgb(im: Image.Image) -> np.ndarray:
     if im.mode != "RGB":
         im = im.convert("RGBA").convert("RGB") if "A" in im.mode or im.mode == "P" else im.convert("RGB")
     return np.asarray(im, dtype=np.uint8)
+
+
+def pixel_key(im: Image.Image) -> str:
+    """What a viewer can be shown, as one id: every page (frame) at its own bit depth, alpha
+    included unless it is opaque everywhere, palettes resolved, and the EXIF orientation. Two
+    files share it only if they show the same pixels; page 0's RGB alone made transparent
+    images with different text, or TIFFs differing on page 2, "exact duplicates"."""
+    from pipeline.io import sha256_parts
+
+    def pages() -> Iterator[bytes]:
+        yield f"orientation {orientation(im)}".encode()
+        for i in range(int(getattr(im, "n_frames", 1) or 1)):
+            im.seek(i)
+            frame = im
+            if frame.mode in ("P", "PA", "1", "CMYK", "YCbCr", "LAB", "HSV") or (
+                    frame.mode in ("L", "RGB") and "transparency" in frame.info):
+                frame = frame.convert("RGBA" if has_alpha(frame) else "RGB")
+            arr = np.asarray(frame)
+            if frame.mode in ("RGBA", "LA") and (arr[..., -1] == 255).all():
+                arr = arr[..., :-1]
+            if arr.ndim == 3 and arr.shape[2] == 1 or frame.mode == "L":
+                arr = np.repeat(arr.reshape(arr.shape[0], arr.shape[1], 1), 3, axis=2)   # grey = the same RGB
+            yield f"{arr.dtype.str} {arr.shape}".encode()
+            yield np.ascontiguousarray(arr).tobytes()
+        im.seek(0)
+
+    return sha256_parts(pages())
+
+
+def orientation(im: Image.Image) -> int:
+    """The EXIF orientation tag, 1-8 (1 when absent, out of range or unreadable)."""
+    try:
+        value = int(im.getexif().get(0x0112, 1) or 1)
+    except Exception:  # noqa: BLE001 - a damaged EXIF block counts as none
+        return 1
+    return value if value in range(1, 9) else 1
 
 
 def load_rgb(path: str | Path, page: int = 0) -> np.ndarray:

@@ -124,3 +124,38 @@ def test_a_skipped_image_is_named_by_its_file_name(tmp_path: Path, caplog) -> No
     with caplog.at_level(logging.WARNING, logger="textloop"):
         find_duplicates(refs, DuplicateConfig())
     assert any(r.getMessage().startswith("scan 17.png (bbbbbbbbbbbb): skipped") for r in caplog.records), caplog.text
+
+
+@pytest.mark.parametrize("engine", ["permissive", pytest.param("fastdup", marks=pytest.mark.skipif(
+    not FASTDUP_OK, reason="no .venv-fastdup (make install-fastdup)"))])
+def test_exact_means_every_page_and_the_alpha_too(tmp_path: Path, engine: str) -> None:
+    """From a walkthrough: transparent images with different words in their alpha (colour all
+    black), and TIFFs alike on page 1 but not on page 2, were "exact duplicates" (similarity 1.0)
+    and `--apply` excluded them. The same pixels in another format still are exact."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    def alpha_word(word: str) -> Image.Image:
+        a = Image.new("L", (96, 48), 0)
+        ImageDraw.Draw(a).text((8, 16), word, fill=255)
+        im = Image.new("RGBA", (96, 48), (0, 0, 0, 0))
+        im.putalpha(a)
+        return im
+
+    rng = np.random.default_rng(0)
+    noise = [Image.fromarray(rng.integers(0, 255, (48, 96, 3), dtype=np.uint8)) for _ in range(3)]
+    alpha_word("JONES").save(tmp_path / "a1.png")
+    alpha_word("ALPHA").save(tmp_path / "a2.png")
+    noise[0].save(tmp_path / "p1.tif", save_all=True, append_images=[noise[1]])
+    noise[0].save(tmp_path / "p2.tif", save_all=True, append_images=[noise[2]])
+    noise[0].save(tmp_path / "same.png")
+    noise[0].save(tmp_path / "same.bmp")
+    noise[0].convert("RGBA").save(tmp_path / "opaque.png")      # an alpha that hides nothing
+    names = ["a1.png", "a2.png", "p1.tif", "p2.tif", "same.png", "same.bmp", "opaque.png"]
+    refs = [ImageRef(n, tmp_path / n, "train", n) for n in names]
+    im = find_duplicates(refs, DuplicateConfig(engine=engine)).images.set_index("image_id")
+    exact = set(im.index[im["is_exact_duplicates_issue"]])
+    if engine == "permissive":
+        assert exact == {"same.png", "same.bmp", "opaque.png"}, im[["is_exact_duplicates_issue", "cluster_id"]]
+    else:   # fastdup pairs by its embedding: whichever of these it pairs, only equal pixels are exact
+        assert exact <= {"same.png", "same.bmp", "opaque.png"}, im[["is_exact_duplicates_issue", "cluster_id"]]

@@ -25,7 +25,6 @@ cannot shift anyone else's result (a known bug of a seed project).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -199,20 +198,23 @@ def _thumb_features(rgb: np.ndarray) -> tuple[int, int, np.ndarray, np.ndarray]:
 
 def _load_one(ref: ImageRef) -> tuple[str, str | None, str | None, int, int, np.ndarray | None, np.ndarray | None]:
     """(id, error, pixel_key, phash, dhash, embedding, stats) of one image; never raises."""
-    from pipeline.imaging import load_rgb
+    from PIL import Image, ImageOps
+
+    from pipeline.imaging import pixel_key, to_uint8_rgb
+    from pipeline.listing import open_regular
 
     try:
-        rgb = load_rgb(ref.path)
+        with open_regular(ref.path) as fh, Image.open(fh) as im:
+            key = pixel_key(im)     # every page and the alpha: what "exact" means
+            rgb = to_uint8_rgb(ImageOps.exif_transpose(im))
     except FileNotFoundError:
         return ref.image_id, "missing", None, 0, 0, None, None
     except Exception as exc:  # noqa: BLE001 - a bad image in a batch is logged and skipped
         return ref.image_id, f"corrupt: {type(exc).__name__}: {exc}"[:200], None, 0, 0, None, None
     if rgb.ndim != 3 or rgb.shape[0] < 2 or rgb.shape[1] < 2:
         return ref.image_id, "too_small", None, 0, 0, None, None
-    key = hashlib.blake2b(np.ascontiguousarray(rgb).tobytes(), digest_size=16)
-    key.update(repr(rgb.shape).encode())
     ph, dh, emb, stats = _thumb_features(rgb)
-    return ref.image_id, None, key.hexdigest(), ph, dh, emb, stats
+    return ref.image_id, None, key, ph, dh, emb, stats
 
 
 def _popcount(x: np.ndarray) -> np.ndarray:
@@ -305,6 +307,20 @@ def fastdup_python(explicit: str | None = None) -> Path:
 
 class FastdupUnavailable(RuntimeError):
     """The fastdup interpreter is missing or broken (one clear line for the CLI)."""
+
+
+def file_pixel_key(path: str | Path) -> str | None:
+    """`imaging.pixel_key` of a file, None when it cannot be read."""
+    from PIL import Image
+
+    from pipeline.imaging import pixel_key
+    from pipeline.listing import open_regular
+
+    try:
+        with open_regular(path) as fh, Image.open(fh) as im:
+            return pixel_key(im)
+    except Exception:  # noqa: BLE001 - unreadable here: not an exact duplicate of anything
+        return None
 
 
 def _sha256_file(path: Path) -> str | None:
@@ -401,6 +417,14 @@ def _fastdup_features(images: Sequence[ImageRef], cfg: DuplicateConfig,
             broken[iid] = "no embedding from fastdup"
     pairs: list[tuple[str, str, float, str]] = []
     seen: set[tuple[str, str]] = set()
+    paths = {iid: p for p, iid in by_path.items()}
+    keys: dict[str, str | None] = {}
+
+    def pixels(iid: str) -> str | None:
+        if iid not in keys:
+            keys[iid] = file_pixel_key(paths[iid])
+        return keys[iid]
+
     for fa, fb, s in zip(sim["filename_a"].astype(str), sim["filename_b"].astype(str), sim["similarity"].astype(float)):
         a, b = to_id(fa), to_id(fb)
         if a is None or b is None or a == b or a in broken or b in broken:
@@ -408,7 +432,10 @@ def _fastdup_features(images: Sequence[ImageRef], cfg: DuplicateConfig,
         same_bytes = exact.get(a) == exact.get(b)
         if s < cfg.fastdup_near_similarity and not same_bytes:
             continue
-        kind = "exact" if same_bytes or s >= cfg.exact_similarity else "near"
+        # fastdup's 1.0 is not "the same pixels" (its embedding drops alpha and later pages):
+        # above the exact similarity, the decoded pixels decide
+        kind = "exact" if same_bytes or (s >= cfg.exact_similarity and pixels(a) is not None
+                                         and pixels(a) == pixels(b)) else "near"
         key = (a, b) if a < b else (b, a)
         if key not in seen:
             seen.add(key)
