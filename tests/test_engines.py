@@ -40,7 +40,7 @@ def test_spec_factory_is_picklable_and_builds_the_detector():
 
     f = pickle.loads(pickle.dumps(SpecFactory("ppocr", pass_options())))
     det = f()
-    assert det.config.scales == (1.0, 2.0) and det.config.refine == "small"   # redact's passes
+    assert det.config.scales == (1.0, 2.5) and det.config.refine == "small"   # redact's passes
     assert SpecFactory("ppocr")().config.scales == (1.0,)
     # predict's own options mean what they say, on Ray as locally: 2x over the whole image
     assert SpecFactory("ppocr", {"scales": (1.0, 2.0)})().config.refine == "image"

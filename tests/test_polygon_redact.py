@@ -217,7 +217,7 @@ def test_cheaper_stock_path_finds_small_text_that_1x_misses_and_nothing_stays_le
 
     one = load_detector("ppocr")
     default = build_ppocr()
-    assert default.config.refine == "small" and default.config.scales == (1.0, 2.0)
+    assert default.config.refine == "small" and default.config.scales == (1.0, 2.5)
     assert hits(one.detect([rgb])[0]) < len(boxes)                 # one 1x pass misses small words
     assert hits(default.detect([rgb])[0]) == len(boxes)            # the default finds them all
     # the recogniser can read the small words in the input (so the test means something) ...
@@ -324,7 +324,7 @@ def test_a_line_that_1x_boxes_only_in_part_is_covered_to_its_end(tmp_path, reade
 
 
 def test_a_promoted_tuned_model_gets_the_small_text_pass_too(tmp_path, ws, reader):
-    """redact's default with a promoted db model is 1x + 2x on small-text cells, like stock ppocr
+    """redact's default with a promoted db model is 1x + 2.5x on small-text cells, like stock ppocr
     (a tuned model's 1x pass alone left words legible on the devset); `--scales 1` is the plain
     pass, and the detector version says which, so outputs of one never pass for the other's."""
     from pipeline.bundle import register_model, save_bundle
@@ -350,11 +350,11 @@ def test_a_promoted_tuned_model_gets_the_small_text_pass_too(tmp_path, ws, reade
                       sum(bool(covered[y0:y1, x0:x1].mean() > 0.9) for x0, y0, x1, y1 in boxes))
         assert sc["detector"]["passes"] == summary.model["passes"]
         if name == "default":   # the summary says which passes ran, and what the model scored
-            assert summary.model["passes"] == {"scales": [1.0, 2.0], "refine": "small", "scale_max_side": 1600,
+            assert summary.model["passes"] == {"scales": [1.0, 2.5], "refine": "small", "scale_max_side": 1600,
                                                "large_text_side": 640}
             assert summary.model["validation_coverage"] == pytest.approx(0.9)
             assert _describe_model(summary.model) == (" (validation coverage 0.900 at the budget, validation when trained; "
-                                                      "1x + 2x on small-text cells (images up to 1600 px), "
+                                                      "1x + 2.5x on small-text cells (images up to 1600 px), "
                                                       "large text at 640 px)")
         else:
             assert _describe_model(summary.model).endswith("; one 1x pass, large text at 640 px)")
