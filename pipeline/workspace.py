@@ -67,8 +67,24 @@ class Workspace:
         """Create folders and migrate the catalog; safe to call any number of times."""
         for d in (self.root, self.images_dir, self.tmp_dir, self.models_dir, self.runs_dir, self.reports_dir):
             d.mkdir(parents=True, exist_ok=True)
+        self._check_not_emptied()
         with Catalog(self.catalog_path):
             pass
+
+    def _check_not_emptied(self) -> None:
+        """CatalogDamaged when catalog.sqlite is 0 bytes while images/ holds stored images: SQLite
+        takes an empty file for a new database, so `status` said "0 images" and wrote a fresh
+        schema over what was left of the old one (a fresh catalog is empty only before any image)."""
+        try:
+            if self.catalog_path.stat().st_size:
+                return
+        except OSError:
+            return
+        stored = (f for d in self.images_dir.glob("??") if d.is_dir() for f in d.iterdir())
+        if next(stored, None) is not None:
+            from pipeline.catalog import CatalogDamaged
+
+            raise CatalogDamaged(self.catalog_path, "it is empty, 0 bytes, while images/ holds stored images")
 
     @contextmanager
     def lock(self, job: str) -> Iterator[None]:
@@ -98,6 +114,7 @@ class Workspace:
                 _LOCKED_HERE.discard(key)
 
     def catalog(self) -> Catalog:
+        self._check_not_emptied()
         return Catalog(self.catalog_path, read_only=self.read_only)
 
     def image_relpath(self, sha256: str, ext: str) -> str:

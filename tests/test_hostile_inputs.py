@@ -347,6 +347,19 @@ def test_damaged_catalog_is_one_line_naming_the_file(tmp_path):
         assert "catalog.sqlite is damaged" in r.output and "backup" in r.output and "Traceback" not in r.output
 
 
+def test_a_catalog_emptied_to_zero_bytes_is_damage_not_a_new_workspace(tmp_path):
+    """`status` on a workspace whose catalog.sqlite was cut to 0 bytes said "0 images" (exit 0)
+    and wrote a fresh schema into it: SQLite takes an empty file for a new database."""
+    png(tmp_path / "in" / "a.png")
+    code, _ = harvest_json(tmp_path, str(tmp_path / "in"))
+    assert code == 0
+    (tmp_path / "ws" / "catalog.sqlite").write_bytes(b"")
+    for args in (["status"], ["harvest", str(tmp_path / "in")]):
+        r = run(tmp_path, *args, json_out=False)
+        assert r.exit_code == 1 and "catalog.sqlite is damaged (it is empty, 0 bytes" in " ".join(r.output.split()), r.output
+    assert (tmp_path / "ws" / "catalog.sqlite").stat().st_size == 0          # nothing written over it
+
+
 def test_an_output_that_is_a_file_says_so(tmp_path, fake):
     """`redact in afile` said "cannot create or write this folder (File exists)"."""
     png(tmp_path / "in" / "a.png", 1)
