@@ -328,3 +328,22 @@ def test_a_current_model_whose_bundle_is_gone_is_one_line_and_stock_can_be_curre
     assert r.exit_code == 0 and json.loads(r.stdout)["previous"] == "db-gone", r.output
     with ws.catalog() as cat:
         assert cat.current_model() is None
+
+
+def test_a_bad_option_or_argument_is_one_line_like_every_other_error(tmp_path: Path) -> None:
+    """click drew a five-line usage box for an option out of its range or a missing argument,
+    while every other error was one `error:` line; a typo'd command is one line too, and the
+    exit codes stay: 2 for usage, 0 for --help."""
+    ws = ["-w", str(tmp_path / "ws")]
+    for args, says in ((["redact", "in", "out", "--threshold", "-0.1"], "'--threshold': -0.1 is not in the range"),
+                       (["redact"], "Missing argument 'input'"),
+                       (["harvset"], "No such command 'harvset'"),
+                       (["redact", "in", "out", "--pad", "5%+"], "bad --pad '5%+'")):
+        r = subprocess.run([sys.executable, "-m", "pipeline.cli.app", *ws, *args], capture_output=True, text=True,
+                           timeout=120)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], (args, r.stderr)
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli.app", "redact", "--help"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and "--threshold" in r.stdout
+    assert not (tmp_path / "ws").exists()

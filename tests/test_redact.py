@@ -139,6 +139,13 @@ def test_pad_and_color_parsing():
     assert Pad.parse("2px+15%") == Pad(2, 0.15) and Pad.parse(str(Pad(2, 0.15))) == Pad(2, 0.15)
     with pytest.raises(ValueError):
         Pad.parse("lots")
+    assert Pad.parse("2,15%") == Pad(2, 0.15) and Pad.parse("10% + 2px") == Pad(2, 0.10)
+    for typo in ("5%+", "+5%", "5px+", "2px+3px", "1e9"):     # were read as something, silently
+        with pytest.raises(ValueError, match="bad --pad"):
+            Pad.parse(typo)
+    for huge, says in (("100000%", "the % part must be 0 to 1000%"), ("99999", "the px part must be 0 to 10000px")):
+        with pytest.raises(ValueError, match=says):               # said "non-negative" of Pad(px=0.0, frac=1000.0)
+            Pad.parse(huge)
     assert parse_color("white") == (255, 255, 255) and parse_color("#f00") == (255, 0, 0)
     assert parse_color("1,2,3") == (1, 2, 3)
     with pytest.raises(ValueError):

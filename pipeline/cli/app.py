@@ -80,10 +80,27 @@ def main() -> None:
     import gc
     import signal
 
+    try:   # typer 0.2x carries its own copy of click; older ones use click itself
+        from typer._click import exceptions as click_exc
+    except ImportError:
+        from click import exceptions as click_exc
+
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    code: object = 0
     try:
-        app()
-        code: object = 0
+        rv = app(standalone_mode=False)
+        code = rv if isinstance(rv, int) else 0   # typer.Exit(n) comes back as n here
+    except click_exc.UsageError as exc:
+        # a bad option or argument is one line, as every other error (click drew a usage box)
+        where = exc.ctx.command_path if exc.ctx is not None else "textloop"
+        sys.stderr.write(f"error: {exc.format_message()} (see `{where} --help`)\n")
+        code = exc.exit_code
+    except click_exc.ClickException as exc:
+        sys.stderr.write(f"error: {exc.format_message()}\n")
+        code = exc.exit_code
+    except click_exc.Abort:   # a Ctrl-C no command turned into its own summary
+        sys.stderr.write("interrupted\n")
+        code = 130
     except SystemExit as exc:
         code = exc.code
     # Outside the handler the exception is gone, and with it the tracebacks it chains (a Ctrl-C

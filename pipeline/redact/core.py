@@ -7,8 +7,10 @@ every covered pixel. Nothing here reads or writes files.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -30,21 +32,32 @@ class Pad:
     px: float = 0.0
     frac: float = 0.0
 
+    MAX_PX: ClassVar[float] = 10_000.0    # more than any image is wide: a typo, not a margin
+    MAX_FRAC: ClassVar[float] = 10.0      # 1000 % of the box height
+
+    def __post_init__(self) -> None:
+        for value, top, unit in ((self.px, self.MAX_PX, "px"), (self.frac * 100, self.MAX_FRAC * 100, "%")):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= top):
+                raise ValueError(f"--pad {self}: the {unit} part must be 0 to {top:g}{unit}")
+
     @classmethod
     def parse(cls, text: str) -> "Pad":
-        """`4`, `4px`, `15%`, `2px+15%` or `2,15%` (pixels and/or percent of the box height)."""
+        """`4`, `4px`, `15%`, `2px+15%` or `2,15%` (pixels and/or percent of the box height; each
+        at most once: `5%+`, `+5%` and `2px+3px` are refused, not read as something else)."""
+        bad = f"bad --pad {text!r}: use e.g. 4, 4px, 15% or 2px+15%"
+        term = r"\s*(\d+(?:\.\d+)?)\s*(px|%)?\s*"
+        m = re.fullmatch(term + r"(?:[+,]" + term + r")?", str(text))
+        if not m:
+            raise ValueError(bad)
         px = frac = 0.0
-        parts = [p.strip() for p in re.split(r"[+,]", str(text)) if p.strip()]
-        if not parts:
-            raise ValueError(f"bad --pad {text!r}: use e.g. 4, 4px, 15% or 2px+15%")
-        for p in parts:
-            m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(px|%)?", p)
-            if not m:
-                raise ValueError(f"bad --pad {text!r}: use e.g. 4, 4px, 15% or 2px+15%")
-            if m.group(2) == "%":
-                frac += float(m.group(1)) / 100.0
+        units = [m.group(2) or "px"] + ([m.group(4) or "px"] if m.group(3) else [])
+        if len(set(units)) != len(units):
+            raise ValueError(bad)
+        for number, unit in zip((m.group(1), m.group(3)), units):
+            if unit == "%":
+                frac = float(number) / 100.0
             else:
-                px += float(m.group(1))
+                px = float(number)
         return cls(px, frac)
 
     def __str__(self) -> str:
