@@ -10,6 +10,7 @@ import errno
 import functools
 import hashlib
 import json
+import logging
 import os
 import re
 import stat
@@ -27,6 +28,25 @@ def one_line(text: object) -> str:
     """`text` with every run of whitespace (newlines too) as one space: messages stay one line
     (urllib's redirect-loop error spans three)."""
     return " ".join(str(text).split())
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def visible(text: object) -> str:
+    """`text` with control characters shown as escapes (`\\n`, `\\x1b`): a file name with a newline
+    split a log entry in two, and one with an escape sequence could rewrite the terminal."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(text))
+
+
+class LineFormatter(logging.Formatter):
+    """One log record, one line: control characters in the message (file names) made visible."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if record.exc_info or record.stack_info:   # a traceback keeps its lines
+            return text
+        return visible(text)
 
 
 def describe_error(exc: BaseException) -> str:

@@ -401,3 +401,20 @@ def test_file_names_up_to_255_bytes_are_redacted_with_their_sidecars(tmp_path, f
     assert len(sidecars) == 2 and all(len(n.encode()) <= 255 and n.endswith(".json") for n in sidecars)
     code, s = redact_json(tmp_path, str(tmp_path / "in"), str(tmp_path / "out"))
     assert code == 0 and s["skipped"] == 2, s                 # the sidecars are found again: a rerun is a no-op
+
+
+def test_a_newline_in_a_file_name_keeps_every_log_entry_on_one_line(tmp_path, fake):
+    """`new\\nline.png` split its redact.log entry in two ("line.png: redacted" alone on a line,
+    as if another file), and curate's and redact's console output broke the same way."""
+    import re
+
+    from pipeline.cli.common import plain
+
+    png(tmp_path / "in" / "new\nline.png", 3)
+    png(tmp_path / "in" / "ok.png", 4)
+    code, s = redact_json(tmp_path, str(tmp_path / "in"), str(tmp_path / "out"))
+    assert code == 0 and s["redacted"] == 2
+    lines = (tmp_path / "out.audit" / "redact.log").read_text().splitlines()
+    assert lines and all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z]+ ", x) for x in lines), lines
+    assert any("new\\nline.png: redacted" in x for x in lines)
+    assert plain("new\nline.png") == "new\\nline.png" and plain("\x1b[2Jwiped") == "\\x1b[2Jwiped"

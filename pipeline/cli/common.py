@@ -116,7 +116,9 @@ def plain(text: object) -> str:
     """`text` as it is in rich output: file names and messages with brackets are not markup."""
     from rich.markup import escape
 
-    return escape(str(text))
+    from pipeline.io import visible
+
+    return escape(visible(text))
 
 
 def titled(title: str, **kw: Any) -> Table:

@@ -30,7 +30,7 @@ import numpy as np
 from pipeline.boxes import Detections, line_bridges, quads_json, area as box_area
 from pipeline.config import check_number
 from pipeline.detectors.base import detect_visible
-from pipeline.io import UnwritableError, atomic_open, atomic_write_bytes, describe_error, is_bug, atomic_write_text, is_atomic_temp, sha256_bytes, sha256_file, sha256_json
+from pipeline.io import LineFormatter, UnwritableError, atomic_open, atomic_write_bytes, describe_error, is_bug, atomic_write_text, is_atomic_temp, sha256_bytes, sha256_file, sha256_json
 from pipeline.imaging import ImageRejected
 from pipeline.listing import MAX_LISTED_IGNORED, Listed, Skipped, file_problem, iter_glob, iter_image_files, triage
 from pipeline.redact import codec
@@ -874,11 +874,11 @@ def add_log_file(audit: Path) -> Callable[[], None]:
     audit.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(audit / "redact.log", encoding="utf-8")
     handler.setLevel(logging.INFO)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.setFormatter(LineFormatter("%(asctime)s %(levelname)s %(message)s"))
     # INFO goes to the file only; the console keeps the level chosen by -v/-q
     console = logging.StreamHandler()
     console.setLevel(max(logging.ERROR, logging.getLogger().getEffectiveLevel()))  # failures are listed in the summary
-    console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    console.setFormatter(LineFormatter("%(levelname)s %(name)s: %(message)s"))
     prev = (log.level, log.propagate)
     log.addHandler(handler)
     log.addHandler(console)
