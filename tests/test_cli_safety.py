@@ -213,9 +213,10 @@ def test_a_file_in_the_way_of_the_workspace_is_named(tmp_path: Path) -> None:
     (tmp_path / "ws").mkdir()
     (tmp_path / "ws" / "reports").write_text("x")
     (tmp_path / "src").mkdir()
-    for ws, blocker in (("afile", "afile"), ("ws", "ws/reports")):
+    for ws, blocker, what in (("afile", "afile", "workspace"), ("ws", "ws/reports", "the workspace's reports/ folder")):
         r = CliRunner().invoke(app, ["-w", str(tmp_path / ws), "harvest", str(tmp_path / "src")])
-        assert r.exit_code == 1 and f"{tmp_path / blocker}: cannot create workspace (a file is in the way" in r.output, r.output
+        said = " ".join(r.output.split())
+        assert r.exit_code == 1 and f"{tmp_path / blocker}: cannot create {what} (a file is in the way" in said, r.output
 
 
 def test_ctrl_c_while_the_cli_is_still_importing_is_one_line() -> None:

@@ -65,7 +65,9 @@ class AppState:
         where = exc.filename or self.workspace
         why = ("a file is in the way, not a folder" if isinstance(exc, (FileExistsError, NotADirectoryError))
                else exc.strerror or str(exc))
-        fail(f"{where}: cannot create workspace ({why})")
+        root = Path(self.workspace).resolve()
+        what = "workspace" if Path(where).resolve() == root else f"the workspace's {Path(where).name}/ folder"
+        fail(f"{where}: cannot create {what} ({why})")
 
     def existing_ws(self, read_only_ok: bool = False) -> Workspace | None:
         """The workspace if there is one at the path (opened and migrated), else None: for
