@@ -159,3 +159,25 @@ def test_exact_means_every_page_and_the_alpha_too(tmp_path: Path, engine: str) -
         assert exact == {"same.png", "same.bmp", "opaque.png"}, im[["is_exact_duplicates_issue", "cluster_id"]]
     else:   # fastdup pairs by its embedding: whichever of these it pairs, only equal pixels are exact
         assert exact <= {"same.png", "same.bmp", "opaque.png"}, im[["is_exact_duplicates_issue", "cluster_id"]]
+
+
+@pytest.mark.skipif(not FASTDUP_OK, reason="no .venv-fastdup (make install-fastdup)")
+def test_fastdup_does_not_call_a_good_gif_corrupt(tmp_path: Path) -> None:
+    """fastdup reports valid GIFs as ERROR_CORRUPT_IMAGE; the reason said "corrupt" of an image
+    harvest had decoded. It now says that Pillow reads it and fastdup did not compare it."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    names = []
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)).save(tmp_path / f"n{i}.png")
+        names.append(f"n{i}.png")
+    Image.fromarray(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)).convert("P").save(tmp_path / "g.gif")
+    names.append("g.gif")
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    names.append("bad.png")
+    im = find_duplicates([ImageRef(n, tmp_path / n, "train", n) for n in names],
+                         DuplicateConfig(engine="fastdup")).images.set_index("image_id")
+    assert im.loc["g.gif", "is_broken_issue"] and "Pillow decodes it" in im.loc["g.gif", "broken_reason"]
+    assert im.loc["bad.png", "is_broken_issue"] and "Pillow" not in str(im.loc["bad.png", "broken_reason"])

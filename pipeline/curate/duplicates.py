@@ -401,7 +401,11 @@ def _fastdup_features(images: Sequence[ImageRef], cfg: DuplicateConfig,
             continue
         seen_files.add(iid)
         if not (valid is True or str(valid).lower() == "true"):
-            broken[iid] = f"corrupt: {code}"
+            # fastdup also calls valid GIFs, animated WebPs and 3-pixel-wide strips "corrupt" or
+            # "too small": say when Pillow reads the file, so no one deletes a good image
+            readable = file_pixel_key(f) is not None
+            broken[iid] = (f"fastdup could not read it ({code}; Pillow decodes it): not compared by fastdup"
+                           if readable else f"corrupt: {code}")
     for iid in by_path.values():
         if iid not in seen_files and iid not in broken:
             broken[iid] = "skipped by fastdup"
