@@ -22,6 +22,16 @@ from tests.conftest import live_review_setup
 pytestmark = pytest.mark.integration
 
 
+def unsure_input(tmp_path):
+    """in/unsure.png, an image ScoreByImage is unsure of (odd top-left pixel); (folder, pixels)."""
+    src = tmp_path / "in"
+    src.mkdir()
+    a = rgb_noise(71)
+    a[0, 0, 0] |= 1
+    Image.fromarray(a).save(src / "unsure.png")
+    return src, a
+
+
 def test_review_round_trip_through_label_studio(live_studio, tmp_path, monkeypatch):
     from pipeline.studio.pull import pull
 
@@ -29,11 +39,7 @@ def test_review_round_trip_through_label_studio(live_studio, tmp_path, monkeypat
     ws, studio, project_id = live_review_setup(live_studio, monkeypatch, det, "ws_redact_review", "redact review")
     ws_root = ws.root
 
-    src = tmp_path / "in"
-    src.mkdir()
-    a = rgb_noise(71)
-    a[0, 0, 0] |= 1                                              # ScoreByImage: unsure of this one
-    Image.fromarray(a).save(src / "unsure.png")
+    src, a = unsure_input(tmp_path)
     out = tmp_path / "out"
 
     def run(*args):
@@ -133,11 +139,7 @@ def test_held_redaction_stays_in_view_when_other_models_are_pushed(live_studio, 
     harvest(ws, [str(other)], HarvestConfig(workers=1))
     push_images(ws, None, client=studio, detector=FakeDetector(BOXES[:1], version="one-box-v1"))
 
-    src = tmp_path / "in"
-    src.mkdir()
-    a = rgb_noise(71)
-    a[0, 0, 0] |= 1                                              # ScoreByImage: unsure of this one
-    Image.fromarray(a).save(src / "unsure.png")
+    src, _ = unsure_input(tmp_path)
     out = tmp_path / "out"
 
     def review() -> dict:
