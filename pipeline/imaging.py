@@ -231,6 +231,24 @@ def pixel_key(im: Image.Image) -> str:
     return sha256_parts(pages())
 
 
+@contextmanager
+def open_image(path: str | Path) -> Iterator[Image.Image]:
+    """Pillow's lazy image of a regular file (a FIFO is refused, not waited on)."""
+    from pipeline.listing import open_regular
+
+    with open_regular(path) as fh, Image.open(fh) as im:
+        yield im
+
+
+def file_pixel_key(path: str | Path) -> str | None:
+    """`pixel_key` of a file, None when it cannot be read (then it is nobody's exact duplicate)."""
+    try:
+        with open_image(path) as im:
+            return pixel_key(im)
+    except Exception:  # noqa: BLE001 - unreadable: said by whoever needed it readable
+        return None
+
+
 def orientation(im: Image.Image) -> int:
     """The EXIF orientation tag, 1-8 (1 when absent, out of range or unreadable)."""
     try:
@@ -242,9 +260,7 @@ def orientation(im: Image.Image) -> int:
 
 def load_rgb(path: str | Path, page: int = 0) -> np.ndarray:
     """Upright (EXIF-transposed) uint8 RGB pixels of one page: the frame boxes refer to."""
-    from pipeline.listing import open_regular
-
-    with open_regular(path) as fh, Image.open(fh) as im:
+    with open_image(path) as im:
         if page:
             im.seek(page)
         im = ImageOps.exif_transpose(im) if page == 0 else im

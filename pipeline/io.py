@@ -39,8 +39,14 @@ def visible(text: object) -> str:
     return _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(text))
 
 
+CONSOLE_LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+
 class LineFormatter(logging.Formatter):
     """One log record, one line: control characters in the message (file names) made visible."""
+
+    def __init__(self, fmt: str = CONSOLE_LOG_FORMAT) -> None:
+        super().__init__(fmt)
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)

@@ -5,6 +5,7 @@ writes the output with exactly the reviewed boxes."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -135,7 +136,9 @@ def test_held_redaction_stays_in_view_when_other_models_are_pushed(live_studio, 
     ws, studio, project_id = live_review_setup(live_studio, monkeypatch, det, "ws_held_versions", "held versions")
     other = tmp_path / "other"
     other.mkdir()
-    Image.fromarray(rgb_noise(5)).save(other / "plain.png")
+    plain_pixels = rgb_noise(5)
+    plain_pixels[0, 0, 0] |= 1                                   # ScoreByImage is unsure of it too (later)
+    Image.fromarray(plain_pixels).save(other / "plain.png")
     harvest(ws, [str(other)], HarvestConfig(workers=1))
     push_images(ws, None, client=studio, detector=FakeDetector(BOXES[:1], version="one-box-v1"))
 
@@ -170,3 +173,14 @@ def test_held_redaction_stays_in_view_when_other_models_are_pushed(live_studio, 
     before = len(predictions(held.id))
     s = review()                                                 # held again: nothing added twice
     assert s["review"]["pushed"] == 0 and len(predictions(held.id)) == before
+
+    # an image whose unlabelled task exists (the new model's one box) is held now: its task shows
+    # the redaction's two boxes instead, once, under the project's version
+    shutil.copyfile(other / "plain.png", src / "plain.png")
+    s = review()
+    assert s["held_for_review"] == 2 and s["review"]["pushed"] == 0, s["review"]
+    task = studio.sdk.tasks.get(id=tasks["plain.png"].id)
+    assert task.data["held_by_redact"] == held.data["held_by_redact"]
+    current = [p for p in predictions(task.id) if p["model_version"] == "one-box-v2"]
+    assert len(current) == 1 and len(current[0]["result"]) == 2, current
+    assert studio.sdk.projects.get(id=project_id).model_version == "one-box-v2"

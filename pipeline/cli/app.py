@@ -54,12 +54,11 @@ def main_options(
     for key, value in privacy_env().items():  # nothing we start phones home
         os.environ.setdefault(key, value)
     level = logging.ERROR if quiet else logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     from pipeline.io import LineFormatter
 
-    for handler in logging.getLogger().handlers:   # a file name with a newline split a log line
-        if type(handler.formatter) is logging.Formatter:
-            handler.setFormatter(LineFormatter("%(levelname)s %(name)s: %(message)s"))
+    console = logging.StreamHandler()
+    console.setFormatter(LineFormatter())   # a file name with a newline split a log line
+    logging.basicConfig(level=level, handlers=[console])
     ctx.obj = AppState(workspace=workspace, json=json_out, verbosity=-1 if quiet else verbose)
 
 

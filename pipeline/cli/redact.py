@@ -34,7 +34,7 @@ def redact_cmd(
     engine: str = typer.Option("local", help="local | ray (Ray Data; RAY_ADDRESS or a local instance)."),
     force: bool = typer.Option(False, "--force", help="Redo images already done with the same settings."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Detect and report; write nothing."),
-    archive: Optional[Path] = typer.Option(None, help="Move each original here (tree mirrored) after its output is checked."),
+    archive: Optional[Path] = typer.Option(None, help="Move each original here (tree mirrored) after its output is checked; a folder outside INPUT and OUTPUT."),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first failed image."),
     verify: bool = typer.Option(False, "--verify", help="Legibility audit: OCR (PP-OCRv4 recogniser) reads every output as viewers show it, covers strings of 3+ characters it still reads, reads again; reports what is left."),
     verify_rounds: Optional[int] = typer.Option(None, min=0, max=rr.MAX_VERIFY_ROUNDS, help=f"With --verify: rounds of covering what OCR still reads (0: only report; default {rr.DEFAULT_VERIFY_ROUNDS})."),

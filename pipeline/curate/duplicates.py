@@ -198,13 +198,12 @@ def _thumb_features(rgb: np.ndarray) -> tuple[int, int, np.ndarray, np.ndarray]:
 
 def _load_one(ref: ImageRef) -> tuple[str, str | None, str | None, int, int, np.ndarray | None, np.ndarray | None]:
     """(id, error, pixel_key, phash, dhash, embedding, stats) of one image; never raises."""
-    from PIL import Image, ImageOps
+    from PIL import ImageOps
 
-    from pipeline.imaging import pixel_key, to_uint8_rgb
-    from pipeline.listing import open_regular
+    from pipeline.imaging import open_image, pixel_key, to_uint8_rgb
 
     try:
-        with open_regular(ref.path) as fh, Image.open(fh) as im:
+        with open_image(ref.path) as im:
             key = pixel_key(im)     # every page and the alpha: what "exact" means
             rgb = to_uint8_rgb(ImageOps.exif_transpose(im))
     except FileNotFoundError:
@@ -309,20 +308,6 @@ class FastdupUnavailable(RuntimeError):
     """The fastdup interpreter is missing or broken (one clear line for the CLI)."""
 
 
-def file_pixel_key(path: str | Path) -> str | None:
-    """`imaging.pixel_key` of a file, None when it cannot be read."""
-    from PIL import Image
-
-    from pipeline.imaging import pixel_key
-    from pipeline.listing import open_regular
-
-    try:
-        with open_regular(path) as fh, Image.open(fh) as im:
-            return pixel_key(im)
-    except Exception:  # noqa: BLE001 - unreadable here: not an exact duplicate of anything
-        return None
-
-
 def _sha256_file(path: Path) -> str | None:
     from pipeline.io import sha256_file
 
@@ -335,6 +320,8 @@ def _sha256_file(path: Path) -> str | None:
 @register_engine("fastdup")
 def _fastdup_features(images: Sequence[ImageRef], cfg: DuplicateConfig,
                       progress: Callable[[int, int], None] | None = None) -> _Features:
+    from pipeline.imaging import file_pixel_key
+
     py = fastdup_python(cfg.fastdup_python)
     if not py.exists():
         raise FastdupUnavailable(

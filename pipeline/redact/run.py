@@ -195,11 +195,11 @@ class Plan:
 
 
 def plan(input_spec: str, output: Path, audit_dir: Path | None = None,
-         exclude: Sequence[Path] = ()) -> tuple[list[Item], Path, list[str]]:
+         archive: Path | None = None) -> tuple[list[Item], Path, list[str]]:
     """Items to process for INPUT (file, folder tree, or glob) -> OUTPUT; also the audit dir and
     files ignored because their extension is not an image one. Skipped entries are left out
     (`plan_input` reports them)."""
-    p = plan_input(input_spec, output, audit_dir, exclude)
+    p = plan_input(input_spec, output, audit_dir, archive)
     return p.items, p.audit, p.ignored
 
 
@@ -231,7 +231,7 @@ def check_archive(archive: Path, root: Path, output: Path, audit: Path, single: 
 
 
 def plan_input(input_spec: str, output: str | Path, audit_dir: Path | None = None,
-               exclude: Sequence[Path] = (), archive: Path | None = None) -> Plan:
+               archive: Path | None = None) -> Plan:
     """Plan a run. A single file must be a regular file (ValueError otherwise: a FIFO would
     block the read forever); a folder is listed by the shared rule of `pipeline.listing`
     (symlinks followed inside the tree only); glob matches get the same checks. A single
@@ -282,7 +282,7 @@ def plan_input(input_spec: str, output: str | Path, audit_dir: Path | None = Non
     audit = audit_dir or default_audit_dir(output, False)
     if archive is not None:
         check_archive(Path(archive), root, output, audit, single=False)
-    skip_dirs = [output.resolve(), audit.resolve(), *(Path(e).resolve() for e in exclude)]
+    skip_dirs = [output.resolve(), audit.resolve(), *([Path(archive).resolve()] if archive is not None else [])]
     for d, what in zip(skip_dirs, ("output", "audit", "archive")):
         if root_r.is_relative_to(d):   # the whole input would be skipped as our own folder
             raise ValueError(f"{root}: the input is inside the {what} folder {d}; give an output folder outside it")
@@ -878,7 +878,7 @@ def add_log_file(audit: Path) -> Callable[[], None]:
     # INFO goes to the file only; the console keeps the level chosen by -v/-q
     console = logging.StreamHandler()
     console.setLevel(max(logging.ERROR, logging.getLogger().getEffectiveLevel()))  # failures are listed in the summary
-    console.setFormatter(LineFormatter("%(levelname)s %(name)s: %(message)s"))
+    console.setFormatter(LineFormatter())
     prev = (log.level, log.propagate)
     log.addHandler(handler)
     log.addHandler(console)

@@ -129,7 +129,7 @@ def redact_tree(input: str, output: str | Path, cfg: rr.RedactConfig = rr.Redact
         cfg = replace(cfg, force=True)  # the held images' outputs are redone with the reviewed boxes
     update = progress or (lambda done, total: None)
     dry_run = cfg.dry_run
-    planned = rr.plan_input(input, output, audit, exclude=[archive] if archive else [], archive=archive)
+    planned = rr.plan_input(input, output, audit, archive=archive)
     output = Path(output)
     items, audit_dir, ignored = planned.items, planned.audit, planned.ignored
     if not items and not planned.problems:
