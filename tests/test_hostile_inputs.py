@@ -418,3 +418,19 @@ def test_a_newline_in_a_file_name_keeps_every_log_entry_on_one_line(tmp_path, fa
     assert lines and all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z]+ ", x) for x in lines), lines
     assert any("new\\nline.png: redacted" in x for x in lines)
     assert plain("new\nline.png") == "new\\nline.png" and plain("\x1b[2Jwiped") == "\\x1b[2Jwiped"
+
+
+def test_a_folder_named_like_a_files_sidecar_fails_that_file_up_front(tmp_path, fake):
+    """`a.png` beside a folder `a.png.json/`: a.png's sidecar (`sidecars/a.png.json`) is the folder
+    of the other images' sidecars. a.png was redacted and then failed on its sidecar, on every
+    rerun; now it fails before anything is written, naming the clash, and the folder's images
+    are redacted."""
+    png(tmp_path / "in" / "a.png", 1)
+    png(tmp_path / "in" / "a.png.json" / "b.png", 2)
+    code, s = redact_json(tmp_path, str(tmp_path / "in"), str(tmp_path / "out"))
+    assert code == 1 and s["redacted"] == 1 and s["failed"] == 1, s
+    assert len(s["errors"]) == 1 and "a.png: sidecar_clash" in s["errors"][0] and "a.png.json/" in s["errors"][0]
+    assert (tmp_path / "out" / "a.png.json" / "b.png").is_file() and not (tmp_path / "out" / "a.png").exists()
+    assert (tmp_path / "out.audit" / "sidecars" / "a.png.json" / "b.png.json").is_file()
+    code, s = redact_json(tmp_path, str(tmp_path / "in"), str(tmp_path / "out"))
+    assert code == 1 and s["skipped"] == 1 and s["failed"] == 1, s

@@ -289,7 +289,21 @@ def plan_input(input_spec: str, output: str | Path, audit_dir: Path | None = Non
     found = triage(_walk(root, skip_dirs) if src.is_dir() else _glob_entries(input_spec, root, skip_dirs))
     problems += [_problem(e.path, e.rel, output, e.reason, e.detail) for e in found.problems]
     items = [Item(str(e.path), e.rel, str(output / e.rel), sidecar_path(audit, e.rel)) for e in found.images]
-    return Plan(items, audit, [str(p) for p in found.ignored], problems)
+    items, clashes = _sidecar_clashes(items, output)
+    return Plan(items, audit, [str(p) for p in found.ignored], problems + clashes)
+
+
+def _sidecar_clashes(items: list[Item], output: Path) -> tuple[list[Item], list[Result]]:
+    """Items whose sidecar (`a.png.json`) is the folder of other items' sidecars (a folder
+    `a.png.json/` beside `a.png`) fail up front: the redacted output was written and then the
+    sidecar could not be, on every rerun."""
+    folders = {str(Path(it.sidecar).parent) for it in items}
+    folders |= {str(p) for f in list(folders) for p in Path(f).parents}
+    keep = [it for it in items if it.sidecar not in folders]
+    return keep, [_problem(Path(it.src), it.rel, output, "sidecar_clash",
+                           f"its sidecar {it.sidecar} would be the folder of the sidecars of the images "
+                           f"in {it.rel}.json/; rename the file or that folder")
+                  for it in items if it.sidecar in folders]
 
 
 def _walk(root: Path, skip_dirs: Sequence[Path] = ()) -> list[Listed | Skipped]:
