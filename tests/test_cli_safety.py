@@ -348,3 +348,14 @@ def test_a_bad_option_or_argument_is_one_line_like_every_other_error(tmp_path: P
                        timeout=120)
     assert r.returncode == 0 and "--threshold" in r.stdout
     assert not (tmp_path / "ws").exists()
+
+
+def test_output_piped_into_a_reader_that_leaves_is_not_a_traceback(tmp_path: Path) -> None:
+    """`textloop --help | head -1`: the closed pipe ended in a 60-line traceback (typer 0.2x has
+    no click `Abort`, and evaluating that `except` on the way out raised AttributeError)."""
+    for args in (["--help"], ["harvest", "--help"]):
+        p = subprocess.Popen([sys.executable, "-c", "from pipeline.cli.entry import main; main()", *args],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        p.stdout.close()        # the reader is gone before the first line is written
+        err = p.stderr.read().decode()
+        assert p.wait(timeout=120) == 1 and err == "", (args, err)

@@ -88,6 +88,10 @@ def main() -> None:
         from typer._click import exceptions as click_exc
     except ImportError:
         from click import exceptions as click_exc
+    try:   # typer 0.2x raises its own Abort (its click copy has none: `except` on it crashed)
+        from typer.exceptions import Abort
+    except ImportError:
+        Abort = click_exc.Abort  # type: ignore[attr-defined,misc]
 
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     code: object = 0
@@ -102,9 +106,12 @@ def main() -> None:
     except click_exc.ClickException as exc:
         sys.stderr.write(f"error: {exc.format_message()}\n")
         code = exc.exit_code
-    except click_exc.Abort:   # a Ctrl-C no command turned into its own summary
+    except Abort:   # a Ctrl-C no command turned into its own summary
         sys.stderr.write("interrupted\n")
         code = 130
+    except BrokenPipeError:   # `textloop ... | head`: the reader left; no traceback, no more output
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 1              # what rich does when it meets the closed pipe itself
     except SystemExit as exc:
         code = exc.code
     # Outside the handler the exception is gone, and with it the tracebacks it chains (a Ctrl-C
