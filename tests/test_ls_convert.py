@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from PIL import Image
 
 from pipeline.boxes import Detections, ls_value_to_quad, ls_value_to_xyxy, quad_to_ls_value, xyxy_to_ls_value
 from pipeline.imaging import load_rgb, probe
+from pipeline.studio.client import StudioError
 from pipeline.studio.convert import detections_to_results, results_to_detections
 from pipeline.studio.project import render_label_config
 
@@ -98,3 +100,31 @@ def test_results_keep_labels_and_drop_degenerate_boxes():
     back = results_to_detections(res, 200, 100, cfg)
     assert list(back.labels) == [1, 0]
     np.testing.assert_allclose(back.boxes, [[0, 0, 10, 10], [0, 0, 200, 50]], atol=1e-9)
+
+
+@pytest.mark.parametrize("value, problem", [
+    ({"x": 10, "y": 10, "width": 0, "height": 0}, "a box of size 0% x 0%"),
+    ({"x": 50, "y": 50, "width": -20, "height": -10}, "a box of size -20% x -10%"),
+    ({"x": 150, "y": 150, "width": 20, "height": 10}, "wholly outside the 200x100 image"),
+    ({"x": "a", "y": 0, "width": 5, "height": 5}, "without numeric x, y, width and height"),
+    ({"x": float("nan"), "y": 0, "width": 5, "height": 5}, "non-finite"),
+])
+def test_a_rectangle_no_one_can_have_meant_is_refused_by_name(value, problem):
+    """Zero-size, inverted and off-image boxes were stored, and `export` then wrote COCO and YOLO
+    boxes of negative size; each now makes the annotation a named problem (pull skips it)."""
+    cfg = render_label_config(["text"])
+    good = {"type": "rectanglelabels", "from_name": "label", "to_name": "image",
+            "value": {"x": 1, "y": 1, "width": 10, "height": 10, "rectanglelabels": ["text"]}}
+    bad = dict(good, value=dict(value, rectanglelabels=["text"]))
+    assert len(results_to_detections([good], 200, 100, cfg)) == 1
+    with pytest.raises(StudioError, match=re.escape(problem)):
+        results_to_detections([good, bad], 200, 100, cfg)
+
+
+def test_a_box_drawn_on_the_image_turned_in_the_browser_is_refused():
+    cfg = render_label_config(["text"])
+    r = {"type": "rectanglelabels", "from_name": "label", "to_name": "image", "image_rotation": 90,
+         "value": {"x": 1, "y": 1, "width": 10, "height": 10, "rectanglelabels": ["text"]}}
+    with pytest.raises(StudioError, match="turned by 90 degrees"):
+        results_to_detections([r], 200, 100, cfg)
+    assert len(results_to_detections([dict(r, image_rotation=360)], 200, 100, cfg)) == 1

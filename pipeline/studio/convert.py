@@ -65,6 +65,24 @@ def validate_results(results: list[dict[str, Any]], config: LabelConfig) -> None
             raise StudioError(f"prediction box outside the image: {v}")
 
 
+def _check_rectangle(v: dict[str, Any], width: int, height: int) -> None:
+    """StudioError for a rectangle no one can have meant: a non-number, a size of 0 or less, or
+    one wholly outside the image. Stored, they became inverted and empty boxes that `export`
+    wrote as negative COCO/YOLO sizes (a box partly outside is clipped to the image)."""
+    try:
+        x, y, w, h = (float(v[k]) for k in ("x", "y", "width", "height"))
+        rot = float(v.get("rotation", 0.0) or 0.0)
+    except (KeyError, TypeError, ValueError):
+        raise StudioError(f"a box without numeric x, y, width and height ({v!r:.120})") from None
+    if not all(math.isfinite(t) for t in (x, y, w, h, rot)):
+        raise StudioError(f"a box with a non-finite coordinate ({v!r:.120})")
+    if w * width / 100.0 < 0.5 or h * height / 100.0 < 0.5:
+        raise StudioError(f"a box of size {w:g}% x {h:g}% of the image (under half a pixel, or negative)")
+    b = ls_value_to_xyxy(v, width, height)
+    if b[0] >= width or b[1] >= height or b[2] <= 0 or b[3] <= 0:
+        raise StudioError(f"a box wholly outside the {width}x{height} image (x {x:g}%, y {y:g}%)")
+
+
 def results_to_detections(results: list[dict[str, Any]], width: int, height: int, config: LabelConfig) -> Detections:
     """Rectangles of one annotation to pixel xyxy of the upright original (rotation handled by
     `ls_value_to_xyxy`), with the rotated rectangles' corners as `quads` when any is rotated
@@ -79,8 +97,13 @@ def results_to_detections(results: list[dict[str, Any]], width: int, height: int
         ow, oh = r.get("original_width"), r.get("original_height")
         if isinstance(ow, (int, float)) and isinstance(oh, (int, float)) and (round(ow), round(oh)) != (width, height):
             raise StudioError(f"a box was drawn on a {round(ow)}x{round(oh)} image, but the image is {width}x{height}")
+        turned = r.get("image_rotation")
+        if isinstance(turned, (int, float)) and round(float(turned)) % 360:
+            raise StudioError(f"a box was drawn on the image turned by {turned:g} degrees in Label Studio; "
+                              "draw it on the upright image")
         v = r.get("value") or {}
         names = v.get("rectanglelabels") or [config.classes[0]]
+        _check_rectangle(v, width, height)
         boxes.append(ls_value_to_xyxy(v, width, height))
         quads.append(ls_value_to_quad(v, width, height))
         labels.append(config.index_of(names[0]))

@@ -375,21 +375,30 @@ def test_an_annotation_pull_cannot_read_is_named_and_the_rest_are_pulled(live_st
     label config classes"); a box drawn on an image of another size was stored at wrong pixels
     without a word. Now each is named, its catalog row left as it was, the others pulled; and a
     class boxes still carry cannot be dropped from the config."""
-    ws, studio = _small_project(live_studio, tmp_path_factory, "badann", 3, 7200)
+    ws, studio = _small_project(live_studio, tmp_path_factory, "badann", 5, 7200)
     init_project(ws, studio, classes=["text", "logo"], title="badann test")
     pushed = push_images(ws, None, client=studio, detector=FakeDetector())
     tasks = {t.data["image_id"]: t for t in _tasks(studio, pushed.project_id)}
-    good, logo, sized = sorted(tasks)
+    good, logo, sized, flat, turned = sorted(tasks)
     box = _pct([2, 2, 30, 12], 64, 48)
     studio.sdk.annotations.create(id=tasks[good].id, result=[_rect(box, 64, 48, "g")])
     studio.sdk.annotations.create(id=tasks[logo].id, result=[dict(_rect(box, 64, 48, "l"),
                                                                  value=dict(box, rectanglelabels=["logo"]))])
     studio.sdk.annotations.create(id=tasks[sized].id, result=[_rect(box, 128, 96, "s")])   # another frame
+    # a zero-size and an inverted box (API clients send them) were stored and exported with
+    # negative sizes; a box drawn on the image turned in the browser landed elsewhere
+    studio.sdk.annotations.create(id=tasks[flat].id, result=[_rect(box, 64, 48, "f1"),
+                                                             _rect(dict(box, width=0, height=0), 64, 48, "f2"),
+                                                             _rect(dict(box, width=-20, height=-10), 64, 48, "f3")])
+    studio.sdk.annotations.create(id=tasks[turned].id, result=[dict(_rect(box, 64, 48, "t"), image_rotation=90)])
     with pytest.raises(StudioError, match=r"annotations still use 'logo' \(1 box\)"):
         init_project(ws, studio, classes=["text"], title="badann test")
     res = pull(ws, studio)
-    assert res.new == 2 and len(res.problems) == 1, res
-    assert f"image {sized}" in res.problems[0] and "drawn on a 128x96 image, but the image is 64x48" in res.problems[0]
+    assert res.new == 2 and len(res.problems) == 3, res
+    problems = {iid: next(p for p in res.problems if f"image {iid}" in p) for iid in (sized, flat, turned)}
+    assert "drawn on a 128x96 image, but the image is 64x48" in problems[sized]
+    assert "a box of size 0% x 0% of the image" in problems[flat]
+    assert "turned by 90 degrees" in problems[turned]
     with ws.catalog() as cat:
         stored = set(cat.latest_annotations(include_excluded=True))
     assert stored == {good, logo}
