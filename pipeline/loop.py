@@ -263,7 +263,7 @@ def iterate(ws: Any, cfg: IterateConfig = IterateConfig(), client: Any = None,
             from pipeline.studio.push import push_images
 
             say(f"push: {len(batch)} ranked images")
-            pushed = push_images(ws, batch, model_version=model.version, client=studio).as_dict()
+            pushed = push_images(ws, batch, model_version=model.version, client=studio, keep_order=True).as_dict()
             if pushed["reopened_for_review"]:
                 say(f"review: reopened {pushed['reopened_for_review']} tasks whose labels curation suspects")
             log_step("push", pushed)

@@ -249,7 +249,7 @@ def test_stage_results_keep_the_json_keys():
                          already_pushed=1, failed=0, order="o", url="u")
     assert list(pushed.as_dict()) == ["project_id", "model_version", "tasks_created", "predictions_added",
                                       "tasks_updated", "already_pushed", "failed", "order", "url", "sent_for_review",
-                                      "tasks_withdrawn", "reopened_for_review"]
+                                      "tasks_withdrawn", "reopened_for_review", "failures"]
     assert pushed.counts() == {"project_id": 7, "tasks_created": 2, "predictions_added": 0, "tasks_updated": 0,
                                "already_pushed": 1, "failed": 0, "sent_for_review": 0, "tasks_withdrawn": 0,
                                "reopened_for_review": 0}

@@ -143,7 +143,17 @@ def push_cmd(
                            progress=update)
     except (StudioError, FileNotFoundError, ValueError, WorkspaceBusy) as exc:
         fail(str(exc))
-    emit(st, res.as_dict(), lambda c: c.print(
+
+    def render(c: Any) -> None:
+        _render_push(c, res)
+        for line in res.failures:
+            c.print(f"not pushed: {line}", highlight=False, soft_wrap=True)
+
+    emit(st, res.as_dict(), render, problems=res.failures, label="not pushed")
+
+
+def _render_push(c: Any, res: Any) -> None:
+    c.print(
         f"pushed to project {res.project_id} with model {res.model_version}: {res.tasks_created} new tasks, "
         f"{res.predictions_added} existing tasks got this model's prediction, {res.already_pushed} existing tasks "
         "already had it"
@@ -154,7 +164,7 @@ def push_cmd(
         + (f"; {res.tasks_withdrawn} unlabelled tasks of excluded images withdrawn" if res.tasks_withdrawn else "")
         + (f"; {res.reopened_for_review} labelled tasks curation flagged reopened for review (the suspected issue "
            "in the task's meta)" if res.reopened_for_review else "")
-        + f"\norder: {res.order}\n{res.url}"))
+        + f"\norder: {res.order}\n{res.url}")
 
 
 def pull_cmd(

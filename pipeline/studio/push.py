@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -239,6 +239,7 @@ class PushSummary:
     sent_for_review: int = 0   # new tasks of images curation flagged (label under review pre-drawn, note in meta)
     tasks_withdrawn: int = 0   # unlabelled tasks of images excluded since they were pushed, deleted
     reopened_for_review: int = 0  # labelled tasks of images curation flagged, reopened with the note
+    failures: list[str] = field(default_factory=list)   # "name (image id): reason" of each failed image
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -263,10 +264,12 @@ def push_images(
     progress: Callable[[int, int], None] | None = None,
     min_score: float | None = None,
     held: bool = False,
+    keep_order: bool = False,
 ) -> PushSummary:
     """Push `image_ids` (None: every image not excluded) as tasks with predictions.
 
-    `top` limits how many *new* tasks are created, in ranking order (`strategy`) or by lowest mean
+    `top` limits how many *new* tasks are created, in ranking order (`strategy`), in the order of
+    `image_ids` (`keep_order`: iterate's batch, in its strategy's priority), or by lowest mean
     confidence. Existing tasks get this model version's prediction if they lack it. Boxes below
     `min_score` (default: `predict`'s threshold, 0.3) are not sent.
 
@@ -283,13 +286,13 @@ def push_images(
     with ws.lock("push"):   # two pushes at once both created the same tasks (a label then went missing)
         return _push_images(ws, image_ids, model_version, client, detector=detector, model=model, strategy=strategy,
                             top=top, update_existing=update_existing, batch_size=batch_size, progress=progress,
-                            floor=floor, held=held)
+                            floor=floor, held=held, keep_order=keep_order)
 
 
 def _push_images(ws: Workspace, image_ids: Sequence[str] | None, model_version: str | None, client: Studio | None,
                  *, detector: Any, model: str, strategy: str | None, top: int | None, update_existing: bool,
                  batch_size: int, progress: Callable[[int, int], None] | None, floor: float,
-                 held: bool) -> PushSummary:
+                 held: bool, keep_order: bool = False) -> PushSummary:
     from pipeline.predict import load_predictions, predict_workspace
 
     studio = client or connect_workspace(ws.root)  # the server `studio up` started
@@ -346,14 +349,24 @@ def _push_images(ws: Workspace, image_ids: Sequence[str] | None, model_version: 
         todo = [i for i in need if i not in preds]
         carried = {} if held else _held_boxes(cat, server_data, labelled_tasks,
                                               {i: server_tasks[i] for i in upd_ids}, floor)
+    errors: list[tuple[str, str]] = []
     if todo:
         det = get_detector()
         if str(det.version) != version:
             raise StudioError(f"predictions for model {version} are missing for {len(todo)} images and the loaded "
                               f"detector is {det.version}; predict with that model first, or push with --model <detector>")
-        preds.update(predict_workspace(ws, det, todo, threshold=floor))
+        preds.update(predict_workspace(ws, det, todo, threshold=floor, errors=errors))
     failed = [i for i in need if i not in preds]
-    if ranking is None:
+    why = dict(errors)
+    failures = [f"{images[i]['original_name'] or images[i]['path']} ({i[:12]}): {why.get(i, 'not predicted')}"
+                for i in failed]
+    if ranking is None and keep_order and image_ids is not None:
+        position = {i: k for k, i in enumerate(image_ids)}
+        new_ids = sorted((i for i in new_ids if i in preds), key=position.__getitem__)
+        order_note = "in the order given (iterate: rank's batch, by its strategy)"
+        if top is not None:
+            new_ids = new_ids[:top]
+    elif ranking is None:
         new_ids = order_images([i for i in new_ids if i in preds], preds, None)
         if top is not None:
             new_ids = new_ids[:top]
@@ -464,7 +477,8 @@ def _push_images(ws: Workspace, image_ids: Sequence[str] | None, model_version: 
         project_id=project.id, model_version=ls_version, tasks_created=created, predictions_added=added,
         tasks_updated=updated, already_pushed=len([i for i in images if i in server_tasks]) - len(upd_ids),
         failed=len(failed), order=order_note, url=f"{studio.url}/projects/{project.id}/data",
-        sent_for_review=len(under_review), tasks_withdrawn=withdrawn, reopened_for_review=reopened)
+        sent_for_review=len(under_review), tasks_withdrawn=withdrawn, reopened_for_review=reopened,
+        failures=failures)
 
 
 def _held_boxes(cat: Catalog, server_data: dict[int, dict[str, Any]], labelled_tasks: set[int],

@@ -317,6 +317,25 @@ def _small_project(live_studio, tmp_path_factory, name: str, n: int, seed: int):
     return ws, studio
 
 
+def test_iterates_batch_keeps_its_order_and_each_failed_image_is_named(live_studio, tmp_path_factory):
+    """iterate pushed rank's batch re-sorted by confidence (and called that the order); push
+    counted failed images ("2 images failed") without naming one, even in --json."""
+    ws, studio = _small_project(live_studio, tmp_path_factory, "order", 5, 7300)
+    with ws.catalog() as cat:
+        rows = {r["id"]: r for r in cat.images()}
+    batch = sorted(rows, reverse=True)
+    gone = batch[2]
+    ws.abspath(rows[gone]["path"]).unlink()
+    res = push_images(ws, batch, client=studio, detector=FakeDetector(), keep_order=True)
+    assert res.tasks_created == 4 and res.failed == 1 and "in the order given" in res.order, res
+    assert len(res.failures) == 1 and rows[gone]["original_name"] in res.failures[0] and gone[:12] in res.failures[0]
+    tasks = sorted(_tasks(studio, res.project_id), key=lambda t: t.id)
+    assert [t.data["image_id"] for t in tasks] == [i for i in batch if i != gone]
+    r = _cli(ws, {"LABEL_STUDIO_URL": live_studio.url, "LABEL_STUDIO_API_KEY": live_studio.token,
+                  "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(live_studio.root)}, "push", "--model", "ppocr")
+    assert r.returncode == 0 and f"not pushed: {rows[gone]['original_name']}" in r.stdout, r.stdout + r.stderr
+
+
 def test_push_with_ranking_orders_by_strategy_and_honours_top(live_studio, tmp_path_factory):
     import pandas as pd
 
