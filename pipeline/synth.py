@@ -723,6 +723,16 @@ def generate(out_dir: str | Path, cfg: SynthConfig = SynthConfig(), backgrounds:
 INCOMPLETE = "INCOMPLETE"   # in a synthetic set's folder while `generate` writes it
 
 
+def interrupted_with(out_dir: str | Path, cfg: SynthConfig, backgrounds: Sequence[Path] = ()) -> bool:
+    """Whether `out_dir` holds an interrupted `generate` of this very config: running it again
+    finishes that set (train's own default set, cut short by Ctrl-C)."""
+    try:
+        then = json.loads((Path(out_dir) / INCOMPLETE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(then, dict) and then.get("fingerprint") == _fingerprint(cfg, backgrounds)
+
+
 def check_complete(out_dir: str | Path) -> None:
     """ValueError when `generate` was interrupted in `out_dir` (its images and labels do not
     belong together until it is run again)."""

@@ -792,3 +792,54 @@ def test_damaged_bundles_and_checkpoints_are_one_line_errors(tiny: dict, trained
     with pytest.raises(TrainingError, match="not a readable checkpoint"):
         train(_cfg(run, resume=True), tiny["train"], (), ())
 
+
+
+def test_a_resumed_workspace_run_keeps_its_synthetic_sets_and_parent(ws, monkeypatch) -> None:
+    """The printed `textloop train --run R --resume` trained on `synth/default` when the run used
+    `--synth s1` (and refused: "the training data changed"), and took "auto"'s parent again, so a
+    model promoted meanwhile became the weights a resumed stock run blended toward."""
+    import pipeline.train.workspace as tw
+    from pipeline.synth import generate
+
+    generate(ws.synth_dir("s1"), TINY_SYNTH)
+    generate(ws.synth_dir("_val-0"), dataclasses.replace(TINY_SYNTH, n_images=2, seed=5))   # the held-out val set
+    cfg = TrainConfig(arch="db", db=TINY_RECIPE, epochs=2, steps_per_epoch=2, batch_size=2, lr=3e-4, warmup_steps=1,
+                      augment=False, seed=0, threads=1)
+
+    def stop(step: int, total: int, info: dict) -> None:
+        if step >= 3:                              # after the first epoch's checkpoint
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        tw.train_run(ws, cfg, synth_sets=("s1",), run="r", progress=stop)
+    assert (ws.runs_dir / "train-r" / "checkpoint.pt").exists()
+    monkeypatch.setattr(tw, "resolve_parent", lambda *a, **k: pytest.fail("a resume resolved --parent auto again"))
+    done = tw.train_run(ws, TrainConfig(arch="db", resume=True, threads=1), run="r",
+                        given={"run", "resume", "threads"})
+    assert done.steps == 4 and done.synthetic == 6 and done.parent is None
+    assert not ws.synth_dir("default").exists()
+
+
+def test_train_finishes_the_synthetic_set_it_was_interrupted_making(ws, monkeypatch) -> None:
+    """Ctrl-C while `train` made its default set said "rerun the same command", and the rerun was
+    refused every time ("incomplete: run `textloop synth` with the same options"); a set another
+    command left incomplete is still refused."""
+    import pipeline.synth as synth_mod
+    from pipeline.synth import INCOMPLETE, generate
+    from pipeline.train.workspace import workspace_training_data
+
+    def cut(done: int, total: int) -> None:
+        if done >= 1:
+            raise KeyboardInterrupt
+
+    small = SynthConfig(n_images=3, seed=0, width=(96, 128))
+    for name, n in (("default", 3), ("other", 4)):
+        with pytest.raises(KeyboardInterrupt):
+            generate(ws.synth_dir(name), dataclasses.replace(small, n_images=n), progress=cut)
+        assert (ws.synth_dir(name) / INCOMPLETE).exists()
+    # train's sets with small images (its own n and seed)
+    monkeypatch.setattr(synth_mod, "SynthConfig", lambda **kw: dataclasses.replace(small, **kw))
+    synth, _, _, _ = workspace_training_data(ws, ("default",), 3, 0)
+    assert len(synth) == 3 and not (ws.synth_dir("default") / INCOMPLETE).exists()
+    with pytest.raises(ValueError, match="incomplete"):
+        workspace_training_data(ws, ("other",), 3, 0)

@@ -5,12 +5,14 @@ coverage at the over-redaction budget is at least stock ppocr's on the same spli
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from pipeline.io import atomic_write_text
 from pipeline.train.data import Sample, samples_from_jsonl, workspace_samples
 from pipeline.train.engine import TrainConfig, data_signature, train
 from pipeline.train.select import PromotionCheck, has_text, passes
@@ -72,15 +74,17 @@ def workspace_training_data(ws: Any, synth_sets: Sequence[str] = ("default",), s
 
     Missing synthetic sets are generated; without labelled val images a held-out synthetic set
     is the validation set (and the caller is told so)."""
-    from pipeline.synth import SynthConfig, check_complete, generate
+    from pipeline.synth import SynthConfig, check_complete, generate, interrupted_with
 
     synth: list[Sample] = []
     for name in dict.fromkeys(synth_sets):   # `--synth a --synth a` counted the set twice
         d = ws.synth_dir(name)
-        check_complete(d)   # an interrupted `synth --name`: not regenerated here with other options
+        own = SynthConfig(n_images=synth_images, seed=seed)
+        if not interrupted_with(d, own):   # train's own generation, cut short, is finished below
+            check_complete(d)   # an interrupted `synth --name`: not regenerated here with other options
         if not (d / "boxes.jsonl").exists():
             say(f"generating synthetic set {name!r} ({synth_images} images)")
-            generate(d, SynthConfig(n_images=synth_images, seed=seed))
+            generate(d, own)
         synth += samples_from_jsonl(d / "boxes.jsonl", f"synth/{name}/")
     human = workspace_samples(ws, "train")
     val = workspace_samples(ws, "val")
@@ -291,8 +295,21 @@ def train_run(ws: Any, cfg: TrainConfig, *, synth_sets: Sequence[str] = ("defaul
     then = saved.get("config") if isinstance(saved.get("config"), dict) else {}
     if then and given is not None:   # the run's own options, with what the user typed on top
         cfg = cfg.adopting(then, given)
-    parent_path, parent_version = resolve_parent(ws, parent, cfg.arch)
+        own = _read_run_file(out)        # and its data options: `--synth s1` was lost on --resume
+        if "synth" not in given and own.get("synth"):
+            synth_sets = tuple(own["synth"])
+        if "synth_images" not in given and own.get("synth_images"):
+            synth_images = int(own["synth_images"])
+    if cfg.resume and not restart and then and given is not None and "parent" not in given:
+        # the weights the run started from, even if another model was promoted since ("auto")
+        parent_path, parent_version = _checkpoint_parent(then, saved)
+    else:
+        parent_path, parent_version = resolve_parent(ws, parent, cfg.arch)
     synth, human, val, val_source = workspace_training_data(ws, synth_sets, synth_images, cfg.seed, say=say)
+    if not (cfg.resume and not restart):
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / RUN_FILE, json.dumps({"synth": list(dict.fromkeys(synth_sets)),
+                                                      "synth_images": synth_images}, indent=1) + "\n")
     if finished:
         # the Quick start's loop (`pull && train --promote`) runs this every round: new labels
         # train the run again; the same data would only make the same model again
@@ -328,6 +345,27 @@ def _bundle_version(bundle: Path) -> str:
     return str(read_bundle_meta(bundle)["config"]["version"])
 
 
+RUN_FILE = "run.json"   # a run's data options (synthetic sets), which its checkpoint's config does not hold
+
+
+def _read_run_file(out: Path) -> dict[str, Any]:
+    try:
+        own = json.loads((out / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return own if isinstance(own, dict) else {}
+
+
+def _checkpoint_parent(config: dict[str, Any], saved: dict[str, Any]) -> tuple[Path | None, str | None]:
+    """The parent bundle and version a checkpoint's run started from; ValueError when the
+    bundle is gone (resuming from other weights would not be the same run)."""
+    path = config.get("parent_bundle")
+    if path and not Path(path).is_file():
+        raise ValueError(f"the run's parent bundle {path} is missing: the run cannot be resumed from the weights "
+                         "it started from; --restart trains it again from --parent")
+    return (Path(path) if path else None), saved.get("parent")
+
+
 def _checkpoint(ckpt: Path) -> dict[str, Any]:
     """A checkpoint's training-data signature (`data`) and options (`config`); {} when it is
     missing or unreadable (training itself then says what is wrong with it)."""
@@ -337,7 +375,7 @@ def _checkpoint(ckpt: Path) -> dict[str, Any]:
         ck = torch.load(ckpt, map_location="cpu", weights_only=False)
     except Exception:  # noqa: BLE001 - a damaged checkpoint of a finished run: train again
         return {}
-    return {"data": ck.get("data"), "config": ck.get("config")} if isinstance(ck, dict) else {}
+    return {"data": ck.get("data"), "config": ck.get("config"), "parent": ck.get("parent")} if isinstance(ck, dict) else {}
 
 
 def save_result(path: str | Path, result: Any, parent: str | None = None, extra: dict[str, Any] | None = None,
