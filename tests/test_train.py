@@ -204,3 +204,7 @@ def test_a_faster_rcnn_option_with_the_db_arch_is_refused(tmp_path: Path) -> Non
 
     r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "train", "--backbone", "resnet50"])
     assert r.exit_code == 2 and "--backbone" in r.output and "--arch fasterrcnn" in r.output, r.output
+    # and the other way round: the DB recipe's options were accepted and ignored by Faster R-CNN
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "train", "--arch", "fasterrcnn", "--l2sp", "5",
+                                 "--over-redaction-budget", "0.01"])
+    assert r.exit_code == 2 and "--l2sp, --over-redaction-budget: DB recipe option" in " ".join(r.output.split()), r.output

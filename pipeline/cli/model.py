@@ -154,6 +154,12 @@ def train_cmd(
     given = _given_options(ctx)
     if arch == "db" and "backbone" in given:   # it was accepted and ignored
         fail("--backbone chooses a Faster R-CNN backbone: it needs --arch fasterrcnn", 2)
+    recipe = sorted(o for o in given if o.startswith("db."))
+    if arch == "fasterrcnn" and recipe:        # accepted and ignored too
+        names = {v: k for k, v in _RECIPE_OPTIONS.items()}
+        shown = ", ".join("--" + ("over-redaction-budget" if n == "budget" else n.replace("_", "-"))
+                          for n in (names[o[3:]] for o in recipe))
+        fail(f"{shown}: DB recipe option(s), not used by --arch fasterrcnn", 2)
     with usage_errors():
         check_run_name(run, "--run")
         for name in synth:
