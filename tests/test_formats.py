@@ -79,6 +79,7 @@ def test_unknown_format_names_the_known_ones():
     ([[0, 0, 5, 5], [1, 2, 3, [4]]], "box 1 holds something that is not a number"),
     ([[0, 0, 5, 5], [[1, 2, 3, 4], [1, 2, 3]]], "box 1 has 2 numbers, expected 4"),
     ("0 0 5 5", "'boxes' must be a list of [x0, y0, x1, y1], got str"),
+    ([[True, True, 5, 5]], "box 0 holds something that is not a number"),   # float(True) was 1.0
 ])
 def test_read_jsonl_names_the_line_and_the_bad_box(tmp_path, boxes, message):
     """Not numpy's "setting an array element with a sequence": the file, line and box at fault."""
@@ -105,3 +106,21 @@ def test_coco_load_can_skip_a_malformed_annotation(tmp_path):
                         f"{path}: image #1 lacks file_name, width or height"]
     with pytest.raises(ValueError, match="annotation 7 "):
         load("coco", path)
+
+
+@pytest.mark.parametrize("polys, message", [
+    ([[40, 40, 100, 40, 100, 80]], "poly 0 is not a polygon of at least 4 finite points"),
+    ([[1, 1, 9, 1, 9, 9, 1]], "poly 0 is not a polygon of at least 4 finite points"),
+    ([[1, 1, 9, 1, 9, 9, 1, True]], "poly 0 is not a list of numbers"),
+    ([[1, 1, 9, 1, 9, "x", 1, 9]], "poly 0 holds something that is not a number"),
+])
+def test_a_polygon_of_fewer_than_4_points_is_a_bad_record(tmp_path, polys, message):
+    """A 3-point `polys` entry was stored as its minimum-area rectangle, reaching outside its box
+    (y 12 for a box from y 40), and training took that as text."""
+    path = tmp_path / "boxes.jsonl"
+    good = {"image": "a.png", "width": 120, "height": 100, "boxes": [[40, 40, 100, 80]]}
+    path.write_text(json.dumps({**good, "polys": [[40, 40, 100, 40, 100, 80, 40, 80]]}) + "\n"
+                    + json.dumps({**good, "polys": polys}) + "\n" + json.dumps({**good, "polys": [[]]}) + "\n")
+    with pytest.raises(ValueError) as err:
+        load("jsonl", path)
+    assert f"{path}:2:" in str(err.value) and message in str(err.value), str(err.value)

@@ -25,8 +25,9 @@ from pipeline.io import atomic_open, is_image_id
 
 
 def is_polygon(flat: Sequence[float]) -> bool:
-    """x1, y1, x2, y2, ... with at least three points."""
-    return len(flat) >= 6 and len(flat) % 2 == 0
+    """x1, y1, x2, y2, ... with at least four points (a triangle's minimum-area rectangle, what a
+    polygon is stored as, reaches outside it and its box)."""
+    return len(flat) >= 8 and len(flat) % 2 == 0
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,7 @@ class LabelledImage:
             return cls(
                 image=str(d["image"]), width=width, height=height,
                 boxes=np.asarray(boxes, dtype=np.float64).reshape(-1, 4), ignore=ignore,
-                texts=tuple(d.get("texts") or ()), polys=tuple(tuple(p) for p in d.get("polys") or ()),
+                texts=tuple(d.get("texts") or ()), polys=_poly_list(d.get("polys")),
                 source=source, labels=tuple(d.get("labels") or ()), split=split,
                 original_name=_text(d, "original_name"), original_source=_text(d, "original_source"),
             )
@@ -185,6 +186,8 @@ def _box_list(raw: Any) -> list[list[float]]:
             n = len(box)
             raise ValueError(f"box {i} has {n} number{'' if n == 1 else 's'}, expected 4 (x0, y0, x1, y1)")
         try:
+            if any(isinstance(v, bool) for v in box):   # JSON true is no coordinate (float(True) is 1.0)
+                raise TypeError
             nums = [float(v) for v in box]
         except (TypeError, ValueError):
             raise ValueError(f"box {i} holds something that is not a number: {_short(box)}") from None
@@ -192,6 +195,29 @@ def _box_list(raw: Any) -> list[list[float]]:
             raise ValueError(f"box {i} holds a non-finite number: {_short(box)}")
         out.append(nums)
     return out
+
+
+def _poly_list(raw: Any) -> tuple[tuple[float, ...], ...]:
+    """`polys` as one tuple of x1, y1, x2, y2, ... per box (() for none); ValueError naming the
+    first entry that is not [] or a polygon of at least 4 points (a 3-point one was stored as a
+    rectangle reaching outside its box)."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, (list, tuple)):
+        raise ValueError(f"'polys' must be a list with one [x1, y1, x2, y2, ...] per box, got {type(raw).__name__}")
+    out = []
+    for i, poly in enumerate(raw):
+        if not isinstance(poly, (list, tuple)) or any(isinstance(v, bool) for v in poly):
+            raise ValueError(f"poly {i} is not a list of numbers: {_short(poly)}")
+        try:
+            nums = tuple(float(v) for v in poly)
+        except (TypeError, ValueError):
+            raise ValueError(f"poly {i} holds something that is not a number: {_short(poly)}") from None
+        if nums and not (is_polygon(nums) and all(math.isfinite(v) for v in nums)):
+            raise ValueError(f"poly {i} is not a polygon of at least 4 finite points (x1, y1, ..., x4, y4), "
+                             f"or [] for a box without one: {_short(poly)}")
+        out.append(nums)
+    return tuple(out)
 
 
 def _short(value: Any, limit: int = 60) -> str:
