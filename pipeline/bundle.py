@@ -295,11 +295,29 @@ def load_bundle(path: str | Path, **options: Any) -> Any:
     if unknown:   # they were ignored: `-o scales=100` ran as if not given, exit 0
         raise ValueError(f"{path}: a Faster R-CNN model takes no option {', '.join(unknown)} "
                          f"(it takes {', '.join(sorted(allowed))})")
+    check_fasterrcnn_options(path, options)
     model, fcfg, meta = load_model(path)
     kw = {k: v for k, v in options.items() if v is not None}
     det = FasterRCNNDetector(model, fcfg, version=str(meta["config"]["version"]), **kw)
     det.info = model_info(meta)
     return det
+
+
+def check_fasterrcnn_options(path: str | Path, options: dict[str, Any]) -> None:
+    """ValueError naming the bundle and option for a value out of range, before any work (as the
+    DB detectors' options are): `score_threshold=2` found nothing, `-1` everything, `tile=abc`
+    was true, `max_side=-5` failed on every image and `threads=-3` ended in a traceback."""
+    from pipeline.config import check_number
+
+    ranges = {"score_threshold": (0.0, 1.0, False), "max_side": (64, 16384, True), "threads": (1, 1024, True)}
+    try:
+        for name, (lo, hi, integer) in ranges.items():
+            if options.get(name) is not None:
+                check_number(name, options[name], lo, hi, integer=integer)
+        if options.get("tile") is not None and not isinstance(options["tile"], bool):
+            raise ValueError(f"tile must be true or false, got {options['tile']!r}")
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
 
 # --- registry ---------------------------------------------------------------------------------

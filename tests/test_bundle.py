@@ -68,6 +68,13 @@ def test_round_trip_elsewhere_without_training_data(trained: dict, tmp_path: Pat
 
     with pytest.raises(ValueError, match="takes no option bogus, scales"):
         load_detector(str(tmp_path / "elsewhere" / "bundle.zip"), scales=100, bogus=1)
+    # and a value out of range is named before any work (score_threshold=2 found nothing, exit 0)
+    for bad, message in (({"score_threshold": 2}, "score_threshold must be a number from 0 to 1"),
+                         ({"score_threshold": float("nan")}, "score_threshold must be"),
+                         ({"tile": "abc"}, "tile must be true or false"), ({"max_side": 0}, "max_side must be"),
+                         ({"threads": -3}, "threads must be a whole number")):
+        with pytest.raises(ValueError, match=message):
+            load_detector(str(tmp_path / "elsewhere" / "bundle.zip"), **bad)
     assert meta["data"]["n_items"] == len(set(result.train_keys)) and len(meta["data"]["sha256"]) == 64
 
 
