@@ -533,3 +533,14 @@ def test_label_studio_errors_are_one_readable_line():
                       + "please check it " * 40}
     msg = explain(ApiError(status_code=400, body=long), "http://h").args[0]
     assert "<a" not in msg and "Can't connect to ML backend http://127.0.0.1:9999, please" in msg and msg.endswith(" ...")
+
+
+def test_a_second_studio_up_in_the_same_workspace_is_refused_while_the_first_runs(tmp_path):
+    """Two `studio up` at once on a fresh workspace started two servers on one data folder, and
+    one died migrating ("table auth_permission already exists")."""
+    from pipeline.studio.launcher import up
+    from pipeline.workspace import Workspace, WorkspaceBusy
+
+    ws = Workspace.open(tmp_path / "ws")
+    with ws.lock("studio-up"), pytest.raises(WorkspaceBusy, match="another studio-up is running"):
+        up(ws.root, port=1, mode="local", timeout=1)

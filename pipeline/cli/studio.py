@@ -39,10 +39,15 @@ def up_cmd(
     try:
         with st.console.status("starting Label Studio (~40 s the first time)..."):
             res = up(ws.root, port=port, mode=mode, timeout=timeout)
-    except StudioError as exc:
+    except (StudioError, WorkspaceBusy) as exc:
         fail(str(exc))
     info = res.server
     moved = res.already_running and port is not None and info.port != port
+    if res.token != "accepted":
+        where = f" (it was fixed when the server first started, in {info.data_dir})" if info.data_dir else ""
+        emit(st, res.as_dict(), lambda c: None)
+        fail(f"Label Studio runs at {info.url}, but {res.token}: LABEL_STUDIO_API_KEY is not its admin's "
+             f"token{where}; set that token back, or copy the token from Label Studio's Account & Settings")
     emit(st, res.as_dict(), lambda c: c.print(
         f"Label Studio already running at {info.url} (not started by textloop: used as it is, "
         "`studio down` leaves it)" if info.mode == "external" else

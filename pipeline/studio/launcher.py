@@ -17,7 +17,7 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -175,13 +175,19 @@ def pid_file(ws_root: Path) -> Path:
 
 
 def read_info(ws_root: Path) -> ServerInfo | None:
+    """The server `up` started for this workspace, or None. A local server whose files root is
+    another folder is not this workspace's: a copied workspace (`cp -r ws ws2`) took the
+    original's server for its own, and its `studio down` stopped it."""
     p = pid_file(ws_root)
     if not p.exists():
         return None
     try:
-        return ServerInfo(**json.loads(p.read_text()))
+        info = ServerInfo(**json.loads(p.read_text()))
     except (OSError, TypeError, json.JSONDecodeError):
         return None
+    if info.mode == "local" and info.files_root and Path(info.files_root).resolve() != Path(ws_root).resolve():
+        return None
+    return info
 
 
 def _is_label_studio(pid: int) -> bool:
@@ -213,9 +219,10 @@ class UpResult:
 
     server: ServerInfo
     already_running: bool
+    token: str | None = None   # "accepted", or why LABEL_STUDIO_API_KEY does not open the server
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(asdict(self.server), already_running=self.already_running)
+        return dict(asdict(self.server), already_running=self.already_running, token=self.token)
 
 
 @dataclass(frozen=True)
@@ -253,8 +260,20 @@ class StatusResult:
 def up(ws_root: Path, port: int | None = None, mode: str = "auto", timeout: float = 180.0) -> UpResult:
     """Start Label Studio for the workspace unless ours is already running, or one answers at
     the port (`port`, else LABEL_STUDIO_URL's when it is on this machine, else 8080): that one is
-    used as it is (mode `external`; `down` never stops it). Returns its info."""
-    ws_root = ws_root.resolve()
+    used as it is (mode `external`; `down` never stops it). Returns its info. One `up` per
+    workspace at a time (WorkspaceBusy): two at once migrated one database together and one
+    died ("table auth_permission already exists")."""
+    from pipeline.workspace import Workspace
+
+    ws_root.mkdir(parents=True, exist_ok=True)
+    with Workspace(ws_root.resolve()).lock("studio-up"):
+        res = _up(ws_root.resolve(), port, mode, timeout)
+    # the admin's token is fixed when a server first starts: a key changed in .env since was
+    # "started" here and then refused by every push and pull
+    return replace(res, token=token_state(res.server.url))
+
+
+def _up(ws_root: Path, port: int | None, mode: str, timeout: float) -> UpResult:
     current = read_info(ws_root)
     if current and current.mode == "local" and current.pid and _is_label_studio(current.pid):
         return UpResult(current, already_running=True)
@@ -331,16 +350,19 @@ def status(ws_root: Path) -> StatusResult:
     if info is not None and info.url.rstrip("/") != url:
         info = None   # `up` started another server than the one in use: not this one's status
     healthy = is_healthy(url)
-    token = None
-    if healthy:   # "healthy" with a wrong token, and every push and pull then failed HTTP 401
-        try:
-            connect(url=url, timeout=10.0)
-            token = "accepted"
-        except StudioError as exc:
-            token = str(exc)
+    token = token_state(url) if healthy else None   # "healthy" with a wrong token: every push failed HTTP 401
     running = bool(info and (info.mode == "docker" or (info.pid and _is_label_studio(info.pid))))
     return StatusResult(url=url, healthy=healthy, started_by_textloop=running, pid=info.pid if info else None,
                         mode=info.mode if info else None, log=info.log if info else None, token=token)
+
+
+def token_state(url: str) -> str:
+    """"accepted" when LABEL_STUDIO_API_KEY opens the server at `url`, else why not."""
+    try:
+        connect(url=url, timeout=10.0)
+        return "accepted"
+    except StudioError as exc:
+        return str(exc)
 
 
 def workspace_url(ws_root: Path) -> str:

@@ -600,13 +600,25 @@ def test_studio_up_status_reuse_the_running_server(live_studio, monkeypatch):
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", live_studio.token)
     ws_root = live_studio.root / "ws_up"
     pid_file(ws_root).parent.mkdir(parents=True)
-    pid_file(ws_root).write_text(json.dumps(asdict(live_studio.info)))
+    pid_file(ws_root).write_text(json.dumps(dict(asdict(live_studio.info), files_root=str(ws_root))))
     st = status(ws_root)
     assert st.healthy and st.started_by_textloop and st.pid == live_studio.pid and st.token == "accepted"
     again = up(ws_root)
     assert again.already_running and again.server.url == live_studio.url and again.server.pid == live_studio.pid
+    assert again.token == "accepted"
+    # a copy of the workspace (its server.json names the original's files root) does not take the
+    # original's server for its own: its `down` stopped it
+    copy = live_studio.root / "ws_up_copy"
+    pid_file(copy).parent.mkdir(parents=True)
+    pid_file(copy).write_text(pid_file(ws_root).read_text())
+    monkeypatch.setenv("LABEL_STUDIO_URL", live_studio.url)
+    assert not status(copy).started_by_textloop and down(copy).stopped is False
+    monkeypatch.delenv("LABEL_STUDIO_URL")
+    assert status(ws_root).healthy
+    # a key changed since the server first started: `up` said "started", then every push got 401
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", "not-the-token")
     assert "rejected the API token" in status(ws_root).token
+    assert "rejected the API token" in up(ws_root).token
     other = live_studio.root / "ws_external"
     monkeypatch.setenv("LABEL_STUDIO_URL", live_studio.url)
     ext = up(other)
