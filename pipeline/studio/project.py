@@ -222,11 +222,19 @@ def init_project(
             except Exception:  # noqa: BLE001 - the storage error is the one to report
                 pass
         raise
-    backend_id = _ensure_ml_backend(studio, pid, ml_backend) if ml_backend else state.get("ml_backend_id")
-    if ml_backend and backend_id != state.get("ml_backend_id"):
-        changes["ml_backend"] = ml_backend
+    # the backend this workspace connected, checked on the server: a project made again (or a
+    # backend removed in its settings) kept reporting "ML backend 1" that was no longer there
+    backend_url = ml_backend or state.get("ml_backend_url")
+    if backend_url:
+        backend_id: int | None = _ensure_ml_backend(studio, pid, backend_url)
+    else:
+        ids = {int(b.id) for b in studio.call(lambda: list(sdk.ml.list(project=pid)))} if state.get("ml_backend_id") else set()
+        backend_id = state.get("ml_backend_id") if state.get("ml_backend_id") in ids else None
+    if backend_id != state.get("ml_backend_id"):
+        changes["ml_backend"] = backend_url or None
     title = project.title or title   # the workspace's project keeps its title when TEXTLOOP_LS_PROJECT changes
     record = {"project_id": pid, "title": title, "storage_id": storage_id, "ml_backend_id": backend_id,
+              "ml_backend_url": backend_url.rstrip("/") if backend_url else None,
               "classes": list(config.classes), "updated_at": time.time()}
     _write_state(ws, studio.url, record)
     return ProjectSummary(project_id=pid, title=title, created=created, classes=list(config.classes),

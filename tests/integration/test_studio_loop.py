@@ -492,6 +492,13 @@ def test_ml_backend_predictions_are_stored_by_label_studio(loop, live_studio, tm
                 break
             time.sleep(0.1)
         assert st["training"]["state"] == "done" and st["training"]["runs"] == 1
+        # the backend removed on the server (or the project made again): `studio init` said "up to
+        # date: ML backend 1" while the project had none; it now connects the remembered URL again
+        studio.sdk.ml.delete(id=res.ml_backend_id)
+        again = init_project(ws, studio)
+        live = [int(b.id) for b in studio.sdk.ml.list(project=res.project_id)]
+        assert again.ml_backend_id in live and again.ml_backend_id != res.ml_backend_id and "ml_backend" in again.changed
+        assert init_project(ws, studio).changed == []
 
 
 def _catalog_digest(ws: Workspace) -> str:
