@@ -53,8 +53,9 @@ def small_png(png: bytes, max_width: int = 1100, colours: int = 256) -> bytes:
     return buf.getvalue()
 
 
-def pick_task(studio: Any, project_id: int, task_id: int | None) -> tuple[int, int, str]:
-    """(task id, boxes in its newest prediction, file name): the given task, else the first with boxes."""
+def pick_task(studio: Any, project_id: int, task_id: int | None) -> tuple[int, int, str, str]:
+    """(task id, boxes in its newest prediction, file name, review note): the given task, else the
+    first with boxes."""
     tasks = list(studio.sdk.tasks.list(project=project_id, fields="all", page_size=100))
     if task_id is not None:
         tasks = [t for t in tasks if int(t.id) == task_id]
@@ -69,7 +70,7 @@ def pick_task(studio: Any, project_id: int, task_id: int | None) -> tuple[int, i
     if not tasks:
         raise SystemExit(f"project {project_id} has no tasks: run `textloop push` first")
     t = tasks[0]
-    return int(t.id), boxes(t), str((t.data or {}).get("file_name", ""))
+    return int(t.id), boxes(t), str((t.data or {}).get("file_name", "")), str((t.data or {}).get("review_note") or "")
 
 
 REGION = "[class*='tree__node_type_rectangleregion']"   # one per box in the Regions panel (LS 1.23)
@@ -141,12 +142,14 @@ def main(argv: list[str] | None = None) -> int:
     ws = Workspace.open(args.workspace)
     studio = connect(settings.url, local_files_root=os.environ.get("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT") or None)
     project = get_project(ws, studio)
-    task_id, n_boxes, file_name = pick_task(studio, project.id, args.task)
+    task_id, n_boxes, file_name, note = pick_task(studio, project.id, args.task)
     res = screenshot(settings.url, settings.username, settings.password, project.id, task_id, args.out,
                      args.width, args.height, boxes=n_boxes)
     text = res.pop("_text")
     res.update(project=project.id, predicted_boxes=n_boxes, file_name=file_name,
-               page_text_has_file_name=bool(file_name) and file_name in text)
+               page_text_has_file_name=bool(file_name) and file_name in text, review_note=note,
+               page_text_has_review_note=bool(note) and note in text,
+               page_text_has_unfilled_field="$review_note" in text or "$file_name" in text)
     print(json.dumps(res))
     return 0
 

@@ -260,7 +260,7 @@ def test_stage_results_keep_the_json_keys():
     info = ServerInfo(url="http://x", port=1, pid=2, mode="local", data_dir="d", files_root="f", log="l", started_at=0.0)
     assert UpResult(info, already_running=True).as_dict() == {
         "url": "http://x", "port": 1, "pid": 2, "mode": "local", "data_dir": "d", "files_root": "f", "log": "l",
-        "started_at": 0.0, "already_running": True}
+        "started_at": 0.0, "already_running": True, "token": None}
     assert list(StatusResult("u", True, False, None, None, None).as_dict()) == [
         "url", "healthy", "started_by_textloop", "pid", "mode", "log", "token"]
 
@@ -305,7 +305,7 @@ def test_library_stages_talk_to_the_server_studio_up_started(ws, monkeypatch):
 
     monkeypatch.delenv("LABEL_STUDIO_URL", raising=False)
     info = launcher.ServerInfo(url="http://127.0.0.1:8765", port=8765, pid=None, mode="local", data_dir="d",
-                               files_root="f", log="l", started_at=0.0)
+                               files_root=str(ws.root), log="l", started_at=0.0)
     launcher.pid_file(ws.root).parent.mkdir(parents=True, exist_ok=True)
     launcher.pid_file(ws.root).write_text(_json.dumps(dataclasses.asdict(info)))
     seen = []

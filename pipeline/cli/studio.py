@@ -165,10 +165,10 @@ def _render_push(c: Any, res: Any) -> None:
         + (f", {res.tasks_updated} existing tasks' data updated (file name, sources, ranking)" if res.tasks_updated else "")
         + (f", {res.failed} images failed" if res.failed else "")
         + (f"; {res.sent_for_review} of the new tasks are labels curation flagged (the label pre-drawn, the "
-           "suspected issue in the task's meta)" if res.sent_for_review else "")
+           "suspected issue shown above the image)" if res.sent_for_review else "")
         + (f"; {res.tasks_withdrawn} unlabelled tasks of excluded images withdrawn" if res.tasks_withdrawn else "")
         + (f"; {res.reopened_for_review} labelled tasks curation flagged reopened for review (the suspected issue "
-           "in the task's meta)" if res.reopened_for_review else "")
+           "shown above the image)" if res.reopened_for_review else "")
         + f"\norder: {res.order}\n{res.url}")
 
 

@@ -136,16 +136,18 @@ def image_sources(cat: Catalog, image_ids: Sequence[str]) -> dict[str, list[str]
 
 
 def task_data(image_url: str, data_key: str, im: dict[str, Any], sources: Sequence[str],
-              facts: dict[str, Any] | None) -> dict[str, Any]:
+              facts: dict[str, Any] | None, review_note: str = "") -> dict[str, Any]:
     """The task's `data`: what Label Studio shows and sorts by. A labeller who spots a problem, or
     a lead sorting the data manager, can tell which file a task is (`file_name`, `file_source`,
-    every source in `file_sources`) and why it was picked (rank fields, None when no ranking exists)."""
+    every source in `file_sources`), why it was picked (rank fields, None when no ranking exists)
+    and, for a label curation sent back, why (`review_note`, shown above the image; "" otherwise)."""
     srcs = list(sources) or [im["source"]]
     data: dict[str, Any] = {
         data_key: image_url, "image_id": im["id"], "file_name": im["original_name"],
         # not `source`: Label Studio's frontend resolves `$source` to the whole serialized task
         "file_source": srcs[0], "file_sources": srcs, "n_sources": len(srcs),
         "split": im["split"], "width": int(im["width"]), "height": int(im["height"]),
+        "review_note": review_note,
     }
     data.update({k: (facts or {}).get(k) for k in RANK_FIELDS})
     return data
@@ -394,6 +396,9 @@ def _push_images(ws: Workspace, image_ids: Sequence[str] | None, model_version: 
             p["cluster"] = clusters[image_id]
         return p
 
+    from pipeline.studio.review import review_notes   # why a flagged label is back: shown above its image
+
+    notes = review_notes(ws, [i for i in images if images[i]["status"] == ImageStatus.NEEDS_REVIEW.value])
     total = len(new_ids) + len(upd_ids)
     done = created = added = 0
     with ws.catalog() as cat:
@@ -406,7 +411,7 @@ def _push_images(ws: Workspace, image_ids: Sequence[str] | None, model_version: 
                     # `pushed_with`: the prediction the task is created with, which a rerun after a
                     # kill between this import and the catalog write reads back (`reconcile_tasks`)
                     "data": {**task_data(local_files_url(ws, studio, im["path"]), project.config.data_key, im,
-                                         sources.get(image_id, ()), facts.get(image_id)),
+                                         sources.get(image_id, ()), facts.get(image_id), notes.get(image_id, "")),
                              "pushed_with": ls_version, "pushed_boxes": len(shown(image_id)),
                              **({"held_by_redact": version} if held else {})},
                     "predictions": [prediction(image_id)],
@@ -450,7 +455,9 @@ def _push_images(ws: Workspace, image_ids: Sequence[str] | None, model_version: 
             old = server_data.get(tid, {})
             url = old.get(project.config.data_key) or local_files_url(ws, studio, images[image_id]["path"])
             want = task_data(url, project.config.data_key, images[image_id], sources.get(image_id, ()),
-                             facts.get(image_id))
+                             facts.get(image_id), notes.get(image_id, ""))
+            if want["review_note"] and old.get("review_note"):   # the note review gave it stays
+                want["review_note"] = old["review_note"]
             if held and image_id in upd_ids:
                 want["held_by_redact"] = version
             if any(old.get(k) != v for k, v in want.items()):

@@ -3,8 +3,9 @@
 Used when curation suspects a label error (`textloop curate --apply` sets status
 `needs_review`; `textloop iterate` then calls this). The task keeps its annotation (nothing a
 human did is deleted): it is marked unlabelled again, so Label Studio serves it to labellers
-once more, the note goes into the task's `meta` (visible in the data manager), and, where the
-server supports comments, onto the annotation as a comment. The next `pull` stores whatever the
+once more, the note goes into the task's data (`review_note`, which the label config shows
+above the image) and `meta`, and, where the server supports comments, onto the annotation as a
+comment. The next `pull` stores whatever the
 reviewer submits; until the annotation changes, the image stays `needs_review`.
 """
 
@@ -52,7 +53,11 @@ def request_review(ws: Workspace, image_ids: Sequence[str], notes: dict[str, str
             counts["without_task"] += 1
             continue
         note = notes.get(image_id, DEFAULT_NOTE)
-        studio.call(studio.sdk.tasks.update, id=str(task_id), is_labeled=False, meta={"textloop_review": note})
+        # the note in the task's data too, which the label config shows above the image: in
+        # `meta` alone no labeller saw it, and comments are not in every edition
+        data = dict(studio.call(studio.sdk.tasks.get, id=str(task_id)).data or {})
+        studio.call(studio.sdk.tasks.update, id=str(task_id), is_labeled=False, meta={"textloop_review": note},
+                    data={**data, "review_note": note})
         counts["reopened"] += 1
         if image_id in latest:
             try:  # comments are not in every Label Studio edition; the meta note is the fallback

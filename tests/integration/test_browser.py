@@ -176,3 +176,28 @@ def test_labelling_page_shows_the_image_its_boxes_and_file_name(live_studio, tmp
     assert info["regions_listed"] == info["predicted_boxes"], info
     assert not info["page_errors"], info["page_errors"]
     assert out.exists() and 10_000 < out.stat().st_size < 200_000
+    assert not info["review_note"] and not info["page_text_has_unfilled_field"], info
+    # a label curation sent back says why above the image (the note was only in the task's meta,
+    # which the labelling page does not show)
+    from pipeline.studio.review import request_review
+
+    with ws.catalog() as cat:
+        image_id = cat.images()[0]["id"]
+    request_review(ws, [image_id], {image_id: "textloop: suspected missed text; please check every box"},
+                   client=studio)
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "screenshot_labelling.py"), "--workspace", str(ws.root),
+                        "--out", str(out)], capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    info = json.loads(r.stdout.strip().splitlines()[-1])
+    assert info["page_text_has_review_note"] and not info["page_text_has_unfilled_field"], info
+    # a task pushed before the label config showed review notes has no such field: nothing is shown
+    old = dict(studio.sdk.tasks.get(id=str(info["task"])).data)
+    old.pop("review_note")
+    made = studio.sdk.projects.import_tasks(id=info["project"], request=[{"data": dict(old, image_id="x" * 64)}],
+                                            return_task_ids=True)
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "screenshot_labelling.py"), "--workspace", str(ws.root),
+                        "--out", str(out), "--task", str(made.task_ids[0])],
+                       capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    info = json.loads(r.stdout.strip().splitlines()[-1])
+    assert not info["page_text_has_unfilled_field"] and not info["page_errors"], info

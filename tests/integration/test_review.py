@@ -51,6 +51,8 @@ def test_request_review_reopens_the_task_with_a_note(live_studio, tmp_path_facto
     task = studio.sdk.tasks.get(id=str(tasks[flagged].id))
     assert task.is_labeled is False
     assert (task.meta or {}).get("textloop_review") == "suspected overlooked text"
+    # ... and in its data, which the label config shows above the image (in meta no labeller saw it)
+    assert task.data["review_note"] == "suspected overlooked text" and task.data["image_id"] == flagged
     assert len(studio.sdk.annotations.list(id=tasks[flagged].id)) == 1      # nothing deleted
     others = [studio.sdk.tasks.get(id=str(tasks[i].id)) for i in tasks if i != flagged]
     assert all(t.is_labeled for t in others)
@@ -66,13 +68,19 @@ def test_request_review_reopens_the_task_with_a_note(live_studio, tmp_path_facto
     task2 = studio.sdk.tasks.get(id=str(tasks[second].id))
     assert task2.is_labeled is False and "textloop" in (task2.meta or {}).get("textloop_review", "")
     assert push_images(ws, None, client=studio, detector=OneBox()).reopened_for_review == 0
-    assert (studio.sdk.tasks.get(id=str(tasks[flagged].id)).meta or {}).get("textloop_review") == "suspected overlooked text"
+    again = studio.sdk.tasks.get(id=str(tasks[flagged].id))
+    assert (again.meta or {}).get("textloop_review") == "suspected overlooked text"
+    assert again.data["review_note"] == "suspected overlooked text" and "textloop" in task2.data["review_note"]
+    assert all(studio.sdk.tasks.get(id=str(tasks[i].id)).data["review_note"] == "" for i in tasks
+               if i not in (flagged, second))
 
     ann = studio.sdk.annotations.list(id=tasks[flagged].id)[0]            # the reviewer fixes it
     studio.sdk.annotations.update(id=ann.id, result=_result([2, 2, 30, 12], 64, 48))
     assert pull(ws, studio).updated == 1
     with ws.catalog() as cat:
         assert cat.scalar("SELECT status FROM images WHERE id = ?", (flagged,)) == "labelled"
+    push_images(ws, None, client=studio, detector=OneBox())               # reviewed: the note goes
+    assert studio.sdk.tasks.get(id=str(tasks[flagged].id)).data["review_note"] == ""
 
 
 def test_an_imported_label_flagged_for_review_is_pushed_as_the_label_with_a_note(live_studio, tmp_path_factory) -> None:
@@ -103,7 +111,7 @@ def test_an_imported_label_flagged_for_review_is_pushed_as_the_label_with_a_note
     task = studio.sdk.tasks.list(project=project.project_id, fields="all")
     task = next(iter(task))
     assert task.data["image_id"] == flagged
-    assert "may be wrong" in (task.meta or {}).get("textloop_review", "")
+    assert "may be wrong" in (task.meta or {}).get("textloop_review", "") and "may be wrong" in task.data["review_note"]
     preds = studio.sdk.predictions.list(task=task.id)
     values = [r["value"] for p in preds for r in p.result]
     assert len(values) == 1 and abs(values[0]["x"] - 30 / 64 * 100) < 0.5   # the imported box, not OneBox's (2, 2)
