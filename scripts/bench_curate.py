@@ -113,8 +113,12 @@ def run_engine_child(engine: str, folder: Path, out: Path) -> None:
     for a, b, _ in m["pairs"]:
         g = group.get(a) or group.get(b) or a
         group[a] = group[b] = g
-    found = list(zip(rep.pairs["image_a"], rep.pairs["image_b"]))
+    dup = rep.pairs[rep.pairs["kind"] != "content_differs"]   # same layout, other content: not duplicates
+    found = list(zip(dup["image_a"], dup["image_b"]))
     false_pairs = [(a, b) for a, b in found if group.get(a) is None or group.get(a) != group.get(b)]
+    differs = rep.pairs[rep.pairs["kind"] == "content_differs"]
+    planted_differs = sum(1 for a, b in zip(differs["image_a"], differs["image_b"])
+                          if group.get(a) is not None and group.get(a) == group.get(b))
     # a planted copy counts as found when it lands in its source's duplicate group
     cluster = dict(zip(rep.images["image_id"], rep.images["cluster_id"]))
     hit = {kind: [bool(cluster.get(a)) and cluster.get(a) == cluster.get(b) for a, b, k in m["pairs"] if k == kind]
@@ -131,6 +135,7 @@ def run_engine_child(engine: str, folder: Path, out: Path) -> None:
         "exact_recall": round(float(np.mean(hit["exact"])), 3) if hit["exact"] else None,
         "near_recall": round(float(np.mean(hit["near"])), 3) if hit["near"] else None,
         "reported_pairs": len(found), "unplanted_pairs": len(false_pairs),
+        "content_differs_pairs": len(differs), "planted_pairs_called_content_differs": planted_differs,
         "unplanted_examples": [[a, b] for a, b in false_pairs[:10]],
         "outlier_recall": round(len(flagged_out & set(m["outliers"])) / max(1, len(m["outliers"])), 3),
         "outliers_flagged": len(flagged_out),
@@ -357,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         results["speed"] = bench_speed(args.n_images, [e for e in args.engines.split(",") if e], args.cache)
         print(f"\nCuration speed on {args.n_images} generated 640x480 images (2 % exact, 3 % near copies, 0.2 % outliers)")
         print(f"{'engine':<11} {'s':>7} {'img/s':>7} {'RSS MB':>7} {'worker MB':>9} {'exact rec':>9} {'near rec':>9} "
-              f"{'pairs':>6} {'unplanted':>9} {'outl rec':>8} {'flagged':>7} {'outl top1%':>10}")
+              f"{'pairs':>6} {'unplanted':>9} {'differs':>7} {'outl rec':>8} {'flagged':>7} {'outl top1%':>10}")
         for r in results["speed"]:
             if "error" in r:
                 print(f"{r['engine']:<11} error: {r['error']}")
@@ -365,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r['engine']:<11} {r['seconds']:>7.1f} {r['images_per_s']:>7.1f} {r['peak_rss_textloop_mb']:>7.0f} "
                   f"{r['peak_rss_fastdup_worker_mb']:>9.0f} "
                   f"{r['exact_recall']:>9} {r['near_recall']:>9} {r['reported_pairs']:>6} {r['unplanted_pairs']:>9} "
+                  f"{r['content_differs_pairs']:>7} "
                   f"{r['outlier_recall']:>8} {r['outliers_flagged']:>7} "
                   f"{r['outliers_in_top_1pct']:>4}/{len(r['outlier_ranks']):<5}")
     if not args.skip_noise:

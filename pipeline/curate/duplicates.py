@@ -74,6 +74,12 @@ class DuplicateConfig:
     fastdup_python: str | None = None    # default: $TEXTLOOP_FASTDUP_PYTHON or <repo>/.venv-fastdup/bin/python
     fastdup_threads: int = 2
     fastdup_timeout_s: float = 3600.0
+    # a near pair whose pixels, aligned, differ strongly in places (filled-in copies of one form,
+    # another name on the same label) is `content_differs`, not a duplicate: --apply labelled one
+    # of them and excluded the others, though each has its own text to find
+    content_check: bool = True
+    content_level: float = 40.0          # grey-level difference (of 255, both blurred) that counts
+    content_share: float = 0.0008        # share of the overlap above it that makes the content differ
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -100,6 +106,7 @@ class DuplicateReport:
             "exact_duplicates": int(im["is_exact_duplicates_issue"].sum()) if len(im) else 0,
             "near_duplicates": int(im["is_near_duplicates_issue"].sum()) if len(im) else 0,
             "outliers": int(im["is_outlier_issue"].sum()) if len(im) else 0,
+            "content_differs_pairs": int((self.pairs["kind"] == "content_differs").sum()) if len(self.pairs) else 0,
             "duplicate_groups": int(self.clusters["cluster_id"].nunique()) if len(self.clusters) else 0,
             "cross_split_groups": int(self.clusters.loc[self.clusters["cross_split"], "cluster_id"].nunique())
             if len(self.clusters) else 0,
@@ -121,6 +128,8 @@ def find_duplicates(
         raise ValueError("image ids must be unique")
     t0 = time.perf_counter()
     feats = ENGINES[cfg.engine](images, cfg, progress)
+    if cfg.content_check:
+        feats.pairs = check_content({im.image_id: im.path for im in images}, feats.pairs, cfg)
     report = _assemble(images, feats, cfg)
     report.seconds = time.perf_counter() - t0
     return report
@@ -214,6 +223,113 @@ def _load_one(ref: ImageRef) -> tuple[str, str | None, str | None, int, int, np.
         return ref.image_id, "too_small", None, 0, 0, None, None
     ph, dh, emb, stats = _thumb_features(rgb)
     return ref.image_id, None, key, ph, dh, emb, stats
+
+
+CONTENT_SIDE = 512            # long side the content check compares at
+CONTENT_TRIES_PER_IMAGE = 8   # near pairs checked per image before its remaining ones count as differing
+
+
+def _grey_small(path: Path) -> np.ndarray | None:
+    """Upright grey pixels, long side at most CONTENT_SIDE, float32; None if it cannot be read."""
+    import cv2
+    from PIL import ImageOps
+
+    from pipeline.imaging import open_image
+
+    try:
+        with open_image(path) as im:
+            im.draft("L", (CONTENT_SIDE, CONTENT_SIDE))   # JPEG: decode at a reduced size
+            g = np.asarray(ImageOps.exif_transpose(im).convert("L"), dtype=np.float32)
+    except Exception:  # noqa: BLE001 - unreadable: the engine has reported it already
+        return None
+    f = CONTENT_SIDE / max(g.shape)
+    return cv2.resize(g, None, fx=f, fy=f, interpolation=cv2.INTER_AREA) if f < 1 else g
+
+
+def content_differs(a: np.ndarray, b: np.ndarray, level: float = 40.0, share: float = 0.0008) -> bool:
+    """Whether two near-duplicate greys differ in places once aligned: True for copies of one
+    form with other text in its fields, False for resized, recompressed or slightly cropped
+    copies (their differences are small everywhere). Pairs that cannot be aligned are judged
+    as they are."""
+    import cv2
+
+    h, w = min(a.shape[0], b.shape[0]), min(a.shape[1], b.shape[1])
+    A = cv2.GaussianBlur(cv2.resize(a, (w, h), interpolation=cv2.INTER_AREA), (0, 0), 1.0)
+    B = cv2.GaussianBlur(cv2.resize(b, (w, h), interpolation=cv2.INTER_AREA), (0, 0), 1.0)
+    unaligned = float((np.abs(A - B) > level).mean())
+    if unaligned < share / 4:   # a resized, recompressed copy: aligned already
+        return False
+    warp = np.eye(2, 3, dtype=np.float32)
+    crit = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 50, 1e-4)
+    for f in (0.25, 0.5):   # coarse to fine, so a few percent of crop or shift is found
+        As = cv2.resize(A, None, fx=f, fy=f, interpolation=cv2.INTER_AREA) if f < 1 else A
+        Bs = cv2.resize(B, None, fx=f, fy=f, interpolation=cv2.INTER_AREA) if f < 1 else B
+        if min(As.shape) < 8:
+            continue
+        ws = warp.copy()
+        ws[:, 2] *= f
+        try:
+            _, ws = cv2.findTransformECC(As, Bs, ws, cv2.MOTION_AFFINE, crit, None, 3 if f < 1 else 1)
+        except cv2.error:   # nothing to align on (two different pages): judged as they are
+            return unaligned >= share
+        warp = ws.copy()
+        warp[:, 2] /= f
+    if np.linalg.det(warp[:, :2]) < 1.0:   # compare in the frame where the other is enlarged, not
+        warp = cv2.invertAffineTransform(warp)   # shrunk (shrinking text by interpolation aliases it)
+        A, B = B, A
+    flags = cv2.WARP_INVERSE_MAP
+    moved = cv2.warpAffine(B, warp, (w, h), flags=cv2.INTER_LINEAR | flags, borderMode=cv2.BORDER_REPLICATE)
+    valid = cv2.warpAffine(np.ones_like(B, dtype=np.uint8), warp, (w, h), flags=cv2.INTER_NEAREST | flags,
+                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    valid = cv2.erode(valid, np.ones((9, 9), np.uint8)) > 0    # not the edge a crop cut off
+    if valid.sum() < 0.5 * valid.size:   # aligned onto less than half of it: judged as they are
+        return unaligned >= share
+    big = (np.abs(A - moved) > level) & valid
+    return bool(big.sum() >= share * valid.sum())
+
+
+def check_content(paths: dict[str, Path], pairs: list[tuple[str, str, float, str]], cfg: DuplicateConfig
+                  ) -> list[tuple[str, str, float, str]]:
+    """`pairs` with each near pair whose content differs (`content_differs`) marked
+    `content_differs`. Most similar first; a pair already joined through confirmed copies is not
+    checked again, and an image's pairs beyond CONTENT_TRIES_PER_IMAGE differing ones are taken
+    as differing too (a thousand filled-in forms would be half a million checks)."""
+    from collections import OrderedDict
+
+    cache: OrderedDict[str, np.ndarray | None] = OrderedDict()
+
+    def grey(iid: str) -> np.ndarray | None:
+        if iid not in cache:
+            cache[iid] = _grey_small(paths[iid])
+            if len(cache) > 256:
+                cache.popitem(last=False)
+        cache.move_to_end(iid)
+        return cache[iid]
+
+    uf = _UnionFind()
+    differing: dict[str, int] = {}
+    out: dict[int, tuple[str, str, float, str]] = {}
+    order = sorted(range(len(pairs)), key=lambda k: -pairs[k][2])
+    for k in order:
+        a, b, sim, kind = pairs[k]
+        if kind != "near" or (a in uf.parent and b in uf.parent and uf.find(a) == uf.find(b)):
+            out[k] = pairs[k]
+            if kind != "near":
+                uf.union(a, b)
+            continue
+        if max(differing.get(a, 0), differing.get(b, 0)) >= CONTENT_TRIES_PER_IMAGE:
+            verdict: bool | None = True
+        else:
+            ga, gb = grey(a), grey(b)
+            verdict = None if ga is None or gb is None else content_differs(ga, gb, cfg.content_level,
+                                                                            cfg.content_share)
+        if verdict:
+            differing[a], differing[b] = differing.get(a, 0) + 1, differing.get(b, 0) + 1
+            out[k] = (a, b, sim, "content_differs")
+        else:
+            uf.union(a, b)
+            out[k] = pairs[k]
+    return [out[k] for k in range(len(pairs))]
 
 
 def _popcount(x: np.ndarray) -> np.ndarray:
@@ -499,8 +615,8 @@ def knn_outlier_scores(X: np.ndarray, groups: Sequence[int] | None = None, k: in
         idx = np.argpartition(d2, k - 1, axis=1)[:, :k]
         part = np.take_along_axis(d2, idx, axis=1)
         nbrs[s:e] = idx
-        part = np.where(np.isfinite(part), np.sqrt(part), np.nan)
-        knn[s:e] = np.nan_to_num(np.nanmean(part, axis=1), nan=0.0)
+        finite = np.isfinite(part)   # a row of only group mates has no neighbour: 0, without numpy's warning
+        knn[s:e] = np.where(finite, np.sqrt(np.where(finite, part, 0.0)), 0.0).sum(axis=1) / np.maximum(finite.sum(axis=1), 1)
     ratio = knn / np.maximum(knn[nbrs].mean(axis=1), 1e-9)
     score = np.exp(-np.clip(ratio - 1.0, 0, None) / max(ratio_threshold - 1.0, 1e-6))
     return knn, ratio, score
@@ -515,6 +631,8 @@ def _assemble(images: Sequence[ImageRef], f: _Features, cfg: DuplicateConfig) ->
     exact_ids: set[str] = set()
     near_ids: set[str] = set()
     for a, b, s, kind in f.pairs:
+        if kind == "content_differs":   # reported in the pairs table, not a duplicate
+            continue
         uf.union(a, b)
         for x, y in ((a, b), (b, a)):
             if s > best.get(x, (-1.0, ""))[0]:
