@@ -77,10 +77,11 @@ def _render(c: Console, summary: dict[str, Any], engine: str, apply: bool) -> No
     t.add_column("finding")
     t.add_column("count", justify="right")
     d = summary.get("duplicates", {})
-    for key in ("images", "broken", "exact_duplicates", "near_duplicates", "outliers", "duplicate_groups",
-                "cross_split_groups", "planned_split_moves", "planned_exclusions"):
+    for key in ("images", "broken", "exact_duplicates", "near_duplicates", "content_differs_pairs", "outliers",
+                "duplicate_groups", "cross_split_groups", "planned_split_moves", "planned_exclusions"):
         if key in d:
-            t.add_row(key.replace("_", " "), str(d[key]))
+            label = "near pairs with other content (not duplicates)" if key == "content_differs_pairs" else key
+            t.add_row(label.replace("_", " "), str(d[key]))
     n = summary.get("label_noise", {})
     for key in ("labelled_images", "label_issues", "overlooked_text", "bad_location", "spurious_box", "skipped"):
         if key in n:
