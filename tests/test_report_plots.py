@@ -222,3 +222,16 @@ def test_a_cross_split_group_is_drawn_with_a_member_of_each_split() -> None:
     assert list(shown_pair(g)["split"]) == ["train", "test"]
     assert list(shown_pair(g.iloc[:2])["image_id"]) == ["a", "b"]     # one split: the first two
     assert list(shown_pair(g.iloc[:1])["image_id"]) == ["a"]
+
+
+def test_a_file_name_in_a_script_the_font_lacks_writes_no_warnings(tmp_path):
+    """`report` with a CJK file name printed four raw matplotlib "Glyph ... missing from font"
+    warnings, with source paths, on stderr; the gallery is still written."""
+    import warnings
+
+    thumbs = [(Image.new("RGB", (120, 90), (200, 200, 200)), "日本語のスキャン.png [train]")]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("default")
+        report.plot_gallery(thumbs, tmp_path / "g.png", "Label issues", "none")
+    assert (tmp_path / "g.png").stat().st_size > 1000
+    assert not [w for w in seen if "missing from font" in str(w.message)], [str(w.message) for w in seen]

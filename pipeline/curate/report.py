@@ -290,11 +290,16 @@ def _empty_panel(ax: Any, text: str) -> None:
 
 
 def _pyplot() -> Any:
+    import warnings
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # a file name in a script the plot font lacks (CJK) is drawn as boxes; matplotlib also wrote
+    # one UserWarning per glyph, with its source path, on the terminal of `textloop report`
+    warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from font", category=UserWarning)
     return plt
 
 
