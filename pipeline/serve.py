@@ -215,6 +215,8 @@ class Backend:
         roots = self._local_roots()
         if parsed.path.startswith("/data/local-files"):
             rel = urllib.parse.parse_qs(parsed.query).get("d", [""])[0]
+            if ".." in Path(rel).parts or rel.startswith("/"):   # it was sent on to Label Studio, with the token
+                raise TaskImageError("a local-files path that leaves the document root")
             for root in roots:
                 path = (root / rel).resolve()
                 if root in path.parents and path.exists():
@@ -424,7 +426,9 @@ def create_app(ws: Workspace, cfg: ServeConfig = ServeConfig(), detector: Any = 
             raise HTTPException(status_code=400, detail=str(exc)) from None
 
     def tasks_of(payload: dict[str, Any]) -> list[dict[str, Any]]:
-        tasks = payload.get("tasks", [])
+        if "tasks" not in payload:   # an empty body was answered 200 with no results
+            raise HTTPException(status_code=400, detail="the request has no 'tasks' (a list of task objects)")
+        tasks = payload["tasks"]
         if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
             raise HTTPException(status_code=400, detail="'tasks' must be a list of task objects")
         return tasks

@@ -403,6 +403,16 @@ def test_tasks_that_are_not_a_list_are_a_400(ws_with_image, tasks):
     ws, _ = ws_with_image
     client = TestClient(create_app(ws, ServeConfig(), detector=FakeDetector([[2, 3, 20, 10]], [0.6])))
     assert client.post("/predict", json={"tasks": tasks}).status_code == 400
+    r = client.post("/predict", json={})   # no tasks at all was a 200 with no results
+    assert r.status_code == 400 and "no 'tasks'" in r.text
+
+
+def test_a_local_files_path_leaving_the_document_root_is_not_sent_to_label_studio(ws_with_image, ls_files):
+    ws, _ = ws_with_image
+    client = client_for(ws, ls_files)
+    out = predict(client, [{"id": 1, "data": {"image": "/data/local-files/?d=../../../etc/passwd"}}])
+    assert out[0]["error"].endswith("a local-files path that leaves the document root"), out
+    assert LabelStudioFiles.tokens == []   # nothing asked of Label Studio
 
 
 def test_a_missing_workspace_file_is_named_not_fetched_from_label_studio(ws_with_image, ls_files):
