@@ -362,7 +362,7 @@ def load_ground_truth(gt: Path | None = None, images: Path | None = None, devset
     relative to, default its own), a devset root, or a workspace split's human labels (`split`
     "all": every split). Raises ValueError on a bad combination or an unreadable label file,
     NoGroundTruth when there is no labelled image."""
-    from pipeline.formats.devset import read_devset_lines, read_jsonl_lines
+    from pipeline.formats.devset import labelled_paths, read_devset_lines, read_jsonl_lines
 
     if gt is not None and devset is not None:
         raise ValueError("give --gt or --set, not both")
@@ -382,7 +382,8 @@ def load_ground_truth(gt: Path | None = None, images: Path | None = None, devset
     elif gt is not None:
         base = images or gt.parent
         good, bad_lines = read_jsonl_lines(gt, source=gt.parent.name or gt.stem)
-        items = [(base / rec.image, rec) for _, rec in good]
+        items, again = labelled_paths(gt, good, base)
+        bad_lines += again
         where = str(gt)
     else:
         if split not in ("train", "val", "test", "all"):

@@ -306,6 +306,12 @@ def test_evaluate_skips_bad_label_lines_samples_sources_and_checks_options_first
     assert [p.name for p, _ in truth.items] == ["a.png"]
     assert truth.skipped == (f"{tmp_path / 'set' / 'forms' / 'boxes.jsonl'}:2: box 0 has 3 numbers, expected 4 "
                              "(x0, y0, x1, y1)",)
+    # an image listed twice was scored twice; `import` uses its last record and says so: evaluate too
+    again = json.dumps(LabelledImage("a.png", 40, 30, boxes=[[2, 2, 8, 8]]).to_json())
+    (tmp_path / "twice.jsonl").write_text(lines[0] + "\n" + again + "\n")
+    truth = load_ground_truth(gt=tmp_path / "twice.jsonl")
+    assert len(truth.items) == 1 and truth.items[0][1].boxes.tolist() == [[2, 2, 8, 8]]
+    assert truth.skipped == (f"{tmp_path / 'twice.jsonl'}:2: a.png is listed again in this file; the last record is used",)
     items = [(Path(f"{s}{i}"), LabelledImage(f"{s}{i}.png", 4, 4, source=s)) for s in "ab" for i in range(5)]
     assert [p.name for p, _ in spread(items, 4)] == ["a0", "b0", "a1", "b1"]
     runner = CliRunner()

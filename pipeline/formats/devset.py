@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -277,15 +278,32 @@ def devset_files(root: str | Path) -> list[Path]:
     return files
 
 
+def labelled_paths(path: Path, good: list[tuple[int, LabelledImage]], base: Path | None = None
+                   ) -> tuple[list[tuple[Path, LabelledImage]], list[str]]:
+    """(image path, record) of a file's good lines, one per image: an image listed again is
+    named and its last record used, as `import` does (evaluate scored it once per record)."""
+    base = path.parent if base is None else base
+    last: dict[Path, tuple[int, LabelledImage]] = {}
+    problems = []
+    for lineno, rec in good:
+        where = Path(os.path.normpath(base / rec.image))
+        if where in last:
+            problems.append(f"{path}:{lineno}: {rec.image} is listed again in this file; the last record is used")
+        last[where] = (lineno, rec)
+    return [(where, rec) for where, (_, rec) in sorted(last.items(), key=lambda kv: kv[1][0])], problems
+
+
 def read_devset_lines(root: str | Path) -> tuple[list[tuple[Path, LabelledImage]], list[str]]:
     """Every good record of every `<source>/boxes.jsonl` under `root` (or `root/boxes.jsonl`),
-    with absolute image paths, and one "file:line: problem" per malformed line (skipped)."""
+    with absolute image paths, and one "file:line: problem" per malformed line (skipped) or
+    image listed again (its last record used)."""
     out: list[tuple[Path, LabelledImage]] = []
     problems: list[str] = []
     for f in devset_files(root):
         good, bad = read_jsonl_lines(f, source=f.parent.name)
-        out += [(f.parent / rec.image, rec) for _, rec in good]
-        problems += bad
+        items, again = labelled_paths(f, good)
+        out += items
+        problems += bad + again
     return out, problems
 
 
