@@ -712,6 +712,10 @@ def generate(out_dir: str | Path, cfg: SynthConfig = SynthConfig(), backgrounds:
         if progress:
             progress(i + 1, cfg.n_images)
     write_jsonl(out_dir / "boxes.jsonl", records)
+    keep = {r["image"] for r in records}
+    for old in (out_dir / "images").glob("[0-9]*.png"):   # a smaller set made over a larger one left them
+        if f"images/{old.name}" not in keep and old.stem.isdigit():
+            old.unlink(missing_ok=True)
     summary = {"images": cfg.n_images, "boxes": n_boxes, "kinds": kinds, "backgrounds": len(backgrounds),
                "on_real_backgrounds": on_real, "unusable_backgrounds": len(unusable)}
     atomic_write_text(manifest_path, json.dumps({"fingerprint": fp, "config": cfg.to_json(), "summary": summary,

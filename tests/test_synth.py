@@ -123,6 +123,9 @@ def test_generate_is_deterministic_and_idempotent(tmp_path: Path) -> None:
     generate(tmp_path / "c", dataclasses.replace(SMALL, seed=8))
     assert (tmp_path / "c/boxes.jsonl").read_bytes() != (tmp_path / "a/boxes.jsonl").read_bytes()
     assert json.loads((tmp_path / "a/manifest.json").read_text())["config"]["seed"] == 7
+    # made again smaller, the set holds only its own images (the larger one's stayed behind)
+    generate(tmp_path / "a", dataclasses.replace(SMALL, n_images=SMALL.n_images - 1))
+    assert len(list((tmp_path / "a/images").iterdir())) == SMALL.n_images - 1
 
 
 def test_an_interrupted_generation_is_never_read_as_a_finished_set(ws, tmp_path: Path) -> None:
