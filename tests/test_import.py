@@ -416,6 +416,8 @@ def test_an_empty_label_file_is_said_and_a_bom_is_read(tmp_path: Path) -> None:
     (tmp_path / "empty.jsonl").write_text("\n")
     r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "import", str(tmp_path / "empty.jsonl")])
     assert r.exit_code == 1 and "no label records in" in r.output, r.output
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "--json", "import", str(tmp_path / "empty.jsonl")])
+    assert r.exit_code == 1 and json.loads(r.stdout)["problems"] == [f"no label records in {tmp_path / 'empty.jsonl'}"]
     bom = tmp_path / "bom.jsonl"   # Windows editors write one; line 1 was "not valid JSON"
     bom.write_text("\ufeff" + json.dumps({"image": "img.png", "width": 100, "height": 80, "boxes": [[1, 1, 9, 9]]}) + "\n",
                    encoding="utf-8")

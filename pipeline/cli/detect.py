@@ -172,9 +172,13 @@ def import_cmd(
         if kept:
             c.print("; ".join(kept), highlight=False)
 
+    empty = summary.images == 0 and not summary.records   # an empty file: exit 0 said "imported"
+    why = f"no label records in {', '.join(str(p) for p in labels)}"
+    if empty and st.json:   # named in --json's problems too (there it was [] with exit 1)
+        summary.problems.append(why)
     emit(st, summary.as_dict(), render, problems=summary.problems, label="problem")
-    if summary.images == 0 and not summary.records:   # an empty file: exit 0 said "imported"
-        fail(f"no label records in {', '.join(str(p) for p in labels)}")
+    if empty:
+        fail(why)
     if summary.images == 0 and summary.records:
         raise typer.Exit(1)
 
