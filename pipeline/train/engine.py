@@ -160,7 +160,11 @@ class TrainConfig:
     def resume_differences(self, saved: dict[str, Any]) -> list[str]:
         """Training options that differ from a checkpoint's config (`name old -> new`): a resume
         with them would follow the checkpoint's schedule while its bundle recorded the new values."""
-        return [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in self.run_options().items() if k in saved and saved[k] != v]
+        def shown(v: Any) -> str:   # "lr None -> 0.0001" said nothing of the checkpoint's own lr
+            return "the default" if v is None else repr(v)
+
+        return [f"{k} {shown(saved.get(k))} -> {shown(v)}" for k, v in self.run_options().items()
+                if k in saved and saved[k] != v]
 
 
 @dataclass
