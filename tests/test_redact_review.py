@@ -128,6 +128,13 @@ def test_review_push_failure_keeps_the_hold(setup, monkeypatch):
     code, s = _cli(tmp_path, str(src), str(tmp_path / "out"), "--review")
     assert code == 0 and s["held_for_review"] == 1 and "not running" in s["review"]["push_error"]
     assert not (tmp_path / "out" / "unsure.png").exists()
+    # the same command again, with the server up, pushes the held image as held (`textloop push`
+    # would make it an ordinary task: no `held_by_redact`, the current model's boxes)
+    pushed: list[list[str]] = []
+    monkeypatch.setattr(rv, "push", lambda ws, ids, mv: pushed.append(list(ids)) or {"tasks_created": len(ids)})
+    code, s = _cli(tmp_path, str(src), str(tmp_path / "out"), "--review")
+    assert code == 0 and s["held_for_review"] == 1 and len(pushed) == 1 and len(pushed[0]) == 1, (s, pushed)
+    assert s["review"]["pushed"] == 1 and "push_error" not in s["review"]
 
 
 def test_review_with_verify_queues_what_the_audit_had_to_cover(setup, monkeypatch):

@@ -85,7 +85,8 @@ def queue_for_review(ws: Workspace, queued: Sequence[Result], model_version: str
     except Exception as exc:  # Label Studio down, no token, push not installed: the hold still stands
         out["push_error"] = describe_error(exc)
         log.warning("review: %d image(s) queued but not pushed to Label Studio (%s); they are in the "
-                    "workspace with predictions under %s, push them with `textloop push`",
+                    "workspace with predictions under %s: rerun the same command once Label Studio is up "
+                    "(it pushes them as held; `textloop push` would make them ordinary tasks)",
                     len(known), out["push_error"], model_version)
     return out
 
