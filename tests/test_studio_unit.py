@@ -323,7 +323,8 @@ def test_library_stages_talk_to_the_server_studio_up_started(ws, monkeypatch):
 
 def test_push_and_pull_refuse_bad_options_before_connecting(tmp_path):
     for args, msg in ((["push", "--split", "foo"], "--split must be one of train, val, test"),
-                      (["pull", "--policy", "foo"], "--policy must be latest or first")):
+                      (["pull", "--policy", "foo"], "--policy must be latest or first"),
+                      (["studio", "init", "--ml-backend", "ftp://x"], "--ml-backend 'ftp://x' is not an http(s) URL")):
         r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), *args])
         assert r.exit_code == 2 and msg in r.stderr, (args, r.output)
 

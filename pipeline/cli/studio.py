@@ -95,9 +95,15 @@ def init_cmd(
     label_config: Optional[Path] = typer.Option(None, help="Label config template (default labelstudio/label_config.xml)."),
 ) -> None:
     """Create or update the project (idempotent): label config, uncertainty sampling, local-files storage."""
+    from pipeline.studio.client import check_url
     from pipeline.studio.project import init_project
 
     st = state(ctx)
+    if ml_backend:   # a usage error, named before Label Studio is asked anything (it exited 1)
+        try:
+            check_url(ml_backend, "--ml-backend")
+        except StudioError as exc:
+            fail(str(exc), 2)
     ws = st.read_ws()
     try:
         studio = connect_workspace(ws.root)
