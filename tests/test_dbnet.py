@@ -813,6 +813,9 @@ def test_a_resumed_workspace_run_keeps_its_synthetic_sets_and_parent(ws, monkeyp
     with pytest.raises(KeyboardInterrupt):
         tw.train_run(ws, cfg, synth_sets=("s1",), run="r", progress=stop)
     assert (ws.runs_dir / "train-r" / "checkpoint.pt").exists()
+    with ws.catalog() as cat:   # the stopped run's row keeps its counts so far (it had {})
+        row = cat.iterations(status="failed")[-1]
+    assert row["step"] == "train" and json.loads(row["counts"]) == {"synthetic": 6, "human": 0, "val": 2, "steps": 3}
     monkeypatch.setattr(tw, "resolve_parent", lambda *a, **k: pytest.fail("a resume resolved --parent auto again"))
     done = tw.train_run(ws, TrainConfig(arch="db", resume=True, threads=1), run="r",
                         given={"run", "resume", "threads"})

@@ -224,7 +224,14 @@ def train_workspace(ws: Any, cfg: TrainConfig, synth: Sequence[Sample], human: S
 
     # the run's `train` row in `iterations`: failed (with the error) if training or saving raises
     with ws.catalog() as journal, journal.iteration("train") as it:
-        result = train(cfg, synth, human, val, progress=progress)
+        it.counts = {"synthetic": len(synth), "human": len(human), "val": len(val), "steps": 0}
+
+        def tracked(step: int, total: int, info: dict[str, Any]) -> None:
+            it.counts["steps"] = step    # the counts so far, should Ctrl-C end the run (the row had {})
+            if progress:
+                progress(step, total, info)
+
+        result = train(cfg, synth, human, val, progress=tracked)
         bundle = Path(cfg.out_dir) / "bundle.zip"
         version = save_result(bundle, result, parent_version,
                               {"train": {"steps": result.steps, "stopped": result.stopped, "seconds": round(result.seconds, 1),
