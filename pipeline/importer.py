@@ -283,13 +283,16 @@ def import_labels(
             _apply_splits(cat, chosen, known, summary)
             for (image_id, origin), r in chosen.items():
                 img = cat.image(image_id)
+                # an upright copy `export` wrote is upright by construction: no frame to guess
+                # (a square EXIF-6 image's labels were reported as ambiguous on the way back)
+                frame_r = "upright" if str(r.path) in exported else frame
                 try:
-                    boxes, quads, rotated = to_upright(r.label, img["width"], img["height"], img["orientation"], frame)
+                    boxes, quads, rotated = to_upright(r.label, img["width"], img["height"], img["orientation"], frame_r)
                 except ValueError as exc:   # the image stays in the workspace, unlabelled (status new)
                     summary.problems.append(f"{r.where or r.path}: {r.label.image}: {exc}; the image was added "
                                             "without these labels")
                     continue
-                if frame == "auto" and ambiguous_frame(img["width"], img["height"], int(img["orientation"] or 1)):
+                if frame_r == "auto" and ambiguous_frame(img["width"], img["height"], int(img["orientation"] or 1)):
                     summary.problems.append(
                         f"{r.path}: EXIF orientation {img['orientation']} keeps the size {img['width']}x{img['height']} "
                         "in both frames, so the labels were taken as drawn on the upright image; if they were drawn "

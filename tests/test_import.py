@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline.cli.app import app
@@ -340,16 +341,23 @@ def test_importing_an_export_back_adds_no_second_copy_of_rotated_images(ws, tmp_
 
     rotated_jpeg(tmp_path / "src" / "rot.jpg", 6)
     noise_image(2, (64, 48)).save(tmp_path / "src" / "plain.png")
+    square = Image.fromarray(np.random.default_rng(3).integers(0, 255, (48, 48, 3), dtype=np.uint8))
+    exif = square.getexif()
+    exif[0x0112] = 6
+    square.save(tmp_path / "src" / "sq.jpg", quality=95, exif=exif)
     write_jsonl(tmp_path / "src" / "boxes.jsonl", [LabelledImage("rot.jpg", 40, 60, boxes=[[3, 5, 10, 20]]),
-                                                   LabelledImage("plain.png", 64, 48, boxes=[[1, 1, 9, 9]])])
-    import_labels(ws, [tmp_path / "src" / "boxes.jsonl"])
+                                                   LabelledImage("plain.png", 64, 48, boxes=[[1, 1, 9, 9]]),
+                                                   LabelledImage("sq.jpg", 48, 48, boxes=[[2, 2, 30, 9]])])
+    first = import_labels(ws, [tmp_path / "src" / "boxes.jsonl"])
+    assert len(first.problems) == 1 and "keeps the size 48x48" in first.problems[0]   # square: the frame is a guess
     export(ws, tmp_path / "out", "jsonl")
     s = import_labels(ws, [tmp_path / "out" / "boxes.jsonl"])
-    assert s.images == 2 and s.inserted == 2 and not s.problems, s.problems
+    # the export's copies are upright by construction: no guess, no problem line
+    assert s.images == 3 and s.inserted == 3 and not s.problems, s.problems
     with ws.catalog() as cat:
-        assert len(cat.images()) == 2
+        assert len(cat.images()) == 3
         sources = sorted(r["source"] for r in cat.query("SELECT source FROM annotations"))
-    assert sources == ["import:out/boxes.jsonl"] * 2 + ["import:src/boxes.jsonl"] * 2
+    assert sources == ["import:out/boxes.jsonl"] * 3 + ["import:src/boxes.jsonl"] * 3
 
 
 def test_a_fifo_given_as_a_label_file_is_refused_without_blocking(ws, tmp_path) -> None:
