@@ -82,7 +82,7 @@ def test_review_holds_uncertain_images_and_from_review_finishes_them(setup):
     assert code == 0 and s["waiting_review"] == 1 and not (out / "unsure.png").exists()
     assert s["skipped"] == 1 and s["images"] == 2   # it vanished from the summary
     r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "redact", str(src), str(out), "--from-review"])
-    assert "1 image(s) wait for review" in " ".join(r.output.split()) and "textloop push" in r.output   # what to do
+    assert "1 image(s) wait for review" in " ".join(r.output.split()) and "rerun that `--review` command" in " ".join(r.output.split())   # what to do
 
     # the reviewer pressed Skip (as `pull` records it): still waiting, and the summary says so
     with ws.catalog() as cat:

@@ -145,9 +145,9 @@ def _render(c: Console, summary: RedactSummary, verify: bool) -> None:
                 + ("(--json lists them)" if dry_run else f"(all in {audit_dir / 'redact.log'})"), highlight=False,
                 soft_wrap=True)
     if summary["waiting_review"]:   # held, but no reviewed label yet: the task may never have reached Label Studio
-        c.print(f"{summary['waiting_review']} image(s) wait for review: label them in Label Studio, or `textloop push` "
-                "if their tasks are not there (a failed push at `--review` time), then `pull` and rerun "
-                "`--from-review`", highlight=False, soft_wrap=True)
+        c.print(f"{summary['waiting_review']} image(s) wait for review: label them in Label Studio (if their tasks "
+                "are not there, a push failed at `--review` time: rerun that `--review` command, which pushes them "
+                "as held), then `pull` and rerun `--from-review`", highlight=False, soft_wrap=True)
         skipped = sorted(r.rel for r in results if r.status == "waiting_review" and "skipped" in r.detail)
         if skipped:
             c.print(f"{len(skipped)} of them the reviewer skipped (label them, or redact them without --review): "
