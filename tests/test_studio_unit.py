@@ -545,3 +545,25 @@ def test_a_second_studio_up_in_the_same_workspace_is_refused_while_the_first_run
     ws = Workspace.open(tmp_path / "ws")
     with ws.lock("studio-up"), pytest.raises(WorkspaceBusy, match="another studio-up is running"):
         up(ws.root, port=1, mode="local", timeout=1)
+
+
+def test_down_names_another_label_studio_at_a_stale_pid_files_url(tmp_path, monkeypatch):
+    """A stale PID file (its server gone) whose URL another Label Studio now serves: `down` said
+    "was not running" about a server that answered there. It leaves that one running, saying so."""
+    import json as _json
+
+    import pipeline.studio.launcher as launcher
+    from pipeline.cli.app import app
+    from pipeline.workspace import Workspace
+
+    ws = Workspace.open(tmp_path / "ws")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait(10)
+    launcher.pid_file(ws.root).parent.mkdir(parents=True, exist_ok=True)
+    launcher.pid_file(ws.root).write_text(_json.dumps({
+        "url": "http://127.0.0.1:8391", "port": 8391, "pid": gone.pid, "mode": "local", "data_dir": "",
+        "files_root": str(ws.root), "log": "", "started_at": 0}))
+    monkeypatch.setattr(launcher, "is_healthy", lambda url, timeout=3.0: True)
+    r = CliRunner().invoke(app, ["-w", str(ws.root), "studio", "down"])
+    assert r.exit_code == 0 and "is left running" in " ".join(r.output.split()), r.output
+    assert not launcher.pid_file(ws.root).exists()
