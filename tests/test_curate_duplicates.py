@@ -241,3 +241,27 @@ def test_content_check_aligns_a_cropped_copy_and_sees_a_changed_field(tmp_path: 
     ga, gb, gc = (_grey_small(p) for p in (a, b, tmp_path / "a_copy.jpg"))
     assert content_differs(ga, gc) is False and content_differs(gc, ga) is False
     assert content_differs(ga, gb) is True
+
+
+def test_the_content_check_reads_16_bit_pages_as_every_stage_does(tmp_path: Path) -> None:
+    """Its greys come from `imaging.load_rgb` (shrunk on decode): a 16-bit microscopy page whose
+    values sit in 0-4095 was one flat white by Pillow's own 16->8 bit conversion, so two such
+    pages with other labels could never differ."""
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.curate.duplicates import _grey_small, content_differs
+
+    def page(label_x: int) -> Path:
+        a = np.full((300, 400), 1000, np.uint16)
+        a[40:60, label_x:label_x + 120] = 4000          # a bright label, 12-bit data
+        p = tmp_path / f"p{label_x}.png"
+        Image.fromarray(a).save(p)
+        return p
+
+    g1, g2 = _grey_small(page(20)), _grey_small(page(250))
+    assert g1.shape == (300, 400) and g1.max() - g1.min() > 100
+    assert content_differs(g1, g2) is True
+    big = tmp_path / "big.jpg"
+    Image.new("RGB", (2048, 1536), (90, 90, 90)).save(big)
+    assert _grey_small(big).shape == (384, 512)

@@ -82,8 +82,12 @@ class DuplicateConfig:
     content_share: float = 0.0008        # share of the overlap above it that makes the content differ
 
     def __post_init__(self) -> None:
+        from pipeline.config import check_number
+
         if self.engine not in ENGINES:
             raise ValueError(f"unknown curation engine {self.engine!r}: use one of {', '.join(ENGINES)}")
+        check_number("content_level", self.content_level, 1, 255)
+        check_number("content_share", self.content_share, 1e-6, 1)
 
 
 @dataclass
@@ -232,18 +236,14 @@ CONTENT_TRIES_PER_IMAGE = 8   # near pairs checked per image before its remainin
 def _grey_small(path: Path) -> np.ndarray | None:
     """Upright grey pixels, long side at most CONTENT_SIDE, float32; None if it cannot be read."""
     import cv2
-    from PIL import ImageOps
 
-    from pipeline.imaging import open_image
+    from pipeline.imaging import load_rgb
 
     try:
-        with open_image(path) as im:
-            im.draft("L", (CONTENT_SIDE, CONTENT_SIDE))   # JPEG: decode at a reduced size
-            g = np.asarray(ImageOps.exif_transpose(im).convert("L"), dtype=np.float32)
+        rgb = load_rgb(path, max_side=CONTENT_SIDE)   # 16-bit pages scaled as everywhere else
     except Exception:  # noqa: BLE001 - unreadable: the engine has reported it already
         return None
-    f = CONTENT_SIDE / max(g.shape)
-    return cv2.resize(g, None, fx=f, fy=f, interpolation=cv2.INTER_AREA) if f < 1 else g
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
 
 
 def content_differs(a: np.ndarray, b: np.ndarray, level: float = 40.0, share: float = 0.0008) -> bool:
@@ -262,14 +262,14 @@ def content_differs(a: np.ndarray, b: np.ndarray, level: float = 40.0, share: fl
     warp = np.eye(2, 3, dtype=np.float32)
     crit = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 50, 1e-4)
     for f in (0.25, 0.5):   # coarse to fine, so a few percent of crop or shift is found
-        As = cv2.resize(A, None, fx=f, fy=f, interpolation=cv2.INTER_AREA) if f < 1 else A
-        Bs = cv2.resize(B, None, fx=f, fy=f, interpolation=cv2.INTER_AREA) if f < 1 else B
+        As = cv2.resize(A, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+        Bs = cv2.resize(B, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
         if min(As.shape) < 8:
             continue
         ws = warp.copy()
         ws[:, 2] *= f
         try:
-            _, ws = cv2.findTransformECC(As, Bs, ws, cv2.MOTION_AFFINE, crit, None, 3 if f < 1 else 1)
+            _, ws = cv2.findTransformECC(As, Bs, ws, cv2.MOTION_AFFINE, crit, None, 3)
         except cv2.error:   # nothing to align on (two different pages): judged as they are
             return unaligned >= share
         warp = ws.copy()
