@@ -474,8 +474,9 @@ def _push_images(ws: Workspace, image_ids: Sequence[str] | None, model_version: 
     reopen = [i for i in flagged if i not in under_review and server_tasks.get(i) in closed]
     from pipeline.studio.review import request_review
 
-    if under_review:   # the note (the suspected issue) in the new tasks' meta
-        request_review(ws, list(under_review), client=studio)
+    if under_review:   # new tasks, made above with the note in their data: in their meta too
+        request_review(ws, list(under_review), notes, client=studio, note_in_data=True)
+    # tasks reopened: flagged images outside this push's images had no data written above
     reopened = request_review(ws, reopen, client=studio)["reopened"] if reopen else 0
     if (created or added) and project.model_version != ls_version:
         # Uncertainty sampling only looks at predictions of the project's model_version.

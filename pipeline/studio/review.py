@@ -38,8 +38,10 @@ def review_notes(ws: Workspace, image_ids: Sequence[str]) -> dict[str, str]:
 
 
 def request_review(ws: Workspace, image_ids: Sequence[str], notes: dict[str, str] | None = None,
-                   client: Studio | None = None) -> dict[str, Any]:
-    """Reopen the tasks of `image_ids` with a note; returns counts. Idempotent."""
+                   client: Studio | None = None, note_in_data: bool = False) -> dict[str, Any]:
+    """Reopen the tasks of `image_ids` with a note; returns counts. Idempotent. `note_in_data`:
+    the caller (push) has written the note into the tasks' data already, so they are not read
+    and written again."""
     studio = client or connect_workspace(ws.root)  # the server `studio up` started
     project = get_project(ws, studio)
     notes = notes or review_notes(ws, image_ids)
@@ -55,9 +57,10 @@ def request_review(ws: Workspace, image_ids: Sequence[str], notes: dict[str, str
         note = notes.get(image_id, DEFAULT_NOTE)
         # the note in the task's data too, which the label config shows above the image: in
         # `meta` alone no labeller saw it, and comments are not in every edition
-        data = dict(studio.call(studio.sdk.tasks.get, id=str(task_id)).data or {})
-        studio.call(studio.sdk.tasks.update, id=str(task_id), is_labeled=False, meta={"textloop_review": note},
-                    data={**data, "review_note": note})
+        update: dict[str, Any] = {"is_labeled": False, "meta": {"textloop_review": note}}
+        if not note_in_data:   # Label Studio replaces the whole data: read it first
+            update["data"] = {**(studio.call(studio.sdk.tasks.get, id=str(task_id)).data or {}), "review_note": note}
+        studio.call(studio.sdk.tasks.update, id=str(task_id), **update)
         counts["reopened"] += 1
         if image_id in latest:
             try:  # comments are not in every Label Studio edition; the meta note is the fallback

@@ -68,11 +68,18 @@ def test_request_review_reopens_the_task_with_a_note(live_studio, tmp_path_facto
     task2 = studio.sdk.tasks.get(id=str(tasks[second].id))
     assert task2.is_labeled is False and "textloop" in (task2.meta or {}).get("textloop_review", "")
     assert push_images(ws, None, client=studio, detector=OneBox()).reopened_for_review == 0
+    # iterate pushes its batch only: a flagged image outside it is reopened with its note shown too
+    third = sorted(tasks)[2]
+    with ws.catalog() as cat:
+        with cat.transaction() as tx:
+            tx.execute("UPDATE images SET status = 'needs_review' WHERE id = ?", (third,))
+    assert push_images(ws, [flagged], client=studio, detector=OneBox()).reopened_for_review == 1
+    assert "textloop" in studio.sdk.tasks.get(id=str(tasks[third].id)).data["review_note"]
     again = studio.sdk.tasks.get(id=str(tasks[flagged].id))
     assert (again.meta or {}).get("textloop_review") == "suspected overlooked text"
     assert again.data["review_note"] == "suspected overlooked text" and "textloop" in task2.data["review_note"]
     assert all(studio.sdk.tasks.get(id=str(tasks[i].id)).data["review_note"] == "" for i in tasks
-               if i not in (flagged, second))
+               if i not in (flagged, second, third))
 
     ann = studio.sdk.annotations.list(id=tasks[flagged].id)[0]            # the reviewer fixes it
     studio.sdk.annotations.update(id=ann.id, result=_result([2, 2, 30, 12], 64, 48))
