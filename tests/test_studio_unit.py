@@ -162,7 +162,8 @@ def test_down_only_stops_what_up_started(tmp_path):
             f'"files_root": "", "log": "", "started_at": 0}}')
         res = down(tmp_path)  # the PID is not a label-studio process: leave it alone
         assert res.stopped is False and other.poll() is None
-        assert res.as_dict() == {"stopped": False, "url": "http://127.0.0.1:1", "pid": other.pid, "mode": "local"}
+        assert res.as_dict() == {"stopped": False, "url": "http://127.0.0.1:1", "pid": other.pid, "mode": "local",
+                                 "other_answering": False}
         assert not pid_file(tmp_path).exists()
     finally:
         assert stop_pid(other.pid)

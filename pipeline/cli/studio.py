@@ -68,15 +68,12 @@ def down_cmd(ctx: typer.Context) -> None:
 
 
 def _down_message(res: Any) -> str:
-    """What `down` did; a stale PID file's URL may be served by another Label Studio, which is
-    left running (it said "was not running" about a server that answered there)."""
-    from pipeline.studio.launcher import is_healthy
-
+    """What `down` did (it said "was not running" about another server answering at the URL)."""
     if res.stopped:
         return f"stopped Label Studio at {res.url} (pid {res.pid})"
     if res.reason:
         return res.reason
-    if res.url and is_healthy(res.url):
+    if res.other_answering:
         return (f"the Label Studio this workspace started (pid {res.pid}) is gone; the one answering at {res.url} "
                 "was not started for this workspace and is left running")
     return f"Label Studio at {res.url} was not running"

@@ -234,11 +234,13 @@ class DownResult:
     pid: int | None = None
     mode: str | None = None
     reason: str | None = None
+    other_answering: bool = False   # not stopped, and another Label Studio answers at `url` (left running)
 
     def as_dict(self) -> dict[str, Any]:
         if self.reason is not None:
             return {"stopped": self.stopped, "reason": self.reason}
-        return {"stopped": self.stopped, "url": self.url, "pid": self.pid, "mode": self.mode}
+        return {"stopped": self.stopped, "url": self.url, "pid": self.pid, "mode": self.mode,
+                "other_answering": self.other_answering}
 
 
 @dataclass(frozen=True)
@@ -338,7 +340,9 @@ def down(ws_root: Path) -> DownResult:
     elif info.pid and _is_label_studio(info.pid):
         stopped = stop_pid(info.pid)
     pid_file(ws_root).unlink(missing_ok=True)
-    return DownResult(stopped=stopped, url=info.url, pid=info.pid, mode=info.mode)
+    # a stale PID file's URL may be served by another Label Studio: said so, left running
+    other = not stopped and bool(info.url) and is_healthy(info.url)
+    return DownResult(stopped=stopped, url=info.url, pid=info.pid, mode=info.mode, other_answering=other)
 
 
 def status(ws_root: Path) -> StatusResult:
