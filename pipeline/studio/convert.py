@@ -65,10 +65,11 @@ def validate_results(results: list[dict[str, Any]], config: LabelConfig) -> None
             raise StudioError(f"prediction box outside the image: {v}")
 
 
-def _check_rectangle(v: dict[str, Any], width: int, height: int) -> None:
-    """StudioError for a rectangle no one can have meant: a non-number, a size of 0 or less, or
-    one wholly outside the image. Stored, they became inverted and empty boxes that `export`
-    wrote as negative COCO/YOLO sizes (a box partly outside is clipped to the image)."""
+def _checked_xyxy(v: dict[str, Any], width: int, height: int) -> list[float]:
+    """The rectangle's enclosing pixel box; StudioError for one no one can have meant: a
+    non-number, a size of 0 or less, or wholly outside the image. Stored, they became inverted
+    and empty boxes that `export` wrote as negative COCO/YOLO sizes (a box partly outside is
+    clipped to the image)."""
     try:
         x, y, w, h = (float(v[k]) for k in ("x", "y", "width", "height"))
         rot = float(v.get("rotation", 0.0) or 0.0)
@@ -81,6 +82,7 @@ def _check_rectangle(v: dict[str, Any], width: int, height: int) -> None:
     b = ls_value_to_xyxy(v, width, height)
     if b[0] >= width or b[1] >= height or b[2] <= 0 or b[3] <= 0:
         raise StudioError(f"a box wholly outside the {width}x{height} image (x {x:g}%, y {y:g}%)")
+    return b
 
 
 def results_to_detections(results: list[dict[str, Any]], width: int, height: int, config: LabelConfig) -> Detections:
@@ -103,8 +105,7 @@ def results_to_detections(results: list[dict[str, Any]], width: int, height: int
                               "draw it on the upright image")
         v = r.get("value") or {}
         names = v.get("rectanglelabels") or [config.classes[0]]
-        _check_rectangle(v, width, height)
-        boxes.append(ls_value_to_xyxy(v, width, height))
+        boxes.append(_checked_xyxy(v, width, height))
         quads.append(ls_value_to_quad(v, width, height))
         labels.append(config.index_of(names[0]))
         scores.append(1.0)
