@@ -727,20 +727,19 @@ def generate(out_dir: str | Path, cfg: SynthConfig = SynthConfig(), backgrounds:
 INCOMPLETE = "INCOMPLETE"   # in a synthetic set's folder while `generate` writes it
 
 
-def interrupted_with(out_dir: str | Path, cfg: SynthConfig, backgrounds: Sequence[Path] = ()) -> bool:
-    """Whether `out_dir` holds an interrupted `generate` of this very config: running it again
-    finishes that set (train's own default set, cut short by Ctrl-C)."""
-    try:
-        then = json.loads((Path(out_dir) / INCOMPLETE).read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    return isinstance(then, dict) and then.get("fingerprint") == _fingerprint(cfg, backgrounds)
-
-
-def check_complete(out_dir: str | Path) -> None:
+def check_complete(out_dir: str | Path, finishing: SynthConfig | None = None) -> None:
     """ValueError when `generate` was interrupted in `out_dir` (its images and labels do not
-    belong together until it is run again)."""
+    belong together until it is run again), unless it was a `generate` of `finishing`, which
+    the caller runs again to finish it (train's own set, cut short by Ctrl-C)."""
     marker = Path(out_dir) / INCOMPLETE
-    if marker.exists():
-        raise ValueError(f"synthetic set {Path(out_dir)} is incomplete (its generation was interrupted); run "
-                         f"`textloop synth` with the same options to finish it, or delete the folder")
+    if not marker.exists():
+        return
+    if finishing is not None:
+        try:
+            then = json.loads(marker.read_text())
+        except (OSError, json.JSONDecodeError):
+            then = None
+        if isinstance(then, dict) and then.get("fingerprint") == _fingerprint(finishing, ()):
+            return
+    raise ValueError(f"synthetic set {Path(out_dir)} is incomplete (its generation was interrupted); run "
+                     f"`textloop synth` with the same options to finish it, or delete the folder")

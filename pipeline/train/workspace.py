@@ -74,14 +74,15 @@ def workspace_training_data(ws: Any, synth_sets: Sequence[str] = ("default",), s
 
     Missing synthetic sets are generated; without labelled val images a held-out synthetic set
     is the validation set (and the caller is told so)."""
-    from pipeline.synth import SynthConfig, check_complete, generate, interrupted_with
+    from pipeline.synth import SynthConfig, check_complete, generate
 
     synth: list[Sample] = []
     for name in dict.fromkeys(synth_sets):   # `--synth a --synth a` counted the set twice
         d = ws.synth_dir(name)
         own = SynthConfig(n_images=synth_images, seed=seed)
-        if not interrupted_with(d, own):   # train's own generation, cut short, is finished below
-            check_complete(d)   # an interrupted `synth --name`: not regenerated here with other options
+        # an interrupted `synth --name` is not regenerated here with other options; train's
+        # own generation, cut short, is finished below
+        check_complete(d, finishing=own)
         if not (d / "boxes.jsonl").exists():
             say(f"generating synthetic set {name!r} ({synth_images} images)")
             generate(d, own)
