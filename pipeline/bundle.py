@@ -21,7 +21,6 @@ it in the catalog `models` table with its parent; `promote` makes exactly one mo
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import re
@@ -32,7 +31,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline.io import atomic_write_bytes, atomic_write_text
+from pipeline.io import atomic_write_bytes, atomic_write_text, sha256_bytes
 
 BUNDLE_FORMAT = 1
 KINDS = ("db", "fasterrcnn")
@@ -41,7 +40,7 @@ VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 
 def data_hash(items: Iterable[str]) -> str:
     """sha256 of the sorted, newline-joined training data list (image ids or paths)."""
-    return hashlib.sha256("\n".join(sorted(set(items))).encode("utf-8")).hexdigest()
+    return sha256_bytes("\n".join(sorted(set(items))).encode("utf-8"))
 
 
 def round_state(state: Mapping[str, Any], dtype: str = "float16") -> dict[str, Any]:
@@ -70,7 +69,7 @@ def round_model_(model: Any, dtype: str = "float16") -> None:
 
 
 def make_version(state_bytes: bytes, kind: str = "fasterrcnn") -> str:
-    return f"{kind}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{hashlib.sha256(state_bytes).hexdigest()[:8]}"
+    return f"{kind}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{sha256_bytes(state_bytes)[:8]}"
 
 
 def _kind(config: Any) -> str:
@@ -138,15 +137,19 @@ def read_bundle_meta(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: not a textloop model bundle (not a zip file)") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: corrupt bundle metadata ({exc})") from None
-    if not isinstance(meta["config"], dict):
-        raise ValueError(f"{path}: corrupt bundle metadata (config.json is not an object)")
+    for key in ("config", "metrics", "labels", "data"):   # data.json [1] was a traceback mid-registration
+        if not isinstance(meta[key], dict):
+            raise ValueError(f"{path}: corrupt bundle metadata ({key}.json is not an object)")
     kind = meta["config"].get("kind")
     if kind not in KINDS:
         raise ValueError(f"{path}: unsupported model kind {kind!r}")
     if kind == "db" and "model.onnx" not in names:
         raise ValueError(f"{path}: not a textloop model bundle (db bundle without model.onnx)")
-    if int(meta["config"].get("format", 0)) > BUNDLE_FORMAT:
-        raise ValueError(f"{path}: bundle format {meta['config'].get('format')} is newer than this textloop supports")
+    fmt = meta["config"].get("format", 0)
+    if isinstance(fmt, bool) or not isinstance(fmt, int):
+        raise ValueError(f"{path}: corrupt bundle metadata (format {fmt!r} is not a whole number)")
+    if fmt > BUNDLE_FORMAT:
+        raise ValueError(f"{path}: bundle format {fmt} is newer than this textloop supports")
     version = meta["config"].get("version")
     if not isinstance(version, str) or not VERSION_RE.fullmatch(version) or ".." in version:
         # the version names the model's folder in a workspace: never a path
@@ -165,7 +168,10 @@ def check_bundle(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     meta = read_bundle_meta(path)
     if meta["config"]["kind"] == "db":
-        load_bundle(path, threads=1)
+        try:
+            load_bundle(path, threads=1)
+        except ValueError as exc:   # its settings (thresh 5...): the message did not say whose
+            raise ValueError(str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}") from None
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -214,7 +220,8 @@ def load_model(path: str | Path) -> tuple[Any, Any, dict[str, Any]]:
     return model.eval(), cfg, meta
 
 
-WORKSPACE_CHECK = "workspace_check"   # catalog metrics key: the promotion rule's last run on this workspace
+WORKSPACE_CHECK = "workspace_check"
+BUNDLE_HASH = "bundle_sha256"   # catalog metrics key: the registered file's bytes (a same-version impostor is refused)   # catalog metrics key: the promotion rule's last run on this workspace
 
 
 def record_workspace_check(ws: Any, version: str, check: Mapping[str, Any]) -> None:
@@ -329,23 +336,32 @@ def register_model(ws: Any, bundle_path: str | Path, parent: str | None = None, 
     bundle_path = Path(bundle_path)
     meta = check_bundle(bundle_path)
     version = str(meta["config"]["version"])
+    if parent is not None and parent == version:
+        raise ValueError(f"{bundle_path}: a model cannot be its own parent ({version})")
+    given_parent = parent
     parent = parent if parent is not None else meta["config"].get("parent")
     dest = ws.models_dir / version / "bundle.zip"
     rel = dest.relative_to(ws.root).as_posix()
     data = bundle_path.read_bytes()
+    digest = sha256_bytes(data)
     with ws.catalog() as cat:
         existing = cat.model(version)
         if existing:
-            if dest.exists() and dest.read_bytes() != data:
+            recorded = json.loads(existing["metrics"] or "{}").get(BUNDLE_HASH)
+            if (dest.exists() and dest.read_bytes() != data) or (recorded is not None and recorded != digest):
+                # with its file deleted, another bundle of the same version became the current model
                 raise ValueError(f"{bundle_path}: model version {version} is already registered from another "
                                  f"bundle file ({dest}); a bundle's version names it once")
+            if given_parent is not None and given_parent != existing["parent"]:
+                raise ValueError(f"{bundle_path}: model version {version} is registered with parent "
+                                 f"{existing['parent'] or 'none'}; its lineage is recorded once")
         if not dest.exists() or dest.read_bytes() != data:
             if bundle_path.resolve() != dest.resolve():
                 atomic_write_bytes(dest, data)
         atomic_write_text(dest.parent / "metrics.json", json.dumps(meta["metrics"], indent=2))
         if not existing:
             cat.add_model(version, parent, meta["config"].get("kind", "fasterrcnn"), rel, meta["data"].get("sha256"),
-                          meta["metrics"])
+                          {**meta["metrics"], BUNDLE_HASH: digest})
     if promote:   # under the rule, as `promote` below
         from pipeline.train.workspace import promote_checked
 
@@ -406,5 +422,9 @@ def resolve_detector(spec: str, ws: Any = None) -> str:
         with ws.catalog() as cat:
             model = cat.current_model()
         if model is not None:
-            return str(ws.abspath(model["path"]))
+            path = ws.abspath(model["path"])
+            if not path.is_file():   # every command said only "model bundle not found"
+                raise FileNotFoundError(f"{path}: the current model's bundle ({model['version']}) is missing; "
+                                        "`textloop models promote ppocr` makes stock current again")
+            return str(path)
     return "ppocr"

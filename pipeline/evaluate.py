@@ -237,9 +237,9 @@ def evaluate_by_source(gts: Sequence[LabelledImage], preds: Sequence[Detections]
 
 
 def json_safe(value: object) -> object:
-    """NaN -> None (JSON has no NaN), recursively through dicts, lists and result objects
-    (anything with `as_dict()`, e.g. Metrics)."""
-    if isinstance(value, float) and math.isnan(value):
+    """NaN and infinities -> None (JSON has neither), recursively through dicts, lists and result
+    objects (anything with `as_dict()`, e.g. Metrics)."""
+    if isinstance(value, float) and not math.isfinite(value):
         return None
     if hasattr(value, "as_dict"):
         return json_safe(value.as_dict())
@@ -391,7 +391,7 @@ def load_ground_truth(gt: Path | None = None, images: Path | None = None, devset
         if ws is None:
             raise ValueError("without --gt or --set the ground truth is a workspace's labels: give a workspace")
         items = workspace_ground_truth(ws, None if split == "all" else split)
-        where = f"{ws.root} ({split} split)"
+        where = f"{ws.root} ({'every split' if split == 'all' else f'{split} split'})"
     if limit is not None:
         items = spread(items, limit)
     skipped = list(bad_lines)
@@ -400,7 +400,7 @@ def load_ground_truth(gt: Path | None = None, images: Path | None = None, devset
         skipped += unfit
     if not items:
         raise NoGroundTruth(f"{where}: no labelled images to evaluate on" + ("" if gt or devset else
-                         f" (label some {split} images, or `textloop import` labels)")
+                         f" (label some {'' if split == 'all' else split + ' '}images, or `textloop import` labels)")
                          + (f"; {skipped[0]}" if skipped else ""))
     return GroundTruth(items, where, tuple(skipped))
 

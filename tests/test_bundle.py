@@ -129,6 +129,62 @@ def test_registry_promote_and_current(trained: dict, ws, tmp_path: Path, caplog:
     assert r.exit_code == 2 and "unknown model version 'missing'" in r.stderr   # usage, like train --parent
 
 
+def test_registry_refuses_impostors_bad_metadata_and_lineage_changes(trained: dict, ws, tmp_path: Path) -> None:
+    """From a walkthrough: with a registered model's file deleted, another bundle of the same
+    version replaced it (and so the current model) unchecked; a data.json that is a list was a
+    traceback after the files were written; a bundle without metrics printed NaN in --json;
+    `--parent` on a registered model was ignored, and `--force` without `--promote` accepted."""
+    result = trained["result"]
+    runner = CliRunner()
+    w = ["--workspace", str(ws.root)]
+    save_bundle(tmp_path / "a.zip", result.model, result.config.model, {"f1": 0.3}, version="m-x")
+    save_bundle(tmp_path / "impostor.zip", result.model, result.config.model, {"f1": 0.9}, version="m-x")
+    assert register_model(ws, tmp_path / "a.zip") == "m-x"
+    (ws.models_dir / "m-x" / "bundle.zip").unlink()
+    with pytest.raises(ValueError, match="already registered from another bundle file"):
+        register_model(ws, tmp_path / "impostor.zip")
+    assert not (ws.models_dir / "m-x" / "bundle.zip").exists()
+    assert register_model(ws, tmp_path / "a.zip") == "m-x"            # the same file puts it back
+    assert (ws.models_dir / "m-x" / "bundle.zip").read_bytes() == (tmp_path / "a.zip").read_bytes()
+    # lineage is recorded once; a model is not its own parent
+    save_bundle(tmp_path / "p.zip", result.model, result.config.model, {}, version="m-p")
+    register_model(ws, tmp_path / "p.zip")
+    r = runner.invoke(app, [*w, "models", "register", str(tmp_path / "a.zip"), "--parent", "m-p"])
+    assert r.exit_code == 1 and "registered with parent none" in r.output, r.output
+    with pytest.raises(ValueError, match="cannot be its own parent"):
+        register_model(ws, tmp_path / "a.zip", parent="m-x")
+    r = runner.invoke(app, [*w, "models", "register", str(tmp_path / "a.zip"), "--force"])
+    assert r.exit_code == 2 and "--force applies with --promote only" in r.output, r.output
+    # metadata of the wrong shape: one line naming the bundle, nothing written
+    with zipfile.ZipFile(tmp_path / "a.zip") as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    bad = tmp_path / "bad-data.zip"
+    with zipfile.ZipFile(bad, "w") as zf:
+        for name, data in members.items():
+            if name == "config.json":
+                cfg = json.loads(data)
+                data = json.dumps({**cfg, "version": "m-bad", "format": None}).encode()
+            zf.writestr(name, b"[1]" if name == "data.json" else data)
+    r = runner.invoke(app, [*w, "models", "register", str(bad)])
+    assert r.exit_code == 1 and r.output.count("\n") == 1 and str(bad) in r.output and "Traceback" not in r.output
+    assert not (ws.models_dir / "m-bad").exists()
+    # NaN is not JSON: a model without numbers refused in --json is strict JSON
+    save_bundle(tmp_path / "n.zip", result.model, result.config.model, {}, version="m-n")
+    r = runner.invoke(app, [*w, "--json", "models", "register", str(tmp_path / "n.zip"), "--promote"])
+    assert r.exit_code == 1
+    refused = json.loads(r.stdout, parse_constant=lambda c: pytest.fail(f"{c} in --json output"))
+    assert refused["version"] == "m-n" and refused["promoted"] is False and refused["promotion"]["candidate"] is None
+    # a current model whose bundle was deleted: every command says how to go on, status warns
+    set_current(ws, "m-p")
+    (ws.models_dir / "m-p" / "bundle.zip").unlink()
+    with pytest.raises(FileNotFoundError, match="current model's bundle .m-p. is missing.*models promote ppocr"):
+        load_detector("current", ws)
+    r = runner.invoke(app, [*w, "status"])
+    assert r.exit_code == 0 and "current model's bundle (m-p) is missing" in r.output, r.output
+    r = runner.invoke(app, [*w, "--json", "status"])
+    assert {m["version"]: m["bundle_missing"] for m in json.loads(r.stdout)["models"]}["m-p"] is True
+
+
 def forged_bundle(path: Path, config: dict, model_onnx: bytes | None = b"garbage") -> Path:
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("config.json", json.dumps(config))

@@ -407,8 +407,10 @@ def emit(st: AppState, data: Any, render: Callable[[Console], None] | None = Non
     """--json: the data as JSON on stdout; otherwise a human rendering on stdout. With -q
     ("errors only") the rendering is silent but each of `problems` (the entries a batch
     failed or skipped) is still one `label` line on stderr: they are the errors."""
-    if st.json:
-        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    if st.json:   # strict JSON: a NaN (a bundle without metrics) is null, not `NaN`
+        from pipeline.evaluate import json_safe
+
+        sys.stdout.write(json.dumps(json_safe(data), indent=2, default=str) + "\n")
         return
     if st.verbosity < 0:
         err = Console(stderr=True)

@@ -364,6 +364,8 @@ def models_register_cmd(
     from pipeline.train import PromotionRefused, promote_checked
 
     st = state(ctx)
+    if force and not promote:   # as train: it would do nothing
+        fail("--force applies with --promote only (registering checks nothing to override)", 2)
     if not bundle.exists():
         fail(f"{bundle}: file not found", 2)
     # here, not in register_model: training records a parent given as a bundle file, unregistered
@@ -377,7 +379,11 @@ def models_register_cmd(
     except ValueError as exc:
         fail(str(exc))
     except PromotionRefused as exc:
+        if st.json:   # the version and both numbers, as `models promote --json` gives them
+            emit(st, {"version": exc.version, "promoted": False, "promotion": exc.check.to_json(),
+                      "refused": exc.check.message(exc.version)})
         fail(f"registered but not promoted: {exc.check.message(exc.version)}; --force promotes it anyway")
+
     def render(c) -> None:
         if check is not None:   # the verdict that made it current, as `models promote` prints it
             c.print(("[yellow]warning:[/] promoted despite the rule (--force): " if not check.ok else "")
