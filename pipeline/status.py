@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from pipeline.catalog import Catalog
@@ -30,9 +31,11 @@ class WorkspaceStatus:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-def workspace_status(cat: Catalog) -> WorkspaceStatus:
+def workspace_status(cat: Catalog, root: Path | None = None) -> WorkspaceStatus:
     """Counts and the model list from the catalog, in one read (after closing the rows of stages
-    whose process was killed, so the last iteration is not shown `running` for ever)."""
+    whose process was killed, so the last iteration is not shown `running` for ever). With the
+    workspace's `root`, each model says whether its bundle file is there (`bundle_missing`: a
+    current model without one stops predict, rank and redact)."""
     cat.close_abandoned_iterations()
     by_status_split = cat.image_counts()
     by_split: dict[str, int] = {}
@@ -41,7 +44,8 @@ def workspace_status(cat: Catalog) -> WorkspaceStatus:
             by_split[split] = by_split.get(split, 0) + n
     models = [
         {"version": m["version"], "kind": m["kind"], "parent": m["parent"], "promoted": bool(m["promoted"]),
-         "metrics": json.loads(m["metrics"] or "{}")}
+         "metrics": json.loads(m["metrics"] or "{}"),
+         "bundle_missing": None if root is None else not (root / m["path"]).is_file()}
         for m in cat.models()
     ]
     it = cat.last_iteration()

@@ -239,6 +239,10 @@ def test_current_is_resolved_by_the_registry(ws) -> None:
         with pytest.raises(KeyError):
             cat.promote("m-2")
         assert cat.current_model()["version"] == "m-1"
+    with pytest.raises(FileNotFoundError, match=r"current model's bundle \(m-1\) is missing"):
+        resolve_detector("current", ws)                          # recorded, but its file is not there
+    ws.abspath("models/m-1").mkdir(parents=True)
+    ws.abspath("models/m-1/bundle.zip").write_bytes(b"PK")
     assert resolve_detector("current", ws) == str(ws.abspath("models/m-1/bundle.zip"))
 
 

@@ -20,7 +20,7 @@ def status_cmd(ctx: typer.Context) -> None:
     st = state(ctx)
     ws = st.read_ws(read_only_ok=True)
     with ws.catalog() as cat:
-        s = workspace_status(cat)
+        s = workspace_status(cat, ws.root)
 
     emit(st, s.as_dict(), lambda c: _render(c, s, ws.root))
 
@@ -46,11 +46,16 @@ def _render(c: Console, s: WorkspaceStatus, root: Path) -> None:
         c.print(r)
     if s.models:
         m = titled("models")
-        for col in ("version", "kind", "parent", "current"):
+        for col in ("version", "kind", "parent", "current", "bundle"):
             m.add_column(col)
         for model in s.models:
-            m.add_row(model["version"], model["kind"], model["parent"] or "", "*" if model["promoted"] else "")
+            m.add_row(model["version"], model["kind"], model["parent"] or "-", "*" if model["promoted"] else "",
+                      "[red]missing[/]" if model["bundle_missing"] else "ok")
         c.print(m)
+        gone = [m for m in s.models if m["promoted"] and m["bundle_missing"]]
+        if gone:
+            c.print(f"[yellow]warning:[/] the current model's bundle ({gone[0]['version']}) is missing: predict, rank "
+                    "and redact stop; `textloop models promote ppocr` makes stock current again", highlight=False)
     else:
         c.print("models: none yet (`textloop train`)")
     it = s.last_iteration
