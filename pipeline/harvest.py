@@ -517,18 +517,11 @@ def _stop_on_signals() -> Iterator[threading.Event]:
             signal.signal(sig, handler)
 
 
-def _stored_intact(ws: Workspace, path: str, size: int) -> bool:
-    try:
-        return ws.abspath(path).stat().st_size == size
-    except OSError:
-        return False
-
-
 def _already_harvested(cat: Catalog, ws: Workspace, item: Item) -> bool:
     rows = cat.source_records(item.source)
     # a stored copy deleted or cut short since is fetched again and put back (harvest said
     # "already harvested" and curate kept flagging it)
-    if not rows or not all(_stored_intact(ws, r["path"], r["bytes"]) for r in rows):
+    if not rows or not all(ws.stored_problem(r["path"], r["bytes"]) is None for r in rows):
         return False
     if item.is_url:
         return True
@@ -544,7 +537,7 @@ def _record(cat: Catalog, ws: Workspace, f: Fetched, cfg: HarvestConfig, summary
     now = time.time()
     exists = cat.image(f.sha256)
     if exists:
-        if _stored_intact(ws, exists["path"], exists["bytes"]):
+        if ws.stored_problem(exists["path"], exists["bytes"]) is None:
             f.tmp_path.unlink(missing_ok=True)
         else:   # the stored copy is gone or damaged: these are its bytes (same content address)
             os.replace(f.tmp_path, ws.abspath(exists["path"]))

@@ -393,10 +393,18 @@ def rank_workspace(ws, detector, run: RankRun = RankRun(), committee_detector=No
 
     with ws.catalog() as journal, journal.iteration("rank") as it:   # `failed` (with the error) if it raises
         rows = journal.images()
-        images = [r for r in rows if r["status"] in UNLABELLED]
+        errors: list[tuple[str, str]] = []
+        images = []
+        for r in rows:
+            if r["status"] in UNLABELLED:
+                # a copy damaged since its predictions were stored was ranked on them, first
+                problem = ws.stored_problem(r["path"], r["bytes"])
+                if problem is None:
+                    images.append(r)
+                else:
+                    errors.append((r["id"], f"{r['original_name']}: {problem}"))
         iteration = it.id
         ids = [r["id"] for r in images]
-        errors: list[tuple[str, str]] = []
         model = predict_workspace(ws, detector, ids, threshold=run.min_score, progress=progress, errors=errors,
                                   skip_existing=True)
         committee = None

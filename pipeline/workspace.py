@@ -124,6 +124,18 @@ class Workspace:
     def abspath(self, relpath: str) -> Path:
         return self.root / relpath
 
+    def stored_problem(self, relpath: str, size: int) -> str | None:
+        """Why an image's stored copy cannot be used (deleted, or cut short since it was
+        harvested: a size check, no hashing), else None."""
+        try:
+            actual = self.abspath(relpath).stat().st_size
+        except OSError:
+            return f"{relpath}: the stored copy is missing (harvest its source again to put it back)"
+        if actual != size:
+            return (f"{relpath}: the stored copy is {actual} bytes, harvested as {size} (damaged since; "
+                    "harvest its source again to put it back)")
+        return None
+
     def synth_dir(self, name: str) -> Path:
         """`synth/<name>/`: a synthetic set (`synth --name`; training's held-out sets)."""
         check_run_name(name, "--name")

@@ -133,6 +133,14 @@ def test_rank_workspace_writes_table_and_diverse_batch(tmp_path) -> None:
     assert bool(copy["duplicate_of_labelled"]) and copy["batch_rank"] != copy["batch_rank"]   # NaN: not in the batch
     order = batch_from_ranking(load_ranking(ws), "uncertainty", 3)
     assert order[-1] == ids["bright_small.jpg"] and names[order[0]] == "other_bright.png"
+    # a stored copy damaged after its predictions were stored is not ranked on them (it led the
+    # batch, and push then failed on it): it is skipped, named by its file name
+    with ws.catalog() as cat:
+        stored = ws.abspath(cat.image(ids["other_bright.png"])["path"])
+    stored.write_bytes(b"")
+    fourth = rank_workspace(ws, BoxesByBrightness(), RankRun(strategy="uncertainty", top=2, committee=None))
+    assert ids["other_bright.png"] not in set(fourth.frame["image_id"])
+    assert [(i, "other_bright.png" in e and "harvested as" in e) for i, e in fourth.errors] == [(ids["other_bright.png"], True)]
 
 
 def test_a_rank_that_fails_is_logged_as_failed_with_its_error(tmp_path, monkeypatch) -> None:

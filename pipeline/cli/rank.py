@@ -56,7 +56,7 @@ def _render(c: Console, result: RankResult) -> None:
                   r["reason"])
     c.print(t)
     for e in data["errors"]:
-        c.print(f"[yellow]skipped[/] {plain(e['image_id'])}: {plain(e['error'])}")
+        c.print(f"[yellow]skipped[/] {plain(e['image_id'][:8])}: {plain(e['error'])}")
     c.print(f"ranking table: {data['table']} (+ .csv)"
             + (f"; next: `textloop push --strategy ranked --top {result.run.top}`" if len(result.batch)
                else "; nothing to push: every image is labelled, excluded or none was harvested"))
