@@ -280,7 +280,8 @@ class PromotionCheck:
             return f"{version}: not compared with stock ppocr ({self.source}), so it cannot be shown to be as good"
         verdict = "at least" if self.ok else "below"
         text = (f"{version}: validation coverage {self.candidate:.4f} vs stock ppocr {self.stock:.4f} at over-redaction "
-                f"<= {self.budget:.4f} on {self.images} images ({self.source}): {verdict} stock")
+                f"<= {self.budget:.4f}{f' on {self.images} images' if self.images else ''} ({self.source}): "
+                f"{verdict} stock")
         if self.interval is not None:
             lo, hi = self.interval
             text += f"; difference {self.candidate - self.stock:+.4f}, 95 % interval over images {lo:+.4f} .. {hi:+.4f}"
