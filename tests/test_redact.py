@@ -340,6 +340,49 @@ def test_words_in_an_icc_profile_never_reach_the_output(tmp_path):
         assert ImageCms.applyTransform(Image.fromarray(red), to_srgb).getpixel((0, 0)) == (200, 30, 60), name
 
 
+def icc_with_hidden_words(words: str) -> bytes:
+    """`icc_with_words`, and `words` also where a walkthrough found them kept: in the header's
+    CMM, maker, model, creator and reserved fields, after the last tag, and in the slack of an
+    oversized colour tag (rTRC)."""
+    base = bytearray(icc_with_words(words))
+    w = words.encode()
+    for off, size in ((4, 4), (48, 8), (80, 4), (100, 28)):
+        base[off:off + size] = (w * 8)[:size]
+    n = struct.unpack_from(">I", base, 128)[0]
+    for i in range(n):
+        sig, off, size = struct.unpack_from(">4sII", base, 132 + 12 * i)
+        if sig == b"rTRC":
+            base += bytes(-len(base) % 4)
+            struct.pack_into(">4sII", base, 132 + 12 * i, sig, len(base), size + 4 + len(w))
+            base += base[off:off + size] + bytes(4) + w
+    base += b"TRAILING " + w
+    struct.pack_into(">I", base, 0, len(base))
+    return bytes(base)
+
+
+def test_icc_header_fields_trailing_bytes_and_tag_slack_never_reach_the_output(tmp_path):
+    """From a walkthrough: the scrubbed profile still carried words in its header fields, after
+    its last tag and inside an oversized curve. It is rebuilt from its colour alone, and
+    colour-manages exactly as the original."""
+    from pipeline.redact.codec import scrub_icc
+
+    profile = icc_with_hidden_words("MRN12345SMITH")
+    src_p = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+    kept = scrub_icc(profile)
+    assert kept is not None and b"MRN" not in kept and b"SMITH" not in kept and b"TRAILING" not in kept
+    pix = Image.fromarray(rgb_noise(3, 32, 16))
+    to_lab = [ImageCms.buildTransform(p, ImageCms.createProfile("LAB"), "RGB", "LAB")
+              for p in (src_p, ImageCms.ImageCmsProfile(io.BytesIO(kept)))]
+    assert ImageCms.applyTransform(pix, to_lab[0]).tobytes() == ImageCms.applyTransform(pix, to_lab[1]).tobytes()
+    assert scrub_icc(kept) == kept                    # scrubbing is stable: nothing more to remove
+    src = tmp_path / "in" / "a.jpg"
+    src.parent.mkdir()
+    pix.save(src, icc_profile=profile, quality=95)
+    out = tmp_path / "out" / "a.jpg"
+    assert redact_one(src, out).status == "redacted"
+    assert b"MRN12345" not in out.read_bytes() and b"SMITH" not in out.read_bytes()
+
+
 def test_png_text_chunks_and_exif_are_stripped_and_icc_kept(tmp_path):
     info = PngImagePlugin.PngInfo()
     info.add_text("Author", "Dr Secret")
@@ -1016,7 +1059,11 @@ def test_a_sixteen_bit_grey_colour_key_stays_transparent(tmp_path):
     assert redact_one(tmp_path / "g.png", tmp_path / "out" / "g.png").status == "redacted"
     with Image.open(tmp_path / "out" / "g.png") as im:
         assert im.mode == "I;16" and im.info.get("transparency") == 0
-        assert (np.asarray(im)[:, :5] == 0).all() and (np.asarray(im) == g).mean() > 0.5
+        out = np.asarray(im)
+    covered = out != g
+    assert covered[:, :5].any() and not covered[:, :5].all() and (out == g).mean() > 0.5
+    assert (out[:, :5][~covered[:, :5]] == 0).all()       # uncovered: still see-through
+    assert (out[covered] == 1).all()   # covered: the black fill one level off the key, opaque
 
 
 

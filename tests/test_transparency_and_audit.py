@@ -145,6 +145,122 @@ def test_transparent_inputs_come_out_unreadable(tmp_path, reader):
     assert (alpha[text_mask()] == 255).all()
 
 
+def test_a_fill_the_colour_of_the_key_stays_opaque(tmp_path, reader):
+    """From a walkthrough: an RGB PNG whose tRNS key is black, redacted with the default black
+    fill, came out with every covered pixel equal to the key, i.e. transparent: the box was a
+    hole showing whatever is behind the image. Covered pixels are opaque, and unreadable."""
+    a = np.full((SIZE[1], SIZE[0], 3), 255, np.uint8)
+    a[text_mask()] = (30, 30, 30)
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(a, "RGB").save(src / "k.png", transparency=(0, 0, 0))
+    assert words_read(reader, viewer_pictures(src / "k.png")) == set(WORDS)
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "-q", "redact", str(src), str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    with Image.open(tmp_path / "out" / "k.png") as im:
+        assert im.info.get("transparency") == (0, 0, 0)            # the key is kept ...
+        rgba = np.asarray(im.convert("RGBA"))
+    assert (rgba[..., 3] == 255).all()                             # ... and no pixel became see-through
+    assert (rgba[text_mask()][:, :3].max(axis=1) <= 1).all()       # covered with (1, 0, 0), not left
+    assert not words_read(reader, viewer_pictures(tmp_path / "out" / "k.png"))
+
+
+def test_premultiplied_alpha_and_extra_tiff_channels_come_out_unreadable(tmp_path, reader):
+    """From a walkthrough: a TIFF with associated alpha (ExtraSamples 1) at 4 of 255 stores text
+    as colours 0 vs 4, blank to the detector, yet Pillow divides the alpha out and shows it
+    plainly; and text in a channel after the alpha (RGB + ExtraSamples 2, 0) was never looked
+    at, though tools that show channels show it. Both come out unreadable."""
+    m = text_mask()
+    g = np.where(m, 0, 4).astype(np.uint8)
+    premul = np.dstack([g, g, g, np.full_like(g, 4)])
+    extra = np.dstack([np.full(m.shape + (3,), 200, np.uint8), np.full(m.shape, 255, np.uint8),
+                       np.where(m, 0, 255).astype(np.uint8)])
+    src = tmp_path / "in"
+    src.mkdir()
+    tifffile.imwrite(src / "premul.tif", premul, photometric="rgb", extrasamples=(1,))
+    tifffile.imwrite(src / "extra.tif", extra, photometric="rgb", extrasamples=(2, 0))
+
+    def pictures(path: Path) -> list[np.ndarray]:
+        """Pillow's RGB (alpha divided out), and each channel as a grey picture."""
+        out = []
+        if path.name == "premul.tif":
+            with Image.open(path) as im:
+                out.append(np.asarray(im.convert("RGB")))
+        arr = tifffile.imread(path)
+        out += [np.ascontiguousarray(np.stack([arr[..., c]] * 3, axis=-1)) for c in range(arr.shape[-1])]
+        return out
+
+    for name in ("premul.tif", "extra.tif"):
+        assert words_read(reader, pictures(src / name)) == set(WORDS), f"{name}: the input must be legible"
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "-q", "redact", str(src), str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    for name in ("premul.tif", "extra.tif"):
+        left = words_read(reader, pictures(tmp_path / "out" / name))
+        assert not left, f"{name}: OCR still reads {sorted(left)}"
+
+
+def _rgb_profile(trc: bytes) -> bytes:
+    """A minimal v2 RGB display profile (D50 primaries of sRGB) with `trc` as all three curves."""
+    import struct
+
+    def xyz(x: float, y: float, z: float) -> bytes:
+        return b"XYZ " + bytes(4) + struct.pack(">iii", *(round(v * 65536) for v in (x, y, z)))
+
+    tags = [(b"desc", b"desc" + bytes(4) + struct.pack(">I", 2) + b"x\0" + bytes(78)),
+            (b"cprt", b"text" + bytes(4) + b"x\0"), (b"wtpt", xyz(0.9642, 1, 0.8249)),
+            (b"rXYZ", xyz(0.4361, 0.2225, 0.0139)), (b"gXYZ", xyz(0.3851, 0.7169, 0.0971)),
+            (b"bXYZ", xyz(0.1431, 0.0606, 0.7141)), (b"rTRC", trc), (b"gTRC", trc), (b"bTRC", trc)]
+    table, data, start = b"", b"", 132 + 12 * len(tags)
+    for sig, blob in tags:
+        data += bytes(-len(data) % 4)
+        table += struct.pack(">4sII", sig, start + len(data), len(blob))
+        data += blob
+    header = bytearray(128)
+    struct.pack_into(">I", header, 0, start + len(data))
+    header[8:24] = b"\x02\x10\x00\x00mntrRGB XYZ "
+    header[36:40] = b"acsp"
+    header[68:80] = struct.pack(">iii", round(0.9642 * 65536), 65536, round(0.8249 * 65536))
+    return bytes(header) + struct.pack(">I", len(tags)) + table + data
+
+
+def test_text_an_icc_profile_reveals_comes_out_unreadable(tmp_path, reader):
+    """From a walkthrough: text at 244 on 250 whose profile stretches 238..250 to the full range
+    was blank to the detector, and plain in any colour-managed viewer (OCR 0.96). The picture a
+    viewer renders through the profile is looked at too -- only for profiles that stretch
+    contrast like that: ordinary gamma curves (sRGB, 1.8, 2.2) cost no second look."""
+    import io
+    import struct
+
+    from PIL import ImageCms
+
+    from pipeline.redact.codec import _icc_transform
+
+    def curv(values: list[int]) -> bytes:
+        return b"curv" + bytes(4) + struct.pack(f">I{len(values)}H", len(values), *values)
+
+    ramp = np.clip((np.arange(256) - 238) / 12, 0, 1)
+    stretch = _rgb_profile(curv([round(v * 65535) for v in ramp]))
+    for gamma in (1.8, 2.2):
+        assert _icc_transform(_rgb_profile(curv([round(gamma * 256)])), "RGB") is None, gamma
+    assert _icc_transform(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes(), "RGB") is None
+    assert _icc_transform(stretch, "RGB") is not None
+    a = np.full((SIZE[1], SIZE[0], 3), 250, np.uint8)
+    a[text_mask()] = 244
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(a).save(src / "c.png", icc_profile=stretch)
+
+    def managed(path: Path) -> list[np.ndarray]:
+        with Image.open(path) as im:
+            prof = ImageCms.ImageCmsProfile(io.BytesIO(im.info["icc_profile"]))
+            return [np.asarray(ImageCms.profileToProfile(im.convert("RGB"), prof, ImageCms.createProfile("sRGB")))]
+
+    assert words_read(reader, managed(src / "c.png")) == set(WORDS)
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "-q", "redact", str(src), str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    assert not words_read(reader, managed(tmp_path / "out" / "c.png"))
+
+
 def test_visible_views_of_an_opaque_image_is_the_image_itself():
     rgb = np.random.default_rng(0).integers(0, 255, (8, 9, 3), dtype=np.uint8)
     assert len(visible_views(rgb, None)) == 1
@@ -287,13 +403,16 @@ def test_very_large_words_come_out_covered_and_unreadable(tmp_path, reader):
 
     bold = font_manager.findfont("DejaVu Sans:bold")
     cases = {"smith.png": ("SMITH", 450, (1700, 700)), "patient.png": ("PATIENT", 300, (1500, 420)),
-             "joe.png": ("JOE", 240, (600, 340)), "smith_rgba.png": ("SMITH", 450, (1700, 700))}
+             "joe.png": ("JOE", 240, (600, 340)), "smith_rgba.png": ("SMITH", 450, (1700, 700)),
+             # a later walkthrough: on a small image no coarse pass ran (two boxes inside the
+             # letters; "4" read in the output)
+             "id42.png": ("42", 480, (700, 520))}
     src = tmp_path / "in"
     src.mkdir()
     inks = {}
     for name, (word, px, size) in cases.items():
         m = Image.new("L", size, 0)
-        ImageDraw.Draw(m).text((20, 20), word, font=ImageFont.truetype(bold, px), fill=255)
+        ImageDraw.Draw(m).text((20, -60 if name == "id42.png" else 20), word, font=ImageFont.truetype(bold, px), fill=255)
         ink = np.asarray(m) > 127
         a = np.zeros((size[1], size[0], 4), np.uint8)
         a[..., :3] = 255 if "rgba" not in name else 0
@@ -309,7 +428,7 @@ def test_very_large_words_come_out_covered_and_unreadable(tmp_path, reader):
     def read(path: Path, word: str) -> bool:
         return normalise(word) in " ".join(normalise(r.text) for p in thumbs(viewer_pictures(path)) for r in reader.read(p))
 
-    for name in ("smith.png", "patient.png", "smith_rgba.png"):   # the recogniser can read these inputs
+    for name in ("smith.png", "patient.png", "smith_rgba.png"):   # the recogniser can read these inputs (not 2 digits)
         assert read(src / name, cases[name][0]), name
     out = tmp_path / "out"
     r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "-q", "--json", "redact", str(src), str(out),

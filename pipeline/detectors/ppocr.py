@@ -73,9 +73,14 @@ class PPOCRConfig:
     # whole at a coarser scale. When the first pass finds something this thick (its pixels), one
     # more pass runs with the image's long side at `large_text_side` px, and keeps what it finds
     # at least `large_text_keep` px thick there (small text it cannot see stays the 1x pass's).
+    # On a small image the pass runs at half the first pass's scale instead, and it also runs when
+    # the thickest find is `large_text_share` of the image's short side (and half the trigger in
+    # image px), or nothing was found (DB boxed two 90 px pieces of a 480 px "42" on a 700x520
+    # image, or none, and no coarse pass ran).
     large_text_side: int = 640     # 0: never
     large_text_trigger: float = 128.0
     large_text_keep: float = 16.0
+    large_text_share: float = 0.12
     threads: int = 2               # onnxruntime intra-op threads
     model_path: str = ""           # default: the model inside the rapidocr wheel
 
@@ -105,6 +110,7 @@ _RANGES: dict[str, tuple[float, float, type]] = {
     "refine_whole": (0.0, 1000.0, float),
     "threads": (1, 1024, int),
     "large_text_side": (0, 16384, int), "large_text_trigger": (1.0, 16384.0, float), "large_text_keep": (0.0, 16384.0, float),
+    "large_text_share": (0.0, 1.0, float),
 }
 
 
@@ -126,7 +132,7 @@ def config_version(base: str, config: PPOCRConfig, skip: tuple[str, ...] = ()) -
     if len(config.scales) > 1 and config.refine == "small":
         changed["small_windows_revision"] = SMALL_WINDOWS_REVISION
     if not config.large_text_side:   # off: how it would run changes nothing
-        for k in ("large_text_trigger", "large_text_keep"):
+        for k in ("large_text_trigger", "large_text_keep", "large_text_share"):
             changed.pop(k, None)
     if not changed:
         return base
@@ -318,18 +324,27 @@ class PPOCRDetector:
     def _large_text_pass(self, bgr: np.ndarray, first_scale: float, found: list[tuple[np.ndarray, np.ndarray]]
                          ) -> list[tuple[np.ndarray, np.ndarray]]:
         """The coarse pass for text too large for the first one (see `large_text_side`): only when
-        the first pass found something `large_text_trigger` thick, and only if it is coarser than
-        the first pass by 1.5x or more; what it finds thinner than `large_text_keep` is dropped.
+        the first pass found nothing or something `large_text_trigger` thick (or
+        `large_text_share` of the short side), at `large_text_side` px or, where that is not
+        1.5x coarser than the first pass, at half its scale; what it finds thinner than
+        `large_text_keep` is dropped.
         Its finds join the others after the small-text windows are chosen: a large box must not
         hide the small words inside its area from the 2x pass."""
         c = self.config
         h, w = bgr.shape[:2]
-        if not c.large_text_side or not found:
+        if not c.large_text_side:
             return []
         scale = c.large_text_side / max(w, h)
-        quads = np.concatenate([q for q, _ in found])
-        if scale * 1.5 > first_scale or not len(quads) or quad_thickness(quads).max() * first_scale < c.large_text_trigger:
-            return []
+        if scale * 1.5 > first_scale:
+            scale = first_scale / 2
+        quads = np.concatenate([q for q, _ in found]) if found else np.zeros((0, 4, 2))
+        if len(quads):   # nothing found at all also runs it: a 480 px "42" gave the first pass no box
+            thickest = float(quad_thickness(quads).max())
+            # the share alone would fire on ordinary 30 px lines of a 200 px crop: it needs half
+            # the trigger in the image's own pixels too
+            share = bool(c.large_text_share) and thickest >= max(c.large_text_share * min(w, h), c.large_text_trigger / 2)
+            if thickest * first_scale < c.large_text_trigger and not share:
+                return []
         extra: list[tuple[np.ndarray, np.ndarray]] = []
         self._pass(bgr, scale, False, 0, 0, extra)
         kept = []

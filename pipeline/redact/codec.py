@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import logging
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -54,6 +55,11 @@ class Page:
     def channels(self) -> int:
         return 1 if self.array.ndim == 2 else int(self.array.shape[2])
 
+    @property
+    def colour_channels(self) -> int:
+        """Channels before the extra ones (alpha, then any others)."""
+        return {"rgb": 3, "gray": 1, "cmyk": 4}.get(self.kind, 3)
+
 
 # ICC tags that carry colour (kept as they are); `desc` and `cprt` are required, so they stay
 # with their text emptied. Every other tag goes: names, descriptions, device makers and
@@ -67,39 +73,70 @@ _ICC_COLOUR_TAGS = frozenset(t.encode("ascii") for t in (
 _ICC_TEXT_TAGS = (b"desc", b"cprt")
 
 
+# header bytes a colour transform reads (version, device class, colour space, PCS, the 'acsp'
+# signature, rendering intent, PCS illuminant); the rest -- CMM, platform, device maker and
+# model, creator, date, flags, reserved bytes -- is zeroed
+_ICC_HEADER_KEEP = ((8, 24), (36, 40), (64, 80))
+# bytes a tag of these types needs: everything after them is slack that can carry any text
+_PARA_PARAMS = {0: 1, 1: 3, 2: 4, 3: 5, 4: 7}
+
+
+def _icc_tag_size(tag: bytes) -> int:
+    """How many of a colour tag's bytes its type uses (its declared size for types not parsed
+    here): an oversized `curv` or `para` tag kept whatever was written after its data."""
+    import struct
+
+    kind = tag[:4]
+    if kind == b"curv" and len(tag) >= 12:
+        return min(len(tag), 12 + 2 * struct.unpack_from(">I", tag, 8)[0])
+    if kind == b"para" and len(tag) >= 12:
+        return min(len(tag), 12 + 4 * _PARA_PARAMS.get(struct.unpack_from(">H", tag, 8)[0], 7))
+    return len(tag)
+
+
 def scrub_icc(data: bytes | None) -> bytes | None:
-    """The ICC profile with only its colour: tags outside `_ICC_COLOUR_TAGS` dropped and their
-    bytes zeroed, the required description and copyright emptied (same type, no text), the
-    profile ID cleared (it hashes the old bytes). None when it is not a parseable profile:
-    then no profile is written rather than unknown bytes."""
+    """The ICC profile rebuilt from its colour alone: the header fields a colour transform reads,
+    the tags in `_ICC_COLOUR_TAGS` (each cut to the bytes its type uses), and the required
+    description and copyright with no text. Nothing else of the old bytes is copied -- not the
+    header's maker, model, creator and date fields, not unlisted tags, not bytes between or
+    after tags (a profile can name the patient or the instrument it came from). None when it is
+    not a parseable profile: then no profile is written rather than unknown bytes."""
     import struct
 
     if not data or len(data) < 132 or data[36:40] != b"acsp":
         return None
-    buf = bytearray(data)
-    n = struct.unpack_from(">I", buf, 128)[0]
-    if n > 1000 or 132 + 12 * n > len(buf):
+    n = struct.unpack_from(">I", data, 128)[0]
+    if n > 1000 or 132 + 12 * n > len(data):
         return None
-    entries = [struct.unpack_from(">4sII", buf, 132 + 12 * i) for i in range(n)]
-    if any(off < 132 + 12 * n or off + size > len(buf) or size < 8 for _, off, size in entries):
+    entries = [struct.unpack_from(">4sII", data, 132 + 12 * i) for i in range(n)]
+    if any(off < 132 + 12 * n or off + size > len(data) or size < 8 for _, off, size in entries):
         return None
     kept = [e for e in entries if e[0] in _ICC_COLOUR_TAGS or e[0] in _ICC_TEXT_TAGS]
-    kept_ranges = {(off, size) for sig, off, size in kept if sig in _ICC_COLOUR_TAGS}
-    for sig, off, size in entries:
-        if sig in _ICC_COLOUR_TAGS or (off, size) in kept_ranges:
-            continue
-        kind = bytes(buf[off:off + 4])
-        buf[off + 8:off + size] = bytes(size - 8)          # text gone, type and size kept
-        if sig in _ICC_TEXT_TAGS and kind == b"mluc" and size >= 16:
-            struct.pack_into(">II", buf, off + 8, 0, 12)   # no records (of the standard size)
-        elif sig not in _ICC_TEXT_TAGS:
-            buf[off:off + 8] = bytes(8)
-    buf[128:132 + 12 * n] = bytes(4 + 12 * n)
-    struct.pack_into(">I", buf, 128, len(kept))
-    for i, e in enumerate(kept):
-        struct.pack_into(">4sII", buf, 132 + 12 * i, *e)
-    buf[84:100] = bytes(16)
-    return bytes(buf)
+    header = bytearray(128)
+    for a, b in _ICC_HEADER_KEEP:
+        header[a:b] = data[a:b]
+    blobs: list[bytes] = []
+    where: dict[tuple[int, int], int] = {}     # tags sharing their data (rTRC = gTRC = bTRC) still do
+    table: list[tuple[bytes, int, int]] = []
+    start = 132 + 12 * len(kept)
+    for sig, off, size in kept:
+        if sig in _ICC_COLOUR_TAGS:
+            tag = data[off:off + size]
+            tag = tag[:4] + bytes(4) + tag[8:_icc_tag_size(tag)]
+        elif data[off:off + 4] == b"mluc":      # no records, of the standard record size
+            tag = b"mluc" + bytes(4) + struct.pack(">II", 0, 12)
+        else:                                   # desc / text: the type, and no characters
+            tag = data[off:off + 4] + bytes(size - 4)
+        at = where.get((off, size)) if sig in _ICC_COLOUR_TAGS else None
+        if at is None:
+            at = start + sum(len(b) for b in blobs)
+            blobs.append(tag + bytes(-len(tag) % 4))
+            if sig in _ICC_COLOUR_TAGS:
+                where[(off, size)] = at
+        table.append((sig, at, len(tag)))
+    body = b"".join(blobs)
+    struct.pack_into(">I", header, 0, start + len(body))
+    return bytes(header) + struct.pack(">I", len(kept)) + b"".join(struct.pack(">4sII", *t) for t in table) + body
 
 
 @dataclass
@@ -405,7 +442,7 @@ def page_alpha(page: Page) -> np.ndarray | None:
     RGB(A) with 4+ channels, grey with 2+, CMYK with 5+: the first extra channel is alpha
     (TIFF ExtraSamples 1 = associated, 2 = unassociated; 0 = unspecified is treated as alpha
     too, since a viewer may)."""
-    base = {"rgb": 3, "gray": 1, "cmyk": 4}.get(page.kind, 3)
+    base = page.colour_channels
     if page.key is not None:     # tRNS colour key: transparent where the pixel is the key
         a = page.array
         key = np.asarray(page.key, dtype=a.dtype)
@@ -416,10 +453,101 @@ def page_alpha(page: Page) -> np.ndarray | None:
     return page.array[..., base]
 
 
-def detector_views(page: Page) -> list[np.ndarray]:
-    """Every picture a viewer may show of this page (see `imaging.visible_views`)."""
+def opaque_where(page: Page, array: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """`array` (the page redacted) with no pixel under `mask` equal to the page's tRNS colour
+    key: such a pixel is transparent, so a black fill on a black key came out as a see-through
+    hole. Those pixels move one level off the key in their first channel (or grey value; a
+    1-bit page's take the other value)."""
+    if page.key is None or not mask.any():
+        return array
+    key = np.asarray(page.key, dtype=array.dtype)
+    hit = mask & ((array == key).all(axis=-1) if array.ndim == 3 else (array == key))
+    if not hit.any():
+        return array
+    out = array.copy()
+    first = out[..., 0] if out.ndim == 3 else out
+    if array.dtype == np.bool_:       # 1-bit: the only opaque value is the other one
+        first[hit] = not bool(key.flat[0])
+    else:
+        top = np.iinfo(array.dtype).max
+        first[hit] = key.flat[0] + 1 if int(key.flat[0]) < top else key.flat[0] - 1
+    return out
+
+
+@lru_cache(maxsize=64)
+def _icc_transform(icc: bytes, mode: str) -> Any:
+    """A transform from the profile to sRGB when it changes what a colour-managed viewer shows
+    enough to reveal text the raw values hide (a tone curve stretching some 8 levels to more
+    than 24, or running backwards); None for ordinary profiles (sRGB, Display P3, Adobe RGB:
+    looking at them twice would double the cost of many photos) or one that does not load."""
+    from PIL import ImageCms
+
+    try:
+        prof = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        tf = ImageCms.buildTransform(prof, ImageCms.createProfile("sRGB"), mode, "RGB")
+    except Exception:   # noqa: BLE001 - lcms refuses odd profiles: nothing a viewer would render either
+        return None
+    ramp = np.arange(256, dtype=np.uint8)
+    rows = [np.stack([ramp] * 3, axis=-1)] + [np.stack([ramp if c == k else np.zeros_like(ramp) for c in range(3)], axis=-1)
+                                              for k in range(3)] if mode == "RGB" else [ramp]
+    for row in rows:
+        im = Image.fromarray(np.ascontiguousarray(row[None]), mode)
+        out = np.asarray(ImageCms.applyTransform(im, tf), dtype=np.int32)[0]
+        steps = out[8:] - out[:-8]
+        if np.abs(steps).max() > 24 or (steps < -8).any():
+            return tf
+    return None
+
+
+def profile_view(rgb: np.ndarray, icc: bytes | None, gray: bool) -> np.ndarray | None:
+    """`rgb` as a colour-managed viewer shows it through the image's ICC profile, when that
+    differs enough to matter (`_icc_transform`); else None. From a walkthrough: text at 244 on
+    250 with a profile stretching 238..250 to full range was blank to the detector and read by
+    OCR at 0.96 in Chrome's rendering."""
+    if not icc:
+        return None
+    tf = _icc_transform(icc, "L" if gray else "RGB")
+    if tf is None:
+        return None
+    from PIL import ImageCms
+
+    src = Image.fromarray(np.ascontiguousarray(rgb[..., 0] if gray else rgb), "L" if gray else "RGB")
+    return np.asarray(ImageCms.applyTransform(src, tf).convert("RGB"))
+
+
+def detector_views(page: Page, icc: bytes | None = None) -> list[np.ndarray]:
+    """Every picture a viewer may show of this page (see `imaging.visible_views`), and with an
+    ICC profile that changes it enough, the colour-managed picture (`profile_view`). A TIFF's
+    associated alpha (ExtraSamples 1) stores colours multiplied by alpha: viewers divide it out,
+    so the straight colours are looked at too (text at alpha 4 of 255 was blank to the detector
+    and plain after Pillow's convert("RGB")). Extra channels after the alpha are shown by tools
+    that show channels (Fiji's slices): each is looked at as a grey picture."""
     alpha = page_alpha(page)
-    return visible_views(detector_rgb(page), None if alpha is None else alpha)
+    rgb = detector_rgb(page)
+    views = visible_views(rgb, alpha)
+    more: list[np.ndarray] = []
+    managed = profile_view(rgb, icc, page.kind == "gray")
+    if managed is not None:
+        more += visible_views(managed, alpha)
+    if alpha is not None and page.extrasamples[:1] == (1,):
+        more += visible_views(detector_rgb(replace(page, array=_unpremultiplied(page, alpha))), alpha)
+    base = page.colour_channels
+    if page.array.ndim == 3 and page.key is None:
+        for c in range(base + 1, page.channels):
+            more.append(detector_rgb(Page(np.ascontiguousarray(page.array[..., c]), "gray")))
+    for v in more:
+        if not any(np.array_equal(v, w) for w in views):
+            views.append(v)
+    return views
+
+
+def _unpremultiplied(page: Page, alpha: np.ndarray) -> np.ndarray:
+    """The page's colour channels divided by its (associated) alpha, as a viewer shows them."""
+    base = page.colour_channels
+    top = float(np.iinfo(page.array.dtype).max) if page.array.dtype.kind in "ui" else 1.0
+    a = alpha.astype(np.float64)[..., None] / top
+    colour = page.array[..., :base].astype(np.float64) / np.maximum(a, 1.0 / top)
+    return np.clip(np.rint(colour) if page.array.dtype.kind in "ui" else colour, 0, top).astype(page.array.dtype)
 
 
 # --- encoding ------------------------------------------------------------------------------

@@ -40,8 +40,9 @@ log = logging.getLogger("textloop.redact")
 
 # bump when the same settings would produce different bytes, so older outputs are redone, not
 # resumed (2: polygon fill; 3: the detector's large-text pass, which covers words the older
-# passes left partly readable: the detector versions stay the models' own names)
-FORMAT_VERSION = 3
+# passes left partly readable: the detector versions stay the models' own names; 4: that pass on
+# small images too, and associated alpha / extra TIFF channels looked at)
+FORMAT_VERSION = 4
 DEFAULT_THRESHOLD = 0.3      # favours recall: ppocr's own candidate floor
 DEFAULT_PAD = Pad(px=0.0, frac=0.10)   # the knee of the devset padding sweep (README, bench_redact.py)
 # DB detectors in redact (stock ppocr and tuned models alike): a second pass finds small scene
@@ -391,13 +392,6 @@ class Redactor:
         self.settings_hash = cfg.settings_hash(detector.version)
         self._lock = threading.Lock()
 
-    def _detect_page(self, page: codec.Page) -> Detections:
-        """Detections over every view a viewer may show of the page (transparency composited
-        over light and dark, alpha alone, raw colours): the union of what any view reveals."""
-        views = codec.detector_views(page)
-        with self._lock:
-            return detect_visible(self.detector, [views])[0]
-
     def up_to_date(self, item: Item, in_sha: str) -> tuple[str, dict[str, Any]] | None:
         """('skipped'|'held', sidecar) when this input was already done with these settings."""
         sc = read_sidecar(item.sidecar)
@@ -496,7 +490,7 @@ class Redactor:
         job.doc = doc = codec.decode(data, cfg.max_pixels)
         del data
         res.pages = len(doc.pages)
-        job.views = [None if (i == 0 and job.reviewed is not None) else codec.detector_views(page)
+        job.views = [None if (i == 0 and job.reviewed is not None) else codec.detector_views(page, doc.icc_profile)
                      for i, page in enumerate(doc.pages)]
 
     def _detect(self, job: "Job") -> None:
@@ -562,7 +556,8 @@ class Redactor:
         for page, d in zip(doc.pages, dets):
             cover = cover_shapes(d.boxes, d.quads, page.width, page.height, cfg.pad, cfg.shape)
             value = fill_value(cfg.color, page.array.dtype, page.channels, page.kind, page.inverted)
-            arrays.append(apply_redaction(page.array, cover.boxes, cfg.style, value, mask=cover.mask))
+            covered = apply_redaction(page.array, cover.boxes, cfg.style, value, mask=cover.mask)
+            arrays.append(codec.opaque_where(page, covered, cover.mask))
             covers.append(cover)
         out_doc = doc.with_arrays(arrays)
         del arrays
@@ -608,7 +603,7 @@ class Redactor:
         out_doc = codec.decode(out_bytes, self.cfg.max_pixels)
         legible: list[dict[str, Any]] = []
         for i, (page, mask) in enumerate(zip(out_doc.pages, masks)):
-            readings = self.verifier.read_views(codec.detector_views(page))
+            readings = self.verifier.read_views(codec.detector_views(page, out_doc.icc_profile))
             legible.extend({"page": i, **r.as_dict(masked=True)} for r in self.verifier.legible(readings, mask))
         return {"reader": self.verifier.version, "min_chars": self.verifier.min_chars,
                 "min_score": self.verifier.min_score, "remaining": len(legible), "legible": legible}
