@@ -60,10 +60,12 @@ def _input(rgb: np.ndarray) -> np.ndarray:
 
 
 def test_converted_network_reproduces_onnxruntime_and_exports_back(net, tmp_path: Path) -> None:
+    import onnx
     import onnxruntime as ort
     import torch
 
     from pipeline.detectors.dbnet import export_onnx, fixed_onnx, input_name
+    from pipeline.detectors.graph import fold
     from pipeline.detectors.ppocr import default_model_path
 
     x = _input(_text_image())
@@ -82,6 +84,13 @@ def test_converted_network_reproduces_onnxruntime_and_exports_back(net, tmp_path
     assert np.abs(sess.run(None, {"x": x})[0] - want).max() < 1e-4
     x2 = _input(_text_image(96, 160))                                   # dynamic sides
     assert np.abs(sess.run(None, {"x": x2})[0] - stock.run(None, {"x": x2})[0]).max() < 1e-4
+    # the export (Constant and Identity nodes around the parameters) folds as the stock graph does
+    model = onnx.load(str(path))
+    counts = fold(model)
+    assert counts["identities"] > 0 and counts["hardswish"] == 24 and counts["affine_as_conv"] > 0
+    folded = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert not any(n.op_type == "Div" for n in model.graph.node)
+    assert np.abs(folded.run(None, {"x": x2})[0] - stock.run(None, {"x": x2})[0]).max() < 1e-4
 
 
 def test_tuned_onnx_runs_through_ppocr_and_keeps_quads(net, tmp_path: Path) -> None:

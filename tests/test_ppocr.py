@@ -202,3 +202,16 @@ def test_a_small_box_runs_on_only_where_strokes_go_on_beside_it() -> None:
     runs = _runs_on(grad, np.array([a, b], float), max_height=24, reach=8)
     assert [(round(y0), side) for _, y0, _, _, side in runs] == [(b[1], 1)]   # only the date, to the right
     assert runs[0][2] - runs[0][0] == 8 * (b[3] - b[1])
+
+
+def test_preprocess_is_pp_ocr_normalisation_for_every_pixel_value() -> None:
+    from pipeline.detectors.ppocr import preprocess
+
+    bgr = np.random.default_rng(3).integers(0, 256, (33, 17, 3), dtype=np.uint8)
+    bgr[0, :3] = [[0, 0, 0], [255, 255, 255], [1, 128, 254]]
+    want = np.ascontiguousarray(((bgr.astype(np.float32) / 255.0 - 0.5) / 0.5).transpose(2, 0, 1)[None])
+    got = preprocess(bgr[:, ::-1][:, ::-1])       # a strided view too
+    assert got.dtype == np.float32 and got.shape == (1, 3, 33, 17) and got.flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(got, want)
+    assert got[0, :, 0, 0].tolist() == [-1.0, -1.0, -1.0] and got[0, :, 0, 1].tolist() == [1.0, 1.0, 1.0]
+    np.testing.assert_array_equal(preprocess(bgr.astype(np.float32)), want)   # float input: same numbers

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.detectors.graph import constants_to_initializers
 from pipeline.detectors.ppocr import PPOCRConfig, PPOCRDetector, config_version, default_model_path
 from pipeline.io import sha256_bytes, sha256_file, sha256_json
 
@@ -42,26 +43,6 @@ def cache_dir() -> Path:
     """`${XDG_CACHE_HOME:-~/.cache}/textloop`: derived files that can always be rebuilt."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "textloop"
-
-
-def constants_to_initializers(model: Any) -> int:
-    """In place: every single-output `Constant` node becomes a graph initializer named as its
-    output; returns how many were moved. Nodes with other attribute kinds are left alone."""
-    from onnx import numpy_helper
-
-    graph = model.graph
-    keep, moved = [], 0
-    for node in graph.node:
-        if node.op_type == "Constant" and len(node.output) == 1 and len(node.attribute) == 1 \
-                and node.attribute[0].name == "value":
-            tensor = numpy_helper.from_array(numpy_helper.to_array(node.attribute[0].t), name=node.output[0])
-            graph.initializer.append(tensor)
-            moved += 1
-        else:
-            keep.append(node)
-    del graph.node[:]
-    graph.node.extend(keep)
-    return moved
 
 
 def fixed_onnx(source: str | Path | None = None) -> Path:

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.detectors.graph import folded_bytes
+
 from pipeline.boxes import Detections, quad_thickness, quad_to_xyxy
 from pipeline.config import check_number
 from pipeline.detectors.tiling import Tiler, merge_boxes
@@ -139,9 +141,15 @@ def config_version(base: str, config: PPOCRConfig, skip: tuple[str, ...] = ()) -
     return f"{base}+{sha256_json(changed)[:8]}"
 
 
+_NORMALISED = ((np.arange(256, dtype=np.float32) / 255.0 - 0.5) / 0.5).astype(np.float32)
+
+
 def preprocess(bgr: np.ndarray) -> np.ndarray:
-    """uint8 BGR (H, W, 3) -> the DB network's float32 NCHW input (PP-OCR's normalisation). The one
-    copy: inference, validation and training crops all go through it."""
+    """uint8 BGR (H, W, 3) -> the DB network's float32 NCHW input (PP-OCR's normalisation, `(x /
+    255 - 0.5) / 0.5`, as a lookup: the same floats, in one pass). The one copy: inference,
+    validation and training crops all go through it."""
+    if bgr.dtype == np.uint8:
+        return np.ascontiguousarray(np.take(_NORMALISED, bgr.transpose(2, 0, 1))[None])
     x = (bgr.astype(np.float32) / 255.0 - 0.5) / 0.5
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
 
@@ -178,26 +186,35 @@ class PPOCRDetector:
 
         self._maps: dict[bytes, np.ndarray] | None = None   # see cache_maps
         self._session = None
+        self._intra = 0
         if session:
             import onnxruntime as ort
 
             opts = ort.SessionOptions()
             opts.log_severity_level = 4
-            opts.intra_op_num_threads = max(1, min(int(config.threads), os.cpu_count() or 1))
+            self._intra = opts.intra_op_num_threads = max(1, min(int(config.threads), os.cpu_count() or 1))
             opts.inter_op_num_threads = 1
             # no busy-waiting between ops: decode/encode threads get the cores, CPU-s stay honest
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            if model_bytes is not None:
-                source: bytes | str = model_bytes
-            else:
+            if model_bytes is None:
                 model = Path(config.model_path) if config.model_path else default_model_path()
                 if not model.exists():
                     raise FileNotFoundError(f"{model}: PP-OCR detection model not found (is rapidocr-onnxruntime installed?)")
-                source = str(model)
-            self._session = ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
+                model_bytes = model.read_bytes()
+            self._session = ort.InferenceSession(folded_bytes(model_bytes), sess_options=opts,
+                                                 providers=["CPUExecutionProvider"])
             self._input = self._session.get_inputs()[0].name
         self._post = self._make_post(config)
+
+    @property
+    def parallel_calls(self) -> int:
+        """Calls that may run at once: an onnxruntime session is thread-safe and the rest of a
+        call keeps its state local, so as many as the cores hold at `threads` each (two calls of
+        one thread beat one call of two on two cores: 3.2 vs 2.6 images/s, README Pace)."""
+        if self._session is None:
+            return 1
+        return max(1, (os.cpu_count() or 1) // self._intra)
 
     @staticmethod
     def _make_post(config: PPOCRConfig) -> object:

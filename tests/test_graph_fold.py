@@ -1,0 +1,131 @@
+"""The exact graph rewrites (`pipeline.detectors.graph`): the DB network computes the same map
+with fewer, cheaper ops, on the stock model, and on hand-made graphs whose borders would show a
+wrong fold."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from pipeline.detectors.graph import fold, folded_bytes
+from pipeline.detectors.ppocr import PPOCRDetector, default_model_path, preprocess
+from tests.test_ppocr import render
+
+
+def run(data: bytes, x: np.ndarray) -> np.ndarray:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4
+    sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def ops(data: bytes) -> collections.Counter:
+    return collections.Counter(n.op_type for n in onnx.load_from_string(data).graph.node)
+
+
+def test_stock_model_folds_to_the_same_probability_map_with_fewer_ops() -> None:
+    data = default_model_path().read_bytes()
+    folded = folded_bytes(data)
+    before, after = ops(data), ops(folded)
+    # the affine blocks and the written-out hardswish are gone
+    assert after["Clip"] == 0 and after["Div"] == 0
+    assert after["Add"] + after["Mul"] < (before["Add"] + before["Mul"]) / 2
+    assert after["Conv"] > before["Conv"] - 1   # convs are kept (and a few affine blocks become 1x1 convs)
+
+    arr, _ = render("LOT 2024-117 / 37.5 C", (416, 160), (24, 60), px=30)
+    x = preprocess(arr[..., ::-1])
+    ref, out = run(data, x), run(folded, x)
+    assert np.abs(out - ref).max() < 1e-4
+    assert (ref > 0.3).sum() > 500      # the text is there, and found the same way
+    assert ((out > 0.3) != (ref > 0.3)).sum() == 0
+
+
+def test_the_detector_runs_the_folded_graph_and_finds_the_same_boxes(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.detectors.ppocr as ppocr
+
+    arr, _ = render("SPECIMEN 7781-B", (480, 180), (30, 70), px=32)
+    loaded: list[bytes] = []
+    monkeypatch.setattr(ppocr, "folded_bytes", lambda data: loaded.append(folded_bytes(data)) or loaded[-1])
+    (a,) = PPOCRDetector().detect([arr])
+    assert len(loaded) == 1 and ops(loaded[0])["Div"] == 0    # the session got the folded graph
+    monkeypatch.setattr(ppocr, "folded_bytes", lambda data: data)
+    (b,) = PPOCRDetector().detect([arr])
+    assert len(a) == len(b) >= 1
+    assert np.abs(a.boxes - b.boxes).max() <= 1.0
+
+
+def _init(name: str, value: np.ndarray) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(value, np.float32), name)
+
+
+def toy_model(rng: np.random.Generator) -> onnx.ModelProto:
+    """conv3x3 -> *s+b -> hardswish -> *s+b -> padded depthwise conv -> *s+b -> 1x1 conv, in the
+    shapes PP-LCNetV3 writes them (scalars as initializers and as Constant nodes)."""
+    c = 4
+    nodes = [
+        helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+        helper.make_node("Mul", ["s0", "c0"], ["m0"]),
+        helper.make_node("Add", ["m0", "t0"], ["a0"]),
+        helper.make_node("Constant", [], ["three"], value=_init("v3", np.array(3.0))),
+        helper.make_node("Add", ["a0", "three"], ["h0"]),
+        helper.make_node("Clip", ["h0", "zero", "six"], ["h1"]),
+        helper.make_node("Mul", ["a0", "h1"], ["h2"]),
+        helper.make_node("Div", ["h2", "six"], ["hs"]),
+        helper.make_node("Mul", ["hs", "s1"], ["m1"]),
+        helper.make_node("Add", ["m1", "t1"], ["a1"]),
+        helper.make_node("Conv", ["a1", "wd", "bd"], ["c1"], pads=[1, 1, 1, 1], kernel_shape=[3, 3], group=c),
+        helper.make_node("Mul", ["s2", "c1"], ["m2"]),
+        helper.make_node("Add", ["m2", "t2"], ["a2"]),
+        helper.make_node("Relu", ["a2"], ["r2"]),
+        helper.make_node("Mul", ["r2", "s3"], ["m3"]),
+        helper.make_node("Add", ["m3", "t3"], ["a3"]),
+        helper.make_node("Conv", ["a3", "wp"], ["y"], kernel_shape=[1, 1]),
+    ]
+    inits = [
+        _init("w0", rng.normal(size=(c, 3, 3, 3))), _init("b0", rng.normal(size=c)),
+        _init("wd", rng.normal(size=(c, 1, 3, 3))), _init("bd", rng.normal(size=c)),
+        _init("wp", rng.normal(size=(2, c, 1, 1))),
+        _init("zero", np.array(0.0)), _init("six", np.array(6.0)),
+        *[_init(f"s{i}", [rng.uniform(0.5, 2)]) for i in range(4)],
+        *[_init(f"t{i}", [rng.uniform(-2, 2)]) for i in range(4)],
+    ]
+    graph = helper.make_graph(nodes, "toy", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, None, None])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, None, None])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_each_rewrite_is_exact_at_the_borders_too() -> None:
+    """A fold into a padded conv would be wrong only at the edge pixels (its zero padding would
+    become the affine block's offset): compare every pixel of a small map."""
+    rng = np.random.default_rng(7)
+    model = toy_model(rng)
+    data = model.SerializeToString()
+    folded = onnx.load_from_string(data)
+    counts = fold(folded)
+    onnx.checker.check_model(folded)
+    assert counts["affine_after_conv"] == 4        # two convs, each * s + b
+    assert counts["hardswish"] == 1
+    assert counts["affine_before_pointwise"] == 1  # into the 1x1 conv
+    assert counts["affine_as_conv"] == 1           # before the padded depthwise conv: kept apart
+    x = rng.normal(size=(1, 3, 9, 7)).astype(np.float32) * 3
+    ref, out = run(data, x), run(folded.SerializeToString(), x)
+    assert out.shape == ref.shape
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_a_graph_the_rules_do_not_know_runs_as_given(caplog: pytest.LogCaptureFixture) -> None:
+    assert folded_bytes(b"not an onnx model") == b"not an onnx model"
+    assert "not folded" in caplog.text
+    rng = np.random.default_rng(1)
+    plain = helper.make_model(helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "plain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])]),
+        opset_imports=[helper.make_opsetid("", 13)])
+    x = rng.normal(size=(1, 3, 4, 4)).astype(np.float32)
+    np.testing.assert_array_equal(run(folded_bytes(plain.SerializeToString()), x), np.maximum(x, 0))
