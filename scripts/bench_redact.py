@@ -144,7 +144,19 @@ def build_detector(spec: str, threads: int = 2):
     return named_detector(spec)
 
 
-def named_detector(spec: str, stock: Any = None):
+def redact_detector(spec: str, workers: int):
+    """The detector as `redact --workers N` builds it: DB detectors (stock and tuned) with
+    `run.call_threads(N)` onnxruntime threads per call, so N calls overlap."""
+    from pipeline.detectors import load_detector
+    from pipeline.redact.run import call_threads
+
+    if spec == "floor" or spec.startswith("fasterrcnn"):
+        return build_detector(spec)
+    threads = call_threads(workers)
+    return named_detector(spec, load_detector("ppocr", threads=threads), threads=threads)
+
+
+def named_detector(spec: str, stock: Any = None, threads: int | None = None):
     """Detectors by bench name; the ppocr variants share one ONNX session (`with_options`).
 
     default: what `redact` runs with nothing promoted (`build_ppocr()`: 1x, plus 2x around
@@ -162,7 +174,7 @@ def named_detector(spec: str, stock: Any = None):
     if spec.endswith("}") and "{" in spec:   # NAME{key=value;...}: NAME with other PPOCRConfig fields
         name, _, body = spec[:-1].partition("{")
         kw = {k: json.loads(v) for k, v in (p.split("=", 1) for p in body.split(";") if p)}
-        return named_detector(name, stock).with_options(**kw)
+        return named_detector(name, stock, threads).with_options(**kw)
     if spec in ("default", "ppocr-small"):
         return build_ppocr() if stock is None else stock.with_options(**pass_options())
     if spec == "ppocr":
@@ -173,15 +185,18 @@ def named_detector(spec: str, stock: Any = None):
     if at and re.fullmatch(r"[0-9.]+(/[0-9.]+)*(:small|:image)?", rest):
         # ppocr@1/1.5 (whole image), ppocr@1/2:small (2x on small-text windows), BUNDLE.zip@1/2:small
         sc, _, refine = rest.partition(":")
-        base = (stock or load_detector("ppocr")) if name == "ppocr" else named_detector(name)
+        base = (stock or load_detector("ppocr")) if name == "ppocr" else named_detector(name, threads=threads)
         return base.with_options(**pass_options(tuple(float(x) for x in sc.split("/")), refine=refine or "image"))
     if spec.endswith("-int8"):
         model = os.environ.get("BENCH_INT8_MODEL", "")
         if not model:
             raise SystemExit(f"{spec}: give --int8-model")
-        det = load_detector("ppocr", model_path=model)
+        det = load_detector("ppocr", model_path=model, **({"threads": threads} if threads else {}))
         return det if spec == "ppocr-int8" else det.with_options(**pass_options())
-    return load_detector(spec, **bundle_pass_options(spec))   # a bundle, with the passes redact gives it
+    opts = bundle_pass_options(spec)   # a bundle, with the passes redact gives it
+    if threads and "scales" in opts:
+        opts["threads"] = threads
+    return load_detector(spec, **opts)
 
 
 def child_throughput(spec: str, src: Path, out: Path, workers: int, pipelined: bool = True) -> dict[str, Any]:
@@ -197,7 +212,7 @@ def child_throughput(spec: str, src: Path, out: Path, workers: int, pipelined: b
         pass
     shutil.rmtree(out, ignore_errors=True)
     shutil.rmtree(out.parent / f"{out.name}.audit", ignore_errors=True)
-    det = build_detector(spec)
+    det = redact_detector(spec, workers)
     items, _, _ = plan(str(src), out)
     n = len(items)
     rss_quarter = math.nan

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.boxes import Detections, grow_quads, oriented_rects, polygon_area, quads_mask
+from pipeline.detectors.ppocr import PPOCRDetector
 from pipeline.redact.core import Pad, cover_shapes
 from pipeline.redact.run import RedactConfig, Redactor, plan, run_local
 from tests.fakes import FakeDetector
@@ -383,3 +388,68 @@ def test_redact_scales_refuse_what_they_cannot_apply_to(tmp_path):
     with pytest.raises(FileNotFoundError, match="model bundle not found"):
         redact_tree(str(src), tmp_path / "out", detector=str(tmp_path / "missing.zip"), scales=[1.0])
     assert not (tmp_path / "out").exists()
+
+
+class CountingDetector:
+    """The quads of `QuadDetector`, recording how many `detect` calls overlap (each call sleeps a
+    little so overlaps show)."""
+
+    name, version = "fake-db", "fake-db-1"
+
+    def __init__(self, quads: np.ndarray, parallel: int) -> None:
+        self.inner = QuadDetector(quads)
+        self.parallel_calls = parallel
+        self.running = self.most = 0
+        self.guard = threading.Lock()
+
+    def detect(self, images):
+        with self.guard:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        time.sleep(0.05)
+        try:
+            return self.inner.detect(images)
+        finally:
+            with self.guard:
+                self.running -= 1
+
+
+@pytest.mark.parametrize("parallel, workers, most", [(1, 3, 1), (2, 3, 2), (8, 3, 3)])
+def test_detector_calls_overlap_only_as_far_as_the_detector_allows(tmp_path, parallel, workers, most):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(8):
+        noise_png(src / f"{i}.png", seed=i)
+    det = CountingDetector(np.stack([QUAD * 0.5]), parallel)
+    items, _, _ = plan(str(src), tmp_path / "out")
+    for mode in (True, False):
+        det.most = 0
+        results = list(run_local(Redactor(det, RedactConfig(force=True)), items, workers=workers, pipelined=mode))
+        assert all(r.status == "redacted" for r in results) and len(results) == 8
+        assert det.most == most
+
+
+def test_ppocr_calls_overlap_on_one_thread_each_with_the_same_output(tmp_path, monkeypatch):
+    """What `redact --workers 2` runs on two cores: two one-thread calls of one session at once,
+    giving the bytes one two-thread call at a time gives."""
+    import pipeline.redact.run as rr
+    from pipeline.redact.tree import redact_tree
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert rr.call_threads(2) == 1 and rr.call_threads(1) == 2 and rr.call_threads(8) == 1
+    assert PPOCRDetector(threads=1).parallel_calls == 2 and PPOCRDetector(threads=2).parallel_calls == 1
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(4):
+        small_text_image(src / f"{i}.png", size=14, ink=40)
+    built: list[Any] = []
+    real_build = rr.build_ppocr
+    monkeypatch.setattr(rr, "build_ppocr", lambda **kw: built.append(real_build(**kw)) or built[-1])
+    outs = {}
+    for workers in (2, 1):
+        out = tmp_path / f"out{workers}"
+        summary = redact_tree(str(src), out, workers=workers, detector="ppocr")
+        assert summary.redacted == 4
+        outs[workers] = {p.name: p.read_bytes() for p in out.glob("*.png")}
+    assert [d.parallel_calls for d in built] == [2, 1]    # one thread per call, then two per call
+    assert outs[2] == outs[1] and len(outs[2]) == 4

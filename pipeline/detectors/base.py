@@ -16,13 +16,25 @@ from pipeline.boxes import Detections
 
 @runtime_checkable
 class Detector(Protocol):
-    """`name` is the backend (ppocr, fasterrcnn); `version` is what predictions are stored under."""
+    """`name` is the backend (ppocr, fasterrcnn); `version` is what predictions are stored under.
+    Optional `parallel_calls`: how many `detect` calls may run at once in one process (see
+    `parallel_calls`)."""
 
     name: str
     version: str
 
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
         ...
+
+
+def parallel_calls(detector: object) -> int:
+    """How many threads may call `detector.detect` at once: its `parallel_calls` (a detector that
+    shares only a thread-safe session between calls, each on its own cores), else 1 (calls are
+    serialised: torch models set process-wide thread counts and use every core for one image)."""
+    try:
+        return max(1, int(getattr(detector, "parallel_calls", 1)))
+    except (TypeError, ValueError):
+        return 1
 
 
 def merge_views(dets: Sequence[Detections]) -> Detections:

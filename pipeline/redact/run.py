@@ -29,7 +29,7 @@ import numpy as np
 
 from pipeline.boxes import Detections, line_bridges, quads_json, area as box_area
 from pipeline.config import check_number
-from pipeline.detectors.base import detect_visible
+from pipeline.detectors.base import detect_visible, parallel_calls
 from pipeline.io import LineFormatter, UnwritableError, atomic_open, atomic_write_bytes, describe_error, is_bug, atomic_write_text, is_atomic_temp, sha256_bytes, sha256_file, sha256_json
 from pipeline.imaging import ImageRejected
 from pipeline.listing import MAX_LISTED_IGNORED, Listed, Skipped, file_problem, iter_glob, iter_image_files, triage
@@ -380,7 +380,7 @@ def log_result(res: Result) -> Result:
 
 class Redactor:
     """Detector + settings; `process(item)` redacts one file. Thread-safe (detector calls are
-    serialised: the detectors use every core for one image already). `log_results=False`: the
+    serialised unless `parallel_calls` allows more). `log_results=False`: the
     caller logs each result (a Ray actor has no redact.log; the driver writes it)."""
 
     def __init__(self, detector: Any, cfg: RedactConfig, verifier: Any | None = None, log_results: bool = True) -> None:
@@ -390,7 +390,8 @@ class Redactor:
         self.cfg = cfg
         self.settings = cfg.settings(detector.version)
         self.settings_hash = cfg.settings_hash(detector.version)
-        self._lock = threading.Lock()
+        # at most the detector's `parallel_calls` overlap (one: calls are serialised)
+        self._slots = threading.BoundedSemaphore(parallel_calls(detector))
 
     def up_to_date(self, item: Item, in_sha: str) -> tuple[str, dict[str, Any]] | None:
         """('skipped'|'held', sidecar) when this input was already done with these settings."""
@@ -490,7 +491,7 @@ class Redactor:
         job.doc = doc = codec.decode(data, cfg.max_pixels)
         del data
         res.pages = len(doc.pages)
-        job.views = [None if (i == 0 and job.reviewed is not None) else codec.detector_views(page, doc.icc_profile)
+        job.views = [None if (i == 0 and job.reviewed is not None) else codec.detector_views(page, doc.page_icc(i))
                      for i, page in enumerate(doc.pages)]
 
     def _detect(self, job: "Job") -> None:
@@ -500,7 +501,7 @@ class Redactor:
             if views is None:
                 dets.append(job.reviewed)
                 continue
-            with self._lock:
+            with self._slots:
                 dets.append(detect_visible(self.detector, [views])[0].filter(floor))
         job.dets = dets
         job.views = None
@@ -603,7 +604,7 @@ class Redactor:
         out_doc = codec.decode(out_bytes, self.cfg.max_pixels)
         legible: list[dict[str, Any]] = []
         for i, (page, mask) in enumerate(zip(out_doc.pages, masks)):
-            readings = self.verifier.read_views(codec.detector_views(page, out_doc.icc_profile))
+            readings = self.verifier.read_views(codec.detector_views(page, out_doc.page_icc(i)))
             legible.extend({"page": i, **r.as_dict(masked=True)} for r in self.verifier.legible(readings, mask))
         return {"reader": self.verifier.version, "min_chars": self.verifier.min_chars,
                 "min_score": self.verifier.min_score, "remaining": len(legible), "legible": legible}
@@ -623,7 +624,7 @@ class Redactor:
             "height": doc.pages[0].height,
             "bit_depth": doc.bit_depth,
             "source_orientation": doc.orientation,
-            "icc_profile": bool(doc.icc_profile),
+            "icc_profile": any(doc.page_icc(i) for i in range(len(doc.pages))),
             "detector": {"name": getattr(self.detector, "name", ""), "version": self.detector.version,
                          "validation_coverage": (getattr(self.detector, "info", None) or {}).get("validation_coverage"),
                          "validation_source": (getattr(self.detector, "info", None) or {}).get("validation_source"),
@@ -711,6 +712,13 @@ def bundle_pass_options(path: str, scales: Sequence[float] | None = None) -> dic
     return {}
 
 
+def call_threads(workers: int) -> int:
+    """onnxruntime threads per detector call when `workers` calls may run at once: the cores
+    shared out (2 cores, 2 workers: one each)."""
+    cores = os.cpu_count() or 1
+    return max(1, cores // max(1, min(int(workers), cores)))
+
+
 def build_ppocr(**options: Any) -> Any:
     """redact's stock detector: one `PPOCRDetector` (one ONNX session) with `options`
     (`PPOCRConfig` fields; default `pass_options()`, redact's passes)."""
@@ -725,7 +733,8 @@ def run_local(redactor: Redactor, items: Iterable[Item], workers: int = 2,
               reviewed: dict[str, Detections] | None = None, fail_fast: bool = False,
               pipelined: bool = True) -> Iterator[Result]:
     """Results as they finish. Pipelined (default): `workers` threads decode, one thread runs
-    the detector, `workers` threads cover/encode/write, so the detector never waits for a
+    the detector (up to `workers` when it allows `parallel_calls`: a DB detector with one
+    onnxruntime thread per call), `workers` threads cover/encode/write, so the detector never waits for a
     decode or an encode; at most `2 * workers + 2` images are in flight (memory stays flat in the
     number of images). `pipelined=False`: each of `workers` threads runs whole images (the
     detector still serialised). Both give the same bytes (the same three stages)."""
@@ -739,7 +748,8 @@ def run_local(redactor: Redactor, items: Iterable[Item], workers: int = 2,
     stop = False
     closing = threading.Event()   # the consumer stopped (Ctrl-C, SIGTERM, an error): start nothing new
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="redact-decode") as decode, \
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="redact-detect") as detect, \
+            ThreadPoolExecutor(max_workers=min(workers, parallel_calls(redactor.detector)),
+                               thread_name_prefix="redact-detect") as detect, \
             ThreadPoolExecutor(max_workers=workers, thread_name_prefix="redact-encode") as encode:
         in_flight: set[Future] = set()
 

@@ -143,8 +143,11 @@ def redact_tree(input: str, output: str | Path, cfg: rr.RedactConfig = rr.Redact
     ws = (workspace() if callable(workspace) else workspace) if needs_workspace(detector, cfg, from_review) else None
     if isinstance(detector, str):
         detector, det_options = _resolve_detector(detector, ws, scales)
-        det = rr.build_ppocr(**det_options) if detector == "ppocr" else \
-            with_workspace_info(load_detector(detector, **det_options), ws)
+        local = det_options
+        if engine == "local" and "scales" in det_options:   # a DB detector: calls overlap, one core each
+            local = {**det_options, "threads": rr.call_threads(workers)}
+        det = rr.build_ppocr(**local) if detector == "ppocr" else \
+            with_workspace_info(load_detector(detector, **local), ws)
     elif engine == "ray":
         raise ValueError("--engine ray builds the detector in each actor: give a detector spec, not a detector")
     else:
