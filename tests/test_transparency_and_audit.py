@@ -261,6 +261,44 @@ def test_text_an_icc_profile_reveals_comes_out_unreadable(tmp_path, reader):
     assert not words_read(reader, managed(tmp_path / "out" / "c.png"))
 
 
+def test_each_tiff_page_is_looked_at_and_written_with_its_own_icc_profile(tmp_path, reader):
+    """A multi-page TIFF whose second page alone carries a text-revealing profile: the file's
+    profile used to be page 1's, for every page, so page 2 was looked at (and written) without
+    its own. Its words came out legible in a colour-managed viewer."""
+    import io
+    import struct
+
+    from PIL import ImageCms
+
+    from pipeline.redact.codec import scrub_icc
+
+    ramp = np.clip((np.arange(256) - 238) / 12, 0, 1)
+    values = [round(v * 65535) for v in ramp]
+    stretch = _rgb_profile(b"curv" + bytes(4) + struct.pack(f">I{len(values)}H", len(values), *values))
+    plain = np.full((SIZE[1], SIZE[0], 3), 235, np.uint8)
+    faint = np.full((SIZE[1], SIZE[0], 3), 250, np.uint8)
+    faint[text_mask()] = 244
+    src = tmp_path / "in"
+    src.mkdir()
+    with tifffile.TiffWriter(src / "two.tif") as tw:
+        tw.write(plain, photometric="rgb")
+        tw.write(faint, photometric="rgb", iccprofile=stretch)
+
+    def page_two_managed(path: Path) -> list[np.ndarray]:
+        with tifffile.TiffFile(path) as tf:
+            arr, icc = tf.pages[1].asarray(), bytes(tf.pages[1].tags[34675].value)
+        prof = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        return [np.asarray(ImageCms.profileToProfile(Image.fromarray(arr), prof, ImageCms.createProfile("sRGB")))]
+
+    assert words_read(reader, page_two_managed(src / "two.tif")) == set(WORDS)
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "-q", "redact", str(src), str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    with tifffile.TiffFile(tmp_path / "out" / "two.tif") as tf:
+        assert len(tf.pages) == 2 and 34675 not in tf.pages[0].tags      # page 1 still has none
+        assert bytes(tf.pages[1].tags[34675].value) == scrub_icc(stretch)  # page 2 keeps its own
+    assert not words_read(reader, page_two_managed(tmp_path / "out" / "two.tif"))
+
+
 def test_visible_views_of_an_opaque_image_is_the_image_itself():
     rgb = np.random.default_rng(0).integers(0, 255, (8, 9, 3), dtype=np.uint8)
     assert len(visible_views(rgb, None)) == 1

@@ -42,6 +42,8 @@ class Page:
     inverted: bool = False
     extrasamples: tuple[int, ...] = ()
     key: Any = None       # PNG tRNS colour key (RGB tuple or grey value): pixels of this value are transparent
+    icc: bytes | None = None   # this page's own ICC profile, scrubbed (TIFF pages each carry one;
+    #                            b"": none); None: the document's
 
     @property
     def height(self) -> int:
@@ -158,6 +160,11 @@ class Document:
     def bit_depth(self) -> int:
         dt = self.pages[0].array.dtype
         return 1 if dt == np.bool_ else dt.itemsize * 8
+
+    def page_icc(self, i: int) -> bytes | None:
+        """The ICC profile a viewer renders page `i` with: its own (a TIFF page's), else the file's."""
+        own = self.pages[i].icc
+        return (own if own is not None else self.icc_profile) or None
 
     def with_arrays(self, arrays: list[np.ndarray]) -> "Document":
         return replace(self, pages=[replace(p, array=a) for p, a in zip(self.pages, arrays)])
@@ -332,6 +339,8 @@ def _decode_tiff(data: bytes, max_pixels: int) -> Document:
         try:
             for page in tf.pages:
                 doc.pages.append(_tifffile_page(page, max_pixels))
+                own = page.tags.get(34675)   # each page has its own profile, or none
+                doc.pages[-1].icc = (scrub_icc(bytes(own.value)) if own is not None else None) or b""
                 doc.compressed = doc.compressed or int(page.compression) != 1
             ori = first.tags.get(274)
             doc.orientation = int(ori.value) if ori is not None else 1
@@ -361,6 +370,7 @@ def _decode_tiff(data: bytes, max_pixels: int) -> Document:
                 pdoc.orientation = int(im.getexif().get(0x0112, 1) or 1)
             page = _pillow_page(im)
             page.array = orient(page.array, pdoc.orientation)
+            page.icc = scrub_icc(im.info.get("icc_profile")) or b""
             pdoc.pages.append(page)
     return pdoc
 
@@ -634,8 +644,8 @@ def _encode_tiff(doc: Document) -> bytes:
             if p.channels > (4 if p.kind == "cmyk" else 3 if p.kind == "rgb" else 1):
                 kw["extrasamples"] = p.extrasamples or (2,) * (p.channels - (3 if p.kind == "rgb" else 1))
                 kw["planarconfig"] = "contig"
-            if doc.icc_profile:
-                kw["iccprofile"] = doc.icc_profile
+            if doc.page_icc(i):
+                kw["iccprofile"] = doc.page_icc(i)
             if doc.resolution.get("XResolution") and doc.resolution.get("YResolution"):
                 kw["resolution"] = (doc.resolution["XResolution"], doc.resolution["YResolution"])
                 if "ResolutionUnit" in doc.resolution:
