@@ -212,8 +212,8 @@ def child_throughput(spec: str, src: Path, out: Path, workers: int, pipelined: b
         pass
     shutil.rmtree(out, ignore_errors=True)
     shutil.rmtree(out.parent / f"{out.name}.audit", ignore_errors=True)
-    det = redact_detector(spec, workers)
     items, _, _ = plan(str(src), out)
+    det = redact_detector(spec, min(workers, len(items)))
     n = len(items)
     rss_quarter = math.nan
     import resource

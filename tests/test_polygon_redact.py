@@ -453,3 +453,6 @@ def test_ppocr_calls_overlap_on_one_thread_each_with_the_same_output(tmp_path, m
         outs[workers] = {p.name: p.read_bytes() for p in out.glob("*.png")}
     assert [d.parallel_calls for d in built] == [2, 1]    # one thread per call, then two per call
     assert outs[2] == outs[1] and len(outs[2]) == 4
+    assert redact_tree(str(src / "0.png"), tmp_path / "one.png", workers=2, detector="ppocr").redacted == 1
+    assert built[-1].parallel_calls == 1                  # one image alone gets both cores
+    assert (tmp_path / "one.png").read_bytes() == outs[2]["0.png"]

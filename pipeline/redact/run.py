@@ -714,7 +714,7 @@ def bundle_pass_options(path: str, scales: Sequence[float] | None = None) -> dic
 
 def call_threads(workers: int) -> int:
     """onnxruntime threads per detector call when `workers` calls may run at once: the cores
-    shared out (2 cores, 2 workers: one each)."""
+    shared out (2 cores, 2 workers: one each; one image alone gets every core)."""
     cores = os.cpu_count() or 1
     return max(1, cores // max(1, min(int(workers), cores)))
 

@@ -145,7 +145,7 @@ def redact_tree(input: str, output: str | Path, cfg: rr.RedactConfig = rr.Redact
         detector, det_options = _resolve_detector(detector, ws, scales)
         local = det_options
         if engine == "local" and "scales" in det_options:   # a DB detector: calls overlap, one core each
-            local = {**det_options, "threads": rr.call_threads(workers)}
+            local = {**det_options, "threads": rr.call_threads(min(workers, max(1, len(items))))}
         det = rr.build_ppocr(**local) if detector == "ppocr" else \
             with_workspace_info(load_detector(detector, **local), ws)
     elif engine == "ray":
