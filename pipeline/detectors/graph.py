@@ -230,14 +230,14 @@ def _hardswish(g: _Graph) -> bool:
 
 
 def _channels(model: Any) -> dict[str, int]:
-    """Channel count (dim 1) of every 4-D tensor whose channels shape inference can tell."""
+    """Channel count (dim 1) of every 4-D float tensor whose channels shape inference can tell."""
     import onnx
 
     inferred = onnx.shape_inference.infer_shapes(model)
     out = {}
     for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
         dims = vi.type.tensor_type.shape.dim
-        if len(dims) == 4 and dims[1].HasField("dim_value"):
+        if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT and len(dims) == 4 and dims[1].HasField("dim_value"):
             out[vi.name] = int(dims[1].dim_value)
     return out
 
