@@ -613,11 +613,14 @@ def test_a_machine_that_slows_down_moves_the_schedule_end_earlier(tiny: dict, tm
 
     cfg = _cfg(tmp_path / "run", epochs=40, steps_per_epoch=10, warmup_steps=2, budget_minutes=0.75)
     ends: list[int] = []
+    calls: list[float] = []
 
     def slow_down(step: int, total: int, info: dict) -> None:
-        if total < 400:                    # fitted: from now on every step costs 0.15 s more
-            ends.append(total)
-            time.sleep(0.15)
+        if total >= 400:                   # not fitted yet: this machine's pace
+            calls.append(time.monotonic())
+            return
+        ends.append(total)                 # fitted: from now on every step costs twice as much
+        time.sleep(max(0.15, float(np.median(np.diff(calls))) if len(calls) > 1 else 0.15))
 
     r = train(cfg, tiny["train"], (), tiny["val"], progress=slow_down)
     assert ends and min(ends) < ends[0]                      # refitted to the slower pace
