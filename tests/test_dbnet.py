@@ -630,8 +630,10 @@ def test_a_machine_that_slows_down_moves_the_schedule_end_earlier(tiny: dict, tm
 
 def test_a_fitted_schedule_survives_ctrl_c_and_resume(tiny: dict, tmp_path: Path) -> None:
     """The schedule's end, once fitted to the budget, is part of the checkpoint: a run stopped by
-    Ctrl-C and resumed without a budget anneals to the same step."""
-    cfg = _cfg(tmp_path / "run", epochs=100, steps_per_epoch=10, warmup_steps=2, budget_minutes=0.75)
+    Ctrl-C and resumed without a budget anneals to the same step (no early stop: where the
+    fitted end falls depends on the machine's pace, and three epochs without a better score
+    stopped a run at step 40 of 42)."""
+    cfg = _cfg(tmp_path / "run", epochs=100, steps_per_epoch=10, warmup_steps=2, budget_minutes=0.75, patience=1000)
     seen: dict[str, int] = {}
 
     def stop(step: int, total: int, info: dict) -> None:
