@@ -75,6 +75,13 @@ def is_bug(exc: BaseException) -> bool:
 
 # --- hashes ---------------------------------------------------------------------------------
 
+def cache_dir() -> Path:
+    """`${XDG_CACHE_HOME:-~/.cache}/textloop`: derived files that can always be rebuilt (the
+    convertible and the folded copies of a detector's ONNX)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "textloop"
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     """Content id of a file (the workspace image id)."""
     h = hashlib.sha256()

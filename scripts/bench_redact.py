@@ -145,14 +145,14 @@ def build_detector(spec: str, threads: int = 2):
 
 
 def redact_detector(spec: str, workers: int):
-    """The detector as `redact --workers N` builds it: DB detectors (stock and tuned) with
-    `run.call_threads(N)` onnxruntime threads per call, so N calls overlap."""
+    """The detector as `redact --workers N` builds it (`run.local_options`: a DB detector's calls
+    overlap, each with its share of the cores)."""
     from pipeline.detectors import load_detector
-    from pipeline.redact.run import call_threads
+    from pipeline.redact.run import local_options, pass_options
 
     if spec == "floor" or spec.startswith("fasterrcnn"):
         return build_detector(spec)
-    threads = call_threads(workers)
+    threads = local_options(pass_options(), workers)["threads"]
     return named_detector(spec, load_detector("ppocr", threads=threads), threads=threads)
 
 
@@ -194,7 +194,7 @@ def named_detector(spec: str, stock: Any = None, threads: int | None = None):
         det = load_detector("ppocr", model_path=model, **({"threads": threads} if threads else {}))
         return det if spec == "ppocr-int8" else det.with_options(**pass_options())
     opts = bundle_pass_options(spec)   # a bundle, with the passes redact gives it
-    if threads and "scales" in opts:
+    if threads and "scales" in opts:   # a db bundle: the threads `redact_detector` chose
         opts["threads"] = threads
     return load_detector(spec, **opts)
 

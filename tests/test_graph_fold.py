@@ -5,6 +5,7 @@ wrong fold."""
 from __future__ import annotations
 
 import collections
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -129,3 +130,40 @@ def test_a_graph_the_rules_do_not_know_runs_as_given(caplog: pytest.LogCaptureFi
         opset_imports=[helper.make_opsetid("", 13)])
     x = rng.normal(size=(1, 3, 4, 4)).astype(np.float32)
     np.testing.assert_array_equal(run(folded_bytes(plain.SerializeToString()), x), np.maximum(x, 0))
+
+
+def test_the_folded_copy_is_cached_so_a_later_detector_starts_without_onnx(tmp_path) -> None:
+    """Making the folded graph imports `onnx` (~1.6 s); a later process reads the cached copy, and
+    a damaged cached copy still gives a working detector (the graph as shipped, and a warning)."""
+    import os
+    import subprocess
+    import sys
+
+    from pipeline.detectors.graph import FOLD_VERSION
+
+    code = (
+        "import sys, logging, numpy as np\n"
+        "logging.basicConfig(level=logging.WARNING)\n"
+        "from pipeline.detectors.ppocr import PPOCRDetector\n"
+        "from tests.test_ppocr import render\n"
+        "arr, _ = render('LOT 2024-117', (360, 140), (20, 50), px=30)\n"
+        "(d,) = PPOCRDetector(threads=1).detect([arr])\n"
+        "print(len(d), 'onnx' in sys.modules)\n")
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
+    repo = Path(__file__).resolve().parents[1]
+
+    def run_once() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", code], env=env, cwd=repo, capture_output=True, text=True, timeout=300)
+
+    first = run_once()
+    assert first.returncode == 0, first.stderr
+    cached = list((tmp_path / "cache" / "textloop").glob(f"db-folded-v{FOLD_VERSION}-*.onnx"))
+    assert len(cached) == 1 and ops(cached[0].read_bytes())["Div"] == 0
+    second = run_once()
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.split() == [first.stdout.split()[0], "False"]   # same finds, no onnx import
+    assert int(first.stdout.split()[0]) >= 1
+    cached[0].write_bytes(b"damaged")
+    third = run_once()
+    assert third.returncode == 0, third.stderr
+    assert third.stdout.split()[0] == first.stdout.split()[0] and "did not load" in third.stderr

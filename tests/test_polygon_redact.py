@@ -437,6 +437,8 @@ def test_ppocr_calls_overlap_on_one_thread_each_with_the_same_output(tmp_path, m
 
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     assert rr.call_threads(2) == 1 and rr.call_threads(1) == 2 and rr.call_threads(8) == 1
+    assert rr.local_options(rr.pass_options(), 2)["threads"] == 1
+    assert rr.local_options({}, 2) == {}          # Faster R-CNN: its own threads, calls one at a time
     assert PPOCRDetector(threads=1).parallel_calls == 2 and PPOCRDetector(threads=2).parallel_calls == 1
     src = tmp_path / "in"
     src.mkdir()

@@ -30,7 +30,8 @@ def redact_cmd(
     shape: str = typer.Option("polygon", help="polygon (default): DB's rotated quads grown along their own axes | box: their axis-aligned enclosing boxes."),
     color: str = typer.Option("black", help="Fill colour: name, #rrggbb or r,g,b."),
     quality: int = typer.Option(95, min=1, max=100, help="JPEG/WebP quality of lossy outputs."),
-    workers: int = typer.Option(2, min=1, help="Images in flight (local threads or Ray actors)."),
+    workers: int = typer.Option(2, min=1, max=256, help="Images in flight (local threads or Ray actors); a DB "
+                                "detector runs up to this many at once, the cores shared between them."),
     engine: str = typer.Option("local", help="local | ray (Ray Data; RAY_ADDRESS or a local instance)."),
     force: bool = typer.Option(False, "--force", help="Redo images already done with the same settings."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Detect and report; write nothing."),

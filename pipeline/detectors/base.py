@@ -31,10 +31,7 @@ def parallel_calls(detector: object) -> int:
     """How many threads may call `detector.detect` at once: its `parallel_calls` (a detector that
     shares only a thread-safe session between calls, each on its own cores), else 1 (calls are
     serialised: torch models set process-wide thread counts and use every core for one image)."""
-    try:
-        return max(1, int(getattr(detector, "parallel_calls", 1)))
-    except (TypeError, ValueError):
-        return 1
+    return max(1, int(getattr(detector, "parallel_calls", 1)))
 
 
 def merge_views(dets: Sequence[Detections]) -> Detections:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -32,17 +31,11 @@ import numpy as np
 
 from pipeline.detectors.graph import constants_to_initializers
 from pipeline.detectors.ppocr import PPOCRConfig, PPOCRDetector, config_version, default_model_path
-from pipeline.io import sha256_bytes, sha256_file, sha256_json
+from pipeline.io import cache_dir, sha256_bytes, sha256_file, sha256_json
 
 log = logging.getLogger(__name__)
 
 OPSET = 17
-
-
-def cache_dir() -> Path:
-    """`${XDG_CACHE_HOME:-~/.cache}/textloop`: derived files that can always be rebuilt."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "textloop"
 
 
 def fixed_onnx(source: str | Path | None = None) -> Path:

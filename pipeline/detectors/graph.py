@@ -14,11 +14,14 @@ changes around them.
 - any other `x * s + b` (before a padded depthwise conv) -> a 1x1 depthwise Conv, which stays in
   onnxruntime's blocked (NCHWc) layout instead of leaving it for two element-wise ops.
 
-Measured on a 1024x768 input, one thread, AVX2 (`scripts/bench_redact.py` has the whole path):
-0.66 -> 0.42 CPU-s per pass, median of 25.
+`scripts/bench_graph.py` (a 1024x768 input, AVX2 host, median of 25): one pass 0.62 -> 0.49
+CPU-s on one thread, 1.01 -> 0.63 on two.
 
 The same graph comes out of `torch.onnx.export` of a tuned network (with `Constant` and
 `Identity` nodes around the parameters, resolved first), so stock and tuned models both gain.
+
+Importing `onnx` alone takes ~1.6 s, so the folded copy is kept in the user cache (`io.cache_dir`,
+keyed by the source's sha256 and `FOLD_VERSION`): after the first run a detector starts without it.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from typing import Any
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+FOLD_VERSION = 1   # bump when a rule changes: cached folded copies are then made again
 
 
 def constants_to_initializers(model: Any) -> int:
@@ -187,11 +192,11 @@ def _affine_before_pointwise(g: _Graph) -> bool:
         convs = g.readers.get(add.output[0], [])
         if b is None or not convs or add.output[0] in g.outputs or not all(_pointwise(c, add.output[0], g) for c in convs):
             continue
-        for conv in convs:
+        biases = [_conv_bias(g, c, g.init[c.input[1]].shape[0]) for c in convs]
+        if any(bias is None for bias in biases):   # a computed bias: leave all of them as they are
+            continue
+        for conv, bias in zip(convs, biases):
             w = g.init[conv.input[1]]
-            bias = _conv_bias(g, conv, w.shape[0])
-            if bias is None:
-                return False
             conv.input[:] = [x, g.new_const(conv.input[1], w * s),
                              g.new_const(conv.output[0] + "_bias", bias + b * w.sum(axis=(1, 2, 3)))]
         g.nodes.remove(mul)
@@ -294,12 +299,19 @@ def fold(model: Any) -> dict[str, int]:
 
 @functools.lru_cache(maxsize=4)
 def folded_bytes(data: bytes) -> bytes:
-    """The serialized ONNX `data` with `fold` applied: what a detector's session loads. A graph
-    the rules cannot read (someone's own ONNX) is logged and loaded as it is: the rewrites are a
-    speed-up, never a condition for running."""
-    import onnx
+    """The serialized ONNX `data` with `fold` applied: what a detector's session loads, from the
+    user cache when an earlier run made it. A graph the rules cannot read (someone's own ONNX) is
+    logged and loaded as it is: the rewrites are a speed-up, never a condition for running."""
+    from pipeline.io import atomic_write_bytes, cache_dir, sha256_bytes
 
+    cached = cache_dir() / f"db-folded-v{FOLD_VERSION}-{sha256_bytes(data)[:24]}.onnx"
     try:
+        return cached.read_bytes()
+    except OSError:
+        pass
+    try:
+        import onnx
+
         model = onnx.load_from_string(data)
         counts = fold(model)
         out = model.SerializeToString()
@@ -307,4 +319,8 @@ def folded_bytes(data: bytes) -> bytes:
         log.warning("ONNX graph not folded (%s: %s); running it as given", type(exc).__name__, exc)
         return data
     log.debug("folded the DB graph: %s", counts)
+    try:
+        atomic_write_bytes(cached, out)
+    except OSError as exc:   # a read-only home: fold again next time
+        log.debug("folded graph not cached at %s: %s", cached, exc)
     return out

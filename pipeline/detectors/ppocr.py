@@ -21,6 +21,7 @@ class with another ONNX (`model_path`, or `model_bytes` from a bundle) and its o
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import numbers
 import os
@@ -31,12 +32,13 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.detectors.graph import folded_bytes
-
 from pipeline.boxes import Detections, quad_thickness, quad_to_xyxy
 from pipeline.config import check_number
+from pipeline.detectors.graph import folded_bytes
 from pipeline.detectors.tiling import Tiler, merge_boxes
-from pipeline.io import sha256_json
+from pipeline.io import one_line, sha256_json
+
+log = logging.getLogger(__name__)
 
 BASE_VERSION = "ppocr-v4-det"
 
@@ -186,13 +188,12 @@ class PPOCRDetector:
 
         self._maps: dict[bytes, np.ndarray] | None = None   # see cache_maps
         self._session = None
-        self._intra = 0
         if session:
             import onnxruntime as ort
 
             opts = ort.SessionOptions()
             opts.log_severity_level = 4
-            self._intra = opts.intra_op_num_threads = max(1, min(int(config.threads), os.cpu_count() or 1))
+            opts.intra_op_num_threads = self._call_threads()
             opts.inter_op_num_threads = 1
             # no busy-waiting between ops: decode/encode threads get the cores, CPU-s stay honest
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -202,8 +203,12 @@ class PPOCRDetector:
                 if not model.exists():
                     raise FileNotFoundError(f"{model}: PP-OCR detection model not found (is rapidocr-onnxruntime installed?)")
                 model_bytes = model.read_bytes()
-            self._session = ort.InferenceSession(folded_bytes(model_bytes), sess_options=opts,
-                                                 providers=["CPUExecutionProvider"])
+            try:
+                self._session = ort.InferenceSession(folded_bytes(model_bytes), sess_options=opts,
+                                                     providers=["CPUExecutionProvider"])
+            except Exception as exc:  # noqa: BLE001 - e.g. a damaged cached copy: the graph as given
+                log.warning("folded ONNX graph did not load (%s); running it as given", one_line(exc)[:200])
+                self._session = ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
             self._input = self._session.get_inputs()[0].name
         self._post = self._make_post(config)
 
@@ -214,7 +219,11 @@ class PPOCRDetector:
         one thread beat one call of two on two cores: 3.2 vs 2.6 images/s, README Pace)."""
         if self._session is None:
             return 1
-        return max(1, (os.cpu_count() or 1) // self._intra)
+        return max(1, (os.cpu_count() or 1) // self._call_threads())
+
+    def _call_threads(self) -> int:
+        """onnxruntime intra-op threads of one call: `threads`, at most the cores."""
+        return max(1, min(int(self.config.threads), os.cpu_count() or 1))
 
     @staticmethod
     def _make_post(config: PPOCRConfig) -> object:

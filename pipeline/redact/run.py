@@ -719,6 +719,13 @@ def call_threads(workers: int) -> int:
     return max(1, cores // max(1, min(int(workers), cores)))
 
 
+def local_options(options: dict[str, Any], workers: int) -> dict[str, Any]:
+    """A detector's options (`pass_options` / `bundle_pass_options`) for the local engine running
+    `workers` images at once: a DB detector (its options always name `scales`) gets
+    `call_threads(workers)` threads per call, so its calls overlap; others are left as they are."""
+    return {**options, "threads": call_threads(workers)} if "scales" in options else dict(options)
+
+
 def build_ppocr(**options: Any) -> Any:
     """redact's stock detector: one `PPOCRDetector` (one ONNX session) with `options`
     (`PPOCRConfig` fields; default `pass_options()`, redact's passes)."""

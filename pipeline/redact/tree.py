@@ -143,9 +143,7 @@ def redact_tree(input: str, output: str | Path, cfg: rr.RedactConfig = rr.Redact
     ws = (workspace() if callable(workspace) else workspace) if needs_workspace(detector, cfg, from_review) else None
     if isinstance(detector, str):
         detector, det_options = _resolve_detector(detector, ws, scales)
-        local = det_options
-        if engine == "local" and "scales" in det_options:   # a DB detector: calls overlap, one core each
-            local = {**det_options, "threads": rr.call_threads(min(workers, max(1, len(items))))}
+        local = rr.local_options(det_options, min(workers, max(1, len(items)))) if engine == "local" else det_options
         det = rr.build_ppocr(**local) if detector == "ppocr" else \
             with_workspace_info(load_detector(detector, **local), ws)
     elif engine == "ray":
