@@ -444,7 +444,8 @@ def rank_workspace(ws, detector, run: RankRun = RankRun(), committee_detector=No
         batch = pick_batch(df, run, group_of, embeddings, labelled_groups)
         pos = {iid: k + 1 for k, iid in enumerate(batch)}
         df["batch_strategy"] = run.strategy
-        df["batch_rank"] = [pos.get(i) for i in df["image_id"]]
+        # nullable integers: the CSV says 3, not 3.0, and the rest of the pool stays empty
+        df["batch_rank"] = df["image_id"].map(pos).astype("Int64")
         df = df.sort_values(["batch_rank", f"score_{run.strategy}"], ascending=[True, False], na_position="last",
                             ignore_index=True)
 

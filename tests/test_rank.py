@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from pipeline.boxes import Detections
@@ -112,7 +113,11 @@ def test_rank_workspace_writes_table_and_diverse_batch(tmp_path) -> None:
     assert "dark.png" not in batch
     assert not {"bright.png", "bright_small.jpg"} <= set(batch)      # never both near-duplicates
     assert "other_bright.png" in batch
-    assert (ws.reports_dir / "ranking.csv").exists()
+    import csv
+
+    with open(ws.reports_dir / "ranking.csv", newline="") as f:   # ranks a spreadsheet sorts on: 1, 2, then empty
+        ranks = [r["batch_rank"] for r in csv.DictReader(f)]
+    assert ranks == ["1", "2", "", ""]
     with ws.catalog() as cat:  # predictions are stored, so push sends exactly what was ranked
         assert cat.scalar("SELECT COUNT(*) FROM predictions WHERE model_version = 'fake-v1'") == 4
         assert cat.scalar("SELECT status FROM iterations WHERE step = 'rank'") == "done"
@@ -130,7 +135,7 @@ def test_rank_workspace_writes_table_and_diverse_batch(tmp_path) -> None:
         cat.set_status(ids["bright.png"], "labelled")
     third = rank_workspace(ws, BoxesByBrightness(), RankRun(strategy="uncertainty", top=2, committee=None)).frame
     copy = third[third["image_id"] == ids["bright_small.jpg"]].iloc[0]
-    assert bool(copy["duplicate_of_labelled"]) and copy["batch_rank"] != copy["batch_rank"]   # NaN: not in the batch
+    assert bool(copy["duplicate_of_labelled"]) and pd.isna(copy["batch_rank"])   # not in the batch
     order = batch_from_ranking(load_ranking(ws), "uncertainty", 3)
     assert order[-1] == ids["bright_small.jpg"] and names[order[0]] == "other_bright.png"
     # a stored copy damaged after its predictions were stored is not ranked on them (it led the

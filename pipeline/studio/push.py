@@ -121,7 +121,7 @@ def ranking_facts(ws: Workspace, strategy: str | None = None) -> dict[str, dict[
             "rank_reason": _plain(r.get("reason")),
             "duplicate_group": _plain(r.get("duplicate_group", r.get("cluster"))),
         }
-    for f in facts.values():  # batch_rank is a float column in parquet (NaN for the rest)
+    for f in facts.values():  # tables from before 2026-12-05 hold batch_rank as floats (NaN for the rest)
         if isinstance(f["rank_batch"], float):
             f["rank_batch"] = int(f["rank_batch"])
     return facts
