@@ -8,7 +8,10 @@ tree means the same to each:
 - Glob patterns (`redact "in/**/*.png"`) get the same checks (`iter_glob`).
 
 - Regular files are listed (depth first, names sorted). Names starting with "." (hidden files
-  and folders, our own temp files) are skipped.
+  and folders, our own temp files) are not listed. In a full listing (`extensions=None`) a
+  hidden folder, or a hidden file named as an image, is reported as `Skipped` (`hidden`) and
+  `triage` names it among the ignored files: `.scan.jpg` left out of a redacted copy must not
+  go unmentioned. Other hidden files (`.DS_Store`) stay silent.
 - A symlink (to a file or a folder) is followed when it resolves inside the tree being listed.
   Each real folder is listed once, under its real path when it is in the tree (so a link cycle
   ends, and a link to a sibling folder does not list its files twice); a linked file is listed
@@ -50,7 +53,7 @@ class Skipped:
 
     path: Path
     rel: str
-    reason: str      # not_a_regular_file | outside_tree | dangling_symlink | unreadable
+    reason: str      # not_a_regular_file | outside_tree | dangling_symlink | unreadable | hidden
     detail: str
 
 
@@ -126,6 +129,7 @@ def iter_image_files(root: str | Path, extensions: Collection[str] | None = None
     exts = None if extensions is None else {e.lower() for e in extensions}
     visited: set[tuple[int, int]] = set()
     linked_dirs: list[tuple[Path, str]] = []   # in-tree folder links, walked after the real tree
+    hidden_dirs: list[tuple[Path, str]] = []
 
     def wanted(name: str) -> bool:
         return exts is None or os.path.splitext(name)[1].lower() in exts
@@ -146,10 +150,16 @@ def iter_image_files(root: str | Path, extensions: Collection[str] | None = None
             yield Skipped(folder, rel or ".", "unreadable", exc.strerror or str(exc))
             return
         for e in entries:
-            if e.name.startswith("."):
-                continue
             path = Path(e.path)
             erel = f"{rel}/{e.name}" if rel else e.name
+            if e.name.startswith("."):
+                if exts is not None:
+                    continue
+                if _is_real_dir(e):   # named at the end unless a link in the tree lists it
+                    hidden_dirs.append((path, erel))
+                elif is_image_name(e.name):
+                    yield Skipped(path, erel, "hidden", "hidden name (starts with '.'); not listed")
+                continue
             try:
                 if e.is_symlink():
                     try:
@@ -194,6 +204,20 @@ def iter_image_files(root: str | Path, extensions: Collection[str] | None = None
     while linked_dirs:  # folders reached only through links (e.g. to a hidden folder): once each
         path, rel = linked_dirs.pop(0)
         yield from walk(path, rel)
+    for path, rel in hidden_dirs:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) not in visited and not is_excluded(os.path.realpath(path)):
+            yield Skipped(path, rel, "hidden", "hidden folder (name starts with '.'); not listed")
+
+
+def _is_real_dir(e: os.DirEntry) -> bool:
+    try:
+        return e.is_dir(follow_symlinks=False)
+    except OSError:
+        return False
 
 
 def is_image_name(name: str) -> bool:
@@ -207,19 +231,22 @@ class Triage:
 
     images: list[Listed]       # to process
     problems: list[Skipped]    # images (or folders) that could not be taken: reported as errors
-    ignored: list[Path]        # files not named as images: left out, and named so the user knows
+    ignored: list[Path]        # files not named as images, hidden images and folders: left out, and named
 
 
 def triage(entries: Iterable[Listed | Skipped]) -> Triage:
     """The one rule `harvest` and `redact` apply to a full listing (`iter_image_files(root,
     None)` or `iter_glob`): images are processed, a skipped image or folder is a problem, and
-    anything else (notes.txt, a dangling link named .csv) is ignored and named, not silently lost."""
+    anything else (notes.txt, a dangling link named .csv, a hidden image or folder) is ignored and
+    named, not silently lost."""
     images: list[Listed] = []
     problems: list[Skipped] = []
     ignored: list[Path] = []
     for e in entries:
         image = is_image_name(e.rel)
-        if isinstance(e, Skipped) and (image or not os.path.splitext(e.rel)[1]):
+        if isinstance(e, Skipped) and e.reason == "hidden":
+            ignored.append(e.path)
+        elif isinstance(e, Skipped) and (image or not os.path.splitext(e.rel)[1]):
             problems.append(e)
         elif not image:
             ignored.append(e.path)

@@ -28,8 +28,9 @@ def _tree(tmp_path: Path) -> Path:
     _img(src / "b.JPG", "JPEG")
     _img(src / "c.jpe", "JPEG")          # was taken by redact only: every stage takes it now
     _img(src / "sub" / "d.webp", "WEBP")
-    _img(src / ".hidden.png")            # hidden: never listed
-    _img(src / ".cache" / "e.png")       # inside a hidden folder: never listed
+    _img(src / ".hidden.png")            # hidden: never listed, but named among the ignored
+    _img(src / ".cache" / "e.png")       # inside a hidden folder: never listed (the folder is named)
+    (src / ".DS_Store").write_bytes(b"\0")   # hidden and not an image: silent
     (src / "notes.txt").write_text("not an image")
     os.mkfifo(src / "pipe.png")          # a FIFO with an image name: reported, never opened
     _img(tmp_path / "outside.png")
@@ -46,14 +47,23 @@ def test_every_stage_takes_the_same_images(tmp_path):
     ignored: list[str] = []
     items, rejects = expand_sources([str(src)], ignored)
     assert sorted(Path(i.source).relative_to(src).as_posix() for i in items) == EXPECTED
-    assert [Path(p).name for p in ignored] == ["notes.txt"]    # named, as redact names it (below)
+    # named, as redact names it (below): a hidden scan left out of a redacted copy is not a secret
+    assert sorted(Path(p).name for p in ignored) == [".cache", ".hidden.png", "notes.txt"]
     assert {Path(r.source).name: r.reason for r in rejects} == {
         "pipe.png": "not_a_regular_file", "leak.png": "outside_tree", "gone.png": "dangling_symlink"}
     assert sorted(rel for _, rel in list_image_files([src])) == EXPECTED
     assert sorted(p.relative_to(src).as_posix() for p in list_images(src)) == EXPECTED
     plan = plan_input(str(src), tmp_path / "out")
     assert sorted(it.rel for it in plan.items) == EXPECTED
-    assert [Path(p).name for p in plan.ignored] == ["notes.txt"]
+    assert sorted(Path(p).name for p in plan.ignored) == [".cache", ".hidden.png", "notes.txt"]
+
+
+def test_a_hidden_folder_reached_through_a_link_is_listed_not_ignored(tmp_path):
+    src = tmp_path / "in"
+    _img(src / ".raw" / "e.png")
+    (src / "raw").symlink_to(src / ".raw")
+    plan = plan_input(str(src), tmp_path / "out")
+    assert [it.rel for it in plan.items] == ["raw/e.png"] and plan.ignored == []
 
 
 def test_redact_glob_input_follows_the_same_rule(tmp_path):
