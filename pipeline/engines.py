@@ -82,6 +82,14 @@ def stop_ray() -> None:
         ray.shutdown()
 
 
+def call_threads(workers: int) -> int:
+    """Threads per detector call when `workers` calls (threads of one process, or Ray actors on
+    this machine) run at once: the cores shared out (2 cores, 2 workers: one each; one alone
+    gets every core). Two actors of two threads each on two cores ran slower than one."""
+    cores = os.cpu_count() or 1
+    return max(1, cores // max(1, min(int(workers), cores)))
+
+
 class SpecFactory:
     """Picklable recipe for a detector, built inside each actor: `load_detector(spec, **options)`.
 
@@ -90,7 +98,9 @@ class SpecFactory:
     workspace (and a SQLite catalog on a shared filesystem) on a node that lacked it and quietly
     ran stock ppocr, whose boxes the driver then stored under the tuned model's version. The
     actor's detector must have the driver's version, else it stops. `info` (the model's
-    validation numbers from the registry) is what the driver's detector reports."""
+    validation numbers from the registry) is what the driver's detector reports. `cpus`: what
+    an actor reserves from Ray, the threads its detector runs (`threads`, every detector kind
+    takes it), so actors never oversubscribe a node's cores."""
 
     def __init__(self, spec: str, options: dict[str, Any] | None = None, info: dict[str, Any] | None = None,
                  version: str | None = None) -> None:
@@ -99,14 +109,21 @@ class SpecFactory:
         self.spec, self.options, self.info, self.version = spec, dict(options or {}), dict(info or {}), version
 
     @classmethod
-    def of(cls, spec: str, detector: Any, options: dict[str, Any] | None = None, ws: Any = None) -> "SpecFactory":
-        """The recipe for `detector`, loaded on the driver from `spec` (resolved in `ws`)."""
+    def of(cls, spec: str, detector: Any, options: dict[str, Any] | None = None, ws: Any = None,
+           workers: int = 1) -> "SpecFactory":
+        """The recipe for `detector`, loaded on the driver from `spec` (resolved in `ws`), for
+        `workers` actors: each gets `call_threads(workers)` threads unless `options` name them."""
         from pipeline.bundle import resolve_detector
 
         spec = resolve_detector(spec, ws)
         if spec != "ppocr":
             spec = os.path.abspath(spec)   # an actor's working directory is not the driver's
+        options = {"threads": call_threads(workers), **(options or {})}
         return cls(spec, options, getattr(detector, "info", None), str(detector.version))
+
+    @property
+    def cpus(self) -> float:
+        return float(self.options.get("threads") or 1)
 
     def __call__(self) -> Any:
         from pipeline.detectors import load_detector
@@ -120,15 +137,24 @@ class SpecFactory:
 
 
 def map_actors(actor: type, actor_kwargs: dict[str, Any], rows: Sequence[dict[str, Any]], workers: int = 2,
-               batch_size: int = 4, cpus_per_actor: float = 1.0) -> Iterator[dict[str, Any]]:
+               batch_size: int = 4, cpus_per_actor: float | None = None) -> Iterator[dict[str, Any]]:
     """Stream `actor(**actor_kwargs)(batch)` over `rows` on `workers` Ray actors; yields the
     output rows as Ray delivers them (order not guaranteed). An actor's `__call__` takes a
-    numpy batch (dict of column arrays) and returns a dict of equal-length columns."""
+    numpy batch (dict of column arrays) and returns a dict of equal-length columns. Each actor
+    reserves `cpus_per_actor` CPUs (default: its `factory`'s `cpus`, else 1)."""
+    if cpus_per_actor is None:
+        cpus_per_actor = float(getattr(actor_kwargs.get("factory"), "cpus", 1.0))
     if not rows:
         return iter(())
     import ray.data
 
     init_ray()
+    # never more than the largest node holds (the driver's cores may exceed a worker node's):
+    # an actor asking for more would wait forever
+    import ray
+
+    node_cpus = [float(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
+    cpus_per_actor = max(0.5, min(cpus_per_actor, max(node_cpus, default=1.0) or 1.0))
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ds = ray.data.from_items(list(rows), override_num_blocks=max(1, min(len(rows), 64)))

@@ -46,6 +46,24 @@ def test_spec_factory_is_picklable_and_builds_the_detector():
     assert SpecFactory("ppocr", {"scales": (1.0, 2.0)})().config.refine == "image"
 
 
+def test_actors_share_the_cores_out_instead_of_oversubscribing_them(monkeypatch):
+    """Two actors of two onnxruntime threads each on two cores: each actor now runs (and
+    reserves from Ray) the cores shared out, and a user's `-o threads=N` still wins."""
+    import os
+
+    from pipeline.detectors import load_detector
+
+    det = load_detector("ppocr")
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    for workers, threads in ((1, 8), (2, 4), (3, 2), (8, 1), (32, 1)):
+        f = SpecFactory.of("ppocr", det, {}, workers=workers)
+        assert f.options["threads"] == threads and f.cpus == threads
+    assert SpecFactory.of("ppocr", det, {"threads": 3}, workers=8).cpus == 3
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    built = SpecFactory.of("ppocr", det, {"scales": (1.0,)}, workers=2)()
+    assert built.config.threads == 1 and built.parallel_calls == 2
+
+
 def test_an_actor_never_opens_the_workspace_and_stops_on_another_model(tmp_path, monkeypatch):
     """Actors resolved `current` in the workspace themselves: on a node without it they created
     an empty one and ran stock ppocr, stored under the tuned model's version. The driver now

@@ -103,7 +103,7 @@ def predict_cmd(
     det_opts = parse_options(option)
     det = open_detector(st, detector, det_opts)
     ws = st.existing_ws() if images else st.read_ws()   # predicting files never creates a workspace
-    factory = SpecFactory.of(detector, det, det_opts, ws) if engine == "ray" else None
+    factory = SpecFactory.of(detector, det, det_opts, ws, workers) if engine == "ray" else None
     common = dict(out=out, threshold=threshold, batch_size=batch_size, engine=engine, factory=factory, workers=workers,
                   max_pixels=max_pixels)
     try:

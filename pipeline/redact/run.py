@@ -30,6 +30,7 @@ import numpy as np
 from pipeline.boxes import Detections, line_bridges, quads_json, area as box_area
 from pipeline.config import check_number
 from pipeline.detectors.base import detect_visible, parallel_calls
+from pipeline.engines import call_threads
 from pipeline.io import LineFormatter, UnwritableError, atomic_open, atomic_write_bytes, describe_error, is_bug, atomic_write_text, is_atomic_temp, sha256_bytes, sha256_file, sha256_json
 from pipeline.imaging import ImageRejected
 from pipeline.listing import MAX_LISTED_IGNORED, Listed, Skipped, file_problem, iter_glob, iter_image_files, triage
@@ -710,13 +711,6 @@ def bundle_pass_options(path: str, scales: Sequence[float] | None = None) -> dic
     if scales:
         raise ValueError("--scales applies to DB detectors only (ppocr and tuned db models)")
     return {}
-
-
-def call_threads(workers: int) -> int:
-    """onnxruntime threads per detector call when `workers` calls may run at once: the cores
-    shared out (2 cores, 2 workers: one each; one image alone gets every core)."""
-    cores = os.cpu_count() or 1
-    return max(1, cores // max(1, min(int(workers), cores)))
 
 
 def local_options(options: dict[str, Any], workers: int) -> dict[str, Any]:

@@ -199,7 +199,7 @@ def redact_tree(input: str, output: str | Path, cfg: rr.RedactConfig = rr.Redact
                 if not ray_available():
                     raise ValueError("--engine ray needs Ray: pip install 'textloop[ray]' (or pip install 'ray[data]')")
                 vf = Reader if cfg.verify else None   # each actor builds its own reader
-                stream = run_ray(SpecFactory.of(detector, det, det_options), cfg, items, workers,
+                stream = run_ray(SpecFactory.of(detector, det, det_options, workers=workers), cfg, items, workers,
                                  verifier_factory=vf, reviewed=reviewed)
             else:
                 redactor = rr.Redactor(det, cfg, verifier)
