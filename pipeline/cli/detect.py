@@ -80,7 +80,7 @@ def predict_cmd(
                                      "e.g. -o max_side=1500 -o scales=1,2 for ppocr."),
     engine: str = typer.Option("local", help="local | ray (Ray Data actors; RAY_ADDRESS or a local instance). "
                                "The catalog is written by this process."),
-    workers: int = typer.Option(2, min=1, help="Ray actors (with --engine ray)."),
+    workers: int = typer.Option(2, min=1, max=256, help="Ray actors (with --engine ray); the cores shared between them."),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, min=1, help="Refuse images with more pixels (decompression bombs); "
                                    "harvest and redact have the same option."),
 ) -> None:

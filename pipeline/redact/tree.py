@@ -141,9 +141,10 @@ def redact_tree(input: str, output: str | Path, cfg: rr.RedactConfig = rr.Redact
     # the detector before any folder is made: a bad --scales or model leaves nothing behind;
     # the workspace is opened only when needed, so a plain `redact` creates none
     ws = (workspace() if callable(workspace) else workspace) if needs_workspace(detector, cfg, from_review) else None
+    in_flight = min(workers, max(1, len(items)))   # threads and actors alike: no more than the images
     if isinstance(detector, str):
         detector, det_options = _resolve_detector(detector, ws, scales)
-        local = rr.local_options(det_options, min(workers, max(1, len(items)))) if engine == "local" else det_options
+        local = rr.local_options(det_options, in_flight) if engine == "local" else det_options
         det = rr.build_ppocr(**local) if detector == "ppocr" else \
             with_workspace_info(load_detector(detector, **local), ws)
     elif engine == "ray":
@@ -184,10 +185,10 @@ def redact_tree(input: str, output: str | Path, cfg: rr.RedactConfig = rr.Redact
     try:
         rr.log.info("redact %s -> %s: detector %s, settings %s", input, output, det.version, cfg.settings(det.version))
         if ignored:
-            rr.log.info("%d file(s) ignored: not named as images (%s); not redacted, not in the output",
+            rr.log.info("%d file(s) ignored: not named as images (%s) or hidden; not redacted, not in the output",
                         len(ignored), " ".join(sorted(rr.codec.EXTENSIONS)))
         for path in ignored:
-            rr.log.info("%s: ignored: not named as an image", path)
+            rr.log.info("%s: ignored: %s", path, "hidden name" if Path(path).name.startswith(".") else "not named as an image")
         t0 = time.perf_counter()
         results: list[rr.Result] = list(pre_results) + planned.problems   # FIFOs, links out of the tree...
         stream = None
@@ -199,7 +200,7 @@ def redact_tree(input: str, output: str | Path, cfg: rr.RedactConfig = rr.Redact
                 if not ray_available():
                     raise ValueError("--engine ray needs Ray: pip install 'textloop[ray]' (or pip install 'ray[data]')")
                 vf = Reader if cfg.verify else None   # each actor builds its own reader
-                stream = run_ray(SpecFactory.of(detector, det, det_options, workers=workers), cfg, items, workers,
+                stream = run_ray(SpecFactory.of(detector, det, det_options, workers=in_flight), cfg, items, workers,
                                  verifier_factory=vf, reviewed=reviewed)
             else:
                 redactor = rr.Redactor(det, cfg, verifier)
