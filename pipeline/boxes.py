@@ -210,14 +210,21 @@ def inside_fraction(boxes: Any, mask: np.ndarray, empty: float = 1.0) -> np.ndar
     if not len(b):
         return out
     h, w = mask.shape[:2]
-    acc = np.int32 if h * w < 2**31 else np.int64     # int32 sums run ~3x faster; exact below 2^31 px
-    integral = np.zeros((h + 1, w + 1), dtype=acc)
-    integral[1:, 1:] = np.cumsum(np.cumsum(np.asarray(mask, dtype=bool), axis=0, dtype=acc), axis=1, dtype=acc)
     px = to_int_pixels(b, w, h)
     x0, y0, x1, y1 = px.T
     n = (x1 - x0) * (y1 - y0)
-    inside = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
     ok = (x1 > x0) & (y1 > y0)
+    mask = np.asarray(mask, dtype=bool)
+    if int(n[ok].sum()) <= h * w // 4 and len(b) <= 256:
+        # few or small boxes (a page's words): counting inside each one reads a fraction of the
+        # pixels two full-image cumsums write; scoring a validation grid spent 14 of 65 s there
+        inside = np.array([np.count_nonzero(mask[a:c, l:r]) if k else 0
+                           for l, a, r, c, k in zip(x0, y0, x1, y1, ok)], dtype=np.int64)
+    else:
+        acc = np.int32 if h * w < 2**31 else np.int64     # int32 sums run ~3x faster; exact below 2^31 px
+        integral = np.zeros((h + 1, w + 1), dtype=acc)
+        integral[1:, 1:] = np.cumsum(np.cumsum(mask, axis=0, dtype=acc), axis=1, dtype=acc)
+        inside = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
     out[ok] = inside[ok] / n[ok]
     return out
 

@@ -182,11 +182,18 @@ def average_precision(scores: np.ndarray, tp: np.ndarray, n_gt: int) -> float:
 def evaluate(gts: Sequence[LabelledImage], preds: Sequence[Detections],
              iou_threshold: float = 0.5, pad_px: float = 0.0) -> Metrics:
     """All the metrics (module docstring) over a set; `preds[i]` belongs to `gts[i]` (already thresholded)."""
+    return evaluate_with_counts(gts, preds, iou_threshold, pad_px)[0]
+
+
+def evaluate_with_counts(gts: Sequence[LabelledImage], preds: Sequence[Detections], iou_threshold: float = 0.5,
+                         pad_px: float = 0.0) -> tuple[Metrics, list[CoverageCounts]]:
+    """`evaluate`, and each image's pixel counts: summed over any subset (a source) they give its
+    coverage without drawing the masks again (a validation grid scored every image twice)."""
     if len(gts) != len(preds):
         raise ValueError(f"{len(gts)} ground-truth images but {len(preds)} predictions")
     all_scores, all_tp = [], []
     n_gt = n_pred = tp = fp = 0
-    cov = CoverageCounts(0, 0, 0, 0, 0, 0)
+    per_image: list[CoverageCounts] = []
     for gt, det in zip(gts, preds):
         m = match_image(gt, det, iou_threshold)
         keep = ~m.ignored
@@ -196,7 +203,8 @@ def evaluate(gts: Sequence[LabelledImage], preds: Sequence[Detections],
         n_pred += len(det)
         tp += int(m.tp.sum())
         fp += int((~m.tp & ~m.ignored).sum())
-        cov = cov + coverage_counts(gt, det, gt.width, gt.height, pad_px=pad_px)
+        per_image.append(coverage_counts(gt, det, gt.width, gt.height, pad_px=pad_px))
+    cov = sum(per_image, CoverageCounts(0, 0, 0, 0, 0, 0))
     precision = _ratio(tp, tp + fp)
     recall = _ratio(tp, n_gt)
     if math.isnan(precision) or math.isnan(recall):
@@ -219,7 +227,7 @@ def evaluate(gts: Sequence[LabelledImage], preds: Sequence[Detections],
         tp=tp,
         fp=fp,
         fn=n_gt - tp,
-    )
+    ), per_image
 
 
 def evaluate_by_source(gts: Sequence[LabelledImage], preds: Sequence[Detections],

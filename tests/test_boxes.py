@@ -51,6 +51,23 @@ def test_inside_fraction_counts_outward_rounded_pixels():
     assert inside_fraction([[20, 20, 30, 30]], mask, empty=0.0).tolist() == [0.0]
 
 
+def test_inside_fraction_is_the_same_count_for_small_boxes_and_for_boxes_covering_the_image():
+    """Small boxes are counted one by one, large sets through an integral image: both must give
+    each box's exact share, whichever path a page of words or a full-image grid takes."""
+    rng = np.random.default_rng(3)
+    mask = rng.random((120, 90)) < 0.4
+    small = np.array([[x, y, x + rng.uniform(1, 9), y + rng.uniform(1, 9)]
+                      for x, y in rng.uniform(-5, 95, (20, 2))])          # per-box path
+    large = np.concatenate([small, [[-10, -10, 200, 200], [0.5, 0.5, 89.5, 119.5]]])   # integral path
+    expect = []
+    for x0, y0, x1, y1 in np.asarray(large):
+        c0, r0 = max(0, int(np.floor(x0))), max(0, int(np.floor(y0)))
+        c1, r1 = min(90, int(np.ceil(x1))), min(120, int(np.ceil(y1)))
+        expect.append(mask[r0:r1, c0:c1].mean() if c1 > c0 and r1 > r0 else 1.0)
+    assert np.allclose(inside_fraction(small, mask), expect[:len(small)])
+    assert np.allclose(inside_fraction(large, mask), expect)
+
+
 def test_legibility_never_writes_off_a_reading_outside_the_mask_as_covered():
     """The three copies disagreed on a box with no pixel in the image: evaluation and label noise
     counted it as covered (nothing to cover), legibility as not covered. One function, `empty`

@@ -51,13 +51,26 @@ def test_the_detector_runs_the_folded_graph_and_finds_the_same_boxes(monkeypatch
 
     arr, _ = render("SPECIMEN 7781-B", (480, 180), (30, 70), px=32)
     loaded: list[bytes] = []
-    monkeypatch.setattr(ppocr, "folded_bytes", lambda data: loaded.append(folded_bytes(data)) or loaded[-1])
+    monkeypatch.setattr(ppocr, "folded_bytes", lambda data, keep=True: loaded.append(folded_bytes(data, keep)) or loaded[-1])
     (a,) = PPOCRDetector().detect([arr])
     assert len(loaded) == 1 and ops(loaded[0])["Div"] == 0    # the session got the folded graph
-    monkeypatch.setattr(ppocr, "folded_bytes", lambda data: data)
+    monkeypatch.setattr(ppocr, "folded_bytes", lambda data, keep=True: data)
     (b,) = PPOCRDetector().detect([arr])
     assert len(a) == len(b) >= 1
     assert np.abs(a.boxes - b.boxes).max() <= 1.0
+
+
+def test_a_network_scored_while_training_is_folded_without_filling_the_user_cache(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every epoch's validation exports the current weights; each folded copy is 4.7 MB, and a
+    bundle's graph (kept) is the only one worth finding again in the cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    data = default_model_path().read_bytes()
+    folded_bytes.cache_clear()
+    once = folded_bytes(data, False)
+    assert ops(once)["Div"] == 0 and not list(tmp_path.rglob("db-folded-*"))
+    folded_bytes.cache_clear()
+    assert folded_bytes(data) == once and len(list(tmp_path.rglob("db-folded-*"))) == 1
 
 
 def _init(name: str, value: np.ndarray) -> onnx.TensorProto:

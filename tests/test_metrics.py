@@ -132,6 +132,24 @@ def test_set_metrics_sum_pixels_and_boxes_over_images() -> None:
     assert by["s1"].n_gt + by["s2"].n_gt == got.n_gt
 
 
+def test_selection_scores_each_source_from_one_scoring_of_its_images() -> None:
+    """Validation sums each image's pixel counts per source instead of drawing every mask
+    twice: the per-source coverage must be what `evaluate` gives that source's images alone
+    (pixels pooled within the source, not a mean of images), and a text-free source has none."""
+    from pipeline.evaluate import evaluate_with_counts
+    from pipeline.train.select import coverage_by_source
+
+    gts = [gt(20, 10, [[0, 0, 10, 10]], source="s1"), gt(40, 10, [[0, 0, 30, 10]], source="s1"),
+           gt(40, 10, [[0, 0, 20, 10]], source="s2"), gt(30, 10, [], source="neg")]
+    preds = [det([[0, 0, 10, 10]]), det([]), det([[0, 0, 10, 10], [25, 0, 40, 10]]), det([[0, 0, 5, 5]])]
+    metrics, counts = evaluate_with_counts(gts, preds)
+    assert metrics == evaluate(gts, preds) and len(counts) == 4
+    got = coverage_by_source(gts, preds, counts)
+    assert got == coverage_by_source(gts, preds)
+    assert got == pytest.approx({"s1": 100 / 400, "s2": 0.5})
+    assert got["s1"] == pytest.approx(evaluate(gts[:2], preds[:2]).text_coverage)
+
+
 def test_coverage_counts_accepts_plain_arrays() -> None:
     c = coverage_counts(np.array([[0, 0, 10, 10]]), np.array([[0, 0, 5, 10], [30, 0, 40, 10]]), 40, 10)
     assert (c.text_px, c.covered_px, c.n_boxes, c.n_fully, c.outside_px, c.image_px) == (100, 50, 1, 0, 100, 400)

@@ -57,6 +57,33 @@ def test_predict_paths_streams_past_bad_images(tmp_path: Path) -> None:
         assert det.boxes[:, 2].max() <= 40 and det.boxes[:, 3].max() <= 30  # clipped to the image
 
 
+def test_variants_of_a_detector_share_one_decode_and_keep_their_own_failures(tmp_path: Path, monkeypatch) -> None:
+    """A threshold grid runs 18 variants over the same validation images: each image is decoded
+    once for all of them, each variant gets what running it alone gives, and one variant's
+    failure on an image is that variant's error only."""
+    import pipeline.predict as predict
+    from pipeline.predict import detect_set, detect_sets
+
+    good = make_images(tmp_path)
+    black = tmp_path / "black.png"
+    Image.new("RGB", (20, 20)).save(black)
+    items = [(good[0], "a"), (write(tmp_path / "bad.jpg", b"not an image"), "b"), (black, "c"), (good[1], "d")]
+    decoded: list[Path] = []
+    real = predict.load_views
+    monkeypatch.setattr(predict, "load_views", lambda p, *a: decoded.append(Path(p)) or real(p, *a))
+    robust = fakes.FakeDetector(_by_pixels)                   # finds boxes on the black image too
+    variants = [FakeDetector(), robust]
+    sets = detect_sets(variants, items, threshold=0.5, batch_size=3)
+    assert sorted(decoded) == sorted(p for p, _ in items)     # once each, not once per variant
+    assert sets[0].ok == [0, 3] and sets[1].ok == [0, 2, 3]
+    assert all(len(s.errors) == n for s, n in zip(sets, (2, 1)))
+    assert "bad.jpg" in sets[1].errors[0]
+    for variant, got in zip((FakeDetector(), fakes.FakeDetector(_by_pixels)), sets):
+        alone = detect_set(variant, items, threshold=0.5, batch_size=3)
+        assert alone.ok == got.ok
+        assert all(np.array_equal(a.boxes, b.boxes) for a, b in zip(alone.detections, got.detections))
+
+
 def test_predict_workspace_upserts_idempotently(ws, tmp_path: Path) -> None:
     make_images(tmp_path / "src")
     harvest(ws, [str(tmp_path / "src")])

@@ -9,8 +9,8 @@ once to the user cache, keyed by the source model's sha256; nothing is ever down
 
 Inference of a tuned network does not get its own code path: `export_onnx` writes an ONNX with
 the original input name and dynamic sides, and `DBDetector` runs it through exactly the pre-
-and post-processing of `ppocr` (`pipeline.detectors.ppocr.PPOCRDetector`). `TorchDBDetector`
-runs the torch network through the same code (validation during training, no export needed).
+and post-processing of `ppocr` (`pipeline.detectors.ppocr.PPOCRDetector`); validation while training scores the exported
+network too (what the bundle will run, and faster than the torch forward).
 
 Network input: BGR, `(x / 255 - 0.5) / 0.5`, NCHW, sides multiples of 32. Output: the DB
 probability map (sigmoid), N x 1 x H x W at input resolution; the threshold branch was dropped
@@ -132,8 +132,8 @@ class DBDetector(PPOCRDetector):
 
     def __init__(self, config: PPOCRConfig | None = None, *, version: str, model_bytes: bytes | None = None,
                  info: dict[str, Any] | None = None, overrides: dict[str, float] | None = None,
-                 **options: object) -> None:
-        super().__init__(config, model_bytes=model_bytes, **options)
+                 cache_graph: bool = True, **options: object) -> None:
+        super().__init__(config, model_bytes=model_bytes, cache_graph=cache_graph, **options)
         self.model_version = version
         self.overrides = dict(overrides or {})   # thresholds set in place of the bundle's selection
         self.version = passes_version(version, self.config, self.overrides)
@@ -145,30 +145,6 @@ class DBDetector(PPOCRDetector):
         other.overrides.update({k: changes[k] for k in THRESHOLDS if k in changes})
         other.version = passes_version(self.model_version, other.config, other.overrides)
         return other  # type: ignore[return-value]
-
-
-class TorchDBDetector(PPOCRDetector):
-    """The torch network through ppocr's pre/post-processing: validation while training, with
-    the probability maps of each input cached (`cache_maps`) so a threshold grid reuses them."""
-
-    name = "db"
-
-    def __init__(self, net: Any, config: PPOCRConfig | None = None, version: str = "training",
-                 threads: int | None = None, **options: object) -> None:
-        self.net = net
-        self._threads = threads
-        super().__init__(config, session=False, **options)
-        self.version = version
-
-    def _forward(self, x: np.ndarray) -> np.ndarray:
-        import torch
-
-        if self._threads:
-            torch.set_num_threads(int(self._threads))
-        self.net.eval()  # the training loop puts it back into its (BatchNorm-frozen) train mode
-        with torch.inference_mode():
-            out = self.net(torch.from_numpy(x))
-        return out.numpy()
 
 
 @dataclass(frozen=True)

@@ -298,17 +298,20 @@ def fold(model: Any) -> dict[str, int]:
 
 
 @functools.lru_cache(maxsize=4)
-def folded_bytes(data: bytes) -> bytes:
+def folded_bytes(data: bytes, keep: bool = True) -> bytes:
     """The serialized ONNX `data` with `fold` applied: what a detector's session loads, from the
     user cache when an earlier run made it. A graph the rules cannot read (someone's own ONNX) is
-    logged and loaded as it is: the rewrites are a speed-up, never a condition for running."""
+    logged and loaded as it is: the rewrites are a speed-up, never a condition for running.
+    `keep=False`: a network that lives for one validation while training is folded in memory and
+    never written to the cache (a 20-minute run would leave dozens of 4.7 MB files there)."""
     from pipeline.io import atomic_write_bytes, cache_dir, sha256_bytes
 
     cached = cache_dir() / f"db-folded-v{FOLD_VERSION}-{sha256_bytes(data)[:24]}.onnx"
-    try:
-        return cached.read_bytes()
-    except OSError:
-        pass
+    if keep:
+        try:
+            return cached.read_bytes()
+        except OSError:
+            pass
     try:
         import onnx
 
@@ -319,6 +322,8 @@ def folded_bytes(data: bytes) -> bytes:
         log.warning("ONNX graph not folded (%s: %s); running it as given", type(exc).__name__, exc)
         return data
     log.debug("folded the DB graph: %s", counts)
+    if not keep:
+        return out
     try:
         atomic_write_bytes(cached, out)
     except OSError as exc:   # a read-only home: fold again next time

@@ -172,9 +172,10 @@ class PPOCRDetector:
     name = "ppocr"
 
     def __init__(self, config: PPOCRConfig | None = None, *, model_bytes: bytes | None = None,
-                 session: bool = True, **options: object) -> None:
+                 session: bool = True, cache_graph: bool = True, **options: object) -> None:
         """`model_bytes`: an in-memory ONNX (a bundle's); `session=False`: a subclass runs the
-        network itself (`_forward`)."""
+        network itself (`_forward`); `cache_graph=False`: the folded graph is not written to the
+        user cache (a network scored once while training)."""
         if config is None:
             fields = PPOCRConfig.__dataclass_fields__
             unknown = sorted(set(options) - set(fields))
@@ -204,7 +205,7 @@ class PPOCRDetector:
                     raise FileNotFoundError(f"{model}: PP-OCR detection model not found (is rapidocr-onnxruntime installed?)")
                 model_bytes = model.read_bytes()
             try:
-                self._session = ort.InferenceSession(folded_bytes(model_bytes), sess_options=opts,
+                self._session = ort.InferenceSession(folded_bytes(model_bytes, cache_graph), sess_options=opts,
                                                      providers=["CPUExecutionProvider"])
             except Exception as exc:  # noqa: BLE001 - e.g. a damaged cached copy: the graph as given
                 log.warning("folded ONNX graph did not load (%s); running it as given", one_line(exc)[:200])

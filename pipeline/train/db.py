@@ -407,10 +407,9 @@ class DBArch:
         return sel, metrics
 
     def validate(self, val: Sequence[Sample]) -> tuple[dict[str, Any], float]:
-        from pipeline.detectors.dbnet import TorchDBDetector
-        from pipeline.detectors.ppocr import PPOCRConfig
-
-        sel, metrics = self._selection(TorchDBDetector(self.net, PPOCRConfig(threads=self._threads())), val)
+        """The current weights as the bundle would hold them (float16, exported, onnxruntime):
+        what `finish` selects on, and 12 s of a 65 s validation faster than the torch network."""
+        sel, metrics = self._selection(self._exported(1.0)[2], val)
         return metrics, sel.coverage
 
     def _blend(self, a: float) -> dict[str, Any]:
@@ -431,7 +430,8 @@ class DBArch:
         round_model_(net)
         net.eval()
         onnx = export_onnx_bytes(net, "x")
-        return net, onnx, DBDetector(PPOCRConfig(threads=self._threads()), version="unsaved", model_bytes=onnx)
+        return net, onnx, DBDetector(PPOCRConfig(threads=self._threads()), version="unsaved", model_bytes=onnx,
+                                     cache_graph=False)
 
     def _stock_detector(self) -> Any:
         """Stock ppocr for validation (one ONNX session per run: the sweep and the interval)."""

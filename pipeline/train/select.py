@@ -103,22 +103,36 @@ def _num(v: Any) -> float:
     return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else 0.0
 
 
-def coverage_by_source(gts: Sequence[Any], dets: Sequence[Any]) -> dict[str, float]:
-    """Text coverage per source, for sources that have text; {} when there are fewer than two."""
-    from pipeline.evaluate import evaluate
+def coverage_by_source(gts: Sequence[Any], dets: Sequence[Any], counts: Sequence[Any] | None = None) -> dict[str, float]:
+    """Text coverage per source, for sources that have text; {} when there are fewer than two.
+    `counts`: each image's `evaluate.CoverageCounts` when the caller has them already."""
+    from pipeline.evaluate import CoverageCounts, evaluate_with_counts
 
     groups: dict[str, list[int]] = {}
     for i, g in enumerate(gts):
         groups.setdefault(getattr(g, "source", "") or "", []).append(i)
     if len(groups) < 2:
         return {}
+    if counts is None:
+        counts = evaluate_with_counts(gts, dets)[1]
     out = {}
     for src, idx in sorted(groups.items()):
         if not has_text(gts[i] for i in idx):
             continue  # text-free images: over-redaction, not coverage
-        m = evaluate([gts[i] for i in idx], [dets[i] for i in idx])
-        out[src] = _num(m.text_coverage)
+        out[src] = _num(sum((counts[i] for i in idx), CoverageCounts(0, 0, 0, 0, 0, 0)).text_coverage)
     return out if len(out) >= 2 else {}
+
+
+def _point(params: dict[str, float], gts: Sequence[Any], dets: Sequence[Any]) -> Operating:
+    """One grid point's metrics, pooled and per source, from one scoring of each image."""
+    from pipeline.evaluate import evaluate_with_counts
+
+    if not gts:
+        return Operating(dict(params), 0.0, 0.0, {}, {})
+    metrics, counts = evaluate_with_counts(gts, dets)
+    m = metrics.as_dict()
+    return Operating(dict(params), _num(m.get("text_coverage")), _num(m.get("over_redaction")), m,
+                     coverage_by_source(gts, dets, counts))
 
 
 def sweep(detector: Any, items: Sequence[tuple[Path, Any]], grid: Sequence[dict[str, float]] | None = None,
@@ -126,32 +140,22 @@ def sweep(detector: Any, items: Sequence[tuple[Path, Any]], grid: Sequence[dict[
     """Metrics of `detector` at every grid point on (path, LabelledImage) items. PP-OCR-family
     detectors are re-tuned (`thresh`, `box_thresh`, `unclip_ratio`) with their probability
     maps cached, so the grid costs one forward pass per image; others sweep the score threshold."""
-    from pipeline.evaluate import evaluate
-    from pipeline.predict import detect_set
+    from pipeline.predict import detect_set, detect_sets
 
     points = []
     if hasattr(detector, "retuned"):
         grid = list(grid) if grid else [PPOCR_GRID_DEFAULT]
         with _maps_cached(detector):
-            for params in grid:
-                found = detect_set(detector.retuned(**params), items, threshold)
-                ok, dets, errors = found.ok, found.detections, found.errors
-                for e in errors:
+            for params, found in zip(grid, detect_sets([detector.retuned(**p) for p in grid], items, threshold)):
+                for e in found.errors:
                     log.warning("validation: skipped %s", e)
-                gts = [items[k][1] for k in ok]
-                m = evaluate(gts, dets).as_dict() if ok else {}
-                points.append(Operating(dict(params), _num(m.get("text_coverage")), _num(m.get("over_redaction")), m,
-                                        coverage_by_source(gts, dets)))
+                points.append(_point(params, [items[k][1] for k in found.ok], found.detections))
         return points
     found = detect_set(detector, items, min(SCORE_GRID))
-    ok, dets, errors = found.ok, found.detections, found.errors
-    for e in errors:
+    for e in found.errors:
         log.warning("validation: skipped %s", e)
     for t in (grid or [{"threshold": t} for t in SCORE_GRID]):
-        gts, kept = [items[k][1] for k in ok], [d.filter(t["threshold"]) for d in dets]
-        m = evaluate(gts, kept).as_dict() if ok else {}
-        points.append(Operating(dict(t), _num(m.get("text_coverage")), _num(m.get("over_redaction")), m,
-                                coverage_by_source(gts, kept)))
+        points.append(_point(t, [items[k][1] for k in found.ok], [d.filter(t["threshold"]) for d in found.detections]))
     return points
 
 
