@@ -81,8 +81,8 @@ def test_the_trade_off_curve_reuses_each_map_and_widens_with_unclip(tmp_path: Pa
     rec = LabelledImage("p.png", 480, 160, boxes=np.array(boxes, float), source="forms")
     det = PPOCRDetector(threads=1)
     calls = []
-    forward = det._forward
-    det._forward = lambda x: calls.append(1) or forward(x)
+    forward = det.forward_maps
+    det.forward_maps = lambda x: calls.append(1) or forward(x)
     det.cache_maps(True)
     curve, counts = _bench().trade_off_curve(det, [(tmp_path / "p.png", rec)], 0.3, [1.2, 1.6, 2.4], [0.2, 0.3])
     assert counts.shape == (6, 1, 4) and counts[:, 0, 1].min() == counts[:, 0, 1].max()   # text pixels: the labels'

@@ -93,6 +93,23 @@ def test_converted_network_reproduces_onnxruntime_and_exports_back(net, tmp_path
     assert np.abs(folded.run(None, {"x": x2})[0] - stock.run(None, {"x": x2})[0]).max() < 1e-4
 
 
+def test_the_teacher_map_of_a_batch_is_the_stock_networks(net) -> None:
+    """Training asks stock ppocr where it sees text on every batch (`teacher_ignore`, distillation);
+    the onnxruntime session that answers must give the stock network's map, crop for crop, on a
+    channels-last batch as the training loop passes it."""
+    import torch
+
+    from pipeline.train.db import StockTeacher
+
+    x = np.concatenate([_input(_text_image()), _input(_text_image()[::-1].copy())])
+    batch = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
+    got = StockTeacher(threads=1)(batch)
+    with torch.no_grad():
+        want = net(torch.from_numpy(x))
+    assert got.shape == want.shape == (2, 1, 128, 128) and got.dtype == torch.float32
+    assert float((got - want).abs().max()) < 1e-4 and float(got.max()) > 0.5
+
+
 def test_tuned_onnx_runs_through_ppocr_and_keeps_quads(net, tmp_path: Path) -> None:
     from pipeline.detectors.dbnet import export_onnx
     from pipeline.detectors.ppocr import PPOCRDetector

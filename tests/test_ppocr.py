@@ -102,8 +102,8 @@ def test_cached_maps_give_the_same_boxes_without_running_the_network_again() -> 
     det = PPOCRDetector(threads=1)
     plain = det.retuned(unclip_ratio=2.0).detect([arr])[0]
     calls = []
-    forward = det._forward
-    det._forward = lambda x: calls.append(x.shape) or forward(x)
+    forward = det.forward_maps
+    det.forward_maps = lambda x: calls.append(x.shape) or forward(x)
     det.cache_maps(True)
     first = det.detect([arr])[0]
     grid = det.retuned(unclip_ratio=2.0)           # shares the network and the cache

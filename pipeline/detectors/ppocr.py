@@ -172,10 +172,9 @@ class PPOCRDetector:
     name = "ppocr"
 
     def __init__(self, config: PPOCRConfig | None = None, *, model_bytes: bytes | None = None,
-                 session: bool = True, cache_graph: bool = True, **options: object) -> None:
-        """`model_bytes`: an in-memory ONNX (a bundle's); `session=False`: a subclass runs the
-        network itself (`_forward`); `cache_graph=False`: the folded graph is not written to the
-        user cache (a network scored once while training)."""
+                 cache_graph: bool = True, **options: object) -> None:
+        """`model_bytes`: an in-memory ONNX (a bundle's); `cache_graph=False`: the folded graph
+        is not written to the user cache (a network scored once while training)."""
         if config is None:
             fields = PPOCRConfig.__dataclass_fields__
             unknown = sorted(set(options) - set(fields))
@@ -187,30 +186,28 @@ class PPOCRDetector:
         self.config = config
         self.version = self._version(config)
 
-        self._maps: dict[bytes, np.ndarray] | None = None   # see cache_maps
-        self._session = None
-        if session:
-            import onnxruntime as ort
+        import onnxruntime as ort
 
-            opts = ort.SessionOptions()
-            opts.log_severity_level = 4
-            opts.intra_op_num_threads = self._call_threads()
-            opts.inter_op_num_threads = 1
-            # no busy-waiting between ops: decode/encode threads get the cores, CPU-s stay honest
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            if model_bytes is None:
-                model = Path(config.model_path) if config.model_path else default_model_path()
-                if not model.exists():
-                    raise FileNotFoundError(f"{model}: PP-OCR detection model not found (is rapidocr-onnxruntime installed?)")
-                model_bytes = model.read_bytes()
-            try:
-                self._session = ort.InferenceSession(folded_bytes(model_bytes, cache_graph), sess_options=opts,
-                                                     providers=["CPUExecutionProvider"])
-            except Exception as exc:  # noqa: BLE001 - e.g. a damaged cached copy: the graph as given
-                log.warning("folded ONNX graph did not load (%s); running it as given", one_line(exc)[:200])
-                self._session = ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
-            self._input = self._session.get_inputs()[0].name
+        self._maps: dict[bytes, np.ndarray] | None = None   # see cache_maps
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 4
+        opts.intra_op_num_threads = self._call_threads()
+        opts.inter_op_num_threads = 1
+        # no busy-waiting between ops: decode/encode threads get the cores, CPU-s stay honest
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if model_bytes is None:
+            model = Path(config.model_path) if config.model_path else default_model_path()
+            if not model.exists():
+                raise FileNotFoundError(f"{model}: PP-OCR detection model not found (is rapidocr-onnxruntime installed?)")
+            model_bytes = model.read_bytes()
+        try:
+            self._session = ort.InferenceSession(folded_bytes(model_bytes, cache_graph), sess_options=opts,
+                                                 providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - e.g. a damaged cached copy: the graph as given
+            log.warning("folded ONNX graph did not load (%s); running it as given", one_line(exc)[:200])
+            self._session = ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
+        self._input = self._session.get_inputs()[0].name
         self._post = self._make_post(config)
 
     @property
@@ -218,8 +215,6 @@ class PPOCRDetector:
         """Calls that may run at once: an onnxruntime session is thread-safe and the rest of a
         call keeps its state local, so as many as the cores hold at `threads` each (two calls of
         one thread beat one call of two on two cores: 3.2 vs 2.6 images/s, README Pace)."""
-        if self._session is None:
-            return 1
         return max(1, (os.cpu_count() or 1) // self._call_threads())
 
     def _call_threads(self) -> int:
@@ -276,7 +271,7 @@ class PPOCRDetector:
         it on again keeps the maps already there (a sweep inside a block that caches reuses them)."""
         self._maps = (self._maps if self._maps is not None else {}) if on else None
 
-    def _forward(self, x: np.ndarray) -> np.ndarray:
+    def forward_maps(self, x: np.ndarray) -> np.ndarray:
         """The network: float32 NCHW input -> N x 1 x H x W probability map."""
         return self._session.run(None, {self._input: x})[0]
 
@@ -285,11 +280,11 @@ class PPOCRDetector:
         uint8 pixels (a quarter of the float input's bytes; a threshold grid looks each one up
         once per point) and a cached map skips building the float input at all."""
         if self._maps is None:
-            return self._forward(preprocess(bgr))
+            return self.forward_maps(preprocess(bgr))
         key = hashlib.blake2b(memoryview(np.ascontiguousarray(bgr)).cast("B"), digest_size=16).digest() \
             + repr(bgr.shape).encode()
         if key not in self._maps:
-            self._maps[key] = self._forward(preprocess(bgr))
+            self._maps[key] = self.forward_maps(preprocess(bgr))
         return self._maps[key]
 
     @staticmethod

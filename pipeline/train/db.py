@@ -19,6 +19,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
+import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -292,6 +293,23 @@ def finite(x: float) -> bool:
     return isinstance(x, float) and math.isfinite(x)
 
 
+class StockTeacher:
+    """Stock ppocr's probability map of a training batch, from the folded onnxruntime session
+    (the map the torch copy of the stock network gives, to ~2e-6): 0.38 s for four 512-pixel
+    crops on two threads vs 0.84 s through torch, a third of every step before."""
+
+    def __init__(self, threads: int) -> None:
+        from pipeline.detectors.ppocr import PPOCRConfig, PPOCRDetector
+
+        self.detector = PPOCRDetector(PPOCRConfig(threads=threads))
+
+    def __call__(self, images: Any) -> Any:
+        import torch
+
+        x = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
+        return torch.from_numpy(np.ascontiguousarray(self.detector.forward_maps(x)))
+
+
 # --- the engine's hooks -------------------------------------------------------------------------
 
 class DBArch:
@@ -312,6 +330,8 @@ class DBArch:
     def setup(self) -> tuple[Any, Any, str | None]:
         import copy
 
+        import torch
+
         from pipeline.detectors.dbnet import build_net
 
         cfg, parent_version = self.cfg, None
@@ -320,7 +340,7 @@ class DBArch:
         for p in stock.parameters():
             p.requires_grad_(False)
         self.anchor = {n: p.detach().clone() for n, p in stock.named_parameters()} if self.recipe.l2sp else None
-        self.teacher = stock if (self.recipe.distill or self.recipe.teacher_ignore) else None
+        self.teacher = StockTeacher(self._threads()) if (self.recipe.distill or self.recipe.teacher_ignore) else None
         if cfg.parent_bundle:
             from pipeline.bundle import load_model
             from pipeline.train.engine import TrainingError
@@ -334,7 +354,8 @@ class DBArch:
             net = copy.deepcopy(stock)
         for p in net.parameters():
             p.requires_grad_(True)
-        self.net = net
+        # NHWC: the convolutions' forward and backward run ~13 % faster on CPU (4 crops of 512 px)
+        self.net = net.to(memory_format=torch.channels_last)
         # what `interpolate` blends toward: the weights training starts from (stock, or the parent)
         self.start = {k: v.detach().clone() for k, v in net.state_dict().items()}
         return net, cfg, parent_version
@@ -386,6 +407,9 @@ class DBArch:
         return make_db_batch(step, synth, human, self.cfg)
 
     def losses(self, batch: DBBatch) -> dict[str, Any]:
+        import torch
+
+        batch = dataclasses.replace(batch, images=batch.images.contiguous(memory_format=torch.channels_last))
         return db_losses(self.net, batch, self.recipe, self.anchor, self.teacher)
 
     def _selection(self, detector: Any, val: Sequence[Sample]) -> tuple[Any, dict[str, Any]]:
