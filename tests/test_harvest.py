@@ -207,7 +207,7 @@ def test_cli_harvest_and_status_json(tmp_path: Path) -> None:
     # the readme is not an image: named (it was left out in silence), not a reject
     assert [Path(p).name for p in json.loads(r.stdout)["ignored_files"]] == ["readme.md"]
     r = runner.invoke(app, ["--workspace", wsdir, "harvest", str(tmp_path / "src")])
-    assert "ignored 1 file(s) not named as images" in r.output and "readme.md" in r.output, r.output
+    assert "ignored 1 entr(ies) not named as images" in r.output and "readme.md" in r.output, r.output
     r = runner.invoke(app, ["--workspace", wsdir, "--json", "status"])
     status = json.loads(r.stdout)
     assert status["images"] == 3 and status["rejects"] == {"corrupt": 1, "empty": 1, "not_an_image": 1}
@@ -441,7 +441,7 @@ def test_a_folder_without_images_is_said_and_exits_1(tmp_path):
     (tmp_path / "emptyd").mkdir()
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "a.txt").write_text("x")
-    for folder, extra in (("emptyd", ""), ("notes", "1 file(s) not named as images")):
+    for folder, extra in (("emptyd", ""), ("notes", "1 entr(ies) not named as images")):
         r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "harvest", str(tmp_path / folder)])
         assert r.exit_code == 1 and "nothing harvested: no image files in" in r.output and extra in r.output, r.output
 

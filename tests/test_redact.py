@@ -1123,7 +1123,7 @@ def test_files_left_out_are_named_and_images_with_nothing_found_are_counted(tmp_
     ink = np.asarray(im.convert("L")) < 128
     assert (np.abs(out.astype(int) - [255, 0, 255]).sum(axis=2) < 60)[ink].mean() > 0.97   # the words are covered
     text = " ".join(r.output.split())
-    assert "ignored 2 file(s) not named as images" in text and "f.dat" in text and "noext" in text
+    assert "ignored 2 entr(ies) not named as images" in text and "f.dat" in text and "noext" in text
     assert "of which no text found" in text
     summary = json.loads((tmp_path / "out.audit" / "summary.json").read_text())
     assert summary["no_text_found"] == 1 and summary["redacted"] == 2

@@ -71,7 +71,7 @@ def harvest_cmd(
     if summary.ok == 0 and not n_rejected:   # a mistyped or empty folder: said, not "0 ok" and exit 0
         ignored = len(summary.ignored_files)
         fail("nothing harvested: no image files in " + ", ".join(sources)
-             + (f" ({ignored} file(s) not named as images or hidden)" if ignored else ""))
+             + (f" ({ignored} entr(ies) not named as images, or hidden)" if ignored else ""))
     if (summary.ok == 0 and n_rejected) or (strict and n_rejected):
         raise typer.Exit(1)
 
@@ -97,6 +97,6 @@ def _render(c: Console, summary: Any, root: Path) -> None:
         c.print(f"... and {len(summary.replaced) - 20} more files with new content (--json lists them)")
     if summary.ignored_files:
         n = len(summary.ignored_files)
-        c.print(f"[yellow]ignored[/] {n} file(s) not named as images or hidden: {plain(', '.join(summary.ignored_files[:5]))}"
+        c.print(f"[yellow]ignored[/] {n} entr(ies) not named as images, or hidden: {plain(', '.join(summary.ignored_files[:5]))}"
                 f"{' ...' if n > 5 else ''} (--json lists them)", highlight=False, soft_wrap=True)
     c.print(f"{summary.ok} ok, {sum(summary.rejected.values())} rejected in {summary.seconds:.1f}s")

@@ -141,7 +141,7 @@ def _render(c: Console, summary: RedactSummary, verify: bool) -> None:
     c.print(t)
     if summary["ignored_non_images"]:
         names = summary["ignored_files"]
-        c.print(f"[yellow]ignored[/] {summary['ignored_non_images']} file(s) not named as images or hidden (not redacted, not in "
+        c.print(f"[yellow]ignored[/] {summary['ignored_non_images']} entr(ies) not named as images, or hidden (not redacted, not in "
                 f"the output): {plain(', '.join(names[:5]))}{' ...' if summary['ignored_non_images'] > 5 else ''} "
                 + ("(--json lists them)" if dry_run else f"(all in {audit_dir / 'redact.log'})"), highlight=False,
                 soft_wrap=True)
