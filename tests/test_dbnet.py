@@ -550,6 +550,22 @@ def test_training_keeps_a_weight_space_blend_of_start_and_tuned_weights(trained:
     assert moved > 0
 
 
+def test_the_kept_epoch_is_not_validated_twice(tiny: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The full-step blend (a = 1) of the kept epoch is the network that epoch's validation
+    scored, exported the same way: `finish` reuses that score (one validation of ~35 s on the
+    benchmark) and the blend table shows the epoch's own number."""
+    from pipeline.train.db import DBArch
+
+    calls: list[int] = []
+    real = DBArch._selection
+    monkeypatch.setattr(DBArch, "_selection", lambda self, det, val: calls.append(1) or real(self, det, val))
+    r = train(_cfg(tmp_path / "run", steps_per_epoch=2), tiny["train"], (), tiny["val"])
+    blends = sorted(set(TINY_RECIPE.interpolate))
+    assert 1.0 in blends and len(calls) == 1 + len(blends) - 1     # the epoch, then the other blends
+    full = next(x for x in r.selection["interpolations"] if x["weight"] == 1.0)
+    assert full["coverage_at_budget"] == r.history[-1]["score"]
+
+
 def test_bad_train_options_are_one_line_errors_before_any_work(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
