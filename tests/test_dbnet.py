@@ -557,11 +557,15 @@ def test_the_kept_epoch_is_not_validated_twice(tiny: dict, tmp_path: Path, monke
     from pipeline.train.db import DBArch
 
     calls: list[int] = []
-    real = DBArch._selection
+    sessions: list[int] = []
+    real, real_detector = DBArch._selection, DBArch._detector
     monkeypatch.setattr(DBArch, "_selection", lambda self, det, val: calls.append(1) or real(self, det, val))
+    monkeypatch.setattr(DBArch, "_detector", lambda self, onnx: sessions.append(1) or real_detector(self, onnx))
     r = train(_cfg(tmp_path / "run", steps_per_epoch=2), tiny["train"], (), tiny["val"])
     blends = sorted(set(TINY_RECIPE.interpolate))
     assert 1.0 in blends and len(calls) == 1 + len(blends) - 1     # the epoch, then the other blends
+    # sessions: timing one export, the epoch, the other blends, the kept one; none for the reused score
+    assert len(sessions) == 1 + 1 + len(blends) - 1 + 1
     full = next(x for x in r.selection["interpolations"] if x["weight"] == 1.0)
     assert full["coverage_at_budget"] == r.history[-1]["score"]
 

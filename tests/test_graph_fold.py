@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from pipeline.detectors.graph import fold, folded_bytes
+from pipeline.detectors.graph import fold, fold_bytes, folded_bytes
 from pipeline.detectors.ppocr import PPOCRDetector, default_model_path, preprocess
 from tests.test_ppocr import render
 
@@ -51,10 +51,10 @@ def test_the_detector_runs_the_folded_graph_and_finds_the_same_boxes(monkeypatch
 
     arr, _ = render("SPECIMEN 7781-B", (480, 180), (30, 70), px=32)
     loaded: list[bytes] = []
-    monkeypatch.setattr(ppocr, "folded_bytes", lambda data, keep=True: loaded.append(folded_bytes(data, keep)) or loaded[-1])
+    monkeypatch.setattr(ppocr, "folded_bytes", lambda data: loaded.append(folded_bytes(data)) or loaded[-1])
     (a,) = PPOCRDetector().detect([arr])
     assert len(loaded) == 1 and ops(loaded[0])["Div"] == 0    # the session got the folded graph
-    monkeypatch.setattr(ppocr, "folded_bytes", lambda data, keep=True: data)
+    monkeypatch.setattr(ppocr, "folded_bytes", lambda data: data)
     (b,) = PPOCRDetector().detect([arr])
     assert len(a) == len(b) >= 1
     assert np.abs(a.boxes - b.boxes).max() <= 1.0
@@ -64,13 +64,17 @@ def test_a_network_scored_while_training_is_folded_without_filling_the_user_cach
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every epoch's validation exports the current weights; each folded copy is 4.7 MB, and a
     bundle's graph (kept) is the only one worth finding again in the cache."""
+    from pipeline.detectors.dbnet import DBDetector
+
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     data = default_model_path().read_bytes()
     folded_bytes.cache_clear()
-    once = folded_bytes(data, False)
-    assert ops(once)["Div"] == 0 and not list(tmp_path.rglob("db-folded-*"))
+    arr, _ = render("SPECIMEN 7781-B", (480, 180), (30, 70), px=32)
+    (a,) = DBDetector(version="epoch", model_bytes=data, cache_graph=False).detect([arr])
+    assert len(a) >= 1 and not list(tmp_path.rglob("db-folded-*")) and folded_bytes.cache_info().currsize == 0
+    once = fold_bytes(data)
+    assert ops(once)["Div"] == 0 and folded_bytes(data) == once and len(list(tmp_path.rglob("db-folded-*"))) == 1
     folded_bytes.cache_clear()
-    assert folded_bytes(data) == once and len(list(tmp_path.rglob("db-folded-*"))) == 1
 
 
 def _init(name: str, value: np.ndarray) -> onnx.TensorProto:

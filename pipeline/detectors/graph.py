@@ -297,21 +297,12 @@ def fold(model: Any) -> dict[str, int]:
     return counts
 
 
-@functools.lru_cache(maxsize=4)
-def folded_bytes(data: bytes, keep: bool = True) -> bytes:
-    """The serialized ONNX `data` with `fold` applied: what a detector's session loads, from the
-    user cache when an earlier run made it. A graph the rules cannot read (someone's own ONNX) is
-    logged and loaded as it is: the rewrites are a speed-up, never a condition for running.
-    `keep=False`: a network that lives for one validation while training is folded in memory and
-    never written to the cache (a 20-minute run would leave dozens of 4.7 MB files there)."""
-    from pipeline.io import atomic_write_bytes, cache_dir, sha256_bytes
-
-    cached = cache_dir() / f"db-folded-v{FOLD_VERSION}-{sha256_bytes(data)[:24]}.onnx"
-    if keep:
-        try:
-            return cached.read_bytes()
-        except OSError:
-            pass
+def fold_bytes(data: bytes) -> bytes:
+    """The serialized ONNX `data` with `fold` applied, made now and kept nowhere: for a network
+    scored once while training (a 20-minute run would otherwise leave a 4.7 MB graph in the user
+    cache, and in `folded_bytes`' memo, per validation). A graph the rules cannot read (someone's
+    own ONNX) is logged and returned as it is: the rewrites are a speed-up, never a condition
+    for running."""
     try:
         import onnx
 
@@ -322,8 +313,23 @@ def folded_bytes(data: bytes, keep: bool = True) -> bytes:
         log.warning("ONNX graph not folded (%s: %s); running it as given", type(exc).__name__, exc)
         return data
     log.debug("folded the DB graph: %s", counts)
-    if not keep:
-        return out
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def folded_bytes(data: bytes) -> bytes:
+    """`fold_bytes` of `data`, kept in the user cache (`io.cache_dir`) and read from there when
+    an earlier run made it: what a detector's session loads."""
+    from pipeline.io import atomic_write_bytes, cache_dir, sha256_bytes
+
+    cached = cache_dir() / f"db-folded-v{FOLD_VERSION}-{sha256_bytes(data)[:24]}.onnx"
+    try:
+        return cached.read_bytes()
+    except OSError:
+        pass
+    out = fold_bytes(data)
+    if out is data:
+        return data
     try:
         atomic_write_bytes(cached, out)
     except OSError as exc:   # a read-only home: fold again next time

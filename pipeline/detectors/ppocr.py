@@ -34,7 +34,7 @@ import numpy as np
 
 from pipeline.boxes import Detections, quad_thickness, quad_to_xyxy
 from pipeline.config import check_number
-from pipeline.detectors.graph import folded_bytes
+from pipeline.detectors.graph import fold_bytes, folded_bytes
 from pipeline.detectors.tiling import Tiler, merge_boxes
 from pipeline.io import one_line, sha256_json
 
@@ -202,7 +202,8 @@ class PPOCRDetector:
                 raise FileNotFoundError(f"{model}: PP-OCR detection model not found (is rapidocr-onnxruntime installed?)")
             model_bytes = model.read_bytes()
         try:
-            self._session = ort.InferenceSession(folded_bytes(model_bytes, cache_graph), sess_options=opts,
+            folded = folded_bytes(model_bytes) if cache_graph else fold_bytes(model_bytes)
+            self._session = ort.InferenceSession(folded, sess_options=opts,
                                                  providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - e.g. a damaged cached copy: the graph as given
             log.warning("folded ONNX graph did not load (%s); running it as given", one_line(exc)[:200])

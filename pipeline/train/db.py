@@ -375,7 +375,7 @@ class DBArch:
 
         points = sweep(self._stock_detector(), self._items(val), [PPOCR_GRID_DEFAULT, *self.recipe.grid()])
         t = time.monotonic()
-        self._exported(1.0)             # what `finish` pays per blend besides its validation
+        self._detector(self._exported(1.0)[1])   # what `finish` pays per blend besides its validation
         self.export_seconds = time.monotonic() - t
         self.budget = stock_budget(points, self.recipe.over_redaction_budget, self.recipe.min_budget)
         self.stock = select(points, self.budget)
@@ -443,10 +443,10 @@ class DBArch:
         scored (one validation of the four blends saved when the bytes are the same)."""
         from pipeline.io import sha256_bytes
 
-        _, onnx, detector = self._exported(a)
+        onnx = self._exported(a)[1]
         key = sha256_bytes(onnx)
-        if key not in self._scored:
-            self._scored[key] = self._selection(detector, val)
+        if key not in self._scored:   # a hit builds no session: the ONNX is neither folded nor loaded
+            self._scored[key] = self._selection(self._detector(onnx), val)
         return self._scored[key]
 
     def _blend(self, a: float) -> dict[str, Any]:
@@ -456,21 +456,25 @@ class DBArch:
             return {k: v.detach().clone() for k, v in tuned.items()}
         return {k: (self.start[k] + a * (v - self.start[k])) if v.is_floating_point() else v for k, v in tuned.items()}
 
-    def _exported(self, a: float) -> tuple[Any, bytes, Any]:
-        """The blend `a` as the bundle will hold it: float16-rounded, exported, in a detector."""
+    def _exported(self, a: float) -> tuple[Any, bytes]:
+        """The blend `a` as the bundle will hold it: the float16-rounded network and its ONNX."""
         import copy
 
         from pipeline.bundle import round_model_
-        from pipeline.detectors.dbnet import DBDetector, export_onnx_bytes
-        from pipeline.detectors.ppocr import PPOCRConfig
+        from pipeline.detectors.dbnet import export_onnx_bytes
 
         net = copy.deepcopy(self.net)
         net.load_state_dict(self._blend(a))
         round_model_(net)
         net.eval()
-        onnx = export_onnx_bytes(net, "x")
-        return net, onnx, DBDetector(PPOCRConfig(threads=self._threads()), version="unsaved", model_bytes=onnx,
-                                     cache_graph=False)
+        return net, export_onnx_bytes(net, "x")
+
+    def _detector(self, onnx: bytes) -> Any:
+        """An exported blend in a detector: folded in memory, never into the user cache."""
+        from pipeline.detectors.dbnet import DBDetector
+        from pipeline.detectors.ppocr import PPOCRConfig
+
+        return DBDetector(PPOCRConfig(threads=self._threads()), version="unsaved", model_bytes=onnx, cache_graph=False)
 
     def _stock_detector(self) -> Any:
         """Stock ppocr for validation (one ONNX session per run: the sweep and the interval)."""
@@ -506,7 +510,8 @@ class DBArch:
                   "worst_source_delta": m["worst_source_delta"]} for w, s, m in scored]
         if scored:
             a, sel, metrics = scored[choose_interpolation(tried)]
-        net, onnx, detector = self._exported(a)               # deterministic: the network scored above
+        net, onnx = self._exported(a)               # deterministic: the network scored above
+        detector = self._detector(onnx)
         self.net.load_state_dict(net.state_dict())
         selection: dict[str, Any] = {}
         if val:
