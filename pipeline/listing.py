@@ -152,7 +152,7 @@ def iter_image_files(root: str | Path, extensions: Collection[str] | None = None
         for e in entries:
             path = Path(e.path)
             erel = f"{rel}/{e.name}" if rel else e.name
-            if e.name.startswith("."):
+            if is_hidden_name(e.name):
                 if exts is not None:
                     continue
                 if _is_real_dir(e):   # named at the end unless a link in the tree lists it
@@ -211,6 +211,11 @@ def iter_image_files(root: str | Path, extensions: Collection[str] | None = None
             continue
         if (st.st_dev, st.st_ino) not in visited and not is_excluded(os.path.realpath(path)):
             yield Skipped(path, rel, "hidden", "hidden folder (name starts with '.'); not listed")
+
+
+def is_hidden_name(name: str) -> bool:
+    """The listing's rule for hidden entries (files and folders): the name starts with '.'."""
+    return name.startswith(".")
 
 
 def _is_real_dir(e: os.DirEntry) -> bool:

@@ -133,12 +133,14 @@ def predict_images_each(detectors: Sequence[Detector], paths: Iterable[str | Pat
         per_detector = [_detect_loaded(detector, loaded, failed) for detector in detectors]
         for p in batch:
             h, w = shapes[p][:2] if p in shapes else (0, 0)
+            if p in failed:   # unreadable: one line, not one per detector
+                log.info("%s: %s", p, failed[p])
             out = []
             for results in per_detector:
                 r = results[p]
                 if isinstance(r, Detections):
                     r = _clean(r, w, h, threshold)
-                else:
+                elif p not in failed:
                     log.info("%s: %s", p, r)
                 out.append(Prediction(p, int(w), int(h), r))
             yield out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -57,7 +58,7 @@ def test_predict_paths_streams_past_bad_images(tmp_path: Path) -> None:
         assert det.boxes[:, 2].max() <= 40 and det.boxes[:, 3].max() <= 30  # clipped to the image
 
 
-def test_variants_of_a_detector_share_one_decode_and_keep_their_own_failures(tmp_path: Path, monkeypatch) -> None:
+def test_variants_of_a_detector_share_one_decode_and_keep_their_own_failures(tmp_path: Path, monkeypatch, caplog) -> None:
     """A threshold grid runs 18 variants over the same validation images: each image is decoded
     once for all of them, each variant gets what running it alone gives, and one variant's
     failure on an image is that variant's error only."""
@@ -73,7 +74,9 @@ def test_variants_of_a_detector_share_one_decode_and_keep_their_own_failures(tmp
     monkeypatch.setattr(predict, "load_views", lambda p, *a: decoded.append(Path(p)) or real(p, *a))
     robust = fakes.FakeDetector(_by_pixels)                   # finds boxes on the black image too
     variants = [FakeDetector(), robust]
-    sets = detect_sets(variants, items, threshold=0.5, batch_size=3)
+    with caplog.at_level(logging.INFO, logger="pipeline.predict"):
+        sets = detect_sets(variants, items, threshold=0.5, batch_size=3)
+    assert sum("bad.jpg" in r.getMessage() for r in caplog.records) == 1   # unreadable: said once
     assert sorted(decoded) == sorted(p for p, _ in items)     # once each, not once per variant
     assert sets[0].ok == [0, 3] and sets[1].ok == [0, 2, 3]
     assert all(len(s.errors) == n for s, n in zip(sets, (2, 1)))
@@ -82,6 +85,27 @@ def test_variants_of_a_detector_share_one_decode_and_keep_their_own_failures(tmp
         alone = detect_set(variant, items, threshold=0.5, batch_size=3)
         assert alone.ok == got.ok
         assert all(np.array_equal(a.boxes, b.boxes) for a, b in zip(alone.detections, got.detections))
+
+
+def test_a_threshold_sweep_names_an_unreadable_validation_image_once(tmp_path: Path, caplog) -> None:
+    """18 grid points over a validation split with one broken file: one warning, and every
+    point is scored on the images that could be read."""
+    from pipeline.formats import LabelledImage
+    from pipeline.train.select import sweep
+
+    class Tunable(fakes.FakeDetector):
+        def retuned(self, **params):
+            return self
+
+    good = make_images(tmp_path)
+    bad = write(tmp_path / "bad.jpg", b"not an image")
+    items = [(p, LabelledImage(image=p.name, width=40, height=30, boxes=np.array([[2.0, 2, 12, 8]]), ignore=[]))
+             for p in [good[0], bad, good[1]]]
+    grid = [{"thresh": 0.3, "box_thresh": 0.3, "unclip_ratio": u} for u in (1.2, 1.4, 1.6)]
+    with caplog.at_level(logging.WARNING, logger="pipeline.train"):
+        points = sweep(Tunable(_by_pixels), items, grid)
+    assert len(points) == 3 and all(p.metrics["n_images"] == 2 for p in points)
+    assert sum("bad.jpg" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_predict_workspace_upserts_idempotently(ws, tmp_path: Path) -> None:

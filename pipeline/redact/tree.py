@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from pipeline.listing import is_hidden_name
 from pipeline.redact import run as rr
 
 Progress = Callable[[int, int], None]
@@ -188,7 +189,7 @@ def redact_tree(input: str, output: str | Path, cfg: rr.RedactConfig = rr.Redact
             rr.log.info("%d file(s) ignored: not named as images (%s) or hidden; not redacted, not in the output",
                         len(ignored), " ".join(sorted(rr.codec.EXTENSIONS)))
         for path in ignored:
-            rr.log.info("%s: ignored: %s", path, "hidden name" if Path(path).name.startswith(".") else "not named as an image")
+            rr.log.info("%s: ignored: %s", path, "hidden name" if is_hidden_name(Path(path).name) else "not named as an image")
         t0 = time.perf_counter()
         results: list[rr.Result] = list(pre_results) + planned.problems   # FIFOs, links out of the tree...
         stream = None

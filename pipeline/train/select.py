@@ -142,21 +142,19 @@ def sweep(detector: Any, items: Sequence[tuple[Path, Any]], grid: Sequence[dict[
     maps cached, so the grid costs one forward pass per image; others sweep the score threshold."""
     from pipeline.predict import detect_set, detect_sets
 
-    points = []
     if hasattr(detector, "retuned"):
         grid = list(grid) if grid else [PPOCR_GRID_DEFAULT]
         with _maps_cached(detector):
-            for params, found in zip(grid, detect_sets([detector.retuned(**p) for p in grid], items, threshold)):
-                for e in found.errors:
-                    log.warning("validation: skipped %s", e)
-                points.append(_point(params, [items[k][1] for k in found.ok], found.detections))
-        return points
+            found_each = detect_sets([detector.retuned(**p) for p in grid], items, threshold)
+        for e in dict.fromkeys(e for found in found_each for e in found.errors):   # once, not per grid point
+            log.warning("validation: skipped %s", e)
+        return [_point(params, [items[k][1] for k in found.ok], found.detections)
+                for params, found in zip(grid, found_each)]
     found = detect_set(detector, items, min(SCORE_GRID))
     for e in found.errors:
         log.warning("validation: skipped %s", e)
-    for t in (grid or [{"threshold": t} for t in SCORE_GRID]):
-        points.append(_point(t, [items[k][1] for k in found.ok], [d.filter(t["threshold"]) for d in found.detections]))
-    return points
+    return [_point(t, [items[k][1] for k in found.ok], [d.filter(t["threshold"]) for d in found.detections])
+            for t in (grid or [{"threshold": t} for t in SCORE_GRID])]
 
 
 def best_within(points: Sequence[Operating], budget: float) -> Operating | None:
