@@ -1114,6 +1114,7 @@ def test_files_left_out_are_named_and_images_with_nothing_found_are_counted(tmp_
     Image.new("RGB", (200, 120), (200, 210, 220)).save(src / "blank.png")
     im.save(src / "f.dat", format="PNG")
     im.save(src / "noext", format="JPEG")
+    im.save(src / ".hidden.png")                    # named as an image, but hidden: left out, with its reason
     r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "redact", str(src), str(tmp_path / "out"),
                                  "--color", "255,0,255", "--detector", "ppocr"])
     assert r.exit_code == 0, r.output
@@ -1123,13 +1124,14 @@ def test_files_left_out_are_named_and_images_with_nothing_found_are_counted(tmp_
     ink = np.asarray(im.convert("L")) < 128
     assert (np.abs(out.astype(int) - [255, 0, 255]).sum(axis=2) < 60)[ink].mean() > 0.97   # the words are covered
     text = " ".join(r.output.split())
-    assert "ignored 2 entr(ies) not named as images" in text and "f.dat" in text and "noext" in text
+    assert "ignored 3 entr(ies) not named as images, or hidden" in text and "f.dat" in text and "noext" in text
     assert "of which no text found" in text
     summary = json.loads((tmp_path / "out.audit" / "summary.json").read_text())
     assert summary["no_text_found"] == 1 and summary["redacted"] == 2
-    assert sorted(Path(p).name for p in summary["ignored_files"]) == ["f.dat", "noext"]
+    assert sorted(Path(p).name for p in summary["ignored_files"]) == [".hidden.png", "f.dat", "noext"]
     log = (tmp_path / "out.audit" / "redact.log").read_text()
     assert "f.dat: ignored: not named as an image" in log and "noext: ignored" in log
+    assert ".hidden.png: ignored: hidden name" in log
 
 
 def test_a_full_disk_names_the_file_and_still_shows_what_happened(tmp_path, fake, monkeypatch):
