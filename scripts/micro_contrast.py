@@ -7,7 +7,7 @@ the background's noise there (std of the luma's high-pass inside its box), their
 the share of its ink inside the detector's boxes. Prints a table per kind and CNR band and
 writes JSON. What it answers: how much of the microscopy gap is text a viewer can hardly see.
 
-    .venv/bin/python scripts/micro_contrast.py [--json OUT] [--detector ppocr|BUNDLE.zip]
+    .venv/bin/python scripts/micro_contrast.py [--json OUT] [--detector ppocr|BUNDLE.zip] [--scales 1,2]
 """
 
 from __future__ import annotations
@@ -36,8 +36,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--detector", default="ppocr")
+    ap.add_argument("--scales", default="1", help="detector passes, e.g. 1,2 (single glyphs need the 2x pass)")
     args = ap.parse_args()
-    det = load_detector(args.detector)
+    try:
+        det = load_detector(args.detector, scales=tuple(args.scales.split(",")))
+    except ValueError as exc:
+        ap.error(f"--scales {args.scales}: {exc}")
     luma = np.array([0.299, 0.587, 0.114], np.float32)
     rows = []
     for i in range(MICRO.n_images):
@@ -72,7 +76,7 @@ def main() -> int:
             table.append(line(f"watermark, CNR >= {LOW_CNR}", [x for x in sel if x["cnr"] >= LOW_CNR]))
     table.append(line(f"all but watermarks with CNR < {LOW_CNR}",
                       [x for x in rows if not (x["kind"] == "watermark" and x["cnr"] < LOW_CNR)]))
-    print(f"| overlays ({det.version}, one 1x pass, box fill) | n | share of ink | ink found |")
+    print(f"| overlays ({det.version}, passes {args.scales}, box fill) | n | share of ink | ink found |")
     print("| --- | --- | --- | --- |")
     for t in table:
         print(f"| {t['group']} | {t['overlays']} | {t['ink_share']:.3f} | {t['ink_found']:.3f} |")
