@@ -19,6 +19,7 @@ from pipeline.boxes import cxcywh_norm_to_xyxy, xyxy_to_cxcywh_norm
 from pipeline.config import SPLITS
 from pipeline.formats.devset import LabelledImage, is_export_image
 from pipeline.io import atomic_write_text
+from pipeline.listing import is_hidden_name
 
 FILE_NAME = "data.yaml"
 FILES = (FILE_NAME, *(f"{s}.txt" for s in SPLITS))   # what `save` may write at the top of its folder
@@ -92,7 +93,7 @@ def load(path: str | Path) -> list[LabelledImage]:
     if root.is_file():
         root = root.parent
     out = []
-    for img in sorted(p for p in (root / "images").iterdir() if p.is_file() and not p.name.startswith(".")):
+    for img in sorted(p for p in (root / "images").iterdir() if p.is_file() and not is_hidden_name(p.name)):
         with Image.open(img) as im:
             w, h = im.size
         lab_file = root / "labels" / f"{img.stem}.txt"

@@ -36,6 +36,7 @@ from pipeline.config import check_split
 from pipeline.formats import FORMATS as _REGISTRY
 from pipeline.formats import LabelledImage, get_format
 from pipeline.io import atomic_open, is_atomic_temp, is_image_id
+from pipeline.listing import is_hidden_name
 from pipeline.workspace import Workspace
 
 FORMATS = tuple(_REGISTRY)
@@ -46,7 +47,7 @@ def _files_in(out: Path) -> list[Path]:
     """The entries of OUT's `images/` and `labels/`; hidden ones (`.DS_Store`, a killed export's
     temp files) are no dataset file and no reason to refuse the folder."""
     return [p for d in _OWN_DIRS if (out / d).is_dir() for p in sorted((out / d).iterdir())
-            if not p.name.startswith(".")]
+            if not is_hidden_name(p.name)]
 
 
 def _label_files(out: Path) -> list[tuple[Path, bool]]:
