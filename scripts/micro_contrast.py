@@ -36,10 +36,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--detector", default="ppocr")
-    ap.add_argument("--scales", default="1", help="detector passes, e.g. 1,2 (single glyphs need the 2x pass)")
+    ap.add_argument("--scales", default=None,
+                    help="DB detectors' passes, e.g. 1,2 (single glyphs need the 2x pass); default one 1x pass")
     args = ap.parse_args()
     try:
-        det = load_detector(args.detector, scales=tuple(args.scales.split(",")))
+        det = load_detector(args.detector, **({"scales": tuple(args.scales.split(","))} if args.scales else {}))
     except ValueError as exc:
         ap.error(f"--scales {args.scales}: {exc}")
     luma = np.array([0.299, 0.587, 0.114], np.float32)
@@ -76,7 +77,7 @@ def main() -> int:
             table.append(line(f"watermark, CNR >= {LOW_CNR}", [x for x in sel if x["cnr"] >= LOW_CNR]))
     table.append(line(f"all but watermarks with CNR < {LOW_CNR}",
                       [x for x in rows if not (x["kind"] == "watermark" and x["cnr"] < LOW_CNR)]))
-    print(f"| overlays ({det.version}, passes {args.scales}, box fill) | n | share of ink | ink found |")
+    print(f"| overlays ({det.version}, passes {args.scales or 1}, box fill) | n | share of ink | ink found |")
     print("| --- | --- | --- | --- |")
     for t in table:
         print(f"| {t['group']} | {t['overlays']} | {t['ink_share']:.3f} | {t['ink_found']:.3f} |")
