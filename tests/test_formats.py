@@ -50,6 +50,17 @@ def test_save_then_load_gives_the_records_back(tmp_path, name):
         assert got.polys == want.polys
 
 
+def test_yolo_load_passes_over_hidden_files_in_images(tmp_path):
+    """A file manager's `.DS_Store` (or a killed copy's temp file) in `images/` is no image: the
+    reader leaves it out instead of failing to open it."""
+    records = _records()
+    _write_images(tmp_path, records)
+    target = save("yolo", records, tmp_path)
+    (tmp_path / "images" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (tmp_path / "images" / ".a.png.1234.tmp").write_bytes(b"partial")
+    assert sorted(r.image for r in load("yolo", target)) == sorted(r.image for r in records)
+
+
 def test_coco_document_follows_coco_conventions(tmp_path):
     target = get_format("coco").save(_records(), tmp_path)
     doc = json.loads(target.read_text())
