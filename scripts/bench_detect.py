@@ -78,7 +78,6 @@ cfg = TrainConfig(out_dir=str(out), arch='db', epochs={args.db_epochs}, steps_pe
                   lr={args.db_lr}, warmup_steps=30, budget_minutes={minutes}, seed=0, threads={args.threads},
                   patience={args.db_patience}, human_fraction={args.db_human_fraction},
                   db=DBRecipe(teacher_ignore={args.db_teacher_ignore}, interpolate={tuple(args.db_interpolate)!r},
-                              ring_distill={args.db_ring_distill}, exact_rings_synthetic_only={args.db_exact_synth},
                               missed_text={args.db_missed_text}))
 t = time.time()
 r = train(cfg, synth, human, val)
@@ -287,8 +286,6 @@ def main() -> None:
                     help="share of devset (human-labelled) images per batch, the rest synthetic")
     ap.add_argument("--db-teacher-ignore", type=float, default=DBRecipe().teacher_ignore,
                     help="stock map >= this on a background pixel makes it don't-care (0: off)")
-    ap.add_argument("--db-ring-distill", type=float, default=DBRecipe().ring_distill)
-    ap.add_argument("--db-exact-synth", action="store_true")
     ap.add_argument("--db-missed-text", type=float, default=DBRecipe().missed_text,
                     help="extra BCE weight of text the stock model misses (0: off)")
     ap.add_argument("--db-interpolate", type=lambda t: [float(x) for x in t.split(",")], default=list(DBRecipe().interpolate),

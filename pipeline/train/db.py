@@ -53,11 +53,6 @@ class DBRecipe:
     # is not unlearnt. 0 disables (costs one teacher pass per step). Without it a benchmark run
     # lost half the scene text (icdar2015 0.82 -> 0.48) that the devset's labels do not all mark.
     teacher_ignore: float = 0.5
-    # EXPERIMENT (benchmark runs 26-28): the ring between a labelled kernel and its polygon's
-    # edge takes the stock map as its target (0: the labels' 0 there, as DB trains) ...
-    ring_distill: float = 1.0
-    # ... and with this, only synthetic (exact ink) boxes get the ring treatment
-    exact_rings_synthetic_only: bool = False
     # Weight-space ensembles (WiSE-FT, Wortsman et al. 2022): after training, the weights
     # start + a * (tuned - start) for each a here are scored on validation and the best one that
     # no source vetoes is kept. A few dozen labelled images pull the network toward their own
@@ -86,7 +81,7 @@ class DBRecipe:
                              f"{self.over_redaction_budget}")
         if not 32 <= self.crop <= 4096:
             raise ValueError(f"crop must be in [32, 4096] pixels, got {self.crop}")
-        for name, lo, hi in (("l2sp", 0, 1e3), ("distill", 0, 1e3), ("teacher_ignore", 0, 1), ("missed_text", 0, 10), ("ring_distill", 0, 1e3),
+        for name, lo, hi in (("l2sp", 0, 1e3), ("distill", 0, 1e3), ("teacher_ignore", 0, 1), ("missed_text", 0, 10),
                              ("max_angle", 0, 180), ("p_rotate", 0, 1), ("shrink_ratio", 0.05, 0.95),
                              ("min_text_px", 0, 1e3), ("bce_weight", 0, 1e3), ("dice_weight", 0, 1e3),
                              ("neg_ratio", 0.1, 1e3), ("min_budget", 0, 0.5)):
@@ -160,16 +155,6 @@ def make_targets(polys: Sequence[np.ndarray], ignore: Sequence[bool], height: in
     return gt, mask
 
 
-def labelled_region(polys: Sequence[np.ndarray], ignore: Sequence[bool], height: int, width: int) -> np.ndarray:
-    """bool (H, W): inside a labelled (not don't-care) text polygon, at its full extent."""
-    region = np.zeros((height, width), np.uint8)
-    for poly, ig in zip(polys, ignore):
-        poly = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
-        if len(poly) >= 3 and not ig:
-            _fill(region, poly, 1)
-    return region.astype(bool)
-
-
 def _min_side(poly: np.ndarray) -> float:
     """The thickness of a polygon: the short side of its minimum-area rectangle."""
     import cv2
@@ -224,12 +209,11 @@ class DBBatch:
     gt: Any               # N x H x W
     mask: Any             # N x H x W
     text_free: Any        # N bool: a whole image without text (teacher applies)
-    labelled: Any = None  # N x H x W bool: inside labelled text polygons (`labelled_region`)
 
 
 def db_crop(img: np.ndarray, gt_rec: Any, rng: np.random.Generator, recipe: DBRecipe, augment: bool
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(BGR crop uint8, gt, mask, labelled region) of one sample image (RGB uint8) at the inference scale."""
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(BGR crop uint8, gt, mask) of one sample image (RGB uint8) at the inference scale."""
     h, w = img.shape[:2]
     polys = gt_rec.polygons()
     ignore = np.asarray(gt_rec.ignore, dtype=bool)
@@ -243,7 +227,7 @@ def db_crop(img: np.ndarray, gt_rec: Any, rng: np.random.Generator, recipe: DBRe
     if augment:
         crop = photometric(crop, rng)
     gt, mask = make_targets(cpolys, cignore, recipe.crop, recipe.crop, recipe.shrink_ratio, recipe.min_text_px)
-    return np.ascontiguousarray(crop[..., ::-1]), gt, mask, labelled_region(cpolys, cignore, recipe.crop, recipe.crop)
+    return np.ascontiguousarray(crop[..., ::-1]), gt, mask
 
 
 def make_db_batch(step: int, synth: Sequence[Sample], human: Sequence[Sample], cfg: Any) -> DBBatch:
@@ -251,21 +235,17 @@ def make_db_batch(step: int, synth: Sequence[Sample], human: Sequence[Sample], c
     import torch
 
     rng = np.random.default_rng([cfg.seed, 2, step])
-    xs, gts, masks, free, labelled = [], [], [], [], []
-    synthetic = {id(s) for s in synth}
+    xs, gts, masks, free = [], [], [], []
     for s, img in draw_images(rng, synth, human, cfg):
-        bgr, gt, mask, region = db_crop(img, s.gt, rng, cfg.db, cfg.augment)
-        if cfg.db.exact_rings_synthetic_only and id(s) not in synthetic:
-            region[:] = False
+        bgr, gt, mask = db_crop(img, s.gt, rng, cfg.db, cfg.augment)
         xs.append(preprocess(bgr)[0])
         gts.append(gt)
         masks.append(mask)
-        labelled.append(region)
         free.append(len(s.gt.boxes) == 0)
         if len(xs) == cfg.batch_size:
             break
     return DBBatch(torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(gts)), torch.from_numpy(np.stack(masks)),
-                   torch.tensor(free, dtype=torch.bool), torch.from_numpy(np.stack(labelled)))
+                   torch.tensor(free, dtype=torch.bool))
 
 
 def db_losses(net: Any, batch: DBBatch, recipe: DBRecipe, anchor: dict[str, Any] | None, teacher: Any) -> dict[str, Any]:
@@ -279,21 +259,11 @@ def db_losses(net: Any, batch: DBBatch, recipe: DBRecipe, anchor: dict[str, Any]
         with torch.no_grad():
             stock = teacher(batch.images).clamp(0, 1)
         sure = stock.reshape(batch.gt.shape) >= recipe.teacher_ignore
-        if batch.labelled is not None:      # a labelled polygon's ring is not text the labeller left out
-            sure = sure & ~batch.labelled
         mask = mask * ~(sure & (batch.gt < 0.5))
-    ring = None
-    if recipe.ring_distill and stock is not None and batch.labelled is not None:
-        ring = batch.labelled & (batch.gt < 0.5) & (batch.mask > 0)
-        mask = mask * ~ring
     pos_weight = None
     if recipe.missed_text and stock is not None:
         pos_weight = 1.0 + recipe.missed_text * (1.0 - stock.reshape(batch.gt.shape))
     losses = db_loss(prob, batch.gt, mask, recipe, pos_weight)
-    if ring is not None and bool(ring.any()):
-        target = stock.reshape(batch.gt.shape)[ring]
-        p = prob.reshape(batch.gt.shape)[ring].clamp(1e-6, 1 - 1e-6)
-        losses["ring"] = recipe.ring_distill * -(target * torch.log(p) + (1 - target) * torch.log(1 - p)).mean()
     if recipe.l2sp and anchor is not None:
         losses["l2sp"] = recipe.l2sp * l2sp_penalty(net, anchor)
     if recipe.distill and teacher is not None and bool(batch.text_free.any()):
