@@ -59,6 +59,16 @@ MICRO = SynthConfig(n_images=30, seed=9001, width=(640, 1024),
                     kinds=("sample_id", "timestamp", "scale_bar", "instrument", "corner_label", "watermark"))
 
 
+def split_validation(items: list[tuple[Path, LabelledImage]], every: int) -> tuple[list, list]:
+    """(train, validation): every `every`-th image of each source, by name, validates; the
+    rest trains. Per source, so each source is judged on a share of its own images."""
+    train, val = [], []
+    for src in sorted({r.source for _, r in items}):
+        for i, it in enumerate(sorted([(p, r) for p, r in items if r.source == src], key=lambda x: x[1].image)):
+            (val if i % every == every - 1 else train).append(it)
+    return train, val
+
+
 def db_code(args: argparse.Namespace, name: str, minutes: float, human_jsonl: Path, val_dir: Path, work: Path) -> str:
     out = work / name
     return f"""
@@ -286,6 +296,8 @@ def main() -> None:
                     help="share of devset (human-labelled) images per batch, the rest synthetic")
     ap.add_argument("--db-teacher-ignore", type=float, default=DBRecipe().teacher_ignore,
                     help="stock map >= this on a background pixel makes it don't-care (0: off)")
+    ap.add_argument("--db-val-every", type=int, default=4,
+                    help="every k-th image of each source of half A validates the db model instead of training it")
     ap.add_argument("--db-missed-text", type=float, default=DBRecipe().missed_text,
                     help="extra BCE weight of text the stock model misses (0: off)")
     ap.add_argument("--db-interpolate", type=lambda t: [float(x) for x in t.split(",")], default=list(DBRecipe().interpolate),
@@ -300,6 +312,8 @@ def main() -> None:
         ap.error("--db-minutes, --db-lr, --budget-minutes and --finetune-minutes must be positive")
     if not 0.0 <= args.db_human_fraction <= 1.0:
         ap.error("--db-human-fraction must be in [0, 1]")
+    if not 2 <= args.db_val_every <= 100:
+        ap.error("--db-val-every must be in [2, 100]")
     if not args.unclip_grid or not all(1.0 <= u <= 4.0 for u in args.unclip_grid):
         ap.error("--unclip-grid: ratios between 1.0 and 4.0, comma-separated")
     if not args.thresh_grid or not all(0.0 < t < 1.0 for t in args.thresh_grid):
@@ -318,12 +332,8 @@ def main() -> None:
     from pipeline.formats import write_jsonl
 
     write_jsonl(dev_a, [dataclasses.replace(r, image=os.path.relpath(p, dev_a.parent)) for p, r in half_a])
-    # db selects on data it does not train on: every 4th image of half A (per source, by name) + synthetic val
-    a_train, a_val = [], []
-    for src in sorted({r.source for _, r in half_a}):
-        items = sorted([(p, r) for p, r in half_a if r.source == src], key=lambda x: x[1].image)
-        for i, it in enumerate(items):
-            (a_val if i % 4 == 3 else a_train).append(it)
+    # db selects on data it does not train on: every k-th image of half A (per source) + synthetic val
+    a_train, a_val = split_validation(half_a, args.db_val_every)
     # validation keeps its sources (one folder each) so selection and the promotion veto score per source
     dev_a_train, dev_a_val = work / "devA-train" / "boxes.jsonl", work / "devA-val"
     write_jsonl(dev_a_train, [dataclasses.replace(r, image=os.path.relpath(p, dev_a_train.parent)) for p, r in a_train])
