@@ -119,7 +119,7 @@ def train_cmd(
     crop: int = typer.Option(512, help="db: training crop side (pixels at the scale ppocr runs the image at)."),
     l2sp: float = typer.Option(0.01, help="db: strength of the L2-SP pull toward the stock weights (0 = off)."),
     distill: float = typer.Option(1.0, help="db: weight of stock ppocr's map as teacher on text-free images (0 = off)."),
-    teacher_ignore: float = typer.Option(0.5, min=0.0, max=1.0, help="db: background pixels where stock ppocr's map is at least this are don't-care, so text the labels missed is not unlearnt (0 = off)."),
+    teacher_ignore: float = typer.Option(0.5, min=0.0, max=1.0, help="db: background pixels where stock ppocr's map is at least this are don't-care, so text the labels missed is not unlearnt; most of them are the ring next to labelled kernels, which scene words need free (README; 0 = off)."),
     missed_text: float = typer.Option(0.0, min=0.0, max=10.0, help="db: extra BCE weight of labelled text stock ppocr misses (positive pixels weigh 1 + k x (1 - stock map)); 2 favours microscopy overlays over scene text and receipts (README). Needs --teacher-ignore > 0."),
     interpolate: str = typer.Option("0.5,0.7,0.85,1", help="db: weight-space blends start + a*(tuned - start) scored on validation after training; the best one no source vetoes is kept (1 = the tuned weights only)."),
     budget: Optional[float] = typer.Option(None, "--over-redaction-budget",
