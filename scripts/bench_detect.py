@@ -88,7 +88,7 @@ cfg = TrainConfig(out_dir=str(out), arch='db', epochs={args.db_epochs}, steps_pe
                   lr={args.db_lr}, warmup_steps=30, budget_minutes={minutes}, seed=0, threads={args.threads},
                   patience={args.db_patience}, human_fraction={args.db_human_fraction},
                   db=DBRecipe(teacher_ignore={args.db_teacher_ignore}, interpolate={tuple(args.db_interpolate)!r},
-                              missed_text={args.db_missed_text}, distill_background={args.db_distill_background}))
+                              missed_text={args.db_missed_text}))
 t = time.time()
 r = train(cfg, synth, human, val)
 save_result(out / 'bundle.zip', r, version={name!r})
@@ -298,7 +298,6 @@ def main() -> None:
                     help="stock map >= this on a background pixel makes it don't-care (0: off)")
     ap.add_argument("--db-val-every", type=int, default=4,
                     help="every k-th image of each source of half A validates the db model instead of training it")
-    ap.add_argument("--db-distill-background", type=float, default=0.0)
     ap.add_argument("--db-missed-text", type=float, default=DBRecipe().missed_text,
                     help="extra BCE weight of text the stock model misses (0: off)")
     ap.add_argument("--db-interpolate", type=lambda t: [float(x) for x in t.split(",")], default=list(DBRecipe().interpolate),

@@ -55,7 +55,6 @@ class DBRecipe:
     # Most of what it frees (9 pixels in 10) is the inner ring around *labelled* kernels, where
     # stock's map is sure: keeping that ring negative cost scene words 0.117 (README, run 26).
     teacher_ignore: float = 0.5
-    distill_background: float = 0.0              # EXPERIMENT (run 30)
     # Weight-space ensembles (WiSE-FT, Wortsman et al. 2022): after training, the weights
     # start + a * (tuned - start) for each a here are scored on validation and the best one that
     # no source vetoes is kept. A few dozen labelled images pull the network toward their own
@@ -267,15 +266,6 @@ def db_losses(net: Any, batch: DBBatch, recipe: DBRecipe, anchor: dict[str, Any]
     if recipe.missed_text and stock is not None:
         pos_weight = 1.0 + recipe.missed_text * (1.0 - stock.reshape(batch.gt.shape))
     losses = db_loss(prob, batch.gt, mask, recipe, pos_weight)
-    if recipe.distill_background and stock is not None:
-        # where neither the labels nor stock see text, every pixel (not only the mined ones)
-        # is pulled toward stock's map: the model should not invent text on scene clutter
-        st = stock.reshape(batch.gt.shape)
-        bg = (batch.gt < 0.5) & (batch.mask > 0) & (st < recipe.teacher_ignore) & ~batch.text_free.reshape(-1, 1, 1)
-        if bool(bg.any()):
-            p = prob.reshape(batch.gt.shape)[bg].clamp(1e-6, 1 - 1e-6)
-            t = st[bg]
-            losses["distill_bg"] = recipe.distill_background * -(t * torch.log(p) + (1 - t) * torch.log(1 - p)).mean()
     if recipe.l2sp and anchor is not None:
         losses["l2sp"] = recipe.l2sp * l2sp_penalty(net, anchor)
     if recipe.distill and teacher is not None and bool(batch.text_free.any()):
