@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPO))
 
 from pipeline.boxes import Detections  # noqa: E402
 from pipeline.evaluate import CoverageCounts, evaluate, evaluate_by_source, json_safe  # noqa: E402
-from pipeline.formats import LabelledImage, read_devset, read_jsonl, split_halves  # noqa: E402
+from pipeline.formats import LabelledImage, read_devset, read_jsonl, split_every, split_halves  # noqa: E402
 from pipeline.imaging import load_rgb  # noqa: E402
 from pipeline.synth import SynthConfig, generate  # noqa: E402
 from pipeline.train.db import DBRecipe  # noqa: E402
@@ -57,16 +57,6 @@ from pipeline.train.select import image_counts as select_image_counts  # noqa: E
 MICRO = SynthConfig(n_images=30, seed=9001, width=(640, 1024),
                     background_kinds=("fluorescence", "brightfield", "em"),
                     kinds=("sample_id", "timestamp", "scale_bar", "instrument", "corner_label", "watermark"))
-
-
-def split_validation(items: list[tuple[Path, LabelledImage]], every: int) -> tuple[list, list]:
-    """(train, validation): every `every`-th image of each source, by name, validates; the
-    rest trains. Per source, so each source is judged on a share of its own images."""
-    train, val = [], []
-    for src in sorted({r.source for _, r in items}):
-        for i, it in enumerate(sorted([(p, r) for p, r in items if r.source == src], key=lambda x: x[1].image)):
-            (val if i % every == every - 1 else train).append(it)
-    return train, val
 
 
 def db_code(args: argparse.Namespace, name: str, minutes: float, human_jsonl: Path, val_dir: Path, work: Path) -> str:
@@ -333,7 +323,7 @@ def main() -> None:
 
     write_jsonl(dev_a, [dataclasses.replace(r, image=os.path.relpath(p, dev_a.parent)) for p, r in half_a])
     # db selects on data it does not train on: every k-th image of half A (per source) + synthetic val
-    a_train, a_val = split_validation(half_a, args.db_val_every)
+    a_train, a_val = split_every(half_a, args.db_val_every)
     # validation keeps its sources (one folder each) so selection and the promotion veto score per source
     dev_a_train, dev_a_val = work / "devA-train" / "boxes.jsonl", work / "devA-val"
     write_jsonl(dev_a_train, [dataclasses.replace(r, image=os.path.relpath(p, dev_a_train.parent)) for p, r in a_train])

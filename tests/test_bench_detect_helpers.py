@@ -51,17 +51,6 @@ def test_legible_only_drops_text_nobody_can_read(tmp_path: Path) -> None:
     assert out.ignore.tolist() == [False, True, False]
 
 
-def test_validation_takes_every_kth_image_of_each_source_and_never_trains_on_it() -> None:
-    recs = [(Path(f"{src}/{i}.jpg"), LabelledImage(f"{i:02d}.jpg", 10, 10, source=src))
-            for src, n in (("icdar2015", 20), ("sroie", 6), ("negatives", 1)) for i in range(n)]
-    for every, n_val in ((4, {"icdar2015": 5, "sroie": 1}), (2, {"icdar2015": 10, "sroie": 3})):
-        train, val = _bench().split_validation(recs, every)
-        assert sorted(map(str, (p for p, _ in train + val))) == sorted(map(str, (p for p, _ in recs)))
-        assert not {p for p, _ in train} & {p for p, _ in val}
-        got = {s: sum(r.source == s for _, r in val) for s in ("icdar2015", "sroie", "negatives")}
-        assert got == {**n_val, "negatives": 0}          # a source of one image stays in training
-
-
 def test_out_of_range_recipe_options_stop_before_any_work(tmp_path: Path) -> None:
     import subprocess
     import sys

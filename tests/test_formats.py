@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -59,6 +60,26 @@ def test_yolo_load_passes_over_hidden_files_in_images(tmp_path):
     (tmp_path / "images" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
     (tmp_path / "images" / ".a.png.1234.tmp").write_bytes(b"partial")
     assert sorted(r.image for r in load("yolo", target)) == sorted(r.image for r in records)
+
+
+def test_split_every_holds_out_every_kth_image_of_each_source_and_halves_alternate():
+    """The benchmarks' fixed splits: per source by name, disjoint, nothing lost; a source of one
+    image stays on the training side; `split_halves` is the k = 2 case."""
+    from pipeline.formats import split_every, split_halves
+
+    recs = [(Path(f"{src}/{i}.jpg"), LabelledImage(f"{i:02d}.jpg", 10, 10, source=src))
+            for src, n in (("icdar2015", 20), ("sroie", 6), ("negatives", 1)) for i in range(n)]
+    for every, n_val in ((4, {"icdar2015": 5, "sroie": 1}), (2, {"icdar2015": 10, "sroie": 3})):
+        rest, picked = split_every(recs[::-1], every)
+        assert sorted(str(p) for p, _ in rest + picked) == sorted(str(p) for p, _ in recs)
+        assert not {p for p, _ in rest} & {p for p, _ in picked}
+        assert {s: sum(r.source == s for _, r in picked) for s in ("icdar2015", "sroie", "negatives")} == \
+            {**n_val, "negatives": 0}
+    first, second = split_halves(recs)
+    assert [r.image for _, r in second if r.source == "sroie"] == ["01.jpg", "03.jpg", "05.jpg"]
+    assert (first, second) == split_every(recs, 2)
+    with pytest.raises(ValueError):
+        split_every(recs, 1)
 
 
 def test_coco_document_follows_coco_conventions(tmp_path):

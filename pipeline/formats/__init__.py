@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.formats import coco, devset, yolo
-from pipeline.formats.devset import LabelledImage, devset_files, read_devset, read_jsonl, split_halves, write_jsonl
+from pipeline.formats.devset import LabelledImage, devset_files, read_devset, read_jsonl, split_every, split_halves, write_jsonl
 
 
 @dataclass(frozen=True)
@@ -55,4 +55,4 @@ def load(name: str, path: str | Path, **options: Any) -> list[LabelledImage]:
 
 
 __all__ = ["FORMATS", "LabelFormat", "LabelledImage", "devset_files", "get_format", "save", "load", "read_devset", "read_jsonl",
-           "split_halves", "write_jsonl"]
+           "split_every", "split_halves", "write_jsonl"]

@@ -364,16 +364,25 @@ def load(path: str | Path, images_dir: str | Path | None = None) -> list[Labelle
     return read_jsonl(path, source=path.parent.name)
 
 
+def split_every(records: list[tuple[Path, LabelledImage]], every: int) -> tuple[list, list]:
+    """(rest, every `every`-th): per source, images sorted by name, the k-th, 2k-th... go to
+    the second list. Per source, so each source is judged on a share of its own images; fixed,
+    so runs on one devset compare."""
+    if every < 2:
+        raise ValueError(f"every must be at least 2, got {every}")
+    by_source: dict[str, list[tuple[Path, LabelledImage]]] = {}
+    for p, r in records:
+        by_source.setdefault(r.source, []).append((p, r))
+    rest: list[tuple[Path, LabelledImage]] = []
+    picked: list[tuple[Path, LabelledImage]] = []
+    for src in sorted(by_source):
+        for i, item in enumerate(sorted(by_source[src], key=lambda x: x[1].image)):
+            (picked if i % every == every - 1 else rest).append(item)
+    return rest, picked
+
+
 def split_halves(records: list[tuple[Path, LabelledImage]]) -> tuple[list, list]:
     """The fixed benchmark split of a devset: per source, images sorted by name, alternating.
 
     Benchmarks train/select on the first half and report on the second."""
-    by_source: dict[str, list[tuple[Path, LabelledImage]]] = {}
-    for p, r in records:
-        by_source.setdefault(r.source, []).append((p, r))
-    first: list[tuple[Path, LabelledImage]] = []
-    second: list[tuple[Path, LabelledImage]] = []
-    for src in sorted(by_source):
-        for i, item in enumerate(sorted(by_source[src], key=lambda x: x[1].image)):
-            (first if i % 2 == 0 else second).append(item)
-    return first, second
+    return split_every(records, 2)
