@@ -19,6 +19,8 @@ Leak (words still legible in the output, at the default padding): the PP-OCRv4 r
 reads every output as viewers show it; a ground-truth word (3+ letters/digits, not don't-care)
 has leaked when a reading at its place spells most of it. Reported as leaked words over the
 words the same recogniser can read in the *original* (readable), and over all countable words.
+The synthetic microscopy overlays (bench_detect's `MICRO` set) get the same read-back: overlays
+legible in the output over those legible in the original, by overlay kind.
 
 Transparent set: RGBA / LA / palette+tRNS PNGs and RGBA WebP with black, white and alpha-only
 words, redacted with defaults; leak and coverage measured on every viewer picture.
@@ -690,12 +692,38 @@ def fmt_quality_row(row: dict[str, Any]) -> str:
 
 # --- synthetic microscopy overlays ----------------------------------------------------------------
 
+def microscopy_leak(rendered: list[tuple[Path, Any]], out: Path, reader: Any,
+                    readable: dict[str, list[int]]) -> dict[str, Any]:
+    """Overlays OCR still reads in the redacted outputs (the fill users get), by overlay kind,
+    against those it reads in the originals (`readable`, filled in here once per image): what
+    a viewer of a redacted microscopy image can still use, as the devset's leak is."""
+    from pipeline.legibility import countable_words, leaked_words
+
+    by_kind: dict[str, dict[str, int]] = {}
+    leaked_texts = []
+    for p, r in rendered:
+        boxes, keep = np.asarray(r.boxes, float).reshape(-1, 4), [False] * len(r.texts)
+        if p.name not in readable:
+            readable[p.name] = leaked_words(boxes, r.texts, keep, _readings(reader, p))
+        left = set(leaked_words(boxes, r.texts, keep, _readings(reader, out / p.name, DEFAULT_FILL)))
+        for k in countable_words(r.texts, keep):
+            a = by_kind.setdefault(r.kinds[k], {"overlays": 0, "readable": 0, "leaked": 0})
+            a["overlays"] += 1
+            a["readable"] += k in readable[p.name]
+            a["leaked"] += k in left
+            if k in left:
+                leaked_texts.append(f"{p.name}: {r.texts[k]}")
+    return {"readable": sum(a["readable"] for a in by_kind.values()),
+            "leaked": sum(a["leaked"] for a in by_kind.values()), "by_kind": by_kind, "leaked_texts": leaked_texts}
+
+
 def microscopy_quality(work: Path, detectors: dict[str, Any], threshold: float, pad: str,
                        shapes: tuple[str, ...] = ("polygon",), limit: int = 0,
-                       verify_reader: Any = None) -> list[dict[str, Any]]:
+                       verify_reader: Any = None, leak_reader: Any = None) -> list[dict[str, Any]]:
     """bench_detect.py's held-out synthetic microscopy set (`MICRO`, imported), redacted as PNG with
     magenta: ink coverage = glyph pixels (`pipeline.synth`'s exact ink map, regenerated from the
-    same seed) that came out magenta; over-redaction = magenta outside every GT box, over all pixels."""
+    same seed) that came out magenta; over-redaction = magenta outside every GT box, over all pixels.
+    With `leak_reader`, also the overlays OCR reads in the first shape's outputs (`microscopy_leak`)."""
     import shutil
 
     from PIL import Image
@@ -717,7 +745,8 @@ def microscopy_quality(work: Path, detectors: dict[str, Any], threshold: float, 
         if not p.exists():
             p.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(r.image).save(p)
-        rendered.append((p, r.ink > 0, np.asarray(r.boxes, float).reshape(-1, 4)))
+        rendered.append((p, r))
+    readable: dict[str, list[int]] = {}
     rows = []
     for det_name, det in detectors.items():
         cached = det if isinstance(det, CachedDetector) else CachedDetector(det)
@@ -726,12 +755,13 @@ def microscopy_quality(work: Path, detectors: dict[str, Any], threshold: float, 
             out = work / "quality" / f"micro_{det_name}_{shape}"
             shutil.rmtree(out, ignore_errors=True)
             items = [Item(str(p), p.name, str(out / p.name), str(out.parent / f"{out.name}.audit" / f"{p.name}.json"))
-                     for p, _, _ in rendered]
+                     for p, _ in rendered]
             verify = det_name.endswith(VERIFY_SUFFIX)
             cfg = RedactConfig(threshold=threshold, pad=Pad.parse(pad), shape=shape, color=MAGENTA, force=True, verify=verify)
             list(run_local(Redactor(cached, cfg, verify_reader if verify else None), items, workers=1))
             ink = cov = outside = px = 0
-            for p, m, boxes in rendered:
+            for p, r in rendered:
+                m, boxes = r.ink > 0, np.asarray(r.boxes, float).reshape(-1, 4)
                 arr = np.asarray(Image.open(out / p.name).convert("RGB"))
                 red = (arr == np.array(MAGENTA, np.uint8)).all(axis=2)
                 h, w = red.shape
@@ -743,9 +773,15 @@ def microscopy_quality(work: Path, detectors: dict[str, Any], threshold: float, 
                    "ink_coverage": cov / ink if ink else math.nan, "over_redaction": outside / px,
                    "detect_cpu_s_per_image": round((cached.cpu_s - cpu0) / max(1, cached.calls - calls0), 3)}
             row["meets_goals"] = row["ink_coverage"] >= GOAL_MICRO_COVERAGE and row["over_redaction"] <= GOAL_MICRO_OVER
+            if leak_reader is not None and shape == shapes[0]:
+                row["leak"] = microscopy_leak(rendered, out, leak_reader, readable)
             rows.append(row)
+            lk = row.get("leak")
             print(f"  microscopy {det_name:12s} {shape:7s} {n} images  ink coverage {row['ink_coverage']:.4f}  over-redaction "
-                  f"{row['over_redaction']:.4f}" + ("  MEETS GOALS" if row["meets_goals"] else ""), flush=True)
+                  f"{row['over_redaction']:.4f}" + (f"  leak {lk['leaked']}/{lk['readable']} overlays" if lk else "")
+                  + ("  MEETS GOALS" if row["meets_goals"] else ""), flush=True)
+            for text in (lk or {}).get("leaked_texts", []):
+                print(f"    still legible: {text}", flush=True)
             shutil.rmtree(out, ignore_errors=True)
             shutil.rmtree(out.parent / f"{out.name}.audit", ignore_errors=True)
     return rows
@@ -786,6 +822,9 @@ def goals(result: dict[str, Any], default_name: str = "default") -> list[tuple[s
                     mi["ink_coverage"] >= GOAL_MICRO_COVERAGE))
         out.append((f"microscopy over-redaction <= {GOAL_MICRO_OVER}", f"{mi['over_redaction']:.4f}",
                     mi["over_redaction"] <= GOAL_MICRO_OVER))
+        if "leak" in mi:   # the devset's leak goal, on the overlays too
+            lk = mi["leak"]
+            out.append(("microscopy leak = 0", f"{lk['leaked']}/{lk['readable']} readable overlays", lk["leaked"] <= GOAL_LEAK))
     return out
 
 
@@ -880,7 +919,8 @@ def main() -> int:
         print_gaps(result["quality"])
         if not args.skip_micro:
             print("synthetic microscopy overlays (bench_detect's MICRO set):", flush=True)
-            result["microscopy"] = microscopy_quality(args.work, dets, threshold, str(DEFAULT_PAD), shapes, args.limit, reader)
+            result["microscopy"] = microscopy_quality(args.work, dets, threshold, str(DEFAULT_PAD), shapes, args.limit, reader,
+                                                      None if args.skip_leak else reader)
         if reader is not None and not args.skip_leak:
             print("transparent images (defaults; OCR on every viewer picture):", flush=True)
             result["transparent"] = transparent_quality(args.work, dets, reader, threshold)

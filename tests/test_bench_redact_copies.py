@@ -72,3 +72,36 @@ def test_gaps_split_lost_coverage_and_over_redaction_by_where_they_are() -> None
     red[50:55, 0:10] = True         # 50 px far from any label
     g = mod.gaps(red, rec, union_mask(rec.boxes, 100, 60))
     assert g == {"uncovered_missed": 200, "uncovered_margins": 20, "over_near": 40, "over_far": 50}
+
+
+def test_microscopy_leak_counts_overlays_still_read_in_the_output(tmp_path: Path) -> None:
+    """Real OCR: of two readable overlays, the one the output left uncovered is the leak."""
+    from types import SimpleNamespace
+
+    from PIL import ImageDraw, ImageFont
+
+    from pipeline.legibility import Reader
+    from pipeline.synth import available_fonts
+
+    spec = importlib.util.spec_from_file_location("bench_redact", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    font = ImageFont.truetype(str(available_fonts()[0]), 40)
+    img = Image.new("RGB", (640, 240), (235, 235, 235))
+    draw = ImageDraw.Draw(img)
+    texts, boxes = ["14/09/2008", "Sample 4711"], []
+    for text, y in zip(texts, (30, 140)):
+        draw.text((40, y), text, fill=(20, 20, 20), font=font)
+        boxes.append(list(draw.textbbox((40, y), text, font=font)))
+    (tmp_path / "src").mkdir()
+    (tmp_path / "out").mkdir()
+    img.save(tmp_path / "src" / "a.png")
+    x0, y0, x1, y1 = boxes[0]
+    draw.rectangle((x0 - 4, y0 - 4, x1 + 4, y1 + 4), fill=mod.MAGENTA)   # the date covered, the ID left
+    img.save(tmp_path / "out" / "a.png")
+    r = SimpleNamespace(boxes=np.array(boxes, float), texts=texts, kinds=["timestamp", "sample_id"])
+    readable: dict[str, list[int]] = {}
+    lk = mod.microscopy_leak([(tmp_path / "src" / "a.png", r)], tmp_path / "out", Reader(), readable)
+    assert readable == {"a.png": [0, 1]}
+    assert lk["readable"] == 2 and lk["leaked"] == 1 and lk["leaked_texts"] == ["a.png: Sample 4711"]
+    assert lk["by_kind"]["timestamp"]["leaked"] == 0 and lk["by_kind"]["sample_id"]["leaked"] == 1
