@@ -40,7 +40,7 @@ from pipeline.detectors.ppocr import PPOCRDetector  # noqa: E402
 from pipeline.evaluate import evaluate  # noqa: E402
 from pipeline.formats import read_devset, split_halves  # noqa: E402
 from pipeline.imaging import load_rgb  # noqa: E402
-from pipeline.rank import committee_score, random_score, uncertainty_score  # noqa: E402
+from pipeline.rank import committee_score, random_score, tta_score, tta_variants, uncertainty_score  # noqa: E402
 from pipeline.synth import SynthConfig, generate  # noqa: E402
 from pipeline.train import Sample, TrainConfig, samples_from_devset, samples_from_jsonl, save_result, train  # noqa: E402
 from pipeline.train.engine import DEFAULT_LR  # noqa: E402
@@ -70,7 +70,8 @@ def coverage(det, test, budget: float = 0.10, threshold: float = 0.3) -> dict:
             "f1": float(fixed.f1), "over_redaction": float(fixed.over_redaction), "ap50": float(fixed.ap50)}
 
 
-def pick(strategy: str, det, pool, labelled: set[str], k: int, seed: int, committee: dict[str, Detections]) -> list[int]:
+def pick(strategy: str, det, pool, labelled: set[str], k: int, seed: int, committee: dict[str, Detections],
+         tta_scales: tuple[float, ...] = (0.75,)) -> list[int]:
     cand = [i for i, (_, r) in enumerate(pool) if f"{r.source}/{r.image}" not in labelled]
     if strategy == "random":
         scores = [random_score(f"{pool[i][1].source}/{pool[i][1].image}", seed) for i in cand]
@@ -81,6 +82,10 @@ def pick(strategy: str, det, pool, labelled: set[str], k: int, seed: int, commit
             r = pool[i][1]
             if strategy == "uncertainty":
                 scores.append(uncertainty_score(d, r.width, r.height))
+            elif strategy == "tta":   # `rank --strategy tta`: the model against itself, flipped and rescaled
+                views = tta_variants(lambda ims: [x.filter(0.05) for x in det.detect(ims)], load_rgb(pool[i][0]),
+                                     tta_scales)
+                scores.append(tta_score(d, views))
             else:
                 scores.append(committee_score(d, committee[f"{r.source}/{r.image}"], r.width, r.height))
         # ties (and equal scores) broken by the seed so seeds differ
@@ -106,7 +111,8 @@ def main() -> None:
     ap.add_argument("--base-bundle", default="stock",
                     help="stock (PP-OCR's detector, fine-tuned as db) or a bundle.zip (its kind decides the architecture)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/textloop_al"))
-    ap.add_argument("--strategies", default=",".join(STRATEGIES))
+    ap.add_argument("--strategies", default=",".join(STRATEGIES), help=f"of {', '.join(STRATEGIES)}, tta")
+    ap.add_argument("--tta-scales", default="0.75", help="tta: the rescales besides the flip, e.g. 2 (small text 1x misses)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--k", type=int, default=6)
@@ -126,6 +132,15 @@ def main() -> None:
         print_table(summary(d["strategies"], d["base"]["coverage_at_budget"], d["k"], d["rounds"], args.target))
         return
 
+    unknown = set(args.strategies.split(",")) - {*STRATEGIES, "tta"}
+    if unknown:
+        ap.error(f"--strategies: unknown {', '.join(sorted(unknown))} (use {', '.join(STRATEGIES)}, tta)")
+    try:
+        scales = [float(x) for x in args.tta_scales.split(",")]
+    except ValueError:
+        scales = []
+    if not scales or not all(0.25 <= x <= 4 for x in scales):
+        ap.error(f"--tta-scales {args.tta_scales}: give rescales between 0.25 and 4, e.g. 2 or 0.75,2")
     if args.base_bundle != "stock" and not Path(args.base_bundle).exists():
         ap.error(f"--base-bundle {args.base_bundle}: not found (use stock or a bundle.zip)")
     arch = "db" if args.base_bundle == "stock" else str(read_bundle_meta(args.base_bundle)["config"]["kind"])
@@ -165,7 +180,8 @@ def main() -> None:
             model_path, det = (None if args.base_bundle == "stock" else args.base_bundle), base
             curve, fixed, f1c = [[0, base_m["coverage_at_budget"]]], [[0, base_m["text_coverage"]]], [[0, base_m["f1"]]]
             for rnd in range(args.rounds):
-                picks = pick(strategy, det, pool, labelled, args.k, seed, committee)
+                picks = pick(strategy, det, pool, labelled, args.k, seed, committee,
+                             tuple(float(x) for x in args.tta_scales.split(",")))
                 for i in picks:
                     labelled.add(f"{pool[i][1].source}/{pool[i][1].image}")
                 chosen += samples_from_devset([pool[i] for i in picks])

@@ -55,3 +55,44 @@ def test_microscopy_simulation_never_uses_the_held_out_microscopy_images(sim) ->
     assert (cfg.kinds, cfg.background_kinds, cfg.n_images) == (MICRO.kinds, MICRO.background_kinds, 4)
     held_out = {synth_image(i, MICRO).image.tobytes() for i in range(MICRO.n_images)}
     assert not {synth_image(i, cfg).image.tobytes() for i in range(4)} & held_out
+
+
+def test_tta_picks_the_image_whose_text_the_model_finds_only_when_upscaled(sim, tmp_path: Path) -> None:
+    """`--strategies tta --tta-scales 2`: an image where the 2x view finds a label the 1x view
+    misses is picked before one where both views agree (the model against itself)."""
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.boxes import Detections
+    from pipeline.formats import LabelledImage
+
+    class ScaleShy:
+        """Finds the word at (20, 20, 80, 40) everywhere, and in b.png a small label only at 2x."""
+
+        def detect(self, images):
+            out = []
+            for im in images:
+                h, w = im.shape[:2]
+                s = w / 100.0
+                boxes = [[20 * s, 20 * s, 80 * s, 40 * s]]
+                if s > 1.5 and im[0, 0, 0] == 200:   # b.png, upscaled
+                    boxes.append([10 * s, 70 * s, 16 * s, 76 * s])
+                out.append(Detections(np.array(boxes), np.full(len(boxes), 0.9)))
+            return out
+
+    pool = []
+    for name, shade in (("a.png", 100), ("b.png", 200)):
+        Image.new("RGB", (100, 100), (shade, shade, shade)).save(tmp_path / name)
+        pool.append((tmp_path / name, LabelledImage(name, 100, 100, source="s")))
+    assert sim.pick("tta", ScaleShy(), pool, set(), 1, 0, {}, (2.0,)) == [1]
+    assert sim.pick("tta", ScaleShy(), pool, {"s/b.png"}, 1, 0, {}, (2.0,)) == [0]   # labelled: not again
+
+
+def test_unknown_strategy_and_bad_tta_scales_stop_before_any_work() -> None:
+    import subprocess
+    import sys
+
+    for args, msg in ((["--strategies", "random,guess"], "--strategies: unknown guess"),
+                      (["--tta-scales", "0"], "--tta-scales 0: give rescales between 0.25 and 4")):
+        r = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2 and msg in r.stderr.strip().splitlines()[-1]
