@@ -488,10 +488,21 @@ def _readings(reader, path: Path, fill: tuple[int, int, int] | None = None):
     return reader.read_views(views)
 
 
-def leak(out_root: Path, src_root: Path, recs, reader, work: Path) -> dict[str, dict[str, float]]:
-    """Per source: ground-truth words OCR reads in the outputs, against what it reads in the originals."""
+def read_back(key: str, boxes: Any, texts: list[str], ignore: Any, original: Path, output: Path, reader: Any,
+              readable: dict[str, list[int]]) -> tuple[list[int], set[int], set[int]]:
+    """One image's ground-truth texts the leak metric counts, those OCR reads in the original
+    (`readable[key]`, read once per image) and those it still reads in `output` with the fill
+    users get (none when there is no output): the one read-back of the devset and microscopy leaks."""
     from pipeline.legibility import countable_words, leaked_words
 
+    if key not in readable:
+        readable[key] = leaked_words(boxes, texts, ignore, _readings(reader, original))
+    left = set(leaked_words(boxes, texts, ignore, _readings(reader, output, DEFAULT_FILL))) if output.exists() else set()
+    return countable_words(texts, ignore), set(readable[key]), left
+
+
+def leak(out_root: Path, src_root: Path, recs, reader, work: Path) -> dict[str, dict[str, float]]:
+    """Per source: ground-truth words OCR reads in the outputs, against what it reads in the originals."""
     # what the originals let OCR read, by leak-metric revision (2: a word of a line counts), so a
     # work folder from before the metric changed is not reused with the old counts
     cache = work / "readable_originals.v2.json"
@@ -500,14 +511,12 @@ def leak(out_root: Path, src_root: Path, recs, reader, work: Path) -> dict[str, 
     for rel, rec in recs:
         if not rec.texts:
             continue
+        counted, before, left = read_back(rel, rec.boxes, rec.texts, rec.ignore, src_root / rel, out_root / rel,
+                                          reader, readable)
         a = acc.setdefault(rec.source, {"words": 0, "readable": 0, "leaked": 0})
-        a["words"] += len(countable_words(rec.texts, rec.ignore))
-        if rel not in readable:
-            readable[rel] = leaked_words(rec.boxes, rec.texts, rec.ignore, _readings(reader, src_root / rel))
-        a["readable"] += len(readable[rel])
-        out = out_root / rel
-        if out.exists():
-            a["leaked"] += len(leaked_words(rec.boxes, rec.texts, rec.ignore, _readings(reader, out, DEFAULT_FILL)))
+        a["words"] += len(counted)
+        a["readable"] += len(before)
+        a["leaked"] += len(left)
     cache.write_text(json.dumps(readable))
     return {src: {"words": a["words"], "readable_words": a["readable"], "leaked_words": a["leaked"],
                   "leak": a["leaked"] / a["readable"] if a["readable"] else 0.0} for src, a in acc.items()}
@@ -697,19 +706,15 @@ def microscopy_leak(rendered: list[tuple[Path, Any]], out: Path, reader: Any,
     """Overlays OCR still reads in the redacted outputs (the fill users get), by overlay kind,
     against those it reads in the originals (`readable`, filled in here once per image): what
     a viewer of a redacted microscopy image can still use, as the devset's leak is."""
-    from pipeline.legibility import countable_words, leaked_words
-
     by_kind: dict[str, dict[str, int]] = {}
     leaked_texts = []
     for p, r in rendered:
-        boxes, keep = np.asarray(r.boxes, float).reshape(-1, 4), [False] * len(r.texts)
-        if p.name not in readable:
-            readable[p.name] = leaked_words(boxes, r.texts, keep, _readings(reader, p))
-        left = set(leaked_words(boxes, r.texts, keep, _readings(reader, out / p.name, DEFAULT_FILL)))
-        for k in countable_words(r.texts, keep):
+        counted, before, left = read_back(p.name, np.asarray(r.boxes, float).reshape(-1, 4), r.texts,
+                                          [False] * len(r.texts), p, out / p.name, reader, readable)
+        for k in counted:
             a = by_kind.setdefault(r.kinds[k], {"overlays": 0, "readable": 0, "leaked": 0})
             a["overlays"] += 1
-            a["readable"] += k in readable[p.name]
+            a["readable"] += k in before
             a["leaked"] += k in left
             if k in left:
                 leaked_texts.append(f"{p.name}: {r.texts[k]}")
