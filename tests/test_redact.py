@@ -1126,6 +1126,7 @@ def test_files_left_out_are_named_and_images_with_nothing_found_are_counted(tmp_
     text = " ".join(r.output.split())
     assert "ignored 3 entr(ies) not named as images, or hidden" in text and "f.dat" in text and "noext" in text
     assert "of which no text found" in text
+    assert "not verified: nothing read the outputs back (--verify" in text   # the detector alone can miss text
     summary = json.loads((tmp_path / "out.audit" / "summary.json").read_text())
     assert summary["no_text_found"] == 1 and summary["redacted"] == 2
     assert sorted(Path(p).name for p in summary["ignored_files"]) == [".hidden.png", "f.dat", "noext"]
