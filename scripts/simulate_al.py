@@ -180,8 +180,7 @@ def main() -> None:
             model_path, det = (None if args.base_bundle == "stock" else args.base_bundle), base
             curve, fixed, f1c = [[0, base_m["coverage_at_budget"]]], [[0, base_m["text_coverage"]]], [[0, base_m["f1"]]]
             for rnd in range(args.rounds):
-                picks = pick(strategy, det, pool, labelled, args.k, seed, committee,
-                             tuple(float(x) for x in args.tta_scales.split(",")))
+                picks = pick(strategy, det, pool, labelled, args.k, seed, committee, tuple(scales))
                 for i in picks:
                     labelled.add(f"{pool[i][1].source}/{pool[i][1].image}")
                 chosen += samples_from_devset([pool[i] for i in picks])

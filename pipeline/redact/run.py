@@ -764,7 +764,13 @@ def run_local(redactor: Redactor, items: Iterable[Item], workers: int = 2,
                 try:
                     nxt(fut)
                 except BaseException as exc:  # noqa: BLE001 - the stages catch image errors; this is a bug
-                    final.set_exception(exc)
+                    if not final.done():
+                        final.set_exception(exc)
+                    # a callback on a future that was already done runs in the thread that adds it,
+                    # the main thread included: Ctrl-C landing there must end the run, not be kept
+                    # as one image's error (or lost, when that image's result was already set)
+                    if not isinstance(exc, Exception) and threading.current_thread() is threading.main_thread():
+                        raise
 
             def after_decode(fut: Future) -> None:
                 detect.submit(redactor.detect, fut.result()).add_done_callback(lambda f: forward(f, after_detect))
