@@ -359,3 +359,70 @@ def test_output_piped_into_a_reader_that_leaves_is_not_a_traceback(tmp_path: Pat
         p.stdout.close()        # the reader is gone before the first line is written
         err = p.stderr.read().decode()
         assert p.wait(timeout=120) == 1 and err == "", (args, err)
+
+
+def test_ctrl_c_landing_in_a_callback_the_main_thread_runs_ends_the_redact_run(monkeypatch) -> None:
+    """A future already done when its callback is added runs that callback in the main thread.
+    A Ctrl-C landing there, just after an image's result was set, was caught with the stage's
+    errors and dropped (setting the finished future's exception raised, and concurrent.futures
+    logs and drops that): the run went on and exited 0. It must end the run."""
+    import concurrent.futures as cf
+    from types import SimpleNamespace
+
+    import pytest
+
+    from pipeline.redact import run as rr
+
+    real_future = cf.Future
+
+    class NowExecutor:
+        """Runs each task at submit: every callback then runs in the thread that adds it."""
+
+        def __init__(self, *a, **k) -> None:
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            pass
+
+        def submit(self, fn, *args):
+            f = real_future()
+            try:
+                f.set_result(fn(*args))
+            except BaseException as exc:  # noqa: BLE001 - as ThreadPoolExecutor does
+                f.set_exception(exc)
+            return f
+
+        def shutdown(self, **k) -> None:
+            pass
+
+    class CtrlCAfterFirstResult(real_future):
+        fired = False
+
+        def set_result(self, result) -> None:
+            super().set_result(result)
+            if not CtrlCAfterFirstResult.fired:
+                CtrlCAfterFirstResult.fired = True
+                raise KeyboardInterrupt   # the signal's handler ran right after the result was set
+
+    class Stages:
+        detector = object()
+
+        def prepare(self, item, reviewed):
+            return item
+
+        def detect(self, x):
+            return x
+
+        def finish(self, x):
+            return x
+
+    monkeypatch.setattr(cf, "ThreadPoolExecutor", NowExecutor)
+    monkeypatch.setattr(cf, "Future", CtrlCAfterFirstResult)
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        for res in rr.run_local(Stages(), [SimpleNamespace(rel=f"img{i}") for i in range(20)], workers=1):
+            done.append(res)
+    assert len(done) < 20
