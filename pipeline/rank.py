@@ -163,16 +163,17 @@ def random_score(image_id: str, seed: int = 0) -> float:
 
 # --- test-time augmentation ----------------------------------------------------------------
 
-def tta_variants(detect: Callable[[list[np.ndarray]], list[Detections]], image: np.ndarray,
-                 scales: Sequence[float] = (0.75,)) -> list[Detections]:
-    """Detections under a horizontal flip and rescales, mapped back to the original frame."""
+def tta_variants(detector: Any, image: np.ndarray, scales: Sequence[float] = (0.75,),
+                 min_score: float = 0.0) -> list[Detections]:
+    """`detector`'s detections (at least `min_score`) under a horizontal flip and rescales,
+    mapped back to the original frame: what `tta_score` compares with the plain view."""
     from PIL import Image
 
     h, w = image.shape[:2]
     views = [np.ascontiguousarray(image[:, ::-1])]
     for s in scales:
         views.append(np.asarray(Image.fromarray(image).resize((max(1, round(w * s)), max(1, round(h * s))))))
-    outs = detect(views)
+    outs = [d.filter(min_score) for d in detector.detect(views)]
     flipped = outs[0]
     fb = flipped.boxes.copy()
     fb[:, [0, 2]] = w - flipped.boxes[:, [2, 0]]
@@ -416,8 +417,7 @@ def rank_workspace(ws, detector, run: RankRun = RankRun(), committee_detector=No
             tta = {}
             for r in images:
                 if r["id"] in model:
-                    tta[r["id"]] = tta_variants(lambda views: [d.filter(run.min_score) for d in detector.detect(views)],
-                                                load_rgb(ws.abspath(r["path"])))
+                    tta[r["id"]] = tta_variants(detector, load_rgb(ws.abspath(r["path"])), min_score=run.min_score)
         failed = {i for i, _ in errors}
         ok_images = [r for r in images if r["id"] not in failed]
         df = ranking_table(ok_images, model, run.config, committee, tta, run.strategy)

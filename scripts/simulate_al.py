@@ -40,6 +40,7 @@ from pipeline.detectors.ppocr import PPOCRDetector  # noqa: E402
 from pipeline.evaluate import evaluate  # noqa: E402
 from pipeline.formats import read_devset, split_halves  # noqa: E402
 from pipeline.imaging import load_rgb  # noqa: E402
+from pipeline.rank import STRATEGIES as RANK_STRATEGIES, RankOptions  # noqa: E402
 from pipeline.rank import committee_score, random_score, tta_score, tta_variants, uncertainty_score  # noqa: E402
 from pipeline.synth import SynthConfig, generate  # noqa: E402
 from pipeline.train import Sample, TrainConfig, samples_from_devset, samples_from_jsonl, save_result, train  # noqa: E402
@@ -48,7 +49,10 @@ from pipeline.train.engine import DEFAULT_LR  # noqa: E402
 STRATEGIES = ("random", "uncertainty", "committee")
 
 
-def detect_all(det, items, min_score: float = 0.05) -> list[Detections]:
+MIN_SCORE = RankOptions().min_score   # rank's floor: weak boxes carry the uncertainty
+
+
+def detect_all(det, items, min_score: float = MIN_SCORE) -> list[Detections]:
     return [det.detect([load_rgb(p)])[0].filter(min_score) for p, _ in items]
 
 
@@ -83,8 +87,7 @@ def pick(strategy: str, det, pool, labelled: set[str], k: int, seed: int, commit
             if strategy == "uncertainty":
                 scores.append(uncertainty_score(d, r.width, r.height))
             elif strategy == "tta":   # `rank --strategy tta`: the model against itself, flipped and rescaled
-                views = tta_variants(lambda ims: [x.filter(0.05) for x in det.detect(ims)], load_rgb(pool[i][0]),
-                                     tta_scales)
+                views = tta_variants(det, load_rgb(pool[i][0]), tta_scales, min_score=MIN_SCORE)
                 scores.append(tta_score(d, views))
             else:
                 scores.append(committee_score(d, committee[f"{r.source}/{r.image}"], r.width, r.height))
@@ -111,7 +114,7 @@ def main() -> None:
     ap.add_argument("--base-bundle", default="stock",
                     help="stock (PP-OCR's detector, fine-tuned as db) or a bundle.zip (its kind decides the architecture)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/textloop_al"))
-    ap.add_argument("--strategies", default=",".join(STRATEGIES), help=f"of {', '.join(STRATEGIES)}, tta")
+    ap.add_argument("--strategies", default=",".join(STRATEGIES), help=f"of {', '.join(RANK_STRATEGIES)}")
     ap.add_argument("--tta-scales", default="0.75", help="tta: the rescales besides the flip, e.g. 2 (small text 1x misses)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--rounds", type=int, default=4)
@@ -132,9 +135,9 @@ def main() -> None:
         print_table(summary(d["strategies"], d["base"]["coverage_at_budget"], d["k"], d["rounds"], args.target))
         return
 
-    unknown = set(args.strategies.split(",")) - {*STRATEGIES, "tta"}
+    unknown = set(args.strategies.split(",")) - set(RANK_STRATEGIES)   # rank's strategies, each simulated
     if unknown:
-        ap.error(f"--strategies: unknown {', '.join(sorted(unknown))} (use {', '.join(STRATEGIES)}, tta)")
+        ap.error(f"--strategies: unknown {', '.join(sorted(unknown))} (use {', '.join(RANK_STRATEGIES)})")
     try:
         scales = [float(x) for x in args.tta_scales.split(",")]
     except ValueError:

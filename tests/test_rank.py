@@ -297,3 +297,23 @@ def test_rank_on_a_workspace_with_nothing_to_label_does_not_suggest_a_push(tmp_p
     assert CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "init"]).exit_code == 0
     r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "rank"])
     assert r.exit_code == 0 and "nothing to push" in r.output and "textloop push" not in r.output, r.output
+
+
+def test_rank_with_tta_runs_the_real_detector_on_flipped_and_rescaled_views(tmp_path) -> None:
+    """`rank --strategy tta`: stock ppocr against itself on real images; every image gets a
+    score in [0, 1] and the batch is the most unstable first."""
+    from pipeline.curate.testdata import text_page
+    from pipeline.harvest import harvest
+    from pipeline.rank import RankOptions, rank_images
+    from pipeline.workspace import Workspace
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        text_page(i, size=(320, 240), kind="paper")[0].save(src / f"p{i}.png")
+    ws = Workspace.open(tmp_path / "ws")
+    harvest(ws, [str(src)])
+    res = rank_images(ws, RankOptions(strategy="tta", tta=True, committee=None, top=2), detector="ppocr")
+    s = res.frame["score_tta"]
+    assert len(s) == 3 and s.between(0, 1).all(), s
+    assert list(res.batch["score_tta"]) == sorted(s, reverse=True)[:2]
