@@ -37,11 +37,20 @@ install: $(VENV)/.installed
 install-ls: $(LS_VENV)/.installed
 install-fastdup: $(FD_VENV)/.installed
 
+# Space each venv's build needs (GB: its size here plus pip's unpacking; torch's CUDA build is
+# 5.5 GB of .venv): scripts/check_disk.py stops with one line before pip fills the disk.
+DISK_NEEDS_MAIN := $(VENV)=10
+DISK_NEEDS_LS := $(LS_VENV)=1.5
+DISK_NEEDS_FD := $(FD_VENV)=1.5
+
 # The three venvs are independent: build them in parallel.
 venvs:
+	@$(PYTHON) scripts/check_disk.py $(DISK_NEEDS_MAIN) $(DISK_NEEDS_LS) $(DISK_NEEDS_FD)
 	$(MAKE) -j3 $(VENV)/.installed $(LS_VENV)/.installed $(FD_VENV)/.installed
 
-demo: install install-ls
+demo:
+	@$(PYTHON) scripts/check_disk.py $(DISK_NEEDS_MAIN) $(DISK_NEEDS_LS)
+	$(MAKE) install install-ls
 	bash scripts/demo.sh
 
 test: venvs
