@@ -356,11 +356,11 @@ def test_a_promoted_tuned_model_gets_the_small_text_pass_too(tmp_path, ws, reade
         assert sc["detector"]["passes"] == summary.model["passes"]
         if name == "default":   # the summary says which passes ran, and what the model scored
             assert summary.model["passes"] == {"scales": [1.0, 2.5], "refine": "small", "scale_max_side": 1600,
-                                               "large_text_side": 640}
+                                               "large_text_side": 640, "edge_strip": 96}
             assert summary.model["validation_coverage"] == pytest.approx(0.9)
             assert _describe_model(summary.model) == (" (validation coverage 0.900 at the budget, validation when trained; "
                                                       "1x + 2.5x on small-text cells (images up to 1600 px), "
-                                                      "large text at 640 px)")
+                                                      "large text at 640 px, edge strips 96 px)")
         else:
             assert _describe_model(summary.model).endswith("; one 1x pass, large text at 640 px)")
     assert runs["one"][0] == version and runs["default"][0].startswith(version + "+")
@@ -458,3 +458,51 @@ def test_ppocr_calls_overlap_on_one_thread_each_with_the_same_output(tmp_path, m
     assert redact_tree(str(src / "0.png"), tmp_path / "one.png", workers=2, detector="ppocr").redacted == 1
     assert built[-1].parallel_calls == 1                  # one image alone gets both cores
     assert (tmp_path / "one.png").read_bytes() == outs[2]["0.png"]
+
+
+def edge_label_image(path: Path) -> np.ndarray:
+    """A white 30 px scale-bar label cut by the image's top edge on a noisy grey 1024 x 768
+    micrograph (as overlays are drawn in a corner): DB's map is 0 on it. Its ink mask."""
+    import cv2
+    from matplotlib import font_manager
+
+    rng = np.random.default_rng(3)
+    h, w = 768, 1024
+    a = 128 + 40 * cv2.resize(rng.normal(0, 1, (77, 102)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
+    a += rng.normal(0, 35, (h, w))
+    im = Image.fromarray(np.repeat(a.clip(0, 255).astype(np.uint8)[..., None], 3, 2))
+    ink = Image.new("L", (w, h))
+    f = ImageFont.truetype(font_manager.findfont("DejaVu Serif:italic:bold"), 30)
+    for canvas, fill in ((im, (255, 255, 255)), (ink, 255)):
+        ImageDraw.Draw(canvas).text((4, -3), "100 µm", font=f, fill=fill)
+    im.save(path)
+    return np.asarray(ink) > 0
+
+
+def test_a_label_cut_by_the_image_edge_is_covered(tmp_path, reader):
+    """"100 µm" at y = 0 of a synthetic micrograph stayed legible after the default redact: DB
+    sees no background beyond the edge and its map is 0 there. The default now also runs strips
+    along the edges with a replicated border, and what they find touching the edge is covered."""
+    from pipeline.detectors import load_detector
+    from pipeline.redact.run import build_ppocr
+
+    src = tmp_path / "edge.png"
+    ink = edge_label_image(src)
+    rgb = np.asarray(Image.open(src).convert("RGB"))
+
+    def covered(det) -> float:
+        m = np.zeros(ink.shape, bool)
+        for x0, y0, x1, y1 in det.detect([rgb])[0].boxes.astype(int):
+            m[y0:y1, x0:x1] = True
+        return float((m & ink).sum() / ink.sum())
+
+    stock = load_detector("ppocr")
+    assert covered(stock) < 0.2 and covered(stock.with_options(scales=(1.0, 2.5), refine="small")) < 0.2
+    assert build_ppocr().config.edge_strip > 0 and covered(build_ppocr()) > 0.9
+    assert any("100" in r.text for r in reader.read_views([rgb]))       # legible in the input ...
+    redact_file(src, tmp_path / "o.png", build_ppocr())
+    out = np.asarray(Image.open(tmp_path / "o.png").convert("RGB"))
+    filled = (out == FILL).all(-1)
+    assert (ink & filled).sum() >= 0.95 * ink.sum(), (ink & filled).sum() / ink.sum()
+    texts = " ".join(r.text for r in reader.read_views([out]))
+    assert "100" not in texts and "um" not in texts and "µm" not in texts, texts   # ... and not in the output

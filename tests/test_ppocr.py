@@ -74,12 +74,13 @@ def test_the_summary_names_the_passes_that_ran() -> None:
     """`--scales 2` (one 2x pass) was described as "one 1x pass"."""
     from pipeline.cli.redact import _describe_model
 
-    def said(scales: list[float], refine: str | None = None, large: int | None = None) -> str:
+    def said(scales: list[float], refine: str | None = None, large: int | None = None, edge: int | None = None) -> str:
         return _describe_model({"passes": {"scales": scales, "refine": refine, "scale_max_side": None,
-                                           "large_text_side": large}})
+                                           "large_text_side": large, "edge_strip": edge}})
 
     assert said([2.0]) == " (one 2x pass)" and said([0.5], large=640) == " (one 0.5x pass, large text at 640 px)"
     assert said([1.0, 2.0], "small") == " (1x + 2x on small-text cells)"
+    assert said([1.0, 2.5], "small", 640, 96) == " (1x + 2.5x on small-text cells, large text at 640 px, edge strips 96 px)"
 
 
 def test_merge_boxes_unions_line_pieces_and_duplicates() -> None:

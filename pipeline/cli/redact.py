@@ -203,6 +203,7 @@ def _describe_model(model: dict) -> str:
         where = {"small": " on small-text cells", "image": ""}.get(passes.get("refine") or "", "")
         side = f" (images up to {passes['scale_max_side']} px)" if passes.get("scale_max_side") else ""
         large = f", large text at {passes['large_text_side']} px" if passes.get("large_text_side") else ""
-        parts.append((f"one {first} pass" if not extra else f"{first} + {' + '.join(extra)}{where}{side}") + large)
+        edges = f", edge strips {passes['edge_strip']} px" if passes.get("edge_strip") else ""
+        parts.append((f"one {first} pass" if not extra else f"{first} + {' + '.join(extra)}{where}{side}") + large + edges)
     return f" ({'; '.join(parts)})" if parts else ""
 

@@ -85,6 +85,13 @@ class PPOCRConfig:
     large_text_trigger: float = 128.0
     large_text_keep: float = 16.0
     large_text_share: float = 0.12
+    # Text touching the image's edge ("100 µm" at y = 0, a corner "Fig. 3") gets a map of 0 from
+    # DB, which sees no background beyond it. Strips this deep (px at the first pass's scale)
+    # along the edges, each grown by `edge_border` replicated px on its outer side, run as their
+    # own inputs after an untiled first pass; what they find touching the edge joins it (0: off).
+    # Their own inputs, not a border around the whole image: that shifts the map everywhere.
+    edge_strip: int = 0
+    edge_border: int = 32
     threads: int = 2               # onnxruntime intra-op threads
     model_path: str = ""           # default: the model inside the rapidocr wheel
 
@@ -111,7 +118,7 @@ _RANGES: dict[str, tuple[float, float, type]] = {
     "tile_overlap": (0, 8192, int), "max_upscale": (1.0, 16.0, float), "scale_max_side": (0, 1 << 20, int),
     "refine_thresh": (0.0, 1.0, float), "refine_max_height": (1.0, 10000.0, float), "refine_edges": (0, 255, int),
     "refine_cell": (16, 8192, int), "refine_margin": (0, 8192, int), "refine_continue": (0.0, 1000.0, float),
-    "refine_whole": (0.0, 1000.0, float),
+    "refine_whole": (0.0, 1000.0, float), "edge_strip": (0, 4096, int), "edge_border": (0, 1024, int),
     "threads": (1, 1024, int),
     "large_text_side": (0, 16384, int), "large_text_trigger": (1.0, 16384.0, float), "large_text_keep": (0.0, 16384.0, float),
     "large_text_share": (0.0, 1.0, float),
@@ -265,7 +272,7 @@ class PPOCRDetector:
         c = self.config
         return {"scales": list(c.scales), "refine": c.refine if len(c.scales) > 1 else None,
                 "scale_max_side": c.scale_max_side if len(c.scales) > 1 else None,
-                "large_text_side": c.large_text_side or None}
+                "large_text_side": c.large_text_side or None, "edge_strip": c.edge_strip or None}
 
     def cache_maps(self, on: bool = True) -> None:
         """Keep each input's probability map in memory (validation grids; off by default). Turning
@@ -376,6 +383,30 @@ class PPOCRDetector:
             kept.append((q[keep], s[keep]))
         return kept
 
+    def _edge_pass(self, bgr: np.ndarray, scale: float) -> list[tuple[np.ndarray, np.ndarray]]:
+        """What DB finds touching the image's edge in strips along it (see `edge_strip`): each
+        strip is `edge_strip` px deep at `scale`, with `edge_border` replicated px outside it,
+        and only quads reaching within 2 px of that edge are kept (the rest is the first pass's)."""
+        import cv2
+
+        c = self.config
+        h, w = bgr.shape[:2]
+        depth, b = max(1, int(round(c.edge_strip / scale))), int(round(c.edge_border / scale))
+        out: list[tuple[np.ndarray, np.ndarray]] = []
+        # (strip, replicated border top/bottom/left/right, offset of the strip in the image, axis, which edge)
+        strips = [(bgr[:depth], (b, 0, b, b), (0, 0), 1, 0.0), (bgr[max(0, h - depth):], (0, b, b, b), (0, max(0, h - depth)), 1, float(h)),
+                  (bgr[:, :depth], (b, b, b, 0), (0, 0), 0, 0.0), (bgr[:, max(0, w - depth):], (b, b, 0, b), (max(0, w - depth), 0), 0, float(w))]
+        for strip, (t, bo, le, ri), (ox, oy), axis, edge in strips:
+            grown = cv2.copyMakeBorder(strip, t, bo, le, ri, cv2.BORDER_REPLICATE)
+            q, s = self._run(grown, scale)
+            if not len(q):
+                continue
+            q = q + np.array([ox - le, oy - t], dtype=np.float64)
+            reach = q[:, :, axis]
+            keep = reach.max(axis=1) >= edge - 2 if edge else reach.min(axis=1) <= 2
+            out.append((q[keep], s[keep]))
+        return out
+
     def small_text_windows(self, prob: np.ndarray, w: int, h: int, bgr: np.ndarray | None = None,
                            found: np.ndarray | None = None) -> np.ndarray:
         """Integer xyxy windows (image px) where a larger scale may find text the first pass
@@ -479,6 +510,8 @@ class PPOCRDetector:
             self._pass(bgr, scale, tiled, 0, 0, found, first_map if (k == 0 and not tiled) else None)
             if k == 0 and not tiled:
                 large = self._large_text_pass(bgr, scale, found)
+                if c.edge_strip:
+                    found += self._edge_pass(bgr, scale)
         first_map.clear()
         found += large
         all_quads = np.concatenate([q for q, _ in found]) if found else np.zeros((0, 4, 2))
