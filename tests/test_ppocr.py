@@ -68,6 +68,11 @@ def test_load_detector_ppocr_passes_options() -> None:
         PPOCRConfig(scales=(1.0, 1.0))   # `--scales 1,1` ran the same pass twice
     with pytest.raises(ValueError, match="large_text_side"):
         PPOCRConfig(large_text_side=-1)
+    for bad in ({"edge_strip": -1}, {"edge_border": 5000}, {"edge_strip": 1.5}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            PPOCRConfig(**bad)
+    # the strips change what is found: outputs made without them are redone, not resumed
+    assert load_detector("ppocr", edge_strip=96).version != load_detector("ppocr").version
 
 
 def test_the_summary_names_the_passes_that_ran() -> None:

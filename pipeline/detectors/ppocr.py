@@ -393,9 +393,13 @@ class PPOCRDetector:
         h, w = bgr.shape[:2]
         depth, b = max(1, int(round(c.edge_strip / scale))), int(round(c.edge_border / scale))
         out: list[tuple[np.ndarray, np.ndarray]] = []
-        # (strip, replicated border top/bottom/left/right, offset of the strip in the image, axis, which edge)
-        strips = [(bgr[:depth], (b, 0, b, b), (0, 0), 1, 0.0), (bgr[max(0, h - depth):], (0, b, b, b), (0, max(0, h - depth)), 1, float(h)),
-                  (bgr[:, :depth], (b, b, b, 0), (0, 0), 0, 0.0), (bgr[:, max(0, w - depth):], (b, b, 0, b), (max(0, w - depth), 0), 0, float(w))]
+        bottom, right = max(0, h - depth), max(0, w - depth)
+        # (strip, replicated px top/bottom/left/right, the strip's offset in the image, the axis
+        # across its edge (0: x, 1: y), that edge's coordinate)
+        strips = [(bgr[:depth], (b, 0, b, b), (0, 0), 1, 0.0),
+                  (bgr[bottom:], (0, b, b, b), (0, bottom), 1, float(h)),
+                  (bgr[:, :depth], (b, b, b, 0), (0, 0), 0, 0.0),
+                  (bgr[:, right:], (b, b, 0, b), (right, 0), 0, float(w))]
         for strip, (t, bo, le, ri), (ox, oy), axis, edge in strips:
             grown = cv2.copyMakeBorder(strip, t, bo, le, ri, cv2.BORDER_REPLICATE)
             q, s = self._run(grown, scale)
