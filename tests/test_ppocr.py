@@ -73,6 +73,8 @@ def test_load_detector_ppocr_passes_options() -> None:
             PPOCRConfig(**bad)
     # the strips change what is found: outputs made without them are redone, not resumed
     assert load_detector("ppocr", edge_strip=96).version != load_detector("ppocr").version
+    # with no strips their border changes nothing found, nor the version
+    assert load_detector("ppocr", edge_border=8).version == load_detector("ppocr").version
 
 
 def test_the_summary_names_the_passes_that_ran() -> None:

@@ -78,3 +78,48 @@ def test_cut_by_inner_edge_ignores_image_edges():
 def test_unknown_merge_is_refused():
     with pytest.raises(ValueError, match="union or nms"):
         Tiler(100, 10, merge="wbf")
+
+
+def test_edge_strips_lie_along_each_edge_with_the_border_outside_the_image() -> None:
+    from pipeline.detectors.tiling import edge_strips
+
+    strips = edge_strips(100, 60, 16, 4)
+    assert [w for w, _ in strips] == [(0, 0, 100, 16), (0, 44, 100, 60), (0, 0, 16, 60), (84, 0, 100, 60)]
+    for (x0, y0, x1, y1), (t, b, l, r) in strips:
+        # replicated px only where the strip meets the image's edge, never on its inner side
+        assert (t > 0) == (y0 == 0) and (b > 0) == (y1 == 60) and (l > 0) == (x0 == 0) and (r > 0) == (x1 == 100)
+    # an image shallower than the strips: each strip is the whole image along that edge
+    assert edge_strips(40, 10, 16, 4)[0][0] == (0, 0, 40, 10) and edge_strips(40, 10, 16, 4)[1][0] == (0, 0, 40, 10)
+
+
+def test_touches_image_edge() -> None:
+    from pipeline.detectors.tiling import touches_image_edge
+
+    boxes = np.array([[1, 20, 30, 40], [20, 1.5, 30, 10], [20, 20, 99, 30], [20, 20, 30, 59], [10, 10, 90, 50], [-5, -5, 3, 3]])
+    assert touches_image_edge(boxes, 100, 60).tolist() == [True, True, True, True, False, True]
+
+
+def test_edge_pass_maps_what_each_strip_finds_back_onto_the_image_edge() -> None:
+    """Whatever a strip's input holds, a find at its outer edge lands on the image's edge and one
+    at its inner side (where the image goes on) is left to the first pass."""
+    from pipeline.detectors.ppocr import PPOCRDetector
+
+    det = PPOCRDetector(edge_strip=16, edge_border=4)
+    seen = []
+
+    def run(grown: np.ndarray, scale: float):
+        gh, gw = grown.shape[:2]
+        seen.append((gh, gw))
+        # the whole grown input, and a small quad in its middle
+        whole = [[0, 0], [gw, 0], [gw, gh], [0, gh]]
+        mid = [[gw / 2 - 1, gh / 2 - 1], [gw / 2 + 1, gh / 2 - 1], [gw / 2 + 1, gh / 2 + 1], [gw / 2 - 1, gh / 2 + 1]]
+        return np.array([whole, mid], float), np.array([0.9, 0.8])
+
+    det._run = run   # type: ignore[method-assign]
+    out = det._edge_pass(np.zeros((60, 100, 3), np.uint8), 1.0)
+    assert seen == [(20, 108), (20, 108), (68, 20), (68, 20)]
+    kept = [q for q, _ in out]
+    assert all(len(q) == 1 for q in kept)   # the middle quads (not on an edge) are dropped
+    # the whole grown input maps to its window grown outward: off the image by the border only
+    boxes = [(q[0].min(0).tolist(), q[0].max(0).tolist()) for q in kept]
+    assert boxes == [([-4, -4], [104, 16]), ([-4, 44], [104, 64]), ([-4, -4], [16, 64]), ([84, -4], [104, 64])]

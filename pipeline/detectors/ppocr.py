@@ -35,7 +35,7 @@ import numpy as np
 from pipeline.boxes import Detections, quad_thickness, quad_to_xyxy
 from pipeline.config import check_number
 from pipeline.detectors.graph import fold_bytes, folded_bytes
-from pipeline.detectors.tiling import Tiler, merge_boxes
+from pipeline.detectors.tiling import Tiler, edge_strips, merge_boxes, touches_image_edge
 from pipeline.io import one_line, sha256_json
 
 log = logging.getLogger(__name__)
@@ -142,6 +142,8 @@ def config_version(base: str, config: PPOCRConfig, skip: tuple[str, ...] = ()) -
     changed = {k: v for k, v in asdict(config).items() if k not in ignore and default[k] != v}
     if len(config.scales) > 1 and config.refine == "small":
         changed["small_windows_revision"] = SMALL_WINDOWS_REVISION
+    if not config.edge_strip:   # off: how deep a border it would add changes nothing
+        changed.pop("edge_border", None)
     if not config.large_text_side:   # off: how it would run changes nothing
         for k in ("large_text_trigger", "large_text_keep", "large_text_share"):
             changed.pop(k, None)
@@ -384,30 +386,19 @@ class PPOCRDetector:
         return kept
 
     def _edge_pass(self, bgr: np.ndarray, scale: float) -> list[tuple[np.ndarray, np.ndarray]]:
-        """What DB finds touching the image's edge in strips along it (see `edge_strip`): each
-        strip is `edge_strip` px deep at `scale`, with `edge_border` replicated px outside it,
-        and only quads reaching within 2 px of that edge are kept (the rest is the first pass's)."""
+        """What DB finds touching the image's edge in strips along it (`tiling.edge_strips`, see
+        `edge_strip`): each strip `edge_strip` px deep at `scale`, grown by `edge_border`
+        replicated px outside the image; only quads reaching the image's edge are kept (the rest
+        is the first pass's)."""
         import cv2
 
         c = self.config
         h, w = bgr.shape[:2]
-        depth, b = max(1, int(round(c.edge_strip / scale))), int(round(c.edge_border / scale))
         out: list[tuple[np.ndarray, np.ndarray]] = []
-        bottom, right = max(0, h - depth), max(0, w - depth)
-        # (strip, replicated px top/bottom/left/right, the strip's offset in the image, the axis
-        # across its edge (0: x, 1: y), that edge's coordinate)
-        strips = [(bgr[:depth], (b, 0, b, b), (0, 0), 1, 0.0),
-                  (bgr[bottom:], (0, b, b, b), (0, bottom), 1, float(h)),
-                  (bgr[:, :depth], (b, b, b, 0), (0, 0), 0, 0.0),
-                  (bgr[:, right:], (b, b, 0, b), (right, 0), 0, float(w))]
-        for strip, (t, bo, le, ri), (ox, oy), axis, edge in strips:
-            grown = cv2.copyMakeBorder(strip, t, bo, le, ri, cv2.BORDER_REPLICATE)
-            q, s = self._run(grown, scale)
-            if not len(q):
-                continue
-            q = q + np.array([ox - le, oy - t], dtype=np.float64)
-            reach = q[:, :, axis]
-            keep = reach.max(axis=1) >= edge - 2 if edge else reach.min(axis=1) <= 2
+        for (x0, y0, x1, y1), (t, bo, le, ri) in edge_strips(w, h, round(c.edge_strip / scale), round(c.edge_border / scale)):
+            q, s = self._run(cv2.copyMakeBorder(bgr[y0:y1, x0:x1], t, bo, le, ri, cv2.BORDER_REPLICATE), scale)
+            q = q + np.array([x0 - le, y0 - t], dtype=np.float64)
+            keep = touches_image_edge(quad_to_xyxy(q), w, h)
             out.append((q[keep], s[keep]))
         return out
 

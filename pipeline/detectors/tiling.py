@@ -97,6 +97,25 @@ def cut_by_inner_edge(boxes: np.ndarray, window: tuple[int, int, int, int], widt
             | ((b[:, 2] >= tw - margin) & (x1 < width)) | ((b[:, 3] >= th - margin) & (y1 < height)))
 
 
+def touches_image_edge(boxes: np.ndarray, width: int, height: int, margin: float = EDGE_MARGIN) -> np.ndarray:
+    """Per xyxy box (in the image's frame): it reaches within `margin` of the image's edge."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    return (b[:, 0] <= margin) | (b[:, 1] <= margin) | (b[:, 2] >= width - margin) | (b[:, 3] >= height - margin)
+
+
+def edge_strips(width: int, height: int, depth: int, border: int
+                ) -> list[tuple[tuple[int, int, int, int], tuple[int, int, int, int]]]:
+    """The strips `depth` px deep along the top, bottom, left and right edges of a width x height
+    image: each (x0, y0, x1, y1) window and the px to replicate around it (top, bottom, left,
+    right): `border` on the image's side of it and, for the top and bottom strips, at both ends,
+    none on its inner side (where the image goes on)."""
+    d, b = max(1, int(depth)), max(0, int(border))
+    return [((0, 0, width, min(d, height)), (b, 0, b, b)),
+            ((0, max(0, height - d), width, height), (0, b, b, b)),
+            ((0, 0, min(d, width), height), (b, b, b, 0)),
+            ((max(0, width - d), 0, width, height), (b, b, 0, b))]
+
+
 def merge_parts(parts: Sequence[Detections], merge: str = "union", nms_iou: float = 0.5) -> Detections:
     """Detections from several tiles/passes/views of one image as one set, sorted by score (a
     single non-empty part is returned as it is).
