@@ -56,7 +56,7 @@ MULTISCALE_MAX_SIDE = 1600         # ... on images up to this long side (every d
 DEFAULT_PPOCR_REFINE = "small"     # ... and only around small-text candidates of the 1x map (README: cost/coverage)
 # ... and strips this deep along the image's edges (`PPOCRConfig.edge_strip`): DB's map is 0 on a
 # label the edge cuts. Synthetic microscopy overlays left legible 5 -> 2 of 102, devset unchanged,
-# 1024x768 JPEGs 0.21 -> 0.29 CPU-s each (twenty-seventh session; README).
+# 1024x768 JPEGs +40-55 % CPU-s (0.20 -> 0.29-0.31 each; twenty-seventh session; README).
 DEFAULT_EDGE_STRIP = 96
 DEFAULT_REVIEW_BAND = (0.3, 0.4)   # holds 26 % of devset images with ppocr (0.3-0.6 would hold 58 %)
 # --verify covers what the OCR audit still reads, then reads again, this many times (the demo's
