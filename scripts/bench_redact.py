@@ -22,6 +22,10 @@ words the same recogniser can read in the *original* (readable), and over all co
 The synthetic microscopy overlays (bench_detect's `MICRO` set) get the same read-back: overlays
 legible in the output over those legible in the original, by overlay kind.
 
+Edge set (`--edge-images N`, `edge_label_set`): generated 1024x768 images with one label each
+cut by, touching or a few px inside one of the edges, where DB's 1x map is blind: ink coverage
+by how far the label runs past the edge, over-redaction, and the same OCR read-back.
+
 Transparent set: RGBA / LA / palette+tRNS PNGs and RGBA WebP with black, white and alpha-only
 words, redacted with defaults; leak and coverage measured on every viewer picture.
 
@@ -482,10 +486,28 @@ def _readings(reader, path: Path, fill: tuple[int, int, int] | None = None):
 
     doc = codec.decode(path.read_bytes())
     views = codec.detector_views(doc.pages[0])
-    if fill is not None:
-        views = [np.where((v == np.array(MAGENTA, v.dtype)).all(axis=2, keepdims=True), np.array(fill, v.dtype), v)
-                 if v.ndim == 3 and v.shape[2] == 3 and v.dtype == np.uint8 else v for v in views]
-    return reader.read_views(views)
+    return reader.read_views(views if fill is None else painted(views, fill))
+
+
+def painted(views: list[np.ndarray], fill: tuple[int, int, int]) -> list[np.ndarray]:
+    """`views` with the measuring run's magenta painted `fill`."""
+    return [np.where((v == np.array(MAGENTA, v.dtype)).all(axis=2, keepdims=True), np.array(fill, v.dtype), v)
+            if v.ndim == 3 and v.shape[2] == 3 and v.dtype == np.uint8 else v for v in views]
+
+
+class UsersFillReader:
+    """The `--verify` audit's reader in a measuring run: it reads the magenta output with the
+    fill users get painted in, so the audit decides what to cover as it would for them (beside
+    magenta it read nothing of a "DRAFT" the leak read-back then found legible beside black)."""
+
+    def __init__(self, reader: Any, fill: tuple[int, int, int] = DEFAULT_FILL) -> None:
+        self.reader, self.fill = reader, fill
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.reader, name)
+
+    def read_views(self, views: list[np.ndarray]) -> Any:
+        return self.reader.read_views(painted(list(views), self.fill))
 
 
 def read_back(key: str, boxes: Any, texts: list[str], ignore: Any, original: Path, output: Path, reader: Any,
@@ -634,7 +656,7 @@ def quality(devset: Path, work: Path, detectors: dict[str, Any], pads: list[str]
                 cfg = RedactConfig(threshold=threshold, pad=Pad.parse(pad), shape=shape, color=MAGENTA, force=True,
                                    verify=verify)
                 t0 = time.perf_counter()
-                results = list(run_local(Redactor(cached, cfg, verify_reader if verify else None), items, workers=1))
+                results = list(run_local(Redactor(cached, cfg, UsersFillReader(verify_reader) if verify else None), items, workers=1))
                 dt = time.perf_counter() - t0
                 failed = [r for r in results if r.status == "failed"]
                 per = measure(out, recs)
@@ -701,7 +723,7 @@ def fmt_quality_row(row: dict[str, Any]) -> str:
 
 # --- synthetic microscopy overlays ----------------------------------------------------------------
 
-def microscopy_leak(rendered: list[tuple[Path, Any]], out: Path, reader: Any,
+def overlay_leak(rendered: list[tuple[Path, Any]], out: Path, reader: Any,
                     readable: dict[str, list[int]]) -> dict[str, Any]:
     """Overlays OCR still reads in the redacted outputs (the fill users get), by overlay kind,
     against those it reads in the originals (`readable`, filled in here once per image): what
@@ -722,30 +744,100 @@ def microscopy_leak(rendered: list[tuple[Path, Any]], out: Path, reader: Any,
             "leaked": sum(a["leaked"] for a in by_kind.values()), "by_kind": by_kind, "leaked_texts": leaked_texts}
 
 
+EDGE_TEXTS = ("100 µm", "Fig. 3", "14/09/2008", "HV 15.0 kV", "Sample A-17", "x40", "Mag 2000x", "50 nm",
+              "CONFIDENTIAL", "ID 88231")
+EDGE_CUTS = (-12, -4, 0, 3, 6)   # px of the label's ink beyond the edge (negative: that far inside)
+
+
+def edge_cut_kind(cut: int) -> str:
+    """An edge label's kind: how far its ink runs past the edge, or stays inside it."""
+    return "touching" if cut == 0 else f"{cut} px cut" if cut > 0 else f"{-cut} px inside"
+
+
+def edge_label_set(n: int = 96) -> list[Any]:
+    """`n` 1024x768 images, each with one label at or near one of its edges (`EDGE_CUTS`: cut by
+    it, touching it, or a few px inside, where DB's 1x map is also blind), the edges in turn, on
+    three backgrounds in turn (EM-like noise, a smooth gradient, dark speckle), as
+    `pipeline.synth.Rendered` records (exact ink maps), of kind `edge_cut_kind`."""
+    import cv2
+    from matplotlib import font_manager
+    from PIL import Image, ImageDraw, ImageFont
+
+    from pipeline.synth import Rendered
+
+    fonts = [font_manager.findfont(f) for f in ("DejaVu Sans", "DejaVu Serif:italic:bold", "DejaVu Sans Mono", "DejaVu Sans:bold")]
+    h, w = 768, 1024
+    out = []
+    for i in range(n):
+        rng = np.random.default_rng(1000 + i)
+        kind = i % 3
+        if kind == 0:
+            a = 128 + 40 * cv2.resize(rng.normal(0, 1, (h // 10, w // 10)).astype(np.float32), (w, h),
+                                      interpolation=cv2.INTER_CUBIC) + rng.normal(0, 35, (h, w))
+        elif kind == 1:
+            a = np.linspace(60, 200, w)[None, :] + 20 * cv2.resize(rng.normal(0, 1, (8, 8)).astype(np.float32), (w, h),
+                                                                  interpolation=cv2.INTER_CUBIC) + rng.normal(0, 6, (h, w))
+        else:
+            a = 40 + 90 * cv2.GaussianBlur(rng.normal(0, 1, (h, w)).astype(np.float32), (0, 0), 3) + rng.normal(0, 10, (h, w))
+        im = Image.fromarray(np.repeat(a.clip(0, 255).astype(np.uint8)[..., None], 3, 2))
+        ink = Image.new("L", (w, h))
+        font = ImageFont.truetype(fonts[rng.integers(len(fonts))], int(rng.integers(16, 44)))
+        text = EDGE_TEXTS[rng.integers(len(EDGE_TEXTS))]
+        x0, y0, x1, y1 = ImageDraw.Draw(ink).textbbox((0, 0), text, font=font)
+        edge = ("top", "bottom", "left", "right")[(i // 3) % 4]
+        cut = int(rng.choice(EDGE_CUTS))
+        if edge in ("top", "bottom"):
+            along = int(rng.integers(0, w - x1))
+            at = (along, -y0 - cut) if edge == "top" else (along, h - y1 + cut)
+        else:
+            along = int(rng.integers(0, h - y1))
+            at = (-x0 - cut, along) if edge == "left" else (w - x1 + cut, along)
+        fill = (255, 255, 255) if kind != 1 or rng.random() >= 0.5 else (0, 0, 0)
+        if kind == 2 and rng.random() < 0.5:
+            fill = (255, 220, 0)
+        for canvas, colour in ((im, fill), (ink, 255)):
+            ImageDraw.Draw(canvas).text(at, text, font=font, fill=colour)
+        m = np.asarray(ink) > 0
+        ys, xs = np.nonzero(m)
+        out.append(Rendered(np.asarray(im), np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], float), [text],
+                            [edge_cut_kind(cut)], m.astype(np.int32), np.zeros((h, w), bool)))
+    return out
+
+
 def microscopy_quality(work: Path, detectors: dict[str, Any], threshold: float, pad: str,
                        shapes: tuple[str, ...] = ("polygon",), limit: int = 0,
                        verify_reader: Any = None, leak_reader: Any = None) -> list[dict[str, Any]]:
-    """bench_detect.py's held-out synthetic microscopy set (`MICRO`, imported), redacted as PNG with
-    magenta: ink coverage = glyph pixels (`pipeline.synth`'s exact ink map, regenerated from the
-    same seed) that came out magenta; over-redaction = magenta outside every GT box, over all pixels.
-    With `leak_reader`, also the overlays OCR reads in the first shape's outputs (`microscopy_leak`)."""
+    """bench_detect.py's held-out synthetic microscopy set (`MICRO`, imported): `overlay_quality`."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_detect import MICRO  # the set bench_detect reports on (not a copy)
+
+    from pipeline.synth import synth_image
+
+    n = min(MICRO.n_images, limit) if limit else MICRO.n_images
+    return overlay_quality("microscopy", "micro", [synth_image(i, MICRO) for i in range(n)], work, detectors,
+                           threshold, pad, shapes, verify_reader, leak_reader, goals=True)
+
+
+def overlay_quality(label: str, name: str, records: list[Any], work: Path, detectors: dict[str, Any],
+                    threshold: float, pad: str, shapes: tuple[str, ...] = ("polygon",),
+                    verify_reader: Any = None, leak_reader: Any = None, goals: bool = False) -> list[dict[str, Any]]:
+    """Generated images with exact ink maps (`pipeline.synth.Rendered`: the microscopy set, the
+    edge-label set), saved under work/`name` and redacted as PNG with magenta: ink coverage = glyph
+    pixels that came out magenta; over-redaction = magenta outside every GT box, over all pixels.
+    With `leak_reader`, also the overlays OCR reads in the first shape's outputs (`overlay_leak`),
+    and the ink coverage by overlay kind. `goals`: judged against the microscopy goals."""
     import shutil
 
     from PIL import Image
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_detect import MICRO  # the set bench_detect reports on (not a copy)
-
     from pipeline.boxes import union_mask
     from pipeline.redact.core import Pad
     from pipeline.redact.run import RedactConfig, Redactor, Item, run_local
-    from pipeline.synth import synth_image
 
-    src = work / "micro"
-    n = min(MICRO.n_images, limit) if limit else MICRO.n_images
+    src = work / name
+    n = len(records)
     rendered = []
-    for i in range(n):
-        r = synth_image(i, MICRO)
+    for i, r in enumerate(records):
         p = src / f"{i:06d}.png"
         if not p.exists():
             p.parent.mkdir(parents=True, exist_ok=True)
@@ -757,14 +849,15 @@ def microscopy_quality(work: Path, detectors: dict[str, Any], threshold: float, 
         cached = det if isinstance(det, CachedDetector) else CachedDetector(det)
         cpu0, calls0 = cached.cpu_s, cached.calls
         for shape in shapes:
-            out = work / "quality" / f"micro_{det_name}_{shape}"
+            out = work / "quality" / f"{name}_{det_name}_{shape}"
             shutil.rmtree(out, ignore_errors=True)
             items = [Item(str(p), p.name, str(out / p.name), str(out.parent / f"{out.name}.audit" / f"{p.name}.json"))
                      for p, _ in rendered]
             verify = det_name.endswith(VERIFY_SUFFIX)
             cfg = RedactConfig(threshold=threshold, pad=Pad.parse(pad), shape=shape, color=MAGENTA, force=True, verify=verify)
-            list(run_local(Redactor(cached, cfg, verify_reader if verify else None), items, workers=1))
+            list(run_local(Redactor(cached, cfg, UsersFillReader(verify_reader) if verify else None), items, workers=1))
             ink = cov = outside = px = 0
+            by_kind: dict[str, list[int]] = {}   # kind -> [ink px, covered ink px]
             for p, r in rendered:
                 m, boxes = r.ink > 0, np.asarray(r.boxes, float).reshape(-1, 4)
                 arr = np.asarray(Image.open(out / p.name).convert("RGB"))
@@ -774,17 +867,27 @@ def microscopy_quality(work: Path, detectors: dict[str, Any], threshold: float, 
                 cov += int((m & red).sum())
                 outside += int((red & ~union_mask(boxes, w, h)).sum())
                 px += w * h
+                for k, kind in enumerate(r.kinds):
+                    mk = r.ink == k + 1
+                    a = by_kind.setdefault(kind, [0, 0])
+                    a[0] += int(mk.sum())
+                    a[1] += int((mk & red).sum())
             row = {"detector": det_name, "shape": shape, "pad": pad, "images": n,
                    "ink_coverage": cov / ink if ink else math.nan, "over_redaction": outside / px,
+                   "ink_coverage_by_kind": {k: round(c / i, 4) if i else None for k, (i, c) in sorted(by_kind.items())},
                    "detect_cpu_s_per_image": round((cached.cpu_s - cpu0) / max(1, cached.calls - calls0), 3)}
-            row["meets_goals"] = row["ink_coverage"] >= GOAL_MICRO_COVERAGE and row["over_redaction"] <= GOAL_MICRO_OVER
+            if goals:
+                row["meets_goals"] = row["ink_coverage"] >= GOAL_MICRO_COVERAGE and row["over_redaction"] <= GOAL_MICRO_OVER
             if leak_reader is not None and shape == shapes[0]:
-                row["leak"] = microscopy_leak(rendered, out, leak_reader, readable)
+                row["leak"] = overlay_leak(rendered, out, leak_reader, readable)
             rows.append(row)
             lk = row.get("leak")
-            print(f"  microscopy {det_name:12s} {shape:7s} {n} images  ink coverage {row['ink_coverage']:.4f}  over-redaction "
+            print(f"  {label} {det_name:12s} {shape:7s} {n} images  ink coverage {row['ink_coverage']:.4f}  over-redaction "
                   f"{row['over_redaction']:.4f}" + (f"  leak {lk['leaked']}/{lk['readable']} overlays" if lk else "")
-                  + ("  MEETS GOALS" if row["meets_goals"] else ""), flush=True)
+                  + ("  MEETS GOALS" if row.get("meets_goals") else ""), flush=True)
+            if label != "microscopy":
+                print("    ink coverage by kind: " + ", ".join(f"{k} {v:.3f}" for k, v in row["ink_coverage_by_kind"].items()
+                                                          if v is not None), flush=True)
             for text in (lk or {}).get("leaked_texts", []):
                 print(f"    still legible: {text}", flush=True)
             shutil.rmtree(out, ignore_errors=True)
@@ -857,12 +960,15 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=0, help="quality: at most this many images per source (0: all)")
     ap.add_argument("--int8-model", default="", help="int8 ONNX for the *-int8 detectors (scripts/quantize_db.py)")
     ap.add_argument("--skip-micro", action="store_true", help="no synthetic microscopy quality set")
+    ap.add_argument("--edge-images", type=int, default=96,
+                    help="generated images with a label at or near an edge (`edge_label_set`; 0: none)")
     ap.add_argument("--threshold", type=float, default=None)
     ap.add_argument("--replay", action="append", default=[],
                     help="NAME=AUDIT_DIR: reuse detections from an earlier run's sidecars (redaction and pixels measured anew)")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-leak", action="store_true", help="no OCR leak measurement (saves ~5 min)")
     ap.add_argument("--skip-quality", action="store_true")
+    ap.add_argument("--skip-devset", action="store_true", help="quality on the generated sets only")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--child-src", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
@@ -870,6 +976,8 @@ def main() -> int:
 
     if args.int8_model:
         os.environ["BENCH_INT8_MODEL"] = str(Path(args.int8_model).resolve())
+    if args.edge_images < 0:
+        ap.error(f"--edge-images must be 0 or more, got {args.edge_images}")
     if args.child:
         print(json.dumps(child_throughput(args.child, args.child_src, args.child_out, args.workers,
                                           not args.no_pipeline)))
@@ -909,8 +1017,9 @@ def main() -> int:
         for spec in args.replay:
             name, _, audit = spec.partition("=")
             dets[name] = ReplayDetector(Path(audit), lossless_copies(args.set, args.work)[0], name)
-        print(f"quality on {args.set} (coverage/over-redaction per source; msra against polygons; threshold {threshold}):",
-              flush=True)
+        if not args.skip_devset:
+            print(f"quality on {args.set} (coverage/over-redaction per source; msra against polygons; threshold {threshold}):",
+                  flush=True)
         reader = None
         if not args.skip_leak or any(n.endswith(VERIFY_SUFFIX) for n in names):
             from pipeline.legibility import Reader
@@ -919,13 +1028,19 @@ def main() -> int:
         shapes = tuple(x for x in args.shapes.split(",") if x)
         cached: dict[int, CachedDetector] = {}   # one cache per detector object (NAME and NAME+verify share it)
         dets = {k: cached.setdefault(id(v), CachedDetector(v)) for k, v in dets.items()}   # devset and microscopy parts
-        result["quality"] = quality(args.set, args.work, dets, [p for p in args.pads.split(",") if p], threshold,
-                                    str(DEFAULT_PAD), None if args.skip_leak else reader, shapes, args.limit, reader)
-        print_gaps(result["quality"])
+        if not args.skip_devset:
+            result["quality"] = quality(args.set, args.work, dets, [p for p in args.pads.split(",") if p], threshold,
+                                        str(DEFAULT_PAD), None if args.skip_leak else reader, shapes, args.limit, reader)
+            print_gaps(result["quality"])
         if not args.skip_micro:
             print("synthetic microscopy overlays (bench_detect's MICRO set):", flush=True)
             result["microscopy"] = microscopy_quality(args.work, dets, threshold, str(DEFAULT_PAD), shapes, args.limit, reader,
                                                       None if args.skip_leak else reader)
+        n_edges = min(args.edge_images, args.limit) if args.limit else args.edge_images
+        if n_edges:
+            print(f"labels at the image's edge ({n_edges} generated images):", flush=True)
+            result["edges"] = overlay_quality("edges", "edges", edge_label_set(n_edges), args.work, dets, threshold,
+                                              str(DEFAULT_PAD), shapes, reader, None if args.skip_leak else reader)
         if reader is not None and not args.skip_leak:
             print("transparent images (defaults; OCR on every viewer picture):", flush=True)
             result["transparent"] = transparent_quality(args.work, dets, reader, threshold)

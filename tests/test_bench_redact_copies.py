@@ -74,7 +74,7 @@ def test_gaps_split_lost_coverage_and_over_redaction_by_where_they_are() -> None
     assert g == {"uncovered_missed": 200, "uncovered_margins": 20, "over_near": 40, "over_far": 50}
 
 
-def test_microscopy_leak_counts_overlays_still_read_in_the_output(tmp_path: Path) -> None:
+def test_overlay_leak_counts_overlays_still_read_in_the_output(tmp_path: Path) -> None:
     """Real OCR: of two readable overlays, the one the output left uncovered is the leak."""
     from types import SimpleNamespace
 
@@ -101,7 +101,56 @@ def test_microscopy_leak_counts_overlays_still_read_in_the_output(tmp_path: Path
     img.save(tmp_path / "out" / "a.png")
     r = SimpleNamespace(boxes=np.array(boxes, float), texts=texts, kinds=["timestamp", "sample_id"])
     readable: dict[str, list[int]] = {}
-    lk = mod.microscopy_leak([(tmp_path / "src" / "a.png", r)], tmp_path / "out", Reader(), readable)
+    lk = mod.overlay_leak([(tmp_path / "src" / "a.png", r)], tmp_path / "out", Reader(), readable)
     assert readable == {"a.png": [0, 1]}
     assert lk["readable"] == 2 and lk["leaked"] == 1 and lk["leaked_texts"] == ["a.png: Sample 4711"]
     assert lk["by_kind"]["timestamp"]["leaked"] == 0 and lk["by_kind"]["sample_id"]["leaked"] == 1
+
+
+def test_edge_labels_lie_where_their_kind_says() -> None:
+    """The edge-label set's labels are cut by, touch, or stay the stated px inside their edge,
+    one edge after another: what its per-kind coverage is reported by."""
+    spec = importlib.util.spec_from_file_location("bench_redact", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    recs = mod.edge_label_set(12)
+    assert {r.kinds[0] for r in recs} <= {mod.edge_cut_kind(c) for c in mod.EDGE_CUTS}
+    for i, r in enumerate(recs):
+        h, w = r.ink.shape
+        ys, xs = np.nonzero(r.ink == 1)
+        gap = {"top": ys.min(), "bottom": h - 1 - ys.max(), "left": xs.min(), "right": w - 1 - xs.max()}
+        edge = ("top", "bottom", "left", "right")[(i // 3) % 4]
+        kind = r.kinds[0]
+        assert r.boxes.tolist() == [[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]]
+        if kind.endswith("inside"):
+            assert abs(gap[edge] - int(kind.split()[0])) <= 2, (i, kind, gap)   # glyph extents vary a px or two
+        else:
+            assert gap[edge] == 0, (i, kind, gap)                             # its ink reaches the edge
+        assert min(g for e, g in gap.items() if e != edge) > 0                # and no other edge
+
+
+def test_the_verify_audit_reads_the_fill_users_get() -> None:
+    """A measuring run fills with magenta; its `--verify` audit must read the output as users see
+    it (black fill), or it leaves what OCR reads beside black."""
+    spec = importlib.util.spec_from_file_location("bench_redact", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    class Seen:
+        version, min_chars = "r1", 3
+
+        def __init__(self) -> None:
+            self.views: list = []
+
+        def read_views(self, views):
+            self.views += views
+            return ["read"]
+
+    inner = Seen()
+    wrapped = mod.UsersFillReader(inner)
+    view = np.full((2, 3, 3), 200, np.uint8)
+    view[0, 0] = mod.MAGENTA
+    grey = np.full((2, 3), 7, np.uint8)   # a one-channel view is left as it is
+    assert wrapped.read_views([view, grey]) == ["read"] and wrapped.version == "r1" and wrapped.min_chars == 3
+    assert inner.views[0][0, 0].tolist() == list(mod.DEFAULT_FILL) and (inner.views[0][1] == 200).all()
+    assert inner.views[1] is grey and view[0, 0].tolist() == list(mod.MAGENTA)   # the output itself is untouched

@@ -356,11 +356,11 @@ def test_a_promoted_tuned_model_gets_the_small_text_pass_too(tmp_path, ws, reade
         assert sc["detector"]["passes"] == summary.model["passes"]
         if name == "default":   # the summary says which passes ran, and what the model scored
             assert summary.model["passes"] == {"scales": [1.0, 2.5], "refine": "small", "scale_max_side": 1600,
-                                               "large_text_side": 640, "edge_strip": 96}
+                                               "large_text_side": 640, "edge_strip": 128, "edge_scale": 2.0}
             assert summary.model["validation_coverage"] == pytest.approx(0.9)
             assert _describe_model(summary.model) == (" (validation coverage 0.900 at the budget, validation when trained; "
                                                       "1x + 2.5x on small-text cells (images up to 1600 px), "
-                                                      "large text at 640 px, edge strips 96 px)")
+                                                      "large text at 640 px, edge strips 64 px deep at 2x)")
         else:
             assert _describe_model(summary.model).endswith("; one 1x pass, large text at 640 px)")
     assert runs["one"][0] == version and runs["default"][0].startswith(version + "+")
@@ -460,9 +460,10 @@ def test_ppocr_calls_overlap_on_one_thread_each_with_the_same_output(tmp_path, m
     assert (tmp_path / "one.png").read_bytes() == outs[2]["0.png"]
 
 
-def edge_label_image(path: Path) -> np.ndarray:
-    """A white 30 px scale-bar label cut by the image's top edge on a noisy grey 1024 x 768
-    micrograph (as overlays are drawn in a corner): DB's map is 0 on it. Its ink mask."""
+def edge_label_image(path: Path, at: tuple[int, int] = (4, -3)) -> np.ndarray:
+    """A white 30 px scale-bar label drawn `at` (default: cut by the image's top edge) on a
+    noisy grey 1024 x 768 micrograph (as overlays are drawn in a corner): DB's map is 0 on it.
+    Its ink mask."""
     import cv2
     from matplotlib import font_manager
 
@@ -474,7 +475,7 @@ def edge_label_image(path: Path) -> np.ndarray:
     ink = Image.new("L", (w, h))
     f = ImageFont.truetype(font_manager.findfont("DejaVu Serif:italic:bold"), 30)
     for canvas, fill in ((im, (255, 255, 255)), (ink, 255)):
-        ImageDraw.Draw(canvas).text((4, -3), "100 µm", font=f, fill=fill)
+        ImageDraw.Draw(canvas).text(at, "100 µm", font=f, fill=fill)
     im.save(path)
     return np.asarray(ink) > 0
 
@@ -482,23 +483,31 @@ def edge_label_image(path: Path) -> np.ndarray:
 def test_a_label_cut_by_the_image_edge_is_covered(tmp_path, reader):
     """"100 µm" at y = 0 of a synthetic micrograph stayed legible after the default redact: DB
     sees no background beyond the edge and its map is 0 there. The default now also runs strips
-    along the edges with a replicated border, and what they find touching the edge is covered."""
+    along the edges with a replicated border, and what they find touching the edge is covered.
+    The 1x map is blind a text height from the edge too: the same label 10 px below it, where
+    96 px strips at 1x that kept only what touched the edge found nothing either."""
     from pipeline.detectors import load_detector
-    from pipeline.redact.run import build_ppocr
+    from pipeline.redact.run import build_ppocr, pass_options
 
-    src = tmp_path / "edge.png"
-    ink = edge_label_image(src)
-    rgb = np.asarray(Image.open(src).convert("RGB"))
-
-    def covered(det) -> float:
+    def covered(det, rgb: np.ndarray, ink: np.ndarray) -> float:
         m = np.zeros(ink.shape, bool)
         for x0, y0, x1, y1 in det.detect([rgb])[0].boxes.astype(int):
             m[y0:y1, x0:x1] = True
         return float((m & ink).sum() / ink.sum())
 
     stock = load_detector("ppocr")
-    assert covered(stock) < 0.2 and covered(stock.with_options(scales=(1.0, 2.5), refine="small")) < 0.2
-    assert build_ppocr().config.edge_strip > 0 and covered(build_ppocr()) > 0.9
+    near = tmp_path / "near.png"
+    near_ink = edge_label_image(near, at=(600, 10))
+    near_rgb = np.asarray(Image.open(near).convert("RGB"))
+    assert covered(stock, near_rgb, near_ink) < 0.2
+    assert covered(build_ppocr(**{**pass_options(), "edge_strip": 96, "edge_scale": 1.0}), near_rgb, near_ink) < 0.2
+    assert covered(build_ppocr(), near_rgb, near_ink) > 0.9
+
+    src = tmp_path / "edge.png"
+    ink = edge_label_image(src)
+    rgb = np.asarray(Image.open(src).convert("RGB"))
+    assert covered(stock, rgb, ink) < 0.2 and covered(stock.with_options(scales=(1.0, 2.5), refine="small"), rgb, ink) < 0.2
+    assert build_ppocr().config.edge_strip > 0 and covered(build_ppocr(), rgb, ink) > 0.9
     assert any("100" in r.text for r in reader.read_views([rgb]))       # legible in the input ...
     redact_file(src, tmp_path / "o.png", build_ppocr())
     out = np.asarray(Image.open(tmp_path / "o.png").convert("RGB"))

@@ -68,26 +68,30 @@ def test_load_detector_ppocr_passes_options() -> None:
         PPOCRConfig(scales=(1.0, 1.0))   # `--scales 1,1` ran the same pass twice
     with pytest.raises(ValueError, match="large_text_side"):
         PPOCRConfig(large_text_side=-1)
-    for bad in ({"edge_strip": -1}, {"edge_border": 5000}, {"edge_strip": 1.5}):
+    for bad in ({"edge_strip": -1}, {"edge_border": 5000}, {"edge_strip": 1.5}, {"edge_scale": 0}, {"edge_scale": 5}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             PPOCRConfig(**bad)
     # the strips change what is found: outputs made without them are redone, not resumed
     assert load_detector("ppocr", edge_strip=96).version != load_detector("ppocr").version
-    # with no strips their border changes nothing found, nor the version
-    assert load_detector("ppocr", edge_border=8).version == load_detector("ppocr").version
+    # with no strips their border and scale change nothing found, nor the version; with them they do
+    assert load_detector("ppocr", edge_border=8, edge_scale=2.0).version == load_detector("ppocr").version
+    assert load_detector("ppocr", edge_strip=96, edge_scale=2.0).version != load_detector("ppocr", edge_strip=96).version
 
 
 def test_the_summary_names_the_passes_that_ran() -> None:
     """`--scales 2` (one 2x pass) was described as "one 1x pass"."""
     from pipeline.cli.redact import _describe_model
 
-    def said(scales: list[float], refine: str | None = None, large: int | None = None, edge: int | None = None) -> str:
+    def said(scales: list[float], refine: str | None = None, large: int | None = None, edge: int | None = None,
+             edge_scale: float | None = None) -> str:
         return _describe_model({"passes": {"scales": scales, "refine": refine, "scale_max_side": None,
-                                           "large_text_side": large, "edge_strip": edge}})
+                                           "large_text_side": large, "edge_strip": edge, "edge_scale": edge_scale}})
 
     assert said([2.0]) == " (one 2x pass)" and said([0.5], large=640) == " (one 0.5x pass, large text at 640 px)"
     assert said([1.0, 2.0], "small") == " (1x + 2x on small-text cells)"
-    assert said([1.0, 2.5], "small", 640, 96) == " (1x + 2.5x on small-text cells, large text at 640 px, edge strips 96 px)"
+    assert said([1.0, 2.5], "small", 640, 96, 1.0) == " (1x + 2.5x on small-text cells, large text at 640 px, edge strips 96 px deep at 1x)"
+    # the depth is in px at the strips' scale: the summary gives it in the image's
+    assert said([1.0], edge=128, edge_scale=2.0) == " (one 1x pass, edge strips 64 px deep at 2x)"
 
 
 def test_merge_boxes_unions_line_pieces_and_duplicates() -> None:

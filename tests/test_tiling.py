@@ -99,27 +99,33 @@ def test_touches_image_edge() -> None:
     assert touches_image_edge(boxes, 100, 60).tolist() == [True, True, True, True, False, True]
 
 
-def test_edge_pass_maps_what_each_strip_finds_back_onto_the_image_edge() -> None:
-    """Whatever a strip's input holds, a find at its outer edge lands on the image's edge and one
-    at its inner side (where the image goes on) is left to the first pass."""
+def test_edge_pass_maps_what_each_strip_finds_back_onto_the_image() -> None:
+    """Whatever a strip's input holds, a find at its outer edge lands on the image's edge, one
+    wholly inside the strip is kept where it lies (DB's first-pass map is blind there too), and
+    one cut by its inner side (where the image goes on) is left to the first pass."""
     from pipeline.detectors.ppocr import PPOCRDetector
 
     det = PPOCRDetector(edge_strip=16, edge_border=4)
     seen = []
 
+    def rect(x0: float, y0: float, x1: float, y1: float) -> list[list[float]]:
+        return [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]
+
     def run(grown: np.ndarray, scale: float):
         gh, gw = grown.shape[:2]
         seen.append((gh, gw))
-        # the whole grown input, and a small quad in its middle
-        whole = [[0, 0], [gw, 0], [gw, gh], [0, gh]]
-        mid = [[gw / 2 - 1, gh / 2 - 1], [gw / 2 + 1, gh / 2 - 1], [gw / 2 + 1, gh / 2 + 1], [gw / 2 - 1, gh / 2 + 1]]
-        return np.array([whole, mid], float), np.array([0.9, 0.8])
+        cx, cy = gw / 2, gh / 2
+        # the strips come top, bottom, left, right: a quad from the middle to the inner side
+        inner = [rect(cx - 1, cy, cx + 1, gh), rect(cx - 1, 0, cx + 1, cy),
+                 rect(cx, cy - 1, gw, cy + 1), rect(0, cy - 1, cx, cy + 1)][len(seen) - 1]
+        return np.array([rect(0, 0, gw, gh), rect(cx - 1, cy - 1, cx + 1, cy + 1), inner], float), np.array([0.9, 0.8, 0.7])
 
     det._run = run   # type: ignore[method-assign]
     out = det._edge_pass(np.zeros((60, 100, 3), np.uint8), 1.0)
     assert seen == [(20, 108), (20, 108), (68, 20), (68, 20)]
-    kept = [q for q, _ in out]
-    assert all(len(q) == 1 for q in kept)   # the middle quads (not on an edge) are dropped
+    assert [s.tolist() for _, s in out] == [[0.9, 0.8]] * 4   # the ones cut by the inner side are dropped
     # the whole grown input maps to its window grown outward: off the image by the border only
-    boxes = [(q[0].min(0).tolist(), q[0].max(0).tolist()) for q in kept]
+    boxes = [(q[0].min(0).tolist(), q[0].max(0).tolist()) for q, _ in out]
     assert boxes == [([-4, -4], [104, 16]), ([-4, 44], [104, 64]), ([-4, -4], [16, 64]), ([84, -4], [104, 64])]
+    # the middle one to the middle of its window
+    assert [q[1].mean(0).tolist() for q, _ in out] == [[50, 6], [50, 54], [6, 30], [94, 30]]

@@ -203,7 +203,8 @@ def _describe_model(model: dict) -> str:
         where = {"small": " on small-text cells", "image": ""}.get(passes.get("refine") or "", "")
         side = f" (images up to {passes['scale_max_side']} px)" if passes.get("scale_max_side") else ""
         large = f", large text at {passes['large_text_side']} px" if passes.get("large_text_side") else ""
-        edges = f", edge strips {passes['edge_strip']} px" if passes.get("edge_strip") else ""
+        e_scale = float(passes.get("edge_scale") or 1.0)   # depth in px at the strips' scale: shown in image px
+        edges = f", edge strips {passes['edge_strip'] / e_scale:g} px deep at {e_scale:g}x" if passes.get("edge_strip") else ""
         parts.append((f"one {first} pass" if not extra else f"{first} + {' + '.join(extra)}{where}{side}") + large + edges)
     return f" ({'; '.join(parts)})" if parts else ""
 

@@ -35,7 +35,7 @@ import numpy as np
 from pipeline.boxes import Detections, quad_thickness, quad_to_xyxy
 from pipeline.config import check_number
 from pipeline.detectors.graph import fold_bytes, folded_bytes
-from pipeline.detectors.tiling import Tiler, edge_strips, merge_boxes, touches_image_edge
+from pipeline.detectors.tiling import Tiler, cut_by_inner_edge, edge_strips, merge_boxes, touches_image_edge
 from pipeline.io import one_line, sha256_json
 
 log = logging.getLogger(__name__)
@@ -85,13 +85,15 @@ class PPOCRConfig:
     large_text_trigger: float = 128.0
     large_text_keep: float = 16.0
     large_text_share: float = 0.12
-    # Text touching the image's edge ("100 µm" at y = 0, a corner "Fig. 3") gets a map of 0 from
-    # DB, which sees no background beyond it. Strips this deep (px at the first pass's scale)
-    # along the edges, each grown by `edge_border` replicated px on its outer side, run as their
-    # own inputs after an untiled first pass; what they find touching the edge joins it (0: off).
-    # Their own inputs, not a border around the whole image: that shifts the map everywhere.
+    # Text touching the image's edge ("100 µm" at y = 0, a corner "Fig. 3") or a few px from it
+    # gets a map of 0 from DB, which sees no background beyond it. Strips this deep (px at their
+    # own scale, `edge_scale` x the first pass's) along the edges, each grown by `edge_border`
+    # replicated px on its outer side, run as their own inputs after an untiled first pass; what
+    # they find touching the edge or wholly inside the strip joins it (0: off). Their own inputs,
+    # not a border around the whole image: that shifts the map everywhere.
     edge_strip: int = 0
     edge_border: int = 32
+    edge_scale: float = 1.0
     threads: int = 2               # onnxruntime intra-op threads
     model_path: str = ""           # default: the model inside the rapidocr wheel
 
@@ -119,6 +121,7 @@ _RANGES: dict[str, tuple[float, float, type]] = {
     "refine_thresh": (0.0, 1.0, float), "refine_max_height": (1.0, 10000.0, float), "refine_edges": (0, 255, int),
     "refine_cell": (16, 8192, int), "refine_margin": (0, 8192, int), "refine_continue": (0.0, 1000.0, float),
     "refine_whole": (0.0, 1000.0, float), "edge_strip": (0, 4096, int), "edge_border": (0, 1024, int),
+    "edge_scale": (0.25, MAX_SCALE, float),
     "threads": (1, 1024, int),
     "large_text_side": (0, 16384, int), "large_text_trigger": (1.0, 16384.0, float), "large_text_keep": (0.0, 16384.0, float),
     "large_text_share": (0.0, 1.0, float),
@@ -129,6 +132,8 @@ _RANGES: dict[str, tuple[float, float, type]] = {
 # pass finds, so outputs of the older choice are redone, not resumed. 2: a form's ruling is
 # taken out of the edge clusters. 3: a small first-pass box marks the cells its line runs on into.
 SMALL_WINDOWS_REVISION = 3
+# What edge strips keep; raised when that changes, as above. 2: also quads wholly inside a strip.
+EDGE_STRIP_REVISION = 2
 
 
 def config_version(base: str, config: PPOCRConfig, skip: tuple[str, ...] = ()) -> str:
@@ -142,8 +147,11 @@ def config_version(base: str, config: PPOCRConfig, skip: tuple[str, ...] = ()) -
     changed = {k: v for k, v in asdict(config).items() if k not in ignore and default[k] != v}
     if len(config.scales) > 1 and config.refine == "small":
         changed["small_windows_revision"] = SMALL_WINDOWS_REVISION
-    if not config.edge_strip:   # off: how deep a border it would add changes nothing
+    if config.edge_strip:
+        changed["edge_strip_revision"] = EDGE_STRIP_REVISION
+    else:   # off: how deep a border it would add, at which scale, changes nothing
         changed.pop("edge_border", None)
+        changed.pop("edge_scale", None)
     if not config.large_text_side:   # off: how it would run changes nothing
         for k in ("large_text_trigger", "large_text_keep", "large_text_share"):
             changed.pop(k, None)
@@ -274,7 +282,8 @@ class PPOCRDetector:
         c = self.config
         return {"scales": list(c.scales), "refine": c.refine if len(c.scales) > 1 else None,
                 "scale_max_side": c.scale_max_side if len(c.scales) > 1 else None,
-                "large_text_side": c.large_text_side or None, "edge_strip": c.edge_strip or None}
+                "large_text_side": c.large_text_side or None, "edge_strip": c.edge_strip or None,
+                "edge_scale": c.edge_scale if c.edge_strip else None}
 
     def cache_maps(self, on: bool = True) -> None:
         """Keep each input's probability map in memory (validation grids; off by default). Turning
@@ -386,10 +395,11 @@ class PPOCRDetector:
         return kept
 
     def _edge_pass(self, bgr: np.ndarray, scale: float) -> list[tuple[np.ndarray, np.ndarray]]:
-        """What DB finds touching the image's edge in strips along it (`tiling.edge_strips`, see
+        """What DB finds near the image's edge in strips along it (`tiling.edge_strips`, see
         `edge_strip`): each strip `edge_strip` px deep at `scale`, grown by `edge_border`
-        replicated px outside the image; only quads reaching the image's edge are kept (the rest
-        is the first pass's)."""
+        replicated px outside the image. Kept: quads reaching the image's edge, and those wholly
+        inside the strip (DB's map at the first pass's scale is blind a text height or so from
+        the edge too); a line the strip's inner side cuts is the first pass's."""
         import cv2
 
         c = self.config
@@ -398,7 +408,8 @@ class PPOCRDetector:
         for (x0, y0, x1, y1), (t, bo, le, ri) in edge_strips(w, h, round(c.edge_strip / scale), round(c.edge_border / scale)):
             q, s = self._run(cv2.copyMakeBorder(bgr[y0:y1, x0:x1], t, bo, le, ri, cv2.BORDER_REPLICATE), scale)
             q = q + np.array([x0 - le, y0 - t], dtype=np.float64)
-            keep = touches_image_edge(quad_to_xyxy(q), w, h)
+            xyxy = quad_to_xyxy(q)
+            keep = touches_image_edge(xyxy, w, h) | ~cut_by_inner_edge(xyxy - [x0, y0, x0, y0], (x0, y0, x1, y1), w, h)
             out.append((q[keep], s[keep]))
         return out
 
@@ -506,7 +517,7 @@ class PPOCRDetector:
             if k == 0 and not tiled:
                 large = self._large_text_pass(bgr, scale, found)
                 if c.edge_strip:
-                    found += self._edge_pass(bgr, scale)
+                    found += self._edge_pass(bgr, scale * c.edge_scale)
         first_map.clear()
         found += large
         all_quads = np.concatenate([q for q, _ in found]) if found else np.zeros((0, 4, 2))

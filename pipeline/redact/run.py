@@ -54,10 +54,14 @@ DEFAULT_PAD = Pad(px=0.0, frac=0.10)   # the knee of the devset padding sweep (R
 DEFAULT_PPOCR_SCALES = (1.0, 2.5)
 MULTISCALE_MAX_SIDE = 1600         # ... on images up to this long side (every devset image); larger ones: 1x
 DEFAULT_PPOCR_REFINE = "small"     # ... and only around small-text candidates of the 1x map (README: cost/coverage)
-# ... and strips this deep along the image's edges (`PPOCRConfig.edge_strip`): DB's map is 0 on a
-# label the edge cuts. Synthetic microscopy overlays left legible 5 -> 2 of 102, devset unchanged,
-# 1024x768 JPEGs +40-55 % CPU-s (0.20 -> 0.29-0.31 each; twenty-seventh session; README).
-DEFAULT_EDGE_STRIP = 96
+# ... and strips along the image's edges (`PPOCRConfig.edge_strip`, px at the strips' scale,
+# `edge_scale` x the first pass's): DB's 1x map is 0 on a label the edge cuts, and a text height
+# or so from it. 96 px at 1x: synthetic microscopy overlays left legible 5 -> 2 of 102 (twenty-
+# seventh session); 128 px at 2x (64 image px), keeping what lies wholly inside a strip too: 1 of
+# 102, and labels at generated images' edges 7 -> 2 of 86 legible, devset unchanged, 1024x768
+# JPEGs 0.28-0.31 -> 0.44 CPU-s (twenty-eighth; README: cost and coverage).
+DEFAULT_EDGE_STRIP = 128
+DEFAULT_EDGE_SCALE = 2.0
 DEFAULT_REVIEW_BAND = (0.3, 0.4)   # holds 26 % of devset images with ppocr (0.3-0.6 would hold 58 %)
 # --verify covers what the OCR audit still reads, then reads again, this many times (the demo's
 # immunohistochemistry sample: the detector covered half of a faint date stamp, OCR read "8:51"
@@ -699,7 +703,8 @@ def pass_options(scales: Sequence[float] = DEFAULT_PPOCR_SCALES, max_side: int =
     scales = tuple(float(x) for x in scales)
     if scales == (1.0,):   # `--scales 1`: the one plain pass, asked for by name
         return {"scales": scales}
-    return {"scales": scales, "scale_max_side": int(max_side), "refine": refine, "edge_strip": DEFAULT_EDGE_STRIP}
+    return {"scales": scales, "scale_max_side": int(max_side), "refine": refine,
+            "edge_strip": DEFAULT_EDGE_STRIP, "edge_scale": DEFAULT_EDGE_SCALE}
 
 
 def bundle_pass_options(path: str, scales: Sequence[float] | None = None) -> dict[str, Any]:
