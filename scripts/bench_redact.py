@@ -815,17 +815,17 @@ def microscopy_quality(work: Path, detectors: dict[str, Any], threshold: float, 
 
     n = min(MICRO.n_images, limit) if limit else MICRO.n_images
     return overlay_quality("microscopy", "micro", [synth_image(i, MICRO) for i in range(n)], work, detectors,
-                           threshold, pad, shapes, verify_reader, leak_reader, goals=True)
+                           threshold, pad, shapes, verify_reader, leak_reader, judge=True)
 
 
 def overlay_quality(label: str, name: str, records: list[Any], work: Path, detectors: dict[str, Any],
                     threshold: float, pad: str, shapes: tuple[str, ...] = ("polygon",),
-                    verify_reader: Any = None, leak_reader: Any = None, goals: bool = False) -> list[dict[str, Any]]:
+                    verify_reader: Any = None, leak_reader: Any = None, judge: bool = False) -> list[dict[str, Any]]:
     """Generated images with exact ink maps (`pipeline.synth.Rendered`: the microscopy set, the
     edge-label set), saved under work/`name` and redacted as PNG with magenta: ink coverage = glyph
     pixels that came out magenta; over-redaction = magenta outside every GT box, over all pixels.
     With `leak_reader`, also the overlays OCR reads in the first shape's outputs (`overlay_leak`),
-    and the ink coverage by overlay kind. `goals`: judged against the microscopy goals."""
+    and the ink coverage by overlay kind. `judge`: against the microscopy goals."""
     import shutil
 
     from PIL import Image
@@ -876,7 +876,7 @@ def overlay_quality(label: str, name: str, records: list[Any], work: Path, detec
                    "ink_coverage": cov / ink if ink else math.nan, "over_redaction": outside / px,
                    "ink_coverage_by_kind": {k: round(c / i, 4) if i else None for k, (i, c) in sorted(by_kind.items())},
                    "detect_cpu_s_per_image": round((cached.cpu_s - cpu0) / max(1, cached.calls - calls0), 3)}
-            if goals:
+            if judge:
                 row["meets_goals"] = row["ink_coverage"] >= GOAL_MICRO_COVERAGE and row["over_redaction"] <= GOAL_MICRO_OVER
             if leak_reader is not None and shape == shapes[0]:
                 row["leak"] = overlay_leak(rendered, out, leak_reader, readable)
