@@ -73,6 +73,9 @@ def test_load_detector_ppocr_passes_options() -> None:
             PPOCRConfig(**bad)
     # the strips change what is found: outputs made without them are redone, not resumed
     assert load_detector("ppocr", edge_strip=96).version != load_detector("ppocr").version
+    # an integer given for a float option is that float: `-o edge_scale=2` redid outputs of 2.0
+    assert load_detector("ppocr", edge_strip=96, edge_scale=2).version == load_detector("ppocr", edge_strip=96, edge_scale=2.0).version
+    assert PPOCRConfig(max_upscale=2).max_upscale == 2.0 and isinstance(PPOCRConfig(max_upscale=2).max_upscale, float)
     # with no strips their border and scale change nothing found, nor the version; with them they do
     assert load_detector("ppocr", edge_border=8, edge_scale=2.0).version == load_detector("ppocr").version
     assert load_detector("ppocr", edge_strip=96, edge_scale=2.0).version != load_detector("ppocr", edge_strip=96).version

@@ -100,6 +100,8 @@ class PPOCRConfig:
     def __post_init__(self) -> None:
         for name, (lo, hi, kind) in _RANGES.items():
             check_number(name, getattr(self, name), lo, hi, integer=kind is int)
+            if kind is float:   # `-o edge_scale=2` is the same setting as 2.0: one detector version
+                object.__setattr__(self, name, float(getattr(self, name)))
         if not self.scales or not all(isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
                                       and 0 < x <= MAX_SCALE for x in self.scales):
             # a pass at scale s holds s^2 times the image's pixels: 100x of a small image is 20 GB
