@@ -758,7 +758,10 @@ def edge_label_set(n: int = 96) -> list[Any]:
     """`n` 1024x768 images, each with one label at or near one of its edges (`EDGE_CUTS`: cut by
     it, touching it, or a few px inside, where DB's 1x map is also blind), the edges in turn, on
     three backgrounds in turn (EM-like noise, a smooth gradient, dark speckle), as
-    `pipeline.synth.Rendered` records (exact ink maps), of kind `edge_cut_kind`."""
+    `pipeline.synth.Rendered` records (exact ink maps), of kind `edge_cut_kind`. Its own
+    backgrounds, not `synth.procedural_background`'s: the first is the grainy micrograph (noise
+    sd 35) of the test where the 1x map's blind band was found, and the label colours are chosen
+    for each of the three."""
     import cv2
     from matplotlib import font_manager
     from PIL import Image, ImageDraw, ImageFont
