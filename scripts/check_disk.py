@@ -50,8 +50,8 @@ def parse_venv(text: str) -> tuple[Path, float]:
         value = float(gb)
     except ValueError:
         value = -1.0
-    if not sep or not name or not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected VENV=GB (GB a number >= 0), got {text!r}")
+    if not sep or not name or not 0 <= value < float("inf"):   # nan fails both comparisons
+        raise argparse.ArgumentTypeError(f"expected VENV=GB (GB a finite number >= 0), got {text!r}")
     return Path(name), value
 
 

@@ -40,7 +40,7 @@ def test_room_enough_or_venvs_already_built_pass(tmp_path: Path) -> None:
 
 
 def test_a_malformed_size_is_a_usage_error(tmp_path: Path) -> None:
-    for bad in (".venv=abc", ".venv", "=3", ".venv=-1", ".venv=nan"):
+    for bad in (".venv=abc", ".venv", "=3", ".venv=-1", ".venv=nan", ".venv=inf"):
         r = run(bad, cwd=tmp_path)
         assert r.returncode == 2, bad
         assert "VENV=GB" in r.stderr

@@ -483,11 +483,11 @@ def edge_label_image(path: Path, at: tuple[int, int] = (4, -3)) -> np.ndarray:
 def test_a_label_cut_by_the_image_edge_is_covered(tmp_path, reader):
     """"100 µm" at y = 0 of a synthetic micrograph stayed legible after the default redact: DB
     sees no background beyond the edge and its map is 0 there. The default now also runs strips
-    along the edges with a replicated border, and what they find touching the edge is covered.
-    The 1x map is blind a text height from the edge too: the same label 10 px below it, where
-    96 px strips at 1x that kept only what touched the edge found nothing either."""
+    along the edges at 2x with a replicated border, and covers what they find touching the edge
+    or wholly inside a strip. The 1x map is blind a text height from the edge too: the same
+    label 10 px below it, where 96 px strips at 1x found nothing either."""
     from pipeline.detectors import load_detector
-    from pipeline.redact.run import build_ppocr, pass_options
+    from pipeline.redact.run import pass_options
 
     def covered(det, rgb: np.ndarray, ink: np.ndarray) -> float:
         m = np.zeros(ink.shape, bool)
@@ -495,23 +495,22 @@ def test_a_label_cut_by_the_image_edge_is_covered(tmp_path, reader):
             m[y0:y1, x0:x1] = True
         return float((m & ink).sum() / ink.sum())
 
-    stock = load_detector("ppocr")
-    near = tmp_path / "near.png"
-    near_ink = edge_label_image(near, at=(600, 10))
-    near_rgb = np.asarray(Image.open(near).convert("RGB"))
-    assert covered(stock, near_rgb, near_ink) < 0.2
-    assert covered(build_ppocr(**{**pass_options(), "edge_strip": 96, "edge_scale": 1.0}), near_rgb, near_ink) < 0.2
-    assert covered(build_ppocr(), near_rgb, near_ink) > 0.9
-
-    src = tmp_path / "edge.png"
-    ink = edge_label_image(src)
-    rgb = np.asarray(Image.open(src).convert("RGB"))
-    assert covered(stock, rgb, ink) < 0.2 and covered(stock.with_options(scales=(1.0, 2.5), refine="small"), rgb, ink) < 0.2
-    assert build_ppocr().config.edge_strip > 0 and covered(build_ppocr(), rgb, ink) > 0.9
-    assert any("100" in r.text for r in reader.read_views([rgb]))       # legible in the input ...
-    redact_file(src, tmp_path / "o.png", build_ppocr())
-    out = np.asarray(Image.open(tmp_path / "o.png").convert("RGB"))
-    filled = (out == FILL).all(-1)
-    assert (ink & filled).sum() >= 0.95 * ink.sum(), (ink & filled).sum() / ink.sum()
-    texts = " ".join(r.text for r in reader.read_views([out]))
-    assert "100" not in texts and "um" not in texts and "µm" not in texts, texts   # ... and not in the output
+    stock = load_detector("ppocr")                    # one ONNX session for every variant below
+    default = stock.with_options(**pass_options())    # what `redact` runs with nothing promoted
+    assert default.config.edge_strip > 0
+    for name, at in (("cut", (4, -3)), ("near", (600, 10))):
+        src = tmp_path / f"{name}.png"
+        ink = edge_label_image(src, at)
+        rgb = np.asarray(Image.open(src).convert("RGB"))
+        assert covered(stock, rgb, ink) < 0.2, name
+        assert covered(stock.with_options(scales=(1.0, 2.5), refine="small"), rgb, ink) < 0.2, name
+        if name == "near":   # the twenty-seventh session's strips missed it
+            assert covered(stock.with_options(**{**pass_options(), "edge_strip": 96, "edge_scale": 1.0}), rgb, ink) < 0.2
+        assert covered(default, rgb, ink) > 0.9, name
+        assert any("100" in r.text for r in reader.read_views([rgb])), name     # legible in the input ...
+        redact_file(src, tmp_path / f"{name}.out.png", default)
+        out = np.asarray(Image.open(tmp_path / f"{name}.out.png").convert("RGB"))
+        filled = (out == FILL).all(-1)
+        assert (ink & filled).sum() >= 0.95 * ink.sum(), (name, (ink & filled).sum() / ink.sum())
+        texts = " ".join(r.text for r in reader.read_views([out]))
+        assert "100" not in texts and "um" not in texts and "µm" not in texts, (name, texts)   # ... not in the output
