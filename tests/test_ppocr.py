@@ -95,6 +95,7 @@ def test_the_summary_names_the_passes_that_ran() -> None:
     assert said([1.0, 2.5], "small", 640, 96, 1.0) == " (1x + 2.5x on small-text cells, large text at 640 px, edge strips 96 px deep at 1x)"
     # the depth is in px at the strips' scale: the summary gives it in the image's
     assert said([1.0], edge=128, edge_scale=2.0) == " (one 1x pass, edge strips 64 px deep at 2x)"
+    assert _describe_model({"passes": {"scales": [1.0], "colour_text": 16}}) == " (one 1x pass, coloured text on grey images)"
 
 
 def test_merge_boxes_unions_line_pieces_and_duplicates() -> None:
@@ -230,3 +231,80 @@ def test_preprocess_is_pp_ocr_normalisation_for_every_pixel_value() -> None:
     np.testing.assert_array_equal(got, want)
     assert got[0, :, 0, 0].tolist() == [-1.0, -1.0, -1.0] and got[0, :, 0, 1].tolist() == [1.0, 1.0, 1.0]
     np.testing.assert_array_equal(preprocess(bgr.astype(np.float32)), want)   # float input: same numbers
+
+
+def _blend_word(base: np.ndarray, colour: tuple[int, int, int], alpha: float, at=(40, 60), size=40) -> np.ndarray:
+    """`base` (RGB) with "DRAFT" drawn in `colour` at `alpha`; returns the ink mask too."""
+    ink = Image.new("L", base.shape[1::-1])
+    ImageDraw.Draw(ink).text(at, "DRAFT", font=ImageFont.truetype(font_manager.findfont("DejaVu Sans:bold"), size), fill=255)
+    m = np.asarray(ink, np.float32)[..., None] / 255 * alpha
+    return (base * (1 - m) + np.array(colour, np.float32) * m).round().astype(np.uint8), np.asarray(ink) > 127
+
+
+def test_colour_view_shows_coloured_strokes_of_grey_images_as_ink() -> None:
+    """The colour pass's view: a faint purple word on a noisy grey image black on white, the
+    noise white; nothing to look at on an image without colour, on a colour photo, or where the
+    colour is an area (a fluorescent cell), not strokes."""
+    import cv2
+
+    from pipeline.detectors.ppocr import COLOUR_MARGIN, colour_view
+
+    rng = np.random.default_rng(0)
+    grey = np.repeat(rng.normal(128, 30, (200, 320)).clip(0, 255).astype(np.uint8)[..., None], 3, 2)
+    assert colour_view(grey, 16) is None
+    marked, ink = _blend_word(grey, (110, 0, 110), 0.3)
+    view, (x0, y0, x1, y1) = colour_view(cv2.cvtColor(marked, cv2.COLOR_RGB2BGR), 16)
+    ys, xs = np.nonzero(ink)
+    assert x0 <= xs.min() and y0 <= ys.min() and x1 > xs.max() and y1 > ys.max()   # the word's window ...
+    assert x0 >= xs.min() - COLOUR_MARGIN - 2 and y1 <= ys.max() + COLOUR_MARGIN + 3   # ... with its margin
+    assert view.shape == (y1 - y0, x1 - x0, 3)
+    v, k = view[..., 0], ink[y0:y1, x0:x1]
+    core = cv2.erode(k.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0   # not the antialiased rims
+    assert (v[core] < 100).mean() > 0.8 and (v[~cv2.dilate(k.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)] > 240).mean() > 0.97
+    # a colour photo: hues everywhere, which DB sees as brightness
+    hue = np.linspace(0, 179, 320, dtype=np.float32)[None, :].repeat(200, 0).astype(np.uint8)
+    photo = cv2.cvtColor(np.dstack([hue, np.full_like(hue, 160), np.full_like(hue, 200)]), cv2.COLOR_HSV2BGR)
+    assert colour_view(_blend_word(photo, (110, 0, 110), 0.3)[0], 16) is None
+    # a grey image whose only colour is a cell 60 px across
+    cell = grey.copy()
+    cv2.circle(cell, (160, 100), 30, (40, 200, 40), -1)
+    assert colour_view(cell, 16) is None
+    from pipeline.detectors.ppocr import PPOCRConfig
+
+    with pytest.raises(ValueError, match="colour_text"):
+        PPOCRConfig(colour_text=300)
+    assert load_detector("ppocr", colour_text=16).version != load_detector("ppocr").version
+
+
+def test_the_colour_pass_keeps_words_not_dots_of_colour() -> None:
+    """A star field (coloured dots on a dark grey sky) passes the colour check, and DB boxes
+    dots in its view one by one; almost none of that is kept. A faint coloured word on the same
+    sky is."""
+    import cv2
+
+    from pipeline.detectors.ppocr import colour_view
+
+    rng = np.random.default_rng(1)
+    sky = np.repeat(rng.normal(20, 6, (480, 640)).clip(0, 255).astype(np.uint8)[..., None], 3, 2)
+    for _ in range(150):
+        c = tuple(int(v) for v in rng.integers(60, 256, 3))
+        cv2.circle(sky, (int(rng.integers(0, 640)), int(rng.integers(0, 480))), int(rng.integers(1, 4)), c, -1)
+    det = PPOCRDetector(colour_text=16, threads=1)
+    bgr = cv2.cvtColor(sky, cv2.COLOR_RGB2BGR)
+    view, (x0, y0, _, _) = colour_view(bgr, 16)
+    raw: list = []
+    det._pass(view, 1.0, False, x0, y0, raw)
+    n_raw = sum(len(q) for q, _ in raw)
+    kept: list = []
+    det._colour_pass(bgr, 1.0, kept)
+    n_kept = sum(len(q) for q, _ in kept)
+    # DB boxes dozens of dots in the view; the pass keeps at most a pair of dots that touch (as
+    # on the devset's Hubble deep field: README)
+    assert n_raw >= 10 and n_kept <= 1, (n_raw, n_kept)
+    word, ink = _blend_word(sky, (200, 60, 200), 0.35, at=(200, 200))
+    kept = []
+    det._colour_pass(cv2.cvtColor(word, cv2.COLOR_RGB2BGR), 1.0, kept)
+    boxes = np.concatenate([q for q, _ in kept]).reshape(-1, 4, 2)
+    ys, xs = np.nonzero(ink)
+    assert any(b[:, 0].min() <= xs.min() + 4 and b[:, 0].max() >= xs.max() - 4
+               and b[:, 1].min() <= ys.min() + 4 and b[:, 1].max() >= ys.max() - 4 for b in boxes)

@@ -205,6 +205,8 @@ def _describe_model(model: dict) -> str:
         large = f", large text at {passes['large_text_side']} px" if passes.get("large_text_side") else ""
         e_scale = float(passes.get("edge_scale") or 1.0)   # depth in px at the strips' scale: shown in image px
         edges = f", edge strips {passes['edge_strip'] / e_scale:g} px deep at {e_scale:g}x" if passes.get("edge_strip") else ""
-        parts.append((f"one {first} pass" if not extra else f"{first} + {' + '.join(extra)}{where}{side}") + large + edges)
+        colour = ", coloured text on grey images" if passes.get("colour_text") else ""
+        parts.append((f"one {first} pass" if not extra else f"{first} + {' + '.join(extra)}{where}{side}")
+                     + large + edges + colour)
     return f" ({'; '.join(parts)})" if parts else ""
 

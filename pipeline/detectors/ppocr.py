@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.boxes import Detections, quad_thickness, quad_to_xyxy
+from pipeline.boxes import Detections, quad_frames, quad_thickness, quad_to_xyxy, quads_mask
 from pipeline.config import check_number
 from pipeline.detectors.graph import fold_bytes, folded_bytes
 from pipeline.detectors.tiling import Tiler, cut_by_inner_edge, edge_strips, merge_boxes, touches_image_edge
@@ -94,6 +94,13 @@ class PPOCRConfig:
     edge_strip: int = 0
     edge_border: int = 32
     edge_scale: float = 1.0
+    # Text in colour on a grey image (a purple "DO NOT COPY" at 30 % over an electron micrograph,
+    # a red annotation on a scan) can differ from its background in hue alone: DB, which sees
+    # mostly brightness, misses it. On a grey image with strokes this much more colourful than
+    # its background (chroma = max - min of R, G, B, 0-255; see `colour_view`) one more pass runs,
+    # at the first pass's scale, on a view where chroma is ink: white where grey, black from 1.5x
+    # this above the background (0: off).
+    colour_text: int = 0
     threads: int = 2               # onnxruntime intra-op threads
     model_path: str = ""           # default: the model inside the rapidocr wheel
 
@@ -123,7 +130,7 @@ _RANGES: dict[str, tuple[float, float, type]] = {
     "refine_thresh": (0.0, 1.0, float), "refine_max_height": (1.0, 10000.0, float), "refine_edges": (0, 255, int),
     "refine_cell": (16, 8192, int), "refine_margin": (0, 8192, int), "refine_continue": (0.0, 1000.0, float),
     "refine_whole": (0.0, 1000.0, float), "edge_strip": (0, 4096, int), "edge_border": (0, 1024, int),
-    "edge_scale": (0.25, MAX_SCALE, float),
+    "edge_scale": (0.25, MAX_SCALE, float), "colour_text": (0, 255, int),
     "threads": (1, 1024, int),
     "large_text_side": (0, 16384, int), "large_text_trigger": (1.0, 16384.0, float), "large_text_keep": (0.0, 16384.0, float),
     "large_text_share": (0.0, 1.0, float),
@@ -136,6 +143,8 @@ _RANGES: dict[str, tuple[float, float, type]] = {
 SMALL_WINDOWS_REVISION = 3
 # What edge strips keep; raised when that changes, as above. 2: also quads wholly inside a strip.
 EDGE_STRIP_REVISION = 2
+# How `colour_view` makes its view; raised when that changes, as the two above.
+COLOUR_VIEW_REVISION = 1
 
 
 def config_version(base: str, config: PPOCRConfig, skip: tuple[str, ...] = ()) -> str:
@@ -154,6 +163,8 @@ def config_version(base: str, config: PPOCRConfig, skip: tuple[str, ...] = ()) -
     else:   # off: how deep a border it would add, at which scale, changes nothing
         changed.pop("edge_border", None)
         changed.pop("edge_scale", None)
+    if config.colour_text:
+        changed["colour_view_revision"] = COLOUR_VIEW_REVISION
     if not config.large_text_side:   # off: how it would run changes nothing
         for k in ("large_text_trigger", "large_text_keep", "large_text_share"):
             changed.pop(k, None)
@@ -285,7 +296,7 @@ class PPOCRDetector:
         return {"scales": list(c.scales), "refine": c.refine if len(c.scales) > 1 else None,
                 "scale_max_side": c.scale_max_side if len(c.scales) > 1 else None,
                 "large_text_side": c.large_text_side or None, "edge_strip": c.edge_strip or None,
-                "edge_scale": c.edge_scale if c.edge_strip else None}
+                "edge_scale": c.edge_scale if c.edge_strip else None, "colour_text": c.colour_text or None}
 
     def cache_maps(self, on: bool = True) -> None:
         """Keep each input's probability map in memory (validation grids; off by default). Turning
@@ -415,6 +426,29 @@ class PPOCRDetector:
             out.append((q[keep], s[keep]))
         return out
 
+    def _colour_pass(self, bgr: np.ndarray, scale: float, out: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        """The first pass again on `colour_view` of a grey image's coloured marks (see
+        `colour_text`), over the window that holds them; what it finds is kept when it is at
+        least `COLOUR_MIN_ASPECT` times as long as it is tall (a word: a star field's coloured
+        dots are boxed one by one) and holds strokes: its mean edge strength in the view (3x3
+        morphological gradient, 0-255) at least `COLOUR_MIN_EDGES` (DB boxed the smooth blue of
+        a shadow on a wall and two pale arrow outlines in the devset's photos: 5-20; faint
+        watermarks' boxes 32-37, others more)."""
+        view = colour_view(bgr, self.config.colour_text)
+        if view is None:
+            return
+        ink, (x0, y0, x1, y1) = view
+        found: list[tuple[np.ndarray, np.ndarray]] = []
+        self._pass(ink, scale, max(x1 - x0, y1 - y0) * scale > self.config.max_side, x0, y0, found)
+        grad = _edges(ink)
+        for q, s in found:   # words, not the dots of a star field: DB boxes each coloured dot
+            _, _, eu, ev = quad_frames(q)
+            keep = (eu[:, 1] - eu[:, 0]) >= COLOUR_MIN_ASPECT * (ev[:, 1] - ev[:, 0])
+            for i in np.flatnonzero(keep):   # strokes in it, not a smooth tint
+                m = quads_mask(q[i:i + 1] - np.array([x0, y0]), x1 - x0, y1 - y0)
+                keep[i] = m.any() and grad[m].mean() >= COLOUR_MIN_EDGES
+            out.append((q[keep], s[keep]))
+
     def small_text_windows(self, prob: np.ndarray, w: int, h: int, bgr: np.ndarray | None = None,
                            found: np.ndarray | None = None) -> np.ndarray:
         """Integer xyxy windows (image px) where a larger scale may find text the first pass
@@ -444,7 +478,7 @@ class PPOCRDetector:
             keep = (bh <= c.refine_max_height) & (np.minimum(bh, bw) >= 2.0)
             cand.append(_not_inside(np.stack([x0, y0, x0 + bw, y0 + bh], 1)[keep], found))
         grad = _edges(bgr) if bgr is not None and (c.refine_edges or (c.refine_continue and found is not None)) else None
-        texture = _p75(grad) if grad is not None else 0   # the image's own noise/texture level
+        texture = _u8_percentile(grad, 0.75) if grad is not None else 0   # the image's own noise/texture level
         if c.refine_edges and grad is not None:
             edge = max(c.refine_edges, 2 * texture)
             strong = (grad >= edge).astype(np.uint8)
@@ -520,6 +554,8 @@ class PPOCRDetector:
                 large = self._large_text_pass(bgr, scale, found)
                 if c.edge_strip:
                     found += self._edge_pass(bgr, scale * c.edge_scale)
+            if k == 0 and c.colour_text:
+                self._colour_pass(bgr, scale, found)
         first_map.clear()
         found += large
         all_quads = np.concatenate([q for q, _ in found]) if found else np.zeros((0, 4, 2))
@@ -555,6 +591,53 @@ def _not_inside(b: np.ndarray, found: np.ndarray | None) -> np.ndarray:
     return b[~inside]
 
 
+# `colour_view`: an image is grey when at most this share of its pixels reach the chroma asked
+# for (marks on it, not a colour photo, whose colour DB already sees as brightness), and a
+# view is worth a pass with at least this many such pixels (a word, not JPEG fringes)
+COLOUR_MAX_SHARE = 0.2
+COLOUR_MIN_PIXELS = 64
+COLOUR_MAX_STROKE = 9   # px: coloured areas at least this wide everywhere are not ink
+COLOUR_MIN_ASPECT = 2.0   # its finds kept: this many times as long as tall (words, not dots)
+COLOUR_MIN_EDGES = 28     # ... holding strokes: this mean edge strength in the view (see `_colour_pass`)
+COLOUR_MARGIN = 32   # image px of context around the coloured marks (DB needs some)
+
+
+def colour_view(bgr: np.ndarray, min_chroma: int) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
+    """A grey image's coloured marks as black ink on white, cropped to the xyxy window that holds
+    them with `COLOUR_MARGIN` of context, as BGR; None when the image is not grey (its median
+    chroma, after a 3x3 blur so sensor noise is not colour, above half of `min_chroma`) or has
+    no coloured strokes (pixels `min_chroma` above that median, `COLOUR_MIN_PIXELS` of them in
+    strokes narrower than `COLOUR_MAX_STROKE`, on at most `COLOUR_MAX_SHARE` of the image). A
+    semi-transparent purple watermark over a micrograph differs from it by little brightness and
+    30-45 chroma: black on white here.
+    """
+    import cv2
+
+    b, g, r = cv2.split(cv2.blur(bgr, (3, 3)))   # per-channel sensor noise is not colour
+    chroma = cv2.subtract(cv2.max(cv2.max(b, g), r), cv2.min(cv2.min(b, g), r))
+    floor = _u8_percentile(chroma, 0.5)   # the background's own chroma
+    t = max(2, int(min_chroma))
+    if floor > t // 2:   # a colour image: DB sees its colours as brightness already
+        return None
+    marks = (chroma >= floor + t).astype(np.uint8)
+    n = int(np.count_nonzero(marks))
+    if n < COLOUR_MIN_PIXELS or n > COLOUR_MAX_SHARE * marks.size:
+        return None
+    # strokes, not areas: a fluorescent cell or a red car is wider than a letter's stroke
+    kernel = np.ones((COLOUR_MAX_STROKE, COLOUR_MAX_STROKE), np.uint8)
+    strokes = marks & (1 - cv2.morphologyEx(marks, cv2.MORPH_OPEN, kernel))
+    if int(np.count_nonzero(strokes)) < COLOUR_MIN_PIXELS:
+        return None
+    ys, xs = np.nonzero(strokes)
+    h, w = marks.shape
+    x0, y0 = max(0, int(xs.min()) - COLOUR_MARGIN), max(0, int(ys.min()) - COLOUR_MARGIN)
+    x1, y1 = min(w, int(xs.max()) + 1 + COLOUR_MARGIN), min(h, int(ys.max()) + 1 + COLOUR_MARGIN)
+    # white up to half the step above the background (its noise stays white), black at the step
+    # and a half: DB finds words in amplified noise
+    ink = 255 - cv2.convertScaleAbs(cv2.subtract(chroma[y0:y1, x0:x1], floor + t // 2), alpha=255.0 / t)
+    return cv2.cvtColor(ink, cv2.COLOR_GRAY2BGR), (x0, y0, x1, y1)
+
+
 def _edges(bgr: np.ndarray) -> np.ndarray:
     """The uint8 edge strength of a BGR image: the 3x3 morphological gradient of its grey."""
     import cv2
@@ -562,10 +645,11 @@ def _edges(bgr: np.ndarray) -> np.ndarray:
     return cv2.morphologyEx(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8))
 
 
-def _p75(grad: np.ndarray) -> int:
-    """The 75th percentile of a uint8 edge map: the image's own noise and texture level."""
-    hist = np.cumsum(np.bincount(grad.ravel(), minlength=256))
-    return int(np.searchsorted(hist, 0.75 * hist[-1]))
+def _u8_percentile(a: np.ndarray, q: float) -> int:
+    """The `q` quantile (0-1) of a uint8 array, from its histogram: the image's own noise or
+    texture level of an edge map (0.75), its background's chroma (0.5)."""
+    hist = np.cumsum(np.bincount(a.ravel(), minlength=256))
+    return int(np.searchsorted(hist, q * hist[-1]))
 
 
 def _runs_on(grad: np.ndarray, found: np.ndarray, max_height: float, reach: float,

@@ -62,6 +62,9 @@ DEFAULT_PPOCR_REFINE = "small"     # ... and only around small-text candidates o
 # JPEGs 0.28-0.33 -> 0.42-0.50 CPU-s (twenty-eighth; README: cost and coverage).
 DEFAULT_EDGE_STRIP = 128
 DEFAULT_EDGE_SCALE = 2.0
+# ... and a pass over a grey image's coloured marks as ink (`PPOCRConfig.colour_text`, chroma
+# 0-255): a purple "DO NOT COPY" at 30 % over a micrograph stayed legible, DB sees brightness
+DEFAULT_COLOUR_TEXT = 16
 DEFAULT_REVIEW_BAND = (0.3, 0.4)   # holds 26 % of devset images with ppocr (0.3-0.6 would hold 58 %)
 # --verify covers what the OCR audit still reads, then reads again, this many times (the demo's
 # immunohistochemistry sample: the detector covered half of a faint date stamp, OCR read "8:51"
@@ -699,12 +702,12 @@ def pass_options(scales: Sequence[float] = DEFAULT_PPOCR_SCALES, max_side: int =
     """redact's passes for a DB detector (stock or tuned; `PPOCRConfig` fields): extra scales run
     only on images up to `max_side` long side, and with `refine="small"` only on windows around
     what the 1x probability map marks as possibly small text; with them, strips along the edges
-    (README: the cost and coverage of each choice)."""
+    and a look at a grey image's coloured marks (README: the cost and coverage of each choice)."""
     scales = tuple(float(x) for x in scales)
     if scales == (1.0,):   # `--scales 1`: the one plain pass, asked for by name
         return {"scales": scales}
     return {"scales": scales, "scale_max_side": int(max_side), "refine": refine,
-            "edge_strip": DEFAULT_EDGE_STRIP, "edge_scale": DEFAULT_EDGE_SCALE}
+            "edge_strip": DEFAULT_EDGE_STRIP, "edge_scale": DEFAULT_EDGE_SCALE, "colour_text": DEFAULT_COLOUR_TEXT}
 
 
 def bundle_pass_options(path: str, scales: Sequence[float] | None = None) -> dict[str, Any]:
