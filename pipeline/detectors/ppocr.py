@@ -591,9 +591,9 @@ def _not_inside(b: np.ndarray, found: np.ndarray | None) -> np.ndarray:
     return b[~inside]
 
 
-# `colour_view`: an image is grey when at most this share of its pixels reach the chroma asked
-# for (marks on it, not a colour photo, whose colour DB already sees as brightness), and a
-# view is worth a pass with at least this many such pixels (a word, not JPEG fringes)
+# `colour_view`: coloured marks on a grey image cover at most this share of it (more is a
+# picture in colour, which DB sees as brightness), and a view is worth a pass with at least
+# this many pixels of coloured strokes (a word, not JPEG fringes)
 COLOUR_MAX_SHARE = 0.2
 COLOUR_MIN_PIXELS = 64
 COLOUR_MAX_STROKE = 9   # px: coloured areas at least this wide everywhere are not ink
@@ -632,8 +632,8 @@ def colour_view(bgr: np.ndarray, min_chroma: int) -> tuple[np.ndarray, tuple[int
     h, w = marks.shape
     x0, y0 = max(0, int(xs.min()) - COLOUR_MARGIN), max(0, int(ys.min()) - COLOUR_MARGIN)
     x1, y1 = min(w, int(xs.max()) + 1 + COLOUR_MARGIN), min(h, int(ys.max()) + 1 + COLOUR_MARGIN)
-    # white up to half the step above the background (its noise stays white), black at the step
-    # and a half: DB finds words in amplified noise
+    # white up to half the step above the background, black at the step and a half: its noise
+    # must stay white (amplified, it made DB box 481 "words" on one generated micrograph)
     ink = 255 - cv2.convertScaleAbs(cv2.subtract(chroma[y0:y1, x0:x1], floor + t // 2), alpha=255.0 / t)
     return cv2.cvtColor(ink, cv2.COLOR_GRAY2BGR), (x0, y0, x1, y1)
 
