@@ -628,10 +628,10 @@ def colour_view(bgr: np.ndarray, min_chroma: int) -> tuple[np.ndarray, tuple[int
     strokes = marks & (1 - cv2.morphologyEx(marks, cv2.MORPH_OPEN, kernel))
     if int(np.count_nonzero(strokes)) < COLOUR_MIN_PIXELS:
         return None
-    ys, xs = np.nonzero(strokes)
+    ys, xs = np.flatnonzero(strokes.any(1)), np.flatnonzero(strokes.any(0))   # no index per pixel
     h, w = marks.shape
-    x0, y0 = max(0, int(xs.min()) - COLOUR_MARGIN), max(0, int(ys.min()) - COLOUR_MARGIN)
-    x1, y1 = min(w, int(xs.max()) + 1 + COLOUR_MARGIN), min(h, int(ys.max()) + 1 + COLOUR_MARGIN)
+    x0, y0 = max(0, int(xs[0]) - COLOUR_MARGIN), max(0, int(ys[0]) - COLOUR_MARGIN)
+    x1, y1 = min(w, int(xs[-1]) + 1 + COLOUR_MARGIN), min(h, int(ys[-1]) + 1 + COLOUR_MARGIN)
     # white up to half the step above the background, black at the step and a half: its noise
     # must stay white (amplified, it made DB box 481 "words" on one generated micrograph)
     ink = 255 - cv2.convertScaleAbs(cv2.subtract(chroma[y0:y1, x0:x1], floor + t // 2), alpha=255.0 / t)
