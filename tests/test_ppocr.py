@@ -273,6 +273,8 @@ def test_colour_view_shows_coloured_strokes_of_grey_images_as_ink() -> None:
 
     with pytest.raises(ValueError, match="colour_text"):
         PPOCRConfig(colour_text=300)
+    with pytest.raises(ValueError, match="min_chroma"):
+        colour_view(marked, 0)   # 0 is "off" for the option: the view cannot be made with it
     assert load_detector("ppocr", colour_text=16).version != load_detector("ppocr").version
 
 
@@ -295,15 +297,13 @@ def test_the_colour_pass_keeps_words_not_dots_of_colour() -> None:
     raw: list = []
     det._pass(view, 1.0, False, x0, y0, raw)
     n_raw = sum(len(q) for q, _ in raw)
-    kept: list = []
-    det._colour_pass(bgr, 1.0, kept)
+    kept = det._colour_pass(bgr, 1.0)
     n_kept = sum(len(q) for q, _ in kept)
     # DB boxes dozens of dots in the view; the pass keeps at most a pair of dots that touch (as
     # on the devset's Hubble deep field: README)
     assert n_raw >= 10 and n_kept <= 1, (n_raw, n_kept)
     word, ink = _blend_word(sky, (200, 60, 200), 0.35, at=(200, 200))
-    kept = []
-    det._colour_pass(cv2.cvtColor(word, cv2.COLOR_RGB2BGR), 1.0, kept)
+    kept = det._colour_pass(cv2.cvtColor(word, cv2.COLOR_RGB2BGR), 1.0)
     boxes = np.concatenate([q for q, _ in kept]).reshape(-1, 4, 2)
     ys, xs = np.nonzero(ink)
     assert any(b[:, 0].min() <= xs.min() + 4 and b[:, 0].max() >= xs.max() - 4

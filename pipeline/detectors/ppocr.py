@@ -356,10 +356,14 @@ class PPOCRDetector:
         passes: list[tuple[float, bool]] = []
         for s in scales:
             scale = base * s
-            passes.append((scale, max(w, h) * scale > c.max_side))
+            passes.append((scale, self._tiled(w, h, scale)))
         if c.full_view and all(tiled for _, tiled in passes):  # no whole-image view yet: add one for big text
             passes.append((c.tile_size / max(w, h), False))
         return passes
+
+    def _tiled(self, w: int, h: int, scale: float) -> bool:
+        """Whether a pass over w x h image px at `scale` runs in tiles (`max_side`)."""
+        return max(w, h) * scale > self.config.max_side
 
     def _pass(self, bgr: np.ndarray, scale: float, tiled: bool, x0: int, y0: int,
               out: list[tuple[np.ndarray, np.ndarray]], keep_map: list | None = None) -> None:
@@ -426,7 +430,7 @@ class PPOCRDetector:
             out.append((q[keep], s[keep]))
         return out
 
-    def _colour_pass(self, bgr: np.ndarray, scale: float, out: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    def _colour_pass(self, bgr: np.ndarray, scale: float) -> list[tuple[np.ndarray, np.ndarray]]:
         """The first pass again on `colour_view` of a grey image's coloured marks (see
         `colour_text`), over the window that holds them; what it finds is kept when it is at
         least `COLOUR_MIN_ASPECT` times as long as it is tall (a word: a star field's coloured
@@ -436,11 +440,12 @@ class PPOCRDetector:
         watermarks' boxes 32-37, others more)."""
         view = colour_view(bgr, self.config.colour_text)
         if view is None:
-            return
+            return []
         ink, (x0, y0, x1, y1) = view
         found: list[tuple[np.ndarray, np.ndarray]] = []
-        self._pass(ink, scale, max(x1 - x0, y1 - y0) * scale > self.config.max_side, x0, y0, found)
-        grad = _edges(ink)
+        self._pass(ink, scale, self._tiled(x1 - x0, y1 - y0, scale), x0, y0, found)
+        out: list[tuple[np.ndarray, np.ndarray]] = []
+        grad = _edges(ink) if any(len(q) for q, _ in found) else None
         for q, s in found:   # words, not the dots of a star field: DB boxes each coloured dot
             _, _, eu, ev = quad_frames(q)
             keep = (eu[:, 1] - eu[:, 0]) >= COLOUR_MIN_ASPECT * (ev[:, 1] - ev[:, 0])
@@ -448,6 +453,7 @@ class PPOCRDetector:
                 m = quads_mask(q[i:i + 1] - np.array([x0, y0]), x1 - x0, y1 - y0)
                 keep[i] = m.any() and grad[m].mean() >= COLOUR_MIN_EDGES
             out.append((q[keep], s[keep]))
+        return out
 
     def small_text_windows(self, prob: np.ndarray, w: int, h: int, bgr: np.ndarray | None = None,
                            found: np.ndarray | None = None) -> np.ndarray:
@@ -547,7 +553,7 @@ class PPOCRDetector:
                     continue
                 for x0, y0, x1, y1 in wins:
                     win = bgr[y0:y1, x0:x1]
-                    self._pass(win, scale, max(win.shape[:2]) * scale > c.max_side, int(x0), int(y0), found)
+                    self._pass(win, scale, self._tiled(win.shape[1], win.shape[0], scale), int(x0), int(y0), found)
                 continue
             self._pass(bgr, scale, tiled, 0, 0, found, first_map if (k == 0 and not tiled) else None)
             if k == 0 and not tiled:
@@ -555,7 +561,7 @@ class PPOCRDetector:
                 if c.edge_strip:
                     found += self._edge_pass(bgr, scale * c.edge_scale)
             if k == 0 and c.colour_text:
-                self._colour_pass(bgr, scale, found)
+                found += self._colour_pass(bgr, scale)
         first_map.clear()
         found += large
         all_quads = np.concatenate([q for q, _ in found]) if found else np.zeros((0, 4, 2))
@@ -616,7 +622,9 @@ def colour_view(bgr: np.ndarray, min_chroma: int) -> tuple[np.ndarray, tuple[int
     b, g, r = cv2.split(cv2.blur(bgr, (3, 3)))   # per-channel sensor noise is not colour
     chroma = cv2.subtract(cv2.max(cv2.max(b, g), r), cv2.min(cv2.min(b, g), r))
     floor = _u8_percentile(chroma, 0.5)   # the background's own chroma
-    t = max(2, int(min_chroma))
+    t = int(min_chroma)
+    if t < 1:
+        raise ValueError(f"min_chroma must be 1-255, got {min_chroma}")
     if floor > t // 2:   # a colour image: DB sees its colours as brightness already
         return None
     marks = (chroma >= floor + t).astype(np.uint8)
