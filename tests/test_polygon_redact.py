@@ -487,7 +487,9 @@ def test_a_label_cut_by_the_image_edge_is_covered(tmp_path, reader):
     sees no background beyond the edge and its map is 0 there. The default now also runs strips
     along the edges at 2x with a replicated border, and covers what they find touching the edge
     or wholly inside a strip. The 1x map is blind a text height from the edge too: the same
-    label 10 px below it, where 96 px strips at 1x found nothing either."""
+    label 10 px below it, where 96 px strips at 1x found nothing either. And one 10 px from the
+    left edge, longer than the strips are deep: the strip boxed its start, cut by the strip's
+    inner side, which was left to the first pass, blind there too; it is followed inward now."""
     from pipeline.detectors import load_detector
     from pipeline.redact.run import pass_options
 
@@ -500,7 +502,7 @@ def test_a_label_cut_by_the_image_edge_is_covered(tmp_path, reader):
     stock = load_detector("ppocr")                    # one ONNX session for every variant below
     default = stock.with_options(**pass_options())    # what `redact` runs with nothing promoted
     assert default.config.edge_strip > 0
-    for name, at in (("cut", (4, -3)), ("near", (600, 10))):
+    for name, at in (("cut", (4, -3)), ("near", (600, 10)), ("runs on", (10, 200))):
         src = tmp_path / f"{name}.png"
         ink = edge_label_image(src, at)
         rgb = np.asarray(Image.open(src).convert("RGB"))

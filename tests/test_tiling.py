@@ -102,7 +102,8 @@ def test_touches_image_edge() -> None:
 def test_edge_pass_maps_what_each_strip_finds_back_onto_the_image() -> None:
     """Whatever a strip's input holds, a find at its outer edge lands on the image's edge, one
     wholly inside the strip is kept where it lies (DB's first-pass map is blind there too), and
-    one cut by its inner side (where the image goes on) is left to the first pass."""
+    one cut by its inner side (where the image goes on) is left to the first pass when a box of
+    it holds the find's centre."""
     from pipeline.detectors.ppocr import PPOCRDetector
 
     det = PPOCRDetector(edge_strip=16, edge_border=4)
@@ -121,7 +122,7 @@ def test_edge_pass_maps_what_each_strip_finds_back_onto_the_image() -> None:
         return np.array([rect(0, 0, gw, gh), rect(cx - 1, cy - 1, cx + 1, cy + 1), inner], float), np.array([0.9, 0.8, 0.7])
 
     det._run = run   # type: ignore[method-assign]
-    out = det._edge_pass(np.zeros((60, 100, 3), np.uint8), 1.0)
+    out = det._edge_pass(np.zeros((60, 100, 3), np.uint8), 1.0, first=np.array([[0.0, 0.0, 100.0, 60.0]]))
     assert seen == [(20, 108), (20, 108), (68, 20), (68, 20)]
     assert [s.tolist() for _, s in out] == [[0.9, 0.8]] * 4   # the ones cut by the inner side are dropped
     # the whole grown input maps to its window grown outward: off the image by the border only
@@ -129,3 +130,42 @@ def test_edge_pass_maps_what_each_strip_finds_back_onto_the_image() -> None:
     assert boxes == [([-4, -4], [104, 16]), ([-4, 44], [104, 64]), ([-4, -4], [16, 64]), ([84, -4], [104, 64])]
     # the middle one to the middle of its window
     assert [q[1].mean(0).tolist() for q, _ in out] == [[50, 6], [50, 54], [6, 30], [94, 30]]
+
+
+def test_a_line_the_strip_cuts_and_the_first_pass_missed_is_followed_inward() -> None:
+    """"x40" 12 px from the left edge of a micrograph ran past the 64 px strip: the strip boxed
+    "x4", cut by its inner side, and the first pass found nothing there, so the label stayed
+    legible. Such a find is kept, and a window from the edge, 8x its thickness past the strip
+    (with the replicated border on the image's side only), looks for the rest of its line."""
+    from pipeline.detectors.ppocr import PPOCRDetector
+
+    det = PPOCRDetector(edge_strip=16, edge_border=4)
+    seen = []
+
+    def rect(x0: float, y0: float, x1: float, y1: float) -> list[list[float]]:
+        return [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]
+
+    def run(grown: np.ndarray, scale: float):
+        seen.append(grown.shape[:2])
+        if len(seen) == 3:   # top, bottom, then the left strip: a line from x = 6 to its inner side, y 20-24
+            return np.array([rect(10, 24, 20, 28)], float), np.array([0.8])
+        if len(seen) == 4:   # the window that follows it: the whole line, a cut stranger, a find inside
+            gh, gw = grown.shape[:2]
+            return np.array([rect(10, 4, 40, 8), rect(30, 0, gw, 3), rect(12, 6, 14, 7)], float), np.array([0.9, 0.5, 0.6])
+        return np.zeros((0, 4, 2)), np.zeros(0)
+
+    det._run = run   # type: ignore[method-assign]
+    img = np.zeros((60, 100, 3), np.uint8)
+    out = det._edge_pass(img, 1.0)
+    # the left strip's find (x 6-16, y 20-24, 4 thick) is followed 16 + 8 * 4 = 48 px in, 4 px wider
+    # on both sides along the edge: a 48 x 12 window grown by 4 px on the image's (left) side only
+    assert seen[3] == (12, 52) and len(seen) == 5     # ... before the right strip
+    kept = [(quad[0].tolist(), quad[2].tolist(), float(sc)) for q, s in out for quad, sc in zip(q, s)]
+    assert ([6, 20], [16, 24], 0.8) in kept           # the strip's part of the line stays
+    assert ([6, 20], [36, 24], 0.9) in kept           # the window's whole line
+    assert ([8, 22], [10, 23], 0.6) in kept           # what lies wholly inside the window
+    assert all(sc != 0.5 for *_, sc in kept)          # cut by its top, not the line followed: the first pass's
+    # a first-pass box holding the find's centre: no window, the strip's part dropped
+    seen.clear()
+    out = det._edge_pass(img, 1.0, first=np.array([[0.0, 18.0, 60.0, 26.0]]))
+    assert len(seen) == 4 and len(out[2][1]) == 0     # (out[3]: the right strip's)

@@ -167,8 +167,8 @@ def _render(c: Console, summary: RedactSummary, verify: bool) -> None:
                    "audited: that style is reversible)"),
                 highlight=False)
     elif not dry_run and summary["redacted"]:
-        # the detector alone can miss faint or edge-touching text (2 of 86 labels at generated
-        # images' edges in bench_redact with the default passes); say so where users read the result
+        # the detector alone can miss text (bench_redact's microscopy and edge labels were legible
+        # until passes were added for each kind it missed); say so where users read the result
         c.print("not verified: nothing read the outputs back (--verify has OCR read each one and cover what it "
                 "still reads)", highlight=False, soft_wrap=True)
     if review_info:

@@ -35,7 +35,8 @@ import numpy as np
 from pipeline.boxes import Detections, quad_frames, quad_thickness, quad_to_xyxy, quads_mask
 from pipeline.config import check_number
 from pipeline.detectors.graph import fold_bytes, folded_bytes
-from pipeline.detectors.tiling import Tiler, cut_by_inner_edge, edge_strips, merge_boxes, touches_image_edge
+from pipeline.detectors.tiling import (Tiler, cut_by_inner_edge, edge_border, edge_strips, merge_boxes,
+                                      touches_image_edge)
 from pipeline.io import one_line, sha256_json
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,8 @@ _RANGES: dict[str, tuple[float, float, type]] = {
 # taken out of the edge clusters. 3: a small first-pass box marks the cells its line runs on into.
 SMALL_WINDOWS_REVISION = 3
 # What edge strips keep; raised when that changes, as above. 2: also quads wholly inside a strip.
-EDGE_STRIP_REVISION = 2
+# 3: a find the strip's inner side cuts that no first-pass box holds is followed inward.
+EDGE_STRIP_REVISION = 3
 # How `colour_view` makes its view; raised when that changes, as the two above.
 COLOUR_VIEW_REVISION = 1
 
@@ -411,24 +413,47 @@ class PPOCRDetector:
             kept.append((q[keep], s[keep]))
         return kept
 
-    def _edge_pass(self, bgr: np.ndarray, scale: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    def _edge_pass(self, bgr: np.ndarray, scale: float, first: np.ndarray | None = None
+                   ) -> list[tuple[np.ndarray, np.ndarray]]:
         """What DB finds near the image's edge in strips along it (`tiling.edge_strips`, see
         `edge_strip`): each strip `edge_strip` px deep at `scale`, grown by `edge_border`
         replicated px outside the image. Kept: quads reaching the image's edge, and those wholly
         inside the strip (DB's map at the first pass's scale is blind a text height or so from
-        the edge too); a line the strip's inner side cuts is the first pass's."""
-        import cv2
-
+        the edge too). A line the strip's inner side cuts is the first pass's when a first-pass
+        box (`first`, xyxy) holds its centre; otherwise the first pass missed it too ("x40" 12 px
+        from the edge, 30 px tall, running past a 64 px strip, on EM noise), and it is followed
+        inward (`_run_on_windows`)."""
         c = self.config
         h, w = bgr.shape[:2]
+        depth, border = round(c.edge_strip / scale), round(c.edge_border / scale)
         out: list[tuple[np.ndarray, np.ndarray]] = []
-        for (x0, y0, x1, y1), (t, bo, le, ri) in edge_strips(w, h, round(c.edge_strip / scale), round(c.edge_border / scale)):
-            q, s = self._run(cv2.copyMakeBorder(bgr[y0:y1, x0:x1], t, bo, le, ri, cv2.BORDER_REPLICATE), scale)
-            q = q + np.array([x0 - le, y0 - t], dtype=np.float64)
+        for side, (window, grow) in zip(("top", "bottom", "left", "right"), edge_strips(w, h, depth, border)):
+            q, s = self._run_window(bgr, window, grow, scale)
             xyxy = quad_to_xyxy(q)
-            keep = touches_image_edge(xyxy, w, h) | ~cut_by_inner_edge(xyxy - [x0, y0, x0, y0], (x0, y0, x1, y1), w, h)
-            out.append((q[keep], s[keep]))
+            cut = cut_by_inner_edge(xyxy - np.tile(window[:2], 2), window, w, h) & ~touches_image_edge(xyxy, w, h)
+            out.append((q[~cut], s[~cut]))
+            lost = cut & ~_centre_inside(xyxy, first)
+            if not lost.any():
+                continue
+            out.append((q[lost], s[lost]))   # the part the strip saw, whatever follows
+            for run_on in _run_on_windows(side, xyxy[lost], quad_thickness(q[lost]), depth, w, h):
+                q2, s2 = self._run_window(bgr, run_on, edge_border(run_on, w, h, border), scale)
+                b2 = quad_to_xyxy(q2)
+                keep = (~cut_by_inner_edge(b2 - np.tile(run_on[:2], 2), run_on, w, h)
+                        | touches_image_edge(b2, w, h) | _overlaps(b2, xyxy[lost]))
+                out.append((q2[keep], s2[keep]))
         return out
+
+    def _run_window(self, bgr: np.ndarray, window: tuple[int, int, int, int], grow: tuple[int, int, int, int],
+                    scale: float) -> tuple[np.ndarray, np.ndarray]:
+        """`_run` on a window of the image grown by replicated px (top, bottom, left, right):
+        quads in the image's frame."""
+        import cv2
+
+        x0, y0, x1, y1 = window
+        t, b, le, r = grow
+        q, s = self._run(cv2.copyMakeBorder(bgr[y0:y1, x0:x1], t, b, le, r, cv2.BORDER_REPLICATE), scale)
+        return q + np.array([x0 - le, y0 - t], dtype=np.float64), s
 
     def _colour_pass(self, bgr: np.ndarray, scale: float) -> list[tuple[np.ndarray, np.ndarray]]:
         """The first pass again on `colour_view` of a grey image's coloured marks (see
@@ -559,7 +584,9 @@ class PPOCRDetector:
             if k == 0 and not tiled:
                 large = self._large_text_pass(bgr, scale, found)
                 if c.edge_strip:
-                    found += self._edge_pass(bgr, scale * c.edge_scale)
+                    seen = [q for q, _ in found + large]
+                    found += self._edge_pass(bgr, scale * c.edge_scale,
+                                             quad_to_xyxy(np.concatenate(seen)) if seen else None)
             if k == 0 and c.colour_text:
                 found += self._colour_pass(bgr, scale)
         first_map.clear()
@@ -587,14 +614,52 @@ def _scales(value: object) -> tuple[float, ...]:
         raise ValueError(f"scales must be numbers, got {value!r}") from None
 
 
+def _centre_inside(b: np.ndarray, found: np.ndarray | None) -> np.ndarray:
+    """Per xyxy box of `b`: its centre lies in one of the `found` boxes (xyxy)."""
+    if found is None or not len(found) or not len(b):
+        return np.zeros(len(b), bool)
+    cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+    return ((cx[:, None] >= found[None, :, 0]) & (cx[:, None] <= found[None, :, 2])
+            & (cy[:, None] >= found[None, :, 1]) & (cy[:, None] <= found[None, :, 3])).any(1)
+
+
 def _not_inside(b: np.ndarray, found: np.ndarray | None) -> np.ndarray:
     """The xyxy boxes `b` whose centre lies in none of the `found` boxes."""
-    if found is None or not len(found) or not len(b):
-        return b
-    cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
-    inside = ((cx[:, None] >= found[None, :, 0]) & (cx[:, None] <= found[None, :, 2])
-              & (cy[:, None] >= found[None, :, 1]) & (cy[:, None] <= found[None, :, 3])).any(1)
-    return b[~inside]
+    return b[~_centre_inside(b, found)]
+
+
+def _overlaps(b: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """Per xyxy box of `b`: it overlaps one of the `other` boxes."""
+    if not len(b) or not len(other):
+        return np.zeros(len(b), bool)
+    return ((b[:, None, 0] < other[None, :, 2]) & (other[None, :, 0] < b[:, None, 2])
+            & (b[:, None, 1] < other[None, :, 3]) & (other[None, :, 1] < b[:, None, 3])).any(1)
+
+
+# A strip's find its inner side cuts, which no first-pass box holds, is followed inward: a
+# window from the edge this many x its thickness past the strip (a label's line runs on).
+EDGE_RUN_ON = 8.0
+
+
+def _run_on_windows(side: str, boxes: np.ndarray, thickness: np.ndarray, depth: int, w: int, h: int
+                    ) -> list[tuple[int, int, int, int]]:
+    """Integer xyxy windows, from the `side` edge of a w x h image, that follow `boxes` (xyxy,
+    cut by a strip `depth` px deep) inward: `EDGE_RUN_ON` x their `thickness` past the strip,
+    their thickness wider on both sides along the edge; overlapping ones joined (one run each)."""
+    wins: list[list[int]] = []
+    for (x0, y0, x1, y1), t in zip(boxes, thickness):
+        reach, m = int(depth + EDGE_RUN_ON * t), int(np.ceil(t))
+        if side in ("left", "right"):
+            a, b = max(0, int(y0) - m), min(h, int(np.ceil(y1)) + m)
+            win = [0, a, min(w, reach), b] if side == "left" else [max(0, w - reach), a, w, b]
+        else:
+            a, b = max(0, int(x0) - m), min(w, int(np.ceil(x1)) + m)
+            win = [a, 0, b, min(h, reach)] if side == "top" else [a, max(0, h - reach), b, h]
+        for other in [o for o in wins if o[0] < win[2] and win[0] < o[2] and o[1] < win[3] and win[1] < o[3]]:
+            wins.remove(other)
+            win = [min(win[0], other[0]), min(win[1], other[1]), max(win[2], other[2]), max(win[3], other[3])]
+        wins.append(win)
+    return [(int(a), int(b), int(c), int(d)) for a, b, c, d in wins]
 
 
 # `colour_view`: coloured marks on a grey image cover at most this share of it (more is a

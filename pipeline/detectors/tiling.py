@@ -106,14 +106,23 @@ def touches_image_edge(boxes: np.ndarray, width: int, height: int, margin: float
 def edge_strips(width: int, height: int, depth: int, border: int
                 ) -> list[tuple[tuple[int, int, int, int], tuple[int, int, int, int]]]:
     """The strips `depth` px deep along the top, bottom, left and right edges of a width x height
-    image: each (x0, y0, x1, y1) window and the px to replicate around it (top, bottom, left,
-    right): `border` on the image's side of it and, for the top and bottom strips, at both ends,
-    none on its inner side (where the image goes on)."""
-    d, b = max(1, int(depth)), max(0, int(border))
-    return [((0, 0, width, min(d, height)), (b, 0, b, b)),
-            ((0, max(0, height - d), width, height), (0, b, b, b)),
-            ((0, 0, min(d, width), height), (b, b, b, 0)),
-            ((max(0, width - d), 0, width, height), (b, b, 0, b))]
+    image: each (x0, y0, x1, y1) window and the px to replicate around it (`edge_border`): for
+    the top and bottom strips at both ends too, none on a strip's inner side (where the image
+    goes on)."""
+    d = max(1, int(depth))
+    wins = [(0, 0, width, min(d, height)), (0, max(0, height - d), width, height),
+            (0, 0, min(d, width), height), (max(0, width - d), 0, width, height)]
+    return [(win, edge_border(win, width, height, border)) for win in wins]
+
+
+def edge_border(window: tuple[int, int, int, int], width: int, height: int, border: int
+                ) -> tuple[int, int, int, int]:
+    """The px to replicate around a window of a width x height image (top, bottom, left, right):
+    `border` on each of its sides that is an edge of the image (DB sees background beyond
+    text there), none where the image goes on."""
+    x0, y0, x1, y1 = window
+    b = max(0, int(border))
+    return (b if y0 <= 0 else 0, b if y1 >= height else 0, b if x0 <= 0 else 0, b if x1 >= width else 0)
 
 
 def merge_parts(parts: Sequence[Detections], merge: str = "union", nms_iou: float = 0.5) -> Detections:

@@ -59,7 +59,8 @@ DEFAULT_PPOCR_REFINE = "small"     # ... and only around small-text candidates o
 # or so from it. 96 px at 1x: synthetic microscopy overlays left legible 5 -> 2 of 102 (twenty-
 # seventh session); 128 px at 2x (64 image px), keeping what lies wholly inside a strip too: 1 of
 # 102, and labels at generated images' edges 7 -> 2 of 86 legible, devset unchanged, 1024x768
-# JPEGs 0.28-0.33 -> 0.42-0.50 CPU-s (twenty-eighth; README: cost and coverage).
+# JPEGs 0.28-0.33 -> 0.42-0.50 CPU-s (twenty-eighth; README: cost and coverage); following the
+# lines a strip's inner side cuts that 1x missed: 0 of 86 (thirtieth).
 DEFAULT_EDGE_STRIP = 128
 DEFAULT_EDGE_SCALE = 2.0
 # ... and a pass over a grey image's coloured strokes as ink (`PPOCRConfig.colour_text`, chroma
