@@ -112,7 +112,7 @@ def test_edge_pass_maps_what_each_strip_finds_back_onto_the_image() -> None:
     def rect(x0: float, y0: float, x1: float, y1: float) -> list[list[float]]:
         return [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]
 
-    def run(grown: np.ndarray, scale: float):
+    def run(grown: np.ndarray, scale: float, keep_map: list | None = None):
         gh, gw = grown.shape[:2]
         seen.append((gh, gw))
         cx, cy = gw / 2, gh / 2
@@ -145,10 +145,10 @@ def test_a_line_the_strip_cuts_and_the_first_pass_missed_is_followed_inward() ->
     def rect(x0: float, y0: float, x1: float, y1: float) -> list[list[float]]:
         return [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]
 
-    def run(grown: np.ndarray, scale: float):
+    def run(grown: np.ndarray, scale: float, keep_map: list | None = None):
         seen.append(grown.shape[:2])
-        if len(seen) == 3:   # top, bottom, then the left strip: a line from x = 6 to its inner side, y 20-24
-            return np.array([rect(10, 24, 20, 28)], float), np.array([0.8])
+        if len(seen) == 3:   # top, bottom, then the left strip: a line from the edge to its inner side, y 20-24
+            return np.array([rect(4, 24, 20, 28)], float), np.array([0.8])
         if len(seen) == 4:   # the window that follows it: the whole line, a cut stranger, a find inside
             gh, gw = grown.shape[:2]
             return np.array([rect(10, 4, 40, 8), rect(30, 0, gw, 3), rect(12, 6, 14, 7)], float), np.array([0.9, 0.5, 0.6])
@@ -157,15 +157,42 @@ def test_a_line_the_strip_cuts_and_the_first_pass_missed_is_followed_inward() ->
     det._run = run   # type: ignore[method-assign]
     img = np.zeros((60, 100, 3), np.uint8)
     out = det._edge_pass(img, 1.0)
-    # the left strip's find (x 6-16, y 20-24, 4 thick) is followed 16 + 8 * 4 = 48 px in, 4 px wider
+    # the left strip's find (x 0-16, y 20-24, 4 thick; touching the edge is no reason to stop) is followed 16 + 8 * 4 = 48 px in, 4 px wider
     # on both sides along the edge: a 48 x 12 window grown by 4 px on the image's (left) side only
     assert seen[3] == (12, 52) and len(seen) == 5     # ... before the right strip
     kept = [(quad[0].tolist(), quad[2].tolist(), float(sc)) for q, s in out for quad, sc in zip(q, s)]
-    assert ([6, 20], [16, 24], 0.8) in kept           # the strip's part of the line stays
+    assert ([0, 20], [16, 24], 0.8) in kept           # the strip's part of the line stays
     assert ([6, 20], [36, 24], 0.9) in kept           # the window's whole line
     assert ([8, 22], [10, 23], 0.6) in kept           # what lies wholly inside the window
     assert all(sc != 0.5 for *_, sc in kept)          # cut by its top, not the line followed: the first pass's
-    # a first-pass box holding the find's centre: no window, the strip's part dropped
+    # a first-pass box holding the find's centre: no window (the find stays: it touches the edge)
     seen.clear()
     out = det._edge_pass(img, 1.0, first=np.array([[0.0, 18.0, 60.0, 26.0]]))
-    assert len(seen) == 4 and len(out[2][1]) == 0     # (out[3]: the right strip's)
+    assert len(seen) == 4 and out[2][1].tolist() == [0.8]
+
+
+def test_a_strip_larger_than_the_largest_untiled_pass_runs_in_tiles() -> None:
+    """A strip along a huge slide is one long thin input: past `max_side` squared px at its
+    scale it runs in tiles along its length, each mapped back onto the image."""
+    from pipeline.detectors.ppocr import PPOCRDetector
+
+    det = PPOCRDetector(edge_strip=16, edge_border=0, max_side=128, tile_size=256, tile_overlap=32)
+    shapes, found = [], []
+
+    def run(view: np.ndarray, scale: float, keep_map: list | None = None):
+        shapes.append(view.shape[:2])
+        return np.array([[[1, 1], [5, 1], [5, 5], [1, 5]]], float), np.array([0.9])
+
+    det._run = run   # type: ignore[method-assign]
+    q, _ = det._run_window(np.zeros((40, 2000, 3), np.uint8), (0, 0, 2000, 16), (0, 0, 0, 0), 1.0)
+    assert len(shapes) > 1 and all(w <= 256 for _, w in shapes)     # 16 x 2000 = 32000 px > 128 ** 2
+    assert sorted(q[:, 0, 0].tolist())[:2] == [1.0, 1.0 + 256 - 32]   # each tile's find in the image's frame
+    shapes.clear()
+    det._run_window(np.zeros((40, 2000, 3), np.uint8), (0, 0, 1000, 16), (0, 0, 0, 0), 1.0)
+    assert shapes == [(16, 1000)]                                   # 16000 px: one input
+    shapes.clear()
+    det._run_window(np.zeros((40, 2000, 3), np.uint8), (0, 0, 1100, 16), (0, 0, 0, 0), 1.0)
+    assert len(shapes) > 1                                          # 17600
+    shapes.clear()
+    det._run_window(np.zeros((40, 2000, 3), np.uint8), (0, 0, 1100, 16), (0, 0, 0, 0), 0.5)    # 4400 at its scale
+    assert shapes == [(16, 1100)]

@@ -89,9 +89,9 @@ class PPOCRConfig:
     # Text touching the image's edge ("100 µm" at y = 0, a corner "Fig. 3") or a few px from it
     # gets a map of 0 from DB, which sees no background beyond it. Strips this deep (px at their
     # own scale, `edge_scale` x the first pass's) along the edges, each grown by `edge_border`
-    # replicated px on its outer side, run as their own inputs after an untiled first pass; what
-    # they find touching the edge or wholly inside the strip joins it (0: off). Their own inputs,
-    # not a border around the whole image: that shifts the map everywhere.
+    # replicated px on its outer side, run as their own inputs after the first pass (tiled or
+    # not); what they find touching the edge or wholly inside the strip joins it (0: off). Their
+    # own inputs, not a border around the whole image: that shifts the map everywhere.
     edge_strip: int = 0
     edge_border: int = 32
     edge_scale: float = 1.0
@@ -143,7 +143,8 @@ _RANGES: dict[str, tuple[float, float, type]] = {
 # taken out of the edge clusters. 3: a small first-pass box marks the cells its line runs on into.
 SMALL_WINDOWS_REVISION = 3
 # What edge strips keep; raised when that changes, as above. 2: also quads wholly inside a strip.
-# 3: a find the strip's inner side cuts that no first-pass box holds is followed inward.
+# 3: a find the strip's inner side cuts that no first-pass box holds is followed inward; strips
+# also run after a tiled first pass.
 EDGE_STRIP_REVISION = 3
 # How `colour_view` makes its view; raised when that changes, as the two above.
 COLOUR_VIEW_REVISION = 1
@@ -430,12 +431,12 @@ class PPOCRDetector:
         for side, (window, grow) in zip(("top", "bottom", "left", "right"), edge_strips(w, h, depth, border)):
             q, s = self._run_window(bgr, window, grow, scale)
             xyxy = quad_to_xyxy(q)
-            cut = cut_by_inner_edge(xyxy - np.tile(window[:2], 2), window, w, h) & ~touches_image_edge(xyxy, w, h)
-            out.append((q[~cut], s[~cut]))
+            cut = cut_by_inner_edge(xyxy - np.tile(window[:2], 2), window, w, h)
             lost = cut & ~_centre_inside(xyxy, first)
+            keep = ~cut | touches_image_edge(xyxy, w, h) | lost   # lost: the part the strip saw, whatever follows
+            out.append((q[keep], s[keep]))
             if not lost.any():
                 continue
-            out.append((q[lost], s[lost]))   # the part the strip saw, whatever follows
             for run_on in _run_on_windows(side, xyxy[lost], quad_thickness(q[lost]), depth, w, h):
                 q2, s2 = self._run_window(bgr, run_on, edge_border(run_on, w, h, border), scale)
                 b2 = quad_to_xyxy(q2)
@@ -446,14 +447,18 @@ class PPOCRDetector:
 
     def _run_window(self, bgr: np.ndarray, window: tuple[int, int, int, int], grow: tuple[int, int, int, int],
                     scale: float) -> tuple[np.ndarray, np.ndarray]:
-        """`_run` on a window of the image grown by replicated px (top, bottom, left, right):
-        quads in the image's frame."""
+        """DB on a window of the image grown by replicated px (top, bottom, left, right): quads
+        in the image's frame. In tiles when it holds more px at `scale` than the largest untiled
+        pass (`max_side` squared): a strip along a 40000 px slide is one long thin input."""
         import cv2
 
         x0, y0, x1, y1 = window
         t, b, le, r = grow
-        q, s = self._run(cv2.copyMakeBorder(bgr[y0:y1, x0:x1], t, b, le, r, cv2.BORDER_REPLICATE), scale)
-        return q + np.array([x0 - le, y0 - t], dtype=np.float64), s
+        grown = cv2.copyMakeBorder(bgr[y0:y1, x0:x1], t, b, le, r, cv2.BORDER_REPLICATE)
+        parts: list[tuple[np.ndarray, np.ndarray]] = []
+        tiled = grown.shape[0] * grown.shape[1] * scale * scale > self.config.max_side ** 2
+        self._pass(grown, scale, tiled, x0 - le, y0 - t, parts)
+        return np.concatenate([q for q, _ in parts]), np.concatenate([s for _, s in parts])
 
     def _colour_pass(self, bgr: np.ndarray, scale: float) -> list[tuple[np.ndarray, np.ndarray]]:
         """The first pass again on `colour_view` of a grey image's coloured marks (see
@@ -583,6 +588,7 @@ class PPOCRDetector:
             self._pass(bgr, scale, tiled, 0, 0, found, first_map if (k == 0 and not tiled) else None)
             if k == 0 and not tiled:
                 large = self._large_text_pass(bgr, scale, found)
+            if k == 0:
                 if c.edge_strip:
                     seen = [q for q, _ in found + large]
                     found += self._edge_pass(bgr, scale * c.edge_scale,
