@@ -23,10 +23,14 @@ import numpy as np
 
 from pipeline.boxes import inside_fraction
 
-READER_VERSION = "ppocr-v4-rec"
+# What reads, and how: outputs audited by another version are audited again. 2: images longer
+# than RapidOCR's 2000 px are read at 1x in tiles, not shrunk.
+READER_VERSION = "ppocr-v4-rec.2"
 DEFAULT_MIN_CHARS = 3
 DEFAULT_MIN_SCORE = 0.5
 MIN_READ_SIDE = 32             # short side (px) the reader pads a thin strip to, after its 2000 px cap
+READ_MAX_SIDE = 2000           # RapidOCR shrinks a longer input to this (`max_side_len`) ...
+READ_OVERLAP = 200             # ... so a larger image is read at 1x in tiles this much overlapping
 MULTISCALE_MAX_SIDE = 1600     # the 2x pass runs on images up to this long side (small text)
 
 
@@ -94,25 +98,40 @@ class Reader:
         self._lock = threading.Lock()
 
     def _read_once(self, rgb: np.ndarray, scale: float) -> list[tuple[str, float, np.ndarray]]:
+        """(text, confidence, quad in `rgb` px) of every line read at `scale`. RapidOCR shrinks
+        an input longer than `READ_MAX_SIDE`: a 4000 px image would be read at half size, its
+        small text unreadable there and legible to a viewer who zooms in. So at 1x (and below) a
+        larger image is read in overlapping tiles; an enlarged read (`scale` > 1, a zoomed look
+        for small text) keeps RapidOCR's cap."""
         import cv2
+
+        from pipeline.detectors.tiling import Tiler
 
         bgr = cv2.cvtColor(np.ascontiguousarray(rgb[..., :3]), cv2.COLOR_RGB2BGR)
         if scale != 1.0:
             bgr = cv2.resize(bgr, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+        if scale > 1.0 or max(bgr.shape[:2]) <= READ_MAX_SIDE:
+            return [(t, sc, q / scale) for t, sc, q in self._ocr_bgr(bgr)]
+        out = []
+        for (x0, y0, _, _), view in Tiler(READ_MAX_SIDE, READ_OVERLAP).slices(bgr):
+            out += [(t, sc, (q + (x0, y0)) / scale) for t, sc, q in self._ocr_bgr(np.ascontiguousarray(view))]
+        return out
+
+    def _ocr_bgr(self, bgr: np.ndarray) -> list[tuple[str, float, np.ndarray]]:
+        """RapidOCR's (text, confidence, quad in `bgr` px) for one BGR image, as it reads it."""
+        import cv2
+
         # RapidOCR shrinks the long side to 2000 px and rounds sides to 32: a strip 30 px tall
         # and 4000 long would round to 0 and raise. Grow the short side (edge pixels repeated,
         # below/right, so reading coordinates are unchanged) until it survives.
         h, w = bgr.shape[:2]
-        need = max(MIN_READ_SIDE, math.ceil(max(h, w) / 2000 * 2 * MIN_READ_SIDE))
+        need = max(MIN_READ_SIDE, math.ceil(max(h, w) / READ_MAX_SIDE * 2 * MIN_READ_SIDE))
         if min(h, w) < need:
             bgr = cv2.copyMakeBorder(bgr, 0, max(0, need - h), 0, max(0, need - w), cv2.BORDER_REPLICATE)
         with self._lock:
             res, _ = self._ocr(bgr, use_cls=False, use_det=True, use_rec=True)
-        out = []
-        for quad, text, score in res or []:
-            q = np.asarray(quad, dtype=np.float64).reshape(-1, 2) / scale
-            out.append((str(text), float(score), q))
-        return out
+        return [(str(text), float(score), np.asarray(quad, dtype=np.float64).reshape(-1, 2))
+                for quad, text, score in res or []]
 
     def read(self, rgb: np.ndarray, view: int = 0) -> list[Reading]:
         """Lines read in one uint8 RGB image (all of them, whatever their length or score)."""
