@@ -24,13 +24,15 @@ import numpy as np
 from pipeline.boxes import inside_fraction
 
 # What reads, and how: outputs audited by another version are audited again. 2: images longer
-# than RapidOCR's 2000 px are read at 1x in tiles, not shrunk.
+# than RapidOCR's 2000 px are read at 1x in tiles, not shrunk; the image's edge is repeated
+# around what is read.
 READER_VERSION = "ppocr-v4-rec.2"
 DEFAULT_MIN_CHARS = 3
 DEFAULT_MIN_SCORE = 0.5
 MIN_READ_SIDE = 32             # short side (px) the reader pads a thin strip to, after its 2000 px cap
 READ_MAX_SIDE = 2000           # RapidOCR shrinks a longer input to this (`max_side_len`) ...
 READ_OVERLAP = 200             # ... so a larger image is read at 1x in tiles this much overlapping
+READ_EDGE_BORDER = 32          # px of the image's edge repeated outside it for the reader (see `_read_once`)
 MULTISCALE_MAX_SIDE = 1600     # the 2x pass runs on images up to this long side (small text)
 
 
@@ -105,16 +107,21 @@ class Reader:
         for small text) keeps RapidOCR's cap."""
         import cv2
 
-        from pipeline.detectors.tiling import Tiler
+        from pipeline.detectors.tiling import Tiler, edge_border
 
         bgr = cv2.cvtColor(np.ascontiguousarray(rgb[..., :3]), cv2.COLOR_RGB2BGR)
         if scale != 1.0:
             bgr = cv2.resize(bgr, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
-        if scale > 1.0 or max(bgr.shape[:2]) <= READ_MAX_SIDE:
-            return [(t, sc, q / scale) for t, sc, q in self._ocr_bgr(bgr)]
+        h, w = bgr.shape[:2]
+        side = READ_MAX_SIDE - 2 * READ_EDGE_BORDER   # what RapidOCR takes whole, with the border
+        tiled = scale <= 1.0 and max(h, w) > side
         out = []
-        for (x0, y0, _, _), view in Tiler(READ_MAX_SIDE, READ_OVERLAP).slices(bgr):
-            out += [(t, sc, (q + (x0, y0)) / scale) for t, sc, q in self._ocr_bgr(np.ascontiguousarray(view))]
+        for (x0, y0, x1, y1) in Tiler(side, READ_OVERLAP).windows(w, h) if tiled else [(0, 0, w, h)]:
+            # DB sees no background beyond the image's edge: a label the edge cuts went unread on
+            # a 2400 px micrograph, and is read with the edge's pixels repeated outside it
+            t, b, le, r = edge_border((x0, y0, x1, y1), w, h, READ_EDGE_BORDER)
+            view = cv2.copyMakeBorder(bgr[y0:y1, x0:x1], t, b, le, r, cv2.BORDER_REPLICATE)
+            out += [(text, sc, (q + (x0 - le, y0 - t)) / scale) for text, sc, q in self._ocr_bgr(view)]
         return out
 
     def _ocr_bgr(self, bgr: np.ndarray) -> list[tuple[str, float, np.ndarray]]:

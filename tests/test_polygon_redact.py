@@ -516,14 +516,13 @@ def test_a_label_cut_by_the_image_edge_is_covered(tmp_path, reader):
         if name == "near":   # the twenty-seventh session's strips missed it
             assert covered(stock.with_options(**{**pass_options(), "edge_strip": 96, "edge_scale": 1.0}), rgb, ink) < 0.2
         assert covered(default, rgb, ink) > 0.9, name
-        # read where a viewer zooms in: OCR's own detector misses the label in the whole large image
-        view = np.s_[:400, 300:1300] if name == "tiled" else np.s_[:, :]
-        assert any("100" in r.text for r in reader.read_views([np.ascontiguousarray(rgb[view])])), name     # legible in the input ...
+        # (on the large image the reader's own DB missed it too, until it read the image's edge repeated)
+        assert any("100" in r.text for r in reader.read_views([rgb])), name     # legible in the input ...
         redact_file(src, tmp_path / f"{name}.out.png", default)
         out = np.asarray(Image.open(tmp_path / f"{name}.out.png").convert("RGB"))
         filled = (out == FILL).all(-1)
         assert (ink & filled).sum() >= 0.95 * ink.sum(), (name, (ink & filled).sum() / ink.sum())
-        texts = " ".join(r.text for r in reader.read_views([np.ascontiguousarray(out[view])]))
+        texts = " ".join(r.text for r in reader.read_views([out]))
         assert "100" not in texts and "um" not in texts and "µm" not in texts, (name, texts)   # ... not in the output
 
 
