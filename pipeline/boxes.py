@@ -160,6 +160,17 @@ def inside_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(area_a > 0, _intersections(a, b) / np.maximum(area_a, 1e-12), 0.0)
 
 
+def centre_inside(a: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    """Per box of `a`: its centre lies in one of the boxes of `b` (None: in none)."""
+    a = _as_boxes(a)
+    if b is None or not len(b) or not len(a):
+        return np.zeros(len(a), bool)
+    b = _as_boxes(b)
+    cx, cy = (a[:, 0] + a[:, 2]) / 2, (a[:, 1] + a[:, 3]) / 2
+    return ((cx[:, None] >= b[None, :, 0]) & (cx[:, None] <= b[None, :, 2])
+            & (cy[:, None] >= b[None, :, 1]) & (cy[:, None] <= b[None, :, 3])).any(1)
+
+
 def nms(boxes: Any, scores: Any, iou: float = 0.5, labels: Any = None) -> np.ndarray:
     """Indices kept by greedy non-maximum suppression, best score first: a box whose IoU with a
     kept box (of the same label, when `labels` is given) exceeds `iou` is dropped."""

@@ -119,3 +119,14 @@ def test_longest_uncovered_run_sees_words_in_a_line_not_their_area() -> None:
     assert run[2] - run[0] == 0                                      # all covered
     assert np.allclose(longest_uncovered_run(line, [[40, 18, 60, 60]]), line)   # the next line down: not in line
     assert np.allclose(longest_uncovered_run([0, 0, 20, 100], [[2, 0, 18, 40]]), [0, 40, 20, 100])  # vertical line
+
+
+def test_centre_inside_asks_where_a_box_is_centred_not_whether_it_overlaps() -> None:
+    from pipeline.boxes import centre_inside
+
+    line = np.array([[0.0, 10.0, 100.0, 30.0]])
+    boxes = np.array([[90.0, 12.0, 140.0, 28.0],    # overlaps the line's end, centred beyond it
+                      [40.0, 15.0, 60.0, 25.0],     # a word of the line
+                      [40.0, 40.0, 60.0, 50.0]])    # below it
+    assert centre_inside(boxes, line).tolist() == [False, True, False]
+    assert centre_inside(boxes, None).tolist() == [False] * 3 and centre_inside(np.zeros((0, 4)), line).shape == (0,)

@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.boxes import Detections, quad_frames, quad_thickness, quad_to_xyxy, quads_mask
+from pipeline.boxes import (Detections, centre_inside, inside_matrix, quad_frames, quad_thickness, quad_to_xyxy,
+                            quads_mask)
 from pipeline.config import check_number
 from pipeline.detectors.graph import fold_bytes, folded_bytes
 from pipeline.detectors.tiling import (Tiler, cut_by_inner_edge, edge_border, edge_strips, merge_boxes,
@@ -432,7 +433,7 @@ class PPOCRDetector:
             q, s = self._run_window(bgr, window, grow, scale)
             xyxy = quad_to_xyxy(q)
             cut = cut_by_inner_edge(xyxy - np.tile(window[:2], 2), window, w, h)
-            lost = cut & ~_centre_inside(xyxy, first)
+            lost = cut & ~centre_inside(xyxy, first)
             keep = ~cut | touches_image_edge(xyxy, w, h) | lost   # lost: the part the strip saw, whatever follows
             out.append((q[keep], s[keep]))
             if not lost.any():
@@ -441,7 +442,7 @@ class PPOCRDetector:
                 q2, s2 = self._run_window(bgr, run_on, edge_border(run_on, w, h, border), scale)
                 b2 = quad_to_xyxy(q2)
                 keep = (~cut_by_inner_edge(b2 - np.tile(run_on[:2], 2), run_on, w, h)
-                        | touches_image_edge(b2, w, h) | _overlaps(b2, xyxy[lost]))
+                        | touches_image_edge(b2, w, h) | (inside_matrix(b2, xyxy[lost]) > 0).any(1))
                 out.append((q2[keep], s2[keep]))
         return out
 
@@ -620,26 +621,9 @@ def _scales(value: object) -> tuple[float, ...]:
         raise ValueError(f"scales must be numbers, got {value!r}") from None
 
 
-def _centre_inside(b: np.ndarray, found: np.ndarray | None) -> np.ndarray:
-    """Per xyxy box of `b`: its centre lies in one of the `found` boxes (xyxy)."""
-    if found is None or not len(found) or not len(b):
-        return np.zeros(len(b), bool)
-    cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
-    return ((cx[:, None] >= found[None, :, 0]) & (cx[:, None] <= found[None, :, 2])
-            & (cy[:, None] >= found[None, :, 1]) & (cy[:, None] <= found[None, :, 3])).any(1)
-
-
 def _not_inside(b: np.ndarray, found: np.ndarray | None) -> np.ndarray:
     """The xyxy boxes `b` whose centre lies in none of the `found` boxes."""
-    return b[~_centre_inside(b, found)]
-
-
-def _overlaps(b: np.ndarray, other: np.ndarray) -> np.ndarray:
-    """Per xyxy box of `b`: it overlaps one of the `other` boxes."""
-    if not len(b) or not len(other):
-        return np.zeros(len(b), bool)
-    return ((b[:, None, 0] < other[None, :, 2]) & (other[None, :, 0] < b[:, None, 2])
-            & (b[:, None, 1] < other[None, :, 3]) & (other[None, :, 1] < b[:, None, 3])).any(1)
+    return b[~centre_inside(b, found)]
 
 
 # A strip's find its inner side cuts, which no first-pass box holds, is followed inward: a
