@@ -24,8 +24,8 @@ import numpy as np
 from pipeline.boxes import inside_fraction
 
 # What reads, and how: outputs audited by another version are audited again. 2: images longer
-# than RapidOCR's 2000 px are read at 1x in tiles, not shrunk; the image's edge is repeated
-# around what is read.
+# than RapidOCR's 2000 px (at 1x, or 2x) are read in tiles, not shrunk; the image's edge is
+# repeated around what is read.
 READER_VERSION = "ppocr-v4-rec.2"
 DEFAULT_MIN_CHARS = 3
 DEFAULT_MIN_SCORE = 0.5
@@ -102,9 +102,8 @@ class Reader:
     def _read_once(self, rgb: np.ndarray, scale: float) -> list[tuple[str, float, np.ndarray]]:
         """(text, confidence, quad in `rgb` px) of every line read at `scale`. RapidOCR shrinks
         an input longer than `READ_MAX_SIDE`: a 4000 px image would be read at half size, its
-        small text unreadable there and legible to a viewer who zooms in. So at 1x (and below) a
-        larger image is read in overlapping tiles; an enlarged read (`scale` > 1, a zoomed look
-        for small text) keeps RapidOCR's cap."""
+        small text unreadable there and legible to a viewer who zooms in (and the 2x read of a
+        1600 px image at 1.25x). So a larger input is read in overlapping tiles."""
         import cv2
 
         from pipeline.detectors.tiling import Tiler, edge_border
@@ -114,7 +113,7 @@ class Reader:
             bgr = cv2.resize(bgr, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
         h, w = bgr.shape[:2]
         side = READ_MAX_SIDE - 2 * READ_EDGE_BORDER   # what RapidOCR takes whole, with the border
-        tiled = scale <= 1.0 and max(h, w) > side
+        tiled = max(h, w) > side
         out = []
         for (x0, y0, x1, y1) in Tiler(side, READ_OVERLAP).windows(w, h) if tiled else [(0, 0, w, h)]:
             # DB sees no background beyond the image's edge: a label the edge cuts went unread on
