@@ -589,11 +589,9 @@ class PPOCRDetector:
             self._pass(bgr, scale, tiled, 0, 0, found, first_map if (k == 0 and not tiled) else None)
             if k == 0 and not tiled:
                 large = self._large_text_pass(bgr, scale, found)
-            if k == 0:
-                if c.edge_strip:
-                    seen = [q for q, _ in found + large]
-                    found += self._edge_pass(bgr, scale * c.edge_scale,
-                                             quad_to_xyxy(np.concatenate(seen)) if seen else None)
+            if k == 0 and c.edge_strip:   # after a tiled first pass too: large images have edges
+                seen = [q for q, _ in found + large]
+                found += self._edge_pass(bgr, scale * c.edge_scale, quad_to_xyxy(np.concatenate(seen)) if seen else None)
             if k == 0 and c.colour_text:
                 found += self._colour_pass(bgr, scale)
         first_map.clear()
