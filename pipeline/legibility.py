@@ -25,15 +25,15 @@ from pipeline.boxes import inside_fraction
 
 # What reads, and how: outputs audited by another version are audited again. 2: images longer
 # than RapidOCR's 2000 px (at 1x, or 2x) are read in tiles, not shrunk; the image's edge is
-# repeated around what is read.
-READER_VERSION = "ppocr-v4-rec.2"
+# repeated around what is read. 3: the 2x read on images of any size (it stopped at 1600 px: a
+# 9 px "ID 48213" on a 3200 px micrograph, legible to a viewer who zooms in, went unread).
+READER_VERSION = "ppocr-v4-rec.3"
 DEFAULT_MIN_CHARS = 3
 DEFAULT_MIN_SCORE = 0.5
 MIN_READ_SIDE = 32             # short side (px) the reader pads a thin strip to, after its 2000 px cap
 READ_MAX_SIDE = 2000           # RapidOCR shrinks a longer input to this (`max_side_len`) ...
 READ_OVERLAP = 200             # ... so a larger image is read at 1x in tiles this much overlapping
 READ_EDGE_BORDER = 32          # px of the image's edge repeated outside it for the reader (see `_read_once`)
-MULTISCALE_MAX_SIDE = 1600     # the 2x pass runs on images up to this long side (small text)
 
 
 @dataclass(frozen=True)
@@ -82,13 +82,17 @@ class Reader:
 
     def __init__(self, min_chars: int = DEFAULT_MIN_CHARS, min_score: float = DEFAULT_MIN_SCORE,
                  scales: Sequence[float] = (1.0, 2.0), threads: int = 2,
-                 max_side: int = MULTISCALE_MAX_SIDE) -> None:
+                 max_side: int = 0) -> None:
+        """Reads at each of `scales` (2x: small text a viewer reads by zooming in), the ones
+        above 1x only on images up to `max_side` long side (0: every image, as by default)."""
         if min_chars < 1:
             raise ValueError(f"min_chars must be >= 1, got {min_chars}")
         if not 0.0 <= min_score <= 1.0:
             raise ValueError(f"min_score must be in [0, 1], got {min_score}")
         if not scales or min(scales) <= 0:
             raise ValueError(f"scales must be positive, got {tuple(scales)}")
+        if max_side < 0:
+            raise ValueError(f"max_side must be >= 0 (0: every image), got {max_side}")
         from rapidocr_onnxruntime import RapidOCR
 
         self.min_chars, self.min_score = int(min_chars), float(min_score)
@@ -134,6 +138,12 @@ class Reader:
         need = max(MIN_READ_SIDE, math.ceil(max(h, w) / READ_MAX_SIDE * 2 * MIN_READ_SIDE))
         if min(h, w) < need:
             bgr = cv2.copyMakeBorder(bgr, 0, max(0, need - h), 0, max(0, need - w), cv2.BORDER_REPLICATE)
+        # its DB then scales the short side up to 736 px: a wide strip it first pads to a quarter
+        # of its width, a tall one it does not, and a 66 x 1968 column became a 736 x 21952 input
+        # (a minute for a blank 2 px sliver). Pad a tall one as it pads a wide one.
+        h, w = bgr.shape[:2]
+        if h > 8 * w:
+            bgr = cv2.copyMakeBorder(bgr, 0, 0, 0, math.ceil(h / 4) - w, cv2.BORDER_REPLICATE)
         with self._lock:
             res, _ = self._ocr(bgr, use_cls=False, use_det=True, use_rec=True)
         return [(str(text), float(score), np.asarray(quad, dtype=np.float64).reshape(-1, 2))
@@ -144,7 +154,7 @@ class Reader:
         h, w = rgb.shape[:2]
         readings: list[Reading] = []
         for s in self.scales:
-            if s != 1.0 and max(h, w) > self.max_side:
+            if s != 1.0 and self.max_side and max(h, w) > self.max_side:
                 continue
             for text, score, q in self._read_once(rgb, s):
                 box = (float(max(0.0, q[:, 0].min())), float(max(0.0, q[:, 1].min())),

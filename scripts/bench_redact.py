@@ -26,6 +26,10 @@ Edge set (`--edge-images N`, `edge_label_set`): generated 1024x768 images with o
 cut by, touching or a few px inside one of the edges, where DB's 1x map is blind: ink coverage
 by how far the label runs past the edge, over-redaction, and the same OCR read-back.
 
+Large set (`--large-images N`, `large_label_set`): generated 1800x1350 to 3200x2400 images with
+three 7-12 px labels each, text a viewer reads by zooming in: ink coverage by font size,
+over-redaction, and the same OCR read-back (the reader reads at 1x and 2x, in tiles).
+
 Transparent set: RGBA / LA / palette+tRNS PNGs and RGBA WebP with black, white and alpha-only
 words, redacted with defaults; leak and coverage measured on every viewer picture.
 
@@ -166,7 +170,7 @@ def named_detector(spec: str, stock: Any = None, threads: int | None = None):
     """Detectors by bench name; the ppocr variants share one ONNX session (`with_options`).
 
     default: what `redact` runs with nothing promoted (`build_ppocr()`: 1x, plus 2x around
-    small-text candidates of the 1x map, on images up to 1600 px); ppocr: one 1x pass;
+    small-text candidates of the 1x map); ppocr: one 1x pass;
     ppocr-ms: 1x + 2x over the whole image (the old default); ppocr-small: same as default;
     ppocr@S1/S2[:small]: ppocr at those scales (the later ones whole, or on small-text windows),
     likewise BUNDLE.zip@S1/S2[:small] for a tuned model;
@@ -754,6 +758,72 @@ def edge_cut_kind(cut: int) -> str:
     return "touching" if cut == 0 else f"{cut} px cut" if cut > 0 else f"{-cut} px inside"
 
 
+def label_background(kind: int, rng: np.random.Generator, w: int, h: int) -> np.ndarray:
+    """A grey w x h uint8 RGB micrograph-like background of `kind` 0 (EM-like grain: smooth
+    variation plus noise sd 35), 1 (a smooth gradient) or 2 (dark speckle)."""
+    import cv2
+
+    if kind == 0:
+        a = 128 + 40 * cv2.resize(rng.normal(0, 1, (h // 10, w // 10)).astype(np.float32), (w, h),
+                                  interpolation=cv2.INTER_CUBIC) + rng.normal(0, 35, (h, w))
+    elif kind == 1:
+        a = np.linspace(60, 200, w)[None, :] + 20 * cv2.resize(rng.normal(0, 1, (8, 8)).astype(np.float32), (w, h),
+                                                              interpolation=cv2.INTER_CUBIC) + rng.normal(0, 6, (h, w))
+    else:
+        a = 40 + 90 * cv2.GaussianBlur(rng.normal(0, 1, (h, w)).astype(np.float32), (0, 0), 3) + rng.normal(0, 10, (h, w))
+    return np.repeat(a.clip(0, 255).astype(np.uint8)[..., None], 3, 2)
+
+
+def label_colour(kind: int, rng: np.random.Generator) -> tuple[int, int, int]:
+    """A label's colour on a `label_background` of that kind: white, or black on the gradient,
+    or yellow on the speckle, half the time."""
+    fill = (255, 255, 255) if kind != 1 or rng.random() >= 0.5 else (0, 0, 0)
+    return (255, 220, 0) if kind == 2 and rng.random() < 0.5 else fill
+
+
+LARGE_SIZES = ((1800, 1350), (2400, 1800), (3200, 2400))   # what a microscope or slide scanner writes
+LARGE_FONT_PX = (7, 12)                                     # the labels' font sizes, inclusive
+
+
+def large_label_set(n: int = 18) -> list[Any]:
+    """`n` images of `LARGE_SIZES` in turn (larger than the devset's: the first pass over the
+    two larger runs in tiles), on `label_background`s in turn, each with three small labels
+    (`EDGE_TEXTS`, fonts of 7-12 px, one in each third of its height, away from the edges),
+    as `pipeline.synth.Rendered` records of kind "7-8 px" / "9-10 px" / "11-12 px": text a
+    viewer reads by zooming in, which the default once looked for only on images up to 1600 px."""
+    from matplotlib import font_manager
+    from PIL import Image, ImageDraw, ImageFont
+
+    from pipeline.synth import Rendered
+
+    fonts = [font_manager.findfont(f) for f in ("DejaVu Sans", "DejaVu Serif", "DejaVu Sans Mono", "DejaVu Sans:bold")]
+    out = []
+    for i in range(n):
+        rng = np.random.default_rng(5000 + i)
+        w, h = LARGE_SIZES[i % len(LARGE_SIZES)]
+        kind = (i // len(LARGE_SIZES)) % 3
+        im = Image.fromarray(label_background(kind, rng, w, h))
+        ink = np.zeros((h, w), np.int32)
+        boxes, texts, kinds = [], [], []
+        for k in range(3):
+            px = int(rng.integers(LARGE_FONT_PX[0], LARGE_FONT_PX[1] + 1))
+            font = ImageFont.truetype(fonts[rng.integers(len(fonts))], px)
+            text = EDGE_TEXTS[rng.integers(len(EDGE_TEXTS))]
+            at = (int(rng.integers(100, w - 400)), int(rng.integers(100 + k * (h - 200) // 3, 100 + (k + 1) * (h - 200) // 3 - 40)))
+            mask = Image.new("L", (w, h))
+            ImageDraw.Draw(mask).text(at, text, font=font, fill=255)
+            ImageDraw.Draw(im).text(at, text, font=font, fill=label_colour(kind, rng))
+            m = np.asarray(mask) > 0
+            ys, xs = np.nonzero(m)
+            ink[m] = k + 1
+            boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+            texts.append(text)
+            lo = px - (px - LARGE_FONT_PX[0]) % 2
+            kinds.append(f"{lo}-{lo + 1} px")
+        out.append(Rendered(np.asarray(im), np.array(boxes, float), texts, kinds, ink, np.zeros((h, w), bool)))
+    return out
+
+
 def edge_label_set(n: int = 96) -> list[Any]:
     """`n` 1024x768 images, each with one label at or near one of its edges (`EDGE_CUTS`: cut by
     it, touching it, or a few px inside, where DB's 1x map is also blind), the edges in turn, on
@@ -762,7 +832,6 @@ def edge_label_set(n: int = 96) -> list[Any]:
     backgrounds, not `synth.procedural_background`'s: the first is the grainy micrograph (noise
     sd 35) of the test where the 1x map's blind band was found, and the label colours are chosen
     for each of the three."""
-    import cv2
     from matplotlib import font_manager
     from PIL import Image, ImageDraw, ImageFont
 
@@ -774,15 +843,7 @@ def edge_label_set(n: int = 96) -> list[Any]:
     for i in range(n):
         rng = np.random.default_rng(1000 + i)
         kind = i % 3
-        if kind == 0:
-            a = 128 + 40 * cv2.resize(rng.normal(0, 1, (h // 10, w // 10)).astype(np.float32), (w, h),
-                                      interpolation=cv2.INTER_CUBIC) + rng.normal(0, 35, (h, w))
-        elif kind == 1:
-            a = np.linspace(60, 200, w)[None, :] + 20 * cv2.resize(rng.normal(0, 1, (8, 8)).astype(np.float32), (w, h),
-                                                                  interpolation=cv2.INTER_CUBIC) + rng.normal(0, 6, (h, w))
-        else:
-            a = 40 + 90 * cv2.GaussianBlur(rng.normal(0, 1, (h, w)).astype(np.float32), (0, 0), 3) + rng.normal(0, 10, (h, w))
-        im = Image.fromarray(np.repeat(a.clip(0, 255).astype(np.uint8)[..., None], 3, 2))
+        im = Image.fromarray(label_background(kind, rng, w, h))
         ink = Image.new("L", (w, h))
         font = ImageFont.truetype(fonts[rng.integers(len(fonts))], int(rng.integers(16, 44)))
         text = EDGE_TEXTS[rng.integers(len(EDGE_TEXTS))]
@@ -795,9 +856,7 @@ def edge_label_set(n: int = 96) -> list[Any]:
         else:
             along = int(rng.integers(0, h - y1))
             at = (-x0 - cut, along) if edge == "left" else (w - x1 + cut, along)
-        fill = (255, 255, 255) if kind != 1 or rng.random() >= 0.5 else (0, 0, 0)
-        if kind == 2 and rng.random() < 0.5:
-            fill = (255, 220, 0)
+        fill = label_colour(kind, rng)
         for canvas, colour in ((im, fill), (ink, 255)):
             ImageDraw.Draw(canvas).text(at, text, font=font, fill=colour)
         m = np.asarray(ink) > 0
@@ -963,6 +1022,8 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=0, help="quality: at most this many images per source (0: all)")
     ap.add_argument("--int8-model", default="", help="int8 ONNX for the *-int8 detectors (scripts/quantize_db.py)")
     ap.add_argument("--skip-micro", action="store_true", help="no synthetic microscopy quality set")
+    ap.add_argument("--large-images", type=int, default=18,
+                    help="generated 1800-3200 px images with small labels (`large_label_set`; 0: none)")
     ap.add_argument("--edge-images", type=int, default=96,
                     help="generated images with a label at or near an edge (`edge_label_set`; 0: none)")
     ap.add_argument("--threshold", type=float, default=None)
@@ -981,6 +1042,8 @@ def main() -> int:
         os.environ["BENCH_INT8_MODEL"] = str(Path(args.int8_model).resolve())
     if args.edge_images < 0:
         ap.error(f"--edge-images must be 0 or more, got {args.edge_images}")
+    if args.large_images < 0:
+        ap.error(f"--large-images must be 0 or more, got {args.large_images}")
     if args.child:
         print(json.dumps(child_throughput(args.child, args.child_src, args.child_out, args.workers,
                                           not args.no_pipeline)))
@@ -1039,6 +1102,11 @@ def main() -> int:
             print("synthetic microscopy overlays (bench_detect's MICRO set):", flush=True)
             result["microscopy"] = microscopy_quality(args.work, dets, threshold, str(DEFAULT_PAD), shapes, args.limit, reader,
                                                       None if args.skip_leak else reader)
+        n_large = min(args.large_images, args.limit) if args.limit else args.large_images
+        if n_large:
+            print(f"small labels on large images ({n_large} generated images):", flush=True)
+            result["large"] = overlay_quality("large", "large", large_label_set(n_large), args.work, dets, threshold,
+                                              str(DEFAULT_PAD), shapes, reader, None if args.skip_leak else reader)
         n_edges = min(args.edge_images, args.limit) if args.limit else args.edge_images
         if n_edges:
             print(f"labels at the image's edge ({n_edges} generated images):", flush=True)

@@ -355,12 +355,12 @@ def test_a_promoted_tuned_model_gets_the_small_text_pass_too(tmp_path, ws, reade
                       sum(bool(covered[y0:y1, x0:x1].mean() > 0.9) for x0, y0, x1, y1 in boxes))
         assert sc["detector"]["passes"] == summary.model["passes"]
         if name == "default":   # the summary says which passes ran, and what the model scored
-            assert summary.model["passes"] == {"scales": [1.0, 2.5], "refine": "small", "scale_max_side": 1600,
+            assert summary.model["passes"] == {"scales": [1.0, 2.5], "refine": "small", "scale_max_side": None,
                                                "large_text_side": 640, "edge_strip": 128, "edge_scale": 2.0,
                                                "colour_text": 16}
             assert summary.model["validation_coverage"] == pytest.approx(0.9)
             assert _describe_model(summary.model) == (" (validation coverage 0.900 at the budget, validation when trained; "
-                                                      "1x + 2.5x on small-text cells (images up to 1600 px), "
+                                                      "1x + 2.5x on small-text cells, "
                                                       "large text at 640 px, edge strips 64 px deep at 2x, "
                                                       "coloured text on grey images)")
         else:
@@ -574,3 +574,46 @@ def test_a_coloured_watermark_on_a_grey_micrograph_is_covered(tmp_path, reader):
     assert (ink & (out == FILL).all(-1)).sum() >= 0.95 * ink.sum()
     texts = " ".join(r.text for r in reader.read_views([out])).upper()
     assert "NOT" not in texts and "CO" not in texts and "DO" not in texts, texts   # ... not in the output
+
+
+def test_small_text_on_a_large_image_is_covered(tmp_path, reader):
+    """A 9 px "ID 48213" on a micrograph over 2000 px wide stayed legible after the default
+    redact, for a viewer who zooms in: the small-text windows ran only on images up to 1600 px
+    (and a tiled first pass kept no map to choose them on), and the audit's 2x read stopped
+    there too. Both now run on images of any size."""
+    import cv2
+    from matplotlib import font_manager
+
+    from pipeline.detectors import load_detector
+    from pipeline.redact.run import pass_options
+
+    # a 3200 x 2400 micrograph with a white 9 px label; the test keeps 2200 x 1600 of it (tiled
+    # at 1x: over 2000 px), where the 1x pass misses the label (its map there is borderline)
+    rng = np.random.default_rng(3200)
+    a = 128 + 50 * cv2.resize(rng.normal(0, 1, (60, 80)).astype(np.float32), (3200, 2400),
+                              interpolation=cv2.INTER_CUBIC) + rng.normal(0, 10, (2400, 3200))
+    h, w = 1600, 2200
+    im = Image.fromarray(np.repeat(a[:h, 1000:].clip(0, 255).astype(np.uint8)[..., None], 3, 2))
+    mask = Image.new("L", (w, h))
+    f = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), 9)
+    for canvas, fill in ((im, (255, 255, 255)), (mask, 255)):
+        ImageDraw.Draw(canvas).text((1609, 721), "ID 48213", font=f, fill=fill)
+    src = tmp_path / "large.png"
+    im.save(src)
+    ink, rgb = np.asarray(mask) > 0, np.asarray(im)
+
+    def covered(det) -> float:
+        m = np.zeros(ink.shape, bool)
+        for x0, y0, x1, y1 in det.detect([rgb])[0].boxes.astype(int):
+            m[y0:y1, x0:x1] = True
+        return float((m & ink).sum() / ink.sum())
+
+    default = load_detector("ppocr").with_options(**pass_options())
+    assert default._passes(w, h)[0][1]                                  # its 1x pass runs in tiles
+    assert covered(default.with_options(scale_max_side=1600)) < 0.5    # the old default: 1x alone
+    assert "48213" in "".join(r.text for r in reader.read_views([rgb]))  # legible (at 2x) in the input ...
+    redact_file(src, tmp_path / "large.out.png", default)
+    out = np.asarray(Image.open(tmp_path / "large.out.png").convert("RGB"))
+    assert (ink & (out == FILL).all(-1)).sum() >= 0.95 * ink.sum()
+    texts = "".join(r.text for r in reader.read_views([out]))
+    assert "482" not in texts and "213" not in texts, texts             # ... not in the output

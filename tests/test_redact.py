@@ -855,15 +855,6 @@ def test_tiff_orientation_tag_is_applied_and_not_written(tmp_path):
     assert b.shape == (H, W) and (b[cov] == 0).all() and (b[~cov] == upright[~cov]).all()
 
 
-def test_size_adaptive_ppocr_uses_the_extra_scale_only_on_smaller_images():
-    from pipeline.redact.run import SizeAdaptiveDetector
-
-    single, multi = FakeDetector(version="one"), FakeDetector(version="multi")
-    det = SizeAdaptiveDetector(single, multi, max_side=100)
-    det.detect([np.zeros((80, 100, 3), np.uint8), np.zeros((80, 101, 3), np.uint8)])
-    assert (multi.calls, single.calls) == (1, 1) and det.version == "multi@100|one"
-
-
 @pytest.mark.parametrize("name,make,black", [
     ("mw.tif", lambda p, a: tifffile.imwrite(p, a[..., 0], photometric="miniswhite"), [255]),
     ("cmyk.tif", lambda p, a: Image.fromarray(a).convert("CMYK").save(p), [0, 0, 0, 255]),

@@ -196,3 +196,32 @@ def test_a_strip_larger_than_the_largest_untiled_pass_runs_in_tiles() -> None:
     shapes.clear()
     det._run_window(np.zeros((40, 2000, 3), np.uint8), (0, 0, 1100, 16), (0, 0, 0, 0), 0.5)    # 4400 at its scale
     assert shapes == [(16, 1100)]
+
+
+def test_a_tiled_pass_keeps_its_map_stitched_where_each_tile_lies() -> None:
+    """The small-text windows of a large image are chosen on its first pass's map; a tiled pass
+    had none, so images over 2000 px got no second look. Each tile's map lands at its tile's
+    place in one uint8 map of the image's size, the larger value where tiles overlap."""
+    from pipeline.detectors.ppocr import PPOCRDetector
+
+    det = PPOCRDetector(max_side=128, tile_size=128, tile_overlap=32, full_view=False)
+
+    def run(view: np.ndarray, scale: float, keep_map: list | None = None):
+        h, w = view.shape[:2]   # a "network" whose map is the view's first channel / 255, at scale
+        if keep_map is not None:
+            keep_map.append(cv2.resize(view[..., 0].astype(np.float32) / 255, (round(w * scale), round(h * scale)),
+                                       interpolation=cv2.INTER_NEAREST))
+        return np.zeros((0, 4, 2)), np.zeros(0)
+
+    import cv2
+
+    det._run = run   # type: ignore[method-assign]
+    img = np.zeros((150, 300, 3), np.uint8)
+    img[..., 0] = (np.arange(300)[None, :] * 7 + np.arange(150)[:, None] * 3) % 251   # unlike itself anywhere
+    maps: list = []
+    det._pass(img, 2.0, True, 0, 0, [], maps)
+    assert len(maps) == 1 and maps[0].dtype == np.uint8 and maps[0].shape == (150, 300)
+    assert np.abs(maps[0].astype(int) - img[..., 0]).max() <= 1
+    maps.clear()
+    det._pass(img, 2.0, True, 0, 0, [])          # not asked for: nothing kept
+    assert maps == []

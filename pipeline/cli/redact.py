@@ -45,7 +45,7 @@ def redact_cmd(
     from_review: bool = typer.Option(False, "--from-review", help="Finish held images with their reviewed boxes (after `textloop pull`)."),
     audit: Optional[Path] = typer.Option(None, help="Sidecars, manifest and log (default: OUTPUT.audit beside OUTPUT)."),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, min=1, help="Refuse images with more pixels on any page (decompression bombs)."),
-    scales: Optional[str] = typer.Option(None, help="DB detectors (ppocr or a tuned db model): detection scales (default 1,2.5: the 2.5x pass only on windows around possible small text, on images up to 1600 px long side; 1 is the plain 1x pass, ~2x faster on real images)."),
+    scales: Optional[str] = typer.Option(None, help="DB detectors (ppocr or a tuned db model): detection scales (default 1,2.5: the 2.5x pass only on windows around possible small text, on images of any size; 1 is the plain 1x pass, ~2x faster on real images)."),
 ) -> None:
     """Cover every text region in a file, folder tree or glob: opaque fill, clean metadata, resumable.
 

@@ -298,7 +298,7 @@ class PPOCRDetector:
         """The passes this detector runs, for summaries and sidecars (the version only hashes them)."""
         c = self.config
         return {"scales": list(c.scales), "refine": c.refine if len(c.scales) > 1 else None,
-                "scale_max_side": c.scale_max_side if len(c.scales) > 1 else None,
+                "scale_max_side": (c.scale_max_side or None) if len(c.scales) > 1 else None,
                 "large_text_side": c.large_text_side or None, "edge_strip": c.edge_strip or None,
                 "edge_scale": c.edge_scale if c.edge_strip else None, "colour_text": c.colour_text or None}
 
@@ -372,16 +372,31 @@ class PPOCRDetector:
     def _pass(self, bgr: np.ndarray, scale: float, tiled: bool, x0: int, y0: int,
               out: list[tuple[np.ndarray, np.ndarray]], keep_map: list | None = None) -> None:
         """One pass over `bgr` (a window of the image at offset x0, y0), tiled when asked:
-        each tile's (quads in image coordinates, scores) appended to `out`."""
+        each tile's (quads in image coordinates, scores) appended to `out`, and the pass's
+        probability map to `keep_map` if given."""
+        import cv2
+
         c = self.config
         if not tiled:
             q, s = self._run(bgr, scale, keep_map)
             out.append((q + np.array([x0, y0], dtype=np.float64), s))
             return
+        # a tiled pass keeps its map too (the small-text windows of a 3200 px micrograph are chosen
+        # on it): the tiles' maps stitched at `bgr`'s own size, as uint8 (0-255), the larger where
+        # tiles overlap. Bytes: one per image pixel, as the image's own edge map costs.
+        canvas = np.zeros(bgr.shape[:2], np.uint8) if keep_map is not None else None
         tiler = Tiler(max(32, int(round(c.tile_size / scale))), int(round(c.tile_overlap / scale)))
-        for (tx, ty, _, _), view in tiler.slices(bgr):
-            q, s = self._run(view, scale)
+        for (tx, ty, tx1, ty1), view in tiler.slices(bgr):
+            tile_map: list[np.ndarray] | None = [] if canvas is not None else None
+            q, s = self._run(view, scale, tile_map)
             out.append((q + np.array([x0 + tx, y0 + ty], dtype=np.float64), s))
+            if canvas is not None and tile_map:
+                m = cv2.resize(tile_map[0], (tx1 - tx, ty1 - ty),
+                               interpolation=cv2.INTER_AREA if scale > 1 else cv2.INTER_LINEAR)
+                part = canvas[ty:ty1, tx:tx1]
+                np.maximum(part, np.clip(m * 255.0 + 0.5, 0, 255).astype(np.uint8), out=part)
+        if canvas is not None:
+            keep_map.append(canvas)
 
     def _large_text_pass(self, bgr: np.ndarray, first_scale: float, found: list[tuple[np.ndarray, np.ndarray]]
                          ) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -489,7 +504,8 @@ class PPOCRDetector:
     def small_text_windows(self, prob: np.ndarray, w: int, h: int, bgr: np.ndarray | None = None,
                            found: np.ndarray | None = None) -> np.ndarray:
         """Integer xyxy windows (image px) where a larger scale may find text the first pass
-        missed. Candidates: blobs of the first-pass probability map above `refine_thresh` no
+        missed; `prob` is the first pass's map (0-1 at its own resolution, or a tiled pass's
+        stitched uint8 map, 0-255). Candidates: blobs of the first-pass probability map above `refine_thresh` no
         taller than `refine_max_height` image px (text at the edge of being seen), and, since
         DB's map is blank for text a few pixels tall, word-like clusters of strong edges of that
         height (strong = above `refine_edges` and twice the image's 75th gradient percentile, so
@@ -507,7 +523,8 @@ class PPOCRDetector:
         mh, mw = prob.shape
         sx, sy = w / mw, h / mh
         cand = []   # xyxy in image px
-        n, _, stats, _ = cv2.connectedComponentsWithStats((prob > c.refine_thresh).astype(np.uint8), connectivity=8)
+        thresh = c.refine_thresh * 255 if prob.dtype == np.uint8 else c.refine_thresh   # a tiled pass's map: 0-255
+        n, _, stats, _ = cv2.connectedComponentsWithStats((prob > thresh).astype(np.uint8), connectivity=8)
         if n > 1:
             st = stats[1:].astype(np.float64)
             x0, y0 = st[:, 0] * sx, st[:, 1] * sy
@@ -573,9 +590,6 @@ class PPOCRDetector:
         large: list[tuple[np.ndarray, np.ndarray]] = []
         for k, (scale, tiled) in enumerate(passes):
             if k > 0 and c.refine == "small" and scale > passes[0][0]:
-                if not first_map:   # the first pass was tiled: no map, so no way to choose
-                    self._pass(bgr, scale, tiled, 0, 0, found)
-                    continue
                 first = quad_to_xyxy(np.concatenate([q for q, _ in found])) if found else None
                 wins = self.small_text_windows(first_map[0], w, h, bgr, first)
                 if not tiled and len(wins) and np.prod(wins[:, 2:] - wins[:, :2], axis=1).sum() >= c.refine_whole * w * h:
@@ -586,7 +600,7 @@ class PPOCRDetector:
                     win = bgr[y0:y1, x0:x1]
                     self._pass(win, scale, self._tiled(win.shape[1], win.shape[0], scale), int(x0), int(y0), found)
                 continue
-            self._pass(bgr, scale, tiled, 0, 0, found, first_map if (k == 0 and not tiled) else None)
+            self._pass(bgr, scale, tiled, 0, 0, found, first_map if k == 0 else None)
             if k == 0 and not tiled:
                 large = self._large_text_pass(bgr, scale, found)
             if k == 0 and c.edge_strip:   # after a tiled first pass too: large images have edges

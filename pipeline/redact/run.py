@@ -52,7 +52,8 @@ DEFAULT_PAD = Pad(px=0.0, frac=0.10)   # the knee of the devset padding sweep (R
 # 0.924 -> 0.934, the one word the 2x pass left legible ("SALE" on a banner) found, the generated
 # JPEGs' throughput unchanged (the windows rarely fire there), +30 % detection on real photos.
 DEFAULT_PPOCR_SCALES = (1.0, 2.5)
-MULTISCALE_MAX_SIDE = 1600         # ... on images up to this long side (every devset image); larger ones: 1x
+# ... on images of any size (up to the thirty-first session only up to 1600 px: a 9 px "ID 48213"
+# on a 3200x2400 micrograph stayed legible, for a viewer who zooms in; the windows bound the cost)
 DEFAULT_PPOCR_REFINE = "small"     # ... and only around small-text candidates of the 1x map (README: cost/coverage)
 # ... and strips along the image's edges (`PPOCRConfig.edge_strip`, px at the strips' scale,
 # `edge_scale` x the first pass's): DB's 1x map is 0 on a label the edge cuts, and a text height
@@ -685,30 +686,16 @@ class Job:
     over: bool = False          # skipped / held / failed already: later stages do nothing
 
 
-class SizeAdaptiveDetector:
-    """`multi` (extra scales) on images whose long side is at most `max_side`, `single` on larger
-    ones: the 2x pass finds small text in photos and scans, while on a 2048x2048 micrograph it
-    would cost 4x the time for text that is already large enough at 1x."""
-
-    def __init__(self, single: Any, multi: Any, max_side: int = MULTISCALE_MAX_SIDE) -> None:
-        self.single, self.multi, self.max_side = single, multi, int(max_side)
-        self.name = getattr(multi, "name", "ppocr")
-        self.version = f"{multi.version}@{self.max_side}|{single.version}"
-
-    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
-        return [(self.multi if max(im.shape[:2]) <= self.max_side else self.single).detect([im])[0] for im in images]
-
-
-def pass_options(scales: Sequence[float] = DEFAULT_PPOCR_SCALES, max_side: int = MULTISCALE_MAX_SIDE,
-                 refine: str = DEFAULT_PPOCR_REFINE) -> dict[str, Any]:
-    """redact's passes for a DB detector (stock or tuned; `PPOCRConfig` fields): extra scales run
-    only on images up to `max_side` long side, and with `refine="small"` only on windows around
-    what the 1x probability map marks as possibly small text; with them, strips along the edges
-    and a look at a grey image's coloured marks (README: the cost and coverage of each choice)."""
+def pass_options(scales: Sequence[float] = DEFAULT_PPOCR_SCALES, refine: str = DEFAULT_PPOCR_REFINE) -> dict[str, Any]:
+    """redact's passes for a DB detector (stock or tuned; `PPOCRConfig` fields): extra scales run,
+    with `refine="small"`, only on windows around what the 1x probability map marks as possibly
+    small text (on images of any size: a tiled 1x pass keeps its map too); with them, strips along
+    the edges and a look at a grey image's coloured marks (README: the cost and coverage of each
+    choice)."""
     scales = tuple(float(x) for x in scales)
     if scales == (1.0,):   # `--scales 1`: the one plain pass, asked for by name
         return {"scales": scales}
-    return {"scales": scales, "scale_max_side": int(max_side), "refine": refine,
+    return {"scales": scales, "refine": refine,
             "edge_strip": DEFAULT_EDGE_STRIP, "edge_scale": DEFAULT_EDGE_SCALE, "colour_text": DEFAULT_COLOUR_TEXT}
 
 
