@@ -278,3 +278,15 @@ def read_table(folder: Path, name: str) -> pd.DataFrame | None:
 
     p = Path(folder) / f"{name}.parquet"
     return pd.read_parquet(p) if p.exists() else None
+
+
+def memory_mb(field: str = "VmHWM") -> float | None:
+    """A memory figure of this process from /proc/self/status, in MB (VmHWM: peak RSS, VmRSS:
+    now), or None where there is no such file. VmHWM, not ru_maxrss: a forked child's
+    ru_maxrss starts at its parent's, and VmHWM can be reset (`/proc/self/clear_refs`)."""
+    try:
+        with open("/proc/self/status") as fh:
+            kb = next((int(line.split()[1]) for line in fh if line.startswith(field + ":")), None)
+    except OSError:
+        return None
+    return None if kb is None else kb / 1024.0

@@ -90,11 +90,10 @@ def make_speed_pool(folder: Path, n: int, seed: int = 0, size: tuple[int, int] =
 
 def _vm_hwm_kb() -> int | None:
     """Peak RSS of this process (VmHWM). ru_maxrss would include the parent's RSS at fork time."""
-    try:
-        with open("/proc/self/status") as fh:
-            return next((int(line.split()[1]) for line in fh if line.startswith("VmHWM:")), None)
-    except OSError:
-        return None
+    from pipeline.io import memory_mb
+
+    mb = memory_mb("VmHWM")
+    return None if mb is None else round(mb * 1024)
 
 
 def run_engine_child(engine: str, folder: Path, out: Path) -> None:

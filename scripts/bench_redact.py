@@ -135,10 +135,10 @@ class NullDetector:
 
 
 def _rss_mb(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024.0
-    return math.nan
+    from pipeline.io import memory_mb
+
+    mb = memory_mb(field)
+    return math.nan if mb is None else mb
 
 
 def build_detector(spec: str, threads: int = 2):

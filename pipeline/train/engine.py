@@ -29,7 +29,7 @@ import numpy as np
 
 from pipeline.config import check_number, check_scale_range
 from pipeline.detectors.fasterrcnn import FasterRCNNConfig
-from pipeline.io import atomic_write_bytes
+from pipeline.io import atomic_write_bytes, memory_mb
 from pipeline.train.data import Sample
 from pipeline.train.db import DBRecipe
 
@@ -237,7 +237,9 @@ def _save(path: Path, ckpt: dict[str, Any]) -> None:
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """This process's peak RSS (MB): VmHWM, else ru_maxrss where /proc is missing."""
+    peak = memory_mb("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def resolve_threads(requested: int = 0) -> int:
