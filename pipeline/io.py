@@ -290,3 +290,13 @@ def memory_mb(field: str = "VmHWM") -> float | None:
     except OSError:
         return None
     return None if kb is None else kb / 1024.0
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS (MB): VmHWM, else ru_maxrss where /proc is missing."""
+    peak = memory_mb("VmHWM")
+    if peak is not None:
+        return peak
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -88,24 +87,17 @@ def make_speed_pool(folder: Path, n: int, seed: int = 0, size: tuple[int, int] =
     return m
 
 
-def _vm_hwm_kb() -> int | None:
-    """Peak RSS of this process (VmHWM). ru_maxrss would include the parent's RSS at fork time."""
-    from pipeline.io import memory_mb
-
-    mb = memory_mb("VmHWM")
-    return None if mb is None else round(mb * 1024)
-
-
 def run_engine_child(engine: str, folder: Path, out: Path) -> None:
     """Runs in the child process: one engine over the pool; writes timings and findings."""
     from pipeline.curate.duplicates import DuplicateConfig, ImageRef, find_duplicates
+    from pipeline.io import peak_rss_mb
 
     m = json.loads((folder / "manifest.json").read_text())
     refs = [ImageRef(f, folder / f) for f in m["files"]]
     t0 = time.perf_counter()
     rep = find_duplicates(refs, DuplicateConfig(engine=engine))
     seconds = time.perf_counter() - t0
-    self_kb = _vm_hwm_kb() or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    self_kb = round(peak_rss_mb() * 1024)   # VmHWM: ru_maxrss would include the parent's RSS at fork time
     child_kb = rep.extra.get("fastdup_worker_peak_rss_kb") or 0
     # planted groups: a source and its copies (a source may have been copied more than once)
     group: dict[str, str] = {}

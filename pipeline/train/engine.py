@@ -18,7 +18,6 @@ import io
 import json
 import logging
 import math
-import resource
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -29,7 +28,7 @@ import numpy as np
 
 from pipeline.config import check_number, check_scale_range
 from pipeline.detectors.fasterrcnn import FasterRCNNConfig
-from pipeline.io import atomic_write_bytes, memory_mb
+from pipeline.io import atomic_write_bytes, peak_rss_mb
 from pipeline.train.data import Sample
 from pipeline.train.db import DBRecipe
 
@@ -234,12 +233,6 @@ def _save(path: Path, ckpt: dict[str, Any]) -> None:
     buf = io.BytesIO()
     torch.save(ckpt, buf)
     atomic_write_bytes(path, buf.getvalue())
-
-
-def peak_rss_mb() -> float:
-    """This process's peak RSS (MB): VmHWM, else ru_maxrss where /proc is missing."""
-    peak = memory_mb("VmHWM")
-    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def resolve_threads(requested: int = 0) -> int:
