@@ -18,6 +18,7 @@ import math
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -84,22 +85,33 @@ class Reader:
                  scales: Sequence[float] = (1.0, 2.0), threads: int = 2) -> None:
         """Reads at each of `scales`, on images of any size (2x: small text a viewer reads by
         zooming in; it once stopped at 1600 px, and a 9 px label on a 3200 px micrograph went
-        unread)."""
+        unread). The OCR engine is built on first use: `redact` holds a reader for the images
+        it audits by default (too noisy for the detector's small-text search) and most runs
+        have none."""
         if min_chars < 1:
             raise ValueError(f"min_chars must be >= 1, got {min_chars}")
         if not 0.0 <= min_score <= 1.0:
             raise ValueError(f"min_score must be in [0, 1], got {min_score}")
         if not scales or min(scales) <= 0:
             raise ValueError(f"scales must be positive, got {tuple(scales)}")
-        from rapidocr_onnxruntime import RapidOCR
-
         self.min_chars, self.min_score = int(min_chars), float(min_score)
         self.scales = tuple(float(s) for s in scales)
-        # det box_thresh low: a faint line is still worth trying to read; the reading's own
-        # confidence decides. text_score 0: we filter on min_score ourselves.
-        self._ocr = RapidOCR(intra_op_num_threads=int(threads), inter_op_num_threads=1,
-                             det_box_thresh=0.3, text_score=0.0, print_verbose=False)
-        self._lock = threading.Lock()
+        self._threads = int(threads)
+        self._ocr: Any = None
+        self._lock, self._build_lock = threading.Lock(), threading.Lock()
+
+    def _engine(self) -> Any:
+        """RapidOCR, built the first time something is read."""
+        if self._ocr is None:
+            with self._build_lock:
+                if self._ocr is None:
+                    from rapidocr_onnxruntime import RapidOCR
+
+                    # det box_thresh low: a faint line is still worth trying to read; the
+                    # reading's own confidence decides. text_score 0: we filter on min_score.
+                    self._ocr = RapidOCR(intra_op_num_threads=self._threads, inter_op_num_threads=1,
+                                         det_box_thresh=0.3, text_score=0.0, print_verbose=False)
+        return self._ocr
 
     def _read_once(self, rgb: np.ndarray, scale: float) -> list[tuple[str, float, np.ndarray]]:
         """(text, confidence, quad in `rgb` px) of every line read at `scale`. RapidOCR shrinks
@@ -143,7 +155,7 @@ class Reader:
         if h > 8 * w:
             bgr = cv2.copyMakeBorder(bgr, 0, 0, 0, math.ceil(h / 4) - w, cv2.BORDER_REPLICATE)
         with self._lock:
-            res, _ = self._ocr(bgr, use_cls=False, use_det=True, use_rec=True)
+            res, _ = self._engine()(bgr, use_cls=False, use_det=True, use_rec=True)
         return [(str(text), float(score), np.asarray(quad, dtype=np.float64).reshape(-1, 2))
                 for quad, text, score in res or []]
 
@@ -179,7 +191,7 @@ class Reader:
         out: list[tuple[str, float]] = [("", 0.0)] * len(b)
         if crops:
             with self._lock:
-                res, _ = self._ocr.text_rec(crops)
+                res, _ = self._engine().text_rec(crops)
             for i, (text, score) in zip(where, res):
                 out[i] = (str(text), float(score))
         return out

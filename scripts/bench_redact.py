@@ -68,6 +68,23 @@ GOAL_IMAGES_PER_S, GOAL_CPU_S, GOAL_FLOOR_RATIO, GOAL_RSS_MB = 4.0, 0.5, 1 / 25,
 MAGENTA = (255, 0, 255)
 DEFAULT_FILL = (0, 0, 0)      # redact's default colour: leaks are read on it (see _readings)
 VERIFY_SUFFIX = "+verify"   # a quality detector NAME+verify: redact --verify with NAME
+NO_AUDIT_SUFFIX = "+noaudit"   # ... NAME+noaudit: redact --no-audit-noisy (no audit at all; the default before)
+REDACT_SUFFIXES = {VERIFY_SUFFIX: {"verify": True}, NO_AUDIT_SUFFIX: {"audit_noisy": False}}
+
+
+def redact_options(det_name: str) -> dict[str, bool]:
+    """The `RedactConfig` options a quality detector's name asks for (`REDACT_SUFFIXES`)."""
+    return next((opts for suffix, opts in REDACT_SUFFIXES.items() if det_name.endswith(suffix)), {})
+
+
+def redactor(det: Any, cfg: Any, verify_reader: Any) -> Any:
+    """`Redactor` as `textloop redact` builds it for `cfg`: with the audit's reader (reading the
+    user's fill, `UsersFillReader`) whenever it may audit, i.e. with --verify or, by default, on
+    images too noisy for the detector's small-text search."""
+    from pipeline.redact.run import Redactor
+
+    audits = (cfg.verify or cfg.audit_noisy) and verify_reader is not None
+    return Redactor(det, cfg, UsersFillReader(verify_reader) if audits else None)
 
 
 # --- generated throughput sets --------------------------------------------------------------
@@ -232,7 +249,10 @@ def child_throughput(spec: str, src: Path, out: Path, workers: int, pipelined: b
     cpu0 = ru0.ru_utime + ru0.ru_stime
     t0 = time.perf_counter()
     failed = boxes = 0
-    for i, res in enumerate(run_local(Redactor(det, RedactConfig(force=True)), items, workers=workers,
+    from pipeline.legibility import Reader
+
+    # as `textloop redact` runs: with a reader for noisy images (built only if one comes)
+    for i, res in enumerate(run_local(Redactor(det, RedactConfig(force=True), Reader()), items, workers=workers,
                                       pipelined=pipelined), 1):
         failed += res.status == "failed"
         boxes += res.n_boxes
@@ -600,7 +620,7 @@ def transparent_quality(work: Path, detectors: dict[str, Any], reader, threshold
 
     from pipeline.legibility import leaked_words
     from pipeline.redact import codec
-    from pipeline.redact.run import RedactConfig, Redactor, plan, run_local
+    from pipeline.redact.run import RedactConfig, plan, run_local
 
     src = work / "transparent"
     cases = make_transparent_set(src)
@@ -609,7 +629,8 @@ def transparent_quality(work: Path, detectors: dict[str, Any], reader, threshold
         out = work / "quality" / f"transparent_{det_name}"
         shutil.rmtree(out, ignore_errors=True)
         items, _, _ = plan(str(src), out)
-        list(run_local(Redactor(det, RedactConfig(threshold=threshold, color=MAGENTA, force=True)), items, workers=1))
+        cfg = RedactConfig(threshold=threshold, color=MAGENTA, force=True, **redact_options(det_name))
+        list(run_local(redactor(det, cfg, reader), items, workers=1))
         text = cov = n_words = readable = leaked = 0
         for name, m, words, boxes in cases:
             ignore = [False] * len(words)
@@ -643,7 +664,7 @@ def quality(devset: Path, work: Path, detectors: dict[str, Any], pads: list[str]
     import shutil
 
     from pipeline.redact.core import Pad
-    from pipeline.redact.run import RedactConfig, Redactor, plan, run_local
+    from pipeline.redact.run import RedactConfig, plan, run_local
 
     src_root, recs = lossless_copies(devset, work, limit)
     wanted = {rel for rel, _ in recs}
@@ -656,11 +677,10 @@ def quality(devset: Path, work: Path, detectors: dict[str, Any], pads: list[str]
                 shutil.rmtree(out, ignore_errors=True)
                 shutil.rmtree(out.parent / f"{out.name}.audit", ignore_errors=True)
                 items = [it for it in plan(str(src_root), out)[0] if it.rel in wanted]
-                verify = det_name.endswith(VERIFY_SUFFIX)
                 cfg = RedactConfig(threshold=threshold, pad=Pad.parse(pad), shape=shape, color=MAGENTA, force=True,
-                                   verify=verify)
+                                   **redact_options(det_name))
                 t0 = time.perf_counter()
-                results = list(run_local(Redactor(cached, cfg, UsersFillReader(verify_reader) if verify else None), items, workers=1))
+                results = list(run_local(redactor(cached, cfg, verify_reader), items, workers=1))
                 dt = time.perf_counter() - t0
                 failed = [r for r in results if r.status == "failed"]
                 per = measure(out, recs)
@@ -720,7 +740,7 @@ def fmt_quality_row(row: dict[str, Any]) -> str:
         if "leaked_words" in m:
             part += f" leak {m['leaked_words']}/{m['readable_words']}"
         parts.append(part)
-    if row["detector"].endswith(VERIFY_SUFFIX):
+    if row.get("audit_covered"):
         parts.append(f"audit covered {row.get('audit_covered', 0)} lines, {row['seconds']:.0f} s")
     return "  ".join(parts) + ("  MEETS GOALS" if row["meets_goals"] else "")
 
@@ -894,7 +914,7 @@ def overlay_quality(label: str, name: str, records: list[Any], work: Path, detec
 
     from pipeline.boxes import union_mask
     from pipeline.redact.core import Pad
-    from pipeline.redact.run import RedactConfig, Redactor, Item, run_local
+    from pipeline.redact.run import RedactConfig, Item, run_local
 
     src = work / name
     n = len(records)
@@ -915,9 +935,9 @@ def overlay_quality(label: str, name: str, records: list[Any], work: Path, detec
             shutil.rmtree(out, ignore_errors=True)
             items = [Item(str(p), p.name, str(out / p.name), str(out.parent / f"{out.name}.audit" / f"{p.name}.json"))
                      for p, _ in rendered]
-            verify = det_name.endswith(VERIFY_SUFFIX)
-            cfg = RedactConfig(threshold=threshold, pad=Pad.parse(pad), shape=shape, color=MAGENTA, force=True, verify=verify)
-            list(run_local(Redactor(cached, cfg, UsersFillReader(verify_reader) if verify else None), items, workers=1))
+            cfg = RedactConfig(threshold=threshold, pad=Pad.parse(pad), shape=shape, color=MAGENTA, force=True,
+                               **redact_options(det_name))
+            list(run_local(redactor(cached, cfg, verify_reader), items, workers=1))
             ink = cov = outside = px = 0
             by_kind: dict[str, list[int]] = {}   # kind -> [ink px, covered ink px]
             for p, r in rendered:
@@ -1072,10 +1092,11 @@ def main() -> int:
         for name in names:
             if name == "ppocr+ms":
                 dets[name] = UnionDetector([stock, stock.with_options(scales=(1.0, 2.0))])
-            elif name.endswith(VERIFY_SUFFIX):   # redact --verify with that detector (same detections)
-                base = name[: -len(VERIFY_SUFFIX)]
+            elif redact_options(name):   # NAME+verify / NAME+noaudit: that detector (same detections)
+                suffix = next(x for x in REDACT_SUFFIXES if name.endswith(x))
+                base = name[: -len(suffix)]
                 label, det = by_spec.get(base) or (unique_label(base, dets), named_detector(base, stock))
-                dets[label + VERIFY_SUFFIX] = det
+                dets[label + suffix] = det
             else:
                 label = unique_label(name, dets)
                 dets[label] = named_detector(name, stock)
@@ -1086,11 +1107,9 @@ def main() -> int:
         if not args.skip_devset:
             print(f"quality on {args.set} (coverage/over-redaction per source; msra against polygons; threshold {threshold}):",
                   flush=True)
-        reader = None
-        if not args.skip_leak or any(n.endswith(VERIFY_SUFFIX) for n in names):
-            from pipeline.legibility import Reader
+        from pipeline.legibility import Reader
 
-            reader = Reader()
+        reader = Reader()   # the leak read-back's and the audit's (redact's default audits noisy images)
         shapes = tuple(x for x in args.shapes.split(",") if x)
         cached: dict[int, CachedDetector] = {}   # one cache per detector object (NAME and NAME+verify share it)
         dets = {k: cached.setdefault(id(v), CachedDetector(v)) for k, v in dets.items()}   # devset and microscopy parts

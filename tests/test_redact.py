@@ -783,6 +783,11 @@ def test_verify_never_skips_an_output_it_has_not_read(tmp_path):
     would pass unread), keeps audited ones, and reports what their audit read."""
     from pipeline.legibility import Reading
 
+    import pipeline.redact.run as rr
+
+    def RedactConfig(**kw):   # noqa: N802 -- without --verify the noise image would be audited anyway (`noisy`)
+        return rr.RedactConfig(audit_noisy=False, **kw)
+
     src = tmp_path / "a.png"
     Image.fromarray(rgb_noise(62)).save(src)
     item = Item(str(src), "a.png", str(tmp_path / "o.png"), str(tmp_path / "a.json"))
@@ -799,6 +804,33 @@ def test_verify_never_skips_an_output_it_has_not_read(tmp_path):
     assert Redactor(FakeDetector(), RedactConfig(verify=True, verify_rounds=0, strict=True), smith).process(item).status == "failed"
     with pytest.raises(ValueError, match="verify-rounds"):
         RedactConfig(verify_rounds=6)
+
+
+def test_a_noisy_image_is_audited_by_default_and_not_skipped_until_it_is(tmp_path):
+    """Without --verify the audit reads the images too noisy for the small-text search (`noisy`);
+    an output made without a reader (a library `Redactor` with none) is marked so and redone
+    once one is there, while a clean image never gets read."""
+    from pipeline.legibility import Reading
+
+    src = tmp_path / "a.png"
+    Image.fromarray(rgb_noise(62)).save(src)
+    item = Item(str(src), "a.png", str(tmp_path / "o.png"), str(tmp_path / "a.json"))
+    smith = FakeReader([Reading("Smith", 0.9, (0.0, 30.0, 20.0, 40.0))])
+    first = Redactor(FakeDetector(), RedactConfig(), None).process(item)
+    assert first.status == "redacted" and first.noisy and not first.audited
+    assert json.loads(Path(item.sidecar).read_text())["noisy"] is True
+    res = Redactor(FakeDetector(), RedactConfig(), smith).process(item)
+    assert res.status == "redacted" and res.audited and res.audit_covered == 1
+    sc = json.loads(Path(item.sidecar).read_text())
+    assert sc["verify"]["because"] == "noisy" and sc["verify"]["covered"]
+    assert Redactor(FakeDetector(), RedactConfig(), smith).process(item).status == "skipped"
+    off = Redactor(FakeDetector(), RedactConfig(audit_noisy=False, force=True), smith).process(item)
+    assert not off.noisy and not off.audited and "verify" not in json.loads(Path(item.sidecar).read_text())
+    flat = tmp_path / "flat.png"
+    Image.new("RGB", (64, 48), (200, 200, 200)).save(flat)
+    clean = Item(str(flat), "flat.png", str(tmp_path / "f.png"), str(tmp_path / "f.json"))
+    res = Redactor(FakeDetector(), RedactConfig(), smith).process(clean)
+    assert res.status == "redacted" and not res.noisy and not res.audited
 
 
 # --- the real detector ----------------------------------------------------------------------------------

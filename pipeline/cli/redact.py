@@ -39,6 +39,7 @@ def redact_cmd(
     fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first failed image."),
     verify: bool = typer.Option(False, "--verify", help="Legibility audit: OCR (PP-OCRv4 recogniser) reads every output as viewers show it, covers strings of 3+ characters it still reads, reads again; reports what is left."),
     verify_rounds: Optional[int] = typer.Option(None, min=0, max=rr.MAX_VERIFY_ROUNDS, help=f"With --verify: rounds of covering what OCR still reads (0: only report; default {rr.DEFAULT_VERIFY_ROUNDS})."),
+    audit_noisy: bool = typer.Option(True, "--audit-noisy/--no-audit-noisy", help="Without --verify: audit (as --verify does) the images too noisy for the detector's small-text search, e.g. electron-micrograph grain, where it misses small labels OCR still reads."),
     strict: bool = typer.Option(False, "--strict", help="With --verify: fail (and do not write) images in which OCR still reads text after the covering rounds."),
     review: bool = typer.Option(False, "--review", help="Hold images with uncertain boxes back and send them to Label Studio."),
     review_band: str = typer.Option("%g,%g" % rr.DEFAULT_REVIEW_BAND, help="Uncertain score band lo,hi for --review."),
@@ -55,7 +56,7 @@ def redact_cmd(
     redact.log and summary.json. Exit code 1 if any image failed."""
     st = state(ctx)
     cfg = _config(st, threshold, pad, style, shape, color, quality, max_pixels, review, review_band, verify, strict,
-                  dry_run, force or from_review, verify_rounds)
+                  dry_run, force or from_review, verify_rounds, audit_noisy)
     try:
         with progress(st, "redact") as update:
             # `current` reads a workspace's promoted model; without a workspace it is stock ppocr and
@@ -84,7 +85,7 @@ def redact_cmd(
 
 def _config(st: AppState, threshold: float, pad: str, style: str, shape: str, color: str, quality: int,
             max_pixels: int, review: bool, review_band: str, verify: bool, strict: bool, dry_run: bool,
-            force: bool, verify_rounds: int | None = None) -> rr.RedactConfig:
+            force: bool, verify_rounds: int | None = None, audit_noisy: bool = True) -> rr.RedactConfig:
     """The options that decide the output, checked (exit code 2 on a bad one)."""
     if verify_rounds is not None and not verify:
         fail("--verify-rounds needs --verify", 2)
@@ -100,7 +101,8 @@ def _config(st: AppState, threshold: float, pad: str, style: str, shape: str, co
         cfg = rr.RedactConfig(threshold=threshold, pad=pad_v, style=style, shape=shape, color=color_v,
                               jpeg_quality=quality, max_pixels=max_pixels, review=review, review_band=(lo, hi),
                               verify=verify, strict=strict, dry_run=dry_run, force=force,
-                              verify_rounds=rr.DEFAULT_VERIFY_ROUNDS if verify_rounds is None else verify_rounds)
+                              verify_rounds=rr.DEFAULT_VERIFY_ROUNDS if verify_rounds is None else verify_rounds,
+                              audit_noisy=audit_noisy)
     except ValueError as exc:
         field, _, rest = str(exc).partition(" ")
         option = {"jpeg_quality": "quality"}.get(field, field.lstrip("-").replace("_", "-"))
@@ -167,10 +169,18 @@ def _render(c: Console, summary: RedactSummary, verify: bool) -> None:
                    "audited: that style is reversible)"),
                 highlight=False)
     elif not dry_run and summary["redacted"]:
+        audited = summary["audited"]
+        if audited:
+            c.print(f"audited {audited} image(s) too noisy for the detector's small-text search: covered "
+                    f"{summary['audit_covered']} string(s) OCR could still read; OCR reads {summary['remaining_text']} "
+                    "legible string(s) outside the covered areas"
+                    + (": " + ", ".join(repr(x["text"]) for x in summary["legible"][:10]) if summary["legible"] else ""),
+                    highlight=False, soft_wrap=True)
         # the detector alone can miss text (bench_redact's microscopy and edge labels were legible
         # until passes were added for each kind it missed); say so where users read the result
-        c.print("not verified: nothing read the outputs back (--verify has OCR read each one and cover what it "
-                "still reads)", highlight=False, soft_wrap=True)
+        c.print(("not verified: nothing read the other outputs back" if audited else
+                 "not verified: nothing read the outputs back")
+                + " (--verify has OCR read each one and cover what it still reads)", highlight=False, soft_wrap=True)
     if review_info:
         audit = review_info.get("audit_covered", 0)
         there, done = review_info.get("already_in_label_studio", 0), review_info.get("already_labelled", 0)

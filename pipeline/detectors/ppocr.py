@@ -532,7 +532,7 @@ class PPOCRDetector:
             keep = (bh <= c.refine_max_height) & (np.minimum(bh, bw) >= 2.0)
             cand.append(_not_inside(np.stack([x0, y0, x0 + bw, y0 + bh], 1)[keep], found))
         grad = _edges(bgr) if bgr is not None and (c.refine_edges or (c.refine_continue and found is not None)) else None
-        texture = _u8_percentile(grad, 0.75) if grad is not None else 0   # the image's own noise/texture level
+        texture = _texture(grad) if grad is not None else 0   # the image's `texture_level`
         if c.refine_edges and grad is not None:
             edge = max(c.refine_edges, 2 * texture)
             strong = (grad >= edge).astype(np.uint8)
@@ -718,6 +718,25 @@ def _edges(bgr: np.ndarray) -> np.ndarray:
     import cv2
 
     return cv2.morphologyEx(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8))
+
+
+# An image this textured (`texture_level`) hides small text from `small_text_windows`: its
+# strokes must beat twice that (128 of 255) in a 3x3 neighbourhood to count, and white 7-12 px
+# labels on electron-micrograph grain (texture 123) do not; nor does DB's map show them at any
+# scale (README: small text on heavy grain). The devset's photos, forms and receipts are at most
+# 47, the generated JPEG and TIFF throughput sets at most 45.
+NOISY_TEXTURE = 64
+
+
+def texture_level(bgr: np.ndarray) -> int:
+    """The image's own noise or texture level, 0-255: the 75th percentile of its 3x3 edge
+    strength, the bar (doubled) strokes must clear to count as small text."""
+    return _texture(_edges(bgr))
+
+
+def _texture(grad: np.ndarray) -> int:
+    """`texture_level` of an image whose `_edges` are at hand."""
+    return _u8_percentile(grad, 0.75)
 
 
 def _u8_percentile(a: np.ndarray, q: float) -> int:

@@ -78,6 +78,12 @@ MAX_VERIFY_ROUNDS = 5
 # receipt (sroie: a 846x1461 box read as "MEHFE" at 0.5+), and covering that doubled the set's
 # over-redaction; such a reading stays reported (and fails --strict) for a person to judge
 MAX_AUDIT_COVER_SHARE = 0.10
+# Without --verify the audit still reads (and covers) the outputs of images too noisy for the
+# detector's small-text search (`ppocr.NOISY_TEXTURE`): white 7-12 px labels on electron-micrograph
+# grain stayed legible after the default passes (2 of 37 in bench_redact's large set, DB's map 0
+# on them at every scale) and the audit covers them (0 of 37); on no devset or throughput image
+# does it fire (thirty-second session). Raised when which images it picks changes.
+AUDIT_NOISY_REVISION = 1
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,7 @@ class RedactConfig:
     review_band: tuple[float, float] = DEFAULT_REVIEW_BAND
     verify: bool = False
     verify_rounds: int = DEFAULT_VERIFY_ROUNDS   # with verify: rounds of covering what OCR still reads
+    audit_noisy: bool = True     # without verify: audit the images too noisy for the small-text search
     strict: bool = False
     dry_run: bool = False
     force: bool = False
@@ -126,10 +133,13 @@ class RedactConfig:
         return min(self.threshold, self.review_band[0]) if self.review else self.threshold
 
     def settings(self, detector_version: str) -> dict[str, Any]:
-        return {
+        settings = {
             "format_version": FORMAT_VERSION, "detector": detector_version, "threshold": self.threshold,
             "pad": str(self.pad), "style": self.style, "shape": self.shape, "color": list(self.color), "jpeg_quality": self.jpeg_quality,
         }
+        # a noisy image's output depends on it (what the audit covered): in the hash, so outputs
+        # made without it are redone; off, the settings (and the hash) are what they always were
+        return {**settings, "audit_noisy": AUDIT_NOISY_REVISION} if self.audit_noisy else settings
 
     def settings_hash(self, detector_version: str) -> str:
         return sha256_json(self.settings(detector_version))[:16]
@@ -172,13 +182,15 @@ class Result:
     remaining: int = 0          # --verify: legible strings the OCR audit still read in the output
     legible: list[str] = field(default_factory=list)   # --verify: those strings
     audit_covered: int = 0      # --verify: strings the audit read and redact then covered
+    audited: bool = False       # the audit read the output (--verify, or an image too noisy for the detector)
+    noisy: bool = False         # too noisy for the detector's small-text search (`noisy`): audited by default
 
     def to_row(self) -> dict[str, Any]:
         return {"input": self.rel, "output": self.out if self.status in ("redacted", "skipped") else "",
                 "status": self.status, "reason": self.reason, "detail": self.detail, "boxes": self.n_boxes,
                 "pages": self.pages, "input_sha256": self.input_sha256, "output_sha256": self.output_sha256,
                 "remaining_text": self.remaining, "legible_text": " | ".join(self.legible),
-                "audit_covered": self.audit_covered, "seconds": round(self.seconds, 4)}
+                "audit_covered": self.audit_covered, "audited": self.audited, "seconds": round(self.seconds, 4)}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -419,9 +431,12 @@ class Redactor:
             return None
         if sha256_file(item.out) != sc.get("output_sha256"):
             return None
-        if self.cfg.verify:
+        if self.cfg.audit_noisy and sc.get("noisy") and not sc.get("verify") and self.verifier is not None:
+            return None   # made without a reader (`Redactor` with none): the audit it needs never ran
+        if self.cfg.verify or sc.get("verify"):
             # an output made without the audit (or by another reader, or with fewer covering
-            # rounds while text was left) is not done: a skipped image would pass unread
+            # rounds while text was left) is not done: a skipped image would pass unread; so is
+            # a noisy image's (audited without --verify) whose reader has changed
             v = sc.get("verify") or {}
             if v.get("reader") != getattr(self.verifier, "version", None):
                 return None
@@ -497,8 +512,9 @@ class Redactor:
                 status, sc = done
                 res.status, res.output_sha256 = status, sc.get("output_sha256", "")
                 res.n_boxes, res.pages = int(sc.get("n_boxes", 0)), len(sc.get("pages", []))
-                if cfg.verify:   # the summary reports what the audit of the kept output read
-                    v = sc.get("verify") or {}
+                if sc.get("verify"):   # the summary reports what the audit of the kept output read
+                    v = sc["verify"]
+                    res.audited = True
                     res.remaining = int(v.get("remaining", 0))
                     res.legible = [str(x["text"]) for x in v.get("legible", [])]
                 job.over = True
@@ -508,6 +524,8 @@ class Redactor:
         res.pages = len(doc.pages)
         job.views = [None if (i == 0 and job.reviewed is not None) else codec.detector_views(page, doc.page_icc(i))
                      for i, page in enumerate(doc.pages)]
+        if cfg.audit_noisy and not cfg.verify:
+            res.noisy = any(noisy(views[0]) for views in job.views if views)
 
     def _detect(self, job: "Job") -> None:
         floor = self.cfg.detection_floor
@@ -543,11 +561,12 @@ class Redactor:
             return
         covers, out_bytes = self._render(doc, final)
         verify: dict[str, Any] | None = None
-        if cfg.verify and self.verifier is not None:
+        if (cfg.verify or res.noisy) and self.verifier is not None:
             # boxes, scores and quads stay the detector's (what review, replay and training read);
             # the covered windows and polygons include the audit's lines, listed in `verify`
             covers, out_bytes, verify = self._audit(doc, final, covers, out_bytes)
-            res.audit_covered = len(verify["covered"])
+            res.audit_covered, res.audited = len(verify["covered"]), True
+            verify["because"] = "verify" if cfg.verify else "noisy"   # what made it audit this image
             res.remaining = verify["remaining"]
             res.legible = [str(x["text"]) for x in verify["legible"]]
             if res.remaining and cfg.strict:
@@ -653,6 +672,8 @@ class Redactor:
         }
         if verify is not None:
             sc["verify"] = verify
+        if res.noisy:   # too noisy for the small-text search: an output not audited for it is not done
+            sc["noisy"] = True
         atomic_write_text(item.sidecar, json.dumps(sc, indent=1) + "\n")
 
 
@@ -684,6 +705,16 @@ class Job:
     views: list[Any] | None = None
     dets: list[Detections] | None = None
     over: bool = False          # skipped / held / failed already: later stages do nothing
+
+
+def noisy(rgb: np.ndarray) -> bool:
+    """Is this view too noisy for the detector's small-text search (`ppocr.NOISY_TEXTURE`)? Its
+    output is audited without --verify: DB misses small text on such grain, OCR reads it."""
+    import cv2
+
+    from pipeline.detectors.ppocr import NOISY_TEXTURE, texture_level
+
+    return texture_level(cv2.cvtColor(np.ascontiguousarray(rgb[..., :3]), cv2.COLOR_RGB2BGR)) >= NOISY_TEXTURE
 
 
 def pass_options(scales: Sequence[float] = DEFAULT_PPOCR_SCALES, refine: str = DEFAULT_PPOCR_REFINE) -> dict[str, Any]:
@@ -861,6 +892,7 @@ def summarize(results: Sequence[Result], seconds: float, ignored: Sequence[str] 
         "boxes": sum(r.n_boxes for r in processed),
         "remaining_text": sum(r.remaining for r in results),
         "audit_covered": sum(r.audit_covered for r in results),
+        "audited": sum(1 for r in results if r.audited),
         "legible": [{"input": r.rel, "text": t} for r in results for t in r.legible],
         "ignored_non_images": len(ignored),
         "ignored_files": list(ignored[:MAX_LISTED_IGNORED]),

@@ -45,6 +45,7 @@ class RedactSummary:
     remaining_text: int
     legible: list[dict[str, str]]
     audit_covered: int              # --verify: strings OCR read in an output, then covered
+    audited: int                    # outputs the audit read (every one with --verify; else the noisy ones)
     ignored_non_images: int
     ignored_files: list[str]
     no_text_found: int              # redacted images in which nothing was found to cover
@@ -167,7 +168,9 @@ def redact_tree(input: str, output: str | Path, cfg: rr.RedactConfig = rr.Redact
         rr.remove_stale_temps([audit_dir] if planned.single else [output, audit_dir], started,
                               files=[Path(items[0].out)] if planned.single else ())
 
-    verifier = Reader() if cfg.verify else None
+    # without --verify the reader audits only images too noisy for the detector (`rr.noisy`);
+    # it builds its OCR engine the first time it reads
+    verifier = Reader() if cfg.verify or cfg.audit_noisy else None
 
     reviewed: dict[str, Any] = {}
     pre_results: list[rr.Result] = []
@@ -200,7 +203,7 @@ def redact_tree(input: str, output: str | Path, cfg: rr.RedactConfig = rr.Redact
 
                 if not ray_available():
                     raise ValueError("--engine ray needs Ray: pip install 'textloop[ray]' (or pip install 'ray[data]')")
-                vf = Reader if cfg.verify else None   # each actor builds its own reader
+                vf = Reader if cfg.verify or cfg.audit_noisy else None   # each actor builds its own reader
                 stream = run_ray(SpecFactory.of(detector, det, det_options, workers=in_flight), cfg, items, workers,
                                  verifier_factory=vf, reviewed=reviewed)
             else:
