@@ -714,10 +714,12 @@ def colour_view(bgr: np.ndarray, min_chroma: int) -> tuple[np.ndarray, tuple[int
 
 
 def _edges(bgr: np.ndarray) -> np.ndarray:
-    """The uint8 edge strength of a BGR image: the 3x3 morphological gradient of its grey."""
+    """The uint8 edge strength of a BGR (or already grey) image: the 3x3 morphological gradient
+    of its grey."""
     import cv2
 
-    return cv2.morphologyEx(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8))
+    grey = bgr if bgr.ndim == 2 else cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    return cv2.morphologyEx(grey, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8))
 
 
 # An image this textured (`texture_level`) hides small text from `small_text_windows`: its
@@ -730,7 +732,7 @@ NOISY_TEXTURE = 64
 
 def texture_level(bgr: np.ndarray) -> int:
     """The image's own noise or texture level, 0-255: the 75th percentile of its 3x3 edge
-    strength, the bar (doubled) strokes must clear to count as small text."""
+    strength, the bar (doubled) strokes must clear to count as small text. BGR, or its grey."""
     return _texture(_edges(bgr))
 
 

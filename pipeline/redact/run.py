@@ -714,7 +714,8 @@ def noisy(rgb: np.ndarray) -> bool:
 
     from pipeline.detectors.ppocr import NOISY_TEXTURE, texture_level
 
-    return texture_level(cv2.cvtColor(np.ascontiguousarray(rgb[..., :3]), cv2.COLOR_RGB2BGR)) >= NOISY_TEXTURE
+    # straight to grey (the same grey as the detector's): no BGR copy of every image on the way
+    return texture_level(cv2.cvtColor(np.ascontiguousarray(rgb[..., :3]), cv2.COLOR_RGB2GRAY)) >= NOISY_TEXTURE
 
 
 def pass_options(scales: Sequence[float] = DEFAULT_PPOCR_SCALES, refine: str = DEFAULT_PPOCR_REFINE) -> dict[str, Any]:
