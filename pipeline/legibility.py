@@ -9,6 +9,10 @@ digits outside the covered areas.
 
 The leak metric (`leaked_words`) counts ground-truth texts (words, or lines with one word or
 more) that such a reading still spells out, in whole or one word of them, at their place.
+OCR reads only what its own detector finds, and that detector is DB, the network `redact`
+runs: text DB cannot see (a blurred sign, a faint watermark on noise) is neither covered nor
+counted. `legible_in_place` is the stricter judge, a viewer who knows where to look: the
+recogniser alone reads each ground-truth text's own crop, before and after.
 """
 
 from __future__ import annotations
@@ -188,7 +192,32 @@ class Reader:
                 crop = np.ascontiguousarray(np.rot90(crop))
             crops.append(crop)
             where.append(i)
-        out: list[tuple[str, float]] = [("", 0.0)] * len(b)
+        return self._recognise(crops, where, len(b))
+
+    def read_quads(self, rgb: np.ndarray, quads: np.ndarray) -> list[tuple[str, float]]:
+        """(text, confidence) of the recogniser alone on each quad's crop, warped upright along
+        its long side (a 30-degree watermark is read as a line, as PP-OCR reads its rotated
+        boxes); the image's edge is repeated where a quad reaches past it."""
+        import cv2
+
+        from pipeline.boxes import oriented_rects
+
+        bgr = np.ascontiguousarray(np.asarray(rgb)[..., 2::-1])
+        crops, where = [], []
+        for i, r in enumerate(oriented_rects(np.asarray(quads, dtype=np.float64).reshape(-1, 4, 2))):
+            w, h = float(np.linalg.norm(r[1] - r[0])), float(np.linalg.norm(r[3] - r[0]))
+            if w < 2 or h < 2:
+                continue
+            cw, ch = int(math.ceil(w)), int(math.ceil(h))
+            dst = np.array([[0, 0], [cw, 0], [cw, ch], [0, ch]], np.float32)
+            m = cv2.getPerspectiveTransform(r.astype(np.float32), dst)
+            crops.append(cv2.warpPerspective(bgr, m, (cw, ch), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE))
+            where.append(i)
+        return self._recognise(crops, where, len(np.asarray(quads).reshape(-1, 4, 2)))
+
+    def _recognise(self, crops: list[np.ndarray], where: list[int], n: int) -> list[tuple[str, float]]:
+        """The recogniser on BGR `crops` (of items `where` of `n`); ("", 0.0) for the others."""
+        out: list[tuple[str, float]] = [("", 0.0)] * n
         if crops:
             with self._lock:
                 res, _ = self._engine().text_rec(crops)
@@ -276,6 +305,20 @@ def _matched_chars(word: str, text: str) -> int:
     return sum(b.size for b in sm.get_matching_blocks() if b.size >= 2 or b.size == len(word))
 
 
+def spells(gt_text: str, readings: Iterable[str], min_chars: int = DEFAULT_MIN_CHARS, min_share: float = 0.6) -> bool:
+    """Whether one of `readings` spells out `gt_text`: at least `min_share` of the letters and
+    digits (and `min_chars` of them), in order, of the whole text or of one of its words."""
+    near = [normalise(t) for t in readings]
+    if not near:
+        return False
+    words = {normalise(gt_text)} | {w for w in map(normalise, gt_text.split()) if len(w) >= min_chars}
+    for w in words:
+        best = max(_matched_chars(w, t) for t in near)
+        if best >= min_chars and best >= min_share * len(w):
+            return True
+    return False
+
+
 def leaked_words(gt_boxes: np.ndarray, gt_texts: Sequence[str], gt_ignore: Sequence[bool],
                  readings: Sequence[Reading], min_chars: int = DEFAULT_MIN_CHARS,
                  min_share: float = 0.6) -> list[int]:
@@ -290,17 +333,51 @@ def leaked_words(gt_boxes: np.ndarray, gt_texts: Sequence[str], gt_ignore: Seque
     boxes = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
     for i in countable_words(gt_texts, gt_ignore, min_chars):
         b = boxes[i]
-        near = [normalise(r.text) for r in readings
+        near = [r.text for r in readings
                 if min(b[2], r.box[2]) > max(b[0], r.box[0]) and min(b[3], r.box[3]) > max(b[1], r.box[1])]
-        if not near:
-            continue
-        words = {normalise(gt_texts[i])} | {w for w in map(normalise, gt_texts[i].split()) if len(w) >= min_chars}
-        for w in words:
-            best = max(_matched_chars(w, t) for t in near)
-            if best >= min_chars and best >= min_share * len(w):
-                out.append(i)
-                break
+        if spells(gt_texts[i], near, min_chars, min_share):
+            out.append(i)
     return out
+
+
+IN_PLACE_MARGIN = 0.25   # the crop `legible_in_place` reads: the text's rectangle grown by this x its height
+
+
+@dataclass(frozen=True)
+class InPlace:
+    """One image's ground-truth texts under the in-place judge: those the leak metric counts,
+    those the recogniser reads in their own crop of the original, and of those, the ones it
+    still reads in the output (indices into the image's texts)."""
+
+    counted: list[int]
+    readable: list[int]
+    leaked: list[int]
+
+
+def legible_in_place(reader: Reader, original: Sequence[np.ndarray], output: Sequence[np.ndarray] | None,
+                     gt_quads: np.ndarray, gt_texts: Sequence[str], gt_ignore: Sequence[bool],
+                     margin: float = IN_PLACE_MARGIN, min_chars: int = DEFAULT_MIN_CHARS) -> InPlace:
+    """The in-place judge: the recogniser reads each counted text's own crop (its rectangle,
+    `gt_quads` (N,4,2), grown by `margin` x its height and turned upright) in every view of the
+    original and of the output (`codec.detector_views`: each picture a viewer may show; None:
+    no output, nothing leaks); a text leaks when some view of the original and some view of the
+    output spell it (`spells`). Stricter than `leaked_words`, whose readings come from OCR's own
+    detector: a viewer needs none to read a blurred sign or a faint watermark where it is."""
+    from pipeline.boxes import grow_quads
+
+    counted = countable_words(gt_texts, gt_ignore, min_chars)
+    crops = grow_quads(np.asarray(gt_quads, dtype=np.float64).reshape(-1, 4, 2)[counted], 0.0, margin)
+
+    def spelled(views: Sequence[np.ndarray], which: list[int]) -> list[int]:
+        """Of `which` (positions in `counted`), those some view's crop spells."""
+        if not which:
+            return []
+        per_view = [reader.read_quads(v, crops[which]) for v in views]
+        return [j for k, j in enumerate(which) if spells(gt_texts[counted[j]], [pv[k][0] for pv in per_view], min_chars)]
+
+    readable = spelled(original, list(range(len(counted))))
+    leaked = spelled(output, readable) if output is not None else []
+    return InPlace(counted, [counted[j] for j in readable], [counted[j] for j in leaked])
 
 
 def countable_words(gt_texts: Sequence[str], gt_ignore: Sequence[bool], min_chars: int = DEFAULT_MIN_CHARS) -> list[int]:

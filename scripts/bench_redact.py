@@ -20,7 +20,11 @@ reads every output as viewers show it; a ground-truth word (3+ letters/digits, n
 has leaked when a reading at its place spells most of it. Reported as leaked words over the
 words the same recogniser can read in the *original* (readable), and over all countable words.
 The synthetic microscopy overlays (bench_detect's `MICRO` set) get the same read-back: overlays
-legible in the output over those legible in the original, by overlay kind.
+legible in the output over those legible in the original, by overlay kind. OCR reads only what
+its own DB detector finds, so every leak is also judged *in place* (`legible_in_place`): the
+recogniser alone reads each ground-truth text's own crop (its rectangle grown by a quarter of
+its height, turned upright) in the original and in the output, as a viewer who knows where to
+look reads a blurred sign or a faint watermark no detector sees.
 
 Edge set (`--edge-images N`, `edge_label_set`): generated 1024x768 images with one label each
 cut by, touching or a few px inside one of the edges, where DB's 1x map is blind: ink coverage
@@ -501,16 +505,32 @@ def measure(out_root: Path, recs) -> dict[str, dict[str, float]]:
     return res
 
 
-def _readings(reader, path: Path, fill: tuple[int, int, int] | None = None):
-    """What OCR reads in every view of `path`. `fill`: the magenta of a measuring run is
-    painted this colour first. The outputs are redacted in magenta to find the covered pixels,
-    but what a viewer reads is judged on the fill users get: OCR read "8:51" beside a black
-    fill where it read nothing beside the same cover in magenta."""
+def _views(path: Path, fill: tuple[int, int, int] | None = None) -> list[np.ndarray]:
+    """Every picture a viewer may show of `path` (`codec.detector_views`). `fill`: the magenta of
+    a measuring run is painted this colour first. The outputs are redacted in magenta to find
+    the covered pixels, but what a viewer reads is judged on the fill users get: OCR read "8:51"
+    beside a black fill where it read nothing beside the same cover in magenta."""
     from pipeline.redact import codec
 
-    doc = codec.decode(path.read_bytes())
-    views = codec.detector_views(doc.pages[0])
-    return reader.read_views(views if fill is None else painted(views, fill))
+    views = codec.detector_views(codec.decode(path.read_bytes()).pages[0])
+    return views if fill is None else painted(views, fill)
+
+
+def _readings(reader, path: Path, fill: tuple[int, int, int] | None = None):
+    """What OCR reads in every view of `path` (`_views`)."""
+    return reader.read_views(_views(path, fill))
+
+
+def gt_quads(boxes: Any, polys: Any = None) -> np.ndarray:
+    """Each ground-truth text's rectangle (N,4,2): its polygon's (the devset's quadrilaterals, a
+    synthetic unit's rotated rectangle) where it has one, else its box."""
+    from pipeline.boxes import enclosing_rect, xyxy_to_quad
+
+    q = xyxy_to_quad(np.asarray(boxes, float).reshape(-1, 4))
+    for i, p in enumerate(polys or []):
+        if i < len(q) and p is not None and len(p) >= 8:
+            q[i] = enclosing_rect(np.asarray(p, float).reshape(-1, 2))
+    return q
 
 
 def painted(views: list[np.ndarray], fill: tuple[int, int, int]) -> list[np.ndarray]:
@@ -535,16 +555,20 @@ class UsersFillReader:
 
 
 def read_back(key: str, boxes: Any, texts: list[str], ignore: Any, original: Path, output: Path, reader: Any,
-              readable: dict[str, list[int]]) -> tuple[list[int], set[int], set[int]]:
+              readable: dict[str, list[int]], polys: Any = None) -> tuple[list[int], set[int], set[int], Any]:
     """One image's ground-truth texts the leak metric counts, those OCR reads in the original
     (`readable[key]`, read once per image) and those it still reads in `output` with the fill
-    users get (none when there is no output): the one read-back of the devset and microscopy leaks."""
-    from pipeline.legibility import countable_words, leaked_words
+    users get (none when there is no output), and the in-place judge's verdict on the same
+    texts (`legibility.legible_in_place`, the recogniser on each text's own crop): the one
+    read-back of the devset and overlay leaks."""
+    from pipeline.legibility import countable_words, leaked_words, legible_in_place
 
     if key not in readable:
         readable[key] = leaked_words(boxes, texts, ignore, _readings(reader, original))
-    left = set(leaked_words(boxes, texts, ignore, _readings(reader, output, DEFAULT_FILL))) if output.exists() else set()
-    return countable_words(texts, ignore), set(readable[key]), left
+    out_views = _views(output, DEFAULT_FILL) if output.exists() else None
+    left = set(leaked_words(boxes, texts, ignore, reader.read_views(out_views))) if out_views is not None else set()
+    in_place = legible_in_place(reader, _views(original), out_views, gt_quads(boxes, polys), texts, ignore)
+    return countable_words(texts, ignore), set(readable[key]), left, in_place
 
 
 def leak(out_root: Path, src_root: Path, recs, reader, work: Path) -> dict[str, dict[str, float]]:
@@ -553,19 +577,25 @@ def leak(out_root: Path, src_root: Path, recs, reader, work: Path) -> dict[str, 
     # reader version, so a work folder from before either changed is not reused with old counts
     cache = work / f"readable_originals.v2.{getattr(reader, 'version', 'reader')}.json"
     readable = json.loads(cache.read_text()) if cache.exists() else {}
-    acc: dict[str, dict[str, int]] = {}
+    acc: dict[str, dict[str, Any]] = {}
     for rel, rec in recs:
         if not rec.texts:
             continue
-        counted, before, left = read_back(rel, rec.boxes, rec.texts, rec.ignore, src_root / rel, out_root / rel,
-                                          reader, readable)
-        a = acc.setdefault(rec.source, {"words": 0, "readable": 0, "leaked": 0})
+        counted, before, left, in_place = read_back(rel, rec.boxes, rec.texts, rec.ignore, src_root / rel,
+                                                    out_root / rel, reader, readable, rec.polys)
+        a = acc.setdefault(rec.source, {"words": 0, "readable": 0, "leaked": 0, "readable_in_place": 0,
+                                        "leaked_in_place": 0, "leaked_in_place_texts": []})
         a["words"] += len(counted)
         a["readable"] += len(before)
         a["leaked"] += len(left)
+        a["readable_in_place"] += len(in_place.readable)
+        a["leaked_in_place"] += len(in_place.leaked)
+        a["leaked_in_place_texts"] += [f"{rel}: {rec.texts[i]}" for i in in_place.leaked]
     cache.write_text(json.dumps(readable))
     return {src: {"words": a["words"], "readable_words": a["readable"], "leaked_words": a["leaked"],
-                  "leak": a["leaked"] / a["readable"] if a["readable"] else 0.0} for src, a in acc.items()}
+                  "leak": a["leaked"] / a["readable"] if a["readable"] else 0.0,
+                  "readable_in_place": a["readable_in_place"], "leaked_in_place": a["leaked_in_place"],
+                  "leaked_in_place_texts": a["leaked_in_place_texts"]} for src, a in acc.items()}
 
 
 def make_transparent_set(root: Path, n: int = 24) -> list[tuple[str, np.ndarray, list[str], np.ndarray]]:
@@ -618,7 +648,6 @@ def transparent_quality(work: Path, detectors: dict[str, Any], reader, threshold
     """Redact the transparent set with defaults; coverage of glyph pixels and OCR leak on every view."""
     import shutil
 
-    from pipeline.legibility import leaked_words
     from pipeline.redact import codec
     from pipeline.redact.run import RedactConfig, plan, run_local
 
@@ -631,11 +660,14 @@ def transparent_quality(work: Path, detectors: dict[str, Any], reader, threshold
         items, _, _ = plan(str(src), out)
         cfg = RedactConfig(threshold=threshold, color=MAGENTA, force=True, **redact_options(det_name))
         list(run_local(redactor(det, cfg, reader), items, workers=1))
-        text = cov = n_words = readable = leaked = 0
+        text = cov = n_words = readable = leaked = readable_in_place = leaked_in_place = 0
+        seen: dict[str, list[int]] = {}
         for name, m, words, boxes in cases:
-            ignore = [False] * len(words)
-            readable += len(leaked_words(boxes, words, ignore, _readings(reader, src / name)))
+            _, before, left, in_place = read_back(name, boxes, words, [False] * len(words), src / name, out / name,
+                                                  reader, seen)
             n_words += len(words)
+            readable, leaked = readable + len(before), leaked + len(left)
+            readable_in_place, leaked_in_place = readable_in_place + len(in_place.readable), leaked_in_place + len(in_place.leaked)
             if not (out / name).exists():
                 continue
             page = codec.decode((out / name).read_bytes()).pages[0]
@@ -645,12 +677,12 @@ def transparent_quality(work: Path, detectors: dict[str, Any], reader, threshold
                 opaque_fill &= arr[..., 3] == 255
             text += int(m.sum())
             cov += int((m & opaque_fill).sum())
-            leaked += len(leaked_words(boxes, words, ignore, _readings(reader, out / name, DEFAULT_FILL)))
         row = {"detector": det_name, "images": len(cases), "words": n_words, "readable_words": readable,
-               "leaked_words": leaked, "glyph_coverage": cov / text if text else math.nan}
+               "leaked_words": leaked, "readable_in_place": readable_in_place, "leaked_in_place": leaked_in_place,
+               "glyph_coverage": cov / text if text else math.nan}
         rows.append(row)
         print(f"  transparent {det_name:12s} glyph coverage {row['glyph_coverage']:.3f}  "
-              f"leaked {leaked}/{readable} readable words", flush=True)
+              f"leaked {leaked}/{readable} readable words, read in place {leaked_in_place}/{readable_in_place}", flush=True)
         shutil.rmtree(out, ignore_errors=True)
     return rows
 
@@ -695,6 +727,9 @@ def quality(devset: Path, work: Path, detectors: dict[str, Any], pads: list[str]
                 row["meets_goals"] = meets(per)
                 rows.append(row)
                 print("  " + fmt_quality_row(row), flush=True)
+                for m in per.values():
+                    for text in m.get("leaked_in_place_texts", []):
+                        print(f"    still legible in place: {text}", flush=True)
                 shutil.rmtree(out, ignore_errors=True)  # keep /tmp small; numbers are in the JSON
     return rows
 
@@ -739,6 +774,8 @@ def fmt_quality_row(row: dict[str, Any]) -> str:
                 else f"{short} -/{m['over_redaction']:.3f}")
         if "leaked_words" in m:
             part += f" leak {m['leaked_words']}/{m['readable_words']}"
+        if "leaked_in_place" in m:
+            part += f" (in place {m['leaked_in_place']}/{m['readable_in_place']})"
         parts.append(part)
     if row.get("audit_covered"):
         parts.append(f"audit covered {row.get('audit_covered', 0)} lines, {row['seconds']:.0f} s")
@@ -753,19 +790,24 @@ def overlay_leak(rendered: list[tuple[Path, Any]], out: Path, reader: Any,
     against those it reads in the originals (`readable`, filled in here once per image): what
     a viewer of a redacted microscopy image can still use, as the devset's leak is."""
     by_kind: dict[str, dict[str, int]] = {}
-    leaked_texts = []
+    leaked_texts, in_place_texts = [], []
     for p, r in rendered:
-        counted, before, left = read_back(p.name, np.asarray(r.boxes, float).reshape(-1, 4), r.texts,
-                                          [False] * len(r.texts), p, out / p.name, reader, readable)
+        counted, before, left, in_place = read_back(p.name, np.asarray(r.boxes, float).reshape(-1, 4), r.texts,
+                                                    [False] * len(r.texts), p, out / p.name, reader, readable, r.polys)
         for k in counted:
-            a = by_kind.setdefault(r.kinds[k], {"overlays": 0, "readable": 0, "leaked": 0})
+            a = by_kind.setdefault(r.kinds[k], {"overlays": 0, "readable": 0, "leaked": 0,
+                                                "readable_in_place": 0, "leaked_in_place": 0})
             a["overlays"] += 1
             a["readable"] += k in before
             a["leaked"] += k in left
+            a["readable_in_place"] += k in in_place.readable
+            a["leaked_in_place"] += k in in_place.leaked
             if k in left:
                 leaked_texts.append(f"{p.name}: {r.texts[k]}")
-    return {"readable": sum(a["readable"] for a in by_kind.values()),
-            "leaked": sum(a["leaked"] for a in by_kind.values()), "by_kind": by_kind, "leaked_texts": leaked_texts}
+            if k in in_place.leaked:
+                in_place_texts.append(f"{p.name}: {r.texts[k]}")
+    total = {k: sum(a[k] for a in by_kind.values()) for k in ("readable", "leaked", "readable_in_place", "leaked_in_place")}
+    return {**total, "by_kind": by_kind, "leaked_texts": leaked_texts, "leaked_in_place_texts": in_place_texts}
 
 
 EDGE_TEXTS = ("100 µm", "Fig. 3", "14/09/2008", "HV 15.0 kV", "Sample A-17", "x40", "Mag 2000x", "50 nm",
@@ -965,13 +1007,16 @@ def overlay_quality(label: str, name: str, records: list[Any], work: Path, detec
             rows.append(row)
             lk = row.get("leak")
             print(f"  {label} {det_name:12s} {shape:7s} {n} images  ink coverage {row['ink_coverage']:.4f}  over-redaction "
-                  f"{row['over_redaction']:.4f}" + (f"  leak {lk['leaked']}/{lk['readable']} overlays" if lk else "")
+                  f"{row['over_redaction']:.4f}" + (f"  leak {lk['leaked']}/{lk['readable']} overlays, read in place "
+                                                   f"{lk['leaked_in_place']}/{lk['readable_in_place']}" if lk else "")
                   + ("  MEETS GOALS" if row.get("meets_goals") else ""), flush=True)
             if label != "microscopy":
                 print("    ink coverage by kind: " + ", ".join(f"{k} {v:.3f}" for k, v in row["ink_coverage_by_kind"].items()
                                                           if v is not None), flush=True)
             for text in (lk or {}).get("leaked_texts", []):
                 print(f"    still legible: {text}", flush=True)
+            for text in (lk or {}).get("leaked_in_place_texts", []):
+                print(f"    still legible in place: {text}", flush=True)
             shutil.rmtree(out, ignore_errors=True)
             shutil.rmtree(out.parent / f"{out.name}.audit", ignore_errors=True)
     return rows
@@ -1003,6 +1048,9 @@ def goals(result: dict[str, Any], default_name: str = "default") -> list[tuple[s
                 out.append((f"{src} over-redaction <= {GOAL_OVER}", f"{m['over_redaction']:.3f}", m["over_redaction"] <= GOAL_OVER))
                 if "leaked_words" in m:
                     out.append((f"{src} leak = 0", f"{m['leaked_words']}/{m['readable_words']} words", m["leaked_words"] <= GOAL_LEAK))
+                if "leaked_in_place" in m:   # the stricter judge: no detector needed to find the text
+                    out.append((f"{src} leak read in place = 0", f"{m['leaked_in_place']}/{m['readable_in_place']} words",
+                                m["leaked_in_place"] <= GOAL_LEAK))
             elif src.startswith("negatives"):
                 out.append((f"{src} over-redaction <= {GOAL_OVER_NEG}", f"{m['over_redaction']:.4f}",
                             m["over_redaction"] <= GOAL_OVER_NEG))
@@ -1015,6 +1063,8 @@ def goals(result: dict[str, Any], default_name: str = "default") -> list[tuple[s
         if "leak" in mi:   # the devset's leak goal, on the overlays too
             lk = mi["leak"]
             out.append(("microscopy leak = 0", f"{lk['leaked']}/{lk['readable']} readable overlays", lk["leaked"] <= GOAL_LEAK))
+            out.append(("microscopy leak read in place = 0", f"{lk['leaked_in_place']}/{lk['readable_in_place']} readable overlays",
+                        lk["leaked_in_place"] <= GOAL_LEAK))
     return out
 
 

@@ -99,12 +99,15 @@ def test_overlay_leak_counts_overlays_still_read_in_the_output(tmp_path: Path) -
     x0, y0, x1, y1 = boxes[0]
     draw.rectangle((x0 - 4, y0 - 4, x1 + 4, y1 + 4), fill=mod.MAGENTA)   # the date covered, the ID left
     img.save(tmp_path / "out" / "a.png")
-    r = SimpleNamespace(boxes=np.array(boxes, float), texts=texts, kinds=["timestamp", "sample_id"])
+    r = SimpleNamespace(boxes=np.array(boxes, float), texts=texts, kinds=["timestamp", "sample_id"], polys=[(), ()])
     readable: dict[str, list[int]] = {}
     lk = mod.overlay_leak([(tmp_path / "src" / "a.png", r)], tmp_path / "out", Reader(), readable)
     assert readable == {"a.png": [0, 1]}
     assert lk["readable"] == 2 and lk["leaked"] == 1 and lk["leaked_texts"] == ["a.png: Sample 4711"]
     assert lk["by_kind"]["timestamp"]["leaked"] == 0 and lk["by_kind"]["sample_id"]["leaked"] == 1
+    # the in-place judge (each overlay's own crop read) agrees here
+    assert lk["readable_in_place"] == 2 and lk["leaked_in_place"] == 1
+    assert lk["leaked_in_place_texts"] == ["a.png: Sample 4711"]
 
 
 def test_edge_labels_lie_where_their_kind_says() -> None:
@@ -154,3 +157,16 @@ def test_the_verify_audit_reads_the_fill_users_get() -> None:
     assert wrapped.read_views([view, grey]) == ["read"] and wrapped.version == "r1" and wrapped.min_chars == 3
     assert inner.views[0][0, 0].tolist() == list(mod.DEFAULT_FILL) and (inner.views[0][1] == 200).all()
     assert inner.views[1] is grey and view[0, 0].tolist() == list(mod.MAGENTA)   # the output itself is untouched
+
+
+def test_ground_truth_is_read_in_place_on_its_polygon_where_it_has_one() -> None:
+    spec = importlib.util.spec_from_file_location("bench_redact", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    boxes = np.array([[10, 10, 110, 40], [0, 0, 100, 100], [5, 5, 25, 15]], float)
+    tilted = (0.0, 50.0, 50.0, 0.0, 100.0, 50.0, 50.0, 100.0)      # a diamond inside the second box
+    q = mod.gt_quads(boxes, [(), tilted, None])
+    np.testing.assert_allclose(q[0], [[10, 10], [110, 10], [110, 40], [10, 40]])   # upright: its box
+    np.testing.assert_allclose(sorted(map(tuple, q[1])), sorted([(0, 50), (50, 0), (100, 50), (50, 100)]), atol=1e-3)
+    np.testing.assert_allclose(q[2], [[5, 5], [25, 5], [25, 15], [5, 15]])
+    assert mod.gt_quads(boxes[:1]).shape == (1, 4, 2)                             # no polygons at all

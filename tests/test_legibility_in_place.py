@@ -1,0 +1,84 @@
+"""The in-place leak judge: the real PP-OCRv4 recogniser reads each ground-truth text's own crop,
+before and after redaction, with no detector to find it first."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+from pipeline.boxes import grow_quads, rect_along, xyxy_to_quad
+from pipeline.legibility import Reader, legible_in_place, spells
+
+
+@pytest.fixture(scope="module")
+def reader() -> Reader:
+    return Reader()
+
+
+def _font(size: int) -> ImageFont.FreeTypeFont:
+    from matplotlib import font_manager
+
+    return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size)
+
+
+def _page() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """A white page with two labelled lines and one label on blank paper: (rgb, boxes, texts)."""
+    im = Image.new("RGB", (520, 200), "white")
+    d = ImageDraw.Draw(im)
+    texts = ["Sample 4711", "Jonathan Smith", "Nowhere"]
+    boxes = []
+    for (x, y), t in zip(((20, 20), (20, 90)), texts[:2]):
+        d.text((x, y), t, font=_font(30), fill="black")
+        boxes.append(d.textbbox((x, y), t, font=_font(30)))
+    boxes.append((300, 150, 420, 185))   # a label where the page is blank
+    return np.asarray(im), np.asarray(boxes, float), texts
+
+
+def test_a_rotated_word_is_read_along_its_own_axis(reader: Reader) -> None:
+    im = Image.new("L", (900, 500), 255)
+    layer = Image.new("L", (900, 500), 0)
+    ImageDraw.Draw(layer).text((150, 220), "CONFIDENTIAL", font=_font(48), fill=255)
+    layer = layer.rotate(30, center=(450, 250), resample=Image.BICUBIC)
+    im.paste(0, mask=layer)
+    rgb = np.asarray(im.convert("RGB"))
+    ys, xs = np.nonzero(np.asarray(layer) > 127)
+    a = np.radians(30)
+    quad = rect_along(np.stack([xs, ys], 1), (np.cos(a), -np.sin(a)), margin=6)[None]
+    (text, score), = reader.read_quads(rgb, quad)
+    assert spells("CONFIDENTIAL", [text]), (text, score)
+
+
+def test_in_place_judge_counts_what_the_output_still_spells(reader: Reader) -> None:
+    rgb, boxes, texts = _page()
+    quads = xyxy_to_quad(boxes)
+    ignore = [False, False, False]
+    x0, y0, x1, y1 = boxes[0].astype(int)
+
+    covered = rgb.copy()
+    for b in boxes[:2].astype(int):
+        covered[b[1] - 4:b[3] + 4, b[0] - 4:b[2] + 4] = 0
+    verdict = legible_in_place(reader, [rgb], [covered], quads, texts, ignore)
+    assert verdict.counted == [0, 1, 2]
+    assert verdict.readable == [0, 1]          # blank paper under the third label spells nothing
+    assert verdict.leaked == []
+
+    half = rgb.copy()                          # "Sample" covered, "4711" left: a sample ID leaks
+    half[y0 - 4:y1 + 4, x0 - 4:x0 + int(0.62 * (x1 - x0))] = 0
+    assert legible_in_place(reader, [rgb], [half], quads, texts, ignore).leaked == [0, 1]
+
+    # any view that spells it is enough: the covered picture beside one that is not
+    assert legible_in_place(reader, [rgb], [covered, rgb], quads, texts, ignore).leaked == [0, 1]
+    # no output: nothing leaks; don't-care and too-short texts are not counted
+    assert legible_in_place(reader, [rgb], None, quads, texts, ignore).leaked == []
+    short = legible_in_place(reader, [rgb], [rgb], quads, ["Sample 4711", "Jo", "Nowhere"], [True, False, False])
+    assert short.counted == [2] and short.leaked == []
+
+
+def test_the_crop_is_the_text_grown_by_a_quarter_of_its_height(reader: Reader, monkeypatch) -> None:
+    rgb, boxes, texts = _page()
+    seen: list[np.ndarray] = []
+    monkeypatch.setattr(reader, "read_quads", lambda im, q: seen.append(np.asarray(q)) or [("", 0.0)] * len(q))
+    legible_in_place(reader, [rgb], [rgb], xyxy_to_quad(boxes[:1]), texts[:1], [False])
+    assert len(seen) == 1   # nothing readable in the original: the output is not read
+    np.testing.assert_allclose(seen[0], grow_quads(xyxy_to_quad(boxes[:1]), 0.0, 0.25))
