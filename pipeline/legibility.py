@@ -354,15 +354,18 @@ class InPlace:
     leaked: list[int]
 
 
-def legible_in_place(reader: Reader, original: Sequence[np.ndarray], output: Sequence[np.ndarray] | None,
+def legible_in_place(reader: Reader, original: Sequence[np.ndarray] | None, output: Sequence[np.ndarray] | None,
                      gt_quads: np.ndarray, gt_texts: Sequence[str], gt_ignore: Sequence[bool],
-                     margin: float = IN_PLACE_MARGIN, min_chars: int = DEFAULT_MIN_CHARS) -> InPlace:
+                     margin: float = IN_PLACE_MARGIN, min_chars: int = DEFAULT_MIN_CHARS,
+                     readable: Sequence[int] | None = None) -> InPlace:
     """The in-place judge: the recogniser reads each counted text's own crop (its rectangle,
     `gt_quads` (N,4,2), grown by `margin` x its height and turned upright) in every view of the
     original and of the output (`codec.detector_views`: each picture a viewer may show; None:
     no output, nothing leaks); a text leaks when some view of the original and some view of the
     output spell it (`spells`). Stricter than `leaked_words`, whose readings come from OCR's own
-    detector: a viewer needs none to read a blurred sign or a faint watermark where it is."""
+    detector: a viewer needs none to read a blurred sign or a faint watermark where it is.
+    `readable`: the original's verdict from an earlier call (`InPlace.readable`), which is then
+    not read again (`original` may be None): a benchmark judges many outputs of one original."""
     from pipeline.boxes import grow_quads
 
     counted = countable_words(gt_texts, gt_ignore, min_chars)
@@ -375,9 +378,14 @@ def legible_in_place(reader: Reader, original: Sequence[np.ndarray], output: Seq
         per_view = [reader.read_quads(v, crops[which]) for v in views]
         return [j for k, j in enumerate(which) if spells(gt_texts[counted[j]], [pv[k][0] for pv in per_view], min_chars)]
 
-    readable = spelled(original, list(range(len(counted))))
-    leaked = spelled(output, readable) if output is not None else []
-    return InPlace(counted, [counted[j] for j in readable], [counted[j] for j in leaked])
+    if readable is None:
+        if original is None:
+            raise ValueError("legible_in_place needs the original's views or its `readable` verdict")
+        known = spelled(original, list(range(len(counted))))
+    else:
+        known = [j for j, i in enumerate(counted) if i in set(readable)]
+    leaked = spelled(output, known) if output is not None else []
+    return InPlace(counted, [counted[j] for j in known], [counted[j] for j in leaked])
 
 
 def countable_words(gt_texts: Sequence[str], gt_ignore: Sequence[bool], min_chars: int = DEFAULT_MIN_CHARS) -> list[int]:

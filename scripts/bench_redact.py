@@ -72,6 +72,7 @@ GOAL_IMAGES_PER_S, GOAL_CPU_S, GOAL_FLOOR_RATIO, GOAL_RSS_MB = 4.0, 0.5, 1 / 25,
 MAGENTA = (255, 0, 255)
 DEFAULT_FILL = (0, 0, 0)      # redact's default colour: leaks are read on it (see _readings)
 VERIFY_SUFFIX = "+verify"   # a quality detector NAME+verify: redact --verify with NAME
+IN_PLACE_REVISION = 1   # cached in-place verdicts on originals (`read_back`): raised when the judge changes
 NO_AUDIT_SUFFIX = "+noaudit"   # ... NAME+noaudit: redact --no-audit-noisy (no audit at all; the default before)
 REDACT_SUFFIXES = {VERIFY_SUFFIX: {"verify": True}, NO_AUDIT_SUFFIX: {"audit_noisy": False}}
 
@@ -557,17 +558,24 @@ class UsersFillReader:
 def read_back(key: str, boxes: Any, texts: list[str], ignore: Any, original: Path, output: Path, reader: Any,
               readable: dict[str, list[int]], polys: Any = None) -> tuple[list[int], set[int], set[int], Any]:
     """One image's ground-truth texts the leak metric counts, those OCR reads in the original
-    (`readable[key]`, read once per image) and those it still reads in `output` with the fill
-    users get (none when there is no output), and the in-place judge's verdict on the same
-    texts (`legibility.legible_in_place`, the recogniser on each text's own crop): the one
-    read-back of the devset and overlay leaks."""
+    (`readable[key]`) and those it still reads in `output` with the fill users get (none when
+    there is no output), and the in-place judge's verdict on the same texts
+    (`legibility.legible_in_place`, the recogniser on each text's own crop; its verdict on the
+    original is `readable[key#in_place.N]`): the one read-back of the devset and overlay leaks.
+    The original is read once per image, however many outputs of it are judged."""
     from pipeline.legibility import countable_words, leaked_words, legible_in_place
 
-    if key not in readable:
-        readable[key] = leaked_words(boxes, texts, ignore, _readings(reader, original))
+    quads = gt_quads(boxes, polys)
+    in_place_key = f"{key}#in_place.{IN_PLACE_REVISION}"   # the in-place judge's verdict on the original
+    if key not in readable or in_place_key not in readable:
+        views = _views(original)
+        if key not in readable:
+            readable[key] = leaked_words(boxes, texts, ignore, reader.read_views(views))
+        if in_place_key not in readable:
+            readable[in_place_key] = legible_in_place(reader, views, None, quads, texts, ignore).readable
     out_views = _views(output, DEFAULT_FILL) if output.exists() else None
     left = set(leaked_words(boxes, texts, ignore, reader.read_views(out_views))) if out_views is not None else set()
-    in_place = legible_in_place(reader, _views(original), out_views, gt_quads(boxes, polys), texts, ignore)
+    in_place = legible_in_place(reader, None, out_views, quads, texts, ignore, readable=readable[in_place_key])
     return countable_words(texts, ignore), set(readable[key]), left, in_place
 
 
@@ -666,8 +674,10 @@ def transparent_quality(work: Path, detectors: dict[str, Any], reader, threshold
             _, before, left, in_place = read_back(name, boxes, words, [False] * len(words), src / name, out / name,
                                                   reader, seen)
             n_words += len(words)
-            readable, leaked = readable + len(before), leaked + len(left)
-            readable_in_place, leaked_in_place = readable_in_place + len(in_place.readable), leaked_in_place + len(in_place.leaked)
+            readable += len(before)
+            leaked += len(left)
+            readable_in_place += len(in_place.readable)
+            leaked_in_place += len(in_place.leaked)
             if not (out / name).exists():
                 continue
             page = codec.decode((out / name).read_bytes()).pages[0]

@@ -102,12 +102,19 @@ def test_overlay_leak_counts_overlays_still_read_in_the_output(tmp_path: Path) -
     r = SimpleNamespace(boxes=np.array(boxes, float), texts=texts, kinds=["timestamp", "sample_id"], polys=[(), ()])
     readable: dict[str, list[int]] = {}
     lk = mod.overlay_leak([(tmp_path / "src" / "a.png", r)], tmp_path / "out", Reader(), readable)
-    assert readable == {"a.png": [0, 1]}
+    assert readable == {"a.png": [0, 1], f"a.png#in_place.{mod.IN_PLACE_REVISION}": [0, 1]}
     assert lk["readable"] == 2 and lk["leaked"] == 1 and lk["leaked_texts"] == ["a.png: Sample 4711"]
     assert lk["by_kind"]["timestamp"]["leaked"] == 0 and lk["by_kind"]["sample_id"]["leaked"] == 1
     # the in-place judge (each overlay's own crop read) agrees here
     assert lk["readable_in_place"] == 2 and lk["leaked_in_place"] == 1
     assert lk["leaked_in_place_texts"] == ["a.png: Sample 4711"]
+    # a second output of the same original is judged without reading the original again
+    reads: list[int] = []
+    reader = Reader()
+    real = reader.read_quads
+    reader.read_quads = lambda im, q: reads.append(len(q)) or real(im, q)
+    assert mod.overlay_leak([(tmp_path / "src" / "a.png", r)], tmp_path / "out", reader, readable)["leaked_in_place"] == 1
+    assert reads == [2]   # the output's two crops only
 
 
 def test_edge_labels_lie_where_their_kind_says() -> None:

@@ -82,3 +82,18 @@ def test_the_crop_is_the_text_grown_by_a_quarter_of_its_height(reader: Reader, m
     legible_in_place(reader, [rgb], [rgb], xyxy_to_quad(boxes[:1]), texts[:1], [False])
     assert len(seen) == 1   # nothing readable in the original: the output is not read
     np.testing.assert_allclose(seen[0], grow_quads(xyxy_to_quad(boxes[:1]), 0.0, 0.25))
+
+
+def test_a_known_verdict_on_the_original_is_not_read_again(reader: Reader, monkeypatch) -> None:
+    rgb, boxes, texts = _page()
+    quads = xyxy_to_quad(boxes)
+    first = legible_in_place(reader, [rgb], None, quads, texts, [False] * 3)
+    assert first.readable == [0, 1] and first.leaked == []
+    read: list[int] = []
+    real = reader.read_quads
+    monkeypatch.setattr(reader, "read_quads", lambda im, q: read.append(len(q)) or real(im, q))
+    again = legible_in_place(reader, None, [rgb], quads, texts, [False] * 3, readable=first.readable)
+    assert again.readable == [0, 1] and again.leaked == [0, 1]
+    assert read == [2]                       # the output's two crops, not the original's three
+    with pytest.raises(ValueError, match="original"):
+        legible_in_place(reader, None, [rgb], quads, texts, [False] * 3)
