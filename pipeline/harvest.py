@@ -36,7 +36,7 @@ from typing import Any
 from pipeline.catalog import Catalog
 from pipeline.config import HarvestConfig, SplitRatios
 from pipeline.imaging import ImageInfo, ImageRejected, probe
-from pipeline.io import one_line
+from pipeline.io import one_line, utf8_text
 from pipeline.listing import MAX_LISTED_IGNORED, NotRegularFile, file_problem, iter_image_files, open_regular, triage
 from pipeline.workspace import Workspace
 
@@ -193,8 +193,9 @@ def _walk_folder(folder: Path, errors: list[Reject], ignored: list[str]) -> list
     """Image files under `folder` by the shared listing rule (`pipeline.listing`, sorted as
     `redact` sorts them); images it skips (FIFOs, links out of the tree, dangling links,
     unreadable folders) become rejects, and files not named as images go to `ignored`."""
-    found = triage(iter_image_files(folder, None))
-    errors += [Reject(_entry_key(e.path), e.reason, e.detail, shown=str(e.path)) for e in found.problems]
+    found = triage(iter_image_files(folder, None, text_names=True))
+    # a name that is not UTF-8 is kept as the catalog can store it (`\\xff`)
+    errors += [Reject(utf8_text(_entry_key(e.path)), e.reason, e.detail, shown=utf8_text(str(e.path))) for e in found.problems]
     ignored += [str(p) for p in found.ignored]
     # a link to a file of the same folder is the same source: named by the real file, not the
     # link (the image was stored as `link_inside.png` and its own name appeared nowhere)

@@ -33,10 +33,25 @@ def one_line(text: object) -> str:
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
+def utf8_text(text: str) -> str:
+    """`text` as text every UTF-8 writer takes: the bytes of a file name that are not UTF-8, which
+    Python keeps as lone surrogates (and the log, the manifest and stdout refuse: one such name
+    stopped a whole batch), shown as `\\xff`."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        try:
+            return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:   # a surrogate no file name decodes to
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def visible(text: object) -> str:
-    """`text` with control characters shown as escapes (`\\n`, `\\x1b`): a file name with a newline
-    split a log entry in two, and one with an escape sequence could rewrite the terminal."""
-    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(text))
+    """`text` with control characters shown as escapes (`\\n`, `\\x1b`), and bytes that are not
+    UTF-8 (`utf8_text`): a file name with a newline split a log entry in two, and one with an
+    escape sequence could rewrite the terminal."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], utf8_text(str(text)))
 
 
 CONSOLE_LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"

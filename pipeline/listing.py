@@ -20,6 +20,10 @@ tree means the same to each:
   anything that is not a regular file (`not_a_regular_file`: FIFO, socket, device) and a folder
   that cannot be read (`unreadable`) are reported as `Skipped` and never opened: reading a FIFO
   blocks forever, a device never ends.
+- With `text_names=True` (stages that keep names in the catalog or in tables: `harvest`,
+  `predict`), a name that is not valid UTF-8 (`name_not_utf8`) is reported as `Skipped` too:
+  SQLite and Parquet refuse it, and one such name stopped a whole harvest. `redact` keeps such
+  files under their own bytes and shows the names as `\\xff` in its log and manifest.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ class Skipped:
 
     path: Path
     rel: str
-    reason: str      # not_a_regular_file | outside_tree | dangling_symlink | unreadable | hidden
+    reason: str      # not_a_regular_file | outside_tree | dangling_symlink | unreadable | hidden | name_not_utf8
     detail: str
 
 
@@ -116,13 +120,23 @@ def _inside(real: str, root_real: str) -> bool:
     return real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)
 
 
+def _is_text(name: str) -> bool:
+    """Whether a name from the file system is valid UTF-8 (else Python holds lone surrogates)."""
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def iter_image_files(root: str | Path, extensions: Collection[str] | None = None,
-                     exclude: Iterable[str | Path] = ()) -> Iterator[Listed | Skipped]:
+                     exclude: Iterable[str | Path] = (), text_names: bool = False) -> Iterator[Listed | Skipped]:
     """Regular files under `root` (see the module docstring for the rule), and skipped entries.
 
     `extensions` (lower case, with the dot): only files with these suffixes are listed, and
     special files or outside links with other names are not reported either (they would not
-    have been taken). `exclude`: folders (e.g. the output inside the input) left out silently."""
+    have been taken). `exclude`: folders (e.g. the output inside the input) left out silently.
+    `text_names`: names that are not UTF-8 are skipped (`name_not_utf8`), folders with them whole."""
     root = Path(root)
     root_real = os.path.realpath(root)
     excluded = [os.path.realpath(e) for e in exclude]
@@ -159,6 +173,10 @@ def iter_image_files(root: str | Path, extensions: Collection[str] | None = None
                     hidden_dirs.append((path, erel))
                 elif is_image_name(e.name):
                     yield Skipped(path, erel, "hidden", "hidden name (starts with '.'); not listed")
+                continue
+            if text_names and not _is_text(e.name):
+                if wanted(e.name) or _is_real_dir(e) or e.is_symlink():
+                    yield Skipped(path, erel, "name_not_utf8", "the name is not valid UTF-8; rename it to take it in")
                 continue
             try:
                 if e.is_symlink():

@@ -340,7 +340,7 @@ def list_image_files(inputs: Sequence[str | Path], skipped: list[Skipped] | None
         prefix = root.relative_to(common).as_posix() + "/" if common is not None else ""
         if p.is_dir():
             pairs = []
-            for e in iter_image_files(p, IMAGE_EXTENSIONS):
+            for e in iter_image_files(p, IMAGE_EXTENSIONS, text_names=True):
                 if isinstance(e, Skipped):
                     log.info("%s: skipped (%s: %s)", e.path, e.reason, e.detail)
                     if skipped is not None:

@@ -3,6 +3,7 @@ predict, synth backgrounds and redact (folder and glob) take the same images fro
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -76,3 +77,27 @@ def test_redact_glob_input_follows_the_same_rule(tmp_path):
 
 def test_the_listing_extensions_are_the_ones_redact_can_write():
     assert set(IMAGE_EXTENSIONS) == set(codec.EXTENSIONS)
+
+
+def test_names_that_are_not_utf8_are_rejected_where_the_catalog_keeps_them_and_redacted_elsewhere(tmp_path):
+    """One such name stopped a whole harvest with a traceback (SQLite refuses the string)."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli.app import app
+
+    src = tmp_path / "in"
+    _img(src / "a.png")
+    bad_file, bad_dir = os.fsdecode(b"x\xff.png"), os.fsdecode(b"d\xfe")
+    _img(src / bad_file)
+    _img(src / bad_dir / "inner.png")
+    ignored: list[str] = []
+    items, rejects = expand_sources([str(src)], ignored)
+    assert [Path(i.source).name for i in items] == ["a.png"]
+    assert sorted((Path(r.shown).name, r.reason) for r in rejects) == [("d\\xfe", "name_not_utf8"), ("x\\xff.png", "name_not_utf8")]
+    assert [rel for _, rel in list_image_files([src])] == ["a.png"]
+    # redact keeps each file under its own bytes (its log and manifest show them as \xff)
+    assert sorted(it.rel for it in plan_input(str(src), tmp_path / "out").items) == ["a.png", f"{bad_dir}/inner.png", bad_file]
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "--json", "harvest", str(src)])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["new"] == 1 and out["rejected"] == {"name_not_utf8": 2}

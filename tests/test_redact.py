@@ -607,6 +607,40 @@ def test_fail_fast_stops_early(tmp_path, fake):
     assert not (tmp_path / "o2").exists()
 
 
+def test_fail_fast_stops_at_a_listing_failure_before_redacting_anything(tmp_path, fake):
+    # a dangling link or a FIFO is known before the first image runs: it is the first failure
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(3):
+        Image.fromarray(rgb_noise(60 + i)).save(src / f"b{i}.png")
+    (src / "a_dangling.png").symlink_to(src / "nowhere.png")
+    r = cli(tmp_path, "redact", str(src), str(tmp_path / "out"), "--fail-fast")
+    assert r.exit_code == 1 and "a_dangling.png: dangling_symlink" in r.stderr
+    assert not list((tmp_path / "out").glob("*.png"))
+    summary = json.loads((tmp_path / "out.audit" / "summary.json").read_text())
+    assert summary["stopped_early"] is True and summary["failed"] == 1 and summary["redacted"] == 0
+    r = cli(tmp_path, "redact", str(src), str(tmp_path / "out"))   # without it: the others finish
+    assert r.exit_code == 1 and len(list((tmp_path / "out").glob("*.png"))) == 3
+
+
+def test_a_name_that_is_not_utf8_is_redacted_and_listed_not_fatal(tmp_path, fake):
+    """One file name with a byte that is not UTF-8 stopped the whole batch: the log, the manifest
+    and stdout refused it (exit 2, no manifest, no summary)."""
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(rgb_noise(70)).save(src / "good.png")
+    bad = os.fsdecode(b"x\xff.png")
+    Image.fromarray(rgb_noise(71)).save(src / bad)
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "--json", "redact", str(src), str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["redacted"] == 2 and summary["failed"] == 0
+    assert (tmp_path / "out" / bad).is_file()   # the output keeps the name's own bytes
+    manifest = (tmp_path / "out.audit" / "manifest.csv").read_text(encoding="utf-8")
+    assert "x\\xff.png," in manifest and "good.png," in manifest
+    assert "x\\xff.png: redacted" in (tmp_path / "out.audit" / "redact.log").read_text(encoding="utf-8")
+
+
 def test_dry_run_writes_nothing_and_glob_and_single_file(tmp_path, fake):
     src = make_tree(tmp_path / "in")
     r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "--json", "redact", str(src), str(tmp_path / "out"), "--dry-run"])
@@ -646,6 +680,24 @@ def test_archive_moves_originals_only_after_success(tmp_path, fake):
     assert r.exit_code == 0 and "nothing to redact" in r.output, r.output
     r = cli(tmp_path, "redact", str(src), str(tmp_path / "out2"))   # no archive given: still an error
     assert r.exit_code == 2 and "no images found" in r.output
+
+
+def test_a_rerun_archives_originals_an_earlier_run_finished_but_did_not_move(tmp_path, fake):
+    """After an interrupted --archive run (or a move that failed for a reason since fixed) the
+    rerun skipped the finished images and never moved them: "0 archived", exit 0, originals left
+    in INPUT for good. A skipped original whose output checks out is archived; one whose output
+    changed is redone first."""
+    src = make_tree(tmp_path / "in")
+    r = cli(tmp_path, "redact", str(src), str(tmp_path / "out"))   # finished, nothing moved
+    assert r.exit_code == 0
+    (tmp_path / "out" / "sub" / "c.bmp").write_bytes(b"tampered")
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "--json", "redact", str(src), str(tmp_path / "out"),
+                                 "--archive", str(tmp_path / "arch")])
+    summary = json.loads(r.stdout)
+    # c.bmp's output no longer matches its sidecar: redone, then archived like the others
+    assert summary["skipped"] == 4 and summary["redacted"] == 1 and summary["archived"] == 5, summary
+    assert sorted(sha_tree(tmp_path / "arch")) == ["a.png", "b.jpg", "sub/c.bmp", "sub/deeper/d.tif", "sub/e.webp"]
+    assert not any(p.is_file() and p.suffix != ".txt" for p in src.rglob("*"))
 
 
 def test_an_archive_that_overlaps_the_output_or_lies_in_the_input_is_refused(tmp_path, fake):

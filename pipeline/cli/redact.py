@@ -131,7 +131,7 @@ def _render(c: Console, summary: RedactSummary, verify: bool) -> None:
         t.add_column("scores")
         for r in sorted(results, key=lambda r: r.rel):
             sc = [x for page in r.scores for x in page]
-            t.add_row(r.rel, str(r.pages), str(r.n_boxes) if r.status != "failed" else f"failed: {r.reason}",
+            t.add_row(plain(r.rel), str(r.pages), str(r.n_boxes) if r.status != "failed" else f"failed: {r.reason}",
                       f"{min(sc):.2f}-{max(sc):.2f}" if sc else "")
         c.print(t)
     t = titled(f"redact {input} -> {output}", show_header=True)
@@ -154,7 +154,10 @@ def _render(c: Console, summary: RedactSummary, verify: bool) -> None:
         skipped = sorted(r.rel for r in results if r.status == "waiting_review" and "skipped" in r.detail)
         if skipped:
             c.print(f"{len(skipped)} of them the reviewer skipped (label them, or redact them without --review): "
-                    + ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""), highlight=False, soft_wrap=True)
+                    + plain(", ".join(skipped[:5])) + (" ..." if len(skipped) > 5 else ""), highlight=False, soft_wrap=True)
+    if summary.get("stopped_early"):
+        c.print("[red]stopped[/] at the first failure (--fail-fast): the other images were not processed; fix it, or "
+                "rerun without --fail-fast (finished images are skipped)", highlight=False, soft_wrap=True)
     for line in summary["errors"][:50]:
         c.print(f"[red]failed[/] {plain(line)}", highlight=False, soft_wrap=True)
     if len(summary["errors"]) > 50:

@@ -31,7 +31,8 @@ from pipeline.boxes import Detections, line_bridges, quads_json, area as box_are
 from pipeline.config import check_number
 from pipeline.detectors.base import detect_visible, parallel_calls
 from pipeline.engines import call_threads
-from pipeline.io import LineFormatter, UnwritableError, atomic_open, atomic_write_bytes, describe_error, is_bug, atomic_write_text, is_atomic_temp, sha256_bytes, sha256_file, sha256_json
+from pipeline.io import (LineFormatter, UnwritableError, atomic_open, atomic_write_bytes, atomic_write_text, describe_error,
+                         is_atomic_temp, is_bug, sha256_bytes, sha256_file, sha256_json, utf8_text)
 from pipeline.imaging import ImageRejected
 from pipeline.listing import MAX_LISTED_IGNORED, Listed, Skipped, file_problem, iter_glob, iter_image_files, triage
 from pipeline.redact import codec
@@ -186,8 +187,9 @@ class Result:
     noisy: bool = False         # too noisy for the detector's small-text search (`noisy`): audited by default
 
     def to_row(self) -> dict[str, Any]:
-        return {"input": self.rel, "output": self.out if self.status in ("redacted", "skipped") else "",
-                "status": self.status, "reason": self.reason, "detail": self.detail, "boxes": self.n_boxes,
+        """The manifest's row (names that are not UTF-8 shown as `\\xff`: the table must be text)."""
+        return {"input": utf8_text(self.rel), "output": utf8_text(self.out) if self.status in ("redacted", "skipped") else "",
+                "status": self.status, "reason": self.reason, "detail": utf8_text(self.detail), "boxes": self.n_boxes,
                 "pages": self.pages, "input_sha256": self.input_sha256, "output_sha256": self.output_sha256,
                 "remaining_text": self.remaining, "legible_text": " | ".join(self.legible),
                 "audit_covered": self.audit_covered, "audited": self.audited, "seconds": round(self.seconds, 4)}
@@ -313,7 +315,7 @@ def plan_input(input_spec: str, output: str | Path, audit_dir: Path | None = Non
     skip_dirs = [output.resolve(), audit.resolve(), *([Path(archive).resolve()] if archive is not None else [])]
     for d, what in zip(skip_dirs, ("output", "audit", "archive")):
         if root_r.is_relative_to(d):   # the whole input would be skipped as our own folder
-            raise ValueError(f"{root}: the input is inside the {what} folder {d}; give an output folder outside it")
+            raise ValueError(f"{root}: the input is inside the {what} folder {d}; give an {what} folder outside it")
     found = triage(_walk(root, skip_dirs) if src.is_dir() else _glob_entries(input_spec, root, skip_dirs))
     problems += [_problem(e.path, e.rel, output, e.reason, e.detail) for e in found.problems]
     items = [Item(str(e.path), e.rel, str(output / e.rel), sidecar_path(audit, e.rel)) for e in found.images]
@@ -894,12 +896,12 @@ def summarize(results: Sequence[Result], seconds: float, ignored: Sequence[str] 
         "remaining_text": sum(r.remaining for r in results),
         "audit_covered": sum(r.audit_covered for r in results),
         "audited": sum(1 for r in results if r.audited),
-        "legible": [{"input": r.rel, "text": t} for r in results for t in r.legible],
+        "legible": [{"input": utf8_text(r.rel), "text": t} for r in results for t in r.legible],
         "ignored_non_images": len(ignored),
-        "ignored_files": list(ignored[:MAX_LISTED_IGNORED]),
+        "ignored_files": [utf8_text(str(p)) for p in ignored[:MAX_LISTED_IGNORED]],
         "seconds": round(seconds, 2),
         "images_per_s": round(len(processed) / seconds, 2) if seconds > 0 and processed else 0.0,
-        "errors": [f"{r.src}: {r.reason}: {r.detail}" for r in results if r.status == "failed"],
+        "errors": [utf8_text(f"{r.src}: {r.reason}: {r.detail}") for r in results if r.status == "failed"],
     }
 
 

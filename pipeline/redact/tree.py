@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from pipeline.io import utf8_text
 from pipeline.listing import is_hidden_name
 from pipeline.redact import run as rr
 
@@ -206,6 +207,9 @@ def redact_tree(input: str, output: str | Path, cfg: rr.RedactConfig = rr.Redact
                 vf = Reader if cfg.verify or cfg.audit_noisy else None   # each actor builds its own reader
                 stream = run_ray(SpecFactory.of(detector, det, det_options, workers=in_flight), cfg, items, workers,
                                  verifier_factory=vf, reviewed=reviewed)
+            elif fail_fast and planned.problems:
+                # a listing failure (a FIFO, a dangling link) is the first failure: nothing is redacted
+                stream = iter(())
             else:
                 redactor = rr.Redactor(det, cfg, verifier)
                 stream = rr.run_local(redactor, items, workers, reviewed=reviewed, fail_fast=fail_fast)
@@ -250,7 +254,7 @@ def redact_tree(input: str, output: str | Path, cfg: rr.RedactConfig = rr.Redact
             input=input, output=str(output), audit=str(audit_dir), detector=det.version,
             settings=cfg.settings(det.version), engine=engine, archived=archived, review=review_info,
             stopped_early=fail_fast and len(results) < len(items) + len(pre_results) + len(planned.problems),
-            would_redact=[{"input": r.rel, "pages": r.pages, "boxes": r.boxes, "scores": r.scores}
+            would_redact=[{"input": utf8_text(r.rel), "pages": r.pages, "boxes": r.boxes, "scores": r.scores}
                           for r in sorted(results, key=lambda r: r.rel) if r.status == "dry_run"] if dry_run else None,
             results=tuple(results))
         if not dry_run:
@@ -268,11 +272,16 @@ def redact_tree(input: str, output: str | Path, cfg: rr.RedactConfig = rr.Redact
 def _archive(results: list[rr.Result], items: Sequence[rr.Item], archive: Path, cfg: rr.RedactConfig) -> int:
     """Move each redacted original under ARCHIVE once its output checks out; a failed move fails that image.
 
-    Symlinks go first: each is archived as the bytes it points at, which must still be in place."""
+    Skipped originals whose finished output is on record go too: after an interrupted run, or a
+    move that failed for a reason since fixed, a rerun skips them, and they stayed in INPUT for
+    good (the rerun said "0 archived", exit 0). Symlinks go first: each is archived as the bytes
+    it points at, which must still be in place."""
     archived = 0
     by_rel = {it.rel: it for it in items}
     for res in sorted(results, key=lambda r: not (r.rel in by_rel and Path(by_rel[r.rel].src).is_symlink())):
-        if res.status == "redacted":
+        done_before = (res.status == "skipped" and res.rel in by_rel
+                       and (rr.read_sidecar(by_rel[res.rel].sidecar) or {}).get("status") == "redacted")
+        if res.status == "redacted" or done_before:
             try:
                 rr.archive_original(by_rel[res.rel], archive, cfg.max_pixels)
                 archived += 1
