@@ -45,7 +45,7 @@ FONT_FILES = (
     "STIXGeneral.ttf", "STIXGeneralBol.ttf", "STIXGeneralItalic.ttf", "STIXGeneralBolIta.ttf",
 )
 
-BACKGROUND_KINDS = ("gradient", "texture", "fluorescence", "brightfield", "em", "grain", "paper", "patches")
+BACKGROUND_KINDS = ("gradient", "texture", "fluorescence", "brightfield", "em", "paper", "patches")
 OVERLAY_KINDS = ("sample_id", "timestamp", "scale_bar", "instrument", "corner_label", "watermark", "block", "words")
 
 
@@ -274,7 +274,7 @@ def _blobs(rng: np.random.Generator, w: int, h: int, n: int, rmin: float, rmax: 
 
 
 def procedural_background(rng: np.random.Generator, w: int, h: int, kinds: Sequence[str] = BACKGROUND_KINDS) -> np.ndarray:
-    """A text-free background: gradient, texture, fluorescence, bright-field, EM-like, heavy grain, paper, patches."""
+    """A text-free background: gradient, texture, fluorescence, bright-field, EM-like grain, paper, patches."""
     kind = _pick(rng, tuple(kinds))
     c1, c2 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
     if kind == "gradient":
@@ -297,12 +297,6 @@ def procedural_background(rng: np.random.Generator, w: int, h: int, kinds: Seque
     elif kind == "em":
         g = _smooth_noise(rng, w, h, int(rng.integers(2, 12)), 1) * 0.7 + _smooth_noise(rng, w, h, 40, 1) * 0.3
         img = np.repeat(g * 255, 3, axis=-1)
-    elif kind == "grain":
-        # an electron micrograph at high magnification: per-pixel shot noise as strong as the
-        # texture under it. Stock DB's map is 0 on 7-12 px labels on such grain at every scale
-        # (README: what that means for your images), so a model learns them only from examples.
-        g = _smooth_noise(rng, w, h, int(rng.integers(4, 40)), 1) * rng.uniform(40, 120) + rng.uniform(60, 170)
-        img = np.repeat(g + rng.normal(0, rng.uniform(20, 45), (h, w, 1)), 3, axis=-1)
     elif kind == "paper":
         img = np.full((h, w, 3), rng.uniform(215, 255), dtype=np.float32) + rng.uniform(-10, 5, 3)
     else:  # patches: photo-like blurred coloured polygons
