@@ -591,17 +591,18 @@ def leak(out_root: Path, src_root: Path, recs, reader, work: Path) -> dict[str, 
             continue
         counted, before, left, in_place = read_back(rel, rec.boxes, rec.texts, rec.ignore, src_root / rel,
                                                     out_root / rel, reader, readable, rec.polys)
-        a = acc.setdefault(rec.source, {"words": 0, "readable": 0, "leaked": 0, "readable_in_place": 0,
+        a = acc.setdefault(rec.source, {"words": 0, "readable": 0, "leaked": 0, "leaked_texts": [], "readable_in_place": 0,
                                         "leaked_in_place": 0, "leaked_in_place_texts": []})
         a["words"] += len(counted)
         a["readable"] += len(before)
         a["leaked"] += len(left)
+        a["leaked_texts"] += [f"{rel}: {rec.texts[i]}" for i in sorted(left)]
         a["readable_in_place"] += len(in_place.readable)
         a["leaked_in_place"] += len(in_place.leaked)
         a["leaked_in_place_texts"] += [f"{rel}: {rec.texts[i]}" for i in in_place.leaked]
     cache.write_text(json.dumps(readable))
     return {src: {"words": a["words"], "readable_words": a["readable"], "leaked_words": a["leaked"],
-                  "leak": a["leaked"] / a["readable"] if a["readable"] else 0.0,
+                  "leak": a["leaked"] / a["readable"] if a["readable"] else 0.0, "leaked_texts": a["leaked_texts"],
                   "readable_in_place": a["readable_in_place"], "leaked_in_place": a["leaked_in_place"],
                   "leaked_in_place_texts": a["leaked_in_place_texts"]} for src, a in acc.items()}
 
@@ -738,6 +739,8 @@ def quality(devset: Path, work: Path, detectors: dict[str, Any], pads: list[str]
                 rows.append(row)
                 print("  " + fmt_quality_row(row), flush=True)
                 for m in per.values():
+                    for text in m.get("leaked_texts", []):
+                        print(f"    still legible: {text}", flush=True)
                     for text in m.get("leaked_in_place_texts", []):
                         print(f"    still legible in place: {text}", flush=True)
                 shutil.rmtree(out, ignore_errors=True)  # keep /tmp small; numbers are in the JSON
