@@ -75,12 +75,11 @@ def test_gaps_split_lost_coverage_and_over_redaction_by_where_they_are() -> None
     assert g == {"uncovered_missed": 200, "uncovered_margins": 20, "over_near": 40, "over_far": 50}
 
 
-def test_overlay_leak_counts_overlays_still_read_in_the_output(tmp_path: Path) -> None:
-    """Real OCR: of two readable overlays, the one the output left uncovered is the leak."""
-
+def _two_labels(tmp_path: Path, cover: int):
+    """bench_redact loaded, and a.png with a date and an ID in src/ and, in out/, the same with
+    label `cover` under magenta: (module, texts, their boxes)."""
     from PIL import ImageDraw, ImageFont
 
-    from pipeline.legibility import Reader
     from pipeline.synth import available_fonts
 
     spec = importlib.util.spec_from_file_location("bench_redact", SCRIPT)
@@ -93,13 +92,21 @@ def test_overlay_leak_counts_overlays_still_read_in_the_output(tmp_path: Path) -
     for text, y in zip(texts, (30, 140)):
         draw.text((40, y), text, fill=(20, 20, 20), font=font)
         boxes.append(list(draw.textbbox((40, y), text, font=font)))
-    (tmp_path / "src").mkdir()
-    (tmp_path / "out").mkdir()
+    for d in ("src", "out"):
+        (tmp_path / d).mkdir()
     img.save(tmp_path / "src" / "a.png")
-    x0, y0, x1, y1 = boxes[0]
-    draw.rectangle((x0 - 4, y0 - 4, x1 + 4, y1 + 4), fill=mod.MAGENTA)   # the date covered, the ID left
+    x0, y0, x1, y1 = boxes[cover]
+    draw.rectangle((x0 - 4, y0 - 4, x1 + 4, y1 + 4), fill=mod.MAGENTA)
     img.save(tmp_path / "out" / "a.png")
-    r = SimpleNamespace(boxes=np.array(boxes, float), texts=texts, kinds=["timestamp", "sample_id"], polys=[(), ()])
+    return mod, texts, np.array(boxes, float)
+
+
+def test_overlay_leak_counts_overlays_still_read_in_the_output(tmp_path: Path) -> None:
+    """Real OCR: of two readable overlays, the one the output left uncovered is the leak."""
+    from pipeline.legibility import Reader
+
+    mod, texts, boxes = _two_labels(tmp_path, cover=0)   # the date covered, the ID left
+    r = SimpleNamespace(boxes=boxes, texts=texts, kinds=["timestamp", "sample_id"], polys=[(), ()])
     readable: dict[str, list[int]] = {}
     lk = mod.overlay_leak([(tmp_path / "src" / "a.png", r)], tmp_path / "out", Reader(), readable)
     assert readable == {"a.png": [0, 1], f"a.png#in_place.{mod.IN_PLACE_REVISION}": [0, 1]}
@@ -120,28 +127,10 @@ def test_overlay_leak_counts_overlays_still_read_in_the_output(tmp_path: Path) -
 def test_devset_leak_names_the_words_ocr_still_reads(tmp_path: Path) -> None:
     # the devset's read-back listed the texts read in place but not those OCR read: a funsd word
     # counted as leaked could not be found
-    from PIL import ImageDraw, ImageFont
-
     from pipeline.legibility import Reader
-    from pipeline.synth import available_fonts
 
-    spec = importlib.util.spec_from_file_location("bench_redact", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    font = ImageFont.truetype(str(available_fonts()[0]), 40)
-    img = Image.new("RGB", (640, 240), (235, 235, 235))
-    draw = ImageDraw.Draw(img)
-    texts, boxes = ["14/09/2008", "Sample 4711"], []
-    for text, y in zip(texts, (30, 140)):
-        draw.text((40, y), text, fill=(20, 20, 20), font=font)
-        boxes.append(list(draw.textbbox((40, y), text, font=font)))
-    for d in ("src", "out"):
-        (tmp_path / d).mkdir()
-    img.save(tmp_path / "src" / "a.png")
-    x0, y0, x1, y1 = boxes[1]
-    draw.rectangle((x0 - 4, y0 - 4, x1 + 4, y1 + 4), fill=mod.MAGENTA)   # the ID covered, the date left
-    img.save(tmp_path / "out" / "a.png")
-    rec = SimpleNamespace(source="forms", boxes=np.array(boxes, float), texts=texts, ignore=np.zeros(2, bool), polys=[])
+    mod, texts, boxes = _two_labels(tmp_path, cover=1)   # the ID covered, the date left
+    rec = SimpleNamespace(source="forms", boxes=boxes, texts=texts, ignore=np.zeros(2, bool), polys=[])
     lk = mod.leak(tmp_path / "out", tmp_path / "src", [("a.png", rec)], Reader(), tmp_path)["forms"]
     assert lk["leaked_words"] == 1 and lk["leaked_texts"] == ["a.png: 14/09/2008"]
     assert lk["leaked_in_place_texts"] == ["a.png: 14/09/2008"]
