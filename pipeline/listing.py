@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from pipeline.io import utf8_text
+
 
 # What every stage takes as an image (the redact codec writes exactly these: see codec.EXTENSIONS).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".jif", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif")
@@ -120,15 +122,6 @@ def _inside(real: str, root_real: str) -> bool:
     return real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)
 
 
-def _is_text(name: str) -> bool:
-    """Whether a name from the file system is valid UTF-8 (else Python holds lone surrogates)."""
-    try:
-        name.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
-
-
 def iter_image_files(root: str | Path, extensions: Collection[str] | None = None,
                      exclude: Iterable[str | Path] = (), text_names: bool = False) -> Iterator[Listed | Skipped]:
     """Regular files under `root` (see the module docstring for the rule), and skipped entries.
@@ -174,7 +167,7 @@ def iter_image_files(root: str | Path, extensions: Collection[str] | None = None
                 elif is_image_name(e.name):
                     yield Skipped(path, erel, "hidden", "hidden name (starts with '.'); not listed")
                 continue
-            if text_names and not _is_text(e.name):
+            if text_names and utf8_text(e.name) != e.name:   # not UTF-8: Python holds lone surrogates
                 if wanted(e.name) or _is_real_dir(e) or e.is_symlink():
                     yield Skipped(path, erel, "name_not_utf8", "the name is not valid UTF-8; rename it to take it in")
                 continue
