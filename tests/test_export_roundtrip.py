@@ -234,3 +234,31 @@ def test_exported_images_are_copies_and_a_missing_original_is_left_out_and_named
     assert sha256(ws.abspath(a["path"])) == a["id"]
     assert {json.loads(x)["original_name"] for x in (tmp_path / "j" / "boxes.jsonl").read_text().splitlines()} == \
         {"a.png", "rot.jpg"}
+
+
+def test_yolo_class_names_are_quoted_and_a_blank_class_list_is_refused(tmp_path: Path) -> None:
+    import yaml
+
+    ws = Workspace.open(tmp_path / "ws")
+    import_labels(ws, [labelled_source(tmp_path / "src")])
+    export(ws, tmp_path / "y", "yolo", classes=("a: b", "#1"))   # broke data.yaml for every YAML reader
+    assert yaml.safe_load((tmp_path / "y" / "data.yaml").read_text())["names"] == {0: "a: b", 1: "#1"}
+    for classes in ("", " ", "text,", "text,text"):
+        r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "export", "--format", "coco", "--classes", classes,
+                                     str(tmp_path / "c")])
+        assert r.exit_code == 2 and "--classes must name at least one class" in " ".join(r.output.split()), r.output
+        assert not (tmp_path / "c").exists()
+
+
+def test_a_damaged_stored_image_is_left_out_and_named(tmp_path: Path) -> None:
+    """Its bytes no longer matching its id (their sha256), it was exported as if it were fine."""
+    ws = Workspace.open(tmp_path / "ws")
+    import_labels(ws, [labelled_source(tmp_path / "src")])
+    a = ids_by_name(ws)["a.png"]
+    ws.abspath(a["path"]).write_bytes(b"xx")
+    res = export(ws, tmp_path / "E")
+    assert res.images == 2 and len(res.problems) == 1
+    assert "damaged" in res.problems[0] and a["id"] in res.problems[0]
+    assert not list((tmp_path / "E" / "images").glob(f"{a['id']}.*"))
+    b = ids_by_name(ws)["b.png"]["id"]
+    assert sha256(tmp_path / "E" / "images" / f"{b}.png") == b   # the others as they were

@@ -140,6 +140,24 @@ def test_coco_load_can_skip_a_malformed_annotation(tmp_path):
         load("coco", path)
 
 
+def test_coco_images_that_share_an_id_are_skipped_not_given_each_others_boxes(tmp_path):
+    """One annotation of image id 1 became a box on both images that had id 1, silently."""
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.png", "width": 20, "height": 20},
+                   {"id": 1, "file_name": "b.png", "width": 20, "height": 20},
+                   {"id": 2, "file_name": "c.png", "width": 20, "height": 20}],
+        "annotations": [{"id": 1, "image_id": 1, "bbox": [1, 1, 4, 4]}, {"id": 2, "image_id": 2, "bbox": [2, 2, 4, 4]}],
+        "categories": [{"id": 1, "name": "text"}]}))
+    problems: list[str] = []
+    recs = get_format("coco").load(path, problems=problems)
+    assert [(r.image, r.boxes.tolist()) for r in recs] == [("c.png", [[2, 2, 6, 6]])]
+    assert problems == [f"{path}: image id 1 is given to 2 images (a.png, b.png): their annotations cannot be "
+                        "told apart; skipped"]
+    with pytest.raises(ValueError, match="image id 1 is given to 2 images"):
+        load("coco", path)
+
+
 @pytest.mark.parametrize("polys, message", [
     ([[40, 40, 100, 40, 100, 80]], "poly 0 is not a polygon of at least 4 finite points"),
     ([[1, 1, 9, 1, 9, 9, 1]], "poly 0 is not a polygon of at least 4 finite points"),

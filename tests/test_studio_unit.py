@@ -4,12 +4,12 @@ the ML backend app (FastAPI in-process), the launcher's PID-file discipline."""
 from __future__ import annotations
 
 import os
-
 import subprocess
 import sys
 import time
 
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 from PIL import Image
@@ -212,7 +212,7 @@ def test_export_formats_from_catalog_annotations(ws, tmp_path):
     line = (tmp_path / "y" / "labels" / f"{ids['a.png']}.txt").read_text().split()
     assert line == ["0", "0.200000", "0.300000", "0.200000", "0.400000"]
     assert (tmp_path / "y" / "labels" / f"{ids['empty.png']}.txt").read_text() == ""
-    assert "0: text" in (tmp_path / "y" / "data.yaml").read_text()
+    assert yaml.safe_load((tmp_path / "y" / "data.yaml").read_text())["names"] == {0: "text"}
     # a re-export of one split into the same folder: the other images' files go (a YOLO trainer
     # reads all of images/), and a folder holding anything else is refused before any write
     with ws.catalog() as cat:

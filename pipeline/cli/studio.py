@@ -228,10 +228,11 @@ def export_cmd(
     from pipeline.studio.export import check_options, export
 
     st = state(ctx)
+    names = tuple(c.strip() for c in classes.split(","))
     with usage_errors():
-        check_options(fmt, split)
+        check_options(fmt, split, names)
     try:
-        res = export(st.read_ws(read_only_ok=True), out, fmt, split, tuple(c for c in classes.split(",") if c))
+        res = export(st.read_ws(read_only_ok=True), out, fmt, split, names)
     except (ValueError, OSError) as exc:
         fail(str(exc))
     def render(c) -> None:

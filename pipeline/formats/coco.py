@@ -89,7 +89,7 @@ def load(path: str | Path, categories: Sequence[str] | None = None,
     ("file: annotation 7: ...") and is skipped, so `import` keeps the rest of the file. So does an
     annotation of an image_id the file does not list, one of a category_id its `categories` do
     not list (one without a category_id, or a file without categories: the box is text), and an image whose `split` is not
-    train, val or test."""
+    train, val or test, and every image whose id another image has too."""
     path = Path(path)
     if path.is_dir():
         path = path / FILE_NAME
@@ -114,6 +114,16 @@ def load(path: str | Path, categories: Sequence[str] | None = None,
         if unknown:
             raise ValueError(f"{path}: no categor{'y' if len(unknown) == 1 else 'ies'} named {', '.join(sorted(unknown))}")
     image_ids = {im.get("id") for im in data["images"] if isinstance(im, dict) and _hashable(im.get("id"))}
+    # an id given to two images: their annotations cannot be told apart (one box became a box on
+    # both images, silently), so every image holding it is skipped
+    id_names: dict[Any, list[str]] = {}
+    for im in data["images"]:
+        if isinstance(im, dict) and _hashable(im.get("id")):
+            id_names.setdefault(im["id"], []).append(str(im.get("file_name", "?")))
+    shared = {i for i, names in id_names.items() if len(names) > 1}
+    for i in shared:
+        bad(f"image id {_short(i)} is given to {len(id_names[i])} images ({', '.join(id_names[i][:3])}): "
+            "their annotations cannot be told apart; skipped")
     by_image: dict[Any, list[dict[str, Any]]] = {}
     for k, ann in enumerate(data.get("annotations") or []):
         if not isinstance(ann, dict) or "image_id" not in ann or "bbox" not in ann:
@@ -132,6 +142,8 @@ def load(path: str | Path, categories: Sequence[str] | None = None,
         by_image.setdefault(ann["image_id"], []).append(ann)
     out = []
     for k, im in enumerate(data["images"]):
+        if isinstance(im, dict) and _hashable(im.get("id")) and im["id"] in shared:
+            continue
         try:
             name, w, h = str(im["file_name"]), int(im["width"]), int(im["height"])
         except (KeyError, TypeError, ValueError):

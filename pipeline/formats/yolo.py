@@ -55,7 +55,8 @@ def save(records: Sequence[LabelledImage], out: str | Path, classes: Sequence[st
     for split, recs in _by_split(records).items():
         lists[split] = f"{split}.txt"
         atomic_write_text(out / lists[split], "".join(f"./{rec.image}\n" for rec in recs))
-    names = "\n".join(f"  {i}: {c}" for i, c in enumerate(classes))
+    # quoted (JSON strings are YAML): a class named "a: b" or "#1" broke the file for every reader
+    names = "\n".join(f"  {i}: {json.dumps(c, ensure_ascii=False)}" for i, c in enumerate(classes))
     keys = "".join(f"{split}: {name}\n" for split, name in lists.items())
     target = out / FILE_NAME
     atomic_write_text(target, f"path: {json.dumps(str(out.resolve()), ensure_ascii=False)}\n{keys}names:\n{names}\n")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -103,12 +104,16 @@ def _remove_other_label_files(out: Path, written: set[str]) -> int:
     return gone
 
 
-def check_options(fmt: str, split: str | None) -> None:
-    """ValueError naming the allowed values for a format or split that cannot be exported, so
-    a typo is refused before OUT is created (an unknown split used to export 0 images)."""
+def check_options(fmt: str, split: str | None, classes: Sequence[str] = ("text",)) -> None:
+    """ValueError naming the allowed values for a format, split or class list that cannot be
+    exported, so a typo is refused before OUT is created (an unknown split used to export 0
+    images; `--classes ''` wrote a data.yaml naming no class for labels of class 0)."""
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
     check_split(split)
+    if not classes or any(not c.strip() for c in classes) or len(set(classes)) != len(classes):
+        raise ValueError(f"--classes must name at least one class, comma-separated, none blank or repeated; "
+                         f"got {','.join(classes)!r}")
 
 
 def labelled_rows(ws: Workspace, split: str | None = None, sources: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
@@ -120,7 +125,10 @@ def labelled_rows(ws: Workspace, split: str | None = None, sources: tuple[str, .
 
 def _place_image(ws: Workspace, row: dict[str, Any], dest_dir: Path) -> str:
     """The image under `dest_dir`: copied, or (EXIF-rotated) written upright as PNG; both appear
-    complete or not at all (`io.atomic_open`). OSError when the workspace's file cannot be read."""
+    complete or not at all (`io.atomic_open`). OSError when the workspace's file cannot be read,
+    or its bytes are no longer the image's (its id is their sha256: a damaged file was exported
+    as if it were fine, while predict, evaluate and curate called it broken)."""
+    from pipeline.io import sha256_file
     from pipeline.listing import open_regular
 
     src = ws.abspath(row["path"])
@@ -131,6 +139,8 @@ def _place_image(ws: Workspace, row: dict[str, Any], dest_dir: Path) -> str:
         if not (src.exists() and os.path.samefile(src, dest)):
             return name
         dest.unlink()   # an earlier export's hard link to the original: a copy now
+    if sha256_file(src) != row["image_id"]:
+        raise OSError("the stored file is damaged (its bytes no longer match the image's sha256)")
     with open_regular(src) as fin:
         if upright:
             from PIL import Image, ImageOps
@@ -174,7 +184,7 @@ def export(ws: Workspace, out: Path, fmt: str = "jsonl", split: str | None = Non
            classes: tuple[str, ...] = ("text",)) -> ExportSummary:
     """The labelled (and verified-empty) images of `split` (None: all) written to `out` in `fmt`;
     ValueError (`check_options`) before anything is written for an unknown format or split."""
-    check_options(fmt, split)
+    check_options(fmt, split, classes)
     label_format = get_format(fmt)
     out = Path(out)
     _check_out(out)
