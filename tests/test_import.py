@@ -132,6 +132,10 @@ def test_cli_import_json(tmp_path: Path) -> None:
     assert out["images"] == 3 and out["inserted"] == 3 and len(out["problems"]) == 2  # missing.png, a clipped box
     r = runner.invoke(app, ["-w", str(tmp_path / "ws"), "import", str(labels.with_suffix(".csv"))])
     assert r.exit_code == 2 and "no such label file" in r.output
+    # a mistyped path into a new workspace: one line, and no empty workspace left behind
+    r = runner.invoke(app, ["-w", str(tmp_path / "new"), "import", str(tmp_path / "nothere.jsonl")])
+    assert r.exit_code == 2 and "nothere.jsonl: no such label file" in r.output
+    assert not (tmp_path / "new").exists()
 
 
 def test_devset_polygons_become_quads_that_training_reads_upright(ws, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -154,6 +155,11 @@ def import_cmd(
     from pipeline.importer import import_labels
 
     st = state(ctx)
+    # a mistyped label path is one line and no workspace (it left an empty catalog behind, as
+    # harvest once did)
+    missing = [p for p in labels if not os.path.lexists(p)]
+    if missing:
+        fail(f"{missing[0]}: no such label file" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""), 2)
     ws = st.ws()
     try:
         with progress(st, "import (harvest images)") as update:
