@@ -568,8 +568,15 @@ def list_images(folder: str | Path) -> list[Path]:
                                                  else "backgrounds folder not found"))
     from pipeline.listing import Listed, iter_image_files
 
-    # the shared listing rule: FIFOs, links out of the folder and hidden files are left out
-    return sorted(e.path for e in iter_image_files(folder, IMAGE_EXTENSIONS) if isinstance(e, Listed))
+    # the shared listing rule: FIFOs, links out of the folder and hidden files are left out, and
+    # named in the log as every other stage names them (they went in silence)
+    found = []
+    for e in iter_image_files(folder, IMAGE_EXTENSIONS):
+        if isinstance(e, Listed):
+            found.append(e.path)
+        else:
+            log.warning("%s: background skipped (%s: %s)", e.path, e.reason, e.detail)
+    return sorted(found)
 
 
 def synth_image(index: int, cfg: SynthConfig, backgrounds: Sequence[Path] = ()) -> Rendered:

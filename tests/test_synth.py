@@ -154,15 +154,24 @@ def test_an_interrupted_generation_is_never_read_as_a_finished_set(ws, tmp_path:
     assert len(workspace_training_data(ws, synth_sets=("mine",))[0]) == SMALL.n_images
 
 
-def test_backgrounds_folder_is_used(tmp_path: Path) -> None:
+def test_backgrounds_folder_is_used(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import os
+
     from PIL import Image
 
     (tmp_path / "bg").mkdir()
     Image.fromarray(np.full((100, 120, 3), (10, 200, 30), np.uint8)).save(tmp_path / "bg/x.png")
+    os.mkfifo(tmp_path / "bg" / "pipe.png")
+    (tmp_path / "bg" / "gone.png").symlink_to(tmp_path / "nowhere.png")
     from pipeline.synth import list_images
 
     cfg = dataclasses.replace(SMALL, real_background_fraction=1.0, n_images=1, p_empty=1.0)
-    r = synth_image(0, cfg, list_images(tmp_path / "bg"))
+    with caplog.at_level("WARNING"):
+        found = list_images(tmp_path / "bg")
+    assert [p.name for p in found] == ["x.png"]   # the FIFO is never opened, and both are named
+    assert "pipe.png: background skipped (not_a_regular_file" in caplog.text
+    assert "gone.png: background skipped (dangling_symlink" in caplog.text
+    r = synth_image(0, cfg, found)
     assert len(r.boxes) == 0
     assert (np.abs(r.image.astype(int) - (10, 200, 30)) <= 1).all()
 
