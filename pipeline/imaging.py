@@ -233,11 +233,16 @@ def pixel_key(im: Image.Image) -> str:
 
 @contextmanager
 def open_image(path: str | Path) -> Iterator[Image.Image]:
-    """Pillow's lazy image of a regular file (a FIFO is refused, not waited on)."""
+    """Pillow's lazy image of a regular file (a FIFO is refused, not waited on). A file Pillow
+    cannot open is ImageRejected with `rejecting_bad_images`' reason (Pillow's own message named
+    `<_io.BufferedReader name=7>`, not the file)."""
     from pipeline.listing import open_regular
 
-    with open_regular(path) as fh, Image.open(fh) as im:
-        yield im
+    with open_regular(path) as fh:
+        with rejecting_bad_images():
+            im = Image.open(fh)
+        with im:
+            yield im
 
 
 def file_pixel_key(path: str | Path) -> str | None:

@@ -213,7 +213,7 @@ def _load_one(ref: ImageRef) -> tuple[str, str | None, str | None, int, int, np.
     """(id, error, pixel_key, phash, dhash, embedding, stats) of one image; never raises."""
     from PIL import ImageOps
 
-    from pipeline.imaging import open_image, pixel_key, to_uint8_rgb
+    from pipeline.imaging import ImageRejected, open_image, pixel_key, to_uint8_rgb
 
     try:
         with open_image(ref.path) as im:
@@ -221,6 +221,8 @@ def _load_one(ref: ImageRef) -> tuple[str, str | None, str | None, int, int, np.
             rgb = to_uint8_rgb(ImageOps.exif_transpose(im))
     except FileNotFoundError:
         return ref.image_id, "missing", None, 0, 0, None, None
+    except ImageRejected as exc:   # the shared reasons: not_an_image, corrupt, ...
+        return ref.image_id, f"{exc.reason}: {exc.detail}"[:200], None, 0, 0, None, None
     except Exception as exc:  # noqa: BLE001 - a bad image in a batch is logged and skipped
         return ref.image_id, f"corrupt: {type(exc).__name__}: {exc}"[:200], None, 0, 0, None, None
     if rgb.ndim != 3 or rgb.shape[0] < 2 or rgb.shape[1] < 2:
