@@ -25,7 +25,7 @@ from pipeline.config import DEFAULT_MAX_PIXELS, check_number, check_split
 from pipeline.detectors.base import Detector, detect_visible
 from pipeline.imaging import ImageRejected, load_views
 from pipeline.io import describe_error, is_bug, sha256_file
-from pipeline.listing import IMAGE_EXTENSIONS, NotRegularFile, Skipped
+from pipeline.listing import IMAGE_EXTENSIONS, NotRegularFile, Skipped, file_problem
 from pipeline.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,11 @@ def image_error(exc: BaseException) -> str:
         return str(exc)
     if isinstance(exc, NotRegularFile):
         return f"{exc.reason}: {exc.strerror}"
+    if isinstance(exc, FileNotFoundError) and exc.filename:
+        # the listing's reasons (`not_found`, `dangling_symlink`), not "FileNotFoundError: [Errno 2] ..."
+        problem = file_problem(exc.filename)
+        if problem:
+            return f"{problem[0]}: {problem[1]}"
     return describe_error(exc)
 
 
@@ -329,7 +334,7 @@ def list_image_files(inputs: Sequence[str | Path], skipped: list[Skipped] | None
     a path named twice (e.g. a folder and a file in it) is listed once. With several inputs the
     names are relative to the folder that holds them all (`dupA/x.jpg`, `dupB/x.jpg`): relative
     to each input, two cameras' `IMG_0001.jpg` gave two records named alike."""
-    from pipeline.listing import file_problem, iter_image_files
+    from pipeline.listing import iter_image_files
 
     out: list[tuple[Path, str]] = []
     seen: set[Path] = set()

@@ -344,6 +344,12 @@ def test_a_fifo_is_not_an_empty_image(tmp_path: Path) -> None:
 
     [(path, err)] = list(predict_paths(FakeDetector(), [fifo]))
     assert image_error(err).startswith("not_a_regular_file: is a FIFO")
+    # a dangling link or a missing file a label file names: the listing's reasons, not
+    # "FileNotFoundError: [Errno 2] No such file or directory: ..." (evaluate --gt printed that)
+    (tmp_path / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    [(_, err), (_, err2)] = list(predict_paths(FakeDetector(), [tmp_path / "gone.png", tmp_path / "missing.png"]))
+    assert image_error(err).startswith("dangling_symlink: symlink to ")
+    assert image_error(err2) == "not_found: no such file or folder"
 
 
 def test_predict_has_the_max_pixels_option_its_message_names(tmp_path: Path, fake) -> None:
