@@ -196,7 +196,7 @@ def _walk_folder(folder: Path, errors: list[Reject], ignored: list[str]) -> list
     found = triage(iter_image_files(folder, None, text_names=True))
     # a name that is not UTF-8 is kept as the catalog can store it (`\\xff`)
     errors += [Reject(utf8_text(_entry_key(e.path)), e.reason, e.detail, shown=utf8_text(str(e.path))) for e in found.problems]
-    ignored += [str(p) for p in found.ignored]
+    ignored += [utf8_text(str(p)) for p in found.ignored]
     # a link to a file of the same folder is the same source: named by the real file, not the
     # link (the image was stored as `link_inside.png` and its own name appeared nowhere)
     items: dict[str, Item] = {}

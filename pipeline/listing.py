@@ -167,8 +167,9 @@ def iter_image_files(root: str | Path, extensions: Collection[str] | None = None
                 elif is_image_name(e.name):
                     yield Skipped(path, erel, "hidden", "hidden name (starts with '.'); not listed")
                 continue
-            if text_names and utf8_text(e.name) != e.name:   # not UTF-8: Python holds lone surrogates
-                if wanted(e.name) or _is_real_dir(e) or e.is_symlink():
+            if text_names and utf8_text(e.name) != e.name and (is_image_name(e.name) or _is_dir(e)):
+                # not UTF-8 (Python holds lone surrogates); other files stay what they were: ignored
+                if wanted(e.name) or _is_dir(e):
                     yield Skipped(path, erel, "name_not_utf8", "the name is not valid UTF-8; rename it to take it in")
                 continue
             try:
@@ -227,6 +228,14 @@ def iter_image_files(root: str | Path, extensions: Collection[str] | None = None
 def is_hidden_name(name: str) -> bool:
     """The listing's rule for hidden entries (files and folders): the name starts with '.'."""
     return name.startswith(".")
+
+
+def _is_dir(e: os.DirEntry) -> bool:
+    """A folder, or a link to one (False when it cannot be told)."""
+    try:
+        return e.is_dir()
+    except OSError:
+        return False
 
 
 def _is_real_dir(e: os.DirEntry) -> bool:

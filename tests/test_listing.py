@@ -90,6 +90,7 @@ def test_names_that_are_not_utf8_are_rejected_where_the_catalog_keeps_them_and_r
     bad_file, bad_dir = os.fsdecode(b"x\xff.png"), os.fsdecode(b"d\xfe")
     _img(src / bad_file)
     _img(src / bad_dir / "inner.png")
+    (src / os.fsdecode(b"n\xfd.txt")).write_text("not an image: ignored, as any other name would be")
     ignored: list[str] = []
     items, rejects = expand_sources([str(src)], ignored)
     assert [Path(i.source).name for i in items] == ["a.png"]
@@ -101,3 +102,4 @@ def test_names_that_are_not_utf8_are_rejected_where_the_catalog_keeps_them_and_r
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["new"] == 1 and out["rejected"] == {"name_not_utf8": 2}
+    assert out["ignored_files"] == [str(src / "n\\xfd.txt")]
