@@ -45,6 +45,7 @@ import pandas as pd
 
 from pipeline.boxes import Detections, inside_matrix, iou_matrix
 from pipeline.catalog import ImageStatus
+from pipeline.imaging import ImageRejected
 
 log = logging.getLogger("textloop.curate")
 
@@ -193,7 +194,7 @@ def score_label_noise(items: Sequence[NoiseItem], cfg: LabelNoiseConfig | None =
         if reader is not None:
             try:
                 reading = _reading(it, given, pred, cov, cfg, reader)
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, ImageRejected) as exc:
                 where = f"{it.name} ({it.path})" if it.name else (it.path or it.image_id)
                 skipped.append((it.image_id, f"{where}: cannot read the image ({exc})"))
                 log.warning("label noise: %s skipped: %s", it.image_id, skipped[-1][1])
