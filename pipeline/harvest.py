@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import ctypes
 import errno
-import hashlib
 import http.client
 import os
 import signal
@@ -36,7 +35,7 @@ from typing import Any
 from pipeline.catalog import Catalog
 from pipeline.config import HarvestConfig, SplitRatios
 from pipeline.imaging import ImageInfo, ImageRejected, probe
-from pipeline.io import one_line, utf8_text
+from pipeline.io import TooLarge, copy_hashing, one_line, utf8_text
 from pipeline.listing import MAX_LISTED_IGNORED, NotRegularFile, file_problem, iter_image_files, open_regular, triage
 from pipeline.workspace import Workspace
 
@@ -328,19 +327,11 @@ class _Retryable(Exception):
 
 
 def _copy_hashing(src, dst: Path, max_bytes: int) -> tuple[str, int]:
-    h = hashlib.sha256()
-    n = 0
-    with dst.open("wb") as out:
-        while True:
-            chunk = src.read(CHUNK)
-            if not chunk:
-                break
-            n += len(chunk)
-            if n > max_bytes:
-                raise ImageRejected("too_large", f"more than {max_bytes} bytes")
-            h.update(chunk)
-            out.write(chunk)
-    return h.hexdigest(), n
+    try:
+        with dst.open("wb") as out:
+            return copy_hashing(src, out, max_bytes, CHUNK)
+    except TooLarge as exc:
+        raise ImageRejected("too_large", str(exc)) from None
 
 
 class _Deadline:

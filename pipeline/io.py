@@ -106,6 +106,24 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+class TooLarge(ValueError):
+    """`copy_hashing` stopped at its byte limit."""
+
+
+def copy_hashing(src: BinaryIO, dst: BinaryIO, max_bytes: int | None = None, chunk: int = 1 << 20) -> tuple[str, int]:
+    """Copy `src` to `dst` in one read, hashing on the way: (sha256, bytes). TooLarge past
+    `max_bytes` (a download or file that never ends is not read to its end)."""
+    h = hashlib.sha256()
+    n = 0
+    while block := src.read(chunk):
+        n += len(block)
+        if max_bytes is not None and n > max_bytes:
+            raise TooLarge(f"more than {max_bytes} bytes")
+        h.update(block)
+        dst.write(block)
+    return h.hexdigest(), n
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -254,11 +254,13 @@ def test_a_damaged_stored_image_is_left_out_and_named(tmp_path: Path) -> None:
     """Its bytes no longer matching its id (their sha256), it was exported as if it were fine."""
     ws = Workspace.open(tmp_path / "ws")
     import_labels(ws, [labelled_source(tmp_path / "src")])
-    a = ids_by_name(ws)["a.png"]
-    ws.abspath(a["path"]).write_bytes(b"xx")
+    a, rot = ids_by_name(ws)["a.png"], ids_by_name(ws)["rot.jpg"]   # copied / written upright
+    for im in (a, rot):
+        ws.abspath(im["path"]).write_bytes(ws.abspath(im["path"]).read_bytes()[:-1] + b"x")
     res = export(ws, tmp_path / "E")
-    assert res.images == 2 and len(res.problems) == 1
-    assert "damaged" in res.problems[0] and a["id"] in res.problems[0]
-    assert not list((tmp_path / "E" / "images").glob(f"{a['id']}.*"))
+    assert res.images == 1 and len(res.problems) == 2
+    assert all("damaged" in p for p in res.problems) and {a["id"], rot["id"]} == {p.split(";")[1].split()[1] for p in res.problems}
+    assert not list((tmp_path / "E" / "images").glob(f"{a['id']}.*")) and not list((tmp_path / "E" / "images").glob(f"{rot['id']}.*"))
+    assert not [p for p in (tmp_path / "E" / "images").iterdir() if p.name.startswith(".")]   # no temp file left
     b = ids_by_name(ws)["b.png"]["id"]
     assert sha256(tmp_path / "E" / "images" / f"{b}.png") == b   # the others as they were

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -128,7 +127,7 @@ def _place_image(ws: Workspace, row: dict[str, Any], dest_dir: Path) -> str:
     complete or not at all (`io.atomic_open`). OSError when the workspace's file cannot be read,
     or its bytes are no longer the image's (its id is their sha256: a damaged file was exported
     as if it were fine, while predict, evaluate and curate called it broken)."""
-    from pipeline.io import sha256_file
+    from pipeline.io import copy_hashing, sha256_bytes
     from pipeline.listing import open_regular
 
     src = ws.abspath(row["path"])
@@ -139,23 +138,27 @@ def _place_image(ws: Workspace, row: dict[str, Any], dest_dir: Path) -> str:
         if not (src.exists() and os.path.samefile(src, dest)):
             return name
         dest.unlink()   # an earlier export's hard link to the original: a copy now
-    if _is_sha256(row["image_id"]) and sha256_file(src) != row["image_id"]:
-        raise OSError("the stored file is damaged (its bytes no longer match the image's sha256)")
-    with open_regular(src) as fin:
+    with open_regular(src) as fin:   # read once: checked while it is copied (or decoded)
         if upright:
+            import io
+
             from PIL import Image, ImageOps
 
-            with Image.open(fin) as im, atomic_open(dest) as fh:
+            data = fin.read()
+            _check_bytes(sha256_bytes(data), row["image_id"])
+            with Image.open(io.BytesIO(data)) as im, atomic_open(dest) as fh:
                 ImageOps.exif_transpose(im).save(fh, format="PNG")
             return name
-        with atomic_open(dest) as fh:
-            shutil.copyfileobj(fin, fh)
+        with atomic_open(dest) as fh:   # a damaged copy raises inside: the temp file goes, nothing lands
+            _check_bytes(copy_hashing(fin, fh)[0], row["image_id"])
     return name
 
 
-def _is_sha256(image_id: str) -> bool:
-    """Whether an image id is a content hash (harvest's ids are; a catalog filled by hand may not be)."""
-    return len(image_id) == 64 and all(c in "0123456789abcdef" for c in image_id)
+def _check_bytes(digest: str, image_id: str) -> None:
+    """OSError when a stored image's bytes no longer hash to its id. Only ids that are sha256s
+    (harvest's all are; a catalog filled by hand may use others)."""
+    if len(image_id) == 64 and all(c in "0123456789abcdef" for c in image_id) and digest != image_id:
+        raise OSError("the stored file is damaged (its bytes no longer match the image's sha256)")
 
 
 def _texts(column: str | None, n_boxes: int) -> tuple[str, ...]:
