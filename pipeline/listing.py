@@ -162,16 +162,17 @@ def iter_image_files(root: str | Path, extensions: Collection[str] | None = None
             if is_hidden_name(e.name):
                 if exts is not None:
                     continue
-                if _is_real_dir(e):   # named at the end unless a link in the tree lists it
+                if _is_dir(e, follow_symlinks=False):   # named at the end unless a link in the tree lists it
                     hidden_dirs.append((path, erel))
                 elif is_image_name(e.name):
                     yield Skipped(path, erel, "hidden", "hidden name (starts with '.'); not listed")
                 continue
-            if text_names and utf8_text(e.name) != e.name and (is_image_name(e.name) or _is_dir(e)):
-                # not UTF-8 (Python holds lone surrogates); other files stay what they were: ignored
-                if wanted(e.name) or _is_dir(e):
-                    yield Skipped(path, erel, "name_not_utf8", "the name is not valid UTF-8; rename it to take it in")
-                continue
+            if text_names and utf8_text(e.name) != e.name:   # not UTF-8: Python holds lone surrogates
+                folder = _is_dir(e)
+                if folder or is_image_name(e.name):   # other files stay what they were: ignored
+                    if folder or wanted(e.name):
+                        yield Skipped(path, erel, "name_not_utf8", "the name is not valid UTF-8; rename it to take it in")
+                    continue
             try:
                 if e.is_symlink():
                     try:
@@ -230,17 +231,10 @@ def is_hidden_name(name: str) -> bool:
     return name.startswith(".")
 
 
-def _is_dir(e: os.DirEntry) -> bool:
-    """A folder, or a link to one (False when it cannot be told)."""
+def _is_dir(e: os.DirEntry, follow_symlinks: bool = True) -> bool:
+    """A folder (or, following links, a link to one); False when it cannot be told."""
     try:
-        return e.is_dir()
-    except OSError:
-        return False
-
-
-def _is_real_dir(e: os.DirEntry) -> bool:
-    try:
-        return e.is_dir(follow_symlinks=False)
+        return e.is_dir(follow_symlinks=follow_symlinks)
     except OSError:
         return False
 

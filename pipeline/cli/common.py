@@ -171,6 +171,16 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+def refuse_missing(paths: Sequence[str | Path], what: str = "file or folder") -> None:
+    """Exit 2 with one line when a path typed on the command line does not exist (URLs pass): a
+    typo, not a bad entry of a batch, so nothing is recorded and no workspace is made."""
+    import os
+
+    missing = [p for p in paths if "://" not in str(p) and not os.path.lexists(os.path.expanduser(str(p)))]
+    if missing:
+        fail(f"{missing[0]}: no such {what}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""), 2)
+
+
 def _option_table(params: Sequence[Any]) -> dict[str, bool]:
     """Every option string of `params` -> whether it takes a value (flags and counts do not).
     Duck-typed: typer >= 0.20 vendors its own copy of Click, so isinstance(click.Option) fails."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -12,7 +11,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.cli.common import AppState, emit, fail, parse_floats, plain, progress, state, titled, usage_errors
+from pipeline.cli.common import (AppState, emit, fail, parse_floats, plain, progress, refuse_missing, state, titled,
+                                 usage_errors)
 from pipeline.config import DEFAULT_MAX_PIXELS
 from pipeline.predict import DEFAULT_THRESHOLD
 
@@ -155,11 +155,7 @@ def import_cmd(
     from pipeline.importer import import_labels
 
     st = state(ctx)
-    # a mistyped label path is one line and no workspace (it left an empty catalog behind, as
-    # harvest once did)
-    missing = [p for p in labels if not os.path.lexists(p)]
-    if missing:
-        fail(f"{missing[0]}: no such label file" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""), 2)
+    refuse_missing(labels, "label file")   # before the workspace: a typo left an empty catalog behind
     ws = st.ws()
     try:
         with progress(st, "import (harvest images)") as update:

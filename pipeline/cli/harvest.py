@@ -10,7 +10,7 @@ from typing import Any, List
 import typer
 from rich.console import Console
 
-from pipeline.cli.common import emit, fail, option_message, plain, positive, progress, state, titled
+from pipeline.cli.common import emit, fail, option_message, plain, positive, progress, refuse_missing, state, titled
 from pipeline.config import DEFAULT_MAX_PIXELS, HarvestConfig, SplitRatios
 from pipeline.harvest import HarvestInterrupted, harvest
 
@@ -50,9 +50,7 @@ def harvest_cmd(
         fail(option_message(ctx, exc), 2)
     # a path typed on the command line that does not exist is a typo, not a bad entry of a batch:
     # one line, nothing recorded (it was a `not_found` reject that no later harvest cleared)
-    missing = [s for s in sources if "://" not in s and not os.path.lexists(os.path.expanduser(s))]
-    if missing:
-        fail(f"{missing[0]}: no such file or folder" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""), 2)
+    refuse_missing(sources)
     ws = st.ws()
     try:
         with progress(st, "harvest") as update:
