@@ -123,6 +123,19 @@ def test_exclude_the_worst_n_twice_excludes_nothing_more(tmp_path: Path) -> None
     assert not set(issues["image_id"]) & excluded and (issues["name"] != "").all()
 
 
+def test_label_action_without_apply_warns_and_changes_nothing(tmp_path: Path) -> None:
+    """`--label-action exclude` (or `--worst`) without `--apply` was ignored silently: the user
+    expected exclusions and got none. It still writes the reports, and says so."""
+    ws, info = build_workspace(tmp_path)
+    res = CliRunner().invoke(app, ["--workspace", str(ws.root), "curate", "--skip-duplicates", "--worst", "2",
+                                   "--label-action", "exclude"])
+    assert res.exit_code == 0, res.output
+    assert "--label-action and --worst act only with --apply" in " ".join(res.stderr.split())
+    with ws.catalog() as cat:
+        assert not [r for r in cat.images() if r["status"] == "excluded"]
+    assert (ws.reports_dir / "label_issues.parquet").is_file()
+
+
 def test_duplicate_group_labelled_once(tmp_path: Path) -> None:
     pool = make_pool(tmp_path / "src", n=8, seed=5, broken=False)
     ws = Workspace.open(tmp_path / "ws")
@@ -162,6 +175,21 @@ def test_report_on_empty_and_curated_workspace(tmp_path: Path) -> None:
     page = Path(out["html"]).read_text()
     assert "learning_curve.png" in page and "label_issues.png" in page
     assert (Path(out["run_copy"]) / "report.html").exists()
+
+
+def test_report_iteration_names_an_existing_run(tmp_path: Path) -> None:
+    """`report --iteration 99` made runs/99/ with a report of no run in it (a typo for 9): it
+    is refused with the iterations there are; an existing one gets its copy."""
+    ws, _ = build_workspace(tmp_path)
+    runner = CliRunner()
+    assert runner.invoke(app, ["--workspace", str(ws.root), "curate", "--skip-label-noise"]).exit_code == 0
+    with ws.catalog() as cat:
+        last = str(cat.last_iteration(done=True)["id"])
+    res = runner.invoke(app, ["--workspace", str(ws.root), "report", "--iteration", "99"])
+    assert res.exit_code == 2 and "--iteration 99: no such iteration" in res.output and last in res.output
+    assert not (ws.runs_dir / "99").exists()
+    res = runner.invoke(app, ["--workspace", str(ws.root), "--json", "report", "--iteration", last])
+    assert res.exit_code == 0 and Path(json.loads(res.output)["run_copy"]) == ws.runs_dir / last / "report"
 
 
 def test_an_interrupted_curation_leaves_the_reports_of_the_last_complete_one(tmp_path: Path, monkeypatch) -> None:

@@ -1053,16 +1053,18 @@ def test_verify_rounds_is_range_checked_and_needs_verify(tmp_path, fake):
         assert not (tmp_path / "o.png").exists()
 
 
-def test_from_review_with_nothing_held_says_so(tmp_path, fake):
-    """`--from-review` finishes images `--review` held; run on a tree where nothing is held it
-    does nothing (exit 0: a rerun after finishing is fine) and says why instead of staying silent."""
+def test_from_review_on_a_tree_never_redacted_is_refused(tmp_path, fake):
+    """`--from-review` finishes images `--review` held. On an output where nothing was ever
+    redacted there is nothing to finish: one line naming the output and what to run first,
+    exit 2, and no output or audit folder made (it used to create them and exit 0). A rerun
+    after finishing (sidecars, none held) stays a quiet no-op: test_redact_review."""
     src = tmp_path / "a.png"
     Image.fromarray(rgb_noise(66)).save(src)
     r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "redact", str(src), str(tmp_path / "o") + "/", "--from-review"])
-    assert r.exit_code == 0, r.output
-    assert "nothing is held for review" in r.stderr and "--review" in r.stderr
-    assert "archive" not in r.output      # it also claimed an --archive run that never happened
-    assert not (tmp_path / "o" / "a.png").exists()
+    assert r.exit_code == 2, r.output
+    assert "no image under it was redacted with --review" in r.stderr and "redact --review" in r.stderr
+    assert str(tmp_path / "o") in r.stderr
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.audit").exists()
 
 
 def _png_chunk(tag: bytes, body: bytes) -> bytes:

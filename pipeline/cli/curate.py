@@ -20,7 +20,7 @@ def curate_cmd(
     engine: str = typer.Option("permissive", help="Duplicate/outlier engine: permissive (imagehash + small embedding, "
                                "Apache/BSD) or fastdup (CC BY-NC-ND 4.0: non-commercial use only)."),
     apply: bool = typer.Option(False, "--apply", help="Act on the findings (default: only write reports)."),
-    label_action: str = typer.Option("review", help="With --apply, what happens to suspected label issues: review "
+    label_action: Optional[str] = typer.Option(None, help="With --apply (default review), what happens to suspected label issues: review "
                                       "(status needs_review; the next push or iterate sends them to Label Studio "
                                       "with the label and a note) or exclude."),
     worst: Optional[int] = typer.Option(None, min=1, help="With --apply, act on at most this many of the suspected label issues (worst first)."),
@@ -48,8 +48,13 @@ def curate_cmd(
         dup_cfg = DuplicateConfig(engine=engine, fastdup_python=fastdup_python)
         noise_cfg = LabelNoiseConfig(method=method, model_version=model_version)
         check_run_name(iteration)
-    if label_action not in ("review", "exclude"):
+    if label_action not in (None, "review", "exclude"):
         fail(f"--label-action must be review or exclude, got {label_action!r}", 2)
+    ignored = [o for o, given in (("--label-action", label_action is not None), ("--worst", worst is not None)) if given]
+    if ignored and not apply:   # they were silently ignored: the user expected exclusions
+        st.console.print(f"[yellow]warning:[/] {' and '.join(ignored)} act only with --apply: this run writes "
+                         "reports and changes nothing", highlight=False)
+    label_action = label_action or "review"
     if skip_duplicates and skip_label_noise:   # it ran, did nothing and replaced reports/' summary
         fail("--skip-duplicates and --skip-label-noise together leave nothing to do: give one at most", 2)
     ws = st.read_ws()
@@ -126,6 +131,8 @@ def report_cmd(
         res = build_report(ws, iteration=iteration)
     except UnwritableError as exc:
         fail(str(exc))
+    except ValueError as exc:
+        fail(str(exc), 2)
     copy = f"copy in {res.run_copy}" if res.run_copy else "no run copy: no step has finished yet"
     emit(st, res.as_dict(), lambda c: c.print(f"report: {res.html} ({copy}); "
                                               f"{res.learning_curve_points} learning-curve points"))

@@ -477,10 +477,15 @@ def build_report(ws: Any, iteration: int | str | None = None, max_items: int = 1
     clusters = read_table(rep_dir, "duplicate_clusters")
     issues = read_table(rep_dir, "label_issues")
     issue_boxes = read_table(rep_dir, "label_issue_boxes")
+    with ws.catalog() as cat:
+        known = [str(r["id"]) for r in cat.iterations()]
+        last = cat.last_iteration(done=True)   # the step that made the data, not a failed one after it
     if iteration is None:
-        with ws.catalog() as cat:
-            last = cat.last_iteration(done=True)   # the step that made the data, not a failed one after it
-            iteration = last["id"] if last else None
+        iteration = last["id"] if last else None
+    elif str(iteration) not in known and not (ws.runs_dir / str(iteration)).is_dir():
+        # a typo made a new runs/ folder holding a report of no run
+        raise ValueError(f"--iteration {iteration}: no such iteration or runs/ folder "
+                         f"(iterations: {', '.join(known[-5:]) or 'none yet'}); leave it out for the last one")
     # no finished step yet: no run to copy it under (it went to runs/0/)
     out_dirs = [rep_dir] + ([ws.run_dir(iteration) / "report"] if iteration is not None else [])
     pngs = {"learning_curve": "learning_curve.png", "ranking": "ranking_scores.png",

@@ -154,6 +154,10 @@ def redact_tree(input: str, output: str | Path, cfg: rr.RedactConfig = rr.Redact
         raise ValueError("--engine ray builds the detector in each actor: give a detector spec, not a detector")
     else:
         det, det_options = detector, {}
+    if from_review and not any(Path(it.sidecar).is_file() for it in items):
+        # nothing was ever redacted here: there is nothing to finish, and no folder to create
+        raise ValueError(f"{output}: no image under it was redacted with --review (no sidecars in {audit_dir}): "
+                         "run `textloop redact --review` first")
     if engine == "ray":   # a cluster that cannot be reached is one line before any folder is made
         from pipeline.engines import check_engine, init_ray
 
