@@ -100,7 +100,7 @@ class Detections:
     def to_json(self) -> dict[str, list]:
         """Plain lists (rounded to 0.01 px) for JSONL and the catalog; `quads` only when present."""
         d: dict[str, list] = {
-            "boxes": [[round(float(v), 2) for v in b] for b in self.boxes],
+            "boxes": boxes_json(self.boxes),
             "scores": [round(float(s), 4) for s in self.scores],
             "labels": [int(x) for x in self.labels],
         }
@@ -314,6 +314,11 @@ def union_mask(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
     for x0, y0, x1, y1 in to_int_pixels(boxes, width, height):
         mask[y0:y1, x0:x1] = True
     return mask
+
+
+def boxes_json(boxes: Any) -> list:
+    """(N, 4) xyxy boxes as JSON lists at 0.01 px: how sidecars, predictions and annotations store boxes."""
+    return [[round(float(v), 2) for v in b] for b in np.asarray(boxes, dtype=np.float64).reshape(-1, 4)]
 
 
 def quads_json(quads: Any) -> list:

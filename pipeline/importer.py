@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.boxes import clip, quads_json
+from pipeline.boxes import boxes_json, clip, quads_json
 from pipeline.catalog import ImageStatus, dumps
 from pipeline.config import HarvestConfig
 from pipeline.formats import LabelledImage, coco, devset_files
@@ -116,6 +116,13 @@ def source_key(path: Path) -> str:
     return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
 
 
+def _image_path(path: Path) -> Path:
+    """A label file's image as harvest records it (links resolved), except a link whose target
+    is missing: that stays the link, so the problem names the file the label file names
+    ("b.png: dangling_symlink"), not a target the user never wrote down."""
+    return path.resolve() if path.exists() else Path(os.path.abspath(path))
+
+
 def read_devset_jsonl(path: Path, images_dir: Path | None = None,
                       problems: list[str] | None = None) -> tuple[list[LabelRecord], int]:
     """A devset-style boxes.jsonl; image paths relative to `images_dir` (default: the file's
@@ -128,7 +135,7 @@ def read_devset_jsonl(path: Path, images_dir: Path | None = None,
     if problems is not None:
         problems += bad
     origin = source_key(path)
-    return [LabelRecord((base / rec.image).resolve(), rec, origin, f"{path}:{lineno}")
+    return [LabelRecord(_image_path(base / rec.image), rec, origin, f"{path}:{lineno}")
             for lineno, rec in good], len(bad)
 
 
@@ -142,7 +149,7 @@ def read_coco(path: Path, images_dir: Path | None = None, categories: Sequence[s
     origin = source_key(path)
     for rec in coco.load(path, categories, problems):
         file = next((r / rec.image for r in roots if (r / rec.image).exists()), roots[0] / rec.image)
-        out.append(LabelRecord(file.resolve(), rec, origin, str(path)))
+        out.append(LabelRecord(_image_path(file), rec, origin, str(path)))
     return out
 
 
@@ -310,7 +317,7 @@ def import_labels(
                 state = "submitted" if len(boxes) else "empty"
                 quads_col = dumps(quads_json(quads[keep])) if quads is not None and keep.any() else None
                 texts = _kept_texts(r, keep, summary.problems)
-                row = (dumps([[round(float(v), 2) for v in b] for b in boxes]), dumps([0] * len(boxes)),
+                row = (dumps(boxes_json(boxes)), dumps([0] * len(boxes)),
                        dumps([bool(x) for x in ignore]), state, quads_col, dumps(texts) if texts else None)
                 source = f"import:{origin}"
                 old = cat.imported_annotation(image_id, source)

@@ -135,8 +135,21 @@ def test_coco_load_can_skip_a_malformed_annotation(tmp_path):
     recs = get_format("coco").load(path, problems=problems)
     assert [r.image for r in recs] == ["a.png"] and recs[0].boxes.tolist() == [[1, 1, 5, 5]]
     assert problems == [f"{path}: annotation 7 (a.png): bbox must be [x, y, w, h], got [1, 2, 3]",
-                        f"{path}: image #1 lacks file_name, width or height"]
+                        f"{path}: images[1] lacks file_name, width or height"]  # the JSON path (jq .images[1]), 0-based
     with pytest.raises(ValueError, match="annotation 7 "):
+        load("coco", path)
+
+
+def test_a_label_studio_json_export_is_named_as_such_not_just_not_coco(tmp_path):
+    """A user's first try is Label Studio's own JSON export; the error said only "not COCO JSON"."""
+    path = tmp_path / "project-1-at-2026.json"
+    path.write_text(json.dumps([{"id": 1, "data": {"image": "/data/upload/1/ab12-a.png"},
+                                 "annotations": [{"result": []}]}]))
+    with pytest.raises(ValueError) as err:
+        load("coco", path)
+    assert str(err.value).startswith(f"{path}: a Label Studio JSON export") and "export the project as COCO" in str(err.value)
+    path.write_text(json.dumps([1, 2]))
+    with pytest.raises(ValueError, match="not COCO JSON"):
         load("coco", path)
 
 

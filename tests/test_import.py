@@ -43,6 +43,22 @@ def make_devset(root: Path) -> Path:
     return root / "boxes.jsonl"
 
 
+def test_a_dangling_link_is_named_as_the_label_file_names_it(ws, tmp_path: Path) -> None:
+    """A label file's image that is a link to a missing file: the problem names the link (the
+    name the user wrote) and says it dangles; it named the missing target as `not_found`. A link
+    to a present image still imports as that image."""
+    root = tmp_path / "set"
+    (root / "images").mkdir(parents=True)
+    noise_image(0, (64, 48)).save(root / "images" / "a.png")
+    (root / "images" / "b.png").symlink_to(root / "images" / "gone.png")
+    (root / "images" / "c.png").symlink_to(root / "images" / "a.png")
+    write_jsonl(root / "boxes.jsonl", [LabelledImage("images/b.png", 64, 48, boxes=[[1, 1, 5, 5]]),
+                                       LabelledImage("images/c.png", 64, 48, boxes=[[2, 2, 9, 9]])])
+    s = import_labels(ws, [root / "boxes.jsonl"])
+    assert s.with_boxes == 1 and len(s.problems) == 1, s.problems
+    assert s.problems[0].startswith(f"{root / 'images' / 'b.png'}: dangling_symlink")
+
+
 def test_devset_jsonl_import_is_idempotent(ws, tmp_path: Path) -> None:
     labels = make_devset(tmp_path / "set")
     s = import_labels(ws, [labels])

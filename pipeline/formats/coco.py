@@ -97,6 +97,9 @@ def load(path: str | Path, categories: Sequence[str] | None = None,
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: not readable COCO JSON ({exc})") from None
+    if _is_label_studio_export(data):
+        raise ValueError(f"{path}: a Label Studio JSON export (a list of tasks), not COCO JSON: export the project "
+                         "as COCO in Label Studio and import that, or, for a project textloop pushed, run `textloop pull`")
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise ValueError(f"{path}: not COCO JSON (no 'images' list)")
 
@@ -127,14 +130,14 @@ def load(path: str | Path, categories: Sequence[str] | None = None,
     by_image: dict[Any, list[dict[str, Any]]] = {}
     for k, ann in enumerate(data.get("annotations") or []):
         if not isinstance(ann, dict) or "image_id" not in ann or "bbox" not in ann:
-            bad(f"annotation #{k} lacks image_id or bbox")
+            bad(f"annotations[{k}] lacks image_id or bbox")
             continue
         if not _hashable(ann["image_id"]) or ann["image_id"] not in image_ids:
-            bad(f"annotation {ann.get('id', f'#{k}')}: image_id {_short(ann['image_id'])} is not in 'images'; skipped")
+            bad(f"annotation {ann.get('id', f'annotations[{k}]')}: image_id {_short(ann['image_id'])} is not in 'images'; skipped")
             continue
         if cats and ann.get("category_id") is not None and (not _hashable(ann["category_id"])
                                                              or ann["category_id"] not in cats):
-            bad(f"annotation {ann.get('id', f'#{k}')}: category_id {_short(ann.get('category_id'))} is not in "
+            bad(f"annotation {ann.get('id', f'annotations[{k}]')}: category_id {_short(ann.get('category_id'))} is not in "
                 f"'categories' ({', '.join(f'{i}: {n}' for i, n in list(cats.items())[:5])}); skipped")
             continue
         if keep_cats is not None and ann.get("category_id") not in keep_cats:
@@ -147,11 +150,11 @@ def load(path: str | Path, categories: Sequence[str] | None = None,
         try:
             name, w, h = str(im["file_name"]), int(im["width"]), int(im["height"])
         except (KeyError, TypeError, ValueError):
-            bad(f"image #{k} lacks file_name, width or height")
+            bad(f"images[{k}] lacks file_name, width or height")
             continue
         split = im.get("split")
         if split is not None and split not in SPLITS:
-            bad(f"image #{k} ({name}): split must be one of {', '.join(SPLITS)}; got {_short(split)}; skipped")
+            bad(f"images[{k}] ({name}): split must be one of {', '.join(SPLITS)}; got {_short(split)}; skipped")
             continue
         xywh, ignore, labels, polys, texts = [], [], [], [], []
         for ann in by_image.get(im.get("id"), []) if _hashable(im.get("id")) else []:
@@ -171,6 +174,14 @@ def load(path: str | Path, categories: Sequence[str] | None = None,
                                  polys=tuple(polys) if any(polys) else (), texts=tuple(texts) if any(texts) else (),
                                  split=split or "", **{key: str(im[key]) for key in _IMAGE_KEYS[1:] if im.get(key)}))
     return out
+
+
+def _is_label_studio_export(data: Any) -> bool:
+    """Label Studio's own JSON export: a list of tasks, each with `data` and `annotations`
+    (or a single such task). Users reach for it first; "no 'images' list" did not say why."""
+    tasks = data if isinstance(data, list) else [data]
+    return bool(tasks) and all(isinstance(t, dict) for t in tasks[:5]) \
+        and any("data" in t and ("annotations" in t or "predictions" in t) for t in tasks[:5])
 
 
 def _hashable(value: Any) -> bool:

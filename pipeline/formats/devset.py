@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.boxes import boxes_json
 from pipeline.config import SPLITS
 from pipeline.io import atomic_open, is_image_id
 
@@ -87,7 +88,7 @@ class LabelledImage:
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {
             "image": self.image, "width": self.width, "height": self.height,
-            "boxes": [[round(float(v), 2) for v in b] for b in self.boxes],
+            "boxes": boxes_json(self.boxes),
             "texts": list(self.texts) or [""] * len(self.boxes),
             "ignore": [bool(x) for x in self.ignore],
         }

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.boxes import Detections, line_bridges, quads_json, area as box_area
+from pipeline.boxes import Detections, boxes_json, line_bridges, quads_json, area as box_area
 from pipeline.config import check_number
 from pipeline.detectors.base import detect_visible, parallel_calls
 from pipeline.engines import call_threads
@@ -543,7 +543,7 @@ class Redactor:
 
     def _finish(self, job: "Job") -> None:
         cfg, item, res, doc, dets, reviewed = self.cfg, job.item, job.res, job.doc, job.dets, job.reviewed
-        res.boxes = [[[round(float(v), 2) for v in b] for b in d.boxes] for d in dets]
+        res.boxes = [boxes_json(d.boxes) for d in dets]
         res.scores = [[round(float(s), 4) for s in d.scores] for d in dets]
         if cfg.review and reviewed is None:
             lo, hi = cfg.review_band
@@ -625,7 +625,7 @@ class Redactor:
                     continue
                 boxes = np.asarray([x["box"] for x in read], np.float64)
                 bridge = line_bridges(boxes, d.boxes)    # a line's middle between its covered parts
-                bridges[i] += [[round(float(v), 2) for v in b] for b in bridge]
+                bridges[i] += boxes_json(bridge)
                 dets[i] = Detections.concat([d, Detections(np.concatenate([boxes, bridge]),
                                                            [x["score"] for x in read] + [1.0] * len(bridge))])
             added += [{**x, "round": rnd + 1} for x in coverable]
