@@ -709,6 +709,24 @@ def test_no_promotion_on_a_split_without_text(tiny: dict) -> None:
     assert check_from_metrics(stored, 1, "val") is None
 
 
+def test_val_images_that_cannot_be_read_promote_nothing(tiny: dict, tmp_path: Path) -> None:
+    """Labelled val images whose files are damaged were skipped by both sweeps, and 0 >= 0 made
+    an unmeasured model current ("at least stock ... on 1 images"). Nothing read: refused."""
+    from pipeline.detectors.ppocr import PPOCRDetector
+    from pipeline.train.select import compare_with_stock
+    from tests.fakes import FakeDetector
+
+    items = []
+    for k, s in enumerate(tiny["val"]):
+        (tmp_path / f"{k}.png").write_bytes(b"garbage")
+        items.append((tmp_path / f"{k}.png", s.gt))
+    check, _, _ = compare_with_stock(FakeDetector([], name="blind", version="blind"), items, TINY_RECIPE.grid(), "val",
+                                     stock=PPOCRDetector(threads=1))
+    assert not check.ok and check.images == 0
+    assert f"no labelled text could be read to compare on ({len(items)} of {len(items)} images unreadable)" \
+        in check.message("m") and "nan" not in check.message("m")
+
+
 def test_a_workspace_whose_val_images_are_all_empty_promotes_nothing(trained: dict, ws, tmp_path: Path) -> None:
     """The walkthrough's case end to end: the val split's only labels say "no text", and the
     bundle's stored comparison is 0 vs 0 (made on that split). `models promote` refused it

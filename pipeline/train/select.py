@@ -322,6 +322,14 @@ def compare_with_stock(candidate: Any, items: Sequence[tuple[Path, Any]], grid: 
     stock = stock or PPOCRDetector()
     with _maps_cached(stock), _maps_cached(candidate):   # the interval below reuses the sweeps' maps
         stock_points = sweep(stock, items, [PPOCR_GRID_DEFAULT, *(grid or [])])
+        scored = int(stock_points[0].metrics.get("n_images", 0))
+        if not stock_points[0].metrics.get("n_gt"):
+            # the labelled images could not be read (skipped above, each logged): 0 >= 0 made a
+            # model no one had measured current
+            nan = float("nan")
+            refused = PromotionCheck(False, nan, nan, nan, scored, f"{source}: no labelled text could be read to compare "
+                                     f"on ({len(items) - scored} of {len(items)} images unreadable)")
+            return refused, Selection(nan, None, ()), Selection(nan, None, ())
         budget = stock_budget(stock_points, explicit_budget, floor)
         s_sel = select(stock_points, budget)
         c_sel = select(sweep(candidate, items, own_settings(candidate)), budget)
@@ -329,7 +337,7 @@ def compare_with_stock(candidate: Any, items: Sequence[tuple[Path, Any]], grid: 
             if c_sel.best is not None and s_sel.best is not None else None
     worst, delta = worst_source(c_sel, s_sel, items)
     ok = passes(c_sel.coverage, s_sel.coverage, delta, tolerance)
-    check = PromotionCheck(ok, c_sel.coverage, s_sel.coverage, budget, len(items), source, worst, delta, interval)
+    check = PromotionCheck(ok, c_sel.coverage, s_sel.coverage, budget, scored, source, worst, delta, interval)
     return check, c_sel, s_sel
 
 
