@@ -123,9 +123,19 @@ def _test_set(ws: Any, seed: int) -> tuple[list, str]:
     return [(d / r.image, r) for r in read_jsonl(d / "boxes.jsonl")], "held-out synthetic set (no labelled test images yet)"
 
 
+def require_images(ws: Any) -> None:
+    """ValueError unless the workspace holds images: a round on a blank one generated 400
+    synthetic images and trained for minutes (from the CLI, and from serve's retrain)."""
+    with ws.catalog() as cat:
+        if not cat.row_counts()["images"]:
+            raise ValueError(f"no images in {ws.root}: `textloop harvest FOLDER` (or `textloop import LABELS`) "
+                             "first; a round learns from the labels of harvested images")
+
+
 def iterate(ws: Any, cfg: IterateConfig = IterateConfig(), client: Any = None,
             say: Callable[[str], None] = lambda s: None) -> RoundResult:
-    """Run one round; raises the first step's error after logging the round as failed."""
+    """Run one round; raises the first step's error after logging the round as failed, and
+    ValueError (`require_images`) before any step on a workspace without images."""
     from pipeline.bundle import data_hash, register_model, resolve_detector, set_current
     from pipeline.curate.duplicates import DuplicateConfig
     from pipeline.curate.stage import run_curate
@@ -135,6 +145,7 @@ def iterate(ws: Any, cfg: IterateConfig = IterateConfig(), client: Any = None,
     from pipeline.rank import batch_from_ranking, rank_workspace
     from pipeline.train import check_promotion, resolve_parent, train_workspace, workspace_training_data
 
+    require_images(ws)
     tc, rk = cfg.train, cfg.rank
     # The round's row in `iterations`: its counts are the steps so far, written after each step;
     # `failed` with the error if any step raises.

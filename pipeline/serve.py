@@ -96,6 +96,9 @@ class Backend:
         """Label Studio's /setup: its address and token. The token is kept for the address it came
         with and sent only there: a later /setup naming another host (no token) used to inherit it,
         and a task's image URL on that host then received the Label Studio token."""
+        # everything is checked before anything changes: a refused /setup used to leave its
+        # hostname in place, and the next task's image URL on that host got the token
+        host = self.ls_hostname
         if hostname not in (None, ""):
             from pipeline.studio.client import StudioError, check_url
 
@@ -105,13 +108,16 @@ class Backend:
                 check_url(hostname, "'hostname'")   # the one check of a Label Studio address
             except StudioError as exc:
                 raise ValueError(str(exc)) from None
-            self.ls_hostname = hostname
+            host = hostname
+        where = ""
         if token not in (None, ""):
             if not isinstance(token, str):
                 raise ValueError(f"'access_token' must be a string, got {_short(token)}")
-            where = self.ls_hostname or self.settings.url
+            where = host or self.settings.url
             if not where:
                 raise ValueError("'access_token' without a 'hostname' (and no LABEL_STUDIO_URL): whose token is it?")
+        self.ls_hostname = host
+        if where:
             self._tokens[_origin(where)] = token
 
     def token_for(self, url: str) -> str:
@@ -131,7 +137,14 @@ class Backend:
         from pipeline.bundle import resolve_detector
         from pipeline.detectors import load_detector
 
+        self._loaded_current = self._current_version()
         return load_detector(resolve_detector(self.cfg.model, self.ws))
+
+    def _current_version(self) -> str | None:
+        """The workspace's current model (None: none promoted, so `current` is stock ppocr)."""
+        with self.ws.catalog() as cat:
+            cur = cat.current_model()
+        return str(cur["version"]) if cur is not None else None
 
     def refresh_if_promoted(self, every_s: float = 10.0) -> None:
         """With model `current`, pick up a model promoted elsewhere (`textloop train --promote`),
@@ -140,10 +153,13 @@ class Backend:
         if self.cfg.model != "current" or now - getattr(self, "_checked", 0.0) < every_s:
             return
         self._checked = now
-        with self.ws.catalog() as cat:
-            cur = cat.current_model()
-        if cur is not None and str(cur["version"]) != self.model_version and self.training["state"] != "running":
-            log.info("model %s promoted; reloading", cur["version"])
+        cur = self._current_version()
+        # a change either way: a new model promoted, or `models promote ppocr` back to stock (the
+        # demoted model went on pre-annotating)
+        loaded = getattr(self, "_loaded_current", "injected")   # a detector given to the Backend: by its version
+        changed = cur != loaded if loaded != "injected" else (cur is not None and cur != self.model_version)
+        if changed and self.training["state"] != "running":
+            log.info("current model now %s; reloading", cur or "stock ppocr")
             self._detector = self._load()
 
     @property
@@ -296,7 +312,9 @@ class Backend:
                             self.training.update(state="done", result=result, last_error=None, runs=self.training["runs"] + 1,
                                                  finished_at=time.time())
                     except Exception as exc:  # noqa: BLE001 - reported on /status, the server keeps serving
-                        log.error("retrain failed: %s", traceback.format_exc())
+                        # one line, as /status says it; the traceback for -v (it filled the console)
+                        log.error("retrain failed: %s", describe_error(exc))
+                        log.debug("retrain failed: %s", traceback.format_exc())
                         with self._lock_state():
                             self._in_retrain = False
                             self.training.update(state="failed", last_error=describe_error(exc),
@@ -403,6 +421,8 @@ def _default_trainer() -> Any:
 def create_app(ws: Workspace, cfg: ServeConfig = ServeConfig(), detector: Any = None, trainer: Any = None) -> Any:
     """The FastAPI app; `detector`/`trainer` may be injected (tests, benchmarks)."""
     from fastapi import Body, FastAPI, HTTPException
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
 
     backend = Backend(ws, cfg, detector, trainer)
 
@@ -414,6 +434,14 @@ def create_app(ws: Workspace, cfg: ServeConfig = ServeConfig(), detector: Any = 
 
     app = FastAPI(title="textloop ML backend", version="1", lifespan=lifespan)
     app.state.backend = backend
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_body(_request: Any, exc: RequestValidationError) -> JSONResponse:
+        """A body that is not a JSON object: the protocol's 400 with a reason (FastAPI's own
+        answer was a 422 with its validation dump)."""
+        invalid = any(e.get("type") == "json_invalid" for e in exc.errors())
+        return JSONResponse(status_code=400, content={"detail": "the request body is not valid JSON" if invalid
+                                                      else "the request body must be a JSON object"})
     default_config = render_label_config()
 
     def config_of(xml: Any) -> LabelConfig:
@@ -444,13 +472,13 @@ def create_app(ws: Workspace, cfg: ServeConfig = ServeConfig(), detector: Any = 
 
     @app.post("/setup")
     def setup(payload: dict[str, Any] = Body(default_factory=dict)) -> dict[str, Any]:
+        if payload.get("schema"):
+            config_of(payload["schema"])  # fail early on a config without RectangleLabels, changing nothing
         try:
             backend.setup_studio(payload.get("hostname"), payload.get("access_token"))
         except ValueError as exc:
             raise HTTPException(status_code=400, detail=str(exc)) from None
         backend.refresh_if_promoted(every_s=0.0)
-        if payload.get("schema"):
-            config_of(payload["schema"])  # fail early on a config without RectangleLabels
         return {"model_version": backend.model_version}
 
     @app.post("/predict")

@@ -423,3 +423,70 @@ def test_a_missing_workspace_file_is_named_not_fetched_from_label_studio(ws_with
                            {"id": 2, "data": {"image": str(ws.root / "adir.png")}}])
     assert out[0]["error"].endswith(": file not found") and out[1]["error"].endswith(": not a regular file"), out
     assert LabelStudioFiles.tokens == []   # nothing asked of Label Studio
+
+
+def test_a_refused_setup_changes_nothing(ws_with_image, ls_files):
+    """A /setup answered 400 (a broken schema, a token that is no string) used to keep its
+    hostname and token anyway: the next task's image URL on that host got `Token SECRET`."""
+    ws, _ = ws_with_image
+    client = TestClient(create_app(ws, ServeConfig(), detector=FakeDetector([[2, 3, 20, 10]], [0.6])))
+    for bad in ({"hostname": ls_files, "access_token": "SECRET", "schema": "<View><broken"},
+                {"hostname": ls_files, "access_token": 5}):
+        assert client.post("/setup", json=bad).status_code == 400
+    out = predict(client, [{"id": 1, "data": {"image": f"{ls_files}/data/upload/ok.png"}}])
+    assert "result" not in out[0] and not LabelStudioFiles.tokens, (out, LabelStudioFiles.tokens)
+
+
+@pytest.mark.parametrize("body", [b"{", b"null", b"[]", b'"x"'])
+@pytest.mark.parametrize("route", ["/predict", "/setup", "/webhook", "/train"])
+def test_a_body_that_is_no_json_object_is_a_400_with_the_reason(ws_with_image, body, route):
+    """FastAPI answered 422 with its validation dump; the protocol's errors are 400s with a reason."""
+    ws, _ = ws_with_image
+    client = TestClient(create_app(ws, ServeConfig(), detector=FakeDetector([[2, 3, 20, 10]], [0.6])))
+    r = client.post(route, content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert r.json()["detail"] == ("the request body is not valid JSON" if body == b"{" else
+                                  "the request body must be a JSON object")
+
+
+def test_demoting_to_stock_is_picked_up_like_a_promotion(ws_with_image, monkeypatch):
+    """`models promote ppocr` (the way back from a forced, bad model) left the backend
+    pre-annotating with the demoted model: only a newly promoted one was reloaded."""
+    import pipeline.bundle as bundle
+    import pipeline.detectors as detectors
+    from pipeline.catalog import dumps
+
+    ws, _ = ws_with_image
+    with ws.catalog() as cat, cat.transaction() as tx:
+        tx.execute("INSERT INTO models(version, kind, path, metrics, created_at, promoted) VALUES (?,?,?,?,?,1)",
+                   ("db-bad", "db", "models/db-bad/bundle.zip", dumps({}), time.time()))
+    monkeypatch.setattr(bundle, "resolve_detector", lambda spec, ws=None: "db-bad" if _current(ws) else "ppocr")
+    monkeypatch.setattr(detectors, "load_detector", lambda spec, **kw: FakeDetector([], name=spec, version=spec))
+    client = TestClient(create_app(ws, ServeConfig()))
+    assert client.post("/setup", json={}).json()["model_version"] == "db-bad"
+    bundle.use_stock(ws)
+    assert client.post("/setup", json={}).json()["model_version"] == "ppocr"   # /setup checks at once
+
+
+def _current(ws) -> bool:
+    with ws.catalog() as cat:
+        return cat.current_model() is not None
+
+
+def test_a_retrain_on_a_workspace_without_images_fails_at_once_with_the_reason(ws, caplog):
+    """START_TRAINING on a blank workspace generated synthetic images and trained (`iterate`
+    refused it from the CLI only); it now fails before any step, one line on /status and in
+    the log (the log had the whole traceback)."""
+    client = TestClient(create_app(ws, ServeConfig(pull_before_train=False), detector=FakeDetector([], [])))
+    with caplog.at_level(logging.INFO, logger="textloop.serve"):
+        assert client.post("/webhook", json={"action": "START_TRAINING"}).status_code == 201
+        deadline = time.monotonic() + 30
+        while client.get("/status").json()["training"]["state"] in ("queued", "running") and time.monotonic() < deadline:
+            time.sleep(0.1)
+    training = client.get("/status").json()["training"]
+    assert training["state"] == "failed" and "no images in" in training["last_error"], training
+    assert not (ws.root / "synth").exists() or not any((ws.root / "synth").rglob("*.png"))
+    with ws.catalog() as cat:
+        assert not cat.iterations()
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors and all("Traceback" not in m and "\n" not in m for m in errors), errors

@@ -8,8 +8,8 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from pipeline.cli.common import emit, fail, plain, positive, state
-from pipeline.loop import ROUND_TRAINING, IterateConfig, RoundResult, iterate
+from pipeline.cli.common import emit, fail, plain, positive, state, usage_errors
+from pipeline.loop import ROUND_TRAINING, IterateConfig, RoundResult, iterate, require_images
 from pipeline.rank import STRATEGY_HELP, RankOptions
 
 RANK = RankOptions()   # the option defaults are the library's
@@ -48,11 +48,8 @@ def iterate_cmd(
     except ValueError as exc:
         fail(str(exc), 2)
     ws = st.read_ws()
-    with ws.catalog() as cat:
-        n_images = cat.row_counts()["images"]
-    if not n_images:   # it generated 400 synthetic images and trained for minutes on a blank workspace
-        fail(f"no images in {ws.root}: `textloop harvest FOLDER` (or `textloop import LABELS`) first; a round "
-             "learns from the labels of harvested images", 2)
+    with usage_errors():
+        require_images(ws)
     try:
         res = iterate(ws, cfg, say=lambda s: st.console.print(f"[bold]·[/] {plain(s)}", highlight=False))
     except KeyboardInterrupt:
