@@ -894,6 +894,25 @@ def test_a_resumed_workspace_run_keeps_its_synthetic_sets_and_parent(ws, monkeyp
     assert not ws.synth_dir("default").exists()
 
 
+def test_resuming_a_damaged_checkpoint_is_refused_before_any_data_is_made(ws, monkeypatch) -> None:
+    """`train --resume` on a truncated checkpoint made the 400-image default synthetic set
+    first (ignoring the run's own `--synth`) and then failed with torch's message cut
+    mid-sentence; it is now one line naming the file, before anything is made."""
+    import pipeline.train.workspace as tw
+    from pipeline.train import ResumeRefused
+
+    run = ws.runs_dir / "train-r"
+    run.mkdir(parents=True)
+    (run / "checkpoint.pt").write_bytes(b"PK\x03\x04" + b"\0" * 400)   # the start of a zip, cut off
+    monkeypatch.setattr(tw, "workspace_training_data", lambda *a, **k: pytest.fail("training data made first"))
+    with pytest.raises(ResumeRefused) as err:
+        tw.train_run(ws, TrainConfig(arch="db", resume=True, threads=1), run="r", given={"run", "resume", "threads"})
+    message = str(err.value)
+    assert message.startswith(f"{run / 'checkpoint.pt'}: not a readable checkpoint (") and "\n" not in message
+    assert message.endswith("start the run again without --resume (--restart discards it)")
+    assert "If you are seeing" not in message and not ws.synth_dir("default").exists()
+
+
 def test_train_finishes_the_synthetic_set_it_was_interrupted_making(ws, monkeypatch) -> None:
     """Ctrl-C while `train` made its default set said "rerun the same command", and the rerun was
     refused every time ("incomplete: run `textloop synth` with the same options"); a set another

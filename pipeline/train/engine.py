@@ -48,6 +48,23 @@ class ResumeRefused(TrainingError):
     other data than it was trained with (a usage error: the CLI exits 2, like other bad options)."""
 
 
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A run's checkpoint dict; ResumeRefused naming the file, in one line, when it cannot be read
+    (truncated, overwritten, not a checkpoint at all): torch's own message ran on for sentences."""
+    import torch
+
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(ck, dict) or not isinstance(ck.get("config"), dict):
+            raise ValueError("not a textloop training checkpoint")
+    except Exception as exc:  # noqa: BLE001 - whatever torch.load raises for a damaged file
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first.split(". ")[0][:160]
+        raise ResumeRefused(f"{path}: not a readable checkpoint ({first}); start the run again without --resume "
+                            "(--restart discards it)") from None
+    return ck
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     out_dir: str = "runs/train"
@@ -306,13 +323,8 @@ def train(cfg: TrainConfig, synth: Sequence[Sample] = (), human: Sequence[Sample
     data_sig = data_signature([*synth, *human])
     torch.manual_seed(cfg.seed)
     if cfg.resume and ckpt_path.exists():
-        try:
-            ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-            saved = ck["config"]
-        except Exception as exc:  # noqa: BLE001 - truncated, overwritten, not a checkpoint at all
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise TrainingError(f"{ckpt_path}: not a readable checkpoint ({first[:160]}); start the run again "
-                                "without --resume (--restart discards it)") from None
+        ck = load_checkpoint(ckpt_path)
+        saved = ck["config"]
         if {"arch": saved.get("arch", "fasterrcnn"), "model": saved["model"] if saved.get("arch", "fasterrcnn") ==
                 "fasterrcnn" else None} != cfg.arch_key():
             raise ResumeRefused(f"{ckpt_path}: checkpoint was trained with another architecture or model config; "

@@ -14,7 +14,7 @@ from typing import Any
 
 from pipeline.io import atomic_write_text
 from pipeline.train.data import Sample, samples_from_jsonl, workspace_samples
-from pipeline.train.engine import TrainConfig, data_signature, train
+from pipeline.train.engine import ResumeRefused, TrainConfig, data_signature, train
 from pipeline.train.select import PromotionCheck, has_text, passes
 from pipeline.workspace import check_run_name
 
@@ -299,7 +299,7 @@ def train_run(ws: Any, cfg: TrainConfig, *, synth_sets: Sequence[str] = ("defaul
         raise CheckpointExists(f"{ckpt} exists: continue it with --resume or start over with --restart")
     if cfg.resume and not restart and not ckpt.exists():
         raise ValueError(f"run {run!r} has no checkpoint to resume ({ckpt}); drop --resume to start it")
-    saved = _checkpoint(ckpt) if (cfg.resume or finished) and not restart else {}
+    saved = _checkpoint(ckpt, cfg.resume) if (cfg.resume or finished) and not restart else {}
     then = saved.get("config") if isinstance(saved.get("config"), dict) else {}
     if then and given is not None:   # the run's own options, with what the user typed on top
         cfg = cfg.adopting(then, given)
@@ -374,16 +374,19 @@ def _checkpoint_parent(config: dict[str, Any], saved: dict[str, Any]) -> tuple[P
     return (Path(path) if path else None), saved.get("parent")
 
 
-def _checkpoint(ckpt: Path) -> dict[str, Any]:
-    """A checkpoint's training-data signature (`data`) and options (`config`); {} when it is
-    missing or unreadable (training itself then says what is wrong with it)."""
-    import torch
+def _checkpoint(ckpt: Path, resume: bool) -> dict[str, Any]:
+    """A checkpoint's training-data signature (`data`) and options (`config`). Unreadable: {} for
+    a finished run (it trains again), ResumeRefused when resuming, before any data is made (the
+    400-image default synthetic set was generated first, under the wrong options)."""
+    from pipeline.train.engine import load_checkpoint
 
     try:
-        ck = torch.load(ckpt, map_location="cpu", weights_only=False)
-    except Exception:  # noqa: BLE001 - a damaged checkpoint of a finished run: train again
+        ck = load_checkpoint(ckpt)
+    except ResumeRefused:
+        if resume:
+            raise
         return {}
-    return {"data": ck.get("data"), "config": ck.get("config"), "parent": ck.get("parent")} if isinstance(ck, dict) else {}
+    return {"data": ck.get("data"), "config": ck.get("config"), "parent": ck.get("parent")}
 
 
 def save_result(path: str | Path, result: Any, parent: str | None = None, extra: dict[str, Any] | None = None,
