@@ -947,6 +947,12 @@ class Catalog:
         return {t: int(self.scalar(f"SELECT COUNT(*) FROM {t}") or 0)
                 for t in ("images", "image_sources", "annotations", "predictions", "tasks")}
 
+    def holds_records(self) -> bool:
+        """Whether any table but the schema's version holds a row (a workspace that was only
+        created holds none: `cli.common.discard_unused_workspaces`)."""
+        tables = [r["name"] for r in self.query("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return any(self.scalar(f'SELECT 1 FROM "{t}" LIMIT 1') for t in tables if t != "schema_version")
+
     def image_counts(self) -> dict[str, dict[str, int]]:
         """status -> split -> number of images."""
         out: dict[str, dict[str, int]] = {}

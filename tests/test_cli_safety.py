@@ -426,3 +426,32 @@ def test_ctrl_c_landing_in_a_callback_the_main_thread_runs_ends_the_redact_run(m
         for res in rr.run_local(Stages(), [SimpleNamespace(rel=f"img{i}") for i in range(20)], workers=1):
             done.append(res)
     assert len(done) < 20
+
+
+def test_a_failed_command_leaves_no_workspace_behind_at_a_mistyped_path(tmp_path: Path) -> None:
+    """`-w typo train --resume`, `models register bad.zip`, `serve --model foo` each failed and
+    left an empty workspace at the typo. A workspace the command made is removed when it fails
+    with the workspace as made (the folders it created for it too); one that succeeds, or that
+    holds anything, is kept."""
+    def textloop(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pipeline.cli.app", *args], capture_output=True, text=True,
+                              cwd=tmp_path, timeout=120)
+
+    (tmp_path / "bad.zip").write_bytes(b"junk")
+    for args in (["train", "--resume"], ["models", "register", str(tmp_path / "bad.zip")], ["serve", "--model", "foo"]):
+        r = textloop("-w", str(tmp_path / "new" / "ws"), *args)
+        assert r.returncode in (1, 2) and r.stderr.startswith("error: "), (args, r.stderr)
+        assert not (tmp_path / "new").exists(), args
+    assert textloop("-w", str(tmp_path / "kept"), "init").returncode == 0
+    assert textloop("-w", str(tmp_path / "kept"), "train", "--resume").returncode == 2
+    assert (tmp_path / "kept" / "catalog.sqlite").is_file()          # it existed before the command
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "x.png").write_bytes(b"not an image")
+    r = textloop("-w", str(tmp_path / "rejects"), "harvest", str(tmp_path / "junk"))
+    assert r.returncode == 1 and (tmp_path / "rejects" / "catalog.sqlite").is_file()   # made, and holds the reject
+    src = tmp_path / "src"
+    src.mkdir()
+    noise_image(0, (40, 30)).save(src / "a.png")
+    harvest(Workspace.open(tmp_path / "used"), [str(src)], HarvestConfig(workers=1))
+    assert textloop("-w", str(tmp_path / "used"), "models", "register", str(tmp_path / "bad.zip")).returncode == 1
+    assert (tmp_path / "used" / "catalog.sqlite").is_file()

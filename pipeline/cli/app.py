@@ -114,6 +114,10 @@ def main() -> None:
         code = 1              # what rich does when it meets the closed pipe itself
     except SystemExit as exc:
         code = exc.code
+    if code not in (0, None):
+        from pipeline.cli.common import discard_unused_workspaces
+
+        discard_unused_workspaces()
     # Outside the handler the exception is gone, and with it the tracebacks it chains (a Ctrl-C
     # inside a command): their frames held the detector, and an onnxruntime session torn down at
     # interpreter exit could abort the process ("terminate called without an active exception",

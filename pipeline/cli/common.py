@@ -30,6 +30,36 @@ from pipeline.workspace import Workspace
 log = logging.getLogger("textloop")
 
 
+# workspaces this process created (the first folder it made for each), with their files then: a command that fails leaves none of
+# them behind unused (a mistyped `-w` with `train --resume`, `serve --model foo`, a bad bundle
+# to `models register` each left an empty workspace at the typo)
+_NEW_WORKSPACES: list[tuple[Path, frozenset[str]]] = []
+_SQLITE_SIDECARS = ("-wal", "-shm", "-journal")
+
+
+def _tree(root: Path) -> frozenset[str]:
+    return frozenset(str(p.relative_to(root)) for p in root.rglob("*") if not p.name.endswith(_SQLITE_SIDECARS))
+
+
+def discard_unused_workspaces() -> None:
+    """After a failed command: remove each workspace it created that still holds only what
+    creating it made (the same files, an empty catalog). Anything else in it is kept."""
+    import shutil
+
+    while _NEW_WORKSPACES:
+        top, made = _NEW_WORKSPACES.pop()
+        try:
+            if _tree(top) != made:
+                continue
+            root = next(p for p in [top, *top.rglob("*")] if (p / "catalog.sqlite").is_file())
+            with Workspace(root).catalog() as cat:
+                if cat.holds_records():   # rejects of a harvest that failed are a record too
+                    continue
+            shutil.rmtree(top)
+        except (OSError, sqlite3.Error, StopIteration):
+            continue   # a workspace that cannot be checked is left as it is
+
+
 @dataclass
 class AppState:
     workspace: Path
@@ -43,8 +73,13 @@ class AppState:
         `read_only_ok` (commands that only read it), an existing workspace that cannot be
         written (a read-only share) is opened read-only instead of refused."""
         if self._ws is None:
+            root = Path(os.path.abspath(self.workspace))
+            top = next((p for p in [root, *root.parents] if p.parent.exists()), root) \
+                if not root.exists() else None    # the first folder creating it makes (-w new/ws: new)
             try:
                 self._ws = Workspace.open(self.workspace)
+                if top is not None:
+                    _NEW_WORKSPACES.append((top, _tree(top)))
             except (CatalogUnwritable, OSError) as exc:
                 if not (read_only_ok and _unwritable(exc) and self._catalog_path().is_file()):
                     if isinstance(exc, CatalogUnwritable):
