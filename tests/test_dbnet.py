@@ -913,6 +913,21 @@ def test_resuming_a_damaged_checkpoint_is_refused_before_any_data_is_made(ws, mo
     assert "If you are seeing" not in message and not ws.synth_dir("default").exists()
 
 
+def test_a_human_fraction_with_no_human_labels_is_said_not_ignored(ws, monkeypatch) -> None:
+    """`train --human-fraction 1` on a workspace without labels trained on synthetic images
+    only and said nothing; now it says so. Not given, nothing is said (synthetic-only training
+    is the start of every workspace)."""
+    import pipeline.train.workspace as tw
+
+    monkeypatch.setattr(tw, "workspace_training_data", lambda *a, **k: (["s"], [], ["v"], "synthetic"))
+    monkeypatch.setattr(tw, "train_workspace", lambda *a, **k: "trained")
+    for given, warned in (({"human_fraction"}, True), (set(), False)):
+        said: list[str] = []
+        tw.train_run(ws, TrainConfig(arch="db", human_fraction=1.0, threads=1), run=f"h{warned}", say=said.append,
+                     given=given)
+        assert any("--human-fraction 1 asked for human-labelled images" in m for m in said) == warned, said
+
+
 def test_train_finishes_the_synthetic_set_it_was_interrupted_making(ws, monkeypatch) -> None:
     """Ctrl-C while `train` made its default set said "rerun the same command", and the rerun was
     refused every time ("incomplete: run `textloop synth` with the same options"); a set another

@@ -334,6 +334,9 @@ def test_predict_checks_its_output_and_options_before_any_work(tmp_path: Path, f
     with pytest.raises(ValueError, match="batch_size"):
         list(predict_paths(fake, [tmp_path / "in" / "img0.png"], batch_size=0))
     assert fake.calls == 0
+    # a detector option given twice kept the last value silently (box_thresh 0.5, then 0.99: no box)
+    r = CliRunner().invoke(app, ["predict", str(tmp_path / "in"), "-o", "box_thresh=0.5", "-o", "box-thresh=0.99"])
+    assert r.exit_code == 2 and "detector option box_thresh given twice" in r.output and fake.calls == 0, r.output
 
 
 def test_a_fifo_is_not_an_empty_image(tmp_path: Path) -> None:

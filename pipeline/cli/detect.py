@@ -32,7 +32,10 @@ def parse_options(items: List[str] | None) -> dict[str, Any]:
         if "=" not in item:
             fail(f"detector option {item!r}: expected key=value", 2)
         key, raw = item.split("=", 1)
-        out[key.strip().replace("-", "_")] = _parse_value(raw.strip())
+        key = key.strip().replace("-", "_")
+        if key in out:   # the last one silently won: `-o box_thresh=0.5 -o box_thresh=0.99` found nothing
+            fail(f"detector option {key} given twice (-o {key}=...): give it once", 2)
+        out[key] = _parse_value(raw.strip())
     return out
 
 

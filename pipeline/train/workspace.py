@@ -314,6 +314,10 @@ def train_run(ws: Any, cfg: TrainConfig, *, synth_sets: Sequence[str] = ("defaul
     else:
         parent_path, parent_version = resolve_parent(ws, parent, cfg.arch)
     synth, human, val, val_source = workspace_training_data(ws, synth_sets, synth_images, cfg.seed, say=say)
+    if not human and cfg.human_fraction > 0 and (given is None or "human_fraction" in given):
+        # asked for a share of human labels, got none: said, not silently ignored
+        say(f"warning: --human-fraction {cfg.human_fraction:g} asked for human-labelled images, but the train split "
+            "has none: every batch is synthetic (label images in Label Studio and `pull`, or `import` labels)")
     if not (cfg.resume and not restart):
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / RUN_FILE, json.dumps({"synth": list(dict.fromkeys(synth_sets)),
