@@ -264,3 +264,21 @@ def test_a_damaged_stored_image_is_left_out_and_named(tmp_path: Path) -> None:
     assert not [p for p in (tmp_path / "E" / "images").iterdir() if p.name.startswith(".")]   # no temp file left
     b = ids_by_name(ws)["b.png"]["id"]
     assert sha256(tmp_path / "E" / "images" / f"{b}.png") == b   # the others as they were
+
+
+def test_nothing_labelled_is_refused_and_nothing_written(tmp_path: Path) -> None:
+    """A workspace with harvested images and no labels (or a split with none) exported "0
+    images" to an empty boxes.jsonl and exited 0; `evaluate` on it said "no labelled images"."""
+    ws = Workspace.open(tmp_path / "ws")
+    import_labels(ws, [labelled_source(tmp_path / "src")])
+    images = ids_by_name(ws)
+    with ws.catalog() as cat:
+        for name in images:
+            cat.set_split(images[name]["id"], "train")
+    r = CliRunner().invoke(app, ["-w", str(ws.root), "export", str(tmp_path / "e"), "--split", "val"])
+    assert r.exit_code == 1 and "no labelled images in the val split to export" in " ".join(r.output.split())
+    assert not (tmp_path / "e").exists()
+    empty = Workspace.open(tmp_path / "empty")
+    with pytest.raises(ValueError, match="no labelled images to export"):
+        export(empty, tmp_path / "e2")
+    assert not (tmp_path / "e2").exists()

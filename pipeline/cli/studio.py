@@ -240,8 +240,8 @@ def export_cmd(
                                                                  else "kept with their flag")) if res.ignored_boxes else ""
         c.print(f"exported {res.images} images ({res.boxes} boxes, {res.empty_images} without text{ignored}) to {res.out}"
                 + (f"; removed {res.removed} files of images no longer in the set" if res.removed else "")
-                + (f"; removed {res.label_files_removed} label files of an earlier export in another format"
-                   if res.label_files_removed else ""))
+                + (f"; removed {res.label_files_removed} label files an earlier export wrote and this one does not "
+                   "(another format's, or other splits' lists)" if res.label_files_removed else ""))
         for line in res.problems:
             c.print(f"[yellow]left out[/] {plain(line)}", highlight=False, soft_wrap=True)
 

@@ -191,14 +191,18 @@ class ExportSummary:
 def export(ws: Workspace, out: Path, fmt: str = "jsonl", split: str | None = None,
            classes: tuple[str, ...] = ("text",)) -> ExportSummary:
     """The labelled (and verified-empty) images of `split` (None: all) written to `out` in `fmt`;
-    ValueError (`check_options`) before anything is written for an unknown format or split."""
+    ValueError before anything is written for an unknown format or split (`check_options`) and
+    when there is no labelled image to export."""
     check_options(fmt, split, classes)
     label_format = get_format(fmt)
     out = Path(out)
     _check_out(out)
+    rows = labelled_rows(ws, split)
+    if not rows:   # an empty boxes.jsonl and "exported 0 images", exit 0
+        raise ValueError(f"{ws.root}: no labelled images{f' in the {split} split' if split else ''} to export "
+                         "(label images in Label Studio and `textloop pull`, or `textloop import` labels); nothing written")
     images_dir = out / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
-    rows = labelled_rows(ws, split)
     with ws.catalog() as cat:
         origins = {im["id"]: im for im in cat.images_by_ids([r["image_id"] for r in rows])}
     records: list[LabelledImage] = []
