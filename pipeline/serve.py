@@ -68,6 +68,9 @@ class TaskImageError(Exception):
     """One task's image could not be used; the message is the whole line (task id, image, reason)."""
 
 
+_INJECTED: Any = object()   # Backend._loaded_current of a detector given to it, not loaded by `_load`
+
+
 class Backend:
     """The state behind the routes: one detector, one training worker."""
 
@@ -75,6 +78,7 @@ class Backend:
         self.ws = ws
         self.cfg = cfg
         self._lock = threading.Lock()       # one detect() at a time (2 cores; backends are not all thread-safe)
+        self._loaded_current: str | None = _INJECTED   # the current model's version when `_load` ran
         self._detector = detector if detector is not None else self._load()
         self._trainer = trainer             # callable(ws) -> dict; None = pipeline.train if it exists
         self.ls_hostname = ""
@@ -137,8 +141,10 @@ class Backend:
         from pipeline.bundle import resolve_detector
         from pipeline.detectors import load_detector
 
-        self._loaded_current = self._current_version()
-        return load_detector(resolve_detector(self.cfg.model, self.ws))
+        current = self._current_version()
+        detector = load_detector(resolve_detector(self.cfg.model, self.ws))
+        self._loaded_current = current   # after the load: a model that failed to load is tried again
+        return detector
 
     def _current_version(self) -> str | None:
         """The workspace's current model (None: none promoted, so `current` is stock ppocr)."""
@@ -156,8 +162,10 @@ class Backend:
         cur = self._current_version()
         # a change either way: a new model promoted, or `models promote ppocr` back to stock (the
         # demoted model went on pre-annotating)
-        loaded = getattr(self, "_loaded_current", "injected")   # a detector given to the Backend: by its version
-        changed = cur != loaded if loaded != "injected" else (cur is not None and cur != self.model_version)
+        if self._loaded_current is _INJECTED:   # a detector given to the Backend: compared by its version
+            changed = cur is not None and cur != self.model_version
+        else:
+            changed = cur != self._loaded_current
         if changed and self.training["state"] != "running":
             log.info("current model now %s; reloading", cur or "stock ppocr")
             self._detector = self._load()

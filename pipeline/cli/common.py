@@ -30,9 +30,9 @@ from pipeline.workspace import Workspace
 log = logging.getLogger("textloop")
 
 
-# workspaces this process created (the first folder it made for each), with their files then: a command that fails leaves none of
-# them behind unused (a mistyped `-w` with `train --resume`, `serve --model foo`, a bad bundle
-# to `models register` each left an empty workspace at the typo)
+# workspaces this process created (the first folder it made for each), with their files then:
+# a command that fails leaves none of them behind unused (a mistyped `-w` with `train --resume`,
+# `serve --model foo`, a bad bundle to `models register` each left an empty workspace there)
 _NEW_WORKSPACES: list[tuple[Path, frozenset[str]]] = []
 _SQLITE_SIDECARS = ("-wal", "-shm", "-journal")
 
