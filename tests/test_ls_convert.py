@@ -128,3 +128,32 @@ def test_a_box_drawn_on_the_image_turned_in_the_browser_is_refused():
     with pytest.raises(StudioError, match="turned by 90 degrees"):
         results_to_detections([r], 200, 100, cfg)
     assert len(results_to_detections([dict(r, image_rotation=360)], 200, 100, cfg)) == 1
+
+
+def test_an_annotation_without_a_box_of_the_config_is_not_read_as_no_text():
+    """A `choices` answer (or boxes of a renamed control) came out as no boxes, and pull stored
+    the image as verified text-free; only an annotation with no result says that. Other results
+    next to real boxes are left aside as before."""
+    cfg = render_label_config(["text"])
+    box = {"type": "rectanglelabels", "from_name": "label", "to_name": "image",
+           "value": {"x": 1, "y": 1, "width": 10, "height": 10, "rectanglelabels": ["text"]}}
+    choice = {"type": "choices", "from_name": "foo", "to_name": "image", "value": {"choices": ["x"]}}
+    renamed = dict(box, from_name="label2")
+    for results in ([choice], [renamed]):
+        with pytest.raises(StudioError, match="no box of the labelling config"):
+            results_to_detections(results, 200, 100, cfg)
+    assert len(results_to_detections([choice, box], 200, 100, cfg)) == 1
+    assert len(results_to_detections([], 200, 100, cfg)) == 0
+
+
+def test_a_rotated_rectangle_over_the_edge_keeps_its_corners_in_the_image():
+    """The box was clipped and its corners were not: a COCO export held the point (202.4, 57.4)
+    on a 200 px image, outside its own bbox."""
+    cfg = render_label_config(["text"])
+    r = {"type": "rectanglelabels", "from_name": "label", "to_name": "image", "original_width": 200,
+         "original_height": 150, "value": {"x": 80, "y": 10, "width": 30, "height": 10, "rotation": 45,
+                                           "rectanglelabels": ["text"]}}
+    det = results_to_detections([r], 200, 150, cfg)
+    q = det.quads[0]
+    assert q[:, 0].max() <= 200 and q[:, 0].min() >= 0 and q[:, 1].max() <= 150
+    np.testing.assert_allclose([q[:, 0].min(), q[:, 1].min(), q[:, 0].max(), q[:, 1].max()], det.boxes[0], atol=1e-6)

@@ -93,8 +93,10 @@ def results_to_detections(results: list[dict[str, Any]], width: int, height: int
     round, EXIF orientation not applied) would land somewhere else without a word. A label
     outside the config's classes or such a mismatch raises StudioError naming it."""
     boxes, labels, scores, quads = [], [], [], []
+    other: list[str] = []
     for r in results or []:
         if r.get("type") != "rectanglelabels" or r.get("from_name") != config.from_name:
+            other.append(f"{r.get('type')} of {r.get('from_name')}" if isinstance(r, dict) else type(r).__name__)
             continue
         ow, oh = r.get("original_width"), r.get("original_height")
         if isinstance(ow, (int, float)) and isinstance(oh, (int, float)) and (round(ow), round(oh)) != (width, height):
@@ -109,8 +111,16 @@ def results_to_detections(results: list[dict[str, Any]], width: int, height: int
         quads.append(ls_value_to_quad(v, width, height))
         labels.append(config.index_of(names[0]))
         scores.append(1.0)
+    if not boxes and other:
+        # a human's answer that is not a box of this config (a `choices` result, a renamed
+        # control) was stored as "verified: no text"; only an annotation with no result says that
+        raise StudioError(f"no box of the labelling config ({config.from_name}, rectanglelabels) among its "
+                          f"{len(other)} result(s) ({', '.join(dict.fromkeys(other))}); not read as 'no text'")
     if not boxes:
         return Detections()
-    rotated = any(abs(float((r.get("value") or {}).get("rotation", 0) or 0)) % 360 > 1e-6 for r in results or [])
+    rotated = any(abs(float((r.get("value") or {}).get("rotation", 0) or 0)) % 360 > 1e-6
+                  for r in results or [] if isinstance(r, dict))
+    # corners over the image's edge are clipped as the boxes are: an export held a segmentation
+    # point at x = 202 on a 200 px image, outside its own clipped bbox
     return Detections(clip(np.asarray(boxes), width, height), np.asarray(scores), np.asarray(labels),
-                      np.asarray(quads) if rotated else None)
+                      np.clip(np.asarray(quads, dtype=np.float64), 0, [width, height]) if rotated else None)
