@@ -438,7 +438,11 @@ def test_a_failed_command_leaves_no_workspace_behind_at_a_mistyped_path(tmp_path
                               cwd=tmp_path, timeout=120)
 
     (tmp_path / "bad.zip").write_bytes(b"junk")
-    for args in (["train", "--resume"], ["models", "register", str(tmp_path / "bad.zip")], ["serve", "--model", "foo"]):
+    (tmp_path / "nothing").mkdir()
+    (tmp_path / "nothing" / "notes.txt").write_text("no image here")
+    for args in (["train", "--resume"], ["models", "register", str(tmp_path / "bad.zip")], ["serve", "--model", "foo"],
+                 ["harvest", str(tmp_path / "nothing")],        # its job lock is no record
+                 ["studio", "up", "--mode", "bogus"]):          # any mode but docker started a local server
         r = textloop("-w", str(tmp_path / "new" / "ws"), *args)
         assert r.returncode in (1, 2) and r.stderr.startswith("error: "), (args, r.stderr)
         assert not (tmp_path / "new").exists(), args

@@ -38,7 +38,10 @@ _SQLITE_SIDECARS = ("-wal", "-shm", "-journal")
 
 
 def _tree(root: Path) -> frozenset[str]:
-    return frozenset(str(p.relative_to(root)) for p in root.rglob("*") if not p.name.endswith(_SQLITE_SIDECARS))
+    """The files under root, but the catalog's SQLite sidecars and job locks (`.harvest.lock`):
+    folders a failed job made (labelstudio/server/) and its lock are not a record."""
+    return frozenset(str(p.relative_to(root)) for p in root.rglob("*")
+                     if not p.is_dir() and not p.name.endswith(_SQLITE_SIDECARS) and not p.name.endswith(".lock"))
 
 
 def discard_unused_workspaces() -> None:

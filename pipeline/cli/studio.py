@@ -32,9 +32,11 @@ def up_cmd(
     timeout: float = typer.Option(180.0, callback=positive, help="Seconds to wait for the server to become healthy."),
 ) -> None:
     """Start Label Studio for this workspace and wait until it is healthy."""
-    from pipeline.studio.launcher import up
+    from pipeline.studio.launcher import check_mode, up
 
     st = state(ctx)
+    with usage_errors():
+        check_mode(mode)
     ws = st.ws()
     try:
         with st.console.status("starting Label Studio (~40 s the first time)..."):

@@ -259,6 +259,15 @@ class StatusResult:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+MODES = ("auto", "local", "docker")
+
+
+def check_mode(mode: str) -> None:
+    """ValueError for a `--mode` that is none of MODES (any other value started a local server)."""
+    if mode not in MODES:
+        raise ValueError(f"--mode must be one of {', '.join(MODES)}; got {mode!r}")
+
+
 def up(ws_root: Path, port: int | None = None, mode: str = "auto", timeout: float = 180.0) -> UpResult:
     """Start Label Studio for the workspace unless ours is already running, or one answers at
     the port (`port`, else LABEL_STUDIO_URL's when it is on this machine, else 8080): that one is
@@ -267,6 +276,7 @@ def up(ws_root: Path, port: int | None = None, mode: str = "auto", timeout: floa
     died ("table auth_permission already exists")."""
     from pipeline.workspace import Workspace
 
+    check_mode(mode)
     ws_root.mkdir(parents=True, exist_ok=True)
     with Workspace(ws_root.resolve()).lock("studio-up"):
         res = _up(ws_root.resolve(), port, mode, timeout)
