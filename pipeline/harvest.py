@@ -276,7 +276,17 @@ def _read_csv(path: Path, errors: list[Reject]) -> Iterator[Item]:
 
 # --- fetching one item (runs in worker threads) -------------------------------------------
 
-def worker_pool(workers: int) -> Any:
+# Set by Ctrl-C / SIGTERM during a harvest (`_stop_on_signals`), seen by every worker (a forked
+# process inherits it through the pool's initializer): a download stops its retries, backoff and
+# the request under way, instead of waiting them out (85 s after Ctrl-C with the defaults).
+_STOP: Any = None
+
+
+class Stopped(Exception):
+    """A download cut short by Ctrl-C / SIGTERM: not a reject (it is fetched again on the rerun)."""
+
+
+def worker_pool(workers: int, stop: Any = None) -> Any:
     """Forked worker processes: cheap to start, and decoding uses every core (Pillow holds the
     GIL). But forking a process whose native thread pools run (onnxruntime after ppocr, torch)
     can deadlock the child: `harvest` hung when called after a detector was loaded in the same
@@ -287,13 +297,13 @@ def worker_pool(workers: int) -> Any:
     if any(m in sys.modules for m in ("onnxruntime", "torch")):
         return ThreadPoolExecutor(max_workers=workers)
     return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"),
-                               initializer=_die_with_parent, initargs=(os.getpid(),))
+                               initializer=_die_with_parent, initargs=(os.getpid(), stop))
 
 
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent(parent: int) -> None:
+def _die_with_parent(parent: int, stop: Any = None) -> None:
     """Pool initializer: a worker must not outlive harvest. Killed with SIGKILL, the parent
     cannot shut its pool down, and orphaned workers went on for minutes. Linux: the kernel
     sends SIGKILL when the thread that forked us exits (harvest submits from its own thread,
@@ -302,6 +312,8 @@ def _die_with_parent(parent: int) -> None:
     # signal the whole process group): a worker that raised KeyboardInterrupt inside the pool's
     # machinery printed a traceback and could leave the parent waiting for ever, and one that
     # died broke the pool under it; the parent shuts the pool down, and SIGKILL still works
+    global _STOP
+    _STOP = stop
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     armed = False
@@ -342,17 +354,30 @@ class _Deadline:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.expired = False
+        self.stopped = False      # expired early: Ctrl-C / SIGTERM (`_STOP`)
         self._socks: list[socket.socket] = []
         self._lock = threading.Lock()
-        self._timer = threading.Timer(seconds, self._expire)
-        self._timer.daemon = True
+        self._done = threading.Event()
+        self._timer = threading.Thread(target=self._watch, daemon=True)
 
     def __enter__(self) -> "_Deadline":
         self._timer.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._timer.cancel()
+        self._done.set()
+
+    def _watch(self) -> None:
+        """Expire at the deadline, or at once when the harvest is stopped."""
+        end = time.monotonic() + self.seconds
+        while not self._done.wait(min(0.1, max(0.0, end - time.monotonic()))):
+            if _STOP is not None and _STOP.is_set():
+                self.stopped = True
+                break
+            if time.monotonic() >= end:
+                break
+        if not self._done.is_set():
+            self._expire()
 
     def _expire(self) -> None:
         with self._lock:
@@ -398,13 +423,18 @@ class _Deadline:
 
 
 def _download(item: Item, tmp: Path, cfg: HarvestConfig) -> tuple[str, int]:
-    """Download with retries; `cfg.timeout_s` is the deadline of each attempt (whole request)."""
+    """Download with retries; `cfg.timeout_s` is the deadline of each attempt (whole request).
+    Stopped when the harvest is (Ctrl-C / SIGTERM): in the backoff, or during an attempt."""
     req = urllib.request.Request(item.source, headers={"User-Agent": cfg.user_agent})
     last: ImageRejected | None = None
     timed_out = ImageRejected("timeout", f"not complete within {cfg.timeout_s}s")
     for attempt in range(cfg.retries + 1):
         if attempt:
-            time.sleep(cfg.backoff_s * (2 ** (attempt - 1)))
+            pause = cfg.backoff_s * (2 ** (attempt - 1))
+            if _STOP is not None and _STOP.wait(pause):
+                raise Stopped(item.source)
+            if _STOP is None:
+                time.sleep(pause)
         deadline = _Deadline(cfg.timeout_s)
         try:
             with deadline, deadline.opener().open(req, timeout=cfg.timeout_s) as resp:
@@ -415,13 +445,17 @@ def _download(item: Item, tmp: Path, cfg: HarvestConfig) -> tuple[str, int]:
                 if length and length.isdigit() and int(length) > cfg.max_bytes:
                     raise ImageRejected("too_large", f"Content-Length {length} > {cfg.max_bytes} bytes")
                 result = _copy_hashing(resp, tmp, cfg.max_bytes)
+            if deadline.stopped:
+                raise Stopped(item.source)
             if deadline.expired:  # the shut-down socket may end a body early without an error
                 last = timed_out
                 continue
             return result
-        except ImageRejected:
+        except (ImageRejected, Stopped):
             raise
         except urllib.error.HTTPError as exc:
+            if deadline.stopped:
+                raise Stopped(item.source) from None
             if deadline.expired:
                 last = timed_out
             elif exc.code in (429, 500, 502, 503, 504):
@@ -429,10 +463,14 @@ def _download(item: Item, tmp: Path, cfg: HarvestConfig) -> tuple[str, int]:
             else:
                 raise ImageRejected(f"http_{exc.code}", str(exc.reason)) from None
         except ValueError as exc:  # http.client.InvalidURL (e.g. a redirect to a malformed URL)
+            if deadline.stopped:
+                raise Stopped(item.source) from None
             if not deadline.expired:
                 raise ImageRejected("bad_url", str(exc)) from None
             last = timed_out
         except (OSError, http.client.HTTPException) as exc:
+            if deadline.stopped:
+                raise Stopped(item.source) from None
             if deadline.expired:
                 last = timed_out  # whatever the shut-down socket made the reader raise
             elif isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
@@ -491,10 +529,13 @@ def _stop_on_signals() -> Iterator[threading.Event]:
     interrupts at once). Harvest stops between items, so what the workers finished is recorded
     and no fetched file is left unrecorded: a KeyboardInterrupt raised anywhere in the loop lost
     the item being collected and left its .part file behind."""
-    stop = threading.Event()
+    # a process-shared event: forked workers see it too (`_STOP`), and stop their downloads
+    global _STOP
+    stop = multiprocessing.get_context("fork").Event()
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
+    _STOP = stop   # this process's download threads (a thread pool) read it here
 
     def on_signal(signum: int, frame: object) -> None:
         if stop.is_set():
@@ -505,6 +546,7 @@ def _stop_on_signals() -> Iterator[threading.Event]:
     try:
         yield stop
     finally:
+        _STOP = None
         for sig, handler in old.items():
             signal.signal(sig, handler)
 
@@ -632,7 +674,7 @@ def harvest(
         in_flight: dict[Future, Item] = {}
         # Processes, not threads: Pillow holds the GIL while decoding, and decoding is the cost.
         # workers only fetch/decode, they never touch the catalog
-        with _stop_on_signals() as stop, worker_pool(max(1, min(cfg.workers, len(todo) or 1))) as pool:
+        with _stop_on_signals() as stop, worker_pool(max(1, min(cfg.workers, len(todo) or 1)), stop) as pool:
             def submit_next() -> bool:
                 it = next(queue, None) if not stop.is_set() else None
                 if it is None or disk_full is not None:
@@ -640,11 +682,14 @@ def harvest(
                 in_flight[pool.submit(fetch, it, ws, cfg)] = it
                 return True
 
-            def collect(fut: Future) -> None:
+            def collect(fut: Future) -> bool:
+                """Record what the worker made of its item; False for a download the stop cut short."""
                 nonlocal disk_full
                 it = in_flight.pop(fut)
                 try:
                     pending.append(fut.result())
+                except Stopped:
+                    return False     # not a reject: the rerun fetches it again
                 except ImageRejected as exc:
                     pending.append(Reject(it.source, exc.reason, exc.detail, it.shown))
                 except OSError as exc:
@@ -652,6 +697,7 @@ def harvest(
                         disk_full = exc
                     pending.append(Reject(it.source, "disk_full" if exc.errno == errno.ENOSPC else "io_error",
                                           exc.strerror or str(exc), it.shown))
+                return True
 
             for _ in range(max(1, cfg.workers) * 4):  # bounded window: memory flat in the number of items
                 if not submit_next():
@@ -662,7 +708,8 @@ def harvest(
                     for fut in [f for f in in_flight if not f.done() and f.cancel()]:
                         in_flight.pop(fut)
                 for fut in finished:
-                    collect(fut)
+                    if not collect(fut):
+                        continue
                     done += 1
                     if progress:
                         progress(done, total)

@@ -435,6 +435,32 @@ def test_a_signal_to_the_process_group_stops_harvest_keeping_what_finished(tmp_p
     assert res.returncode == 0 and summary["skipped"] == kept and summary["new"] == len(src_files) - kept
 
 
+def test_a_signal_stops_a_download_waiting_on_its_retries(tmp_path, http_base):
+    """Ctrl-C during a URL harvest waited out every attempt and backoff (24 s with --timeout 5
+    --retries 3, 85 s with the defaults), then stored the interrupted URL as a `timeout` reject
+    and said "after 1 of 1". Now the download stops at once, is no reject, and the rerun fetches it."""
+    Handler.routes["/slower.jpg"] = (200, "image/jpeg", jpeg_bytes(14), 30.0)
+    urls = tmp_path / "urls.txt"
+    urls.write_text(f"{http_base}/slower.jpg\n")
+    wsdir = tmp_path / "w"
+    Workspace.open(wsdir)   # made before: a failed command removes a workspace it made and left empty
+    cmd = [sys.executable, "-m", "pipeline.cli.app", "--workspace", str(wsdir), "harvest", str(urls),
+           "--timeout", "5", "--retries", "3", "--workers", "1"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not Handler.hits.get("/slower.jpg"):    # the request is under way
+        time.sleep(0.05)
+    signalled = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    took = time.monotonic() - signalled
+    assert proc.returncode == 130 and "harvest interrupted after 0 of 1 sources" in err, err[-800:]
+    assert took < 4.0, took            # not the 5 s attempt, let alone its retries
+    with Catalog(wsdir / "catalog.sqlite") as cat:
+        assert cat.scalar("SELECT COUNT(*) FROM rejects") == 0
+    assert not [p for p in (wsdir / "images").rglob("*.part")]
+
+
 def test_a_folder_without_images_is_said_and_exits_1(tmp_path):
     """`harvest emptyd` printed "0 ok, 0 rejected" and exited 0: a mistyped or empty folder
     looked like success (the README says nothing harvested is a non-zero exit)."""
