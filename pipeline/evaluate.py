@@ -303,9 +303,10 @@ class EvalReport:
     overall: Metrics
     by_source: dict[str, Metrics]
     sweep: dict[str, Metrics]
-    errors: list[str]
+    errors: list[str]        # label-file problems (skipped records), then unreadable images
     seconds: float
     images_per_s: float | None
+    unreadable: int = 0      # how many of `errors` are images that could not be read
 
     @property
     def n_images(self) -> int:
@@ -447,7 +448,8 @@ def evaluate_detector(det: Detector, items: Sequence[tuple[Path, LabelledImage]]
         detector=det.name, model_version=det.version, ground_truth=where, threshold=threshold, iou_threshold=iou,
         pad_px=pad_px, overall=overall, by_source=by_source,
         sweep={str(t): evaluate(gts, at(t), iou, pad_px) for t in sweep}, errors=[*skipped, *found.errors],
-        seconds=round(seconds, 3), images_per_s=round(len(found.ok) / seconds, 3) if seconds > 0 else None)
+        seconds=round(seconds, 3), images_per_s=round(len(found.ok) / seconds, 3) if seconds > 0 else None,
+        unreadable=len(found.errors))
     if out is not None:
         from pipeline.io import atomic_write_text
 

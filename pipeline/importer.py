@@ -283,8 +283,9 @@ def import_labels(
                 continue
             key = (image_id, r.origin)
             if key in chosen:
-                summary.problems.append(f"{r.where}: {r.label.image} is listed again in this file; "
-                                        "the last record is used")
+                line = r.where.rsplit(":", 1)[-1] if r.where.count(":") else r.where
+                summary.problems.append(f"{chosen[key].where}: {r.label.image} is listed again on line {line}; "
+                                        "this record is dropped, the last one is used")
             chosen[key] = r
         with cat.transaction():  # the whole import or nothing
             _apply_splits(cat, chosen, known, summary)

@@ -216,6 +216,17 @@ def test_cli_evaluate_devset_gt_and_workspace(tmp_path) -> None:
     rep = json.loads(r.stdout)
     assert rep["overall"]["n_images"] == 2 and rep["overall"]["recall"] == 1.0
     assert set(rep["by_source"]) == {"import:neg/boxes.jsonl", "import:text/boxes.jsonl"}
+    # 25 bad label lines: "25 unreadable" of 1 image read and scored, and 20 lines with no word
+    # about the other 5; label records and unreadable images are counted apart, the cut is said
+    good = (tmp_path / "set/text/boxes.jsonl").read_text().splitlines()[0]
+    many = tmp_path / "set/text/many.jsonl"
+    many.write_text("\n".join([good, *(f"bad line {i}" for i in range(25))]) + "\n")
+    r = runner.invoke(app, ["-w", ws, "evaluate", "-d", "ppocr", "--gt", str(many)])
+    text = " ".join(r.output.split())
+    assert r.exit_code == 0 and text.count("skipped ") == 20 and "... and 5 more (every one in --json)" in text, text
+    assert "1 images in" in text and "0 unreadable; 25 label record(s) skipped" in text
+    r = runner.invoke(app, ["-w", ws, "--json", "evaluate", "-d", "ppocr", "--gt", str(many)])
+    assert json.loads(r.stdout)["unreadable"] == 0 and len(json.loads(r.stdout)["errors"]) == 25
 
 
 def test_metrics_is_one_typed_record_with_the_json_keys_of_before() -> None:
@@ -258,7 +269,7 @@ def test_evaluate_detector_library_call_is_the_cli_report(tmp_path) -> None:
     assert rep.sweep["0.1"].recall == pytest.approx(1.0) and set(rep.by_source) == {"a", "b"}
     d = rep.as_dict()
     assert list(d) == ["detector", "model_version", "ground_truth", "threshold", "iou_threshold", "pad_px", "overall",
-                       "by_source", "sweep", "errors", "seconds", "images_per_s"]
+                       "by_source", "sweep", "errors", "seconds", "images_per_s", "unreadable"]
     assert json.loads(out.read_text()) == json.loads(json.dumps(d))
     with pytest.raises(ValueError, match="not both"):
         load_ground_truth(gt=out, devset=tmp_path)
@@ -329,7 +340,8 @@ def test_evaluate_skips_bad_label_lines_samples_sources_and_checks_options_first
     (tmp_path / "twice.jsonl").write_text(lines[0] + "\n" + again + "\n")
     truth = load_ground_truth(gt=tmp_path / "twice.jsonl")
     assert len(truth.items) == 1 and truth.items[0][1].boxes.tolist() == [[2, 2, 8, 8]]
-    assert truth.skipped == (f"{tmp_path / 'twice.jsonl'}:2: a.png is listed again in this file; the last record is used",)
+    assert truth.skipped == (f"{tmp_path / 'twice.jsonl'}:1: a.png is listed again on line 2; this record is dropped, "
+                             "the last one is used",)
     items = [(Path(f"{s}{i}"), LabelledImage(f"{s}{i}.png", 4, 4, source=s)) for s in "ab" for i in range(5)]
     assert [p.name for p, _ in spread(items, 4)] == ["a0", "b0", "a1", "b1"]
     runner = CliRunner()

@@ -289,12 +289,18 @@ def evaluate_cmd(
         raise typer.Exit(1)
 
 
+SHOWN_PROBLEMS = 20   # evaluate's skipped lines on the console (all of them in --json / --out)
+
+
 def _render_eval(c: Console, r: Any, out: Optional[Path]) -> None:
     """Skipped images, the metrics per source and overall, the sweep, and a legend."""
     report, errors, where = r.as_dict(), r.errors, r.ground_truth
     threshold, iou, pad_px = r.threshold, r.iou_threshold, r.pad_px
-    for line in errors[:20]:
+    for line in errors[:SHOWN_PROBLEMS]:
         c.print(f"[yellow]skipped[/] {plain(line)}", highlight=False, soft_wrap=True)
+    if len(errors) > SHOWN_PROBLEMS:   # the list was cut without a word
+        c.print(f"[yellow]... and {len(errors) - SHOWN_PROBLEMS} more[/] (every one in --json"
+                + (f" and {plain(out)}" if out else "") + ")", highlight=False, soft_wrap=True)
     rows = dict(report["by_source"]) if len(report["by_source"]) > 1 else {}
     rows["all"] = report["overall"]
     c.print(f"[bold]{plain(r.model_version)}[/] on {plain(where)} (threshold {threshold}, IoU {iou}, pad {pad_px:g} px)",
@@ -305,5 +311,7 @@ def _render_eval(c: Console, r: Any, out: Optional[Path]) -> None:
         c.print(metrics_table(report["sweep"], first="threshold"))
     c.print("P/R/F1 at the IoU; cover = share of GT text pixels redacted; full = share of GT boxes >= 95 % "
             "covered; over = share of image area redacted outside every GT box", highlight=False)
-    c.print(f"{r.n_images} images in {r.seconds:.1f}s ({report['images_per_s']} images/s); {len(errors)} unreadable"
+    labels = len(errors) - r.unreadable   # label-file problems are not unreadable images
+    c.print(f"{r.n_images} images in {r.seconds:.1f}s ({report['images_per_s']} images/s); {r.unreadable} unreadable"
+            + (f"; {labels} label record(s) skipped" if labels else "")
             + (f"; report written to {out}" if out else ""), highlight=False)

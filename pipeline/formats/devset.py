@@ -288,8 +288,9 @@ def labelled_paths(path: Path, good: list[tuple[int, LabelledImage]], base: Path
     problems = []
     for lineno, rec in good:
         where = Path(os.path.normpath(base / rec.image))
-        if where in last:
-            problems.append(f"{path}:{lineno}: {rec.image} is listed again in this file; the last record is used")
+        if where in last:   # named where the dropped record is (it named the line that is used)
+            problems.append(f"{path}:{last[where][0]}: {rec.image} is listed again on line {lineno}; "
+                            "this record is dropped, the last one is used")
         last[where] = (lineno, rec)
     return [(where, rec) for where, (_, rec) in sorted(last.items(), key=lambda kv: kv[1][0])], problems
 
