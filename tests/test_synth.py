@@ -213,3 +213,25 @@ def test_synth_counts_the_backgrounds_it_could_use(tmp_path: Path) -> None:
     assert 0 < s.on_real_backgrounds < 12      # the unreadable draws fell back to procedural ones
     again = generate(tmp_path / "out", cfg, list_images(tmp_path / "bg"))
     assert again.skipped and (again.on_real_backgrounds, again.unusable_backgrounds) == (s.on_real_backgrounds, 2)
+
+
+def test_from_workspace_uses_verified_text_free_images_and_says_when_there_are_none(tmp_path: Path) -> None:
+    """`synth --from-workspace` on a workspace with no text-free image fell back to procedural
+    backgrounds without a word; an image a human verified as text-free is painted on."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli.app import app
+    from pipeline.formats import LabelledImage, write_jsonl
+    from tests.imagegen import noise_image
+
+    ws = str(tmp_path / "ws")
+    args = ["synth", "-n", "1", "--width", "96", "--from-workspace"]
+    r = CliRunner().invoke(app, ["-w", ws, *args, "--name", "none"])
+    assert r.exit_code == 0 and "no workspace image is verified text-free" in " ".join(r.stderr.split()), r.output
+    (tmp_path / "lab").mkdir()
+    noise_image(3, (120, 90)).save(tmp_path / "lab" / "plain.png")
+    write_jsonl(tmp_path / "lab" / "boxes.jsonl", [LabelledImage("plain.png", 120, 90)])   # labelled: no text
+    assert CliRunner().invoke(app, ["-w", ws, "import", str(tmp_path / "lab" / "boxes.jsonl")]).exit_code == 0
+    r = CliRunner().invoke(app, ["-w", ws, "--json", *args, "--name", "real"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["on_real_backgrounds"] == 1, r.output
+    assert "warning" not in r.stderr

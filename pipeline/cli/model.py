@@ -71,7 +71,11 @@ def synth_cmd(
             if not bgs:
                 fail(f"{backgrounds}: no images found")
         if from_workspace:
-            bgs += workspace_backgrounds(ws)
+            found = workspace_backgrounds(ws)
+            if not found:   # it fell back to procedural backgrounds without a word
+                st.console.print("[yellow]warning:[/] --from-workspace: no workspace image is verified text-free or "
+                                 "text-free to the current model", highlight=False)
+            bgs += found
     except FileNotFoundError as exc:
         fail(str(exc), 2)
     out = ws.synth_dir(name)
