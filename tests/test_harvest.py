@@ -578,3 +578,18 @@ def test_harvest_again_puts_back_a_deleted_or_damaged_stored_image(tmp_path):
     again = harvest(ws, [str(src)])
     assert [p.read_bytes() for p in stored] == want
     assert again.new == 0 and again.ok == 2
+
+
+def test_splits_given_for_images_already_placed_are_said_to_apply_to_new_ones_only(tmp_path):
+    """`harvest imgs --splits 0,0,1` on images harvested before kept every split (by design) and
+    said nothing: the user thought the ratios applied."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        noise_image(40 + i, (40, 30)).save(src / f"{i}.png")
+    ws = ["-w", str(tmp_path / "ws")]
+    assert CliRunner().invoke(app, [*ws, "harvest", str(src)]).exit_code == 0
+    r = CliRunner().invoke(app, [*ws, "harvest", str(src), "--splits", "0,0,1"])
+    assert r.exit_code == 0 and "--splits places new images only; 3 were already in the workspace" in " ".join(r.stderr.split())
+    r = CliRunner().invoke(app, [*ws, "harvest", str(src)])
+    assert "--splits" not in r.stderr

@@ -65,6 +65,11 @@ def harvest_cmd(
         fail("harvest interrupted; rerun the same command to resume", 130)
 
     emit(st, summary.as_dict(), lambda c: _render(c, summary, ws.root), problems=summary.reject_lines, label="rejected")
+    placed = summary.skipped + summary.duplicates
+    if placed and getattr(ctx.get_parameter_source("splits"), "name", "DEFAULT") != "DEFAULT":
+        # images already in the workspace keep their split: the new ratios were ignored silently for them
+        st.console.print(f"[yellow]note:[/] --splits places new images only; {placed} were already in the workspace "
+                         "and keep their split", highlight=False)
     n_rejected = sum(summary.rejected.values())
     if summary.ok == 0 and not n_rejected:   # a mistyped or empty folder: said, not "0 ok" and exit 0
         ignored = len(summary.ignored_files)
