@@ -190,14 +190,26 @@ def probe_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
     return probe(io.BytesIO(data), max_pixels=max_pixels)
 
 
+def stretch_to_uint8(values: np.ndarray) -> np.ndarray:
+    """Numbers of any range (16-bit, float) as uint8 by their 0.5-99.5 percentile range (min-max
+    when that is flat), as a viewer's auto-levels shows them. Non-finite pixels (NaN, inf: a
+    float TIFF's no-data) are left out of the range and shown at its bottom: one NaN made every
+    percentile NaN and the whole picture black, to the detector and the audit alike."""
+    f = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(f)
+    if not finite.all():
+        vals = f[finite]
+        f = np.where(finite, f, vals.min() if vals.size else 0.0)
+    lo, hi = np.percentile(f, 0.5), np.percentile(f, 99.5)
+    if hi <= lo:
+        lo, hi = float(f.min()), float(f.max()) or 1.0
+    return np.clip((f - lo) / max(hi - lo, 1e-9) * 255.0, 0, 255).astype(np.uint8)
+
+
 def to_uint8_rgb(im: Image.Image) -> np.ndarray:
     """Any Pillow mode (incl. 16-bit and float) to uint8 RGB, scaling high bit depths by range."""
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(im, dtype=np.float64)
-        lo, hi = np.percentile(arr, 0.5), np.percentile(arr, 99.5)
-        if hi <= lo:
-            lo, hi = float(arr.min()), float(arr.max()) or 1.0
-        arr = np.clip((arr - lo) / max(hi - lo, 1e-9) * 255.0, 0, 255).astype(np.uint8)
+        arr = stretch_to_uint8(np.asarray(im, dtype=np.float64))
         return np.stack([arr] * 3, axis=-1)
     if im.mode != "RGB":
         im = im.convert("RGBA").convert("RGB") if "A" in im.mode or im.mode == "P" else im.convert("RGB")

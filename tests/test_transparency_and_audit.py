@@ -199,6 +199,41 @@ def test_premultiplied_alpha_and_extra_tiff_channels_come_out_unreadable(tmp_pat
         assert not left, f"{name}: OCR still reads {sorted(left)}"
 
 
+def test_float_nan_and_unspecified_band_tiffs_come_out_unreadable(tmp_path, reader):
+    """From a leak hunt, both passing `--verify --strict`: one NaN pixel in a float TIFF made
+    every percentile NaN and the picture black to the detector and the audit (output untouched,
+    "redacted"); and a 16-bit grey TIFF's second band (ExtraSamples 0, GDAL's way) was taken as
+    alpha only, so text at 1010 on 1000 in it, plain when a viewer stretches the band, was never
+    looked at. Judged on what auto-levels shows (min-max, NaN ignored, as Fiji does)."""
+    m = text_mask()
+    nan = np.where(m, 900.0, 100.0).astype(np.float32)
+    nan[0, 0] = np.nan
+    rng = np.random.default_rng(0)
+    band = np.dstack([rng.normal(20000, 2000, m.shape).clip(0, 65535), np.where(m, 1010, 1000)]).astype(np.uint16)
+    src = tmp_path / "in"
+    src.mkdir()
+    tifffile.imwrite(src / "nan.tif", nan)
+    tifffile.imwrite(src / "band.tif", band, photometric="minisblack", planarconfig="contig")
+
+    def levels(a: np.ndarray) -> np.ndarray:
+        a = np.asarray(a, np.float64)
+        a = np.where(np.isfinite(a), a, np.nanmin(a))
+        v = ((a - a.min()) / max(a.max() - a.min(), 1e-9) * 255).astype(np.uint8)
+        return np.ascontiguousarray(np.stack([v] * 3, axis=-1))
+
+    def pictures(path: Path) -> list[np.ndarray]:
+        arr = tifffile.imread(path)
+        return [levels(arr)] if arr.ndim == 2 else [levels(arr[..., c]) for c in range(arr.shape[-1])]
+
+    for name in ("nan.tif", "band.tif"):
+        assert words_read(reader, pictures(src / name)) == set(WORDS), f"{name}: the input must be legible"
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "-q", "redact", str(src), str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    for name in ("nan.tif", "band.tif"):
+        left = words_read(reader, pictures(tmp_path / "out" / name))
+        assert not left, f"{name}: OCR still reads {sorted(left)}"
+
+
 def _rgb_profile(trc: bytes) -> bytes:
     """A minimal v2 RGB display profile (D50 primaries of sRGB) with `trc` as all three curves."""
     import struct

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from pipeline.config import DEFAULT_MAX_PIXELS
-from pipeline.imaging import ImageRejected, check_pixels, rejecting_bad_images, to_uint8_rgb, visible_views
+from pipeline.imaging import ImageRejected, check_pixels, rejecting_bad_images, stretch_to_uint8, to_uint8_rgb, visible_views
 
 # tifffile logs what it dislikes in a file ("<TiffFile 'Unnamed binary stream'> contains no pages")
 # without naming it; a file it cannot read is reported here as one line that does
@@ -439,11 +439,7 @@ def detector_rgb(page: Page) -> np.ndarray:
         return np.ascontiguousarray(np.stack([v] * 3, axis=-1) if v.ndim == 2 else v)
     if g.ndim == 2:
         return to_uint8_rgb(Image.fromarray(np.ascontiguousarray(g).astype(np.float32), mode="F"))
-    f = g.astype(np.float64)  # high bit depth colour: one range for all channels
-    lo, hi = np.percentile(f, 0.5), np.percentile(f, 99.5)
-    if hi <= lo:
-        lo, hi = float(f.min()), float(f.max()) or 1.0
-    return np.clip((f - lo) / max(hi - lo, 1e-9) * 255.0, 0, 255).astype(np.uint8)
+    return stretch_to_uint8(g)  # high bit depth colour: one range for all channels
 
 
 def page_alpha(page: Page) -> np.ndarray | None:
@@ -543,7 +539,11 @@ def detector_views(page: Page, icc: bytes | None = None) -> list[np.ndarray]:
         more += visible_views(detector_rgb(replace(page, array=_unpremultiplied(page, alpha))), alpha)
     base = page.colour_channels
     if page.array.ndim == 3 and page.key is None:
-        for c in range(base + 1, page.channels):
+        # an unspecified extra sample (TIFF ExtraSamples 0: GDAL's and libtiff's bands) is taken
+        # as alpha, and shown as a band of its own too: 1000 vs 1010 in it, alpha 4 and 4 when
+        # scaled as alpha, is a plain word stretched as Fiji or QGIS show a band
+        first = base if page.extrasamples[:1] == (0,) else base + 1
+        for c in range(first, page.channels):
             more.append(detector_rgb(Page(np.ascontiguousarray(page.array[..., c]), "gray")))
     for v in more:
         if not any(np.array_equal(v, w) for w in views):
