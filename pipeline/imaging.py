@@ -322,12 +322,14 @@ def visible_views(rgb: np.ndarray, alpha: np.ndarray | None) -> list[np.ndarray]
     white text shows only over a dark one; a converter that drops alpha shows the raw colour
     channels (which may hold text under alpha 0); and the shape of the text can live in the alpha
     channel alone. So: raw colours, composited over white and over black, and alpha as dark ink
-    on white. Identical views are dropped, so detection costs more only where it must."""
+    on white. Identical views are dropped, so detection costs more only where it must. A view
+    whose values span at most LOW_CONTRAST_RANGE levels is also shown stretched to the full range
+    (`levels_view`), as auto-levels or a brighter screen shows it."""
     if alpha is None:
-        return [rgb]
+        return _with_levels([rgb])
     a8 = alpha_to_uint8(alpha)
     if a8.size == 0 or int(a8.min()) == 255:
-        return [rgb]
+        return _with_levels([rgb])
     a = a8.astype(np.float32)[..., None] / 255.0
     f = rgb.astype(np.float32)
     candidates = [
@@ -342,13 +344,38 @@ def visible_views(rgb: np.ndarray, alpha: np.ndarray | None) -> list[np.ndarray]
     for c in candidates:
         if not any(np.array_equal(c, v) for v in views):
             views.append(np.ascontiguousarray(c))
-    return views
+    return _with_levels(views)
+
+
+# A picture whose values span this many levels or fewer is looked at stretched too: text at
+# 245 on 255, 28 on 20 or 138 on 128 is legible to a viewer (and after auto-levels plain), yet
+# blank to the detector and the audit, and came out untouched under `--verify --strict`.
+LOW_CONTRAST_RANGE = 48
+
+
+def levels_view(view: np.ndarray, max_range: int = LOW_CONTRAST_RANGE) -> np.ndarray | None:
+    """`view` (uint8 RGB) stretched from its min-max range to 0-255, when that range is at most
+    `max_range` levels (and not flat); else None. Costs a detection only on such pictures."""
+    lo, hi = int(view.min()), int(view.max())
+    if not 0 < hi - lo <= max_range:
+        return None
+    lut = np.clip(np.rint((np.arange(256, dtype=np.float64) - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(lut[view])
+
+
+def _with_levels(views: list[np.ndarray]) -> list[np.ndarray]:
+    out = list(views)
+    for v in views:
+        stretched = levels_view(v)
+        if stretched is not None and not any(np.array_equal(stretched, w) for w in out):
+            out.append(stretched)
+    return out
 
 
 def views_of(im: Image.Image) -> list[np.ndarray]:
     """`visible_views` of an (already upright) Pillow image."""
     if not has_alpha(im):
-        return [to_uint8_rgb(im)]
+        return _with_levels([to_uint8_rgb(im)])
     rgba = np.asarray(im.convert("RGBA"), dtype=np.uint8)
     return visible_views(np.ascontiguousarray(rgba[..., :3]), rgba[..., 3])
 

@@ -234,6 +234,28 @@ def test_float_nan_and_unspecified_band_tiffs_come_out_unreadable(tmp_path, read
         assert not left, f"{name}: OCR still reads {sorted(left)}"
 
 
+@pytest.mark.parametrize("ink, paper", [(245, 255), (28, 20), (138, 128)])
+def test_faint_text_on_a_plain_picture_comes_out_unreadable(tmp_path, reader, ink, paper):
+    """From a leak hunt: text 8-10 levels off its background, legible to a viewer and plain
+    after auto-levels, was blank to the detector and the audit: untouched, "redacted", and
+    `--verify --strict` passed it. A picture of such a narrow range is looked at stretched."""
+    m = text_mask()
+    rgb = np.where(m[..., None], ink, paper).astype(np.uint8).repeat(3, axis=-1)
+    src = tmp_path / "faint.png"
+    Image.fromarray(rgb).save(src)
+
+    def levels(a: np.ndarray) -> list[np.ndarray]:
+        g = a.astype(np.float64).mean(axis=-1)
+        v = ((g - g.min()) / max(g.max() - g.min(), 1e-9) * 255).astype(np.uint8)
+        return [np.ascontiguousarray(np.stack([v] * 3, axis=-1))]
+
+    assert words_read(reader, levels(rgb)) == set(WORDS)
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "-q", "redact", str(src), str(tmp_path / "out.png")])
+    assert r.exit_code == 0, r.output
+    left = words_read(reader, levels(np.asarray(Image.open(tmp_path / "out.png").convert("RGB"))))
+    assert not left, f"OCR still reads {sorted(left)}"
+
+
 def _rgb_profile(trc: bytes) -> bytes:
     """A minimal v2 RGB display profile (D50 primaries of sRGB) with `trc` as all three curves."""
     import struct
