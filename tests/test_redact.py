@@ -342,8 +342,8 @@ def test_words_in_an_icc_profile_never_reach_the_output(tmp_path):
 
 def icc_with_hidden_words(words: str) -> bytes:
     """`icc_with_words`, and `words` also where a walkthrough found them kept: in the header's
-    CMM, maker, model, creator and reserved fields, after the last tag, and in the slack of an
-    oversized colour tag (rTRC)."""
+    CMM, maker, model, creator and reserved fields, after the last tag, and in the slack of
+    oversized colour tags (a curve, rTRC, and a white point, wtpt: a leak hunt's)."""
     base = bytearray(icc_with_words(words))
     w = words.encode()
     for off, size in ((4, 4), (48, 8), (80, 4), (100, 28)):
@@ -351,7 +351,7 @@ def icc_with_hidden_words(words: str) -> bytes:
     n = struct.unpack_from(">I", base, 128)[0]
     for i in range(n):
         sig, off, size = struct.unpack_from(">4sII", base, 132 + 12 * i)
-        if sig == b"rTRC":
+        if sig in (b"rTRC", b"wtpt"):
             base += bytes(-len(base) % 4)
             struct.pack_into(">4sII", base, 132 + 12 * i, sig, len(base), size + 4 + len(w))
             base += base[off:off + size] + bytes(4) + w

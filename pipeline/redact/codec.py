@@ -83,16 +83,26 @@ _ICC_HEADER_KEEP = ((8, 24), (36, 40), (64, 80))
 _PARA_PARAMS = {0: 1, 1: 3, 2: 4, 3: 5, 4: 7}
 
 
+# types of a fixed size in the kept tags: XYZ (one XYZNumber: wtpt, bkpt, lumi, r/g/bXYZ), sf32
+# (chad's 3x3 matrix), sig (tech), measurement, viewingConditions, cicp
+_ICC_FIXED_SIZE = {b"XYZ ": 20, b"sf32": 44, b"sig ": 12, b"meas": 36, b"view": 36, b"cicp": 12}
+
+
 def _icc_tag_size(tag: bytes) -> int:
-    """How many of a colour tag's bytes its type uses (its declared size for types not parsed
-    here): an oversized `curv` or `para` tag kept whatever was written after its data."""
+    """How many of a colour tag's bytes its type uses (its declared size for the LUT types, not
+    parsed here): an oversized tag kept whatever was written after its data (a leak hunt hid
+    "PATIENT JONES 4711" after `wtpt`'s white point, and it was copied into the output)."""
     import struct
 
     kind = tag[:4]
+    if kind in _ICC_FIXED_SIZE:
+        return min(len(tag), _ICC_FIXED_SIZE[kind])
     if kind == b"curv" and len(tag) >= 12:
         return min(len(tag), 12 + 2 * struct.unpack_from(">I", tag, 8)[0])
     if kind == b"para" and len(tag) >= 12:
         return min(len(tag), 12 + 4 * _PARA_PARAMS.get(struct.unpack_from(">H", tag, 8)[0], 7))
+    if kind == b"chrm" and len(tag) >= 12:      # channels x (x, y)
+        return min(len(tag), 12 + 8 * struct.unpack_from(">H", tag, 8)[0])
     return len(tag)
 
 
