@@ -165,6 +165,18 @@ def test_a_fill_the_colour_of_the_key_stays_opaque(tmp_path, reader):
     assert not words_read(reader, viewer_pictures(tmp_path / "out" / "k.png"))
 
 
+def legible_before_not_after(tmp_path: Path, reader: Reader, src: Path, names: tuple[str, ...], pictures) -> None:
+    """Every named input in `src` shows WORDS in `pictures(path)` (the viewer's pictures the test
+    builds itself), `redact` with defaults runs on the folder, and no output shows any of them."""
+    for name in names:
+        assert words_read(reader, pictures(src / name)) == set(WORDS), f"{name}: the input must be legible"
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "-q", "redact", str(src), str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    for name in names:
+        left = words_read(reader, pictures(tmp_path / "out" / name))
+        assert not left, f"{name}: OCR still reads {sorted(left)}"
+
+
 def test_premultiplied_alpha_and_extra_tiff_channels_come_out_unreadable(tmp_path, reader):
     """From a walkthrough: a TIFF with associated alpha (ExtraSamples 1) at 4 of 255 stores text
     as colours 0 vs 4, blank to the detector, yet Pillow divides the alpha out and shows it
@@ -190,13 +202,7 @@ def test_premultiplied_alpha_and_extra_tiff_channels_come_out_unreadable(tmp_pat
         out += [np.ascontiguousarray(np.stack([arr[..., c]] * 3, axis=-1)) for c in range(arr.shape[-1])]
         return out
 
-    for name in ("premul.tif", "extra.tif"):
-        assert words_read(reader, pictures(src / name)) == set(WORDS), f"{name}: the input must be legible"
-    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "-q", "redact", str(src), str(tmp_path / "out")])
-    assert r.exit_code == 0, r.output
-    for name in ("premul.tif", "extra.tif"):
-        left = words_read(reader, pictures(tmp_path / "out" / name))
-        assert not left, f"{name}: OCR still reads {sorted(left)}"
+    legible_before_not_after(tmp_path, reader, src, ("premul.tif", "extra.tif"), pictures)
 
 
 def test_float_nan_and_unspecified_band_tiffs_come_out_unreadable(tmp_path, reader):
@@ -225,13 +231,7 @@ def test_float_nan_and_unspecified_band_tiffs_come_out_unreadable(tmp_path, read
         arr = tifffile.imread(path)
         return [levels(arr)] if arr.ndim == 2 else [levels(arr[..., c]) for c in range(arr.shape[-1])]
 
-    for name in ("nan.tif", "band.tif"):
-        assert words_read(reader, pictures(src / name)) == set(WORDS), f"{name}: the input must be legible"
-    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "-q", "redact", str(src), str(tmp_path / "out")])
-    assert r.exit_code == 0, r.output
-    for name in ("nan.tif", "band.tif"):
-        left = words_read(reader, pictures(tmp_path / "out" / name))
-        assert not left, f"{name}: OCR still reads {sorted(left)}"
+    legible_before_not_after(tmp_path, reader, src, ("nan.tif", "band.tif"), pictures)
 
 
 @pytest.mark.parametrize("ink, paper", [(245, 255), (28, 20), (138, 128)])
