@@ -209,11 +209,17 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+def option_given(ctx: typer.Context, name: str) -> bool:
+    """Whether the user set option `name` (its parameter name) on the command line or in the
+    environment, rather than leaving its default. By name: typer vendors its own click, whose
+    ParameterSource enum is not click's."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
 def refuse_missing(paths: Sequence[str | Path], what: str = "file or folder") -> None:
     """Exit 2 with one line when a path typed on the command line does not exist (URLs pass): a
     typo, not a bad entry of a batch, so nothing is recorded and no workspace is made."""
-    import os
-
     missing = [p for p in paths if "://" not in str(p) and not os.path.lexists(os.path.expanduser(str(p)))]
     if missing:
         fail(f"{missing[0]}: no such {what}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""), 2)

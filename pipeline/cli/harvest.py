@@ -10,7 +10,7 @@ from typing import Any, List
 import typer
 from rich.console import Console
 
-from pipeline.cli.common import emit, fail, option_message, plain, positive, progress, refuse_missing, state, titled
+from pipeline.cli.common import emit, fail, option_given, option_message, plain, positive, progress, refuse_missing, state, titled
 from pipeline.config import DEFAULT_MAX_PIXELS, HarvestConfig, SplitRatios
 from pipeline.harvest import HarvestInterrupted, harvest
 
@@ -66,7 +66,7 @@ def harvest_cmd(
 
     emit(st, summary.as_dict(), lambda c: _render(c, summary, ws.root), problems=summary.reject_lines, label="rejected")
     placed = summary.skipped + summary.duplicates
-    if placed and getattr(ctx.get_parameter_source("splits"), "name", "DEFAULT") != "DEFAULT":
+    if placed and option_given(ctx, "splits"):
         # images already in the workspace keep their split: the new ratios were ignored silently for them
         st.console.print(f"[yellow]note:[/] --splits places new images only; {placed} were already in the workspace "
                          "and keep their split", highlight=False)

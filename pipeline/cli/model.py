@@ -10,7 +10,8 @@ from typing import Any, List, Optional
 import typer
 from rich.console import Console
 
-from pipeline.cli.common import AppState, emit, fail, option_message, parse_floats, progress, state, titled, usage_errors
+from pipeline.cli.common import (AppState, emit, fail, option_given, option_message, parse_floats, progress, state, titled,
+                                 usage_errors)
 from pipeline.workspace import check_run_name
 
 
@@ -209,12 +210,8 @@ _RECIPE_OPTIONS = {"crop": "crop", "l2sp": "l2sp", "distill": "distill", "teache
 def _given_options(ctx: typer.Context) -> set[str]:
     """The TrainConfig fields the user set on the command line (`db.<field>` for the recipe):
     with --resume the others are the checkpoint's."""
-    given = set()
-    for name in ctx.params:   # by name: typer vendors its own click, whose enum is not click's
-        source = ctx.get_parameter_source(name)
-        if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
-            given.add(f"db.{_RECIPE_OPTIONS[name]}" if name in _RECIPE_OPTIONS else name)
-    return given
+    return {f"db.{_RECIPE_OPTIONS[name]}" if name in _RECIPE_OPTIONS else name
+            for name in ctx.params if option_given(ctx, name)}
 
 
 def _render_train(c: Any, s: Any, refused: bool) -> None:

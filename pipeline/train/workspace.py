@@ -14,7 +14,7 @@ from typing import Any
 
 from pipeline.io import atomic_write_text
 from pipeline.train.data import Sample, samples_from_jsonl, workspace_samples
-from pipeline.train.engine import ResumeRefused, TrainConfig, data_signature, train
+from pipeline.train.engine import ResumeRefused, TrainConfig, data_signature, load_checkpoint, train
 from pipeline.train.select import PromotionCheck, has_text, passes
 from pipeline.workspace import check_run_name
 
@@ -382,8 +382,6 @@ def _checkpoint(ckpt: Path, resume: bool) -> dict[str, Any]:
     """A checkpoint's training-data signature (`data`) and options (`config`). Unreadable: {} for
     a finished run (it trains again), ResumeRefused when resuming, before any data is made (the
     400-image default synthetic set was generated first, under the wrong options)."""
-    from pipeline.train.engine import load_checkpoint
-
     try:
         ck = load_checkpoint(ckpt)
     except ResumeRefused:
