@@ -365,7 +365,11 @@ class _Deadline:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        """Stopped by Ctrl-C / SIGTERM: Stopped, whatever the shut-down socket made the request
+        raise inside (the opener's `open` runs inside this block too)."""
         self._done.set()
+        if self.stopped:
+            raise Stopped("harvest stopped")
 
     def _watch(self) -> None:
         """Expire at the deadline, or at once when the harvest is stopped."""
@@ -422,6 +426,14 @@ class _Deadline:
         return urllib.request.build_opener(HTTP(), HTTPS())
 
 
+def _backoff(seconds: float) -> None:
+    """The pause before a retry; Stopped at once when the harvest is stopped during it."""
+    if _STOP is None:
+        time.sleep(seconds)
+    elif _STOP.wait(seconds):
+        raise Stopped("harvest stopped")
+
+
 def _download(item: Item, tmp: Path, cfg: HarvestConfig) -> tuple[str, int]:
     """Download with retries; `cfg.timeout_s` is the deadline of each attempt (whole request).
     Stopped when the harvest is (Ctrl-C / SIGTERM): in the backoff, or during an attempt."""
@@ -430,11 +442,7 @@ def _download(item: Item, tmp: Path, cfg: HarvestConfig) -> tuple[str, int]:
     timed_out = ImageRejected("timeout", f"not complete within {cfg.timeout_s}s")
     for attempt in range(cfg.retries + 1):
         if attempt:
-            pause = cfg.backoff_s * (2 ** (attempt - 1))
-            if _STOP is not None and _STOP.wait(pause):
-                raise Stopped(item.source)
-            if _STOP is None:
-                time.sleep(pause)
+            _backoff(cfg.backoff_s * (2 ** (attempt - 1)))
         deadline = _Deadline(cfg.timeout_s)
         try:
             with deadline, deadline.opener().open(req, timeout=cfg.timeout_s) as resp:
@@ -445,8 +453,6 @@ def _download(item: Item, tmp: Path, cfg: HarvestConfig) -> tuple[str, int]:
                 if length and length.isdigit() and int(length) > cfg.max_bytes:
                     raise ImageRejected("too_large", f"Content-Length {length} > {cfg.max_bytes} bytes")
                 result = _copy_hashing(resp, tmp, cfg.max_bytes)
-            if deadline.stopped:
-                raise Stopped(item.source)
             if deadline.expired:  # the shut-down socket may end a body early without an error
                 last = timed_out
                 continue
@@ -454,8 +460,6 @@ def _download(item: Item, tmp: Path, cfg: HarvestConfig) -> tuple[str, int]:
         except (ImageRejected, Stopped):
             raise
         except urllib.error.HTTPError as exc:
-            if deadline.stopped:
-                raise Stopped(item.source) from None
             if deadline.expired:
                 last = timed_out
             elif exc.code in (429, 500, 502, 503, 504):
@@ -463,14 +467,10 @@ def _download(item: Item, tmp: Path, cfg: HarvestConfig) -> tuple[str, int]:
             else:
                 raise ImageRejected(f"http_{exc.code}", str(exc.reason)) from None
         except ValueError as exc:  # http.client.InvalidURL (e.g. a redirect to a malformed URL)
-            if deadline.stopped:
-                raise Stopped(item.source) from None
             if not deadline.expired:
                 raise ImageRejected("bad_url", str(exc)) from None
             last = timed_out
         except (OSError, http.client.HTTPException) as exc:
-            if deadline.stopped:
-                raise Stopped(item.source) from None
             if deadline.expired:
                 last = timed_out  # whatever the shut-down socket made the reader raise
             elif isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
