@@ -68,9 +68,6 @@ class TaskImageError(Exception):
     """One task's image could not be used; the message is the whole line (task id, image, reason)."""
 
 
-_INJECTED: Any = object()   # Backend._loaded_current of a detector given to it, not loaded by `_load`
-
-
 class Backend:
     """The state behind the routes: one detector, one training worker."""
 
@@ -78,7 +75,9 @@ class Backend:
         self.ws = ws
         self.cfg = cfg
         self._lock = threading.Lock()       # one detect() at a time (2 cores; backends are not all thread-safe)
-        self._loaded_current: str | None = _INJECTED   # the current model's version when `_load` ran
+        # the workspace's current model when the detector was loaded (or given): a change either
+        # way, a promotion or `models promote ppocr`, is what `refresh_if_promoted` reloads on
+        self._loaded_current = self._current_version()
         self._detector = detector if detector is not None else self._load()
         self._trainer = trainer             # callable(ws) -> dict; None = pipeline.train if it exists
         self.ls_hostname = ""
@@ -162,11 +161,7 @@ class Backend:
         cur = self._current_version()
         # a change either way: a new model promoted, or `models promote ppocr` back to stock (the
         # demoted model went on pre-annotating)
-        if self._loaded_current is _INJECTED:   # a detector given to the Backend: compared by its version
-            changed = cur is not None and cur != self.model_version
-        else:
-            changed = cur != self._loaded_current
-        if changed and self.training["state"] != "running":
+        if cur != self._loaded_current and self.training["state"] != "running":
             log.info("current model now %s; reloading", cur or "stock ppocr")
             self._detector = self._load()
 

@@ -33,7 +33,7 @@ log = logging.getLogger("textloop")
 # workspaces this process created (the first folder it made for each), with their files then:
 # a command that fails leaves none of them behind unused (a mistyped `-w` with `train --resume`,
 # `serve --model foo`, a bad bundle to `models register` each left an empty workspace there)
-_NEW_WORKSPACES: list[tuple[Path, frozenset[str]]] = []
+_NEW_WORKSPACES: list[tuple[Path, Path, frozenset[str]]] = []   # (first folder made, workspace, files)
 _SQLITE_SIDECARS = ("-wal", "-shm", "-journal")
 
 
@@ -50,16 +50,15 @@ def discard_unused_workspaces() -> None:
     import shutil
 
     while _NEW_WORKSPACES:
-        top, made = _NEW_WORKSPACES.pop()
+        top, root, made = _NEW_WORKSPACES.pop()
         try:
             if _tree(top) != made:
                 continue
-            root = next(p for p in [top, *top.rglob("*")] if (p / "catalog.sqlite").is_file())
             with Workspace(root).catalog() as cat:
                 if cat.holds_records():   # rejects of a harvest that failed are a record too
                     continue
             shutil.rmtree(top)
-        except (OSError, sqlite3.Error, StopIteration):
+        except (OSError, sqlite3.Error):
             continue   # a workspace that cannot be checked is left as it is
 
 
@@ -82,7 +81,7 @@ class AppState:
             try:
                 self._ws = Workspace.open(self.workspace)
                 if top is not None:
-                    _NEW_WORKSPACES.append((top, _tree(top)))
+                    _NEW_WORKSPACES.append((top, self._ws.root, _tree(top)))
             except (CatalogUnwritable, OSError) as exc:
                 if not (read_only_ok and _unwritable(exc) and self._catalog_path().is_file()):
                     if isinstance(exc, CatalogUnwritable):
