@@ -283,8 +283,9 @@ def import_labels(
                 continue
             key = (image_id, r.origin)
             if key in chosen:
-                line = r.where.rsplit(":", 1)[-1] if r.where.count(":") else r.where
-                summary.problems.append(f"{chosen[key].where}: {r.label.image} is listed again on line {line}; "
+                # named at the dropped record, with where the one used is (a COCO file has no lines)
+                again = f" ({r.where})" if r.where != chosen[key].where else ""
+                summary.problems.append(f"{chosen[key].where}: {r.label.image} is listed again{again}; "
                                         "this record is dropped, the last one is used")
             chosen[key] = r
         with cat.transaction():  # the whole import or nothing

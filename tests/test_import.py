@@ -59,6 +59,19 @@ def test_a_dangling_link_is_named_as_the_label_file_names_it(ws, tmp_path: Path)
     assert s.problems[0].startswith(f"{root / 'images' / 'b.png'}: dangling_symlink")
 
 
+def test_an_image_listed_twice_names_the_record_dropped(ws, tmp_path: Path) -> None:
+    """The problem named the line that is used; it names the dropped one and where the used one is."""
+    root = tmp_path / "set"
+    root.mkdir()
+    noise_image(0, (64, 48)).save(root / "a.png")
+    write_jsonl(root / "boxes.jsonl", [LabelledImage("a.png", 64, 48, boxes=[[1, 1, 5, 5]]),
+                                       LabelledImage("a.png", 64, 48, boxes=[[2, 2, 9, 9]])])
+    s = import_labels(ws, [root / "boxes.jsonl"])
+    assert s.problems == [f"{root / 'boxes.jsonl'}:1: a.png is listed again ({root / 'boxes.jsonl'}:2); "
+                          "this record is dropped, the last one is used"]
+    assert json.loads(annotations_by_name(ws)["a.png"]["boxes"]) == [[2, 2, 9, 9]]
+
+
 def test_devset_jsonl_import_is_idempotent(ws, tmp_path: Path) -> None:
     labels = make_devset(tmp_path / "set")
     s = import_labels(ws, [labels])
