@@ -3,6 +3,7 @@ the ML backend app (FastAPI in-process), the launcher's PID-file discipline."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -414,6 +415,23 @@ def test_up_uses_a_server_already_answering_at_label_studio_url(tmp_path, monkey
         assert r.exit_code == 1 and "healthy; token:" in r.output and "rejected the API token (HTTP 401)" in r.output
     finally:
         srv.shutdown()
+
+
+def test_status_says_what_answered_when_label_studio_did_not(tmp_path, monkeypatch):
+    """Another web server on the port was "not reachable", as if nothing were there (and `up`
+    then failed on the port it holds): status names it, and says when nothing answers."""
+    srv = _serve(lambda path: (404, b"<html>Not Found</html>"))
+    try:
+        ws = str(tmp_path / "ws")
+        assert CliRunner().invoke(app, ["-w", ws, "init"]).exit_code == 0
+        monkeypatch.setenv("LABEL_STUDIO_URL", f"http://127.0.0.1:{srv.server_address[1]}")
+        r = CliRunner().invoke(app, ["-w", ws, "studio", "status"])
+        assert r.exit_code == 1 and "a server answers, but it is not Label Studio (GET /health: HTTP 404)" in r.output
+    finally:
+        srv.shutdown()
+    monkeypatch.setenv("LABEL_STUDIO_URL", "http://127.0.0.1:9")    # discard port: nothing listens
+    r = CliRunner().invoke(app, ["-w", ws, "--json", "studio", "status"])
+    assert r.exit_code == 1 and json.loads(r.stdout)["problem"] == "not reachable (server down?)"
 
 
 def test_studio_errors_name_the_timeout_and_never_paste_a_web_page():

@@ -91,7 +91,7 @@ def status_cmd(ctx: typer.Context) -> None:
         res = status(st.read_ws().root)
     except StudioError as exc:
         fail(str(exc), 2)
-    emit(st, res.as_dict(), lambda c: c.print(f"{res.url}: {'healthy' if res.healthy else 'not reachable'}"
+    emit(st, res.as_dict(), lambda c: c.print(f"{res.url}: {'healthy' if res.healthy else res.problem}"
                                               + (f" (started by textloop, pid {res.pid})" if res.started_by_textloop else "")
                                               + (f"; token: {res.token}" if res.token and res.token != "accepted" else "")))
     if not res.healthy or res.token != "accepted":

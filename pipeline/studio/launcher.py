@@ -254,6 +254,7 @@ class StatusResult:
     mode: str | None
     log: str | None
     token: str | None = None   # healthy only: "accepted" | why it is not ("rejected (HTTP 401) ...")
+    problem: str | None = None  # not healthy: what answered instead (nothing, too slowly, another server)
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -327,13 +328,24 @@ def loopback_port(url: str) -> int | None:
 
 def is_healthy(url: str, timeout: float = 3.0) -> bool:
     """Whether a Label Studio answers GET /health at `url`."""
+    return health_problem(url, timeout) is None
+
+
+def health_problem(url: str, timeout: float = 3.0) -> str | None:
+    """None when a Label Studio answers GET /health at `url`, else what answered instead:
+    nothing, too slowly, or another server (a web app on 8080 was called "not reachable", as
+    if nothing were there, and `studio up` then failed on the port it holds)."""
     import httpx
 
     try:
         r = httpx.get(url + "/health", timeout=timeout)
-        return r.status_code == 200 and "UP" in r.text
-    except httpx.HTTPError:
-        return False
+    except httpx.TimeoutException:
+        return f"no answer in {timeout:g} s"
+    except httpx.HTTPError as exc:
+        return "not reachable (server down?)" if isinstance(exc, httpx.ConnectError) else f"{type(exc).__name__}: {exc}"
+    if r.status_code == 200 and "UP" in r.text:
+        return None
+    return f"a server answers, but it is not Label Studio (GET /health: HTTP {r.status_code})"
 
 
 def down(ws_root: Path) -> DownResult:
@@ -363,11 +375,13 @@ def status(ws_root: Path) -> StatusResult:
     check_url(url)
     if info is not None and info.url.rstrip("/") != url:
         info = None   # `up` started another server than the one in use: not this one's status
-    healthy = is_healthy(url)
+    problem = health_problem(url)
+    healthy = problem is None
     token = token_state(url) if healthy else None   # "healthy" with a wrong token: every push failed HTTP 401
     running = bool(info and (info.mode == "docker" or (info.pid and _is_label_studio(info.pid))))
     return StatusResult(url=url, healthy=healthy, started_by_textloop=running, pid=info.pid if info else None,
-                        mode=info.mode if info else None, log=info.log if info else None, token=token)
+                        mode=info.mode if info else None, log=info.log if info else None, token=token,
+                        problem=problem)
 
 
 def token_state(url: str) -> str:
