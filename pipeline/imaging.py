@@ -2,8 +2,9 @@
 
 `probe()` is the gatekeeper used by harvest (and redact): it decodes every page so truncated
 files are caught, enforces a pixel limit against decompression bombs, and reports the facts
-the catalog stores. `load_rgb()` gives detectors an upright uint8 RGB array (EXIF orientation
-applied), which is the coordinate frame of every box in textloop.
+the catalog stores. `load_rgb()` gives an upright uint8 RGB array (EXIF orientation applied,
+transparency over white as a labeller sees it), which is the coordinate frame of every box in
+textloop; `load_views()` gives detectors every picture a viewer may show.
 """
 
 from __future__ import annotations
@@ -206,13 +207,21 @@ def stretch_to_uint8(values: np.ndarray) -> np.ndarray:
     return np.clip((f - lo) / max(hi - lo, 1e-9) * 255.0, 0, 255).astype(np.uint8)
 
 
-def to_uint8_rgb(im: Image.Image) -> np.ndarray:
-    """Any Pillow mode (incl. 16-bit and float) to uint8 RGB, scaling high bit depths by range."""
+def to_uint8_rgb(im: Image.Image, background: int = 255) -> np.ndarray:
+    """Any Pillow mode (incl. 16-bit and float) to uint8 RGB, scaling high bit depths by range.
+
+    Transparency is composited over `background` (white: what Label Studio and a browser show
+    the labeller, the picture the boxes are drawn on). Dropping alpha made black text on
+    transparent pixels an all-black picture: curation grouped two such images with different
+    text as near duplicates and excluded one, and training saw no text where the labels were."""
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = stretch_to_uint8(np.asarray(im, dtype=np.float64))
         return np.stack([arr] * 3, axis=-1)
+    if has_alpha(im):
+        rgba = np.asarray(im.convert("RGBA"), dtype=np.uint8)
+        return composite(rgba[..., :3], rgba[..., 3], background)
     if im.mode != "RGB":
-        im = im.convert("RGBA").convert("RGB") if "A" in im.mode or im.mode == "P" else im.convert("RGB")
+        im = im.convert("RGB")
     return np.asarray(im, dtype=np.uint8)
 
 
@@ -275,17 +284,18 @@ def orientation(im: Image.Image) -> int:
     return value if value in range(1, 9) else 1
 
 
-def load_rgb(path: str | Path, page: int = 0, max_side: int | None = None) -> np.ndarray:
+def load_rgb(path: str | Path, page: int = 0, max_side: int | None = None, background: int = 255) -> np.ndarray:
     """Upright (EXIF-transposed) uint8 RGB pixels of one page: the frame boxes refer to.
     `max_side`: shrunk (area-averaged) to at most that long side, a JPEG decoded at a reduced
-    size already (a comparison at 512 px need not decode 12 megapixels)."""
+    size already (a comparison at 512 px need not decode 12 megapixels). Transparency over
+    `background` (`to_uint8_rgb`)."""
     with open_image(path) as im:
         if page:
             im.seek(page)
         if max_side:
             im.draft("RGB", (max_side, max_side))
         im = ImageOps.exif_transpose(im) if page == 0 else im
-        rgb = to_uint8_rgb(im)
+        rgb = to_uint8_rgb(im, background)
     if max_side and max(rgb.shape[:2]) > max_side:
         import cv2
 
@@ -314,6 +324,12 @@ def alpha_to_uint8(alpha: np.ndarray) -> np.ndarray:
     return (np.clip(a.astype(np.float64), 0.0, 1.0) * 255.0).round().astype(np.uint8)
 
 
+def composite(rgb: np.ndarray, alpha: np.ndarray, background: int) -> np.ndarray:
+    """uint8 RGB `rgb` under `alpha` (any dtype, `alpha_to_uint8`) over a plain grey level."""
+    a = alpha_to_uint8(alpha).astype(np.float32)[..., None] / 255.0
+    return np.rint(rgb.astype(np.float32) * a + float(background) * (1.0 - a)).astype(np.uint8)
+
+
 def visible_views(rgb: np.ndarray, alpha: np.ndarray | None) -> list[np.ndarray]:
     """Every picture of an image a viewer may show, as uint8 RGB arrays of the same size.
 
@@ -330,13 +346,7 @@ def visible_views(rgb: np.ndarray, alpha: np.ndarray | None) -> list[np.ndarray]
     a8 = alpha_to_uint8(alpha)
     if a8.size == 0 or int(a8.min()) == 255:
         return _with_levels([rgb])
-    a = a8.astype(np.float32)[..., None] / 255.0
-    f = rgb.astype(np.float32)
-    candidates = [
-        rgb,
-        np.rint(f * a + 255.0 * (1.0 - a)).astype(np.uint8),
-        np.rint(f * a).astype(np.uint8),
-    ]
+    candidates = [rgb, composite(rgb, a8, 255), composite(rgb, a8, 0)]
     if int(a8.max()) > int(a8.min()):
         ink = 255 - a8
         candidates.append(np.ascontiguousarray(np.stack([ink] * 3, axis=-1)))

@@ -55,3 +55,11 @@ def rotated_jpeg(path: Path, orientation: int = 6) -> None:
     buf = io.BytesIO()
     im.save(buf, "JPEG", quality=95, exif=exif)
     write(path, buf.getvalue())
+
+
+def text_font(size: int) -> "ImageFont.FreeTypeFont":
+    """DejaVu Sans (matplotlib ships it) at `size` px: the tests' one font."""
+    from matplotlib import font_manager
+    from PIL import ImageFont
+
+    return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size)

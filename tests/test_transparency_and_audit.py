@@ -376,6 +376,23 @@ def test_visible_views_of_an_opaque_image_is_the_image_itself():
     assert len(views) == 4 and (views[-1][2:4, 2:6] == 0).all() and (views[-1][0] == 255).all()
 
 
+def test_the_labellers_picture_of_a_transparent_png_shows_its_text(tmp_path):
+    """`load_rgb` (training crops, the label-noise reader, report thumbnails, rank's TTA, the
+    duplicate check) dropped alpha: black text on transparent black pixels was all black, so a
+    model was taught boxes on a blank picture. It is now the picture over white, as Label Studio
+    shows it; over black on request."""
+    from pipeline.imaging import load_rgb
+
+    p = _save("png_black", tmp_path / "t.png")
+    m = text_mask()
+    white, black = load_rgb(p), load_rgb(p, background=0)
+    assert white[~m].min() == 255 and white[m].mean() < 64          # dark words on a white page
+    assert (black == 0).all()                                        # black on black: what a dark viewer shows
+    rgb = np.random.default_rng(1).integers(0, 255, (6, 7, 3), dtype=np.uint8)
+    Image.fromarray(rgb).convert("RGBA").save(tmp_path / "opaque.png")
+    assert np.array_equal(load_rgb(tmp_path / "opaque.png"), rgb)   # an alpha that hides nothing changes nothing
+
+
 def test_predict_sees_text_on_a_transparent_png(tmp_path):
     from pipeline.detectors import load_detector
     from pipeline.predict import predict_images

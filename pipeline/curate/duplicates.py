@@ -235,17 +235,22 @@ CONTENT_SIDE = 512            # long side the content check compares at
 CONTENT_TRIES_PER_IMAGE = 8   # near pairs checked per image before its remaining ones count as differing
 
 
-def _grey_small(path: Path) -> np.ndarray | None:
-    """Upright grey pixels, long side at most CONTENT_SIDE, float32; None if it cannot be read."""
+def _grey_small(path: Path) -> list[np.ndarray] | None:
+    """Upright grey pixels, long side at most CONTENT_SIDE, float32; None if it cannot be read.
+    A transparent image gives two: over white and over black (white text on transparent
+    pixels shows only over black, so two such images with other text must not look alike)."""
     import cv2
 
-    from pipeline.imaging import load_rgb
+    from pipeline.imaging import has_alpha, load_rgb, open_image
 
     try:
-        rgb = load_rgb(path, max_side=CONTENT_SIDE)   # 16-bit pages scaled as everywhere else
+        with open_image(path) as im:
+            backgrounds = (255, 0) if has_alpha(im) else (255,)
+        # 16-bit pages scaled as everywhere else
+        return [cv2.cvtColor(load_rgb(path, max_side=CONTENT_SIDE, background=bg), cv2.COLOR_RGB2GRAY).astype(np.float32)
+                for bg in backgrounds]
     except Exception:  # noqa: BLE001 - unreadable: the engine has reported it already
         return None
-    return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
 
 
 def content_differs(a: np.ndarray, b: np.ndarray, level: float = 40.0, share: float = 0.0008) -> bool:
@@ -298,9 +303,9 @@ def check_content(paths: dict[str, Path], pairs: list[tuple[str, str, float, str
     as differing too (a thousand filled-in forms would be half a million checks)."""
     from collections import OrderedDict
 
-    cache: OrderedDict[str, np.ndarray | None] = OrderedDict()
+    cache: OrderedDict[str, list[np.ndarray] | None] = OrderedDict()
 
-    def grey(iid: str) -> np.ndarray | None:
+    def grey(iid: str) -> list[np.ndarray] | None:
         if iid not in cache:
             cache[iid] = _grey_small(paths[iid])
             if len(cache) > 256:
@@ -323,8 +328,8 @@ def check_content(paths: dict[str, Path], pairs: list[tuple[str, str, float, str
             verdict: bool | None = True
         else:
             ga, gb = grey(a), grey(b)
-            verdict = None if ga is None or gb is None else content_differs(ga, gb, cfg.content_level,
-                                                                            cfg.content_share)
+            verdict = None if ga is None or gb is None else any(
+                content_differs(x, y, cfg.content_level, cfg.content_share) for x, y in zip(ga, gb))
         if verdict:
             differing[a], differing[b] = differing.get(a, 0) + 1, differing.get(b, 0) + 1
             out[k] = (a, b, sim, "content_differs")
