@@ -9,6 +9,7 @@ LABEL_STUDIO := label-studio==1.23.2
 FASTDUP := fastdup==2.54
 PIP_QUIET ?= -q
 export SENTRY_OPT_OUT := 1
+export FASTDUP_PRODUCTION := 1
 export LATEST_VERSION_CHECK := false
 export COLLECT_ANALYTICS := false
 

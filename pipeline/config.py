@@ -112,4 +112,5 @@ def privacy_env() -> dict[str, str]:
         "SENTRY_DSN": "",
         "FRONTEND_SENTRY_DSN": "",
         "SENTRY_OPT_OUT": "1",
+        "FASTDUP_PRODUCTION": "1",   # `import fastdup` asked pypi.org for its latest version otherwise
     }

@@ -73,6 +73,30 @@ def test_fastdup_engine_finds_planted_problems(tmp_path: Path, monkeypatch) -> N
     assert "fastdup_outlier" in report.images.columns
 
 
+@pytest.mark.skipif(not FASTDUP_OK, reason="no .venv-fastdup (make install-fastdup)")
+def test_the_fastdup_worker_asks_no_server_anything(monkeypatch) -> None:
+    """`import fastdup` looked up pypi.org and opened port 443 (its version check) on every
+    curate run. In the worker's environment, with the worker's own preamble, importing it
+    resolves no host name at all."""
+    import subprocess
+
+    from pipeline.curate import duplicates as dup
+
+    for key in ("FASTDUP_PRODUCTION", "SENTRY_OPT_OUT"):
+        monkeypatch.delenv(key, raising=False)     # not even the caller's environment says so
+    worker = Path(dup.__file__).with_name("fastdup_worker.py")
+    code = ("import runpy, socket, sys\n"
+            "asked = []\n"
+            "real = socket.getaddrinfo\n"
+            "socket.getaddrinfo = lambda host, *a, **k: (asked.append(host), real(host, *a, **k))[1]\n"
+            f"runpy.run_path({str(worker)!r}, run_name='preamble')\n"
+            "import fastdup\n"
+            "print('asked', asked)\n")
+    r = subprocess.run([str(fastdup_python()), "-c", code], env=dup.worker_env(), capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and "asked []" in r.stdout, (r.stdout[-500:], r.stderr[-500:])
+
+
 def test_fastdup_missing_interpreter_is_one_clear_error(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("TEXTLOOP_FASTDUP_PYTHON", str(tmp_path / "nope" / "python"))
     pool = make_pool(tmp_path / "pool", n=4, broken=False)

@@ -421,6 +421,16 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parents[2]
 
 
+def worker_env() -> dict[str, str]:
+    """The fastdup worker's environment: ours without PYTHONPATH or user site-packages (its venv's
+    own packages only), with telemetry and fastdup's version check off (`config.privacy_env`)."""
+    from pipeline.config import privacy_env
+
+    env = {**os.environ, **privacy_env(), "PYTHONNOUSERSITE": "1"}
+    env.pop("PYTHONPATH", None)
+    return env
+
+
 def fastdup_python(explicit: str | None = None) -> Path:
     """The fastdup venv interpreter: explicit, else $TEXTLOOP_FASTDUP_PYTHON, else <repo>/.venv-fastdup/bin/python."""
     value = explicit or os.environ.get("TEXTLOOP_FASTDUP_PYTHON") or str(repo_root() / ".venv-fastdup" / "bin" / "python")
@@ -465,8 +475,7 @@ def _fastdup_features(images: Sequence[ImageRef], cfg: DuplicateConfig,
     with tempfile.TemporaryDirectory(prefix="textloop-fastdup-") as tmp:
         tmpd = Path(tmp)
         (tmpd / "files.txt").write_text("\n".join(by_path) + "\n", encoding="utf-8")
-        env = dict(os.environ, SENTRY_OPT_OUT="1", PYTHONNOUSERSITE="1")
-        env.pop("PYTHONPATH", None)
+        env = worker_env()
         cmd = [str(py), str(worker), "--files", str(tmpd / "files.txt"), "--work-dir", str(tmpd / "work"),
                "--out", str(tmpd / "out"), "--threshold", str(min(cfg.fastdup_near_similarity, 0.9)),
                "--cc-threshold", str(cfg.fastdup_near_similarity), "--num-threads", str(cfg.fastdup_threads)]

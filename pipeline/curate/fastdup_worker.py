@@ -14,7 +14,7 @@ files that the parent reads back by file name (never by row position):
 
 Usage: python fastdup_worker.py --files LIST --work-dir DIR --out DIR [--threshold 0.9]
        [--cc-threshold 0.96] [--outlier-percentile 0.05] [--num-threads 2]
-Telemetry: SENTRY_OPT_OUT=1 is forced before fastdup is imported. fastdup 2.54 has no
+Telemetry: SENTRY_OPT_OUT=1 and FASTDUP_PRODUCTION=1 (no version check) are forced before fastdup is imported. fastdup 2.54 has no
 explorer launch in `run()`; nothing here starts a server or opens a browser.
 """
 
@@ -26,7 +26,10 @@ import io
 import os
 import sys
 
-os.environ["SENTRY_OPT_OUT"] = "1"  # before `import fastdup`: its Sentry init checks this at import
+# before `import fastdup`: its Sentry init checks SENTRY_OPT_OUT at import, and its import
+# asks pypi.org for the latest version unless FASTDUP_PRODUCTION is set
+os.environ["SENTRY_OPT_OUT"] = "1"
+os.environ["FASTDUP_PRODUCTION"] = "1"
 
 
 def main(argv: list[str] | None = None) -> int:
