@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -307,6 +307,7 @@ class EvalReport:
     seconds: float
     images_per_s: float | None
     unreadable: int = 0      # how many of `errors` are images that could not be read
+    label_changes: list[str] = field(default_factory=list)   # ground-truth boxes dropped or clipped, named
 
     @property
     def n_images(self) -> int:
@@ -330,26 +331,37 @@ class GroundTruth:
     items: list[tuple[Path, LabelledImage]]
     where: str
     skipped: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()   # boxes dropped or clipped (empty, inverted, outside, over the edge)
 
 
-def _fit_frames(items: list[tuple[Path, LabelledImage]]) -> tuple[list[tuple[Path, LabelledImage]], list[str]]:
-    """Label files' records checked against their image files, as `import` checks them: labels
-    drawn on an EXIF-rotated image's stored pixels are turned upright; a size that fits neither
-    frame leaves the image out with the reason (it used to be scored in the wrong frame)."""
+def _fit_frames(items: list[tuple[Path, LabelledImage]], where: str = ""
+                ) -> tuple[list[tuple[Path, LabelledImage]], list[str], list[str]]:
+    """(items, skipped, changed): label files' records checked against their image files, as
+    `import` checks them. Labels drawn on an EXIF-rotated image's stored pixels are turned
+    upright; a size that fits neither frame leaves the image out with the reason (it used to be
+    scored in the wrong frame); empty, inverted and outside boxes are dropped and boxes over the
+    edge clipped, each named in `changed` (they were scored as text no detector could find)."""
     from pipeline.imaging import ImageRejected
     from pipeline.formats.frames import fit_to_image
+    from pipeline.importer import LabelRecord, clean_boxes
 
-    kept, skipped = [], []
+    kept, skipped, changed = [], [], []
     for path, rec in items:
         try:
-            rec = fit_to_image(path, rec)
+            fitted = fit_to_image(path, rec)
         except (OSError, ImageRejected):
-            pass                      # unreadable: the detection pass reports it
+            kept.append((path, rec))  # unreadable: the detection pass reports it
+            continue
         except ValueError as exc:
             skipped.append(f"{path}: {exc}")
             continue
-        kept.append((path, rec))
-    return kept, skipped
+        keep, boxes, problems = clean_boxes(LabelRecord(path, rec, "", where), fitted.boxes, fitted.width, fitted.height)
+        changed += problems
+        if len(rec.boxes) and not keep.any():
+            skipped.append(f"{where}: {rec.image}: none of its {len(rec.boxes)} box(es) is usable")
+            continue
+        kept.append((path, fitted.kept(keep, boxes) if problems else fitted))
+    return kept, skipped, changed
 
 
 def spread(items: Sequence[tuple[Path, LabelledImage]], limit: int) -> list[tuple[Path, LabelledImage]]:
@@ -403,25 +415,25 @@ def load_ground_truth(gt: Path | None = None, images: Path | None = None, devset
         where = f"{ws.root} ({'every split' if split == 'all' else f'{split} split'})"
     if limit is not None:
         items = spread(items, limit)
-    skipped = list(bad_lines)
-    if gt is not None or devset is not None:    # a workspace's labels are upright already
-        items, unfit = _fit_frames(items)
+    skipped, changed = list(bad_lines), []
+    if gt is not None or devset is not None:    # a workspace's labels are upright and clean already
+        items, unfit, changed = _fit_frames(items, where)
         skipped += unfit
     if not items:
         raise NoGroundTruth(f"{where}: no labelled images to evaluate on" + ("" if gt or devset else
                          f" (label some {'' if split == 'all' else split + ' '}images, or `textloop import` labels)")
                          + (f"; {skipped[0]}" if skipped else ""))
-    return GroundTruth(items, where, tuple(skipped))
+    return GroundTruth(items, where, tuple(skipped), tuple(changed))
 
 
 def evaluate_detector(det: Detector, items: Sequence[tuple[Path, LabelledImage]], *, threshold: float = 0.3,
                       iou: float = 0.5, pad_px: float = 0.0, sweep: Sequence[float] = (), where: str = "",
                       batch_size: int = 4, out: Path | None = None, skipped: Sequence[str] = (),
-                      progress: Callable[[int, int], None] | None = None) -> EvalReport:
+                      changed: Sequence[str] = (), progress: Callable[[int, int], None] | None = None) -> EvalReport:
     """One detection pass over `items` keeping every candidate box; the metrics at `threshold`
     overall and per source, AP50 over every candidate, and the overall metrics at each `sweep`
     threshold. `out`: also written there as JSON; `skipped` (images the ground truth left out)
-    heads the report's errors."""
+    heads the report's errors; `changed` (its boxes dropped or clipped) is reported apart."""
     import json
 
     from pipeline.io import check_writable
@@ -449,7 +461,7 @@ def evaluate_detector(det: Detector, items: Sequence[tuple[Path, LabelledImage]]
         pad_px=pad_px, overall=overall, by_source=by_source,
         sweep={str(t): evaluate(gts, at(t), iou, pad_px) for t in sweep}, errors=[*skipped, *found.errors],
         seconds=round(seconds, 3), images_per_s=round(len(found.ok) / seconds, 3) if seconds > 0 else None,
-        unreadable=len(found.errors))
+        unreadable=len(found.errors), label_changes=list(changed))
     if out is not None:
         from pipeline.io import atomic_write_text
 

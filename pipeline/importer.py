@@ -306,7 +306,7 @@ def import_labels(
                         f"{r.path}: EXIF orientation {img['orientation']} keeps the size {img['width']}x{img['height']} "
                         "in both frames, so the labels were taken as drawn on the upright image; if they were drawn "
                         "on the stored pixels, import again with --frame raw")
-                keep, boxes, bad = _clean_boxes(r, boxes, img["width"], img["height"])
+                keep, boxes, bad = clean_boxes(r, boxes, img["width"], img["height"])
                 summary.problems += bad
                 if len(r.label.boxes) and not keep.any():
                     # every box dropped: storing it as "verified: no text" turned a broken label
@@ -406,7 +406,7 @@ def _kept_texts(r: LabelRecord, keep: np.ndarray, problems: list[str]) -> list[s
     return [str(t) for t, k in zip(texts, keep) if k]
 
 
-def _clean_boxes(r: LabelRecord, boxes: np.ndarray, width: int, height: int
+def clean_boxes(r: LabelRecord, boxes: np.ndarray, width: int, height: int
                  ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(kept, boxes, problems): the upright `boxes` clipped to the image, without the empty or
     inverted ones (x1 <= x0 or y1 <= y0 as labelled) and those with no area left inside it. A

@@ -269,7 +269,7 @@ def test_evaluate_detector_library_call_is_the_cli_report(tmp_path) -> None:
     assert rep.sweep["0.1"].recall == pytest.approx(1.0) and set(rep.by_source) == {"a", "b"}
     d = rep.as_dict()
     assert list(d) == ["detector", "model_version", "ground_truth", "threshold", "iou_threshold", "pad_px", "overall",
-                       "by_source", "sweep", "errors", "seconds", "images_per_s", "unreadable"]
+                       "by_source", "sweep", "errors", "seconds", "images_per_s", "unreadable", "label_changes"]
     assert json.loads(out.read_text()) == json.loads(json.dumps(d))
     with pytest.raises(ValueError, match="not both"):
         load_ground_truth(gt=out, devset=tmp_path)
@@ -350,3 +350,36 @@ def test_evaluate_skips_bad_label_lines_samples_sources_and_checks_options_first
         res = runner.invoke(app, ["-w", str(tmp_path / "ws"), "evaluate", "--detector", "ppocr",
                                   "--gt", str(tmp_path / "boxes.jsonl"), *args])
         assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output
+
+
+def test_evaluate_drops_and_clips_ground_truth_boxes_as_import_does(tmp_path) -> None:
+    """Empty, inverted and outside ground-truth boxes were scored as text no detector could find
+    (recall 0.2 on a file with one real box), with no word; import drops or clips them and says
+    so. evaluate now does the same, names each change, and scores what is left."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from pipeline.cli.app import app
+    from pipeline.evaluate import load_ground_truth
+
+    Image.new("RGB", (180, 120), "white").save(tmp_path / "img.png")
+    rec = LabelledImage("img.png", 180, 120, boxes=[[16, 34, 128, 47], [0, 0, 0, 0], [50, 50, 20, 20],
+                                                    [170, 100, 500, 500], [300, 300, 400, 400]],
+                        texts=("HELLO", "", "", "edge", ""))
+    (tmp_path / "gt.jsonl").write_text(json.dumps(rec.to_json()) + "\n")
+    truth = load_ground_truth(gt=tmp_path / "gt.jsonl")
+    (_, kept), = truth.items
+    np.testing.assert_allclose(kept.boxes, [[16, 34, 128, 47], [170, 100, 180, 120]])
+    assert kept.texts == ("HELLO", "edge") and truth.skipped == ()
+    assert [c.split(": ", 2)[2] for c in truth.changed] == [
+        "boxes 1 [0, 0, 0, 0], 2 [50, 50, 20, 20] are empty or inverted (x1 <= x0 or y1 <= y0): dropped",
+        "box 4 [300, 300, 400, 400] is outside the 180x120 image: dropped",
+        "box 3 [170, 100, 500, 500] is over the edge of the 180x120 image: clipped to it"]
+    # a record with no usable box is left out, not scored as an image without text
+    (tmp_path / "none.jsonl").write_text(json.dumps(LabelledImage("img.png", 180, 120, boxes=[[5, 5, 1, 1]]).to_json()))
+    res = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "--json", "evaluate", "-d", "ppocr",
+                                   "--gt", str(tmp_path / "gt.jsonl")])
+    report = json.loads(res.stdout)
+    assert res.exit_code == 0 and report["overall"]["n_gt"] == 2 and len(report["label_changes"]) == 3
+    res = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "evaluate", "-d", "ppocr", "--gt", str(tmp_path / "none.jsonl")])
+    assert res.exit_code == 1 and "none of its 1 box(es) is usable" in res.output

@@ -283,7 +283,7 @@ def evaluate_cmd(
     with progress(st, f"evaluate ({det.version})") as update:  # every candidate box; thresholds applied inside
         report = evaluate_detector(det, truth.items, threshold=threshold, iou=iou, pad_px=pad_px, sweep=thresholds,
                                    where=truth.where, batch_size=batch_size, out=out, skipped=truth.skipped,
-                                   progress=update)
+                                   changed=truth.changed, progress=update)
     emit(st, report.as_dict(), lambda c: _render_eval(c, report, out))
     if not report.n_images:
         raise typer.Exit(1)
@@ -296,11 +296,12 @@ def _render_eval(c: Console, r: Any, out: Optional[Path]) -> None:
     """Skipped images, the metrics per source and overall, the sweep, and a legend."""
     report, errors, where = r.as_dict(), r.errors, r.ground_truth
     threshold, iou, pad_px = r.threshold, r.iou_threshold, r.pad_px
-    for line in errors[:SHOWN_PROBLEMS]:
-        c.print(f"[yellow]skipped[/] {plain(line)}", highlight=False, soft_wrap=True)
-    if len(errors) > SHOWN_PROBLEMS:   # the list was cut without a word
-        c.print(f"[yellow]... and {len(errors) - SHOWN_PROBLEMS} more[/] (every one in --json"
-                + (f" and {plain(out)}" if out else "") + ")", highlight=False, soft_wrap=True)
+    for kind, lines in (("skipped", errors), ("label", r.label_changes)):
+        for line in lines[:SHOWN_PROBLEMS]:
+            c.print(f"[yellow]{kind}[/] {plain(line)}", highlight=False, soft_wrap=True)
+        if len(lines) > SHOWN_PROBLEMS:   # the list was cut without a word
+            c.print(f"[yellow]... and {len(lines) - SHOWN_PROBLEMS} more[/] (every one in --json"
+                    + (f" and {plain(out)}" if out else "") + ")", highlight=False, soft_wrap=True)
     rows = dict(report["by_source"]) if len(report["by_source"]) > 1 else {}
     rows["all"] = report["overall"]
     c.print(f"[bold]{plain(r.model_version)}[/] on {plain(where)} (threshold {threshold}, IoU {iou}, pad {pad_px:g} px)",

@@ -15,7 +15,7 @@ import json
 import math
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,17 @@ class LabelledImage:
             else:
                 out.append(np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=np.float64))
         return out
+
+    def kept(self, keep: np.ndarray, boxes: np.ndarray) -> "LabelledImage":
+        """This record with only the boxes `keep` marks, as `boxes` (the kept ones, e.g. clipped):
+        their flags, texts, polygons and classes go with them."""
+        keep = np.asarray(keep, bool)
+
+        def pick(seq: Sequence[Any]) -> tuple[Any, ...]:
+            return tuple(v for v, k in zip(seq, keep) if k) if len(seq) == len(keep) else tuple(seq)
+
+        return replace(self, boxes=np.asarray(boxes, np.float64).reshape(-1, 4), ignore=self.ignore[keep],
+                       texts=pick(self.texts), polys=pick(self.polys), labels=pick(self.labels))
 
     def class_ids(self) -> list[int]:
         """The class index of every box (0 when the record carries none)."""
