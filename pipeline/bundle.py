@@ -114,6 +114,14 @@ def save_bundle(path: str | Path, model: Any, config: Any, metrics: Mapping[str,
     return version
 
 
+# versions that name something else wherever a model is chosen
+RESERVED_VERSIONS = {"ppocr": "the stock PP-OCR detector", "current": "the workspace's promoted model"}
+# metrics.json values that are numbers or null (the validation numbers promotion and `redact` read)
+NUMERIC_METRICS = ("precision", "recall", "f1", "ap50", "text_coverage", "fully_covered", "over_redaction",
+                   "coverage_at_budget", "over_redaction_budget", "stock_coverage_at_budget", "worst_source_delta",
+                   "interpolation")
+
+
 def read_bundle_meta(path: str | Path) -> dict[str, Any]:
     """config.json, metrics.json, labels.json and data.json of a bundle (no torch needed)."""
     from pipeline.listing import file_problem
@@ -154,9 +162,22 @@ def read_bundle_meta(path: str | Path) -> dict[str, Any]:
     if not isinstance(version, str) or not VERSION_RE.fullmatch(version) or ".." in version:
         # the version names the model's folder in a workspace: never a path
         raise ValueError(f"{path}: bad model version {version!r} (letters, digits, '.', '_', '+', '-'; at most 128)")
+    if version in RESERVED_VERSIONS:   # `--detector ppocr`, `models promote ppocr` mean stock; `current` the promoted one
+        raise ValueError(f"{path}: model version {version!r} is reserved (it names {RESERVED_VERSIONS[version]}); "
+                         "give the bundle another version")
+    parent = meta["config"].get("parent")
+    if parent is not None and not isinstance(parent, str):
+        raise ValueError(f"{path}: corrupt bundle metadata (parent {parent!r} is not a model version)")
+    if parent == version:
+        raise ValueError(f"{path}: a model cannot be its own parent ({version})")
     if not isinstance(meta["config"].get("model"), dict):
         raise ValueError(f"{path}: corrupt bundle metadata (config.json has no model settings)")
+    for key in NUMERIC_METRICS:   # "high" was listed, sent to scripts as validation_coverage, compared with stock
+        value = meta["metrics"].get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"{path}: corrupt bundle metadata (metrics.json {key} is {value!r}, not a number)")
     return meta
+
 
 
 def check_bundle(path: str | Path) -> dict[str, Any]:

@@ -181,8 +181,40 @@ def test_registry_refuses_impostors_bad_metadata_and_lineage_changes(trained: di
         load_detector("current", ws)
     r = runner.invoke(app, [*w, "status"])
     assert r.exit_code == 0 and "current model's bundle (m-p) is missing" in r.output, r.output
+    rows = [line for line in r.output.splitlines() if line.lstrip("│ ").startswith("m-p ")]
+    assert len(rows) == 1 and "missing" in rows[0] and "[red]" not in r.output, r.output   # a cell printed its markup
     r = runner.invoke(app, [*w, "--json", "status"])
     assert {m["version"]: m["bundle_missing"] for m in json.loads(r.stdout)["models"]}["m-p"] is True
+
+
+def test_register_refuses_reserved_versions_own_parents_and_words_for_numbers(trained: dict, ws, tmp_path: Path) -> None:
+    """A bundle versioned `ppocr` or `current` registered, and could then never be made current
+    (`models promote ppocr` means stock); one recording itself as its parent registered with that
+    lineage; metrics.json saying "high" was listed and sent to scripts as validation_coverage."""
+    result = trained["result"]
+    save_bundle(tmp_path / "a.zip", result.model, result.config.model, {"f1": 0.3}, version="m-a")
+    with zipfile.ZipFile(tmp_path / "a.zip") as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+
+    def edited(name: str, config: dict | None = None, metrics: dict | None = None) -> Path:
+        with zipfile.ZipFile(tmp_path / name, "w") as zf:
+            for member, data in members.items():
+                if member == "config.json" and config:
+                    data = json.dumps({**json.loads(data), **config}).encode()
+                if member == "metrics.json" and metrics:
+                    data = json.dumps(metrics).encode()
+                zf.writestr(member, data)
+        return tmp_path / name
+
+    for bundle, message in ((edited("ppocr.zip", {"version": "ppocr"}), "model version 'ppocr' is reserved"),
+                            (edited("current.zip", {"version": "current"}), "model version 'current' is reserved"),
+                            (edited("self.zip", {"version": "m-self", "parent": "m-self"}), "cannot be its own parent"),
+                            (edited("words.zip", {"version": "m-w"}, {"coverage_at_budget": "high"}),
+                             "metrics.json coverage_at_budget is 'high', not a number")):
+        r = CliRunner().invoke(app, ["--workspace", str(ws.root), "models", "register", str(bundle)])
+        assert r.exit_code == 1 and message in r.output and str(bundle) in r.output, r.output
+    assert list_models(ws) == []
+    assert register_model(ws, edited("fine.zip", {"version": "m-fine"}, {"coverage_at_budget": None, "f1": 0.5})) == "m-fine"
 
 
 def forged_bundle(path: Path, config: dict, model_onnx: bytes | None = b"garbage") -> Path:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from pipeline.cli.common import emit, state, titled
 from pipeline.status import WorkspaceStatus, workspace_status
@@ -50,7 +51,7 @@ def _render(c: Console, s: WorkspaceStatus, root: Path) -> None:
             m.add_column(col)
         for model in s.models:
             m.add_row(model["version"], model["kind"], model["parent"] or "-", "*" if model["promoted"] else "",
-                      "[red]missing[/]" if model["bundle_missing"] else "ok")
+                      Text("missing", style="red") if model["bundle_missing"] else "ok")   # (a str cell is data: shown as written)
         c.print(m)
         gone = [m for m in s.models if m["promoted"] and m["bundle_missing"]]
         if gone:
