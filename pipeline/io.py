@@ -285,6 +285,22 @@ def check_writable(path: str | Path) -> None:
     probe.unlink(missing_ok=True)
 
 
+def prepare_folders(folders: Iterable[Path]) -> None:
+    """Create output folders and check that they can be written: UnwritableError naming the
+    folder and why (a file in the way, no permission) as one command-level error, rather than
+    a failure per image or an `[Errno 20]` line (redact's output and audit, export's OUT)."""
+    for folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as exc:
+            blocked = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+            why = (f"{blocked} is a file, not a folder" if blocked is not None else exc.strerror or str(exc))
+            raise UnwritableError(exc.errno or errno.EACCES, f"{folder}: cannot create or write this folder ({why})",
+                                  str(folder)) from None
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write bytes via temp file + rename in the destination folder (see `atomic_open`)."""
     with atomic_open(path) as fh:

@@ -162,12 +162,30 @@ def test_yolo_export_lists_each_split_apart(tmp_path: Path) -> None:
     export(ws, out, "yolo")
     yaml = (out / "data.yaml").read_text()
     assert "train: train.txt\nval: val.txt\ntest: test.txt\n" in yaml and "images\n" not in yaml
+    # no absolute `path:`: moved or shared, the set is read where it is (as Ultralytics resolves it)
+    assert "path:" not in yaml and str(tmp_path) not in yaml
+    moved = tmp_path / "elsewhere"
+    out.rename(moved)
+    for split in SPLITS:
+        (line,) = (moved / f"{split}.txt").read_text().splitlines()
+        assert (moved / line).is_file() and (moved / "labels" / (Path(line).stem + ".txt")).is_file()
+    moved.rename(out)
     for name, split in zip(("rot.jpg", "a.png", "b.png"), SPLITS):
         (line,) = (out / f"{split}.txt").read_text().splitlines()
         assert line.startswith(f"./images/{images[name]['id']}.") and (out / line).is_file()
     export(ws, out, "yolo", split="val")
     assert "val: val.txt" in (out / "data.yaml").read_text() and "train:" not in (out / "data.yaml").read_text()
     assert sorted(p.name for p in out.glob("*.txt")) == ["val.txt"]
+
+
+def test_an_out_that_cannot_be_a_folder_is_one_line(tmp_path: Path) -> None:
+    """OUT under a file was `[Errno 20] Not a directory: '.../images'`: it names OUT and why."""
+    ws = Workspace.open(tmp_path / "ws")
+    import_labels(ws, [labelled_source(tmp_path / "src")])
+    (tmp_path / "file").write_text("x")
+    r = CliRunner().invoke(app, ["-w", str(ws.root), "export", str(tmp_path / "file" / "sub")])
+    assert r.exit_code == 1 and r.output.count("\n") == 1, r.output
+    assert f"{tmp_path / 'file' / 'sub'}: cannot create or write this folder ({tmp_path / 'file'} is a file, not a folder)" in r.output
 
 
 def test_yolo_import_says_it_is_not_supported(tmp_path: Path) -> None:

@@ -59,7 +59,9 @@ def save(records: Sequence[LabelledImage], out: str | Path, classes: Sequence[st
     names = "\n".join(f"  {i}: {json.dumps(c, ensure_ascii=False)}" for i, c in enumerate(classes))
     keys = "".join(f"{split}: {name}\n" for split, name in lists.items())
     target = out / FILE_NAME
-    atomic_write_text(target, f"path: {json.dumps(str(out.resolve()), ensure_ascii=False)}\n{keys}names:\n{names}\n")
+    # no `path:` key: Ultralytics then reads the lists beside data.yaml, wherever the folder is
+    # moved or shared (an absolute `path:` sent it back to where the export was written)
+    atomic_write_text(target, f"{keys}names:\n{names}\n")
     return target
 
 

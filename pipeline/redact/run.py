@@ -14,10 +14,8 @@ from __future__ import annotations
 import glob as globmod
 import json
 import logging
-import errno
 import os
 import stat
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -344,21 +342,6 @@ def _walk(root: Path, skip_dirs: Sequence[Path] = ()) -> list[Listed | Skipped]:
 def _glob_entries(pattern: str, root: Path, skip_dirs: Sequence[Path]) -> list[Listed | Skipped]:
     """Glob matches by the shared listing rule (`listing.iter_glob`)."""
     return list(iter_glob(pattern, root, exclude=skip_dirs))
-
-
-def prepare_folders(folders: Iterable[Path]) -> None:
-    """Create the output and audit folders and check that they can be written: UnwritableError
-    naming the folder (one command-level error) rather than a failure per image or a traceback."""
-    for folder in folders:
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=folder):
-                pass
-        except OSError as exc:
-            blocked = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
-            why = (f"{blocked} is a file, not a folder" if blocked is not None else exc.strerror or str(exc))
-            raise UnwritableError(exc.errno or errno.EACCES, f"{folder}: cannot create or write this folder ({why})",
-                                  str(folder)) from None
 
 
 def remove_stale_temps(folders: Iterable[Path], before: float, files: Iterable[Path] = ()) -> list[Path]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.io import utf8_text
+from pipeline.io import prepare_folders, utf8_text
 from pipeline.listing import is_hidden_name
 from pipeline.redact import run as rr
 
@@ -166,7 +166,7 @@ def redact_tree(input: str, output: str | Path, cfg: rr.RedactConfig = rr.Redact
     if not dry_run:
         out_folder = Path(items[0].out).parent if planned.single else output
         try:  # a folder that cannot be written is one error up front, not a failure per image
-            rr.prepare_folders([out_folder, audit_dir])
+            prepare_folders([out_folder, audit_dir])
         except OSError as exc:
             raise ValueError(str(exc)) from exc
         started = time.time()  # temp files of an interrupted earlier run: older than this

@@ -35,7 +35,7 @@ from pipeline.catalog import quads_as_polys
 from pipeline.config import check_split
 from pipeline.formats import FORMATS as _REGISTRY
 from pipeline.formats import LabelledImage, get_format
-from pipeline.io import atomic_open, is_atomic_temp, is_image_id
+from pipeline.io import atomic_open, is_atomic_temp, is_image_id, prepare_folders
 from pipeline.listing import is_hidden_name
 from pipeline.workspace import Workspace
 
@@ -204,7 +204,7 @@ def export(ws: Workspace, out: Path, fmt: str = "jsonl", split: str | None = Non
         raise ValueError(f"{ws.root}: no labelled images{f' in the {split} split' if split else ''} to export "
                          "(label images in Label Studio and `textloop pull`, or `textloop import` labels); nothing written")
     images_dir = out / "images"
-    images_dir.mkdir(parents=True, exist_ok=True)
+    prepare_folders([out, images_dir])   # under a file, or where nothing may be written: one line, not [Errno 20]
     with ws.catalog() as cat:
         origins = {im["id"]: im for im in cat.images_by_ids([r["image_id"] for r in rows])}
     records: list[LabelledImage] = []
