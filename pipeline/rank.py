@@ -406,12 +406,18 @@ def rank_workspace(ws, detector, run: RankRun = RankRun(), committee_detector=No
                     errors.append((r["id"], f"{r['original_name']}: {problem}"))
         iteration = it.id
         ids = [r["id"] for r in images]
-        model = predict_workspace(ws, detector, ids, threshold=run.min_score, progress=progress, errors=errors,
+        unreadable: list[tuple[str, str]] = []
+        model = predict_workspace(ws, detector, ids, threshold=run.min_score, progress=progress, errors=unreadable,
                                   skip_existing=True)
         committee = None
         if committee_detector is not None:
-            committee = predict_workspace(ws, committee_detector, ids, threshold=run.min_score, errors=errors,
+            committee = predict_workspace(ws, committee_detector, ids, threshold=run.min_score, errors=unreadable,
                                           skip_existing=True)
+        names = {r["id"]: r["original_name"] for r in images}
+        first: dict[str, str] = {}
+        for image_id, message in unreadable:   # once per image (the committee meets it too), named by its file
+            first.setdefault(image_id, message)
+        errors += [(i, f"{names.get(i) or i}: {m}") for i, m in first.items()]
         tta = None
         if run.tta:
             tta = {}
@@ -430,10 +436,9 @@ def rank_workspace(ws, detector, run: RankRun = RankRun(), committee_detector=No
         # labelled images join the duplicate search: a near-copy of one is not worth a label
         labelled = [r for r in rows if r["status"] in HUMAN_LABELLED] if run.diversity else []
         if (run.diversity or run.kcenter) and len(ok_images) + len(labelled) > 1:
-            from pipeline.curate.duplicates import DuplicateConfig, ImageRef, find_duplicates
+            from pipeline.curate.duplicates import DuplicateConfig, find_duplicates, image_ref
 
-            rep = find_duplicates([ImageRef(r["id"], ws.abspath(r["path"]), r["split"]) for r in ok_images + labelled],
-                                  DuplicateConfig(engine="permissive"))
+            rep = find_duplicates([image_ref(ws, r) for r in ok_images + labelled], DuplicateConfig(engine="permissive"))
             group_of = dict(zip(rep.images["image_id"], rep.images["cluster_id"]))
             emb = rep.extra.get("embeddings")
             if emb is not None:

@@ -317,3 +317,30 @@ def test_rank_with_tta_runs_the_real_detector_on_flipped_and_rescaled_views(tmp_
     s = res.frame["score_tta"]
     assert len(s) == 3 and s.between(0, 1).all(), s
     assert list(res.batch["score_tta"]) == sorted(s, reverse=True)[:2]
+
+
+def test_a_stored_copy_damaged_since_harvest_is_named_by_its_file(tmp_path) -> None:
+    """A stored image overwritten at the same size was `skipped 42999850: corrupt: ...`, and the
+    duplicate search warned with the bare hash: both name the file now, once."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli.app import app
+    from pipeline.curate.testdata import text_page
+    from pipeline.harvest import harvest
+    from pipeline.workspace import Workspace
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        text_page(20 + i, size=(320, 240), kind="paper")[0].save(src / f"page{i}.png")
+    ws = Workspace.open(tmp_path / "ws")
+    harvest(ws, [str(src)])
+    with ws.catalog() as cat:
+        row = next(r for r in cat.images() if r["original_name"] == "page1.png")
+    stored = ws.abspath(row["path"])
+    data = stored.read_bytes()
+    stored.write_bytes(data[:100] + bytes(len(data) - 100))     # same size: only decoding finds it
+    res = CliRunner().invoke(app, ["--workspace", str(ws.root), "rank", "--top", "2"])
+    assert res.exit_code == 0, res.output
+    skipped = [line for line in res.output.splitlines() if "skipped" in line]
+    assert len(skipped) == 1 and f"skipped {row['id'][:8]}: page1.png: " in skipped[0], res.output

@@ -31,7 +31,7 @@ import os
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -726,8 +726,12 @@ def workspace_images(ws: Any, statuses: Sequence[str] | None = None) -> list[Ima
     """Every catalog image (optionally only some statuses) as ImageRefs, in id order."""
     with ws.catalog() as cat:
         rows = cat.images()
-    return [ImageRef(r["id"], ws.abspath(r["path"]), r["split"], r["original_name"]) for r in rows
-            if statuses is None or r["status"] in statuses]
+    return [image_ref(ws, r) for r in rows if statuses is None or r["status"] in statuses]
+
+
+def image_ref(ws: Any, row: Mapping[str, Any]) -> ImageRef:
+    """A catalog row as an ImageRef, named by its file name (a skipped image was named by its hash)."""
+    return ImageRef(row["id"], ws.abspath(row["path"]), row["split"], row["original_name"] or "")
 
 
 LABELLED_STATES = (*HUMAN_LABELLED, ImageStatus.NEEDS_REVIEW)  # images that carry a human label
