@@ -284,8 +284,12 @@ def import_labels(
             key = (image_id, r.origin)
             if key in chosen:
                 # named at the dropped record, with where the one used is (a COCO file has no lines)
-                again = f" ({r.where})" if r.where != chosen[key].where else ""
-                summary.problems.append(f"{chosen[key].where}: {r.label.image} is listed again{again}; "
+                dropped = chosen[key]
+                again = f" ({r.where})" if r.where != dropped.where else ""
+                # two names with the same bytes are one image: the dropped record's name, then the other's
+                what = ("is listed again" if dropped.label.image == r.label.image
+                        else f"is the same image as {r.label.image}")
+                summary.problems.append(f"{dropped.where}: {dropped.label.image} {what}{again}; "
                                         "this record is dropped, the last one is used")
             chosen[key] = r
         with cat.transaction():  # the whole import or nothing

@@ -70,6 +70,23 @@ def test_an_image_listed_twice_names_the_record_dropped(ws, tmp_path: Path) -> N
     assert s.problems == [f"{root / 'boxes.jsonl'}:1: a.png is listed again ({root / 'boxes.jsonl'}:2); "
                           "this record is dropped, the last one is used"]
     assert json.loads(annotations_by_name(ws)["a.png"]["boxes"]) == [[2, 2, 9, 9]]
+    # two names with the same bytes are one image: the line named its record with the other's name
+    noise_image(0, (64, 48)).save(root / "copy.png")
+    write_jsonl(root / "same.jsonl", [LabelledImage("a.png", 64, 48, boxes=[[1, 1, 5, 5]]),
+                                      LabelledImage("copy.png", 64, 48, boxes=[[2, 2, 9, 9]])])
+    s = import_labels(ws, [root / "same.jsonl"])
+    assert s.problems == [f"{root / 'same.jsonl'}:1: a.png is the same image as copy.png ({root / 'same.jsonl'}:2); "
+                          "this record is dropped, the last one is used"]
+
+
+def test_a_size_written_as_a_string_is_a_line_problem(tmp_path: Path) -> None:
+    """`"width": "160"` was accepted, though sizes must be whole numbers (`true` was refused)."""
+    from pipeline.formats.devset import read_jsonl_lines
+
+    line = {**LabelledImage("a.png", 64, 48).to_json(), "width": "64"}
+    (tmp_path / "boxes.jsonl").write_text(json.dumps(line) + "\n" + json.dumps({**line, "width": 64.0}) + "\n")
+    good, bad = read_jsonl_lines(tmp_path / "boxes.jsonl")
+    assert [n for n, _ in good] == [2] and len(bad) == 1 and "'width' must be a positive whole number, got '64'" in bad[0]
 
 
 def test_devset_jsonl_import_is_idempotent(ws, tmp_path: Path) -> None:

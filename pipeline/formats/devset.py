@@ -175,8 +175,8 @@ def _flags(raw: Any, n: int) -> list[bool]:
 def _size(d: dict[str, Any], key: str) -> int:
     """`width`/`height` as a positive whole number (boxes are checked against it; 200.7 was read as 200)."""
     raw = d[key]
-    try:
-        value = int(raw) if not isinstance(raw, bool) and float(raw) == int(raw) else 0
+    try:   # a number, not a string of one ("160" passed, as `true` did before)
+        value = int(raw) if isinstance(raw, (int, float)) and not isinstance(raw, bool) and float(raw) == int(raw) else 0
     except (TypeError, ValueError, OverflowError):
         value = 0
     if value <= 0:
