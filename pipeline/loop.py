@@ -22,7 +22,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from pipeline.catalog import ImageStatus
 from pipeline.evaluate import Metrics
 from pipeline.rank import RankOptions
 from pipeline.train.engine import TrainConfig, data_signature

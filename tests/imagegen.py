@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFont
 
 
 def noise_image(seed: int, size: tuple[int, int] = (64, 48), mode: str = "RGB") -> Image.Image:
@@ -57,9 +57,8 @@ def rotated_jpeg(path: Path, orientation: int = 6) -> None:
     write(path, buf.getvalue())
 
 
-def text_font(size: int) -> "ImageFont.FreeTypeFont":
+def text_font(size: int) -> ImageFont.FreeTypeFont:
     """DejaVu Sans (matplotlib ships it) at `size` px: the tests' one font."""
     from matplotlib import font_manager
-    from PIL import ImageFont
 
     return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size)

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from pipeline.boxes import Detections
 from pipeline.formats import LabelledImage
+from tests.imagegen import text_font
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_detect.py"
 
@@ -33,9 +34,7 @@ def test_coverage_by_kind_scores_each_kind_on_its_own_boxes() -> None:
 
 
 def test_legible_only_drops_text_nobody_can_read(tmp_path: Path) -> None:
-    from matplotlib import font_manager
-
-    font = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), 32)
+    font = text_font(32)
     img = Image.new("RGB", (640, 200), (128, 128, 128))
     d = ImageDraw.Draw(img)
     boxes = []
@@ -68,11 +67,9 @@ def test_out_of_range_recipe_options_stop_before_any_work(tmp_path: Path) -> Non
 def test_the_trade_off_curve_reuses_each_map_and_widens_with_unclip(tmp_path: Path) -> None:
     """Real stock ppocr on a generated page: the curve runs the network once per image (maps
     cached), and a larger unclip ratio covers more text and more background."""
-    from matplotlib import font_manager
-
     from pipeline.detectors.ppocr import PPOCRDetector
 
-    font = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), 28)
+    font = text_font(28)
     img = Image.new("RGB", (480, 160), (250, 250, 250))
     d = ImageDraw.Draw(img)
     boxes = [d.textbbox((20, 30), "SAMPLE 4711-B", font=font), d.textbbox((20, 100), "2026-11-29 18:51", font=font)]

@@ -211,10 +211,11 @@ def test_fastdup_does_not_call_a_good_gif_corrupt(tmp_path: Path) -> None:
 
 def _form(path: Path, name: str, number: int, size: tuple[int, int] = (640, 480)) -> Path:
     """One filled-in copy of a consent form: the same layout, this person's name, date and ID."""
-    from matplotlib import font_manager
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
-    font = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), 18)
+    from tests.imagegen import text_font
+
+    font = text_font(18)
     im = Image.new("RGB", size, (250, 250, 245))
     d = ImageDraw.Draw(im)
     d.rectangle([20, 20, size[0] - 20, size[1] - 20], outline=(0, 0, 0), width=2)

@@ -17,7 +17,7 @@ import pytest
 from pipeline.synth import SynthConfig
 from pipeline.train import DBRecipe, TrainConfig, losses_of, train
 from pipeline.train.db import db_loss, make_targets, shrink_polygon
-from tests.imagegen import synth_train_val
+from tests.imagegen import synth_train_val, text_font
 
 TINY_SYNTH = SynthConfig(n_images=6, seed=1, width=(200, 260), overlays=(2, 3), p_empty=0.0)
 TINY_RECIPE = DBRecipe(crop=192, grid_thresh=(0.3,), grid_box_thresh=(0.3,), grid_unclip=(1.6, 2.0))
@@ -41,12 +41,10 @@ def net():
 
 def _text_image(h: int = 128, w: int = 128) -> np.ndarray:
     """A real-ish image: dark text on a light, noisy background."""
-    from PIL import Image, ImageDraw, ImageFont
-    from matplotlib import font_manager
-
+    from PIL import Image, ImageDraw
     img = Image.new("RGB", (w, h), (222, 226, 230))
     d = ImageDraw.Draw(img)
-    font = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), 18)
+    font = text_font(18)
     d.text((8, 20), "ID 4217-B", font=font, fill=(20, 20, 20))
     d.text((8, 70), "2024-03-11", font=font, fill=(30, 30, 90))
     arr = np.asarray(img).astype(np.int16) + np.random.default_rng(0).integers(-8, 8, (h, w, 3))

@@ -12,13 +12,12 @@ from typer.testing import CliRunner
 
 from pipeline.cli.app import app
 from pipeline.engines import ENGINES, SpecFactory, check_engine
+from tests.imagegen import text_font
 
 
 def _images(root):
-    from matplotlib import font_manager
-    from PIL import ImageFont
 
-    font = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), 24)
+    font = text_font(24)
     root.mkdir(parents=True, exist_ok=True)
     for i in range(4):
         im = Image.new("RGB", (360, 160), (235, 232, 226))

@@ -60,23 +60,20 @@ def test_a_dangling_link_is_named_as_the_label_file_names_it(ws, tmp_path: Path)
 
 
 def test_an_image_listed_twice_names_the_record_dropped(ws, tmp_path: Path) -> None:
-    """The problem named the line that is used; it names the dropped one and where the used one is."""
+    """The problem named the line that is used; it names the dropped one and where the used one
+    is. Two names with the same bytes are one image: it named the dropped line with the other's name."""
     root = tmp_path / "set"
     root.mkdir()
     noise_image(0, (64, 48)).save(root / "a.png")
-    write_jsonl(root / "boxes.jsonl", [LabelledImage("a.png", 64, 48, boxes=[[1, 1, 5, 5]]),
-                                       LabelledImage("a.png", 64, 48, boxes=[[2, 2, 9, 9]])])
-    s = import_labels(ws, [root / "boxes.jsonl"])
-    assert s.problems == [f"{root / 'boxes.jsonl'}:1: a.png is listed again ({root / 'boxes.jsonl'}:2); "
-                          "this record is dropped, the last one is used"]
-    assert json.loads(annotations_by_name(ws)["a.png"]["boxes"]) == [[2, 2, 9, 9]]
-    # two names with the same bytes are one image: the line named its record with the other's name
     noise_image(0, (64, 48)).save(root / "copy.png")
-    write_jsonl(root / "same.jsonl", [LabelledImage("a.png", 64, 48, boxes=[[1, 1, 5, 5]]),
-                                      LabelledImage("copy.png", 64, 48, boxes=[[2, 2, 9, 9]])])
-    s = import_labels(ws, [root / "same.jsonl"])
-    assert s.problems == [f"{root / 'same.jsonl'}:1: a.png is the same image as copy.png ({root / 'same.jsonl'}:2); "
-                          "this record is dropped, the last one is used"]
+    for file, second, what in (("twice.jsonl", "a.png", "is listed again"),
+                               ("same.jsonl", "copy.png", "is the same image as copy.png")):
+        write_jsonl(root / file, [LabelledImage("a.png", 64, 48, boxes=[[1, 1, 5, 5]]),
+                                  LabelledImage(second, 64, 48, boxes=[[2, 2, 9, 9]])])
+        s = import_labels(ws, [root / file])
+        assert s.problems == [f"{root / file}:1: a.png {what} ({root / file}:2); "
+                              "this record is dropped, the last one is used"]
+    assert json.loads(annotations_by_name(ws)["a.png"]["boxes"]) == [[2, 2, 9, 9]]
 
 
 def test_a_size_written_as_a_string_is_a_line_problem(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.boxes import grow_quads, rect_along, xyxy_to_quad
 from pipeline.legibility import Reader, legible_in_place, spells
+from tests.imagegen import text_font
 
 
 @pytest.fixture(scope="module")
@@ -17,9 +18,7 @@ def reader() -> Reader:
 
 
 def _font(size: int) -> ImageFont.FreeTypeFont:
-    from matplotlib import font_manager
-
-    return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size)
+    return text_font(size)
 
 
 def _page() -> tuple[np.ndarray, np.ndarray, list[str]]:

@@ -15,7 +15,9 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
+
+from tests.imagegen import text_font
 
 REPO = Path(__file__).resolve().parents[1]
 BLOCKED = ("torch", "torchvision", "onnx2torch")
@@ -43,10 +45,8 @@ def textloop(ws: Path, *args: str, timeout: float = 300) -> subprocess.Completed
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
-    from matplotlib import font_manager
-
     src = tmp_path_factory.mktemp("light_src")
-    font = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), 28)
+    font = text_font(28)
     for i, text in enumerate(["SAMPLE 2024-06", "ID 4711 / 37.0 C"]):
         im = Image.new("RGB", (360, 120), (235, 235, 225))
         ImageDraw.Draw(im).text((20, 40), text, fill=(10, 10, 10), font=font)

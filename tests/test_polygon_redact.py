@@ -23,6 +23,7 @@ from pipeline.detectors.ppocr import PPOCRDetector
 from pipeline.redact.core import Pad, cover_shapes
 from pipeline.redact.run import RedactConfig, Redactor, plan, run_local
 from tests.fakes import FakeDetector
+from tests.imagegen import text_font
 
 W, H = 240, 180
 FILL = np.array([255, 0, 255], np.uint8)
@@ -184,13 +185,12 @@ SMALL_WORDS = ("Jonathan", "48213", "Confidential")
 
 def small_text_image(path: Path, size: int = 8, ink: int = 160) -> list[tuple[int, int, int, int]]:
     """Small grey words (8 px DejaVu, grey 160 on paper): one 1x pass finds none of them, OCR reads some."""
-    from matplotlib import font_manager
 
     im = Image.new("RGB", (1024, 768), (236, 234, 228))
     d = ImageDraw.Draw(im)
-    big = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), 28)
+    big = text_font(28)
     d.text((80, 80), "Sample report", font=big, fill=(15, 15, 15))      # text 1x finds
-    f = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size)
+    f = text_font(size)
     boxes = []
     for i, w in enumerate(SMALL_WORDS):
         xy = (140 + 260 * i, 420 + 60 * i)
@@ -238,16 +238,15 @@ def test_cheaper_stock_path_finds_small_text_that_1x_misses_and_nothing_stays_le
 def ruled_form_image(path: Path) -> tuple[list[str], list[tuple[int, int, int, int]]]:
     """A form: a ruled grid of boxes with a small grey field label in the corner of three of
     them, as scanned forms print them (8 px DejaVu, 2-4 px from the ruling)."""
-    from matplotlib import font_manager
 
     words = ["DATE", "Lot 4471", "Signed"]
     im = Image.new("RGB", (1024, 768), (236, 234, 228))
     d = ImageDraw.Draw(im)
-    d.text((80, 80), "Sample report", font=ImageFont.truetype(font_manager.findfont("DejaVu Sans"), 28), fill=(15, 15, 15))
+    d.text((80, 80), "Sample report", font=text_font(28), fill=(15, 15, 15))
     for r in range(3):
         for c in range(4):
             d.rectangle([100 + 200 * c, 300 + 120 * r, 300 + 200 * c, 420 + 120 * r], outline=(20, 20, 20), width=2)
-    f = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), 8)
+    f = text_font(8)
     boxes = []
     for i, w in enumerate(words):
         xy = (104 + 200 * i, 304 + 120 * i)
@@ -289,7 +288,6 @@ def half_seen_date_image(path: Path) -> tuple[int, int, int, int]:
     """A white date stamp (13 px DejaVu) that starts on brown tissue and runs on onto a light
     background, as microscope overlays do: one 1x pass boxes only the part on the tissue."""
     import cv2
-    from matplotlib import font_manager
 
     rng = np.random.default_rng(0)
     a = np.empty((480, 480, 3), np.float32)
@@ -298,7 +296,7 @@ def half_seen_date_image(path: Path) -> tuple[int, int, int, int]:
     a[:, :216] = np.array([150, 100, 60], np.float32) + 30 * tissue[:, :216, None]
     im = Image.fromarray(a.clip(0, 255).astype(np.uint8))
     d = ImageDraw.Draw(im)
-    f = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), 13)
+    f = text_font(13)
     d.text((136, 452), DATE, font=f, fill=(255, 255, 255))
     im.save(path)
     return d.textbbox((136, 452), DATE, font=f)
@@ -582,7 +580,6 @@ def test_small_text_on_a_large_image_is_covered(tmp_path, reader):
     (and a tiled first pass kept no map to choose them on), and the audit's 2x read stopped
     there too. Both now run on images of any size."""
     import cv2
-    from matplotlib import font_manager
 
     from pipeline.detectors import load_detector
     from pipeline.redact.run import pass_options
@@ -595,7 +592,7 @@ def test_small_text_on_a_large_image_is_covered(tmp_path, reader):
     h, w = 1600, 2200
     im = Image.fromarray(np.repeat(a[:h, 1000:].clip(0, 255).astype(np.uint8)[..., None], 3, 2))
     mask = Image.new("L", (w, h))
-    f = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), 9)
+    f = text_font(9)
     for canvas, fill in ((im, (255, 255, 255)), (mask, 255)):
         ImageDraw.Draw(canvas).text((1609, 721), "ID 48213", font=f, fill=fill)
     src = tmp_path / "large.png"

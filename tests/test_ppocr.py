@@ -11,6 +11,7 @@ from pipeline.boxes import iou_matrix
 from pipeline.detectors import load_detector
 from pipeline.detectors.ppocr import PPOCRDetector
 from pipeline.detectors.tiling import merge_boxes
+from tests.imagegen import text_font
 
 
 def render(text: str, size: tuple[int, int], xy: tuple[int, int], px: int = 24,
@@ -18,7 +19,7 @@ def render(text: str, size: tuple[int, int], xy: tuple[int, int], px: int = 24,
     """An RGB image with `text` drawn in DejaVu Sans and the box of its ink."""
     img = Image.new("RGB", size, bg)
     draw = ImageDraw.Draw(img)
-    font = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), px)
+    font = text_font(px)
     draw.text(xy, text, font=font, fill=fg)
     arr = np.asarray(img)
     ink = np.argwhere(np.abs(arr.astype(int) - np.array(bg)).sum(axis=2) > 60)
@@ -210,7 +211,7 @@ def test_a_small_box_runs_on_only_where_strokes_go_on_beside_it() -> None:
     bg = (200 + rng.normal(0, 6, (120, 600, 3))).clip(0, 255).astype(np.uint8)
     img = Image.fromarray(bg)
     d = ImageDraw.Draw(img)
-    font = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), 14)
+    font = text_font(14)
     d.text((60, 20), "Lot 4471", font=font, fill=(20, 20, 20))               # a word alone on noise
     d.text((60, 70), "2026-10-16 18:51", font=font, fill=(20, 20, 20))       # a line 1x boxed in part
     a, b = d.textbbox((60, 20), "Lot 4471", font=font), d.textbbox((60, 70), "2026-10-16", font=font)

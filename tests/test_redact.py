@@ -25,6 +25,7 @@ from tests.fakes import BOXES, FakeDetector
 
 W, H = 64, 40
 from pipeline.redact.codec import scrub_icc  # noqa: E402
+from tests.imagegen import text_font
 
 ICC = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
@@ -888,10 +889,9 @@ def test_a_noisy_image_is_audited_by_default_and_not_skipped_until_it_is(tmp_pat
 # --- the real detector ----------------------------------------------------------------------------------
 
 def test_real_ppocr_covers_rendered_text(tmp_path):
-    from matplotlib import font_manager
-    from PIL import ImageDraw, ImageFont
+    from PIL import ImageDraw
 
-    font = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), 28)
+    font = text_font(28)
     im = Image.new("RGB", (480, 200), (235, 235, 225))
     d = ImageDraw.Draw(im)
     d.text((30, 30), "SAMPLE ID 4711-B", font=font, fill=(20, 20, 20))
@@ -1179,13 +1179,11 @@ def test_files_left_out_are_named_and_images_with_nothing_found_are_counted(tmp_
     images (`d.jfif`, `f.dat`, `noext`...) were silently not in the output: only a count in
     summary.json said so. `.jfif` is a JPEG name now; the others are named in the table's output,
     redact.log and summary.json. An image where nothing was found is counted apart (real detector)."""
-    from PIL import ImageDraw, ImageFont
-    from matplotlib import font_manager
-
+    from PIL import ImageDraw
     src = tmp_path / "in"
     src.mkdir()
     im = Image.new("RGB", (360, 120), "white")
-    ImageDraw.Draw(im).text((20, 40), "PATIENT 4711", font=ImageFont.truetype(font_manager.findfont("DejaVu Sans"), 28),
+    ImageDraw.Draw(im).text((20, 40), "PATIENT 4711", font=text_font(28),
                             fill="black")
     im.save(src / "a.jfif", format="JPEG", quality=95)
     Image.new("RGB", (200, 120), (200, 210, 220)).save(src / "blank.png")

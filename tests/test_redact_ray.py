@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from pipeline.cli.app import app
 from tests.test_redact import sha_tree
+from tests.imagegen import text_font
 
 pytest.importorskip("ray.data", reason="ray is an optional extra: pip install -e '.[ray]'")
 
@@ -32,10 +33,9 @@ def local_ray():
 
 
 def _tree(root):
-    from matplotlib import font_manager
-    from PIL import ImageDraw, ImageFont
+    from PIL import ImageDraw
 
-    font = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), 22)
+    font = text_font(22)
     rng = np.random.default_rng(0)
     for i, name in enumerate(["a.png", "b.jpg", "sub/c.png", "sub/d.tif", "sub/e.webp"]):
         im = Image.new("RGB", (320, 160), tuple(int(v) for v in rng.integers(180, 250, 3)))

@@ -177,7 +177,7 @@ def test_a_strip_larger_than_the_largest_untiled_pass_runs_in_tiles() -> None:
     from pipeline.detectors.ppocr import PPOCRDetector
 
     det = PPOCRDetector(edge_strip=16, edge_border=0, max_side=128, tile_size=256, tile_overlap=32)
-    shapes, found = [], []
+    shapes: list[tuple[int, int]] = []
 
     def run(view: np.ndarray, scale: float, keep_map: list | None = None):
         shapes.append(view.shape[:2])

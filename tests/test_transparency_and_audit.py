@@ -24,6 +24,7 @@ from pipeline.cli.app import app
 from pipeline.imaging import visible_views
 from pipeline.legibility import Reader, leaked_words, normalise
 from tests.fakes import FakeDetector
+from tests.imagegen import text_font
 
 WORDS = ("Patient", "Jonathan", "48213")
 SIZE = (420, 150)
@@ -35,9 +36,8 @@ def reader() -> Reader:
 
 
 def _font(size: int = 30) -> ImageFont.FreeTypeFont:
-    from matplotlib import font_manager
 
-    return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size)
+    return text_font(size)
 
 
 def text_mask() -> np.ndarray:

@@ -69,8 +69,9 @@ def redact_cmd(
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc), 2)
     except AuditTrailError as exc:
-        if exc.summary is not None:   # what happened to the images, then why it is not on disk
-            emit(st, exc.summary.as_dict(), lambda c: _render(c, exc.summary, verify), problems=exc.summary.errors)
+        done = exc.summary
+        if done is not None:   # what happened to the images, then why it is not on disk
+            emit(st, done.as_dict(), lambda c: _render(c, done, verify), problems=done.errors)
         fail(str(exc))
     except KeyboardInterrupt as exc:   # (cli.app.main releases the detector before the process exits)
         fail(str(exc) or "interrupted; rerun the same command to resume", 130)

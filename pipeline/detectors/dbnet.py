@@ -27,7 +27,6 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from pipeline.detectors.graph import constants_to_initializers
 from pipeline.detectors.ppocr import PPOCRConfig, PPOCRDetector, config_version, default_model_path

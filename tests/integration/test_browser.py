@@ -30,6 +30,7 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts"))
 from screenshot_labelling import CHROMIUM_ARGS, chromium_path, small_png  # noqa: E402
+from tests.imagegen import text_font
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 UPDATE_DOCS = os.environ.get("TEXTLOOP_UPDATE_DOCS") == "1"
@@ -139,9 +140,7 @@ def test_run_copy_of_the_report_is_self_contained(browser, reported):
 def test_labelling_page_shows_the_image_its_boxes_and_file_name(live_studio, tmp_path_factory, tmp_path):
     """scripts/screenshot_labelling.py against the real server: login, the task, its boxes."""
     _need_browser()
-    from PIL import Image, ImageDraw, ImageFont
-    from matplotlib import font_manager
-
+    from PIL import Image, ImageDraw
     from pipeline.config import HarvestConfig
     from pipeline.harvest import harvest
     from pipeline.studio.client import connect
@@ -151,7 +150,7 @@ def test_labelling_page_shows_the_image_its_boxes_and_file_name(live_studio, tmp
 
     src = tmp_path_factory.mktemp("src_browser")
     im = Image.new("RGB", (640, 360), (228, 232, 236))
-    font = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), 30)
+    font = text_font(30)
     d = ImageDraw.Draw(im)
     d.text((30, 30), "Specimen ID 2024-0613-A", fill=(20, 20, 20), font=font)
     d.text((330, 300), "50 µm", fill=(250, 250, 250), font=font)

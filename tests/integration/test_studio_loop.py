@@ -28,7 +28,7 @@ from pipeline.studio.pull import pull
 from pipeline.studio.push import push_images
 from pipeline.workspace import Workspace
 from tests import fakes
-from tests.imagegen import noise_image
+from tests.imagegen import noise_image, text_font
 
 pytestmark = pytest.mark.integration
 
@@ -574,12 +574,10 @@ def test_project_missing_label_config_mismatch_and_outside_root(loop, live_studi
 
 def test_real_ppocr_pre_annotations(live_studio, tmp_path_factory):
     """One push with the real PP-OCR detector on an image with rendered text."""
-    from PIL import ImageDraw, ImageFont
-    from matplotlib import font_manager
-
+    from PIL import ImageDraw
     src = tmp_path_factory.mktemp("src_ocr")
     im = Image.new("RGB", (480, 200), "white")
-    font = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), 40)
+    font = text_font(40)
     ImageDraw.Draw(im).text((30, 70), "SAMPLE 2024-06", fill="black", font=font)
     im.save(src / "text.png")
     ws = Workspace.open(live_studio.root / "ws_ocr")
