@@ -297,6 +297,8 @@ def test_broken_images_are_named_by_their_file_names(tmp_path: Path) -> None:
     ws.abspath(row["path"]).write_bytes(b"\x89PNG\r\n\x1a\n cut short")
     res = CliRunner().invoke(app, ["--workspace", str(ws.root), "curate", "--skip-label-noise"])
     assert res.exit_code == 0, res.output
+    # it named a label_issues.html it had not written
+    assert "(duplicates.html);" in res.output and not (ws.reports_dir / "label_issues.html").exists()
     page = (ws.reports_dir / "duplicates.html").read_text()
     broken = page[page.index("Broken images"):]
     assert f"<b>{row['original_name']}</b>" in broken, broken[:500]

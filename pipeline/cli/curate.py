@@ -111,7 +111,9 @@ def _render(c: Console, summary: dict[str, Any], engine: str, apply: bool) -> No
         c.print(f"applied: {'; '.join(done) or 'nothing to do'} (changes: {summary['run_dir']}/curate_actions.csv)")
     else:
         c.print("nothing changed (reports only); rerun with --apply to act on them")
-    c.print(f"reports: {summary['reports']} (duplicates.html, label_issues.html); copy: {summary['run_dir']}")
+    written = [page for page, key in (("duplicates.html", "duplicates"), ("label_issues.html", "label_noise"))
+               if key in summary]   # (--skip-label-noise named a label_issues.html it did not write)
+    c.print(f"reports: {summary['reports']} ({', '.join(written)}); copy: {summary['run_dir']}")
 
 
 def report_cmd(

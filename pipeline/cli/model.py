@@ -130,7 +130,7 @@ def train_cmd(
     budget: Optional[float] = typer.Option(None, "--over-redaction-budget",
                                            help="db: selection budget. Default: stock ppocr's over-redaction on the "
                                                 "validation split (at least 0.002)."),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, help="Seed of the run's crops, augmentation and order (same seed, data and options: the same steps)."),
     freeze_bn: Optional[bool] = typer.Option(None, "--freeze-bn/--no-freeze-bn",
                                              help="Keep BatchNorm statistics fixed. Default: yes when fine-tuning "
                                                   "(small batches would overwrite the parent's), no from scratch."),
