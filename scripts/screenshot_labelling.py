@@ -53,9 +53,9 @@ def small_png(png: bytes, max_width: int = 1100, colours: int = 256) -> bytes:
     return buf.getvalue()
 
 
-def pick_task(studio: Any, project_id: int, task_id: int | None) -> tuple[int, int, str, str]:
-    """(task id, boxes in its newest prediction, file name, review note): the given task, else the
-    first with boxes."""
+def pick_task(studio: Any, project_id: int, task_id: int | None) -> tuple[int, int, str, str, str]:
+    """(task id, boxes in its newest prediction, file name, review note, the file its image URL
+    names): the given task, else the first with boxes."""
     tasks = list(studio.sdk.tasks.list(project=project_id, fields="all", page_size=100))
     if task_id is not None:
         tasks = [t for t in tasks if int(t.id) == task_id]
@@ -70,15 +70,21 @@ def pick_task(studio: Any, project_id: int, task_id: int | None) -> tuple[int, i
     if not tasks:
         raise SystemExit(f"project {project_id} has no tasks: run `textloop push` first")
     t = tasks[0]
-    return int(t.id), boxes(t), str((t.data or {}).get("file_name", "")), str((t.data or {}).get("review_note") or "")
+    data = t.data or {}
+    url = next((str(v) for v in data.values() if "local-files" in str(v)), "")
+    return (int(t.id), boxes(t), str(data.get("file_name", "")), str(data.get("review_note") or ""),
+            url.partition("?d=")[2])
 
 
 REGION = "[class*='tree__node_type_rectangleregion']"   # one per box in the Regions panel (LS 1.23)
 
 
 def screenshot(url: str, username: str, password: str, project_id: int, task_id: int, out: Path,
-               width: int = 1280, height: int = 820, timeout_s: float = 90.0, boxes: int = 0) -> dict[str, Any]:
-    """Log in, open the task in the labelling view, wait for the image and the boxes, save."""
+               width: int = 1280, height: int = 820, timeout_s: float = 90.0, boxes: int = 0,
+               image: str = "") -> dict[str, Any]:
+    """Log in, open the task in the labelling view, wait for the image and the boxes, save.
+    `image`: the file the task's URL names (`d=`): its own <img> is measured, not the data
+    manager's thumbnails of other tasks (a broken picture measures 0)."""
     from playwright.sync_api import sync_playwright
 
     exe = chromium_path()
@@ -99,17 +105,15 @@ def screenshot(url: str, username: str, password: str, project_id: int, task_id:
             if "/user/login" in page.url:
                 raise SystemExit(f"login to {url} as {username} failed: check LABEL_STUDIO_USERNAME/PASSWORD")
             page.goto(f"{url}/projects/{project_id}/data?task={task_id}")
-            # the task's image in the labelling area, loaded
-            page.wait_for_function(
-                "() => [...document.querySelectorAll('img')].some(i => i.src.includes('local-files') "
-                "&& i.complete && i.naturalWidth > 0)")
+            # the task's image in the labelling area, loaded (or failed: complete with no width)
+            mine = f"i => i.src.includes('local-files') && i.src.includes({json.dumps(image)})"
+            page.wait_for_function(f"() => [...document.querySelectorAll('img')].some(i => ({mine})(i) && i.complete)")
             if boxes:  # the pre-annotation's regions, listed once the canvas has them
                 page.wait_for_function(f"() => document.querySelectorAll(\"{REGION}\").length >= {min(boxes, 5)}")
             page.wait_for_load_state("networkidle")
             time.sleep(1.5)  # let the canvas finish drawing
             natural = page.evaluate(
-                "() => Math.max(0, ...[...document.querySelectorAll('img')]"
-                ".filter(i => i.src.includes('local-files')).map(i => i.naturalWidth))")
+                f"() => Math.max(0, ...[...document.querySelectorAll('img')].filter({mine}).map(i => i.naturalWidth))")
             text = page.inner_text("body")
             regions = page.evaluate(f"() => document.querySelectorAll(\"{REGION}\").length")
             png = page.screenshot(full_page=False)
@@ -142,9 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     ws = Workspace.open(args.workspace)
     studio = connect(settings.url, local_files_root=os.environ.get("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT") or None)
     project = get_project(ws, studio)
-    task_id, n_boxes, file_name, note = pick_task(studio, project.id, args.task)
+    task_id, n_boxes, file_name, note, image = pick_task(studio, project.id, args.task)
     res = screenshot(settings.url, settings.username, settings.password, project.id, task_id, args.out,
-                     args.width, args.height, boxes=n_boxes)
+                     args.width, args.height, boxes=n_boxes, image=image)
     text = res.pop("_text")
     res.update(project=project.id, predicted_boxes=n_boxes, file_name=file_name,
                page_text_has_file_name=bool(file_name) and file_name in text, review_note=note,

@@ -586,3 +586,45 @@ def test_down_names_another_label_studio_at_a_stale_pid_files_url(tmp_path, monk
     r = CliRunner().invoke(app, ["-w", str(ws.root), "studio", "down"])
     assert r.exit_code == 0 and "is left running" in " ".join(r.output.split()), r.output
     assert not launcher.pid_file(ws.root).exists()
+
+
+def test_label_studio_gets_a_picture_a_browser_can_draw(tmp_path) -> None:
+    """No browser but Safari draws TIFF, and a 16-bit PNG is drawn by its high byte (12-bit data:
+    a black page): such images are shown as a PNG of what textloop sees (stretched, upright),
+    made once; an 8-bit PNG or JPEG is served as stored."""
+    import numpy as np
+    import tifffile
+
+    from pipeline.studio.push import browser_image, needs_view
+    from pipeline.workspace import Workspace
+
+    src = tmp_path / "src"
+    src.mkdir()
+    page = np.full((30, 40), 900, np.uint16)
+    page[10:20, 5:35] = 4000                                 # a 12-bit label
+    tifffile.imwrite(src / "a.tif", page)
+    Image.fromarray(page).save(src / "b.png")               # 16-bit PNG
+    noise_image(3, (40, 30)).save(src / "c.png")
+    noise_image(4, (40, 30)).save(src / "d.jpg")
+    ws = Workspace.open(tmp_path / "ws")
+    harvest(ws, [str(src)], HarvestConfig(workers=1))
+    with ws.catalog() as cat:
+        rows = {r["original_name"]: r for r in cat.images()}
+    for name in ("c.png", "d.jpg"):
+        assert not needs_view(rows[name]) and browser_image(ws, rows[name]) == rows[name]["path"]
+    for name in ("a.tif", "b.png"):
+        row = rows[name]
+        rel = browser_image(ws, row)
+        assert needs_view(row) and rel == f"images/view/{row['id'][:2]}/{row['id']}.png"
+        with Image.open(ws.abspath(rel)) as shown:
+            assert shown.format == "PNG" and shown.mode == "RGB" and shown.size == (40, 30)
+            grey = np.asarray(shown)[..., 0]
+        assert grey[15, 20] >= 250 and grey[2, 2] <= 5      # the label white on black, as Fiji shows it
+        before = ws.abspath(rel).stat().st_mtime_ns
+        assert browser_image(ws, row) == rel and ws.abspath(rel).stat().st_mtime_ns == before   # made once
+    # a stored copy damaged since harvest: the error push catches (the image gets no task, named)
+    from pipeline.imaging import ImageRejected
+
+    ws.abspath(rows["a.tif"]["path"]).write_bytes(b"II*\x00 cut")
+    with pytest.raises(ImageRejected):
+        browser_image(ws, {**rows["a.tif"], "id": "f" * 64})

@@ -31,6 +31,41 @@ LABELLED_STATUSES = HUMAN_LABELLED
 BATCH = 500  # tasks per import request (Label Studio takes up to 250K / 200 MB)
 
 
+# formats every browser draws as textloop sees them (at 8 bits a channel)
+BROWSER_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP"})
+VIEW_DIR = "images/view"   # under the storage Label Studio serves (`studio init` connects images/)
+
+
+def needs_view(im: dict[str, Any]) -> bool:
+    """Whether a browser would show this stored image other than textloop sees it: no browser
+    but Safari draws TIFF (the labeller got a broken image), and a 16-bit PNG is drawn by its
+    high byte (12-bit microscopy data was a black page)."""
+    return str(im["format"]).upper() not in BROWSER_FORMATS or int(im["bit_depth"] or 8) > 8
+
+
+def browser_image(ws: Workspace, im: dict[str, Any]) -> str:
+    """The workspace path of the picture Label Studio shows for a catalog image: the stored file,
+    or (`needs_view`) an 8-bit PNG of what textloop sees, `imaging.load_rgb` (page 0, upright,
+    high bit depths stretched by their range, transparency over white: the frame of every box),
+    made once under VIEW_DIR. OSError / ImageRejected when the stored copy cannot be read."""
+    if not needs_view(im):
+        return str(im["path"])
+    rel = f"{VIEW_DIR}/{im['id'][:2]}/{im['id']}.png"
+    dest = ws.abspath(rel)
+    if not dest.is_file():
+        import io
+
+        from PIL import Image
+
+        from pipeline.imaging import load_rgb
+        from pipeline.io import atomic_write_bytes
+
+        buf = io.BytesIO()
+        Image.fromarray(load_rgb(ws.abspath(im["path"]))).save(buf, "PNG", compress_level=3)
+        atomic_write_bytes(dest, buf.getvalue())
+    return rel
+
+
 def local_files_url(ws: Workspace, studio: Studio, relpath: str) -> str:
     """`/data/local-files/?d=<path under the served root>`; refuses paths outside it."""
     from urllib.parse import quote
@@ -373,6 +408,18 @@ def _push_images(ws: Workspace, image_ids: Sequence[str] | None, model_version: 
         if top is not None:
             new_ids = new_ids[:top]
     upd_ids = [i for i in upd_ids if i in preds]
+    # what the browser shows (a TIFF or 16-bit image as a PNG of what textloop sees): an image
+    # whose picture cannot be made gets no task, named with the reason, as a failed prediction
+    from pipeline.imaging import ImageRejected
+
+    shown_at: dict[str, str] = {}
+    for i in new_ids:
+        try:
+            shown_at[i] = browser_image(ws, images[i])
+        except (OSError, ImageRejected) as exc:
+            failures.append(f"{images[i]['original_name'] or images[i]['path']} ({i[:12]}): no picture for Label "
+                            f"Studio could be made ({getattr(exc, 'detail', None) or exc})")
+    new_ids = [i for i in new_ids if i in shown_at]
 
     # An image curation sent back for review that has no task yet (labelled outside Label
     # Studio, e.g. `textloop import`): its task shows the label under review, not the model's boxes.
@@ -410,7 +457,7 @@ def _push_images(ws: Workspace, image_ids: Sequence[str] | None, model_version: 
                 payload.append({
                     # `pushed_with`: the prediction the task is created with, which a rerun after a
                     # kill between this import and the catalog write reads back (`reconcile_tasks`)
-                    "data": {**task_data(local_files_url(ws, studio, im["path"]), project.config.data_key, im,
+                    "data": {**task_data(local_files_url(ws, studio, shown_at[image_id]), project.config.data_key, im,
                                          sources.get(image_id, ()), facts.get(image_id), notes.get(image_id, "")),
                              "pushed_with": ls_version, "pushed_boxes": len(shown(image_id)),
                              **({"held_by_redact": version} if held else {})},
@@ -453,7 +500,13 @@ def _push_images(ws: Workspace, image_ids: Sequence[str] | None, model_version: 
             if image_id not in images:
                 continue
             old = server_data.get(tid, {})
-            url = old.get(project.config.data_key) or local_files_url(ws, studio, images[image_id]["path"])
+            stored = local_files_url(ws, studio, images[image_id]["path"])
+            url = old.get(project.config.data_key) or stored
+            if url == stored and needs_view(images[image_id]):   # pushed before browsers got a picture of it
+                try:
+                    url = local_files_url(ws, studio, browser_image(ws, images[image_id]))
+                except (OSError, ImageRejected) as exc:
+                    log.warning("%s: no picture for Label Studio could be made (%s)", images[image_id]["path"], exc)
             want = task_data(url, project.config.data_key, images[image_id], sources.get(image_id, ()),
                              facts.get(image_id), notes.get(image_id, ""))
             if want["review_note"] and old.get("review_note"):   # the note review gave it stays

@@ -200,3 +200,23 @@ def test_labelling_page_shows_the_image_its_boxes_and_file_name(live_studio, tmp
     assert r.returncode == 0, r.stderr[-3000:]
     info = json.loads(r.stdout.strip().splitlines()[-1])
     assert not info["page_text_has_unfilled_field"] and not info["page_errors"], info
+    # a 12-bit micrograph in a TIFF: no browser but Safari draws TIFF (the labeller got a broken
+    # image); the task shows a PNG of what textloop sees, its label as light on dark as in Fiji
+    import numpy as np
+    import tifffile
+
+    page = np.full((300, 400), 900, np.uint16)
+    page[40:70, 30:330] = 4000
+    tifffile.imwrite(src / "stack_0007.tif", page)
+    harvest(ws, [str(src)], HarvestConfig(workers=1))
+    res = push_images(ws, None, client=studio, model="ppocr")
+    assert res.tasks_created == 1 and not res.failures, res
+    with ws.catalog() as cat:
+        tiff = next(r for r in cat.images() if r["original_name"] == "stack_0007.tif")
+        task = cat.tasks(info["project"])[tiff["id"]]
+    assert studio.sdk.tasks.get(id=str(task)).data["image"].endswith(f"images/view/{tiff['id'][:2]}/{tiff['id']}.png")
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "screenshot_labelling.py"), "--workspace", str(ws.root),
+                        "--out", str(out), "--task", str(task)], capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    info = json.loads(r.stdout.strip().splitlines()[-1])
+    assert info["image_natural_width"] == 400 and not info["page_errors"], info
