@@ -264,7 +264,7 @@ def test_stage_results_keep_the_json_keys():
         "url": "http://x", "port": 1, "pid": 2, "mode": "local", "data_dir": "d", "files_root": "f", "log": "l",
         "started_at": 0.0, "already_running": True, "token": None}
     assert list(StatusResult("u", True, False, None, None, None).as_dict()) == [
-        "url", "healthy", "started_by_textloop", "pid", "mode", "log", "token"]
+        "url", "healthy", "started_by_textloop", "pid", "mode", "log", "token", "problem"]
 
 
 @pytest.mark.parametrize("args, message", [
