@@ -6,6 +6,7 @@ for utilities.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import hashlib
@@ -98,9 +99,12 @@ def cache_dir() -> Path:
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Content id of a file (the workspace image id)."""
+    """Content id of a file (the workspace image id). A FIFO or device is NotRegularFile (an
+    OSError), not read: a FIFO swapped in for a listed file blocked the hashing thread for ever."""
+    from pipeline.listing import open_regular   # (listing imports this module)
+
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open_regular(path) as fh:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
@@ -288,13 +292,20 @@ def check_writable(path: str | Path) -> None:
 def prepare_folders(folders: Iterable[Path]) -> None:
     """Create output folders and check that they can be written: UnwritableError naming the
     folder and why (a file in the way, no permission) as one command-level error, rather than
-    a failure per image or an `[Errno 20]` line (redact's output and audit, export's OUT)."""
+    a failure per image or an `[Errno 20]` line (redact's output and audit, export's OUT). All or
+    nothing: when one fails, the folders this call created are removed (an unwritable --audit
+    left an empty OUTPUT behind)."""
+    made: list[Path] = []
     for folder in folders:
         try:
+            made += reversed([d for d in (folder, *folder.parents) if not d.exists()])   # parents first
             folder.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=folder):
                 pass
         except OSError as exc:
+            for d in reversed(made):
+                with contextlib.suppress(OSError):
+                    d.rmdir()           # only if still empty
             blocked = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
             why = (f"{blocked} is a file, not a folder" if blocked is not None else exc.strerror or str(exc))
             raise UnwritableError(exc.errno or errno.EACCES, f"{folder}: cannot create or write this folder ({why})",

@@ -97,11 +97,19 @@ def file_problem(path: str | Path) -> tuple[str, str] | None:
     return None
 
 
-def open_regular(path: str | Path) -> BinaryIO:
+class OutsideTree(OSError):
+    """Raised by `open_regular(path, inside=root)` when the file opened lies outside `root`."""
+
+    reason = "outside_tree"
+
+
+def open_regular(path: str | Path, inside: str | None = None) -> BinaryIO:
     """Open a regular file for reading; NotRegularFile for anything else, without blocking.
 
     Checked with stat before opening, and again on the descriptor (opened O_NONBLOCK, which
-    cannot hang even if the path was swapped for a FIFO in between)."""
+    cannot hang even if the path was swapped for a FIFO in between). `inside` (a tree's real
+    path): the file opened must lie in it, checked on the descriptor too; a listed entry
+    swapped for a link out of the tree after the listing was read and redacted."""
     problem = file_problem(path)
     if problem is not None and problem[0] == "not_a_regular_file":
         raise NotRegularFile(errno.EINVAL, problem[1], str(path))
@@ -110,6 +118,13 @@ def open_regular(path: str | Path) -> BinaryIO:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise NotRegularFile(errno.EINVAL, f"is {describe_mode(st.st_mode)}", str(path))
+        if inside:
+            try:   # where the descriptor really points (Linux); else the path as it resolves now
+                real = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                real = os.path.realpath(path)
+            if not _inside(real, inside):
+                raise OutsideTree(errno.EXDEV, f"symlink to {real}, outside {inside}; not followed", str(path))
         flags = fcntl.fcntl(fd, fcntl.F_GETFL)
         fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
         return os.fdopen(fd, "rb")

@@ -337,6 +337,8 @@ def test_predict_checks_its_output_and_options_before_any_work(tmp_path: Path, f
     # a detector option given twice kept the last value silently (box_thresh 0.5, then 0.99: no box)
     r = CliRunner().invoke(app, ["predict", str(tmp_path / "in"), "-o", "box_thresh=0.5", "-o", "box-thresh=0.99"])
     assert r.exit_code == 2 and "detector option box_thresh given twice" in r.output and fake.calls == 0, r.output
+    r = CliRunner().invoke(app, ["predict", str(tmp_path / "in"), "-o", "=1"])    # no name: it was "unknown option(s): "
+    assert r.exit_code == 2 and "detector option '=1': expected key=value" in r.output, r.output
 
 
 def test_a_fifo_is_not_an_empty_image(tmp_path: Path) -> None:

@@ -670,10 +670,13 @@ def test_blur_warns_that_it_is_reversible(tmp_path, fake):
 def test_archive_moves_originals_only_after_success(tmp_path, fake):
     src = make_tree(tmp_path / "in")
     (src / "bad.png").write_bytes(b"junk")
-    r = cli(tmp_path, "redact", str(src), str(tmp_path / "out"), "--archive", str(tmp_path / "arch"))
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "redact", str(src), str(tmp_path / "out"),
+                                 "--archive", str(tmp_path / "arch")])
     assert r.exit_code == 1
     assert sorted(sha_tree(tmp_path / "arch")) == ["a.png", "b.jpg", "sub/c.bmp", "sub/deeper/d.tif", "sub/e.webp"]
     assert (src / "bad.png").exists() and not (src / "a.png").exists()
+    row = next(line for line in r.output.splitlines() if "originals archived" in line)   # it was in JSON only
+    assert row.rstrip(" │").split()[-1] == "5", row
     # the rerun, once the bad file is dealt with, has nothing left to do: exit 0, not "no images found"
     (src / "bad.png").unlink()
     r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "redact", str(src), str(tmp_path / "out"),
@@ -1293,3 +1296,43 @@ def test_a_bug_in_our_own_code_stops_the_run_instead_of_failing_every_image(tmp_
     monkeypatch.setattr(fake, "detect", lambda images: (_ for _ in ()).throw(ValueError("odd image")))
     r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "redact", str(src), str(tmp_path / "out2")])
     assert r.exit_code == 1 and "odd image" in r.output
+
+
+def test_entries_swapped_after_the_listing_are_skipped_for_the_listings_reasons(tmp_path):
+    """A file swapped for a FIFO after the listing blocked a worker for ever (SIGTERM too); one
+    swapped for a link out of the tree was read and redacted. Both are now met when the file is
+    opened: that image fails with the reason the listing gives, and the others finish."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(4):
+        Image.new("RGB", (64, 48), (200, 200, 200)).save(src / f"{i}.png")
+    Image.new("RGB", (64, 48), (10, 10, 10)).save(tmp_path / "victim.png")
+    items, _, _ = plan(str(src), tmp_path / "out")
+    (src / "1.png").unlink()
+    os.mkfifo(src / "1.png")
+    (src / "2.png").unlink()
+    (src / "2.png").symlink_to(tmp_path / "victim.png")
+    results = {r.rel: r for r in run_local(Redactor(FakeDetector(), RedactConfig()), items, workers=2)}
+    assert (results["1.png"].status, results["1.png"].reason) == ("failed", "not_a_regular_file")
+    assert (results["2.png"].status, results["2.png"].reason) == ("failed", "outside_tree")
+    assert "outside" in results["2.png"].detail and str(tmp_path / "victim.png") in results["2.png"].detail
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0.png", "3.png"]
+
+
+def test_a_failed_image_leaves_no_output_and_a_refused_audit_folder_no_output_folder(tmp_path):
+    """A sidecar that could not be written (a folder in its place, a full disk) failed the image
+    but left its output in OUTPUT, where a consumer took it for done; an --audit folder that
+    could not be made left an empty OUTPUT folder behind."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(3):
+        Image.new("RGB", (64, 48), (200, 200, 200)).save(src / f"{i}.png")
+    items, audit, _ = plan(str(src), tmp_path / "out")
+    Path(items[1].sidecar).mkdir(parents=True)              # where 1.png's sidecar goes
+    results = {r.rel: r for r in run_local(Redactor(FakeDetector(), RedactConfig()), items, workers=1)}
+    assert (results["1.png"].status, results["1.png"].reason) == ("failed", "output_unwritable")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0.png", "2.png"]
+    (tmp_path / "blocker").write_text("x")
+    r = CliRunner().invoke(app, ["redact", str(src), str(tmp_path / "new_out"), "--audit", str(tmp_path / "blocker" / "a")])
+    assert r.exit_code == 2 and "is a file, not a folder" in r.output, r.output
+    assert not (tmp_path / "new_out").exists()

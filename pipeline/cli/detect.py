@@ -29,10 +29,10 @@ def parse_options(items: List[str] | None) -> dict[str, Any]:
     """`-o key=value` detector options: JSON values, comma lists (`scales=1,2`) or strings."""
     out: dict[str, Any] = {}
     for item in items or []:
-        if "=" not in item:
-            fail(f"detector option {item!r}: expected key=value", 2)
-        key, raw = item.split("=", 1)
+        key, eq, raw = item.partition("=")
         key = key.strip().replace("-", "_")
+        if not eq or not key:   # `-o =1` was "unknown ppocr option(s): " with no name
+            fail(f"detector option {item!r}: expected key=value", 2)
         if key in out:   # the last one silently won: `-o box_thresh=0.5 -o box_thresh=0.99` found nothing
             fail(f"detector option {key} given twice (-o {key}=...): give it once", 2)
         out[key] = _parse_value(raw.strip())

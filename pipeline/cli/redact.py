@@ -141,6 +141,8 @@ def _render(c: Console, summary: RedactSummary, verify: bool) -> None:
     for key in ("redacted", "no_text_found", "skipped", "held_for_review", "waiting_review", "dry_run", "failed"):
         if summary[key] or key in ("redacted", "failed"):
             t.add_row("  of which no text found" if key == "no_text_found" else key.replace("_", " "), str(summary[key]))
+    if summary.get("archived"):   # (it was in summary.json and --json only)
+        t.add_row("originals archived", str(summary["archived"]))
     c.print(t)
     if summary["ignored_non_images"]:
         names = summary["ignored_files"]

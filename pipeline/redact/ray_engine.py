@@ -41,7 +41,8 @@ class _RedactActor:
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         rows = []
         for i in range(len(batch["rel"])):
-            item = Item(str(batch["src"][i]), str(batch["rel"][i]), str(batch["out"][i]), str(batch["sidecar"][i]))
+            item = Item(str(batch["src"][i]), str(batch["rel"][i]), str(batch["out"][i]), str(batch["sidecar"][i]),
+                        str(batch["root"][i]) if "root" in batch else "")
             res = self.redactor.process(item, self.reviewed.get(item.rel))
             rows.append(json.dumps(res.to_dict()))
         return {"result": rows}

@@ -32,7 +32,8 @@ from pipeline.engines import call_threads
 from pipeline.io import (LineFormatter, UnwritableError, atomic_open, atomic_write_bytes, atomic_write_text, describe_error,
                          is_atomic_temp, is_bug, sha256_bytes, sha256_file, sha256_json, utf8_text)
 from pipeline.imaging import ImageRejected
-from pipeline.listing import MAX_LISTED_IGNORED, Listed, Skipped, file_problem, iter_glob, iter_image_files, triage
+from pipeline.listing import (MAX_LISTED_IGNORED, Listed, NotRegularFile, OutsideTree, Skipped, file_problem, iter_glob,
+                              iter_image_files, open_regular, triage)
 from pipeline.redact import codec
 from pipeline.redact.core import SHAPES, STYLES, Cover, Pad, apply_redaction, cover_shapes, fill_value
 
@@ -152,6 +153,7 @@ class Item:
     rel: str          # posix path relative to the input root (mirrored under the output)
     out: str
     sidecar: str
+    root: str = ""    # the input tree's real path ("" for a single file): what `src` must lie in when read
 
     def to_dict(self) -> dict[str, str]:
         return asdict(self)
@@ -316,7 +318,8 @@ def plan_input(input_spec: str, output: str | Path, audit_dir: Path | None = Non
             raise ValueError(f"{root}: the input is inside the {what} folder {d}; give an {what} folder outside it")
     found = triage(_walk(root, skip_dirs) if src.is_dir() else _glob_entries(input_spec, root, skip_dirs))
     problems += [_problem(e.path, e.rel, output, e.reason, e.detail) for e in found.problems]
-    items = [Item(str(e.path), e.rel, str(output / e.rel), sidecar_path(audit, e.rel)) for e in found.images]
+    real_root = os.path.realpath(root)
+    items = [Item(str(e.path), e.rel, str(output / e.rel), sidecar_path(audit, e.rel), real_root) for e in found.images]
     items, clashes = _sidecar_clashes(items, output)
     return Plan(items, audit, [str(p) for p in found.ignored], problems + clashes)
 
@@ -450,6 +453,8 @@ class Redactor:
             return job
         except ImageRejected as exc:
             res.status, res.reason, res.detail = "failed", exc.reason, exc.detail
+        except (NotRegularFile, OutsideTree) as exc:   # the listing's reasons, met when it was read
+            res.status, res.reason, res.detail = "failed", exc.reason, exc.strerror or str(exc)
         except FileNotFoundError as exc:
             res.status, res.reason, res.detail = "failed", "not_found", str(exc)
         except UnwritableError as exc:  # the output or audit folder, not the input
@@ -489,7 +494,10 @@ class Redactor:
 
     def _prepare(self, job: "Job") -> None:
         cfg, item, res = self.cfg, job.item, job.res
-        data = Path(item.src).read_bytes()
+        # opened as listed: a FIFO swapped in since blocked a thread for ever (and SIGTERM with
+        # it), a link out of the tree swapped in was read and redacted
+        with open_regular(item.src, inside=item.root or None) as fh:
+            data = fh.read()
         res.input_sha256 = in_sha = sha256_bytes(data)
         if not cfg.force and not cfg.dry_run and job.reviewed is None:
             done = self.up_to_date(item, in_sha)
@@ -566,8 +574,12 @@ class Redactor:
         atomic_write_bytes(item.out, out_bytes)
         res.output_sha256 = sha256_bytes(out_bytes)
         res.status = "redacted"
-        self._write_sidecar(item, res, doc, covers, status="redacted", verify=verify,
-                            source="review" if reviewed is not None else "detector", dets=final)
+        try:
+            self._write_sidecar(item, res, doc, covers, status="redacted", verify=verify,
+                                source="review" if reviewed is not None else "detector", dets=final)
+        except BaseException:   # (disk full, a folder in its place) a failed image leaves no output in OUTPUT
+            Path(item.out).unlink(missing_ok=True)
+            raise
 
     def _render(self, doc: codec.Document, dets: Sequence[Detections]) -> tuple[list[Cover], bytes]:
         """Cover every page's detections and encode: the covers and the output bytes."""
