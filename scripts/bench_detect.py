@@ -449,7 +449,7 @@ def main() -> None:
     for name, q in results.items():
         if "matched" in q:
             m = q["matched"]
-            rows += ["", f"| at stock ppocr's over-redaction | " + " | ".join(m) + " |", "| --- |" + " ---: |" * len(m),
+            rows += ["", "| at stock ppocr's over-redaction | " + " | ".join(m) + " |", "| --- |" + " ---: |" * len(m),
                      "| over-redaction | " + " | ".join(f(v["over_redaction"]) for v in m.values()) + " |",
                      "| ppocr coverage | " + " | ".join(f(v["stock_coverage"]) for v in m.values()) + " |",
                      f"| {name} coverage | " + " | ".join(f(v["coverage"]) for v in m.values()) + " |",

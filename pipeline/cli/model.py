@@ -325,7 +325,7 @@ def models_promote_cmd(
     if version == "ppocr":   # back to stock: the rule's own yardstick needs no check
         was = use_stock(st.read_ws())
         emit(st, {"current": "ppocr", "previous": was, "forced": False, "promotion": None},
-             lambda c: c.print(f"current model: ppocr (stock)" + (f"; {was} is no longer current" if was else "")))
+             lambda c: c.print("current model: ppocr (stock)" + (f"; {was} is no longer current" if was else "")))
         return
     try:
         check = promote_checked(st.read_ws(), version, force=force, threads=threads)
