@@ -157,6 +157,19 @@ def test_label_studio_round_trip_of_a_rotated_rectangle():
     (res2,) = detections_to_results(Detections(np.array([[10.0, 20.0, 60.0, 40.0]]), [0.5]), W, H, cfg)
     assert res2["value"]["rotation"] == 0.0
     assert results_to_detections([res2], W, H, cfg).quads is None
+    # DB's quad of a level word leans a few degrees: shown as its enclosing box, not a tilted one
+    # (labellers saw level words in tilted boxes); a long line at the same angle stays rotated
+    def tilted(x: float, y: float, w: float, h: float, deg: float) -> np.ndarray:
+        u = np.array([np.cos(np.radians(deg)), np.sin(np.radians(deg))])
+        v = np.array([-u[1], u[0]])
+        p = np.array([x, y])
+        return np.stack([p, p + w * u, p + w * u + h * v, p + h * v])
+
+    word, line = tilted(100.0, 100.0, 60.0, 24.0, 3.0), tilted(40.0, 100.0, 300.0, 24.0, 3.0)
+    res = detections_to_results(Detections.from_quads(np.stack([word, line]), [0.8, 0.8]), 400, 300, cfg)
+    assert [round(r["value"]["rotation"], 3) % 360 for r in res] == [0.0, 3.0]
+    enclosing = 24.0 * np.cos(np.radians(3.0)) + 60.0 * np.sin(np.radians(3.0))
+    assert res[0]["value"]["height"] / 100 * 300 == pytest.approx(enclosing, abs=0.01)   # the box encloses the quad
 
 
 def test_pipelined_engine_writes_the_same_bytes_as_whole_image_threads(tmp_path):

@@ -606,16 +606,27 @@ def test_label_studio_gets_a_picture_a_browser_can_draw(tmp_path) -> None:
     Image.fromarray(page).save(src / "b.png")               # 16-bit PNG
     noise_image(3, (40, 30)).save(src / "c.png")
     noise_image(4, (40, 30)).save(src / "d.jpg")
+    # stored sideways with the orientation where a browser reads it (a JPEG's EXIF), or not (WebP)
+    sideways, exif = noise_image(5, (30, 40)), Image.Exif()
+    exif[0x0112] = 6
+    sideways.save(src / "e.jpg", exif=exif.tobytes())
+    sideways.save(src / "f.webp", exif=exif.tobytes(), lossless=True)
+    Image.new("RGBA", (40, 30), (0, 0, 0, 0)).save(src / "g.png")    # transparent (dark themes hid black text)
     ws = Workspace.open(tmp_path / "ws")
     harvest(ws, [str(src)], HarvestConfig(workers=1))
     with ws.catalog() as cat:
         rows = {r["original_name"]: r for r in cat.images()}
-    for name in ("c.png", "d.jpg"):
-        assert not needs_view(rows[name]) and browser_image(ws, rows[name]) == rows[name]["path"]
+    for name in ("c.png", "d.jpg", "e.jpg"):
+        assert not needs_view(ws, rows[name]) and browser_image(ws, rows[name]) == rows[name]["path"], name
+    for name in ("a.tif", "b.png", "f.webp", "g.png"):
+        row = rows[name]
+        rel = browser_image(ws, row)
+        assert needs_view(ws, row) and rel == f"images/view/{row['id'][:2]}/{row['id']}.png"
+        with Image.open(ws.abspath(rel)) as shown:
+            assert shown.size == (40, 30) and not shown.getexif().get(0x0112), name   # upright, as its boxes
     for name in ("a.tif", "b.png"):
         row = rows[name]
         rel = browser_image(ws, row)
-        assert needs_view(row) and rel == f"images/view/{row['id'][:2]}/{row['id']}.png"
         with Image.open(ws.abspath(rel)) as shown:
             assert shown.format == "PNG" and shown.mode == "RGB" and shown.size == (40, 30)
             grey = np.asarray(shown)[..., 0]

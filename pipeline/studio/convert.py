@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.boxes import (Detections, clip, is_axis_aligned, ls_value_to_quad, ls_value_to_xyxy, oriented_rects,
-                            quad_to_ls_value, xyxy_to_ls_value)
+from pipeline.boxes import (Detections, clip, ls_value_to_quad, ls_value_to_xyxy, oriented_rects,
+                            quad_to_ls_value, visibly_slanted, xyxy_to_ls_value)
 from pipeline.studio.client import StudioError
 from pipeline.studio.project import LabelConfig
 
@@ -33,7 +33,7 @@ def detections_to_results(det: Detections, width: int, height: int, config: Labe
     out = []
     boxes = clip(det.boxes, width, height) if len(det) else det.boxes
     rects = oriented_rects(det.quads) if det.quads is not None and len(det) else None
-    slanted = ~is_axis_aligned(rects) if rects is not None else np.zeros(len(boxes), bool)
+    slanted = visibly_slanted(rects) if rects is not None else np.zeros(len(boxes), bool)
     for i, (box, score, label) in enumerate(zip(boxes, det.scores, det.labels)):
         if not np.all(np.isfinite(box)) or box[2] - box[0] <= 0 or box[3] - box[1] <= 0:
             continue

@@ -36,11 +36,40 @@ BROWSER_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP"})
 VIEW_DIR = "images/view"   # under the storage Label Studio serves (`studio init` connects images/)
 
 
-def needs_view(im: dict[str, Any]) -> bool:
-    """Whether a browser would show this stored image other than textloop sees it: no browser
-    but Safari draws TIFF (the labeller got a broken image), and a 16-bit PNG is drawn by its
-    high byte (12-bit microscopy data was a black page)."""
-    return str(im["format"]).upper() not in BROWSER_FORMATS or int(im["bit_depth"] or 8) > 8
+def needs_view(ws: Workspace, im: dict[str, Any]) -> bool:
+    """Whether a browser would show this stored image other than textloop sees it (the frame of
+    its boxes): no browser but Safari draws TIFF (the labeller got a broken image); a 16-bit PNG
+    is drawn by its high byte (12-bit microscopy data was a black page); an orientation a browser
+    does not read (WebP EXIF, XMP only, a PNG text chunk) left the picture sideways under upright
+    boxes, and pull then refused the labeller's work; transparent pixels are drawn over the page,
+    where Label Studio's dark theme hid black text. Reads the file's header only when the catalog
+    row cannot tell."""
+    if str(im["format"]).upper() not in BROWSER_FORMATS or int(im["bit_depth"] or 8) > 8:
+        return True
+    if str(im["mode"]) in ("RGBA", "LA", "PA", "RGBa", "La"):
+        return True
+    orientation = int(im["orientation"] or 1)
+    if orientation == 1 and str(im["format"]).upper() not in ("PNG", "GIF", "WEBP"):   # no colour key either
+        return False
+    from pipeline.imaging import has_alpha, open_image
+
+    with open_image(ws.abspath(im["path"])) as pic:
+        return has_alpha(pic) or (orientation != 1 and _browser_orientation(pic) != orientation)
+
+
+def _browser_orientation(pic: Any) -> int:
+    """The EXIF orientation a browser applies: a JPEG's APP1 or a PNG's eXIf block, nothing else."""
+    from PIL import Image
+
+    raw = pic.info.get("exif") if str(pic.format).upper() in ("JPEG", "MPO", "PNG") else None
+    if not raw:
+        return 1
+    exif = Image.Exif()
+    try:
+        exif.load(raw)
+    except Exception:  # noqa: BLE001 - a block Pillow cannot parse: no browser reads it either
+        return 1
+    return int(exif.get(0x0112, 1) or 1)
 
 
 def browser_image(ws: Workspace, im: dict[str, Any]) -> str:
@@ -48,7 +77,7 @@ def browser_image(ws: Workspace, im: dict[str, Any]) -> str:
     or (`needs_view`) an 8-bit PNG of what textloop sees, `imaging.load_rgb` (page 0, upright,
     high bit depths stretched by their range, transparency over white: the frame of every box),
     made once under VIEW_DIR. OSError / ImageRejected when the stored copy cannot be read."""
-    if not needs_view(im):
+    if not needs_view(ws, im):
         return str(im["path"])
     rel = f"{VIEW_DIR}/{im['id'][:2]}/{im['id']}.png"
     dest = ws.abspath(rel)
@@ -502,7 +531,7 @@ def _push_images(ws: Workspace, image_ids: Sequence[str] | None, model_version: 
             old = server_data.get(tid, {})
             stored = local_files_url(ws, studio, images[image_id]["path"])
             url = old.get(project.config.data_key) or stored
-            if url == stored and needs_view(images[image_id]):   # pushed before browsers got a picture of it
+            if url == stored:   # pushed before browsers got a picture of it, where it needs one
                 try:
                     url = local_files_url(ws, studio, browser_image(ws, images[image_id]))
                 except (OSError, ImageRejected) as exc:
