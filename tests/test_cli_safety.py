@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import os
 import signal
 import subprocess
 import sys
@@ -463,3 +464,23 @@ def test_a_failed_command_leaves_no_workspace_behind_at_a_mistyped_path(tmp_path
     harvest(Workspace.open(tmp_path / "used"), [str(src)], HarvestConfig(workers=1))
     assert textloop("-w", str(tmp_path / "used"), "models", "register", str(tmp_path / "bad.zip")).returncode == 1
     assert (tmp_path / "used" / "catalog.sqlite").is_file()
+
+
+def test_a_command_stopped_by_sigterm_without_its_own_handler_says_so(tmp_path: Path) -> None:
+    """`push` killed while Label Studio was slow to answer exited 130 with nothing on stderr:
+    typer turned the interrupt into a silent exit. Every such stop now says it in one line."""
+    import socket
+
+    ws = tmp_path / "ws"
+    assert subprocess.run([sys.executable, "-m", "pipeline.cli.app", "-w", str(ws), "init"], cwd=tmp_path,
+                          capture_output=True, timeout=120).returncode == 0
+    with socket.socket() as silent:          # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        env = dict(os.environ, LABEL_STUDIO_URL=f"http://127.0.0.1:{silent.getsockname()[1]}")
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli.app", "-w", str(ws), "push"], cwd=tmp_path,
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(4)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err

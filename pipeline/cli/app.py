@@ -114,6 +114,11 @@ def main() -> None:
         code = 1              # what rich does when it meets the closed pipe itself
     except SystemExit as exc:
         code = exc.code
+    from pipeline.cli.common import REPORTED
+
+    if code == 130 and 130 not in REPORTED:
+        # typer turns a Ctrl-C (or SIGTERM) no command caught into exit 130 without a word
+        sys.stderr.write("interrupted; rerun the same command to continue\n")
     if code not in (0, None):
         from pipeline.cli.common import discard_unused_workspaces
 

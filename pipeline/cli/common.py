@@ -201,10 +201,15 @@ def _unwritable(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
+# exit codes a command has already explained on stderr (`fail`): cli.app.main says nothing more
+REPORTED: list[int] = []
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     """One clear line on stderr and a non-zero exit."""
     # escaped: a message naming `textloop[train]` or a path with [brackets] is not markup
     Console(stderr=True).print(f"[bold red]error:[/] {plain(message)}", highlight=False, soft_wrap=True)
+    REPORTED.append(code)
     raise typer.Exit(code)
 
 
