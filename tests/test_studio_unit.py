@@ -639,3 +639,17 @@ def test_label_studio_gets_a_picture_a_browser_can_draw(tmp_path) -> None:
     ws.abspath(rows["a.tif"]["path"]).write_bytes(b"II*\x00 cut")
     with pytest.raises(ImageRejected):
         browser_image(ws, {**rows["a.tif"], "id": "f" * 64})
+
+
+def test_classes_keep_their_positions() -> None:
+    """`studio init --classes logo,text` on a `text,logo` project was accepted: every detector box
+    (class 0) went to labellers as `logo`, and pull renumbered the stored labels. Appending a
+    class is fine; moving one (or removing one before others) is refused with the list to give."""
+    from pipeline.studio.project import _check_class_positions
+
+    _check_class_positions(1, ["text"], ["text", "logo"])
+    _check_class_positions(1, ["text", "logo"], ["text"])            # the last one dropped: nothing moves
+    for new, suggested in ((["logo", "text"], "text,logo"), (["text", "stamp"], "text,logo,stamp"),
+                           (["logo", "text", "id"], "text,logo,id")):
+        with pytest.raises(StudioError, match=f"detector boxes are class 0, 'text'.*--classes {suggested}$"):
+            _check_class_positions(1, ["text", "logo", "stamp"] if "stamp" in new else ["text", "logo"], new)

@@ -208,6 +208,7 @@ def init_project(
         changes = {k: v for k, v in settings.items() if k != "label_config" and getattr(project, k, None) != v}
         if existing is None or not same_xml(project.label_config, config.xml):
             if existing is not None:
+                _check_class_positions(int(project.id), list(existing.classes), list(config.classes))
                 _check_classes_in_use(studio, int(project.id), set(existing.classes) - set(config.classes))
             changes["label_config"] = config.xml
         if changes:
@@ -275,6 +276,18 @@ def _ensure_storage(ws: Workspace, studio: Studio, pid: int) -> int:
                           "(the server needs LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true and "
                           "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT = the workspace; see TEXTLOOP_LS_FILES_ROOT)") from None
     return int(s.id)
+
+
+def _check_class_positions(pid: int, old: list[str], new: list[str]) -> None:
+    """Refuse a class list that moves a kept class: labels are stored as class numbers and the
+    detector's boxes are class 0, so `--classes logo,text` on a `text,logo` project sent every
+    detector box as `logo` and made `pull` renumber the stored labels. New classes go at the end."""
+    moved = [c for i, c in enumerate(old) if c in new and new.index(c) != i]
+    if moved:
+        keep = old + [c for c in new if c not in old]
+        raise StudioError(f"project {pid}: --classes would move {', '.join(repr(c) for c in moved)} "
+                          f"(classes keep their positions: labels are stored as class numbers, and detector boxes "
+                          f"are class 0, {old[0]!r}); add new classes at the end: --classes {','.join(keep)}")
 
 
 def _check_classes_in_use(studio: Studio, pid: int, removed: set[str]) -> None:
