@@ -300,3 +300,35 @@ def test_nothing_labelled_is_refused_and_nothing_written(tmp_path: Path) -> None
     with pytest.raises(ValueError, match="no labelled images to export"):
         export(empty, tmp_path / "e2")
     assert not (tmp_path / "e2").exists()
+
+
+def test_labels_of_more_classes_than_named_are_refused_and_other_categories_are_no_negatives(tmp_path: Path) -> None:
+    """A `text,logo` project exported with the default `--classes text` wrote a COCO file whose
+    `logo` boxes named a category it did not list (invalid), and YOLO names without it. Imported
+    back, the images with only `logo` boxes became "verified: no text" (training negatives): an
+    image whose annotations were all left out is no longer imported as one without text."""
+    src = tmp_path / "src"
+    (src / "images").mkdir(parents=True)
+    noise_image(1, (64, 48)).save(src / "images" / "a.png")
+    noise_image(2, (64, 48)).save(src / "images" / "b.png")
+    write_jsonl(src / "boxes.jsonl", [LabelledImage("images/a.png", 64, 48, boxes=[[1, 1, 9, 9]]),
+                                      LabelledImage("images/b.png", 64, 48, boxes=[[2, 2, 20, 12]])])
+    ws = Workspace.open(tmp_path / "ws")
+    import_labels(ws, [src / "boxes.jsonl"])
+    with ws.catalog() as cat:   # b.png's box relabelled `logo` (class 1) in Label Studio and pulled
+        b = ids_by_name(ws)["b.png"]["id"]
+        cat.add_annotation(b, "labelstudio", boxes="[[2, 2, 20, 12]]", labels="[1]", ignore="[false]", state="submitted",
+                           updated_at=1e10, pulled_at=1e10)
+    for fmt in ("coco", "yolo"):
+        with pytest.raises(ValueError, match=r"labels use 2 classes but --classes names 1 \(text\)"):
+            export(ws, tmp_path / fmt, fmt)
+        assert not (tmp_path / fmt).exists()
+    export(ws, tmp_path / "coco", "coco", classes=("text", "logo"))
+    coco = json.loads((tmp_path / "coco" / "annotations.json").read_text())
+    assert [c["name"] for c in coco["categories"]] == ["text", "logo"]
+    fresh = Workspace.open(tmp_path / "fresh")
+    s = import_labels(fresh, [tmp_path / "coco" / "annotations.json"], categories=["text"])
+    with fresh.catalog() as cat:
+        status = {r["original_name"]: r["status"] for r in cat.images()}
+    assert sorted(status.values()).count("verified_empty") == 0, status
+    assert any("not imported as an image without text" in p for p in s.problems), s.problems

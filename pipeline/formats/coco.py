@@ -128,6 +128,7 @@ def load(path: str | Path, categories: Sequence[str] | None = None,
         bad(f"image id {_short(i)} is given to {len(id_names[i])} images ({', '.join(id_names[i][:3])}): "
             "their annotations cannot be told apart; skipped")
     by_image: dict[Any, list[dict[str, Any]]] = {}
+    left_out: dict[Any, int] = {}   # per image: its annotations not imported (another or an unknown category)
     for k, ann in enumerate(data.get("annotations") or []):
         if not isinstance(ann, dict) or "image_id" not in ann or "bbox" not in ann:
             bad(f"annotations[{k}] lacks image_id or bbox")
@@ -139,8 +140,10 @@ def load(path: str | Path, categories: Sequence[str] | None = None,
                                                              or ann["category_id"] not in cats):
             bad(f"annotation {ann.get('id', f'annotations[{k}]')}: category_id {_short(ann.get('category_id'))} is not in "
                 f"'categories' ({', '.join(f'{i}: {n}' for i, n in list(cats.items())[:5])}); skipped")
+            left_out[ann["image_id"]] = left_out.get(ann["image_id"], 0) + 1
             continue
         if keep_cats is not None and ann.get("category_id") not in keep_cats:
+            left_out[ann["image_id"]] = left_out.get(ann["image_id"], 0) + 1
             continue
         by_image.setdefault(ann["image_id"], []).append(ann)
     out = []
@@ -157,10 +160,12 @@ def load(path: str | Path, categories: Sequence[str] | None = None,
             bad(f"images[{k}] ({name}): split must be one of {', '.join(SPLITS)}; got {_short(split)}; skipped")
             continue
         xywh, ignore, labels, polys, texts = [], [], [], [], []
+        dropped = left_out.get(im.get("id"), 0) if _hashable(im.get("id")) else 0
         for ann in by_image.get(im.get("id"), []) if _hashable(im.get("id")) else []:
             bbox = _bbox(ann["bbox"])
             if bbox is None:
                 bad(f"annotation {ann.get('id', '?')} ({name}): bbox must be [x, y, w, h], got {str(ann['bbox'])[:60]}")
+                dropped += 1
                 continue
             xywh.append(bbox)
             ignore.append(bool(ann.get("iscrowd", 0)) or bool(ann.get("ignore", 0)))
@@ -169,6 +174,10 @@ def load(path: str | Path, categories: Sequence[str] | None = None,
             polys.append(_polygon(ann.get("segmentation")))
             text = ann.get("utf8_string")
             texts.append(text if isinstance(text, str) else "")
+        if dropped and not xywh:   # it has annotations, none imported: no human said it holds no text
+            bad(f"images[{k}] ({name}): none of its {dropped} annotation(s) is imported (another or an unknown "
+                "category, or skipped above); not imported as an image without text")
+            continue
         out.append(LabelledImage(image=name, width=w, height=h, boxes=xywh_to_xyxy(np.array(xywh).reshape(-1, 4)),
                                  ignore=ignore, source=path.stem, labels=tuple(labels) if any(labels) else (),
                                  polys=tuple(polys) if any(polys) else (), texts=tuple(texts) if any(texts) else (),

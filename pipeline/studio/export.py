@@ -203,6 +203,11 @@ def export(ws: Workspace, out: Path, fmt: str = "jsonl", split: str | None = Non
     if not rows:   # an empty boxes.jsonl and "exported 0 images", exit 0
         raise ValueError(f"{ws.root}: no labelled images{f' in the {split} split' if split else ''} to export "
                          "(label images in Label Studio and `textloop pull`, or `textloop import` labels); nothing written")
+    used = max((max(json.loads(r["labels"]) or [0]) for r in rows), default=0)
+    if used >= len(classes):   # COCO named no category for them (invalid), YOLO's names missed them
+        raise ValueError(f"labels use {used + 1} classes but --classes names {len(classes)} ({','.join(classes)}): "
+                         "give all their names in the project's order (`textloop studio init` lists them, e.g. "
+                         "--classes text,logo); nothing written")
     images_dir = out / "images"
     prepare_folders([out, images_dir])   # under a file, or where nothing may be written: one line, not [Errno 20]
     with ws.catalog() as cat:
