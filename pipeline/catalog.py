@@ -225,6 +225,19 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE annotations ADD COLUMN texts TEXT;
         """,
     ),
+    (
+        7,
+        """
+        -- When curation last sent an image's label back for review (`curate --apply`, label
+        -- action review): a label a person submitted after that is their answer, and is not sent
+        -- back again for the same suspicion (a confirmed label was reopened every round).
+        CREATE TABLE review_requests (
+            image_id TEXT PRIMARY KEY REFERENCES images(id),
+            requested_at REAL NOT NULL,
+            issues TEXT
+        );
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -721,6 +734,22 @@ class Catalog:
         return {r["image_id"]: r["ls_annotation_id"] for r in self.query(
             "SELECT image_id, ls_annotation_id FROM annotations WHERE source = ? AND ls_annotation_id IS NOT NULL"
             " ORDER BY updated_at, id", (source,))}
+
+    def record_review_requests(self, issues: dict[str, str], at: float | None = None) -> None:
+        """Curation sent these images' labels back for review now (image id -> the suspicion)."""
+        at = time.time() if at is None else at
+        with self.transaction() as tx:
+            tx.executemany("INSERT INTO review_requests(image_id, requested_at, issues) VALUES (?, ?, ?) "
+                           "ON CONFLICT(image_id) DO UPDATE SET requested_at = excluded.requested_at, "
+                           "issues = excluded.issues", [(i, at, v) for i, v in issues.items()])
+
+    def answered_reviews(self) -> set[str]:
+        """Images sent back for review whose label a person submitted (or imported) since, and
+        that are out of review (one still waiting is not answered, whatever its timestamps)."""
+        return {r["image_id"] for r in self.query(
+            "SELECT DISTINCT r.image_id FROM review_requests r JOIN annotations a ON a.image_id = r.image_id "
+            "JOIN images i ON i.id = r.image_id WHERE a.updated_at > r.requested_at AND i.status != ?",
+            (ImageStatus.NEEDS_REVIEW.value,))}
 
     _ANNOTATION_FIELDS = ("ls_project_id", "ls_task_id", "ls_annotation_id", "boxes", "labels", "ignore", "state",
                           "annotator", "updated_at", "pulled_at", "quads", "texts")

@@ -317,3 +317,32 @@ def test_import_predict_curate_finds_a_planted_label_error(tmp_path) -> None:
 
     top = pd.read_parquet(tmp_path / "ws" / "reports" / "label_issues.parquet").iloc[0]
     assert top["image_id"] == sha256_file(folder / "images" / "p3.png") and "spurious_box" in top["issues"], top.to_dict()
+
+
+def test_a_label_confirmed_after_review_is_not_sent_back_again(ws) -> None:
+    """A label curation sent back, which the reviewer re-submitted unchanged, was flagged and
+    reopened again every round. A label submitted after the request is the reviewer's answer;
+    one nobody touched since is sent back again once it is out of review."""
+    import pandas as pd
+
+    from pipeline.curate.label_noise import LabelNoiseReport
+
+    t0 = time.time() - 3600
+    with ws.catalog() as cat, cat.transaction() as tx:
+        for iid in ("answered", "ignored"):
+            _add_image(tx, iid)
+            tx.execute("INSERT INTO annotations(image_id, source, ls_annotation_id, boxes, labels, updated_at, pulled_at)"
+                       " VALUES (?,?,?,?,?,?,?)", (iid, "labelstudio", 1 if iid == "answered" else 2, "[[1,1,20,20]]",
+                                                   "[0]", t0, t0))
+    report = LabelNoiseReport(pd.DataFrame({"image_id": ["answered", "ignored"], "label_score": [0.1, 0.2],
+                                            "is_label_issue": [True, True], "issues": ["spurious_box", "spurious_box"]}),
+                              pd.DataFrame(columns=["image_id", "issue"]))
+    assert set(apply_label_actions(ws, report, "review")["image_id"]) == {"answered", "ignored"}
+    with ws.catalog() as cat:   # the reviewer re-submits one (pull stores it, labelled again); the other is
+        cat.add_annotation("answered", "labelstudio", ls_annotation_id=3, boxes="[[1,1,20,20]]", labels="[0]",
+                           updated_at=time.time() + 1, pulled_at=time.time() + 1)
+        for iid in ("answered", "ignored"):   # taken out of review some other way
+            cat.set_status(iid, "labelled")
+    assert list(apply_label_actions(ws, report, "review")["image_id"]) == ["ignored"]
+    with ws.catalog() as cat:
+        assert {r["id"]: r["status"] for r in cat.images()} == {"answered": "labelled", "ignored": "needs_review"}

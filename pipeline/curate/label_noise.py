@@ -519,13 +519,21 @@ def apply_label_actions(ws: Any, report: LabelNoiseReport, action: str, worst: i
         raise ValueError(f"unknown action {action!r}: use review or exclude")
     bad = report.images.sort_values("label_score")
     bad = bad[bad["is_label_issue"]]
-    if worst is not None:
-        bad = bad.head(worst)
     rows = []
     with ws.catalog() as cat, cat.transaction():
+        if action == "review":   # a label a person submitted since it was sent back is their answer
+            answered = cat.answered_reviews()
+            if answered & set(bad["image_id"]):
+                log.info("%d suspected label(s) were reviewed since they were sent back: not sent again",
+                         len(answered & set(bad["image_id"])))
+            bad = bad[~bad["image_id"].isin(answered)]
+        if worst is not None:
+            bad = bad.head(worst)
         for r in bad.itertuples(index=False):
             old = cat.set_status(r.image_id, new_status)
             if old is None:  # unknown image, or already new_status
                 continue
             rows.append((r.image_id, old.value, new_status.value, float(r.label_score), r.issues))
+        if action == "review":
+            cat.record_review_requests({i: str(issues) for i, _, _, _, issues in rows})
     return pd.DataFrame(rows, columns=["image_id", "old_status", "new_status", "label_score", "issues"])
