@@ -976,6 +976,11 @@ class Catalog:
         return {t: int(self.scalar(f"SELECT COUNT(*) FROM {t}") or 0)
                 for t in ("images", "image_sources", "annotations", "predictions", "tasks")}
 
+    def tasks_by_project(self) -> dict[int, int]:
+        """Label Studio project id -> tasks recorded for it (a deleted project's stay listed)."""
+        return {int(r["p"]): int(r["n"]) for r in self.query(
+            "SELECT ls_project_id AS p, COUNT(*) AS n FROM tasks GROUP BY ls_project_id ORDER BY ls_project_id")}
+
     def holds_records(self) -> bool:
         """Whether any table but the schema's version holds a row (a workspace that was only
         created holds none: `cli.common.discard_unused_workspaces`)."""

@@ -22,6 +22,7 @@ class WorkspaceStatus:
     annotations: int
     predictions: int
     tasks: int
+    tasks_by_project: dict[int, int]            # Label Studio project id -> tasks (one per project pushed to)
     models: list[dict[str, Any]]                # version, kind, parent, promoted, metrics
     current_model: str | None
     last_iteration: dict[str, Any] | None       # id, step, status, started_at, finished_at, counts, metrics
@@ -63,6 +64,7 @@ def workspace_status(cat: Catalog, root: Path | None = None) -> WorkspaceStatus:
         annotations=rows["annotations"],
         predictions=rows["predictions"],
         tasks=rows["tasks"],
+        tasks_by_project=cat.tasks_by_project(),
         models=models,
         current_model=next((m["version"] for m in models if m["promoted"]), None),
         last_iteration=last_it,

@@ -267,7 +267,20 @@ def test_status_summary_counts(ws) -> None:
     assert st.rejects == {"decode": 1} and st.last_iteration is None
     assert st.schema_version == catalog.SCHEMA_VERSION
     assert list(st.as_dict()) == ["images", "sources", "by_status", "by_split", "rejects", "annotations", "predictions",
-                                  "tasks", "models", "current_model", "last_iteration", "schema_version"]
+                                  "tasks", "tasks_by_project", "models", "current_model", "last_iteration", "schema_version"]
+    # a project deleted in Label Studio and made again: its old tasks are shown apart, not as live
+    with ws.catalog() as cat:
+        cat.record_task("a", 1, 11)
+        cat.record_task("b", 1, 12)
+        cat.record_task("a", 2, 21)
+        st = workspace_status(cat)
+    assert st.tasks == 3 and st.tasks_by_project == {1: 2, 2: 1}
+    from typer.testing import CliRunner
+
+    from pipeline.cli.app import app
+
+    r = CliRunner().invoke(app, ["-w", str(ws.root), "status"])
+    assert "3 Label Studio tasks (project 1: 2, project 2: 1)" in " ".join(r.output.split()), r.output
 
 
 def test_a_stage_whose_process_was_killed_does_not_stay_running(tmp_path) -> None:

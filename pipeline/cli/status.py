@@ -29,7 +29,10 @@ def status_cmd(ctx: typer.Context) -> None:
 def _render(c: Console, s: WorkspaceStatus, root: Path) -> None:
     """Totals, images by status and split, rejects, models and the last iteration."""
     c.print(f"workspace {root}: {s.images} images from {s.sources} sources, "
-            f"{s.annotations} annotations, {s.predictions} predictions, {s.tasks} Label Studio tasks")
+            f"{s.annotations} annotations, {s.predictions} predictions, {s.tasks} Label Studio tasks"
+            # after a project was deleted and made again, its old tasks were counted as if live
+            + (f" ({', '.join(f'project {p}: {n}' for p, n in s.tasks_by_project.items())})"
+               if len(s.tasks_by_project) > 1 else ""))
     t = titled("images by status and split")
     splits = ["train", "val", "test"]
     t.add_column("status")
