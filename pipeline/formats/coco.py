@@ -175,8 +175,10 @@ def load(path: str | Path, categories: Sequence[str] | None = None,
             text = ann.get("utf8_string")
             texts.append(text if isinstance(text, str) else "")
         if dropped and not xywh:   # it has annotations, none imported: no human said it holds no text
-            bad(f"images[{k}] ({name}): none of its {dropped} annotation(s) is imported (another or an unknown "
-                "category, or skipped above); not imported as an image without text")
+            if problems is not None:   # (strict, a bad one raised above; other categories are no error)
+                problems.append(f"{path}: images[{k}] ({name}): none of its {dropped} annotation(s) is imported "
+                                "(another or an unknown category, or skipped above); not imported as an image "
+                                "without text")
             continue
         out.append(LabelledImage(image=name, width=w, height=h, boxes=xywh_to_xyxy(np.array(xywh).reshape(-1, 4)),
                                  ignore=ignore, source=path.stem, labels=tuple(labels) if any(labels) else (),
