@@ -245,7 +245,7 @@ def test_stage_results_keep_the_json_keys():
     pulled = PullSummary(new=1, updated=2, removed=0, unchanged=3, labelled=2, empty=1, skipped=0, tasks=4,
                          unknown_tasks=0, project_id=7)
     assert list(pulled.as_dict()) == ["new", "updated", "removed", "unchanged", "labelled", "empty", "skipped",
-                                      "tasks", "unknown_tasks", "project_id", "excluded", "problems"]
+                                      "tasks", "unknown_tasks", "project_id", "excluded", "several_annotators", "problems"]
     assert pulled.counts() == {**pulled.as_dict(), "problems": 0}   # integers (problems counted): the pull iteration's counts
     pushed = PushSummary(project_id=7, model_version="v1", tasks_created=2, predictions_added=0, tasks_updated=0,
                          already_pushed=1, failed=0, order="o", url="u")
@@ -653,3 +653,15 @@ def test_classes_keep_their_positions() -> None:
                            (["logo", "text", "id"], "text,logo,id")):
         with pytest.raises(StudioError, match=f"detector boxes are class 0, 'text'.*--classes {suggested}$"):
             _check_class_positions(1, ["text", "logo", "stamp"] if "stamp" in new else ["text", "logo"], new)
+
+
+def test_a_task_labelled_by_several_people_is_counted() -> None:
+    """Two annotators on one task: pull kept the latest and said nothing of the other. It still
+    keeps one (the policy's), and counts such tasks so the summary says so."""
+    from pipeline.studio.pull import PullSummary, several_people
+
+    alice, bob = {**_ann(1, "2026-01-01T00:00:00Z"), "completed_by": 1}, {**_ann(2, "2026-01-02T00:00:00Z"), "completed_by": 2}
+    alice_again = {**_ann(3, "2026-01-03T00:00:00Z"), "completed_by": 1}
+    assert several_people([alice, bob]) and not several_people([alice, alice_again])
+    assert not several_people([alice, {**bob, "was_cancelled": True}])        # a skip is no second label
+    assert PullSummary(0, 0, 0, 0, 0, 0, 0, 1, 0, 1, several_annotators=1).counts()["several_annotators"] == 1

@@ -53,6 +53,12 @@ def choose(annotations: list[dict[str, Any]], policy: str = "latest") -> dict[st
     return max(cancelled, key=lambda a: (_ts(a.get("updated_at")), int(a.get("id", 0)))) if cancelled else None
 
 
+def several_people(annotations: list[dict[str, Any]]) -> bool:
+    """Whether more than one person submitted a label for the task (skips aside): one label
+    stands for it (`choose`), and the others are not used."""
+    return len({str(a.get("completed_by")) for a in annotations if not a.get("was_cancelled")}) > 1
+
+
 def export_tasks(studio: Studio, project_id: int) -> list[dict[str, Any]]:
     """Every task that has at least one annotation (submitted or cancelled), with its annotations:
     one request (the JSON export). A task missing here has none, so its catalog row goes."""
@@ -78,6 +84,7 @@ class PullSummary:
     unknown_tasks: int         # ... whose image is not in this workspace's catalog
     project_id: int
     excluded: int = 0          # annotations of excluded images (curation): stored, not used for training
+    several_annotators: int = 0   # tasks labelled by more than one person: the policy's one is used
     problems: tuple[str, ...] = ()   # one line per annotation that could not be read (left as it was)
 
     def as_dict(self) -> dict[str, Any]:
@@ -101,7 +108,7 @@ def pull(ws: Workspace, client: Studio | None = None, policy: str = "latest") ->
     except Exception:  # noqa: BLE001 - annotator names are nice to have
         pass
     counts = {"new": 0, "updated": 0, "removed": 0, "unchanged": 0, "labelled": 0, "empty": 0, "skipped": 0,
-              "tasks": len(tasks), "unknown_tasks": 0, "excluded": 0}
+              "tasks": len(tasks), "unknown_tasks": 0, "excluded": 0, "several_annotators": 0}
     now = time.time()
     with ws.catalog() as cat:
         task_image = {tid: image_id for image_id, tid in cat.tasks(project.id).items()}
@@ -118,6 +125,7 @@ def pull(ws: Workspace, client: Studio | None = None, policy: str = "latest") ->
             ann = choose(t.get("annotations") or [], policy)
             if ann is None:
                 continue
+            counts["several_annotators"] += several_people(t.get("annotations") or [])
             w, h, _ = sizes[image_id]
             if ann.get("was_cancelled"):
                 state, det = "skipped", None
