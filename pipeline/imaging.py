@@ -307,9 +307,12 @@ def load_rgb(path: str | Path, page: int = 0, max_side: int | None = None, backg
 
 # --- what a viewer can show ----------------------------------------------------------------
 
+ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")   # Pillow modes with an alpha channel
+
+
 def has_alpha(im: Image.Image) -> bool:
     """True when a Pillow image carries transparency (alpha channel, palette tRNS, colour key)."""
-    return im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
+    return im.mode in ALPHA_MODES or "transparency" in im.info
 
 
 def alpha_to_uint8(alpha: np.ndarray) -> np.ndarray:

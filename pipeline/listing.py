@@ -124,13 +124,18 @@ def open_regular(path: str | Path, inside: str | None = None) -> BinaryIO:
             except OSError:
                 real = os.path.realpath(path)
             if not _inside(real, inside):
-                raise OutsideTree(errno.EXDEV, f"symlink to {real}, outside {inside}; not followed", str(path))
+                raise OutsideTree(errno.EXDEV, _outside(real, inside), str(path))
         flags = fcntl.fcntl(fd, fcntl.F_GETFL)
         fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
         raise
+
+
+def _outside(real: str, root_real: str) -> str:
+    """The detail of an `outside_tree` entry (the listing's and the open's)."""
+    return f"symlink to {real}, outside {root_real}; not followed"
 
 
 def _inside(real: str, root_real: str) -> bool:
@@ -207,7 +212,7 @@ def iter_image_files(root: str | Path, extensions: Collection[str] | None = None
                         continue
                     if not _inside(real, root_real):
                         yield Skipped(path, erel, "outside_tree",
-                                      f"symlink to {real}, outside {root_real}; not followed")
+                                      _outside(real, root_real))
                         continue
                     if is_dir:
                         linked_dirs.append((path, erel))
@@ -305,5 +310,5 @@ def iter_glob(pattern: str, root: str | Path, exclude: Iterable[str | Path] = ()
         rel = Path(os.path.relpath(path, root)).as_posix()
         problem = file_problem(path)
         if problem is None and not _inside(real, root_real):
-            problem = ("outside_tree", f"symlink to {real}, outside {root_real}; not followed")
+            problem = ("outside_tree", _outside(real, root_real))
         yield Skipped(path, rel, *problem) if problem is not None else Listed(path, rel)

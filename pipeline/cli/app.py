@@ -93,6 +93,9 @@ def main() -> None:
     except ImportError:
         Abort = click_exc.Abort  # type: ignore[attr-defined,misc]
 
+    from pipeline.cli.common import REPORTED
+
+    REPORTED.clear()   # this run's own (main runs more than once in one process: tests, notebooks)
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     code: object = 0
     try:
@@ -114,8 +117,6 @@ def main() -> None:
         code = 1              # what rich does when it meets the closed pipe itself
     except SystemExit as exc:
         code = exc.code
-    from pipeline.cli.common import REPORTED
-
     if code == 130 and 130 not in REPORTED:
         # typer turns a Ctrl-C (or SIGTERM) no command caught into exit 130 without a word
         sys.stderr.write("interrupted; rerun the same command to continue\n")

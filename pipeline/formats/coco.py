@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -128,7 +129,7 @@ def load(path: str | Path, categories: Sequence[str] | None = None,
         bad(f"image id {_short(i)} is given to {len(id_names[i])} images ({', '.join(id_names[i][:3])}): "
             "their annotations cannot be told apart; skipped")
     by_image: dict[Any, list[dict[str, Any]]] = {}
-    left_out: dict[Any, int] = {}   # per image: its annotations not imported (another or an unknown category)
+    left_out: Counter = Counter()   # per image: its annotations not imported (another or an unknown category)
     for k, ann in enumerate(data.get("annotations") or []):
         if not isinstance(ann, dict) or "image_id" not in ann or "bbox" not in ann:
             bad(f"annotations[{k}] lacks image_id or bbox")
@@ -140,10 +141,10 @@ def load(path: str | Path, categories: Sequence[str] | None = None,
                                                              or ann["category_id"] not in cats):
             bad(f"annotation {ann.get('id', f'annotations[{k}]')}: category_id {_short(ann.get('category_id'))} is not in "
                 f"'categories' ({', '.join(f'{i}: {n}' for i, n in list(cats.items())[:5])}); skipped")
-            left_out[ann["image_id"]] = left_out.get(ann["image_id"], 0) + 1
+            left_out[ann["image_id"]] += 1
             continue
         if keep_cats is not None and ann.get("category_id") not in keep_cats:
-            left_out[ann["image_id"]] = left_out.get(ann["image_id"], 0) + 1
+            left_out[ann["image_id"]] += 1
             continue
         by_image.setdefault(ann["image_id"], []).append(ann)
     out = []
@@ -160,7 +161,7 @@ def load(path: str | Path, categories: Sequence[str] | None = None,
             bad(f"images[{k}] ({name}): split must be one of {', '.join(SPLITS)}; got {_short(split)}; skipped")
             continue
         xywh, ignore, labels, polys, texts = [], [], [], [], []
-        dropped = left_out.get(im.get("id"), 0) if _hashable(im.get("id")) else 0
+        dropped = left_out[im.get("id")] if _hashable(im.get("id")) else 0
         for ann in by_image.get(im.get("id"), []) if _hashable(im.get("id")) else []:
             bbox = _bbox(ann["bbox"])
             if bbox is None:

@@ -157,8 +157,6 @@ def _place_image(ws: Workspace, row: dict[str, Any], dest_dir: Path) -> str:
 def _check_bytes(digest: str, image_id: str) -> None:
     """OSError when a stored image's bytes no longer hash to its id. Only ids that are sha256s
     (harvest's all are; a catalog filled by hand may use others)."""
-    from pipeline.io import is_image_id
-
     if is_image_id(image_id) and digest != image_id:
         raise OSError("the stored file is damaged (its bytes no longer match the image's sha256)")
 

@@ -46,12 +46,13 @@ def needs_view(ws: Workspace, im: dict[str, Any]) -> bool:
     row cannot tell."""
     if str(im["format"]).upper() not in BROWSER_FORMATS or int(im["bit_depth"] or 8) > 8:
         return True
-    if str(im["mode"]) in ("RGBA", "LA", "PA", "RGBa", "La"):
+    from pipeline.imaging import ALPHA_MODES, has_alpha, open_image
+
+    if str(im["mode"]) in ALPHA_MODES:
         return True
     orientation = int(im["orientation"] or 1)
     if orientation == 1 and str(im["format"]).upper() not in ("PNG", "GIF", "WEBP"):   # no colour key either
         return False
-    from pipeline.imaging import has_alpha, open_image
 
     with open_image(ws.abspath(im["path"])) as pic:
         return has_alpha(pic) or (orientation != 1 and _browser_orientation(pic) != orientation)
