@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFont
+from PIL import Image, ImageDraw, ImageFont
 
 
 def noise_image(seed: int, size: tuple[int, int] = (64, 48), mode: str = "RGB") -> Image.Image:
@@ -62,3 +62,24 @@ def text_font(size: int) -> ImageFont.FreeTypeFont:
     from matplotlib import font_manager
 
     return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size)
+
+
+FAINT_WORDS = ("Patient 48213", "Specimen B-77")
+
+
+def faint_page(level: int, page: int = 255, ink: int = 0, size: tuple[int, int] = (800, 600)
+               ) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    """An RGB page of `page` grey with two lines of ordinary `ink` text, and `FAINT_WORDS` as a
+    footer at grey `level` (244 on 255: a light-grey footer a viewer reads and DB does not see).
+    The footer words' xyxy ink boxes."""
+    w, h = size
+    im = Image.new("RGB", size, (page,) * 3)
+    d = ImageDraw.Draw(im)
+    d.text((40, 40), "Quarterly report of the laboratory", fill=(ink,) * 3, font=text_font(30))
+    d.text((40, 100), "Results are summarised below in full.", fill=(ink,) * 3, font=text_font(22))
+    boxes = []
+    for k, word in enumerate(FAINT_WORDS):
+        at = (40 + k * (w // 2), h - 70)
+        d.text(at, word, fill=(level,) * 3, font=text_font(22))
+        boxes.append(tuple(int(v) for v in d.textbbox(at, word, font=text_font(22))))
+    return np.asarray(im), boxes

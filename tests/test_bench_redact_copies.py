@@ -13,10 +13,16 @@ from PIL import Image
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_redact.py"
 
 
-def test_copies_of_images_outside_the_set_stay_under_work(tmp_path: Path) -> None:
+def _load():
+    """scripts/bench_redact.py as a module."""
     spec = importlib.util.spec_from_file_location("bench_redact", SCRIPT)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    return mod
+
+
+def test_copies_of_images_outside_the_set_stay_under_work(tmp_path: Path) -> None:
+    mod = _load()
     elsewhere = tmp_path / "photos" / "a.jpg"          # a record pointing out of its source folder
     elsewhere.parent.mkdir()
     Image.fromarray(np.full((20, 30, 3), 200, np.uint8)).save(elsewhere)
@@ -32,9 +38,7 @@ def test_copies_of_images_outside_the_set_stay_under_work(tmp_path: Path) -> Non
 
 
 def test_two_images_with_the_same_name_get_two_copies(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("bench_redact", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _load()
     src = tmp_path / "set" / "scene"
     for i, folder in enumerate(("images", "more")):
         (src / folder).mkdir(parents=True)
@@ -49,9 +53,7 @@ def test_two_images_with_the_same_name_get_two_copies(tmp_path: Path) -> None:
 
 def test_two_bundles_with_the_same_file_name_keep_two_results() -> None:
     """Every benchmark run writes its model as bundle.zip: two of them must not share a result row."""
-    spec = importlib.util.spec_from_file_location("bench_redact", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _load()
     labels: list[str] = []
     for name in ("default", "/runs/a/bundle.zip", "/runs/b/bundle.zip", "/runs/b/bundle.zip@1"):
         labels.append(mod.unique_label(name, labels))
@@ -63,9 +65,7 @@ def test_gaps_split_lost_coverage_and_over_redaction_by_where_they_are() -> None
     from pipeline.boxes import union_mask
     from pipeline.formats import LabelledImage
 
-    spec = importlib.util.spec_from_file_location("bench_redact", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _load()
     rec = LabelledImage("a.png", 100, 60, boxes=[[10, 10, 30, 20], [60, 10, 80, 20]])
     red = np.zeros((60, 100), bool)
     red[10:20, 10:28] = True        # word 1: 18 of 20 columns covered -> 20 px uncovered at a found word
@@ -82,9 +82,7 @@ def _two_labels(tmp_path: Path, cover: int):
 
     from pipeline.synth import available_fonts
 
-    spec = importlib.util.spec_from_file_location("bench_redact", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _load()
     font = ImageFont.truetype(str(available_fonts()[0]), 40)
     img = Image.new("RGB", (640, 240), (235, 235, 235))
     draw = ImageDraw.Draw(img)
@@ -139,9 +137,7 @@ def test_devset_leak_names_the_words_ocr_still_reads(tmp_path: Path) -> None:
 def test_edge_labels_lie_where_their_kind_says() -> None:
     """The edge-label set's labels are cut by, touch, or stay the stated px inside their edge,
     one edge after another: what its per-kind coverage is reported by."""
-    spec = importlib.util.spec_from_file_location("bench_redact", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _load()
     recs = mod.edge_label_set(12)
     assert {r.kinds[0] for r in recs} <= {mod.edge_cut_kind(c) for c in mod.EDGE_CUTS}
     for i, r in enumerate(recs):
@@ -161,9 +157,7 @@ def test_edge_labels_lie_where_their_kind_says() -> None:
 def test_the_verify_audit_reads_the_fill_users_get() -> None:
     """A measuring run fills with magenta; its `--verify` audit must read the output as users see
     it (black fill), or it leaves what OCR reads beside black."""
-    spec = importlib.util.spec_from_file_location("bench_redact", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _load()
 
     class Seen:
         version, min_chars = "r1", 3
@@ -186,9 +180,7 @@ def test_the_verify_audit_reads_the_fill_users_get() -> None:
 
 
 def test_ground_truth_is_read_in_place_on_its_polygon_where_it_has_one() -> None:
-    spec = importlib.util.spec_from_file_location("bench_redact", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _load()
     boxes = np.array([[10, 10, 110, 40], [0, 0, 100, 100], [5, 5, 25, 15]], float)
     tilted = (0.0, 50.0, 50.0, 0.0, 100.0, 50.0, 50.0, 100.0)      # a diamond inside the second box
     q = mod.gt_quads(boxes, [(), tilted, None])
@@ -196,3 +188,27 @@ def test_ground_truth_is_read_in_place_on_its_polygon_where_it_has_one() -> None
     np.testing.assert_allclose(sorted(map(tuple, q[1])), sorted([(0, 50), (50, 0), (100, 50), (50, 100)]), atol=1e-3)
     np.testing.assert_allclose(q[2], [[5, 5], [25, 5], [25, 15], [5, 15]])
     assert mod.gt_quads(boxes[:1]).shape == (1, 4, 2)                             # no polygons at all
+
+
+def test_the_faint_set_holds_faint_words_a_viewer_reads(tmp_path: Path) -> None:
+    """The benchmark's faint pages: each counted word is 4-20 levels off its paper, beside
+    full-contrast text, and the recogniser reads it in place in the original (a set whose words
+    nobody reads would pass its leak goal by measuring nothing)."""
+    from pipeline.legibility import Reader, spells
+
+    mod = _load()
+    cases = mod.make_faint_set(tmp_path, n=3)
+    reader, read, total = Reader(), 0, 0
+    for name, mask, words, boxes in cases:
+        grey = np.asarray(Image.open(tmp_path / name).convert("L")).astype(int)
+        paper = int(np.bincount(grey.ravel()).argmax())
+        assert (np.abs(grey - paper) > 200).any()                     # ordinary text on the page too
+        for m_box in boxes.astype(int):
+            x0, y0, x1, y1 = m_box
+            step = np.abs(grey[y0:y1, x0:x1][mask[y0:y1, x0:x1]] - paper).max()
+            assert 3 <= step <= 22, (name, step)                      # ... and the words faint
+        quads = np.array([[[a - 4, b - 4], [c + 4, b - 4], [c + 4, d + 4], [a - 4, d + 4]] for a, b, c, d in boxes], float)
+        rgb = np.asarray(Image.open(tmp_path / name).convert("RGB"))
+        read += sum(spells(w, [t]) for w, (t, _) in zip(words, reader.read_quads(rgb, quads)))
+        total += len(words)
+    assert read >= 0.8 * total, (read, total)

@@ -368,12 +368,12 @@ def test_a_promoted_tuned_model_gets_the_small_text_pass_too(tmp_path, ws, reade
         if name == "default":   # the summary says which passes ran, and what the model scored
             assert summary.model["passes"] == {"scales": [1.0, 2.5], "refine": "small", "scale_max_side": None,
                                                "large_text_side": 640, "edge_strip": 128, "edge_scale": 2.0,
-                                               "colour_text": 16}
+                                               "colour_text": 16, "faint_text": 6}
             assert summary.model["validation_coverage"] == pytest.approx(0.9)
             assert _describe_model(summary.model) == (" (validation coverage 0.900 at the budget, validation when trained; "
                                                       "1x + 2.5x on small-text cells, "
                                                       "large text at 640 px, edge strips 64 px deep at 2x, "
-                                                      "coloured text on grey images)")
+                                                      "coloured text on grey images, faint text on pages)")
         else:
             assert _describe_model(summary.model).endswith("; one 1x pass, large text at 640 px)")
     assert runs["one"][0] == version and runs["default"][0].startswith(version + "+")
@@ -585,6 +585,38 @@ def test_a_coloured_watermark_on_a_grey_micrograph_is_covered(tmp_path, reader):
     assert (ink & (out == FILL).all(-1)).sum() >= 0.95 * ink.sum()
     texts = " ".join(r.text for r in reader.read_views([out])).upper()
     assert "NOT" not in texts and "CO" not in texts and "DO" not in texts, texts   # ... not in the output
+
+
+@pytest.mark.parametrize("page,ink,level", [(255, 0, 244), (255, 0, 251), (0, 255, 10)])
+def test_a_faint_footer_on_a_page_of_black_text_is_covered(tmp_path, reader, page, ink, level):
+    """A light-grey footer (244 on a white page of black text; 251, four levels off; 10 on a
+    black page of white text) was left legible by the default redact, and `--verify` passed it:
+    DB sees nothing from about 12 levels off the page, the audit's OCR runs DB, and the
+    whole-picture levels view does not fire on a page holding full-contrast ink. Judged as a
+    viewer does: the recogniser reads each footer word's own crop, in the input and the output."""
+    from pipeline.detectors import load_detector
+    from pipeline.legibility import spells
+    from pipeline.redact.run import pass_options
+    from tests.imagegen import FAINT_WORDS, faint_page
+
+    rgb, boxes = faint_page(level, page, ink)
+    src = tmp_path / "page.png"
+    Image.fromarray(rgb).save(src)
+    quads = np.array([[[x0 - 4, y0 - 4], [x1 + 4, y0 - 4], [x1 + 4, y1 + 4], [x0 - 4, y1 + 4]] for x0, y0, x1, y1 in boxes], float)
+
+    def legible(img: np.ndarray) -> list[str]:
+        return [w for w, (text, _) in zip(FAINT_WORDS, reader.read_quads(img, quads)) if spells(w, [text])]
+
+    assert legible(rgb) == list(FAINT_WORDS)     # a viewer reads the footer ...
+    default = load_detector("ppocr").with_options(**pass_options())
+    assert default.config.faint_text > 0
+    redact_file(src, tmp_path / "without.png", default.with_options(faint_text=0))
+    assert legible(np.asarray(Image.open(tmp_path / "without.png").convert("RGB")))   # ... every other pass leaves it
+    redact_file(src, tmp_path / "out.png", default)
+    out = np.asarray(Image.open(tmp_path / "out.png").convert("RGB"))
+    assert legible(out) == []
+    for x0, y0, x1, y1 in boxes:
+        assert (out[y0:y1, x0:x1] == FILL).all(-1).mean() > 0.95
 
 
 def test_small_text_on_a_large_image_is_covered(tmp_path, reader):

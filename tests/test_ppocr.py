@@ -97,6 +97,8 @@ def test_the_summary_names_the_passes_that_ran() -> None:
     # the depth is in px at the strips' scale: the summary gives it in the image's
     assert said([1.0], edge=128, edge_scale=2.0) == " (one 1x pass, edge strips 64 px deep at 2x)"
     assert _describe_model({"passes": {"scales": [1.0], "colour_text": 16}}) == " (one 1x pass, coloured text on grey images)"
+    assert _describe_model({"passes": {"scales": [1.0], "colour_text": 16, "faint_text": 10}}) \
+        == " (one 1x pass, coloured text on grey images, faint text on pages)"
 
 
 def test_merge_boxes_unions_line_pieces_and_duplicates() -> None:
@@ -277,6 +279,65 @@ def test_colour_view_shows_coloured_strokes_of_grey_images_as_ink() -> None:
     with pytest.raises(ValueError, match="min_chroma"):
         colour_view(marked, 0)   # 0 is "off" for the option: the view cannot be made with it
     assert load_detector("ppocr", colour_text=16).version != load_detector("ppocr").version
+
+
+def test_faint_view_shows_a_pages_faint_marks_as_ink() -> None:
+    """The faint pass's view: a light-grey footer (244 on a white page that also holds black
+    text) is black ink on white in it, inside one of its windows; dark pages too (10 on black
+    under white text). Nothing to look at on a page without faint marks (the black text's
+    anti-aliased rims are not marks), or on a photo-like image (no page: texture everywhere)."""
+    import cv2
+
+    from pipeline.detectors.ppocr import PPOCRConfig, faint_view
+    from tests.imagegen import faint_page
+
+    for page, ink, level in ((255, 0, 244), (0, 255, 10)):
+        rgb, boxes = faint_page(level, page, ink)
+        bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+        view, marks, wins = faint_view(bgr, 6)
+        assert view.shape == bgr.shape
+        for x0, y0, x1, y1 in boxes:
+            assert any(a <= x0 and b <= y0 and c >= x1 and d >= y1 for a, b, c, d in wins), (boxes, wins)
+            assert marks[y0:y1, x0:x1].sum() >= 30
+            strokes = np.abs(rgb[y0:y1, x0:x1, 0].astype(int) - page) >= abs(level - page) - 1
+            assert (view[y0:y1, x0:x1, 0][strokes] < 100).mean() > 0.8   # the footer: plain ink
+        assert (view[rgb[..., 0] == page] == 255).all()                    # the page: white
+        plain, _ = faint_page(page, page, ink)                             # the "footer" at the page's level
+        assert faint_view(cv2.cvtColor(plain, cv2.COLOR_RGB2BGR), 6) is None
+    noisy = np.random.default_rng(0).normal(128, 20, (300, 400)).clip(0, 255).astype(np.uint8)
+    assert faint_view(np.repeat(noisy[..., None], 3, 2), 6) is None
+    with pytest.raises(ValueError, match="faint_text"):
+        PPOCRConfig(faint_text=300)
+    with pytest.raises(ValueError, match="step"):
+        faint_view(bgr, 0)   # 0 is "off" for the option: the view cannot be made with it
+    assert load_detector("ppocr", faint_text=6).version != load_detector("ppocr").version
+
+
+def test_the_faint_pass_adds_the_faint_words_and_leaves_found_ink_alone() -> None:
+    """With the faint pass the footer is found, and nothing the other passes found changes: the
+    view shows the page's grey print (40 levels off the page: faint marks too, like a receipt's)
+    fatter, and boxes of it would only add over-redaction."""
+    import cv2
+
+    from pipeline.boxes import quads_mask
+    from tests.imagegen import faint_page
+
+    rgb, boxes = faint_page(244, ink=215)
+    plain = PPOCRDetector(threads=1).detect_one(rgb)
+    faint = PPOCRDetector(faint_text=6, threads=1).detect_one(rgb)
+    h, w = rgb.shape[:2]
+    covered = quads_mask(faint.quads, w, h)
+    for x0, y0, x1, y1 in boxes:
+        assert not quads_mask(plain.quads, w, h)[y0:y1, x0:x1].any()    # DB alone sees none of it
+        assert covered[y0:y1, x0:x1].mean() > 0.95
+    assert len(faint) == len(plain) + len(boxes) or len(faint) == len(plain) + 1   # a footer line or its two words
+    for b in plain.boxes:   # the grey print's boxes unchanged ...
+        assert iou_matrix(b[None], faint.boxes).max() > 0.99
+    # ... and the pass itself adds nothing over it (merging hid that here; on the devset's
+    # receipts such finds spanned words boxed one by one and added 0.015 of the image)
+    added = np.concatenate([q for q, _ in PPOCRDetector(faint_text=6, threads=1)._faint_pass(
+        cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), 1.0, [plain.quads])])
+    assert len(added) == len(boxes) and all(q[:, 1].min() > 500 for q in added), added
 
 
 def test_the_colour_pass_keeps_words_not_dots_of_colour() -> None:

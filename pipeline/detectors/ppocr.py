@@ -103,6 +103,14 @@ class PPOCRConfig:
     # at the first pass's scale, on a view where chroma is ink: white where grey, black from 1.5x
     # this above the background (0: off).
     colour_text: int = 0
+    # Faint text on a page (a light-grey footer at 244 on a white page of black text, a pale
+    # "CONFIDENTIAL"): a viewer reads it, DB sees nothing from about 12 levels off the page, and
+    # the whole-picture levels view (`imaging.levels_view`) does not fire on a page that also
+    # holds full-contrast ink. On a page (`FAINT_PAGE_SHARE` of its pixels at one grey level) with
+    # word-like marks `FAINT_MIN_STEP`-`FAINT_MAX_STEP` levels off it, away from ordinary ink, the
+    # first pass runs once more on windows around them, on a view where the distance from the
+    # page is ink: black from this many levels off it (see `faint_view`; 0: off).
+    faint_text: int = 0
     threads: int = 2               # onnxruntime intra-op threads
     model_path: str = ""           # default: the model inside the rapidocr wheel
 
@@ -132,7 +140,7 @@ _RANGES: dict[str, tuple[float, float, type]] = {
     "refine_thresh": (0.0, 1.0, float), "refine_max_height": (1.0, 10000.0, float), "refine_edges": (0, 255, int),
     "refine_cell": (16, 8192, int), "refine_margin": (0, 8192, int), "refine_continue": (0.0, 1000.0, float),
     "refine_whole": (0.0, 1000.0, float), "edge_strip": (0, 4096, int), "edge_border": (0, 1024, int),
-    "edge_scale": (0.25, MAX_SCALE, float), "colour_text": (0, 255, int),
+    "edge_scale": (0.25, MAX_SCALE, float), "colour_text": (0, 255, int), "faint_text": (0, 255, int),
     "threads": (1, 1024, int),
     "large_text_side": (0, 16384, int), "large_text_trigger": (1.0, 16384.0, float), "large_text_keep": (0.0, 16384.0, float),
     "large_text_share": (0.0, 1.0, float),
@@ -149,6 +157,8 @@ SMALL_WINDOWS_REVISION = 3
 EDGE_STRIP_REVISION = 3
 # How `colour_view` makes its view; raised when that changes, as the two above.
 COLOUR_VIEW_REVISION = 1
+# How `faint_view` finds and shows faint marks; raised when that changes, as above.
+FAINT_VIEW_REVISION = 1
 
 
 def config_version(base: str, config: PPOCRConfig, skip: tuple[str, ...] = ()) -> str:
@@ -169,6 +179,8 @@ def config_version(base: str, config: PPOCRConfig, skip: tuple[str, ...] = ()) -
         changed.pop("edge_scale", None)
     if config.colour_text:
         changed["colour_view_revision"] = COLOUR_VIEW_REVISION
+    if config.faint_text:
+        changed["faint_view_revision"] = FAINT_VIEW_REVISION
     if not config.large_text_side:   # off: how it would run changes nothing
         for k in ("large_text_trigger", "large_text_keep", "large_text_share"):
             changed.pop(k, None)
@@ -300,7 +312,8 @@ class PPOCRDetector:
         return {"scales": list(c.scales), "refine": c.refine if len(c.scales) > 1 else None,
                 "scale_max_side": (c.scale_max_side or None) if len(c.scales) > 1 else None,
                 "large_text_side": c.large_text_side or None, "edge_strip": c.edge_strip or None,
-                "edge_scale": c.edge_scale if c.edge_strip else None, "colour_text": c.colour_text or None}
+                "edge_scale": c.edge_scale if c.edge_strip else None, "colour_text": c.colour_text or None,
+                "faint_text": c.faint_text or None}
 
     def cache_maps(self, on: bool = True) -> None:
         """Keep each input's probability map in memory (validation grids; off by default). Turning
@@ -478,27 +491,43 @@ class PPOCRDetector:
 
     def _colour_pass(self, bgr: np.ndarray, scale: float) -> list[tuple[np.ndarray, np.ndarray]]:
         """The first pass again on `colour_view` of a grey image's coloured marks (see
-        `colour_text`), over the window that holds them; what it finds is kept when it is at
-        least `COLOUR_MIN_ASPECT` times as long as it is tall (a word: a star field's coloured
-        dots are boxed one by one) and holds strokes: its mean edge strength in the view (3x3
-        morphological gradient, 0-255) at least `COLOUR_MIN_EDGES` (DB boxed the smooth blue of
-        a shadow on a wall and two pale arrow outlines in the devset's photos: 5-20; faint
-        watermarks' boxes 32-37, others more)."""
+        `colour_text`), over the window that holds them; what it finds is kept when it is a word
+        holding strokes (`_words_with_strokes`)."""
         view = colour_view(bgr, self.config.colour_text)
         if view is None:
             return []
         ink, (x0, y0, x1, y1) = view
         found: list[tuple[np.ndarray, np.ndarray]] = []
         self._pass(ink, scale, self._tiled(x1 - x0, y1 - y0, scale), x0, y0, found)
+        return [_words_with_strokes(q, s, ink, (x0, y0)) for q, s in found]
+
+    def _faint_pass(self, bgr: np.ndarray, scale: float, seen: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The first pass again on `faint_view` of a page's faint marks (see `faint_text`), in
+        windows around them; what it finds is kept as the colour pass keeps its finds (words
+        holding strokes) when it also holds `FAINT_MIN_AREA` px of the marks outside the quads
+        found so far (`seen`): the view shows the page's ordinary ink too, grown fatter, and grey
+        print (a receipt's) is all marks, yet boxed already."""
+        view = faint_view(bgr, self.config.faint_text)
+        if view is None:
+            return []
+        ink, marks, wins = view
+        h, w = marks.shape
+        seen_q = np.concatenate(seen) if seen else np.zeros((0, 4, 2))
+        covered = quads_mask(seen_q, w, h) if len(seen_q) else np.zeros((h, w), bool)
+        marks = marks & ~covered
         out: list[tuple[np.ndarray, np.ndarray]] = []
-        grad = _edges(ink) if any(len(q) for q, _ in found) else None
-        for q, s in found:   # words, not the dots of a star field: DB boxes each coloured dot
-            _, _, eu, ev = quad_frames(q)
-            keep = (eu[:, 1] - eu[:, 0]) >= COLOUR_MIN_ASPECT * (ev[:, 1] - ev[:, 0])
-            for i in np.flatnonzero(keep):   # strokes in it, not a smooth tint
-                m = quads_mask(q[i:i + 1] - np.array([x0, y0]), x1 - x0, y1 - y0)
-                keep[i] = m.any() and grad[m].mean() >= COLOUR_MIN_EDGES
-            out.append((q[keep], s[keep]))
+        for x0, y0, x1, y1 in wins:
+            found: list[tuple[np.ndarray, np.ndarray]] = []
+            win = np.ascontiguousarray(ink[y0:y1, x0:x1])
+            self._pass(win, scale, self._tiled(x1 - x0, y1 - y0, scale), int(x0), int(y0), found)
+            here, done = marks[y0:y1, x0:x1], covered[y0:y1, x0:x1]
+            for q, s in found:
+                q, s = _words_with_strokes(q, s, win, (int(x0), int(y0)))
+                keep = np.zeros(len(q), bool)
+                for i in range(len(q)):   # new text, not ink found already and shown fatter
+                    m = quads_mask(q[i:i + 1] - np.array([x0, y0]), x1 - x0, y1 - y0)
+                    keep[i] = np.count_nonzero(here[m]) >= FAINT_MIN_AREA and done[m].mean() <= FAINT_MAX_SEEN
+                out.append((q[keep], s[keep]))
         return out
 
     def small_text_windows(self, prob: np.ndarray, w: int, h: int, bgr: np.ndarray | None = None,
@@ -550,27 +579,14 @@ class PPOCRDetector:
                 cand.append(_not_inside(np.stack([x0, y0, x0 + bw, y0 + bh], 1)[keep], found))
         cand = [x for x in cand if len(x)]
         cell, m = max(32, int(c.refine_cell)), int(c.refine_margin)
-        gw, gh = -(-w // cell), -(-h // cell)
-        grid = np.zeros((gh, gw), bool)
-        if cand:
-            b = np.concatenate(cand)
-            cx = np.clip(((b[:, 0] + b[:, 2]) / 2 // cell).astype(int), 0, gw - 1)
-            cy = np.clip(((b[:, 1] + b[:, 3]) / 2 // cell).astype(int), 0, gh - 1)
-            grid[cy, cx] = True
+        grid = _cell_grid(np.concatenate(cand) if cand else np.zeros((0, 4)), cell, w, h)
+        gw, gh = grid.shape[1], grid.shape[0]
         if c.refine_continue and found is not None and len(found) and grad is not None:
             for x0, y0, x1, y1, _side in _runs_on(grad, np.asarray(found, np.float64).reshape(-1, 4),
                                                  c.refine_max_height, c.refine_continue, floor=2 * texture):
                 r = int(min(gh - 1, (y0 + y1) / 2 // cell))
                 grid[r, int(max(0, x0) // cell):int(min(w - 1, x1) // cell) + 1] = True
-        if not grid.any():
-            return np.zeros((0, 4), np.int64)
-        wins = []
-        for gy in range(gh):   # one window per run of marked cells in a row, plus the margin
-            row = np.concatenate([[False], grid[gy], [False]]).astype(np.int8)
-            edges = np.flatnonzero(np.diff(row))
-            for a, e in zip(edges[::2], edges[1::2]):
-                wins.append([max(0, a * cell - m), max(0, gy * cell - m), min(w, e * cell + m), min(h, (gy + 1) * cell + m)])
-        return np.asarray(wins, np.int64).reshape(-1, 4)
+        return _row_windows(grid, cell, m, w, h)
 
     def detect_one(self, image: np.ndarray) -> Detections:
         """Detections for one upright uint8 RGB (or grey) image."""
@@ -608,6 +624,8 @@ class PPOCRDetector:
                 found += self._edge_pass(bgr, scale * c.edge_scale, quad_to_xyxy(np.concatenate(seen)) if seen else None)
             if k == 0 and c.colour_text:
                 found += self._colour_pass(bgr, scale)
+            if k == 0 and c.faint_text:
+                found += self._faint_pass(bgr, scale, [q for q, _ in found + large])
         first_map.clear()
         found += large
         all_quads = np.concatenate([q for q, _ in found]) if found else np.zeros((0, 4, 2))
@@ -711,6 +729,98 @@ def colour_view(bgr: np.ndarray, min_chroma: int) -> tuple[np.ndarray, tuple[int
     # must stay white (amplified, it made DB box 481 "words" on one generated micrograph)
     ink = 255 - cv2.convertScaleAbs(cv2.subtract(chroma[y0:y1, x0:x1], floor + t // 2), alpha=255.0 / t)
     return cv2.cvtColor(ink, cv2.COLOR_GRAY2BGR), (x0, y0, x1, y1)
+
+
+def _words_with_strokes(q: np.ndarray, s: np.ndarray, view: np.ndarray, at: tuple[int, int]
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Of a made-up view's finds (quads `q` in image px, scores `s`; `view` is the BGR window at
+    image offset `at`), the words holding strokes: at least `COLOUR_MIN_ASPECT` times as long as
+    tall (a star field's coloured dots, a page's specks are boxed one by one) and a mean edge
+    strength in the view of at least `COLOUR_MIN_EDGES` (DB boxed the smooth blue of a shadow on
+    a wall and two pale arrow outlines in the devset's photos: 5-20; faint watermarks' boxes
+    32-37, others more)."""
+    if not len(q):
+        return q, s
+    _, _, eu, ev = quad_frames(q)
+    keep = (eu[:, 1] - eu[:, 0]) >= COLOUR_MIN_ASPECT * (ev[:, 1] - ev[:, 0])
+    grad = _edges(view)
+    vh, vw = view.shape[:2]
+    for i in np.flatnonzero(keep):
+        m = quads_mask(q[i:i + 1] - np.array(at), vw, vh)
+        keep[i] = m.any() and grad[m].mean() >= COLOUR_MIN_EDGES
+    return q[keep], s[keep]
+
+
+def _cell_grid(boxes: np.ndarray, cell: int, w: int, h: int) -> np.ndarray:
+    """The (rows, cols) bool grid of `cell`-px cells of a w x h image in which the centre of
+    some xyxy box lies."""
+    gw, gh = -(-w // cell), -(-h // cell)
+    grid = np.zeros((gh, gw), bool)
+    if len(boxes):
+        b = np.asarray(boxes, np.float64)
+        cx = np.clip(((b[:, 0] + b[:, 2]) / 2 // cell).astype(int), 0, gw - 1)
+        cy = np.clip(((b[:, 1] + b[:, 3]) / 2 // cell).astype(int), 0, gh - 1)
+        grid[cy, cx] = True
+    return grid
+
+
+def _row_windows(grid: np.ndarray, cell: int, margin: int, w: int, h: int) -> np.ndarray:
+    """Integer xyxy windows: one per run of marked cells in a row of `grid`, with `margin` px of
+    context (no union rectangles: a pass's cost follows the marked area)."""
+    wins = []
+    for gy in range(grid.shape[0]):
+        row = np.concatenate([[False], grid[gy], [False]]).astype(np.int8)
+        edges = np.flatnonzero(np.diff(row))
+        for a, e in zip(edges[::2], edges[1::2]):
+            wins.append([max(0, a * cell - margin), max(0, gy * cell - margin),
+                         min(w, e * cell + margin), min(h, (gy + 1) * cell + margin)])
+    return np.asarray(wins, np.int64).reshape(-1, 4)
+
+
+# `faint_view`: a page has this share of its pixels within 2 levels of its commonest grey (the
+# devset's forms 0.74-0.94 and receipts up to 0.84; its photos at most 0.17, a Hubble deep field
+# 0.34); faint marks lie this many levels off it (1-2 is JPEG and scanner noise; more than the
+# most is ordinary ink, which DB sees), at least this far (px) from ordinary ink (its
+# anti-aliasing and JPEG ringing are a few levels off the page too), in specks of this many px
+FAINT_PAGE_SHARE = 0.5
+FAINT_MIN_STEP = 3
+FAINT_MAX_STEP = 48
+FAINT_CLEAR = 3
+FAINT_MIN_AREA = 16
+FAINT_MAX_SEEN = 0.25   # a find this much inside quads found already is that ink, shown fatter
+FAINT_CELL = 192     # marks choose cells of this size; each row run of them is a window ...
+FAINT_MARGIN = 32    # ... with this much context
+
+
+def faint_view(bgr: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """A page's distance from its background as black ink on white (white at the page's own
+    level and its noise, black from `step` levels off it, BGR), the bool mask of its faint marks,
+    and the xyxy windows that hold them; None when the image is not a page or has no such marks
+    (see `faint_text`). Text at 244 on a white page of black text is plain black here."""
+    import cv2
+
+    if not 1 <= int(step) <= 255:
+        raise ValueError(f"step must be 1-255, got {step}")
+    grey = bgr if bgr.ndim == 2 else cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    h, w = grey.shape
+    hist = np.bincount(grey.ravel(), minlength=256)
+    page = int(hist.argmax())
+    if hist[max(0, page - 2):page + 3].sum() < FAINT_PAGE_SHARE * grey.size:
+        return None
+    off = cv2.absdiff(cv2.blur(grey, (3, 3)), np.full_like(grey, page))
+    strong = (off > FAINT_MAX_STEP).astype(np.uint8)
+    clear = 1 - cv2.dilate(strong, np.ones((2 * FAINT_CLEAR + 1, 2 * FAINT_CLEAR + 1), np.uint8))
+    marks = ((off >= FAINT_MIN_STEP) & (strong == 0)).astype(np.uint8) & clear
+    n, _, stats, _ = cv2.connectedComponentsWithStats(marks, connectivity=8)
+    st = stats[1:]
+    keep = (st[:, 4] >= FAINT_MIN_AREA) & (st[:, 3] >= 4)
+    if not keep.any():
+        return None
+    boxes = np.stack([st[:, 0], st[:, 1], st[:, 0] + st[:, 2], st[:, 1] + st[:, 3]], 1)[keep]
+    wins = _row_windows(_cell_grid(boxes, FAINT_CELL, w, h), FAINT_CELL, FAINT_MARGIN, w, h)
+    raw = cv2.absdiff(grey, np.full_like(grey, page))
+    ink = 255 - cv2.convertScaleAbs(cv2.subtract(raw, 1), alpha=255.0 / max(1, int(step) - 1))
+    return cv2.cvtColor(ink, cv2.COLOR_GRAY2BGR), marks.astype(bool), wins
 
 
 def _edges(bgr: np.ndarray) -> np.ndarray:

@@ -68,6 +68,10 @@ DEFAULT_EDGE_SCALE = 2.0
 # 0-255): a purple "DO NOT COPY" at 30 % over a micrograph stayed legible, as DB sees brightness;
 # with it 0 of 102 overlays legible, ink 0.817 -> 0.844 (twenty-ninth session; README)
 DEFAULT_COLOUR_TEXT = 16
+# ... and a pass over a page's faint marks (`PPOCRConfig.faint_text`: black from this many levels
+# off the page): a light-grey footer at 244 on a white page of black text stayed legible (DB sees
+# nothing from about 12 levels off), and `--verify` passed it (its OCR runs DB too)
+DEFAULT_FAINT_TEXT = 6
 DEFAULT_REVIEW_BAND = (0.3, 0.4)   # holds 26 % of devset images with ppocr (0.3-0.6 would hold 58 %)
 # --verify covers what the OCR audit still reads, then reads again, this many times (the demo's
 # immunohistochemistry sample: the detector covered half of a faint date stamp, OCR read "8:51"
@@ -725,7 +729,8 @@ def pass_options(scales: Sequence[float] = DEFAULT_PPOCR_SCALES, refine: str = D
     if scales == (1.0,):   # `--scales 1`: the one plain pass, asked for by name
         return {"scales": scales}
     return {"scales": scales, "refine": refine,
-            "edge_strip": DEFAULT_EDGE_STRIP, "edge_scale": DEFAULT_EDGE_SCALE, "colour_text": DEFAULT_COLOUR_TEXT}
+            "edge_strip": DEFAULT_EDGE_STRIP, "edge_scale": DEFAULT_EDGE_SCALE, "colour_text": DEFAULT_COLOUR_TEXT,
+            "faint_text": DEFAULT_FAINT_TEXT}
 
 
 def bundle_pass_options(path: str, scales: Sequence[float] | None = None) -> dict[str, Any]:
