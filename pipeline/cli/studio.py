@@ -214,7 +214,8 @@ def pull_cmd(
                 + (f"; {res.unknown_tasks} annotated task(s) whose image is not in this workspace (left alone)"
                    if res.unknown_tasks else ""))
         if res.several_annotators:   # one label stands for a task; a disagreement went by unseen
-            c.print(f"{res.several_annotators} task(s) labelled by more than one person: the {policy} label of each "
+            ids = ", ".join(map(str, res.several_annotator_tasks[:20])) + (", ..." if res.several_annotators > 20 else "")
+            c.print(f"{res.several_annotators} task(s) labelled by more than one person (task {ids}): the {policy} label of each "
                     f"is used ({'--policy first' if policy == 'latest' else '--policy latest'} for the "
                     f"{'first' if policy == 'latest' else 'latest'}; a ground-truth label always wins)", highlight=False)
         for line in res.problems:

@@ -85,6 +85,7 @@ class PullSummary:
     project_id: int
     excluded: int = 0          # annotations of excluded images (curation): stored, not used for training
     several_annotators: int = 0   # tasks labelled by more than one person: the policy's one is used
+    several_annotator_tasks: tuple[int, ...] = ()   # ... their Label Studio task ids, to look at
     problems: tuple[str, ...] = ()   # one line per annotation that could not be read (left as it was)
 
     def as_dict(self) -> dict[str, Any]:
@@ -116,6 +117,7 @@ def pull(ws: Workspace, client: Studio | None = None, policy: str = "latest") ->
         sizes = {r["id"]: (int(r["width"]), int(r["height"]), r["status"]) for r in cat.images()}
         rows: dict[str, tuple] = {}
         problems: list[str] = []
+        several: list[int] = []
         unreadable: set[str] = set()   # their catalog rows stay as they are (not "removed")
         for t in tasks:
             image_id = task_image.get(int(t["id"])) or (t.get("data") or {}).get("image_id")
@@ -125,7 +127,9 @@ def pull(ws: Workspace, client: Studio | None = None, policy: str = "latest") ->
             ann = choose(t.get("annotations") or [], policy)
             if ann is None:
                 continue
-            counts["several_annotators"] += several_people(t.get("annotations") or [])
+            if several_people(t.get("annotations") or []):
+                counts["several_annotators"] += 1
+                several.append(int(t["id"]))
             w, h, _ = sizes[image_id]
             if ann.get("was_cancelled"):
                 state, det = "skipped", None
@@ -171,7 +175,8 @@ def pull(ws: Workspace, client: Studio | None = None, policy: str = "latest") ->
                     cat.set_status(image_id, _status_after_removal(cat, image_id, image_id in on_server),
                                    only_from=(*HUMAN_LABELLED, ImageStatus.SKIPPED))
                     counts["removed"] += 1
-    return PullSummary(**counts, project_id=project.id, problems=tuple(problems))
+    return PullSummary(**counts, project_id=project.id, several_annotator_tasks=tuple(sorted(several)),
+                       problems=tuple(problems))
 
 
 def _status_after_removal(cat: Any, image_id: str, task_exists: bool) -> ImageStatus:
