@@ -504,9 +504,10 @@ class PPOCRDetector:
     def _faint_pass(self, bgr: np.ndarray, scale: float, seen: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         """The first pass again on `faint_view` of a page's faint marks (see `faint_text`), in
         windows around them; what it finds is kept as the colour pass keeps its finds (words
-        holding strokes) when it also holds `FAINT_MIN_AREA` px of the marks outside the quads
-        found so far (`seen`): the view shows the page's ordinary ink too, grown fatter, and grey
-        print (a receipt's) is all marks, yet boxed already."""
+        holding strokes) when it is new text: at most `FAINT_MAX_SEEN` inside the quads found so
+        far (`seen`; the view shows the page's ordinary ink too, grown fatter, and a receipt's
+        grey print is all marks, yet boxed already) and holding `FAINT_MIN_AREA` px of the marks
+        outside them."""
         view = faint_view(bgr, self.config.faint_text)
         if view is None:
             return []
@@ -526,7 +527,7 @@ class PPOCRDetector:
                 keep = np.zeros(len(q), bool)
                 for i in range(len(q)):   # new text, not ink found already and shown fatter
                     m = quads_mask(q[i:i + 1] - np.array([x0, y0]), x1 - x0, y1 - y0)
-                    keep[i] = np.count_nonzero(here[m]) >= FAINT_MIN_AREA and done[m].mean() <= FAINT_MAX_SEEN
+                    keep[i] = done[m].mean() <= FAINT_MAX_SEEN and np.count_nonzero(here[m]) >= FAINT_MIN_AREA
                 out.append((q[keep], s[keep]))
         return out
 
