@@ -272,13 +272,6 @@ def test_colour_view_shows_coloured_strokes_of_grey_images_as_ink() -> None:
     cell = grey.copy()
     cv2.circle(cell, (160, 100), 30, (40, 200, 40), -1)
     assert colour_view(cell, 16) is None
-    from pipeline.detectors.ppocr import PPOCRConfig
-
-    with pytest.raises(ValueError, match="colour_text"):
-        PPOCRConfig(colour_text=300)
-    with pytest.raises(ValueError, match="min_chroma"):
-        colour_view(marked, 0)   # 0 is "off" for the option: the view cannot be made with it
-    assert load_detector("ppocr", colour_text=16).version != load_detector("ppocr").version
 
 
 def test_faint_view_shows_a_pages_faint_marks_as_ink() -> None:
@@ -288,7 +281,7 @@ def test_faint_view_shows_a_pages_faint_marks_as_ink() -> None:
     anti-aliased rims are not marks), or on a photo-like image (no page: texture everywhere)."""
     import cv2
 
-    from pipeline.detectors.ppocr import PPOCRConfig, faint_view
+    from pipeline.detectors.ppocr import faint_view
     from tests.imagegen import faint_page
 
     for page, ink, level in ((255, 0, 244), (0, 255, 10)):
@@ -306,11 +299,20 @@ def test_faint_view_shows_a_pages_faint_marks_as_ink() -> None:
         assert faint_view(cv2.cvtColor(plain, cv2.COLOR_RGB2BGR), 6) is None
     noisy = np.random.default_rng(0).normal(128, 20, (300, 400)).clip(0, 255).astype(np.uint8)
     assert faint_view(np.repeat(noisy[..., None], 3, 2), 6) is None
-    with pytest.raises(ValueError, match="faint_text"):
-        PPOCRConfig(faint_text=300)
-    with pytest.raises(ValueError, match="step"):
-        faint_view(bgr, 0)   # 0 is "off" for the option: the view cannot be made with it
-    assert load_detector("ppocr", faint_text=6).version != load_detector("ppocr").version
+
+
+@pytest.mark.parametrize("option,view,arg", [("colour_text", "colour_view", "min_chroma"), ("faint_text", "faint_view", "step")])
+def test_the_extra_views_are_range_checked_and_part_of_the_version(option: str, view: str, arg: str) -> None:
+    """`-o colour_text=300` / `faint_text=300` is refused by name; the views refuse 0 ("off" for
+    the option: no view can be made with it); turning a pass on changes the detector version,
+    so outputs made without it are redone, not resumed."""
+    from pipeline.detectors import ppocr
+
+    with pytest.raises(ValueError, match=option):
+        ppocr.PPOCRConfig(**{option: 300})
+    with pytest.raises(ValueError, match=arg):
+        getattr(ppocr, view)(np.full((40, 60, 3), 255, np.uint8), 0)
+    assert load_detector("ppocr", **{option: 6}).version != load_detector("ppocr").version
 
 
 def test_the_faint_pass_adds_the_faint_words_and_leaves_found_ink_alone() -> None:

@@ -581,7 +581,7 @@ class PPOCRDetector:
         cand = [x for x in cand if len(x)]
         cell, m = max(32, int(c.refine_cell)), int(c.refine_margin)
         grid = _cell_grid(np.concatenate(cand) if cand else np.zeros((0, 4)), cell, w, h)
-        gw, gh = grid.shape[1], grid.shape[0]
+        gh = grid.shape[0]
         if c.refine_continue and found is not None and len(found) and grad is not None:
             for x0, y0, x1, y1, _side in _runs_on(grad, np.asarray(found, np.float64).reshape(-1, 4),
                                                  c.refine_max_height, c.refine_continue, floor=2 * texture):
