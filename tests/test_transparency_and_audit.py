@@ -234,6 +234,42 @@ def test_float_nan_and_unspecified_band_tiffs_come_out_unreadable(tmp_path, read
     legible_before_not_after(tmp_path, reader, src, ("nan.tif", "band.tif"), pictures)
 
 
+def test_16_bit_text_past_the_auto_levels_range_comes_out_unreadable(tmp_path, reader):
+    """From a leak hunt, passing `--verify --strict`: full-contrast text on a 16-bit page came
+    out untouched when it covers under 0.5 % of the pixels and the page sits at the end of the
+    auto-levels range (black text on a 45000 page with a white panel; white text on a 30000 page
+    with black bars): the stretch clipped text and page to one level for the detector and the
+    audit, while a browser shows the file plainly (value / 257). Judged on that plain picture."""
+    m = np.zeros((760, 1000), bool)
+    m[300:300 + SIZE[1], 40:40 + SIZE[0]] = text_mask()
+    black = np.full(m.shape, 45000, np.uint16)
+    black[600:] = 65535
+    black[m] = 0
+    white = np.full(m.shape, 30000, np.uint16)
+    white[20:30] = 0
+    white[m] = 65535
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(black).save(src / "black.png")
+    tifffile.imwrite(src / "black.tif", black)
+    tifffile.imwrite(src / "white.tif", white)
+
+    def plain(path: Path) -> list[np.ndarray]:
+        arr = tifffile.imread(path) if path.suffix == ".tif" else np.asarray(Image.open(path), np.float64)
+        v = np.clip(np.rint(np.asarray(arr, np.float64) / 257), 0, 255).astype(np.uint8)
+        return [np.ascontiguousarray(np.stack([v] * 3, axis=-1))]
+
+    legible_before_not_after(tmp_path, reader, src, ("black.png", "black.tif", "white.tif"), plain)
+    # predict, push and serve (Pillow's decode) look at the plain picture too; a label brighter
+    # than the range on a darker micrograph shows after auto-levels, and costs no extra picture
+    from pipeline.imaging import plain_view, views_of
+
+    assert len(views_of(Image.open(src / "black.png"))) == 2
+    label = np.random.default_rng(0).normal(3000, 300, m.shape).clip(0, 65535).astype(np.uint16)
+    label[m] = 60000
+    assert plain_view(label, 65535.0) is None and plain_view(black, 65535.0) is not None
+
+
 @pytest.mark.parametrize("alpha", [None, 200])
 @pytest.mark.parametrize("ink, paper", [(245, 255), (28, 20), (138, 128)])
 def test_faint_text_on_a_plain_picture_comes_out_unreadable(tmp_path, reader, ink, paper, alpha):

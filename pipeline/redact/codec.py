@@ -22,7 +22,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from pipeline.config import DEFAULT_MAX_PIXELS
-from pipeline.imaging import ImageRejected, check_pixels, rejecting_bad_images, stretch_to_uint8, to_uint8_rgb, visible_views
+from pipeline.imaging import (ImageRejected, check_pixels, plain_view, rejecting_bad_images, stretch_to_uint8, to_uint8_rgb,
+                              visible_views)
 
 # tifffile logs what it dislikes in a file ("<TiffFile 'Unnamed binary stream'> contains no pages")
 # without naming it; a file it cannot read is reported here as one line that does
@@ -430,9 +431,7 @@ def detector_rgb(page: Page) -> np.ndarray:
         if c.dtype != np.uint8:
             c = (c.astype(np.float64) / np.iinfo(c.dtype).max * 255).round().astype(np.uint8)
         return np.asarray(Image.frombytes("CMYK", (page.width, page.height), np.ascontiguousarray(c).tobytes()).convert("RGB"))
-    g = a if a.ndim == 2 else (a[..., 0] if page.kind == "gray" else a[..., :3])
-    if page.inverted:
-        g = (np.iinfo(g.dtype).max - g) if g.dtype.kind in "ui" else (g.max() - g)
+    g = _colour_values(page)
     if g.dtype == np.uint8:
         return np.ascontiguousarray(np.stack([g] * 3, axis=-1) if g.ndim == 2 else g)
     if g.dtype == np.uint16:
@@ -450,6 +449,23 @@ def detector_rgb(page: Page) -> np.ndarray:
     if g.ndim == 2:
         return to_uint8_rgb(Image.fromarray(np.ascontiguousarray(g).astype(np.float32), mode="F"))
     return stretch_to_uint8(g)  # high bit depth colour: one range for all channels
+
+
+def _colour_values(page: Page) -> np.ndarray:
+    """The page's grey or colour values (no alpha or extra bands), inverted where the file is."""
+    a = page.array
+    g = a if a.ndim == 2 else (a[..., 0] if page.kind == "gray" else a[..., :3])
+    if page.inverted:
+        g = (np.iinfo(g.dtype).max - g) if g.dtype.kind in "ui" else (g.max() - g)
+    return g
+
+
+def plain_rgb(page: Page) -> np.ndarray | None:
+    """A 16-bit grey or RGB page as a viewer shows it without auto-levels, where the detector's
+    stretch clips content that shows there (`imaging.plain_view`); else None."""
+    if page.array.dtype != np.uint16 or page.kind == "cmyk":
+        return None
+    return plain_view(_colour_values(page), 65535.0)
 
 
 def page_alpha(page: Page) -> np.ndarray | None:
@@ -532,8 +548,9 @@ def profile_view(rgb: np.ndarray, icc: bytes | None, gray: bool) -> np.ndarray |
 
 
 def detector_views(page: Page, icc: bytes | None = None) -> list[np.ndarray]:
-    """Every picture a viewer may show of this page (see `imaging.visible_views`), and with an
-    ICC profile that changes it enough, the colour-managed picture (`profile_view`). A TIFF's
+    """Every picture a viewer may show of this page (see `imaging.visible_views`): a 16-bit page
+    also without auto-levels where they clip content (`plain_rgb`), and with an ICC profile that
+    changes it enough, the colour-managed picture (`profile_view`). A TIFF's
     associated alpha (ExtraSamples 1) stores colours multiplied by alpha: viewers divide it out,
     so the straight colours are looked at too (text at alpha 4 of 255 was blank to the detector
     and plain after Pillow's convert("RGB")). Extra channels after the alpha are shown by tools
@@ -542,6 +559,9 @@ def detector_views(page: Page, icc: bytes | None = None) -> list[np.ndarray]:
     rgb = detector_rgb(page)
     views = visible_views(rgb, alpha)
     more: list[np.ndarray] = []
+    plain = plain_rgb(page)
+    if plain is not None:   # text past the auto-levels range, plain in a browser
+        more += visible_views(plain, alpha)
     managed = profile_view(rgb, icc, page.kind == "gray")
     if managed is not None:
         more += visible_views(managed, alpha)
