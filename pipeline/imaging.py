@@ -207,11 +207,13 @@ def stretch_to_uint8(values: np.ndarray) -> np.ndarray:
     return np.clip((f - lo) / max(hi - lo, 1e-9) * 255.0, 0, 255).astype(np.uint8)
 
 
-# `plain_view`: the auto-levels stretch hides content that a plain viewer shows when pixels this
-# far past its range (a quarter of the range, and at least 8 levels of 255), clipped to the same
-# level as everything within `PLAIN_NEAR` px of them (a label brighter than the range on a
-# darker background still shows), hold a speck of this many px: text, not a few hot pixels
-PLAIN_TAIL = 0.25
+# `plain_view`: the auto-levels stretch hides content that a plain viewer shows when it clips a
+# page (this share of the image at one end of its range, not the 0.5 % it clips by design: a
+# bright cell's clipped core is no page) and pixels this many levels (of 255) past that end,
+# clipped to the same level as most of what lies within `PLAIN_NEAR` px of them (a label
+# brighter than the range on a darker background still shows), hold a speck of this many px
+PLAIN_PAGE_SHARE = 0.05
+PLAIN_LEVELS = 8
 PLAIN_NEAR = 2
 PLAIN_MIN_SPECK = 16
 
@@ -230,11 +232,13 @@ def plain_view(values: np.ndarray, full_scale: float) -> np.ndarray | None:
         lo, hi = float(np.searchsorted(cdf, 0.005 * cdf[-1])), float(np.searchsorted(cdf, 0.995 * cdf[-1]))
     else:
         lo, hi = float(np.percentile(grey, 0.5)), float(np.percentile(grey, 99.5))
-    reach = max(PLAIN_TAIL * (hi - lo), 8.0 * full_scale / 255.0)
-    low, high = grey < lo - reach, grey > hi + reach
-    if int(low.sum()) + int(high.sum()) < PLAIN_MIN_SPECK:
-        return None
-    if not (_hidden_specks(low, grey <= lo) or _hidden_specks(high, grey >= hi)):
+    reach = PLAIN_LEVELS * full_scale / 255.0
+    page = PLAIN_PAGE_SHARE * grey.size
+    hidden = False
+    for far, clipped in ((grey < lo - reach, grey <= lo), (grey > hi + reach, grey >= hi)):
+        if int(far.sum()) >= PLAIN_MIN_SPECK and int(clipped.sum()) >= page:
+            hidden = hidden or _hidden_specks(far, clipped)
+    if not hidden:
         return None
     v = np.clip(np.rint(values.astype(np.float64) * (255.0 / full_scale)), 0, 255).astype(np.uint8)
     return np.ascontiguousarray(np.stack([v] * 3, axis=-1) if v.ndim == 2 else v[..., :3])

@@ -67,14 +67,17 @@ def text_font(size: int) -> ImageFont.FreeTypeFont:
 FAINT_WORDS = ("Patient 48213", "Specimen B-77")
 
 
-def faint_page(level: int, page: int = 255, ink: int = 0, size: tuple[int, int] = (800, 600)
-               ) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+def faint_page(level: int, page: int = 255, ink: int = 0, size: tuple[int, int] = (800, 600),
+               cell: int | None = None, noise: float = 0.0) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
     """An RGB page of `page` grey with two lines of ordinary `ink` text, and `FAINT_WORDS` as a
-    footer at grey `level` (244 on 255: a light-grey footer a viewer reads and DB does not see).
-    The footer words' xyxy ink boxes."""
+    footer at grey `level` (244 on 255: a light-grey footer a viewer reads and DB does not see),
+    on a band of grey `cell` across the page if given (a shaded table row), with Gaussian
+    `noise` (sd, grey levels: a scan's grain) over it all. The footer words' xyxy ink boxes."""
     w, h = size
     im = Image.new("RGB", size, (page,) * 3)
     d = ImageDraw.Draw(im)
+    if cell is not None:
+        d.rectangle([0, h - 100, w, h - 20], fill=(cell,) * 3)
     d.text((40, 40), "Quarterly report of the laboratory", fill=(ink,) * 3, font=text_font(30))
     d.text((40, 100), "Results are summarised below in full.", fill=(ink,) * 3, font=text_font(22))
     boxes = []
@@ -82,4 +85,8 @@ def faint_page(level: int, page: int = 255, ink: int = 0, size: tuple[int, int] 
         at = (40 + k * (w // 2), h - 70)
         d.text(at, word, fill=(level,) * 3, font=text_font(22))
         boxes.append(tuple(int(v) for v in d.textbbox(at, word, font=text_font(22))))
-    return np.asarray(im), boxes
+    arr = np.asarray(im)
+    if noise:
+        grain = np.random.default_rng(0).normal(0, noise, arr.shape[:2])[..., None]
+        arr = np.clip(np.rint(arr + grain), 0, 255).astype(np.uint8)
+    return arr, boxes

@@ -587,19 +587,23 @@ def test_a_coloured_watermark_on_a_grey_micrograph_is_covered(tmp_path, reader):
     assert "NOT" not in texts and "CO" not in texts and "DO" not in texts, texts   # ... not in the output
 
 
-@pytest.mark.parametrize("page,ink,level", [(255, 0, 244), (255, 0, 251), (0, 255, 10)])
-def test_a_faint_footer_on_a_page_of_black_text_is_covered(tmp_path, reader, page, ink, level):
+@pytest.mark.parametrize("page,ink,level,cell,noise", [(255, 0, 244, None, 0.0), (255, 0, 251, None, 0.0),
+                                                      (0, 255, 10, None, 0.0), (255, 0, 227, 235, 0.0),
+                                                      (245, 0, 233, None, 4.0)])
+def test_a_faint_footer_on_a_page_of_black_text_is_covered(tmp_path, reader, page, ink, level, cell, noise):
     """A light-grey footer (244 on a white page of black text; 251, four levels off; 10 on a
     black page of white text) was left legible by the default redact, and `--verify` passed it:
     DB sees nothing from about 12 levels off the page, the audit's OCR runs DB, and the
-    whole-picture levels view does not fire on a page holding full-contrast ink. Judged as a
-    viewer does: the recogniser reads each footer word's own crop, in the input and the output."""
+    whole-picture levels view does not fire on a page holding full-contrast ink. Also 8 levels
+    off a grey table row (227 on 235 on a white page) and 12 off a scan's grainy paper (233 on
+    245, sd 4), which a page-wide level missed. Judged as a viewer does: the recogniser reads
+    each footer word's own crop, in the input and the output."""
     from pipeline.detectors import load_detector
     from pipeline.legibility import spells
     from pipeline.redact.run import pass_options
     from tests.imagegen import FAINT_WORDS, faint_page
 
-    rgb, boxes = faint_page(level, page, ink)
+    rgb, boxes = faint_page(level, page, ink, cell=cell, noise=noise)
     src = tmp_path / "page.png"
     Image.fromarray(rgb).save(src)
     quads = np.array([[[x0 - 4, y0 - 4], [x1 + 4, y0 - 4], [x1 + 4, y1 + 4], [x0 - 4, y1 + 4]] for x0, y0, x1, y1 in boxes], float)

@@ -248,18 +248,21 @@ def test_16_bit_text_past_the_auto_levels_range_comes_out_unreadable(tmp_path, r
     white = np.full(m.shape, 30000, np.uint16)
     white[20:30] = 0
     white[m] = 65535
+    light = white.copy()      # 23 levels above its page (of 255): as plain as a light-grey word
+    light[m] = 36000
     src = tmp_path / "in"
     src.mkdir()
     Image.fromarray(black).save(src / "black.png")
     tifffile.imwrite(src / "black.tif", black)
     tifffile.imwrite(src / "white.tif", white)
+    Image.fromarray(light).save(src / "light.png")
 
     def plain(path: Path) -> list[np.ndarray]:
         arr = tifffile.imread(path) if path.suffix == ".tif" else np.asarray(Image.open(path), np.float64)
         v = np.clip(np.rint(np.asarray(arr, np.float64) / 257), 0, 255).astype(np.uint8)
         return [np.ascontiguousarray(np.stack([v] * 3, axis=-1))]
 
-    legible_before_not_after(tmp_path, reader, src, ("black.png", "black.tif", "white.tif"), plain)
+    legible_before_not_after(tmp_path, reader, src, ("black.png", "black.tif", "white.tif", "light.png"), plain)
     # predict, push and serve (Pillow's decode) look at the plain picture too; a label brighter
     # than the range on a darker micrograph shows after auto-levels, and costs no extra picture
     from pipeline.imaging import plain_view, views_of
@@ -268,6 +271,10 @@ def test_16_bit_text_past_the_auto_levels_range_comes_out_unreadable(tmp_path, r
     label = np.random.default_rng(0).normal(3000, 300, m.shape).clip(0, 65535).astype(np.uint16)
     label[m] = 60000
     assert plain_view(label, 65535.0) is None and plain_view(black, 65535.0) is not None
+    cell = label.copy()       # a bright cell's core past the range: clipped, yet no page
+    cell[200:260, 200:260] = 20000
+    cell[215:245, 215:245] = 40000
+    assert plain_view(cell, 65535.0) is None
 
 
 @pytest.mark.parametrize("alpha", [None, 200])

@@ -158,7 +158,7 @@ EDGE_STRIP_REVISION = 3
 # How `colour_view` makes its view; raised when that changes, as the two above.
 COLOUR_VIEW_REVISION = 1
 # How `faint_view` finds and shows faint marks; raised when that changes, as above.
-FAINT_VIEW_REVISION = 1
+FAINT_VIEW_REVISION = 2   # 2: the paper's local level (grey cells, bands, shading) and its noise
 
 
 def config_version(base: str, config: PPOCRConfig, skip: tuple[str, ...] = ()) -> str:
@@ -784,6 +784,8 @@ def _row_windows(grid: np.ndarray, cell: int, margin: int, w: int, h: int) -> np
 # most is ordinary ink, which DB sees), at least this far (px) from ordinary ink (its
 # anti-aliasing and JPEG ringing are a few levels off the page too), in specks of this many px
 FAINT_PAGE_SHARE = 0.5
+FAINT_LOCAL = 25     # px: the window of the paper's local level (a median: letters' strokes do not move it)
+FAINT_LEVEL_SHARE = 0.05
 FAINT_MIN_STEP = 3
 FAINT_MAX_STEP = 48
 FAINT_CLEAR = 3
@@ -804,14 +806,28 @@ def faint_view(bgr: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray, np.n
         raise ValueError(f"step must be 1-255, got {step}")
     grey = bgr if bgr.ndim == 2 else cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
     h, w = grey.shape
-    hist = np.bincount(grey.ravel(), minlength=256)
-    page = int(hist.argmax())
-    if hist[max(0, page - 2):page + 3].sum() < FAINT_PAGE_SHARE * grey.size:
+    page = int(np.bincount(grey.ravel(), minlength=256).argmax())
+    smooth = cv2.blur(grey, (3, 3))
+    # the paper's own level where it is: the page's commonest grey, or, where the level around
+    # a pixel differs from it (a grey table cell or band, a vignetted or shaded scan), that level
+    local = cv2.medianBlur(grey, FAINT_LOCAL)
+    paper = np.where(cv2.absdiff(local, np.full_like(local, page)) <= 2, np.uint8(page), local)
+    off = cv2.absdiff(smooth, paper)
+    # a page: most of it flat paper at a few levels (white, a grey table, a noisy scan's grey),
+    # each holding `FAINT_LEVEL_SHARE` of the image; a photo's levels drift, and its flat parts
+    # (a sky, a wall) hold too little
+    band = np.convolve(np.bincount(local.ravel(), minlength=256), np.ones(5), mode="same")
+    levels = band >= FAINT_LEVEL_SHARE * grey.size
+    if np.count_nonzero((off <= 2) & levels[paper]) < FAINT_PAGE_SHARE * grey.size:
         return None
-    off = cv2.absdiff(cv2.blur(grey, (3, 3)), np.full_like(grey, page))
+    # the paper's own noise (a scan's grain: the 75th percentile off the paper of what is not
+    # ordinary ink, after the 3x3 blur) raises the step marks must clear, and a noisy paper is
+    # shown blurred
+    noise = _u8_percentile(off[off <= FAINT_MAX_STEP], 0.75)
+    least = max(FAINT_MIN_STEP, noise + FAINT_MIN_STEP)
     strong = (off > FAINT_MAX_STEP).astype(np.uint8)
     clear = 1 - cv2.dilate(strong, np.ones((2 * FAINT_CLEAR + 1, 2 * FAINT_CLEAR + 1), np.uint8))
-    marks = ((off >= FAINT_MIN_STEP) & (strong == 0)).astype(np.uint8) & clear
+    marks = ((off >= least) & (strong == 0)).astype(np.uint8) & clear
     n, _, stats, _ = cv2.connectedComponentsWithStats(marks, connectivity=8)
     st = stats[1:]
     keep = (st[:, 4] >= FAINT_MIN_AREA) & (st[:, 3] >= 4)
@@ -819,8 +835,9 @@ def faint_view(bgr: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray, np.n
         return None
     boxes = np.stack([st[:, 0], st[:, 1], st[:, 0] + st[:, 2], st[:, 1] + st[:, 3]], 1)[keep]
     wins = _row_windows(_cell_grid(boxes, FAINT_CELL, w, h), FAINT_CELL, FAINT_MARGIN, w, h)
-    raw = cv2.absdiff(grey, np.full_like(grey, page))
-    ink = 255 - cv2.convertScaleAbs(cv2.subtract(raw, 1), alpha=255.0 / max(1, int(step) - 1))
+    raw = cv2.absdiff(grey if least == FAINT_MIN_STEP else smooth, paper)
+    floor = least - FAINT_MIN_STEP + 1   # white up to the noise, black `step` levels past it
+    ink = 255 - cv2.convertScaleAbs(cv2.subtract(raw, floor), alpha=255.0 / max(1, int(step) - 1))
     return cv2.cvtColor(ink, cv2.COLOR_GRAY2BGR), marks.astype(bool), wins
 
 
