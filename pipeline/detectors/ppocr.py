@@ -796,10 +796,11 @@ FAINT_MARGIN = 32    # ... with this much context
 
 
 def faint_view(bgr: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """A page's distance from its background as black ink on white (white at the page's own
-    level and its noise, black from `step` levels off it, BGR), the bool mask of its faint marks,
-    and the xyxy windows that hold them; None when the image is not a page or has no such marks
-    (see `faint_text`). Text at 244 on a white page of black text is plain black here."""
+    """A page's distance from its paper as black ink on white (white at the paper's own level
+    and its noise, black from `step` levels off it, BGR), the bool mask of its faint marks, and
+    the xyxy windows that hold them; None when the image is not a page or has no such marks (see
+    `faint_text`). Text at 244 on a white page of black text is plain black here, and so is
+    text at 227 in a table row shaded 235."""
     import cv2
 
     if not 1 <= int(step) <= 255:
