@@ -587,17 +587,18 @@ def test_a_coloured_watermark_on_a_grey_micrograph_is_covered(tmp_path, reader):
     assert "NOT" not in texts and "CO" not in texts and "DO" not in texts, texts   # ... not in the output
 
 
-@pytest.mark.parametrize("page,ink,level,cell,noise", [(255, 0, 244, None, 0.0), (255, 0, 251, None, 0.0),
-                                                      (0, 255, 10, None, 0.0), (255, 0, 227, 235, 0.0),
-                                                      (245, 0, 233, None, 4.0)])
-def test_a_faint_footer_on_a_page_of_black_text_is_covered(tmp_path, reader, page, ink, level, cell, noise):
+@pytest.mark.parametrize("page,ink,level,cell,noise,alpha", [(255, 0, 244, None, 0.0, False), (255, 0, 251, None, 0.0, False),
+                                                            (0, 255, 10, None, 0.0, False), (255, 0, 227, 235, 0.0, False),
+                                                            (245, 0, 233, None, 4.0, False), (255, 0, 244, None, 0.0, True)])
+def test_a_faint_footer_on_a_page_of_black_text_is_covered(tmp_path, reader, page, ink, level, cell, noise, alpha):
     """A light-grey footer (244 on a white page of black text; 251, four levels off; 10 on a
     black page of white text) was left legible by the default redact, and `--verify` passed it:
     DB sees nothing from about 12 levels off the page, the audit's OCR runs DB, and the
     whole-picture levels view does not fire on a page holding full-contrast ink. Also 8 levels
     off a grey table row (227 on 235 on a white page) and 12 off a scan's grainy paper (233 on
-    245, sd 4), which a page-wide level missed. Judged as a viewer does: the recogniser reads
-    each footer word's own crop, in the input and the output."""
+    245, sd 4), which a page-wide level missed. And a transparent page (black ink, the footer at
+    alpha 11 of 255: 244 over white, as a browser shows it). Judged as a viewer does: the
+    recogniser reads each footer word's own crop, in the input and the output."""
     from pipeline.detectors import load_detector
     from pipeline.legibility import spells
     from pipeline.redact.run import pass_options
@@ -605,7 +606,11 @@ def test_a_faint_footer_on_a_page_of_black_text_is_covered(tmp_path, reader, pag
 
     rgb, boxes = faint_page(level, page, ink, cell=cell, noise=noise)
     src = tmp_path / "page.png"
-    Image.fromarray(rgb).save(src)
+    if alpha:   # the same picture over white: black ink whose alpha is the darkness
+        Image.fromarray(np.dstack([np.zeros_like(rgb), 255 - rgb[..., :1]]), "RGBA").save(src)
+        assert np.array_equal(shown(src), rgb)
+    else:
+        Image.fromarray(rgb).save(src)
     quads = np.array([[[x0 - 4, y0 - 4], [x1 + 4, y0 - 4], [x1 + 4, y1 + 4], [x0 - 4, y1 + 4]] for x0, y0, x1, y1 in boxes], float)
 
     def legible(img: np.ndarray) -> list[str]:
@@ -615,12 +620,19 @@ def test_a_faint_footer_on_a_page_of_black_text_is_covered(tmp_path, reader, pag
     default = load_detector("ppocr").with_options(**pass_options())
     assert default.config.faint_text > 0
     redact_file(src, tmp_path / "without.png", default.with_options(faint_text=0))
-    assert legible(np.asarray(Image.open(tmp_path / "without.png").convert("RGB")))   # ... every other pass leaves it
+    assert legible(shown(tmp_path / "without.png"))   # ... every other pass leaves it
     redact_file(src, tmp_path / "out.png", default)
-    out = np.asarray(Image.open(tmp_path / "out.png").convert("RGB"))
+    out = shown(tmp_path / "out.png")
     assert legible(out) == []
     for x0, y0, x1, y1 in boxes:
         assert (out[y0:y1, x0:x1] == FILL).all(-1).mean() > 0.95
+
+
+def shown(path: Path) -> np.ndarray:
+    """An image file as a browser shows it: RGB, transparency over white."""
+    with Image.open(path) as im:
+        rgba = im.convert("RGBA")
+    return np.asarray(Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB"))
 
 
 def test_small_text_on_a_large_image_is_covered(tmp_path, reader):

@@ -104,12 +104,12 @@ class PPOCRConfig:
     # this above the background (0: off).
     colour_text: int = 0
     # Faint text on a page (a light-grey footer at 244 on a white page of black text, a pale
-    # "CONFIDENTIAL"): a viewer reads it, DB sees nothing from about 12 levels off the page, and
-    # the whole-picture levels view (`imaging.levels_view`) does not fire on a page that also
-    # holds full-contrast ink. On a page (`FAINT_PAGE_SHARE` of its pixels at one grey level) with
-    # word-like marks `FAINT_MIN_STEP`-`FAINT_MAX_STEP` levels off it, away from ordinary ink, the
-    # first pass runs once more on windows around them, on a view where the distance from the
-    # page is ink: black from this many levels off it (see `faint_view`; 0: off).
+    # "CONFIDENTIAL", a grey note in a shaded table row): a viewer reads it, DB sees nothing from
+    # about 12 levels off its paper, and the whole-picture levels view (`imaging.levels_view`)
+    # does not fire on a page that also holds full-contrast ink. On a page (mostly flat paper at
+    # a few levels) with marks a few levels off the paper, away from ordinary ink, the first pass
+    # runs once more on windows around them, on a view where the distance from the paper is ink:
+    # black from this many levels off it (see `faint_view`; 0: off).
     faint_text: int = 0
     threads: int = 2               # onnxruntime intra-op threads
     model_path: str = ""           # default: the model inside the rapidocr wheel
@@ -744,6 +744,8 @@ def _words_with_strokes(q: np.ndarray, s: np.ndarray, view: np.ndarray, at: tupl
         return q, s
     _, _, eu, ev = quad_frames(q)
     keep = (eu[:, 1] - eu[:, 0]) >= COLOUR_MIN_ASPECT * (ev[:, 1] - ev[:, 0])
+    if not keep.any():
+        return q[keep], s[keep]
     grad = _edges(view)
     vh, vw = view.shape[:2]
     for i in np.flatnonzero(keep):
@@ -778,14 +780,14 @@ def _row_windows(grid: np.ndarray, cell: int, margin: int, w: int, h: int) -> np
     return np.asarray(wins, np.int64).reshape(-1, 4)
 
 
-# `faint_view`: a page has this share of its pixels within 2 levels of its commonest grey (the
-# devset's forms 0.74-0.94 and receipts up to 0.84; its photos at most 0.17, a Hubble deep field
-# 0.34); faint marks lie this many levels off it (1-2 is JPEG and scanner noise; more than the
-# most is ordinary ink, which DB sees), at least this far (px) from ordinary ink (its
-# anti-aliasing and JPEG ringing are a few levels off the page too), in specks of this many px
+# `faint_view`: a page has this share of its pixels flat paper (within 2 levels of its paper after
+# a 3x3 blur) ...
 FAINT_PAGE_SHARE = 0.5
-FAINT_LOCAL = 25     # px: the window of the paper's local level (a median: letters' strokes do not move it)
-FAINT_LEVEL_SHARE = 0.05
+FAINT_LOCAL = 25     # ... the paper's local level: a median over this many px (letters' strokes do not move it)
+FAINT_LEVEL_SHARE = 0.05   # ... at levels that each hold this share of the image (a photo's levels drift)
+# faint marks lie this many levels off the paper (1-2 is JPEG and scanner noise; more than the
+# most is ordinary ink, which DB sees), at least this far (px) from ordinary ink (its
+# anti-aliasing and JPEG ringing are a few levels off the paper too), in specks of this many px
 FAINT_MIN_STEP = 3
 FAINT_MAX_STEP = 48
 FAINT_CLEAR = 3
@@ -829,7 +831,7 @@ def faint_view(bgr: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray, np.n
     strong = (off > FAINT_MAX_STEP).astype(np.uint8)
     clear = 1 - cv2.dilate(strong, np.ones((2 * FAINT_CLEAR + 1, 2 * FAINT_CLEAR + 1), np.uint8))
     marks = ((off >= least) & (strong == 0)).astype(np.uint8) & clear
-    n, _, stats, _ = cv2.connectedComponentsWithStats(marks, connectivity=8)
+    _, _, stats, _ = cv2.connectedComponentsWithStats(marks, connectivity=8)
     st = stats[1:]
     keep = (st[:, 4] >= FAINT_MIN_AREA) & (st[:, 3] >= 4)
     if not keep.any():

@@ -22,8 +22,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from pipeline.config import DEFAULT_MAX_PIXELS
-from pipeline.imaging import (ImageRejected, check_pixels, plain_view, rejecting_bad_images, stretch_to_uint8, to_uint8_rgb,
-                              visible_views)
+from pipeline.imaging import (ImageRejected, auto_levels_range, check_pixels, plain_view, rejecting_bad_images,
+                              stretch_to_uint8, to_uint8_rgb, visible_views)
 
 # tifffile logs what it dislikes in a file ("<TiffFile 'Unnamed binary stream'> contains no pages")
 # without naming it; a file it cannot read is reported here as one line that does
@@ -435,14 +435,8 @@ def detector_rgb(page: Page) -> np.ndarray:
     if g.dtype == np.uint8:
         return np.ascontiguousarray(np.stack([g] * 3, axis=-1) if g.ndim == 2 else g)
     if g.dtype == np.uint16:
-        # same 0.5-99.5 percentile stretch as imaging.to_uint8_rgb, via a histogram and a lookup
-        # table (10x faster than np.percentile on a 2048x2048 page)
-        cdf = np.cumsum(np.bincount(g.ravel(), minlength=65536))
-        n = cdf[-1]
-        lo = int(np.searchsorted(cdf, 0.005 * n))
-        hi = int(np.searchsorted(cdf, 0.995 * n))
-        if hi <= lo:
-            lo, hi = int(g.min()), int(g.max()) or 1
+        # the same auto-levels range as imaging.to_uint8_rgb, through a lookup table
+        lo, hi = auto_levels_range(g)
         lut = np.clip((np.arange(65536, dtype=np.float64) - lo) / max(hi - lo, 1e-9) * 255.0, 0, 255).astype(np.uint8)
         v = lut[g]
         return np.ascontiguousarray(np.stack([v] * 3, axis=-1) if v.ndim == 2 else v)

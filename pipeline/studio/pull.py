@@ -109,7 +109,7 @@ def pull(ws: Workspace, client: Studio | None = None, policy: str = "latest") ->
     except Exception:  # noqa: BLE001 - annotator names are nice to have
         pass
     counts = {"new": 0, "updated": 0, "removed": 0, "unchanged": 0, "labelled": 0, "empty": 0, "skipped": 0,
-              "tasks": len(tasks), "unknown_tasks": 0, "excluded": 0, "several_annotators": 0}
+              "tasks": len(tasks), "unknown_tasks": 0, "excluded": 0}
     now = time.time()
     with ws.catalog() as cat:
         task_image = {tid: image_id for image_id, tid in cat.tasks(project.id).items()}
@@ -128,7 +128,6 @@ def pull(ws: Workspace, client: Studio | None = None, policy: str = "latest") ->
             if ann is None:
                 continue
             if several_people(t.get("annotations") or []):
-                counts["several_annotators"] += 1
                 several.append(int(t["id"]))
             w, h, _ = sizes[image_id]
             if ann.get("was_cancelled"):
@@ -175,7 +174,8 @@ def pull(ws: Workspace, client: Studio | None = None, policy: str = "latest") ->
                     cat.set_status(image_id, _status_after_removal(cat, image_id, image_id in on_server),
                                    only_from=(*HUMAN_LABELLED, ImageStatus.SKIPPED))
                     counts["removed"] += 1
-    return PullSummary(**counts, project_id=project.id, several_annotator_tasks=tuple(sorted(several)),
+    return PullSummary(**counts, project_id=project.id, several_annotators=len(several),
+                       several_annotator_tasks=tuple(sorted(several)),
                        problems=tuple(problems))
 
 
