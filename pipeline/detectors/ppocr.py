@@ -797,6 +797,28 @@ FAINT_CELL = 192     # marks choose cells of this size; each row run of them is 
 FAINT_MARGIN = 32    # ... with this much context
 
 
+def _paper(grey: np.ndarray, smooth: np.ndarray, page: int, window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(local level, paper level, distance of the 3x3-blurred picture from the paper): the paper
+    is the page's commonest grey, or, where the level around a pixel (a `window`-px median)
+    differs from it (a grey table cell or band, a vignetted or shaded scan), that level."""
+    import cv2
+
+    local = cv2.medianBlur(grey, window)
+    paper = np.where(cv2.absdiff(local, np.full_like(local, page)) <= 2, np.uint8(page), local)
+    return local, paper, cv2.absdiff(smooth, paper)
+
+
+def _is_page(grey: np.ndarray, smooth: np.ndarray, page: int, window: int) -> bool:
+    """Whether most of the picture is flat paper (`FAINT_PAGE_SHARE`, within 2 levels of its
+    paper) at a few levels (white, a grey table, a noisy scan's grey), each holding
+    `FAINT_LEVEL_SHARE` of it; a photo's levels drift, and its flat parts (a sky, a wall) hold
+    too little."""
+    local, paper, off = _paper(np.ascontiguousarray(grey), np.ascontiguousarray(smooth), page, window)
+    band = np.convolve(np.bincount(local.ravel(), minlength=256), np.ones(5), mode="same")
+    levels = band >= FAINT_LEVEL_SHARE * grey.size
+    return np.count_nonzero((off <= 2) & levels[paper]) >= FAINT_PAGE_SHARE * grey.size
+
+
 def faint_view(bgr: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """A page's distance from its paper as black ink on white (white at the paper's own level
     and its noise, black from `step` levels off it, BGR), the bool mask of its faint marks, and
@@ -811,18 +833,10 @@ def faint_view(bgr: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray, np.n
     h, w = grey.shape
     page = int(np.bincount(grey.ravel(), minlength=256).argmax())
     smooth = cv2.blur(grey, (3, 3))
-    # the paper's own level where it is: the page's commonest grey, or, where the level around
-    # a pixel differs from it (a grey table cell or band, a vignetted or shaded scan), that level
-    local = cv2.medianBlur(grey, FAINT_LOCAL)
-    paper = np.where(cv2.absdiff(local, np.full_like(local, page)) <= 2, np.uint8(page), local)
-    off = cv2.absdiff(smooth, paper)
-    # a page: most of it flat paper at a few levels (white, a grey table, a noisy scan's grey),
-    # each holding `FAINT_LEVEL_SHARE` of the image; a photo's levels drift, and its flat parts
-    # (a sky, a wall) hold too little
-    band = np.convolve(np.bincount(local.ravel(), minlength=256), np.ones(5), mode="same")
-    levels = band >= FAINT_LEVEL_SHARE * grey.size
-    if np.count_nonzero((off <= 2) & levels[paper]) < FAINT_PAGE_SHARE * grey.size:
+    # a page (decided at half size: most images are none, and the median is the check's cost)
+    if not _is_page(grey[::2, ::2], smooth[::2, ::2], page, FAINT_LOCAL // 2 | 1):
         return None
+    _, paper, off = _paper(grey, smooth, page, FAINT_LOCAL)
     # the paper's own noise (a scan's grain: the 75th percentile off the paper of what is not
     # ordinary ink, after the 3x3 blur) raises the step marks must clear, and a noisy paper is
     # shown blurred
