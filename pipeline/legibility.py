@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.boxes import inside_fraction
+from pipeline.boxes import inside_fraction, quad_thickness
 
 # What reads, and how: outputs audited by another version are audited again. 2: images longer
 # than RapidOCR's 2000 px (at 1x, or 2x) are read in tiles, not shrunk; the image's edge is
@@ -43,18 +43,27 @@ READ_EDGE_BORDER = 32          # px of the image's edge repeated outside it for 
 
 @dataclass(frozen=True)
 class Reading:
-    """One line the recogniser read: its text, confidence, xyxy box (pixels) and the view."""
+    """One line the recogniser read: its text, confidence, xyxy box (pixels), the view, and the
+    line's height along its own short side (`thickness`; its box's short side when unknown)."""
 
     text: str
     score: float
     box: tuple[float, float, float, float]
     view: int = 0
+    thickness: float | None = None
+
+    @property
+    def height(self) -> float:
+        """The read line's height: a turned line's box is taller than the line."""
+        return self.thickness if self.thickness is not None else min(self.box[2] - self.box[0], self.box[3] - self.box[1])
 
     def as_dict(self, masked: bool = False) -> dict[str, object]:
         """`masked`: the text as `mask_text` shows it (what an audit trail may keep)."""
         d = asdict(self)
         d["score"] = round(self.score, 4)
         d["box"] = [round(v, 1) for v in self.box]
+        if self.thickness is not None:
+            d["thickness"] = round(self.thickness, 1)
         if masked:
             d["text"] = mask_text(self.text)
         return d
@@ -171,7 +180,7 @@ class Reader:
             for text, score, q in self._read_once(rgb, s):
                 box = (float(max(0.0, q[:, 0].min())), float(max(0.0, q[:, 1].min())),
                        float(min(w, q[:, 0].max())), float(min(h, q[:, 1].max())))
-                readings.append(Reading(text, score, box, view))
+                readings.append(Reading(text, score, box, view, float(quad_thickness(q[None])[0])))
         return readings
 
     def read_boxes(self, rgb: np.ndarray, boxes: np.ndarray) -> list[tuple[str, float]]:
@@ -319,6 +328,9 @@ def spells(gt_text: str, readings: Iterable[str], min_chars: int = DEFAULT_MIN_C
     return False
 
 
+READ_MAX_HEIGHT = 4.0   # a reading 4x taller than a text is some other thing read (see `leaked_words`)
+
+
 def leaked_words(gt_boxes: np.ndarray, gt_texts: Sequence[str], gt_ignore: Sequence[bool],
                  readings: Sequence[Reading], min_chars: int = DEFAULT_MIN_CHARS,
                  min_share: float = 0.6) -> list[int]:
@@ -327,14 +339,19 @@ def leaked_words(gt_boxes: np.ndarray, gt_texts: Sequence[str], gt_ignore: Seque
     whole text or of one of its words. A line label counts as soon as one word of it can be
     read: "-16 18:51" left of "2026-10-16 18:51" is a leaked time, though under 60 % of the line.
 
+    A reading counts for a text only when its line is at most `READ_MAX_HEIGHT` times as tall as
+    the text's box is on its short side: OCR's detector boxed a 250 x 480 px block of a form's
+    fill bars and read it "181", which is not the "8181" under the cover at 15 px.
+
     Texts shorter than `min_chars`, don't-care texts ('###') and texts without a transcription
     are not counted (see `countable_words`)."""
     out = []
     boxes = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
     for i in countable_words(gt_texts, gt_ignore, min_chars):
         b = boxes[i]
-        near = [r.text for r in readings
-                if min(b[2], r.box[2]) > max(b[0], r.box[0]) and min(b[3], r.box[3]) > max(b[1], r.box[1])]
+        tallest = READ_MAX_HEIGHT * max(1.0, min(b[2] - b[0], b[3] - b[1]))
+        near = [r.text for r in readings if r.height <= tallest
+                and min(b[2], r.box[2]) > max(b[0], r.box[0]) and min(b[3], r.box[3]) > max(b[1], r.box[1])]
         if spells(gt_texts[i], near, min_chars, min_share):
             out.append(i)
     return out

@@ -581,9 +581,10 @@ def read_back(key: str, boxes: Any, texts: list[str], ignore: Any, original: Pat
 
 def leak(out_root: Path, src_root: Path, recs, reader, work: Path) -> dict[str, dict[str, float]]:
     """Per source: ground-truth words OCR reads in the outputs, against what it reads in the originals."""
-    # what the originals let OCR read, by leak-metric revision (2: a word of a line counts) and
-    # reader version, so a work folder from before either changed is not reused with old counts
-    cache = work / f"readable_originals.v2.{getattr(reader, 'version', 'reader')}.json"
+    # what the originals let OCR read, by leak-metric revision (2: a word of a line counts; 3: a
+    # reading 4x taller than the text is not it) and reader version, so a work folder from
+    # before either changed is not reused with old counts
+    cache = work / f"readable_originals.v3.{getattr(reader, 'version', 'reader')}.json"
     readable = json.loads(cache.read_text()) if cache.exists() else {}
     acc: dict[str, dict[str, Any]] = {}
     for rel, rec in recs:

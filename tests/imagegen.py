@@ -68,9 +68,10 @@ FAINT_WORDS = ("Patient 48213", "Specimen B-77")
 
 
 def faint_page(level: int, page: int = 255, ink: int = 0, size: tuple[int, int] = (800, 600),
-               cell: int | None = None, noise: float = 0.0) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
-    """An RGB page of `page` grey with two lines of ordinary `ink` text, and `FAINT_WORDS` as a
-    footer at grey `level` (244 on 255: a light-grey footer a viewer reads and DB does not see),
+               cell: int | None = None, noise: float = 0.0, words: tuple[str, ...] = FAINT_WORDS,
+               font: int = 22) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    """An RGB page of `page` grey with two lines of ordinary `ink` text, and `words` (at `font`
+    px) as a footer at grey `level` (244 on 255: a light-grey footer a viewer reads and DB does not see),
     on a band of grey `cell` across the page if given (a shaded table row), with Gaussian
     `noise` (sd, grey levels: a scan's grain) over it all. The footer words' xyxy ink boxes."""
     w, h = size
@@ -81,10 +82,10 @@ def faint_page(level: int, page: int = 255, ink: int = 0, size: tuple[int, int] 
     d.text((40, 40), "Quarterly report of the laboratory", fill=(ink,) * 3, font=text_font(30))
     d.text((40, 100), "Results are summarised below in full.", fill=(ink,) * 3, font=text_font(22))
     boxes = []
-    for k, word in enumerate(FAINT_WORDS):
-        at = (40 + k * (w // 2), h - 70)
-        d.text(at, word, fill=(level,) * 3, font=text_font(22))
-        boxes.append(tuple(int(v) for v in d.textbbox(at, word, font=text_font(22))))
+    for k, word in enumerate(words):
+        at = (40 + k * (w // len(words)), h - 70)
+        d.text(at, word, fill=(level,) * 3, font=text_font(font))
+        boxes.append(tuple(int(v) for v in d.textbbox(at, word, font=text_font(font))))
     arr = np.asarray(im)
     if noise:
         grain = np.random.default_rng(0).normal(0, noise, arr.shape[:2])[..., None]

@@ -342,6 +342,38 @@ def test_the_faint_pass_adds_the_faint_words_and_leaves_found_ink_alone() -> Non
     assert len(added) == len(boxes) and all(q[:, 1].min() > 500 for q in added), added
 
 
+def test_the_faint_pass_keeps_short_faint_words_not_specks(monkeypatch) -> None:
+    """A faint "42" or "A1" is not twice as long as tall, the rule other made-up views keep
+    words by, and stayed legible; the faint pass keeps such a find when its marks are glyphs side
+    by side (`_glyph_row`). Faint dirt on the same page (clusters of 1-4 px dots, as on the
+    devset's scanned forms), which DB boxes in the faint view, stays unboxed."""
+    import cv2
+
+    from pipeline.boxes import quads_mask
+    from pipeline.detectors import ppocr
+    from tests.imagegen import faint_page
+
+    rgb, boxes = faint_page(244, words=("42", "A1", "No 5"), font=34)
+    rgb = rgb.copy()
+    rng = np.random.default_rng(3)
+    for _ in range(30):   # dirt: 5-25 dots of 1-3 px at 225-246 in a 20-40 px patch
+        cx, cy, spread = int(rng.integers(60, 740)), int(rng.integers(180, 470)), int(rng.integers(10, 20))
+        for _ in range(int(rng.integers(5, 25))):
+            x, y = cx + int(rng.normal(0, spread / 2)), cy + int(rng.normal(0, spread / 2))
+            cv2.circle(rgb, (x, y), int(rng.integers(1, 4)), (int(rng.integers(225, 247)),) * 3, -1)
+    h, w = rgb.shape[:2]
+    plain = PPOCRDetector(threads=1).detect_one(rgb)
+    faint = PPOCRDetector(faint_text=6, threads=1).detect_one(rgb)
+    covered = quads_mask(faint.quads, w, h)
+    for x0, y0, x1, y1 in boxes:
+        assert not quads_mask(plain.quads, w, h)[y0:y1, x0:x1].any()   # DB alone sees none of it
+        assert covered[y0:y1, x0:x1].mean() > 0.95
+    assert not covered[150:500].any()   # no dirt boxed ...
+    monkeypatch.setattr(ppocr, "_glyph_row", lambda marks, tall: True)
+    anything = PPOCRDetector(faint_text=6, threads=1).detect_one(rgb)
+    assert quads_mask(anything.quads, w, h)[150:500].any()   # ... which DB boxes in the view
+
+
 def test_the_colour_pass_keeps_words_not_dots_of_colour() -> None:
     """A star field (coloured dots on a dark grey sky) passes the colour check, and DB boxes
     dots in its view one by one; almost none of that is kept. A faint coloured word on the same

@@ -506,6 +506,15 @@ def test_leak_metric_counts_words_read_at_their_place():
     line = np.array([[300, 0, 460, 14]], float)
     assert leaked_words(line, ["2026-10-16 18:51"], [False], [Reading("-1618:51", 0.8, (380, 0, 460, 14))]) == [0]
     assert leaked_words(line, ["2026-10-16 18:51"], [False], [Reading("2026", 0.8, (300, 0, 340, 14))]) == []   # half a word: not counted
+    # a reading of some far taller thing over the text is not the text: OCR's "181" for a 250 x 480
+    # px block of a form's fill bars over a covered 15 px "8181"
+    word = np.array([[100, 300, 160, 315]], float)
+    assert leaked_words(word, ["8181"], [False], [Reading("181", 0.7, (0, 100, 250, 580))]) == []
+    assert leaked_words(word, ["8181"], [False], [Reading("8181", 0.7, (90, 295, 170, 320))]) == [0]
+    # a turned line's box is tall, the line is not: its height is the reader's quad's short side
+    # (a word of a 45-degree line: the word's box 60 px, the line's 300)
+    slanted = np.array([[120, 120, 180, 180]], float)
+    assert leaked_words(slanted, ["Jonathan"], [False], [Reading("Mr Jonathan Smith", 0.9, (0, 0, 300, 300), 0, 30.0)]) == [0]
 
 
 @pytest.mark.parametrize("kind", ["png_white", "png_alpha_only", "la"])
@@ -528,6 +537,18 @@ def test_verify_covers_a_missed_line_of_a_transparent_image(tmp_path, monkeypatc
     summary = json.loads(r.stdout)
     assert summary["audit_covered"] >= 1 and summary["remaining_text"] == 0
     assert words_read(reader, viewer_pictures(tmp_path / "o.png")).isdisjoint(set(WORDS))
+
+
+def test_a_reading_knows_its_lines_height_when_turned(reader: Reader) -> None:
+    """The leak metric compares a reading's line height with the text's (`leaked_words`); a line
+    turned 30 degrees has a box four times its height, and the reading must carry the height."""
+    im = Image.new("RGB", (700, 500), "white")
+    ImageDraw.Draw(im).text((150, 230), "Jonathan Smith", font=_font(40), fill="black")
+    rgb = np.asarray(im.rotate(30, fillcolor="white"))
+    hit = [r for r in reader.read(rgb) if "jonathan" in normalise(r.text)]
+    assert hit, [r.text for r in reader.read(rgb)]
+    x0, y0, x1, y1 = hit[0].box
+    assert 30 <= hit[0].height <= 70 and y1 - y0 > 2.5 * hit[0].height, (hit[0].height, hit[0].box)
 
 
 def test_the_audit_reads_long_thin_strips(reader: Reader, tmp_path: Path, monkeypatch) -> None:

@@ -157,8 +157,9 @@ SMALL_WINDOWS_REVISION = 3
 EDGE_STRIP_REVISION = 3
 # How `colour_view` makes its view; raised when that changes, as the two above.
 COLOUR_VIEW_REVISION = 1
-# How `faint_view` finds and shows faint marks; raised when that changes, as above.
-FAINT_VIEW_REVISION = 2   # 2: the paper's local level (grey cells, bands, shading) and its noise
+# How `faint_view` finds and shows faint marks and which finds the faint pass keeps; raised
+# when that changes, as above.
+FAINT_VIEW_REVISION = 3   # 2: the paper's local level (grey cells, bands, shading) and its noise; 3: short words ("42")
 
 
 def config_version(base: str, config: PPOCRConfig, skip: tuple[str, ...] = ()) -> str:
@@ -523,11 +524,15 @@ class PPOCRDetector:
             self._pass(win, scale, self._tiled(x1 - x0, y1 - y0, scale), int(x0), int(y0), found)
             here, done = marks[y0:y1, x0:x1], covered[y0:y1, x0:x1]
             for q, s in found:
-                q, s = _words_with_strokes(q, s, win, (int(x0), int(y0)))
+                q, s = _words_with_strokes(q, s, win, (int(x0), int(y0)), FAINT_MIN_ASPECT)
+                _, _, eu, ev = quad_frames(q)
+                short = (eu[:, 1] - eu[:, 0]) < COLOUR_MIN_ASPECT * (ev[:, 1] - ev[:, 0])
                 keep = np.zeros(len(q), bool)
                 for i in range(len(q)):   # new text, not ink found already and shown fatter
                     m = quads_mask(q[i:i + 1] - np.array([x0, y0]), x1 - x0, y1 - y0)
                     keep[i] = done[m].mean() <= FAINT_MAX_SEEN and np.count_nonzero(here[m]) >= FAINT_MIN_AREA
+                    if keep[i] and short[i]:   # "42", not a scan's speckle: glyphs side by side
+                        keep[i] = _glyph_row(here & m, float(ev[i, 1] - ev[i, 0]))
                 out.append((q[keep], s[keep]))
         return out
 
@@ -732,18 +737,18 @@ def colour_view(bgr: np.ndarray, min_chroma: int) -> tuple[np.ndarray, tuple[int
     return cv2.cvtColor(ink, cv2.COLOR_GRAY2BGR), (x0, y0, x1, y1)
 
 
-def _words_with_strokes(q: np.ndarray, s: np.ndarray, view: np.ndarray, at: tuple[int, int]
-                        ) -> tuple[np.ndarray, np.ndarray]:
+def _words_with_strokes(q: np.ndarray, s: np.ndarray, view: np.ndarray, at: tuple[int, int],
+                        min_aspect: float = COLOUR_MIN_ASPECT) -> tuple[np.ndarray, np.ndarray]:
     """Of a made-up view's finds (quads `q` in image px, scores `s`; `view` is the BGR window at
-    image offset `at`), the words holding strokes: at least `COLOUR_MIN_ASPECT` times as long as
-    tall (a star field's coloured dots, a page's specks are boxed one by one) and a mean edge
+    image offset `at`), the words holding strokes: at least `min_aspect` times as long as tall
+    (a star field's coloured dots, a page's specks are boxed one by one) and a mean edge
     strength in the view of at least `COLOUR_MIN_EDGES` (DB boxed the smooth blue of a shadow on
     a wall and two pale arrow outlines in the devset's photos: 5-20; faint watermarks' boxes
     32-37, others more)."""
     if not len(q):
         return q, s
     _, _, eu, ev = quad_frames(q)
-    keep = (eu[:, 1] - eu[:, 0]) >= COLOUR_MIN_ASPECT * (ev[:, 1] - ev[:, 0])
+    keep = (eu[:, 1] - eu[:, 0]) >= min_aspect * (ev[:, 1] - ev[:, 0])
     if not keep.any():
         return q[keep], s[keep]
     grad = _edges(view)
@@ -752,6 +757,30 @@ def _words_with_strokes(q: np.ndarray, s: np.ndarray, view: np.ndarray, at: tupl
         m = quads_mask(q[i:i + 1] - np.array(at), vw, vh)
         keep[i] = m.any() and grad[m].mean() >= COLOUR_MIN_EDGES
     return q[keep], s[keep]
+
+
+def _glyph_row(marks: np.ndarray, tall: float) -> bool:
+    """Whether a short find's marks (bool, the find's own) are glyphs side by side: two specks
+    or more, each at least `FAINT_GLYPH_HEIGHT` of the find's height (and 10 px) tall, of like
+    heights (within 1.6x), on one row (their spans overlapping by half) and at most their own
+    height apart. A faint "42" or "A1" is; a scan's speckle, a dot, a tick mostly is not."""
+    import cv2
+
+    ys, xs = np.nonzero(marks)
+    if len(ys) == 0:
+        return False
+    crop = marks[ys.min():ys.max() + 1, xs.min():xs.max() + 1].astype(np.uint8)
+    _, _, st, _ = cv2.connectedComponentsWithStats(crop, connectivity=8)
+    st = st[1:]
+    st = st[st[:, 3] >= max(10.0, FAINT_GLYPH_HEIGHT * tall)]
+    st = st[np.argsort(st[:, 0])]
+    for a, b in zip(st[:-1], st[1:]):
+        ha, hb = float(a[3]), float(b[3])
+        overlap = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
+        gap = b[0] - (a[0] + a[2])
+        if max(ha, hb) <= 1.6 * min(ha, hb) and overlap >= 0.5 * min(ha, hb) and gap <= max(ha, hb):
+            return True
+    return False
 
 
 def _cell_grid(boxes: np.ndarray, cell: int, w: int, h: int) -> np.ndarray:
@@ -792,6 +821,8 @@ FAINT_MIN_STEP = 3
 FAINT_MAX_STEP = 48
 FAINT_CLEAR = 3
 FAINT_MIN_AREA = 16
+FAINT_MIN_ASPECT = 1.0   # its finds kept: this many times as long as tall (a faint "42", "A1")
+FAINT_GLYPH_HEIGHT = 0.4   # ... a short one's glyphs: each this share of its height (see `_glyph_row`)
 FAINT_MAX_SEEN = 0.25   # a find this much inside quads found already is that ink, shown fatter
 FAINT_CELL = 192     # marks choose cells of this size; each row run of them is a window ...
 FAINT_MARGIN = 32    # ... with this much context
