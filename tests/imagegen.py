@@ -69,16 +69,21 @@ FAINT_WORDS = ("Patient 48213", "Specimen B-77")
 
 def faint_page(level: int, page: int = 255, ink: int = 0, size: tuple[int, int] = (800, 600),
                cell: int | None = None, noise: float = 0.0, words: tuple[str, ...] = FAINT_WORDS,
-               font: int = 22) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+               font: int = 22, ruled: int | None = None) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
     """An RGB page of `page` grey with two lines of ordinary `ink` text, and `words` (at `font`
     px) as a footer at grey `level` (244 on 255: a light-grey footer a viewer reads and DB does not see),
-    on a band of grey `cell` across the page if given (a shaded table row), with Gaussian
-    `noise` (sd, grey levels: a scan's grain) over it all. The footer words' xyxy ink boxes."""
+    on a band of grey `cell` across the page if given (a shaded table row), on 1 px lines of grey
+    `ruled` every 30 px below the heading if given (ruled paper: one crosses the footer's lower
+    half), with Gaussian `noise` (sd, grey levels: a scan's grain) over it all. The footer
+    words' xyxy ink boxes."""
     w, h = size
     im = Image.new("RGB", size, (page,) * 3)
     d = ImageDraw.Draw(im)
     if cell is not None:
         d.rectangle([0, h - 100, w, h - 20], fill=(cell,) * 3)
+    if ruled is not None:
+        for y in range(h - 60 - 30 * ((h - 210) // 30), h, 30):
+            d.line([(0, y), (w, y)], fill=(ruled,) * 3)
     d.text((40, 40), "Quarterly report of the laboratory", fill=(ink,) * 3, font=text_font(30))
     d.text((40, 100), "Results are summarised below in full.", fill=(ink,) * 3, font=text_font(22))
     boxes = []

@@ -159,7 +159,7 @@ EDGE_STRIP_REVISION = 3
 COLOUR_VIEW_REVISION = 1
 # How `faint_view` finds and shows faint marks and which finds the faint pass keeps; raised
 # when that changes, as above.
-FAINT_VIEW_REVISION = 3   # 2: the paper's local level (grey cells, bands, shading) and its noise; 3: short words ("42")
+FAINT_VIEW_REVISION = 4   # 2: the paper's local level (grey cells, bands, shading) and its noise; 3: short words ("42"); 4: ruled lines are ink
 
 
 def config_version(base: str, config: PPOCRConfig, skip: tuple[str, ...] = ()) -> str:
@@ -796,6 +796,15 @@ def _cell_grid(boxes: np.ndarray, cell: int, w: int, h: int) -> np.ndarray:
     return grid
 
 
+def _mask_grid(mask: np.ndarray, cell: int) -> np.ndarray:
+    """The (rows, cols) bool grid of `cell`-px cells of a bool (H, W) mask that hold some of it."""
+    h, w = mask.shape
+    gh, gw = -(-h // cell), -(-w // cell)
+    padded = np.zeros((gh * cell, gw * cell), bool)
+    padded[:h, :w] = mask
+    return padded.reshape(gh, cell, gw, cell).any(axis=(1, 3))
+
+
 def _row_windows(grid: np.ndarray, cell: int, margin: int, w: int, h: int) -> np.ndarray:
     """Integer xyxy windows: one per run of marked cells in a row of `grid`, with `margin` px of
     context (no union rectangles: a pass's cost follows the marked area)."""
@@ -873,16 +882,19 @@ def faint_view(bgr: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray, np.n
     # shown blurred
     noise = _u8_percentile(off[off <= FAINT_MAX_STEP], 0.75)
     least = max(FAINT_MIN_STEP, noise + FAINT_MIN_STEP)
-    strong = (off > FAINT_MAX_STEP).astype(np.uint8)
+    # ordinary ink, before the blur too: a 1 px ruled line at 189 is 22 levels off after it, and
+    # its band of "marks" swallowed the faint words written on it
+    strong = ((off > FAINT_MAX_STEP) | (cv2.absdiff(grey, paper) > FAINT_MAX_STEP)).astype(np.uint8)
     clear = 1 - cv2.dilate(strong, np.ones((2 * FAINT_CLEAR + 1, 2 * FAINT_CLEAR + 1), np.uint8))
     marks = ((off >= least) & (strong == 0)).astype(np.uint8) & clear
-    _, _, stats, _ = cv2.connectedComponentsWithStats(marks, connectivity=8)
-    st = stats[1:]
-    keep = (st[:, 4] >= FAINT_MIN_AREA) & (st[:, 3] >= 4)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(marks, connectivity=8)
+    keep = (stats[:, 4] >= FAINT_MIN_AREA) & (stats[:, 3] >= 4)
+    keep[0] = False
     if not keep.any():
         return None
-    boxes = np.stack([st[:, 0], st[:, 1], st[:, 0] + st[:, 2], st[:, 1] + st[:, 3]], 1)[keep]
-    wins = _row_windows(_cell_grid(boxes, FAINT_CELL, w, h), FAINT_CELL, FAINT_MARGIN, w, h)
+    # the cells every kept speck touches, not only its centre's: a long one (a faint rule with
+    # words touching it) reaches cells its centre does not
+    wins = _row_windows(_mask_grid(keep[labels], FAINT_CELL), FAINT_CELL, FAINT_MARGIN, w, h)
     raw = cv2.absdiff(grey if least == FAINT_MIN_STEP else smooth, paper)
     floor = least - FAINT_MIN_STEP + 1   # white up to the noise, black `step` levels past it
     ink = 255 - cv2.convertScaleAbs(cv2.subtract(raw, floor), alpha=255.0 / max(1, int(step) - 1))
