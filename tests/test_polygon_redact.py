@@ -368,12 +368,13 @@ def test_a_promoted_tuned_model_gets_the_small_text_pass_too(tmp_path, ws, reade
         if name == "default":   # the summary says which passes ran, and what the model scored
             assert summary.model["passes"] == {"scales": [1.0, 2.5], "refine": "small", "scale_max_side": None,
                                                "large_text_side": 640, "edge_strip": 128, "edge_scale": 2.0,
-                                               "colour_text": 16, "faint_text": 6}
+                                               "colour_text": 16, "faint_text": 6, "crossed_text": 0.5}
             assert summary.model["validation_coverage"] == pytest.approx(0.9)
             assert _describe_model(summary.model) == (" (validation coverage 0.900 at the budget, validation when trained; "
                                                       "1x + 2.5x on small-text cells, "
                                                       "large text at 640 px, edge strips 64 px deep at 2x, "
-                                                      "coloured text on grey images, faint text on pages)")
+                                                      "coloured text on grey images, faint text on pages, "
+                                                      "text crossing text)")
         else:
             assert _describe_model(summary.model).endswith("; one 1x pass, large text at 640 px)")
     assert runs["one"][0] == version and runs["default"][0].startswith(version + "+")

@@ -99,6 +99,7 @@ def test_the_summary_names_the_passes_that_ran() -> None:
     assert _describe_model({"passes": {"scales": [1.0], "colour_text": 16}}) == " (one 1x pass, coloured text on grey images)"
     assert _describe_model({"passes": {"scales": [1.0], "colour_text": 16, "faint_text": 10}}) \
         == " (one 1x pass, coloured text on grey images, faint text on pages)"
+    assert _describe_model({"passes": {"scales": [1.0], "crossed_text": 0.5}}) == " (one 1x pass, text crossing text)"
 
 
 def test_merge_boxes_unions_line_pieces_and_duplicates() -> None:
@@ -301,7 +302,8 @@ def test_faint_view_shows_a_pages_faint_marks_as_ink() -> None:
     assert faint_view(np.repeat(noisy[..., None], 3, 2), 6) is None
 
 
-@pytest.mark.parametrize("option,view,arg", [("colour_text", "colour_view", "min_chroma"), ("faint_text", "faint_view", "step")])
+@pytest.mark.parametrize("option,view,arg", [("colour_text", "colour_view", "min_chroma"), ("faint_text", "faint_view", "step"),
+                                             ("crossed_text", None, None)])
 def test_the_extra_views_are_range_checked_and_part_of_the_version(option: str, view: str, arg: str) -> None:
     """`-o colour_text=300` / `faint_text=300` is refused by name; the views refuse 0 ("off" for
     the option: no view can be made with it); turning a pass on changes the detector version,
@@ -310,9 +312,57 @@ def test_the_extra_views_are_range_checked_and_part_of_the_version(option: str, 
 
     with pytest.raises(ValueError, match=option):
         ppocr.PPOCRConfig(**{option: 300})
-    with pytest.raises(ValueError, match=arg):
-        getattr(ppocr, view)(np.full((40, 60, 3), 255, np.uint8), 0)
-    assert load_detector("ppocr", **{option: 6}).version != load_detector("ppocr").version
+    if view:
+        with pytest.raises(ValueError, match=arg):
+            getattr(ppocr, view)(np.full((40, 60, 3), 255, np.uint8), 0)
+    on = 0.5 if option == "crossed_text" else 6
+    assert load_detector("ppocr", **{option: on}).version != load_detector("ppocr").version
+
+
+def crossed_sign(size: tuple[int, int] = (1024, 768)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A grey wall (noise sd 6) with a light 60 px line "No. 5, Dan Ling St." and a translucent
+    white "SAMPLE COPY" at 30 degrees across its start; the line's and the watermark's ink masks."""
+    from PIL import Image, ImageDraw
+
+    from tests.imagegen import text_font
+
+    w, h = size
+    rng = np.random.default_rng(0)
+    wall = (90 + rng.normal(0, 6, (h, w, 1))).clip(0, 255).astype(np.uint8).repeat(3, 2)
+    line = Image.new("L", size)
+    ImageDraw.Draw(line).text((300, 330), "No. 5, Dan Ling St.", fill=255, font=text_font(60))
+    mark = Image.new("L", (520, 90))
+    ImageDraw.Draw(mark).text((4, 4), "SAMPLE COPY", fill=255, font=text_font(56))
+    mark = mark.rotate(30, expand=True, resample=Image.BICUBIC)
+    wm = Image.new("L", size)
+    wm.paste(mark, (150, 250))
+    a = np.asarray(line, np.float32)[..., None] / 255
+    b = np.asarray(wm, np.float32)[..., None] / 255 * 0.35
+    rgb = wall * (1 - a) + 235 * a
+    rgb = (rgb * (1 - b) + 255 * b).round().astype(np.uint8)
+    return rgb, np.asarray(line) > 127, np.asarray(wm) > 127
+
+
+def test_text_crossing_text_is_kept_in_pieces() -> None:
+    """A watermark across a line of a sign joins it in DB's bitmap: one X-shaped component whose
+    rectangle is mostly wall, scored under `box_thresh`, so the 1x pass dropped the line and the
+    watermark both. With `crossed_text` the component is covered in pieces: both are found, and
+    an image without crossing text gets nothing new."""
+    from pipeline.boxes import quads_mask
+    from tests.imagegen import faint_page
+
+    rgb, line, wm = crossed_sign()
+    h, w = line.shape
+    plain = load_detector("ppocr", threads=1).detect_one(rgb)
+    pieces = load_detector("ppocr", crossed_text=0.5, threads=1).detect_one(rgb)
+    before, after = quads_mask(plain.quads, w, h), quads_mask(pieces.quads, w, h)
+    for ink in (line, wm):
+        assert before[ink].mean() < 0.5          # dropped together
+        assert after[ink].mean() > 0.9
+    page, _ = faint_page(0)   # no crossing: the same boxes
+    a = load_detector("ppocr", threads=1).detect_one(page)
+    b = load_detector("ppocr", crossed_text=0.5, threads=1).detect_one(page)
+    assert np.array_equal(a.quads, b.quads)
 
 
 def test_the_faint_pass_adds_the_faint_words_and_leaves_found_ink_alone() -> None:

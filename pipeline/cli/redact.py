@@ -223,7 +223,8 @@ def _describe_model(model: dict) -> str:
         edges = f", edge strips {passes['edge_strip'] / e_scale:g} px deep at {e_scale:g}x" if passes.get("edge_strip") else ""
         colour = ", coloured text on grey images" if passes.get("colour_text") else ""
         faint = ", faint text on pages" if passes.get("faint_text") else ""
+        crossed = ", text crossing text" if passes.get("crossed_text") else ""
         parts.append((f"one {first} pass" if not extra else f"{first} + {' + '.join(extra)}{where}{side}")
-                     + large + edges + colour + faint)
+                     + large + edges + colour + faint + crossed)
     return f" ({'; '.join(parts)})" if parts else ""
 

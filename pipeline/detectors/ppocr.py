@@ -111,6 +111,12 @@ class PPOCRConfig:
     # runs once more on windows around them, on a view where the distance from the paper is ink:
     # black from this many levels off it (see `faint_view`; 0: off).
     faint_text: int = 0
+    # Text crossing text (a watermark over a line, a stamp over a signature): DB's bitmap joins
+    # them into one component, its rectangle is mostly background, scores under `box_thresh`,
+    # and both were dropped. A component whose own pixels average at least this probability,
+    # yet whose rectangle is dropped so, is covered in pieces instead (see `_crossed_pieces`;
+    # 0: off).
+    crossed_text: float = 0.0
     threads: int = 2               # onnxruntime intra-op threads
     model_path: str = ""           # default: the model inside the rapidocr wheel
 
@@ -141,6 +147,7 @@ _RANGES: dict[str, tuple[float, float, type]] = {
     "refine_cell": (16, 8192, int), "refine_margin": (0, 8192, int), "refine_continue": (0.0, 1000.0, float),
     "refine_whole": (0.0, 1000.0, float), "edge_strip": (0, 4096, int), "edge_border": (0, 1024, int),
     "edge_scale": (0.25, MAX_SCALE, float), "colour_text": (0, 255, int), "faint_text": (0, 255, int),
+    "crossed_text": (0.0, 1.0, float),
     "threads": (1, 1024, int),
     "large_text_side": (0, 16384, int), "large_text_trigger": (1.0, 16384.0, float), "large_text_keep": (0.0, 16384.0, float),
     "large_text_share": (0.0, 1.0, float),
@@ -159,6 +166,8 @@ EDGE_STRIP_REVISION = 3
 COLOUR_VIEW_REVISION = 1
 # How `faint_view` finds and shows faint marks and which finds the faint pass keeps; raised
 # when that changes, as above.
+# How `_crossed_pieces` cuts a crossed component; raised when that changes, as above.
+CROSSED_REVISION = 1
 FAINT_VIEW_REVISION = 4   # 2: the paper's local level (grey cells, bands, shading) and its noise; 3: short words ("42"); 4: ruled lines are ink
 
 
@@ -182,6 +191,8 @@ def config_version(base: str, config: PPOCRConfig, skip: tuple[str, ...] = ()) -
         changed["colour_view_revision"] = COLOUR_VIEW_REVISION
     if config.faint_text:
         changed["faint_view_revision"] = FAINT_VIEW_REVISION
+    if config.crossed_text:
+        changed["crossed_revision"] = CROSSED_REVISION
     if not config.large_text_side:   # off: how it would run changes nothing
         for k in ("large_text_trigger", "large_text_keep", "large_text_share"):
             changed.pop(k, None)
@@ -314,7 +325,7 @@ class PPOCRDetector:
                 "scale_max_side": (c.scale_max_side or None) if len(c.scales) > 1 else None,
                 "large_text_side": c.large_text_side or None, "edge_strip": c.edge_strip or None,
                 "edge_scale": c.edge_scale if c.edge_strip else None, "colour_text": c.colour_text or None,
-                "faint_text": c.faint_text or None}
+                "faint_text": c.faint_text or None, "crossed_text": c.crossed_text or None}
 
     def cache_maps(self, on: bool = True) -> None:
         """Keep each input's probability map in memory (validation grids; off by default). Turning
@@ -359,6 +370,9 @@ class PPOCRDetector:
         quads, scores = self._post(pred, (h, w))
         quads = np.asarray(quads, dtype=np.float64).reshape(-1, 4, 2)
         scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+        if self.config.crossed_text:
+            more, more_s = _crossed_pieces(pred[0, 0], self._post, self.config.crossed_text, (h, w))
+            quads, scores = np.concatenate([quads, more]), np.concatenate([scores, more_s])
         if len(quads):
             keep = quad_thickness(quads) > 3   # drop slivers (rapidocr's filter: 3 px or thinner)
             quads, scores = quads[keep], scores[keep]
@@ -757,6 +771,60 @@ def _words_with_strokes(q: np.ndarray, s: np.ndarray, view: np.ndarray, at: tupl
         m = quads_mask(q[i:i + 1] - np.array(at), vw, vh)
         keep[i] = m.any() and grad[m].mean() >= COLOUR_MIN_EDGES
     return q[keep], s[keep]
+
+
+CROSSED_MIN_AREA = 64   # map px: a smaller component is no line, crossed or not
+CROSSED_CELL = 3.0      # a crossed component is cut in square cells of this many times its thickness
+
+
+def _crossed_pieces(prob: np.ndarray, post: Any, min_score: float, dest: tuple[int, int]
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Quads (N,4,2) in `dest` (h, w) px and scores of the components of DB's bitmap that `post`
+    (rapidocr's DB post-process, whose rules this repeats) drops although they are text: their
+    own pixels average `min_score` or more, their rectangle under `box_thresh`. Two lines that
+    cross (a watermark over a sign) make such a component, an X whose rectangle is mostly
+    background. Each is cut in square cells `CROSSED_CELL` times its thickness (2 x area /
+    perimeter) and every piece boxed and grown as DB boxes a line, so the pieces cover both."""
+    import cv2
+
+    mh, mw = prob.shape
+    dh, dw = dest
+    bitmap = cv2.dilate((prob > post.thresh).astype(np.uint8), np.ones((2, 2), np.uint8))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(bitmap, connectivity=8)
+    quads: list[np.ndarray] = []
+    scores: list[float] = []
+    for i in np.flatnonzero(stats[:, 4] >= CROSSED_MIN_AREA):
+        if i == 0:
+            continue
+        x, y, cw, ch = (int(v) for v in stats[i, :4])
+        comp = (labels[y:y + ch, x:x + cw] == i).astype(np.uint8)
+        if float(prob[y:y + ch, x:x + cw][comp > 0].mean()) < min_score:
+            continue
+        contours, _ = cv2.findContours(comp, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        outline = max(contours, key=cv2.contourArea) + np.array([x, y], np.int32)
+        rect, _ = post.get_mini_boxes(outline)
+        if post.box_score_fast(prob, rect.reshape(-1, 2)) >= post.box_thresh:
+            continue   # DB keeps it
+        cell = max(8, int(round(CROSSED_CELL * 2 * stats[i, 4] / max(1.0, cv2.arcLength(outline, True)))))
+        for cy in range(0, ch, cell):
+            for cx in range(0, cw, cell):
+                piece = np.ascontiguousarray(comp[cy:cy + cell, cx:cx + cell])
+                for c in cv2.findContours(piece, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]:
+                    points, side = post.get_mini_boxes(c + np.array([x + cx, y + cy], np.int32))
+                    if side < post.min_size:
+                        continue
+                    score = post.box_score_fast(prob, points.reshape(-1, 2))
+                    if score < post.box_thresh:
+                        continue
+                    box, side = post.get_mini_boxes(post.unclip(points))
+                    if side < post.min_size + 2:
+                        continue
+                    box = np.asarray(box, np.float64)
+                    box[:, 0] = np.clip(np.round(box[:, 0] / mw * dw), 0, dw)
+                    box[:, 1] = np.clip(np.round(box[:, 1] / mh * dh), 0, dh)
+                    quads.append(box)
+                    scores.append(float(score))
+    return np.asarray(quads, np.float64).reshape(-1, 4, 2), np.asarray(scores, np.float64)
 
 
 def _glyph_row(marks: np.ndarray, tall: float) -> bool:

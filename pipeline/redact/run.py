@@ -72,6 +72,10 @@ DEFAULT_COLOUR_TEXT = 16
 # off the page): a light-grey footer at 244 on a white page of black text stayed legible (DB sees
 # nothing from about 12 levels off), and `--verify` passed it (its OCR runs DB too)
 DEFAULT_FAINT_TEXT = 6
+# ... and text crossing text kept in pieces (`PPOCRConfig.crossed_text`: the least mean probability
+# of a component DB drops for its mostly empty rectangle): a watermark across a sign's line made
+# one X-shaped component, and DB dropped both the watermark and the line
+DEFAULT_CROSSED_TEXT = 0.5
 DEFAULT_REVIEW_BAND = (0.3, 0.4)   # holds 26 % of devset images with ppocr (0.3-0.6 would hold 58 %)
 # --verify covers what the OCR audit still reads, then reads again, this many times (the demo's
 # immunohistochemistry sample: the detector covered half of a faint date stamp, OCR read "8:51"
@@ -730,7 +734,7 @@ def pass_options(scales: Sequence[float] = DEFAULT_PPOCR_SCALES, refine: str = D
         return {"scales": scales}
     return {"scales": scales, "refine": refine,
             "edge_strip": DEFAULT_EDGE_STRIP, "edge_scale": DEFAULT_EDGE_SCALE, "colour_text": DEFAULT_COLOUR_TEXT,
-            "faint_text": DEFAULT_FAINT_TEXT}
+            "faint_text": DEFAULT_FAINT_TEXT, "crossed_text": DEFAULT_CROSSED_TEXT}
 
 
 def bundle_pass_options(path: str, scales: Sequence[float] | None = None) -> dict[str, Any]:
