@@ -693,10 +693,55 @@ def make_faint_set(root: Path, n: int = 24) -> list[tuple[str, np.ndarray, list[
     return out
 
 
-def generated_quality(set_name: str, cases: list[tuple[str, np.ndarray, list[str], np.ndarray]], src: Path,
+WATERMARKS = [((255, 255, 255), 0.35, 56, 30, "SAMPLE COPY"), ((255, 255, 255), 0.25, 40, 0, "Confidential"),
+              ((0, 0, 0), 0.25, 48, -25, "DO NOT COPY"), ((255, 255, 255), 0.5, 24, 0, "Lab 7 Smith")]
+
+
+def make_watermark_set(devset: Path, root: Path, per_source: int = 3) -> list[tuple[str, np.ndarray, list[str], np.ndarray, list]]:
+    """(name, glyph mask, words, word boxes, word quads) for the devset's first `per_source`
+    photos of icdar2015, msra_td500 and the negatives, shrunk to 1024 px, each with every
+    `WATERMARKS` kind (white or black at 25-50 % opacity, level or turned 25-30 degrees, across
+    the picture's left middle, where it crosses the scene's text on some). Only the watermark
+    is counted: what crossing it does to the scene's own text shows in the images, not here."""
+    from PIL import Image, ImageDraw
+
+    root.mkdir(parents=True, exist_ok=True)
+    photos = [p for src in ("icdar2015", "msra_td500", "negatives_skimage")
+              for p in sorted((devset / src / "images").glob("*"))[:per_source]]
+    out = []
+    for i, path in enumerate(photos):
+        with Image.open(path) as im:
+            base = im.convert("RGB")
+        base.thumbnail((1024, 1024))
+        for k, (colour, alpha, size, angle, word) in enumerate(WATERMARKS):
+            im = base.copy()
+            w, h = im.size
+            x0, y0, x1, y1 = ImageDraw.Draw(im).textbbox((4, 4), word, font=_font(size))
+            layer = Image.new("L", (x1 + 8, y1 + 8), 0)
+            ImageDraw.Draw(layer).text((4, 4), word, fill=255, font=_font(size))
+            turned = layer.rotate(angle, expand=True, resample=Image.BICUBIC)
+            at = (int(w * 0.15), int(h * 0.4))
+            im.paste(Image.new("RGB", turned.size, colour), at, turned.point(lambda v: int(v * alpha)))
+            mask = Image.new("L", (w, h), 0)
+            mask.paste(turned, at)
+            # the ink box's corners turned as the layer was (PIL turns counter-clockwise about the centre)
+            centre = np.array(layer.size, float) / 2
+            a = np.deg2rad(angle)
+            turn = np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]])
+            corners = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], float) - centre
+            quad = corners @ turn.T + np.array(turned.size, float) / 2 + np.array(at, float)
+            name = f"wm_{i:02d}_{k}.png"
+            im.save(root / name)
+            box = [quad[:, 0].min(), quad[:, 1].min(), quad[:, 0].max(), quad[:, 1].max()]
+            out.append((name, np.asarray(mask) > 127, [word], np.asarray([box], float), [quad.ravel().tolist()]))
+    return out
+
+
+def generated_quality(set_name: str, cases: list[tuple], src: Path,
                       work: Path, detectors: dict[str, Any], reader, threshold: float) -> list[dict[str, Any]]:
-    """Redact a generated set (`make_transparent_set`, `make_faint_set`) with defaults: coverage
-    of its glyph pixels, and OCR's leak on every viewer picture, both judges."""
+    """Redact a generated set (`make_transparent_set`, `make_faint_set`, `make_watermark_set`:
+    name, glyph mask, words, word boxes and optionally word quads) with defaults: coverage of its
+    glyph pixels, and OCR's leak on every viewer picture, both judges."""
     import shutil
 
     from pipeline.redact import codec
@@ -712,9 +757,9 @@ def generated_quality(set_name: str, cases: list[tuple[str, np.ndarray, list[str
         text = cov = n_words = readable = leaked = readable_in_place = leaked_in_place = 0
         left_in_place: list[str] = []
         seen: dict[str, list[int]] = {}
-        for name, m, words, boxes in cases:
+        for name, m, words, boxes, *polys in cases:
             _, before, left, in_place = read_back(name, boxes, words, [False] * len(words), src / name, out / name,
-                                                  reader, seen)
+                                                  reader, seen, polys[0] if polys else None)
             n_words += len(words)
             readable += len(before)
             leaked += len(left)
@@ -1121,7 +1166,7 @@ def goals(result: dict[str, Any], default_name: str = "default") -> list[tuple[s
             out.append(("microscopy leak = 0", f"{lk['leaked']}/{lk['readable']} readable overlays", lk["leaked"] <= GOAL_LEAK))
             out.append(("microscopy leak read in place = 0", f"{lk['leaked_in_place']}/{lk['readable_in_place']} readable overlays",
                         lk["leaked_in_place"] <= GOAL_LEAK))
-    for set_name in ("transparent", "faint"):   # the leak goal on the generated sets
+    for set_name in ("transparent", "faint", "watermarks"):   # the leak goal on the generated sets
         g = next((r for r in result.get(set_name, []) if r["detector"] == default_name), None)
         if g is not None:
             out.append((f"{set_name} leak = 0", f"{g['leaked_words']}/{g['readable_words']} words", g["leaked_words"] <= GOAL_LEAK))
@@ -1250,6 +1295,10 @@ def main() -> int:
             print("faint text on pages (defaults; 4-20 levels off the paper, next to full-contrast text):", flush=True)
             result["faint"] = generated_quality("faint", make_faint_set(args.work / "faint"), args.work / "faint",
                                                 args.work, dets, reader, threshold)
+            if not args.skip_devset:
+                print("translucent watermarks over the devset's photos (defaults):", flush=True)
+                result["watermarks"] = generated_quality("watermarks", make_watermark_set(args.set, args.work / "watermarks"),
+                                                         args.work / "watermarks", args.work, dets, reader, threshold)
     result["goals"] = [{"goal": g, "measured": m, "passed": ok} for g, m, ok in goals(result)]
     # a verdict on the goals needs the whole sets: --limit N keeps N images per source (and N
     # microscopy images), which once passed off 1 microscopy image as the 30
