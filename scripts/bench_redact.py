@@ -1295,7 +1295,7 @@ def main() -> int:
             print("faint text on pages (defaults; 4-20 levels off the paper, next to full-contrast text):", flush=True)
             result["faint"] = generated_quality("faint", make_faint_set(args.work / "faint"), args.work / "faint",
                                                 args.work, dets, reader, threshold)
-            if not args.skip_devset:
+            if (args.set / "icdar2015").is_dir():   # the devset's photos, --skip-devset or not
                 print("translucent watermarks over the devset's photos (defaults):", flush=True)
                 result["watermarks"] = generated_quality("watermarks", make_watermark_set(args.set, args.work / "watermarks"),
                                                          args.work / "watermarks", args.work, dets, reader, threshold)
