@@ -782,6 +782,8 @@ def generated_quality(set_name: str, cases: list[tuple], src: Path,
         rows.append(row)
         print(f"  {set_name} {det_name:12s} glyph coverage {row['glyph_coverage']:.3f}  "
               f"leaked {leaked}/{readable} readable words, read in place {leaked_in_place}/{readable_in_place}", flush=True)
+        for text in left_in_place:
+            print(f"    still legible in place: {text}", flush=True)
         shutil.rmtree(out, ignore_errors=True)
     return rows
 
