@@ -96,3 +96,23 @@ def faint_page(level: int, page: int = 255, ink: int = 0, size: tuple[int, int] 
         grain = np.random.default_rng(0).normal(0, noise, arr.shape[:2])[..., None]
         arr = np.clip(np.rint(arr + grain), 0, 255).astype(np.uint8)
     return arr, boxes
+
+
+def crossed_sign(size: tuple[int, int] = (1024, 768)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A grey wall (noise sd 6) with a light 60 px line "No. 5, Dan Ling St." and a translucent
+    white "SAMPLE COPY" at 30 degrees across its start; the line's and the watermark's ink masks."""
+    w, h = size
+    rng = np.random.default_rng(0)
+    wall = (90 + rng.normal(0, 6, (h, w, 1))).clip(0, 255).astype(np.uint8).repeat(3, 2)
+    line = Image.new("L", size)
+    ImageDraw.Draw(line).text((300, 330), "No. 5, Dan Ling St.", fill=255, font=text_font(60))
+    mark = Image.new("L", (520, 90))
+    ImageDraw.Draw(mark).text((4, 4), "SAMPLE COPY", fill=255, font=text_font(56))
+    mark = mark.rotate(30, expand=True, resample=Image.BICUBIC)
+    wm = Image.new("L", size)
+    wm.paste(mark, (150, 250))
+    a = np.asarray(line, np.float32)[..., None] / 255
+    b = np.asarray(wm, np.float32)[..., None] / 255 * 0.35
+    rgb = wall * (1 - a) + 235 * a
+    rgb = (rgb * (1 - b) + 255 * b).round().astype(np.uint8)
+    return rgb, np.asarray(line) > 127, np.asarray(wm) > 127

@@ -319,37 +319,13 @@ def test_the_extra_views_are_range_checked_and_part_of_the_version(option: str, 
     assert load_detector("ppocr", **{option: on}).version != load_detector("ppocr").version
 
 
-def crossed_sign(size: tuple[int, int] = (1024, 768)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A grey wall (noise sd 6) with a light 60 px line "No. 5, Dan Ling St." and a translucent
-    white "SAMPLE COPY" at 30 degrees across its start; the line's and the watermark's ink masks."""
-    from PIL import Image, ImageDraw
-
-    from tests.imagegen import text_font
-
-    w, h = size
-    rng = np.random.default_rng(0)
-    wall = (90 + rng.normal(0, 6, (h, w, 1))).clip(0, 255).astype(np.uint8).repeat(3, 2)
-    line = Image.new("L", size)
-    ImageDraw.Draw(line).text((300, 330), "No. 5, Dan Ling St.", fill=255, font=text_font(60))
-    mark = Image.new("L", (520, 90))
-    ImageDraw.Draw(mark).text((4, 4), "SAMPLE COPY", fill=255, font=text_font(56))
-    mark = mark.rotate(30, expand=True, resample=Image.BICUBIC)
-    wm = Image.new("L", size)
-    wm.paste(mark, (150, 250))
-    a = np.asarray(line, np.float32)[..., None] / 255
-    b = np.asarray(wm, np.float32)[..., None] / 255 * 0.35
-    rgb = wall * (1 - a) + 235 * a
-    rgb = (rgb * (1 - b) + 255 * b).round().astype(np.uint8)
-    return rgb, np.asarray(line) > 127, np.asarray(wm) > 127
-
-
 def test_text_crossing_text_is_kept_in_pieces() -> None:
     """A watermark across a line of a sign joins it in DB's bitmap: one X-shaped component whose
     rectangle is mostly wall, scored under `box_thresh`, so the 1x pass dropped the line and the
     watermark both. With `crossed_text` the component is covered in pieces: both are found, and
     an image without crossing text gets nothing new."""
     from pipeline.boxes import quads_mask
-    from tests.imagegen import faint_page
+    from tests.imagegen import crossed_sign, faint_page
 
     rgb, line, wm = crossed_sign()
     h, w = line.shape
