@@ -370,9 +370,6 @@ class PPOCRDetector:
         quads, scores = self._post(pred, (h, w))
         quads = np.asarray(quads, dtype=np.float64).reshape(-1, 4, 2)
         scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-        if self.config.crossed_text:
-            more, more_s = _crossed_pieces(pred[0, 0], self._post, self.config.crossed_text, (h, w))
-            quads, scores = np.concatenate([quads, more]), np.concatenate([scores, more_s])
         if len(quads):
             keep = quad_thickness(quads) > 3   # drop slivers (rapidocr's filter: 3 px or thinner)
             quads, scores = quads[keep], scores[keep]
@@ -646,6 +643,8 @@ class PPOCRDetector:
                 found += self._colour_pass(bgr, scale)
             if k == 0 and c.faint_text:
                 found += self._faint_pass(bgr, scale, [q for q, _ in found + large])
+            if k == 0 and c.crossed_text:   # last: the first pass's own finds decide the others
+                found.append(_crossed_pieces(first_map[0], self._post, c.crossed_text, (h, w)))
         first_map.clear()
         found += large
         all_quads = np.concatenate([q for q, _ in found]) if found else np.zeros((0, 4, 2))
@@ -779,7 +778,8 @@ CROSSED_CELL = 3.0      # a crossed component is cut in square cells of this man
 
 def _crossed_pieces(prob: np.ndarray, post: Any, min_score: float, dest: tuple[int, int]
                     ) -> tuple[np.ndarray, np.ndarray]:
-    """Quads (N,4,2) in `dest` (h, w) px and scores of the components of DB's bitmap that `post`
+    """Quads (N,4,2) in `dest` (h, w) px and scores of the components of the first pass's
+    probability map `prob` (float, or a tiled pass's uint8) that `post`
     (rapidocr's DB post-process, whose rules this repeats) drops although they are text: their
     own pixels average `min_score` or more, their rectangle under `box_thresh`. Two lines that
     cross (a watermark over a sign) make such a component, an X whose rectangle is mostly
@@ -787,6 +787,8 @@ def _crossed_pieces(prob: np.ndarray, post: Any, min_score: float, dest: tuple[i
     perimeter) and every piece boxed and grown as DB boxes a line, so the pieces cover both."""
     import cv2
 
+    if prob.dtype == np.uint8:   # a tiled pass's stitched map (0-255)
+        prob = prob.astype(np.float32) / 255.0
     mh, mw = prob.shape
     dh, dw = dest
     bitmap = cv2.dilate((prob > post.thresh).astype(np.uint8), np.ones((2, 2), np.uint8))
