@@ -795,13 +795,15 @@ def _crossed_pieces(prob: np.ndarray, post: Any, min_score: float, dest: tuple[i
     n, labels, stats, _ = cv2.connectedComponentsWithStats(bitmap, connectivity=8)
     quads: list[np.ndarray] = []
     scores: list[float] = []
-    for i in np.flatnonzero(stats[:, 4] >= CROSSED_MIN_AREA):
-        if i == 0:
-            continue
+    # candidates at once: confident, and with so little of their bounding box that DB's
+    # rectangle (inside that box, around all of them) may score under box_thresh
+    mass = np.bincount(labels.ravel(), weights=prob.ravel(), minlength=n)
+    area, bbox = stats[:, 4], stats[:, 2] * stats[:, 3]
+    candidates = (area >= CROSSED_MIN_AREA) & (mass >= min_score * area) & (mass < post.box_thresh * bbox)
+    candidates[0] = False
+    for i in np.flatnonzero(candidates):
         x, y, cw, ch = (int(v) for v in stats[i, :4])
         comp = (labels[y:y + ch, x:x + cw] == i).astype(np.uint8)
-        if float(prob[y:y + ch, x:x + cw][comp > 0].mean()) < min_score:
-            continue
         contours, _ = cv2.findContours(comp, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         outline = max(contours, key=cv2.contourArea) + np.array([x, y], np.int32)
         rect, _ = post.get_mini_boxes(outline)
