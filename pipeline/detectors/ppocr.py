@@ -166,9 +166,9 @@ EDGE_STRIP_REVISION = 3
 COLOUR_VIEW_REVISION = 1
 # How `faint_view` finds and shows faint marks and which finds the faint pass keeps; raised
 # when that changes, as above.
+FAINT_VIEW_REVISION = 4   # 2: the paper's local level (grey cells, bands, shading) and its noise; 3: short words ("42"); 4: ruled lines are ink
 # How `_crossed_pieces` cuts a crossed component; raised when that changes, as above.
 CROSSED_REVISION = 1
-FAINT_VIEW_REVISION = 4   # 2: the paper's local level (grey cells, bands, shading) and its noise; 3: short words ("42"); 4: ruled lines are ink
 
 
 def config_version(base: str, config: PPOCRConfig, skip: tuple[str, ...] = ()) -> str:
