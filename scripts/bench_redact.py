@@ -705,6 +705,8 @@ def make_watermark_set(devset: Path, root: Path, per_source: int = 3) -> list[tu
     is counted: what crossing it does to the scene's own text shows in the images, not here."""
     from PIL import Image, ImageDraw
 
+    from pipeline.boxes import enclosing_rect
+
     root.mkdir(parents=True, exist_ok=True)
     photos = [p for src in ("icdar2015", "msra_td500", "negatives_skimage")
               for p in sorted((devset / src / "images").glob("*"))[:per_source]]
@@ -716,7 +718,7 @@ def make_watermark_set(devset: Path, root: Path, per_source: int = 3) -> list[tu
         for k, (colour, alpha, size, angle, word) in enumerate(WATERMARKS):
             im = base.copy()
             w, h = im.size
-            x0, y0, x1, y1 = ImageDraw.Draw(im).textbbox((4, 4), word, font=_font(size))
+            _, _, x1, y1 = ImageDraw.Draw(im).textbbox((4, 4), word, font=_font(size))
             layer = Image.new("L", (x1 + 8, y1 + 8), 0)
             ImageDraw.Draw(layer).text((4, 4), word, fill=255, font=_font(size))
             turned = layer.rotate(angle, expand=True, resample=Image.BICUBIC)
@@ -724,16 +726,13 @@ def make_watermark_set(devset: Path, root: Path, per_source: int = 3) -> list[tu
             im.paste(Image.new("RGB", turned.size, colour), at, turned.point(lambda v: int(v * alpha)))
             mask = Image.new("L", (w, h), 0)
             mask.paste(turned, at)
-            # the ink box's corners turned as the layer was (PIL turns counter-clockwise about the centre)
-            centre = np.array(layer.size, float) / 2
-            a = np.deg2rad(angle)
-            turn = np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]])
-            corners = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], float) - centre
-            quad = corners @ turn.T + np.array(turned.size, float) / 2 + np.array(at, float)
+            glyphs = np.asarray(mask) > 127
+            ink = np.argwhere(glyphs)[:, ::-1]
+            quad = enclosing_rect(np.concatenate([ink, ink + 1]))   # around the ink pixels' squares, turned
             name = f"wm_{i:02d}_{k}.png"
             im.save(root / name)
             box = [quad[:, 0].min(), quad[:, 1].min(), quad[:, 0].max(), quad[:, 1].max()]
-            out.append((name, np.asarray(mask) > 127, [word], np.asarray([box], float), [quad.ravel().tolist()]))
+            out.append((name, glyphs, [word], np.asarray([box], float), [quad.ravel().tolist()]))
     return out
 
 

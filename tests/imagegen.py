@@ -82,7 +82,7 @@ def faint_page(level: int, page: int = 255, ink: int = 0, size: tuple[int, int] 
     if cell is not None:
         d.rectangle([0, h - 100, w, h - 20], fill=(cell,) * 3)
     if ruled is not None:
-        for y in range(h - 60 - 30 * ((h - 210) // 30), h, 30):
+        for y in range(h - 60, 140, -30):   # the one at h - 60 crosses the footer
             d.line([(0, y), (w, y)], fill=(ruled,) * 3)
     d.text((40, 40), "Quarterly report of the laboratory", fill=(ink,) * 3, font=text_font(30))
     d.text((40, 100), "Results are summarised below in full.", fill=(ink,) * 3, font=text_font(22))

@@ -779,56 +779,40 @@ CROSSED_CELL = 3.0      # a crossed component is cut in square cells of this man
 def _crossed_pieces(prob: np.ndarray, post: Any, min_score: float, dest: tuple[int, int]
                     ) -> tuple[np.ndarray, np.ndarray]:
     """Quads (N,4,2) in `dest` (h, w) px and scores of the components of the first pass's
-    probability map `prob` (float, or a tiled pass's uint8) that `post`
-    (rapidocr's DB post-process, whose rules this repeats) drops although they are text: their
-    own pixels average `min_score` or more, their rectangle under `box_thresh`. Two lines that
-    cross (a watermark over a sign) make such a component, an X whose rectangle is mostly
-    background. Each is cut in square cells `CROSSED_CELL` times its thickness (2 x area /
-    perimeter) and every piece boxed and grown as DB boxes a line, so the pieces cover both."""
+    probability map `prob` (float, or a tiled pass's uint8) that `post` (rapidocr's DB
+    post-process) drops although they are text: their own pixels average `min_score` or more,
+    their rectangle scores under `box_thresh`. Two lines that cross (a watermark over a sign)
+    make such a component, an X whose rectangle is mostly background. Each is cut in square
+    cells `CROSSED_CELL` times its thickness (2 x area / perimeter), and `post` boxes the pieces
+    as it boxes any line, so they cover both."""
     import cv2
 
     if prob.dtype == np.uint8:   # a tiled pass's stitched map (0-255)
         prob = prob.astype(np.float32) / 255.0
-    mh, mw = prob.shape
-    dh, dw = dest
-    bitmap = cv2.dilate((prob > post.thresh).astype(np.uint8), np.ones((2, 2), np.uint8))
+    bitmap = cv2.dilate((prob > post.thresh).astype(np.uint8), np.ones((2, 2), np.uint8))   # as `post` does
     n, labels, stats, _ = cv2.connectedComponentsWithStats(bitmap, connectivity=8)
-    quads: list[np.ndarray] = []
-    scores: list[float] = []
     # candidates at once: confident, and with so little of their bounding box that DB's
     # rectangle (inside that box, around all of them) may score under box_thresh
     mass = np.bincount(labels.ravel(), weights=prob.ravel(), minlength=n)
     area, bbox = stats[:, 4], stats[:, 2] * stats[:, 3]
     candidates = (area >= CROSSED_MIN_AREA) & (mass >= min_score * area) & (mass < post.box_thresh * bbox)
     candidates[0] = False
+    cut = np.zeros_like(bitmap)
     for i in np.flatnonzero(candidates):
         x, y, cw, ch = (int(v) for v in stats[i, :4])
         comp = (labels[y:y + ch, x:x + cw] == i).astype(np.uint8)
         contours, _ = cv2.findContours(comp, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         outline = max(contours, key=cv2.contourArea) + np.array([x, y], np.int32)
-        rect, _ = post.get_mini_boxes(outline)
-        if post.box_score_fast(prob, rect.reshape(-1, 2)) >= post.box_thresh:
+        if post.box_score_fast(prob, post.get_mini_boxes(outline)[0].reshape(-1, 2)) >= post.box_thresh:
             continue   # DB keeps it
-        cell = max(8, int(round(CROSSED_CELL * 2 * stats[i, 4] / max(1.0, cv2.arcLength(outline, True)))))
-        for cy in range(0, ch, cell):
-            for cx in range(0, cw, cell):
-                piece = np.ascontiguousarray(comp[cy:cy + cell, cx:cx + cell])
-                for c in cv2.findContours(piece, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]:
-                    points, side = post.get_mini_boxes(c + np.array([x + cx, y + cy], np.int32))
-                    if side < post.min_size:
-                        continue
-                    score = post.box_score_fast(prob, points.reshape(-1, 2))
-                    if score < post.box_thresh:
-                        continue
-                    box, side = post.get_mini_boxes(post.unclip(points))
-                    if side < post.min_size + 2:
-                        continue
-                    box = np.asarray(box, np.float64)
-                    box[:, 0] = np.clip(np.round(box[:, 0] / mw * dw), 0, dw)
-                    box[:, 1] = np.clip(np.round(box[:, 1] / mh * dh), 0, dh)
-                    quads.append(box)
-                    scores.append(float(score))
-    return np.asarray(quads, np.float64).reshape(-1, 4, 2), np.asarray(scores, np.float64)
+        cell = max(8, int(round(CROSSED_CELL * 2 * area[i] / max(1.0, cv2.arcLength(outline, True)))))
+        comp[::cell] = 0      # cut along the cells' edges: each piece is a contour of its own
+        comp[:, ::cell] = 0
+        cut[y:y + ch, x:x + cw] |= comp
+    if not cut.any():
+        return np.zeros((0, 4, 2)), np.zeros((0,))
+    quads, scores = post.boxes_from_bitmap(prob, cut, dest[1], dest[0])
+    return np.asarray(quads, np.float64).reshape(-1, 4, 2), np.asarray(scores, np.float64).reshape(-1)
 
 
 def _glyph_row(marks: np.ndarray, tall: float) -> bool:
