@@ -322,6 +322,43 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+SECRET_HEX = 64   # a secret key file holds this many hex digits (32 random bytes)
+
+
+def secret_key(path: str | Path, create: bool = True) -> bytes | None:
+    """The 32-byte key in `path` (hex), made on first use when `create` (else None when there is
+    none). Made owner-only (0600, not the umask: it is a secret) and exclusively: the file is
+    written whole under a temp name and linked into place, so two runs starting at once end up
+    with one key, and a crash leaves none rather than a short one. ValueError naming the file
+    when it holds anything else."""
+    import secrets
+
+    path = Path(path)
+    for _ in range(2):
+        try:
+            text = path.read_text(encoding="ascii", errors="replace").strip()
+        except FileNotFoundError:
+            if not create:
+                return None
+        else:
+            if len(text) != SECRET_HEX or not re.fullmatch(r"[0-9a-fA-F]+", text):
+                raise ValueError(f"{path}: not a key ({SECRET_HEX} hex digits); restore it from a backup, "
+                                 "or move it away to start a new one")
+            return bytes.fromhex(text)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")   # 0600
+        try:
+            with os.fdopen(fd, "w", encoding="ascii") as fh:
+                fh.write(secrets.token_hex(SECRET_HEX // 2) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            with contextlib.suppress(FileExistsError):   # another run made it first: read theirs
+                os.link(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    raise ValueError(f"{path}: could not be read after it was made")
+
+
 
 # --- tables ---------------------------------------------------------------------------------
 

@@ -566,6 +566,74 @@ def test_cli_resume_and_force(tmp_path, fake):
     assert fake.calls == calls + 5 and sha_tree(tmp_path / "out") == first
 
 
+def test_rename_names_outputs_by_a_keyed_hash_flat_and_reruns_resume(tmp_path, fake):
+    """File and folder names are often the IDs the fill removes: with --rename no input name or
+    folder reaches OUTPUT, the manifest maps each output back, and a rerun finds its outputs."""
+    import re
+    import stat
+
+    import pandas as pd
+
+    src = make_tree(tmp_path / "in")
+    (src / "patient_Jane_Doe").mkdir()
+    Image.fromarray(rgb_noise(35)).save(src / "patient_Jane_Doe" / "S-0042.png")
+    out, audit = tmp_path / "out", tmp_path / "out.audit"
+    r = cli(tmp_path, "redact", str(src), str(out), "--rename")
+    assert r.exit_code == 0, r.output
+    names = sorted(p.name for p in out.rglob("*"))
+    assert len(names) == 6 and all(p.parent == out for p in out.rglob("*"))          # flat: no folder names
+    assert all(re.fullmatch(r"[0-9a-f]{20}\.(png|jpg|bmp|tif|webp)", n) for n in names), names
+    m = pd.read_csv(audit / "manifest.csv")
+    assert set(m["status"]) == {"redacted"} and len(m) == 6
+    for rel, output in zip(m["input"], m["output"]):
+        sc = json.loads((audit / "sidecars" / f"{rel}.json").read_text())
+        assert Path(output).parent == out and Path(output).suffix == Path(rel).suffix
+        assert hashlib.sha256(Path(output).read_bytes()).hexdigest() == sc["output_sha256"]
+    key = audit / "rename.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and re.fullmatch(r"[0-9a-f]{64}", key.read_text().strip())
+    calls = fake.calls
+    assert cli(tmp_path, "redact", str(src), str(out), "--rename").exit_code == 0
+    assert fake.calls == calls and sorted(p.name for p in out.rglob("*")) == names     # same names: all skipped
+    # another run (its own audit folder, so its own key) names the same inputs differently
+    assert cli(tmp_path, "redact", str(src), str(tmp_path / "other"), "--rename").exit_code == 0
+    assert not {p.name for p in (tmp_path / "other").iterdir()} & set(names)
+    # a dry run writes nothing, not even a key
+    r = cli(tmp_path, "redact", str(src), str(tmp_path / "dry"), "--rename", "--dry-run")
+    assert r.exit_code == 0, r.output
+    assert not (tmp_path / "dry").exists() and not (tmp_path / "dry.audit").exists()
+
+
+def test_rename_refuses_an_output_file_name_and_a_damaged_key(tmp_path, fake):
+    src = tmp_path / "S-0042.png"
+    Image.fromarray(rgb_noise(36)).save(src)
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "redact", str(src), str(tmp_path / "clean.png"), "--rename"])
+    assert r.exit_code == 2 and "--rename names the output itself" in r.output
+    assert not (tmp_path / "clean.png").exists() and not (tmp_path / "clean.png.audit").exists()
+    r = cli(tmp_path, "redact", str(src), str(tmp_path / "out") + "/", "--rename")    # into a folder: fine
+    assert r.exit_code == 0, r.output
+    [made] = (tmp_path / "out").iterdir()
+    assert "0042" not in made.name and made.suffix == ".png"
+    (tmp_path / "out.audit" / "rename.key").write_text("not a key")
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "redact", str(src), str(tmp_path / "out") + "/", "--rename"])
+    assert r.exit_code == 2 and "rename.key: not a key" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_a_secret_key_is_made_once_owner_only_whatever_the_umask(tmp_path):
+    import stat
+
+    from pipeline.io import secret_key
+
+    old = os.umask(0)
+    try:
+        assert secret_key(tmp_path / "k", create=False) is None and not (tmp_path / "k").exists()
+        key = secret_key(tmp_path / "k")
+    finally:
+        os.umask(old)
+    assert len(key) == 32 and stat.S_IMODE((tmp_path / "k").stat().st_mode) == 0o600
+    assert secret_key(tmp_path / "k") == key == secret_key(tmp_path / "k", create=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["k"]                           # no temp left behind
+
+
 def test_corrupt_file_is_reported_the_rest_finish_and_exit_is_nonzero(tmp_path, fake):
     src = make_tree(tmp_path / "in")
     good = (src / "b.jpg").read_bytes()

@@ -45,6 +45,7 @@ def redact_cmd(
     review_band: str = typer.Option("%g,%g" % rr.DEFAULT_REVIEW_BAND, help="Uncertain score band lo,hi for --review."),
     from_review: bool = typer.Option(False, "--from-review", help="Finish held images with their reviewed boxes (after `textloop pull`)."),
     audit: Optional[Path] = typer.Option(None, help="Sidecars, manifest and log (default: OUTPUT.audit beside OUTPUT)."),
+    rename: bool = typer.Option(False, "--rename", help="Name outputs by a keyed hash of their input path, flat in OUTPUT (names and folders often carry the IDs the fill removes); the manifest maps them back, the key stays in the audit folder."),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, min=1, help="Refuse images with more pixels on any page (decompression bombs)."),
     scales: Optional[str] = typer.Option(None, help="DB detectors (ppocr or a tuned db model): detection scales (default 1,2.5: the 2.5x pass only on windows around possible small text, on images of any size; 1 is the plain 1x pass, ~2x faster on real images)."),
 ) -> None:
@@ -65,7 +66,7 @@ def redact_cmd(
                                   detector=detector,
                                   scales=parse_floats(scales, "--scales") or None, engine=engine, workers=workers,
                                   archive=archive, audit=audit, fail_fast=fail_fast, from_review=from_review,
-                                  progress=update)
+                                  rename=rename, progress=update)
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc), 2)
     except AuditTrailError as exc:

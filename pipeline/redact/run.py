@@ -19,7 +19,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -330,6 +330,40 @@ def plan_input(input_spec: str, output: str | Path, audit_dir: Path | None = Non
     items = [Item(str(e.path), e.rel, str(output / e.rel), sidecar_path(audit, e.rel), real_root) for e in found.images]
     items, clashes = _sidecar_clashes(items, output)
     return Plan(items, audit, [str(p) for p in found.ignored], problems + clashes)
+
+
+RENAME_KEY = "rename.key"   # in the audit folder: the key `renamed` names outputs with
+
+
+def renamed(planned: Plan, output: Path, create: bool = True) -> Plan:
+    """`planned` with each output named by a keyed hash of its input path (HMAC-SHA256, 20 hex
+    digits, the input's extension), flat in OUTPUT: file and folder names are often the very
+    sample ID or patient name the fill removes from the pixels. The key (AUDIT/`RENAME_KEY`,
+    made on the first run, owner-only) keeps names stable, so reruns resume and skip what is
+    done, and unlinkable to the inputs without the audit folder, whose manifest maps them back.
+    `create=False` (a dry run writes nothing): without a key yet, a throwaway one. ValueError when
+    a single file's output was given as a file name (it is then not renamed), or the key is damaged."""
+    import hmac
+
+    from pipeline.io import secret_key
+
+    if planned.single and planned.items and Path(planned.items[0].out) == output:
+        raise ValueError(f"{output}: --rename names the output itself; give a folder (e.g. {output.parent / 'out'}/)")
+    key = secret_key(planned.audit / RENAME_KEY, create=create)
+    if key is None:
+        import secrets
+
+        key = secrets.token_bytes(32)
+    folder = Path(planned.items[0].out).parent if planned.single and planned.items else output
+
+    def name(rel: str) -> str:
+        digest = hmac.new(key, rel.encode("utf-8", "surrogateescape"), "sha256").hexdigest()[:20]
+        return digest + Path(rel).suffix
+
+    items = [replace(it, out=str(folder / name(it.rel))) for it in planned.items]
+    if len({it.out for it in items}) != len(items):   # 80 bits: never, but a clash would overwrite an output
+        raise ValueError(f"{planned.audit / RENAME_KEY}: two inputs got the same name; move the key away and rerun")
+    return replace(planned, items=items)
 
 
 def _sidecar_clashes(items: list[Item], output: Path) -> tuple[list[Item], list[Result]]:

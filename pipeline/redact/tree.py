@@ -110,11 +110,12 @@ def _resolve_detector(detector: str, ws: Any, scales: Sequence[float] | None) ->
 def redact_tree(input: str, output: str | Path, cfg: rr.RedactConfig = rr.RedactConfig(), *, workspace: Any = None,
                 detector: Any = "current", scales: Sequence[float] | None = None, engine: str = "local",
                 workers: int = 2, archive: Path | None = None, audit: Path | None = None, fail_fast: bool = False,
-                from_review: bool = False, progress: Progress | None = None) -> RedactSummary:
+                from_review: bool = False, rename: bool = False, progress: Progress | None = None) -> RedactSummary:
     """Redact INPUT (file, folder tree or glob) into OUTPUT; the audit trail goes to AUDIT
     (default OUTPUT.audit). `detector`: a spec (ppocr, current, a bundle.zip) or a loaded
     detector (local engine only). `workspace` is needed for detector `current` (else stock
-    ppocr), `cfg.review` and `from_review`; give a Workspace or a callable that opens one. Raises ValueError / FileNotFoundError for a job that cannot
+    ppocr), `cfg.review` and `from_review`; give a Workspace or a callable that opens one.
+    `rename`: outputs named by a keyed hash of their input path, flat in OUTPUT (`rr.renamed`). Raises ValueError / FileNotFoundError for a job that cannot
     start (bad input, unwritable output, unknown detector) and AuditTrailError when the manifest
     or summary.json cannot be written; per-image failures are results, not exceptions."""
     from pipeline.bundle import with_workspace_info
@@ -135,6 +136,8 @@ def redact_tree(input: str, output: str | Path, cfg: rr.RedactConfig = rr.Redact
     planned = rr.plan_input(input, output, audit, archive=archive)
     output = Path(output)
     items, audit_dir, ignored = planned.items, planned.audit, planned.ignored
+    if rename and items:   # an output file name or a damaged key is refused before anything is made
+        items = rr.renamed(planned, output, create=False).items
     if not items and not planned.problems:
         if archive and Path(archive).is_dir() and any(p.is_file() for p in Path(archive).rglob("*")):
             # a finished --archive run moved every original away: running it again is a no-op
@@ -169,6 +172,8 @@ def redact_tree(input: str, output: str | Path, cfg: rr.RedactConfig = rr.Redact
             prepare_folders([out_folder, audit_dir])
         except OSError as exc:
             raise ValueError(str(exc)) from exc
+        if rename:   # the key is made only now: a job refused above leaves nothing behind
+            items = rr.renamed(planned, output).items
         started = time.time()  # temp files of an interrupted earlier run: older than this
         rr.remove_stale_temps([audit_dir] if planned.single else [output, audit_dir], started,
                               files=[Path(items[0].out)] if planned.single else ())
