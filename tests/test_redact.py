@@ -603,7 +603,7 @@ def test_rename_names_outputs_by_a_keyed_hash_flat_and_reruns_resume(tmp_path, f
     assert not (tmp_path / "dry").exists() and not (tmp_path / "dry.audit").exists()
 
 
-def test_rename_refuses_an_output_file_name_and_a_damaged_key(tmp_path, fake):
+def test_rename_refuses_an_output_file_name_an_audit_folder_among_the_outputs_and_a_damaged_key(tmp_path, fake):
     src = tmp_path / "S-0042.png"
     Image.fromarray(rgb_noise(36)).save(src)
     r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "redact", str(src), str(tmp_path / "clean.png"), "--rename"])
@@ -613,6 +613,9 @@ def test_rename_refuses_an_output_file_name_and_a_damaged_key(tmp_path, fake):
     assert r.exit_code == 0, r.output
     [made] = (tmp_path / "out").iterdir()
     assert "0042" not in made.name and made.suffix == ".png"
+    r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "redact", str(src), str(tmp_path / "o2") + "/", "--rename",
+                                 "--audit", str(tmp_path / "o2" / "audit")])      # the key would ship with the outputs
+    assert r.exit_code == 2 and "inside the output folder" in r.output and not (tmp_path / "o2").exists()
     (tmp_path / "out.audit" / "rename.key").write_text("not a key")
     r = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "redact", str(src), str(tmp_path / "out") + "/", "--rename"])
     assert r.exit_code == 2 and "rename.key: not a key" in r.output and len(r.output.strip().splitlines()) == 1

@@ -342,19 +342,23 @@ def renamed(planned: Plan, output: Path, create: bool = True) -> Plan:
     made on the first run, owner-only) keeps names stable, so reruns resume and skip what is
     done, and unlinkable to the inputs without the audit folder, whose manifest maps them back.
     `create=False` (a dry run writes nothing): without a key yet, a throwaway one. ValueError when
-    a single file's output was given as a file name (it is then not renamed), or the key is damaged."""
+    a single file's output was given as a file name (it is then not renamed), the audit folder
+    lies in the output folder (the key would be shared with the outputs), or the key is damaged."""
     import hmac
 
     from pipeline.io import secret_key
 
     if planned.single and planned.items and Path(planned.items[0].out) == output:
         raise ValueError(f"{output}: --rename names the output itself; give a folder (e.g. {output.parent / 'out'}/)")
+    folder = Path(planned.items[0].out).parent if planned.single and planned.items else output
+    if planned.audit.resolve().is_relative_to(folder.resolve()):
+        raise ValueError(f"--audit {planned.audit}: inside the output folder {folder}; with --rename its key and "
+                         "manifest map the names back, so they must not travel with the outputs: give a folder outside it")
     key = secret_key(planned.audit / RENAME_KEY, create=create)
     if key is None:
         import secrets
 
         key = secrets.token_bytes(32)
-    folder = Path(planned.items[0].out).parent if planned.single and planned.items else output
 
     def name(rel: str) -> str:
         digest = hmac.new(key, rel.encode("utf-8", "surrogateescape"), "sha256").hexdigest()[:20]
