@@ -90,7 +90,7 @@ class PPOCRConfig:
     # Text touching the image's edge ("100 µm" at y = 0, a corner "Fig. 3") or a few px from it
     # gets a map of 0 from DB, which sees no background beyond it. Strips this deep (px at their
     # own scale, `edge_scale` x the first pass's) along the edges, each grown by `edge_border`
-    # replicated px on its outer side, run as their own inputs after the first pass (tiled or
+    # replicated px on its outer side (and mirrored on a noisy image), run as their own inputs after the first pass (tiled or
     # not); what they find touching the edge or wholly inside the strip joins it (0: off). Their
     # own inputs, not a border around the whole image: that shifts the map everywhere.
     edge_strip: int = 0
@@ -160,8 +160,9 @@ _RANGES: dict[str, tuple[float, float, type]] = {
 SMALL_WINDOWS_REVISION = 3
 # What edge strips keep; raised when that changes, as above. 2: also quads wholly inside a strip.
 # 3: a find the strip's inner side cuts that no first-pass box holds is followed inward; strips
-# also run after a tiled first pass.
-EDGE_STRIP_REVISION = 3
+# also run after a tiled first pass. 4: on a noisy image, strips grown by the image mirrored too.
+EDGE_STRIP_REVISION = 4
+_BORDER_MODES = {"replicate": 1, "mirror": 4}   # cv2.BORDER_REPLICATE, cv2.BORDER_REFLECT_101
 # How `colour_view` makes its view; raised when that changes, as the two above.
 COLOUR_VIEW_REVISION = 1
 # How `faint_view` finds and shows faint marks and which finds the faint pass keeps; raised
@@ -459,18 +460,30 @@ class PPOCRDetector:
                    ) -> list[tuple[np.ndarray, np.ndarray]]:
         """What DB finds near the image's edge in strips along it (`tiling.edge_strips`, see
         `edge_strip`): each strip `edge_strip` px deep at `scale`, grown by `edge_border`
-        replicated px outside the image. Kept: quads reaching the image's edge, and those wholly
+        replicated px outside the image (and mirrored ones on a noisy image). Kept: quads reaching the image's edge, and those wholly
         inside the strip (DB's map at the first pass's scale is blind a text height or so from
         the edge too). A line the strip's inner side cuts is the first pass's when a first-pass
         box (`first`, xyxy) holds its centre; otherwise the first pass missed it too ("x40" 12 px
         from the edge, 30 px tall, running past a 64 px strip, on EM noise), and it is followed
         inward (`_run_on_windows`)."""
         c = self.config
-        h, w = bgr.shape[:2]
         depth, border = round(c.edge_strip / scale), round(c.edge_border / scale)
+        # a replicated border smears a label the edge cuts into streaks; on an image too noisy
+        # for the small-text search (EM grain) DB then sees nothing of it ("100 µm", "x40" cut
+        # 3-6 px), so there the strips also run grown by the image mirrored, which makes the cut
+        # glyphs whole shapes and goes on as grain. Mirrored alone doubles a line a few px inside
+        # the edge into two and loses it ("14/09/2008" 10 px from the top), hence both (README:
+        # edge strips); a constant border made the grain beside it read as text.
+        modes = ("replicate", "mirror") if texture_level(bgr) >= NOISY_TEXTURE else ("replicate",)
+        return [found for mode in modes for found in self._edge_strips(bgr, scale, first, depth, border, mode)]
+
+    def _edge_strips(self, bgr: np.ndarray, scale: float, first: np.ndarray | None, depth: int, border: int,
+                     mode: str) -> list[tuple[np.ndarray, np.ndarray]]:
+        """`_edge_pass` with one way of growing the strips past the edge (`_BORDER_MODES`)."""
+        h, w = bgr.shape[:2]
         out: list[tuple[np.ndarray, np.ndarray]] = []
         for side, (window, grow) in zip(("top", "bottom", "left", "right"), edge_strips(w, h, depth, border)):
-            q, s = self._run_window(bgr, window, grow, scale)
+            q, s = self._run_window(bgr, window, grow, scale, mode)
             xyxy = quad_to_xyxy(q)
             cut = cut_by_inner_edge(xyxy - np.tile(window[:2], 2), window, w, h)
             lost = cut & ~centre_inside(xyxy, first)
@@ -479,7 +492,7 @@ class PPOCRDetector:
             if not lost.any():
                 continue
             for run_on in _run_on_windows(side, xyxy[lost], quad_thickness(q[lost]), depth, w, h):
-                q2, s2 = self._run_window(bgr, run_on, edge_border(run_on, w, h, border), scale)
+                q2, s2 = self._run_window(bgr, run_on, edge_border(run_on, w, h, border), scale, mode)
                 b2 = quad_to_xyxy(q2)
                 keep = (~cut_by_inner_edge(b2 - np.tile(run_on[:2], 2), run_on, w, h)
                         | touches_image_edge(b2, w, h) | (inside_matrix(b2, xyxy[lost]) > 0).any(1))
@@ -487,15 +500,16 @@ class PPOCRDetector:
         return out
 
     def _run_window(self, bgr: np.ndarray, window: tuple[int, int, int, int], grow: tuple[int, int, int, int],
-                    scale: float) -> tuple[np.ndarray, np.ndarray]:
-        """DB on a window of the image grown by replicated px (top, bottom, left, right): quads
-        in the image's frame. In tiles when it holds more px at `scale` than the largest untiled
-        pass (`max_side` squared): a strip along a 40000 px slide is one long thin input."""
+                    scale: float, mode: str = "replicate") -> tuple[np.ndarray, np.ndarray]:
+        """DB on a window of the image grown past its edges (top, bottom, left, right px;
+        `mode` in `_BORDER_MODES`): quads in the image's frame. In tiles when it holds more px at
+        `scale` than the largest untiled pass (`max_side` squared): a strip along a 40000 px
+        slide is one long thin input."""
         import cv2
 
         x0, y0, x1, y1 = window
         t, b, le, r = grow
-        grown = cv2.copyMakeBorder(bgr[y0:y1, x0:x1], t, b, le, r, cv2.BORDER_REPLICATE)
+        grown = cv2.copyMakeBorder(bgr[y0:y1, x0:x1], t, b, le, r, _BORDER_MODES[mode])
         parts: list[tuple[np.ndarray, np.ndarray]] = []
         tiled = grown.shape[0] * grown.shape[1] * scale * scale > self.config.max_side ** 2
         self._pass(grown, scale, tiled, x0 - le, y0 - t, parts)
