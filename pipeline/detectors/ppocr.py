@@ -456,8 +456,8 @@ class PPOCRDetector:
             kept.append((q[keep], s[keep]))
         return kept
 
-    def _edge_pass(self, bgr: np.ndarray, scale: float, first: np.ndarray | None = None
-                   ) -> list[tuple[np.ndarray, np.ndarray]]:
+    def _edge_pass(self, bgr: np.ndarray, scale: float, first: np.ndarray | None = None,
+                   grad: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """What DB finds near the image's edge in strips along it (`tiling.edge_strips`, see
         `edge_strip`): each strip `edge_strip` px deep at `scale`, grown by `edge_border`
         replicated px outside the image (and mirrored ones on a noisy image). Kept: quads reaching the image's edge, and those wholly
@@ -465,7 +465,7 @@ class PPOCRDetector:
         the edge too). A line the strip's inner side cuts is the first pass's when a first-pass
         box (`first`, xyxy) holds its centre; otherwise the first pass missed it too ("x40" 12 px
         from the edge, 30 px tall, running past a 64 px strip, on EM noise), and it is followed
-        inward (`_run_on_windows`)."""
+        inward (`_run_on_windows`). `grad`: the image's `_edges`, when at hand."""
         c = self.config
         depth, border = round(c.edge_strip / scale), round(c.edge_border / scale)
         # a replicated border smears a label the edge cuts into streaks; on an image too noisy
@@ -474,7 +474,8 @@ class PPOCRDetector:
         # glyphs whole shapes and goes on as grain. Mirrored alone doubles a line a few px inside
         # the edge into two and loses it ("14/09/2008" 10 px from the top), hence both (README:
         # edge strips); a constant border made the grain beside it read as text.
-        modes = ("replicate", "mirror") if texture_level(bgr) >= NOISY_TEXTURE else ("replicate",)
+        noisy = _texture(grad if grad is not None else _edges(bgr)) >= NOISY_TEXTURE
+        modes = ("replicate", "mirror") if noisy else ("replicate",)
         return [found for mode in modes for found in self._edge_strips(bgr, scale, first, depth, border, mode)]
 
     def _edge_strips(self, bgr: np.ndarray, scale: float, first: np.ndarray | None, depth: int, border: int,
@@ -562,7 +563,7 @@ class PPOCRDetector:
         return out
 
     def small_text_windows(self, prob: np.ndarray, w: int, h: int, bgr: np.ndarray | None = None,
-                           found: np.ndarray | None = None) -> np.ndarray:
+                           found: np.ndarray | None = None, grad: np.ndarray | None = None) -> np.ndarray:
         """Integer xyxy windows (image px) where a larger scale may find text the first pass
         missed; `prob` is the first pass's map (0-1 at its own resolution, or a tiled pass's
         stitched uint8 map, 0-255). Candidates: blobs of the first-pass probability map above `refine_thresh` no
@@ -576,7 +577,8 @@ class PPOCRDetector:
         that its line may run on into (`refine_continue`): 1x often boxes only the part of a line
         it sees (a white date half on tissue, half on a white background), and a window that
         ends inside a line cuts it. Each run of marked cells in a row is one window, with
-        `refine_margin` of context (no union rectangles: cost follows the marked area)."""
+        `refine_margin` of context (no union rectangles: cost follows the marked area). `grad`:
+        `bgr`'s `_edges`, when at hand."""
         import cv2
 
         c = self.config
@@ -591,7 +593,8 @@ class PPOCRDetector:
             bw, bh = st[:, 2] * sx, st[:, 3] * sy
             keep = (bh <= c.refine_max_height) & (np.minimum(bh, bw) >= 2.0)
             cand.append(_not_inside(np.stack([x0, y0, x0 + bw, y0 + bh], 1)[keep], found))
-        grad = _edges(bgr) if bgr is not None and (c.refine_edges or (c.refine_continue and found is not None)) else None
+        if grad is None and bgr is not None and (c.refine_edges or (c.refine_continue and found is not None)):
+            grad = _edges(bgr)
         texture = _texture(grad) if grad is not None else 0   # the image's `texture_level`
         if c.refine_edges and grad is not None:
             edge = max(c.refine_edges, 2 * texture)
@@ -635,10 +638,12 @@ class PPOCRDetector:
         passes = self._passes(w, h)
         first_map: list[np.ndarray] = []
         large: list[tuple[np.ndarray, np.ndarray]] = []
+        # the edge strips and the small-text windows both read the image's edge strength: once
+        grad = _edges(bgr) if c.edge_strip or (len(passes) > 1 and c.refine == "small") else None
         for k, (scale, tiled) in enumerate(passes):
             if k > 0 and c.refine == "small" and scale > passes[0][0]:
                 first = quad_to_xyxy(np.concatenate([q for q, _ in found])) if found else None
-                wins = self.small_text_windows(first_map[0], w, h, bgr, first)
+                wins = self.small_text_windows(first_map[0], w, h, bgr, first, grad)
                 if not tiled and len(wins) and np.prod(wins[:, 2:] - wins[:, :2], axis=1).sum() >= c.refine_whole * w * h:
                     # windows adding up to the image cost as much as one untiled pass and cut lines
                     self._pass(bgr, scale, tiled, 0, 0, found)
@@ -652,7 +657,7 @@ class PPOCRDetector:
                 large = self._large_text_pass(bgr, scale, found)
             if k == 0 and c.edge_strip:   # after a tiled first pass too: large images have edges
                 seen = [q for q, _ in found + large]
-                found += self._edge_pass(bgr, scale * c.edge_scale, quad_to_xyxy(np.concatenate(seen)) if seen else None)
+                found += self._edge_pass(bgr, scale * c.edge_scale, quad_to_xyxy(np.concatenate(seen)) if seen else None, grad)
             if k == 0 and c.colour_text:
                 found += self._colour_pass(bgr, scale)
             if k == 0 and c.faint_text:
