@@ -35,6 +35,7 @@ from pipeline.boxes import inside_fraction, quad_thickness
 READER_VERSION = "ppocr-v4-rec.3"
 DEFAULT_MIN_CHARS = 3
 DEFAULT_MIN_SCORE = 0.5
+IN_PLACE_MARGIN = 0.25   # the crop `legible_in_place` reads: the text's rectangle grown by this x its height
 MIN_READ_SIDE = 32             # short side (px) the reader pads a thin strip to, after its 2000 px cap
 READ_MAX_SIDE = 2000           # RapidOCR shrinks a longer input to this (`max_side_len`) ...
 READ_OVERLAP = 200             # ... so a larger image is read at 1x in tiles this much overlapping
@@ -182,6 +183,23 @@ class Reader:
                        float(min(w, q[:, 0].max())), float(min(h, q[:, 1].max())))
                 readings.append(Reading(text, score, box, view, float(quad_thickness(q[None])[0])))
         return readings
+
+    def read_lines(self, rgb: np.ndarray, quads: np.ndarray, view: int = 0,
+                   margin: float = IN_PLACE_MARGIN) -> list[Reading]:
+        """Readings of lines someone else found (quads (N, 4, 2) in `rgb` px): the recogniser on
+        each quad grown by `margin` x its height, as the in-place judge reads a text's crop. The
+        audit reads a noisy image's lines this way where OCR's own detector finds none (the
+        detector's closer look: `PPOCRDetector.closer_look`)."""
+        from pipeline.boxes import grow_quads, quad_to_xyxy
+
+        q = np.asarray(quads, dtype=np.float64).reshape(-1, 4, 2)
+        if not len(q):
+            return []
+        h, w = rgb.shape[:2]
+        boxes = np.clip(quad_to_xyxy(q), 0, [w, h, w, h])
+        thick = quad_thickness(q)
+        return [Reading(text, score, tuple(float(v) for v in b), view, float(t))
+                for (text, score), b, t in zip(self.read_quads(rgb, grow_quads(q, 0.0, margin)), boxes, thick)]
 
     def read_boxes(self, rgb: np.ndarray, boxes: np.ndarray) -> list[tuple[str, float]]:
         """(text, confidence) of the recogniser alone on each xyxy box's crop: "does this box
@@ -357,7 +375,6 @@ def leaked_words(gt_boxes: np.ndarray, gt_texts: Sequence[str], gt_ignore: Seque
     return out
 
 
-IN_PLACE_MARGIN = 0.25   # the crop `legible_in_place` reads: the text's rectangle grown by this x its height
 
 
 @dataclass(frozen=True)
