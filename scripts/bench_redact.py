@@ -319,6 +319,11 @@ class CachedDetector:
         self.cpu_s = 0.0       # process CPU seconds spent detecting (quality runs use one worker)
         self.calls = 0
 
+    def __getattr__(self, name: str) -> Any:
+        if name == "closer_look":   # the noisy-image audit's extra pass, DB detectors only (not cached)
+            return getattr(self.det, name)
+        raise AttributeError(name)
+
     def detect(self, images):
         out = []
         for im in images:
