@@ -359,7 +359,6 @@ def secret_key(path: str | Path, create: bool = True) -> bytes | None:
     raise ValueError(f"{path}: could not be read after it was made")
 
 
-
 # --- tables ---------------------------------------------------------------------------------
 
 def write_table(df: pd.DataFrame, folders: Sequence[Path], name: str) -> None:

@@ -375,8 +375,6 @@ def leaked_words(gt_boxes: np.ndarray, gt_texts: Sequence[str], gt_ignore: Seque
     return out
 
 
-
-
 @dataclass(frozen=True)
 class InPlace:
     """One image's ground-truth texts under the in-place judge: those the leak metric counts,

@@ -90,9 +90,10 @@ class PPOCRConfig:
     # Text touching the image's edge ("100 µm" at y = 0, a corner "Fig. 3") or a few px from it
     # gets a map of 0 from DB, which sees no background beyond it. Strips this deep (px at their
     # own scale, `edge_scale` x the first pass's) along the edges, each grown by `edge_border`
-    # replicated px on its outer side (and mirrored on a noisy image), run as their own inputs after the first pass (tiled or
-    # not); what they find touching the edge or wholly inside the strip joins it (0: off). Their
-    # own inputs, not a border around the whole image: that shifts the map everywhere.
+    # replicated px on its outer side (and mirrored on a noisy image), run as their own inputs
+    # after the first pass (tiled or not); what they find touching the edge or wholly inside the
+    # strip joins it (0: off). Their own inputs, not a border around the whole image: that
+    # shifts the map everywhere.
     edge_strip: int = 0
     edge_border: int = 32
     edge_scale: float = 1.0
@@ -460,8 +461,9 @@ class PPOCRDetector:
                    grad: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """What DB finds near the image's edge in strips along it (`tiling.edge_strips`, see
         `edge_strip`): each strip `edge_strip` px deep at `scale`, grown by `edge_border`
-        replicated px outside the image (and mirrored ones on a noisy image). Kept: quads reaching the image's edge, and those wholly
-        inside the strip (DB's map at the first pass's scale is blind a text height or so from
+        replicated px outside the image (and mirrored ones on a noisy image). Kept: quads
+        reaching the image's edge, and those wholly inside the strip (DB's map at the first
+        pass's scale is blind a text height or so from
         the edge too). A line the strip's inner side cuts is the first pass's when a first-pass
         box (`first`, xyxy) holds its centre; otherwise the first pass missed it too ("x40" 12 px
         from the edge, 30 px tall, running past a 64 px strip, on EM noise), and it is followed
@@ -657,7 +659,8 @@ class PPOCRDetector:
                 large = self._large_text_pass(bgr, scale, found)
             if k == 0 and c.edge_strip:   # after a tiled first pass too: large images have edges
                 seen = [q for q, _ in found + large]
-                found += self._edge_pass(bgr, scale * c.edge_scale, quad_to_xyxy(np.concatenate(seen)) if seen else None, grad)
+                first = quad_to_xyxy(np.concatenate(seen)) if seen else None
+                found += self._edge_pass(bgr, scale * c.edge_scale, first, grad)
             if k == 0 and c.colour_text:
                 found += self._colour_pass(bgr, scale)
             if k == 0 and c.faint_text:

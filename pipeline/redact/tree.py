@@ -115,7 +115,8 @@ def redact_tree(input: str, output: str | Path, cfg: rr.RedactConfig = rr.Redact
     (default OUTPUT.audit). `detector`: a spec (ppocr, current, a bundle.zip) or a loaded
     detector (local engine only). `workspace` is needed for detector `current` (else stock
     ppocr), `cfg.review` and `from_review`; give a Workspace or a callable that opens one.
-    `rename`: outputs named by a keyed hash of their input path, flat in OUTPUT (`rr.renamed`). Raises ValueError / FileNotFoundError for a job that cannot
+    `rename`: outputs named by a keyed hash of their input path, flat in OUTPUT (`rr.renamed`).
+    Raises ValueError / FileNotFoundError for a job that cannot
     start (bad input, unwritable output, unknown detector) and AuditTrailError when the manifest
     or summary.json cannot be written; per-image failures are results, not exceptions."""
     from pipeline.bundle import with_workspace_info
