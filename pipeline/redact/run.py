@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.boxes import Detections, boxes_json, line_bridges, quads_json, xyxy_to_quad, area as box_area
+from pipeline.boxes import Detections, boxes_json, line_bridges, quads_json, area as box_area
 from pipeline.config import check_number
 from pipeline.detectors.base import detect_visible, parallel_calls
 from pipeline.engines import call_threads
@@ -453,6 +453,8 @@ class Redactor:
         self.settings_hash = cfg.settings_hash(detector.version)
         # at most the detector's `parallel_calls` overlap (one: calls are serialised)
         self._slots = threading.BoundedSemaphore(parallel_calls(detector))
+        # DB detectors' extra pass for the audit of a noisy page (`PPOCRDetector.closer_look`)
+        self._closer_look = getattr(detector, "closer_look", None) if verifier is not None else None
 
     def up_to_date(self, item: Item, in_sha: str) -> tuple[str, dict[str, Any]] | None:
         """('skipped'|'held', sidecar) when this input was already done with these settings."""
@@ -474,7 +476,7 @@ class Redactor:
             v = sc.get("verify") or {}
             if v.get("reader") != getattr(self.verifier, "version", None):
                 return None
-            if sc.get("noisy") and hasattr(self.detector, "closer_look") and v.get("closer_look") != CLOSER_LOOK_REVISION:
+            if sc.get("noisy") and self._closer_look is not None and v.get("closer_look") != CLOSER_LOOK_REVISION:
                 return None   # audited before the detector's closer look was read
             if v.get("remaining") and (self.cfg.strict or v.get("rounds", 0) < self.cfg.verify_rounds):
                 return None
@@ -565,8 +567,9 @@ class Redactor:
         res.pages = len(doc.pages)
         job.views = [None if (i == 0 and job.reviewed is not None) else codec.detector_views(page, doc.page_icc(i))
                      for i, page in enumerate(doc.pages)]
-        if cfg.audit_noisy and not cfg.verify:
-            res.noisy = any(noisy(views[0]) for views in job.views if views)
+        if (cfg.audit_noisy and not cfg.verify) or self._closer_look is not None:
+            job.noisy = [bool(views) and noisy(views[0]) for views in job.views]
+            res.noisy = cfg.audit_noisy and not cfg.verify and any(job.noisy)
 
     def _detect(self, job: "Job") -> None:
         floor = self.cfg.detection_floor
@@ -577,8 +580,19 @@ class Redactor:
                 continue
             with self._slots:
                 dets.append(detect_visible(self.detector, [views])[0].filter(floor))
+        if self._closer_look is not None and not self.cfg.dry_run and any(job.noisy):
+            # lines for the audit to read on a noisy page, looked for in every picture of it as
+            # the detections are (`detect_visible`); the audit reads them in each round's output
+            job.lines = [None if views is None or not hit else
+                         np.concatenate([self._look(v) for v in views])
+                         for views, hit in zip(job.views, job.noisy)]
         job.dets = dets
         job.views = None
+
+    def _look(self, view: np.ndarray) -> np.ndarray:
+        """The quads (N, 4, 2) of the detector's closer look at one picture of a page."""
+        with self._slots:
+            return self._closer_look(view).quads
 
     def _finish(self, job: "Job") -> None:
         cfg, item, res, doc, dets, reviewed = self.cfg, job.item, job.res, job.doc, job.dets, job.reviewed
@@ -605,7 +619,7 @@ class Redactor:
         if (cfg.verify or res.noisy) and self.verifier is not None:
             # boxes, scores and quads stay the detector's (what review, replay and training read);
             # the covered windows and polygons include the audit's lines, listed in `verify`
-            covers, out_bytes, verify = self._audit(doc, final, covers, out_bytes)
+            covers, out_bytes, verify = self._audit(doc, final, covers, out_bytes, job.lines)
             res.audit_covered, res.audited = len(verify["covered"]), True
             verify["because"] = "verify" if cfg.verify else "noisy"   # what made it audit this image
             res.remaining = verify["remaining"]
@@ -643,18 +657,18 @@ class Redactor:
         del arrays
         return covers, codec.encode(out_doc, codec.EncodeOptions(jpeg_quality=cfg.jpeg_quality, webp_quality=cfg.jpeg_quality))
 
-    def _audit(self, doc: codec.Document, dets: Sequence[Detections], covers: list[Cover], out_bytes: bytes
-               ) -> tuple[list[Cover], bytes, dict[str, Any]]:
+    def _audit(self, doc: codec.Document, dets: Sequence[Detections], covers: list[Cover], out_bytes: bytes,
+               lines: Sequence[np.ndarray | None] = ()) -> tuple[list[Cover], bytes, dict[str, Any]]:
         """The legibility audit, which also covers what it reads: each of `verify_rounds` rounds
         adds the lines OCR still reads outside the fill (their boxes, padded like detections) and
         reads the new output again, since covering one line can leave a neighbour it had
         swallowed; the gap between such a line and a covered box on the same text line is
         covered with it (`boxes.line_bridges`). Lines larger than `MAX_AUDIT_COVER_SHARE` of the
         page are only reported, never covered. What it reads after the last round is reported
-        (and fails `--strict`)."""
+        (and fails `--strict`). `lines`: per page, the detector's closer look on a noisy page
+        (`_detect`), read in every round too."""
         dets, added = list(dets), []
         bridges: list[list[list[float]]] = [[] for _ in dets]
-        lines = self._closer_look(doc)
         for rnd in range(self.cfg.verify_rounds + 1):
             verify = self._verify(out_bytes, [c.mask for c in covers], lines)
             if not verify["legible"] or rnd == self.cfg.verify_rounds:
@@ -679,28 +693,11 @@ class Redactor:
             verify["closer_look"] = CLOSER_LOOK_REVISION
         return covers, out_bytes, verify
 
-    def _closer_look(self, doc: codec.Document) -> list[np.ndarray | None]:
-        """Per page, the quads of the detector's closer look (`closer_look`, DB detectors) on a
-        page too noisy for its passes, else None: lines OCR's own detector does not find there
-        either (7-12 px labels on EM grain), for the audit to read. Looked for once, on the
-        original: what the audit covers is what it then reads, round after round."""
-        look = getattr(self.detector, "closer_look", None)
-        out: list[np.ndarray | None] = []
-        for i, page in enumerate(doc.pages):
-            views = codec.detector_views(page, doc.page_icc(i)) if look is not None else None
-            if not views or not noisy(views[0]):
-                out.append(None)
-                continue
-            with self._slots:
-                found = look(views[0])
-            out.append(found.quads if found.quads is not None else xyxy_to_quad(found.boxes))
-        return out
-
     def _verify(self, out_bytes: bytes, masks: list[np.ndarray], lines: Sequence[np.ndarray | None] = ()
                 ) -> dict[str, Any]:
         """Legibility audit of the bytes actually written: decode them as a viewer would, read
-        every view with an OCR recogniser (and `lines`, per page, read where they lie:
-        `_closer_look`), and list what it reads outside the covered areas (its text masked,
+        every view with an OCR recogniser (and `lines`, per page, read where they lie: the
+        detector's closer look), and list what it reads outside the covered areas (its text masked,
         `legibility.mask_text`: the audit trail must not hold the words removed)."""
         out_doc = codec.decode(out_bytes, self.cfg.max_pixels)
         legible: list[dict[str, Any]] = []
@@ -774,10 +771,12 @@ class Job:
     doc: codec.Document | None = None
     views: list[Any] | None = None
     dets: list[Detections] | None = None
+    noisy: list[bool] = field(default_factory=list)   # per page: too noisy for the detector's small-text search
+    lines: list[np.ndarray | None] = field(default_factory=list)   # per page: its closer look (noisy pages)
     over: bool = False          # skipped / held / failed already: later stages do nothing
 
 
-CLOSER_LOOK_REVISION = 1   # in a noisy image's audit record: its lines were read too (`_closer_look`)
+CLOSER_LOOK_REVISION = 1   # in a noisy image's audit record: the closer look's lines were read too
 
 
 def noisy(rgb: np.ndarray) -> bool:
