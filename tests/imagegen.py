@@ -18,6 +18,18 @@ def noise_image(seed: int, size: tuple[int, int] = (64, 48), mode: str = "RGB") 
     return Image.fromarray(arr).convert(mode)
 
 
+def smooth_image(seed: int, size: tuple[int, int] = (640, 480)) -> Image.Image:
+    """A quiet photo-like RGB picture (a smooth colour field, faint noise, no text): what most
+    inputs look like to redact. `noise_image` at photo size is as noisy as EM grain, which turns on
+    the noisy-image audit and its closer look (seconds per image)."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    field = cv2.resize(rng.uniform(40, 215, (6, 8, 3)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
+    return Image.fromarray((field + rng.normal(0, 3, (h, w, 3))).clip(0, 255).astype(np.uint8))
+
+
 def jpeg_bytes(seed: int, size: tuple[int, int] = (64, 48), quality: int = 90) -> bytes:
     buf = io.BytesIO()
     noise_image(seed, size).save(buf, format="JPEG", quality=quality)

@@ -14,7 +14,7 @@ from pathlib import Path
 from pipeline.config import HarvestConfig
 from pipeline.harvest import harvest
 from pipeline.workspace import Workspace
-from tests.imagegen import noise_image
+from tests.imagegen import noise_image, smooth_image
 
 
 def test_sigterm_marks_the_running_stage_failed(tmp_path: Path) -> None:
@@ -49,7 +49,7 @@ def test_an_interrupted_redact_says_so_exits_130_and_the_rerun_resumes(tmp_path:
     src = tmp_path / "src"
     src.mkdir()
     for i in range(40):
-        noise_image(100 + i, (640, 480)).save(src / f"{i:02d}.png")
+        smooth_image(100 + i).save(src / f"{i:02d}.png")
     out = tmp_path / "out"
     # as a terminal's Ctrl-C reaches it: a suite run in the background (nohup, `&` in a script)
     # hands its children SIGINT ignored, so Python never turns it into KeyboardInterrupt and the

@@ -100,12 +100,12 @@ def test_sigterm_under_ray_ends_like_ctrl_c_with_an_exact_count_and_the_rerun_re
     import sys
     import time
 
-    from tests.imagegen import noise_image
+    from tests.imagegen import smooth_image
 
     src = tmp_path / "src"
     src.mkdir()
     for i in range(60):
-        noise_image(300 + i, (640, 480)).save(src / f"{i:02d}.png")
+        smooth_image(300 + i).save(src / f"{i:02d}.png")
     out, sidecars = tmp_path / "out", tmp_path / "out.audit" / "sidecars"
     env = {k: v for k, v in __import__("os").environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli.app", "redact", str(src), str(out),
