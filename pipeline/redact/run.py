@@ -703,10 +703,11 @@ class Redactor:
         legible: list[dict[str, Any]] = []
         for i, (page, mask) in enumerate(zip(out_doc.pages, masks)):
             views = codec.detector_views(page, out_doc.page_icc(i))
-            readings = self.verifier.read_views(views)
+            read = self.verifier.legible(self.verifier.read_views(views), mask)
             if i < len(lines) and lines[i] is not None and len(lines[i]):
-                readings += [r for k, v in enumerate(views) for r in self.verifier.read_lines(v, lines[i], view=k)]
-            legible.extend({"page": i, **r.as_dict(masked=True)} for r in self.verifier.legible(readings, mask))
+                read += self.verifier.legible_lines(
+                    [r for k, v in enumerate(views) for r in self.verifier.read_lines(v, lines[i], view=k)], mask)
+            legible.extend({"page": i, **r.as_dict(masked=True)} for r in read)
         return {"reader": self.verifier.version, "min_chars": self.verifier.min_chars,
                 "min_score": self.verifier.min_score, "remaining": len(legible), "legible": legible}
 
@@ -776,7 +777,7 @@ class Job:
     over: bool = False          # skipped / held / failed already: later stages do nothing
 
 
-CLOSER_LOOK_REVISION = 1   # in a noisy image's audit record: the closer look's lines were read too
+CLOSER_LOOK_REVISION = 2   # in a noisy image's audit record: the closer look's lines were read too (2: from 2 characters)
 
 
 def noisy(rgb: np.ndarray) -> bool:
