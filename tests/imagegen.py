@@ -30,6 +30,17 @@ def smooth_image(seed: int, size: tuple[int, int] = (640, 480)) -> Image.Image:
     return Image.fromarray((field + rng.normal(0, 3, (h, w, 3))).clip(0, 255).astype(np.uint8))
 
 
+def em_grain(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
+    """An (h, w, 3) uint8 grey electron-micrograph-like picture: smooth variation plus pixel noise
+    of sd 35 (as `bench_redact.label_background` kind 0), noisy enough for redact's noisy-image
+    audit. Drawn from `rng` in one fixed order, so a seed always gives the same picture."""
+    import cv2
+
+    a = 128 + 40 * cv2.resize(rng.normal(0, 1, (h // 10, w // 10)).astype(np.float32), (w, h),
+                              interpolation=cv2.INTER_CUBIC) + rng.normal(0, 35, (h, w))
+    return np.repeat(a.clip(0, 255).astype(np.uint8)[..., None], 3, 2)
+
+
 def jpeg_bytes(seed: int, size: tuple[int, int] = (64, 48), quality: int = 90) -> bytes:
     buf = io.BytesIO()
     noise_image(seed, size).save(buf, format="JPEG", quality=quality)

@@ -24,7 +24,7 @@ from pipeline.cli.app import app
 from pipeline.imaging import visible_views
 from pipeline.legibility import Reader, leaked_words, normalise
 from tests.fakes import FakeDetector
-from tests.imagegen import text_font
+from tests.imagegen import em_grain, text_font
 
 WORDS = ("Patient", "Jonathan", "48213")
 SIZE = (420, 150)
@@ -697,13 +697,8 @@ def test_verify_covers_the_short_rest_of_a_line_it_covered(tmp_path, monkeypatch
 def _grain_label(path: Path) -> np.ndarray:
     """An 800 x 600 electron-micrograph-like image (smooth variation plus pixel noise of sd 35)
     with a white 15 px "Sample A-17" in it, saved to `path`; its ink mask."""
-    import cv2
-
-    rng = np.random.default_rng(0)
     w, h = 800, 600
-    a = 128 + 40 * cv2.resize(rng.normal(0, 1, (h // 10, w // 10)).astype(np.float32), (w, h),
-                              interpolation=cv2.INTER_CUBIC) + rng.normal(0, 35, (h, w))
-    im = Image.fromarray(np.repeat(a.clip(0, 255).astype(np.uint8)[..., None], 3, 2))
+    im = Image.fromarray(em_grain(np.random.default_rng(0), w, h))
     mask = Image.new("L", (w, h))
     for canvas, fill in ((im, (255, 255, 255)), (mask, 255)):
         ImageDraw.Draw(canvas).text((380, 290), "Sample A-17", font=_font(15), fill=fill)
