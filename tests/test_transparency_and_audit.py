@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from pipeline.cli.app import app
 from pipeline.imaging import visible_views
-from pipeline.legibility import Reader, leaked_words, normalise
+from pipeline.legibility import Reader, Reading, leaked_words, normalise
 from tests.fakes import FakeDetector
 from tests.imagegen import em_grain, text_font
 
@@ -493,8 +493,6 @@ def test_verify_reads_what_was_left_and_strict_writes_nothing(tmp_path, monkeypa
 
 
 def test_leak_metric_counts_words_read_at_their_place():
-    from pipeline.legibility import Reading
-
     gt = np.array([[0, 0, 100, 20], [0, 40, 100, 60], [0, 80, 100, 100], [0, 120, 50, 140]], float)
     texts = ["Jonathan", "48213", "Smith", "ab"]
     readings = [Reading("Name:Jonathan", 0.9, (0, 0, 120, 22)),      # word inside a longer line
@@ -663,7 +661,6 @@ def test_verify_covers_the_short_rest_of_a_line_it_covered(tmp_path, monkeypatch
     readings elsewhere are still not counted (OCR reads specks as "1" or "l")."""
     import pipeline.detectors as dets
     import pipeline.redact.run as rr
-    from pipeline.legibility import Reading
 
     blind = FakeDetector([], [])
     monkeypatch.setattr(dets, "load_detector", lambda *a, **k: blind)
@@ -692,6 +689,22 @@ def test_verify_covers_the_short_rest_of_a_line_it_covered(tmp_path, monkeypatch
     tall = Reading("1", 0.95, (240.0, 20.0, 330.0, 199.0))    # OCR's "1" for a logo beside the line
     wide = Reading("1", 0.95, (235.0, 75.0, 330.0, 105.0))    # ... and for a row of fill-in underscores
     assert reader.legible([near, far, tall, wide], mask) == [near]
+
+
+def test_a_detectors_line_counts_from_two_characters_read_with_confidence(reader):
+    """Lines the detector found (the closer look) are where text is likely: a "40" read there at
+    0.8 or more in a box as wide as 2 characters counts (an "x40" on grain), while the same
+    reading from OCR's own detector, away from any cover, stays noise; unsure, too wide for 2
+    characters, or under the fill, it does not count either."""
+    mask = np.zeros((200, 400), bool)
+    mask[150:200, :] = True
+    forty = Reading("40", 0.97, (100.0, 40.0, 120.0, 52.0))
+    unsure = Reading("40", 0.7, (200.0, 40.0, 220.0, 52.0))
+    wide = Reading("40", 0.97, (100.0, 80.0, 180.0, 92.0))       # 6.7 heights for 2 characters
+    under = Reading("40", 0.97, (100.0, 160.0, 120.0, 172.0))
+    word = Reading("ID 48213", 0.6, (200.0, 80.0, 280.0, 92.0))  # 3+ characters: the rule that stays
+    assert reader.legible_lines([forty, unsure, wide, under, word], mask) == [word, forty]
+    assert reader.legible([forty, unsure, wide, under, word], mask) == [word]
 
 
 def _grain_label(path: Path) -> np.ndarray:
