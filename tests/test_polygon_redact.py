@@ -653,6 +653,29 @@ def test_a_small_label_on_grain_is_covered_by_the_audits_closer_look(tmp_path, r
     assert sc["verify"]["closer_look"] == CLOSER_LOOK_REVISION and sc["verify"]["because"] == "noisy"
 
 
+def test_a_noisy_output_audited_under_an_older_closer_look_rule_is_redone(tmp_path, reader):
+    """What the audit's closer look keeps changes (2 characters count since revision 2): a noisy
+    image's output audited under an older rule is redone on the next run, and then skipped."""
+    from pipeline.detectors import load_detector
+    from pipeline.redact.run import CLOSER_LOOK_REVISION, pass_options
+
+    src = tmp_path / "grain.png"
+    Image.fromarray(em_grain(np.random.default_rng(1), 400, 300)).save(src)
+    redactor = Redactor(load_detector("ppocr").with_options(**pass_options()), RedactConfig(), verifier=reader)
+
+    def run() -> tuple[str, dict]:
+        items, _, _ = plan(str(src), tmp_path / "out.png")
+        (res,) = list(run_local(redactor, items, workers=1))
+        return res.status, json.loads(Path(items[0].sidecar).read_text())
+
+    status, sc = run()
+    assert status == "redacted" and sc["noisy"] and sc["verify"]["closer_look"] == CLOSER_LOOK_REVISION
+    assert run()[0] == "skipped"
+    sc["verify"]["closer_look"] = CLOSER_LOOK_REVISION - 1   # as an earlier version wrote it
+    Path(plan(str(src), tmp_path / "out.png")[0][0].sidecar).write_text(json.dumps(sc))
+    assert run()[0] == "redacted" and run()[0] == "skipped"
+
+
 def test_a_closer_look_line_read_as_two_characters_is_covered(tmp_path, reader):
     """An 11 px "x40" on grain: the closer look boxes it, and the recogniser reads that line as
     "40" (0.99), as it reads the label's own crop; at 2 characters the audit, which counts 3+,
