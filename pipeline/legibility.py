@@ -263,33 +263,24 @@ class Reader:
         return list(seen.values())
 
     def legible(self, readings: Iterable[Reading], covered: np.ndarray | None = None,
-                inside: float = 0.5) -> list[Reading]:
+                inside: float = 0.5, found: bool = False) -> list[Reading]:
         """Readings a person could use: `min_chars`+ letters/digits, confidence >= `min_score`,
         and less than `inside` of the line's box within the covered (filled) area. A shorter
-        reading counts too when it sits on the line of a covered area (within its own height of
-        it) and is read with confidence >= `SHORT_MIN_SCORE`: the rest of a line the cover did
-        not reach ("22" after a covered "PAGETWO": a bed number, an age) was let through, while
-        short readings elsewhere stay OCR's noise."""
+        reading (char-shaped, confidence >= `SHORT_MIN_SCORE`) counts too where text is likely:
+        on the line of a covered area, within its own height of it (the rest of a line the cover
+        did not reach: "22" after a covered "PAGETWO", a bed number, an age), and, with `found`
+        (readings of lines a detector found: `read_lines` on the closer look at a noisy image),
+        from 2 characters anywhere (an 11 px "x40" on grain read "40" at 0.99; of the closer
+        look's boxes off the labels on 22 grain images of the benchmark's large and edge sets
+        none read so). Short readings elsewhere stay OCR's noise."""
         out = []
         for r in readings:
             if r.score < self.min_score or (covered is not None and covered_fraction(covered, r.box) >= inside):
                 continue
-            if meaningful(r.text, self.min_chars) or (
-                    covered is not None and meaningful(r.text, 1) and r.score >= SHORT_MIN_SCORE
-                    and char_shaped(r) and beside_cover(covered, r.box)):
+            short = meaningful(r.text, 1) and r.score >= SHORT_MIN_SCORE and char_shaped(r)
+            if meaningful(r.text, self.min_chars) or (short and (
+                    (found and meaningful(r.text, 2)) or (covered is not None and beside_cover(covered, r.box)))):
                 out.append(r)
-        return out
-
-    def legible_lines(self, readings: Iterable[Reading], covered: np.ndarray | None = None) -> list[Reading]:
-        """`legible` for readings of lines the detector found (`read_lines` on its closer look at
-        a noisy image), where 2 characters count too when read at `SHORT_MIN_SCORE` in a box no
-        wider than 2 characters (`char_shaped`): an 11 px "x40" on grain read "40" at 0.99. Of
-        the closer look's boxes off the labels on 22 grain images of the benchmark's large and
-        edge sets none read so, and 5 read as 3+ characters at 0.5 (the rule that stays)."""
-        readings = list(readings)
-        out = self.legible(readings, covered)
-        out += [r for r in readings if r not in out and r.score >= SHORT_MIN_SCORE and meaningful(r.text, 2)
-                and char_shaped(r) and (covered is None or covered_fraction(covered, r.box) < 0.5)]
         return out
 
 

@@ -703,7 +703,7 @@ def test_a_detectors_line_counts_from_two_characters_read_with_confidence(reader
     wide = Reading("40", 0.97, (100.0, 80.0, 180.0, 92.0))       # 6.7 heights for 2 characters
     under = Reading("40", 0.97, (100.0, 160.0, 120.0, 172.0))
     word = Reading("ID 48213", 0.6, (200.0, 80.0, 280.0, 92.0))  # 3+ characters: the rule that stays
-    assert reader.legible_lines([forty, unsure, wide, under, word], mask) == [word, forty]
+    assert reader.legible([forty, unsure, wide, under, word], mask, found=True) == [forty, word]
     assert reader.legible([forty, unsure, wide, under, word], mask) == [word]
 
 

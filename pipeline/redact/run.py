@@ -705,8 +705,8 @@ class Redactor:
             views = codec.detector_views(page, out_doc.page_icc(i))
             read = self.verifier.legible(self.verifier.read_views(views), mask)
             if i < len(lines) and lines[i] is not None and len(lines[i]):
-                read += self.verifier.legible_lines(
-                    [r for k, v in enumerate(views) for r in self.verifier.read_lines(v, lines[i], view=k)], mask)
+                read += self.verifier.legible(
+                    [r for k, v in enumerate(views) for r in self.verifier.read_lines(v, lines[i], view=k)], mask, found=True)
             legible.extend({"page": i, **r.as_dict(masked=True)} for r in read)
         return {"reader": self.verifier.version, "min_chars": self.verifier.min_chars,
                 "min_score": self.verifier.min_score, "remaining": len(legible), "legible": legible}
