@@ -453,8 +453,10 @@ class Redactor:
         self.settings_hash = cfg.settings_hash(detector.version)
         # at most the detector's `parallel_calls` overlap (one: calls are serialised)
         self._slots = threading.BoundedSemaphore(parallel_calls(detector))
-        # DB detectors' extra pass for the audit of a noisy page (`PPOCRDetector.closer_look`)
-        self._closer_look = getattr(detector, "closer_look", None) if verifier is not None else None
+        # DB detectors' extra pass for the audit of a noisy page (`PPOCRDetector.closer_look`):
+        # only when an audit can run (a reader given and --verify or --audit-noisy)
+        can_audit = verifier is not None and (cfg.verify or cfg.audit_noisy)
+        self._closer_look = getattr(detector, "closer_look", None) if can_audit else None
 
     def up_to_date(self, item: Item, in_sha: str) -> tuple[str, dict[str, Any]] | None:
         """('skipped'|'held', sidecar) when this input was already done with these settings."""
