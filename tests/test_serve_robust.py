@@ -291,15 +291,23 @@ def test_a_retrain_stuck_in_a_c_call_has_its_rows_failed_at_shutdown(ws):
     with ws.catalog() as cat:
         other = cat.start_iteration("predict")   # another command's row, running before the retrain: not ours
     release = threading.Event()
+    state = {"blocking": False}
 
     def stuck_round(w):
         with w.catalog() as cat, cat.iteration("train"):
-            release.wait()   # a blocking C call: an interrupt is seen only when it returns
+            state["blocking"] = True   # a plain store: no call between it and the loop below
+            while True:   # a C call that never sees the interrupt: it is swallowed and waited on again
+                try:
+                    release.wait()
+                    return
+                except KeyboardInterrupt:
+                    continue
 
     app = create_app(ws, ServeConfig(), detector=FakeDetector(), trainer=stuck_round)
     backend = app.state.backend
     TestClient(app).post("/webhook", json={"action": "START_TRAINING"})
-    wait_for(lambda: len(running_rows(ws)) == 2)
+    wait_for(lambda: state["blocking"])   # an interrupt before this would end the retrain: not the case tested
+    assert len(running_rows(ws)) == 2
     t0 = time.monotonic()
     assert backend.shutdown(timeout_s=0.5) is False
     assert time.monotonic() - t0 < 5
