@@ -586,3 +586,53 @@ def is_axis_aligned(quads: Any, tol_deg: float = 0.5) -> np.ndarray:
         return np.zeros((0,), dtype=bool)
     a = np.degrees(np.arctan2(np.abs(u[:, 1]), np.abs(u[:, 0])))
     return (a <= tol_deg) | (a >= 90.0 - tol_deg)
+
+
+
+def end_strips(quads: Any, length: float, width: int, height: int, covered: np.ndarray | None = None,
+               square: float = 2.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rectangles that continue each quad (N,4,2) beyond its two ends along its own long
+    side, as tall as it and up to `length` x its height long: (2N,4,2) in canonical corner order
+    (quad i's strip after its end along +u at 2i, before its start at 2i+1), each strip's length
+    (2N,) and its quad's height (2N,). A strip ends where its midline leaves the `width` x
+    `height` image or, given a `covered` (H, W) mask, first meets a covered pixel (the next
+    word's cover). An upright quad less than `square` x taller than wide is taken as level text:
+    a cover of a letter or two is taller than wide, and its line runs left and right."""
+    r = oriented_rects(quads)
+    u, v, _eu, _ev = quad_frames(r)
+    if len(u) == 0:
+        return np.zeros((0, 4, 2)), np.zeros((0,)), np.zeros((0,))
+    side_u, side_v = np.linalg.norm(r[:, 1] - r[:, 0], axis=1), np.linalg.norm(r[:, 3] - r[:, 0], axis=1)
+    swap = (side_u < square * side_v) & (np.abs(u[:, 1]) > np.abs(u[:, 0]))
+    u = np.where(swap[:, None], np.where((v[:, 0] < 0)[:, None], -v, v), u)
+    v = np.stack([-u[:, 1], u[:, 0]], axis=1)
+    pu, pv = np.einsum("nkd,nd->nk", r, u), np.einsum("nkd,nd->nk", r, v)
+    u0, u1, v0, v1 = pu.min(1), pu.max(1), pv.min(1), pv.max(1)
+    thick = v1 - v0
+    vm = 0.5 * (v0 + v1)
+    strips, lengths = [], []
+    for sign, start in ((1.0, u1), (-1.0, u0)):
+        p = start[:, None] * u + vm[:, None] * v           # the end's midpoint
+        d = sign * u
+        room = np.full(len(u), np.inf)
+        for k, size in ((0, width), (1, height)):
+            with np.errstate(divide="ignore", invalid="ignore"):
+                t = np.where(d[:, k] > 1e-12, (size - p[:, k]) / d[:, k],
+                             np.where(d[:, k] < -1e-12, -p[:, k] / d[:, k], np.inf))
+            room = np.minimum(room, t)
+        inside = (p[:, 0] >= 0) & (p[:, 0] <= width) & (p[:, 1] >= 0) & (p[:, 1] <= height)
+        n = np.where(inside, np.clip(np.minimum(length * thick, room), 0.0, None), 0.0)
+        if covered is not None:
+            for i in np.flatnonzero(n >= 1.0):
+                s = np.arange(1.0, n[i], 1.0)     # from 1 px out: the cover's own rim pixel is covered
+                xs = np.clip((p[i, 0] + s * d[i, 0]).astype(np.int64), 0, width - 1)
+                ys = np.clip((p[i, 1] + s * d[i, 1]).astype(np.int64), 0, height - 1)
+                hit = np.flatnonzero(covered[ys, xs])
+                if len(hit):
+                    n[i] = s[hit[0]]
+        a, b = (start, start + n) if sign > 0 else (start - n, start)
+        corners = [(a, v0), (b, v0), (b, v1), (a, v1)]
+        strips.append(np.stack([x[:, None] * u + y[:, None] * v for x, y in corners], axis=1))
+        lengths.append(n)
+    out = np.stack(strips, axis=1).reshape(-1, 4, 2)
+    return out, np.stack(lengths, axis=1).reshape(-1), np.repeat(thick, 2)

@@ -32,9 +32,16 @@ from pipeline.boxes import inside_fraction, quad_thickness
 # than RapidOCR's 2000 px (at 1x, or 2x) are read in tiles, not shrunk; the image's edge is
 # repeated around what is read. 3: the 2x read on images of any size (it stopped at 1600 px: a
 # 9 px "ID 48213" on a 3200 px micrograph, legible to a viewer who zooms in, went unread).
-READER_VERSION = "ppocr-v4-rec.3"
+# 4: the audit reads on beyond each cover's ends (`Reader.read_on`).
+READER_VERSION = "ppocr-v4-rec.4"
 DEFAULT_MIN_CHARS = 3
 DEFAULT_MIN_SCORE = 0.5
+# The audit reads this many line heights beyond each end of a cover (`Reader.read_on`): the rest
+# of a line the detector boxed only in part
+RUN_ON = 4.0
+# ... where its first NEAR_RUN_ON heights hold ink: grey levels off the cover spanning at least
+# BLANK_RANGE (1st-99th percentile; a receipt's blank paper spans 13-17 in JPEG noise)
+NEAR_RUN_ON, BLANK_RANGE = 1.5, 24.0
 IN_PLACE_MARGIN = 0.25   # the crop `legible_in_place` reads: the text's rectangle grown by this x its height
 MIN_READ_SIDE = 32             # short side (px) the reader pads a thin strip to, after its 2000 px cap
 READ_MAX_SIDE = 2000           # RapidOCR shrinks a longer input to this (`max_side_len`) ...
@@ -219,37 +226,71 @@ class Reader:
                 crop = np.ascontiguousarray(np.rot90(crop))
             crops.append(crop)
             where.append(i)
-        return self._recognise(crops, where, len(b))
+        return [r[:2] for r in self._recognise(crops, where, len(b))]
 
     def read_quads(self, rgb: np.ndarray, quads: np.ndarray) -> list[tuple[str, float]]:
         """(text, confidence) of the recogniser alone on each quad's crop, warped upright along
         its long side (a 30-degree watermark is read as a line, as PP-OCR reads its rotated
         boxes); the image's edge is repeated where a quad reaches past it."""
-        import cv2
-
         from pipeline.boxes import oriented_rects
 
-        bgr = np.ascontiguousarray(np.asarray(rgb)[..., 2::-1])
-        crops, where = [], []
-        for i, r in enumerate(oriented_rects(np.asarray(quads, dtype=np.float64).reshape(-1, 4, 2))):
-            w, h = float(np.linalg.norm(r[1] - r[0])), float(np.linalg.norm(r[3] - r[0]))
-            if w < 2 or h < 2:
-                continue
-            cw, ch = int(math.ceil(w)), int(math.ceil(h))
-            dst = np.array([[0, 0], [cw, 0], [cw, ch], [0, ch]], np.float32)
-            m = cv2.getPerspectiveTransform(r.astype(np.float32), dst)
-            crops.append(cv2.warpPerspective(bgr, m, (cw, ch), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE))
-            where.append(i)
-        return self._recognise(crops, where, len(np.asarray(quads).reshape(-1, 4, 2)))
+        rects = oriented_rects(np.asarray(quads, dtype=np.float64).reshape(-1, 4, 2))
+        crops, where = _upright_crops(rgb, rects)
+        return [r[:2] for r in self._recognise(crops, where, len(rects))]
 
-    def _recognise(self, crops: list[np.ndarray], where: list[int], n: int) -> list[tuple[str, float]]:
-        """The recogniser on BGR `crops` (of items `where` of `n`); ("", 0.0) for the others."""
-        out: list[tuple[str, float]] = [("", 0.0)] * n
+    def read_on(self, rgb: np.ndarray, shapes: np.ndarray, covered: np.ndarray | None = None, view: int = 0,
+                length: float = RUN_ON) -> list[Reading]:
+        """What covered lines run on into: the recogniser on a strip beyond each end of each of
+        `shapes` (the covered rectangles, (N,4,2)), as tall as it and `length` x its height long
+        along its own axis. Each reading's box runs from the cover to just past its outermost
+        character (CTC's columns), so covering it joins the cover. A line's end that no detector
+        finds is read where it lies: "Acquired 20." covered on an EM micrograph, its grey italic
+        "08.18 14:37" on the grain after it was read in place ("08.814.27" at 0.92), while DB's
+        map was 0 on it at every scale. A strip stops at the next cover; blank ones are not read."""
+        from pipeline.boxes import end_strips, quad_to_xyxy, to_int_pixels
+
+        h, w = rgb.shape[:2]
+        strips, lengths, thick = end_strips(shapes, length, w, h, covered)
+        use = lengths >= np.maximum(thick, 2.0)    # room for a character or two
+        for i in np.flatnonzero(use):   # a line goes on within a word's gap of its cover, or not at all
+            near = _strip_part(strips[i], lengths[i], after=i % 2 == 0, a=0.0, b=NEAR_RUN_ON * thick[i])
+            x0, y0, x1, y1 = to_int_pixels(quad_to_xyxy(near[None]), w, h)[0]
+            crop = np.asarray(rgb[y0:y1, x0:x1], np.float64)
+            gray = crop[..., :3].mean(axis=2) if crop.ndim == 3 else crop
+            if covered is not None:
+                gray = gray[~covered[y0:y1, x0:x1]]
+            lo, hi = np.percentile(gray, (1, 99)) if gray.size else (0.0, 0.0)
+            use[i] = hi - lo >= BLANK_RANGE
+        idx = np.flatnonzero(use)
+        crops, where = _upright_crops(rgb, strips[idx])
+        out = []
+        for k, (text, score, cols) in enumerate(self._recognise(crops, where, len(idx), columns=True)):
+            if not text or cols is None:
+                continue
+            i, t = idx[k], thick[idx[k]]
+            first, last = cols   # from the cover to just past the character furthest from it
+            reach = (last if i % 2 == 0 else 1.0 - first) * lengths[i] + 0.25 * t
+            rect = _strip_part(strips[i], lengths[i], after=i % 2 == 0, a=0.0, b=reach)
+            box = np.clip(quad_to_xyxy(rect[None])[0], 0, [w, h, w, h])
+            out.append(Reading(text, score, tuple(float(x) for x in box), view, float(t)))
+        return out
+
+    def _recognise(self, crops: list[np.ndarray], where: list[int], n: int, columns: bool = False
+                   ) -> list[tuple[str, float, tuple[float, float] | None]]:
+        """The recogniser on BGR `crops` (of items `where` of `n`); ("", 0.0, None) for the
+        others. With `columns`, each reading's first character's start and last character's
+        end as shares of its crop's width (CTC's output columns), else None."""
+        out: list[tuple[str, float, tuple[float, float] | None]] = [("", 0.0, None)] * n
         if crops:
             with self._lock:
-                res, _ = self._engine().text_rec(crops)
-            for i, (text, score) in zip(where, res):
-                out[i] = (str(text), float(score))
+                res, _ = self._engine().text_rec(crops, return_word_box=columns)
+            for i, r in zip(where, res):
+                span = None
+                if columns and r[0]:
+                    ncols, cols = float(r[2][0]), [c for word in r[2][2] for c in word]
+                    if cols and ncols > 0:
+                        span = (min(cols) / ncols, min(1.0, (max(cols) + 1) / ncols))
+                out[i] = (str(r[0]), float(r[1]), span)
         return out
 
     def read_views(self, views: Sequence[np.ndarray]) -> list[Reading]:
@@ -282,6 +323,36 @@ class Reader:
                     (found and meaningful(r.text, 2)) or (covered is not None and beside_cover(covered, r.box)))):
                 out.append(r)
         return out
+
+
+def _strip_part(strip: np.ndarray, length: float, after: bool, a: float, b: float) -> np.ndarray:
+    """The part of an `end_strips` strip from `a` to `b` px away from its cover (clipped to its
+    `length`): a strip after a cover starts at its first corner, one before it ends there."""
+    a, b = min(max(a, 0.0), length), min(max(b, 0.0), length)
+    u = (strip[1] - strip[0]) / max(length, 1e-9)
+    if not after:
+        a, b = length - b, length - a
+    return np.stack([strip[0] + a * u, strip[0] + b * u, strip[3] + b * u, strip[3] + a * u])
+
+
+def _upright_crops(rgb: np.ndarray, rects: np.ndarray) -> tuple[list[np.ndarray], list[int]]:
+    """BGR crops of canonical rectangles (N,4,2: `boxes.oriented_rects` order), each warped
+    upright along its first side, the image's edge repeated where one reaches past it; and the
+    indices of the rectangles cropped (2 px or more each way)."""
+    import cv2
+
+    bgr = np.ascontiguousarray(np.asarray(rgb)[..., 2::-1])
+    crops, where = [], []
+    for i, r in enumerate(np.asarray(rects, dtype=np.float64).reshape(-1, 4, 2)):
+        w, h = float(np.linalg.norm(r[1] - r[0])), float(np.linalg.norm(r[3] - r[0]))
+        if w < 2 or h < 2:
+            continue
+        cw, ch = int(math.ceil(w)), int(math.ceil(h))
+        dst = np.array([[0, 0], [cw, 0], [cw, ch], [0, ch]], np.float32)
+        m = cv2.getPerspectiveTransform(r.astype(np.float32), dst)
+        crops.append(cv2.warpPerspective(bgr, m, (cw, ch), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE))
+        where.append(i)
+    return crops, where
 
 
 SHORT_MIN_SCORE = 0.8   # a 1-2 character reading beside a cover counts from this confidence

@@ -559,6 +559,12 @@ class UsersFillReader:
     def read_views(self, views: list[np.ndarray]) -> Any:
         return self.reader.read_views(painted(list(views), self.fill))
 
+    def read_lines(self, view: np.ndarray, *args: Any, **kw: Any) -> Any:
+        return self.reader.read_lines(painted([view], self.fill)[0], *args, **kw)
+
+    def read_on(self, view: np.ndarray, *args: Any, **kw: Any) -> Any:
+        return self.reader.read_on(painted([view], self.fill)[0], *args, **kw)
+
 
 def read_back(key: str, boxes: Any, texts: list[str], ignore: Any, original: Path, output: Path, reader: Any,
               readable: dict[str, list[int]], polys: Any = None) -> tuple[list[int], set[int], set[int], Any]:

@@ -130,3 +130,27 @@ def test_centre_inside_asks_where_a_box_is_centred_not_whether_it_overlaps() -> 
                       [40.0, 40.0, 60.0, 50.0]])    # below it
     assert centre_inside(boxes, line).tolist() == [False, True, False]
     assert centre_inside(boxes, None).tolist() == [False] * 3 and centre_inside(np.zeros((0, 4)), line).shape == (0,)
+
+
+def test_end_strips_continue_a_line_beyond_its_ends_up_to_the_edge_or_the_next_cover() -> None:
+    from pipeline.boxes import end_strips, quad_to_xyxy, xyxy_to_quad
+
+    line = xyxy_to_quad([[100.0, 50.0, 200.0, 60.0]])    # 10 px tall
+    strips, lengths, thick = end_strips(line, 4.0, 400, 100)
+    assert lengths.tolist() == [40.0, 40.0] and thick.tolist() == [10.0, 10.0]
+    assert quad_to_xyxy(strips).tolist() == [[200, 50, 240, 60], [60, 50, 100, 60]]   # after, before
+    # cut by the image's edge, and by the next cover along the midline (not by one above the line)
+    covered = np.zeros((100, 400), bool)
+    covered[52:58, 225:230] = True
+    covered[30:45, 205:215] = True
+    strips, lengths, _ = end_strips(xyxy_to_quad([[10.0, 50.0, 200.0, 60.0]]), 4.0, 400, 100, covered)
+    assert lengths.tolist() == [25.0, 10.0]
+    # a one-letter cover, taller than wide, continues left and right; a turned line along itself
+    _, lengths, thick = end_strips(xyxy_to_quad([[100.0, 40.0, 112.0, 60.0]]), 2.0, 400, 100)
+    assert thick.tolist() == [20.0, 20.0] and lengths.tolist() == [40.0, 40.0]
+    turned = np.array([[[100.0, 100.0], [170.7, 170.7], [163.6, 177.8], [92.9, 107.1]]])   # 45 degrees, 10 px thick
+    strips, lengths, thick = end_strips(turned, 2.0, 1000, 1000)
+    step = strips[0, 1] - strips[0, 0]
+    assert np.allclose(thick, 10.0, atol=0.1) and np.allclose(lengths, 20.0, atol=0.2)
+    assert np.allclose(step / np.linalg.norm(step), [2 ** -0.5, 2 ** -0.5], atol=1e-3)
+    assert np.allclose(strips[0, 0], turned[0, 1], atol=0.2)    # starts where the line ends

@@ -819,6 +819,9 @@ def test_archive_keeps_what_a_symlink_points_at(tmp_path, fake):
         assert not os.path.lexists(src / rel), rel
 
 
+from pipeline.legibility import Reader as _REAL_READER   # (a test may replace the module's name)
+
+
 class FakeReader:
     """An OCR reader that 'reads' fixed lines: one outside every covered box, one on a fill."""
 
@@ -830,10 +833,11 @@ class FakeReader:
     def read_views(self, views):
         return list(self.readings)
 
-    def legible(self, readings, covered=None, inside=0.5):
-        from pipeline.legibility import Reader
+    def read_on(self, rgb, shapes, covered=None, view=0):
+        return []
 
-        return Reader.legible(self, readings, covered, inside)  # the real filter
+    def legible(self, readings, covered=None, inside=0.5, found=False):
+        return _REAL_READER.legible(self, readings, covered, inside, found)  # the real filter
 
 
 def test_verify_strict_fails_images_with_text_left(tmp_path):

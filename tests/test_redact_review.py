@@ -146,13 +146,8 @@ def test_review_with_verify_queues_what_the_audit_had_to_cover(setup, monkeypatc
     from tests.test_redact import FakeReader
 
     tmp_path, src, arrays, pushed = setup
-    line, real = (0.0, 30.0, 20.0, 40.0), leg.Reader
-
-    class Reads(FakeReader):
-        def legible(self, readings, covered=None, inside=0.5):
-            return real.legible(self, readings, covered, inside)   # the real filter
-
-    monkeypatch.setattr(leg, "Reader", lambda *a, **k: Reads([Reading("Smith", 0.9, line)]))
+    line = (0.0, 30.0, 20.0, 40.0)
+    monkeypatch.setattr(leg, "Reader", lambda *a, **k: FakeReader([Reading("Smith", 0.9, line)]))   # the real filter
     code, s = _cli(tmp_path, str(src), str(tmp_path / "out"), "--review", "--verify")
     assert code == 0 and s["redacted"] == 1 and s["held_for_review"] == 1 and s["audit_covered"] == 1, s["errors"]
     assert s["review"]["held"] == 1 and s["review"]["audit_covered"] == 1 and s["review"]["pushed"] == 2

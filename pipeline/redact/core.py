@@ -109,6 +109,14 @@ class Cover:
     def area(self) -> int:
         return int(self.mask.sum())
 
+    def shapes(self) -> np.ndarray:
+        """Every shape as a rectangle (N,4,2): its grown quad, or its window for a box."""
+        rects = bx.xyxy_to_quad(np.asarray(self.boxes, dtype=np.float64).reshape(-1, 4))
+        if self.polygons is not None and len(self.polygons):
+            has = np.isfinite(self.polygons).all(axis=(1, 2))
+            rects[has] = self.polygons[has]
+        return rects
+
 
 def cover_shapes(boxes: np.ndarray, quads: np.ndarray | None, width: int, height: int, pad: Pad,
                  shape: str = "polygon") -> Cover:

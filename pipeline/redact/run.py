@@ -672,7 +672,7 @@ class Redactor:
         dets, added = list(dets), []
         bridges: list[list[list[float]]] = [[] for _ in dets]
         for rnd in range(self.cfg.verify_rounds + 1):
-            verify = self._verify(out_bytes, [c.mask for c in covers], lines)
+            verify = self._verify(out_bytes, covers, lines)
             if not verify["legible"] or rnd == self.cfg.verify_rounds:
                 break
             coverable = [x for x in verify["legible"] if box_area([x["box"]])[0]
@@ -695,20 +695,23 @@ class Redactor:
             verify["closer_look"] = CLOSER_LOOK_REVISION
         return covers, out_bytes, verify
 
-    def _verify(self, out_bytes: bytes, masks: list[np.ndarray], lines: Sequence[np.ndarray | None] = ()
+    def _verify(self, out_bytes: bytes, covers: list[Cover], lines: Sequence[np.ndarray | None] = ()
                 ) -> dict[str, Any]:
         """Legibility audit of the bytes actually written: decode them as a viewer would, read
-        every view with an OCR recogniser (and `lines`, per page, read where they lie: the
-        detector's closer look), and list what it reads outside the covered areas (its text masked,
-        `legibility.mask_text`: the audit trail must not hold the words removed)."""
+        every view with an OCR recogniser, and what runs on beyond each cover's ends
+        (`Reader.read_on`: the rest of a line the detector boxed in part), and `lines`, per page,
+        where they lie (the detector's closer look); list what it reads outside the covered areas
+        (its text masked, `legibility.mask_text`: the audit trail must not hold the words removed)."""
         out_doc = codec.decode(out_bytes, self.cfg.max_pixels)
         legible: list[dict[str, Any]] = []
-        for i, (page, mask) in enumerate(zip(out_doc.pages, masks)):
+        for i, (page, cover) in enumerate(zip(out_doc.pages, covers)):
+            mask, shapes = cover.mask, cover.shapes()
             views = codec.detector_views(page, out_doc.page_icc(i))
             read = self.verifier.legible(self.verifier.read_views(views), mask)
+            found = [r for k, v in enumerate(views) for r in self.verifier.read_on(v, shapes, mask, view=k)]
             if i < len(lines) and lines[i] is not None and len(lines[i]):
-                read += self.verifier.legible(
-                    [r for k, v in enumerate(views) for r in self.verifier.read_lines(v, lines[i], view=k)], mask, found=True)
+                found += [r for k, v in enumerate(views) for r in self.verifier.read_lines(v, lines[i], view=k)]
+            read += self.verifier.legible(found, mask, found=True)
             legible.extend({"page": i, **r.as_dict(masked=True)} for r in read)
         return {"reader": self.verifier.version, "min_chars": self.verifier.min_chars,
                 "min_score": self.verifier.min_score, "remaining": len(legible), "legible": legible}
