@@ -559,11 +559,11 @@ class UsersFillReader:
     def read_views(self, views: list[np.ndarray]) -> Any:
         return self.reader.read_views(painted(list(views), self.fill))
 
-    def read_lines(self, view: np.ndarray, *args: Any, **kw: Any) -> Any:
-        return self.reader.read_lines(painted([view], self.fill)[0], *args, **kw)
+    def read_lines(self, rgb: np.ndarray, *args: Any, **kw: Any) -> Any:
+        return self.reader.read_lines(painted([rgb], self.fill)[0], *args, **kw)
 
-    def read_on(self, view: np.ndarray, *args: Any, **kw: Any) -> Any:
-        return self.reader.read_on(painted([view], self.fill)[0], *args, **kw)
+    def read_on(self, rgb: np.ndarray, *args: Any, **kw: Any) -> Any:
+        return self.reader.read_on(painted([rgb], self.fill)[0], *args, **kw)
 
 
 def read_back(key: str, boxes: Any, texts: list[str], ignore: Any, original: Path, output: Path, reader: Any,

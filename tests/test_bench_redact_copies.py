@@ -169,6 +169,12 @@ def test_the_verify_audit_reads_the_fill_users_get() -> None:
             self.views += views
             return ["read"]
 
+        def read_on(self, rgb, shapes, covered=None, view=0):    # as the audit calls it, and read_lines
+            self.views.append(rgb)
+            return [view]
+
+        read_lines = read_on
+
     inner = Seen()
     wrapped = mod.UsersFillReader(inner)
     view = np.full((2, 3, 3), 200, np.uint8)
@@ -177,6 +183,8 @@ def test_the_verify_audit_reads_the_fill_users_get() -> None:
     assert wrapped.read_views([view, grey]) == ["read"] and wrapped.version == "r1" and wrapped.min_chars == 3
     assert inner.views[0][0, 0].tolist() == list(mod.DEFAULT_FILL) and (inner.views[0][1] == 200).all()
     assert inner.views[1] is grey and view[0, 0].tolist() == list(mod.MAGENTA)   # the output itself is untouched
+    for read in (wrapped.read_on, wrapped.read_lines):      # the audit's reads beside covers see the users' fill too
+        assert read(view, None, None, view=2) == [2] and inner.views[-1][0, 0].tolist() == list(mod.DEFAULT_FILL)
 
 
 def test_ground_truth_is_read_in_place_on_its_polygon_where_it_has_one() -> None:
