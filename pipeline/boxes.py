@@ -588,7 +588,6 @@ def is_axis_aligned(quads: Any, tol_deg: float = 0.5) -> np.ndarray:
     return (a <= tol_deg) | (a >= 90.0 - tol_deg)
 
 
-
 def end_strips(quads: Any, length: float, width: int, height: int, covered: np.ndarray | None = None,
                square: float = 2.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The rectangles that continue each quad (N,4,2) beyond its two ends along its own long
@@ -636,3 +635,13 @@ def end_strips(quads: Any, length: float, width: int, height: int, covered: np.n
         lengths.append(n)
     out = np.stack(strips, axis=1).reshape(-1, 4, 2)
     return out, np.stack(lengths, axis=1).reshape(-1), np.repeat(thick, 2)
+
+
+def strip_part(strip: np.ndarray, length: float, after: bool, a: float, b: float) -> np.ndarray:
+    """The part of an `end_strips` strip from `a` to `b` px away from its cover (clipped to its
+    `length`): a strip after a cover starts at its first corner, one before it ends there."""
+    a, b = min(max(a, 0.0), length), min(max(b, 0.0), length)
+    u = (strip[1] - strip[0]) / max(length, 1e-9)
+    if not after:
+        a, b = length - b, length - a
+    return np.stack([strip[0] + a * u, strip[0] + b * u, strip[3] + b * u, strip[3] + a * u])

@@ -247,13 +247,13 @@ class Reader:
         finds is read where it lies: "Acquired 20." covered on an EM micrograph, its grey italic
         "08.18 14:37" on the grain after it was read in place ("08.814.27" at 0.92), while DB's
         map was 0 on it at every scale. A strip stops at the next cover; blank ones are not read."""
-        from pipeline.boxes import end_strips, quad_to_xyxy, to_int_pixels
+        from pipeline.boxes import end_strips, quad_to_xyxy, strip_part, to_int_pixels
 
         h, w = rgb.shape[:2]
         strips, lengths, thick = end_strips(shapes, length, w, h, covered)
         use = lengths >= np.maximum(thick, 2.0)    # room for a character or two
         for i in np.flatnonzero(use):   # a line goes on within a word's gap of its cover, or not at all
-            near = _strip_part(strips[i], lengths[i], after=i % 2 == 0, a=0.0, b=NEAR_RUN_ON * thick[i])
+            near = strip_part(strips[i], lengths[i], after=i % 2 == 0, a=0.0, b=NEAR_RUN_ON * thick[i])
             x0, y0, x1, y1 = to_int_pixels(quad_to_xyxy(near[None]), w, h)[0]
             crop = np.asarray(rgb[y0:y1, x0:x1], np.float64)
             gray = crop[..., :3].mean(axis=2) if crop.ndim == 3 else crop
@@ -270,7 +270,7 @@ class Reader:
             i, t = idx[k], thick[idx[k]]
             first, last = cols   # from the cover to just past the character furthest from it
             reach = (last if i % 2 == 0 else 1.0 - first) * lengths[i] + 0.25 * t
-            rect = _strip_part(strips[i], lengths[i], after=i % 2 == 0, a=0.0, b=reach)
+            rect = strip_part(strips[i], lengths[i], after=i % 2 == 0, a=0.0, b=reach)
             box = np.clip(quad_to_xyxy(rect[None])[0], 0, [w, h, w, h])
             out.append(Reading(text, score, tuple(float(x) for x in box), view, float(t)))
         return out
@@ -323,16 +323,6 @@ class Reader:
                     (found and meaningful(r.text, 2)) or (covered is not None and beside_cover(covered, r.box)))):
                 out.append(r)
         return out
-
-
-def _strip_part(strip: np.ndarray, length: float, after: bool, a: float, b: float) -> np.ndarray:
-    """The part of an `end_strips` strip from `a` to `b` px away from its cover (clipped to its
-    `length`): a strip after a cover starts at its first corner, one before it ends there."""
-    a, b = min(max(a, 0.0), length), min(max(b, 0.0), length)
-    u = (strip[1] - strip[0]) / max(length, 1e-9)
-    if not after:
-        a, b = length - b, length - a
-    return np.stack([strip[0] + a * u, strip[0] + b * u, strip[3] + b * u, strip[3] + a * u])
 
 
 def _upright_crops(rgb: np.ndarray, rects: np.ndarray) -> tuple[list[np.ndarray], list[int]]:

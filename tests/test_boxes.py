@@ -133,12 +133,14 @@ def test_centre_inside_asks_where_a_box_is_centred_not_whether_it_overlaps() -> 
 
 
 def test_end_strips_continue_a_line_beyond_its_ends_up_to_the_edge_or_the_next_cover() -> None:
-    from pipeline.boxes import end_strips, quad_to_xyxy, xyxy_to_quad
+    from pipeline.boxes import end_strips, quad_to_xyxy, strip_part, xyxy_to_quad
 
     line = xyxy_to_quad([[100.0, 50.0, 200.0, 60.0]])    # 10 px tall
     strips, lengths, thick = end_strips(line, 4.0, 400, 100)
     assert lengths.tolist() == [40.0, 40.0] and thick.tolist() == [10.0, 10.0]
     assert quad_to_xyxy(strips).tolist() == [[200, 50, 240, 60], [60, 50, 100, 60]]   # after, before
+    near = [strip_part(strips[k], lengths[k], after=k == 0, a=0.0, b=15.0) for k in (0, 1)]
+    assert quad_to_xyxy(np.array(near)).tolist() == [[200, 50, 215, 60], [85, 50, 100, 60]]   # from the cover out
     # cut by the image's edge, and by the next cover along the midline (not by one above the line)
     covered = np.zeros((100, 400), bool)
     covered[52:58, 225:230] = True
