@@ -42,6 +42,9 @@ RUN_ON = 4.0
 # ... where its first NEAR_RUN_ON heights hold ink: grey levels off the cover spanning at least
 # BLANK_RANGE (1st-99th percentile; a receipt's blank paper spans 13-17 in JPEG noise)
 NEAR_RUN_ON, BLANK_RANGE = 1.5, 24.0
+# ... and what it reads there counts from this confidence: beside covers on EM grain the grain
+# read as "8888" and "88388" at 0.53-0.58, the rests of labels ("Fi" of "Fig. 3") at 0.62-0.97
+READ_ON_MIN_SCORE = 0.6
 IN_PLACE_MARGIN = 0.25   # the crop `legible_in_place` reads: the text's rectangle grown by this x its height
 MIN_READ_SIDE = 32             # short side (px) the reader pads a thin strip to, after its 2000 px cap
 READ_MAX_SIDE = 2000           # RapidOCR shrinks a longer input to this (`max_side_len`) ...
@@ -246,7 +249,8 @@ class Reader:
         character (CTC's columns), so covering it joins the cover. A line's end that no detector
         finds is read where it lies: "Acquired 20." covered on an EM micrograph, its grey italic
         "08.18 14:37" on the grain after it was read in place ("08.814.27" at 0.92), while DB's
-        map was 0 on it at every scale. A strip stops at the next cover; blank ones are not read."""
+        map was 0 on it at every scale. A strip stops at the next cover; blank ones are not read;
+        readings under `READ_ON_MIN_SCORE` are dropped (grain beside a cover reads as digits)."""
         from pipeline.boxes import end_strips, quad_to_xyxy, strip_part, to_int_pixels
 
         h, w = rgb.shape[:2]
@@ -265,7 +269,7 @@ class Reader:
         crops, where = _upright_crops(rgb, strips[idx])
         out = []
         for k, (text, score, cols) in enumerate(self._recognise(crops, where, len(idx), columns=True)):
-            if not text or cols is None:
+            if not text or cols is None or score < READ_ON_MIN_SCORE:
                 continue
             i, t = idx[k], thick[idx[k]]
             first, last = cols   # from the cover to just past the character furthest from it
