@@ -248,8 +248,8 @@ class Reader:
         along its own axis. Each reading's box runs from the cover to just past its outermost
         character (CTC's columns), so covering it joins the cover. A line's end that no detector
         finds is read where it lies: "Acquired 20." covered on an EM micrograph, its grey italic
-        "08.18 14:37" on the grain after it was read in place ("08.814.27" at 0.92), while DB's
-        map was 0 on it at every scale. A strip stops at the next cover; blank ones are not read;
+        "08.18 14:37" on the grain after it was read in place ("08.814.27" at 0.92), which neither
+        the passes nor OCR's own detector found. A strip stops at the next cover; blank ones are not read;
         readings under `READ_ON_MIN_SCORE` are dropped (grain beside a cover reads as digits)."""
         from pipeline.boxes import end_strips, quad_to_xyxy, strip_part, to_int_pixels
 

@@ -804,7 +804,7 @@ def _run_on_line(path: Path) -> tuple[list[float], np.ndarray]:
 
 def test_the_audit_reads_on_where_a_covered_line_goes_on(tmp_path, monkeypatch, reader):
     """A detector boxed "Acquired 20." of a grey timestamp on grain and not "08.18 14:37" after
-    it (the benchmark's microscopy image 20: DB's map is 0 there), and OCR's own detector finds
+    it (the benchmark's microscopy image 20: no pass of the default boxes it), and OCR's own detector finds
     nothing of it in the output either, while a viewer reads it where it is. The audit reads
     beyond each cover's ends (`Reader.read_on`) and covers what it reads there, round after
     round: nothing of the line is read in place, and the cover stays on its line."""
