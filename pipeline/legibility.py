@@ -17,9 +17,12 @@ recogniser alone reads each ground-truth text's own crop, before and after.
 
 from __future__ import annotations
 
+import copy
 import difflib
+import hashlib
 import math
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -50,6 +53,7 @@ MIN_READ_SIDE = 32             # short side (px) the reader pads a thin strip to
 READ_MAX_SIDE = 2000           # RapidOCR shrinks a longer input to this (`max_side_len`) ...
 READ_OVERLAP = 200             # ... so a larger image is read at 1x in tiles this much overlapping
 READ_EDGE_BORDER = 32          # px of the image's edge repeated outside it for the reader (see `_read_once`)
+MEMO_SIZE = 20_000             # crops whose readings a reader remembers (`_RecognitionMemo`)
 
 
 @dataclass(frozen=True)
@@ -133,8 +137,10 @@ class Reader:
 
                     # det box_thresh low: a faint line is still worth trying to read; the
                     # reading's own confidence decides. text_score 0: we filter on min_score.
-                    self._ocr = RapidOCR(intra_op_num_threads=self._threads, inter_op_num_threads=1,
-                                         det_box_thresh=0.3, text_score=0.0, print_verbose=False)
+                    ocr = RapidOCR(intra_op_num_threads=self._threads, inter_op_num_threads=1,
+                                   det_box_thresh=0.3, text_score=0.0, print_verbose=False)
+                    ocr.text_rec = _RecognitionMemo(ocr.text_rec)   # what its pipeline calls, and `_recognise`
+                    self._ocr = ocr
         return self._ocr
 
     def _read_once(self, rgb: np.ndarray, scale: float) -> list[tuple[str, float, np.ndarray]]:
@@ -327,6 +333,44 @@ class Reader:
                     (found and meaningful(r.text, 2)) or (covered is not None and beside_cover(covered, r.box)))):
                 out.append(r)
         return out
+
+
+class _RecognitionMemo:
+    """RapidOCR's recogniser with a memory of the crops it has read (same bytes, same reading).
+    An audit reads each output again after covering more, in every viewer's picture, and beyond
+    every cover's ends each round; most of those crops are the pixels it read before (a 179-line
+    form paid a second full round for two covered characters). Calls are serialised by the
+    `Reader`'s lock. A reading can differ in its last digits from one made in another batch
+    (the recogniser pads a batch to its widest crop); either is the crop's reading."""
+
+    def __init__(self, recognise: Any, size: int = MEMO_SIZE) -> None:
+        self._recognise, self._size = recognise, int(size)
+        self._seen: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def __call__(self, img_list: np.ndarray | list[np.ndarray], return_word_box: bool = False
+                 ) -> tuple[list[Any], float]:
+        crops = [img_list] if isinstance(img_list, np.ndarray) else list(img_list)
+        keys = [(bool(return_word_box), c.shape, c.dtype.str,
+                 hashlib.blake2b(np.ascontiguousarray(c).data, digest_size=16).digest()) for c in crops]
+        todo: dict[tuple[Any, ...], list[int]] = {}
+        for i, k in enumerate(keys):
+            if k in self._seen:
+                self._seen.move_to_end(k)
+            else:
+                todo.setdefault(k, []).append(i)
+        elapse = 0.0
+        if todo:
+            res, elapse = self._recognise([crops[v[0]] for v in todo.values()], return_word_box)
+            for k, r in zip(todo, res):
+                self._seen[k] = r
+        self.misses += len(todo)
+        self.hits += len(keys) - len(todo)
+        # copies: RapidOCR writes word boxes into the readings it returns
+        out = [copy.deepcopy(self._seen[k]) for k in keys]
+        while len(self._seen) > self._size:
+            self._seen.popitem(last=False)
+        return out, elapse
 
 
 def _upright_crops(rgb: np.ndarray, rects: np.ndarray) -> tuple[list[np.ndarray], list[int]]:

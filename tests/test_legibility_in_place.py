@@ -117,3 +117,26 @@ def test_blur_and_pixelate_leave_nothing_the_recogniser_reads_in_place(reader: R
             (before, _), = reader.read_boxes(rgb, box.astype(float))
             (after, _), = reader.read_boxes(apply_redaction(rgb, box, style), box.astype(float))
             assert spells(word, [before]) and not spells(word, [after]), (size, word, before, after)
+
+
+def test_a_crop_read_before_is_not_recognised_again() -> None:
+    """An audit reads each output again after covering more, and in every viewer's picture:
+    the recogniser runs once per distinct crop, and what it returns cannot be spoiled by a caller."""
+    reader = Reader()
+    rgb, boxes, _ = _page()
+    first = reader.read_boxes(rgb, boxes[:2])
+    memo = reader._engine().text_rec
+    assert (memo.hits, memo.misses) == (0, 2)
+    assert [spells(t, [r[0]]) for t, r in zip(["Sample 4711", "Jonathan Smith"], first)] == [True, True]
+
+    other = rgb.copy()
+    other[boxes[1, 1].astype(int):boxes[1, 3].astype(int), boxes[1, 0].astype(int):boxes[1, 2].astype(int)] = 0
+    again = reader.read_boxes(other, boxes[:2])   # the first line's pixels unchanged, the second's covered
+    assert (memo.hits, memo.misses) == (1, 3)
+    assert again[0] == first[0] and not spells("Jonathan Smith", [again[1][0]])
+
+    crop = np.ascontiguousarray(rgb[20:60, 20:220, ::-1])
+    res, _ = memo([crop, crop.copy()], True)   # twice in one call: read once, with its CTC columns
+    assert memo.misses == 4 and res[0] == res[1] and res[0][2][1] == [list("Sample 4711")]
+    res[0][2].clear()                          # RapidOCR writes word boxes into what it gets back
+    assert memo([crop], True)[0][0] == res[1] and memo.misses == 4
