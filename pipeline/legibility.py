@@ -53,7 +53,7 @@ MIN_READ_SIDE = 32             # short side (px) the reader pads a thin strip to
 READ_MAX_SIDE = 2000           # RapidOCR shrinks a longer input to this (`max_side_len`) ...
 READ_OVERLAP = 200             # ... so a larger image is read at 1x in tiles this much overlapping
 READ_EDGE_BORDER = 32          # px of the image's edge repeated outside it for the reader (see `_read_once`)
-MEMO_SIZE = 20_000             # crops whose readings a reader remembers (`_RecognitionMemo`)
+MEMO_SIZE = 8192               # crops whose readings a reader remembers (`_RecognitionMemo`; ~2 KB each)
 
 
 @dataclass(frozen=True)

@@ -119,87 +119,105 @@ def _render(c: Console, summary: RedactSummary, verify: bool) -> None:
     """The result table, failures, the --verify audit and where the audit trail is."""
     dry_run, results, review_info = summary.would_redact is not None, summary.results, summary.review
     audit_dir, input, output = Path(summary.audit), summary.input, summary.output
-    summary = summary.as_dict()
-    if not summary["images"] and not summary["failed"] and summary["detector"] == "":
+    s = summary.as_dict()
+    if not s["images"] and not s["failed"] and s["detector"] == "":
         # the no-op summary of a finished --archive run (redact_tree), not any run with nothing to do
         c.print(f"nothing to redact in {input}: an earlier run moved its originals to the archive "
                 f"(outputs in {output})", highlight=False)
         return
     if dry_run:
-        t = titled("dry run: what would be redacted", show_header=True)
-        t.add_column("image")
-        t.add_column("pages", justify="right")
-        t.add_column("boxes", justify="right")
-        t.add_column("scores")
-        for r in sorted(results, key=lambda r: r.rel):
-            sc = [x for page in r.scores for x in page]
-            t.add_row(plain(r.rel), str(r.pages), str(r.n_boxes) if r.status != "failed" else f"failed: {r.reason}",
-                      f"{min(sc):.2f}-{max(sc):.2f}" if sc else "")
-        c.print(t)
+        _render_dry_run(c, results)
     t = titled(f"redact {input} -> {output}", show_header=True)
     t.add_column("result")
     t.add_column("images", justify="right")
     for key in ("redacted", "no_text_found", "skipped", "held_for_review", "waiting_review", "dry_run", "failed"):
-        if summary[key] or key in ("redacted", "failed"):
-            t.add_row("  of which no text found" if key == "no_text_found" else key.replace("_", " "), str(summary[key]))
-    if summary.get("archived"):   # (it was in summary.json and --json only)
-        t.add_row("originals archived", str(summary["archived"]))
+        if s[key] or key in ("redacted", "failed"):
+            t.add_row("  of which no text found" if key == "no_text_found" else key.replace("_", " "), str(s[key]))
+    if s.get("archived"):   # (it was in summary.json and --json only)
+        t.add_row("originals archived", str(s["archived"]))
     c.print(t)
-    if summary["ignored_non_images"]:
-        names = summary["ignored_files"]
-        c.print(f"[yellow]ignored[/] {summary['ignored_non_images']} entr(ies) not named as images, or hidden (not redacted, not in "
-                f"the output): {plain(', '.join(names[:5]))}{' ...' if summary['ignored_non_images'] > 5 else ''} "
+    _render_notices(c, s, results, dry_run, audit_dir)
+    _render_audit(c, s, verify, dry_run)
+    if review_info:
+        _render_review(c, review_info)
+    c.print(f"{s['boxes']} boxes, {s['images_per_s']} images/s, {s['seconds']}s, "
+            f"detector {s['detector']}{_describe_model(s.get('model') or {})}"
+            + ("" if dry_run else f"; audit trail in {audit_dir}"), highlight=False, soft_wrap=True)
+
+
+def _render_dry_run(c: Console, results: list) -> None:
+    """What a dry run would redact, image by image."""
+    t = titled("dry run: what would be redacted", show_header=True)
+    t.add_column("image")
+    t.add_column("pages", justify="right")
+    t.add_column("boxes", justify="right")
+    t.add_column("scores")
+    for r in sorted(results, key=lambda r: r.rel):
+        sc = [x for page in r.scores for x in page]
+        t.add_row(plain(r.rel), str(r.pages), str(r.n_boxes) if r.status != "failed" else f"failed: {r.reason}",
+                  f"{min(sc):.2f}-{max(sc):.2f}" if sc else "")
+    c.print(t)
+
+
+def _render_notices(c: Console, s: dict, results: list, dry_run: bool, audit_dir: Path) -> None:
+    """What needs the user: ignored entries, images waiting for review, an early stop, failures."""
+    if s["ignored_non_images"]:
+        names = s["ignored_files"]
+        c.print(f"[yellow]ignored[/] {s['ignored_non_images']} entr(ies) not named as images, or hidden (not redacted, not in "
+                f"the output): {plain(', '.join(names[:5]))}{' ...' if s['ignored_non_images'] > 5 else ''} "
                 + ("(--json lists them)" if dry_run else f"(all in {audit_dir / 'redact.log'})"), highlight=False,
                 soft_wrap=True)
-    if summary["waiting_review"]:   # held, but no reviewed label yet: the task may never have reached Label Studio
-        c.print(f"{summary['waiting_review']} image(s) wait for review: label them in Label Studio (if their tasks "
+    if s["waiting_review"]:   # held, but no reviewed label yet: the task may never have reached Label Studio
+        c.print(f"{s['waiting_review']} image(s) wait for review: label them in Label Studio (if their tasks "
                 "are not there, a push failed at `--review` time: rerun that `--review` command, which pushes them "
                 "as held), then `pull` and rerun `--from-review`", highlight=False, soft_wrap=True)
         skipped = sorted(r.rel for r in results if r.status == "waiting_review" and "skipped" in r.detail)
         if skipped:
             c.print(f"{len(skipped)} of them the reviewer skipped (label them, or redact them without --review): "
                     + plain(", ".join(skipped[:5])) + (" ..." if len(skipped) > 5 else ""), highlight=False, soft_wrap=True)
-    if summary.get("stopped_early"):
+    if s.get("stopped_early"):
         c.print("[red]stopped[/] at the first failure (--fail-fast): the other images were not processed; fix it, or "
                 "rerun without --fail-fast (finished images are skipped)", highlight=False, soft_wrap=True)
-    for line in summary["errors"][:50]:
+    for line in s["errors"][:50]:
         c.print(f"[red]failed[/] {plain(line)}", highlight=False, soft_wrap=True)
-    if len(summary["errors"]) > 50:
-        c.print(f"... and {len(summary['errors']) - 50} more (see {audit_dir / 'manifest.csv'})")
+    if len(s["errors"]) > 50:
+        c.print(f"... and {len(s['errors']) - 50} more (see {audit_dir / 'manifest.csv'})")
+
+
+def _render_audit(c: Console, s: dict, verify: bool, dry_run: bool) -> None:
+    """What the legibility audit covered and still reads, or that nothing read the outputs back."""
+    read = ": " + ", ".join(repr(x["text"]) for x in s["legible"][:10]) if s["legible"] else ""
     if verify:
-        covered = summary["audit_covered"]
+        covered = s["audit_covered"]
+        style = s["settings"].get("style", "fill")
         c.print((f"verify: covered {covered} string(s) the detector missed and OCR could still read; " if covered else "verify: ")
-                + f"OCR reads {summary['remaining_text']} legible string(s) outside the covered areas"
-                + (": " + ", ".join(repr(x["text"]) for x in summary["legible"][:10]) if summary["legible"] else "")
-                + ("" if summary["settings"].get("style", "fill") == "fill" else
-                   f" (the {_DONE.get(summary['settings']['style'], summary['settings']['style'])} areas are not "
-                   "audited: that style is reversible)"),
+                + f"OCR reads {s['remaining_text']} legible string(s) outside the covered areas" + read
+                + ("" if style == "fill" else
+                   f" (the {_DONE.get(style, style)} areas are not audited: that style is reversible)"),
                 highlight=False)
-    elif not dry_run and summary["redacted"]:
-        audited = summary["audited"]
+    elif not dry_run and s["redacted"]:
+        audited = s["audited"]
         if audited:
             c.print(f"audited {audited} image(s) too noisy for the detector's small-text search: covered "
-                    f"{summary['audit_covered']} string(s) OCR could still read; OCR reads {summary['remaining_text']} "
-                    "legible string(s) outside the covered areas"
-                    + (": " + ", ".join(repr(x["text"]) for x in summary["legible"][:10]) if summary["legible"] else ""),
-                    highlight=False, soft_wrap=True)
+                    f"{s['audit_covered']} string(s) OCR could still read; OCR reads {s['remaining_text']} "
+                    "legible string(s) outside the covered areas" + read, highlight=False, soft_wrap=True)
         # the detector alone can miss text (bench_redact's microscopy and edge labels were legible
         # until passes were added for each kind it missed); say so where users read the result
         c.print(("not verified: nothing read the other outputs back" if audited else
                  "not verified: nothing read the outputs back")
                 + " (--verify has OCR read each one and cover what it still reads)", highlight=False, soft_wrap=True)
-    if review_info:
-        audit = review_info.get("audit_covered", 0)
-        there, done = review_info.get("already_in_label_studio", 0), review_info.get("already_labelled", 0)
-        c.print(f"review: {review_info.get('held', 0)} held"
-                + (f", {audit} redacted with text the detector missed (the audit covered it)" if audit else "")
-                + f", {review_info.get('pushed', 0)} new task(s) in Label Studio"
-                + (f", {there} already there" if there else "")
-                + (f" (push failed: {review_info['push_error']})" if review_info.get("push_error") else "")
-                + (f"; {done} already labelled: `--from-review` uses those labels" if done else ""))
-    c.print(f"{summary['boxes']} boxes, {summary['images_per_s']} images/s, {summary['seconds']}s, "
-            f"detector {summary['detector']}{_describe_model(summary.get('model') or {})}"
-            + ("" if dry_run else f"; audit trail in {audit_dir}"), highlight=False, soft_wrap=True)
+
+
+def _render_review(c: Console, review_info: dict) -> None:
+    """What `--review` held, pushed and found already labelled."""
+    audit = review_info.get("audit_covered", 0)
+    there, done = review_info.get("already_in_label_studio", 0), review_info.get("already_labelled", 0)
+    c.print(f"review: {review_info.get('held', 0)} held"
+            + (f", {audit} redacted with text the detector missed (the audit covered it)" if audit else "")
+            + f", {review_info.get('pushed', 0)} new task(s) in Label Studio"
+            + (f", {there} already there" if there else "")
+            + (f" (push failed: {review_info['push_error']})" if review_info.get("push_error") else "")
+            + (f"; {done} already labelled: `--from-review` uses those labels" if done else ""))
 
 
 _DONE = {"blur": "blurred", "pixelate": "pixelated"}
