@@ -54,6 +54,7 @@ READ_MAX_SIDE = 2000           # RapidOCR shrinks a longer input to this (`max_s
 READ_OVERLAP = 200             # ... so a larger image is read at 1x in tiles this much overlapping
 READ_EDGE_BORDER = 32          # px of the image's edge repeated outside it for the reader (see `_read_once`)
 MEMO_SIZE = 8192               # crops whose readings a reader remembers (`_RecognitionMemo`; ~2 KB each)
+TILE_MEMO_SIZE = 64            # images (or tiles) whose OCR a reader remembers (`_ocr_bgr`)
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,7 @@ class Reader:
         self._threads = int(threads)
         self._ocr: Any = None
         self._lock, self._build_lock = threading.Lock(), threading.Lock()
+        self._tiles = _Memory(TILE_MEMO_SIZE)   # OCR of whole inputs, by their bytes (under `_lock`)
 
     def _engine(self) -> Any:
         """RapidOCR, built the first time something is read."""
@@ -184,10 +186,15 @@ class Reader:
         h, w = bgr.shape[:2]
         if h > 8 * w:
             bgr = cv2.copyMakeBorder(bgr, 0, 0, 0, math.ceil(h / 4) - w, cv2.BORDER_REPLICATE)
+        key = _digest(bgr)   # an audit's later round reads the tiles no new cover touched again
         with self._lock:
-            res, _ = self._engine()(bgr, use_cls=False, use_det=True, use_rec=True)
-        return [(str(text), float(score), np.asarray(quad, dtype=np.float64).reshape(-1, 2))
-                for quad, text, score in res or []]
+            out = self._tiles.get(key)
+            if out is None:
+                res, _ = self._engine()(bgr, use_cls=False, use_det=True, use_rec=True)
+                out = [(str(text), float(score), np.asarray(quad, dtype=np.float64).reshape(-1, 2))
+                       for quad, text, score in res or []]
+                self._tiles.put(key, out)
+        return list(out)
 
     def read(self, rgb: np.ndarray, view: int = 0) -> list[Reading]:
         """Lines read in one uint8 RGB image (all of them, whatever their length or score)."""
@@ -335,6 +342,38 @@ class Reader:
         return out
 
 
+def _digest(a: np.ndarray) -> tuple[Any, ...]:
+    """What identifies an array's pixels: its shape, dtype and a 128-bit BLAKE2 digest of its bytes."""
+    return a.shape, a.dtype.str, hashlib.blake2b(np.ascontiguousarray(a).data, digest_size=16).digest()
+
+
+class _Memory:
+    """The last `size` values put, by key (least recently used forgotten first); not locked."""
+
+    def __init__(self, size: int) -> None:
+        self._size = int(size)
+        self._seen: OrderedDict[Any, Any] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def get(self, key: Any) -> Any:
+        """The value put under `key`, or None (counted as a hit or a miss)."""
+        value = self._seen.get(key)
+        if value is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+            self._seen.move_to_end(key)
+        return value
+
+    def put(self, key: Any, value: Any) -> None:
+        self._seen[key] = value
+        while len(self._seen) > self._size:
+            self._seen.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
 class _RecognitionMemo:
     """RapidOCR's recogniser with a memory of the crops it has read (same bytes, same reading).
     An audit reads each output again after covering more, in every viewer's picture, and beyond
@@ -344,33 +383,30 @@ class _RecognitionMemo:
     (the recogniser pads a batch to its widest crop); either is the crop's reading."""
 
     def __init__(self, recognise: Any, size: int = MEMO_SIZE) -> None:
-        self._recognise, self._size = recognise, int(size)
-        self._seen: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
-        self.hits = self.misses = 0
+        self._recognise, self.memory = recognise, _Memory(size)
 
     def __call__(self, img_list: np.ndarray | list[np.ndarray], return_word_box: bool = False
                  ) -> tuple[list[Any], float]:
         crops = [img_list] if isinstance(img_list, np.ndarray) else list(img_list)
-        keys = [(bool(return_word_box), c.shape, c.dtype.str,
-                 hashlib.blake2b(np.ascontiguousarray(c).data, digest_size=16).digest()) for c in crops]
-        todo: dict[tuple[Any, ...], list[int]] = {}
+        keys = [(bool(return_word_box), *_digest(c)) for c in crops]
+        known: dict[tuple[Any, ...], Any] = {}
+        todo: dict[tuple[Any, ...], int] = {}   # each crop not remembered, read once
         for i, k in enumerate(keys):
-            if k in self._seen:
-                self._seen.move_to_end(k)
+            if k in known or k in todo:
+                continue
+            value = self.memory.get(k)
+            if value is None:
+                todo[k] = i
             else:
-                todo.setdefault(k, []).append(i)
+                known[k] = value
         elapse = 0.0
         if todo:
-            res, elapse = self._recognise([crops[v[0]] for v in todo.values()], return_word_box)
+            res, elapse = self._recognise([crops[i] for i in todo.values()], return_word_box)
             for k, r in zip(todo, res):
-                self._seen[k] = r
-        self.misses += len(todo)
-        self.hits += len(keys) - len(todo)
+                known[k] = r
+                self.memory.put(k, r)
         # copies: RapidOCR writes word boxes into the readings it returns
-        out = [copy.deepcopy(self._seen[k]) for k in keys]
-        while len(self._seen) > self._size:
-            self._seen.popitem(last=False)
-        return out, elapse
+        return [copy.deepcopy(known[k]) for k in keys], elapse
 
 
 def _upright_crops(rgb: np.ndarray, rects: np.ndarray) -> tuple[list[np.ndarray], list[int]]:

@@ -125,7 +125,7 @@ def test_a_crop_read_before_is_not_recognised_again() -> None:
     reader = Reader()
     rgb, boxes, _ = _page()
     first = reader.read_boxes(rgb, boxes[:2])
-    memo = reader._engine().text_rec
+    memo = reader._engine().text_rec.memory
     assert (memo.hits, memo.misses) == (0, 2)
     assert [spells(t, [r[0]]) for t, r in zip(["Sample 4711", "Jonathan Smith"], first)] == [True, True]
 
@@ -136,7 +136,32 @@ def test_a_crop_read_before_is_not_recognised_again() -> None:
     assert again[0] == first[0] and not spells("Jonathan Smith", [again[1][0]])
 
     crop = np.ascontiguousarray(rgb[20:60, 20:220, ::-1])
-    res, _ = memo([crop, crop.copy()], True)   # twice in one call: read once, with its CTC columns
+    res, _ = reader._engine().text_rec([crop, crop.copy()], True)   # twice in one call: read once, with its CTC columns
     assert memo.misses == 4 and res[0] == res[1] and res[0][2][1] == [list("Sample 4711")]
     res[0][2].clear()                          # RapidOCR writes word boxes into what it gets back
-    assert memo([crop], True)[0][0] == res[1] and memo.misses == 4
+    assert reader._engine().text_rec([crop], True)[0][0] == res[1] and memo.misses == 4
+
+
+def test_tiles_no_new_cover_touched_are_not_read_again() -> None:
+    """An audit's later round reads the whole output again; a large image is read in tiles, and
+    a tile whose pixels did not change reads as before without running OCR on it again."""
+    from pipeline.legibility import READ_MAX_SIDE
+
+    reader = Reader(scales=(1.0,))
+    w = READ_MAX_SIDE + 400                       # two tiles at 1x
+    im = Image.new("RGB", (w, 300), "white")
+    d = ImageDraw.Draw(im)
+    d.text((40, 120), "Sample 4711", font=_font(36), fill="black")
+    d.text((w - 400, 120), "Jonathan Smith", font=_font(36), fill="black")
+    rgb = np.asarray(im)
+    first = reader.read(rgb)
+    assert reader._tiles.misses == 2 and reader._tiles.hits == 0
+    assert any(spells("Sample 4711", [r.text]) for r in first) and any(spells("Jonathan Smith", [r.text]) for r in first)
+
+    covered = rgb.copy()
+    covered[110:170, 30:320] = 0                  # the left word covered: only the left tile changes
+    again = reader.read(covered)
+    assert reader._tiles.misses == 3 and reader._tiles.hits == 1
+    assert not any(spells("Sample 4711", [r.text]) for r in again)
+    right = [r for r in again if spells("Jonathan Smith", [r.text])]
+    assert right and right[0] in first              # the same reading, box and all, from memory
