@@ -186,13 +186,15 @@ class Reader:
         h, w = bgr.shape[:2]
         if h > 8 * w:
             bgr = cv2.copyMakeBorder(bgr, 0, 0, 0, math.ceil(h / 4) - w, cv2.BORDER_REPLICATE)
-        key = _digest(bgr)   # an audit's later round reads the tiles no new cover touched again
+        key = _digest(bgr)   # an audit's later round: the tiles no new cover reached come from memory
         with self._lock:
             out = self._tiles.get(key)
             if out is None:
                 res, _ = self._engine()(bgr, use_cls=False, use_det=True, use_rec=True)
                 out = [(str(text), float(score), np.asarray(quad, dtype=np.float64).reshape(-1, 2))
                        for quad, text, score in res or []]
+                for _, _, q in out:
+                    q.setflags(write=False)   # shared with later callers: changing one in place raises
                 self._tiles.put(key, out)
         return list(out)
 
