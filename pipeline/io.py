@@ -1,4 +1,5 @@
-"""Small file utilities every stage uses: content hashes, atomic writes, tables.
+"""Small file utilities every stage uses: content hashes (and a bounded memory keyed by them),
+atomic writes, tables.
 
 They live here (not in the stage that first needed them) so stages do not import each other
 for utilities.
@@ -16,12 +17,14 @@ import os
 import re
 import stat
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 if TYPE_CHECKING:  # pandas is imported where tables are written: it is not needed to start the CLI
+    import numpy as np
     import pandas as pd
 
 
@@ -145,6 +148,55 @@ def sha256_parts(parts: Iterable[bytes]) -> str:
 def sha256_json(payload: object) -> str:
     """Content id of settings (keys sorted): what a version or a resume check compares."""
     return sha256_bytes(json.dumps(payload, sort_keys=True).encode())
+
+
+def array_digest(a: "np.ndarray") -> bytes:
+    """Identity of an array's pixels in memory (not a stored content id): a 128-bit BLAKE2
+    digest of its bytes, its shape and dtype. What a cache of per-image work is keyed by."""
+    import numpy as np
+
+    h = hashlib.blake2b(np.ascontiguousarray(a).data, digest_size=16)
+    h.update(repr((a.shape, a.dtype.str)).encode())
+    return h.digest()
+
+
+_MISSING = object()
+
+
+class LRU:
+    """The last `size` values put, by key; the least recently used is forgotten first. Not
+    locked (callers that share one hold their own lock). `hits` / `misses` count lookups."""
+
+    def __init__(self, size: int) -> None:
+        if size < 0:
+            raise ValueError(f"size must be >= 0, got {size}")
+        self.size = int(size)
+        self._items: OrderedDict[Hashable, Any] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def get(self, key: Hashable, default: Any = None) -> Any:
+        """The value put under `key` (now the most recently used), or `default`."""
+        value = self._items.get(key, _MISSING)
+        if value is _MISSING:
+            self.misses += 1
+            return default
+        self.hits += 1
+        self._items.move_to_end(key)
+        return value
+
+    def put(self, key: Hashable, value: Any) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+    def get_or(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        """The value under `key`, made by `make()` and remembered if it is not there (None too)."""
+        value = self.get(key, _MISSING)
+        if value is _MISSING:
+            value = make()
+            self.put(key, value)
+        return value
 
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")

@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import copy
 import difflib
-import hashlib
 import math
 import threading
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -30,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.boxes import inside_fraction, quad_thickness
+from pipeline.io import LRU, array_digest
 
 # What reads, and how: outputs audited by another version are audited again. 2: images longer
 # than RapidOCR's 2000 px (at 1x, or 2x) are read in tiles, not shrunk; the image's edge is
@@ -128,7 +127,7 @@ class Reader:
         self._threads = int(threads)
         self._ocr: Any = None
         self._lock, self._build_lock = threading.Lock(), threading.Lock()
-        self._tiles = _Memory(TILE_MEMO_SIZE)   # OCR of whole inputs, by their bytes (under `_lock`)
+        self._tiles = LRU(TILE_MEMO_SIZE)   # OCR of whole inputs, by their bytes (under `_lock`)
 
     def _engine(self) -> Any:
         """RapidOCR, built the first time something is read."""
@@ -186,7 +185,7 @@ class Reader:
         h, w = bgr.shape[:2]
         if h > 8 * w:
             bgr = cv2.copyMakeBorder(bgr, 0, 0, 0, math.ceil(h / 4) - w, cv2.BORDER_REPLICATE)
-        key = _digest(bgr)   # an audit's later round: the tiles no new cover reached come from memory
+        key = array_digest(bgr)   # an audit's later round: the tiles no new cover reached come from memory
         with self._lock:
             out = self._tiles.get(key)
             if out is None:
@@ -344,38 +343,6 @@ class Reader:
         return out
 
 
-def _digest(a: np.ndarray) -> tuple[Any, ...]:
-    """What identifies an array's pixels: its shape, dtype and a 128-bit BLAKE2 digest of its bytes."""
-    return a.shape, a.dtype.str, hashlib.blake2b(np.ascontiguousarray(a).data, digest_size=16).digest()
-
-
-class _Memory:
-    """The last `size` values put, by key (least recently used forgotten first); not locked."""
-
-    def __init__(self, size: int) -> None:
-        self._size = int(size)
-        self._seen: OrderedDict[Any, Any] = OrderedDict()
-        self.hits = self.misses = 0
-
-    def get(self, key: Any) -> Any:
-        """The value put under `key`, or None (counted as a hit or a miss)."""
-        value = self._seen.get(key)
-        if value is None:
-            self.misses += 1
-        else:
-            self.hits += 1
-            self._seen.move_to_end(key)
-        return value
-
-    def put(self, key: Any, value: Any) -> None:
-        self._seen[key] = value
-        while len(self._seen) > self._size:
-            self._seen.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._seen)
-
-
 class _RecognitionMemo:
     """RapidOCR's recogniser with a memory of the crops it has read (same bytes, same reading).
     An audit reads each output again after covering more, in every viewer's picture, and beyond
@@ -385,12 +352,12 @@ class _RecognitionMemo:
     (the recogniser pads a batch to its widest crop); either is the crop's reading."""
 
     def __init__(self, recognise: Any, size: int = MEMO_SIZE) -> None:
-        self._recognise, self.memory = recognise, _Memory(size)
+        self._recognise, self.memory = recognise, LRU(size)
 
     def __call__(self, img_list: np.ndarray | list[np.ndarray], return_word_box: bool = False
                  ) -> tuple[list[Any], float]:
         crops = [img_list] if isinstance(img_list, np.ndarray) else list(img_list)
-        keys = [(bool(return_word_box), *_digest(c)) for c in crops]
+        keys = [(bool(return_word_box), array_digest(c)) for c in crops]
         known: dict[tuple[Any, ...], Any] = {}
         todo: dict[tuple[Any, ...], int] = {}   # each crop not remembered, read once
         for i, k in enumerate(keys):

@@ -837,8 +837,13 @@ def test_the_audit_reads_on_where_a_covered_line_goes_on(tmp_path, monkeypatch, 
         m.setattr(Reader, "read_on", lambda self, *a, **k: [])
         res, out = redact("without")
         assert res.status == "redacted" and res.remaining == 0 and max(map(len, read_rest(out))) >= 6
+    crops, inputs = reader._engine().text_rec.memory, reader._tiles
+    before = crops.hits, crops.misses, inputs.hits
     res, out = redact("with")
     assert res.status == "redacted" and res.audit_covered >= 1 and max(map(len, read_rest(out))) < 2
+    # what the audit read before comes from the reader's memory (the first round's output, the
+    # same bytes as the run without reading on; the strips of the first cover in the second round)
+    assert crops.hits > before[0] and inputs.hits > before[2] and crops.misses > before[1]
     changed = (np.asarray(Image.open(out).convert("RGB")) != np.asarray(Image.open(src).convert("RGB"))).any(-1)
     ys, xs = np.nonzero(changed)
     band = 0.25 * (first[3] - first[1])                                # the pad and a little more

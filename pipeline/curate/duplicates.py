@@ -301,17 +301,12 @@ def check_content(paths: dict[str, Path], pairs: list[tuple[str, str, float, str
     `content_differs`. Most similar first; a pair already joined through confirmed copies is not
     checked again, and an image's pairs beyond CONTENT_TRIES_PER_IMAGE differing ones are taken
     as differing too (a thousand filled-in forms would be half a million checks)."""
-    from collections import OrderedDict
+    from pipeline.io import LRU
 
-    cache: OrderedDict[str, list[np.ndarray] | None] = OrderedDict()
+    cache = LRU(256)
 
     def grey(iid: str) -> list[np.ndarray] | None:
-        if iid not in cache:
-            cache[iid] = _grey_small(paths[iid])
-            if len(cache) > 256:
-                cache.popitem(last=False)
-        cache.move_to_end(iid)
-        return cache[iid]
+        return cache.get_or(iid, lambda: _grey_small(paths[iid]))
 
     uf = _UnionFind()
     differing: dict[str, int] = {}

@@ -20,7 +20,6 @@ class with another ONNX (`model_path`, or `model_bytes` from a bundle) and its o
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import numbers
@@ -38,7 +37,7 @@ from pipeline.config import check_number
 from pipeline.detectors.graph import fold_bytes, folded_bytes
 from pipeline.detectors.tiling import (Tiler, cut_by_inner_edge, edge_border, edge_strips, merge_boxes,
                                       touches_image_edge)
-from pipeline.io import one_line, sha256_json
+from pipeline.io import array_digest, one_line, sha256_json
 
 log = logging.getLogger(__name__)
 
@@ -344,8 +343,7 @@ class PPOCRDetector:
         once per point) and a cached map skips building the float input at all."""
         if self._maps is None:
             return self.forward_maps(preprocess(bgr))
-        key = hashlib.blake2b(memoryview(np.ascontiguousarray(bgr)).cast("B"), digest_size=16).digest() \
-            + repr(bgr.shape).encode()
+        key = array_digest(bgr)
         if key not in self._maps:
             self._maps[key] = self.forward_maps(preprocess(bgr))
         return self._maps[key]
