@@ -149,8 +149,11 @@ def test_pad_and_color_parsing():
             Pad.parse(huge)
     assert parse_color("white") == (255, 255, 255) and parse_color("#f00") == (255, 0, 0)
     assert parse_color("1,2,3") == (1, 2, 3)
-    with pytest.raises(ValueError):
-        parse_color("300,0,0")
+    # any CSS name, as a user types it (magenta is the fill a colour-counting script looks for)
+    assert parse_color(" Magenta ") == (255, 0, 255) and parse_color("grey") == parse_color("gray") == (128, 128, 128)
+    for bad in ("300,0,0", "magneta", "#ff00f", "hsl(0, 100%, 50%)"):
+        with pytest.raises(ValueError, match="bad --color"):
+            parse_color(bad)
 
 
 def test_fill_value_per_layout():

@@ -28,7 +28,7 @@ def redact_cmd(
     pad: str = typer.Option(str(rr.DEFAULT_PAD), help="Growth of each box per side: pixels and/or % of box height, e.g. 4, 15%, 2px+15%."),
     style: str = typer.Option("fill", help="fill (opaque, default) | blur | pixelate (both reversible!)."),
     shape: str = typer.Option("polygon", help="polygon (default): DB's rotated quads grown along their own axes | box: their axis-aligned enclosing boxes."),
-    color: str = typer.Option("black", help="Fill colour: name, #rrggbb or r,g,b."),
+    color: str = typer.Option("black", help="Fill colour: a CSS name (black, white, magenta...), #rrggbb or r,g,b."),
     quality: int = typer.Option(95, min=1, max=100, help="JPEG/WebP quality of lossy outputs."),
     workers: int = typer.Option(2, min=1, max=256, help="Images in flight (local threads or Ray actors); a DB "
                                 "detector runs up to this many at once, the cores shared between them."),

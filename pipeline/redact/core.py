@@ -19,12 +19,6 @@ from pipeline import boxes as bx
 STYLES = ("fill", "blur", "pixelate")
 SHAPES = ("polygon", "box")
 
-_NAMED_COLORS = {
-    "black": (0, 0, 0), "white": (255, 255, 255), "gray": (128, 128, 128), "grey": (128, 128, 128),
-    "red": (255, 0, 0), "green": (0, 128, 0), "blue": (0, 0, 255),
-}
-
-
 @dataclass(frozen=True)
 class Pad:
     """Growth of every box on each side: `px` pixels plus `frac` x the box height."""
@@ -70,10 +64,13 @@ class Pad:
 
 
 def parse_color(text: str) -> tuple[int, int, int]:
-    """`black`, `white`, `#rrggbb`, `#rgb` or `r,g,b` (0-255) to an RGB triple."""
+    """A CSS colour name (`black`, `white`, `magenta`, ...: Pillow's table), `#rrggbb`, `#rgb` or
+    `r,g,b` (0-255) to an RGB triple."""
+    from PIL import ImageColor
+
     t = str(text).strip().lower()
-    if t in _NAMED_COLORS:
-        return _NAMED_COLORS[t]
+    if t in ImageColor.colormap:
+        return ImageColor.getrgb(t)[:3]
     m = re.fullmatch(r"#?([0-9a-f]{6}|[0-9a-f]{3})", t)
     if m:
         h = m.group(1)
@@ -83,7 +80,7 @@ def parse_color(text: str) -> tuple[int, int, int]:
     parts = [p.strip() for p in t.split(",")]
     if len(parts) == 3 and all(p.isdigit() and int(p) <= 255 for p in parts):
         return (int(parts[0]), int(parts[1]), int(parts[2]))
-    raise ValueError(f"bad --color {text!r}: use a name (black, white), #rrggbb or r,g,b")
+    raise ValueError(f"bad --color {text!r}: use a CSS colour name (black, white, magenta, ...), #rrggbb or r,g,b")
 
 
 def redaction_boxes(boxes: np.ndarray, width: int, height: int, pad: Pad) -> np.ndarray:
