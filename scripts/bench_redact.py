@@ -34,6 +34,11 @@ Large set (`--large-images N`, `large_label_set`): generated 1800x1350 to 3200x2
 three 7-12 px labels each, text a viewer reads by zooming in: ink coverage by font size,
 over-redaction, and the same OCR read-back (the reader reads at 1x and 2x, in tiles).
 
+Small set (`--small-images N`, `small_image_set`): generated micrographs 128-384 px wide with
+the microscopy set's overlays, as patch datasets hold them: the same measures, and what
+detection costs there (a small image is upscaled before its first pass, and its later passes
+run at multiples of that).
+
 Transparent set: RGBA / LA / palette+tRNS PNGs and RGBA WebP with black, white and alpha-only
 words, redacted with defaults; leak and coverage measured on every viewer picture.
 
@@ -999,6 +1004,23 @@ def large_label_set(n: int = 18) -> list[Any]:
     return out
 
 
+SMALL_WIDTHS = (128, 384)   # patch datasets: 128-384 px micrographs (heights from the set's aspect ratios)
+
+
+def small_image_set(n: int = 40) -> list[Any]:
+    """`n` micrographs `SMALL_WIDTHS` wide with the microscopy set's backgrounds and overlays
+    (bench_detect's `MICRO` with another seed), as `pipeline.synth.Rendered` records."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from dataclasses import replace
+
+    from bench_detect import MICRO
+
+    from pipeline.synth import synth_image
+
+    cfg = replace(MICRO, n_images=n, seed=4242, width=SMALL_WIDTHS)
+    return [synth_image(i, cfg) for i in range(n)]
+
+
 def edge_label_set(n: int = 96) -> list[Any]:
     """`n` 1024x768 images, each with one label at or near one of its edges (`EDGE_CUTS`: cut by
     it, touching it, or a few px inside, where DB's 1x map is also blind), the edges in turn, on
@@ -1213,6 +1235,8 @@ def main() -> int:
     ap.add_argument("--skip-micro", action="store_true", help="no synthetic microscopy quality set")
     ap.add_argument("--large-images", type=int, default=18,
                     help="generated 1800-3200 px images with small labels (`large_label_set`; 0: none)")
+    ap.add_argument("--small-images", type=int, default=40,
+                    help="generated 128-384 px micrographs with overlays (`small_image_set`; 0: none)")
     ap.add_argument("--edge-images", type=int, default=96,
                     help="generated images with a label at or near an edge (`edge_label_set`; 0: none)")
     ap.add_argument("--threshold", type=float, default=None)
@@ -1231,8 +1255,9 @@ def main() -> int:
         os.environ["BENCH_INT8_MODEL"] = str(Path(args.int8_model).resolve())
     if args.edge_images < 0:
         ap.error(f"--edge-images must be 0 or more, got {args.edge_images}")
-    if args.large_images < 0:
-        ap.error(f"--large-images must be 0 or more, got {args.large_images}")
+    for opt in ("large_images", "small_images"):
+        if getattr(args, opt) < 0:
+            ap.error(f"--{opt.replace('_', '-')} must be 0 or more, got {getattr(args, opt)}")
     if args.child:
         print(json.dumps(child_throughput(args.child, args.child_src, args.child_out, args.workers,
                                           not args.no_pipeline)))
@@ -1294,6 +1319,11 @@ def main() -> int:
         if n_large:
             print(f"small labels on large images ({n_large} generated images):", flush=True)
             result["large"] = overlay_quality("large", "large", large_label_set(n_large), args.work, dets, threshold,
+                                              str(DEFAULT_PAD), shapes, reader, None if args.skip_leak else reader)
+        n_small = min(args.small_images, args.limit) if args.limit else args.small_images
+        if n_small:
+            print(f"small images ({n_small} generated micrographs {SMALL_WIDTHS[0]}-{SMALL_WIDTHS[1]} px wide):", flush=True)
+            result["small"] = overlay_quality("small", "small", small_image_set(n_small), args.work, dets, threshold,
                                               str(DEFAULT_PAD), shapes, reader, None if args.skip_leak else reader)
         n_edges = min(args.edge_images, args.limit) if args.limit else args.edge_images
         if n_edges:

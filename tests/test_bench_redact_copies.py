@@ -154,6 +154,21 @@ def test_edge_labels_lie_where_their_kind_says() -> None:
         assert min(g for e, g in gap.items() if e != edge) > 0                # and no other edge
 
 
+def test_the_small_set_is_patch_sized_with_overlays_on_every_image() -> None:
+    """The small-image set is what its row says: micrographs 128-384 px wide, each with the
+    microscopy overlays whose ink the coverage is measured on (a few hard negatives with none),
+    the same images on every run."""
+    mod = _load()
+    recs = mod.small_image_set(8)
+    for r in recs:
+        h, w = r.ink.shape
+        assert mod.SMALL_WIDTHS[0] <= w <= mod.SMALL_WIDTHS[1] and max(w, h) <= 2 * mod.SMALL_WIDTHS[1], (w, h)
+        assert r.image.shape[:2] == (h, w)
+        assert len(r.kinds) == len(r.boxes) and all((r.ink == k + 1).any() for k in range(len(r.kinds)))
+    assert sum(len(r.kinds) >= 2 for r in recs) >= 6
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(recs, mod.small_image_set(8)))
+
+
 def test_the_verify_audit_reads_the_fill_users_get() -> None:
     """A measuring run fills with magenta; its `--verify` audit must read the output as users see
     it (black fill), or it leaves what OCR reads beside black."""
