@@ -48,6 +48,7 @@ NEAR_RUN_ON, BLANK_RANGE = 1.5, 24.0
 # read as "8888" and "88388" at 0.53-0.58, the rests of labels ("Fi" of "Fig. 3") at 0.62-0.97
 READ_ON_MIN_SCORE = 0.6
 IN_PLACE_MARGIN = 0.25   # the crop `legible_in_place` reads: the text's rectangle grown by this x its height
+COVERED_INSIDE = 0.5     # a reading whose box lies this much inside the fill does not count (`legible`)
 MIN_READ_SIDE = 32             # short side (px) the reader pads a thin strip to, after its 2000 px cap
 READ_MAX_SIDE = 2000           # RapidOCR shrinks a longer input to this (`max_side_len`) ...
 READ_OVERLAP = 200             # ... so a larger image is read at 1x in tiles this much overlapping
@@ -209,17 +210,21 @@ class Reader:
         return readings
 
     def read_lines(self, rgb: np.ndarray, quads: np.ndarray, view: int = 0,
-                   margin: float = IN_PLACE_MARGIN) -> list[Reading]:
+                   margin: float = IN_PLACE_MARGIN, covered: np.ndarray | None = None) -> list[Reading]:
         """Readings of lines someone else found (quads (N, 4, 2) in `rgb` px): the recogniser on
         each quad grown by `margin` x its height, as the in-place judge reads a text's crop. The
-        audit reads a noisy image's lines this way where OCR's own detector finds none (the
-        detector's closer look: `PPOCRDetector.closer_look`)."""
+        audit reads lines this way where OCR's own detector finds none (the detector's closer
+        look at a noisy image and contrast look: `PPOCRDetector.closer_look`, `contrast_look`).
+        `covered` (bool mask): lines whose box is `COVERED_INSIDE` covered are not read, as
+        `legible` would not count their readings (a form's contrast look holds every line)."""
         from pipeline.boxes import grow_quads, quad_to_xyxy
 
         q = np.asarray(quads, dtype=np.float64).reshape(-1, 4, 2)
+        h, w = rgb.shape[:2]
+        if len(q) and covered is not None:
+            q = q[inside_fraction(np.clip(quad_to_xyxy(q), 0, [w, h, w, h]), covered, empty=0.0) < COVERED_INSIDE]
         if not len(q):
             return []
-        h, w = rgb.shape[:2]
         boxes = np.clip(quad_to_xyxy(q), 0, [w, h, w, h])
         thick = quad_thickness(q)
         return [Reading(text, score, tuple(float(v) for v in b), view, float(t))
@@ -322,7 +327,7 @@ class Reader:
         return list(seen.values())
 
     def legible(self, readings: Iterable[Reading], covered: np.ndarray | None = None,
-                inside: float = 0.5, found: bool = False) -> list[Reading]:
+                inside: float = COVERED_INSIDE, found: bool = False) -> list[Reading]:
         """Readings a person could use: `min_chars`+ letters/digits, confidence >= `min_score`,
         and less than `inside` of the line's box within the covered (filled) area. A shorter
         reading (char-shaped, confidence >= `SHORT_MIN_SCORE`) counts too where text is likely:

@@ -325,7 +325,7 @@ class CachedDetector:
         self.calls = 0
 
     def __getattr__(self, name: str) -> Any:
-        if name == "closer_look":   # the noisy-image audit's extra pass, DB detectors only (not cached)
+        if name in ("closer_look", "contrast_look"):   # the audit's extra passes, DB detectors only (not cached)
             return getattr(self.det, name)
         raise AttributeError(name)
 

@@ -868,3 +868,47 @@ def test_reading_on_skips_blank_paper_and_what_is_covered(reader, monkeypatch):
     shape[0, 1:3, 0] = 292.0
     (r,) = reader.read_on(rgb, shape, covered)
     assert normalise(r.text) == "tuesday" and r.box[0] == 292.0 and 400 < r.box[2] < 470 and sum(crops) == 1
+
+
+def test_verify_reads_the_contrast_look_and_covers_a_watermark_db_cannot_see(tmp_path, reader):
+    """A translucent "© Lab 2024" over a 362 px fluorescence-like micrograph (bench_redact's
+    small set, image 33) stayed legible in place after `redact --verify`: DB's map is 0 on it at
+    every pass, and OCR, whose detector is DB, read nothing there either. On the picture's
+    local-contrast view (CLAHE) DB finds it as a line; `--verify` reads the lines of that look
+    in every round's output and covers what reads as text. An output audited before the look
+    is not taken as done."""
+    from pipeline.synth import SynthConfig, synth_image
+
+    cfg = SynthConfig(n_images=40, seed=4242, width=(128, 384), background_kinds=("fluorescence", "brightfield", "em"),
+                      kinds=("sample_id", "timestamp", "scale_bar", "instrument", "corner_label", "watermark"))
+    r = synth_image(33, cfg)
+    k = r.texts.index("© Lab 2024")
+    ys, xs = np.nonzero(r.ink == k + 1)
+    quad = np.array([[[xs.min(), ys.min()], [xs.max() + 1, ys.min()], [xs.max() + 1, ys.max() + 1], [xs.min(), ys.max() + 1]]], float)
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(r.image).save(src / "cell.png")
+
+    def in_place(path: Path) -> str:
+        rgb = np.asarray(Image.open(path).convert("RGB"))
+        return " ".join(normalise(x.text) for x in reader.read_lines(rgb, quad))
+
+    def redact(out: str, *extra: str) -> dict:
+        res = CliRunner().invoke(app, ["-w", str(tmp_path / "ws"), "--json", "redact", str(src), str(tmp_path / out),
+                                       "--detector", "ppocr", *extra])
+        assert res.exit_code == 0, res.output
+        return json.loads(res.stdout)
+
+    assert "lab2024" in in_place(src / "cell.png")                                  # a viewer reads it ...
+    redact("plain")
+    assert "lab" in in_place(tmp_path / "plain" / "cell.png")                       # ... the default's passes leave "Lab"
+    summary = redact("checked", "--verify")
+    assert summary["audit_covered"] >= 1 and summary["remaining_text"] == 0
+    assert "lab" not in in_place(tmp_path / "checked" / "cell.png")                 # --verify covers it
+    sidecar = tmp_path / "checked.audit" / "sidecars" / "cell.png.json"
+    sc = json.loads(sidecar.read_text())
+    assert sc["verify"]["contrast_look"] >= 1 and sc["verify"]["covered"]
+    assert redact("checked", "--verify")["skipped"] == 1                            # done is done ...
+    del sc["verify"]["contrast_look"]
+    sidecar.write_text(json.dumps(sc))
+    assert redact("checked", "--verify")["redacted"] == 1                           # ... unless audited before the look

@@ -686,6 +686,17 @@ class PPOCRDetector:
         return self.with_options(scales=(CLOSER_SCALE,), refine="image", full_view=False, large_text_side=0,
                                  edge_strip=0, colour_text=0, faint_text=0, crossed_text=0.0).detect_one(image)
 
+    def contrast_look(self, image: np.ndarray) -> Detections:
+        """Lines for a reader to confirm where the picture's contrast is low: one plain pass at
+        the first pass's scale over `contrast_view` of the image. DB's map is 0 on a translucent
+        grey "DO NOT COPY" 45 levels off a beige micrograph, a "© Lab 2024" over dark
+        fluorescence, a faint "1 nm", all plain to a viewer; on the view they are lines. It also
+        boxes amplified texture, which is why `redact --verify` reads each line and covers only
+        what reads as text (README: the contrast look)."""
+        one = self.with_options(refine="image", scales=self.config.scales[:1], edge_strip=0, colour_text=0,
+                                faint_text=0, crossed_text=0.0, large_text_side=0)
+        return one.detect_one(contrast_view(image))
+
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
         return [self.detect_one(im) for im in images]
 
@@ -739,6 +750,24 @@ COLOUR_MAX_STROKE = 9   # px: coloured areas at least this wide everywhere are n
 COLOUR_MIN_ASPECT = 2.0   # its finds kept: this many times as long as tall (words, not dots)
 COLOUR_MIN_EDGES = 28     # ... holding strokes: this mean edge strength in the view (see `_colour_pass`)
 COLOUR_MARGIN = 32   # image px of context around the coloured marks (DB needs some)
+
+
+# `contrast_view`: CLAHE on the grey picture (OpenCV's default clip of 40 amplifies texture into
+# lines; 3 shows translucent watermarks and faint labels to DB: forty-third session)
+CONTRAST_CLIP = 3.0
+CONTRAST_TILES = 8
+
+
+def contrast_view(rgb: np.ndarray) -> np.ndarray:
+    """The uint8 (H, W, 3) picture's grey, its local contrast equalised (CLAHE, `CONTRAST_CLIP`
+    over `CONTRAST_TILES` x `CONTRAST_TILES` tiles), as RGB: text a few tens of levels off a
+    smooth background is as dark as any ink there."""
+    import cv2
+
+    arr = np.asarray(rgb)
+    grey = arr if arr.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(arr[..., :3]), cv2.COLOR_RGB2GRAY)
+    eq = cv2.createCLAHE(CONTRAST_CLIP, (CONTRAST_TILES, CONTRAST_TILES)).apply(np.ascontiguousarray(grey))
+    return np.ascontiguousarray(np.stack([eq] * 3, axis=-1))
 
 
 def colour_view(bgr: np.ndarray, min_chroma: int) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:

@@ -457,6 +457,8 @@ class Redactor:
         # only when an audit can run (a reader given and --verify or --audit-noisy)
         can_audit = verifier is not None and (cfg.verify or cfg.audit_noisy)
         self._closer_look = getattr(detector, "closer_look", None) if can_audit else None
+        # ... and, with --verify, their look at every page's low contrast (`contrast_look`)
+        self._contrast_look = getattr(detector, "contrast_look", None) if verifier is not None and cfg.verify else None
 
     def up_to_date(self, item: Item, in_sha: str) -> tuple[str, dict[str, Any]] | None:
         """('skipped'|'held', sidecar) when this input was already done with these settings."""
@@ -480,6 +482,8 @@ class Redactor:
                 return None
             if sc.get("noisy") and self._closer_look is not None and v.get("closer_look") != CLOSER_LOOK_REVISION:
                 return None   # audited before the detector's closer look was read
+            if self._contrast_look is not None and v.get("contrast_look") != CONTRAST_LOOK_REVISION:
+                return None   # audited before the lines of the contrast look were read
             if v.get("remaining") and (self.cfg.strict or v.get("rounds", 0) < self.cfg.verify_rounds):
                 return None
         return "skipped", sc
@@ -582,19 +586,21 @@ class Redactor:
                 continue
             with self._slots:
                 dets.append(detect_visible(self.detector, [views])[0].filter(floor))
-        if self._closer_look is not None and not self.cfg.dry_run and any(job.noisy):
-            # lines for the audit to read on a noisy page, looked for in every picture of it as
-            # the detections are (`detect_visible`); the audit reads them in each round's output
-            job.lines = [None if views is None or not hit else
-                         np.concatenate([self._look(v) for v in views])
-                         for views, hit in zip(job.views, job.noisy)]
+        if not self.cfg.dry_run and (self._contrast_look is not None or (self._closer_look is not None and any(job.noisy))):
+            job.lines = [self._lines(views, k < len(job.noisy) and job.noisy[k]) for k, views in enumerate(job.views)]
         job.dets = dets
         job.views = None
 
-    def _look(self, view: np.ndarray) -> np.ndarray:
-        """The quads (N, 4, 2) of the detector's closer look at one picture of a page."""
+    def _lines(self, views: list[np.ndarray] | None, noisy_page: bool) -> np.ndarray | None:
+        """Quads (N, 4, 2) for the audit to read on one page, in every round's output: the
+        detector's closer look on a noisy page and its contrast look with --verify, looked for in
+        every picture of the page as the detections are (`detect_visible`); None for none."""
+        looks = [look for look, on in ((self._closer_look, noisy_page), (self._contrast_look, True))
+                 if look is not None and on]
+        if views is None or not looks:
+            return None
         with self._slots:
-            return self._closer_look(view).quads
+            return np.concatenate([np.asarray(look(v).quads, np.float64).reshape(-1, 4, 2) for look in looks for v in views])
 
     def _finish(self, job: "Job") -> None:
         cfg, item, res, doc, dets, reviewed = self.cfg, job.item, job.res, job.doc, job.dets, job.reviewed
@@ -624,6 +630,10 @@ class Redactor:
             covers, out_bytes, verify = self._audit(doc, final, covers, out_bytes, job.lines)
             res.audit_covered, res.audited = len(verify["covered"]), True
             verify["because"] = "verify" if cfg.verify else "noisy"   # what made it audit this image
+            if self._closer_look is not None and any(job.noisy):   # the lines it also read (`_lines`)
+                verify["closer_look"] = CLOSER_LOOK_REVISION
+            if self._contrast_look is not None:
+                verify["contrast_look"] = CONTRAST_LOOK_REVISION
             res.remaining = verify["remaining"]
             res.legible = [str(x["text"]) for x in verify["legible"]]
             if res.remaining and cfg.strict:
@@ -667,8 +677,8 @@ class Redactor:
         swallowed; the gap between such a line and a covered box on the same text line is
         covered with it (`boxes.line_bridges`). Lines larger than `MAX_AUDIT_COVER_SHARE` of the
         page are only reported, never covered. What it reads after the last round is reported
-        (and fails `--strict`). `lines`: per page, the detector's closer look on a noisy page
-        (`_detect`), read in every round too."""
+        (and fails `--strict`). `lines`: per page, the detector's closer look on a noisy page and
+        its contrast look with --verify (`_lines`), read in every round too."""
         dets, added = list(dets), []
         bridges: list[list[list[float]]] = [[] for _ in dets]
         for rnd in range(self.cfg.verify_rounds + 1):
@@ -691,8 +701,6 @@ class Redactor:
             added += [{**x, "round": rnd + 1} for x in coverable]
             covers, out_bytes = self._render(doc, dets)
         verify.update(rounds=self.cfg.verify_rounds, covered=added, bridges=bridges)
-        if any(x is not None for x in lines):
-            verify["closer_look"] = CLOSER_LOOK_REVISION
         return covers, out_bytes, verify
 
     def _verify(self, out_bytes: bytes, covers: list[Cover], lines: Sequence[np.ndarray | None] = ()
@@ -700,7 +708,7 @@ class Redactor:
         """Legibility audit of the bytes actually written: decode them as a viewer would, read
         every view with an OCR recogniser, and what runs on beyond each cover's ends
         (`Reader.read_on`: the rest of a line the detector boxed in part), and `lines`, per page,
-        where they lie (the detector's closer look); list what it reads outside the covered areas
+        where they lie (the detector's closer and contrast looks); list what it reads outside the covered areas
         (its text masked, `legibility.mask_text`: the audit trail must not hold the words removed)."""
         out_doc = codec.decode(out_bytes, self.cfg.max_pixels)
         legible: list[dict[str, Any]] = []
@@ -710,7 +718,7 @@ class Redactor:
             read = self.verifier.legible(self.verifier.read_views(views), mask)
             found = [r for k, v in enumerate(views) for r in self.verifier.read_on(v, shapes, mask, view=k)]
             if i < len(lines) and lines[i] is not None and len(lines[i]):
-                found += [r for k, v in enumerate(views) for r in self.verifier.read_lines(v, lines[i], view=k)]
+                found += [r for k, v in enumerate(views) for r in self.verifier.read_lines(v, lines[i], view=k, covered=mask)]
             read += self.verifier.legible(found, mask, found=True)
             legible.extend({"page": i, **r.as_dict(masked=True)} for r in read)
         return {"reader": self.verifier.version, "min_chars": self.verifier.min_chars,
@@ -778,11 +786,12 @@ class Job:
     views: list[Any] | None = None
     dets: list[Detections] | None = None
     noisy: list[bool] = field(default_factory=list)   # per page: too noisy for the detector's small-text search
-    lines: list[np.ndarray | None] = field(default_factory=list)   # per page: its closer look (noisy pages)
+    lines: list[np.ndarray | None] = field(default_factory=list)   # per page: lines for the audit (`Redactor._lines`)
     over: bool = False          # skipped / held / failed already: later stages do nothing
 
 
 CLOSER_LOOK_REVISION = 2   # in a noisy image's audit record: the closer look's lines were read too (2: from 2 characters)
+CONTRAST_LOOK_REVISION = 1   # in a --verify audit record: the contrast look's lines were read too
 
 
 def noisy(rgb: np.ndarray) -> bool:
