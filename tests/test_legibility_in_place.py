@@ -165,3 +165,19 @@ def test_tiles_no_new_cover_touched_are_not_read_again() -> None:
     assert not any(spells("Sample 4711", [r.text]) for r in again)
     right = [r for r in again if spells("Jonathan Smith", [r.text])]
     assert right and right[0] in first              # the same reading, box and all, from memory
+
+
+def test_lines_mostly_under_the_fill_are_not_read(reader: Reader) -> None:
+    """The audit reads the lines a detector's look found (`read_lines`) in every round's output;
+    a line at least half under the fill cannot count (`legible`), so it is not read at all (a
+    form's contrast look holds every line of the page), and the others read as before."""
+    rgb, boxes, _ = _page()
+    quads = xyxy_to_quad(boxes[:2])
+    covered = np.zeros(rgb.shape[:2], bool)
+    x0, y0, x1, y1 = boxes[1].astype(int)
+    covered[y0:y1, x0:x1 - (x1 - x0) // 3] = True          # two thirds of the second line under the fill
+    everything = reader.read_lines(rgb, quads)
+    left = reader.read_lines(rgb, quads, covered=covered)
+    assert [spells(t, [r.text]) for t, r in zip(["Sample 4711", "Jonathan Smith"], everything)] == [True, True]
+    assert [r.text for r in left] == [everything[0].text]
+    assert reader.legible(everything, covered) == reader.legible(left, covered)   # nothing that counted is lost
