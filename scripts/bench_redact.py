@@ -1010,15 +1010,7 @@ SMALL_WIDTHS = (128, 384)   # patch datasets: 128-384 px micrographs (heights fr
 def small_image_set(n: int = 40) -> list[Any]:
     """`n` micrographs `SMALL_WIDTHS` wide with the microscopy set's backgrounds and overlays
     (bench_detect's `MICRO` with another seed), as `pipeline.synth.Rendered` records."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from dataclasses import replace
-
-    from bench_detect import MICRO
-
-    from pipeline.synth import synth_image
-
-    cfg = replace(MICRO, n_images=n, seed=4242, width=SMALL_WIDTHS)
-    return [synth_image(i, cfg) for i in range(n)]
+    return micro_set(n_images=n, seed=4242, width=SMALL_WIDTHS)
 
 
 def edge_label_set(n: int = 96) -> list[Any]:
@@ -1067,14 +1059,23 @@ def microscopy_quality(work: Path, detectors: dict[str, Any], threshold: float, 
                        shapes: tuple[str, ...] = ("polygon",), limit: int = 0,
                        verify_reader: Any = None, leak_reader: Any = None) -> list[dict[str, Any]]:
     """bench_detect.py's held-out synthetic microscopy set (`MICRO`, imported): `overlay_quality`."""
+    return overlay_quality("microscopy", "micro", micro_set(limit), work, detectors,
+                           threshold, pad, shapes, verify_reader, leak_reader, judge=True)
+
+
+def micro_set(limit: int = 0, **changes: Any) -> list[Any]:
+    """bench_detect's held-out microscopy set (`MICRO`, imported: the set it reports on, not a
+    copy), with `changes` to its `SynthConfig` (another seed, size, count), its first `limit`
+    images (0: all), as `pipeline.synth.Rendered` records."""
+    from dataclasses import replace
+
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_detect import MICRO  # the set bench_detect reports on (not a copy)
+    from bench_detect import MICRO
 
     from pipeline.synth import synth_image
 
-    n = min(MICRO.n_images, limit) if limit else MICRO.n_images
-    return overlay_quality("microscopy", "micro", [synth_image(i, MICRO) for i in range(n)], work, detectors,
-                           threshold, pad, shapes, verify_reader, leak_reader, judge=True)
+    cfg = replace(MICRO, **changes)
+    return [synth_image(i, cfg) for i in range(min(cfg.n_images, limit) if limit else cfg.n_images)]
 
 
 def overlay_quality(label: str, name: str, records: list[Any], work: Path, detectors: dict[str, Any],
@@ -1253,9 +1254,7 @@ def main() -> int:
 
     if args.int8_model:
         os.environ["BENCH_INT8_MODEL"] = str(Path(args.int8_model).resolve())
-    if args.edge_images < 0:
-        ap.error(f"--edge-images must be 0 or more, got {args.edge_images}")
-    for opt in ("large_images", "small_images"):
+    for opt in ("edge_images", "large_images", "small_images"):
         if getattr(args, opt) < 0:
             ap.error(f"--{opt.replace('_', '-')} must be 0 or more, got {getattr(args, opt)}")
     if args.child:

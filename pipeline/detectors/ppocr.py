@@ -683,8 +683,7 @@ class PPOCRDetector:
         EM grain DB's map is 0 on 7-12 px labels at 1x-2.5x, and at 3x it boxes most of them,
         among a hundred or more boxes of grain (README: the noisy-image audit), which is why the
         audit reads each and covers only what reads as text."""
-        return self.with_options(scales=(CLOSER_SCALE,), refine="image", full_view=False, large_text_side=0,
-                                 edge_strip=0, colour_text=0, faint_text=0, crossed_text=0.0).detect_one(image)
+        return self._plain_pass(scales=(CLOSER_SCALE,), full_view=False).detect_one(image)
 
     def contrast_look(self, image: np.ndarray) -> Detections:
         """Lines for a reader to confirm where the picture's contrast is low: one plain pass at
@@ -693,9 +692,14 @@ class PPOCRDetector:
         fluorescence, a faint "1 nm", all plain to a viewer; on the view they are lines. It also
         boxes amplified texture, which is why `redact --verify` reads each line and covers only
         what reads as text (README: the contrast look)."""
-        one = self.with_options(refine="image", scales=self.config.scales[:1], edge_strip=0, colour_text=0,
-                                faint_text=0, crossed_text=0.0, large_text_side=0)
-        return one.detect_one(contrast_view(image))
+        return self._plain_pass(scales=self.config.scales[:1]).detect_one(contrast_view(image))
+
+    def _plain_pass(self, **changes: Any) -> "PPOCRDetector":
+        """This detector's network and thresholds with one pass of DB and none of the passes
+        beyond it (large text, edge strips, colour, faint and crossed text): the looks whose
+        lines a reader confirms. `changes`: other `PPOCRConfig` fields (its scale, tiling)."""
+        return self.with_options(**{"refine": "image", "large_text_side": 0, "edge_strip": 0, "colour_text": 0,
+                                    "faint_text": 0, "crossed_text": 0.0, **changes})
 
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
         return [self.detect_one(im) for im in images]
